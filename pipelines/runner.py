@@ -1,0 +1,214 @@
+"""Running a job on Ray Data: shards → actor pool of predictors → staged Parquet → committed shards.
+
+The driver plans (which shards are still to do), builds one streaming dataset
+over them, and consumes only the small per-block reports the staging writers
+return; a shard is committed as soon as all of its rows are accounted for.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipelines import summary as summaries
+from pipelines.commit import RUN, OutputDir
+from pipelines.errors import PipelineError
+from pipelines.io.reader import Columns
+from pipelines.io.shards import Shard, list_shards
+from pipelines.io.writer import StagingConfig
+from pipelines.models import load_config, resolve_name
+from pipelines.spec import JobSpec
+from pipelines.tasks import TASKS
+
+log = logging.getLogger(__name__)
+
+IO_CPUS = 0.25  # read and write tasks are light; leave the cores to the actors
+
+
+def job_record(spec: JobSpec) -> dict[str, Any]:
+    """What identifies these results: the spec's hash, the model, the task."""
+    device = spec.model.device
+    if device == "auto":
+        device = "cuda" if spec.compute.gpus_per_actor > 0 else "cpu"
+    return {
+        "name": spec.name,
+        "spec_hash": spec.fingerprint(),
+        "model": {"name": spec.model.name, "revision": spec.model.revision},
+        "quantization": spec.model.quantization,
+        "device": device,
+        "task": spec.task.type,
+        "spec": spec.model_dump(mode="json"),
+    }
+
+
+def columns_of(spec: JobSpec) -> Columns:
+    task = TASKS[spec.task.type]
+    keep = [*spec.input.columns_to_keep, *([spec.input.label_column] if spec.input.label_column else [])]
+    return Columns(
+        text=spec.input.text_column,
+        id=spec.input.id_column,
+        inputs=tuple(task.input_columns(spec.task)),
+        keep=tuple(dict.fromkeys(keep)),
+    )
+
+
+def staging_config(spec: JobSpec, shards: list[Shard]) -> StagingConfig:
+    predicted = spec.output.prediction_prefix + "label"
+    return StagingConfig(
+        output=spec.output.path,
+        id_column=spec.input.id_column or "id",
+        text_column=spec.input.text_column,
+        output_columns=tuple(spec.output_columns()),
+        shard_uris={s.key: s.uri for s in shards},
+        compression=spec.output.compression,
+        max_rows_per_file=spec.output.max_rows_per_file,
+        truth_column=spec.input.label_column,
+        predicted_column=predicted if predicted in spec.prediction_columns() else None,
+    )
+
+
+def preflight(spec: JobSpec) -> None:
+    """Problems that can be seen before any work starts: the model must at least have a config."""
+    load_config(spec.model)
+    log.info("model %s resolved to %s", spec.model.name, resolve_name(spec.model))
+
+
+def connect(address: str | None, spec: JobSpec) -> None:
+    """Join the cluster at ``address`` (or RAY_ADDRESS), or start a local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+    else:
+        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+    check_resources(spec, local=address is None)
+
+
+def check_resources(spec: JobSpec, local: bool) -> None:
+    import ray
+
+    resources = ray.cluster_resources()
+    compute = spec.compute
+    if compute.gpus_per_actor > 0 and resources.get("GPU", 0) == 0 and local:
+        raise PipelineError(
+            "compute.gpus_per_actor > 0 but this Ray cluster has no GPUs; set gpus_per_actor: 0 to run on CPU, "
+            "or submit to a cluster with GPU workers"
+        )
+    low, _ = compute.pool_bounds()
+    cpus = resources.get("CPU", 0)
+    if local and low * compute.cpus_per_actor >= cpus:
+        raise PipelineError(
+            f"compute: {low} actor(s) × {compute.cpus_per_actor} CPU leave none of this machine's {cpus:g} CPUs "
+            "for reading and writing, and the job would hang; lower compute.cpus_per_actor (fractions are "
+            "allowed) or the number of actors"
+        )
+
+
+def build_dataset(spec: JobSpec, shards: list[Shard]):
+    """The lazy Ray dataset: read → predict on the actor pool → stage; yields writer reports."""
+    import ray
+
+    from pipelines.io.datasource import ShardDatasource
+    from pipelines.io.writer import write_staged
+    from pipelines.predictor import Predictor
+
+    compute = spec.compute
+    low, high = compute.pool_bounds()
+    gpu_args: dict[str, Any] = {"num_gpus": compute.gpus_per_actor} if compute.gpus_per_actor > 0 else {}
+    if compute.accelerator_type:
+        gpu_args["accelerator_type"] = compute.accelerator_type
+    dataset = ray.data.read_datasource(ShardDatasource(shards, columns_of(spec)), num_cpus=IO_CPUS)
+    dataset = dataset.map_batches(
+        Predictor,
+        fn_constructor_kwargs={"spec": spec.model_dump(mode="json")},
+        compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high),
+        batch_size=spec.batching.batch_size,
+        batch_format="pyarrow",
+        num_cpus=compute.cpus_per_actor,
+        **gpu_args,
+    )
+    return dataset.map_batches(
+        write_staged,
+        fn_kwargs={"config": staging_config(spec, shards)},
+        batch_format="pyarrow",
+        batch_size=None,
+        num_cpus=IO_CPUS,
+    )
+
+
+@dataclass
+class Tally:
+    """Rows accounted for per shard; a shard is complete when they add up to its row count."""
+
+    reports: dict[str, list[dict]] = field(default_factory=lambda: defaultdict(list))
+    seen: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def add(self, report: dict) -> bool:
+        shard = report["shard"]
+        self.reports[shard].append(report)
+        self.seen[shard] += report["rows"] + report["errors"]
+        if self.seen[shard] > report["shard_rows"]:
+            raise PipelineError(f"shard {shard}: more rows came back than it holds; this is a bug, please report it")
+        return self.seen[shard] == report["shard_rows"]
+
+
+def run_job(spec: JobSpec, *, address: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Run (or resume) a job; return its summary. Raises PipelineError on any failure."""
+    job = job_record(spec)
+    shards = list_shards(spec.input.paths, spec.input.format)
+    preflight(spec)
+    output = OutputDir(spec.output.path)
+    pending = output.prepare(job, shards, overwrite)
+    if not pending and output.finished():
+        log.info("nothing to do: all %d shards of %s are committed", len(shards), spec.output.path)
+        return {**(output.read_json(RUN) or {}), "status": "up to date", "shards_this_run": 0}
+    output.start(job, overwrite)
+    log.info("%d of %d shards to do", len(pending), len(shards))
+    start = time.monotonic()
+    done = {}
+    if pending:
+        connect(address, spec)
+        done = execute(spec, job, output, pending)
+    wall = time.monotonic() - start
+    missing = [s.uri for s in pending if s.key not in done]
+    if missing:
+        raise PipelineError(f"{len(missing)} shard(s) did not complete, e.g. {missing[0]}; run the job again to resume")
+    result = summaries.build(job, list(output.commits().values()), list(done.values()), wall, "succeeded")
+    enforce_error_policy(spec, result)
+    output.write_json(RUN, result)
+    output.finish()
+    return result
+
+
+def execute(spec: JobSpec, job: dict, output: OutputDir, pending: list[Shard]) -> dict[str, dict]:
+    """Stream the dataset; commit each shard the moment its last row is staged."""
+    by_key = {s.key: s for s in pending}
+    tally = Tally()
+    done: dict[str, dict] = {}
+    dataset = build_dataset(spec, pending)
+    for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for report in batch.to_pylist():
+            if tally.add(report):
+                shard = report["shard"]
+                done[shard] = output.commit(by_key[shard], tally.reports.pop(shard), job)
+                log.info("committed %s (%d/%d shards)", by_key[shard].uri, len(done), len(pending))
+    return done
+
+
+def enforce_error_policy(spec: JobSpec, result: dict) -> None:
+    policy = spec.errors
+    errors, rate = result["errors"], result["error_rate"]
+    over_count = policy.max_count is not None and errors > policy.max_count
+    if rate > policy.max_rate or over_count:
+        result["status"] = "failed"
+        reasons = ", ".join(f"{k}: {v}" for k, v in result["error_reasons"].items())
+        raise PipelineError(
+            f"{errors} of {result['rows_in']} rows were quarantined ({rate:.1%}), over the limit set by "
+            f"errors.max_rate={policy.max_rate} / errors.max_count={policy.max_count} ({reasons}); "
+            f"see {spec.output.path}/_errors/"
+        )

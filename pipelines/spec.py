@@ -1,0 +1,210 @@
+"""The job spec: one YAML file validated into typed settings.
+
+Every setting of a job lives here, with its type, default and allowed values.
+The CLI only loads a file, applies ``--set key.sub=value`` overrides and hands
+the result to :func:`load_spec`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipelines.errors import PipelineError
+from pipelines.tasks import TASK_OPTIONS, TASKS
+
+
+class Strict(BaseModel):
+    """Base of every spec section: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class InputSpec(Strict):
+    paths: list[str] = Field(min_length=1, description="Files, directories or globs; local or any pyarrow URI.")
+    format: Literal["auto", "parquet", "jsonl"] = "auto"
+    text_column: str = "text"
+    id_column: str | None = "id"
+    columns_to_keep: list[str] = Field(default_factory=list)
+    label_column: str | None = Field(
+        default=None, description="Ground-truth column: the run summary reports agreement with it."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_path(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("paths"), str):
+            data = {**data, "paths": [data["paths"]]}
+        return data
+
+
+class ModelSpec(Strict):
+    name: str = Field(description="Hugging Face id, local directory, or a built-in alias (minilm, smollm2).")
+    revision: str | None = None
+    trust_remote_code: bool = False
+    quantization: Literal["none", "int8", "nf4", "fp4"] = "none"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    cache_dir: str | None = Field(default=None, description="Where converted models (GGUF) are cached.")
+
+
+class BatchingSpec(Strict):
+    batch_size: int = Field(default=256, gt=0, description="Rows handed to an actor per call.")
+    max_tokens: int = Field(default=8192, gt=0, description="Padded-token budget of one micro-batch.")
+    max_length: int = Field(default=512, gt=0, description="Truncation length in tokens.")
+    max_rows: int = Field(default=64, gt=0, description="Most rows in one micro-batch.")
+    min_fill: float = Field(
+        default=0.8, ge=0, le=1, description="A micro-batch's shortest row is at least this share of its longest."
+    )
+
+
+class ComputeSpec(Strict):
+    size: int | None = Field(default=None, gt=0, description="Fixed number of actors.")
+    min: int | None = Field(default=None, gt=0)
+    max: int | None = Field(default=None, gt=0)
+    gpus_per_actor: float = Field(default=0, ge=0)
+    cpus_per_actor: float = Field(default=1, gt=0)
+    threads_per_actor: int | None = Field(default=None, gt=0, description="torch threads; default cpus_per_actor.")
+    accelerator_type: str | None = None
+
+    @model_validator(mode="after")
+    def _pool_bounds(self) -> ComputeSpec:
+        if self.size is not None and (self.min is not None or self.max is not None):
+            raise ValueError("give either size, or min/max, not both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is larger than max ({self.max})")
+        return self
+
+    def pool_bounds(self) -> tuple[int, int]:
+        """The (min, max) actor counts of the pool."""
+        if self.size is not None:
+            return self.size, self.size
+        low = self.min or 1
+        return low, max(low, self.max or low)
+
+    def torch_threads(self) -> int:
+        return self.threads_per_actor or max(1, round(self.cpus_per_actor))
+
+
+class OutputSpec(Strict):
+    path: str
+    prediction_prefix: str = Field(default="", description="Prepended to every prediction column's name.")
+    max_rows_per_file: int = Field(default=100_000, gt=0)
+    compression: Literal["zstd", "snappy", "gzip", "lz4", "brotli", "none"] = "zstd"
+
+
+class ErrorPolicy(Strict):
+    max_rate: float = Field(default=0.1, ge=0, le=1, description="Fail the job past this share of bad rows.")
+    max_count: int | None = Field(default=None, ge=0, description="Fail the job past this many bad rows.")
+    too_long: Literal["truncate", "error"] = "truncate"
+    duplicate_ids: Literal["keep", "error"] = "keep"
+
+
+TaskSpec = Annotated[Union[tuple(TASK_OPTIONS.values())], Field(discriminator="type")]
+
+
+class JobSpec(Strict):
+    name: str | None = None
+    input: InputSpec
+    model: ModelSpec
+    task: TaskSpec
+    batching: BatchingSpec = Field(default_factory=BatchingSpec)
+    compute: ComputeSpec = Field(default_factory=ComputeSpec)
+    output: OutputSpec
+    errors: ErrorPolicy = Field(default_factory=ErrorPolicy)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _no_column_clash(self) -> JobSpec:
+        clash = set(self.output_columns()[: -len(self.prediction_columns())]) & set(self.prediction_columns())
+        if clash:
+            raise ValueError(
+                f"input column(s) {sorted(clash)} would clash with the prediction columns of the same name; "
+                "set output.prediction_prefix (e.g. predicted_) or stop keeping them"
+            )
+        return self
+
+    def prediction_columns(self) -> list[str]:
+        names = TASKS[self.task.type].output_names(self.task)
+        return [self.output.prediction_prefix + name for name in names]
+
+    def output_columns(self) -> list[str]:
+        """The columns of the output files, in order: id, kept columns, predictions."""
+        keep = [*self.input.columns_to_keep, *([self.input.label_column] if self.input.label_column else [])]
+        first = [self.input.id_column or "id", *keep]
+        return [*dict.fromkeys(first), *self.prediction_columns()]
+
+    def fingerprint(self) -> str:
+        """A hash of every setting that changes results (not compute or batching sizes)."""
+        relevant = self.model_dump(mode="json", include={"input", "model", "task", "seed"})
+        relevant["max_length"] = self.batching.max_length
+        relevant["input"].pop("paths")
+        blob = json.dumps(relevant, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` → (["a", "b", "c"], value parsed as a YAML scalar or list)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise PipelineError(f"--set {text!r}: expected key.sub=value, e.g. --set batching.batch_size=64")
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else raw
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = raw
+        for key in keys[:-1]:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                child = node[key] = {}
+            node = child
+        node[keys[-1]] = value
+    return raw
+
+
+def format_validation_error(source: str, error: ValidationError) -> str:
+    """One line per problem: the field's path, what is wrong, what was given."""
+    lines = [f"{source}: invalid job spec"]
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"] if not _is_union_tag(p)) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; see the README's job spec reference)"
+        elif item["type"] == "union_tag_invalid":
+            message = f"unknown task type; allowed: {', '.join(TASK_OPTIONS)}"
+        given = item.get("input")
+        shown = "" if isinstance(given, dict) or item["type"] == "missing" else f" (got {given!r})"
+        lines.append(f"  {where}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def _is_union_tag(part: Any) -> bool:
+    return isinstance(part, str) and part in TASK_OPTIONS
+
+
+def load_spec(path: str | Path, overrides: list[str] = ()) -> JobSpec:
+    """Read, override and validate a job spec; every failure is a PipelineError."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: job spec not found") from None
+    except yaml.YAMLError as exc:
+        raise PipelineError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{path}: a job spec is a YAML mapping (key: value), got {type(raw).__name__}")
+    return spec_from_dict(apply_overrides(raw, list(overrides)), source=str(path))
+
+
+def spec_from_dict(raw: dict, source: str = "job spec") -> JobSpec:
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise PipelineError(format_validation_error(source, exc)) from None

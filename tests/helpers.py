@@ -1,0 +1,59 @@
+"""Small builders shared by tests: specs, input batches, shard files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.spec import JobSpec, spec_from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SENTENCES = [
+    "The team won the championship game last night.",
+    "Stocks fell sharply as oil prices rose.",
+    "A new telescope found water on a distant planet.",
+    "great",
+    "The prime minister met the president in Paris to talk about the war and the elections.",
+    "This film was a terrible waste of time.",
+    "Google released new software for phones.",
+    "ok",
+]
+
+
+def make_spec(model: str, task: dict, out: str | Path = "unused", **sections) -> JobSpec:
+    raw = {
+        "input": {"paths": ["unused"]},
+        "model": {"name": model},
+        "task": task,
+        "output": {"path": str(out)},
+        "compute": {"threads_per_actor": 2, "cpus_per_actor": 0.5},
+    }
+    for name, values in sections.items():
+        raw[name] = {**raw.get(name, {}), **values}
+    return spec_from_dict(raw)
+
+
+def batch_of(texts: list, ids: list | None = None) -> pa.Table:
+    ids = ids or [f"r{i}" for i in range(len(texts))]
+    return pa.table({"id": pa.array(ids, pa.string()), "text": pa.array(texts, pa.string())})
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def write_parquet(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def read_output(path: str | Path) -> pa.Table:
+    """The output the way a user reads it: plain pyarrow over the directory, no Ray."""
+    return pq.read_table(str(path))

@@ -1,0 +1,75 @@
+"""The CLI as a user runs it: a subprocess, real Ray, the main job, and failures as one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+from helpers import ROOT
+
+MAIN_JOB = ROOT / "jobs" / "label_news.yaml"
+
+
+def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def input_ids() -> list[str]:
+    ids = []
+    for path in sorted((ROOT / "jobs/data/news").iterdir()):
+        if path.suffix == ".parquet":
+            ids += pq.read_table(path).column("id").to_pylist()
+        else:
+            import gzip
+
+            opener = gzip.open if path.suffix == ".gz" else open
+            with opener(path, "rt") as f:
+                ids += [json.loads(line)["id"] for line in f if line.strip()]
+    return ids
+
+
+def test_main_job_labels_every_row_once(tmp_path):
+    out = tmp_path / "news"
+    done = cli("run", str(MAIN_JOB), "--set", f"output.path={out}", "--set", "compute.cpus_per_actor=0.5")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "agreement with ground truth" in done.stdout
+    table = pq.read_table(out)
+    assert sorted(table.column("id").to_pylist()) == sorted(input_ids())
+    assert len(set(table.column("id").to_pylist())) == 600
+    assert set(table.column("predicted_label").to_pylist()) <= {"World", "Sports", "Business", "Sci/Tech"}
+    summary = json.loads((out / "_run.json").read_text())
+    assert summary["rows_in"] == summary["rows_out"] == 600
+    assert summary["quantization"] == "int8"
+    assert summary["agreement"]["accuracy"] > 0.6
+    assert summary["padding_efficiency"] > 0.8
+
+    again = cli("run", str(MAIN_JOB), "--set", f"output.path={out}")
+    assert again.returncode == 0
+    assert "up to date" in again.stdout
+
+
+def test_bad_spec_exits_non_zero_naming_the_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(MAIN_JOB.read_text().replace("batch_size: 256", "batch_size: lots"))
+    done = cli("validate", str(bad))
+    assert done.returncode == 2
+    assert "batching.batch_size" in done.stderr
+    assert "Traceback" not in done.stderr
+    done = cli("run", str(bad))
+    assert done.returncode == 2 and "batching.batch_size" in done.stderr
+
+
+def test_validate_and_unknown_model(tmp_path):
+    done = cli("validate", str(MAIN_JOB))
+    assert done.returncode == 0 and "valid" in done.stdout
+    out = tmp_path / "never"
+    done = cli("run", str(MAIN_JOB), "--set", "model.name=/nowhere/model", "--set", f"output.path={out}")
+    assert done.returncode == 2
+    assert "model '/nowhere/model'" in done.stderr
+    assert not out.exists()

@@ -1,0 +1,112 @@
+"""The predictor without Ray: right answers in input order, bad rows marked, padding never leaks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from helpers import SENTENCES, batch_of, make_spec
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+from pipelines.predictor import ERROR, PADDED, TOKENS, Predictor
+
+
+def reference_embeddings(model_dir: str, texts: list[str]) -> np.ndarray:
+    """Each text alone through the model (no padding at all), mean-pooled and normalised."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModel.from_pretrained(model_dir).eval()
+    vectors = []
+    with torch.inference_mode():
+        for text in texts:
+            inputs = tokenizer(text, return_tensors="pt")
+            hidden = model(**inputs).last_hidden_state[0]
+            vectors.append(torch.nn.functional.normalize(hidden.mean(0), dim=0).numpy())
+    return np.stack(vectors)
+
+
+def test_embeddings_match_unpadded_single_rows(tiny_models):
+    model_dir = tiny_models("encoder")
+    spec = make_spec(model_dir, {"type": "feature-extraction"}, batching={"max_tokens": 40, "max_rows": 3})
+    out = Predictor(spec)(batch_of(SENTENCES))
+    assert out.schema.field("embedding").type == pa.list_(pa.float32(), 32)
+    got = np.array(out.column("embedding").to_pylist())
+    np.testing.assert_allclose(got, reference_embeddings(model_dir, SENTENCES), atol=1e-5)
+    assert out.column("id").to_pylist() == [f"r{i}" for i in range(len(SENTENCES))]
+
+
+def test_classification_is_independent_of_batch_composition(tiny_models):
+    model_dir = tiny_models("classifier")
+    spec = make_spec(model_dir, {"type": "text-classification", "return_all_scores": True})
+    predictor = Predictor(spec)
+    forward = predictor(batch_of(SENTENCES)).to_pylist()
+    backward = predictor(batch_of(SENTENCES[::-1])).to_pylist()[::-1]
+    for a, b in zip(forward, backward):
+        assert a["label"] == b["label"]
+        assert a["score"] == pytest.approx(b["score"], abs=1e-5)
+    assert set(forward[0]["scores"]) == {"negative", "neutral", "positive"}
+    assert sum(forward[0]["scores"].values()) == pytest.approx(1.0, abs=1e-5)
+
+    reference = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    with torch.inference_mode():
+        logits = reference(**tokenizer(SENTENCES[4], return_tensors="pt")).logits[0]
+    assert forward[4]["label"] == reference.config.id2label[int(logits.argmax())]
+
+
+def test_bad_rows_are_marked_not_dropped(tiny_models):
+    spec = make_spec(tiny_models("classifier"), {"type": "text-classification"})
+    batch = batch_of(["fine text", None, "   ", "more text"])
+    out = Predictor(spec)(batch)
+    assert out.num_rows == 4
+    assert out.column(ERROR).to_pylist() == [None, "text is null", "text is empty", None]
+    assert out.column("label").to_pylist()[1:3] == [None, None]
+    assert all(label is not None for label in out.column("label").to_pylist()[::3])
+    assert out.column(TOKENS).to_pylist()[1:3] == [0, 0]
+    assert all(p >= t for p, t in zip(out.column(PADDED).to_pylist(), out.column(TOKENS).to_pylist()))
+
+
+def test_too_long_rows_follow_the_policy(tiny_models):
+    long_text = "word " * 400
+    truncate = make_spec(tiny_models("classifier"), {"type": "text-classification"}, batching={"max_length": 16})
+    out = Predictor(truncate)(batch_of([long_text, "short"]))
+    assert out.column(ERROR).to_pylist() == [None, None]
+    assert out.column(TOKENS).to_pylist()[0] == 16
+    refuse = make_spec(
+        tiny_models("classifier"), {"type": "text-classification"}, batching={"max_length": 16},
+        errors={"too_long": "error"},
+    )
+    out = Predictor(refuse)(batch_of([long_text, "short"]))
+    assert out.column(ERROR).to_pylist()[0].startswith("text longer than max_length")
+    assert out.column("label").to_pylist()[0] is None
+    assert out.column(ERROR).to_pylist()[1] is None
+
+
+def test_zero_shot_nli_ranks_every_candidate(tiny_models):
+    labels = ["sports", "business", "science"]
+    spec = make_spec(tiny_models("nli"), {"type": "zero-shot-classification", "candidate_labels": labels})
+    predictor = Predictor(spec)
+    assert predictor.task.method == "nli"
+    out = predictor(batch_of(SENTENCES)).to_pylist()
+    for row in out:
+        assert row["label"] in labels
+        assert sum(row["scores"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert row["score"] == pytest.approx(max(row["scores"].values()), abs=1e-6)
+    # pairs of (text, hypothesis) per row: tokens counted per row over all its candidates
+    single = predictor(batch_of(SENTENCES[:1])).to_pylist()[0]
+    assert single["scores"] == pytest.approx(out[0]["scores"], abs=1e-5)
+
+
+def test_zero_shot_by_embedding_uses_label_descriptions(tiny_models):
+    spec = make_spec(
+        tiny_models("encoder"),
+        {
+            "type": "zero-shot-classification",
+            "candidate_labels": ["a", "b"],
+            "label_descriptions": {"a": "The team won the championship game last night."},
+        },
+    )
+    predictor = Predictor(spec)
+    assert predictor.task.method == "embedding"
+    out = predictor(batch_of([SENTENCES[0]])).to_pylist()[0]
+    assert out["label"] == "a"  # the text is its own description: cosine similarity 1

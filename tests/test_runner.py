@@ -1,0 +1,130 @@
+"""Jobs end to end on a shared local Ray: shards in, every row out once, plain Parquet."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from helpers import SENTENCES, make_spec, read_output, write_jsonl, write_parquet
+
+from pipelines.errors import PipelineError
+from pipelines.runner import run_job
+from pipelines.spec import spec_from_dict
+
+
+@pytest.fixture()
+def shards(tmp_path):
+    """Three shards in two formats, 24 rows, ids unique."""
+    rows = [{"id": f"x{i:02d}", "text": SENTENCES[i % len(SENTENCES)], "label": "pos" if i % 2 else "neg"} for i in range(24)]
+    folder = tmp_path / "in"
+    write_jsonl(folder / "a.jsonl", rows[:10])
+    write_jsonl(folder / "b.jsonl", rows[10:16])
+    write_parquet(folder / "c.parquet", rows[16:])
+    return folder, rows
+
+
+def job(model_dir, task, shards, tmp_path, **sections):
+    spec = make_spec(model_dir, task, tmp_path / "out", **sections)
+    spec.input.paths = [str(shards[0])]
+    return spec
+
+
+@pytest.mark.parametrize(
+    ("kind", "task", "columns"),
+    [
+        ("encoder", {"type": "feature-extraction", "pooling": "cls"}, {"embedding": pa.list_(pa.float32(), 32)}),
+        ("classifier", {"type": "text-classification"}, {"label": pa.string(), "score": pa.float32()}),
+        (
+            "nli",
+            {"type": "zero-shot-classification", "candidate_labels": ["pos", "neg"]},
+            {"label": pa.string(), "scores": pa.struct([("pos", pa.float32()), ("neg", pa.float32())])},
+        ),
+    ],
+)
+def test_each_task_end_to_end(ray_session, tiny_models, shards, tmp_path, kind, task, columns):
+    spec = job(tiny_models(kind), task, shards, tmp_path)
+    summary = run_job(spec)
+    table = read_output(spec.output.path)
+    assert sorted(table.column("id").to_pylist()) == [r["id"] for r in shards[1]]
+    for name, type_ in columns.items():
+        assert table.schema.field(name).type == type_
+    assert summary["rows_in"] == summary["rows_out"] == 24
+    assert summary["errors"] == 0
+    assert 0 < summary["padding_efficiency"] <= 1
+    assert (tmp_path / "out" / "_SUCCESS").exists()
+    run = json.loads((tmp_path / "out" / "_run.json").read_text())
+    assert run["rows_out"] == 24 and run["spec_hash"] == spec.fingerprint()
+
+
+def test_output_is_plain_parquet_for_every_reader(ray_session, tiny_models, shards, tmp_path):
+    import duckdb
+    import pandas as pd
+    import polars as pl
+
+    spec = job(tiny_models("encoder"), {"type": "feature-extraction"}, shards, tmp_path, input={"columns_to_keep": ["label"]})
+    run_job(spec)
+    out = tmp_path / "out"
+    frame = pd.read_parquet(out)
+    assert len(frame) == 24 and len(frame["embedding"].iloc[0]) == 32
+    assert pl.read_parquet(f"{out}/*.parquet").height == 24
+    [(count, width)] = duckdb.sql(f"select count(*), max(len(embedding)) from '{out}/*.parquet'").fetchall()
+    assert (count, width) == (24, 32)
+    assert set(frame.columns) == {"id", "label", "embedding"}
+
+
+def test_ground_truth_agreement_and_prefix(ray_session, tiny_models, shards, tmp_path):
+    spec = job(
+        tiny_models("nli"),
+        {"type": "zero-shot-classification", "candidate_labels": ["pos", "neg"]},
+        shards, tmp_path,
+        input={"label_column": "label"}, output={"prediction_prefix": "predicted_"},
+    )
+    summary = run_job(spec)
+    table = read_output(spec.output.path)
+    agreement = summary["agreement"]
+    assert agreement["rows"] == 24
+    matches = np.mean(np.array(table.column("label").to_pylist()) == np.array(table.column("predicted_label").to_pylist()))
+    assert agreement["accuracy"] == pytest.approx(matches, abs=1e-4)
+    assert sum(sum(r.values()) for r in agreement["confusion"].values()) == 24
+
+
+def test_rerun_of_a_finished_job_writes_nothing(ray_session, tiny_models, shards, tmp_path):
+    spec = job(tiny_models("classifier"), {"type": "text-classification"}, shards, tmp_path)
+    run_job(spec)
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*")}
+    again = run_job(spec)
+    assert again["status"] == "up to date"
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*")} == before
+
+
+def test_a_changed_spec_is_refused_unless_overwritten(ray_session, tiny_models, shards, tmp_path):
+    spec = job(tiny_models("classifier"), {"type": "text-classification"}, shards, tmp_path)
+    run_job(spec)
+    changed = spec_from_dict({**spec.model_dump(), "task": {"type": "text-classification", "return_all_scores": True}})
+    with pytest.raises(PipelineError, match="different job spec"):
+        run_job(changed)
+    run_job(changed, overwrite=True)
+    assert "scores" in read_output(spec.output.path).column_names
+
+
+def test_real_minilm_zero_shot_topics(ray_session, tmp_path):
+    from helpers import ROOT
+
+    spec = spec_from_dict(
+        {
+            "input": {"paths": [str(ROOT / "jobs/data/news/part-4.parquet")], "label_column": "label"},
+            "model": {"name": "minilm"},
+            "task": {
+                "type": "zero-shot-classification",
+                "candidate_labels": ["World", "Sports", "Business", "Sci/Tech"],
+                "hypothesis_template": "This is a news article about {}.",
+            },
+            "compute": {"cpus_per_actor": 0.5, "threads_per_actor": 2},
+            "output": {"path": str(tmp_path / "out"), "prediction_prefix": "predicted_"},
+        }
+    )
+    summary = run_job(spec)
+    assert summary["rows_out"] == 100
+    assert summary["agreement"]["accuracy"] > 0.5  # four topics: chance is 0.25

@@ -1,0 +1,107 @@
+"""The job spec: good specs load, each kind of bad spec fails naming the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipelines.errors import PipelineError
+from pipelines.spec import load_spec, spec_from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def minimal(**changes) -> dict:
+    spec = {
+        "input": {"paths": ["data"]},
+        "model": {"name": "minilm"},
+        "task": {"type": "feature-extraction"},
+        "output": {"path": "out"},
+    }
+    for dotted, value in changes.items():
+        node = spec
+        keys = dotted.split("__")
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+    return spec
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "jobs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_job_spec_is_valid(path):
+    spec = load_spec(path)
+    assert spec.output.path
+    assert spec.input.paths
+
+
+def test_defaults_and_types():
+    spec = spec_from_dict(minimal(input__paths="one/dir"))
+    assert spec.input.paths == ["one/dir"]
+    assert spec.model.quantization == "none"
+    assert spec.compute.pool_bounds() == (1, 1)
+    assert spec.output_columns() == ["id", "embedding"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "hint"),
+    [
+        ({"input__colour": "red"}, "input.colour", "unknown key"),
+        ({"batching__batch_size": "many"}, "batching.batch_size", "integer"),
+        ({"batching__max_tokens": 0}, "batching.max_tokens", "greater than 0"),
+        ({"model__quantization": "int4"}, "model.quantization", "'none', 'int8', 'nf4' or 'fp4'"),
+        ({"task": {"type": "mind-reading"}}, "task", "allowed: feature-extraction"),
+        ({"task": {"type": "zero-shot-classification"}}, "task.candidate_labels", "Field required"),
+        ({"compute__min": 3, "compute__max": 2}, "compute", "min (3) is larger than max (2)"),
+        ({"output": {}}, "output.path", "Field required"),
+    ],
+)
+def test_bad_specs_name_the_field(changes, field, hint):
+    with pytest.raises(PipelineError) as caught:
+        spec_from_dict(minimal(**changes))
+    message = str(caught.value)
+    assert f"  {field}:" in message
+    assert hint in message
+
+
+def test_prediction_columns_may_not_clash_with_kept_columns():
+    raw = minimal(task={"type": "text-classification"}, input__label_column="label")
+    with pytest.raises(PipelineError, match="prediction_prefix"):
+        spec_from_dict(raw)
+    raw["output"]["prediction_prefix"] = "predicted_"
+    assert spec_from_dict(raw).output_columns() == ["id", "label", "predicted_label", "predicted_score"]
+
+
+def test_overrides_set_nested_fields_with_yaml_values(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text((ROOT / "jobs" / "label_news.yaml").read_text())
+    spec = load_spec(path, ["batching.batch_size=32", "model.quantization=nf4", "input.columns_to_keep=[text]"])
+    assert spec.batching.batch_size == 32
+    assert spec.model.quantization == "nf4"
+    assert spec.input.columns_to_keep == ["text"]
+
+
+def test_an_override_is_validated_like_the_file(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text((ROOT / "jobs" / "label_news.yaml").read_text())
+    with pytest.raises(PipelineError, match="compute.gpus_per_actor"):
+        load_spec(path, ["compute.gpus_per_actor=-1"])
+    with pytest.raises(PipelineError, match="key.sub=value"):
+        load_spec(path, ["nonsense"])
+
+
+def test_spec_hash_ignores_sizes_but_not_the_model():
+    base = spec_from_dict(minimal())
+    resized = spec_from_dict(minimal(batching__batch_size=8, compute__size=2))
+    other_model = spec_from_dict(minimal(model__name="other"))
+    assert base.fingerprint() == resized.fingerprint()
+    assert base.fingerprint() != other_model.fingerprint()
+
+
+def test_missing_or_broken_files(tmp_path):
+    with pytest.raises(PipelineError, match="not found"):
+        load_spec(tmp_path / "absent.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("input: [unclosed\n")
+    with pytest.raises(PipelineError, match="not valid YAML"):
+        load_spec(broken)
