@@ -35,7 +35,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="replace results of another spec or changed input")
     run.add_argument("--json", action="store_true", help="print the run summary as JSON")
     job_command("validate", "check a job spec without running it")
+    for register in EXTENSIONS:
+        register(commands, job_command)
     return parser
+
+
+# Modules that add sub-commands: each is a function (subparsers, job_command) that adds parsers
+# and sets `handler=` defaults on them (see argparse's set_defaults).
+EXTENSIONS: list = []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        return COMMANDS[args.command](args)
+        handler = getattr(args, "handler", None) or COMMANDS[args.command]
+        return handler(args)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -122,6 +122,8 @@ def build_dataset(spec: JobSpec, shards: list[Shard]):
     gpu_args: dict[str, Any] = {"num_gpus": compute.gpus_per_actor} if compute.gpus_per_actor > 0 else {}
     if compute.accelerator_type:
         gpu_args["accelerator_type"] = compute.accelerator_type
+    if compute.resources:
+        gpu_args["resources"] = dict(compute.resources)
     dataset = ray.data.read_datasource(ShardDatasource(shards, columns_of(spec)), num_cpus=IO_CPUS)
     dataset = dataset.map_batches(
         Predictor,
@@ -157,10 +159,16 @@ class Tally:
         return self.seen[shard] == report["shard_rows"]
 
 
-def run_job(spec: JobSpec, *, address: str | None = None, overwrite: bool = False) -> dict[str, Any]:
-    """Run (or resume) a job; return its summary. Raises PipelineError on any failure."""
+def run_job(
+    spec: JobSpec, *, address: str | None = None, overwrite: bool = False, shards: list[Shard] | None = None
+) -> dict[str, Any]:
+    """Run (or resume) a job; return its summary. Raises PipelineError on any failure.
+
+    ``shards`` restricts the run to those input shards (default: every shard under input.paths).
+    """
     job = job_record(spec)
-    shards = list_shards(spec.input.paths, spec.input.format)
+    if shards is None:
+        shards = list_shards(spec.input.paths, spec.input.format)
     preflight(spec)
     output = OutputDir(spec.output.path)
     pending = output.prepare(job, shards, overwrite)

@@ -71,6 +71,7 @@ class ComputeSpec(Strict):
     cpus_per_actor: float = Field(default=1, gt=0)
     threads_per_actor: int | None = Field(default=None, gt=0, description="torch threads; default cpus_per_actor.")
     accelerator_type: str | None = None
+    resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources per actor.")
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> ComputeSpec:
