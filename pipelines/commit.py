@@ -25,6 +25,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from pipelines import faults
 from pipelines.errors import PipelineError
 from pipelines.io.shards import Shard, resolve
 from pipelines.io.writer import STAGING
@@ -140,6 +141,7 @@ class OutputDir:
         """Move a complete shard's staged files into place, then record the commit."""
         files = self._place(shard.key, [f for r in reports for f in r["files"]], self.root)
         error_files = self._place(shard.key, [f for r in reports for f in r["error_files"]], f"{self.root}/{ERRORS}")
+        faults.checkpoint("mid_commit")
         record = {
             "shard": shard.key,
             "input": shard.fingerprint(),

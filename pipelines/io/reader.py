@@ -30,12 +30,17 @@ BLOCK_ROWS = 1024
 
 @dataclass(frozen=True)
 class Columns:
-    """The input columns a job reads: text, id, other task inputs, and columns passed through."""
+    """The input columns a job reads: text, id, other task inputs, and columns passed through.
+
+    ``keep_types`` fixes the Arrow type of passed-through columns (taken from the
+    first shard), so every output file has the same schema.
+    """
 
     text: str
     id: str | None
     inputs: tuple[str, ...] = ()
     keep: tuple[str, ...] = ()
+    keep_types: tuple[tuple[str, pa.DataType], ...] = ()
 
     @property
     def strings(self) -> tuple[str, ...]:
@@ -108,9 +113,29 @@ def _read_jsonl_lines(data: bytes, columns: Columns) -> pa.Table:
         record, error = _parse_line(line)
         records.append(record)
         errors.append(error)
-    table = {name: _column([r.get(name) for r in records]) for name in columns.all if any(name in r for r in records)}
+    table = {}
+    for name in columns.all:
+        if not any(name in r for r in records):
+            continue
+        values = [r.get(name) for r in records]
+        if name in columns.strings:
+            values, errors = _strings_only(name, values, errors)
+        table[name] = _column(values)
     table[ERROR] = pa.array(errors, pa.string())
     return pa.table(table)
+
+
+def _strings_only(name: str, values: list[Any], errors: list[str | None]) -> tuple[list[Any], list[str | None]]:
+    """Non-string values of a text column become null, with the reason on their row."""
+    kept, reasons = [], []
+    for value, error in zip(values, errors):
+        if value is None or isinstance(value, str):
+            kept.append(value)
+            reasons.append(error)
+        else:
+            kept.append(None)
+            reasons.append(error or f"{name} is not a string ({type(value).__name__})")
+    return kept, reasons
 
 
 def _parse_line(line: bytes) -> tuple[dict[str, Any], str | None]:
@@ -150,9 +175,10 @@ def normalize(table: pa.Table, shard: Shard, columns: Columns) -> pa.Table:
             errors = _set(errors, f"missing id column {columns.id!r}")
     else:
         out["id"] = pa.array([f"{shard.path.rsplit('/', 1)[-1]}:{i}" for i in range(n)], pa.string())
+    types = dict(columns.keep_types)
     for name in columns.keep:
         if name not in out:
-            out[name] = table.column(name) if name in table.column_names else pa.nulls(n, pa.string())
+            out[name], errors = _kept_column(table, name, types.get(name), errors)
     out[SHARD] = pa.array(np.full(n, shard.key, dtype=object), pa.string())
     out[ROW] = pa.array(np.arange(n, dtype=np.int64))
     out[SHARD_ROWS] = pa.array(np.full(n, n, dtype=np.int64))
@@ -172,6 +198,45 @@ def _string_column(table: pa.Table, name: str, errors: Any) -> tuple[Any, Any]:
     bad = pc.invert(column.is_null())
     reason = f"{name} is not a string ({column.type})"
     return pa.nulls(n, pa.string()), pc.if_else(pc.and_(errors.is_null(), bad), reason, errors)
+
+
+def _kept_column(table: pa.Table, name: str, expected: pa.DataType | None, errors: Any) -> tuple[Any, Any]:
+    """A passed-through column in the type the other shards have; a clash quarantines the shard."""
+    n = table.num_rows
+    if name not in table.column_names:
+        return pa.nulls(n, expected or pa.string()), errors
+    column = table.column(name)
+    if expected is None or column.type == expected:
+        return column, errors
+    try:
+        return column.cast(expected, safe=True), errors
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        reason = f"schema differs: column {name!r} is {column.type} here but {expected} in the first shard"
+        return pa.nulls(n, expected), _set(errors, reason)
+
+
+def reference_types(shards: list[Shard], columns: Columns, sample_bytes: int = 1 << 18) -> dict[str, pa.DataType]:
+    """Types of the passed-through columns, from the first shard that can be sampled cheaply."""
+    for shard in shards[:5]:
+        try:
+            schema = _sample_schema(shard, sample_bytes)
+        except Exception:  # noqa: BLE001 - an unreadable shard is quarantined later; try the next one
+            continue
+        return {n: schema.field(n).type for n in columns.keep if n in schema.names and not pa.types.is_null(schema.field(n).type)}
+    return {}
+
+
+def _sample_schema(shard: Shard, sample_bytes: int) -> pa.Schema:
+    fs = shard.filesystem()
+    if shard.format == "parquet" and not shard.compressed:
+        with fs.open_input_file(shard.path) as handle:
+            return pq.ParquetFile(handle).schema_arrow
+    with fs.open_input_stream(shard.path, compression="gzip" if shard.compressed else None) as stream:
+        head = stream.read(sample_bytes)
+    if shard.format == "parquet":
+        raise ValueError("gzip-compressed parquet can't be sampled")
+    head = head[: head.rfind(b"\n") + 1] or head
+    return pajson.read_json(io.BytesIO(head)).schema
 
 
 def _set(errors: Any, reason: str) -> Any:

@@ -14,6 +14,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -37,6 +38,7 @@ REPORT_SCHEMA = pa.schema(
         ("error_files", pa.list_(pa.string())),
         ("confusion", pa.string()),
         ("reasons", pa.string()),
+        ("row_ranges", pa.list_(pa.int64())),
     ]
 )
 
@@ -96,6 +98,7 @@ def _stage_shard(part: pa.Table, shard: str, config: StagingConfig) -> dict:
         "error_files": error_files,
         "confusion": json.dumps(confusion(good, config)),
         "reasons": json.dumps(reason_counts(bad)),
+        "row_ranges": row_ranges(part.column(ROW).to_numpy()),
     }
 
 
@@ -134,6 +137,17 @@ def confusion(good: pa.Table, config: StagingConfig) -> dict[str, dict[str, int]
     for (t, p), n in pairs.items():
         counts.setdefault(str(t), {})[str(p)] = int(n)
     return counts
+
+
+def row_ranges(rows: np.ndarray) -> list[int]:
+    """Row indices as flat [start, end) pairs: [s0, e0, s1, e1, ...], so the driver can spot a block seen twice."""
+    rows = np.sort(rows)
+    if not len(rows):
+        return []
+    breaks = np.flatnonzero(np.diff(rows) != 1)
+    starts = np.concatenate([[rows[0]], rows[breaks + 1]])
+    ends = np.concatenate([rows[breaks], [rows[-1]]]) + 1
+    return np.stack([starts, ends], axis=1).reshape(-1).tolist()
 
 
 def reason_counts(bad: pa.Table) -> dict[str, int]:
