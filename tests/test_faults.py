@@ -211,3 +211,22 @@ def test_types_of_kept_columns_are_the_same_in_every_file(ray_session, tiny_mode
     assert table.schema.field("score").type == pa.int64()
     errors = pq.read_table(tmp_path / "out" / "_errors").to_pylist()
     assert [e["id"] for e in errors] == ["b"] and errors[0]["reason"].startswith("schema differs")
+
+
+@pytest.mark.parametrize("policy", ["keep", "error"])
+def test_duplicate_ids_follow_the_policy(ray_session, tiny_models, tmp_path, policy):
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": i, "text": "some words"} for i in ["1", "2", "2"]])
+    write_jsonl(tmp_path / "in" / "b.jsonl", [{"id": i, "text": "other words"} for i in ["2", "3"]])
+    spec = spec_from_dict(yaml.safe_load(write_job(
+        tmp_path, tiny_models("classifier"), tmp_path / "in", errors={"duplicate_ids": policy, "max_rate": 1.0}
+    ).read_text()))
+    summary = run_job(spec)
+    ids = sorted(output_ids(tmp_path / "out"))
+    if policy == "keep":
+        assert ids == ["1", "2", "2", "2", "3"]
+        return
+    assert ids == ["1", "2", "3"]
+    errors = pq.read_table(tmp_path / "out" / "_errors").to_pylist()
+    assert sorted(e["id"] for e in errors) == ["2", "2"] and {e["reason"] for e in errors} == {"duplicate id"}
+    assert summary["error_reasons"] == {"duplicate id": 2}
+    assert summary["rows_in"] == 5

@@ -80,12 +80,12 @@ def _stage_shard(part: pa.Table, shard: str, config: StagingConfig) -> dict:
     data = good.select(list(config.output_columns))
     for k, start in enumerate(range(0, data.num_rows, config.max_rows_per_file)):
         path = f"{folder}/{name}-{k}.parquet"
-        _write(fs, path, data.slice(start, config.max_rows_per_file), config.compression)
+        write_atomically(fs, path, data.slice(start, config.max_rows_per_file), config.compression)
         files.append(path)
     error_files = []
     if bad.num_rows:
         path = f"{folder}/{name}-errors.parquet"
-        _write(fs, path, error_records(bad, config), config.compression)
+        write_atomically(fs, path, error_records(bad, config), config.compression)
         error_files.append(path)
     return {
         "shard": shard,
@@ -102,7 +102,7 @@ def _stage_shard(part: pa.Table, shard: str, config: StagingConfig) -> dict:
     }
 
 
-def _write(fs, path: str, table: pa.Table, compression: str) -> None:
+def write_atomically(fs, path: str, table: pa.Table, compression: str) -> None:
     """Write then rename, so a staged file is either whole or absent."""
     tmp = f"{path}.tmp"
     with fs.open_output_stream(tmp) as stream:
