@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipelines.errors import PipelineError
 from pipelines.tasks import TASK_OPTIONS, TASKS
@@ -106,6 +106,38 @@ class ErrorPolicy(Strict):
     duplicate_ids: Literal["keep", "error"] = "keep"
 
 
+class ScheduleSpec(Strict):
+    """When ``pipelines schedule`` runs the job; each run scores only new or changed input shards."""
+
+    cron: str = Field(description="A cron expression: 5 fields (6 with seconds last) or @daily, @hourly, ...")
+    timezone: str = Field(default="UTC", description="IANA time zone the cron expression is read in.")
+    missed_ticks: Literal["skip", "run_once"] = Field(
+        default="run_once",
+        description="A tick found more than grace_seconds late: run once now (run_once) or wait for the next (skip).",
+    )
+    grace_seconds: int = Field(default=300, ge=0, description="How late a tick may start and still count as on time.")
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        from croniter import croniter
+
+        if not croniter.is_valid(value):
+            raise ValueError("not a valid cron expression, e.g. '0 2 * * *' (02:00 every day) or '@hourly'")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("unknown time zone; give an IANA name such as UTC or Europe/Berlin") from None
+        return value
+
+
 TaskSpec = Annotated[Union[tuple(TASK_OPTIONS.values())], Field(discriminator="type")]
 
 
@@ -119,6 +151,7 @@ class JobSpec(Strict):
     output: OutputSpec
     errors: ErrorPolicy = Field(default_factory=ErrorPolicy)
     seed: int = 0
+    schedule: ScheduleSpec | None = None
 
     @model_validator(mode="after")
     def _no_column_clash(self) -> JobSpec:

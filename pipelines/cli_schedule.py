@@ -1,0 +1,75 @@
+"""``pipelines schedule`` and ``pipelines runs``: scheduled incremental runs and their ledger.
+
+Registered in ``pipelines.cli.EXTENSIONS``; the work is in pipelines/schedule.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+EXIT_BUSY = 75  # EX_TEMPFAIL: another run of the job holds the lock; try again later
+
+
+def register(commands, job_command) -> None:
+    schedule = job_command(
+        "schedule",
+        "run the job at each tick of its schedule, scoring only new or changed input (--once: the due work, now)",
+    )
+    schedule.add_argument("--once", action="store_true",
+                          help="do the due work now and exit (for cron, Airflow, a Kubernetes CronJob)")
+    schedule.add_argument("--address", help="Ray cluster to join: auto, HOST:PORT or ray://HOST:10001")
+    schedule.add_argument("--rescore", action="store_true",
+                          help="score every input shard again (e.g. with a new model) into a new partition; "
+                               "earlier partitions move to _superseded/")
+    schedule.add_argument("--json", action="store_true", help="with --once: print the ledger lines written as JSON")
+    schedule.set_defaults(handler=_schedule)
+    runs = job_command("runs", "print a scheduled job's run ledger (<output.path>/_runs.jsonl) as a table")
+    runs.add_argument("--json", action="store_true", help="print the raw ledger lines")
+    runs.set_defaults(handler=_runs)
+
+
+def _schedule(args: argparse.Namespace) -> int:
+    from pipelines.lock import LockHeld
+    from pipelines.schedule import describe, next_tick, run_due, run_id, serve
+    from pipelines.spec import load_spec
+
+    spec = load_spec(args.job, args.overrides)
+    if not args.once:
+        serve(spec, address=args.address, rescore=args.rescore)
+        return 0
+    try:
+        report = run_due(spec, address=args.address, rescore=args.rescore)
+    except LockHeld as exc:
+        print(f"busy: {exc}", file=sys.stderr)
+        return EXIT_BUSY
+    if args.json:
+        for entry in report["entries"]:
+            print(json.dumps(entry, sort_keys=True, default=str))
+        return 0
+    for entry in report["entries"]:
+        print(describe(entry))
+    if spec.schedule is not None:
+        from datetime import UTC, datetime
+
+        print(f"next tick: {run_id(next_tick(spec.schedule, datetime.now(UTC)))}")
+    print(f"output: {spec.output.path} (ledger: pipelines runs {args.job})")
+    return 0
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from pipelines.ledger import Ledger, render_table
+    from pipelines.spec import load_spec
+
+    spec = load_spec(args.job, args.overrides)
+    entries = Ledger(spec.output.path).read()
+    if args.json:
+        for entry in entries:
+            print(json.dumps(entry, sort_keys=True, default=str))
+        return 0
+    if not entries:
+        print(f"no runs yet in {spec.output.path} (start with: pipelines schedule {args.job} --once)")
+        return 0
+    print(render_table(entries))
+    return 0

@@ -1,0 +1,97 @@
+"""One run at a time per job: an exclusive ``flock`` on a lock file that dies with its process.
+
+The kernel drops an ``flock`` the moment the process holding it ends, however it
+ends (SIGKILL and OOM kills included), so a crashed run never leaves a lock that
+blocks the next one. The file also names its holder (pid, host, since when), for
+the message a refused run prints and for the log line of a recovery.
+
+``flock`` locks belong to an open file, not to a process: a second ``JobLock`` on
+the same file is refused even inside the process that holds the first.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+
+from pipelines.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+
+class LockHeld(PipelineError):
+    """Another run of the same job holds the lock; try again later."""
+
+
+class JobLock:
+    """``with JobLock(path):`` holds the job's lock or raises :class:`LockHeld` at once (never waits)."""
+
+    def __init__(self, path: str | Path, what: str = "this job") -> None:
+        self.path = Path(path)
+        self.what = what
+        self._file = None
+
+    def acquire(self) -> JobLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")  # noqa: SIM115 - held open for as long as the lock is
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _describe(_read_holder(handle))
+            handle.close()
+            raise LockHeld(
+                f"another run of {self.what} is in progress ({holder}); not starting a second one. "
+                f"It ends by itself; the lock is {self.path}"
+            ) from None
+        previous = _read_holder(handle)
+        if previous:
+            log.warning("recovered the lock of %s left by a run that ended without releasing it (%s)",
+                        self.what, _describe(previous))
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}))
+        handle.flush()
+        self._file = handle
+        return self
+
+    def release(self) -> None:
+        """Empty the file (a clean end) and drop the lock. The file stays: unlinking it would race."""
+        if self._file is None:
+            return
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.flush()
+        fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+        self._file.close()
+        self._file = None
+
+    def __enter__(self) -> JobLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_holder(handle) -> dict | None:
+    handle.seek(0)
+    text = handle.read().strip()
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return {"raw": text[:200]}
+
+
+def _describe(holder: dict | None) -> str:
+    if not holder:
+        return "holder unknown"
+    if "pid" not in holder:
+        return f"holder {holder}"
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("since", 0)))
+    return f"pid {holder['pid']} on {holder.get('host', '?')} since {since}"

@@ -1,0 +1,385 @@
+"""Scheduled incremental runs on a simulated clock: new shards only, exactly once, resumed, locked, lineage."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from helpers import ROOT, SENTENCES, write_jsonl
+
+from pipelines.commit import OutputDir
+from pipelines.errors import PipelineError
+from pipelines.ledger import Ledger, render_table
+from pipelines.lock import JobLock, LockHeld
+from pipelines.schedule import decide, job_lock, latest_tick, next_tick, run_due, serve
+from pipelines.spec import spec_from_dict
+
+DAY1 = datetime(2026, 11, 28, 2, 0, tzinfo=UTC)  # a tick of "0 2 * * *"
+
+
+def day(n: int, hours: float = 0) -> datetime:
+    """The n-th daily tick (1 = DAY1), plus some hours."""
+    return DAY1 + timedelta(days=n - 1, hours=hours)
+
+
+def rows(prefix: str, n: int) -> list[dict]:
+    return [{"id": f"{prefix}{i}", "text": SENTENCES[i % len(SENTENCES)]} for i in range(n)]
+
+
+def raw_job(tmp_path: Path, model: str, **schedule) -> dict:
+    return {
+        "name": "nightly",
+        "input": {"paths": [str(tmp_path / "in")]},
+        "model": {"name": model},
+        "task": {"type": "text-classification"},
+        "batching": {"batch_size": 8},
+        "compute": {"cpus_per_actor": 0.5, "threads_per_actor": 1},
+        "output": {"path": str(tmp_path / "out")},
+        "schedule": {"cron": "0 2 * * *", **schedule},
+    }
+
+
+def make_job(tmp_path: Path, model: str, **schedule):
+    (tmp_path / "in").mkdir(exist_ok=True)
+    return spec_from_dict(raw_job(tmp_path, model, **schedule))
+
+
+def add_shard(tmp_path: Path, name: str, batch: list[dict]) -> str:
+    return str(write_jsonl(tmp_path / "in" / name, batch))
+
+
+def ledger(tmp_path: Path) -> list[dict]:
+    return Ledger(str(tmp_path / "out")).read()
+
+
+def closing_lines(tmp_path: Path) -> list[dict]:
+    return [e for e in ledger(tmp_path) if e["status"] != "running"]
+
+
+def all_ids(tmp_path: Path) -> list[str]:
+    """Every partition together, read the way a user reads them: pyarrow over the output folder."""
+    return pq.read_table(tmp_path / "out").column("id").to_pylist()
+
+
+def partition_ids(tmp_path: Path, run: datetime) -> list[str]:
+    folder = tmp_path / "out" / f"run={run.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+    return sorted(pq.read_table(folder).column("id").to_pylist())
+
+
+def data_files(tmp_path: Path) -> dict[str, int]:
+    """Every file under the output but the ledger and the lock, with its modification time."""
+    out = tmp_path / "out"
+    skip = ("_runs.jsonl", "_schedule.lock")
+    return {str(p): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name not in skip}
+
+
+@pytest.fixture()
+def classifier(tiny_models, tmp_path) -> str:
+    """A private copy of the tiny classifier, so a test may change it."""
+    return str(shutil.copytree(tiny_models("classifier"), tmp_path / "model"))
+
+
+def fake_model(tmp_path: Path) -> str:
+    """A model directory for the stand-in runner: only hashed for lineage, never loaded."""
+    folder = tmp_path / "fake-model"
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text("{}")
+    return str(folder)
+
+
+class NoRay:
+    """A stand-in for run_job that records its calls (for tests about the schedule, not the scoring)."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        self.calls: list[dict] = []
+        self.fail_first = fail_first
+
+    def __call__(self, spec, *, address=None, overwrite=False, shards=None) -> dict:
+        self.calls.append({"output": spec.output.path, "shards": [s.uri for s in shards], "overwrite": overwrite})
+        if len(self.calls) <= self.fail_first:
+            raise PipelineError("the cluster went away")
+        return {"rows_in": 0, "rows_out": 0, "errors": 0, "shards_this_run": len(shards)}
+
+
+# cron, time zones, missed ticks ----------------------------------------------------------------
+
+
+def test_cron_and_time_zone_are_read_by_croniter_and_validated():
+    spec = spec_from_dict(raw_job(Path("/tmp/unused"), "m", cron="30 2 * * *", timezone="Europe/Berlin"))
+    winter = datetime(2026, 1, 10, 12, tzinfo=UTC)
+    assert latest_tick(spec.schedule, winter) == datetime(2026, 1, 10, 1, 30, tzinfo=UTC)  # 02:30 CET
+    summer = datetime(2026, 7, 10, 12, tzinfo=UTC)
+    assert latest_tick(spec.schedule, summer) == datetime(2026, 7, 10, 0, 30, tzinfo=UTC)  # 02:30 CEST
+    assert next_tick(spec.schedule, summer) == datetime(2026, 7, 11, 0, 30, tzinfo=UTC)
+    exactly = datetime(2026, 7, 10, 0, 30, tzinfo=UTC)
+    assert latest_tick(spec.schedule, exactly) == exactly and next_tick(spec.schedule, exactly) > exactly
+    bad = [("cron", "0 25 * * *"), ("timezone", "Mars/Olympus"), ("missed_ticks", "catch_up")]
+    for key, value in bad:
+        raw = raw_job(Path("/tmp/unused"), "m")
+        raw["schedule"][key] = value
+        with pytest.raises(PipelineError, match=f"schedule.{key}"):
+            spec_from_dict(raw)
+
+
+@pytest.mark.parametrize("policy", ["skip", "run_once"])
+def test_missed_ticks_follow_the_policy(policy):
+    schedule = spec_from_dict(raw_job(Path("/tmp/unused"), "m", missed_ticks=policy)).schedule
+    last = "2026-11-28T02:00:00Z"
+    on_time = decide(schedule, last, day(4, hours=0.05))  # 3 minutes after the tick of day 4
+    assert (on_time.action, on_time.tick, on_time.missed) == ("run", day(4), 2)  # days 2 and 3 were missed
+    late = decide(schedule, last, day(4, hours=7))
+    assert late.tick == day(4) and late.missed == 3
+    assert late.action == ("skip" if policy == "skip" else "run")
+    assert decide(schedule, "2026-12-01T02:00:00Z", day(4, hours=7)).action == "handled"
+    first_ever = decide(schedule, None, day(1, hours=7))
+    assert first_ever.missed == 1 and first_ever.action == ("skip" if policy == "skip" else "run")
+
+
+@pytest.mark.parametrize("policy", ["skip", "run_once"])
+def test_the_loop_wakes_at_each_tick_on_a_simulated_clock(tmp_path, policy):
+    spec = make_job(tmp_path, fake_model(tmp_path), missed_ticks=policy)
+    add_shard(tmp_path, "a.jsonl", rows("a", 3))
+    clock = {"now": day(1, hours=7)}  # started five hours after the tick of day 1
+    slept = []
+
+    def sleep(seconds):
+        slept.append(seconds)
+        clock["now"] += timedelta(seconds=seconds)
+        if clock["now"] >= day(3):
+            add_shard(tmp_path, "b.jsonl", rows("b", 2))
+
+    runner = NoRay()
+    serve(spec, clock=lambda: clock["now"], sleep=sleep, runner=runner, wakeups=3)
+    lines = [(e["tick"], e["status"]) for e in closing_lines(tmp_path)]
+    first = ("2026-11-28T02:00:00Z", "skipped" if policy == "skip" else "succeeded")
+    assert lines[0] == first
+    assert lines[1:] == [("2026-11-29T02:00:00Z", "succeeded"), ("2026-11-30T02:00:00Z", "succeeded")]
+    assert sum(slept) == (day(3) - day(1, hours=7)).total_seconds()  # woke exactly at each tick, no later
+    assert max(slept) <= 3600  # in steps of an hour at most, so a clock change is noticed
+    assert runner.calls[-1]["output"].endswith("out/run=2026-11-30T02:00:00Z")
+
+
+# incremental, exactly once --------------------------------------------------------------------
+
+
+def test_three_ticks_score_only_new_and_changed_shards_exactly_once(ray_session, classifier, tmp_path):
+    import duckdb
+    import pandas as pd
+
+    spec = make_job(tmp_path, classifier)
+    a, b = add_shard(tmp_path, "a.jsonl", rows("a", 5)), add_shard(tmp_path, "b.jsonl", rows("b", 4))
+    run_due(spec, now=day(1, hours=0.01))
+    c = add_shard(tmp_path, "c.jsonl", rows("c", 3))
+    run_due(spec, now=day(2, hours=0.01))
+    d = add_shard(tmp_path, "d.jsonl", rows("d", 6))
+    a = add_shard(tmp_path, "a.jsonl", rows("a", 7))  # a changed: two more rows
+    run_due(spec, now=day(3, hours=0.01))
+
+    runs = [e for e in closing_lines(tmp_path) if e["run"]]
+    assert [sorted(i["uri"] for i in e["inputs"]) for e in runs] == [sorted([a, b]), [c], sorted([a, d])]
+    assert [e["rows_out"] for e in runs] == [9, 3, 13]
+    assert partition_ids(tmp_path, day(2)) == sorted(r["id"] for r in rows("c", 3))
+    assert len(runs[2]["replaces"]) == 1
+    expected = sorted(r["id"] for r in rows("a", 7) + rows("b", 4) + rows("c", 3) + rows("d", 6))
+    assert sorted(all_ids(tmp_path)) == expected  # the old version of a is gone from view: each row once
+    assert list((tmp_path / "out" / "_superseded" / "run=2026-11-28T02:00:00Z").glob("part-*.parquet"))
+
+    before = data_files(tmp_path)
+    same_tick = run_due(spec, now=day(3, hours=5))
+    quiet_tick = run_due(spec, now=day(4, hours=0.01))
+    assert [e["status"] for e in same_tick["entries"] + quiet_tick["entries"]] == ["empty", "empty"]
+    assert "already handled" in same_tick["entries"][0]["note"]
+    assert data_files(tmp_path) == before  # nothing written but two ledger lines
+    assert len(closing_lines(tmp_path)) == 5
+
+    # the read recipe of docs/schedule.md
+    frame = pd.read_parquet(tmp_path / "out")
+    assert sorted(frame["id"]) == expected and frame.groupby("run", observed=True).size().to_dict() == {
+        "2026-11-28T02:00:00Z": 4, "2026-11-29T02:00:00Z": 3, "2026-11-30T02:00:00Z": 13}
+    query = (f"select count(*), count(distinct id), min(run) "
+             f"from read_parquet('{tmp_path}/out/run=*/*.parquet', hive_partitioning=true)")
+    assert duckdb.sql(query).fetchall() == [(20, 20, datetime(2026, 11, 28, 2, 0))]
+
+
+def test_a_killed_run_is_completed_by_the_next_tick(ray_session, classifier, tmp_path, monkeypatch):
+    spec = make_job(tmp_path, classifier)
+    for name in "abc":
+        add_shard(tmp_path, f"{name}.jsonl", rows(name, 4))
+
+    class Killed(BaseException):
+        """Like SIGKILL: no clean-up code runs, the ledger keeps only the 'running' line."""
+
+    commit = OutputDir.commit
+
+    def commit_then_die(self, *args, **kwargs):
+        commit(self, *args, **kwargs)
+        raise Killed()
+
+    monkeypatch.setattr(OutputDir, "commit", commit_then_die)
+    with pytest.raises(Killed):
+        run_due(spec, now=day(1, hours=0.01))
+    monkeypatch.setattr(OutputDir, "commit", commit)
+    gc.collect()  # the abandoned Ray Data stream stops (as a killed driver's would) and frees its actor
+    [line] = ledger(tmp_path)
+    assert line["status"] == "running" and len(line["inputs"]) == 3
+    assert len(all_ids(tmp_path)) == 4  # one shard was committed before the kill
+
+    add_shard(tmp_path, "d.jsonl", rows("d", 5))
+    report = run_due(spec, now=day(2, hours=0.01))
+    resumed, new = report["entries"]
+    assert (resumed["kind"], resumed["run"], resumed["attempt"]) == ("resume", "2026-11-28T02:00:00Z", 2)
+    assert resumed["shards_this_run"] == 2 and resumed["rows_out"] == 12
+    assert [i["uri"] for i in new["inputs"]] == [str(tmp_path / "in" / "d.jsonl")] and new["rows_out"] == 5
+    ids = all_ids(tmp_path)
+    assert sorted(ids) == sorted(r["id"] for n in "abcd" for r in rows(n, 5 if n == "d" else 4))
+    assert len(ids) == len(set(ids)) == 17
+
+
+def test_a_retry_of_a_failed_tick_resumes_its_run(tmp_path):
+    spec = make_job(tmp_path, fake_model(tmp_path))
+    add_shard(tmp_path, "a.jsonl", rows("a", 2))
+    runner = NoRay(fail_first=1)
+    with pytest.raises(PipelineError, match="resumes the run"):
+        run_due(spec, now=day(1, hours=0.01), runner=runner)
+    assert [e["status"] for e in ledger(tmp_path)] == ["running", "failed"]
+    add_shard(tmp_path, "b.jsonl", rows("b", 2))
+    run_due(spec, now=day(1, hours=0.5), runner=runner)  # the same tick again (e.g. a retry): resume only
+    assert [(c["output"][-24:], len(c["shards"])) for c in runner.calls] == [("run=2026-11-28T02:00:00Z", 1)] * 2
+    assert closing_lines(tmp_path)[-2]["kind"] == "resume" and closing_lines(tmp_path)[-1]["status"] == "empty"
+
+
+def test_without_a_schedule_every_once_is_a_tick(tmp_path):
+    raw = raw_job(tmp_path, fake_model(tmp_path))
+    del raw["schedule"]
+    (tmp_path / "in").mkdir()
+    spec = spec_from_dict(raw)
+    runner = NoRay()
+    first = run_due(spec, now=day(1, hours=5.5), runner=runner)["entries"][0]
+    assert (first["tick"], first["status"]) == ("2026-11-28T07:30:00Z", "empty")  # an empty landing folder: no error
+    add_shard(tmp_path, "a.jsonl", rows("a", 2))
+    assert run_due(spec, now=day(1, hours=6), runner=runner)["entries"][0]["run"] == "2026-11-28T08:00:00Z"
+    again = run_due(spec, now=day(1, hours=6), runner=runner)["entries"][0]
+    assert again["status"] == "empty" and "already handled" in again["note"]
+    assert len(runner.calls) == 1
+    with pytest.raises(PipelineError, match="no schedule section"):
+        serve(spec, runner=runner)
+
+
+# one run at a time -----------------------------------------------------------------------------
+
+
+def test_overlapping_runs_are_refused_and_a_killed_holders_lock_is_recovered(tmp_path):
+    spec = make_job(tmp_path, fake_model(tmp_path))
+    add_shard(tmp_path, "a.jsonl", rows("a", 2))
+    runner = NoRay()
+    with job_lock(spec):
+        with pytest.raises(LockHeld, match=f"pid {os.getpid()}"):
+            run_due(spec, now=day(1), runner=runner)
+    assert runner.calls == [] and ledger(tmp_path) == []
+
+    lock_file = tmp_path / "out" / "_schedule.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pipelines.lock import JobLock; held = JobLock(sys.argv[1]).acquire(); "
+                               "print('locked', flush=True); sys.stdin.read()", str(lock_file)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(LockHeld, match=f"pid {holder.pid}"):
+            run_due(spec, now=day(1), runner=runner)
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    finally:
+        holder.kill()
+    assert json.loads(lock_file.read_text())["pid"] == holder.pid  # the dead holder's record is still there
+    run_due(spec, now=day(1), runner=runner)
+    assert len(runner.calls) == 1 and lock_file.read_text() == ""
+    with JobLock(lock_file):  # released: free for the next run
+        pass
+
+
+# model lineage and --rescore -------------------------------------------------------------------
+
+
+def test_a_model_change_is_in_the_ledger_and_warned_about(tmp_path):
+    import logging
+
+    spec = make_job(tmp_path, fake_model(tmp_path))
+    add_shard(tmp_path, "a.jsonl", rows("a", 2))
+    run_due(spec, now=day(1), runner=NoRay())
+    (Path(spec.model.name) / "config.json").write_text('{"retrained": true}')
+    warnings = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logging.getLogger("pipelines.schedule").addHandler(handler)
+    try:
+        run_due(spec, now=day(2), runner=NoRay())
+    finally:
+        logging.getLogger("pipelines.schedule").removeHandler(handler)
+    first, second = closing_lines(tmp_path)
+    assert first["model"]["content_hash"] != second["model"]["content_hash"]
+    assert second["model_changed"] == {"from": first["model"], "to": second["model"], "since": first["run"]}
+    assert any("model changed since run 2026-11-28T02:00:00Z" in w and "--rescore" in w for w in warnings)
+    assert "model changed" in render_table(ledger(tmp_path))
+
+
+def test_rescore_scores_every_shard_with_the_new_model_and_supersedes_older_partitions(
+    ray_session, classifier, tmp_path
+):
+    spec = make_job(tmp_path, classifier)
+    add_shard(tmp_path, "a.jsonl", rows("a", 3))
+    run_due(spec, now=day(1, hours=0.01))
+    config = Path(classifier) / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "retrained_on": "2026-11-28"}))
+    add_shard(tmp_path, "b.jsonl", rows("b", 2))
+    report = run_due(spec, now=day(1, hours=3), rescore=True)  # off schedule: the tick was handled
+    [rescored] = report["entries"]
+    assert rescored["kind"] == "rescore" and rescored["run"] == "2026-11-28T05:00:00Z"
+    assert len(rescored["inputs"]) == 2 and rescored["rows_out"] == 5
+    assert rescored["model_changed"]["since"] == "2026-11-28T02:00:00Z"
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.glob("run=*")) == ["run=2026-11-28T05:00:00Z"]
+    assert [p.name for p in (out / "_superseded").iterdir()] == ["run=2026-11-28T02:00:00Z"]
+    assert sorted(all_ids(tmp_path)) == sorted(r["id"] for r in rows("a", 3) + rows("b", 2))
+    assert "superseded by rescore" in render_table(ledger(tmp_path))
+    assert run_due(spec, now=day(2, hours=0.01))["entries"][0]["status"] == "empty"  # then incremental again
+
+
+# the command line ------------------------------------------------------------------------------
+
+
+def test_cli_schedule_once_then_runs_table(ray_session, classifier, tmp_path):
+    raw = raw_job(tmp_path, classifier, cron="* * * * *")  # every minute: --once always finds a tick due
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(raw))
+    add_shard(tmp_path, "a.jsonl", rows("a", 6))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("RAY_ADDRESS", None)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "pipelines", *args], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=300)
+
+    address = ray_session.get_runtime_context().gcs_address  # join the session's Ray: --address is passed through
+    done = cli("schedule", str(job), "--once", "--address", address)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "succeeded, scored new input: 1 shard(s) this run, 6 rows" in done.stdout
+    with job_lock(spec_from_dict(raw)):
+        busy = cli("schedule", str(job), "--once")
+    assert busy.returncode == 75 and "another run of job nightly is in progress" in busy.stderr
+    table = cli("runs", str(job))
+    assert table.returncode == 0
+    header, first = table.stdout.splitlines()
+    assert header.split()[:4] == ["TICK", "RUN", "KIND", "STATUS"]
+    assert first.split()[2:6] == ["tick", "succeeded", "1", "6"]
+    assert len(pq.read_table(tmp_path / "out")) == 6
