@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from pipelines import cli_cluster, cli_schedule
 from pipelines.errors import PipelineError
 
 log = logging.getLogger("pipelines")
@@ -31,7 +32,12 @@ def _parser() -> argparse.ArgumentParser:
         return command
 
     run = job_command("run", "run or resume a job")
-    run.add_argument("--address", help="Ray cluster to join: auto, HOST:PORT or ray://HOST:10001 (default: local Ray)")
+    run.add_argument(
+        "--address",
+        help="GCS address of a Ray cluster to join as its driver, from a node of that cluster: auto or "
+        "HEAD_IP:6379 (default: RAY_ADDRESS, else a local Ray); not the dashboard URL http://HEAD_IP:8265, "
+        "which `pipelines submit` takes",
+    )
     run.add_argument("--overwrite", action="store_true", help="replace results of another spec or changed input")
     run.add_argument("--json", action="store_true", help="print the run summary as JSON")
     job_command("validate", "check a job spec without running it")
@@ -42,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
 
 # Modules that add sub-commands: each is a function (subparsers, job_command) that adds parsers
 # and sets `handler=` defaults on them (see argparse's set_defaults).
-EXTENSIONS: list = []
+EXTENSIONS: list = [cli_schedule.register, cli_cluster.register]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,11 @@
 """Run pipeline jobs on a remote Ray cluster through Ray Job Submission.
 
-The CLI calls the four public functions here: :func:`submit`, :func:`status`,
-:func:`logs` and :func:`stop`. They talk HTTP to the cluster's dashboard
-(``http://HEAD:8265``) with :class:`ray.job_submission.JobSubmissionClient`.
+The CLI calls the public functions here: :func:`submit`, :func:`wait`,
+:func:`status`, :func:`logs` and :func:`stop`. They talk HTTP to the cluster's
+dashboard (``http://HEAD:8265``, the job server) with
+:class:`ray.job_submission.JobSubmissionClient`. That URL is not the GCS address
+(``HEAD:6379``) a driver joins with ``pipelines run --address``; see
+:func:`resolve_address` for where it comes from when no ``--address`` is given.
 
 Authentication (Ray 2.60 token auth). A cluster started with
 ``RAY_AUTH_MODE=token`` answers every dashboard request without a token with
@@ -153,6 +156,14 @@ def submit(
     return job_id
 
 
+def wait(job_id: str, address: str) -> JobReport:
+    """Write the job's logs to stdout as they come until it ends; return its final report."""
+    client, url = _connect(address)
+    with _errors_as_pipeline_errors(url, client.token, job_id):
+        follow_logs(client, job_id)
+        return _final_report(client, job_id)
+
+
 def status(job_id: str, address: str) -> JobReport:
     """Return the job's current status and the cluster's message about it."""
     client, url = _connect(address)
@@ -179,6 +190,39 @@ def stop(job_id: str, address: str) -> bool:
         stopped = client.jobs.stop_job(job_id)
     logger.info("Stop requested for job %s (was running: %s)", job_id, stopped)
     return stopped
+
+
+# --------------------------------------------------------------------------- #
+# Where the job server is, where the project is
+# --------------------------------------------------------------------------- #
+
+
+def resolve_address(address: str | None) -> str:
+    """The job server's address: ``address``, else the first http(s) URL in RAY_API_SERVER_ADDRESS, RAY_ADDRESS.
+
+    The environment is read the way ``ray job`` reads it, except that an explicit ``address`` wins and a
+    GCS address in RAY_ADDRESS (``HOST:6379``: what a driver joins) is not taken for the job server's.
+    """
+    if address and address.strip():
+        return address.strip()
+    for name in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"):
+        value = os.environ.get(name, "").strip()
+        if value.lower().startswith(("http://", "https://")):
+            return value
+    gcs = os.environ.get("RAY_ADDRESS", "").strip()
+    hint = f" (RAY_ADDRESS={gcs} is a GCS address, for `pipelines run --address`)" if gcs else ""
+    raise PipelineError(
+        f"No job server address{hint}; pass the head's dashboard URL, e.g. --address http://HEAD_IP:8265 "
+        "(`ray dashboard cluster.yaml` tunnels it to http://127.0.0.1:8265), or export RAY_API_SERVER_ADDRESS."
+    )
+
+
+def find_project_root(job_path: Path) -> Path:
+    """The nearest directory above the job spec that holds the ``pipelines`` package, else the current one."""
+    for folder in Path(job_path).resolve().parents:
+        if (folder / "pipelines" / "__init__.py").is_file():
+            return folder
+    return Path.cwd()
 
 
 # --------------------------------------------------------------------------- #
@@ -410,7 +454,7 @@ def _poll_logs(client: _Client, job_id: str, out: IO[str], already: str = "") ->
     while True:
         terminal = _report(client, job_id).is_terminal
         text = client.jobs.get_job_logs(job_id)
-        new = text[len(seen) :] if text.startswith(seen) else text
+        new = text.removeprefix(seen)
         if new:
             out.write(new)
             out.flush()

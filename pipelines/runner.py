@@ -10,13 +10,15 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from pipelines import faults
 from pipelines import summary as summaries
 from pipelines.commit import RUN, OutputDir
+from pipelines.duplicates import DuplicateIds
 from pipelines.errors import PipelineError
-from pipelines.io.reader import Columns
+from pipelines.io.reader import Columns, reference_types
 from pipelines.io.shards import Shard, list_shards
 from pipelines.io.writer import StagingConfig
 from pipelines.models import load_config, resolve_name
@@ -44,15 +46,18 @@ def job_record(spec: JobSpec) -> dict[str, Any]:
     }
 
 
-def columns_of(spec: JobSpec) -> Columns:
+def columns_of(spec: JobSpec, shards: list[Shard] = ()) -> Columns:
+    """The columns to read; passed-through columns get the types they have in the first shard."""
     task = TASKS[spec.task.type]
     keep = [*spec.input.columns_to_keep, *([spec.input.label_column] if spec.input.label_column else [])]
-    return Columns(
+    columns = Columns(
         text=spec.input.text_column,
         id=spec.input.id_column,
         inputs=tuple(task.input_columns(spec.task)),
         keep=tuple(dict.fromkeys(keep)),
     )
+    types = reference_types(list(shards), columns) if columns.keep else {}
+    return replace(columns, keep_types=tuple(types.items()))
 
 
 def staging_config(spec: JobSpec, shards: list[Shard]) -> StagingConfig:
@@ -77,16 +82,34 @@ def preflight(spec: JobSpec) -> None:
 
 
 def connect(address: str | None, spec: JobSpec) -> None:
-    """Join the cluster at ``address`` (or RAY_ADDRESS), or start a local Ray."""
+    """Join the cluster at ``address`` (a GCS address: auto or HOST:6379, from a node of the cluster), else the
+    one in RAY_ADDRESS (set by Ray for a submitted job's driver), else start a local Ray. Dashboard URLs and
+    Ray Client (ray://) addresses are refused with a message that says what to use instead.
+
+    Joining from outside ships this package to the workers unless the job already carries it, and turns on
+    token auth when a token is at hand (see pipelines.cluster). The resource checks of a local Ray also apply
+    to a cluster that cannot add nodes; on one that autoscales, the pool waits for the nodes it asks for.
+    """
     import ray
+
+    from pipelines import cluster
 
     if ray.is_initialized():
         return
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING)
-    else:
+    target = cluster.gcs_address(address)
+    if target is None:
         ray.init(include_dashboard=False, logging_level=logging.WARNING)
-    check_resources(spec, local=address is None)
+        check_resources(spec, local=True)
+        cluster.check_pool_fits(spec.compute)
+        return
+    cluster.join(target, cluster.code_runtime_env())
+    grows = cluster.can_add_nodes()
+    if grows is None:
+        log.info("cannot tell yet whether the cluster at %s autoscales; resources not checked", target)
+    check_resources(spec, local=grows is False)
+    if grows is False:
+        cluster.check_pool_fits(spec.compute)
+    cluster.warn_if_output_is_node_local(spec.output.path)
 
 
 def check_resources(spec: JobSpec, local: bool) -> None:
@@ -109,8 +132,11 @@ def check_resources(spec: JobSpec, local: bool) -> None:
         )
 
 
-def build_dataset(spec: JobSpec, shards: list[Shard]):
-    """The lazy Ray dataset: read → predict on the actor pool → stage; yields writer reports."""
+def build_dataset(spec: JobSpec, shards: list[Shard], reference: list[Shard] | None = None):
+    """The lazy Ray dataset: read → predict on the actor pool → stage; yields writer reports.
+
+    ``reference``: the job's shards in order, whose first one fixes the types of passed-through columns.
+    """
     import ray
 
     from pipelines.io.datasource import ShardDatasource
@@ -124,7 +150,7 @@ def build_dataset(spec: JobSpec, shards: list[Shard]):
         gpu_args["accelerator_type"] = compute.accelerator_type
     if compute.resources:
         gpu_args["resources"] = dict(compute.resources)
-    dataset = ray.data.read_datasource(ShardDatasource(shards, columns_of(spec)), num_cpus=IO_CPUS)
+    dataset = ray.data.read_datasource(ShardDatasource(shards, columns_of(spec, reference or shards)), num_cpus=IO_CPUS)
     dataset = dataset.map_batches(
         Predictor,
         fn_constructor_kwargs={"spec": spec.model_dump(mode="json")},
@@ -145,17 +171,26 @@ def build_dataset(spec: JobSpec, shards: list[Shard]):
 
 @dataclass
 class Tally:
-    """Rows accounted for per shard; a shard is complete when they add up to its row count."""
+    """Rows accounted for per shard; a shard is complete when they add up to its row count.
+
+    Each report names the row ranges it holds, so a block that comes back twice
+    (a task re-executed by Ray) is recognised and left out instead of duplicated.
+    """
 
     reports: dict[str, list[dict]] = field(default_factory=lambda: defaultdict(list))
     seen: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    covered: dict[str, list[tuple[int, int]]] = field(default_factory=lambda: defaultdict(list))
 
     def add(self, report: dict) -> bool:
         shard = report["shard"]
+        flat = report["row_ranges"]
+        ranges = list(zip(flat[::2], flat[1::2]))
+        if any(s < e2 and s2 < e for s, e in ranges for s2, e2 in self.covered[shard]):
+            log.warning("shard %s: a block came back twice; keeping the first copy", shard)
+            return False
+        self.covered[shard] += ranges
         self.reports[shard].append(report)
         self.seen[shard] += report["rows"] + report["errors"]
-        if self.seen[shard] > report["shard_rows"]:
-            raise PipelineError(f"shard {shard}: more rows came back than it holds; this is a bug, please report it")
         return self.seen[shard] == report["shard_rows"]
 
 
@@ -175,48 +210,64 @@ def run_job(
     if not pending and output.finished():
         log.info("nothing to do: all %d shards of %s are committed", len(shards), spec.output.path)
         return {**(output.read_json(RUN) or {}), "status": "up to date", "shards_this_run": 0}
+    if pending:
+        connect(address, spec)  # resource problems surface here, before anything is written
     output.start(job, overwrite)
     log.info("%d of %d shards to do", len(pending), len(shards))
     start = time.monotonic()
-    done = {}
-    if pending:
-        connect(address, spec)
-        done = execute(spec, job, output, pending)
+    done = execute(spec, job, output, pending, shards) if pending else {}
     wall = time.monotonic() - start
     missing = [s.uri for s in pending if s.key not in done]
     if missing:
         raise PipelineError(f"{len(missing)} shard(s) did not complete, e.g. {missing[0]}; run the job again to resume")
+    faults.checkpoint("before_summary")
     result = summaries.build(job, list(output.commits().values()), list(done.values()), wall, "succeeded")
-    enforce_error_policy(spec, result)
+    problem = error_policy_violation(spec, result)
+    if problem:
+        result["status"] = "failed"
+        output.write_json(RUN, result)
+        raise PipelineError(problem)
     output.write_json(RUN, result)
     output.finish()
     return result
 
 
-def execute(spec: JobSpec, job: dict, output: OutputDir, pending: list[Shard]) -> dict[str, dict]:
+def execute(
+    spec: JobSpec, job: dict, output: OutputDir, pending: list[Shard], shards: list[Shard]
+) -> dict[str, dict]:
     """Stream the dataset; commit each shard the moment its last row is staged."""
     by_key = {s.key: s for s in pending}
     tally = Tally()
     done: dict[str, dict] = {}
-    dataset = build_dataset(spec, pending)
+    dataset = build_dataset(spec, pending, reference=shards)
+    duplicates = None
+    if spec.errors.duplicate_ids == "error":
+        duplicates = DuplicateIds(output.fs, output.root, spec.input.id_column or "id", list(output.commits().values()))
     for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
         for report in batch.to_pylist():
             if tally.add(report):
                 shard = report["shard"]
-                done[shard] = output.commit(by_key[shard], tally.reports.pop(shard), job)
+                faults.checkpoint("before_commit")
+                reports = tally.reports.pop(shard)
+                if duplicates:
+                    for staged in reports:
+                        duplicates.screen(staged, by_key[shard].uri, spec.output.compression)
+                done[shard] = output.commit(by_key[shard], reports, job)
                 log.info("committed %s (%d/%d shards)", by_key[shard].uri, len(done), len(pending))
+                faults.checkpoint("after_commit")
     return done
 
 
-def enforce_error_policy(spec: JobSpec, result: dict) -> None:
+def error_policy_violation(spec: JobSpec, result: dict) -> str | None:
+    """Why the job fails under errors.max_rate / max_count, with the reasons; None when within limits."""
     policy = spec.errors
     errors, rate = result["errors"], result["error_rate"]
     over_count = policy.max_count is not None and errors > policy.max_count
-    if rate > policy.max_rate or over_count:
-        result["status"] = "failed"
-        reasons = ", ".join(f"{k}: {v}" for k, v in result["error_reasons"].items())
-        raise PipelineError(
-            f"{errors} of {result['rows_in']} rows were quarantined ({rate:.1%}), over the limit set by "
-            f"errors.max_rate={policy.max_rate} / errors.max_count={policy.max_count} ({reasons}); "
-            f"see {spec.output.path}/_errors/"
-        )
+    if rate <= policy.max_rate and not over_count:
+        return None
+    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(result["error_reasons"].items(), key=lambda kv: -kv[1]))
+    return (
+        f"{errors} of {result['rows_in']} rows were quarantined ({rate:.1%}), over the limit of "
+        f"errors.max_rate={policy.max_rate} / errors.max_count={policy.max_count} ({reasons}); "
+        f"see {spec.output.path}/_errors/ and raise the limits if these rows are expected"
+    )

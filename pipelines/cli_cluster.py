@@ -1,0 +1,117 @@
+"""``pipelines submit | status | logs | stop``: jobs on a remote Ray cluster, through its job server.
+
+These commands take the head's **dashboard URL** (``http://HEAD_IP:8265``), from ``--address`` or else
+RAY_API_SERVER_ADDRESS / RAY_ADDRESS when it is an http URL (as ``ray job`` reads them). That is not the
+GCS address (``HEAD_IP:6379``, ``auto``) that ``pipelines run --address`` joins as a driver on a node of
+the cluster. The transport, token auth included, is :mod:`pipelines.jobs_client`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipelines.errors import PipelineError
+
+ADDRESS_HELP = (
+    "the head's dashboard URL (job server), e.g. http://HEAD_IP:8265 (default: RAY_API_SERVER_ADDRESS or "
+    "RAY_ADDRESS if it is an http URL); not the GCS address HEAD_IP:6379 that `pipelines run --address` takes"
+)
+
+
+def register(subparsers, job_command) -> None:
+    """Add the four sub-commands to the `pipelines` parser."""
+    submit = job_command(
+        "submit",
+        "run a job on a remote Ray cluster through its job server; the project (package, spec, local data) "
+        "is uploaded as the job's working_dir",
+    )
+    submit.add_argument("--address", help=ADDRESS_HELP)
+    submit.add_argument(
+        "--wait", action="store_true", help="follow the job's logs to its end; exit 0 if it succeeded, 1 if not"
+    )
+    submit.add_argument(
+        "--project-root",
+        type=Path,
+        help="directory uploaded as the working_dir (default: the nearest one above the spec holding pipelines/)",
+    )
+    submit.set_defaults(handler=_submit)
+
+    for name, help_, handler in (
+        ("status", "show a submitted job's status", _status),
+        ("logs", "print a submitted job's logs", _logs),
+        ("stop", "stop a submitted job", _stop),
+    ):
+        command = subparsers.add_parser(name, help=help_)
+        command.add_argument("job_id", help="the id `pipelines submit` printed (raysubmit_...)")
+        command.add_argument("--address", help=ADDRESS_HELP)
+        command.set_defaults(handler=handler)
+        if name == "logs":
+            command.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from pipelines import jobs_client
+    from pipelines.spec import load_spec
+
+    spec = load_spec(args.job, args.overrides)  # a broken spec fails here, not after the upload
+    _check_output_path(spec.output.path)
+    address = jobs_client.resolve_address(args.address)
+    root = args.project_root or jobs_client.find_project_root(args.job)
+    job_id = jobs_client.submit(args.job, address, overrides=args.overrides, project_root=root)
+    if not args.wait:
+        print(job_id)
+        print(f"follow it: pipelines logs {job_id} --follow --address {address}", file=sys.stderr)
+        return 0
+    print(f"submitted {job_id} to {address}; following its logs (Ctrl-C stops following, not the job)", file=sys.stderr)
+    try:
+        report = jobs_client.wait(job_id, address)
+    except KeyboardInterrupt:
+        print(
+            f"stopped following {job_id}; it keeps running. `pipelines logs {job_id} --follow` resumes, "
+            f"`pipelines stop {job_id}` stops it (both with --address {address})",
+            file=sys.stderr,
+        )
+        return 130
+    print(f"job {report}", file=sys.stderr)
+    return 0 if report.status == "SUCCEEDED" else 1
+
+
+def _check_output_path(path: str) -> None:
+    """A submitted job runs in a temporary copy of the project on the head: a relative output would vanish."""
+    if "://" not in path and not Path(path).is_absolute():
+        raise PipelineError(
+            f"output.path {path!r} is relative: on the cluster it would land in the job's temporary working "
+            "directory on the head and be deleted with it; set an object-store URI (--set "
+            "output.path=s3://bucket/prefix) or an absolute path on storage every node shares"
+        )
+
+
+def _status(args: argparse.Namespace) -> int:
+    from pipelines import jobs_client
+
+    print(jobs_client.status(args.job_id, jobs_client.resolve_address(args.address)))
+    return 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from pipelines import jobs_client
+
+    address = jobs_client.resolve_address(args.address)
+    if args.follow:
+        jobs_client.logs(args.job_id, address, follow=True)  # writes to stdout as the logs come
+    else:
+        sys.stdout.write(jobs_client.logs(args.job_id, address))
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from pipelines import jobs_client
+
+    address = jobs_client.resolve_address(args.address)
+    if jobs_client.stop(args.job_id, address):
+        print(f"stop requested for {args.job_id}")
+    else:
+        print(f"{args.job_id} was not running ({jobs_client.status(args.job_id, address).status})")
+    return 0

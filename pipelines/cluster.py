@@ -1,0 +1,287 @@
+"""Driving a job on an existing Ray cluster: ``pipelines run --address`` and jobs started by ``pipelines submit``.
+
+Two addresses name a Ray cluster, and this project keeps them apart:
+
+* the **GCS address** (``HEAD_IP:6379`` or ``auto``) is what a driver joins: ``pipelines run --address``,
+  and ``RAY_ADDRESS`` inside a job the cluster runs. The driver must run on a node of the cluster: Ray
+  Data cannot drive a dataset over Ray Client (``ray://HEAD_IP:10001``), so such addresses are refused;
+* the **dashboard URL** (``http://HEAD_IP:8265``) is the job server's: ``pipelines submit/status/logs/stop``
+  (:mod:`pipelines.jobs_client`).
+
+Joining from outside, the driver makes three decisions, all here:
+
+* **Code.** Workers must import this package to run the predictor. Unless the driver itself runs inside a
+  Ray job whose runtime env already carries the code (``pipelines submit`` uploads the project as the job's
+  working_dir), the driver ships its own ``pipelines`` package with ``runtime_env={"py_modules": [...]}``.
+  It does so even when the nodes have the project installed (cluster.yaml installs it): the shipped copy
+  comes first on the workers' ``sys.path``, so the workers run exactly the driver's code, never an older
+  checkout. The package is a few hundred kB, and Ray caches it by content hash.
+* **Token.** Ray only turns token authentication on by itself for ``ray.init()`` without an address; with
+  an explicit address a driver that has the token but not ``RAY_AUTH_MODE=token`` is refused after ~20 s.
+  If ``RAY_AUTH_MODE`` is unset and a token is found (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``,
+  ``~/.ray/auth_token``), token mode is turned on for this process; a cluster without token auth ignores it.
+* **Can the pool ever start?** A cluster whose autoscaler can add nodes (``ray up``, KubeRay) gets what the
+  pool asks for later, so nothing is checked. A cluster that cannot grow (nodes started by hand with
+  ``ray start``, whose autoscaler is Ray's read-only one) has all it will ever have, and the same checks
+  as a local Ray apply (:func:`pipelines.runner.check_resources`), plus :func:`check_pool_fits`: at least
+  ``compute.min`` actors, each with its CPUs, GPUs, accelerator type and custom resources on one node.
+  The answer comes from the autoscaler's own report (what ``ray status`` shows), see :func:`can_add_nodes`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import socket
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pipelines.errors import PipelineError
+from pipelines.spec import ComputeSpec
+
+log = logging.getLogger(__name__)
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+#: Never shipped with the package.
+PACKAGE_EXCLUDES = ["__pycache__", "*.pyc"]
+_CONNECT_TIMEOUT_S = 5.0
+#: The autoscaler reports every 5 s, the first time once the nodes' load has reached it.
+_REPORT_WAIT_S = 20.0
+#: The read-only autoscaler (clusters that cannot grow) names each node's type after the node's id.
+_READONLY_NODE_TYPE = re.compile(r"^node_[0-9a-f]{56}$")
+
+
+def gcs_address(address: str | None) -> str | None:
+    """The cluster a driver joins: ``address``, else ``RAY_ADDRESS``; None means start a local Ray.
+
+    Raises PipelineError for a dashboard URL (``http://...:8265``), which is for ``pipelines submit``.
+    """
+    env = os.environ.get("RAY_ADDRESS", "").strip()
+    if address:
+        address = address.strip()
+        if _is_http(address):
+            raise PipelineError(
+                f"--address {address} is a dashboard URL; `pipelines run --address` joins a cluster by its GCS "
+                "address (HEAD_IP:6379, or auto on a node of the cluster). To run the job on the cluster through "
+                f"its job server instead, use `pipelines submit JOB.yaml --address {address}`."
+            )
+        if address == "auto" and _is_http(env):
+            raise PipelineError(_http_env_message(env, "--address auto"))
+        _refuse_ray_client(address)
+        return address
+    if _is_http(env):
+        raise PipelineError(_http_env_message(env, "`pipelines run`"))
+    _refuse_ray_client(env)
+    return env or None
+
+
+def _refuse_ray_client(address: str) -> None:
+    """Ray Data cannot drive a dataset through Ray Client (checked with Ray 2.60: the streaming executor
+    needs a core worker in the driver, which a ray:// driver does not have), so a job would fail at its start."""
+    if address.lower().startswith("ray://"):
+        raise PipelineError(
+            f"{address} is a Ray Client address, and Ray Data jobs cannot be driven through Ray Client; run "
+            "`pipelines run --address auto` on a node of the cluster (e.g. after `ray attach cluster.yaml`), "
+            "or submit the job from here with `pipelines submit JOB.yaml --address http://HEAD_IP:8265`."
+        )
+
+
+def _is_http(address: str) -> bool:
+    return address.lower().startswith(("http://", "https://"))
+
+
+def _http_env_message(env: str, what: str) -> str:
+    return (
+        f"RAY_ADDRESS is {env}, a dashboard URL, and {what} would join that as a cluster's GCS address; "
+        f"use `pipelines submit JOB.yaml` (it reads the URL from RAY_ADDRESS) to run there, pass the GCS "
+        "address (--address HEAD_IP:6379), or unset RAY_ADDRESS to run on a local Ray."
+    )
+
+
+def code_runtime_env() -> dict[str, Any] | None:
+    """The runtime env that ships this package to the workers, or None if the job already carries it."""
+    job_config = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")  # set by Ray for the driver of a submitted job
+    if job_config:
+        try:
+            job_env = json.loads(job_config).get("runtime_env") or {}
+        except (ValueError, AttributeError):
+            job_env = {}
+        if job_env.get("working_dir") or job_env.get("py_modules"):
+            return None
+    return {"py_modules": [str(PACKAGE_DIR)], "excludes": list(PACKAGE_EXCLUDES)}
+
+
+def enable_token_auth_if_available() -> bool:
+    """Turn on Ray token auth for this process if RAY_AUTH_MODE is unset and a token exists; True if on."""
+    from pipelines.jobs_client import find_token
+
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is not None:
+        return mode.lower() == "token"
+    if find_token() is None:
+        return False
+    try:  # Ray's own switch (it also refreshes Ray's cached config); absent before Ray had token auth
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth
+    except ImportError:
+        return False
+    _enable_token_auth()
+    return True
+
+
+def join(address: str, runtime_env: Mapping[str, Any] | None) -> None:
+    """``ray.init`` against an existing cluster; every failure is a one-line PipelineError."""
+    import ray
+    from ray.exceptions import AuthenticationError
+
+    _check_reachable(address)
+    token_auth = enable_token_auth_if_available()
+    try:
+        ray.init(address=address, runtime_env=dict(runtime_env) if runtime_env else None, logging_level=logging.WARNING)
+    except (AuthenticationError, ConnectionError, RuntimeError) as exc:
+        if _refused_for_auth(exc):
+            raise PipelineError(_auth_message(address, token_auth)) from None
+        raise PipelineError(
+            f"Cannot join the Ray cluster at {address} ({exc}); check the GCS address (HEAD_IP:6379, or auto on a "
+            "node of the cluster) and that the head is up; the driver must run on a node of the cluster."
+        ) from None
+    log.info("joined the Ray cluster at %s%s", address, " (shipping the pipelines package)" if runtime_env else "")
+
+
+def _refused_for_auth(exc: BaseException) -> bool:
+    """Whether ray.init failed because the cluster refused this driver's token (or its lack of one).
+
+    Ray raises AuthenticationError, or a ConnectionError/RuntimeError caused by one or quoting it.
+    """
+    from ray.exceptions import AuthenticationError
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, AuthenticationError) or "InvalidAuthToken" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _auth_message(address: str, token_auth: bool) -> str:
+    from pipelines.jobs_client import TOKEN_HELP, find_token
+
+    token = find_token() if token_auth else None
+    cause = "has no token" if token is None else f"sent the token from {token.source} and it was refused"
+    return f"The Ray cluster at {address} requires authentication and this driver {cause}; {TOKEN_HELP}."
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast, with a clear message, if nothing listens at HOST:PORT (Ray itself retries for a minute)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or address == "auto":
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=_CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise PipelineError(
+            f"Cannot reach the Ray cluster at {address} ({exc}); check the GCS address (HEAD_IP:6379), that the "
+            "head is up and that its port is open to this node."
+        ) from None
+
+
+def can_add_nodes(wait_s: float = _REPORT_WAIT_S) -> bool | None:
+    """Whether the autoscaler of the cluster this process joined may add nodes; None if it cannot be told.
+
+    KubeRay (autoscaler v2) publishes the cluster's node groups: a cluster that has them can grow. Otherwise
+    the answer comes from the report the autoscaler writes every few seconds (what ``ray status`` reads): a
+    cluster nobody configured for autoscaling runs Ray's read-only autoscaler, whose node types are
+    ``node_<node id>``, one per node it sees; a ``ray up`` cluster's types are those of its cluster.yaml.
+    A cluster only seconds old has no report yet: wait up to ``wait_s`` for its first one.
+    """
+    import ray
+
+    try:
+        if ray._private.state.state.get_max_resources_from_cluster_config():
+            return True
+    except Exception:  # private API: fall back to the autoscaler's report
+        log.debug("no cluster config published", exc_info=True)
+    deadline = time.monotonic() + wait_s
+    report = _autoscaler_report()
+    while not report and time.monotonic() < deadline:
+        time.sleep(1.0)
+        report = _autoscaler_report()
+    if not report:
+        return None
+    node_types = {*report.get("active_nodes", {}), *(report.get("node_type_mapping") or {}).values()}
+    node_types |= {entry[1] for entry in report.get("pending_nodes", []) if len(entry) > 1}
+    node_types |= set(report.get("pending_launches", {}))
+    if not node_types:
+        return None
+    return not all(_READONLY_NODE_TYPE.match(name) for name in node_types)
+
+
+def _autoscaler_report() -> dict | None:
+    try:
+        from ray._private import ray_constants
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+        return json.loads(raw).get("autoscaler_report") if raw else None
+    except Exception:  # no report is "cannot tell", not an error
+        log.debug("no autoscaler report", exc_info=True)
+        return None
+
+
+def actor_request(compute: ComputeSpec) -> dict[str, float]:
+    """What Ray reserves for one actor of the pool (accelerator_type becomes a tiny custom resource)."""
+    request = {"CPU": compute.cpus_per_actor, **compute.resources}
+    if compute.gpus_per_actor > 0:
+        request["GPU"] = compute.gpus_per_actor
+    if compute.accelerator_type:
+        request[f"accelerator_type:{compute.accelerator_type}"] = 0.001
+    return request
+
+
+def actors_that_fit(request: Mapping[str, float], nodes: list[Mapping[str, float]]) -> int:
+    """How many actors of ``request`` the ``nodes`` (their total resources) hold at once."""
+    total = 0
+    for node in nodes:
+        per_node = [math.floor(node.get(name, 0) / amount + 1e-9) for name, amount in request.items() if amount > 0]
+        total += min(per_node, default=0)
+    return total
+
+
+def check_pool_fits(compute: ComputeSpec) -> None:
+    """On a cluster that cannot grow: at least ``min`` actors must fit on its nodes, or the job would hang."""
+    import ray
+
+    low, _ = compute.pool_bounds()
+    request = actor_request(compute)
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    fits = actors_that_fit(request, nodes)
+    if fits >= low:
+        return
+    missing = sorted(name for name in request if not any(node.get(name, 0) >= request[name] for node in nodes))
+    wanted = ", ".join(f"{name}: {amount:g}" for name, amount in request.items())
+    reason = f"no node has {', '.join(missing)}" if missing else f"its {len(nodes)} node(s) hold only {fits}"
+    raise PipelineError(
+        f"compute: the pool needs at least {low} actor(s) of {{{wanted}}} at once, but this Ray cluster cannot add "
+        f"nodes and {reason}; lower compute.size/min or the per-actor resources, or add nodes that have them"
+    )
+
+
+def warn_if_output_is_node_local(output_path: str) -> None:
+    """Every node writes its part of the output: a local path must be on storage all nodes share."""
+    import ray
+
+    if "://" in output_path and not output_path.startswith("file://"):
+        return
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    if len(nodes) > 1:
+        log.warning(
+            "output.path %s is a local path and this cluster has %d nodes: each node writes its part there, "
+            "so it must be storage every node shares (or use s3://bucket/prefix)",
+            output_path,
+            len(nodes),
+        )
