@@ -20,11 +20,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from pipelines import faults
 from pipelines.batching import plan_microbatches
 from pipelines.models import load_config, load_model
 from pipelines.spec import JobSpec
 from pipelines.tasks import TASKS
-from pipelines.tasks.base import Features, Outputs
+from pipelines.tasks.base import ROW_ID, Features, Outputs
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +51,33 @@ class Predictor:
             self.spec.batching.max_length,
             task_class.padding_side,
         )
-        self.task = task_class(self.spec.task, self.loaded.tokenizer, self.loaded.config, self.loaded.max_length)
+        self.task = task_class(
+            self.spec.task, self.loaded.tokenizer, self.loaded.config, self.loaded.max_length, seed=self.spec.seed
+        )
         with torch.inference_mode():
             self.task.setup(self.loaded.model, self.loaded.device)
         self.schema = self.task.output_schema()
         self.pad_id = int(self.loaded.tokenizer.pad_token_id)
+        self.max_tokens = self.spec.batching.max_tokens
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        faults.checkpoint("predict")
         valid, errors = self._validate(batch)
         rows = np.flatnonzero(valid)
-        features = self._encode(batch, rows)
-        outputs, padded = self._run(features)
-        predictions = self.task.postprocess(outputs, features, len(rows)) if len(rows) else {}
+        while True:
+            features = self._encode(batch, rows)
+            outputs, padded, failed = self._run(features)
+            if not failed:
+                break
+            # Rows whose forward failed are quarantined; the others are run again without them,
+            # so a task's postprocess always sees complete rows.
+            lost = features.row[np.fromiter(failed, dtype=np.int64)]
+            reasons = list(failed.values())
+            errors = _flag_each(errors, rows[lost], reasons)
+            rows = np.setdiff1d(rows, rows[lost])
+        for reason, picked in _by_reason(features.errors).items():  # rows the task itself refused
+            errors = _flag(errors, rows[picked], reason)
+        predictions = self.task.postprocess(outputs, features, len(rows)) if len(features) else {}
         if features.truncated is not None and self.spec.errors.too_long == "error":
             errors = _flag(errors, rows[features.truncated], f"text longer than max_length ({self.loaded.max_length} tokens)")
         return self._assemble(batch, rows, predictions, features, padded, errors)
@@ -84,21 +100,54 @@ class Predictor:
         picked = batch.take(rows)
         texts = picked.column(self.spec.input.text_column).to_pylist()
         columns = {name: picked.column(name).to_pylist() for name in self.task.input_columns(self.spec.task)}
+        id_column = self.spec.input.id_column or "id"
+        if id_column in picked.column_names:
+            columns[ROW_ID] = picked.column(id_column).cast(pa.string()).to_pylist()
         return self.task.encode(texts, columns)
 
-    def _run(self, features: Features) -> tuple[Outputs, np.ndarray]:
-        """Forward every micro-batch; also the padded length each feature was computed at."""
+    def _run(self, features: Features) -> tuple[Outputs, np.ndarray, dict[int, str]]:
+        """Forward every micro-batch; also each feature's padded length, and the features that failed.
+
+        A micro-batch whose forward raises is split in halves until the offending
+        features are isolated; out of memory also lowers the token budget for the
+        rest of this actor's life.
+        """
         outputs = Outputs(len(features))
         padded = np.zeros(len(features), dtype=np.int64)
+        failed: dict[int, str] = {}
         if not len(features):
-            return outputs, padded
+            return outputs, padded, failed
         batching = self.spec.batching
-        for index in plan_microbatches(
-            features.lengths, batching.max_tokens, batching.max_rows, batching.min_fill
-        ):
-            outputs.add(index, self._forward(features, index))
-            padded[index] = features.lengths[index].max()
-        return outputs, padded
+        lengths = features.lengths
+        queue = plan_microbatches(lengths, self.max_tokens, batching.max_rows, batching.min_fill)[::-1]
+        while queue:
+            index = queue.pop()
+            try:
+                result = self._forward(features, index)
+            except Exception as exc:  # noqa: BLE001 - isolate the rows, keep the job alive
+                reason = self._failure(exc, index, lengths)
+                if len(index) == 1:
+                    failed[int(index[0])] = reason
+                else:
+                    half = len(index) // 2
+                    queue += [index[half:], index[:half]]
+                continue
+            outputs.add(index, result)
+            padded[index] = lengths[index].max()
+        return outputs, padded, failed
+
+    def _failure(self, exc: BaseException, index: np.ndarray, lengths: np.ndarray) -> str:
+        """Log a failed forward, lower the budget on out-of-memory; the reason a lone row would get."""
+        if is_out_of_memory(exc):
+            spent = len(index) * int(lengths[index].max())
+            self.max_tokens = max(int(lengths[index].max()), min(self.max_tokens, spent // 2))
+            if self.loaded.device.type == "cuda":
+                torch.cuda.empty_cache()
+            log.warning("out of memory on %d rows × %d tokens: splitting; token budget now %d",
+                        len(index), int(lengths[index].max()), self.max_tokens)
+            return f"out of memory even alone ({int(lengths[index].max())} tokens)"
+        log.warning("forward failed on %d feature(s), isolating the cause: %s", len(index), _short(exc))
+        return f"forward failed: {_short(exc)}"
 
     def _forward(self, features: Features, index: np.ndarray) -> dict[str, Any]:
         side = self.task.padding_side
@@ -140,6 +189,35 @@ class Predictor:
         table = table.append_column(ERROR, errors.cast(pa.string()))
         table = table.append_column(TOKENS, pa.array(tokens))
         return table.append_column(PADDED, pa.array(spent))
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OOM, the CPU allocator's MemoryError, or a RuntimeError that says so."""
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
+
+
+def _flag_each(errors: pa.Array, rows: np.ndarray, reasons: list[str]) -> pa.Array:
+    """Set each of ``rows`` its own reason (where it has none yet)."""
+    values = errors.to_pylist()
+    for row, reason in zip(rows.tolist(), reasons):
+        if values[row] is None:
+            values[row] = reason
+    return pa.array(values, pa.string())
+
+
+def _by_reason(errors: dict[int, str]) -> dict[str, np.ndarray]:
+    """Row indices grouped by their error message."""
+    grouped: dict[str, list[int]] = {}
+    for row, reason in errors.items():
+        grouped.setdefault(reason, []).append(row)
+    return {reason: np.asarray(rows, dtype=np.int64) for reason, rows in grouped.items()}
 
 
 def _flag(errors: pa.Array, rows: np.ndarray, reason: str) -> pa.Array:

@@ -98,7 +98,7 @@ def connect(address: str | None, spec: JobSpec) -> None:
         return
     target = cluster.gcs_address(address)
     if target is None:
-        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
         check_resources(spec, local=True)
         cluster.check_pool_fits(spec.compute)
         return
@@ -126,7 +126,7 @@ def check_resources(spec: JobSpec, local: bool) -> None:
     cpus = resources.get("CPU", 0)
     if local and low * compute.cpus_per_actor >= cpus:
         raise PipelineError(
-            f"compute: {low} actor(s) × {compute.cpus_per_actor} CPU leave none of this machine's {cpus:g} CPUs "
+            f"compute: {low} actor(s) × {compute.cpus_per_actor} CPU leave none of the cluster's {cpus:g} CPUs "
             "for reading and writing, and the job would hang; lower compute.cpus_per_actor (fractions are "
             "allowed) or the number of actors"
         )

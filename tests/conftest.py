@@ -22,7 +22,9 @@ def ray_session():
     """One local Ray for the whole session, sized like this 2-CPU machine."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=512 * 1024**2, logging_level="ERROR")
+    ray.init(
+        address="local", num_cpus=2, include_dashboard=False, object_store_memory=512 * 1024**2, logging_level="ERROR"
+    )
     yield ray
     ray.shutdown()
 

@@ -163,7 +163,7 @@ def test_the_error_policy_fails_the_job_with_reasons(ray_session, tiny_models, t
         ({"input": {"paths": ["/no/such/dir"]}}, "does not exist"),
         ({"model": {"name": "no-such-alias-or-dir"}}, "cannot load its config"),
         ({"compute": {"gpus_per_actor": 1}}, "has no GPUs"),
-        ({"compute": {"size": 2, "cpus_per_actor": 1}}, "leave none of this machine"),
+        ({"compute": {"size": 2, "cpus_per_actor": 1}}, "leave none of the cluster"),
     ],
 )
 def test_spec_and_environment_errors_stop_before_any_work(tiny_models, tmp_path, change, message):

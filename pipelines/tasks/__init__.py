@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pipelines.tasks.base import Task, TaskOptions
 from pipelines.tasks.feature_extraction import FeatureExtraction
+from pipelines.tasks.fill_mask import FillMask
+from pipelines.tasks.llm_label import LLMLabel
+from pipelines.tasks.question_answering import QuestionAnswering
+from pipelines.tasks.seq2seq import Summarization, Translation
 from pipelines.tasks.text_classification import TextClassification
+from pipelines.tasks.text_generation import TextGeneration
+from pipelines.tasks.token_classification import TokenClassification
 from pipelines.tasks.zero_shot import ZeroShotClassification
 
 TASKS: dict[str, type[Task]] = {
@@ -13,6 +19,13 @@ TASKS: dict[str, type[Task]] = {
         FeatureExtraction,
         TextClassification,
         ZeroShotClassification,
+        TextGeneration,
+        Summarization,
+        Translation,
+        QuestionAnswering,
+        FillMask,
+        TokenClassification,
+        LLMLabel,
     )
 }
 

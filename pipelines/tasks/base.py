@@ -22,6 +22,9 @@ from pydantic import BaseModel, ConfigDict
 
 from pipelines.batching import Ragged
 
+# Key under which the predictor passes each row's id to ``Task.encode`` (in ``columns``), e.g. for per-row seeds.
+ROW_ID = "_row_id"
+
 
 class TaskOptions(BaseModel):
     """Base of each task's options; ``type`` names the task in the job spec."""
@@ -36,13 +39,16 @@ class Features:
 
     ``row[i]`` is the row that feature ``i`` belongs to; ``extra`` holds per-feature
     arrays the task wants back in ``forward`` and ``postprocess``; ``truncated`` flags
-    rows whose text was cut to ``max_length``.
+    rows whose text was cut to ``max_length``; ``errors`` maps a row (its index among
+    the rows given to ``encode``) to the reason it can't be predicted: such a row
+    needs no features, its predictions are null and the reason lands in ``_error``.
     """
 
     tokens: dict[str, Ragged]
     row: np.ndarray
     extra: dict[str, Any] = field(default_factory=dict)
     truncated: np.ndarray | None = None
+    errors: dict[int, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.row)
@@ -90,11 +96,12 @@ class Task(ABC):
     options_model: ClassVar[type[TaskOptions]]
     padding_side: ClassVar[Literal["right", "left"]] = "right"
 
-    def __init__(self, options: TaskOptions, tokenizer: Any, config: Any, max_length: int) -> None:
+    def __init__(self, options: TaskOptions, tokenizer: Any, config: Any, max_length: int, seed: int = 0) -> None:
         self.options = options
         self.tokenizer = tokenizer
         self.config = config
         self.max_length = max_length
+        self.seed = seed  # the job's seed, for tasks that sample
 
     @classmethod
     @abstractmethod
@@ -116,7 +123,11 @@ class Task(ABC):
 
     @abstractmethod
     def encode(self, texts: list[str], columns: dict[str, list[Any]]) -> Features:
-        """Tokenize a batch of valid rows into features."""
+        """Tokenize a batch of valid rows into features.
+
+        ``columns`` holds the ``input_columns`` and, under ``ROW_ID``, the rows' ids
+        (where the batch has an id column).
+        """
 
     @abstractmethod
     def forward(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], extra: dict[str, Any]) -> dict[str, Any]:
@@ -124,7 +135,11 @@ class Task(ABC):
 
     @abstractmethod
     def postprocess(self, outputs: Outputs, features: Features, n_rows: int) -> dict[str, pa.Array]:
-        """Fold feature outputs into one value per row for each output column."""
+        """Fold feature outputs into one value per row for each output column.
+
+        Called only when there is at least one feature; rows in ``features.errors``
+        may hold any value (the predictor nulls them).
+        """
 
     @abstractmethod
     def output_schema(self) -> pa.Schema:

@@ -1,0 +1,119 @@
+"""fill-mask: the ``top_k`` most likely tokens for each mask token in a row, with their probabilities.
+
+A row holds one or more mask tokens (the model's own, e.g. ``[MASK]`` or
+``<mask>``; or ``mask_placeholder``, replaced by it). A row without one is a row
+error. Logits are computed only at mask positions, not over the whole sequence
+times the vocabulary.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import torch
+from pydantic import Field
+from transformers import AutoModelForMaskedLM
+
+from pipelines.errors import PipelineError
+from pipelines.tasks.base import Features, Outputs, Task, TaskOptions
+
+CANDIDATE = pa.struct(
+    [pa.field("token", pa.string()), pa.field("token_id", pa.int32()), pa.field("score", pa.float32())]
+)
+
+
+class FillMaskOptions(TaskOptions):
+    type: Literal["fill-mask"]
+    top_k: int = Field(default=5, gt=0, description="Candidates per mask token.")
+    mask_placeholder: str | None = Field(
+        default=None, description="A string in the texts that stands for the model's mask token, e.g. <mask>."
+    )
+
+
+class FillMask(Task):
+    name = "fill-mask"
+    options_model = FillMaskOptions
+
+    @classmethod
+    def model_class(cls, options: TaskOptions, config: Any) -> type:
+        return AutoModelForMaskedLM
+
+    @classmethod
+    def output_names(cls, options: TaskOptions) -> list[str]:
+        return ["predictions"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.tokenizer.mask_token_id is None:
+            raise PipelineError("fill-mask: this model's tokenizer has no mask token; use a masked language model")
+        self.mask_id = int(self.tokenizer.mask_token_id)
+        self.top_k = min(self.options.top_k, len(self.tokenizer))
+
+    def encode(self, texts: list[str], columns: dict[str, list[Any]]) -> Features:
+        placeholder = self.options.mask_placeholder
+        if placeholder:
+            texts = [text.replace(placeholder, self.tokenizer.mask_token) for text in texts]
+        encoding = self.tokenize(texts)
+        has_mask = np.array([self.mask_id in ids for ids in encoding["input_ids"]], dtype=bool)
+        features = Features.one_per_row(encoding, encoding["truncated"])
+        features.tokens = {name: ragged.take(np.flatnonzero(has_mask)) for name, ragged in features.tokens.items()}
+        features.row = np.flatnonzero(has_mask)
+        reason = f"no mask token ({placeholder or self.tokenizer.mask_token}) in the text"
+        features.errors = {
+            int(i): reason + (" within max_length" if encoding["truncated"][i] else "")
+            for i in np.flatnonzero(~has_mask)
+        }
+        return features
+
+    def forward(self, model, inputs, extra):
+        masked = inputs["input_ids"] == self.mask_id
+        logits = mask_logits(model, inputs, masked)
+        top = logits.float().softmax(-1).topk(self.top_k, dim=-1)
+        counts = masked.sum(dim=1).cpu().numpy()
+        bounds = np.r_[0, np.cumsum(counts)]
+        ids, scores = top.indices.cpu().numpy(), top.values.cpu().numpy()
+        return {
+            "ids": [ids[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
+            "scores": [scores[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
+        }
+
+    def postprocess(self, outputs: Outputs, features: Features, n_rows: int) -> dict[str, pa.Array]:
+        ids, scores = outputs.listed("ids"), outputs.listed("scores")
+        vocabulary = np.unique(np.concatenate([i.reshape(-1) for i in ids])) if ids else np.zeros(0, np.int64)
+        words = dict(zip(vocabulary.tolist(), self.tokenizer.batch_decode([[i] for i in vocabulary.tolist()])))
+        predictions: list[list | None] = [None] * n_rows
+        for f, row in enumerate(features.row):
+            predictions[row] = [
+                [{"token": words[int(t)], "token_id": int(t), "score": float(s)} for t, s in zip(mask_ids, mask_scores)]
+                for mask_ids, mask_scores in zip(ids[f], scores[f])
+            ]
+        return {"predictions": pa.array(predictions, pa.list_(pa.list_(CANDIDATE)))}
+
+    def output_schema(self) -> pa.Schema:
+        return pa.schema([pa.field("predictions", pa.list_(pa.list_(CANDIDATE)))])
+
+
+def mask_logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor], masked: torch.Tensor) -> torch.Tensor:
+    """Logits ``[masks, vocab]`` at the masked positions, in row-major order.
+
+    The vocabulary projection (the model's output embeddings) is applied to the
+    masked positions only, through a pre-hook that selects them; for a model whose
+    head does not go through that module, the full logits are computed and indexed.
+    """
+    head = model.get_output_embeddings()
+
+    def select(module: torch.nn.Module, args: tuple) -> tuple | None:
+        hidden = args[0]
+        if hidden.dim() == 3 and hidden.shape[:2] == masked.shape:
+            return (hidden[masked], *args[1:])
+        return None
+
+    handle = head.register_forward_pre_hook(select) if head is not None else None
+    try:
+        logits = model(**inputs).logits
+    finally:
+        if handle is not None:
+            handle.remove()
+    return logits[masked] if logits.dim() == 3 else logits

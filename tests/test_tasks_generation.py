@@ -1,0 +1,302 @@
+"""text-generation, summarization, translation with tiny models: right text, padding-proof, reproducible sampling."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from helpers import SENTENCES, batch_of, make_spec
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+from pipelines.errors import PipelineError
+from pipelines.predictor import ERROR, Predictor
+from pipelines.spec import spec_from_dict
+from pipelines.tasks import TASKS
+from pipelines.tasks.generation import GenerationOptions, GumbelSampler, row_seeds, seed_keys, split_generated
+
+SHORT = "great"
+LONG = SENTENCES[4]  # the longest: forces left padding of SHORT when batched together
+TEXT_COLUMNS = ("generated_text", "prompt_tokens", "generated_tokens", "finish_reason")
+
+
+def spec_with_seed(model_dir, task, seed: int = 0, **sections):
+    spec = make_spec(model_dir, task, **sections)
+    spec.seed = seed
+    return spec
+
+
+def predict(model_dir, task, texts, ids=None, seed: int = 0, **sections) -> list[dict]:
+    return Predictor(spec_with_seed(model_dir, task, seed, **sections))(batch_of(texts, ids)).to_pylist()
+
+
+def reference_generate(model_dir: str, prompt_ids: list[int], max_new_tokens: int, **kwargs) -> list[int]:
+    """Greedy generation of one unpadded prompt straight through transformers."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    with torch.inference_mode():
+        out = model.generate(
+            torch.tensor([prompt_ids]),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.eos_token_id,
+            **kwargs,
+        )
+    return out[0, len(prompt_ids) :].tolist()
+
+
+# greedy and beams ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["causal", "gpt2"])  # Llama (rotary) and GPT-2 (absolute positions)
+def test_greedy_output_is_the_same_alone_and_left_padded(tiny_models, kind):
+    model_dir = tiny_models(kind)
+    task = {"type": "text-generation", "max_new_tokens": 12}
+    predictor = Predictor(make_spec(model_dir, task, batching={"min_fill": 0}))  # one micro-batch for all
+    assert predictor.task.padding_side == "left"
+    batched = predictor(batch_of([LONG, SHORT, "ok"])).to_pylist()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    for row in batched[1:]:
+        alone = predictor(batch_of([row["text"]])).to_pylist()[0]
+        assert row["_padded"] > row["_tokens"]  # it really was padded in the batch
+        assert {k: row[k] for k in TEXT_COLUMNS} == {k: alone[k] for k in TEXT_COLUMNS}
+
+        prompt = tokenizer(row["text"])["input_ids"]
+        expected = reference_generate(model_dir, prompt, 12)  # ends with eos where the model stopped
+        stopped = expected[-1] == tokenizer.eos_token_id
+        assert alone["generated_text"] == tokenizer.decode(expected, skip_special_tokens=True)
+        assert alone["prompt_tokens"] == len(prompt)
+        assert alone["generated_tokens"] == len(expected)
+        assert alone["finish_reason"] == ("stop" if stopped else "length")
+    if kind == "causal":  # the tiny Llama ends "great" after two tokens while "ok" runs to the limit
+        assert [r["finish_reason"] for r in batched[1:]] == ["stop", "length"]
+
+
+def test_columns_are_plain_arrow_types_in_input_order(tiny_models):
+    out = Predictor(make_spec(tiny_models("causal"), {"type": "text-generation", "max_new_tokens": 4}))(
+        batch_of(SENTENCES)
+    )
+    assert out.schema.field("generated_text").type == pa.string()
+    assert out.schema.field("prompt_tokens").type == pa.int32()
+    assert out.schema.field("generated_tokens").type == pa.int32()
+    assert out.schema.field("finish_reason").type == pa.string()
+    assert out.column("id").to_pylist() == [f"r{i}" for i in range(len(SENTENCES))]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models("causal"))
+    assert out.column("prompt_tokens").to_pylist() == [len(tokenizer(t)["input_ids"]) for t in SENTENCES]
+
+
+def test_generation_stops_at_eos(tiny_models, tmp_path):
+    """Make a token the greedy output produces an eos token: generation must end there, 'stop'."""
+    source = tiny_models("causal")
+    task = {"type": "text-generation", "max_new_tokens": 10}
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    generated = reference_generate(source, tokenizer("ok")["input_ids"], 10)
+    stop_token = generated[3]
+    model_dir = tmp_path / "stops"
+    shutil.copytree(source, model_dir)
+    config = json.loads((model_dir / "generation_config.json").read_text())
+    config["eos_token_id"] = [tokenizer.eos_token_id, stop_token]
+    (model_dir / "generation_config.json").write_text(json.dumps(config))
+
+    rows = predict(str(model_dir), task, ["ok", LONG])
+    cut = generated.index(stop_token)
+    assert rows[0]["finish_reason"] == "stop"
+    assert rows[0]["generated_tokens"] == cut + 1  # the eos token counts as generated
+    assert rows[0]["generated_text"] == tokenizer.decode(generated[:cut], skip_special_tokens=True)
+
+
+def test_beam_search_returns_the_best_beams(tiny_models):
+    model_dir = tiny_models("gpt2")
+    task = {"type": "text-generation", "max_new_tokens": 6, "num_beams": 3, "num_return_sequences": 2}
+    predictor = Predictor(make_spec(model_dir, task))
+    out = predictor(batch_of([SHORT, LONG]))
+    assert out.schema.field("generated_text").type == pa.list_(pa.string())
+    assert out.schema.field("finish_reason").type == pa.list_(pa.string())
+    row = out.to_pylist()[0]
+    assert len(row["generated_text"]) == 2 and len(row["generated_tokens"]) == 2
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    best = reference_generate(model_dir, tokenizer(SHORT)["input_ids"], 6, num_beams=3)
+    assert row["generated_text"][0] == tokenizer.decode(best, skip_special_tokens=True)
+
+
+# reproducible sampling -----------------------------------------------------------------
+
+
+def test_sampling_is_reproducible_per_row_whatever_the_batch(tiny_models):
+    model_dir = tiny_models("causal")
+    task = {"type": "text-generation", "max_new_tokens": 10, "do_sample": True, "top_p": 0.95, "temperature": 1.5}
+    ids = [f"row-{i}" for i in range(len(SENTENCES))]
+    first = Predictor(spec_with_seed(model_dir, task, 7))
+    everything = first(batch_of(SENTENCES, ids)).to_pylist()
+    texts = {r["id"]: r["generated_text"] for r in everything}
+    assert len(set(texts.values())) > 1
+
+    # the same rows in another order, split into other micro-batches, by a fresh predictor (a re-run)
+    again = Predictor(spec_with_seed(model_dir, task, 7, batching={"max_rows": 3}))
+    shuffled = again(batch_of(SENTENCES[::-1], ids[::-1])).to_pylist()
+    assert {r["id"]: r["generated_text"] for r in shuffled} == texts
+    alone = again(batch_of([SENTENCES[2]], [ids[2]])).to_pylist()[0]
+    assert alone["generated_text"] == texts[ids[2]]
+
+    other_seed = Predictor(spec_with_seed(model_dir, task, 8))(batch_of(SENTENCES, ids)).to_pylist()
+    assert sum(r["generated_text"] != texts[r["id"]] for r in other_seed) >= len(SENTENCES) // 2
+
+
+def test_several_samples_per_row_differ_and_top_k_1_is_greedy(tiny_models):
+    model_dir = tiny_models("causal")
+    sampled = predict(
+        model_dir,
+        {"type": "text-generation", "max_new_tokens": 8, "do_sample": True, "num_return_sequences": 3},
+        SENTENCES[:3],
+    )
+    assert all(len(set(r["generated_text"])) > 1 for r in sampled)
+    greedy = predict(model_dir, {"type": "text-generation", "max_new_tokens": 8}, SENTENCES[:3])
+    top1 = predict(
+        model_dir, {"type": "text-generation", "max_new_tokens": 8, "do_sample": True, "top_k": 1}, SENTENCES[:3]
+    )
+    assert [r["generated_text"] for r in top1] == [r["generated_text"] for r in greedy]
+
+
+def test_gumbel_sampler_draws_from_the_warped_distribution():
+    """Gumbel-max over hashed noise: frequencies match softmax(logits / T), top-k cuts the tail."""
+    n = 40_000
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0]).repeat(n, 1)
+    keys = seed_keys(torch.from_numpy(row_seeds(3, list(range(n)))))
+    prompt = torch.zeros(n, 5, dtype=torch.long)
+
+    def frequencies(**options) -> np.ndarray:
+        sampler = GumbelSampler(keys, start=5, options=GenerationOptions(type="x", do_sample=True, **options))
+        picks = sampler(prompt, logits.clone()).argmax(dim=1)
+        return np.bincount(picks.numpy(), minlength=4) / n
+
+    np.testing.assert_allclose(frequencies(), torch.softmax(logits[0], 0).numpy(), atol=0.01)
+    np.testing.assert_allclose(frequencies(temperature=2.0), torch.softmax(logits[0] / 2, 0).numpy(), atol=0.01)
+    top2 = frequencies(top_k=2)
+    assert top2[2:].sum() == 0
+    np.testing.assert_allclose(top2[:2], torch.softmax(logits[0, :2], 0).numpy(), atol=0.01)
+    # a new step draws new noise
+    step0 = GumbelSampler(keys, 5, GenerationOptions(type="x", do_sample=True))(prompt, logits.clone()).argmax(1)
+    step1 = GumbelSampler(keys, 4, GenerationOptions(type="x", do_sample=True))(prompt, logits.clone()).argmax(1)
+    assert (step0 == step1).float().mean() < 0.6
+
+
+def test_split_generated_cuts_at_the_first_eos():
+    generated = np.array([[5, 6, 2, 9], [5, 6, 7, 8], [2, 2, 2, 2], [7, 3, 2, 2]])
+    tokens, stopped = split_generated(generated, eos=[2, 3], count=2)
+    assert [t.tolist() for t in tokens[0]] == [[5, 6], [5, 6, 7, 8]]
+    assert [t.tolist() for t in tokens[1]] == [[], [7]]
+    assert stopped == [[True, False], [True, True]]
+
+
+# prompts ---------------------------------------------------------------------------------
+
+
+def test_prompt_template_reads_other_columns_and_null_is_a_row_error(tiny_models):
+    model_dir = tiny_models("causal")
+    task = {"type": "text-generation", "max_new_tokens": 3, "prompt_template": "Title: {title}\nSummarize: {text}"}
+    spec = make_spec(model_dir, task)
+    assert TASKS["text-generation"].input_columns(spec.task) == ["title"]
+    batch = batch_of(SENTENCES[:3]).append_column("title", pa.array(["One", None, "Three"]))
+    out = Predictor(spec)(batch).to_pylist()
+    assert out[1][ERROR] == "prompt column 'title' is null" and out[1]["generated_text"] is None
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    expected = tokenizer(f"Title: Three\nSummarize: {SENTENCES[2]}")["input_ids"]
+    assert out[2]["prompt_tokens"] == len(expected) and out[2][ERROR] is None
+
+
+def test_chat_uses_the_chat_template_with_a_system_prompt(tiny_models):
+    model_dir = tiny_models("causal")
+    task = {"type": "text-generation", "max_new_tokens": 3, "chat": True, "system_prompt": "Be brief."}
+    out = predict(model_dir, task, [SHORT])[0]
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": SHORT}]
+    expected = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
+    assert out["prompt_tokens"] == len(expected)
+    with pytest.raises(PipelineError, match="no chat template"):
+        Predictor(make_spec(tiny_models("gpt2"), task))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"do_sample": True, "num_beams": 2}, "not supported"),
+        ({"num_return_sequences": 2}, "needs do_sample"),
+        ({"prompt_template": "{0} and {text}"}, "plain column names"),
+        ({"prompt_template": "{text"}, "not a valid template"),
+    ],
+)
+def test_invalid_generation_options_are_spec_errors(options, message):
+    raw = {
+        "input": {"paths": ["x"]},
+        "model": {"name": "m"},
+        "output": {"path": "o"},
+        "task": {"type": "text-generation", **options},
+    }
+    with pytest.raises(PipelineError, match=message):
+        spec_from_dict(raw)
+
+
+# encoder-decoder -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def t5_with_prefixes(tiny_models, tmp_path_factory):
+    """The tiny T5 with task prefixes in its config, as real T5 checkpoints have."""
+    model_dir = tmp_path_factory.mktemp("t5") / "model"
+    shutil.copytree(tiny_models("seq2seq"), model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    config["task_specific_params"] = {
+        "summarization": {"prefix": "summarize: "},
+        "translation_en_to_de": {"prefix": "translate English to German: "},
+    }
+    (model_dir / "config.json").write_text(json.dumps(config))
+    return str(model_dir)
+
+
+@pytest.mark.parametrize(
+    ("task", "prefix", "column"),
+    [
+        ({"type": "summarization"}, "summarize: ", "summary_text"),
+        (
+            {"type": "translation", "source_lang": "en", "target_lang": "de"},
+            "translate English to German: ",
+            "translation_text",
+        ),
+        ({"type": "translation", "prefix": "to French: "}, "to French: ", "translation_text"),
+        ({"type": "translation"}, "", "translation_text"),
+    ],
+)
+def test_seq2seq_prefix_and_output_match_transformers(t5_with_prefixes, task, prefix, column):
+    model_dir = t5_with_prefixes
+    rows = predict(model_dir, {**task, "max_new_tokens": 6}, [LONG, SHORT])
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSeq2SeqLM.from_pretrained(model_dir).eval()
+    inputs = tokenizer(prefix + SHORT, return_tensors="pt")
+    with torch.inference_mode():
+        expected = model.generate(**inputs, max_new_tokens=6, do_sample=False)[0, 1:]
+    expected = expected[expected != tokenizer.eos_token_id]  # cut at eos (and its padding)
+    assert rows[1]["prompt_tokens"] == inputs["input_ids"].shape[1]
+    assert rows[1][column] == tokenizer.decode(expected, skip_special_tokens=True)
+    assert set(rows[1]) >= {column, "prompt_tokens", "generated_tokens", "finish_reason"}
+
+
+def test_seq2seq_sampling_is_reproducible(tiny_models):
+    task = {"type": "summarization", "max_new_tokens": 6, "do_sample": True}
+    first = predict(tiny_models("seq2seq"), task, SENTENCES, seed=3)
+    second = predict(tiny_models("seq2seq"), task, SENTENCES[::-1], [f"r{i}" for i in range(8)][::-1], seed=3)
+    assert [r["summary_text"] for r in first] == [r["summary_text"] for r in second[::-1]]
+
+
+def test_long_prompts_lose_their_beginning_not_their_end(tiny_models):
+    model_dir = tiny_models("causal")
+    task = {"type": "text-generation", "max_new_tokens": 2, "prompt_template": "{text}\nSummary:"}
+    predictor = Predictor(make_spec(model_dir, task, batching={"max_length": 16}))
+    features = predictor.task.encode(["word " * 50, "short"], {})
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    ids = features.tokens["input_ids"].row(0).tolist()
+    assert len(ids) == 16 and ids[0] == tokenizer.bos_token_id
+    assert tokenizer.decode(ids).endswith("word \nSummary:")
+    assert features.truncated.tolist() == [True, False]
