@@ -202,7 +202,7 @@ def test_three_ticks_score_only_new_and_changed_shards_exactly_once(ray_session,
     assert data_files(tmp_path) == before  # nothing written but two ledger lines
     assert len(closing_lines(tmp_path)) == 5
 
-    # the read recipe of docs/schedule.md
+    # the read recipe of the README (Scheduled runs, "Reading all partitions")
     frame = pd.read_parquet(tmp_path / "out")
     assert sorted(frame["id"]) == expected and frame.groupby("run", observed=True).size().to_dict() == {
         "2026-11-28T02:00:00Z": 4, "2026-11-29T02:00:00Z": 3, "2026-11-30T02:00:00Z": 13}

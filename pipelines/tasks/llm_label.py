@@ -27,7 +27,7 @@ from transformers import AutoModelForCausalLM
 from pipelines.batching import Ragged
 from pipelines.tasks.base import Features, Outputs, Task, TaskOptions, softmax
 from pipelines.tasks.prompts import PromptOptions, check_chat, fill, render, special_prefix, template_columns
-from pipelines.tasks.text_classification import best, scores_struct
+from pipelines.tasks.text_classification import LabelTask
 
 
 class LLMLabelOptions(PromptOptions):
@@ -55,7 +55,7 @@ class LLMLabelOptions(PromptOptions):
         return labels
 
 
-class LLMLabel(Task):
+class LLMLabel(LabelTask):
     name = "llm-label"
     options_model = LLMLabelOptions
     padding_side = "right"  # each label's tokens sit right after its own prompt; padding only follows
@@ -63,10 +63,6 @@ class LLMLabel(Task):
     @classmethod
     def model_class(cls, options: TaskOptions, config: Any) -> type:
         return AutoModelForCausalLM
-
-    @classmethod
-    def output_names(cls, options: TaskOptions) -> list[str]:
-        return ["label", "score"] + (["scores"] if options.return_all_scores else [])
 
     @classmethod
     def input_columns(cls, options: TaskOptions) -> list[str]:
@@ -179,13 +175,5 @@ class LLMLabel(Task):
         matrix = np.zeros((n_rows, len(self.labels)))  # rows without features stay uniform (they are errors)
         matrix[features.row, features.extra["label_index"]] = loglik
         scores = softmax(matrix, axis=1)
-        columns = best(self.labels, scores)
-        if self.options.return_all_scores:
-            columns["scores"] = scores_struct(self.labels, scores)
-        return columns
+        return self.label_columns(scores)
 
-    def output_schema(self) -> pa.Schema:
-        fields = [pa.field("label", pa.string()), pa.field("score", pa.float32())]
-        if self.options.return_all_scores:
-            fields.append(pa.field("scores", pa.struct([pa.field(n, pa.float32()) for n in self.labels])))
-        return pa.schema(fields)

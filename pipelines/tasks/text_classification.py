@@ -29,26 +29,40 @@ def scores_struct(labels: list[str], scores: np.ndarray) -> pa.Array:
     return pa.StructArray.from_arrays(arrays, names=labels)
 
 
-def best(labels: list[str], scores: np.ndarray) -> dict[str, pa.Array]:
-    """``label`` and ``score`` columns from a ``[n, classes]`` score matrix."""
-    top = scores.argmax(axis=1)
-    return {
-        "label": pa.array(np.asarray(labels, dtype=object)[top], pa.string()),
-        "score": pa.array(scores[np.arange(len(top)), top].astype(np.float32)),
-    }
+class LabelTask(Task):
+    """A task that picks one of ``self.labels`` per row: ``label``, ``score``, optionally every ``scores``."""
+
+    labels: list[str]
+
+    @classmethod
+    def output_names(cls, options: TaskOptions) -> list[str]:
+        return ["label", "score"] + (["scores"] if options.return_all_scores else [])
+
+    def label_columns(self, scores: np.ndarray) -> dict[str, pa.Array]:
+        """The output columns from a ``[rows, labels]`` score matrix."""
+        top = scores.argmax(axis=1)
+        columns = {
+            "label": pa.array(np.asarray(self.labels, dtype=object)[top], pa.string()),
+            "score": pa.array(scores[np.arange(len(top)), top].astype(np.float32)),
+        }
+        if self.options.return_all_scores:
+            columns["scores"] = scores_struct(self.labels, scores)
+        return columns
+
+    def output_schema(self) -> pa.Schema:
+        fields = [pa.field("label", pa.string()), pa.field("score", pa.float32())]
+        if self.options.return_all_scores:
+            fields.append(pa.field("scores", pa.struct([pa.field(n, pa.float32()) for n in self.labels])))
+        return pa.schema(fields)
 
 
-class TextClassification(Task):
+class TextClassification(LabelTask):
     name = "text-classification"
     options_model = TextClassificationOptions
 
     @classmethod
     def model_class(cls, options: TaskOptions, config: Any) -> type:
         return AutoModelForSequenceClassification
-
-    @classmethod
-    def output_names(cls, options: TaskOptions) -> list[str]:
-        return ["label", "score"] + (["scores"] if options.return_all_scores else [])
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -76,13 +90,5 @@ class TextClassification(Task):
             scores = 1.0 / (1.0 + np.exp(-logits))
         else:
             scores = logits
-        columns = best(self.labels, scores)
-        if self.options.return_all_scores:
-            columns["scores"] = scores_struct(self.labels, scores)
-        return columns
+        return self.label_columns(scores)
 
-    def output_schema(self) -> pa.Schema:
-        fields = [pa.field("label", pa.string()), pa.field("score", pa.float32())]
-        if self.options.return_all_scores:
-            fields.append(pa.field("scores", pa.struct([pa.field(n, pa.float32()) for n in self.labels])))
-        return pa.schema(fields)

@@ -24,7 +24,7 @@ from transformers import AutoModel, AutoModelForSequenceClassification
 from pipelines.errors import PipelineError
 from pipelines.tasks.base import Features, Outputs, Task, TaskOptions, softmax
 from pipelines.tasks.feature_extraction import embed
-from pipelines.tasks.text_classification import best, scores_struct
+from pipelines.tasks.text_classification import LabelTask
 
 
 class ZeroShotOptions(TaskOptions):
@@ -62,17 +62,13 @@ def resolve_method(options: ZeroShotOptions, config: Any) -> str:
     return "nli" if nli_label_id(config, "entail") is not None else "embedding"
 
 
-class ZeroShotClassification(Task):
+class ZeroShotClassification(LabelTask):
     name = "zero-shot-classification"
     options_model = ZeroShotOptions
 
     @classmethod
     def model_class(cls, options: TaskOptions, config: Any) -> type:
         return AutoModelForSequenceClassification if resolve_method(options, config) == "nli" else AutoModel
-
-    @classmethod
-    def output_names(cls, options: TaskOptions) -> list[str]:
-        return ["label", "score"] + (["scores"] if options.return_all_scores else [])
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -123,10 +119,7 @@ class ZeroShotClassification(Task):
 
     def postprocess(self, outputs: Outputs, features: Features, n_rows: int) -> dict[str, pa.Array]:
         scores = self._scores(outputs, n_rows)
-        columns = best(self.labels, scores)
-        if self.options.return_all_scores:
-            columns["scores"] = scores_struct(self.labels, scores)
-        return columns
+        return self.label_columns(scores)
 
     def _scores(self, outputs: Outputs, n_rows: int) -> np.ndarray:
         if self.method == "embedding":
@@ -139,8 +132,3 @@ class ZeroShotClassification(Task):
             return softmax(logits, axis=-1)[..., 1]
         return softmax(logits[..., -1], axis=1)
 
-    def output_schema(self) -> pa.Schema:
-        fields = [pa.field("label", pa.string()), pa.field("score", pa.float32())]
-        if self.options.return_all_scores:
-            fields.append(pa.field("scores", pa.struct([pa.field(n, pa.float32()) for n in self.labels])))
-        return pa.schema(fields)
