@@ -18,7 +18,7 @@ from pipelines import summary as summaries
 from pipelines.commit import RUN, OutputDir
 from pipelines.duplicates import DuplicateIds
 from pipelines.errors import PipelineError
-from pipelines.io.reader import Columns, reference_types
+from pipelines.io.reader import Columns, read_shard, reference_types
 from pipelines.io.shards import Shard, list_shards
 from pipelines.io.writer import StagingConfig
 from pipelines.models import load_config, resolve_name
@@ -255,7 +255,17 @@ def execute(
                 done[shard] = output.commit(by_key[shard], reports, job)
                 log.info("committed %s (%d/%d shards)", by_key[shard].uri, len(done), len(pending))
                 faults.checkpoint("after_commit")
+    for shard in pending:
+        # A shard with no rows yields no block, so no report: commit it empty once it is known to be empty.
+        if shard.key not in done and shard.key not in tally.seen and is_empty(shard, spec):
+            done[shard.key] = output.commit(shard, [], job)
+            log.info("committed %s (empty)", shard.uri)
     return done
+
+
+def is_empty(shard: Shard, spec: JobSpec) -> bool:
+    """Whether a shard holds no rows at all (read here, on the driver: only shards that reported nothing)."""
+    return sum(block.num_rows for block in read_shard(shard, columns_of(spec))) == 0
 
 
 def error_policy_violation(spec: JobSpec, result: dict) -> str | None:

@@ -231,3 +231,13 @@ def test_duplicate_ids_follow_the_policy(ray_session, tiny_models, tmp_path, pol
     assert sorted(e["id"] for e in errors) == ["2", "2"] and {e["reason"] for e in errors} == {"duplicate id"}
     assert summary["error_reasons"] == {"duplicate id": 2}
     assert summary["rows_in"] == 5
+
+
+def test_an_empty_shard_is_committed_empty(ray_session, tiny_models, tmp_path):
+    many_shards(tmp_path / "in", shards=1)
+    (tmp_path / "in" / "empty.jsonl").write_text("")
+    (tmp_path / "in" / "blank.jsonl").write_text("\n\n")
+    spec = spec_from_dict(yaml.safe_load(write_job(tmp_path, tiny_models("classifier"), tmp_path / "in").read_text()))
+    summary = run_job(spec)
+    assert summary["shards"] == 3 and summary["rows_in"] == summary["rows_out"] == 10
+    assert (tmp_path / "out" / "_SUCCESS").exists()
