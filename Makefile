@@ -1,6 +1,7 @@
 # Set-up and the two commands of the README. Everything installs into .venv in the repo.
 #   make run    install if needed, then run the main job (jobs/label_news.yaml)
 #   make test   install if needed, then run the test-suite
+#   make check  install if needed, then the static checks (ruff, mypy) over pipelines/
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,13 +11,17 @@ TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install clean
+.PHONY: run test check install clean
 
 run: $(STAMP)
 	$(VENV)/bin/pipelines run jobs/label_news.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+check: $(STAMP)
+	$(VENV)/bin/ruff check pipelines tests
+	$(VENV)/bin/mypy
 
 install: $(STAMP)
 

@@ -10,50 +10,50 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pipelines import faults
-from pipelines import summary as summaries
-from pipelines.commit import RUN, OutputDir
-from pipelines.duplicates import DuplicateIds
 from pipelines.errors import PipelineError
 from pipelines.io.reader import Columns, read_shard, reference_types
 from pipelines.io.shards import Shard, list_shards
-from pipelines.io.writer import StagingConfig
-from pipelines.models import load_config, resolve_name
+from pipelines.output import summary as summaries
+from pipelines.output.commit import OutputDir
+from pipelines.output.duplicates import DuplicateIds
+from pipelines.output.layout import RUN
+from pipelines.output.records import CommitRecord, JobRecord, ModelRef, RunSummary
+from pipelines.output.staging import StagingConfig, StagingReport
 from pipelines.spec import JobSpec
-from pipelines.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
 IO_CPUS = 0.25  # read and write tasks are light; leave the cores to the actors
 
 
-def job_record(spec: JobSpec) -> dict[str, Any]:
+def job_record(spec: JobSpec) -> JobRecord:
     """What identifies these results: the spec's hash, the model, the task."""
     device = spec.model.device
     if device == "auto":
         device = "cuda" if spec.compute.gpus_per_actor > 0 else "cpu"
-    return {
-        "name": spec.name,
-        "spec_hash": spec.fingerprint(),
-        "model": {"name": spec.model.name, "revision": spec.model.revision},
-        "quantization": spec.model.quantization,
-        "device": device,
-        "task": spec.task.type,
-        "spec": spec.model_dump(mode="json"),
-    }
+    return JobRecord(
+        name=spec.name,
+        spec_hash=spec.fingerprint(),
+        model=ModelRef(name=spec.model.name, revision=spec.model.revision),
+        quantization=spec.model.quantization,
+        device=device,
+        task=spec.task.type,
+        spec=spec.model_dump(mode="json"),
+    )
 
 
-def columns_of(spec: JobSpec, shards: list[Shard] = ()) -> Columns:
+def columns_of(spec: JobSpec, shards: Sequence[Shard] = ()) -> Columns:
     """The columns to read; passed-through columns get the types they have in the first shard."""
-    task = TASKS[spec.task.type]
     keep = [*spec.input.columns_to_keep, *([spec.input.label_column] if spec.input.label_column else [])]
     columns = Columns(
         text=spec.input.text_column,
         id=spec.input.id_column,
-        inputs=tuple(task.input_columns(spec.task)),
+        inputs=tuple(spec.task.input_columns()),
         keep=tuple(dict.fromkeys(keep)),
     )
     types = reference_types(list(shards), columns) if columns.keep else {}
@@ -77,59 +77,11 @@ def staging_config(spec: JobSpec, shards: list[Shard]) -> StagingConfig:
 
 def preflight(spec: JobSpec) -> None:
     """Problems that can be seen before any work starts: the model must at least have a config."""
+    from pipelines.inference.aliases import resolve_name
+    from pipelines.inference.loading import load_config
+
     load_config(spec.model)
     log.info("model %s resolved to %s", spec.model.name, resolve_name(spec.model))
-
-
-def connect(address: str | None, spec: JobSpec) -> None:
-    """Join the cluster at ``address`` (a GCS address: auto or HOST:6379, from a node of the cluster), else the
-    one in RAY_ADDRESS (set by Ray for a submitted job's driver), else start a local Ray. Dashboard URLs and
-    Ray Client (ray://) addresses are refused with a message that says what to use instead.
-
-    Joining from outside ships this package to the workers unless the job already carries it, and turns on
-    token auth when a token is at hand (see pipelines.cluster). The resource checks of a local Ray also apply
-    to a cluster that cannot add nodes; on one that autoscales, the pool waits for the nodes it asks for.
-    """
-    import ray
-
-    from pipelines import cluster
-
-    if ray.is_initialized():
-        return
-    target = cluster.gcs_address(address)
-    if target is None:
-        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
-        check_resources(spec, local=True)
-        cluster.check_pool_fits(spec.compute)
-        return
-    cluster.join(target, cluster.code_runtime_env())
-    grows = cluster.can_add_nodes()
-    if grows is None:
-        log.info("cannot tell yet whether the cluster at %s autoscales; resources not checked", target)
-    check_resources(spec, local=grows is False)
-    if grows is False:
-        cluster.check_pool_fits(spec.compute)
-    cluster.warn_if_output_is_node_local(spec.output.path)
-
-
-def check_resources(spec: JobSpec, local: bool) -> None:
-    import ray
-
-    resources = ray.cluster_resources()
-    compute = spec.compute
-    if compute.gpus_per_actor > 0 and resources.get("GPU", 0) == 0 and local:
-        raise PipelineError(
-            "compute.gpus_per_actor > 0 but this Ray cluster has no GPUs; set gpus_per_actor: 0 to run on CPU, "
-            "or submit to a cluster with GPU workers"
-        )
-    low, _ = compute.pool_bounds()
-    cpus = resources.get("CPU", 0)
-    if local and low * compute.cpus_per_actor >= cpus:
-        raise PipelineError(
-            f"compute: {low} actor(s) × {compute.cpus_per_actor} CPU leave none of the cluster's {cpus:g} CPUs "
-            "for reading and writing, and the job would hang; lower compute.cpus_per_actor (fractions are "
-            "allowed) or the number of actors"
-        )
 
 
 def build_dataset(spec: JobSpec, shards: list[Shard], reference: list[Shard] | None = None):
@@ -139,9 +91,9 @@ def build_dataset(spec: JobSpec, shards: list[Shard], reference: list[Shard] | N
     """
     import ray
 
+    from pipelines.inference.predictor import Predictor
     from pipelines.io.datasource import ShardDatasource
-    from pipelines.io.writer import write_staged
-    from pipelines.predictor import Predictor
+    from pipelines.output.staging import write_staged
 
     compute = spec.compute
     low, high = compute.pool_bounds()
@@ -177,26 +129,25 @@ class Tally:
     (a task re-executed by Ray) is recognised and left out instead of duplicated.
     """
 
-    reports: dict[str, list[dict]] = field(default_factory=lambda: defaultdict(list))
+    reports: dict[str, list[StagingReport]] = field(default_factory=lambda: defaultdict(list))
     seen: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     covered: dict[str, list[tuple[int, int]]] = field(default_factory=lambda: defaultdict(list))
 
-    def add(self, report: dict) -> bool:
-        shard = report["shard"]
-        flat = report["row_ranges"]
-        ranges = list(zip(flat[::2], flat[1::2]))
+    def add(self, report: StagingReport) -> bool:
+        shard = report.shard
+        ranges = report.row_ranges
         if any(s < e2 and s2 < e for s, e in ranges for s2, e2 in self.covered[shard]):
             log.warning("shard %s: a block came back twice; keeping the first copy", shard)
             return False
         self.covered[shard] += ranges
         self.reports[shard].append(report)
-        self.seen[shard] += report["rows"] + report["errors"]
-        return self.seen[shard] == report["shard_rows"]
+        self.seen[shard] += report.rows + report.errors
+        return self.seen[shard] == report.shard_rows
 
 
 def run_job(
     spec: JobSpec, *, address: str | None = None, overwrite: bool = False, shards: list[Shard] | None = None
-) -> dict[str, Any]:
+) -> RunSummary:
     """Run (or resume) a job; return its summary. Raises PipelineError on any failure.
 
     ``shards`` restricts the run to those input shards (default: every shard under input.paths).
@@ -209,8 +160,13 @@ def run_job(
     pending = output.prepare(job, shards, overwrite)
     if not pending and output.finished():
         log.info("nothing to do: all %d shards of %s are committed", len(shards), spec.output.path)
-        return {**(output.read_json(RUN) or {}), "status": "up to date", "shards_this_run": 0}
+        previous = output.summary()
+        if previous is None:
+            previous = summaries.build(job, list(output.commits().values()), [], 0.0, "succeeded")
+        return previous.model_copy(update={"status": "up to date", "shards_this_run": 0})
     if pending:
+        from pipelines.cluster.connect import connect
+
         connect(address, spec)  # resource problems surface here, before anything is written
     output.start(job, overwrite)
     log.info("%d of %d shards to do", len(pending), len(shards))
@@ -224,29 +180,29 @@ def run_job(
     result = summaries.build(job, list(output.commits().values()), list(done.values()), wall, "succeeded")
     problem = error_policy_violation(spec, result)
     if problem:
-        result["status"] = "failed"
-        output.write_json(RUN, result)
+        result.status = "failed"
+        output.write_json(RUN, result.to_json())
         raise PipelineError(problem)
-    output.write_json(RUN, result)
+    output.write_json(RUN, result.to_json())
     output.finish()
     return result
 
 
 def execute(
-    spec: JobSpec, job: dict, output: OutputDir, pending: list[Shard], shards: list[Shard]
-) -> dict[str, dict]:
+    spec: JobSpec, job: JobRecord, output: OutputDir, pending: list[Shard], shards: list[Shard]
+) -> dict[str, CommitRecord]:
     """Stream the dataset; commit each shard the moment its last row is staged."""
     by_key = {s.key: s for s in pending}
     tally = Tally()
-    done: dict[str, dict] = {}
+    done: dict[str, CommitRecord] = {}
     dataset = build_dataset(spec, pending, reference=shards)
     duplicates = None
     if spec.errors.duplicate_ids == "error":
         duplicates = DuplicateIds(output.fs, output.root, spec.input.id_column or "id", list(output.commits().values()))
     for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-        for report in batch.to_pylist():
+        for report in StagingReport.from_table(batch):
             if tally.add(report):
-                shard = report["shard"]
+                shard = report.shard
                 faults.checkpoint("before_commit")
                 reports = tally.reports.pop(shard)
                 if duplicates:
@@ -255,11 +211,11 @@ def execute(
                 done[shard] = output.commit(by_key[shard], reports, job)
                 log.info("committed %s (%d/%d shards)", by_key[shard].uri, len(done), len(pending))
                 faults.checkpoint("after_commit")
-    for shard in pending:
+    for empty in pending:
         # A shard with no rows yields no block, so no report: commit it empty once it is known to be empty.
-        if shard.key not in done and shard.key not in tally.seen and is_empty(shard, spec):
-            done[shard.key] = output.commit(shard, [], job)
-            log.info("committed %s (empty)", shard.uri)
+        if empty.key not in done and empty.key not in tally.seen and is_empty(empty, spec):
+            done[empty.key] = output.commit(empty, [], job)
+            log.info("committed %s (empty)", empty.uri)
     return done
 
 
@@ -268,16 +224,16 @@ def is_empty(shard: Shard, spec: JobSpec) -> bool:
     return sum(block.num_rows for block in read_shard(shard, columns_of(spec))) == 0
 
 
-def error_policy_violation(spec: JobSpec, result: dict) -> str | None:
+def error_policy_violation(spec: JobSpec, result: RunSummary) -> str | None:
     """Why the job fails under errors.max_rate / max_count, with the reasons; None when within limits."""
     policy = spec.errors
-    errors, rate = result["errors"], result["error_rate"]
+    errors, rate = result.errors, result.error_rate
     over_count = policy.max_count is not None and errors > policy.max_count
     if rate <= policy.max_rate and not over_count:
         return None
-    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(result["error_reasons"].items(), key=lambda kv: -kv[1]))
+    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(result.error_reasons.items(), key=lambda kv: -kv[1]))
     return (
-        f"{errors} of {result['rows_in']} rows were quarantined ({rate:.1%}), over the limit of "
+        f"{errors} of {result.rows_in} rows were quarantined ({rate:.1%}), over the limit of "
         f"errors.max_rate={policy.max_rate} / errors.max_count={policy.max_count} ({reasons}); "
         f"see {spec.output.path}/_errors/ and raise the limits if these rows are expected"
     )

@@ -2,21 +2,23 @@
 
 Every setting of a job lives here, with its type, default and allowed values.
 The CLI only loads a file, applies ``--set key.sub=value`` overrides and hands
-the result to :func:`load_spec`.
+the result to :func:`load_spec`. Light: pydantic and YAML, no torch (the task
+options come from :mod:`pipelines.tasks.options`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipelines.errors import PipelineError
-from pipelines.tasks import TASK_OPTIONS, TASKS
+from pipelines.tasks.options import TASK_OPTIONS, AnyTaskOptions
 
 
 class Strict(BaseModel):
@@ -138,14 +140,11 @@ class ScheduleSpec(Strict):
         return value
 
 
-TaskSpec = Annotated[Union[tuple(TASK_OPTIONS.values())], Field(discriminator="type")]
-
-
 class JobSpec(Strict):
     name: str | None = None
     input: InputSpec
     model: ModelSpec
-    task: TaskSpec
+    task: AnyTaskOptions
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
     compute: ComputeSpec = Field(default_factory=ComputeSpec)
     output: OutputSpec
@@ -164,7 +163,7 @@ class JobSpec(Strict):
         return self
 
     def prediction_columns(self) -> list[str]:
-        names = TASKS[self.task.type].output_names(self.task)
+        names = self.task.output_names()
         return [self.output.prediction_prefix + name for name in names]
 
     def output_columns(self) -> list[str]:
@@ -223,7 +222,7 @@ def _is_union_tag(part: Any) -> bool:
     return isinstance(part, str) and part in TASK_OPTIONS
 
 
-def load_spec(path: str | Path, overrides: list[str] = ()) -> JobSpec:
+def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> JobSpec:
     """Read, override and validate a job spec; every failure is a PipelineError."""
     path = Path(path)
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.batching import Ragged, padded_tokens, padding_efficiency, plan_microbatches
+from pipelines.inference.batching import Ragged, padded_tokens, padding_efficiency, plan_microbatches
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -28,8 +28,9 @@ import yaml
 from helpers import ROOT, SENTENCES, write_jsonl
 from ray_head import RayHead, ray_head, ray_worker, state_api
 
-from pipelines import cluster, jobs_client
-from pipelines.cli import main
+from pipelines.cli.main import main
+from pipelines.cluster import connect as cluster
+from pipelines.cluster import jobs as jobs_client
 from pipelines.errors import PipelineError
 from pipelines.spec import ComputeSpec
 

@@ -129,7 +129,7 @@ def test_every_kind_of_bad_input_is_quarantined_with_its_reason(ray_session, tin
         input={"label_column": "label"}, output={"prediction_prefix": "p_"},
         batching={"max_length": 64}, errors={"too_long": "error", "max_rate": 1.0},
     ).read_text()))
-    summary = run_job(spec)
+    summary = run_job(spec).to_json()
     out = tmp_path / "out"
     predicted = set(output_ids(out))
     errors = pq.read_table(out / "_errors").to_pylist()
@@ -221,7 +221,7 @@ def test_duplicate_ids_follow_the_policy(ray_session, tiny_models, tmp_path, pol
     spec = spec_from_dict(yaml.safe_load(write_job(
         tmp_path, tiny_models("classifier"), tmp_path / "in", errors={"duplicate_ids": policy, "max_rate": 1.0}
     ).read_text()))
-    summary = run_job(spec)
+    summary = run_job(spec).to_json()
     ids = sorted(output_ids(tmp_path / "out"))
     if policy == "keep":
         assert ids == ["1", "2", "2", "2", "3"]
@@ -238,6 +238,6 @@ def test_an_empty_shard_is_committed_empty(ray_session, tiny_models, tmp_path):
     (tmp_path / "in" / "empty.jsonl").write_text("")
     (tmp_path / "in" / "blank.jsonl").write_text("\n\n")
     spec = spec_from_dict(yaml.safe_load(write_job(tmp_path, tiny_models("classifier"), tmp_path / "in").read_text()))
-    summary = run_job(spec)
+    summary = run_job(spec).to_json()
     assert summary["shards"] == 3 and summary["rows_in"] == summary["rows_out"] == 10
     assert (tmp_path / "out" / "_SUCCESS").exists()

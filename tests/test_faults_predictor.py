@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from helpers import SENTENCES, batch_of, make_spec
 
-from pipelines.predictor import ERROR, Predictor
+from pipelines.inference.predictor import ERROR, Predictor
 
 
 def classifier(tiny_models, **batching) -> Predictor:

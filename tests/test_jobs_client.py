@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import jobs_client
+from pipelines.cluster import jobs as jobs_client
 from pipelines.errors import PipelineError
 
 try:

@@ -9,7 +9,7 @@ import torch
 from helpers import SENTENCES, batch_of, make_spec
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
-from pipelines.predictor import ERROR, PADDED, TOKENS, Predictor
+from pipelines.inference.predictor import ERROR, PADDED, TOKENS, Predictor
 
 
 def reference_embeddings(model_dir: str, texts: list[str]) -> np.ndarray:

@@ -45,7 +45,7 @@ def job(model_dir, task, shards, tmp_path, **sections):
 )
 def test_each_task_end_to_end(ray_session, tiny_models, shards, tmp_path, kind, task, columns):
     spec = job(tiny_models(kind), task, shards, tmp_path)
-    summary = run_job(spec)
+    summary = run_job(spec).to_json()
     table = read_output(spec.output.path)
     assert sorted(table.column("id").to_pylist()) == [r["id"] for r in shards[1]]
     for name, type_ in columns.items():
@@ -81,7 +81,7 @@ def test_ground_truth_agreement_and_prefix(ray_session, tiny_models, shards, tmp
         shards, tmp_path,
         input={"label_column": "label"}, output={"prediction_prefix": "predicted_"},
     )
-    summary = run_job(spec)
+    summary = run_job(spec).to_json()
     table = read_output(spec.output.path)
     agreement = summary["agreement"]
     assert agreement["rows"] == 24
@@ -94,7 +94,7 @@ def test_rerun_of_a_finished_job_writes_nothing(ray_session, tiny_models, shards
     spec = job(tiny_models("classifier"), {"type": "text-classification"}, shards, tmp_path)
     run_job(spec)
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*")}
-    again = run_job(spec)
+    again = run_job(spec).to_json()
     assert again["status"] == "up to date"
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*")} == before
 
@@ -125,6 +125,6 @@ def test_real_minilm_zero_shot_topics(ray_session, tmp_path):
             "output": {"path": str(tmp_path / "out"), "prediction_prefix": "predicted_"},
         }
     )
-    summary = run_job(spec)
+    summary = run_job(spec).to_json()
     assert summary["rows_out"] == 100
     assert summary["agreement"]["accuracy"] > 0.5  # four topics: chance is 0.25

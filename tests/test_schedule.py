@@ -17,11 +17,16 @@ import pytest
 import yaml
 from helpers import ROOT, SENTENCES, write_jsonl
 
-from pipelines.commit import OutputDir
 from pipelines.errors import PipelineError
-from pipelines.ledger import Ledger, render_table
-from pipelines.lock import JobLock, LockHeld
-from pipelines.schedule import decide, job_lock, latest_tick, next_tick, run_due, serve
+from pipelines.output import summary as summaries
+from pipelines.output.commit import OutputDir
+from pipelines.output.records import RunSummary
+from pipelines.runner import job_record
+from pipelines.schedule.executor import job_lock, run_due
+from pipelines.schedule.ledger import Ledger, render_table
+from pipelines.schedule.lock import JobLock, LockHeld
+from pipelines.schedule.loop import serve
+from pipelines.schedule.ticks import decide, latest_tick, next_tick
 from pipelines.spec import spec_from_dict
 
 DAY1 = datetime(2026, 11, 28, 2, 0, tzinfo=UTC)  # a tick of "0 2 * * *"
@@ -59,7 +64,7 @@ def add_shard(tmp_path: Path, name: str, batch: list[dict]) -> str:
 
 
 def ledger(tmp_path: Path) -> list[dict]:
-    return Ledger(str(tmp_path / "out")).read()
+    return [entry.to_json() for entry in Ledger(str(tmp_path / "out")).read()]
 
 
 def closing_lines(tmp_path: Path) -> list[dict]:
@@ -104,11 +109,12 @@ class NoRay:
         self.calls: list[dict] = []
         self.fail_first = fail_first
 
-    def __call__(self, spec, *, address=None, overwrite=False, shards=None) -> dict:
+    def __call__(self, spec, *, address=None, overwrite=False, shards=None) -> RunSummary:
         self.calls.append({"output": spec.output.path, "shards": [s.uri for s in shards], "overwrite": overwrite})
         if len(self.calls) <= self.fail_first:
             raise PipelineError("the cluster went away")
-        return {"rows_in": 0, "rows_out": 0, "errors": 0, "shards_this_run": len(shards)}
+        summary = summaries.build(job_record(spec), [], [], 0.0, "succeeded")
+        return summary.model_copy(update={"shards_this_run": len(shards)})
 
 
 # cron, time zones, missed ticks ----------------------------------------------------------------
@@ -197,8 +203,8 @@ def test_three_ticks_score_only_new_and_changed_shards_exactly_once(ray_session,
     before = data_files(tmp_path)
     same_tick = run_due(spec, now=day(3, hours=5))
     quiet_tick = run_due(spec, now=day(4, hours=0.01))
-    assert [e["status"] for e in same_tick["entries"] + quiet_tick["entries"]] == ["empty", "empty"]
-    assert "already handled" in same_tick["entries"][0]["note"]
+    assert [e.status for e in same_tick.entries + quiet_tick.entries] == ["empty", "empty"]
+    assert "already handled" in same_tick.entries[0].note
     assert data_files(tmp_path) == before  # nothing written but two ledger lines
     assert len(closing_lines(tmp_path)) == 5
 
@@ -236,7 +242,7 @@ def test_a_killed_run_is_completed_by_the_next_tick(ray_session, classifier, tmp
 
     add_shard(tmp_path, "d.jsonl", rows("d", 5))
     report = run_due(spec, now=day(2, hours=0.01))
-    resumed, new = report["entries"]
+    resumed, new = [e.to_json() for e in report.entries]
     assert (resumed["kind"], resumed["run"], resumed["attempt"]) == ("resume", "2026-11-28T02:00:00Z", 2)
     assert resumed["shards_this_run"] == 2 and resumed["rows_out"] == 12
     assert [i["uri"] for i in new["inputs"]] == [str(tmp_path / "in" / "d.jsonl")] and new["rows_out"] == 5
@@ -264,12 +270,12 @@ def test_without_a_schedule_every_once_is_a_tick(tmp_path):
     (tmp_path / "in").mkdir()
     spec = spec_from_dict(raw)
     runner = NoRay()
-    first = run_due(spec, now=day(1, hours=5.5), runner=runner)["entries"][0]
+    first = run_due(spec, now=day(1, hours=5.5), runner=runner).entries[0].to_json()
     assert (first["tick"], first["status"]) == ("2026-11-28T07:30:00Z", "empty")  # an empty landing folder: no error
     add_shard(tmp_path, "a.jsonl", rows("a", 2))
-    assert run_due(spec, now=day(1, hours=6), runner=runner)["entries"][0]["run"] == "2026-11-28T08:00:00Z"
-    again = run_due(spec, now=day(1, hours=6), runner=runner)["entries"][0]
-    assert again["status"] == "empty" and "already handled" in again["note"]
+    assert run_due(spec, now=day(1, hours=6), runner=runner).entries[0].run == "2026-11-28T08:00:00Z"
+    again = run_due(spec, now=day(1, hours=6), runner=runner).entries[0]
+    assert again.status == "empty" and "already handled" in again.note
     assert len(runner.calls) == 1
     with pytest.raises(PipelineError, match="no schedule section"):
         serve(spec, runner=runner)
@@ -289,7 +295,7 @@ def test_overlapping_runs_are_refused_and_a_killed_holders_lock_is_recovered(tmp
 
     lock_file = tmp_path / "out" / "_schedule.lock"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from pipelines.lock import JobLock; held = JobLock(sys.argv[1]).acquire(); "
+        [sys.executable, "-c", "import sys; from pipelines.schedule.lock import JobLock; held = JobLock(sys.argv[1]).acquire(); "
                                "print('locked', flush=True); sys.stdin.read()", str(lock_file)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
@@ -330,7 +336,7 @@ def test_a_model_change_is_in_the_ledger_and_warned_about(tmp_path):
     assert first["model"]["content_hash"] != second["model"]["content_hash"]
     assert second["model_changed"] == {"from": first["model"], "to": second["model"], "since": first["run"]}
     assert any("model changed since run 2026-11-28T02:00:00Z" in w and "--rescore" in w for w in warnings)
-    assert "model changed" in render_table(ledger(tmp_path))
+    assert "model changed" in render_table(Ledger(str(tmp_path / "out")).read())
 
 
 def test_rescore_scores_every_shard_with_the_new_model_and_supersedes_older_partitions(
@@ -343,7 +349,7 @@ def test_rescore_scores_every_shard_with_the_new_model_and_supersedes_older_part
     config.write_text(json.dumps({**json.loads(config.read_text()), "retrained_on": "2026-11-28"}))
     add_shard(tmp_path, "b.jsonl", rows("b", 2))
     report = run_due(spec, now=day(1, hours=3), rescore=True)  # off schedule: the tick was handled
-    [rescored] = report["entries"]
+    [rescored] = [e.to_json() for e in report.entries]
     assert rescored["kind"] == "rescore" and rescored["run"] == "2026-11-28T05:00:00Z"
     assert len(rescored["inputs"]) == 2 and rescored["rows_out"] == 5
     assert rescored["model_changed"]["since"] == "2026-11-28T02:00:00Z"
@@ -351,8 +357,8 @@ def test_rescore_scores_every_shard_with_the_new_model_and_supersedes_older_part
     assert sorted(p.name for p in out.glob("run=*")) == ["run=2026-11-28T05:00:00Z"]
     assert [p.name for p in (out / "_superseded").iterdir()] == ["run=2026-11-28T02:00:00Z"]
     assert sorted(all_ids(tmp_path)) == sorted(r["id"] for r in rows("a", 3) + rows("b", 2))
-    assert "superseded by rescore" in render_table(ledger(tmp_path))
-    assert run_due(spec, now=day(2, hours=0.01))["entries"][0]["status"] == "empty"  # then incremental again
+    assert "superseded by rescore" in render_table(Ledger(str(tmp_path / "out")).read())
+    assert run_due(spec, now=day(2, hours=0.01)).entries[0].status == "empty"  # then incremental again
 
 
 # the command line ------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import torch
 from helpers import SENTENCES, batch_of, make_spec
 from transformers import AutoModel, AutoModelForQuestionAnswering, AutoTokenizer, pipeline
 
-from pipelines.predictor import ERROR, Predictor
+from pipelines.inference.predictor import ERROR, Predictor
 from pipelines.tasks.feature_extraction import pool
 
 # question answering --------------------------------------------------------------------------

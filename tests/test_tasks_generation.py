@@ -13,10 +13,10 @@ from helpers import SENTENCES, batch_of, make_spec
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from pipelines.errors import PipelineError
-from pipelines.predictor import ERROR, Predictor
+from pipelines.inference.predictor import ERROR, Predictor
 from pipelines.spec import spec_from_dict
-from pipelines.tasks import TASKS
-from pipelines.tasks.generation import GenerationOptions, GumbelSampler, row_seeds, seed_keys, split_generated
+from pipelines.tasks.generation import GumbelSampler, row_seeds, seed_keys, split_generated
+from pipelines.tasks.options import GenerationOptions
 
 SHORT = "great"
 LONG = SENTENCES[4]  # the longest: forces left padding of SHORT when batched together
@@ -198,7 +198,7 @@ def test_prompt_template_reads_other_columns_and_null_is_a_row_error(tiny_models
     model_dir = tiny_models("causal")
     task = {"type": "text-generation", "max_new_tokens": 3, "prompt_template": "Title: {title}\nSummarize: {text}"}
     spec = make_spec(model_dir, task)
-    assert TASKS["text-generation"].input_columns(spec.task) == ["title"]
+    assert spec.task.input_columns() == ["title"]
     batch = batch_of(SENTENCES[:3]).append_column("title", pa.array(["One", None, "Three"]))
     out = Predictor(spec)(batch).to_pylist()
     assert out[1][ERROR] == "prompt column 'title' is null" and out[1]["generated_text"] is None

@@ -10,7 +10,7 @@ from helpers import SENTENCES, batch_of, make_spec
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipelines.errors import PipelineError
-from pipelines.predictor import ERROR, Predictor
+from pipelines.inference.predictor import ERROR, Predictor
 
 LABELS = ["positive", "negative", "not sure at all"]
 TEMPLATE = "Review: {text}\nSentiment:"

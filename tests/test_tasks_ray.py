@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 from helpers import SENTENCES, make_spec, read_output, write_jsonl, write_parquet
 
-from pipelines.predictor import Predictor
+from pipelines.inference.predictor import Predictor
 from pipelines.runner import run_job
 
 pytestmark = pytest.mark.slow  # a local Ray: still part of make test
@@ -44,7 +44,7 @@ def test_new_tasks_on_ray_match_the_predictor_alone(ray_session, tiny_models, tm
     spec = make_spec(tiny_models("causal"), task, tmp_path / "out", batching={"batch_size": 4, "max_rows": 3})
     spec.input.paths = [str(tmp_path / "in")]
     spec.seed = 11
-    summary = run_job(spec)
+    summary = run_job(spec).to_json()
     assert summary["rows_out"] == len(ROWS) and summary["errors"] == 0
 
     table = read_output(spec.output.path)

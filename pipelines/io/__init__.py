@@ -1,1 +1,6 @@
-"""Reading input shards and writing output files, on any filesystem pyarrow knows."""
+"""Input shards: finding them (:mod:`.shards`), reading one into blocks with bad rows marked (:mod:`.reader`),
+the bookkeeping columns of a block (:mod:`.block`) and the Ray Data datasource (:mod:`.datasource`).
+
+Light: pyarrow and numpy, no torch; only :mod:`.datasource` imports Ray. May
+import :mod:`pipelines.errors`; nothing else of the package.
+"""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import pyarrow as pa
 from ray.data.block import BlockMetadata
@@ -22,7 +22,9 @@ class ShardDatasource(Datasource):
     def estimate_inmemory_data_size(self) -> int | None:
         return sum(s.size for s in self.shards) or None
 
-    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None) -> list[ReadTask]:
+    def get_read_tasks(
+        self, parallelism: int, per_task_row_limit: int | None = None, data_context=None
+    ) -> list[ReadTask]:
         return [self._task(shard) for shard in self.shards]
 
     def _task(self, shard: Shard) -> ReadTask:

@@ -1,10 +1,8 @@
 """Reading one shard into Arrow blocks with the columns a job needs, bad rows marked, none lost.
 
-Every block carries bookkeeping columns: ``_shard`` (the shard's key), ``_row``
-(row index in the shard), ``_shard_rows`` (rows in the whole shard, so the
-driver knows when a shard is complete) and ``_error`` (why a row can't be
-predicted, else null). A file that can't be read at all yields one row whose
-``_row`` is -1 and whose ``_error`` says why.
+Every block carries the bookkeeping columns of :mod:`pipelines.io.block`. A file
+that can't be read at all yields one row whose ``_row`` is -1 and whose
+``_error`` says why.
 """
 
 from __future__ import annotations
@@ -12,8 +10,9 @@ from __future__ import annotations
 import gzip
 import io
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -21,10 +20,9 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
+from pipelines.io.block import ERROR, ROW, SHARD, SHARD_ROWS
 from pipelines.io.shards import Shard
 
-SHARD, ROW, SHARD_ROWS, ERROR = "_shard", "_row", "_shard_rows", "_error"
-BOOKKEEPING = (SHARD, ROW, SHARD_ROWS, ERROR)
 BLOCK_ROWS = 1024
 
 
@@ -222,7 +220,8 @@ def reference_types(shards: list[Shard], columns: Columns, sample_bytes: int = 1
             schema = _sample_schema(shard, sample_bytes)
         except Exception:  # noqa: BLE001 - an unreadable shard is quarantined later; try the next one
             continue
-        return {n: schema.field(n).type for n in columns.keep if n in schema.names and not pa.types.is_null(schema.field(n).type)}
+        present = [n for n in columns.keep if n in schema.names]
+        return {n: schema.field(n).type for n in present if not pa.types.is_null(schema.field(n).type)}
     return {}
 
 

@@ -83,7 +83,9 @@ def _expand(location: str) -> list[tuple[str, pafs.FileInfo]]:
         return [(uri_of(location, i.path), i) for i in infos if i.is_file and fnmatch.fnmatch(i.path, path)]
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
-        raise PipelineError(f"input.paths: {location} does not exist; check the path (relative paths start at the current directory)")
+        raise PipelineError(
+            f"input.paths: {location} does not exist; check the path (relative paths start at the current directory)"
+        )
     if info.type == pafs.FileType.Directory:
         infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
         return [(uri_of(location, i.path), i) for i in infos if i.is_file and not _is_hidden(i.path, path)]
@@ -99,7 +101,7 @@ def list_shards(paths: list[str], wanted_format: str = "auto") -> list[Shard]:
             if kind is None:
                 continue
             mtime = info.mtime_ns if info.mtime_ns is not None else None
-            shards[uri] = Shard(uri, info.path, kind[0], kind[1], info.size or 0, mtime)
+            shards[uri] = Shard(uri, info.path, kind[0], kind[1], info.size or 0, mtime)  # type: ignore[arg-type]
     if not shards:
         raise PipelineError(
             f"input.paths: no .parquet or .jsonl(.gz) files found under {', '.join(paths)}; "

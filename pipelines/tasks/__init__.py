@@ -1,34 +1,43 @@
-"""The batch tasks, by the name a job spec gives them."""
+"""The batch tasks: what each Transformers pipeline task does to a batch of rows, knowing no Ray.
+
+Owns: every task's options (:mod:`.options`, light: pydantic only), the task
+contract and the shared label logic (:mod:`.base`), prompt building for decoder
+models (:mod:`.prompts`), and one module per task. A task module may import
+torch, transformers, numpy, pyarrow, :mod:`pipelines.errors` and
+:mod:`pipelines.inference.batching`; never Ray, the output layout or the runner.
+:func:`task_class` loads a task's implementation only when it is asked for, so
+importing this package costs no torch.
+"""
 
 from __future__ import annotations
 
-from pipelines.tasks.base import Task, TaskOptions
-from pipelines.tasks.feature_extraction import FeatureExtraction
-from pipelines.tasks.fill_mask import FillMask
-from pipelines.tasks.llm_label import LLMLabel
-from pipelines.tasks.question_answering import QuestionAnswering
-from pipelines.tasks.seq2seq import Summarization, Translation
-from pipelines.tasks.text_classification import TextClassification
-from pipelines.tasks.text_generation import TextGeneration
-from pipelines.tasks.token_classification import TokenClassification
-from pipelines.tasks.zero_shot import ZeroShotClassification
+import importlib
+from typing import TYPE_CHECKING
 
-TASKS: dict[str, type[Task]] = {
-    task.name: task
-    for task in (
-        FeatureExtraction,
-        TextClassification,
-        ZeroShotClassification,
-        TextGeneration,
-        Summarization,
-        Translation,
-        QuestionAnswering,
-        FillMask,
-        TokenClassification,
-        LLMLabel,
-    )
+from pipelines.tasks.options import TASK_OPTIONS, TaskOptions
+
+if TYPE_CHECKING:
+    from pipelines.tasks.base import Task
+
+#: task name → (module, class) of its implementation.
+IMPLEMENTATIONS: dict[str, tuple[str, str]] = {
+    "feature-extraction": ("feature_extraction", "FeatureExtraction"),
+    "text-classification": ("text_classification", "TextClassification"),
+    "zero-shot-classification": ("zero_shot", "ZeroShotClassification"),
+    "text-generation": ("text_generation", "TextGeneration"),
+    "summarization": ("seq2seq", "Summarization"),
+    "translation": ("seq2seq", "Translation"),
+    "question-answering": ("question_answering", "QuestionAnswering"),
+    "fill-mask": ("fill_mask", "FillMask"),
+    "token-classification": ("token_classification", "TokenClassification"),
+    "llm-label": ("llm_label", "LLMLabel"),
 }
 
-TASK_OPTIONS: dict[str, type[TaskOptions]] = {name: task.options_model for name, task in TASKS.items()}
 
-__all__ = ["TASKS", "TASK_OPTIONS", "Task", "TaskOptions"]
+def task_class(name: str) -> type[Task]:
+    """The implementation of the task called ``name`` (imports torch and transformers)."""
+    module, attribute = IMPLEMENTATIONS[name]
+    return getattr(importlib.import_module(f"pipelines.tasks.{module}"), attribute)
+
+
+__all__ = ["IMPLEMENTATIONS", "TASK_OPTIONS", "TaskOptions", "task_class"]

@@ -6,7 +6,11 @@ window), runs the model on a padded micro-batch of features, and folds the
 features' outputs back into one prediction per row as Arrow columns.
 
 A task knows nothing about Ray, batching or devices: the predictor decides
-which features go together and where tensors live.
+which features go together and where tensors live. What a task needs before
+any model is loaded (its options, output columns, input columns) is in
+:mod:`pipelines.tasks.options`; what is data here is declared, not computed:
+the ``transformers`` Auto class that loads its model (``model_class``) and the
+padding side.
 """
 
 from __future__ import annotations
@@ -18,19 +22,12 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import pyarrow as pa
 import torch
-from pydantic import BaseModel, ConfigDict
 
-from pipelines.batching import Ragged
+from pipelines.inference.batching import Ragged
+from pipelines.tasks.options import LabelOptions, TaskOptions
 
 # Key under which the predictor passes each row's id to ``Task.encode`` (in ``columns``), e.g. for per-row seeds.
 ROW_ID = "_row_id"
-
-
-class TaskOptions(BaseModel):
-    """Base of each task's options; ``type`` names the task in the job spec."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-    type: str
 
 
 @dataclass
@@ -60,7 +57,7 @@ class Features:
     @classmethod
     def one_per_row(cls, encoding: dict[str, list[list[int]]], truncated: np.ndarray | None = None) -> Features:
         names = [n for n in ("input_ids", "token_type_ids") if n in encoding]
-        tokens = {n: Ragged.from_lists(encoding[n]) for n in names}
+        tokens: dict[str, Ragged] = {n: Ragged.from_lists(encoding[n]) for n in names}
         return cls(tokens=tokens, row=np.arange(len(tokens["input_ids"])), truncated=truncated)
 
 
@@ -90,11 +87,15 @@ class Outputs:
 
 
 class Task(ABC):
-    """One batch task. Subclasses set ``name``, ``options_model``, and implement the three steps."""
+    """One batch task. Subclasses declare ``name``, ``options_model`` and ``model_class``, and implement the
+    three steps."""
 
     name: ClassVar[str]
     options_model: ClassVar[type[TaskOptions]]
+    #: The name of the ``transformers`` Auto class that loads the model, e.g. ``AutoModelForMaskedLM``.
+    model_class: ClassVar[str]
     padding_side: ClassVar[Literal["right", "left"]] = "right"
+    options: Any  # the task's own options class (``options_model``)
 
     def __init__(self, options: TaskOptions, tokenizer: Any, config: Any, max_length: int, seed: int = 0) -> None:
         self.options = options
@@ -104,19 +105,9 @@ class Task(ABC):
         self.seed = seed  # the job's seed, for tasks that sample
 
     @classmethod
-    @abstractmethod
-    def model_class(cls, options: TaskOptions, config: Any) -> type:
-        """The ``transformers`` Auto class that loads the model for this task and config."""
-
-    @classmethod
-    @abstractmethod
-    def output_names(cls, options: TaskOptions) -> list[str]:
-        """Names of the prediction columns (known before any model is loaded)."""
-
-    @classmethod
-    def input_columns(cls, options: TaskOptions) -> list[str]:
-        """Row columns besides the text column that ``encode`` reads."""
-        return []
+    def model_class_for(cls, options: TaskOptions, config: Any) -> str:
+        """The Auto class for these options and this model config (``model_class`` unless a task decides)."""
+        return cls.model_class
 
     def setup(self, model: torch.nn.Module, device: torch.device) -> None:
         """Once per actor, after the model is loaded (e.g. embed candidate labels)."""
@@ -178,3 +169,42 @@ def vectors(matrix: np.ndarray) -> pa.Array:
     """A float matrix ``[n, d]`` as Arrow ``fixed_size_list<float32>[d]`` (plain Parquet, readable everywhere)."""
     matrix = np.ascontiguousarray(matrix, dtype=np.float32)
     return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
+
+
+# picking one label per row ------------------------------------------------------------------
+
+
+def label_names(config: Any) -> list[str]:
+    """Class names in id order, from the model config (``LABEL_i`` where it has none)."""
+    mapping = getattr(config, "id2label", None) or {}
+    return [str(mapping.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
+
+
+def scores_struct(labels: list[str], scores: np.ndarray) -> pa.Array:
+    """A ``struct<label: float32, ...>`` column: one field per class, in the model's order."""
+    arrays = [pa.array(scores[:, i].astype(np.float32)) for i in range(len(labels))]
+    return pa.StructArray.from_arrays(arrays, names=labels)
+
+
+class LabelTask(Task):
+    """A task that picks one of ``self.labels`` per row: ``label``, ``score``, optionally every ``scores``."""
+
+    labels: list[str]
+    options: LabelOptions
+
+    def label_columns(self, scores: np.ndarray) -> dict[str, pa.Array]:
+        """The output columns from a ``[rows, labels]`` score matrix."""
+        top = scores.argmax(axis=1)
+        columns = {
+            "label": pa.array(np.asarray(self.labels, dtype=object)[top], pa.string()),
+            "score": pa.array(scores[np.arange(len(top)), top].astype(np.float32)),
+        }
+        if self.options.return_all_scores:
+            columns["scores"] = scores_struct(self.labels, scores)
+        return columns
+
+    def output_schema(self) -> pa.Schema:
+        fields = [pa.field("label", pa.string()), pa.field("score", pa.float32())]
+        if self.options.return_all_scores:
+            fields.append(pa.field("scores", pa.struct([pa.field(n, pa.float32()) for n in self.labels])))
+        return pa.schema(fields)

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow as pa
 import torch
 import torch.nn.functional as F
-from transformers import AutoModel
 
-from pipelines.tasks.base import Features, Outputs, Task, TaskOptions, vectors
-
-
-class FeatureExtractionOptions(TaskOptions):
-    type: Literal["feature-extraction"]
-    pooling: Literal["mean", "cls", "last"] = "mean"
-    normalize: bool = True
+from pipelines.tasks.base import Features, Outputs, Task, vectors
+from pipelines.tasks.options import FeatureExtractionOptions
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
@@ -41,14 +35,8 @@ def embed(model: torch.nn.Module, inputs: dict[str, torch.Tensor], how: str, nor
 class FeatureExtraction(Task):
     name = "feature-extraction"
     options_model = FeatureExtractionOptions
-
-    @classmethod
-    def model_class(cls, options: TaskOptions, config: Any) -> type:
-        return AutoModel
-
-    @classmethod
-    def output_names(cls, options: TaskOptions) -> list[str]:
-        return ["embedding"]
+    model_class = "AutoModel"
+    options: FeatureExtractionOptions
 
     def encode(self, texts: list[str], columns: dict[str, list[Any]]) -> Features:
         encoding = self.tokenize(texts)

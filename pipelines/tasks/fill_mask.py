@@ -8,41 +8,26 @@ times the vocabulary.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
-from pydantic import Field
-from transformers import AutoModelForMaskedLM
 
 from pipelines.errors import PipelineError
-from pipelines.tasks.base import Features, Outputs, Task, TaskOptions
+from pipelines.tasks.base import Features, Outputs, Task
+from pipelines.tasks.options import FillMaskOptions
 
 CANDIDATE = pa.struct(
     [pa.field("token", pa.string()), pa.field("token_id", pa.int32()), pa.field("score", pa.float32())]
 )
 
 
-class FillMaskOptions(TaskOptions):
-    type: Literal["fill-mask"]
-    top_k: int = Field(default=5, gt=0, description="Candidates per mask token.")
-    mask_placeholder: str | None = Field(
-        default=None, description="A string in the texts that stands for the model's mask token, e.g. <mask>."
-    )
-
-
 class FillMask(Task):
     name = "fill-mask"
     options_model = FillMaskOptions
-
-    @classmethod
-    def model_class(cls, options: TaskOptions, config: Any) -> type:
-        return AutoModelForMaskedLM
-
-    @classmethod
-    def output_names(cls, options: TaskOptions) -> list[str]:
-        return ["predictions"]
+    model_class = "AutoModelForMaskedLM"
+    options: FillMaskOptions
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -15,12 +15,11 @@ vectorized over the micro-batch and the vocabulary, no loop over rows.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
-from pydantic import Field, model_validator
 from transformers import (
     LogitsProcessor,
     LogitsProcessorList,
@@ -29,40 +28,10 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from pipelines.tasks.base import ROW_ID, Features, Outputs, Task, TaskOptions
+from pipelines.tasks.base import ROW_ID, Features, Outputs, Task
+from pipelines.tasks.options import GenerationOptions
 
 MASK32 = 0xFFFFFFFF
-
-
-class GenerationOptions(TaskOptions):
-    """Decoding settings shared by every generating task."""
-
-    max_new_tokens: int = Field(default=64, gt=0, description="Most tokens generated per row (and per sequence).")
-    do_sample: bool = Field(
-        default=False, description="Sample (reproducibly, from the job seed and row id) instead of greedy/beam search."
-    )
-    temperature: float = Field(default=1.0, gt=0, description="Sampling: divide logits by this.")
-    top_k: int | None = Field(default=None, gt=0, description="Sampling: keep only the k most likely tokens.")
-    top_p: float = Field(
-        default=1.0, gt=0, le=1, description="Sampling: keep the smallest set of tokens with this much probability."
-    )
-    num_beams: int = Field(default=1, gt=0, description="Beam search width (greedy when 1); not with do_sample.")
-    num_return_sequences: int = Field(default=1, gt=0, description="Sequences per row: samples, or the best beams.")
-    repetition_penalty: float = Field(default=1.0, gt=0, description="Above 1 discourages repeating tokens.")
-
-    @model_validator(mode="after")
-    def _decoding(self) -> GenerationOptions:
-        if self.do_sample and self.num_beams > 1:
-            raise ValueError(
-                "do_sample with num_beams > 1 is not supported: "
-                "sample with num_beams: 1, or search beams without sampling"
-            )
-        if not self.do_sample and self.num_return_sequences > self.num_beams:
-            raise ValueError(
-                f"num_return_sequences ({self.num_return_sequences}) needs do_sample: true, "
-                f"or num_beams >= num_return_sequences (got num_beams {self.num_beams})"
-            )
-        return self
 
 
 # reproducible noise ----------------------------------------------------------------
@@ -174,7 +143,7 @@ def split_generated(
 ) -> tuple[list[list[np.ndarray]], list[list[bool]]]:
     """Cut each generated row at its first eos (kept out); group ``count`` sequences per feature."""
     ended = np.isin(generated, eos) if eos else np.zeros(generated.shape, dtype=bool)
-    stopped = ended.any(axis=1)
+    stopped = np.asarray(ended.any(axis=1))
     length = np.where(stopped, ended.argmax(axis=1), generated.shape[1])
     tokens = [generated[i, : length[i]] for i in range(len(generated))]
     grouped = [tokens[i : i + count] for i in range(0, len(tokens), count)]
@@ -197,11 +166,7 @@ class GenerationTask(Task):
     counts and finish reasons are lists when ``num_return_sequences`` > 1.
     """
 
-    text_output: ClassVar[str] = "generated_text"
-
-    @classmethod
-    def output_names(cls, options: TaskOptions) -> list[str]:
-        return [cls.text_output, "prompt_tokens", "generated_tokens", "finish_reason"]
+    options: GenerationOptions
 
     def seeds_for(self, texts: list[str], columns: dict[str, list[Any]]) -> np.ndarray:
         """Per-row seeds from the job seed and the row ids (the prompt text when there are no ids)."""
@@ -228,7 +193,7 @@ class GenerationTask(Task):
         stopped = outputs.listed("stopped")
         count = self.options.num_return_sequences
         texts = self.tokenizer.batch_decode([t.tolist() for seqs in tokens for t in seqs], skip_special_tokens=True)
-        per_row = {name: [None] * n_rows for name in ("text", "generated", "finish")}
+        per_row: dict[str, list[Any]] = {name: [None] * n_rows for name in ("text", "generated", "finish")}
         for i, row in enumerate(features.row):
             per_row["text"][row] = texts[i * count : (i + 1) * count]
             per_row["generated"][row] = [len(t) + s for t, s in zip(tokens[i], stopped[i])]  # eos included
@@ -243,7 +208,7 @@ class GenerationTask(Task):
             return pa.array(values, pa.list_(type_))
 
         return {
-            self.text_output: column(per_row["text"], pa.string()),
+            self.options.text_output: column(per_row["text"], pa.string()),
             "prompt_tokens": pa.array(prompt, pa.int32()),
             "generated_tokens": column(per_row["generated"], pa.int32()),
             "finish_reason": column(per_row["finish"], pa.string()),
@@ -255,7 +220,7 @@ class GenerationTask(Task):
 
         return pa.schema(
             [
-                pa.field(self.text_output, maybe_list(pa.string())),
+                pa.field(self.options.text_output, maybe_list(pa.string())),
                 pa.field("prompt_tokens", pa.int32()),
                 pa.field("generated_tokens", maybe_list(pa.int32())),
                 pa.field("finish_reason", maybe_list(pa.string())),

@@ -16,57 +16,24 @@ where a tokenizer merges across the boundary, the label is tokenized on its own.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
-from pydantic import Field, field_validator
-from transformers import AutoModelForCausalLM
 
-from pipelines.batching import Ragged
-from pipelines.tasks.base import Features, Outputs, Task, TaskOptions, softmax
-from pipelines.tasks.prompts import PromptOptions, check_chat, fill, render, special_prefix, template_columns
-from pipelines.tasks.text_classification import LabelTask
-
-
-class LLMLabelOptions(PromptOptions):
-    type: Literal["llm-label"]
-    candidate_labels: list[str] = Field(min_length=2, description="The labels, as the model should write them.")
-    prompt_template: str = Field(
-        default="{text}\nAnswer:", description="The prompt each label continues; {text} is the text column."
-    )
-    label_prefix: str | None = Field(
-        default=None,
-        description="Text between prompt and label; default a space (none with chat or after a trailing space).",
-    )
-    normalize: Literal["sum", "mean"] = Field(
-        default="mean", description="Rank labels by total or per-token log-likelihood."
-    )
-    return_all_scores: bool = True
-
-    @field_validator("candidate_labels")
-    @classmethod
-    def _distinct(cls, labels: list[str]) -> list[str]:
-        if len(set(labels)) != len(labels):
-            raise ValueError("candidate_labels must be distinct")
-        if any(not label.strip() for label in labels):
-            raise ValueError("candidate_labels must not be empty")
-        return labels
+from pipelines.inference.batching import Ragged
+from pipelines.tasks.base import Features, LabelTask, Outputs, softmax
+from pipelines.tasks.options import LLMLabelOptions
+from pipelines.tasks.prompts import check_chat, fill, render, special_prefix
 
 
 class LLMLabel(LabelTask):
     name = "llm-label"
     options_model = LLMLabelOptions
+    model_class = "AutoModelForCausalLM"
     padding_side = "right"  # each label's tokens sit right after its own prompt; padding only follows
-
-    @classmethod
-    def model_class(cls, options: TaskOptions, config: Any) -> type:
-        return AutoModelForCausalLM
-
-    @classmethod
-    def input_columns(cls, options: TaskOptions) -> list[str]:
-        return template_columns(options.prompt_template)
+    options: LLMLabelOptions
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -85,7 +52,8 @@ class LLMLabel(LabelTask):
     def encode(self, texts: list[str], columns: dict[str, list[Any]]) -> Features:
         prompts, errors = fill(self.options.prompt_template, texts, columns)
         rows = [i for i, p in enumerate(prompts) if p is not None]
-        rendered = render(self.tokenizer, [prompts[i] for i in rows], self.options.chat, self.options.system_prompt)
+        filled = [prompt for prompt in prompts if prompt is not None]
+        rendered = render(self.tokenizer, filled, self.options.chat, self.options.system_prompt)
         ids, label_index, starts, owners = [], [], [], []
         truncated = np.zeros(len(texts), dtype=bool)
         for row, prompt_ids, continuations in zip(rows, *self._tokenize(rendered)):

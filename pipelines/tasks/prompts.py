@@ -7,55 +7,13 @@ the job then reads). A row whose column is null gets an error, not a prompt.
 
 from __future__ import annotations
 
-import string
 from typing import Any
 
 import numpy as np
-from pydantic import Field, field_validator
 
 from pipelines.errors import PipelineError
-from pipelines.tasks.base import TaskOptions, _truncated
-
-
-class PromptOptions(TaskOptions):
-    prompt_template: str = Field(
-        default="{text}", description="The prompt; {text} is the text column, {name} any other input column."
-    )
-    chat: bool = Field(default=False, description="Wrap the prompt as a user message in the model's chat template.")
-    system_prompt: str | None = Field(default=None, description="With chat: a system message before the prompt.")
-
-    @field_validator("prompt_template")
-    @classmethod
-    def _fields_are_names(cls, template: str) -> str:
-        template_fields(template)
-        return template
-
-
-def template_fields(template: str) -> list[str]:
-    """The column names a template uses, in order of first use; only plain ``{name}`` fields."""
-    names: list[str] = []
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        raise ValueError(
-            f"prompt_template is not a valid template ({exc}); write literal braces as {{{{ and }}}}"
-        ) from None
-    for _, name, spec, conversion in parsed:
-        if name is None:
-            continue
-        if not name.isidentifier() or spec or conversion:
-            raise ValueError(
-                f"prompt_template field {{{name}}}: use plain column names like {{text}} or {{title}} "
-                "(no positions, attributes, formats or conversions)"
-            )
-        if name not in names:
-            names.append(name)
-    return names
-
-
-def template_columns(template: str) -> list[str]:
-    """Row columns besides the text column that a template reads."""
-    return [name for name in template_fields(template) if name != "text"]
+from pipelines.tasks.base import _truncated
+from pipelines.tasks.options import template_columns
 
 
 def fill(template: str, texts: list[str], columns: dict[str, list[Any]]) -> tuple[list[str | None], dict[int, str]]:

@@ -10,43 +10,23 @@ offsets into the context: ``context[start:end] == answer``.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
 import torch.nn.functional as F
-from pydantic import Field
-from transformers import AutoModelForQuestionAnswering
 
 from pipelines.errors import PipelineError
-from pipelines.tasks.base import Features, Outputs, Task, TaskOptions
-
-
-class QuestionAnsweringOptions(TaskOptions):
-    type: Literal["question-answering"]
-    question_column: str = Field(default="question", description="The column holding each row's question.")
-    context_column: str = Field(default="context", description="The column holding the text to answer from.")
-    doc_stride: int = Field(default=128, gt=0, description="Tokens of overlap between windows of a long context.")
-    max_answer_length: int = Field(default=15, gt=0, description="Longest answer, in tokens.")
-    max_question_length: int = Field(default=64, gt=0, description="Longer questions are row errors.")
+from pipelines.tasks.base import Features, Outputs, Task
+from pipelines.tasks.options import QuestionAnsweringOptions
 
 
 class QuestionAnswering(Task):
     name = "question-answering"
     options_model = QuestionAnsweringOptions
-
-    @classmethod
-    def model_class(cls, options: TaskOptions, config: Any) -> type:
-        return AutoModelForQuestionAnswering
-
-    @classmethod
-    def output_names(cls, options: TaskOptions) -> list[str]:
-        return ["answer", "score", "start", "end"]
-
-    @classmethod
-    def input_columns(cls, options: TaskOptions) -> list[str]:
-        return list(dict.fromkeys([options.question_column, options.context_column]))
+    model_class = "AutoModelForQuestionAnswering"
+    options: QuestionAnsweringOptions
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

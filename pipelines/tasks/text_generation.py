@@ -2,33 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from transformers import AutoModelForCausalLM
 
 from pipelines.errors import PipelineError
-from pipelines.tasks.base import Features, TaskOptions
-from pipelines.tasks.generation import GenerationOptions, GenerationTask
-from pipelines.tasks.prompts import PromptOptions, check_chat, fill, render, template_columns, tokenize_prompts
-
-
-class TextGenerationOptions(GenerationOptions, PromptOptions):
-    type: Literal["text-generation"]
+from pipelines.tasks.base import Features
+from pipelines.tasks.generation import GenerationTask
+from pipelines.tasks.options import TextGenerationOptions
+from pipelines.tasks.prompts import check_chat, fill, render, tokenize_prompts
 
 
 class TextGeneration(GenerationTask):
     name = "text-generation"
     options_model = TextGenerationOptions
+    model_class = "AutoModelForCausalLM"
     padding_side = "left"  # every prompt ends where generation starts
-
-    @classmethod
-    def model_class(cls, options: TaskOptions, config: Any) -> type:
-        return AutoModelForCausalLM
-
-    @classmethod
-    def input_columns(cls, options: TaskOptions) -> list[str]:
-        return template_columns(options.prompt_template)
+    options: TextGenerationOptions
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

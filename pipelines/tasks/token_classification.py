@@ -14,15 +14,13 @@ not the tokenizer's (lower-cased, ``##``-joined) rendering of it.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field
-from transformers import AutoModelForTokenClassification
 
-from pipelines.tasks.base import Features, Outputs, Task, TaskOptions
-from pipelines.tasks.text_classification import label_names
+from pipelines.tasks.base import Features, Outputs, Task, label_names
+from pipelines.tasks.options import TokenClassificationOptions
 
 ENTITY = pa.struct(
     [
@@ -35,14 +33,6 @@ ENTITY = pa.struct(
 )
 
 
-class TokenClassificationOptions(TaskOptions):
-    type: Literal["token-classification"]
-    aggregation_strategy: Literal["none", "simple", "first", "average", "max"] = Field(
-        default="simple", description="How token labels become entities (see the Transformers pipeline)."
-    )
-    ignore_labels: list[str] = Field(default_factory=lambda: ["O"], description="Labels that are not entities.")
-
-
 def split_tag(label: str) -> tuple[str, str]:
     """``B-PER`` → (``B``, ``PER``); a label without a BIO prefix is an inside tag of itself."""
     if label[:2] in ("B-", "I-"):
@@ -53,14 +43,8 @@ def split_tag(label: str) -> tuple[str, str]:
 class TokenClassification(Task):
     name = "token-classification"
     options_model = TokenClassificationOptions
-
-    @classmethod
-    def model_class(cls, options: TaskOptions, config: Any) -> type:
-        return AutoModelForTokenClassification
-
-    @classmethod
-    def output_names(cls, options: TaskOptions) -> list[str]:
-        return ["entities"]
+    model_class = "AutoModelForTokenClassification"
+    options: TokenClassificationOptions
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

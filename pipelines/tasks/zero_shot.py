@@ -13,40 +13,16 @@ Two methods:
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
-from pydantic import Field, model_validator
-from transformers import AutoModel, AutoModelForSequenceClassification
 
 from pipelines.errors import PipelineError
-from pipelines.tasks.base import Features, Outputs, Task, TaskOptions, softmax
+from pipelines.tasks.base import Features, LabelTask, Outputs, softmax
 from pipelines.tasks.feature_extraction import embed
-from pipelines.tasks.text_classification import LabelTask
-
-
-class ZeroShotOptions(TaskOptions):
-    type: Literal["zero-shot-classification"]
-    candidate_labels: list[str] = Field(min_length=1)
-    hypothesis_template: str = "This example is {}."
-    label_descriptions: dict[str, str] = Field(
-        default_factory=dict, description="embedding method: text to embed for a label instead of the template."
-    )
-    multi_label: bool = False
-    method: Literal["auto", "nli", "embedding"] = "auto"
-    temperature: float = Field(default=0.05, gt=0, description="embedding method: softmax temperature.")
-    return_all_scores: bool = True
-
-    @model_validator(mode="after")
-    def _check(self) -> ZeroShotOptions:
-        if "{}" not in self.hypothesis_template:
-            raise ValueError("hypothesis_template must contain {} where the label goes")
-        unknown = set(self.label_descriptions) - set(self.candidate_labels)
-        if unknown:
-            raise ValueError(f"label_descriptions for labels not in candidate_labels: {sorted(unknown)}")
-        return self
+from pipelines.tasks.options import TaskOptions, ZeroShotOptions
 
 
 def nli_label_id(config: Any, prefix: str) -> int | None:
@@ -65,10 +41,13 @@ def resolve_method(options: ZeroShotOptions, config: Any) -> str:
 class ZeroShotClassification(LabelTask):
     name = "zero-shot-classification"
     options_model = ZeroShotOptions
+    model_class = "AutoModel"
+    options: ZeroShotOptions
 
     @classmethod
-    def model_class(cls, options: TaskOptions, config: Any) -> type:
-        return AutoModelForSequenceClassification if resolve_method(options, config) == "nli" else AutoModel
+    def model_class_for(cls, options: TaskOptions, config: Any) -> str:
+        assert isinstance(options, ZeroShotOptions)
+        return "AutoModelForSequenceClassification" if resolve_method(options, config) == "nli" else "AutoModel"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

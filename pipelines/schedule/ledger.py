@@ -32,13 +32,66 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from pipelines.io.shards import resolve
+from pipelines.output import layout
+from pipelines.output.layout import LEDGER
 
 log = logging.getLogger(__name__)
 
-LEDGER = "_runs.jsonl"
 UNFINISHED = ("running", "failed")
 TICK_KINDS = ("tick", "rescore")
+
+
+class LedgerInput(BaseModel):
+    """An input shard as a ledger line lists it: its fingerprint, key and (once committed) rows."""
+
+    model_config = ConfigDict(extra="allow")
+
+    uri: str
+    size: int
+    mtime_ns: int | None = None
+    key: str
+    rows: int | None = None
+
+    def fingerprint(self) -> dict:
+        return {"uri": self.uri, "size": self.size, "mtime_ns": self.mtime_ns}
+
+
+class LedgerEntry(BaseModel):
+    """One line of ``_runs.jsonl`` (the fields are listed in this module's docstring)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    tick: str | None = None
+    run: str | None = None
+    kind: str = "tick"
+    status: str
+    attempt: int | None = None
+    rescore: bool = False
+    inputs: list[LedgerInput] | None = None
+    replaces: dict[str, str] = Field(default_factory=dict)
+    model: dict[str, Any] | None = None
+    model_changed: dict[str, Any] | None = None
+    spec_changed: dict[str, Any] | None = None
+    spec_hash: str | None = None
+    rows_in: int | None = None
+    rows_out: int | None = None
+    errors: int | None = None
+    shards_this_run: int | None = None
+    rows_this_run: int | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    wall_s: float | None = None
+    host: str | None = None
+    pid: int | None = None
+    error: str | None = None
+    note: str | None = None
+    missed: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
 
 
 class Ledger:
@@ -55,26 +108,23 @@ class Ledger:
         except FileNotFoundError:
             return b""
 
-    def read(self) -> list[dict]:
+    def read(self) -> list[LedgerEntry]:
         entries = []
         for n, line in enumerate(self._raw().splitlines(), 1):
             if not line.strip():
                 continue
             try:
-                entries.append(json.loads(line))
-            except json.JSONDecodeError:
-                log.warning("%s line %d is not JSON; ignored", self.path, n)
+                entries.append(LedgerEntry.model_validate_json(line))
+            except ValueError:
+                log.warning("%s line %d is not a ledger entry; ignored", self.path, n)
         return entries
 
-    def append(self, entry: dict) -> dict:
+    def append(self, entry: LedgerEntry) -> LedgerEntry:
         data = self._raw()
         if data and not data.endswith(b"\n"):
             data += b"\n"
-        data += json.dumps(entry, sort_keys=True, default=str).encode() + b"\n"
-        self.fs.create_dir(self.path.rsplit("/", 1)[0], recursive=True)
-        with self.fs.open_output_stream(f"{self.path}.tmp") as stream:
-            stream.write(data)
-        self.fs.move(f"{self.path}.tmp", self.path)
+        data += json.dumps(entry.to_json(), sort_keys=True, default=str).encode() + b"\n"
+        layout.write_bytes(self.fs, self.path, data)
         return entry
 
 
@@ -82,59 +132,55 @@ class Ledger:
 class History:
     """What the ledger says about a job's runs: the last tick, unfinished runs, what is scored."""
 
-    entries: list[dict]
+    entries: list[LedgerEntry]
 
     def last_tick(self) -> str | None:
-        ticks = [e["tick"] for e in self.entries if e.get("kind") in TICK_KINDS and e.get("tick")]
+        ticks = [e.tick for e in self.entries if e.kind in TICK_KINDS and e.tick]
         return max(ticks, default=None)
 
-    def latest(self) -> dict[str, dict]:
+    def latest(self) -> dict[str, LedgerEntry]:
         """The last line of each run (partition), by run id."""
-        found: dict[str, dict] = {}
+        found: dict[str, LedgerEntry] = {}
         for entry in self.entries:
-            if entry.get("run"):
-                found[entry["run"]] = entry
+            if entry.run:
+                found[entry.run] = entry
         return dict(sorted(found.items()))
 
     def base(self) -> str:
         """The run of the last completed rescore: every run before it is superseded ("" if none)."""
-        done = [run for run, e in self.latest().items() if e.get("rescore") and e["status"] == "succeeded"]
+        done = [run for run, e in self.latest().items() if e.rescore and e.status == "succeeded"]
         return max(done, default="")
 
-    def unfinished(self) -> list[dict]:
+    def unfinished(self) -> list[LedgerEntry]:
         """Runs to resume, oldest first; runs before an unfinished rescore are left to be superseded."""
         latest = self.latest()
-        open_rescores = [run for run, e in latest.items() if e.get("rescore") and e["status"] in UNFINISHED]
+        open_rescores = [run for run, e in latest.items() if e.rescore and e.status in UNFINISHED]
         floor = max([self.base(), *open_rescores])
-        return [e for run, e in latest.items() if e["status"] in UNFINISHED and run >= floor]
+        return [e for run, e in latest.items() if e.status in UNFINISHED and run >= floor]
 
-    def first_attempt(self, run: str) -> dict:
+    def first_attempt(self, run: str) -> LedgerEntry:
         """The first ``running`` line of a run: its plan (inputs, replaces, rescore)."""
-        return next(e for e in self.entries if e.get("run") == run and e["status"] == "running")
+        return next(e for e in self.entries if e.run == run and e.status == "running")
 
     def attempts(self, run: str) -> int:
-        return sum(1 for e in self.entries if e.get("run") == run and e["status"] == "running")
+        return sum(1 for e in self.entries if e.run == run and e.status == "running")
 
     def scored(self) -> dict[str, tuple[dict, str]]:
         """uri → (fingerprint, run) of the newest scored version of every input since the last rescore."""
         base = self.base()
         found: dict[str, tuple[dict, str]] = {}
         for run, entry in self.latest().items():
-            if run >= base and entry["status"] == "succeeded":
-                for item in entry.get("inputs", []):
-                    found[item["uri"]] = (fingerprint(item), run)
+            if run >= base and entry.status == "succeeded":
+                for item in entry.inputs or []:
+                    found[item.uri] = (item.fingerprint(), run)
         return found
 
     def last_model(self) -> tuple[dict, str] | None:
         """(lineage, run) of the newest run that scored anything."""
         for run, entry in reversed(self.latest().items()):
-            if entry["status"] == "succeeded" and entry.get("model"):
-                return entry["model"], run
+            if entry.status == "succeeded" and entry.model:
+                return entry.model, run
         return None
-
-
-def fingerprint(item: dict) -> dict:
-    return {"uri": item["uri"], "size": item["size"], "mtime_ns": item["mtime_ns"]}
 
 
 # the table of ``pipelines runs`` ----------------------------------------------------------
@@ -153,43 +199,43 @@ def model_label(model: dict | None) -> str:
     return f"{label} ({quant})" if quant and quant != "none" else label
 
 
-def table_rows(entries: list[dict]) -> list[dict[str, str]]:
+def table_rows(entries: list[LedgerEntry]) -> list[dict[str, str]]:
     """One row per finished attempt (and per attempt still running or killed), oldest first."""
     history = History(entries)
     base = history.base()
-    closed = {(e.get("run"), e.get("attempt")) for e in entries if e.get("run") and e["status"] != "running"}
+    closed = {(e.run, e.attempt) for e in entries if e.run and e.status != "running"}
     rows = []
     for entry in entries:
-        if entry["status"] == "running" and (entry.get("run"), entry.get("attempt")) in closed:
+        if entry.status == "running" and (entry.run, entry.attempt) in closed:
             continue
         rows.append(_row(entry, base))
     return rows
 
 
-def _row(entry: dict, base: str) -> dict[str, str]:
-    status = entry["status"]
+def _row(entry: LedgerEntry, base: str) -> dict[str, str]:
+    status = entry.status
     if status == "running":
         status = "running/killed"
-    notes = [entry["note"]] if entry.get("note") else []
-    if entry.get("run") and entry["run"] < base:
+    notes = [entry.note] if entry.note else []
+    if entry.run and entry.run < base:
         notes.append(f"superseded by rescore {base}")
-    if entry.get("model_changed"):
-        notes.append(f"model changed (was {model_label(entry['model_changed']['from'])})")
-    if entry.get("replaces"):
-        notes.append(f"{len(entry['replaces'])} changed shard(s)")
-    if entry.get("error"):
-        notes.append(f"error: {str(entry['error']).splitlines()[0][:120]}")
-    shards = entry.get("inputs")
+    if entry.model_changed:
+        notes.append(f"model changed (was {model_label(entry.model_changed['from'])})")
+    if entry.replaces:
+        notes.append(f"{len(entry.replaces)} changed shard(s)")
+    if entry.error:
+        notes.append(f"error: {str(entry.error).splitlines()[0][:120]}")
+    shards = entry.inputs
     return {
-        "tick": entry.get("tick") or "",
-        "run": entry.get("run") or "-",
-        "kind": entry.get("kind", ""),
+        "tick": entry.tick or "",
+        "run": entry.run or "-",
+        "kind": entry.kind,
         "status": status,
         "shards": "" if shards is None else str(len(shards)),
-        "rows": _count(entry.get("rows_out")),
-        "errors": _count(entry.get("errors")),
-        "model": model_label(entry.get("model")),
-        "wall_s": f"{entry['wall_s']:.1f}" if entry.get("wall_s") is not None else "",
+        "rows": _count(entry.rows_out),
+        "errors": _count(entry.errors),
+        "model": model_label(entry.model),
+        "wall_s": f"{entry.wall_s:.1f}" if entry.wall_s is not None else "",
         "note": "; ".join(notes),
     }
 
@@ -198,7 +244,7 @@ def _count(value: Any) -> str:
     return "" if value is None else f"{value:,}"
 
 
-def render_table(entries: list[dict]) -> str:
+def render_table(entries: list[LedgerEntry]) -> str:
     rows = table_rows(entries)
     if not rows:
         return "no runs yet"

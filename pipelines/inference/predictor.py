@@ -21,17 +21,14 @@ import pyarrow.compute as pc
 import torch
 
 from pipelines import faults
-from pipelines.batching import plan_microbatches
-from pipelines.models import load_config, load_model
+from pipelines.inference.batching import plan_microbatches
+from pipelines.inference.loading import load_config, load_model
+from pipelines.io.block import ERROR, PADDED, TOKENS
 from pipelines.spec import JobSpec
-from pipelines.tasks import TASKS
+from pipelines.tasks import task_class
 from pipelines.tasks.base import ROW_ID, Features, Outputs
 
 log = logging.getLogger(__name__)
-
-ERROR = "_error"
-TOKENS = "_tokens"
-PADDED = "_padded"
 
 
 class Predictor:
@@ -42,16 +39,16 @@ class Predictor:
         torch.set_num_threads(self.spec.compute.torch_threads())
         # bitsandbytes warns on every int8 matmul with float32 inputs (expected on CPU): not news.
         warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
-        task_class = TASKS[self.spec.task.type]
+        implementation = task_class(self.spec.task.type)
         config = load_config(self.spec.model)
         self.loaded = load_model(
             self.spec.model,
-            task_class.model_class(self.spec.task, config),
+            implementation.model_class_for(self.spec.task, config),
             config,
             self.spec.batching.max_length,
-            task_class.padding_side,
+            implementation.padding_side,
         )
-        self.task = task_class(
+        self.task = implementation(
             self.spec.task, self.loaded.tokenizer, self.loaded.config, self.loaded.max_length, seed=self.spec.seed
         )
         with torch.inference_mode():
@@ -79,7 +76,8 @@ class Predictor:
             errors = _flag(errors, rows[picked], reason)
         predictions = self.task.postprocess(outputs, features, len(rows)) if len(features) else {}
         if features.truncated is not None and self.spec.errors.too_long == "error":
-            errors = _flag(errors, rows[features.truncated], f"text longer than max_length ({self.loaded.max_length} tokens)")
+            reason = f"text longer than max_length ({self.loaded.max_length} tokens)"
+            errors = _flag(errors, rows[features.truncated], reason)
         return self._assemble(batch, rows, predictions, features, padded, errors)
 
     # steps ---------------------------------------------------------------------
@@ -99,7 +97,7 @@ class Predictor:
             return Features(tokens={}, row=np.zeros(0, np.int64))
         picked = batch.take(rows)
         texts = picked.column(self.spec.input.text_column).to_pylist()
-        columns = {name: picked.column(name).to_pylist() for name in self.task.input_columns(self.spec.task)}
+        columns = {name: picked.column(name).to_pylist() for name in self.spec.task.input_columns()}
         id_column = self.spec.input.id_column or "id"
         if id_column in picked.column_names:
             columns[ROW_ID] = picked.column(id_column).cast(pa.string()).to_pylist()

@@ -18,6 +18,7 @@ import os
 import socket
 import time
 from pathlib import Path
+from typing import IO
 
 from pipelines.errors import PipelineError
 
@@ -34,7 +35,7 @@ class JobLock:
     def __init__(self, path: str | Path, what: str = "this job") -> None:
         self.path = Path(path)
         self.what = what
-        self._file = None
+        self._file: IO[str] | None = None
 
     def acquire(self) -> JobLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)

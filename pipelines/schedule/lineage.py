@@ -12,6 +12,7 @@ import logging
 import re
 from pathlib import Path
 
+from pipelines.inference.aliases import resolve_name
 from pipelines.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -22,8 +23,6 @@ COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 def model_lineage(spec: ModelSpec) -> dict:
     """The model's identity as recorded in the ledger; two runs used the same model iff these match."""
-    from pipelines.models import resolve_name
-
     source = resolve_name(spec)
     record = {
         "name": spec.name,

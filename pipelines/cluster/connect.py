@@ -6,7 +6,7 @@ Two addresses name a Ray cluster, and this project keeps them apart:
   and ``RAY_ADDRESS`` inside a job the cluster runs. The driver must run on a node of the cluster: Ray
   Data cannot drive a dataset over Ray Client (``ray://HEAD_IP:10001``), so such addresses are refused;
 * the **dashboard URL** (``http://HEAD_IP:8265``) is the job server's: ``pipelines submit/status/logs/stop``
-  (:mod:`pipelines.jobs_client`).
+  (:mod:`pipelines.cluster.jobs`).
 
 Joining from outside, the driver makes three decisions, all here:
 
@@ -23,7 +23,7 @@ Joining from outside, the driver makes three decisions, all here:
 * **Can the pool ever start?** A cluster whose autoscaler can add nodes (``ray up``, KubeRay) gets what the
   pool asks for later, so nothing is checked. A cluster that cannot grow (nodes started by hand with
   ``ray start``, whose autoscaler is Ray's read-only one) has all it will ever have, and the same checks
-  as a local Ray apply (:func:`pipelines.runner.check_resources`), plus :func:`check_pool_fits`: at least
+  as a local Ray apply (:func:`check_resources`), plus :func:`check_pool_fits`: at least
   ``compute.min`` actors, each with its CPUs, GPUs, accelerator type and custom resources on one node.
   The answer comes from the autoscaler's own report (what ``ray status`` shows), see :func:`can_add_nodes`.
 """
@@ -41,12 +41,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pipelines.cluster.auth import TOKEN_HELP, enable_token_auth_if_available, find_token
 from pipelines.errors import PipelineError
-from pipelines.spec import ComputeSpec
+from pipelines.spec import ComputeSpec, JobSpec
 
 log = logging.getLogger(__name__)
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 #: Never shipped with the package.
 PACKAGE_EXCLUDES = ["__pycache__", "*.pyc"]
 _CONNECT_TIMEOUT_S = 5.0
@@ -116,23 +117,6 @@ def code_runtime_env() -> dict[str, Any] | None:
     return {"py_modules": [str(PACKAGE_DIR)], "excludes": list(PACKAGE_EXCLUDES)}
 
 
-def enable_token_auth_if_available() -> bool:
-    """Turn on Ray token auth for this process if RAY_AUTH_MODE is unset and a token exists; True if on."""
-    from pipelines.jobs_client import find_token
-
-    mode = os.environ.get("RAY_AUTH_MODE")
-    if mode is not None:
-        return mode.lower() == "token"
-    if find_token() is None:
-        return False
-    try:  # Ray's own switch (it also refreshes Ray's cached config); absent before Ray had token auth
-        from ray._private.authentication.authentication_token_setup import _enable_token_auth
-    except ImportError:
-        return False
-    _enable_token_auth()
-    return True
-
-
 def join(address: str, runtime_env: Mapping[str, Any] | None) -> None:
     """``ray.init`` against an existing cluster; every failure is a one-line PipelineError."""
     import ray
@@ -168,8 +152,6 @@ def _refused_for_auth(exc: BaseException) -> bool:
 
 
 def _auth_message(address: str, token_auth: bool) -> str:
-    from pipelines.jobs_client import TOKEN_HELP, find_token
-
     token = find_token() if token_auth else None
     cause = "has no token" if token is None else f"sent the token from {token.source} and it was refused"
     return f"The Ray cluster at {address} requires authentication and this driver {cause}; {TOKEN_HELP}."
@@ -284,4 +266,53 @@ def warn_if_output_is_node_local(output_path: str) -> None:
             "so it must be storage every node shares (or use s3://bucket/prefix)",
             output_path,
             len(nodes),
+        )
+
+
+def connect(address: str | None, spec: JobSpec) -> None:
+    """Join the cluster at ``address`` (a GCS address: auto or HOST:6379, from a node of the cluster), else the
+    one in RAY_ADDRESS (set by Ray for a submitted job's driver), else start a local Ray. Dashboard URLs and
+    Ray Client (ray://) addresses are refused with a message that says what to use instead.
+
+    Joining from outside ships this package to the workers unless the job already carries it, and turns on
+    token auth when a token is at hand. The resource checks of a local Ray also apply
+    to a cluster that cannot add nodes; on one that autoscales, the pool waits for the nodes it asks for.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    target = gcs_address(address)
+    if target is None:
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+        check_resources(spec, local=True)
+        check_pool_fits(spec.compute)
+        return
+    join(target, code_runtime_env())
+    grows = can_add_nodes()
+    if grows is None:
+        log.info("cannot tell yet whether the cluster at %s autoscales; resources not checked", target)
+    check_resources(spec, local=grows is False)
+    if grows is False:
+        check_pool_fits(spec.compute)
+    warn_if_output_is_node_local(spec.output.path)
+
+
+def check_resources(spec: JobSpec, local: bool) -> None:
+    import ray
+
+    resources = ray.cluster_resources()
+    compute = spec.compute
+    if compute.gpus_per_actor > 0 and resources.get("GPU", 0) == 0 and local:
+        raise PipelineError(
+            "compute.gpus_per_actor > 0 but this Ray cluster has no GPUs; set gpus_per_actor: 0 to run on CPU, "
+            "or submit to a cluster with GPU workers"
+        )
+    low, _ = compute.pool_bounds()
+    cpus = resources.get("CPU", 0)
+    if local and low * compute.cpus_per_actor >= cpus:
+        raise PipelineError(
+            f"compute: {low} actor(s) × {compute.cpus_per_actor} CPU leave none of the cluster's {cpus:g} CPUs "
+            "for reading and writing, and the job would hang; lower compute.cpus_per_actor (fractions are "
+            "allowed) or the number of actors"
         )

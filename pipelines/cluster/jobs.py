@@ -12,10 +12,9 @@ Authentication (Ray 2.60 token auth). A cluster started with
 HTTP 401 and every request with a wrong token with HTTP 403; the Ray client
 turns both into :class:`ray.exceptions.AuthenticationError`. The client only
 attaches a token by itself when ``RAY_AUTH_MODE=token`` is set in *this*
-process, so this module looks the token up itself, in Ray's own order of
-precedence (``RAY_AUTH_TOKEN``, then the file named by ``RAY_AUTH_TOKEN_PATH``,
-then ``~/.ray/auth_token``) and always sends it as ``Authorization: Bearer``.
-A cluster without token auth ignores the header.
+process, so this module finds the token itself (:func:`pipelines.cluster.auth.find_token`)
+and always sends it as ``Authorization: Bearer``. A cluster without token auth
+ignores the header.
 
 Every failure leaves this module as :class:`~pipelines.errors.PipelineError`
 with a one-line message that says what to do.
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from pipelines.cluster.auth import TOKEN_HELP, AuthToken, find_token
 from pipelines.errors import PipelineError
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ DEFAULT_EXCLUDES: tuple[str, ...] = (
     ".git",
     ".venv",
     "venv",
-    "output",
+    "/output",
     "__pycache__",
     "*.pyc",
     ".pytest_cache",
@@ -63,25 +63,10 @@ DEFAULT_EXCLUDES: tuple[str, ...] = (
 #: Environment variables every job gets (logs stream line by line).
 DEFAULT_ENV_VARS: Mapping[str, str] = {"PYTHONUNBUFFERED": "1"}
 
-TOKEN_HELP = (
-    "get the cluster's token by running `ray get-auth-token` on the head node "
-    "(for a `ray up` cluster: `ray exec cluster.yaml 'ray get-auth-token'`), then "
-    "`export RAY_AUTH_TOKEN=<token>` here (or save it to ~/.ray/auth_token, "
-    "or point RAY_AUTH_TOKEN_PATH at a file that holds it)"
-)
-
 _TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 _CONNECT_TIMEOUT_S = 5.0
 _POLL_INTERVAL_S = 1.0
 _FINAL_STATUS_TIMEOUT_S = 30.0
-
-
-@dataclass(frozen=True)
-class AuthToken:
-    """A Ray auth token and where it was found (for error messages)."""
-
-    value: str
-    source: str
 
 
 @dataclass(frozen=True)
@@ -313,37 +298,6 @@ def dashboard_url(address: str) -> str:
             "e.g. --address http://HEAD_IP:8265 (not ray:// or the GCS port 6379)."
         )
     return address
-
-
-def find_token() -> AuthToken | None:
-    """Find the Ray auth token the way Ray does, or None if there is none.
-
-    Order: ``RAY_AUTH_TOKEN``; the file ``RAY_AUTH_TOKEN_PATH`` names (which
-    must then be readable and non-empty, as Ray requires); ``~/.ray/auth_token``.
-    """
-    env_token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
-    if env_token:
-        return AuthToken(env_token, "RAY_AUTH_TOKEN")
-    token_path = os.environ.get("RAY_AUTH_TOKEN_PATH")
-    if token_path:
-        token = _read_token_file(Path(token_path).expanduser())
-        if not token:
-            raise PipelineError(
-                f"RAY_AUTH_TOKEN_PATH is {token_path}, but that file is missing or "
-                f"empty; fix the path or unset it. To get a token: {TOKEN_HELP}."
-            )
-        return AuthToken(token, f"RAY_AUTH_TOKEN_PATH ({token_path})")
-    default_path = Path.home() / ".ray" / "auth_token"
-    token = _read_token_file(default_path)
-    return AuthToken(token, str(default_path)) if token else None
-
-
-def _read_token_file(path: Path) -> str:
-    """Return the stripped contents of a token file, or '' if unreadable."""
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except OSError:
-        return ""
 
 
 def _check_reachable(url: str) -> None:

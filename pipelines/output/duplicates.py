@@ -7,7 +7,6 @@ are read, and only under this policy; the default (``keep``) costs nothing.
 
 from __future__ import annotations
 
-import json
 import uuid
 
 import numpy as np
@@ -15,18 +14,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.io.writer import write_atomically
+from pipelines.output import layout
+from pipelines.output.records import CommitRecord
+from pipelines.output.staging import StagingReport
 
 REASON = "duplicate id"
 
 
 class DuplicateIds:
-    def __init__(self, fs, root: str, id_column: str, committed: list[dict]) -> None:
+    def __init__(self, fs, root: str, id_column: str, committed: list[CommitRecord]) -> None:
         self.fs = fs
         self.id_column = id_column
         self.seen = pa.chunked_array([pa.array([], pa.string())])
         for record in committed:
-            for name in record.get("files", []):
+            for name in record.files:
                 self._remember(self._ids(f"{root}/{name}"))
 
     def _ids(self, path: str) -> pa.Array:
@@ -36,16 +37,16 @@ class DuplicateIds:
     def _remember(self, ids: pa.Array) -> None:
         self.seen = pa.chunked_array([*self.seen.chunks, ids])
 
-    def screen(self, report: dict, shard_uri: str, compression: str) -> None:
+    def screen(self, report: StagingReport, shard_uri: str, compression: str) -> None:
         """Drop repeated ids from a report's staged files (rewriting them) and stage them as errors."""
         repeated_total = []
-        for path in report["files"]:
+        for path in report.files:
             with self.fs.open_input_file(path) as handle:
                 table = pq.read_table(handle)
             ids = table.column(self.id_column).combine_chunks().cast(pa.string())
             repeated = _repeats(ids, self.seen.combine_chunks())
             if repeated.any():
-                write_atomically(self.fs, path, table.filter(pa.array(~repeated)), compression)
+                layout.write_parquet(self.fs, path, table.filter(pa.array(~repeated)), compression)
                 repeated_total.append(ids.filter(pa.array(repeated)))
             self._remember(ids.filter(pa.array(~repeated)))
         if not repeated_total:
@@ -61,14 +62,12 @@ class DuplicateIds:
                 "preview": pa.nulls(n, pa.string()),
             }
         )
-        path = f"{report['files'][0].rsplit('/', 1)[0]}/{uuid.uuid4().hex}-duplicates.parquet"
-        write_atomically(self.fs, path, errors, compression)
-        report["error_files"] = [*report["error_files"], path]
-        report["rows"] -= n
-        report["errors"] += n
-        reasons = json.loads(report["reasons"])
-        reasons[REASON] = reasons.get(REASON, 0) + n
-        report["reasons"] = json.dumps(reasons)
+        path = f"{report.files[0].rsplit('/', 1)[0]}/{uuid.uuid4().hex}-duplicates.parquet"
+        layout.write_parquet(self.fs, path, errors, compression)
+        report.error_files = [*report.error_files, path]
+        report.rows -= n
+        report.errors += n
+        report.reasons[REASON] = report.reasons.get(REASON, 0) + n
 
 
 def _repeats(ids: pa.Array, seen: pa.Array) -> np.ndarray:

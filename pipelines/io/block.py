@@ -1,0 +1,12 @@
+"""The bookkeeping columns a block carries from the reader, through the predictor, to the staging writer.
+
+``_shard`` (the shard's key), ``_row`` (the row's index in its shard), ``_shard_rows``
+(rows in the whole shard, so the driver knows when a shard is complete) and
+``_error`` (why a row can't be predicted, else null) come from the reader; the
+predictor adds ``_tokens`` (a row's real tokens) and ``_padded`` (the tokens its
+forward computed, padding included). None of them reaches the output files.
+"""
+
+SHARD, ROW, SHARD_ROWS, ERROR = "_shard", "_row", "_shard_rows", "_error"
+TOKENS, PADDED = "_tokens", "_padded"
+BOOKKEEPING = (SHARD, ROW, SHARD_ROWS, ERROR)

@@ -1,0 +1,115 @@
+"""The output layout: every name this project writes under ``output.path``, and how it writes a file.
+
+One job's output directory::
+
+    part-<shard>-<n>.parquet        predictions (plain Parquet; readers skip the ``_`` entries)
+    _errors/part-<shard>-<n>.parquet    quarantined rows with their reasons
+    _commits/<shard>.json           one record per committed shard
+    _job.json                       the spec (and its hash) these results belong to
+    _staging/<shard>/...            files of shards not yet committed
+    _run.json, _SUCCESS             the run summary; written last, when every shard is committed
+
+A scheduled job's root holds one such directory per run, and its own files::
+
+    run=<run id>/                   a partition: a job output directory as above
+    _runs.jsonl                     the run ledger
+    _schedule.lock                  the job's lock
+    _superseded/run=<run id>/...    outputs that newer ones replaced
+
+Every file is written whole or not at all: to a temporary name first, then renamed
+into place (:func:`write_bytes`), so a reader or a crash never sees half of one.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+COMMITS = "_commits"
+ERRORS = "_errors"
+STAGING = "_staging"
+JOB = "_job.json"
+RUN = "_run.json"
+SUCCESS = "_SUCCESS"
+#: The entries of a job output directory that are this project's bookkeeping.
+OURS = (COMMITS, ERRORS, STAGING, JOB, RUN, SUCCESS)
+
+LEDGER = "_runs.jsonl"
+LOCK = "_schedule.lock"
+SUPERSEDED = "_superseded"
+PARTITION = "run="
+
+PART_PREFIX = "part-"
+PART_SUFFIX = ".parquet"
+TMP_SUFFIX = ".tmp"
+
+
+def part_name(shard_key: str, n: int) -> str:
+    """The name of a shard's n-th committed data (or error) file."""
+    return f"{PART_PREFIX}{shard_key}-{n:05d}{PART_SUFFIX}"
+
+
+def is_part_file(name: str) -> bool:
+    """Whether a file name is one of this project's committed part files."""
+    return name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX)
+
+
+def part_shard(name: str) -> str | None:
+    """The shard key in ``part-<key>-<n>.parquet`` (also for ``.tmp`` leftovers); None for other names."""
+    if not name.startswith(PART_PREFIX):
+        return None
+    parts = name.split("-")
+    return parts[1] if len(parts) >= 3 else None
+
+
+def commit_record_path(shard_key: str) -> str:
+    return f"{COMMITS}/{shard_key}.json"
+
+
+def partition_dir(run: str) -> str:
+    return f"{PARTITION}{run}"
+
+
+# writing whole files ------------------------------------------------------------------------
+
+
+def write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write-then-rename: a reader sees the old file or the new one, never half of one."""
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    tmp = f"{path}{TMP_SUFFIX}"
+    with fs.open_output_stream(tmp) as stream:
+        stream.write(data)
+    fs.move(tmp, path)
+
+
+def write_json(fs: pafs.FileSystem, path: str, value: Any) -> None:
+    write_bytes(fs, path, json.dumps(value, indent=1, sort_keys=True, default=str).encode())
+
+
+def write_parquet(fs: pafs.FileSystem, path: str, table: pa.Table, compression: str) -> None:
+    """A Parquet file, written then renamed, so it is either whole or absent."""
+    tmp = f"{path}{TMP_SUFFIX}"
+    with fs.open_output_stream(tmp) as stream:
+        pq.write_table(table, stream, compression=None if compression == "none" else compression)
+    fs.move(tmp, path)
+
+
+def read_json(fs: pafs.FileSystem, path: str) -> Any:
+    """A JSON file's value; None when it is missing or not JSON (a half-written file never is: see write_bytes)."""
+    try:
+        with fs.open_input_stream(path) as stream:
+            return json.loads(stream.read())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def delete(fs: pafs.FileSystem, info: pafs.FileInfo) -> None:
+    """Delete a file or a directory tree; nothing when it does not exist."""
+    if info.type == pafs.FileType.Directory:
+        fs.delete_dir(info.path)
+    elif info.type == pafs.FileType.File:
+        fs.delete_file(info.path)

@@ -1,0 +1,212 @@
+"""Writing predicted blocks to staging files; runs in Ray tasks next to the data (no torch here).
+
+Each block is split by shard: good rows go to a staged Parquet data file, bad
+rows to a staged error file. What comes back to the driver is one small
+:class:`StagingReport` per (block, shard), as an Arrow row with typed columns,
+so the driver can commit a shard once all of its rows are accounted for.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines.io.block import ERROR, PADDED, ROW, SHARD, SHARD_ROWS, TOKENS
+from pipelines.io.shards import resolve
+from pipelines.output import layout
+from pipelines.output.records import Confusion
+
+PREVIEW_CHARS = 120
+
+_COUNT = pa.struct([("key", pa.string()), ("n", pa.int64())])
+_CELL = pa.struct([("truth", pa.string()), ("predicted", pa.string()), ("n", pa.int64())])
+
+REPORT_SCHEMA = pa.schema(
+    [
+        ("shard", pa.string()),
+        ("shard_rows", pa.int64()),
+        ("rows", pa.int64()),
+        ("errors", pa.int64()),
+        ("tokens", pa.int64()),
+        ("padded", pa.int64()),
+        ("files", pa.list_(pa.string())),
+        ("error_files", pa.list_(pa.string())),
+        ("confusion", pa.list_(_CELL)),
+        ("reasons", pa.list_(_COUNT)),
+        ("row_ranges", pa.list_(pa.int64())),
+    ]
+)
+
+
+@dataclass
+class StagingReport:
+    """What one writer task staged for one shard: counts, staged files, and which rows (as ranges)."""
+
+    shard: str
+    shard_rows: int
+    rows: int
+    errors: int
+    tokens: int = 0
+    padded: int = 0
+    files: list[str] = field(default_factory=list)
+    error_files: list[str] = field(default_factory=list)
+    confusion: Confusion = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)
+    row_ranges: list[tuple[int, int]] = field(default_factory=list)
+
+    def to_row(self) -> dict[str, Any]:
+        return {
+            "shard": self.shard,
+            "shard_rows": self.shard_rows,
+            "rows": self.rows,
+            "errors": self.errors,
+            "tokens": self.tokens,
+            "padded": self.padded,
+            "files": self.files,
+            "error_files": self.error_files,
+            "confusion": [
+                {"truth": t, "predicted": p, "n": n} for t, row in self.confusion.items() for p, n in row.items()
+            ],
+            "reasons": [{"key": k, "n": n} for k, n in self.reasons.items()],
+            "row_ranges": [bound for pair in self.row_ranges for bound in pair],
+        }
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> StagingReport:
+        confusion: Confusion = {}
+        for cell in row["confusion"] or []:
+            confusion.setdefault(cell["truth"], {})[cell["predicted"]] = cell["n"]
+        flat = row["row_ranges"] or []
+        return cls(
+            shard=row["shard"],
+            shard_rows=row["shard_rows"],
+            rows=row["rows"],
+            errors=row["errors"],
+            tokens=row["tokens"],
+            padded=row["padded"],
+            files=list(row["files"] or []),
+            error_files=list(row["error_files"] or []),
+            confusion=confusion,
+            reasons={item["key"]: item["n"] for item in row["reasons"] or []},
+            row_ranges=list(zip(flat[::2], flat[1::2])),
+        )
+
+    @staticmethod
+    def table(reports: list[StagingReport]) -> pa.Table:
+        return pa.Table.from_pylist([r.to_row() for r in reports], schema=REPORT_SCHEMA)
+
+    @staticmethod
+    def from_table(table: pa.Table) -> list[StagingReport]:
+        return [StagingReport.from_row(row) for row in table.to_pylist()]
+
+
+@dataclass(frozen=True)
+class StagingConfig:
+    """What a staging writer needs to know; small and picklable."""
+
+    output: str
+    id_column: str
+    text_column: str
+    output_columns: tuple[str, ...]
+    shard_uris: dict[str, str] = field(default_factory=dict)
+    compression: str = "zstd"
+    max_rows_per_file: int = 100_000
+    truth_column: str | None = None
+    predicted_column: str | None = None
+
+
+def write_staged(batch: pa.Table, config: StagingConfig) -> pa.Table:
+    """Stage one predicted block; return one report row per shard in it."""
+    reports = []
+    shards = pc.unique(batch.column(SHARD)).to_pylist()
+    for shard in shards:
+        part = batch.filter(pc.equal(batch.column(SHARD), shard))
+        reports.append(_stage_shard(part, shard, config))
+    return StagingReport.table(reports)
+
+
+def _stage_shard(part: pa.Table, shard: str, config: StagingConfig) -> StagingReport:
+    failed = part.column(ERROR).is_null()
+    good = part.filter(failed)
+    bad = part.filter(pc.invert(failed))
+    fs, root = resolve(config.output)
+    folder = f"{root}/{layout.STAGING}/{shard}"
+    fs.create_dir(folder, recursive=True)
+    name = uuid.uuid4().hex
+    files = []
+    data = good.select(list(config.output_columns))
+    for k, start in enumerate(range(0, data.num_rows, config.max_rows_per_file)):
+        path = f"{folder}/{name}-{k}.parquet"
+        layout.write_parquet(fs, path, data.slice(start, config.max_rows_per_file), config.compression)
+        files.append(path)
+    error_files = []
+    if bad.num_rows:
+        path = f"{folder}/{name}-errors.parquet"
+        layout.write_parquet(fs, path, error_records(bad, config), config.compression)
+        error_files.append(path)
+    return StagingReport(
+        shard=shard,
+        shard_rows=int(part.column(SHARD_ROWS)[0].as_py()),
+        rows=good.num_rows,
+        errors=bad.num_rows,
+        tokens=int(pc.sum(part.column(TOKENS)).as_py() or 0),
+        padded=int(pc.sum(part.column(PADDED)).as_py() or 0),
+        files=files,
+        error_files=error_files,
+        confusion=confusion(good, config),
+        reasons=reason_counts(bad),
+        row_ranges=row_ranges(part.column(ROW).to_numpy()),
+    )
+
+
+def error_records(bad: pa.Table, config: StagingConfig) -> pa.Table:
+    """The quarantine rows: where the row came from, its id, why it failed, and a preview of its text."""
+    shard = bad.column(SHARD).to_pylist()
+    text = bad.column(config.text_column)
+    preview = pc.utf8_slice_codeunits(text.cast(pa.string()), 0, PREVIEW_CHARS)
+    return pa.table(
+        {
+            "shard": pa.array([config.shard_uris.get(s, s) for s in shard], pa.string()),
+            "row": bad.column(ROW).cast(pa.int64()),
+            "id": bad.column(config.id_column).cast(pa.string()),
+            "reason": bad.column(ERROR).cast(pa.string()),
+            "preview": preview,
+        }
+    )
+
+
+def confusion(good: pa.Table, config: StagingConfig) -> Confusion:
+    """Counts of (ground truth, prediction) pairs: {truth: {predicted: n}}."""
+    if not config.truth_column or not config.predicted_column or good.num_rows == 0:
+        return {}
+    truth = good.column(config.truth_column).cast(pa.string()).to_numpy(zero_copy_only=False)
+    predicted = good.column(config.predicted_column).cast(pa.string()).to_numpy(zero_copy_only=False)
+    counts: Confusion = {}
+    pairs = Counter(zip(truth.tolist(), predicted.tolist()))
+    for (t, p), n in pairs.items():
+        counts.setdefault(str(t), {})[str(p)] = int(n)
+    return counts
+
+
+def row_ranges(rows: np.ndarray) -> list[tuple[int, int]]:
+    """Row indices as [start, end) pairs, so the driver can spot a block seen twice."""
+    rows = np.sort(rows)
+    if not len(rows):
+        return []
+    breaks = np.flatnonzero(np.diff(rows) != 1)
+    starts = np.concatenate([[rows[0]], rows[breaks + 1]])
+    ends = np.concatenate([rows[breaks], [rows[-1]]]) + 1
+    return [(int(s), int(e)) for s, e in zip(starts, ends)]
+
+
+def reason_counts(bad: pa.Table) -> dict[str, int]:
+    """Bad rows by kind of reason (the reason without its details), for the run summary."""
+    kinds = [re.split(r"[:(]", reason, maxsplit=1)[0].strip() for reason in bad.column(ERROR).to_pylist()]
+    return dict(Counter(kinds))

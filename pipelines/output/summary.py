@@ -1,0 +1,82 @@
+"""The run summary (``_run.json``): built from the commit records, and its readable form."""
+
+from __future__ import annotations
+
+from pipelines.output.records import (
+    Agreement,
+    CommitRecord,
+    Confusion,
+    JobRecord,
+    RunSummary,
+    merge_confusion,
+    merge_counts,
+)
+
+
+def agreement(matrix: Confusion) -> Agreement | None:
+    """Accuracy and the confusion matrix {truth: {predicted: n}}, or None with nothing to compare."""
+    total = sum(sum(row.values()) for row in matrix.values())
+    if not total:
+        return None
+    correct = sum(row.get(truth, 0) for truth, row in matrix.items())
+    return Agreement(accuracy=round(correct / total, 4), rows=total, confusion=matrix)
+
+
+def build(
+    job: JobRecord, commits: list[CommitRecord], this_run: list[CommitRecord], wall_s: float, status: str
+) -> RunSummary:
+    """Totals over every committed shard; speed over the shards this run did."""
+    confusion: Confusion = {}
+    reasons: dict[str, int] = {}
+    for record in commits:
+        merge_confusion(confusion, record.confusion)
+        merge_counts(reasons, record.reasons)
+    rows_now = sum(r.rows_in for r in this_run)
+    tokens_now = sum(r.tokens for r in this_run)
+    padded_now = sum(r.padded for r in this_run)
+    rows_in = sum(r.rows_in for r in commits)
+    errors = sum(r.errors for r in commits)
+    return RunSummary(
+        job=job.name,
+        status=status,
+        spec_hash=job.spec_hash,
+        model=job.model,
+        quantization=job.quantization,
+        device=job.device,
+        task=job.task,
+        shards=len(commits),
+        shards_this_run=len(this_run),
+        rows_in=rows_in,
+        rows_out=sum(r.rows for r in commits),
+        errors=errors,
+        error_rate=round(errors / rows_in, 6) if rows_in else 0.0,
+        error_reasons=reasons,
+        rows_this_run=rows_now,
+        wall_s=round(wall_s, 3),
+        rows_per_s=round(rows_now / wall_s, 2) if wall_s > 0 else None,
+        tokens_per_s=round(tokens_now / wall_s, 1) if wall_s > 0 else None,
+        padding_efficiency=round(tokens_now / padded_now, 4) if padded_now else None,
+        agreement=agreement(confusion),
+    )
+
+
+def render(summary: RunSummary) -> str:
+    """A few readable lines for the terminal."""
+    lines = [
+        f"{summary.status}: {summary.rows_out:,} rows written, {summary.errors:,} quarantined "
+        f"of {summary.rows_in:,} ({summary.shards} shards, {summary.shards_this_run} this run)",
+        f"model {summary.model.name} ({summary.quantization}, {summary.device}), task {summary.task}",
+    ]
+    if summary.rows_per_s is not None and summary.rows_this_run:
+        lines.append(
+            f"{summary.wall_s:.1f} s, {summary.rows_per_s:,.1f} rows/s, {summary.tokens_per_s or 0:,.0f} tokens/s, "
+            f"padding efficiency {summary.padding_efficiency}"
+        )
+    if summary.error_reasons:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary.error_reasons.items(), key=lambda kv: -kv[1]))
+        lines.append(f"quarantined rows by reason: {reasons}")
+    if summary.agreement:
+        lines.append(
+            f"agreement with ground truth: {summary.agreement.accuracy:.1%} of {summary.agreement.rows:,} rows"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,344 @@
+"""Scheduled, incremental runs of a job: each invocation scores only the input shards that are new or changed.
+
+The layout under ``output.path`` is :mod:`pipelines.output.layout`'s: one
+``run=<run id>/`` partition per run (a normal job output directory), the ledger
+``_runs.jsonl``, the lock ``_schedule.lock`` and ``_superseded/``.
+
+One invocation (``pipelines schedule JOB --once``, or one wake-up of the loop)
+takes the job's lock, then:
+
+1. decides the tick (:mod:`.ticks`): the latest cron tick not yet handled; a tick
+   found more than ``grace_seconds`` late is a missed tick, run once now or skipped;
+2. resumes unfinished runs (killed or failed) in their own partitions: run_job keeps
+   their committed shards, so no row is scored twice;
+3. scores the shards that are new or changed since they were last scored (by
+   fingerprint: uri, size, mtime) into a new partition ``run=<tick>``;
+4. moves outputs that newer ones replace into ``_superseded/``, so the partitions
+   together hold every current input row exactly once.
+
+What to do is the :class:`~.planner.Planner`'s decision, from facts gathered here;
+this module runs the plans: the runner, the ledger lines, the file moves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from pipelines.errors import PipelineError
+from pipelines.io.shards import GLOB_CHARS, Shard, list_shards, resolve
+from pipelines.output import layout
+from pipelines.output.commit import OutputDir
+from pipelines.output.layout import COMMITS, JOB, LOCK, PARTITION, SUPERSEDED
+from pipelines.output.records import RunSummary
+from pipelines.schedule.ledger import History, Ledger, LedgerEntry, LedgerInput
+from pipelines.schedule.lineage import model_lineage
+from pipelines.schedule.lock import JobLock
+from pipelines.schedule.planner import PartitionState, Planner, Retirement, RunPlan
+from pipelines.schedule.ticks import Decision, decide, run_id
+from pipelines.spec import JobSpec
+
+log = logging.getLogger(__name__)
+
+Runner = Callable[..., RunSummary]
+
+
+@dataclass
+class Invocation:
+    """What one invocation did: the tick it handled, its decision, and the ledger lines it wrote."""
+
+    tick: str
+    action: str
+    entries: list[LedgerEntry] = field(default_factory=list)
+
+
+# the job's output location --------------------------------------------------------------------
+
+
+def partition_path(spec: JobSpec, run: str) -> str:
+    return f"{spec.output.path.rstrip('/')}/{layout.partition_dir(run)}"
+
+
+def partition_spec(spec: JobSpec, run: str) -> JobSpec:
+    """A copy of the spec whose output is the run's partition."""
+    copy = spec.model_copy(deep=True)
+    copy.output.path = partition_path(spec, run)
+    return copy
+
+
+def job_lock(spec: JobSpec) -> JobLock:
+    """The lock file: in the output directory when it is local, else in a local lock folder."""
+    fs, root = resolve(spec.output.path)
+    what = f"job {spec.name or spec.output.path}"
+    if isinstance(fs, pafs.LocalFileSystem):
+        return JobLock(Path(root) / LOCK, what)
+    folder = Path(os.environ.get("PIPELINES_LOCK_DIR", Path.home() / ".cache" / "pipelines" / "locks"))
+    log.warning("output.path %s is not local: runs are kept apart only among schedulers on this machine "
+                "(lock in %s); run one scheduler per job", spec.output.path, folder)
+    return JobLock(folder / f"{hashlib.sha1(spec.output.path.encode()).hexdigest()[:16]}.lock", what)
+
+
+def current_shards(spec: JobSpec) -> list[Shard]:
+    """The input shards now; an existing but empty landing folder is no input yet, not an error."""
+    try:
+        return list_shards(spec.input.paths, spec.input.format)
+    except PipelineError:
+        for location in spec.input.paths:
+            fs, path = resolve(location)
+            if not GLOB_CHARS & set(path) and fs.get_file_info(path).type != pafs.FileType.Directory:
+                raise
+        return []
+
+
+def describe_shard(shard: Shard) -> LedgerInput:
+    return LedgerInput(**shard.fingerprint(), key=shard.key)
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+# one invocation -------------------------------------------------------------------------------
+
+
+def run_due(
+    spec: JobSpec,
+    *,
+    now: datetime | None = None,
+    address: str | None = None,
+    rescore: bool = False,
+    runner: Runner | None = None,
+) -> Invocation:
+    """Do a scheduled job's due work once, under its lock.
+
+    Raises LockHeld when another run of the job is in progress, PipelineError when a run fails
+    (its committed shards are kept and the next invocation resumes it).
+    """
+    if runner is None:
+        from pipelines.runner import run_job
+
+        runner = run_job
+    job = ScheduledJob(spec, address, runner)
+    job.check_layout()
+    with job_lock(spec):
+        return job.invoke(now or datetime.now(UTC), rescore)
+
+
+class ScheduledJob:
+    """Carries out a scheduled job's plans: its ledger, its partitions, its runs."""
+
+    def __init__(self, spec: JobSpec, address: str | None, runner: Runner) -> None:
+        self.spec = spec
+        self.address = address
+        self.runner = runner
+        self.fs, self.root = resolve(spec.output.path)
+        self.ledger = Ledger(spec.output.path)
+
+    def history(self) -> History:
+        return History(self.ledger.read())
+
+    def planner(self, lineage: dict) -> Planner:
+        """A planner over the facts as they are now (ledger and input shards are read afresh)."""
+        return Planner(self.history(), current_shards(self.spec), lineage, self.spec.fingerprint())
+
+    def check_layout(self) -> None:
+        info = self.fs.get_file_info(self.root)
+        if info.type == pafs.FileType.NotFound:
+            return
+        if info.type != pafs.FileType.Directory:
+            raise PipelineError(f"output.path {self.spec.output.path} is a file; give a directory")
+        for entry in self.fs.get_file_info(pafs.FileSelector(self.root)):
+            name = entry.base_name
+            if name == JOB or layout.is_part_file(name):
+                raise PipelineError(
+                    f"output.path {self.spec.output.path} holds the output of `pipelines run`; a scheduled job "
+                    "writes one run=... partition per run: give it its own output.path"
+                )
+            if not name.startswith((PARTITION, "_", ".")):
+                raise PipelineError(
+                    f"output.path {self.spec.output.path} holds files that are not this job's (e.g. {name}); "
+                    "choose an empty or new output.path"
+                )
+
+    def partitions(self) -> list[str]:
+        """The run ids of the partitions at the top of the output path."""
+        selector = pafs.FileSelector(self.root, allow_not_found=True)
+        names = [e.base_name for e in self.fs.get_file_info(selector) if e.type == pafs.FileType.Directory]
+        return sorted(name[len(PARTITION):] for name in names if name.startswith(PARTITION))
+
+    def invoke(self, now: datetime, rescore: bool) -> Invocation:
+        history = self.history()
+        if not history.entries and self.partitions():
+            raise PipelineError(
+                f"{self.spec.output.path} holds run=... partitions but no ledger (_runs.jsonl), which says what "
+                "they hold; restore it, or move the partitions away to start afresh"
+            )
+        self.reconcile()
+        decision = decide(self.spec.schedule, history.last_tick(), now)
+        if rescore and decision.action != "run":
+            decision = Decision("run", now.replace(microsecond=0).astimezone(UTC))
+        report = Invocation(run_id(decision.tick), decision.action)
+        if decision.action == "skip":
+            report.entries.append(self.record_tick(decision, "skipped"))
+            return report
+        lineage = model_lineage(self.spec.model)
+        if not rescore:
+            for unfinished in history.unfinished():
+                assert unfinished.run is not None
+                plan = self.planner(lineage).resume(unfinished.run, decision, self.partition_state(unfinished.run))
+                report.entries.append(self.attempt(plan))
+        if decision.action == "handled":
+            report.entries.append(self.record_tick(decision, "empty", model=lineage))
+        else:
+            work = self.planner(lineage).new_work(decision, rescore)
+            if isinstance(work, RunPlan):
+                if work.run in self.history().latest():
+                    raise PipelineError(f"run {work.run} exists already; try again in a second")
+                report.entries.append(self.attempt(work))
+            else:
+                report.entries.append(self.stamp(work))
+        self.reconcile()
+        return report
+
+    def partition_state(self, run: str) -> PartitionState:
+        partition = OutputDir(partition_path(self.spec, run))
+        recorded = partition.job()
+        committed = {key: record.input.model_dump() for key, record in partition.commits().items()}
+        return PartitionState(recorded.spec_hash if recorded else None, committed)
+
+    def stamp(self, entry: LedgerEntry) -> LedgerEntry:
+        """A line that records no run: when and where it was written."""
+        stamped = entry.model_copy(update={"started_at": _now_iso(), "host": socket.gethostname(), "pid": os.getpid()})
+        return self.ledger.append(stamped)
+
+    def record_tick(self, decision: Decision, status: str, **fields) -> LedgerEntry:
+        entry = LedgerEntry(
+            tick=run_id(decision.tick), run=None, kind="tick", status=status, missed=decision.missed,
+            note=decision.note(), **fields,
+        )
+        return self.stamp(entry)
+
+    # scoring -------------------------------------------------------------------------------
+
+    def attempt(self, plan: RunPlan) -> LedgerEntry:
+        """Score a plan's shards into its partition, with a ``running`` line before and a closing line after."""
+        for warning in plan.warnings:
+            log.warning("%s", warning)
+        run = plan.run
+        if plan.entry.kind == "resume":
+            log.info("resuming run %s: %d shard(s)", run, len(plan.shards))
+        planned = self.ledger.append(plan.entry.model_copy(update={
+            "run": run,
+            "status": "running",
+            "inputs": [describe_shard(s) for s in plan.shards],
+            "spec_hash": self.spec.fingerprint(),
+            "started_at": _now_iso(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        }))
+        start = time.monotonic()
+        try:
+            summary = self.runner(partition_spec(self.spec, run), address=self.address, overwrite=plan.overwrite,
+                                  shards=plan.shards)
+        except Exception as exc:
+            self.ledger.append(planned.model_copy(update={
+                "status": "failed", "error": str(exc), "finished_at": _now_iso(),
+                "wall_s": round(time.monotonic() - start, 3),
+            }))
+            if isinstance(exc, PipelineError):
+                raise PipelineError(
+                    f"run {run} failed: {exc}\n(committed shards are kept; the next tick, or "
+                    "`pipelines schedule JOB --once`, resumes the run)"
+                ) from None
+            raise
+        return self.ledger.append(planned.model_copy(update={
+            "status": "succeeded",
+            "inputs": self.committed_inputs(run),
+            "shards_this_run": summary.shards_this_run,
+            "rows_in": summary.rows_in,
+            "rows_out": summary.rows_out,
+            "errors": summary.errors,
+            "rows_this_run": summary.rows_this_run,
+            "finished_at": _now_iso(),
+            "wall_s": round(time.monotonic() - start, 3),
+        }))
+
+    def committed_inputs(self, run: str) -> list[LedgerInput]:
+        records = OutputDir(partition_path(self.spec, run)).commits().values()
+        items = [LedgerInput(**r.input.model_dump(), key=r.shard, rows=r.rows_in) for r in records]
+        return sorted(items, key=lambda item: item.uri)
+
+    # superseded outputs --------------------------------------------------------------------
+
+    def reconcile(self) -> None:
+        """Move outputs that newer ones replace to ``_superseded/`` (idempotent; resumes a cut-off move)."""
+        planner = Planner(self.history(), [], {}, self.spec.fingerprint())
+        committed = {
+            (run, key)
+            for run, entry in planner.history.latest().items()
+            for key in entry.replaces or {}
+            if self.exists(f"{layout.partition_dir(run)}/{layout.commit_record_path(key)}")
+        }
+        for move in planner.retirements(self.partitions(), committed):
+            self.retire(move)
+
+    def retire(self, move: Retirement) -> None:
+        if move.key is None:
+            log.info("moving run=%s to %s/: superseded by a rescore", move.run, SUPERSEDED)
+            self.retire_tree(layout.partition_dir(move.run))
+        else:
+            self.retire_shard(move.run, move.key)
+
+    def exists(self, relative: str) -> bool:
+        return self.fs.get_file_info(f"{self.root}/{relative}").type == pafs.FileType.File
+
+    def _move(self, relative: str) -> None:
+        source, target = f"{self.root}/{relative}", f"{self.root}/{SUPERSEDED}/{relative}"
+        if self.fs.get_file_info(source).type != pafs.FileType.File:
+            return
+        self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+        self.fs.move(source, target)
+
+    def retire_shard(self, run: str, key: str) -> None:
+        """A shard's files in an older run, then its commit record (last, so a cut-off move is redone)."""
+        folder = layout.partition_dir(run)
+        record = OutputDir(f"{self.root}/{folder}").commits().get(key)
+        if record is None:
+            return
+        for relative in [*record.files, *record.error_files]:
+            self._move(f"{folder}/{relative}")
+        self._move(f"{folder}/{COMMITS}/{key}.json")
+        log.info("moved the earlier output of shard %s in run %s to %s/", record.input.uri, run, SUPERSEDED)
+
+    def retire_tree(self, folder: str) -> None:
+        selector = pafs.FileSelector(f"{self.root}/{folder}", recursive=True, allow_not_found=True)
+        for info in self.fs.get_file_info(selector):
+            if info.is_file:
+                self._move(info.path[len(self.root) + 1 :])
+        self.fs.delete_dir(f"{self.root}/{folder}")
+
+
+def describe(entry: LedgerEntry) -> str:
+    """One line about a ledger entry, for the terminal and the log."""
+    status, tick, run = entry.status, entry.tick, entry.run
+    note = f" ({entry.note})" if entry.note else ""
+    if status == "skipped":
+        return f"tick {tick}: skipped (schedule.missed_ticks: skip){note}"
+    if status == "empty":
+        return f"tick {tick}: nothing to score; nothing written{note}"
+    what = {"resume": "resumed", "rescore": "rescored every shard", "tick": "scored new input"}[entry.kind]
+    errors = entry.errors or 0
+    return (
+        f"run={run}: {status}, {what}: {entry.shards_this_run or 0} shard(s) this run, "
+        f"{entry.rows_out or 0:,} rows in the partition ({errors:,} quarantined), "
+        f"{entry.wall_s or 0:.1f} s{note}"
+    )

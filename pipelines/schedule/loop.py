@@ -1,0 +1,68 @@
+"""``pipelines schedule`` without ``--once``: run the job at every tick of its schedule until interrupted."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from pipelines.errors import PipelineError
+from pipelines.schedule.executor import Runner, describe, run_due
+from pipelines.schedule.lock import LockHeld
+from pipelines.schedule.ticks import next_tick, run_id
+from pipelines.spec import JobSpec
+
+log = logging.getLogger(__name__)
+
+
+def serve(
+    spec: JobSpec,
+    *,
+    address: str | None = None,
+    rescore: bool = False,
+    clock: Callable[[], datetime] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    runner: Runner | None = None,
+    wakeups: int | None = None,
+) -> None:
+    """Run the job at every tick of its schedule until interrupted (``wakeups``: stop after that many)."""
+    if spec.schedule is None:
+        raise PipelineError("the job spec has no schedule section; add one (schedule: {cron: '0 2 * * *'}) "
+                            "or run `pipelines schedule JOB --once` from your own scheduler")
+    clock = clock or (lambda: datetime.now(UTC))
+    done = 0
+    while True:
+        ray_was_up = _ray_is_up()
+        try:
+            report = run_due(spec, now=clock(), address=address, rescore=rescore, runner=runner)
+            rescore = False
+            for entry in report.entries:
+                log.info("%s", describe(entry))
+        except LockHeld as exc:
+            log.warning("%s", exc)
+        except PipelineError as exc:
+            log.error("%s", exc)
+        except Exception:  # noqa: BLE001 - a long-running scheduler outlives one bad run
+            log.exception("the run failed; the next tick resumes it")
+        finally:
+            if not ray_was_up and _ray_is_up():
+                sys.modules["ray"].shutdown()  # a local Ray started for this tick: free its memory till the next
+        done += 1
+        if wakeups is not None and done >= wakeups:
+            return
+        wake = next_tick(spec.schedule, clock())
+        log.info("next tick at %s", run_id(wake))
+        sleep_until(wake, clock, sleep)
+
+
+def sleep_until(moment: datetime, clock: Callable[[], datetime], sleep: Callable[[float], None]) -> None:
+    """Sleep until ``moment``, in steps of at most an hour (so a clock change or a suspend is noticed)."""
+    while (left := (moment - clock()).total_seconds()) > 0:
+        sleep(min(left, 3600.0))
+
+
+def _ray_is_up() -> bool:
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())

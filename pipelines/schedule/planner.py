@@ -1,0 +1,164 @@
+"""What a scheduled invocation should do, decided from facts in memory: no files are read or written here.
+
+The executor gathers the facts (the ledger's :class:`History`, the input shards
+now, the model's lineage, each partition's recorded spec and committed shards)
+and asks the planner, step by step:
+
+- :meth:`Planner.resume` — how to finish an unfinished run in its own partition;
+- :meth:`Planner.new_work` — which shards are new or changed (or every shard, to
+  rescore) and what the new run's ledger line says, or why there is nothing to do;
+- :meth:`Planner.retirements` — which outputs newer ones replace, to move to ``_superseded/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipelines.io.shards import Shard
+from pipelines.schedule.ledger import History, LedgerEntry
+from pipelines.schedule.lineage import same_model
+from pipelines.schedule.ticks import Decision, run_id
+
+
+@dataclass(frozen=True)
+class PartitionState:
+    """What a partition holds: the spec hash its ``_job.json`` records, and its commits' input fingerprints."""
+
+    spec_hash: str | None = None
+    committed: dict[str, dict] = field(default_factory=dict)
+
+
+@dataclass
+class RunPlan:
+    """Score ``shards`` into partition ``run``; ``entry`` is the ledger line's content before it starts."""
+
+    run: str
+    shards: list[Shard]
+    entry: LedgerEntry
+    overwrite: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Retirement:
+    """Move to ``_superseded/`` a whole partition (``key`` None) or one shard's output in it."""
+
+    run: str
+    key: str | None = None
+
+
+class Planner:
+    """Plans for one job from its ledger history, its current input shards and its model lineage."""
+
+    def __init__(self, history: History, shards: list[Shard], lineage: dict, spec_hash: str) -> None:
+        self.history = history
+        self.shards = shards
+        self.lineage = lineage
+        self.spec_hash = spec_hash
+
+    def resume(self, run: str, decision: Decision, partition: PartitionState) -> RunPlan:
+        """Finish an unfinished run: its committed shards stay, the rest of its planned shards are scored.
+
+        A run started with another model or spec is redone whole with the current one.
+        """
+        plan = self.history.first_attempt(run)
+        overwrite = (partition.spec_hash is not None and partition.spec_hash != self.spec_hash) or not same_model(
+            plan.model, self.lineage
+        )
+        warnings = []
+        if overwrite:
+            warnings.append(f"run {run} was started with another model or spec: redoing it whole with the current one")
+        current = {s.uri: s for s in self.shards}
+        shards = []
+        for item in plan.inputs or []:
+            shard = current.get(item.uri)
+            if shard is None:
+                warnings.append(f"run {run}: {item.uri} is gone since the run started; left out")
+                continue
+            done = partition.committed.get(shard.key)
+            if done and done != shard.fingerprint() and not overwrite:
+                continue  # changed after it was committed here: scored again as a changed shard
+            shards.append(shard)
+        entry = LedgerEntry(
+            tick=run_id(decision.tick),
+            kind="resume",
+            status="running",
+            rescore=plan.rescore,
+            replaces=plan.replaces,
+            attempt=self.history.attempts(run) + 1,
+            model=self.lineage,
+            note="redone with the current model/spec" if overwrite else "",
+        )
+        return RunPlan(run, shards, entry, overwrite, warnings)
+
+    def new_work(self, decision: Decision, rescore: bool) -> RunPlan | LedgerEntry:
+        """The run that scores new and changed shards (every shard, to rescore), or the ``empty`` line."""
+        scored = self.history.scored()
+        if rescore:
+            todo, replaces = list(self.shards), {}
+        else:
+            todo = [s for s in self.shards if s.uri not in scored or scored[s.uri][0] != s.fingerprint()]
+            replaces = {s.key: scored[s.uri][1] for s in todo if s.uri in scored}
+        if not todo:
+            note = decision.note() or f"no new input ({len(self.shards)} shard(s) scored already)"
+            return LedgerEntry(
+                tick=run_id(decision.tick), kind="tick", status="empty", missed=decision.missed, note=note,
+                model=self.lineage, spec_hash=self.spec_hash, inputs=[],
+            )
+        changes, warning = self.changes_since_last_run(rescore)
+        entry = LedgerEntry(
+            tick=run_id(decision.tick),
+            kind="rescore" if rescore else "tick",
+            status="running",
+            rescore=rescore,
+            replaces=replaces,
+            missed=decision.missed,
+            note=decision.note(),
+            attempt=1,
+            model=self.lineage,
+            **changes,
+        )
+        warnings = [warning] if warning else []
+        if replaces:
+            warnings.append(
+                f"{len(replaces)} shard(s) changed since they were scored; their earlier output moves to "
+                "_superseded/ once rescored"
+            )
+        return RunPlan(run_id(decision.tick), todo, entry, False, warnings)
+
+    def changes_since_last_run(self, rescore: bool) -> tuple[dict, str | None]:
+        """``model_changed`` / ``spec_changed`` versus the newest run, and a warning unless rescoring."""
+        last = self.history.last_model()
+        if last is None:
+            return {}, None
+        previous_model, previous_run = last
+        previous_spec = self.history.latest()[previous_run].spec_hash
+        changes = {}
+        if not same_model(previous_model, self.lineage):
+            changes["model_changed"] = {"from": previous_model, "to": self.lineage, "since": previous_run}
+        if previous_spec and previous_spec != self.spec_hash:
+            changes["spec_changed"] = {"from": previous_spec, "to": self.spec_hash, "since": previous_run}
+        if not changes or rescore:
+            return changes, None
+        base = self.history.base()
+        older = [r for r, e in self.history.latest().items() if r >= base and e.status == "succeeded"]
+        warning = (
+            f"the {' and '.join(k.split('_')[0] for k in changes)} changed since run {previous_run}: new input is "
+            f"scored with the new one, but {len(older)} earlier partition(s) ({older[0] if older else '-'} ... "
+            f"{older[-1] if older else '-'}) hold rows scored with the old one; to rescore every shard with the new "
+            "one, run `pipelines schedule JOB --once --rescore`"
+        )
+        return changes, warning
+
+    def retirements(self, partitions: list[str], committed: set[tuple[str, str]]) -> list[Retirement]:
+        """Outputs that newer ones replace: partitions before the last rescore, and older versions of shards
+        whose newer version is committed (``committed``: the (run, shard key) pairs that have a commit record)."""
+        base = self.history.base()
+        moves = [Retirement(run) for run in partitions if run < base]
+        for run, entry in self.history.latest().items():
+            if run < base:
+                continue
+            for key, old in (entry.replaces or {}).items():
+                if base <= old < run and (run, key) in committed:
+                    moves.append(Retirement(old, key))
+        return moves

@@ -1,0 +1,276 @@
+"""Every task's options: the ``task:`` section of a job spec, validated, with no model code (no torch).
+
+Each options class names its task in ``type`` and declares what the job needs to
+know before any model is loaded: the prediction columns it adds
+(:meth:`TaskOptions.output_names`) and the input columns it reads besides the
+text column (:meth:`TaskOptions.input_columns`). The spec, the CLI and the Ray
+read and write tasks import this module alone; the implementations in the
+other modules of this folder are loaded only where a model runs.
+"""
+
+from __future__ import annotations
+
+import string
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class TaskOptions(BaseModel):
+    """Base of each task's options; ``type`` names the task in the job spec."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    type: str
+
+    def output_names(self) -> list[str]:
+        """Names of the prediction columns (known before any model is loaded)."""
+        raise NotImplementedError
+
+    def input_columns(self) -> list[str]:
+        """Row columns besides the text column that the task reads."""
+        return []
+
+
+class LabelOptions(TaskOptions):
+    """Options of a task that picks one label per row."""
+
+    return_all_scores: bool = False
+
+    def output_names(self) -> list[str]:
+        return ["label", "score"] + (["scores"] if self.return_all_scores else [])
+
+
+# prompts (decoder models) -------------------------------------------------------------------
+
+
+def template_fields(template: str) -> list[str]:
+    """The column names a template uses, in order of first use; only plain ``{name}`` fields."""
+    names: list[str] = []
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(
+            f"prompt_template is not a valid template ({exc}); write literal braces as {{{{ and }}}}"
+        ) from None
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if not name.isidentifier() or spec or conversion:
+            raise ValueError(
+                f"prompt_template field {{{name}}}: use plain column names like {{text}} or {{title}} "
+                "(no positions, attributes, formats or conversions)"
+            )
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def template_columns(template: str) -> list[str]:
+    """Row columns besides the text column that a template reads."""
+    return [name for name in template_fields(template) if name != "text"]
+
+
+class PromptOptions(TaskOptions):
+    prompt_template: str = Field(
+        default="{text}", description="The prompt; {text} is the text column, {name} any other input column."
+    )
+    chat: bool = Field(default=False, description="Wrap the prompt as a user message in the model's chat template.")
+    system_prompt: str | None = Field(default=None, description="With chat: a system message before the prompt.")
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _fields_are_names(cls, template: str) -> str:
+        template_fields(template)
+        return template
+
+    def input_columns(self) -> list[str]:
+        return template_columns(self.prompt_template)
+
+
+class GenerationOptions(TaskOptions):
+    """Decoding settings shared by every generating task."""
+
+    text_output: ClassVar[str] = "generated_text"
+
+    max_new_tokens: int = Field(default=64, gt=0, description="Most tokens generated per row (and per sequence).")
+    do_sample: bool = Field(
+        default=False, description="Sample (reproducibly, from the job seed and row id) instead of greedy/beam search."
+    )
+    temperature: float = Field(default=1.0, gt=0, description="Sampling: divide logits by this.")
+    top_k: int | None = Field(default=None, gt=0, description="Sampling: keep only the k most likely tokens.")
+    top_p: float = Field(
+        default=1.0, gt=0, le=1, description="Sampling: keep the smallest set of tokens with this much probability."
+    )
+    num_beams: int = Field(default=1, gt=0, description="Beam search width (greedy when 1); not with do_sample.")
+    num_return_sequences: int = Field(default=1, gt=0, description="Sequences per row: samples, or the best beams.")
+    repetition_penalty: float = Field(default=1.0, gt=0, description="Above 1 discourages repeating tokens.")
+
+    @model_validator(mode="after")
+    def _decoding(self) -> GenerationOptions:
+        if self.do_sample and self.num_beams > 1:
+            raise ValueError(
+                "do_sample with num_beams > 1 is not supported: "
+                "sample with num_beams: 1, or search beams without sampling"
+            )
+        if not self.do_sample and self.num_return_sequences > self.num_beams:
+            raise ValueError(
+                f"num_return_sequences ({self.num_return_sequences}) needs do_sample: true, "
+                f"or num_beams >= num_return_sequences (got num_beams {self.num_beams})"
+            )
+        return self
+
+    def output_names(self) -> list[str]:
+        return [self.text_output, "prompt_tokens", "generated_tokens", "finish_reason"]
+
+
+# the tasks ---------------------------------------------------------------------------------
+
+
+class FeatureExtractionOptions(TaskOptions):
+    type: Literal["feature-extraction"]
+    pooling: Literal["mean", "cls", "last"] = "mean"
+    normalize: bool = True
+
+    def output_names(self) -> list[str]:
+        return ["embedding"]
+
+
+class TextClassificationOptions(LabelOptions):
+    type: Literal["text-classification"]
+    return_all_scores: bool = False
+    function: Literal["auto", "softmax", "sigmoid", "none"] = "auto"
+
+
+class ZeroShotOptions(LabelOptions):
+    type: Literal["zero-shot-classification"]
+    candidate_labels: list[str] = Field(min_length=1)
+    hypothesis_template: str = "This example is {}."
+    label_descriptions: dict[str, str] = Field(
+        default_factory=dict, description="embedding method: text to embed for a label instead of the template."
+    )
+    multi_label: bool = False
+    method: Literal["auto", "nli", "embedding"] = "auto"
+    temperature: float = Field(default=0.05, gt=0, description="embedding method: softmax temperature.")
+    return_all_scores: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> ZeroShotOptions:
+        if "{}" not in self.hypothesis_template:
+            raise ValueError("hypothesis_template must contain {} where the label goes")
+        unknown = set(self.label_descriptions) - set(self.candidate_labels)
+        if unknown:
+            raise ValueError(f"label_descriptions for labels not in candidate_labels: {sorted(unknown)}")
+        return self
+
+
+class LLMLabelOptions(PromptOptions, LabelOptions):
+    type: Literal["llm-label"]
+    candidate_labels: list[str] = Field(min_length=2, description="The labels, as the model should write them.")
+    prompt_template: str = Field(
+        default="{text}\nAnswer:", description="The prompt each label continues; {text} is the text column."
+    )
+    label_prefix: str | None = Field(
+        default=None,
+        description="Text between prompt and label; default a space (none with chat or after a trailing space).",
+    )
+    normalize: Literal["sum", "mean"] = Field(
+        default="mean", description="Rank labels by total or per-token log-likelihood."
+    )
+    return_all_scores: bool = True
+
+    @field_validator("candidate_labels")
+    @classmethod
+    def _distinct(cls, labels: list[str]) -> list[str]:
+        if len(set(labels)) != len(labels):
+            raise ValueError("candidate_labels must be distinct")
+        if any(not label.strip() for label in labels):
+            raise ValueError("candidate_labels must not be empty")
+        return labels
+
+
+class TextGenerationOptions(GenerationOptions, PromptOptions):
+    type: Literal["text-generation"]
+
+
+class Seq2SeqOptions(GenerationOptions):
+    prefix: str | None = Field(
+        default=None, description="Text put before each row; default: the model config's task prefix, else none."
+    )
+
+
+class SummarizationOptions(Seq2SeqOptions):
+    type: Literal["summarization"]
+    text_output: ClassVar[str] = "summary_text"
+
+
+class TranslationOptions(Seq2SeqOptions):
+    type: Literal["translation"]
+    text_output: ClassVar[str] = "translation_text"
+    source_lang: str | None = Field(default=None, description="e.g. en; with target_lang picks the config's prefix.")
+    target_lang: str | None = Field(default=None, description="e.g. de")
+
+
+class QuestionAnsweringOptions(TaskOptions):
+    type: Literal["question-answering"]
+    question_column: str = Field(default="question", description="The column holding each row's question.")
+    context_column: str = Field(default="context", description="The column holding the text to answer from.")
+    doc_stride: int = Field(default=128, gt=0, description="Tokens of overlap between windows of a long context.")
+    max_answer_length: int = Field(default=15, gt=0, description="Longest answer, in tokens.")
+    max_question_length: int = Field(default=64, gt=0, description="Longer questions are row errors.")
+
+    def output_names(self) -> list[str]:
+        return ["answer", "score", "start", "end"]
+
+    def input_columns(self) -> list[str]:
+        return list(dict.fromkeys([self.question_column, self.context_column]))
+
+
+class TokenClassificationOptions(TaskOptions):
+    type: Literal["token-classification"]
+    aggregation_strategy: Literal["none", "simple", "first", "average", "max"] = Field(
+        default="simple", description="How token labels become entities (see the Transformers pipeline)."
+    )
+    ignore_labels: list[str] = Field(default_factory=lambda: ["O"], description="Labels that are not entities.")
+
+    def output_names(self) -> list[str]:
+        return ["entities"]
+
+
+class FillMaskOptions(TaskOptions):
+    type: Literal["fill-mask"]
+    top_k: int = Field(default=5, gt=0, description="Candidates per mask token.")
+    mask_placeholder: str | None = Field(
+        default=None, description="A string in the texts that stands for the model's mask token, e.g. <mask>."
+    )
+
+    def output_names(self) -> list[str]:
+        return ["predictions"]
+
+
+#: Every task's options by task name, in the order the README lists the tasks.
+TASK_OPTIONS: dict[str, type[TaskOptions]] = {
+    "feature-extraction": FeatureExtractionOptions,
+    "text-classification": TextClassificationOptions,
+    "zero-shot-classification": ZeroShotOptions,
+    "text-generation": TextGenerationOptions,
+    "summarization": SummarizationOptions,
+    "translation": TranslationOptions,
+    "question-answering": QuestionAnsweringOptions,
+    "fill-mask": FillMaskOptions,
+    "token-classification": TokenClassificationOptions,
+    "llm-label": LLMLabelOptions,
+}
+
+AnyTaskOptions = Annotated[
+    FeatureExtractionOptions
+    | TextClassificationOptions
+    | ZeroShotOptions
+    | TextGenerationOptions
+    | SummarizationOptions
+    | TranslationOptions
+    | QuestionAnsweringOptions
+    | FillMaskOptions
+    | TokenClassificationOptions
+    | LLMLabelOptions,
+    Field(discriminator="type"),
+]

@@ -1,0 +1,55 @@
+"""Light modules stay light: validating a spec, and the Ray read and write tasks, import no torch or transformers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from helpers import ROOT
+
+HEAVY = ("torch", "transformers")
+
+
+def imported_heavy(code: str) -> list[str]:
+    """Run ``code`` in a fresh interpreter; the heavy packages it imported."""
+    probe = code + f"\nimport sys, json; print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r})))"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_validate_imports_no_torch():
+    code = (
+        "from pipelines.cli.main import main\n"
+        "assert main(['validate', 'jobs/label_news.yaml']) == 0\n"
+        "assert main(['validate', 'jobs/sentiment_llm_label.yaml']) == 0\n"
+    )
+    assert imported_heavy(code) == []
+
+
+def test_read_and_write_tasks_import_no_torch(tmp_path):
+    """What a Ray read task and a staging write task run, run here in a fresh process."""
+    shard_file = tmp_path / "in" / "a.jsonl"
+    shard_file.parent.mkdir()
+    shard_file.write_text('{"id": "1", "text": "hello"}\n{"id": "2", "text": null}\n')
+    code = f"""
+import pyarrow as pa
+from pipelines.io.block import PADDED, TOKENS
+from pipelines.io.reader import Columns, read_shard
+from pipelines.io.shards import list_shards
+from pipelines.output.staging import StagingConfig, StagingReport, write_staged
+[shard] = list_shards([{str(shard_file.parent)!r}])
+[block] = list(read_shard(shard, Columns(text="text", id="id")))
+block = block.append_column(TOKENS, pa.array([1, 0])).append_column(PADDED, pa.array([1, 0]))
+config = StagingConfig(output={str(tmp_path / "out")!r}, id_column="id", text_column="text", output_columns=("id",))
+[report] = StagingReport.from_table(write_staged(block, config))
+assert (report.rows, report.errors, report.row_ranges) == (2, 0, [(0, 2)]), report
+"""
+    assert imported_heavy(code) == []
+
+
+def test_the_driver_side_imports_no_torch():
+    """Planning a job, its output and its schedule is driver work: no model code is loaded for it."""
+    code = "import pipelines.runner, pipelines.schedule.executor, pipelines.cluster.connect, pipelines.cli.schedule"
+    assert imported_heavy(code) == []
