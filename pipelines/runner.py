@@ -10,19 +10,32 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
+
+import pyarrow.parquet as pq
 
 from pipelines import faults
 from pipelines.errors import PipelineError
-from pipelines.io.reader import Columns, read_shard, reference_types
-from pipelines.io.shards import Shard, list_shards
+from pipelines.io.reader import (
+    Columns,
+    content_digest,
+    count_rows,
+    decode_types,
+    encode_types,
+    read_bytes,
+    read_shard,
+    reference_types,
+)
+from pipelines.io.shards import Shard, is_within, list_shards, resolve
 from pipelines.output import summary as summaries
-from pipelines.output.commit import OutputDir
+from pipelines.output.commit import OutputDir, changed_inputs
 from pipelines.output.duplicates import DuplicateIds
-from pipelines.output.layout import RUN
-from pipelines.output.records import CommitRecord, JobRecord, ModelRef, RunSummary
+from pipelines.output.layout import RUN, RUN_LOCK
+from pipelines.output.lock import output_lock
+from pipelines.output.records import CommitRecord, JobRecord, ModelRef, RunSummary, Unreadable
 from pipelines.output.staging import StagingConfig, StagingReport
 from pipelines.spec import JobSpec
 
@@ -68,8 +81,6 @@ def staging_config(spec: JobSpec, shards: list[Shard]) -> StagingConfig:
         text_column=spec.input.text_column,
         output_columns=tuple(spec.output_columns()),
         shard_uris={s.key: s.uri for s in shards},
-        compression=spec.output.compression,
-        max_rows_per_file=spec.output.max_rows_per_file,
         truth_column=spec.input.label_column,
         predicted_column=predicted if predicted in spec.prediction_columns() else None,
     )
@@ -84,11 +95,8 @@ def preflight(spec: JobSpec) -> None:
     log.info("model %s resolved to %s", spec.model.name, resolve_name(spec.model))
 
 
-def build_dataset(spec: JobSpec, shards: list[Shard], reference: list[Shard] | None = None):
-    """The lazy Ray dataset: read → predict on the actor pool → stage; yields writer reports.
-
-    ``reference``: the job's shards in order, whose first one fixes the types of passed-through columns.
-    """
+def build_dataset(spec: JobSpec, shards: list[Shard], columns: Columns):
+    """The lazy Ray dataset: read → predict on the actor pool → stage; yields writer reports."""
     import ray
 
     from pipelines.inference.predictor import Predictor
@@ -102,7 +110,7 @@ def build_dataset(spec: JobSpec, shards: list[Shard], reference: list[Shard] | N
         gpu_args["accelerator_type"] = compute.accelerator_type
     if compute.resources:
         gpu_args["resources"] = dict(compute.resources)
-    dataset = ray.data.read_datasource(ShardDatasource(shards, columns_of(spec, reference or shards)), num_cpus=IO_CPUS)
+    dataset = ray.data.read_datasource(ShardDatasource(shards, columns), num_cpus=IO_CPUS)
     dataset = dataset.map_batches(
         Predictor,
         fn_constructor_kwargs={"spec": spec.model_dump(mode="json")},
@@ -146,39 +154,94 @@ class Tally:
 
 
 def run_job(
-    spec: JobSpec, *, address: str | None = None, overwrite: bool = False, shards: list[Shard] | None = None
+    spec: JobSpec,
+    *,
+    address: str | None = None,
+    overwrite: bool = False,
+    prune: bool = False,
+    shards: list[Shard] | None = None,
+    before_visible: Callable[[Shard], None] | None = None,
 ) -> RunSummary:
     """Run (or resume) a job; return its summary. Raises PipelineError on any failure.
 
-    ``shards`` restricts the run to those input shards (default: every shard under input.paths).
+    ``shards`` restricts the run to those input shards (default: every shard under input.paths); then
+    committed shards outside them are the caller's business (the scheduler's), not stale output.
+    ``prune`` deletes the output of committed shards whose input is gone, instead of refusing to run.
+    ``before_visible`` is called for each shard after its commit is recorded and before its rows appear.
     """
+    check_paths(spec)
     job = job_record(spec)
+    given = shards is not None
     if shards is None:
-        shards = list_shards(spec.input.paths, spec.input.format)
+        shards = list_shards(spec.input.paths, spec.input.format, exclude=[spec.output.path])
     preflight(spec)
     output = OutputDir(spec.output.path)
-    pending = output.prepare(job, shards, overwrite)
-    if not pending and output.finished():
-        log.info("nothing to do: all %d shards of %s are committed", len(shards), spec.output.path)
-        previous = output.summary()
-        if previous is None:
-            previous = summaries.build(job, list(output.commits().values()), [], 0.0, "succeeded")
-        return previous.model_copy(update={"status": "up to date", "shards_this_run": 0})
+    output.check_owner()
+    pending = shards
+    if not overwrite:  # a finished job is answered without the lock, and nothing is written
+        pending, committed = _pending(output, job, shards, given, prune=False, dry=True)
+        if not pending and output.finished():
+            log.info("nothing to do: all %d shards of %s are committed", len(shards), spec.output.path)
+            previous = output.summary() or summaries.build(job, list(committed.values()), [], 0.0, "succeeded")
+            return previous.model_copy(update={"status": "up to date", "shards_this_run": 0})
     if pending:
         from pipelines.cluster.connect import connect
 
         connect(address, spec)  # resource problems surface here, before anything is written
-    output.start(job, overwrite)
+    with output_lock(spec.output.path, RUN_LOCK, f"the output {spec.output.path}"):
+        if overwrite:
+            output.clear()
+        pending, _ = _pending(output, job, shards, given, prune=prune, dry=False)
+        return _run_locked(spec, job, output, shards, pending, before_visible)
+
+
+def _pending(
+    output: OutputDir, job: JobRecord, shards: list[Shard], given: bool, prune: bool, dry: bool
+) -> tuple[list[Shard], dict[str, CommitRecord]]:
+    """The shards still to do, and the committed ones; refuses another spec, changed input and stale output."""
+    output.check_spec(job)
+    committed = output.committed()
+    keys = {s.key for s in shards}
+    stale = [r for key, r in committed.items() if key not in keys]
+    if stale and not given:
+        committed = _handle_stale(output, stale, committed, prune and not dry)
+    changed = changed_inputs(committed, shards, same_content)
+    if changed:
+        raise PipelineError(
+            f"input changed since it was scored: {changed[0]}"
+            f"{f' and {len(changed) - 1} more' if len(changed) > 1 else ''}; "
+            "use --overwrite to redo the job, or a new output.path"
+        )
+    return [s for s in shards if s.key not in committed], committed
+
+
+def _run_locked(
+    spec: JobSpec,
+    job: JobRecord,
+    output: OutputDir,
+    shards: list[Shard],
+    pending: list[Shard],
+    before_visible: Callable[[Shard], None] | None,
+) -> RunSummary:
+    recorded = output.job()
+    if recorded and recorded.spec_hash == job.spec_hash and recorded.column_types:
+        job.column_types = recorded.column_types  # the types the committed files have
+    else:
+        job.column_types = encode_types(dict(columns_of(spec, shards).keep_types))
+    output.start(job)
     log.info("%d of %d shards to do", len(pending), len(shards))
     start = time.monotonic()
-    done = execute(spec, job, output, pending, shards) if pending else {}
+    done, failed = execute(spec, job, output, pending, before_visible) if pending else ({}, [])
     wall = time.monotonic() - start
-    missing = [s.uri for s in pending if s.key not in done]
+    unread = {u.key for u in failed}
+    missing = [s.uri for s in pending if s.key not in done and s.key not in unread]
     if missing:
         raise PipelineError(f"{len(missing)} shard(s) did not complete, e.g. {missing[0]}; run the job again to resume")
     faults.checkpoint("before_summary")
     result = summaries.build(job, list(output.commits().values()), list(done.values()), wall, "succeeded")
-    problem = error_policy_violation(spec, result)
+    result.unreadable_files = [*result.unreadable_files, *(u.record for u in failed)]
+    result.files_with_unknown_rows = sum(1 for u in result.unreadable_files if u.rows is None)
+    problem = unreadable_violation([u.record for u in failed]) or error_policy_violation(spec, result)
     if problem:
         result.status = "failed"
         output.write_json(RUN, result.to_json())
@@ -188,35 +251,129 @@ def run_job(
     return result
 
 
-def execute(
-    spec: JobSpec, job: JobRecord, output: OutputDir, pending: list[Shard], shards: list[Shard]
+def check_paths(spec: JobSpec) -> None:
+    """An output path that is, or holds, an input location is refused: the job would score or delete its input."""
+    out_fs, out_path = resolve(spec.output.path)
+    for location in spec.input.paths:
+        fs, path = resolve(location)
+        base = path.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0].rstrip("/") or "/"
+        if type(fs) is type(out_fs) and (is_within(base, out_path) or is_within(path, out_path)):
+            raise PipelineError(
+                f"output.path {spec.output.path} is, or holds, the input {location}; the job would read its own "
+                "output and --overwrite could delete input files: choose an output.path outside the input"
+            )
+
+
+def _handle_stale(
+    output: OutputDir, stale: list[CommitRecord], committed: dict[str, CommitRecord], prune: bool
 ) -> dict[str, CommitRecord]:
-    """Stream the dataset; commit each shard the moment its last row is staged."""
+    """Committed shards whose input is gone: refused, or (``prune``) their output deleted."""
+    rows = sum(r.rows for r in stale)
+    if not prune:
+        first = stale[0].input
+        raise PipelineError(
+            f"output.path {output.location} holds {len(stale)} committed shard(s) that are not in the input "
+            f"(e.g. {first.name or first.uri}; {rows:,} rows in all): their input was deleted or renamed, or "
+            "input.paths points elsewhere; restore the input, or run again with --prune to delete their output"
+        )
+    for record in stale:
+        log.warning("pruning %s (%d rows): its input is gone", record.input.name or record.input.uri, record.rows)
+        output.forget(record)
+    gone = {r.shard for r in stale}
+    return {key: r for key, r in committed.items() if key not in gone}
+
+
+def same_content(shard: Shard, digest: str | None) -> bool:
+    """Whether a shard's bytes hash to ``digest`` (read on the driver: only for files whose time changed)."""
+    if not digest:
+        return False
+    try:
+        return content_digest(read_bytes(shard)) == digest
+    except OSError:
+        return False
+
+
+@dataclass
+class UnreadableShard:
+    """A shard that could not be read and was not committed (errors.unreadable_files: fail)."""
+
+    key: str
+    record: Unreadable
+
+
+def execute(
+    spec: JobSpec,
+    job: JobRecord,
+    output: OutputDir,
+    pending: list[Shard],
+    before_visible: Callable[[Shard], None] | None = None,
+) -> tuple[dict[str, CommitRecord], list[UnreadableShard]]:
+    """Stream the dataset; commit each shard the moment its last row is staged.
+
+    Returns the commits, and the shards that could not be read and were left uncommitted.
+    """
     by_key = {s.key: s for s in pending}
     tally = Tally()
     done: dict[str, CommitRecord] = {}
-    dataset = build_dataset(spec, pending, reference=shards)
-    duplicates = None
+    failed: list[UnreadableShard] = []
+    columns = replace(columns_of(spec), keep_types=tuple(decode_types(job.column_types or "").items()))
+    dataset = build_dataset(spec, pending, columns)
+    screen = None
     if spec.errors.duplicate_ids == "error":
-        duplicates = DuplicateIds(output.fs, output.root, spec.input.id_column or "id", list(output.commits().values()))
+        screen = DuplicateIds(output.fs, output.root, spec.input.id_column or "id", list(output.commits().values()))
+    commit = partial(
+        output.commit, job=job, compression=spec.output.compression, row_group_rows=spec.output.row_group_rows,
+        screen=screen, before_visible=before_visible,
+    )
     for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
         for report in StagingReport.from_table(batch):
-            if tally.add(report):
-                shard = report.shard
-                faults.checkpoint("before_commit")
-                reports = tally.reports.pop(shard)
-                if duplicates:
-                    for staged in reports:
-                        duplicates.screen(staged, by_key[shard].uri, spec.output.compression)
-                done[shard] = output.commit(by_key[shard], reports, job)
-                log.info("committed %s (%d/%d shards)", by_key[shard].uri, len(done), len(pending))
-                faults.checkpoint("after_commit")
+            if not tally.add(report):
+                continue
+            shard = by_key[report.shard]
+            faults.checkpoint("before_commit")
+            reports = tally.reports.pop(report.shard)
+            if report.unreadable:
+                found = _unreadable(output, shard, reports)
+                if spec.errors.unreadable_files == "fail":
+                    failed.append(UnreadableShard(shard.key, found))
+                    continue
+                done[shard.key] = commit(shard, reports, unreadable=found)
+            else:
+                done[shard.key] = commit(shard, reports)
+            log.info("committed %s (%d/%d shards)", shard.uri, len(done), len(pending))
+            faults.checkpoint("after_commit")
     for empty in pending:
         # A shard with no rows yields no block, so no report: commit it empty once it is known to be empty.
         if empty.key not in done and empty.key not in tally.seen and is_empty(empty, spec):
-            done[empty.key] = output.commit(empty, [], job)
+            done[empty.key] = commit(empty, [])
             log.info("committed %s (empty)", empty.uri)
-    return done
+    return done, failed
+
+
+def _unreadable(output: OutputDir, shard: Shard, reports: list[StagingReport]) -> Unreadable:
+    """What is known of a shard that could not be read: the reader's reason, and its rows where they can be told."""
+    reason = "unreadable file"
+    for path in (p for r in reports for p in r.error_files):
+        with output.fs.open_input_file(path) as handle:
+            reasons = pq.read_table(handle, columns=["reason"]).column(0).to_pylist()
+        reason = str(reasons[0]) if reasons else reason
+    rows, exact = count_rows(shard)
+    log.error("cannot read %s: %s (%s)", shard.uri, reason, f"{rows:,} rows" if rows is not None else "rows unknown")
+    return Unreadable(uri=shard.uri, reason=reason, rows=rows, exact=exact)
+
+
+def unreadable_violation(failed: list[Unreadable]) -> str | None:
+    """Why the job fails under errors.unreadable_files: fail; None when every file could be read."""
+    if not failed:
+        return None
+    first = failed[0]
+    rows = f"{first.rows:,} rows" if first.rows is not None else "rows unknown"
+    more = f" and {len(failed) - 1} more" if len(failed) > 1 else ""
+    return (
+        f"{len(failed)} input file(s) could not be read: {first.uri} ({first.reason}; {rows}){more}; their rows "
+        "are in no output. Replace or remove the file(s) and run again (committed shards are kept), or set "
+        "errors.unreadable_files: quarantine to finish without them"
+    )
 
 
 def is_empty(shard: Shard, spec: JobSpec) -> bool:

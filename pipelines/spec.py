@@ -97,8 +97,18 @@ class ComputeSpec(Strict):
 class OutputSpec(Strict):
     path: str
     prediction_prefix: str = Field(default="", description="Prepended to every prediction column's name.")
-    max_rows_per_file: int = Field(default=100_000, gt=0)
+    row_group_rows: int = Field(default=100_000, gt=0, description="Rows per Parquet row group of a shard's file.")
     compression: Literal["zstd", "snappy", "gzip", "lz4", "brotli", "none"] = "zstd"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_rows_per_file" in data:
+            raise ValueError(
+                "max_rows_per_file was removed: each input shard is now written as one file, so that it appears "
+                "to readers in one step; remove it (output.row_group_rows sets the rows per row group)"
+            )
+        return data
 
 
 class ErrorPolicy(Strict):
@@ -106,6 +116,10 @@ class ErrorPolicy(Strict):
     max_count: int | None = Field(default=None, ge=0, description="Fail the job past this many bad rows.")
     too_long: Literal["truncate", "error"] = "truncate"
     duplicate_ids: Literal["keep", "error"] = "keep"
+    unreadable_files: Literal["fail", "quarantine"] = Field(
+        default="fail",
+        description="An input file that can't be read fails the job (fail), or is quarantined whole (quarantine).",
+    )
 
 
 class ScheduleSpec(Strict):

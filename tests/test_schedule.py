@@ -20,11 +20,11 @@ from helpers import ROOT, SENTENCES, write_jsonl
 from pipelines.errors import PipelineError
 from pipelines.output import summary as summaries
 from pipelines.output.commit import OutputDir
+from pipelines.output.lock import JobLock, LockHeld
 from pipelines.output.records import RunSummary
 from pipelines.runner import job_record
 from pipelines.schedule.executor import job_lock, run_due
 from pipelines.schedule.ledger import Ledger, render_table
-from pipelines.schedule.lock import JobLock, LockHeld
 from pipelines.schedule.loop import serve
 from pipelines.schedule.ticks import decide, latest_tick, next_tick
 from pipelines.spec import spec_from_dict
@@ -295,7 +295,7 @@ def test_overlapping_runs_are_refused_and_a_killed_holders_lock_is_recovered(tmp
 
     lock_file = tmp_path / "out" / "_schedule.lock"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from pipelines.schedule.lock import JobLock; held = JobLock(sys.argv[1]).acquire(); "
+        [sys.executable, "-c", "import sys; from pipelines.output.lock import JobLock; held = JobLock(sys.argv[1]).acquire(); "
                                "print('locked', flush=True); sys.stdin.read()", str(lock_file)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )

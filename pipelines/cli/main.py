@@ -16,8 +16,11 @@ from pathlib import Path
 from pipelines.cli import cluster as cli_cluster
 from pipelines.cli import schedule as cli_schedule
 from pipelines.errors import PipelineError
+from pipelines.output.lock import LockHeld
 
 log = logging.getLogger("pipelines")
+
+EXIT_BUSY = 75  # EX_TEMPFAIL: another run holds the output's lock; try again later
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,7 +42,11 @@ def _parser() -> argparse.ArgumentParser:
         "HEAD_IP:6379 (default: RAY_ADDRESS, else a local Ray); not the dashboard URL http://HEAD_IP:8265, "
         "which `pipelines submit` takes",
     )
-    run.add_argument("--overwrite", action="store_true", help="replace results of another spec or changed input")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace results of another spec or changed input (deletes only files this project's "
+                     "commit records name)")
+    run.add_argument("--prune", action="store_true",
+                     help="delete the output of committed shards whose input file is gone, instead of refusing")
     run.add_argument("--json", action="store_true", help="print the run summary as JSON")
     job_command("validate", "check a job spec without running it")
     for register in EXTENSIONS:
@@ -63,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         handler = getattr(args, "handler", None) or COMMANDS[args.command]
         return handler(args)
+    except LockHeld as exc:
+        print(f"busy: {exc}", file=sys.stderr)
+        return EXIT_BUSY
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -85,7 +95,7 @@ def _run(args: argparse.Namespace) -> int:
     from pipelines.spec import load_spec
 
     spec = load_spec(args.job, args.overrides)
-    result = run_job(spec, address=args.address, overwrite=args.overwrite)
+    result = run_job(spec, address=args.address, overwrite=args.overwrite, prune=args.prune)
     if args.json:
         print(json.dumps(result.to_json(), indent=1))
     elif result.status == "up to date":

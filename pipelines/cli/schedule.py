@@ -9,8 +9,6 @@ import argparse
 import json
 import sys
 
-EXIT_BUSY = 75  # EX_TEMPFAIL: another run of the job holds the lock; try again later
-
 
 def register(commands, job_command) -> None:
     schedule = job_command(
@@ -31,8 +29,9 @@ def register(commands, job_command) -> None:
 
 
 def _schedule(args: argparse.Namespace) -> int:
+    from pipelines.cli.main import EXIT_BUSY
+    from pipelines.output.lock import LockHeld
     from pipelines.schedule.executor import describe, run_due
-    from pipelines.schedule.lock import LockHeld
     from pipelines.schedule.loop import serve
     from pipelines.schedule.ticks import next_tick, run_id
     from pipelines.spec import load_spec

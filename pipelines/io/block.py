@@ -2,11 +2,12 @@
 
 ``_shard`` (the shard's key), ``_row`` (the row's index in its shard), ``_shard_rows``
 (rows in the whole shard, so the driver knows when a shard is complete) and
-``_error`` (why a row can't be predicted, else null) come from the reader; the
+``_error`` (why a row can't be predicted, else null) and ``_digest`` (a hash of
+the shard file's bytes, so a commit can record what it read) come from the reader; the
 predictor adds ``_tokens`` (a row's real tokens) and ``_padded`` (the tokens its
 forward computed, padding included). None of them reaches the output files.
 """
 
-SHARD, ROW, SHARD_ROWS, ERROR = "_shard", "_row", "_shard_rows", "_error"
+SHARD, ROW, SHARD_ROWS, ERROR, DIGEST = "_shard", "_row", "_shard_rows", "_error", "_digest"
 TOKENS, PADDED = "_tokens", "_padded"
-BOOKKEEPING = (SHARD, ROW, SHARD_ROWS, ERROR)
+BOOKKEEPING = (SHARD, ROW, SHARD_ROWS, ERROR, DIGEST)

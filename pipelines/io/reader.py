@@ -7,9 +7,12 @@ that can't be read at all yields one row whose ``_row`` is -1 and whose
 
 from __future__ import annotations
 
+import base64
 import gzip
+import hashlib
 import io
 import json
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from pipelines.io.block import ERROR, ROW, SHARD, SHARD_ROWS
+from pipelines.io.block import DIGEST, ERROR, ROW, SHARD, SHARD_ROWS
 from pipelines.io.shards import Shard
 
 BLOCK_ROWS = 1024
@@ -30,8 +33,8 @@ BLOCK_ROWS = 1024
 class Columns:
     """The input columns a job reads: text, id, other task inputs, and columns passed through.
 
-    ``keep_types`` fixes the Arrow type of passed-through columns (taken from the
-    first shard), so every output file has the same schema.
+    ``keep_types`` fixes the Arrow type of passed-through columns (unified over
+    every shard, see :func:`reference_types`), so every output file has the same schema.
     """
 
     text: str
@@ -58,21 +61,32 @@ class Columns:
 def read_shard(shard: Shard, columns: Columns, block_rows: int = BLOCK_ROWS) -> Iterator[pa.Table]:
     """Blocks of the shard's rows, normalised to the job's columns; never raises for bad content."""
     try:
-        table = _read_table(shard, columns)
+        raw = read_bytes(shard)
+        digest = content_digest(raw)
+        table = _read_table(shard, raw, columns)
     except Exception as exc:  # noqa: BLE001 - any unreadable file becomes one quarantined record
         yield unreadable(shard, columns, f"unreadable {shard.format} file: {_short(exc)}")
         return
-    table = normalize(table, shard, columns)
+    table = normalize(table, shard, columns, digest)
     if table.num_rows == 0:
         yield table
     for start in range(0, table.num_rows, block_rows):
         yield table.slice(start, block_rows)
 
 
-def _read_table(shard: Shard, columns: Columns) -> pa.Table:
-    fs = shard.filesystem()
-    with fs.open_input_stream(shard.path, compression=None) as stream:
-        data = stream.read()
+def read_bytes(shard: Shard) -> bytes:
+    """The shard file's bytes, as stored (compressed if it is)."""
+    with shard.filesystem().open_input_stream(shard.path, compression=None) as stream:
+        return stream.read()
+
+
+def content_digest(raw: bytes) -> str:
+    """A short hash of a file's bytes: recorded at commit, so a file whose modification time changed but whose
+    content did not (a copy, a re-uploaded working directory) is known to be the same input."""
+    return hashlib.blake2b(raw, digest_size=12).hexdigest()
+
+
+def _read_table(shard: Shard, data: bytes, columns: Columns) -> pa.Table:
     if shard.compressed:
         data = gzip.decompress(data)
     if shard.format == "parquet":
@@ -90,15 +104,33 @@ def _with_error_column(table: pa.Table, rows: int) -> pa.Table:
 
 
 def read_jsonl(data: bytes, columns: Columns) -> pa.Table:
-    """JSON lines into a table, one row per non-blank line; bad lines become rows with an ``_error``."""
+    """JSON lines into a table, one row per non-blank line; bad lines become rows with an ``_error``.
+
+    Text and id columns are read as the strings they are written as: where pyarrow's type inference
+    turned one into something else (an id "2024-01-02" into a timestamp), the file is read again with
+    those columns declared as strings.
+    """
     try:
         table = pajson.read_json(io.BytesIO(data))
+        retyped = [
+            name
+            for name in (*columns.strings, *([columns.id] if columns.id else []))
+            if name in table.column_names and _inferred_from_text(table.schema.field(name).type)
+        ]
+        if retyped:
+            schema = pa.schema([(name, pa.string()) for name in retyped])
+            table = pajson.read_json(io.BytesIO(data), parse_options=pajson.ParseOptions(explicit_schema=schema))
         for name in columns.strings:
             if name in table.column_names:
                 table.column(name).validate(full=True)
         return _with_error_column(table.select([c for c in columns.all if c in table.column_names]), table.num_rows)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         return _read_jsonl_lines(data, columns)
+
+
+def _inferred_from_text(type_: pa.DataType) -> bool:
+    """Types pyarrow infers from JSON strings (timestamps, dates): the column was text in the file."""
+    return pa.types.is_timestamp(type_) or pa.types.is_date(type_) or pa.types.is_time(type_)
 
 
 def _read_jsonl_lines(data: bytes, columns: Columns) -> pa.Table:
@@ -158,7 +190,7 @@ def _column(values: list[Any]) -> pa.Array:
         return pa.array([v if isinstance(v, str) or v is None else json.dumps(v) for v in values], pa.string())
 
 
-def normalize(table: pa.Table, shard: Shard, columns: Columns) -> pa.Table:
+def normalize(table: pa.Table, shard: Shard, columns: Columns, digest: str = "") -> pa.Table:
     """The job's columns with fixed types, plus bookkeeping; problems become per-row errors."""
     n = table.num_rows
     errors = table.column(ERROR) if ERROR in table.column_names else pa.nulls(n, pa.string())
@@ -181,6 +213,7 @@ def normalize(table: pa.Table, shard: Shard, columns: Columns) -> pa.Table:
     out[ROW] = pa.array(np.arange(n, dtype=np.int64))
     out[SHARD_ROWS] = pa.array(np.full(n, n, dtype=np.int64))
     out[ERROR] = errors
+    out[DIGEST] = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([digest]))
     return pa.table(out)
 
 
@@ -199,7 +232,7 @@ def _string_column(table: pa.Table, name: str, errors: Any) -> tuple[Any, Any]:
 
 
 def _kept_column(table: pa.Table, name: str, expected: pa.DataType | None, errors: Any) -> tuple[Any, Any]:
-    """A passed-through column in the type the other shards have; a clash quarantines the shard."""
+    """A passed-through column in the job's type for it; values that can't be cast are row errors."""
     n = table.num_rows
     if name not in table.column_names:
         return pa.nulls(n, expected or pa.string()), errors
@@ -209,20 +242,53 @@ def _kept_column(table: pa.Table, name: str, expected: pa.DataType | None, error
     try:
         return column.cast(expected, safe=True), errors
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-        reason = f"schema differs: column {name!r} is {column.type} here but {expected} in the first shard"
+        reason = f"schema differs: column {name!r} is {column.type} here but {expected} in this job's output"
         return pa.nulls(n, expected), _set(errors, reason)
 
 
 def reference_types(shards: list[Shard], columns: Columns, sample_bytes: int = 1 << 18) -> dict[str, pa.DataType]:
-    """Types of the passed-through columns, from the first shard that can be sampled cheaply."""
-    for shard in shards[:5]:
+    """Types of the passed-through columns, unified over every shard that can be sampled.
+
+    Parquet types come from each file's footer, JSON lines types from the first ``sample_bytes``
+    of each file. A column that is an integer in one shard and a float in another is a float; one
+    whose types don't agree otherwise is a string (every value cast to its text); a column found in
+    no shard is a string. Unreadable shards are skipped (they are reported when they are read).
+    """
+    seen: dict[str, list[pa.DataType]] = {name: [] for name in columns.keep}
+    for shard in shards:
         try:
             schema = _sample_schema(shard, sample_bytes)
-        except Exception:  # noqa: BLE001 - an unreadable shard is quarantined later; try the next one
+        except Exception:  # noqa: BLE001 - an unreadable shard is quarantined (or fails the job) when read
             continue
-        present = [n for n in columns.keep if n in schema.names]
-        return {n: schema.field(n).type for n in present if not pa.types.is_null(schema.field(n).type)}
-    return {}
+        for name in columns.keep:
+            if name in schema.names and not pa.types.is_null(schema.field(name).type):
+                seen[name].append(schema.field(name).type)
+    return {name: unify_types(types) for name, types in seen.items()}
+
+
+def unify_types(types: list[pa.DataType]) -> pa.DataType:
+    """One type that holds every value of columns of these types (see :func:`reference_types`)."""
+    distinct = list(dict.fromkeys(types))
+    if not distinct:
+        return pa.string()
+    if len(distinct) == 1:
+        return distinct[0]
+    if all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in distinct):
+        return pa.float64() if any(pa.types.is_floating(t) for t in distinct) else pa.int64()
+    if all(pa.types.is_string(t) or pa.types.is_large_string(t) for t in distinct):
+        return pa.string()
+    return pa.string()
+
+
+def encode_types(types: dict[str, pa.DataType]) -> str:
+    """Column types as text for a JSON record (an Arrow schema, serialized)."""
+    schema = pa.schema(list(types.items()))
+    return base64.b64encode(schema.serialize().to_pybytes()).decode()
+
+
+def decode_types(text: str) -> dict[str, pa.DataType]:
+    schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text)))
+    return {field.name: field.type for field in schema}
 
 
 def _sample_schema(shard: Shard, sample_bytes: int) -> pa.Schema:
@@ -243,15 +309,51 @@ def _set(errors: Any, reason: str) -> Any:
 
 
 def unreadable(shard: Shard, columns: Columns, reason: str) -> pa.Table:
-    """The one record that stands for a file that could not be read."""
+    """The one record that stands for a file that could not be read (row -1), with the job's column types."""
     out: dict[str, pa.Array] = {name: pa.nulls(1, pa.string()) for name in (*columns.strings, columns.id_name)}
+    types = dict(columns.keep_types)
     for name in columns.keep:
-        out.setdefault(name, pa.nulls(1, pa.string()))
+        out.setdefault(name, pa.nulls(1, types.get(name, pa.string())))
     out[SHARD] = pa.array([shard.key])
     out[ROW] = pa.array([-1], pa.int64())
     out[SHARD_ROWS] = pa.array([1], pa.int64())
     out[ERROR] = pa.array([reason])
+    out[DIGEST] = pa.DictionaryArray.from_arrays(pa.array([0], pa.int32()), pa.array([""]))
     return pa.table(out)
+
+
+def count_rows(shard: Shard) -> tuple[int | None, bool]:
+    """How many rows an unreadable shard holds, as far as can be told: (rows, exact).
+
+    A Parquet file whose footer reads gives its exact row count; a JSON lines file counts its
+    non-blank lines (a gzip file cut short: the lines before the cut, a lower bound). None when
+    nothing can be told (a Parquet file without a readable footer).
+    """
+    try:
+        raw = read_bytes(shard)
+    except OSError:
+        return None, False
+    if shard.format == "parquet":
+        try:
+            data = gzip.decompress(raw) if shard.compressed else raw
+            return pq.ParquetFile(io.BytesIO(data)).metadata.num_rows, True
+        except Exception:  # noqa: BLE001 - no footer, no count
+            return None, False
+    exact = True
+    if shard.compressed:
+        decompressor = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
+        try:
+            data = decompressor.decompress(raw)
+            exact = decompressor.eof
+        except zlib.error:
+            data, exact = b"", False
+    else:
+        data = raw
+    lines = data.split(b"\n")
+    if not exact and lines:
+        lines = lines[:-1]  # the last line was cut
+    counted = sum(1 for line in lines if line.strip())
+    return (counted if counted or exact else None), exact
 
 
 def _short(exc: BaseException) -> str:

@@ -1,10 +1,18 @@
-"""Finding input shards: files, directories and globs, local or any URI pyarrow's filesystems take."""
+"""Finding input shards: files, directories and globs, local or any URI pyarrow's filesystems take.
+
+A shard is identified by its **name**: its path relative to the input location it
+was found under (a directory, the fixed part of a glob, or the folder of a file
+given by name). The name, not the absolute path, keys the shard's output and
+commit record, so the same data read from another working directory (a
+resubmitted job, a moved checkout) is recognised as the same shard.
+"""
 
 from __future__ import annotations
 
 import fnmatch
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,7 +26,7 @@ GLOB_CHARS = set("*?[")
 
 @dataclass(frozen=True)
 class Shard:
-    """One input file and what identifies its content (size and modification time)."""
+    """One input file: where it is, its name under its input location, and what identifies its content."""
 
     uri: str
     path: str
@@ -26,14 +34,15 @@ class Shard:
     compressed: bool
     size: int
     mtime_ns: int | None
+    name: str = ""
 
     @property
     def key(self) -> str:
-        """A stable short name for the shard, used in output file names and the manifest."""
-        return hashlib.sha1(self.uri.encode()).hexdigest()[:12]
+        """A stable short id for the shard (from its name), used in output file names and commit records."""
+        return hashlib.sha1((self.name or self.uri).encode()).hexdigest()[:12]
 
     def fingerprint(self) -> dict:
-        return {"uri": self.uri, "size": self.size, "mtime_ns": self.mtime_ns}
+        return {"uri": self.uri, "size": self.size, "mtime_ns": self.mtime_ns, "name": self.name}
 
     def filesystem(self) -> pafs.FileSystem:
         return resolve(self.uri)[0]
@@ -73,14 +82,15 @@ def _is_hidden(path: str, root: str) -> bool:
     return any(part.startswith((".", "_")) for part in relative.split("/"))
 
 
-def _expand(location: str) -> list[tuple[str, pafs.FileInfo]]:
+def _expand(location: str) -> tuple[str, list[tuple[str, pafs.FileInfo]]]:
+    """The root a location's files are named relative to, and the files: (uri, info)."""
     fs, path = resolve(location)
     if GLOB_CHARS & set(path):
         base = path
         while GLOB_CHARS & set(base):
             base = base.rsplit("/", 1)[0]
         infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
-        return [(uri_of(location, i.path), i) for i in infos if i.is_file and fnmatch.fnmatch(i.path, path)]
+        return base, [(uri_of(location, i.path), i) for i in infos if i.is_file and fnmatch.fnmatch(i.path, path)]
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         raise PipelineError(
@@ -88,23 +98,53 @@ def _expand(location: str) -> list[tuple[str, pafs.FileInfo]]:
         )
     if info.type == pafs.FileType.Directory:
         infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-        return [(uri_of(location, i.path), i) for i in infos if i.is_file and not _is_hidden(i.path, path)]
-    return [(uri_of(location, info.path), info)]
+        return path, [(uri_of(location, i.path), i) for i in infos if i.is_file and not _is_hidden(i.path, path)]
+    return info.path.rsplit("/", 1)[0], [(uri_of(location, info.path), info)]
 
 
-def list_shards(paths: list[str], wanted_format: str = "auto") -> list[Shard]:
-    """Every input shard under ``paths``, sorted and without duplicates; an error if there are none."""
+def is_within(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it (paths as the filesystem gives them)."""
+    folder = folder.rstrip("/")
+    return path == folder or path.startswith(folder + "/")
+
+
+def list_shards(paths: list[str], wanted_format: str = "auto", exclude: Sequence[str] = ()) -> list[Shard]:
+    """Every input shard under ``paths``, sorted and without duplicates; an error if there are none.
+
+    Files under an ``exclude`` location (the job's own output, when it lies inside an input folder)
+    are left out. Two different files with the same name (path under their input location) are an
+    error: they would be taken for one shard.
+    """
     shards: dict[str, Shard] = {}
+    skipped = [resolve(location) for location in exclude]
     for location in paths:
-        for uri, info in _expand(location):
+        root, files = _expand(location)
+        fs = resolve(location)[0]
+        for uri, info in files:
             kind = detect_format(info.path, wanted_format)
             if kind is None:
                 continue
+            if any(type(fs) is type(xfs) and is_within(info.path, xpath) for xfs, xpath in skipped):
+                continue
+            name = info.path[len(root) :].lstrip("/") if is_within(info.path, root) else info.base_name
             mtime = info.mtime_ns if info.mtime_ns is not None else None
-            shards[uri] = Shard(uri, info.path, kind[0], kind[1], info.size or 0, mtime)  # type: ignore[arg-type]
+            shards[uri] = Shard(uri, info.path, kind[0], kind[1], info.size or 0, mtime, name)  # type: ignore[arg-type]
     if not shards:
         raise PipelineError(
             f"input.paths: no .parquet or .jsonl(.gz) files found under {', '.join(paths)}; "
             "check the paths, or set input.format for files without those extensions"
         )
+    _check_names(list(shards.values()))
     return [shards[k] for k in sorted(shards)]
+
+
+def _check_names(shards: list[Shard]) -> None:
+    seen: dict[str, Shard] = {}
+    for shard in shards:
+        other = seen.setdefault(shard.name, shard)
+        if other is not shard:
+            raise PipelineError(
+                f"input.paths: {other.uri} and {shard.uri} have the same name {shard.name!r} under their input "
+                "paths, and a shard is known by that name; list their common parent folder (or a glob such as "
+                "data/*/) instead of each folder, so that their names differ"
+            )

@@ -1,29 +1,61 @@
-"""Committing a job's output: staged files become visible one whole shard at a time.
+"""Committing a job's output: each shard appears to readers whole, in one step, or not at all.
 
-The names of the output directory are :mod:`pipelines.output.layout`'s. A shard is
-committed by moving its staged files into place and then writing its commit
-record (write-then-rename, one small file per shard). Whatever is not named by a
-commit record is a leftover of a crash and is deleted before a run starts, so
-re-running redoes exactly the uncommitted shards.
+The names of the output directory are :mod:`pipelines.output.layout`'s. Writer
+tasks stage each block's rows under ``_staging/<shard>/`` (readers skip ``_``
+entries). When every row of a shard is accounted for, the driver commits it:
+
+1. merges the shard's staged files into one data file and one error file, still
+   under ``_staging/<shard>/`` (each written whole: write-then-rename);
+2. writes the shard's commit record ``_commits/<shard>.json`` naming the final
+   files: from here on the shard is committed, whatever happens next;
+3. (a hook, e.g. the scheduler retiring the shard's older version);
+4. renames the error file into ``_errors/``, then the data file into place —
+   the one step that makes the shard's rows visible to readers;
+5. deletes the shard's staging folder.
+
+A crash after step 2 is rolled forward by the next run (:meth:`OutputDir.recover`):
+the staged files of a committed shard are moved into place. A crash before it
+leaves only staging files, which the next run deletes before redoing the shard.
+So a reader listing ``*.parquet`` sees each shard whole or not at all, at every
+moment; on an object store, where a rename is a copy and a delete, the copy of
+the one data file is what makes it visible. Only files named by this project's
+commit records (and its ``_`` bookkeeping) are ever deleted.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from pipelines import faults
 from pipelines.errors import PipelineError
 from pipelines.io.shards import Shard, resolve
 from pipelines.output import layout
 from pipelines.output.layout import COMMITS, ERRORS, JOB, OURS, RUN, STAGING, SUCCESS
-from pipelines.output.records import CommitRecord, JobRecord, RunSummary, ShardInput, merge_confusion, merge_counts
+from pipelines.output.records import (
+    CommitRecord,
+    JobRecord,
+    RunSummary,
+    ShardInput,
+    Unreadable,
+    merge_confusion,
+    merge_counts,
+)
 from pipelines.output.staging import StagingReport
 
 log = logging.getLogger(__name__)
+
+DATA_STAGED = "commit-data.parquet"
+ERRORS_STAGED = "commit-errors.parquet"
+
+#: Filters a shard's merged data before it is committed: (data, shard) → (kept data, quarantined rows).
+Screen = Callable[[pa.Table, Shard], tuple[pa.Table, pa.Table | None]]
 
 
 class OutputDir:
@@ -45,7 +77,7 @@ class OutputDir:
         return RunSummary.parse(self.read_json(RUN))
 
     def commits(self) -> dict[str, CommitRecord]:
-        """Committed shards by key; a half-written record (crash mid-write) does not count."""
+        """Commit records by shard key; a half-written or foreign record does not count."""
         selector = pafs.FileSelector(f"{self.root}/{COMMITS}", allow_not_found=True)
         found = {}
         for info in self.fs.get_file_info(selector):
@@ -63,105 +95,170 @@ class OutputDir:
             raise PipelineError(f"output.path {self.location} is a file; give a directory")
         return self.fs.get_file_info(pafs.FileSelector(self.root))
 
+    def _existing(self) -> set[str]:
+        """Paths (relative to the root) of the files at the top and in ``_errors/``: one listing each."""
+        found = set()
+        for folder in ("", ERRORS):
+            selector = pafs.FileSelector(f"{self.root}/{folder}".rstrip("/"), allow_not_found=True)
+            for info in self.fs.get_file_info(selector):
+                if info.is_file:
+                    found.add(info.path[len(self.root) + 1 :])
+        return found
+
+    def _staged(self) -> set[str]:
+        selector = pafs.FileSelector(f"{self.root}/{STAGING}", recursive=True, allow_not_found=True)
+        return {info.path[len(self.root) + 1 :] for info in self.fs.get_file_info(selector) if info.is_file}
+
+    def committed(self) -> dict[str, CommitRecord]:
+        """Shards whose commit is complete or can be completed from staging (see :meth:`recover`)."""
+        records = self.commits()
+        if not records:
+            return {}
+        existing, staged = self._existing(), self._staged()
+        return {key: r for key, r in records.items() if _placeable(r, existing, staged)}
+
     # preparing a run ---------------------------------------------------------------
 
-    def prepare(self, job: JobRecord, shards: list[Shard], overwrite: bool) -> list[Shard]:
-        """Check the output belongs to this job; return the shards still to do. Writes nothing."""
+    def check_owner(self) -> None:
+        """Refuse an output path that holds files but no results of this project."""
         entries = self.entries()
-        recorded = self.job()
-        if entries and recorded is None and not overwrite:
+        if entries and self.job() is None and not self.commits():
             if any(not e.base_name.startswith(OURS) for e in entries):
                 raise PipelineError(
                     f"output.path {self.location} is not empty and holds no results of this project; "
                     "choose an empty or new output.path"
                 )
-        if overwrite:
-            return list(shards)
-        if recorded and recorded.spec_hash != job.spec_hash:
+
+    def check_spec(self, job: JobRecord) -> None:
+        """Refuse results of another spec (an output with nothing committed yet belongs to nobody)."""
+        recorded = self.job()
+        if recorded and recorded.spec_hash != job.spec_hash and self.commits():
             raise PipelineError(
                 f"output.path {self.location} holds results of a different job spec "
                 f"(hash {recorded.spec_hash}, this spec is {job.spec_hash}); "
                 "use a new output.path, or --overwrite to replace them"
             )
-        committed = self.commits()
-        changed = _changed_inputs(committed, shards)
-        if changed:
-            raise PipelineError(
-                f"input changed since it was scored: {changed[0]}"
-                f"{f' and {len(changed) - 1} more' if len(changed) > 1 else ''}; "
-                "use --overwrite to redo the job, or a new output.path"
-            )
-        return [s for s in shards if s.key not in committed]
 
     def finished(self) -> bool:
         return self.fs.get_file_info(f"{self.root}/{SUCCESS}").type == pafs.FileType.File
 
-    def start(self, job: JobRecord, overwrite: bool) -> None:
-        """Before work: clear (with overwrite) or clean crash leftovers, and record whose output this is."""
-        if overwrite:
-            self.clear()
-        self.clean(set(self.commits()))
+    def start(self, job: JobRecord) -> None:
+        """Before work: finish interrupted commits, delete crash leftovers, record whose output this is."""
+        self.recover()
+        self.clean()
         self.write_json(JOB, job.to_json())
 
-    def clear(self) -> None:
-        """Delete this project's files under the output path (and nothing else)."""
-        for entry in self.entries():
-            if entry.base_name.startswith(OURS) or layout.is_part_file(entry.base_name):
-                layout.delete(self.fs, entry)
+    def recover(self) -> None:
+        """Roll committed shards forward: move staged files of a commit record into place; drop broken records."""
+        records = self.commits()
+        if not records:
+            return
+        existing, staged = self._existing(), self._staged()
+        for key, record in records.items():
+            missing = [f for f in [*record.error_files, *record.files] if f not in existing]
+            if not missing:
+                continue
+            if _placeable(record, existing, staged):
+                log.info("finishing the commit of %s, interrupted by a crash", record.input.uri)
+                self._reveal(key, record)
+            else:
+                log.warning("commit record of %s names files that are gone; the shard is redone", record.input.uri)
+                self.forget(record)
 
-    def clean(self, committed: set[str]) -> None:
-        """Delete staging files and any part file of a shard that has no commit record."""
+    def clean(self) -> None:
+        """Delete staging files and the summary of an earlier run: they are rebuilt by this one."""
         layout.delete(self.fs, self.fs.get_file_info(f"{self.root}/{STAGING}"))
-        for folder in (self.root, f"{self.root}/{ERRORS}"):
-            for entry in self.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
-                key = layout.part_shard(entry.base_name)
-                if key is not None and key not in committed:
-                    log.info("removing %s: left over from an interrupted run", entry.path)
-                    self.fs.delete_file(entry.path)
         for name in (RUN, SUCCESS):
             layout.delete(self.fs, self.fs.get_file_info(f"{self.root}/{name}"))
 
+    def clear(self) -> None:
+        """``--overwrite``: delete every file a commit record names, then this project's bookkeeping.
+
+        Files not named by a commit record are never touched, whatever their name.
+        """
+        for record in self.commits().values():
+            self.forget(record)
+        for entry in self.entries():
+            if entry.base_name.startswith(OURS):
+                layout.delete(self.fs, entry)
+
+    def forget(self, record: CommitRecord) -> None:
+        """Delete a committed shard's files, then its record (last: a cut-off delete is redone)."""
+        for relative in [*record.files, *record.error_files]:
+            layout.delete(self.fs, self.fs.get_file_info(f"{self.root}/{relative}"))
+        layout.delete(self.fs, self.fs.get_file_info(f"{self.root}/{layout.commit_record_path(record.shard)}"))
+
     # committing ----------------------------------------------------------------------
 
-    def commit(self, shard: Shard, reports: list[StagingReport], job: JobRecord) -> CommitRecord:
-        """Move a complete shard's staged files into place, then record the commit."""
-        files = self._place(shard.key, [f for r in reports for f in r.files], self.root)
-        error_files = self._place(shard.key, [f for r in reports for f in r.error_files], f"{self.root}/{ERRORS}")
-        faults.checkpoint("mid_commit")
+    def commit(
+        self,
+        shard: Shard,
+        reports: list[StagingReport],
+        job: JobRecord,
+        *,
+        compression: str = "zstd",
+        row_group_rows: int = 100_000,
+        screen: Screen | None = None,
+        before_visible: Callable[[Shard], None] | None = None,
+        unreadable: Unreadable | None = None,
+    ) -> CommitRecord:
+        """Commit a shard whose rows are all staged: merge, record, then reveal in one rename."""
+        folder = f"{STAGING}/{shard.key}"
+        writer = _Merger(self.fs, f"{self.root}/{folder}", compression, row_group_rows)
+        data_rows, quarantined = writer.merge(
+            [f for r in reports for f in r.files], DATA_STAGED, screen=screen, shard=shard
+        )
+        error_files = [f for r in reports for f in r.error_files]
+        error_rows, _ = writer.merge(error_files, ERRORS_STAGED, extra=quarantined)
         confusion: dict[str, dict[str, int]] = {}
         reasons: dict[str, int] = {}
         for report in reports:
             merge_confusion(confusion, report.confusion)
             merge_counts(reasons, report.reasons)
+        screened = 0 if quarantined is None else quarantined.num_rows
+        if screened:
+            merge_counts(reasons, _reason_counts(quarantined))
+        rows_in = sum(r.rows + r.errors for r in reports)
+        errors = sum(r.errors for r in reports) + screened
+        if unreadable is not None:  # one record stands for the file's rows, as many as can be told
+            rows_in = errors = unreadable.rows or 0
+            reasons = {unreadable.reason.split(":", 1)[0]: errors}
         record = CommitRecord(
             shard=shard.key,
-            input=ShardInput(**shard.fingerprint()),
+            input=ShardInput(**shard.fingerprint(), digest=next((r.digest for r in reports if r.digest), None)),
             spec_hash=job.spec_hash,
             model=job.model,
-            rows_in=sum(r.rows + r.errors for r in reports),
-            rows=sum(r.rows for r in reports),
-            errors=sum(r.errors for r in reports),
+            rows_in=rows_in,
+            rows=data_rows,
+            errors=errors,
             tokens=sum(r.tokens for r in reports),
             padded=sum(r.padded for r in reports),
             confusion=confusion,
             reasons=reasons,
-            files=files,
-            error_files=error_files,
+            files=[layout.part_name(shard.key, 0)] if data_rows else [],
+            error_files=[f"{ERRORS}/{layout.part_name(shard.key, 0)}"] if error_rows else [],
             committed_at=time.time(),
+            unreadable=unreadable,
         )
         self.write_json(layout.commit_record_path(shard.key), record.to_json())
-        layout.delete(self.fs, self.fs.get_file_info(f"{self.root}/{STAGING}/{shard.key}"))
+        faults.checkpoint("mid_commit")
+        if before_visible is not None:
+            before_visible(shard)
+        self._reveal(shard.key, record)
         return record
 
-    def _place(self, key: str, staged: list[str], folder: str) -> list[str]:
-        if staged:
-            self.fs.create_dir(folder, recursive=True)
-        placed = []
-        for n, path in enumerate(staged):
-            target = f"{folder}/{layout.part_name(key, n)}"
-            self.fs.move(path, target)
-            placed.append(target[len(self.root) + 1 :])
-        return placed
+    def _reveal(self, key: str, record: CommitRecord) -> None:
+        """Move a committed shard's staged files into place: errors first, then the data file (the visible step)."""
+        folder = f"{self.root}/{STAGING}/{key}"
+        for staged, final in ((ERRORS_STAGED, record.error_files), (DATA_STAGED, record.files)):
+            for relative in final:
+                source = f"{folder}/{staged}"
+                if self.fs.get_file_info(source).type != pafs.FileType.File:
+                    continue  # already in place
+                target = f"{self.root}/{relative}"
+                self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+                self.fs.move(source, target)
+        layout.delete(self.fs, self.fs.get_file_info(folder))
 
     def write_json(self, name: str, value: Any) -> None:
         layout.write_json(self.fs, f"{self.root}/{name}", value)
@@ -169,14 +266,79 @@ class OutputDir:
     def finish(self) -> None:
         """Every shard is committed: drop the empty staging area and write ``_SUCCESS``."""
         layout.delete(self.fs, self.fs.get_file_info(f"{self.root}/{STAGING}"))
-        with self.fs.open_output_stream(f"{self.root}/{SUCCESS}") as stream:
-            stream.write(b"")
+        layout.write_bytes(self.fs, f"{self.root}/{SUCCESS}", b"")
 
 
-def _changed_inputs(committed: dict[str, CommitRecord], shards: list[Shard]) -> list[str]:
-    by_key = {s.key: s for s in shards}
-    return [
-        by_key[key].uri
-        for key, record in committed.items()
-        if key in by_key and record.input.model_dump(include={"uri", "size", "mtime_ns"}) != by_key[key].fingerprint()
-    ]
+class _Merger:
+    """Merges staged Parquet files into one file of a shard's staging folder, a row group per part."""
+
+    def __init__(self, fs: pafs.FileSystem, folder: str, compression: str, row_group_rows: int) -> None:
+        self.fs = fs
+        self.folder = folder
+        self.compression = None if compression == "none" else compression
+        self.row_group_rows = row_group_rows
+
+    def merge(
+        self,
+        paths: list[str],
+        name: str,
+        *,
+        screen: Screen | None = None,
+        shard: Shard | None = None,
+        extra: pa.Table | None = None,
+    ) -> tuple[int, pa.Table | None]:
+        """Write ``paths`` (and ``extra`` rows) as ``name``; return (rows written, rows the screen took out)."""
+        tables = [self._read(path) for path in paths]
+        if extra is not None and extra.num_rows:
+            tables.append(extra)
+        tables = [t for t in tables if t.num_rows]
+        if not tables:
+            return 0, None
+        table = pa.concat_tables(tables, promote_options="permissive")
+        taken = None
+        if screen is not None and shard is not None:
+            table, taken = screen(table, shard)
+        if not table.num_rows:
+            return 0, taken
+        self.fs.create_dir(self.folder, recursive=True)
+        target = f"{self.folder}/{name}"
+        tmp = f"{target}{layout.TMP_SUFFIX}"
+        with self.fs.open_output_stream(tmp) as stream:
+            pq.write_table(table, stream, compression=self.compression, row_group_size=self.row_group_rows)
+        self.fs.move(tmp, target)
+        return table.num_rows, taken
+
+    def _read(self, path: str) -> pa.Table:
+        with self.fs.open_input_file(path) as handle:
+            return pq.read_table(handle)
+
+
+def _placeable(record: CommitRecord, existing: set[str], staged: set[str]) -> bool:
+    """Whether each of a record's files is in place or waits in its staging folder."""
+    folder = f"{STAGING}/{record.shard}"
+    for staged_name, finals in ((ERRORS_STAGED, record.error_files), (DATA_STAGED, record.files)):
+        for relative in finals:
+            if relative not in existing and f"{folder}/{staged_name}" not in staged:
+                return False
+    return True
+
+
+def _reason_counts(quarantined: pa.Table) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for reason in quarantined.column("reason").to_pylist():
+        counts[reason] = counts.get(reason, 0) + 1
+    return counts
+
+
+def changed_inputs(committed: dict[str, CommitRecord], shards: list[Shard], same_content: Callable) -> list[str]:
+    """Shards whose file differs from what their commit recorded (size; or time, unless the bytes are the same)."""
+    changed = []
+    for shard in shards:
+        record = committed.get(shard.key)
+        if record is None:
+            continue
+        if record.input.size != shard.size:
+            changed.append(shard.uri)
+        elif record.input.mtime_ns != shard.mtime_ns and not same_content(shard, record.input.digest):
+            changed.append(shard.uri)
+    return changed

@@ -1,28 +1,27 @@
 """The ``errors.duplicate_ids: error`` policy: a row whose id was already written is quarantined.
 
-Checked by the driver when a shard is committed, against every id committed
+Checked by the driver when a shard is committed (as the screen of its merge, see
+:meth:`pipelines.output.commit.OutputDir.commit`), against every id committed
 before (loaded once from the output) and the shard's own earlier rows. Only ids
 are read, and only under this policy; the default (``keep``) costs nothing.
 """
 
 from __future__ import annotations
 
-import uuid
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipelines.output import layout
+from pipelines.io.shards import Shard
 from pipelines.output.records import CommitRecord
-from pipelines.output.staging import StagingReport
 
 REASON = "duplicate id"
 
 
 class DuplicateIds:
-    def __init__(self, fs, root: str, id_column: str, committed: list[CommitRecord]) -> None:
+    def __init__(self, fs: pafs.FileSystem, root: str, id_column: str, committed: list[CommitRecord]) -> None:
         self.fs = fs
         self.id_column = id_column
         self.seen = pa.chunked_array([pa.array([], pa.string())])
@@ -37,37 +36,26 @@ class DuplicateIds:
     def _remember(self, ids: pa.Array) -> None:
         self.seen = pa.chunked_array([*self.seen.chunks, ids])
 
-    def screen(self, report: StagingReport, shard_uri: str, compression: str) -> None:
-        """Drop repeated ids from a report's staged files (rewriting them) and stage them as errors."""
-        repeated_total = []
-        for path in report.files:
-            with self.fs.open_input_file(path) as handle:
-                table = pq.read_table(handle)
-            ids = table.column(self.id_column).combine_chunks().cast(pa.string())
-            repeated = _repeats(ids, self.seen.combine_chunks())
-            if repeated.any():
-                layout.write_parquet(self.fs, path, table.filter(pa.array(~repeated)), compression)
-                repeated_total.append(ids.filter(pa.array(repeated)))
-            self._remember(ids.filter(pa.array(~repeated)))
-        if not repeated_total:
-            return
-        dropped = pa.concat_arrays(repeated_total)
+    def __call__(self, table: pa.Table, shard: Shard) -> tuple[pa.Table, pa.Table | None]:
+        """Split a shard's rows into those kept and the quarantine records of repeated ids."""
+        ids = table.column(self.id_column).combine_chunks().cast(pa.string())
+        repeated = _repeats(ids, self.seen.combine_chunks())
+        kept = table.filter(pa.array(~repeated))
+        self._remember(ids.filter(pa.array(~repeated)))
+        if not repeated.any():
+            return kept, None
+        dropped = ids.filter(pa.array(repeated))
         n = len(dropped)
         errors = pa.table(
             {
-                "shard": pa.array([shard_uri] * n, pa.string()),
+                "shard": pa.array([shard.uri] * n, pa.string()),
                 "row": pa.nulls(n, pa.int64()),
                 "id": dropped,
                 "reason": pa.array([REASON] * n, pa.string()),
                 "preview": pa.nulls(n, pa.string()),
             }
         )
-        path = f"{report.files[0].rsplit('/', 1)[0]}/{uuid.uuid4().hex}-duplicates.parquet"
-        layout.write_parquet(self.fs, path, errors, compression)
-        report.error_files = [*report.error_files, path]
-        report.rows -= n
-        report.errors += n
-        report.reasons[REASON] = report.reasons.get(REASON, 0) + n
+        return kept, errors
 
 
 def _repeats(ids: pa.Array, seen: pa.Array) -> np.ndarray:

@@ -8,6 +8,7 @@ One job's output directory::
     _job.json                       the spec (and its hash) these results belong to
     _staging/<shard>/...            files of shards not yet committed
     _run.json, _SUCCESS             the run summary; written last, when every shard is committed
+    _run.lock                       the lock a run holds (one run at a time)
 
 A scheduled job's root holds one such directory per run, and its own files::
 
@@ -35,8 +36,9 @@ STAGING = "_staging"
 JOB = "_job.json"
 RUN = "_run.json"
 SUCCESS = "_SUCCESS"
+RUN_LOCK = "_run.lock"
 #: The entries of a job output directory that are this project's bookkeeping.
-OURS = (COMMITS, ERRORS, STAGING, JOB, RUN, SUCCESS)
+OURS = (COMMITS, ERRORS, STAGING, JOB, RUN, SUCCESS, RUN_LOCK)
 
 LEDGER = "_runs.jsonl"
 LOCK = "_schedule.lock"

@@ -48,14 +48,31 @@ class JobRecord(Record):
     device: str
     task: str
     spec: dict[str, Any] = Field(default_factory=dict)
+    #: The Arrow types of the passed-through columns (serialized schema), fixed by the first run.
+    column_types: str | None = None
 
 
 class ShardInput(Record):
-    """An input shard's fingerprint as a commit records it: where it was and what it looked like."""
+    """An input shard's fingerprint as a commit records it: where it was and what it looked like.
+
+    ``name`` (its path under its input location) identifies it; ``digest`` is a hash of its bytes
+    as read, which settles whether a file whose modification time changed still holds the same data.
+    """
 
     uri: str
     size: int
     mtime_ns: int | None = None
+    name: str = ""
+    digest: str | None = None
+
+
+class Unreadable(Record):
+    """An input file that could not be read: why, and how many rows it held where that can be told."""
+
+    uri: str
+    reason: str
+    rows: int | None = None
+    exact: bool = False
 
 
 class CommitRecord(Record):
@@ -75,6 +92,8 @@ class CommitRecord(Record):
     files: list[str] = Field(default_factory=list)
     error_files: list[str] = Field(default_factory=list)
     committed_at: float = 0.0
+    #: Set when the shard's file could not be read and was quarantined whole (errors.unreadable_files: quarantine).
+    unreadable: Unreadable | None = None
 
 
 class Agreement(Record):
@@ -106,6 +125,10 @@ class RunSummary(Record):
     tokens_per_s: float | None = None
     padding_efficiency: float | None = None
     agreement: Agreement | None = None
+    #: Input files that could not be read: quarantined whole, or (the default) failing the job.
+    unreadable_files: list[Unreadable] = Field(default_factory=list)
+    #: How many of those files hold a number of rows nobody can tell (they count as no rows above).
+    files_with_unknown_rows: int = 0
 
 
 def merge_counts(into: dict[str, int], more: dict[str, int]) -> dict[str, int]:

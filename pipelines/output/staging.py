@@ -1,7 +1,8 @@
 """Writing predicted blocks to staging files; runs in Ray tasks next to the data (no torch here).
 
 Each block is split by shard: good rows go to a staged Parquet data file, bad
-rows to a staged error file. What comes back to the driver is one small
+rows to a staged error file, under ``_staging/<shard>/`` (which readers skip);
+the commit merges a shard's staged files into the one file readers see. What comes back to the driver is one small
 :class:`StagingReport` per (block, shard), as an Arrow row with typed columns,
 so the driver can commit a shard once all of its rows are accounted for.
 """
@@ -18,12 +19,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.io.block import ERROR, PADDED, ROW, SHARD, SHARD_ROWS, TOKENS
+from pipelines.io.block import DIGEST, ERROR, PADDED, ROW, SHARD, SHARD_ROWS, TOKENS
 from pipelines.io.shards import resolve
 from pipelines.output import layout
 from pipelines.output.records import Confusion
 
 PREVIEW_CHARS = 120
+#: Staged files are read once more, by the commit that merges them: fast compression is enough.
+STAGED_COMPRESSION = "lz4"
 
 _COUNT = pa.struct([("key", pa.string()), ("n", pa.int64())])
 _CELL = pa.struct([("truth", pa.string()), ("predicted", pa.string()), ("n", pa.int64())])
@@ -41,6 +44,7 @@ REPORT_SCHEMA = pa.schema(
         ("confusion", pa.list_(_CELL)),
         ("reasons", pa.list_(_COUNT)),
         ("row_ranges", pa.list_(pa.int64())),
+        ("digest", pa.string()),
     ]
 )
 
@@ -60,6 +64,12 @@ class StagingReport:
     confusion: Confusion = field(default_factory=dict)
     reasons: dict[str, int] = field(default_factory=dict)
     row_ranges: list[tuple[int, int]] = field(default_factory=list)
+    digest: str = ""
+
+    @property
+    def unreadable(self) -> bool:
+        """The report stands for a file that could not be read (its one record has row -1)."""
+        return self.row_ranges == [(-1, 0)]
 
     def to_row(self) -> dict[str, Any]:
         return {
@@ -76,6 +86,7 @@ class StagingReport:
             ],
             "reasons": [{"key": k, "n": n} for k, n in self.reasons.items()],
             "row_ranges": [bound for pair in self.row_ranges for bound in pair],
+            "digest": self.digest,
         }
 
     @classmethod
@@ -96,6 +107,7 @@ class StagingReport:
             confusion=confusion,
             reasons={item["key"]: item["n"] for item in row["reasons"] or []},
             row_ranges=list(zip(flat[::2], flat[1::2])),
+            digest=row.get("digest") or "",
         )
 
     @staticmethod
@@ -116,8 +128,6 @@ class StagingConfig:
     text_column: str
     output_columns: tuple[str, ...]
     shard_uris: dict[str, str] = field(default_factory=dict)
-    compression: str = "zstd"
-    max_rows_per_file: int = 100_000
     truth_column: str | None = None
     predicted_column: str | None = None
 
@@ -141,15 +151,14 @@ def _stage_shard(part: pa.Table, shard: str, config: StagingConfig) -> StagingRe
     fs.create_dir(folder, recursive=True)
     name = uuid.uuid4().hex
     files = []
-    data = good.select(list(config.output_columns))
-    for k, start in enumerate(range(0, data.num_rows, config.max_rows_per_file)):
-        path = f"{folder}/{name}-{k}.parquet"
-        layout.write_parquet(fs, path, data.slice(start, config.max_rows_per_file), config.compression)
+    if good.num_rows:
+        path = f"{folder}/{name}-data.parquet"
+        layout.write_parquet(fs, path, good.select(list(config.output_columns)), STAGED_COMPRESSION)
         files.append(path)
     error_files = []
     if bad.num_rows:
         path = f"{folder}/{name}-errors.parquet"
-        layout.write_parquet(fs, path, error_records(bad, config), config.compression)
+        layout.write_parquet(fs, path, error_records(bad, config), STAGED_COMPRESSION)
         error_files.append(path)
     return StagingReport(
         shard=shard,
@@ -163,6 +172,7 @@ def _stage_shard(part: pa.Table, shard: str, config: StagingConfig) -> StagingRe
         confusion=confusion(good, config),
         reasons=reason_counts(bad),
         row_ranges=row_ranges(part.column(ROW).to_numpy()),
+        digest=str(part.column(DIGEST)[0].as_py() or "") if DIGEST in part.column_names else "",
     )
 
 

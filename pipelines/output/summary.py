@@ -57,6 +57,8 @@ def build(
         tokens_per_s=round(tokens_now / wall_s, 1) if wall_s > 0 else None,
         padding_efficiency=round(tokens_now / padded_now, 4) if padded_now else None,
         agreement=agreement(confusion),
+        unreadable_files=[r.unreadable for r in commits if r.unreadable is not None],
+        files_with_unknown_rows=sum(1 for r in commits if r.unreadable is not None and r.unreadable.rows is None),
     )
 
 
@@ -75,6 +77,9 @@ def render(summary: RunSummary) -> str:
     if summary.error_reasons:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary.error_reasons.items(), key=lambda kv: -kv[1]))
         lines.append(f"quarantined rows by reason: {reasons}")
+    for found in summary.unreadable_files:
+        rows = f"{found.rows:,} rows" if found.rows is not None else "rows unknown"
+        lines.append(f"unreadable input file: {found.uri} ({rows}): {found.reason}")
     if summary.agreement:
         lines.append(
             f"agreement with ground truth: {summary.agreement.accuracy:.1%} of {summary.agreement.rows:,} rows"

@@ -22,7 +22,6 @@ this module runs the plans: the runner, the ledger lines, the file moves.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
@@ -30,7 +29,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pyarrow.fs as pafs
 
@@ -39,10 +37,10 @@ from pipelines.io.shards import GLOB_CHARS, Shard, list_shards, resolve
 from pipelines.output import layout
 from pipelines.output.commit import OutputDir
 from pipelines.output.layout import COMMITS, JOB, LOCK, PARTITION, SUPERSEDED
+from pipelines.output.lock import JobLock, output_lock
 from pipelines.output.records import RunSummary
 from pipelines.schedule.ledger import History, Ledger, LedgerEntry, LedgerInput
 from pipelines.schedule.lineage import model_lineage
-from pipelines.schedule.lock import JobLock
 from pipelines.schedule.planner import PartitionState, Planner, Retirement, RunPlan
 from pipelines.schedule.ticks import Decision, decide, run_id
 from pipelines.spec import JobSpec
@@ -76,15 +74,8 @@ def partition_spec(spec: JobSpec, run: str) -> JobSpec:
 
 
 def job_lock(spec: JobSpec) -> JobLock:
-    """The lock file: in the output directory when it is local, else in a local lock folder."""
-    fs, root = resolve(spec.output.path)
-    what = f"job {spec.name or spec.output.path}"
-    if isinstance(fs, pafs.LocalFileSystem):
-        return JobLock(Path(root) / LOCK, what)
-    folder = Path(os.environ.get("PIPELINES_LOCK_DIR", Path.home() / ".cache" / "pipelines" / "locks"))
-    log.warning("output.path %s is not local: runs are kept apart only among schedulers on this machine "
-                "(lock in %s); run one scheduler per job", spec.output.path, folder)
-    return JobLock(folder / f"{hashlib.sha1(spec.output.path.encode()).hexdigest()[:16]}.lock", what)
+    """The scheduler's lock: in the output directory when it is local, else in a local lock folder."""
+    return output_lock(spec.output.path, LOCK, f"job {spec.name or spec.output.path}")
 
 
 def current_shards(spec: JobSpec) -> list[Shard]:

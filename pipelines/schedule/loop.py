@@ -9,8 +9,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from pipelines.errors import PipelineError
+from pipelines.output.lock import LockHeld
 from pipelines.schedule.executor import Runner, describe, run_due
-from pipelines.schedule.lock import LockHeld
 from pipelines.schedule.ticks import next_tick, run_id
 from pipelines.spec import JobSpec
 

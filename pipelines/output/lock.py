@@ -1,4 +1,8 @@
-"""One run at a time per job: an exclusive ``flock`` on a lock file that dies with its process.
+"""One run at a time per output: an exclusive ``flock`` on a lock file that dies with its process.
+
+``pipelines run`` locks ``<output.path>/_run.lock``, the scheduler ``<output.path>/_schedule.lock``;
+with output on an object store, the lock file lives in a local lock folder and keeps apart only
+the runs of one machine (:func:`output_lock`).
 
 The kernel drops an ``flock`` the moment the process holding it ends, however it
 ends (SIGKILL and OOM kills included), so a crashed run never leaves a lock that
@@ -12,6 +16,7 @@ the same file is refused even inside the process that holds the first.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -20,7 +25,10 @@ import time
 from pathlib import Path
 from typing import IO
 
+import pyarrow.fs as pafs
+
 from pipelines.errors import PipelineError
+from pipelines.io.shards import resolve
 
 log = logging.getLogger(__name__)
 
@@ -96,3 +104,16 @@ def _describe(holder: dict | None) -> str:
         return f"holder {holder}"
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("since", 0)))
     return f"pid {holder['pid']} on {holder.get('host', '?')} since {since}"
+
+
+def output_lock(location: str, name: str, what: str) -> JobLock:
+    """The lock of an output location: ``<location>/<name>`` when it is local, else a file in a local lock folder
+    (``$PIPELINES_LOCK_DIR``, default ``~/.cache/pipelines/locks``) named after the location."""
+    fs, root = resolve(location)
+    if isinstance(fs, pafs.LocalFileSystem):
+        return JobLock(Path(root) / name, what)
+    folder = Path(os.environ.get("PIPELINES_LOCK_DIR", Path.home() / ".cache" / "pipelines" / "locks"))
+    log.warning("output.path %s is not local: runs are kept apart only on this machine (lock in %s); "
+                "run one driver per output", location, folder)
+    digest = hashlib.sha1(f"{location}\0{name}".encode()).hexdigest()[:16]
+    return JobLock(folder / f"{digest}.lock", what)
