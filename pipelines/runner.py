@@ -179,12 +179,13 @@ def run_job(
     output.check_owner()
     pending = shards
     if not overwrite:  # a finished job is answered without the lock, and nothing is written
-        pending, committed = _pending(output, job, shards, given, prune=False, dry=True)
-        if not pending and output.finished():
+        pending, committed = _pending(output, job, shards, given, prune=prune, dry=True)
+        pruning = len(committed) < len(output.committed())
+        if not pending and output.finished() and not pruning:
             log.info("nothing to do: all %d shards of %s are committed", len(shards), spec.output.path)
             previous = output.summary() or summaries.build(job, list(committed.values()), [], 0.0, "succeeded")
             return previous.model_copy(update={"status": "up to date", "shards_this_run": 0})
-    if pending:
+    if pending or overwrite:
         from pipelines.cluster.connect import connect
 
         connect(address, spec)  # resource problems surface here, before anything is written
@@ -204,7 +205,7 @@ def _pending(
     keys = {s.key for s in shards}
     stale = [r for key, r in committed.items() if key not in keys]
     if stale and not given:
-        committed = _handle_stale(output, stale, committed, prune and not dry)
+        committed = _handle_stale(output, stale, committed, prune, dry)
     changed = changed_inputs(committed, shards, same_content)
     if changed:
         raise PipelineError(
@@ -265,9 +266,9 @@ def check_paths(spec: JobSpec) -> None:
 
 
 def _handle_stale(
-    output: OutputDir, stale: list[CommitRecord], committed: dict[str, CommitRecord], prune: bool
+    output: OutputDir, stale: list[CommitRecord], committed: dict[str, CommitRecord], prune: bool, dry: bool
 ) -> dict[str, CommitRecord]:
-    """Committed shards whose input is gone: refused, or (``prune``) their output deleted."""
+    """Committed shards whose input is gone: refused, or (``prune``) their output deleted (not when ``dry``)."""
     rows = sum(r.rows for r in stale)
     if not prune:
         first = stale[0].input
@@ -276,7 +277,7 @@ def _handle_stale(
             f"(e.g. {first.name or first.uri}; {rows:,} rows in all): their input was deleted or renamed, or "
             "input.paths points elsewhere; restore the input, or run again with --prune to delete their output"
         )
-    for record in stale:
+    for record in [] if dry else stale:
         log.warning("pruning %s (%d rows): its input is gone", record.input.name or record.input.uri, record.rows)
         output.forget(record)
     gone = {r.shard for r in stale}

@@ -1,0 +1,192 @@
+"""The README's promises against real faults and habits: every input row exactly once, atomic shards, safe
+resume, safe --overwrite, one run at a time, nothing silently lost."""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from helpers import ROOT, SENTENCES, write_jsonl, write_parquet
+from test_faults import cli, many_shards, output_ids, write_job
+
+from pipelines.errors import PipelineError
+from pipelines.runner import run_job
+from pipelines.spec import spec_from_dict
+
+
+def spec_of(job: Path, **changes):
+    raw = yaml.safe_load(job.read_text())
+    for section, values in changes.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    return spec_from_dict(raw)
+
+
+def corrupt_parquet(path: Path, rows: int) -> None:
+    """A Parquet file whose footer reads (it tells its row count) but whose data pages do not."""
+    table = pa.table({"id": [f"lost{i}" for i in range(rows)], "text": [f"sentence {i} of a lost file" for i in range(rows)]})
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="snappy")
+    data = bytearray(buffer.getvalue())
+    footer = int.from_bytes(data[-8:-4], "little") + 8  # the footer, its length and the magic bytes
+    start, end = 4, len(data) - footer
+    data[start:end] = b"\x55" * (end - start)  # every data page, not the footer
+    path.write_bytes(bytes(data))
+
+
+def test_an_unreadable_file_fails_the_job_and_its_rows_are_counted(tiny_models, tmp_path):
+    ids = many_shards(tmp_path / "in", shards=3)
+    corrupt_parquet(tmp_path / "in" / "lost.parquet", 1000)
+    job = write_job(tmp_path, tiny_models("classifier"), tmp_path / "in")
+    out = tmp_path / "out"
+    failed = cli("run", str(job))
+    assert failed.returncode == 2, failed.stderr[-2000:]
+    [line] = [line for line in failed.stderr.splitlines() if line.startswith("error:")]
+    assert "lost.parquet" in line and "1,000 rows" in line and "unreadable_files: quarantine" in line
+    assert not (out / "_SUCCESS").exists()
+    assert sorted(output_ids(out)) == sorted(ids)  # the readable shards are committed, and kept
+
+    done = cli("run", str(job), "--set", "errors.unreadable_files=quarantine", "--set", "errors.max_rate=1")
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((out / "_run.json").read_text())
+    assert summary["rows_in"] == len(ids) + 1000 and summary["errors"] == 1000
+    assert [(Path(u["uri"]).name, u["rows"]) for u in summary["unreadable_files"]] == [("lost.parquet", 1000)]
+    assert "unreadable input file" in done.stdout
+
+
+def test_a_resubmission_from_another_directory_resumes_without_duplicates(ray_session, tiny_models, tmp_path):
+    """`pipelines submit` runs the job in a new working directory each time: same shards, new paths and times."""
+    ids = many_shards(tmp_path / "first" / "data", shards=4)
+    spec = spec_of(write_job(tmp_path, tiny_models("classifier"), tmp_path / "first" / "data"))
+    run_job(spec, shards=None)
+    (tmp_path / "out" / "_SUCCESS").unlink()  # as if the job had been stopped before its end
+    moved = tmp_path / "second" / "data"
+    moved.mkdir(parents=True)
+    for path in sorted((tmp_path / "first" / "data").iterdir()):
+        shutil.copyfile(path, moved / path.name)  # new paths, new modification times, same bytes
+    again = run_job(spec.model_copy(update={"input": spec.input.model_copy(update={"paths": [str(moved)]})}))
+    assert again.shards_this_run == 0
+    got = output_ids(tmp_path / "out")
+    assert sorted(got) == sorted(ids) and len(got) == len(set(got))
+
+
+def test_overwrite_never_deletes_what_this_project_did_not_write(ray_session, tiny_models, tmp_path):
+    many_shards(tmp_path / "in", shards=2)
+    write_parquet(tmp_path / "in" / "part-4.parquet", [{"id": "p4", "text": "a parquet shard"}])
+    spec = spec_of(write_job(tmp_path, tiny_models("classifier"), tmp_path / "in"))
+    same = spec.model_copy(update={"output": spec.output.model_copy(update={"path": str(tmp_path / "in")})})
+    with pytest.raises(PipelineError, match="is, or holds, the input"):
+        run_job(same, overwrite=True)
+    assert (tmp_path / "in" / "part-4.parquet").exists()
+
+    run_job(spec)
+    foreign = tmp_path / "out" / "part-notes-00000.parquet"  # named like ours, written by someone else
+    write_parquet(foreign, [{"x": 1}])
+    run_job(spec, overwrite=True)
+    assert foreign.exists()
+
+
+def test_an_output_inside_the_input_folder_is_not_read_as_input(ray_session, tiny_models, tmp_path):
+    ids = many_shards(tmp_path / "in", shards=2)
+    spec = spec_of(write_job(tmp_path, tiny_models("classifier"), tmp_path / "in"),
+                   output={"path": str(tmp_path / "in" / "scored")})
+    run_job(spec)
+    again = run_job(spec)
+    assert again.status == "up to date"
+    assert sorted(output_ids(tmp_path / "in" / "scored")) == sorted(ids)
+
+
+def test_a_second_run_on_the_same_output_is_refused(tiny_models, tmp_path):
+    many_shards(tmp_path / "in", shards=1)
+    job = write_job(tmp_path, tiny_models("classifier"), tmp_path / "in")
+    (tmp_path / "out").mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+         "print('held', flush=True); sys.stdin.read()", str(tmp_path / "out" / "_run.lock")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        busy = cli("run", str(job))
+        assert busy.returncode == 75, busy.stderr[-2000:]
+        assert "another run" in busy.stderr
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["_run.lock"]
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert cli("run", str(job)).returncode == 0
+
+
+def test_output_of_deleted_input_is_reported_and_pruned_on_request(tiny_models, tmp_path):
+    ids = many_shards(tmp_path / "in", shards=3)
+    job = write_job(tmp_path, tiny_models("classifier"), tmp_path / "in")
+    assert cli("run", str(job)).returncode == 0
+    (tmp_path / "in" / "part-1.jsonl").unlink()
+    refused = cli("run", str(job))
+    assert refused.returncode == 2
+    assert "1 committed shard(s) that are not in the input" in refused.stderr and "--prune" in refused.stderr
+    pruned = cli("run", str(job), "--prune")
+    assert pruned.returncode == 0, pruned.stderr[-2000:]
+    kept = [i for i in ids if not i.startswith("s1-")]
+    assert sorted(output_ids(tmp_path / "out")) == sorted(kept)
+    assert json.loads((tmp_path / "out" / "_run.json").read_text())["rows_in"] == len(kept)
+
+
+def test_kept_columns_take_their_types_from_every_shard(ray_session, tiny_models, tmp_path):
+    """A kept column missing from the first shard, and then an unreadable shard, don't break the job."""
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": "a", "text": SENTENCES[0]}])
+    write_jsonl(tmp_path / "in" / "b.jsonl", [{"id": "b", "text": SENTENCES[1], "score": 7}])
+    spec = spec_of(write_job(tmp_path, tiny_models("classifier"), tmp_path / "in"),
+                   input={"columns_to_keep": ["score"]}, output={"prediction_prefix": "p_"})
+    run_job(spec)
+    table = pq.read_table(tmp_path / "out")
+    assert table.schema.field("score").type == pa.int64()
+    assert dict(zip(table.column("id").to_pylist(), table.column("score").to_pylist())) == {"a": None, "b": 7}
+
+    corrupt_parquet(tmp_path / "in" / "c.parquet", 50)
+    spec.errors.unreadable_files = "quarantine"
+    spec.errors.max_rate = 1.0
+    summary = run_job(spec, overwrite=True)
+    assert pq.read_table(tmp_path / "out").schema.field("score").type == pa.int64()
+    assert summary.rows_in == 52 and summary.errors == 50
+
+
+def test_text_and_ids_are_read_as_written(ray_session, tiny_models, tmp_path):
+    write_jsonl(tmp_path / "in" / "dates.jsonl", [
+        {"id": "2024-01-02", "text": "2024-01-02 10:00"},
+        {"id": "2024-01-03", "text": "2024-01-03"},
+    ])
+    spec = spec_of(write_job(tmp_path, tiny_models("classifier"), tmp_path / "in"))
+    summary = run_job(spec)
+    assert summary.errors == 0
+    assert sorted(output_ids(tmp_path / "out")) == ["2024-01-02", "2024-01-03"]
+
+
+def test_a_reader_sees_whole_shards_only_while_a_commit_is_cut_short(tiny_models, tmp_path):
+    """Each shard is several staged blocks; killed between its commit record and its rename, and killed
+    mid-run, a reader sees only shards that are committed, each whole."""
+    ids = many_shards(tmp_path / "in", shards=3, rows=20)
+    job = write_job(tmp_path, tiny_models("classifier"), tmp_path / "in", batching={"batch_size": 4})
+    out = tmp_path / "out"
+    crashed = cli("run", str(job), env={"PIPELINES_CRASH_AT": "mid_commit:2"})
+    assert crashed.returncode == -9, crashed.stderr[-2000:]
+    records = [json.loads(p.read_text()) for p in (out / "_commits").glob("*.json")]
+    committed = {Path(r["input"]["uri"]).name for r in records}
+    visible = set(output_ids(out))
+    by_shard = {f"part-{k}.jsonl": set(ids[k * 20 : (k + 1) * 20]) for k in range(3)}
+    for name, shard_ids in by_shard.items():
+        assert not (shard_ids & visible) or (shard_ids <= visible and name in committed), name
+    assert [p.name for p in out.glob("*.parquet")] != [] and len(list(out.glob("*.parquet"))) == 1
+    finished = cli("run", str(job))
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    got = output_ids(out)
+    assert sorted(got) == sorted(ids) and len(got) == len(set(got))
+    assert len(list(out.glob("*.parquet"))) == 3  # one file per shard
