@@ -173,10 +173,15 @@ class JobSpec(Strict):
         return [*dict.fromkeys(first), *self.prediction_columns()]
 
     def fingerprint(self) -> str:
-        """A hash of every setting that changes results (not compute or batching sizes)."""
+        """A hash of every setting that changes results: what is read, the model, the task, ``max_length``,
+        the seed and the row policies ``errors.too_long`` / ``duplicate_ids``. Not where or how fast results
+        are computed (batching sizes, compute, ``model.device``, ``model.cache_dir``), nor the error budget."""
         relevant = self.model_dump(mode="json", include={"input", "model", "task", "seed"})
         relevant["max_length"] = self.batching.max_length
+        relevant["errors"] = self.errors.model_dump(mode="json", include={"too_long", "duplicate_ids"})
         relevant["input"].pop("paths")
+        for where in ("device", "cache_dir"):
+            relevant["model"].pop(where)
         blob = json.dumps(relevant, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

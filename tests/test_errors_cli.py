@@ -48,3 +48,26 @@ def test_a_spec_file_that_is_not_yaml_is_one_line(tmp_path):
     done = cli("validate", str(spec))
     one_line_error(done, "not valid YAML", "line 1")
     assert done.stderr.strip().count("\n") == 0
+
+
+def test_an_output_started_on_cpu_resumes_with_device_auto_but_not_with_another_row_policy(tiny_models, tmp_path):
+    """The spec hash: `--set model.device=auto` (the README's submit example) resumes a local output;
+    `errors.too_long: error` would change which rows are written, so it is refused."""
+    from test_faults import cli as run_cli
+    from test_faults import commits, many_shards, output_ids, write_job
+
+    ids = many_shards(tmp_path / "in", shards=2)
+    job = write_job(tmp_path, tiny_models("classifier"), tmp_path / "in", model={"device": "cpu"})
+    out = tmp_path / "out"
+    crashed = run_cli("run", str(job), env={"PIPELINES_CRASH_AT": "after_commit:1"})
+    assert crashed.returncode == -9 and commits(out) == 1, crashed.stderr[-2000:]
+
+    refused = run_cli("run", str(job), "--set", "errors.too_long=error")
+    one_line_error(refused, "different job spec")
+    assert commits(out) == 1
+
+    resumed = run_cli("run", str(job), "--set", "model.device=auto", "--set", f"model.cache_dir={tmp_path / 'cache'}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "2 shards, 1 this run" in resumed.stdout
+    got = output_ids(out)
+    assert sorted(got) == sorted(ids) and len(got) == len(set(got))
