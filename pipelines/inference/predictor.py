@@ -189,11 +189,17 @@ class Predictor:
         return table.append_column(PADDED, pa.array(spent))
 
 
+#: How torch's allocators word running out: CUDA's "CUDA out of memory", the CPU allocator's
+#: "DefaultCPUAllocator: can't allocate memory ... (Cannot allocate memory)".
+OUT_OF_MEMORY_WORDS = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    """CUDA's OOM, the CPU allocator's MemoryError, or a RuntimeError that says so."""
-    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
+    """torch.OutOfMemoryError (CUDA's, among others), Python's MemoryError, or a RuntimeError that says so
+    (the CPU allocator raises a plain RuntimeError)."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(words in str(exc).lower() for words in OUT_OF_MEMORY_WORDS)
 
 
 def _short(exc: BaseException) -> str:
