@@ -167,3 +167,15 @@ def test_the_model_check_is_light():
         "check_model_files(spec, resolve_name(spec))\n"
     )
     assert imported_heavy(code) == []
+
+
+def test_a_local_ray_that_cannot_start_is_one_line_with_what_to_try(tmp_path):
+    """RAY_TMPDIR naming a file: ray.init fails at once, as it does when the node times out during startup."""
+    from test_faults import cli as run_cli
+
+    not_a_dir = tmp_path / "ray-tmp"
+    not_a_dir.write_text("")
+    out = tmp_path / "out"
+    done = run_cli("run", str(MAIN_JOB), "--set", f"output.path={out}", env={"RAY_TMPDIR": str(not_a_dir)})
+    one_line_error(done, "Cannot start a local Ray", "Not a directory", str(not_a_dir), "--address")
+    assert not out.exists()
