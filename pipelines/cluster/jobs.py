@@ -14,7 +14,9 @@ turns both into :class:`ray.exceptions.AuthenticationError`. The client only
 attaches a token by itself when ``RAY_AUTH_MODE=token`` is set in *this*
 process, so this module finds the token itself (:func:`pipelines.cluster.auth.find_token`)
 and always sends it as ``Authorization: Bearer``. A cluster without token auth
-ignores the header.
+ignores the header. The header is readable by anyone on the way over plain http,
+so :func:`check_transport` refuses http to any host but this one unless the user
+passes ``--insecure`` (https, and an SSH tunnel to 127.0.0.1, need nothing).
 
 Every failure leaves this module as :class:`~pipelines.errors.PipelineError`
 with a one-line message that says what to do.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import shlex
@@ -106,6 +109,7 @@ def submit(
     project_root: Path,
     extra_args: Sequence[str] = (),
     env_vars: Mapping[str, str] | None = None,
+    insecure: bool = False,
 ) -> str:
     """Submit ``python -m pipelines run JOB [--set k=v ...]`` to the cluster.
 
@@ -113,6 +117,7 @@ def submit(
     :data:`DEFAULT_EXCLUDES` and .gitignored files), so this package and the
     job spec travel with the job; ``job_path`` must lie inside it.
     ``env_vars`` are added to :data:`DEFAULT_ENV_VARS` for the job's processes.
+    ``insecure`` allows sending the token over plain http to another machine (see :func:`check_transport`).
 
     Returns the job id. With ``wait``, writes the job's logs to stdout as they
     come and returns only when the job succeeded; raises PipelineError if it
@@ -122,7 +127,7 @@ def submit(
     job_rel = job_path_in_project(Path(job_path), root)
     entrypoint = build_entrypoint(job_rel, overrides, extra_args)
     runtime_env = build_runtime_env(root, env_vars)
-    client, url = _connect(address)
+    client, url = _connect(address, insecure)
     with _errors_as_pipeline_errors(url, client.token):
         try:
             job_id = client.jobs.submit_job(
@@ -141,36 +146,36 @@ def submit(
     return job_id
 
 
-def wait(job_id: str, address: str) -> JobReport:
+def wait(job_id: str, address: str, insecure: bool = False) -> JobReport:
     """Write the job's logs to stdout as they come until it ends; return its final report."""
-    client, url = _connect(address)
+    client, url = _connect(address, insecure)
     with _errors_as_pipeline_errors(url, client.token, job_id):
         follow_logs(client, job_id)
         return _final_report(client, job_id)
 
 
-def status(job_id: str, address: str) -> JobReport:
+def status(job_id: str, address: str, insecure: bool = False) -> JobReport:
     """Return the job's current status and the cluster's message about it."""
-    client, url = _connect(address)
+    client, url = _connect(address, insecure)
     with _errors_as_pipeline_errors(url, client.token, job_id):
         return _report(client, job_id)
 
 
-def logs(job_id: str, address: str, follow: bool = False) -> str:
+def logs(job_id: str, address: str, follow: bool = False, insecure: bool = False) -> str:
     """Return the job's logs so far.
 
     With ``follow``, also writes them to stdout as they come, until the job ends.
     """
-    client, url = _connect(address)
+    client, url = _connect(address, insecure)
     with _errors_as_pipeline_errors(url, client.token, job_id):
         if follow:
             return follow_logs(client, job_id)
         return client.jobs.get_job_logs(job_id)
 
 
-def stop(job_id: str, address: str) -> bool:
+def stop(job_id: str, address: str, insecure: bool = False) -> bool:
     """Ask the cluster to stop the job; True if it was still running."""
-    client, url = _connect(address)
+    client, url = _connect(address, insecure)
     with _errors_as_pipeline_errors(url, client.token, job_id):
         stopped = client.jobs.stop_job(job_id)
     logger.info("Stop requested for job %s (was running: %s)", job_id, stopped)
@@ -300,6 +305,33 @@ def dashboard_url(address: str) -> str:
     return address
 
 
+def check_transport(url: str, token: AuthToken | None, insecure: bool = False) -> None:
+    """Refuse to send the token in clear text to another machine: over plain http to a host that is not
+    this one (a literal loopback name or address), unless the user said ``--insecure``.
+
+    Whoever reads the token on the way can submit jobs, which run any code on the cluster.
+    """
+    parts = urlsplit(url)
+    if token is None or insecure or parts.scheme == "https" or is_loopback(parts.hostname or ""):
+        return
+    raise PipelineError(
+        f"Refusing to send the Ray auth token (from {token.source}) to {url} over plain http: anyone on the "
+        "network path could read it and run code on the cluster. Use an https:// address, or an SSH tunnel "
+        "(`ray dashboard cluster.yaml`, then --address http://127.0.0.1:8265), or pass --insecure on a "
+        "network you trust."
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine without asking DNS: localhost, 127.0.0.0/8, ::1."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _check_reachable(url: str) -> None:
     """Fail fast, with a clear message, if nothing listens at the URL's port."""
     parts = urlsplit(url)
@@ -319,13 +351,14 @@ def _unreachable_message(url: str, reason: object) -> str:
     )
 
 
-def _connect(address: str) -> tuple[_Client, str]:
+def _connect(address: str, insecure: bool = False) -> tuple[_Client, str]:
     """Return a connected client (token attached if one exists) and its URL."""
     from ray.job_submission import JobSubmissionClient
 
     url = dashboard_url(address)
-    _check_reachable(url)
     token = find_token()
+    check_transport(url, token, insecure)  # before any connection is made
+    _check_reachable(url)
     headers = {"Authorization": f"Bearer {token.value}"} if token else None
     with _errors_as_pipeline_errors(url, token):
         try:
