@@ -67,6 +67,11 @@ DEFAULT_EXCLUDES: tuple[str, ...] = (
 DEFAULT_ENV_VARS: Mapping[str, str] = {"PYTHONUNBUFFERED": "1"}
 
 _TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
+#: What Ray's job server answers (HTTP 500) while no node's job agent has registered yet, e.g. for a few
+#: seconds after `ray start --head`: a transient state, so a submission is retried for a while.
+AGENT_NOT_READY = "No available agent to submit job"
+SUBMIT_RETRY_S = 60.0
+SUBMIT_RETRY_EVERY_S = 2.0
 _CONNECT_TIMEOUT_S = 5.0
 _POLL_INTERVAL_S = 1.0
 _FINAL_STATUS_TIMEOUT_S = 30.0
@@ -110,6 +115,8 @@ def submit(
     extra_args: Sequence[str] = (),
     env_vars: Mapping[str, str] | None = None,
     insecure: bool = False,
+    retry_for_s: float = SUBMIT_RETRY_S,
+    retry_every_s: float = SUBMIT_RETRY_EVERY_S,
 ) -> str:
     """Submit ``python -m pipelines run JOB [--set k=v ...]`` to the cluster.
 
@@ -118,6 +125,8 @@ def submit(
     job spec travel with the job; ``job_path`` must lie inside it.
     ``env_vars`` are added to :data:`DEFAULT_ENV_VARS` for the job's processes.
     ``insecure`` allows sending the token over plain http to another machine (see :func:`check_transport`).
+    A job server with no job agent ready yet (:data:`AGENT_NOT_READY`) is asked again every
+    ``retry_every_s`` for up to ``retry_for_s`` seconds.
 
     Returns the job id. With ``wait``, writes the job's logs to stdout as they
     come and returns only when the job succeeded; raises PipelineError if it
@@ -130,10 +139,12 @@ def submit(
     client, url = _connect(address, insecure)
     with _errors_as_pipeline_errors(url, client.token):
         try:
-            job_id = client.jobs.submit_job(
-                entrypoint=entrypoint,
-                runtime_env=runtime_env,
-                metadata={"pipelines_job": job_rel},
+            job_id = _submit_when_ready(
+                client,
+                url,
+                {"entrypoint": entrypoint, "runtime_env": runtime_env, "metadata": {"pipelines_job": job_rel}},
+                retry_for_s,
+                retry_every_s,
             )
         except ValueError as exc:  # mostly: the packaged working_dir is too large
             raise PipelineError(
@@ -144,6 +155,33 @@ def submit(
     if wait:
         _wait_for_success(client, url, job_id)
     return job_id
+
+
+def _submit_when_ready(client: _Client, url: str, request: dict, retry_for_s: float, retry_every_s: float) -> str:
+    """``submit_job``, asked again while the job server says it has no job agent ready (one log line says so)."""
+    deadline = time.monotonic() + retry_for_s
+    waiting = False
+    while True:
+        try:
+            return client.jobs.submit_job(**request)
+        except RuntimeError as exc:
+            if AGENT_NOT_READY not in str(exc):
+                raise
+            if time.monotonic() >= deadline:
+                raise PipelineError(
+                    f"The Ray job server at {url} still had no job agent ready after {retry_for_s:.0f} s "
+                    f'("{AGENT_NOT_READY}"); check the head with `ray status` (its Ray may still be starting or '
+                    "be overloaded) and submit again"
+                ) from None
+            if not waiting:
+                logger.warning(
+                    "The Ray job server at %s has no job agent ready yet (a head that just started); "
+                    "asking again for up to %.0f s",
+                    url,
+                    retry_for_s,
+                )
+                waiting = True
+            time.sleep(retry_every_s)
 
 
 def wait(job_id: str, address: str, insecure: bool = False) -> JobReport:
