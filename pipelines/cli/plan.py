@@ -23,6 +23,9 @@ def register(commands, job_command) -> None:
     plan.add_argument("--cluster", type=Path, default=None, metavar="CLUSTER.yaml",
                       help="Ray cluster launcher config whose GPU node types to size (default: ./cluster.yaml "
                            "if present)")
+    plan.add_argument("--cpus", type=int, default=None, metavar="N",
+                      help="CPUs of the Ray cluster the job will run on: Ray Data cuts the input into more blocks "
+                           "the more CPUs it has, which changes the batches (default: this machine's, as a local run)")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.set_defaults(handler=_plan)
 
@@ -36,8 +39,10 @@ def _plan(args: argparse.Namespace) -> int:
     sample = DEFAULT_SAMPLE if args.sample is None else args.sample
     if sample < 1:
         raise PipelineError(f"--sample {sample}: give at least 1 row")
+    if args.cpus is not None and args.cpus < 1:
+        raise PipelineError(f"--cpus {args.cpus}: give at least 1")
     cluster = args.cluster or (DEFAULT_CLUSTER if DEFAULT_CLUSTER.exists() else None)
     spec = load_spec(args.job, args.overrides)
-    plan = build_plan(spec, str(args.job), sample=sample, measure=args.measure, cluster=cluster)
+    plan = build_plan(spec, str(args.job), sample=sample, measure=args.measure, cluster=cluster, cpus=args.cpus)
     print(json.dumps(plan.to_json(), indent=1) if args.json else render(plan))
     return 0

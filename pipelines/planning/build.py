@@ -12,8 +12,8 @@ import logging
 from pathlib import Path
 
 from pipelines.io.shards import list_shards
-from pipelines.planning.hardware import Cluster, read_cluster
-from pipelines.planning.inputs import COUNT_LIMIT, actor_batches, pick_batches, read_batches, survey
+from pipelines.planning.hardware import Cluster, read_cluster, this_machine_cpus
+from pipelines.planning.inputs import COUNT_LIMIT, actor_batches, pick_batches, read_batches, read_blocks, survey
 from pipelines.planning.records import InputPlan, ModelPlan, Plan, TokenPlan
 from pipelines.runner import columns_of
 from pipelines.spec import JobSpec
@@ -30,15 +30,21 @@ def build_plan(
     sample: int = DEFAULT_SAMPLE,
     measure: bool = False,
     cluster: str | Path | None = None,
+    cpus: int | None = None,
     count_limit: int = COUNT_LIMIT,
 ) -> Plan:
-    """Plan ``spec`` (read from ``job``) on a sample of at least ``sample`` rows; see the module's docstring."""
+    """Plan ``spec`` (read from ``job``) on a sample of at least ``sample`` rows; see the module's docstring.
+
+    ``cpus``: the CPUs of the Ray cluster the job runs on (default: this machine's, as a local run has);
+    Ray Data cuts the input into more blocks the more CPUs it has, which changes the batches.
+    """
     from pipelines.planning.memory import model_plan
     from pipelines.planning.tokens import load_task, token_plan
 
     shards = list_shards(spec.input.paths, spec.input.format)
     inputs = survey(shards, count_limit)
-    batches = list(actor_batches([c.rows for c in inputs.shards], spec.batching.batch_size))
+    blocks = read_blocks([c.rows for c in inputs.shards], [c.bytes for c in inputs.shards], cpus or this_machine_cpus())
+    batches = list(actor_batches(blocks, spec.batching.batch_size))
     picked = pick_batches(batches, sample, spec.batching.batch_size)
     covers = len(picked) == len(batches) and inputs.rows_exact
     tables = read_batches(shards, columns_of(spec, shards), picked)

@@ -99,21 +99,61 @@ class Segment:
     stop: int
 
 
-def actor_batches(rows: list[int], batch_size: int) -> Iterator[list[Segment]]:
-    """The batches of ``batch_size`` rows the predictor is called with, as Ray Data forms them.
+# Ray Data's defaults (DataContext) that decide how a read is cut into blocks.
+READ_MIN_BLOCKS = 200
+MIN_BLOCK_BYTES = 1 << 20
+MAX_BLOCK_BYTES = 128 << 20
 
-    Each shard is one block (the read task's blocks are merged up to Ray's 128 MiB target); Ray
-    bundles whole blocks until they hold ``batch_size`` rows and cuts each bundle into batches of
-    ``batch_size``, the last one shorter. Ray takes blocks in the order read tasks finish; this
-    takes them in shard order, so a run's batches may pair other shards.
+
+def split_factor(shard_bytes: list[int], cpus: int) -> int:
+    """Into how many blocks Ray Data splits each read task's output (one read task per shard).
+
+    As Ray 2.60 decides it: a target parallelism of max(min(200, bytes / 1 MiB), bytes / 128 MiB,
+    2 × CPUs); with fewer (size-shaped) blocks than that, every block is split into k.
+    """
+    total = sum(shard_bytes)
+    tasks = max(1, len(shard_bytes))
+    reasonable = max(1, total // MIN_BLOCK_BYTES)
+    safe = max(1, total // MAX_BLOCK_BYTES)
+    parallelism = max(min(READ_MIN_BLOCKS, reasonable), safe, 2 * cpus)
+    blocks = tasks * round(max(1, total / tasks / MAX_BLOCK_BYTES))
+    return math.ceil(parallelism / blocks) if blocks < parallelism else 1
+
+
+def read_blocks(rows: list[int], shard_bytes: list[int], cpus: int) -> Iterator[Segment]:
+    """The blocks the read tasks yield, in shard order: each shard's rows shaped to blocks of at most 128 MiB
+    (by its size on disk), each block split into ``split_factor`` nearly equal parts."""
+    k = split_factor(shard_bytes, cpus)
+    for index, (count, size) in enumerate(zip(rows, shard_bytes)):
+        shaped = max(1, round(size / MAX_BLOCK_BYTES))
+        for block in _splitrange(Segment(index, 0, count), shaped):
+            yield from _splitrange(block, k)
+
+
+def _splitrange(segment: Segment, parts: int) -> Iterator[Segment]:
+    """``np.array_split`` of the segment's rows into ``parts`` (the first ones one row longer); no empty parts."""
+    n = segment.stop - segment.start
+    base, extra = divmod(n, parts)
+    start = segment.start
+    for i in range(parts):
+        size = base + (1 if i < extra else 0)
+        if size > 0:
+            yield Segment(segment.shard, start, start + size)
+            start += size
+
+
+def actor_batches(blocks: Iterator[Segment], batch_size: int) -> Iterator[list[Segment]]:
+    """The batches of ``batch_size`` rows the predictor is called with, as Ray Data forms them from ``blocks``.
+
+    Ray bundles whole blocks until they hold ``batch_size`` rows and cuts each bundle into batches of
+    ``batch_size``, the last one shorter. Ray takes blocks in the order the read tasks yield them; this
+    takes them in shard order, so a run's batches may pair other blocks.
     """
     pending: list[Segment] = []
     held = 0
-    for index, count in enumerate(rows):
-        if count <= 0:
-            continue
-        pending.append(Segment(index, 0, count))
-        held += count
+    for block in blocks:
+        pending.append(block)
+        held += block.stop - block.start
         if held >= batch_size:
             yield from _cut(pending, batch_size)
             pending, held = [], 0
