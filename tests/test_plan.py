@@ -143,18 +143,26 @@ def test_plan_cli_on_the_news_shards_matches_the_run(ray_session, tiny_models, t
     assert "600 rows (exact)" in text and "MEASURED here" in text and "gpu_a10g (A10G)" in text
 
 
-@pytest.mark.parametrize("quantization", ["none", "int8", "nf4"])
-def test_weight_bytes_match_the_loaded_model(tiny_models, quantization):
+@pytest.mark.parametrize(
+    ("kind", "model_class", "quantization"),
+    [
+        ("encoder", "AutoModel", "none"),
+        ("encoder", "AutoModel", "int8"),
+        ("encoder", "AutoModel", "nf4"),
+        ("gpt2", "AutoModelForCausalLM", "int8"),  # tied embeddings, Conv1D layers
+    ],
+)
+def test_weight_bytes_match_the_loaded_model(tiny_models, kind, model_class, quantization):
     """The count on an empty model equals what from_pretrained allocates, quantization scales included."""
     import bitsandbytes as bnb
 
     from pipelines.inference.loading import load_config, load_model
     from pipelines.planning.memory import count_weights
 
-    spec = make_spec(tiny_models("encoder"), {"type": "feature-extraction"})
+    spec = make_spec(tiny_models(kind), {"type": "feature-extraction"})
     spec.model.quantization = quantization
     config = load_config(spec.model)
-    model = load_model(spec.model, "AutoModel", config, 128, "right").model
+    model = load_model(spec.model, model_class, config, 128, "right").model
     scales = 0
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear8bitLt):
@@ -162,5 +170,5 @@ def test_weight_bytes_match_the_loaded_model(tiny_models, quantization):
         elif isinstance(module, bnb.nn.Linear4bit):
             scales += module.weight.quant_state.absmax.numel() * 4
     assert (scales > 0) == (quantization != "none")
-    counted = count_weights(config, "AutoModel", quantization)
+    counted = count_weights(config, model_class, quantization)
     assert counted.weight_bytes("float32", quantization) == model.get_memory_footprint() + scales

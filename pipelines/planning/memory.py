@@ -70,6 +70,7 @@ def count_weights(config: Any, model_class: str, quantization: str, trust_remote
 
     with init_empty_weights():
         model = getattr(transformers, model_class).from_config(config, trust_remote_code=trust_remote_code)
+    model.tie_weights()  # from_pretrained ties shared embeddings; from_config leaves them apart
     fp32_modules = list(getattr(model, "_keep_in_fp32_modules", None) or [])
     skip = HfQuantizer.get_modules_to_not_convert(model, None, fp32_modules) if quantization != "none" else []
     parameters = quantized = rows = kept = 0
