@@ -41,6 +41,8 @@ def build_plan(
     from pipelines.planning.memory import model_plan
     from pipelines.planning.tokens import load_task, token_plan
 
+    nodes = read_cluster(cluster) if cluster else None
+    context = load_task(spec)  # a model without a config stops the plan before the input is read
     shards = list_shards(spec.input.paths, spec.input.format)
     inputs = survey(shards, count_limit)
     blocks = read_blocks([c.rows for c in inputs.shards], [c.bytes for c in inputs.shards], cpus or this_machine_cpus())
@@ -48,9 +50,7 @@ def build_plan(
     picked = pick_batches(batches, sample, spec.batching.batch_size)
     covers = len(picked) == len(batches) and inputs.rows_exact
     tables = read_batches(shards, columns_of(spec, shards), picked)
-    context = load_task(spec)
     tokens = token_plan(context, spec, tables, inputs.rows, covers)
-    nodes = read_cluster(cluster) if cluster else None
     model = model_plan(spec, context, nodes)
     plan = Plan(
         job=job, name=spec.name, spec_hash=spec.fingerprint(), task=spec.task.type,

@@ -94,4 +94,8 @@ def this_machine_memory() -> int:
 
 
 def this_machine_cpus() -> int:
-    return os.cpu_count() or 1
+    """The CPUs this process may use (a container's share where the OS says so), as a local Ray counts them."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

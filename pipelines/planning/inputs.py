@@ -16,6 +16,7 @@ import math
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -57,21 +58,34 @@ def _parquet_rows(shard: Shard) -> int:
 
 def _jsonl_rows(shard: Shard, count_limit: int) -> tuple[int, bool]:
     """(non-blank lines, exact); past ``count_limit`` bytes, lines so far scaled to the file's size."""
-    with shard.filesystem().open_input_stream(shard.path, compression=None) as raw:
-        stream = gzip.GzipFile(fileobj=raw) if shard.compressed else raw
+    with shard.filesystem().open_input_stream(shard.path, compression=None) as source:
+        raw = _Counting(source)
+        stream: Any = gzip.GzipFile(fileobj=raw, mode="rb") if shard.compressed else raw  # type: ignore[call-overload]
         rows, read, carry = 0, 0, b""
-        while True:
-            chunk = stream.read(CHUNK)
-            if not chunk:
-                break
+        chunk = stream.read(min(CHUNK, count_limit))
+        while chunk:
             read += len(chunk)
             lines = (carry + chunk).split(b"\n")
             carry = lines.pop()
             rows += sum(1 for line in lines if line.strip())
-            if read >= count_limit:
-                consumed = raw.tell() if shard.compressed else read
+            consumed = raw.consumed  # file bytes behind ``rows`` (compressed ones, for gzip)
+            chunk = stream.read(min(CHUNK, count_limit))
+            if read >= count_limit and chunk:
                 return round(rows * shard.size / max(consumed, 1)), False
         return rows + (1 if carry.strip() else 0), True
+
+
+class _Counting:
+    """A stream that counts the bytes read from it (compressed bytes, under a gzip reader)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.consumed = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.consumed += len(data)
+        return data
 
 
 def survey(shards: list[Shard], count_limit: int = COUNT_LIMIT) -> InputPlan:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 
 from pipelines.planning.memory import CUDA_CONTEXT, PROCESS_OVERHEAD
 from pipelines.planning.records import Estimate, Fit, Plan, TokenPlan
@@ -37,7 +38,10 @@ def count(value: int | None) -> str:
     return "-" if value is None else f"{value:,}"
 
 
-def table(headers: list[str], rows: list[list[str]], right: set[int] = frozenset()) -> list[str]:  # type: ignore[assignment]
+SHARDS_SHOWN = 20
+
+
+def table(headers: list[str], rows: list[list[str]], right: Collection[int] = ()) -> list[str]:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
 
     def line(cells: list[str]) -> str:
@@ -69,9 +73,12 @@ def _input(plan: Plan) -> list[str]:
     head = f"INPUT  {len(data.shards)} shard(s) ({kinds}), {size(data.bytes)}, {data.rows:,} rows ({exact})"
     rows = [
         [shown(c.uri), c.format + (".gz" if c.compressed else ""), f"{c.bytes:,}", f"{c.rows:,}", COUNTED_BY[c.count]]
-        for c in data.shards
+        for c in data.shards[:SHARDS_SHOWN]
     ]
-    return [head, *table(["SHARD", "FORMAT", "BYTES", "ROWS", "ROWS FROM"], rows, right={2, 3})]
+    lines = [head, *table(["SHARD", "FORMAT", "BYTES", "ROWS", "ROWS FROM"], rows, right={2, 3})]
+    if len(data.shards) > SHARDS_SHOWN:
+        lines.append(f"  … and {len(data.shards) - SHARDS_SHOWN:,} more (--json lists every shard)")
+    return lines
 
 
 def _tokens(tokens: TokenPlan) -> list[str]:

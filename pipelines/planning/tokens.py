@@ -77,6 +77,8 @@ def tokenize_batch(context: TaskContext, spec: JobSpec, batch: pa.Table) -> Batc
     # As the predictor flags them: rows the task refused, then (errors.too_long: error) rows cut at max_length.
     reasons += list(features.errors.values())
     truncated = None if features.truncated is None else np.asarray(features.truncated, dtype=bool)
+    if not len(features):
+        truncated = np.zeros(0, dtype=bool)  # nothing encoded: nothing cut
     if truncated is not None and spec.errors.too_long == "error":
         refused = set(features.errors)
         reasons += ["text longer than max_length" for i in np.flatnonzero(truncated) if int(i) not in refused]
