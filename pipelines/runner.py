@@ -87,12 +87,15 @@ def staging_config(spec: JobSpec, shards: list[Shard]) -> StagingConfig:
 
 
 def preflight(spec: JobSpec) -> None:
-    """Problems that can be seen before any work starts: the model must at least have a config."""
+    """Problems that can be seen before any work starts: the model must have its config, weights and tokenizer."""
     from pipelines.inference.aliases import resolve_name
+    from pipelines.inference.checks import check_model_files
     from pipelines.inference.loading import load_config
 
+    resolved = resolve_name(spec.model)
+    check_model_files(spec.model, resolved)
     load_config(spec.model)
-    log.info("model %s resolved to %s", spec.model.name, resolve_name(spec.model))
+    log.info("model %s resolved to %s", spec.model.name, resolved)
 
 
 def build_dataset(spec: JobSpec, shards: list[Shard], columns: Columns):

@@ -187,10 +187,15 @@ class JobSpec(Strict):
         return [*dict.fromkeys(first), *self.prediction_columns()]
 
     def fingerprint(self) -> str:
-        """A hash of every setting that changes results (not compute or batching sizes)."""
+        """A hash of every setting that changes results: what is read, the model, the task, ``max_length``,
+        the seed and the row policies ``errors.too_long`` / ``duplicate_ids``. Not where or how fast results
+        are computed (batching sizes, compute, ``model.device``, ``model.cache_dir``), nor the error budget."""
         relevant = self.model_dump(mode="json", include={"input", "model", "task", "seed"})
         relevant["max_length"] = self.batching.max_length
+        relevant["errors"] = self.errors.model_dump(mode="json", include={"too_long", "duplicate_ids"})
         relevant["input"].pop("paths")
+        for where in ("device", "cache_dir"):
+            relevant["model"].pop(where)
         blob = json.dumps(relevant, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -200,7 +205,23 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise PipelineError(f"--set {text!r}: expected key.sub=value, e.g. --set batching.batch_size=64")
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else raw
+    if not raw.strip():
+        return key.strip().split("."), raw
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise PipelineError(
+            f"--set {text!r}: the value is not valid YAML ({yaml_problem(exc)}); write a list as [a, b], "
+            "and quote a value that should stay text, e.g. --set 'model.name=\"my: model\"'"
+        ) from None
+    return key.strip().split("."), value
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML parser error in one line: what is wrong and where (1-based line and column)."""
+    problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -240,11 +261,9 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> JobSpec:
     """Read, override and validate a job spec; every failure is a PipelineError."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: job spec not found") from None
+        raw = yaml.safe_load(read_spec_text(path)) or {}
     except yaml.YAMLError as exc:
-        raise PipelineError(f"{path}: not valid YAML: {exc}") from None
+        raise PipelineError(f"{path}: not valid YAML: {yaml_problem(exc)}") from None
     if not isinstance(raw, dict):
         raise PipelineError(f"{path}: a job spec is a YAML mapping (key: value), got {type(raw).__name__}")
     return spec_from_dict(apply_overrides(raw, list(overrides)), source=str(path))
@@ -255,3 +274,20 @@ def spec_from_dict(raw: dict, source: str = "job spec") -> JobSpec:
         return JobSpec.model_validate(raw)
     except ValidationError as exc:
         raise PipelineError(format_validation_error(source, exc)) from None
+
+
+def read_spec_text(path: Path) -> str:
+    """The spec file's text (UTF-8); a missing, unreadable or binary file is a PipelineError."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: job spec not found") from None
+    except IsADirectoryError:
+        raise PipelineError(f"{path}: is a directory; give a job spec's YAML file, e.g. jobs/label_news.yaml") from None
+    except UnicodeDecodeError as exc:
+        raise PipelineError(
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+            "save the job spec as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise PipelineError(f"{path}: cannot read the job spec ({exc.strerror or exc})") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from helpers import SENTENCES, batch_of, make_spec
 
@@ -65,3 +66,34 @@ def test_out_of_memory_splits_and_lowers_the_budget(tiny_models):
     sizes.clear()
     predictor(batch_of(SENTENCES * 4))
     assert max(sizes) <= predictor.max_tokens  # later batches are planned under the lowered budget
+
+
+def cpu_allocator_failure() -> BaseException:
+    """What torch's CPU allocator really raises when it can't get the memory (a plain RuntimeError)."""
+    try:
+        torch.empty(2**62, dtype=torch.uint8)
+    except RuntimeError as exc:
+        return exc
+    raise AssertionError("allocating 4 EiB succeeded")
+
+
+@pytest.mark.parametrize(
+    "failure", [cpu_allocator_failure, lambda: torch.OutOfMemoryError("out of memory")], ids=["cpu", "torch-oom"]
+)
+def test_cpu_out_of_memory_splits_and_lowers_the_budget(tiny_models, failure):
+    """The CPU allocator's "can't allocate memory" is out of memory too: split, lower the budget, predict every row."""
+    predictor = classifier(tiny_models, max_tokens=4096, max_rows=64, min_fill=0)
+    expected = predictor(batch_of(SENTENCES * 4)).column("label").to_pylist()
+    model = predictor.loaded.model
+    original = model.forward
+
+    def forward(*args, **kwargs):
+        if kwargs["input_ids"].numel() > 100:
+            raise failure()
+        return original(*args, **kwargs)
+
+    model.forward = forward
+    out = predictor(batch_of(SENTENCES * 4))
+    assert out.column(ERROR).to_pylist() == [None] * out.num_rows
+    assert out.column("label").to_pylist() == expected
+    assert predictor.max_tokens < 4096

@@ -51,5 +51,8 @@ assert (report.rows, report.errors, report.row_ranges) == (2, 0, [(0, 2)]), repo
 
 def test_the_driver_side_imports_no_torch():
     """Planning a job, its output and its schedule is driver work: no model code is loaded for it."""
-    code = "import pipelines.runner, pipelines.schedule.executor, pipelines.cluster.connect, pipelines.cli.schedule"
+    code = (
+        "import pipelines.runner, pipelines.schedule.executor, pipelines.cluster.connect, pipelines.cli.schedule\n"
+        "import pipelines.cli.plan, pipelines.planning.build, pipelines.planning.memory, pipelines.planning.render"
+    )
     assert imported_heavy(code) == []

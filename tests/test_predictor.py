@@ -110,3 +110,27 @@ def test_zero_shot_by_embedding_uses_label_descriptions(tiny_models):
     assert predictor.task.method == "embedding"
     out = predictor(batch_of([SENTENCES[0]])).to_pylist()[0]
     assert out["label"] == "a"  # the text is its own description: cosine similarity 1
+
+
+def test_a_decoder_classifier_without_a_pad_token_runs_a_batch_in_one_forward(tiny_models):
+    """Llama/GPT-2 classifiers ship without pad_token_id: the tokenizer's pad token must reach the model's config,
+    or every micro-batch is refused ("no padding token") and bisected down to single rows."""
+    model_dir = tiny_models("llama-classifier")
+    assert AutoModelForSequenceClassification.from_pretrained(model_dir).config.pad_token_id is None
+    spec = make_spec(model_dir, {"type": "text-classification", "return_all_scores": True}, batching={"min_fill": 0})
+    predictor = Predictor(spec)
+    calls: list[int] = []
+    forward = predictor.loaded.model.forward
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs["input_ids"].shape[0])
+        return forward(*args, **kwargs)
+
+    predictor.loaded.model.forward = counted
+    batched = predictor(batch_of(SENTENCES))
+    assert calls == [len(SENTENCES)]
+    assert batched.column(ERROR).to_pylist() == [None] * len(SENTENCES)
+    alone = [predictor(batch_of([text])) for text in SENTENCES]
+    assert batched.column("label").to_pylist() == [row.column("label")[0].as_py() for row in alone]
+    scores = [list(s.values()) for s in batched.column("scores").to_pylist()]
+    np.testing.assert_allclose(scores, [list(row.column("scores")[0].as_py().values()) for row in alone], atol=1e-5)

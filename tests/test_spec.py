@@ -98,6 +98,15 @@ def test_spec_hash_ignores_sizes_but_not_the_model():
     assert base.fingerprint() != other_model.fingerprint()
 
 
+def test_spec_hash_covers_row_policies_but_not_the_device_or_cache():
+    base = spec_from_dict(minimal()).fingerprint()
+    for where in ({"model__device": "auto"}, {"model__device": "cuda"}, {"model__cache_dir": "/shared/cache"},
+                  {"errors__max_rate": 0.5}):
+        assert spec_from_dict(minimal(**where)).fingerprint() == base, where
+    for policy in ({"errors__too_long": "error"}, {"errors__duplicate_ids": "error"}):
+        assert spec_from_dict(minimal(**policy)).fingerprint() != base, policy
+
+
 def test_missing_or_broken_files(tmp_path):
     with pytest.raises(PipelineError, match="not found"):
         load_spec(tmp_path / "absent.yaml")

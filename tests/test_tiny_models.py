@@ -53,11 +53,17 @@ AUTO_CLASSES = {
     "mlm": AutoModelForMaskedLM,
     "causal": AutoModelForCausalLM,
     "gpt2": AutoModelForCausalLM,
+    "llama-classifier": AutoModelForSequenceClassification,
     "seq2seq": AutoModelForSeq2SeqLM,
 }
 BERT_KINDS = ("encoder", "classifier", "nli", "token-classifier", "qa", "mlm")
-DECODER_KINDS = ("causal", "gpt2")
-LABELS = {"classifier": CLASSIFIER_LABELS, "nli": NLI_LABELS, "token-classifier": NER_LABELS}
+DECODER_KINDS = ("causal", "gpt2", "llama-classifier")
+LABELS = {
+    "classifier": CLASSIFIER_LABELS,
+    "nli": NLI_LABELS,
+    "token-classifier": NER_LABELS,
+    "llama-classifier": CLASSIFIER_LABELS,
+}
 
 
 def _load(kind: str, path: Path):
@@ -86,6 +92,7 @@ def _expected_shape(kind: str, model, batch: int, length: int) -> dict[str, tupl
         "mlm": {"logits": (batch, length, vocab)},
         "causal": {"logits": (batch, length, vocab)},
         "gpt2": {"logits": (batch, length, vocab)},
+        "llama-classifier": {"logits": (batch, num_labels)},
         "seq2seq": {"logits": (batch, 1, vocab)},
     }[kind]
 
@@ -114,6 +121,9 @@ def test_build_reload_and_run(kind, tmp_path):
     assert sum(f.stat().st_size for f in (tmp_path / kind).iterdir()) < 2 * 1024 * 1024
 
     inputs = _padded_batch(tokenizer, kind)
+    if kind == "llama-classifier":  # a decoder classifier batches only once its config knows the pad token
+        assert model.config.pad_token_id is None
+        model.config.pad_token_id = tokenizer.pad_token_id
     batch, length = inputs["input_ids"].shape
     assert batch == 2 and bool((inputs["attention_mask"] == 0).any())
     with torch.no_grad():

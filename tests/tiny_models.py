@@ -16,6 +16,8 @@ Kinds:
 * ``mlm``              BERT ``AutoModelForMaskedLM``
 * ``causal``           Llama ``AutoModelForCausalLM`` (eos, no pad token, chat template)
 * ``gpt2``             GPT-2 ``AutoModelForCausalLM`` (no pad token)
+* ``llama-classifier`` Llama ``AutoModelForSequenceClassification`` (negative/neutral/positive; no pad token
+  in tokenizer or config, like most decoder classifiers)
 * ``seq2seq``          T5 ``AutoModelForSeq2SeqLM``
 
 BERT-style tokenizers are uncased WordPiece (ids 0-4: ``[PAD] [UNK] [CLS] [SEP]
@@ -46,6 +48,7 @@ from transformers import (
     GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
+    LlamaForSequenceClassification,
     PreTrainedModel,
     PreTrainedTokenizerFast,
     T5Config,
@@ -271,7 +274,7 @@ def _bert_config(tokenizer: PreTrainedTokenizerFast, **extra) -> BertConfig:
     )
 
 
-def _llama_config(tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
+def _llama_config(tokenizer: PreTrainedTokenizerFast, **extra) -> LlamaConfig:
     return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
@@ -283,7 +286,12 @@ def _llama_config(tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=None,
+        **extra,
     )
+
+
+def _llama_classifier_config(tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
+    return _llama_config(tokenizer, **_labels(CLASSIFIER_LABELS))
 
 
 def _gpt2_config(tokenizer: PreTrainedTokenizerFast) -> GPT2Config:
@@ -347,6 +355,7 @@ _BUILDERS: dict[str, Builder] = {
     "mlm": _bert(BertForMaskedLM),
     "causal": _generative(LlamaForCausalLM, _llama_tokenizer, _llama_config),
     "gpt2": _generative(GPT2LMHeadModel, _gpt2_tokenizer, _gpt2_config),
+    "llama-classifier": _generative(LlamaForSequenceClassification, _llama_tokenizer, _llama_classifier_config),
     "seq2seq": _generative(T5ForConditionalGeneration, _t5_tokenizer, _t5_config),
 }
 

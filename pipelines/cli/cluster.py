@@ -18,6 +18,10 @@ ADDRESS_HELP = (
     "the head's dashboard URL (job server), e.g. http://HEAD_IP:8265 (default: RAY_API_SERVER_ADDRESS or "
     "RAY_ADDRESS if it is an http URL); not the GCS address HEAD_IP:6379 that `pipelines run --address` takes"
 )
+INSECURE_HELP = (
+    "send the cluster's auth token over plain http to another machine (refused by default: anyone on the "
+    "network path could read it); prefer https or an SSH tunnel to http://127.0.0.1:8265"
+)
 
 
 def register(subparsers, job_command) -> None:
@@ -28,6 +32,7 @@ def register(subparsers, job_command) -> None:
         "is uploaded as the job's working_dir",
     )
     submit.add_argument("--address", help=ADDRESS_HELP)
+    submit.add_argument("--insecure", action="store_true", help=INSECURE_HELP)
     submit.add_argument(
         "--wait", action="store_true", help="follow the job's logs to its end; exit 0 if it succeeded, 1 if not"
     )
@@ -46,6 +51,7 @@ def register(subparsers, job_command) -> None:
         command = subparsers.add_parser(name, help=help_)
         command.add_argument("job_id", help="the id `pipelines submit` printed (raysubmit_...)")
         command.add_argument("--address", help=ADDRESS_HELP)
+        command.add_argument("--insecure", action="store_true", help=INSECURE_HELP)
         command.set_defaults(handler=handler)
         if name == "logs":
             command.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
@@ -59,14 +65,14 @@ def _submit(args: argparse.Namespace) -> int:
     _check_output_path(spec.output.path)
     address = jobs.resolve_address(args.address)
     root = args.project_root or jobs.find_project_root(args.job)
-    job_id = jobs.submit(args.job, address, overrides=args.overrides, project_root=root)
+    job_id = jobs.submit(args.job, address, overrides=args.overrides, project_root=root, insecure=args.insecure)
     if not args.wait:
         print(job_id)
         print(f"follow it: pipelines logs {job_id} --follow --address {address}", file=sys.stderr)
         return 0
     print(f"submitted {job_id} to {address}; following its logs (Ctrl-C stops following, not the job)", file=sys.stderr)
     try:
-        report = jobs.wait(job_id, address)
+        report = jobs.wait(job_id, address, insecure=args.insecure)
     except KeyboardInterrupt:
         print(
             f"stopped following {job_id}; it keeps running. `pipelines logs {job_id} --follow` resumes, "
@@ -91,7 +97,7 @@ def _check_output_path(path: str) -> None:
 def _status(args: argparse.Namespace) -> int:
     from pipelines.cluster import jobs
 
-    print(jobs.status(args.job_id, jobs.resolve_address(args.address)))
+    print(jobs.status(args.job_id, jobs.resolve_address(args.address), insecure=args.insecure))
     return 0
 
 
@@ -100,9 +106,9 @@ def _logs(args: argparse.Namespace) -> int:
 
     address = jobs.resolve_address(args.address)
     if args.follow:
-        jobs.logs(args.job_id, address, follow=True)  # writes to stdout as the logs come
+        jobs.logs(args.job_id, address, follow=True, insecure=args.insecure)  # writes to stdout as the logs come
     else:
-        sys.stdout.write(jobs.logs(args.job_id, address))
+        sys.stdout.write(jobs.logs(args.job_id, address, insecure=args.insecure))
     return 0
 
 
@@ -110,8 +116,8 @@ def _stop(args: argparse.Namespace) -> int:
     from pipelines.cluster import jobs
 
     address = jobs.resolve_address(args.address)
-    if jobs.stop(args.job_id, address):
+    if jobs.stop(args.job_id, address, insecure=args.insecure):
         print(f"stop requested for {args.job_id}")
     else:
-        print(f"{args.job_id} was not running ({jobs.status(args.job_id, address).status})")
+        print(f"{args.job_id} was not running ({jobs.status(args.job_id, address, insecure=args.insecure).status})")
     return 0

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from pipelines.cli import cluster as cli_cluster
+from pipelines.cli import plan as cli_plan
 from pipelines.cli import schedule as cli_schedule
 from pipelines.errors import PipelineError
 from pipelines.output.lock import LockHeld
@@ -56,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
 
 # Modules that add sub-commands: each is a function (subparsers, job_command) that adds parsers
 # and sets `handler=` defaults on them (see argparse's set_defaults).
-EXTENSIONS: list = [cli_schedule.register, cli_cluster.register]
+EXTENSIONS: list = [cli_schedule.register, cli_cluster.register, cli_plan.register]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,12 @@ def register(commands, job_command) -> None:
     )
     schedule.add_argument("--once", action="store_true",
                           help="do the due work now and exit (for cron, Airflow, a Kubernetes CronJob)")
-    schedule.add_argument("--address", help="Ray cluster to join: auto, HOST:PORT or ray://HOST:10001")
+    schedule.add_argument(
+        "--address",
+        help="GCS address of a Ray cluster to join as the driver, from a node of that cluster: auto or HEAD_IP:6379 "
+        "(default: RAY_ADDRESS, else a local Ray for each run); not ray:// (Ray Data cannot run over Ray Client) "
+        "nor the dashboard URL",
+    )
     schedule.add_argument("--rescore", action="store_true",
                           help="score every input shard again (e.g. with a new model) into a new partition; "
                                "earlier partitions move to _superseded/")

@@ -284,7 +284,7 @@ def connect(address: str | None, spec: JobSpec) -> None:
         return
     target = gcs_address(address)
     if target is None:
-        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+        start_local()
         check_resources(spec, local=True)
         check_pool_fits(spec.compute)
         return
@@ -296,6 +296,32 @@ def connect(address: str | None, spec: JobSpec) -> None:
     if grows is False:
         check_pool_fits(spec.compute)
     warn_if_output_is_node_local(spec.output.path)
+
+
+def start_local() -> None:
+    """Start a local Ray for this process; failing to (e.g. "The current node timed out during startup" on a
+    loaded machine, an unusable temp directory) is a one-line PipelineError saying what to try."""
+    import ray
+
+    try:
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+    except Exception as exc:  # noqa: BLE001 - Ray raises bare Exceptions and OSErrors while starting
+        try:
+            ray.shutdown()  # whatever did start
+        except Exception:  # noqa: BLE001 - nothing more to clean up
+            log.debug("ray.shutdown after a failed start", exc_info=True)
+        temp = ray_temp_dir()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PipelineError(
+            f"Cannot start a local Ray ({first}); run the command again (a busy machine can time out while Ray "
+            f"starts), check that {temp} is a writable directory with free space (RAY_TMPDIR moves it; Ray's "
+            f"logs are in {temp}/ray/session_latest/logs), or join a running Ray with --address HEAD_IP:6379"
+        ) from None
+
+
+def ray_temp_dir() -> str:
+    """Where a local Ray keeps its sessions: RAY_TMPDIR, else TMPDIR, else /tmp (as Ray reads them on Linux)."""
+    return os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
 
 
 def check_resources(spec: JobSpec, local: bool) -> None:

@@ -14,7 +14,9 @@ turns both into :class:`ray.exceptions.AuthenticationError`. The client only
 attaches a token by itself when ``RAY_AUTH_MODE=token`` is set in *this*
 process, so this module finds the token itself (:func:`pipelines.cluster.auth.find_token`)
 and always sends it as ``Authorization: Bearer``. A cluster without token auth
-ignores the header.
+ignores the header. The header is readable by anyone on the way over plain http,
+so :func:`check_transport` refuses http to any host but this one unless the user
+passes ``--insecure`` (https, and an SSH tunnel to 127.0.0.1, need nothing).
 
 Every failure leaves this module as :class:`~pipelines.errors.PipelineError`
 with a one-line message that says what to do.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import shlex
@@ -64,6 +67,11 @@ DEFAULT_EXCLUDES: tuple[str, ...] = (
 DEFAULT_ENV_VARS: Mapping[str, str] = {"PYTHONUNBUFFERED": "1"}
 
 _TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
+#: What Ray's job server answers (HTTP 500) while no node's job agent has registered yet, e.g. for a few
+#: seconds after `ray start --head`: a transient state, so a submission is retried for a while.
+AGENT_NOT_READY = "No available agent to submit job"
+SUBMIT_RETRY_S = 60.0
+SUBMIT_RETRY_EVERY_S = 2.0
 _CONNECT_TIMEOUT_S = 5.0
 _POLL_INTERVAL_S = 1.0
 _FINAL_STATUS_TIMEOUT_S = 30.0
@@ -106,6 +114,9 @@ def submit(
     project_root: Path,
     extra_args: Sequence[str] = (),
     env_vars: Mapping[str, str] | None = None,
+    insecure: bool = False,
+    retry_for_s: float = SUBMIT_RETRY_S,
+    retry_every_s: float = SUBMIT_RETRY_EVERY_S,
 ) -> str:
     """Submit ``python -m pipelines run JOB [--set k=v ...]`` to the cluster.
 
@@ -113,6 +124,9 @@ def submit(
     :data:`DEFAULT_EXCLUDES` and .gitignored files), so this package and the
     job spec travel with the job; ``job_path`` must lie inside it.
     ``env_vars`` are added to :data:`DEFAULT_ENV_VARS` for the job's processes.
+    ``insecure`` allows sending the token over plain http to another machine (see :func:`check_transport`).
+    A job server with no job agent ready yet (:data:`AGENT_NOT_READY`) is asked again every
+    ``retry_every_s`` for up to ``retry_for_s`` seconds.
 
     Returns the job id. With ``wait``, writes the job's logs to stdout as they
     come and returns only when the job succeeded; raises PipelineError if it
@@ -122,13 +136,15 @@ def submit(
     job_rel = job_path_in_project(Path(job_path), root)
     entrypoint = build_entrypoint(job_rel, overrides, extra_args)
     runtime_env = build_runtime_env(root, env_vars)
-    client, url = _connect(address)
+    client, url = _connect(address, insecure)
     with _errors_as_pipeline_errors(url, client.token):
         try:
-            job_id = client.jobs.submit_job(
-                entrypoint=entrypoint,
-                runtime_env=runtime_env,
-                metadata={"pipelines_job": job_rel},
+            job_id = _submit_when_ready(
+                client,
+                url,
+                {"entrypoint": entrypoint, "runtime_env": runtime_env, "metadata": {"pipelines_job": job_rel}},
+                retry_for_s,
+                retry_every_s,
             )
         except ValueError as exc:  # mostly: the packaged working_dir is too large
             raise PipelineError(
@@ -141,36 +157,63 @@ def submit(
     return job_id
 
 
-def wait(job_id: str, address: str) -> JobReport:
+def _submit_when_ready(client: _Client, url: str, request: dict, retry_for_s: float, retry_every_s: float) -> str:
+    """``submit_job``, asked again while the job server says it has no job agent ready (one log line says so)."""
+    deadline = time.monotonic() + retry_for_s
+    waiting = False
+    while True:
+        try:
+            return client.jobs.submit_job(**request)
+        except RuntimeError as exc:
+            if AGENT_NOT_READY not in str(exc):
+                raise
+            if time.monotonic() >= deadline:
+                raise PipelineError(
+                    f"The Ray job server at {url} still had no job agent ready after {retry_for_s:.0f} s "
+                    f'("{AGENT_NOT_READY}"); check the head with `ray status` (its Ray may still be starting or '
+                    "be overloaded) and submit again"
+                ) from None
+            if not waiting:
+                logger.warning(
+                    "The Ray job server at %s has no job agent ready yet (a head that just started); "
+                    "asking again for up to %.0f s",
+                    url,
+                    retry_for_s,
+                )
+                waiting = True
+            time.sleep(retry_every_s)
+
+
+def wait(job_id: str, address: str, insecure: bool = False) -> JobReport:
     """Write the job's logs to stdout as they come until it ends; return its final report."""
-    client, url = _connect(address)
+    client, url = _connect(address, insecure)
     with _errors_as_pipeline_errors(url, client.token, job_id):
         follow_logs(client, job_id)
         return _final_report(client, job_id)
 
 
-def status(job_id: str, address: str) -> JobReport:
+def status(job_id: str, address: str, insecure: bool = False) -> JobReport:
     """Return the job's current status and the cluster's message about it."""
-    client, url = _connect(address)
+    client, url = _connect(address, insecure)
     with _errors_as_pipeline_errors(url, client.token, job_id):
         return _report(client, job_id)
 
 
-def logs(job_id: str, address: str, follow: bool = False) -> str:
+def logs(job_id: str, address: str, follow: bool = False, insecure: bool = False) -> str:
     """Return the job's logs so far.
 
     With ``follow``, also writes them to stdout as they come, until the job ends.
     """
-    client, url = _connect(address)
+    client, url = _connect(address, insecure)
     with _errors_as_pipeline_errors(url, client.token, job_id):
         if follow:
             return follow_logs(client, job_id)
         return client.jobs.get_job_logs(job_id)
 
 
-def stop(job_id: str, address: str) -> bool:
+def stop(job_id: str, address: str, insecure: bool = False) -> bool:
     """Ask the cluster to stop the job; True if it was still running."""
-    client, url = _connect(address)
+    client, url = _connect(address, insecure)
     with _errors_as_pipeline_errors(url, client.token, job_id):
         stopped = client.jobs.stop_job(job_id)
     logger.info("Stop requested for job %s (was running: %s)", job_id, stopped)
@@ -300,6 +343,33 @@ def dashboard_url(address: str) -> str:
     return address
 
 
+def check_transport(url: str, token: AuthToken | None, insecure: bool = False) -> None:
+    """Refuse to send the token in clear text to another machine: over plain http to a host that is not
+    this one (a literal loopback name or address), unless the user said ``--insecure``.
+
+    Whoever reads the token on the way can submit jobs, which run any code on the cluster.
+    """
+    parts = urlsplit(url)
+    if token is None or insecure or parts.scheme == "https" or is_loopback(parts.hostname or ""):
+        return
+    raise PipelineError(
+        f"Refusing to send the Ray auth token (from {token.source}) to {url} over plain http: anyone on the "
+        "network path could read it and run code on the cluster. Use an https:// address, or an SSH tunnel "
+        "(`ray dashboard cluster.yaml`, then --address http://127.0.0.1:8265), or pass --insecure on a "
+        "network you trust."
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine without asking DNS: localhost, 127.0.0.0/8, ::1."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _check_reachable(url: str) -> None:
     """Fail fast, with a clear message, if nothing listens at the URL's port."""
     parts = urlsplit(url)
@@ -319,13 +389,14 @@ def _unreachable_message(url: str, reason: object) -> str:
     )
 
 
-def _connect(address: str) -> tuple[_Client, str]:
+def _connect(address: str, insecure: bool = False) -> tuple[_Client, str]:
     """Return a connected client (token attached if one exists) and its URL."""
     from ray.job_submission import JobSubmissionClient
 
     url = dashboard_url(address)
-    _check_reachable(url)
     token = find_token()
+    check_transport(url, token, insecure)  # before any connection is made
+    _check_reachable(url)
     headers = {"Authorization": f"Bearer {token.value}"} if token else None
     with _errors_as_pipeline_errors(url, token):
         try:

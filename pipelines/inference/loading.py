@@ -102,8 +102,21 @@ def load_model(spec: ModelSpec, model_class: str, config: Any, max_length: int, 
         model.to(device)
     model.eval()
     tokenizer = load_tokenizer(spec, padding_side)
+    share_pad_token(tokenizer, model.config, config)
     log.info("loaded %s (%s, %s, quantization=%s)", spec.name, device, dtype, spec.quantization)
     return LoadedModel(model, tokenizer, config, device, dtype, effective_max_length(tokenizer, config, max_length))
+
+
+def share_pad_token(tokenizer: Any, *configs: Any) -> None:
+    """Give a config without a pad token the tokenizer's. Decoder-based sequence classifiers (Llama, GPT-2, ...)
+    find each row's last real token by it, and refuse batches of more than one row without it."""
+    if tokenizer.pad_token_id is None:
+        return
+    for config in configs:
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        for target in {id(config): config, id(text_config): text_config}.values():  # what the classifier reads
+            if getattr(target, "pad_token_id", None) is None:
+                target.pad_token_id = tokenizer.pad_token_id
 
 
 def effective_max_length(tokenizer: Any, config: Any, requested: int) -> int:

@@ -26,7 +26,7 @@ from pipelines.inference.loading import load_config, load_model
 from pipelines.io.block import ERROR, PADDED, TOKENS
 from pipelines.spec import JobSpec
 from pipelines.tasks import task_class
-from pipelines.tasks.base import ROW_ID, Features, Outputs
+from pipelines.tasks.base import ROW_ID, Features, Outputs, Task
 
 log = logging.getLogger(__name__)
 
@@ -83,25 +83,10 @@ class Predictor:
     # steps ---------------------------------------------------------------------
 
     def _validate(self, batch: pa.Table) -> tuple[np.ndarray, pa.Array]:
-        """Rows with a usable text; the others get a reason in ``_error``."""
-        text = batch.column(self.spec.input.text_column)
-        errors = batch.column(ERROR) if ERROR in batch.column_names else pa.nulls(len(batch), pa.string())
-        errors = pc.if_else(pc.and_(errors.is_null(), text.is_null()), "text is null", errors)
-        empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(pc.fill_null(text, "x"))), 0)
-        errors = pc.if_else(pc.and_(errors.is_null(), empty), "text is empty", errors)
-        valid = errors.is_null().to_numpy(zero_copy_only=False)
-        return valid, errors
+        return validate_rows(batch, self.spec.input.text_column)
 
     def _encode(self, batch: pa.Table, rows: np.ndarray) -> Features:
-        if not len(rows):
-            return Features(tokens={}, row=np.zeros(0, np.int64))
-        picked = batch.take(rows)
-        texts = picked.column(self.spec.input.text_column).to_pylist()
-        columns = {name: picked.column(name).to_pylist() for name in self.spec.task.input_columns()}
-        id_column = self.spec.input.id_column or "id"
-        if id_column in picked.column_names:
-            columns[ROW_ID] = picked.column(id_column).cast(pa.string()).to_pylist()
-        return self.task.encode(texts, columns)
+        return encode_rows(self.task, self.spec, batch, rows)
 
     def _run(self, features: Features) -> tuple[Outputs, np.ndarray, dict[int, str]]:
         """Forward every micro-batch; also each feature's padded length, and the features that failed.
@@ -189,11 +174,41 @@ class Predictor:
         return table.append_column(PADDED, pa.array(spent))
 
 
+def validate_rows(batch: pa.Table, text_column: str) -> tuple[np.ndarray, pa.Array]:
+    """Rows with a usable text (a boolean mask); the others get a reason in ``_error``."""
+    text = batch.column(text_column)
+    errors = batch.column(ERROR) if ERROR in batch.column_names else pa.nulls(len(batch), pa.string())
+    errors = pc.if_else(pc.and_(errors.is_null(), text.is_null()), "text is null", errors)
+    empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(pc.fill_null(text, "x"))), 0)
+    errors = pc.if_else(pc.and_(errors.is_null(), empty), "text is empty", errors)
+    valid = errors.is_null().to_numpy(zero_copy_only=False)
+    return valid, errors
+
+
+def encode_rows(task: Task, spec: JobSpec, batch: pa.Table, rows: np.ndarray) -> Features:
+    """The features of ``rows`` of the batch, as the task encodes them (ids under ``ROW_ID``)."""
+    if not len(rows):
+        return Features(tokens={}, row=np.zeros(0, np.int64))
+    picked = batch.take(rows)
+    texts = picked.column(spec.input.text_column).to_pylist()
+    columns = {name: picked.column(name).to_pylist() for name in spec.task.input_columns()}
+    id_column = spec.input.id_column or "id"
+    if id_column in picked.column_names:
+        columns[ROW_ID] = picked.column(id_column).cast(pa.string()).to_pylist()
+    return task.encode(texts, columns)
+
+
+#: How torch's allocators word running out: CUDA's "CUDA out of memory", the CPU allocator's
+#: "DefaultCPUAllocator: can't allocate memory ... (Cannot allocate memory)".
+OUT_OF_MEMORY_WORDS = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    """CUDA's OOM, the CPU allocator's MemoryError, or a RuntimeError that says so."""
-    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
+    """torch.OutOfMemoryError (CUDA's, among others), Python's MemoryError, or a RuntimeError that says so
+    (the CPU allocator raises a plain RuntimeError)."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(words in str(exc).lower() for words in OUT_OF_MEMORY_WORDS)
 
 
 def _short(exc: BaseException) -> str:

@@ -119,6 +119,8 @@ class RunSummary(Record):
     errors: int
     error_rate: float
     error_reasons: dict[str, int] = Field(default_factory=dict)
+    tokens: int = 0  # real tokens over every committed shard (each row's features summed)
+    padded: int = 0  # tokens computed for them, padding included
     rows_this_run: int = 0
     wall_s: float = 0.0
     rows_per_s: float | None = None

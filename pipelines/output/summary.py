@@ -51,6 +51,8 @@ def build(
         errors=errors,
         error_rate=round(errors / rows_in, 6) if rows_in else 0.0,
         error_reasons=reasons,
+        tokens=sum(r.tokens for r in commits),
+        padded=sum(r.padded for r in commits),
         rows_this_run=rows_now,
         wall_s=round(wall_s, 3),
         rows_per_s=round(rows_now / wall_s, 2) if wall_s > 0 else None,

@@ -1,0 +1,48 @@
+"""``pipelines plan``: rows, tokens, memory, actor fits and (``--measure``) time of a job, before it runs.
+
+Registered by :mod:`pipelines.cli.main`; the work is in :mod:`pipelines.planning`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+DEFAULT_CLUSTER = Path("cluster.yaml")
+
+
+def register(commands, job_command) -> None:
+    plan = job_command(
+        "plan", "count the input, tokenize a sample, size the model and the actors, and (--measure) time it"
+    )
+    plan.add_argument("--sample", type=int, default=None, metavar="N",
+                      help="tokenize at least N rows, in whole actor batches spread over the input (default 1000)")
+    plan.add_argument("--measure", action="store_true",
+                      help="run the sample through one predictor here and estimate the wall time")
+    plan.add_argument("--cluster", type=Path, default=None, metavar="CLUSTER.yaml",
+                      help="Ray cluster launcher config whose GPU node types to size (default: ./cluster.yaml "
+                           "if present)")
+    plan.add_argument("--cpus", type=int, default=None, metavar="N",
+                      help="CPUs of the Ray cluster the job will run on: Ray Data cuts the input into more blocks "
+                           "the more CPUs it has, which changes the batches (default: this machine's, as a local run)")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.set_defaults(handler=_plan)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from pipelines.errors import PipelineError
+    from pipelines.planning.build import DEFAULT_SAMPLE, build_plan
+    from pipelines.planning.render import render
+    from pipelines.spec import load_spec
+
+    sample = DEFAULT_SAMPLE if args.sample is None else args.sample
+    if sample < 1:
+        raise PipelineError(f"--sample {sample}: give at least 1 row")
+    if args.cpus is not None and args.cpus < 1:
+        raise PipelineError(f"--cpus {args.cpus}: give at least 1")
+    cluster = args.cluster or (DEFAULT_CLUSTER if DEFAULT_CLUSTER.exists() else None)
+    spec = load_spec(args.job, args.overrides)
+    plan = build_plan(spec, str(args.job), sample=sample, measure=args.measure, cluster=cluster, cpus=args.cpus)
+    print(json.dumps(plan.to_json(), indent=1) if args.json else render(plan))
+    return 0

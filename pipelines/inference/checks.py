@@ -1,0 +1,88 @@
+"""Checks on the driver that a model can be loaded at all, before anything is written. Light: files only.
+
+A model directory without weights (a half-copied checkpoint, a directory holding only a config) would
+otherwise be found out by every actor of the pool, after the output has been claimed. Here the files
+``from_pretrained`` needs are looked for: the config, the weights (one file, or a sharded index and every
+shard it names) and the tokenizer's files. A local directory (or an alias, which resolves to one) is
+checked on disk; a Hugging Face id only when the hub is offline and the id is in the local cache, since
+online the missing files are downloaded. No torch, no transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from pipelines.errors import PipelineError
+from pipelines.spec import ModelSpec
+
+CONFIG = "config.json"
+#: Weight files ``from_pretrained`` reads: one file, or an index naming the shards.
+WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+#: Any one of these (or a sentencepiece / tiktoken model file) lets ``AutoTokenizer`` load a tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt")
+TOKENIZER_SUFFIXES = (".model", ".spm", ".tiktoken")
+
+
+def check_model_files(spec: ModelSpec, resolved: str) -> None:
+    """Raise PipelineError when the model ``resolved`` (a directory or a hub id) misses files it needs."""
+    if os.path.isdir(resolved):
+        check_model_directory(Path(resolved), spec.name)
+        return
+    snapshot = cached_snapshot(resolved, spec.revision)
+    if snapshot is not None:
+        check_model_directory(snapshot, spec.name, cached=True)
+
+
+def cached_snapshot(repo_id: str, revision: str | None) -> Path | None:
+    """The local cache's snapshot of a hub id, when the hub is offline and the id is cached; else None."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if not constants.HF_HUB_OFFLINE:
+        return None
+    try:
+        found = try_to_load_from_cache(repo_id, CONFIG, revision=revision)
+    except Exception:  # noqa: BLE001 - not a valid repo id: loading the config says so in its own words
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def check_model_directory(folder: Path, name: str, cached: bool = False) -> None:
+    shown = f" (cached at {folder})" if cached else f" ({folder})" if str(folder) != name else ""
+    where = f"model {name!r}{shown}"
+    fix = (
+        "download it again while online (unset HF_HUB_OFFLINE)"
+        if cached
+        else "copy the model's files there, or write them with save_pretrained()"
+    )
+    if not (folder / CONFIG).is_file():
+        raise PipelineError(f"{where}: the directory has no {CONFIG}; {fix}")
+    missing = missing_weights(folder)
+    if missing:
+        raise PipelineError(f"{where}: {missing}; {fix}")
+    if not any((folder / n).is_file() for n in TOKENIZER_FILES) and not any(
+        p.suffix in TOKENIZER_SUFFIXES for p in folder.iterdir()
+    ):
+        raise PipelineError(
+            f"{where}: the directory has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); {fix}, "
+            "the tokenizer's too (tokenizer.save_pretrained())"
+        )
+
+
+def missing_weights(folder: Path) -> str | None:
+    """What is missing of the weights, in words; None when they are all there."""
+    if any((folder / n).is_file() for n in WEIGHTS):
+        return None
+    for index in WEIGHT_INDEXES:
+        if (folder / index).is_file():
+            try:
+                shards = sorted(set(json.loads((folder / index).read_text())["weight_map"].values()))
+            except (OSError, ValueError, KeyError, AttributeError, TypeError) as exc:
+                return f"its weight index {index} is unreadable ({type(exc).__name__}: {exc})"
+            absent = [shard for shard in shards if not (folder / shard).is_file()]
+            if absent:
+                return f"{len(absent)} of the {len(shards)} weight files named in {index} are missing, e.g. {absent[0]}"
+            return None
+    return f"the directory has no weights ({', '.join(WEIGHTS)} or a sharded {WEIGHT_INDEXES[0]})"

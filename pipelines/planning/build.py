@@ -1,0 +1,97 @@
+"""A job's plan, section by section: input, tokens, model and fits, and (``measure``) timings.
+
+Reads the input and loads the tokenizer and the model's config; loads weights
+only to measure. Raises PipelineError for what would stop a run before it
+starts (no input files, a model without a config); what a run would survive
+(unreadable files, bad rows, actors that don't fit) is listed in ``problems``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pipelines.io.shards import list_shards
+from pipelines.planning.hardware import Cluster, read_cluster, this_machine_cpus
+from pipelines.planning.inputs import COUNT_LIMIT, actor_batches, pick_batches, read_batches, read_blocks, survey
+from pipelines.planning.records import InputPlan, ModelPlan, Plan, TokenPlan
+from pipelines.runner import columns_of
+from pipelines.spec import JobSpec
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SAMPLE = 1000
+
+
+def build_plan(
+    spec: JobSpec,
+    job: str,
+    *,
+    sample: int = DEFAULT_SAMPLE,
+    measure: bool = False,
+    cluster: str | Path | None = None,
+    cpus: int | None = None,
+    count_limit: int = COUNT_LIMIT,
+) -> Plan:
+    """Plan ``spec`` (read from ``job``) on a sample of at least ``sample`` rows; see the module's docstring.
+
+    ``cpus``: the CPUs of the Ray cluster the job runs on (default: this machine's, as a local run has);
+    Ray Data cuts the input into more blocks the more CPUs it has, which changes the batches.
+    """
+    from pipelines.planning.memory import model_plan
+    from pipelines.planning.tokens import load_task, token_plan
+
+    nodes = read_cluster(cluster) if cluster else None
+    context = load_task(spec)  # a model without a config stops the plan before the input is read
+    shards = list_shards(spec.input.paths, spec.input.format)
+    inputs = survey(shards, count_limit)
+    blocks = read_blocks([c.rows for c in inputs.shards], [c.bytes for c in inputs.shards], cpus or this_machine_cpus())
+    batches = list(actor_batches(blocks, spec.batching.batch_size))
+    picked = pick_batches(batches, sample, spec.batching.batch_size)
+    covers = len(picked) == len(batches) and inputs.rows_exact
+    tables = read_batches(shards, columns_of(spec, shards), picked)
+    tokens = token_plan(context, spec, tables, inputs.rows, covers)
+    model = model_plan(spec, context, nodes)
+    plan = Plan(
+        job=job, name=spec.name, spec_hash=spec.fingerprint(), task=spec.task.type,
+        input=inputs, tokens=tokens, model=model,
+    )
+    if measure:
+        from pipelines.planning.measure import estimates
+        from pipelines.planning.measure import measure as run_sample
+
+        plan.measurement = run_sample(spec, tables)
+        plan.estimates = estimates(spec, inputs.rows, plan.measurement, model.fits, nodes)
+    plan.problems = problems(spec, inputs, tokens, model, nodes)
+    return plan
+
+
+def problems(
+    spec: JobSpec, inputs: InputPlan, tokens: TokenPlan, model: ModelPlan, cluster: Cluster | None
+) -> list[str]:
+    """What would go wrong or be quarantined in a run, one line each."""
+    found = [f"{c.uri}: {c.error} (a run quarantines it as one record)" for c in inputs.shards if c.error]
+    where = "in the input" if tokens.covers_input else f"in the sample of {tokens.sample_rows:,} rows"
+    for reason, count in tokens.quarantined.items():
+        found.append(f"{count:,} row(s) {where} would be quarantined: {reason}")
+    if tokens.truncated_rows and spec.errors.too_long == "truncate":
+        found.append(f"{tokens.truncated_rows:,} row(s) {where} are cut at max_length {tokens.max_length}")
+    error_rate = sum(tokens.quarantined.values()) / tokens.sample_rows if tokens.sample_rows else 0.0
+    if error_rate > spec.errors.max_rate:
+        found.append(
+            f"{error_rate:.1%} of rows {where} are quarantined, over errors.max_rate={spec.errors.max_rate}: "
+            "the run would fail"
+        )
+    low, _ = spec.compute.pool_bounds()
+    local = model.fits[0]
+    if spec.compute.gpus_per_actor == 0 and (local.actors or 0) < low:
+        found.append(
+            f"this machine holds {local.actors} actor(s) of this job (by memory {local.by_memory}, by CPUs "
+            f"{local.by_resources}); the pool needs {low}: a local run would not start"
+        )
+    for fit in model.fits[1:]:
+        if fit.actors == 0:
+            found.append(f"node type {fit.target}: no actor of this job fits ({fit.basis})")
+    if cluster is not None and not cluster.node_types:
+        found.append(f"{cluster.path}: no node type with GPUs")
+    return found

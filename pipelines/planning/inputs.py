@@ -1,0 +1,216 @@
+"""The input of a plan: rows per shard, the batches Ray Data will hand the actors, and a sample of them.
+
+Rows are counted the way :func:`pipelines.io.reader.read_shard` reads them: a
+Parquet file's rows from its footer, a JSONL file's non-blank lines (gzip
+decompressed as a stream). A JSONL file is counted up to ``count_limit``
+decompressed bytes and the rest estimated from its size; a file that can't be
+read is one quarantined record, as in a run. Light: pyarrow and numpy.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import logging
+import math
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.io.reader import Columns, read_shard
+from pipelines.io.shards import Shard
+from pipelines.planning.records import InputPlan, ShardCount
+
+log = logging.getLogger(__name__)
+
+COUNT_LIMIT = 1 << 30  # decompressed bytes of one JSONL file counted line by line; the rest is estimated
+CHUNK = 1 << 22
+
+
+def count_rows(shard: Shard, count_limit: int = COUNT_LIMIT) -> ShardCount:
+    """The rows a run reads from ``shard``; never raises for bad content."""
+    base = ShardCount(uri=shard.uri, format=shard.format, compressed=shard.compressed, bytes=shard.size, rows=0,
+                      count="counted")
+    try:
+        if shard.format == "parquet":
+            return base.model_copy(update={"rows": _parquet_rows(shard), "count": "footer"})
+        rows, exact = _jsonl_rows(shard, count_limit)
+        return base.model_copy(update={"rows": rows, "count": "counted" if exact else "estimated"})
+    except Exception as exc:  # noqa: BLE001 - an unreadable file is one quarantined record in a run
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        error = f"unreadable {shard.format} file: {text[:200]}"
+        return base.model_copy(update={"rows": 1, "count": "unreadable", "error": error})
+
+
+def _parquet_rows(shard: Shard) -> int:
+    fs = shard.filesystem()
+    if shard.compressed:
+        with fs.open_input_stream(shard.path, compression=None) as stream:
+            data = gzip.decompress(stream.read())
+        return pq.ParquetFile(io.BytesIO(data)).metadata.num_rows
+    with fs.open_input_file(shard.path) as handle:
+        return pq.ParquetFile(handle).metadata.num_rows
+
+
+def _jsonl_rows(shard: Shard, count_limit: int) -> tuple[int, bool]:
+    """(non-blank lines, exact); past ``count_limit`` bytes, lines so far scaled to the file's size."""
+    with shard.filesystem().open_input_stream(shard.path, compression=None) as source:
+        raw = _Counting(source)
+        stream: Any = gzip.GzipFile(fileobj=raw, mode="rb") if shard.compressed else raw  # type: ignore[call-overload]
+        rows, read, carry = 0, 0, b""
+        chunk = stream.read(min(CHUNK, count_limit))
+        while chunk:
+            read += len(chunk)
+            lines = (carry + chunk).split(b"\n")
+            carry = lines.pop()
+            rows += sum(1 for line in lines if line.strip())
+            consumed = raw.consumed  # file bytes behind ``rows`` (compressed ones, for gzip)
+            chunk = stream.read(min(CHUNK, count_limit))
+            if read >= count_limit and chunk:
+                return round(rows * shard.size / max(consumed, 1)), False
+        return rows + (1 if carry.strip() else 0), True
+
+
+class _Counting:
+    """A stream that counts the bytes read from it (compressed bytes, under a gzip reader)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.consumed = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.consumed += len(data)
+        return data
+
+
+def survey(shards: list[Shard], count_limit: int = COUNT_LIMIT) -> InputPlan:
+    counts = [count_rows(shard, count_limit) for shard in shards]
+    kinds = Counter(c.format + (".gz" if c.compressed else "") for c in counts)
+    return InputPlan(
+        shards=counts,
+        bytes=sum(c.bytes for c in counts),
+        rows=sum(c.rows for c in counts),
+        rows_exact=all(c.count != "estimated" for c in counts),
+        unreadable=sum(c.count == "unreadable" for c in counts),
+        formats=dict(sorted(kinds.items())),
+    )
+
+
+# the batches an actor receives ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Rows ``[start, stop)`` of input shard number ``shard``."""
+
+    shard: int
+    start: int
+    stop: int
+
+
+# Ray Data's defaults (DataContext) that decide how a read is cut into blocks.
+READ_MIN_BLOCKS = 200
+MIN_BLOCK_BYTES = 1 << 20
+MAX_BLOCK_BYTES = 128 << 20
+
+
+def split_factor(shard_bytes: list[int], cpus: int) -> int:
+    """Into how many blocks Ray Data splits each read task's output (one read task per shard).
+
+    As Ray 2.60 decides it: a target parallelism of max(min(200, bytes / 1 MiB), bytes / 128 MiB,
+    2 × CPUs); with fewer (size-shaped) blocks than that, every block is split into k.
+    """
+    total = sum(shard_bytes)
+    tasks = max(1, len(shard_bytes))
+    reasonable = max(1, total // MIN_BLOCK_BYTES)
+    safe = max(1, total // MAX_BLOCK_BYTES)
+    parallelism = max(min(READ_MIN_BLOCKS, reasonable), safe, 2 * cpus)
+    blocks = tasks * round(max(1, total / tasks / MAX_BLOCK_BYTES))
+    return math.ceil(parallelism / blocks) if blocks < parallelism else 1
+
+
+def read_blocks(rows: list[int], shard_bytes: list[int], cpus: int) -> Iterator[Segment]:
+    """The blocks the read tasks yield, in shard order: each shard's rows shaped to blocks of at most 128 MiB
+    (by its size on disk), each block split into ``split_factor`` nearly equal parts."""
+    k = split_factor(shard_bytes, cpus)
+    for index, (count, size) in enumerate(zip(rows, shard_bytes)):
+        shaped = max(1, round(size / MAX_BLOCK_BYTES))
+        for block in _splitrange(Segment(index, 0, count), shaped):
+            yield from _splitrange(block, k)
+
+
+def _splitrange(segment: Segment, parts: int) -> Iterator[Segment]:
+    """``np.array_split`` of the segment's rows into ``parts`` (the first ones one row longer); no empty parts."""
+    n = segment.stop - segment.start
+    base, extra = divmod(n, parts)
+    start = segment.start
+    for i in range(parts):
+        size = base + (1 if i < extra else 0)
+        if size > 0:
+            yield Segment(segment.shard, start, start + size)
+            start += size
+
+
+def actor_batches(blocks: Iterator[Segment], batch_size: int) -> Iterator[list[Segment]]:
+    """The batches of ``batch_size`` rows the predictor is called with, as Ray Data forms them from ``blocks``.
+
+    Ray bundles whole blocks until they hold ``batch_size`` rows and cuts each bundle into batches of
+    ``batch_size``, the last one shorter. Ray takes blocks in the order the read tasks yield them; this
+    takes them in shard order, so a run's batches may pair other blocks.
+    """
+    pending: list[Segment] = []
+    held = 0
+    for block in blocks:
+        pending.append(block)
+        held += block.stop - block.start
+        if held >= batch_size:
+            yield from _cut(pending, batch_size)
+            pending, held = [], 0
+    if pending:
+        yield from _cut(pending, batch_size)
+
+
+def _cut(bundle: list[Segment], batch_size: int) -> Iterator[list[Segment]]:
+    batch: list[Segment] = []
+    room = batch_size
+    for segment in bundle:
+        start = segment.start
+        while start < segment.stop:
+            take = min(room, segment.stop - start)
+            batch.append(Segment(segment.shard, start, start + take))
+            start += take
+            room -= take
+            if room == 0:
+                yield batch
+                batch, room = [], batch_size
+    if batch:
+        yield batch
+
+
+def pick_batches(batches: list[list[Segment]], sample: int, batch_size: int) -> list[list[Segment]]:
+    """Whole batches spread evenly over the input, holding at least ``sample`` rows (all when fewer)."""
+    total = sum(s.stop - s.start for batch in batches for s in batch)
+    if total <= sample:
+        return batches
+    wanted = min(len(batches), max(1, math.ceil(sample / batch_size)))
+    picked = sorted({math.floor((i + 0.5) * len(batches) / wanted) for i in range(wanted)})
+    return [batches[i] for i in picked]
+
+
+def read_batches(shards: list[Shard], columns: Columns, batches: list[list[Segment]]) -> list[pa.Table]:
+    """The rows of ``batches`` as the predictor receives them (reader's columns, bad rows marked)."""
+    needed = sorted({s.shard for batch in batches for s in batch})
+    tables = {}
+    for index in needed:
+        blocks = list(read_shard(shards[index], columns))
+        tables[index] = pa.concat_tables(blocks, promote_options="permissive")
+    out = []
+    for batch in batches:
+        parts = [tables[s.shard].slice(s.start, s.stop - s.start) for s in batch]
+        out.append(pa.concat_tables(parts, promote_options="permissive").combine_chunks())
+    return out

@@ -1,0 +1,127 @@
+"""``--measure``: the sample through one predictor here (no Ray), and wall times extrapolated from it.
+
+The predictor is the job's own (:class:`~pipelines.inference.predictor.Predictor`),
+called once per sampled batch as an actor is; only its device is set to the CPU
+when this machine has no GPU. The estimates scale the measured rows/s linearly
+with the number of actors and add one model load; Ray's start-up and scheduling
+are not in them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines.io.block import PADDED, TOKENS
+from pipelines.planning.hardware import Cluster, this_machine_cpus
+from pipelines.planning.records import Estimate, Fit, Measurement
+from pipelines.spec import JobSpec
+
+log = logging.getLogger(__name__)
+
+ACTOR_COUNTS = (1, 2, 4, 8)
+
+
+def measure(spec: JobSpec, batches: list[pa.Table]) -> Measurement:
+    """Load the model once and predict the sampled batches; time both."""
+    import torch
+
+    here = spec.model_copy(deep=True)
+    if here.model.device != "cpu" and not torch.cuda.is_available():
+        here.model.device = "cpu"
+    with quiet("bitsandbytes"):  # on CPU, bitsandbytes logs a warning for every int8 matmul
+        return _measure(here, batches)
+
+
+def _measure(spec: JobSpec, batches: list[pa.Table]) -> Measurement:
+    import torch
+
+    from pipelines.inference.predictor import Predictor
+
+    start = time.perf_counter()
+    predictor = Predictor(spec)
+    load_s = time.perf_counter() - start
+    rows = tokens = padded = 0
+    predict_s = 0.0
+    for batch in batches:
+        start = time.perf_counter()
+        out = predictor(batch)
+        predict_s += time.perf_counter() - start
+        rows += batch.num_rows
+        tokens += int(pc.sum(out.column(TOKENS)).as_py() or 0)
+        padded += int(pc.sum(out.column(PADDED)).as_py() or 0)
+    log.info("measured %d rows in %.2f s after a %.2f s model load", rows, predict_s, load_s)
+    return Measurement(
+        device=str(predictor.loaded.device),
+        threads=torch.get_num_threads(),
+        load_s=round(load_s, 3),
+        rows=rows,
+        predict_s=round(predict_s, 3),
+        rows_per_s=round(rows / predict_s, 2) if predict_s > 0 else 0.0,
+        tokens_per_s=round(tokens / predict_s, 1) if predict_s > 0 else 0.0,
+        padding_efficiency=round(tokens / padded, 4) if padded else None,
+        peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    )
+
+
+@contextmanager
+def quiet(name: str) -> Iterator[None]:
+    """Only errors from logger ``name`` while inside."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def wall_time(rows: int, measured: Measurement, actors: int) -> float | None:
+    if measured.rows_per_s <= 0:
+        return None
+    return round(measured.load_s + rows / (measured.rows_per_s * actors), 1)
+
+
+def estimates(
+    spec: JobSpec, rows: int, measured: Measurement, fits: list[Fit], cluster: Cluster | None
+) -> list[Estimate]:
+    """Wall time at the configured pool size here, and at 1, 2, 4, 8 actors on each GPU node type."""
+    out = [_here(spec, rows, measured)]
+    basis = (
+        f"{measured.rows_per_s:g} rows/s of one actor measured here ({measured.device}, {measured.threads} threads) "
+        "× actors + one model load; the GPU was not measured"
+    )
+    limit = cluster.max_workers if cluster else None
+    for fit in fits[1:]:
+        for actors in ACTOR_COUNTS:
+            nodes = math.ceil(actors / fit.actors) if fit.actors else None
+            caps = [c for c in (fit.max_nodes, limit) if c is not None]
+            possible = nodes is not None and all(nodes <= c for c in caps)
+            out.append(
+                Estimate(
+                    where=fit.target, actors=actors, nodes=nodes, possible=possible,
+                    wall_s=wall_time(rows, measured, actors) if possible else None, basis=basis,
+                )
+            )
+    return out
+
+
+def _here(spec: JobSpec, rows: int, measured: Measurement) -> Estimate:
+    """The configured pool on this machine; actors beyond its cores are not counted as faster."""
+    _, pool = spec.compute.pool_bounds()
+    cpus = this_machine_cpus()
+    useful = min(pool, max(1, cpus // max(1, measured.threads)))
+    basis = f"{measured.rows_per_s:g} rows/s of one actor measured here × {useful} actor(s) + one model load"
+    if useful < pool:
+        basis += f" (a pool of {pool} × {measured.threads} threads exceeds this machine's {cpus} CPUs)"
+    return Estimate(
+        where="this machine", actors=pool, nodes=None, possible=True,
+        wall_s=wall_time(rows, measured, useful), basis=basis + "; Ray start-up not included",
+    )

@@ -1,0 +1,138 @@
+"""The typed records of a plan: what ``pipelines plan`` prints, and ``--json`` writes as they are.
+
+Each figure says how it was obtained: ``exact`` (counted or read from a footer),
+``estimated`` (extrapolated from a sample or a formula, with its basis).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class PlanRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class ShardCount(PlanRecord):
+    """One input file: its rows and how they were counted."""
+
+    uri: str
+    format: str
+    compressed: bool
+    bytes: int
+    rows: int
+    #: footer: from the Parquet footer; counted: non-blank lines; estimated: lines in the first bytes, scaled
+    #: to the file's size; unreadable: the file can't be read (the run quarantines it as one record)
+    count: Literal["footer", "counted", "estimated", "unreadable"]
+    error: str | None = None
+
+
+class InputPlan(PlanRecord):
+    shards: list[ShardCount]
+    bytes: int
+    rows: int  # rows the run reads (rows_in): an unreadable file counts as one quarantined record
+    rows_exact: bool
+    unreadable: int
+    formats: dict[str, int]  # e.g. {"jsonl": 2, "jsonl.gz": 2, "parquet": 2}
+
+
+class Distribution(PlanRecord):
+    mean: float
+    p50: int
+    p90: int
+    p99: int
+    max: int
+
+
+class TokenPlan(PlanRecord):
+    """The sample tokenized through the task's own encode, cut into the micro-batches the predictor plans."""
+
+    sample_rows: int
+    sample_batches: int
+    batch_size: int
+    covers_input: bool  # the sample is the whole input: tokens and quarantined rows are exact
+    max_length: int  # batching.max_length, capped by the tokenizer and the model's positions
+    features: int  # model inputs: one per row, or several (a feature per label, per context window)
+    features_per_row: float
+    feature_tokens: Distribution | None  # the length of what the model sees
+    tokens: int  # real tokens in the sample (what the job counts: every feature's tokens)
+    padded: int  # tokens computed, padding included, under the batching settings
+    padding_efficiency: float | None
+    micro_batches: int
+    truncated_rows: int | None  # rows cut at max_length (None: the task windows long texts instead)
+    quarantined: dict[str, int] = Field(default_factory=dict)  # in the sample, by reason
+    tokens_total: int  # whole input: exact when covers_input, else scaled by rows
+    rows_out: int  # rows the job would write (whole input; exact when covers_input)
+
+
+class Fit(PlanRecord):
+    """How many actors fit on one machine: by memory and by the Ray resources an actor asks for."""
+
+    target: str  # "this machine" or a node type of cluster.yaml
+    accelerator: str | None  # e.g. A10G; None: CPU
+    instance: str | None = None
+    device: Literal["cpu", "cuda"]
+    dtype: str
+    memory_bytes: int | None  # of the GPU (cuda) or the machine's available memory (cpu); None: unknown
+    weights_bytes: int
+    activations_bytes: int  # estimate for the largest micro-batch under max_tokens / max_rows
+    overhead_bytes: int  # per actor process (cpu) or CUDA context (cuda): an assumption, see `basis`
+    per_actor_bytes: int
+    by_memory: int | None
+    by_resources: int | None  # what Ray would place on one node: CPUs, GPU fractions (None: not a Ray node)
+    actors: int | None  # the smaller of the two
+    max_nodes: int | None = None  # cluster.yaml's max_workers for this node type
+    basis: str
+
+
+class ModelPlan(PlanRecord):
+    name: str
+    resolved: str
+    model_class: str
+    parameters: int
+    quantization: str
+    quantized_parameters: int  # parameters of the Linear layers bitsandbytes replaces (0 without quantization)
+    fits: list[Fit]
+
+
+class Measurement(PlanRecord):
+    """The sample run through one predictor here (no Ray)."""
+
+    device: str
+    threads: int
+    load_s: float
+    rows: int
+    predict_s: float
+    rows_per_s: float
+    tokens_per_s: float
+    padding_efficiency: float | None
+    peak_rss_bytes: int  # of this process, model loaded and sample predicted
+
+
+class Estimate(PlanRecord):
+    """Wall time for the whole input with ``actors`` actors: an estimate, with its basis."""
+
+    where: str
+    actors: int
+    nodes: int | None  # nodes of the type needed (None: this machine)
+    possible: bool
+    wall_s: float | None
+    basis: str
+
+
+class Plan(PlanRecord):
+    job: str
+    name: str | None
+    spec_hash: str
+    task: str
+    input: InputPlan
+    tokens: TokenPlan
+    model: ModelPlan
+    measurement: Measurement | None = None
+    estimates: list[Estimate] = Field(default_factory=list)
+    problems: list[str] = Field(default_factory=list)

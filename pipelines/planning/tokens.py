@@ -1,0 +1,133 @@
+"""The sample through the job's own tokenizer and task: tokens, truncation, fan-out and padding.
+
+Each sampled batch goes through the predictor's own steps without the model:
+:func:`~pipelines.inference.predictor.validate_rows`, the task's ``encode`` (so a
+zero-shot NLI or llm-label row counts one feature per label, a question one per
+context window) and :func:`~pipelines.inference.batching.plan_microbatches` under
+the spec's batching settings, per batch of ``batch_size`` rows as an actor gets
+it. Imports transformers (the tokenizer), loads no weights.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipelines.io.block import ERROR
+from pipelines.output.staging import reason_counts
+from pipelines.planning.records import Distribution, TokenPlan
+from pipelines.spec import JobSpec
+
+
+@dataclass
+class TaskContext:
+    """What a predictor builds before loading weights: config, tokenizer, task, the Auto class."""
+
+    config: Any
+    tokenizer: Any
+    task: Any
+    model_class: str
+    max_length: int
+    resolved: str
+
+
+def load_task(spec: JobSpec) -> TaskContext:
+    """Config, tokenizer and task exactly as :class:`~pipelines.inference.predictor.Predictor` builds them."""
+    from pipelines.inference.aliases import resolve_name
+    from pipelines.inference.loading import effective_max_length, load_config, load_tokenizer
+    from pipelines.tasks import task_class
+
+    implementation = task_class(spec.task.type)
+    config = load_config(spec.model)
+    tokenizer = load_tokenizer(spec.model, implementation.padding_side)
+    max_length = effective_max_length(tokenizer, config, spec.batching.max_length)
+    task = implementation(spec.task, tokenizer, config, max_length, seed=spec.seed)
+    model_class = implementation.model_class_for(spec.task, config)
+    return TaskContext(config, tokenizer, task, model_class, max_length, resolve_name(spec.model))
+
+
+@dataclass
+class BatchTokens:
+    """One batch through validate → encode → micro-batches."""
+
+    rows: int
+    lengths: np.ndarray  # per feature
+    per_row: np.ndarray  # features per encoded row
+    padded: int
+    micro_batches: int
+    truncated: int | None
+    errors: list[str]  # one reason per quarantined row
+
+
+def tokenize_batch(context: TaskContext, spec: JobSpec, batch: pa.Table) -> BatchTokens:
+    from pipelines.inference.batching import padded_tokens, plan_microbatches
+    from pipelines.inference.predictor import encode_rows, validate_rows
+
+    valid, errors = validate_rows(batch, spec.input.text_column)
+    rows = np.flatnonzero(valid)
+    features = encode_rows(context.task, spec, batch, rows)
+    lengths = features.lengths if len(features) else np.zeros(0, np.int64)
+    batching = spec.batching
+    plan = plan_microbatches(lengths, batching.max_tokens, batching.max_rows, batching.min_fill) if len(lengths) else []
+    reasons = [r for r in errors.to_pylist() if r is not None]
+    # As the predictor flags them: rows the task refused, then (errors.too_long: error) rows cut at max_length.
+    reasons += list(features.errors.values())
+    truncated = None if features.truncated is None else np.asarray(features.truncated, dtype=bool)
+    if not len(features):
+        truncated = np.zeros(0, dtype=bool)  # nothing encoded: nothing cut
+    if truncated is not None and spec.errors.too_long == "error":
+        refused = set(features.errors)
+        reasons += ["text longer than max_length" for i in np.flatnonzero(truncated) if int(i) not in refused]
+    return BatchTokens(
+        rows=len(batch),
+        lengths=lengths,
+        per_row=np.bincount(features.row, minlength=len(rows)) if len(features) else np.zeros(len(rows), np.int64),
+        padded=padded_tokens(lengths, plan),
+        micro_batches=len(plan),
+        truncated=None if truncated is None else int(truncated.sum()),
+        errors=reasons,
+    )
+
+
+def token_plan(
+    context: TaskContext, spec: JobSpec, batches: list[pa.Table], input_rows: int, covers_input: bool
+) -> TokenPlan:
+    """Statistics over the sampled batches, and the whole input's tokens and output rows from them."""
+    done = [tokenize_batch(context, spec, batch) for batch in batches]
+    rows = sum(b.rows for b in done)
+    lengths = np.concatenate([b.lengths for b in done]) if done else np.zeros(0, np.int64)
+    per_row = np.concatenate([b.per_row for b in done]) if done else np.zeros(0, np.int64)
+    tokens, padded = int(lengths.sum()), sum(b.padded for b in done)
+    reasons = [r for b in done for r in b.errors]
+    quarantined = reason_counts(pa.table({ERROR: pa.array(reasons, pa.string())}))
+    truncated = [b.truncated for b in done]
+    scale = input_rows / rows if rows else 0.0
+    return TokenPlan(
+        sample_rows=rows,
+        sample_batches=len(done),
+        batch_size=spec.batching.batch_size,
+        covers_input=covers_input,
+        max_length=context.max_length,
+        features=len(lengths),
+        features_per_row=round(float(per_row.mean()), 3) if len(per_row) else 0.0,
+        feature_tokens=distribution(lengths),
+        tokens=tokens,
+        padded=padded,
+        padding_efficiency=round(tokens / padded, 4) if padded else None,
+        micro_batches=sum(b.micro_batches for b in done),
+        truncated_rows=None if any(t is None for t in truncated) else sum(t or 0 for t in truncated),
+        quarantined=dict(sorted(quarantined.items(), key=lambda kv: -kv[1])),
+        tokens_total=tokens if covers_input else math.floor(tokens * scale + 0.5),
+        rows_out=rows - len(reasons) if covers_input else math.floor((rows - len(reasons)) * scale + 0.5),
+    )
+
+
+def distribution(values: np.ndarray) -> Distribution | None:
+    if not len(values):
+        return None
+    p50, p90, p99 = (int(np.percentile(values, q, method="higher")) for q in (50, 90, 99))
+    return Distribution(mean=round(float(values.mean()), 1), p50=p50, p90=p90, p99=p99, max=int(values.max()))

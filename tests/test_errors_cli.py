@@ -1,0 +1,181 @@
+"""Errors a user makes before any work: one line on stderr, exit status 2, nothing written (the CLI as a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from test_cli import MAIN_JOB, cli
+
+from pipelines.errors import PipelineError
+from pipelines.inference.aliases import resolve_name
+from pipelines.spec import ModelSpec
+
+
+def one_line_error(done, *needles: str) -> str:
+    """The run failed with status 2 and one line (no traceback) naming each of ``needles``."""
+    assert done.returncode == 2, (done.returncode, done.stderr[-3000:])
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: "), done.stderr[-3000:]
+    for needle in needles:
+        assert needle in line, line
+    return line
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_a_spec_path_that_is_a_directory(command, tmp_path):
+    done = cli(command, str(tmp_path))
+    one_line_error(done, str(tmp_path), "is a directory")
+    assert done.stderr.strip().count("\n") == 0
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_a_spec_file_that_is_not_utf8(command, tmp_path):
+    spec = tmp_path / "latin1.yaml"
+    spec.write_bytes(MAIN_JOB.read_bytes().replace(b"name: label_news", "name: étiquettes".encode("latin-1")))
+    done = cli(command, str(spec), "--set", f"output.path={tmp_path / 'out'}")
+    one_line_error(done, str(spec), "not UTF-8", "0xe9")
+    assert done.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_a_set_value_that_is_not_yaml(command, tmp_path):
+    done = cli(command, str(MAIN_JOB), "--set", "batching.batch_size=[1,", "--set", f"output.path={tmp_path / 'out'}")
+    one_line_error(done, "--set 'batching.batch_size=[1,'", "not valid YAML")
+    assert done.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_spec_file_that_is_not_yaml_is_one_line(tmp_path):
+    spec = tmp_path / "broken.yaml"
+    spec.write_text("name: a: b\n")
+    done = cli("validate", str(spec))
+    one_line_error(done, "not valid YAML", "line 1")
+    assert done.stderr.strip().count("\n") == 0
+
+
+def test_an_output_started_on_cpu_resumes_with_device_auto_but_not_with_another_row_policy(tiny_models, tmp_path):
+    """The spec hash: `--set model.device=auto` (the README's submit example) resumes a local output;
+    `errors.too_long: error` would change which rows are written, so it is refused."""
+    from test_faults import cli as run_cli
+    from test_faults import commits, many_shards, output_ids, write_job
+
+    ids = many_shards(tmp_path / "in", shards=2)
+    job = write_job(tmp_path, tiny_models("classifier"), tmp_path / "in", model={"device": "cpu"})
+    out = tmp_path / "out"
+    crashed = run_cli("run", str(job), env={"PIPELINES_CRASH_AT": "after_commit:1"})
+    assert crashed.returncode == -9 and commits(out) == 1, crashed.stderr[-2000:]
+
+    refused = run_cli("run", str(job), "--set", "errors.too_long=error")
+    one_line_error(refused, "different job spec")
+    assert commits(out) == 1
+
+    resumed = run_cli("run", str(job), "--set", "model.device=auto", "--set", f"model.cache_dir={tmp_path / 'cache'}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "2 shards, 1 this run" in resumed.stdout
+    got = output_ids(out)
+    assert sorted(got) == sorted(ids) and len(got) == len(set(got))
+
+
+# --- a model that cannot be loaded: found on the driver, before anything is written --------------------------
+
+
+def copy_model(source: str, target: Path, *, without: tuple[str, ...] = ()) -> Path:
+    shutil.copytree(source, target)
+    for name in without:
+        (target / name).unlink()
+    return target
+
+
+def test_a_model_directory_without_weights_is_one_line_and_writes_nothing(tiny_models, tmp_path):
+    from test_faults import cli as run_cli
+    from test_faults import many_shards, write_job
+
+    many_shards(tmp_path / "in", shards=1)
+    model = copy_model(tiny_models("classifier"), tmp_path / "model", without=("model.safetensors",))
+    job = write_job(tmp_path, str(model), tmp_path / "in")
+    done = run_cli("run", str(job))
+    one_line_error(done, f"model '{model}'", "no weights", "model.safetensors")
+    assert not (tmp_path / "out").exists()
+
+    (model / "model.safetensors").symlink_to(Path(tiny_models("classifier")) / "model.safetensors")
+    (tmp_path / "out").mkdir()
+    fixed = run_cli("run", str(job))  # nothing was claimed: the corrected model runs into the same output path
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+
+
+def test_missing_tokenizer_files_or_weight_shards_are_named(tiny_models, tmp_path):
+    from pipelines.inference.checks import check_model_files
+
+    tokenizer_files = [p.name for p in Path(tiny_models("classifier")).iterdir() if p.name.startswith("tokenizer")]
+    no_tokenizer = copy_model(tiny_models("classifier"), tmp_path / "no-tokenizer", without=tuple(tokenizer_files))
+    with pytest.raises(PipelineError, match="no tokenizer files"):
+        check_model_files(ModelSpec(name=str(no_tokenizer)), str(no_tokenizer))
+
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    (sharded / "config.json").write_text("{}")
+    (sharded / "tokenizer.json").write_text("{}")
+    weight_map = {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (sharded / "model-00001-of-00002.safetensors").write_bytes(b"")
+    with pytest.raises(PipelineError, match="1 of the 2 weight files .* model-00002-of-00002.safetensors"):
+        check_model_files(ModelSpec(name=str(sharded)), str(sharded))
+    (sharded / "model-00002-of-00002.safetensors").write_bytes(b"")
+    check_model_files(ModelSpec(name=str(sharded)), str(sharded))
+
+    no_config = copy_model(tiny_models("classifier"), tmp_path / "no-config", without=("config.json",))
+    with pytest.raises(PipelineError, match="no config.json"):
+        check_model_files(ModelSpec(name=str(no_config)), str(no_config))
+    for complete in (tiny_models("classifier"), tiny_models("causal"), resolve_name(ModelSpec(name="minilm"))):
+        check_model_files(ModelSpec(name=complete), complete)
+
+
+def test_an_offline_hub_id_cached_without_weights_is_refused(monkeypatch, tmp_path):
+    """HF_HUB_OFFLINE and a cache that holds only the config (e.g. after AutoConfig.from_pretrained)."""
+    from huggingface_hub import constants
+
+    from pipelines.inference.checks import check_model_files
+
+    snapshot = tmp_path / "hub" / "models--org--tiny" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    (snapshot / "config.json").write_text("{}")
+    (snapshot / "tokenizer.json").write_text("{}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(PipelineError, match=r"model 'org/tiny' \(cached at .*\): the directory has no weights"):
+        check_model_files(ModelSpec(name="org/tiny"), "org/tiny")
+    check_model_files(ModelSpec(name="org/other"), "org/other")  # not cached: loading the config tells
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    check_model_files(ModelSpec(name="org/tiny"), "org/tiny")  # online, the weights would be downloaded
+
+
+def test_the_model_check_is_light():
+    from test_light_modules import imported_heavy
+
+    code = (
+        "from pipelines.inference.aliases import resolve_name\n"
+        "from pipelines.inference.checks import check_model_files\n"
+        "from pipelines.spec import ModelSpec\n"
+        "spec = ModelSpec(name='minilm')\n"
+        "check_model_files(spec, resolve_name(spec))\n"
+    )
+    assert imported_heavy(code) == []
+
+
+def test_a_local_ray_that_cannot_start_is_one_line_with_what_to_try(tmp_path):
+    """RAY_TMPDIR naming a file: ray.init fails at once, as it does when the node times out during startup."""
+    from test_faults import cli as run_cli
+
+    not_a_dir = tmp_path / "ray-tmp"
+    not_a_dir.write_text("")
+    out = tmp_path / "out"
+    done = run_cli("run", str(MAIN_JOB), "--set", f"output.path={out}", env={"RAY_TMPDIR": str(not_a_dir)})
+    one_line_error(done, "Cannot start a local Ray", "Not a directory", str(not_a_dir), "--address")
+    assert not out.exists()

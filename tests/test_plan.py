@@ -1,0 +1,175 @@
+"""`pipelines plan` against what runs then report: rows, tokens, quarantined rows, padding; model bytes as loaded."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from helpers import ROOT, SENTENCES, make_spec, write_jsonl, write_parquet
+
+from pipelines.io.reader import Columns, read_shard
+from pipelines.io.shards import list_shards
+from pipelines.planning.build import build_plan
+from pipelines.planning.inputs import actor_batches, count_rows, read_blocks
+from pipelines.planning.records import Plan
+from pipelines.planning.render import render
+from pipelines.runner import run_job
+from pipelines.spec import load_spec
+
+LONG = " ".join(SENTENCES * 4)  # past max_length below: truncated, or several QA windows
+
+
+def test_rows_are_counted_as_a_run_reads_them(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text('{"id": "1", "text": "x"}\n\n   \n{not json}\n[1, 2]\n{"id": "4", "text": "y"}')
+    with gzip.open(folder / "b.jsonl.gz", "wt") as f:
+        f.write("".join(json.dumps({"id": str(i), "text": "z"}) + "\n" for i in range(7)))
+    write_parquet(folder / "c.parquet", [{"id": str(i), "text": "w"} for i in range(5)])
+    whole = gzip.compress("".join(json.dumps({"id": str(i), "text": str(i * i)}) + "\n" for i in range(500)).encode())
+    (folder / "d.jsonl.gz").write_bytes(whole[: len(whole) // 2])  # a truncated gzip file
+    (folder / "e.parquet").write_bytes(b"PAR1 not really")
+    write_jsonl(folder / "f.jsonl", [{"id": str(i), "text": "v" * (i % 7)} for i in range(3000)])
+    (folder / "g.jsonl.gz").write_bytes(gzip.compress((folder / "f.jsonl").read_bytes()))
+    shards = list_shards([str(folder)])
+    columns = Columns(text="text", id="id")
+    counts = {s.path.rsplit("/", 1)[-1]: count_rows(s) for s in shards}
+    for shard in shards:
+        read = sum(block.num_rows for block in read_shard(shard, columns))
+        assert counts[shard.path.rsplit("/", 1)[-1]].rows == read, shard.path
+    assert {name: c.count for name, c in counts.items()} == {
+        "a.jsonl": "counted", "b.jsonl.gz": "counted", "c.parquet": "footer",
+        "d.jsonl.gz": "unreadable", "e.parquet": "unreadable", "f.jsonl": "counted", "g.jsonl.gz": "counted",
+    }
+    estimated = count_rows(next(s for s in shards if s.path.endswith("f.jsonl")), count_limit=8192)
+    assert estimated.count == "estimated" and abs(estimated.rows - 3000) < 150  # lines past 8 KiB: from the size
+
+
+def test_batches_are_formed_as_ray_data_forms_them():
+    """Ray 2.60 splits each read task's output into k blocks (2 × CPUs blocks at least), bundles whole blocks
+    up to batch_size rows and cuts each bundle into batches."""
+    sizes = [[s.stop - s.start for s in read_blocks([16, 16, 32], [1000] * 3, cpus)] for cpus in (2, 8)]
+    assert sizes == [[8, 8, 8, 8, 16, 16], [3, 3, 3, 3, 2, 2] * 2 + [6, 6, 5, 5, 5, 5]]
+    blocks = read_blocks([100, 100, 0, 100, 100, 100, 100], [10_000] * 7, cpus=2)
+    batches = list(actor_batches(blocks, 256))
+    assert [sum(s.stop - s.start for s in b) for b in batches] == [256, 44, 256, 44]
+    covered = sorted((s.shard, r) for b in batches for s in b for r in range(s.start, s.stop))
+    assert covered == sorted((shard, r) for shard in (0, 1, 3, 4, 5, 6) for r in range(100))
+
+
+def fan_out_shards(folder, text="text"):
+    """Shards of 16, 16 and 32 rows, with a null text, an empty one and long ones. On 2 CPUs Ray splits each
+    into 2 blocks of a multiple of the batch size (8), so batches don't depend on the order blocks arrive in."""
+    rows = [
+        {"id": f"r{i:02d}", text: LONG if i % 5 == 0 else SENTENCES[i % len(SENTENCES)],
+         "question": "Where is the Eiffel Tower located?"}
+        for i in range(64)
+    ]
+    rows[3][text] = None
+    rows[20][text] = "   "
+    write_jsonl(folder / "a.jsonl", rows[:16])
+    write_parquet(folder / "b.parquet", rows[16:32])
+    with gzip.open(folder / "c.jsonl.gz", "wt") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows[32:]))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("kind", "task"),
+    [
+        ("nli", {"type": "zero-shot-classification", "candidate_labels": ["sports", "business", "politics"]}),
+        ("qa", {"type": "question-answering", "doc_stride": 8, "max_question_length": 16}),
+        ("causal", {"type": "llm-label", "candidate_labels": ["yes", "no"], "prompt_template": "{text}\nAnswer:"}),
+    ],
+)
+def test_plan_predicts_what_the_run_reports(ray_session, tiny_models, tmp_path, kind, task):
+    """Fan-out tasks (a feature per label, per context window): the plan counts what the job computes.
+
+    Rows over max_length are refused (errors.too_long: error), so the run's quarantine checks the plan's
+    truncation count too.
+    """
+    text = "context" if kind == "qa" else "text"
+    spec = make_spec(
+        tiny_models(kind), task, tmp_path / "out",
+        input={"paths": [str(fan_out_shards(tmp_path / "in", text))], "text_column": text},
+        batching={"batch_size": 8, "max_tokens": 256, "max_rows": 8, "max_length": 48},
+        errors={"too_long": "error", "max_rate": 1.0},
+    )
+    plan = build_plan(spec, "job", sample=10_000, cpus=2)  # the CPUs of the session's Ray
+    summary = run_job(spec)
+    tokens = plan.tokens
+    assert tokens.covers_input and plan.input.rows == summary.rows_in == 64
+    assert tokens.tokens_total == summary.tokens
+    assert tokens.padded == summary.padded  # whole-shard batches: the same micro-batches as the run
+    assert tokens.rows_out == summary.rows_out
+    assert tokens.quarantined == summary.error_reasons
+    assert tokens.features_per_row > (1.5 if kind != "qa" else 1.0)  # labels, or windows of the long contexts
+    if kind == "qa":
+        assert tokens.truncated_rows is None and summary.errors == 2
+    else:
+        assert tokens.truncated_rows >= 12  # the long texts at least (one of the 13 is emptied)
+        assert summary.error_reasons["text longer than max_length"] == tokens.truncated_rows
+
+
+def test_plan_cli_on_the_news_shards_matches_the_run(ray_session, tiny_models, tmp_path):
+    """The main job's input and settings with a tiny encoder: `pipelines plan --measure --json` as a user runs it."""
+    job = ROOT / "jobs" / "label_news.yaml"
+    overrides = [
+        f"model.name={tiny_models('encoder')}", "model.quantization=none", f"output.path={tmp_path / 'out'}",
+        "compute.cpus_per_actor=0.5",
+    ]
+    # --cpus 2: the session's Ray has 2 CPUs (Ray Data cuts the input into blocks by CPUs)
+    args = [arg for o in overrides for arg in ("--set", o)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines", "plan", str(job), *args, "--cpus", "2", "--measure", "--json"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    plan = Plan.model_validate(json.loads(done.stdout))
+    summary = run_job(load_spec(job, overrides))
+    assert plan.input.rows == summary.rows_in == 600 and plan.input.rows_exact
+    assert plan.tokens.tokens_total == summary.tokens
+    assert summary.padding_efficiency is not None and plan.tokens.padding_efficiency is not None
+    assert abs(plan.tokens.padding_efficiency - summary.padding_efficiency) < 0.03  # batches may pair other shards
+    assert plan.measurement is not None and plan.measurement.rows == 600
+    assert plan.measurement.padding_efficiency == plan.tokens.padding_efficiency  # the predictor plans the same
+    assert [f.target for f in plan.model.fits] == ["this machine", "gpu_a10g", "gpu_l4"]  # from ./cluster.yaml
+    assert {e.actors for e in plan.estimates if e.where == "gpu_l4"} == {1, 2, 4, 8}
+    text = render(plan)
+    assert "600 rows (exact)" in text and "MEASURED here" in text and "gpu_a10g (A10G)" in text
+
+
+@pytest.mark.parametrize(
+    ("kind", "model_class", "quantization"),
+    [
+        ("encoder", "AutoModel", "none"),
+        ("encoder", "AutoModel", "int8"),
+        ("encoder", "AutoModel", "nf4"),
+        ("gpt2", "AutoModelForCausalLM", "int8"),  # tied embeddings, Conv1D layers
+    ],
+)
+def test_weight_bytes_match_the_loaded_model(tiny_models, kind, model_class, quantization):
+    """The count on an empty model equals what from_pretrained allocates, quantization scales included."""
+    import bitsandbytes as bnb
+
+    from pipelines.inference.loading import load_config, load_model
+    from pipelines.planning.memory import count_weights
+
+    spec = make_spec(tiny_models(kind), {"type": "feature-extraction"})
+    spec.model.quantization = quantization
+    config = load_config(spec.model)
+    model = load_model(spec.model, model_class, config, 128, "right").model
+    scales = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear8bitLt):
+            scales += module.weight.SCB.numel() * 4
+        elif isinstance(module, bnb.nn.Linear4bit):
+            scales += module.weight.quant_state.absmax.numel() * 4
+    assert (scales > 0) == (quantization != "none")
+    counted = count_weights(config, model_class, quantization)
+    assert counted.weight_bytes("float32", quantization) == model.get_memory_footprint() + scales
