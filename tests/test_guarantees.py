@@ -3,7 +3,6 @@ resume, safe --overwrite, one run at a time, nothing silently lost."""
 
 from __future__ import annotations
 
-import fcntl
 import io
 import json
 import shutil
@@ -15,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from helpers import ROOT, SENTENCES, write_jsonl, write_parquet
+from helpers import SENTENCES, write_jsonl, write_parquet
 from test_faults import cli, many_shards, output_ids, write_job
 
 from pipelines.errors import PipelineError
