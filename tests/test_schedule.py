@@ -23,7 +23,7 @@ from pipelines.output.commit import OutputDir
 from pipelines.output.lock import JobLock, LockHeld
 from pipelines.output.records import RunSummary
 from pipelines.runner import job_record
-from pipelines.schedule.executor import job_lock, run_due
+from pipelines.schedule.executor import abandon, job_lock, run_due
 from pipelines.schedule.ledger import Ledger, render_table
 from pipelines.schedule.loop import serve
 from pipelines.schedule.ticks import decide, latest_tick, next_tick
@@ -105,14 +105,17 @@ def fake_model(tmp_path: Path) -> str:
 class NoRay:
     """A stand-in for run_job that records its calls (for tests about the schedule, not the scoring)."""
 
-    def __init__(self, fail_first: int = 0) -> None:
+    def __init__(self, fail_first: int = 0, fail_with: str | None = None) -> None:
         self.calls: list[dict] = []
         self.fail_first = fail_first
+        self.fail_with = fail_with  # a shard file name whose runs always fail
 
-    def __call__(self, spec, *, address=None, overwrite=False, shards=None) -> RunSummary:
+    def __call__(self, spec, *, address=None, overwrite=False, shards=None, before_visible=None) -> RunSummary:
         self.calls.append({"output": spec.output.path, "shards": [s.uri for s in shards], "overwrite": overwrite})
         if len(self.calls) <= self.fail_first:
             raise PipelineError("the cluster went away")
+        if self.fail_with and any(s.uri.endswith(self.fail_with) for s in shards):
+            raise PipelineError(f"1 input file(s) could not be read: {self.fail_with}")
         summary = summaries.build(job_record(spec), [], [], 0.0, "succeeded")
         return summary.model_copy(update={"shards_this_run": len(shards)})
 
@@ -255,8 +258,8 @@ def test_a_retry_of_a_failed_tick_resumes_its_run(tmp_path):
     spec = make_job(tmp_path, fake_model(tmp_path))
     add_shard(tmp_path, "a.jsonl", rows("a", 2))
     runner = NoRay(fail_first=1)
-    with pytest.raises(PipelineError, match="resumes the run"):
-        run_due(spec, now=day(1, hours=0.01), runner=runner)
+    report = run_due(spec, now=day(1, hours=0.01), runner=runner)
+    assert len(report.failures) == 1 and "resumes the run" in report.failures[0]
     assert [e["status"] for e in ledger(tmp_path)] == ["running", "failed"]
     add_shard(tmp_path, "b.jsonl", rows("b", 2))
     run_due(spec, now=day(1, hours=0.5), runner=runner)  # the same tick again (e.g. a retry): resume only
@@ -359,6 +362,72 @@ def test_rescore_scores_every_shard_with_the_new_model_and_supersedes_older_part
     assert sorted(all_ids(tmp_path)) == sorted(r["id"] for r in rows("a", 3) + rows("b", 2))
     assert "superseded by rescore" in render_table(Ledger(str(tmp_path / "out")).read())
     assert run_due(spec, now=day(2, hours=0.01)).entries[0].status == "empty"  # then incremental again
+
+
+def test_a_run_that_keeps_failing_does_not_stop_new_input_and_can_be_abandoned(ray_session, classifier, tmp_path):
+    from test_guarantees import corrupt_parquet
+
+    spec = make_job(tmp_path, classifier)
+    add_shard(tmp_path, "a.jsonl", rows("a", 2))
+    corrupt_parquet(tmp_path / "in" / "bad.parquet", 20)  # unreadable: its run fails, every time
+    assert run_due(spec, now=day(1, hours=0.01)).failures
+    for n in (2, 3):
+        add_shard(tmp_path, f"new{n}.jsonl", rows(f"n{n}", 2))
+        report = run_due(spec, now=day(n, hours=0.01))
+        assert [e.status for e in report.entries] == ["failed", "succeeded"]  # resumed and failed; new input scored
+        assert [Path(i.uri).name for i in report.entries[1].inputs] == [f"new{n}.jsonl"]
+    assert "--abandon 2026-11-28T02:00:00Z" in report.failures[0]  # failed again and again: what to do about it
+    assert sorted(all_ids(tmp_path)) == sorted(r["id"] for r in rows("a", 2) + rows("n2", 2) + rows("n3", 2))
+
+    assert abandon(spec, "2026-11-28T02:00:00Z").status == "abandoned"
+    after = run_due(spec, now=day(4, hours=0.01))
+    # no longer resumed; a was committed there and stays; bad was not, so a new run takes it (and fails on it)
+    [line] = after.entries
+    assert (line.kind, line.status, [Path(i.uri).name for i in line.inputs]) == ("tick", "failed", ["bad.parquet"])
+    assert len(all_ids(tmp_path)) == 6
+    with pytest.raises(PipelineError, match="not unfinished"):
+        abandon(spec, "2026-11-29T02:00:00Z")
+
+
+def test_a_changed_shard_retires_its_old_version_as_the_new_one_commits(ray_session, classifier, tmp_path, monkeypatch):
+    spec = make_job(tmp_path, classifier)
+    add_shard(tmp_path, "a.jsonl", rows("a", 3))
+    add_shard(tmp_path, "b.jsonl", rows("b", 2))
+    run_due(spec, now=day(1, hours=0.01))
+    add_shard(tmp_path, "a.jsonl", rows("a", 5))  # a changed: two more rows
+
+    class Killed(BaseException):
+        """Like SIGKILL right after the new version's commit: the rest of the run never happens."""
+
+    commit = OutputDir.commit
+
+    def commit_then_die(self, *args, **kwargs):
+        commit(self, *args, **kwargs)
+        raise Killed()
+
+    monkeypatch.setattr(OutputDir, "commit", commit_then_die)
+    with pytest.raises(Killed):
+        run_due(spec, now=day(2, hours=0.01))
+    monkeypatch.setattr(OutputDir, "commit", commit)
+    gc.collect()
+    ids = all_ids(tmp_path)
+    assert sorted(ids) == sorted(r["id"] for r in rows("a", 5) + rows("b", 2)) and len(ids) == len(set(ids))
+
+
+def test_output_of_gone_input_is_recorded_and_pruned_on_request(ray_session, classifier, tmp_path):
+    spec = make_job(tmp_path, classifier)
+    add_shard(tmp_path, "a.jsonl", rows("a", 2))
+    gone = add_shard(tmp_path, "b.jsonl", rows("b", 2))
+    run_due(spec, now=day(1, hours=0.01))
+    Path(gone).unlink()
+    add_shard(tmp_path, "c.jsonl", rows("c", 2))
+    report = run_due(spec, now=day(2, hours=0.01))
+    assert report.entries[-1].gone == ["b.jsonl"]
+    assert sorted(all_ids(tmp_path)) == sorted(r["id"] for r in rows("a", 2) + rows("b", 2) + rows("c", 2))
+    pruned = run_due(spec, now=day(3, hours=0.01), prune=True)
+    assert [e.status for e in pruned.entries] == ["pruned", "empty"]
+    assert sorted(all_ids(tmp_path)) == sorted(r["id"] for r in rows("a", 2) + rows("c", 2))
+    assert run_due(spec, now=day(4, hours=0.01)).entries[-1].gone is None
 
 
 # the command line ------------------------------------------------------------------------------

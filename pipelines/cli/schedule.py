@@ -26,6 +26,11 @@ def register(commands, job_command) -> None:
     schedule.add_argument("--rescore", action="store_true",
                           help="score every input shard again (e.g. with a new model) into a new partition; "
                                "earlier partitions move to _superseded/")
+    schedule.add_argument("--prune", action="store_true",
+                          help="with --once: move the output of shards whose input file is gone to _superseded/")
+    schedule.add_argument("--abandon", metavar="RUN",
+                          help="give up on an unfinished run (one that keeps failing): it is no longer resumed; "
+                               "its committed shards stay, the others are scored again by the next tick")
     schedule.add_argument("--json", action="store_true", help="with --once: print the ledger lines written as JSON")
     schedule.set_defaults(handler=_schedule)
     runs = job_command("runs", "print a scheduled job's run ledger (<output.path>/_runs.jsonl) as a table")
@@ -36,32 +41,37 @@ def register(commands, job_command) -> None:
 def _schedule(args: argparse.Namespace) -> int:
     from pipelines.cli.main import EXIT_BUSY
     from pipelines.output.lock import LockHeld
-    from pipelines.schedule.executor import describe, run_due
+    from pipelines.schedule.executor import abandon, describe, run_due
     from pipelines.schedule.loop import serve
     from pipelines.schedule.ticks import next_tick, run_id
     from pipelines.spec import load_spec
 
     spec = load_spec(args.job, args.overrides)
+    if args.abandon:
+        print(describe(abandon(spec, args.abandon)))
+        return 0
     if not args.once:
         serve(spec, address=args.address, rescore=args.rescore)
         return 0
     try:
-        report = run_due(spec, address=args.address, rescore=args.rescore)
+        report = run_due(spec, address=args.address, rescore=args.rescore, prune=args.prune)
     except LockHeld as exc:
         print(f"busy: {exc}", file=sys.stderr)
         return EXIT_BUSY
     if args.json:
         for entry in report.entries:
             print(json.dumps(entry.to_json(), sort_keys=True, default=str))
-        return 0
-    for entry in report.entries:
-        print(describe(entry))
-    if spec.schedule is not None:
-        from datetime import UTC, datetime
+    else:
+        for entry in report.entries:
+            print(describe(entry))
+        if spec.schedule is not None:
+            from datetime import UTC, datetime
 
-        print(f"next tick: {run_id(next_tick(spec.schedule, datetime.now(UTC)))}")
-    print(f"output: {spec.output.path} (ledger: pipelines runs {args.job})")
-    return 0
+            print(f"next tick: {run_id(next_tick(spec.schedule, datetime.now(UTC)))}")
+        print(f"output: {spec.output.path} (ledger: pipelines runs {args.job})")
+    for failure in report.failures:
+        print(f"error: {failure}", file=sys.stderr)
+    return 2 if report.failures else 0
 
 
 def _runs(args: argparse.Namespace) -> int:

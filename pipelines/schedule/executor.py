@@ -52,11 +52,16 @@ Runner = Callable[..., RunSummary]
 
 @dataclass
 class Invocation:
-    """What one invocation did: the tick it handled, its decision, and the ledger lines it wrote."""
+    """What one invocation did: the tick it handled, its decision, the ledger lines it wrote, and why runs
+    failed (the CLI exits 2 when any did; new input was scored all the same)."""
 
     tick: str
     action: str
     entries: list[LedgerEntry] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+#: After this many failed attempts in a row, every invocation says how to give up on the run.
+FAILURES_BEFORE_ADVICE = 3
 
 
 # the job's output location --------------------------------------------------------------------
@@ -107,12 +112,14 @@ def run_due(
     now: datetime | None = None,
     address: str | None = None,
     rescore: bool = False,
+    prune: bool = False,
     runner: Runner | None = None,
 ) -> Invocation:
     """Do a scheduled job's due work once, under its lock.
 
-    Raises LockHeld when another run of the job is in progress, PipelineError when a run fails
-    (its committed shards are kept and the next invocation resumes it).
+    Raises LockHeld when another run of the job is in progress. A run that fails is recorded in the
+    ledger and in ``Invocation.failures`` (its committed shards are kept and the next invocation
+    resumes it), and does not stop new input from being scored.
     """
     if runner is None:
         from pipelines.runner import run_job
@@ -121,7 +128,31 @@ def run_due(
     job = ScheduledJob(spec, address, runner)
     job.check_layout()
     with job_lock(spec):
-        return job.invoke(now or datetime.now(UTC), rescore)
+        return job.invoke(now or datetime.now(UTC), rescore, prune)
+
+
+def abandon(spec: JobSpec, run: str) -> LedgerEntry:
+    """Give up on an unfinished run: it is no longer resumed; the shards it committed stay (and count as
+    scored), the shards it did not commit are scored again by the next tick."""
+    job = ScheduledJob(spec, None, _no_runner)
+    with job_lock(spec):
+        history = job.history()
+        open_runs = {e.run: e for e in history.unfinished()}
+        if run not in open_runs:
+            known = ", ".join(sorted(r for r in open_runs if r)) or "none"
+            raise PipelineError(f"run {run} is not unfinished, so there is nothing to abandon (unfinished: {known})")
+        entry = open_runs[run].model_copy(update={
+            "status": "abandoned",
+            "inputs": job.committed_inputs(run),
+            "note": "abandoned: its uncommitted shards are scored again by the next tick",
+            "finished_at": _now_iso(),
+            "error": None,
+        })
+        return job.ledger.append(entry)
+
+
+def _no_runner(*args, **kwargs) -> RunSummary:
+    raise AssertionError("abandoning a run scores nothing")
 
 
 class ScheduledJob:
@@ -166,7 +197,7 @@ class ScheduledJob:
         names = [e.base_name for e in self.fs.get_file_info(selector) if e.type == pafs.FileType.Directory]
         return sorted(name[len(PARTITION):] for name in names if name.startswith(PARTITION))
 
-    def invoke(self, now: datetime, rescore: bool) -> Invocation:
+    def invoke(self, now: datetime, rescore: bool, prune: bool = False) -> Invocation:
         history = self.history()
         if not history.entries and self.partitions():
             raise PipelineError(
@@ -186,7 +217,9 @@ class ScheduledJob:
             for unfinished in history.unfinished():
                 assert unfinished.run is not None
                 plan = self.planner(lineage).resume(unfinished.run, decision, self.partition_state(unfinished.run))
-                report.entries.append(self.attempt(plan))
+                self.attempt_reporting(plan, report)
+        if prune:
+            report.entries.append(self.prune(decision, lineage))
         if decision.action == "handled":
             report.entries.append(self.record_tick(decision, "empty", model=lineage))
         else:
@@ -194,16 +227,41 @@ class ScheduledJob:
             if isinstance(work, RunPlan):
                 if work.run in self.history().latest():
                     raise PipelineError(f"run {work.run} exists already; try again in a second")
-                report.entries.append(self.attempt(work))
+                self.attempt_reporting(work, report)
             else:
                 report.entries.append(self.stamp(work))
         self.reconcile()
         return report
 
+    def attempt_reporting(self, plan: RunPlan, report: Invocation) -> None:
+        """Attempt a run; a failure is recorded (ledger, report) instead of stopping the invocation."""
+        try:
+            report.entries.append(self.attempt(plan))
+        except PipelineError as exc:
+            failures = self.history().failures(plan.run)
+            advice = ""
+            if failures >= FAILURES_BEFORE_ADVICE:
+                advice = (f" It has failed {failures} times: fix the cause, or give up on it with "
+                          f"`pipelines schedule JOB --abandon {plan.run}`.")
+            report.entries.append(self.history().latest()[plan.run])
+            report.failures.append(f"{exc}{advice}")
+
+    def prune(self, decision: Decision, lineage: dict) -> LedgerEntry:
+        """Move the scored outputs of input files that are gone to ``_superseded/``, and say so in the ledger."""
+        moves = self.planner(lineage).prunes()
+        for move in moves:
+            self.retire(move)
+        note = f"{len(moves)} shard(s) whose input is gone moved to {SUPERSEDED}/" if moves else "nothing to prune"
+        entry = LedgerEntry(
+            tick=run_id(decision.tick), kind="prune", status="pruned", note=note,
+            pruned={m.key: m.run for m in moves if m.key} or None,
+        )
+        return self.stamp(entry)
+
     def partition_state(self, run: str) -> PartitionState:
         partition = OutputDir(partition_path(self.spec, run))
         recorded = partition.job()
-        committed = {key: record.input.model_dump() for key, record in partition.commits().items()}
+        committed = {key: (r.input.size, r.input.mtime_ns) for key, r in partition.commits().items()}
         return PartitionState(recorded.spec_hash if recorded else None, committed)
 
     def stamp(self, entry: LedgerEntry) -> LedgerEntry:
@@ -237,9 +295,15 @@ class ScheduledJob:
             "pid": os.getpid(),
         }))
         start = time.monotonic()
+        replaces = plan.entry.replaces or {}
+
+        def retire_older(shard: Shard) -> None:  # the older version leaves just before the new one appears
+            if shard.key in replaces:
+                self.retire_shard(replaces[shard.key], shard.key)
+
         try:
             summary = self.runner(partition_spec(self.spec, run), address=self.address, overwrite=plan.overwrite,
-                                  shards=plan.shards)
+                                  shards=plan.shards, before_visible=retire_older)
         except Exception as exc:
             self.ledger.append(planned.model_copy(update={
                 "status": "failed", "error": str(exc), "finished_at": _now_iso(),
@@ -326,6 +390,10 @@ def describe(entry: LedgerEntry) -> str:
         return f"tick {tick}: skipped (schedule.missed_ticks: skip){note}"
     if status == "empty":
         return f"tick {tick}: nothing to score; nothing written{note}"
+    if status == "pruned":
+        return f"tick {tick}: {entry.note}"
+    if status == "abandoned":
+        return f"run={run}: abandoned ({entry.note})"
     what = {"resume": "resumed", "rescore": "rescored every shard", "tick": "scored new input"}[entry.kind]
     errors = entry.errors or 0
     return (

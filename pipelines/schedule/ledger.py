@@ -11,7 +11,7 @@ Fields of a line:
 ``tick``       the schedule tick the invocation handled (UTC, ``2026-11-28T02:00:00Z``)
 ``run``        the partition id (``run=<run>/``), null when nothing was scored
 ``kind``       ``tick`` (new or changed input), ``resume`` (finishing an earlier run) or ``rescore``
-``status``     ``running``, ``succeeded``, ``failed``, ``empty`` or ``skipped``
+``status``     ``running``, ``succeeded``, ``failed``, ``abandoned``, ``empty`` or ``skipped``
 ``attempt``    1 for a run's first attempt, 2 for its first resume, ...
 ``inputs``     ``[{uri, size, mtime_ns, key, rows}]``: planned (running) or committed (succeeded)
 ``replaces``   ``{shard key: run}``: shards whose earlier version, in that run, this run supersedes
@@ -41,22 +41,26 @@ from pipelines.output.layout import LEDGER
 log = logging.getLogger(__name__)
 
 UNFINISHED = ("running", "failed")
+#: A run given up on (``pipelines schedule --abandon``): not resumed; its committed shards stay scored.
+ABANDONED = "abandoned"
 TICK_KINDS = ("tick", "rescore")
 
 
 class LedgerInput(BaseModel):
-    """An input shard as a ledger line lists it: its fingerprint, key and (once committed) rows."""
+    """An input shard as a ledger line lists it: its fingerprint, key (from its name) and, once committed, rows."""
 
     model_config = ConfigDict(extra="allow")
 
     uri: str
     size: int
     mtime_ns: int | None = None
+    name: str = ""
     key: str
     rows: int | None = None
 
-    def fingerprint(self) -> dict:
-        return {"uri": self.uri, "size": self.size, "mtime_ns": self.mtime_ns}
+    def same_file(self, shard: Any) -> bool:
+        """Whether a shard (by name) still has the size and modification time it was scored with."""
+        return self.size == shard.size and self.mtime_ns == shard.mtime_ns
 
 
 class LedgerEntry(BaseModel):
@@ -89,6 +93,10 @@ class LedgerEntry(BaseModel):
     error: str | None = None
     note: str | None = None
     missed: int | None = None
+    #: Names of shards scored earlier whose input file is gone (their rows stay in their partitions).
+    gone: list[str] | None = None
+    #: ``{shard key: run}``: outputs of gone input moved to ``_superseded/`` (``--prune``).
+    pruned: dict[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -165,15 +173,35 @@ class History:
     def attempts(self, run: str) -> int:
         return sum(1 for e in self.entries if e.run == run and e.status == "running")
 
-    def scored(self) -> dict[str, tuple[dict, str]]:
-        """uri → (fingerprint, run) of the newest scored version of every input since the last rescore."""
+    def scored(self) -> dict[str, tuple[LedgerInput, str]]:
+        """shard key → (its input as scored, run) of the newest scored version of every input since the last
+        rescore: the committed inputs of succeeded runs, and of abandoned ones (their commits stay visible)."""
         base = self.base()
-        found: dict[str, tuple[dict, str]] = {}
+        pruned = {(run, key) for e in self.entries for key, run in (e.pruned or {}).items()}
+        found: dict[str, tuple[LedgerInput, str]] = {}
         for run, entry in self.latest().items():
-            if run >= base and entry.status == "succeeded":
+            if run >= base and entry.status in ("succeeded", ABANDONED):
                 for item in entry.inputs or []:
-                    found[item.uri] = (item.fingerprint(), run)
+                    if (run, item.key) not in pruned:
+                        found[item.key] = (item, run)
         return found
+
+    def claimed(self) -> dict[str, str]:
+        """shard key → run, for the shards that unfinished runs planned: theirs to finish, no one else's."""
+        claims: dict[str, str] = {}
+        for entry in self.unfinished():
+            assert entry.run is not None
+            for item in self.first_attempt(entry.run).inputs or []:
+                claims[item.key] = entry.run
+        return claims
+
+    def failures(self, run: str) -> int:
+        """How many attempts of a run failed in a row (since its last success or start)."""
+        count = 0
+        for entry in self.entries:
+            if entry.run == run and entry.status == "failed":
+                count += 1
+        return count
 
     def last_model(self) -> tuple[dict, str] | None:
         """(lineage, run) of the newest run that scored anything."""
@@ -225,6 +253,8 @@ def _row(entry: LedgerEntry, base: str) -> dict[str, str]:
         notes.append(f"{len(entry.replaces)} changed shard(s)")
     if entry.error:
         notes.append(f"error: {str(entry.error).splitlines()[0][:120]}")
+    if entry.gone:
+        notes.append(f"{len(entry.gone)} shard(s) gone from the input (their rows stay)")
     shards = entry.inputs
     return {
         "tick": entry.tick or "",

@@ -40,6 +40,8 @@ def serve(
             rescore = False
             for entry in report.entries:
                 log.info("%s", describe(entry))
+            for failure in report.failures:
+                log.error("%s", failure)
         except LockHeld as exc:
             log.warning("%s", exc)
         except PipelineError as exc:

@@ -25,7 +25,7 @@ class PartitionState:
     """What a partition holds: the spec hash its ``_job.json`` records, and its commits' input fingerprints."""
 
     spec_hash: str | None = None
-    committed: dict[str, dict] = field(default_factory=dict)
+    committed: dict[str, tuple[int, int | None]] = field(default_factory=dict)  # key → (size, mtime_ns)
 
 
 @dataclass
@@ -68,15 +68,15 @@ class Planner:
         warnings = []
         if overwrite:
             warnings.append(f"run {run} was started with another model or spec: redoing it whole with the current one")
-        current = {s.uri: s for s in self.shards}
+        current = {s.key: s for s in self.shards}
         shards = []
         for item in plan.inputs or []:
-            shard = current.get(item.uri)
+            shard = current.get(item.key)
             if shard is None:
-                warnings.append(f"run {run}: {item.uri} is gone since the run started; left out")
+                warnings.append(f"run {run}: {item.name or item.uri} is gone since the run started; left out")
                 continue
             done = partition.committed.get(shard.key)
-            if done and done != shard.fingerprint() and not overwrite:
+            if done and done != (shard.size, shard.mtime_ns) and not overwrite:
                 continue  # changed after it was committed here: scored again as a changed shard
             shards.append(shard)
         entry = LedgerEntry(
@@ -92,18 +92,29 @@ class Planner:
         return RunPlan(run, shards, entry, overwrite, warnings)
 
     def new_work(self, decision: Decision, rescore: bool) -> RunPlan | LedgerEntry:
-        """The run that scores new and changed shards (every shard, to rescore), or the ``empty`` line."""
+        """The run that scores new and changed shards (every shard, to rescore), or the ``empty`` line.
+
+        Shards an unfinished run planned are that run's to finish (even while it keeps failing), so they
+        are left out until it succeeds or is abandoned.
+        """
         scored = self.history.scored()
+        claimed = {} if rescore else self.history.claimed()
+        current = {s.key for s in self.shards}
+        gone = sorted(item.name or item.uri for key, (item, _) in scored.items() if key not in current)
         if rescore:
             todo, replaces = list(self.shards), {}
         else:
-            todo = [s for s in self.shards if s.uri not in scored or scored[s.uri][0] != s.fingerprint()]
-            replaces = {s.key: scored[s.uri][1] for s in todo if s.uri in scored}
+            todo = [
+                s for s in self.shards
+                if s.key not in claimed and (s.key not in scored or not scored[s.key][0].same_file(s))
+            ]
+            replaces = {s.key: scored[s.key][1] for s in todo if s.key in scored}
         if not todo:
-            note = decision.note() or f"no new input ({len(self.shards)} shard(s) scored already)"
+            held = f"; {len(claimed)} held by unfinished run(s)" if claimed else ""
+            note = decision.note() or f"no new input ({len(self.shards)} shard(s) scored already{held})"
             return LedgerEntry(
                 tick=run_id(decision.tick), kind="tick", status="empty", missed=decision.missed, note=note,
-                model=self.lineage, spec_hash=self.spec_hash, inputs=[],
+                model=self.lineage, spec_hash=self.spec_hash, inputs=[], gone=gone or None,
             )
         changes, warning = self.changes_since_last_run(rescore)
         entry = LedgerEntry(
@@ -116,9 +127,15 @@ class Planner:
             note=decision.note(),
             attempt=1,
             model=self.lineage,
+            gone=gone or None,
             **changes,
         )
         warnings = [warning] if warning else []
+        if gone:
+            warnings.append(
+                f"{len(gone)} shard(s) scored earlier are gone from the input (e.g. {gone[0]}); their rows stay in "
+                "their partitions: `pipelines schedule JOB --once --prune` moves them to _superseded/"
+            )
         if replaces:
             warnings.append(
                 f"{len(replaces)} shard(s) changed since they were scored; their earlier output moves to "
@@ -149,6 +166,11 @@ class Planner:
             "one, run `pipelines schedule JOB --once --rescore`"
         )
         return changes, warning
+
+    def prunes(self) -> list[Retirement]:
+        """The scored outputs of shards whose input file is gone (``--prune`` moves them to ``_superseded/``)."""
+        current = {s.key for s in self.shards}
+        return [Retirement(run, key) for key, (_, run) in self.history.scored().items() if key not in current]
 
     def retirements(self, partitions: list[str], committed: set[tuple[str, str]]) -> list[Retirement]:
         """Outputs that newer ones replace: partitions before the last rescore, and older versions of shards
