@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -192,11 +193,29 @@ def run_job(
         from pipelines.cluster.connect import connect
 
         connect(address, spec)  # resource problems surface here, before anything is written
-    with output_lock(spec.output.path, RUN_LOCK, f"the output {spec.output.path}"):
-        if overwrite:
-            output.clear()
-        pending, _ = _pending(output, job, shards, given, prune=prune, dry=False)
+    with writing(spec.output.path):
+        lock = output_lock(spec.output.path, RUN_LOCK, f"the output {spec.output.path}").acquire()
+    try:
+        with writing(spec.output.path):
+            if overwrite:
+                output.clear()
+            pending, _ = _pending(output, job, shards, given, prune=prune, dry=False)
         return _run_locked(spec, job, output, shards, pending, before_visible)
+    finally:
+        lock.release()
+
+
+@contextmanager
+def writing(location: str) -> Iterator[None]:
+    """File-system refusals while writing the output become one line: where, why, what to do."""
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or str(exc).strip().splitlines()[0]
+        raise PipelineError(
+            f"output.path {location}: cannot write or delete there ({reason}); choose an output.path this "
+            "process may write to (and delete in), or fix its permissions"
+        ) from None
 
 
 def _pending(
@@ -232,7 +251,8 @@ def _run_locked(
         job.column_types = recorded.column_types  # the types the committed files have
     else:
         job.column_types = encode_types(dict(columns_of(spec, shards).keep_types))
-    output.start(job)
+    with writing(spec.output.path):
+        output.start(job)
     log.info("%d of %d shards to do", len(pending), len(shards))
     start = time.monotonic()
     done, failed = execute(spec, job, output, pending, before_visible) if pending else ({}, [])
@@ -325,10 +345,15 @@ def execute(
     screen = None
     if spec.errors.duplicate_ids == "error":
         screen = DuplicateIds(output.fs, output.root, spec.input.id_column or "id", list(output.commits().values()))
-    commit = partial(
+    settings = partial(
         output.commit, job=job, compression=spec.output.compression, row_group_rows=spec.output.row_group_rows,
         screen=screen, before_visible=before_visible,
     )
+
+    def commit(shard: Shard, reports: list[StagingReport], **kwargs: Any) -> CommitRecord:
+        with writing(spec.output.path):
+            return settings(shard, reports, **kwargs)
+
     for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
         for report in StagingReport.from_table(batch):
             if not tally.add(report):

@@ -189,3 +189,14 @@ def test_a_reader_sees_whole_shards_only_while_a_commit_is_cut_short(tiny_models
     got = output_ids(out)
     assert sorted(got) == sorted(ids) and len(got) == len(set(got))
     assert len(list(out.glob("*.parquet"))) == 3  # one file per shard
+
+
+def test_an_output_path_that_refuses_writes_is_one_line(tiny_models, tmp_path):
+    """/sys refuses new folders even to root: a stand-in for a read-only or foreign output location."""
+    many_shards(tmp_path / "in", shards=1)
+    job = write_job(tmp_path, tiny_models("classifier"), tmp_path / "in", output={"path": "/sys/pipelines-test-out"})
+    done = cli("run", str(job))
+    assert done.returncode == 2, done.stderr[-2000:]
+    [line] = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert "/sys/pipelines-test-out: cannot write or delete there" in line
+    assert "Traceback" not in done.stderr
