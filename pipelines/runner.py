@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pipelines import faults
+from pipelines import faults, fidelity
 from pipelines.errors import PipelineError
 from pipelines.io.reader import Columns, read_shard, reference_types
 from pipelines.io.shards import Shard, list_shards
+from pipelines.output import report as pages
 from pipelines.output import summary as summaries
 from pipelines.output.commit import OutputDir
 from pipelines.output.duplicates import DuplicateIds
@@ -164,13 +165,15 @@ def run_job(
         if previous is None:
             previous = summaries.build(job, list(output.commits().values()), [], 0.0, "succeeded")
         return previous.model_copy(update={"status": "up to date", "shards_this_run": 0})
+    checked = None
     if pending:
         from pipelines.cluster.connect import connect
 
         connect(address, spec)  # resource problems surface here, before anything is written
+        checked = fidelity.gate(spec, pending)  # below model.fidelity's bar: PipelineError, nothing written
     output.start(job, overwrite)
     log.info("%d of %d shards to do", len(pending), len(shards))
-    start = time.monotonic()
+    start, started_at = time.monotonic(), time.time()
     done = execute(spec, job, output, pending, shards) if pending else {}
     wall = time.monotonic() - start
     missing = [s.uri for s in pending if s.key not in done]
@@ -178,12 +181,15 @@ def run_job(
         raise PipelineError(f"{len(missing)} shard(s) did not complete, e.g. {missing[0]}; run the job again to resume")
     faults.checkpoint("before_summary")
     result = summaries.build(job, list(output.commits().values()), list(done.values()), wall, "succeeded")
+    result.started_at, result.fidelity = started_at, checked
     problem = error_policy_violation(spec, result)
     if problem:
         result.status = "failed"
         output.write_json(RUN, result.to_json())
+        pages.write_quietly(spec.output.path)
         raise PipelineError(problem)
     output.write_json(RUN, result.to_json())
+    pages.write_quietly(spec.output.path)
     output.finish()
     return result
 

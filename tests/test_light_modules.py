@@ -53,3 +53,12 @@ def test_the_driver_side_imports_no_torch():
     """Planning a job, its output and its schedule is driver work: no model code is loaded for it."""
     code = "import pipelines.runner, pipelines.schedule.executor, pipelines.cluster.connect, pipelines.cli.schedule"
     assert imported_heavy(code) == []
+
+
+def test_report_and_fidelity_driver_import_no_torch():
+    """The run report is built on the driver, and `pipelines report` runs on a laptop: no torch there."""
+    code = (
+        "import pipelines.output.report, pipelines.fidelity, pipelines.io.sample, pipelines.cli.quality\n"
+        "import pipelines.runner, pipelines.schedule.executor\n"
+    )
+    assert imported_heavy(code) == []
