@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pyarrow as pa
 import pytest
+import yaml
 from helpers import SENTENCES, make_spec, write_jsonl, write_parquet
 from test_cli import cli
 
@@ -198,8 +200,14 @@ def test_nf4_changes_labels_that_int8_keeps(wide_encoder, topics, tmp_path):
 def test_a_run_below_the_bar_fails_before_writing(ray_session, wide_encoder, topics, tmp_path):
     out = tmp_path / "out"
     spec = topic_spec(wide_encoder, topics, out, "nf4", fidelity={"rows": 64, "min_agreement": 0.99})
-    with pytest.raises(PipelineError, match=r"quantization fidelity below the bar: label_agreement \d+\.\d+% on 64"):
-        run_job(spec)
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True)))
+    done = cli("run", str(job))
+    assert done.returncode == 2, done.stderr[-3000:]
+    [line] = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert re.match(r"error: quantization fidelity below the bar: label_agreement \d+\.\d+% on 64 sampled rows, "
+                    r"nf4 vs unquantized, under model.fidelity.min_agreement=0.99; nothing was written", line), line
+    assert "Traceback" not in done.stderr
     assert not out.exists()
 
     passing = topic_spec(wide_encoder, topics, out, "int8", fidelity={"rows": 64, "min_agreement": 0.99})
