@@ -170,7 +170,7 @@ def run_job(
         from pipelines.cluster.connect import connect
 
         connect(address, spec)  # resource problems surface here, before anything is written
-        checked = fidelity.gate(spec, pending)  # below model.fidelity's bar: PipelineError, nothing written
+        checked = fidelity.gate(spec, shards)  # below model.fidelity's bar: PipelineError, nothing written
     output.start(job, overwrite)
     log.info("%d of %d shards to do", len(pending), len(shards))
     start, started_at = time.monotonic(), time.time()

@@ -229,4 +229,4 @@ def test_cli_fidelity_on_minilm():
     assert result["agreement"] >= 0.85
     assert result["metrics"]["truth_accuracy_reference"] > 0.6
     assert abs(result["metrics"]["truth_accuracy_quantized"] - result["metrics"]["truth_accuracy_reference"]) < 0.1
-    assert "ray" not in done.stderr.lower()  # a plain process: no Ray started
+    assert "Ray instance" not in done.stderr and "Token authentication" not in done.stderr  # no Ray started

@@ -7,13 +7,23 @@ import logging
 from helpers import SENTENCES, batch_of, make_spec, write_jsonl
 from test_cli import cli
 
+from pipelines.inference.library_logs import OncePerProcess
 from pipelines.inference.predictor import Predictor
 
 CAST = "MatMul8bitLt: inputs will be cast"
 
 
+def forget_shown_warnings() -> None:
+    """As in a new process: drop the once-filters that earlier tests' predictors put on bitsandbytes' loggers."""
+    for name in list(logging.root.manager.loggerDict):
+        logger = logging.getLogger(name)
+        for once in [f for f in logger.filters if isinstance(f, OncePerProcess)]:
+            logger.removeFilter(once)
+
+
 def test_bitsandbytes_cast_warning_is_logged_once_per_process(tiny_models, caplog):
     """bitsandbytes logs it through `logging` on every int8 matmul: a `warnings` filter never saw it."""
+    forget_shown_warnings()
     spec = make_spec(tiny_models("encoder"), {"type": "feature-extraction"})
     spec.model.quantization, spec.model.device = "int8", "cpu"
     with caplog.at_level(logging.WARNING):
