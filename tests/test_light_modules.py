@@ -56,3 +56,12 @@ def test_the_driver_side_imports_no_torch():
         "import pipelines.cli.plan, pipelines.planning.build, pipelines.planning.memory, pipelines.planning.render"
     )
     assert imported_heavy(code) == []
+
+
+def test_report_and_fidelity_driver_import_no_torch():
+    """The run report is built on the driver, and `pipelines report` runs on a laptop: no torch there."""
+    code = (
+        "import pipelines.output.report, pipelines.fidelity, pipelines.io.sample, pipelines.cli.quality\n"
+        "import pipelines.runner, pipelines.schedule.executor\n"
+    )
+    assert imported_heavy(code) == []

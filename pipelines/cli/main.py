@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pipelines.cli import cluster as cli_cluster
 from pipelines.cli import plan as cli_plan
+from pipelines.cli import quality as cli_quality
 from pipelines.cli import schedule as cli_schedule
 from pipelines.errors import PipelineError
 from pipelines.output.lock import LockHeld
@@ -57,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
 
 # Modules that add sub-commands: each is a function (subparsers, job_command) that adds parsers
 # and sets `handler=` defaults on them (see argparse's set_defaults).
-EXTENSIONS: list = [cli_schedule.register, cli_cluster.register, cli_plan.register]
+EXTENSIONS: list = [cli_schedule.register, cli_cluster.register, cli_plan.register, cli_quality.register]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,6 +92,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from pipelines.output.report import report_path
     from pipelines.output.summary import render
     from pipelines.runner import run_job
     from pipelines.spec import load_spec
@@ -104,6 +106,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         print(render(result))
         print(f"output: {spec.output.path}")
+        print(f"report: {report_path(spec.output.path)}")
     return 0
 
 

@@ -4,7 +4,8 @@ Owns the predictor (:mod:`.predictor`), length-sorted micro-batching and padding
 (:mod:`.batching`, numpy only), model loading with device, dtype and
 bitsandbytes quantization (:mod:`.loading`), the built-in model aliases
 (:mod:`.aliases`, light), the driver's check that a model's files are there
-(:mod:`.checks`, light) and the GGUF conversion of ``smollm2`` (:mod:`.gguf`).
+(:mod:`.checks`, light), the GGUF conversion of ``smollm2`` (:mod:`.gguf`), the
+quantized-vs-unquantized comparison (:mod:`.fidelity`) and the libraries' log noise (:mod:`.library_logs`).
 May import torch, transformers, :mod:`pipelines.spec`, :mod:`pipelines.tasks`
 and :mod:`pipelines.io.block`; never Ray (the predictor runs the same in a
 plain process) and no task by name (tasks are looked up from the spec).

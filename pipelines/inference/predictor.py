@@ -12,7 +12,6 @@ It knows no task in particular and no Ray: it runs the same in a plain process.
 from __future__ import annotations
 
 import logging
-import warnings
 from typing import Any
 
 import numpy as np
@@ -22,6 +21,7 @@ import torch
 
 from pipelines import faults
 from pipelines.inference.batching import plan_microbatches
+from pipelines.inference.library_logs import hide_loading_bars, once_per_process
 from pipelines.inference.loading import load_config, load_model
 from pipelines.io.block import ERROR, PADDED, TOKENS
 from pipelines.spec import JobSpec
@@ -37,8 +37,7 @@ class Predictor:
     def __init__(self, spec: dict[str, Any] | JobSpec) -> None:
         self.spec = spec if isinstance(spec, JobSpec) else JobSpec.model_validate(spec)
         torch.set_num_threads(self.spec.compute.torch_threads())
-        # bitsandbytes warns on every int8 matmul with float32 inputs (expected on CPU): not news.
-        warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
+        hide_loading_bars()
         implementation = task_class(self.spec.task.type)
         config = load_config(self.spec.model)
         self.loaded = load_model(
@@ -48,6 +47,7 @@ class Predictor:
             self.spec.batching.max_length,
             implementation.padding_side,
         )
+        once_per_process()  # bitsandbytes' per-matmul warning: once, not per batch (see library_logs)
         self.task = implementation(
             self.spec.task, self.loaded.tokenizer, self.loaded.config, self.loaded.max_length, seed=self.spec.seed
         )

@@ -233,6 +233,7 @@ class OutputDir:
             errors=errors,
             tokens=sum(r.tokens for r in reports),
             padded=sum(r.padded for r in reports),
+            blocks=[r.block() for r in reports],
             confusion=confusion,
             reasons=reasons,
             files=[layout.part_name(shard.key, 0)] if data_rows else [],

@@ -9,11 +9,13 @@ One job's output directory::
     _staging/<shard>/...            files of shards not yet committed
     _run.json, _SUCCESS             the run summary; written last, when every shard is committed
     _run.lock                       the lock a run holds (one run at a time)
+    _report.html                    the run report (a page), written with _run.json
 
 A scheduled job's root holds one such directory per run, and its own files::
 
     run=<run id>/                   a partition: a job output directory as above
     _runs.jsonl                     the run ledger
+    _report.html                    the page over the runs
     _schedule.lock                  the job's lock
     _superseded/run=<run id>/...    outputs that newer ones replaced
 
@@ -37,8 +39,9 @@ JOB = "_job.json"
 RUN = "_run.json"
 SUCCESS = "_SUCCESS"
 RUN_LOCK = "_run.lock"
+REPORT = "_report.html"
 #: The entries of a job output directory that are this project's bookkeeping.
-OURS = (COMMITS, ERRORS, STAGING, JOB, RUN, SUCCESS, RUN_LOCK)
+OURS = (COMMITS, ERRORS, STAGING, JOB, RUN, SUCCESS, RUN_LOCK, REPORT)
 
 LEDGER = "_runs.jsonl"
 LOCK = "_schedule.lock"

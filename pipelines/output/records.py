@@ -75,6 +75,16 @@ class Unreadable(Record):
     exact: bool = False
 
 
+class StagedBlock(Record):
+    """A block of a shard as its writer staged it: when (epoch seconds), rows, quarantined rows, tokens."""
+
+    at: float
+    rows: int
+    errors: int
+    tokens: int = 0
+    padded: int = 0
+
+
 class CommitRecord(Record):
     """``_commits/<shard>.json``: a shard is committed exactly when this record exists."""
 
@@ -87,6 +97,8 @@ class CommitRecord(Record):
     errors: int
     tokens: int = 0
     padded: int = 0
+    #: One entry per staged block of this shard, in the order they came: what the run report plots over time.
+    blocks: list[StagedBlock] = Field(default_factory=list)
     confusion: Confusion = Field(default_factory=dict)
     reasons: dict[str, int] = Field(default_factory=dict)
     files: list[str] = Field(default_factory=list)
@@ -100,6 +112,30 @@ class Agreement(Record):
     accuracy: float
     rows: int
     confusion: Confusion
+
+
+class Fidelity(Record):
+    """How far a quantized model's predictions are from the same model's unquantized ones, on a sample.
+
+    ``agreement`` is the task's headline measure (label agreement, mean cosine, exact match, span
+    agreement, entity F1 or top-1 agreement: ``measure`` names it); ``metrics`` holds every measure
+    of the task, each in [0, 1]. A row the quantized model could not predict (but the unquantized one
+    could) counts as a disagreement; rows neither could predict are left out.
+    """
+
+    task: str
+    quantization: str
+    reference: str = "none"
+    rows: int
+    measure: str
+    agreement: float
+    metrics: dict[str, float] = Field(default_factory=dict)
+    failed_quantized: int = 0
+    failed_reference: int = 0
+    min_agreement: float | None = None
+    passed: bool | None = None
+    examples: list[dict[str, Any]] = Field(default_factory=list)
+    wall_s: float = 0.0
 
 
 class RunSummary(Record):
@@ -122,6 +158,10 @@ class RunSummary(Record):
     tokens: int = 0  # real tokens over every committed shard (each row's features summed)
     padded: int = 0  # tokens computed for them, padding included
     rows_this_run: int = 0
+    #: When this run's work started (epoch seconds): the run report's time axis starts here.
+    started_at: float | None = None
+    #: The quantization fidelity check of model.fidelity, run before the job's work.
+    fidelity: Fidelity | None = None
     wall_s: float = 0.0
     rows_per_s: float | None = None
     tokens_per_s: float | None = None

@@ -10,6 +10,7 @@ so the driver can commit a shard once all of its rows are accounted for.
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ import pyarrow.compute as pc
 from pipelines.io.block import DIGEST, ERROR, PADDED, ROW, SHARD, SHARD_ROWS, TOKENS
 from pipelines.io.shards import resolve
 from pipelines.output import layout
-from pipelines.output.records import Confusion
+from pipelines.output.records import Confusion, StagedBlock
 
 PREVIEW_CHARS = 120
 #: Staged files are read once more, by the commit that merges them: fast compression is enough.
@@ -39,6 +40,7 @@ REPORT_SCHEMA = pa.schema(
         ("errors", pa.int64()),
         ("tokens", pa.int64()),
         ("padded", pa.int64()),
+        ("staged_at", pa.float64()),
         ("files", pa.list_(pa.string())),
         ("error_files", pa.list_(pa.string())),
         ("confusion", pa.list_(_CELL)),
@@ -59,6 +61,7 @@ class StagingReport:
     errors: int
     tokens: int = 0
     padded: int = 0
+    staged_at: float = 0.0  # when the writer staged the block (epoch seconds)
     files: list[str] = field(default_factory=list)
     error_files: list[str] = field(default_factory=list)
     confusion: Confusion = field(default_factory=dict)
@@ -71,6 +74,12 @@ class StagingReport:
         """The report stands for a file that could not be read (its one record has row -1)."""
         return self.row_ranges == [(-1, 0)]
 
+    def block(self) -> StagedBlock:
+        """The block's entry in its shard's commit record."""
+        return StagedBlock(
+            at=self.staged_at, rows=self.rows, errors=self.errors, tokens=self.tokens, padded=self.padded
+        )
+
     def to_row(self) -> dict[str, Any]:
         return {
             "shard": self.shard,
@@ -79,6 +88,7 @@ class StagingReport:
             "errors": self.errors,
             "tokens": self.tokens,
             "padded": self.padded,
+            "staged_at": self.staged_at,
             "files": self.files,
             "error_files": self.error_files,
             "confusion": [
@@ -102,6 +112,7 @@ class StagingReport:
             errors=row["errors"],
             tokens=row["tokens"],
             padded=row["padded"],
+            staged_at=row.get("staged_at") or 0.0,
             files=list(row["files"] or []),
             error_files=list(row["error_files"] or []),
             confusion=confusion,
@@ -167,6 +178,7 @@ def _stage_shard(part: pa.Table, shard: str, config: StagingConfig) -> StagingRe
         errors=bad.num_rows,
         tokens=int(pc.sum(part.column(TOKENS)).as_py() or 0),
         padded=int(pc.sum(part.column(PADDED)).as_py() or 0),
+        staged_at=time.time(),
         files=files,
         error_files=error_files,
         confusion=confusion(good, config),

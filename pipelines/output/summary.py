@@ -6,6 +6,7 @@ from pipelines.output.records import (
     Agreement,
     CommitRecord,
     Confusion,
+    Fidelity,
     JobRecord,
     RunSummary,
     merge_confusion,
@@ -86,4 +87,16 @@ def render(summary: RunSummary) -> str:
         lines.append(
             f"agreement with ground truth: {summary.agreement.accuracy:.1%} of {summary.agreement.rows:,} rows"
         )
+    if summary.fidelity:
+        lines.append(f"quantization fidelity: {fidelity_line(summary.fidelity)}")
     return "\n".join(lines)
+
+
+def fidelity_line(result: Fidelity) -> str:
+    """One line: the headline measure, the sample, the bar."""
+    bar = ""
+    if result.min_agreement is not None:
+        bar = f", bar {result.min_agreement}: {'passed' if result.passed else 'FAILED'}"
+    return (f"{result.measure} {result.agreement:.4f} on {result.rows} sampled rows "
+            f"({result.quantization} vs unquantized{bar})")
+

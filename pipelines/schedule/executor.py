@@ -128,7 +128,10 @@ def run_due(
     job = ScheduledJob(spec, address, runner)
     job.check_layout()
     with job_lock(spec):
-        return job.invoke(now or datetime.now(UTC), rescore, prune)
+        try:
+            return job.invoke(now or datetime.now(UTC), rescore, prune)
+        finally:
+            job.write_report()
 
 
 def abandon(spec: JobSpec, run: str) -> LedgerEntry:
@@ -164,6 +167,16 @@ class ScheduledJob:
         self.runner = runner
         self.fs, self.root = resolve(spec.output.path)
         self.ledger = Ledger(spec.output.path)
+
+    def write_report(self) -> None:
+        """The page over the runs (``_report.html`` at the root); each run's own page is in its partition."""
+        from pipelines.output import report
+
+        try:
+            report.write_ledger_report(self.spec.output.path, [e.to_json() for e in self.ledger.read()])
+        except Exception as exc:  # noqa: BLE001 - the runs are recorded; the page is a view of them
+            log.warning("report of the runs not written (%s); rebuild it with `pipelines report %s`",
+                        exc, self.spec.output.path)
 
     def history(self) -> History:
         return History(self.ledger.read())

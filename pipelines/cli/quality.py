@@ -1,0 +1,77 @@
+"""``pipelines fidelity`` and ``pipelines report``: what quantization cost, and a run's page.
+
+Registered by :mod:`pipelines.cli.main`; the work is in :mod:`pipelines.fidelity`
+and :mod:`pipelines.output.report`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(commands, job_command) -> None:
+    fidelity = job_command(
+        "fidelity",
+        "score a sample of the job's rows with its quantized model and unquantized, and compare (no Ray)",
+    )
+    fidelity.add_argument("--rows", type=int, default=None,
+                          help="rows to sample (default: model.fidelity.rows, else 256); the same rows every time")
+    fidelity.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    fidelity.set_defaults(handler=_fidelity)
+    report = commands.add_parser("report", help="rebuild the HTML run report (_report.html) of an output directory")
+    report.add_argument("output", help="a job's output.path (or a scheduled job's, for the page over its runs)")
+    report.set_defaults(handler=_report)
+
+
+def _fidelity(args: argparse.Namespace) -> int:
+    from pipelines.errors import PipelineError
+    from pipelines.fidelity import below_bar, check
+    from pipelines.io.shards import list_shards
+    from pipelines.spec import load_spec
+
+    if args.rows is not None and args.rows <= 0:
+        raise PipelineError(f"--rows {args.rows}: give a positive number of rows")
+    spec = load_spec(args.job, args.overrides)
+    result = check(spec, list_shards(spec.input.paths, spec.input.format), args.rows)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=1))
+    else:
+        print(render(result))
+    if result.passed is False:
+        print(f"error: {below_bar(spec, result)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def render(result) -> str:
+    """The comparison as a few lines: every measure, failures, and the rows that changed."""
+    lines = [
+        f"{result.task}, {result.quantization} vs unquantized, {result.rows} sampled rows ({result.wall_s:.1f} s)",
+        *(f"  {name:<26} {value:.4f}{'   <- headline' if name == result.measure else ''}"
+          for name, value in result.metrics.items()),
+    ]
+    if result.failed_quantized:
+        lines.append(f"  rows only the quantized model failed on: {result.failed_quantized} (counted as disagreeing)")
+    if result.min_agreement is not None:
+        verdict = "passed" if result.passed else "below the bar"
+        lines.append(f"model.fidelity.min_agreement {result.min_agreement}: {verdict}")
+    if result.examples:
+        lines.append("where they differ:" if "quantized" in result.examples[0] else "lowest cosines:")
+        for example in result.examples:
+            lines.append("  " + ", ".join(f"{k}: {v}" for k, v in example.items()))
+    return "\n".join(lines)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pipelines.errors import PipelineError
+    from pipelines.output import report
+
+    paths = report.rebuild(args.output)
+    if not paths:
+        raise PipelineError(f"{args.output}: no job output here (no _run.json, _commits/ or _runs.jsonl); "
+                            "give a job's output.path")
+    for path in paths:
+        print(f"report: {path}")
+    return 0

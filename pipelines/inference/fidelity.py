@@ -1,0 +1,284 @@
+"""Quantization fidelity: the same rows through the quantized model and through the same model unquantized.
+
+:func:`measure` runs a sample through two :class:`~pipelines.inference.predictor.Predictor`
+objects, one after the other (so only one model is in memory at a time): the job's
+spec, and the same spec with ``model.quantization: none``. :func:`compare` then
+judges the quantized predictions against the unquantized ones, with the measure that
+fits the task:
+
+============================  ==========================================  ==============
+task                          measures                                    headline
+============================  ==========================================  ==============
+label tasks                   label agreement; accuracy of both against   label_agreement
+                              ``input.label_column`` when it is set
+feature-extraction            cosine of the embeddings: mean, p5, min     cosine_mean
+generation tasks              exact match, token agreement                exact_match
+question-answering            span agreement, answer agreement            span_agreement
+token-classification          entity F1 (precision, recall)               entity_f1
+fill-mask                     top-1 agreement per mask                    top1_agreement
+============================  ==========================================  ==============
+
+Every measure is in [0, 1]. Rows the unquantized model could not predict are left
+out; a row only the quantized model failed on counts against it. Runs in any
+process (no Ray here); :mod:`pipelines.fidelity` decides where.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from pipelines.inference.predictor import Predictor
+from pipelines.io.block import ERROR
+from pipelines.output.records import Fidelity
+from pipelines.spec import JobSpec
+from pipelines.tasks.options import (
+    FeatureExtractionOptions,
+    FillMaskOptions,
+    GenerationOptions,
+    LabelOptions,
+    QuestionAnsweringOptions,
+    TaskOptions,
+    TokenClassificationOptions,
+)
+
+log = logging.getLogger(__name__)
+
+EXAMPLES = 5  # disagreements kept in the result, to show what changed
+PREVIEW = 120
+
+
+def reference_spec(spec: JobSpec) -> JobSpec:
+    """The same job with the model unquantized: what the quantized predictions are judged against."""
+    copy = spec.model_copy(deep=True)
+    copy.model.quantization = "none"
+    return copy
+
+
+@dataclass
+class Predictions:
+    """One model's predictions on the sample: the output columns (unprefixed) and which rows it predicted."""
+
+    columns: dict[str, list[Any]]
+    ok: np.ndarray
+    tokenizer: Any
+
+
+def predict(spec: JobSpec, sample: pa.Table) -> Predictions:
+    """The sample through a Predictor built for ``spec``; the model is released afterwards."""
+    predictor = Predictor(spec)
+    table = predictor(sample)
+    prefix = spec.output.prediction_prefix
+    columns = {name: table.column(prefix + name).to_pylist() for name in spec.task.output_names()}
+    ok = table.column(ERROR).is_null().to_numpy(zero_copy_only=False)
+    tokenizer = predictor.loaded.tokenizer
+    device = predictor.loaded.device
+    del predictor, table
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return Predictions(columns, ok, tokenizer)
+
+
+def measure(spec: JobSpec, sample: pa.Table) -> Fidelity:
+    """Score ``sample`` quantized and unquantized, and compare (see the module's docstring)."""
+    start = time.monotonic()
+    quantized = predict(spec, sample)
+    reference = predict(reference_spec(spec), sample)
+    truth = None
+    if spec.input.label_column and spec.input.label_column in sample.column_names:
+        truth = sample.column(spec.input.label_column).to_pylist()
+    ids = sample.column(spec.input.id_column or "id").to_pylist()
+    result = compare(spec.task, quantized, reference, ids, truth)
+    result.quantization = spec.model.quantization
+    result.wall_s = round(time.monotonic() - start, 3)
+    return result
+
+
+def compare(
+    options: TaskOptions, quantized: Predictions, reference: Predictions, ids: list[Any], truth: list[Any] | None = None
+) -> Fidelity:
+    """Judge ``quantized`` against ``reference`` with the measures of the task (``options``)."""
+    judged = np.flatnonzero(reference.ok)
+    view = Pair(quantized, reference, judged, [str(ids[i]) for i in judged])
+    name, metrics, examples = _comparer(options)(view, options, truth)
+    return Fidelity(
+        task=options.type,
+        quantization="",
+        rows=len(judged),
+        measure=name,
+        agreement=metrics[name],
+        metrics={key: round(float(value), 6) for key, value in metrics.items()},
+        failed_quantized=int(np.sum(reference.ok & ~quantized.ok)),
+        failed_reference=int(np.sum(~reference.ok)),
+        examples=examples,
+    )
+
+
+@dataclass
+class Pair:
+    """The rows both sides are judged on: quantized values (None where it failed) beside reference values."""
+
+    quantized: Predictions
+    reference: Predictions
+    rows: np.ndarray
+    ids: list[str]
+
+    def values(self, column: str) -> tuple[list[Any], list[Any]]:
+        q = [self.quantized.columns[column][i] if self.quantized.ok[i] else None for i in self.rows]
+        r = [self.reference.columns[column][i] for i in self.rows]
+        return q, r
+
+
+Comparer = Callable[[Pair, Any, "list[Any] | None"], tuple[str, dict[str, float], list[dict[str, Any]]]]
+
+
+def _comparer(options: TaskOptions) -> Comparer:
+    kinds: list[tuple[type, Comparer]] = [
+        (LabelOptions, compare_labels),
+        (FeatureExtractionOptions, compare_embeddings),
+        (GenerationOptions, compare_generations),
+        (QuestionAnsweringOptions, compare_spans),
+        (TokenClassificationOptions, compare_entities),
+        (FillMaskOptions, compare_masks),
+    ]
+    for kind, comparer in kinds:
+        if isinstance(options, kind):
+            return comparer
+    raise NotImplementedError(f"no fidelity measure for task {options.type}")
+
+
+def _mean(values: Sequence[float] | np.ndarray) -> float:
+    return float(np.mean(values)) if len(values) else 0.0
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= PREVIEW else text[: PREVIEW - 1] + "…"
+
+
+def _examples(pair: Pair, q: list[Any], r: list[Any], same: list[bool]) -> list[dict[str, Any]]:
+    picked = [i for i, agree in enumerate(same) if not agree][:EXAMPLES]
+    return [{"id": pair.ids[i], "quantized": _short(q[i]), "reference": _short(r[i])} for i in picked]
+
+
+# the measures of each kind of task -------------------------------------------------------------
+
+
+def compare_labels(pair: Pair, options: LabelOptions, truth: list[Any] | None):
+    q, r = pair.values("label")
+    same = [a == b for a, b in zip(q, r)]
+    metrics = {"label_agreement": _mean(same)}
+    if truth is not None:
+        gold = [truth[i] for i in pair.rows]
+        known = [i for i, g in enumerate(gold) if g is not None]
+        metrics["truth_accuracy_quantized"] = _mean([str(q[i]) == str(gold[i]) for i in known])
+        metrics["truth_accuracy_reference"] = _mean([str(r[i]) == str(gold[i]) for i in known])
+    return "label_agreement", metrics, _examples(pair, q, r, same)
+
+
+def compare_embeddings(pair: Pair, options: FeatureExtractionOptions, truth: list[Any] | None):
+    q, r = pair.values("embedding")
+    cosines = np.array([_cosine(a, b) for a, b in zip(q, r)], dtype=np.float64)
+    metrics = {
+        "cosine_mean": _mean(cosines),
+        "cosine_p5": float(np.percentile(cosines, 5)) if len(cosines) else 0.0,
+        "cosine_min": float(cosines.min()) if len(cosines) else 0.0,
+    }
+    lowest = np.argsort(cosines, kind="stable")[:EXAMPLES]
+    examples = [{"id": pair.ids[i], "cosine": round(float(cosines[i]), 6)} for i in lowest]
+    return "cosine_mean", metrics, examples
+
+
+def _cosine(a: list[float] | None, b: list[float]) -> float:
+    if a is None:
+        return 0.0
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    norm = float(np.linalg.norm(x) * np.linalg.norm(y))
+    return float(x @ y / norm) if norm else float(np.array_equal(x, y))
+
+
+def compare_generations(pair: Pair, options: GenerationOptions, truth: list[Any] | None):
+    q, r = pair.values(options.text_output)
+    same = [a == b for a, b in zip(q, r)]
+    tokenizer = pair.reference.tokenizer
+    shares = [_token_agreement(tokenizer, a, b) for a, b in zip(q, r)]
+    metrics = {"exact_match": _mean(same), "token_agreement": _mean(shares)}
+    return "exact_match", metrics, _examples(pair, q, r, same)
+
+
+def _token_agreement(tokenizer: Any, a: str | list[str] | None, b: str | list[str]) -> float:
+    """The share of tokens generated alike before the two texts part (mean over sequences of a row)."""
+    if a is None:
+        return 0.0
+    if isinstance(b, list):
+        return _mean([_token_agreement(tokenizer, x, y) for x, y in zip(a, b)])
+    x = tokenizer(a, add_special_tokens=False)["input_ids"]
+    y = tokenizer(b, add_special_tokens=False)["input_ids"]
+    longest = max(len(x), len(y))
+    if not longest:
+        return 1.0
+    common = next((i for i, (s, t) in enumerate(zip(x, y)) if s != t), min(len(x), len(y)))
+    return common / longest
+
+
+def compare_spans(pair: Pair, options: QuestionAnsweringOptions, truth: list[Any] | None):
+    qs, rs = pair.values("start")
+    qe, re_ = pair.values("end")
+    qa, ra = pair.values("answer")
+    same = [(a, b) == (c, d) for a, b, c, d in zip(qs, qe, rs, re_)]
+    metrics = {"span_agreement": _mean(same), "answer_agreement": _mean([a == b for a, b in zip(qa, ra)])}
+    return "span_agreement", metrics, _examples(pair, qa, ra, same)
+
+
+def compare_entities(pair: Pair, options: TokenClassificationOptions, truth: list[Any] | None):
+    q, r = pair.values("entities")
+    found = matched = expected = 0
+    same = []
+    for a, b in zip(q, r):
+        x, y = _entity_set(a), _entity_set(b)
+        found, matched, expected = found + len(x), matched + len(x & y), expected + len(y)
+        same.append(x == y)
+    precision = matched / found if found else float(not expected)
+    recall = matched / expected if expected else float(not found)
+    f1 = 2 * matched / (found + expected) if found + expected else 1.0
+    metrics = {"entity_f1": f1, "entity_precision": precision, "entity_recall": recall, "row_agreement": _mean(same)}
+    return "entity_f1", metrics, _examples(pair, [_entity_text(a) for a in q], [_entity_text(b) for b in r], same)
+
+
+def _entity_set(entities: list[dict[str, Any]] | None) -> set[tuple[Any, Any, Any]]:
+    return {(e["entity_group"], e["start"], e["end"]) for e in entities or []}
+
+
+def _entity_text(entities: list[dict[str, Any]] | None) -> str | None:
+    if entities is None:
+        return None
+    return ", ".join(f"{e['word']}/{e['entity_group']}" for e in entities)
+
+
+def compare_masks(pair: Pair, options: FillMaskOptions, truth: list[Any] | None):
+    q, r = pair.values("predictions")
+    agree = total = 0
+    same = []
+    for a, b in zip(q, r):
+        x = [mask[0]["token_id"] if mask else None for mask in a] if a is not None else []
+        y = [mask[0]["token_id"] if mask else None for mask in b]
+        hits = sum(1 for s, t in zip(x, y) if s == t)
+        agree, total = agree + hits, total + len(y)
+        same.append(hits == len(y) and len(x) == len(y))
+    metrics = {"top1_agreement": agree / total if total else 1.0, "row_agreement": _mean(same)}
+    return "top1_agreement", metrics, _examples(pair, [_top1(a) for a in q], [_top1(b) for b in r], same)
+
+
+def _top1(predictions: list[list[dict[str, Any]]] | None) -> str | None:
+    if predictions is None:
+        return None
+    return " | ".join(mask[0]["token"] if mask else "" for mask in predictions)

@@ -1,0 +1,509 @@
+"""The run report: ``_report.html``, one self-contained page about a run, next to ``_run.json``.
+
+The page is built from what the output directory already holds: the run summary
+(``_run.json``), the commit records (``_commits/``: rows, errors, tokens, padding,
+confusion counts, and each staged block's time) and the committed Parquet files
+(the ``label`` and ``score`` columns only). Its charts are Plotly figures with
+plotly.js inlined once in the page, so it opens from a laptop without network.
+A scheduled job's root gets a page over its run ledger (``_runs.jsonl``).
+
+Light: pyarrow, numpy and plotly; no torch.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from plotly.offline import get_plotlyjs
+
+from pipelines.io.shards import resolve
+from pipelines.output import layout
+from pipelines.output.layout import COMMITS, JOB, LEDGER, PARTITION, REPORT, RUN
+from pipelines.output.records import CommitRecord, Fidelity, JobRecord, RunSummary
+from pipelines.output.summary import fidelity_line
+
+log = logging.getLogger(__name__)
+
+BINS = 20
+TIME_BUCKETS = 30
+PLOT_CONFIG = {"displaylogo": False, "responsive": True}
+
+
+@dataclass
+class RunData:
+    """What a run's page shows, read from an output directory."""
+
+    location: str
+    summary: RunSummary | None
+    job: JobRecord | None
+    commits: list[CommitRecord]
+    labels: Counter = field(default_factory=Counter)
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def this_run(self) -> list[CommitRecord]:
+        """Commits of the last run (those made after it started); every commit when that is unknown."""
+        started = self.summary.started_at if self.summary else None
+        if started is None:
+            return self.commits
+        return [c for c in self.commits if c.committed_at >= started]
+
+    def t0(self) -> float:
+        """The time axis' zero: the run's start, else the first staged block."""
+        if self.summary and self.summary.started_at:
+            return self.summary.started_at
+        times = [b.at for c in self.commits for b in c.blocks] + [c.committed_at for c in self.commits]
+        return min(times, default=0.0)
+
+
+# reading ---------------------------------------------------------------------------------------
+
+
+def read_run(location: str) -> RunData:
+    """The summary, commit records and predicted labels and scores of an output directory."""
+    fs, root = resolve(location)
+    summary = RunSummary.parse(layout.read_json(fs, f"{root}/{RUN}"))
+    job = JobRecord.parse(layout.read_json(fs, f"{root}/{JOB}"))
+    commits = []
+    for info in fs.get_file_info(pafs.FileSelector(f"{root}/{COMMITS}", allow_not_found=True)):
+        if info.is_file and info.base_name.endswith(".json"):
+            record = CommitRecord.parse(layout.read_json(fs, info.path))
+            if record is not None:
+                commits.append(record)
+    commits.sort(key=lambda c: c.committed_at)
+    data = RunData(location, summary, job, commits)
+    prefix = str(((job.spec if job else {}).get("output") or {}).get("prediction_prefix") or "")
+    _read_predictions(fs, root, data, prefix)
+    return data
+
+
+def _read_predictions(fs: pafs.FileSystem, root: str, data: RunData, prefix: str) -> None:
+    """Count labels and gather scores from the committed part files (two columns, nothing else)."""
+    scores = []
+    for record in data.commits:
+        for relative in record.files:
+            path = f"{root}/{relative}"
+            names = set(pq.read_schema(path, filesystem=fs).names)
+            wanted = [c for c in (prefix + "label", prefix + "score") if c in names]
+            if not wanted:
+                continue
+            table = pq.read_table(path, columns=wanted, filesystem=fs)
+            if prefix + "label" in wanted:
+                data.labels.update(v for v in table.column(prefix + "label").to_pylist() if v is not None)
+            if prefix + "score" in wanted:
+                scores.append(table.column(prefix + "score").to_numpy(zero_copy_only=False))
+    if scores:
+        values = np.concatenate(scores).astype(np.float64)
+        data.scores = values[~np.isnan(values)]
+
+
+# charts of one run -----------------------------------------------------------------------------
+
+
+def throughput_chart(data: RunData) -> go.Figure | None:
+    """Rows per second over the run, in time buckets, and rows done so far."""
+    blocks = sorted((b.at - data.t0(), b.rows + b.errors) for c in data.this_run() for b in c.blocks)
+    if not blocks:
+        return None
+    times = np.array([t for t, _ in blocks])
+    rows = np.array([n for _, n in blocks])
+    width = max(1.0, float(times.max()) / TIME_BUCKETS)
+    edges = np.arange(0.0, float(times.max()) + width, width)
+    counts, _ = np.histogram(times, bins=edges, weights=rows)
+    figure = go.Figure()
+    figure.add_bar(x=edges[:-1] + width / 2, y=counts / width, width=width * 0.9, name="rows/s")
+    figure.add_scatter(x=times, y=np.cumsum(rows), mode="lines+markers", name="rows done", yaxis="y2")
+    figure.update_layout(
+        xaxis_title="seconds since the run started",
+        yaxis_title="rows/s",
+        yaxis2={"title": "rows done", "overlaying": "y", "side": "right", "rangemode": "tozero"},
+    )
+    return figure
+
+
+def padding_chart(data: RunData) -> go.Figure | None:
+    """Padding efficiency (real tokens / tokens computed) of each shard, and over all of them."""
+    shards = [c for c in data.this_run() if c.padded]
+    if not shards:
+        return None
+    names = [_shard_name(c) for c in shards]
+    figure = go.Figure(go.Bar(x=names, y=[c.tokens / c.padded for c in shards], name="per shard"))
+    overall = sum(c.tokens for c in shards) / sum(c.padded for c in shards)
+    figure.add_hline(y=overall, line_dash="dash", annotation_text=f"overall {overall:.3f}")
+    figure.update_layout(yaxis={"title": "real tokens / tokens computed", "range": [0, 1.05]}, xaxis_title="shard")
+    return figure
+
+
+def rows_chart(data: RunData) -> go.Figure | None:
+    """Rows written and rows quarantined, by reason, over every committed shard."""
+    reasons: Counter = Counter()
+    for c in data.commits:
+        reasons.update(c.reasons)
+    written = sum(c.rows for c in data.commits)
+    if not written and not reasons:
+        return None
+    names = ["written", *(f"quarantined: {r}" for r in reasons)]
+    values = [written, *reasons.values()]
+    colors = ["#2a9d8f", *(["#e76f51"] * len(reasons))]
+    figure = go.Figure(go.Bar(x=values, y=names, orientation="h", marker_color=colors, text=values))
+    figure.update_layout(xaxis_title="rows", yaxis={"autorange": "reversed"})
+    return figure
+
+
+def shard_chart(data: RunData) -> go.Figure | None:
+    """When each shard of the run was worked on: first block staged → committed."""
+    shards = [c for c in data.this_run() if c.blocks or c.committed_at]
+    if not shards:
+        return None
+    t0 = data.t0()
+    starts = [min((b.at for b in c.blocks), default=c.committed_at) - t0 for c in shards]
+    ends = [c.committed_at - t0 for c in shards]
+    figure = go.Figure(
+        go.Bar(
+            y=[_shard_name(c) for c in shards],
+            x=[max(e - s, 0.05) for s, e in zip(starts, ends)],
+            base=starts,
+            orientation="h",
+            customdata=[[c.rows_in, c.tokens] for c in shards],
+            hovertemplate="%{y}<br>%{base:.1f} s → %{x:.1f} s later<br>%{customdata[0]} rows, "
+            "%{customdata[1]} tokens<extra></extra>",
+        )
+    )
+    figure.update_layout(xaxis_title="seconds since the run started (first block staged → committed)",
+                         yaxis={"autorange": "reversed"})
+    return figure
+
+
+def label_chart(data: RunData) -> go.Figure | None:
+    if not data.labels:
+        return None
+    ranked = data.labels.most_common()
+    return go.Figure(go.Bar(x=[str(k) for k, _ in ranked], y=[n for _, n in ranked], text=[n for _, n in ranked]))
+
+
+def score_chart(data: RunData) -> go.Figure | None:
+    if not len(data.scores):
+        return None
+    counts, edges = np.histogram(data.scores, bins=BINS)
+    centers = (edges[:-1] + edges[1:]) / 2
+    figure = go.Figure(go.Bar(x=centers, y=counts, width=np.diff(edges) * 0.95))
+    figure.update_layout(xaxis_title="score", yaxis_title="rows", bargap=0)
+    return figure
+
+
+def confusion_chart(data: RunData) -> go.Figure | None:
+    agreement = data.summary.agreement if data.summary else None
+    if agreement is None or not agreement.confusion:
+        return None
+    matrix = agreement.confusion
+    truths = sorted(matrix)
+    predicted = sorted({p for row in matrix.values() for p in row} | set(truths))
+    z = [[matrix[t].get(p, 0) for p in predicted] for t in truths]
+    figure = go.Figure(go.Heatmap(z=z, x=predicted, y=truths, colorscale="Blues", text=z, texttemplate="%{text}"))
+    figure.update_layout(xaxis_title="predicted", yaxis={"title": "ground truth", "autorange": "reversed"})
+    return figure
+
+
+def fidelity_chart(data: RunData) -> go.Figure | None:
+    result = data.summary.fidelity if data.summary else None
+    if result is None:
+        return None
+    names = list(result.metrics)
+    figure = go.Figure(go.Bar(x=names, y=[result.metrics[n] for n in names],
+                              text=[f"{result.metrics[n]:.4f}" for n in names]))
+    if result.min_agreement is not None:
+        figure.add_hline(y=result.min_agreement, line_dash="dash", annotation_text=f"bar {result.min_agreement}")
+    figure.update_layout(yaxis={"title": f"{result.quantization} vs unquantized", "range": [0, 1.05]})
+    return figure
+
+
+def _shard_name(record: CommitRecord) -> str:
+    return record.input.uri.rsplit("/", 1)[-1] or record.shard
+
+
+# pages -----------------------------------------------------------------------------------------
+
+
+def run_page(data: RunData) -> str:
+    """The run's page as one HTML document."""
+    summary = data.summary
+    title = f"Run report: {summary.job or data.location}" if summary else f"Run report: {data.location}"
+    sections = [
+        ("throughput", "Throughput over time", throughput_chart(data), ""),
+        ("padding", "Padding efficiency", padding_chart(data), ""),
+        ("rows", "Rows and errors by reason", rows_chart(data), ""),
+        ("shards", "Per-shard timings", shard_chart(data), ""),
+        ("labels", "Label distribution", label_chart(data), "No label column in this task's output."),
+        ("scores", "Score histogram", score_chart(data), "No score column in this task's output."),
+        ("confusion", "Confusion matrix", confusion_chart(data), "No ground truth (input.label_column) in this job."),
+        ("fidelity", "Quantization fidelity", fidelity_chart(data), _no_fidelity(summary)),
+    ]
+    body = [f"<h1>{_e(title)}</h1>", _facts(summary, data)]
+    for key, heading, figure, missing in sections:
+        body.append(f"<h2>{_e(heading)}</h2>")
+        if key == "fidelity" and summary and summary.fidelity:
+            body.append(_fidelity_table(summary.fidelity))
+        body.append(_chart(key, figure) if figure is not None else f"<p class='none'>{_e(missing)}</p>")
+    return _document(title, body)
+
+
+def _no_fidelity(summary: RunSummary | None) -> str:
+    if summary and summary.quantization == "none":
+        return "The model is not quantized."
+    return "Not checked: set model.fidelity in the spec, or run `pipelines fidelity JOB.yaml`."
+
+
+def _facts(summary: RunSummary | None, data: RunData) -> str:
+    if summary is None:
+        return "<p class='none'>No run summary (_run.json) here yet: the run has not finished.</p>"
+    rows = [
+        ("status", summary.status),
+        ("model", f"{summary.model.name} ({summary.quantization}, {summary.device})"),
+        ("task", summary.task),
+        ("rows", f"{summary.rows_out:,} written, {summary.errors:,} quarantined of {summary.rows_in:,}"),
+        ("shards", f"{summary.shards} ({summary.shards_this_run} this run)"),
+        ("wall time", f"{summary.wall_s:.1f} s"),
+        ("speed", f"{summary.rows_per_s or 0:,.1f} rows/s, {summary.tokens_per_s or 0:,.0f} tokens/s"),
+        ("padding efficiency", f"{summary.padding_efficiency}"),
+        ("spec hash", summary.spec_hash),
+    ]
+    if summary.agreement:
+        rows.append(("agreement with ground truth",
+                     f"{summary.agreement.accuracy:.1%} of {summary.agreement.rows:,} rows"))
+    if summary.fidelity:
+        rows.append(("quantization fidelity", fidelity_line(summary.fidelity)))
+    if summary.started_at:
+        rows.append(("started", time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(summary.started_at))))
+    rows.append(("output", data.location))
+    return _table(None, rows)
+
+
+def _fidelity_table(result: Fidelity) -> str:
+    rows = [(name, f"{value:.4f}") for name, value in result.metrics.items()]
+    rows += [("rows compared", str(result.rows)),
+             ("rows only the quantized model failed", str(result.failed_quantized))]
+    parts = [_table(["measure", "value"], rows)]
+    if result.examples:
+        columns = list(result.examples[0])
+        parts.append("<p>Where they differ (first rows of the sample):</p>")
+        parts.append(_table(columns, [tuple(str(e.get(c, "")) for c in columns) for e in result.examples]))
+    return "".join(parts)
+
+
+def _chart(key: str, figure: go.Figure) -> str:
+    figure.update_layout(height=380, margin={"l": 60, "r": 60, "t": 30, "b": 60}, template="plotly_white")
+    inner = figure.to_html(full_html=False, include_plotlyjs=False, div_id=f"chart-{key}", config=PLOT_CONFIG)
+    return f"<div class='chart' data-chart='{key}'>{inner}</div>"
+
+
+def _table(header: list[str] | None, rows: Sequence[Sequence[Any]]) -> str:
+    head = "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr>" if header else ""
+    body = "".join("<tr>" + "".join(f"<td>{_e(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table>{head}{body}</table>"
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 0.5em 0; } td, th { padding: 2px 12px; text-align: left; }
+tr:nth-child(even) { background: #f6f6f6; } .none { color: #777; font-style: italic; }
+"""
+
+
+def _document(title: str, body: list[str]) -> str:
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{_e(title)}</title><style>{STYLE}</style>"
+        f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>"
+        + "\n".join(body)
+        + f"<p class='none'>Written {time.strftime('%Y-%m-%d %H:%M:%S')} by ray-hf-batch.</p></body></html>"
+    )
+
+
+# the page of a scheduled job's ledger ------------------------------------------------------------
+
+
+def ledger_page(location: str, entries: list[dict[str, Any]]) -> str:
+    """The page over a scheduled job's runs: runs over time, rows, errors, model changes, each run's page."""
+    runs = [e for e in entries if e.get("run") and e.get("status") != "running"]
+    title = f"Scheduled runs: {location}"
+    body = [f"<h1>{_e(title)}</h1>"]
+    sections = [
+        ("runs", "Rows scored per run over time", ledger_rows_chart(runs)),
+        ("errors", "Quarantined rows per run", ledger_errors_chart(runs)),
+        ("wall", "Wall time per run", ledger_wall_chart(runs)),
+    ]
+    for key, heading, figure in sections:
+        body.append(f"<h2>{_e(heading)}</h2>")
+        body.append(_chart(key, figure) if figure is not None else "<p class='none'>No finished run yet.</p>")
+    body.append("<h2>Model changes</h2>")
+    changes = [(e.get("run", ""), _model(e["model_changed"].get("from")), _model(e["model_changed"].get("to")))
+               for e in runs if e.get("model_changed")]
+    body.append(_table(["run", "from", "to"], changes) if changes else "<p class='none'>The model never changed.</p>")
+    body.append("<h2>Runs</h2>")
+    body.append(_runs_table(entries))
+    return _document(title, body)
+
+
+def _when(entry: dict[str, Any]) -> str:
+    return str(entry.get("finished_at") or entry.get("started_at") or entry.get("tick") or "")
+
+
+def _model(model: dict[str, Any] | None) -> str:
+    if not model:
+        return ""
+    name = str(model.get("name", "?")).rstrip("/").rsplit("/", 1)[-1]
+    pin = model.get("commit") or model.get("content_hash") or model.get("revision") or ""
+    return f"{name}{'@' + str(pin)[:12] if pin else ''} ({model.get('quantization', 'none')})"
+
+
+def ledger_rows_chart(runs: list[dict[str, Any]]) -> go.Figure | None:
+    if not runs:
+        return None
+    figure = go.Figure()
+    for status in sorted({e["status"] for e in runs}):
+        picked = [e for e in runs if e["status"] == status]
+        figure.add_scatter(
+            x=[_when(e) for e in picked], y=[e.get("rows_this_run") or 0 for e in picked], mode="markers+lines",
+            name=status, text=[e["run"] for e in picked], hovertemplate="run %{text}<br>%{y} rows<extra></extra>",
+        )
+    for e in runs:
+        if e.get("model_changed"):
+            figure.add_vline(x=_when(e), line_dash="dot", line_color="#e76f51")
+    figure.update_layout(xaxis_title="run finished (UTC); dotted: the model changed", yaxis_title="rows this run")
+    return figure
+
+
+def ledger_errors_chart(runs: list[dict[str, Any]]) -> go.Figure | None:
+    if not runs:
+        return None
+    names = [e["run"] for e in runs]
+    figure = go.Figure()
+    figure.add_bar(x=names, y=[e.get("rows_out") or 0 for e in runs], name="rows in the partition")
+    figure.add_bar(x=names, y=[e.get("errors") or 0 for e in runs], name="quarantined")
+    figure.update_layout(barmode="group", xaxis={"title": "run", "type": "category"}, yaxis_title="rows")
+    return figure
+
+
+def ledger_wall_chart(runs: list[dict[str, Any]]) -> go.Figure | None:
+    timed = [e for e in runs if e.get("wall_s") is not None]
+    if not timed:
+        return None
+    figure = go.Figure(go.Bar(x=[e["run"] for e in timed], y=[e["wall_s"] for e in timed],
+                              marker_color=["#2a9d8f" if e["status"] == "succeeded" else "#e76f51" for e in timed]))
+    figure.update_layout(xaxis={"title": "run", "type": "category"}, yaxis_title="seconds")
+    return figure
+
+
+def _runs_table(entries: list[dict[str, Any]]) -> str:
+    if not entries:
+        return "<p class='none'>No runs yet.</p>"
+    header = ["tick", "run", "kind", "status", "rows", "errors", "model", "wall s", "report"]
+    closed = {(e.get("run"), e.get("attempt")) for e in entries if e.get("run") and e.get("status") != "running"}
+    rows = []
+    for e in entries:
+        if e.get("status") == "running" and (e.get("run"), e.get("attempt")) in closed:
+            continue  # its closing line follows
+        run = e.get("run")
+        link = f"<a href='{_e(layout.partition_dir(run))}/{REPORT}'>open</a>" if run else ""
+        cells = [e.get("tick") or "", run or "-", e.get("kind", ""), e.get("status", ""),
+                 _count(e.get("rows_out")), _count(e.get("errors")), _model(e.get("model")),
+                 "" if e.get("wall_s") is None else f"{e['wall_s']:.1f}"]
+        rows.append("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + f"<td>{link}</td></tr>")
+    head = "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr>"
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _count(value: Any) -> str:
+    return "" if value is None else f"{value:,}"
+
+
+# writing ----------------------------------------------------------------------------------------
+
+
+def write_run_report(location: str) -> str:
+    """Build ``<location>/_report.html`` from the output directory; returns its path."""
+    fs, root = resolve(location)
+    path = f"{root}/{REPORT}"
+    layout.write_bytes(fs, path, run_page(read_run(location)).encode())
+    return path
+
+
+def write_ledger_report(location: str, entries: list[dict[str, Any]]) -> str:
+    """Build the scheduled job's root page ``<location>/_report.html`` from its ledger lines."""
+    fs, root = resolve(location)
+    path = f"{root}/{REPORT}"
+    layout.write_bytes(fs, path, ledger_page(location, entries).encode())
+    return path
+
+
+def write_quietly(location: str) -> str | None:
+    """``write_run_report`` for the end of a run: a report that can't be built is a warning, not a failed job."""
+    try:
+        return write_run_report(location)
+    except Exception as exc:  # noqa: BLE001 - the results are committed; the page is a view of them
+        log.warning("run report not written (%s: %s); rebuild it with `pipelines report %s`",
+                    type(exc).__name__, exc, location)
+        return None
+
+
+def has_ledger(location: str) -> bool:
+    fs, root = resolve(location)
+    return fs.get_file_info(f"{root}/{LEDGER}").type == pafs.FileType.File
+
+
+def report_path(location: str) -> str:
+    """Where an output directory's page is, as the user named the directory."""
+    return f"{location.rstrip('/')}/{REPORT}"
+
+
+def ledger_entries(location: str) -> list[dict[str, Any]]:
+    """The lines of a scheduled job's ``_runs.jsonl`` as JSON objects (lines that are not are skipped)."""
+    fs, root = resolve(location)
+    try:
+        with fs.open_input_stream(f"{root}/{LEDGER}") as stream:
+            lines = stream.read().decode().splitlines()
+    except FileNotFoundError:
+        return []
+    entries = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict):
+            entries.append(entry)
+    return entries
+
+
+def rebuild(location: str) -> list[str]:
+    """Rebuild the pages under an output path: a job's page, or a scheduled job's root page and each run's."""
+    fs, root = resolve(location)
+    if has_ledger(location):
+        partitions = [
+            info.base_name for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+            if info.type == pafs.FileType.Directory and info.base_name.startswith(PARTITION)
+        ]
+        for name in sorted(partitions):
+            write_run_report(f"{location.rstrip('/')}/{name}")
+        write_ledger_report(location, ledger_entries(location))
+        return [*(report_path(f"{location.rstrip('/')}/{n}") for n in sorted(partitions)), report_path(location)]
+    marks = [f"{root}/{RUN}", f"{root}/{COMMITS}"]
+    if all(fs.get_file_info(m).type == pafs.FileType.NotFound for m in marks):
+        return []
+    write_run_report(location)
+    return [report_path(location)]

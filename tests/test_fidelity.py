@@ -1,0 +1,232 @@
+"""Quantization fidelity: the deterministic sample, each task's measures, the bar before a run, the command."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import yaml
+from helpers import SENTENCES, make_spec, write_jsonl, write_parquet
+from test_cli import cli
+
+from pipelines.errors import PipelineError
+from pipelines.fidelity import check
+from pipelines.inference.fidelity import Predictions, compare, measure
+from pipelines.io.reader import Columns
+from pipelines.io.sample import sample_rows
+from pipelines.io.shards import list_shards
+from pipelines.runner import run_job
+from pipelines.tasks.options import TASK_OPTIONS
+
+TOPICS = ["World", "Sports", "Business", "Sci/Tech"]
+
+
+def build_wide_encoder(base: str, path) -> str:
+    """A tiny BERT wide enough for 4-bit blocks (hidden 64) and with weights large enough (init range 0.2) that
+    quantization moves its outputs: int8 keeps its zero-shot labels, nf4 changes about one in ten."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, BertModel
+
+    config = AutoConfig.from_pretrained(base)
+    config.hidden_size, config.intermediate_size, config.initializer_range = 64, 128, 0.2
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(base).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def wide_encoder(tiny_models, tmp_path_factory):
+    return build_wide_encoder(tiny_models("encoder"), tmp_path_factory.mktemp("wide") / "encoder")
+
+
+@pytest.fixture(scope="module")
+def topics(tmp_path_factory):
+    """88 rows with a ground-truth topic, in a JSONL and a Parquet shard."""
+    from tiny_models import CORPUS
+
+    rows = [{"id": f"n{i:03d}", "text": text, "topic": TOPICS[i % 4]} for i, text in enumerate(CORPUS * 2)]
+    folder = tmp_path_factory.mktemp("topics")
+    write_jsonl(folder / "a.jsonl", rows[:50])
+    write_parquet(folder / "b.parquet", rows[50:])
+    return folder
+
+
+def quantized_spec(model_dir: str, task: dict, quantization: str, out="unused", fidelity=None, **sections):
+    spec = make_spec(model_dir, task, out, **sections)
+    spec.model.quantization, spec.model.device = quantization, "cpu"
+    if fidelity is not None:
+        spec.model.fidelity = fidelity
+    return spec
+
+
+def topic_spec(model_dir: str, folder, out, quantization: str, fidelity=None):
+    task = {"type": "zero-shot-classification", "candidate_labels": TOPICS, "method": "embedding"}
+    input_ = {"paths": [str(folder)], "label_column": "topic"}
+    return quantized_spec(model_dir, task, quantization, out, fidelity, input=input_)
+
+
+# the sample ------------------------------------------------------------------------------------
+
+
+def test_the_sample_is_the_same_rows_whatever_the_shard_order(tmp_path):
+    rows = [{"id": f"r{i}", "text": SENTENCES[i % 8]} for i in range(300)]
+    rows[7]["text"] = None  # unusable rows are never sampled
+    write_jsonl(tmp_path / "a.jsonl", rows[:120])
+    write_parquet(tmp_path / "b.parquet", rows[120:])
+    shards = list_shards([str(tmp_path)])
+    columns = Columns(text="text", id="id")
+    first = sample_rows(shards, columns, 50).column("id").to_pylist()
+    again = sample_rows(list(reversed(shards)), columns, 50).column("id").to_pylist()
+    assert sorted(first) == sorted(again) and len(set(first)) == 50
+    assert "r7" not in sample_rows(shards, columns, 299).column("id").to_pylist()
+    assert sample_rows(shards, columns, 1000).num_rows == 299
+    # adding rows only adds the new ids that rank among the lowest
+    write_jsonl(tmp_path / "c.jsonl", [{"id": f"new{i}", "text": "x"} for i in range(20)])
+    grown = sample_rows(list_shards([str(tmp_path)]), columns, 50).column("id").to_pylist()
+    assert {i for i in grown if not i.startswith("new")} <= set(first)
+
+
+# each task's measures, on predictions made up to show them ---------------------------------------
+
+
+def predictions(ok: list[bool], **columns) -> Predictions:
+    return Predictions(columns, np.array(ok), tokenizer=None)
+
+
+def test_label_measures_count_a_quantized_failure_as_disagreeing():
+    options = TASK_OPTIONS["text-classification"](type="text-classification")
+    reference = predictions([True, True, True, False], label=["a", "b", "a", None])
+    quantized = predictions([True, True, False, True], label=["a", "a", None, "b"])
+    result = compare(options, quantized, reference, ids=["1", "2", "3", "4"], truth=["a", "a", "a", "b"])
+    assert result.rows == 3 and result.failed_quantized == 1 and result.failed_reference == 1
+    assert result.measure == "label_agreement" and result.agreement == pytest.approx(1 / 3)
+    assert result.metrics["truth_accuracy_reference"] == pytest.approx(2 / 3)
+    assert result.metrics["truth_accuracy_quantized"] == pytest.approx(2 / 3)
+    assert [e["id"] for e in result.examples] == ["2", "3"]
+
+
+def test_embedding_measures_are_cosines():
+    options = TASK_OPTIONS["feature-extraction"](type="feature-extraction")
+    reference = predictions([True] * 3, embedding=[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    quantized = predictions([True] * 3, embedding=[[1.0, 0.0], [0.0, 2.0], [1.0, -1.0]])
+    result = compare(options, quantized, reference, ids=["a", "b", "c"])
+    assert result.metrics["cosine_min"] == pytest.approx(0.0)
+    assert result.agreement == pytest.approx(2 / 3)
+    assert result.examples[0] == {"id": "c", "cosine": 0.0}
+
+
+def test_span_entity_and_mask_measures():
+    qa = TASK_OPTIONS["question-answering"](type="question-answering")
+    reference = predictions([True] * 2, start=[0, 5], end=[4, 9], answer=["Pari", "Londo"])
+    quantized = predictions([True] * 2, start=[0, 5], end=[4, 8], answer=["Pari", "Lond"])
+    assert compare(qa, quantized, reference, ids=["a", "b"]).metrics == {"span_agreement": 0.5, "answer_agreement": 0.5}
+
+    ner = TASK_OPTIONS["token-classification"](type="token-classification")
+    paris = {"entity_group": "LOC", "start": 0, "end": 5, "word": "Paris", "score": 0.9}
+    obama = {"entity_group": "PER", "start": 10, "end": 15, "word": "Obama", "score": 0.9}
+    reference = predictions([True] * 2, entities=[[paris, obama], []])
+    quantized = predictions([True] * 2, entities=[[paris], [obama]])
+    result = compare(ner, quantized, reference, ids=["a", "b"])
+    assert result.metrics["entity_precision"] == 0.5 and result.metrics["entity_recall"] == 0.5
+    assert result.agreement == pytest.approx(0.5)
+
+    fill = TASK_OPTIONS["fill-mask"](type="fill-mask")
+
+    def masks(*ids):
+        return [[{"token": str(i), "token_id": i, "score": 0.5}] for i in ids]
+
+    reference = predictions([True] * 2, predictions=[masks(1, 2), masks(3)])
+    quantized = predictions([True] * 2, predictions=[masks(1, 5), masks(3)])
+    result = compare(fill, quantized, reference, ids=["a", "b"])
+    assert result.agreement == pytest.approx(2 / 3) and result.metrics["row_agreement"] == 0.5
+
+
+def test_generation_measures_exact_match_and_tokens_before_they_part(tiny_models):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models("causal"))
+    options = TASK_OPTIONS["text-generation"](type="text-generation")
+    reference = Predictions({"generated_text": ["the cat sat on the mat", "hello"]}, np.array([True, True]), tokenizer)
+    quantized = Predictions({"generated_text": ["the cat sat on a hat", "hello"]}, np.array([True, True]), tokenizer)
+    result = compare(options, quantized, reference, ids=["a", "b"])
+    assert result.measure == "exact_match" and result.agreement == 0.5
+    assert 0.5 < result.metrics["token_agreement"] < 1
+
+
+# real models -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "task", "measure_name"),
+    [
+        ("encoder", {"type": "feature-extraction"}, "cosine_mean"),
+        ("classifier", {"type": "text-classification"}, "label_agreement"),
+        ("qa", {"type": "question-answering"}, "span_agreement"),
+        ("token-classifier", {"type": "token-classification", "ignore_labels": []}, "entity_f1"),
+        ("mlm", {"type": "fill-mask", "mask_placeholder": "<mask>"}, "top1_agreement"),
+        ("causal", {"type": "text-generation", "max_new_tokens": 4}, "exact_match"),
+        ("seq2seq", {"type": "summarization", "max_new_tokens": 4}, "exact_match"),
+    ],
+)
+def test_every_task_kind_is_measured_on_real_models(tiny_models, kind, task, measure_name):
+    spec = quantized_spec(tiny_models(kind), task, "int8")
+    texts = ["Paris is the capital of <mask> .", "Obama visited London <mask> Berlin ."] * 4
+    sample = pa.table({"id": [f"r{i}" for i in range(8)], "text": texts, "context": texts, "question": ["Where is Paris?"] * 8})
+    result = measure(spec, sample)
+    assert result.measure == measure_name and result.quantization == "int8"
+    assert result.rows == 8 and result.failed_quantized == 0
+    assert all(0 <= value <= 1 + 1e-9 for value in result.metrics.values()), result.metrics
+
+
+def test_nf4_changes_labels_that_int8_keeps(wide_encoder, topics, tmp_path):
+    """In one process, no Ray: what `pipelines fidelity` runs."""
+    shards = list_shards([str(topics)])
+    int8 = check(topic_spec(wide_encoder, topics, tmp_path / "x", "int8"), shards, rows=64)
+    nf4 = check(topic_spec(wide_encoder, topics, tmp_path / "x", "nf4"), shards, rows=64)
+    assert int8.rows == nf4.rows == 64
+    assert int8.agreement >= 0.99
+    assert nf4.agreement < 0.95
+    assert {"truth_accuracy_quantized", "truth_accuracy_reference"} <= set(nf4.metrics)
+    assert nf4.examples and nf4.examples[0]["quantized"] != nf4.examples[0]["reference"]
+    assert int8.passed is None  # no bar without model.fidelity
+    with pytest.raises(PipelineError, match="nothing to compare"):
+        check(topic_spec(wide_encoder, topics, tmp_path / "x", "none"), shards)
+
+
+def test_a_run_below_the_bar_fails_before_writing(ray_session, wide_encoder, topics, tmp_path):
+    out = tmp_path / "out"
+    spec = topic_spec(wide_encoder, topics, out, "nf4", fidelity={"rows": 64, "min_agreement": 0.99})
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True)))
+    done = cli("run", str(job))
+    assert done.returncode == 2, done.stderr[-3000:]
+    [line] = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert re.match(r"error: quantization fidelity below the bar: label_agreement \d+\.\d+% on 64 sampled rows, "
+                    r"nf4 vs unquantized, under model.fidelity.min_agreement=0.99; nothing was written", line), line
+    assert "Traceback" not in done.stderr
+    assert not out.exists()
+
+    passing = topic_spec(wide_encoder, topics, out, "int8", fidelity={"rows": 64, "min_agreement": 0.99})
+    summary = run_job(passing)
+    assert summary.fidelity is not None and summary.fidelity.passed
+    assert summary.fidelity.rows == 64 and summary.fidelity.min_agreement == 0.99
+    written = json.loads((out / "_run.json").read_text())
+    assert written["fidelity"]["measure"] == "label_agreement" and written["fidelity"]["passed"] is True
+    # the check is not part of the results: the spec hash is that of the same spec without it
+    assert summary.spec_hash == topic_spec(wide_encoder, topics, out, "int8").fingerprint()
+
+
+def test_cli_fidelity_on_minilm():
+    done = cli("fidelity", "jobs/label_news.yaml", "--rows", "48", "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["task"] == "zero-shot-classification" and result["quantization"] == "int8"
+    assert result["rows"] == 48 and result["measure"] == "label_agreement"
+    assert result["agreement"] >= 0.85
+    assert result["metrics"]["truth_accuracy_reference"] > 0.6
+    assert abs(result["metrics"]["truth_accuracy_quantized"] - result["metrics"]["truth_accuracy_reference"]) < 0.1
+    assert "Ray instance" not in done.stderr and "Token authentication" not in done.stderr  # no Ray started

@@ -1,0 +1,149 @@
+"""The run report opened as a person opens it: a real headless Chromium, offline, every chart drawn.
+
+Chromium comes from Debian (`make test` installs it where missing; see the Makefile). Screenshots are
+kept as test artifacts: under the test's tmp dir and in ``artifacts/`` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from helpers import ROOT, SENTENCES, write_jsonl, write_parquet
+from test_cli import cli
+from test_fidelity import TOPICS, build_wide_encoder, topic_spec
+
+from pipelines.runner import run_job
+from pipelines.schedule.executor import run_due
+from pipelines.spec import spec_from_dict
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+ARTIFACTS = ROOT / "artifacts"
+RUN_CHARTS = {"throughput", "padding", "rows", "shards", "labels", "scores", "confusion", "fidelity"}
+LEDGER_CHARTS = {"runs", "errors", "wall"}
+
+# For every chart on the page: is it a drawn Plotly figure with data, and how big is it?
+DRAWN = """() => [...document.querySelectorAll('div.chart')].map(chart => {
+  const plot = chart.querySelector('.js-plotly-plot');
+  const svg = plot && plot.querySelector('svg.main-svg');
+  const box = svg ? svg.getBoundingClientRect() : {width: 0, height: 0};
+  const marks = plot ? plot.querySelectorAll('g.trace, g.hm, image').length : 0;
+  return {chart: chart.dataset.chart, traces: plot && plot._fullData ? plot._fullData.length : 0,
+          points: plot && plot._fullData ? plot._fullData.reduce((n, t) => n + ((t.x || t.z || []).length), 0) : 0,
+          marks, width: box.width, height: box.height};
+})"""
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """One Chromium for the module, with a new empty profile, driven by Playwright."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs it (apt-get install -y chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM, headless=True,
+            args=FLAGS, viewport={"width": 1200, "height": 900},
+        )
+        yield context
+        context.close()
+
+
+def open_page(context, path: Path, screenshot: Path) -> tuple[list[dict], list[str], list[str]]:
+    """Open a page from disk; its charts as drawn, its console errors, and every request that left the disk."""
+    page = context.new_page()
+    errors: list[str] = []
+    remote: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("request", lambda request: remote.append(request.url) if not request.url.startswith("file:") else None)
+    page.goto(path.as_uri(), wait_until="load")
+    page.wait_for_function("() => [...document.querySelectorAll('div.chart')]"
+                           ".every(chart => chart.querySelector('.js-plotly-plot svg.main-svg'))")
+    charts = page.evaluate(DRAWN)
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(screenshot), full_page=True)
+    ARTIFACTS.mkdir(exist_ok=True)
+    shutil.copy(screenshot, ARTIFACTS / screenshot.name)
+    page.close()
+    return charts, errors, remote
+
+
+def assert_drawn(charts: list[dict], expected: set[str]) -> None:
+    assert {c["chart"] for c in charts} == expected
+    for chart in charts:
+        assert chart["traces"] > 0 and chart["points"] > 0 and chart["marks"] > 0, chart
+        assert chart["width"] > 300 and chart["height"] > 200, chart
+
+
+def test_run_report_and_ledger_report_in_a_browser(ray_session, tiny_models, browser, tmp_path):
+    model = build_wide_encoder(tiny_models("encoder"), tmp_path / "model")
+    from tiny_models import CORPUS
+
+    rows = [{"id": f"n{i:03d}", "text": text, "topic": TOPICS[i % 4]} for i, text in enumerate(CORPUS * 2)]
+    rows[5]["text"] = None  # one quarantined row: the errors chart has a reason
+    write_jsonl(tmp_path / "in" / "a.jsonl", rows[:40])
+    write_parquet(tmp_path / "in" / "b.parquet", rows[40:])
+    out = tmp_path / "out"
+    spec = topic_spec(model, tmp_path / "in", out, "int8", fidelity={"rows": 32, "min_agreement": 0.5})
+    spec.batching.batch_size = 16
+    summary = run_job(spec)
+    assert summary.fidelity is not None and summary.errors == 1
+
+    page = out / "_report.html"
+    html = page.read_text()
+    assert "label_agreement" in html and "text is null" in html
+    charts, errors, remote = open_page(browser, page, tmp_path / "run-report.png")
+    assert errors == [] and remote == []
+    assert_drawn(charts, RUN_CHARTS)
+    confusion = next(c for c in charts if c["chart"] == "confusion")
+    assert confusion["points"] == 4  # four ground-truth topics
+    shards = next(c for c in charts if c["chart"] == "shards")
+    assert shards["points"] == 2
+
+    # a scheduled job: two runs, the second with another quantization and new input
+    raw = {
+        "name": "nightly", "input": {"paths": [str(tmp_path / "landing")]}, "model": {"name": model, "device": "cpu",
+        "quantization": "int8"}, "task": {"type": "feature-extraction"}, "batching": {"batch_size": 8},
+        "compute": {"cpus_per_actor": 0.5, "threads_per_actor": 1}, "output": {"path": str(tmp_path / "nightly")},
+        "schedule": {"cron": "0 2 * * *"},
+    }
+    tick = datetime(2026, 11, 28, 2, 0, 30, tzinfo=UTC)
+    write_jsonl(tmp_path / "landing" / "a.jsonl", [{"id": f"a{i}", "text": s} for i, s in enumerate(SENTENCES)])
+    run_due(spec_from_dict(raw), now=tick)
+    write_jsonl(tmp_path / "landing" / "b.jsonl", [{"id": f"b{i}", "text": s} for i, s in enumerate(SENTENCES)])
+    raw["model"]["quantization"] = "none"
+    run_due(spec_from_dict(raw), now=tick + timedelta(days=1))
+
+    root = tmp_path / "nightly" / "_report.html"
+    text = root.read_text()
+    assert "run=2026-11-28T02:00:00Z/_report.html" in text and "(int8)" in text and "(none)" in text
+    charts, errors, remote = open_page(browser, root, tmp_path / "ledger-report.png")
+    assert errors == [] and remote == []
+    assert_drawn(charts, LEDGER_CHARTS)
+    runs_chart = next(c for c in charts if c["chart"] == "errors")
+    assert runs_chart["points"] == 4  # two runs × (rows, quarantined)
+    partition = tmp_path / "nightly" / "run=2026-11-29T02:00:00Z" / "_report.html"
+    charts, errors, remote = open_page(browser, partition, tmp_path / "partition-report.png")
+    assert errors == [] and remote == []
+    assert {"throughput", "padding", "rows", "shards"} <= {c["chart"] for c in charts}
+
+    # `pipelines report` rebuilds them all, from the files alone
+    page.unlink()
+    root.unlink()
+    done = cli("report", str(tmp_path / "nightly"))
+    assert done.returncode == 0, done.stderr
+    assert f"report: {tmp_path / 'nightly'}/_report.html" in done.stdout
+    assert root.exists() and partition.exists()
+    done = cli("report", str(out))
+    assert done.returncode == 0 and page.exists()
+    assert json.loads((out / "_run.json").read_text())["fidelity"]["passed"] is True
+    assert cli("report", str(tmp_path / "in")).returncode == 2
