@@ -77,12 +77,12 @@ class S3Server:
 
 def start(buckets: list[str]) -> S3Server:
     """Start moto on a free port of 127.0.0.1, make an ``admin`` and a read-only ``reader``, then turn auth on."""
+    import logging
+
     import boto3
     from moto import settings
     from moto.core.authorization import ActionAuthenticatorMixin
     from moto.server import ThreadedMotoServer
-
-    import logging
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

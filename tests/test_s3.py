@@ -284,16 +284,29 @@ def test_the_s3_lock_is_one_holder_at_a_time_and_a_lease(s3_server, monkeypatch)
     assert "has ended" in stale_reason(ended, 60, "this-machine", lambda pid: False)
 
 
-def test_a_shard_too_large_for_one_s3_copy_is_refused_before_its_commit_record(s3_server, monkeypatch):
+def test_no_commit_record_after_the_lock_is_lost_or_for_a_file_too_large_for_one_s3_copy(s3_server, monkeypatch):
     use_s3(monkeypatch, s3_server)
-    monkeypatch.setattr(commits_module, "S3_COPY_LIMIT", 100)  # bytes, for a small file (S3's is 5 GiB)
     output = OutputDir(f"s3://{OUT}/large")
     shard = Shard(f"s3://{IN}/large.jsonl", f"{IN}/large.jsonl", "jsonl", False, 1, 1, "large.jsonl")
-    staged = f"{output.root}/_staging/{shard.key}/block-data.parquet"
-    with output.fs.open_output_stream(staged) as stream:
-        pq.write_table(pa.table({"id": [f"r{i}" for i in range(500)]}), stream)
-    report = StagingReport(shard=shard.key, shard_rows=500, rows=500, errors=0, files=[staged], row_ranges=[(0, 500)])
     job = JobRecord(spec_hash="h", model=ModelRef(name="m"), quantization="none", device="cpu", task="t")
+
+    def staged() -> StagingReport:
+        path = f"{output.root}/_staging/{shard.key}/block-data.parquet"
+        with output.fs.open_output_stream(path) as stream:
+            pq.write_table(pa.table({"id": [f"r{i}" for i in range(500)]}), stream)
+        return StagingReport(shard=shard.key, shard_rows=500, rows=500, errors=0, files=[path], row_ranges=[(0, 500)])
+
+    lock = output_lock(output.location, "_run.lock", "the output").acquire()
+    output.guard = lock.check  # as run_job sets it
+    output_lock(output.location, "_run.lock", "the output").take_over(lock.read())  # another run took it over
+    lock.renew()
+    with pytest.raises(PipelineError, match="was taken over by another run"):
+        output.commit(shard, [staged()], job)
+    lock.release()
+    assert output.commits() == {}
+
+    output.guard = None
+    monkeypatch.setattr(commits_module, "S3_COPY_LIMIT", 100)  # bytes, for a small file (S3's is 5 GiB)
     with pytest.raises(PipelineError, match="more than S3 copies in one request"):
-        output.commit(shard, [report], job)
+        output.commit(shard, [staged()], job)
     assert output.commits() == {}

@@ -76,7 +76,8 @@ def refusal(role: str, location: str, exc: OSError) -> PipelineError:
     if code == "ACCESS_DENIED":
         writes = operation in _WRITES
         needs = "write and delete objects (s3:PutObject, s3:DeleteObject)" if writes else "list and read objects"
-        why = "; S3 gives a HEAD request no reason, so the key may also be unknown" if operation.startswith("Head") else ""
+        head = operation.startswith("Head")
+        why = "; S3 gives a HEAD request no reason, so the key may also be unknown" if head else ""
         return PipelineError(
             f"{role} {location}: access denied{endpoint_note()} ({operation}{why}); use valid credentials "
             f"({_CREDENTIALS}) that may {needs} under it, or another location"
@@ -117,5 +118,7 @@ def check_writable(fs: pafs.FileSystem, root: str, location: str, scratch: str, 
         with fs.open_output_stream(probe) as stream:
             stream.write(b"")
         fs.delete_file(probe)
+    except FileNotFoundError:
+        pass  # deleted meanwhile by a run cleaning up its staging folder: it was written, which is what counts
     except OSError as exc:
         raise refusal(role, location, exc) from None
