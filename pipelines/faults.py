@@ -2,8 +2,9 @@
 
 ``PIPELINES_CRASH_AT=<point>:<n>`` kills this process (SIGKILL, no clean-up) the
 n-th time it reaches ``point``. Driver points: ``before_commit``, ``mid_commit``
-(files moved, record not yet written), ``after_commit``, ``before_summary``;
-actor point: ``predict`` (each predictor call). With ``PIPELINES_CRASH_ONCE=<file>``
+(commit record written, files not yet moved into place), ``mid_reveal`` (on an object
+store: a staged file copied into place, its staged copy not yet deleted), ``after_commit``,
+``before_summary``; actor point: ``predict`` (each predictor call). With ``PIPELINES_CRASH_ONCE=<file>``
 only the first process to get there dies (it creates the file), so a restarted
 actor carries on. Unset in normal use; it exists so tests can prove that a
 crash at any of these moments is resumed exactly once.

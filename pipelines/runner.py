@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from pipelines import faults, fidelity
 from pipelines.errors import PipelineError
+from pipelines.io import stores
 from pipelines.io.reader import (
     Columns,
     content_digest,
@@ -181,15 +182,18 @@ def run_job(
         shards = list_shards(spec.input.paths, spec.input.format, exclude=[spec.output.path])
     preflight(spec)
     output = OutputDir(spec.output.path)
-    output.check_owner()
     pending = shards
-    if not overwrite:  # a finished job is answered without the lock, and nothing is written
-        pending, committed = _pending(output, job, shards, given, prune=prune, dry=True)
-        pruning = len(committed) < len(output.committed())
-        if not pending and output.finished() and not pruning:
-            log.info("nothing to do: all %d shards of %s are committed", len(shards), spec.output.path)
-            previous = output.summary() or summaries.build(job, list(committed.values()), [], 0.0, "succeeded")
-            return previous.model_copy(update={"status": "up to date", "shards_this_run": 0})
+    with writing(spec.output.path):  # a store's refusal to list or read is one line too
+        output.check_owner()
+        if not overwrite:  # a finished job is answered without the lock, and nothing is written
+            pending, committed = _pending(output, job, shards, given, prune=prune, dry=True)
+            pruning = len(committed) < len(output.committed())
+            if not pending and output.finished() and not pruning:
+                log.info("nothing to do: all %d shards of %s are committed", len(shards), spec.output.path)
+                previous = output.summary() or summaries.build(job, list(committed.values()), [], 0.0, "succeeded")
+                return previous.model_copy(update={"status": "up to date", "shards_this_run": 0})
+        if pending or overwrite:
+            output.check_writable()  # an object store's missing bucket or denied write: before any work
     checked = None
     if pending or overwrite:
         from pipelines.cluster.connect import connect
@@ -198,6 +202,7 @@ def run_job(
         checked = fidelity.gate(spec, shards)  # below model.fidelity's bar: PipelineError, nothing written
     with writing(spec.output.path):
         lock = output_lock(spec.output.path, RUN_LOCK, f"the output {spec.output.path}").acquire()
+    output.guard = lock.check  # a lock that can be lost (an object store's lease) is checked at each commit
     try:
         with writing(spec.output.path):
             if overwrite:
@@ -214,6 +219,8 @@ def writing(location: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
+        if stores.is_store_error(exc):
+            raise stores.refusal("output.path", location, exc) from None
         reason = exc.strerror or str(exc).strip().splitlines()[0]
         raise PipelineError(
             f"output.path {location}: cannot write or delete there ({reason}); choose an output.path this "

@@ -41,3 +41,13 @@ def tiny_models(tmp_path_factory):
         return built[kind]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """One local S3 API (moto on 127.0.0.1) for the session, with buckets pipelines-in and pipelines-out."""
+    from s3_server import start
+
+    server = start(["pipelines-in", "pipelines-out"])
+    yield server
+    server.stop()

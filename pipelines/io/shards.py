@@ -19,6 +19,7 @@ from typing import Literal
 import pyarrow.fs as pafs
 
 from pipelines.errors import PipelineError
+from pipelines.io import stores
 
 FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 GLOB_CHARS = set("*?[")
@@ -83,8 +84,18 @@ def _is_hidden(path: str, root: str) -> bool:
 
 
 def _expand(location: str) -> tuple[str, list[tuple[str, pafs.FileInfo]]]:
-    """The root a location's files are named relative to, and the files: (uri, info)."""
+    """The root a location's files are named relative to, and the files: (uri, info).
+
+    A store's refusal (no such bucket, access denied) is one line naming the location.
+    """
     fs, path = resolve(location)
+    try:
+        return _list(location, fs, path)
+    except OSError as exc:
+        raise stores.refusal("input.paths:", location, exc) from None
+
+
+def _list(location: str, fs: pafs.FileSystem, path: str) -> tuple[str, list[tuple[str, pafs.FileInfo]]]:
     if GLOB_CHARS & set(path):
         base = path
         while GLOB_CHARS & set(base):
@@ -93,6 +104,7 @@ def _expand(location: str) -> tuple[str, list[tuple[str, pafs.FileInfo]]]:
         return base, [(uri_of(location, i.path), i) for i in infos if i.is_file and fnmatch.fnmatch(i.path, path)]
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
+        stores.check_bucket(fs, path, "input.paths:", location)  # a missing bucket, said so
         raise PipelineError(
             f"input.paths: {location} does not exist; check the path (relative paths start at the current directory)"
         )

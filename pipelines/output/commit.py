@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 
 from pipelines import faults
 from pipelines.errors import PipelineError
+from pipelines.io import stores
 from pipelines.io.shards import Shard, resolve
 from pipelines.output import layout
 from pipelines.output.layout import COMMITS, ERRORS, JOB, OURS, RUN, STAGING, SUCCESS
@@ -51,6 +52,8 @@ from pipelines.output.staging import StagingReport
 
 log = logging.getLogger(__name__)
 
+#: The largest object one S3 CopyObject request copies (the commit's move into place is one copy).
+S3_COPY_LIMIT = 5 * 1024**3
 DATA_STAGED = "commit-data.parquet"
 ERRORS_STAGED = "commit-errors.parquet"
 
@@ -64,6 +67,8 @@ class OutputDir:
     def __init__(self, location: str) -> None:
         self.location = location
         self.fs, self.root = resolve(location)
+        #: Called before each commit record is written; raises when this run may no longer write (lock lost).
+        self.guard: Callable[[], None] | None = None
 
     # reading state -----------------------------------------------------------------
 
@@ -139,6 +144,10 @@ class OutputDir:
                 "use a new output.path, or --overwrite to replace them"
             )
 
+    def check_writable(self) -> None:
+        """On an object store: the bucket exists and objects may be written and deleted here (a probe)."""
+        stores.check_writable(self.fs, self.root, self.location, STAGING)
+
     def finished(self) -> bool:
         return self.fs.get_file_info(f"{self.root}/{SUCCESS}").type == pafs.FileType.File
 
@@ -210,6 +219,9 @@ class OutputDir:
         )
         error_files = [f for r in reports for f in r.error_files]
         error_rows, _ = writer.merge(error_files, ERRORS_STAGED, extra=quarantined)
+        for name, rows in ((DATA_STAGED, data_rows), (ERRORS_STAGED, error_rows)):
+            if rows:
+                self._check_copyable(f"{self.root}/{folder}/{name}", shard)
         confusion: dict[str, dict[str, int]] = {}
         reasons: dict[str, int] = {}
         for report in reports:
@@ -241,6 +253,8 @@ class OutputDir:
             committed_at=time.time(),
             unreadable=unreadable,
         )
+        if self.guard is not None:
+            self.guard()
         self.write_json(layout.commit_record_path(shard.key), record.to_json())
         faults.checkpoint("mid_commit")
         if before_visible is not None:
@@ -256,10 +270,31 @@ class OutputDir:
                 source = f"{folder}/{staged}"
                 if self.fs.get_file_info(source).type != pafs.FileType.File:
                     continue  # already in place
-                target = f"{self.root}/{relative}"
-                self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
-                self.fs.move(source, target)
+                self._move(source, f"{self.root}/{relative}")
         layout.delete(self.fs, self.fs.get_file_info(folder))
+
+    def _check_copyable(self, path: str, shard: Shard) -> None:
+        """Refuse, before its commit record, a file too large for one S3 copy: it could never be put in place."""
+        if not isinstance(self.fs, pafs.S3FileSystem):
+            return
+        size = self.fs.get_file_info(path).size or 0
+        if size > S3_COPY_LIMIT:
+            raise PipelineError(
+                f"shard {shard.uri}: its output is {size / 1024**3:.1f} GiB, more than S3 copies in one request "
+                f"({S3_COPY_LIMIT // 1024**3} GiB), so it cannot be committed; split the input file into smaller ones"
+            )
+
+    def _move(self, source: str, target: str) -> None:
+        """One rename on a local disk. On an object store a copy, then a delete: the copy is one object
+        that appears whole (S3 CopyObject); a crash before the delete leaves the staged copy, which the
+        next run's clean-up deletes (its commit record says the shard is in place)."""
+        if stores.is_local(self.fs):
+            self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+            self.fs.move(source, target)
+            return
+        self.fs.copy_file(source, target)
+        faults.checkpoint("mid_reveal")
+        self.fs.delete_file(source)
 
     def write_json(self, name: str, value: Any) -> None:
         layout.write_json(self.fs, f"{self.root}/{name}", value)

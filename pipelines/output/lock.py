@@ -1,8 +1,9 @@
 """One run at a time per output: an exclusive ``flock`` on a lock file that dies with its process.
 
 ``pipelines run`` locks ``<output.path>/_run.lock``, the scheduler ``<output.path>/_schedule.lock``;
-with output on an object store, the lock file lives in a local lock folder and keeps apart only
-the runs of one machine (:func:`output_lock`).
+with output on S3 the lock is that object, a lease taken with a conditional write
+(:mod:`pipelines.output.object_lock`); on other object stores the lock file lives in a local lock
+folder and keeps apart only the runs of one machine (:func:`output_lock`).
 
 The kernel drops an ``flock`` the moment the process holding it ends, however it
 ends (SIGKILL and OOM kills included), so a crashed run never leaves a lock that
@@ -23,12 +24,15 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import pyarrow.fs as pafs
 
 from pipelines.errors import PipelineError
 from pipelines.io.shards import resolve
+
+if TYPE_CHECKING:
+    from pipelines.output.object_lock import ObjectLock
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +55,7 @@ class JobLock:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _describe(_read_holder(handle))
+            holder = describe_holder(_read_holder(handle))
             handle.close()
             raise LockHeld(
                 f"another run of {self.what} is in progress ({holder}); not starting a second one. "
@@ -60,7 +64,7 @@ class JobLock:
         previous = _read_holder(handle)
         if previous:
             log.warning("recovered the lock of %s left by a run that ended without releasing it (%s)",
-                        self.what, _describe(previous))
+                        self.what, describe_holder(previous))
         handle.seek(0)
         handle.truncate()
         handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}))
@@ -78,6 +82,9 @@ class JobLock:
         fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
         self._file.close()
         self._file = None
+
+    def check(self) -> None:
+        """A kernel lock cannot be taken away from a live holder: nothing to check."""
 
     def __enter__(self) -> JobLock:
         return self.acquire()
@@ -97,7 +104,8 @@ def _read_holder(handle) -> dict | None:
         return {"raw": text[:200]}
 
 
-def _describe(holder: dict | None) -> str:
+def describe_holder(holder: dict | None) -> str:
+    """A lock holder's record in words: ``pid 123 on host since 2026-11-28 02:00:01``."""
     if not holder:
         return "holder unknown"
     if "pid" not in holder:
@@ -106,14 +114,25 @@ def _describe(holder: dict | None) -> str:
     return f"pid {holder['pid']} on {holder.get('host', '?')} since {since}"
 
 
-def output_lock(location: str, name: str, what: str) -> JobLock:
-    """The lock of an output location: ``<location>/<name>`` when it is local, else a file in a local lock folder
-    (``$PIPELINES_LOCK_DIR``, default ``~/.cache/pipelines/locks``) named after the location."""
+def output_lock(location: str, name: str, what: str) -> JobLock | ObjectLock:
+    """The lock of an output location: ``<location>/<name>``.
+
+    A local path gets a kernel lock on that file. On S3 the lock is that object, taken with a
+    conditional write (:mod:`.object_lock`), which keeps apart runs on different machines; with
+    ``PIPELINES_LOCK=local``, and on other object stores, it is a file in a local lock folder
+    (``$PIPELINES_LOCK_DIR``, default ``~/.cache/pipelines/locks``) named after the location, which
+    keeps apart only the runs of this machine (and says so in a warning).
+    """
     fs, root = resolve(location)
     if isinstance(fs, pafs.LocalFileSystem):
         return JobLock(Path(root) / name, what)
+    if isinstance(fs, pafs.S3FileSystem) and os.environ.get("PIPELINES_LOCK", "").lower() != "local":
+        from pipelines.output.object_lock import ObjectLock
+
+        bucket, _, prefix = root.rstrip("/").partition("/")
+        return ObjectLock(bucket, f"{prefix}/{name}" if prefix else name, what, region=fs.region)
     folder = Path(os.environ.get("PIPELINES_LOCK_DIR", Path.home() / ".cache" / "pipelines" / "locks"))
-    log.warning("output.path %s is not local: runs are kept apart only on this machine (lock in %s); "
-                "run one driver per output", location, folder)
+    log.warning("output.path %s: runs are kept apart only on this machine (lock in %s); run one driver per "
+                "output at a time", location, folder)
     digest = hashlib.sha1(f"{location}\0{name}".encode()).hexdigest()[:16]
     return JobLock(folder / f"{digest}.lock", what)

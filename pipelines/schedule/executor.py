@@ -33,11 +33,13 @@ from datetime import UTC, datetime
 import pyarrow.fs as pafs
 
 from pipelines.errors import PipelineError
+from pipelines.io import stores
 from pipelines.io.shards import GLOB_CHARS, Shard, list_shards, resolve
 from pipelines.output import layout
 from pipelines.output.commit import OutputDir
-from pipelines.output.layout import COMMITS, JOB, LOCK, PARTITION, SUPERSEDED
+from pipelines.output.layout import COMMITS, JOB, LOCK, PARTITION, STAGING, SUPERSEDED
 from pipelines.output.lock import JobLock, output_lock
+from pipelines.output.object_lock import ObjectLock
 from pipelines.output.records import RunSummary
 from pipelines.schedule.ledger import History, Ledger, LedgerEntry, LedgerInput
 from pipelines.schedule.lineage import model_lineage
@@ -46,6 +48,9 @@ from pipelines.schedule.ticks import Decision, decide, run_id
 from pipelines.spec import JobSpec
 
 log = logging.getLogger(__name__)
+
+#: Where the write probe of an object store goes (a ``_`` folder that readers and the layout check skip).
+SCRATCH = STAGING
 
 Runner = Callable[..., RunSummary]
 
@@ -78,8 +83,9 @@ def partition_spec(spec: JobSpec, run: str) -> JobSpec:
     return copy
 
 
-def job_lock(spec: JobSpec) -> JobLock:
-    """The scheduler's lock: in the output directory when it is local, else in a local lock folder."""
+def job_lock(spec: JobSpec) -> JobLock | ObjectLock:
+    """The scheduler's lock ``<output.path>/_schedule.lock``: a file locally, an object lease on S3
+    (see :func:`pipelines.output.lock.output_lock`)."""
     return output_lock(spec.output.path, LOCK, f"job {spec.name or spec.output.path}")
 
 
@@ -127,7 +133,9 @@ def run_due(
         runner = run_job
     job = ScheduledJob(spec, address, runner)
     job.check_layout()
-    with job_lock(spec):
+    stores.check_writable(job.fs, job.root, spec.output.path, SCRATCH)  # an object store: before any work
+    with job_lock(spec) as lock:
+        job.ledger.guard = lock.check  # a scheduler whose lease was taken over writes no more ledger lines
         try:
             return job.invoke(now or datetime.now(UTC), rescore, prune)
         finally:

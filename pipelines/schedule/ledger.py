@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,6 +109,8 @@ class Ledger:
     def __init__(self, location: str) -> None:
         self.fs, root = resolve(location)
         self.path = f"{root}/{LEDGER}"
+        #: Called before each append; raises when this process may no longer write (its lock was lost).
+        self.guard: Callable[[], None] | None = None
 
     def _raw(self) -> bytes:
         try:
@@ -128,6 +131,8 @@ class Ledger:
         return entries
 
     def append(self, entry: LedgerEntry) -> LedgerEntry:
+        if self.guard is not None:
+            self.guard()
         data = self._raw()
         if data and not data.endswith(b"\n"):
             data += b"\n"

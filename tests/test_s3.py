@@ -1,0 +1,314 @@
+"""Object stores for real: jobs that read from and write to an S3 API (moto on 127.0.0.1, one per session).
+
+The server checks every request's signature and the user's policy (``s3_server``), so a wrong key, a
+read-only user and a missing bucket are refused the way S3 refuses them. The CLI runs as a user runs
+it, credentials and endpoint in its environment (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` and
+``AWS_ENDPOINT_URL``, or ``AWS_PROFILE``), each run on its own local Ray, whose workers inherit them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from helpers import ROOT, SENTENCES, write_jsonl, write_parquet
+
+from pipelines.errors import PipelineError
+from pipelines.io.shards import Shard
+from pipelines.output import commit as commits_module
+from pipelines.output.commit import OutputDir
+from pipelines.output.layout import is_part_file, part_shard
+from pipelines.output.lock import LockHeld, output_lock
+from pipelines.output.object_lock import ObjectLock, Seen, stale_reason
+from pipelines.output.records import JobRecord, ModelRef
+from pipelines.output.staging import StagingReport
+
+IN, OUT = "pipelines-in", "pipelines-out"
+
+
+def news_shards(folder: Path, rows: int = 10) -> dict[str, set[str]]:
+    """Two shards each of JSON lines, gzip-compressed JSON lines and Parquet; shard name → its ids."""
+    shards: dict[str, set[str]] = {}
+    for k in range(2):
+        for name, kind in ((f"jsonl/part-{k}.jsonl", "j"), (f"gzip/part-{k}.jsonl.gz", "g"),
+                           (f"parquet/part-{k}.parquet", "p")):
+            batch = [{"id": f"{kind}{k}-{i}", "text": SENTENCES[(k + i) % len(SENTENCES)]} for i in range(rows)]
+            path = folder / name
+            if kind == "p":
+                write_parquet(path, batch)
+            elif kind == "g":
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in batch).encode()))
+            else:
+                write_jsonl(path, batch)
+            shards[name] = {r["id"] for r in batch}
+    return shards
+
+
+def s3_job(tmp_path: Path, model: str, inputs: str, output: str) -> Path:
+    raw = {
+        "name": "s3-news",
+        "input": {"paths": [inputs]},
+        "model": {"name": model},
+        "task": {"type": "text-classification"},
+        "batching": {"batch_size": 8},
+        "compute": {"cpus_per_actor": 0.5, "threads_per_actor": 1},
+        "output": {"path": output},
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def cli(s3, *args: str, user: str | None = "admin", env: dict | None = None) -> subprocess.CompletedProcess:
+    """The CLI as a user runs it, with the AWS settings a user exports (never this machine's own)."""
+    environment = s3.env(user, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), **(env or {}))
+    environment.pop("RAY_ADDRESS", None)
+    return subprocess.run([sys.executable, "-m", "pipelines", *args], cwd=ROOT, env=environment,
+                          capture_output=True, text=True, timeout=600)
+
+
+def read_object(s3, key: str) -> pa.Table:
+    return pq.read_table(io.BytesIO(s3.client().get_object(Bucket=OUT, Key=key)["Body"].read()))
+
+
+def reader_view(s3, prefix: str, shards: dict[str, set[str]]) -> tuple[dict[str, set[str]], list[str]]:
+    """What a reader listing ``prefix/`` sees, checked: apart from ``_`` entries only part files, each with a
+    commit record and holding exactly all of one shard's rows. Returns the visible shards and every key."""
+    keys = s3.keys(OUT, prefix)
+    records = [json.loads(s3.client().get_object(Bucket=OUT, Key=f"{prefix}/{k}")["Body"].read())
+               for k in keys if k.startswith("_commits/") and k.endswith(".json")]
+    names = {r["shard"]: r["input"]["name"] for r in records}
+    visible = {}
+    for key in keys:
+        if key == "" or key.startswith("_"):
+            continue  # the prefix's own marker; bookkeeping and staging, which readers skip
+        assert is_part_file(key) and "/" not in key, f"a reader sees {key}"
+        name = names[part_shard(key)]  # a visible file has its commit record ...
+        ids = read_object(s3, f"{prefix}/{key}").column("id").to_pylist()
+        assert sorted(ids) == sorted(shards[name]), name  # ... and all of its shard's rows, once
+        visible[name] = set(ids)
+    return visible, keys
+
+
+def use_s3(monkeypatch, s3, user: str | None = "admin") -> None:
+    """This process (the test, as a reader or a second machine) with the AWS settings a user exports."""
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in s3.aws_env(user).items():
+        monkeypatch.setenv(name, value)
+
+
+# the cluster workflow's storage: run, crash, resume, read, overwrite --------------------------------------
+
+
+def test_a_job_on_s3_resumes_after_a_driver_kill_at_each_commit_point(s3_server, tiny_models, tmp_path, monkeypatch):
+    shards = news_shards(tmp_path / "in")
+    s3_server.upload(IN, "news", tmp_path / "in")
+    job = s3_job(tmp_path, tiny_models("classifier"), f"s3://{IN}/news", f"s3://{OUT}/labels")
+    ids = sorted(set().union(*shards.values()))
+
+    # point the driver is killed at → (commit records, shards visible) after it; each run resumes the last
+    steps = {"before_commit:2": (1, 1), "mid_commit:1": (2, 1), "mid_reveal:1": (2, 2), "after_commit:1": (3, 3),
+             "before_summary:1": (6, 6)}
+    for point, (committed, shown) in steps.items():
+        crashed = cli(s3_server, "run", str(job), env={"PIPELINES_CRASH_AT": point})
+        assert crashed.returncode == -9, (point, crashed.stderr[-3000:])
+        visible, keys = reader_view(s3_server, "labels", shards)
+        assert len([k for k in keys if k.startswith("_commits/") and k.endswith(".json")]) == committed, point
+        assert len(visible) == shown, point
+        assert "_SUCCESS" not in keys and "_run.lock" in keys  # the killed run's lock object is left behind
+        if point == "mid_reveal:1":  # the data object was copied into place, its staged copy not yet deleted
+            assert [k for k in keys if k.endswith("/commit-data.parquet")], keys
+        if point != "before_commit:2":  # the next run took over the lock of the killed one at once
+            assert "took over the lock" in crashed.stderr and "has ended" in crashed.stderr
+
+    finished = cli(s3_server, "run", str(job))
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    visible, keys = reader_view(s3_server, "labels", shards)
+    assert visible == shards and "_SUCCESS" in keys
+    assert not [k for k in keys if k.startswith("_staging/") and not k.endswith("/")], keys  # staging cleaned up
+    assert "_run.lock" not in keys  # released
+    summary = json.loads(s3_server.client().get_object(Bucket=OUT, Key="labels/_run.json")["Body"].read())
+    assert summary["rows_in"] == summary["rows_out"] == len(ids)
+
+    use_s3(monkeypatch, s3_server)
+    assert_readers_see(f"s3://{OUT}/labels", ids)
+    again = cli(s3_server, "run", str(job))
+    assert again.returncode == 0 and "up to date" in again.stdout, again.stderr[-2000:]
+
+    # --overwrite replaces every shard (new commit records) and deletes only what this project wrote
+    before = {r["shard"]: r["committed_at"] for r in records(s3_server, "labels")}
+    s3_server.client().put_object(Bucket=OUT, Key="labels/README.txt", Body=b"someone else's file")
+    redone = cli(s3_server, "run", str(job), "--overwrite")
+    assert redone.returncode == 0, redone.stderr[-3000:]
+    after = {r["shard"]: r["committed_at"] for r in records(s3_server, "labels")}
+    assert after.keys() == before.keys() and all(after[k] > before[k] for k in before)
+    keys = s3_server.keys(OUT, "labels")
+    assert "README.txt" in keys
+    assert sorted(i for k in keys if is_part_file(k) for i in read_object(s3_server, f"labels/{k}")["id"].to_pylist()) == ids
+
+
+def records(s3, prefix: str) -> list[dict]:
+    client = s3.client()
+    return [json.loads(client.get_object(Bucket=OUT, Key=f"{prefix}/{k}")["Body"].read())
+            for k in s3.keys(OUT, prefix) if k.startswith("_commits/") and k.endswith(".json")]
+
+
+def assert_readers_see(uri: str, ids: list[str]) -> None:
+    """The README's reads of a job's output, on the object store: each row once."""
+    import duckdb
+    import polars as pl
+    import pyarrow.dataset as ds
+
+    assert sorted(pq.read_table(uri).column("id").to_pylist()) == ids  # _run.json, _commits/ ... skipped
+    frame = pl.read_parquet(f"{uri}/*.parquet")  # Polars reads AWS_ENDPOINT_URL and the keys from the environment
+    assert sorted(frame["id"].to_list()) == ids
+    # DuckDB reads s3:// through its httpfs extension, which it downloads on INSTALL from DuckDB's own server
+    # (unreachable here); the PyPI builds of it are for other DuckDB versions than the one installed. So DuckDB
+    # queries the files through pyarrow's dataset (its Arrow scan), the way to read them without httpfs.
+    dataset = ds.dataset(uri, format="parquet")  # noqa: F841 - DuckDB finds it by its name
+    counted = duckdb.sql("select count(*), count(distinct id) from dataset").fetchall()
+    assert counted == [(len(ids), len(ids))]
+
+
+def test_schedule_once_on_s3_scores_only_the_new_object(s3_server, tiny_models, tmp_path, monkeypatch):
+    """Credentials from a profile (AWS_PROFILE and a shared credentials file) instead of the environment."""
+    write_jsonl(tmp_path / "landing" / "a.jsonl", [{"id": f"a{i}", "text": SENTENCES[i]} for i in range(6)])
+    s3_server.upload(IN, "landing", tmp_path / "landing")
+    job = s3_job(tmp_path, tiny_models("classifier"), f"s3://{IN}/landing", f"s3://{OUT}/nightly")
+    profile = {"AWS_PROFILE": "pipelines",
+               "AWS_SHARED_CREDENTIALS_FILE": str(s3_server.credentials_file(tmp_path / "credentials", "pipelines"))}
+
+    first = cli(s3_server, "schedule", str(job), "--once", user=None, env=profile)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "succeeded, scored new input: 1 shard(s) this run, 6 rows" in first.stdout
+
+    use_s3(monkeypatch, s3_server)
+    with output_lock(f"s3://{OUT}/nightly", "_schedule.lock", "job s3-news"):  # held here: a second machine waits
+        busy = cli(s3_server, "schedule", str(job), "--once", user=None, env=profile)
+    assert busy.returncode == 75 and f"another run of job s3-news is in progress (pid {os.getpid()}" in busy.stderr
+
+    write_jsonl(tmp_path / "more" / "b.jsonl", [{"id": f"b{i}", "text": SENTENCES[i]} for i in range(4)])
+    s3_server.upload(IN, "landing", tmp_path / "more")
+    second = cli(s3_server, "schedule", str(job), "--once", user=None, env=profile)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "succeeded, scored new input: 1 shard(s) this run, 4 rows" in second.stdout
+
+    import pyarrow.dataset as ds
+
+    every = ds.dataset(f"s3://{OUT}/nightly", format="parquet", partitioning="hive").to_table()
+    assert sorted(every.column("id").to_pylist()) == sorted([f"a{i}" for i in range(6)] + [f"b{i}" for i in range(4)])
+    assert len(set(every.column("run").to_pylist())) == 2
+    assert not [k for k in s3_server.keys(OUT, "nightly") if k.endswith(".lock")]
+
+
+# refused before any work -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("inputs", "output", "user", "command", "message"),
+    [
+        ("s3://no-such-bucket/news", f"s3://{OUT}/refused", "admin", "run",
+         "input.paths: s3://no-such-bucket/news: the bucket no-such-bucket does not exist at http://127.0.0.1:"),
+        (f"s3://{IN}/news", "s3://no-such-bucket/labels", "admin", "run",
+         "output.path s3://no-such-bucket/labels: the bucket no-such-bucket does not exist at http://127.0.0.1:"),
+        (f"s3://{IN}/news", f"s3://{OUT}/refused", "reader", "run",
+         f"output.path s3://{OUT}/refused: access denied at http://127.0.0.1:"),
+        (f"s3://{IN}/news", f"s3://{OUT}/refused", "reader", "schedule",
+         f"output.path s3://{OUT}/refused: access denied at http://127.0.0.1:"),
+        (f"s3://{IN}/news/*.jsonl", f"s3://{OUT}/refused", "stranger", "run",
+         f"input.paths: s3://{IN}/news/*.jsonl: the store at http://127.0.0.1:"),
+    ],
+)
+def test_a_missing_bucket_or_a_refused_request_is_one_line_before_any_work(
+    s3_server, tiny_models, tmp_path, inputs, output, user, command, message
+):
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": "a", "text": "words"}])
+    s3_server.upload(IN, "news", tmp_path / "in")
+    job = s3_job(tmp_path, tiny_models("classifier"), inputs, output)
+    env = {"AWS_ACCESS_KEY_ID": "AKIAUNKNOWN", "AWS_SECRET_ACCESS_KEY": "wrong"} if user == "stranger" else {}
+    done = cli(s3_server, command, str(job), *(["--once"] if command == "schedule" else []),
+               user="admin" if user == "stranger" else user, env=env)
+    assert done.returncode == 2, done.stderr[-3000:]
+    [line] = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert message in line, line
+    if user == "reader":
+        assert "may write and delete objects (s3:PutObject, s3:DeleteObject)" in line
+    if user == "stranger":
+        assert "refused the credentials (invalid_access_key_id)" in line
+    assert "Traceback" not in done.stderr and "Started a local Ray" not in done.stderr
+    bucket, prefix = output.removeprefix("s3://").split("/", 1)
+    if bucket == OUT:
+        assert s3_server.keys(OUT, prefix) == []  # nothing written (nor left: the write probe is deleted)
+
+
+# the lock across machines ---------------------------------------------------------------------------
+
+
+def test_the_s3_lock_is_one_holder_at_a_time_and_a_lease(s3_server, monkeypatch):
+    use_s3(monkeypatch, s3_server)
+    location = f"s3://{OUT}/locked"
+    first = output_lock(location, "_run.lock", "the output")
+    assert isinstance(first, ObjectLock)
+    with first:
+        with pytest.raises(LockHeld, match=f"pid {os.getpid()} on {socket.gethostname()}"):
+            output_lock(location, "_run.lock", "the output").acquire()
+        second = output_lock(location, "_run.lock", "the output")
+        seen = second.read()
+        first.renew()  # the lease starts again: a take-over decided on what was seen before fails
+        assert not second.take_over(seen)
+        assert second.take_over(second.read())  # as if the first holder had stalled past its lease
+        first.renew()
+        with pytest.raises(PipelineError, match="was taken over by another run"):
+            first.check()  # the stalled run stops before its next commit
+    assert second.read().holder["token"] == second.token  # releasing a lost lock leaves the new holder's
+
+    # a holder on another machine: held until its lease runs out (by the store's clock), then taken over
+    s3_server.client().put_object(Bucket=OUT, Key="locked/_run.lock",
+                                  Body=json.dumps({"pid": 1, "host": "other-machine", "since": 0}).encode())
+    with pytest.raises(LockHeld, match="pid 1 on other-machine"):
+        output_lock(location, "_run.lock", "the output").acquire()
+    young = Seen("etag", {"pid": 1, "host": "other-machine"}, age_s=5)
+    assert stale_reason(young, 60, "this-machine", lambda pid: True) is None
+    assert "not renewed for 61 s" in stale_reason(Seen("etag", young.holder, 61), 60, "this-machine", lambda pid: True)
+    ended = Seen("etag", {"pid": 1, "host": "this-machine"}, age_s=5)
+    assert "has ended" in stale_reason(ended, 60, "this-machine", lambda pid: False)
+
+
+def test_no_commit_record_after_the_lock_is_lost_or_for_a_file_too_large_for_one_s3_copy(s3_server, monkeypatch):
+    use_s3(monkeypatch, s3_server)
+    output = OutputDir(f"s3://{OUT}/large")
+    shard = Shard(f"s3://{IN}/large.jsonl", f"{IN}/large.jsonl", "jsonl", False, 1, 1, "large.jsonl")
+    job = JobRecord(spec_hash="h", model=ModelRef(name="m"), quantization="none", device="cpu", task="t")
+
+    def staged() -> StagingReport:
+        path = f"{output.root}/_staging/{shard.key}/block-data.parquet"
+        with output.fs.open_output_stream(path) as stream:
+            pq.write_table(pa.table({"id": [f"r{i}" for i in range(500)]}), stream)
+        return StagingReport(shard=shard.key, shard_rows=500, rows=500, errors=0, files=[path], row_ranges=[(0, 500)])
+
+    lock = output_lock(output.location, "_run.lock", "the output").acquire()
+    output.guard = lock.check  # as run_job sets it
+    output_lock(output.location, "_run.lock", "the output").take_over(lock.read())  # another run took it over
+    lock.renew()
+    with pytest.raises(PipelineError, match="was taken over by another run"):
+        output.commit(shard, [staged()], job)
+    lock.release()
+    assert output.commits() == {}
+
+    output.guard = None
+    monkeypatch.setattr(commits_module, "S3_COPY_LIMIT", 100)  # bytes, for a small file (S3's is 5 GiB)
+    with pytest.raises(PipelineError, match="more than S3 copies in one request"):
+        output.commit(shard, [staged()], job)
+    assert output.commits() == {}
