@@ -14,6 +14,7 @@ process only (:mod:`pipelines.inference.fidelity`).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -96,6 +97,11 @@ def _rows(spec: JobSpec) -> int:
 
 
 def _measure_on_ray(spec: JobSpec, picked: pa.Table) -> Fidelity:
+    return Fidelity.model_validate(_on_ray(spec, _measure_remote, picked))
+
+
+def _on_ray(spec: JobSpec, function: Any, picked: pa.Table, *args: Any) -> Any:
+    """Run ``function(spec, picked, *args)`` in a Ray task with the resources of one of the job's actors."""
     import ray
 
     compute = spec.compute
@@ -104,11 +110,103 @@ def _measure_on_ray(spec: JobSpec, picked: pa.Table) -> Fidelity:
         options["accelerator_type"] = compute.accelerator_type
     if compute.resources:
         options["resources"] = dict(compute.resources)
-    task = ray.remote(_measure_remote).options(max_retries=0, **options)
-    return Fidelity.model_validate(ray.get(task.remote(spec.model_dump(mode="json"), picked)))
+    task = ray.remote(function).options(max_retries=0, **options)
+    return ray.get(task.remote(spec.model_dump(mode="json"), picked, *args))
 
 
 def _measure_remote(spec: dict[str, Any], picked: pa.Table) -> dict[str, Any]:
     from pipelines.inference.fidelity import measure
 
     return measure(JobSpec.model_validate(spec), picked).to_json()
+
+
+# quantization: auto ---------------------------------------------------------------------------------
+
+#: The bar of quantization: auto when the spec sets no model.fidelity.
+AUTO_MIN_AGREEMENT = 0.99
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A concrete way to run the model: a quantization and a dtype (what ``quantization: auto`` resolves to)."""
+
+    quantization: str
+    dtype: str
+
+    @property
+    def label(self) -> str:
+        return self.quantization if self.quantization != "none" else self.dtype
+
+
+def resolve_auto(
+    spec: JobSpec, shards: list[Shard], recorded: dict[str, Any] | None
+) -> tuple[JobSpec, Fidelity | None]:
+    """The spec with ``quantization: auto`` made concrete, and the check that chose it.
+
+    An output that recorded a choice keeps it (one output, one precision); otherwise the candidates
+    for the device an actor runs on — fastest first — are scored on the fidelity sample against
+    float32, where an actor would run, and the first within the bar wins; float32 when none is.
+    """
+    if recorded:
+        chosen = Precision(recorded["quantization"], recorded["dtype"])
+        log.info("quantization auto: %s, as decided by this output's first run", chosen.label)
+        return concrete(spec, chosen), None
+    picked = sample(spec, shards, _rows(spec))
+    bar = spec.model.fidelity.min_agreement if spec.model.fidelity else AUTO_MIN_AGREEMENT
+    log.info("quantization auto: scoring %d sampled rows at each candidate precision against float32", picked.num_rows)
+    found = _on_ray(spec, _choose_remote, picked, bar)
+    chosen = Precision(found["quantization"], found["dtype"])
+    result = Fidelity.model_validate(found["fidelity"]) if found.get("fidelity") else None
+    if result is not None:
+        result = result.model_copy(update={"min_agreement": bar, "passed": True})
+    log.info("quantization auto: %s (%s)", chosen.label, found.get("why", ""))
+    return concrete(spec, chosen), result
+
+
+def concrete(spec: JobSpec, chosen: Precision) -> JobSpec:
+    copy = spec.model_copy(deep=True)
+    copy.model.quantization = chosen.quantization  # type: ignore[assignment]
+    copy.model.dtype = chosen.dtype  # type: ignore[assignment]
+    return copy
+
+
+def candidates(device: str, bf16: bool) -> list[Precision]:
+    """Fastest first. On a CPU: torch's dynamic int8, then bfloat16 where the CPU computes it natively; on a
+    GPU: bfloat16 (bitsandbytes' int8 and nf4 save memory there, not time). float32 is the fallback."""
+    if device == "cuda":
+        return [Precision("none", "bfloat16")]
+    found = [Precision("dynamic-int8", "float32")]
+    if bf16:
+        found.append(Precision("none", "bfloat16"))
+    return found
+
+
+def _choose_remote(spec_json: dict[str, Any], picked: pa.Table, bar: float) -> dict[str, Any]:
+    import torch
+
+    from pipelines.inference.fidelity import measure_against
+
+    spec = JobSpec.model_validate(spec_json)
+    cuda = torch.cuda.is_available() and spec.model.device != "cpu"
+    bf16 = torch.cuda.is_bf16_supported() if cuda else bool(torch.backends.mkldnn.is_available() and _cpu_bf16())
+    tried = []
+    reference = concrete(spec, Precision("none", "float32"))
+    options = [concrete(spec, c) for c in candidates("cuda" if cuda else "cpu", bf16)]
+    results = measure_against(reference, options, picked)
+    for candidate, result in results:
+        tried.append(f"{Precision(candidate.model.quantization, candidate.model.dtype).label} {result.agreement:.4f}")
+        if result.agreement >= bar:
+            return {"quantization": candidate.model.quantization, "dtype": candidate.model.dtype,
+                    "fidelity": result.to_json(), "why": f"{result.measure} vs float32: {', '.join(tried)}; bar {bar}"}
+    return {"quantization": "none", "dtype": "float32", "fidelity": None,
+            "why": f"no candidate within the bar {bar} ({', '.join(tried) or 'none for this device'})"}
+
+
+def _cpu_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX): otherwise bfloat16 is slower."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags

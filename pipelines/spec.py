@@ -58,7 +58,11 @@ class ModelSpec(Strict):
     name: str = Field(description="Hugging Face id, local directory, or a built-in alias (minilm, smollm2).")
     revision: str | None = None
     trust_remote_code: bool = False
-    quantization: Literal["none", "int8", "nf4", "fp4"] = "none"
+    quantization: Literal["none", "int8", "nf4", "fp4", "dynamic-int8", "auto"] = Field(
+        default="none",
+        description="none; int8, nf4, fp4 (bitsandbytes, CPU or CUDA); dynamic-int8 (torch, CPU); auto: the fastest "
+        "precision for the device that keeps model.fidelity's agreement with float32 (decided once per output).",
+    )
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cache_dir: str | None = Field(default=None, description="Where converted models (GGUF) are cached.")
