@@ -87,7 +87,10 @@ class ComputeSpec(Strict):
     max: int | None = Field(default=None, gt=0)
     gpus_per_actor: float = Field(default=0, ge=0)
     cpus_per_actor: float = Field(default=1, gt=0)
-    threads_per_actor: int | None = Field(default=None, gt=0, description="torch threads; default cpus_per_actor.")
+    threads_per_actor: int | None = Field(
+        default=None, gt=0,
+        description="torch threads per actor; default: the node's cores shared among the actors that fit on it.",
+    )
     accelerator_type: str | None = None
     resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources per actor.")
 
@@ -106,8 +109,14 @@ class ComputeSpec(Strict):
         low = self.min or 1
         return low, max(low, self.max or low)
 
-    def torch_threads(self) -> int:
-        return self.threads_per_actor or max(1, round(self.cpus_per_actor))
+    def torch_threads(self, node_cpus: int) -> int:
+        """The actor's torch threads: the setting, else the node's cores shared evenly among the pool's actors
+        that can be on it at once (one actor on a 2-core machine: 2 threads; 4 actors of 1 CPU on 8 cores: 2)."""
+        if self.threads_per_actor:
+            return self.threads_per_actor
+        _, high = self.pool_bounds()
+        on_node = max(1, min(high, int(node_cpus // self.cpus_per_actor) or 1))
+        return max(1, node_cpus // on_node)
 
 
 class OutputSpec(Strict):

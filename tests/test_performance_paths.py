@@ -86,3 +86,19 @@ def test_quantization_auto_is_decided_once_per_output_and_said(ray_session, tiny
     write_jsonl(tmp_path / "in" / "b.jsonl", rows[:5])
     again = run_job(spec)
     assert again.precision == chosen and again.fidelity is None  # the recorded choice, not measured again
+
+
+@pytest.mark.parametrize(
+    ("compute", "cpus", "threads"),
+    [
+        ({"size": 1}, 2, 2),  # one actor on a 2-core machine: both cores
+        ({"size": 2, "cpus_per_actor": 0.5}, 2, 1),
+        ({"min": 1, "max": 8, "cpus_per_actor": 1}, 8, 1),
+        ({"size": 4, "cpus_per_actor": 1}, 8, 2),
+        ({"size": 1, "threads_per_actor": 3}, 2, 3),  # what the spec says
+    ],
+)
+def test_torch_threads_share_the_node_among_the_actors_on_it(compute, cpus, threads):
+    from pipelines.spec import ComputeSpec
+
+    assert ComputeSpec(**compute).torch_threads(cpus) == threads
