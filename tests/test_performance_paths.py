@@ -65,27 +65,29 @@ def test_dynamic_int8_stays_close_to_float32(tiny_models):
         Predictor(spec)
 
 
-def test_quantization_auto_is_decided_once_per_output_and_said(ray_session, tiny_models, tmp_path):
+def test_quantization_auto_is_decided_once_and_said(ray_session, tiny_models, tmp_path):
     rows = [{"id": f"x{i}", "text": SENTENCES[i % len(SENTENCES)]} for i in range(40)]
     write_jsonl(tmp_path / "in" / "a.jsonl", rows)
-    spec = spec_from_dict({
+    raw = {
         "input": {"paths": [str(tmp_path / "in")]},
-        "model": {"name": tiny_models("classifier"), "quantization": "auto", "fidelity": {"rows": 40}},
+        "model": {"name": tiny_models("classifier"), "quantization": "auto", "fidelity": {"rows": 40},
+                  "cache_dir": str(tmp_path / "cache")},
         "task": {"type": "text-classification"},
         "compute": {"cpus_per_actor": 0.5, "threads_per_actor": 1},
         "output": {"path": str(tmp_path / "out")},
-    })
-    summary = run_job(spec)
+    }
+    summary = run_job(spec_from_dict(raw))
     chosen = json.loads((tmp_path / "out" / "_job.json").read_text())["precision"]
     assert chosen == summary.precision and chosen["quantization"] in ("dynamic-int8", "none")
     assert summary.fidelity is None or summary.fidelity.agreement >= 0.99
+    [kept] = list((tmp_path / "cache" / "precision").glob("*.json"))
     timeline = summary.timeline
     assert timeline["process_start"] <= timeline["ray_ready"] <= timeline["first_block"] <= timeline["last_commit"]
 
-    (tmp_path / "out" / "_SUCCESS").unlink()
-    write_jsonl(tmp_path / "in" / "b.jsonl", rows[:5])
-    again = run_job(spec)
-    assert again.precision == chosen and again.fidelity is None  # the recorded choice, not measured again
+    # another output of the same model and task takes the kept decision instead of measuring again
+    before = kept.stat().st_mtime_ns
+    other = run_job(spec_from_dict({**raw, "output": {"path": str(tmp_path / "other")}}))
+    assert other.precision == chosen and kept.stat().st_mtime_ns == before
 
 
 @pytest.mark.parametrize(
