@@ -13,7 +13,13 @@ process only (:mod:`pipelines.inference.fidelity`).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -30,7 +36,8 @@ DEFAULT_ROWS = 256
 
 
 def is_quantized(spec: JobSpec) -> bool:
-    return spec.model.quantization != "none"
+    """Quantized, or computing in a reduced precision: something to compare with float32."""
+    return spec.model.quantization != "none" or spec.model.dtype in ("bfloat16", "float16")
 
 
 def sample(spec: JobSpec, shards: list[Shard], rows: int) -> pa.Table:
@@ -55,7 +62,22 @@ def check(spec: JobSpec, shards: list[Shard], rows: int | None = None) -> Fideli
         )
     from pipelines.inference.fidelity import measure
 
-    return judge(spec, measure(spec, sample(spec, shards, rows or _rows(spec))))
+    picked = sample(spec, shards, rows or _rows(spec))
+    if spec.model.quantization == "auto":
+        return _check_auto(spec, picked)
+    return judge(spec, measure(spec, picked))
+
+
+def _check_auto(spec: JobSpec, picked: pa.Table) -> Fidelity:
+    """``quantization: auto``: every candidate for this machine against float32; the one auto would take."""
+    bar = spec.model.fidelity.min_agreement if spec.model.fidelity else AUTO_MIN_AGREEMENT
+    found = _choose_remote(spec.model_dump(mode="json"), picked, bar)
+    log.info("quantization auto would take %s: %s", Precision(found["quantization"], found["dtype"]).label,
+             found["why"])
+    if found.get("fidelity") is None:
+        raise PipelineError(f"quantization auto would run in float32 here: {found['why']}")
+    result = Fidelity.model_validate(found["fidelity"])
+    return result.model_copy(update={"min_agreement": bar, "passed": result.agreement >= bar})
 
 
 def gate(spec: JobSpec, shards: list[Shard]) -> Fidelity | None:
@@ -96,6 +118,11 @@ def _rows(spec: JobSpec) -> int:
 
 
 def _measure_on_ray(spec: JobSpec, picked: pa.Table) -> Fidelity:
+    return Fidelity.model_validate(_on_ray(spec, _measure_remote, picked))
+
+
+def _on_ray(spec: JobSpec, function: Any, picked: pa.Table, *args: Any) -> Any:
+    """Run ``function(spec, picked, *args)`` in a Ray task with the resources of one of the job's actors."""
     import ray
 
     compute = spec.compute
@@ -104,11 +131,150 @@ def _measure_on_ray(spec: JobSpec, picked: pa.Table) -> Fidelity:
         options["accelerator_type"] = compute.accelerator_type
     if compute.resources:
         options["resources"] = dict(compute.resources)
-    task = ray.remote(_measure_remote).options(max_retries=0, **options)
-    return Fidelity.model_validate(ray.get(task.remote(spec.model_dump(mode="json"), picked)))
+    task = ray.remote(function).options(max_retries=0, **options)
+    return ray.get(task.remote(spec.model_dump(mode="json"), picked, *args))
 
 
 def _measure_remote(spec: dict[str, Any], picked: pa.Table) -> dict[str, Any]:
     from pipelines.inference.fidelity import measure
 
     return measure(JobSpec.model_validate(spec), picked).to_json()
+
+
+# quantization: auto ---------------------------------------------------------------------------------
+
+#: The bar of quantization: auto when the spec sets no model.fidelity.
+AUTO_MIN_AGREEMENT = 0.99
+#: Bump when the candidates change, so that kept decisions are made again.
+CANDIDATES_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A concrete way to run the model: a quantization and a dtype (what ``quantization: auto`` resolves to)."""
+
+    quantization: str
+    dtype: str
+
+    @property
+    def label(self) -> str:
+        return self.quantization if self.quantization != "none" else self.dtype
+
+
+def resolve_auto(
+    spec: JobSpec, shards: list[Shard], recorded: dict[str, Any] | None
+) -> tuple[JobSpec, Fidelity | None]:
+    """The spec with ``quantization: auto`` made concrete, and the check that chose it.
+
+    An output that recorded a choice keeps it (one output, one precision); otherwise the candidates
+    for the device an actor runs on — fastest first — are scored on the fidelity sample against
+    float32, where an actor would run, and the first within the bar wins; float32 when none is.
+    """
+    if recorded:
+        chosen = Precision(recorded["quantization"], recorded["dtype"])
+        log.info("quantization auto: %s, as decided by this output's first run", chosen.label)
+        return concrete(spec, chosen), None
+    bar = spec.model.fidelity.min_agreement if spec.model.fidelity else AUTO_MIN_AGREEMENT
+    cache = _decision_path(spec, bar)
+    found = _read_decision(cache)
+    if found is None:
+        picked = sample(spec, shards, _rows(spec))
+        log.info("quantization auto: scoring %d sampled rows at each candidate precision against float32 (once "
+                 "for this model, task and kind of device; kept in %s)", picked.num_rows, cache)
+        found = {**_on_ray(spec, _choose_remote, picked, bar), "decided_at": time.time()}
+        _write_decision(cache, found)
+    else:
+        log.info("quantization auto: the decision of %s for this model, task and kind of device (%s)",
+                 time.strftime("%Y-%m-%d %H:%M", time.localtime(found.get("decided_at", 0))), cache)
+    chosen = Precision(found["quantization"], found["dtype"])
+    result = Fidelity.model_validate(found["fidelity"]) if found.get("fidelity") else None
+    if result is not None:
+        result = result.model_copy(update={"min_agreement": bar, "passed": True})
+    log.info("quantization auto: %s (%s)", chosen.label, found.get("why", ""))
+    return concrete(spec, chosen), result
+
+
+def _decision_path(spec: JobSpec, bar: float) -> Path:
+    """Where the decision for this model (its exact weights), task options and kind of device is kept."""
+    from pipelines.inference.gguf import default_cache_dir
+    from pipelines.schedule.lineage import model_lineage
+
+    lineage = model_lineage(spec.model)
+    key = {
+        "model": {k: lineage.get(k) for k in ("name", "revision", "commit", "content_hash")},
+        "task": spec.task.model_dump(mode="json"),
+        "max_length": spec.batching.max_length,
+        "device": [spec.model.device, spec.compute.gpus_per_actor > 0, spec.compute.accelerator_type, _cpu_bf16()],
+        "bar": bar,
+        "candidates": CANDIDATES_VERSION,
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    root = Path(spec.model.cache_dir).expanduser() if spec.model.cache_dir else default_cache_dir()
+    return root / "precision" / f"{digest}.json"
+
+
+def _read_decision(path: Path) -> dict[str, Any] | None:
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) and {"quantization", "dtype"} <= set(found) else None
+
+
+def _write_decision(path: Path, found: dict[str, Any]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(found, indent=1, default=str))
+        tmp.replace(path)
+    except OSError as exc:  # a cache that can't be written costs a check next time, nothing else
+        log.warning("quantization auto: could not keep the decision in %s (%s)", path, exc)
+
+
+def concrete(spec: JobSpec, chosen: Precision) -> JobSpec:
+    copy = spec.model_copy(deep=True)
+    copy.model.quantization = chosen.quantization  # type: ignore[assignment]
+    copy.model.dtype = chosen.dtype  # type: ignore[assignment]
+    return copy
+
+
+def candidates(device: str, bf16: bool) -> list[Precision]:
+    """Fastest first. On a CPU: torch's dynamic int8, then bfloat16 where the CPU computes it natively; on a
+    GPU: bfloat16 (bitsandbytes' int8 and nf4 save memory there, not time). float32 is the fallback."""
+    if device == "cuda":
+        return [Precision("none", "bfloat16")]
+    found = [Precision("dynamic-int8", "float32")]
+    if bf16:
+        found.append(Precision("none", "bfloat16"))
+    return found
+
+
+def _choose_remote(spec_json: dict[str, Any], picked: pa.Table, bar: float) -> dict[str, Any]:
+    import torch
+
+    from pipelines.inference.fidelity import measure_against
+
+    spec = JobSpec.model_validate(spec_json)
+    cuda = torch.cuda.is_available() and spec.model.device != "cpu"
+    bf16 = torch.cuda.is_bf16_supported() if cuda else bool(torch.backends.mkldnn.is_available() and _cpu_bf16())
+    tried = []
+    reference = concrete(spec, Precision("none", "float32"))
+    options = [concrete(spec, c) for c in candidates("cuda" if cuda else "cpu", bf16)]
+    results = measure_against(reference, options, picked)
+    for candidate, result in results:
+        tried.append(f"{Precision(candidate.model.quantization, candidate.model.dtype).label} {result.agreement:.4f}")
+        if result.agreement >= bar:
+            return {"quantization": candidate.model.quantization, "dtype": candidate.model.dtype,
+                    "fidelity": result.to_json(), "why": f"{result.measure} vs float32: {', '.join(tried)}; bar {bar}"}
+    return {"quantization": "none", "dtype": "float32", "fidelity": None,
+            "why": f"no candidate within the bar {bar} ({', '.join(tried) or 'none for this device'})"}
+
+
+def _cpu_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX): otherwise bfloat16 is slower."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags

@@ -58,7 +58,11 @@ class ModelSpec(Strict):
     name: str = Field(description="Hugging Face id, local directory, or a built-in alias (minilm, smollm2).")
     revision: str | None = None
     trust_remote_code: bool = False
-    quantization: Literal["none", "int8", "nf4", "fp4"] = "none"
+    quantization: Literal["none", "int8", "nf4", "fp4", "dynamic-int8", "auto"] = Field(
+        default="none",
+        description="none; int8, nf4, fp4 (bitsandbytes, CPU or CUDA); dynamic-int8 (torch, CPU); auto: the fastest "
+        "precision for the device that keeps model.fidelity's agreement with float32 (decided once per output).",
+    )
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cache_dir: str | None = Field(default=None, description="Where converted models (GGUF) are cached.")
@@ -83,7 +87,10 @@ class ComputeSpec(Strict):
     max: int | None = Field(default=None, gt=0)
     gpus_per_actor: float = Field(default=0, ge=0)
     cpus_per_actor: float = Field(default=1, gt=0)
-    threads_per_actor: int | None = Field(default=None, gt=0, description="torch threads; default cpus_per_actor.")
+    threads_per_actor: int | None = Field(
+        default=None, gt=0,
+        description="torch threads per actor; default: the node's cores shared among the actors that fit on it.",
+    )
     accelerator_type: str | None = None
     resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources per actor.")
 
@@ -102,8 +109,14 @@ class ComputeSpec(Strict):
         low = self.min or 1
         return low, max(low, self.max or low)
 
-    def torch_threads(self) -> int:
-        return self.threads_per_actor or max(1, round(self.cpus_per_actor))
+    def torch_threads(self, node_cpus: int) -> int:
+        """The actor's torch threads: the setting, else the node's cores shared evenly among the pool's actors
+        that can be on it at once (one actor on a 2-core machine: 2 threads; 4 actors of 1 CPU on 8 cores: 2)."""
+        if self.threads_per_actor:
+            return self.threads_per_actor
+        _, high = self.pool_bounds()
+        on_node = max(1, min(high, int(node_cpus // self.cpus_per_actor) or 1))
+        return max(1, node_cpus // on_node)
 
 
 class OutputSpec(Strict):

@@ -221,7 +221,7 @@ def test_a_run_below_the_bar_fails_before_writing(ray_session, wide_encoder, top
 
 
 def test_cli_fidelity_on_minilm():
-    done = cli("fidelity", "jobs/label_news.yaml", "--rows", "48", "--json")
+    done = cli("fidelity", "jobs/label_news.yaml", "--rows", "48", "--json", "--set", "model.quantization=int8")
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
     assert result["task"] == "zero-shot-classification" and result["quantization"] == "int8"

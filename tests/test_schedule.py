@@ -120,6 +120,25 @@ class NoRay:
         return summary.model_copy(update={"shards_this_run": len(shards)})
 
 
+class Killed(BaseException):
+    """Like SIGKILL: no clean-up code runs (the ledger keeps only the 'running' line), nothing after it happens."""
+
+
+def killed_after_first_commit(monkeypatch, invocation) -> None:
+    """Run ``invocation`` with the driver dying right after its first shard's commit."""
+    commit = OutputDir.commit
+
+    def commit_then_die(self, *args, **kwargs):
+        commit(self, *args, **kwargs)
+        raise Killed()
+
+    monkeypatch.setattr(OutputDir, "commit", commit_then_die)
+    with pytest.raises(Killed):
+        invocation()
+    monkeypatch.setattr(OutputDir, "commit", commit)
+    gc.collect()  # the abandoned Ray Data stream stops (as a killed driver's would) and frees its actor
+
+
 # cron, time zones, missed ticks ----------------------------------------------------------------
 
 
@@ -225,20 +244,7 @@ def test_a_killed_run_is_completed_by_the_next_tick(ray_session, classifier, tmp
     for name in "abc":
         add_shard(tmp_path, f"{name}.jsonl", rows(name, 4))
 
-    class Killed(BaseException):
-        """Like SIGKILL: no clean-up code runs, the ledger keeps only the 'running' line."""
-
-    commit = OutputDir.commit
-
-    def commit_then_die(self, *args, **kwargs):
-        commit(self, *args, **kwargs)
-        raise Killed()
-
-    monkeypatch.setattr(OutputDir, "commit", commit_then_die)
-    with pytest.raises(Killed):
-        run_due(spec, now=day(1, hours=0.01))
-    monkeypatch.setattr(OutputDir, "commit", commit)
-    gc.collect()  # the abandoned Ray Data stream stops (as a killed driver's would) and frees its actor
+    killed_after_first_commit(monkeypatch, lambda: run_due(spec, now=day(1, hours=0.01)))
     [line] = ledger(tmp_path)
     assert line["status"] == "running" and len(line["inputs"]) == 3
     assert len(all_ids(tmp_path)) == 4  # one shard was committed before the kill
@@ -396,20 +402,7 @@ def test_a_changed_shard_retires_its_old_version_as_the_new_one_commits(ray_sess
     run_due(spec, now=day(1, hours=0.01))
     add_shard(tmp_path, "a.jsonl", rows("a", 5))  # a changed: two more rows
 
-    class Killed(BaseException):
-        """Like SIGKILL right after the new version's commit: the rest of the run never happens."""
-
-    commit = OutputDir.commit
-
-    def commit_then_die(self, *args, **kwargs):
-        commit(self, *args, **kwargs)
-        raise Killed()
-
-    monkeypatch.setattr(OutputDir, "commit", commit_then_die)
-    with pytest.raises(Killed):
-        run_due(spec, now=day(2, hours=0.01))
-    monkeypatch.setattr(OutputDir, "commit", commit)
-    gc.collect()
+    killed_after_first_commit(monkeypatch, lambda: run_due(spec, now=day(2, hours=0.01)))
     ids = all_ids(tmp_path)
     assert sorted(ids) == sorted(r["id"] for r in rows("a", 5) + rows("b", 2)) and len(ids) == len(set(ids))
 

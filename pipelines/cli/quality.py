@@ -48,7 +48,8 @@ def _fidelity(args: argparse.Namespace) -> int:
 def render(result) -> str:
     """The comparison as a few lines: every measure, failures, and the rows that changed."""
     lines = [
-        f"{result.task}, {result.quantization} vs unquantized, {result.rows} sampled rows ({result.wall_s:.1f} s)",
+        f"{result.task}, {result.quantization} vs {result.reference}, {result.rows} sampled rows "
+        f"({result.wall_s:.1f} s)",
         *(f"  {name:<26} {value:.4f}{'   <- headline' if name == result.measure else ''}"
           for name, value in result.metrics.items()),
     ]

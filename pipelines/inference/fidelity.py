@@ -57,9 +57,10 @@ PREVIEW = 120
 
 
 def reference_spec(spec: JobSpec) -> JobSpec:
-    """The same job with the model unquantized: what the quantized predictions are judged against."""
+    """The same job with the model unquantized, in float32: what reduced precision is judged against."""
     copy = spec.model_copy(deep=True)
     copy.model.quantization = "none"
+    copy.model.dtype = "float32"
     return copy
 
 
@@ -101,6 +102,25 @@ def measure(spec: JobSpec, sample: pa.Table) -> Fidelity:
     result.quantization = spec.model.quantization
     result.wall_s = round(time.monotonic() - start, 3)
     return result
+
+
+def measure_against(reference: JobSpec, candidates: list[JobSpec], sample: pa.Table) -> list[tuple[JobSpec, Fidelity]]:
+    """Score the sample once with ``reference``, then with each candidate in turn: each candidate's comparison."""
+    truth = None
+    if reference.input.label_column and reference.input.label_column in sample.column_names:
+        truth = sample.column(reference.input.label_column).to_pylist()
+    ids = sample.column(reference.input.id_column or "id").to_pylist()
+    base = predict(reference, sample)
+    results = []
+    for candidate in candidates:
+        start = time.monotonic()
+        result = compare(candidate.task, predict(candidate, sample), base, ids, truth)
+        model = candidate.model
+        result.quantization = model.quantization if model.quantization != "none" else model.dtype
+        result.reference = "float32"
+        result.wall_s = round(time.monotonic() - start, 3)
+        results.append((candidate, result))
+    return results
 
 
 def compare(

@@ -40,7 +40,8 @@ def select_dtype(spec: ModelSpec, device: torch.device) -> torch.dtype:
 
 
 def quantization_config(spec: ModelSpec, dtype: torch.dtype) -> BitsAndBytesConfig | None:
-    if spec.quantization == "none":
+    """bitsandbytes' config for int8 / nf4 / fp4; None for the others (``dynamic-int8`` is applied after loading)."""
+    if spec.quantization not in ("int8", "nf4", "fp4"):
         return None
     if spec.quantization == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
@@ -101,10 +102,31 @@ def load_model(spec: ModelSpec, model_class: str, config: Any, max_length: int, 
     if quant is None:
         model.to(device)
     model.eval()
+    if spec.quantization == "dynamic-int8":
+        model = dynamic_int8(model, device)
+    elif spec.quantization == "auto":
+        raise PipelineError("model.quantization auto is decided before a job starts; load a concrete quantization")
     tokenizer = load_tokenizer(spec, padding_side)
     share_pad_token(tokenizer, model.config, config)
     log.info("loaded %s (%s, %s, quantization=%s)", spec.name, device, dtype, spec.quantization)
     return LoadedModel(model, tokenizer, config, device, dtype, effective_max_length(tokenizer, config, max_length))
+
+
+def dynamic_int8(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """torch's dynamic int8 quantization of every Linear layer: int8 weights with a scale per output channel,
+    activations quantized per forward (fbgemm/oneDNN int8 kernels, VNNI where the CPU has it). CPU only."""
+    if device.type != "cpu":
+        raise PipelineError(
+            "model.quantization dynamic-int8 is a CPU quantization (torch's int8 kernels); on a GPU use int8 or nf4 "
+            "(bitsandbytes), or auto"
+        )
+    if next(model.parameters()).dtype != torch.float32:
+        raise PipelineError(
+            "model.quantization dynamic-int8 quantizes a float32 model: set model.dtype to float32 or auto"
+        )
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
 
 
 def share_pad_token(tokenizer: Any, *configs: Any) -> None:

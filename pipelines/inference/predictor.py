@@ -12,6 +12,7 @@ It knows no task in particular and no Ray: it runs the same in a plain process.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,7 @@ class Predictor:
 
     def __init__(self, spec: dict[str, Any] | JobSpec) -> None:
         self.spec = spec if isinstance(spec, JobSpec) else JobSpec.model_validate(spec)
-        torch.set_num_threads(self.spec.compute.torch_threads())
+        torch.set_num_threads(self.spec.compute.torch_threads(usable_cpus()))
         hide_loading_bars()
         implementation = task_class(self.spec.task.type)
         config = load_config(self.spec.model)
@@ -201,6 +202,14 @@ def encode_rows(task: Task, spec: JobSpec, batch: pa.Table, rows: np.ndarray) ->
 #: How torch's allocators word running out: CUDA's "CUDA out of memory", the CPU allocator's
 #: "DefaultCPUAllocator: can't allocate memory ... (Cannot allocate memory)".
 OUT_OF_MEMORY_WORDS = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def usable_cpus() -> int:
+    """The cores this process may run on (its affinity; the machine's where that is unknown)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from pipelines import faults
 from pipelines.errors import PipelineError
 from pipelines.io import stores
+from pipelines.io.block import ROW
 from pipelines.io.shards import Shard, resolve
 from pipelines.output import layout
 from pipelines.output.layout import COMMITS, ERRORS, JOB, OURS, RUN, STAGING, SUCCESS
@@ -330,7 +331,7 @@ class _Merger:
         tables = [t for t in tables if t.num_rows]
         if not tables:
             return 0, None
-        table = pa.concat_tables(tables, promote_options="permissive")
+        table = in_input_order(pa.concat_tables(tables, promote_options="permissive"))
         taken = None
         if screen is not None and shard is not None:
             table, taken = screen(table, shard)
@@ -347,6 +348,14 @@ class _Merger:
     def _read(self, path: str) -> pa.Table:
         with self.fs.open_input_file(path) as handle:
             return pq.read_table(handle)
+
+
+def in_input_order(table: pa.Table) -> pa.Table:
+    """A shard's staged rows in the order of its input file (by ``_row``, which is then dropped)."""
+    for column in (ROW, "row"):
+        if column in table.column_names:
+            table = table.sort_by([(column, "ascending")])
+    return table.drop_columns([ROW]) if ROW in table.column_names else table
 
 
 def _placeable(record: CommitRecord, existing: set[str], staged: set[str]) -> bool:

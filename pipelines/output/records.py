@@ -50,6 +50,8 @@ class JobRecord(Record):
     spec: dict[str, Any] = Field(default_factory=dict)
     #: The Arrow types of the passed-through columns (serialized schema), fixed by the first run.
     column_types: str | None = None
+    #: What ``quantization: auto`` chose for this output on its first run: ``{quantization, dtype}``.
+    precision: dict[str, str] | None = None
 
 
 class ShardInput(Record):
@@ -125,7 +127,7 @@ class Fidelity(Record):
 
     task: str
     quantization: str
-    reference: str = "none"
+    reference: str = "float32"
     rows: int
     measure: str
     agreement: float
@@ -160,6 +162,10 @@ class RunSummary(Record):
     rows_this_run: int = 0
     #: When this run's work started (epoch seconds): the run report's time axis starts here.
     started_at: float | None = None
+    #: What ``quantization: auto`` chose (``{quantization, dtype}``), when the spec says auto.
+    precision: dict[str, str] | None = None
+    #: When this run reached each step (epoch seconds): process start, Ray ready, first and last block, ...
+    timeline: dict[str, float] = Field(default_factory=dict)
     #: The quantization fidelity check of model.fidelity, run before the job's work.
     fidelity: Fidelity | None = None
     wall_s: float = 0.0

@@ -223,7 +223,7 @@ def fidelity_chart(data: RunData) -> go.Figure | None:
                               text=[f"{result.metrics[n]:.4f}" for n in names]))
     if result.min_agreement is not None:
         figure.add_hline(y=result.min_agreement, line_dash="dash", annotation_text=f"bar {result.min_agreement}")
-    figure.update_layout(yaxis={"title": f"{result.quantization} vs unquantized", "range": [0, 1.05]})
+    figure.update_layout(yaxis={"title": f"{result.quantization} vs {result.reference}", "range": [0, 1.05]})
     return figure
 
 

@@ -41,6 +41,7 @@ REPORT_SCHEMA = pa.schema(
         ("tokens", pa.int64()),
         ("padded", pa.int64()),
         ("staged_at", pa.float64()),
+        ("actor_ready_at", pa.float64()),
         ("files", pa.list_(pa.string())),
         ("error_files", pa.list_(pa.string())),
         ("confusion", pa.list_(_CELL)),
@@ -62,6 +63,7 @@ class StagingReport:
     tokens: int = 0
     padded: int = 0
     staged_at: float = 0.0  # when the writer staged the block (epoch seconds)
+    actor_ready_at: float = 0.0  # when the actor that predicted it had loaded its model (epoch seconds)
     files: list[str] = field(default_factory=list)
     error_files: list[str] = field(default_factory=list)
     confusion: Confusion = field(default_factory=dict)
@@ -89,6 +91,7 @@ class StagingReport:
             "tokens": self.tokens,
             "padded": self.padded,
             "staged_at": self.staged_at,
+            "actor_ready_at": self.actor_ready_at,
             "files": self.files,
             "error_files": self.error_files,
             "confusion": [
@@ -113,6 +116,7 @@ class StagingReport:
             tokens=row["tokens"],
             padded=row["padded"],
             staged_at=row.get("staged_at") or 0.0,
+            actor_ready_at=row.get("actor_ready_at") or 0.0,
             files=list(row["files"] or []),
             error_files=list(row["error_files"] or []),
             confusion=confusion,
@@ -143,13 +147,15 @@ class StagingConfig:
     predicted_column: str | None = None
 
 
-def write_staged(batch: pa.Table, config: StagingConfig) -> pa.Table:
+def write_staged(batch: pa.Table, config: StagingConfig, actor_ready_at: float = 0.0) -> pa.Table:
     """Stage one predicted block; return one report row per shard in it."""
     reports = []
     shards = pc.unique(batch.column(SHARD)).to_pylist()
     for shard in shards:
         part = batch.filter(pc.equal(batch.column(SHARD), shard))
-        reports.append(_stage_shard(part, shard, config))
+        report = _stage_shard(part, shard, config)
+        report.actor_ready_at = actor_ready_at
+        reports.append(report)
     return StagingReport.table(reports)
 
 
@@ -164,7 +170,8 @@ def _stage_shard(part: pa.Table, shard: str, config: StagingConfig) -> StagingRe
     files = []
     if good.num_rows:
         path = f"{folder}/{name}-data.parquet"
-        layout.write_parquet(fs, path, good.select(list(config.output_columns)), STAGED_COMPRESSION)
+        # _row goes along: the commit puts the shard's rows back in input order, then drops it
+        layout.write_parquet(fs, path, good.select([*config.output_columns, ROW]), STAGED_COMPRESSION)
         files.append(path)
     error_files = []
     if bad.num_rows:

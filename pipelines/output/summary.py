@@ -60,9 +60,17 @@ def build(
         tokens_per_s=round(tokens_now / wall_s, 1) if wall_s > 0 else None,
         padding_efficiency=round(tokens_now / padded_now, 4) if padded_now else None,
         agreement=agreement(confusion),
+        precision=job.precision,
         unreadable_files=[r.unreadable for r in commits if r.unreadable is not None],
         files_with_unknown_rows=sum(1 for r in commits if r.unreadable is not None and r.unreadable.rows is None),
     )
+
+
+def _precision(summary: RunSummary) -> str:
+    if summary.quantization == "auto" and summary.precision:
+        chosen = summary.precision
+        return f"quantization auto: {chosen['quantization'] if chosen['quantization'] != 'none' else chosen['dtype']}"
+    return summary.quantization
 
 
 def render(summary: RunSummary) -> str:
@@ -70,7 +78,7 @@ def render(summary: RunSummary) -> str:
     lines = [
         f"{summary.status}: {summary.rows_out:,} rows written, {summary.errors:,} quarantined "
         f"of {summary.rows_in:,} ({summary.shards} shards, {summary.shards_this_run} this run)",
-        f"model {summary.model.name} ({summary.quantization}, {summary.device}), task {summary.task}",
+        f"model {summary.model.name} ({_precision(summary)}, {summary.device}), task {summary.task}",
     ]
     if summary.rows_per_s is not None and summary.rows_this_run:
         lines.append(
@@ -98,5 +106,5 @@ def fidelity_line(result: Fidelity) -> str:
     if result.min_agreement is not None:
         bar = f", bar {result.min_agreement}: {'passed' if result.passed else 'FAILED'}"
     return (f"{result.measure} {result.agreement:.4f} on {result.rows} sampled rows "
-            f"({result.quantization} vs unquantized{bar})")
+            f"({result.quantization} vs {result.reference}{bar})")
 

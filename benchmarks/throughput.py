@@ -1,0 +1,387 @@
+"""One command that measures this project's job against the model's own forward speed and its peers.
+
+    python benchmarks/throughput.py                        # everything, on the whole corpus (about 20 min)
+    python benchmarks/throughput.py --rows 2000 --only limit,job     # a quick look
+    python benchmarks/throughput.py --precision bfloat16   # the same at another precision
+
+All parts run one after the other on the same rows (benchmarks/data/agnews_sst2: AG News + SST-2 test
+splits shuffled, a length-skewed corpus), the same model (all-MiniLM-L6-v2, mean pooling, L2
+normalised), the same precision and the same number of torch threads, and nothing else should run on
+the machine meanwhile. Each part:
+
+- ``limit``: the model's own forward speed, the ceiling for any job: rows tokenized beforehand, sorted
+  by length over the whole input, micro-batches of at most 64 rows and 8,192 tokens, timed forwards
+  only (pooling included), in this process.
+- ``job``: ``pipelines run`` as a user runs it (a new process, a local Ray, one actor), on the first half
+  of the shards and on all of them: steady state = the extra rows / the extra seconds; fixed cost = the
+  first run's seconds minus its rows at that speed; the whole run's timeline (imports, Ray start, actor
+  start and model load, first batch, drain, shutdown) and the peak memory of its process tree.
+- ``pipeline``: ``transformers.pipeline("feature-extraction", batch_size=32)`` over the rows in input
+  order, in this process (model load not counted, like ``limit``).
+- ``ray-data``: the Ray Data docs pattern as a whole process: ``read_json`` → ``map_batches(actor,
+  batch_size=32)`` with ``padding=True`` → ``write_parquet``, on all the shards.
+- ``sentence-transformers``: ``SentenceTransformer.encode(batch_size=32)`` (the benchmark-only extra
+  ``pip install -e ".[bench]"``), in this process.
+- ``memory`` (only when asked for): the job on ``--memory-times`` × the corpus, for its peak memory.
+
+Prints a table and writes every figure as JSON (``--out``, default ``benchmarks/results.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT / "benchmarks" / "data" / "agnews_sst2"
+JOB = ROOT / "benchmarks" / "embed_corpus.yaml"
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+PARTS = ("limit", "job", "pipeline", "ray-data", "sentence-transformers")
+MAX_ROWS, MAX_TOKENS, PEER_BATCH, MAX_LENGTH = 64, 8192, 32, 256
+
+
+# the rows ---------------------------------------------------------------------------------------------
+
+
+def shard_files() -> list[Path]:
+    return sorted(CORPUS.glob("*.jsonl"))
+
+
+def texts_of(files: list[Path]) -> list[str]:
+    texts = []
+    for path in files:
+        with open(path) as f:
+            texts += [json.loads(line)["text"] for line in f if line.strip()]
+    return texts
+
+
+def input_dir(files: list[Path], rows: int | None, folder: Path, times: int = 1) -> int:
+    """Shards for a job run: the rows of ``files`` (the first ``rows`` of them), ``times`` over with new ids."""
+    folder.mkdir(parents=True)
+    written = 0
+    left = rows if rows is not None else float("inf")
+    for path in files:
+        lines = [line for line in path.read_text().splitlines() if line.strip()][: int(min(left, 1e12))]
+        left -= len(lines)
+        for copy in range(times):
+            copied = lines if not copy else [
+                json.dumps({**(record := json.loads(line)), "id": f"{copy}-{record['id']}"}) for line in lines
+            ]
+            if copied:
+                (folder / f"{copy:02d}-{path.name}").write_text("\n".join(copied) + "\n")
+                written += len(copied)
+    return written
+
+
+# parts in this process -----------------------------------------------------------------------------
+
+
+def predictor_spec(args: argparse.Namespace):
+    from pipelines.spec import load_spec
+
+    return load_spec(JOB, [f"model.dtype={args.precision}", f"compute.threads_per_actor={args.threads}"])
+
+
+def run_limit(texts: list[str], args: argparse.Namespace) -> dict:
+    """Forward-only: pre-tokenized, globally length-sorted micro-batches, the project's own model load."""
+    import numpy as np
+    import torch
+
+    from pipelines.inference.batching import Ragged, padded_tokens, plan_microbatches
+    from pipelines.inference.predictor import Predictor
+    from pipelines.tasks.feature_extraction import embed
+
+    predictor = Predictor(predictor_spec(args))
+    model, tokenizer = predictor.loaded.model, predictor.loaded.tokenizer
+    ids = Ragged.from_lists(tokenizer(texts, truncation=True, max_length=MAX_LENGTH)["input_ids"])
+    batches = plan_microbatches(ids.lengths, MAX_TOKENS, MAX_ROWS, 0.0)
+    padded_batches = [ids.pad(index, int(tokenizer.pad_token_id)) for index in batches]
+    tensors = [(torch.from_numpy(i), torch.from_numpy(m)) for i, m in padded_batches]
+    with torch.inference_mode():
+        embed(model, {"input_ids": tensors[0][0], "attention_mask": tensors[0][1]}, "mean", True)  # warm
+        start = time.perf_counter()
+        for input_ids, mask in tensors:
+            embed(model, {"input_ids": input_ids, "attention_mask": mask}, "mean", True)
+        seconds = time.perf_counter() - start
+    tokens, padded = int(np.sum(ids.lengths)), padded_tokens(ids.lengths, batches)
+    return {"rows": len(texts), "seconds": seconds, "tokens": tokens, "padded": padded}
+
+
+def input_order_tokens(tokenizer, texts: list[str]) -> tuple[int, int]:
+    lengths = [len(x) for x in tokenizer(texts, truncation=True, max_length=MAX_LENGTH)["input_ids"]]
+    batches = [lengths[i : i + PEER_BATCH] for i in range(0, len(lengths), PEER_BATCH)]
+    return sum(lengths), sum(len(b) * max(b) for b in batches)
+
+
+def run_pipeline(texts: list[str], args: argparse.Namespace) -> dict:
+    import numpy as np
+    import torch
+    from transformers import pipeline
+
+    from pipelines.inference.aliases import minilm_dir
+    from pipelines.spec import ModelSpec
+
+    torch.set_num_threads(args.threads)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.precision]
+    pipe = pipeline("feature-extraction", model=minilm_dir(ModelSpec(name="minilm")), device="cpu", dtype=dtype)
+    start = time.perf_counter()
+    for output in pipe(texts, batch_size=PEER_BATCH, truncation=True, max_length=MAX_LENGTH):
+        vector = np.asarray(output[0]).mean(axis=0)  # mean-pool the per-token lists it returns
+        vector / np.linalg.norm(vector)
+    seconds = time.perf_counter() - start
+    tokens, padded = input_order_tokens(pipe.tokenizer, texts)
+    return {"rows": len(texts), "seconds": seconds, "tokens": tokens, "padded": padded}
+
+
+def run_sentence_transformers(texts: list[str], args: argparse.Namespace) -> dict:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from pipelines.inference.aliases import minilm_dir
+    from pipelines.spec import ModelSpec
+
+    torch.set_num_threads(args.threads)
+    model = SentenceTransformer(minilm_dir(ModelSpec(name="minilm")), device="cpu")
+    model.max_seq_length = MAX_LENGTH
+    if args.precision == "bfloat16":
+        model = model.to(torch.bfloat16)
+    model.encode(texts[:32], batch_size=PEER_BATCH)
+    start = time.perf_counter()
+    model.encode(texts, batch_size=PEER_BATCH, normalize_embeddings=True)
+    seconds = time.perf_counter() - start
+    tokens, _ = input_order_tokens(model.tokenizer, texts)
+    return {"rows": len(texts), "seconds": seconds, "tokens": tokens, "padded": None}
+
+
+# whole processes -------------------------------------------------------------------------------------
+
+
+class PeakMemory:
+    """The largest sum of resident memory over a process and all its descendants, sampled every 0.1 s."""
+
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        self.process = psutil.Process(pid)
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            try:
+                tree = [self.process, *self.process.children(recursive=True)]
+                total = 0
+                for proc in tree:
+                    try:
+                        total += proc.memory_info().rss
+                    except psutil.Error:
+                        pass
+                self.peak = max(self.peak, total)
+            except psutil.Error:
+                pass
+            self._stop.wait(0.1)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def timed_process(command: list[str], env: dict[str, str]) -> tuple[float, int, float, subprocess.CompletedProcess]:
+    """Run a command; its (wall seconds, peak memory of its process tree, end time, result)."""
+    start = time.time()
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watcher = PeakMemory(proc.pid)
+    out, err = proc.communicate()
+    end = time.time()
+    peak = watcher.stop()
+    done = subprocess.CompletedProcess(command, proc.returncode, out, err)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{err[-3000:]}")
+    return end - start, peak, end, done
+
+
+def job_env() -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def run_job_once(folder: Path, rows: int | None, args: argparse.Namespace, times: int = 1) -> dict:
+    inputs, output = folder / "in", folder / "out"
+    count = input_dir(shard_files(), rows, inputs, times)
+    command = [
+        sys.executable, "-m", "pipelines", "run", str(JOB), "--set", f"input.paths=[{inputs}]",
+        "--set", f"output.path={output}", "--set", f"model.dtype={args.precision}",
+        "--set", f"compute.threads_per_actor={args.threads}", *sum((["--set", s] for s in args.set), []),
+    ]
+    seconds, peak, end, _ = timed_process(command, job_env())
+    summary = json.loads((output / "_run.json").read_text())
+    timeline = dict(summary.get("timeline") or {})
+    timeline["exit"] = end
+    return {"rows": count, "seconds": seconds, "peak_bytes": peak, "summary": summary, "timeline": timeline}
+
+
+def run_job(texts: list[str], args: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        half = run_job_once(Path(tmp) / "half", len(texts) // 2, args)
+        whole = run_job_once(Path(tmp) / "whole", len(texts), args)
+    steady = (whole["rows"] - half["rows"]) / (whole["seconds"] - half["seconds"])
+    fixed = whole["seconds"] - whole["rows"] / steady
+    t = whole["timeline"]
+    parts = {
+        "imports_and_plan": t.get("connect_start", t["run_start"]) - t["process_start"],
+        "ray_start": t.get("ray_ready", 0) - t.get("connect_start", 0),
+        "actor_start_and_model_load": t.get("actor_ready", 0) - t.get("execution_start", 0),
+        "first_batch": t.get("first_block", 0) - t.get("actor_ready", 0),
+        "first_batch_after_command": t.get("first_block", 0) - t["process_start"],
+        "drain": t.get("last_commit", 0) - t.get("first_block", 0),
+        "summary_and_shutdown": t["exit"] - t.get("last_commit", t["exit"]),
+    }
+    summary = whole["summary"]
+    return {
+        "rows": whole["rows"],
+        "seconds": whole["seconds"],
+        "tokens": summary.get("tokens"),
+        "padded": summary.get("padded"),
+        "steady_rows_per_s": steady,
+        "fixed_cost_s": fixed,
+        "half": {"rows": half["rows"], "seconds": half["seconds"], "peak_bytes": half["peak_bytes"]},
+        "peak_bytes": whole["peak_bytes"],
+        "timeline_s": {name: round(value, 2) for name, value in parts.items()},
+    }
+
+
+def run_memory(texts: list[str], args: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        once = run_job_once(Path(tmp) / "once", None, args)
+        many = run_job_once(Path(tmp) / "many", None, args, times=args.memory_times)
+    return {
+        "rows": [once["rows"], many["rows"]],
+        "peak_bytes": [once["peak_bytes"], many["peak_bytes"]],
+        "ratio": many["peak_bytes"] / once["peak_bytes"],
+    }
+
+
+RAY_DATA_PATTERN = """
+import sys, time, ray, torch
+from transformers import AutoModel, AutoTokenizer
+path, inputs, output, threads, dtype = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+
+class Embedder:
+    def __init__(self):
+        torch.set_num_threads(threads)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
+
+    def __call__(self, batch):
+        inputs = self.tokenizer(list(batch["text"]), padding=True, truncation=True, max_length=256,
+                                return_tensors="pt")
+        with torch.inference_mode():
+            hidden = self.model(**inputs).last_hidden_state.float()
+        mask = inputs["attention_mask"].unsqueeze(-1)
+        vectors = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+        return {"id": batch["id"], "embedding": vectors.numpy()}
+
+ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+ds = ray.data.read_json(inputs).map_batches(Embedder, compute=ray.data.ActorPoolStrategy(size=1),
+                                            batch_size=32, num_cpus=1)
+ds.write_parquet(output)
+"""
+
+
+def run_ray_data(texts: list[str], args: argparse.Namespace) -> dict:
+    from pipelines.inference.aliases import minilm_dir
+    from pipelines.spec import ModelSpec
+
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs = Path(tmp) / "in"
+        count = input_dir(shard_files(), len(texts), inputs)
+        command = [sys.executable, "-c", RAY_DATA_PATTERN, minilm_dir(ModelSpec(name="minilm")), str(inputs),
+                   str(Path(tmp) / "out"), str(args.threads), args.precision]
+        seconds, peak, _, _ = timed_process(command, job_env())
+    return {"rows": count, "seconds": seconds, "peak_bytes": peak, "tokens": None, "padded": None}
+
+
+RUNNERS = {
+    "limit": run_limit,
+    "job": run_job,
+    "pipeline": run_pipeline,
+    "ray-data": run_ray_data,
+    "sentence-transformers": run_sentence_transformers,
+}
+
+
+# report ---------------------------------------------------------------------------------------------
+
+
+def table(results: dict) -> str:
+    limit = results.get("limit", {}).get("rows_per_s")
+    lines = ["| what | rows | s | rows/s | vs limit | padding efficiency | peak memory |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, r in results.items():
+        if "rows_per_s" not in r:
+            continue
+        ratio = f"{r['rows_per_s'] / limit:.2f}×" if limit else ""
+        peak = f"{r['peak_bytes'] / 2**20:,.0f} MiB" if r.get("peak_bytes") else ""
+        eff = f"{r['padding_efficiency']:.3f}" if r.get("padding_efficiency") else ""
+        speed = f"{r['rows']:,} | {r['seconds']:.1f} | {r['rows_per_s']:.1f}"
+        lines.append(f"| {name} | {speed} | {ratio} | {eff} | {peak} |")
+    return "\n".join(lines)
+
+
+def finish(name: str, result: dict) -> dict:
+    if name == "job":
+        result["rows_per_s"] = result["steady_rows_per_s"]
+    elif "rows_per_s" not in result:
+        result["rows_per_s"] = result["rows"] / result["seconds"]
+    if result.get("tokens") and result.get("padded"):
+        result["padding_efficiency"] = result["tokens"] / result["padded"]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=None, help="use the first N rows (default: all 8,472)")
+    parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts of: {', '.join(PARTS)}, memory")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--memory-times", type=int, default=10, help="the memory part: the corpus this many times")
+    parser.add_argument("--set", action="append", default=[], help="extra --set for the job runs")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.json")
+    args = parser.parse_args()
+    texts = texts_of(shard_files())[: args.rows] if args.rows else texts_of(shard_files())
+    wanted = [p.strip() for p in args.only.split(",") if p.strip()]
+    results: dict = {}
+    runners = {**RUNNERS, "memory": run_memory}
+    for name in wanted:
+        print(f"== {name} ({len(texts):,} rows)", file=sys.stderr, flush=True)
+        try:
+            results[name] = finish(name, runners[name](texts, args))
+        except ImportError as exc:
+            results[name] = {"skipped": f"not installed: {exc.name}"}
+        print(json.dumps({name: results[name]}, default=str), file=sys.stderr, flush=True)
+    meta = {"threads": args.threads, "precision": args.precision, "cpus": os.cpu_count(), "when": time.ctime()}
+    args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=str))
+    print(table(results))
+    print(f"(written to {args.out})")
+    shutil.rmtree(ROOT / "output" / "embed_corpus", ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""What the speed-ups must not change: rows in input order per shard, a block seen twice left out, the
+torch int8 path close to float32, quantization auto decided once per output, the run's timeline."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from helpers import SENTENCES, batch_of, make_spec, write_jsonl
+
+from pipelines.errors import PipelineError
+from pipelines.inference.predictor import Predictor
+from pipelines.io.reader import Columns, read_shard
+from pipelines.io.shards import list_shards
+from pipelines.output.staging import StagingReport
+from pipelines.runner import Tally, run_job
+from pipelines.spec import spec_from_dict
+
+
+def lengths_rows(n: int) -> list[dict]:
+    """Rows whose text lengths go up and down, so that sorting by length really reorders them."""
+    return [{"id": f"r{i:03d}", "text": " ".join(["word"] * (1 + (i * 7) % 23))} for i in range(n)]
+
+
+def test_the_reader_orders_by_length_and_the_output_keeps_input_order(ray_session, tiny_models, tmp_path):
+    rows = lengths_rows(60)
+    write_jsonl(tmp_path / "in" / "a.jsonl", rows)
+    [shard] = list_shards([str(tmp_path / "in")])
+    [block] = list(read_shard(shard, Columns(text="text", id="id")))
+    sizes = [len(t) for t in block.column("text").to_pylist()]
+    assert sizes == sorted(sizes) and block.column("_row").to_pylist() != list(range(60))
+
+    spec = make_spec(tiny_models("classifier"), {"type": "text-classification"}, tmp_path / "out",
+                     batching={"batch_size": 8})
+    spec.input.paths = [str(tmp_path / "in")]
+    run_job(spec)
+    [part] = list((tmp_path / "out").glob("part-*.parquet"))
+    assert pq.read_table(part).column("id").to_pylist() == [r["id"] for r in rows]  # one file, input order
+
+
+def test_a_block_that_comes_back_twice_is_left_out():
+    tally = Tally()
+    first = StagingReport(shard="k", shard_rows=6, rows=3, errors=0, row_ranges=[(0, 1), (3, 5)])
+    again = StagingReport(shard="k", shard_rows=6, rows=1, errors=0, row_ranges=[(4, 5)])
+    rest = StagingReport(shard="k", shard_rows=6, rows=3, errors=0, row_ranges=[(1, 3), (5, 6)])
+    assert tally.add(first) is False
+    assert tally.add(again) is False and tally.seen["k"] == 3  # row 4 was seen: the copy is dropped
+    assert tally.add(rest) is True
+
+
+def test_dynamic_int8_stays_close_to_float32(tiny_models):
+    texts = SENTENCES * 3
+    full = Predictor(make_spec(tiny_models("encoder"), {"type": "feature-extraction"}))
+    spec = make_spec(tiny_models("encoder"), {"type": "feature-extraction"})
+    spec.model.quantization = "dynamic-int8"
+    quantized = Predictor(spec)
+    assert "quantized" in type(quantized.loaded.model.encoder.layer[0].attention.self.query).__module__
+    a = np.array(full(batch_of(texts)).column("embedding").to_pylist())
+    b = np.array(quantized(batch_of(texts)).column("embedding").to_pylist())
+    assert (a * b).sum(axis=1).min() > 0.95  # normalised embeddings: the cosine of each row
+    spec.model.dtype = "bfloat16"
+    with pytest.raises(PipelineError, match="quantizes a float32 model"):
+        Predictor(spec)
+
+
+def test_quantization_auto_is_decided_once_and_said(ray_session, tiny_models, tmp_path):
+    rows = [{"id": f"x{i}", "text": SENTENCES[i % len(SENTENCES)]} for i in range(40)]
+    write_jsonl(tmp_path / "in" / "a.jsonl", rows)
+    raw = {
+        "input": {"paths": [str(tmp_path / "in")]},
+        "model": {"name": tiny_models("classifier"), "quantization": "auto", "fidelity": {"rows": 40},
+                  "cache_dir": str(tmp_path / "cache")},
+        "task": {"type": "text-classification"},
+        "compute": {"cpus_per_actor": 0.5, "threads_per_actor": 1},
+        "output": {"path": str(tmp_path / "out")},
+    }
+    summary = run_job(spec_from_dict(raw))
+    chosen = json.loads((tmp_path / "out" / "_job.json").read_text())["precision"]
+    assert chosen == summary.precision and chosen["quantization"] in ("dynamic-int8", "none")
+    assert summary.fidelity is None or summary.fidelity.agreement >= 0.99
+    [kept] = list((tmp_path / "cache" / "precision").glob("*.json"))
+    timeline = summary.timeline
+    assert timeline["process_start"] <= timeline["ray_ready"] <= timeline["first_block"] <= timeline["last_commit"]
+
+    # another output of the same model and task takes the kept decision instead of measuring again
+    before = kept.stat().st_mtime_ns
+    other = run_job(spec_from_dict({**raw, "output": {"path": str(tmp_path / "other")}}))
+    assert other.precision == chosen and kept.stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize(
+    ("compute", "cpus", "threads"),
+    [
+        ({"size": 1}, 2, 2),  # one actor on a 2-core machine: both cores
+        ({"size": 2, "cpus_per_actor": 0.5}, 2, 1),
+        ({"min": 1, "max": 8, "cpus_per_actor": 1}, 8, 1),
+        ({"size": 4, "cpus_per_actor": 1}, 8, 2),
+        ({"size": 1, "threads_per_actor": 3}, 2, 3),  # what the spec says
+    ],
+)
+def test_torch_threads_share_the_node_among_the_actors_on_it(compute, cpus, threads):
+    from pipelines.spec import ComputeSpec
+
+    assert ComputeSpec(**compute).torch_threads(cpus) == threads
