@@ -54,6 +54,11 @@ AUTO_CLASSES = {
     "causal": AutoModelForCausalLM,
     "gpt2": AutoModelForCausalLM,
     "seq2seq": AutoModelForSeq2SeqLM,
+    "regression": AutoModelForSequenceClassification,
+    "multi-label": AutoModelForSequenceClassification,
+    "nli-binary": AutoModelForSequenceClassification,
+    "nli-nec": AutoModelForSequenceClassification,
+    "qa-squad2": AutoModelForQuestionAnswering,
 }
 BERT_KINDS = ("encoder", "classifier", "nli", "token-classifier", "qa", "mlm")
 DECODER_KINDS = ("causal", "gpt2")
@@ -87,6 +92,11 @@ def _expected_shape(kind: str, model, batch: int, length: int) -> dict[str, tupl
         "causal": {"logits": (batch, length, vocab)},
         "gpt2": {"logits": (batch, length, vocab)},
         "seq2seq": {"logits": (batch, 1, vocab)},
+        "regression": {"logits": (batch, 1)},
+        "multi-label": {"logits": (batch, num_labels)},
+        "nli-binary": {"logits": (batch, 2)},
+        "nli-nec": {"logits": (batch, 3)},
+        "qa-squad2": {"start_logits": (batch, length), "end_logits": (batch, length)},
     }[kind]
 
 
