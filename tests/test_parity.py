@@ -352,7 +352,6 @@ NER = {"type": "token-classification"}
 
 # Cases that disagree with the pipeline today, each fixed by a later commit (strict: they must fail now).
 OPEN = {
-    "classify-regression",
     "nli-one-label",
     "nli-binary-multi-label",
     "nli-binary-one-label",
