@@ -42,6 +42,7 @@ from transformers import (
     pipeline,
 )
 
+from pipelines.errors import PipelineError
 from pipelines.inference.aliases import minilm_dir
 from pipelines.inference.predictor import ERROR, Predictor
 from pipelines.spec import ModelSpec
@@ -352,9 +353,6 @@ NER = {"type": "token-classification"}
 
 # Cases that disagree with the pipeline today, each fixed by a later commit (strict: they must fail now).
 OPEN = {
-    "nli-one-label",
-    "nli-binary-multi-label",
-    "nli-binary-one-label",
     "qa",
     "qa-top-k",
     "qa-tokens",
@@ -440,6 +438,38 @@ def test_parity_with_the_transformers_pipeline(models, runner, kind, task, reque
     verdict = Verdict(request.node.callspec.id)
     RUNNERS[runner](verdict, models(kind), task)
     verdict.check()
+
+
+# where the project deliberately differs ------------------------------------------------------------
+
+
+def test_nli_scores_entailment_against_the_class_named_contradiction(models):
+    """Labels ordered neutral, entailment, contradiction: the pipeline takes index 0 (neutral) as the class to
+    score entailment against; the project takes the class named contradiction."""
+    model_dir = models("nli-nec")
+    task = {**NLI, "multi_label": True}
+    _, got = predict(model_dir, task, ROWS)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, model_max_length=MAX_LENGTH)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    hypotheses = [f"This example is {label}." for label in ZERO_SHOT_LABELS]
+    classify = reference_pipeline("zero-shot-classification", model_dir)
+    differs = 0
+    for text, row, theirs in zip(ROWS, got, classify(ROWS, candidate_labels=ZERO_SHOT_LABELS, multi_label=True)):
+        inputs = tokenizer(
+            [text] * len(hypotheses), hypotheses, truncation="only_first", padding=True, return_tensors="pt"
+        )
+        with torch.inference_mode():
+            logits = model(**inputs).logits  # neutral, entailment, contradiction
+        expected = torch.softmax(logits[:, [2, 1]], dim=-1)[:, 1].tolist()
+        assert [row["scores"][label] for label in ZERO_SHOT_LABELS] == pytest.approx(expected, abs=1e-5)
+        pipeline_scores = dict(zip(theirs["labels"], theirs["scores"]))
+        differs += any(abs(row["scores"][k] - pipeline_scores[k]) > 0.01 for k in ZERO_SHOT_LABELS)
+    assert differs >= len(ROWS) // 2  # the pipeline's guess is visibly another rule
+
+
+def test_nli_hypothesis_that_leaves_no_room_for_the_text_is_an_error(models):
+    with pytest.raises(PipelineError, match="leaves no room for the text within max_length 48"):
+        predict(models("nli"), {**NLI, "hypothesis_template": "{} " + "very " * 60}, ROWS[:1])
 
 
 # the re-implemented 4.57 rule against the real 4.57 pipeline -------------------------------------------

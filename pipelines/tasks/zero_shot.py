@@ -3,12 +3,19 @@
 Two methods:
 
 - ``nli``: as the Transformers pipeline does, each (text, hypothesis) pair goes
-  through an NLI model and the entailment logits rank the labels;
+  through an NLI model; with one label per row (``multi_label: false``) a
+  softmax of the entailment logits across the labels ranks them; with
+  ``multi_label: true``, or a single candidate label, each label is scored on
+  its own: entailment against contradiction (for a two-class model, against
+  the other class);
 - ``embedding``: the text and each label's description are embedded with the same
   model and ranked by cosine similarity — works with any sentence-embedding
   model, e.g. the built-in ``minilm``.
 
 ``auto`` picks ``nli`` when the model config has an entailment label.
+
+For ``nli`` the text is truncated to fit (``only_first``, as the pipeline
+does), never the hypothesis.
 """
 
 from __future__ import annotations
@@ -30,6 +37,18 @@ def nli_label_id(config: Any, prefix: str) -> int | None:
         if str(label).lower().startswith(prefix):
             return int(index)
     return None
+
+
+def contradiction_label_id(config: Any, entailment: int) -> int:
+    """The class that entailment is scored against on its own: the one named contradiction.
+
+    Without one (e.g. a two-class entailment / not_entailment model), the
+    pipeline's choice: the first class, or the last when entailment is the first.
+    """
+    named = nli_label_id(config, "contra")
+    if named is not None:
+        return named
+    return config.num_labels - 1 if entailment == 0 else 0
 
 
 def resolve_method(options: ZeroShotOptions, config: Any) -> str:
@@ -58,13 +77,26 @@ class ZeroShotClassification(LabelTask):
             for label in self.labels
         ]
         if self.method == "nli":
-            self.entailment = nli_label_id(self.config, "entail")
-            self.contradiction = nli_label_id(self.config, "contra")
-            if self.entailment is None:
-                raise PipelineError(
-                    "zero-shot-classification: method nli needs an NLI model whose config labels include "
-                    "'entailment'; use an NLI model or set task.method: embedding"
-                )
+            self._setup_nli()
+
+    def _setup_nli(self) -> None:
+        entailment = nli_label_id(self.config, "entail")
+        if entailment is None or self.config.num_labels < 2:
+            raise PipelineError(
+                "zero-shot-classification: method nli needs an NLI model whose config labels include "
+                "'entailment' and at least one other class; use an NLI model or set task.method: embedding"
+            )
+        self.entailment = entailment
+        self.contradiction = contradiction_label_id(self.config, entailment)
+        self.hypothesis_ids = [self.tokenizer(h, add_special_tokens=False)["input_ids"] for h in self.hypotheses]
+        specials = self.tokenizer.num_special_tokens_to_add(pair=True)
+        self.room = [self.max_length - specials - len(ids) for ids in self.hypothesis_ids]
+        if min(self.room) < 1:
+            longest = self.hypotheses[int(np.argmin(self.room))]
+            raise PipelineError(
+                f"zero-shot-classification: the hypothesis {longest!r} leaves no room for the text within "
+                f"max_length {self.max_length}; shorten it or raise batching.max_length"
+            )
 
     def setup(self, model: torch.nn.Module, device: torch.device) -> None:
         if self.method != "embedding":
@@ -80,12 +112,20 @@ class ZeroShotClassification(LabelTask):
         if self.method == "embedding":
             encoding = self.tokenize(texts)
             return Features.one_per_row(encoding, encoding["truncated"])
+        features = self._pairs(texts)
+        features.row = np.repeat(np.arange(len(texts)), len(self.labels))
+        return features
+
+    def _pairs(self, texts: list[str]) -> Features:
+        """Every (text, hypothesis) pair; the text truncated to fit, never the hypothesis (as the pipeline)."""
         n, k = len(texts), len(self.labels)
         premises = [text for text in texts for _ in range(k)]
-        encoding = self.tokenize(premises, self.hypotheses * n)
+        encoding = self.tokenizer(
+            premises, self.hypotheses * n, truncation="only_first", max_length=self.max_length, padding=False
+        )
         features = Features.one_per_row(encoding)
-        features.row = np.repeat(np.arange(n), k)
-        features.truncated = encoding["truncated"].reshape(n, k).any(axis=1)
+        truncated = np.array([bool(e.overflowing) for e in encoding.encodings], dtype=bool)
+        features.truncated = np.asarray(truncated.reshape(n, k).any(axis=1))
         return features
 
     def forward(self, model, inputs, extra):
@@ -93,8 +133,7 @@ class ZeroShotClassification(LabelTask):
             vectors_ = embed(model, inputs, "mean", normalize=True)
             return {"similarity": (vectors_ @ self.label_vectors.T).cpu().numpy()}
         logits = model(**inputs).logits.float()
-        picked = [self.contradiction, self.entailment] if self.contradiction is not None else [self.entailment]
-        return {"logits": logits[:, picked].cpu().numpy()}
+        return {"logits": logits[:, [self.contradiction, self.entailment]].cpu().numpy()}
 
     def postprocess(self, outputs: Outputs, features: Features, n_rows: int) -> dict[str, pa.Array]:
         scores = self._scores(outputs, n_rows)
@@ -106,8 +145,8 @@ class ZeroShotClassification(LabelTask):
             if self.options.multi_label:
                 return (similarity + 1.0) / 2.0
             return softmax(similarity / self.options.temperature)
-        logits = outputs.stacked("logits").reshape(n_rows, len(self.labels), -1)
-        if self.options.multi_label and logits.shape[-1] == 2:
+        # logits[row, label] = (contradiction, entailment)
+        logits = outputs.stacked("logits").reshape(n_rows, len(self.labels), 2)
+        if self.options.multi_label or len(self.labels) == 1:
             return softmax(logits, axis=-1)[..., 1]
-        return softmax(logits[..., -1], axis=1)
-
+        return softmax(logits[..., 1], axis=1)
