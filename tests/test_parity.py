@@ -472,6 +472,34 @@ def test_nli_hypothesis_that_leaves_no_room_for_the_text_is_an_error(models):
         predict(models("nli"), {**NLI, "hypothesis_template": "{} " + "very " * 60}, ROWS[:1])
 
 
+def test_zero_shot_pairs_share_the_rows_tokenization(models):
+    """A row is tokenized once and joined to each hypothesis: the pairs are exactly the tokenizer's own
+    (text truncated on the tokenizer's side, hypothesis kept); a tokenizer without that template tokenizes
+    the pairs whole."""
+    for kind, side in (("nli", "right"), ("minilm-nli", "right"), ("minilm-nli", "left")):
+        model_dir = models(kind)
+        predictor, _ = predict(model_dir, NLI, ROWS[:1])
+        task = predictor.task
+        assert task.template is not None
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, truncation_side=side)
+        task.tokenizer.truncation_side = side
+        pairs = tokenizer(
+            [t for t in ROWS for _ in ZERO_SHOT_LABELS],
+            task.hypotheses * len(ROWS),
+            truncation="only_first",
+            max_length=MAX_LENGTH,
+        )
+        shared = task.encode(ROWS, {})
+        task.template = None
+        whole = task.encode(ROWS, {})
+        for features in (shared, whole):
+            for name in ("input_ids", "token_type_ids"):
+                assert [features.tokens[name].row(i).tolist() for i in range(len(features))] == pairs[name]
+            cut = [bool(e.overflowing) for e in pairs.encodings]
+            assert features.truncated.tolist() == np.reshape(cut, (len(ROWS), -1)).any(axis=1).tolist()
+        assert 0 < sum(shared.truncated) < len(ROWS)
+
+
 # the re-implemented 4.57 rule against the real 4.57 pipeline -------------------------------------------
 
 TRANSFORMERS_4_57 = ["transformers==4.57.6", "tokenizers==0.22.2", "huggingface_hub==0.36.2"]

@@ -14,12 +14,16 @@ Two methods:
 
 ``auto`` picks ``nli`` when the model config has an entailment label.
 
-For ``nli`` the text is truncated to fit (``only_first``, as the pipeline
-does), never the hypothesis.
+For ``nli``, a row's k pairs share its tokenization: the text is tokenized once
+and joined to each hypothesis (tokenized once per actor) by the tokenizer's own
+pair template, which :class:`PairTemplate` learns and checks at start-up; the
+text is truncated to fit (``only_first``, as the pipeline does), never the
+hypothesis.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,6 +31,7 @@ import pyarrow as pa
 import torch
 
 from pipelines.errors import PipelineError
+from pipelines.inference.batching import Ragged
 from pipelines.tasks.base import Features, LabelTask, Outputs, softmax
 from pipelines.tasks.feature_extraction import embed
 from pipelines.tasks.options import TaskOptions, ZeroShotOptions
@@ -55,6 +60,62 @@ def resolve_method(options: ZeroShotOptions, config: Any) -> str:
     if options.method != "auto":
         return options.method
     return "nli" if nli_label_id(config, "entail") is not None else "embedding"
+
+
+@dataclass(frozen=True)
+class PairTemplate:
+    """How a tokenizer joins two token sequences: special tokens before, between and after them,
+    and the token type id of each of the five parts."""
+
+    before: list[int]
+    between: list[int]
+    after: list[int]
+    types: tuple[int, int, int, int, int]
+
+    def join(self, first: list[int], second: list[int]) -> tuple[list[int], list[int]]:
+        """(input ids, token type ids) of the pair."""
+        parts = (self.before, first, self.between, second, self.after)
+        ids = [token for part in parts for token in part]
+        types = [kind for part, kind in zip(parts, self.types) for _ in part]
+        return ids, types
+
+    @classmethod
+    def learn(cls, tokenizer: Any, first: str, seconds: list[str]) -> PairTemplate | None:
+        """The template of ``tokenizer``, checked against its own pair encoding of ``first`` with each of
+        ``seconds``; None where the pairs don't split that way (the caller then tokenizes pairs whole)."""
+        if not getattr(tokenizer, "is_fast", False):  # sequence ids come from the Rust tokenizer
+            return None
+        encoding = tokenizer(first, seconds[0])
+        ids = encoding["input_ids"]
+        types = encoding.get("token_type_ids") or [0] * len(ids)
+        # five parts in order: specials, first sequence, specials, second sequence, specials
+        segments: list[list[int]] = [[], [], [], [], []]
+        part = 0
+        for position, owner in enumerate(encoding.sequence_ids(0)):
+            target = 1 if owner == 0 else 3 if owner == 1 else part + part % 2
+            if target < part:
+                return None
+            part = target
+            segments[part].append(position)
+        kinds = []
+        for segment in segments:
+            values = {types[p] for p in segment}
+            if len(values) > 1:
+                return None
+            kinds.append(values.pop() if values else 0)
+        template = cls(
+            before=[ids[p] for p in segments[0]],
+            between=[ids[p] for p in segments[2]],
+            after=[ids[p] for p in segments[4]],
+            types=(kinds[0], kinds[1], kinds[2], kinds[3], kinds[4]),
+        )
+        first_ids = tokenizer(first, add_special_tokens=False)["input_ids"]
+        for second in seconds:
+            whole = tokenizer(first, second)
+            joined = template.join(first_ids, tokenizer(second, add_special_tokens=False)["input_ids"])
+            if joined[0] != whole["input_ids"] or ("token_type_ids" in whole and joined[1] != whole["token_type_ids"]):
+                return None
+        return template
 
 
 class ZeroShotClassification(LabelTask):
@@ -88,6 +149,7 @@ class ZeroShotClassification(LabelTask):
             )
         self.entailment = entailment
         self.contradiction = contradiction_label_id(self.config, entailment)
+        self.template = PairTemplate.learn(self.tokenizer, "Genève, a premise.", self.hypotheses)
         self.hypothesis_ids = [self.tokenizer(h, add_special_tokens=False)["input_ids"] for h in self.hypotheses]
         specials = self.tokenizer.num_special_tokens_to_add(pair=True)
         self.room = [self.max_length - specials - len(ids) for ids in self.hypothesis_ids]
@@ -112,12 +174,31 @@ class ZeroShotClassification(LabelTask):
         if self.method == "embedding":
             encoding = self.tokenize(texts)
             return Features.one_per_row(encoding, encoding["truncated"])
-        features = self._pairs(texts)
+        features = self._shared_pairs(texts) if self.template else self._whole_pairs(texts)
         features.row = np.repeat(np.arange(len(texts)), len(self.labels))
         return features
 
-    def _pairs(self, texts: list[str]) -> Features:
-        """Every (text, hypothesis) pair; the text truncated to fit, never the hypothesis (as the pipeline)."""
+    def _shared_pairs(self, texts: list[str]) -> Features:
+        """Each text tokenized once, joined to every hypothesis; the text cut to the room each one leaves."""
+        assert self.template is not None
+        encoding = self.tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max(self.room))
+        cut = np.array([bool(e.overflowing) for e in encoding.encodings], dtype=bool)
+        left = self.tokenizer.truncation_side == "left"
+        ids, types = [], []
+        for premise in encoding["input_ids"]:
+            for room, hypothesis in zip(self.room, self.hypothesis_ids):
+                premise_part = premise if len(premise) <= room else premise[-room:] if left else premise[:room]
+                pair_ids, pair_types = self.template.join(premise_part, hypothesis)
+                ids.append(pair_ids)
+                types.append(pair_types)
+        tokens = {"input_ids": Ragged.from_lists(ids)}
+        if "token_type_ids" in self.tokenizer.model_input_names:
+            tokens["token_type_ids"] = Ragged.from_lists(types)
+        lengths = np.fromiter(map(len, encoding["input_ids"]), dtype=np.int64, count=len(texts))
+        return Features(tokens=tokens, row=np.zeros(0, np.int64), truncated=cut | (lengths > min(self.room)))
+
+    def _whole_pairs(self, texts: list[str]) -> Features:
+        """Every (text, hypothesis) pair through the tokenizer (a tokenizer whose pairs aren't a template)."""
         n, k = len(texts), len(self.labels)
         premises = [text for text in texts for _ in range(k)]
         encoding = self.tokenizer(
