@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from helpers import make_spec
+from helpers import make_spec, read_output, write_parquet
 from reference_qa import reference_answers
 from tiny_models import CORPUS, NER_LABELS, NLI_LABELS
 from transformers import (
@@ -45,6 +45,7 @@ from transformers import (
 from pipelines.errors import PipelineError
 from pipelines.inference.aliases import minilm_dir
 from pipelines.inference.predictor import ERROR, Predictor
+from pipelines.runner import run_job
 from pipelines.spec import ModelSpec
 
 MAX_LENGTH = 48
@@ -353,13 +354,6 @@ NER = {"type": "token-classification"}
 
 # Cases that disagree with the pipeline today, each fixed by a later commit (strict: they must fail now).
 OPEN = {
-    "qa",
-    "qa-top-k",
-    "qa-tokens",
-    "qa-short-answers",
-    "qa-impossible",
-    "qa-impossible-top-k",
-    "qa-minilm",
     "ner-truncated",
     "ner-none",
     "ner-simple-windows",
@@ -498,6 +492,90 @@ def test_zero_shot_pairs_share_the_rows_tokenization(models):
             cut = [bool(e.overflowing) for e in pairs.encodings]
             assert features.truncated.tolist() == np.reshape(cut, (len(ROWS), -1)).any(axis=1).tolist()
         assert 0 < sum(shared.truncated) < len(ROWS)
+
+
+def test_question_answering_lists_no_answer_the_model_ruled_out(models):
+    """Asked for more answers than a short context has spans, the 4.57 pipeline pads its list with spans of
+    score 0 (and text like "" from end-before-start spans); the project lists only spans of positive score."""
+    model_dir = models("qa")
+    task = {**QA, "top_k": 20}
+    question, context = "Who visited Genève?", "Obama visited Genève."
+    predictor, got = predict(model_dir, task, [context], question=[question], context=[context])
+    model = AutoModelForQuestionAnswering.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    expected = reference_answers(
+        model,
+        tokenizer,
+        question,
+        context,
+        max_seq_len=MAX_LENGTH,
+        doc_stride=predictor.task.stride,
+        top_k=20,
+        max_answer_len=6,
+    )
+    positive = [(a["answer"], a["start"], a["end"]) for a in expected if a["score"] > 0]
+    assert len(positive) < len(expected)  # the reference lists spans of score 0
+    assert [(a["answer"], a["start"], a["end"]) for a in got[0]["answers"]] == positive
+    assert all(a["score"] > 0 for a in got[0]["answers"])
+
+
+def test_no_answer_wins_on_some_rows_only(models):
+    """The SQuAD2-style tiny model exercises both sides of handle_impossible_answer, and without the option the
+    empty answer never appears."""
+    questions, contexts = [q for q, _ in QA_ROWS], [c for _, c in QA_ROWS]
+    task = {**QA, "handle_impossible_answer": True}
+    _, got = predict(models("qa-squad2"), task, contexts, question=questions, context=contexts)
+    empty = [row["answer"] == "" for row in got]
+    assert 0 < sum(empty) < len(got)
+    assert all((row["start"], row["end"]) == (0, 0) for row, e in zip(got, empty) if e)
+    _, without = predict(models("qa-squad2"), QA, contexts, question=questions, context=contexts)
+    assert all(row["answer"] for row in without)
+
+
+# through `pipelines run` on a real Ray ---------------------------------------------------------------
+
+
+def test_parity_through_a_job_on_ray(ray_session, models, tmp_path):
+    """Question answering (several windows per row, the fold across features) through the whole job: shards in,
+    actors, Parquet out; every row as the 4.57 rule answers it."""
+    model_dir = models("qa-squad2")
+    rows = [{"id": f"q{i}", "question": q, "context": c} for i, (q, c) in enumerate(QA_ROWS)]
+    write_parquet(tmp_path / "in" / "a.parquet", rows[:6])
+    write_parquet(tmp_path / "in" / "b.parquet", rows[6:])
+    task = {**QA, "top_k": 2, "handle_impossible_answer": True}
+    spec = make_spec(
+        model_dir,
+        task,
+        tmp_path / "out",
+        batching={"max_length": MAX_LENGTH, "batch_size": 4, "max_rows": 3},
+        input={"paths": [str(tmp_path / "in")], "text_column": "context", "columns_to_keep": ["question", "context"]},
+    )
+    summary = run_job(spec).to_json()
+    assert summary["rows_out"] == len(rows) and summary["errors"] == 0
+    model = AutoModelForQuestionAnswering.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    stride = min(QA["doc_stride"], (MAX_LENGTH - 3 - QA["max_question_length"]) // 2)
+    verdict = Verdict("job on ray")
+    for i, row in enumerate(sorted(read_output(spec.output.path).to_pylist(), key=lambda r: int(r["id"][1:]))):
+        expected = reference_answers(
+            model,
+            tokenizer,
+            row["question"],
+            row["context"],
+            max_seq_len=MAX_LENGTH,
+            doc_stride=stride,
+            top_k=2,
+            max_answer_len=QA["max_answer_length"],
+            handle_impossible_answer=True,
+        )
+        compare_ranked(
+            verdict,
+            i,
+            [(a["answer"], a["start"], a["end"], a["score"]) for a in row["answers"]],
+            [(a["answer"], a["start"], a["end"], a["score"]) for a in expected],
+            "answer",
+        )
+    verdict.check()
 
 
 # the re-implemented 4.57 rule against the real 4.57 pipeline -------------------------------------------

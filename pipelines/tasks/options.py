@@ -217,9 +217,14 @@ class QuestionAnsweringOptions(TaskOptions):
     doc_stride: int = Field(default=128, gt=0, description="Tokens of overlap between windows of a long context.")
     max_answer_length: int = Field(default=15, gt=0, description="Longest answer, in tokens.")
     max_question_length: int = Field(default=64, gt=0, description="Longer questions are row errors.")
+    top_k: int = Field(default=1, gt=0, description="Answers per row; above 1 they are listed in `answers`.")
+    handle_impossible_answer: bool = Field(
+        default=False, description="Allow the empty answer (SQuAD2-style models): it wins when [CLS] scores higher."
+    )
+    align_to_words: bool = Field(default=True, description="Widen an answer to whole words, as the pipeline does.")
 
     def output_names(self) -> list[str]:
-        return ["answer", "score", "start", "end"]
+        return ["answer", "score", "start", "end"] + (["answers"] if self.top_k > 1 else [])
 
     def input_columns(self) -> list[str]:
         return list(dict.fromkeys([self.question_column, self.context_column]))
