@@ -354,14 +354,6 @@ NER = {"type": "token-classification"}
 
 # Cases that disagree with the pipeline today, each fixed by a later commit (strict: they must fail now).
 OPEN = {
-    "ner-truncated",
-    "ner-none",
-    "ner-simple-windows",
-    "ner-first",
-    "ner-average",
-    "ner-max",
-    "ner-ignore",
-    "ner-minilm",
     "fill-mask-targets",
 }
 
@@ -530,6 +522,35 @@ def test_no_answer_wins_on_some_rows_only(models):
     assert all((row["start"], row["end"]) == (0, 0) for row, e in zip(got, empty) if e)
     _, without = predict(models("qa-squad2"), QA, contexts, question=questions, context=contexts)
     assert all(row["answer"] for row in without)
+
+
+def test_token_classification_windows_long_texts_where_the_pipeline_truncates(models):
+    """By default (stride 32) the project reads a long text whole, as the pipeline does only when given a
+    stride; the pipeline's default truncates, like ``stride: null``."""
+    model_dir = models("token-classifier")
+    task = {**NER, "aggregation_strategy": "first"}
+    _, windowed = predict(model_dir, task, [LONG])
+    _, truncated = predict(model_dir, {**task, "stride": None}, [LONG])
+    tagger = reference_pipeline("token-classification", model_dir, aggregation_strategy="first")
+    kept = AutoTokenizer.from_pretrained(model_dir)(
+        LONG, truncation=True, max_length=MAX_LENGTH, return_offsets_mapping=True
+    )
+    cut = max(end for _, end in kept["offset_mapping"])  # the last character the truncated text keeps
+    assert [(e["start"], e["end"]) for e in truncated[0]["entities"]] == [(e["start"], e["end"]) for e in tagger(LONG)]
+    assert all(e["end"] <= cut for e in truncated[0]["entities"])
+    assert max(e["end"] for e in windowed[0]["entities"]) > cut + 300  # entities all along the text
+    assert windowed[0]["_tokens"] > 2 * MAX_LENGTH and truncated[0]["_tokens"] == MAX_LENGTH
+
+
+def test_token_classification_none_merges_the_windows_tokens(models):
+    """The pipeline refuses a stride with aggregation none; the project keeps each token once (the surer
+    of its two windows where windows overlap), in text order."""
+    model_dir = models("token-classifier")
+    _, got = predict(model_dir, {**NER, "aggregation_strategy": "none", "stride": 8}, [LONG, ROWS[0]])
+    _, alone = predict(model_dir, {**NER, "aggregation_strategy": "none", "stride": None}, [ROWS[0]])
+    spans = [(e["start"], e["end"]) for e in got[0]["entities"]]
+    assert spans == sorted(set(spans)) and spans[-1][1] > len(LONG) - 60
+    assert got[1]["entities"] == alone[0]["entities"]  # a text within one window: as without windows
 
 
 # through `pipelines run` on a real Ray ---------------------------------------------------------------

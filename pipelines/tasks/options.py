@@ -236,6 +236,11 @@ class TokenClassificationOptions(TaskOptions):
         default="simple", description="How token labels become entities (see the Transformers pipeline)."
     )
     ignore_labels: list[str] = Field(default_factory=lambda: ["O"], description="Labels that are not entities.")
+    stride: int | None = Field(
+        default=32,
+        ge=0,
+        description="Tokens of overlap between the windows of a text longer than max_length; null: truncate it.",
+    )
 
     def output_names(self) -> list[str]:
         return ["entities"]
