@@ -352,15 +352,8 @@ QA = {"type": "question-answering", "doc_stride": 8, "max_question_length": 16, 
 NER = {"type": "token-classification"}
 
 
-# Cases that disagree with the pipeline today, each fixed by a later commit (strict: they must fail now).
-OPEN = {
-    "fill-mask-targets",
-}
-
-
 def case(runner: str, kind: str, task: dict, name: str) -> Any:
-    marks = [pytest.mark.xfail(strict=True, reason="differs from the pipeline")] if name in OPEN else []
-    return pytest.param(runner, kind, task, id=name, marks=marks)
+    return pytest.param(runner, kind, task, id=name)
 
 
 CASES = [
@@ -458,34 +451,6 @@ def test_nli_hypothesis_that_leaves_no_room_for_the_text_is_an_error(models):
         predict(models("nli"), {**NLI, "hypothesis_template": "{} " + "very " * 60}, ROWS[:1])
 
 
-def test_zero_shot_pairs_share_the_rows_tokenization(models):
-    """A row is tokenized once and joined to each hypothesis: the pairs are exactly the tokenizer's own
-    (text truncated on the tokenizer's side, hypothesis kept); a tokenizer without that template tokenizes
-    the pairs whole."""
-    for kind, side in (("nli", "right"), ("minilm-nli", "right"), ("minilm-nli", "left")):
-        model_dir = models(kind)
-        predictor, _ = predict(model_dir, NLI, ROWS[:1])
-        task = predictor.task
-        assert task.template is not None
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, truncation_side=side)
-        task.tokenizer.truncation_side = side
-        pairs = tokenizer(
-            [t for t in ROWS for _ in ZERO_SHOT_LABELS],
-            task.hypotheses * len(ROWS),
-            truncation="only_first",
-            max_length=MAX_LENGTH,
-        )
-        shared = task.encode(ROWS, {})
-        task.template = None
-        whole = task.encode(ROWS, {})
-        for features in (shared, whole):
-            for name in ("input_ids", "token_type_ids"):
-                assert [features.tokens[name].row(i).tolist() for i in range(len(features))] == pairs[name]
-            cut = [bool(e.overflowing) for e in pairs.encodings]
-            assert features.truncated.tolist() == np.reshape(cut, (len(ROWS), -1)).any(axis=1).tolist()
-        assert 0 < sum(shared.truncated) < len(ROWS)
-
-
 def test_question_answering_lists_no_answer_the_model_ruled_out(models):
     """Asked for more answers than a short context has spans, the 4.57 pipeline pads its list with spans of
     score 0 (and text like "" from end-before-start spans); the project lists only spans of positive score."""
@@ -553,9 +518,44 @@ def test_token_classification_none_merges_the_windows_tokens(models):
     assert got[1]["entities"] == alone[0]["entities"]  # a text within one window: as without windows
 
 
+def test_zero_shot_pairs_share_the_rows_tokenization(models):
+    """A row is tokenized once and joined to each hypothesis: the pairs are exactly the tokenizer's own
+    (text truncated on the tokenizer's side, hypothesis kept); a tokenizer without that template tokenizes
+    the pairs whole."""
+    for kind, side in (("nli", "right"), ("minilm-nli", "right"), ("minilm-nli", "left")):
+        model_dir = models(kind)
+        predictor, _ = predict(model_dir, NLI, ROWS[:1])
+        task = predictor.task
+        assert task.template is not None
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, truncation_side=side)
+        task.tokenizer.truncation_side = side
+        pairs = tokenizer(
+            [t for t in ROWS for _ in ZERO_SHOT_LABELS],
+            task.hypotheses * len(ROWS),
+            truncation="only_first",
+            max_length=MAX_LENGTH,
+        )
+        shared = task.encode(ROWS, {})
+        task.template = None
+        whole = task.encode(ROWS, {})
+        for features in (shared, whole):
+            for name in ("input_ids", "token_type_ids"):
+                assert [features.tokens[name].row(i).tolist() for i in range(len(features))] == pairs[name]
+            cut = [bool(e.overflowing) for e in pairs.encodings]
+            assert features.truncated.tolist() == np.reshape(cut, (len(ROWS), -1)).any(axis=1).tolist()
+        assert 0 < sum(shared.truncated) < len(ROWS)
+
+
+def test_fill_mask_target_without_a_token_is_an_error(models):
+    """The pipeline drops such a target with a warning; a job spec that asks for it is wrong, so it fails early."""
+    with pytest.raises(PipelineError, match="target '' makes no token"):
+        predict(models("mlm"), {"type": "fill-mask", "targets": ["paris", ""]}, MASK_ROWS[:1])
+
+
 # through `pipelines run` on a real Ray ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_parity_through_a_job_on_ray(ray_session, models, tmp_path):
     """Question answering (several windows per row, the fold across features) through the whole job: shards in,
     actors, Parquet out; every row as the 4.57 rule answers it."""

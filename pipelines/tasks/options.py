@@ -252,6 +252,11 @@ class FillMaskOptions(TaskOptions):
     mask_placeholder: str | None = Field(
         default=None, description="A string in the texts that stands for the model's mask token, e.g. <mask>."
     )
+    targets: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Score only these tokens (a word not in the vocabulary: its first token).",
+    )
 
     def output_names(self) -> list[str]:
         return ["predictions"]
