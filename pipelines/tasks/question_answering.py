@@ -63,12 +63,10 @@ def word_spans(words: list[int | None], in_context: np.ndarray, offsets: np.ndar
     if not len(positions):
         return spans
     word = np.array([words[t] for t in positions], dtype=np.int64)
-    _, first = np.unique(word, return_index=True)
-    _, last_reversed = np.unique(word[::-1], return_index=True)
-    last = len(word) - 1 - last_reversed
-    index = np.searchsorted(np.unique(word), word)
-    spans[positions, 0] = offsets[positions[first[index]], 0]
-    spans[positions, 1] = offsets[positions[last[index]], 1]
+    _, first, which = np.unique(word, return_index=True, return_inverse=True)  # each word's first token
+    last = len(word) - 1 - np.unique(word[::-1], return_index=True)[1]  # and its last
+    spans[positions, 0] = offsets[positions[first[which]], 0]
+    spans[positions, 1] = offsets[positions[last[which]], 1]
     return spans
 
 
