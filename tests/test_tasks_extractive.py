@@ -1,8 +1,8 @@
 """question-answering, token-classification, fill-mask and decoder embeddings with tiny models.
 
 Where Transformers still has the pipeline (token-classification, fill-mask) the
-results are compared with it; question answering is compared with a brute-force
-search over every window and span.
+results are compared with it; question answering with the 4.57 pipeline's rule
+(``reference_qa``). ``test_parity.py`` holds the full comparison.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import pyarrow as pa
 import pytest
 import torch
 from helpers import SENTENCES, batch_of, make_spec
+from reference_qa import reference_answers
 from transformers import AutoModel, AutoModelForQuestionAnswering, AutoTokenizer, pipeline
 
 from pipelines.inference.predictor import ERROR, Predictor
@@ -30,38 +31,6 @@ CONTEXT = (
 )
 QA = {"type": "question-answering", "doc_stride": 8, "max_question_length": 16, "max_answer_length": 6}
 QA_MAX_LENGTH = 48
-
-
-def brute_force_answer(model_dir: str, question: str, context: str, stride: int) -> dict:
-    """Every window run alone; every span of every window scored as p(start) × p(end)."""
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForQuestionAnswering.from_pretrained(model_dir).eval()
-    encoding = tokenizer(
-        question,
-        context,
-        truncation="only_second",
-        max_length=QA_MAX_LENGTH,
-        stride=stride,
-        return_overflowing_tokens=True,
-        return_offsets_mapping=True,
-    )
-    best = {"score": -1.0}
-    for window in range(len(encoding["input_ids"])):
-        inputs = {k: torch.tensor([encoding[k][window]]) for k in ("input_ids", "token_type_ids", "attention_mask")}
-        with torch.inference_mode():
-            out = model(**inputs)
-        in_context = np.array([s == 1 for s in encoding.sequence_ids(window)])
-        positions = np.flatnonzero(in_context)
-        p_start = torch.softmax(out.start_logits[0, positions], 0).numpy()
-        p_end = torch.softmax(out.end_logits[0, positions], 0).numpy()
-        offsets = encoding["offset_mapping"][window]
-        for a, i in enumerate(positions):
-            for b, j in enumerate(positions):
-                if i <= j < i + QA["max_answer_length"] and p_start[a] * p_end[b] > best["score"]:
-                    start, end = offsets[i][0], offsets[j][1]
-                    best = {"score": p_start[a] * p_end[b], "start": start, "end": end, "answer": context[start:end]}
-    best["windows"] = len(encoding["input_ids"])
-    return best
 
 
 def test_question_answering_finds_the_best_span_over_all_windows(tiny_models):
@@ -84,12 +53,19 @@ def test_question_answering_finds_the_best_span_over_all_windows(tiny_models):
         pa.int32(),
     ]
     rows = out.to_pylist()
+    model = AutoModelForQuestionAnswering.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     for row in rows[:2]:
-        expected = brute_force_answer(model_dir, row["question"], row["context"], predictor.task.stride)
+        expected = reference_answers(
+            model, tokenizer, row["question"], row["context"], max_seq_len=QA_MAX_LENGTH,
+            doc_stride=predictor.task.stride, max_answer_len=QA["max_answer_length"],
+        )[0]
         assert (row["start"], row["end"], row["answer"]) == (expected["start"], expected["end"], expected["answer"])
         assert row["score"] == pytest.approx(expected["score"], rel=1e-4)
         assert row["context"][row["start"] : row["end"]] == row["answer"]
-    assert brute_force_answer(model_dir, rows[0]["question"], CONTEXT, predictor.task.stride)["windows"] >= 3
+    windows = tokenizer(rows[0]["question"], CONTEXT, truncation="only_second", max_length=QA_MAX_LENGTH,
+                        stride=predictor.task.stride, return_overflowing_tokens=True)["input_ids"]
+    assert len(windows) >= 3
     assert rows[0]["_tokens"] > QA_MAX_LENGTH  # several windows were run for the long context
     assert rows[2][ERROR] == "question is null or empty" and rows[2]["answer"] is None
     assert rows[3][ERROR].startswith("question longer than max_question_length")

@@ -55,6 +55,11 @@ AUTO_CLASSES = {
     "gpt2": AutoModelForCausalLM,
     "llama-classifier": AutoModelForSequenceClassification,
     "seq2seq": AutoModelForSeq2SeqLM,
+    "regression": AutoModelForSequenceClassification,
+    "multi-label": AutoModelForSequenceClassification,
+    "nli-binary": AutoModelForSequenceClassification,
+    "nli-nec": AutoModelForSequenceClassification,
+    "qa-squad2": AutoModelForQuestionAnswering,
 }
 BERT_KINDS = ("encoder", "classifier", "nli", "token-classifier", "qa", "mlm")
 DECODER_KINDS = ("causal", "gpt2", "llama-classifier")
@@ -94,6 +99,11 @@ def _expected_shape(kind: str, model, batch: int, length: int) -> dict[str, tupl
         "gpt2": {"logits": (batch, length, vocab)},
         "llama-classifier": {"logits": (batch, num_labels)},
         "seq2seq": {"logits": (batch, 1, vocab)},
+        "regression": {"logits": (batch, 1)},
+        "multi-label": {"logits": (batch, num_labels)},
+        "nli-binary": {"logits": (batch, 2)},
+        "nli-nec": {"logits": (batch, 3)},
+        "qa-squad2": {"start_logits": (batch, length), "end_logits": (batch, length)},
     }[kind]
 
 

@@ -19,6 +19,13 @@ Kinds:
 * ``llama-classifier`` Llama ``AutoModelForSequenceClassification`` (negative/neutral/positive; no pad token
   in tokenizer or config, like most decoder classifiers)
 * ``seq2seq``          T5 ``AutoModelForSeq2SeqLM``
+* ``regression``       BERT sequence classifier with one output, ``problem_type: regression``
+* ``multi-label``      BERT sequence classifier, ``problem_type: multi_label_classification``
+* ``nli-binary``       BERT NLI model with two classes (entailment/not_entailment)
+* ``nli-nec``          BERT NLI model ordered neutral/entailment/contradiction
+* ``qa-squad2``        BERT ``AutoModelForQuestionAnswering`` whose [CLS] logits stand out ("no answer")
+
+The kinds from ``regression`` on have larger weights, for clear margins between labels.
 
 BERT-style tokenizers are uncased WordPiece (ids 0-4: ``[PAD] [UNK] [CLS] [SEP]
 [MASK]``); the causal ones are byte-level BPE without a pad token (Llama:
@@ -61,7 +68,9 @@ __all__ = [
     "KINDS",
     "MODEL_MAX_LENGTH",
     "NER_LABELS",
+    "NLI_BINARY_LABELS",
     "NLI_LABELS",
+    "NLI_NEC_LABELS",
     "build_tiny_model",
 ]
 
@@ -70,6 +79,8 @@ SEED = 0
 
 CLASSIFIER_LABELS = ("negative", "neutral", "positive")
 NLI_LABELS = ("contradiction", "neutral", "entailment")
+NLI_BINARY_LABELS = ("entailment", "not_entailment")
+NLI_NEC_LABELS = ("neutral", "entailment", "contradiction")  # the order the pipeline misreads
 NER_LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG")
 
 CHAT_TEMPLATE = (
@@ -346,6 +357,28 @@ def _generative(
     return build
 
 
+def _squad2(lift: float) -> Builder:
+    """A QA model whose [CLS] start and end logits stand ``lift`` above the other tokens' on average, as in a
+    model trained on SQuAD2: "no answer" wins on some rows and not on others."""
+
+    def build() -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+        model, tokenizer = _bert(BertForQuestionAnswering)()
+        model.eval()
+        inputs = tokenizer(list(CORPUS[28:33]), list(CORPUS[:5]), padding=True, return_tensors="pt")
+        with torch.no_grad():
+            hidden = model.bert(**inputs).last_hidden_state
+            others = inputs["attention_mask"].bool()
+            others[:, 0] = False
+            direction = hidden[:, 0].mean(0) - hidden[others].mean(0)
+            model.qa_outputs.weight += lift * direction / direction.norm() ** 2
+        return model, tokenizer
+
+    return build
+
+
+# Kinds added for the parity suite have larger weights (initializer_range 0.2): clear margins between labels.
+SHARP = {"initializer_range": 0.2}
+
 _BUILDERS: dict[str, Builder] = {
     "encoder": _bert(BertModel),
     "classifier": _bert(BertForSequenceClassification, **_labels(CLASSIFIER_LABELS)),
@@ -357,6 +390,13 @@ _BUILDERS: dict[str, Builder] = {
     "gpt2": _generative(GPT2LMHeadModel, _gpt2_tokenizer, _gpt2_config),
     "llama-classifier": _generative(LlamaForSequenceClassification, _llama_tokenizer, _llama_classifier_config),
     "seq2seq": _generative(T5ForConditionalGeneration, _t5_tokenizer, _t5_config),
+    "regression": _bert(BertForSequenceClassification, num_labels=1, problem_type="regression", **SHARP),
+    "multi-label": _bert(
+        BertForSequenceClassification, problem_type="multi_label_classification", **SHARP, **_labels(CLASSIFIER_LABELS)
+    ),
+    "nli-binary": _bert(BertForSequenceClassification, **SHARP, **_labels(NLI_BINARY_LABELS)),
+    "nli-nec": _bert(BertForSequenceClassification, **SHARP, **_labels(NLI_NEC_LABELS)),
+    "qa-squad2": _squad2(lift=1.0),
 }
 
 KINDS: tuple[str, ...] = tuple(_BUILDERS)

@@ -3,11 +3,13 @@
 A row holds one or more mask tokens (the model's own, e.g. ``[MASK]`` or
 ``<mask>``; or ``mask_placeholder``, replaced by it). A row without one is a row
 error. Logits are computed only at mask positions, not over the whole sequence
-times the vocabulary.
+times the vocabulary. With ``targets``, as in the pipeline, probabilities are
+still over the whole vocabulary, but only the targets' tokens are ranked.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -17,6 +19,8 @@ import torch
 from pipelines.errors import PipelineError
 from pipelines.tasks.base import Features, Outputs, Task
 from pipelines.tasks.options import FillMaskOptions
+
+log = logging.getLogger(__name__)
 
 CANDIDATE = pa.struct(
     [pa.field("token", pa.string()), pa.field("token_id", pa.int32()), pa.field("score", pa.float32())]
@@ -34,7 +38,9 @@ class FillMask(Task):
         if self.tokenizer.mask_token_id is None:
             raise PipelineError("fill-mask: this model's tokenizer has no mask token; use a masked language model")
         self.mask_id = int(self.tokenizer.mask_token_id)
-        self.top_k = min(self.options.top_k, len(self.tokenizer))
+        self.targets = target_ids(self.tokenizer, self.options.targets) if self.options.targets else None
+        choices = len(self.targets) if self.targets is not None else len(self.tokenizer)
+        self.top_k = min(self.options.top_k, choices)
 
     def encode(self, texts: list[str], columns: dict[str, list[Any]]) -> Features:
         placeholder = self.options.mask_placeholder
@@ -54,11 +60,16 @@ class FillMask(Task):
 
     def forward(self, model, inputs, extra):
         masked = inputs["input_ids"] == self.mask_id
-        logits = mask_logits(model, inputs, masked)
-        top = logits.float().softmax(-1).topk(self.top_k, dim=-1)
+        probs = mask_logits(model, inputs, masked).float().softmax(-1)
+        if self.targets is not None:  # probabilities over the whole vocabulary, ranked among the targets only
+            targets = torch.as_tensor(self.targets, device=probs.device)
+            top = probs[:, targets].topk(self.top_k, dim=-1)
+            ids, scores = targets[top.indices].cpu().numpy(), top.values.cpu().numpy()
+        else:
+            top = probs.topk(self.top_k, dim=-1)
+            ids, scores = top.indices.cpu().numpy(), top.values.cpu().numpy()
         counts = masked.sum(dim=1).cpu().numpy()
         bounds = np.r_[0, np.cumsum(counts)]
-        ids, scores = top.indices.cpu().numpy(), top.values.cpu().numpy()
         return {
             "ids": [ids[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
             "scores": [scores[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
@@ -78,6 +89,28 @@ class FillMask(Task):
 
     def output_schema(self) -> pa.Schema:
         return pa.schema([pa.field("predictions", pa.list_(pa.list_(CANDIDATE)))])
+
+
+def target_ids(tokenizer: Any, targets: list[str]) -> list[int]:
+    """The token id of each target, as the Transformers pipeline finds it: the vocabulary entry of that
+    exact string, else the first token the tokenizer makes of it (logged); without duplicates."""
+    vocabulary = tokenizer.get_vocab()
+    ids: list[int] = []
+    for target in targets:
+        found = vocabulary.get(target)
+        if found is None:
+            pieces = tokenizer(target, add_special_tokens=False)["input_ids"]
+            if not pieces:
+                raise PipelineError(
+                    f"fill-mask: target {target!r} makes no token with this model's tokenizer; "
+                    "remove it from task.targets"
+                )
+            found = pieces[0]
+            log.warning("fill-mask: target %r is not in the vocabulary; scoring its first token %r instead",
+                        target, tokenizer.convert_ids_to_tokens(found))
+        if found not in ids:
+            ids.append(int(found))
+    return ids
 
 
 def mask_logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor], masked: torch.Tensor) -> torch.Tensor:

@@ -217,9 +217,14 @@ class QuestionAnsweringOptions(TaskOptions):
     doc_stride: int = Field(default=128, gt=0, description="Tokens of overlap between windows of a long context.")
     max_answer_length: int = Field(default=15, gt=0, description="Longest answer, in tokens.")
     max_question_length: int = Field(default=64, gt=0, description="Longer questions are row errors.")
+    top_k: int = Field(default=1, gt=0, description="Answers per row; above 1 they are listed in `answers`.")
+    handle_impossible_answer: bool = Field(
+        default=False, description="Allow the empty answer (SQuAD2-style models): it wins when [CLS] scores higher."
+    )
+    align_to_words: bool = Field(default=True, description="Widen an answer to whole words, as the pipeline does.")
 
     def output_names(self) -> list[str]:
-        return ["answer", "score", "start", "end"]
+        return ["answer", "score", "start", "end"] + (["answers"] if self.top_k > 1 else [])
 
     def input_columns(self) -> list[str]:
         return list(dict.fromkeys([self.question_column, self.context_column]))
@@ -231,6 +236,11 @@ class TokenClassificationOptions(TaskOptions):
         default="simple", description="How token labels become entities (see the Transformers pipeline)."
     )
     ignore_labels: list[str] = Field(default_factory=lambda: ["O"], description="Labels that are not entities.")
+    stride: int | None = Field(
+        default=32,
+        ge=0,
+        description="Tokens of overlap between the windows of a text longer than max_length; null: truncate it.",
+    )
 
     def output_names(self) -> list[str]:
         return ["entities"]
@@ -241,6 +251,11 @@ class FillMaskOptions(TaskOptions):
     top_k: int = Field(default=5, gt=0, description="Candidates per mask token.")
     mask_placeholder: str | None = Field(
         default=None, description="A string in the texts that stands for the model's mask token, e.g. <mask>."
+    )
+    targets: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Score only these tokens (a word not in the vocabulary: its first token).",
     )
 
     def output_names(self) -> list[str]:

@@ -29,10 +29,13 @@ class TextClassification(LabelTask):
         return {"logits": model(**inputs).logits.float().cpu().numpy()}
 
     def _function(self) -> str:
+        """``auto`` follows the Transformers pipeline: none for regression, sigmoid for multi-label or one output."""
         if self.options.function != "auto":
             return self.options.function
-        multi = getattr(self.config, "problem_type", None) == "multi_label_classification"
-        return "sigmoid" if multi or self.config.num_labels == 1 else "softmax"
+        problem = getattr(self.config, "problem_type", None)
+        if problem == "regression":
+            return "none"
+        return "sigmoid" if problem == "multi_label_classification" or self.config.num_labels == 1 else "softmax"
 
     def postprocess(self, outputs: Outputs, features: Features, n_rows: int) -> dict[str, pa.Array]:
         logits = outputs.stacked("logits")

@@ -10,6 +10,12 @@ Aggregation strategies as the Transformers pipeline defines them:
 
 ``word`` is the entity's text as it appears in the row (``text[start:end]``),
 not the tokenizer's (lower-cased, ``##``-joined) rendering of it.
+
+A text longer than ``max_length`` is cut into windows overlapping by ``stride``
+tokens (each window a feature of its row), and the windows' entities are merged
+as the pipeline merges them when given a stride: of two that overlap, the longer
+stays (or, as long, the surer). ``stride: null`` truncates instead, as the
+pipeline does by default.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from pipelines.errors import PipelineError
 from pipelines.tasks.base import Features, Outputs, Task, label_names
 from pipelines.tasks.options import TokenClassificationOptions
 
@@ -40,6 +47,24 @@ def split_tag(label: str) -> tuple[str, str]:
     return "I", label
 
 
+def merge_overlapping(entities: list[dict]) -> list[dict]:
+    """Entities of overlapping windows, in text order; of two that overlap, the longer (or, as long, the surer)
+    stays: the Transformers pipeline's rule."""
+    merged: list[dict] = []
+    for entity in sorted(entities, key=lambda e: e["start"]):
+        if not merged:
+            merged.append(entity)
+            continue
+        previous = merged[-1]
+        if previous["start"] <= entity["start"] < previous["end"]:
+            length, previous_length = entity["end"] - entity["start"], previous["end"] - previous["start"]
+            if length > previous_length or (length == previous_length and entity["score"] > previous["score"]):
+                merged[-1] = entity
+        else:
+            merged.append(entity)
+    return merged
+
+
 class TokenClassification(Task):
     name = "token-classification"
     options_model = TokenClassificationOptions
@@ -55,19 +80,40 @@ class TokenClassification(Task):
         self.ignored = np.isin(self.labels, self.options.ignore_labels)
         backend = getattr(getattr(self.tokenizer, "backend_tokenizer", None), "model", None)
         self.subword_prefix = getattr(backend, "continuing_subword_prefix", None)
+        self.stride = self._window_stride()
 
     def encode(self, texts: list[str], columns: dict[str, list[Any]]) -> Features:
-        encoding = self.tokenize(texts, return_offsets_mapping=True, return_special_tokens_mask=True)
-        features = Features.one_per_row(encoding, encoding["truncated"])
-        n = len(texts)
+        windows = self.stride is not None
+        more: dict[str, Any] = {"return_overflowing_tokens": True, "stride": self.stride} if windows else {}
+        encoding = self.tokenize(texts, return_offsets_mapping=True, return_special_tokens_mask=True, **more)
+        features = Features.one_per_row(encoding)
+        if windows:  # a long text is cut into overlapping windows, each a feature of its row: nothing is lost
+            features.row = np.asarray(encoding["overflow_to_sample_mapping"], dtype=np.int64)
+            features.truncated = np.zeros(len(texts), dtype=bool)
+        else:
+            features.truncated = encoding["truncated"]
+        n = len(features)
         offsets, real, subword, text = (np.empty(n, dtype=object) for _ in range(4))
-        for i in range(n):
-            offsets[i] = np.asarray(encoding["offset_mapping"][i], dtype=np.int64).reshape(-1, 2)
-            real[i] = ~np.asarray(encoding["special_tokens_mask"][i], dtype=bool)
-            subword[i] = self._subwords(texts[i], encoding["input_ids"][i], offsets[i])
-            text[i] = texts[i]
+        for f, row in enumerate(features.row):
+            offsets[f] = np.asarray(encoding["offset_mapping"][f], dtype=np.int64).reshape(-1, 2)
+            real[f] = ~np.asarray(encoding["special_tokens_mask"][f], dtype=bool)
+            subword[f] = self._subwords(texts[row], encoding["input_ids"][f], offsets[f])
+            text[f] = texts[row]
         features.extra = {"offsets": offsets, "real": real, "subword": subword, "text": text}
         return features
+
+    def _window_stride(self) -> int | None:
+        """The overlap between windows, capped at half the room a window has for text (the tokenizer needs less);
+        None: no windows."""
+        if self.options.stride is None:
+            return None
+        room = self.max_length - self.tokenizer.num_special_tokens_to_add(pair=False)
+        if room < 2:
+            raise PipelineError(
+                f"token-classification: max_length {self.max_length} leaves no room for text; "
+                "raise batching.max_length"
+            )
+        return min(self.options.stride, room // 2)
 
     def _subwords(self, text: str, ids: list[int], offsets: np.ndarray) -> np.ndarray:
         """Which tokens continue the word before them (the Transformers pipeline's test)."""
@@ -89,11 +135,13 @@ class TokenClassification(Task):
 
     def postprocess(self, outputs: Outputs, features: Features, n_rows: int) -> dict[str, pa.Array]:
         probs = outputs.listed("probs")
-        entities: list[list[dict] | None] = [None] * n_rows
+        found: list[list[dict]] = [[] for _ in range(n_rows)]
+        windows = np.bincount(features.row, minlength=n_rows)
         for f, row in enumerate(features.row):
-            entities[row] = self._entities(
+            found[row] += self._entities(
                 probs[f], *(features.extra[k][f] for k in ("offsets", "real", "subword", "text"))
             )
+        entities = [merge_overlapping(e) if windows[row] > 1 else e for row, e in enumerate(found)]
         return {"entities": pa.array(entities, pa.list_(ENTITY))}
 
     def _entities(
