@@ -39,7 +39,7 @@ class Predictor:
         torch.set_num_threads(self.spec.compute.torch_threads())
         # bitsandbytes warns on every int8 matmul with float32 inputs (expected on CPU): not news.
         warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
-        implementation = task_class(self.spec.task.type)
+        implementation = task_class(self.spec.task.type, self.spec.input.format)
         config = load_config(self.spec.model)
         self.loaded = load_model(
             self.spec.model,
