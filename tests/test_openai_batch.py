@@ -68,6 +68,8 @@ def test_every_option_of_the_openai_request_types_is_honoured_or_refused_by_name
         assert parse_request(rows_of([line]).column("text")[0].as_py(), "text-generation") == (
             f"unsupported option {option!r}: {requests.CHAT_REFUSED[option][0]} by this project"
         )
+    unknown = parse_request(rows_of([chat_line("x", bogus=1)]).column("text")[0].as_py(), "text-generation")
+    assert unknown == "unknown option 'bogus' for /v1/chat/completions"
     defaults = {"logprobs": False, "stream": False, "frequency_penalty": 0, "response_format": {"type": "text"}}
     honoured = chat_line("x", **defaults, user="u-1", n=2, stop="\n", seed=3, max_completion_tokens=5)
     request = parse_request(rows_of([honoured]).column("text")[0].as_py(), "text-generation")
@@ -124,6 +126,7 @@ def test_each_request_keeps_its_own_settings_whatever_the_batch(tiny_models):
     predictor = chat_predictor(model)
     lines = [
         chat_line("greedy", temperature=0, max_tokens=12),
+        chat_line("nucleus-of-one", temperature=1.5, top_p=1e-9, max_tokens=12),
         chat_line("short", temperature=0, max_tokens=3),
         chat_line("default-length", "Who is the president of France?", temperature=0),
         chat_line("sampled", temperature=0.9, top_p=0.8, n=3, max_tokens=10),
@@ -135,13 +138,14 @@ def test_each_request_keeps_its_own_settings_whatever_the_batch(tiny_models):
         embedding_line("embeddings", "hello"),
     ]
     together = answers(predictor, lines)
-    for line in lines[:6]:  # each answer is the one it gets alone
+    for line in lines[:7]:  # each answer is the one it gets alone
         alone = answers(predictor, [line])[line["custom_id"]]
         assert alone["generated_text"] == together[line["custom_id"]]["generated_text"], line["custom_id"]
     assert together["short"]["generated_tokens"] == [3] and together["short"]["finish_reason"] == ["length"]
     assert together["default-length"]["generated_tokens"][0] <= 6  # task.max_new_tokens when a request gives none
     assert len(together["sampled"]["generated_text"]) == 3 and len(set(together["sampled"]["generated_text"])) > 1
     assert together["seeded-a"]["generated_text"] == together["seeded-b"]["generated_text"]
+    assert together["nucleus-of-one"]["generated_text"] == together["greedy"]["generated_text"]  # top_p keeps 1 token
 
     # temperature 0 is the project's own greedy chat generation
     plain = make_spec(model, {"type": "text-generation", "chat": True, "system_prompt": "Answer in one sentence.",
@@ -190,6 +194,12 @@ def test_embedding_requests_get_the_feature_extraction_embedding_of_each_input(t
     assert got["base64"]["_error"].startswith("unsupported option 'encoding_format': base64")
     assert got["token-ids"]["_error"] == "input as token ids is not supported: give a string or a list of strings"
     assert got["empty"]["_error"] == "input: an empty string can't be embedded"
+
+    long = [embedding_line("long", ["ok", "word " * 300])]
+    assert answers(Predictor(spec), long)["long"]["_error"] is None  # cut at max_length, as feature-extraction does
+    strict = make_spec(model, {"type": "feature-extraction"}, input={"format": "openai-batch"},
+                       errors={"too_long": "error"})
+    assert answers(Predictor(strict), long)["long"]["_error"] == "text longer than max_length (128 tokens)"
 
 
 # the output files --------------------------------------------------------------------------------------
