@@ -168,9 +168,15 @@ def test_a_stop_string_ends_the_text_before_it(tiny_models):
     words = [w for w in re.findall(r"[A-Za-z]{3,}", full) if full.find(w) >= len(full) // 3]
     assert words, f"the tiny model wrote no word to stop at: {full!r}"
     stop = words[0]  # a word in the middle of the greedy answer
-    stopped = answers(predictor, [chat_line("a", temperature=0, max_tokens=24, stop=[stop, "never-there"])])["a"]
+    together = answers(predictor, [  # rows with other stop strings, or none, in the same batch
+        chat_line("a", temperature=0, max_tokens=24, stop=[stop, "never-there"]),
+        chat_line("b", temperature=0, max_tokens=24),
+        chat_line("c", temperature=0, max_tokens=24, stop="never-there"),
+    ])
+    stopped = together["a"]
     assert stopped["generated_text"] == [full[: full.find(stop)]]
     assert stopped["finish_reason"] == ["stop"] and stopped["generated_tokens"][0] < 24
+    assert together["b"]["generated_text"] == together["c"]["generated_text"] == [full]
 
 
 def test_embedding_requests_get_the_feature_extraction_embedding_of_each_input(tiny_models):

@@ -4,6 +4,7 @@
 how a file is written whole (write-then-rename). :mod:`.staging` runs in Ray
 write tasks; :mod:`.commit` and :mod:`.duplicates` run on the driver;
 :mod:`.records` holds the typed records written here; :mod:`.summary` builds and
-renders ``_run.json``. Light: pyarrow and pydantic, no torch and no Ray. May
+renders ``_run.json``; :mod:`.openai_batch` writes the committed files of
+``output.format: openai-batch``. Light: pyarrow and pydantic, no torch and no Ray. May
 import :mod:`pipelines.io` and :mod:`pipelines.errors`.
 """

@@ -17,6 +17,8 @@ gives the request its list of embeddings.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -77,14 +79,16 @@ class RowStop(StoppingCriteria):
         start: int,
         max_tokens: torch.Tensor,
         eos: list[int],
-        stop_set: torch.Tensor,
-        stop_criteria: list[StopStringCriteria],
+        stops: np.ndarray,
+        criterion: Callable[[tuple[str, ...]], StopStringCriteria],
     ) -> None:
         self.start = start
         self.max_tokens = max_tokens
         self.eos = torch.tensor(eos, dtype=torch.long, device=max_tokens.device)
-        self.stop_set = stop_set
-        self.stop_criteria = stop_criteria
+        self.stop_rows = [  # (criterion, the rows that stop at its strings) for each set of stop strings here
+            (criterion(group), torch.tensor([s == group for s in stops], device=max_tokens.device))
+            for group in dict.fromkeys(s for s in stops if s)
+        ]
         self.length = torch.full_like(max_tokens, -1)
         self.reason = torch.full_like(max_tokens, OPEN)
 
@@ -101,16 +105,14 @@ class RowStop(StoppingCriteria):
 
     def _stopped(self, input_ids: torch.LongTensor, scores: Any) -> torch.Tensor:
         hit = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        for index, criterion in enumerate(self.stop_criteria):
-            rows = self.stop_set == index
-            if bool(rows.any()):
-                hit |= rows & criterion(input_ids, scores).to(hit.device)
+        for criterion, rows in self.stop_rows:
+            hit |= rows & criterion(input_ids, scores).to(hit.device)
         return hit
 
 
 def generate_rows(
     model: torch.nn.Module, tokenizer: Any, inputs: dict[str, torch.Tensor], extra: dict[str, np.ndarray],
-    stop_criteria: list[StopStringCriteria],
+    criterion: Callable[[tuple[str, ...]], StopStringCriteria],
 ) -> dict[str, Any]:
     """One ``model.generate`` over rows with their own settings: each row's tokens (eos kept) and why it ended."""
     device = inputs["input_ids"].device
@@ -121,7 +123,7 @@ def generate_rows(
 
     sampler = RowSampler(tensor("key"), tensor("temperature"), tensor("top_p"), start)
     eos = eos_ids(model, tokenizer)
-    stopper = RowStop(start, tensor("max_tokens"), eos, tensor("stop"), stop_criteria)
+    stopper = RowStop(start, tensor("max_tokens"), eos, extra["stop"], criterion)
     sequences = model.generate(
         **inputs,
         max_new_tokens=int(extra["max_tokens"].max()),
@@ -165,8 +167,7 @@ class ChatCompletions(Task):
             )
         positions = getattr(self.config, "max_position_embeddings", None)
         self.positions = positions if isinstance(positions, int) and positions > 0 else None
-        self.stop_sets: dict[tuple[str, ...], int] = {}
-        self.stop_criteria: list[StopStringCriteria] = []
+        self.stop_criteria = StopCriteria(self.tokenizer)
 
     def encode(self, texts: list[str], columns: dict[str, list[Any]]) -> Features:
         errors: dict[int, str] = {}
@@ -190,8 +191,7 @@ class ChatCompletions(Task):
             if problem:
                 errors[i] = problem
                 continue
-            choices.add(i, tokens, request, self._seed(request, ids[i]), self._stop_set(request.stops()),
-                        self.options.max_new_tokens)
+            choices.add(i, tokens, request, self._seed(request, ids[i]), self.options.max_new_tokens)
         features = choices.features()
         features.errors = errors
         return features
@@ -222,17 +222,8 @@ class ChatCompletions(Task):
             return int(row_seeds(request.seed, ["openai-seed"])[0])
         return int(row_seeds(self.seed, [row_id])[0])
 
-    def _stop_set(self, stops: tuple[str, ...]) -> int:
-        """The index of a set of stop strings (-1: none); each set's criterion is built once per actor."""
-        if not stops:
-            return -1
-        if stops not in self.stop_sets:
-            self.stop_sets[stops] = len(self.stop_criteria)
-            self.stop_criteria.append(StopStringCriteria(self.tokenizer, list(stops)))
-        return self.stop_sets[stops]
-
     def forward(self, model, inputs, extra):
-        return generate_rows(model, self.tokenizer, inputs, extra, self.stop_criteria)
+        return generate_rows(model, self.tokenizer, inputs, extra, self.stop_criteria.get)
 
     def postprocess(self, outputs: Outputs, features: Features, n_rows: int) -> dict[str, pa.Array]:
         tokens = outputs.listed("tokens")
@@ -240,10 +231,9 @@ class ChatCompletions(Task):
         texts = self.tokenizer.batch_decode(
             [(t[:-1] if r == EOS else t).tolist() for t, r in zip(tokens, reasons)], skip_special_tokens=True
         )
-        stops = {index: stops for stops, index in self.stop_sets.items()}
         per_row: dict[str, list[Any]] = {name: [[] for _ in range(n_rows)] for name in ("text", "tokens", "finish")}
         for i, row in enumerate(features.row):
-            text, finish = _cut(texts[i], stops.get(int(features.extra["stop"][i]), ()), FINISH[int(reasons[i])])
+            text, finish = _cut(texts[i], features.extra["stop"][i], FINISH[int(reasons[i])])
             per_row["text"][row].append(text)
             per_row["tokens"][row].append(len(tokens[i]))
             per_row["finish"][row].append(finish)
@@ -276,15 +266,19 @@ class _Choices:
             name: [] for name in ("row", "choice", "seed", "temperature", "top_p", "max_tokens", "stop")
         }
 
-    def add(self, row: int, tokens: list[int], request: ChatRequest, seed: int, stop: int, default: int) -> None:
+    def add(self, row: int, tokens: list[int], request: ChatRequest, seed: int, default: int) -> None:
         for choice in range(request.n):
             self.tokens.append(tokens)
-            values = (row, choice, seed, request.temperature, request.top_p, request.new_tokens(default), stop)
+            values = (row, choice, seed, request.temperature, request.top_p, request.new_tokens(default),
+                      request.stops())
             for name, value in zip(self.columns, values):
                 self.columns[name].append(value)
 
     def features(self) -> Features:
-        column = {name: np.asarray(values) for name, values in self.columns.items()}
+        column = {name: np.asarray(values) for name, values in self.columns.items() if name != "stop"}
+        stops = np.empty(len(self.tokens), dtype=object)  # a tuple of stop strings per feature
+        for i, group in enumerate(self.columns["stop"]):
+            stops[i] = group
         keys = torch.zeros(len(self.tokens), dtype=torch.int64)
         for choice in np.unique(column["choice"]).tolist():  # one noise stream per choice index
             picked = torch.from_numpy(np.flatnonzero(column["choice"] == choice))
@@ -294,12 +288,29 @@ class _Choices:
             "temperature": column["temperature"].astype(np.float64),
             "top_p": column["top_p"].astype(np.float64),
             "max_tokens": column["max_tokens"].astype(np.int64),
-            "stop": column["stop"].astype(np.int64),
+            "stop": stops,
             "choice": column["choice"].astype(np.int64),
         }
         return Features(
             tokens={"input_ids": Ragged.from_lists(self.tokens)}, row=column["row"].astype(np.int64), extra=extra
         )
+
+
+class StopCriteria:
+    """Stop-string criteria by set of strings, built when first needed and kept for the most recent sets."""
+
+    def __init__(self, tokenizer: Any, keep: int = 64) -> None:
+        self.tokenizer = tokenizer
+        self.keep = keep
+        self.built: OrderedDict[tuple[str, ...], StopStringCriteria] = OrderedDict()
+
+    def get(self, stops: tuple[str, ...]) -> StopStringCriteria:
+        if stops not in self.built:
+            self.built[stops] = StopStringCriteria(self.tokenizer, list(stops))
+            if len(self.built) > self.keep:
+                self.built.popitem(last=False)
+        self.built.move_to_end(stops)
+        return self.built[stops]
 
 
 def _cut(text: str, stops: tuple[str, ...], finish: str) -> tuple[str, str]:
