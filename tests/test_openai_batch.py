@@ -108,6 +108,27 @@ def test_request_lines_become_rows_and_what_is_no_request_keeps_its_row_with_the
     ]
 
 
+@pytest.mark.parametrize(("change", "message"), [
+    ({"input": {"format": "jsonl"}}, "output.format openai-batch answers the requests of an OpenAI Batch file"),
+    ({"task": {"type": "zero-shot-classification", "candidate_labels": ["a"]}},
+     "runs task.type text-generation (/v1/chat/completions) or feature-extraction"),
+    ({"task": {"type": "text-generation", "temperature": 0.5}}, "task.temperature: with input.format openai-batch"),
+    ({"input": {"columns_to_keep": ["url"]}}, "an OpenAI Batch file has no columns to keep"),
+])
+def test_a_batch_job_is_checked_before_any_work(change, message):
+    from pipelines.errors import PipelineError
+    from pipelines.spec import spec_from_dict
+
+    raw = {"input": {"paths": ["in"], "format": "openai-batch"}, "model": {"name": "m"},
+           "task": {"type": "text-generation", "max_new_tokens": 9}, "output": {"path": "out", "format": "openai-batch"}}
+    spec = spec_from_dict(raw)
+    assert spec.output_columns() == ["id", "generated_text", "prompt_tokens", "generated_tokens", "finish_reason"]
+    for section, values in change.items():
+        raw[section] = {**raw[section], **values} if section == "input" else values
+    with pytest.raises(PipelineError, match=re.escape(message)):
+        spec_from_dict(raw)
+
+
 # chat completions: every request with its own settings ----------------------------------------------------
 
 
@@ -138,6 +159,7 @@ def test_each_request_keeps_its_own_settings_whatever_the_batch(tiny_models):
         embedding_line("embeddings", "hello"),
     ]
     together = answers(predictor, lines)
+    assert predictor.spec.prediction_columns() == predictor.schema.names  # what staging writes is what it predicts
     for line in lines[:7]:  # each answer is the one it gets alone
         alone = answers(predictor, [line])[line["custom_id"]]
         assert alone["generated_text"] == together[line["custom_id"]]["generated_text"], line["custom_id"]
@@ -182,7 +204,9 @@ def test_a_stop_string_ends_the_text_before_it(tiny_models):
 def test_embedding_requests_get_the_feature_extraction_embedding_of_each_input(tiny_models):
     model = tiny_models("encoder")
     spec = make_spec(model, {"type": "feature-extraction"}, input={"format": "openai-batch"})
-    got = answers(Predictor(spec), [
+    predictor = Predictor(spec)
+    assert spec.prediction_columns() == predictor.schema.names == ["embeddings", "prompt_tokens"]
+    got = answers(predictor, [
         embedding_line("one", "The cat sat on the mat."),
         embedding_line("list", ["London is the capital.", "The cat sat on the mat.", "ok"], dimensions=32),
         embedding_line("wrong-size", "x", dimensions=3),
