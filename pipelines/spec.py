@@ -235,7 +235,11 @@ def openai_batch_problem(spec: JobSpec) -> str | None:
             f"(/v1/embeddings), not {spec.task.type}"
         )
     fields = type(spec.task).model_fields
-    fixed = [name for name, info in fields.items() if name not in allowed and getattr(spec.task, name) != info.default]
+    fixed = [
+        name
+        for name, info in fields.items()
+        if name not in allowed and getattr(spec.task, name) != info.get_default(call_default_factory=True)
+    ]
     if fixed:
         return (
             f"task.{fixed[0]}: with input.format openai-batch each request sets its own options; remove it from the "
