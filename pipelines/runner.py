@@ -37,10 +37,11 @@ from pipelines.io.reader import (
 from pipelines.io.shards import Shard, is_within, list_shards, resolve
 from pipelines.output import report as pages
 from pipelines.output import summary as summaries
-from pipelines.output.commit import OutputDir, changed_inputs
+from pipelines.output.commit import OutputDir, OutputFiles, changed_inputs
 from pipelines.output.duplicates import DuplicateIds
 from pipelines.output.layout import RUN, RUN_LOCK
 from pipelines.output.lock import output_lock
+from pipelines.output.openai_batch import OpenAIBatchFiles
 from pipelines.output.records import CommitRecord, Fidelity, JobRecord, ModelRef, RunSummary, Unreadable
 from pipelines.output.staging import StagingConfig, StagingReport
 from pipelines.spec import JobSpec
@@ -89,6 +90,18 @@ def staging_config(spec: JobSpec, shards: list[Shard]) -> StagingConfig:
         shard_uris={s.key: s.uri for s in shards},
         truth_column=spec.input.label_column,
         predicted_column=predicted if predicted in spec.prediction_columns() else None,
+    )
+
+
+def output_files(spec: JobSpec) -> OutputFiles | None:
+    """The format of the committed files: None for Parquet, the default."""
+    if spec.output.format != "openai-batch":
+        return None
+    return OpenAIBatchFiles(
+        "chat" if spec.task.type == "text-generation" else "embeddings",
+        spec.input.id_column or "id",
+        spec.model.name,
+        spec.output.prediction_prefix,
     )
 
 
@@ -399,7 +412,7 @@ def execute(
         screen = DuplicateIds(output.fs, output.root, spec.input.id_column or "id", list(output.commits().values()))
     settings = partial(
         output.commit, job=job, compression=spec.output.compression, row_group_rows=spec.output.row_group_rows,
-        screen=screen, before_visible=before_visible,
+        screen=screen, before_visible=before_visible, files=output_files(spec),
     )
 
     def commit(shard: Shard, reports: list[StagingReport], **kwargs: Any) -> CommitRecord:

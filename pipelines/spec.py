@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipelines.errors import PipelineError
+from pipelines.tasks.openai_requests import OUTPUT_NAMES as OPENAI_OUTPUT_NAMES
 from pipelines.tasks.options import TASK_OPTIONS, AnyTaskOptions
 
 
@@ -29,7 +30,7 @@ class Strict(BaseModel):
 
 class InputSpec(Strict):
     paths: list[str] = Field(min_length=1, description="Files, directories or globs; local or any pyarrow URI.")
-    format: Literal["auto", "parquet", "jsonl"] = "auto"
+    format: Literal["auto", "parquet", "jsonl", "openai-batch"] = "auto"
     text_column: str = "text"
     id_column: str | None = "id"
     columns_to_keep: list[str] = Field(default_factory=list)
@@ -124,6 +125,9 @@ class OutputSpec(Strict):
     prediction_prefix: str = Field(default="", description="Prepended to every prediction column's name.")
     row_group_rows: int = Field(default=100_000, gt=0, description="Rows per Parquet row group of a shard's file.")
     compression: Literal["zstd", "snappy", "gzip", "lz4", "brotli", "none"] = "zstd"
+    format: Literal["parquet", "openai-batch"] = Field(
+        default="parquet", description="parquet, or openai-batch: the Batch API's output and error files (JSONL)."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -201,8 +205,17 @@ class JobSpec(Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _openai_batch(self) -> JobSpec:
+        problem = openai_batch_problem(self)
+        if problem:
+            raise ValueError(problem)
+        return self
+
     def prediction_columns(self) -> list[str]:
         names = self.task.output_names()
+        if self.input.format == "openai-batch":  # the columns an answer to a request is made of
+            names = OPENAI_OUTPUT_NAMES.get(self.task.type, names)
         return [self.output.prediction_prefix + name for name in names]
 
     def output_columns(self) -> list[str]:
@@ -222,8 +235,47 @@ class JobSpec(Strict):
         for where in ("device", "cache_dir"):
             relevant["model"].pop(where)
         relevant["model"].pop("fidelity")  # a check before the run, not a setting of the results
+        if self.output.format != "parquet":  # other files; parquet outputs keep the hash they had before
+            relevant["output_format"] = self.output.format
         blob = json.dumps(relevant, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+#: The task options an OpenAI Batch job may set: the requests set the rest, each its own.
+OPENAI_TASK_OPTIONS = {
+    "text-generation": {"type", "max_new_tokens"},
+    "feature-extraction": {"type", "pooling", "normalize"},
+}
+
+
+def openai_batch_problem(spec: JobSpec) -> str | None:
+    """What is wrong with a job that reads or writes OpenAI Batch files; None when nothing is."""
+    if spec.output.format == "openai-batch" and spec.input.format != "openai-batch":
+        return "output.format openai-batch answers the requests of an OpenAI Batch file: set input.format openai-batch"
+    if spec.input.format != "openai-batch":
+        return None
+    allowed = OPENAI_TASK_OPTIONS.get(spec.task.type)
+    if allowed is None:
+        return (
+            f"input.format openai-batch runs task.type text-generation (/v1/chat/completions) or feature-extraction "
+            f"(/v1/embeddings), not {spec.task.type}"
+        )
+    fields = type(spec.task).model_fields
+    fixed = [
+        name
+        for name, info in fields.items()
+        if name not in allowed and getattr(spec.task, name) != info.get_default(call_default_factory=True)
+    ]
+    if fixed:
+        return (
+            f"task.{fixed[0]}: with input.format openai-batch each request sets its own options; remove it from the "
+            "job (task.max_new_tokens is the max_tokens of requests that give none)"
+        )
+    if spec.input.columns_to_keep or spec.input.label_column:
+        return "input.columns_to_keep and label_column: an OpenAI Batch file has no columns to keep; remove them"
+    if spec.input.id_column is None:
+        return "input.id_column: the custom_id of each request is its id; name its output column (default id)"
+    return None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

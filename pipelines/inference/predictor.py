@@ -39,7 +39,7 @@ class Predictor:
         self.spec = spec if isinstance(spec, JobSpec) else JobSpec.model_validate(spec)
         torch.set_num_threads(self.spec.compute.torch_threads(usable_cpus()))
         hide_loading_bars()
-        implementation = task_class(self.spec.task.type)
+        implementation = task_class(self.spec.task.type, self.spec.input.format)
         config = load_config(self.spec.model)
         self.loaded = load_model(
             self.spec.model,

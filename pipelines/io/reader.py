@@ -102,6 +102,10 @@ def content_digest(raw: bytes) -> str:
 def _read_table(shard: Shard, data: bytes, columns: Columns) -> pa.Table:
     if shard.compressed:
         data = gzip.decompress(data)
+    if shard.format == "openai-batch":
+        from pipelines.io.openai_batch import read_requests  # it reads lines with parse_line, from here
+
+        return read_requests(data, columns.id_name, columns.text)
     if shard.format == "parquet":
         parquet = pq.ParquetFile(io.BytesIO(data))
         present = [c for c in columns.all if c in parquet.schema_arrow.names]
@@ -153,7 +157,7 @@ def _read_jsonl_lines(data: bytes, columns: Columns) -> pa.Table:
     for line in data.split(b"\n"):
         if not line.strip():
             continue
-        record, error = _parse_line(line)
+        record, error = parse_line(line)
         records.append(record)
         errors.append(error)
     table = {}
@@ -181,7 +185,7 @@ def _strings_only(name: str, values: list[Any], errors: list[str | None]) -> tup
     return kept, reasons
 
 
-def _parse_line(line: bytes) -> tuple[dict[str, Any], str | None]:
+def parse_line(line: bytes) -> tuple[dict[str, Any], str | None]:
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -31,7 +31,7 @@ class Shard:
 
     uri: str
     path: str
-    format: Literal["parquet", "jsonl"]
+    format: Literal["parquet", "jsonl", "openai-batch"]
     compressed: bool
     size: int
     mtime_ns: int | None
@@ -73,6 +73,8 @@ def detect_format(path: str, wanted: str) -> tuple[str, bool] | None:
     stem = name[:-3] if compressed else name
     ext = os.path.splitext(stem)[1].lower()
     found = FORMATS.get(ext)
+    if wanted == "openai-batch":  # JSON lines of requests; Parquet files are not taken for them
+        return None if found == "parquet" else (wanted, compressed)
     if wanted != "auto":
         return None if found and found != wanted else (wanted, compressed)
     return (found, compressed) if found else None

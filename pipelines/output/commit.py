@@ -27,7 +27,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -55,11 +56,41 @@ log = logging.getLogger(__name__)
 
 #: The largest object one S3 CopyObject request copies (the commit's move into place is one copy).
 S3_COPY_LIMIT = 5 * 1024**3
-DATA_STAGED = "commit-data.parquet"
-ERRORS_STAGED = "commit-errors.parquet"
+DATA_STAGED = "commit-data"  # + the final file's suffix: commit-data.parquet, commit-data.jsonl
+ERRORS_STAGED = "commit-errors"
 
 #: Filters a shard's merged data before it is committed: (data, shard) → (kept data, quarantined rows).
 Screen = Callable[[pa.Table, Shard], tuple[pa.Table, pa.Table | None]]
+
+
+class OutputFiles(Protocol):
+    """How a shard's merged rows and quarantined rows are written: the final files' format."""
+
+    suffix: ClassVar[str]
+
+    def write_data(self, table: pa.Table, stream: Any) -> None: ...
+
+    def write_errors(self, table: pa.Table, stream: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class ParquetFiles:
+    """The default: plain Parquet, one row group per ``row_group_rows``."""
+
+    compression: str = "zstd"
+    row_group_rows: int = 100_000
+    suffix: ClassVar[str] = ".parquet"
+
+    def write_data(self, table: pa.Table, stream: Any) -> None:
+        codec = None if self.compression == "none" else self.compression
+        pq.write_table(table, stream, compression=codec, row_group_size=self.row_group_rows)
+
+    write_errors = write_data
+
+
+def staged_name(kind: str, final: str) -> str:
+    """The name a committed file waits under in its shard's staging folder (``kind``: DATA_ or ERRORS_STAGED)."""
+    return kind + final[final.rfind(".") :]
 
 
 class OutputDir:
@@ -211,18 +242,26 @@ class OutputDir:
         screen: Screen | None = None,
         before_visible: Callable[[Shard], None] | None = None,
         unreadable: Unreadable | None = None,
+        files: OutputFiles | None = None,
     ) -> CommitRecord:
-        """Commit a shard whose rows are all staged: merge, record, then reveal in one rename."""
+        """Commit a shard whose rows are all staged: merge, record, then reveal in one rename.
+
+        ``files`` is the format of the final files (default: Parquet with ``compression`` and ``row_group_rows``).
+        """
         folder = f"{STAGING}/{shard.key}"
-        writer = _Merger(self.fs, f"{self.root}/{folder}", compression, row_group_rows)
+        files = files or ParquetFiles(compression, row_group_rows)
+        final = layout.part_name(shard.key, 0, files.suffix)
+        writer = _Merger(self.fs, f"{self.root}/{folder}")
         data_rows, quarantined = writer.merge(
-            [f for r in reports for f in r.files], DATA_STAGED, screen=screen, shard=shard
+            [f for r in reports for f in r.files], staged_name(DATA_STAGED, final), files.write_data,
+            screen=screen, shard=shard,
         )
         error_files = [f for r in reports for f in r.error_files]
-        error_rows, _ = writer.merge(error_files, ERRORS_STAGED, extra=quarantined)
-        for name, rows in ((DATA_STAGED, data_rows), (ERRORS_STAGED, error_rows)):
+        error_rows, _ = writer.merge(error_files, staged_name(ERRORS_STAGED, final), files.write_errors,
+                                     extra=quarantined)
+        for kind, rows in ((DATA_STAGED, data_rows), (ERRORS_STAGED, error_rows)):
             if rows:
-                self._check_copyable(f"{self.root}/{folder}/{name}", shard)
+                self._check_copyable(f"{self.root}/{folder}/{staged_name(kind, final)}", shard)
         confusion: dict[str, dict[str, int]] = {}
         reasons: dict[str, int] = {}
         for report in reports:
@@ -249,8 +288,8 @@ class OutputDir:
             blocks=[r.block() for r in reports],
             confusion=confusion,
             reasons=reasons,
-            files=[layout.part_name(shard.key, 0)] if data_rows else [],
-            error_files=[f"{ERRORS}/{layout.part_name(shard.key, 0)}"] if error_rows else [],
+            files=[final] if data_rows else [],
+            error_files=[f"{ERRORS}/{final}"] if error_rows else [],
             committed_at=time.time(),
             unreadable=unreadable,
         )
@@ -268,7 +307,7 @@ class OutputDir:
         folder = f"{self.root}/{STAGING}/{key}"
         for staged, final in ((ERRORS_STAGED, record.error_files), (DATA_STAGED, record.files)):
             for relative in final:
-                source = f"{folder}/{staged}"
+                source = f"{folder}/{staged_name(staged, relative)}"
                 if self.fs.get_file_info(source).type != pafs.FileType.File:
                     continue  # already in place
                 self._move(source, f"{self.root}/{relative}")
@@ -307,18 +346,17 @@ class OutputDir:
 
 
 class _Merger:
-    """Merges staged Parquet files into one file of a shard's staging folder, a row group per part."""
+    """Merges staged Parquet files into one file of a shard's staging folder, written by ``write``."""
 
-    def __init__(self, fs: pafs.FileSystem, folder: str, compression: str, row_group_rows: int) -> None:
+    def __init__(self, fs: pafs.FileSystem, folder: str) -> None:
         self.fs = fs
         self.folder = folder
-        self.compression = None if compression == "none" else compression
-        self.row_group_rows = row_group_rows
 
     def merge(
         self,
         paths: list[str],
         name: str,
+        write: Callable[[pa.Table, Any], None],
         *,
         screen: Screen | None = None,
         shard: Shard | None = None,
@@ -341,7 +379,7 @@ class _Merger:
         target = f"{self.folder}/{name}"
         tmp = f"{target}{layout.TMP_SUFFIX}"
         with self.fs.open_output_stream(tmp) as stream:
-            pq.write_table(table, stream, compression=self.compression, row_group_size=self.row_group_rows)
+            write(table, stream)
         self.fs.move(tmp, target)
         return table.num_rows, taken
 
@@ -361,9 +399,9 @@ def in_input_order(table: pa.Table) -> pa.Table:
 def _placeable(record: CommitRecord, existing: set[str], staged: set[str]) -> bool:
     """Whether each of a record's files is in place or waits in its staging folder."""
     folder = f"{STAGING}/{record.shard}"
-    for staged_name, finals in ((ERRORS_STAGED, record.error_files), (DATA_STAGED, record.files)):
+    for kind, finals in ((ERRORS_STAGED, record.error_files), (DATA_STAGED, record.files)):
         for relative in finals:
-            if relative not in existing and f"{folder}/{staged_name}" not in staged:
+            if relative not in existing and f"{folder}/{staged_name(kind, relative)}" not in staged:
                 return False
     return True
 

@@ -15,6 +15,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipelines.io.shards import Shard
+from pipelines.output.openai_batch import OpenAIBatchFiles, read_custom_ids
 from pipelines.output.records import CommitRecord
 
 REASON = "duplicate id"
@@ -30,6 +31,8 @@ class DuplicateIds:
                 self._remember(self._ids(f"{root}/{name}"))
 
     def _ids(self, path: str) -> pa.Array:
+        if path.endswith(OpenAIBatchFiles.suffix):
+            return read_custom_ids(self.fs, path)
         with self.fs.open_input_file(path) as handle:
             return pq.read_table(handle, columns=[self.id_column]).column(0).combine_chunks().cast(pa.string())
 

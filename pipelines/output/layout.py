@@ -4,6 +4,7 @@ One job's output directory::
 
     part-<shard>-<n>.parquet        predictions (plain Parquet; readers skip the ``_`` entries)
     _errors/part-<shard>-<n>.parquet    quarantined rows with their reasons
+                                    (.jsonl for both with output.format: openai-batch)
     _commits/<shard>.json           one record per committed shard
     _job.json                       the spec (and its hash) these results belong to
     _staging/<shard>/...            files of shards not yet committed
@@ -50,17 +51,19 @@ PARTITION = "run="
 
 PART_PREFIX = "part-"
 PART_SUFFIX = ".parquet"
+#: The suffixes of committed part files: Parquet, or JSON lines (output.format: openai-batch).
+PART_SUFFIXES = (PART_SUFFIX, ".jsonl")
 TMP_SUFFIX = ".tmp"
 
 
-def part_name(shard_key: str, n: int) -> str:
+def part_name(shard_key: str, n: int, suffix: str = PART_SUFFIX) -> str:
     """The name of a shard's n-th committed data (or error) file."""
-    return f"{PART_PREFIX}{shard_key}-{n:05d}{PART_SUFFIX}"
+    return f"{PART_PREFIX}{shard_key}-{n:05d}{suffix}"
 
 
 def is_part_file(name: str) -> bool:
     """Whether a file name is one of this project's committed part files."""
-    return name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX)
+    return name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIXES)
 
 
 def part_shard(name: str) -> str | None:

@@ -41,7 +41,7 @@ def load_task(spec: JobSpec) -> TaskContext:
     from pipelines.inference.loading import effective_max_length, load_config, load_tokenizer
     from pipelines.tasks import task_class
 
-    implementation = task_class(spec.task.type)
+    implementation = task_class(spec.task.type, spec.input.format)
     config = load_config(spec.model)
     tokenizer = load_tokenizer(spec.model, implementation.padding_side)
     max_length = effective_max_length(tokenizer, config, spec.batching.max_length)

@@ -2,7 +2,9 @@
 
 Owns: every task's options (:mod:`.options`, light: pydantic only), the task
 contract and the shared label logic (:mod:`.base`), prompt building for decoder
-models (:mod:`.prompts`), and one module per task. A task module may import
+models (:mod:`.prompts`), one module per task, and the OpenAI Batch requests
+(:mod:`.openai_requests`, light: pydantic and :mod:`pipelines.io.openai_batch`'s
+names; :mod:`.openai_batch`, the tasks that answer them). A task module may import
 torch, transformers, numpy, pyarrow, :mod:`pipelines.errors` and
 :mod:`pipelines.inference.batching`; never Ray, the output layout or the runner.
 :func:`task_class` loads a task's implementation only when it is asked for, so
@@ -32,11 +34,17 @@ IMPLEMENTATIONS: dict[str, tuple[str, str]] = {
     "token-classification": ("token_classification", "TokenClassification"),
     "llm-label": ("llm_label", "LLMLabel"),
 }
+#: The implementations that answer the requests of an OpenAI Batch file (``input.format: openai-batch``).
+OPENAI_IMPLEMENTATIONS: dict[str, tuple[str, str]] = {
+    "text-generation": ("openai_batch", "ChatCompletions"),
+    "feature-extraction": ("openai_batch", "Embeddings"),
+}
 
 
-def task_class(name: str) -> type[Task]:
-    """The implementation of the task called ``name`` (imports torch and transformers)."""
-    module, attribute = IMPLEMENTATIONS[name]
+def task_class(name: str, input_format: str = "auto") -> type[Task]:
+    """The implementation of the task called ``name`` for this input format (imports torch and transformers)."""
+    table = OPENAI_IMPLEMENTATIONS if input_format == "openai-batch" else IMPLEMENTATIONS
+    module, attribute = table[name]
     return getattr(importlib.import_module(f"pipelines.tasks.{module}"), attribute)
 
 

@@ -1,0 +1,75 @@
+"""Reading an OpenAI Batch input file: one request per line, ``custom_id`` as the row id.
+
+Each non-blank line is ``{"custom_id", "method": "POST", "url", "body": {...}}``. A line
+becomes a row whose id column holds its ``custom_id`` and whose text column holds
+``{"url": ..., "body": ...}`` as JSON text, for the task to read (the body's options are
+the task's business: :mod:`pipelines.tasks.openai_requests`). A line that is not such a
+request keeps its row, with the reason in ``_error``: nothing is lost.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow as pa
+
+from pipelines.io.block import ERROR
+from pipelines.io.reader import parse_line
+
+CHAT_URL = "/v1/chat/completions"
+EMBEDDINGS_URL = "/v1/embeddings"
+URLS = (CHAT_URL, EMBEDDINGS_URL)
+LINE_KEYS = frozenset({"custom_id", "method", "url", "body"})
+
+
+def read_requests(data: bytes, id_column: str, text_column: str) -> pa.Table:
+    """The requests of a Batch file: ``id_column`` (custom_id), ``text_column`` (url and body), ``_error``."""
+    ids: list[str | None] = []
+    texts: list[str | None] = []
+    errors: list[str | None] = []
+    for line in data.split(b"\n"):
+        if not line.strip():
+            continue
+        record, error = parse_line(line)
+        custom_id, text, problem = _request(record) if error is None else (None, None, error)
+        ids.append(custom_id)
+        texts.append(text)
+        errors.append(problem)
+    return pa.table(
+        {
+            id_column: pa.array(ids, pa.string()),
+            text_column: pa.array(texts, pa.string()),
+            ERROR: pa.array(errors, pa.string()),
+        }
+    )
+
+
+def _request(record: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """(custom_id, request text, error) of one parsed line."""
+    custom_id = record.get("custom_id")
+    shown_id = custom_id if isinstance(custom_id, str) or custom_id is None else json.dumps(custom_id)
+    problem = _envelope_problem(record)
+    if problem:
+        return shown_id, None, problem
+    text = json.dumps({"url": record["url"], "body": record["body"]}, ensure_ascii=False)
+    return custom_id, text, None
+
+
+def _envelope_problem(record: dict[str, Any]) -> str | None:
+    custom_id = record.get("custom_id")
+    if custom_id is None:
+        return "custom_id is missing"
+    if not isinstance(custom_id, str) or not custom_id:
+        return f"custom_id must be a non-empty string (got {json.dumps(custom_id)})"
+    extra = sorted(set(record) - LINE_KEYS)
+    if extra:
+        return f"unknown key {extra[0]!r} in the request line (custom_id, method, url, body)"
+    if record.get("method") != "POST":
+        return f"method must be POST (got {json.dumps(record.get('method'))})"
+    url = record.get("url")
+    if url not in URLS:
+        return f"url {json.dumps(url)} is not supported; this project serves {' and '.join(URLS)}"
+    if not isinstance(record.get("body"), dict):
+        return "body must be a JSON object"
+    return None

@@ -1,0 +1,377 @@
+"""The tasks that answer OpenAI Batch requests: chat completions and embeddings, each request with its own settings.
+
+``ChatCompletions`` renders each request's messages through the model's chat template and
+generates ``n`` choices per request. Rows of one micro-batch may ask for different
+``temperature``, ``top_p``, ``seed``, ``max_tokens`` and ``stop``: every choice is one feature
+carrying its own settings, and one ``model.generate`` call serves them all through two
+per-row hooks: :class:`RowSampler` (temperature and top-p per row, then the row's own
+Gumbel noise, as in :mod:`pipelines.tasks.generation`; temperature 0 is greedy) and
+:class:`RowStop` (each row ends at its end-of-sequence token, its stop strings or its
+``max_tokens``, and remembers which). Sampling is reproducible: a choice's noise depends
+on its request's ``seed`` (else the job's seed and the ``custom_id``), its index and the
+step, never on the rows batched beside it.
+
+``Embeddings`` embeds each string of a request's ``input`` (one feature per string) and
+gives the request its list of embeddings.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers.generation.stopping_criteria import StopStringCriteria
+
+from pipelines.errors import PipelineError
+from pipelines.inference.batching import Ragged
+from pipelines.tasks.base import ROW_ID, Features, Outputs, Task, vectors
+from pipelines.tasks.feature_extraction import embed
+from pipelines.tasks.generation import eos_ids, row_seeds, seed_keys, uniform_noise
+from pipelines.tasks.openai_requests import ChatRequest, EmbeddingRequest, parse_request
+from pipelines.tasks.options import FeatureExtractionOptions, TextGenerationOptions
+
+#: Why a choice ended (``RowStop.reason``), and the finish_reason each is reported as.
+OPEN, EOS, STOP, LENGTH = -1, 0, 1, 2
+FINISH = {EOS: "stop", STOP: "stop", LENGTH: "length"}
+
+
+# per-row generation settings ----------------------------------------------------------------
+
+
+class RowSampler(LogitsProcessor):
+    """Each row's temperature and top-p, then its own Gumbel noise; rows with temperature 0 stay greedy."""
+
+    def __init__(self, keys: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, start: int) -> None:
+        self.keys = keys
+        self.sampled = temperature > 0
+        self.temperature = torch.where(self.sampled, temperature, torch.ones_like(temperature))
+        self.top_p = top_p
+        self.start = start
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores = scores / self.temperature[:, None].to(scores.dtype)
+        if bool((self.top_p < 1).any()):
+            scores = top_p_filter(scores, self.top_p)
+        step = input_ids.shape[1] - self.start
+        gumbel = -torch.log(-torch.log(uniform_noise(self.keys, step, scores.shape[1])))
+        return scores + torch.where(self.sampled[:, None], gumbel, 0.0).to(scores.dtype)
+
+
+def top_p_filter(scores: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Keep, per row, the most likely tokens holding ``top_p`` of the probability (at least one)."""
+    ordered, index = torch.sort(scores, dim=-1, descending=False)
+    cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
+    remove = cumulative <= (1 - top_p)[:, None].to(cumulative.dtype)
+    remove[:, -1] = False
+    return scores.masked_fill(remove.scatter(1, index, remove), float("-inf"))
+
+
+class RowStop(StoppingCriteria):
+    """Ends each row at its own eos token, stop strings or ``max_tokens``; keeps its length and why it ended."""
+
+    def __init__(
+        self,
+        start: int,
+        max_tokens: torch.Tensor,
+        eos: list[int],
+        stops: np.ndarray,
+        criterion: Callable[[tuple[str, ...]], StopStringCriteria],
+    ) -> None:
+        self.start = start
+        self.max_tokens = max_tokens
+        self.eos = torch.tensor(eos, dtype=torch.long, device=max_tokens.device)
+        self.stop_rows = [  # (criterion, the rows that stop at its strings) for each set of stop strings here
+            (criterion(group), torch.tensor([s == group for s in stops], device=max_tokens.device))
+            for group in dict.fromkeys(s for s in stops if s)
+        ]
+        self.length = torch.full_like(max_tokens, -1)
+        self.reason = torch.full_like(max_tokens, OPEN)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        step = input_ids.shape[1] - self.start
+        still = self.reason == OPEN
+        for reason, hit in ((EOS, torch.isin(input_ids[:, -1], self.eos)), (STOP, self._stopped(input_ids, scores)),
+                            (LENGTH, self.max_tokens <= step)):
+            ended = still & hit
+            self.reason[ended] = reason
+            self.length[ended] = step
+            still &= ~ended
+        return self.reason != OPEN
+
+    def _stopped(self, input_ids: torch.LongTensor, scores: Any) -> torch.Tensor:
+        hit = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for criterion, rows in self.stop_rows:
+            hit |= rows & criterion(input_ids, scores).to(hit.device)
+        return hit
+
+
+def generate_rows(
+    model: torch.nn.Module, tokenizer: Any, inputs: dict[str, torch.Tensor], extra: dict[str, np.ndarray],
+    criterion: Callable[[tuple[str, ...]], StopStringCriteria],
+) -> dict[str, Any]:
+    """One ``model.generate`` over rows with their own settings: each row's tokens (eos kept) and why it ended."""
+    device = inputs["input_ids"].device
+    start = inputs["input_ids"].shape[1]
+
+    def tensor(name: str) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(extra[name])).to(device)
+
+    sampler = RowSampler(tensor("key"), tensor("temperature"), tensor("top_p"), start)
+    eos = eos_ids(model, tokenizer)
+    stopper = RowStop(start, tensor("max_tokens"), eos, extra["stop"], criterion)
+    sequences = model.generate(
+        **inputs,
+        max_new_tokens=int(extra["max_tokens"].max()),
+        do_sample=False,
+        num_beams=1,
+        logits_processor=LogitsProcessorList([sampler]),
+        stopping_criteria=StoppingCriteriaList([stopper]),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=eos or None,
+        # neutralise sampling defaults a model's generation_config may carry: sampling is RowSampler's
+        temperature=None,
+        top_k=None,
+        top_p=None,
+        repetition_penalty=1.0,
+    )
+    generated = sequences[:, start:].cpu().numpy()
+    length = stopper.length.cpu().numpy()
+    length[length < 0] = generated.shape[1]
+    tokens = [generated[i, : length[i]] for i in range(len(generated))]
+    return {"tokens": tokens, "reason": stopper.reason.cpu().numpy()}
+
+
+# chat completions ---------------------------------------------------------------------------------
+
+
+class ChatCompletions(Task):
+    """``/v1/chat/completions``: ``n`` choices per request, each a feature with the request's own settings."""
+
+    name = "text-generation"
+    options_model = TextGenerationOptions
+    model_class = "AutoModelForCausalLM"
+    padding_side = "left"  # every prompt ends where generation starts
+    options: TextGenerationOptions
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise PipelineError(
+                "/v1/chat/completions requests: this model's tokenizer has no chat template to render messages "
+                "with; use a chat (instruct) model"
+            )
+        positions = getattr(self.config, "max_position_embeddings", None)
+        self.positions = positions if isinstance(positions, int) and positions > 0 else None
+        self.stop_criteria = StopCriteria(self.tokenizer)
+
+    def encode(self, texts: list[str], columns: dict[str, list[Any]]) -> Features:
+        errors: dict[int, str] = {}
+        requests: dict[int, ChatRequest] = {}
+        prompts: dict[int, str] = {}
+        for i, text in enumerate(texts):
+            request = parse_request(text, self.name)
+            if not isinstance(request, ChatRequest):
+                errors[i] = str(request)
+                continue
+            prompt, problem = self._render(request)
+            if prompt is None:
+                errors[i] = str(problem)
+            else:
+                requests[i], prompts[i] = request, prompt
+        encoded = self.tokenizer(list(prompts.values()), add_special_tokens=False)["input_ids"] if prompts else []
+        ids = columns.get(ROW_ID) or [str(i) for i in range(len(texts))]
+        choices = _Choices()
+        for (i, request), tokens in zip(requests.items(), encoded):
+            problem = self._too_long(len(tokens), request.new_tokens(self.options.max_new_tokens))
+            if problem:
+                errors[i] = problem
+                continue
+            choices.add(i, tokens, request, self._seed(request, ids[i]), self.options.max_new_tokens)
+        features = choices.features()
+        features.errors = errors
+        return features
+
+    def _render(self, request: ChatRequest) -> tuple[str | None, str | None]:
+        """(the request's messages through the chat template, None), or (None, why they can't be rendered)."""
+        conversation = request.conversation()
+        if isinstance(conversation, str):
+            return None, conversation
+        try:
+            return self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False), None
+        except Exception as exc:  # noqa: BLE001 - a template that raises (e.g. roles must alternate) refuses the row
+            return None, f"the model's chat template refused the messages: {str(exc).strip()[:200]}"
+
+    def _too_long(self, prompt: int, new: int) -> str | None:
+        if prompt > self.max_length:
+            return f"prompt is {prompt} tokens, over batching.max_length ({self.max_length}); messages are never cut"
+        if self.positions and prompt + new > self.positions:
+            return (
+                f"prompt ({prompt} tokens) and max_tokens ({new}) exceed the model's context of {self.positions} "
+                "tokens"
+            )
+        return None
+
+    def _seed(self, request: ChatRequest, row_id: str) -> int:
+        """The request's seed, else one from the job's seed and the custom_id (as a 63-bit row seed)."""
+        if request.seed is not None:
+            return int(row_seeds(request.seed, ["openai-seed"])[0])
+        return int(row_seeds(self.seed, [row_id])[0])
+
+    def forward(self, model, inputs, extra):
+        return generate_rows(model, self.tokenizer, inputs, extra, self.stop_criteria.get)
+
+    def postprocess(self, outputs: Outputs, features: Features, n_rows: int) -> dict[str, pa.Array]:
+        tokens = outputs.listed("tokens")
+        reasons = outputs.stacked("reason")
+        texts = self.tokenizer.batch_decode(
+            [(t[:-1] if r == EOS else t).tolist() for t, r in zip(tokens, reasons)], skip_special_tokens=True
+        )
+        per_row: dict[str, list[Any]] = {name: [[] for _ in range(n_rows)] for name in ("text", "tokens", "finish")}
+        for i, row in enumerate(features.row):
+            text, finish = _cut(texts[i], features.extra["stop"][i], FINISH[int(reasons[i])])
+            per_row["text"][row].append(text)
+            per_row["tokens"][row].append(len(tokens[i]))
+            per_row["finish"][row].append(finish)
+        prompt = np.zeros(n_rows, dtype=np.int32)
+        prompt[features.row] = features.lengths
+        return {
+            "generated_text": pa.array(per_row["text"], pa.list_(pa.string())),
+            "prompt_tokens": pa.array(prompt, pa.int32()),
+            "generated_tokens": pa.array(per_row["tokens"], pa.list_(pa.int32())),
+            "finish_reason": pa.array(per_row["finish"], pa.list_(pa.string())),
+        }
+
+    def output_schema(self) -> pa.Schema:
+        return pa.schema(
+            [
+                pa.field("generated_text", pa.list_(pa.string())),
+                pa.field("prompt_tokens", pa.int32()),
+                pa.field("generated_tokens", pa.list_(pa.int32())),
+                pa.field("finish_reason", pa.list_(pa.string())),
+            ]
+        )
+
+
+class _Choices:
+    """Features of a batch of chat requests: one per choice, in (row, choice) order, with its settings."""
+
+    def __init__(self) -> None:
+        self.tokens: list[list[int]] = []
+        self.columns: dict[str, list[Any]] = {
+            name: [] for name in ("row", "choice", "seed", "temperature", "top_p", "max_tokens", "stop")
+        }
+
+    def add(self, row: int, tokens: list[int], request: ChatRequest, seed: int, default: int) -> None:
+        for choice in range(request.n):
+            self.tokens.append(tokens)
+            values = (row, choice, seed, request.temperature, request.top_p, request.new_tokens(default),
+                      request.stops())
+            for name, value in zip(self.columns, values):
+                self.columns[name].append(value)
+
+    def features(self) -> Features:
+        column = {name: np.asarray(values) for name, values in self.columns.items() if name != "stop"}
+        stops = np.empty(len(self.tokens), dtype=object)  # a tuple of stop strings per feature
+        for i, group in enumerate(self.columns["stop"]):
+            stops[i] = group
+        keys = torch.zeros(len(self.tokens), dtype=torch.int64)
+        for choice in np.unique(column["choice"]).tolist():  # one noise stream per choice index
+            picked = torch.from_numpy(np.flatnonzero(column["choice"] == choice))
+            keys[picked] = seed_keys(torch.tensor(column["seed"][picked.numpy()], dtype=torch.int64), choice)
+        extra = {
+            "key": keys.numpy(),
+            "temperature": column["temperature"].astype(np.float64),
+            "top_p": column["top_p"].astype(np.float64),
+            "max_tokens": column["max_tokens"].astype(np.int64),
+            "stop": stops,
+            "choice": column["choice"].astype(np.int64),
+        }
+        return Features(
+            tokens={"input_ids": Ragged.from_lists(self.tokens)}, row=column["row"].astype(np.int64), extra=extra
+        )
+
+
+class StopCriteria:
+    """Stop-string criteria by set of strings, built when first needed and kept for the most recent sets."""
+
+    def __init__(self, tokenizer: Any, keep: int = 64) -> None:
+        self.tokenizer = tokenizer
+        self.keep = keep
+        self.built: OrderedDict[tuple[str, ...], StopStringCriteria] = OrderedDict()
+
+    def get(self, stops: tuple[str, ...]) -> StopStringCriteria:
+        if stops not in self.built:
+            self.built[stops] = StopStringCriteria(self.tokenizer, list(stops))
+            if len(self.built) > self.keep:
+                self.built.popitem(last=False)
+        self.built.move_to_end(stops)
+        return self.built[stops]
+
+
+def _cut(text: str, stops: tuple[str, ...], finish: str) -> tuple[str, str]:
+    """The text up to the first of its stop strings (left out, as the API does), and the finish reason."""
+    found = [at for at in (text.find(stop) for stop in stops) if at >= 0]
+    return (text[: min(found)], "stop") if found else (text, finish)
+
+
+# embeddings ---------------------------------------------------------------------------------------
+
+
+class Embeddings(Task):
+    """``/v1/embeddings``: one feature per input string; each request gets its list of embeddings."""
+
+    name = "feature-extraction"
+    options_model = FeatureExtractionOptions
+    model_class = "AutoModel"
+    options: FeatureExtractionOptions
+
+    def encode(self, texts: list[str], columns: dict[str, list[Any]]) -> Features:
+        errors: dict[int, str] = {}
+        rows: list[int] = []
+        strings: list[str] = []
+        width = self.config.hidden_size
+        for i, text in enumerate(texts):
+            request = parse_request(text, self.name)
+            if isinstance(request, str):
+                errors[i] = request
+            elif not isinstance(request, EmbeddingRequest):
+                errors[i] = "not an embeddings request"
+            elif request.dimensions not in (None, width):
+                errors[i] = (
+                    f"dimensions {request.dimensions}: this model's embeddings have {width}; give {width} or none"
+                )
+            else:
+                rows += [i] * len(request.texts())
+                strings += request.texts()
+        if not strings:
+            return Features(tokens={}, row=np.zeros(0, np.int64), errors=errors)
+        encoding = self.tokenize(strings)
+        features = Features.one_per_row(encoding)
+        features.row = np.asarray(rows, dtype=np.int64)
+        truncated = np.zeros(len(texts), dtype=bool)
+        if encoding["truncated"] is not None:
+            truncated[features.row[encoding["truncated"]]] = True
+        features.truncated = truncated
+        features.errors = errors
+        return features
+
+    def forward(self, model, inputs, extra):
+        return {"embedding": embed(model, inputs, self.options.pooling, self.options.normalize).cpu().numpy()}
+
+    def postprocess(self, outputs: Outputs, features: Features, n_rows: int) -> dict[str, pa.Array]:
+        counts = np.bincount(features.row, minlength=n_rows)
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+        embeddings = pa.ListArray.from_arrays(pa.array(offsets), vectors(outputs.stacked("embedding")))
+        tokens = np.bincount(features.row, weights=features.lengths, minlength=n_rows).astype(np.int32)
+        return {"embeddings": embeddings, "prompt_tokens": pa.array(tokens, pa.int32())}
+
+    def output_schema(self) -> pa.Schema:
+        width = self.config.hidden_size
+        return pa.schema(
+            [pa.field("embeddings", pa.list_(pa.list_(pa.float32(), width))), pa.field("prompt_tokens", pa.int32())]
+        )

@@ -1,0 +1,440 @@
+"""OpenAI Batch files in and out: request lines, per-request settings, and output files the openai package accepts.
+
+The output lines are checked with the ``openai`` package's own pydantic types (ChatCompletion,
+CreateEmbeddingResponse, ErrorObject): each body must validate, and validate to exactly what was written
+(so nothing passed only by being coerced).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import typing
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import yaml
+from helpers import ROOT, make_spec, write_jsonl
+from openai.types import CreateEmbeddingResponse, embedding_create_params
+from openai.types.chat import ChatCompletion, completion_create_params
+from openai.types.shared import ErrorObject
+from pydantic import BaseModel, ConfigDict, TypeAdapter
+
+from pipelines.inference.predictor import Predictor
+from pipelines.io.openai_batch import read_requests
+from pipelines.io.reader import Columns, read_shard
+from pipelines.io.shards import list_shards
+from pipelines.output.openai_batch import error_line
+from pipelines.tasks import openai_requests as requests
+from pipelines.tasks.openai_requests import CHAT_URL, EMBEDDINGS_URL, parse_request
+
+pytestmark = pytest.mark.slow  # tiny models, and one run of the CLI
+
+
+def chat_line(custom_id: str, content: str = "Where is the Eiffel Tower located?", **options) -> dict:
+    """A request line as the OpenAI docs build them."""
+    messages = [{"role": "system", "content": "Answer in one sentence."}, {"role": "user", "content": content}]
+    body = {"model": "gpt-4o-mini", "messages": messages, **options}
+    return {"custom_id": custom_id, "method": "POST", "url": CHAT_URL, "body": body}
+
+
+def embedding_line(custom_id: str, given, **options) -> dict:
+    body = {"model": "text-embedding-3-small", "input": given, **options}
+    return {"custom_id": custom_id, "method": "POST", "url": EMBEDDINGS_URL, "body": body}
+
+
+def rows_of(lines: list[dict]) -> pa.Table:
+    return read_requests("".join(json.dumps(line) + "\n" for line in lines).encode(), "id", "text")
+
+
+# the request options ------------------------------------------------------------------------------
+
+
+def test_every_option_of_the_openai_request_types_is_honoured_or_refused_by_name():
+    chat_options = set(typing.get_type_hints(completion_create_params.CompletionCreateParamsBase)) | {"stream"}
+    classified = [requests.CHAT_HONOURED, requests.CHAT_NO_EFFECT, set(requests.CHAT_REFUSED)]
+    for option in chat_options:
+        assert sum(option in group for group in classified) == 1, option
+    embedding_options = set(typing.get_type_hints(embedding_create_params.EmbeddingCreateParams))
+    assert embedding_options <= requests.EMBEDDING_HONOURED | requests.EMBEDDING_NO_EFFECT
+
+    for option in requests.CHAT_REFUSED:
+        line = chat_line("x", **{option: {"something": "else"}})
+        assert parse_request(rows_of([line]).column("text")[0].as_py(), "text-generation") == (
+            f"unsupported option {option!r}: {requests.CHAT_REFUSED[option][0]} by this project"
+        )
+    unknown = parse_request(rows_of([chat_line("x", bogus=1)]).column("text")[0].as_py(), "text-generation")
+    assert unknown == "unknown option 'bogus' for /v1/chat/completions"
+    defaults = {"logprobs": False, "stream": False, "frequency_penalty": 0, "response_format": {"type": "text"}}
+    honoured = chat_line("x", **defaults, user="u-1", n=2, stop="\n", seed=3, max_completion_tokens=5)
+    request = parse_request(rows_of([honoured]).column("text")[0].as_py(), "text-generation")
+    assert isinstance(request, requests.ChatRequest) and request.n == 2 and request.new_tokens(64) == 5
+
+
+def test_request_lines_become_rows_and_what_is_no_request_keeps_its_row_with_the_reason(tmp_path):
+    lines = [
+        json.dumps(chat_line("fine")),
+        json.dumps({**chat_line("get"), "method": "GET"}),
+        json.dumps({**chat_line("responses"), "url": "/v1/responses"}),
+        json.dumps({**chat_line("no-body"), "body": "hello"}),
+        json.dumps({**chat_line("extra"), "priority": 1}),
+        json.dumps({key: value for key, value in chat_line("x").items() if key != "custom_id"}),
+        json.dumps({**chat_line("x"), "custom_id": 7}),
+        "{not json",
+        "",
+    ]
+    path = tmp_path / "in" / "requests.jsonl"
+    path.parent.mkdir()
+    path.write_text("\n".join(lines))
+    assert [s.format for s in list_shards([str(path.parent)])] == ["jsonl"]  # the format is chosen, not guessed
+    [shard] = list_shards([str(path.parent)], "openai-batch")
+    [block] = list(read_shard(shard, Columns(text="text", id="id")))
+    assert block.column("id").to_pylist() == ["fine", "get", "responses", "no-body", "extra", None, "7", None]
+    errors = block.column("_error").to_pylist()
+    assert errors[0] is None and json.loads(block.column("text")[0].as_py())["url"] == CHAT_URL
+    assert errors[1:] == [
+        'method must be POST (got "GET")',
+        'url "/v1/responses" is not supported; this project serves /v1/chat/completions and /v1/embeddings',
+        "body must be a JSON object",
+        "unknown key 'priority' in the request line (custom_id, method, url, body)",
+        "custom_id is missing",
+        "custom_id must be a non-empty string (got 7)",
+        "invalid JSON: Expecting property name enclosed in double quotes (column 2)",
+    ]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"input": {"format": "jsonl"}}, "output.format openai-batch answers the requests of an OpenAI Batch file"),
+    ({"task": {"type": "zero-shot-classification", "candidate_labels": ["a"]}},
+     "runs task.type text-generation (/v1/chat/completions) or feature-extraction"),
+    ({"task": {"type": "text-generation", "temperature": 0.5}}, "task.temperature: with input.format openai-batch"),
+    ({"input": {"columns_to_keep": ["url"]}}, "an OpenAI Batch file has no columns to keep"),
+])
+def test_a_batch_job_is_checked_before_any_work(change, message):
+    from pipelines.errors import PipelineError
+    from pipelines.spec import spec_from_dict
+
+    raw = {"input": {"paths": ["in"], "format": "openai-batch"}, "model": {"name": "m"},
+           "task": {"type": "text-generation", "max_new_tokens": 9}, "output": {"path": "out", "format": "openai-batch"}}
+    spec = spec_from_dict(raw)
+    assert spec.output_columns() == ["id", "generated_text", "prompt_tokens", "generated_tokens", "finish_reason"]
+    for section, values in change.items():
+        raw[section] = {**raw[section], **values} if section == "input" else values
+    with pytest.raises(PipelineError, match=re.escape(message)):
+        spec_from_dict(raw)
+
+
+# chat completions: every request with its own settings ----------------------------------------------------
+
+
+def chat_predictor(model: str) -> Predictor:
+    spec = make_spec(model, {"type": "text-generation", "max_new_tokens": 6}, input={"format": "openai-batch"})
+    return Predictor(spec)
+
+
+def answers(predictor: Predictor, lines: list[dict]) -> dict[str, dict]:
+    out = predictor(rows_of(lines))
+    return {row["id"]: row for row in out.to_pylist()}
+
+
+def test_each_request_keeps_its_own_settings_whatever_the_batch(tiny_models):
+    model = tiny_models("causal")
+    predictor = chat_predictor(model)
+    lines = [
+        chat_line("greedy", temperature=0, max_tokens=12),
+        chat_line("nucleus-of-one", temperature=1.5, top_p=1e-9, max_tokens=12),
+        chat_line("short", temperature=0, max_tokens=3),
+        chat_line("default-length", "Who is the president of France?", temperature=0),
+        chat_line("sampled", temperature=0.9, top_p=0.8, n=3, max_tokens=10),
+        chat_line("seeded-a", "What is the capital of England?", temperature=1.2, seed=11, max_tokens=8),
+        chat_line("seeded-b", "What is the capital of England?", temperature=1.2, seed=11, max_tokens=8),
+        chat_line("too-long", "Paris " * 200, max_tokens=4),
+        chat_line("over-context", max_tokens=500),
+        chat_line("tools", tools=[{"type": "function", "function": {"name": "f"}}]),
+        embedding_line("embeddings", "hello"),
+    ]
+    together = answers(predictor, lines)
+    assert predictor.spec.prediction_columns() == predictor.schema.names  # what staging writes is what it predicts
+    for line in lines[:7]:  # each answer is the one it gets alone
+        alone = answers(predictor, [line])[line["custom_id"]]
+        assert alone["generated_text"] == together[line["custom_id"]]["generated_text"], line["custom_id"]
+    assert together["short"]["generated_tokens"] == [3] and together["short"]["finish_reason"] == ["length"]
+    assert together["default-length"]["generated_tokens"][0] <= 6  # task.max_new_tokens when a request gives none
+    assert len(together["sampled"]["generated_text"]) == 3 and len(set(together["sampled"]["generated_text"])) > 1
+    assert together["seeded-a"]["generated_text"] == together["seeded-b"]["generated_text"]
+    assert together["nucleus-of-one"]["generated_text"] == together["greedy"]["generated_text"]  # top_p keeps 1 token
+
+    # temperature 0 is the project's own greedy chat generation
+    plain = make_spec(model, {"type": "text-generation", "chat": True, "system_prompt": "Answer in one sentence.",
+                              "max_new_tokens": 12})
+    text = Predictor(plain)(pa.table({"id": ["g"], "text": ["Where is the Eiffel Tower located?"]}))
+    assert together["greedy"]["generated_text"] == text.column("generated_text").to_pylist()
+    assert together["greedy"]["prompt_tokens"] == text.column("prompt_tokens")[0].as_py()
+
+    errors = {key: row["_error"] for key, row in together.items() if row["_error"]}
+    assert errors["too-long"].startswith("prompt is ") and "messages are never cut" in errors["too-long"]
+    assert errors["over-context"].endswith("exceed the model's context of 256 tokens")
+    assert errors["tools"] == "unsupported option 'tools': tool calls are not supported by this project"
+    assert errors["embeddings"].startswith("url /v1/embeddings is served by task feature-extraction")
+    assert len(errors) == 4
+
+
+def test_a_stop_string_ends_the_text_before_it(tiny_models):
+    predictor = chat_predictor(tiny_models("causal"))
+    full = answers(predictor, [chat_line("a", temperature=0, max_tokens=24)])["a"]["generated_text"][0]
+    words = [w for w in re.findall(r"[A-Za-z]{3,}", full) if full.find(w) >= len(full) // 3]
+    assert words, f"the tiny model wrote no word to stop at: {full!r}"
+    stop = words[0]  # a word in the middle of the greedy answer
+    together = answers(predictor, [  # rows with other stop strings, or none, in the same batch
+        chat_line("a", temperature=0, max_tokens=24, stop=[stop, "never-there"]),
+        chat_line("b", temperature=0, max_tokens=24),
+        chat_line("c", temperature=0, max_tokens=24, stop="never-there"),
+    ])
+    stopped = together["a"]
+    assert stopped["generated_text"] == [full[: full.find(stop)]]
+    assert stopped["finish_reason"] == ["stop"] and stopped["generated_tokens"][0] < 24
+    assert together["b"]["generated_text"] == together["c"]["generated_text"] == [full]
+
+
+def test_embedding_requests_get_the_feature_extraction_embedding_of_each_input(tiny_models):
+    model = tiny_models("encoder")
+    spec = make_spec(model, {"type": "feature-extraction"}, input={"format": "openai-batch"})
+    predictor = Predictor(spec)
+    assert spec.prediction_columns() == predictor.schema.names == ["embeddings", "prompt_tokens"]
+    got = answers(predictor, [
+        embedding_line("one", "The cat sat on the mat."),
+        embedding_line("list", ["London is the capital.", "The cat sat on the mat.", "ok"], dimensions=32),
+        embedding_line("wrong-size", "x", dimensions=3),
+        embedding_line("base64", "x", encoding_format="base64"),
+        embedding_line("token-ids", [[1, 2, 3]]),
+        embedding_line("empty", ""),
+    ])
+    plain = Predictor(make_spec(model, {"type": "feature-extraction"}))
+    texts = ["The cat sat on the mat.", "London is the capital.", "ok"]
+    reference = plain(pa.table({"id": ["a", "b", "c"], "text": texts})).column("embedding").to_pylist()
+    np.testing.assert_allclose(got["one"]["embeddings"], [reference[0]], atol=1e-5)
+    np.testing.assert_allclose(got["list"]["embeddings"], [reference[1], reference[0], reference[2]], atol=1e-5)
+    assert got["one"]["prompt_tokens"] < got["list"]["prompt_tokens"]
+    assert got["wrong-size"]["_error"] == "dimensions 3: this model's embeddings have 32; give 32 or none"
+    assert got["base64"]["_error"].startswith("unsupported option 'encoding_format': base64")
+    assert got["token-ids"]["_error"] == "input as token ids is not supported: give a string or a list of strings"
+    assert got["empty"]["_error"] == "input: an empty string can't be embedded"
+
+    long = [embedding_line("long", ["ok", "word " * 300])]
+    assert answers(Predictor(spec), long)["long"]["_error"] is None  # cut at max_length, as feature-extraction does
+    strict = make_spec(model, {"type": "feature-extraction"}, input={"format": "openai-batch"},
+                       errors={"too_long": "error"})
+    assert answers(Predictor(strict), long)["long"]["_error"] == "text longer than max_length (128 tokens)"
+
+
+# the output files --------------------------------------------------------------------------------------
+
+
+class Response(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    status_code: int
+    request_id: str
+    body: dict
+
+
+class LineError(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    code: str
+    message: str
+
+
+class OutputLine(BaseModel):
+    """The per-line object of the Batch API's output and error files, as its reference documents it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    id: str
+    custom_id: str | None
+    response: Response | None
+    error: LineError | None
+
+
+def read_lines(paths: list[Path]) -> list[OutputLine]:
+    return [OutputLine.model_validate_json(line) for path in paths for line in path.read_text().splitlines()]
+
+
+def exactly(model: type, body: dict):
+    """The body as the openai type reads it; it must read back to exactly what was written."""
+    parsed = model.model_validate(body)
+    assert parsed.model_dump(mode="json", exclude_unset=True) == body
+    return parsed
+
+
+def write_request_files(folder: Path) -> dict[str, str | None]:
+    """Two request files built the way the OpenAI docs build them; custom_id → expected error (None: answered)."""
+    questions = ["Who is the president of France?", "What is the capital of England?", "How many people live in Paris?"]
+    tasks = []
+    for index, question in enumerate(questions):
+        task = {
+            "custom_id": f"task-{index}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": "gpt-4o-mini",
+                "temperature": 0.1,
+                "max_tokens": 8,
+                "messages": [
+                    {"role": "system", "content": "You answer questions about cities."},
+                    {"role": "user", "content": question},
+                ],
+            },
+        }
+        tasks.append(task)
+    tasks.append(chat_line("two-choices", n=2, seed=5, max_completion_tokens=6, stop=["."]))
+    for task in tasks:  # every answered request is a valid request of the openai package's types
+        body = TypeAdapter(completion_create_params.CompletionCreateParamsNonStreaming).validate_python(task["body"])
+        list(body["messages"])
+    refused = {
+        "wants-tools": chat_line("wants-tools", tools=[{"type": "function", "function": {"name": "lookup"}}]),
+        "wants-logprobs": chat_line("wants-logprobs", logprobs=True),
+        "wants-json": chat_line("wants-json", response_format={"type": "json_object"}),
+        "wants-stream": chat_line("wants-stream", stream=True),
+        "wants-image": {**chat_line("wants-image"), "body": {"model": "m", "messages": [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]}},
+        "an-embedding": embedding_line("an-embedding", "hello"),
+        "task-1": chat_line("task-1", "asked twice"),
+    }
+    with open(folder / "batch-a.jsonl", "w") as file:
+        for obj in tasks[:2]:
+            file.write(json.dumps(obj) + "\n")
+    with open(folder / "batch-b.jsonl", "w") as file:
+        for obj in [*tasks[2:], *refused.values()]:
+            file.write(json.dumps(obj) + "\n")
+        file.write('{"custom_id": "cut-off", "method": "POST"\n')
+        file.write(json.dumps({"method": "POST", "url": CHAT_URL, "body": {}}) + "\n")
+    expected: dict[str, str | None] = {task["custom_id"]: None for task in tasks}
+    expected.update({
+        "wants-tools": "unsupported option 'tools'",
+        "wants-logprobs": "unsupported option 'logprobs'",
+        "wants-json": "unsupported option 'response_format'",
+        "wants-stream": "unsupported option 'stream'",
+        "wants-image": "messages[0]: content part of type 'image_url' is not supported",
+        "an-embedding": "url /v1/embeddings is served by task feature-extraction",
+    })
+    return expected
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **(env or {})}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run([sys.executable, "-m", "pipelines", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_a_batch_file_runs_to_a_complete_output_file_exactly_once_across_a_crash(tiny_models, tmp_path):
+    (tmp_path / "in").mkdir()
+    expected = write_request_files(tmp_path / "in")
+    out = tmp_path / "out"
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({
+        "input": {"paths": [str(tmp_path / "in")], "format": "openai-batch"},
+        "model": {"name": tiny_models("causal")},
+        "task": {"type": "text-generation", "max_new_tokens": 8},
+        "errors": {"max_rate": 1.0, "duplicate_ids": "error"},
+        "batching": {"batch_size": 8},
+        "compute": {"cpus_per_actor": 0.5, "threads_per_actor": 1},
+        "output": {"path": str(out), "format": "openai-batch"},
+    }))
+
+    crashed = cli("run", str(job), env={"PIPELINES_CRASH_AT": "mid_commit:1"})
+    assert crashed.returncode == -9, crashed.stderr[-3000:]
+    [first] = [json.loads(p.read_text()) for p in (out / "_commits").glob("*.json")]  # one shard is committed ...
+    assert not list(out.glob("part-*.jsonl"))  # ... and not visible yet: it waits for its one rename
+
+    done = cli("run", str(job))
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = sorted(out.glob("part-*.jsonl"))
+    error_files = sorted((out / "_errors").glob("part-*.jsonl"))
+    assert len(results) == 2 and len(error_files) == 1  # one file per shard; batch-a had no errors
+    records = [json.loads(p.read_text()) for p in (out / "_commits").glob("*.json")]
+    assert first in records  # the interrupted commit was finished, not redone
+    assert sorted(f for r in records for f in [*r["files"], *r["error_files"]]) == sorted(
+        str(p.relative_to(out)) for p in [*results, *error_files])
+
+    answered = read_lines(results)
+    refused = read_lines(error_files)
+    assert sorted(line.custom_id for line in answered) == sorted(k for k, v in expected.items() if v is None)
+    for line in answered:
+        assert line.error is None and line.response is not None and line.response.status_code == 200
+        completion = exactly(ChatCompletion, line.response.body)
+        assert completion.usage is not None and completion.usage.total_tokens == (
+            completion.usage.prompt_tokens + completion.usage.completion_tokens)
+        assert len(completion.choices) == (2 if line.custom_id == "two-choices" else 1)
+        assert all(choice.finish_reason in ("stop", "length") for choice in completion.choices)
+    assert len({line.id for line in answered + refused}) == len(answered) + len(refused)
+
+    by_id = {line.custom_id: line for line in refused if line.custom_id}
+    assert set(by_id) == {k for k, v in expected.items() if v} | {"task-1"}
+    for custom_id, reason in expected.items():
+        if reason:
+            response = by_id[custom_id].response
+            assert response is not None and response.status_code == 400
+            error = exactly(ErrorObject, response.body["error"])
+            assert error.message.startswith(reason) and error.type == "invalid_request_error"
+    duplicate = by_id["task-1"].response  # the second task-1, whichever file it is in, is not answered again
+    assert duplicate is not None and duplicate.body["error"]["message"] == "duplicate id"
+    no_request = [line for line in refused if line.response is None]
+    assert len(no_request) == 2 and all(line.error and line.error.code == "invalid_request_line" for line in no_request)
+    assert {line.error.message.split(" (")[0] for line in no_request if line.error} == {
+        "custom_id is missing", "invalid JSON: Expecting ',' delimiter"}
+
+    summary = json.loads((out / "_run.json").read_text())
+    assert summary["rows_in"] == len(expected) + 3 and summary["rows_out"] == len(answered)
+    assert cli("run", str(job)).stdout.count("up to date") == 1
+
+
+def test_embedding_output_lines_are_what_the_openai_types_read(ray_session, tiny_models, tmp_path):
+    from pipelines.runner import run_job
+    from pipelines.spec import spec_from_dict
+
+    write_jsonl(tmp_path / "in" / "embed.jsonl", [
+        embedding_line("one", "The cat sat on the mat."),
+        embedding_line("three", ["London is the capital.", "The cat sat on the mat.", "ok"]),
+        embedding_line("base64", "x", encoding_format="base64"),
+    ])
+    out = tmp_path / "out"
+    spec = spec_from_dict({
+        "input": {"paths": [str(tmp_path / "in")], "format": "openai-batch"},
+        "model": {"name": tiny_models("encoder")},
+        "task": {"type": "feature-extraction"},
+        "errors": {"max_rate": 1.0},
+        "compute": {"cpus_per_actor": 0.5, "threads_per_actor": 1},
+        "output": {"path": str(out), "format": "openai-batch"},
+    })
+    run_job(spec)
+    [answered] = [read_lines([p]) for p in out.glob("part-*.jsonl")]
+    sizes = {}
+    for line in answered:
+        assert line.response is not None
+        response = exactly(CreateEmbeddingResponse, line.response.body)
+        assert [item.index for item in response.data] == list(range(len(response.data)))
+        assert all(len(item.embedding) == 32 for item in response.data)
+        assert response.model == spec.model.name and response.usage.total_tokens == response.usage.prompt_tokens
+        sizes[line.custom_id] = len(response.data)
+    assert sizes == {"one": 1, "three": 3}
+    [refused] = read_lines(list((out / "_errors").glob("part-*.jsonl")))
+    assert refused.custom_id == "base64" and refused.response is not None and refused.response.status_code == 400
+
+    (out / "notes.jsonl").write_text("{}\n")  # not this project's: --overwrite deletes only what commits name
+    before = {p.name for p in out.glob("part-*.jsonl")}
+    run_job(spec, overwrite=True)
+    assert (out / "notes.jsonl").read_text() == "{}\n"
+    assert {p.name for p in out.glob("part-*.jsonl")} == before and len(read_lines(list(out.glob("part-*")))) == 2
+
+
+def test_a_failed_forward_is_a_server_error_and_a_line_without_custom_id_a_line_error():
+    failed = error_line({"shard": "in/a.jsonl", "row": 3, "id": "x", "reason": "forward failed: RuntimeError: boom",
+                         "preview": None})
+    assert failed["response"]["status_code"] == 500 and failed["response"]["body"]["error"]["type"] == "server_error"
+    lost = error_line({"shard": "in/a.jsonl", "row": 3, "id": None, "reason": "custom_id is missing", "preview": None})
+    assert lost["response"] is None
+    assert lost["error"] == {"code": "invalid_request_line", "message": "custom_id is missing (request 4 of in/a.jsonl)"}
