@@ -32,7 +32,10 @@ from pipelines.cli.main import main
 from pipelines.cluster import connect as cluster
 from pipelines.cluster import jobs as jobs_client
 from pipelines.errors import PipelineError
+from pipelines.runner import PredictAndStage
 from pipelines.spec import ComputeSpec
+
+POOL_ACTOR = PredictAndStage.__name__  # the class Ray names the pool's actors after
 
 MAIN_JOB = "jobs/label_news.yaml"
 
@@ -198,7 +201,7 @@ def test_run_address_spreads_the_pool_over_both_nodes(head, job_on_slots, tmp_pa
     ids = pq.read_table(tmp_path / "out").column("id").to_pylist()
     assert sorted(ids) == [f"r{i:03d}" for i in range(64)]
 
-    actors = [a for a in state_api(head, "actors") if "Predictor" in a["class_name"] and a["actor_id"] not in before]
+    actors = [a for a in state_api(head, "actors") if POOL_ACTOR in a["class_name"] and a["actor_id"] not in before]
     assert len(actors) == 2, actors
     nodes = {node["node_id"] for node in state_api(head, "nodes") if node["state"] == "ALIVE"}
     assert {a["node_id"] for a in actors} == nodes and len(nodes) == 2

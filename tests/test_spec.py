@@ -49,7 +49,7 @@ def test_defaults_and_types():
         ({"input__colour": "red"}, "input.colour", "unknown key"),
         ({"batching__batch_size": "many"}, "batching.batch_size", "integer"),
         ({"batching__max_tokens": 0}, "batching.max_tokens", "greater than 0"),
-        ({"model__quantization": "int4"}, "model.quantization", "'none', 'int8', 'nf4' or 'fp4'"),
+        ({"model__quantization": "int4"}, "model.quantization", "'none', 'int8', 'nf4', 'fp4', 'dynamic-int8' or 'auto'"),
         ({"task": {"type": "mind-reading"}}, "task", "allowed: feature-extraction"),
         ({"task": {"type": "zero-shot-classification"}}, "task.candidate_labels", "Field required"),
         ({"compute__min": 3, "compute__max": 2}, "compute", "min (3) is larger than max (2)"),
