@@ -48,6 +48,13 @@ def reference_generate(model_dir: str, prompt_ids: list[int], max_new_tokens: in
     return out[0, len(prompt_ids) :].tolist()
 
 
+def whole_prompt(predictor: Predictor, features, i: int) -> list[int]:
+    """Feature ``i``'s prompt tokens, the shared prefix included where the feature continues it."""
+    own = features.tokens["input_ids"].row(i).tolist()
+    prefix = predictor.task.kv_prefix
+    return (prefix.ids if prefix is not None and features.extra["prefixed"][i] else []) + own
+
+
 # greedy and beams ----------------------------------------------------------------------
 
 
@@ -296,7 +303,7 @@ def test_long_prompts_lose_their_beginning_not_their_end(tiny_models):
     predictor = Predictor(make_spec(model_dir, task, batching={"max_length": 16}))
     features = predictor.task.encode(["word " * 50, "short"], {})
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    ids = features.tokens["input_ids"].row(0).tolist()
+    ids = whole_prompt(predictor, features, 0)
     assert len(ids) == 16 and ids[0] == tokenizer.bos_token_id
     assert tokenizer.decode(ids).endswith("word \nSummary:")
     assert features.truncated.tolist() == [True, False]

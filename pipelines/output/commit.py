@@ -143,6 +143,7 @@ class OutputDir:
             errors=sum(r.errors for r in reports),
             tokens=sum(r.tokens for r in reports),
             padded=sum(r.padded for r in reports),
+            generated=sum(r.generated for r in reports),
             confusion=confusion,
             reasons=reasons,
             files=files,

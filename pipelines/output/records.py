@@ -70,6 +70,7 @@ class CommitRecord(Record):
     errors: int
     tokens: int = 0
     padded: int = 0
+    generated: int = 0
     confusion: Confusion = Field(default_factory=dict)
     reasons: dict[str, int] = Field(default_factory=dict)
     files: list[str] = Field(default_factory=list)
@@ -104,6 +105,8 @@ class RunSummary(Record):
     wall_s: float = 0.0
     rows_per_s: float | None = None
     tokens_per_s: float | None = None
+    prompt_tokens_per_s: float | None = None
+    generated_tokens_per_s: float | None = None
     padding_efficiency: float | None = None
     agreement: Agreement | None = None
 

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.io.block import ERROR, PADDED, ROW, SHARD, SHARD_ROWS, TOKENS
+from pipelines.io.block import ERROR, GENERATED, PADDED, ROW, SHARD, SHARD_ROWS, TOKENS
 from pipelines.io.shards import resolve
 from pipelines.output import layout
 from pipelines.output.records import Confusion
@@ -36,6 +36,7 @@ REPORT_SCHEMA = pa.schema(
         ("errors", pa.int64()),
         ("tokens", pa.int64()),
         ("padded", pa.int64()),
+        ("generated", pa.int64()),
         ("files", pa.list_(pa.string())),
         ("error_files", pa.list_(pa.string())),
         ("confusion", pa.list_(_CELL)),
@@ -55,6 +56,7 @@ class StagingReport:
     errors: int
     tokens: int = 0
     padded: int = 0
+    generated: int = 0
     files: list[str] = field(default_factory=list)
     error_files: list[str] = field(default_factory=list)
     confusion: Confusion = field(default_factory=dict)
@@ -69,6 +71,7 @@ class StagingReport:
             "errors": self.errors,
             "tokens": self.tokens,
             "padded": self.padded,
+            "generated": self.generated,
             "files": self.files,
             "error_files": self.error_files,
             "confusion": [
@@ -91,6 +94,7 @@ class StagingReport:
             errors=row["errors"],
             tokens=row["tokens"],
             padded=row["padded"],
+            generated=row.get("generated") or 0,
             files=list(row["files"] or []),
             error_files=list(row["error_files"] or []),
             confusion=confusion,
@@ -158,6 +162,7 @@ def _stage_shard(part: pa.Table, shard: str, config: StagingConfig) -> StagingRe
         errors=bad.num_rows,
         tokens=int(pc.sum(part.column(TOKENS)).as_py() or 0),
         padded=int(pc.sum(part.column(PADDED)).as_py() or 0),
+        generated=int(pc.sum(part.column(GENERATED)).as_py() or 0) if GENERATED in part.column_names else 0,
         files=files,
         error_files=error_files,
         confusion=confusion(good, config),
