@@ -36,6 +36,8 @@ from transformers import (
     LogitsProcessor,
     LogitsProcessorList,
     RepetitionPenaltyLogitsProcessor,
+    StoppingCriteria,
+    StoppingCriteriaList,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
@@ -118,6 +120,24 @@ def sampling_keys(seeds: np.ndarray, count: int, device: torch.device) -> torch.
 # stop strings --------------------------------------------------------------------
 
 
+def contains_stop(tokenizer: Any, sequences: list[list[int]], stops: list[str]) -> list[bool]:
+    """Whether each sequence's text (special tokens skipped) contains a stop string."""
+    texts = tokenizer.batch_decode(sequences, skip_special_tokens=True)
+    return [any(stop in text for stop in stops) for text in texts]
+
+
+class StopStrings(StoppingCriteria):
+    """``model.generate``'s stopping rule for stop strings, on the text as this project decodes it (Transformers'
+    own ``stop_strings`` match token strings, which differ from the text where a token carries a leading space)."""
+
+    def __init__(self, tokenizer: Any, stops: list[str], start: int) -> None:
+        self.tokenizer, self.stops, self.start = tokenizer, stops, start
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        hits = contains_stop(self.tokenizer, input_ids[:, self.start :].tolist(), self.stops)
+        return torch.tensor(hits, dtype=torch.bool, device=input_ids.device)
+
+
 def stop_length(tokenizer: Any, tokens: list[int], stops: list[str]) -> int | None:
     """How many tokens a sequence keeps when its text contains a stop string: up to the one completing the first
     occurrence; None when it contains none."""
@@ -197,17 +217,15 @@ def generate(
         "top_k": None,
         "top_p": None,
     }
+    start = 1 if model.config.is_encoder_decoder else inputs["input_ids"].shape[1]
     if options.stop:
-        kwargs["stop_strings"] = list(options.stop)
-        kwargs["tokenizer"] = tokenizer
+        kwargs["stopping_criteria"] = StoppingCriteriaList([StopStrings(tokenizer, list(options.stop), start)])
     if options.do_sample:
         inputs = {name: value.repeat_interleave(count, dim=0) for name, value in inputs.items()}
         keys = sampling_keys(np.asarray(seeds), count, inputs["input_ids"].device)
-        start = 1 if model.config.is_encoder_decoder else inputs["input_ids"].shape[1]
         kwargs["logits_processor"] = LogitsProcessorList([GumbelSampler(keys, start, options)])
     sequences = model.generate(**inputs, **kwargs)
-    skip = 1 if model.config.is_encoder_decoder else inputs["input_ids"].shape[1]
-    return split_generated(sequences[:, skip:].cpu().numpy(), eos, count)
+    return split_generated(sequences[:, start:].cpu().numpy(), eos, count)
 
 
 def split_generated(
@@ -358,8 +376,7 @@ class GenerationTask(Task):
         return process
 
     def _stops(self, sequences: list[list[int]]) -> list[bool]:
-        texts = self.tokenizer.batch_decode(sequences, skip_special_tokens=True)
-        return [any(stop in text for stop in self.options.stop) for text in texts]
+        return contains_stop(self.tokenizer, sequences, list(self.options.stop))
 
     # postprocess -----------------------------------------------------------------------
 
