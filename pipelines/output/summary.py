@@ -57,7 +57,7 @@ def build(
         rows_per_s=round(rows_now / wall_s, 2) if wall_s > 0 else None,
         tokens_per_s=round((tokens_now + generated_now) / wall_s, 1) if wall_s > 0 else None,
         prompt_tokens_per_s=round(tokens_now / wall_s, 1) if wall_s > 0 else None,
-        generated_tokens_per_s=round(generated_now / wall_s, 1) if wall_s > 0 else None,
+        generated_tokens_per_s=round(generated_now / wall_s, 1) if wall_s > 0 and generated_now else None,
         padding_efficiency=round(tokens_now / padded_now, 4) if padded_now else None,
         agreement=agreement(confusion),
     )
