@@ -365,15 +365,25 @@ def stop_inside(text: str) -> str:
     raise AssertionError(f"no stop string to pick in {text!r}")
 
 
+def spanning_stop(tokenizer, tokens: list[int]) -> str:
+    """A stop string made of one token's last character and the next token's first (it spans their boundary)."""
+    pieces = [tokenizer.decode([t]) for t in tokens]
+    for left, right in zip(pieces[1:], pieces[2:]):
+        stop = left[-1:] + right[:1]
+        if len(stop) == 2 and stop.strip() and "\ufffd" not in stop:
+            return stop
+    raise AssertionError(f"no stop string to pick in {pieces!r}")
+
+
 @pytest.mark.parametrize("kind", ["causal", "gpt2"])
 def test_stop_string_ends_one_row_and_leaves_the_others(tiny_models, kind):
     model_dir = tiny_models(kind)
     task = {"type": "text-generation", "max_new_tokens": 12}
     plain = predict(model_dir, task, SENTENCES)
-    stop = stop_inside(plain[2]["generated_text"])
-    stopped = predict(model_dir, {**task, "stop": [stop, "never seen"]}, SENTENCES)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     full = reference_generate(model_dir, tokenizer(SENTENCES[2])["input_ids"], 12)
+    stop = spanning_stop(tokenizer, full)
+    stopped = predict(model_dir, {**task, "stop": [stop, "never seen"]}, SENTENCES)
     kept = next(n for n in range(1, len(full) + 1) if stop in tokenizer.decode(full[:n], skip_special_tokens=True))
     row = stopped[2]
     assert row["generated_text"] == plain[2]["generated_text"][: plain[2]["generated_text"].index(stop)]
