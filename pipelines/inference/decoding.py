@@ -45,35 +45,51 @@ def decode(
     process: Process | None = None,
     stops: Stops | None = None,
 ) -> list[Sequence]:
-    """Decode from ``logits`` (``[rows, vocab]``, the next-token logits after each row's prompt) onwards."""
+    """Decode from ``logits`` (``[rows, vocab]``, the next-token logits after each row's prompt) onwards.
+
+    Ended rows stay in the batch (their tokens ignored) until an eighth of the batch has ended: dropping rows
+    copies the whole cache, so it is done now and then, not at every step.
+    """
     device = logits.device
     n = len(rows)
     done = [Sequence([]) for _ in range(n)]
-    active = torch.arange(n, device=device)
+    active = torch.arange(n, device=device)  # the sequence in each row of the batch
+    ended = torch.zeros(n, dtype=torch.bool, device=device)
     eos_ids = torch.tensor(eos or [-1], device=device)
+    rows.reserve(max_new_tokens)  # each step then writes its keys and values in place
     for step in range(max_new_tokens):
         scores = logits.float()
         if process is not None:
             scores = process(history, scores, active, step)
         chosen = scores.argmax(dim=-1)
-        finished = _record(done, active.tolist(), chosen.tolist(), torch.isin(chosen, eos_ids).tolist(), stops)
-        if step == max_new_tokens - 1 or all(finished):
+        at_eos = torch.isin(chosen, eos_ids)
+        ended |= torch.tensor(
+            _record(done, active.tolist(), chosen.tolist(), at_eos.tolist(), ended.tolist(), stops), device=device
+        )
+        if step == max_new_tokens - 1 or bool(ended.all()):
             break
-        if any(finished):
-            keep = torch.tensor([not f for f in finished], device=device)
-            rows.keep(torch.nonzero(keep)[:, 0])
-            active, chosen, history = active[keep], chosen[keep], history[keep]
+        if int(ended.sum()) >= max(1, len(active) // 8):
+            keep = ~ended
+            rows.keep(torch.nonzero(keep)[:, 0], compact=True)
+            active, chosen, history, ended = active[keep], chosen[keep], history[keep], ended[keep]
         history = torch.cat([history, chosen[:, None]], dim=1)
         logits = rows.extend(model, chosen[:, None], torch.ones_like(chosen)[:, None], last_only=True)
     return done
 
 
 def _record(
-    done: list[Sequence], active: list[int], chosen: list[int], at_eos: list[bool], stops: Stops | None
+    done: list[Sequence],
+    active: list[int],
+    chosen: list[int],
+    at_eos: list[bool],
+    ended: list[bool],
+    stops: Stops | None,
 ) -> list[bool]:
-    """Append each active row's token; which rows end with it."""
-    finished = [False] * len(active)
+    """Append each running row's token; which rows have ended (before or with this token)."""
+    finished = list(ended)
     for i, (row, token, end) in enumerate(zip(active, chosen, at_eos)):
+        if finished[i]:
+            continue
         if end:
             done[row].reason = "eos"
             finished[i] = True

@@ -32,8 +32,11 @@ from transformers.cache_utils import DynamicLayer
 
 log = logging.getLogger(__name__)
 
-#: The largest difference between a continued row's logits and a full forward's that :meth:`Prefix.verify` accepts.
-VERIFY_TOLERANCE = 1e-3
+#: The largest difference between a continued row's logits and a full forward's that :meth:`Prefix.verify` accepts:
+#: float32 agrees to ~1e-5 here; 16-bit weights round each computation differently (a model that ignores the
+#: cache layout is off by whole units).
+VERIFY_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-3}
+LOW_PRECISION_TOLERANCE = 0.25
 
 
 def supports_reuse(model: torch.nn.Module) -> bool:
@@ -75,11 +78,32 @@ class Rows:
     def __len__(self) -> int:
         return int(self.mask.shape[0])
 
-    def keep(self, index: torch.Tensor) -> None:
-        """Keep only the rows at ``index`` (in that order; an index may repeat, copying the row)."""
-        self.cache.batch_select_indices(index)
-        self.mask = self.mask[index]
+    def keep(self, index: torch.Tensor, compact: bool = False) -> None:
+        """Keep only the rows at ``index`` (in that order; an index may repeat, copying the row); with ``compact``
+        also drop the cached positions none of them attends to, where they are many (positions are explicit, so
+        nothing moves)."""
+        mask = self.mask[index]
+        columns = None
+        if compact:
+            used = mask.bool().any(dim=0)
+            if int(used.sum()) <= 0.875 * len(used):  # worth a second copy: an eighth of the positions or more
+                columns = torch.nonzero(used)[:, 0]
+                mask = mask[:, columns]
+        for layer in self.cache.layers:
+            if isinstance(layer, ReservedLayer):
+                layer.select(index, columns)
+            else:
+                layer.batch_select_indices(index)
+                if columns is not None:
+                    layer.keys, layer.values = layer.keys[:, :, columns], layer.values[:, :, columns]
+        self.mask = mask
         self.next_position = self.next_position[index]
+
+    def reserve(self, room: int) -> None:
+        """Make room for ``room`` more positions in every layer, so that extending writes in place."""
+        for i, layer in enumerate(self.cache.layers):
+            if type(layer) is DynamicLayer and layer.is_initialized:
+                self.cache.layers[i] = ReservedLayer(layer.keys, layer.values, room)
 
     def repeat(self, times: int) -> None:
         """Each row ``times`` times in a row (row ``i``'s copies at ``i * times .. i * times + times - 1``)."""
@@ -121,6 +145,93 @@ class Rows:
         self.mask = attention
         self.next_position = self.next_position + mask.sum(dim=1)
         return out.logits[:, -1] if last_only else out.logits
+
+
+class ReservedLayer(DynamicLayer):
+    """A full-attention cache layer with room for more positions: appending writes in place, where
+    ``DynamicLayer`` copies the whole cache at every step; ``keys`` and ``values`` are views of the filled part."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, room: int) -> None:
+        super().__init__()
+        self.is_initialized = True
+        self.device = keys.device
+        self._fill(keys, values, room)
+
+    def _fill(self, keys: torch.Tensor, values: torch.Tensor, room: int) -> None:
+        length = keys.shape[-2]
+        self._keys = keys.new_empty((*keys.shape[:-2], length + room, keys.shape[-1]))
+        self._values = values.new_empty((*values.shape[:-2], length + room, values.shape[-1]))
+        self._keys[..., :length, :] = keys
+        self._values[..., :length, :] = values
+        self._length = length
+        self._views()
+
+    def _views(self) -> None:
+        self.keys = self._keys[..., : self._length, :]
+        self.values = self._values[..., : self._length, :]
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        added = key_states.shape[-2]
+        room = self._keys.shape[-2] - self._length
+        if added > room:  # out of room: copy once into a buffer twice as roomy
+            keys, values = torch.cat([self.keys, key_states], -2), torch.cat([self.values, value_states], -2)
+            self._fill(keys, values, max(room, added) * 2)
+        else:
+            self._keys[..., self._length : self._length + added, :] = key_states
+            self._values[..., self._length : self._length + added, :] = value_states
+            self._length += added
+            self._views()
+        return self.keys, self.values
+
+    def select(self, rows: torch.Tensor, columns: torch.Tensor | None = None) -> None:
+        """Keep the rows at ``rows`` and, where given, the positions at ``columns``, with the same room."""
+        self._keys, self._values = self._keys[rows], self._values[rows]  # one copy, room included
+        if columns is not None:
+            room = torch.arange(self._length, self._keys.shape[-2], device=columns.device)
+            kept = torch.cat([columns, room])
+            self._keys, self._values = self._keys[..., kept, :], self._values[..., kept, :]
+            self._length = len(columns)
+        self._views()
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.select(indices)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self.select(torch.arange(self.keys.shape[0], device=self.keys.device).repeat_interleave(repeats))
+
+    def crop(self, tokens_to_remove: int) -> None:
+        self._length -= abs(tokens_to_remove)
+        self._views()
+
+
+def merge(parts: list[Rows], after: int) -> Rows:
+    """The rows of several caches as one batch, part after part: each part's cache (and mask) is widened to the
+    longest by masked zeros inserted after its first ``after`` positions (the shared prefix), so every row still
+    ends in the last column. The parts are used up."""
+    length = max(int(part.mask.shape[1]) for part in parts)
+    first = parts[0]
+    for i, layer in enumerate(first.cache.layers):
+        others = [part.cache.layers[i] for part in parts]
+        layer.keys = torch.cat([_widen(o.keys, after, length) for o in others])
+        layer.values = torch.cat([_widen(o.values, after, length) for o in others])
+    first.mask = torch.cat([_widen(part.mask, after, length) for part in parts])
+    first.next_position = torch.cat([part.next_position for part in parts])
+    return first
+
+
+def _widen(tensor: torch.Tensor, after: int, length: int) -> torch.Tensor:
+    """``tensor`` (mask ``[rows, n]`` or keys ``[rows, heads, n, dim]``) with zeros inserted at ``after`` up to
+    ``length`` positions."""
+    axis = 1 if tensor.dim() == 2 else 2
+    gap = length - tensor.shape[axis]
+    if gap == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[axis] = gap
+    head, tail = tensor.split([after, tensor.shape[axis] - after], dim=axis)
+    return torch.cat([head, tensor.new_zeros(shape), tail], dim=axis)
 
 
 class Prefix:
@@ -191,7 +302,9 @@ def shared_prefix(model: torch.nn.Module, ids: list[int], probe: list[int], devi
     except Exception as exc:  # noqa: BLE001 - fall back to full recomputation, say why
         log.warning("prefix reuse off: continuing rows from a cache failed on this model (%s)", exc)
         return None
-    if error > VERIFY_TOLERANCE:
+    dtype = next(model.parameters()).dtype
+    if error > VERIFY_TOLERANCE.get(dtype, LOW_PRECISION_TOLERANCE):
         log.warning("prefix reuse off: continued rows differ from a full forward by %.2g on this model", error)
         return None
+    log.info("prefix reuse on: %d shared prompt tokens, continued rows within %.1g of a full forward", len(ids), error)
     return prefix

@@ -118,7 +118,8 @@ class Predictor:
             return outputs, padded, failed
         batching = self.spec.batching
         lengths = features.lengths
-        plan = plan_microbatches(lengths, self.max_tokens, batching.max_rows, batching.min_fill, self.task.footprint)
+        fill = self.task.micro_batch_fill(batching.min_fill)
+        plan = plan_microbatches(lengths, self.max_tokens, batching.max_rows, fill, self.task.footprint)
         queue = plan[::-1]
         while queue:
             index = queue.pop()
@@ -133,7 +134,7 @@ class Predictor:
                     queue += [index[half:], index[:half]]
                 continue
             outputs.add(index, result)
-            padded[index] = lengths[index].max()
+            padded[index] = self.task.padded_widths(lengths[index])
         return outputs, padded, failed
 
     def _failure(self, exc: BaseException, index: np.ndarray, lengths: np.ndarray) -> str:

@@ -121,6 +121,16 @@ class Task(ABC):
         budget. More than ``width`` where ``forward`` adds tokens (a shared prefix's cache, generated tokens)."""
         return width
 
+    def micro_batch_fill(self, configured: float) -> float:
+        """How much shorter than the longest a feature of a micro-batch may be (``batching.min_fill``); a task whose
+        ``forward`` groups features by length itself may want them all together (0)."""
+        return configured
+
+    def padded_widths(self, lengths: np.ndarray) -> np.ndarray:
+        """The padded width at which each feature of a micro-batch with these lengths is computed (for the
+        padding efficiency): the longest, unless ``forward`` groups them by length."""
+        return np.full(len(lengths), lengths.max() if len(lengths) else 0)
+
     def new_tokens(self, outputs: Outputs) -> np.ndarray | None:
         """Tokens each feature generated (for the run's generated tokens/s), or None for tasks that don't."""
         return None
