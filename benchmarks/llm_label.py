@@ -77,8 +77,16 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=None, help="first N rows of jobs/data/reviews (default: all)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each call; the fastest counts")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="e.g. batching.batch_size=256")
     args = parser.parse_args()
     raw = yaml.safe_load(Path(args.job).read_text())
+    for item in args.set:
+        key, value = item.split("=", 1)
+        *path, last = key.split(".")
+        section = raw
+        for name in path:
+            section = section.setdefault(name, {})
+        section[last] = yaml.safe_load(value)
     rows = load_rows(args.rows)
     batch_size = raw.get("batching", {}).get("batch_size", 256)
     prefix = raw.get("output", {}).get("prediction_prefix", "")
@@ -93,6 +101,7 @@ def main() -> None:
         "rows": len(rows),
         "threads": args.threads,
         "repeat": args.repeat,
+        "batching": raw.get("batching", {}),
         "shared_prefix_tokens": len(reused.task.kv_prefix) if reused.task.kv_prefix is not None else 0,
         "full_rows_per_s": round(len(rows) / full_s, 2),
         "reused_rows_per_s": round(len(rows) / reused_s, 2),

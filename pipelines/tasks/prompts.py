@@ -93,12 +93,12 @@ def shared_start(template: str, encode: Callable[[list[str]], list[list[int]]]) 
 
     ``encode`` turns filled templates into the token ids the task runs (chat
     rendering, special tokens). The prompts of very different probe values are
-    compared, and their common tokens but the last one kept: the token right
-    before a field is the one a row's first characters may merge with (" " and
-    "great" become " g" "reat"). A row whose ids still don't start with the
+    compared: where the template's text before a field merges with a row's first
+    characters (" " and "great" become " g" "reat"), some probe merges too, so
+    the merged token is left out. A row whose ids still don't start with the
     result simply doesn't share it (the caller checks each row).
     """
     names = template_fields(template)
     ids = encode([template.format_map(dict.fromkeys(names, value)) for value in PROBES])
-    common = list(os.path.commonprefix(ids))[:-1]
+    common = list(os.path.commonprefix(ids))
     return common, list(ids[0][len(common) :])
