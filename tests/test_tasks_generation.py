@@ -444,3 +444,18 @@ def test_an_empty_stop_string_is_a_spec_error():
     }
     with pytest.raises(PipelineError, match="stop strings must not be empty"):
         spec_from_dict(raw)
+
+
+def test_extra_logits_processing_in_the_generation_config_goes_through_model_generate(tiny_models, tmp_path):
+    """A model whose generation config asks for processing the own loop lacks keeps model.generate's answers."""
+    model_dir = tmp_path / "no-repeat"
+    shutil.copytree(tiny_models("causal"), model_dir)
+    config = json.loads((model_dir / "generation_config.json").read_text())
+    config["no_repeat_ngram_size"] = 2
+    (model_dir / "generation_config.json").write_text(json.dumps(config))
+    predictor = Predictor(make_spec(str(model_dir), {"type": "text-generation", "max_new_tokens": 8}))
+    assert predictor.task.kv_prefix is None
+    row = predictor(batch_of([SENTENCES[1]])).to_pylist()[0]
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    expected = reference_generate(str(model_dir), tokenizer(SENTENCES[1])["input_ids"], 8)
+    assert row["generated_text"] == tokenizer.decode(expected, skip_special_tokens=True)
