@@ -16,6 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+import transformers
+import yaml
 from helpers import ROOT, batch_of, make_spec
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -111,15 +113,48 @@ def test_smollm2_knows_the_capital_of_france(smollm2_cache):
 
 
 def test_llm_label_classifies_review_sentiment(smollm2_cache):
+    """The four-shot prompt computed once and each review once for both labels gives the labels and scores of
+    one full forward per (review, label)."""
     rows = [json.loads(line) for line in (ROOT / "jobs/data/reviews/sst2-sample.jsonl").read_text().splitlines()[:40]]
     task = {"type": "llm-label", "candidate_labels": ["positive", "negative"], "prompt_template": SENTIMENT_PROMPT}
     predictor = Predictor(smollm2_spec(smollm2_cache, task))
-    out = predictor(batch_of([r["text"] for r in rows], [r["id"] for r in rows])).to_pylist()
+    assert len(predictor.task.kv_prefix) > 70  # the four examples
+    batch = batch_of([r["text"] for r in rows], [r["id"] for r in rows])
+    out = predictor(batch).to_pylist()
+    full = Predictor(smollm2_spec(smollm2_cache, {**task, "reuse_prefix": False}))(batch).to_pylist()
+    assert [o["label"] for o in out] == [f["label"] for f in full]
+    diff = max(abs(o["scores"][x] - f["scores"][x]) for o, f in zip(out, full) for x in ("positive", "negative"))
+    print(f"\nllm-label smollm2: largest score difference, prefix reused vs full recomputation: {diff:.2e}")
+    assert diff < 1e-3
     accuracy = np.mean([o["label"] == r["label"] for o, r in zip(out, rows)])
-    print(f"\nllm-label smollm2 accuracy on {len(rows)} SST-2 rows: {accuracy:.3f}")
+    print(f"llm-label smollm2 accuracy on {len(rows)} SST-2 rows: {accuracy:.3f}")
     assert accuracy >= 0.7
     clear = predictor(batch_of(["An absolute masterpiece, I loved every minute.", "Awful, boring and far too long."]))
     assert clear.column("label").to_pylist() == ["positive", "negative"]
+
+
+def test_greedy_summaries_match_the_transformers_pipeline(smollm2_cache):
+    """The generate_summaries job's chat turn, batched in this project's own loop (shared system prompt cached,
+    rows leaving as they finish), writes what transformers.pipeline("text-generation") writes for each row."""
+    job = yaml.safe_load((ROOT / "jobs/generate_summaries.yaml").read_text())["task"]
+    rows = [json.loads(line) for line in (ROOT / "jobs/data/news/part-0.jsonl").read_text().splitlines()[:6]]
+    task = {**job, "max_new_tokens": 24}
+    predictor = Predictor(smollm2_spec(smollm2_cache, task, batching={"min_fill": 0}))
+    assert len(predictor.task.kv_prefix) > 15  # the chat opening, the system turn and the template's head
+    out = predictor(batch_of([r["text"] for r in rows])).to_pylist()
+    generator = transformers.pipeline(
+        "text-generation", model=predictor.loaded.model, tokenizer=predictor.loaded.tokenizer, device="cpu"
+    )
+    chats = [
+        [
+            {"role": "system", "content": job["system_prompt"]},
+            {"role": "user", "content": job["prompt_template"].format(text=r["text"])},
+        ]
+        for r in rows
+    ]
+    expected = generator(chats, batch_size=1, max_new_tokens=24, do_sample=False, return_full_text=False)
+    assert [o["generated_text"] for o in out] == [e[0]["generated_text"] for e in expected]
+    assert len({o["generated_tokens"] for o in out}) > 1  # rows of different lengths ended at different steps
 
 
 def test_quantized_generation_stays_close_to_full_precision(smollm2_cache):

@@ -13,8 +13,10 @@ from helpers import SENTENCES, batch_of, make_spec
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from pipelines.errors import PipelineError
+from pipelines.inference import kv_cache
 from pipelines.inference.predictor import ERROR, Predictor
 from pipelines.spec import spec_from_dict
+from pipelines.tasks import generation
 from pipelines.tasks.generation import GumbelSampler, row_seeds, seed_keys, split_generated
 from pipelines.tasks.options import GenerationOptions
 
@@ -48,20 +50,36 @@ def reference_generate(model_dir: str, prompt_ids: list[int], max_new_tokens: in
     return out[0, len(prompt_ids) :].tolist()
 
 
+def whole_prompt(predictor: Predictor, features, i: int) -> list[int]:
+    """Feature ``i``'s prompt tokens, the shared prefix included where the feature continues it."""
+    own = features.tokens["input_ids"].row(i).tolist()
+    prefix = predictor.task.kv_prefix
+    return (prefix.ids if prefix is not None and features.extra["prefixed"][i] else []) + own
+
+
 # greedy and beams ----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("kind", ["causal", "gpt2"])  # Llama (rotary) and GPT-2 (absolute positions)
-def test_greedy_output_is_the_same_alone_and_left_padded(tiny_models, kind):
+def test_greedy_output_is_the_same_alone_and_left_padded(tiny_models, kind, monkeypatch):
+    """Prompts of different lengths run in groups, then decode in one batch whose cache pads the shorter rows."""
     model_dir = tiny_models(kind)
     task = {"type": "text-generation", "max_new_tokens": 12}
-    predictor = Predictor(make_spec(model_dir, task, batching={"min_fill": 0}))  # one micro-batch for all
+    predictor = Predictor(make_spec(model_dir, task))
     assert predictor.task.padding_side == "left"
+    assert predictor.task.kv_prefix is not None  # this project's own decoding loop, not model.generate
+    widths: list[list[int]] = []
+
+    def merge(parts, after):
+        widths.append([int(part.mask.shape[1]) for part in parts])
+        return kv_cache.merge(parts, after)
+
+    monkeypatch.setattr(generation, "merge", merge)
     batched = predictor(batch_of([LONG, SHORT, "ok"])).to_pylist()
+    assert len(widths) == 1 and len(set(widths[0])) > 1  # one batch made of caches of different widths
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     for row in batched[1:]:
         alone = predictor(batch_of([row["text"]])).to_pylist()[0]
-        assert row["_padded"] > row["_tokens"]  # it really was padded in the batch
         assert {k: row[k] for k in TEXT_COLUMNS} == {k: alone[k] for k in TEXT_COLUMNS}
 
         prompt = tokenizer(row["text"])["input_ids"]
@@ -296,7 +314,148 @@ def test_long_prompts_lose_their_beginning_not_their_end(tiny_models):
     predictor = Predictor(make_spec(model_dir, task, batching={"max_length": 16}))
     features = predictor.task.encode(["word " * 50, "short"], {})
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    ids = features.tokens["input_ids"].row(0).tolist()
+    ids = whole_prompt(predictor, features, 0)
     assert len(ids) == 16 and ids[0] == tokenizer.bos_token_id
     assert tokenizer.decode(ids).endswith("word \nSummary:")
     assert features.truncated.tolist() == [True, False]
+
+
+# this project's decoding loop: a shared prefix, rows leaving the batch ------------------------------
+
+
+def chat_prompt(tokenizer, system: str, user: str) -> list[int]:
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
+
+
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+def test_shared_system_prompt_is_computed_once_and_answers_match_transformers(tiny_models, penalty):
+    """Rows batched after a cached system turn, the short ones finishing early: each answer is what
+    ``model.generate`` gives that row alone (the repetition penalty sees the whole prompt either way)."""
+    model_dir = tiny_models("causal")
+    system = "You answer in one short sentence about the news."
+    task = {
+        "type": "text-generation",
+        "chat": True,
+        "system_prompt": system,
+        "max_new_tokens": 10,
+        "repetition_penalty": penalty,
+    }
+    predictor = Predictor(make_spec(model_dir, task, batching={"min_fill": 0}))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    first = chat_prompt(tokenizer, system, SENTENCES[0])
+    assert predictor.task.kv_prefix.ids == first[: len(predictor.task.kv_prefix)]
+    assert len(predictor.task.kv_prefix) > len(tokenizer(system)["input_ids"])  # the system turn is in it
+    rows = predictor(batch_of(SENTENCES)).to_pylist()
+    for text, row in zip(SENTENCES, rows):
+        prompt = chat_prompt(tokenizer, system, text)
+        expected = reference_generate(model_dir, prompt, 10, repetition_penalty=penalty)
+        assert row["generated_text"] == tokenizer.decode(expected, skip_special_tokens=True), text
+        assert row["prompt_tokens"] == len(prompt)
+        assert row["generated_tokens"] == len(expected) == row["_generated"]
+
+
+def test_generated_tokens_are_counted_for_the_run(tiny_models):
+    task = {"type": "text-generation", "max_new_tokens": 4, "do_sample": True, "num_return_sequences": 2}
+    rows = predict(tiny_models("causal"), task, SENTENCES[:3])
+    assert [r["_generated"] for r in rows] == [sum(r["generated_tokens"]) for r in rows]
+    assert all(r["_tokens"] > 0 for r in rows)
+    labels = Predictor(make_spec(tiny_models("causal"), {"type": "llm-label", "candidate_labels": ["a", "b"]}))
+    assert labels(batch_of(SENTENCES[:2])).column("_generated").to_pylist() == [0, 0]
+
+
+# stop strings -------------------------------------------------------------------------------------
+
+
+def stop_inside(text: str) -> str:
+    """Two characters from the middle of ``text`` (not blank), to stop at."""
+    for start in range(len(text) // 2, len(text) - 1):
+        if text[start : start + 2].strip():
+            return text[start : start + 2]
+    raise AssertionError(f"no stop string to pick in {text!r}")
+
+
+def spanning_stop(tokenizer, tokens: list[int]) -> str:
+    """A stop string made of one token's last character and the next token's first (it spans their boundary)."""
+    pieces = [tokenizer.decode([t]) for t in tokens]
+    for left, right in zip(pieces[1:], pieces[2:]):
+        stop = left[-1:] + right[:1]
+        if len(stop) == 2 and stop.strip() and "\ufffd" not in stop:
+            return stop
+    raise AssertionError(f"no stop string to pick in {pieces!r}")
+
+
+@pytest.mark.parametrize("kind", ["causal", "gpt2"])
+def test_stop_string_ends_one_row_and_leaves_the_others(tiny_models, kind):
+    model_dir = tiny_models(kind)
+    task = {"type": "text-generation", "max_new_tokens": 12}
+    plain = predict(model_dir, task, SENTENCES)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    full = reference_generate(model_dir, tokenizer(SENTENCES[2])["input_ids"], 12)
+    stop = spanning_stop(tokenizer, full)
+    stopped = predict(model_dir, {**task, "stop": [stop, "never seen"]}, SENTENCES)
+    kept = next(n for n in range(1, len(full) + 1) if stop in tokenizer.decode(full[:n], skip_special_tokens=True))
+    row = stopped[2]
+    assert row["generated_text"] == plain[2]["generated_text"][: plain[2]["generated_text"].index(stop)]
+    assert row["finish_reason"] == "stop"
+    assert row["generated_tokens"] == kept == row["_generated"]  # up to the token that completed the stop string
+    for before, after in zip(plain, stopped):
+        if stop not in before["generated_text"]:
+            assert after == {**before, "_padded": after["_padded"]}  # untouched (the batch may have shrunk)
+
+
+def test_stop_strings_keep_sampling_reproducible(tiny_models):
+    """A stop string only ends a sequence: the tokens before it are those drawn without it, in any batch."""
+    model_dir = tiny_models("causal")
+    task = {"type": "text-generation", "max_new_tokens": 10, "do_sample": True, "num_return_sequences": 2}
+    ids = [f"row-{i}" for i in range(len(SENTENCES))]
+    free = predict(model_dir, task, SENTENCES, ids, seed=5)
+    stop = stop_inside(free[1]["generated_text"][0])
+    stopped = predict(model_dir, {**task, "stop": [stop]}, SENTENCES, ids, seed=5)
+    alone = predict(model_dir, {**task, "stop": [stop]}, [SENTENCES[1]], [ids[1]], seed=5)[0]
+    assert alone["generated_text"] == stopped[1]["generated_text"]
+    for before, after in zip(free, stopped):
+        for text, cut, reason in zip(before["generated_text"], after["generated_text"], after["finish_reason"]):
+            assert cut == (text[: text.index(stop)] if stop in text else text)
+            assert (reason == "stop") >= (stop in text)
+    assert stopped[1]["finish_reason"][0] == "stop"
+
+
+@pytest.mark.parametrize("task", [{"type": "summarization"}, {"type": "text-generation", "num_beams": 2}])
+def test_stop_strings_through_model_generate(tiny_models, task):
+    """Encoder-decoder models and beam search run model.generate: the text is cut at the stop string too."""
+    kind = "seq2seq" if task["type"] == "summarization" else "gpt2"
+    column = "summary_text" if kind == "seq2seq" else "generated_text"
+    model_dir = tiny_models(kind)
+    plain = predict(model_dir, {**task, "max_new_tokens": 10}, SENTENCES[:4])
+    stop = stop_inside(plain[0][column])
+    stopped = predict(model_dir, {**task, "max_new_tokens": 10, "stop": [stop]}, SENTENCES[:4])
+    assert stopped[0][column] == plain[0][column][: plain[0][column].index(stop)]
+    assert stopped[0]["finish_reason"] == "stop"
+    assert stopped[0]["generated_tokens"] < plain[0]["generated_tokens"]
+
+
+def test_an_empty_stop_string_is_a_spec_error():
+    raw = {
+        "input": {"paths": ["x"]},
+        "model": {"name": "m"},
+        "output": {"path": "o"},
+        "task": {"type": "text-generation", "stop": ["\n", ""]},
+    }
+    with pytest.raises(PipelineError, match="stop strings must not be empty"):
+        spec_from_dict(raw)
+
+
+def test_extra_logits_processing_in_the_generation_config_goes_through_model_generate(tiny_models, tmp_path):
+    """A model whose generation config asks for processing the own loop lacks keeps model.generate's answers."""
+    model_dir = tmp_path / "no-repeat"
+    shutil.copytree(tiny_models("causal"), model_dir)
+    config = json.loads((model_dir / "generation_config.json").read_text())
+    config["no_repeat_ngram_size"] = 2
+    (model_dir / "generation_config.json").write_text(json.dumps(config))
+    predictor = Predictor(make_spec(str(model_dir), {"type": "text-generation", "max_new_tokens": 8}))
+    assert predictor.task.kv_prefix is None
+    row = predictor(batch_of([SENTENCES[1]])).to_pylist()[0]
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    expected = reference_generate(str(model_dir), tokenizer(SENTENCES[1])["input_ids"], 8)
+    assert row["generated_text"] == tokenizer.decode(expected, skip_special_tokens=True)

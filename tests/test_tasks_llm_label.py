@@ -27,12 +27,20 @@ def label_loglik(model, tokenizer, prompt: str, continuation: str) -> tuple[floa
     return total, len(full) - len(prompt_ids)
 
 
+@pytest.mark.parametrize("reuse_prefix", [True, False], ids=["prefix-reused", "full-recomputation"])
 @pytest.mark.parametrize("normalize", ["sum", "mean"])
-def test_scores_are_softmaxed_label_log_likelihoods(tiny_models, normalize):
+def test_scores_are_softmaxed_label_log_likelihoods(tiny_models, normalize, reuse_prefix):
     model_dir = tiny_models("causal")
-    task = {"type": "llm-label", "candidate_labels": LABELS, "prompt_template": TEMPLATE, "normalize": normalize}
+    task = {
+        "type": "llm-label",
+        "candidate_labels": LABELS,
+        "prompt_template": TEMPLATE,
+        "normalize": normalize,
+        "reuse_prefix": reuse_prefix,
+    }
     predictor = Predictor(make_spec(model_dir, task, batching={"min_fill": 0}))
-    assert predictor.task.padding_side == "right"
+    assert predictor.task.padding_side == ("left" if reuse_prefix else "right")
+    assert (predictor.task.kv_prefix is not None) == reuse_prefix
     out = predictor(batch_of(SENTENCES))
     assert out.schema.field("label").type == pa.string() and out.schema.field("score").type == pa.float32()
     assert out.schema.field("scores").type == pa.struct([(label, pa.float32()) for label in LABELS])
@@ -51,15 +59,25 @@ def test_scores_are_softmaxed_label_log_likelihoods(tiny_models, normalize):
 def test_label_tokens_are_the_ones_the_model_would_write(tiny_models):
     """A trailing space in the template moves into the label: ' positive' is scored, not ' ' + 'positive'."""
     model_dir = tiny_models("causal")
-    task = {"type": "llm-label", "candidate_labels": LABELS, "prompt_template": "Review: {text}\nSentiment: "}
+    template = "Review: {text}\nSentiment: "
+    task = {"type": "llm-label", "candidate_labels": LABELS, "prompt_template": template, "reuse_prefix": False}
     predictor = Predictor(make_spec(model_dir, task))
     features = predictor.task.encode(["great"], {})
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    prompt = tokenizer("Review: great\nSentiment:")["input_ids"]
     for i, label in enumerate(LABELS):
         ids = features.tokens["input_ids"].row(i).tolist()
         assert ids == tokenizer(f"Review: great\nSentiment: {label}")["input_ids"]
-        assert features.extra["label_start"][i] == len(tokenizer("Review: great\nSentiment:")["input_ids"])
+        assert features.extra["label_start"][i] == len(prompt)
     assert features.row.tolist() == [0, 0, 0]
+
+    # with the prefix reused: one feature per row, its prompt after the prefix; the same label tokens
+    shared = Predictor(make_spec(model_dir, {**task, "reuse_prefix": True}))
+    features = shared.task.encode(["great"], {})
+    assert len(features) == 1 and features.extra["prefixed"].tolist() == [True]
+    assert shared.task.kv_prefix.ids + features.tokens["input_ids"].row(0).tolist() == prompt
+    for label, continuation in zip(LABELS, features.extra["labels"][0]):
+        assert prompt + continuation == tokenizer(f"Review: great\nSentiment: {label}")["input_ids"]
 
 
 def test_labels_do_not_depend_on_the_batch(tiny_models):
@@ -81,6 +99,7 @@ def test_chat_prompts_and_row_errors(tiny_models):
         "prompt_template": "Is this about {topic}? {text}",
     }
     predictor = Predictor(make_spec(model_dir, task))
+    assert len(predictor.task.kv_prefix) > 5  # the chat opening and the system turn are computed once
     batch = batch_of(SENTENCES[:3]).append_column("topic", pa.array(["sports", None, "science"]))
     rows = predictor(batch).to_pylist()
     assert rows[1][ERROR] == "prompt column 'topic' is null" and rows[1]["label"] is None
@@ -92,16 +111,14 @@ def test_chat_prompts_and_row_errors(tiny_models):
     ]
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
     features = predictor.task.encode([SENTENCES[0]], {"topic": ["sports"]})
-    assert features.tokens["input_ids"].row(0).tolist()[: len(prompt)] == prompt
+    assert predictor.task.kv_prefix.ids + features.tokens["input_ids"].row(0).tolist() == prompt
     # with chat the label follows the assistant header directly, without a space
-    assert (
-        features.tokens["input_ids"].row(0).tolist()[len(prompt) :]
-        == tokenizer("yes", add_special_tokens=False)["input_ids"]
-    )
+    assert features.extra["labels"][0][0] == tokenizer("yes", add_special_tokens=False)["input_ids"]
 
 
 def test_long_prompts_keep_their_end(tiny_models):
-    task = {"type": "llm-label", "candidate_labels": ["positive", "negative"], "prompt_template": TEMPLATE}
+    labels = ["positive", "negative"]
+    task = {"type": "llm-label", "candidate_labels": labels, "prompt_template": TEMPLATE, "reuse_prefix": False}
     predictor = Predictor(make_spec(tiny_models("causal"), task, batching={"max_length": 24}))
     features = predictor.task.encode(["word " * 100], {})
     tokenizer = AutoTokenizer.from_pretrained(tiny_models("causal"))
@@ -115,3 +132,62 @@ def test_llm_label_needs_a_chat_template_for_chat(tiny_models):
     task = {"type": "llm-label", "candidate_labels": ["a", "b"], "chat": True}
     with pytest.raises(PipelineError, match="no chat template"):
         Predictor(make_spec(tiny_models("gpt2"), task))
+
+
+# prefix reuse against full recomputation --------------------------------------------------------
+
+FEW_SHOT = "Examples.\nReview: fine film\nSentiment: positive\nReview: awful\nSentiment: negative\nReview: {text}\nSentiment:"
+
+
+@pytest.mark.parametrize("kind", ["causal", "gpt2"])  # rotary and absolute positions
+def test_prefix_reuse_scores_like_full_recomputation(tiny_models, kind):
+    """The same labels and scores, whether the shared prefix and each row's prompt are computed once or every
+    (row, label) in full; a row cut by truncation doesn't start with the prefix and is computed whole."""
+    model_dir = tiny_models(kind)
+    texts = [*SENTENCES, "word " * 60]
+    task = {"type": "llm-label", "candidate_labels": LABELS, "prompt_template": FEW_SHOT, "normalize": "sum"}
+    batching = {"max_length": 160, "max_rows": 3, "min_fill": 0}  # several micro-batches, padded rows in each
+    reused = Predictor(make_spec(model_dir, task, batching=batching))
+    full = Predictor(make_spec(model_dir, {**task, "reuse_prefix": False}, batching=batching))
+    assert len(reused.task.kv_prefix) > 20 and full.task.kv_prefix is None
+
+    features = reused.task.encode(texts, {})
+    assert len(features) == len(texts)  # one feature per row, whatever the number of labels
+    assert features.extra["prefixed"].tolist() == [True] * len(SENTENCES) + [False]
+    assert features.truncated.tolist()[-1]
+
+    got, expected = reused(batch_of(texts)).to_pylist(), full(batch_of(texts)).to_pylist()
+    assert [r["label"] for r in got] == [r["label"] for r in expected]
+    for a, b in zip(got, expected):
+        assert [a["scores"][x] for x in LABELS] == pytest.approx([b["scores"][x] for x in LABELS], abs=1e-5)
+    assert all(r[ERROR] is None for r in got)
+
+
+def test_prefix_reuse_bisects_a_failing_row_and_splits_on_out_of_memory(tiny_models):
+    model_dir = tiny_models("causal")
+    task = {"type": "llm-label", "candidate_labels": LABELS, "prompt_template": FEW_SHOT}
+    predictor = Predictor(make_spec(model_dir, task, batching={"min_fill": 0, "max_tokens": 4096}))
+    texts = SENTENCES * 2
+    clean = predictor(batch_of(texts)).to_pylist()
+    model = predictor.loaded.model
+    original = model.forward
+    own = predictor.task.encode(texts, {}).tokens["input_ids"]
+    others = {t for i in range(len(texts)) if "Paris" not in texts[i] for t in own.row(i).tolist()}
+    poison = next(t for t in own.row(texts.index(SENTENCES[4])).tolist() if t not in others)  # only in "...Paris..."
+
+    def failing(*args, **kwargs):
+        if (kwargs["input_ids"] == poison).any():
+            raise ValueError("poisoned row")
+        if kwargs["input_ids"].shape[0] > 4:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(*args, **kwargs)
+
+    model.forward = failing
+    out = predictor(batch_of(texts)).to_pylist()
+    poisoned = [i for i, text in enumerate(texts) if "Paris" in text]
+    assert [i for i, r in enumerate(out) if r[ERROR]] == poisoned
+    assert out[poisoned[0]][ERROR] == "forward failed: ValueError: poisoned row"
+    for i, (a, b) in enumerate(zip(out, clean)):
+        if i not in poisoned:
+            assert a["scores"] == pytest.approx(b["scores"], abs=1e-5)  # the cached prefix was left intact
+    assert predictor.max_tokens < 4096

@@ -7,6 +7,8 @@ import pytest
 from helpers import SENTENCES, make_spec, read_output, write_jsonl, write_parquet
 
 from pipelines.inference.predictor import Predictor
+from pipelines.output.records import CommitRecord
+from pipelines.output.summary import render
 from pipelines.runner import run_job
 
 pytestmark = pytest.mark.slow  # a local Ray: still part of make test
@@ -61,3 +63,24 @@ def test_new_tasks_on_ray_match_the_predictor_alone(ray_session, tiny_models, tm
                 assert got[name] == pytest.approx(row[name], abs=1e-5)
             else:
                 assert got[name] == row[name]
+
+
+def test_run_summary_counts_prompt_and_generated_tokens(ray_session, tiny_models, tmp_path):
+    """_run.json and the terminal summary give prompt and generated tokens/s apart; commits hold the counts."""
+    write_jsonl(tmp_path / "in" / "a.jsonl", ROWS)
+    task = {"type": "text-generation", "max_new_tokens": 6, "stop": ["zz"]}
+    spec = make_spec(tiny_models("causal"), task, tmp_path / "out", batching={"batch_size": 5})
+    spec.input.paths = [str(tmp_path / "in")]
+    summary = run_job(spec)
+    table = read_output(spec.output.path)
+    [commit] = [CommitRecord.model_validate_json(p.read_text()) for p in (tmp_path / "out" / "_commits").iterdir()]
+    assert commit.generated == sum(table.column("generated_tokens").to_pylist()) > 0
+    shared = len(Predictor(spec).task.kv_prefix)  # the shared start (a begin-of-text token) is not counted per row
+    assert commit.tokens == sum(table.column("prompt_tokens").to_pylist()) - shared * len(ROWS)
+    wall = summary.wall_s
+    assert summary.generated_tokens_per_s == pytest.approx(commit.generated / wall, rel=0.01)
+    assert summary.prompt_tokens_per_s == pytest.approx(commit.tokens / wall, rel=0.01)
+    assert summary.tokens_per_s == pytest.approx((commit.tokens + commit.generated) / wall, rel=0.01)
+    assert f"({summary.prompt_tokens_per_s:,.0f} prompt, {summary.generated_tokens_per_s:,.0f} generated)" in render(
+        summary
+    )

@@ -8,7 +8,7 @@ row are a few numpy operations, whatever the number of rows.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -68,7 +68,11 @@ class Ragged:
 
 
 def plan_microbatches(
-    lengths: np.ndarray, max_tokens: int, max_rows: int, min_fill: float = 0.0
+    lengths: np.ndarray,
+    max_tokens: int,
+    max_rows: int,
+    min_fill: float = 0.0,
+    footprint: Callable[[int], int] | None = None,
 ) -> list[np.ndarray]:
     """Split rows into micro-batches of similar length whose padded size stays under ``max_tokens``.
 
@@ -76,8 +80,10 @@ def plan_microbatches(
     row's length and holds as many rows as the budget allows (at least one, at
     most ``max_rows``), stopping early at the first row shorter than
     ``min_fill`` × that length, which bounds the padding of every micro-batch.
-    A row longer than the budget gets a micro-batch of its own. Returns index
-    arrays into ``lengths``; together they cover every row exactly once.
+    A row longer than the budget gets a micro-batch of its own. ``footprint``
+    maps a padded length to the tokens a row then holds (e.g. plus the tokens it
+    will generate); the budget counts those. Returns index arrays into
+    ``lengths``; together they cover every row exactly once.
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     order = np.argsort(-lengths, kind="stable")
@@ -87,7 +93,8 @@ def plan_microbatches(
     start = 0
     while start < n:
         longest = max(int(lengths[order[start]]), 1)
-        size = min(max_rows, max(1, max_tokens // longest), n - start)
+        held = footprint(longest) if footprint else longest
+        size = min(max_rows, max(1, max_tokens // max(held, 1)), n - start)
         if min_fill > 0:
             shorter = int(np.searchsorted(ascending, min_fill * longest, side="left"))  # rows below the bound
             size = max(1, min(size, n - shorter - start))

@@ -24,7 +24,7 @@ from pipelines import faults
 from pipelines.inference.batching import plan_microbatches
 from pipelines.inference.library_logs import hide_loading_bars, once_per_process
 from pipelines.inference.loading import load_config, load_model
-from pipelines.io.block import ERROR, PADDED, TOKENS
+from pipelines.io.block import ERROR, GENERATED, PADDED, TOKENS
 from pipelines.spec import JobSpec
 from pipelines.tasks import task_class
 from pipelines.tasks.base import ROW_ID, Features, Outputs, Task
@@ -76,10 +76,11 @@ class Predictor:
         for reason, picked in _by_reason(features.errors).items():  # rows the task itself refused
             errors = _flag(errors, rows[picked], reason)
         predictions = self.task.postprocess(outputs, features, len(rows)) if len(features) else {}
+        generated = self.task.new_tokens(outputs) if len(features) else None
         if features.truncated is not None and self.spec.errors.too_long == "error":
             reason = f"text longer than max_length ({self.loaded.max_length} tokens)"
             errors = _flag(errors, rows[features.truncated], reason)
-        return self._assemble(batch, rows, predictions, features, padded, errors)
+        return self._assemble(batch, rows, predictions, features, (padded, generated), errors)
 
     # steps ---------------------------------------------------------------------
 
@@ -103,7 +104,9 @@ class Predictor:
             return outputs, padded, failed
         batching = self.spec.batching
         lengths = features.lengths
-        queue = plan_microbatches(lengths, self.max_tokens, batching.max_rows, batching.min_fill)[::-1]
+        fill = self.task.micro_batch_fill(batching.min_fill)
+        plan = plan_microbatches(lengths, self.max_tokens, batching.max_rows, fill, self.task.footprint)
+        queue = plan[::-1]
         while queue:
             index = queue.pop()
             try:
@@ -117,14 +120,14 @@ class Predictor:
                     queue += [index[half:], index[:half]]
                 continue
             outputs.add(index, result)
-            padded[index] = lengths[index].max()
+            padded[index] = self.task.padded_widths(lengths[index])
         return outputs, padded, failed
 
     def _failure(self, exc: BaseException, index: np.ndarray, lengths: np.ndarray) -> str:
         """Log a failed forward, lower the budget on out-of-memory; the reason a lone row would get."""
         if is_out_of_memory(exc):
-            spent = len(index) * int(lengths[index].max())
-            self.max_tokens = max(int(lengths[index].max()), min(self.max_tokens, spent // 2))
+            held = self.task.footprint(int(lengths[index].max()))
+            self.max_tokens = max(held, min(self.max_tokens, len(index) * held // 2))
             if self.loaded.device.type == "cuda":
                 torch.cuda.empty_cache()
             log.warning("out of memory on %d rows × %d tokens: splitting; token budget now %d",
@@ -151,10 +154,13 @@ class Predictor:
         rows: np.ndarray,
         predictions: dict[str, pa.Array],
         features: Features,
-        padded: np.ndarray,
+        counts: tuple[np.ndarray, np.ndarray | None],
         errors: pa.Array,
     ) -> pa.Table:
-        """The input batch plus prediction columns (null where a row has an error) and token counts."""
+        """The input batch plus prediction columns (null where a row has an error) and token counts:
+        ``counts`` holds each feature's padded length and the tokens it generated (None: the task generates none).
+        """
+        padded, generated = counts
         n = len(batch)
         position = np.full(n, -1, dtype=np.int64)
         position[rows] = np.arange(len(rows))
@@ -167,12 +173,16 @@ class Predictor:
             table = table.append_column(field.with_name(prefix + field.name), pc.take(values.cast(field.type), take))
         tokens = np.zeros(n, dtype=np.int64)
         spent = np.zeros(n, dtype=np.int64)
+        new = np.zeros(n, dtype=np.int64)
         if len(features):
             tokens[rows] = np.bincount(features.row, weights=features.lengths, minlength=len(rows))
             spent[rows] = np.bincount(features.row, weights=padded, minlength=len(rows))
+            if generated is not None:
+                new[rows] = np.bincount(features.row, weights=generated, minlength=len(rows))
         table = table.append_column(ERROR, errors.cast(pa.string()))
         table = table.append_column(TOKENS, pa.array(tokens))
-        return table.append_column(PADDED, pa.array(spent))
+        table = table.append_column(PADDED, pa.array(spent))
+        return table.append_column(GENERATED, pa.array(new))
 
 
 def validate_rows(batch: pa.Table, text_column: str) -> tuple[np.ndarray, pa.Array]:

@@ -4,10 +4,11 @@
 (rows in the whole shard, so the driver knows when a shard is complete) and
 ``_error`` (why a row can't be predicted, else null) and ``_digest`` (a hash of
 the shard file's bytes, so a commit can record what it read) come from the reader; the
-predictor adds ``_tokens`` (a row's real tokens) and ``_padded`` (the tokens its
-forward computed, padding included). None of them reaches the output files.
+predictor adds ``_tokens`` (the real tokens the model read for a row), ``_padded`` (the tokens its
+forward computed, padding included) and ``_generated`` (the tokens generated for it).
+None of them reaches the output files.
 """
 
 SHARD, ROW, SHARD_ROWS, ERROR, DIGEST = "_shard", "_row", "_shard_rows", "_error", "_digest"
-TOKENS, PADDED = "_tokens", "_padded"
+TOKENS, PADDED, GENERATED = "_tokens", "_padded", "_generated"
 BOOKKEEPING = (SHARD, ROW, SHARD_ROWS, ERROR, DIGEST)

@@ -286,6 +286,7 @@ class OutputDir:
             tokens=sum(r.tokens for r in reports),
             padded=sum(r.padded for r in reports),
             blocks=[r.block() for r in reports],
+            generated=sum(r.generated for r in reports),
             confusion=confusion,
             reasons=reasons,
             files=[final] if data_rows else [],

@@ -101,6 +101,7 @@ class CommitRecord(Record):
     padded: int = 0
     #: One entry per staged block of this shard, in the order they came: what the run report plots over time.
     blocks: list[StagedBlock] = Field(default_factory=list)
+    generated: int = 0
     confusion: Confusion = Field(default_factory=dict)
     reasons: dict[str, int] = Field(default_factory=dict)
     files: list[str] = Field(default_factory=list)
@@ -171,6 +172,8 @@ class RunSummary(Record):
     wall_s: float = 0.0
     rows_per_s: float | None = None
     tokens_per_s: float | None = None
+    prompt_tokens_per_s: float | None = None
+    generated_tokens_per_s: float | None = None
     padding_efficiency: float | None = None
     agreement: Agreement | None = None
     #: Input files that could not be read: quarantined whole, or (the default) failing the job.

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.io.block import DIGEST, ERROR, PADDED, ROW, SHARD, SHARD_ROWS, TOKENS
+from pipelines.io.block import DIGEST, ERROR, GENERATED, PADDED, ROW, SHARD, SHARD_ROWS, TOKENS
 from pipelines.io.shards import resolve
 from pipelines.output import layout
 from pipelines.output.records import Confusion, StagedBlock
@@ -42,6 +42,7 @@ REPORT_SCHEMA = pa.schema(
         ("padded", pa.int64()),
         ("staged_at", pa.float64()),
         ("actor_ready_at", pa.float64()),
+        ("generated", pa.int64()),
         ("files", pa.list_(pa.string())),
         ("error_files", pa.list_(pa.string())),
         ("confusion", pa.list_(_CELL)),
@@ -64,6 +65,7 @@ class StagingReport:
     padded: int = 0
     staged_at: float = 0.0  # when the writer staged the block (epoch seconds)
     actor_ready_at: float = 0.0  # when the actor that predicted it had loaded its model (epoch seconds)
+    generated: int = 0
     files: list[str] = field(default_factory=list)
     error_files: list[str] = field(default_factory=list)
     confusion: Confusion = field(default_factory=dict)
@@ -92,6 +94,7 @@ class StagingReport:
             "padded": self.padded,
             "staged_at": self.staged_at,
             "actor_ready_at": self.actor_ready_at,
+            "generated": self.generated,
             "files": self.files,
             "error_files": self.error_files,
             "confusion": [
@@ -117,6 +120,7 @@ class StagingReport:
             padded=row["padded"],
             staged_at=row.get("staged_at") or 0.0,
             actor_ready_at=row.get("actor_ready_at") or 0.0,
+            generated=row.get("generated") or 0,
             files=list(row["files"] or []),
             error_files=list(row["error_files"] or []),
             confusion=confusion,
@@ -186,6 +190,7 @@ def _stage_shard(part: pa.Table, shard: str, config: StagingConfig) -> StagingRe
         tokens=int(pc.sum(part.column(TOKENS)).as_py() or 0),
         padded=int(pc.sum(part.column(PADDED)).as_py() or 0),
         staged_at=time.time(),
+        generated=int(pc.sum(part.column(GENERATED)).as_py() or 0) if GENERATED in part.column_names else 0,
         files=files,
         error_files=error_files,
         confusion=confusion(good, config),

@@ -35,6 +35,7 @@ def build(
     rows_now = sum(r.rows_in for r in this_run)
     tokens_now = sum(r.tokens for r in this_run)
     padded_now = sum(r.padded for r in this_run)
+    generated_now = sum(r.generated for r in this_run)
     rows_in = sum(r.rows_in for r in commits)
     errors = sum(r.errors for r in commits)
     return RunSummary(
@@ -57,7 +58,9 @@ def build(
         rows_this_run=rows_now,
         wall_s=round(wall_s, 3),
         rows_per_s=round(rows_now / wall_s, 2) if wall_s > 0 else None,
-        tokens_per_s=round(tokens_now / wall_s, 1) if wall_s > 0 else None,
+        tokens_per_s=round((tokens_now + generated_now) / wall_s, 1) if wall_s > 0 else None,
+        prompt_tokens_per_s=round(tokens_now / wall_s, 1) if wall_s > 0 else None,
+        generated_tokens_per_s=round(generated_now / wall_s, 1) if wall_s > 0 and generated_now else None,
         padding_efficiency=round(tokens_now / padded_now, 4) if padded_now else None,
         agreement=agreement(confusion),
         precision=job.precision,
@@ -81,9 +84,13 @@ def render(summary: RunSummary) -> str:
         f"model {summary.model.name} ({_precision(summary)}, {summary.device}), task {summary.task}",
     ]
     if summary.rows_per_s is not None and summary.rows_this_run:
+        split = ""
+        if summary.generated_tokens_per_s:
+            prompt, generated = summary.prompt_tokens_per_s or 0, summary.generated_tokens_per_s
+            split = f" ({prompt:,.0f} prompt, {generated:,.0f} generated)"
         lines.append(
-            f"{summary.wall_s:.1f} s, {summary.rows_per_s:,.1f} rows/s, {summary.tokens_per_s or 0:,.0f} tokens/s, "
-            f"padding efficiency {summary.padding_efficiency}"
+            f"{summary.wall_s:.1f} s, {summary.rows_per_s:,.1f} rows/s, "
+            f"{summary.tokens_per_s or 0:,.0f} tokens/s{split}, padding efficiency {summary.padding_efficiency}"
         )
     if summary.error_reasons:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary.error_reasons.items(), key=lambda kv: -kv[1]))

@@ -6,7 +6,9 @@ window), runs the model on a padded micro-batch of features, and folds the
 features' outputs back into one prediction per row as Arrow columns.
 
 A task knows nothing about Ray, batching or devices: the predictor decides
-which features go together and where tensors live. What a task needs before
+which features go together (under a token budget counted in the task's
+``footprint``) and where tensors live; the task's ``forward`` may run several
+model calls on a micro-batch, with per-actor state from ``setup``. What a task needs before
 any model is loaded (its options, output columns, input columns) is in
 :mod:`pipelines.tasks.options`; what is data here is declared, not computed:
 the ``transformers`` Auto class that loads its model (``model_class``) and the
@@ -94,7 +96,7 @@ class Task(ABC):
     options_model: ClassVar[type[TaskOptions]]
     #: The name of the ``transformers`` Auto class that loads the model, e.g. ``AutoModelForMaskedLM``.
     model_class: ClassVar[str]
-    padding_side: ClassVar[Literal["right", "left"]] = "right"
+    padding_side: Literal["right", "left"] = "right"  # a task may choose per instance, in ``setup``
     options: Any  # the task's own options class (``options_model``)
 
     def __init__(self, options: TaskOptions, tokenizer: Any, config: Any, max_length: int, seed: int = 0) -> None:
@@ -110,7 +112,28 @@ class Task(ABC):
         return cls.model_class
 
     def setup(self, model: torch.nn.Module, device: torch.device) -> None:
-        """Once per actor, after the model is loaded (e.g. embed candidate labels)."""
+        """Once per actor, after the model is loaded: state every ``forward`` may use (embedded candidate
+        labels, the KV cache of a prompt prefix all rows share). ``forward`` must leave that state as it found
+        it: the predictor may run a micro-batch again in halves after a failure."""
+
+    def footprint(self, width: int) -> int:
+        """Tokens one feature padded to ``width`` holds while ``forward`` runs: the unit of the micro-batch token
+        budget. More than ``width`` where ``forward`` adds tokens (a shared prefix's cache, generated tokens)."""
+        return width
+
+    def micro_batch_fill(self, configured: float) -> float:
+        """How much shorter than the longest a feature of a micro-batch may be (``batching.min_fill``); a task whose
+        ``forward`` groups features by length itself may want them all together (0)."""
+        return configured
+
+    def padded_widths(self, lengths: np.ndarray) -> np.ndarray:
+        """The padded width at which each feature of a micro-batch with these lengths is computed (for the
+        padding efficiency): the longest, unless ``forward`` groups them by length."""
+        return np.full(len(lengths), lengths.max() if len(lengths) else 0)
+
+    def new_tokens(self, outputs: Outputs) -> np.ndarray | None:
+        """Tokens each feature generated (for the run's generated tokens/s), or None for tasks that don't."""
+        return None
 
     @abstractmethod
     def encode(self, texts: list[str], columns: dict[str, list[Any]]) -> Features:
@@ -122,7 +145,11 @@ class Task(ABC):
 
     @abstractmethod
     def forward(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], extra: dict[str, Any]) -> dict[str, Any]:
-        """Run one padded micro-batch; return per-feature outputs (first dimension = features)."""
+        """Run one padded micro-batch; return per-feature outputs (first dimension = features).
+
+        A task may run several model calls here (continue a cached prefix, score labels after a row's prompt,
+        decode token by token), using what ``setup`` prepared.
+        """
 
     @abstractmethod
     def postprocess(self, outputs: Outputs, features: Features, n_rows: int) -> dict[str, pa.Array]:

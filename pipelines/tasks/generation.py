@@ -10,6 +10,17 @@ standard Gumbel noise is a sample from ``softmax(logits / T)``. So generation
 runs as greedy decoding (``do_sample=False``) with one extra logits processor
 that applies temperature, top-k and top-p, then adds the row's Gumbel noise —
 vectorized over the micro-batch and the vocabulary, no loop over rows.
+
+Decoder-only models with one beam decode in this project's own loop
+(:mod:`pipelines.inference.decoding`): the prompt part every row shares (chat
+opening, system prompt, the template's head) is computed once per actor and its
+KV cache reused, and a row leaves the batch as soon as it ends. Beam search,
+encoder-decoder models and models whose generation config asks for more logits
+processing go through ``model.generate``. Both give the same greedy text.
+
+Stop strings end a sequence where its text first contains one of them; the text
+is cut before it (``finish_reason`` "stop"), and the row's other sequences and
+the other rows go on.
 """
 
 from __future__ import annotations
@@ -21,17 +32,28 @@ import numpy as np
 import pyarrow as pa
 import torch
 from transformers import (
+    GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    StoppingCriteria,
+    StoppingCriteriaList,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
 
+from pipelines.inference.batching import Ragged, plan_microbatches
+from pipelines.inference.decoding import Process, decode
+from pipelines.inference.kv_cache import Prefix, Rows, merge, shared_prefix, supports_reuse
 from pipelines.tasks.base import ROW_ID, Features, Outputs, Task
 from pipelines.tasks.options import GenerationOptions
 
 MASK32 = 0xFFFFFFFF
+
+# Own loop: the prompts of a micro-batch run in groups whose shortest is at least this share of the longest
+# (little padding), then decode together in one batch (the more rows per step, the cheaper each row's step).
+PREFILL_FILL = 0.9
 
 
 # reproducible noise ----------------------------------------------------------------
@@ -73,7 +95,7 @@ class GumbelSampler(LogitsProcessor):
     def __init__(self, keys: torch.Tensor, start: int, options: GenerationOptions) -> None:
         self.keys = keys
         self.start = start
-        self.warpers = []
+        self.warpers: list[LogitsProcessor] = []
         if options.temperature != 1.0:
             self.warpers.append(TemperatureLogitsWarper(options.temperature))
         if options.top_k is not None:
@@ -82,12 +104,53 @@ class GumbelSampler(LogitsProcessor):
             self.warpers.append(TopPLogitsWarper(options.top_p))
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return self.draw(input_ids, scores, self.keys, input_ids.shape[1] - self.start)
+
+    def draw(self, input_ids: torch.Tensor, scores: torch.Tensor, keys: torch.Tensor, step: int) -> torch.Tensor:
+        """The warped scores plus the Gumbel noise of the rows with these ``keys`` at generation ``step``."""
         for warper in self.warpers:
             scores = warper(input_ids, scores)
-        step = input_ids.shape[1] - self.start
-        uniform = uniform_noise(self.keys, step, scores.shape[1])
+        uniform = uniform_noise(keys, step, scores.shape[1])
         gumbel = -torch.log(-torch.log(uniform))
         return scores + gumbel.to(scores.dtype)
+
+
+def sampling_keys(seeds: np.ndarray, count: int, device: torch.device) -> torch.Tensor:
+    """One noise key per sequence, ``count`` sequences per row, row by row (as ``repeat_interleave`` lays rows)."""
+    seeds_ = torch.from_numpy(np.asarray(seeds, dtype=np.int64)).to(device)
+    return torch.stack([seed_keys(seeds_, stream) for stream in range(count)], dim=1).reshape(len(seeds) * count)
+
+
+# stop strings --------------------------------------------------------------------
+
+
+def contains_stop(tokenizer: Any, sequences: list[list[int]], stops: list[str]) -> list[bool]:
+    """Whether each sequence's text (special tokens skipped) contains a stop string."""
+    texts = tokenizer.batch_decode(sequences, skip_special_tokens=True)
+    return [any(stop in text for stop in stops) for text in texts]
+
+
+class StopStrings(StoppingCriteria):
+    """``model.generate``'s stopping rule for stop strings, on the text as this project decodes it (Transformers'
+    own ``stop_strings`` match token strings, which differ from the text where a token carries a leading space)."""
+
+    def __init__(self, tokenizer: Any, stops: list[str], start: int) -> None:
+        self.tokenizer, self.stops, self.start = tokenizer, stops, start
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        hits = contains_stop(self.tokenizer, input_ids[:, self.start :].tolist(), self.stops)
+        return torch.tensor(hits, dtype=torch.bool, device=input_ids.device)
+
+
+def stop_length(tokenizer: Any, tokens: list[int], stops: list[str]) -> int | None:
+    """How many tokens a sequence keeps when its text contains a stop string: up to the one completing the first
+    occurrence; None when it contains none."""
+    if not any(stop in tokenizer.decode(tokens, skip_special_tokens=True) for stop in stops):
+        return None
+    n = len(tokens)
+    while n > 1 and any(stop in tokenizer.decode(tokens[: n - 1], skip_special_tokens=True) for stop in stops):
+        n -= 1
+    return n
 
 
 # decoding ------------------------------------------------------------------------
@@ -103,6 +166,37 @@ def eos_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:
     return [int(i) for i in (configured if isinstance(configured, (list, tuple)) else [configured])]
 
 
+# Generation-config settings that add logits processing ``model.generate`` does and this project's own loop doesn't.
+EXTRA_PROCESSING = (
+    "no_repeat_ngram_size",
+    "encoder_no_repeat_ngram_size",
+    "bad_words_ids",
+    "min_length",
+    "min_new_tokens",
+    "suppress_tokens",
+    "begin_suppress_tokens",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "sequence_bias",
+    "exponential_decay_length_penalty",
+    "renormalize_logits",
+    "min_p",
+    "typical_p",
+    "epsilon_cutoff",
+    "eta_cutoff",
+    "guidance_scale",
+    "watermarking_config",
+)
+
+
+def decodes_in_own_loop(model: torch.nn.Module, options: GenerationOptions) -> bool:
+    """Whether this project's decoding loop can run this model and these options (else ``model.generate``)."""
+    if options.num_beams > 1 or not supports_reuse(model):
+        return False
+    configured, default = model.generation_config, GenerationConfig()
+    return all(getattr(configured, name, None) == getattr(default, name, None) for name in EXTRA_PROCESSING)
+
+
 def generate(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -110,7 +204,8 @@ def generate(
     seeds: np.ndarray | None,
     options: GenerationOptions,
 ) -> tuple[list[list[np.ndarray]], list[list[bool]]]:
-    """Generated token ids (prompt and eos excluded) per feature and sequence, and whether each stopped at eos."""
+    """Generated token ids (prompt and eos excluded) per feature and sequence, and whether each stopped at eos,
+    through ``model.generate``."""
     count = options.num_return_sequences
     eos = eos_ids(model, tokenizer)
     kwargs: dict[str, Any] = {
@@ -126,16 +221,15 @@ def generate(
         "top_k": None,
         "top_p": None,
     }
+    start = 1 if model.config.is_encoder_decoder else inputs["input_ids"].shape[1]
+    if options.stop:
+        kwargs["stopping_criteria"] = StoppingCriteriaList([StopStrings(tokenizer, list(options.stop), start)])
     if options.do_sample:
-        batch = inputs["input_ids"].shape[0]
         inputs = {name: value.repeat_interleave(count, dim=0) for name, value in inputs.items()}
-        seeds_ = torch.from_numpy(np.asarray(seeds, dtype=np.int64)).to(inputs["input_ids"].device)
-        keys = torch.stack([seed_keys(seeds_, stream) for stream in range(count)], dim=1).reshape(batch * count)
-        start = 1 if model.config.is_encoder_decoder else inputs["input_ids"].shape[1]
+        keys = sampling_keys(np.asarray(seeds), count, inputs["input_ids"].device)
         kwargs["logits_processor"] = LogitsProcessorList([GumbelSampler(keys, start, options)])
     sequences = model.generate(**inputs, **kwargs)
-    skip = 1 if model.config.is_encoder_decoder else inputs["input_ids"].shape[1]
-    return split_generated(sequences[:, skip:].cpu().numpy(), eos, count)
+    return split_generated(sequences[:, start:].cpu().numpy(), eos, count)
 
 
 def split_generated(
@@ -158,22 +252,65 @@ def scatter(values: np.ndarray, rows: np.ndarray, n_rows: int) -> np.ndarray:
     return out
 
 
+def prefill_groups(lengths: np.ndarray) -> list[np.ndarray]:
+    """The prompts of a micro-batch in groups of similar length (indices), longest first."""
+    return plan_microbatches(lengths, max_tokens=2**62, max_rows=max(len(lengths), 1), min_fill=PREFILL_FILL)
+
+
 class GenerationTask(Task):
-    """A task whose forward is ``model.generate``; subclasses tokenize prompts in ``encode``.
+    """A task whose forward generates text; subclasses tokenize prompts in ``encode``.
 
     Output columns: the text (``text_output``), ``prompt_tokens``, ``generated_tokens``
-    (the eos token included) and ``finish_reason`` ("stop" at eos, "length" at max_new_tokens); text, token
-    counts and finish reasons are lists when ``num_return_sequences`` > 1.
+    (the eos token included) and ``finish_reason`` ("stop" at eos or a stop string, "length" at
+    max_new_tokens); text, token counts and finish reasons are lists when ``num_return_sequences`` > 1.
     """
 
     options: GenerationOptions
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.kv_prefix: Prefix | None = None  # set in setup where this project's own loop decodes
+        self.eos: list[int] = []
+
+    # setup: own loop or model.generate ---------------------------------------------
+
+    def setup(self, model: torch.nn.Module, device: torch.device) -> None:
+        self.eos = eos_ids(model, self.tokenizer)
+        if decodes_in_own_loop(model, self.options):
+            start, probe = self.shared_start()
+            self.kv_prefix = shared_prefix(model, start, probe, device) if probe else None
+        if self.kv_prefix is not None:
+            self.padding_side = "left"  # every row's prompt ends in the last column, where decoding starts
+
+    def shared_start(self) -> tuple[list[int], list[int]]:
+        """The token ids every prompt starts with, and a probe row's tokens after them (none: no own loop)."""
+        return [], []
+
+    def footprint(self, width: int) -> int:
+        shared = len(self.kv_prefix) if self.kv_prefix is not None else 0
+        copies = max(self.options.num_return_sequences, self.options.num_beams)
+        return (width + shared + self.options.max_new_tokens) * copies
+
+    def micro_batch_fill(self, configured: float) -> float:
+        return 0.0 if self.kv_prefix is not None else configured  # the own loop groups prompts by length itself
+
+    def padded_widths(self, lengths: np.ndarray) -> np.ndarray:
+        if self.kv_prefix is None:
+            return super().padded_widths(lengths)
+        widths = np.zeros(len(lengths), dtype=np.int64)
+        for group in prefill_groups(lengths):
+            widths[group] = lengths[group].max()
+        return widths
+
+    # encode helpers ------------------------------------------------------------------
 
     def seeds_for(self, texts: list[str], columns: dict[str, list[Any]]) -> np.ndarray:
         """Per-row seeds from the job seed and the row ids (the prompt text when there are no ids)."""
         return row_seeds(self.seed, columns.get(ROW_ID) or texts)
 
     def features_from(self, encoding: dict[str, Any], seeds: np.ndarray, keep: np.ndarray | None = None) -> Features:
-        """One feature per row that has a prompt (``keep``), carrying the row's seed."""
+        """One feature per row that has a prompt (``keep``), carrying the row's seed; with a shared prefix, the
+        feature is the prompt after it (the whole prompt where a row doesn't start with it)."""
         truncated = encoding.get("truncated")
         features = Features.one_per_row({"input_ids": encoding["input_ids"]})
         if keep is not None:
@@ -182,24 +319,134 @@ class GenerationTask(Task):
                 truncated = scatter(truncated, features.row, len(keep))
         features.truncated = truncated
         features.extra["seed"] = seeds[features.row]
+        features.extra["prompt_tokens"] = features.lengths
+        if self.kv_prefix is not None:
+            prefixed = np.asarray([self.kv_prefix.starts(list(ids)) for ids in encoding["input_ids"]], dtype=bool)
+            shared = len(self.kv_prefix)
+            own = [ids[shared:] if p else ids for ids, p in zip(encoding["input_ids"], prefixed)]
+            features.tokens = {"input_ids": Ragged.from_lists(own)}
+            features.extra["prefixed"] = prefixed
         return features
 
+    # forward ---------------------------------------------------------------------------
+
     def forward(self, model, inputs, extra):
-        tokens, stopped = generate(model, self.tokenizer, inputs, extra.get("seed"), self.options)
-        return {"tokens": tokens, "stopped": stopped}
+        if self.kv_prefix is None:
+            tokens, stopped = generate(model, self.tokenizer, inputs, extra.get("seed"), self.options)
+            return {"tokens": tokens, "stopped": stopped}
+        return self._decode(model, self.kv_prefix, inputs, extra)
+
+    def _decode(self, model, prefix: Prefix, inputs, extra) -> dict[str, Any]:
+        """Each row's prompt after the cached prefix (in groups of similar length), then all rows together, token
+        by token, until each ends."""
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        prefixed = torch.from_numpy(extra["prefixed"]).to(ids.device)
+        groups = prefill_groups(mask.sum(dim=1).cpu().numpy())
+        order = np.concatenate(groups)
+        parts: list[Rows] = []
+        last: list[torch.Tensor] = []
+        for group in groups:
+            index = torch.from_numpy(group).to(ids.device)
+            width = int(mask[index].sum(dim=1).max())
+            parts.append(prefix.rows(prefixed[index]))
+            last.append(parts[-1].extend(model, ids[index, -width:], mask[index, -width:], last_only=True))
+        rows, logits = merge(parts, len(prefix)), torch.cat(last)
+        at = torch.from_numpy(order).to(ids.device)
+        history = self._history(prefix, ids[at], mask[at], prefixed[at])
+        seeds = extra.get("seed")
+        count = self.options.num_return_sequences if self.options.do_sample else 1
+        if count > 1:
+            rows.repeat(count)
+            logits, history = logits.repeat_interleave(count, dim=0), history.repeat_interleave(count, dim=0)
+        sequences = decode(
+            model,
+            rows,
+            logits,
+            history,
+            self.options.max_new_tokens,
+            self.eos,
+            self._processing(seeds[order] if seeds is not None else None, count, ids.device),
+            self._stops if self.options.stop else None,
+        )
+        back = np.argsort(order)  # sequences are in group order; the outputs in the micro-batch's
+        sequences = [sequences[int(i) * count + j] for i in back for j in range(count)]
+        tokens = [np.asarray(s.tokens, dtype=np.int64) for s in sequences]
+        stopped = [s.reason == "eos" for s in sequences]
+        return {
+            "tokens": [tokens[i : i + count] for i in range(0, len(tokens), count)],
+            "stopped": [stopped[i : i + count] for i in range(0, len(tokens), count)],
+        }
+
+    @staticmethod
+    def _history(prefix: Prefix, ids: torch.Tensor, mask: torch.Tensor, prefixed: torch.Tensor) -> torch.Tensor:
+        """Each row's prompt tokens for the repetition penalty, ``[rows, prefix + width]``: padding, and the prefix
+        of rows that don't start with it, hold the row's first token (already in its prompt, so no new token)."""
+        first = ids.gather(1, (mask.shape[1] - mask.sum(dim=1))[:, None])
+        own = torch.where(mask.bool(), ids, first)
+        head = torch.tensor([prefix.ids], dtype=ids.dtype, device=ids.device).expand(len(ids), len(prefix))
+        return torch.cat([torch.where(prefixed[:, None], head, first), own], dim=1)
+
+    def _processing(self, seeds: np.ndarray | None, count: int, device: torch.device) -> Process | None:
+        """Repetition penalty, then (sampling) the warpers and each sequence's Gumbel noise."""
+        options = self.options
+        penalty = None
+        if options.repetition_penalty != 1:
+            penalty = RepetitionPenaltyLogitsProcessor(options.repetition_penalty)
+        sampler = keys = None
+        if options.do_sample:
+            sampler = GumbelSampler(torch.zeros(0, dtype=torch.int64), 0, options)
+            keys = sampling_keys(np.asarray(seeds), count, device)
+        if penalty is None and sampler is None:
+            return None
+
+        def process(history: torch.Tensor, scores: torch.Tensor, rows: torch.Tensor, step: int) -> torch.Tensor:
+            if penalty is not None:
+                scores = penalty(history, scores)
+            if sampler is not None and keys is not None:
+                scores = sampler.draw(history, scores, keys[rows], step)
+            return scores
+
+        return process
+
+    def _stops(self, sequences: list[list[int]]) -> list[bool]:
+        return contains_stop(self.tokenizer, sequences, list(self.options.stop))
+
+    # postprocess -----------------------------------------------------------------------
+
+    def new_tokens(self, outputs: Outputs) -> np.ndarray:
+        counts = self._counts(outputs)
+        return np.asarray([sum(n for n, _ in per_feature) for per_feature in counts], dtype=np.int64)
+
+    def _counts(self, outputs: Outputs) -> list[list[tuple[int, str]]]:
+        """Per feature and sequence: tokens generated (eos or the stop string's last token included), and the
+        finish reason."""
+        stops = list(self.options.stop)
+        result = []
+        for sequences, ended in zip(outputs.listed("tokens"), outputs.listed("stopped")):
+            per_feature = []
+            for tokens, at_eos in zip(sequences, ended):
+                kept = stop_length(self.tokenizer, tokens.tolist(), stops) if stops else None
+                if kept is not None:
+                    per_feature.append((kept, "stop"))
+                else:
+                    per_feature.append((len(tokens) + int(at_eos), "stop" if at_eos else "length"))
+            result.append(per_feature)
+        return result
 
     def postprocess(self, outputs: Outputs, features: Features, n_rows: int) -> dict[str, pa.Array]:
         tokens = outputs.listed("tokens")  # per feature: a list of count arrays
-        stopped = outputs.listed("stopped")
         count = self.options.num_return_sequences
         texts = self.tokenizer.batch_decode([t.tolist() for seqs in tokens for t in seqs], skip_special_tokens=True)
+        if self.options.stop:
+            texts = [self._cut(text) for text in texts]
+        counts = self._counts(outputs)
         per_row: dict[str, list[Any]] = {name: [None] * n_rows for name in ("text", "generated", "finish")}
         for i, row in enumerate(features.row):
             per_row["text"][row] = texts[i * count : (i + 1) * count]
-            per_row["generated"][row] = [len(t) + s for t, s in zip(tokens[i], stopped[i])]  # eos included
-            per_row["finish"][row] = ["stop" if s else "length" for s in stopped[i]]
+            per_row["generated"][row] = [n for n, _ in counts[i]]
+            per_row["finish"][row] = [reason for _, reason in counts[i]]
         prompt = np.zeros(n_rows, dtype=np.int32)
-        prompt[features.row] = features.lengths
+        prompt[features.row] = features.extra["prompt_tokens"]
         single = count == 1
 
         def column(values: list, type_: pa.DataType) -> pa.Array:
@@ -213,6 +460,11 @@ class GenerationTask(Task):
             "generated_tokens": column(per_row["generated"], pa.int32()),
             "finish_reason": column(per_row["finish"], pa.string()),
         }
+
+    def _cut(self, text: str) -> str:
+        """The text before its first stop string."""
+        found = [text.find(stop) for stop in self.options.stop if stop in text]
+        return text[: min(found)] if found else text
 
     def output_schema(self) -> pa.Schema:
         def maybe_list(type_: pa.DataType) -> pa.DataType:

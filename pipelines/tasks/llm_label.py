@@ -1,11 +1,18 @@
 """llm-label: a causal LM picks each row's label by how likely it finds each candidate as the answer.
 
-For every row and candidate label, the prompt followed by the label is one
-feature (as zero-shot NLI makes one feature per hypothesis); one forward over a
-right-padded micro-batch gives the log-likelihood of the label's tokens after the
-prompt. Labels are ranked by the sum (or mean per token) of those, and ``score``
-is their softmax over the candidates. No sampling: the same rows give the same
-labels whatever the batch.
+Labels are ranked by the log-likelihood of their tokens after the row's prompt
+(the sum, or the mean per token), and ``score`` is their softmax over the
+candidates. No sampling: the same rows give the same labels whatever the batch.
+
+The prompt part every row shares (few-shot examples, a system prompt, the chat
+template's opening: the tokens all prompts of the template start with) is run
+once per actor and its KV cache reused by every micro-batch; each row's own
+prompt tokens run once, left-padded after it, and give the first token of every
+label; labels of several tokens then add only their own tokens, one label at a
+time, on that row's cache (see :mod:`pipelines.inference.kv_cache`). With
+``reuse_prefix: false``, or a model whose cache can't hold that layout, every
+(row, label) pair is one right-padded feature computed in full, as zero-shot NLI
+makes one feature per hypothesis; both give the same scores up to float rounding.
 
 Label tokens are scored as the model would write them after the prompt: the
 prompt is tokenized alone and with the label appended, and the label's tokens
@@ -15,7 +22,6 @@ where a tokenizer merges across the boundary, the label is tokenized on its own.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import numpy as np
@@ -23,16 +29,18 @@ import pyarrow as pa
 import torch
 
 from pipelines.inference.batching import Ragged
+from pipelines.inference.kv_cache import Prefix, keeps_logits, shared_prefix
 from pipelines.tasks.base import Features, LabelTask, Outputs, softmax
 from pipelines.tasks.options import LLMLabelOptions
-from pipelines.tasks.prompts import check_chat, fill, render, special_prefix
+from pipelines.tasks.prompts import check_chat, fill, render, shared_start, special_prefix
 
 
 class LLMLabel(LabelTask):
     name = "llm-label"
     options_model = LLMLabelOptions
     model_class = "AutoModelForCausalLM"
-    padding_side = "right"  # each label's tokens sit right after its own prompt; padding only follows
+    # Padding: right with full recomputation (each label's tokens sit right after its own prompt, padding only
+    # follows); left with a shared prefix, so that every row's prompt ends in the last column (set in ``setup``).
     options: LLMLabelOptions
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -42,10 +50,22 @@ class LLMLabel(LabelTask):
             check_chat(self.tokenizer, self.name)
         self.specials = [] if self.options.chat else special_prefix(self.tokenizer)
         self.keeps_logits = False
+        self.kv_prefix: Prefix | None = None  # set in setup where rows continue a shared prefix
+        self.label_width = max(len(self.tokenizer(" " + x, add_special_tokens=False)["input_ids"]) for x in self.labels)
 
     def setup(self, model: torch.nn.Module, device: torch.device) -> None:
         # Most causal LMs can compute logits for the last positions only: far less memory for a big vocabulary.
-        self.keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self.keeps_logits = keeps_logits(model)
+        if self.options.reuse_prefix:
+            start, probe = shared_start(self.options.prompt_template, self._prompt_ids)
+            self.kv_prefix = shared_prefix(model, start, probe, device) if probe else None
+        self.padding_side = "left" if self.kv_prefix is not None else "right"
+
+    def footprint(self, width: int) -> int:
+        if self.kv_prefix is None:
+            return width
+        return width + len(self.kv_prefix) + self.label_width  # the prefix's cache, then a label's tokens
+
 
     # encode --------------------------------------------------------------------------
 
@@ -54,7 +74,7 @@ class LLMLabel(LabelTask):
         rows = [i for i, p in enumerate(prompts) if p is not None]
         filled = [prompt for prompt in prompts if prompt is not None]
         rendered = render(self.tokenizer, filled, self.options.chat, self.options.system_prompt)
-        ids, label_index, starts, owners = [], [], [], []
+        kept: list[tuple[int, list[int], list[list[int]]]] = []
         truncated = np.zeros(len(texts), dtype=bool)
         for row, prompt_ids, continuations in zip(rows, *self._tokenize(rendered)):
             budget = self.max_length - max(map(len, continuations))
@@ -64,20 +84,49 @@ class LLMLabel(LabelTask):
             if len(prompt_ids) > budget:  # keep the end of the prompt: the question and the answer slot
                 prompt_ids = self.specials + prompt_ids[len(prompt_ids) - budget + len(self.specials) :]
                 truncated[row] = True
+            kept.append((row, prompt_ids, continuations))
+        features = self._per_row(kept) if self.kv_prefix is not None else self._per_label(kept)
+        features.truncated = truncated
+        features.errors = errors
+        return features
+
+    def _per_label(self, kept: list[tuple[int, list[int], list[list[int]]]]) -> Features:
+        """One feature per (row, label): the whole prompt followed by the label."""
+        ids, label_index, starts, owners = [], [], [], []
+        for row, prompt_ids, continuations in kept:
             for j, continuation in enumerate(continuations):
                 ids.append(prompt_ids + continuation)
                 label_index.append(j)
                 starts.append(len(prompt_ids))
                 owners.append(row)
         tokens = Ragged.from_lists(ids)
-        features = Features(tokens={"input_ids": tokens}, row=np.asarray(owners, dtype=np.int64), truncated=truncated)
+        features = Features(tokens={"input_ids": tokens}, row=np.asarray(owners, dtype=np.int64))
         features.extra = {
             "label_index": np.asarray(label_index, dtype=np.int64),
             "label_start": np.asarray(starts, dtype=np.int64),
             "label_len": tokens.lengths - np.asarray(starts, dtype=np.int64),
         }
-        features.errors = errors
         return features
+
+    def _per_row(self, kept: list[tuple[int, list[int], list[list[int]]]]) -> Features:
+        """One feature per row: its prompt after the shared prefix (all of it where it doesn't start with it)."""
+        assert self.kv_prefix is not None
+        prefixed = np.asarray([self.kv_prefix.starts(ids) for _, ids, _ in kept], dtype=bool)
+        own = [ids[len(self.kv_prefix) :] if shared else ids for (_, ids, _), shared in zip(kept, prefixed)]
+        labels = np.empty(len(kept), dtype=object)
+        for i, (_, _, continuations) in enumerate(kept):
+            labels[i] = continuations
+        features = Features(
+            tokens={"input_ids": Ragged.from_lists(own)}, row=np.asarray([row for row, _, _ in kept], dtype=np.int64)
+        )
+        features.extra = {"prefixed": prefixed, "labels": labels}
+        return features
+
+    def _prompt_ids(self, filled: list[str]) -> list[list[int]]:
+        """The token ids of filled templates, as ``encode`` computes them (without truncation)."""
+        rendered = render(self.tokenizer, filled, self.options.chat, self.options.system_prompt)
+        bare = [prompt.rstrip(" ") for prompt in rendered]
+        return [list(ids) for ids in self.tokenizer(bare, add_special_tokens=not self.options.chat)["input_ids"]]
 
     def _tokenize(self, rendered: list[str]) -> tuple[list[list[int]], list[list[list[int]]]]:
         """Per prompt: its token ids, and each label's continuation ids."""
@@ -115,6 +164,43 @@ class LLMLabel(LabelTask):
     # forward -------------------------------------------------------------------------
 
     def forward(self, model, inputs, extra):
+        if self.kv_prefix is None:
+            return self._forward_per_label(model, inputs, extra)
+        return self._forward_per_row(model, self.kv_prefix, inputs, extra)
+
+    def _forward_per_row(self, model, prefix: Prefix, inputs, extra) -> dict[str, Any]:
+        """Each row's prompt after the cached prefix; its last logits score every label's first token, and labels
+        of several tokens continue that row's cache with their own tokens, one label at a time."""
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        device = ids.device
+        labels: list[list[list[int]]] = list(extra["labels"])
+        rows = prefix.rows(torch.from_numpy(extra["prefixed"]).to(device))
+        last = rows.extend(model, ids, mask, last_only=True).float().log_softmax(-1)
+        first = torch.tensor([[c[0] for c in row] for row in labels], device=device)
+        loglik = last.gather(1, first)  # [rows, labels]
+        counts = np.asarray([[len(c) for c in row] for row in labels], dtype=np.int64)
+        for j in np.flatnonzero((counts > 1).any(axis=0)):
+            loglik[:, j] += self._rest_of_label(model, rows, [row[j] for row in labels])
+        return {"loglik": loglik.cpu().numpy(), "label_tokens": counts}
+
+    @staticmethod
+    def _rest_of_label(model, rows, continuations: list[list[int]]) -> torch.Tensor:
+        """Log-likelihood of each row's label tokens after the first; the rows' cache is left as it was."""
+        device = rows.mask.device
+        inputs = Ragged.from_lists([c[:-1] or c[:1] for c in continuations])  # a one-token label feeds a dummy
+        targets = Ragged.from_lists([c[1:] or [0] for c in continuations])
+        everything = np.arange(len(continuations))
+        ids, mask = (torch.from_numpy(a).to(device) for a in inputs.pad(everything, 0, "right"))
+        wanted, valid = (torch.from_numpy(a).to(device) for a in targets.pad(everything, 0, "right"))
+        valid = valid * torch.tensor([len(c) > 1 for c in continuations], device=device)[:, None]
+        saved = rows.snapshot()
+        logits = rows.extend(model, ids, mask).float().log_softmax(-1)
+        rows.restore(saved)
+        token_logp = logits.gather(2, wanted[..., None])[..., 0]
+        return (token_logp * valid).sum(dim=1)
+
+    def _forward_per_label(self, model, inputs, extra) -> dict[str, Any]:
+        """Each (row, label) feature in full; the logits at the label's positions score it."""
         ids = inputs["input_ids"]
         device = ids.device
         start = torch.from_numpy(extra["label_start"]).to(device)
@@ -141,7 +227,10 @@ class LLMLabel(LabelTask):
         if self.options.normalize == "mean":
             loglik = loglik / np.maximum(outputs.stacked("label_tokens"), 1)
         matrix = np.zeros((n_rows, len(self.labels)))  # rows without features stay uniform (they are errors)
-        matrix[features.row, features.extra["label_index"]] = loglik
+        if "label_index" in features.extra:  # one feature per (row, label)
+            matrix[features.row, features.extra["label_index"]] = loglik
+        else:  # one feature per row, every label
+            matrix[features.row] = loglik
         scores = softmax(matrix, axis=1)
         return self.label_columns(scores)
 

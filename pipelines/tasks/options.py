@@ -104,6 +104,17 @@ class GenerationOptions(TaskOptions):
     num_beams: int = Field(default=1, gt=0, description="Beam search width (greedy when 1); not with do_sample.")
     num_return_sequences: int = Field(default=1, gt=0, description="Sequences per row: samples, or the best beams.")
     repetition_penalty: float = Field(default=1.0, gt=0, description="Above 1 discourages repeating tokens.")
+    stop: list[str] = Field(
+        default_factory=list,
+        description="Stop strings: a sequence ends where its text first contains one; the text is cut before it.",
+    )
+
+    @field_validator("stop")
+    @classmethod
+    def _stops_not_empty(cls, stops: list[str]) -> list[str]:
+        if any(not stop for stop in stops):
+            raise ValueError("stop strings must not be empty")
+        return stops
 
     @model_validator(mode="after")
     def _decoding(self) -> GenerationOptions:
@@ -175,6 +186,11 @@ class LLMLabelOptions(PromptOptions, LabelOptions):
     )
     normalize: Literal["sum", "mean"] = Field(
         default="mean", description="Rank labels by total or per-token log-likelihood."
+    )
+    reuse_prefix: bool = Field(
+        default=True,
+        description="Run the prompt part every row shares once per actor, and each row's prompt once for all "
+        "its labels (false: one full forward per row and label).",
     )
     return_all_scores: bool = True
 

@@ -7,13 +7,21 @@ the job then reads). A row whose column is null gets an error, not a prompt.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from pipelines.errors import PipelineError
 from pipelines.tasks.base import _truncated
-from pipelines.tasks.options import template_columns
+from pipelines.tasks.options import template_columns, template_fields
+
+# Values filled into every field of a template to find what all prompts share. They start differently (common
+# words, which byte-pair vocabularies merge with a space before them, a rare letter, a capital, a digit, a space,
+# punctuation, a newline, a non-ASCII letter), so that the template's text next to a field is left out of the
+# shared part wherever a row's first characters could merge with it.
+PROBES = ("the", "a", "I", "it", "great", "x", "Hello world", "7", " y", "(", "\nz", "Ödön", "-")
 
 
 def fill(template: str, texts: list[str], columns: dict[str, list[Any]]) -> tuple[list[str | None], dict[int, str]]:
@@ -78,3 +86,19 @@ def tokenize_prompts(tokenizer: Any, prompts: list[str], chat: bool, max_length:
     if encoding["truncated"] is None:
         encoding["truncated"] = np.zeros(len(prompts), dtype=bool)
     return encoding
+
+
+def shared_start(template: str, encode: Callable[[list[str]], list[list[int]]]) -> tuple[list[int], list[int]]:
+    """The token ids every prompt from ``template`` starts with, and what follows them in one probe's prompt.
+
+    ``encode`` turns filled templates into the token ids the task runs (chat
+    rendering, special tokens). The prompts of very different probe values are
+    compared: where the template's text before a field merges with a row's first
+    characters (" " and "great" become " g" "reat"), some probe merges too, so
+    the merged token is left out. A row whose ids still don't start with the
+    result simply doesn't share it (the caller checks each row).
+    """
+    names = template_fields(template)
+    ids = encode([template.format_map(dict.fromkeys(names, value)) for value in PROBES])
+    common = list(os.path.commonprefix(ids))
+    return common, list(ids[0][len(common) :])

@@ -10,7 +10,7 @@ from pipelines.errors import PipelineError
 from pipelines.tasks.base import Features
 from pipelines.tasks.generation import GenerationTask
 from pipelines.tasks.options import TextGenerationOptions
-from pipelines.tasks.prompts import check_chat, fill, render, tokenize_prompts
+from pipelines.tasks.prompts import check_chat, fill, render, shared_start, tokenize_prompts
 
 
 class TextGeneration(GenerationTask):
@@ -49,3 +49,12 @@ class TextGeneration(GenerationTask):
         features = self.features_from(encoding, self.seeds_for(texts, columns), keep)
         features.errors = errors
         return features
+
+    def shared_start(self) -> tuple[list[int], list[int]]:
+        return shared_start(self.options.prompt_template, self._prompt_ids)
+
+    def _prompt_ids(self, filled: list[str]) -> list[list[int]]:
+        """Token ids of filled templates, as ``encode`` computes them."""
+        rendered = render(self.tokenizer, filled, self.options.chat, self.options.system_prompt)
+        encoding = tokenize_prompts(self.tokenizer, rendered, self.options.chat, self.prompt_budget)
+        return [list(ids) for ids in encoding["input_ids"]]
