@@ -22,7 +22,8 @@ the machine meanwhile. Each part:
   batch_size=32)`` with ``padding=True`` → ``write_parquet``, on all the shards.
 - ``sentence-transformers``: ``SentenceTransformer.encode(batch_size=32)`` (the benchmark-only extra
   ``pip install -e ".[bench]"``), in this process.
-- ``memory`` (only when asked for): the job on ``--memory-times`` × the corpus, for its peak memory.
+- ``memory`` (only when asked for): the job on the rows and on ``--memory-times`` × the rows (copies with
+  new ids, as more shards), for the ratio of their peak memory.
 
 Prints a table and writes every figure as JSON (``--out``, default ``benchmarks/results.json``).
 """
@@ -269,8 +270,8 @@ def run_job(texts: list[str], args: argparse.Namespace) -> dict:
 
 def run_memory(texts: list[str], args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        once = run_job_once(Path(tmp) / "once", None, args)
-        many = run_job_once(Path(tmp) / "many", None, args, times=args.memory_times)
+        once = run_job_once(Path(tmp) / "once", len(texts), args)
+        many = run_job_once(Path(tmp) / "many", len(texts), args, times=args.memory_times)
     return {
         "rows": [once["rows"], many["rows"]],
         "peak_bytes": [once["peak_bytes"], many["peak_bytes"]],
@@ -348,6 +349,8 @@ def table(results: dict) -> str:
 def finish(name: str, result: dict) -> dict:
     if name == "job":
         result["rows_per_s"] = result["steady_rows_per_s"]
+    elif name == "memory":
+        return result
     elif "rows_per_s" not in result:
         result["rows_per_s"] = result["rows"] / result["seconds"]
     if result.get("tokens") and result.get("padded"):
@@ -379,6 +382,11 @@ def main() -> None:
     meta = {"threads": args.threads, "precision": args.precision, "cpus": os.cpu_count(), "when": time.ctime()}
     args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=str))
     print(table(results))
+    if "rows" in results.get("memory", {}):
+        memory = results["memory"]
+        rows, peaks = memory["rows"], [b / 2**20 for b in memory["peak_bytes"]]
+        print(f"memory: {rows[0]:,} rows {peaks[0]:,.0f} MiB, {rows[1]:,} rows {peaks[1]:,.0f} MiB: "
+              f"{memory['ratio']:.2f}×")
     print(f"(written to {args.out})")
     shutil.rmtree(ROOT / "output" / "embed_corpus", ignore_errors=True)
 

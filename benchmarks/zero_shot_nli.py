@@ -31,11 +31,32 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 LABELS = ["World", "Sports", "Business", "Science", "Politics", "Health", "Travel", "Music"]
+
+
+def corpus(rows: int) -> list[str]:
+    """The sample news shards and SST-2 reviews of jobs/data, shuffled (seed 0), repeated to ``rows``."""
+    import gzip
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    texts: list[str] = []
+    for path in sorted((ROOT / "jobs/data/news").iterdir()):
+        if path.suffix == ".parquet":
+            texts += pq.read_table(path).column("text").to_pylist()
+        else:
+            opener = gzip.open if path.suffix == ".gz" else open
+            with opener(path, "rt") as f:
+                texts += [json.loads(line)["text"] for line in f]
+    with open(ROOT / "jobs/data/reviews/sst2-sample.jsonl") as f:
+        texts += [json.loads(line)["text"] for line in f]
+    order = np.random.default_rng(0).permutation(len(texts))
+    mixed = [texts[i] for i in order]
+    return (mixed * (rows // len(mixed) + 1))[:rows]
 
 
 def nli_model(directory: Path) -> str:
@@ -67,7 +88,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import pyarrow as pa
-    from embed_throughput import corpus
 
     from pipelines.inference.predictor import Predictor
     from pipelines.spec import spec_from_dict
