@@ -151,14 +151,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    raw = yaml.safe_load(Path(args.job).read_text())
-    for item in args.set:
-        key, value = item.split("=", 1)
-        *path, last = key.split(".")
-        section = raw
-        for name in path:
-            section = section.setdefault(name, {})
-        section[last] = yaml.safe_load(value)
+    from pipelines.spec import apply_overrides
+
+    raw = apply_overrides(yaml.safe_load(Path(args.job).read_text()), list(args.set))
     rows = load_rows(raw, args.rows)
     runs: dict[str, Callable[[], tuple[list[str], int]]] = {}
     if "project" in args.impls:

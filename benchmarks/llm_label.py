@@ -79,14 +79,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs of each call; the fastest counts")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="e.g. batching.batch_size=256")
     args = parser.parse_args()
-    raw = yaml.safe_load(Path(args.job).read_text())
-    for item in args.set:
-        key, value = item.split("=", 1)
-        *path, last = key.split(".")
-        section = raw
-        for name in path:
-            section = section.setdefault(name, {})
-        section[last] = yaml.safe_load(value)
+    from pipelines.spec import apply_overrides
+
+    raw = apply_overrides(yaml.safe_load(Path(args.job).read_text()), list(args.set))
     rows = load_rows(args.rows)
     batch_size = raw.get("batching", {}).get("batch_size", 256)
     prefix = raw.get("output", {}).get("prediction_prefix", "")
