@@ -18,6 +18,7 @@ from helpers import SENTENCES, write_jsonl, write_parquet
 from test_faults import cli, many_shards, output_ids, write_job
 
 from pipelines.errors import PipelineError
+from pipelines.output.lock import JobLock, LockHeld
 from pipelines.runner import run_job
 from pipelines.spec import spec_from_dict
 
@@ -91,6 +92,32 @@ def test_overwrite_never_deletes_what_this_project_did_not_write(ray_session, ti
     write_parquet(foreign, [{"x": 1}])
     run_job(spec, overwrite=True)
     assert foreign.exists()
+
+
+def test_overwrite_keeps_its_own_lock_and_names_that_only_start_like_ours(ray_session, tiny_models, tmp_path):
+    # --overwrite used to delete every top-level entry whose name *starts with* a bookkeeping name: the
+    # run's own _run.lock (so a second run got the lock and wrote the same output at once) and a
+    # user's _errors_backup/ or _job.json.bak.
+    many_shards(tmp_path / "in", shards=2)
+    spec = spec_of(write_job(tmp_path, tiny_models("classifier"), tmp_path / "in"))
+    run_job(spec)
+    out = tmp_path / "out"
+    (out / "_errors_backup").mkdir()
+    (out / "_errors_backup" / "notes.txt").write_text("mine")
+    (out / "_job.json.bak").write_text("{}")
+    second_runs = []
+
+    def another_run_starts(shard):  # while the --overwrite run writes
+        try:
+            JobLock(out / "_run.lock", "the output").acquire().release()
+            second_runs.append("started")
+        except LockHeld:
+            second_runs.append("refused")
+
+    run_job(spec, overwrite=True, before_visible=another_run_starts)
+    assert second_runs and set(second_runs) == {"refused"}
+    assert (out / "_errors_backup" / "notes.txt").read_text() == "mine"
+    assert (out / "_job.json.bak").exists()
 
 
 def test_an_output_inside_the_input_folder_is_not_read_as_input(ray_session, tiny_models, tmp_path):

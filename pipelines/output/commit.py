@@ -40,7 +40,7 @@ from pipelines.io import stores
 from pipelines.io.block import ROW
 from pipelines.io.shards import Shard, resolve
 from pipelines.output import layout
-from pipelines.output.layout import COMMITS, ERRORS, JOB, OURS, RUN, STAGING, SUCCESS
+from pipelines.output.layout import COMMITS, ERRORS, JOB, OURS, RUN, RUN_LOCK, STAGING, SUCCESS
 from pipelines.output.records import (
     CommitRecord,
     JobRecord,
@@ -160,7 +160,7 @@ class OutputDir:
         """Refuse an output path that holds files but no results of this project."""
         entries = self.entries()
         if entries and self.job() is None and not self.commits():
-            if any(not e.base_name.startswith(OURS) for e in entries):
+            if any(e.base_name not in OURS for e in entries):
                 raise PipelineError(
                     f"output.path {self.location} is not empty and holds no results of this project; "
                     "choose an empty or new output.path"
@@ -215,12 +215,14 @@ class OutputDir:
     def clear(self) -> None:
         """``--overwrite``: delete every file a commit record names, then this project's bookkeeping.
 
-        Files not named by a commit record are never touched, whatever their name.
+        Files not named by a commit record are never touched, whatever their name; the bookkeeping goes
+        by exact name, and the run lock stays (this run holds it).
         """
         for record in self.commits().values():
             self.forget(record)
+        bookkeeping = set(OURS) - {RUN_LOCK}
         for entry in self.entries():
-            if entry.base_name.startswith(OURS):
+            if entry.base_name in bookkeeping:
                 layout.delete(self.fs, entry)
 
     def forget(self, record: CommitRecord) -> None:
