@@ -68,7 +68,7 @@ def job_record(spec: JobSpec) -> JobRecord:
 
 
 def columns_of(spec: JobSpec, shards: Sequence[Shard] = ()) -> Columns:
-    """The columns to read; passed-through columns get the types they have in the first shard."""
+    """The columns to read; passed-through columns get one type unified over every shard (see reference_types)."""
     keep = [*spec.input.columns_to_keep, *([spec.input.label_column] if spec.input.label_column else [])]
     columns = Columns(
         text=spec.input.text_column,

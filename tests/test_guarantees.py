@@ -185,6 +185,29 @@ def test_kept_columns_take_their_types_from_every_shard(ray_session, tiny_models
     assert summary.rows_in == 52 and summary.errors == 50
 
 
+def test_a_kept_value_that_cant_be_cast_costs_its_row_only(ray_session, tiny_models, tmp_path):
+    """One "n/a" in a column that is an integer in this job used to send the whole shard to _errors/;
+    a list in a column that is text elsewhere is kept as its JSON text."""
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": "a1", "text": SENTENCES[0], "n": 1, "tags": "x"}])
+    spec = spec_of(write_job(tmp_path, tiny_models("classifier"), tmp_path / "in"),
+                   input={"columns_to_keep": ["n", "tags"]}, output={"prediction_prefix": "p_"},
+                   errors={"max_rate": 1.0})
+    run_job(spec)  # the job's types are now fixed: n int64, tags string
+    write_jsonl(tmp_path / "in" / "b.jsonl", [
+        {"id": "b1", "text": SENTENCES[1], "n": 3, "tags": ["red", "blue"]},
+        {"id": "b2", "text": SENTENCES[2], "n": "n/a", "tags": "y"},
+        {"id": "b3", "text": SENTENCES[3], "n": 5, "tags": {"k": 1}},
+    ])
+    summary = run_job(spec)
+    assert summary.rows_in == 4 and summary.errors == 1
+    table = pq.read_table(tmp_path / "out")
+    assert table.schema.field("n").type == pa.int64()
+    rows = {r["id"]: (r["n"], r["tags"]) for r in table.to_pylist()}
+    assert rows == {"a1": (1, "x"), "b1": (3, '["red", "blue"]'), "b3": (5, '{"k": 1}')}
+    errors = pq.read_table(tmp_path / "out" / "_errors").to_pylist()
+    assert [e["id"] for e in errors] == ["b2"] and errors[0]["reason"].startswith("schema differs: column 'n'")
+
+
 def test_text_and_ids_are_read_as_written(ray_session, tiny_models, tmp_path):
     write_jsonl(tmp_path / "in" / "dates.jsonl", [
         {"id": "2024-01-02", "text": "2024-01-02 10:00"},

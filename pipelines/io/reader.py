@@ -259,8 +259,34 @@ def _kept_column(table: pa.Table, name: str, expected: pa.DataType | None, error
     try:
         return column.cast(expected, safe=True), errors
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-        reason = f"schema differs: column {name!r} is {column.type} here but {expected} in this job's output"
-        return pa.nulls(n, expected), _set(errors, reason)
+        return _cast_each(column, name, expected, errors)
+
+
+def _cast_each(column: Any, name: str, expected: pa.DataType, errors: Any) -> tuple[Any, Any]:
+    """The slow path of a cast that failed: value by value, so one value that can't be cast costs its row only.
+
+    Text takes any value (lists and structs as their JSON text); another type takes the values that cast
+    safely, and the others are row errors.
+    """
+    values = column.to_pylist()
+    if pa.types.is_string(expected) or pa.types.is_large_string(expected):
+        return pa.array([_as_text(v) for v in values], expected), errors
+    reason = f"schema differs: column {name!r} is {column.type} here but {expected} in this job's output"
+    kept: list[Any] = []
+    reasons = errors.to_pylist()
+    for i, value in enumerate(values):
+        try:
+            kept.append(pa.array([value], column.type).cast(expected, safe=True)[0].as_py())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            kept.append(None)
+            reasons[i] = reasons[i] or f"{reason} (value {str(value)[:40]!r})"
+    return pa.array(kept, expected), pa.array(reasons, pa.string())
+
+
+def _as_text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, default=str, ensure_ascii=False)
 
 
 def reference_types(shards: list[Shard], columns: Columns, sample_bytes: int = 1 << 18) -> dict[str, pa.DataType]:
