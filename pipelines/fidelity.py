@@ -240,9 +240,10 @@ def concrete(spec: JobSpec, chosen: Precision) -> JobSpec:
 
 def candidates(device: str, bf16: bool) -> list[Precision]:
     """Fastest first. On a CPU: torch's dynamic int8, then bfloat16 where the CPU computes it natively; on a
-    GPU: bfloat16 (bitsandbytes' int8 and nf4 save memory there, not time). float32 is the fallback."""
+    GPU: bfloat16, or float16 on GPUs without bf16 (T4, V100), where bf16 is emulated (bitsandbytes' int8 and
+    nf4 save memory there, not time). float32 is the fallback."""
     if device == "cuda":
-        return [Precision("none", "bfloat16")]
+        return [Precision("none", "bfloat16" if bf16 else "float16")]
     found = [Precision("dynamic-int8", "float32")]
     if bf16:
         found.append(Precision("none", "bfloat16"))
@@ -255,7 +256,8 @@ def _choose_remote(spec_json: dict[str, Any], picked: pa.Table, bar: float) -> d
     from pipelines.inference.fidelity import measure_against
 
     spec = JobSpec.model_validate(spec_json)
-    cuda = torch.cuda.is_available() and spec.model.device != "cpu"
+    wants_gpu = spec.model.device == "cuda" or (spec.model.device == "auto" and spec.compute.gpus_per_actor > 0)
+    cuda = torch.cuda.is_available() and wants_gpu  # the device the job's actors will load on
     bf16 = torch.cuda.is_bf16_supported() if cuda else bool(torch.backends.mkldnn.is_available() and _cpu_bf16())
     tried = []
     reference = concrete(spec, Precision("none", "float32"))

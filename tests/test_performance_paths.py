@@ -104,3 +104,25 @@ def test_torch_threads_share_the_node_among_the_actors_on_it(compute, cpus, thre
     from pipelines.spec import ComputeSpec
 
     assert ComputeSpec(**compute).torch_threads(cpus) == threads
+
+
+def test_device_auto_takes_a_gpu_only_when_the_actor_was_given_one(monkeypatch):
+    # Ray does not hide a node's GPUs from an actor that asked for none: `auto` must not use one anyway.
+    import torch
+
+    from pipelines.inference.loading import select_device
+    from pipelines.spec import ModelSpec
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the decision, on a machine without a GPU
+    auto = ModelSpec(name="minilm", device="auto")
+    assert select_device(auto, gpus=0).type == "cpu"
+    assert select_device(auto, gpus=0.5).type == "cuda"
+    assert select_device(ModelSpec(name="minilm", device="cpu"), gpus=1).type == "cpu"
+
+
+def test_quantization_auto_on_a_gpu_without_bf16_tries_float16():
+    from pipelines.fidelity import Precision, candidates
+
+    assert candidates("cuda", bf16=True) == [Precision("none", "bfloat16")]
+    assert candidates("cuda", bf16=False) == [Precision("none", "float16")]
+    assert [c.quantization for c in candidates("cpu", bf16=False)] == ["dynamic-int8"]
