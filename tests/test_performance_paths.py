@@ -126,3 +126,17 @@ def test_quantization_auto_on_a_gpu_without_bf16_tries_float16():
     assert candidates("cuda", bf16=True) == [Precision("none", "bfloat16")]
     assert candidates("cuda", bf16=False) == [Precision("none", "float16")]
     assert [c.quantization for c in candidates("cpu", bf16=False)] == ["dynamic-int8"]
+
+
+def test_an_output_started_at_dynamic_int8_is_not_resumed_on_a_gpu(tmp_path):
+    from pipelines.fidelity import resolve_auto
+
+    spec = spec_from_dict({
+        "input": {"paths": [str(tmp_path)]}, "model": {"name": "minilm", "quantization": "auto", "device": "auto"},
+        "task": {"type": "feature-extraction"}, "output": {"path": str(tmp_path / "out")},
+        "compute": {"gpus_per_actor": 1},
+    })
+    with pytest.raises(PipelineError, match="runs only on a CPU.*--overwrite"):
+        resolve_auto(spec, [], {"quantization": "dynamic-int8", "dtype": "float32"})
+    kept, _ = resolve_auto(spec, [], {"quantization": "none", "dtype": "bfloat16"})
+    assert (kept.model.quantization, kept.model.dtype) == ("none", "bfloat16")
