@@ -65,7 +65,10 @@ def test_an_unreadable_file_fails_the_job_and_its_rows_are_counted(tiny_models, 
 def test_a_resubmission_from_another_directory_resumes_without_duplicates(ray_session, tiny_models, tmp_path):
     """`pipelines submit` runs the job in a new working directory each time: same shards, new paths and times."""
     ids = many_shards(tmp_path / "first" / "data", shards=4)
-    spec = spec_of(write_job(tmp_path, tiny_models("classifier"), tmp_path / "first" / "data"))
+    (tmp_path / "first" / "data" / "empty.jsonl").write_text("\n")  # no rows, so no row reports its digest
+    corrupt_parquet(tmp_path / "first" / "data" / "cut.parquet", 20)  # nor does a file that can't be read
+    spec = spec_of(write_job(tmp_path, tiny_models("classifier"), tmp_path / "first" / "data"),
+                   errors={"unreadable_files": "quarantine", "max_rate": 1.0})
     run_job(spec, shards=None)
     (tmp_path / "out" / "_SUCCESS").unlink()  # as if the job had been stopped before its end
     moved = tmp_path / "second" / "data"

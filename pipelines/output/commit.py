@@ -38,6 +38,7 @@ from pipelines import faults
 from pipelines.errors import PipelineError
 from pipelines.io import stores
 from pipelines.io.block import ROW
+from pipelines.io.reader import content_digest, read_bytes
 from pipelines.io.shards import Shard, resolve
 from pipelines.output import layout
 from pipelines.output.layout import COMMITS, ERRORS, JOB, OURS, RUN, RUN_LOCK, STAGING, SUCCESS
@@ -279,7 +280,8 @@ class OutputDir:
             reasons = {unreadable.reason.split(":", 1)[0]: errors}
         record = CommitRecord(
             shard=shard.key,
-            input=ShardInput(**shard.fingerprint(), digest=next((r.digest for r in reports if r.digest), None)),
+            input=ShardInput(**shard.fingerprint(), digest=next((r.digest for r in reports if r.digest), None)
+                             or _digest_of(shard)),
             spec_hash=job.spec_hash,
             model=job.model,
             rows_in=rows_in,
@@ -428,3 +430,12 @@ def changed_inputs(committed: dict[str, CommitRecord], shards: list[Shard], same
         elif record.input.mtime_ns != shard.mtime_ns and not same_content(shard, record.input.digest):
             changed.append(shard.uri)
     return changed
+
+
+def _digest_of(shard: Shard) -> str | None:
+    """The content digest of a shard none of whose rows brought one (an empty or unreadable file), read here:
+    without it, a copy of the file (new time, same bytes) would look like changed input."""
+    try:
+        return content_digest(read_bytes(shard))
+    except OSError:
+        return None
