@@ -230,25 +230,24 @@ def run_job(
                 return previous.model_copy(update={"status": "up to date", "shards_this_run": 0})
         if pending or overwrite:
             output.check_writable()  # an object store's missing bucket or denied write: before any work
-    with writing(spec.output.path):  # a second run stops here, before it starts Ray or measures anything
+    checked = None
+    if pending or overwrite:
+        from pipelines.cluster.connect import connect
+
+        timeline["connect_start"] = time.time()
+        connect(address, spec)  # resource problems surface here, before anything is written
+        timeline["ray_ready"] = time.time()
+        if spec.model.quantization == "auto":
+            recorded = output.job()
+            known = recorded.precision if recorded and recorded.spec_hash == job.spec_hash and not overwrite else None
+            spec, checked = fidelity.resolve_auto(spec, shards, known)
+            job.precision = {"quantization": spec.model.quantization, "dtype": spec.model.dtype}
+        else:
+            checked = fidelity.gate(spec, shards)  # below model.fidelity's bar: PipelineError, nothing written
+    with writing(spec.output.path):
         lock = output_lock(spec.output.path, RUN_LOCK, f"the output {spec.output.path}").acquire()
     output.guard = lock.check  # a lock that can be lost (an object store's lease) is checked at each commit
     try:
-        checked = None
-        if pending or overwrite:
-            from pipelines.cluster.connect import connect
-
-            timeline["connect_start"] = time.time()
-            connect(address, spec)  # resource problems surface here, before anything is written
-            timeline["ray_ready"] = time.time()
-            if spec.model.quantization == "auto":
-                recorded = output.job()
-                same = recorded is not None and recorded.spec_hash == job.spec_hash and not overwrite
-                known = recorded.precision if recorded is not None and same else None
-                spec, checked = fidelity.resolve_auto(spec, shards, known)
-                job.precision = {"quantization": spec.model.quantization, "dtype": spec.model.dtype}
-            else:
-                checked = fidelity.gate(spec, shards)  # below model.fidelity's bar: PipelineError, nothing written
         with writing(spec.output.path):
             if overwrite:
                 output.clear()
