@@ -253,3 +253,15 @@ def test_an_output_path_that_refuses_writes_is_one_line(tiny_models, tmp_path):
     [line] = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert "/sys/pipelines-test-out: cannot write or delete there" in line
     assert "Traceback" not in done.stderr
+
+
+def test_two_input_files_known_by_the_same_name_are_refused(tmp_path):
+    """A shard is known by its name under its input path: two folders listed apart, each with a part-0.jsonl,
+    would be one shard to the commits (one committed, the other skipped as done)."""
+    from pipelines.io.shards import list_shards
+
+    for folder in ("monday", "tuesday"):
+        write_jsonl(tmp_path / folder / "part-0.jsonl", [{"id": folder, "text": "words"}])
+    with pytest.raises(PipelineError, match="have the same name 'part-0.jsonl'.*common parent folder"):
+        list_shards([str(tmp_path / "monday"), str(tmp_path / "tuesday")])
+    assert len(list_shards([str(tmp_path)])) == 2  # their common parent: monday/part-0.jsonl, tuesday/part-0.jsonl
