@@ -234,12 +234,26 @@ def _widen(tensor: torch.Tensor, after: int, length: int) -> torch.Tensor:
     return torch.cat([head, tensor.new_zeros(shape), tail], dim=axis)
 
 
-class Prefix:
+class PrefixTokens:
+    """Tokens every row's prompt starts with: all that encoding a row needs to know of a shared prefix."""
+
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = list(ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def starts(self, ids: list[int]) -> bool:
+        """Whether a row's tokens start with the prefix and go on after it."""
+        return len(ids) > len(self.ids) and ids[: len(self.ids)] == self.ids
+
+
+class Prefix(PrefixTokens):
     """Tokens every row's prompt starts with, run once; :meth:`rows` starts a micro-batch from its cache."""
 
     def __init__(self, model: torch.nn.Module, ids: list[int], device: torch.device) -> None:
+        super().__init__(ids)
         self.model = model
-        self.ids = list(ids)
         self.device = device
         self.cache_argument = cache_argument(model) or "past_key_values"
         self.keeps_logits = keeps_logits(model)
@@ -255,13 +269,6 @@ class Prefix:
                 **{self.cache_argument: cache},
             )
             self._layers = [(layer.keys, layer.values) for layer in cache.layers]
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def starts(self, ids: list[int]) -> bool:
-        """Whether a row's tokens start with the prefix and go on after it."""
-        return len(ids) > len(self.ids) and ids[: len(self.ids)] == self.ids
 
     def rows(self, prefixed: torch.Tensor) -> Rows:
         """A fresh cache for ``len(prefixed)`` rows; rows where ``prefixed`` is False don't see the prefix."""

@@ -46,6 +46,7 @@ def load_task(spec: JobSpec) -> TaskContext:
     tokenizer = load_tokenizer(spec.model, implementation.padding_side)
     max_length = effective_max_length(tokenizer, config, spec.batching.max_length)
     task = implementation(spec.task, tokenizer, config, max_length, seed=spec.seed)
+    task.plan_setup()  # what the actor's setup prepares for encoding (a shared prompt prefix), without weights
     model_class = implementation.model_class_for(spec.task, config)
     return TaskContext(config, tokenizer, task, model_class, max_length, resolve_name(spec.model))
 
@@ -64,15 +65,19 @@ class BatchTokens:
 
 
 def tokenize_batch(context: TaskContext, spec: JobSpec, batch: pa.Table) -> BatchTokens:
-    from pipelines.inference.batching import padded_tokens, plan_microbatches
+    from pipelines.inference.batching import plan_microbatches
     from pipelines.inference.predictor import encode_rows, validate_rows
 
     valid, errors = validate_rows(batch, spec.input.text_column)
     rows = np.flatnonzero(valid)
-    features = encode_rows(context.task, spec, batch, rows)
+    task = context.task
+    features = encode_rows(task, spec, batch, rows)
     lengths = features.lengths if len(features) else np.zeros(0, np.int64)
     batching = spec.batching
-    plan = plan_microbatches(lengths, batching.max_tokens, batching.max_rows, batching.min_fill) if len(lengths) else []
+    fill = task.micro_batch_fill(batching.min_fill)  # the predictor's own rules, so its micro-batches
+    plan = []
+    if len(lengths):
+        plan = plan_microbatches(lengths, batching.max_tokens, batching.max_rows, fill, task.footprint)
     reasons = [r for r in errors.to_pylist() if r is not None]
     # As the predictor flags them: rows the task refused, then (errors.too_long: error) rows cut at max_length.
     reasons += list(features.errors.values())
@@ -86,7 +91,7 @@ def tokenize_batch(context: TaskContext, spec: JobSpec, batch: pa.Table) -> Batc
         rows=len(batch),
         lengths=lengths,
         per_row=np.bincount(features.row, minlength=len(rows)) if len(features) else np.zeros(len(rows), np.int64),
-        padded=padded_tokens(lengths, plan),
+        padded=sum(int(task.padded_widths(lengths[index]).sum()) for index in plan),
         micro_batches=len(plan),
         truncated=None if truncated is None else int(truncated.sum()),
         errors=reasons,

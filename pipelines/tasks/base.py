@@ -116,6 +116,11 @@ class Task(ABC):
         labels, the KV cache of a prompt prefix all rows share). ``forward`` must leave that state as it found
         it: the predictor may run a micro-batch again in halves after a failure."""
 
+    def plan_setup(self) -> None:
+        """What :meth:`setup` prepares for ``encode``, without a model: ``pipelines plan`` loads no weights.
+        Where ``setup`` would decide by the model (e.g. whether rows can continue a cached prefix), this
+        assumes the usual case; the plan says its figures are for that case."""
+
     def footprint(self, width: int) -> int:
         """Tokens one feature padded to ``width`` holds while ``forward`` runs: the unit of the micro-batch token
         budget. More than ``width`` where ``forward`` adds tokens (a shared prefix's cache, generated tokens)."""

@@ -45,7 +45,7 @@ from transformers import (
 
 from pipelines.inference.batching import Ragged, plan_microbatches
 from pipelines.inference.decoding import Process, decode
-from pipelines.inference.kv_cache import Prefix, Rows, merge, shared_prefix, supports_reuse
+from pipelines.inference.kv_cache import Prefix, PrefixTokens, Rows, merge, shared_prefix, supports_reuse
 from pipelines.tasks.base import ROW_ID, Features, Outputs, Task
 from pipelines.tasks.options import GenerationOptions
 
@@ -270,6 +270,7 @@ class GenerationTask(Task):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.kv_prefix: Prefix | None = None  # set in setup where this project's own loop decodes
+        self.shared: PrefixTokens | None = None  # its tokens: what encode needs (setup, or plan_setup)
         self.eos: list[int] = []
 
     # setup: own loop or model.generate ---------------------------------------------
@@ -279,23 +280,33 @@ class GenerationTask(Task):
         if decodes_in_own_loop(model, self.options):
             start, probe = self.shared_start()
             self.kv_prefix = shared_prefix(model, start, probe, device) if probe else None
-        if self.kv_prefix is not None:
+        self.shared = self.kv_prefix
+        if self.shared is not None:
             self.padding_side = "left"  # every row's prompt ends in the last column, where decoding starts
+
+    def plan_setup(self) -> None:
+        # Assuming this project's loop decodes (one beam, a decoder-only model with a plain cache and no extra
+        # logits processing in its generation config: setup checks those on the model).
+        if self.options.num_beams == 1 and not getattr(self.config, "is_encoder_decoder", False):
+            start, probe = self.shared_start()
+            self.shared = PrefixTokens(start) if probe else None
+        if self.shared is not None:
+            self.padding_side = "left"
 
     def shared_start(self) -> tuple[list[int], list[int]]:
         """The token ids every prompt starts with, and a probe row's tokens after them (none: no own loop)."""
         return [], []
 
     def footprint(self, width: int) -> int:
-        shared = len(self.kv_prefix) if self.kv_prefix is not None else 0
+        shared = len(self.shared) if self.shared is not None else 0
         copies = max(self.options.num_return_sequences, self.options.num_beams)
         return (width + shared + self.options.max_new_tokens) * copies
 
     def micro_batch_fill(self, configured: float) -> float:
-        return 0.0 if self.kv_prefix is not None else configured  # the own loop groups prompts by length itself
+        return 0.0 if self.shared is not None else configured  # the own loop groups prompts by length itself
 
     def padded_widths(self, lengths: np.ndarray) -> np.ndarray:
-        if self.kv_prefix is None:
+        if self.shared is None:
             return super().padded_widths(lengths)
         widths = np.zeros(len(lengths), dtype=np.int64)
         for group in prefill_groups(lengths):
@@ -320,9 +331,9 @@ class GenerationTask(Task):
         features.truncated = truncated
         features.extra["seed"] = seeds[features.row]
         features.extra["prompt_tokens"] = features.lengths
-        if self.kv_prefix is not None:
-            prefixed = np.asarray([self.kv_prefix.starts(list(ids)) for ids in encoding["input_ids"]], dtype=bool)
-            shared = len(self.kv_prefix)
+        if self.shared is not None:
+            prefixed = np.asarray([self.shared.starts(list(ids)) for ids in encoding["input_ids"]], dtype=bool)
+            shared = len(self.shared)
             own = [ids[shared:] if p else ids for ids, p in zip(encoding["input_ids"], prefixed)]
             features.tokens = {"input_ids": Ragged.from_lists(own)}
             features.extra["prefixed"] = prefixed

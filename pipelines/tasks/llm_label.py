@@ -29,7 +29,7 @@ import pyarrow as pa
 import torch
 
 from pipelines.inference.batching import Ragged
-from pipelines.inference.kv_cache import Prefix, keeps_logits, shared_prefix
+from pipelines.inference.kv_cache import Prefix, PrefixTokens, keeps_logits, shared_prefix
 from pipelines.tasks.base import Features, LabelTask, Outputs, softmax
 from pipelines.tasks.options import LLMLabelOptions
 from pipelines.tasks.prompts import check_chat, fill, render, shared_start, special_prefix
@@ -51,6 +51,7 @@ class LLMLabel(LabelTask):
         self.specials = [] if self.options.chat else special_prefix(self.tokenizer)
         self.keeps_logits = False
         self.kv_prefix: Prefix | None = None  # set in setup where rows continue a shared prefix
+        self.shared: PrefixTokens | None = None  # its tokens: what encode needs (setup, or plan_setup)
         self.label_width = max(len(self.tokenizer(" " + x, add_special_tokens=False)["input_ids"]) for x in self.labels)
 
     def setup(self, model: torch.nn.Module, device: torch.device) -> None:
@@ -59,12 +60,19 @@ class LLMLabel(LabelTask):
         if self.options.reuse_prefix:
             start, probe = shared_start(self.options.prompt_template, self._prompt_ids)
             self.kv_prefix = shared_prefix(model, start, probe, device) if probe else None
-        self.padding_side = "left" if self.kv_prefix is not None else "right"
+        self.shared = self.kv_prefix
+        self.padding_side = "left" if self.shared is not None else "right"
+
+    def plan_setup(self) -> None:
+        if self.options.reuse_prefix:  # assuming the model continues rows from a cache, as most causal LMs do
+            start, probe = shared_start(self.options.prompt_template, self._prompt_ids)
+            self.shared = PrefixTokens(start) if probe else None
+        self.padding_side = "left" if self.shared is not None else "right"
 
     def footprint(self, width: int) -> int:
-        if self.kv_prefix is None:
+        if self.shared is None:
             return width
-        return width + len(self.kv_prefix) + self.label_width  # the prefix's cache, then a label's tokens
+        return width + len(self.shared) + self.label_width  # the prefix's cache, then a label's tokens
 
 
     # encode --------------------------------------------------------------------------
@@ -85,7 +93,7 @@ class LLMLabel(LabelTask):
                 prompt_ids = self.specials + prompt_ids[len(prompt_ids) - budget + len(self.specials) :]
                 truncated[row] = True
             kept.append((row, prompt_ids, continuations))
-        features = self._per_row(kept) if self.kv_prefix is not None else self._per_label(kept)
+        features = self._per_row(kept) if self.shared is not None else self._per_label(kept)
         features.truncated = truncated
         features.errors = errors
         return features
@@ -110,9 +118,9 @@ class LLMLabel(LabelTask):
 
     def _per_row(self, kept: list[tuple[int, list[int], list[list[int]]]]) -> Features:
         """One feature per row: its prompt after the shared prefix (all of it where it doesn't start with it)."""
-        assert self.kv_prefix is not None
-        prefixed = np.asarray([self.kv_prefix.starts(ids) for _, ids, _ in kept], dtype=bool)
-        own = [ids[len(self.kv_prefix) :] if shared else ids for (_, ids, _), shared in zip(kept, prefixed)]
+        assert self.shared is not None
+        prefixed = np.asarray([self.shared.starts(ids) for _, ids, _ in kept], dtype=bool)
+        own = [ids[len(self.shared) :] if shared else ids for (_, ids, _), shared in zip(kept, prefixed)]
         labels = np.empty(len(kept), dtype=object)
         for i, (_, _, continuations) in enumerate(kept):
             labels[i] = continuations
