@@ -286,6 +286,26 @@ def test_the_s3_lock_is_one_holder_at_a_time_and_a_lease(s3_server, monkeypatch)
     assert "has ended" in stale_reason(ended, 60, "this-machine", lambda pid: False)
 
 
+def test_pipelines_lock_local_keeps_apart_the_runs_of_this_machine_and_says_so(s3_server, monkeypatch, tmp_path,
+                                                                               caplog):
+    use_s3(monkeypatch, s3_server)
+    monkeypatch.setenv("PIPELINES_LOCK", "local")
+    monkeypatch.setenv("PIPELINES_LOCK_DIR", str(tmp_path / "locks"))
+    location = f"s3://{OUT}/local-lock"
+    with caplog.at_level("WARNING", logger="pipelines.output.lock"):
+        first = output_lock(location, "_run.lock", "the output")
+    assert not isinstance(first, ObjectLock)
+    assert "kept apart only on this machine" in caplog.text
+    with first:
+        with pytest.raises(LockHeld):
+            output_lock(location, "_run.lock", "the output").acquire()
+        other_output = output_lock(f"s3://{OUT}/another", "_run.lock", "the output")
+        other_output.acquire().release()  # a lock per output location, not one for the bucket
+    assert [p.suffix for p in (tmp_path / "locks").iterdir()] == [".lock", ".lock"]
+    listed = s3_server.client().list_objects_v2(Bucket=OUT, Prefix="local-lock/")
+    assert listed.get("KeyCount", 0) == 0  # nothing written to the store
+
+
 def test_no_commit_record_after_the_lock_is_lost_or_for_a_file_too_large_for_one_s3_copy(s3_server, monkeypatch):
     use_s3(monkeypatch, s3_server)
     output = OutputDir(f"s3://{OUT}/large")
