@@ -60,12 +60,13 @@ class Columns:
 
 def read_shard(shard: Shard, columns: Columns, block_rows: int = BLOCK_ROWS) -> Iterator[pa.Table]:
     """Blocks of the shard's rows, normalised to the job's columns; never raises for bad content."""
+    digest = ""
     try:
         raw = read_bytes(shard)
-        digest = content_digest(raw)
+        digest = content_digest(raw)  # also of a file that won't parse: a copy of it is the same input
         table = _read_table(shard, raw, columns)
     except Exception as exc:  # noqa: BLE001 - any unreadable file becomes one quarantined record
-        yield unreadable(shard, columns, f"unreadable {shard.format} file: {_short(exc)}")
+        yield unreadable(shard, columns, f"unreadable {shard.format} file: {_short(exc)}", digest)
         return
     table = by_length(normalize(table, shard, columns, digest), columns.text)
     if table.num_rows == 0:
@@ -351,7 +352,7 @@ def _set(errors: Any, reason: str) -> Any:
     return pc.if_else(errors.is_null(), reason, errors)
 
 
-def unreadable(shard: Shard, columns: Columns, reason: str) -> pa.Table:
+def unreadable(shard: Shard, columns: Columns, reason: str, digest: str = "") -> pa.Table:
     """The one record that stands for a file that could not be read (row -1), with the job's column types."""
     out: dict[str, pa.Array] = {name: pa.nulls(1, pa.string()) for name in (*columns.strings, columns.id_name)}
     types = dict(columns.keep_types)
@@ -361,7 +362,7 @@ def unreadable(shard: Shard, columns: Columns, reason: str) -> pa.Table:
     out[ROW] = pa.array([-1], pa.int64())
     out[SHARD_ROWS] = pa.array([1], pa.int64())
     out[ERROR] = pa.array([reason])
-    out[DIGEST] = pa.DictionaryArray.from_arrays(pa.array([0], pa.int32()), pa.array([""]))
+    out[DIGEST] = pa.DictionaryArray.from_arrays(pa.array([0], pa.int32()), pa.array([digest]))
     return pa.table(out)
 
 

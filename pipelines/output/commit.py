@@ -280,8 +280,7 @@ class OutputDir:
             reasons = {unreadable.reason.split(":", 1)[0]: errors}
         record = CommitRecord(
             shard=shard.key,
-            input=ShardInput(**shard.fingerprint(), digest=next((r.digest for r in reports if r.digest), None)
-                             or _digest_of(shard)),
+            input=ShardInput(**shard.fingerprint(), digest=_digest(shard, reports)),
             spec_hash=job.spec_hash,
             model=job.model,
             rows_in=rows_in,
@@ -432,9 +431,11 @@ def changed_inputs(committed: dict[str, CommitRecord], shards: list[Shard], same
     return changed
 
 
-def _digest_of(shard: Shard) -> str | None:
-    """The content digest of a shard none of whose rows brought one (an empty or unreadable file), read here:
-    without it, a copy of the file (new time, same bytes) would look like changed input."""
+def _digest(shard: Shard, reports: list[StagingReport]) -> str | None:
+    """The shard's content digest, as its reader computed it; an empty shard has no report, so it is read here
+    (without a digest, a copy of the file, with a new time and the same bytes, would look like changed input)."""
+    if reports:
+        return next((r.digest for r in reports if r.digest), None)
     try:
         return content_digest(read_bytes(shard))
     except OSError:
