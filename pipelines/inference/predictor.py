@@ -25,7 +25,7 @@ from pipelines.inference.batching import plan_microbatches
 from pipelines.inference.library_logs import hide_loading_bars, once_per_process
 from pipelines.inference.loading import load_config, load_model
 from pipelines.io.block import ERROR, GENERATED, PADDED, TOKENS
-from pipelines.spec import JobSpec
+from pipelines.spec import BatchingSpec, JobSpec
 from pipelines.tasks import task_class
 from pipelines.tasks.base import ROW_ID, Features, Outputs, Task
 
@@ -103,11 +103,8 @@ class Predictor:
         failed: dict[int, str] = {}
         if not len(features):
             return outputs, padded, failed
-        batching = self.spec.batching
         lengths = features.lengths
-        fill = self.task.micro_batch_fill(batching.min_fill)
-        plan = plan_microbatches(lengths, self.max_tokens, batching.max_rows, fill, self.task.footprint)
-        queue = plan[::-1]
+        queue = micro_batches(self.task, lengths, self.spec.batching, self.max_tokens)[::-1]
         while queue:
             index = queue.pop()
             try:
@@ -195,6 +192,13 @@ def validate_rows(batch: pa.Table, text_column: str) -> tuple[np.ndarray, pa.Arr
     errors = pc.if_else(pc.and_(errors.is_null(), empty), "text is empty", errors)
     valid = errors.is_null().to_numpy(zero_copy_only=False)
     return valid, errors
+
+
+def micro_batches(task: Task, lengths: np.ndarray, batching: BatchingSpec, max_tokens: int) -> list[np.ndarray]:
+    """How a call's features are cut into forwards: length-sorted, under the token budget, by the task's own
+    fill and footprint (``pipelines plan`` uses it too, so that it plans what the predictor runs)."""
+    fill = task.micro_batch_fill(batching.min_fill)
+    return plan_microbatches(lengths, max_tokens, batching.max_rows, fill, task.footprint)
 
 
 def encode_rows(task: Task, spec: JobSpec, batch: pa.Table, rows: np.ndarray) -> Features:

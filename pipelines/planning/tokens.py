@@ -1,11 +1,12 @@
 """The sample through the job's own tokenizer and task: tokens, truncation, fan-out and padding.
 
 Each sampled batch goes through the predictor's own steps without the model:
-:func:`~pipelines.inference.predictor.validate_rows`, the task's ``encode`` (so a
-zero-shot NLI or llm-label row counts one feature per label, a question one per
-context window) and :func:`~pipelines.inference.batching.plan_microbatches` under
-the spec's batching settings, per batch of ``batch_size`` rows as an actor gets
-it. Imports transformers (the tokenizer), loads no weights.
+:func:`~pipelines.inference.predictor.validate_rows`, the task's ``encode`` after its
+``plan_setup`` (so a zero-shot NLI row counts one feature per label, a question one per
+context window, an llm-label row one feature after the shared prompt prefix) and
+:func:`~pipelines.inference.predictor.micro_batches` under the spec's batching settings,
+per batch of ``batch_size`` rows as an actor gets it. Imports transformers (the
+tokenizer), loads no weights.
 """
 
 from __future__ import annotations
@@ -65,19 +66,14 @@ class BatchTokens:
 
 
 def tokenize_batch(context: TaskContext, spec: JobSpec, batch: pa.Table) -> BatchTokens:
-    from pipelines.inference.batching import plan_microbatches
-    from pipelines.inference.predictor import encode_rows, validate_rows
+    from pipelines.inference.predictor import encode_rows, micro_batches, validate_rows
 
     valid, errors = validate_rows(batch, spec.input.text_column)
     rows = np.flatnonzero(valid)
     task = context.task
     features = encode_rows(task, spec, batch, rows)
     lengths = features.lengths if len(features) else np.zeros(0, np.int64)
-    batching = spec.batching
-    fill = task.micro_batch_fill(batching.min_fill)  # the predictor's own rules, so its micro-batches
-    plan = []
-    if len(lengths):
-        plan = plan_microbatches(lengths, batching.max_tokens, batching.max_rows, fill, task.footprint)
+    plan = micro_batches(task, lengths, spec.batching, spec.batching.max_tokens) if len(lengths) else []
     reasons = [r for r in errors.to_pylist() if r is not None]
     # As the predictor flags them: rows the task refused, then (errors.too_long: error) rows cut at max_length.
     reasons += list(features.errors.values())
