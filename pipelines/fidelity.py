@@ -172,7 +172,7 @@ def resolve_auto(
     """
     if recorded:
         chosen = Precision(recorded["quantization"], recorded["dtype"])
-        if chosen.quantization == "dynamic-int8" and wants_gpu(spec):
+        if chosen.quantization == "dynamic-int8" and spec.actor_device() == "cuda":
             raise PipelineError(
                 f"output {spec.output.path}: its first run chose dynamic-int8 (quantization auto on a CPU), which "
                 "runs only on a CPU, and this run's actors get a GPU (one output keeps one precision); resume it "
@@ -244,11 +244,6 @@ def concrete(spec: JobSpec, chosen: Precision) -> JobSpec:
     return copy
 
 
-def wants_gpu(spec: JobSpec) -> bool:
-    """Whether the job's actors load their model on a GPU (see inference.loading.select_device)."""
-    return spec.model.device == "cuda" or (spec.model.device == "auto" and spec.compute.gpus_per_actor > 0)
-
-
 def candidates(device: str, bf16: bool) -> list[Precision]:
     """Fastest first. On a CPU: torch's dynamic int8, then bfloat16 where the CPU computes it natively; on a
     GPU: bfloat16, or float16 on GPUs without bf16 (T4, V100), where bf16 is emulated (bitsandbytes' int8 and
@@ -267,7 +262,7 @@ def _choose_remote(spec_json: dict[str, Any], picked: pa.Table, bar: float) -> d
     from pipelines.inference.fidelity import measure_against
 
     spec = JobSpec.model_validate(spec_json)
-    cuda = torch.cuda.is_available() and wants_gpu(spec)  # the device the job's actors will load on
+    cuda = torch.cuda.is_available() and spec.actor_device() == "cuda"
     bf16 = torch.cuda.is_bf16_supported() if cuda else bool(torch.backends.mkldnn.is_available() and _cpu_bf16())
     tried = []
     reference = concrete(spec, Precision("none", "float32"))

@@ -53,9 +53,7 @@ IO_CPUS = 0.25  # read and write tasks are light; leave the cores to the actors
 
 def job_record(spec: JobSpec) -> JobRecord:
     """What identifies these results: the spec's hash, the model, the task."""
-    device = spec.model.device
-    if device == "auto":
-        device = "cuda" if spec.compute.gpus_per_actor > 0 else "cpu"
+    device = spec.actor_device()
     return JobRecord(
         name=spec.name,
         spec_hash=spec.fingerprint(),

@@ -224,6 +224,13 @@ class JobSpec(Strict):
         first = [self.input.id_column or "id", *keep]
         return [*dict.fromkeys(first), *self.prediction_columns()]
 
+    def actor_device(self) -> str:
+        """Where the actors load the model: ``cuda`` for ``device: cuda``, or ``auto`` with a GPU per actor
+        (``compute.gpus_per_actor`` > 0); else ``cpu``, even on a node with GPUs (Ray doesn't hide them)."""
+        if self.model.device == "auto":
+            return "cuda" if self.compute.gpus_per_actor > 0 else "cpu"
+        return self.model.device
+
     def fingerprint(self) -> str:
         """A hash of every setting that changes results: what is read, the model, the task, ``max_length``,
         the seed and the row policies ``errors.too_long`` / ``duplicate_ids``. Not where or how fast results

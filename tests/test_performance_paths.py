@@ -111,13 +111,18 @@ def test_device_auto_takes_a_gpu_only_when_the_actor_was_given_one(monkeypatch):
     import torch
 
     from pipelines.inference.loading import select_device
-    from pipelines.spec import ModelSpec
+
+    def device(model_device: str, gpus: float) -> str:
+        spec = spec_from_dict({
+            "input": {"paths": ["in"]}, "model": {"name": "minilm", "device": model_device},
+            "task": {"type": "feature-extraction"}, "output": {"path": "out"}, "compute": {"gpus_per_actor": gpus},
+        })
+        return select_device(spec.model, spec.actor_device()).type
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the decision, on a machine without a GPU
-    auto = ModelSpec(name="minilm", device="auto")
-    assert select_device(auto, gpus=0).type == "cpu"
-    assert select_device(auto, gpus=0.5).type == "cuda"
-    assert select_device(ModelSpec(name="minilm", device="cpu"), gpus=1).type == "cpu"
+    assert device("auto", 0) == "cpu"
+    assert device("auto", 0.5) == "cuda"
+    assert device("cpu", 1) == "cpu"
 
 
 def test_quantization_auto_on_a_gpu_without_bf16_tries_float16():

@@ -23,17 +23,13 @@ log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def select_device(spec: ModelSpec, gpus: float) -> torch.device:
-    """The device a model is loaded on; ``gpus`` is what the actor asked Ray for (compute.gpus_per_actor).
-
-    ``auto`` means CUDA only for an actor that was given a GPU: Ray does not hide the GPUs of a node from
-    an actor that asked for none, and such an actor would share a GPU nobody reserved for it.
-    """
+def select_device(spec: ModelSpec, wanted: str) -> torch.device:
+    """The device a model is loaded on. ``wanted`` is the job's :meth:`~pipelines.spec.JobSpec.actor_device`;
+    ``device: auto`` falls back to the CPU where no GPU is visible (e.g. ``pipelines plan --measure`` on a
+    laptop for a GPU job)."""
     if spec.device == "cuda" and not torch.cuda.is_available():
         raise PipelineError("model.device is cuda but no CUDA GPU is visible here; use device: auto or cpu")
-    if spec.device == "auto":
-        return torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
-    return torch.device(spec.device)
+    return torch.device("cuda" if wanted == "cuda" and torch.cuda.is_available() else "cpu")
 
 
 def select_dtype(spec: ModelSpec, device: torch.device) -> torch.dtype:
@@ -92,15 +88,15 @@ def load_tokenizer(spec: ModelSpec, padding_side: str) -> Any:
 
 
 def load_model(
-    spec: ModelSpec, model_class: str, config: Any, max_length: int, padding_side: str, gpus: float = 0.0
+    spec: ModelSpec, model_class: str, config: Any, max_length: int, padding_side: str, wanted: str = "cpu"
 ) -> LoadedModel:
     """Tokenizer and model, on their device, in eval mode, quantized as the spec says.
 
     ``model_class`` names a ``transformers`` Auto class, e.g. ``AutoModelForSequenceClassification``;
-    ``gpus`` is the actor's share of GPUs (see :func:`select_device`).
+    ``wanted`` is the device the job's actors load on (see :func:`select_device`).
     """
     auto_class = getattr(transformers, model_class)
-    device = select_device(spec, gpus)
+    device = select_device(spec, wanted)
     dtype = select_dtype(spec, device)
     quant = quantization_config(spec, dtype)
     kwargs: dict[str, Any] = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code, "dtype": dtype}

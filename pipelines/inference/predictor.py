@@ -47,7 +47,7 @@ class Predictor:
             config,
             self.spec.batching.max_length,
             implementation.padding_side,
-            gpus=self.spec.compute.gpus_per_actor,
+            wanted=self.spec.actor_device(),
         )
         once_per_process()  # bitsandbytes' per-matmul warning: once, not per batch (see library_logs)
         self.task = implementation(
