@@ -84,3 +84,46 @@ def test_length_sorting_pads_far_less_than_input_order():
     assert padding_efficiency(lengths, sorted_batches) >= 0.9
     assert padding_efficiency(lengths, input_order) < 0.6
     assert padded_tokens(lengths, sorted_batches) < 0.7 * padded_tokens(lengths, input_order)
+
+
+def cost(lengths: np.ndarray, batches: list[np.ndarray], forward_cost: int) -> int:
+    return padded_tokens(lengths, batches) + forward_cost * len(batches)
+
+
+def test_least_cost_cuts_are_the_best_of_every_possible_cut():
+    """With a cost per forward, the cuts are the cheapest of all ways to cut the sorted rows under the bounds
+    (checked against every one of the 2**(n-1) ways on small inputs)."""
+    import itertools
+
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        n = int(rng.integers(1, 11))
+        lengths = rng.integers(1, 40, size=n)
+        max_tokens, max_rows, min_fill, forward_cost = int(rng.integers(20, 200)), int(rng.integers(1, 6)), 0.3, 16
+        batches = plan_microbatches(lengths, max_tokens, max_rows, min_fill, forward_cost=forward_cost)
+        assert np.sort(np.concatenate(batches)).tolist() == list(range(n))
+        s = np.sort(lengths)[::-1]
+
+        def allowed(run: np.ndarray) -> bool:
+            return len(run) == 1 or (
+                len(run) <= max_rows and len(run) * run[0] <= max_tokens and run[-1] >= min_fill * run[0]
+            )
+
+        best = None
+        for cuts in itertools.product([False, True], repeat=n - 1):
+            bounds = [0, *[i + 1 for i, c in enumerate(cuts) if c], n]
+            runs = [s[a:b] for a, b in zip(bounds, bounds[1:])]
+            if all(allowed(r) for r in runs):
+                total = sum(len(r) * max(int(r[0]), 1) + forward_cost for r in runs)
+                best = total if best is None else min(best, total)
+        assert all(allowed(np.sort(lengths[b])[::-1]) for b in batches)
+        assert cost(np.maximum(lengths, 1), batches, forward_cost) == best
+
+
+def test_least_cost_cuts_pad_less_than_filling_each_micro_batch_in_turn():
+    lengths = skewed_lengths()
+    filled = plan_microbatches(lengths, max_tokens=4096, max_rows=64, min_fill=0.8)
+    cut = plan_microbatches(lengths, max_tokens=4096, max_rows=64, min_fill=0.8, forward_cost=64)
+    assert np.sort(np.concatenate(cut)).tolist() == list(range(len(lengths)))
+    assert padding_efficiency(lengths, cut) > padding_efficiency(lengths, filled)
+    assert cost(lengths, cut, 64) < cost(lengths, filled, 64)

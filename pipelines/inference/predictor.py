@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import torch
 
 from pipelines import faults
-from pipelines.inference.batching import plan_microbatches
+from pipelines.inference.batching import FORWARD_COST_TOKENS, plan_microbatches
 from pipelines.inference.library_logs import hide_loading_bars, once_per_process
 from pipelines.inference.loading import load_config, load_model
 from pipelines.io.block import ERROR, GENERATED, PADDED, TOKENS
@@ -104,7 +104,7 @@ class Predictor:
         if not len(features):
             return outputs, padded, failed
         lengths = features.lengths
-        queue = micro_batches(self.task, lengths, self.spec.batching, self.max_tokens)[::-1]
+        queue = micro_batches(self.task, lengths, self.spec.batching, self.max_tokens, self.loaded.device.type)[::-1]
         while queue:
             index = queue.pop()
             try:
@@ -128,8 +128,12 @@ class Predictor:
             self.max_tokens = max(held, min(self.max_tokens, len(index) * held // 2))
             if self.loaded.device.type == "cuda":
                 torch.cuda.empty_cache()
-            log.warning("out of memory on %d rows × %d tokens: splitting; token budget now %d",
-                        len(index), int(lengths[index].max()), self.max_tokens)
+            log.warning(
+                "out of memory on %d rows × %d tokens: splitting; token budget now %d",
+                len(index),
+                int(lengths[index].max()),
+                self.max_tokens,
+            )
             return f"out of memory even alone ({int(lengths[index].max())} tokens)"
         log.warning("forward failed on %d feature(s), isolating the cause: %s", len(index), _short(exc))
         return f"forward failed: {_short(exc)}"
@@ -194,11 +198,15 @@ def validate_rows(batch: pa.Table, text_column: str) -> tuple[np.ndarray, pa.Arr
     return valid, errors
 
 
-def micro_batches(task: Task, lengths: np.ndarray, batching: BatchingSpec, max_tokens: int) -> list[np.ndarray]:
-    """How a call's features are cut into forwards: length-sorted, under the token budget, by the task's own
-    fill and footprint (``pipelines plan`` uses it too, so that it plans what the predictor runs)."""
+def micro_batches(
+    task: Task, lengths: np.ndarray, batching: BatchingSpec, max_tokens: int, device: str
+) -> list[np.ndarray]:
+    """How a call's features are cut into forwards on ``device`` (``cpu``, ``cuda``...): length-sorted, under the
+    token budget, by the task's own fill and footprint, the cuts where padding plus the device's cost per forward
+    is least (``pipelines plan`` uses it too, so that it plans what the predictor runs)."""
     fill = task.micro_batch_fill(batching.min_fill)
-    return plan_microbatches(lengths, max_tokens, batching.max_rows, fill, task.footprint)
+    forward_cost = FORWARD_COST_TOKENS.get(device.split(":")[0], FORWARD_COST_TOKENS["cpu"])
+    return plan_microbatches(lengths, max_tokens, batching.max_rows, fill, task.footprint, forward_cost)
 
 
 def encode_rows(task: Task, spec: JobSpec, batch: pa.Table, rows: np.ndarray) -> Features:

@@ -73,7 +73,11 @@ def tokenize_batch(context: TaskContext, spec: JobSpec, batch: pa.Table) -> Batc
     task = context.task
     features = encode_rows(task, spec, batch, rows)
     lengths = features.lengths if len(features) else np.zeros(0, np.int64)
-    plan = micro_batches(task, lengths, spec.batching, spec.batching.max_tokens) if len(lengths) else []
+    plan = (
+        micro_batches(task, lengths, spec.batching, spec.batching.max_tokens, spec.actor_device())
+        if len(lengths)
+        else []
+    )
     reasons = [r for r in errors.to_pylist() if r is not None]
     # As the predictor flags them: rows the task refused, then (errors.too_long: error) rows cut at max_length.
     reasons += list(features.errors.values())
