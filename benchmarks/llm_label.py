@@ -12,6 +12,12 @@ prefix are not timed. Every call runs ``--repeat`` times, alternating the two
 paths, and the fastest time of each call counts: on a shared machine another
 process's burst only ever slows a run down. Prints one JSON line: rows/s of each
 path, the speed-up, and how far the labels and scores of the two paths are apart.
+
+``--naive`` also times the yardstick of the issue that asked for prefix reuse: a
+plain Transformers loop scoring every (row, label) pair as its own right-padded
+sequence, 16 per forward, in input order, logits at every position (the job of
+that day ran at 0.9x of it). Same model, tokens and scoring rule; its labels are
+compared with the job's.
 """
 
 from __future__ import annotations
@@ -71,12 +77,53 @@ def label_all(models: list, rows: list[dict], batch_size: int, repeat: int) -> t
     return outputs, totals
 
 
+def naive_loop(predictor, raw: dict, rows: list[dict], repeat: int, per_forward: int = 16) -> tuple[list[str], float]:
+    """The issue's yardstick in plain Transformers: every (row, label) pair its own right-padded sequence (the
+    whole prompt, then the label), ``per_forward`` at a time in input order, logits at every position; the labels
+    and the fastest of ``repeat`` runs. Same model, tokens and scoring rule as the job."""
+    import torch
+
+    from pipelines.tasks.prompts import fill, render
+
+    task, model = predictor.task, predictor.loaded.model
+    options = task.options
+    prompts, _ = fill(options.prompt_template, [r["text"] for r in rows], {})
+    rendered = render(task.tokenizer, prompts, options.chat, options.system_prompt)
+    prompt_ids, continuations = task._tokenize(rendered)
+    pairs = [
+        (i, j, ids + label, len(ids))
+        for i, (ids, per_label) in enumerate(zip(prompt_ids, continuations))
+        for j, label in enumerate(per_label)
+    ]
+    pad = predictor.pad_id
+    best, loglik = float("inf"), np.zeros((len(rows), len(task.labels)))
+    for _ in range(repeat):
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for at in range(0, len(pairs), per_forward):
+                chunk = pairs[at : at + per_forward]
+                width = max(len(ids) for _, _, ids, _ in chunk)
+                ids = torch.tensor([ids + [pad] * (width - len(ids)) for _, _, ids, _ in chunk])
+                mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for _, _, ids, _ in chunk])
+                logp = model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
+                for k, (i, j, seq, cut) in enumerate(chunk):
+                    steps = range(cut, len(seq))
+                    total = sum(float(logp[k, t - 1, seq[t]]) for t in steps)
+                    loglik[i, j] = total / len(steps) if options.normalize == "mean" else total
+        best = min(best, time.perf_counter() - start)
+    return [task.labels[int(j)] for j in loglik.argmax(axis=1)], best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--job", default=str(ROOT / "jobs/sentiment_llm_label.yaml"))
     parser.add_argument("--rows", type=int, default=None, help="first N rows of jobs/data/reviews (default: all)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each call; the fastest counts")
+    parser.add_argument(
+        "--naive", action="store_true",
+        help="also time the issue's yardstick: each (row, label) pair its own right-padded sequence, 16 per forward",
+    )
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="e.g. batching.batch_size=256")
     args = parser.parse_args()
     from pipelines.spec import apply_overrides
@@ -89,6 +136,8 @@ def main() -> None:
     reused, full = predictor(raw, True, args.threads), predictor(raw, False, args.threads)
     label_all([reused, full], rows[:4], batch_size, 1)  # warm-up: first calls allocate
     (fast, slow), (reused_s, full_s) = label_all([reused, full], rows, batch_size, args.repeat)
+
+    naive_labels, naive_s = naive_loop(full, raw, rows, args.repeat) if args.naive else (None, None)
 
     labels = raw["task"]["candidate_labels"]
     diff = max(abs(a[prefix + "scores"][x] - b[prefix + "scores"][x]) for a, b in zip(fast, slow) for x in labels)
@@ -103,6 +152,15 @@ def main() -> None:
         "speedup": round(full_s / reused_s, 2),
         "labels_differ": sum(a[prefix + "label"] != b[prefix + "label"] for a, b in zip(fast, slow)),
         "max_score_diff": float(f"{diff:.2e}"),
+        **(
+            {
+                "naive_rows_per_s": round(len(rows) / naive_s, 2),
+                "speedup_vs_naive": round(naive_s / reused_s, 2),
+                "naive_labels_differ": sum(a[prefix + "label"] != b for a, b in zip(fast, naive_labels)),
+            }
+            if naive_s
+            else {}
+        ),
         "accuracy": round(float(np.mean([r[prefix + "label"] == t["label"] for r, t in zip(fast, rows)])), 4),
     }
     print(json.dumps(result))
