@@ -67,10 +67,11 @@ class Ragged:
         return ids, mask.astype(np.int64)
 
 
-#: What one forward costs beyond its tokens, in padded tokens (``forward_cost`` of :func:`plan_microbatches`): on a
-#: CPU, a MiniLM forward of 4 x 16 tokens takes about what 100 of its tokens take in a full micro-batch (measured
-#: here, fp32 and bf16 alike within a factor of two); on a GPU a forward's fixed cost (kernel launches) is worth
-#: far more tokens, so micro-batches are cut less finely there.
+#: What one forward costs beyond its tokens, in padded tokens (``forward_cost`` of :func:`plan_microbatches`). On a
+#: CPU, a MiniLM forward of 4 x 16 tokens took what about 100 tokens take in a forward of 64 rows (fp32, measured
+#: here): some 35 tokens of fixed cost; in bfloat16 tokens are about 3x cheaper and the fixed cost is not, so 64
+#: sits between the two. On a GPU a forward's fixed cost (kernel launches) is worth far more tokens: 512 is a guess,
+#: not measured (no GPU here), that cuts micro-batches less finely there.
 FORWARD_COST_TOKENS = {"cpu": 64, "cuda": 512}
 
 
