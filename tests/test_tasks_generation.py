@@ -459,3 +459,11 @@ def test_extra_logits_processing_in_the_generation_config_goes_through_model_gen
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     expected = reference_generate(str(model_dir), tokenizer(SENTENCES[1])["input_ids"], 8)
     assert row["generated_text"] == tokenizer.decode(expected, skip_special_tokens=True)
+
+
+def test_max_new_tokens_past_the_models_positions_is_one_line_before_any_row(tiny_models):
+    """Prompt and generated tokens must fit the model's positions (256 for the tiny Llama)."""
+    with pytest.raises(PipelineError, match=r"max_new_tokens \(256\) leaves no room for a prompt in this model's 256"):
+        Predictor(make_spec(tiny_models("causal"), {"type": "text-generation", "max_new_tokens": 256}))
+    budget = Predictor(make_spec(tiny_models("causal"), {"type": "text-generation", "max_new_tokens": 200}))
+    assert budget.task.prompt_budget == 56  # min(max_length, 256 - 200)

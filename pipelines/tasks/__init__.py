@@ -5,8 +5,9 @@ contract and the shared label logic (:mod:`.base`), prompt building for decoder
 models (:mod:`.prompts`), one module per task, and the OpenAI Batch requests
 (:mod:`.openai_requests`, light: pydantic and :mod:`pipelines.io.openai_batch`'s
 names; :mod:`.openai_batch`, the tasks that answer them). A task module may import
-torch, transformers, numpy, pyarrow, :mod:`pipelines.errors` and
-:mod:`pipelines.inference.batching`; never Ray, the output layout or the runner.
+torch, transformers, numpy, pyarrow, :mod:`pipelines.errors` and the model-side
+helpers of :mod:`pipelines.inference` (batching, kv_cache, decoding); never Ray,
+the output layout or the runner.
 :func:`task_class` loads a task's implementation only when it is asked for, so
 importing this package costs no torch.
 """

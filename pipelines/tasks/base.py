@@ -106,6 +106,12 @@ class Task(ABC):
         self.max_length = max_length
         self.seed = seed  # the job's seed, for tasks that sample
 
+    @property
+    def positions(self) -> int | None:
+        """The model's context in tokens (``max_position_embeddings``), where its config gives one."""
+        positions = getattr(self.config, "max_position_embeddings", None)
+        return positions if isinstance(positions, int) and positions > 0 else None
+
     @classmethod
     def model_class_for(cls, options: TaskOptions, config: Any) -> str:
         """The Auto class for these options and this model config (``model_class`` unless a task decides)."""

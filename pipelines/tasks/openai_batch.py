@@ -165,8 +165,6 @@ class ChatCompletions(Task):
                 "/v1/chat/completions requests: this model's tokenizer has no chat template to render messages "
                 "with; use a chat (instruct) model"
             )
-        positions = getattr(self.config, "max_position_embeddings", None)
-        self.positions = positions if isinstance(positions, int) and positions > 0 else None
         self.stop_criteria = StopCriteria(self.tokenizer)
 
     def encode(self, texts: list[str], columns: dict[str, list[Any]]) -> Features:

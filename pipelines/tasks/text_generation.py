@@ -26,13 +26,12 @@ class TextGeneration(GenerationTask):
             check_chat(self.tokenizer, self.name)
         # prompt and generated tokens together must fit the model's positions
         self.prompt_budget = self.max_length
-        positions = getattr(self.config, "max_position_embeddings", None)
-        if isinstance(positions, int) and positions > 0:
-            self.prompt_budget = min(self.max_length, positions - self.options.max_new_tokens)
+        if self.positions is not None:
+            self.prompt_budget = min(self.max_length, self.positions - self.options.max_new_tokens)
         if self.prompt_budget < 1:
             raise PipelineError(
                 f"text-generation: max_new_tokens ({self.options.max_new_tokens}) leaves no room for a prompt in "
-                f"this model's {positions} positions; lower task.max_new_tokens"
+                f"this model's {self.positions} positions; lower task.max_new_tokens"
             )
 
     def encode(self, texts: list[str], columns: dict[str, list[Any]]) -> Features:
