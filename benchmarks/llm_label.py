@@ -77,7 +77,7 @@ def label_all(models: list, rows: list[dict], batch_size: int, repeat: int) -> t
     return outputs, totals
 
 
-def naive_loop(predictor, raw: dict, rows: list[dict], repeat: int, per_forward: int = 16) -> tuple[list[str], float]:
+def naive_loop(predictor, rows: list[dict], repeat: int, per_forward: int = 16) -> tuple[list[str], float]:
     """The issue's yardstick in plain Transformers: every (row, label) pair its own right-padded sequence (the
     whole prompt, then the label), ``per_forward`` at a time in input order, logits at every position; the labels
     and the fastest of ``repeat`` runs. Same model, tokens and scoring rule as the job."""
@@ -105,11 +105,11 @@ def naive_loop(predictor, raw: dict, rows: list[dict], repeat: int, per_forward:
                 width = max(len(ids) for _, _, ids, _ in chunk)
                 ids = torch.tensor([ids + [pad] * (width - len(ids)) for _, _, ids, _ in chunk])
                 mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for _, _, ids, _ in chunk])
-                logp = model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
-                for k, (i, j, seq, cut) in enumerate(chunk):
-                    steps = range(cut, len(seq))
-                    total = sum(float(logp[k, t - 1, seq[t]]) for t in steps)
-                    loglik[i, j] = total / len(steps) if options.normalize == "mean" else total
+                logits = model(input_ids=ids, attention_mask=mask).logits
+                for k, (i, j, seq, cut) in enumerate(chunk):  # log-probabilities only where a label token is scored
+                    logp = logits[k, cut - 1 : len(seq) - 1].float().log_softmax(-1)
+                    total = float(logp[torch.arange(len(seq) - cut), torch.tensor(seq[cut:])].sum())
+                    loglik[i, j] = total / (len(seq) - cut) if options.normalize == "mean" else total
         best = min(best, time.perf_counter() - start)
     return [task.labels[int(j)] for j in loglik.argmax(axis=1)], best
 
@@ -137,7 +137,7 @@ def main() -> None:
     label_all([reused, full], rows[:4], batch_size, 1)  # warm-up: first calls allocate
     (fast, slow), (reused_s, full_s) = label_all([reused, full], rows, batch_size, args.repeat)
 
-    naive_labels, naive_s = naive_loop(full, raw, rows, args.repeat) if args.naive else (None, None)
+    naive_labels, naive_s = naive_loop(full, rows, args.repeat) if args.naive else (None, None)
 
     labels = raw["task"]["candidate_labels"]
     diff = max(abs(a[prefix + "scores"][x] - b[prefix + "scores"][x]) for a, b in zip(fast, slow) for x in labels)

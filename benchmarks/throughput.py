@@ -15,8 +15,9 @@ the machine meanwhile. Each part:
 - ``job``: ``pipelines run`` as a user runs it (a new process, a local Ray, one actor), on the first half
   of the shards and on all of them, ``--job-repeat`` times each in turn, the fastest run of each size
   counting (a burst of other work only ever slows a run down): steady state = the extra rows / the extra
-  seconds; fixed cost = the whole input's fastest run minus its rows at that speed; the whole run's timeline (imports, Ray start, actor
-  start and model load, first batch, drain, shutdown) and the peak memory of its process tree.
+  seconds; fixed cost = the whole input's fastest run minus its rows at that speed; that run's timeline
+  (imports, Ray start, actor start and model load, first batch, drain, shutdown) and the peak memory of
+  its process tree.
 - ``pipeline``: ``transformers.pipeline("feature-extraction", batch_size=32)`` over the rows in input
   order, in this process (model load not counted, like ``limit``).
 - ``ray-data``: the Ray Data docs pattern as a whole process: ``read_json`` → ``map_batches(actor,
@@ -241,7 +242,7 @@ def run_job_once(folder: Path, rows: int | None, args: argparse.Namespace, times
 
 def run_job(texts: list[str], args: argparse.Namespace) -> dict:
     halves, wholes = [], []
-    for attempt in range(args.job_repeat):  # in turn; the fastest of each size counts
+    for _ in range(args.job_repeat):  # in turn; the fastest of each size counts
         with tempfile.TemporaryDirectory() as tmp:
             halves.append(run_job_once(Path(tmp) / "half", len(texts) // 2, args))
             wholes.append(run_job_once(Path(tmp) / "whole", len(texts), args))
