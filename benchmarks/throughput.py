@@ -93,7 +93,7 @@ def input_dir(files: list[Path], rows: int | None, folder: Path, times: int = 1)
 def predictor_spec(args: argparse.Namespace):
     from pipelines.spec import load_spec
 
-    return load_spec(JOB, [f"model.dtype={args.precision}", f"compute.threads_per_actor={args.threads}"])
+    return load_spec(JOB, [f"model.dtype={args.precision}", f"compute.threads_per_actor={args.threads}", *args.set])
 
 
 def run_limit(texts: list[str], args: argparse.Namespace) -> dict:
@@ -374,7 +374,10 @@ def main() -> None:
     parser.add_argument("--job-repeat", type=int, default=2,
                         help="the job part: runs of each input size, in turn; the fastest of each counts")
     parser.add_argument("--memory-times", type=int, default=10, help="the memory part: the corpus this many times")
-    parser.add_argument("--set", action="append", default=[], help="extra --set for the job runs")
+    parser.add_argument(
+        "--set", action="append", default=[],
+        help="extra --set for the job runs and the limit's model (e.g. compute.cpu_matmul=torch)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.json")
     args = parser.parse_args()
     texts = texts_of(shard_files())[: args.rows] if args.rows else texts_of(shard_files())

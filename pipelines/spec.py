@@ -94,6 +94,11 @@ class ComputeSpec(Strict):
     )
     accelerator_type: str | None = None
     resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources per actor.")
+    cpu_matmul: Literal["onednn", "torch"] = Field(
+        default="onednn",
+        description="Models on a CPU: onednn runs float32/bfloat16 Linear layers through oneDNN with weights laid out "
+        "once at load (checked against torch's at load, torch's kept where they differ); torch: torch's own matmul.",
+    )
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> ComputeSpec:

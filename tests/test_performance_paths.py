@@ -1,5 +1,6 @@
 """What the speed-ups must not change: rows in input order per shard, a block seen twice left out, the
-torch int8 path close to float32, quantization auto decided once per output, the run's timeline."""
+torch int8 path close to float32, oneDNN's packed linear layers giving torch's results, quantization auto
+decided once per output, the run's timeline."""
 
 from __future__ import annotations
 
@@ -8,15 +9,19 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from helpers import SENTENCES, batch_of, make_spec, write_jsonl
+from transformers import AutoModel
 
 from pipelines.errors import PipelineError
+from pipelines.inference.aliases import minilm_dir
+from pipelines.inference.packed_linear import PackedLinear, pack_linears
 from pipelines.inference.predictor import Predictor
 from pipelines.io.reader import Columns, read_shard
 from pipelines.io.shards import list_shards
 from pipelines.output.staging import StagingReport
 from pipelines.runner import Tally, run_job
-from pipelines.spec import spec_from_dict
+from pipelines.spec import ModelSpec, spec_from_dict
 
 
 def lengths_rows(n: int) -> list[dict]:
@@ -63,6 +68,32 @@ def test_dynamic_int8_stays_close_to_float32(tiny_models):
     spec.model.dtype = "bfloat16"
     with pytest.raises(PipelineError, match="quantizes a float32 model"):
         Predictor(spec)
+
+
+def test_a_cpu_models_linear_layers_run_packed_for_onednn_with_torchs_results():
+    texts = SENTENCES * 3
+    spec = make_spec(minilm_dir(ModelSpec(name="minilm")), {"type": "feature-extraction"})
+    packed = Predictor(spec)
+    layers = [m for m in packed.loaded.model.modules() if isinstance(m, PackedLinear)]
+    assert len(layers) == 6 * 6 + 1  # query, key, value, attention output, intermediate, output of 6 layers; pooler
+    assert not any(type(m) is torch.nn.Linear for m in packed.loaded.model.modules())
+    spec.compute.cpu_matmul = "torch"
+    plain = Predictor(spec)
+    assert not any(isinstance(m, PackedLinear) for m in plain.loaded.model.modules())
+    a = np.array(packed(batch_of(texts)).column("embedding").to_pylist())
+    b = np.array(plain(batch_of(texts)).column("embedding").to_pylist())
+    assert np.abs(a - b).max() < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packing_is_all_or_nothing_a_layer_that_differs_leaves_the_model_as_it_was(monkeypatch, dtype):
+    model = AutoModel.from_pretrained(minilm_dir(ModelSpec(name="minilm")), dtype=dtype).eval()
+    forward = PackedLinear.forward
+    monkeypatch.setattr(PackedLinear, "forward", lambda self, x: forward(self, x) * 1.05)
+    assert pack_linears(model) == 0
+    assert not any(isinstance(m, PackedLinear) for m in model.modules())
+    monkeypatch.setattr(PackedLinear, "forward", forward)
+    assert pack_linears(model) == 6 * 6 + 1
 
 
 def test_quantization_auto_is_decided_once_and_said(ray_session, tiny_models, tmp_path):

@@ -16,6 +16,7 @@ from transformers import AutoConfig, AutoTokenizer, BitsAndBytesConfig
 
 from pipelines.errors import PipelineError
 from pipelines.inference.aliases import ALIASES, resolve_name
+from pipelines.inference.packed_linear import pack_linears
 from pipelines.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -88,12 +89,19 @@ def load_tokenizer(spec: ModelSpec, padding_side: str) -> Any:
 
 
 def load_model(
-    spec: ModelSpec, model_class: str, config: Any, max_length: int, padding_side: str, wanted: str = "cpu"
+    spec: ModelSpec,
+    model_class: str,
+    config: Any,
+    max_length: int,
+    padding_side: str,
+    wanted: str = "cpu",
+    cpu_matmul: str = "onednn",
 ) -> LoadedModel:
     """Tokenizer and model, on their device, in eval mode, quantized as the spec says.
 
     ``model_class`` names a ``transformers`` Auto class, e.g. ``AutoModelForSequenceClassification``;
-    ``wanted`` is the device the job's actors load on (see :func:`select_device`).
+    ``wanted`` is the device the job's actors load on (see :func:`select_device`); ``cpu_matmul``
+    (``compute.cpu_matmul``) ``onednn`` packs a CPU model's Linear layers (:mod:`.packed_linear`).
     """
     auto_class = getattr(transformers, model_class)
     device = select_device(spec, wanted)
@@ -110,6 +118,8 @@ def load_model(
         model = dynamic_int8(model, device)
     elif spec.quantization == "auto":
         raise PipelineError("model.quantization auto is decided before a job starts; load a concrete quantization")
+    if device.type == "cpu" and cpu_matmul == "onednn":
+        pack_linears(model)
     tokenizer = load_tokenizer(spec, padding_side)
     share_pad_token(tokenizer, model.config, config)
     log.info("loaded %s (%s, %s, quantization=%s)", spec.name, device, dtype, spec.quantization)

@@ -48,6 +48,7 @@ class Predictor:
             self.spec.batching.max_length,
             implementation.padding_side,
             wanted=self.spec.actor_device(),
+            cpu_matmul=self.spec.compute.cpu_matmul,
         )
         once_per_process()  # bitsandbytes' per-matmul warning: once, not per batch (see library_logs)
         self.task = implementation(
