@@ -15,9 +15,10 @@ path, the speed-up, and how far the labels and scores of the two paths are apart
 
 ``--naive`` also times the yardstick of the issue that asked for prefix reuse: a
 plain Transformers loop scoring every (row, label) pair as its own right-padded
-sequence, 16 per forward, in input order, logits at every position (the job of
-that day ran at 0.9x of it). Same model, tokens and scoring rule; its labels are
-compared with the job's.
+sequence, 16 per forward, in input order, logits at every position and log-probabilities where
+a label token is scored (the job of that day ran at 0.9x of it), with torch's own matmul as plain Transformers has it
+(``--naive-matmul onednn``: this project's, for the loop's share alone). Same model,
+tokens and scoring rule; its labels are compared with the job's.
 """
 
 from __future__ import annotations
@@ -44,13 +45,15 @@ def load_rows(limit: int | None) -> list[dict]:
     return rows[:limit] if limit else rows
 
 
-def predictor(raw: dict, reuse: bool, threads: int):
+def predictor(raw: dict, reuse: bool, threads: int, cpu_matmul: str | None = None):
     from pipelines.inference.predictor import Predictor
     from pipelines.spec import spec_from_dict
 
     raw = json.loads(json.dumps(raw))
     raw["task"]["reuse_prefix"] = reuse
     raw["compute"]["threads_per_actor"] = threads
+    if cpu_matmul is not None:
+        raw["compute"]["cpu_matmul"] = cpu_matmul
     return Predictor(spec_from_dict(raw))
 
 
@@ -124,6 +127,10 @@ def main() -> None:
         "--naive", action="store_true",
         help="also time the issue's yardstick: each (row, label) pair its own right-padded sequence, 16 per forward",
     )
+    parser.add_argument(
+        "--naive-matmul", choices=["torch", "onednn"], default="torch",
+        help="the yardstick's matmul: torch's own, as plain Transformers (default), or this project's oneDNN",
+    )
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="e.g. batching.batch_size=256")
     args = parser.parse_args()
     from pipelines.spec import apply_overrides
@@ -137,7 +144,9 @@ def main() -> None:
     label_all([reused, full], rows[:4], batch_size, 1)  # warm-up: first calls allocate
     (fast, slow), (reused_s, full_s) = label_all([reused, full], rows, batch_size, args.repeat)
 
-    naive_labels, naive_s = naive_loop(full, rows, args.repeat) if args.naive else (None, None)
+    naive_labels, naive_s = None, None
+    if args.naive:  # plain Transformers: torch's own matmul unless asked otherwise
+        naive_labels, naive_s = naive_loop(predictor(raw, False, args.threads, args.naive_matmul), rows, args.repeat)
 
     labels = raw["task"]["candidate_labels"]
     diff = max(abs(a[prefix + "scores"][x] - b[prefix + "scores"][x]) for a, b in zip(fast, slow) for x in labels)
@@ -154,6 +163,7 @@ def main() -> None:
         "max_score_diff": float(f"{diff:.2e}"),
         **(
             {
+                "naive_matmul": args.naive_matmul,
                 "naive_rows_per_s": round(len(rows) / naive_s, 2),
                 "speedup_vs_naive": round(naive_s / reused_s, 2),
                 "naive_labels_differ": sum(a[prefix + "label"] != b for a, b in zip(fast, naive_labels)),

@@ -11,7 +11,8 @@ the machine meanwhile. Each part:
 
 - ``limit``: the model's own forward speed, the ceiling for any job: rows tokenized beforehand, sorted
   by length over the whole input, micro-batches of at most 64 rows and 8,192 tokens, timed forwards
-  only (pooling included), in this process.
+  only (pooling included), in this process, the model loaded as the job loads it (its ``--set`` too,
+  e.g. ``compute.cpu_matmul=torch`` for torch's own matmul).
 - ``job``: ``pipelines run`` as a user runs it (a new process, a local Ray, one actor), on the first half
   of the shards and on all of them, ``--job-repeat`` times each in turn, the fastest run of each size
   counting (a burst of other work only ever slows a run down): steady state = the extra rows / the extra

@@ -13,7 +13,7 @@ from helpers import SENTENCES, make_spec, write_jsonl, write_parquet
 from test_cli import cli
 
 from pipelines.errors import PipelineError
-from pipelines.fidelity import check
+from pipelines.fidelity import _decision_path, check
 from pipelines.inference.fidelity import Predictions, compare, measure
 from pipelines.io.reader import Columns
 from pipelines.io.sample import sample_rows
@@ -230,3 +230,13 @@ def test_cli_fidelity_on_minilm():
     assert result["metrics"]["truth_accuracy_reference"] > 0.6
     assert abs(result["metrics"]["truth_accuracy_quantized"] - result["metrics"]["truth_accuracy_reference"]) < 0.1
     assert "Ray instance" not in done.stderr and "Token authentication" not in done.stderr  # no Ray started
+
+
+def test_quantization_auto_decides_again_for_another_cpu_matmul_not_for_other_batching(tmp_path):
+    spec = make_spec("minilm", {"type": "feature-extraction"})
+    spec.model.cache_dir = str(tmp_path)
+    first = _decision_path(spec, 0.99)
+    spec.batching.batch_size = 64  # how many rows per call: not what the candidates' speeds depend on
+    assert _decision_path(spec, 0.99) == first
+    spec.compute.cpu_matmul = "torch"  # another kernel: another ranking of the candidates' speeds
+    assert _decision_path(spec, 0.99) != first
