@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -14,6 +15,7 @@ from helpers import SENTENCES, batch_of, make_spec, write_jsonl
 from transformers import AutoModel
 
 from pipelines.errors import PipelineError
+from pipelines.inference import packed_linear
 from pipelines.inference.aliases import minilm_dir
 from pipelines.inference.packed_linear import PackedLinear, pack_linears
 from pipelines.inference.predictor import Predictor
@@ -96,6 +98,53 @@ def test_packing_is_all_or_nothing_a_layer_that_differs_leaves_the_model_as_it_w
     assert pack_linears(model) == 6 * 6 + 1
 
 
+@pytest.mark.parametrize(
+    ("kind", "task"),
+    [
+        ("classifier", {"type": "text-classification"}),
+        ("qa", {"type": "question-answering"}),
+        ("token-classifier", {"type": "token-classification", "ignore_labels": []}),
+        ("mlm", {"type": "fill-mask", "mask_placeholder": "<mask>"}),  # the output layer through fill-mask's hook
+        ("causal", {"type": "text-generation", "max_new_tokens": 6}),  # this project's decoding loop
+        ("seq2seq", {"type": "summarization", "max_new_tokens": 6}),  # model.generate
+    ],
+)
+def test_every_task_gives_the_same_predictions_on_packed_layers(tiny_models, monkeypatch, kind, task):
+    monkeypatch.setattr(packed_linear, "MIN_WEIGHTS", 0)  # the tiny models' layers are all small: pack them all
+    texts = ["Paris is the capital of <mask> .", "Obama visited London <mask> Berlin .", *SENTENCES]
+    batch = batch_of(texts).append_column("context", pa.array(texts)).append_column(
+        "question", pa.array(["Where is Paris?"] * len(texts))
+    )
+    spec = make_spec(tiny_models(kind), task)
+    packed = Predictor(spec)
+    assert any(isinstance(m, PackedLinear) for m in packed.loaded.model.modules())
+    spec.compute.cpu_matmul = "torch"
+    got, expected = packed(batch).to_pylist(), Predictor(spec)(batch).to_pylist()
+    assert len(got) == len(expected) and all(same(a, b) for a, b in zip(got, expected)), (got, expected)
+
+
+def same(a, b) -> bool:
+    """Equal, floats (at any depth: scores in lists of entities, answers) within 1e-4."""
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= 1e-4
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def test_a_layer_onednn_cannot_pack_leaves_the_model_on_torchs_matmul(monkeypatch):
+    model = AutoModel.from_pretrained(minilm_dir(ModelSpec(name="minilm"))).eval()
+
+    def refuse(self, linear):
+        raise RuntimeError("mkldnn_reorder_linear_weight: bf16 path needs the cpu support avx_ne_convert or avx512bw")
+
+    monkeypatch.setattr(PackedLinear, "__init__", refuse)  # what torch raises for bfloat16 on a CPU without AVX-512
+    assert pack_linears(model) == 0
+    assert sum(type(m) is torch.nn.Linear for m in model.modules()) == 6 * 6 + 1
+
+
 def test_quantization_auto_is_decided_once_and_said(ray_session, tiny_models, tmp_path):
     rows = [{"id": f"x{i}", "text": SENTENCES[i % len(SENTENCES)]} for i in range(40)]
     write_jsonl(tmp_path / "in" / "a.jsonl", rows)
@@ -154,6 +203,30 @@ def test_device_auto_takes_a_gpu_only_when_the_actor_was_given_one(monkeypatch):
     assert device("auto", 0) == "cpu"
     assert device("auto", 0.5) == "cuda"
     assert device("cpu", 1) == "cpu"
+
+
+def test_quantization_auto_takes_the_fastest_precision_within_the_bar_float32_included():
+    from pipelines.fidelity import Precision, concrete, fastest_within
+    from pipelines.output.records import Fidelity
+
+    spec = make_spec("minilm", {"type": "feature-extraction"})
+    int8, bf16 = concrete(spec, Precision("dynamic-int8", "float32")), concrete(spec, Precision("none", "bfloat16"))
+
+    def result(agreement: float, seconds: float, float32_s: float) -> Fidelity:
+        return Fidelity(task="feature-extraction", quantization="", rows=256, measure="cosine_mean",
+                        agreement=agreement, predict_s=seconds, reference_predict_s=float32_s)
+
+    # both within the bar: the faster one, whatever the order tried (int8 used to win by coming first)
+    found = fastest_within([(int8, result(0.995, 4.0, 9.0)), (bf16, result(0.999, 3.0, 9.0))], 0.99)
+    assert (found["quantization"], found["dtype"]) == ("none", "bfloat16") and "fastest" in found["why"]
+    # the fastest candidate below the bar is not taken
+    found = fastest_within([(int8, result(0.91, 2.0, 9.0)), (bf16, result(0.996, 3.0, 9.0))], 0.99)
+    assert (found["quantization"], found["dtype"]) == ("none", "bfloat16")
+    assert found["fidelity"]["agreement"] == 0.996
+    # float32 faster than every candidate within the bar: float32
+    found = fastest_within([(int8, result(0.999, 5.0, 4.0)), (bf16, result(0.999, 6.0, 4.0))], 0.99)
+    assert (found["quantization"], found["dtype"], found["fidelity"]) == ("none", "float32", None)
+    assert "float32 the fastest within the bar" in found["why"]
 
 
 def test_quantization_auto_on_a_gpu_without_bf16_tries_float16():

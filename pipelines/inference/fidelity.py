@@ -71,12 +71,20 @@ class Predictions:
     columns: dict[str, list[Any]]
     ok: np.ndarray
     tokenizer: Any
+    seconds: float = 0.0  # the sample's call, after a first call on a few rows (the model's load left out)
+
+
+#: Rows of a first, untimed call before the sample's: a predictor's first forwards allocate.
+WARM_UP_ROWS = 8
 
 
 def predict(spec: JobSpec, sample: pa.Table) -> Predictions:
-    """The sample through a Predictor built for ``spec``; the model is released afterwards."""
+    """The sample through a Predictor built for ``spec``, timed; the model is released afterwards."""
     predictor = Predictor(spec)
+    predictor(sample.slice(0, WARM_UP_ROWS))
+    start = time.perf_counter()
     table = predictor(sample)
+    seconds = time.perf_counter() - start
     prefix = spec.output.prediction_prefix
     columns = {name: table.column(prefix + name).to_pylist() for name in spec.task.output_names()}
     ok = table.column(ERROR).is_null().to_numpy(zero_copy_only=False)
@@ -86,7 +94,7 @@ def predict(spec: JobSpec, sample: pa.Table) -> Predictions:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return Predictions(columns, ok, tokenizer)
+    return Predictions(columns, ok, tokenizer, seconds)
 
 
 def measure(spec: JobSpec, sample: pa.Table) -> Fidelity:
@@ -105,7 +113,8 @@ def measure(spec: JobSpec, sample: pa.Table) -> Fidelity:
 
 
 def measure_against(reference: JobSpec, candidates: list[JobSpec], sample: pa.Table) -> list[tuple[JobSpec, Fidelity]]:
-    """Score the sample once with ``reference``, then with each candidate in turn: each candidate's comparison."""
+    """Score the sample once with ``reference``, then with each candidate in turn: each candidate's comparison,
+    with the seconds it and the reference took on the sample (``predict_s``, ``reference_predict_s``)."""
     truth = None
     if reference.input.label_column and reference.input.label_column in sample.column_names:
         truth = sample.column(reference.input.label_column).to_pylist()
@@ -114,11 +123,13 @@ def measure_against(reference: JobSpec, candidates: list[JobSpec], sample: pa.Ta
     results = []
     for candidate in candidates:
         start = time.monotonic()
-        result = compare(candidate.task, predict(candidate, sample), base, ids, truth)
+        predicted = predict(candidate, sample)
+        result = compare(candidate.task, predicted, base, ids, truth)
         model = candidate.model
         result.quantization = model.quantization if model.quantization != "none" else model.dtype
         result.reference = "float32"
         result.wall_s = round(time.monotonic() - start, 3)
+        result.predict_s, result.reference_predict_s = round(predicted.seconds, 4), round(base.seconds, 4)
         results.append((candidate, result))
     return results
 

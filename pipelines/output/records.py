@@ -139,6 +139,8 @@ class Fidelity(Record):
     passed: bool | None = None
     examples: list[dict[str, Any]] = Field(default_factory=list)
     wall_s: float = 0.0
+    predict_s: float | None = None  # the quantized model's time on the sample, its load left out
+    reference_predict_s: float | None = None  # the same for float32
 
 
 class RunSummary(Record):
