@@ -167,8 +167,8 @@ def resolve_auto(
     """The spec with ``quantization: auto`` made concrete, and the check that chose it.
 
     An output that recorded a choice keeps it (one output, one precision); otherwise the candidates
-    for the device an actor runs on — fastest first — are scored on the fidelity sample against
-    float32, where an actor would run, and the first within the bar wins; float32 when none is.
+    for the device an actor runs on are scored and timed on the fidelity sample against float32, where
+    an actor would run, and the fastest within the bar wins, float32 included (:func:`fastest_within`).
     """
     if recorded:
         chosen = Precision(recorded["quantization"], recorded["dtype"])
