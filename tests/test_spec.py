@@ -101,7 +101,7 @@ def test_spec_hash_ignores_sizes_but_not_the_model():
 def test_spec_hash_covers_row_policies_but_not_the_device_or_cache():
     base = spec_from_dict(minimal()).fingerprint()
     for where in ({"model__device": "auto"}, {"model__device": "cuda"}, {"model__cache_dir": "/shared/cache"},
-                  {"errors__max_rate": 0.5}):
+                  {"errors__max_rate": 0.5}, {"compute__cpu_matmul": "torch"}):
         assert spec_from_dict(minimal(**where)).fingerprint() == base, where
     for policy in ({"errors__too_long": "error"}, {"errors__duplicate_ids": "error"}):
         assert spec_from_dict(minimal(**policy)).fingerprint() != base, policy
