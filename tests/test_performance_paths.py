@@ -1,10 +1,11 @@
 """What the speed-ups must not change: rows in input order per shard, a block seen twice left out, the
 torch int8 path close to float32, oneDNN's packed linear layers giving torch's results, quantization auto
-decided once per output, the run's timeline."""
+decided once per output, the run's timeline, the pool's actor running its model on one thread."""
 
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -16,13 +17,14 @@ from transformers import AutoModel
 
 from pipelines.errors import PipelineError
 from pipelines.inference import packed_linear
+from pipelines.inference import predictor as predictor_module
 from pipelines.inference.aliases import minilm_dir
 from pipelines.inference.packed_linear import PackedLinear, pack_linears
 from pipelines.inference.predictor import Predictor
 from pipelines.io.reader import Columns, read_shard
 from pipelines.io.shards import list_shards
 from pipelines.output.staging import StagingReport
-from pipelines.runner import Tally, run_job
+from pipelines.runner import PredictAndStage, Tally, run_job, staging_config
 from pipelines.spec import ModelSpec, spec_from_dict
 
 
@@ -249,3 +251,34 @@ def test_an_output_started_at_dynamic_int8_is_not_resumed_on_a_gpu(tmp_path):
         resolve_auto(spec, [], {"quantization": "dynamic-int8", "dtype": "float32"})
     kept, _ = resolve_auto(spec, [], {"quantization": "none", "dtype": "bfloat16"})
     assert (kept.model.quantization, kept.model.dtype) == ("none", "bfloat16")
+
+
+def test_the_pools_actor_loads_and_runs_its_model_on_one_thread(tiny_models, tmp_path, monkeypatch):
+    """Ray Data builds the actor on one thread and calls it on another (its single-threaded wrapper, used
+    here as Ray Data uses it); the model's load and its calls must still share one thread, or torch's
+    OpenMP runs two teams of threads on the same cores and every parallel region waits for a wake-up."""
+    from ray.data._internal.execution.util import make_callable_class_single_threaded
+
+    threads: dict[str, set[int]] = {"load": set(), "call": set()}
+
+    class Recorded(Predictor):
+        def __init__(self, spec):
+            threads["load"].add(threading.get_ident())
+            super().__init__(spec)
+
+        def __call__(self, batch):
+            threads["call"].add(threading.get_ident())
+            return super().__call__(batch)
+
+    monkeypatch.setattr(predictor_module, "Predictor", Recorded)
+    write_jsonl(tmp_path / "in" / "a.jsonl", lengths_rows(20))
+    spec = make_spec(tiny_models("classifier"), {"type": "text-classification"}, tmp_path / "out")
+    shards = list_shards([str(tmp_path / "in")])
+    actor = make_callable_class_single_threaded(PredictAndStage)(
+        spec.model_dump(mode="json"), staging_config(spec, shards)
+    )
+    blocks = read_shard(shards[0], Columns(text="text", id="id"))
+    reports = [report for block in blocks for report in StagingReport.from_table(actor(block))]
+    assert sum(report.rows for report in reports) == 20
+    assert len(threads["load"]) == 1 and threads["call"] == threads["load"]
+    assert threading.get_ident() not in threads["load"]  # neither Ray Data's thread nor the caller's
