@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +22,7 @@ from pipelines.inference import predictor as predictor_module
 from pipelines.inference.aliases import minilm_dir
 from pipelines.inference.packed_linear import PackedLinear, pack_linears
 from pipelines.inference.predictor import Predictor
-from pipelines.io.reader import Columns, read_shard
+from pipelines.io.reader import GROUP_BYTES, Columns, group_shards, read_group, read_shard
 from pipelines.io.shards import list_shards
 from pipelines.output.staging import StagingReport
 from pipelines.runner import PredictAndStage, Tally, run_job, staging_config
@@ -47,6 +48,39 @@ def test_the_reader_orders_by_length_and_the_output_keeps_input_order(ray_sessio
     run_job(spec)
     [part] = list((tmp_path / "out").glob("part-*.parquet"))
     assert pq.read_table(part).column("id").to_pylist() == [r["id"] for r in rows]  # one file, input order
+
+
+def test_small_shards_are_read_together_sorted_by_length_and_each_keeps_its_rows(ray_session, tiny_models, tmp_path):
+    """Shards under the group size share a read task whose blocks sort all their rows by length (closer lengths
+    in each actor batch); a file that can't be read and an empty one are blocks of their own. The run still
+    writes each shard's rows once, in input order."""
+    rows = lengths_rows(90)
+    for i, part in enumerate((rows[:30], rows[30:60], rows[60:])):
+        write_jsonl(tmp_path / "in" / f"{i}.jsonl", part)
+    (tmp_path / "in" / "3.jsonl").write_bytes(b"")
+    (tmp_path / "in" / "4.jsonl.gz").write_bytes(b"not gzip")
+    shards = list_shards([str(tmp_path / "in")])
+    assert group_shards([s.size for s in shards]) == [[0, 1, 2, 3, 4]]
+    assert group_shards([100, GROUP_BYTES, 100, 100], most=1) == [[0], [1], [2], [3]]
+    assert group_shards([GROUP_BYTES // 2, GROUP_BYTES // 2, 10, GROUP_BYTES, 10]) == [[0, 1], [2], [3], [4]]
+
+    blocks = list(read_group(shards, Columns(text="text", id="id")))
+    empty, broken, together = blocks
+    assert empty.num_rows == 0 and broken.column("_row").to_pylist() == [-1]
+    sizes = [len(t) for t in together.column("text").to_pylist()]
+    assert sizes == sorted(sizes) and len(set(together.column("_shard").to_pylist()[:30])) == 3
+    texts = {(s, r): t for s, r, t in zip(*(together.column(c).to_pylist() for c in ("_shard", "_row", "text")))}
+    by_key = {shard.key: shard for shard in shards}
+    first_row = {key: 30 * int(Path(shard.path).name[0]) for key, shard in by_key.items()}
+    assert all(texts[(key, r)] == rows[first_row[key] + r]["text"] for key, r in texts)
+
+    (tmp_path / "in" / "4.jsonl.gz").unlink()
+    spec = make_spec(tiny_models("classifier"), {"type": "text-classification"}, tmp_path / "out",
+                     batching={"batch_size": 8})
+    spec.input.paths = [str(tmp_path / "in")]
+    run_job(spec)
+    written = [pq.read_table(part).column("id").to_pylist() for part in sorted((tmp_path / "out").glob("part-*"))]
+    assert sorted(written) == sorted([[r["id"] for r in rows[i : i + 30]] for i in (0, 30, 60)])  # input order
 
 
 def test_a_block_that_comes_back_twice_is_left_out():

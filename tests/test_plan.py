@@ -57,7 +57,7 @@ def test_batches_are_formed_as_ray_data_forms_them():
     blocks = read_blocks([100, 100, 0, 100, 100, 100, 100], [10_000] * 7, cpus=2)
     batches = list(actor_batches(blocks, 256))
     assert [sum(s.stop - s.start for s in b) for b in batches] == [256, 44, 256, 44]
-    covered = sorted((s.shard, r) for b in batches for s in b for r in range(s.start, s.stop))
+    covered = sorted((s.task, r) for b in batches for s in b for r in range(s.start, s.stop))
     assert covered == sorted((shard, r) for shard in (0, 1, 3, 4, 5, 6) for r in range(100))
 
 

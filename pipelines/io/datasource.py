@@ -1,4 +1,4 @@
-"""A Ray Data datasource with one read task per input shard."""
+"""A Ray Data datasource with one read task per group of input shards (small shards are read together)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import pyarrow as pa
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from pipelines.io.reader import Columns, read_shard
+from pipelines.io.reader import Columns, group_shards, read_group
 from pipelines.io.shards import Shard
 
 
 class ShardDatasource(Datasource):
-    """Reads the given shards with :func:`read_shard`: only the needed columns, bad rows marked."""
+    """Reads the given shards with :func:`read_group`: only the needed columns, bad rows marked."""
 
     def __init__(self, shards: list[Shard], columns: Columns) -> None:
         self.shards = shards
@@ -25,13 +25,17 @@ class ShardDatasource(Datasource):
     def get_read_tasks(
         self, parallelism: int, per_task_row_limit: int | None = None, data_context=None
     ) -> list[ReadTask]:
-        return [self._task(shard) for shard in self.shards]
+        groups = group_shards([shard.size for shard in self.shards])
+        return [self._task([self.shards[i] for i in group]) for group in groups]
 
-    def _task(self, shard: Shard) -> ReadTask:
+    def _task(self, shards: list[Shard]) -> ReadTask:
         columns = self.columns
 
         def read() -> Iterable[pa.Table]:
-            return read_shard(shard, columns)
+            return read_group(shards, columns)
 
-        metadata = BlockMetadata(num_rows=None, size_bytes=shard.size, exec_stats=None, input_files=(shard.uri,))
+        size = sum(shard.size for shard in shards)
+        metadata = BlockMetadata(
+            num_rows=None, size_bytes=size, exec_stats=None, input_files=tuple(shard.uri for shard in shards)
+        )
         return ReadTask(read, metadata)

@@ -13,7 +13,7 @@ import hashlib
 import io
 import json
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,13 @@ from pipelines.io.block import DIGEST, ERROR, ROW, SHARD, SHARD_ROWS
 from pipelines.io.shards import Shard
 
 BLOCK_ROWS = 1024
+#: Small shards are read a few at a time and their rows sorted by length together (:func:`read_group`): the
+#: wider the sort, the closer in length the rows of an actor batch, the fewer and fuller its micro-batches.
+#: On AG News + SST-2 shards of ~530 rows (137 KB), sorting 4 shards together took the forward from 7% over
+#: a whole-input sort to within 1% (the actor's forward 8% faster in the job); a group's shards are then
+#: committed together, when its last batch is staged.
+GROUP_BYTES = 512 << 10
+GROUP_SHARDS = 16
 
 
 @dataclass(frozen=True)
@@ -60,23 +67,63 @@ class Columns:
 
 def read_shard(shard: Shard, columns: Columns, block_rows: int = BLOCK_ROWS) -> Iterator[pa.Table]:
     """Blocks of the shard's rows, normalised to the job's columns; never raises for bad content."""
+    return read_group([shard], columns, block_rows)
+
+
+def read_group(shards: Sequence[Shard], columns: Columns, block_rows: int = BLOCK_ROWS) -> Iterator[pa.Table]:
+    """Blocks of several shards' rows (one read task's, see :func:`group_shards`), ordered by length together.
+
+    A file that can't be read is one block of its one record, an empty shard an empty block; the rows of
+    the others are sorted by length as one table (each keeps its shard and ``_row``). Never raises for bad
+    content.
+    """
+    readable = []
+    for shard in shards:
+        table, ok = _read_one(shard, columns)
+        if ok and table.num_rows:
+            readable.append(table)
+        else:
+            yield table
+    if len(readable) > 1:
+        try:
+            readable = [pa.concat_tables(readable, promote_options="permissive")]
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # passed-through columns of other types: each on its own
+            pass
+    for table in readable:
+        table = by_length(table, columns.text)
+        for start in range(0, table.num_rows, block_rows):
+            yield table.slice(start, block_rows)
+
+
+def _read_one(shard: Shard, columns: Columns) -> tuple[pa.Table, bool]:
+    """The shard's rows normalised to the job's columns, or (False) the one record of a file that can't be read."""
     digest = ""
     try:
         raw = read_bytes(shard)
         digest = content_digest(raw)  # also of a file that won't parse: a copy of it is the same input
         table = _read_table(shard, raw, columns)
     except Exception as exc:  # noqa: BLE001 - any unreadable file becomes one quarantined record
-        yield unreadable(shard, columns, f"unreadable {shard.format} file: {_short(exc)}", digest)
-        return
-    table = by_length(normalize(table, shard, columns, digest), columns.text)
-    if table.num_rows == 0:
-        yield table
-    for start in range(0, table.num_rows, block_rows):
-        yield table.slice(start, block_rows)
+        return unreadable(shard, columns, f"unreadable {shard.format} file: {_short(exc)}", digest), False
+    return normalize(table, shard, columns, digest), True
+
+
+def group_shards(sizes: Sequence[int], group_bytes: int = GROUP_BYTES, most: int = GROUP_SHARDS) -> list[list[int]]:
+    """Which shards (by index, consecutive) each read task reads: shards are added to a group until it holds
+    ``group_bytes`` (on disk) or ``most`` shards; a shard of ``group_bytes`` or more is read alone."""
+    groups: list[list[int]] = []
+    held = group_bytes
+    for index, size in enumerate(sizes):
+        if held < group_bytes and size < group_bytes and len(groups[-1]) < most:
+            groups[-1].append(index)
+            held += size
+        else:
+            groups.append([index])
+            held = size
+    return groups
 
 
 def by_length(table: pa.Table, text: str) -> pa.Table:
-    """The shard's rows ordered by the length of their text (``_row`` keeps where each came from).
+    """The rows ordered by the length of their text (``_row`` keeps where each came from).
 
     Ray Data cuts actor batches out of the blocks in order, so a batch then holds rows of similar
     length and its micro-batches waste little on padding, however small the batch; the commit puts

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from pipelines.io.reader import group_shards
 from pipelines.io.shards import list_shards
 from pipelines.planning.hardware import Cluster, read_cluster, this_machine_cpus
 from pipelines.planning.inputs import COUNT_LIMIT, actor_batches, pick_batches, read_batches, read_blocks, survey
@@ -45,11 +46,14 @@ def build_plan(
     context = load_task(spec)  # a model without a config stops the plan before the input is read
     shards = list_shards(spec.input.paths, spec.input.format)
     inputs = survey(shards, count_limit)
-    blocks = read_blocks([c.rows for c in inputs.shards], [c.bytes for c in inputs.shards], cpus or this_machine_cpus())
+    groups = group_shards([c.bytes for c in inputs.shards])  # the read tasks, as a run reads the shards
+    rows = [sum(inputs.shards[i].rows for i in group) for group in groups]
+    task_bytes = [sum(inputs.shards[i].bytes for i in group) for group in groups]
+    blocks = read_blocks(rows, task_bytes, cpus or this_machine_cpus())
     batches = list(actor_batches(blocks, spec.batching.batch_size))
     picked = pick_batches(batches, sample, spec.batching.batch_size)
     covers = len(picked) == len(batches) and inputs.rows_exact
-    tables = read_batches(shards, columns_of(spec, shards), picked)
+    tables = read_batches([[shards[i] for i in group] for group in groups], columns_of(spec, shards), picked)
     tokens = token_plan(context, spec, tables, inputs.rows, covers)
     model = model_plan(spec, context, nodes)
     plan = Plan(

@@ -1,6 +1,6 @@
 """The input of a plan: rows per shard, the batches Ray Data will hand the actors, and a sample of them.
 
-Rows are counted the way :func:`pipelines.io.reader.read_shard` reads them: a
+Rows are counted the way :func:`pipelines.io.reader.read_group` reads them: a
 Parquet file's rows from its footer, a JSONL file's non-blank lines (gzip
 decompressed as a stream). A JSONL file is counted up to ``count_limit``
 decompressed bytes and the rest estimated from its size; a file that can't be
@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.io.reader import Columns, read_shard
+from pipelines.io.reader import Columns, read_group
 from pipelines.io.shards import Shard
 from pipelines.planning.records import InputPlan, ShardCount
 
@@ -106,9 +106,10 @@ def survey(shards: list[Shard], count_limit: int = COUNT_LIMIT) -> InputPlan:
 
 @dataclass(frozen=True)
 class Segment:
-    """Rows ``[start, stop)`` of input shard number ``shard``."""
+    """Rows ``[start, stop)`` of read task number ``task`` (its rows as :func:`~pipelines.io.reader.read_group`
+    yields them: a group of shards sorted by length together)."""
 
-    shard: int
+    task: int
     start: int
     stop: int
 
@@ -119,14 +120,14 @@ MIN_BLOCK_BYTES = 1 << 20
 MAX_BLOCK_BYTES = 128 << 20
 
 
-def split_factor(shard_bytes: list[int], cpus: int) -> int:
-    """Into how many blocks Ray Data splits each read task's output (one read task per shard).
+def split_factor(task_bytes: list[int], cpus: int) -> int:
+    """Into how many blocks Ray Data splits each read task's output (one read task per group of shards).
 
     As Ray 2.60 decides it: a target parallelism of max(min(200, bytes / 1 MiB), bytes / 128 MiB,
     2 × CPUs); with fewer (size-shaped) blocks than that, every block is split into k.
     """
-    total = sum(shard_bytes)
-    tasks = max(1, len(shard_bytes))
+    total = sum(task_bytes)
+    tasks = max(1, len(task_bytes))
     reasonable = max(1, total // MIN_BLOCK_BYTES)
     safe = max(1, total // MAX_BLOCK_BYTES)
     parallelism = max(min(READ_MIN_BLOCKS, reasonable), safe, 2 * cpus)
@@ -134,11 +135,11 @@ def split_factor(shard_bytes: list[int], cpus: int) -> int:
     return math.ceil(parallelism / blocks) if blocks < parallelism else 1
 
 
-def read_blocks(rows: list[int], shard_bytes: list[int], cpus: int) -> Iterator[Segment]:
-    """The blocks the read tasks yield, in shard order: each shard's rows shaped to blocks of at most 128 MiB
-    (by its size on disk), each block split into ``split_factor`` nearly equal parts."""
-    k = split_factor(shard_bytes, cpus)
-    for index, (count, size) in enumerate(zip(rows, shard_bytes)):
+def read_blocks(rows: list[int], task_bytes: list[int], cpus: int) -> Iterator[Segment]:
+    """The blocks the read tasks yield, in task order: each read task's rows shaped to blocks of at most 128 MiB
+    (by its shards' size on disk), each block split into ``split_factor`` nearly equal parts."""
+    k = split_factor(task_bytes, cpus)
+    for index, (count, size) in enumerate(zip(rows, task_bytes)):
         shaped = max(1, round(size / MAX_BLOCK_BYTES))
         for block in _splitrange(Segment(index, 0, count), shaped):
             yield from _splitrange(block, k)
@@ -152,7 +153,7 @@ def _splitrange(segment: Segment, parts: int) -> Iterator[Segment]:
     for i in range(parts):
         size = base + (1 if i < extra else 0)
         if size > 0:
-            yield Segment(segment.shard, start, start + size)
+            yield Segment(segment.task, start, start + size)
             start += size
 
 
@@ -161,7 +162,7 @@ def actor_batches(blocks: Iterator[Segment], batch_size: int) -> Iterator[list[S
 
     Ray bundles whole blocks until they hold ``batch_size`` rows and cuts each bundle into batches of
     ``batch_size``, the last one shorter. Ray takes blocks in the order the read tasks yield them; this
-    takes them in shard order, so a run's batches may pair other blocks.
+    takes them in read task order, so a run's batches may pair other blocks.
     """
     pending: list[Segment] = []
     held = 0
@@ -182,7 +183,7 @@ def _cut(bundle: list[Segment], batch_size: int) -> Iterator[list[Segment]]:
         start = segment.start
         while start < segment.stop:
             take = min(room, segment.stop - start)
-            batch.append(Segment(segment.shard, start, start + take))
+            batch.append(Segment(segment.task, start, start + take))
             start += take
             room -= take
             if room == 0:
@@ -202,15 +203,16 @@ def pick_batches(batches: list[list[Segment]], sample: int, batch_size: int) -> 
     return [batches[i] for i in picked]
 
 
-def read_batches(shards: list[Shard], columns: Columns, batches: list[list[Segment]]) -> list[pa.Table]:
-    """The rows of ``batches`` as the predictor receives them (reader's columns, bad rows marked)."""
-    needed = sorted({s.shard for batch in batches for s in batch})
+def read_batches(tasks: list[list[Shard]], columns: Columns, batches: list[list[Segment]]) -> list[pa.Table]:
+    """The rows of ``batches`` as the predictor receives them (reader's columns, bad rows marked); ``tasks``: the
+    shards of each read task."""
+    needed = sorted({s.task for batch in batches for s in batch})
     tables = {}
     for index in needed:
-        blocks = list(read_shard(shards[index], columns))
+        blocks = list(read_group(tasks[index], columns))
         tables[index] = pa.concat_tables(blocks, promote_options="permissive")
     out = []
     for batch in batches:
-        parts = [tables[s.shard].slice(s.start, s.stop - s.start) for s in batch]
+        parts = [tables[s.task].slice(s.start, s.stop - s.start) for s in batch]
         out.append(pa.concat_tables(parts, promote_options="permissive").combine_chunks())
     return out
