@@ -62,8 +62,9 @@ def test_batches_are_formed_as_ray_data_forms_them():
 
 
 def fan_out_shards(folder, text="text"):
-    """Shards of 16, 16 and 32 rows, with a null text, an empty one and long ones. On 2 CPUs Ray splits each
-    into 2 blocks of a multiple of the batch size (8), so batches don't depend on the order blocks arrive in."""
+    """Shards of 16, 16 and 32 rows, with a null text, an empty one and long ones. Small shards are one read task;
+    on 2 CPUs Ray splits its 64 rows into 4 blocks of 16, a multiple of the batch size (8), so batches don't
+    depend on the order blocks arrive in."""
     rows = [
         {"id": f"r{i:02d}", text: LONG if i % 5 == 0 else SENTENCES[i % len(SENTENCES)],
          "question": "Where is the Eiffel Tower located?"}
