@@ -83,6 +83,19 @@ def test_small_shards_are_read_together_sorted_by_length_and_each_keeps_its_rows
     assert sorted(written) == sorted([[r["id"] for r in rows[i : i + 30]] for i in (0, 30, 60)])  # input order
 
 
+def test_shards_whose_kept_columns_differ_in_type_are_sorted_each_on_its_own(tmp_path):
+    """Without job-wide types for a passed-through column (an output that recorded none), shards that disagree
+    can't be one table: each is still read whole and sorted, none lost."""
+    write_jsonl(tmp_path / "a.jsonl", [{"id": f"a{i}", "text": "x" * (9 - i), "n": i} for i in range(9)])
+    write_jsonl(tmp_path / "b.jsonl", [{"id": f"b{i}", "text": "y" * (9 - i), "n": f"v{i}"} for i in range(9)])
+    shards = list_shards([str(tmp_path)])
+    blocks = list(read_group(shards, Columns(text="text", id="id", keep=("n",))))
+    assert [b.column("_shard").unique().to_pylist() for b in blocks] == [[s.key] for s in shards]
+    for block in blocks:
+        sizes = [len(t) for t in block.column("text").to_pylist()]
+        assert sizes == sorted(sizes) and len(sizes) == 9
+
+
 def test_a_block_that_comes_back_twice_is_left_out():
     tally = Tally()
     first = StagingReport(shard="k", shard_rows=6, rows=3, errors=0, row_ranges=[(0, 1), (3, 5)])

@@ -1,4 +1,4 @@
-"""Reading one shard into Arrow blocks with the columns a job needs, bad rows marked, none lost.
+"""Reading shards into Arrow blocks with the columns a job needs, bad rows marked, none lost.
 
 Every block carries the bookkeeping columns of :mod:`pipelines.io.block`. A file
 that can't be read at all yields one row whose ``_row`` is -1 and whose
