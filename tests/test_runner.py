@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from helpers import SENTENCES, make_spec, read_output, write_jsonl, write_parquet
 
@@ -56,6 +57,14 @@ def test_each_task_end_to_end(ray_session, tiny_models, shards, tmp_path, kind, 
     assert (tmp_path / "out" / "_SUCCESS").exists()
     run = json.loads((tmp_path / "out" / "_run.json").read_text())
     assert run["rows_out"] == 24 and run["spec_hash"] == spec.fingerprint()
+    # The model's float outputs are written plain (a dictionary of distinct floats only costs time and
+    # space); ids and labels keep their dictionary.
+    for part in (tmp_path / "out").glob("part-*.parquet"):
+        meta = pq.ParquetFile(part).metadata
+        for i in range(meta.num_columns):
+            column = meta.row_group(0).column(i)
+            dictionary = any("DICTIONARY" in encoding for encoding in column.encodings)
+            assert dictionary == (column.physical_type not in ("FLOAT", "DOUBLE")), column.path_in_schema
 
 
 def test_output_is_plain_parquet_for_every_reader(ray_session, tiny_models, shards, tmp_path):

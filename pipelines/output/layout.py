@@ -99,11 +99,41 @@ def write_json(fs: pafs.FileSystem, path: str, value: Any) -> None:
 
 
 def write_parquet(fs: pafs.FileSystem, path: str, table: pa.Table, compression: str) -> None:
-    """A Parquet file, written then renamed, so it is either whole or absent."""
+    """A file only this project reads again, written then renamed, so it is either whole or absent.
+
+    No dictionary encoding: these files are read once, by the commit, and writing is what costs here.
+    """
     tmp = f"{path}{TMP_SUFFIX}"
     with fs.open_output_stream(tmp) as stream:
-        pq.write_table(table, stream, compression=None if compression == "none" else compression)
+        pq.write_table(table, stream, compression=None if compression == "none" else compression, use_dictionary=False)
     fs.move(tmp, path)
+
+
+def dictionary_columns(schema: pa.Schema) -> list[str]:
+    """The Parquet column paths worth dictionary-encoding: every leaf column except floating-point ones.
+
+    Parquet writers try a dictionary for every column by default. Model outputs (embeddings, scores)
+    have almost no repeated values, so for them the dictionary only overflows and falls back to plain
+    encoding, after costing most of the write (an all-MiniLM embedding shard: 10x the time of a plain
+    write, and a larger file). Labels, ids and other strings keep it.
+    """
+    return [path for path, leaf in _leaves(schema) if not pa.types.is_floating(leaf)]
+
+
+def _leaves(fields: Any, prefix: str = "") -> list[tuple[str, pa.DataType]]:
+    """(Parquet column path, Arrow type) of each leaf column, named as Parquet names nested columns."""
+    leaves: list[tuple[str, pa.DataType]] = []
+    for field in fields:
+        path, kind = f"{prefix}{field.name}", field.type
+        if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+            leaves += _leaves([pa.field("element", kind.value_type)], f"{path}.list.")
+        elif pa.types.is_map(kind):
+            leaves += _leaves([kind.key_field, kind.item_field], f"{path}.key_value.")
+        elif pa.types.is_struct(kind):
+            leaves += _leaves([kind.field(i) for i in range(kind.num_fields)], f"{path}.")
+        else:
+            leaves.append((path, kind))
+    return leaves
 
 
 def read_json(fs: pafs.FileSystem, path: str) -> Any:
