@@ -427,7 +427,7 @@ def execute(
             return settings(shard, reports, **kwargs)
 
     timeline["execution_start"] = time.time()
-    for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+    for batch in reports_of(dataset):
         timeline.setdefault("first_block", time.time())
         for report in StagingReport.from_table(batch):
             if report.actor_ready_at:
@@ -454,6 +454,20 @@ def execute(
             done[empty.key] = commit(empty, [])
             log.info("committed %s (empty)", empty.uri)
     return done, failed
+
+
+def reports_of(dataset: Any) -> Iterator[pa.Table]:
+    """The actors' report tables, as each comes out of the pool, fetched on this thread.
+
+    Not ``iter_batches``: its prefetching and formatting threads (two of them waking every 10 ms while
+    they wait) took about 3% of a core in the driver, on the cores the actor's threads need; the reports
+    are a few rows each and need neither.
+    """
+    import ray
+
+    for bundle in dataset.iter_internal_ref_bundles():
+        for ref in bundle.block_refs:
+            yield ray.get(ref)
 
 
 def _process_start() -> float:
