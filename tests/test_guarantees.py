@@ -18,7 +18,11 @@ from helpers import SENTENCES, write_jsonl, write_parquet
 from test_faults import cli, many_shards, output_ids, write_job
 
 from pipelines.errors import PipelineError
+from pipelines.io.shards import Shard
+from pipelines.output.commit import OutputDir
 from pipelines.output.lock import JobLock, LockHeld
+from pipelines.output.records import JobRecord, ModelRef
+from pipelines.output.staging import StagingReport
 from pipelines.runner import run_job
 from pipelines.spec import spec_from_dict
 
@@ -265,3 +269,21 @@ def test_two_input_files_known_by_the_same_name_are_refused(tmp_path):
     with pytest.raises(PipelineError, match="have the same name 'part-0.jsonl'.*common parent folder"):
         list_shards([str(tmp_path / "monday"), str(tmp_path / "tuesday")])
     assert len(list_shards([str(tmp_path)])) == 2  # their common parent: monday/part-0.jsonl, tuesday/part-0.jsonl
+
+
+def test_a_commit_merges_only_the_staged_files_its_reports_name(tmp_path):
+    # A failed run's actor may still stage a call's rows after the run has stopped (README, Resume): a
+    # later commit of that shard must not take them in.
+    output = OutputDir(str(tmp_path / "out"))
+    shard = Shard(str(tmp_path / "a.jsonl"), str(tmp_path / "a.jsonl"), "jsonl", False, 1, 1, "a.jsonl")
+    job = JobRecord(spec_hash="h", model=ModelRef(name="m"), quantization="none", device="cpu", task="t")
+    folder = tmp_path / "out" / "_staging" / shard.key
+    folder.mkdir(parents=True)
+    ours, stray = folder / "ours-data.parquet", folder / "stray-data.parquet"
+    pq.write_table(pa.table({"id": ["r0", "r1"], "_row": [0, 1]}), ours)
+    pq.write_table(pa.table({"id": ["r0", "r1"], "_row": [0, 1]}), stray)
+    report = StagingReport(shard=shard.key, shard_rows=2, rows=2, errors=0, files=[str(ours)], row_ranges=[(0, 2)])
+    output.commit(shard, [report], job)
+    [part] = (tmp_path / "out").glob("part-*.parquet")
+    assert pq.read_table(part).column("id").to_pylist() == ["r0", "r1"]
+    assert not folder.exists()
