@@ -332,3 +332,27 @@ def test_no_commit_record_after_the_lock_is_lost_or_for_a_file_too_large_for_one
     with pytest.raises(PipelineError, match="more than S3 copies in one request"):
         output.commit(shard, [staged()], job)
     assert output.commits() == {}
+
+
+# names as users write them ------------------------------------------------------------------------------
+
+
+def test_object_keys_with_spaces_or_accents_are_read_like_any_other(s3_server, monkeypatch, tmp_path):
+    """A key such as ``2024 q1/données.jsonl`` is a shard like any other: listed, read whole, counted; and a
+    location written with a space (``s3://bucket/my out``) opens. pyarrow parses URIs strictly (a space is a
+    syntax error), so the URIs built for shards must be percent-encoded and decode back to the same key."""
+    from pipelines.io.reader import Columns, count_rows, read_shard
+    from pipelines.io.shards import list_shards, resolve
+
+    use_s3(monkeypatch, s3_server)
+    rows = {"2024 q1/a b.jsonl": ["x1", "x2"], "2024 q1/données.jsonl": ["y1"], "2024 q1/100%.jsonl": ["z1", "z2"]}
+    for key, ids in rows.items():
+        write_jsonl(tmp_path / "in" / key, [{"id": i, "text": f"text of {i}"} for i in ids])
+    s3_server.upload(IN, "odd", tmp_path / "in")
+    shards = list_shards([f"s3://{IN}/odd/2024 q1"])
+    assert sorted(s.name for s in shards) == ["100%.jsonl", "a b.jsonl", "données.jsonl"]
+    for shard in shards:
+        blocks = list(read_shard(shard, Columns(text="text", id="id")))
+        assert [i for b in blocks for i in b.column("id").to_pylist()] == rows[f"2024 q1/{shard.name}"], shard.uri
+        assert count_rows(shard) == (len(rows[f"2024 q1/{shard.name}"]), True)
+    assert resolve(f"s3://{OUT}/my out")[1] == f"{OUT}/my out"

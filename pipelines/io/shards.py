@@ -12,10 +12,13 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
+import re
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from pipelines.errors import PipelineError
@@ -49,21 +52,44 @@ class Shard:
         return resolve(self.uri)[0]
 
 
+#: What a URI's path may hold as it is (RFC 3986 ``pchar`` but ``%``); anything else is percent-encoded.
+PATH_CHARS = "/!$&'()*+,;=:@~"
+#: A location as a user writes it also keeps ``%`` escapes, a query (``?region=...``) and glob brackets.
+LOCATION_CHARS = PATH_CHARS + "?#[]%"
+
+
 def resolve(location: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path inside it) for a local path or a URI such as ``s3://bucket/prefix``."""
+    """(filesystem, path inside it) for a local path or a URI such as ``s3://bucket/prefix``.
+
+    pyarrow parses URIs strictly: a space or an accented letter is a syntax error there, and ``%20`` is a
+    space. A location that does not parse as written is tried again with those characters percent-encoded
+    (``s3://bucket/my out`` opens ``my out``); shards' own URIs come encoded (:func:`uri_of`).
+    """
     if "://" in location:
         try:
-            return pafs.FileSystem.from_uri(location)
-        except (pafs.ArrowInvalid, ValueError, OSError) as exc:
+            try:
+                return pafs.FileSystem.from_uri(location)
+            except pa.ArrowInvalid:
+                scheme, rest = location.split("://", 1)
+                return pafs.FileSystem.from_uri(f"{scheme}://{_encode_location(rest)}")
+        except (pa.ArrowInvalid, ValueError, OSError) as exc:
             raise PipelineError(f"{location}: cannot open this location ({exc})") from None
     return pafs.LocalFileSystem(), os.path.abspath(location)
 
 
 def uri_of(location: str, path: str) -> str:
+    """The URI of ``path`` (as a filesystem under ``location`` names it): percent-encoded, so that it names the
+    same object when parsed again (a key may hold spaces, ``%``, ``?`` or any letter)."""
     if "://" in location:
         scheme = location.split("://", 1)[0]
-        return f"{scheme}://{path}"
+        return f"{scheme}://{urllib.parse.quote(path, safe=PATH_CHARS)}"
     return path
+
+
+def _encode_location(rest: str) -> str:
+    """A location's part after ``scheme://`` with what a URI can't hold percent-encoded; ``%XX`` escapes kept."""
+    quoted = urllib.parse.quote(rest, safe=LOCATION_CHARS)
+    return re.sub(r"%(?![0-9A-Fa-f]{2})", "%25", quoted)
 
 
 def detect_format(path: str, wanted: str) -> tuple[str, bool] | None:
