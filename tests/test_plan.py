@@ -49,6 +49,16 @@ def test_rows_are_counted_as_a_run_reads_them(tmp_path):
     assert estimated.count == "estimated" and abs(estimated.rows - 3000) < 150  # lines past 8 KiB: from the size
 
 
+def test_plan_leaves_out_an_output_inside_the_input_folder(tiny_models, tmp_path):
+    """A run leaves its own output out of its input (the README); the plan counts the rows that run reads."""
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": str(i), "text": SENTENCES[i % 4]} for i in range(5)])
+    write_parquet(tmp_path / "in" / "scores" / "part-0a1b2c3d4e5f-00000.parquet", [{"id": "x", "text": "y"}] * 40)
+    spec = make_spec(tiny_models("classifier"), {"type": "text-classification"}, tmp_path / "in" / "scores",
+                     input={"paths": [str(tmp_path / "in")]})
+    plan = build_plan(spec, "job", sample=100, cpus=2)
+    assert ([s.uri.rsplit("/", 1)[-1] for s in plan.input.shards], plan.input.rows) == (["a.jsonl"], 5)
+
+
 def test_batches_are_formed_as_ray_data_forms_them():
     """Ray 2.60 splits each read task's output into k blocks (2 × CPUs blocks at least), bundles whole blocks
     up to batch_size rows and cuts each bundle into batches."""

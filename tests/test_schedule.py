@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from helpers import ROOT, SENTENCES, write_jsonl
+from helpers import ROOT, SENTENCES, write_jsonl, write_parquet
 
 from pipelines.errors import PipelineError
 from pipelines.output import summary as summaries
@@ -288,6 +288,23 @@ def test_without_a_schedule_every_once_is_a_tick(tmp_path):
     assert len(runner.calls) == 1
     with pytest.raises(PipelineError, match="no schedule section"):
         serve(spec, runner=runner)
+
+
+def test_an_output_inside_the_input_folder_is_not_taken_for_new_input(tmp_path):
+    """The README: an output path inside an input folder is left out of the input, scheduled jobs too (their
+    partitions' part files would otherwise be new shards at the next tick, and be scored again and again)."""
+    raw = raw_job(tmp_path, fake_model(tmp_path))
+    raw["output"]["path"] = str(tmp_path / "in" / "scores")
+    (tmp_path / "in").mkdir()
+    spec = spec_from_dict(raw)
+    runner = NoRay()
+    add_shard(tmp_path, "a.jsonl", rows("a", 2))
+    [first] = run_due(spec, now=day(1, hours=0.01), runner=runner).entries
+    write_parquet(tmp_path / "in" / "scores" / f"run={first.run}" / "part-0a1b2c3d4e5f-00000.parquet", rows("a", 2))
+    add_shard(tmp_path, "b.jsonl", rows("b", 2))
+    run_due(spec, now=day(2, hours=0.01), runner=runner)
+    # the stand-in commits nothing, so a is still new at the second tick; the part file is no input
+    assert [[Path(uri).name for uri in call["shards"]] for call in runner.calls] == [["a.jsonl"], ["a.jsonl", "b.jsonl"]]
 
 
 # one run at a time -----------------------------------------------------------------------------

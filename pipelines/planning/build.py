@@ -44,7 +44,7 @@ def build_plan(
 
     nodes = read_cluster(cluster) if cluster else None
     context = load_task(spec)  # a model without a config stops the plan before the input is read
-    shards = list_shards(spec.input.paths, spec.input.format)
+    shards = list_shards(spec.input.paths, spec.input.format, exclude=[spec.output.path])  # as a run lists them
     inputs = survey(shards, count_limit)
     groups = group_shards([c.bytes for c in inputs.shards])  # the read tasks, as a run reads the shards
     rows = [sum(inputs.shards[i].rows for i in group) for group in groups]

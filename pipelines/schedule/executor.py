@@ -92,7 +92,7 @@ def job_lock(spec: JobSpec) -> JobLock | ObjectLock:
 def current_shards(spec: JobSpec) -> list[Shard]:
     """The input shards now; an existing but empty landing folder is no input yet, not an error."""
     try:
-        return list_shards(spec.input.paths, spec.input.format)
+        return list_shards(spec.input.paths, spec.input.format, exclude=[spec.output.path])
     except PipelineError:
         for location in spec.input.paths:
             fs, path = resolve(location)
