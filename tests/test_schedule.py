@@ -412,6 +412,26 @@ def test_a_run_that_keeps_failing_does_not_stop_new_input_and_can_be_abandoned(r
         abandon(spec, "2026-11-29T02:00:00Z")
 
 
+def test_a_rescore_that_fails_or_is_abandoned_leaves_each_row_once(ray_session, classifier, tmp_path):
+    """A rescore replaces each shard's earlier output as it commits the shard, so a rescore that fails part
+    way, and then is abandoned (its committed shards stay and count as scored), leaves every row once."""
+    from test_guarantees import corrupt_parquet
+
+    spec = make_job(tmp_path, classifier)
+    add_shard(tmp_path, "a.jsonl", rows("a", 2))
+    add_shard(tmp_path, "b.jsonl", rows("b", 3))
+    run_due(spec, now=day(1, hours=0.01))
+    corrupt_parquet(tmp_path / "in" / "bad.parquet", 20)  # unreadable: the rescore fails after a and b commit
+    rescore = run_due(spec, now=day(1, hours=3), rescore=True)
+    assert rescore.failures and rescore.entries[0].kind == "rescore"
+    expected = sorted(r["id"] for r in rows("a", 2) + rows("b", 3))
+    assert sorted(all_ids(tmp_path)) == expected  # the first run's a and b moved away as the rescore's appeared
+    assert abandon(spec, rescore.entries[0].run).status == "abandoned"
+    (tmp_path / "in" / "bad.parquet").unlink()
+    assert run_due(spec, now=day(2, hours=0.01)).entries[0].status == "empty"
+    assert sorted(all_ids(tmp_path)) == expected
+
+
 def test_a_changed_shard_retires_its_old_version_as_the_new_one_commits(ray_session, classifier, tmp_path, monkeypatch):
     spec = make_job(tmp_path, classifier)
     add_shard(tmp_path, "a.jsonl", rows("a", 3))

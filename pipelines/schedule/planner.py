@@ -102,13 +102,15 @@ class Planner:
         current = {s.key for s in self.shards}
         gone = sorted(item.name or item.uri for key, (item, _) in scored.items() if key not in current)
         if rescore:
-            todo, replaces = list(self.shards), {}
+            todo = list(self.shards)
         else:
             todo = [
                 s for s in self.shards
                 if s.key not in claimed and (s.key not in scored or not scored[s.key][0].same_file(s))
             ]
-            replaces = {s.key: scored[s.key][1] for s in todo if s.key in scored}
+        # A shard's earlier output moves to _superseded/ just before its new one appears: a changed shard's, and
+        # every shard's in a rescore (so a rescore that fails part way, or is abandoned, leaves each row once).
+        replaces = {s.key: scored[s.key][1] for s in todo if s.key in scored}
         if not todo:
             held = f"; {len(claimed)} held by unfinished run(s)" if claimed else ""
             note = decision.note() or f"no new input ({len(self.shards)} shard(s) scored already{held})"
@@ -136,7 +138,7 @@ class Planner:
                 f"{len(gone)} shard(s) scored earlier are gone from the input (e.g. {gone[0]}); their rows stay in "
                 "their partitions: `pipelines schedule JOB --once --prune` moves them to _superseded/"
             )
-        if replaces:
+        if replaces and not rescore:
             warnings.append(
                 f"{len(replaces)} shard(s) changed since they were scored; their earlier output moves to "
                 "_superseded/ once rescored"
