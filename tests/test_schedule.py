@@ -105,17 +105,18 @@ def fake_model(tmp_path: Path) -> str:
 class NoRay:
     """A stand-in for run_job that records its calls (for tests about the schedule, not the scoring)."""
 
-    def __init__(self, fail_first: int = 0, fail_with: str | None = None) -> None:
+    def __init__(self, fail_first: int = 0, fail_with: str | None = None, error: type[Exception] = PipelineError) -> None:
         self.calls: list[dict] = []
         self.fail_first = fail_first
         self.fail_with = fail_with  # a shard file name whose runs always fail
+        self.error = error  # what they fail with
 
     def __call__(self, spec, *, address=None, overwrite=False, shards=None, before_visible=None) -> RunSummary:
         self.calls.append({"output": spec.output.path, "shards": [s.uri for s in shards], "overwrite": overwrite})
         if len(self.calls) <= self.fail_first:
             raise PipelineError("the cluster went away")
         if self.fail_with and any(s.uri.endswith(self.fail_with) for s in shards):
-            raise PipelineError(f"1 input file(s) could not be read: {self.fail_with}")
+            raise self.error(f"1 input file(s) could not be read: {self.fail_with}")
         summary = summaries.build(job_record(spec), [], [], 0.0, "succeeded")
         return summary.model_copy(update={"shards_this_run": len(shards)})
 
@@ -271,6 +272,20 @@ def test_a_retry_of_a_failed_tick_resumes_its_run(tmp_path):
     run_due(spec, now=day(1, hours=0.5), runner=runner)  # the same tick again (e.g. a retry): resume only
     assert [(c["output"][-24:], len(c["shards"])) for c in runner.calls] == [("run=2026-11-28T02:00:00Z", 1)] * 2
     assert closing_lines(tmp_path)[-2]["kind"] == "resume" and closing_lines(tmp_path)[-1]["status"] == "empty"
+
+
+def test_a_run_failing_with_any_error_does_not_hold_up_new_input(tmp_path):
+    """Not only the project's own errors: a run that fails with anything else (a worker's error, a bug) is a
+    failed run too: recorded, reported, resumed next time, and new input is scored all the same."""
+    spec = make_job(tmp_path, fake_model(tmp_path))
+    add_shard(tmp_path, "bad.jsonl", rows("x", 2))
+    runner = NoRay(fail_with="bad.jsonl", error=RuntimeError)
+    first = run_due(spec, now=day(1, hours=0.01), runner=runner)
+    assert "RuntimeError" in first.failures[0] and "resumes the run" in first.failures[0]
+    add_shard(tmp_path, "new.jsonl", rows("n", 2))
+    second = run_due(spec, now=day(2, hours=0.01), runner=runner)
+    assert [(e.kind, e.status) for e in second.entries] == [("resume", "failed"), ("tick", "succeeded")]
+    assert [Path(uri).name for uri in runner.calls[-1]["shards"]] == ["new.jsonl"]
 
 
 def test_without_a_schedule_every_once_is_a_tick(tmp_path):

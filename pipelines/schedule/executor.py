@@ -330,12 +330,13 @@ class ScheduledJob:
                 "status": "failed", "error": str(exc), "finished_at": _now_iso(),
                 "wall_s": round(time.monotonic() - start, 3),
             }))
-            if isinstance(exc, PipelineError):
-                raise PipelineError(
-                    f"run {run} failed: {exc}\n(committed shards are kept; the next tick, or "
-                    "`pipelines schedule JOB --once`, resumes the run)"
-                ) from None
-            raise
+            if not isinstance(exc, PipelineError):  # a worker's error, a bug: a failed run all the same
+                log.error("run %s failed with an unexpected error", run, exc_info=True)
+                exc = PipelineError(f"{type(exc).__name__}: {exc}")
+            raise PipelineError(
+                f"run {run} failed: {exc}\n(committed shards are kept; the next tick, or "
+                "`pipelines schedule JOB --once`, resumes the run)"
+            ) from None
         return self.ledger.append(planned.model_copy(update={
             "status": "succeeded",
             "inputs": self.committed_inputs(run),
