@@ -271,6 +271,20 @@ def test_two_input_files_known_by_the_same_name_are_refused(tmp_path):
     assert len(list_shards([str(tmp_path)])) == 2  # their common parent: monday/part-0.jsonl, tuesday/part-0.jsonl
 
 
+def test_made_ids_differ_for_files_of_one_name_in_two_folders(tmp_path):
+    """With ``id_column: null`` ids are made from the file and the row: ``2024-01/part-0.jsonl`` and
+    ``2024-02/part-0.jsonl`` are two shards, so their rows must not get the same ids (with
+    ``errors.duplicate_ids: error`` the second shard's rows would all be quarantined as duplicates)."""
+    from pipelines.io.reader import Columns, read_shard
+    from pipelines.io.shards import list_shards
+
+    for month in ("2024-01", "2024-02"):
+        write_jsonl(tmp_path / "in" / month / "part-0.jsonl", [{"text": "a"}, {"text": "b"}])
+    ids = [i for shard in list_shards([str(tmp_path / "in")])
+           for block in read_shard(shard, Columns(text="text", id=None)) for i in block.column("id").to_pylist()]
+    assert ids == ["2024-01/part-0.jsonl:0", "2024-01/part-0.jsonl:1", "2024-02/part-0.jsonl:0", "2024-02/part-0.jsonl:1"]
+
+
 def test_a_commit_merges_only_the_staged_files_its_reports_name(tmp_path):
     # A failed run's actor may still stage a call's rows after the run has stopped (README, Resume): a
     # later commit of that shard must not take them in.

@@ -269,7 +269,8 @@ def normalize(table: pa.Table, shard: Shard, columns: Columns, digest: str = "")
             out[columns.id] = pa.nulls(n, pa.string())
             errors = _set(errors, f"missing id column {columns.id!r}")
     else:
-        out["id"] = pa.array([f"{shard.path.rsplit('/', 1)[-1]}:{i}" for i in range(n)], pa.string())
+        made = shard.name or shard.path.rsplit("/", 1)[-1]  # its name under its input path: unique among shards
+        out["id"] = pa.array([f"{made}:{i}" for i in range(n)], pa.string())
     types = dict(columns.keep_types)
     for name in columns.keep:
         if name not in out:
