@@ -13,12 +13,17 @@ the machine meanwhile. Each part:
   by length over the whole input, micro-batches of at most 64 rows and 8,192 tokens, timed forwards
   only (pooling included), in this process, the model loaded as the job loads it (its ``--set`` too,
   e.g. ``compute.cpu_matmul=torch`` for torch's own matmul).
+- ``limit-in-ray``: the same, in an actor of a local Ray started as a job starts it (one CPU, like the job's
+  actor): what Ray's own processes beside the actor, and the priority Ray gives its workers, leave of the
+  limit, before Ray Data or this project's pipeline do anything.
 - ``job``: ``pipelines run`` as a user runs it (a new process, a local Ray, one actor), on the first half
   of the shards and on all of them, ``--job-repeat`` times each in turn, the fastest run of each size
   counting (a burst of other work only ever slows a run down): steady state = the extra rows / the extra
   seconds; fixed cost = the whole input's fastest run minus its rows at that speed; that run's timeline
   (imports, Ray start, actor start and model load, first batch, drain, shutdown) and the peak memory of
-  its process tree.
+  its process tree. Also the pace inside each run (``in_run_speed``): the rows the actor staged after its
+  first call over the time they took, the fastest of the whole input's runs counting: start-up and
+  shut-down left out without a second run, so it does not carry their spread.
 - ``pipeline``: ``transformers.pipeline("feature-extraction", batch_size=32)`` over the rows in input
   order, in this process (model load not counted, like ``limit``).
 - ``ray-data``: the Ray Data docs pattern as a whole process: ``read_json`` → ``map_batches(actor,
@@ -51,8 +56,10 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-PARTS = ("limit", "job", "pipeline", "ray-data", "sentence-transformers")
+PARTS = ("limit", "limit-in-ray", "job", "pipeline", "ray-data", "sentence-transformers")
 MAX_ROWS, MAX_TOKENS, PEER_BATCH, MAX_LENGTH = 64, 8192, 32, 256
+#: Blocks staged within this many seconds of each other come from one actor call (one block per shard in it).
+SAME_CALL_S = 0.1
 
 
 # the rows ---------------------------------------------------------------------------------------------
@@ -120,6 +127,27 @@ def run_limit(texts: list[str], args: argparse.Namespace) -> dict:
         seconds = time.perf_counter() - start
     tokens, padded = int(np.sum(ids.lengths)), padded_tokens(ids.lengths, batches)
     return {"rows": len(texts), "seconds": seconds, "tokens": tokens, "padded": padded}
+
+
+class LimitActor:
+    """``limit`` in a Ray worker: what Ray's own processes beside it, and its workers' priority, leave of it."""
+
+    def run(self, texts: list[str], args: argparse.Namespace) -> dict:
+        return run_limit(texts, args)
+
+
+def run_limit_in_ray(texts: list[str], args: argparse.Namespace) -> dict:
+    """``limit`` again, in an actor of a local Ray started as a job starts it (one CPU, like the job's actor)."""
+    import ray
+
+    from pipelines.cluster.connect import start_local
+
+    start_local()
+    try:
+        actor = ray.remote(num_cpus=1)(LimitActor).remote()
+        return ray.get(actor.run.remote(texts, args))
+    finally:
+        ray.shutdown()
 
 
 def input_order_tokens(tokenizer, texts: list[str]) -> tuple[int, int]:
@@ -238,7 +266,25 @@ def run_job_once(folder: Path, rows: int | None, args: argparse.Namespace, times
     summary = json.loads((output / "_run.json").read_text())
     timeline = dict(summary.get("timeline") or {})
     timeline["exit"] = end
-    return {"rows": count, "seconds": seconds, "peak_bytes": peak, "summary": summary, "timeline": timeline}
+    return {"rows": count, "seconds": seconds, "peak_bytes": peak, "summary": summary, "timeline": timeline,
+            "in_run_rows_per_s": in_run_speed(output)}
+
+
+def in_run_speed(output: Path) -> float | None:
+    """The actor's pace inside one run: the rows it staged after its first call, over the time from the end
+    of that call to the end of its last (the commit records' blocks say when each call's rows were staged).
+    Start-up, the first call and everything after the last call (the last commit, the summary, Ray's shutdown)
+    are left out; what runs beside the actor meanwhile (reads, commits, the driver, Ray) is in."""
+    staged = sorted(
+        (block["at"], block["rows"] + block["errors"])
+        for record in (output / "_commits").glob("*.json")
+        for block in json.loads(record.read_text()).get("blocks", [])
+    )
+    if not staged:
+        return None
+    first = staged[0][0]
+    later = [(at, rows) for at, rows in staged if at > first + SAME_CALL_S]
+    return sum(rows for _, rows in later) / (later[-1][0] - first) if later else None
 
 
 def run_job(texts: list[str], args: argparse.Namespace) -> dict:
@@ -268,6 +314,10 @@ def run_job(texts: list[str], args: argparse.Namespace) -> dict:
         "tokens": summary.get("tokens"),
         "padded": summary.get("padded"),
         "steady_rows_per_s": steady,
+        # the actor's pace inside the whole input's runs: the fastest counts, as for the runs' times
+        "in_run_rows_per_s": max((r["in_run_rows_per_s"] or 0.0 for r in wholes), default=0.0) or None,
+        "in_run_all": {"half": [r["in_run_rows_per_s"] for r in halves],
+                       "whole": [r["in_run_rows_per_s"] for r in wholes]},
         "fixed_cost_s": fixed,
         "half": {"rows": half["rows"], "seconds": half["seconds"], "peak_bytes": half["peak_bytes"]},
         "runs_s": {"half": [r["seconds"] for r in halves], "whole": [r["seconds"] for r in wholes]},
@@ -329,6 +379,7 @@ def run_ray_data(texts: list[str], args: argparse.Namespace) -> dict:
 
 RUNNERS = {
     "limit": run_limit,
+    "limit-in-ray": run_limit_in_ray,
     "job": run_job,
     "pipeline": run_pipeline,
     "ray-data": run_ray_data,
@@ -351,6 +402,10 @@ def table(results: dict) -> str:
         eff = f"{r['padding_efficiency']:.3f}" if r.get("padding_efficiency") else ""
         speed = f"{r['rows']:,} | {r['seconds']:.1f} | {r['rows_per_s']:.1f}"
         lines.append(f"| {name} | {speed} | {ratio} | {eff} | {peak} |")
+        if name == "job" and r.get("in_run_rows_per_s"):
+            pace = r["in_run_rows_per_s"]
+            ratio = f"{pace / limit:.2f}×" if limit else ""
+            lines.append(f"| job, inside its run (same run) | | | {pace:.1f} | {ratio} | | |")
     return "\n".join(lines)
 
 
