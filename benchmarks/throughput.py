@@ -19,11 +19,12 @@ the machine meanwhile. Each part:
 - ``job``: ``pipelines run`` as a user runs it (a new process, a local Ray, one actor), on the first half
   of the shards and on all of them, ``--job-repeat`` times each in turn, the fastest run of each size
   counting (a burst of other work only ever slows a run down): steady state = the extra rows / the extra
-  seconds; fixed cost = the whole input's fastest run minus its rows at that speed; that run's timeline
+  seconds (the fixed cost at that speed: ``fixed_cost_two_sizes_s``); that run's timeline
   (imports, Ray start, actor start and model load, first batch, drain, shutdown) and the peak memory of
   its process tree. Also the pace inside each run (``in_run_speed``): the rows the actor staged after its
   first call over the time they took, the fastest of the whole input's runs counting: start-up and
-  shut-down left out without a second run, so it does not carry their spread.
+  shut-down left out without a second run, so it does not carry their spread; the fixed cost is then
+  the whole run less its rows at that pace.
 - ``pipeline``: ``transformers.pipeline("feature-extraction", batch_size=32)`` over the rows in input
   order, in this process (model load not counted, like ``limit``).
 - ``ray-data``: the Ray Data docs pattern as a whole process: ``read_json`` → ``map_batches(actor,
@@ -296,7 +297,8 @@ def run_job(texts: list[str], args: argparse.Namespace) -> dict:
     half = min(halves, key=lambda run: run["seconds"])
     whole = min(wholes, key=lambda run: run["seconds"])
     steady = (whole["rows"] - half["rows"]) / (whole["seconds"] - half["seconds"])
-    fixed = whole["seconds"] - whole["rows"] / steady
+    pace = max((r["in_run_rows_per_s"] or 0.0 for r in wholes), default=0.0) or None
+    fixed = whole["seconds"] - whole["rows"] / (pace or steady)  # the whole run less its rows at the pace
     t = whole["timeline"]
     parts = {
         "imports_and_plan": t.get("connect_start", t["run_start"]) - t["process_start"],
@@ -315,10 +317,11 @@ def run_job(texts: list[str], args: argparse.Namespace) -> dict:
         "padded": summary.get("padded"),
         "steady_rows_per_s": steady,
         # the actor's pace inside the whole input's runs: the fastest counts, as for the runs' times
-        "in_run_rows_per_s": max((r["in_run_rows_per_s"] or 0.0 for r in wholes), default=0.0) or None,
+        "in_run_rows_per_s": pace,
         "in_run_all": {"half": [r["in_run_rows_per_s"] for r in halves],
                        "whole": [r["in_run_rows_per_s"] for r in wholes]},
         "fixed_cost_s": fixed,
+        "fixed_cost_two_sizes_s": whole["seconds"] - whole["rows"] / steady,
         "half": {"rows": half["rows"], "seconds": half["seconds"], "peak_bytes": half["peak_bytes"]},
         "runs_s": {"half": [r["seconds"] for r in halves], "whole": [r["seconds"] for r in wholes]},
         "peak_bytes": whole["peak_bytes"],
