@@ -356,3 +356,5 @@ def test_object_keys_with_spaces_or_accents_are_read_like_any_other(s3_server, m
         assert [i for b in blocks for i in b.column("id").to_pylist()] == rows[f"2024 q1/{shard.name}"], shard.uri
         assert count_rows(shard) == (len(rows[f"2024 q1/{shard.name}"]), True)
     assert resolve(f"s3://{OUT}/my out")[1] == f"{OUT}/my out"
+    glob = list_shards([f"s3://{IN}/odd/2024 q1/[ad]*.jsonl"])  # brackets, which a URI may not hold as they are
+    assert sorted(s.name for s in glob) == ["a b.jsonl", "données.jsonl"]

@@ -398,7 +398,8 @@ def test_rescore_scores_every_shard_with_the_new_model_and_supersedes_older_part
     assert sorted(p.name for p in out.glob("run=*")) == ["run=2026-11-28T05:00:00Z"]
     assert [p.name for p in (out / "_superseded").iterdir()] == ["run=2026-11-28T02:00:00Z"]
     assert sorted(all_ids(tmp_path)) == sorted(r["id"] for r in rows("a", 3) + rows("b", 2))
-    assert "superseded by rescore" in render_table(Ledger(str(tmp_path / "out")).read())
+    table = render_table(Ledger(str(tmp_path / "out")).read())
+    assert "superseded by rescore" in table and "changed shard" not in table  # a rescore replaces every shard
     assert run_due(spec, now=day(2, hours=0.01)).entries[0].status == "empty"  # then incremental again
 
 
@@ -445,6 +446,58 @@ def test_a_rescore_that_fails_or_is_abandoned_leaves_each_row_once(ray_session, 
     (tmp_path / "in" / "bad.parquet").unlink()
     assert run_due(spec, now=day(2, hours=0.01)).entries[0].status == "empty"
     assert sorted(all_ids(tmp_path)) == expected
+
+
+def test_a_rescore_replaces_what_an_unfinished_run_committed_too(ray_session, classifier, tmp_path):
+    """A run that failed after committing a shard, then a rescore that commits it again: the shard is in the
+    output once, and stays once when the rescore is abandoned and the earlier run is resumed."""
+    from test_guarantees import corrupt_parquet
+
+    spec = make_job(tmp_path, classifier)
+    add_shard(tmp_path, "a.jsonl", rows("a", 2))
+    run_due(spec, now=day(1, hours=0.01))
+    add_shard(tmp_path, "c.jsonl", rows("c", 2))
+    corrupt_parquet(tmp_path / "in" / "bad.parquet", 20)
+    assert run_due(spec, now=day(2, hours=0.01)).failures  # c committed there, bad not: unfinished
+    rescore = run_due(spec, now=day(2, hours=3), rescore=True)
+    assert rescore.failures  # a and c rescored, bad not
+    expected = sorted(r["id"] for r in rows("a", 2) + rows("c", 2))
+    assert sorted(all_ids(tmp_path)) == expected
+    abandon(spec, rescore.entries[0].run)
+    (tmp_path / "in" / "bad.parquet").unlink()
+    after = run_due(spec, now=day(3, hours=0.01))  # the failed tick resumes: c was scored later, bad is gone
+    assert after.entries[0].kind == "resume" and not after.failures
+    assert sorted(all_ids(tmp_path)) == expected
+
+
+def test_abandoning_a_run_that_lost_its_new_outputs_brings_the_earlier_ones_back(
+    ray_session, classifier, tmp_path, monkeypatch
+):
+    """A rescore retires each shard's earlier output as it commits the new one; if a resume then redoes it
+    whole (the model changed) and dies before committing anything, abandoning it must not leave the shards
+    without any output."""
+    from test_guarantees import corrupt_parquet
+
+    spec = make_job(tmp_path, classifier)
+    add_shard(tmp_path, "a.jsonl", rows("a", 2))
+    add_shard(tmp_path, "b.jsonl", rows("b", 2))
+    run_due(spec, now=day(1, hours=0.01))
+    corrupt_parquet(tmp_path / "in" / "bad.parquet", 20)
+    rescore = run_due(spec, now=day(1, hours=3), rescore=True).entries[0]
+    assert rescore.status == "failed"
+    config = Path(classifier) / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "retrained_on": "2026-11-28"}))
+
+    def die(self, *args, **kwargs):
+        raise Killed()
+
+    monkeypatch.setattr(OutputDir, "commit", die)
+    with pytest.raises(Killed):  # the resume clears the partition to redo it whole, then dies
+        run_due(spec, now=day(1, hours=4))
+    monkeypatch.undo()
+    gc.collect()
+    abandon(spec, rescore.run)
+    assert sorted(all_ids(tmp_path)) == sorted(r["id"] for r in rows("a", 2) + rows("b", 2))
 
 
 def test_a_changed_shard_retires_its_old_version_as_the_new_one_commits(ray_session, classifier, tmp_path, monkeypatch):

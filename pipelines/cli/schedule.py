@@ -30,7 +30,8 @@ def register(commands, job_command) -> None:
                           help="with --once: move the output of shards whose input file is gone to _superseded/")
     schedule.add_argument("--abandon", metavar="RUN",
                           help="give up on an unfinished run (one that keeps failing): it is no longer resumed; "
-                               "its committed shards stay, the others are scored again by the next tick")
+                               "its committed shards stay, the others are scored again by the next tick "
+                               "(a rescore's keep their earlier output)")
     schedule.add_argument("--json", action="store_true", help="with --once: print the ledger lines written as JSON")
     schedule.set_defaults(handler=_schedule)
     runs = job_command("runs", "print a scheduled job's run ledger (<output.path>/_runs.jsonl) as a table")

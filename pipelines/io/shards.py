@@ -54,8 +54,9 @@ class Shard:
 
 #: What a URI's path may hold as it is (RFC 3986 ``pchar`` but ``%``); anything else is percent-encoded.
 PATH_CHARS = "/!$&'()*+,;=:@~"
-#: A location as a user writes it also keeps ``%`` escapes, a query (``?region=...``) and glob brackets.
-LOCATION_CHARS = PATH_CHARS + "?#[]%"
+#: A location as a user writes it also keeps ``%`` escapes and a query (``?region=...``); glob brackets are
+#: encoded (pyarrow refuses them in a URI, and decodes them before the glob is matched).
+LOCATION_CHARS = PATH_CHARS + "?#%"
 
 
 def resolve(location: str) -> tuple[pafs.FileSystem, str]:

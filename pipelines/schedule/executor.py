@@ -144,7 +144,8 @@ def run_due(
 
 def abandon(spec: JobSpec, run: str) -> LedgerEntry:
     """Give up on an unfinished run: it is no longer resumed; the shards it committed stay (and count as
-    scored), the shards it did not commit are scored again by the next tick."""
+    scored), the shards it did not commit are scored again by the next tick (a rescore's keep their earlier
+    output, brought back from ``_superseded/`` where the rescore had retired it)."""
     job = ScheduledJob(spec, None, _no_runner)
     with job_lock(spec):
         history = job.history()
@@ -152,10 +153,19 @@ def abandon(spec: JobSpec, run: str) -> LedgerEntry:
         if run not in open_runs:
             known = ", ".join(sorted(r for r in open_runs if r)) or "none"
             raise PipelineError(f"run {run} is not unfinished, so there is nothing to abandon (unfinished: {known})")
+        committed = job.committed_inputs(run)
+        # An earlier output this run retired but no longer holds the new one of (a resume redone whole, then
+        # given up on) comes back, so that each shard keeps one output.
+        done = {item.key for item in committed}
+        for key, earlier in (history.first_attempt(run).replaces or {}).items():
+            if key not in done:
+                job.restore_shard(earlier, key)
+        rescore = open_runs[run].rescore
         entry = open_runs[run].model_copy(update={
             "status": "abandoned",
-            "inputs": job.committed_inputs(run),
-            "note": "abandoned: its uncommitted shards are scored again by the next tick",
+            "inputs": committed,
+            "note": "abandoned: the shards it did not commit keep their earlier output" if rescore
+            else "abandoned: its uncommitted shards are scored again by the next tick",
             "finished_at": _now_iso(),
             "error": None,
         })
@@ -244,7 +254,7 @@ class ScheduledJob:
         if decision.action == "handled":
             report.entries.append(self.record_tick(decision, "empty", model=lineage))
         else:
-            work = self.planner(lineage).new_work(decision, rescore)
+            work = self.planner(lineage).new_work(decision, rescore, self.unfinished_commits() if rescore else None)
             if isinstance(work, RunPlan):
                 if work.run in self.history().latest():
                     raise PipelineError(f"run {work.run} exists already; try again in a second")
@@ -253,6 +263,14 @@ class ScheduledJob:
                 report.entries.append(self.stamp(work))
         self.reconcile()
         return report
+
+    def unfinished_commits(self) -> dict[str, str]:
+        """shard key → the unfinished run that has committed it (the newest run, where several have)."""
+        found: dict[str, str] = {}
+        for entry in self.history().unfinished():
+            assert entry.run is not None
+            found.update(dict.fromkeys(self.partition_state(entry.run).committed, entry.run))
+        return found
 
     def attempt_reporting(self, plan: RunPlan, report: Invocation) -> None:
         """Attempt a run; a failure is recorded (ledger, report) instead of stopping the invocation."""
@@ -395,6 +413,19 @@ class ScheduledJob:
             self._move(f"{folder}/{relative}")
         self._move(f"{folder}/{COMMITS}/{key}.json")
         log.info("moved the earlier output of shard %s in run %s to %s/", record.input.uri, run, SUPERSEDED)
+
+    def restore_shard(self, run: str, key: str) -> None:
+        """Bring a retired shard's output back from ``_superseded/`` into its run (its files, then its record)."""
+        folder = layout.partition_dir(run)
+        record = OutputDir(f"{self.root}/{SUPERSEDED}/{folder}").commits().get(key)
+        if record is None:
+            return
+        for relative in [*record.files, *record.error_files, f"{COMMITS}/{key}.json"]:
+            source, target = f"{self.root}/{SUPERSEDED}/{folder}/{relative}", f"{self.root}/{folder}/{relative}"
+            if self.fs.get_file_info(source).type == pafs.FileType.File:
+                self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+                self.fs.move(source, target)
+        log.info("brought the earlier output of shard %s in run %s back from %s/", record.input.uri, run, SUPERSEDED)
 
     def retire_tree(self, folder: str) -> None:
         selector = pafs.FileSelector(f"{self.root}/{folder}", recursive=True, allow_not_found=True)

@@ -254,7 +254,7 @@ def _row(entry: LedgerEntry, base: str) -> dict[str, str]:
         notes.append(f"superseded by rescore {base}")
     if entry.model_changed:
         notes.append(f"model changed (was {model_label(entry.model_changed['from'])})")
-    if entry.replaces:
+    if entry.replaces and not entry.rescore:
         notes.append(f"{len(entry.replaces)} changed shard(s)")
     if entry.error:
         notes.append(f"error: {str(entry.error).splitlines()[0][:120]}")

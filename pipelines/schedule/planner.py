@@ -69,11 +69,14 @@ class Planner:
         if overwrite:
             warnings.append(f"run {run} was started with another model or spec: redoing it whole with the current one")
         current = {s.key: s for s in self.shards}
+        later = {key for key, (_, by) in self.history.scored().items() if by > run}
         shards = []
         for item in plan.inputs or []:
             shard = current.get(item.key)
             if shard is None:
                 warnings.append(f"run {run}: {item.name or item.uri} is gone since the run started; left out")
+                continue
+            if shard.key in later:  # an abandoned rescore after this run scored it: it stays there
                 continue
             done = partition.committed.get(shard.key)
             if done and done != (shard.size, shard.mtime_ns) and not overwrite:
@@ -91,11 +94,14 @@ class Planner:
         )
         return RunPlan(run, shards, entry, overwrite, warnings)
 
-    def new_work(self, decision: Decision, rescore: bool) -> RunPlan | LedgerEntry:
+    def new_work(
+        self, decision: Decision, rescore: bool, unfinished_commits: dict[str, str] | None = None
+    ) -> RunPlan | LedgerEntry:
         """The run that scores new and changed shards (every shard, to rescore), or the ``empty`` line.
 
         Shards an unfinished run planned are that run's to finish (even while it keeps failing), so they
-        are left out until it succeeds or is abandoned.
+        are left out until it succeeds or is abandoned. ``unfinished_commits``: shard key → the unfinished run
+        that has committed it; a rescore replaces those outputs too.
         """
         scored = self.history.scored()
         claimed = {} if rescore else self.history.claimed()
@@ -111,6 +117,8 @@ class Planner:
         # A shard's earlier output moves to _superseded/ just before its new one appears: a changed shard's, and
         # every shard's in a rescore (so a rescore that fails part way, or is abandoned, leaves each row once).
         replaces = {s.key: scored[s.key][1] for s in todo if s.key in scored}
+        if rescore:
+            replaces.update({key: run for key, run in (unfinished_commits or {}).items() if key in current})
         if not todo:
             held = f"; {len(claimed)} held by unfinished run(s)" if claimed else ""
             note = decision.note() or f"no new input ({len(self.shards)} shard(s) scored already{held})"
