@@ -297,7 +297,7 @@ def run_job(texts: list[str], args: argparse.Namespace) -> dict:
     half = min(halves, key=lambda run: run["seconds"])
     whole = min(wholes, key=lambda run: run["seconds"])
     steady = (whole["rows"] - half["rows"]) / (whole["seconds"] - half["seconds"])
-    pace = max((r["in_run_rows_per_s"] or 0.0 for r in wholes), default=0.0) or None
+    pace = max((r["in_run_rows_per_s"] for r in wholes if r["in_run_rows_per_s"]), default=None)
     fixed = whole["seconds"] - whole["rows"] / (pace or steady)  # the whole run less its rows at the pace
     t = whole["timeline"]
     parts = {

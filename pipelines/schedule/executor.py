@@ -396,8 +396,11 @@ class ScheduledJob:
     def exists(self, relative: str) -> bool:
         return self.fs.get_file_info(f"{self.root}/{relative}").type == pafs.FileType.File
 
-    def _move(self, relative: str) -> None:
+    def _move(self, relative: str, back: bool = False) -> None:
+        """A file to ``_superseded/`` (``back``: from there to its place again); nothing if it is not there."""
         source, target = f"{self.root}/{relative}", f"{self.root}/{SUPERSEDED}/{relative}"
+        if back:
+            source, target = target, source
         if self.fs.get_file_info(source).type != pafs.FileType.File:
             return
         self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
@@ -421,10 +424,7 @@ class ScheduledJob:
         if record is None:
             return
         for relative in [*record.files, *record.error_files, f"{COMMITS}/{key}.json"]:
-            source, target = f"{self.root}/{SUPERSEDED}/{folder}/{relative}", f"{self.root}/{folder}/{relative}"
-            if self.fs.get_file_info(source).type == pafs.FileType.File:
-                self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
-                self.fs.move(source, target)
+            self._move(f"{folder}/{relative}", back=True)
         log.info("brought the earlier output of shard %s in run %s back from %s/", record.input.uri, run, SUPERSEDED)
 
     def retire_tree(self, folder: str) -> None:
