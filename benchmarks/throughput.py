@@ -13,8 +13,11 @@ the machine meanwhile. Each part:
   by length over the whole input, micro-batches of at most 64 rows and 8,192 tokens, timed forwards
   only (pooling included), in this process, the model loaded as the job loads it (its ``--set`` too,
   e.g. ``compute.cpu_matmul=torch`` for torch's own matmul).
-- ``limit-in-ray``: the same, in an actor of a local Ray started as a job starts it (one CPU, like the job's
-  actor): what Ray's own processes beside the actor, and the priority Ray gives its workers, leave of the
+- ``limit-lanes``: the same micro-batches in as many lanes as threads, one torch thread each, a lane taking
+  the next micro-batch as it finishes one (as the job's actor runs an encoder on a CPU, ``compute.cpu_lanes``):
+  the model's own speed as the job computes it.
+- ``limit-in-ray``: the same as ``limit``, in an actor of a local Ray started as a job starts it (one CPU, like
+  the job's actor): what Ray's own processes beside the actor, and the priority Ray gives its workers, leave of the
   limit, before Ray Data or this project's pipeline do anything.
 - ``job``: ``pipelines run`` as a user runs it (a new process, a local Ray, one actor), on the first half
   of the shards and on all of them, ``--job-repeat`` times each in turn, the fastest run of each size
@@ -48,6 +51,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +61,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-PARTS = ("limit", "limit-in-ray", "job", "pipeline", "ray-data", "sentence-transformers")
+PARTS = ("limit", "limit-lanes", "limit-in-ray", "job", "pipeline", "ray-data", "sentence-transformers")
 MAX_ROWS, MAX_TOKENS, PEER_BATCH, MAX_LENGTH = 64, 8192, 32, 256
 #: Blocks staged within this many seconds of each other come from one actor call (one block per shard in it).
 SAME_CALL_S = 0.1
@@ -105,8 +109,9 @@ def predictor_spec(args: argparse.Namespace):
     return load_spec(JOB, [f"model.dtype={args.precision}", f"compute.threads_per_actor={args.threads}", *args.set])
 
 
-def run_limit(texts: list[str], args: argparse.Namespace) -> dict:
-    """Forward-only: pre-tokenized, globally length-sorted micro-batches, the project's own model load."""
+def run_limit(texts: list[str], args: argparse.Namespace, lanes: bool = False) -> dict:
+    """Forward-only: pre-tokenized, globally length-sorted micro-batches, the project's own model load; one forward
+    at a time on every thread, or (``lanes``) one per thread at once, each on one thread."""
     import numpy as np
     import torch
 
@@ -120,14 +125,26 @@ def run_limit(texts: list[str], args: argparse.Namespace) -> dict:
     batches = plan_microbatches(ids.lengths, MAX_TOKENS, MAX_ROWS, 0.0)
     padded_batches = [ids.pad(index, int(tokenizer.pad_token_id)) for index in batches]
     tensors = [(torch.from_numpy(i), torch.from_numpy(m)) for i, m in padded_batches]
-    with torch.inference_mode():
-        embed(model, {"input_ids": tensors[0][0], "attention_mask": tensors[0][1]}, "mean", True)  # warm
+
+    def forward(pair: tuple) -> None:
+        with torch.inference_mode():
+            embed(model, {"input_ids": pair[0], "attention_mask": pair[1]}, "mean", True)
+
+    workers = args.threads if lanes else 1
+    torch.set_num_threads(1 if lanes else args.threads)
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(forward, tensors[:workers]))  # warm: each lane's first forward
         start = time.perf_counter()
-        for input_ids, mask in tensors:
-            embed(model, {"input_ids": input_ids, "attention_mask": mask}, "mean", True)
+        list(pool.map(forward, tensors))
         seconds = time.perf_counter() - start
+    torch.set_num_threads(args.threads)
     tokens, padded = int(np.sum(ids.lengths)), padded_tokens(ids.lengths, batches)
     return {"rows": len(texts), "seconds": seconds, "tokens": tokens, "padded": padded}
+
+
+def run_limit_lanes(texts: list[str], args: argparse.Namespace) -> dict:
+    """``limit`` in lanes: as many micro-batches at once as threads, one torch thread each."""
+    return run_limit(texts, args, lanes=True)
 
 
 class LimitActor:
@@ -382,6 +399,7 @@ def run_ray_data(texts: list[str], args: argparse.Namespace) -> dict:
 
 RUNNERS = {
     "limit": run_limit,
+    "limit-lanes": run_limit_lanes,
     "limit-in-ray": run_limit_in_ray,
     "job": run_job,
     "pipeline": run_pipeline,

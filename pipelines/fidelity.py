@@ -201,8 +201,8 @@ def resolve_auto(
 
 
 def _decision_path(spec: JobSpec, bar: float) -> Path:
-    """Where the decision for this model (its exact weights), task options, kind of device and CPU matmul is
-    kept."""
+    """Where the decision for this model (its exact weights), task options, kind of device, CPU matmul and lanes
+    is kept."""
     from pipelines.inference.gguf import default_cache_dir
     from pipelines.schedule.lineage import model_lineage
 
@@ -213,6 +213,7 @@ def _decision_path(spec: JobSpec, bar: float) -> Path:
         "max_length": spec.batching.max_length,
         "device": [spec.model.device, spec.compute.gpus_per_actor > 0, spec.compute.accelerator_type, _cpu_bf16()],
         "cpu_matmul": spec.compute.cpu_matmul,  # the candidates' speeds depend on it
+        "cpu_lanes": spec.compute.cpu_lanes,  # and on this
         "bar": bar,
         "candidates": CANDIDATES_VERSION,
     }

@@ -99,6 +99,11 @@ class ComputeSpec(Strict):
         description="Models on a CPU: onednn runs float32/bfloat16 Linear layers through oneDNN with weights laid out "
         "once at load (checked against torch's at load, torch's kept where they differ); torch: torch's own matmul.",
     )
+    cpu_lanes: bool = Field(
+        default=True,
+        description="Models on a CPU with several torch threads, for tasks whose forwards are independent (encoders): "
+        "run that many micro-batches at once, one thread each; false: one micro-batch at a time on all the threads.",
+    )
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> ComputeSpec:

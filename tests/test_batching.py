@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.inference.batching import Ragged, padded_tokens, padding_efficiency, plan_microbatches
+from pipelines.inference.batching import (
+    Ragged,
+    padded_tokens,
+    padding_efficiency,
+    plan_microbatches,
+    spread_over_lanes,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,3 +133,19 @@ def test_least_cost_cuts_pad_less_than_filling_each_micro_batch_in_turn():
     assert np.sort(np.concatenate(cut)).tolist() == list(range(len(lengths)))
     assert padding_efficiency(lengths, cut) > padding_efficiency(lengths, filled)
     assert cost(lengths, cut, 64) < cost(lengths, filled, 64)
+
+
+def test_lanes_take_the_costliest_first_and_as_many_each():
+    lengths = np.array([len(row) for row in random_rows(45, seed=3)])
+
+    def cost(index: np.ndarray) -> int:
+        return 64 + len(index) * int(lengths[index].max())
+
+    batches = plan_microbatches(lengths, 200, 8)[:9]  # an odd count: two lanes would not end together
+    spread = spread_over_lanes(batches, cost, 2)
+    assert len(spread) == 10  # the costliest was halved, once
+    assert sorted(np.concatenate(spread).tolist()) == sorted(np.concatenate(batches).tolist())  # every row once
+    costs = [cost(index) for index in spread]
+    assert costs == sorted(costs, reverse=True)
+    single_rows = [np.array([0]), np.array([1]), np.array([2])]
+    assert len(spread_over_lanes(single_rows, cost, 2)) == 3  # a micro-batch of one row can't be halved

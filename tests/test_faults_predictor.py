@@ -97,3 +97,18 @@ def test_cpu_out_of_memory_splits_and_lowers_the_budget(tiny_models, failure):
     assert out.column(ERROR).to_pylist() == [None] * out.num_rows
     assert out.column("label").to_pylist() == expected
     assert predictor.max_tokens < 4096
+
+
+def test_a_failing_forward_in_a_lane_is_run_again_alone_and_bisected(tiny_models):
+    predictor = classifier(tiny_models, max_rows=4, min_fill=0)
+    assert predictor.lanes == 2  # 8 micro-batches of 4 rows, two at a time
+    clean = predictor(batch_of(SENTENCES * 4)).column("label").to_pylist()
+    calls = poison_forward(predictor, "paris")
+    out = predictor(batch_of(SENTENCES * 4))
+    errors = out.column(ERROR).to_pylist()
+    poisoned = [i for i, text in enumerate(SENTENCES * 4) if "Paris" in text]
+    assert [i for i, e in enumerate(errors) if e] == poisoned
+    assert all(errors[i] == "forward failed: ValueError: poisoned row" for i in poisoned)
+    labels = out.column("label").to_pylist()
+    assert [labels[i] for i in range(32) if i not in poisoned] == [clean[i] for i in range(32) if i not in poisoned]
+    assert 1 in calls  # the failed micro-batches were split down to their culprit

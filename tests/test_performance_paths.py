@@ -21,7 +21,7 @@ from pipelines.inference import packed_linear
 from pipelines.inference import predictor as predictor_module
 from pipelines.inference.aliases import minilm_dir
 from pipelines.inference.packed_linear import PackedLinear, pack_linears
-from pipelines.inference.predictor import Predictor
+from pipelines.inference.predictor import ERROR, Predictor
 from pipelines.io.reader import GROUP_BYTES, Columns, group_shards, read_group, read_shard
 from pipelines.io.shards import list_shards
 from pipelines.output.staging import StagingReport
@@ -329,3 +329,47 @@ def test_the_pools_actor_loads_and_runs_its_model_on_one_thread(tiny_models, tmp
     assert sum(report.rows for report in reports) == 20
     assert len(threads["load"]) == 1 and threads["call"] == threads["load"]
     assert threading.get_ident() not in threads["load"]  # neither Ray Data's thread nor the caller's
+
+
+def test_an_encoder_on_a_cpu_runs_its_micro_batches_in_lanes_with_the_same_results(tiny_models):
+    """Two micro-batches in flight at once, each forward on one torch thread; the embeddings those of one forward at
+    a time on both threads, row for row; the actor's threads as they were afterwards."""
+    rows = SENTENCES * 6
+    batching = {"max_rows": 4, "min_fill": 0}
+    lanes = Predictor(make_spec(tiny_models("encoder"), {"type": "feature-extraction"}, batching=batching))
+    alone = Predictor(
+        make_spec(tiny_models("encoder"), {"type": "feature-extraction"}, batching=batching, compute={"cpu_lanes": False})
+    )
+    assert (lanes.lanes, alone.lanes) == (2, 1)
+    seen: list[tuple[str, int]] = []
+    both_in_flight = threading.Barrier(2, timeout=60)  # only waits out its timeout if the forwards never overlap
+    original = lanes.loaded.model.forward
+
+    def forward(*args, **kwargs):
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        if len(seen) <= 2:
+            both_in_flight.wait()
+        return original(*args, **kwargs)
+
+    lanes.loaded.model.forward = forward
+    got = lanes(batch_of(rows))
+    want = alone(batch_of(rows))
+    assert {name for name, _ in seen} == {"forward_0", "forward_1"} and {threads for _, threads in seen} == {1}
+    assert len(seen) >= 12  # 48 rows, at most 4 per micro-batch
+    assert got.column(ERROR).null_count == len(rows)
+    vectors = np.array(got.column("embedding").to_pylist())
+    np.testing.assert_allclose(vectors, np.array(want.column("embedding").to_pylist()), atol=1e-5)
+    assert torch.get_num_threads() == 2
+
+
+def test_lanes_only_where_forwards_are_independent_and_on_a_cpu(tiny_models):
+    from pipelines.inference.predictor import lanes_for
+
+    encoder = make_spec(tiny_models("encoder"), {"type": "feature-extraction"})
+    task = Predictor(encoder).task
+    assert lanes_for(encoder, task, "cpu", 4) == 4
+    assert lanes_for(encoder, task, "cuda", 4) == 1  # the forward runs on the GPU
+    off = make_spec(tiny_models("encoder"), {"type": "feature-extraction"}, compute={"cpu_lanes": False})
+    assert lanes_for(off, task, "cpu", 4) == 1
+    generation = make_spec(tiny_models("causal"), {"type": "text-generation", "max_new_tokens": 2})
+    assert Predictor(generation).lanes == 1  # decoding keeps one forward at a time

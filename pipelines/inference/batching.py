@@ -154,3 +154,22 @@ def padding_efficiency(lengths: np.ndarray, batches: list[np.ndarray]) -> float:
     """Real tokens / padded tokens: 1.0 means no compute spent on padding."""
     padded = padded_tokens(lengths, batches)
     return float(np.sum(lengths)) / padded if padded else 1.0
+
+
+def spread_over_lanes(batches: list[np.ndarray], cost: Callable[[np.ndarray], float], lanes: int) -> list[np.ndarray]:
+    """The micro-batches in the order lanes should take them (each lane taking the next as it finishes one):
+    costliest first, so that what is left at the end is short; and a whole number per lane where halving the
+    costliest can make it so (at most ``lanes - 1`` halvings, of micro-batches of two rows or more), so that no
+    lane waits out a last long forward alone. ``cost`` gives a micro-batch's cost (e.g. its padded tokens plus a
+    cost per forward). The rows are the same, in as many micro-batches or a few more."""
+    batches = sorted(batches, key=cost, reverse=True)
+    for _ in range(lanes - 1):
+        if len(batches) % lanes == 0:
+            break
+        splittable = [i for i, b in enumerate(batches) if len(b) > 1]
+        if not splittable:
+            break
+        first = batches.pop(splittable[0])
+        half = len(first) // 2
+        batches = sorted([*batches, first[:half], first[half:]], key=cost, reverse=True)
+    return batches

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ import pyarrow.compute as pc
 import torch
 
 from pipelines import faults
-from pipelines.inference.batching import FORWARD_COST_TOKENS, plan_microbatches
+from pipelines.inference.batching import FORWARD_COST_TOKENS, plan_microbatches, spread_over_lanes
 from pipelines.inference.library_logs import hide_loading_bars, once_per_process
 from pipelines.inference.loading import load_config, load_model
 from pipelines.io.block import ERROR, GENERATED, PADDED, TOKENS
@@ -37,7 +38,8 @@ class Predictor:
 
     def __init__(self, spec: dict[str, Any] | JobSpec) -> None:
         self.spec = spec if isinstance(spec, JobSpec) else JobSpec.model_validate(spec)
-        torch.set_num_threads(self.spec.compute.torch_threads(usable_cpus()))
+        self.threads = self.spec.compute.torch_threads(usable_cpus())
+        torch.set_num_threads(self.threads)
         hide_loading_bars()
         implementation = task_class(self.spec.task.type, self.spec.input.format)
         config = load_config(self.spec.model)
@@ -59,6 +61,8 @@ class Predictor:
         self.schema = self.task.output_schema()
         self.pad_id = int(self.loaded.tokenizer.pad_token_id)
         self.max_tokens = self.spec.batching.max_tokens
+        self.lanes = lanes_for(self.spec, self.task, self.loaded.device.type, self.threads)
+        self._pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="forward") if self.lanes > 1 else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         faults.checkpoint("predict")
@@ -95,9 +99,10 @@ class Predictor:
     def _run(self, features: Features) -> tuple[Outputs, np.ndarray, dict[int, str]]:
         """Forward every micro-batch; also each feature's padded length, and the features that failed.
 
-        A micro-batch whose forward raises is split in halves until the offending
-        features are isolated; out of memory also lowers the token budget for the
-        rest of this actor's life.
+        With lanes (see :func:`lanes_for`), the micro-batches run that many at once, one torch thread each, when
+        there are at least as many as lanes; else one at a time on all the threads. A micro-batch
+        whose forward raises is run again alone and split in halves until the offending features are isolated;
+        out of memory also lowers the token budget for the rest of this actor's life.
         """
         outputs = Outputs(len(features))
         padded = np.zeros(len(features), dtype=np.int64)
@@ -105,7 +110,10 @@ class Predictor:
         if not len(features):
             return outputs, padded, failed
         lengths = features.lengths
-        queue = micro_batches(self.task, lengths, self.spec.batching, self.max_tokens, self.loaded.device.type)[::-1]
+        queue = micro_batches(self.task, lengths, self.spec.batching, self.max_tokens, self.loaded.device.type)
+        if self._pool is not None and len(queue) >= self.lanes:
+            queue = self._run_in_lanes(self._pool, features, queue, outputs, padded)
+        queue.reverse()
         while queue:
             index = queue.pop()
             try:
@@ -121,6 +129,37 @@ class Predictor:
             outputs.add(index, result)
             padded[index] = self.task.padded_widths(lengths[index])
         return outputs, padded, failed
+
+    def _run_in_lanes(
+        self,
+        pool: ThreadPoolExecutor,
+        features: Features,
+        queue: list[np.ndarray],
+        outputs: Outputs,
+        padded: np.ndarray,
+    ) -> list[np.ndarray]:
+        """Forward the micro-batches in the lanes, one torch thread each, costliest first; those whose forward raised
+        are returned, to be run again one at a time on all the threads."""
+        def cost(index: np.ndarray) -> float:
+            return FORWARD_COST_TOKENS["cpu"] + float(self.task.padded_widths(features.lengths[index]).sum())
+
+        queue = spread_over_lanes(queue, cost, self.lanes)
+        torch.set_num_threads(1)
+        try:
+            futures = [pool.submit(self._forward, features, index) for index in queue]
+            left = []
+            for index, future in zip(queue, futures):
+                try:
+                    result = future.result()
+                except Exception as exc:  # noqa: BLE001 - run again alone, where it is isolated and explained
+                    log.debug("a forward in a lane failed (%s); it runs again alone", _short(exc))
+                    left.append(index)
+                    continue
+                outputs.add(index, result)
+                padded[index] = self.task.padded_widths(features.lengths[index])
+            return left
+        finally:
+            torch.set_num_threads(self.threads)
 
     def _failure(self, exc: BaseException, index: np.ndarray, lengths: np.ndarray) -> str:
         """Log a failed forward, lower the budget on out-of-memory; the reason a lone row would get."""
@@ -221,6 +260,17 @@ def encode_rows(task: Task, spec: JobSpec, batch: pa.Table, rows: np.ndarray) ->
     if id_column in picked.column_names:
         columns[ROW_ID] = picked.column(id_column).cast(pa.string()).to_pylist()
     return task.encode(texts, columns)
+
+
+def lanes_for(spec: JobSpec, task: Task, device: str, threads: int) -> int:
+    """How many micro-batches an actor runs at once: on a CPU, one per torch thread for a task whose forwards are
+    independent (``compute.cpu_lanes``), each on one thread: on 2 cores two lanes measured 2-12% faster than one
+    forward on both threads, alone, and kept more of that speed beside Ray's processes (a lane held off its core
+    stops only itself, where a forward on two threads waits for the held-off one at every step). Else 1. A call
+    with fewer micro-batches than lanes runs them one at a time on all the threads."""
+    if device != "cpu" or not spec.compute.cpu_lanes or not task.independent_forwards:
+        return 1
+    return threads
 
 
 #: How torch's allocators word running out: CUDA's "CUDA out of memory", the CPU allocator's

@@ -31,6 +31,7 @@ class FillMask(Task):
     name = "fill-mask"
     options_model = FillMaskOptions
     model_class = "AutoModelForMaskedLM"
+    independent_forwards = True
     options: FillMaskOptions
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

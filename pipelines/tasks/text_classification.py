@@ -15,6 +15,7 @@ class TextClassification(LabelTask):
     name = "text-classification"
     options_model = TextClassificationOptions
     model_class = "AutoModelForSequenceClassification"
+    independent_forwards = True
     options: TextClassificationOptions
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
