@@ -31,8 +31,12 @@ def poison_forward(predictor: Predictor, word: str) -> list[int]:
     return calls
 
 
-def test_a_failing_row_is_bisected_out_and_the_rest_predicted(tiny_models):
-    predictor = classifier(tiny_models, max_rows=64, min_fill=0)
+@pytest.mark.parametrize("max_rows", [64, 4], ids=["one-micro-batch", "eight-in-two-lanes"])
+def test_a_failing_row_is_bisected_out_and_the_rest_predicted(tiny_models, max_rows):
+    """One micro-batch of 32 rows is split in halves down to the culprits; in lanes (8 micro-batches, two at a
+    time, each forward on one thread) a micro-batch that fails is run again alone and split the same way."""
+    predictor = classifier(tiny_models, max_rows=max_rows, min_fill=0)
+    assert predictor.lanes == 2
     clean = predictor(batch_of(SENTENCES * 4)).column("label").to_pylist()
     calls = poison_forward(predictor, "paris")
     out = predictor(batch_of(SENTENCES * 4))
@@ -42,7 +46,7 @@ def test_a_failing_row_is_bisected_out_and_the_rest_predicted(tiny_models):
     assert all(errors[i] == "forward failed: ValueError: poisoned row" for i in poisoned)
     labels = out.column("label").to_pylist()
     assert [labels[i] for i in range(32) if i not in poisoned] == [clean[i] for i in range(32) if i not in poisoned]
-    assert max(calls) == 32 and 1 in calls  # the whole micro-batch first, then halves down to the culprits
+    assert max(calls) == min(max_rows, 32) and 1 in calls  # whole micro-batches first, then halves to the culprits
 
 
 def test_out_of_memory_splits_and_lowers_the_budget(tiny_models):
@@ -98,17 +102,3 @@ def test_cpu_out_of_memory_splits_and_lowers_the_budget(tiny_models, failure):
     assert out.column("label").to_pylist() == expected
     assert predictor.max_tokens < 4096
 
-
-def test_a_failing_forward_in_a_lane_is_run_again_alone_and_bisected(tiny_models):
-    predictor = classifier(tiny_models, max_rows=4, min_fill=0)
-    assert predictor.lanes == 2  # 8 micro-batches of 4 rows, two at a time
-    clean = predictor(batch_of(SENTENCES * 4)).column("label").to_pylist()
-    calls = poison_forward(predictor, "paris")
-    out = predictor(batch_of(SENTENCES * 4))
-    errors = out.column(ERROR).to_pylist()
-    poisoned = [i for i, text in enumerate(SENTENCES * 4) if "Paris" in text]
-    assert [i for i, e in enumerate(errors) if e] == poisoned
-    assert all(errors[i] == "forward failed: ValueError: poisoned row" for i in poisoned)
-    labels = out.column("label").to_pylist()
-    assert [labels[i] for i in range(32) if i not in poisoned] == [clean[i] for i in range(32) if i not in poisoned]
-    assert 1 in calls  # the failed micro-batches were split down to their culprit
