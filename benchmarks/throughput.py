@@ -130,14 +130,20 @@ def run_limit(texts: list[str], args: argparse.Namespace, lanes: bool = False) -
         with torch.inference_mode():
             embed(model, {"input_ids": pair[0], "attention_mask": pair[1]}, "mean", True)
 
-    workers = args.threads if lanes else 1
-    torch.set_num_threads(1 if lanes else args.threads)
-    with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(forward, tensors[:workers]))  # warm: each lane's first forward
+    if lanes:  # a thread per lane, each forward on one torch thread
+        torch.set_num_threads(1)
+        with ThreadPoolExecutor(args.threads) as pool:
+            list(pool.map(forward, tensors[: args.threads]))  # warm: each lane's first forward
+            start = time.perf_counter()
+            list(pool.map(forward, tensors))
+            seconds = time.perf_counter() - start
+        torch.set_num_threads(args.threads)
+    else:  # on the thread that loaded the model, as the job's actor does
+        forward(tensors[0])  # warm
         start = time.perf_counter()
-        list(pool.map(forward, tensors))
+        for pair in tensors:
+            forward(pair)
         seconds = time.perf_counter() - start
-    torch.set_num_threads(args.threads)
     tokens, padded = int(np.sum(ids.lengths)), padded_tokens(ids.lengths, batches)
     return {"rows": len(texts), "seconds": seconds, "tokens": tokens, "padded": padded}
 

@@ -331,15 +331,38 @@ def test_the_pools_actor_loads_and_runs_its_model_on_one_thread(tiny_models, tmp
     assert threading.get_ident() not in threads["load"]  # neither Ray Data's thread nor the caller's
 
 
-def test_an_encoder_on_a_cpu_runs_its_micro_batches_in_lanes_with_the_same_results(tiny_models):
-    """Two micro-batches in flight at once, each forward on one torch thread; the embeddings those of one forward at
-    a time on both threads, row for row; the actor's threads as they were afterwards."""
-    rows = SENTENCES * 6
+#: Two texts of one length with their masks in other places, each filling micro-batches of 4 rows of its own:
+#: two lanes then run micro-batches of one shape whose masks differ.
+MASKED = (["<mask> is a paris ."] * 4 + ["paris is a <mask> ."] * 4) * 3
+
+
+def rounded(value):
+    """Predictions to compare across summation orders: floats to 4 places, everything else as it is."""
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, list):
+        return [rounded(v) for v in value]
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    return value
+
+
+@pytest.mark.parametrize(
+    "kind, task, rows, column",
+    [
+        ("encoder", {"type": "feature-extraction"}, SENTENCES * 6, "embedding"),
+        ("mlm", {"type": "fill-mask", "mask_placeholder": "<mask>", "top_k": 2}, MASKED, "predictions"),
+    ],
+    ids=["feature-extraction", "fill-mask"],
+)
+def test_an_encoder_on_a_cpu_runs_its_micro_batches_in_lanes_with_the_same_results(
+    tiny_models, kind, task, rows, column
+):
+    """Two micro-batches in flight at once, each forward on one torch thread; the predictions those of one forward
+    at a time on both threads, row for row; the actor's threads as they were afterwards."""
     batching = {"max_rows": 4, "min_fill": 0}
-    lanes = Predictor(make_spec(tiny_models("encoder"), {"type": "feature-extraction"}, batching=batching))
-    alone = Predictor(
-        make_spec(tiny_models("encoder"), {"type": "feature-extraction"}, batching=batching, compute={"cpu_lanes": False})
-    )
+    lanes = Predictor(make_spec(tiny_models(kind), task, batching=batching))
+    alone = Predictor(make_spec(tiny_models(kind), task, batching=batching, compute={"cpu_lanes": False}))
     assert (lanes.lanes, alone.lanes) == (2, 1)
     seen: list[tuple[str, int]] = []
     both_in_flight = threading.Barrier(2, timeout=60)  # only waits out its timeout if the forwards never overlap
@@ -352,24 +375,60 @@ def test_an_encoder_on_a_cpu_runs_its_micro_batches_in_lanes_with_the_same_resul
         return original(*args, **kwargs)
 
     lanes.loaded.model.forward = forward
+    head = lanes.loaded.model.get_output_embeddings()
+    if head is not None:  # and both at the output layer at once (fill-mask selects its masks there)
+        at_head = threading.Barrier(2, timeout=60)
+        arrived: list[int] = []
+
+        def meet(module, args):
+            arrived.append(1)
+            if len(arrived) <= 2:
+                at_head.wait()
+
+        head.register_forward_pre_hook(meet)
     got = lanes(batch_of(rows))
     want = alone(batch_of(rows))
     assert {name for name, _ in seen} == {"forward_0", "forward_1"} and {threads for _, threads in seen} == {1}
-    assert len(seen) >= 12  # 48 rows, at most 4 per micro-batch
+    assert len(seen) >= len(rows) // 4  # at most 4 rows per micro-batch
     assert got.column(ERROR).null_count == len(rows)
-    vectors = np.array(got.column("embedding").to_pylist())
-    np.testing.assert_allclose(vectors, np.array(want.column("embedding").to_pylist()), atol=1e-5)
+    if column == "embedding":
+        vectors = np.array(got.column(column).to_pylist())
+        np.testing.assert_allclose(vectors, np.array(want.column(column).to_pylist()), atol=1e-5)
+    else:
+        assert rounded(got.column(column).to_pylist()) == rounded(want.column(column).to_pylist())
     assert torch.get_num_threads() == 2
 
 
 def test_lanes_only_where_forwards_are_independent_and_on_a_cpu(tiny_models):
-    from pipelines.inference.predictor import lanes_for
-
     encoder = make_spec(tiny_models("encoder"), {"type": "feature-extraction"})
-    task = Predictor(encoder).task
-    assert lanes_for(encoder, task, "cpu", 4) == 4
-    assert lanes_for(encoder, task, "cuda", 4) == 1  # the forward runs on the GPU
+    assert encoder.lanes("cpu", 4) == 4
+    assert encoder.lanes("cuda", 4) == encoder.lanes("cuda:1", 4) == 1  # the forward runs on the GPU
     off = make_spec(tiny_models("encoder"), {"type": "feature-extraction"}, compute={"cpu_lanes": False})
-    assert lanes_for(off, task, "cpu", 4) == 1
+    assert off.lanes("cpu", 4) == 1
     generation = make_spec(tiny_models("causal"), {"type": "text-generation", "max_new_tokens": 2})
     assert Predictor(generation).lanes == 1  # decoding keeps one forward at a time
+
+
+def test_out_of_memory_in_a_lane_ends_the_lanes_and_every_row_is_predicted(tiny_models):
+    """The lanes hold several micro-batches' activations at once: out of memory there runs the micro-batch again
+    alone, and the actor goes on one forward at a time."""
+    predictor = Predictor(make_spec(tiny_models("classifier"), {"type": "text-classification"}, batching={"max_rows": 4}))
+    expected = predictor(batch_of(SENTENCES * 4)).column("label").to_pylist()
+    original = predictor.loaded.model.forward
+    threads: list[str] = []
+
+    def forward(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        if threading.current_thread().name.startswith("forward"):
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 2147483648 bytes")
+        return original(*args, **kwargs)
+
+    predictor.loaded.model.forward = forward
+    out = predictor(batch_of(SENTENCES * 4))
+    assert out.column(ERROR).null_count == out.num_rows and out.column("label").to_pylist() == expected
+    assert any(name.startswith("forward") for name in threads)  # it was tried in the lanes first
+    threads.clear()
+    out = predictor(batch_of(SENTENCES * 4))
+    assert out.column("label").to_pylist() == expected
+    assert threads and not any(name.startswith("forward") for name in threads)  # one at a time from then on
+    assert torch.get_num_threads() == 2

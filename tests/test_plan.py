@@ -202,3 +202,19 @@ def test_default_batching_pads_the_benchmark_corpus_little():
     plan = Plan.model_validate(json.loads(done.stdout))
     assert plan.input.rows == plan.tokens.sample_rows == 8472
     assert plan.tokens.padding_efficiency is not None and plan.tokens.padding_efficiency >= 0.95
+
+
+def test_the_memory_plan_counts_every_micro_batch_the_lanes_hold_at_once():
+    from pipelines.planning.memory import Dims, WeightCount, activation_bytes, local_fit
+
+    size = Dims(hidden=384, intermediate=1536, heads=12, layers=6, kv_heads=12, head_dim=32, vocab=30522)
+    weights = WeightCount(
+        parameters=22_000_000, quantized=0, quantized_rows=0, kept_fp32=0, buffers={}, float_buffers=0
+    )
+    compute = {"size": 1, "threads_per_actor": 2}
+    lanes = make_spec("minilm", {"type": "feature-extraction"}, compute=compute)
+    one = make_spec("minilm", {"type": "feature-extraction"}, compute={**compute, "cpu_lanes": False})
+    single = activation_bytes(one, size, 256, 4)
+    assert local_fit(one, weights, size, 256).activations_bytes == single
+    fit = local_fit(lanes, weights, size, 256)
+    assert fit.activations_bytes == 2 * single and "2 micro-batches at once" in fit.basis

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
@@ -61,7 +61,7 @@ class Predictor:
         self.schema = self.task.output_schema()
         self.pad_id = int(self.loaded.tokenizer.pad_token_id)
         self.max_tokens = self.spec.batching.max_tokens
-        self.lanes = lanes_for(self.spec, self.task, self.loaded.device.type, self.threads)
+        self.lanes = self.spec.lanes(self.loaded.device.type, self.threads)
         self._pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="forward") if self.lanes > 1 else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -99,7 +99,7 @@ class Predictor:
     def _run(self, features: Features) -> tuple[Outputs, np.ndarray, dict[int, str]]:
         """Forward every micro-batch; also each feature's padded length, and the features that failed.
 
-        With lanes (see :func:`lanes_for`), the micro-batches run that many at once, one torch thread each, when
+        With lanes (``JobSpec.lanes``), the micro-batches run that many at once, one torch thread each, when
         there are at least as many as lanes; else one at a time on all the threads. A micro-batch
         whose forward raises is run again alone and split in halves until the offending features are isolated;
         out of memory also lowers the token budget for the rest of this actor's life.
@@ -110,8 +110,9 @@ class Predictor:
         if not len(features):
             return outputs, padded, failed
         lengths = features.lengths
-        queue = micro_batches(self.task, lengths, self.spec.batching, self.max_tokens, self.loaded.device.type)
-        if self._pool is not None and len(queue) >= self.lanes:
+        lanes = self.lanes if self._pool is not None else 1
+        queue = micro_batches(self.task, lengths, self.spec.batching, self.max_tokens, self.loaded.device.type, lanes)
+        if self._pool is not None and len(queue) >= lanes:
             queue = self._run_in_lanes(self._pool, features, queue, outputs, padded)
         queue.reverse()
         while queue:
@@ -138,28 +139,31 @@ class Predictor:
         outputs: Outputs,
         padded: np.ndarray,
     ) -> list[np.ndarray]:
-        """Forward the micro-batches in the lanes, one torch thread each, costliest first; those whose forward raised
-        are returned, to be run again one at a time on all the threads."""
-        def cost(index: np.ndarray) -> float:
-            return FORWARD_COST_TOKENS["cpu"] + float(self.task.padded_widths(features.lengths[index]).sum())
-
-        queue = spread_over_lanes(queue, cost, self.lanes)
+        """Forward the micro-batches in the lanes, in their order, one torch thread each; those whose forward raised
+        are returned, to be run again one at a time on all the threads. Out of memory in a lane (the lanes hold
+        that many micro-batches' activations at once) ends the lanes for the rest of this actor's life."""
         torch.set_num_threads(1)
+        futures = [pool.submit(self._forward, features, index) for index in queue]
+        left = []
         try:
-            futures = [pool.submit(self._forward, features, index) for index in queue]
-            left = []
             for index, future in zip(queue, futures):
                 try:
                     result = future.result()
                 except Exception as exc:  # noqa: BLE001 - run again alone, where it is isolated and explained
                     log.debug("a forward in a lane failed (%s); it runs again alone", _short(exc))
+                    if is_out_of_memory(exc) and self._pool is not None:
+                        log.warning("out of memory with %d forwards at once: one at a time from now on", self.lanes)
+                        self._pool = None
                     left.append(index)
                     continue
                 outputs.add(index, result)
                 padded[index] = self.task.padded_widths(features.lengths[index])
             return left
         finally:
+            wait(futures)  # none still running when the threads are set back
             torch.set_num_threads(self.threads)
+            if self._pool is None:
+                pool.shutdown(wait=False)
 
     def _failure(self, exc: BaseException, index: np.ndarray, lengths: np.ndarray) -> str:
         """Log a failed forward, lower the budget on out-of-memory; the reason a lone row would get."""
@@ -239,14 +243,18 @@ def validate_rows(batch: pa.Table, text_column: str) -> tuple[np.ndarray, pa.Arr
 
 
 def micro_batches(
-    task: Task, lengths: np.ndarray, batching: BatchingSpec, max_tokens: int, device: str
+    task: Task, lengths: np.ndarray, batching: BatchingSpec, max_tokens: int, device: str, lanes: int = 1
 ) -> list[np.ndarray]:
     """How a call's features are cut into forwards on ``device`` (``cpu``, ``cuda``...): length-sorted, under the
     token budget, by the task's own fill and footprint, the cuts where padding plus the device's cost per forward
-    is least (``pipelines plan`` uses it too, so that it plans what the predictor runs)."""
+    is least; for ``lanes`` > 1, in the order lanes take them (see :func:`spread_over_lanes`) where there are at
+    least as many as lanes (``pipelines plan`` uses it too, so that it plans what the predictor runs)."""
     fill = task.micro_batch_fill(batching.min_fill)
     forward_cost = FORWARD_COST_TOKENS.get(device.split(":")[0], FORWARD_COST_TOKENS["cpu"])
-    return plan_microbatches(lengths, max_tokens, batching.max_rows, fill, task.footprint, forward_cost)
+    batches = plan_microbatches(lengths, max_tokens, batching.max_rows, fill, task.footprint, forward_cost)
+    if lanes < 2 or len(batches) < lanes:
+        return batches
+    return spread_over_lanes(batches, lambda index: forward_cost + int(task.padded_widths(lengths[index]).sum()), lanes)
 
 
 def encode_rows(task: Task, spec: JobSpec, batch: pa.Table, rows: np.ndarray) -> Features:
@@ -260,17 +268,6 @@ def encode_rows(task: Task, spec: JobSpec, batch: pa.Table, rows: np.ndarray) ->
     if id_column in picked.column_names:
         columns[ROW_ID] = picked.column(id_column).cast(pa.string()).to_pylist()
     return task.encode(texts, columns)
-
-
-def lanes_for(spec: JobSpec, task: Task, device: str, threads: int) -> int:
-    """How many micro-batches an actor runs at once: on a CPU, one per torch thread for a task whose forwards are
-    independent (``compute.cpu_lanes``), each on one thread: on 2 cores two lanes measured 2-12% faster than one
-    forward on both threads, alone, and kept more of that speed beside Ray's processes (a lane held off its core
-    stops only itself, where a forward on two threads waits for the held-off one at every step). Else 1. A call
-    with fewer micro-batches than lanes runs them one at a time on all the threads."""
-    if device != "cpu" or not spec.compute.cpu_lanes or not task.independent_forwards:
-        return 1
-    return threads
 
 
 #: How torch's allocators word running out: CUDA's "CUDA out of memory", the CPU allocator's

@@ -177,17 +177,19 @@ def local_fit(spec: JobSpec, weights: WeightCount, size: Dims, max_length: int) 
     """Actors on this machine's CPUs: memory available now, and the CPUs a local Ray would have."""
     dtype = cpu_dtype(spec)
     weight = weights.weight_bytes(dtype, spec.model.quantization)
-    activations = activation_bytes(spec, size, max_length, DTYPE_BYTES[dtype])
-    per_actor = weight + activations + PROCESS_OVERHEAD
     memory = this_machine_memory()
     cpus = this_machine_cpus()
     compute = spec.compute
+    lanes = spec.lanes("cpu", compute.torch_threads(cpus))  # each forward in flight holds its own activations
+    activations = activation_bytes(spec, size, max_length, DTYPE_BYTES[dtype]) * lanes
+    per_actor = weight + activations + PROCESS_OVERHEAD
     # a local run refuses a pool whose CPUs leave none for reading and writing
     by_cpus = max(0, math.ceil(cpus / compute.cpus_per_actor) - 1)
     by_resources = 0 if compute.gpus_per_actor > 0 else by_cpus
     basis = (
         f"memory available now; {PROCESS_OVERHEAD // MIB} MiB per actor process assumed; "
         f"{cpus} CPUs, cpus_per_actor {compute.cpus_per_actor:g}"
+        + (f"; {lanes} micro-batches at once per actor (compute.cpu_lanes)" if lanes > 1 else "")
         + ("; the job asks for GPUs, none here" if compute.gpus_per_actor > 0 else "")
     )
     by_memory = memory // per_actor

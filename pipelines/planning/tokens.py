@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from pipelines.io.block import ERROR
 from pipelines.output.staging import reason_counts
+from pipelines.planning.hardware import this_machine_cpus
 from pipelines.planning.records import Distribution, TokenPlan
 from pipelines.spec import JobSpec
 
@@ -73,11 +74,9 @@ def tokenize_batch(context: TaskContext, spec: JobSpec, batch: pa.Table) -> Batc
     task = context.task
     features = encode_rows(task, spec, batch, rows)
     lengths = features.lengths if len(features) else np.zeros(0, np.int64)
-    plan = (
-        micro_batches(task, lengths, spec.batching, spec.batching.max_tokens, spec.actor_device())
-        if len(lengths)
-        else []
-    )
+    device = spec.actor_device()
+    lanes = spec.lanes(device, spec.compute.torch_threads(this_machine_cpus()))  # as on this machine's cores
+    plan = micro_batches(task, lengths, spec.batching, spec.batching.max_tokens, device, lanes) if len(lengths) else []
     reasons = [r for r in errors.to_pylist() if r is not None]
     # As the predictor flags them: rows the task refused, then (errors.too_long: error) rows cut at max_length.
     reasons += list(features.errors.values())

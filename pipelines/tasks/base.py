@@ -97,9 +97,6 @@ class Task(ABC):
     #: The name of the ``transformers`` Auto class that loads the model, e.g. ``AutoModelForMaskedLM``.
     model_class: ClassVar[str]
     padding_side: Literal["right", "left"] = "right"  # a task may choose per instance, in ``setup``
-    #: ``forward`` reads only its inputs and what ``setup`` prepared, so the predictor may run several micro-batches
-    #: at once, each in its own thread (``compute.cpu_lanes``). Tasks that decode token by token keep it off.
-    independent_forwards: ClassVar[bool] = False
     options: Any  # the task's own options class (``options_model``)
 
     def __init__(self, options: TaskOptions, tokenizer: Any, config: Any, max_length: int, seed: int = 0) -> None:

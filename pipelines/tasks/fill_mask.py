@@ -10,6 +10,7 @@ still over the whole vocabulary, but only the targets' tokens are ranked.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,6 @@ class FillMask(Task):
     name = "fill-mask"
     options_model = FillMaskOptions
     model_class = "AutoModelForMaskedLM"
-    independent_forwards = True
     options: FillMaskOptions
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -120,12 +120,17 @@ def mask_logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor], masked:
     The vocabulary projection (the model's output embeddings) is applied to the
     masked positions only, through a pre-hook that selects them; for a model whose
     head does not go through that module, the full logits are computed and indexed.
+    The hook acts only on the forward of the thread that set it: with lanes
+    (``compute.cpu_lanes``) other forwards of the same model run at once, each with
+    its own hook on the one output layer, and a micro-batch of the same shape must
+    not have its masks picked by another's.
     """
     head = model.get_output_embeddings()
+    caller = threading.get_ident()
 
     def select(module: torch.nn.Module, args: tuple) -> tuple | None:
         hidden = args[0]
-        if hidden.dim() == 3 and hidden.shape[:2] == masked.shape:
+        if threading.get_ident() == caller and hidden.dim() == 3 and hidden.shape[:2] == masked.shape:
             return (hidden[masked], *args[1:])
         return None
 

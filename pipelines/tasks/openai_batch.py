@@ -326,7 +326,6 @@ class Embeddings(Task):
     name = "feature-extraction"
     options_model = FeatureExtractionOptions
     model_class = "AutoModel"
-    independent_forwards = True
     options: FeatureExtractionOptions
 
     def encode(self, texts: list[str], columns: dict[str, list[Any]]) -> Features:

@@ -20,6 +20,9 @@ class TaskOptions(BaseModel):
     """Base of each task's options; ``type`` names the task in the job spec."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    #: The task's ``forward`` reads only its inputs and what ``setup`` prepared, so several micro-batches may run at
+    #: once, each in its own thread (``compute.cpu_lanes``). Tasks that decode token by token leave it off.
+    independent_forwards: ClassVar[bool] = False
     type: str
 
     def output_names(self) -> list[str]:
@@ -138,6 +141,7 @@ class GenerationOptions(TaskOptions):
 
 
 class FeatureExtractionOptions(TaskOptions):
+    independent_forwards = True
     type: Literal["feature-extraction"]
     pooling: Literal["mean", "cls", "last"] = "mean"
     normalize: bool = True
@@ -147,12 +151,14 @@ class FeatureExtractionOptions(TaskOptions):
 
 
 class TextClassificationOptions(LabelOptions):
+    independent_forwards = True
     type: Literal["text-classification"]
     return_all_scores: bool = False
     function: Literal["auto", "softmax", "sigmoid", "none"] = "auto"
 
 
 class ZeroShotOptions(LabelOptions):
+    independent_forwards = True
     type: Literal["zero-shot-classification"]
     candidate_labels: list[str] = Field(min_length=1)
     hypothesis_template: str = "This example is {}."
@@ -227,6 +233,7 @@ class TranslationOptions(Seq2SeqOptions):
 
 
 class QuestionAnsweringOptions(TaskOptions):
+    independent_forwards = True
     type: Literal["question-answering"]
     question_column: str = Field(default="question", description="The column holding each row's question.")
     context_column: str = Field(default="context", description="The column holding the text to answer from.")
@@ -247,6 +254,7 @@ class QuestionAnsweringOptions(TaskOptions):
 
 
 class TokenClassificationOptions(TaskOptions):
+    independent_forwards = True
     type: Literal["token-classification"]
     aggregation_strategy: Literal["none", "simple", "first", "average", "max"] = Field(
         default="simple", description="How token labels become entities (see the Transformers pipeline)."
@@ -263,6 +271,7 @@ class TokenClassificationOptions(TaskOptions):
 
 
 class FillMaskOptions(TaskOptions):
+    independent_forwards = True
     type: Literal["fill-mask"]
     top_k: int = Field(default=5, gt=0, description="Candidates per mask token.")
     mask_placeholder: str | None = Field(

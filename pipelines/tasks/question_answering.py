@@ -74,7 +74,6 @@ class QuestionAnswering(Task):
     name = "question-answering"
     options_model = QuestionAnsweringOptions
     model_class = "AutoModelForQuestionAnswering"
-    independent_forwards = True
     options: QuestionAnsweringOptions
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -15,7 +15,6 @@ class TextClassification(LabelTask):
     name = "text-classification"
     options_model = TextClassificationOptions
     model_class = "AutoModelForSequenceClassification"
-    independent_forwards = True
     options: TextClassificationOptions
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

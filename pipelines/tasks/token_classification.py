@@ -69,7 +69,6 @@ class TokenClassification(Task):
     name = "token-classification"
     options_model = TokenClassificationOptions
     model_class = "AutoModelForTokenClassification"
-    independent_forwards = True
     options: TokenClassificationOptions
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -122,7 +122,6 @@ class ZeroShotClassification(LabelTask):
     name = "zero-shot-classification"
     options_model = ZeroShotOptions
     model_class = "AutoModel"
-    independent_forwards = True
     options: ZeroShotOptions
 
     @classmethod
