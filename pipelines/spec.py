@@ -246,8 +246,11 @@ class JobSpec(Strict):
         threads: on a CPU, one per thread, each forward on one thread, for a task whose forwards are independent
         (``compute.cpu_lanes``); else 1. On 2 cores two lanes ran 1.14-1.27x one forward at a time on both threads
         alone, and kept more of it beside Ray's processes: a lane held off its core stops only itself, where a
-        forward on two threads waits for the held-off one at every step."""
+        forward on two threads waits for the held-off one at every step. Not for bitsandbytes layers, whose
+        forward updates state held on the layer."""
         if device.split(":")[0] != "cpu" or not self.compute.cpu_lanes or not self.task.independent_forwards:
+            return 1
+        if self.model.quantization in ("int8", "nf4", "fp4"):
             return 1
         return max(1, threads)
 

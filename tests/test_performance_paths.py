@@ -352,8 +352,15 @@ def rounded(value):
     [
         ("encoder", {"type": "feature-extraction"}, SENTENCES * 6, "embedding"),
         ("mlm", {"type": "fill-mask", "mask_placeholder": "<mask>", "top_k": 2}, MASKED, "predictions"),
+        (
+            "causal",
+            {"type": "llm-label", "candidate_labels": ["good", "bad", "not sure at all"], "return_all_scores": True,
+             "prompt_template": "Review: {text}\nSentiment:"},
+            SENTENCES * 6,
+            "scores",
+        ),
     ],
-    ids=["feature-extraction", "fill-mask"],
+    ids=["feature-extraction", "fill-mask", "llm-label"],
 )
 def test_an_encoder_on_a_cpu_runs_its_micro_batches_in_lanes_with_the_same_results(
     tiny_models, kind, task, rows, column
@@ -405,6 +412,8 @@ def test_lanes_only_where_forwards_are_independent_and_on_a_cpu(tiny_models):
     assert encoder.lanes("cuda", 4) == encoder.lanes("cuda:1", 4) == 1  # the forward runs on the GPU
     off = make_spec(tiny_models("encoder"), {"type": "feature-extraction"}, compute={"cpu_lanes": False})
     assert off.lanes("cpu", 4) == 1
+    bitsandbytes = encoder.model_copy(update={"model": encoder.model.model_copy(update={"quantization": "int8"})})
+    assert bitsandbytes.lanes("cpu", 4) == 1  # its layers update their own state in the forward
     generation = make_spec(tiny_models("causal"), {"type": "text-generation", "max_new_tokens": 2})
     assert Predictor(generation).lanes == 1  # decoding keeps one forward at a time
 

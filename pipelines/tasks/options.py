@@ -21,7 +21,7 @@ class TaskOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
     #: The task's ``forward`` reads only its inputs and what ``setup`` prepared, so several micro-batches may run at
-    #: once, each in its own thread (``compute.cpu_lanes``). Tasks that decode token by token leave it off.
+    #: once, each in its own thread (``compute.cpu_lanes``). The generation tasks leave it off (not measured yet).
     independent_forwards: ClassVar[bool] = False
     type: str
 
@@ -181,6 +181,7 @@ class ZeroShotOptions(LabelOptions):
 
 
 class LLMLabelOptions(PromptOptions, LabelOptions):
+    independent_forwards = True  # each micro-batch starts its own rows from the shared prefix's cache
     type: Literal["llm-label"]
     candidate_labels: list[str] = Field(min_length=2, description="The labels, as the model should write them.")
     prompt_template: str = Field(
