@@ -80,7 +80,7 @@ class Fit(PlanRecord):
     dtype: str
     memory_bytes: int | None  # of the GPU (cuda) or the machine's available memory (cpu); None: unknown
     weights_bytes: int
-    activations_bytes: int  # estimate for the largest micro-batch under max_tokens / max_rows
+    activations_bytes: int  # the largest micro-batch under max_tokens / max_rows, times the actor's lanes
     overhead_bytes: int  # per actor process (cpu) or CUDA context (cuda): an assumption, see `basis`
     per_actor_bytes: int
     by_memory: int | None

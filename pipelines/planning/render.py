@@ -119,7 +119,8 @@ def _model(plan: Plan) -> list[str]:
     rows = [_fit_row(f) for f in model.fits]
     headers = ["WHERE", "DEVICE", "DTYPE", "MEMORY", "WEIGHTS", "ACTIVATIONS*", "PER ACTOR", "FIT BY MEMORY",
                "BY RESOURCES", "ACTORS"]
-    note = (f"  * estimate for the largest micro-batch; per actor also {PROCESS_OVERHEAD >> 20} MiB of process "
+    note = (f"  * estimate for the largest micro-batch, times those an actor runs at once (its lanes on a CPU); "
+            f"per actor also {PROCESS_OVERHEAD >> 20} MiB of process "
             f"(CPU) or {CUDA_CONTEXT >> 20} MiB of CUDA context (GPU), assumed")
     bases = [f"  {f.target}: {f.basis}" for f in model.fits]
     return [head, *table(headers, rows, right={3, 4, 5, 6, 7, 8, 9}), note, *bases]
