@@ -213,7 +213,7 @@ def _decision_path(spec: JobSpec, bar: float) -> Path:
         "max_length": spec.batching.max_length,
         "device": [spec.model.device, spec.compute.gpus_per_actor > 0, spec.compute.accelerator_type, _cpu_bf16()],
         "cpu_matmul": spec.compute.cpu_matmul,  # the candidates' speeds depend on it
-        "cpu_lanes": spec.compute.cpu_lanes,  # and on this
+        "cpu_lanes": spec.compute.cpu_lanes if spec.actor_device() == "cpu" else None,  # and on this, on a CPU
         "bar": bar,
         "candidates": CANDIDATES_VERSION,
     }

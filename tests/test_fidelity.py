@@ -240,3 +240,15 @@ def test_quantization_auto_decides_again_for_another_cpu_matmul_not_for_other_ba
     assert _decision_path(spec, 0.99) == first
     spec.compute.cpu_matmul = "torch"  # another kernel: another ranking of the candidates' speeds
     assert _decision_path(spec, 0.99) != first
+
+
+def test_quantization_auto_decides_again_for_other_lanes_on_a_cpu_only(tmp_path):
+    spec = make_spec("minilm", {"type": "feature-extraction"})
+    spec.model.cache_dir = str(tmp_path)
+    first = _decision_path(spec, 0.99)
+    spec.compute.cpu_lanes = False  # another way of running the forwards on a CPU: another ranking of speeds
+    assert _decision_path(spec, 0.99) != first
+    spec.model.device = "cuda"  # on a GPU the lanes don't apply: the same decision either way
+    on_gpu = _decision_path(spec, 0.99)
+    spec.compute.cpu_lanes = True
+    assert _decision_path(spec, 0.99) == on_gpu
