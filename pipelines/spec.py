@@ -104,6 +104,12 @@ class ComputeSpec(Strict):
         description="Models on a CPU with several torch threads, for tasks whose forwards are independent (encoders): "
         "run that many micro-batches at once, one thread each; false: one micro-batch at a time on all the threads.",
     )
+    calls_per_actor: int | None = Field(
+        default=None, gt=0, le=8,
+        description="Batches an actor takes at once: while the model runs one batch's forwards (one batch at a time), "
+        "the next is tokenized and the last postprocessed and staged on threads of their own. Default: 2 on a GPU, "
+        "1 on a CPU, where the forwards already keep every core busy.",
+    )
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> ComputeSpec:
@@ -253,6 +259,14 @@ class JobSpec(Strict):
         if self.model.quantization in ("int8", "nf4", "fp4"):
             return 1
         return max(1, threads)
+
+    def calls_per_actor(self) -> int:
+        """How many batches an actor takes at once (``compute.calls_per_actor``; default 2 on a GPU, where the host's
+        work on one batch then runs while the GPU computes another's, and 1 on a CPU: there the forwards keep the
+        cores busy, and tokenizing beside them measured no gain on 2 cores)."""
+        if self.compute.calls_per_actor:
+            return self.compute.calls_per_actor
+        return 2 if self.actor_device().split(":")[0] == "cuda" else 1
 
     def fingerprint(self) -> str:
         """A hash of every setting that changes results: what is read, the model, the task, ``max_length``,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -300,35 +301,106 @@ def test_an_output_started_at_dynamic_int8_is_not_resumed_on_a_gpu(tmp_path):
     assert (kept.model.quantization, kept.model.dtype) == ("none", "bfloat16")
 
 
-def test_the_pools_actor_loads_and_runs_its_model_on_one_thread(tiny_models, tmp_path, monkeypatch):
-    """Ray Data builds the actor on one thread and calls it on another (its single-threaded wrapper, used
-    here as Ray Data uses it); the model's load and its calls must still share one thread, or torch's
-    OpenMP runs two teams of threads on the same cores and every parallel region waits for a wake-up."""
-    from ray.data._internal.execution.util import make_callable_class_single_threaded
-
-    threads: dict[str, set[int]] = {"load": set(), "call": set()}
+def test_the_pools_actor_tokenizes_the_next_batch_while_its_model_thread_runs_the_forwards(
+    tiny_models, tmp_path, monkeypatch
+):
+    """Ray Data builds the actor on one thread and calls it on others, with up to ``calls_per_actor`` batches at
+    once (two here). The model's load and every batch's forwards share one thread (else torch's OpenMP runs a second team
+    of threads on the same cores); the next batch is tokenized on its caller's thread while they run: the first
+    batch's forwards wait here until the second batch is tokenized, which never happens where tokenizing
+    shares the model's thread."""
+    threads: dict[str, set[int]] = {"load": set(), "infer": set(), "encode": set()}
+    encoded, both_encoded, waited = [], threading.Event(), []
 
     class Recorded(Predictor):
         def __init__(self, spec):
             threads["load"].add(threading.get_ident())
             super().__init__(spec)
 
-        def __call__(self, batch):
-            threads["call"].add(threading.get_ident())
-            return super().__call__(batch)
+        def _encode(self, batch, rows):
+            features = super()._encode(batch, rows)
+            threads["encode"].add(threading.get_ident())
+            encoded.append(len(rows))
+            if len(encoded) == 2:
+                both_encoded.set()
+            return features
+
+        def infer(self, pending):
+            threads["infer"].add(threading.get_ident())
+            if not waited:
+                waited.append(both_encoded.wait(timeout=120))  # a guard against a hang, not a timing
+            return super().infer(pending)
 
     monkeypatch.setattr(predictor_module, "Predictor", Recorded)
-    write_jsonl(tmp_path / "in" / "a.jsonl", lengths_rows(20))
+    write_jsonl(tmp_path / "in" / "a.jsonl", lengths_rows(40))
     spec = make_spec(tiny_models("classifier"), {"type": "text-classification"}, tmp_path / "out")
     shards = list_shards([str(tmp_path / "in")])
-    actor = make_callable_class_single_threaded(PredictAndStage)(
-        spec.model_dump(mode="json"), staging_config(spec, shards)
-    )
-    blocks = read_shard(shards[0], Columns(text="text", id="id"))
-    reports = [report for block in blocks for report in StagingReport.from_table(actor(block))]
-    assert sum(report.rows for report in reports) == 20
-    assert len(threads["load"]) == 1 and threads["call"] == threads["load"]
+    actor = PredictAndStage(spec.model_dump(mode="json"), staging_config(spec, shards))
+    [block] = list(read_shard(shards[0], Columns(text="text", id="id")))
+    halves = [block.slice(0, 20), block.slice(20)]
+    with ThreadPoolExecutor(2) as callers:
+        staged = list(callers.map(actor, halves))
+    reports = [report for table in staged for report in StagingReport.from_table(table)]
+    assert sum(report.rows for report in reports) == 40
+    assert waited == [True], "the second batch was not tokenized while the first one's forwards ran"
+    assert len(threads["load"]) == 1 and threads["infer"] == threads["load"]
     assert threading.get_ident() not in threads["load"]  # neither Ray Data's thread nor the caller's
+    assert not threads["encode"] & threads["load"] and len(threads["encode"]) == 2  # each on its caller's
+
+
+def test_a_job_whose_actor_takes_two_batches_at_once_writes_each_row_once_with_the_same_predictions(
+    ray_session, tiny_models, tmp_path
+):
+    """``compute.calls_per_actor: 2`` (a GPU's default) through real Ray Data on this CPU: calls of 8 rows
+    overlap in the actor, finish in any order, and every shard still holds each of its rows once, in input
+    order, predicted as one call at a time predicts them."""
+    rows = lengths_rows(90)
+    for i in range(3):
+        write_jsonl(tmp_path / "in" / f"{i}.jsonl", rows[i * 30 : (i + 1) * 30])
+    written = {}
+    for calls in (1, 2):
+        spec = make_spec(tiny_models("classifier"), {"type": "text-classification"}, tmp_path / f"out{calls}",
+                         batching={"batch_size": 8}, compute={"calls_per_actor": calls})
+        spec.input.paths = [str(tmp_path / "in")]
+        assert spec.calls_per_actor() == calls
+        run_job(spec)
+        parts = (tmp_path / f"out{calls}").glob("part-*.parquet")
+        written[calls] = {part.name: pq.read_table(part).select(["id", "label", "score"]).to_pylist() for part in parts}
+    shards = sorted([r["id"] for r in rows[i * 30 : (i + 1) * 30]] for i in range(3))
+    assert sorted([row["id"] for row in part] for part in written[2].values()) == shards
+    assert written[2].keys() == written[1].keys()
+    for name, part in written[2].items():
+        alone = written[1][name]
+        assert [r["label"] for r in part] == [r["label"] for r in alone]
+        assert [r["score"] for r in part] == pytest.approx([r["score"] for r in alone], abs=1e-6)
+
+
+def test_a_task_that_decodes_in_its_forward_holds_the_tokenizer_through_it(tiny_models):
+    """Generation decodes in its forward (stop strings); a tokenizer serves one thread at a time, so no other
+    batch may be tokenized meanwhile. An encoder's forward leaves the tokenizer free."""
+    free: dict[str, bool] = {}
+
+    def probe(predictor, name):
+        def forward(features, index):
+            def try_it():  # from another thread: the lock is re-entrant for the one that holds it
+                free[name] = predictor.tokenizer_lock.acquire(blocking=False)
+                if free[name]:
+                    predictor.tokenizer_lock.release()
+
+            other = threading.Thread(target=try_it)
+            other.start()
+            other.join()
+            return original(features, index)
+
+        original = predictor._forward
+        predictor._forward = forward
+
+    generation = Predictor(make_spec(tiny_models("causal"), {"type": "text-generation", "max_new_tokens": 2}, "/x"))
+    classifier = Predictor(make_spec(tiny_models("classifier"), {"type": "text-classification"}, "/x"))
+    for name, predictor in (("generation", generation), ("classifier", classifier)):
+        probe(predictor, name)
+        predictor(batch_of(SENTENCES[:3]))
+    assert free == {"generation": False, "classifier": True}
 
 
 #: Two texts of one length with their masks in other places, each filling micro-batches of 4 rows of its own:

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,8 +36,28 @@ from pipelines.tasks.base import ROW_ID, Features, Outputs, Task
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class Pending:
+    """One call's batch between the predictor's stages: its rows to predict (indices into ``batch``), their
+    errors so far and features (``prepare``), then the forwards' outputs and each feature's padded length
+    (``infer``)."""
+
+    batch: pa.Table
+    rows: np.ndarray
+    errors: pa.Array
+    features: Features
+    outputs: Outputs | None = None
+    padded: np.ndarray | None = None
+
+
 class Predictor:
-    """Holds one task and one model; ``__call__`` maps an Arrow batch to the same rows with predictions."""
+    """Holds one task and one model; ``__call__`` maps an Arrow batch to the same rows with predictions.
+
+    A call is three stages: ``prepare`` (validate, tokenize), ``infer`` (the forwards) and ``finish``
+    (postprocess, assemble). A caller may run the host's stages of one batch on other threads while
+    ``infer`` runs another's on the model's thread (the pool's actor does), so that tokenizing is off
+    the model's path; the tokenizer is used by one thread at a time (``tokenizer_lock``).
+    """
 
     def __init__(self, spec: dict[str, Any] | JobSpec) -> None:
         self.spec = spec if isinstance(spec, JobSpec) else JobSpec.model_validate(spec)
@@ -63,30 +86,54 @@ class Predictor:
         self.max_tokens = self.spec.batching.max_tokens
         self.lanes = self.spec.lanes(self.loaded.device.type, self.threads)
         self._pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="forward") if self.lanes > 1 else None
+        #: A tokenizer serves one thread at a time: Transformers' fast tokenizers reconfigure their Rust tokenizer
+        #: (truncation, padding) inside a call, which fails ("Already borrowed") while another thread is in one.
+        self.tokenizer_lock = threading.RLock()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.finish(self.infer(self.prepare(batch)))
+
+    # the three stages of a call: the host's work before and after the model's --------------------------
+
+    def prepare(self, batch: pa.Table) -> Pending:
+        """The rows to predict, validated and tokenized. Any thread may run it while ``infer`` runs another batch."""
         faults.checkpoint("predict")
         valid, errors = self._validate(batch)
         rows = np.flatnonzero(valid)
-        while True:
+        with self.tokenizer_lock:
             features = self._encode(batch, rows)
-            outputs, padded, failed = self._run(features)
-            if not failed:
-                break
-            # Rows whose forward failed are quarantined; the others are run again without them,
-            # so a task's postprocess always sees complete rows.
-            lost = features.row[np.fromiter(failed, dtype=np.int64)]
-            reasons = list(failed.values())
-            errors = _flag_each(errors, rows[lost], reasons)
-            rows = np.setdiff1d(rows, rows[lost])
+        return Pending(batch, rows, errors, features)
+
+    def infer(self, pending: Pending) -> Pending:
+        """Every forward of a prepared batch: to be run on the thread that loaded the model, one batch at a time.
+
+        Rows whose forward failed are quarantined; the others are run again without them, so a task's
+        postprocess always sees complete rows."""
+        held = self.tokenizer_lock if self.task.tokenizer_in_forward else nullcontext()
+        with held:
+            while True:
+                pending.outputs, pending.padded, failed = self._run(pending.features)
+                if not failed:
+                    return pending
+                lost = pending.features.row[np.fromiter(failed, dtype=np.int64)]
+                pending.errors = _flag_each(pending.errors, pending.rows[lost], list(failed.values()))
+                pending.rows = np.setdiff1d(pending.rows, pending.rows[lost])
+                with self.tokenizer_lock:
+                    pending.features = self._encode(pending.batch, pending.rows)
+
+    def finish(self, pending: Pending) -> pa.Table:
+        """The batch with its predictions, from what ``infer`` returned. Any thread may run it meanwhile."""
+        features, rows, errors = pending.features, pending.rows, pending.errors
+        assert pending.outputs is not None and pending.padded is not None, "finish() takes what infer() returned"
         for reason, picked in _by_reason(features.errors).items():  # rows the task itself refused
             errors = _flag(errors, rows[picked], reason)
-        predictions = self.task.postprocess(outputs, features, len(rows)) if len(features) else {}
-        generated = self.task.new_tokens(outputs) if len(features) else None
+        with self.tokenizer_lock:
+            predictions = self.task.postprocess(pending.outputs, features, len(rows)) if len(features) else {}
+            generated = self.task.new_tokens(pending.outputs) if len(features) else None
         if features.truncated is not None and self.spec.errors.too_long == "error":
             reason = f"text longer than max_length ({self.loaded.max_length} tokens)"
             errors = _flag(errors, rows[features.truncated], reason)
-        return self._assemble(batch, rows, predictions, features, (padded, generated), errors)
+        return self._assemble(pending.batch, rows, predictions, features, (pending.padded, generated), errors)
 
     # steps ---------------------------------------------------------------------
 

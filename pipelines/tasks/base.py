@@ -97,6 +97,10 @@ class Task(ABC):
     #: The name of the ``transformers`` Auto class that loads the model, e.g. ``AutoModelForMaskedLM``.
     model_class: ClassVar[str]
     padding_side: Literal["right", "left"] = "right"  # a task may choose per instance, in ``setup``
+    #: Whether ``forward`` uses the tokenizer (generation decodes to find its stop strings): then no other
+    #: batch is tokenized while it runs, and tokenizing does not overlap the forwards. A task that never
+    #: touches the tokenizer in ``forward`` says False.
+    tokenizer_in_forward: ClassVar[bool] = True
     options: Any  # the task's own options class (``options_model``)
 
     def __init__(self, options: TaskOptions, tokenizer: Any, config: Any, max_length: int, seed: int = 0) -> None:

@@ -36,6 +36,7 @@ class FeatureExtraction(Task):
     name = "feature-extraction"
     options_model = FeatureExtractionOptions
     model_class = "AutoModel"
+    tokenizer_in_forward = False
     options: FeatureExtractionOptions
 
     def encode(self, texts: list[str], columns: dict[str, list[Any]]) -> Features:

@@ -32,6 +32,7 @@ class FillMask(Task):
     name = "fill-mask"
     options_model = FillMaskOptions
     model_class = "AutoModelForMaskedLM"
+    tokenizer_in_forward = False
     options: FillMaskOptions
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

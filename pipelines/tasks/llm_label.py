@@ -39,6 +39,7 @@ class LLMLabel(LabelTask):
     name = "llm-label"
     options_model = LLMLabelOptions
     model_class = "AutoModelForCausalLM"
+    tokenizer_in_forward = False
     # Padding: right with full recomputation (each label's tokens sit right after its own prompt, padding only
     # follows); left with a shared prefix, so that every row's prompt ends in the last column (set in ``setup``).
     options: LLMLabelOptions

@@ -326,6 +326,7 @@ class Embeddings(Task):
     name = "feature-extraction"
     options_model = FeatureExtractionOptions
     model_class = "AutoModel"
+    tokenizer_in_forward = False
     options: FeatureExtractionOptions
 
     def encode(self, texts: list[str], columns: dict[str, list[Any]]) -> Features:

@@ -74,6 +74,7 @@ class QuestionAnswering(Task):
     name = "question-answering"
     options_model = QuestionAnsweringOptions
     model_class = "AutoModelForQuestionAnswering"
+    tokenizer_in_forward = False
     options: QuestionAnsweringOptions
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

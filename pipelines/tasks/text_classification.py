@@ -15,6 +15,7 @@ class TextClassification(LabelTask):
     name = "text-classification"
     options_model = TextClassificationOptions
     model_class = "AutoModelForSequenceClassification"
+    tokenizer_in_forward = False
     options: TextClassificationOptions
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -69,6 +69,7 @@ class TokenClassification(Task):
     name = "token-classification"
     options_model = TokenClassificationOptions
     model_class = "AutoModelForTokenClassification"
+    tokenizer_in_forward = False
     options: TokenClassificationOptions
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

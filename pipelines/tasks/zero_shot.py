@@ -122,6 +122,7 @@ class ZeroShotClassification(LabelTask):
     name = "zero-shot-classification"
     options_model = ZeroShotOptions
     model_class = "AutoModel"
+    tokenizer_in_forward = False
     options: ZeroShotOptions
 
     @classmethod
