@@ -490,6 +490,22 @@ def test_lanes_only_where_forwards_are_independent_and_on_a_cpu(tiny_models):
     assert Predictor(generation).lanes == 1  # decoding keeps one forward at a time
 
 
+def test_a_call_of_fewer_micro_batches_than_lanes_runs_them_on_the_callers_thread_with_every_thread(tiny_models):
+    """One micro-batch would leave a lane idle: it runs on the thread that called, on all the actor's threads."""
+    predictor = Predictor(make_spec(tiny_models("encoder"), {"type": "feature-extraction"}))
+    assert predictor.lanes == 2
+    seen: list[tuple[str, int]] = []
+    original = predictor.loaded.model.forward
+
+    def forward(*args, **kwargs):
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        return original(*args, **kwargs)
+
+    predictor.loaded.model.forward = forward
+    predictor(batch_of([SENTENCES[0]] * 3))  # three rows of one length: one micro-batch
+    assert seen == [(threading.current_thread().name, 2)]
+
+
 def test_out_of_memory_in_a_lane_ends_the_lanes_and_every_row_is_predicted(tiny_models):
     """The lanes hold several micro-batches' activations at once: out of memory there runs the micro-batch again
     alone, and the actor goes on one forward at a time."""
