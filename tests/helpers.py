@@ -37,6 +37,30 @@ def make_spec(model: str, task: dict, out: str | Path = "unused", **sections) ->
     return spec_from_dict(raw)
 
 
+def torch_free_stages(predictor, batch: pa.Table) -> pa.Table:
+    """Run ``batch`` through the predictor's three stages as the pool's actor does; fail if ``prepare`` or ``finish``
+    (run on Ray's calling threads, beside the model's) calls torch: a torch op there could start a second OpenMP
+    team of threads on the actor's cores."""
+    from torch.overrides import TorchFunctionMode
+
+    class Recorded(TorchFunctionMode):  # torch's function modes are per thread: this one sees only its own
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: list[str] = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.calls.append(getattr(func, "__name__", str(func)))
+            return func(*args, **(kwargs or {}))
+
+    with Recorded() as before:
+        pending = predictor.prepare(batch)
+    pending = predictor.infer(pending)
+    with Recorded() as after:
+        table = predictor.finish(pending)
+    assert (before.calls, after.calls) == ([], []), "torch called outside the model's thread"
+    return table
+
+
 def batch_of(texts: list, ids: list | None = None) -> pa.Table:
     ids = ids or [f"r{i}" for i in range(len(texts))]
     return pa.table({"id": pa.array(ids, pa.string()), "text": pa.array(texts, pa.string())})

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import yaml
-from helpers import ROOT, make_spec, write_jsonl
+from helpers import ROOT, make_spec, torch_free_stages, write_jsonl
 from openai.types import CreateEmbeddingResponse, embedding_create_params
 from openai.types.chat import ChatCompletion, completion_create_params
 from openai.types.shared import ErrorObject
@@ -139,7 +139,7 @@ def chat_predictor(model: str) -> Predictor:
 
 
 def answers(predictor: Predictor, lines: list[dict]) -> dict[str, dict]:
-    out = predictor(rows_of(lines))
+    out = torch_free_stages(predictor, rows_of(lines))  # the sampling keys are made in the forward
     return {row["id"]: row for row in out.to_pylist()}
 
 

@@ -124,7 +124,8 @@ class Predictor:
     def finish(self, pending: Pending) -> pa.Table:
         """The batch with its predictions, from what ``infer`` returned. Any thread may run it meanwhile."""
         features, rows, errors = pending.features, pending.rows, pending.errors
-        assert pending.outputs is not None and pending.padded is not None, "finish() takes what infer() returned"
+        if pending.outputs is None or pending.padded is None:
+            raise ValueError("Predictor.finish takes a batch that Predictor.infer has run")
         for reason, picked in _by_reason(features.errors).items():  # rows the task itself refused
             errors = _flag(errors, rows[picked], reason)
         with self.tokenizer_lock:

@@ -221,7 +221,8 @@ class ChatCompletions(Task):
         return int(row_seeds(self.seed, [row_id])[0])
 
     def forward(self, model, inputs, extra):
-        return generate_rows(model, self.tokenizer, inputs, extra, self.stop_criteria.get)
+        keys = choice_keys(extra["seed"], extra["choice"])  # torch: on the model's thread, not in encode
+        return generate_rows(model, self.tokenizer, inputs, {**extra, "key": keys}, self.stop_criteria.get)
 
     def postprocess(self, outputs: Outputs, features: Features, n_rows: int) -> dict[str, pa.Array]:
         tokens = outputs.listed("tokens")
@@ -255,6 +256,15 @@ class ChatCompletions(Task):
         )
 
 
+def choice_keys(seeds: np.ndarray, choices: np.ndarray) -> np.ndarray:
+    """Each feature's sampling key: from its seed, in the noise stream of its choice index."""
+    keys = torch.zeros(len(seeds), dtype=torch.int64)
+    for choice in np.unique(choices).tolist():  # one noise stream per choice index
+        picked = np.flatnonzero(choices == choice)
+        keys[torch.from_numpy(picked)] = seed_keys(torch.from_numpy(np.ascontiguousarray(seeds[picked])), choice)
+    return keys.numpy()
+
+
 class _Choices:
     """Features of a batch of chat requests: one per choice, in (row, choice) order, with its settings."""
 
@@ -277,12 +287,8 @@ class _Choices:
         stops = np.empty(len(self.tokens), dtype=object)  # a tuple of stop strings per feature
         for i, group in enumerate(self.columns["stop"]):
             stops[i] = group
-        keys = torch.zeros(len(self.tokens), dtype=torch.int64)
-        for choice in np.unique(column["choice"]).tolist():  # one noise stream per choice index
-            picked = torch.from_numpy(np.flatnonzero(column["choice"] == choice))
-            keys[picked] = seed_keys(torch.tensor(column["seed"][picked.numpy()], dtype=torch.int64), choice)
         extra = {
-            "key": keys.numpy(),
+            "seed": column["seed"].astype(np.int64),  # the sampling keys are made from it in the forward
             "temperature": column["temperature"].astype(np.float64),
             "top_p": column["top_p"].astype(np.float64),
             "max_tokens": column["max_tokens"].astype(np.int64),
