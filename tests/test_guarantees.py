@@ -18,12 +18,12 @@ from helpers import SENTENCES, write_jsonl, write_parquet
 from test_faults import cli, many_shards, output_ids, write_job
 
 from pipelines.errors import PipelineError
-from pipelines.io.shards import Shard
+from pipelines.io.shards import Shard, list_shards
 from pipelines.output.commit import OutputDir
 from pipelines.output.lock import JobLock, LockHeld
 from pipelines.output.records import JobRecord, ModelRef
 from pipelines.output.staging import StagingReport
-from pipelines.runner import run_job
+from pipelines.runner import check_paths, run_job
 from pipelines.spec import spec_from_dict
 
 
@@ -99,6 +99,25 @@ def test_overwrite_never_deletes_what_this_project_did_not_write(ray_session, ti
     write_parquet(foreign, [{"x": 1}])
     run_job(spec, overwrite=True)
     assert foreign.exists()
+
+
+def test_a_symbolic_link_hides_neither_the_input_from_the_output_check_nor_the_output_from_the_listing(tmp_path):
+    """An output.path that is a link to the input folder is the input folder (refused: --overwrite there could
+    delete input files); an output folder reached through a link inside the input is not input (a listing
+    follows links: its part files would be scored again as new shards)."""
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": "a", "text": "x"}])
+    (tmp_path / "link").symlink_to(tmp_path / "in")
+    raw = {"input": {"paths": [str(tmp_path / "in")]}, "model": {"name": "m"},
+           "task": {"type": "text-classification"}, "output": {"path": str(tmp_path / "link")}}
+    with pytest.raises(PipelineError, match="is, or holds, the input"):
+        check_paths(spec_from_dict(raw))
+
+    write_jsonl(tmp_path / "out" / "part-00000.jsonl", [{"id": "b", "text": "y"}])
+    (tmp_path / "in" / "results").symlink_to(tmp_path / "out")
+    assert [s.name for s in list_shards([str(tmp_path / "in")], exclude=[str(tmp_path / "out")])] == ["a.jsonl"]
+    assert [s.name for s in list_shards([str(tmp_path / "link")], exclude=[str(tmp_path / "in" / "results")])] == [
+        "a.jsonl"
+    ]
 
 
 def test_overwrite_keeps_its_own_lock_and_names_that_only_start_like_ours(ray_session, tiny_models, tmp_path):

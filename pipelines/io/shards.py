@@ -149,15 +149,21 @@ def is_within(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder + "/")
 
 
+def real_path(fs: pafs.FileSystem, path: str) -> str:
+    """A local path with its symbolic links resolved (the folder it really is); a store's path as it is."""
+    return os.path.realpath(path) if isinstance(fs, pafs.LocalFileSystem) else path
+
+
 def list_shards(paths: list[str], wanted_format: str = "auto", exclude: Sequence[str] = ()) -> list[Shard]:
     """Every input shard under ``paths``, sorted and without duplicates; an error if there are none.
 
-    Files under an ``exclude`` location (the job's own output, when it lies inside an input folder)
-    are left out. Two different files with the same name (path under their input location) are an
-    error: they would be taken for one shard.
+    Files under an ``exclude`` location (the job's own output, when it lies inside an input folder,
+    or is reached through a symbolic link there: a listing follows links) are left out. Two different
+    files with the same name (path under their input location) are an error: they would be taken for
+    one shard.
     """
     shards: dict[str, Shard] = {}
-    skipped = [resolve(location) for location in exclude]
+    skipped = [(xfs, xpath, real_path(xfs, xpath)) for xfs, xpath in map(resolve, exclude)]
     for location in paths:
         root, files = _expand(location)
         fs = resolve(location)[0]
@@ -165,7 +171,10 @@ def list_shards(paths: list[str], wanted_format: str = "auto", exclude: Sequence
             kind = detect_format(info.path, wanted_format)
             if kind is None:
                 continue
-            if any(type(fs) is type(xfs) and is_within(info.path, xpath) for xfs, xpath in skipped):
+            if any(
+                type(fs) is type(xfs) and (is_within(info.path, xpath) or is_within(real_path(fs, info.path), xreal))
+                for xfs, xpath, xreal in skipped
+            ):
                 continue
             name = info.path[len(root) :].lstrip("/") if is_within(info.path, root) else info.base_name
             mtime = info.mtime_ns if info.mtime_ns is not None else None
