@@ -156,7 +156,7 @@ class PredictAndStage:
     second hop of every predicted block through the object store, and no write tasks competing with
     the actor's torch threads for the CPU.
 
-    All of the model's work (the load and every call) runs on one thread of the actor's own. Ray Data
+    All of the model's work (the load and every forward) runs on one thread of the actor's own. Ray Data
     builds the actor on one thread and calls it on another, and on a CPU each thread that starts torch's
     parallel regions gets its own OpenMP team: with more team threads than cores, OpenMP (GNU's, in
     torch's wheels) stops spin-waiting between regions, and each of the thousands of regions per second

@@ -96,9 +96,10 @@ def test_driver_killed_before_during_and_after_commits_resumes_exactly_once(tiny
     assert again.returncode == 0 and "up to date" in again.stdout
 
 
-def test_an_actor_killed_mid_run_still_gives_exact_counts(tiny_models, tmp_path):
+@pytest.mark.parametrize("calls", [1, 2], ids=["one-call", "two-calls-in-flight"])  # 2: a GPU actor's default
+def test_an_actor_killed_mid_run_still_gives_exact_counts(tiny_models, tmp_path, calls):
     ids = many_shards(tmp_path / "in", shards=4)
-    job = write_job(tmp_path, tiny_models("classifier"), tmp_path / "in")
+    job = write_job(tmp_path, tiny_models("classifier"), tmp_path / "in", compute={"calls_per_actor": calls})
     marker = tmp_path / "actor-killed"
     done = cli("run", str(job), env={"PIPELINES_CRASH_AT": "predict:2", "PIPELINES_CRASH_ONCE": str(marker)})
     assert marker.exists()  # an actor really died
