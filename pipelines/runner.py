@@ -26,6 +26,7 @@ from pipelines import faults, fidelity
 from pipelines.errors import PipelineError
 from pipelines.io import stores
 from pipelines.io.reader import (
+    NOT_FETCHED,
     Columns,
     content_digest,
     count_rows,
@@ -402,7 +403,8 @@ def same_content(shard: Shard, digest: str | None) -> bool:
 
 @dataclass
 class UnreadableShard:
-    """A shard that could not be read and was not committed (errors.unreadable_files: fail)."""
+    """A shard that could not be read and was not committed: its bytes could not be fetched (never committed), or
+    they don't parse and errors.unreadable_files is fail."""
 
     key: str
     record: Unreadable
@@ -453,7 +455,7 @@ def execute(
             reports = tally.reports.pop(report.shard)
             if report.unreadable:
                 found = _unreadable(output, shard, reports)
-                if spec.errors.unreadable_files == "fail":
+                if spec.errors.unreadable_files == "fail" or not fetched(found):
                     failed.append(UnreadableShard(shard.key, found))
                     continue
                 done[shard.key] = commit(shard, reports, unreadable=found)
@@ -506,8 +508,23 @@ def _unreadable(output: OutputDir, shard: Shard, reports: list[StagingReport]) -
     return Unreadable(uri=shard.uri, reason=reason, rows=rows, exact=exact)
 
 
+def fetched(found: Unreadable) -> bool:
+    """Whether the file's bytes were read (and don't parse), as opposed to not fetched at all (see NOT_FETCHED)."""
+    return not found.reason.startswith(NOT_FETCHED)
+
+
 def unreadable_violation(failed: list[Unreadable]) -> str | None:
-    """Why the job fails under errors.unreadable_files: fail; None when every file could be read."""
+    """Why the job fails with files it could not read and did not commit; None when there are none. Files whose
+    bytes could not be fetched come first: whatever errors.unreadable_files says, the next run reads them again."""
+    not_fetched = [found for found in failed if not fetched(found)]
+    if not_fetched:
+        first = not_fetched[0]
+        more = f" and {len(not_fetched) - 1} more" if len(not_fetched) > 1 else ""
+        return (
+            f"{len(not_fetched)} input file(s) could not be fetched: {first.uri} ({first.reason}){more}; nothing "
+            "of them is committed. Check that the file(s) exist and the store can be reached, then run again: "
+            "the next run reads them (committed shards are kept)"
+        )
     if not failed:
         return None
     first = failed[0]

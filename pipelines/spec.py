@@ -163,7 +163,8 @@ class ErrorPolicy(Strict):
     duplicate_ids: Literal["keep", "error"] = "keep"
     unreadable_files: Literal["fail", "quarantine"] = Field(
         default="fail",
-        description="An input file that can't be read fails the job (fail), or is quarantined whole (quarantine).",
+        description="An input file that can't be parsed fails the job (fail), or is quarantined whole (quarantine); "
+        "one whose bytes can't be fetched always fails the run, uncommitted, and is read again by the next.",
     )
 
 

@@ -66,6 +66,30 @@ def test_an_unreadable_file_fails_the_job_and_its_rows_are_counted(tiny_models, 
     assert "unreadable input file" in done.stdout
 
 
+def test_a_file_that_could_not_be_fetched_is_never_committed_even_under_quarantine(ray_session, tiny_models, tmp_path):
+    """Quarantine is for a file whose bytes don't parse. A file whose bytes could not be fetched (a storage or
+    network error; here, gone between the listing and its read) may read fine on the next run: committing it
+    would leave its rows out of every later run."""
+    ids = many_shards(tmp_path / "in", shards=3)
+    spec = spec_of(write_job(tmp_path, tiny_models("classifier"), tmp_path / "in"),
+                   errors={"unreadable_files": "quarantine", "max_rate": 1.0})
+    listed = list_shards(spec.input.paths, spec.input.format, exclude=[spec.output.path])
+    away = tmp_path / "away.jsonl"
+    Path(listed[1].path).rename(away)  # keeps its bytes and modification time: the same shard when it is back
+    with pytest.raises(PipelineError, match=r"could not be fetched: .*part-1\.jsonl.*run again") as failed:
+        run_job(spec, shards=listed)
+    assert "unreadable_files" not in str(failed.value)  # quarantine can't help: nothing is wrong with the file
+    out = tmp_path / "out"
+    assert sorted(output_ids(out)) == sorted(i for i in ids if not i.startswith("s1-"))
+    assert len(OutputDir(str(out)).commits()) == 2
+
+    away.rename(listed[1].path)
+    again = run_job(spec)
+    assert again.shards_this_run == 1 and not again.unreadable_files
+    got = output_ids(out)
+    assert sorted(got) == sorted(ids)  # every row, once
+
+
 def test_a_resubmission_from_another_directory_resumes_without_duplicates(ray_session, tiny_models, tmp_path):
     """`pipelines submit` runs the job in a new working directory each time: same shards, new paths and times."""
     ids = many_shards(tmp_path / "first" / "data", shards=4)

@@ -27,6 +27,10 @@ from pipelines.io.block import DIGEST, ERROR, ROW, SHARD, SHARD_ROWS
 from pipelines.io.shards import Shard
 
 BLOCK_ROWS = 1024
+#: How the reason of a file starts when its bytes could not be fetched (a storage or network error that the store's
+#: client did not get past with its own retries, or a file gone since it was listed), as opposed to bytes that don't
+#: parse. Such a file may read on the next run, so it is never committed, whatever ``errors.unreadable_files`` says.
+NOT_FETCHED = "could not fetch"
 #: Small shards are read a few at a time and their rows sorted by length together (:func:`read_group`): the
 #: wider the sort, the closer in length the rows of an actor batch, the fewer and fuller its micro-batches.
 #: On AG News + SST-2 shards of ~530 rows (137 KB), sorting 4 shards together took the forward from 7% over
@@ -96,13 +100,16 @@ def read_group(shards: Sequence[Shard], columns: Columns, block_rows: int = BLOC
 
 
 def _read_one(shard: Shard, columns: Columns) -> tuple[pa.Table, bool]:
-    """The shard's rows normalised to the job's columns, or (False) the one record of a file that can't be read."""
-    digest = ""
+    """The shard's rows normalised to the job's columns, or (False) the one record of a file that can't be read:
+    its bytes could not be fetched (reason :data:`NOT_FETCHED`...) or they don't parse (``unreadable``...)."""
     try:
         raw = read_bytes(shard)
-        digest = content_digest(raw)  # also of a file that won't parse: a copy of it is the same input
+    except Exception as exc:  # noqa: BLE001 - the run fails on it, whatever errors.unreadable_files says
+        return unreadable(shard, columns, f"{NOT_FETCHED} {shard.format} file: {_short(exc)}"), False
+    digest = content_digest(raw)  # also of a file that won't parse: a copy of it is the same input
+    try:
         table = _read_table(shard, raw, columns)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file becomes one quarantined record
+    except Exception as exc:  # noqa: BLE001 - any unparsable file becomes one quarantined record
         return unreadable(shard, columns, f"unreadable {shard.format} file: {_short(exc)}", digest), False
     return normalize(table, shard, columns, digest), True
 
