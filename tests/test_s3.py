@@ -297,8 +297,9 @@ def test_pipelines_lock_local_keeps_apart_the_runs_of_this_machine_and_says_so(s
     assert not isinstance(first, ObjectLock)
     assert "kept apart only on this machine" in caplog.text
     with first:
-        with pytest.raises(LockHeld):
-            output_lock(location, "_run.lock", "the output").acquire()
+        for same in (location, f"{location}/", f"s3://{OUT}/local%2Dlock"):  # one output, however it is written
+            with pytest.raises(LockHeld):
+                output_lock(same, "_run.lock", "the output").acquire()
         other_output = output_lock(f"s3://{OUT}/another", "_run.lock", "the output")
         other_output.acquire().release()  # a lock per output location, not one for the bucket
     assert [p.suffix for p in (tmp_path / "locks").iterdir()] == [".lock", ".lock"]

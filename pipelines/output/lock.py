@@ -134,5 +134,6 @@ def output_lock(location: str, name: str, what: str) -> JobLock | ObjectLock:
     folder = Path(os.environ.get("PIPELINES_LOCK_DIR", Path.home() / ".cache" / "pipelines" / "locks"))
     log.warning("output.path %s: runs are kept apart only on this machine (lock in %s); run one driver per "
                 "output at a time", location, folder)
-    digest = hashlib.sha1(f"{location}\0{name}".encode()).hexdigest()[:16]
+    # named after the place, not the string: s3://b/out, s3://b/out/ and s3://b/o%75t are one output
+    digest = hashlib.sha1(f"{fs.type_name}://{root.rstrip('/')}\0{name}".encode()).hexdigest()[:16]
     return JobLock(folder / f"{digest}.lock", what)
