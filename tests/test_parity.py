@@ -452,8 +452,9 @@ def test_nli_hypothesis_that_leaves_no_room_for_the_text_is_an_error(models):
 
 
 def test_question_answering_lists_no_answer_the_model_ruled_out(models):
-    """Asked for more answers than a short context has spans, the 4.57 pipeline pads its list with spans of
-    score 0 (and text like "" from end-before-start spans); the project lists only spans of positive score."""
+    """Asked for more answers than a short context has spans, the 4.57 pipeline may pad its list with spans of
+    score 0 (and text like "" from end-before-start spans; which of them, if any, depends on how numpy orders
+    ties on the CPU at hand); the project lists only spans of positive score."""
     model_dir = models("qa")
     task = {**QA, "top_k": 20}
     question, context = "Who visited Genève?", "Obama visited Genève."
@@ -471,7 +472,7 @@ def test_question_answering_lists_no_answer_the_model_ruled_out(models):
         max_answer_len=6,
     )
     positive = [(a["answer"], a["start"], a["end"]) for a in expected if a["score"] > 0]
-    assert len(positive) < len(expected)  # the reference lists spans of score 0
+    assert len(positive) < task["top_k"]  # fewer spans of positive score than asked for
     assert [(a["answer"], a["start"], a["end"]) for a in got[0]["answers"]] == positive
     assert all(a["score"] > 0 for a in got[0]["answers"])
 
