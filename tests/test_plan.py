@@ -59,6 +59,18 @@ def test_plan_leaves_out_an_output_inside_the_input_folder(tiny_models, tmp_path
     assert ([s.uri.rsplit("/", 1)[-1] for s in plan.input.shards], plan.input.rows) == (["a.jsonl"], 5)
 
 
+def test_plan_says_what_a_run_does_with_a_file_it_cannot_read_under_the_specs_policy(tiny_models, tmp_path):
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": str(i), "text": SENTENCES[i % 4]} for i in range(5)])
+    (tmp_path / "in" / "e.parquet").write_bytes(b"PAR1 not really")
+    said = {}
+    for policy in ("fail", "quarantine"):
+        spec = make_spec(tiny_models("classifier"), {"type": "text-classification"}, tmp_path / "out",
+                         input={"paths": [str(tmp_path / "in")]}, errors={"unreadable_files": policy})
+        [said[policy]] = [line for line in build_plan(spec, "job", sample=100, cpus=2).problems if "e.parquet" in line]
+    assert "a run fails on it" in said["fail"] and "quarantines" not in said["fail"]
+    assert "a run quarantines it as one record" in said["quarantine"]
+
+
 def test_batches_are_formed_as_ray_data_forms_them():
     """Ray 2.60 splits each read task's output into k blocks (2 × CPUs blocks at least), bundles whole blocks
     up to batch_size rows and cuts each bundle into batches."""

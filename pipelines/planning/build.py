@@ -74,7 +74,12 @@ def problems(
     spec: JobSpec, inputs: InputPlan, tokens: TokenPlan, model: ModelPlan, cluster: Cluster | None
 ) -> list[str]:
     """What would go wrong or be quarantined in a run, one line each."""
-    found = [f"{c.uri}: {c.error} (a run quarantines it as one record)" for c in inputs.shards if c.error]
+    outcome = {
+        "fail": "a run fails on it and commits the other shards (errors.unreadable_files: fail)",
+        "quarantine": "a run quarantines it as one record (errors.unreadable_files: quarantine) where it was read and "
+        "does not parse, and fails on it where it could not be fetched",
+    }[spec.errors.unreadable_files]
+    found = [f"{c.uri}: {c.error} ({outcome})" for c in inputs.shards if c.error]
     where = "in the input" if tokens.covers_input else f"in the sample of {tokens.sample_rows:,} rows"
     for reason, count in tokens.quarantined.items():
         found.append(f"{count:,} row(s) {where} would be quarantined: {reason}")
