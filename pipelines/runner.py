@@ -503,9 +503,12 @@ def _unreadable(output: OutputDir, shard: Shard, reports: list[StagingReport]) -
         with output.fs.open_input_file(path) as handle:
             reasons = pq.read_table(handle, columns=["reason"]).column(0).to_pylist()
         reason = str(reasons[0]) if reasons else reason
-    rows, exact = count_rows(shard)
+    found = Unreadable(uri=shard.uri, reason=reason, rows=None, exact=False)
+    if fetched(found):  # a file that could not be fetched is not fetched again to count its rows
+        found.rows, found.exact = count_rows(shard)
+    rows = found.rows
     log.error("cannot read %s: %s (%s)", shard.uri, reason, f"{rows:,} rows" if rows is not None else "rows unknown")
-    return Unreadable(uri=shard.uri, reason=reason, rows=rows, exact=exact)
+    return found
 
 
 def fetched(found: Unreadable) -> bool:
@@ -516,25 +519,27 @@ def fetched(found: Unreadable) -> bool:
 def unreadable_violation(failed: list[Unreadable]) -> str | None:
     """Why the job fails with files it could not read and did not commit; None when there are none. Files whose
     bytes could not be fetched come first: whatever errors.unreadable_files says, the next run reads them again."""
+    said = []
     not_fetched = [found for found in failed if not fetched(found)]
     if not_fetched:
         first = not_fetched[0]
         more = f" and {len(not_fetched) - 1} more" if len(not_fetched) > 1 else ""
-        return (
+        said.append(
             f"{len(not_fetched)} input file(s) could not be fetched: {first.uri} ({first.reason}){more}; nothing "
-            "of them is committed. Check that the file(s) exist and the store can be reached, then run again: "
-            "the next run reads them (committed shards are kept)"
+            "of them is committed. Check that the file(s) exist and can be read (the store reached, the access "
+            "granted), then run again: the next run reads them (committed shards are kept)"
         )
-    if not failed:
-        return None
-    first = failed[0]
-    rows = f"{first.rows:,} rows" if first.rows is not None else "rows unknown"
-    more = f" and {len(failed) - 1} more" if len(failed) > 1 else ""
-    return (
-        f"{len(failed)} input file(s) could not be read: {first.uri} ({first.reason}; {rows}){more}; their rows "
-        "are in no output. Replace or remove the file(s) and run again (committed shards are kept), or set "
-        "errors.unreadable_files: quarantine to finish without them"
-    )
+    unparsed = [found for found in failed if fetched(found)]
+    if unparsed:
+        first = unparsed[0]
+        rows = f"{first.rows:,} rows" if first.rows is not None else "rows unknown"
+        more = f" and {len(unparsed) - 1} more" if len(unparsed) > 1 else ""
+        said.append(
+            f"{len(unparsed)} input file(s) could not be read: {first.uri} ({first.reason}; {rows}){more}; their "
+            "rows are in no output. Replace or remove the file(s) and run again (committed shards are kept), or set "
+            "errors.unreadable_files: quarantine to finish without them"
+        )
+    return ". ".join(said) or None
 
 
 def is_empty(shard: Shard, spec: JobSpec) -> bool:

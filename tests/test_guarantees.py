@@ -3,6 +3,7 @@ resume, safe --overwrite, one run at a time, nothing silently lost."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import shutil
@@ -18,12 +19,14 @@ from helpers import SENTENCES, write_jsonl, write_parquet
 from test_faults import cli, many_shards, output_ids, write_job
 
 from pipelines.errors import PipelineError
+from pipelines.io.block import ERROR
+from pipelines.io.reader import NOT_FETCHED, Columns, read_shard
 from pipelines.io.shards import Shard, list_shards
 from pipelines.output.commit import OutputDir
 from pipelines.output.lock import JobLock, LockHeld
-from pipelines.output.records import JobRecord, ModelRef
+from pipelines.output.records import JobRecord, ModelRef, Unreadable
 from pipelines.output.staging import StagingReport
-from pipelines.runner import check_paths, run_job
+from pipelines.runner import check_paths, run_job, unreadable_violation
 from pipelines.spec import spec_from_dict
 
 
@@ -88,6 +91,28 @@ def test_a_file_that_could_not_be_fetched_is_never_committed_even_under_quaranti
     assert again.shards_this_run == 1 and not again.unreadable_files
     got = output_ids(out)
     assert sorted(got) == sorted(ids)  # every row, once
+
+
+def test_the_reader_tells_a_file_it_could_not_fetch_from_one_whose_bytes_do_not_parse(tmp_path):
+    """Only the second may be quarantined: a gzip file cut short is read whole and fails to decompress."""
+    whole = gzip.compress(b"".join(json.dumps({"id": str(i), "text": "t"}).encode() + b"\n" for i in range(50)))
+    (tmp_path / "cut.jsonl.gz").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "gone.jsonl").write_text('{"id": "1", "text": "t"}\n')
+    shards = {Path(s.path).name: s for s in list_shards([str(tmp_path)])}
+    (tmp_path / "gone.jsonl").unlink()
+    columns = Columns(text="text", id="id")
+    reasons = {name: [b.column(ERROR)[0].as_py() for b in read_shard(shard, columns)] for name, shard in shards.items()}
+    assert [r.split(":")[0] for r in reasons["gone.jsonl"]] == [f"{NOT_FETCHED} jsonl file"]
+    assert [r.split(":")[0] for r in reasons["cut.jsonl.gz"]] == ["unreadable jsonl file"]
+
+
+def test_a_failed_run_names_both_a_file_it_could_not_fetch_and_one_that_does_not_parse():
+    said = unreadable_violation([
+        Unreadable(uri="data/a.jsonl", reason=f"{NOT_FETCHED} jsonl file: OSError: reset by peer"),
+        Unreadable(uri="data/b.parquet", reason="unreadable parquet file: bad footer", rows=3, exact=True),
+    ])
+    assert "1 input file(s) could not be fetched: data/a.jsonl" in said and "the next run reads them" in said
+    assert "1 input file(s) could not be read: data/b.parquet (unreadable parquet file: bad footer; 3 rows)" in said
 
 
 def test_a_resubmission_from_another_directory_resumes_without_duplicates(ray_session, tiny_models, tmp_path):
