@@ -65,3 +65,29 @@ def test_report_and_fidelity_driver_import_no_torch():
         "import pipelines.runner, pipelines.schedule.executor\n"
     )
     assert imported_heavy(code) == []
+
+
+def test_the_driver_loads_no_model_code_before_ray_starts(tmp_path):
+    """Everything a run does before it starts Ray (the spec, the listing, the model's files, the output's
+    checks) runs on the driver, in series with the start-up: importing torch there cost seconds per run."""
+    code = f"""
+import pipelines.cluster.connect as connect
+from pipelines.runner import run_job
+from pipelines.spec import load_spec
+
+class Stop(Exception):
+    pass
+
+def stop(address, spec):
+    raise Stop
+
+connect.connect = stop
+spec = load_spec("jobs/label_news.yaml", overrides=["output.path={tmp_path / "out"}"])
+try:
+    run_job(spec)
+except Stop:
+    pass
+else:
+    raise AssertionError("the run did not reach Ray's start")
+"""
+    assert imported_heavy(code) == []
