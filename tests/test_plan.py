@@ -62,13 +62,18 @@ def test_plan_leaves_out_an_output_inside_the_input_folder(tiny_models, tmp_path
 def test_plan_says_what_a_run_does_with_a_file_it_cannot_read_under_the_specs_policy(tiny_models, tmp_path):
     write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": str(i), "text": SENTENCES[i % 4]} for i in range(5)])
     (tmp_path / "in" / "e.parquet").write_bytes(b"PAR1 not really")
-    said = {}
+    said, quarantined = {}, {}
     for policy in ("fail", "quarantine"):
         spec = make_spec(tiny_models("classifier"), {"type": "text-classification"}, tmp_path / "out",
                          input={"paths": [str(tmp_path / "in")]}, errors={"unreadable_files": policy})
-        [said[policy]] = [line for line in build_plan(spec, "job", sample=100, cpus=2).problems if "e.parquet" in line]
+        plan = build_plan(spec, "job", sample=100, cpus=2)
+        [said[policy]] = [line for line in plan.problems if "e.parquet" in line]
+        quarantined[policy] = [line for line in plan.problems if "would be quarantined" in line]
     assert "a run fails on it" in said["fail"] and "quarantines" not in said["fail"]
     assert "a run quarantines it as one record" in said["quarantine"]
+    # the file's one record is quarantined only where the policy quarantines it; under fail no row is
+    assert quarantined["fail"] == []
+    assert quarantined["quarantine"] == ["1 row(s) in the input would be quarantined: unreadable parquet file"]
 
 
 def test_batches_are_formed_as_ray_data_forms_them():

@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from pipelines.io.block import ERROR
+from pipelines.io.block import ERROR, ROW
 from pipelines.output.staging import reason_counts
 from pipelines.planning.hardware import this_machine_cpus
 from pipelines.planning.records import Distribution, TokenPlan
@@ -69,6 +70,10 @@ class BatchTokens:
 def tokenize_batch(context: TaskContext, spec: JobSpec, batch: pa.Table) -> BatchTokens:
     from pipelines.inference.predictor import encode_rows, micro_batches, validate_rows
 
+    if spec.errors.unreadable_files == "fail" and ROW in batch.column_names:
+        # a file that can't be read comes as one record (row -1); under fail a run fails on the file instead of
+        # quarantining that record (the plan's problems say so), so it is no row of the run's
+        batch = batch.filter(pc.not_equal(batch.column(ROW), -1))
     valid, errors = validate_rows(batch, spec.input.text_column)
     rows = np.flatnonzero(valid)
     task = context.task
