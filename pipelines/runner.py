@@ -108,18 +108,16 @@ def output_files(spec: JobSpec) -> OutputFiles | None:
 def preflight(spec: JobSpec) -> None:
     """Problems that can be seen before any work starts: the model must have its config, weights and tokenizer.
 
-    A local model's files are checked without loading model code: the driver imports no torch for it (that
-    import took seconds, in series with the start-up, of every run).
+    The files are checked without model code: the driver imports no torch (that import took seconds, in
+    series with the start-up, of every run).
     """
     from pipelines.inference.aliases import resolve_name
-    from pipelines.inference.checks import check_model_files
+    from pipelines.inference.checks import check_hub_config, check_model_files
 
     resolved = resolve_name(spec.model)
     check_model_files(spec.model, resolved)
     if not Path(resolved).is_dir():  # a hub id: its config says whether it exists (a local one was read above)
-        from pipelines.inference.loading import load_config
-
-        load_config(spec.model)
+        check_hub_config(spec.model, resolved)
     log.info("model %s resolved to %s", spec.model.name, resolved)
 
 

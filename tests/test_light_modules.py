@@ -91,3 +91,31 @@ else:
     raise AssertionError("the run did not reach Ray's start")
 """
     assert imported_heavy(code) == []
+
+
+def test_the_driver_checks_a_hub_model_without_model_code(tmp_path):
+    """A Hugging Face id (here from an offline cache) is checked by its config.json alone, as a local directory
+    is: no torch or Transformers on the driver for it either."""
+    snapshot = tmp_path / "hub" / "models--org--tiny" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    for name, text in (("config.json", '{"model_type": "bert"}'), ("tokenizer.json", "{}"), ("model.safetensors", "")):
+        (snapshot / name).write_text(text)
+    code = f"""
+import os
+os.environ.update(HF_HUB_CACHE={str(tmp_path / "hub")!r}, HF_HUB_OFFLINE="1")
+from pipelines.errors import PipelineError
+from pipelines.runner import preflight
+from pipelines.spec import load_spec
+
+spec = load_spec("jobs/label_news.yaml", overrides=["model.name=org/tiny"])
+preflight(spec)
+try:
+    preflight(load_spec("jobs/label_news.yaml", overrides=["model.name=org/not-cached"]))
+except PipelineError as exc:
+    assert "model 'org/not-cached': cannot load its config" in str(exc), exc
+else:
+    raise AssertionError("a hub id that is not in the offline cache passed")
+"""
+    assert imported_heavy(code) == []

@@ -5,7 +5,8 @@ otherwise be found out by every actor of the pool, after the output has been cla
 ``from_pretrained`` needs are looked for: the config, the weights (one file, or a sharded index and every
 shard it names) and the tokenizer's files. A local directory (or an alias, which resolves to one) is
 checked on disk; a Hugging Face id only when the hub is offline and the id is in the local cache, since
-online the missing files are downloaded. No torch, no transformers.
+online the missing files are downloaded, and by its config.json (:func:`check_hub_config`) in either case.
+No torch, no transformers.
 """
 
 from __future__ import annotations
@@ -34,6 +35,27 @@ def check_model_files(spec: ModelSpec, resolved: str) -> None:
     snapshot = cached_snapshot(resolved, spec.revision)
     if snapshot is not None:
         check_model_directory(snapshot, spec.name, cached=True)
+
+
+def check_hub_config(spec: ModelSpec, repo_id: str) -> None:
+    """A hub id's ``config.json`` can be had (downloaded, or from the local cache when offline) and is a JSON
+    object: the id, the revision and the access are right. The files only, as for a local directory (which
+    model classes it names is found out where the model is loaded)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    from pipelines.inference.aliases import ALIASES
+
+    try:
+        config = json.loads(Path(hf_hub_download(repo_id, CONFIG, revision=spec.revision)).read_text())
+        if not isinstance(config, dict):
+            raise ValueError(f"its {CONFIG} holds no JSON object")
+    except (OSError, ValueError, EntryNotFoundError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PipelineError(
+            f"model {spec.name!r}: cannot load its config ({reason}); give a local model directory, "
+            f"a Hugging Face id reachable from here, or an alias: {', '.join(ALIASES)}"
+        ) from None
 
 
 def cached_snapshot(repo_id: str, revision: str | None) -> Path | None:
