@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import faults, fidelity
-from pipelines.errors import PipelineError
+from pipelines.errors import PipelineError, one_line_ray_errors
 from pipelines.io import stores
 from pipelines.io.reader import (
     NOT_FETCHED,
@@ -216,6 +216,7 @@ class Tally:
         return False
 
 
+@one_line_ray_errors
 def run_job(
     spec: JobSpec,
     *,

@@ -108,6 +108,28 @@ def test_a_model_directory_without_weights_is_one_line_and_writes_nothing(tiny_m
     assert fixed.returncode == 0, fixed.stderr[-3000:]
 
 
+@pytest.mark.parametrize("quantization", ["none", "auto"])  # none: the pool's actor loads it first; auto: a Ray task
+def test_a_model_that_cannot_be_loaded_on_ray_is_one_line(ray_session, tiny_models, tmp_path, quantization):
+    """Its files are all there (the driver's check passes), but Transformers can't build it: what the actor or the
+    task raised is the run's one-line error, not Ray's report of it with the remote traceback."""
+    import yaml
+    from test_faults import many_shards, write_job
+
+    from pipelines.runner import run_job
+    from pipelines.spec import spec_from_dict
+
+    model = copy_model(tiny_models("classifier"), tmp_path / "model")
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "model_type": "no-such-architecture"}))
+    many_shards(tmp_path / "in", shards=1)
+    job = write_job(tmp_path, str(model), tmp_path / "in", model={"quantization": quantization})
+    with pytest.raises(PipelineError) as info:
+        run_job(spec_from_dict(yaml.safe_load(job.read_text())))
+    message = str(info.value)
+    assert message.startswith(f"model '{model}': cannot load its config (") and "no-such-architecture" in message
+    assert "\n" not in message and "ray::" not in message, message
+
+
 def test_missing_tokenizer_files_or_weight_shards_are_named(tiny_models, tmp_path):
     from pipelines.inference.checks import check_model_files
 

@@ -17,7 +17,7 @@ from pipelines.cli import cluster as cli_cluster
 from pipelines.cli import plan as cli_plan
 from pipelines.cli import quality as cli_quality
 from pipelines.cli import schedule as cli_schedule
-from pipelines.errors import PipelineError
+from pipelines.errors import PipelineError, from_ray
 from pipelines.output.lock import LockHeld
 
 log = logging.getLogger("pipelines")
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"busy: {exc}", file=sys.stderr)
         return EXIT_BUSY
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {from_ray(exc) or exc}", file=sys.stderr)  # a task's error, not Ray's remote traceback
         return 2
     except KeyboardInterrupt:
         print("interrupted: committed shards are kept; run the same command again to resume", file=sys.stderr)
