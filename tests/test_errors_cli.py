@@ -130,6 +130,26 @@ def test_a_model_that_cannot_be_loaded_on_ray_is_one_line(ray_session, tiny_mode
     assert "\n" not in message and "ray::" not in message, message
 
 
+def test_an_actor_that_dies_loading_its_model_for_another_reason_is_named_on_one_line():
+    """Ray's own exceptions as an actor's failed constructor gives them (no cluster needed): what was raised,
+    its first line (an out-of-memory message goes on), and where the whole traceback is."""
+    from ray.exceptions import ActorDiedError, RayTaskError
+
+    from pipelines.errors import from_ray
+
+    remote = (
+        'Traceback (most recent call last):\n  File "/x/loading.py", line 91, in load_model\n    model.to(device)\n'
+        "    ^^^^^^^^\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB.\nGPU 0 has 22 GiB"
+    )
+    said = from_ray(ActorDiedError(RayTaskError("MapWorker.__init__", remote, RuntimeError("cuda"))))
+    assert str(said) == (
+        "an actor of the pool failed while it loaded the model: torch.OutOfMemoryError: CUDA out of memory. Tried to "
+        "allocate 20.00 MiB. (its traceback is in the log above); fix the model or the spec, then run again "
+        "(committed shards are kept)"
+    )
+    assert from_ray(ActorDiedError()) is None  # an actor that died later (killed, preempted): Ray's report stands
+
+
 def test_missing_tokenizer_files_or_weight_shards_are_named(tiny_models, tmp_path):
     from pipelines.inference.checks import check_model_files
 
