@@ -44,18 +44,23 @@ def check_hub_config(spec: ModelSpec, repo_id: str) -> None:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
-    from pipelines.inference.aliases import ALIASES
-
     try:
         config = json.loads(Path(hf_hub_download(repo_id, CONFIG, revision=spec.revision)).read_text())
         if not isinstance(config, dict):
             raise ValueError(f"its {CONFIG} holds no JSON object")
     except (OSError, ValueError, EntryNotFoundError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PipelineError(
-            f"model {spec.name!r}: cannot load its config ({reason}); give a local model directory, "
-            f"a Hugging Face id reachable from here, or an alias: {', '.join(ALIASES)}"
-        ) from None
+        raise config_error(spec, exc) from None
+
+
+def config_error(spec: ModelSpec, exc: BaseException) -> PipelineError:
+    """The one line for a model whose config can't be loaded: the reason, and what to give instead."""
+    from pipelines.inference.aliases import ALIASES
+
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return PipelineError(
+        f"model {spec.name!r}: cannot load its config ({reason}); give a local model directory, "
+        f"a Hugging Face id reachable from here, or an alias: {', '.join(ALIASES)}"
+    )
 
 
 def cached_snapshot(repo_id: str, revision: str | None) -> Path | None:

@@ -15,7 +15,8 @@ import transformers
 from transformers import AutoConfig, AutoTokenizer, BitsAndBytesConfig
 
 from pipelines.errors import PipelineError
-from pipelines.inference.aliases import ALIASES, resolve_name
+from pipelines.inference.aliases import resolve_name
+from pipelines.inference.checks import config_error
 from pipelines.inference.packed_linear import pack_linears
 from pipelines.spec import ModelSpec
 
@@ -57,14 +58,7 @@ def load_config(spec: ModelSpec) -> Any:
     try:
         return AutoConfig.from_pretrained(name, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise PipelineError(
-            f"model {spec.name!r}: cannot load its config ({_first_line(exc)}); give a local model directory, "
-            f"a Hugging Face id reachable from here, or an alias: {', '.join(ALIASES)}"
-        ) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise config_error(spec, exc) from None
 
 
 @dataclass
