@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
+
+#: Terminal colours Ray puts in the remote traceback's header.
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+#: How the pool's actor is named in Ray's report of it.
+POOL_ACTOR = "PredictAndStage"
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -27,26 +33,37 @@ def from_ray(exc: BaseException) -> PipelineError | None:
     from ray.exceptions import RayActorError, RayTaskError
 
     if isinstance(exc, RayTaskError):
-        return PipelineError(str(exc.cause)) if isinstance(exc.cause, PipelineError) else None
+        return exc.cause if isinstance(exc.cause, PipelineError) else None  # its own type (LockHeld stays busy)
     if not isinstance(exc, RayActorError) or not exc.actor_init_failed:
         return None
-    raised = _raised(exc.error_msg)
+    text = ANSI.sub("", exc.error_msg)
+    raised = _raised(text)
     ours = f"{PipelineError.__module__}.{PipelineError.__qualname__}: "
     if raised.startswith(ours):
         return PipelineError(raised[len(ours) :])
+    who = "the pool's actor failed while it loaded the model" if POOL_ACTOR in text else "an actor failed as it started"
     return PipelineError(
-        f"an actor of the pool failed while it loaded the model: {raised} (its traceback is in the log above); "
-        "fix the model or the spec, then run again (committed shards are kept)"
+        f"{who}: {raised} (the run's log has its traceback); fix the model or the spec, then run again "
+        "(committed shards are kept)"
     )
 
 
 def _raised(traceback_text: str) -> str:
-    """The first line of the exception a Python traceback ends with (what follows its last frame)."""
+    """The exception a Python traceback ends with (the first line after its last frame, not indented; with the
+    next line where the message starts there), or the last line where no frame is left (Ray hides its own)."""
     lines = traceback_text.splitlines()
     frames = [i for i, line in enumerate(lines) if line.startswith('  File "')]
-    after = lines[frames[-1] + 1 :] if frames else lines
-    said = [line.strip() for line in after if line.strip() and not line.startswith(" ")]
-    return said[0] if said else (lines[-1].strip() if lines else "no reason given")
+    if not frames:
+        said = [line.strip() for line in lines if line.strip() and not line.startswith(" ")]
+        return said[-1] if said else "no reason given"
+    after = lines[frames[-1] + 1 :]
+    for at, line in enumerate(after):
+        if line.strip() and not line.startswith(" "):
+            if not line.rstrip().endswith(":"):
+                return line.strip()
+            more = next((rest.strip() for rest in after[at + 1 :] if rest.strip()), "")
+            return f"{line.strip()} {more}".strip()
+    return "no reason given"
 
 
 def one_line_ray_errors(function: Callable[P, R]) -> Callable[P, R]:

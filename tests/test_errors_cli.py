@@ -131,23 +131,33 @@ def test_a_model_that_cannot_be_loaded_on_ray_is_one_line(ray_session, tiny_mode
 
 
 def test_an_actor_that_dies_loading_its_model_for_another_reason_is_named_on_one_line():
-    """Ray's own exceptions as an actor's failed constructor gives them (no cluster needed): what was raised,
-    its first line (an out-of-memory message goes on), and where the whole traceback is."""
+    """Ray's own exceptions as an actor's failed constructor gives them (no cluster needed): what was raised, its
+    first line (an out-of-memory message goes on; another starts on the next line), and where the traceback is."""
     from ray.exceptions import ActorDiedError, RayTaskError
 
     from pipelines.errors import from_ray
+    from pipelines.output.lock import LockHeld
 
-    remote = (
+    def died(remote: str, actor: str = "MapWorker(MapBatches(PredictAndStage))") -> ActorDiedError:
+        task = RayTaskError("__init__", remote, RuntimeError("remote"), proctitle=f"ray::{actor}.__init__()")
+        return ActorDiedError(task)
+
+    out_of_memory = (
         'Traceback (most recent call last):\n  File "/x/loading.py", line 91, in load_model\n    model.to(device)\n'
         "    ^^^^^^^^\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB.\nGPU 0 has 22 GiB"
     )
-    said = from_ray(ActorDiedError(RayTaskError("MapWorker.__init__", remote, RuntimeError("cuda"))))
-    assert str(said) == (
-        "an actor of the pool failed while it loaded the model: torch.OutOfMemoryError: CUDA out of memory. Tried to "
-        "allocate 20.00 MiB. (its traceback is in the log above); fix the model or the spec, then run again "
+    assert str(from_ray(died(out_of_memory))) == (
+        "the pool's actor failed while it loaded the model: torch.OutOfMemoryError: CUDA out of memory. Tried to "
+        "allocate 20.00 MiB. (the run's log has its traceback); fix the model or the spec, then run again "
         "(committed shards are kept)"
     )
+    next_line = 'Traceback (most recent call last):\n  File "/x/a.py", line 1, in f\n    g()\nValueError:\n  the reason'
+    assert str(from_ray(died(next_line, "_StatsActor"))).startswith(
+        "an actor failed as it started: ValueError: the reason ("
+    )
     assert from_ray(ActorDiedError()) is None  # an actor that died later (killed, preempted): Ray's report stands
+    busy = LockHeld("the output out is being written by another run")
+    assert from_ray(RayTaskError("f", "traceback", busy).as_instanceof_cause()) is busy  # its own kind, exit code too
 
 
 def test_missing_tokenizer_files_or_weight_shards_are_named(tiny_models, tmp_path):
@@ -196,6 +206,58 @@ def test_an_offline_hub_id_cached_without_weights_is_refused(monkeypatch, tmp_pa
     check_model_files(ModelSpec(name="org/other"), "org/other")  # not cached: loading the config tells
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     check_model_files(ModelSpec(name="org/tiny"), "org/tiny")  # online, the weights would be downloaded
+
+
+def test_a_hub_id_whose_config_cannot_be_had_is_refused_in_words(monkeypatch, tmp_path):
+    """What the Hub answers (its client's errors, raised here by a stand-in download: no network in tests) is
+    said in words, not as the client's first line ("401 Client Error."); the Hub out of reach with the config
+    cached passes, as loading the model would; a path to a file is named as one."""
+    import httpx2
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    from pipelines.inference.checks import check_hub_config
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    response = httpx2.Response(401, request=httpx2.Request("GET", "https://huggingface.co/org/tiny"))
+    answers = {
+        GatedRepoError: "the repository is gated: accept its terms on the Hub",
+        RepositoryNotFoundError: "no such directory here, and no such repository on the Hub (or it is private",
+        RevisionNotFoundError: "the repository has no revision 'v9'",
+        RemoteEntryNotFoundError: "the repository has no config.json",
+    }
+    for kind, said in answers.items():
+        def refuse(*args, kind=kind, **kwargs):
+            raise kind("401 Client Error. (Request ID: Root=1-abc)", response=response)
+
+        monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
+        with pytest.raises(PipelineError) as info:
+            check_hub_config(ModelSpec(name="org/tiny", revision="v9"), "org/tiny")
+        assert str(info.value).startswith(f"model 'org/tiny': cannot load its config ({said}"), str(info.value)
+        assert "Client Error" not in str(info.value)
+
+    def unreachable(*args, **kwargs):
+        raise httpx2.ProxyError("proxy refused the connection")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    with pytest.raises(PipelineError, match=r"cannot load its config \(proxy refused the connection\)"):
+        check_hub_config(ModelSpec(name="org/tiny"), "org/tiny")
+    snapshot = tmp_path / "hub" / "models--org--tiny" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    (snapshot / "config.json").write_text('{"model_type": "bert"}')
+    check_hub_config(ModelSpec(name="org/tiny"), "org/tiny")  # the Hub out of reach, the config cached: passes
+
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(PipelineError, match="model.safetensors is a file; give the directory that holds"):
+        check_hub_config(ModelSpec(name=str(tmp_path / "model.safetensors")), str(tmp_path / "model.safetensors"))
 
 
 def test_the_model_check_is_light():

@@ -38,29 +38,73 @@ def check_model_files(spec: ModelSpec, resolved: str) -> None:
 
 
 def check_hub_config(spec: ModelSpec, repo_id: str) -> None:
-    """A hub id's ``config.json`` can be had (downloaded, or from the local cache when offline) and is a JSON
-    object: the id, the revision and the access are right. The files only, as for a local directory (which
-    model classes it names is found out where the model is loaded)."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    """A hub id's ``config.json`` can be had (downloaded, or from the local cache) and is a JSON object: the id,
+    the revision and the access are right. The files only, as for a local directory (which model classes it
+    names is found out where the model is loaded)."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
+    if os.path.exists(repo_id):  # a path to a file (a directory was checked on disk)
+        raise config_error(spec, f"{repo_id} is a file; give the directory that holds the model's {CONFIG}")
     try:
-        config = json.loads(Path(hf_hub_download(repo_id, CONFIG, revision=spec.revision)).read_text())
-        if not isinstance(config, dict):
-            raise ValueError(f"its {CONFIG} holds no JSON object")
-    except (OSError, ValueError, EntryNotFoundError) as exc:
-        raise config_error(spec, exc) from None
+        found = hf_hub_download(repo_id, CONFIG, revision=spec.revision)
+    except Exception as exc:  # noqa: BLE001 - the hub client raises its own, httpx's and OS errors alike
+        try:  # the Hub could not be asked (a proxy, the network): a cached config still does, as it does to load
+            cached = try_to_load_from_cache(repo_id, CONFIG, revision=spec.revision)
+        except Exception:  # noqa: BLE001 - not a valid id: said by hub_reason
+            cached = None
+        if not isinstance(cached, str):
+            raise config_error(spec, hub_reason(exc, spec.revision)) from None
+        found = cached
+    try:
+        config = json.loads(Path(found).read_text())
+    except (OSError, ValueError) as exc:
+        raise config_error(spec, f"its {CONFIG} does not read as JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise config_error(spec, f"its {CONFIG} holds no JSON object")
 
 
-def config_error(spec: ModelSpec, exc: BaseException) -> PipelineError:
+def hub_reason(exc: BaseException, revision: str | None) -> str:
+    """Why a hub id's config could not be had, in words (the hub client's own first line is an HTTP status)."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    if isinstance(exc, GatedRepoError):
+        return "the repository is gated: accept its terms on the Hub, and give a token that may read it (HF_TOKEN)"
+    if isinstance(exc, RepositoryNotFoundError):
+        return ("no such directory here, and no such repository on the Hub (or it is private and no token here "
+                "may read it: HF_TOKEN)")
+    if isinstance(exc, RevisionNotFoundError):
+        return f"the repository has no revision {revision!r}"
+    if isinstance(exc, RemoteEntryNotFoundError):
+        return f"the repository has no {CONFIG}"
+    if isinstance(exc, LocalEntryNotFoundError):
+        if constants.HF_HUB_OFFLINE:
+            return "no such directory here, and it is not in the local Hugging Face cache (HF_HUB_OFFLINE is set)"
+        return "no such directory here, and the Hub could not be reached, nor is it in the local cache"
+    if isinstance(exc, ValueError):  # the hub client's validation: not an id at all
+        return f"no such directory here, and not a Hugging Face id ({_first_line(exc)})"
+    return _first_line(exc)
+
+
+def config_error(spec: ModelSpec, reason: BaseException | str) -> PipelineError:
     """The one line for a model whose config can't be loaded: the reason, and what to give instead."""
     from pipelines.inference.aliases import ALIASES
 
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    said = reason if isinstance(reason, str) else _first_line(reason)
     return PipelineError(
-        f"model {spec.name!r}: cannot load its config ({reason}); give a local model directory, "
+        f"model {spec.name!r}: cannot load its config ({said}); give a local model directory, "
         f"a Hugging Face id reachable from here, or an alias: {', '.join(ALIASES)}"
     )
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def cached_snapshot(repo_id: str, revision: str | None) -> Path | None:
