@@ -1,4 +1,5 @@
-"""Shared fixtures: one local Ray per test session, tiny models built once, offline Hugging Face."""
+"""Shared fixtures: one local Ray per test session (per worker under pytest-xdist), tiny models built once per
+session, offline Hugging Face."""
 
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-START_TIMEOUT_S = 90.0
+START_TIMEOUT_S = 180.0  # a guard against a hang: two test workers share the cores while a node starts
 STOP_TIMEOUT_S = 5.0  # then SIGKILL: a node that ran Ray Data jobs can take 30 s to stop
 #: Environment variables never passed to the nodes (they would point them at another cluster or at this checkout).
 _NOT_INHERITED = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE", "PYTHONPATH")

@@ -249,14 +249,14 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_for_log(job_id: str, address: str, text: str, timeout: float = 60) -> None:
+def _wait_for_log(job_id: str, address: str, text: str, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while text not in jobs_client.logs(job_id, address):
         assert time.monotonic() < deadline, f"{text!r} never showed in the logs of {job_id}"
         time.sleep(0.5)
 
 
-def _wait_for_terminal(job_id: str, address: str, timeout: float = 60):
+def _wait_for_terminal(job_id: str, address: str, timeout: float = 180):
     deadline = time.monotonic() + timeout
     report = jobs_client.status(job_id, address)
     while not report.is_terminal:
