@@ -21,6 +21,12 @@ class PipelineError(Exception):
     """The one error type of this project: its message says what is wrong and how to fix it."""
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's message as a one-line error quotes it: its first line, else the exception's type."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def from_ray(exc: BaseException) -> PipelineError | None:
     """The one-line error behind Ray's report of a failure in a task or an actor of this project; None for others.
 

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.cluster.auth import TOKEN_HELP, enable_token_auth_if_available, find_token
-from pipelines.errors import PipelineError
+from pipelines.errors import PipelineError, first_line
 from pipelines.spec import ComputeSpec, JobSpec
 
 log = logging.getLogger(__name__)
@@ -311,10 +311,9 @@ def start_local() -> None:
         except Exception:  # noqa: BLE001 - nothing more to clean up
             log.debug("ray.shutdown after a failed start", exc_info=True)
         temp = ray_temp_dir()
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PipelineError(
-            f"Cannot start a local Ray ({first}); run the command again (a busy machine can time out while Ray "
-            f"starts), check that {temp} is a writable directory with free space (RAY_TMPDIR moves it; Ray's "
+            f"Cannot start a local Ray ({first_line(exc)}); run the command again (a busy machine can time out while "
+            f"Ray starts), check that {temp} is a writable directory with free space (RAY_TMPDIR moves it; Ray's "
             f"logs are in {temp}/ray/session_latest/logs), or join a running Ray with --address HEAD_IP:6379"
         ) from None
 

@@ -15,7 +15,7 @@ import json
 import os
 from pathlib import Path
 
-from pipelines.errors import PipelineError
+from pipelines.errors import PipelineError, first_line
 from pipelines.spec import ModelSpec
 
 CONFIG = "config.json"
@@ -88,23 +88,19 @@ def hub_reason(exc: BaseException, revision: str | None) -> str:
             return "no such directory here, and it is not in the local Hugging Face cache (HF_HUB_OFFLINE is set)"
         return "no such directory here, and the Hub could not be reached, nor is it in the local cache"
     if isinstance(exc, ValueError):  # the hub client's validation: not an id at all
-        return f"no such directory here, and not a Hugging Face id ({_first_line(exc)})"
-    return _first_line(exc)
+        return f"no such directory here, and not a Hugging Face id ({first_line(exc)})"
+    return first_line(exc)
 
 
 def config_error(spec: ModelSpec, reason: BaseException | str) -> PipelineError:
     """The one line for a model whose config can't be loaded: the reason, and what to give instead."""
     from pipelines.inference.aliases import ALIASES
 
-    said = reason if isinstance(reason, str) else _first_line(reason)
+    said = reason if isinstance(reason, str) else first_line(reason)
     return PipelineError(
         f"model {spec.name!r}: cannot load its config ({said}); give a local model directory, "
         f"a Hugging Face id reachable from here, or an alias: {', '.join(ALIASES)}"
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def cached_snapshot(repo_id: str, revision: str | None) -> Path | None:

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
+from pipelines.errors import first_line
 from pipelines.io.block import DIGEST, ERROR, ROW, SHARD, SHARD_ROWS
 from pipelines.io.shards import Shard
 
@@ -456,6 +457,5 @@ def count_rows(shard: Shard) -> tuple[int | None, bool]:
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:200]
+    return first_line(exc)[:200]
 

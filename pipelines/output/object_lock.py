@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from pipelines.errors import PipelineError
+from pipelines.errors import PipelineError, first_line
 from pipelines.io import stores
 from pipelines.output.lock import LockHeld, describe_holder
 
@@ -282,4 +282,4 @@ def _message(exc: Exception) -> str:
     response = getattr(exc, "response", None)
     if isinstance(response, dict) and response.get("Error", {}).get("Message"):
         return str(response["Error"]["Message"])
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return first_line(exc)

@@ -21,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.errors import first_line
 from pipelines.io.reader import Columns, read_group
 from pipelines.io.shards import Shard
 from pipelines.planning.records import InputPlan, ShardCount
@@ -41,8 +42,7 @@ def count_rows(shard: Shard, count_limit: int = COUNT_LIMIT) -> ShardCount:
         rows, exact = _jsonl_rows(shard, count_limit)
         return base.model_copy(update={"rows": rows, "count": "counted" if exact else "estimated"})
     except Exception as exc:  # noqa: BLE001 - an unreadable file is one quarantined record in a run
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        error = f"unreadable {shard.format} file: {text[:200]}"
+        error = f"unreadable {shard.format} file: {first_line(exc)[:200]}"
         return base.model_copy(update={"rows": 1, "count": "unreadable", "error": error})
 
 
