@@ -17,8 +17,8 @@ run: $(STAMP)
 	$(VENV)/bin/pipelines run jobs/label_news.yaml
 
 # The suite runs in TEST_WORKERS pytest-xdist processes, each test handed to whichever is free. Most of its time
-# is Ray starting and new processes importing torch, much of it one process at a time: on a 2-core machine two
-# workers took 21 min where one took 30. TEST_WORKERS=0 runs it in this one process.
+# is Ray starting and new processes importing torch: on a 2-core machine two workers took 21 min where one took
+# 30. TEST_WORKERS=0 runs it in this one process.
 TEST_WORKERS ?= 2
 
 test: $(STAMP) chromium
