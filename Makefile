@@ -16,10 +16,11 @@ STAMP := $(VENV)/.installed
 run: $(STAMP)
 	$(VENV)/bin/pipelines run jobs/label_news.yaml
 
-# The suite runs in TEST_WORKERS pytest-xdist processes, each test handed to whichever is free. Most of its time
-# is Ray starting and new processes importing torch: on a 2-core machine two workers took 21 min where one took
-# 30. TEST_WORKERS=0 runs it in this one process.
-TEST_WORKERS ?= 2
+# TEST_WORKERS=2 runs the suite in two pytest-xdist processes, each test handed to whichever is free: on a 2-core
+# machine 21 min where one process took 30, but the test cluster's ports (tests/ray_head.py) are chosen free and
+# can be taken by the other worker's Ray before `ray start` binds them (seen once in three runs). So one process
+# by default until that is retried.
+TEST_WORKERS ?= 0
 
 test: $(STAMP) chromium
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
