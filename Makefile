@@ -16,11 +16,9 @@ STAMP := $(VENV)/.installed
 run: $(STAMP)
 	$(VENV)/bin/pipelines run jobs/label_news.yaml
 
-# TEST_WORKERS=2 runs the suite in two pytest-xdist processes, each test handed to whichever is free: on a 2-core
-# machine 21 min where one process took 30, but the test cluster's ports (tests/ray_head.py) are chosen free and
-# can be taken by the other worker's Ray before `ray start` binds them (seen once in three runs). So one process
-# by default until that is retried.
-TEST_WORKERS ?= 0
+# Two pytest-xdist processes by default, each test handed to whichever is free: on a 2-core machine 21 min where
+# one process took 30. TEST_WORKERS=0 runs the suite in one process (what to do when reading a failure's output).
+TEST_WORKERS ?= 2
 
 test: $(STAMP) chromium
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal

@@ -14,13 +14,13 @@ Usage::
 
 The head runs ``ray start --head --block`` in its own session with
 ``RAY_AUTH_MODE=token`` and a fresh random token passed as ``RAY_AUTH_TOKEN``
-(nothing is written to ``~/.ray``), a private ``--temp-dir``, free ports for
-every listener Ray would otherwise put on a fixed default port, and the
-dashboard on 127.0.0.1. Leaving the block stops exactly this head (SIGTERM to
-its ``ray start --block``, which takes its processes down; SIGKILL to its
-process group as a fallback) — never ``ray stop``, which would stop every Ray
-on the machine. Job entrypoints see this interpreter's bin directory first on
-PATH, so ``python`` in an entrypoint is the test interpreter.
+(nothing is written to ``~/.ray``), a private ``--temp-dir``, free ports below
+the kernel's ephemeral range (:func:`free_ports`) for every listener Ray would
+otherwise put on a fixed default port, and the dashboard on 127.0.0.1. Leaving
+the block stops exactly this head (SIGTERM to its ``ray start --block``, which
+takes its processes down; SIGKILL to its process group as a fallback) — never
+``ray stop``, which would stop every Ray on the machine. Job entrypoints see
+this interpreter's bin directory first on PATH, so ``python`` in an entrypoint is the test interpreter.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -82,7 +83,7 @@ def ray_head(
     token = token or secrets.token_hex(32)
     temp_dir = Path(tempfile.mkdtemp(prefix="rayh", dir="/tmp"))  # short: socket paths
     log_path = temp_dir / "ray_start.log"
-    gcs_port, dashboard_port, client_port, *node_ports = _free_ports(7)
+    gcs_port, dashboard_port, client_port, *node_ports = free_ports(7)
     cmd = [
         *_ray_start(temp_dir, num_cpus, num_gpus, resources, node_ports),
         "--head",
@@ -121,7 +122,7 @@ def ray_worker(
     """Add a worker node to ``head``'s cluster (same machine, own temp dir and ports); remove it on exit."""
     temp_dir = Path(tempfile.mkdtemp(prefix="rayw", dir="/tmp"))
     log_path = temp_dir / "ray_start.log"
-    cmd = [*_ray_start(temp_dir, num_cpus, num_gpus, resources, _free_ports(4)), f"--address={head.gcs_address}"]
+    cmd = [*_ray_start(temp_dir, num_cpus, num_gpus, resources, free_ports(4)), f"--address={head.gcs_address}"]
     known = {node["node_id"] for node in list_nodes(head)}
     proc = _launch(cmd, _node_env(head.token, extra_env), temp_dir, log_path)
     try:
@@ -200,18 +201,41 @@ def _node_env(token: str, extra_env: Mapping[str, str] | None) -> dict[str, str]
     return env
 
 
-def _free_ports(count: int) -> list[int]:
-    """Return ``count`` distinct ports that are free on 127.0.0.1 right now."""
-    socks = []
+def free_ports(count: int) -> list[int]:
+    """Return ``count`` distinct ports free on 127.0.0.1 now, from a range no other process takes on its own.
+
+    A port the kernel hands out for ``bind(0)`` or an outgoing connection (the ephemeral range, 32768-60999
+    here) can be taken by any process between this choice and ``ray start``'s bind: with two test workers
+    each running Rays, that lost the race (GCS "Address already in use"). So the ports come from 20000 up to
+    the ephemeral range, which only explicit binds use, and each pytest-xdist worker draws from its own slice
+    of it, so two workers never choose the same port.
+    """
+    first, last = _explicit_port_range()
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    size = (last - first) // max(workers, 1)
+    candidates = list(range(first + index * size, first + (index + 1) * size))
+    random.shuffle(candidates)
+    chosen: list[int] = []
+    for port in candidates:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        chosen.append(port)
+        if len(chosen) == count:
+            return chosen
+    raise RuntimeError(f"fewer than {count} free ports in {first}-{last} for this test worker")
+
+
+def _explicit_port_range() -> tuple[int, int]:
+    """Ports below the kernel's ephemeral range and above Ray's own defaults (10001, 8265, 6379)."""
     try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return 20000, max(low, 20000 + 1000)
 
 
 def _wait_until_ready(proc: subprocess.Popen, head: RayHead) -> None:

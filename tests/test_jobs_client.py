@@ -9,7 +9,6 @@ status, stop), not the real pipeline.
 
 from __future__ import annotations
 
-import socket
 import textwrap
 import time
 from pathlib import Path
@@ -20,9 +19,9 @@ from pipelines.cluster import jobs as jobs_client
 from pipelines.errors import PipelineError
 
 try:
-    from ray_head import RayHead, ray_head
+    from ray_head import RayHead, free_ports, ray_head
 except ImportError:  # tests/ imported as a package
-    from tests.ray_head import RayHead, ray_head
+    from tests.ray_head import RayHead, free_ports, ray_head
 
 # Ray's own log tailer passes ssl=None to aiohttp, which warns about it.
 pytestmark = pytest.mark.filterwarnings("ignore:ssl=None is deprecated:DeprecationWarning")
@@ -244,9 +243,7 @@ def token_env_free(monkeypatch):
 
 
 def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]  # free now, and from a range nothing takes on its own
 
 
 def _wait_for_log(job_id: str, address: str, text: str, timeout: float = 180) -> None:
