@@ -329,6 +329,7 @@ def run_job(texts: list[str], args: argparse.Namespace) -> dict:
         "actor_start_and_model_load": t.get("actor_ready", 0) - t.get("execution_start", 0),
         "first_batch": t.get("first_block", 0) - t.get("actor_ready", 0),
         "first_batch_after_command": t.get("first_block", 0) - t["process_start"],
+        "first_batch_staged_after_command": t.get("first_staged", 0) - t["process_start"],
         "drain": t.get("last_commit", 0) - t.get("first_block", 0),
         "summary_and_shutdown": t["exit"] - t.get("last_commit", t["exit"]),
     }

@@ -425,7 +425,8 @@ def execute(
     """Stream the dataset; commit each shard the moment its last row is staged.
 
     Returns the commits, and the shards that could not be read and were left uncommitted. ``timeline``
-    gets when execution started, when the first actor was ready, the first block and the last commit.
+    gets when execution started, when the first actor was ready, when it staged its first batch, the first
+    block back here and the last commit.
     """
     timeline = timeline if timeline is not None else {}
     by_key = {s.key: s for s in pending}
@@ -452,6 +453,8 @@ def execute(
         for report in StagingReport.from_table(batch):
             if report.actor_ready_at:
                 timeline["actor_ready"] = min(timeline.get("actor_ready", report.actor_ready_at), report.actor_ready_at)
+            if report.staged_at:  # the first batch predicted and staged, in the actor
+                timeline["first_staged"] = min(timeline.get("first_staged", report.staged_at), report.staged_at)
             if not tally.add(report):
                 continue
             shard = by_key[report.shard]

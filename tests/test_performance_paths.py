@@ -61,9 +61,9 @@ def test_small_shards_are_read_together_sorted_by_length_and_each_keeps_its_rows
     (tmp_path / "in" / "3.jsonl").write_bytes(b"")
     (tmp_path / "in" / "4.jsonl.gz").write_bytes(b"not gzip")
     shards = list_shards([str(tmp_path / "in")])
-    assert group_shards([s.size for s in shards]) == [[0, 1, 2, 3, 4]]
+    assert group_shards([s.size for s in shards]) == [[0], [1, 2, 3, 4]]  # the first alone: the first output sooner
     assert group_shards([100, GROUP_BYTES, 100, 100], most=1) == [[0], [1], [2], [3]]
-    assert group_shards([GROUP_BYTES // 2, GROUP_BYTES // 2, 10, GROUP_BYTES, 10]) == [[0, 1], [2], [3], [4]]
+    assert group_shards([10, GROUP_BYTES // 2, GROUP_BYTES // 2, 10, GROUP_BYTES, 10]) == [[0], [1, 2], [3], [4], [5]]
 
     blocks = list(read_group(shards, Columns(text="text", id="id")))
     empty, broken, together = blocks
@@ -223,6 +223,7 @@ def test_quantization_auto_is_decided_once_and_said(ray_session, tiny_models, tm
     [kept] = list((tmp_path / "cache" / "precision").glob("*.json"))
     timeline = summary.timeline
     assert timeline["process_start"] <= timeline["ray_ready"] <= timeline["first_block"] <= timeline["last_commit"]
+    assert timeline["actor_ready"] <= timeline["first_staged"] <= timeline["first_block"]  # staged, then sent back
 
     # another output of the same model and task takes the kept decision instead of measuring again
     before = kept.stat().st_mtime_ns

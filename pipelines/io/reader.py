@@ -117,11 +117,15 @@ def _read_one(shard: Shard, columns: Columns) -> tuple[pa.Table, bool]:
 
 def group_shards(sizes: Sequence[int], group_bytes: int = GROUP_BYTES, most: int = GROUP_SHARDS) -> list[list[int]]:
     """Which shards (by index, consecutive) each read task reads: shards are added to a group until it holds
-    ``group_bytes`` (on disk) or ``most`` shards; a shard of ``group_bytes`` or more is read alone."""
+    ``group_bytes`` (on disk) or ``most`` shards; a shard of ``group_bytes`` or more is read alone.
+
+    The first shard is always read alone: a group's shards are committed when its last rows are staged, so a
+    first group of several shards would hold back the run's first output until all of them are predicted.
+    """
     groups: list[list[int]] = []
     held = group_bytes
     for index, size in enumerate(sizes):
-        if held < group_bytes and size < group_bytes and len(groups[-1]) < most:
+        if index > 1 and held < group_bytes and size < group_bytes and len(groups[-1]) < most:
             groups[-1].append(index)
             held += size
         else:
