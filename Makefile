@@ -17,7 +17,7 @@ run: $(STAMP)
 	$(VENV)/bin/pipelines run jobs/label_news.yaml
 
 # Two pytest-xdist processes by default, each test handed to whichever is free: on a 2-core machine 21 min where
-# one process took 30. TEST_WORKERS=0 runs the suite in one process (what to do when reading a failure's output).
+# one process took 30. TEST_WORKERS=0 runs the suite in one process, its output in order.
 TEST_WORKERS ?= 2
 
 test: $(STAMP) chromium
