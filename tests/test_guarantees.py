@@ -339,6 +339,28 @@ def test_two_input_files_known_by_the_same_name_are_refused(tmp_path):
     assert len(list_shards([str(tmp_path)])) == 2  # their common parent: monday/part-0.jsonl, tuesday/part-0.jsonl
 
 
+def test_a_glob_takes_what_a_shell_would_and_not_the_folders_below(tmp_path):
+    """``data/*.jsonl`` used to match every .jsonl file anywhere under data/ (``*`` crossed folders): a
+    backup copy in data/archive/ doubled its rows, and a nightly ``incoming/*.parquet`` scored the files
+    already moved to incoming/done/ again. ``*``, ``?`` and ``[...]`` stay within one name, ``**`` spans
+    folders, a matched folder gives every file under it, and names starting with ``.`` or ``_`` (a writer's
+    temporary files) are skipped as in a folder's listing unless the pattern spells them out."""
+    for name in ("a.jsonl", "archive/a.jsonl", "2024/b.jsonl", "2024/deep/c.jsonl", "_temporary/0/d.jsonl",
+                 ".e.jsonl", "_own/f.jsonl"):
+        write_jsonl(tmp_path / "data" / name, [{"id": name, "text": "words"}])
+    data = tmp_path / "data"
+
+    def names(*patterns: str) -> list[str]:
+        return [s.name for s in list_shards([str(data / p) for p in patterns])]
+
+    assert names("*.jsonl") == ["a.jsonl"]
+    assert names("**/*.jsonl") == ["2024/b.jsonl", "2024/deep/c.jsonl", "a.jsonl", "archive/a.jsonl"]
+    assert names("*") == names("*/") == ["2024/b.jsonl", "2024/deep/c.jsonl", "a.jsonl", "archive/a.jsonl"]
+    assert names("20[0-9][0-9]/*.jsonl") == ["2024/b.jsonl"]
+    assert names("?024/*/*.jsonl") == ["2024/deep/c.jsonl"]
+    assert names("_own/*.jsonl") == ["f.jsonl"]  # spelled out
+    assert names("**/_own/*.jsonl") == ["_own/f.jsonl"]
+
 def test_made_ids_differ_for_files_of_one_name_in_two_folders(tmp_path):
     """With ``id_column: null`` ids are made from the file and the row: ``2024-01/part-0.jsonl`` and
     ``2024-02/part-0.jsonl`` are two shards, so their rows must not get the same ids (with

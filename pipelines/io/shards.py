@@ -9,7 +9,6 @@ resubmitted job, a moved checkout) is recognised as the same shard.
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import os
 import re
@@ -20,12 +19,16 @@ from typing import Literal
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+from wcmatch import glob as wcglob
 
 from pipelines.errors import PipelineError
 from pipelines.io import stores
 
 FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 GLOB_CHARS = set("*?[")
+#: A glob matches as a shell's does: ``*``, ``?`` and ``[...]`` within one name, ``**`` across folders (any
+#: number, none included); names starting with ``.`` or ``_`` are left to :func:`_is_hidden`, as in a listing.
+GLOB_FLAGS = wcglob.GLOBSTAR | wcglob.DOTGLOB | wcglob.FORCEUNIX | wcglob.CASE
 
 
 @dataclass(frozen=True)
@@ -107,9 +110,11 @@ def detect_format(path: str, wanted: str) -> tuple[str, bool] | None:
     return (found, compressed) if found else None
 
 
-def _is_hidden(path: str, root: str) -> bool:
+def _is_hidden(path: str, root: str, spelled: frozenset[str] = frozenset()) -> bool:
+    """Whether a name under ``root`` starts with ``.`` or ``_`` (a writer's temporary or bookkeeping files:
+    ``_temporary/``, ``.part-0.crc``, this project's ``_staging/``), but for names a glob ``spelled`` out."""
     relative = path[len(root) :].lstrip("/")
-    return any(part.startswith((".", "_")) for part in relative.split("/"))
+    return any(part.startswith((".", "_")) and part not in spelled for part in relative.split("/"))
 
 
 def _expand(location: str) -> tuple[str, list[tuple[str, pafs.FileInfo]]]:
@@ -126,11 +131,7 @@ def _expand(location: str) -> tuple[str, list[tuple[str, pafs.FileInfo]]]:
 
 def _list(location: str, fs: pafs.FileSystem, path: str) -> tuple[str, list[tuple[str, pafs.FileInfo]]]:
     if GLOB_CHARS & set(path):
-        base = path
-        while GLOB_CHARS & set(base):
-            base = base.rsplit("/", 1)[0]
-        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
-        return base, [(uri_of(location, i.path), i) for i in infos if i.is_file and fnmatch.fnmatch(i.path, path)]
+        return _glob(location, fs, path)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         stores.check_bucket(fs, path, "input.paths:", location)  # a missing bucket, said so
@@ -141,6 +142,24 @@ def _list(location: str, fs: pafs.FileSystem, path: str) -> tuple[str, list[tupl
         infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
         return path, [(uri_of(location, i.path), i) for i in infos if i.is_file and not _is_hidden(i.path, path)]
     return info.path.rsplit("/", 1)[0], [(uri_of(location, info.path), info)]
+
+
+def _glob(location: str, fs: pafs.FileSystem, pattern: str) -> tuple[str, list[tuple[str, pafs.FileInfo]]]:
+    """The files a glob names, as if each match were listed itself: a file, or a folder with every file under
+    it. Named relative to the glob's fixed part (the folders before its first wildcard)."""
+    base = pattern
+    while GLOB_CHARS & set(base):
+        base = base.rsplit("/", 1)[0]
+    matcher = wcglob.compile(pattern.rstrip("/") or "/", flags=GLOB_FLAGS)
+    spelled = frozenset(part for part in pattern.split("/") if not GLOB_CHARS & set(part))
+    files = []
+    for info in fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True)):
+        if not info.is_file or _is_hidden(info.path, base, spelled):
+            continue
+        parts = info.path[len(base) :].lstrip("/").split("/")
+        if any(matcher.match("/".join([base, *parts[:depth]])) for depth in range(len(parts), 0, -1)):
+            files.append((uri_of(location, info.path), info))
+    return base, files
 
 
 def is_within(path: str, folder: str) -> bool:
