@@ -360,6 +360,8 @@ def test_a_glob_takes_what_a_shell_would_and_not_the_folders_below(tmp_path):
     assert names("?024/*/*.jsonl") == ["2024/deep/c.jsonl"]
     assert names("_own/*.jsonl") == ["f.jsonl"]  # spelled out
     assert names("**/_own/*.jsonl") == ["_own/f.jsonl"]
+    assert names(".*.jsonl") == [".e.jsonl"]
+    assert names("_temp*/**/*.jsonl") == ["_temporary/0/d.jsonl"]
 
 def test_made_ids_differ_for_files_of_one_name_in_two_folders(tmp_path):
     """With ``id_column: null`` ids are made from the file and the row: ``2024-01/part-0.jsonl`` and

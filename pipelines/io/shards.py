@@ -19,6 +19,7 @@ from typing import Literal
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+from wcmatch import fnmatch as wcfnmatch
 from wcmatch import glob as wcglob
 
 from pipelines.errors import PipelineError
@@ -26,9 +27,11 @@ from pipelines.io import stores
 
 FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 GLOB_CHARS = set("*?[")
+HIDDEN = (".", "_")  # the first letter of names a listing skips
 #: A glob matches as a shell's does: ``*``, ``?`` and ``[...]`` within one name, ``**`` across folders (any
 #: number, none included); names starting with ``.`` or ``_`` are left to :func:`_is_hidden`, as in a listing.
 GLOB_FLAGS = wcglob.GLOBSTAR | wcglob.DOTGLOB | wcglob.FORCEUNIX | wcglob.CASE
+NAME_FLAGS = wcfnmatch.DOTMATCH | wcfnmatch.FORCEUNIX | wcfnmatch.CASE
 
 
 @dataclass(frozen=True)
@@ -110,11 +113,15 @@ def detect_format(path: str, wanted: str) -> tuple[str, bool] | None:
     return (found, compressed) if found else None
 
 
-def _is_hidden(path: str, root: str, spelled: frozenset[str] = frozenset()) -> bool:
+def _is_hidden(path: str, root: str, spelled: Sequence[str] = ()) -> bool:
     """Whether a name under ``root`` starts with ``.`` or ``_`` (a writer's temporary or bookkeeping files:
-    ``_temporary/``, ``.part-0.crc``, this project's ``_staging/``), but for names a glob ``spelled`` out."""
+    ``_temporary/``, ``.part-0.crc``, this project's ``_staging/``), unless one of a glob's names that start so
+    (``spelled``: ``_incoming``, ``.cache*``) matches it."""
     relative = path[len(root) :].lstrip("/")
-    return any(part.startswith((".", "_")) and part not in spelled for part in relative.split("/"))
+    return any(
+        part.startswith(HIDDEN) and not any(wcfnmatch.fnmatch(part, name, flags=NAME_FLAGS) for name in spelled)
+        for part in relative.split("/")
+    )
 
 
 def _expand(location: str) -> tuple[str, list[tuple[str, pafs.FileInfo]]]:
@@ -151,7 +158,7 @@ def _glob(location: str, fs: pafs.FileSystem, pattern: str) -> tuple[str, list[t
     while GLOB_CHARS & set(base):
         base = base.rsplit("/", 1)[0]
     matcher = wcglob.compile(pattern.rstrip("/") or "/", flags=GLOB_FLAGS)
-    spelled = frozenset(part for part in pattern.split("/") if not GLOB_CHARS & set(part))
+    spelled = [name for name in pattern.split("/") if name.startswith(HIDDEN)]
     files = []
     for info in fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True)):
         if not info.is_file or _is_hidden(info.path, base, spelled):
