@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import sys
 from collections.abc import Callable
@@ -72,12 +73,32 @@ def _raised(traceback_text: str) -> str:
     return "no reason given"
 
 
+class SaidOnOneLine(logging.Filter):
+    """Marks Ray Data's own report of a failure that :func:`from_ray` says on one line as hidden, so that Ray Data's
+    console handler leaves it out (its log file, ``ray-data.log``, keeps it). Ray Data takes an actor that raised in
+    its constructor for a bug of its own: it printed a hundred lines of its stack and asked for a report to Ray,
+    between the actor's traceback and the run's error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        raised = record.exc_info[1] if record.exc_info else sys.exc_info()[1]  # logged while handling it, or with it
+        if raised is not None and from_ray(raised) is not None:
+            record.hide = True  # Ray Data's HiddenRecordFilter: not on the console
+        return True
+
+
+#: Where Ray Data reports a failure of the dataset it executes (``ray.data.exceptions``' logger).
+RAY_DATA_FAILURES = "ray.data.exceptions"
+
+
 def one_line_ray_errors(function: Callable[P, R]) -> Callable[P, R]:
     """Run ``function``; a failure Ray reports for one of this project's tasks or actors is raised as the
-    PipelineError it stands for (see :func:`from_ray`)."""
+    PipelineError it stands for (see :func:`from_ray`), and Ray Data's own report of it stays off the console."""
 
     @functools.wraps(function)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        reports = logging.getLogger(RAY_DATA_FAILURES)
+        hiding = SaidOnOneLine()
+        reports.addFilter(hiding)
         try:
             return function(*args, **kwargs)
         except Exception as exc:
@@ -85,5 +106,7 @@ def one_line_ray_errors(function: Callable[P, R]) -> Callable[P, R]:
             if said is None:
                 raise
             raise said from None
+        finally:
+            reports.removeFilter(hiding)
 
     return wrapper
