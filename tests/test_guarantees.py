@@ -361,6 +361,8 @@ def test_a_glob_takes_what_a_shell_would_and_not_the_folders_below(tmp_path):
     assert names("_own/*.jsonl") == ["f.jsonl"]  # spelled out
     assert names("**/_own/*.jsonl") == ["_own/f.jsonl"]
     assert names(".*.jsonl") == [".e.jsonl"]
+    with pytest.raises(PipelineError, match=r"a glob's \* stays within one folder: .*/data/\*\*/\*\.parquet takes"):
+        names("*.parquet")  # Hive-style folders (data/date=.../part-0.parquet) were matched by it before
     assert names("_temp*/**/*.jsonl") == ["_temporary/0/d.jsonl"]
 
 def test_made_ids_differ_for_files_of_one_name_in_two_folders(tmp_path):

@@ -206,12 +206,22 @@ def list_shards(paths: list[str], wanted_format: str = "auto", exclude: Sequence
             mtime = info.mtime_ns if info.mtime_ns is not None else None
             shards[uri] = Shard(uri, info.path, kind[0], kind[1], info.size or 0, mtime, name)  # type: ignore[arg-type]
     if not shards:
+        globs = [p for p in paths if GLOB_CHARS & set(p) and "**" not in p]
+        below = ""
+        if globs:
+            below = f" (a glob's * stays within one folder: {_recursive(globs[0])} takes the folders below too)"
         raise PipelineError(
             f"input.paths: no .parquet or .jsonl(.gz) files found under {', '.join(paths)}; "
-            "check the paths, or set input.format for files without those extensions"
+            f"check the paths{below}, or set input.format for files without those extensions"
         )
     _check_names(list(shards.values()))
     return [shards[k] for k in sorted(shards)]
+
+
+def _recursive(glob: str) -> str:
+    """``data/*.parquet`` as ``data/**/*.parquet``: the same last name, in data/ or any folder below it."""
+    head, _, name = glob.rstrip("/").rpartition("/")
+    return f"{head}/**/{name}" if head else f"**/{name}"
 
 
 def _check_names(shards: list[Shard]) -> None:
