@@ -6,6 +6,7 @@ import functools
 import logging
 import re
 import sys
+import threading
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
@@ -77,17 +78,28 @@ class SaidOnOneLine(logging.Filter):
     """Marks Ray Data's own report of a failure that :func:`from_ray` says on one line as hidden, so that Ray Data's
     console handler leaves it out (its log file, ``ray-data.log``, keeps it). Ray Data takes an actor that raised in
     its constructor for a bug of its own: it printed a hundred lines of its stack and asked for a report to Ray,
-    between the actor's traceback and the run's error."""
+    between the actor's traceback and the run's error. Only in a thread inside :func:`one_line_ray_errors`, which
+    says the error instead."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(_saying, "depth", 0):
+            return True
         raised = record.exc_info[1] if record.exc_info else sys.exc_info()[1]  # logged while handling it, or with it
-        if raised is not None and from_ray(raised) is not None:
+        try:
+            said = raised is not None and from_ray(raised) is not None
+        except Exception:  # noqa: BLE001 - a filter that raised would replace the error being reported
+            said = False
+        if said:
             record.hide = True  # Ray Data's HiddenRecordFilter: not on the console
         return True
 
 
 #: Where Ray Data reports a failure of the dataset it executes (``ray.data.exceptions``' logger).
 RAY_DATA_FAILURES = "ray.data.exceptions"
+#: How many calls of :func:`one_line_ray_errors` the current thread is inside.
+_saying = threading.local()
+_filter = SaidOnOneLine()
+logging.getLogger(RAY_DATA_FAILURES).addFilter(_filter)
 
 
 def one_line_ray_errors(function: Callable[P, R]) -> Callable[P, R]:
@@ -96,9 +108,7 @@ def one_line_ray_errors(function: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(function)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        reports = logging.getLogger(RAY_DATA_FAILURES)
-        hiding = SaidOnOneLine()
-        reports.addFilter(hiding)
+        _saying.depth = getattr(_saying, "depth", 0) + 1
         try:
             return function(*args, **kwargs)
         except Exception as exc:
@@ -107,6 +117,6 @@ def one_line_ray_errors(function: Callable[P, R]) -> Callable[P, R]:
                 raise
             raise said from None
         finally:
-            reports.removeFilter(hiding)
+            _saying.depth -= 1
 
     return wrapper

@@ -343,27 +343,35 @@ def test_a_glob_takes_what_a_shell_would_and_not_the_folders_below(tmp_path):
     """``data/*.jsonl`` used to match every .jsonl file anywhere under data/ (``*`` crossed folders): a
     backup copy in data/archive/ doubled its rows, and a nightly ``incoming/*.parquet`` scored the files
     already moved to incoming/done/ again. ``*``, ``?`` and ``[...]`` stay within one name, ``**`` spans
-    folders, a matched folder gives every file under it, and names starting with ``.`` or ``_`` (a writer's
-    temporary files) are skipped as in a folder's listing unless the pattern spells them out."""
+    folders, a matched folder gives every file under it (a glob ending in ``/`` matches folders only), and
+    names starting with ``.`` or ``_`` (a writer's temporary files) are skipped as in a folder's listing,
+    unless the glob spells them out where they stand."""
     for name in ("a.jsonl", "archive/a.jsonl", "2024/b.jsonl", "2024/deep/c.jsonl", "_temporary/0/d.jsonl",
-                 ".e.jsonl", "_own/f.jsonl"):
+                 ".e.jsonl", "_own/f.jsonl", "_own/_temporary/0/g.jsonl"):
         write_jsonl(tmp_path / "data" / name, [{"id": name, "text": "words"}])
     data = tmp_path / "data"
 
     def names(*patterns: str) -> list[str]:
-        return [s.name for s in list_shards([str(data / p) for p in patterns])]
+        return [s.name for s in list_shards([f"{data}/{p}" for p in patterns])]
 
     assert names("*.jsonl") == ["a.jsonl"]
     assert names("**/*.jsonl") == ["2024/b.jsonl", "2024/deep/c.jsonl", "a.jsonl", "archive/a.jsonl"]
-    assert names("*") == names("*/") == ["2024/b.jsonl", "2024/deep/c.jsonl", "a.jsonl", "archive/a.jsonl"]
+    assert names("*") == ["2024/b.jsonl", "2024/deep/c.jsonl", "a.jsonl", "archive/a.jsonl"]
+    assert names("*/") == ["2024/b.jsonl", "2024/deep/c.jsonl", "archive/a.jsonl"]  # folders only
     assert names("20[0-9][0-9]/*.jsonl") == ["2024/b.jsonl"]
     assert names("?024/*/*.jsonl") == ["2024/deep/c.jsonl"]
-    assert names("_own/*.jsonl") == ["f.jsonl"]  # spelled out
+    assert names("_own/*.jsonl") == ["f.jsonl"]  # in the fixed part; its _temporary/ is still skipped
     assert names("**/_own/*.jsonl") == ["_own/f.jsonl"]
+    assert names("_*/**/*.jsonl") == ["_own/f.jsonl", "_temporary/0/d.jsonl"]  # not _own/_temporary/
     assert names(".*.jsonl") == [".e.jsonl"]
     with pytest.raises(PipelineError, match=r"a glob's \* stays within one folder: .*/data/\*\*/\*\.parquet takes"):
         names("*.parquet")  # Hive-style folders (data/date=.../part-0.parquet) were matched by it before
-    assert names("_temp*/**/*.jsonl") == ["_temporary/0/d.jsonl"]
+
+    write_jsonl(tmp_path / "back\\slash" / "z.jsonl", [{"id": "z", "text": "words"}])  # a name, not an escape
+    assert [s.name for s in list_shards([f"{tmp_path}/back\\slash/*.jsonl"])] == ["z.jsonl"]
+    with pytest.raises(PipelineError, match="a glob needs a folder before its first wildcard"):
+        list_shards(["/*.jsonl"])  # not a listing of the whole machine
+
 
 def test_made_ids_differ_for_files_of_one_name_in_two_folders(tmp_path):
     """With ``id_column: null`` ids are made from the file and the row: ``2024-01/part-0.jsonl`` and

@@ -113,15 +113,11 @@ def detect_format(path: str, wanted: str) -> tuple[str, bool] | None:
     return (found, compressed) if found else None
 
 
-def _is_hidden(path: str, root: str, spelled: Sequence[str] = ()) -> bool:
-    """Whether a name under ``root`` starts with ``.`` or ``_`` (a writer's temporary or bookkeeping files:
-    ``_temporary/``, ``.part-0.crc``, this project's ``_staging/``), unless one of a glob's names that start so
-    (``spelled``: ``_incoming``, ``.cache*``) matches it."""
+def _is_hidden(path: str, root: str) -> bool:
+    """Whether a name under ``root`` starts with ``.`` or ``_``: a writer's temporary or bookkeeping files
+    (``_temporary/``, ``.part-0.crc``, this project's ``_staging/``), which a listing skips."""
     relative = path[len(root) :].lstrip("/")
-    return any(
-        part.startswith(HIDDEN) and not any(wcfnmatch.fnmatch(part, name, flags=NAME_FLAGS) for name in spelled)
-        for part in relative.split("/")
-    )
+    return any(part.startswith(HIDDEN) for part in relative.split("/"))
 
 
 def _expand(location: str) -> tuple[str, list[tuple[str, pafs.FileInfo]]]:
@@ -153,20 +149,44 @@ def _list(location: str, fs: pafs.FileSystem, path: str) -> tuple[str, list[tupl
 
 def _glob(location: str, fs: pafs.FileSystem, pattern: str) -> tuple[str, list[tuple[str, pafs.FileInfo]]]:
     """The files a glob names, as if each match were listed itself: a file, or a folder with every file under
-    it. Named relative to the glob's fixed part (the folders before its first wildcard)."""
-    base = pattern
-    while GLOB_CHARS & set(base):
-        base = base.rsplit("/", 1)[0]
-    matcher = wcglob.compile(pattern.rstrip("/") or "/", flags=GLOB_FLAGS)
-    spelled = [name for name in pattern.split("/") if name.startswith(HIDDEN)]
+    it (only folders when it ends with ``/``). Named relative to the glob's fixed part (the folders before its
+    first wildcard), which must name a folder (a bucket at least)."""
+    segments = pattern.split("/")
+    fixed = next(i for i, name in enumerate(segments) if GLOB_CHARS & set(name))
+    base = "/".join(segments[:fixed])
+    if not base.strip("/"):
+        raise PipelineError(
+            f"input.paths: {location}: a glob needs a folder before its first wildcard (a bucket, at least); "
+            "name the folder the files are in"
+        )
+    wild = [name for name in segments[fixed:] if name]
+    matcher = wcglob.compile("/".join(wild), flags=GLOB_FLAGS)
+    folders_only = location.rstrip().endswith("/")
     files = []
     for info in fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True)):
-        if not info.is_file or _is_hidden(info.path, base, spelled):
+        if not info.is_file:
             continue
         parts = info.path[len(base) :].lstrip("/").split("/")
-        if any(matcher.match("/".join([base, *parts[:depth]])) for depth in range(len(parts), 0, -1)):
+        if _glob_hides(parts, wild):
+            continue
+        depths = range(len(parts) - 1 if folders_only else len(parts), 0, -1)
+        if any(matcher.match("/".join(parts[:depth])) for depth in depths):
             files.append((uri_of(location, info.path), info))
     return base, files
+
+
+def _glob_hides(parts: list[str], wild: list[str]) -> bool:
+    """Whether a file (its names below the glob's fixed part) has a name a listing skips that the glob does not
+    spell out where it stands: by a name of its own that starts the same way (``_incoming``, ``.cache*``), at
+    that place, or anywhere after a ``**`` before it. Below a matched folder nothing is spelled out."""
+    spread = wild.index("**") if "**" in wild else len(wild)
+    for at, part in enumerate(parts):
+        if not part.startswith(HIDDEN):
+            continue
+        names = wild[at : at + 1] if at < spread else wild[spread + 1 :]
+        if not any(name.startswith(HIDDEN) and wcfnmatch.fnmatch(part, name, flags=NAME_FLAGS) for name in names):
+            return True
+    return False
 
 
 def is_within(path: str, folder: str) -> bool:
