@@ -540,3 +540,38 @@ def test_out_of_memory_in_a_lane_ends_the_lanes_and_every_row_is_predicted(tiny_
     assert out.column("label").to_pylist() == expected
     assert threads and not any(name.startswith("forward") for name in threads)  # one at a time from then on
     assert torch.get_num_threads() == 2
+
+
+def test_a_glob_lists_only_the_folders_it_can_match(tmp_path):
+    """``incoming/*.jsonl`` is listed as incoming/ alone: a scheduled job's tick used to list every file under the
+    glob's fixed part, so an incoming/done/ that grows every night cost more every night (on a store, a LIST
+    request per thousand objects). Folders before a ``**`` are entered only when their name matches."""
+    import pyarrow.fs as pafs
+
+    from pipelines.io.shards import _glob
+
+    class Recording(pafs.LocalFileSystem):
+        def __init__(self) -> None:
+            super().__init__()
+            self.listed: list[tuple[str, bool]] = []
+
+        def get_file_info(self, paths_or_selector):
+            if isinstance(paths_or_selector, pafs.FileSelector):
+                self.listed.append((paths_or_selector.base_dir, paths_or_selector.recursive))
+            return super().get_file_info(paths_or_selector)
+
+    incoming = tmp_path / "incoming"
+    for name in ("a.jsonl", "b.jsonl", "done/2024/old.jsonl", "2025-01/c.jsonl", "2025-02/d.jsonl", "x/e.jsonl"):
+        write_jsonl(incoming / name, [{"id": name, "text": "words"}])
+
+    def glob(pattern: str) -> tuple[list[str], list[tuple[str, bool]]]:
+        fs = Recording()
+        base, files = _glob(pattern, fs, pattern)
+        return sorted(info.path[len(base) + 1 :] for _, info in files), [(p[len(str(incoming)):], r) for p, r in fs.listed]
+
+    assert glob(f"{incoming}/*.jsonl") == (["a.jsonl", "b.jsonl"], [("", False)])
+    assert glob(f"{incoming}/2025-*/*.jsonl") == (
+        ["2025-01/c.jsonl", "2025-02/d.jsonl"], [("", False), ("/2025-01", False), ("/2025-02", False)]
+    )
+    assert glob(f"{incoming}/2025-*/**/*.jsonl")[1] == [("", False), ("/2025-01", True), ("/2025-02", True)]
+    assert glob(f"{incoming}/x*")[0] == ["x/e.jsonl"]  # a matched folder: everything under it

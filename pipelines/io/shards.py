@@ -13,7 +13,7 @@ import hashlib
 import os
 import re
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -163,7 +163,7 @@ def _glob(location: str, fs: pafs.FileSystem, pattern: str) -> tuple[str, list[t
     matcher = wcglob.compile("/".join(wild), flags=GLOB_FLAGS)
     folders_only = location.rstrip().endswith("/")
     files = []
-    for info in fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True)):
+    for info in _glob_listing(fs, base, wild):
         if not info.is_file:
             continue
         parts = info.path[len(base) :].lstrip("/").split("/")
@@ -173,6 +173,28 @@ def _glob(location: str, fs: pafs.FileSystem, pattern: str) -> tuple[str, list[t
         if any(matcher.match("/".join(parts[:depth])) for depth in depths):
             files.append((uri_of(location, info.path), info))
     return base, files
+
+
+def _glob_listing(fs: pafs.FileSystem, base: str, wild: list[str]) -> Iterator[pafs.FileInfo]:
+    """What a glob needs listed: folder by folder for its names before a ``**``, entering only the folders that
+    match (``incoming/*.jsonl`` lists incoming/ alone, not a growing incoming/done/), then everything under the
+    folders matched last."""
+    folders = [base]
+    for at, name in enumerate(wild):
+        if name == "**":
+            break
+        matched = []
+        for folder in folders:
+            for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
+                if not wcfnmatch.fnmatch(info.base_name, name, flags=NAME_FLAGS):
+                    continue
+                if info.type == pafs.FileType.Directory:
+                    matched.append(info.path)
+                elif at == len(wild) - 1:
+                    yield info
+        folders = matched
+    for folder in folders:
+        yield from fs.get_file_info(pafs.FileSelector(folder, recursive=True, allow_not_found=True))
 
 
 def _glob_hides(parts: list[str], wild: list[str]) -> bool:
