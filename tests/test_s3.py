@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from helpers import ROOT, SENTENCES, write_jsonl, write_parquet
+from s3_server import REGION
 
 from pipelines.errors import PipelineError
 from pipelines.io.shards import Shard
@@ -359,3 +360,7 @@ def test_object_keys_with_spaces_or_accents_are_read_like_any_other(s3_server, m
     assert resolve(f"s3://{OUT}/my out")[1] == f"{OUT}/my out"
     glob = list_shards([f"s3://{IN}/odd/2024 q1/[ad]*.jsonl"])  # brackets, which a URI may not hold as they are
     assert sorted(s.name for s in glob) == ["a b.jsonl", "données.jsonl"]
+    # a ? in a glob, which a URI takes for a query ("Unexpected query parameter in S3 URI: '.jsonl'" before); a
+    # query at the end stays one
+    assert [s.name for s in list_shards([f"s3://{IN}/odd/2024 q1/a?b.jsonl"])] == ["a b.jsonl"]
+    assert [s.name for s in list_shards([f"s3://{IN}/odd/2024 q1/10?%.jsonl?region={REGION}"])] == ["100%.jsonl"]

@@ -60,8 +60,8 @@ class Shard:
 
 #: What a URI's path may hold as it is (RFC 3986 ``pchar`` but ``%``); anything else is percent-encoded.
 PATH_CHARS = "/!$&'()*+,;=:@~"
-#: A location as a user writes it also keeps ``%`` escapes and a query (``?region=...``); glob brackets are
-#: encoded (pyarrow refuses them in a URI, and decodes them before the glob is matched).
+#: A location as a user writes it also keeps ``%`` escapes and a query (``?region=...``); glob brackets and a ``?``
+#: wildcard are encoded (pyarrow refuses brackets in a URI, reads ``?`` as a query, and decodes both).
 LOCATION_CHARS = PATH_CHARS + "?#%"
 
 
@@ -93,10 +93,17 @@ def uri_of(location: str, path: str) -> str:
     return path
 
 
+#: A location's query: options at its end, ``?region=us-east-1&scheme=http``. Any other ``?`` is a glob's.
+QUERY = re.compile(r"\?[A-Za-z_][\w.-]*=[^?&=/]*(?:&[A-Za-z_][\w.-]*=[^?&=/]*)*$")
+
+
 def _encode_location(rest: str) -> str:
-    """A location's part after ``scheme://`` with what a URI can't hold percent-encoded; ``%XX`` escapes kept."""
-    quoted = urllib.parse.quote(rest, safe=LOCATION_CHARS)
-    return re.sub(r"%(?![0-9A-Fa-f]{2})", "%25", quoted)
+    """A location's part after ``scheme://`` with what a URI can't hold percent-encoded; ``%XX`` escapes kept, and a
+    query at its end; a ``?`` before that is a wildcard (``part-?.jsonl``), which a URI would take for a query."""
+    query = QUERY.search(rest)
+    path, options = (rest[: query.start()], query.group()) if query else (rest, "")
+    quoted = urllib.parse.quote(path, safe=LOCATION_CHARS.replace("?", ""))
+    return re.sub(r"%(?![0-9A-Fa-f]{2})", "%25", quoted) + options
 
 
 def detect_format(path: str, wanted: str) -> tuple[str, bool] | None:
