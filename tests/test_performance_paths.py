@@ -543,12 +543,12 @@ def test_out_of_memory_in_a_lane_ends_the_lanes_and_every_row_is_predicted(tiny_
 
 
 def test_a_glob_lists_only_the_folders_it_can_match(tmp_path):
-    """``incoming/*.jsonl`` is listed as incoming/ alone: a scheduled job's tick used to list every file under the
+    """On a local disk ``incoming/*.jsonl`` is listed as incoming/ alone: a scheduled job's tick used to list every file under the
     glob's fixed part, so an incoming/done/ that grows every night cost more every night (on a store, a LIST
     request per thousand objects). Folders before a ``**`` are entered only when their name matches."""
     import pyarrow.fs as pafs
 
-    from pipelines.io.shards import _glob
+    from pipelines.io.shards import _glob, _glob_listing
 
     class Recording(pafs.LocalFileSystem):
         def __init__(self) -> None:
@@ -575,3 +575,10 @@ def test_a_glob_lists_only_the_folders_it_can_match(tmp_path):
     )
     assert glob(f"{incoming}/2025-*/**/*.jsonl")[1] == [("", False), ("/2025-01", True), ("/2025-02", True)]
     assert glob(f"{incoming}/x*")[0] == ["x/e.jsonl"]  # a matched folder: everything under it
+
+    # A store is listed whole under the fixed part: arrow's listing of one level on GCS leaves out folders that are
+    # only key prefixes (their files would be lost), and a request per folder costs more than a thousand keys a
+    # request. (A SubTreeFileSystem stands in for a store: it is not the local one.)
+    store = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
+    listed = {info.path for info in _glob_listing(store, "incoming", ["*.jsonl"]) if info.is_file}
+    assert "incoming/done/2024/old.jsonl" in listed and len(listed) == 6

@@ -339,6 +339,23 @@ def test_no_commit_record_after_the_lock_is_lost_or_for_a_file_too_large_for_one
 # names as users write them ------------------------------------------------------------------------------
 
 
+def test_a_location_keeps_its_options_and_its_wildcards():
+    """A location that pyarrow can't parse as written (a space, brackets, a ``?`` wildcard) is percent-encoded and
+    tried again. Its query, options at its end, must come through whole whatever its values hold: a first version
+    of the ``?`` wildcard folded ``?endpoint_override=http://...`` into the path, which then went to AWS."""
+    from pipelines.io.shards import _encode_location
+
+    assert _encode_location("b/my x/*.jsonl?endpoint_override=http://127.0.0.1:9&region=us-east-1") == (
+        "b/my%20x/*.jsonl?endpoint_override=http://127.0.0.1:9&region=us-east-1"
+    )
+    assert _encode_location("b/[ab]?region=us-east-1&tls_ca_file_path=/etc/ca.pem&") == (
+        "b/%5Bab%5D?region=us-east-1&tls_ca_file_path=/etc/ca.pem&"
+    )
+    assert _encode_location("b/part-?.jsonl") == "b/part-%3F.jsonl"  # a wildcard, decoded back by pyarrow
+    assert _encode_location("b/part-?.jsonl?region=us-east-1") == "b/part-%3F.jsonl?region=us-east-1"
+    assert _encode_location("b/p?x=1/y.jsonl") == "b/p?x=1/y.jsonl"  # a query, refused as before: say %3F
+
+
 def test_object_keys_with_spaces_or_accents_are_read_like_any_other(s3_server, monkeypatch, tmp_path):
     """A key such as ``2024 q1/données.jsonl`` is a shard like any other: listed, read whole, counted; and a
     location written with a space (``s3://bucket/my out``) opens. pyarrow parses URIs strictly (a space is a

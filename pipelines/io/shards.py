@@ -94,7 +94,7 @@ def uri_of(location: str, path: str) -> str:
 
 
 #: A location's query: options at its end, ``?region=us-east-1&scheme=http``. Any other ``?`` is a glob's.
-QUERY = re.compile(r"\?[A-Za-z_][\w.-]*=[^?&=/]*(?:&[A-Za-z_][\w.-]*=[^?&=/]*)*$")
+QUERY = re.compile(r"\?[A-Za-z_][\w.-]*=[^&#]*(?:&(?:[A-Za-z_][\w.-]*=[^&#]*)?)*$")
 
 
 def _encode_location(rest: str) -> str:
@@ -183,9 +183,14 @@ def _glob(location: str, fs: pafs.FileSystem, pattern: str) -> tuple[str, list[t
 
 
 def _glob_listing(fs: pafs.FileSystem, base: str, wild: list[str]) -> Iterator[pafs.FileInfo]:
-    """What a glob needs listed: folder by folder for its names before a ``**``, entering only the folders that
-    match (``incoming/*.jsonl`` lists incoming/ alone, not a growing incoming/done/), then everything under the
-    folders matched last."""
+    """What a glob needs listed. On a local disk, folder by folder for its names before a ``**``, entering only
+    the folders that match (``incoming/*.jsonl`` lists incoming/ alone, not a growing incoming/done/), then
+    everything under the folders matched last. On a store, everything under the glob's fixed part: a store's
+    folders are key prefixes, which arrow's listing of one level leaves out on GCS (only marker objects show),
+    and a request per folder would cost more than a listing of a thousand keys a request."""
+    if not isinstance(fs, pafs.LocalFileSystem):
+        yield from fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        return
     folders = [base]
     for at, name in enumerate(wild):
         if name == "**":
