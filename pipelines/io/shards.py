@@ -29,7 +29,7 @@ FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json"
 GLOB_CHARS = set("*?[")
 HIDDEN = (".", "_")  # the first letter of names a listing skips
 #: A glob matches as a shell's does: ``*``, ``?`` and ``[...]`` within one name, ``**`` across folders (any
-#: number, none included); names starting with ``.`` or ``_`` are left to :func:`_is_hidden`, as in a listing.
+#: number, none included); names starting with ``.`` or ``_`` are left to :func:`_glob_hides`, as in a listing.
 GLOB_FLAGS = wcglob.GLOBSTAR | wcglob.DOTGLOB | wcglob.FORCEUNIX | wcglob.CASE
 NAME_FLAGS = wcfnmatch.DOTMATCH | wcfnmatch.FORCEUNIX | wcfnmatch.CASE
 
