@@ -543,9 +543,9 @@ def test_out_of_memory_in_a_lane_ends_the_lanes_and_every_row_is_predicted(tiny_
 
 
 def test_a_glob_lists_only_the_folders_it_can_match(tmp_path):
-    """On a local disk ``incoming/*.jsonl`` is listed as incoming/ alone: a scheduled job's tick used to list every file under the
-    glob's fixed part, so an incoming/done/ that grows every night cost more every night (on a store, a LIST
-    request per thousand objects). Folders before a ``**`` are entered only when their name matches."""
+    """On a local disk ``incoming/*.jsonl`` is listed as incoming/ alone: a scheduled job's tick used to list every
+    file under the glob's fixed part, so an incoming/done/ that grows every night cost more every night. Folders
+    before a ``**`` are entered only when their name matches."""
     import pyarrow.fs as pafs
 
     from pipelines.io.shards import _glob, _glob_listing
@@ -567,7 +567,8 @@ def test_a_glob_lists_only_the_folders_it_can_match(tmp_path):
     def glob(pattern: str) -> tuple[list[str], list[tuple[str, bool]]]:
         fs = Recording()
         base, files = _glob(pattern, fs, pattern)
-        return sorted(info.path[len(base) + 1 :] for _, info in files), [(p[len(str(incoming)):], r) for p, r in fs.listed]
+        found = sorted(info.path[len(base) + 1 :] for _, info in files)
+        return found, [(path[len(str(incoming)) :], recursive) for path, recursive in fs.listed]
 
     assert glob(f"{incoming}/*.jsonl") == (["a.jsonl", "b.jsonl"], [("", False)])
     assert glob(f"{incoming}/2025-*/*.jsonl") == (
