@@ -373,6 +373,17 @@ def test_a_glob_takes_what_a_shell_would_and_not_the_folders_below(tmp_path):
         list_shards(["/*.jsonl"])  # not a listing of the whole machine
 
 
+def test_a_question_mark_in_a_file_uri_is_a_wildcard(tmp_path):
+    """``file:///data/part-?.jsonl`` is a glob, as the plain path is: pyarrow parsed a ``file://`` URI's ``?`` as
+    the start of a query, so the glob looked for a file named ``part-`` and the run failed on a path that was
+    never written. Options at the end (``?key=value``) are still a query."""
+    for name in ("part-1.jsonl", "part-2.jsonl", "part-10.jsonl"):
+        write_jsonl(tmp_path / "data" / name, [{"id": name, "text": "words"}])
+
+    assert [s.name for s in list_shards([f"file://{tmp_path}/data/part-?.jsonl"])] == ["part-1.jsonl", "part-2.jsonl"]
+    assert [s.name for s in list_shards([f"{tmp_path}/data/part-?.jsonl"])] == ["part-1.jsonl", "part-2.jsonl"]
+
+
 def test_made_ids_differ_for_files_of_one_name_in_two_folders(tmp_path):
     """With ``id_column: null`` ids are made from the file and the row: ``2024-01/part-0.jsonl`` and
     ``2024-02/part-0.jsonl`` are two shards, so their rows must not get the same ids (with

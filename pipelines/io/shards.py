@@ -70,14 +70,18 @@ def resolve(location: str) -> tuple[pafs.FileSystem, str]:
 
     pyarrow parses URIs strictly: a space or an accented letter is a syntax error there, and ``%20`` is a
     space. A location that does not parse as written is tried again with those characters percent-encoded
-    (``s3://bucket/my out`` opens ``my out``); shards' own URIs come encoded (:func:`uri_of`).
+    (``s3://bucket/my out`` opens ``my out``); shards' own URIs come encoded (:func:`uri_of`). A ``?`` before
+    the options at the end is a wildcard, encoded first: for ``file://`` pyarrow would take it for a query.
     """
     if "://" in location:
+        scheme, rest = location.split("://", 1)
+        query = QUERY.search(rest)
         try:
+            if "?" in rest[: query.start() if query else None]:
+                return pafs.FileSystem.from_uri(f"{scheme}://{_encode_location(rest)}")
             try:
                 return pafs.FileSystem.from_uri(location)
             except pa.ArrowInvalid:
-                scheme, rest = location.split("://", 1)
                 return pafs.FileSystem.from_uri(f"{scheme}://{_encode_location(rest)}")
         except (pa.ArrowInvalid, ValueError, OSError) as exc:
             raise PipelineError(f"{location}: cannot open this location ({exc})") from None
