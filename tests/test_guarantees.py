@@ -373,6 +373,37 @@ def test_a_glob_takes_what_a_shell_would_and_not_the_folders_below(tmp_path):
         list_shards(["/*.jsonl"])  # not a listing of the whole machine
 
 
+def test_every_input_location_must_give_a_file(tmp_path):
+    """A location in ``input.paths`` that gives no file was dropped without a word when another gave some: a
+    ``data/b/*.jsonl`` over b's dated folders (``*`` stays within one folder) ran the job without b's rows. It
+    is an error, as a path that does not exist is. A scheduled tick takes a glob or folder with nothing in it
+    yet as no input, and still scores what the others give."""
+    from pipelines.schedule.executor import current_shards
+
+    write_jsonl(tmp_path / "a" / "x.jsonl", [{"id": "x", "text": "words"}])
+    write_jsonl(tmp_path / "b" / "2024-01" / "y.jsonl", [{"id": "y", "text": "words"}])
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("not an input")
+    paths = [f"{tmp_path}/a/*.jsonl", f"{tmp_path}/b/*.jsonl"]
+
+    with pytest.raises(PipelineError, match=r"no .* files found under .*/b/\*\.jsonl; .* .*/b/\*\*/\*\.jsonl takes"):
+        list_shards(paths)
+    with pytest.raises(PipelineError, match=r"no .* files found under .*/empty;"):
+        list_shards([f"{tmp_path}/a", f"{tmp_path}/empty"])
+    assert [s.name for s in list_shards([f"{tmp_path}/a/*.jsonl", f"{tmp_path}/b/**/*.jsonl"])] == [
+        "x.jsonl", "2024-01/y.jsonl"
+    ]
+
+    def scheduled(*locations: str) -> list[str]:
+        spec = spec_from_dict({"input": {"paths": list(locations)}, "model": {"name": "m"},
+                               "task": {"type": "text-classification"}, "output": {"path": str(tmp_path / "out")}})
+        return [s.name for s in current_shards(spec)]
+
+    assert scheduled(*paths, f"{tmp_path}/empty") == ["x.jsonl"]
+    with pytest.raises(PipelineError, match="notes.txt"):
+        scheduled(*paths, f"{tmp_path}/notes.txt")  # a file it names must still be one to read
+
+
 def test_a_question_mark_in_a_file_uri_is_a_wildcard(tmp_path):
     """``file:///data/part-?.jsonl`` is a glob, as the plain path is: pyarrow parsed a ``file://`` URI's ``?`` as
     the start of a query, so the glob looked for a file named ``part-`` and the run failed on a path that was

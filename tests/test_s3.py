@@ -230,6 +230,9 @@ def test_schedule_once_on_s3_scores_only_the_new_object(s3_server, tiny_models, 
          f"output.path s3://{OUT}/refused: access denied at http://127.0.0.1:"),
         (f"s3://{IN}/news/*.jsonl", f"s3://{OUT}/refused", "stranger", "run",
          f"input.paths: s3://{IN}/news/*.jsonl: the store at http://127.0.0.1:"),
+        # a scheduled tick took any error listing a glob for "no new input yet" and succeeded, every night
+        ("s3://no-such-bucket/news/*.jsonl", f"s3://{OUT}/refused", "admin", "schedule",
+         "input.paths: s3://no-such-bucket/news/*.jsonl: the bucket no-such-bucket does not exist at http://127.0.0.1:"),
     ],
 )
 def test_a_missing_bucket_or_a_refused_request_is_one_line_before_any_work(
@@ -250,7 +253,9 @@ def test_a_missing_bucket_or_a_refused_request_is_one_line_before_any_work(
         assert "refused the credentials (invalid_access_key_id)" in line
     assert "Traceback" not in done.stderr and "Started a local Ray" not in done.stderr
     bucket, prefix = output.removeprefix("s3://").split("/", 1)
-    if bucket == OUT:
+    if bucket == OUT and command == "schedule" and message.startswith("input.paths"):
+        assert "_runs.jsonl" not in s3_server.keys(OUT, prefix)  # no tick recorded: the next one tries again
+    elif bucket == OUT:
         assert s3_server.keys(OUT, prefix) == []  # nothing written (nor left: the write probe is deleted)
 
 

@@ -183,6 +183,8 @@ def _glob(location: str, fs: pafs.FileSystem, pattern: str) -> tuple[str, list[t
         depths = range(len(parts) - 1 if folders_only else len(parts), 0, -1)
         if any(matcher.match("/".join(parts[:depth])) for depth in depths):
             files.append((uri_of(location, info.path), info))
+    if not files:
+        stores.check_bucket(fs, base, "input.paths:", location)  # a store's listing of a missing bucket is empty
     return base, files
 
 
@@ -238,8 +240,15 @@ def real_path(fs: pafs.FileSystem, path: str) -> str:
     return os.path.realpath(path) if isinstance(fs, pafs.LocalFileSystem) else path
 
 
-def list_shards(paths: list[str], wanted_format: str = "auto", exclude: Sequence[str] = ()) -> list[Shard]:
-    """Every input shard under ``paths``, sorted and without duplicates; an error if there are none.
+def list_shards(
+    paths: list[str], wanted_format: str = "auto", exclude: Sequence[str] = (), empty_is_no_input: bool = False
+) -> list[Shard]:
+    """Every input shard under ``paths``, sorted and without duplicates.
+
+    Each location must give a file: one that gives none (a glob that matches nothing, a folder without
+    .parquet or .jsonl files) is an error, as a path that does not exist is, not a job without its rows. A
+    scheduled tick passes ``empty_is_no_input``: a folder or glob with nothing in it yet is no input (a file
+    it names must still be one to read).
 
     Files under an ``exclude`` location (the job's own output, when it lies inside an input folder,
     or is reached through a symbolic link there: a listing follows links) are left out. Two different
@@ -250,7 +259,9 @@ def list_shards(paths: list[str], wanted_format: str = "auto", exclude: Sequence
     skipped = [(xfs, xpath, real_path(xfs, xpath)) for xfs, xpath in map(resolve, exclude)]
     for location in paths:
         root, files = _expand(location)
-        fs = resolve(location)[0]
+        fs, path = resolve(location)
+        a_listing = bool(GLOB_CHARS & set(path)) or root == path  # a folder or a glob, not a named file
+        found = 0
         for uri, info in files:
             kind = detect_format(info.path, wanted_format)
             if kind is None:
@@ -263,15 +274,15 @@ def list_shards(paths: list[str], wanted_format: str = "auto", exclude: Sequence
             name = info.path[len(root) :].lstrip("/") if is_within(info.path, root) else info.base_name
             mtime = info.mtime_ns if info.mtime_ns is not None else None
             shards[uri] = Shard(uri, info.path, kind[0], kind[1], info.size or 0, mtime, name)  # type: ignore[arg-type]
-    if not shards:
-        globs = [p for p in paths if GLOB_CHARS & set(p) and "**" not in p]
-        below = ""
-        if globs:
-            below = f" (a glob's * stays within one folder: {_recursive(globs[0])} takes the folders below too)"
-        raise PipelineError(
-            f"input.paths: no .parquet or .jsonl(.gz) files found under {', '.join(paths)}; "
-            f"check the paths{below}, or set input.format for files without those extensions"
-        )
+            found += 1
+        if not found and not (empty_is_no_input and a_listing):
+            below = ""
+            if GLOB_CHARS & set(location) and "**" not in location:
+                below = f" (a glob's * stays within one folder: {_recursive(location)} takes the folders below too)"
+            raise PipelineError(
+                f"input.paths: no .parquet or .jsonl(.gz) files found under {location}; check the path{below}, "
+                "remove it from the list, or set input.format for files without those extensions"
+            )
     _check_names(list(shards.values()))
     return [shards[k] for k in sorted(shards)]
 

@@ -34,7 +34,7 @@ import pyarrow.fs as pafs
 
 from pipelines.errors import PipelineError
 from pipelines.io import stores
-from pipelines.io.shards import GLOB_CHARS, Shard, list_shards, resolve
+from pipelines.io.shards import Shard, list_shards, resolve
 from pipelines.output import layout
 from pipelines.output.commit import OutputDir
 from pipelines.output.layout import COMMITS, JOB, LOCK, PARTITION, STAGING, SUPERSEDED
@@ -90,15 +90,10 @@ def job_lock(spec: JobSpec) -> JobLock | ObjectLock:
 
 
 def current_shards(spec: JobSpec) -> list[Shard]:
-    """The input shards now; an existing but empty landing folder is no input yet, not an error."""
-    try:
-        return list_shards(spec.input.paths, spec.input.format, exclude=[spec.output.path])
-    except PipelineError:
-        for location in spec.input.paths:
-            fs, path = resolve(location)
-            if not GLOB_CHARS & set(path) and fs.get_file_info(path).type != pafs.FileType.Directory:
-                raise
-        return []
+    """The input shards now. An existing but empty landing folder, or a glob that matches nothing, is no input
+    yet; a location that does not exist or can't be listed (a missing bucket, refused credentials) is an error,
+    not a quiet tick."""
+    return list_shards(spec.input.paths, spec.input.format, exclude=[spec.output.path], empty_is_no_input=True)
 
 
 def describe_shard(shard: Shard) -> LedgerInput:
