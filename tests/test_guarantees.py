@@ -19,7 +19,7 @@ from helpers import SENTENCES, write_jsonl, write_parquet
 from test_faults import cli, many_shards, output_ids, write_job
 
 from pipelines.errors import PipelineError
-from pipelines.io.block import ERROR
+from pipelines.io.block import ERROR, ROW
 from pipelines.io.reader import NOT_FETCHED, Columns, read_shard
 from pipelines.io.shards import Shard, list_shards
 from pipelines.output.commit import OutputDir
@@ -91,6 +91,49 @@ def test_a_file_that_could_not_be_fetched_is_never_committed_even_under_quaranti
     assert again.shards_this_run == 1 and not again.unreadable_files
     got = output_ids(out)
     assert sorted(got) == sorted(ids)  # every row, once
+
+
+def _read(path: Path, id_column: str | None = "id") -> list[tuple]:
+    [shard] = list_shards([str(path)])
+    rows = [r for block in read_shard(shard, Columns(text="text", id=id_column)) for r in block.to_pylist()]
+    return [(r.get(id_column or "id"), r["text"], r[ERROR]) for r in sorted(rows, key=lambda r: r[ROW])]
+
+
+def test_number_ids_are_kept_as_written_and_one_value_costs_one_row_at_most(tmp_path):
+    """Ids written as JSON numbers: one over 2**63 was read as a float (12345678901234567890 and ...891 both
+    became ``1.2345678901234567e+19``, one id for two rows, and ``duplicate_ids: error`` then quarantined a row
+    that was no duplicate), and beside a string id or a bad line it made the whole file unreadable ("Python
+    int too large to convert to C long")."""
+    big = [{"id": 12345678901234567890, "text": "a"}, {"id": 12345678901234567891, "text": "b"}]
+    write_jsonl(tmp_path / "big.jsonl", [*big, {"id": 3, "text": "c"}])
+    assert _read(tmp_path / "big.jsonl") == [("12345678901234567890", "a", None), ("12345678901234567891", "b", None),
+                                             ("3", "c", None)]
+    (tmp_path / "mixed.jsonl").write_text(
+        '{"id": 18446744073709551616, "text": "a"}\n{"id": "x2", "text": "b"}\n{broken\n{"id": 1.10, "text": "d"}\n'
+        '{"id": 2e3, "text": "e"}\n{"id": 7, "text": "f", "n": 99999999999999999999}\n'
+    )
+    rows = _read(tmp_path / "mixed.jsonl")
+    assert [(i, t) for i, t, _ in rows] == [("18446744073709551616", "a"), ("x2", "b"), (None, None), ("1.10", "d"),
+                                            ("2e3", "e"), ("7", "f")]
+    assert [e is None for _, _, e in rows] == [True, True, False, True, True, True]
+
+
+def test_a_dictionary_encoded_text_column_is_text(tmp_path):
+    """Parquet text stored as a dictionary (a pandas category, or a writer's choice) is strings: every row was
+    quarantined as ``text is not a string (dictionary<values=string, ...>)``."""
+    table = pa.table({"id": pa.array(["a", "b", "c"]).dictionary_encode(),
+                      "text": pa.array(["one", None, "one"]).dictionary_encode()})
+    pq.write_table(table, tmp_path / "cat.parquet")
+    assert _read(tmp_path / "cat.parquet") == [("a", "one", None), ("b", None, None), ("c", "one", None)]
+
+
+def test_a_byte_order_mark_is_skipped_also_in_a_file_with_a_bad_line(tmp_path):
+    """A UTF-8 byte order mark starts many files written on Windows. pyarrow skips it, but a file with one bad
+    line is read line by line, where the first (good) row was quarantined as "Unexpected UTF-8 BOM"."""
+    (tmp_path / "bom.jsonl").write_bytes(b'\xef\xbb\xbf{"id": "c0", "text": "a"}\r\n{bad\r\n{"id": "c2", "text": "b"}\r\n')
+    rows = _read(tmp_path / "bom.jsonl")
+    assert [(i, t) for i, t, _ in rows] == [("c0", "a"), (None, None), ("c2", "b")]
+    assert [e is None for _, _, e in rows] == [True, False, True]
 
 
 def test_the_reader_tells_a_file_it_could_not_fetch_from_one_whose_bytes_do_not_parse(tmp_path):

@@ -8,6 +8,7 @@ that can't be read at all yields one row whose ``_row`` is -1 and whose
 from __future__ import annotations
 
 import base64
+import codecs
 import gzip
 import hashlib
 import io
@@ -185,10 +186,13 @@ def read_jsonl(data: bytes, columns: Columns) -> pa.Table:
 
     Text and id columns are read as the strings they are written as: where pyarrow's type inference
     turned one into something else (an id "2024-01-02" into a timestamp), the file is read again with
-    those columns declared as strings.
+    those columns declared as strings. Ids written as numbers pyarrow reads as floats (1.10, or integers
+    past 2**63, which it rounds: two ids would become one) are read line by line, as written.
     """
     try:
         table = pajson.read_json(io.BytesIO(data))
+        if columns.id in table.column_names and pa.types.is_floating(table.schema.field(columns.id).type):
+            return _read_jsonl_lines(data, columns)
         retyped = [
             name
             for name in (*columns.strings, *([columns.id] if columns.id else []))
@@ -214,17 +218,20 @@ def _read_jsonl_lines(data: bytes, columns: Columns) -> pa.Table:
     """The slow path for files pyarrow rejects: line by line, so one bad line costs one row."""
     records: list[dict[str, Any]] = []
     errors: list[str | None] = []
-    for line in data.split(b"\n"):
+    for line in data.removeprefix(codecs.BOM_UTF8).split(b"\n"):  # pyarrow skips a byte order mark too
         if not line.strip():
             continue
-        record, error = parse_line(line)
+        record, error = parse_line(line, numbers_as_written=True)
         records.append(record)
         errors.append(error)
     table = {}
     for name in columns.all:
         if not any(name in r for r in records):
             continue
-        values = [r.get(name) for r in records]
+        if name == columns.id:
+            table[name] = pa.array([_as_text(r.get(name)) for r in records], pa.string())
+            continue
+        values = [float(v) if isinstance(v, WrittenFloat) else v for v in (r.get(name) for r in records)]
         if name in columns.strings:
             values, errors = _strings_only(name, values, errors)
         table[name] = _column(values)
@@ -245,13 +252,27 @@ def _strings_only(name: str, values: list[Any], errors: list[str | None]) -> tup
     return kept, reasons
 
 
-def parse_line(line: bytes) -> tuple[dict[str, Any], str | None]:
+class WrittenFloat(float):
+    """A JSON number with a fraction or an exponent, and its text as written (``1.10``, ``2e3``)."""
+
+    text: str
+
+    @classmethod
+    def parse(cls, text: str) -> WrittenFloat:
+        number = cls(text)
+        number.text = text
+        return number
+
+
+def parse_line(line: bytes, numbers_as_written: bool = False) -> tuple[dict[str, Any], str | None]:
+    """One JSON line as an object, or the reason it is none. ``numbers_as_written``: floats as
+    :class:`WrittenFloat`, so that an id keeps its text (integers are exact in Python already)."""
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
         return {}, f"not valid UTF-8 (byte {exc.start})"
     try:
-        record = json.loads(text)
+        record = json.loads(text, parse_float=WrittenFloat.parse if numbers_as_written else None)
     except json.JSONDecodeError as exc:
         return {}, f"invalid JSON: {exc.msg} (column {exc.colno})"
     if not isinstance(record, dict):
@@ -263,7 +284,7 @@ def _column(values: list[Any]) -> pa.Array:
     """An Arrow column from Python values; mixed types fall back to their JSON text."""
     try:
         return pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):  # OverflowError: an integer past 64 bits
         return pa.array([v if isinstance(v, str) or v is None else json.dumps(v) for v in values], pa.string())
 
 
@@ -300,7 +321,9 @@ def _string_column(table: pa.Table, name: str, errors: Any) -> tuple[Any, Any]:
     if name not in table.column_names:
         return pa.nulls(n, pa.string()), _set(errors, f"missing column {name!r}")
     column = table.column(name)
-    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+    if pa.types.is_dictionary(column.type):  # a pandas category, or a Parquet writer's dictionary encoding
+        column = column.cast(column.type.value_type)
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or pa.types.is_string_view(column.type):
         return column.cast(pa.string()), errors
     if pa.types.is_null(column.type):
         return column.cast(pa.string()), errors
@@ -347,6 +370,8 @@ def _cast_each(column: Any, name: str, expected: pa.DataType, errors: Any) -> tu
 def _as_text(value: Any) -> str | None:
     if value is None or isinstance(value, str):
         return value
+    if isinstance(value, WrittenFloat):
+        return value.text
     return json.dumps(value, default=str, ensure_ascii=False)
 
 
