@@ -246,6 +246,8 @@ def test_duplicate_ids_follow_the_policy(ray_session, tiny_models, tmp_path, pol
     assert ids == ["1", "2", "3"]
     errors = pq.read_table(tmp_path / "out" / "_errors").to_pylist()
     assert sorted(e["id"] for e in errors) == ["2", "2"] and {e["reason"] for e in errors} == {"duplicate id"}
+    # each record says which input row it stands for, as any other quarantined row does (it said row=None)
+    assert sorted((e["shard"].rsplit("/", 1)[-1], e["row"]) for e in errors) == [("a.jsonl", 2), ("b.jsonl", 0)]
     assert summary["error_reasons"] == {"duplicate id": 2}
     assert summary["rows_in"] == 5
 

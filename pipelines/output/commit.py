@@ -379,7 +379,8 @@ class _Merger:
         table = in_input_order(pa.concat_tables(tables, promote_options="permissive"))
         taken = None
         if screen is not None and shard is not None:
-            table, taken = screen(table, shard)
+            table, taken = screen(table, shard)  # it may read each row's ``_row``
+        table = table.drop_columns([ROW]) if ROW in table.column_names else table  # bookkeeping, not output
         if not table.num_rows:
             return 0, taken
         self.fs.create_dir(self.folder, recursive=True)
@@ -396,11 +397,11 @@ class _Merger:
 
 
 def in_input_order(table: pa.Table) -> pa.Table:
-    """A shard's staged rows in the order of its input file (by ``_row``, which is then dropped)."""
+    """A shard's staged rows in the order of its input file (by ``_row``, or ``row`` for quarantined rows)."""
     for column in (ROW, "row"):
         if column in table.column_names:
             table = table.sort_by([(column, "ascending")])
-    return table.drop_columns([ROW]) if ROW in table.column_names else table
+    return table
 
 
 def _placeable(record: CommitRecord, existing: set[str], staged: set[str]) -> bool:

@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from pipelines.io.block import ROW
 from pipelines.io.shards import Shard
 from pipelines.output.openai_batch import OpenAIBatchFiles, read_custom_ids
 from pipelines.output.records import CommitRecord
@@ -49,10 +50,11 @@ class DuplicateIds:
             return kept, None
         dropped = ids.filter(pa.array(repeated))
         n = len(dropped)
+        rows = table.column(ROW).filter(pa.array(repeated)) if ROW in table.column_names else pa.nulls(n, pa.int64())
         errors = pa.table(
             {
                 "shard": pa.array([shard.uri] * n, pa.string()),
-                "row": pa.nulls(n, pa.int64()),
+                "row": rows,
                 "id": dropped,
                 "reason": pa.array([REASON] * n, pa.string()),
                 "preview": pa.nulls(n, pa.string()),
