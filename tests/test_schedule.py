@@ -428,6 +428,29 @@ def test_a_run_that_keeps_failing_does_not_stop_new_input_and_can_be_abandoned(r
         abandon(spec, "2026-11-29T02:00:00Z")
 
 
+def test_a_shard_that_changes_after_a_failing_run_committed_it_is_scored_again(ray_session, classifier, tmp_path):
+    """A file still being written when a tick read it: its cut-off last line was quarantined, which put the run
+    over ``errors.max_rate``, so the run failed and holds its shards. Once the file was finished, the resume left
+    it out (changed since it was committed there) and new work left it out too (held by the failing run): the
+    row stayed unscored, and the run failed on the old quarantine at every tick, until abandoned."""
+    spec = make_job(tmp_path, classifier)
+    add_shard(tmp_path, "a.jsonl", rows("a", 5))
+    b = tmp_path / "in" / "b.jsonl"
+    finished = b"".join(json.dumps(r).encode() + b"\n" for r in rows("b", 3))
+    b.write_bytes(finished[:-20])  # the writer is not done: the last line is cut off
+    first = run_due(spec, now=day(1, hours=0.01))
+    assert first.failures and "over the limit of errors.max_rate" in first.failures[0]
+
+    b.write_bytes(finished)
+    run_due(spec, now=day(2, hours=0.01))  # the resume fails once more on b's old quarantine; b is scored again
+    ids = all_ids(tmp_path)
+    assert sorted(ids) == sorted(r["id"] for r in rows("a", 5) + rows("b", 3)) and len(ids) == len(set(ids))
+    assert not list((tmp_path / "out" / "run=2026-11-28T02:00:00Z").glob("_errors/*"))  # retired with b's old rows
+    third = run_due(spec, now=day(3, hours=0.01))
+    assert not third.failures and third.entries[0].kind == "resume" and third.entries[0].status == "succeeded"
+    assert sorted(all_ids(tmp_path)) == sorted(ids)
+
+
 def test_a_rescore_that_fails_or_is_abandoned_leaves_each_row_once(ray_session, classifier, tmp_path):
     """A rescore replaces each shard's earlier output as it commits the shard, so a rescore that fails part
     way, and then is abandoned (its committed shards stay and count as scored), leaves every row once."""
@@ -512,6 +535,37 @@ def test_a_changed_shard_retires_its_old_version_as_the_new_one_commits(ray_sess
     assert sorted(ids) == sorted(r["id"] for r in rows("a", 5) + rows("b", 2)) and len(ids) == len(set(ids))
 
 
+def test_a_shard_whose_commit_was_cut_short_is_put_in_place_also_when_its_run_is_abandoned(
+    ray_session, classifier, tmp_path, monkeypatch
+):
+    """Killed between a changed shard's commit record and the move of its files into place, then abandoned: the
+    abandoned run counts the shard as committed, the next tick retired its old version, and nothing ever moved
+    the new one out of staging (only a resume finishes a commit), so a.jsonl's rows were in no partition."""
+    from pipelines import faults
+
+    spec = make_job(tmp_path, classifier)
+    add_shard(tmp_path, "a.jsonl", rows("a", 3))
+    add_shard(tmp_path, "b.jsonl", rows("b", 2))
+    run_due(spec, now=day(1, hours=0.01))
+    add_shard(tmp_path, "a.jsonl", rows("a", 5))  # a changed: two more rows
+    checkpoint = faults.checkpoint
+
+    def die_mid_commit(point: str) -> None:
+        if point == "mid_commit":
+            raise Killed()
+        checkpoint(point)
+
+    monkeypatch.setattr(faults, "checkpoint", die_mid_commit)
+    with pytest.raises(Killed):
+        run_due(spec, now=day(2, hours=0.01))
+    monkeypatch.undo()
+    gc.collect()
+    abandon(spec, "2026-11-29T02:00:00Z")
+    assert run_due(spec, now=day(3, hours=0.01)).entries[0].status == "empty"
+    ids = all_ids(tmp_path)
+    assert sorted(ids) == sorted(r["id"] for r in rows("a", 5) + rows("b", 2)) and len(ids) == len(set(ids))
+
+
 def test_output_of_gone_input_is_recorded_and_pruned_on_request(ray_session, classifier, tmp_path):
     spec = make_job(tmp_path, classifier)
     add_shard(tmp_path, "a.jsonl", rows("a", 2))
@@ -526,6 +580,19 @@ def test_output_of_gone_input_is_recorded_and_pruned_on_request(ray_session, cla
     assert [e.status for e in pruned.entries] == ["pruned", "empty"]
     assert sorted(all_ids(tmp_path)) == sorted(r["id"] for r in rows("a", 2) + rows("c", 2))
     assert run_due(spec, now=day(4, hours=0.01)).entries[-1].gone is None
+
+
+def test_a_tick_with_nothing_new_still_warns_of_gone_input(tmp_path, ray_session, classifier, caplog):
+    """The README says a gone shard is warned about at each tick; only a tick that ran something did."""
+    spec = make_job(tmp_path, classifier)
+    add_shard(tmp_path, "a.jsonl", rows("a", 2))
+    gone = add_shard(tmp_path, "b.jsonl", rows("b", 2))
+    run_due(spec, now=day(1, hours=0.01))
+    Path(gone).unlink()
+    with caplog.at_level("WARNING", logger="pipelines"):
+        [line] = run_due(spec, now=day(2, hours=0.01)).entries
+    assert (line.status, line.gone) == ("empty", ["b.jsonl"])
+    assert "1 shard(s) scored earlier are gone from the input (e.g. b.jsonl)" in caplog.text
 
 
 # the command line ------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ from pipelines.output.object_lock import ObjectLock
 from pipelines.output.records import RunSummary
 from pipelines.schedule.ledger import History, Ledger, LedgerEntry, LedgerInput
 from pipelines.schedule.lineage import model_lineage
-from pipelines.schedule.planner import PartitionState, Planner, Retirement, RunPlan
+from pipelines.schedule.planner import HeldCommit, PartitionState, Planner, Retirement, RunPlan, gone_warning
 from pipelines.schedule.ticks import Decision, decide, run_id
 from pipelines.spec import JobSpec
 
@@ -249,22 +249,25 @@ class ScheduledJob:
         if decision.action == "handled":
             report.entries.append(self.record_tick(decision, "empty", model=lineage))
         else:
-            work = self.planner(lineage).new_work(decision, rescore, self.unfinished_commits() if rescore else None)
+            work = self.planner(lineage).new_work(decision, rescore, self.unfinished_commits())
             if isinstance(work, RunPlan):
                 if work.run in self.history().latest():
                     raise PipelineError(f"run {work.run} exists already; try again in a second")
                 self.attempt_reporting(work, report)
             else:
+                if work.gone:  # a run logs it among its warnings; an empty tick says it here
+                    log.warning(gone_warning(work.gone))
                 report.entries.append(self.stamp(work))
         self.reconcile()
         return report
 
-    def unfinished_commits(self) -> dict[str, str]:
+    def unfinished_commits(self) -> dict[str, HeldCommit]:
         """shard key → the unfinished run that has committed it (the newest run, where several have)."""
-        found: dict[str, str] = {}
+        found: dict[str, HeldCommit] = {}
         for entry in self.history().unfinished():
             assert entry.run is not None
-            found.update(dict.fromkeys(self.partition_state(entry.run).committed, entry.run))
+            for key, (size, mtime_ns) in self.partition_state(entry.run).committed.items():
+                found[key] = HeldCommit(entry.run, size, mtime_ns)
         return found
 
     def attempt_reporting(self, plan: RunPlan, report: Invocation) -> None:
@@ -370,8 +373,17 @@ class ScheduledJob:
     # superseded outputs --------------------------------------------------------------------
 
     def reconcile(self) -> None:
-        """Move outputs that newer ones replace to ``_superseded/`` (idempotent; resumes a cut-off move)."""
+        """Move outputs that newer ones replace to ``_superseded/`` (idempotent; resumes a cut-off move).
+
+        First, the commits that a killed run cut short (a commit record written, its files still staged) are
+        finished in every partition of a run that did not succeed: an abandoned run is never resumed, and a
+        skipped tick resumes nothing, so an old version would otherwise be retired for one that never appears.
+        """
         planner = Planner(self.history(), [], {}, self.spec.fingerprint())
+        partitions = set(self.partitions())
+        for run, entry in planner.history.latest().items():
+            if run in partitions and entry.status in ("running", "failed", "abandoned"):
+                OutputDir(partition_path(self.spec, run)).recover()
         committed = {
             (run, key)
             for run, entry in planner.history.latest().items()

@@ -28,6 +28,18 @@ class PartitionState:
     committed: dict[str, tuple[int, int | None]] = field(default_factory=dict)  # key → (size, mtime_ns)
 
 
+@dataclass(frozen=True)
+class HeldCommit:
+    """A shard an unfinished run has committed: the run, and the input's fingerprint as it was committed."""
+
+    run: str
+    size: int
+    mtime_ns: int | None
+
+    def same_file(self, shard: Shard) -> bool:
+        return (self.size, self.mtime_ns) == (shard.size, shard.mtime_ns)
+
+
 @dataclass
 class RunPlan:
     """Score ``shards`` into partition ``run``; ``entry`` is the ledger line's content before it starts."""
@@ -95,30 +107,39 @@ class Planner:
         return RunPlan(run, shards, entry, overwrite, warnings)
 
     def new_work(
-        self, decision: Decision, rescore: bool, unfinished_commits: dict[str, str] | None = None
+        self, decision: Decision, rescore: bool, unfinished_commits: dict[str, HeldCommit] | None = None
     ) -> RunPlan | LedgerEntry:
         """The run that scores new and changed shards (every shard, to rescore), or the ``empty`` line.
 
         Shards an unfinished run planned are that run's to finish (even while it keeps failing), so they
-        are left out until it succeeds or is abandoned. ``unfinished_commits``: shard key → the unfinished run
-        that has committed it; a rescore replaces those outputs too.
+        are left out until it succeeds or is abandoned, but for one it committed that has changed since: its
+        resume leaves that out, so it is a changed shard here. ``unfinished_commits``: shard key → the
+        unfinished run that has committed it; a rescore replaces those outputs too.
         """
         scored = self.history.scored()
+        commits = unfinished_commits or {}
+        now = {s.key: s for s in self.shards}
         claimed = {} if rescore else self.history.claimed()
-        current = {s.key for s in self.shards}
-        gone = sorted(item.name or item.uri for key, (item, _) in scored.items() if key not in current)
+        changed = {
+            key: run for key, run in claimed.items()
+            if key in now and key in commits and commits[key].run == run and not commits[key].same_file(now[key])
+        }
+        claimed = {key: run for key, run in claimed.items() if key not in changed}
+        gone = sorted(item.name or item.uri for key, (item, _) in scored.items() if key not in now)
         if rescore:
             todo = list(self.shards)
         else:
             todo = [
                 s for s in self.shards
-                if s.key not in claimed and (s.key not in scored or not scored[s.key][0].same_file(s))
+                if s.key not in claimed
+                and (s.key in changed or s.key not in scored or not scored[s.key][0].same_file(s))
             ]
         # A shard's earlier output moves to _superseded/ just before its new one appears: a changed shard's, and
         # every shard's in a rescore (so a rescore that fails part way, or is abandoned, leaves each row once).
         replaces = {s.key: scored[s.key][1] for s in todo if s.key in scored}
+        replaces.update(changed)  # the version an unfinished run committed is the newest
         if rescore:
-            replaces.update({key: run for key, run in (unfinished_commits or {}).items() if key in current})
+            replaces.update({key: held.run for key, held in commits.items() if key in now})
         if not todo:
             held = f"; {len(claimed)} held by unfinished run(s)" if claimed else ""
             note = decision.note() or f"no new input ({len(self.shards)} shard(s) scored already{held})"
@@ -142,10 +163,7 @@ class Planner:
         )
         warnings = [warning] if warning else []
         if gone:
-            warnings.append(
-                f"{len(gone)} shard(s) scored earlier are gone from the input (e.g. {gone[0]}); their rows stay in "
-                "their partitions: `pipelines schedule JOB --once --prune` moves them to _superseded/"
-            )
+            warnings.append(gone_warning(gone))
         if replaces and not rescore:
             warnings.append(
                 f"{len(replaces)} shard(s) changed since they were scored; their earlier output moves to "
@@ -194,3 +212,10 @@ class Planner:
                 if base <= old < run and (run, key) in committed:
                     moves.append(Retirement(old, key))
         return moves
+
+
+def gone_warning(gone: list[str]) -> str:
+    return (
+        f"{len(gone)} shard(s) scored earlier are gone from the input (e.g. {gone[0]}); their rows stay in "
+        "their partitions: `pipelines schedule JOB --once --prune` moves them to _superseded/"
+    )
