@@ -451,6 +451,39 @@ def test_a_shard_that_changes_after_a_failing_run_committed_it_is_scored_again(r
     assert sorted(all_ids(tmp_path)) == sorted(ids)
 
 
+def test_a_changed_shard_taken_from_a_failing_run_stays_once_when_both_fail_and_one_is_abandoned(
+    ray_session, classifier, tmp_path
+):
+    """A shard that grows twice: R1 scores its second version (retiring R0's) and fails on another file; R2 takes
+    its third version from R1 (retiring R1's) and fails too. R1's resume then found the shard in none of its
+    commits and scored it again beside R2's (rows twice), and abandoning R1 brought R0's version back from
+    _superseded/ (rows twice, for good)."""
+    from test_guarantees import corrupt_parquet
+
+    spec = make_job(tmp_path, classifier)
+    add_shard(tmp_path, "a.jsonl", rows("a", 2))
+    run_due(spec, now=day(1, hours=0.01))  # R0
+    add_shard(tmp_path, "a.jsonl", rows("a", 3))
+    corrupt_parquet(tmp_path / "in" / "bad.parquet", 20)
+    assert run_due(spec, now=day(2, hours=0.01)).failures  # R1: a committed, bad not
+    add_shard(tmp_path, "a.jsonl", rows("a", 4))
+    corrupt_parquet(tmp_path / "in" / "bad2.parquet", 20)
+    second = run_due(spec, now=day(3, hours=0.01))  # R1 resumed, fails on bad; R2 takes a and bad2, fails on bad2
+    assert [e.status for e in second.entries] == ["failed", "failed"]
+    expected = sorted(r["id"] for r in rows("a", 4))
+    assert sorted(all_ids(tmp_path)) == expected
+    third = run_due(spec, now=day(4, hours=0.01))  # both resumed: R1 must leave a to R2
+    assert [e.status for e in third.entries] == ["failed", "failed", "empty"]
+    assert sorted(all_ids(tmp_path)) == expected
+    abandon(spec, "2026-11-29T02:00:00Z")
+    assert sorted(all_ids(tmp_path)) == expected
+    abandon(spec, "2026-11-30T02:00:00Z")
+    for name in ("bad.parquet", "bad2.parquet"):
+        (tmp_path / "in" / name).unlink()
+    run_due(spec, now=day(5, hours=0.01))
+    assert sorted(all_ids(tmp_path)) == expected
+
+
 def test_a_rescore_that_fails_or_is_abandoned_leaves_each_row_once(ray_session, classifier, tmp_path):
     """A rescore replaces each shard's earlier output as it commits the shard, so a rescore that fails part
     way, and then is abandoned (its committed shards stay and count as scored), leaves every row once."""

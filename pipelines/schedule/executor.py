@@ -151,7 +151,7 @@ def abandon(spec: JobSpec, run: str) -> LedgerEntry:
         committed = job.committed_inputs(run)
         # An earlier output this run retired but no longer holds the new one of (a resume redone whole, then
         # given up on) comes back, so that each shard keeps one output.
-        done = {item.key for item in committed}
+        done = {item.key for item in committed} | history.taken_over(run)  # a later run's version stays
         for key, earlier in (history.first_attempt(run).replaces or {}).items():
             if key not in done:
                 job.restore_shard(earlier, key)
@@ -375,15 +375,13 @@ class ScheduledJob:
     def reconcile(self) -> None:
         """Move outputs that newer ones replace to ``_superseded/`` (idempotent; resumes a cut-off move).
 
-        First, the commits that a killed run cut short (a commit record written, its files still staged) are
+        Then the commits that a killed run cut short (a commit record written, its files still staged) are
         finished in every partition of a run that did not succeed: an abandoned run is never resumed, and a
         skipped tick resumes nothing, so an old version would otherwise be retired for one that never appears.
+        (After the moves: a move cut short leaves a record whose files are neither in place nor staged, which
+        ``recover`` would take for a broken commit and delete.)
         """
         planner = Planner(self.history(), [], {}, self.spec.fingerprint())
-        partitions = set(self.partitions())
-        for run, entry in planner.history.latest().items():
-            if run in partitions and entry.status in ("running", "failed", "abandoned"):
-                OutputDir(partition_path(self.spec, run)).recover()
         committed = {
             (run, key)
             for run, entry in planner.history.latest().items()
@@ -392,6 +390,10 @@ class ScheduledJob:
         }
         for move in planner.retirements(self.partitions(), committed):
             self.retire(move)
+        partitions = set(self.partitions())
+        for run, entry in planner.history.latest().items():
+            if run in partitions and entry.status in ("running", "failed", "abandoned"):
+                OutputDir(partition_path(self.spec, run)).recover()
 
     def retire(self, move: Retirement) -> None:
         if move.key is None:

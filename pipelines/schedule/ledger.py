@@ -191,6 +191,16 @@ class History:
                         found[item.key] = (item, run)
         return found
 
+    def taken_over(self, run: str) -> set[str]:
+        """Keys of the shards whose output in ``run`` a later run replaces: their newer version is that run's."""
+        return {
+            key
+            for entry in self.entries
+            if entry.run and entry.run > run
+            for key, old in (entry.replaces or {}).items()
+            if old == run
+        }
+
     def claimed(self) -> dict[str, str]:
         """shard key → run, for the shards that unfinished runs planned: theirs to finish, no one else's."""
         claims: dict[str, str] = {}

@@ -82,13 +82,14 @@ class Planner:
             warnings.append(f"run {run} was started with another model or spec: redoing it whole with the current one")
         current = {s.key: s for s in self.shards}
         later = {key for key, (_, by) in self.history.scored().items() if by > run}
+        later |= self.history.taken_over(run)  # a later run scores its newer version, finished or not
         shards = []
         for item in plan.inputs or []:
             shard = current.get(item.key)
             if shard is None:
                 warnings.append(f"run {run}: {item.name or item.uri} is gone since the run started; left out")
                 continue
-            if shard.key in later:  # an abandoned rescore after this run scored it: it stays there
+            if shard.key in later:  # scored after this run (a rescore, or a changed shard): it is that run's
                 continue
             done = partition.committed.get(shard.key)
             if done and done != (shard.size, shard.mtime_ns) and not overwrite:
