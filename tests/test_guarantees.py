@@ -93,10 +93,11 @@ def test_a_file_that_could_not_be_fetched_is_never_committed_even_under_quaranti
     assert sorted(got) == sorted(ids)  # every row, once
 
 
-def _read(path: Path, id_column: str | None = "id") -> list[tuple]:
+def _read(path: Path, keep: tuple[str, ...] = ()) -> list[tuple]:
+    """(id, text, error, *kept) of each row of the file, in its order."""
     [shard] = list_shards([str(path)])
-    rows = [r for block in read_shard(shard, Columns(text="text", id=id_column)) for r in block.to_pylist()]
-    return [(r.get(id_column or "id"), r["text"], r[ERROR]) for r in sorted(rows, key=lambda r: r[ROW])]
+    rows = [r for block in read_shard(shard, Columns(text="text", id="id", keep=keep)) for r in block.to_pylist()]
+    return [(r["id"], r["text"], r[ERROR], *(r[k] for k in keep)) for r in sorted(rows, key=lambda r: r[ROW])]
 
 
 def test_number_ids_are_kept_as_written_and_one_value_costs_one_row_at_most(tmp_path):
@@ -112,10 +113,11 @@ def test_number_ids_are_kept_as_written_and_one_value_costs_one_row_at_most(tmp_
         '{"id": 18446744073709551616, "text": "a"}\n{"id": "x2", "text": "b"}\n{broken\n{"id": 1.10, "text": "d"}\n'
         '{"id": 2e3, "text": "e"}\n{"id": 7, "text": "f", "n": 99999999999999999999}\n'
     )
-    rows = _read(tmp_path / "mixed.jsonl")
-    assert [(i, t) for i, t, _ in rows] == [("18446744073709551616", "a"), ("x2", "b"), (None, None), ("1.10", "d"),
-                                            ("2e3", "e"), ("7", "f")]
-    assert [e is None for _, _, e in rows] == [True, True, False, True, True, True]
+    rows = _read(tmp_path / "mixed.jsonl", keep=("n",))
+    assert [(i, t) for i, t, _, _ in rows] == [("18446744073709551616", "a"), ("x2", "b"), (None, None), ("1.10", "d"),
+                                               ("2e3", "e"), ("7", "f")]
+    assert [e is None for _, _, e, _ in rows] == [True, True, False, True, True, True]
+    assert rows[-1][3] == "99999999999999999999"  # a kept column of such a number is its text
 
 
 def test_a_dictionary_encoded_text_column_is_text(tmp_path):
@@ -450,7 +452,7 @@ def test_every_input_location_must_give_a_file(tmp_path):
 def test_a_question_mark_in_a_file_uri_is_a_wildcard(tmp_path):
     """``file:///data/part-?.jsonl`` is a glob, as the plain path is: pyarrow parsed a ``file://`` URI's ``?`` as
     the start of a query, so the glob looked for a file named ``part-`` and the run failed on a path that was
-    never written. Options at the end (``?key=value``) are still a query."""
+    never written."""
     for name in ("part-1.jsonl", "part-2.jsonl", "part-10.jsonl"):
         write_jsonl(tmp_path / "data" / name, [{"id": name, "text": "words"}])
 

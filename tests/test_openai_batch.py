@@ -7,6 +7,7 @@ CreateEmbeddingResponse, ErrorObject): each body must validate, and validate to 
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import re
@@ -74,6 +75,13 @@ def test_every_option_of_the_openai_request_types_is_honoured_or_refused_by_name
     honoured = chat_line("x", **defaults, user="u-1", n=2, stop="\n", seed=3, max_completion_tokens=5)
     request = parse_request(rows_of([honoured]).column("text")[0].as_py(), "text-generation")
     assert isinstance(request, requests.ChatRequest) and request.n == 2 and request.new_tokens(64) == 5
+
+
+def test_a_byte_order_mark_does_not_cost_the_first_request():
+    """A Batch file saved with a UTF-8 byte order mark: its first request was "invalid JSON: Unexpected UTF-8 BOM"."""
+    data = codecs.BOM_UTF8 + "".join(json.dumps(chat_line(c)) + "\r\n" for c in ("first", "second")).encode()
+    table = read_requests(data, "id", "text")
+    assert table.column("id").to_pylist() == ["first", "second"] and table.column("_error").null_count == 2
 
 
 def test_request_lines_become_rows_and_what_is_no_request_keeps_its_row_with_the_reason(tmp_path):

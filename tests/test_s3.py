@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -359,6 +360,21 @@ def test_a_location_keeps_its_options_and_its_wildcards():
     assert _encode_location("b/part-?.jsonl") == "b/part-%3F.jsonl"  # a wildcard, decoded back by pyarrow
     assert _encode_location("b/part-?.jsonl?region=us-east-1") == "b/part-%3F.jsonl?region=us-east-1"
     assert _encode_location("b/p?x=1/y.jsonl") == "b/p?x=1/y.jsonl"  # a query, refused as before: say %3F
+
+
+def test_an_empty_glob_is_no_input_also_for_credentials_that_may_not_look_at_the_bucket():
+    """A glob that matches nothing on a store looks at its bucket, to tell a missing bucket (an error) from an
+    empty landing prefix (no input yet). Credentials limited to a prefix are refused that look: that says
+    nothing, so a scheduled tick over an empty landing glob must not fail on it (no server: a stand-in store)."""
+    from pipelines.io.shards import _glob
+
+    class PrefixOnly:  # what the glob asks of an S3 filesystem
+        def get_file_info(self, what):
+            if isinstance(what, pafs.FileSelector):
+                return []  # the landing prefix is empty
+            raise OSError("AWS Error ACCESS_DENIED during HeadBucket operation")
+
+    assert _glob("s3://bucket/landing/*.jsonl", PrefixOnly(), "bucket/landing/*.jsonl")[1] == []
 
 
 def test_object_keys_with_spaces_or_accents_are_read_like_any_other(s3_server, monkeypatch, tmp_path):

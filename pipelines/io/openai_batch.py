@@ -9,6 +9,7 @@ request keeps its row, with the reason in ``_error``: nothing is lost.
 
 from __future__ import annotations
 
+import codecs
 import json
 from typing import Any
 
@@ -28,7 +29,7 @@ def read_requests(data: bytes, id_column: str, text_column: str) -> pa.Table:
     ids: list[str | None] = []
     texts: list[str | None] = []
     errors: list[str | None] = []
-    for line in data.split(b"\n"):
+    for line in data.removeprefix(codecs.BOM_UTF8).split(b"\n"):  # a byte order mark, as JSON lines skip it
         if not line.strip():
             continue
         record, error = parse_line(line)

@@ -323,13 +323,18 @@ def _string_column(table: pa.Table, name: str, errors: Any) -> tuple[Any, Any]:
     column = table.column(name)
     if pa.types.is_dictionary(column.type):  # a pandas category, or a Parquet writer's dictionary encoding
         column = column.cast(column.type.value_type)
-    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or pa.types.is_string_view(column.type):
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or _is_string_view(column.type):
         return column.cast(pa.string()), errors
     if pa.types.is_null(column.type):
         return column.cast(pa.string()), errors
     bad = pc.invert(column.is_null())
     reason = f"{name} is not a string ({column.type})"
     return pa.nulls(n, pa.string()), pc.if_else(pc.and_(errors.is_null(), bad), reason, errors)
+
+
+def _is_string_view(type_: pa.DataType) -> bool:
+    """pyarrow 16's ``string_view`` text (``pa.types.is_string_view`` is not in pyarrow 15)."""
+    return getattr(pa.types, "is_string_view", lambda _: False)(type_)
 
 
 def _kept_column(table: pa.Table, name: str, expected: pa.DataType | None, errors: Any) -> tuple[Any, Any]:

@@ -184,7 +184,8 @@ def _glob(location: str, fs: pafs.FileSystem, pattern: str) -> tuple[str, list[t
         if any(matcher.match("/".join(parts[:depth])) for depth in depths):
             files.append((uri_of(location, info.path), info))
     if not files:
-        stores.check_bucket(fs, base, "input.paths:", location)  # a store's listing of a missing bucket is empty
+        # A store lists a missing bucket as empty; credentials limited to a prefix may not look at the bucket.
+        stores.check_bucket(fs, base, "input.paths:", location, refused_is_unknown=True)
     return base, files
 
 

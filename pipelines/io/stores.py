@@ -92,14 +92,19 @@ def refusal(role: str, location: str, exc: OSError) -> PipelineError:
                          "the endpoint (AWS_ENDPOINT_URL) and the network")
 
 
-def check_bucket(fs: pafs.FileSystem, path: str, role: str, location: str) -> None:
-    """Refuse a location in a bucket that does not exist or may not be looked at (object stores only)."""
+def check_bucket(fs: pafs.FileSystem, path: str, role: str, location: str, refused_is_unknown: bool = False) -> None:
+    """Refuse a location in a bucket that does not exist or may not be looked at (object stores only).
+
+    ``refused_is_unknown``: a refused look at the bucket (credentials that may list a prefix but not look
+    at the bucket itself) says nothing, rather than refusing the location."""
     if is_local(fs):
         return
     bucket = bucket_of(path)
     try:
         info = fs.get_file_info(bucket)
     except OSError as exc:
+        if refused_is_unknown:
+            return
         raise refusal(role, location, exc) from None
     if info.type == pafs.FileType.NotFound:
         raise no_bucket(role, location, bucket)
