@@ -12,16 +12,18 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
 from helpers import ROOT, SENTENCES, write_jsonl, write_parquet
 
 from pipelines.errors import PipelineError
+from pipelines.output import layout
 from pipelines.output import summary as summaries
-from pipelines.output.commit import OutputDir
+from pipelines.output.commit import DATA_STAGED, OutputDir, staged_name
 from pipelines.output.lock import JobLock, LockHeld
-from pipelines.output.records import RunSummary
+from pipelines.output.records import CommitRecord, RunSummary, ShardInput
 from pipelines.runner import job_record
 from pipelines.schedule.executor import abandon, job_lock, run_due
 from pipelines.schedule.ledger import Ledger, render_table
@@ -117,6 +119,43 @@ class NoRay:
             raise PipelineError("the cluster went away")
         if self.fail_with and any(s.uri.endswith(self.fail_with) for s in shards):
             raise self.error(f"1 input file(s) could not be read: {self.fail_with}")
+        summary = summaries.build(job_record(spec), [], [], 0.0, "succeeded")
+        return summary.model_copy(update={"shards_this_run": len(shards)})
+
+
+class Committing:
+    """A stand-in for run_job that commits as it does, without a model or Ray: each shard's ids staged, its commit
+    record written, ``before_visible`` called, then the file moved into place. A shard named ``bad*`` is never
+    committed and fails its run at the end (as an unreadable file does); runs in ``fail_first`` fail before
+    committing anything. For tests of long sequences of failures, resumes and abandons."""
+
+    def __init__(self) -> None:
+        self.fail_first: set[str] = set()
+
+    def __call__(self, spec, *, address=None, overwrite=False, shards=None, before_visible=None) -> RunSummary:
+        out = OutputDir(spec.output.path)
+        if overwrite:
+            out.clear()
+        out.recover()
+        out.clean()
+        run = Path(spec.output.path).name.removeprefix("run=")
+        if run in self.fail_first:
+            raise PipelineError(f"run {run} failed before its first commit")
+        committed = out.commits()
+        for shard in [s for s in shards if s.key not in committed and not s.name.startswith("bad")]:
+            ids = [json.loads(line)["id"] for line in Path(shard.path).read_text().splitlines()]
+            final = layout.part_name(shard.key, 0)
+            staged = Path(spec.output.path) / "_staging" / shard.key / staged_name(DATA_STAGED, final)
+            staged.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.table({"id": ids}), staged)
+            record = CommitRecord(shard=shard.key, input=ShardInput(**shard.fingerprint()), spec_hash="-",
+                                  model={"name": "-"}, rows_in=len(ids), rows=len(ids), errors=0, files=[final])
+            out.write_json(layout.commit_record_path(shard.key), record.to_json())
+            if before_visible is not None:
+                before_visible(shard)
+            out._reveal(shard.key, record)
+        if any(s.name.startswith("bad") for s in shards):
+            raise PipelineError("1 input file(s) could not be read: bad")
         summary = summaries.build(job_record(spec), [], [], 0.0, "succeeded")
         return summary.model_copy(update={"shards_this_run": len(shards)})
 
@@ -482,6 +521,64 @@ def test_a_changed_shard_taken_from_a_failing_run_stays_once_when_both_fail_and_
         (tmp_path / "in" / name).unlink()
     run_due(spec, now=day(5, hours=0.01))
     assert sorted(all_ids(tmp_path)) == expected
+
+
+def test_a_shard_handed_back_by_an_abandoned_run_is_scored_by_the_run_it_was_taken_from(tmp_path):
+    """A later run that is abandoned before it commits a shard hands that shard back. Without that, a run redone
+    whole (its model changed) dropped the shard and left it out as taken, and abandoning that run then did not
+    bring the earlier version back either: the rows were in no partition, for good."""
+    runner, model = Committing(), fake_model(tmp_path)
+    spec = make_job(tmp_path, model)
+    add_shard(tmp_path, "k.jsonl", rows("k", 2))
+    run_due(spec, now=day(1, hours=0.01), runner=runner)
+    add_shard(tmp_path, "bad.jsonl", rows("x", 1))
+    (Path(model) / "config.json").write_text('{"v": 2}')
+    assert run_due(spec, now=day(1, hours=3), rescore=True, runner=runner).failures  # RS1: commits k, fails on bad
+    (Path(model) / "config.json").write_text('{"v": 3}')
+    runner.fail_first.add("2026-11-28T06:00:00Z")
+    assert run_due(spec, now=day(1, hours=4), rescore=True, runner=runner).failures  # RS2 replaces RS1's k; fails
+    abandon(spec, "2026-11-28T06:00:00Z")
+    run_due(spec, now=day(2, hours=0.01), runner=runner)  # RS1 redone whole (v2 -> v3): k again, bad fails
+    assert sorted(all_ids(tmp_path)) == ["k0", "k1"]
+    abandon(spec, "2026-11-28T05:00:00Z")
+    (tmp_path / "in" / "bad.jsonl").unlink()
+    run_due(spec, now=day(3, hours=0.01), runner=runner)
+    assert sorted(all_ids(tmp_path)) == ["k0", "k1"]
+
+
+def test_a_changed_shard_handed_back_by_an_abandoned_run_is_scored_when_its_holder_is_redone(tmp_path):
+    runner, model = Committing(), fake_model(tmp_path)
+    spec = make_job(tmp_path, model)
+    add_shard(tmp_path, "k.jsonl", rows("k", 2))
+    add_shard(tmp_path, "bad.jsonl", rows("x", 1))
+    assert run_due(spec, now=day(1, hours=0.01), runner=runner).failures  # R1: k committed, bad not
+    add_shard(tmp_path, "k.jsonl", rows("k", 3))
+    runner.fail_first.add("2026-11-29T02:00:00Z")
+    run_due(spec, now=day(2, hours=0.01), runner=runner)  # R2 takes the changed k from R1, fails before committing
+    abandon(spec, "2026-11-29T02:00:00Z")
+    (Path(model) / "config.json").write_text('{"v": 2}')
+    run_due(spec, now=day(3, hours=0.01), runner=runner)  # R1 redone whole: k must be among its shards
+    assert sorted(all_ids(tmp_path)) == ["k0", "k1", "k2"]
+
+
+def test_abandoning_a_run_brings_back_no_version_that_a_later_run_replaced(tmp_path):
+    """An abandon brings an earlier version back for a shard the run no longer holds; if a rescore has
+    committed that shard since, the version brought back stood beside the rescore's until the next tick."""
+    runner, model = Committing(), fake_model(tmp_path)
+    spec = make_job(tmp_path, model)
+    add_shard(tmp_path, "k.jsonl", rows("k", 2))
+    run_due(spec, now=day(1, hours=0.01), runner=runner)  # R1
+    add_shard(tmp_path, "k.jsonl", rows("k", 3))
+    add_shard(tmp_path, "bad.jsonl", rows("x", 1))
+    run_due(spec, now=day(2, hours=0.01), runner=runner)  # R2: k replaces R1's; fails on bad
+    (Path(model) / "config.json").write_text('{"v": 2}')
+    runner.fail_first.add("2026-11-29T02:00:00Z")
+    run_due(spec, now=day(3, hours=0.01), runner=runner)  # R2 redone whole: cleared, fails before committing k
+    runner.fail_first.clear()
+    rescore = run_due(spec, now=day(3, hours=3), rescore=True, runner=runner).entries[-1]  # commits k, fails on bad
+    abandon(spec, rescore.run)
+    abandon(spec, "2026-11-29T02:00:00Z")  # brings R1's k back from _superseded/, beside the rescore's
+    assert sorted(all_ids(tmp_path)) == ["k0", "k1", "k2"]
 
 
 def test_a_rescore_that_fails_or_is_abandoned_leaves_each_row_once(ray_session, classifier, tmp_path):

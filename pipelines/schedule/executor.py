@@ -164,7 +164,9 @@ def abandon(spec: JobSpec, run: str) -> LedgerEntry:
             "finished_at": _now_iso(),
             "error": None,
         })
-        return job.ledger.append(entry)
+        line = job.ledger.append(entry)
+        job.reconcile()  # an earlier version brought back may be one a later run has replaced since
+        return line
 
 
 def _no_runner(*args, **kwargs) -> RunSummary:

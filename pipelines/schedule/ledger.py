@@ -192,14 +192,21 @@ class History:
         return found
 
     def taken_over(self, run: str) -> set[str]:
-        """Keys of the shards whose output in ``run`` a later run replaces: their newer version is that run's."""
-        return {
-            key
-            for entry in self.entries
-            if entry.run and entry.run > run
-            for key, old in (entry.replaces or {}).items()
-            if old == run
-        }
+        """Keys of the shards whose output in ``run`` a later run replaces: their newer version is that run's.
+
+        A later run that ended (succeeded or abandoned) without committing a shard hands it back."""
+        latest = self.latest()
+        taken: set[str] = set()
+        for entry in self.entries:
+            if not entry.run or entry.run <= run:
+                continue
+            last = latest[entry.run]
+            ended = last.status in ("succeeded", ABANDONED)
+            committed = {item.key for item in last.inputs or []}
+            taken.update(
+                key for key, old in (entry.replaces or {}).items() if old == run and (not ended or key in committed)
+            )
+        return taken
 
     def claimed(self) -> dict[str, str]:
         """shard key → run, for the shards that unfinished runs planned: theirs to finish, no one else's."""
