@@ -43,7 +43,7 @@ from pipelines.output.object_lock import ObjectLock
 from pipelines.output.records import RunSummary
 from pipelines.schedule.ledger import History, Ledger, LedgerEntry, LedgerInput
 from pipelines.schedule.lineage import model_lineage
-from pipelines.schedule.planner import HeldCommit, PartitionState, Planner, Retirement, RunPlan, gone_warning
+from pipelines.schedule.planner import HeldCommit, PartitionState, Planner, Retirement, RunPlan
 from pipelines.schedule.ticks import Decision, decide, run_id
 from pipelines.spec import JobSpec
 
@@ -252,13 +252,17 @@ class ScheduledJob:
             report.entries.append(self.record_tick(decision, "empty", model=lineage))
         else:
             work = self.planner(lineage).new_work(decision, rescore, self.unfinished_commits())
+            gone = (work.entry if isinstance(work, RunPlan) else work).gone
+            if gone:  # each tick says so, whether or not it scores anything
+                log.warning(
+                    "%d shard(s) scored earlier are gone from the input (e.g. %s); their rows stay in their "
+                    "partitions: `pipelines schedule JOB --once --prune` moves them to _superseded/", len(gone), gone[0]
+                )
             if isinstance(work, RunPlan):
                 if work.run in self.history().latest():
                     raise PipelineError(f"run {work.run} exists already; try again in a second")
                 self.attempt_reporting(work, report)
             else:
-                if work.gone:  # a run logs it among its warnings; an empty tick says it here
-                    log.warning(gone_warning(work.gone))
                 report.entries.append(self.stamp(work))
         self.reconcile()
         return report

@@ -163,8 +163,6 @@ class Planner:
             **changes,
         )
         warnings = [warning] if warning else []
-        if gone:
-            warnings.append(gone_warning(gone))
         if replaces and not rescore:
             warnings.append(
                 f"{len(replaces)} shard(s) changed since they were scored; their earlier output moves to "
@@ -214,9 +212,3 @@ class Planner:
                     moves.append(Retirement(old, key))
         return moves
 
-
-def gone_warning(gone: list[str]) -> str:
-    return (
-        f"{len(gone)} shard(s) scored earlier are gone from the input (e.g. {gone[0]}); their rows stay in "
-        "their partitions: `pipelines schedule JOB --once --prune` moves them to _superseded/"
-    )
