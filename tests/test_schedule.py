@@ -442,26 +442,25 @@ def test_rescore_scores_every_shard_with_the_new_model_and_supersedes_older_part
     assert run_due(spec, now=day(2, hours=0.01)).entries[0].status == "empty"  # then incremental again
 
 
-def test_a_run_that_keeps_failing_does_not_stop_new_input_and_can_be_abandoned(ray_session, classifier, tmp_path):
-    from test_guarantees import corrupt_parquet
-
-    spec = make_job(tmp_path, classifier)
+def test_a_run_that_keeps_failing_does_not_stop_new_input_and_can_be_abandoned(tmp_path):
+    runner, model = Committing(), fake_model(tmp_path)
+    spec = make_job(tmp_path, model)
     add_shard(tmp_path, "a.jsonl", rows("a", 2))
-    corrupt_parquet(tmp_path / "in" / "bad.parquet", 20)  # unreadable: its run fails, every time
-    assert run_due(spec, now=day(1, hours=0.01)).failures
+    add_shard(tmp_path, "bad.jsonl", rows("x", 1))  # unreadable (to the stand-in): its run fails, every time
+    assert run_due(spec, now=day(1, hours=0.01), runner=runner).failures
     for n in (2, 3):
         add_shard(tmp_path, f"new{n}.jsonl", rows(f"n{n}", 2))
-        report = run_due(spec, now=day(n, hours=0.01))
+        report = run_due(spec, now=day(n, hours=0.01), runner=runner)
         assert [e.status for e in report.entries] == ["failed", "succeeded"]  # resumed and failed; new input scored
         assert [Path(i.uri).name for i in report.entries[1].inputs] == [f"new{n}.jsonl"]
     assert "--abandon 2026-11-28T02:00:00Z" in report.failures[0]  # failed again and again: what to do about it
     assert sorted(all_ids(tmp_path)) == sorted(r["id"] for r in rows("a", 2) + rows("n2", 2) + rows("n3", 2))
 
     assert abandon(spec, "2026-11-28T02:00:00Z").status == "abandoned"
-    after = run_due(spec, now=day(4, hours=0.01))
+    after = run_due(spec, now=day(4, hours=0.01), runner=runner)
     # no longer resumed; a was committed there and stays; bad was not, so a new run takes it (and fails on it)
     [line] = after.entries
-    assert (line.kind, line.status, [Path(i.uri).name for i in line.inputs]) == ("tick", "failed", ["bad.parquet"])
+    assert (line.kind, line.status, [Path(i.uri).name for i in line.inputs]) == ("tick", "failed", ["bad.jsonl"])
     assert len(all_ids(tmp_path)) == 6
     with pytest.raises(PipelineError, match="not unfinished"):
         abandon(spec, "2026-11-29T02:00:00Z")
@@ -490,36 +489,33 @@ def test_a_shard_that_changes_after_a_failing_run_committed_it_is_scored_again(r
     assert sorted(all_ids(tmp_path)) == sorted(ids)
 
 
-def test_a_changed_shard_taken_from_a_failing_run_stays_once_when_both_fail_and_one_is_abandoned(
-    ray_session, classifier, tmp_path
-):
+def test_a_changed_shard_taken_from_a_failing_run_stays_once_when_both_fail_and_one_is_abandoned(tmp_path):
     """A shard that grows twice: R1 scores its second version (retiring R0's) and fails on another file; R2 takes
     its third version from R1 (retiring R1's) and fails too. R1's resume then found the shard in none of its
     commits and scored it again beside R2's (rows twice), and abandoning R1 brought R0's version back from
     _superseded/ (rows twice, for good)."""
-    from test_guarantees import corrupt_parquet
-
-    spec = make_job(tmp_path, classifier)
+    runner, model = Committing(), fake_model(tmp_path)
+    spec = make_job(tmp_path, model)
     add_shard(tmp_path, "a.jsonl", rows("a", 2))
-    run_due(spec, now=day(1, hours=0.01))  # R0
+    run_due(spec, now=day(1, hours=0.01), runner=runner)  # R0
     add_shard(tmp_path, "a.jsonl", rows("a", 3))
-    corrupt_parquet(tmp_path / "in" / "bad.parquet", 20)
-    assert run_due(spec, now=day(2, hours=0.01)).failures  # R1: a committed, bad not
+    add_shard(tmp_path, "bad.jsonl", rows("x", 1))
+    assert run_due(spec, now=day(2, hours=0.01), runner=runner).failures  # R1: a committed, bad not
     add_shard(tmp_path, "a.jsonl", rows("a", 4))
-    corrupt_parquet(tmp_path / "in" / "bad2.parquet", 20)
-    second = run_due(spec, now=day(3, hours=0.01))  # R1 resumed, fails on bad; R2 takes a and bad2, fails on bad2
+    add_shard(tmp_path, "bad2.jsonl", rows("y", 1))
+    second = run_due(spec, now=day(3, hours=0.01), runner=runner)  # R1 resumed, fails on bad; R2 takes a and bad2, fails on bad2
     assert [e.status for e in second.entries] == ["failed", "failed"]
     expected = sorted(r["id"] for r in rows("a", 4))
     assert sorted(all_ids(tmp_path)) == expected
-    third = run_due(spec, now=day(4, hours=0.01))  # both resumed: R1 must leave a to R2
+    third = run_due(spec, now=day(4, hours=0.01), runner=runner)  # both resumed: R1 must leave a to R2
     assert [e.status for e in third.entries] == ["failed", "failed", "empty"]
     assert sorted(all_ids(tmp_path)) == expected
     abandon(spec, "2026-11-29T02:00:00Z")
     assert sorted(all_ids(tmp_path)) == expected
     abandon(spec, "2026-11-30T02:00:00Z")
-    for name in ("bad.parquet", "bad2.parquet"):
+    for name in ("bad.jsonl", "bad2.jsonl"):
         (tmp_path / "in" / name).unlink()
-    run_due(spec, now=day(5, hours=0.01))
+    run_due(spec, now=day(5, hours=0.01), runner=runner)
     assert sorted(all_ids(tmp_path)) == expected
 
 
@@ -581,74 +577,61 @@ def test_abandoning_a_run_brings_back_no_version_that_a_later_run_replaced(tmp_p
     assert sorted(all_ids(tmp_path)) == ["k0", "k1", "k2"]
 
 
-def test_a_rescore_that_fails_or_is_abandoned_leaves_each_row_once(ray_session, classifier, tmp_path):
+def test_a_rescore_that_fails_or_is_abandoned_leaves_each_row_once(tmp_path):
     """A rescore replaces each shard's earlier output as it commits the shard, so a rescore that fails part
     way, and then is abandoned (its committed shards stay and count as scored), leaves every row once."""
-    from test_guarantees import corrupt_parquet
-
-    spec = make_job(tmp_path, classifier)
+    runner, model = Committing(), fake_model(tmp_path)
+    spec = make_job(tmp_path, model)
     add_shard(tmp_path, "a.jsonl", rows("a", 2))
     add_shard(tmp_path, "b.jsonl", rows("b", 3))
-    run_due(spec, now=day(1, hours=0.01))
-    corrupt_parquet(tmp_path / "in" / "bad.parquet", 20)  # unreadable: the rescore fails after a and b commit
-    rescore = run_due(spec, now=day(1, hours=3), rescore=True)
+    run_due(spec, now=day(1, hours=0.01), runner=runner)
+    add_shard(tmp_path, "bad.jsonl", rows("x", 1))  # unreadable: the rescore fails after a and b commit
+    rescore = run_due(spec, now=day(1, hours=3), rescore=True, runner=runner)
     assert rescore.failures and rescore.entries[0].kind == "rescore"
     expected = sorted(r["id"] for r in rows("a", 2) + rows("b", 3))
     assert sorted(all_ids(tmp_path)) == expected  # the first run's a and b moved away as the rescore's appeared
     assert abandon(spec, rescore.entries[0].run).status == "abandoned"
-    (tmp_path / "in" / "bad.parquet").unlink()
-    assert run_due(spec, now=day(2, hours=0.01)).entries[0].status == "empty"
+    (tmp_path / "in" / "bad.jsonl").unlink()
+    assert run_due(spec, now=day(2, hours=0.01), runner=runner).entries[0].status == "empty"
     assert sorted(all_ids(tmp_path)) == expected
 
 
-def test_a_rescore_replaces_what_an_unfinished_run_committed_too(ray_session, classifier, tmp_path):
+def test_a_rescore_replaces_what_an_unfinished_run_committed_too(tmp_path):
     """A run that failed after committing a shard, then a rescore that commits it again: the shard is in the
     output once, and stays once when the rescore is abandoned and the earlier run is resumed."""
-    from test_guarantees import corrupt_parquet
-
-    spec = make_job(tmp_path, classifier)
+    runner, model = Committing(), fake_model(tmp_path)
+    spec = make_job(tmp_path, model)
     add_shard(tmp_path, "a.jsonl", rows("a", 2))
-    run_due(spec, now=day(1, hours=0.01))
+    run_due(spec, now=day(1, hours=0.01), runner=runner)
     add_shard(tmp_path, "c.jsonl", rows("c", 2))
-    corrupt_parquet(tmp_path / "in" / "bad.parquet", 20)
-    assert run_due(spec, now=day(2, hours=0.01)).failures  # c committed there, bad not: unfinished
-    rescore = run_due(spec, now=day(2, hours=3), rescore=True)
+    add_shard(tmp_path, "bad.jsonl", rows("x", 1))
+    assert run_due(spec, now=day(2, hours=0.01), runner=runner).failures  # c committed there, bad not: unfinished
+    rescore = run_due(spec, now=day(2, hours=3), rescore=True, runner=runner)
     assert rescore.failures  # a and c rescored, bad not
     expected = sorted(r["id"] for r in rows("a", 2) + rows("c", 2))
     assert sorted(all_ids(tmp_path)) == expected
     abandon(spec, rescore.entries[0].run)
-    (tmp_path / "in" / "bad.parquet").unlink()
-    after = run_due(spec, now=day(3, hours=0.01))  # the failed tick resumes: c was scored later, bad is gone
+    (tmp_path / "in" / "bad.jsonl").unlink()
+    after = run_due(spec, now=day(3, hours=0.01), runner=runner)  # the failed tick resumes: c was scored later, bad is gone
     assert after.entries[0].kind == "resume" and not after.failures
     assert sorted(all_ids(tmp_path)) == expected
 
 
-def test_abandoning_a_run_that_lost_its_new_outputs_brings_the_earlier_ones_back(
-    ray_session, classifier, tmp_path, monkeypatch
-):
+def test_abandoning_a_run_that_lost_its_new_outputs_brings_the_earlier_ones_back(tmp_path):
     """A rescore retires each shard's earlier output as it commits the new one; if a resume then redoes it
-    whole (the model changed) and dies before committing anything, abandoning it must not leave the shards
+    whole (the model changed) and fails before committing anything, abandoning it must not leave the shards
     without any output."""
-    from test_guarantees import corrupt_parquet
-
-    spec = make_job(tmp_path, classifier)
+    runner, model = Committing(), fake_model(tmp_path)
+    spec = make_job(tmp_path, model)
     add_shard(tmp_path, "a.jsonl", rows("a", 2))
     add_shard(tmp_path, "b.jsonl", rows("b", 2))
-    run_due(spec, now=day(1, hours=0.01))
-    corrupt_parquet(tmp_path / "in" / "bad.parquet", 20)
-    rescore = run_due(spec, now=day(1, hours=3), rescore=True).entries[0]
+    run_due(spec, now=day(1, hours=0.01), runner=runner)
+    add_shard(tmp_path, "bad.jsonl", rows("x", 1))
+    rescore = run_due(spec, now=day(1, hours=3), rescore=True, runner=runner).entries[0]
     assert rescore.status == "failed"
-    config = Path(classifier) / "config.json"
-    config.write_text(json.dumps({**json.loads(config.read_text()), "retrained_on": "2026-11-28"}))
-
-    def die(self, *args, **kwargs):
-        raise Killed()
-
-    monkeypatch.setattr(OutputDir, "commit", die)
-    with pytest.raises(Killed):  # the resume clears the partition to redo it whole, then dies
-        run_due(spec, now=day(1, hours=4))
-    monkeypatch.undo()
-    gc.collect()
+    (Path(model) / "config.json").write_text('{"retrained_on": "2026-11-28"}')
+    runner.fail_first.add(rescore.run)  # the resume clears the partition to redo it whole, then fails
+    assert run_due(spec, now=day(1, hours=4), runner=runner).failures
     abandon(spec, rescore.run)
     assert sorted(all_ids(tmp_path)) == sorted(r["id"] for r in rows("a", 2) + rows("b", 2))
 
@@ -696,31 +679,33 @@ def test_a_shard_whose_commit_was_cut_short_is_put_in_place_also_when_its_run_is
     assert sorted(ids) == sorted(r["id"] for r in rows("a", 5) + rows("b", 2)) and len(ids) == len(set(ids))
 
 
-def test_output_of_gone_input_is_recorded_and_pruned_on_request(ray_session, classifier, tmp_path):
-    spec = make_job(tmp_path, classifier)
+def test_output_of_gone_input_is_recorded_and_pruned_on_request(tmp_path):
+    runner, model = Committing(), fake_model(tmp_path)
+    spec = make_job(tmp_path, model)
     add_shard(tmp_path, "a.jsonl", rows("a", 2))
     gone = add_shard(tmp_path, "b.jsonl", rows("b", 2))
-    run_due(spec, now=day(1, hours=0.01))
+    run_due(spec, now=day(1, hours=0.01), runner=runner)
     Path(gone).unlink()
     add_shard(tmp_path, "c.jsonl", rows("c", 2))
-    report = run_due(spec, now=day(2, hours=0.01))
+    report = run_due(spec, now=day(2, hours=0.01), runner=runner)
     assert report.entries[-1].gone == ["b.jsonl"]
     assert sorted(all_ids(tmp_path)) == sorted(r["id"] for r in rows("a", 2) + rows("b", 2) + rows("c", 2))
-    pruned = run_due(spec, now=day(3, hours=0.01), prune=True)
+    pruned = run_due(spec, now=day(3, hours=0.01), prune=True, runner=runner)
     assert [e.status for e in pruned.entries] == ["pruned", "empty"]
     assert sorted(all_ids(tmp_path)) == sorted(r["id"] for r in rows("a", 2) + rows("c", 2))
-    assert run_due(spec, now=day(4, hours=0.01)).entries[-1].gone is None
+    assert run_due(spec, now=day(4, hours=0.01), runner=runner).entries[-1].gone is None
 
 
-def test_a_tick_with_nothing_new_still_warns_of_gone_input(tmp_path, ray_session, classifier, caplog):
+def test_a_tick_with_nothing_new_still_warns_of_gone_input(tmp_path, caplog):
     """The README says a gone shard is warned about at each tick; only a tick that ran something did."""
-    spec = make_job(tmp_path, classifier)
+    runner, model = Committing(), fake_model(tmp_path)
+    spec = make_job(tmp_path, model)
     add_shard(tmp_path, "a.jsonl", rows("a", 2))
     gone = add_shard(tmp_path, "b.jsonl", rows("b", 2))
-    run_due(spec, now=day(1, hours=0.01))
+    run_due(spec, now=day(1, hours=0.01), runner=runner)
     Path(gone).unlink()
     with caplog.at_level("WARNING", logger="pipelines"):
-        [line] = run_due(spec, now=day(2, hours=0.01)).entries
+        [line] = run_due(spec, now=day(2, hours=0.01), runner=runner).entries
     assert (line.status, line.gone) == ("empty", ["b.jsonl"])
     assert "1 shard(s) scored earlier are gone from the input (e.g. b.jsonl)" in caplog.text
 
