@@ -11,6 +11,7 @@ import sys
 import pytest
 from helpers import ROOT, SENTENCES, make_spec, write_jsonl, write_parquet
 
+from pipelines.errors import PipelineError
 from pipelines.io.reader import Columns, read_shard
 from pipelines.io.shards import list_shards
 from pipelines.planning.build import build_plan
@@ -57,6 +58,25 @@ def test_plan_leaves_out_an_output_inside_the_input_folder(tiny_models, tmp_path
                      input={"paths": [str(tmp_path / "in")]})
     plan = build_plan(spec, "job", sample=100, cpus=2)
     assert ([s.uri.rsplit("/", 1)[-1] for s in plan.input.shards], plan.input.rows) == (["a.jsonl"], 5)
+
+
+def test_a_scheduled_jobs_empty_landing_location_is_planned_as_a_tick_reads_it(tiny_models, tmp_path):
+    """A tick takes an empty landing folder for no input yet; the plan of that job failed on it ("no files")."""
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": str(i), "text": SENTENCES[i % 4]} for i in range(5)])
+    (tmp_path / "landing").mkdir()
+    paths = [str(tmp_path / "in"), str(tmp_path / "landing")]
+    spec = make_spec(tiny_models("classifier"), {"type": "text-classification"}, tmp_path / "out",
+                     input={"paths": paths}, schedule={"cron": "0 2 * * *"})
+    plan = build_plan(spec, "job", sample=100, cpus=2)
+    assert ([s.uri.rsplit("/", 1)[-1] for s in plan.input.shards], plan.input.rows) == (["a.jsonl"], 5)
+    batch = make_spec(tiny_models("classifier"), {"type": "text-classification"}, tmp_path / "out",
+                      input={"paths": paths})
+    with pytest.raises(PipelineError, match="landing"):  # a batch run fails on it, and so does its plan
+        build_plan(batch, "job", sample=100, cpus=2)
+    (tmp_path / "in" / "a.jsonl").unlink()
+    empty = build_plan(spec, "job", sample=100, cpus=2)
+    assert (empty.input.rows, empty.problems) == (0, ["no input file yet in input.paths: a tick now would find "
+                                                      "nothing to score"])
 
 
 def test_plan_says_what_a_run_does_with_a_file_it_cannot_read_under_the_specs_policy(tiny_models, tmp_path):

@@ -34,7 +34,9 @@ def _fidelity(args: argparse.Namespace) -> int:
     if args.rows is not None and args.rows <= 0:
         raise PipelineError(f"--rows {args.rows}: give a positive number of rows")
     spec = load_spec(args.job, args.overrides)
-    result = check(spec, list_shards(spec.input.paths, spec.input.format, exclude=[spec.output.path]), args.rows)
+    shards = list_shards(spec.input.paths, spec.input.format, exclude=[spec.output.path],
+                         empty_is_no_input=spec.schedule is not None)  # as a tick lists a scheduled job's input
+    result = check(spec, shards, args.rows)
     if args.json:
         print(json.dumps(result.to_json(), indent=1))
     else:

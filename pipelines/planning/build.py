@@ -44,7 +44,9 @@ def build_plan(
 
     nodes = read_cluster(cluster) if cluster else None
     context = load_task(spec)  # a model without a config stops the plan before the input is read
-    shards = list_shards(spec.input.paths, spec.input.format, exclude=[spec.output.path])  # as a run lists them
+    # as a run lists them: for a scheduled job, as a tick does (an empty landing location is no input yet)
+    shards = list_shards(spec.input.paths, spec.input.format, exclude=[spec.output.path],
+                         empty_is_no_input=spec.schedule is not None)
     inputs = survey(shards, count_limit)
     groups = group_shards([c.bytes for c in inputs.shards])  # the read tasks, as a run reads the shards
     rows = [sum(inputs.shards[i].rows for i in group) for group in groups]
@@ -80,6 +82,8 @@ def problems(
         "does not parse, and fails on it where it could not be fetched",
     }[spec.errors.unreadable_files]
     found = [f"{c.uri}: {c.error} ({outcome})" for c in inputs.shards if c.error]
+    if not inputs.shards:  # only a scheduled job's input may be empty: its landing locations have no file yet
+        found.append("no input file yet in input.paths: a tick now would find nothing to score")
     where = "in the input" if tokens.covers_input else f"in the sample of {tokens.sample_rows:,} rows"
     for reason, count in tokens.quarantined.items():
         found.append(f"{count:,} row(s) {where} would be quarantined: {reason}")
