@@ -220,8 +220,10 @@ def test_a_run_below_the_bar_fails_before_writing(ray_session, wide_encoder, top
     assert summary.spec_hash == topic_spec(wide_encoder, topics, out, "int8").fingerprint()
 
 
-def test_cli_fidelity_on_minilm():
-    done = cli("fidelity", "jobs/label_news.yaml", "--rows", "48", "--json", "--set", "model.quantization=int8")
+def test_cli_fidelity_on_minilm(tmp_path):
+    (tmp_path / "landing").mkdir()  # as a scheduled job's tick lists it: an empty landing folder is no input yet
+    done = cli("fidelity", "jobs/label_news.yaml", "--rows", "48", "--json", "--set", "model.quantization=int8",
+               "--set", f"input.paths=[jobs/data/news, {tmp_path / 'landing'}]", "--set", "schedule.cron=0 2 * * *")
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
     assert result["task"] == "zero-shot-classification" and result["quantization"] == "int8"
