@@ -195,6 +195,39 @@ def test_plan_cli_on_the_news_shards_matches_the_run(ray_session, tiny_models, t
     assert "600 rows (exact)" in text and "MEASURED here" in text and "gpu_a10g (A10G)" in text
 
 
+def wide_tied_gpt2(tiny_models, folder) -> str:
+    """The tiny GPT-2 with its embeddings wide enough that the tied output layer is packed on a CPU."""
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(tiny_models("gpt2"))
+    config.n_embd = 128
+    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+    transformers.AutoTokenizer.from_pretrained(tiny_models("gpt2")).save_pretrained(folder)
+    return str(folder)
+
+
+def loaded_bytes(model) -> int:
+    """What a loaded model holds: its parameters and buffers, bitsandbytes' scales, oneDNN's packed layers and
+    torch's dynamic int8 layers (neither of which is a parameter)."""
+    import bitsandbytes as bnb
+    import torch
+
+    from pipelines.inference.packed_linear import PackedLinear
+
+    held = model.get_memory_footprint()
+    for module in {id(m): m for m in model.modules()}.values():
+        if isinstance(module, bnb.nn.Linear8bitLt):
+            held += module.weight.SCB.numel() * 4
+        elif isinstance(module, bnb.nn.Linear4bit):
+            held += module.weight.quant_state.absmax.numel() * 4
+        elif isinstance(module, PackedLinear):
+            held += module.in_features * module.out_features * module.packed.element_size()
+        elif isinstance(module, torch.ao.nn.quantized.dynamic.Linear):
+            weight, bias = module._packed_params._weight_bias()
+            held += weight.numel() + weight.q_per_channel_scales().numel() * 16 + (0 if bias is None else bias.numel() * 4)
+    return held
+
+
 @pytest.mark.parametrize(
     ("kind", "model_class", "quantization"),
     [
@@ -202,28 +235,33 @@ def test_plan_cli_on_the_news_shards_matches_the_run(ray_session, tiny_models, t
         ("encoder", "AutoModel", "int8"),
         ("encoder", "AutoModel", "nf4"),
         ("gpt2", "AutoModelForCausalLM", "int8"),  # tied embeddings, Conv1D layers
+        ("minilm", "AutoModel", "none"),  # its Linear layers packed for oneDNN on a CPU
+        ("minilm", "AutoModel", "dynamic-int8"),  # torch's int8 layers: a scale and zero point per output row
+        ("minilm", "AutoModel", "auto"),  # sized as unquantized, the largest it may take
+        ("wide-gpt2", "AutoModelForCausalLM", "none"),  # the tied output layer's packed copy beside the embeddings
+        ("wide-gpt2", "AutoModelForCausalLM", "dynamic-int8"),  # its int8 copy beside the embeddings
     ],
 )
-def test_weight_bytes_match_the_loaded_model(tiny_models, kind, model_class, quantization):
-    """The count on an empty model equals what from_pretrained allocates, quantization scales included."""
-    import bitsandbytes as bnb
-
+def test_weight_bytes_match_the_loaded_model(tiny_models, tmp_path, kind, model_class, quantization):
+    """The count on an empty model equals what from_pretrained and the predictor's loading allocate on this CPU,
+    quantization scales, packed layers and the copies of tied layers included."""
     from pipelines.inference.loading import load_config, load_model
     from pipelines.planning.memory import count_weights
 
-    spec = make_spec(tiny_models(kind), {"type": "feature-extraction"})
+    if kind == "minilm":
+        name = "minilm"  # the packaged all-MiniLM-L6-v2
+    elif kind == "wide-gpt2":
+        name = wide_tied_gpt2(tiny_models, tmp_path / "wide")
+    else:
+        name = tiny_models(kind)
+    spec = make_spec(name, {"type": "feature-extraction"})
     spec.model.quantization = quantization
     config = load_config(spec.model)
+    loaded = "none" if quantization == "auto" else quantization  # auto loads a concrete one; float32 is the largest
+    spec.model.quantization = loaded
     model = load_model(spec.model, model_class, config, 128, "right").model
-    scales = 0
-    for module in model.modules():
-        if isinstance(module, bnb.nn.Linear8bitLt):
-            scales += module.weight.SCB.numel() * 4
-        elif isinstance(module, bnb.nn.Linear4bit):
-            scales += module.weight.quant_state.absmax.numel() * 4
-    assert (scales > 0) == (quantization != "none")
     counted = count_weights(config, model_class, quantization)
-    assert counted.weight_bytes("float32", quantization) == model.get_memory_footprint() + scales
+    assert counted.weight_bytes("float32", quantization, cpu_packed=True) == loaded_bytes(model)
 
 
 def test_default_batching_pads_the_benchmark_corpus_little():

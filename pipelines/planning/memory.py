@@ -5,8 +5,12 @@ shapes, no weights read or allocated), built from the config through the same
 Auto class the predictor loads. Under bitsandbytes the Linear layers that
 transformers would replace (the same skip list: tied and output embeddings, the
 last module) take 1 byte per weight (int8, plus a float32 scale per output row)
-or half a byte (nf4, fp4, plus a float32 scale per 64 weights); every other
-parameter takes the dtype's bytes. Activations are an estimate for the largest
+or half a byte (nf4, fp4, plus a float32 scale per 64 weights); under torch's
+dynamic int8 every plain Linear layer takes 1 byte per weight plus a float64 scale
+and an int64 zero point per output row; every other parameter takes the dtype's
+bytes (``auto`` is sized unquantized, the largest it may take). On a CPU a Linear
+layer that shares its weight with another module (a tied output layer) adds a copy
+of its own: oneDNN's packed layout, or torch's int8. Activations are an estimate for the largest
 micro-batch the batching settings allow; out of memory at run time splits the
 micro-batch and lowers the budget, so an optimistic figure costs a retry.
 """
@@ -14,6 +18,7 @@ micro-batch and lowers the budget, so an optimistic figure costs a retry.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +38,8 @@ from pipelines.spec import ComputeSpec, JobSpec
 PROCESS_OVERHEAD = 768 * MIB  # a Python process with torch, transformers and Ray's worker (assumption)
 CUDA_CONTEXT = GIB // 2  # CUDA context and kernels of one actor on its GPU (assumption)
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+PACKED_DTYPES = ("float32", "bfloat16")  # what oneDNN packs (:mod:`pipelines.inference.packed_linear`)
+PACKED_MIN_WEIGHTS = 1 << 16  # packed_linear.MIN_WEIGHTS (that module imports torch)
 BLOCKSIZE_4BIT = 64  # bitsandbytes' default block size: one float32 absmax per 64 weights
 
 
@@ -46,14 +53,23 @@ class WeightCount:
     kept_fp32: int  # parameters of modules the model keeps in float32 when loaded in float16
     buffers: dict[int, int]  # bytes per element → elements (non-float buffers keep their size)
     float_buffers: int  # float buffers: stored in the load dtype
+    linear: int = 0  # weights of every plain Linear layer (what torch's dynamic int8 converts)
+    linear_rows: int = 0  # their output rows
+    tied_linear: int = 0  # weights of plain Linear layers that share them with another module (a tied output layer)
+    tied_packable: int = 0  # of those, the weights of layers large enough to be packed for oneDNN on a CPU
 
-    def weight_bytes(self, dtype: str, quantization: str) -> int:
+    def weight_bytes(self, dtype: str, quantization: str, cpu_packed: bool = False) -> int:
+        """Bytes of the loaded weights; ``cpu_packed``: on a CPU with ``compute.cpu_matmul: onednn``."""
         size = DTYPE_BYTES[dtype]
         kept = self.kept_fp32 if dtype == "float16" else 0  # transformers upcasts them under float16 only
         plain = self.parameters - self.quantized - kept
         total = plain * size + kept * 4 + self.float_buffers * size
         total += sum(width * n for width, n in self.buffers.items())
-        if quantization == "none":
+        if quantization == "dynamic-int8":  # every Linear converted; a tied one's int8 copy beside the embeddings
+            return total - (self.linear - self.tied_linear) * size + self.linear + self.linear_rows * 16
+        if cpu_packed and dtype in PACKED_DTYPES:  # a tied layer's packed copy beside the embeddings
+            total += self.tied_packable * size
+        if quantization in ("none", "auto"):
             return total + self.quantized * size
         if quantization == "int8":
             return total + self.quantized + self.quantized_rows * 4
@@ -72,7 +88,8 @@ def count_weights(config: Any, model_class: str, quantization: str, trust_remote
         model = getattr(transformers, model_class).from_config(config, trust_remote_code=trust_remote_code)
     model.tie_weights()  # from_pretrained ties shared embeddings; from_config leaves them apart
     fp32_modules = list(getattr(model, "_keep_in_fp32_modules", None) or [])
-    skip = HfQuantizer.get_modules_to_not_convert(model, None, fp32_modules) if quantization != "none" else []
+    bitsandbytes = quantization in ("int8", "nf4", "fp4")
+    skip = HfQuantizer.get_modules_to_not_convert(model, None, fp32_modules) if bitsandbytes else []
     parameters = quantized = rows = kept = 0
     for name, parameter in model.named_parameters():
         module_name, _, leaf = name.rpartition(".")
@@ -81,9 +98,12 @@ def count_weights(config: Any, model_class: str, quantization: str, trust_remote
         if fp32_modules and not should_convert_module(module_name, fp32_modules):
             kept += parameter.numel()
         linear = type(module) is torch.nn.Linear or type(module).__name__ == "Conv1D"
-        if quantization != "none" and leaf == "weight" and linear and should_convert_module(module_name, skip):
+        if bitsandbytes and leaf == "weight" and linear and should_convert_module(module_name, skip):
             quantized += parameter.numel()
             rows += parameter.shape[0] if type(module) is torch.nn.Linear else parameter.shape[-1]
+    holders = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
+    plain = [m.weight for m in {id(m): m for m in model.modules() if type(m) is torch.nn.Linear}.values()]
+    tied = [w for w in plain if holders[id(w)] > 1]
     buffers: dict[int, int] = {}
     float_buffers = 0
     for buffer in model.buffers():
@@ -91,7 +111,12 @@ def count_weights(config: Any, model_class: str, quantization: str, trust_remote
             float_buffers += buffer.numel()
         else:
             buffers[buffer.element_size()] = buffers.get(buffer.element_size(), 0) + buffer.numel()
-    return WeightCount(parameters, quantized, rows, kept, buffers, float_buffers)
+    return WeightCount(
+        parameters, quantized, rows, kept, buffers, float_buffers,
+        linear=sum(w.numel() for w in plain), linear_rows=sum(w.shape[0] for w in plain),
+        tied_linear=sum(w.numel() for w in tied),
+        tied_packable=sum(w.numel() for w in tied if w.numel() >= PACKED_MIN_WEIGHTS),
+    )
 
 
 # activations ---------------------------------------------------------------------------------
@@ -176,7 +201,7 @@ def cpu_dtype(spec: JobSpec) -> str:
 def local_fit(spec: JobSpec, weights: WeightCount, size: Dims, max_length: int) -> Fit:
     """Actors on this machine's CPUs: memory available now, and the CPUs a local Ray would have."""
     dtype = cpu_dtype(spec)
-    weight = weights.weight_bytes(dtype, spec.model.quantization)
+    weight = weights.weight_bytes(dtype, spec.model.quantization, cpu_packed=spec.compute.cpu_matmul == "onednn")
     memory = this_machine_memory()
     cpus = this_machine_cpus()
     compute = spec.compute
