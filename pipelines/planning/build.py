@@ -102,6 +102,9 @@ def problems(
             f"this machine holds {local.actors} actor(s) of this job (by memory {local.by_memory}, by CPUs "
             f"{local.by_resources}); the pool needs {low}: a local run would not start"
         )
+    if spec.model.quantization == "dynamic-int8" and model.fits[1:]:
+        found.append("model.quantization dynamic-int8 is a CPU quantization: an actor on a GPU node type refuses it "
+                     "(the GPU rows above size the model as if it ran there)")
     for fit in model.fits[1:]:
         if fit.actors == 0:
             found.append(f"node type {fit.target}: no actor of this job fits ({fit.basis})")

@@ -283,5 +283,6 @@ def model_plan(spec: JobSpec, context: Any, cluster: Cluster | None) -> ModelPla
     return ModelPlan(
         name=spec.model.name, resolved=context.resolved, model_class=context.model_class,
         parameters=weights.parameters, quantization=spec.model.quantization,
-        quantized_parameters=weights.quantized, fits=fits,
+        quantized_parameters=weights.linear if spec.model.quantization == "dynamic-int8" else weights.quantized,
+        fits=fits,
     )
