@@ -293,3 +293,12 @@ def test_the_memory_plan_counts_every_micro_batch_the_lanes_hold_at_once():
     assert local_fit(one, weights, size, 256).activations_bytes == single
     fit = local_fit(lanes, weights, size, 256)
     assert fit.activations_bytes == 2 * single and "2 micro-batches at once" in fit.basis
+
+
+def test_a_cpu_quantization_is_said_to_be_refused_on_gpu_node_types(tmp_path):
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": str(i), "text": SENTENCES[i % 4]} for i in range(5)])
+    spec = make_spec("minilm", {"type": "feature-extraction"}, tmp_path / "out", input={"paths": [str(tmp_path / "in")]})
+    spec.model.quantization = "dynamic-int8"
+    plan = build_plan(spec, "job", sample=100, cpus=2, cluster=ROOT / "cluster.yaml")
+    assert plan.model.quantized_parameters == 10_764_288  # every Linear layer of MiniLM's encoder
+    assert any("dynamic-int8 is a CPU quantization" in line for line in plan.problems)
