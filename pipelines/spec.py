@@ -271,8 +271,10 @@ class JobSpec(Strict):
 
     def fingerprint(self) -> str:
         """A hash of every setting that changes results: what is read, the model, the task, ``max_length``,
-        the seed and the row policies ``errors.too_long`` / ``duplicate_ids``. Not where or how fast results
-        are computed (batching sizes, compute, ``model.device``, ``model.cache_dir``), nor the error budget."""
+        the seed, the row policies ``errors.too_long`` / ``duplicate_ids`` and the output's columns and format
+        (``output.prediction_prefix``, ``output.format``). Not where or how fast results are computed (batching
+        sizes, compute, ``model.device``, ``model.cache_dir``), nor the error budget or the files' layout
+        (compression, row groups)."""
         relevant = self.model_dump(mode="json", include={"input", "model", "task", "seed"})
         relevant["max_length"] = self.batching.max_length
         relevant["errors"] = self.errors.model_dump(mode="json", include={"too_long", "duplicate_ids"})
@@ -280,8 +282,11 @@ class JobSpec(Strict):
         for where in ("device", "cache_dir"):
             relevant["model"].pop(where)
         relevant["model"].pop("fidelity")  # a check before the run, not a setting of the results
-        if self.output.format != "parquet":  # other files; parquet outputs keep the hash they had before
+        # each only where it is not the default, so that outputs without it keep the hash they had before
+        if self.output.format != "parquet":  # other files
             relevant["output_format"] = self.output.format
+        if self.output.prediction_prefix:  # other column names
+            relevant["prediction_prefix"] = self.output.prediction_prefix
         blob = json.dumps(relevant, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -107,6 +107,16 @@ def test_spec_hash_covers_row_policies_but_not_the_device_or_cache():
         assert spec_from_dict(minimal(**policy)).fingerprint() != base, policy
 
 
+def test_spec_hash_covers_the_prediction_columns_names():
+    """A resume with another output.prediction_prefix wrote its shards under other column names: a reader of the
+    folder got the earlier shards' predictions as nulls in the new columns."""
+    base = spec_from_dict(minimal())
+    assert spec_from_dict(minimal(output__prediction_prefix="other_")).fingerprint() != base.fingerprint()
+    assert spec_from_dict(minimal(output__prediction_prefix="")).fingerprint() == base.fingerprint()
+    for layout in ({"output__compression": "snappy"}, {"output__row_group_rows": 10}):  # the same columns and values
+        assert spec_from_dict(minimal(**layout)).fingerprint() == base.fingerprint(), layout
+
+
 def test_missing_or_broken_files(tmp_path):
     with pytest.raises(PipelineError, match="not found"):
         load_spec(tmp_path / "absent.yaml")
