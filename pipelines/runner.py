@@ -83,7 +83,7 @@ def columns_of(spec: JobSpec, shards: Sequence[Shard] = ()) -> Columns:
 def staging_config(spec: JobSpec, shards: list[Shard]) -> StagingConfig:
     predicted = spec.output.prediction_prefix + "label"
     return StagingConfig(
-        output=spec.output.path,
+        output=spec.for_workers()["output"]["path"],  # written by the pool's actors, wherever they run from
         id_column=spec.input.id_column or "id",
         text_column=spec.input.text_column,
         output_columns=tuple(spec.output_columns()),
@@ -139,7 +139,7 @@ def build_dataset(spec: JobSpec, shards: list[Shard], columns: Columns):
     dataset = ray.data.read_datasource(ShardDatasource(shards, columns), num_cpus=IO_CPUS, concurrency=high)
     return dataset.map_batches(
         PredictAndStage,
-        fn_constructor_kwargs={"spec": spec.model_dump(mode="json"), "staging": staging_config(spec, shards)},
+        fn_constructor_kwargs={"spec": spec.for_workers(), "staging": staging_config(spec, shards)},
         compute=ray.data.ActorPoolStrategy(
             min_size=low,
             max_size=high,

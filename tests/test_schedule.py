@@ -716,13 +716,15 @@ def test_a_tick_with_nothing_new_still_warns_of_gone_input(tmp_path, caplog):
 def test_cli_schedule_once_then_runs_table(ray_session, classifier, tmp_path):
     raw = raw_job(tmp_path, classifier, cron="* * * * *")  # every minute: --once always finds a tick due
     job = tmp_path / "job.yaml"
-    job.write_text(yaml.safe_dump(raw))
+    # paths relative to where the command runs, which is not where the cluster's workers run (here: the tests' root)
+    relative = {**raw, "input": {"paths": ["in"]}, "model": {"name": "model"}, "output": {"path": "out"}}
+    job.write_text(yaml.safe_dump(relative))
     add_shard(tmp_path, "a.jsonl", rows("a", 6))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     env.pop("RAY_ADDRESS", None)
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "pipelines", *args], cwd=ROOT, env=env, capture_output=True,
+        return subprocess.run([sys.executable, "-m", "pipelines", *args], cwd=tmp_path, env=env, capture_output=True,
                               text=True, timeout=300)
 
     address = ray_session.get_runtime_context().gcs_address  # join the session's Ray: --address is passed through
@@ -738,3 +740,4 @@ def test_cli_schedule_once_then_runs_table(ray_session, classifier, tmp_path):
     assert header.split()[:4] == ["TICK", "RUN", "KIND", "STATUS"]
     assert first.split()[2:6] == ["tick", "succeeded", "1", "6"]
     assert len(pq.read_table(tmp_path / "out")) == 6
+    assert not (ROOT / "out").exists()  # nothing staged where the workers run
