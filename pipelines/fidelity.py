@@ -71,7 +71,7 @@ def check(spec: JobSpec, shards: list[Shard], rows: int | None = None) -> Fideli
 def _check_auto(spec: JobSpec, picked: pa.Table) -> Fidelity:
     """``quantization: auto``: every candidate for this machine against float32; the one auto would take."""
     bar = spec.model.fidelity.min_agreement if spec.model.fidelity else AUTO_MIN_AGREEMENT
-    found = _choose_remote(spec.for_workers(), picked, bar)
+    found = _choose_remote(spec.model_dump(mode="json"), picked, bar)
     log.info("quantization auto would take %s: %s", Precision(found["quantization"], found["dtype"]).label,
              found["why"])
     if found.get("fidelity") is None:
@@ -132,7 +132,9 @@ def _on_ray(spec: JobSpec, function: Any, picked: pa.Table, *args: Any) -> Any:
     if compute.resources:
         options["resources"] = dict(compute.resources)
     task = ray.remote(function).options(max_retries=0, **options)
-    return ray.get(task.remote(spec.for_workers(), picked, *args))
+    from pipelines.cluster.connect import worker_spec
+
+    return ray.get(task.remote(worker_spec(spec), picked, *args))
 
 
 def _measure_remote(spec: dict[str, Any], picked: pa.Table) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import faults, fidelity
+from pipelines.cluster.connect import worker_spec
 from pipelines.errors import PipelineError, one_line_ray_errors
 from pipelines.io import stores
 from pipelines.io.reader import (
@@ -83,7 +84,7 @@ def columns_of(spec: JobSpec, shards: Sequence[Shard] = ()) -> Columns:
 def staging_config(spec: JobSpec, shards: list[Shard]) -> StagingConfig:
     predicted = spec.output.prediction_prefix + "label"
     return StagingConfig(
-        output=spec.for_workers()["output"]["path"],  # written by the pool's actors, wherever they run from
+        output=worker_spec(spec)["output"]["path"],  # written by the pool's actors, wherever they run from
         id_column=spec.input.id_column or "id",
         text_column=spec.input.text_column,
         output_columns=tuple(spec.output_columns()),
@@ -139,7 +140,7 @@ def build_dataset(spec: JobSpec, shards: list[Shard], columns: Columns):
     dataset = ray.data.read_datasource(ShardDatasource(shards, columns), num_cpus=IO_CPUS, concurrency=high)
     return dataset.map_batches(
         PredictAndStage,
-        fn_constructor_kwargs={"spec": spec.for_workers(), "staging": staging_config(spec, shards)},
+        fn_constructor_kwargs={"spec": worker_spec(spec), "staging": staging_config(spec, shards)},
         compute=ray.data.ActorPoolStrategy(
             min_size=low,
             max_size=high,

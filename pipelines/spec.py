@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -269,25 +268,6 @@ class JobSpec(Strict):
         if self.compute.calls_per_actor:
             return self.compute.calls_per_actor
         return 2 if self.actor_device().split(":")[0] == "cuda" else 1
-
-    def for_workers(self) -> dict[str, Any]:
-        """The spec as the pool's actors and Ray tasks get it: local relative paths (``model.name`` where it is a
-        folder here, ``model.cache_dir``, ``output.path``) made absolute. They are relative to the directory the
-        command runs from, but a Ray worker runs from its own (with ``--address``: where the cluster was started).
-        The spec itself keeps them as written: ``model.name`` is part of the spec hash."""
-        raw = self.model_dump(mode="json")
-
-        def local(path: str) -> bool:
-            return "://" not in path and not os.path.isabs(os.path.expanduser(path))
-
-        model, output = raw["model"], raw["output"]
-        if local(model["name"]) and os.path.exists(os.path.expanduser(model["name"])):
-            model["name"] = os.path.abspath(os.path.expanduser(model["name"]))
-        if model["cache_dir"] and local(model["cache_dir"]):
-            model["cache_dir"] = os.path.abspath(os.path.expanduser(model["cache_dir"]))
-        if local(output["path"]):
-            output["path"] = os.path.abspath(output["path"])
-        return raw
 
     def fingerprint(self) -> str:
         """A hash of every setting that changes results: what is read, the model, the task, ``max_length``,

@@ -33,7 +33,7 @@ from pipelines.cluster import connect as cluster
 from pipelines.cluster import jobs as jobs_client
 from pipelines.errors import PipelineError
 from pipelines.runner import PredictAndStage
-from pipelines.spec import ComputeSpec
+from pipelines.spec import ComputeSpec, spec_from_dict
 
 POOL_ACTOR = PredictAndStage.__name__  # the class Ray names the pool's actors after
 
@@ -287,6 +287,23 @@ def test_code_is_shipped_unless_the_job_carries_it(monkeypatch):
     assert cluster.code_runtime_env() is None
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"pip": ["x"]}}))
     assert cluster.code_runtime_env() == shipped
+
+
+def test_workers_get_local_paths_made_absolute_unless_they_run_from_the_jobs_working_dir(monkeypatch, tmp_path):
+    (tmp_path / "models" / "mine").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    spec = spec_from_dict({"input": {"paths": ["in"]}, "model": {"name": "models/mine", "cache_dir": "cache"},
+                           "task": {"type": "feature-extraction"}, "output": {"path": "out"}})
+    sent = cluster.worker_spec(spec)
+    assert (sent["model"]["name"], sent["model"]["cache_dir"], sent["output"]["path"]) == (
+        str(tmp_path / "models" / "mine"), str(tmp_path / "cache"), str(tmp_path / "out"))
+    assert spec.model.name == "models/mine"  # the spec (and its hash) keep them as written
+    hub = spec_from_dict({**spec.model_dump(), "model": {"name": "org/model"}, "output": {"path": "s3://b/out"}})
+    assert (cluster.worker_spec(hub)["model"]["name"], cluster.worker_spec(hub)["output"]["path"]) == (
+        "org/model", "s3://b/out")  # not a folder here: a hub id; a URI stays one
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"working_dir": "gcs://x.zip"}}))
+    assert cluster.worker_spec(spec) == spec.model_dump(mode="json")  # the workers run from the working_dir too
 
 
 def test_actor_pool_sizing_on_nodes():

@@ -104,17 +104,46 @@ def _http_env_message(env: str, what: str) -> str:
     )
 
 
+def _job_runtime_env() -> dict[str, Any]:
+    """The runtime env of the submitted Ray job this driver runs in; empty outside one."""
+    job_config = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")  # set by Ray for the driver of a submitted job
+    if not job_config:
+        return {}
+    try:
+        return json.loads(job_config).get("runtime_env") or {}
+    except (ValueError, AttributeError):
+        return {}
+
+
 def code_runtime_env() -> dict[str, Any] | None:
     """The runtime env that ships this package to the workers, or None if the job already carries it."""
-    job_config = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")  # set by Ray for the driver of a submitted job
-    if job_config:
-        try:
-            job_env = json.loads(job_config).get("runtime_env") or {}
-        except (ValueError, AttributeError):
-            job_env = {}
-        if job_env.get("working_dir") or job_env.get("py_modules"):
-            return None
+    job_env = _job_runtime_env()
+    if job_env.get("working_dir") or job_env.get("py_modules"):
+        return None
     return {"py_modules": [str(PACKAGE_DIR)], "excludes": list(PACKAGE_EXCLUDES)}
+
+
+def worker_spec(spec: JobSpec) -> dict[str, Any]:
+    """The spec as the pool's actors and Ray tasks get it: local relative paths (``model.name`` where it is a
+    folder here, ``model.cache_dir``, ``output.path``) made absolute. They are relative to the directory the
+    command runs from, but a Ray worker runs from its own (joining with ``--address``: where the cluster was
+    started), except in a submitted job with a working_dir, whose workers run from that directory as its driver
+    does. The spec itself keeps them as written (``model.name`` is part of the spec hash)."""
+    raw = spec.model_dump(mode="json")
+    if _job_runtime_env().get("working_dir"):
+        return raw
+
+    def relative(path: str) -> bool:
+        return "://" not in path and not os.path.isabs(os.path.expanduser(path))
+
+    model, output = raw["model"], raw["output"]
+    if relative(model["name"]) and os.path.exists(os.path.expanduser(model["name"])):
+        model["name"] = os.path.abspath(os.path.expanduser(model["name"]))
+    if model["cache_dir"] and relative(model["cache_dir"]):
+        model["cache_dir"] = os.path.abspath(os.path.expanduser(model["cache_dir"]))
+    if relative(output["path"]):
+        output["path"] = os.path.abspath(output["path"])
+    return raw
 
 
 def join(address: str, runtime_env: Mapping[str, Any] | None) -> None:
