@@ -134,6 +134,16 @@ def test_llm_label_needs_a_chat_template_for_chat(tiny_models):
         Predictor(make_spec(tiny_models("gpt2"), task))
 
 
+def test_a_label_that_is_the_start_of_another_is_refused(tiny_models):
+    """Only a label's own tokens are scored, never an end after them: "good" is the first token(s) of "good enough",
+    so under mean the longer label won on every row whose likely continuation it was (all 24 reviews of a test,
+    the negative ones too) and under sum it could never win."""
+    task = {"type": "llm-label", "candidate_labels": ["good", "good enough", "bad"]}
+    with pytest.raises(PipelineError, match="'good' is how 'good enough' starts"):
+        Predictor(make_spec(tiny_models("gpt2"), task))
+    Predictor(make_spec(tiny_models("gpt2"), {**task, "candidate_labels": ["good", "fair", "bad"]}))
+
+
 # prefix reuse against full recomputation --------------------------------------------------------
 
 FEW_SHOT = "Examples.\nReview: fine film\nSentiment: positive\nReview: awful\nSentiment: negative\nReview: {text}\nSentiment:"

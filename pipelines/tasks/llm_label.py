@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from pipelines.errors import PipelineError
 from pipelines.inference.batching import Ragged
 from pipelines.inference.kv_cache import Prefix, PrefixTokens, keeps_logits, shared_prefix
 from pipelines.tasks.base import Features, LabelTask, Outputs, softmax
@@ -54,6 +55,24 @@ class LLMLabel(LabelTask):
         self.kv_prefix: Prefix | None = None  # set in setup where rows continue a shared prefix
         self.shared: PrefixTokens | None = None  # its tokens: what encode needs (setup, or plan_setup)
         self.label_width = max(len(self.tokenizer(" " + x, add_special_tokens=False)["input_ids"]) for x in self.labels)
+        self._check_no_label_starts_another()
+
+    def _check_no_label_starts_another(self) -> None:
+        """A label's own tokens are scored, not an end after them: a label whose tokens begin another's can't be
+        told from that one's start (under ``mean`` the longer wins wherever its rest is likely, under ``sum``
+        it never wins). Checked with each text that may come between prompt and label."""
+        leads = [self.options.label_prefix] if self.options.label_prefix is not None else [" ", ""]
+        for lead in leads:
+            ids = [tuple(self.tokenizer(lead + x, add_special_tokens=False)["input_ids"]) for x in self.labels]
+            for short, a in zip(self.labels, ids):
+                for long, b in zip(self.labels, ids):
+                    if len(a) < len(b) and b[: len(a)] == a:
+                        raise PipelineError(
+                            f"{self.name}: candidate label {short!r} is how {long!r} starts, token for token; "
+                            "only a label's own tokens are scored, so the model can't tell the two apart (under "
+                            f"normalize: mean {long!r} wins wherever its rest is likely, under sum it never wins). "
+                            f"Rename one so that neither starts the other, e.g. {long!r} → a word of its own"
+                        )
 
     def setup(self, model: torch.nn.Module, device: torch.device) -> None:
         # Most causal LMs can compute logits for the last positions only: far less memory for a big vocabulary.
