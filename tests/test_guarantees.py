@@ -138,6 +138,28 @@ def test_a_byte_order_mark_is_skipped_also_in_a_file_with_a_bad_line(tmp_path):
     assert [e is None for _, _, e in rows] == [True, False, True]
 
 
+def test_a_lone_surrogate_costs_its_row_only(tmp_path):
+    """JSON may escape half of a surrogate pair (``"\\ud83d"``: JavaScript writes it of a string cut inside an
+    emoji); that is no Unicode character, and one such line made the whole file unreadable ("surrogates not
+    allowed": every row quarantined with the file, or the job failed)."""
+    lines = [
+        '{"id": "r0", "text": "fine", "n": 1}',
+        '{"id": "r1", "text": "cut emoji \\ud83d", "n": 2}',
+        '{"id": "r2\\udc00", "text": "a bad id"}',
+        '{"id": "r3", "text": "a whole emoji \\ud83d\\ude00", "other": "\\ud83d"}',  # a column the job doesn't read
+        '{"id": "r4", "text": "a bad kept value", "n": {"deep": ["\\udfff"]}}',
+        '{"id": "r5", "text": "fine too", "n": 5}',
+    ]
+    (tmp_path / "cut.jsonl").write_text("\n".join(lines) + "\n")
+    rows = _read(tmp_path / "cut.jsonl", keep=("n",))
+    assert [(i, t) for i, t, _, _ in rows] == [("r0", "fine"), ("r1", None), (None, "a bad id"),
+                                               ("r3", "a whole emoji \U0001f600"), ("r4", "a bad kept value"),
+                                               ("r5", "fine too")]
+    assert [e for _, _, e, _ in rows] == [None, "text is not valid Unicode: a lone surrogate (\\ud83d)",
+                                          "id is not valid Unicode: a lone surrogate (\\udc00)", None,
+                                          "n is not valid Unicode: a lone surrogate (\\udfff)", None]
+
+
 def test_the_reader_tells_a_file_it_could_not_fetch_from_one_whose_bytes_do_not_parse(tmp_path):
     """Only the second may be quarantined: a gzip file cut short is read whole and fails to decompress."""
     whole = gzip.compress(b"".join(json.dumps({"id": str(i), "text": "t"}).encode() + b"\n" for i in range(50)))

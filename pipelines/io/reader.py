@@ -222,6 +222,7 @@ def _read_jsonl_lines(data: bytes, columns: Columns) -> pa.Table:
         if not line.strip():
             continue
         record, error = parse_line(line, numbers_as_written=True)
+        error = error or _drop_lone_surrogates(record, columns.all)
         records.append(record)
         errors.append(error)
     table = {}
@@ -250,6 +251,37 @@ def _strings_only(name: str, values: list[Any], errors: list[str | None]) -> tup
             kept.append(None)
             reasons.append(error or f"{name} is not a string ({type(value).__name__})")
     return kept, reasons
+
+
+def _drop_lone_surrogates(record: dict[str, Any], names: Sequence[str]) -> str | None:
+    """The job's values that hold a lone surrogate become null (UTF-8, Arrow and Parquet can't hold one); the
+    reason of the first, or None. Other columns may hold one: they are not read."""
+    reason = None
+    for name in names:
+        found = lone_surrogate(record.get(name))
+        if found is not None:
+            record[name] = None
+            reason = reason or f"{name} is not valid Unicode: a lone surrogate ({found})"
+    return reason
+
+
+def lone_surrogate(value: Any) -> str | None:
+    """The first lone surrogate in a JSON value's strings (keys too), as its JSON escape (``\\ud83d``), or None.
+
+    JSON may escape half of a surrogate pair: JavaScript writes ``"\\ud83d"`` of a string cut inside an emoji.
+    It is no Unicode character (Python's ``json`` makes a whole pair one character, so what is left is alone).
+    """
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return f"\\u{ord(value[exc.start]):04x}"
+        return None
+    if isinstance(value, dict):
+        value = [*value.keys(), *value.values()]
+    if isinstance(value, list):
+        return next((found for item in value if (found := lone_surrogate(item)) is not None), None)
+    return None
 
 
 class WrittenFloat(float):
