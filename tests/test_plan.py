@@ -13,6 +13,7 @@ from helpers import ROOT, SENTENCES, make_spec, write_jsonl, write_parquet
 
 from pipelines.errors import PipelineError
 from pipelines.io.reader import Columns, read_shard
+from pipelines.io.reader import count_rows as reader_count_rows
 from pipelines.io.shards import list_shards
 from pipelines.planning.build import build_plan
 from pipelines.planning.inputs import actor_batches, count_rows, read_blocks
@@ -36,16 +37,26 @@ def test_rows_are_counted_as_a_run_reads_them(tmp_path):
     (folder / "e.parquet").write_bytes(b"PAR1 not really")
     write_jsonl(folder / "f.jsonl", [{"id": str(i), "text": "v" * (i % 7)} for i in range(3000)])
     (folder / "g.jsonl.gz").write_bytes(gzip.compress((folder / "f.jsonl").read_bytes()))
+    # a byte order mark is no row: alone on its line (it was counted as one), or all of a file
+    (folder / "h.jsonl").write_bytes(b'\xef\xbb\xbf\r\n{"id": "1", "text": "x"}\n{"id": "2", "text": "y"}\n')
+    (folder / "i.jsonl").write_bytes(b"\xef\xbb\xbf")
+    (folder / "j.jsonl.gz").write_bytes(gzip.compress((folder / "h.jsonl").read_bytes()))
+    # a lone surrogate costs its row (the file was one unreadable record in a run, 3 rows in the plan)
+    (folder / "k.jsonl").write_text('{"id": "1", "text": "x"}\n{"id": "2", "text": "cut \\ud83d"}\n{"id": "3"}\n')
     shards = list_shards([str(folder)])
     columns = Columns(text="text", id="id")
     counts = {s.path.rsplit("/", 1)[-1]: count_rows(s) for s in shards}
     for shard in shards:
         read = sum(block.num_rows for block in read_shard(shard, columns))
         assert counts[shard.path.rsplit("/", 1)[-1]].rows == read, shard.path
+        if shard.format == "jsonl" and not shard.path.endswith("d.jsonl.gz"):  # as a failed run counts a file
+            assert reader_count_rows(shard) == (read, True), shard.path
     assert {name: c.count for name, c in counts.items()} == {
         "a.jsonl": "counted", "b.jsonl.gz": "counted", "c.parquet": "footer",
         "d.jsonl.gz": "unreadable", "e.parquet": "unreadable", "f.jsonl": "counted", "g.jsonl.gz": "counted",
+        "h.jsonl": "counted", "i.jsonl": "counted", "j.jsonl.gz": "counted", "k.jsonl": "counted",
     }
+    assert [counts[name].rows for name in ("h.jsonl", "i.jsonl", "j.jsonl.gz", "k.jsonl")] == [2, 0, 2, 3]
     estimated = count_rows(next(s for s in shards if s.path.endswith("f.jsonl")), count_limit=8192)
     assert estimated.count == "estimated" and abs(estimated.rows - 3000) < 150  # lines past 8 KiB: from the size
 

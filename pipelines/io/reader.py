@@ -515,7 +515,7 @@ def count_rows(shard: Shard) -> tuple[int | None, bool]:
             data, exact = b"", False
     else:
         data = raw
-    lines = data.split(b"\n")
+    lines = data.removeprefix(codecs.BOM_UTF8).split(b"\n")  # a byte order mark alone on its line is no row
     if not exact and lines:
         lines = lines[:-1]  # the last line was cut
     counted = sum(1 for line in lines if line.strip())

@@ -2,13 +2,15 @@
 
 Rows are counted the way :func:`pipelines.io.reader.read_group` reads them: a
 Parquet file's rows from its footer, a JSONL file's non-blank lines (gzip
-decompressed as a stream). A JSONL file is counted up to ``count_limit``
-decompressed bytes and the rest estimated from its size; a file that can't be
-read is one quarantined record, as in a run. Light: pyarrow and numpy.
+decompressed as a stream; a byte order mark at its start is no line). A JSONL
+file is counted up to ``count_limit`` decompressed bytes and the rest estimated
+from its size; a file that can't be read is one quarantined record, as in a
+run. Light: pyarrow and numpy.
 """
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import io
 import logging
@@ -61,11 +63,14 @@ def _jsonl_rows(shard: Shard, count_limit: int) -> tuple[int, bool]:
     with shard.filesystem().open_input_stream(shard.path, compression=None) as source:
         raw = _Counting(source)
         stream: Any = gzip.GzipFile(fileobj=raw, mode="rb") if shard.compressed else raw  # type: ignore[call-overload]
-        rows, read, carry = 0, 0, b""
+        rows, read, carry, start = 0, 0, b"", True
         chunk = stream.read(min(CHUNK, count_limit))
         while chunk:
             read += len(chunk)
-            lines = (carry + chunk).split(b"\n")
+            text = carry + chunk
+            if start and (len(text) >= len(codecs.BOM_UTF8) or b"\n" in text):
+                text, start = text.removeprefix(codecs.BOM_UTF8), False  # no row, as the reader skips it
+            lines = text.split(b"\n")
             carry = lines.pop()
             rows += sum(1 for line in lines if line.strip())
             consumed = raw.consumed  # file bytes behind ``rows`` (compressed ones, for gzip)
