@@ -84,6 +84,16 @@ def test_a_byte_order_mark_does_not_cost_the_first_request():
     assert table.column("id").to_pylist() == ["first", "second"] and table.column("_error").null_count == 2
 
 
+def test_a_lone_surrogate_costs_its_request_only():
+    """A message cut inside an emoji (JavaScript writes ``"\\ud83d"``) made the whole Batch file unreadable."""
+    table = rows_of([chat_line("a"), chat_line("cut", content="cut \ud83d"), chat_line("b\udc00"),
+                     chat_line("emoji", content="whole \ud83d\ude00")])
+    assert table.column("id").to_pylist() == ["a", "cut", None, "emoji"]
+    assert table.column("_error").to_pylist() == [None, "body is not valid Unicode: a lone surrogate (\\ud83d)",
+                                                  "custom_id is not valid Unicode: a lone surrogate (\\udc00)", None]
+    assert "whole \U0001f600" in table.column("text")[3].as_py()
+
+
 def test_request_lines_become_rows_and_what_is_no_request_keeps_its_row_with_the_reason(tmp_path):
     lines = [
         json.dumps(chat_line("fine")),

@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipelines.io.block import ERROR
-from pipelines.io.reader import parse_line
+from pipelines.io.reader import drop_lone_surrogates, parse_line
 
 CHAT_URL = "/v1/chat/completions"
 EMBEDDINGS_URL = "/v1/embeddings"
@@ -33,7 +33,8 @@ def read_requests(data: bytes, id_column: str, text_column: str) -> pa.Table:
         if not line.strip():
             continue
         record, error = parse_line(line)
-        custom_id, text, problem = _request(record) if error is None else (None, None, error)
+        error = error or drop_lone_surrogates(record, list(record))  # every value is read (the body is the text)
+        custom_id, text, problem = _request(record) if error is None else (_shown(record.get("custom_id")), None, error)
         ids.append(custom_id)
         texts.append(text)
         errors.append(problem)
@@ -49,12 +50,16 @@ def read_requests(data: bytes, id_column: str, text_column: str) -> pa.Table:
 def _request(record: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
     """(custom_id, request text, error) of one parsed line."""
     custom_id = record.get("custom_id")
-    shown_id = custom_id if isinstance(custom_id, str) or custom_id is None else json.dumps(custom_id)
     problem = _envelope_problem(record)
     if problem:
-        return shown_id, None, problem
+        return _shown(custom_id), None, problem
     text = json.dumps({"url": record["url"], "body": record["body"]}, ensure_ascii=False)
     return custom_id, text, None
+
+
+def _shown(custom_id: Any) -> str | None:
+    """The id of a request's row: its custom_id, as its JSON text where it is no string."""
+    return custom_id if isinstance(custom_id, str) or custom_id is None else json.dumps(custom_id)
 
 
 def _envelope_problem(record: dict[str, Any]) -> str | None:

@@ -222,7 +222,7 @@ def _read_jsonl_lines(data: bytes, columns: Columns) -> pa.Table:
         if not line.strip():
             continue
         record, error = parse_line(line, numbers_as_written=True)
-        error = error or _drop_lone_surrogates(record, columns.all)
+        error = error or drop_lone_surrogates(record, columns.all)
         records.append(record)
         errors.append(error)
     table = {}
@@ -253,9 +253,9 @@ def _strings_only(name: str, values: list[Any], errors: list[str | None]) -> tup
     return kept, reasons
 
 
-def _drop_lone_surrogates(record: dict[str, Any], names: Sequence[str]) -> str | None:
-    """The job's values that hold a lone surrogate become null (UTF-8, Arrow and Parquet can't hold one); the
-    reason of the first, or None. Other columns may hold one: they are not read."""
+def drop_lone_surrogates(record: dict[str, Any], names: Sequence[str]) -> str | None:
+    """The values of ``names`` that hold a lone surrogate become null (UTF-8, Arrow and Parquet can't hold one);
+    the reason of the first, or None. Other values may hold one (a column the job does not read)."""
     reason = None
     for name in names:
         found = lone_surrogate(record.get(name))
