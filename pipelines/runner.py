@@ -46,7 +46,7 @@ from pipelines.output.layout import RUN, RUN_LOCK
 from pipelines.output.lock import output_lock
 from pipelines.output.openai_batch import OpenAIBatchFiles
 from pipelines.output.records import CommitRecord, Fidelity, JobRecord, ModelRef, RunSummary, Unreadable
-from pipelines.output.staging import StagingConfig, StagingReport
+from pipelines.output.staging import StagingConfig, StagingReport, confusion
 from pipelines.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -442,6 +442,7 @@ def execute(
     settings = partial(
         output.commit, job=job, compression=spec.output.compression, row_group_rows=spec.output.row_group_rows,
         screen=screen, before_visible=before_visible, files=output_files(spec),
+        confusion_of=partial(confusion, config=staging_config(spec, pending)),
     )
 
     def commit(shard: Shard, reports: list[StagingReport], **kwargs: Any) -> CommitRecord:

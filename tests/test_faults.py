@@ -233,13 +233,23 @@ def test_types_of_kept_columns_come_from_every_file(ray_session, tiny_models, tm
 
 @pytest.mark.parametrize("policy", ["keep", "error"])
 def test_duplicate_ids_follow_the_policy(ray_session, tiny_models, tmp_path, policy):
-    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": i, "text": "some words"} for i in ["1", "2", "2"]])
-    write_jsonl(tmp_path / "in" / "b.jsonl", [{"id": i, "text": "other words"} for i in ["2", "3"]])
+    golds = iter(["negative", "neutral", "positive", "negative", "neutral"])
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": i, "text": "some words", "gold": next(golds)} for i in "122"])
+    write_jsonl(tmp_path / "in" / "b.jsonl", [{"id": i, "text": "other words", "gold": next(golds)} for i in "23"])
     spec = spec_from_dict(yaml.safe_load(write_job(
-        tmp_path, tiny_models("classifier"), tmp_path / "in", errors={"duplicate_ids": policy, "max_rate": 1.0}
+        tmp_path, tiny_models("classifier"), tmp_path / "in", input={"label_column": "gold"},
+        errors={"duplicate_ids": policy, "max_rate": 1.0},
     ).read_text()))
     summary = run_job(spec).to_json()
     ids = sorted(output_ids(tmp_path / "out"))
+    # agreement with ground truth and its confusion matrix count the rows of the output, no quarantined one
+    # (they counted the duplicates too: 5 rows where the output holds 3), in the summary and the report
+    table = pq.read_table(tmp_path / "out")
+    agreement = summary["agreement"]
+    assert agreement["rows"] == table.num_rows == sum(n for row in agreement["confusion"].values() for n in row.values())
+    right = sum(g == p for g, p in zip(table.column("gold").to_pylist(), table.column("label").to_pylist()))
+    assert agreement["accuracy"] == round(right / table.num_rows, 4)
+    assert f"{agreement['accuracy']:.1%} of {table.num_rows} rows" in (tmp_path / "out" / "_report.html").read_text()
     if policy == "keep":
         assert ids == ["1", "2", "2", "2", "3"]
         return

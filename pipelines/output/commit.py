@@ -44,6 +44,7 @@ from pipelines.output import layout
 from pipelines.output.layout import COMMITS, ERRORS, JOB, OURS, RUN, RUN_LOCK, STAGING, SUCCESS
 from pipelines.output.records import (
     CommitRecord,
+    Confusion,
     JobRecord,
     RunSummary,
     ShardInput,
@@ -62,6 +63,8 @@ ERRORS_STAGED = "commit-errors"
 
 #: Filters a shard's merged data before it is committed: (data, shard) → (kept data, quarantined rows).
 Screen = Callable[[pa.Table, Shard], tuple[pa.Table, pa.Table | None]]
+#: Counts the (ground truth, prediction) pairs of output rows, as the staging writers count each block's.
+ConfusionOf = Callable[[pa.Table], Confusion]
 
 
 class OutputFiles(Protocol):
@@ -249,22 +252,27 @@ class OutputDir:
         before_visible: Callable[[Shard], None] | None = None,
         unreadable: Unreadable | None = None,
         files: OutputFiles | None = None,
+        confusion_of: ConfusionOf | None = None,
     ) -> CommitRecord:
         """Commit a shard whose rows are all staged: merge, record, then reveal in one rename.
 
         ``files`` is the format of the final files (default: Parquet with ``compression`` and ``row_group_rows``).
+        The record's confusion counts are the staged blocks'; when ``screen`` took rows out, they are counted
+        again with ``confusion_of`` over the rows the data file holds (the quarantined rows are no agreement).
         """
         folder = f"{STAGING}/{shard.key}"
         files = files or ParquetFiles(compression, row_group_rows)
         final = layout.part_name(shard.key, 0, files.suffix)
         writer = _Merger(self.fs, f"{self.root}/{folder}")
-        data_rows, quarantined = writer.merge(
+        kept, quarantined = writer.merge(
             [f for r in reports for f in r.files], staged_name(DATA_STAGED, final), files.write_data,
             screen=screen, shard=shard,
         )
         error_files = [f for r in reports for f in r.error_files]
-        error_rows, _ = writer.merge(error_files, staged_name(ERRORS_STAGED, final), files.write_errors,
-                                     extra=quarantined)
+        errors_kept, _ = writer.merge(error_files, staged_name(ERRORS_STAGED, final), files.write_errors,
+                                      extra=quarantined)
+        data_rows = 0 if kept is None else kept.num_rows
+        error_rows = 0 if errors_kept is None else errors_kept.num_rows
         for kind, rows in ((DATA_STAGED, data_rows), (ERRORS_STAGED, error_rows)):
             if rows:
                 self._check_copyable(f"{self.root}/{folder}/{staged_name(kind, final)}", shard)
@@ -276,6 +284,8 @@ class OutputDir:
         screened = 0 if quarantined is None else quarantined.num_rows
         if screened:
             merge_counts(reasons, _reason_counts(quarantined))
+            if confusion_of is not None:
+                confusion = confusion_of(kept) if kept is not None else {}
         rows_in = sum(r.rows + r.errors for r in reports)
         errors = sum(r.errors for r in reports) + screened
         if unreadable is not None:  # one record stands for the file's rows, as many as can be told
@@ -368,28 +378,28 @@ class _Merger:
         screen: Screen | None = None,
         shard: Shard | None = None,
         extra: pa.Table | None = None,
-    ) -> tuple[int, pa.Table | None]:
-        """Write ``paths`` (and ``extra`` rows) as ``name``; return (rows written, rows the screen took out)."""
+    ) -> tuple[pa.Table | None, pa.Table | None]:
+        """Write ``paths`` (and ``extra`` rows) as ``name``; return (the rows written, the rows the screen took out)."""
         tables = [self._read(path) for path in paths]
         if extra is not None and extra.num_rows:
             tables.append(extra)
         tables = [t for t in tables if t.num_rows]
         if not tables:
-            return 0, None
+            return None, None
         table = in_input_order(pa.concat_tables(tables, promote_options="permissive"))
         taken = None
         if screen is not None and shard is not None:
             table, taken = screen(table, shard)  # it may read each row's ``_row``
         table = table.drop_columns([ROW]) if ROW in table.column_names else table  # bookkeeping, not output
         if not table.num_rows:
-            return 0, taken
+            return None, taken
         self.fs.create_dir(self.folder, recursive=True)
         target = f"{self.folder}/{name}"
         tmp = f"{target}{layout.TMP_SUFFIX}"
         with self.fs.open_output_stream(tmp) as stream:
             write(table, stream)
         self.fs.move(tmp, target)
-        return table.num_rows, taken
+        return table, taken
 
     def _read(self, path: str) -> pa.Table:
         with self.fs.open_input_file(path) as handle:
