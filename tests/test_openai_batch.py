@@ -413,6 +413,15 @@ def test_a_batch_file_runs_to_a_complete_output_file_exactly_once_across_a_crash
     assert summary["rows_in"] == len(expected) + 3 and summary["rows_out"] == len(answered)
     assert cli("run", str(job)).stdout.count("up to date") == 1
 
+    # `pipelines report` builds the page of a Batch output (it read the .jsonl files as Parquet and failed): rows,
+    # quarantined rows by reason and timings come from the commit records; there is no label or score to chart
+    rebuilt = cli("report", str(out))
+    assert rebuilt.returncode == 0 and rebuilt.stdout == f"report: {out}/_report.html\n", rebuilt.stderr[-3000:]
+    page = (out / "_report.html").read_text()
+    assert f"{len(answered)} written, {len(refused)} quarantined of {len(expected) + 3}" in page
+    assert page.count("An OpenAI Batch output has no label or score column.") == 2
+    assert "data-chart='rows'" in page and "data-chart='throughput'" in page
+
 
 def test_embedding_output_lines_are_what_the_openai_types_read(ray_session, tiny_models, tmp_path):
     from pipelines.runner import run_job
@@ -433,6 +442,8 @@ def test_embedding_output_lines_are_what_the_openai_types_read(ray_session, tiny
         "output": {"path": str(out), "format": "openai-batch"},
     })
     run_job(spec)
+    # the run writes its page for a Batch output too (it read the .jsonl files as Parquet and wrote none)
+    assert "2 written, 1 quarantined of 3" in (out / "_report.html").read_text()
     [answered] = [read_lines([p]) for p in out.glob("part-*.jsonl")]
     sizes = {}
     for line in answered:

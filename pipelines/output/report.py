@@ -3,7 +3,8 @@
 The page is built from what the output directory already holds: the run summary
 (``_run.json``), the commit records (``_commits/``: rows, errors, tokens, padding,
 confusion counts, and each staged block's time) and the committed Parquet files
-(the ``label`` and ``score`` columns only). Its charts are Plotly figures with
+(the ``label`` and ``score`` columns only; an OpenAI Batch output's JSONL files hold
+neither and are not read). Its charts are Plotly figures with
 plotly.js inlined once in the page, so it opens from a laptop without network.
 A scheduled job's root gets a page over its run ledger (``_runs.jsonl``).
 
@@ -30,6 +31,7 @@ from plotly.offline import get_plotlyjs
 from pipelines.io.shards import resolve
 from pipelines.output import layout
 from pipelines.output.layout import COMMITS, JOB, LEDGER, PARTITION, REPORT, RUN
+from pipelines.output.openai_batch import OpenAIBatchFiles
 from pipelines.output.records import CommitRecord, Fidelity, JobRecord, RunSummary
 from pipelines.output.summary import fidelity_line
 
@@ -50,6 +52,10 @@ class RunData:
     commits: list[CommitRecord]
     labels: Counter = field(default_factory=Counter)
     scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def openai_batch(self) -> bool:
+        """Whether the output is OpenAI Batch files (JSONL answers: no label or score column)."""
+        return ((self.job.spec if self.job else {}).get("output") or {}).get("format") == "openai-batch"
 
     def this_run(self) -> list[CommitRecord]:
         """Commits of the last run (those made after it started); every commit when that is unknown."""
@@ -88,10 +94,12 @@ def read_run(location: str) -> RunData:
 
 
 def _read_predictions(fs: pafs.FileSystem, root: str, data: RunData, prefix: str) -> None:
-    """Count labels and gather scores from the committed part files (two columns, nothing else)."""
+    """Count labels and gather scores from the committed Parquet part files (two columns, nothing else)."""
     scores = []
     for record in data.commits:
         for relative in record.files:
+            if relative.endswith(OpenAIBatchFiles.suffix):  # OpenAI Batch answers: no label, no score
+                continue
             path = f"{root}/{relative}"
             names = set(pq.read_schema(path, filesystem=fs).names)
             wanted = [c for c in (prefix + "label", prefix + "score") if c in names]
@@ -243,8 +251,8 @@ def run_page(data: RunData) -> str:
         ("padding", "Padding efficiency", padding_chart(data), ""),
         ("rows", "Rows and errors by reason", rows_chart(data), ""),
         ("shards", "Per-shard timings", shard_chart(data), ""),
-        ("labels", "Label distribution", label_chart(data), "No label column in this task's output."),
-        ("scores", "Score histogram", score_chart(data), "No score column in this task's output."),
+        ("labels", "Label distribution", label_chart(data), _no_column(data, "No label column")),
+        ("scores", "Score histogram", score_chart(data), _no_column(data, "No score column")),
         ("confusion", "Confusion matrix", confusion_chart(data), "No ground truth (input.label_column) in this job."),
         ("fidelity", "Quantization fidelity", fidelity_chart(data), _no_fidelity(summary)),
     ]
@@ -255,6 +263,12 @@ def run_page(data: RunData) -> str:
             body.append(_fidelity_table(summary.fidelity))
         body.append(_chart(key, figure) if figure is not None else f"<p class='none'>{_e(missing)}</p>")
     return _document(title, body)
+
+
+def _no_column(data: RunData, missing: str) -> str:
+    if data.openai_batch():
+        return "An OpenAI Batch output has no label or score column."
+    return f"{missing} in this task's output."
 
 
 def _no_fidelity(summary: RunSummary | None) -> str:
