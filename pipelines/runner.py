@@ -356,7 +356,8 @@ def _run_locked(
         pages.write_quietly(spec.output.path)
         raise PipelineError(problem)
     output.write_json(RUN, result.to_json())
-    pages.write_quietly(spec.output.path)
+    if pages.write_quietly(spec.output.path):
+        result.report = pages.report_path(spec.output.path)
     output.finish()
     return result
 

@@ -369,8 +369,13 @@ def test_a_batch_file_runs_to_a_complete_output_file_exactly_once_across_a_crash
     [first] = [json.loads(p.read_text()) for p in (out / "_commits").glob("*.json")]  # one shard is committed ...
     assert not list(out.glob("part-*.jsonl"))  # ... and not visible yet: it waits for its one rename
 
+    (out / "_report.html").mkdir()  # a page that can't be written, to see what the summary says then
     done = cli("run", str(job))
     assert done.returncode == 0, done.stderr[-3000:]
+    # the summary names no page that was not written (it named one after the page's warning)
+    assert "run report not written" in done.stderr and f"report: {out}/_report.html" not in done.stdout
+    assert done.stdout.rstrip().endswith(f"report: not written (see the warning above); rebuild it with "
+                                         f"`pipelines report {out}`")
     results = sorted(out.glob("part-*.jsonl"))
     error_files = sorted((out / "_errors").glob("part-*.jsonl"))
     # One file per shard. batch-a's only refusal can be task-1, asked again in batch-b: the copy refused is the one
@@ -415,6 +420,7 @@ def test_a_batch_file_runs_to_a_complete_output_file_exactly_once_across_a_crash
 
     # `pipelines report` builds the page of a Batch output (it read the .jsonl files as Parquet and failed): rows,
     # quarantined rows by reason and timings come from the commit records; there is no label or score to chart
+    (out / "_report.html").rmdir()
     rebuilt = cli("report", str(out))
     assert rebuilt.returncode == 0 and rebuilt.stdout == f"report: {out}/_report.html\n", rebuilt.stderr[-3000:]
     page = (out / "_report.html").read_text()
@@ -441,9 +447,10 @@ def test_embedding_output_lines_are_what_the_openai_types_read(ray_session, tiny
         "compute": {"cpus_per_actor": 0.5, "threads_per_actor": 1},
         "output": {"path": str(out), "format": "openai-batch"},
     })
-    run_job(spec)
+    summary = run_job(spec)
     # the run writes its page for a Batch output too (it read the .jsonl files as Parquet and wrote none)
     assert "2 written, 1 quarantined of 3" in (out / "_report.html").read_text()
+    assert summary.report == f"{out}/_report.html"
     [answered] = [read_lines([p]) for p in out.glob("part-*.jsonl")]
     sizes = {}
     for line in answered:

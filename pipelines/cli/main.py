@@ -92,7 +92,6 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pipelines.output.report import report_path
     from pipelines.output.summary import render
     from pipelines.runner import run_job
     from pipelines.spec import load_spec
@@ -106,7 +105,10 @@ def _run(args: argparse.Namespace) -> int:
     else:
         print(render(result))
         print(f"output: {spec.output.path}")
-        print(f"report: {report_path(spec.output.path)}")
+        if result.report:
+            print(f"report: {result.report}")
+        else:  # write_quietly logged why
+            print(f"report: not written (see the warning above); rebuild it with `pipelines report {spec.output.path}`")
     return 0
 
 

@@ -182,6 +182,9 @@ class RunSummary(Record):
     unreadable_files: list[Unreadable] = Field(default_factory=list)
     #: How many of those files hold a number of rows nobody can tell (they count as no rows above).
     files_with_unknown_rows: int = 0
+    #: The run report this run wrote (as the output path is named), None when it could not be built.
+    #: Not in ``_run.json``: the page is written after it, from it.
+    report: str | None = Field(default=None, exclude=True)
 
 
 def merge_counts(into: dict[str, int], more: dict[str, int]) -> dict[str, int]:
