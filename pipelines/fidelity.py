@@ -202,6 +202,17 @@ def resolve_auto(
     return concrete(spec, chosen), result
 
 
+def planned_precision(spec: JobSpec) -> tuple[Precision, str]:
+    """What ``quantization: auto`` would run at here without checking anything: the decision kept for this model,
+    task and kind of device, else float32 (the fallback, the slowest it may take); and which of the two."""
+    bar = spec.model.fidelity.min_agreement if spec.model.fidelity else AUTO_MIN_AGREEMENT
+    found = _read_decision(_decision_path(spec, bar))
+    if found is not None:
+        chosen = Precision(found["quantization"], found["dtype"])
+        return chosen, f"quantization auto: {chosen.label}, as decided here before"
+    return Precision("none", "float32"), "quantization auto, not decided here yet: float32, the slowest it may take"
+
+
 def _decision_path(spec: JobSpec, bar: float) -> Path:
     """Where the decision for this model (its exact weights), task options, kind of device, CPU matmul and lanes
     is kept."""

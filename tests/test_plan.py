@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import pyarrow as pa
 import pytest
 from helpers import ROOT, SENTENCES, make_spec, write_jsonl, write_parquet
 
@@ -313,3 +314,23 @@ def test_a_cpu_quantization_is_said_to_be_refused_on_gpu_node_types(tmp_path):
     plan = build_plan(spec, "job", sample=100, cpus=2, cluster=ROOT / "cluster.yaml")
     assert plan.model.quantized_parameters == 10_764_288  # every Linear layer of MiniLM's encoder
     assert any("dynamic-int8 is a CPU quantization" in line for line in plan.problems)
+
+
+def test_measure_runs_quantization_auto_at_what_a_run_here_would_take(tiny_models, tmp_path):
+    """`pipelines plan --measure` on the main job (quantization: auto, as the README runs it) failed: 'auto is
+    decided before a job starts'. It measures the decision kept here, else float32, and says which."""
+    import json
+
+    from pipelines.fidelity import AUTO_MIN_AGREEMENT, _decision_path
+    from pipelines.planning.measure import measure
+
+    spec = make_spec(tiny_models("encoder"), {"type": "feature-extraction"}, tmp_path / "out")
+    spec.model.quantization = "auto"
+    spec.model.cache_dir = str(tmp_path / "cache")
+    batch = pa.table({"id": ["a", "b"], "text": SENTENCES[:2]})
+    first = measure(spec, [batch])
+    assert first.rows == 2 and first.precision == "quantization auto, not decided here yet: float32, the slowest it may take"
+    decision = _decision_path(spec, AUTO_MIN_AGREEMENT)
+    decision.parent.mkdir(parents=True)
+    decision.write_text(json.dumps({"quantization": "dynamic-int8", "dtype": "float32"}))
+    assert measure(spec, [batch]).precision == "quantization auto: dynamic-int8, as decided here before"

@@ -33,11 +33,17 @@ def measure(spec: JobSpec, batches: list[pa.Table]) -> Measurement:
     """Load the model once and predict the sampled batches; time both."""
     import torch
 
+    from pipelines.fidelity import concrete, planned_precision
+
     here = spec.model_copy(deep=True)
     if here.model.device != "cpu" and not torch.cuda.is_available():
         here.model.device = "cpu"
+    precision = None
+    if here.model.quantization == "auto":  # decided when a run starts: the decision kept here, else float32
+        chosen, precision = planned_precision(spec)  # kept under the spec's own device setting
+        here = concrete(here, chosen)
     with quiet("bitsandbytes"):  # on CPU, bitsandbytes logs a warning for every int8 matmul
-        return _measure(here, batches)
+        return _measure(here, batches).model_copy(update={"precision": precision})
 
 
 def _measure(spec: JobSpec, batches: list[pa.Table]) -> Measurement:

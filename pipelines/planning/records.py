@@ -112,6 +112,7 @@ class Measurement(PlanRecord):
     tokens_per_s: float
     padding_efficiency: float | None
     peak_rss_bytes: int  # of this process, model loaded and sample predicted
+    precision: str | None = None  # for quantization auto: what was measured, and why
 
 
 class Estimate(PlanRecord):

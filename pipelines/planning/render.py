@@ -137,7 +137,8 @@ def _measured(plan: Plan) -> list[str]:
     assert m is not None
     efficiency = "-" if m.padding_efficiency is None else f"{m.padding_efficiency:.3f}"
     lines = [
-        f"MEASURED here: one predictor, no Ray ({m.device}, {m.threads} threads)",
+        f"MEASURED here: one predictor, no Ray ({m.device}, {m.threads} threads"
+        + (f"; {m.precision})" if m.precision else ")"),
         f"  model load {m.load_s:.1f} s; {m.rows:,} rows in {m.predict_s:.1f} s: {m.rows_per_s:,.1f} rows/s, "
         f"{m.tokens_per_s:,.0f} tokens/s, padding efficiency {efficiency}; peak memory {size(m.peak_rss_bytes)}",
         "",
