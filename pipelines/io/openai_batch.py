@@ -58,8 +58,9 @@ def _request(record: dict[str, Any]) -> tuple[str | None, str | None, str | None
 
 
 def _shown(custom_id: Any) -> str | None:
-    """The id of a request's row: its custom_id, as its JSON text where it is no string."""
-    return custom_id if isinstance(custom_id, str) or custom_id is None else json.dumps(custom_id)
+    """The id of a request's row: its custom_id where it is a string; else none (the line is no request's: as its
+    JSON text, ``7`` was answered as request ``"7"``, which another line may be)."""
+    return custom_id if isinstance(custom_id, str) else None
 
 
 def _envelope_problem(record: dict[str, Any]) -> str | None:
