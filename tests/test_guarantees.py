@@ -460,6 +460,9 @@ def test_every_input_location_must_give_a_file(tmp_path):
     assert [s.name for s in list_shards([f"{tmp_path}/a/*.jsonl", f"{tmp_path}/b/**/*.jsonl"])] == [
         "x.jsonl", "2024-01/y.jsonl"
     ]
+    # the glob's only file is under output.path, which is never input: said so (it said "no files found")
+    with pytest.raises(PipelineError, match=r"\*/x\.jsonl gives no file outside output\.path \(1 there"):
+        list_shards([f"{tmp_path}/*/x.jsonl"], exclude=[str(tmp_path / "a")])
 
     def scheduled(*locations: str) -> list[str]:
         spec = spec_from_dict({"input": {"paths": list(locations)}, "model": {"name": "m"},

@@ -334,3 +334,18 @@ def test_measure_runs_quantization_auto_at_what_a_run_here_would_take(tiny_model
     decision.parent.mkdir(parents=True)
     decision.write_text(json.dumps({"quantization": "dynamic-int8", "dtype": "float32"}))
     assert measure(spec, [batch]).precision == "quantization auto: dynamic-int8, as decided here before"
+
+
+def test_a_cluster_yaml_of_another_tool_in_the_working_directory_is_passed_over(tiny_models, tmp_path):
+    """`./cluster.yaml` is read when --cluster is not given; one that is no Ray launcher config stopped the plan."""
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": str(i), "text": SENTENCES[i % 4]} for i in range(5)])
+    (tmp_path / "cluster.yaml").write_text("kind: Cluster\napiVersion: kind.x-k8s.io/v1alpha4\nnodes: []\n")
+    job = tmp_path / "job.yaml"
+    job.write_text(json.dumps({"input": {"paths": ["in"]}, "model": {"name": tiny_models("classifier")},
+                               "task": {"type": "text-classification"}, "output": {"path": "out"}}))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "pipelines", "plan", "job.yaml", "--json"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "warning: ./cluster.yaml passed over, no GPU node types sized" in done.stderr
+    assert [f["target"] for f in json.loads(done.stdout)["model"]["fits"]] == ["this machine"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 DEFAULT_CLUSTER = Path("cluster.yaml")
@@ -41,8 +42,24 @@ def _plan(args: argparse.Namespace) -> int:
         raise PipelineError(f"--sample {sample}: give at least 1 row")
     if args.cpus is not None and args.cpus < 1:
         raise PipelineError(f"--cpus {args.cpus}: give at least 1")
-    cluster = args.cluster or (DEFAULT_CLUSTER if DEFAULT_CLUSTER.exists() else None)
+    cluster = args.cluster or _default_cluster()
     spec = load_spec(args.job, args.overrides)
     plan = build_plan(spec, str(args.job), sample=sample, measure=args.measure, cluster=cluster, cpus=args.cpus)
     print(json.dumps(plan.to_json(), indent=1) if args.json else render(plan))
     return 0
+
+
+def _default_cluster() -> Path | None:
+    """``./cluster.yaml`` where it is a Ray cluster launcher config; a file of that name that is none (another
+    tool's) is passed over with a warning, not an error: it was not asked for."""
+    from pipelines.errors import PipelineError
+    from pipelines.planning.hardware import read_cluster
+
+    if not DEFAULT_CLUSTER.exists():
+        return None
+    try:
+        read_cluster(DEFAULT_CLUSTER)
+    except PipelineError as exc:
+        print(f"warning: ./{DEFAULT_CLUSTER} passed over, no GPU node types sized ({exc})", file=sys.stderr)
+        return None
+    return DEFAULT_CLUSTER

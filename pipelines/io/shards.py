@@ -262,7 +262,7 @@ def list_shards(
         root, files = _expand(location)
         fs, path = resolve(location)
         a_listing = bool(GLOB_CHARS & set(path)) or root == path  # a folder or a glob, not a named file
-        found = 0
+        found = left_out = 0
         for uri, info in files:
             kind = detect_format(info.path, wanted_format)
             if kind is None:
@@ -271,6 +271,7 @@ def list_shards(
                 type(fs) is type(xfs) and (is_within(info.path, xpath) or is_within(real_path(fs, info.path), xreal))
                 for xfs, xpath, xreal in skipped
             ):
+                left_out += 1
                 continue
             name = info.path[len(root) :].lstrip("/") if is_within(info.path, root) else info.base_name
             mtime = info.mtime_ns if info.mtime_ns is not None else None
@@ -278,6 +279,11 @@ def list_shards(
             found += 1
         if not found and not (empty_is_no_input and a_listing):
             below = ""
+            if left_out:
+                raise PipelineError(
+                    f"input.paths: {location} gives no file outside output.path ({left_out} there: a job's output "
+                    "is never its input); move the input out of the output folder, or choose another output.path"
+                )
             if GLOB_CHARS & set(location) and "**" not in location:
                 below = f" (a glob's * stays within one folder: {_recursive(location)} takes the folders below too)"
             raise PipelineError(
