@@ -3,7 +3,8 @@
 Every setting of a job lives here, with its type, default and allowed values.
 The CLI only loads a file, applies ``--set key.sub=value`` overrides and hands
 the result to :func:`load_spec`. Light: pydantic and YAML, no torch (the task
-options come from :mod:`pipelines.tasks.options`).
+options come from :mod:`pipelines.tasks.options`, how the hash covers the output's
+column names from :mod:`pipelines.output.records`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipelines.errors import PipelineError
+from pipelines.output.records import prefixed_hash
 from pipelines.tasks.openai_requests import OUTPUT_NAMES as OPENAI_OUTPUT_NAMES
 from pipelines.tasks.options import TASK_OPTIONS, AnyTaskOptions
 
@@ -282,13 +284,11 @@ class JobSpec(Strict):
         for where in ("device", "cache_dir"):
             relevant["model"].pop(where)
         relevant["model"].pop("fidelity")  # a check before the run, not a setting of the results
-        # each only where it is not the default, so that outputs without it keep the hash they had before
-        if self.output.format != "parquet":  # other files
+        if self.output.format != "parquet":  # other files; parquet outputs keep the hash they had before
             relevant["output_format"] = self.output.format
-        if self.output.prediction_prefix:  # other column names
-            relevant["prediction_prefix"] = self.output.prediction_prefix
         blob = json.dumps(relevant, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        # other column names: a hash of the one above, so that records written before it counted can be upgraded
+        return prefixed_hash(hashlib.sha256(blob).hexdigest()[:16], self.output.prediction_prefix)
 
 
 #: The task options an OpenAI Batch job may set: the requests set the rest, each its own.

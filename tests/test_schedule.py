@@ -419,6 +419,26 @@ def test_a_model_change_is_in_the_ledger_and_warned_about(tmp_path):
     assert "model changed" in render_table(Ledger(str(tmp_path / "out")).read())
 
 
+def test_a_ledger_written_before_the_hash_covered_the_prefix_is_no_spec_change(tmp_path):
+    """The spec hash covers output.prediction_prefix since the ledger's earlier lines were written: the same spec
+    must not be reported as changed (with --rescore advised) at the next tick."""
+    spec = make_job(tmp_path, fake_model(tmp_path))
+    spec.output.prediction_prefix = "p_"
+    add_shard(tmp_path, "a.jsonl", rows("a", 2))
+    run_due(spec, now=day(1), runner=NoRay())
+    unprefixed = spec.model_copy(deep=True)
+    unprefixed.output.prediction_prefix = ""
+    path = tmp_path / "out" / "_runs.jsonl"
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    for line in lines:  # as the lines were written then: the hash without the prefix, no version
+        line.pop("hash_version")
+        line["spec_hash"] = unprefixed.fingerprint()
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    add_shard(tmp_path, "b.jsonl", rows("b", 2))
+    [entry] = run_due(spec, now=day(2), runner=NoRay()).entries
+    assert entry.status == "succeeded" and entry.spec_changed is None
+
+
 def test_rescore_scores_every_shard_with_the_new_model_and_supersedes_older_partitions(
     ray_session, classifier, tmp_path
 ):

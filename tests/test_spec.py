@@ -117,6 +117,23 @@ def test_spec_hash_covers_the_prediction_columns_names():
         assert spec_from_dict(minimal(**layout)).fingerprint() == base.fingerprint(), layout
 
 
+def test_an_output_recorded_before_the_hash_covered_the_prefix_keeps_its_spec():
+    """Six of the shipped jobs set a prefix: their outputs, recorded with the hash that did not cover it, must
+    resume under the same spec (not be refused as another job's) and be refused under another prefix."""
+    from pipelines.output.records import JobRecord
+    from pipelines.runner import job_record
+
+    spec = spec_from_dict(minimal(output__prediction_prefix="predicted_"))
+    written_before = job_record(spec).to_json()
+    written_before.pop("hash_version")
+    written_before["spec_hash"] = spec_from_dict(minimal()).fingerprint()  # what the hash was: without the prefix
+    recorded = JobRecord.parse(written_before)
+    assert recorded is not None and recorded.spec_hash == spec.fingerprint()
+    other = spec_from_dict(minimal(output__prediction_prefix="other_"))
+    assert recorded.spec_hash != other.fingerprint()
+    assert JobRecord.parse(job_record(spec).to_json()).spec_hash == spec.fingerprint()  # new records as written
+
+
 def test_missing_or_broken_files(tmp_path):
     with pytest.raises(PipelineError, match="not found"):
         load_spec(tmp_path / "absent.yaml")

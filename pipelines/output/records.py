@@ -7,6 +7,7 @@ process boundaries with its fields and types, never as a loose dict.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -38,11 +39,24 @@ class ModelRef(Record):
     revision: str | None = None
 
 
+def prefixed_hash(spec_hash: str, prediction_prefix: str) -> str:
+    """A spec hash that also covers ``output.prediction_prefix`` (the output's column names): the hash itself where
+    there is none, so that outputs without one keep their hash, and one computed from it where there is one."""
+    if not prediction_prefix:
+        return spec_hash
+    return hashlib.sha256(f"{spec_hash}\nprediction_prefix={prediction_prefix}".encode()).hexdigest()[:16]
+
+
+#: 2: the spec hash covers output.prediction_prefix (:func:`prefixed_hash`); 1 (records without the field): not.
+HASH_VERSION = 2
+
+
 class JobRecord(Record):
     """``_job.json``: what identifies the results in an output directory."""
 
     name: str | None = None
     spec_hash: str
+    hash_version: int = HASH_VERSION
     model: ModelRef
     quantization: str
     device: str
@@ -52,6 +66,19 @@ class JobRecord(Record):
     column_types: str | None = None
     #: What ``quantization: auto`` chose for this output on its first run: ``{quantization, dtype}``.
     precision: dict[str, str] | None = None
+
+    @classmethod
+    def parse(cls, value: Any) -> Any:
+        """As :meth:`Record.parse`; a record written before the hash covered the prediction prefix gets its hash as
+        it is now, from the prefix its spec recorded (so that such an output resumes under the same spec, and is
+        refused under another prefix)."""
+        if isinstance(value, dict) and "hash_version" not in value and isinstance(value.get("spec_hash"), str):
+            spec = value.get("spec")
+            output = spec.get("output") if isinstance(spec, dict) else None
+            prefix = output.get("prediction_prefix") if isinstance(output, dict) else None
+            upgraded = prefixed_hash(value["spec_hash"], prefix or "")
+            value = {**value, "spec_hash": upgraded, "hash_version": HASH_VERSION}
+        return super().parse(value)
 
 
 class ShardInput(Record):

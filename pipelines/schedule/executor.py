@@ -40,7 +40,7 @@ from pipelines.output.commit import OutputDir
 from pipelines.output.layout import COMMITS, JOB, LOCK, PARTITION, STAGING, SUPERSEDED
 from pipelines.output.lock import JobLock, output_lock
 from pipelines.output.object_lock import ObjectLock
-from pipelines.output.records import RunSummary
+from pipelines.output.records import HASH_VERSION, RunSummary
 from pipelines.schedule.ledger import History, Ledger, LedgerEntry, LedgerInput
 from pipelines.schedule.lineage import model_lineage
 from pipelines.schedule.planner import HeldCommit, PartitionState, Planner, Retirement, RunPlan
@@ -198,7 +198,8 @@ class ScheduledJob:
 
     def planner(self, lineage: dict) -> Planner:
         """A planner over the facts as they are now (ledger and input shards are read afresh)."""
-        return Planner(self.history(), current_shards(self.spec), lineage, self.spec.fingerprint())
+        return Planner(self.history(), current_shards(self.spec), lineage, self.spec.fingerprint(),
+                       self.spec.output.prediction_prefix)
 
     def check_layout(self) -> None:
         info = self.fs.get_file_info(self.root)
@@ -333,6 +334,7 @@ class ScheduledJob:
             "status": "running",
             "inputs": [describe_shard(s) for s in plan.shards],
             "spec_hash": self.spec.fingerprint(),
+            "hash_version": HASH_VERSION,
             "started_at": _now_iso(),
             "host": socket.gethostname(),
             "pid": os.getpid(),

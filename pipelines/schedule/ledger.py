@@ -81,6 +81,7 @@ class LedgerEntry(BaseModel):
     model_changed: dict[str, Any] | None = None
     spec_changed: dict[str, Any] | None = None
     spec_hash: str | None = None
+    hash_version: int = 1  # 2 where spec_hash covers output.prediction_prefix (lines written before: 1)
     rows_in: int | None = None
     rows_out: int | None = None
     errors: int | None = None

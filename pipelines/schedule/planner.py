@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pipelines.io.shards import Shard
+from pipelines.output.records import HASH_VERSION, prefixed_hash
 from pipelines.schedule.ledger import History, LedgerEntry
 from pipelines.schedule.lineage import same_model
 from pipelines.schedule.ticks import Decision, run_id
@@ -62,11 +63,14 @@ class Retirement:
 class Planner:
     """Plans for one job from its ledger history, its current input shards and its model lineage."""
 
-    def __init__(self, history: History, shards: list[Shard], lineage: dict, spec_hash: str) -> None:
+    def __init__(
+        self, history: History, shards: list[Shard], lineage: dict, spec_hash: str, prediction_prefix: str = ""
+    ) -> None:
         self.history = history
         self.shards = shards
         self.lineage = lineage
         self.spec_hash = spec_hash
+        self.prediction_prefix = prediction_prefix  # to read the hashes of ledger lines written before it counted
 
     def resume(self, run: str, decision: Decision, partition: PartitionState) -> RunPlan:
         """Finish an unfinished run: its committed shards stay, the rest of its planned shards are scored.
@@ -176,7 +180,10 @@ class Planner:
         if last is None:
             return {}, None
         previous_model, previous_run = last
-        previous_spec = self.history.latest()[previous_run].spec_hash
+        previous = self.history.latest()[previous_run]
+        previous_spec = previous.spec_hash
+        if previous_spec and previous.hash_version < HASH_VERSION:  # a line written before the hash covered the prefix
+            previous_spec = prefixed_hash(previous_spec, self.prediction_prefix)
         changes = {}
         if not same_model(previous_model, self.lineage):
             changes["model_changed"] = {"from": previous_model, "to": self.lineage, "since": previous_run}
