@@ -57,6 +57,10 @@ class FidelitySpec(Strict):
     )
 
 
+#: The built-in model names (:mod:`pipelines.inference.aliases` says where each model is): a name before a folder.
+MODEL_ALIASES = frozenset({"minilm", "smollm2"})
+
+
 class ModelSpec(Strict):
     name: str = Field(description="Hugging Face id, local directory, or a built-in alias (minilm, smollm2).")
     revision: str | None = None

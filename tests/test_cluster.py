@@ -302,6 +302,15 @@ def test_workers_get_local_paths_made_absolute_unless_they_run_from_the_jobs_wor
     hub = spec_from_dict({**spec.model_dump(), "model": {"name": "org/model"}, "output": {"path": "s3://b/out"}})
     assert (cluster.worker_spec(hub)["model"]["name"], cluster.worker_spec(hub)["output"]["path"]) == (
         "org/model", "s3://b/out")  # not a folder here: a hub id; a URI stays one
+    from pipelines.inference.aliases import ALIASES
+    from pipelines.spec import MODEL_ALIASES
+
+    assert set(ALIASES) == MODEL_ALIASES
+    (tmp_path / "minilm").mkdir()  # a folder with a built-in model's name: the name stays the built-in one's
+    aliased = spec_from_dict({**spec.model_dump(), "model": {"name": "minilm"}, "output": {"path": "~/out"}})
+    sent = cluster.worker_spec(aliased)
+    assert sent["model"]["name"] == "minilm"
+    assert sent["output"]["path"] == str(tmp_path / "~" / "out")  # where the driver's resolve() writes it
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"working_dir": "gcs://x.zip"}}))
     assert cluster.worker_spec(spec) == spec.model_dump(mode="json")  # the workers run from the working_dir too
 

@@ -43,7 +43,7 @@ from typing import Any
 
 from pipelines.cluster.auth import TOKEN_HELP, enable_token_auth_if_available, find_token
 from pipelines.errors import PipelineError, first_line
-from pipelines.spec import ComputeSpec, JobSpec
+from pipelines.spec import MODEL_ALIASES, ComputeSpec, JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -137,11 +137,12 @@ def worker_spec(spec: JobSpec) -> dict[str, Any]:
         return "://" not in path and not os.path.isabs(os.path.expanduser(path))
 
     model, output = raw["model"], raw["output"]
-    if relative(model["name"]) and os.path.exists(os.path.expanduser(model["name"])):
+    alias = model["name"].lower() in MODEL_ALIASES  # a built-in name, even where a folder here has it
+    if not alias and relative(model["name"]) and os.path.exists(os.path.expanduser(model["name"])):
         model["name"] = os.path.abspath(os.path.expanduser(model["name"]))
     if model["cache_dir"] and relative(model["cache_dir"]):
         model["cache_dir"] = os.path.abspath(os.path.expanduser(model["cache_dir"]))
-    if relative(output["path"]):
+    if "://" not in output["path"] and not os.path.isabs(output["path"]):  # as the driver's resolve() takes it
         output["path"] = os.path.abspath(output["path"])
     return raw
 

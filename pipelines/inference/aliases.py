@@ -32,7 +32,7 @@ def smollm2_dir(spec: ModelSpec) -> str:
     return str(converted_smollm2(spec.cache_dir))
 
 
-ALIASES = {"minilm": minilm_dir, "smollm2": smollm2_dir}
+ALIASES = {"minilm": minilm_dir, "smollm2": smollm2_dir}  # the names of spec.MODEL_ALIASES (a test holds them equal)
 
 
 def resolve_name(spec: ModelSpec) -> str:
