@@ -133,6 +133,27 @@ def test_llm_label_classifies_review_sentiment(smollm2_cache):
     assert clear.column("label").to_pylist() == ["positive", "negative"]
 
 
+def test_llm_label_refuses_only_labels_whose_scored_tokens_begin_another(smollm2_cache):
+    """The check looks at the tokens scored after the prompt: " World" and " Worldwide" are two tokens here (one
+    label does not begin the other), " good" is how " good enough" starts."""
+    from pipelines.tasks.llm_label import LLMLabel
+    from pipelines.tasks.options import LLMLabelOptions
+
+    folder = gguf.converted_smollm2(smollm2_cache)
+    tokenizer, config = AutoTokenizer.from_pretrained(folder), transformers.AutoConfig.from_pretrained(folder)
+
+    def task(*labels: str, **options):
+        return LLMLabel(LLMLabelOptions(type="llm-label", candidate_labels=list(labels), **options), tokenizer, config,
+                        256)
+
+    task("World", "Worldwide", "Sports")
+    task("Health", "Healthcare", "Sports")
+    with pytest.raises(PipelineError, match="'Health' is how 'Healthcare' starts"):
+        task("Health", "Healthcare", "Sports", chat=True)  # the answer starts the turn: "Health" + "care"
+    with pytest.raises(PipelineError, match="'good' is how 'good enough' starts"):
+        task("good", "good enough", "bad")
+
+
 def test_greedy_summaries_match_the_transformers_pipeline(smollm2_cache):
     """The generate_summaries job's chat turn, batched in this project's own loop (shared system prompt cached,
     rows leaving as they finish), writes what transformers.pipeline("text-generation") writes for each row."""

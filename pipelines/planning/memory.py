@@ -189,12 +189,16 @@ def activation_bytes(spec: JobSpec, size: Dims, max_length: int, width: int) -> 
 
 
 def gpu_dtype(spec: JobSpec, accelerator: str | None) -> str:
+    if spec.model.quantization == "auto":  # it may fall back to float32: sized at the largest it may take
+        return "float32"
     if spec.model.dtype != "auto":
         return spec.model.dtype
     return "float16" if accelerator in NO_BF16 else "bfloat16"
 
 
 def cpu_dtype(spec: JobSpec) -> str:
+    if spec.model.quantization == "auto":
+        return "float32"
     return spec.model.dtype if spec.model.dtype != "auto" else "float32"
 
 

@@ -33,7 +33,7 @@ from pipelines.inference.batching import Ragged
 from pipelines.inference.kv_cache import Prefix, PrefixTokens, keeps_logits, shared_prefix
 from pipelines.tasks.base import Features, LabelTask, Outputs, softmax
 from pipelines.tasks.options import LLMLabelOptions
-from pipelines.tasks.prompts import check_chat, fill, render, shared_start, special_prefix
+from pipelines.tasks.prompts import check_chat, fill, render, shared_start, special_prefix, template_fields
 
 
 class LLMLabel(LabelTask):
@@ -60,12 +60,14 @@ class LLMLabel(LabelTask):
     def _check_no_label_starts_another(self) -> None:
         """A label's own tokens are scored, not an end after them: a label whose tokens begin another's can't be
         told from that one's start (under ``mean`` the longer wins wherever its rest is likely, under ``sum``
-        it never wins). Checked with each text that may come between prompt and label."""
-        leads = [self.options.label_prefix] if self.options.label_prefix is not None else [" ", ""]
-        for lead in leads:
-            ids = [tuple(self.tokenizer(lead + x, add_special_tokens=False)["input_ids"]) for x in self.labels]
-            for short, a in zip(self.labels, ids):
-                for long, b in zip(self.labels, ids):
+        it never wins). Checked on the tokens scored after prompts from the template (a row's value ending in a
+        word, or in a space: what comes between prompt and label may differ)."""
+        names = template_fields(self.options.prompt_template)
+        filled = [self.options.prompt_template.format_map(dict.fromkeys(names, value)) for value in ("x", "x ")]
+        rendered = render(self.tokenizer, filled, self.options.chat, self.options.system_prompt)
+        for continuations in self._tokenize(rendered)[1]:
+            for short, a in zip(self.labels, continuations):
+                for long, b in zip(self.labels, continuations):
                     if len(a) < len(b) and b[: len(a)] == a:
                         raise PipelineError(
                             f"{self.name}: candidate label {short!r} is how {long!r} starts, token for token; "
