@@ -296,6 +296,18 @@ def writing(location: str) -> Iterator[None]:
         ) from None
 
 
+def resume_state(spec: JobSpec, shards: list[Shard]) -> tuple[list[Shard], dict[str, CommitRecord], bool]:
+    """What a run without ``--overwrite`` or ``--prune`` would find in the output, read and not written: the shards
+    it would score, the committed ones, and whether the job is finished (``_SUCCESS``). Raises PipelineError where
+    that run would be refused (another job's results or another spec, changed or gone input, an output path that
+    holds the input)."""
+    check_paths(spec)
+    output = OutputDir(spec.output.path)
+    output.check_owner()
+    pending, committed = _pending(output, job_record(spec), shards, False, prune=False, dry=True)
+    return pending, committed, output.finished()
+
+
 def _pending(
     output: OutputDir, job: JobRecord, shards: list[Shard], given: bool, prune: bool, dry: bool
 ) -> tuple[list[Shard], dict[str, CommitRecord]]:

@@ -91,6 +91,31 @@ def test_a_scheduled_jobs_empty_landing_location_is_planned_as_a_tick_reads_it(t
                                                       "nothing to score"])
 
 
+def test_plan_says_what_a_run_would_do_with_the_output_as_it_is(ray_session, tiny_models, tmp_path):
+    """The plan of a job whose output was half done, or finished, said a run would score every row; the run
+    resumes (or answers up to date), and a run with another spec is refused."""
+    for n in range(3):
+        write_jsonl(tmp_path / "in" / f"{n}.jsonl", [{"id": f"{n}-{i}", "text": SENTENCES[i % 4]} for i in range(n + 2)])
+    spec = make_spec(tiny_models("classifier"), {"type": "text-classification"}, tmp_path / "out",
+                     input={"paths": [str(tmp_path / "in")]})
+    fresh = build_plan(spec, "job", sample=100, cpus=2).output
+    assert fresh is not None and (fresh.state, fresh.shards_todo, fresh.rows_todo) == ("new", 3, 9)
+    shards = list_shards(spec.input.paths, spec.input.format)
+    run_job(spec, shards=shards[:1])  # 2 rows committed; as a run cut short leaves it
+    half = build_plan(spec, "job", sample=100, cpus=2)
+    assert half.output is not None and half.output.state == "resume"
+    assert (half.output.shards_done, half.output.rows_done, half.output.shards_todo, half.output.rows_todo) == (1, 2, 2, 7)
+    assert "1 of 3 shard(s) committed (2 rows): a run resumes with the other 2 shard(s), 7 rows" in render(half)
+    assert run_job(spec).shards_this_run == 2  # what the plan said
+    done = build_plan(spec, "job", sample=100, cpus=2)
+    assert done.output is not None and (done.output.state, done.output.rows_todo) == ("up to date", 0)
+    assert run_job(spec).status == "up to date"
+    other = spec.model_copy(update={"batching": spec.batching.model_copy(update={"max_length": 64})})
+    refused = build_plan(other, "job", sample=100, cpus=2)
+    assert refused.output is not None and refused.output.state == "refused"
+    assert refused.problems[0].startswith("a run now is refused: output.path") and "different job spec" in refused.problems[0]
+
+
 def test_plan_says_what_a_run_does_with_a_file_it_cannot_read_under_the_specs_policy(tiny_models, tmp_path):
     write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": str(i), "text": SENTENCES[i % 4]} for i in range(5)])
     (tmp_path / "in" / "e.parquet").write_bytes(b"PAR1 not really")

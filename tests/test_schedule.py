@@ -486,6 +486,37 @@ def test_a_run_that_keeps_failing_does_not_stop_new_input_and_can_be_abandoned(t
         abandon(spec, "2026-11-29T02:00:00Z")
 
 
+def test_the_plan_of_a_scheduled_job_says_what_a_tick_would_score(tmp_path):
+    """`pipelines plan` of a scheduled job: the files a tick due now scores (an unfinished run's and new ones)."""
+    from pipelines.io.shards import list_shards
+    from pipelines.planning.inputs import survey
+    from pipelines.planning.progress import output_plan
+
+    def planned():
+        shards = list_shards(spec.input.paths, spec.input.format, empty_is_no_input=True)
+        return output_plan(spec, shards, survey(shards))
+
+    runner, model = Committing(), fake_model(tmp_path)
+    spec = make_job(tmp_path, model)
+    add_shard(tmp_path, "a.jsonl", rows("a", 2))
+    add_shard(tmp_path, "b.jsonl", rows("b", 3))
+    run_due(spec, now=day(1, hours=0.01), runner=runner)
+    runner.fail_first.add("2026-11-29T02:00:00Z")
+    add_shard(tmp_path, "c.jsonl", rows("c", 4))
+    assert run_due(spec, now=day(2, hours=0.01), runner=runner).failures  # c's run failed: a tick resumes it
+    add_shard(tmp_path, "d.jsonl", rows("d", 5))
+    add_shard(tmp_path, "b.jsonl", rows("b", 6))  # b changed since it was scored
+    plan = planned()
+    assert (plan.state, plan.shards_done, plan.rows_done, plan.shards_todo, plan.rows_todo) == ("scheduled", 1, 2, 3, 15)
+    assert plan.note.endswith("a tick now scores 3 file(s), 15 rows, 1 unfinished run(s) finished first")
+    before = len(all_ids(tmp_path))
+    runner.fail_first.clear()
+    run_due(spec, now=day(3, hours=0.01), runner=runner)
+    assert len(all_ids(tmp_path)) - before == 15 - 3  # b's 3 earlier rows moved to _superseded/
+    after = planned()
+    assert (after.shards_done, after.shards_todo, after.rows_todo) == (4, 0, 0)
+
+
 def test_a_shard_that_changes_after_a_failing_run_committed_it_is_scored_again(ray_session, classifier, tmp_path):
     """A file still being written when a tick read it: its cut-off last line was quarantined, which put the run
     over ``errors.max_rate``, so the run failed and holds its shards. Once the file was finished, the resume left

@@ -15,7 +15,8 @@ from pipelines.io.reader import group_shards
 from pipelines.io.shards import list_shards
 from pipelines.planning.hardware import Cluster, read_cluster, this_machine_cpus
 from pipelines.planning.inputs import COUNT_LIMIT, actor_batches, pick_batches, read_batches, read_blocks, survey
-from pipelines.planning.records import InputPlan, ModelPlan, Plan, TokenPlan
+from pipelines.planning.progress import output_plan
+from pipelines.planning.records import InputPlan, ModelPlan, OutputPlan, Plan, TokenPlan
 from pipelines.runner import columns_of
 from pipelines.spec import JobSpec
 
@@ -60,20 +61,22 @@ def build_plan(
     model = model_plan(spec, context, nodes)
     plan = Plan(
         job=job, name=spec.name, spec_hash=spec.fingerprint(), task=spec.task.type,
-        input=inputs, tokens=tokens, model=model,
+        input=inputs, tokens=tokens, model=model, output=output_plan(spec, shards, inputs),
     )
     if measure:
         from pipelines.planning.measure import estimates
         from pipelines.planning.measure import measure as run_sample
 
         plan.measurement = run_sample(spec, tables)
-        plan.estimates = estimates(spec, inputs.rows, plan.measurement, model.fits, nodes)
-    plan.problems = problems(spec, inputs, tokens, model, nodes)
+        todo = plan.output.rows_todo if plan.output and plan.output.state in ("resume", "scheduled") else 0
+        plan.estimates = estimates(spec, todo or inputs.rows, plan.measurement, model.fits, nodes)
+    plan.problems = problems(spec, inputs, tokens, model, nodes, plan.output)
     return plan
 
 
 def problems(
-    spec: JobSpec, inputs: InputPlan, tokens: TokenPlan, model: ModelPlan, cluster: Cluster | None
+    spec: JobSpec, inputs: InputPlan, tokens: TokenPlan, model: ModelPlan, cluster: Cluster | None,
+    output: OutputPlan | None = None,
 ) -> list[str]:
     """What would go wrong or be quarantined in a run, one line each."""
     outcome = {
@@ -82,6 +85,8 @@ def problems(
         "does not parse, and fails on it where it could not be fetched",
     }[spec.errors.unreadable_files]
     found = [f"{c.uri}: {c.error} ({outcome})" for c in inputs.shards if c.error]
+    if output is not None and output.state == "refused":
+        found.insert(0, f"a run now is refused: {output.note}")
     if not inputs.shards:  # only a scheduled job's input may be empty: its landing locations have no file yet
         found.append("no input file yet in input.paths: a tick now would find nothing to score")
     where = "in the input" if tokens.covers_input else f"in the sample of {tokens.sample_rows:,} rows"

@@ -112,7 +112,7 @@ def estimates(
             possible = nodes is not None and all(nodes <= c for c in caps)
             out.append(
                 Estimate(
-                    where=fit.target, actors=actors, nodes=nodes, possible=possible,
+                    where=fit.target, rows=rows, actors=actors, nodes=nodes, possible=possible,
                     wall_s=wall_time(rows, measured, actors) if possible else None, basis=basis,
                 )
             )
@@ -128,6 +128,6 @@ def _here(spec: JobSpec, rows: int, measured: Measurement) -> Estimate:
     if useful < pool:
         basis += f" (a pool of {pool} × {measured.threads} threads exceeds this machine's {cpus} CPUs)"
     return Estimate(
-        where="this machine", actors=pool, nodes=None, possible=True,
+        where="this machine", rows=rows, actors=pool, nodes=None, possible=True,
         wall_s=wall_time(rows, measured, useful), basis=basis + "; Ray start-up not included",
     )

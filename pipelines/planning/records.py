@@ -41,6 +41,20 @@ class InputPlan(PlanRecord):
     formats: dict[str, int]  # e.g. {"jsonl": 2, "jsonl.gz": 2, "parquet": 2}
 
 
+class OutputPlan(PlanRecord):
+    """What a run (no ``--overwrite``) would do with the output as it is now; a scheduled job: a tick due now."""
+
+    path: str
+    #: new: nothing committed; resume: some shards to do; up to date: a run writes nothing; refused: a run stops
+    #: before any work (``note`` says why); scheduled: what a tick scores (new and changed files, unfinished runs)
+    state: Literal["new", "resume", "up to date", "refused", "scheduled"]
+    shards_done: int  # committed (scored by earlier runs, for a scheduled job)
+    rows_done: int
+    shards_todo: int  # what a run (a tick) would score now
+    rows_todo: int
+    note: str
+
+
 class Distribution(PlanRecord):
     mean: float
     p50: int
@@ -119,6 +133,7 @@ class Estimate(PlanRecord):
     """Wall time for the whole input with ``actors`` actors: an estimate, with its basis."""
 
     where: str
+    rows: int  # the rows a run would score now (the whole input where the output is new, or a run is refused)
     actors: int
     nodes: int | None  # nodes of the type needed (None: this machine)
     possible: bool
@@ -134,6 +149,7 @@ class Plan(PlanRecord):
     input: InputPlan
     tokens: TokenPlan
     model: ModelPlan
+    output: OutputPlan | None = None
     measurement: Measurement | None = None
     estimates: list[Estimate] = Field(default_factory=list)
     problems: list[str] = Field(default_factory=list)

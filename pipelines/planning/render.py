@@ -57,7 +57,7 @@ def render(plan: Plan) -> str:
         f"spec hash {plan.spec_hash}",
         "",
     ]
-    lines += _input(plan) + [""] + _tokens(plan.tokens) + [""] + _model(plan)
+    lines += _input(plan) + [""] + _output(plan) + _tokens(plan.tokens) + [""] + _model(plan)
     if plan.measurement:
         lines += [""] + _measured(plan)
     else:
@@ -79,6 +79,14 @@ def _input(plan: Plan) -> list[str]:
     if len(data.shards) > SHARDS_SHOWN:
         lines.append(f"  … and {len(data.shards) - SHARDS_SHOWN:,} more (--json lists every shard)")
     return lines
+
+
+def _output(plan: Plan) -> list[str]:
+    out = plan.output
+    if out is None:
+        return []
+    what = "a run is refused: " if out.state == "refused" else ""
+    return [f"OUTPUT  {shown(out.path)}: {what}{out.note}", ""]
 
 
 def _tokens(tokens: TokenPlan) -> list[str]:
@@ -142,13 +150,24 @@ def _measured(plan: Plan) -> list[str]:
         f"  model load {m.load_s:.1f} s; {m.rows:,} rows in {m.predict_s:.1f} s: {m.rows_per_s:,.1f} rows/s, "
         f"{m.tokens_per_s:,.0f} tokens/s, padding efficiency {efficiency}; peak memory {size(m.peak_rss_bytes)}",
         "",
-        f"ESTIMATED wall time for {plan.input.rows:,} rows",
+        f"ESTIMATED wall time for {_estimated_rows(plan)}",
     ]
     rows = [_estimate_row(e) for e in plan.estimates]
     lines += table(["WHERE", "ACTORS", "NODES", "WALL"], rows, right={1, 2, 3})
     for basis in dict.fromkeys(e.basis for e in plan.estimates):
         lines.append(f"  basis: {basis}")
     return lines
+
+
+def _estimated_rows(plan: Plan) -> str:
+    rows = plan.estimates[0].rows if plan.estimates else plan.input.rows
+    out = plan.output
+    if out is not None and out.rows_todo == 0 and out.state in ("up to date", "resume", "scheduled"):
+        again = "--rescore" if out.state == "scheduled" else "--overwrite"
+        return f"{rows:,} rows, the whole input as {again} would score it (a run now scores none)"
+    if rows == plan.input.rows:
+        return f"{rows:,} rows"
+    return f"the {rows:,} rows a run would score now (of {plan.input.rows:,} in the input)"
 
 
 def _estimate_row(estimate: Estimate) -> list[str]:

@@ -1,0 +1,92 @@
+"""What a run would do now with the job's output: start it, resume it, find it up to date, or be refused.
+
+Reads the output's commit records (a scheduled job's ledger and partitions) as a run reads them before it
+starts, and writes nothing. Light: no Ray, no torch.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+from pipelines.errors import PipelineError
+from pipelines.io.shards import Shard
+from pipelines.planning.records import InputPlan, OutputPlan
+from pipelines.spec import JobSpec
+
+
+def output_plan(spec: JobSpec, shards: list[Shard], inputs: InputPlan) -> OutputPlan:
+    """The output as a run without ``--overwrite`` finds it; ``inputs`` counts ``shards``' rows, in their order."""
+    rows = {s.key: c.rows for s, c in zip(shards, inputs.shards, strict=True)}
+    try:
+        if spec.schedule is not None:
+            return _tick(spec, shards, rows)
+        return _run(spec, shards, rows)
+    except (PipelineError, OSError) as exc:
+        return OutputPlan(path=spec.output.path, state="refused", shards_done=0, rows_done=0,
+                          shards_todo=len(shards), rows_todo=inputs.rows, note=str(exc))
+
+
+def _run(spec: JobSpec, shards: list[Shard], rows: dict[str, int]) -> OutputPlan:
+    from pipelines.runner import resume_state
+
+    pending, committed, finished = resume_state(spec, shards)
+    todo = sum(rows[s.key] for s in pending)
+    done = sum(r.rows_in for r in committed.values())
+    state: Literal["new", "resume", "up to date"]
+    if not committed:
+        state, note = "new", f"nothing committed yet: a run scores all {len(pending):,} shard(s), {todo:,} rows"
+    elif pending:
+        state, note = "resume", (
+            f"{len(committed):,} of {len(shards):,} shard(s) committed ({done:,} rows): a run resumes with the "
+            f"other {len(pending):,} shard(s), {todo:,} rows"
+        )
+    elif finished:
+        state, note = "up to date", (
+            f"every shard is committed ({done:,} rows): a run writes nothing and says up to date "
+            "(--overwrite scores the whole input again)"
+        )
+    else:
+        state, note = "resume", (
+            f"every shard is committed ({done:,} rows) but the job did not finish: a run scores nothing and "
+            "writes its summary again"
+        )
+    return OutputPlan(path=spec.output.path, state=state, shards_done=len(committed), rows_done=done,
+                      shards_todo=len(pending), rows_todo=todo, note=note)
+
+
+def _tick(spec: JobSpec, shards: list[Shard], rows: dict[str, int]) -> OutputPlan:
+    """A scheduled job: what an invocation whose tick is due now would score (its resumes and its new run).
+
+    The model is taken to be the one the last run used (a tick hashes a model folder's files to tell; a run
+    started with another model is redone whole)."""
+    from pipelines.schedule.executor import ScheduledJob, _no_runner
+    from pipelines.schedule.planner import RunPlan
+    from pipelines.schedule.ticks import Decision
+
+    job = ScheduledJob(spec, None, _no_runner)
+    job.check_layout()
+    history = job.history()
+    decision = Decision("run", datetime.now(UTC).replace(microsecond=0))
+    todo: dict[str, Shard] = {}
+    unfinished = history.unfinished()
+    for entry in unfinished:
+        assert entry.run is not None
+        partition = job.partition_state(entry.run)
+        resume = job.planner(history.first_attempt(entry.run).model or {}).resume(entry.run, decision, partition)
+        for shard in resume.shards:
+            if resume.overwrite or partition.committed.get(shard.key) != (shard.size, shard.mtime_ns):
+                todo[shard.key] = shard
+    work = job.planner({}).new_work(decision, False, job.unfinished_commits())
+    if isinstance(work, RunPlan):
+        todo.update({s.key: s for s in work.shards})
+    scored = history.scored()
+    done = [s for s in shards if s.key in scored and s.key not in todo]
+    count = sum(rows[key] for key in todo)
+    resumed = f", {len(unfinished):,} unfinished run(s) finished first" if unfinished else ""
+    note = (
+        f"scheduled: {len(done):,} of {len(shards):,} input file(s) scored by earlier runs; a tick now scores "
+        f"{len(todo):,} file(s), {count:,} rows{resumed}"
+    )
+    return OutputPlan(path=spec.output.path, state="scheduled", shards_done=len(done),
+                      rows_done=sum(rows[s.key] for s in done), shards_todo=len(todo), rows_todo=count, note=note)
