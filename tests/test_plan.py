@@ -16,6 +16,7 @@ from pipelines.errors import PipelineError
 from pipelines.io.reader import Columns, read_shard
 from pipelines.io.reader import count_rows as reader_count_rows
 from pipelines.io.shards import list_shards
+from pipelines.output.commit import OutputDir
 from pipelines.planning.build import build_plan
 from pipelines.planning.inputs import actor_batches, count_rows, read_blocks
 from pipelines.planning.records import Plan
@@ -130,7 +131,28 @@ def test_plan_says_what_a_run_does_with_a_file_it_cannot_read_under_the_specs_po
     assert "a run quarantines it as one record" in said["quarantine"]
     # the file's one record is quarantined only where the policy quarantines it; under fail no row is
     assert quarantined["fail"] == []
-    assert quarantined["quarantine"] == ["1 row(s) in the input would be quarantined: unreadable parquet file"]
+    # a Parquet file without a footer has no rows a run can tell: its record counts as no row, as in _run.json
+    assert quarantined["quarantine"] == [] and "rows unknown" in said["quarantine"]
+
+
+def test_an_unreadable_files_rows_are_planned_as_the_run_counts_them(ray_session, tiny_models, tmp_path):
+    """A gzip file cut short: the plan counted it as one row (21 rows in all, 1 quarantined), the run counted the
+    lines before the cut (88 rows, 68 quarantined) and failed over errors.max_rate, which the plan did not say."""
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": str(i), "text": SENTENCES[i % 4]} for i in range(20)])
+    lines = b"".join(json.dumps({"id": f"b{i}", "text": SENTENCES[i % 4]}).encode() + b"\n" for i in range(400))
+    packed = gzip.compress(lines)
+    (tmp_path / "in" / "b.jsonl.gz").write_bytes(packed[: len(packed) // 2])
+    spec = make_spec(tiny_models("classifier"), {"type": "text-classification"}, tmp_path / "out",
+                     input={"paths": [str(tmp_path / "in")]}, errors={"unreadable_files": "quarantine"})
+    plan = build_plan(spec, "job", sample=1000, cpus=2)
+    with pytest.raises(PipelineError, match="max_rate"):
+        run_job(spec)
+    summary = OutputDir(str(tmp_path / "out")).summary()
+    assert summary is not None and summary.status == "failed"
+    assert 20 < plan.input.rows == summary.rows_in and not plan.input.rows_exact  # lines before the cut
+    assert sum(plan.tokens.quarantined.values()) == summary.errors == summary.rows_in - 20
+    assert plan.tokens.rows_out == 20
+    assert any("over errors.max_rate" in line for line in plan.problems)
 
 
 def test_batches_are_formed_as_ray_data_forms_them():

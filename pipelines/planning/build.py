@@ -50,14 +50,15 @@ def build_plan(
                          empty_is_no_input=spec.schedule is not None)
     inputs = survey(shards, count_limit)
     groups = group_shards([c.bytes for c in inputs.shards])  # the read tasks, as a run reads the shards
-    rows = [sum(inputs.shards[i].rows for i in group) for group in groups]
+    rows = [sum(inputs.shards[i].read_rows() for i in group) for group in groups]  # an unreadable file: 1 record
     task_bytes = [sum(inputs.shards[i].bytes for i in group) for group in groups]
     blocks = read_blocks(rows, task_bytes, cpus or this_machine_cpus())
     batches = list(actor_batches(blocks, spec.batching.batch_size))
     picked = pick_batches(batches, sample, spec.batching.batch_size)
     covers = len(picked) == len(batches) and inputs.rows_exact
     tables = read_batches([[shards[i] for i in group] for group in groups], columns_of(spec, shards), picked)
-    tokens = token_plan(context, spec, tables, inputs.rows, covers)
+    told = {s.key: c.rows for s, c in zip(shards, inputs.shards) if c.records is not None}
+    tokens = token_plan(context, spec, tables, inputs.rows, covers, told)
     model = model_plan(spec, context, nodes)
     plan = Plan(
         job=job, name=spec.name, spec_hash=spec.fingerprint(), task=spec.task.type,

@@ -5,7 +5,7 @@ Parquet file's rows from its footer, a JSONL file's non-blank lines (gzip
 decompressed as a stream; a byte order mark at its start is no line). A JSONL
 file is counted up to ``count_limit`` decompressed bytes and the rest estimated
 from its size; a file that can't be read is one quarantined record, as in a
-run. Light: pyarrow and numpy.
+run, which counts the rows it can tell of it. Light: pyarrow and numpy.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from pipelines.errors import first_line
 from pipelines.io.reader import Columns, read_group
+from pipelines.io.reader import count_rows as reader_count_rows
 from pipelines.io.shards import Shard
 from pipelines.planning.records import InputPlan, ShardCount
 
@@ -44,8 +45,11 @@ def count_rows(shard: Shard, count_limit: int = COUNT_LIMIT) -> ShardCount:
         rows, exact = _jsonl_rows(shard, count_limit)
         return base.model_copy(update={"rows": rows, "count": "counted" if exact else "estimated"})
     except Exception as exc:  # noqa: BLE001 - an unreadable file is one quarantined record in a run
-        error = f"unreadable {shard.format} file: {first_line(exc)[:200]}"
-        return base.model_copy(update={"rows": 1, "count": "unreadable", "error": error})
+        known, exact = reader_count_rows(shard)  # what a run tells of its rows, and counts as quarantined
+        told = "rows unknown" if known is None else f"{known:,} rows" + ("" if exact else " before the damage")
+        error = f"unreadable {shard.format} file: {first_line(exc)[:200]}; {told}"
+        return base.model_copy(update={"rows": known or 0, "rows_exact": exact, "records": 1, "count": "unreadable",
+                                       "error": error})
 
 
 def _parquet_rows(shard: Shard) -> int:
@@ -100,7 +104,7 @@ def survey(shards: list[Shard], count_limit: int = COUNT_LIMIT) -> InputPlan:
         shards=counts,
         bytes=sum(c.bytes for c in counts),
         rows=sum(c.rows for c in counts),
-        rows_exact=all(c.count != "estimated" for c in counts),
+        rows_exact=all(c.count != "estimated" and c.rows_exact for c in counts),
         unreadable=sum(c.count == "unreadable" for c in counts),
         formats=dict(sorted(kinds.items())),
     )

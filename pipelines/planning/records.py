@@ -27,15 +27,21 @@ class ShardCount(PlanRecord):
     bytes: int
     rows: int
     #: footer: from the Parquet footer; counted: non-blank lines; estimated: lines in the first bytes, scaled
-    #: to the file's size; unreadable: the file can't be read (the run quarantines it as one record)
+    #: to the file's size; unreadable: the file can't be read (the run quarantines it as one record), and
+    #: ``rows`` are those a run tells of it: a Parquet footer's, or the lines before the damage (0: unknown)
     count: Literal["footer", "counted", "estimated", "unreadable"]
     error: str | None = None
+    rows_exact: bool = True  # False for an unreadable file whose rows are a lower bound or unknown
+    records: int | None = None  # rows the reader yields for it where not ``rows``: an unreadable file's one record
+
+    def read_rows(self) -> int:
+        return self.rows if self.records is None else self.records
 
 
 class InputPlan(PlanRecord):
     shards: list[ShardCount]
     bytes: int
-    rows: int  # rows the run reads (rows_in): an unreadable file counts as one quarantined record
+    rows: int  # rows the run reads (rows_in): an unreadable file's rows as the run tells them
     rows_exact: bool
     unreadable: int
     formats: dict[str, int]  # e.g. {"jsonl": 2, "jsonl.gz": 2, "parquet": 2}

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.io.block import ERROR, ROW
+from pipelines.io.block import ERROR, ROW, SHARD
 from pipelines.output.staging import reason_counts
 from pipelines.planning.hardware import this_machine_cpus
 from pipelines.planning.records import Distribution, TokenPlan
@@ -67,7 +67,11 @@ class BatchTokens:
     errors: list[str]  # one reason per quarantined row
 
 
-def tokenize_batch(context: TaskContext, spec: JobSpec, batch: pa.Table) -> BatchTokens:
+def tokenize_batch(
+    context: TaskContext, spec: JobSpec, batch: pa.Table, unreadable_rows: dict[str, int] | None = None
+) -> BatchTokens:
+    """``unreadable_rows``: shard key → the rows a run counts for an unreadable file's one record (as quarantined,
+    under errors.unreadable_files: quarantine)."""
     from pipelines.inference.predictor import encode_rows, micro_batches, validate_rows
 
     if spec.errors.unreadable_files == "fail" and ROW in batch.column_names:
@@ -83,6 +87,14 @@ def tokenize_batch(context: TaskContext, spec: JobSpec, batch: pa.Table) -> Batc
     lanes = spec.lanes(device, spec.compute.torch_threads(this_machine_cpus()))  # as on this machine's cores
     plan = micro_batches(task, lengths, spec.batching, spec.batching.max_tokens, device, lanes) if len(lengths) else []
     reasons = [r for r in errors.to_pylist() if r is not None]
+    told = 0  # rows beyond their one record that a run counts for the unreadable files in this batch
+    if ROW in batch.column_names:
+        for index in np.flatnonzero(batch.column(ROW).to_numpy(zero_copy_only=False) == -1):
+            count = (unreadable_rows or {}).get(batch.column(SHARD)[int(index)].as_py(), 1)
+            reason = errors[int(index)].as_py()
+            reasons.remove(reason)
+            reasons += [reason] * count  # none where its rows are unknown: a run counts them as no rows
+            told += count - 1
     # As the predictor flags them: rows the task refused, then (errors.too_long: error) rows cut at max_length.
     reasons += list(features.errors.values())
     truncated = None if features.truncated is None else np.asarray(features.truncated, dtype=bool)
@@ -92,7 +104,7 @@ def tokenize_batch(context: TaskContext, spec: JobSpec, batch: pa.Table) -> Batc
         refused = set(features.errors)
         reasons += ["text longer than max_length" for i in np.flatnonzero(truncated) if int(i) not in refused]
     return BatchTokens(
-        rows=len(batch),
+        rows=len(batch) + told,
         lengths=lengths,
         per_row=np.bincount(features.row, minlength=len(rows)) if len(features) else np.zeros(len(rows), np.int64),
         padded=sum(int(task.padded_widths(lengths[index]).sum()) for index in plan),
@@ -103,10 +115,11 @@ def tokenize_batch(context: TaskContext, spec: JobSpec, batch: pa.Table) -> Batc
 
 
 def token_plan(
-    context: TaskContext, spec: JobSpec, batches: list[pa.Table], input_rows: int, covers_input: bool
+    context: TaskContext, spec: JobSpec, batches: list[pa.Table], input_rows: int, covers_input: bool,
+    unreadable_rows: dict[str, int] | None = None,
 ) -> TokenPlan:
     """Statistics over the sampled batches, and the whole input's tokens and output rows from them."""
-    done = [tokenize_batch(context, spec, batch) for batch in batches]
+    done = [tokenize_batch(context, spec, batch, unreadable_rows) for batch in batches]
     rows = sum(b.rows for b in done)
     lengths = np.concatenate([b.lengths for b in done]) if done else np.zeros(0, np.int64)
     per_row = np.concatenate([b.per_row for b in done]) if done else np.zeros(0, np.int64)
