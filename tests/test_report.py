@@ -147,3 +147,36 @@ def test_run_report_and_ledger_report_in_a_browser(ray_session, tiny_models, bro
     assert done.returncode == 0 and page.exists()
     assert json.loads((out / "_run.json").read_text())["fidelity"]["passed"] is True
     assert cli("report", str(tmp_path / "in")).returncode == 2
+
+
+def test_a_damaged_part_file_is_named_on_the_page_and_a_page_not_rebuilt_is_not_left_stale(
+    ray_session, tiny_models, tmp_path, monkeypatch
+):
+    """A part file damaged after its commit made `pipelines report` end in a traceback, and every later run's page
+    fail, leaving the first run's page in place as if it were the last run's."""
+    from helpers import make_spec
+
+    from pipelines.output import report
+
+    for name in ("a", "b"):
+        write_jsonl(tmp_path / "in" / f"{name}.jsonl", [{"id": f"{name}{i}", "text": s} for i, s in enumerate(SENTENCES)])
+    out = tmp_path / "out"
+    spec = make_spec(tiny_models("classifier"), {"type": "text-classification"}, out,
+                     input={"paths": [str(tmp_path / "in")]})
+    assert run_job(spec).report is not None
+    part = sorted(out.glob("part-*.parquet"))[0]
+    part.write_bytes(part.read_bytes()[:64])
+    done = cli("report", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    page = (out / "_report.html").read_text()
+    assert "1 part file(s) could not be read" in page and part.name in page
+
+    write_jsonl(tmp_path / "in" / "c.jsonl", [{"id": f"c{i}", "text": s} for i, s in enumerate(SENTENCES)])
+
+    def fails(data):
+        raise RuntimeError("no page")
+
+    monkeypatch.setattr(report, "run_page", fails)
+    summary = run_job(spec)
+    assert summary.shards_this_run == 1 and summary.report is None
+    assert not (out / "_report.html").exists()  # not the first run's page, shown as the last run's

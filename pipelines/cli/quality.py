@@ -68,10 +68,18 @@ def render(result) -> str:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from pipelines.errors import PipelineError
+    from pipelines.errors import PipelineError, first_line
     from pipelines.output import report
 
-    paths = report.rebuild(args.output)
+    try:
+        paths = report.rebuild(args.output)
+    except PipelineError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one line that names the folder, not a traceback
+        raise PipelineError(
+            f"{args.output}: the report could not be built ({type(exc).__name__}: {first_line(exc)[:300]}); check "
+            "the output folder's files (_run.json, _commits/, the part files)"
+        ) from None
     if not paths:
         raise PipelineError(f"{args.output}: no job output here (no _run.json, _commits/ or _runs.jsonl); "
                             "give a job's output.path")

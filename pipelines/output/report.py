@@ -24,10 +24,12 @@ from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from plotly.offline import get_plotlyjs
 
+from pipelines.errors import first_line
 from pipelines.io.shards import resolve
 from pipelines.output import layout
 from pipelines.output.layout import COMMITS, JOB, LEDGER, PARTITION, REPORT, RUN
@@ -52,6 +54,7 @@ class RunData:
     commits: list[CommitRecord]
     labels: Counter = field(default_factory=Counter)
     scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    unread: list[str] = field(default_factory=list)  # part files that could not be read: "<file>: <why>"
 
     def openai_batch(self) -> bool:
         """Whether the output is OpenAI Batch files (JSONL answers: no label or score column)."""
@@ -101,11 +104,15 @@ def _read_predictions(fs: pafs.FileSystem, root: str, data: RunData, prefix: str
             if relative.endswith(OpenAIBatchFiles.suffix):  # OpenAI Batch answers: no label, no score
                 continue
             path = f"{root}/{relative}"
-            names = set(pq.read_schema(path, filesystem=fs).names)
-            wanted = [c for c in (prefix + "label", prefix + "score") if c in names]
-            if not wanted:
+            try:
+                names = set(pq.read_schema(path, filesystem=fs).names)
+                wanted = [c for c in (prefix + "label", prefix + "score") if c in names]
+                if not wanted:
+                    continue
+                table = pq.read_table(path, columns=wanted, filesystem=fs)
+            except (OSError, pa.ArrowException) as exc:  # a part damaged or deleted since: the page says so
+                data.unread.append(f"{relative}: {first_line(exc)[:200]}")
                 continue
-            table = pq.read_table(path, columns=wanted, filesystem=fs)
             if prefix + "label" in wanted:
                 data.labels.update(v for v in table.column(prefix + "label").to_pylist() if v is not None)
             if prefix + "score" in wanted:
@@ -257,6 +264,12 @@ def run_page(data: RunData) -> str:
         ("fidelity", "Quantization fidelity", fidelity_chart(data), _no_fidelity(summary)),
     ]
     body = [f"<h1>{_e(title)}</h1>", _facts(summary, data)]
+    if data.unread:
+        body.append(
+            f"<p class='warning'>{len(data.unread)} part file(s) could not be read, so their rows are left out of "
+            f"the label and score charts: {_e('; '.join(data.unread[:3]))}{' …' if len(data.unread) > 3 else ''}. "
+            "Check the output folder's files (a part file damaged or deleted after its commit).</p>"
+        )
     for key, heading, figure, missing in sections:
         body.append(f"<h2>{_e(heading)}</h2>")
         if key == "fidelity" and summary and summary.fidelity:
@@ -335,6 +348,7 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; 
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; margin: 0.5em 0; } td, th { padding: 2px 12px; text-align: left; }
 tr:nth-child(even) { background: #f6f6f6; } .none { color: #777; font-style: italic; }
+.warning { color: #8a3b00; background: #fff4e5; padding: 0.5em; }
 """
 
 
@@ -472,7 +486,17 @@ def write_quietly(location: str) -> str | None:
     except Exception as exc:  # noqa: BLE001 - the results are committed; the page is a view of them
         log.warning("run report not written (%s: %s); rebuild it with `pipelines report %s`",
                     type(exc).__name__, exc, location)
+        remove_stale(location)
         return None
+
+
+def remove_stale(location: str) -> None:
+    """Delete an earlier run's page that a new one could not replace: it would show that run as the last one."""
+    fs, root = resolve(location)
+    try:
+        fs.delete_file(f"{root}/{REPORT}")
+    except (FileNotFoundError, OSError):
+        pass
 
 
 def has_ledger(location: str) -> bool:

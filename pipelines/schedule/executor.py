@@ -192,6 +192,7 @@ class ScheduledJob:
         except Exception as exc:  # noqa: BLE001 - the runs are recorded; the page is a view of them
             log.warning("report of the runs not written (%s); rebuild it with `pipelines report %s`",
                         exc, self.spec.output.path)
+            report.remove_stale(self.spec.output.path)
 
     def history(self) -> History:
         return History(self.ledger.read())
