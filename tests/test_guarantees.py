@@ -3,6 +3,8 @@ resume, safe --overwrite, one run at a time, nothing silently lost."""
 
 from __future__ import annotations
 
+import codecs
+import dataclasses
 import gzip
 import io
 import json
@@ -20,7 +22,7 @@ from test_faults import cli, many_shards, output_ids, write_job
 
 from pipelines.errors import PipelineError
 from pipelines.io.block import ERROR, ROW
-from pipelines.io.reader import NOT_FETCHED, Columns, read_shard
+from pipelines.io.reader import NOT_FETCHED, Columns, read_shard, reference_types
 from pipelines.io.shards import Shard, list_shards
 from pipelines.output.commit import OutputDir
 from pipelines.output.lock import JobLock, LockHeld
@@ -158,6 +160,21 @@ def test_a_lone_surrogate_costs_its_row_only(tmp_path):
     assert [e for _, _, e, _ in rows] == [None, "text is not valid Unicode: a lone surrogate (\\ud83d)",
                                           "id is not valid Unicode: a lone surrogate (\\udc00)", None,
                                           "n is not valid Unicode: a lone surrogate (\\udfff)", None]
+
+
+def test_a_bad_line_leaves_a_kept_columns_type_as_the_other_lines_give_it(tmp_path):
+    """One line with a lone surrogate or broken JSON made the types sample of its file fail, so the file's kept
+    columns were not sampled: where it was the only shard, the number column ``n`` became text in every row."""
+    good = [json.dumps({"id": f"r{i}", "text": "t", "n": i}) for i in range(4)]
+    for name, bad in (("surrogate", '{"id": "x", "text": "cut \\ud83d", "n": 9}'), ("broken", '{"id": "x", "te')):
+        (tmp_path / f"{name}.jsonl").write_bytes(codecs.BOM_UTF8 + "\n".join([*good[:2], bad, *good[2:]]).encode() + b"\n")
+        [shard] = list_shards([str(tmp_path / f"{name}.jsonl")])
+        columns = Columns(text="text", id="id", keep=("n",))
+        types = reference_types([shard], columns)
+        assert types == {"n": pa.int64()}, name
+        typed = dataclasses.replace(columns, keep_types=tuple(types.items()))
+        rows = [r for block in read_shard(shard, typed) for r in block.to_pylist()]
+        assert sorted(r["n"] for r in rows if r[ERROR] is None) == [0, 1, 2, 3], name
 
 
 def test_the_reader_tells_a_file_it_could_not_fetch_from_one_whose_bytes_do_not_parse(tmp_path):

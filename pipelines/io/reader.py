@@ -467,7 +467,21 @@ def _sample_schema(shard: Shard, sample_bytes: int) -> pa.Schema:
     if shard.format == "parquet":
         raise ValueError("gzip-compressed parquet can't be sampled")
     head = head[: head.rfind(b"\n") + 1] or head
-    return pajson.read_json(io.BytesIO(head)).schema
+    try:
+        return pajson.read_json(io.BytesIO(head)).schema
+    except pa.ArrowInvalid:  # a bad line (invalid JSON, a lone surrogate) costs its row, not the shard's types
+        return pajson.read_json(io.BytesIO(b"".join(_good_lines(head)) or b"{}\n")).schema
+
+
+def _good_lines(head: bytes) -> Iterator[bytes]:
+    """The lines of a JSON lines sample that the reader would read as records (each with its newline)."""
+    for line in head.removeprefix(codecs.BOM_UTF8).splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and lone_surrogate(record) is None:
+            yield line + b"\n"
 
 
 def _set(errors: Any, reason: str) -> Any:
