@@ -77,6 +77,20 @@ def test_every_option_of_the_openai_request_types_is_honoured_or_refused_by_name
     assert isinstance(request, requests.ChatRequest) and request.n == 2 and request.new_tokens(64) == 5
 
 
+def test_an_option_is_its_default_only_with_the_defaults_json_type():
+    """``"logprobs": 0`` and ``"stream": 0`` passed as their defaults (``0 == False`` in Python); OpenAI refuses them
+    (a boolean is expected). ``"frequency_penalty": 0.0`` is the default, as a number."""
+    def parsed(**options):
+        return parse_request(rows_of([chat_line("x", **options)]).column("text")[0].as_py(), "text-generation")
+
+    for option, value in (("logprobs", 0), ("stream", 0), ("top_logprobs", False)):
+        assert parsed(**{option: value}).startswith(f"unsupported option {option!r}"), option
+    for option, value in (("logprobs", False), ("top_logprobs", 0), ("frequency_penalty", 0.0)):
+        assert isinstance(parsed(**{option: value}), requests.ChatRequest), option
+    mixed = parse_request(rows_of([embedding_line("m", ["a", 1])]).column("text")[0].as_py(), "feature-extraction")
+    assert mixed == "input[1]: give a string or a list of strings (got 1)"  # not "token ids"
+
+
 def test_a_byte_order_mark_does_not_cost_the_first_request():
     """A Batch file saved with a UTF-8 byte order mark: its first request was "invalid JSON: Unexpected UTF-8 BOM"."""
     data = codecs.BOM_UTF8 + "".join(json.dumps(chat_line(c)) + "\r\n" for c in ("first", "second")).encode()
@@ -478,4 +492,4 @@ def test_a_failed_forward_is_a_server_error_and_a_line_without_custom_id_a_line_
     assert failed["response"]["status_code"] == 500 and failed["response"]["body"]["error"]["type"] == "server_error"
     lost = error_line({"shard": "in/a.jsonl", "row": 3, "id": None, "reason": "custom_id is missing", "preview": None})
     assert lost["response"] is None
-    assert lost["error"] == {"code": "invalid_request_line", "message": "custom_id is missing (request 4 of in/a.jsonl)"}
+    assert lost["error"] == {"code": "invalid_request_line", "message": "custom_id is missing (request 4 of in/a.jsonl, blank lines not counted)"}

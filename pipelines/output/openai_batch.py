@@ -87,7 +87,10 @@ def error_line(record: dict[str, Any]) -> dict[str, Any]:
     """The Batch error-file line of one quarantine record (shard, row, id, reason, preview)."""
     reason = str(record["reason"])
     if record["id"] is None:
-        where = f"request {record['row'] + 1} of {record['shard']}" if (record["row"] or 0) >= 0 else record["shard"]
+        where = (
+            f"request {record['row'] + 1} of {record['shard']}, blank lines not counted"
+            if (record["row"] or 0) >= 0 else record["shard"]
+        )
         error = {"code": "invalid_request_line", "message": f"{reason} ({where})"}
         return {"id": f"batch_req_{_hex()}", "custom_id": None, "response": None, "error": error}
     server = reason.startswith(SERVER_ERRORS)

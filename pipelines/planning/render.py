@@ -57,7 +57,7 @@ def render(plan: Plan) -> str:
         f"spec hash {plan.spec_hash}",
         "",
     ]
-    lines += _input(plan) + [""] + _output(plan) + _tokens(plan.tokens) + [""] + _model(plan)
+    lines += _input(plan) + [""] + _output(plan) + _tokens(plan.tokens, plan.task) + [""] + _model(plan)
     if plan.measurement:
         lines += [""] + _measured(plan)
     else:
@@ -89,7 +89,7 @@ def _output(plan: Plan) -> list[str]:
     return [f"OUTPUT  {shown(out.path)}: {what}{out.note}", ""]
 
 
-def _tokens(tokens: TokenPlan) -> list[str]:
+def _tokens(tokens: TokenPlan, task: str) -> list[str]:
     scope = (
         f"all {tokens.sample_rows:,} rows: exact"
         if tokens.covers_input
@@ -101,8 +101,9 @@ def _tokens(tokens: TokenPlan) -> list[str]:
     lengths = (
         f"mean {dist.mean:g}, p50 {dist.p50}, p90 {dist.p90}, p99 {dist.p99}, max {dist.max}" if dist else "none"
     )
+    uncut = "long contexts become several windows" if task == "question-answering" else "this task cuts no input"
     truncated = (
-        "no truncation: long texts become several windows"
+        f"no truncation: {uncut}"
         if tokens.truncated_rows is None
         else f"{tokens.truncated_rows:,} row(s) in the sample"
     )

@@ -137,7 +137,7 @@ def _parse_chat(body: dict[str, Any]) -> ChatRequest | str:
         if key not in CHAT_REFUSED:
             return f"unknown option {key!r} for {CHAT_URL}"
         why, default = CHAT_REFUSED[key]
-        if value != default or default is None:
+        if not _is_default(value, default):
             return f"unsupported option {key!r}: {why} by this project"
     request = _validated(ChatRequest, body)
     if isinstance(request, str):
@@ -151,6 +151,15 @@ def _parse_chat(body: dict[str, Any]) -> ChatRequest | str:
     return conversation if isinstance(conversation, str) else request
 
 
+def _is_default(value: Any, default: Any) -> bool:
+    """Whether an option's value is its default, as JSON types it: ``0`` is no ``false`` (``0 == False`` in Python)."""
+    if default is None:
+        return False
+    if isinstance(value, bool) or isinstance(default, bool):
+        return type(value) is type(default) and value == default
+    return bool(value == default)
+
+
 def _parse_embedding(body: dict[str, Any]) -> EmbeddingRequest | str:
     body = {key: value for key, value in body.items() if value is not None}
     for key in body:
@@ -160,7 +169,11 @@ def _parse_embedding(body: dict[str, Any]) -> EmbeddingRequest | str:
         return "unsupported option 'encoding_format': base64 is not written by this project; ask for float"
     given = body.get("input")
     if isinstance(given, list) and given and not all(isinstance(item, str) for item in given):
-        return "input as token ids is not supported: give a string or a list of strings"
+        if all(isinstance(item, int) or (isinstance(item, list) and all(isinstance(i, int) for i in item))
+               for item in given):
+            return "input as token ids is not supported: give a string or a list of strings"
+        index, item = next((i, item) for i, item in enumerate(given) if not isinstance(item, str))
+        return f"input[{index}]: give a string or a list of strings (got {json.dumps(item)[:80]})"
     request = _validated(EmbeddingRequest, body)
     if isinstance(request, str):
         return request
