@@ -180,3 +180,23 @@ def test_a_damaged_part_file_is_named_on_the_page_and_a_page_not_rebuilt_is_not_
     summary = run_job(spec)
     assert summary.shards_this_run == 1 and summary.report is None
     assert not (out / "_report.html").exists()  # not the first run's page, shown as the last run's
+
+
+def test_labels_from_the_data_are_drawn_as_text_not_as_markup(browser, tmp_path):
+    """Plotly reads ``<a href>``, ``<b>`` and entities in a label as markup: a label (or a file name, a reason) of
+    the user's data became a link on the page."""
+    from collections import Counter
+
+    from pipelines.output import report
+
+    link, bold = '<a href="https://example.com/x">click</a>', "<b>bold</b> &amp; more"
+    page = tmp_path / "_report.html"
+    page.write_text(report.run_page(report.RunData(str(tmp_path), None, None, [], labels=Counter({link: 3, bold: 2}))))
+    tab = browser.new_page()
+    tab.goto(page.as_uri(), wait_until="load")
+    tab.wait_for_function("() => document.querySelector('div.chart[data-chart=labels] svg.main-svg')")
+    links = tab.evaluate("() => document.querySelectorAll('.js-plotly-plot a').length")
+    ticks = tab.evaluate("() => [...document.querySelectorAll('div.chart[data-chart=labels] .xtick text')]"
+                         ".map(t => t.textContent)")
+    tab.close()
+    assert links == 0 and sorted(ticks) == sorted([link, bold])

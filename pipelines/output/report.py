@@ -167,7 +167,7 @@ def rows_chart(data: RunData) -> go.Figure | None:
     written = sum(c.rows for c in data.commits)
     if not written and not reasons:
         return None
-    names = ["written", *(f"quarantined: {r}" for r in reasons)]
+    names = ["written", *(f"quarantined: {plain(r)}" for r in reasons)]
     values = [written, *reasons.values()]
     colors = ["#2a9d8f", *(["#e76f51"] * len(reasons))]
     figure = go.Figure(go.Bar(x=values, y=names, orientation="h", marker_color=colors, text=values))
@@ -203,7 +203,8 @@ def label_chart(data: RunData) -> go.Figure | None:
     if not data.labels:
         return None
     ranked = data.labels.most_common()
-    return go.Figure(go.Bar(x=[str(k) for k, _ in ranked], y=[n for _, n in ranked], text=[n for _, n in ranked]))
+    counts = [n for _, n in ranked]
+    return go.Figure(go.Bar(x=[plain(str(k)) for k, _ in ranked], y=counts, text=counts))
 
 
 def score_chart(data: RunData) -> go.Figure | None:
@@ -224,7 +225,8 @@ def confusion_chart(data: RunData) -> go.Figure | None:
     truths = sorted(matrix)
     predicted = sorted({p for row in matrix.values() for p in row} | set(truths))
     z = [[matrix[t].get(p, 0) for p in predicted] for t in truths]
-    figure = go.Figure(go.Heatmap(z=z, x=predicted, y=truths, colorscale="Blues", text=z, texttemplate="%{text}"))
+    figure = go.Figure(go.Heatmap(z=z, x=[plain(p) for p in predicted], y=[plain(t) for t in truths],
+                                  colorscale="Blues", text=z, texttemplate="%{text}"))
     figure.update_layout(xaxis_title="predicted", yaxis={"title": "ground truth", "autorange": "reversed"})
     return figure
 
@@ -243,7 +245,13 @@ def fidelity_chart(data: RunData) -> go.Figure | None:
 
 
 def _shard_name(record: CommitRecord) -> str:
-    return record.input.uri.rsplit("/", 1)[-1] or record.shard
+    return plain(record.input.uri.rsplit("/", 1)[-1] or record.shard)
+
+
+def plain(text: str) -> str:
+    """Text from the data (labels, file names, reasons) as Plotly shows it as it is: Plotly reads ``<a href>``,
+    ``<b>``, ``<br>`` in a label as markup (a label could become a link), and decodes entities."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 # pages -----------------------------------------------------------------------------------------
