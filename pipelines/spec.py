@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipelines.errors import PipelineError
+from pipelines.io.block import BOOKKEEPING, GENERATED, PADDED, TOKENS
 from pipelines.output.records import prefixed_hash
 from pipelines.tasks.openai_requests import OUTPUT_NAMES as OPENAI_OUTPUT_NAMES
 from pipelines.tasks.options import TASK_OPTIONS, AnyTaskOptions
@@ -206,6 +207,10 @@ class ScheduleSpec(Strict):
         return value
 
 
+#: Columns the job adds to its blocks (see pipelines.io.block): no input column may be named like them.
+RESERVED_COLUMNS = (*BOOKKEEPING, TOKENS, PADDED, GENERATED)
+
+
 class JobSpec(Strict):
     name: str | None = None
     input: InputSpec
@@ -225,6 +230,30 @@ class JobSpec(Strict):
             raise ValueError(
                 f"input column(s) {sorted(clash)} would clash with the prediction columns of the same name; "
                 "set output.prediction_prefix (e.g. predicted_) or stop keeping them"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _no_reserved_columns(self) -> JobSpec:
+        named = [self.input.text_column, self.input.id_column, *self.input.columns_to_keep,
+                 self.input.label_column, *self.task.input_columns()]
+        reserved = sorted({n for n in named if n in RESERVED_COLUMNS})
+        if reserved:
+            raise ValueError(
+                f"input column(s) {reserved}: names the job uses for its own bookkeeping columns "
+                f"({', '.join(RESERVED_COLUMNS)}); rename the column(s) in the input"
+            )
+        keep = [*self.input.columns_to_keep, *([self.input.label_column] if self.input.label_column else [])]
+        if self.input.id_column is None and "id" in keep:
+            raise ValueError(
+                "input.columns_to_keep: 'id' is kept, but input.id_column is null, so the output's id column holds "
+                "each row's place (file:row) and would replace it; set input.id_column: id to use it as the id"
+            )
+        if self.schedule is not None and "run" in self.output_columns():
+            raise ValueError(
+                "a column named 'run' in the output of a scheduled job: its partitions are folders run=<tick>, and "
+                "readers of the output take 'run' from the folder names (pandas and pyarrow refuse the two, "
+                "DuckDB and Polars replace the column's values); rename the column, or its prediction prefix"
             )
         return self
 

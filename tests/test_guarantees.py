@@ -344,6 +344,22 @@ def test_kept_columns_take_their_types_from_every_shard(ray_session, tiny_models
     assert summary.rows_in == 52 and summary.errors == 50
 
 
+def test_a_kept_column_named_row_leaves_the_rows_in_input_order(ray_session, tiny_models, tmp_path):
+    """A shard's rows were put in order by its ``_row``, then by a column ``row`` where there was one: a kept
+    column of that name reordered the output file (and a list-typed one failed the commit)."""
+    order = [7, 2, 9, 0, 5, 1, 8, 3, 6, 4]
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": f"r{i}", "text": SENTENCES[i % 4], "row": n}
+                                               for i, n in enumerate(order)])
+    write_jsonl(tmp_path / "in" / "b.jsonl", [{"id": "l0", "text": SENTENCES[0], "row": [2, 1]}])
+    spec = spec_of(write_job(tmp_path, tiny_models("classifier"), tmp_path / "in"),
+                   input={"columns_to_keep": ["row"]}, output={"prediction_prefix": "p_"})
+    run_job(spec)
+    [part] = [p for p in (tmp_path / "out").glob("part-*.parquet") if "r0" in pq.read_table(p).column("id").to_pylist()]
+    table = pq.read_table(part)
+    assert table.column("id").to_pylist() == [f"r{i}" for i in range(10)]
+    assert table.column("row").to_pylist() == [str(n) for n in order]  # text: b holds a list in it
+
+
 def test_a_kept_value_that_cant_be_cast_costs_its_row_only(ray_session, tiny_models, tmp_path):
     """One "n/a" in a column that is an integer in this job used to send the whole shard to _errors/;
     a list in a column that is text elsewhere is kept as its JSON text."""

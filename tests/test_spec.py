@@ -72,6 +72,25 @@ def test_prediction_columns_may_not_clash_with_kept_columns():
     assert spec_from_dict(raw).output_columns() == ["id", "label", "predicted_label", "predicted_score"]
 
 
+def test_input_columns_that_the_output_would_lose_or_garble_are_refused_before_any_work():
+    """Kept columns named like the job's own bookkeeping (``_error``, ``_row``, ``_tokens``) ended the run in a
+    traceback; a kept ``id`` with ``id_column: null`` was silently replaced by the rows' places; a kept ``run`` in a
+    scheduled job could not be read beside the ``run=`` partitions (or took their values)."""
+    for names in (["_error"], ["_row", "_shard"], ["_tokens"]):
+        with pytest.raises(PipelineError, match="bookkeeping"):
+            spec_from_dict(minimal(input__columns_to_keep=names))
+    with pytest.raises(PipelineError, match="bookkeeping"):
+        spec_from_dict(minimal(input__text_column="_error"))
+    with pytest.raises(PipelineError, match="id_column is null"):
+        spec_from_dict(minimal(input__id_column=None, input__columns_to_keep=["id"]))
+    assert spec_from_dict(minimal(input__id_column="id", input__columns_to_keep=["id"])).output_columns()[0] == "id"
+    scheduled = minimal(input__columns_to_keep=["run"])
+    scheduled["schedule"] = {"cron": "0 2 * * *"}
+    with pytest.raises(PipelineError, match="run=<tick>"):
+        spec_from_dict(scheduled)
+    assert spec_from_dict(minimal(input__columns_to_keep=["run"])).output_columns()[1] == "run"  # a batch job keeps it
+
+
 def test_overrides_set_nested_fields_with_yaml_values(tmp_path):
     path = tmp_path / "job.yaml"
     path.write_text((ROOT / "jobs" / "label_news.yaml").read_text())

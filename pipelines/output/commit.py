@@ -407,11 +407,10 @@ class _Merger:
 
 
 def in_input_order(table: pa.Table) -> pa.Table:
-    """A shard's staged rows in the order of its input file (by ``_row``, or ``row`` for quarantined rows)."""
-    for column in (ROW, "row"):
-        if column in table.column_names:
-            table = table.sort_by([(column, "ascending")])
-    return table
+    """A shard's staged rows in the order of its input file: by ``_row`` (predicted rows, where a kept column of the
+    input may be named ``row``), else by ``row`` (quarantine records)."""
+    column = ROW if ROW in table.column_names else "row"
+    return table.sort_by([(column, "ascending")]) if column in table.column_names else table
 
 
 def _placeable(record: CommitRecord, existing: set[str], staged: set[str]) -> bool:
