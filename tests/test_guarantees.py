@@ -177,6 +177,26 @@ def test_a_bad_line_leaves_a_kept_columns_type_as_the_other_lines_give_it(tmp_pa
         assert sorted(r["n"] for r in rows if r[ERROR] is None) == [0, 1, 2, 3], name
 
 
+def test_ids_of_any_type_are_text_or_cost_their_row(tmp_path):
+    """Ids that are JSON objects (mongoexport's ``{"$oid": ...}``), UUIDs (DuckDB's ``gen_random_uuid()``), bytes,
+    lists or structs in Parquet ended the job in a traceback ("Unsupported cast from struct", "Invalid UTF8")."""
+    import uuid
+
+    write_jsonl(tmp_path / "oid.jsonl", [{"id": {"$oid": f"65a{i}"}, "text": "t"} for i in range(2)])
+    assert [i for i, _, _ in _read(tmp_path / "oid.jsonl")] == ['{"$oid": "65a0"}', '{"$oid": "65a1"}']
+    ids = [uuid.UUID(int=7), uuid.UUID(int=8)]
+    uuids = pa.ExtensionArray.from_storage(pa.uuid(), pa.array([u.bytes for u in ids], pa.binary(16)))
+    pq.write_table(pa.table({"id": uuids, "text": ["a", "b"]}), tmp_path / "uuid.parquet")
+    assert [i for i, _, _ in _read(tmp_path / "uuid.parquet")] == [str(u) for u in ids]
+    pq.write_table(pa.table({"id": pa.array([b"ok", b"\xff\x00"]), "text": ["a", "b"]}), tmp_path / "bytes.parquet")
+    assert _read(tmp_path / "bytes.parquet") == [("ok", "a", None),
+                                                  (None, "b", "id is bytes that are not UTF-8 text (binary)")]
+    pq.write_table(pa.table({"id": [[1, 2], [3]], "text": ["a", "b"]}), tmp_path / "list.parquet")
+    assert [i for i, _, _ in _read(tmp_path / "list.parquet")] == ["[1, 2]", "[3]"]
+    pq.write_table(pa.table({"id": [{"k": 1}, {"k": 2}], "text": ["a", "b"]}), tmp_path / "struct.parquet")
+    assert [i for i, _, _ in _read(tmp_path / "struct.parquet")] == ['{"k": 1}', '{"k": 2}']
+
+
 def test_the_reader_tells_a_file_it_could_not_fetch_from_one_whose_bytes_do_not_parse(tmp_path):
     """Only the second may be quarantined: a gzip file cut short is read whole and fails to decompress."""
     whole = gzip.compress(b"".join(json.dumps({"id": str(i), "text": "t"}).encode() + b"\n" for i in range(50)))

@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import io
 import json
+import uuid
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -329,7 +330,7 @@ def normalize(table: pa.Table, shard: Shard, columns: Columns, digest: str = "")
         out[name], errors = _string_column(table, name, errors)
     if columns.id:
         if columns.id in table.column_names:
-            out[columns.id] = table.column(columns.id).cast(pa.string())
+            out[columns.id], errors = _id_column(table.column(columns.id), columns.id, errors)
         else:
             out[columns.id] = pa.nulls(n, pa.string())
             errors = _set(errors, f"missing id column {columns.id!r}")
@@ -362,6 +363,32 @@ def _string_column(table: pa.Table, name: str, errors: Any) -> tuple[Any, Any]:
     bad = pc.invert(column.is_null())
     reason = f"{name} is not a string ({column.type})"
     return pa.nulls(n, pa.string()), pc.if_else(pc.and_(errors.is_null(), bad), reason, errors)
+
+
+def _id_column(column: Any, name: str, errors: Any) -> tuple[Any, Any]:
+    """Ids as text: strings and numbers as they are; a UUID in its canonical form; bytes that are UTF-8 as their
+    text; a list or an object (a JSON line's ``{"$oid": ...}``) as its JSON text. Bytes that are no text cost their
+    row (any rendering of them would be a guess)."""
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    if isinstance(column.type, pa.BaseExtensionType) and column.type.extension_name == "arrow.uuid":
+        values = [None if v is None else str(uuid.UUID(bytes=v)) for v in column.cast(column.type.storage_type)
+                  .to_pylist()]
+        return pa.array(values, pa.string()), errors
+    try:
+        return column.cast(pa.string()), errors
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        pass
+    texts: list[str | None] = []
+    reasons = errors.to_pylist()
+    for i, value in enumerate(column.to_pylist()):
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError:
+                value, reasons[i] = None, reasons[i] or f"{name} is bytes that are not UTF-8 text ({column.type})"
+        texts.append(_as_text(value))
+    return pa.array(texts, pa.string()), pa.array(reasons, pa.string())
 
 
 def _is_string_view(type_: pa.DataType) -> bool:
