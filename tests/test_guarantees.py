@@ -568,3 +568,57 @@ def test_a_commit_merges_only_the_staged_files_its_reports_name(tmp_path):
     [part] = (tmp_path / "out").glob("part-*.parquet")
     assert pq.read_table(part).column("id").to_pylist() == ["r0", "r1"]
     assert not folder.exists()
+
+
+def test_a_kept_category_column_reads_as_one_table_after_a_resume(ray_session, tiny_models, tmp_path):
+    """A pandas category is a dictionary with the narrowest indices its values need: int8 for 3 values, int16
+    for 200. The first run fixed the column's type as dictionary<int8>; the resume's shard could not be cast to
+    it and was written as dictionary<int16>, and pyarrow and pandas then failed to read the output folder
+    ("Integer value 128 not in range: -128 to 127")."""
+    import duckdb
+    import pandas as pd
+    import polars as pl
+
+    def write(name: str, prefix: str, values: list[str]) -> None:
+        frame = pd.DataFrame({"id": [f"{prefix}{i}" for i in range(len(values))],
+                              "text": [SENTENCES[i % len(SENTENCES)] for i in range(len(values))],
+                              "country": pd.Categorical(values)})
+        frame.to_parquet(tmp_path / "in" / name, index=False)
+
+    (tmp_path / "in").mkdir()
+    write("day1.parquet", "a", ["de", "fr", "de"])
+    spec = spec_of(write_job(tmp_path, tiny_models("classifier"), tmp_path / "in"),
+                   input={"columns_to_keep": ["country"]}, output={"prediction_prefix": "p_"})
+    run_job(spec)
+    write("day3.parquet", "b", [f"c{i}" for i in range(200)])
+    run_job(spec)
+
+    out = tmp_path / "out"
+    expected = {"a0": "de", "a1": "fr", "a2": "de", **{f"b{i}": f"c{i}" for i in range(200)}}
+    [recorded] = {pq.read_schema(part).field("country").type for part in sorted(out.glob("*.parquet"))}
+    assert recorded == pa.string()
+    table = pq.read_table(out)
+    assert dict(zip(table.column("id").to_pylist(), table.column("country").to_pylist())) == expected
+    frame = pd.read_parquet(out)
+    assert dict(zip(frame["id"], frame["country"])) == expected
+    assert dict(pl.read_parquet(str(out / "*.parquet")).select("id", "country").iter_rows()) == expected
+    assert dict(duckdb.sql(f"select id, country from read_parquet('{out}/*.parquet')").fetchall()) == expected
+
+
+
+def test_an_output_that_recorded_a_dictionary_keeps_it_exactly(tmp_path):
+    """An output begun before a dictionary was recorded as its values' type may hold dictionary<int8>: a shard
+    with more distinct values than int8 indices point at was written with int16 ones. Now each file has the
+    recorded type, and the values past its room are row errors."""
+    table = pa.table({"id": [f"b{i}" for i in range(200)], "text": ["t"] * 200,
+                      "country": pa.array([f"c{i}" for i in range(200)]).dictionary_encode()})
+    pq.write_table(table, tmp_path / "day3.parquet")
+    [shard] = list_shards([str(tmp_path / "day3.parquet")])
+    recorded = pa.dictionary(pa.int8(), pa.string())
+    columns = Columns(text="text", id="id", keep=("country",), keep_types=(("country", recorded),))
+    blocks = list(read_shard(shard, columns))
+    assert {block.schema.field("country").type for block in blocks} == {recorded}
+    rows = sorted((r for block in blocks for r in block.to_pylist()), key=lambda r: r[ROW])
+    assert [r["country"] for r in rows[:128]] == [f"c{i}" for i in range(128)]
+    assert all(r[ERROR] is None for r in rows[:128])
+    assert all(r["country"] is None and r[ERROR].startswith("schema differs: column 'country'") for r in rows[128:])

@@ -405,9 +405,12 @@ def _kept_column(table: pa.Table, name: str, expected: pa.DataType | None, error
     if expected is None or column.type == expected:
         return column, errors
     try:
-        return column.cast(expected, safe=True), errors
+        column = column.cast(expected, safe=True)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-        return _cast_each(column, name, expected, errors)
+        column, errors = _cast_each(column, name, expected, errors)
+    if column.type != expected:  # every output file must have the job's type: readers read the folder as one table
+        raise TypeError(f"kept column {name!r} came out as {column.type}, not this job's {expected}")
+    return column, errors
 
 
 def _cast_each(column: Any, name: str, expected: pa.DataType, errors: Any) -> tuple[Any, Any]:
@@ -422,13 +425,35 @@ def _cast_each(column: Any, name: str, expected: pa.DataType, errors: Any) -> tu
     reason = f"schema differs: column {name!r} is {column.type} here but {expected} in this job's output"
     kept: list[Any] = []
     reasons = errors.to_pylist()
+    room = _dictionary_room(expected)
+    distinct: set[Any] = set()
     for i, value in enumerate(values):
         try:
-            kept.append(pa.array([value], column.type).cast(expected, safe=True)[0].as_py())
+            cast = pa.array([value], column.type).cast(expected, safe=True)[0].as_py()
+            if room is not None and cast is not None and cast not in distinct:
+                if len(distinct) == room:
+                    raise pa.ArrowInvalid(f"more than {room} distinct values")
+                distinct.add(cast)
+            kept.append(cast)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
             kept.append(None)
             reasons[i] = reasons[i] or f"{reason} (value {str(value)[:40]!r})"
-    return pa.array(kept, expected), pa.array(reasons, pa.string())
+    array = pa.array(kept, expected)
+    if array.type != expected:  # a dictionary: pa.array gives it the indices its values need, not those asked for
+        array = array.cast(expected)
+    return array, pa.array(reasons, pa.string())
+
+
+def _dictionary_room(type_: pa.DataType) -> int | None:
+    """How many distinct values a dictionary type's indices can point at (None for other types).
+
+    Jobs record a dictionary column's value type (see :func:`unify_types`); an output begun before that may have
+    recorded the dictionary with the indices of its first shards (a pandas category's int8 for up to 128 values).
+    """
+    if not pa.types.is_dictionary(type_):
+        return None
+    bits = type_.index_type.bit_width
+    return 2 ** bits if pa.types.is_unsigned_integer(type_.index_type) else 2 ** (bits - 1)
 
 
 def _as_text(value: Any) -> str | None:
@@ -460,17 +485,26 @@ def reference_types(shards: list[Shard], columns: Columns, sample_bytes: int = 1
 
 
 def unify_types(types: list[pa.DataType]) -> pa.DataType:
-    """One type that holds every value of columns of these types (see :func:`reference_types`)."""
-    distinct = list(dict.fromkeys(types))
+    """One type that holds every value of columns of these types (see :func:`reference_types`).
+
+    A dictionary (a pandas category) is its values' type: the width of its indices follows how many values
+    a shard holds (int8 for up to 128), and files whose indices differ don't read as one table.
+    """
+    return _unify(types) or pa.string()
+
+
+def _unify(types: list[pa.DataType]) -> pa.DataType | None:
+    """The type of :func:`unify_types`, or None where the types don't agree (their values then become text)."""
+    distinct = list(dict.fromkeys(t.value_type if pa.types.is_dictionary(t) else t for t in types))
     if not distinct:
-        return pa.string()
+        return None
     if len(distinct) == 1:
         return distinct[0]
     if all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in distinct):
         return pa.float64() if any(pa.types.is_floating(t) for t in distinct) else pa.int64()
     if all(pa.types.is_string(t) or pa.types.is_large_string(t) for t in distinct):
         return pa.string()
-    return pa.string()
+    return None
 
 
 def encode_types(types: dict[str, pa.DataType]) -> str:
