@@ -22,7 +22,7 @@ from test_faults import cli, many_shards, output_ids, write_job
 
 from pipelines.errors import PipelineError
 from pipelines.io.block import ERROR, ROW
-from pipelines.io.reader import NOT_FETCHED, Columns, read_shard, reference_types
+from pipelines.io.reader import NOT_FETCHED, Columns, read_shard, reference_types, unify_types
 from pipelines.io.shards import Shard, list_shards
 from pipelines.output.commit import OutputDir
 from pipelines.output.lock import JobLock, LockHeld
@@ -622,3 +622,40 @@ def test_an_output_that_recorded_a_dictionary_keeps_it_exactly(tmp_path):
     assert [r["country"] for r in rows[:128]] == [f"c{i}" for i in range(128)]
     assert all(r[ERROR] is None for r in rows[:128])
     assert all(r["country"] is None and r[ERROR].startswith("schema differs: column 'country'") for r in rows[128:])
+
+
+def test_a_kept_list_column_stays_a_list_whatever_wrote_its_shards(tmp_path):
+    """Parquet writers name and size a list's items differently: pyarrow's legacy layout ``list<item>``, the
+    compliant ``list<element>``, a required ``element not null``, Polars' ``large_list<large_string>``. Their
+    types were compared exactly, so the same lists of numbers or strings became their JSON text."""
+    numbers = pa.array([[1, 2], None, [3]], pa.list_(pa.int64()))
+    strict = pa.list_(pa.field("element", pa.int64(), nullable=False))
+    files = {
+        "legacy": (numbers, ["x"], {"use_compliant_nested_type": False}),
+        "modern": (numbers, ["y"], {}),
+        "required": (pa.array([[4], [5, 6], []], strict), ["z"], {}),
+        "large": (pa.array([[7], None, [8, 9]], pa.large_list(pa.int64())), ["w"], {}),
+    }
+    for name, (lists, word, options) in files.items():
+        words = pa.array([word, None, [*word, "v"]], pa.large_list(pa.large_string()) if name == "large" else None)
+        table = pa.table({"id": [f"{name}{i}" for i in range(3)], "text": ["t"] * 3, "lst": lists, "tags": words})
+        pq.write_table(table, tmp_path / f"{name}.parquet", **options)
+    shards = list_shards([str(tmp_path)])
+    columns = Columns(text="text", id="id", keep=("lst", "tags"))
+    types = reference_types(shards, columns)
+    assert types == {"lst": pa.list_(pa.field("element", pa.int64())), "tags": pa.list_(pa.field("element", pa.string()))}
+    typed = dataclasses.replace(columns, keep_types=tuple(types.items()))
+    got = {}
+    for shard in shards:
+        for block in read_shard(shard, typed):
+            assert block.schema.field("lst").type == types["lst"], shard.path
+            assert block.schema.field("tags").type == types["tags"], shard.path
+            got.update((r["id"], (r["lst"], r["tags"])) for r in block.to_pylist() if r[ERROR] is None)
+    for name, (lists, word, _) in files.items():
+        expected = list(zip(lists.to_pylist(), [word, None, [*word, "v"]]))
+        assert [got[f"{name}{i}"] for i in range(3)] == expected, name
+    strict_struct = pa.struct([pa.field("a", pa.int64(), nullable=False), pa.field("b", pa.large_string())])
+    assert unify_types([strict_struct, pa.struct([("a", pa.int32()), ("b", pa.string())])]) == pa.struct(
+        [("a", pa.int64()), ("b", pa.string())])
+    assert unify_types([pa.struct([("a", pa.int64())]), pa.struct([("b", pa.int64())])]) == pa.string()
+    assert unify_types([pa.list_(pa.int64()), pa.list_(pa.struct([("a", pa.int64())]))]) == pa.string()

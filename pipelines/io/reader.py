@@ -488,7 +488,10 @@ def unify_types(types: list[pa.DataType]) -> pa.DataType:
     """One type that holds every value of columns of these types (see :func:`reference_types`).
 
     A dictionary (a pandas category) is its values' type: the width of its indices follows how many values
-    a shard holds (int8 for up to 128), and files whose indices differ don't read as one table.
+    a shard holds (int8 for up to 128), and files whose indices differ don't read as one table. Lists of
+    values that agree are one list type, whatever their writers called or sized them: ``list<item: int64>``,
+    ``list<element: int64 not null>`` and ``large_list<element: int64>`` are ``list<element: int64>``.
+    Structs with the same fields, in the same order, are one struct type in the same way.
     """
     return _unify(types) or pa.string()
 
@@ -502,8 +505,19 @@ def _unify(types: list[pa.DataType]) -> pa.DataType | None:
         return distinct[0]
     if all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in distinct):
         return pa.float64() if any(pa.types.is_floating(t) for t in distinct) else pa.int64()
-    if all(pa.types.is_string(t) or pa.types.is_large_string(t) for t in distinct):
+    if all(pa.types.is_string(t) or pa.types.is_large_string(t) or _is_string_view(t) for t in distinct):
         return pa.string()
+    if all(pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t) for t in distinct):
+        item = _unify([t.value_type for t in distinct])
+        return None if item is None else pa.list_(pa.field("element", item))
+    if all(pa.types.is_struct(t) for t in distinct):
+        names = [[f.name for f in t] for t in distinct]
+        if any(n != names[0] for n in names):
+            return None
+        fields = [_unify([t.field(i).type for t in distinct]) for i in range(len(names[0]))]
+        if any(f is None for f in fields):
+            return None
+        return pa.struct([pa.field(n, f) for n, f in zip(names[0], fields)])
     return None
 
 
