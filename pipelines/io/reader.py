@@ -581,8 +581,8 @@ def count_rows(shard: Shard) -> tuple[int | None, bool]:
     """How many rows an unreadable shard holds, as far as can be told: (rows, exact).
 
     A Parquet file whose footer reads gives its exact row count; a JSON lines file counts its
-    non-blank lines (a gzip file cut short: the lines before the cut, a lower bound). None when
-    nothing can be told (a Parquet file without a readable footer).
+    non-blank lines (a gzip file cut short or corrupt: the whole lines before the damage, over all its
+    members, a lower bound). None when nothing can be told (a Parquet file without a readable footer).
     """
     try:
         raw = read_bytes(shard)
@@ -594,21 +594,36 @@ def count_rows(shard: Shard) -> tuple[int | None, bool]:
             return pq.ParquetFile(io.BytesIO(data)).metadata.num_rows, True
         except Exception:  # noqa: BLE001 - no footer, no count
             return None, False
-    exact = True
-    if shard.compressed:
-        decompressor = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
-        try:
-            data = decompressor.decompress(raw)
-            exact = decompressor.eof
-        except zlib.error:
-            data, exact = b"", False
-    else:
-        data = raw
+    data, exact = _gunzip_before_damage(raw) if shard.compressed else (raw, True)
     lines = data.removeprefix(codecs.BOM_UTF8).split(b"\n")  # a byte order mark alone on its line is no row
     if not exact and lines:
         lines = lines[:-1]  # the last line was cut
     counted = sum(1 for line in lines if line.strip())
     return (counted if counted or exact else None), exact
+
+
+def _gunzip_before_damage(raw: bytes, piece: int = 1 << 16) -> tuple[bytes, bool]:
+    """What a gzip file's members give up to any damage, as zcat reads them, and whether there was none.
+
+    A file may hold several members one after the other (``cat a.gz b.gz``), and zero bytes after the last.
+    A member is read in pieces, so the bytes before a corrupt one are kept.
+    """
+    out: list[bytes] = []
+    while raw:
+        decompressor = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
+        rest = b""
+        try:
+            for start in range(0, len(raw), piece):
+                out.append(decompressor.decompress(raw[start : start + piece]))
+                if decompressor.eof:
+                    rest = decompressor.unused_data + raw[start + piece :]
+                    break
+        except zlib.error:  # a corrupt byte, or bytes after a member that are no member
+            return b"".join(out), False
+        if not decompressor.eof:  # cut short
+            return b"".join(out), False
+        raw = rest.lstrip(b"\0")  # zeros after a member are padding, as gzip reads them
+    return b"".join(out), True
 
 
 def _short(exc: BaseException) -> str:
