@@ -528,8 +528,7 @@ def _unreadable(output: OutputDir, shard: Shard, reports: list[StagingReport]) -
     found = Unreadable(uri=shard.uri, reason=reason, rows=None, exact=False)
     if fetched(found):  # a file that could not be fetched is not fetched again to count its rows
         found.rows, found.exact = count_rows(shard)
-    rows = found.rows
-    log.error("cannot read %s: %s (%s)", shard.uri, reason, f"{rows:,} rows" if rows is not None else "rows unknown")
+    log.error("cannot read %s: %s (%s)", shard.uri, reason, found.rows_told())
     return found
 
 
@@ -554,12 +553,11 @@ def unreadable_violation(failed: list[Unreadable]) -> str | None:
     unparsed = [found for found in failed if fetched(found)]
     if unparsed:
         first = unparsed[0]
-        rows = f"{first.rows:,} rows" if first.rows is not None else "rows unknown"
         more = f" and {len(unparsed) - 1} more" if len(unparsed) > 1 else ""
         said.append(
-            f"{len(unparsed)} input file(s) could not be read: {first.uri} ({first.reason}; {rows}){more}; their "
-            "rows are in no output. Replace or remove the file(s) and run again (committed shards are kept), or set "
-            "errors.unreadable_files: quarantine to finish without them"
+            f"{len(unparsed)} input file(s) could not be read: {first.uri} ({first.reason}; {first.rows_told()})"
+            f"{more}; their rows are in no output. Replace or remove the file(s) and run again (committed shards are "
+            "kept), or set errors.unreadable_files: quarantine to finish without them"
         )
     return ". ".join(said) or None
 

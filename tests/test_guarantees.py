@@ -219,6 +219,8 @@ def test_a_failed_run_names_both_a_file_it_could_not_fetch_and_one_that_does_not
     ])
     assert "1 input file(s) could not be fetched: data/a.jsonl" in said and "the next run reads them" in said
     assert "1 input file(s) could not be read: data/b.parquet (unreadable parquet file: bad footer; 3 rows)" in said
+    cut = unreadable_violation([Unreadable(uri="c.jsonl.gz", reason="unreadable jsonl file: cut", rows=68, exact=False)])
+    assert cut is not None and "(unreadable jsonl file: cut; 68 rows before the damage)" in cut  # a lower bound
 
 
 def test_a_resubmission_from_another_directory_resumes_without_duplicates(ray_session, tiny_models, tmp_path):

@@ -103,6 +103,12 @@ class Unreadable(Record):
     rows: int | None = None
     exact: bool = False
 
+    def rows_told(self) -> str:
+        """Its rows in words: ``1,000 rows``, ``68 rows before the damage`` (a lower bound), or ``rows unknown``."""
+        if self.rows is None:
+            return "rows unknown"
+        return f"{self.rows:,} rows" + ("" if self.exact else " before the damage")
+
 
 class StagedBlock(Record):
     """A block of a shard as its writer staged it: when (epoch seconds), rows, quarantined rows, tokens."""

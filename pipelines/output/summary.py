@@ -96,8 +96,7 @@ def render(summary: RunSummary) -> str:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary.error_reasons.items(), key=lambda kv: -kv[1]))
         lines.append(f"quarantined rows by reason: {reasons}")
     for found in summary.unreadable_files:
-        rows = f"{found.rows:,} rows" if found.rows is not None else "rows unknown"
-        lines.append(f"unreadable input file: {found.uri} ({rows}): {found.reason}")
+        lines.append(f"unreadable input file: {found.uri} ({found.rows_told()}): {found.reason}")
     if summary.agreement:
         lines.append(
             f"agreement with ground truth: {summary.agreement.accuracy:.1%} of {summary.agreement.rows:,} rows"
