@@ -199,6 +199,39 @@ def test_ids_of_any_type_are_text_or_cost_their_row(tmp_path):
     assert [i for i, _, _ in _read(tmp_path / "struct.parquet")] == ['{"k": 1}', '{"k": 2}']
 
 
+def _kept(paths: list[Path], keep: tuple[str, ...], sample_bytes: int = 1 << 18, types: dict | None = None):
+    """(the kept columns' types, {id: (error, *kept)}) of reading the files as a job does: types first."""
+    shards = list_shards([str(p) for p in paths])
+    columns = Columns(text="text", id="id", keep=keep)
+    types = reference_types(shards, columns, sample_bytes) if types is None else types
+    typed = dataclasses.replace(columns, keep_types=tuple(types.items()))
+    rows = [r for shard in shards for block in read_shard(shard, typed) for r in block.to_pylist()]
+    return types, {r["id"]: (r[ERROR], *(r[k] for k in keep)) for r in rows}
+
+
+def test_kept_json_strings_stay_the_strings_they_are_written_as(tmp_path):
+    """pyarrow's JSON type inference made date- and time-like strings of a kept column timestamps: an offset was
+    lost ("2024-01-02T10:00:00+02:00" written as 08:00 without zone), a day became "2024-01-01 00:00:00" beside a
+    shard where it was text, a value past the sampled part that was no time ("unknown") and every row of a file
+    read line by line (one broken line) were quarantined ("schema differs")."""
+    lines = [{"id": f"r{i}", "text": "t", "at": "2024-01-02T10:00:00+02:00", "day": "2024-01-01",
+              "meta": {"on": "2024-01-03"}, "days": ["2024-01-04"]} for i in range(8)]
+    write_jsonl(tmp_path / "a" / "s1.jsonl", [*lines, {**lines[0], "id": "late", "at": "unknown"}])
+    write_parquet(tmp_path / "a" / "s2.parquet", [{"id": "p", "text": "t", "day": "2024-01-01"}])
+    keep = ("at", "day", "meta", "days")
+    types, rows = _kept([tmp_path / "a"], keep, sample_bytes=400)  # the last line is past the sample
+    assert types == {"at": pa.string(), "day": pa.string(), "meta": pa.struct([("on", pa.string())]),
+                     "days": pa.list_(pa.string())}
+    assert rows["r0"] == (None, "2024-01-02T10:00:00+02:00", "2024-01-01", {"on": "2024-01-03"}, ["2024-01-04"])
+    assert rows["late"] == (None, "unknown", "2024-01-01", {"on": "2024-01-03"}, ["2024-01-04"])
+    assert rows["p"] == (None, None, "2024-01-01", None, None)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "broken.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"id": "x", "te\n')
+    types, rows = _kept([tmp_path / "b"], keep)
+    assert rows.pop(None)[0].startswith("invalid JSON") and [e for e, *_ in rows.values()] == [None] * 8
+    assert rows["r7"] == (None, "2024-01-02T10:00:00+02:00", "2024-01-01", {"on": "2024-01-03"}, ["2024-01-04"])
+
+
 def test_the_reader_tells_a_file_it_could_not_fetch_from_one_whose_bytes_do_not_parse(tmp_path):
     """Only the second may be quarantined: a gzip file cut short is read whole and fails to decompress."""
     whole = gzip.compress(b"".join(json.dumps({"id": str(i), "text": "t"}).encode() + b"\n" for i in range(50)))

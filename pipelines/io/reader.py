@@ -185,22 +185,23 @@ def _with_error_column(table: pa.Table, rows: int) -> pa.Table:
 def read_jsonl(data: bytes, columns: Columns) -> pa.Table:
     """JSON lines into a table, one row per non-blank line; bad lines become rows with an ``_error``.
 
-    Text and id columns are read as the strings they are written as: where pyarrow's type inference
-    turned one into something else (an id "2024-01-02" into a timestamp), the file is read again with
-    those columns declared as strings. Ids written as numbers pyarrow reads as floats (1.10, or integers
-    past 2**63, which it rounds: two ids would become one) are read line by line, as written.
+    JSON strings are read as the strings they are written as, in every column the job reads (kept
+    columns too, inside their lists and structs): where pyarrow's type inference turned one into
+    something else (an id "2024-01-02" into a timestamp), the file is read again with those columns
+    declared as text (see :func:`as_written`). Ids written as numbers pyarrow reads as floats (1.10, or
+    integers past 2**63, which it rounds: two ids would become one) are read line by line, as written.
     """
     try:
         table = pajson.read_json(io.BytesIO(data))
         if columns.id in table.column_names and pa.types.is_floating(table.schema.field(columns.id).type):
             return _read_jsonl_lines(data, columns)
         retyped = [
-            name
-            for name in (*columns.strings, *([columns.id] if columns.id else []))
-            if name in table.column_names and _inferred_from_text(table.schema.field(name).type)
+            field.with_type(as_written(field.type))
+            for field in table.schema
+            if field.name in columns.all and as_written(field.type) != field.type
         ]
         if retyped:
-            schema = pa.schema([(name, pa.string()) for name in retyped])
+            schema = pa.schema(retyped)
             table = pajson.read_json(io.BytesIO(data), parse_options=pajson.ParseOptions(explicit_schema=schema))
         for name in columns.strings:
             if name in table.column_names:
@@ -210,9 +211,17 @@ def read_jsonl(data: bytes, columns: Columns) -> pa.Table:
         return _read_jsonl_lines(data, columns)
 
 
-def _inferred_from_text(type_: pa.DataType) -> bool:
-    """Types pyarrow infers from JSON strings (timestamps, dates): the column was text in the file."""
-    return pa.types.is_timestamp(type_) or pa.types.is_date(type_) or pa.types.is_time(type_)
+def as_written(type_: pa.DataType) -> pa.DataType:
+    """The type of JSON values that pyarrow inferred as ``type_``, with the types it infers from JSON strings
+    (timestamps, dates: ``"2024-01-02T10:00:00+02:00"`` loses its offset) made text again, in lists and structs too.
+    """
+    if pa.types.is_timestamp(type_) or pa.types.is_date(type_) or pa.types.is_time(type_):
+        return pa.string()
+    if pa.types.is_struct(type_):
+        return pa.struct([type_.field(i).with_type(as_written(type_.field(i).type)) for i in range(type_.num_fields)])
+    if pa.types.is_list(type_):
+        return pa.list_(type_.value_field.with_type(as_written(type_.value_type)))
+    return type_
 
 
 def _read_jsonl_lines(data: bytes, columns: Columns) -> pa.Table:
@@ -543,9 +552,10 @@ def _sample_schema(shard: Shard, sample_bytes: int) -> pa.Schema:
         raise ValueError("gzip-compressed parquet can't be sampled")
     head = head[: head.rfind(b"\n") + 1] or head
     try:
-        return pajson.read_json(io.BytesIO(head)).schema
+        table = pajson.read_json(io.BytesIO(head))
     except pa.ArrowInvalid:  # a bad line (invalid JSON, a lone surrogate) costs its row, not the shard's types
-        return pajson.read_json(io.BytesIO(b"".join(_good_lines(head)) or b"{}\n")).schema
+        table = pajson.read_json(io.BytesIO(b"".join(_good_lines(head)) or b"{}\n"))
+    return pa.schema([field.with_type(as_written(field.type)) for field in table.schema])  # as read_jsonl reads
 
 
 def _good_lines(head: bytes) -> Iterator[bytes]:
