@@ -232,6 +232,27 @@ def test_kept_json_strings_stay_the_strings_they_are_written_as(tmp_path):
     assert rows["r7"] == (None, "2024-01-02T10:00:00+02:00", "2024-01-01", {"on": "2024-01-03"}, ["2024-01-04"])
 
 
+def test_kept_json_integers_past_64_bits_keep_their_digits_or_cost_their_row(tmp_path):
+    """pyarrow reads a JSON integer past 2**63 as a float: a kept column of 20 distinct such integers was written
+    as one 1.8446744073709552e+19, and one found past the sampled part made every integer of its file a float
+    (2**62 + 1 written as 2**62), with no row error."""
+    big = [{"id": f"b{i}", "text": "t", "n": 2**64 - 1 - i} for i in range(20)]
+    write_jsonl(tmp_path / "a" / "big.jsonl", [*big, {"id": "small", "text": "t", "n": 7},
+                                               {"id": "low", "text": "t", "n": -(2**63) - 1}])
+    types, rows = _kept([tmp_path / "a"], ("n",))
+    assert types == {"n": pa.string()}
+    assert rows == {**{f"b{i}": (None, str(2**64 - 1 - i)) for i in range(20)}, "small": (None, "7"),
+                    "low": (None, str(-(2**63) - 1))}
+    head = [{"id": f"r{i}", "text": "t", "n": 2**62 + i, "x": 0.5} for i in range(8)]
+    write_jsonl(tmp_path / "b" / "late.jsonl", [*head, {"id": "late", "text": "t", "n": 2**64, "x": 0.5},
+                                                {"id": "x", "text": "t", "n": 1, "x": 2**64 + 1}])
+    types, rows = _kept([tmp_path / "b"], ("n", "x"), sample_bytes=400)  # the last two lines are past the sample
+    assert types == {"n": pa.int64(), "x": pa.float64()}
+    assert {k: v for k, v in rows.items() if k.startswith("r")} == {f"r{i}": (None, 2**62 + i, 0.5) for i in range(8)}
+    assert rows["late"] == (f"n is an integer past 64 bits ({2**64}) in a column of int64", None, 0.5)
+    assert rows["x"] == (f"x is an integer past 64 bits ({2**64 + 1}) in a column of double", 1, None)
+
+
 def test_the_reader_tells_a_file_it_could_not_fetch_from_one_whose_bytes_do_not_parse(tmp_path):
     """Only the second may be quarantined: a gzip file cut short is read whole and fails to decompress."""
     whole = gzip.compress(b"".join(json.dumps({"id": str(i), "text": "t"}).encode() + b"\n" for i in range(50)))

@@ -189,11 +189,15 @@ def read_jsonl(data: bytes, columns: Columns) -> pa.Table:
     columns too, inside their lists and structs): where pyarrow's type inference turned one into
     something else (an id "2024-01-02" into a timestamp), the file is read again with those columns
     declared as text (see :func:`as_written`). Ids written as numbers pyarrow reads as floats (1.10, or
-    integers past 2**63, which it rounds: two ids would become one) are read line by line, as written.
+    integers past 2**63, which it rounds: two ids would become one) are read line by line, as written, and
+    so is a file with a kept column of floats past 2**63 (an integer there is text or a row error, see
+    :func:`_read_jsonl_lines`).
     """
     try:
         table = pajson.read_json(io.BytesIO(data))
         if columns.id in table.column_names and pa.types.is_floating(table.schema.field(columns.id).type):
+            return _read_jsonl_lines(data, columns)
+        if any(name in table.column_names and _past_int64(table.column(name)) for name in columns.keep):
             return _read_jsonl_lines(data, columns)
         retyped = [
             field.with_type(as_written(field.type))
@@ -224,8 +228,22 @@ def as_written(type_: pa.DataType) -> pa.DataType:
     return type_
 
 
+def _past_int64(column: Any) -> bool:
+    """Whether pyarrow read a JSON column as floats of which one is past 2**63: an integer it rounded, maybe."""
+    return pa.types.is_floating(column.type) and (pc.max(pc.abs(column)).as_py() or 0) >= 2**63
+
+
+def _big_integer(value: Any) -> bool:
+    """An integer that no int64 holds (Python's ``json`` reads it exactly; pyarrow rounds it to a float)."""
+    return isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63
+
+
 def _read_jsonl_lines(data: bytes, columns: Columns) -> pa.Table:
-    """The slow path for files pyarrow rejects: line by line, so one bad line costs one row."""
+    """The slow path for files pyarrow rejects: line by line, so one bad line costs one row.
+
+    An integer past 64 bits in a kept column is a row error where the job's type of the column is not text;
+    where it is (or the column is new), the column is text, each value as written (see :func:`_column`).
+    """
     records: list[dict[str, Any]] = []
     errors: list[str | None] = []
     for line in data.removeprefix(codecs.BOM_UTF8).split(b"\n"):  # pyarrow skips a byte order mark too
@@ -236,15 +254,18 @@ def _read_jsonl_lines(data: bytes, columns: Columns) -> pa.Table:
         records.append(record)
         errors.append(error)
     table = {}
+    types = dict(columns.keep_types)
     for name in columns.all:
         if not any(name in r for r in records):
             continue
         if name == columns.id:
             table[name] = pa.array([_as_text(r.get(name)) for r in records], pa.string())
             continue
-        values = [float(v) if isinstance(v, WrittenFloat) else v for v in (r.get(name) for r in records)]
+        values = [r.get(name) for r in records]
         if name in columns.strings:
             values, errors = _strings_only(name, values, errors)
+        elif (expected := types.get(name)) is not None and not _is_text(expected):
+            values, errors = _no_big_integers(name, expected, values, errors)
         table[name] = _column(values)
     table[ERROR] = pa.array(errors, pa.string())
     return pa.table(table)
@@ -261,6 +282,18 @@ def _strings_only(name: str, values: list[Any], errors: list[str | None]) -> tup
             kept.append(None)
             reasons.append(error or f"{name} is not a string ({type(value).__name__})")
     return kept, reasons
+
+
+def _no_big_integers(
+    name: str, expected: pa.DataType, values: list[Any], errors: list[str | None]
+) -> tuple[list[Any], list[str | None]]:
+    """Integers past 64 bits become null, with the reason on their row: the job's type of the column can't
+    hold them (a float would round them)."""
+    reasons = [
+        error or (f"{name} is an integer past 64 bits ({v}) in a column of {expected}" if _big_integer(v) else None)
+        for v, error in zip(values, errors)
+    ]
+    return [None if _big_integer(v) else v for v in values], reasons
 
 
 def drop_lone_surrogates(record: dict[str, Any], names: Sequence[str]) -> str | None:
@@ -323,11 +356,11 @@ def parse_line(line: bytes, numbers_as_written: bool = False) -> tuple[dict[str,
 
 
 def _column(values: list[Any]) -> pa.Array:
-    """An Arrow column from Python values; mixed types fall back to their JSON text."""
+    """An Arrow column from Python values; mixed types fall back to their JSON text (numbers as written)."""
     try:
-        return pa.array(values)
+        return pa.array([float(v) if isinstance(v, WrittenFloat) else v for v in values])
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):  # OverflowError: an integer past 64 bits
-        return pa.array([v if isinstance(v, str) or v is None else json.dumps(v) for v in values], pa.string())
+        return pa.array([_as_text(v) for v in values], pa.string())
 
 
 def normalize(table: pa.Table, shard: Shard, columns: Columns, digest: str = "") -> pa.Table:
@@ -429,7 +462,7 @@ def _cast_each(column: Any, name: str, expected: pa.DataType, errors: Any) -> tu
     safely, and the others are row errors.
     """
     values = column.to_pylist()
-    if pa.types.is_string(expected) or pa.types.is_large_string(expected):
+    if _is_text(expected):
         return pa.array([_as_text(v) for v in values], expected), errors
     reason = f"schema differs: column {name!r} is {column.type} here but {expected} in this job's output"
     kept: list[Any] = []
@@ -463,6 +496,10 @@ def _dictionary_room(type_: pa.DataType) -> int | None:
         return None
     bits = type_.index_type.bit_width
     return 2 ** bits if pa.types.is_unsigned_integer(type_.index_type) else 2 ** (bits - 1)
+
+
+def _is_text(type_: pa.DataType) -> bool:
+    return pa.types.is_string(type_) or pa.types.is_large_string(type_)
 
 
 def _as_text(value: Any) -> str | None:
@@ -555,7 +592,13 @@ def _sample_schema(shard: Shard, sample_bytes: int) -> pa.Schema:
         table = pajson.read_json(io.BytesIO(head))
     except pa.ArrowInvalid:  # a bad line (invalid JSON, a lone surrogate) costs its row, not the shard's types
         table = pajson.read_json(io.BytesIO(b"".join(_good_lines(head)) or b"{}\n"))
-    return pa.schema([field.with_type(as_written(field.type)) for field in table.schema])  # as read_jsonl reads
+    rounded = {name for name in table.column_names if _past_int64(table.column(name))}
+    if rounded:  # integers past 64 bits, if any, were rounded to floats: such a column is text, as read_jsonl reads it
+        records = [json.loads(line) for line in _good_lines(head)]
+        rounded = {name for name in rounded if any(_big_integer(r.get(name)) for r in records)}
+    return pa.schema([  # as read_jsonl reads them
+        pa.field(f.name, pa.string()) if f.name in rounded else f.with_type(as_written(f.type)) for f in table.schema
+    ])
 
 
 def _good_lines(head: bytes) -> Iterator[bytes]:
