@@ -253,6 +253,30 @@ def test_kept_json_integers_past_64_bits_keep_their_digits_or_cost_their_row(tmp
     assert rows["x"] == (f"x is an integer past 64 bits ({2**64 + 1}) in a column of double", 1, None)
 
 
+def test_a_struct_value_with_a_field_the_kept_type_has_not_costs_its_row(tmp_path):
+    """pyarrow's cast of a struct drops the fields the type has not, even a safe one: a kept ``meta`` that gained a
+    key past the sampled part of a JSON lines file, or in a Parquet file added before a resume, was written
+    without it ({'src': 'web', 'user': 'u1'} as {'src': 'web'}), and nothing was quarantined."""
+    head = [{"id": f"r{i}", "text": "t", "meta": {"src": "web"}, "hits": [{"n": i}]} for i in range(8)]
+    write_jsonl(tmp_path / "a" / "s.jsonl", [*head, {"id": "user", "text": "t", "meta": {"src": "web", "user": "u1"}},
+                                             {"id": "deep", "text": "t", "meta": {"src": "app"}, "hits": [{"n": 1, "m": 2}]},
+                                             {"id": "none", "text": "t", "meta": {"src": "web", "user": None}}])
+    types, rows = _kept([tmp_path / "a"], ("meta", "hits"), sample_bytes=500)  # the last three lines are past it
+    assert types == {"meta": pa.struct([("src", pa.string())]), "hits": pa.list_(pa.struct([("n", pa.int64())]))}
+    assert rows["r1"] == (None, {"src": "web"}, [{"n": 1}])
+    assert rows["none"] == (None, {"src": "web"}, None)  # a field that is null in the value loses nothing
+    assert rows["user"][1:] == (None, None) and "'user'" in rows["user"][0]
+    assert rows["deep"][1:] == ({"src": "app"}, None) and "'m'" in rows["deep"][0]
+    assert [k for k, (e, *_) in rows.items() if e] == ["user", "deep"]
+    write_parquet(tmp_path / "b" / "day1.parquet", [{"id": "d1", "text": "t", "meta": {"src": "web"}}])
+    types, _ = _kept([tmp_path / "b" / "day1.parquet"], ("meta",))  # the job's first run: its types are kept
+    write_parquet(tmp_path / "b" / "day2.parquet", [{"id": "u1", "text": "t", "meta": {"src": "web", "user": "u1"}},
+                                                    {"id": "u0", "text": "t", "meta": {"src": "app", "user": None}}])
+    _, rows = _kept([tmp_path / "b" / "day2.parquet"], ("meta",), types=types)  # the resumed run
+    assert rows["u0"] == (None, {"src": "app"})
+    assert rows["u1"][1] is None and "'user'" in rows["u1"][0]
+
+
 def test_the_reader_tells_a_file_it_could_not_fetch_from_one_whose_bytes_do_not_parse(tmp_path):
     """Only the second may be quarantined: a gzip file cut short is read whole and fails to decompress."""
     whole = gzip.compress(b"".join(json.dumps({"id": str(i), "text": "t"}).encode() + b"\n" for i in range(50)))

@@ -446,6 +446,8 @@ def _kept_column(table: pa.Table, name: str, expected: pa.DataType | None, error
     column = table.column(name)
     if expected is None or column.type == expected:
         return column, errors
+    if _drops_fields(column.type, expected):  # a cast would drop them, even a safe one: value by value
+        return _cast_each(column, name, expected, errors)
     try:
         column = column.cast(expected, safe=True)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
@@ -459,7 +461,7 @@ def _cast_each(column: Any, name: str, expected: pa.DataType, errors: Any) -> tu
     """The slow path of a cast that failed: value by value, so one value that can't be cast costs its row only.
 
     Text takes any value (lists and structs as their JSON text); another type takes the values that cast
-    safely, and the others are row errors.
+    safely, and the others are row errors, as is a struct with a field (not null) that the type has not.
     """
     values = column.to_pylist()
     if _is_text(expected):
@@ -470,6 +472,11 @@ def _cast_each(column: Any, name: str, expected: pa.DataType, errors: Any) -> tu
     room = _dictionary_room(expected)
     distinct: set[Any] = set()
     for i, value in enumerate(values):
+        dropped = _dropped_field(value, expected)
+        if dropped is not None:
+            kept.append(None)
+            reasons[i] = reasons[i] or f"{reason} (field {dropped!r} is not in it)"
+            continue
         try:
             cast = pa.array([value], column.type).cast(expected, safe=True)[0].as_py()
             if room is not None and cast is not None and cast not in distinct:
@@ -496,6 +503,36 @@ def _dictionary_room(type_: pa.DataType) -> int | None:
         return None
     bits = type_.index_type.bit_width
     return 2 ** bits if pa.types.is_unsigned_integer(type_.index_type) else 2 ** (bits - 1)
+
+
+def _drops_fields(type_: pa.DataType, expected: pa.DataType) -> bool:
+    """Whether ``type_`` has struct fields, in lists and structs too, that ``expected`` has not."""
+    if pa.types.is_struct(type_) and pa.types.is_struct(expected):
+        names = {expected.field(i).name: expected.field(i).type for i in range(expected.num_fields)}
+        fields = [type_.field(i) for i in range(type_.num_fields)]
+        return any(f.name not in names or _drops_fields(f.type, names[f.name]) for f in fields)
+    if _is_list(type_) and _is_list(expected):
+        return _drops_fields(type_.value_type, expected.value_type)
+    return False
+
+
+def _dropped_field(value: Any, expected: pa.DataType) -> str | None:
+    """The first key of a (nested) dict value, not null, that has no field in ``expected``: a cast would drop it."""
+    if isinstance(value, dict) and pa.types.is_struct(expected):
+        names = {expected.field(i).name: expected.field(i).type for i in range(expected.num_fields)}
+        for key, item in value.items():
+            if key not in names:
+                if item is not None:
+                    return key
+            elif (found := _dropped_field(item, names[key])) is not None:
+                return found
+    if isinstance(value, list) and _is_list(expected):
+        return next((f for item in value if (f := _dropped_field(item, expected.value_type)) is not None), None)
+    return None
+
+
+def _is_list(type_: pa.DataType) -> bool:
+    return pa.types.is_list(type_) or pa.types.is_large_list(type_) or pa.types.is_fixed_size_list(type_)
 
 
 def _is_text(type_: pa.DataType) -> bool:
