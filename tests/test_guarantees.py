@@ -249,8 +249,19 @@ def test_kept_json_integers_past_64_bits_keep_their_digits_or_cost_their_row(tmp
     types, rows = _kept([tmp_path / "b"], ("n", "x"), sample_bytes=400)  # the last two lines are past the sample
     assert types == {"n": pa.int64(), "x": pa.float64()}
     assert {k: v for k, v in rows.items() if k.startswith("r")} == {f"r{i}": (None, 2**62 + i, 0.5) for i in range(8)}
-    assert rows["late"] == (f"n is an integer past 64 bits ({2**64}) in a column of int64", None, 0.5)
-    assert rows["x"] == (f"x is an integer past 64 bits ({2**64 + 1}) in a column of double", 1, None)
+    assert rows["late"] == (f"n holds an integer past 64 bits ({2**64}), which its type in this job's output (int64)"
+                            " can't hold exactly", None, 0.5)
+    assert rows["x"][1:] == (1, None) and rows["x"][0].startswith(f"x holds an integer past 64 bits ({2**64 + 1})")
+
+
+def test_kept_json_integers_past_64_bits_in_structs_and_lists_are_not_rounded_either(tmp_path):
+    """pyarrow read them as floats in their struct or list: {"x": 18446744073709551615} was written as 1.8e19."""
+    rows = [{"id": f"r{i}", "text": "t", "m": {"x": 2**64 - 1 - i}, "l": [i]} for i in range(8)]
+    write_jsonl(tmp_path / "a" / "s.jsonl", [*rows, {"id": "late", "text": "t", "m": {"x": 1}, "l": [2**64]}])
+    types, got = _kept([tmp_path / "a"], ("m", "l"), sample_bytes=500)  # the last line is past the sample
+    assert types == {"m": pa.string(), "l": pa.list_(pa.int64())}
+    assert got["r1"] == (None, json.dumps({"x": 2**64 - 2}), [1])
+    assert got["late"][1:] == ('{"x": 1}', None) and got["late"][0].startswith(f"l holds an integer past 64 bits ({2**64})")
 
 
 def test_a_struct_value_with_a_field_the_kept_type_has_not_costs_its_row(tmp_path):

@@ -229,13 +229,28 @@ def as_written(type_: pa.DataType) -> pa.DataType:
 
 
 def _past_int64(column: Any) -> bool:
-    """Whether pyarrow read a JSON column as floats of which one is past 2**63: an integer it rounded, maybe."""
-    return pa.types.is_floating(column.type) and (pc.max(pc.abs(column)).as_py() or 0) >= 2**63
+    """Whether pyarrow read a JSON column as floats of which one is past 2**63 (in its structs and lists too): an
+    integer it rounded, maybe."""
+    type_ = column.type
+    if pa.types.is_floating(type_):
+        return (pc.max(pc.abs(column)).as_py() or 0) >= 2**63
+    if pa.types.is_struct(type_):
+        return any(_past_int64(pc.struct_field(column, [i])) for i in range(type_.num_fields))
+    if pa.types.is_list(type_):
+        return _past_int64(pc.list_flatten(column))
+    return False
 
 
-def _big_integer(value: Any) -> bool:
-    """An integer that no int64 holds (Python's ``json`` reads it exactly; pyarrow rounds it to a float)."""
-    return isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63
+def _big_integer(value: Any) -> int | None:
+    """The first integer in a JSON value (in its lists and objects too) that no int64 holds, or None (Python's
+    ``json`` reads it exactly; pyarrow rounds it to a float)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return None if -(2**63) <= value < 2**63 else value
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return next((found for item in value if (found := _big_integer(item)) is not None), None)
+    return None
 
 
 def _read_jsonl_lines(data: bytes, columns: Columns) -> pa.Table:
@@ -287,13 +302,15 @@ def _strings_only(name: str, values: list[Any], errors: list[str | None]) -> tup
 def _no_big_integers(
     name: str, expected: pa.DataType, values: list[Any], errors: list[str | None]
 ) -> tuple[list[Any], list[str | None]]:
-    """Integers past 64 bits become null, with the reason on their row: the job's type of the column can't
-    hold them (a float would round them)."""
-    reasons = [
-        error or (f"{name} is an integer past 64 bits ({v}) in a column of {expected}" if _big_integer(v) else None)
-        for v, error in zip(values, errors)
-    ]
-    return [None if _big_integer(v) else v for v in values], reasons
+    """Values that hold an integer past 64 bits become null, with the reason on their row: the job's type of the
+    column can't hold it (a float would round it)."""
+    kept, reasons = [], []
+    for value, error in zip(values, errors):
+        found = _big_integer(value)
+        kept.append(value if found is None else None)
+        reasons.append(error or (None if found is None else f"{name} holds an integer past 64 bits ({found}), "
+                                 f"which its type in this job's output ({expected}) can't hold exactly"))
+    return kept, reasons
 
 
 def drop_lone_surrogates(record: dict[str, Any], names: Sequence[str]) -> str | None:
@@ -632,7 +649,7 @@ def _sample_schema(shard: Shard, sample_bytes: int) -> pa.Schema:
     rounded = {name for name in table.column_names if _past_int64(table.column(name))}
     if rounded:  # integers past 64 bits, if any, were rounded to floats: such a column is text, as read_jsonl reads it
         records = [json.loads(line) for line in _good_lines(head)]
-        rounded = {name for name in rounded if any(_big_integer(r.get(name)) for r in records)}
+        rounded = {name for name in rounded if any(_big_integer(r.get(name)) is not None for r in records)}
     return pa.schema([  # as read_jsonl reads them
         pa.field(f.name, pa.string()) if f.name in rounded else f.with_type(as_written(f.type)) for f in table.schema
     ])
