@@ -288,6 +288,19 @@ def test_a_struct_value_with_a_field_the_kept_type_has_not_costs_its_row(tmp_pat
     assert rows["u1"][1] is None and "'user'" in rows["u1"][0]
 
 
+def test_input_files_that_are_not_read_are_said_not_dropped_without_a_word(tmp_path, caplog):
+    """A folder's files whose names are no Parquet or JSON lines file's (``.jsonl.zst``, ``.GZ``, Hive's files without
+    an extension) were left out in silence beside the ones read: their rows were in no output, and nothing said so."""
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": "1", "text": "x"}])
+    for name in ("b.jsonl.zst", "c.jsonl.GZ", "000000_0", "_SUCCESS", ".a.jsonl.crc"):
+        (tmp_path / "in" / name).write_bytes(b"x")
+    with caplog.at_level("WARNING", logger="pipelines.io.shards"):
+        assert [s.name for s in list_shards([str(tmp_path / "in")])] == ["a.jsonl"]
+    [said] = [r.getMessage() for r in caplog.records]
+    assert "holds 3 file(s) that are not read" in said and "000000_0, b.jsonl.zst, c.jsonl.GZ" in said
+    assert "_SUCCESS" not in said and ".crc" not in said  # a writer's bookkeeping is no input
+
+
 def test_the_reader_tells_a_file_it_could_not_fetch_from_one_whose_bytes_do_not_parse(tmp_path):
     """Only the second may be quarantined: a gzip file cut short is read whole and fails to decompress."""
     whole = gzip.compress(b"".join(json.dumps({"id": str(i), "text": "t"}).encode() + b"\n" for i in range(50)))

@@ -10,6 +10,7 @@ resubmitted job, a moved checkout) is recognised as the same shard.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import urllib.parse
@@ -24,6 +25,8 @@ from wcmatch import glob as wcglob
 
 from pipelines.errors import PipelineError
 from pipelines.io import stores
+
+log = logging.getLogger(__name__)
 
 FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 GLOB_CHARS = set("*?[")
@@ -263,9 +266,11 @@ def list_shards(
         fs, path = resolve(location)
         a_listing = bool(GLOB_CHARS & set(path)) or root == path  # a folder or a glob, not a named file
         found = left_out = 0
+        other: list[str] = []  # files that are no shard by their name: said, not dropped without a word
         for uri, info in files:
             kind = detect_format(info.path, wanted_format)
             if kind is None:
+                other.append(info.base_name)
                 continue
             if any(
                 type(fs) is type(xfs) and (is_within(info.path, xpath) or is_within(real_path(fs, info.path), xreal))
@@ -277,6 +282,12 @@ def list_shards(
             mtime = info.mtime_ns if info.mtime_ns is not None else None
             shards[uri] = Shard(uri, info.path, kind[0], kind[1], info.size or 0, mtime, name)  # type: ignore[arg-type]
             found += 1
+        if found and other:
+            log.warning(
+                "input.paths: %s holds %d file(s) that are not read, their names not those of Parquet or JSON "
+                "lines files (.parquet, .jsonl, .ndjson, .json, each also .gz; e.g. %s); their rows are in no output: "
+                "convert them, or set input.format to read every file there as one format",
+                location, len(other), ", ".join(sorted(other)[:3]))
         if not found and not (empty_is_no_input and a_listing):
             below = ""
             if left_out:
