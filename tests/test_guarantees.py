@@ -288,6 +288,15 @@ def test_a_struct_value_with_a_field_the_kept_type_has_not_costs_its_row(tmp_pat
     assert rows["u1"][1] is None and "'user'" in rows["u1"][0]
 
 
+def test_parquet_text_stored_as_bytes_is_text(tmp_path):
+    """Hive and Impala write strings as bytes without Parquet's UTF8 mark: every row was quarantined as "text is
+    not a string (binary)"."""
+    pq.write_table(pa.table({"id": ["a", "b", "c"], "text": pa.array([b"caf\xc3\xa9", None, b"\xff"], pa.binary())}),
+                   tmp_path / "hive.parquet")
+    assert _read(tmp_path / "hive.parquet") == [("a", "café", None), ("b", None, None),  # null: the predictor says
+                                                ("c", None, "text is bytes that are not UTF-8 text (binary)")]
+
+
 def test_input_files_that_are_not_read_are_said_not_dropped_without_a_word(tmp_path, caplog):
     """A folder's files whose names are no Parquet or JSON lines file's (``.jsonl.zst``, ``.GZ``, Hive's files without
     an extension) were left out in silence beside the ones read: their rows were in no output, and nothing said so."""

@@ -419,6 +419,8 @@ def _string_column(table: pa.Table, name: str, errors: Any) -> tuple[Any, Any]:
         return column.cast(pa.string()), errors
     if pa.types.is_null(column.type):
         return column.cast(pa.string()), errors
+    if _is_bytes(column.type):  # text as Hive and Impala write it: bytes without Parquet's UTF8 mark
+        return _bytes_as_text(column, name, errors)
     bad = pc.invert(column.is_null())
     reason = f"{name} is not a string ({column.type})"
     return pa.nulls(n, pa.string()), pc.if_else(pc.and_(errors.is_null(), bad), reason, errors)
@@ -434,19 +436,32 @@ def _id_column(column: Any, name: str, errors: Any) -> tuple[Any, Any]:
         values = [None if v is None else str(uuid.UUID(bytes=v)) for v in column.cast(column.type.storage_type)
                   .to_pylist()]
         return pa.array(values, pa.string()), errors
+    if _is_bytes(column.type):
+        return _bytes_as_text(column, name, errors)
     try:
         return column.cast(pa.string()), errors
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return pa.array([_as_text(v) for v in column.to_pylist()], pa.string()), errors
+
+
+def _is_bytes(type_: pa.DataType) -> bool:
+    return pa.types.is_binary(type_) or pa.types.is_large_binary(type_) or pa.types.is_fixed_size_binary(type_)
+
+
+def _bytes_as_text(column: Any, name: str, errors: Any) -> tuple[Any, Any]:
+    """A bytes column as text: its values that are UTF-8; the others cost their row."""
+    try:
+        return column.cast(pa.string()), errors
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # some value is no UTF-8
         pass
     texts: list[str | None] = []
     reasons = errors.to_pylist()
     for i, value in enumerate(column.to_pylist()):
-        if isinstance(value, bytes):
-            try:
-                value = value.decode("utf-8")
-            except UnicodeDecodeError:
-                value, reasons[i] = None, reasons[i] or f"{name} is bytes that are not UTF-8 text ({column.type})"
-        texts.append(_as_text(value))
+        try:
+            texts.append(None if value is None else value.decode("utf-8"))
+        except UnicodeDecodeError:
+            texts.append(None)
+            reasons[i] = reasons[i] or f"{name} is bytes that are not UTF-8 text ({column.type})"
     return pa.array(texts, pa.string()), pa.array(reasons, pa.string())
 
 
