@@ -288,6 +288,18 @@ def test_a_struct_value_with_a_field_the_kept_type_has_not_costs_its_row(tmp_pat
     assert rows["u1"][1] is None and "'user'" in rows["u1"][0]
 
 
+def test_a_kept_column_in_no_input_file_is_said(tmp_path, caplog):
+    """A kept column that no file holds (a typo, or a Hive folder's ``date=`` taken for a column) gave every row a
+    null without a word."""
+    write_jsonl(tmp_path / "date=2024-01-01" / "a.jsonl", [{"id": "1", "text": "x", "topic": "t"}])
+    shards = list_shards([str(tmp_path)])
+    with caplog.at_level("WARNING", logger="pipelines.io.reader"):
+        types = reference_types(shards, Columns(text="text", id="id", keep=("topic", "date", "Topic")))
+    assert types == {"topic": pa.string(), "date": pa.string(), "Topic": pa.string()}
+    [said] = [r.getMessage() for r in caplog.records]
+    assert said.startswith("kept column(s) 'date', 'Topic': in none of the 1 input file(s) sampled")
+
+
 def test_parquet_text_stored_as_bytes_is_text(tmp_path):
     """Hive and Impala write strings as bytes without Parquet's UTF8 mark: every row was quarantined as "text is
     not a string (binary)"."""

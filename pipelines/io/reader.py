@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import io
 import json
+import logging
 import uuid
 import zlib
 from collections.abc import Iterator, Sequence
@@ -28,6 +29,8 @@ import pyarrow.parquet as pq
 from pipelines.errors import first_line
 from pipelines.io.block import DIGEST, ERROR, ROW, SHARD, SHARD_ROWS
 from pipelines.io.shards import Shard
+
+log = logging.getLogger(__name__)
 
 BLOCK_ROWS = 1024
 #: How the reason of a file starts when its bytes could not be fetched (a storage or network error that the store's
@@ -588,14 +591,24 @@ def reference_types(shards: list[Shard], columns: Columns, sample_bytes: int = 1
     no shard is a string. Unreadable shards are skipped (they are reported when they are read).
     """
     seen: dict[str, list[pa.DataType]] = {name: [] for name in columns.keep}
+    present: set[str] = set()
+    sampled = 0
     for shard in shards:
         try:
             schema = _sample_schema(shard, sample_bytes)
         except Exception:  # noqa: BLE001 - an unreadable shard is quarantined (or fails the job) when read
             continue
+        sampled += 1
+        present.update(name for name in columns.keep if name in schema.names)
         for name in columns.keep:
             if name in schema.names and not pa.types.is_null(schema.field(name).type):
                 seen[name].append(schema.field(name).type)
+    missing = [name for name in columns.keep if name not in present]
+    if sampled and missing:  # a typo, or a Hive partition folder's name= taken for a column: nulls in every row
+        log.warning(
+            "kept column(s) %s: in none of the %d input file(s) sampled (Parquet footers, the first 256 KiB of JSON "
+            "lines files), so every row gets null there; check the name(s) (a folder name such as date=2024-01-01 "
+            "is no column)", ", ".join(repr(n) for n in missing), sampled)
     return {name: unify_types(types) for name, types in seen.items()}
 
 
