@@ -340,8 +340,8 @@ def _run_locked(
 ) -> RunSummary:
     timeline = timeline if timeline is not None else {}
     recorded = output.job()
-    if recorded and recorded.spec_hash == job.spec_hash and recorded.column_types:
-        job.column_types = recorded.column_types  # the types the committed files have
+    if recorded and recorded.spec_hash == job.spec_hash and recorded.column_types and output.commits():
+        job.column_types = recorded.column_types  # the types the committed files have (none: fixed afresh)
     else:
         job.column_types = encode_types(dict(columns_of(spec, shards).keep_types))
     with writing(spec.output.path):

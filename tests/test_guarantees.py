@@ -507,6 +507,23 @@ def test_a_kept_column_named_row_leaves_the_rows_in_input_order(ray_session, tin
     assert table.column("row").to_pylist() == [str(n) for n in order]  # text: b holds a list in it
 
 
+def test_kept_types_are_fixed_by_the_first_run_that_commits(ray_session, tiny_models, tmp_path):
+    """A first run that committed nothing (its one file could not be read) fixed the kept column's type all the
+    same (text, as nothing could be sampled), and every later run wrote the numbers as text."""
+    rows = [{"id": f"r{i}", "text": SENTENCES[i % 4], "n": i} for i in range(6)]
+    whole = gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode())
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl.gz").write_bytes(whole[: len(whole) // 2])  # an upload cut short
+    spec = spec_of(write_job(tmp_path, tiny_models("classifier"), tmp_path / "in"),
+                   input={"columns_to_keep": ["n"]}, output={"prediction_prefix": "p_"})
+    with pytest.raises(PipelineError, match="could not be read"):
+        run_job(spec)
+    (tmp_path / "in" / "a.jsonl.gz").write_bytes(whole)  # uploaded again, whole
+    run_job(spec)
+    table = pq.read_table(tmp_path / "out")
+    assert table.schema.field("n").type == pa.int64() and sorted(table.column("n").to_pylist()) == list(range(6))
+
+
 def test_a_kept_value_that_cant_be_cast_costs_its_row_only(ray_session, tiny_models, tmp_path):
     """One "n/a" in a column that is an integer in this job used to send the whole shard to _errors/;
     a list in a column that is text elsewhere is kept as its JSON text."""
