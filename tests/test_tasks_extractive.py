@@ -128,6 +128,10 @@ def test_fill_mask_matches_the_transformers_pipeline_and_flags_rows_without_mask
     assert [len(r["predictions"]) for r in (rows[0], rows[2])] == [1, 2]
     only_bad = Predictor(spec)(batch_of(["no mask at all"])).to_pylist()[0]  # no feature at all in the batch
     assert only_bad[ERROR].startswith("no mask token") and only_bad["predictions"] is None
+    short = make_spec(model_dir, {"type": "fill-mask", "mask_placeholder": "<mask>"}, batching={"max_length": 8})
+    long = ["word " * 20 + "<mask>.", "word " * 20]  # a mask past max_length; no mask at all (in a long text)
+    assert [r[ERROR] for r in Predictor(short)(batch_of(long)).to_pylist()] == [
+        "no mask token (<mask>) in the text within max_length", "no mask token (<mask>) in the text"]
 
     fill = pipeline("fill-mask", model=model_dir, top_k=3)
     single = fill(texts[0].replace("<mask>", "[MASK]"))

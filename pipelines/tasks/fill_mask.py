@@ -54,10 +54,8 @@ class FillMask(Task):
         features.tokens = {name: ragged.take(np.flatnonzero(has_mask)) for name, ragged in features.tokens.items()}
         features.row = np.flatnonzero(has_mask)
         reason = f"no mask token ({placeholder or self.tokenizer.mask_token}) in the text"
-        features.errors = {
-            int(i): reason + (" within max_length" if encoding["truncated"][i] else "")
-            for i in np.flatnonzero(~has_mask)
-        }
+        cut = [bool(encoding["truncated"][i]) and self.tokenizer.mask_token in texts[i] for i in range(len(texts))]
+        features.errors = {int(i): reason + (" within max_length" if cut[i] else "") for i in np.flatnonzero(~has_mask)}
         return features
 
     def forward(self, model, inputs, extra):
