@@ -262,6 +262,25 @@ def test_duplicate_ids_follow_the_policy(ray_session, tiny_models, tmp_path, pol
     assert summary["rows_in"] == 5
 
 
+def test_under_duplicate_ids_error_a_row_without_an_id_is_quarantined_as_such(tmp_path):
+    """Null ids were taken for duplicates of each other: the first was written, the others quarantined as
+    "duplicate id", so the output that should hold unique ids held a null one."""
+    import pyarrow.fs as pafs
+
+    from pipelines.io.block import ROW
+    from pipelines.io.shards import list_shards
+    from pipelines.output.duplicates import DuplicateIds
+
+    write_jsonl(tmp_path / "a.jsonl", [{"id": "x", "text": "t"}])
+    [shard] = list_shards([str(tmp_path / "a.jsonl")])
+    table = pa.table({"id": ["a", None, "a", None, "b"], ROW: list(range(5))})
+    kept, errors = DuplicateIds(pafs.LocalFileSystem(), str(tmp_path), "id", [])(table, shard)
+    assert kept.column("id").to_pylist() == ["a", "b"]
+    assert errors is not None
+    assert list(zip(errors.column("row").to_pylist(), errors.column("reason").to_pylist())) == [
+        (1, "id is null"), (2, "duplicate id"), (3, "id is null")]
+
+
 def test_an_empty_shard_is_committed_empty(ray_session, tiny_models, tmp_path):
     many_shards(tmp_path / "in", shards=1)
     (tmp_path / "in" / "empty.jsonl").write_text("")

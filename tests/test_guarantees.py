@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import datetime
 import gzip
 import io
 import json
@@ -300,6 +301,33 @@ def test_a_kept_column_in_no_input_file_is_said(tmp_path, caplog):
     assert said.startswith("kept column(s) 'date', 'Topic': in none of the 1 input file(s) sampled")
 
 
+def test_an_output_that_recorded_a_timestamp_for_kept_json_text_resumes_as_before(tmp_path):
+    """Before kept JSON strings stayed text, pyarrow made ``"2024-01-02T10:00:00Z"`` a ``timestamp[s]`` (in UTC), and
+    a job's first run recorded that type; read as text now, every such value of a resumed run was a row error."""
+    write_jsonl(tmp_path / "a.jsonl", [{"id": "z", "text": "t", "at": "2024-01-02T10:00:00Z"},
+                                       {"id": "o", "text": "t", "at": "2024-01-02T10:00:00+02:00"},
+                                       {"id": "n", "text": "t", "at": "2024-01-02"},
+                                       {"id": "x", "text": "t", "at": "soon"}])
+    _, rows = _kept([tmp_path / "a.jsonl"], ("at",), types={"at": pa.timestamp("s")})
+    assert {i: v for i, (e, v) in rows.items() if e is None} == {
+        "z": datetime.datetime(2024, 1, 2, 10), "o": datetime.datetime(2024, 1, 2, 8),
+        "n": datetime.datetime(2024, 1, 2)}
+    assert rows["x"][0].startswith("schema differs: column 'at'")
+
+
+def test_the_reader_takes_json_values_as_written_on_either_path(tmp_path):
+    """An object id took pyarrow's struct on the fast path (every key seen in the file, in the order first seen:
+    ``{"a": 5, "b": null}``), its text as written on the slow one; a number in a text column was said to be
+    a ``WrittenFloat``."""
+    lines = [{"id": {"b": 3, "a": 4}, "text": "t"}, {"id": {"a": 5}, "text": "t"}]
+    write_jsonl(tmp_path / "clean.jsonl", lines)
+    (tmp_path / "bad.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + "{broken\n")
+    for name in ("clean.jsonl", "bad.jsonl"):
+        assert [i for i, _, _ in _read(tmp_path / name)][:2] == ['{"b": 3, "a": 4}', '{"a": 5}'], name
+    (tmp_path / "number.jsonl").write_text('{"id": "1", "text": 1.5}\n{"id": "2", "text": "ok"}\n')
+    assert _read(tmp_path / "number.jsonl")[0] == ("1", None, "text is not a string (float)")
+
+
 def test_parquet_text_stored_as_bytes_is_text(tmp_path):
     """Hive and Impala write strings as bytes without Parquet's UTF8 mark: every row was quarantined as "text is
     not a string (binary)"."""
@@ -313,12 +341,14 @@ def test_input_files_that_are_not_read_are_said_not_dropped_without_a_word(tmp_p
     """A folder's files whose names are no Parquet or JSON lines file's (``.jsonl.zst``, ``.GZ``, Hive's files without
     an extension) were left out in silence beside the ones read: their rows were in no output, and nothing said so."""
     write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": "1", "text": "x"}])
-    for name in ("b.jsonl.zst", "c.jsonl.GZ", "000000_0", "_SUCCESS", ".a.jsonl.crc"):
+    for name in ("b.jsonl.zst", "000000_0", "_SUCCESS", ".a.jsonl.crc"):
         (tmp_path / "in" / name).write_bytes(b"x")
+    (tmp_path / "in" / "c.jsonl.GZ").write_bytes(gzip.compress(b'{"id": "2", "text": "y"}\n'))  # read: gzip
     with caplog.at_level("WARNING", logger="pipelines.io.shards"):
-        assert [s.name for s in list_shards([str(tmp_path / "in")])] == ["a.jsonl"]
+        shards = list_shards([str(tmp_path / "in")])
+    assert [(s.name, s.compressed) for s in shards] == [("a.jsonl", False), ("c.jsonl.GZ", True)]
     [said] = [r.getMessage() for r in caplog.records]
-    assert "holds 3 file(s) that are not read" in said and "000000_0, b.jsonl.zst, c.jsonl.GZ" in said
+    assert "holds 2 file(s) that are not read" in said and "000000_0, b.jsonl.zst" in said
     assert "_SUCCESS" not in said and ".crc" not in said  # a writer's bookkeeping is no input
 
 

@@ -133,7 +133,7 @@ def test_plan_says_what_a_run_does_with_a_file_it_cannot_read_under_the_specs_po
         [said[policy]] = [line for line in plan.problems if "e.parquet" in line]
         quarantined[policy] = [line for line in plan.problems if "would be quarantined" in line]
     assert "a run fails on it" in said["fail"] and "quarantines" not in said["fail"]
-    assert "a run quarantines it as one record" in said["quarantine"]
+    assert "a run quarantines it, its rows as one record" in said["quarantine"]
     # the file's one record is quarantined only where the policy quarantines it; under fail no row is
     assert quarantined["fail"] == []
     # a Parquet file without a footer has no rows a run can tell: its record counts as no row, as in _run.json

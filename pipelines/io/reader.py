@@ -192,14 +192,16 @@ def read_jsonl(data: bytes, columns: Columns) -> pa.Table:
     columns too, inside their lists and structs): where pyarrow's type inference turned one into
     something else (an id "2024-01-02" into a timestamp), the file is read again with those columns
     declared as text (see :func:`as_written`). Ids written as numbers pyarrow reads as floats (1.10, or
-    integers past 2**63, which it rounds: two ids would become one) are read line by line, as written, and
+    integers past 2**63, which it rounds: two ids would become one) are read line by line, as written (and ids
+    that are objects or lists, which pyarrow would give every key seen in the file), and
     so is a file with a kept column of floats past 2**63 (an integer there is text or a row error, see
     :func:`_read_jsonl_lines`).
     """
     try:
         table = pajson.read_json(io.BytesIO(data))
-        if columns.id in table.column_names and pa.types.is_floating(table.schema.field(columns.id).type):
-            return _read_jsonl_lines(data, columns)
+        id_type = table.schema.field(columns.id).type if columns.id in table.column_names else None
+        if id_type is not None and (pa.types.is_floating(id_type) or pa.types.is_nested(id_type)):
+            return _read_jsonl_lines(data, columns)  # objects as written too: keys in their order, none added
         if any(name in table.column_names and _past_int64(table.column(name)) for name in columns.keep):
             return _read_jsonl_lines(data, columns)
         retyped = [
@@ -298,7 +300,8 @@ def _strings_only(name: str, values: list[Any], errors: list[str | None]) -> tup
             reasons.append(error)
         else:
             kept.append(None)
-            reasons.append(error or f"{name} is not a string ({type(value).__name__})")
+            kind = "float" if isinstance(value, WrittenFloat) else type(value).__name__
+            reasons.append(error or f"{name} is not a string ({kind})")
     return kept, reasons
 
 
@@ -481,10 +484,10 @@ def _kept_column(table: pa.Table, name: str, expected: pa.DataType | None, error
     column = table.column(name)
     if expected is None or column.type == expected:
         return column, errors
-    if _drops_fields(column.type, expected):  # a cast would drop them, even a safe one: value by value
-        return _cast_each(column, name, expected, errors)
+    if _drops_fields(column.type, expected) and _holds_dropped(column, expected):  # a cast would drop them
+        return _cast_each(column, name, expected, errors)  # value by value: those rows are row errors
     try:
-        column = column.cast(expected, safe=True)
+        column = _cast(column, expected)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         column, errors = _cast_each(column, name, expected, errors)
     if column.type != expected:  # every output file must have the job's type: readers read the folder as one table
@@ -513,7 +516,7 @@ def _cast_each(column: Any, name: str, expected: pa.DataType, errors: Any) -> tu
             reasons[i] = reasons[i] or f"{reason} (field {dropped!r} is not in it)"
             continue
         try:
-            cast = pa.array([value], column.type).cast(expected, safe=True)[0].as_py()
+            cast = _cast(pa.array([value], column.type), expected)[0].as_py()
             if room is not None and cast is not None and cast not in distinct:
                 if len(distinct) == room:
                     raise pa.ArrowInvalid(f"more than {room} distinct values")
@@ -526,6 +529,37 @@ def _cast_each(column: Any, name: str, expected: pa.DataType, errors: Any) -> tu
     if array.type != expected:  # a dictionary: pa.array gives it the indices its values need, not those asked for
         array = array.cast(expected)
     return array, pa.array(reasons, pa.string())
+
+
+def _cast(values: Any, expected: pa.DataType) -> Any:
+    """A safe cast. Text to a timestamp without a zone also takes a zone (``Z``, ``+02:00``) and converts it to UTC,
+    as pyarrow's JSON reader did before kept JSON strings stayed text: an output begun then recorded such a
+    column as a timestamp, and its later rows are read as text."""
+    try:
+        return values.cast(expected, safe=True)
+    except pa.ArrowInvalid:
+        if pa.types.is_timestamp(expected) and expected.tz is None and _is_text(values.type):
+            return values.cast(pa.timestamp(expected.unit, "UTC"), safe=True).cast(expected)
+        raise
+
+
+def _holds_dropped(column: Any, expected: pa.DataType) -> bool:
+    """Whether some value sets (not null) a struct field that ``expected`` has not: a cast would lose it. Vectorized:
+    a field that is there but null everywhere (an optional key) loses nothing, and the column is cast whole."""
+    type_ = column.type
+    if pa.types.is_struct(type_) and pa.types.is_struct(expected):
+        names = {expected.field(i).name: expected.field(i).type for i in range(expected.num_fields)}
+        for i in range(type_.num_fields):
+            child = pc.struct_field(column, [i])
+            name = type_.field(i).name
+            if name not in names and pc.any(pc.and_(column.is_valid(), child.is_valid())).as_py():
+                return True
+            if name in names and _holds_dropped(child, names[name]):
+                return True
+        return False
+    if _is_list(type_) and _is_list(expected):
+        return _holds_dropped(pc.list_flatten(column), expected.value_type)
+    return False
 
 
 def _dictionary_room(type_: pa.DataType) -> int | None:
@@ -607,8 +641,8 @@ def reference_types(shards: list[Shard], columns: Columns, sample_bytes: int = 1
     if sampled and missing:  # a typo, or a Hive partition folder's name= taken for a column: nulls in every row
         log.warning(
             "kept column(s) %s: in none of the %d input file(s) sampled (Parquet footers, the first 256 KiB of JSON "
-            "lines files), so every row gets null there; check the name(s) (a folder name such as date=2024-01-01 "
-            "is no column)", ", ".join(repr(n) for n in missing), sampled)
+            "lines files); rows without it get null there: check the name(s) (a folder name such as "
+            "date=2024-01-01 is no column)", ", ".join(repr(n) for n in missing), sampled)
     return {name: unify_types(types) for name, types in seen.items()}
 
 

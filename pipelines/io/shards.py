@@ -116,7 +116,7 @@ def _encode_location(rest: str) -> str:
 def detect_format(path: str, wanted: str) -> tuple[str, bool] | None:
     """(format, gzip-compressed) of a file name, or None for files that are not shards."""
     name = path.rsplit("/", 1)[-1]
-    compressed = name.endswith(".gz")
+    compressed = name.lower().endswith(".gz")
     stem = name[:-3] if compressed else name
     ext = os.path.splitext(stem)[1].lower()
     found = FORMATS.get(ext)
@@ -283,11 +283,12 @@ def list_shards(
             shards[uri] = Shard(uri, info.path, kind[0], kind[1], info.size or 0, mtime, name)  # type: ignore[arg-type]
             found += 1
         if found and other:
+            kinds = ("Parquet or JSON lines files (.parquet, .jsonl, .ndjson, .json, each also .gz)"
+                     if wanted_format == "auto" else f"{wanted_format} files (input.format)")
             log.warning(
-                "input.paths: %s holds %d file(s) that are not read, their names not those of Parquet or JSON "
-                "lines files (.parquet, .jsonl, .ndjson, .json, each also .gz; e.g. %s); their rows are in no output: "
-                "convert them, or set input.format to read every file there as one format",
-                location, len(other), ", ".join(sorted(other)[:3]))
+                "input.paths: %s holds %d file(s) that are not read, their names not those of %s: e.g. %s; their "
+                "rows are in no output (convert them to be read)", location, len(other), kinds,
+                ", ".join(sorted(other)[:3]))
         if not found and not (empty_is_no_input and a_listing):
             below = ""
             if left_out:

@@ -1,4 +1,4 @@
-"""The ``errors.duplicate_ids: error`` policy: a row whose id was already written is quarantined.
+"""The ``errors.duplicate_ids: error`` policy: a row whose id was already written, or that has none, is quarantined.
 
 Checked by the driver when a shard is committed (as the screen of its merge, see
 :meth:`pipelines.output.commit.OutputDir.commit`), against every id committed
@@ -20,6 +20,7 @@ from pipelines.output.openai_batch import OpenAIBatchFiles, read_custom_ids
 from pipelines.output.records import CommitRecord
 
 REASON = "duplicate id"
+NULL_REASON = "id is null"  # under this policy the output's ids are unique, so each row needs one
 
 
 class DuplicateIds:
@@ -43,7 +44,8 @@ class DuplicateIds:
     def __call__(self, table: pa.Table, shard: Shard) -> tuple[pa.Table, pa.Table | None]:
         """Split a shard's rows into those kept and the quarantine records of repeated ids."""
         ids = table.column(self.id_column).combine_chunks().cast(pa.string())
-        repeated = _repeats(ids, self.seen.combine_chunks())
+        missing = ids.is_null().to_numpy(zero_copy_only=False)  # no id: no unique key either (not a duplicate)
+        repeated = _repeats(ids, self.seen.combine_chunks()) | missing
         kept = table.filter(pa.array(~repeated))
         self._remember(ids.filter(pa.array(~repeated)))
         if not repeated.any():
@@ -56,7 +58,7 @@ class DuplicateIds:
                 "shard": pa.array([shard.uri] * n, pa.string()),
                 "row": rows,
                 "id": dropped,
-                "reason": pa.array([REASON] * n, pa.string()),
+                "reason": pa.array([NULL_REASON if m else REASON for m in missing[repeated]], pa.string()),
                 "preview": pa.nulls(n, pa.string()),
             }
         )

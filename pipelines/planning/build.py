@@ -82,8 +82,8 @@ def problems(
     """What would go wrong or be quarantined in a run, one line each."""
     outcome = {
         "fail": "a run fails on it and commits the other shards (errors.unreadable_files: fail)",
-        "quarantine": "a run quarantines it as one record (errors.unreadable_files: quarantine) where it was read and "
-        "does not parse, and fails on it where it could not be fetched",
+        "quarantine": "a run quarantines it, its rows as one record (errors.unreadable_files: quarantine), where it "
+        "was read and does not parse, and fails on it where it could not be fetched",
     }[spec.errors.unreadable_files]
     found = [f"{c.uri}: {c.error} ({outcome})" for c in inputs.shards if c.error]
     if output is not None and output.state == "refused":
