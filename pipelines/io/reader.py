@@ -484,7 +484,7 @@ def _kept_column(table: pa.Table, name: str, expected: pa.DataType | None, error
     column = table.column(name)
     if expected is None or column.type == expected:
         return column, errors
-    if _drops_fields(column.type, expected) and _holds_dropped(column, expected):  # a cast would drop them
+    if _holds_dropped(column, expected):  # a cast would drop them
         return _cast_each(column, name, expected, errors)  # value by value: those rows are row errors
     try:
         column = _cast(column, expected)
@@ -572,17 +572,6 @@ def _dictionary_room(type_: pa.DataType) -> int | None:
         return None
     bits = type_.index_type.bit_width
     return 2 ** bits if pa.types.is_unsigned_integer(type_.index_type) else 2 ** (bits - 1)
-
-
-def _drops_fields(type_: pa.DataType, expected: pa.DataType) -> bool:
-    """Whether ``type_`` has struct fields, in lists and structs too, that ``expected`` has not."""
-    if pa.types.is_struct(type_) and pa.types.is_struct(expected):
-        names = {expected.field(i).name: expected.field(i).type for i in range(expected.num_fields)}
-        fields = [type_.field(i) for i in range(type_.num_fields)]
-        return any(f.name not in names or _drops_fields(f.type, names[f.name]) for f in fields)
-    if _is_list(type_) and _is_list(expected):
-        return _drops_fields(type_.value_type, expected.value_type)
-    return False
 
 
 def _dropped_field(value: Any, expected: pa.DataType) -> str | None:
