@@ -243,8 +243,7 @@ class JobSpec(Strict):
                 f"input column(s) {reserved}: names the job uses for its own bookkeeping columns "
                 f"({', '.join(RESERVED_COLUMNS)}); rename the column(s) in the input"
             )
-        keep = [*self.input.columns_to_keep, *([self.input.label_column] if self.input.label_column else [])]
-        if self.input.id_column is None and "id" in keep:
+        if self.input.id_column is None and "id" in [*self.input.columns_to_keep, self.input.label_column]:
             raise ValueError(
                 "input.columns_to_keep: 'id' is kept, but input.id_column is null, so the output's id column holds "
                 "each row's place (file:row) and would replace it; set input.id_column: id to use it as the id"

@@ -503,7 +503,7 @@ def remove_stale(location: str) -> None:
     fs, root = resolve(location)
     try:
         fs.delete_file(f"{root}/{REPORT}")
-    except (FileNotFoundError, OSError):
+    except OSError:  # none there, or the store refuses: nothing to leave behind that can be removed
         pass
 
 
