@@ -70,7 +70,7 @@ def check(spec: JobSpec, shards: list[Shard], rows: int | None = None) -> Fideli
 
 def _check_auto(spec: JobSpec, picked: pa.Table) -> Fidelity:
     """``quantization: auto``: every candidate for this machine against float32; the one auto would take."""
-    bar = spec.model.fidelity.min_agreement if spec.model.fidelity else AUTO_MIN_AGREEMENT
+    bar = _auto_bar(spec)
     found = _choose_remote(spec.model_dump(mode="json"), picked, bar)
     log.info("quantization auto would take %s: %s", Precision(found["quantization"], found["dtype"]).label,
              found["why"])
@@ -168,9 +168,11 @@ def resolve_auto(
 ) -> tuple[JobSpec, Fidelity | None]:
     """The spec with ``quantization: auto`` made concrete, and the check that chose it.
 
-    An output that recorded a choice keeps it (one output, one precision); otherwise the candidates
-    for the device an actor runs on are scored and timed on the fidelity sample against float32, where
-    an actor would run, and the fastest within the bar wins, float32 included (:func:`fastest_within`).
+    ``recorded``: the precision this output's first run chose (a scheduled job's: its earlier runs'), which is
+    kept (one output, one precision). Otherwise the candidates for the device an actor runs on are scored and
+    timed on this job's fidelity sample against float32, where an actor would run, and the fastest within the
+    bar wins, float32 included (:func:`fastest_within`); a decision made before on the very same sample rows
+    (same model, task and kind of device) is taken instead of measuring again.
     """
     if recorded:
         chosen = Precision(recorded["quantization"], recorded["dtype"])
@@ -182,18 +184,19 @@ def resolve_auto(
             )
         log.info("quantization auto: %s, as decided by this output's first run", chosen.label)
         return concrete(spec, chosen), None
-    bar = spec.model.fidelity.min_agreement if spec.model.fidelity else AUTO_MIN_AGREEMENT
-    cache = _decision_path(spec, bar)
+    bar = _auto_bar(spec)
+    picked = sample(spec, shards, _rows(spec))
+    cache = _decision_path(spec, bar, picked)
     found = _read_decision(cache)
     if found is None:
-        picked = sample(spec, shards, _rows(spec))
-        log.info("quantization auto: scoring %d sampled rows at each candidate precision against float32 (once "
-                 "for this model, task and kind of device; kept in %s)", picked.num_rows, cache)
-        found = {**_on_ray(spec, _choose_remote, picked, bar), "decided_at": time.time()}
+        log.info("quantization auto: scoring %d sampled rows at each candidate precision against float32 (kept "
+                 "in %s for this sample, model, task and kind of device)", picked.num_rows, cache)
+        found = {**_on_ray(spec, _choose_remote, picked, bar), "decided_at": time.time(), "rows": picked.num_rows}
         _write_decision(cache, found)
     else:
-        log.info("quantization auto: the decision of %s for this model, task and kind of device (%s)",
-                 time.strftime("%Y-%m-%d %H:%M", time.localtime(found.get("decided_at", 0))), cache)
+        log.info("quantization auto: the decision of %s on these same %d sampled rows, model, task and kind of "
+                 "device (%s)", time.strftime("%Y-%m-%d %H:%M", time.localtime(found.get("decided_at", 0))),
+                 picked.num_rows, cache)
     chosen = Precision(found["quantization"], found["dtype"])
     result = Fidelity.model_validate(found["fidelity"]) if found.get("fidelity") else None
     if result is not None:
@@ -202,20 +205,42 @@ def resolve_auto(
     return concrete(spec, chosen), result
 
 
-def planned_precision(spec: JobSpec) -> tuple[Precision, str]:
-    """What ``quantization: auto`` would run at here without checking anything: the decision kept for this model,
-    task and kind of device, else float32 (the fallback, the slowest it may take); and which of the two."""
-    bar = spec.model.fidelity.min_agreement if spec.model.fidelity else AUTO_MIN_AGREEMENT
-    found = _read_decision(_decision_path(spec, bar))
+def planned_precision(spec: JobSpec, shards: list[Shard], recorded: dict[str, Any] | None) -> tuple[Precision, str]:
+    """What ``quantization: auto`` would run at here without measuring anything: the precision the output
+    recorded (``recorded``, kept by a run), else the decision kept here for this job's sample, model, task and
+    kind of device, else float32 (the fallback, the slowest it may take); and which of the three."""
+    if recorded:
+        chosen = Precision(recorded["quantization"], recorded["dtype"])
+        return chosen, f"quantization auto: {chosen.label}, as the output's earlier runs chose (a run keeps it)"
+    try:
+        picked = sample(spec, shards, _rows(spec))
+    except PipelineError:
+        picked = None
+    found = _read_decision(_decision_path(spec, _auto_bar(spec), picked)) if picked is not None else None
     if found is not None:
         chosen = Precision(found["quantization"], found["dtype"])
-        return chosen, f"quantization auto: {chosen.label}, as decided here before"
+        return chosen, f"quantization auto: {chosen.label}, as decided here before on this job's sample"
     return Precision("none", "float32"), "quantization auto, not decided here yet: float32, the slowest it may take"
 
 
-def _decision_path(spec: JobSpec, bar: float) -> Path:
-    """Where the decision for this model (its exact weights), task options, kind of device, CPU matmul and lanes
-    is kept."""
+def _auto_bar(spec: JobSpec) -> float:
+    return spec.model.fidelity.min_agreement if spec.model.fidelity else AUTO_MIN_AGREEMENT
+
+
+def sample_digest(spec: JobSpec, picked: pa.Table) -> str:
+    """What identifies a fidelity sample: its rows' ids and model inputs, in the sample's order (by id hash), so
+    the same rows give the same digest whatever files or order they were read from."""
+    from pipelines.runner import columns_of
+
+    columns = columns_of(spec)
+    names = [n for n in dict.fromkeys([columns.id_name, *columns.strings]) if n in picked.column_names]
+    rows = picked.select(names).to_pylist()
+    return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _decision_path(spec: JobSpec, bar: float, picked: pa.Table) -> Path:
+    """Where the decision for this sample of the input, this model (its exact weights), task options, kind of
+    device, CPU matmul and lanes is kept."""
     from pipelines.inference.gguf import default_cache_dir
     from pipelines.schedule.lineage import model_lineage
 
@@ -229,6 +254,7 @@ def _decision_path(spec: JobSpec, bar: float) -> Path:
         "cpu_lanes": spec.compute.cpu_lanes if spec.actor_device() == "cpu" else None,  # and on this, on a CPU
         "bar": bar,
         "candidates": CANDIDATES_VERSION,
+        "sample": sample_digest(spec, picked),  # the agreement is measured on these rows: another input, another
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     root = Path(spec.model.cache_dir).expanduser() if spec.model.cache_dir else default_cache_dir()

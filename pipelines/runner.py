@@ -226,6 +226,7 @@ def run_job(
     prune: bool = False,
     shards: list[Shard] | None = None,
     before_visible: Callable[[Shard], None] | None = None,
+    precision: dict[str, str] | None = None,
 ) -> RunSummary:
     """Run (or resume) a job; return its summary. Raises PipelineError on any failure.
 
@@ -233,6 +234,8 @@ def run_job(
     committed shards outside them are the caller's business (the scheduler's), not stale output.
     ``prune`` deletes the output of committed shards whose input is gone, instead of refusing to run.
     ``before_visible`` is called for each shard after its commit is recorded and before its rows appear.
+    ``precision``: what ``quantization: auto`` keeps where the output recorded none (a scheduled job's new
+    partition keeps the precision of the job's earlier runs).
     """
     timeline = {"process_start": _process_start(), "run_start": time.time()}
     check_paths(spec)
@@ -264,7 +267,7 @@ def run_job(
         if spec.model.quantization == "auto":
             recorded = output.job()
             known = recorded.precision if recorded and recorded.spec_hash == job.spec_hash and not overwrite else None
-            spec, checked = fidelity.resolve_auto(spec, shards, known)
+            spec, checked = fidelity.resolve_auto(spec, shards, known or precision)
             job.precision = {"quantization": spec.model.quantization, "dtype": spec.model.dtype}
         else:
             checked = fidelity.gate(spec, shards)  # below model.fidelity's bar: PipelineError, nothing written

@@ -234,23 +234,48 @@ def test_cli_fidelity_on_minilm(tmp_path):
     assert "Ray instance" not in done.stderr and "Token authentication" not in done.stderr  # no Ray started
 
 
+PICKED = pa.table({"id": ["a", "b"], "text": SENTENCES[:2]})
+
+
 def test_quantization_auto_decides_again_for_another_cpu_matmul_not_for_other_batching(tmp_path):
     spec = make_spec("minilm", {"type": "feature-extraction"})
     spec.model.cache_dir = str(tmp_path)
-    first = _decision_path(spec, 0.99)
+    first = _decision_path(spec, 0.99, PICKED)
     spec.batching.batch_size = 64  # how many rows per call: not what the candidates' speeds depend on
-    assert _decision_path(spec, 0.99) == first
+    assert _decision_path(spec, 0.99, PICKED) == first
     spec.compute.cpu_matmul = "torch"  # another kernel: another ranking of the candidates' speeds
-    assert _decision_path(spec, 0.99) != first
+    assert _decision_path(spec, 0.99, PICKED) != first
 
 
 def test_quantization_auto_decides_again_for_other_lanes_on_a_cpu_only(tmp_path):
     spec = make_spec("minilm", {"type": "feature-extraction"})
     spec.model.cache_dir = str(tmp_path)
-    first = _decision_path(spec, 0.99)
+    first = _decision_path(spec, 0.99, PICKED)
     spec.compute.cpu_lanes = False  # another way of running the forwards on a CPU: another ranking of speeds
-    assert _decision_path(spec, 0.99) != first
+    assert _decision_path(spec, 0.99, PICKED) != first
     spec.model.device = "cuda"  # on a GPU the lanes don't apply: the same decision either way
-    on_gpu = _decision_path(spec, 0.99)
+    on_gpu = _decision_path(spec, 0.99, PICKED)
     spec.compute.cpu_lanes = True
-    assert _decision_path(spec, 0.99) == on_gpu
+    assert _decision_path(spec, 0.99, PICKED) == on_gpu
+
+
+def test_quantization_auto_decides_on_the_jobs_own_sample_the_same_rows_anywhere(tmp_path):
+    """A decision was kept per model, task and device only: a job on other rows took another input's decision and
+    reported that input's check (its rows, its differing ids) as its own 'passed', below its bar on its own rows.
+    The same sampled rows in other files, or another order, are the same sample and keep the decision."""
+    from pipelines.fidelity import sample
+
+    rows = [{"id": f"r{i}", "text": SENTENCES[i % len(SENTENCES)] + f" {i}"} for i in range(30)]
+    write_jsonl(tmp_path / "a" / "one.jsonl", rows)
+    write_jsonl(tmp_path / "b" / "x.jsonl", rows[20:])  # the same rows, in other files and another order
+    write_parquet(tmp_path / "b" / "y.parquet", rows[:20][::-1])
+    write_jsonl(tmp_path / "c" / "one.jsonl", [{**r, "text": r["text"] + "!"} for r in rows])  # other texts
+
+    def path(folder: str):
+        spec = make_spec("minilm", {"type": "feature-extraction"}, input={"paths": [str(tmp_path / folder)]})
+        spec.model.cache_dir = str(tmp_path / "cache")
+        shards = list_shards(spec.input.paths)
+        return _decision_path(spec, 0.99, sample(spec, shards, 16))
+
+    assert path("a") == path("b")
+    assert path("c") != path("a")

@@ -225,10 +225,22 @@ def test_quantization_auto_is_decided_once_and_said(ray_session, tiny_models, tm
     assert timeline["process_start"] <= timeline["ray_ready"] <= timeline["first_block"] <= timeline["last_commit"]
     assert timeline["actor_ready"] <= timeline["first_staged"] <= timeline["first_block"]  # staged, then sent back
 
-    # another output of the same model and task takes the kept decision instead of measuring again
+    # another output of the same rows (of the same model and task) takes the kept decision instead of measuring again
     before = kept.stat().st_mtime_ns
     other = run_job(spec_from_dict({**raw, "output": {"path": str(tmp_path / "other")}}))
     assert other.precision == chosen and kept.stat().st_mtime_ns == before
+    # a job on other rows is decided on its own sample: its check is never another input's (which it reported as
+    # its own, 'passed', when it fell below its bar on its own rows)
+    write_jsonl(tmp_path / "in2" / "b.jsonl", [{**r, "text": r["text"].upper()} for r in rows[:30]])
+    third = run_job(spec_from_dict({**raw, "input": {"paths": [str(tmp_path / "in2")]},
+                                    "output": {"path": str(tmp_path / "third")}}))
+    decisions = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "precision").glob("*.json")]
+    assert sorted(d.get("rows") for d in decisions) == [30, 40]
+    assert third.fidelity is None or third.fidelity.rows == 30
+
+    from pipelines.planning.progress import recorded_precision
+
+    assert recorded_precision(spec_from_dict(raw)) == chosen  # what `plan --measure` measures for this output
 
 
 @pytest.mark.parametrize(

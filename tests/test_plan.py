@@ -370,22 +370,30 @@ def test_a_cpu_quantization_is_said_to_be_refused_on_gpu_node_types(tmp_path):
 
 def test_measure_runs_quantization_auto_at_what_a_run_here_would_take(tiny_models, tmp_path):
     """`pipelines plan --measure` on the main job (quantization: auto, as the README runs it) failed: 'auto is
-    decided before a job starts'. It measures the decision kept here, else float32, and says which."""
+    decided before a job starts'. It measures the precision the output keeps, else the decision kept here for the
+    job's sample, else float32, and says which. (It took the kept decision over what a resumed output recorded.)"""
     import json
 
-    from pipelines.fidelity import AUTO_MIN_AGREEMENT, _decision_path
+    from pipelines.fidelity import AUTO_MIN_AGREEMENT, _decision_path, sample
+    from pipelines.io.shards import list_shards
     from pipelines.planning.measure import measure
 
-    spec = make_spec(tiny_models("encoder"), {"type": "feature-extraction"}, tmp_path / "out")
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": str(i), "text": SENTENCES[i % 4]} for i in range(4)])
+    spec = make_spec(tiny_models("encoder"), {"type": "feature-extraction"}, tmp_path / "out",
+                     input={"paths": [str(tmp_path / "in")]})
     spec.model.quantization = "auto"
     spec.model.cache_dir = str(tmp_path / "cache")
+    shards = list_shards(spec.input.paths)
     batch = pa.table({"id": ["a", "b"], "text": SENTENCES[:2]})
-    first = measure(spec, [batch])
+    first = measure(spec, [batch], shards)
     assert first.rows == 2 and first.precision == "quantization auto, not decided here yet: float32, the slowest it may take"
-    decision = _decision_path(spec, AUTO_MIN_AGREEMENT)
+    decision = _decision_path(spec, AUTO_MIN_AGREEMENT, sample(spec, shards, 256))
     decision.parent.mkdir(parents=True)
     decision.write_text(json.dumps({"quantization": "dynamic-int8", "dtype": "float32"}))
-    assert measure(spec, [batch]).precision == "quantization auto: dynamic-int8, as decided here before"
+    assert measure(spec, [batch], shards).precision == ("quantization auto: dynamic-int8, as decided here before on "
+                                                        "this job's sample")
+    kept = measure(spec, [batch], shards, {"quantization": "none", "dtype": "float32"})  # a resumed output's
+    assert kept.precision == "quantization auto: float32, as the output's earlier runs chose (a run keeps it)"
 
 
 def test_a_cluster_yaml_of_another_tool_in_the_working_directory_is_passed_over(tiny_models, tmp_path):

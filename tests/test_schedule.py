@@ -113,7 +113,8 @@ class NoRay:
         self.fail_with = fail_with  # a shard file name whose runs always fail
         self.error = error  # what they fail with
 
-    def __call__(self, spec, *, address=None, overwrite=False, shards=None, before_visible=None) -> RunSummary:
+    def __call__(self, spec, *, address=None, overwrite=False, shards=None, before_visible=None,
+                 precision=None) -> RunSummary:
         self.calls.append({"output": spec.output.path, "shards": [s.uri for s in shards], "overwrite": overwrite})
         if len(self.calls) <= self.fail_first:
             raise PipelineError("the cluster went away")
@@ -132,7 +133,8 @@ class Committing:
     def __init__(self) -> None:
         self.fail_first: set[str] = set()
 
-    def __call__(self, spec, *, address=None, overwrite=False, shards=None, before_visible=None) -> RunSummary:
+    def __call__(self, spec, *, address=None, overwrite=False, shards=None, before_visible=None,
+                 precision=None) -> RunSummary:
         out = OutputDir(spec.output.path)
         if overwrite:
             out.clear()
@@ -277,6 +279,32 @@ def test_three_ticks_score_only_new_and_changed_shards_exactly_once(ray_session,
     query = (f"select count(*), count(distinct id), min(run) "
              f"from read_parquet('{tmp_path}/out/run=*/*.parquet', hive_partitioning=true)")
     assert duckdb.sql(query).fetchall() == [(20, 20, datetime(2026, 11, 28, 2, 0))]
+
+
+def test_a_scheduled_auto_job_keeps_one_precision_over_its_runs(ray_session, classifier, tmp_path):
+    """Each tick's new partition took quantization auto's kept decision anew: a decision made again since (the cache
+    deleted, another node's cache) put two precisions in one job, and the ledger said only 'auto'. The job's first
+    run decides; later runs with the same model keep it, and the ledger and `pipelines runs` say which."""
+    raw = raw_job(tmp_path, classifier)
+    raw["model"] = {"name": classifier, "quantization": "auto", "fidelity": {"rows": 12},
+                    "cache_dir": str(tmp_path / "cache")}
+    (tmp_path / "in").mkdir()
+    spec = spec_from_dict(raw)
+    add_shard(tmp_path, "a.jsonl", rows("a", 12))
+    run_due(spec, now=day(1, hours=0.01))
+    first = json.loads((tmp_path / "out" / "run=2026-11-28T02:00:00Z" / "_job.json").read_text())["precision"]
+    other = ({"quantization": "none", "dtype": "float32"} if first["quantization"] == "dynamic-int8"
+             else {"quantization": "dynamic-int8", "dtype": "float32"})
+    for kept in (tmp_path / "cache" / "precision").glob("*.json"):  # a decision made again, with another outcome
+        kept.write_text(json.dumps({**json.loads(kept.read_text()), **other, "fidelity": None}))
+
+    add_shard(tmp_path, "b.jsonl", rows("b", 12))
+    run_due(spec, now=day(2, hours=0.01))
+    second = json.loads((tmp_path / "out" / "run=2026-11-29T02:00:00Z" / "_job.json").read_text())["precision"]
+    assert second == first
+    assert [e["precision"] for e in closing_lines(tmp_path)] == [first, first]
+    label = first["quantization"] if first["quantization"] != "none" else first["dtype"]
+    assert f"(auto: {label})" in render_table(Ledger(str(tmp_path / "out")).read())
 
 
 def test_a_killed_run_is_completed_by_the_next_tick(ray_session, classifier, tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ from pipelines.io.reader import group_shards
 from pipelines.io.shards import list_shards
 from pipelines.planning.hardware import Cluster, read_cluster, this_machine_cpus
 from pipelines.planning.inputs import COUNT_LIMIT, actor_batches, pick_batches, read_batches, read_blocks, survey
-from pipelines.planning.progress import output_plan
+from pipelines.planning.progress import output_plan, recorded_precision
 from pipelines.planning.records import InputPlan, ModelPlan, OutputPlan, Plan, TokenPlan
 from pipelines.runner import columns_of
 from pipelines.spec import JobSpec
@@ -68,7 +68,7 @@ def build_plan(
         from pipelines.planning.measure import estimates
         from pipelines.planning.measure import measure as run_sample
 
-        plan.measurement = run_sample(spec, tables)
+        plan.measurement = run_sample(spec, tables, shards, recorded_precision(spec))
         todo = plan.output.rows_todo if plan.output and plan.output.state in ("resume", "scheduled") else 0
         plan.estimates = estimates(spec, todo or inputs.rows, plan.measurement, model.fits, nodes)
     plan.problems = problems(spec, inputs, tokens, model, nodes, plan.output)

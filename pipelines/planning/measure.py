@@ -13,13 +13,14 @@ import logging
 import math
 import resource
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.io.block import PADDED, TOKENS
+from pipelines.io.shards import Shard
 from pipelines.planning.hardware import Cluster, this_machine_cpus
 from pipelines.planning.records import Estimate, Fit, Measurement
 from pipelines.spec import JobSpec
@@ -29,8 +30,12 @@ log = logging.getLogger(__name__)
 ACTOR_COUNTS = (1, 2, 4, 8)
 
 
-def measure(spec: JobSpec, batches: list[pa.Table]) -> Measurement:
-    """Load the model once and predict the sampled batches; time both."""
+def measure(
+    spec: JobSpec, batches: list[pa.Table], shards: Sequence[Shard] = (), recorded: dict[str, str] | None = None
+) -> Measurement:
+    """Load the model once and predict the sampled batches; time both. ``quantization: auto`` is measured at the
+    precision a run would take: ``recorded`` (what the output keeps), else the decision kept here for the job's
+    fidelity sample of ``shards``, else float32."""
     import torch
 
     from pipelines.fidelity import concrete, planned_precision
@@ -40,7 +45,7 @@ def measure(spec: JobSpec, batches: list[pa.Table]) -> Measurement:
         here.model.device = "cpu"
     precision = None
     if here.model.quantization == "auto":  # decided when a run starts: the decision kept here, else float32
-        chosen, precision = planned_precision(spec)  # kept under the spec's own device setting
+        chosen, precision = planned_precision(spec, list(shards), recorded)  # under the spec's own device setting
         here = concrete(here, chosen)
     with quiet("bitsandbytes"):  # on CPU, bitsandbytes logs a warning for every int8 matmul
         return _measure(here, batches).model_copy(update={"precision": precision})

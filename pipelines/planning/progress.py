@@ -90,3 +90,22 @@ def _tick(spec: JobSpec, shards: list[Shard], rows: dict[str, int]) -> OutputPla
     )
     return OutputPlan(path=spec.output.path, state="scheduled", shards_done=len(done),
                       rows_done=sum(rows[s.key] for s in done), shards_todo=len(todo), rows_todo=count, note=note)
+
+
+def recorded_precision(spec: JobSpec) -> dict[str, str] | None:
+    """The precision ``quantization: auto`` keeps for the job's next run: the one its output's first run chose (a
+    scheduled job's: its newest run's with the last run's model); None where none is recorded."""
+    if spec.model.quantization != "auto":
+        return None
+    from pipelines.output.commit import OutputDir
+    from pipelines.schedule.executor import ScheduledJob, _no_runner
+
+    try:
+        if spec.schedule is not None:
+            job = ScheduledJob(spec, None, _no_runner)
+            last = job.history().last_model()
+            return job.kept_precision(last[0]) if last else None
+        recorded = OutputDir(spec.output.path).job()
+    except (PipelineError, OSError):
+        return None
+    return recorded.precision if recorded and recorded.spec_hash == spec.fingerprint() else None

@@ -42,7 +42,7 @@ from pipelines.output.lock import JobLock, output_lock
 from pipelines.output.object_lock import ObjectLock
 from pipelines.output.records import HASH_VERSION, RunSummary
 from pipelines.schedule.ledger import History, Ledger, LedgerEntry, LedgerInput
-from pipelines.schedule.lineage import model_lineage
+from pipelines.schedule.lineage import model_lineage, same_model
 from pipelines.schedule.planner import HeldCommit, PartitionState, Planner, Retirement, RunPlan
 from pipelines.schedule.ticks import Decision, decide, run_id
 from pipelines.spec import JobSpec
@@ -347,9 +347,10 @@ class ScheduledJob:
             if shard.key in replaces:
                 self.retire_shard(replaces[shard.key], shard.key)
 
+        precision = None if plan.entry.rescore else self.kept_precision(plan.entry.model)
         try:
             summary = self.runner(partition_spec(self.spec, run), address=self.address, overwrite=plan.overwrite,
-                                  shards=plan.shards, before_visible=retire_older)
+                                  shards=plan.shards, before_visible=retire_older, precision=precision)
         except Exception as exc:
             self.ledger.append(planned.model_copy(update={
                 "status": "failed", "error": str(exc), "finished_at": _now_iso(),
@@ -370,9 +371,22 @@ class ScheduledJob:
             "rows_out": summary.rows_out,
             "errors": summary.errors,
             "rows_this_run": summary.rows_this_run,
+            "precision": summary.precision,
             "finished_at": _now_iso(),
             "wall_s": round(time.monotonic() - start, 3),
         }))
+
+    def kept_precision(self, model: dict | None) -> dict[str, str] | None:
+        """What ``quantization: auto`` chose for this job's newest run with this model and spec (from its
+        partition's ``_job.json``): a scheduled job keeps one precision over its runs, as one output does, so
+        that its partitions are comparable. None where no such run chose one (a rescore decides again)."""
+        if self.spec.model.quantization != "auto":
+            return None
+        for run, entry in reversed(self.history().latest().items()):
+            recorded = OutputDir(partition_path(self.spec, run)).job() if same_model(entry.model, model) else None
+            if recorded and recorded.precision and recorded.spec_hash == self.spec.fingerprint():
+                return recorded.precision
+        return None
 
     def committed_inputs(self, run: str) -> list[LedgerInput]:
         records = OutputDir(partition_path(self.spec, run)).commits().values()

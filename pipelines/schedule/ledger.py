@@ -17,6 +17,7 @@ Fields of a line:
 ``replaces``   ``{shard key: run}``: shards whose earlier version, in that run, this run supersedes
 ``model``      lineage: name, revision, commit or content_hash, quantization, dtype
 ``model_changed``  ``{"from": lineage, "to": lineage}`` when the model differs from the previous run's
+``precision``  ``{quantization, dtype}`` that ``quantization: auto`` ran at (a succeeded line)
 ``spec_hash``, ``rows_in``, ``rows_out``, ``errors``, ``shards``, ``started_at``, ``finished_at``,
 ``wall_s``, ``host``, ``pid``, ``error``, ``note``, ``missed``
 
@@ -79,6 +80,7 @@ class LedgerEntry(BaseModel):
     replaces: dict[str, str] = Field(default_factory=dict)
     model: dict[str, Any] | None = None
     model_changed: dict[str, Any] | None = None
+    precision: dict[str, str] | None = None  # what quantization: auto ran at (a succeeded run's line)
     spec_changed: dict[str, Any] | None = None
     spec_hash: str | None = None
     hash_version: int = 1  # 2 where spec_hash covers output.prediction_prefix (lines written before: 1)
@@ -239,14 +241,18 @@ class History:
 COLUMNS = ("tick", "run", "kind", "status", "shards", "rows", "errors", "model", "wall_s", "note")
 
 
-def model_label(model: dict | None) -> str:
-    """``name@revision#hash (quantization)`` in a dozen characters or so."""
+def model_label(model: dict | None, precision: dict[str, str] | None = None) -> str:
+    """``name@revision#hash (quantization)`` in a dozen characters or so; ``(auto: bfloat16)`` with the precision
+    that ``quantization: auto`` ran at."""
     if not model:
         return ""
     name = str(model.get("name", "?")).rstrip("/").rsplit("/", 1)[-1]
     pin = model.get("commit") or model.get("content_hash") or model.get("revision")
     label = f"{name}@{str(pin)[:8]}" if pin else name
     quant = model.get("quantization")
+    if quant == "auto" and precision:
+        chosen = precision.get("quantization")
+        quant = f"auto: {chosen if chosen != 'none' else precision.get('dtype')}"
     return f"{label} ({quant})" if quant and quant != "none" else label
 
 
@@ -287,7 +293,7 @@ def _row(entry: LedgerEntry, base: str) -> dict[str, str]:
         "shards": "" if shards is None else str(len(shards)),
         "rows": _count(entry.rows_out),
         "errors": _count(entry.errors),
-        "model": model_label(entry.model),
+        "model": model_label(entry.model, entry.precision),
         "wall_s": f"{entry.wall_s:.1f}" if entry.wall_s is not None else "",
         "note": "; ".join(notes),
     }
