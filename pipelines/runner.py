@@ -37,7 +37,7 @@ from pipelines.io.reader import (
     read_shard,
     reference_types,
 )
-from pipelines.io.shards import Shard, is_within, list_shards, real_path, resolve
+from pipelines.io.shards import Shard, UnderFolder, is_within, list_shards, real_path, resolve
 from pipelines.output import report as pages
 from pipelines.output import summary as summaries
 from pipelines.output.commit import OutputDir, OutputFiles, changed_inputs
@@ -379,14 +379,16 @@ def _run_locked(
 
 def check_paths(spec: JobSpec) -> None:
     """An output path that is, or holds, an input location is refused: the job would score or delete its input.
-    Local paths are compared as written and with their symbolic links resolved (a link to the input is the input)."""
+    Local paths are compared as written, with their symbolic links resolved (a link to the input is the input), and
+    by the folders' identity (a bind mount of the input is the input)."""
     out_fs, out_path = resolve(spec.output.path)
     out_real = real_path(out_fs, out_path)
+    in_output = UnderFolder(out_fs, out_path)  # the output folder through any path to it (a bind mount)
     for location in spec.input.paths:
         fs, path = resolve(location)
         base = path.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0].rstrip("/") or "/"
         pairs = ((base, out_path), (path, out_path), (real_path(fs, base), out_real))
-        if type(fs) is type(out_fs) and any(is_within(inner, outer) for inner, outer in pairs):
+        if type(fs) is type(out_fs) and (any(is_within(inner, outer) for inner, outer in pairs) or in_output(base)):
             raise PipelineError(
                 f"output.path {spec.output.path} is, or holds, the input {location}; the job would read its own "
                 "output and --overwrite could delete input files: choose an output.path outside the input"

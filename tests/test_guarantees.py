@@ -430,6 +430,41 @@ def test_a_symbolic_link_hides_neither_the_input_from_the_output_check_nor_the_o
     ]
 
 
+@pytest.fixture()
+def bind_mount():
+    """``bind(source, target)``: mounts source's folder at target too (root only), unmounted after the test."""
+    mounted: list[Path] = []
+
+    def bind(source: Path, target: Path) -> None:
+        target.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"no bind mount here: {done.stderr.strip()}")
+        mounted.append(target)
+
+    yield bind
+    for target in reversed(mounted):
+        subprocess.run(["umount", str(target)], check=False)
+
+
+def test_an_output_folder_that_is_an_input_folder_by_another_path_is_seen_for_what_it_is(tmp_path, bind_mount):
+    """A bind mount is a second path to one folder that neither the paths nor their links resolved tell apart: an
+    output bound inside the input folder had its part files read back as new input by the next run (which then
+    quarantined them all as rows without text, and failed), and an output bound onto the input folder itself was not
+    refused (--overwrite there deletes input files)."""
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": "a", "text": "x"}])
+    (tmp_path / "in" / "out").mkdir()
+    bind_mount(tmp_path / "in" / "out", tmp_path / "bound")  # output.path: bound, the same folder as in/out
+    write_jsonl(tmp_path / "bound" / "part-a-00000.jsonl", [{"id": "a", "p_label": "x"}])  # a committed part
+    assert [s.name for s in list_shards([str(tmp_path / "in")], exclude=[str(tmp_path / "bound")])] == ["a.jsonl"]
+
+    bind_mount(tmp_path / "in", tmp_path / "alias")
+    raw = {"input": {"paths": [str(tmp_path / "in")]}, "model": {"name": "m"},
+           "task": {"type": "text-classification"}, "output": {"path": str(tmp_path / "alias")}}
+    with pytest.raises(PipelineError, match="is, or holds, the input"):
+        check_paths(spec_from_dict(raw))
+
+
 def test_overwrite_keeps_its_own_lock_and_names_that_only_start_like_ours(ray_session, tiny_models, tmp_path):
     # --overwrite used to delete every top-level entry whose name *starts with* a bookkeeping name: the
     # run's own _run.lock (so a second run got the lock and wrote the same output at once) and a

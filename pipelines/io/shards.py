@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import re
+import stat
 import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -244,6 +245,44 @@ def real_path(fs: pafs.FileSystem, path: str) -> str:
     return os.path.realpath(path) if isinstance(fs, pafs.LocalFileSystem) else path
 
 
+class UnderFolder:
+    """Whether a local path lies in a folder (or is it), by the folder's identity (device and inode): the same
+    through every path to it, which a comparison of paths misses (a bind mount of the folder elsewhere, or
+    another spelling of a name on a disk that ignores case). Each folder is looked at once."""
+
+    def __init__(self, fs: pafs.FileSystem, folder: str) -> None:
+        self.identity = _identity(folder) if isinstance(fs, pafs.LocalFileSystem) else None
+        self.seen: dict[str, bool] = {}
+
+    def __call__(self, path: str) -> bool:
+        if self.identity is None:
+            return False
+        walked: list[str] = []
+        folder, found = path, False
+        while True:
+            if folder in self.seen:
+                found = self.seen[folder]
+                break
+            walked.append(folder)
+            if _identity(folder) == self.identity:
+                found = True
+                break
+            parent = os.path.dirname(folder)
+            if parent == folder:
+                break
+            folder = parent
+        self.seen.update(dict.fromkeys(walked, found))
+        return found
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return (found.st_dev, found.st_ino) if stat.S_ISDIR(found.st_mode) else None
+
+
 def list_shards(
     paths: list[str], wanted_format: str = "auto", exclude: Sequence[str] = (), empty_is_no_input: bool = False
 ) -> list[Shard]:
@@ -261,6 +300,7 @@ def list_shards(
     """
     shards: dict[str, Shard] = {}
     skipped = [(xfs, xpath, real_path(xfs, xpath)) for xfs, xpath in map(resolve, exclude)]
+    aliases = [UnderFolder(xfs, xpath) for xfs, xpath in map(resolve, exclude)]  # reached by another path
     for location in paths:
         root, files = _expand(location)
         fs, path = resolve(location)
@@ -275,7 +315,7 @@ def list_shards(
             if any(
                 type(fs) is type(xfs) and (is_within(info.path, xpath) or is_within(real_path(fs, info.path), xreal))
                 for xfs, xpath, xreal in skipped
-            ):
+            ) or (isinstance(fs, pafs.LocalFileSystem) and any(under(info.path) for under in aliases)):
                 left_out += 1
                 continue
             name = info.path[len(root) :].lstrip("/") if is_within(info.path, root) else info.base_name
