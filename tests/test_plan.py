@@ -409,3 +409,24 @@ def test_a_cluster_yaml_of_another_tool_in_the_working_directory_is_passed_over(
     assert done.returncode == 0, done.stderr[-2000:]
     assert "warning: ./cluster.yaml passed over, no GPU node types sized" in done.stderr
     assert [f["target"] for f in json.loads(done.stdout)["model"]["fits"]] == ["this machine"]
+
+
+def test_a_sampled_plan_is_a_fair_spread_of_the_input(tiny_models, tmp_path):
+    """A read task's rows are sorted by length, so its batches are length bands: a sample of whole batches was one
+    band (no long row in it, 'none found', tokens far too few) where a tenth of the rows are too long."""
+    rows = [{"id": f"r{i:03d}", "text": LONG if i % 10 == 3 else SENTENCES[i % len(SENTENCES)]} for i in range(200)]
+    write_parquet(tmp_path / "in" / "a.parquet", rows[:100])
+    write_parquet(tmp_path / "in" / "b.parquet", rows[100:])
+    spec = make_spec(tiny_models("classifier"), {"type": "text-classification"}, tmp_path / "out",
+                     input={"paths": [str(tmp_path / "in")]}, batching={"batch_size": 32, "max_length": 48},
+                     errors={"too_long": "error", "max_rate": 0.05})
+    truth = build_plan(spec, "job", sample=1000, cpus=2).tokens
+    assert truth.covers_input and truth.quarantined == {"text longer than max_length": 20}
+    for sample in (32, 64, 100):
+        plan = build_plan(spec, "job", sample=sample, cpus=2)
+        tokens = plan.tokens
+        assert not tokens.covers_input and tokens.sample_rows == sample
+        too_long = tokens.quarantined.get("text longer than max_length", 0)
+        assert abs(too_long - sample / 10) <= 1, (sample, tokens.quarantined)  # a tenth, to a row
+        assert abs(tokens.tokens_total - truth.tokens_total) <= 0.05 * truth.tokens_total, (sample, tokens)
+        assert any("over errors.max_rate" in line for line in plan.problems), (sample, plan.problems)

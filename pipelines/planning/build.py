@@ -54,8 +54,8 @@ def build_plan(
     task_bytes = [sum(inputs.shards[i].bytes for i in group) for group in groups]
     blocks = read_blocks(rows, task_bytes, cpus or this_machine_cpus())
     batches = list(actor_batches(blocks, spec.batching.batch_size))
-    picked = pick_batches(batches, sample, spec.batching.batch_size)
-    covers = len(picked) == len(batches) and inputs.rows_exact
+    picked = pick_batches(batches, rows, sample, spec.batching.batch_size)
+    covers = sum(rows) <= sample and inputs.rows_exact
     tables = read_batches([[shards[i] for i in group] for group in groups], columns_of(spec, shards), picked)
     told = {s.key: c.rows for s, c in zip(shards, inputs.shards) if c.records is not None}
     tokens = token_plan(context, spec, tables, inputs.rows, covers, told)

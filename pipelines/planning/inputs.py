@@ -10,9 +10,11 @@ run, which counts the rows it can tell of it. Light: pyarrow and numpy.
 
 from __future__ import annotations
 
+import bisect
 import codecs
 import gzip
 import io
+import itertools
 import logging
 import math
 from collections import Counter
@@ -202,26 +204,44 @@ def _cut(bundle: list[Segment], batch_size: int) -> Iterator[list[Segment]]:
         yield batch
 
 
-def pick_batches(batches: list[list[Segment]], sample: int, batch_size: int) -> list[list[Segment]]:
-    """Whole batches spread evenly over the input, holding at least ``sample`` rows (all when fewer)."""
-    total = sum(s.stop - s.start for batch in batches for s in batch)
-    if total <= sample:
+def pick_batches(batches: list[list[Segment]], rows: list[int], sample: int, batch_size: int) -> list[list[Segment]]:
+    """The batches to tokenize: all of ``batches`` when the input (``rows``: each read task's) holds no more than
+    ``sample`` rows, else ``sample`` rows spread evenly over the input (:func:`spread_rows`)."""
+    if sum(rows) <= sample:
         return batches
-    wanted = min(len(batches), max(1, math.ceil(sample / batch_size)))
-    picked = sorted({math.floor((i + 0.5) * len(batches) / wanted) for i in range(wanted)})
-    return [batches[i] for i in picked]
+    return spread_rows(rows, sample, batch_size)
+
+
+def spread_rows(rows: list[int], sample: int, batch_size: int) -> list[list[Segment]]:
+    """``sample`` rows of the input, the middle one of each of ``sample`` equal stretches of it, in batches of
+    ``batch_size``; ``rows``: each read task's.
+
+    A read task yields its rows sorted by length, so an actor batch is one band of lengths: a sample of whole
+    batches saw a band or two, not the spread (none of the long rows, or only those). Rows at even steps through
+    every read task's rows take each band in proportion (a sample stratified by length), the same rows each time.
+    """
+    starts = list(itertools.accumulate(rows, initial=0))
+    total = starts[-1]
+    segments = []
+    for i in range(sample):
+        index = math.floor((i + 0.5) * total / sample)
+        task = bisect.bisect_right(starts, index) - 1  # past the read tasks with no rows
+        segments.append(Segment(task, index - starts[task], index - starts[task] + 1))
+    return [segments[i : i + batch_size] for i in range(0, len(segments), batch_size)]
 
 
 def read_batches(tasks: list[list[Shard]], columns: Columns, batches: list[list[Segment]]) -> list[pa.Table]:
     """The rows of ``batches`` as the predictor receives them (reader's columns, bad rows marked); ``tasks``: the
-    shards of each read task."""
-    needed = sorted({s.task for batch in batches for s in batch})
-    tables = {}
-    for index in needed:
-        blocks = list(read_group(tasks[index], columns))
-        tables[index] = pa.concat_tables(blocks, promote_options="permissive")
+    shards of each read task. A read task's rows are held only until the last batch that takes some of them."""
+    last = {s.task: at for at, batch in enumerate(batches) for s in batch}
+    tables: dict[int, pa.Table] = {}
     out = []
-    for batch in batches:
+    for at, batch in enumerate(batches):
+        for index in sorted({s.task for s in batch} - tables.keys()):
+            blocks = list(read_group(tasks[index], columns))
+            tables[index] = pa.concat_tables(blocks, promote_options="permissive")
         parts = [tables[s.task].slice(s.start, s.stop - s.start) for s in batch]
         out.append(pa.concat_tables(parts, promote_options="permissive").combine_chunks())
+        for index in [task for task, final in last.items() if final == at]:
+            del tables[index]
     return out

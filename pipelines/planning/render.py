@@ -90,13 +90,13 @@ def _output(plan: Plan) -> list[str]:
 
 
 def _tokens(tokens: TokenPlan, task: str) -> list[str]:
-    scope = (
-        f"all {tokens.sample_rows:,} rows: exact"
+    batches = f"{tokens.sample_batches} batch(es) of up to {tokens.batch_size} rows"
+    lines = [
+        f"TOKENS  sample: all {tokens.sample_rows:,} rows, in {batches} as actors get them: exact"
         if tokens.covers_input
-        else f"{tokens.sample_rows:,} rows, scaled to the input: estimated"
-    )
-    lines = [f"TOKENS  sample: {tokens.sample_batches} batch(es) of up to {tokens.batch_size} rows as actors get them; "
-             f"{scope}"]
+        else f"TOKENS  sample: {tokens.sample_rows:,} rows spread evenly over the input, in {batches}; scaled to the "
+        "input: estimated"
+    ]
     dist = tokens.feature_tokens
     lengths = (
         f"mean {dist.mean:g}, p50 {dist.p50}, p90 {dist.p90}, p99 {dist.p99}, max {dist.max}" if dist else "none"
@@ -108,13 +108,14 @@ def _tokens(tokens: TokenPlan, task: str) -> list[str]:
         else f"{tokens.truncated_rows:,} row(s) in the sample"
     )
     efficiency = "-" if tokens.padding_efficiency is None else f"{tokens.padding_efficiency:.3f}"
+    spread = "" if tokens.covers_input else " of the sampled rows (a run's batches hold rows closer in length)"
     pairs = [
         ("features", f"{tokens.features:,} ({tokens.features_per_row:g} per row)"),
         ("tokens per feature", f"{lengths} (max_length {tokens.max_length})"),
         ("cut at max_length", truncated),
         ("real tokens", f"{tokens.tokens_total:,} in the input"),
         ("padding efficiency", f"{efficiency}: {tokens.padded:,} tokens computed for {tokens.tokens:,} in "
-                               f"{tokens.micro_batches:,} micro-batches"),
+                               f"{tokens.micro_batches:,} micro-batches{spread}"),
         ("rows out", f"{tokens.rows_out:,} ({sum(tokens.quarantined.values()):,} quarantined in the sample)"),
     ]
     return lines + [f"  {k:<19} {v}" for k, v in pairs]
