@@ -11,6 +11,7 @@ import pytest
 from helpers import SENTENCES, make_spec, read_output, write_jsonl, write_parquet
 
 from pipelines.errors import PipelineError
+from pipelines.output.summary import render
 from pipelines.runner import run_job
 from pipelines.spec import spec_from_dict
 
@@ -97,6 +98,28 @@ def test_ground_truth_agreement_and_prefix(ray_session, tiny_models, shards, tmp
     matches = np.mean(np.array(table.column("label").to_pylist()) == np.array(table.column("predicted_label").to_pylist()))
     assert agreement["accuracy"] == pytest.approx(matches, abs=1e-4)
     assert sum(sum(r.values()) for r in agreement["confusion"].values()) == 24
+
+
+def test_rows_without_a_truth_label_are_left_out_of_the_agreement(ray_session, tiny_models, shards, tmp_path):
+    """A null truth label was a truth class of its own ("None"), every such row a disagreement: 10 of 50 rows
+    without a label made 52.5% of 40 read 42.0% of 50."""
+    folder, rows = shards
+    unlabeled = [{**row, "id": f"u{i:02d}", "label": None} for i, row in enumerate(rows[:6])]
+    write_parquet(folder / "d.parquet", unlabeled)
+    spec = job(tiny_models("nli"), {"type": "zero-shot-classification", "candidate_labels": ["pos", "neg"]},
+               shards, tmp_path, input={"label_column": "label"}, output={"prediction_prefix": "predicted_"})
+    summary = run_job(spec)
+    table = read_output(spec.output.path).to_pydict()
+    labeled = [(t, p) for t, p in zip(table["label"], table["predicted_label"]) if t is not None]
+    assert summary.rows_out == 30 and len(labeled) == 24
+    assert summary.agreement is not None and summary.agreement.rows == 24
+    assert set(summary.agreement.confusion) <= {"pos", "neg"}
+    assert summary.agreement.accuracy == pytest.approx(np.mean([t == p for t, p in labeled]), abs=1e-4)
+    said = f"{summary.agreement.accuracy:.1%} of the 24 rows with a truth label"
+    assert f"agreement with ground truth: {said}" in render(summary)
+    page = (tmp_path / "out" / "_report.html").read_text()
+    assert said in page and "None" not in json.loads((tmp_path / "out" / "_run.json").read_text())["agreement"][
+        "confusion"]
 
 
 def test_rerun_of_a_finished_job_writes_nothing(ray_session, tiny_models, shards, tmp_path):

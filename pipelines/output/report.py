@@ -35,7 +35,7 @@ from pipelines.output import layout
 from pipelines.output.layout import COMMITS, JOB, LEDGER, PARTITION, REPORT, RUN
 from pipelines.output.openai_batch import OpenAIBatchFiles
 from pipelines.output.records import CommitRecord, Fidelity, JobRecord, RunSummary
-from pipelines.output.summary import fidelity_line
+from pipelines.output.summary import agreement_line, fidelity_line
 
 log = logging.getLogger(__name__)
 
@@ -313,8 +313,7 @@ def _facts(summary: RunSummary | None, data: RunData) -> str:
         ("spec hash", summary.spec_hash),
     ]
     if summary.agreement:
-        rows.append(("agreement with ground truth",
-                     f"{summary.agreement.accuracy:.1%} of {summary.agreement.rows:,} rows"))
+        rows.append(("agreement with ground truth", agreement_line(summary.agreement)))
     if summary.fidelity:
         rows.append(("quantization fidelity", fidelity_line(summary.fidelity)))
     if summary.started_at:

@@ -217,9 +217,11 @@ def error_records(bad: pa.Table, config: StagingConfig) -> pa.Table:
 
 
 def confusion(good: pa.Table, config: StagingConfig) -> Confusion:
-    """Counts of (ground truth, prediction) pairs: {truth: {predicted: n}}."""
+    """Counts of (ground truth, prediction) pairs: {truth: {predicted: n}}, over the rows that have a truth label
+    (a null one is no truth to agree with)."""
     if not config.truth_column or not config.predicted_column or good.num_rows == 0:
         return {}
+    good = good.filter(good.column(config.truth_column).is_valid())
     truth = good.column(config.truth_column).cast(pa.string()).to_numpy(zero_copy_only=False)
     predicted = good.column(config.predicted_column).cast(pa.string()).to_numpy(zero_copy_only=False)
     counts: Confusion = {}

@@ -98,12 +98,15 @@ def render(summary: RunSummary) -> str:
     for found in summary.unreadable_files:
         lines.append(f"unreadable input file: {found.uri} ({found.rows_told()}): {found.reason}")
     if summary.agreement:
-        lines.append(
-            f"agreement with ground truth: {summary.agreement.accuracy:.1%} of {summary.agreement.rows:,} rows"
-        )
+        lines.append(f"agreement with ground truth: {agreement_line(summary.agreement)}")
     if summary.fidelity:
         lines.append(f"quantization fidelity: {fidelity_line(summary.fidelity)}")
     return "\n".join(lines)
+
+
+def agreement_line(result: Agreement) -> str:
+    """Accuracy and over how many rows: those with a truth label (rows without one are left out)."""
+    return f"{result.accuracy:.1%} of the {result.rows:,} rows with a truth label"
 
 
 def fidelity_line(result: Fidelity) -> str:
