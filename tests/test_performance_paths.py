@@ -219,6 +219,9 @@ def test_quantization_auto_is_decided_once_and_said(ray_session, tiny_models, tm
     summary = run_job(spec_from_dict(raw))
     chosen = json.loads((tmp_path / "out" / "_job.json").read_text())["precision"]
     assert chosen == summary.precision and chosen["quantization"] in ("dynamic-int8", "none")
+    said = chosen["quantization"] if chosen["quantization"] != "none" else chosen["dtype"]
+    # the page said only "(auto, cpu)": the precision the run used was in _run.json and the terminal summary alone
+    assert f"(quantization auto: {said}, cpu)" in (tmp_path / "out" / "_report.html").read_text()
     assert summary.fidelity is None or summary.fidelity.agreement >= 0.99
     [kept] = list((tmp_path / "cache" / "precision").glob("*.json"))
     timeline = summary.timeline

@@ -35,7 +35,7 @@ from pipelines.output import layout
 from pipelines.output.layout import COMMITS, JOB, LEDGER, PARTITION, REPORT, RUN
 from pipelines.output.openai_batch import OpenAIBatchFiles
 from pipelines.output.records import CommitRecord, Fidelity, JobRecord, RunSummary
-from pipelines.output.summary import agreement_line, fidelity_line
+from pipelines.output.summary import agreement_line, fidelity_line, precision_said
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +303,7 @@ def _facts(summary: RunSummary | None, data: RunData) -> str:
         return "<p class='none'>No run summary (_run.json) here yet: the run has not finished.</p>"
     rows = [
         ("status", summary.status),
-        ("model", f"{summary.model.name} ({summary.quantization}, {summary.device})"),
+        ("model", f"{summary.model.name} ({precision_said(summary)}, {summary.device})"),
         ("task", summary.task),
         ("rows", f"{summary.rows_out:,} written, {summary.errors:,} quarantined of {summary.rows_in:,}"),
         ("shards", f"{summary.shards} ({summary.shards_this_run} this run)"),

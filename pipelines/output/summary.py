@@ -69,7 +69,8 @@ def build(
     )
 
 
-def _precision(summary: RunSummary) -> str:
+def precision_said(summary: RunSummary) -> str:
+    """The spec's quantization; under ``auto``, the precision the run took (``precision`` in ``_run.json``)."""
     if summary.quantization == "auto" and summary.precision:
         chosen = summary.precision
         return f"quantization auto: {chosen['quantization'] if chosen['quantization'] != 'none' else chosen['dtype']}"
@@ -81,7 +82,7 @@ def render(summary: RunSummary) -> str:
     lines = [
         f"{summary.status}: {summary.rows_out:,} rows written, {summary.errors:,} quarantined "
         f"of {summary.rows_in:,} ({summary.shards} shards, {summary.shards_this_run} this run)",
-        f"model {summary.model.name} ({_precision(summary)}, {summary.device}), task {summary.task}",
+        f"model {summary.model.name} ({precision_said(summary)}, {summary.device}), task {summary.task}",
     ]
     if summary.rows_per_s is not None and summary.rows_this_run:
         split = ""
