@@ -54,7 +54,10 @@ def sample(spec: JobSpec, shards: list[Shard], rows: int) -> pa.Table:
 
 
 def check(spec: JobSpec, shards: list[Shard], rows: int | None = None) -> Fidelity:
-    """Measure fidelity in this process; raises PipelineError for a model that is not quantized."""
+    """Measure fidelity in this process; raises PipelineError for a model that is not quantized.
+
+    The result's ``wall_s`` is the whole check's: the sample read and every model loaded and scored on it (under
+    ``quantization: auto``, float32 and each candidate, not the chosen one's alone)."""
     if not is_quantized(spec):
         raise PipelineError(
             "model.quantization is none: there is nothing to compare; check a quantized model, "
@@ -62,10 +65,10 @@ def check(spec: JobSpec, shards: list[Shard], rows: int | None = None) -> Fideli
         )
     from pipelines.inference.fidelity import measure
 
+    start = time.monotonic()
     picked = sample(spec, shards, rows or _rows(spec))
-    if spec.model.quantization == "auto":
-        return _check_auto(spec, picked)
-    return judge(spec, measure(spec, picked))
+    result = _check_auto(spec, picked) if spec.model.quantization == "auto" else judge(spec, measure(spec, picked))
+    return result.model_copy(update={"wall_s": round(time.monotonic() - start, 3)})
 
 
 def _check_auto(spec: JobSpec, picked: pa.Table) -> Fidelity:
