@@ -158,6 +158,12 @@ def test_an_unreadable_files_rows_are_planned_as_the_run_counts_them(ray_session
     assert sum(plan.tokens.quarantined.values()) == summary.errors == summary.rows_in - 20
     assert plan.tokens.rows_out == 20
     assert any("over errors.max_rate" in line for line in plan.problems)
+    # a plan of a sample of the input counts the unreadable file apart, exactly: scaled with the sample, its rows
+    # were taken for a rate of bad rows over the whole input (or, out of the sample, left out)
+    sampled = build_plan(spec, "job", sample=10, cpus=2)
+    assert not sampled.tokens.covers_input and sampled.tokens.rows_out == 20
+    assert sum(sampled.tokens.unreadable_quarantined.values()) == summary.errors
+    assert any("over errors.max_rate" in line for line in sampled.problems)
 
 
 def test_batches_are_formed_as_ray_data_forms_them():
@@ -430,3 +436,24 @@ def test_a_sampled_plan_is_a_fair_spread_of_the_input(tiny_models, tmp_path):
         assert abs(too_long - sample / 10) <= 1, (sample, tokens.quarantined)  # a tenth, to a row
         assert abs(tokens.tokens_total - truth.tokens_total) <= 0.05 * truth.tokens_total, (sample, tokens)
         assert any("over errors.max_rate" in line for line in plan.problems), (sample, plan.problems)
+
+
+def test_a_sampled_plan_of_many_small_files_tokenizes_the_rows_asked_for_reading_part_of_the_input(
+    tiny_models, tmp_path
+):
+    """--sample 200 over 2,000 files of 1-5 rows tokenized 43 rows (whole batches of small read tasks); the sample
+    is the rows asked for, and is taken from a part of the input, not read whole."""
+    for i in range(300):
+        write_jsonl(tmp_path / "in" / f"f{i:03d}.jsonl", [{"id": f"{i}-{j}", "text": SENTENCES[j]} for j in range(i % 3 + 1)])
+    spec = make_spec(tiny_models("classifier"), {"type": "text-classification"}, tmp_path / "out",
+                     input={"paths": [str(tmp_path / "in")]}, batching={"batch_size": 32})
+    assert build_plan(spec, "job", sample=100, cpus=2).tokens.sample_rows == 100
+
+    from pipelines.planning.inputs import SPREAD, spread_rows
+
+    # 1,000 files of 1,000 rows: a sample of 1,000 rows reads the few files, spread over the input, that hold
+    # SPREAD x 1,000 rows, not every file for one row each
+    batches = spread_rows([1000] * 1000, 1000, 256)
+    assert sum(s.stop - s.start for batch in batches for s in batch) == 1000
+    tasks = sorted({s.task for batch in batches for s in batch})
+    assert len(tasks) == SPREAD and tasks[0] < 250 and tasks[-1] >= 750

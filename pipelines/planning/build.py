@@ -14,7 +14,15 @@ from pathlib import Path
 from pipelines.io.reader import group_shards
 from pipelines.io.shards import list_shards
 from pipelines.planning.hardware import Cluster, read_cluster, this_machine_cpus
-from pipelines.planning.inputs import COUNT_LIMIT, actor_batches, pick_batches, read_batches, read_blocks, survey
+from pipelines.planning.inputs import (
+    COUNT_LIMIT,
+    actor_batches,
+    pick_batches,
+    read_batches,
+    read_blocks,
+    survey,
+    unreadable_records,
+)
 from pipelines.planning.progress import output_plan, recorded_precision
 from pipelines.planning.records import InputPlan, ModelPlan, OutputPlan, Plan, TokenPlan
 from pipelines.runner import columns_of
@@ -56,9 +64,12 @@ def build_plan(
     batches = list(actor_batches(blocks, spec.batching.batch_size))
     picked = pick_batches(batches, rows, sample, spec.batching.batch_size)
     covers = sum(rows) <= sample and inputs.rows_exact
-    tables = read_batches([[shards[i] for i in group] for group in groups], columns_of(spec, shards), picked)
+    columns = columns_of(spec, shards)
+    tables = read_batches([[shards[i] for i in group] for group in groups], columns, picked)
     told = {s.key: c.rows for s, c in zip(shards, inputs.shards) if c.records is not None}
-    tokens = token_plan(context, spec, tables, inputs.rows, covers, told)
+    partial = sum(rows) > sample  # a sample of part of the input: its unreadable files are counted, not scaled
+    apart = unreadable_records(shards, inputs.shards, columns) if partial else None
+    tokens = token_plan(context, spec, tables, inputs.rows, covers, told, apart)
     model = model_plan(spec, context, nodes)
     plan = Plan(
         job=job, name=spec.name, spec_hash=spec.fingerprint(), task=spec.task.type,
@@ -93,9 +104,14 @@ def problems(
     where = "in the input" if tokens.covers_input else f"in the sample of {tokens.sample_rows:,} rows"
     for reason, count in tokens.quarantined.items():
         found.append(f"{count:,} row(s) {where} would be quarantined: {reason}")
+    for reason, count in tokens.unreadable_quarantined.items():
+        found.append(f"{count:,} row(s) of unreadable files in the input would be quarantined: {reason}")
     if tokens.truncated_rows and spec.errors.too_long == "truncate":
         found.append(f"{tokens.truncated_rows:,} row(s) {where} are cut at max_length {tokens.max_length}")
     error_rate = sum(tokens.quarantined.values()) / tokens.sample_rows if tokens.sample_rows else 0.0
+    if tokens.unreadable_quarantined and inputs.rows:  # the sample's rate over the readable rows, and the files'
+        unreadable = sum(tokens.unreadable_quarantined.values())
+        error_rate = (error_rate * (inputs.rows - unreadable) + unreadable) / inputs.rows
     if error_rate > spec.errors.max_rate:
         found.append(
             f"{error_rate:.1%} of rows {where} are quarantined, over errors.max_rate={spec.errors.max_rate}: "

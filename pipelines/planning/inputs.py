@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.errors import first_line
+from pipelines.io.block import ROW
 from pipelines.io.reader import Columns, read_group
 from pipelines.io.reader import count_rows as reader_count_rows
 from pipelines.io.shards import Shard
@@ -212,22 +214,40 @@ def pick_batches(batches: list[list[Segment]], rows: list[int], sample: int, bat
     return spread_rows(rows, sample, batch_size)
 
 
+#: A sample of part of the input reads the read tasks that hold about this many times its rows (all of them in
+#: an input of no more): tasks spread over the input, rows spread over each, and not the whole input read.
+SPREAD = 4
+
+
 def spread_rows(rows: list[int], sample: int, batch_size: int) -> list[list[Segment]]:
-    """``sample`` rows of the input, the middle one of each of ``sample`` equal stretches of it, in batches of
-    ``batch_size``; ``rows``: each read task's.
+    """``sample`` rows of the input, in batches of ``batch_size``; ``rows``: each read task's.
 
     A read task yields its rows sorted by length, so an actor batch is one band of lengths: a sample of whole
-    batches saw a band or two, not the spread (none of the long rows, or only those). Rows at even steps through
-    every read task's rows take each band in proportion (a sample stratified by length), the same rows each time.
+    batches saw a band or two, not the spread (none of the long rows, or only those). The sample is the middle row
+    of each of ``sample`` equal stretches of the rows of read tasks spread evenly over the input (:func:`_spread`):
+    each length band in proportion (a sample stratified by length), the same rows each time.
     """
-    starts = list(itertools.accumulate(rows, initial=0))
+    tasks = _spread(rows, sample * SPREAD)
+    starts = list(itertools.accumulate((rows[t] for t in tasks), initial=0))
     total = starts[-1]
     segments = []
     for i in range(sample):
         index = math.floor((i + 0.5) * total / sample)
-        task = bisect.bisect_right(starts, index) - 1  # past the read tasks with no rows
-        segments.append(Segment(task, index - starts[task], index - starts[task] + 1))
+        at = bisect.bisect_right(starts, index) - 1  # past the read tasks with no rows
+        segments.append(Segment(tasks[at], index - starts[at], index - starts[at] + 1))
     return [segments[i : i + batch_size] for i in range(0, len(segments), batch_size)]
+
+
+def _spread(rows: list[int], wanted: int) -> list[int]:
+    """The fewest read tasks at even steps over the input that hold ``wanted`` rows (every task, if they don't)."""
+    if sum(rows) <= wanted:
+        return list(range(len(rows)))
+    count = max(1, min(len(rows), math.ceil(wanted * len(rows) / sum(rows))))
+    while True:
+        picked = sorted({math.floor((i + 0.5) * len(rows) / count) for i in range(count)})
+        if count >= len(rows) or sum(rows[t] for t in picked) >= wanted:
+            return picked
+        count = min(len(rows), count + max(1, count // 8))
 
 
 def read_batches(tasks: list[list[Shard]], columns: Columns, batches: list[list[Segment]]) -> list[pa.Table]:
@@ -245,3 +265,15 @@ def read_batches(tasks: list[list[Shard]], columns: Columns, batches: list[list[
         for index in [task for task, final in last.items() if final == at]:
             del tables[index]
     return out
+
+
+def unreadable_records(shards: list[Shard], counts: list[ShardCount], columns: Columns) -> pa.Table | None:
+    """The one record a run makes of each input file it can't read (``counts``: the shards', as :func:`survey`
+    counted them), for a sampled plan to count apart from its sample; None when every file reads."""
+    found = [
+        table.filter(pc.equal(table.column(ROW), -1))
+        for shard, count in zip(shards, counts, strict=True) if count.error
+        for table in read_group([shard], columns)
+    ]
+    found = [table for table in found if table.num_rows]
+    return pa.concat_tables(found, promote_options="permissive") if found else None

@@ -86,6 +86,8 @@ class TokenPlan(PlanRecord):
     micro_batches: int
     truncated_rows: int | None  # rows cut at max_length (None: the task windows long texts instead)
     quarantined: dict[str, int] = Field(default_factory=dict)  # in the sample, by reason
+    #: a sampled plan's unreadable files, counted apart from the sample (exact: their rows, as a run counts them)
+    unreadable_quarantined: dict[str, int] = Field(default_factory=dict)
     tokens_total: int  # whole input: exact when covers_input, else scaled by rows
     rows_out: int  # rows the job would write (whole input; exact when covers_input)
 

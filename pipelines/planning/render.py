@@ -116,7 +116,9 @@ def _tokens(tokens: TokenPlan, task: str) -> list[str]:
         ("real tokens", f"{tokens.tokens_total:,} in the input"),
         ("padding efficiency", f"{efficiency}: {tokens.padded:,} tokens computed for {tokens.tokens:,} in "
                                f"{tokens.micro_batches:,} micro-batches{spread}"),
-        ("rows out", f"{tokens.rows_out:,} ({sum(tokens.quarantined.values()):,} quarantined in the sample)"),
+        ("rows out", f"{tokens.rows_out:,} ({sum(tokens.quarantined.values()):,} quarantined in the sample"
+                     + (f", {sum(tokens.unreadable_quarantined.values()):,} in unreadable files)"
+                        if tokens.unreadable_quarantined else ")")),
     ]
     return lines + [f"  {k:<19} {v}" for k, v in pairs]
 

@@ -116,18 +116,24 @@ def tokenize_batch(
 
 def token_plan(
     context: TaskContext, spec: JobSpec, batches: list[pa.Table], input_rows: int, covers_input: bool,
-    unreadable_rows: dict[str, int] | None = None,
+    unreadable_rows: dict[str, int] | None = None, records: pa.Table | None = None,
 ) -> TokenPlan:
-    """Statistics over the sampled batches, and the whole input's tokens and output rows from them."""
+    """Statistics over the sampled batches, and the whole input's tokens and output rows from them.
+
+    ``records``: a sampled plan's unreadable files (each one record standing for its ``unreadable_rows``), counted
+    exactly and apart: scaled with the sample, one file's rows were taken for a rate of bad rows over the input."""
+    if records is not None:
+        batches = [b.filter(pc.not_equal(b.column(ROW), -1)) if ROW in b.column_names else b for b in batches]
     done = [tokenize_batch(context, spec, batch, unreadable_rows) for batch in batches]
+    apart = tokenize_batch(context, spec, records, unreadable_rows) if records is not None else None
     rows = sum(b.rows for b in done)
     lengths = np.concatenate([b.lengths for b in done]) if done else np.zeros(0, np.int64)
     per_row = np.concatenate([b.per_row for b in done]) if done else np.zeros(0, np.int64)
     tokens, padded = int(lengths.sum()), sum(b.padded for b in done)
     reasons = [r for b in done for r in b.errors]
-    quarantined = reason_counts(pa.table({ERROR: pa.array(reasons, pa.string())}))
+    quarantined = _counts(reasons)
     truncated = [b.truncated for b in done]
-    scale = input_rows / rows if rows else 0.0
+    scale = (input_rows - (apart.rows if apart else 0)) / rows if rows else 0.0
     return TokenPlan(
         sample_rows=rows,
         sample_batches=len(done),
@@ -142,10 +148,17 @@ def token_plan(
         padding_efficiency=round(tokens / padded, 4) if padded else None,
         micro_batches=sum(b.micro_batches for b in done),
         truncated_rows=None if any(t is None for t in truncated) else sum(t or 0 for t in truncated),
-        quarantined=dict(sorted(quarantined.items(), key=lambda kv: -kv[1])),
+        quarantined=quarantined,
+        unreadable_quarantined=_counts(apart.errors) if apart else {},
         tokens_total=tokens if covers_input else math.floor(tokens * scale + 0.5),
         rows_out=rows - len(reasons) if covers_input else math.floor((rows - len(reasons)) * scale + 0.5),
     )
+
+
+def _counts(reasons: list[str]) -> dict[str, int]:
+    """Rows by reason, the most first."""
+    counted = reason_counts(pa.table({ERROR: pa.array(reasons, pa.string())}))
+    return dict(sorted(counted.items(), key=lambda kv: -kv[1]))
 
 
 def distribution(values: np.ndarray) -> Distribution | None:
