@@ -301,6 +301,18 @@ def test_a_kept_column_in_no_input_file_is_said(tmp_path, caplog):
     assert said.startswith("kept column(s) 'date', 'Topic': in none of the 1 input file(s) sampled")
 
 
+def test_a_first_json_line_longer_than_the_sample_still_gives_the_kept_columns_types(tmp_path, caplog):
+    """The types sample was the first 256 KiB of a file, cut at its last newline: a first record longer than that
+    left nothing, so kept columns that every row holds were said to be in no file, and a number column was text."""
+    big = {"id": "big0", "text": "paris " * 200_000, "lab": "L0", "n": 7}
+    write_jsonl(tmp_path / "a.jsonl", [big, *({"id": f"r{i}", "text": "t", "lab": f"L{i}", "n": i} for i in range(4))])
+    with caplog.at_level("WARNING", logger="pipelines.io.reader"):
+        types, rows = _kept([tmp_path / "a.jsonl"], ("lab", "n"))
+    assert [r.getMessage() for r in caplog.records] == []
+    assert types == {"lab": pa.string(), "n": pa.int64()}
+    assert rows["big0"] == (None, "L0", 7) and rows["r3"] == (None, "L3", 3)
+
+
 def test_an_output_that_recorded_a_timestamp_for_kept_json_text_resumes_as_before(tmp_path):
     """Before kept JSON strings stayed text, pyarrow made ``"2024-01-02T10:00:00Z"`` a ``timestamp[s]`` (in UTC), and
     a job's first run recorded that type; read as text now, every such value of a resumed run was a row error."""

@@ -44,6 +44,9 @@ NOT_FETCHED = "could not fetch"
 #: committed together, when its last batch is staged.
 GROUP_BYTES = 512 << 10
 GROUP_SHARDS = 16
+#: The kept columns' types come from each JSON lines file's first 256 KiB, read on to the end of its first record
+#: (a long text) up to this many bytes.
+SAMPLE_MOST = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -609,9 +612,10 @@ def reference_types(shards: list[Shard], columns: Columns, sample_bytes: int = 1
     """Types of the passed-through columns, unified over every shard that can be sampled.
 
     Parquet types come from each file's footer, JSON lines types from the first ``sample_bytes``
-    of each file. A column that is an integer in one shard and a float in another is a float; one
-    whose types don't agree otherwise is a string (every value cast to its text); a column found in
-    no shard is a string. Unreadable shards are skipped (they are reported when they are read).
+    of each file, read on to the end of its first record (see :func:`_sample_head`). A column that is
+    an integer in one shard and a float in another is a float; one whose types don't agree otherwise is
+    a string (every value cast to its text); a column found in no shard is a string. Unreadable shards
+    are skipped (they are reported when they are read).
     """
     seen: dict[str, list[pa.DataType]] = {name: [] for name in columns.keep}
     present: set[str] = set()
@@ -629,9 +633,9 @@ def reference_types(shards: list[Shard], columns: Columns, sample_bytes: int = 1
     missing = [name for name in columns.keep if name not in present]
     if sampled and missing:  # a typo, or a Hive partition folder's name= taken for a column: nulls in every row
         log.warning(
-            "kept column(s) %s: in none of the %d input file(s) sampled (Parquet footers, the first 256 KiB of JSON "
-            "lines files); rows without it get null there: check the name(s) (a folder name such as "
-            "date=2024-01-01 is no column)", ", ".join(repr(n) for n in missing), sampled)
+            "kept column(s) %s: in none of the %d input file(s) sampled (Parquet footers, the first 256 KiB and at "
+            "least the first record of JSON lines files); rows without it get null there: check the name(s) (a "
+            "folder name such as date=2024-01-01 is no column)", ", ".join(repr(n) for n in missing), sampled)
     return {name: unify_types(types) for name, types in seen.items()}
 
 
@@ -688,15 +692,14 @@ def _sample_schema(shard: Shard, sample_bytes: int) -> pa.Schema:
     if shard.format == "parquet" and not shard.compressed:
         with fs.open_input_file(shard.path) as handle:
             return pq.ParquetFile(handle).schema_arrow
-    with fs.open_input_stream(shard.path, compression="gzip" if shard.compressed else None) as stream:
-        head = stream.read(sample_bytes)
     if shard.format == "parquet":
         raise ValueError("gzip-compressed parquet can't be sampled")
-    head = head[: head.rfind(b"\n") + 1] or head
+    with fs.open_input_stream(shard.path, compression="gzip" if shard.compressed else None) as stream:
+        head = _sample_head(stream, sample_bytes)
     try:
-        table = pajson.read_json(io.BytesIO(head))
+        table = _read_sample(head)
     except pa.ArrowInvalid:  # a bad line (invalid JSON, a lone surrogate) costs its row, not the shard's types
-        table = pajson.read_json(io.BytesIO(b"".join(_good_lines(head)) or b"{}\n"))
+        table = _read_sample(b"".join(_good_lines(head)) or b"{}\n")
     rounded = {name for name in table.column_names if _past_int64(table.column(name))}
     if rounded:  # integers past 64 bits, if any, were rounded to floats: such a column is text, as read_jsonl reads it
         records = [json.loads(line) for line in _good_lines(head)]
@@ -704,6 +707,34 @@ def _sample_schema(shard: Shard, sample_bytes: int) -> pa.Schema:
     return pa.schema([  # as read_jsonl reads them
         pa.field(f.name, pa.string()) if f.name in rounded else f.with_type(as_written(f.type)) for f in table.schema
     ])
+
+
+def _sample_head(stream: Any, sample_bytes: int, most: int = SAMPLE_MOST) -> bytes:
+    """The whole lines of a JSON lines file's first ``sample_bytes``, read on to the end of its first record.
+
+    A first record longer than ``sample_bytes`` (a long text) is read whole, up to ``most`` bytes, so that
+    the sample holds at least one record; reading stops at the end of the file, whose last line counts
+    even without its newline.
+    """
+    head = stream.read(sample_bytes)
+    ended = len(head) < sample_bytes
+    while not ended and len(head) < most and not _holds_record(head):
+        more = stream.read(min(max(len(head), 1 << 16), most - len(head)))  # doubling: each line parsed a few times
+        ended = not more
+        head += more
+    if ended or not stream.read(1):
+        return head
+    return head[: head.rfind(b"\n") + 1] or head
+
+
+def _holds_record(head: bytes) -> bool:
+    """Whether the whole lines of a sample hold a line the reader would read as a record."""
+    return any(True for _ in _good_lines(head[: head.rfind(b"\n") + 1]))
+
+
+def _read_sample(head: bytes) -> pa.Table:
+    """A JSON lines sample as pyarrow reads it, in one block: a line longer than its default block is no error."""
+    return pajson.read_json(io.BytesIO(head), read_options=pajson.ReadOptions(block_size=max(len(head), 1 << 20)))
 
 
 def _good_lines(head: bytes) -> Iterator[bytes]:
