@@ -66,6 +66,18 @@ def test_bad_rows_are_marked_not_dropped(tiny_models):
     assert all(p >= t for p, t in zip(out.column(PADDED).to_pylist(), out.column(TOKENS).to_pylist()))
 
 
+def test_texts_whose_every_character_the_tokenizer_drops_are_quarantined(tiny_models):
+    """Zero-width, control and bidi characters or a lone byte order mark, which a WordPiece tokenizer drops, left
+    [CLS] [SEP] alone: text-classification labelled that empty input, token-classification wrote [] for it."""
+    dropped = ["\u200b\u200b\u200b", "\x01\x02\x03", "\ufeff", "\u202e\u202d", "\ufffd a"]
+    reason = "text has no tokens (only characters the tokenizer drops)"
+    for kind, task in (("classifier", "text-classification"), ("token-classifier", "token-classification")):
+        out = Predictor(make_spec(tiny_models(kind), {"type": task}))(batch_of(["fine text", *dropped, "\u3000"]))
+        assert out.column(ERROR).to_pylist() == [None, *[reason] * 4, None, "text is empty"], task
+        written = out.column("label" if task == "text-classification" else "entities").to_pylist()
+        assert written[1:5] == [None] * 4 and written[0] is not None, task
+
+
 def test_too_long_rows_follow_the_policy(tiny_models):
     long_text = "word " * 400
     truncate = make_spec(tiny_models("classifier"), {"type": "text-classification"}, batching={"max_length": 16})

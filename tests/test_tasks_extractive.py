@@ -74,6 +74,19 @@ def test_question_answering_finds_the_best_span_over_all_windows(tiny_models):
     assert (alone["answer"], alone["start"]) == (rows[1]["answer"], rows[1]["start"])
 
 
+def test_a_question_or_context_of_characters_the_tokenizer_drops_is_quarantined(tiny_models):
+    """A context of zero-width spaces left the model no context token: the row was written with answer null, score
+    0 and start = end = 0; a question of them was answered as if no question had been asked."""
+    spec = make_spec(tiny_models("qa"), QA, batching={"max_length": QA_MAX_LENGTH})
+    batch = pa.table({"id": ["ok", "context", "question"], "text": ["x"] * 3,
+                      "question": ["Who visited Paris?", "Who visited Paris?", "\u200b\ufeff"],
+                      "context": ["Obama visited Paris.", "\u200b\u200b", "Obama visited Paris."]})
+    out = Predictor(spec)(batch).to_pylist()
+    assert [row[ERROR] for row in out] == [None, "context has no tokens (only characters the tokenizer drops)",
+                                           "question has no tokens (only characters the tokenizer drops)"]
+    assert isinstance(out[0]["answer"], str) and out[1]["answer"] is None
+
+
 # token classification ------------------------------------------------------------------------
 
 NER_TEXTS = [

@@ -306,7 +306,8 @@ def micro_batches(
 
 
 def encode_rows(task: Task, spec: JobSpec, batch: pa.Table, rows: np.ndarray) -> Features:
-    """The features of ``rows`` of the batch, as the task encodes them (ids under ``ROW_ID``)."""
+    """The features of ``rows`` of the batch, as the task encodes them (ids under ``ROW_ID``); a row whose input
+    holds no token (see ``Task.without_tokens``) is refused, unless the task refused it first."""
     if not len(rows):
         return Features(tokens={}, row=np.zeros(0, np.int64))
     picked = batch.take(rows)
@@ -315,7 +316,9 @@ def encode_rows(task: Task, spec: JobSpec, batch: pa.Table, rows: np.ndarray) ->
     id_column = spec.input.id_column or "id"
     if id_column in picked.column_names:
         columns[ROW_ID] = picked.column(id_column).cast(pa.string()).to_pylist()
-    return task.encode(texts, columns)
+    features = task.encode(texts, columns)
+    features.errors = {**task.without_tokens(texts, columns), **features.errors}
+    return features
 
 
 #: How torch's allocators word running out: CUDA's "CUDA out of memory", the CPU allocator's

@@ -30,6 +30,11 @@ from pipelines.tasks.options import LabelOptions, TaskOptions
 
 # Key under which the predictor passes each row's id to ``Task.encode`` (in ``columns``), e.g. for per-row seeds.
 ROW_ID = "_row_id"
+#: The reason of a row whose input holds no token, after the input's name (``text``, or a column's).
+NO_TOKENS = "has no tokens (only characters the tokenizer drops)"
+#: How many characters of an input are tokenized to see that it holds a token; only an input whose start holds
+#: none (rare: zero-width, control or bidi characters) is tokenized whole.
+HEAD_CHARS = 64
 
 
 @dataclass
@@ -150,6 +155,22 @@ class Task(ABC):
         """Tokens each feature generated (for the run's generated tokens/s), or None for tasks that don't."""
         return None
 
+    def token_inputs(self) -> dict[str, str | None]:
+        """The row inputs the model reads as tokens, by the name a row error gives them: a column of ``columns``
+        in :meth:`encode`, or None for the text column. A row where one of them holds no token at all is
+        quarantined (:meth:`without_tokens`). A task whose text is no model input (a request) says none."""
+        return {"text": None}
+
+    def without_tokens(self, texts: list[str], columns: dict[str, list[Any]]) -> dict[int, str]:
+        """Rows with a :meth:`token_inputs` input the tokenizer reads as no token at all (only characters it
+        drops: zero-width, control or bidi characters, a byte order mark), with their reason. The model would
+        read the empty input (its special tokens alone) and write a prediction for it."""
+        errors: dict[int, str] = {}
+        for name, column in self.token_inputs().items():
+            for row in tokenless(self.tokenizer, texts if column is None else columns[column]):
+                errors.setdefault(row, f"{name} {NO_TOKENS}")
+        return errors
+
     @abstractmethod
     def encode(self, texts: list[str], columns: dict[str, list[Any]]) -> Features:
         """Tokenize a batch of valid rows into features.
@@ -192,6 +213,20 @@ class Task(ABC):
         )
         encoding["truncated"] = _truncated(encoding)
         return encoding
+
+
+def tokenless(tokenizer: Any, values: list[Any]) -> list[int]:
+    """Indices of the non-empty strings of ``values`` in which the tokenizer finds no token (none added by it
+    counted): first the start of each (``HEAD_CHARS``), then the whole of those whose start holds none."""
+    rows = [i for i, value in enumerate(values) if isinstance(value, str) and value]
+    if not rows:
+        return []
+    heads = tokenizer([values[i][:HEAD_CHARS] for i in rows], add_special_tokens=False)["input_ids"]
+    suspects = [i for i, ids in zip(rows, heads) if not ids]
+    if not suspects:
+        return []
+    whole = tokenizer([values[i] for i in suspects], add_special_tokens=False)["input_ids"]
+    return [i for i, ids in zip(suspects, whole) if not ids]
 
 
 def _truncated(encoding: Any) -> np.ndarray | None:

@@ -33,7 +33,15 @@ from pipelines.inference.batching import Ragged
 from pipelines.inference.kv_cache import Prefix, PrefixTokens, keeps_logits, shared_prefix
 from pipelines.tasks.base import Features, LabelTask, Outputs, softmax
 from pipelines.tasks.options import LLMLabelOptions
-from pipelines.tasks.prompts import check_chat, fill, render, shared_start, special_prefix, template_fields
+from pipelines.tasks.prompts import (
+    check_chat,
+    fill,
+    render,
+    shared_start,
+    special_prefix,
+    template_fields,
+    text_input,
+)
 
 
 class LLMLabel(LabelTask):
@@ -98,6 +106,9 @@ class LLMLabel(LabelTask):
 
 
     # encode --------------------------------------------------------------------------
+
+    def token_inputs(self) -> dict[str, str | None]:
+        return text_input(self.options.prompt_template)
 
     def encode(self, texts: list[str], columns: dict[str, list[Any]]) -> Features:
         prompts, errors = fill(self.options.prompt_template, texts, columns)

@@ -167,6 +167,9 @@ class ChatCompletions(Task):
             )
         self.stop_criteria = StopCriteria(self.tokenizer)
 
+    def token_inputs(self) -> dict[str, str | None]:
+        return {}  # a text is a request line: what its messages or inputs hold is the request's to check
+
     def encode(self, texts: list[str], columns: dict[str, list[Any]]) -> Features:
         errors: dict[int, str] = {}
         requests: dict[int, ChatRequest] = {}
@@ -334,6 +337,9 @@ class Embeddings(Task):
     model_class = "AutoModel"
     tokenizer_in_forward = False
     options: FeatureExtractionOptions
+
+    def token_inputs(self) -> dict[str, str | None]:
+        return {}  # a text is a request line: what its messages or inputs hold is the request's to check
 
     def encode(self, texts: list[str], columns: dict[str, list[Any]]) -> Features:
         errors: dict[int, str] = {}

@@ -40,6 +40,13 @@ def fill(template: str, texts: list[str], columns: dict[str, list[Any]]) -> tupl
     return prompts, errors
 
 
+def text_input(template: str) -> dict[str, str | None]:
+    """The input of a prompt task's rows that must hold a token (``Task.token_inputs``): the text, where the
+    template holds it, as any task's text; the template's own words make a prompt of a text with no token no
+    less empty, and its other columns are the row's own to leave empty (only a null one is an error)."""
+    return {"text": None} if "text" in template_fields(template) else {}
+
+
 def check_chat(tokenizer: Any, task: str) -> None:
     if not getattr(tokenizer, "chat_template", None):
         raise PipelineError(

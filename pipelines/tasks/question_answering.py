@@ -92,6 +92,10 @@ class QuestionAnswering(Task):
         top_k = self.options.top_k
         self.candidates = 2 * top_k + 10 if self.options.align_to_words else top_k
 
+    def token_inputs(self) -> dict[str, str | None]:
+        question, context = self.options.question_column, self.options.context_column
+        return {question: question, context: context}
+
     def encode(self, texts: list[str], columns: dict[str, list[Any]]) -> Features:
         questions = columns[self.options.question_column]
         contexts = columns[self.options.context_column]

@@ -10,7 +10,7 @@ from pipelines.errors import PipelineError
 from pipelines.tasks.base import Features
 from pipelines.tasks.generation import GenerationTask
 from pipelines.tasks.options import TextGenerationOptions
-from pipelines.tasks.prompts import check_chat, fill, render, shared_start, tokenize_prompts
+from pipelines.tasks.prompts import check_chat, fill, render, shared_start, text_input, tokenize_prompts
 
 
 class TextGeneration(GenerationTask):
@@ -33,6 +33,9 @@ class TextGeneration(GenerationTask):
                 f"text-generation: max_new_tokens ({self.options.max_new_tokens}) leaves no room for a prompt in "
                 f"this model's {self.positions} positions; lower task.max_new_tokens"
             )
+
+    def token_inputs(self) -> dict[str, str | None]:
+        return text_input(self.options.prompt_template)
 
     def encode(self, texts: list[str], columns: dict[str, list[Any]]) -> Features:
         prompts, errors = fill(self.options.prompt_template, texts, columns)
