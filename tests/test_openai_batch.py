@@ -263,7 +263,7 @@ def test_embedding_requests_get_the_feature_extraction_embedding_of_each_input(t
     assert answers(Predictor(spec), long)["long"]["_error"] is None  # cut at max_length, as feature-extraction does
     strict = make_spec(model, {"type": "feature-extraction"}, input={"format": "openai-batch"},
                        errors={"too_long": "error"})
-    assert answers(Predictor(strict), long)["long"]["_error"] == "text longer than max_length (128 tokens)"
+    assert answers(Predictor(strict), long)["long"]["_error"] == "text longer than max_length (max_length is 128 tokens)"
 
 
 # the output files --------------------------------------------------------------------------------------

@@ -89,7 +89,8 @@ def test_too_long_rows_follow_the_policy(tiny_models):
         errors={"too_long": "error"},
     )
     out = Predictor(refuse)(batch_of([long_text, "short"]))
-    assert out.column(ERROR).to_pylist()[0].startswith("text longer than max_length")
+    # 16 is max_length, not the row's length (400 words): "(16 tokens)" read as the row's own count
+    assert out.column(ERROR).to_pylist()[0] == "text longer than max_length (max_length is 16 tokens)"
     assert out.column("label").to_pylist()[0] is None
     assert out.column(ERROR).to_pylist()[1] is None
 

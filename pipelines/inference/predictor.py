@@ -132,7 +132,7 @@ class Predictor:
             predictions = self.task.postprocess(pending.outputs, features, len(rows)) if len(features) else {}
             generated = self.task.new_tokens(pending.outputs) if len(features) else None
         if features.truncated is not None and self.spec.errors.too_long == "error":
-            reason = f"text longer than max_length ({self.loaded.max_length} tokens)"
+            reason = f"text longer than max_length (max_length is {self.loaded.max_length} tokens)"  # not the row's
             errors = _flag(errors, rows[features.truncated], reason)
         return self._assemble(pending.batch, rows, predictions, features, (pending.padded, generated), errors)
 
