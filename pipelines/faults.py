@@ -8,10 +8,16 @@ store: a staged file copied into place, its staged copy not yet deleted), ``afte
 only the first process to get there dies (it creates the file), so a restarted
 actor carries on. Unset in normal use; it exists so tests can prove that a
 crash at any of these moments is resumed exactly once.
+
+``PIPELINES_WRITE_FAILS_AT=<point>:<n>[:<errno name>]`` makes the n-th write at ``point`` fail as a full disk
+does (``OSError`` ENOSPC, or the errno named: ``EDQUOT``), after its bytes went to the temporary file. Points
+(:func:`pipelines.output.layout.write_whole`): ``stage`` (the actor staging a block), ``merge`` (the commit
+merging a shard's staged files), else the name of the file written (``_run.json``, ``_report.html``, ...).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 from collections import Counter
@@ -36,3 +42,19 @@ def checkpoint(point: str) -> None:
         except FileExistsError:
             return
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def write_fails(point: str) -> None:
+    """Raise the OSError ``PIPELINES_WRITE_FAILS_AT`` asks for, the n-th time a write reaches ``point``."""
+    wanted = os.environ.get("PIPELINES_WRITE_FAILS_AT")
+    if not wanted:
+        return
+    name, _, rest = wanted.partition(":")
+    count, _, code_name = rest.partition(":")
+    if name != point:
+        return
+    _reached[f"write:{point}"] += 1
+    if _reached[f"write:{point}"] != int(count or 1):
+        return
+    code = getattr(errno, code_name or "ENOSPC")
+    raise OSError(code, f"Error writing bytes to file. Detail: [errno {code}] {os.strerror(code)}")

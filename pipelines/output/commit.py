@@ -28,6 +28,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar, Protocol
 
 import pyarrow as pa
@@ -394,11 +395,7 @@ class _Merger:
         if not table.num_rows:
             return None, taken
         self.fs.create_dir(self.folder, recursive=True)
-        target = f"{self.folder}/{name}"
-        tmp = f"{target}{layout.TMP_SUFFIX}"
-        with self.fs.open_output_stream(tmp) as stream:
-            write(table, stream)
-        self.fs.move(tmp, target)
+        layout.write_whole(self.fs, f"{self.folder}/{name}", partial(write, table), point="merge")
         return table, taken
 
     def _read(self, path: str) -> pa.Table:

@@ -27,11 +27,14 @@ into place (:func:`write_bytes`), so a reader or a crash never sees half of one.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from pipelines import faults
 
 COMMITS = "_commits"
 ERRORS = "_errors"
@@ -85,13 +88,21 @@ def partition_dir(run: str) -> str:
 # writing whole files ------------------------------------------------------------------------
 
 
+def write_whole(fs: pafs.FileSystem, path: str, write: Callable[[Any], None], point: str | None = None) -> None:
+    """Write-then-rename: ``write`` fills a temporary file (given its stream), which is then renamed to ``path``,
+    so a reader sees the old file or the new one, never half of one. ``point``: where a test may make the write
+    fail (:func:`pipelines.faults.write_fails`; default: the file's name)."""
+    tmp = f"{path}{TMP_SUFFIX}"
+    with fs.open_output_stream(tmp) as stream:
+        write(stream)
+        faults.write_fails(point or path.rsplit("/", 1)[-1])
+    fs.move(tmp, path)
+
+
 def write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     """Write-then-rename: a reader sees the old file or the new one, never half of one."""
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    tmp = f"{path}{TMP_SUFFIX}"
-    with fs.open_output_stream(tmp) as stream:
-        stream.write(data)
-    fs.move(tmp, path)
+    write_whole(fs, path, lambda stream: stream.write(data))
 
 
 def write_json(fs: pafs.FileSystem, path: str, value: Any) -> None:
@@ -101,12 +112,12 @@ def write_json(fs: pafs.FileSystem, path: str, value: Any) -> None:
 def write_parquet(fs: pafs.FileSystem, path: str, table: pa.Table, compression: str) -> None:
     """A file only this project reads again, written then renamed, so it is either whole or absent.
 
-    No dictionary encoding: these files are read once, by the commit, and writing is what costs here.
+    Staged blocks are written so (fault point ``stage``). No dictionary encoding: these files are read once, by
+    the commit, and writing is what costs here.
     """
-    tmp = f"{path}{TMP_SUFFIX}"
-    with fs.open_output_stream(tmp) as stream:
-        pq.write_table(table, stream, compression=None if compression == "none" else compression, use_dictionary=False)
-    fs.move(tmp, path)
+    codec = None if compression == "none" else compression
+    write_whole(fs, path, lambda stream: pq.write_table(table, stream, compression=codec, use_dictionary=False),
+                point="stage")
 
 
 def dictionary_columns(schema: pa.Schema) -> list[str]:
