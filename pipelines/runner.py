@@ -12,7 +12,6 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -25,7 +24,6 @@ import pyarrow.parquet as pq
 from pipelines import faults, fidelity
 from pipelines.cluster.connect import worker_spec
 from pipelines.errors import PipelineError, one_line_ray_errors
-from pipelines.io import stores
 from pipelines.io.reader import (
     NOT_FETCHED,
     Columns,
@@ -42,7 +40,7 @@ from pipelines.output import report as pages
 from pipelines.output import summary as summaries
 from pipelines.output.commit import OutputDir, OutputFiles, changed_inputs
 from pipelines.output.duplicates import DuplicateIds
-from pipelines.output.layout import RUN, RUN_LOCK
+from pipelines.output.layout import RUN, RUN_LOCK, writing
 from pipelines.output.lock import output_lock
 from pipelines.output.openai_batch import OpenAIBatchFiles
 from pipelines.output.records import CommitRecord, Fidelity, JobRecord, ModelRef, RunSummary, Unreadable
@@ -282,21 +280,6 @@ def run_job(
         return _run_locked(spec, job, output, shards, pending, before_visible, checked, timeline)
     finally:
         lock.release()
-
-
-@contextmanager
-def writing(location: str) -> Iterator[None]:
-    """File-system refusals while writing the output become one line: where, why, what to do."""
-    try:
-        yield
-    except OSError as exc:
-        if stores.is_store_error(exc):
-            raise stores.refusal("output.path", location, exc) from None
-        reason = exc.strerror or str(exc).strip().splitlines()[0]
-        raise PipelineError(
-            f"output.path {location}: cannot write or delete there ({reason}); choose an output.path this "
-            "process may write to (and delete in), or fix its permissions"
-        ) from None
 
 
 def resume_state(spec: JobSpec, shards: list[Shard]) -> tuple[list[Shard], dict[str, CommitRecord], bool]:

@@ -290,3 +290,45 @@ def test_an_empty_shard_is_committed_empty(ray_session, tiny_models, tmp_path):
     summary = run_job(spec).to_json()
     assert summary["shards"] == 3 and summary["rows_in"] == summary["rows_out"] == 10
     assert (tmp_path / "out" / "_SUCCESS").exists()
+
+
+# a full disk ----------------------------------------------------------------------------------------------------
+
+
+def _disk_full_at(monkeypatch, point: str) -> None:
+    """The n-th write at ``point`` of this process fails as a full disk does (see pipelines.faults), counted afresh."""
+    from collections import Counter
+
+    from pipelines import faults
+
+    monkeypatch.setattr(faults, "_reached", Counter())
+    monkeypatch.setenv("PIPELINES_WRITE_FAILS_AT", point)
+
+
+def test_a_full_disk_during_a_commit_is_one_line_and_the_same_command_resumes(
+    ray_session, tiny_models, tmp_path, monkeypatch
+):
+    """A full disk (or a used-up quota) is not a permission problem: the line says so, and that running the same
+    command again after freeing space resumes, with no row lost or written twice."""
+    ids = many_shards(tmp_path / "in", shards=3)
+    spec = spec_from_dict(yaml.safe_load(write_job(tmp_path, tiny_models("classifier"), tmp_path / "in").read_text()))
+    out = tmp_path / "out"
+    _disk_full_at(monkeypatch, "merge:2")  # the second shard's merge, in the driver
+    with pytest.raises(PipelineError) as full:
+        run_job(spec)
+    said = str(full.value)
+    assert said.startswith(f"output.path {out}: no space left on the disk (") and "[errno 28]" in said, said
+    assert "run the same command again" in said and "committed shards are kept" in said, said
+    assert "permissions" not in said, said
+    assert commits(out) == 1
+
+    _disk_full_at(monkeypatch, "_job.json:1:EDQUOT")  # the next run's first write: over the disk quota
+    with pytest.raises(PipelineError, match=r"disk quota .*\[errno 122\].*run the same command again") as quota:
+        run_job(spec)
+    assert "permissions" not in str(quota.value)
+
+    monkeypatch.delenv("PIPELINES_WRITE_FAILS_AT")
+    resumed = run_job(spec)
+    assert resumed.shards_this_run == 2
+    got = output_ids(out)
+    assert sorted(got) == sorted(ids) and len(got) == len(set(got))

@@ -26,8 +26,10 @@ into place (:func:`write_bytes`), so a reader or a crash never sees half of one.
 
 from __future__ import annotations
 
+import errno
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pyarrow as pa
@@ -35,6 +37,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipelines import faults
+from pipelines.errors import PipelineError
+from pipelines.io import stores
 
 COMMITS = "_commits"
 ERRORS = "_errors"
@@ -86,6 +90,37 @@ def partition_dir(run: str) -> str:
 
 
 # writing whole files ------------------------------------------------------------------------
+
+#: What a disk that takes no more bytes says: no space left on it, or the user's quota on it used up.
+DISK_FULL = {errno.ENOSPC: "no space left on the disk", errno.EDQUOT: "the disk quota is used up"}
+
+
+@contextmanager
+def writing(location: str) -> Iterator[None]:
+    """Refusals while writing the output at ``location`` become one line: where, why, what to do."""
+    try:
+        yield
+    except OSError as exc:
+        raise write_refusal(location, exc) from None
+
+
+def write_refusal(location: str, exc: OSError) -> PipelineError:
+    """A failed write or delete under ``output.path`` as one line: a store's refusal, a full disk (free space and
+    run again: it resumes), else a location this process may not write to."""
+    if stores.is_store_error(exc):
+        return stores.refusal("output.path", location, exc)
+    reason = exc.strerror or str(exc).strip().splitlines()[0]
+    full = DISK_FULL.get(exc.errno or 0)
+    if full:
+        return PipelineError(
+            f"output.path {location}: {full} ({reason}); free space there (or choose an output.path on another "
+            "disk), then run the same command again: it resumes where this run stopped (committed shards are kept)"
+        )
+    return PipelineError(
+        f"output.path {location}: cannot write or delete there ({reason}); choose an output.path this "
+        "process may write to (and delete in), or fix its permissions"
+    )
+
 
 
 def write_whole(fs: pafs.FileSystem, path: str, write: Callable[[Any], None], point: str | None = None) -> None:
