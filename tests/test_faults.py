@@ -332,3 +332,16 @@ def test_a_full_disk_during_a_commit_is_one_line_and_the_same_command_resumes(
     assert resumed.shards_this_run == 2
     got = output_ids(out)
     assert sorted(got) == sorted(ids) and len(got) == len(set(got))
+
+
+def test_a_write_that_fails_leaves_no_temporary_file(ray_session, tiny_models, tmp_path, monkeypatch):
+    """The report is a view of committed results: a full disk while writing it is a warning (report: not written),
+    and its temporary file, as much of the page as fitted, is deleted with it."""
+    ids = many_shards(tmp_path / "in", shards=1)
+    spec = spec_from_dict(yaml.safe_load(write_job(tmp_path, tiny_models("classifier"), tmp_path / "in").read_text()))
+    out = tmp_path / "out"
+    _disk_full_at(monkeypatch, "_report.html:1")
+    done = run_job(spec)
+    assert done.report is None and (out / "_SUCCESS").exists()
+    assert sorted(output_ids(out)) == sorted(ids)
+    assert [p.name for p in out.rglob("*.tmp")] == []

@@ -125,13 +125,26 @@ def write_refusal(location: str, exc: OSError) -> PipelineError:
 
 def write_whole(fs: pafs.FileSystem, path: str, write: Callable[[Any], None], point: str | None = None) -> None:
     """Write-then-rename: ``write`` fills a temporary file (given its stream), which is then renamed to ``path``,
-    so a reader sees the old file or the new one, never half of one. ``point``: where a test may make the write
-    fail (:func:`pipelines.faults.write_fails`; default: the file's name)."""
+    so a reader sees the old file or the new one, never half of one. A write that fails (a full disk) deletes its
+    temporary file: nothing is left behind. ``point``: where a test may make the write fail
+    (:func:`pipelines.faults.write_fails`; default: the file's name)."""
     tmp = f"{path}{TMP_SUFFIX}"
-    with fs.open_output_stream(tmp) as stream:
-        write(stream)
-        faults.write_fails(point or path.rsplit("/", 1)[-1])
-    fs.move(tmp, path)
+    try:
+        with fs.open_output_stream(tmp) as stream:
+            write(stream)
+            faults.write_fails(point or path.rsplit("/", 1)[-1])
+        fs.move(tmp, path)
+    except BaseException:
+        _discard(fs, tmp)
+        raise
+
+
+def _discard(fs: pafs.FileSystem, path: str) -> None:
+    """Delete a file if it is there; a delete that fails too leaves the error being raised to be said."""
+    try:
+        fs.delete_file(path)
+    except OSError:
+        pass
 
 
 def write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
