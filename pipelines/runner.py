@@ -350,13 +350,15 @@ def _run_locked(
     problem = unreadable_violation([u.record for u in failed]) or error_policy_violation(spec, result)
     if problem:
         result.status = "failed"
-        output.write_json(RUN, result.to_json())
+        with writing(spec.output.path):
+            output.write_json(RUN, result.to_json())
         pages.write_quietly(spec.output.path)
         raise PipelineError(problem)
-    output.write_json(RUN, result.to_json())
-    if pages.write_quietly(spec.output.path):
-        result.report = pages.report_path(spec.output.path)
-    output.finish()
+    with writing(spec.output.path):  # a full disk here: every shard is committed, the next run only writes these
+        output.write_json(RUN, result.to_json())
+        if pages.write_quietly(spec.output.path):
+            result.report = pages.report_path(spec.output.path)
+        output.finish()
     return result
 
 

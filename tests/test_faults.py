@@ -345,3 +345,18 @@ def test_a_write_that_fails_leaves_no_temporary_file(ray_session, tiny_models, t
     assert done.report is None and (out / "_SUCCESS").exists()
     assert sorted(output_ids(out)) == sorted(ids)
     assert [p.name for p in out.rglob("*.tmp")] == []
+
+
+def test_a_full_disk_while_writing_the_run_summary_is_one_line(ray_session, tiny_models, tmp_path, monkeypatch):
+    """After the last commit only _run.json and _SUCCESS are left to write: a full disk there is the same one line
+    (no traceback), leaves no temporary file, and the same command finishes the job without scoring again."""
+    ids = many_shards(tmp_path / "in", shards=1)
+    spec = spec_from_dict(yaml.safe_load(write_job(tmp_path, tiny_models("classifier"), tmp_path / "in").read_text()))
+    out = tmp_path / "out"
+    _disk_full_at(monkeypatch, "_run.json:1")
+    with pytest.raises(PipelineError, match=r"no space left on the disk .*run the same command again"):
+        run_job(spec)
+    assert [p.name for p in out.rglob("*.tmp")] == [] and not (out / "_SUCCESS").exists()
+    monkeypatch.delenv("PIPELINES_WRITE_FAILS_AT")
+    assert run_job(spec).shards_this_run == 0 and (out / "_SUCCESS").exists()
+    assert sorted(output_ids(out)) == sorted(ids)
