@@ -33,14 +33,18 @@ def from_ray(exc: BaseException) -> PipelineError | None:
     """The one-line error behind Ray's report of a failure in a task or an actor of this project; None for others.
 
     A task that raises a PipelineError reaches the driver as Ray's ``RayTaskError`` (a subclass of it whose message
-    is the remote traceback); an actor whose constructor raised (the pool's actor, whose model could not be
-    loaded) as an ``ActorDiedError`` holding that traceback as text. Either becomes what was raised, on one line.
+    is the remote traceback); one that the pool's actor raises while it works on a batch (a full disk where it
+    stages) as a ``RayTaskError`` of Ray Data's ``UserCodeException``, the PipelineError only in its traceback's
+    text; an actor whose constructor raised (the pool's actor, whose model could not be loaded) as an
+    ``ActorDiedError`` holding that traceback as text. Each becomes what was raised, on one line.
     """
     if "ray" not in sys.modules:  # nothing ran on Ray in this process
         return None
-    from ray.exceptions import RayActorError, RayTaskError
+    from ray.exceptions import RayActorError, RayTaskError, UserCodeException
 
     if isinstance(exc, RayTaskError):
+        if isinstance(exc.cause, UserCodeException):
+            return _ours_in(str(exc))
         return exc.cause if isinstance(exc.cause, PipelineError) else None  # its own type (LockHeld stays busy)
     if not isinstance(exc, RayActorError) or not exc.actor_init_failed:
         return None
@@ -54,6 +58,15 @@ def from_ray(exc: BaseException) -> PipelineError | None:
         f"{who}: {raised} (the run's log has its traceback); fix the model or the spec, then run again "
         "(committed shards are kept)"
     )
+
+
+def _ours_in(traceback_text: str) -> PipelineError | None:
+    """The PipelineError a remote traceback shows raised in user code (Ray Data chains its ``UserCodeException``
+    to it, "the direct cause of the following exception", and the driver gets the text only); None for others."""
+    text = ANSI.sub("", traceback_text).split("The above exception was the direct cause", 1)[0]
+    raised = _raised(text)
+    ours = f"{PipelineError.__module__}.{PipelineError.__qualname__}: "
+    return PipelineError(raised[len(ours) :]) if raised.startswith(ours) else None
 
 
 def _raised(traceback_text: str) -> str:

@@ -183,7 +183,9 @@ class PredictAndStage:
 
         pending = self.predictor.prepare(batch)
         pending = self.model_thread.submit(self.predictor.infer, pending).result()
-        return write_staged(self.predictor.finish(pending), self.staging, actor_ready_at=self.ready_at)
+        finished = self.predictor.finish(pending)
+        with writing(self.staging.output):  # a full disk: the driver's one line (see errors.from_ray)
+            return write_staged(finished, self.staging, actor_ready_at=self.ready_at)
 
 
 @dataclass

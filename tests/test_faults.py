@@ -360,3 +360,16 @@ def test_a_full_disk_while_writing_the_run_summary_is_one_line(ray_session, tiny
     monkeypatch.delenv("PIPELINES_WRITE_FAILS_AT")
     assert run_job(spec).shards_this_run == 0 and (out / "_SUCCESS").exists()
     assert sorted(output_ids(out)) == sorted(ids)
+
+
+def test_a_full_disk_while_the_actor_stages_is_the_same_one_line(tiny_models, tmp_path):
+    """The pool's actor stages each predicted block under output.path: a full disk there ends the run as a full disk
+    on the driver does (exit 2, one line), not with Ray's remote traceback and its advice on retries."""
+    many_shards(tmp_path / "in", shards=2)
+    job = write_job(tmp_path, tiny_models("classifier"), tmp_path / "in")
+    done = cli("run", str(job), env={"PIPELINES_WRITE_FAILS_AT": "stage:2"})  # the actor's second staged file
+    assert done.returncode == 2, (done.returncode, done.stderr[-3000:])
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: output.path {tmp_path / 'out'}: no space left on the disk ("), done.stderr[-3000:]
+    assert "run the same command again" in line
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
