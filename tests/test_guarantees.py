@@ -668,6 +668,40 @@ def test_an_output_path_that_refuses_writes_is_one_line(tiny_models, tmp_path):
     assert "Traceback" not in done.stderr
 
 
+def test_a_local_input_folder_that_may_not_be_listed_is_said_to_need_permissions(tiny_models, tmp_path, monkeypatch):
+    """A local folder this process may not list (``chmod 000``, for a user who is not root) was said as an object
+    store that "cannot be used", with advice on endpoints and the network. The listing is made to fail as it does
+    there (root may list any folder)."""
+    import errno
+
+    import pyarrow.fs as pafs
+
+    from pipelines.io import shards
+
+    many_shards(tmp_path / "in", shards=1)
+    spec = spec_of(write_job(tmp_path, tiny_models("classifier"), tmp_path / "in"))
+    sub = tmp_path / "in" / "sub"
+
+    class Unlistable:  # the local disk, whose listing of in/ meets in/sub, which it may not open
+        def __init__(self, fs: pafs.FileSystem) -> None:
+            self.fs = fs
+
+        def get_file_info(self, what):
+            if isinstance(what, pafs.FileSelector):
+                raise PermissionError(
+                    errno.EACCES, f"Cannot list directory '{sub}'. Detail: [errno 13] Permission denied"
+                )
+            return self.fs.get_file_info(what)
+
+    resolve = shards.resolve
+    monkeypatch.setattr(shards, "resolve", lambda location: (Unlistable(resolve(location)[0]), resolve(location)[1]))
+    with pytest.raises(PipelineError) as refused:
+        run_job(spec)
+    said = str(refused.value)
+    assert said.startswith(f"input.paths: {tmp_path / 'in'}: ") and "Permission denied" in said, said
+    assert "permissions" in said and "store" not in said and "AWS_ENDPOINT_URL" not in said, said
+
+
 def test_two_input_files_known_by_the_same_name_are_refused(tmp_path):
     """A shard is known by its name under its input path: two folders listed apart, each with a part-0.jsonl,
     would be one shard to the commits (one committed, the other skipped as done)."""

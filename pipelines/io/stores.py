@@ -19,6 +19,7 @@ run refuse, before any work, a location it could not read or write.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import uuid
@@ -88,8 +89,25 @@ def refusal(role: str, location: str, exc: OSError) -> PipelineError:
             f"check {_CREDENTIALS}"
         )
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    if not found and is_local_location(location):
+        return local_refusal(role, location, exc, first)
     return PipelineError(f"{role} {location}: the store{endpoint_note()} cannot be used ({first}); check the location, "
                          "the endpoint (AWS_ENDPOINT_URL) and the network")
+
+
+def is_local_location(location: str) -> bool:
+    """Whether a location names the local disk (a path, or a ``file://`` URI) rather than a store."""
+    return "://" not in location or location.startswith("file://")
+
+
+def local_refusal(role: str, location: str, exc: OSError, said: str) -> PipelineError:
+    """A local disk's refusal as one line: a permission to fix, or a path or disk to check (no store advice)."""
+    if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM):
+        return PipelineError(
+            f"{role} {location}: this process may not list or read it ({said}); fix its permissions, so that this "
+            "user may list and read every folder and file under it, or choose another location"
+        )
+    return PipelineError(f"{role} {location}: cannot be listed or read ({said}); check the path and its disk")
 
 
 def check_bucket(fs: pafs.FileSystem, path: str, role: str, location: str, refused_is_unknown: bool = False) -> None:
