@@ -185,7 +185,8 @@ def resolve_auto(
                 "runs only on a CPU, and this run's actors get a GPU (one output keeps one precision); resume it "
                 "on the CPU (compute.gpus_per_actor: 0), or start it again on the GPU with --overwrite"
             )
-        log.info("quantization auto: %s, as decided by this output's first run", chosen.label)
+        log.info("quantization auto: %s, as decided by this output's first run (a scheduled job's earlier runs)",
+                 chosen.label)
         return concrete(spec, chosen), None
     bar = _auto_bar(spec)
     picked = sample(spec, shards, _rows(spec))

@@ -298,7 +298,13 @@ def test_a_scheduled_auto_job_keeps_one_precision_over_its_runs(ray_session, cla
     for kept in (tmp_path / "cache" / "precision").glob("*.json"):  # a decision made again, with another outcome
         kept.write_text(json.dumps({**json.loads(kept.read_text()), **other, "fidelity": None}))
 
-    add_shard(tmp_path, "b.jsonl", rows("b", 12))
+    b = add_shard(tmp_path, "b.jsonl", rows("b", 12))
+    from pipelines.fidelity import AUTO_MIN_AGREEMENT, _decision_path, sample
+    from pipelines.io.shards import list_shards
+
+    shards = [s for s in list_shards([str(tmp_path / "in")]) if s.path == b]
+    tick2 = _decision_path(spec, AUTO_MIN_AGREEMENT, sample(spec, shards, 12))  # tick 2's own sample: the other one
+    tick2.write_text(json.dumps({**other, "fidelity": None, "why": "made again elsewhere"}))
     run_due(spec, now=day(2, hours=0.01))
     second = json.loads((tmp_path / "out" / "run=2026-11-29T02:00:00Z" / "_job.json").read_text())["precision"]
     assert second == first
@@ -339,6 +345,32 @@ def test_a_retry_of_a_failed_tick_resumes_its_run(tmp_path):
     run_due(spec, now=day(1, hours=0.5), runner=runner)  # the same tick again (e.g. a retry): resume only
     assert [(c["output"][-24:], len(c["shards"])) for c in runner.calls] == [("run=2026-11-28T02:00:00Z", 1)] * 2
     assert closing_lines(tmp_path)[-2]["kind"] == "resume" and closing_lines(tmp_path)[-1]["status"] == "empty"
+
+
+def test_a_full_disk_under_a_scheduled_job_is_one_line_and_its_run_is_resumed(tmp_path, monkeypatch):
+    """A run failing on a full disk was recorded with a ledger line written to that same disk: that write's OSError
+    replaced the run's one line (a traceback, exit 1). The failure is said; its 'running' line is resumed later."""
+    from collections import Counter
+
+    from pipelines import faults
+
+    spec = make_job(tmp_path, fake_model(tmp_path))
+    add_shard(tmp_path, "a.jsonl", rows("a", 2))
+    monkeypatch.setattr(faults, "_reached", Counter())
+    monkeypatch.setenv("PIPELINES_WRITE_FAILS_AT", "_runs.jsonl:2")  # the run's 'failed' line: the disk is full
+    report = run_due(spec, now=day(1, hours=0.01), runner=NoRay(fail_first=1))
+    assert len(report.failures) == 1 and "the cluster went away" in report.failures[0]
+    assert [e["status"] for e in ledger(tmp_path)] == ["running"]  # left to be resumed, as after a kill
+
+    monkeypatch.setattr(faults, "_reached", Counter())
+    monkeypatch.setenv("PIPELINES_WRITE_FAILS_AT", "_runs.jsonl:1")  # the disk still full: the first line fails
+    with pytest.raises(PipelineError, match="no space left on the disk.*run the same command again"):
+        run_due(spec, now=day(1, hours=0.5), runner=NoRay())
+    monkeypatch.delenv("PIPELINES_WRITE_FAILS_AT")
+    runner = NoRay()
+    run_due(spec, now=day(1, hours=0.6), runner=runner)
+    assert [(e["kind"], e["status"]) for e in closing_lines(tmp_path)] == [("resume", "succeeded"), ("tick", "empty")]
+    assert len(runner.calls) == 1
 
 
 def test_a_run_failing_with_any_error_does_not_hold_up_new_input(tmp_path):

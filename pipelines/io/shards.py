@@ -315,7 +315,7 @@ def list_shards(
             if any(
                 type(fs) is type(xfs) and (is_within(info.path, xpath) or is_within(real_path(fs, info.path), xreal))
                 for xfs, xpath, xreal in skipped
-            ) or (isinstance(fs, pafs.LocalFileSystem) and any(under(info.path) for under in aliases)):
+            ) or (isinstance(fs, pafs.LocalFileSystem) and any(under(os.path.dirname(info.path)) for under in aliases)):
                 left_out += 1
                 continue
             name = info.path[len(root) :].lstrip("/") if is_within(info.path, root) else info.base_name

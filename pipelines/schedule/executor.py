@@ -132,7 +132,8 @@ def run_due(
     with job_lock(spec) as lock:
         job.ledger.guard = lock.check  # a scheduler whose lease was taken over writes no more ledger lines
         try:
-            return job.invoke(now or datetime.now(UTC), rescore, prune)
+            with layout.writing(spec.output.path):  # a full disk under the ledger or a partition: one line
+                return job.invoke(now or datetime.now(UTC), rescore, prune)
         finally:
             job.write_report()
 
@@ -352,10 +353,13 @@ class ScheduledJob:
             summary = self.runner(partition_spec(self.spec, run), address=self.address, overwrite=plan.overwrite,
                                   shards=plan.shards, before_visible=retire_older, precision=precision)
         except Exception as exc:
-            self.ledger.append(planned.model_copy(update={
-                "status": "failed", "error": str(exc), "finished_at": _now_iso(),
-                "wall_s": round(time.monotonic() - start, 3),
-            }))
+            try:
+                self.ledger.append(planned.model_copy(update={
+                    "status": "failed", "error": str(exc), "finished_at": _now_iso(),
+                    "wall_s": round(time.monotonic() - start, 3),
+                }))
+            except OSError as cause:  # the disk that failed the run (full): its 'running' line stays, and is resumed
+                log.warning("run %s: its failure could not be written to the ledger (%s)", run, cause)
             if not isinstance(exc, PipelineError):  # a worker's error, a bug: a failed run all the same
                 log.error("run %s failed with an unexpected error", run, exc_info=True)
                 exc = PipelineError(f"{type(exc).__name__}: {exc}")
@@ -377,14 +381,17 @@ class ScheduledJob:
         }))
 
     def kept_precision(self, model: dict | None) -> dict[str, str] | None:
-        """What ``quantization: auto`` chose for this job's newest run with this model and spec (from its
-        partition's ``_job.json``): a scheduled job keeps one precision over its runs, as one output does, so
-        that its partitions are comparable. None where no such run chose one (a rescore decides again)."""
+        """What ``quantization: auto`` chose for this job's newest run with this model and spec on this kind of
+        device (from its partition's ``_job.json``): a scheduled job keeps one precision over its runs, as one
+        output does, so that its partitions are comparable. None where no such run chose one (a rescore, or a
+        job moved to another kind of device, decides again)."""
         if self.spec.model.quantization != "auto":
             return None
+        device = self.spec.actor_device()
         for run, entry in reversed(self.history().latest().items()):
             recorded = OutputDir(partition_path(self.spec, run)).job() if same_model(entry.model, model) else None
-            if recorded and recorded.precision and recorded.spec_hash == self.spec.fingerprint():
+            if (recorded and recorded.precision and recorded.spec_hash == self.spec.fingerprint()
+                    and recorded.device == device):
                 return recorded.precision
         return None
 

@@ -17,6 +17,7 @@ padding side.
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -32,9 +33,8 @@ from pipelines.tasks.options import LabelOptions, TaskOptions
 ROW_ID = "_row_id"
 #: The reason of a row whose input holds no token, after the input's name (``text``, or a column's).
 NO_TOKENS = "has no tokens (only characters the tokenizer drops)"
-#: How many characters of an input are tokenized to see that it holds a token; only an input whose start holds
-#: none (rare: zero-width, control or bidi characters) is tokenized whole.
-HEAD_CHARS = 64
+#: A letter, digit or underscore: a string holding one holds a token for any tokenizer (an unknown one at worst).
+WORD = re.compile(r"\w")
 
 
 @dataclass
@@ -217,16 +217,13 @@ class Task(ABC):
 
 def tokenless(tokenizer: Any, values: list[Any]) -> list[int]:
     """Indices of the non-empty strings of ``values`` in which the tokenizer finds no token (none added by it
-    counted): first the start of each (``HEAD_CHARS``), then the whole of those whose start holds none."""
-    rows = [i for i, value in enumerate(values) if isinstance(value, str) and value]
-    if not rows:
-        return []
-    heads = tokenizer([values[i][:HEAD_CHARS] for i in rows], add_special_tokens=False)["input_ids"]
-    suspects = [i for i, ids in zip(rows, heads) if not ids]
+    counted). Only a string with no letter, digit or underscore can be one (a tokenizer reads those as a token,
+    an unknown one at worst): those alone are tokenized again, so the rows of real text cost one regex step."""
+    suspects = [i for i, value in enumerate(values) if isinstance(value, str) and value and not WORD.search(value)]
     if not suspects:
         return []
-    whole = tokenizer([values[i] for i in suspects], add_special_tokens=False)["input_ids"]
-    return [i for i, ids in zip(suspects, whole) if not ids]
+    found = tokenizer([values[i] for i in suspects], add_special_tokens=False)["input_ids"]
+    return [i for i, ids in zip(suspects, found) if not ids]
 
 
 def _truncated(encoding: Any) -> np.ndarray | None:
