@@ -27,7 +27,7 @@ import pyarrow as pa
 from pipelines.errors import PipelineError
 from pipelines.io.sample import sample_rows
 from pipelines.io.shards import Shard
-from pipelines.output.records import Fidelity
+from pipelines.output.records import Fidelity, precision_label
 from pipelines.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ class Precision:
 
     @property
     def label(self) -> str:
-        return self.quantization if self.quantization != "none" else self.dtype
+        return precision_label({"quantization": self.quantization, "dtype": self.dtype})
 
 
 def resolve_auto(

@@ -122,7 +122,6 @@ def write_refusal(location: str, exc: OSError) -> PipelineError:
     )
 
 
-
 def write_whole(fs: pafs.FileSystem, path: str, write: Callable[[Any], None], point: str | None = None) -> None:
     """Write-then-rename: ``write`` fills a temporary file (given its stream), which is then renamed to ``path``,
     so a reader sees the old file or the new one, never half of one. A write that fails (a full disk) deletes its

@@ -39,6 +39,11 @@ class ModelRef(Record):
     revision: str | None = None
 
 
+def precision_label(precision: dict[str, str]) -> str:
+    """What ``quantization: auto`` ran at, in one word: the quantization, or the dtype where there is none."""
+    return precision["quantization"] if precision["quantization"] != "none" else precision["dtype"]
+
+
 def prefixed_hash(spec_hash: str, prediction_prefix: str) -> str:
     """A spec hash that also covers ``output.prediction_prefix`` (the output's column names): the hash itself where
     there is none, so that outputs without one keep their hash, and one computed from it where there is one."""

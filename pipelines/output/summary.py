@@ -11,6 +11,7 @@ from pipelines.output.records import (
     RunSummary,
     merge_confusion,
     merge_counts,
+    precision_label,
 )
 
 
@@ -72,8 +73,7 @@ def build(
 def precision_said(summary: RunSummary) -> str:
     """The spec's quantization; under ``auto``, the precision the run took (``precision`` in ``_run.json``)."""
     if summary.quantization == "auto" and summary.precision:
-        chosen = summary.precision
-        return f"quantization auto: {chosen['quantization'] if chosen['quantization'] != 'none' else chosen['dtype']}"
+        return f"quantization auto: {precision_label(summary.precision)}"
     return summary.quantization
 
 

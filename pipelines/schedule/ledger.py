@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipelines.io.shards import resolve
 from pipelines.output import layout
 from pipelines.output.layout import LEDGER
+from pipelines.output.records import precision_label
 
 log = logging.getLogger(__name__)
 
@@ -251,8 +252,7 @@ def model_label(model: dict | None, precision: dict[str, str] | None = None) -> 
     label = f"{name}@{str(pin)[:8]}" if pin else name
     quant = model.get("quantization")
     if quant == "auto" and precision:
-        chosen = precision.get("quantization")
-        quant = f"auto: {chosen if chosen != 'none' else precision.get('dtype')}"
+        quant = f"auto: {precision_label(precision)}"
     return f"{label} ({quant})" if quant and quant != "none" else label
 
 
