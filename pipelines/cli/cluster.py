@@ -63,8 +63,10 @@ def _submit(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.job, args.overrides)  # a broken spec fails here, not after the upload
     _check_output_path(spec.output.path)
-    address = jobs.resolve_address(args.address)
     root = args.project_root or jobs.find_project_root(args.job)
+    # before any connection: an input file the upload leaves out would be missing rows in a job that succeeds
+    jobs.check_inputs_uploaded(root, spec.input.paths, spec.input.format, spec.output.path)
+    address = jobs.resolve_address(args.address)
     job_id = jobs.submit(args.job, address, overrides=args.overrides, project_root=root, insecure=args.insecure)
     if not args.wait:
         print(job_id)

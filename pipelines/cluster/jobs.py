@@ -33,10 +33,10 @@ import shlex
 import socket
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from pipelines.cluster.auth import TOKEN_HELP, AuthToken, find_token
@@ -47,8 +47,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Paths (gitignore syntax) never uploaded with the job's working_dir.
-#: Ray also skips whatever the project's .gitignore lists.
+#: Paths (gitignore syntax, relative to the project root) never uploaded with the job's working_dir.
+#: Ray also skips whatever the .gitignore and .rayignore files in the project list (see :func:`left_out_of_upload`).
+#: ``/build`` and ``/dist`` (setuptools' outputs) are anchored to the root: a data folder named build/ or dist/
+#: further down is uploaded. The rest are never data and are skipped at any depth.
 DEFAULT_EXCLUDES: tuple[str, ...] = (
     ".git",
     ".venv",
@@ -58,8 +60,8 @@ DEFAULT_EXCLUDES: tuple[str, ...] = (
     "*.pyc",
     ".pytest_cache",
     "*.egg-info",
-    "build",
-    "dist",
+    "/build",
+    "/dist",
     ".cache",
 )
 
@@ -134,6 +136,11 @@ def submit(
     """
     root = Path(project_root).resolve()
     job_rel = job_path_in_project(Path(job_path), root)
+    for left in left_out_of_upload(root, [job_rel]):
+        raise PipelineError(
+            f"Job spec {job_rel} would not be uploaded with the project ({left.rule}); move it (e.g. into jobs/) "
+            "or change that rule"
+        )
     entrypoint = build_entrypoint(job_rel, overrides, extra_args)
     runtime_env = build_runtime_env(root, env_vars)
     client, url = _connect(address, insecure)
@@ -251,6 +258,148 @@ def find_project_root(job_path: Path) -> Path:
         if (folder / "pipelines" / "__init__.py").is_file():
             return folder
     return Path.cwd()
+
+
+# --------------------------------------------------------------------------- #
+# What the upload carries
+# --------------------------------------------------------------------------- #
+
+#: Set to 1 in the submitting process, Ray's upload reads no .gitignore files (it always reads .rayignore files).
+IGNORE_GITIGNORE_ENV = "RAY_RUNTIME_ENV_IGNORE_GITIGNORE"
+_EXCLUDES_SOURCE = "pipelines' own excludes"
+_RULES_SHOWN = 3
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """A file that uploading the project leaves out, and the rule that leaves it out."""
+
+    path: str  #: relative to the project root, POSIX style
+    rule: str  #: e.g. ``.gitignore: *.parquet``, ``jobs/data/.rayignore: raw/``, ``outside the project``
+
+
+@dataclass(frozen=True)
+class _Rules:
+    """The patterns of one source, matched as Ray matches them: against paths relative to ``base``."""
+
+    source: str
+    base: Path
+    lines: tuple[str, ...]
+    spec: Any  # Ray's PathSpec
+
+    @classmethod
+    def of(cls, source: str, base: Path, lines: Sequence[str]) -> _Rules:
+        from ray._private.runtime_env.packaging import PathSpec  # the matcher Ray's upload uses, as it uses it
+
+        kept = tuple(line for line in lines if line)
+        return cls(source, base, kept, PathSpec.from_lines("gitwildmatch", kept))
+
+    def rule_for(self, path: Path) -> str | None:
+        """``SOURCE: PATTERN`` if these patterns leave ``path`` out (the last pattern that matches it decides)."""
+        name = str(path.relative_to(self.base))
+        if not self.spec.match_file(name):
+            return None
+        for line, pattern in reversed(list(zip(self.lines, self.spec.patterns, strict=True))):
+            if pattern.include is not None and list(pattern.match([name])):
+                return f"{self.source}: {line.strip()}"
+        return self.source  # not reached: what matched is an including pattern
+
+
+def left_out_of_upload(
+    project_root: Path, files: Iterable[str], excludes: Sequence[str] = DEFAULT_EXCLUDES
+) -> list[LeftOut]:
+    """Which of ``files`` (paths relative to the project root) uploading the project as a working_dir leaves out.
+
+    The rules are those of Ray's upload (``_dir_travel`` in ray._private.runtime_env.packaging), matched with
+    its own pattern matcher: the runtime_env's ``excludes``, relative to the root; then, in each folder on the
+    way down, the .gitignore there (unless RAY_RUNTIME_ENV_IGNORE_GITIGNORE=1) and the .rayignore there,
+    relative to that folder. A folder or file that any of them matches is left out, a folder with everything
+    below it: as in git, no ``!`` pattern brings back a file of a left-out folder; unlike git, a deeper
+    .gitignore does not undo what an upper one matches. A file outside the project is left out too.
+    """
+    root = Path(project_root).absolute()
+    names = (".gitignore", ".rayignore") if os.environ.get(IGNORE_GITIGNORE_ENV, "0") != "1" else (".rayignore",)
+    folders: dict[tuple[str, ...], tuple[str | None, list[_Rules]]] = {}
+
+    def first_rule(path: Path, rules: list[_Rules]) -> str | None:
+        return next((rule for rule in (r.rule_for(path) for r in rules) if rule), None)
+
+    def folder(parts: tuple[str, ...]) -> tuple[str | None, list[_Rules]]:
+        """(the rule that leaves this folder out, or None; the rules in force below it)."""
+        if parts not in folders:
+            if parts:
+                rule, rules = folder(parts[:-1])
+                path = root.joinpath(*parts)
+            else:
+                rule, rules, path = None, [_Rules.of(_EXCLUDES_SOURCE, root, excludes)], root
+            if rule is None:
+                rules = rules + [
+                    _Rules.of((path / name).relative_to(root).as_posix(), path, _read_lines(path / name))
+                    for name in names
+                    if (path / name).is_file()
+                ]
+                rule = first_rule(path, rules)
+            folders[parts] = (rule, rules)
+        return folders[parts]
+
+    left = []
+    for file in files:
+        path = Path(os.path.normpath(root / file))
+        try:
+            parts = path.relative_to(root).parts
+        except ValueError:
+            left.append(LeftOut(path.as_posix(), "outside the project"))
+            continue
+        rule, rules = folder(parts[:-1])
+        rule = rule or first_rule(path, rules)
+        if rule:
+            left.append(LeftOut("/".join(parts), rule))
+    return left
+
+
+def _read_lines(path: Path) -> list[str]:
+    with path.open("r") as lines:  # as Ray reads an ignore file
+        return lines.readlines()
+
+
+def check_inputs_uploaded(project_root: Path, input_paths: Sequence[str], input_format: str, output_path: str) -> None:
+    """Refuse (PipelineError) a submission whose relative ``input.paths`` read files the upload leaves out.
+
+    On the cluster a relative input path is read in the uploaded project; a file the upload left out
+    (:func:`left_out_of_upload`) is simply not there, and the job would succeed without its rows. The files
+    are found here as the job finds them (:func:`pipelines.io.shards.list_shards`); a path that fails to list
+    here is left to the job, which says what is wrong with it as it does anywhere.
+    """
+    from pipelines.io.shards import list_shards
+
+    root = Path(project_root).resolve()
+    files: list[str] = []
+    for location in input_paths:
+        if "://" in location or os.path.isabs(location):
+            continue
+        try:
+            shards = list_shards([os.path.join(root, location)], input_format, exclude=[output_path])
+        except PipelineError:
+            continue
+        files += [os.path.relpath(shard.path, root) for shard in shards]
+    left = left_out_of_upload(root, files)
+    if not left:
+        return
+    by_rule: dict[str, list[str]] = {}
+    for item in left:
+        by_rule.setdefault(item.rule, []).append(item.path)
+    shown = [
+        f"{paths[0]}" + (f" and {len(paths) - 1} more" if len(paths) > 1 else "") + f" ({rule})"
+        for rule, paths in list(by_rule.items())[:_RULES_SHOWN]
+    ]
+    if len(by_rule) > _RULES_SHOWN:
+        shown.append(f"more by {len(by_rule) - _RULES_SHOWN} other rule(s)")
+    raise PipelineError(
+        f"{len(left)} of the {len(files)} input files that relative input.paths read in the project would not be "
+        f"uploaded with it, and the job would succeed without their rows: {', '.join(shown)}; move the data to a "
+        "folder that is uploaded, or change that rule (.gitignore, .rayignore), or give input.paths an s3:// URI "
+        "or an absolute path on storage every node of the cluster reads"
+    )
 
 
 # --------------------------------------------------------------------------- #

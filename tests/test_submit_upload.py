@@ -1,0 +1,176 @@
+"""What `pipelines submit` uploads, and its refusal of input files the upload would leave behind.
+
+No cluster: the decision is made before any connection, with Ray's own rules; these tests compare it with
+the package Ray's upload really builds (its zip, made here) and run the CLI against a port nothing listens on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from helpers import ROOT
+
+from pipelines.cluster import jobs
+from pipelines.errors import PipelineError
+
+ROWS = 5
+
+
+def write_rows(path: Path, rows: int = ROWS) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"id": f"{path.name}-{i}", "text": "a", "label": "World"}) + "\n"
+                            for i in range(rows)))
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A project as a user has it: this repo's .gitignore plus `*.parquet`, the package, the main job, and an
+    input folder holding sub-folders named build/ and dist/ (the tester's repro) and a Parquet file."""
+    root = tmp_path / "proj"
+    (root / "jobs").mkdir(parents=True)
+    (root / "pipelines").symlink_to(ROOT / "pipelines")
+    shutil.copy(ROOT / "jobs" / "label_news.yaml", root / "jobs")
+    (root / ".gitignore").write_text((ROOT / ".gitignore").read_text() + "*.parquet\n")
+    for name in ("ok/part-0.jsonl", "build/part-1.jsonl", "dist/part-2.jsonl"):
+        write_rows(root / "jobs/data/probe" / name)
+    return root
+
+
+def uploaded(root: Path, tmp_path: Path) -> set[str]:
+    """The files in the package Ray's upload builds from ``root`` with this project's excludes."""
+    from ray._private.runtime_env.packaging import create_package
+
+    package = tmp_path / "package.zip"
+    create_package(str(root), package, include_gitignore=True, excludes=list(jobs.DEFAULT_EXCLUDES))
+    with zipfile.ZipFile(package) as zipped:
+        return {name for name in zipped.namelist() if not name.endswith("/")}
+
+
+def every_file(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and "pipelines" not in p.parts)
+
+
+def test_left_out_names_each_file_and_the_rule_that_leaves_it_out(project):
+    (project / "jobs/data/probe/ok/more.parquet").write_bytes(b"")
+    (project / "build").mkdir()
+    (project / "build/lib.py").write_text("")
+    left = jobs.left_out_of_upload(project, every_file(project))
+    assert {(item.path, item.rule) for item in left} == {
+        ("jobs/data/probe/ok/more.parquet", ".gitignore: *.parquet"),
+        ("build/lib.py", "pipelines' own excludes: /build"),  # setuptools' build/ at the root stays behind
+    }
+
+
+def test_left_out_agrees_with_the_package_ray_builds(project, tmp_path, monkeypatch):
+    """Nested .gitignore and .rayignore files, negations, anchored and folder patterns: the files the decision
+    leaves out are exactly those missing from Ray's own package."""
+    monkeypatch.delenv(jobs.IGNORE_GITIGNORE_ENV, raising=False)
+    data = project / "jobs/data"
+    for name in ("a/keep.jsonl", "a/drop.tmp", "a/raw/x.jsonl", "a/raw/y.jsonl", "b/c/z.jsonl", "b/c/w.jsonl",
+                 "b/venv/v.jsonl", "b/.cache/q.jsonl", "b/x.egg-info/e.jsonl", "b/n.parquet", "b/deep/n.parquet",
+                 "top/dist/d.jsonl", "top/build/b.jsonl"):
+        write_rows(data / name, 1)
+    # Ray matches a folder's path without its trailing /: `raw/` leaves out raw/'s files one by one, not raw/
+    # itself (unlike git), so the `!` brings y.jsonl back
+    (data / "a/.gitignore").write_text("*.tmp\nraw/\n!raw/y.jsonl\n")
+    (data / "b/.rayignore").write_text("/c/w.jsonl\n")
+    (data / "b/deep/.gitignore").write_text("!n.parquet\n")  # does not undo the root's *.parquet (Ray: any rule)
+    (project / "notes.parquet").write_bytes(b"")
+    (project / "build").mkdir()
+    (project / "build/out.txt").write_text("")
+    files = every_file(project)
+    carried = uploaded(project, tmp_path)
+    expected = sorted(f for f in files if f not in carried)
+    assert sorted(item.path for item in jobs.left_out_of_upload(project, files)) == expected
+    assert "jobs/data/probe/build/part-1.jsonl" in carried and "jobs/data/top/build/b.jsonl" in carried
+    assert "jobs/data/b/c/w.jsonl" in expected and "jobs/data/b/deep/n.parquet" in expected
+    assert "jobs/data/a/raw/x.jsonl" in expected and "jobs/data/a/raw/y.jsonl" in carried
+
+
+def test_gitignore_is_not_read_when_ray_is_told_so(project, monkeypatch):
+    (project / "jobs/data/probe/ok/more.parquet").write_bytes(b"")
+    monkeypatch.setenv(jobs.IGNORE_GITIGNORE_ENV, "1")
+    assert jobs.left_out_of_upload(project, every_file(project)) == []
+
+
+def test_the_matcher_is_the_one_rays_upload_uses():
+    from ray._private.runtime_env import packaging
+
+    rules = jobs._Rules.of("x", ROOT, ["build/"])
+    assert type(rules.spec) is packaging.PathSpec
+
+
+@pytest.mark.parametrize(
+    ("ignored", "rule"),
+    [("build/\n", ".gitignore: build/"), ("data/\n", ".gitignore: data/"), ("*.jsonl\n", ".gitignore: *.jsonl")],
+)
+def test_relative_inputs_the_upload_leaves_out_are_refused(project, ignored, rule):
+    (project / ".gitignore").write_text(ignored)
+    with pytest.raises(PipelineError) as caught:
+        jobs.check_inputs_uploaded(project, ["jobs/data/probe"], "auto", "/abs/out")
+    message = str(caught.value)
+    assert rule in message and "would not be uploaded" in message and "\n" not in message
+    assert "move the data" in message and "s3://" in message and ".gitignore" in message
+
+
+def test_inputs_that_are_uploaded_or_not_relative_pass(project, tmp_path):
+    jobs.check_inputs_uploaded(project, ["jobs/data/probe", "jobs/data/probe/ok/*.jsonl"], "auto", "/abs/out")
+    outside = tmp_path / "elsewhere"
+    write_rows(outside / "build/part.jsonl")
+    jobs.check_inputs_uploaded(project, [str(outside), "s3://bucket/build/"], "auto", "/abs/out")
+    jobs.check_inputs_uploaded(project, ["jobs/data/nothing-here"], "auto", "/abs/out")  # the job says so
+
+
+def test_a_relative_input_outside_the_project_is_refused(project, tmp_path):
+    write_rows(tmp_path / "next-door/part.jsonl")
+    with pytest.raises(PipelineError, match=r"1 of the 1 input files .*\(outside the project\)"):
+        jobs.check_inputs_uploaded(project, ["../next-door"], "auto", "/abs/out")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def submit(project: Path, *sets: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0")
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines", "submit", "jobs/label_news.yaml", "--wait",
+         "--address", f"http://127.0.0.1:{free_port()}", "--set", "output.path=/abs/out",
+         *(arg for value in sets for arg in ("--set", value))],
+        cwd=project, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def test_submit_refuses_input_the_upload_leaves_behind_before_connecting(project):
+    """The tester's repro: data/probe holds ok/, build/ and dist/; the project's .gitignore lists build/ and
+    dist/ (unanchored, as they were). Before: the job succeeded with a third of the rows."""
+    (project / ".gitignore").write_text("build/\ndist/\n")
+    done = submit(project, "input.paths=[jobs/data/probe]")
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("error: 2 of the 3 input files") and "Cannot reach" not in line
+    assert "jobs/data/probe/build/part-1.jsonl (.gitignore: build/)" in line
+    assert "jobs/data/probe/dist/part-2.jsonl (.gitignore: dist/)" in line
+
+
+def test_submit_with_uploaded_input_goes_on_to_connect(project):
+    """This repo's .gitignore anchors build/ and dist/ to the root: the same folders are uploaded."""
+    done = submit(project, "input.paths=[jobs/data/probe]")
+    assert done.returncode == 2 and "Cannot reach the Ray dashboard" in done.stderr, done.stderr
+
+
+def test_submit_refuses_a_spec_the_upload_leaves_behind(project, tmp_path):
+    (project / ".gitignore").write_text("label_news.yaml\n")
+    with pytest.raises(PipelineError, match=r"Job spec jobs/label_news.yaml would not be uploaded .*label_news"):
+        jobs.submit(project / "jobs/label_news.yaml", f"http://127.0.0.1:{free_port()}", project_root=project)
