@@ -136,10 +136,10 @@ def submit(
     """
     root = Path(project_root).resolve()
     job_rel = job_path_in_project(Path(job_path), root)
-    for left in left_out_of_upload(root, [job_rel]):
+    if left := left_out_of_upload(root, [job_rel]):
         raise PipelineError(
-            f"Job spec {job_rel} would not be uploaded with the project ({left.rule}); move it (e.g. into jobs/) "
-            "or change that rule"
+            f"Job spec {job_rel} would not be uploaded with the project ({left[0].rule}); move it (e.g. into "
+            "jobs/) or change that rule"
         )
     entrypoint = build_entrypoint(job_rel, overrides, extra_args)
     runtime_env = build_runtime_env(root, env_vars)
