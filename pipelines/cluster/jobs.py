@@ -314,8 +314,10 @@ def left_out_of_upload(
     its own pattern matcher: the runtime_env's ``excludes``, relative to the root; then, in each folder on the
     way down, the .gitignore there (unless RAY_RUNTIME_ENV_IGNORE_GITIGNORE=1) and the .rayignore there,
     relative to that folder. A folder or file that any of them matches is left out, a folder with everything
-    below it: as in git, no ``!`` pattern brings back a file of a left-out folder; unlike git, a deeper
-    .gitignore does not undo what an upper one matches. A file outside the project is left out too.
+    below it (no ``!`` pattern brings back a file of it). Unlike git: a folder is matched by its path without
+    a trailing ``/``, so ``raw/`` leaves out the files below raw/ one by one, not the folder, and a later
+    ``!raw/keep.jsonl`` brings that one back; and a deeper .gitignore does not undo what an upper one matches.
+    A file outside the project is left out too.
     """
     root = Path(project_root).absolute()
     names = (".gitignore", ".rayignore") if os.environ.get(IGNORE_GITIGNORE_ENV, "0") != "1" else (".rayignore",)
