@@ -15,8 +15,11 @@ attaches a token by itself when ``RAY_AUTH_MODE=token`` is set in *this*
 process, so this module finds the token itself (:func:`pipelines.cluster.auth.find_token`)
 and always sends it as ``Authorization: Bearer``. A cluster without token auth
 ignores the header. The header is readable by anyone on the way over plain http,
-so :func:`check_transport` refuses http to any host but this one unless the user
-passes ``--insecure`` (https, and an SSH tunnel to 127.0.0.1, need nothing).
+so :func:`check_transport` refuses http to any host but this one, and http that a proxy from the
+environment would carry, unless the user passes ``--insecure`` (https, and an SSH tunnel to 127.0.0.1,
+need nothing). The guard reads the address with urllib and the Ray client sends with requests (urllib3),
+which read some addresses differently (``http://evil\\@127.0.0.1``: host 127.0.0.1 for urllib, evil for
+urllib3), so :func:`dashboard_url` accepts only addresses both read the same way (:data:`PLAIN_ADDRESS`).
 
 Every failure leaves this module as :class:`~pipelines.errors.PipelineError`
 with a one-line message that says what to do.
@@ -29,6 +32,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import re
 import shlex
 import socket
 import sys
@@ -77,6 +81,13 @@ SUBMIT_RETRY_EVERY_S = 2.0
 _CONNECT_TIMEOUT_S = 5.0
 _POLL_INTERVAL_S = 1.0
 _FINAL_STATUS_TIMEOUT_S = 30.0
+#: A dashboard address made only of characters that urllib (the token guard), urllib3 (requests, which
+#: the Ray client sends with) and yarl (aiohttp, its log stream) split into the same host: no user info
+#: (``@``), backslash, whitespace or control character, ``?``/``#``/``%``, or non-ASCII letter.
+PLAIN_ADDRESS = re.compile(
+    r"(?P<scheme>https?)://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::[0-9]{1,5})?(?P<path>/[A-Za-z0-9._~/-]*)?",
+    re.ASCII | re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)
@@ -471,6 +482,8 @@ def dashboard_url(address: str) -> str:
 
     A bare ``host[:port]`` gets ``http://`` (and port 8265 if it has none):
     the Ray client would otherwise take it for a GCS address and hang for 40 s.
+    An address that is not plain (:data:`PLAIN_ADDRESS`: user info, a backslash, ``#``, whitespace …)
+    is refused: the token guard and the HTTP client could read different hosts in it.
     """
     address = (address or "").strip()
     if not address:
@@ -479,11 +492,16 @@ def dashboard_url(address: str) -> str:
     if bare:
         address = "http://" + address
     address = address.rstrip("/")
-    parts = urlsplit(address)
+    scheme = address.split("://", 1)[0].lower()
+    if scheme in ("http", "https"):
+        if not PLAIN_ADDRESS.fullmatch(address):
+            raise PipelineError(_not_plain_message(address))
+        address = scheme + address[len(scheme) :]  # HTTP:// -> http://, which the Ray client expects
     try:
+        parts = urlsplit(address)
         port = parts.port
-    except ValueError:
-        port, parts = None, parts._replace(scheme="invalid")
+    except ValueError:  # a bracketed host that is no IPv6 address, a port out of range
+        parts, port = urlsplit("invalid:"), None
     if bare and port is None and parts.hostname and not parts.path:
         address += ":8265"
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -494,21 +512,69 @@ def dashboard_url(address: str) -> str:
     return address
 
 
+def _not_plain_message(address: str) -> str:
+    """Why an http(s) address that does not match :data:`PLAIN_ADDRESS` is refused, in one line."""
+    rest = address.split("://", 1)[1]
+    odd = sorted({c for c in rest if not (c.isascii() and (c.isalnum() or c in "._~/:[]-"))})
+    if not odd:
+        return (
+            f"{address!r} is not a dashboard address: its host or port is malformed; pass http(s)://HOST[:PORT], "
+            "e.g. --address http://HEAD_IP:8265."
+        )
+    user_info = " (@: user info before the host)" if "@" in odd else ""
+    return (
+        f"{ascii(address)} is not a plain dashboard address: it has {' '.join(map(ascii, odd))}{user_info}, "
+        "so the HTTP client could send the "
+        "auth token to another host than the one checked here; pass only http(s)://HOST[:PORT], "
+        "e.g. --address http://HEAD_IP:8265."
+    )
+
+
 def check_transport(url: str, token: AuthToken | None, insecure: bool = False) -> None:
-    """Refuse to send the token in clear text to another machine: over plain http to a host that is not
-    this one (a literal loopback name or address), unless the user said ``--insecure``.
+    """Refuse to send the token in clear text to another machine, unless the user said ``--insecure``:
+    over plain http to a host that is not this one (a literal loopback name or address), or over plain
+    http through a proxy that requests would take from the environment (HTTP_PROXY, ALL_PROXY, … not
+    bypassed by NO_PROXY; decided by requests' own functions, so it is the proxy requests would use).
 
     Whoever reads the token on the way can submit jobs, which run any code on the cluster.
     """
-    parts = urlsplit(url)
-    if token is None or insecure or parts.scheme == "https" or is_loopback(parts.hostname or ""):
+    url = dashboard_url(url)  # refuses an address whose host the HTTP client could read differently
+    if token is None or insecure:
         return
-    raise PipelineError(
-        f"Refusing to send the Ray auth token (from {token.source}) to {url} over plain http: anyone on the "
-        "network path could read it and run code on the cluster. Use an https:// address, or an SSH tunnel "
-        "(`ray dashboard cluster.yaml`, then --address http://127.0.0.1:8265), or pass --insecure on a "
-        "network you trust."
-    )
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return  # through a proxy too: requests tunnels https (CONNECT), the proxy sees no header
+    if not is_loopback(parts.hostname or ""):
+        raise PipelineError(
+            f"Refusing to send the Ray auth token (from {token.source}) to {url} over plain http: anyone on the "
+            "network path could read it and run code on the cluster. Use an https:// address, or an SSH tunnel "
+            "(`ray dashboard cluster.yaml`, then --address http://127.0.0.1:8265), or pass --insecure on a "
+            "network you trust."
+        )
+    proxy = proxy_for(url)
+    if proxy:
+        raise PipelineError(
+            f"Refusing to send the Ray auth token (from {token.source}) to {url} over plain http through the "
+            f"proxy {proxy} that the environment names (HTTP_PROXY, http_proxy or ALL_PROXY): the proxy, and "
+            f"anyone on the way to it, could read the token and run code on the cluster. Set "
+            f"NO_PROXY={parts.hostname} (this address needs no proxy), or use an https:// address, or pass "
+            "--insecure to send it through the proxy anyway."
+        )
+
+
+def proxy_for(url: str) -> str | None:
+    """The proxy requests would send a request to ``url`` through (from the environment), without credentials.
+
+    requests' own choice: ``get_environ_proxies`` (NO_PROXY applied) and ``select_proxy``, as a
+    ``requests.request`` (what the Ray client calls) does.
+    """
+    from requests.utils import get_environ_proxies, select_proxy
+
+    proxy = select_proxy(url, get_environ_proxies(url))
+    if not proxy:
+        return None
+    scheme, _, rest = proxy.rpartition("://")
+    return (scheme + "://" if scheme else "") + rest.split("/")[0].rpartition("@")[2]  # no user:password
 
 
 def is_loopback(host: str) -> bool:
