@@ -9,6 +9,7 @@ status, stop), not the real pipeline.
 
 from __future__ import annotations
 
+import re
 import textwrap
 import time
 from pathlib import Path
@@ -58,7 +59,7 @@ def project(tmp_path: Path) -> Path:
     """A stand-in project: ``python -m pipelines run JOB ...`` echoes its args.
 
     ``run`` prints the job spec's first line (proving the spec travelled),
-    exits 3 if the spec says ``fail``, and sleeps if it says ``sleep``.
+    exits 3 with an ``error:`` line if the spec says ``fail``, and sleeps if it says ``sleep``.
     """
     root = tmp_path / "project"
     (root / "pipelines").mkdir(parents=True)
@@ -77,6 +78,8 @@ def project(tmp_path: Path) -> Path:
             print("OUTPUT_UPLOADED", os.path.exists("output/big.bin"))
             if spec == "sleep":
                 time.sleep(120)
+            if spec == "fail":
+                print("error: the stand-in failed on purpose", file=sys.stderr)
             sys.exit(3 if spec == "fail" else 0)
             """
         )
@@ -110,8 +113,14 @@ def test_submit_wait_succeeds_and_streams_logs(head, token_env, project, capsys)
 
 
 def test_wait_raises_when_the_job_fails(head, token_env, project):
-    with pytest.raises(PipelineError, match=r"ended FAILED: .*exit code 3"):
+    said = "error: the stand-in failed on purpose"
+    with pytest.raises(PipelineError, match=rf"ended FAILED: .*exit code 3 {said} \(its logs are above\)") as raised:
         jobs_client.submit(project / "jobs" / "fail.yaml", head.address, wait=True, project_root=project)
+    job_id = re.search(r"Job (raysubmit_\w+) ", str(raised.value)).group(1)
+    # `pipelines status` and the end of `submit --wait`: Ray's exit code and the job's own line, in one line.
+    for report in (jobs_client.status(job_id, head.address), jobs_client.wait(job_id, head.address)):
+        assert (report.status, report.exit_code, report.own_line) == ("FAILED", 3, said)
+        assert str(report) == f"{job_id}: FAILED (Job entrypoint command failed with exit code 3) {said}"
 
 
 def test_status_logs_and_stop(head, token_env, project, capsys):

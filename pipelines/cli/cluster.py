@@ -11,8 +11,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipelines.errors import PipelineError
+
+if TYPE_CHECKING:
+    from pipelines.cluster.jobs import JobReport
 
 ADDRESS_HELP = (
     "the head's dashboard URL (job server), e.g. http://HEAD_IP:8265 (default: RAY_API_SERVER_ADDRESS or "
@@ -34,7 +38,10 @@ def register(subparsers, job_command) -> None:
     submit.add_argument("--address", help=ADDRESS_HELP)
     submit.add_argument("--insecure", action="store_true", help=INSECURE_HELP)
     submit.add_argument(
-        "--wait", action="store_true", help="follow the job's logs to its end; exit 0 if it succeeded, 1 if not"
+        "--wait",
+        action="store_true",
+        help="follow the job's logs to its end; exit 0 if it succeeded, 75 if it found its output busy (another "
+        "run of it in progress: try later), 1 if it failed otherwise or was stopped",
     )
     submit.add_argument(
         "--project-root",
@@ -83,7 +90,18 @@ def _submit(args: argparse.Namespace) -> int:
         )
         return 130
     print(f"job {report}", file=sys.stderr)
-    return 0 if report.status == "SUCCEEDED" else 1
+    return wait_exit_status(report)
+
+
+def wait_exit_status(report: JobReport) -> int:
+    """``submit --wait``'s exit status for the job's final report: 0 if it succeeded; 75 (EX_TEMPFAIL) if its
+    ``pipelines run`` exited 75, another run of the output being in progress (try later, as for a local run);
+    else 1 (failed or stopped)."""
+    from pipelines.cli.main import EXIT_BUSY
+
+    if report.status == "SUCCEEDED":
+        return 0
+    return EXIT_BUSY if report.status == "FAILED" and report.exit_code == EXIT_BUSY else 1
 
 
 def _check_output_path(path: str) -> None:

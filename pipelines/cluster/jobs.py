@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -38,7 +39,6 @@ import socket
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -81,6 +81,9 @@ SUBMIT_RETRY_EVERY_S = 2.0
 _CONNECT_TIMEOUT_S = 5.0
 _POLL_INTERVAL_S = 1.0
 _FINAL_STATUS_TIMEOUT_S = 30.0
+#: The line ``pipelines run`` ends a foreseen failure with (cli.main): ``error: …``, or ``busy: …`` (exit 75).
+_OWN_LINE = re.compile(r"^(?:error|busy): \S.*$", re.MULTILINE)
+_EXIT_CODE = re.compile(r"\bfailed with exit code (-?\d+)\b")
 #: A dashboard address made only of characters that urllib (the token guard), urllib3 (requests, which
 #: the Ray client sends with) and yarl (aiohttp, its log stream) split into the same host: no user info
 #: (``@``), backslash, whitespace or control character, ``?``/``#``/``%``, or non-ASCII letter.
@@ -90,13 +93,17 @@ PLAIN_ADDRESS = re.compile(
 )
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class JobReport:
     """What the cluster says about one job."""
 
     job_id: str
     status: str
     message: str
+    #: The entrypoint's exit status once it exited (Ray's ``driver_exit_code``), else None.
+    exit_code: int | None = None
+    #: A failed job's own last ``error: …`` or ``busy: …`` line from its logs (:func:`own_line`), else "".
+    own_line: str = ""
 
     @property
     def is_terminal(self) -> bool:
@@ -110,7 +117,8 @@ class JobReport:
         return first_line.split(", last available logs")[0].rstrip(":").strip()
 
     def __str__(self) -> str:
-        return f"{self.job_id}: {self.status}" + (f" ({self.summary})" if self.summary else "")
+        text = f"{self.job_id}: {self.status}" + (f" ({self.summary})" if self.summary else "")
+        return text + (f" {self.own_line}" if self.own_line else "")
 
 
 # --------------------------------------------------------------------------- #
@@ -206,15 +214,16 @@ def wait(job_id: str, address: str, insecure: bool = False) -> JobReport:
     """Write the job's logs to stdout as they come until it ends; return its final report."""
     client, url = _connect(address, insecure)
     with _errors_as_pipeline_errors(url, client.token, job_id):
-        follow_logs(client, job_id)
-        return _final_report(client, job_id)
+        logs = follow_logs(client, job_id)
+        return _with_own_line(client, _final_report(client, job_id), logs)
 
 
 def status(job_id: str, address: str, insecure: bool = False) -> JobReport:
-    """Return the job's current status and the cluster's message about it."""
+    """Return the job's current status and the cluster's message about it (a failed job's own last
+    ``error:``/``busy:`` line included, from the logs the cluster holds)."""
     client, url = _connect(address, insecure)
     with _errors_as_pipeline_errors(url, client.token, job_id):
-        return _report(client, job_id)
+        return _with_own_line(client, _report(client, job_id))
 
 
 def logs(job_id: str, address: str, follow: bool = False, insecure: bool = False) -> str:
@@ -281,7 +290,7 @@ _EXCLUDES_SOURCE = "pipelines' own excludes"
 _RULES_SHOWN = 3
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class LeftOut:
     """A file that uploading the project leaves out, and the rule that leaves it out."""
 
@@ -289,7 +298,7 @@ class LeftOut:
     rule: str  #: e.g. ``.gitignore: *.parquet``, ``jobs/data/.rayignore: raw/``, ``outside the project``
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class _Rules:
     """The patterns of one source, matched as Ray matches them: against paths relative to ``base``."""
 
@@ -469,7 +478,7 @@ def build_runtime_env(project_root: Path, env_vars: Mapping[str, str] | None = N
 # --------------------------------------------------------------------------- #
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class _Client:
     """A JobSubmissionClient and the token it sends (None: no token)."""
 
@@ -659,7 +668,29 @@ def _auth_message(url: str, token: AuthToken | None) -> str:
 
 def _report(client: _Client, job_id: str) -> JobReport:
     info = client.jobs.get_job_info(job_id)
-    return JobReport(job_id, str(info.status), info.message or "")
+    message = info.message or ""
+    exit_code = getattr(info, "driver_exit_code", None)
+    if exit_code is None and (found := _EXIT_CODE.search(message.split("\n", 1)[0])):
+        exit_code = int(found.group(1))  # a job server without driver_exit_code says it in its message
+    return JobReport(job_id, str(info.status), message, exit_code)
+
+
+def own_line(logs: str) -> str:
+    """The last line of ``logs`` that ``pipelines run`` wrote to end a foreseen failure (``error: …`` or
+    ``busy: …``, at the start of a line: not a worker's prefixed output), stripped; "" if there is none."""
+    found = _OWN_LINE.findall(logs.replace("\r\n", "\n"))
+    return found[-1].strip() if found else ""
+
+
+def _with_own_line(client: _Client, report: JobReport, logs: str | None = None) -> JobReport:
+    """A failed job's report with its own last ``error:``/``busy:`` line, from the log excerpt Ray put in the
+    message, else from ``logs`` (what was streamed) or the logs the job server holds."""
+    if report.status != "FAILED":
+        return report
+    line = own_line(report.message)
+    if not line:
+        line = own_line(logs if logs is not None else client.jobs.get_job_logs(report.job_id))
+    return dataclasses.replace(report, own_line=line)
 
 
 def follow_logs(client: _Client, job_id: str, out: IO[str] | None = None) -> str:
@@ -710,14 +741,16 @@ def _wait_for_success(client: _Client, url: str, job_id: str) -> None:
     """Follow the job's logs to stdout; raise PipelineError unless it succeeded."""
     with _errors_as_pipeline_errors(url, client.token, job_id):
         try:
-            follow_logs(client, job_id)
+            logs = follow_logs(client, job_id)
         except KeyboardInterrupt:
             logger.warning("Stopped following job %s; it keeps running on %s.", job_id, url)
             raise
-        report = _final_report(client, job_id)
+        report = _with_own_line(client, _final_report(client, job_id), logs)
     if report.status != "SUCCEEDED":
+        said = f" {report.own_line}" if report.own_line else ""
         raise PipelineError(
-            f"Job {job_id} on {url} ended {report.status}: {report.summary or 'no message'} (its logs are above)."
+            f"Job {job_id} on {url} ended {report.status}: {report.summary or 'no message'}{said} "
+            "(its logs are above)."
         )
 
 

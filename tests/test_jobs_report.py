@@ -1,0 +1,136 @@
+"""What `pipelines status` and `pipelines submit --wait` say about a job that ended, and how `submit --wait` exits.
+
+A failed job's own one-line `error: …` / `busy: …` (what `pipelines run` ends a foreseen failure with) is
+shown next to Ray's status, read from the logs Ray holds; an entrypoint that exited 75 (another run of the
+output in progress: try later) makes `submit --wait` exit 75, not 1. No Ray and no network here: the job
+server's answers are stand-ins shaped like Ray 2.60's (tests/test_jobs_client.py checks them on a real head).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from helpers import ROOT
+
+from pipelines.cli.cluster import wait_exit_status
+from pipelines.cli.main import main
+from pipelines.cluster import jobs
+from pipelines.cluster.jobs import JobReport, own_line
+
+ADDRESS = "http://127.0.0.1:8265"
+ERROR = "error: input.paths: /data/nope does not exist; check the path (relative paths start at the current directory)"
+BUSY = ("busy: another run of the output s3://b/out is in progress (pid 3223 on head since 2026-12-01 10:06:28); "
+        "not starting a second one. It ends by itself; the lock is s3://b/out/_run.lock")
+
+
+def ray_message(code: int, tail: str) -> str:
+    """Ray 2.60's message for an entrypoint that exited non-zero (job_supervisor.py), its log excerpt included."""
+    return f"Job entrypoint command failed with exit code {code}, last available logs (truncated to 20,000 chars):\n{tail}"
+
+
+class FakeJobs:
+    """The JobSubmissionClient calls the report uses, answering like Ray's for one job."""
+
+    def __init__(self, status: str, message: str, exit_code: int | None, logs: str = "") -> None:
+        self.info = SimpleNamespace(status=status, message=message, driver_exit_code=exit_code)
+        self.logs = logs
+        self.log_requests = 0
+
+    def get_job_info(self, job_id: str) -> SimpleNamespace:
+        return self.info
+
+    def get_job_logs(self, job_id: str) -> str:
+        self.log_requests += 1
+        return self.logs
+
+
+@pytest.fixture
+def cluster(monkeypatch):
+    """Point the job commands at a FakeJobs (set ``cluster.jobs``) instead of connecting."""
+    state = SimpleNamespace(jobs=None)
+    monkeypatch.setattr(jobs, "_connect", lambda address, insecure=False: (jobs._Client(state.jobs, None), ADDRESS))
+    return state
+
+
+@pytest.mark.parametrize(
+    ("logs", "line"),
+    [
+        (f"10:04:47 INFO pipelines.runner: planning\n{ERROR}\n", ERROR),
+        (f"{BUSY}\r\n", BUSY),
+        (f"error: first\n{ERROR}\n2026-12-01 10:04:54,547 INFO worker.py:2000 -- shutting down\n", ERROR),
+        ("(MapWorker pid=12) error: a worker's output, not the job's line\nTraceback ...\nKeyError: 'x'\n", ""),
+        ("10:04:47 ERROR pipelines.runner: a log record\nerror:no space after the colon\n", ""),
+        ("", ""),
+    ],
+)
+def test_own_line_is_the_jobs_last_error_or_busy_line(logs, line):
+    assert own_line(logs) == line
+
+
+def test_status_of_a_failed_job_shows_its_own_error_line(cluster, capsys):
+    cluster.jobs = FakeJobs("FAILED", ray_message(2, f"ARGS run jobs/x.yaml\n{ERROR}\n"), 2)
+    assert main(["status", "raysubmit_x", "--address", ADDRESS]) == 0
+    assert capsys.readouterr().out == (
+        f"raysubmit_x: FAILED (Job entrypoint command failed with exit code 2) {ERROR}\n"
+    )
+    assert cluster.jobs.log_requests == 0  # Ray's excerpt in the message held it
+
+
+def test_the_line_is_looked_up_in_the_logs_when_the_excerpt_lacks_it(cluster):
+    noise = "".join(f"(raylet) shutting down {i}\n" for i in range(12))  # pushed the line out of the last 10
+    cluster.jobs = FakeJobs("FAILED", ray_message(75, noise), 75, logs=f"ARGS\n{BUSY}\n{noise}")
+    report = jobs.status("raysubmit_x", ADDRESS)
+    assert (report.own_line, report.exit_code) == (BUSY, 75)
+    assert cluster.jobs.log_requests == 1
+    assert "\n" not in str(report)
+
+
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [("RUNNING", "Job is currently running."), ("SUCCEEDED", "Job finished successfully."),
+     ("STOPPED", "Job was intentionally stopped.")],
+)
+def test_other_jobs_read_no_logs(cluster, status, message):
+    cluster.jobs = FakeJobs(status, message, 0 if status == "SUCCEEDED" else None, logs=ERROR)
+    report = jobs.status("raysubmit_x", ADDRESS)
+    assert str(report) == f"raysubmit_x: {status} ({message})"
+    assert report.own_line == "" and cluster.jobs.log_requests == 0
+
+
+def test_the_exit_code_comes_from_the_message_when_ray_does_not_give_it(cluster):
+    cluster.jobs = FakeJobs("FAILED", "Job entrypoint command failed with exit code 75. No logs available.", None)
+    assert jobs.status("raysubmit_x", ADDRESS).exit_code == 75
+
+
+def test_wait_takes_the_line_from_the_logs_it_streamed(cluster, monkeypatch):
+    cluster.jobs = FakeJobs("FAILED", ray_message(2, "(raylet) noise\n"), 2, logs="not asked for")
+    monkeypatch.setattr(jobs, "follow_logs", lambda client, job_id: f"ARGS\n{ERROR}\n(raylet) noise\n")
+    report = jobs.wait("raysubmit_x", ADDRESS)
+    assert report.own_line == ERROR and cluster.jobs.log_requests == 0
+
+
+@pytest.mark.parametrize(
+    ("report", "code"),
+    [
+        (JobReport("j", "SUCCEEDED", "Job finished successfully.", 0), 0),
+        (JobReport("j", "FAILED", ray_message(75, BUSY), 75, BUSY), 75),  # busy: try later, as `run` exits
+        (JobReport("j", "FAILED", ray_message(2, ERROR), 2, ERROR), 1),
+        (JobReport("j", "FAILED", "Unexpected error occurred: the runtime_env could not be set up", None), 1),
+        (JobReport("j", "STOPPED", "Job was intentionally stopped.", None), 1),
+    ],
+)
+def test_submit_wait_exit_status(report, code):
+    assert wait_exit_status(report) == code
+
+
+@pytest.mark.parametrize(("exit_code", "line", "code"), [(75, BUSY, 75), (2, ERROR, 1)])
+def test_submit_wait_exits_75_when_the_job_found_its_output_busy(exit_code, line, code, monkeypatch, capsys):
+    report = JobReport("raysubmit_x", "FAILED", ray_message(exit_code, line), exit_code, line)
+    monkeypatch.setattr(jobs, "submit", lambda *args, **kwargs: "raysubmit_x")
+    monkeypatch.setattr(jobs, "wait", lambda job_id, address, insecure=False: report)
+    argv = ["submit", str(ROOT / "jobs" / "label_news.yaml"), "--wait", "--address", ADDRESS,
+            "--set", "output.path=s3://bucket/out"]
+    assert main(argv) == code
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last == f"job raysubmit_x: FAILED (Job entrypoint command failed with exit code {exit_code}) {line}"
