@@ -13,10 +13,9 @@ from types import SimpleNamespace
 import pytest
 from helpers import ROOT
 
-from pipelines.cli.cluster import wait_exit_status
+from pipelines.cli import cluster as cli_cluster
 from pipelines.cli.main import main
 from pipelines.cluster import jobs
-from pipelines.cluster.jobs import JobReport, own_line
 
 ADDRESS = "http://127.0.0.1:8265"
 ERROR = "error: input.paths: /data/nope does not exist; check the path (relative paths start at the current directory)"
@@ -65,7 +64,7 @@ def cluster(monkeypatch):
     ],
 )
 def test_own_line_is_the_jobs_last_error_or_busy_line(logs, line):
-    assert own_line(logs) == line
+    assert jobs.own_line(logs) == line
 
 
 def test_status_of_a_failed_job_shows_its_own_error_line(cluster, capsys):
@@ -111,26 +110,35 @@ def test_wait_takes_the_line_from_the_logs_it_streamed(cluster, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("report", "code"),
+    ("status", "message", "exit_code", "code"),
     [
-        (JobReport("j", "SUCCEEDED", "Job finished successfully.", 0), 0),
-        (JobReport("j", "FAILED", ray_message(75, BUSY), 75, BUSY), 75),  # busy: try later, as `run` exits
-        (JobReport("j", "FAILED", ray_message(2, ERROR), 2, ERROR), 1),
-        (JobReport("j", "FAILED", "Unexpected error occurred: the runtime_env could not be set up", None), 1),
-        (JobReport("j", "STOPPED", "Job was intentionally stopped.", None), 1),
+        ("SUCCEEDED", "Job finished successfully.", 0, 0),
+        ("FAILED", ray_message(75, BUSY), 75, 75),  # busy: try later, as a local `pipelines run` exits
+        ("FAILED", ray_message(2, ERROR), 2, 1),
+        ("FAILED", ray_message(1, "Traceback (most recent call last): ..."), 1, 1),
+        ("FAILED", "Unexpected error occurred: the runtime_env could not be set up", None, 1),
+        ("STOPPED", "Job was intentionally stopped.", None, 1),
     ],
 )
-def test_submit_wait_exit_status(report, code):
-    assert wait_exit_status(report) == code
+def test_submit_wait_exit_status(status, message, exit_code, code):
+    assert cli_cluster.wait_exit_status(jobs.JobReport("j", status, message, exit_code)) == code
 
 
-@pytest.mark.parametrize(("exit_code", "line", "code"), [(75, BUSY, 75), (2, ERROR, 1)])
-def test_submit_wait_exits_75_when_the_job_found_its_output_busy(exit_code, line, code, monkeypatch, capsys):
-    report = JobReport("raysubmit_x", "FAILED", ray_message(exit_code, line), exit_code, line)
+@pytest.mark.parametrize(
+    ("status", "exit_code", "line", "code"),
+    [("FAILED", 75, BUSY, 75), ("FAILED", 2, ERROR, 1), ("SUCCEEDED", 0, "", 0)],
+)
+def test_submit_wait_exits_75_when_the_job_found_its_output_busy(status, exit_code, line, code, cluster, monkeypatch,
+                                                                 capsys):
+    message = ray_message(exit_code, f"ARGS\n{line}\n") if exit_code else "Job finished successfully."
+    cluster.jobs = FakeJobs(status, message, exit_code)
     monkeypatch.setattr(jobs, "submit", lambda *args, **kwargs: "raysubmit_x")
-    monkeypatch.setattr(jobs, "wait", lambda job_id, address, insecure=False: report)
+    monkeypatch.setattr(jobs, "follow_logs", lambda client, job_id: f"ARGS\n{line}\n")
     argv = ["submit", str(ROOT / "jobs" / "label_news.yaml"), "--wait", "--address", ADDRESS,
             "--set", "output.path=s3://bucket/out"]
     assert main(argv) == code
     last = capsys.readouterr().err.splitlines()[-1]
-    assert last == f"job raysubmit_x: FAILED (Job entrypoint command failed with exit code {exit_code}) {line}"
+    if status == "FAILED":
+        assert last == f"job raysubmit_x: FAILED (Job entrypoint command failed with exit code {exit_code}) {line}"
+    else:
+        assert last == "job raysubmit_x: SUCCEEDED (Job finished successfully.)"
