@@ -532,10 +532,9 @@ def _not_plain_message(address: str) -> str:
         )
     user_info = " (@: user info before the host)" if "@" in odd else ""
     return (
-        f"{ascii(address)} is not a plain dashboard address: it has {' '.join(map(ascii, odd))}{user_info}, "
-        "so the HTTP client could send the "
-        "auth token to another host than the one checked here; pass only http(s)://HOST[:PORT], "
-        "e.g. --address http://HEAD_IP:8265."
+        f"{ascii(address)} is not a plain dashboard address: it has {' '.join(map(ascii, odd))}{user_info}, so "
+        "the HTTP client could send the auth token to another host than the one checked here; pass only "
+        "http(s)://HOST[:PORT], e.g. --address http://HEAD_IP:8265."
     )
 
 
