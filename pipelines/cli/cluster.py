@@ -23,8 +23,9 @@ ADDRESS_HELP = (
     "RAY_ADDRESS if it is an http URL); not the GCS address HEAD_IP:6379 that `pipelines run --address` takes"
 )
 INSECURE_HELP = (
-    "send the cluster's auth token over plain http to another machine (refused by default: anyone on the "
-    "network path could read it); prefer https or an SSH tunnel to http://127.0.0.1:8265"
+    "send the cluster's auth token over plain http to another machine, or through a proxy named by HTTP_PROXY/"
+    "ALL_PROXY (refused by default: anyone on the network path could read it); prefer https or an SSH tunnel "
+    "to http://127.0.0.1:8265 (with NO_PROXY=127.0.0.1 if a proxy is set)"
 )
 
 
