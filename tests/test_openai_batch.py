@@ -8,6 +8,7 @@ CreateEmbeddingResponse, ErrorObject): each body must validate, and validate to 
 from __future__ import annotations
 
 import codecs
+import gzip
 import json
 import os
 import re
@@ -26,6 +27,7 @@ from openai.types.chat import ChatCompletion, completion_create_params
 from openai.types.shared import ErrorObject
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
+from pipelines.errors import PipelineError
 from pipelines.inference.predictor import Predictor
 from pipelines.io.openai_batch import read_requests
 from pipelines.io.reader import Columns, read_shard
@@ -51,6 +53,43 @@ def embedding_line(custom_id: str, given, **options) -> dict:
 
 def rows_of(lines: list[dict]) -> pa.Table:
     return read_requests("".join(json.dumps(line) + "\n" for line in lines).encode(), "id", "text")
+
+
+# which files are request files -------------------------------------------------------------------
+
+
+def test_a_folder_of_batch_files_reads_its_json_lines_files_and_says_what_it_passes_over(tmp_path, caplog):
+    """Every file in a folder but Parquet was read as requests: a notes.txt beside the request files became two
+    ``invalid_request_line`` errors, and a README.txt beside a small file failed the job (``errors.max_rate``)."""
+    folder = tmp_path / "in"
+    write_jsonl(folder / "a.jsonl", [chat_line("a")])
+    (folder / "b.jsonl.gz").write_bytes(gzip.compress((json.dumps(chat_line("b")) + "\n").encode()))
+    write_jsonl(folder / "c.ndjson", [chat_line("c")])
+    (folder / "notes.txt").write_text("these are my notes, not requests\nsecond line\n")
+    (folder / "README").write_text("requests for the March run\n")
+    (folder / "d.parquet").write_bytes(b"PAR1")
+    with caplog.at_level("WARNING", logger="pipelines.io.shards"):
+        shards = list_shards([str(folder)], "openai-batch")
+    assert [(s.name, s.format, s.compressed) for s in shards] == [
+        ("a.jsonl", "openai-batch", False), ("b.jsonl.gz", "openai-batch", True), ("c.ndjson", "openai-batch", False)]
+    [said] = [r.getMessage() for r in caplog.records]
+    assert "holds 3 file(s) that are not read" in said and "README, d.parquet, notes.txt" in said
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pipelines.io.shards"):  # a glob is a listing too
+        assert [s.name for s in list_shards([str(folder / "*")], "openai-batch")] == ["a.jsonl", "b.jsonl.gz",
+                                                                                      "c.ndjson"]
+    assert "holds 3 file(s) that are not read" in caplog.records[0].getMessage()
+
+
+def test_a_batch_file_named_in_input_paths_is_read_whatever_its_name(tmp_path):
+    """As ``format: jsonl`` reads a file it is given by name; only a listing goes by names."""
+    (tmp_path / "requests.txt").write_text(json.dumps(chat_line("named")) + "\n")
+    (tmp_path / "batch_input").write_text(json.dumps(chat_line("bare")) + "\n")
+    shards = list_shards([str(tmp_path / "requests.txt"), str(tmp_path / "batch_input")], "openai-batch")
+    assert [(s.name, s.format) for s in shards] == [("batch_input", "openai-batch"), ("requests.txt", "openai-batch")]
+    with pytest.raises(PipelineError, match=r"no JSON lines files \(.jsonl, .ndjson, .json, each also .gz\) found "
+                       r"under .*; .*name each file of requests in input.paths"):
+        list_shards([str(tmp_path / "*.txt")], "openai-batch")
 
 
 # the request options ------------------------------------------------------------------------------

@@ -30,6 +30,8 @@ from pipelines.io import stores
 log = logging.getLogger(__name__)
 
 FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+#: What a folder's Batch request files are named (``input.format: openai-batch``): as JSON lines files are.
+BATCH_FILES = "JSON lines files (.jsonl, .ndjson, .json, each also .gz)"
 GLOB_CHARS = set("*?[")
 HIDDEN = (".", "_")  # the first letter of names a listing skips
 #: A glob matches as a shell's does: ``*``, ``?`` and ``[...]`` within one name, ``**`` across folders (any
@@ -114,15 +116,20 @@ def _encode_location(rest: str) -> str:
     return re.sub(r"%(?![0-9A-Fa-f]{2})", "%25", quoted) + options
 
 
-def detect_format(path: str, wanted: str) -> tuple[str, bool] | None:
-    """(format, gzip-compressed) of a file name, or None for files that are not shards."""
+def detect_format(path: str, wanted: str, named: bool = False) -> tuple[str, bool] | None:
+    """(format, gzip-compressed) of a file name, or None for files that are not shards.
+
+    ``named``: the file is named in input.paths itself, not found in a folder or by a glob. Batch requests are
+    JSON lines: in a folder, the files named as JSON lines are (a README.txt beside them is no request file);
+    a file named by itself is read whatever its name, as an explicit ``jsonl`` format reads it. Parquet never.
+    """
     name = path.rsplit("/", 1)[-1]
     compressed = name.lower().endswith(".gz")
     stem = name[:-3] if compressed else name
     ext = os.path.splitext(stem)[1].lower()
     found = FORMATS.get(ext)
-    if wanted == "openai-batch":  # JSON lines of requests; Parquet files are not taken for them
-        return None if found == "parquet" else (wanted, compressed)
+    if wanted == "openai-batch":
+        return (wanted, compressed) if found == "jsonl" or (named and found is None) else None
     if wanted != "auto":
         return None if found and found != wanted else (wanted, compressed)
     return (found, compressed) if found else None
@@ -308,7 +315,7 @@ def list_shards(
         found = left_out = 0
         other: list[str] = []  # files that are no shard by their name: said, not dropped without a word
         for uri, info in files:
-            kind = detect_format(info.path, wanted_format)
+            kind = detect_format(info.path, wanted_format, named=not a_listing)
             if kind is None:
                 other.append(info.base_name)
                 continue
@@ -323,12 +330,14 @@ def list_shards(
             shards[uri] = Shard(uri, info.path, kind[0], kind[1], info.size or 0, mtime, name)  # type: ignore[arg-type]
             found += 1
         if found and other:
-            kinds = ("Parquet or JSON lines files (.parquet, .jsonl, .ndjson, .json, each also .gz)"
-                     if wanted_format == "auto" else f"{wanted_format} files (input.format)")
+            kinds, hint = {
+                "auto": ("Parquet or JSON lines files (.parquet, .jsonl, .ndjson, .json, each also .gz)", "convert"),
+                "openai-batch": (f"{BATCH_FILES} (input.format openai-batch)", "rename, or name each in input.paths,"),
+            }.get(wanted_format, (f"{wanted_format} files (input.format)", "convert"))
             log.warning(
                 "input.paths: %s holds %d file(s) that are not read, their names not those of %s: e.g. %s; their "
-                "rows are in no output (convert them to be read)", location, len(other), kinds,
-                ", ".join(sorted(other)[:3]))
+                "rows are in no output (%s them to be read)", location, len(other), kinds,
+                ", ".join(sorted(other)[:3]), hint)
         if not found and not (empty_is_no_input and a_listing):
             below = ""
             if left_out:
@@ -338,6 +347,12 @@ def list_shards(
                 )
             if GLOB_CHARS & set(location) and "**" not in location:
                 below = f" (a glob's * stays within one folder: {_recursive(location)} takes the folders below too)"
+            if wanted_format == "openai-batch":
+                raise PipelineError(
+                    f"input.paths: no {BATCH_FILES} found under {location}; check the path{below}, remove it "
+                    "from the list, or name each file of requests in input.paths (one named so is read whatever "
+                    "its name)"
+                )
             raise PipelineError(
                 f"input.paths: no .parquet or .jsonl(.gz) files found under {location}; check the path{below}, "
                 "remove it from the list, or set input.format for files without those extensions"
