@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import io
 import json
 import os
 import re
@@ -32,7 +33,7 @@ from pipelines.inference.predictor import Predictor
 from pipelines.io.openai_batch import read_requests
 from pipelines.io.reader import Columns, read_shard
 from pipelines.io.shards import list_shards
-from pipelines.output.openai_batch import error_line
+from pipelines.output.openai_batch import OpenAIBatchFiles, error_line
 from pipelines.tasks import openai_requests as requests
 from pipelines.tasks.openai_requests import CHAT_URL, EMBEDDINGS_URL, parse_request
 
@@ -532,3 +533,33 @@ def test_a_failed_forward_is_a_server_error_and_a_line_without_custom_id_a_line_
     lost = error_line({"shard": "in/a.jsonl", "row": 3, "id": None, "reason": "custom_id is missing", "preview": None})
     assert lost["response"] is None
     assert lost["error"] == {"code": "invalid_request_line", "message": "custom_id is missing (request 4 of in/a.jsonl, blank lines not counted)"}
+
+
+def test_each_output_line_is_one_line_to_any_line_splitter():
+    """The README reads the output with ``str.splitlines()``, which also splits at U+2028, U+2029, U+0085 (and
+    \\x0b, \\x0c, \\x1c-\\x1e): written raw, a custom_id ``"a\\u2028b-sep"`` or an answer holding one made that read
+    crash on half a line (``json.JSONDecodeError``)."""
+    breaks = "\x85\u2028\u2029\x0b\x0c\x1c\x1d\x1e\r\n"
+    custom_ids = ["a\u2028b-sep", f"all{breaks}of-them", "plain-é"]
+    files = OpenAIBatchFiles(endpoint="chat", id_column="id", model="smollm2")
+    answered = pa.table({"id": custom_ids, "generated_text": [[f"one{breaks}two"], ["x"], ["café\u2029"]],
+                         "finish_reason": [["stop"]] * 3, "prompt_tokens": [3] * 3, "generated_tokens": [[2]] * 3})
+    refused = pa.table({"shard": ["in/a.jsonl"] * 2, "row": [4, 5], "id": ["b\x85c", None],
+                        "reason": ["stop: bad\u2028value", "invalid JSON: Expecting value (column 1)"],
+                        "preview": [None, None]})
+    for write, table in ((files.write_data, answered), (files.write_errors, refused)):
+        stream = io.BytesIO()
+        write(table, stream)
+        text = stream.getvalue().decode()
+        lines = text.splitlines()
+        assert lines == text.split("\n")[:-1] and len(lines) == table.num_rows  # no other break inside a line
+        for line in lines:
+            OutputLine.model_validate_json(line)  # still JSON the openai types read
+    assert [json.loads(line)["custom_id"] for line in lines] == ["b\x85c", None]
+    stream = io.BytesIO()
+    files.write_data(answered, stream)
+    results = [json.loads(line) for line in stream.getvalue().decode().splitlines()]
+    assert [r["custom_id"] for r in results] == custom_ids  # the same strings, escaped on the way
+    content = [exactly(ChatCompletion, r["response"]["body"]).choices[0].message.content for r in results]
+    assert content == [f"one{breaks}two", "x", "café\u2029"]
+    assert "é" in stream.getvalue().decode()  # other text stays as it is

@@ -114,8 +114,24 @@ def _hex() -> str:
     return uuid.uuid4().hex
 
 
+#: Characters a common line splitter ends a line at (Python's ``str.splitlines``, JavaScript's line terminators)
+#: that ``json.dumps(ensure_ascii=False)`` writes as they are; ``\n``, ``\r``, ``\x0b``, ``\x0c`` and
+#: ``\x1c``-``\x1e`` it escapes itself.
+LINE_BREAKS = ("\x85", "\u2028", "\u2029")
+
+
 def _jsonl(lines: Any) -> bytes:
-    return "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode()
+    """JSON lines, one object a line, text as it is (UTF-8) but for :data:`LINE_BREAKS`, written as JSON escapes
+    (``\\u2028``): so each line is one line to any reader. They can stand only inside a JSON string, where the
+    escape is the same string."""
+    return "".join(_one_line(json.dumps(line, ensure_ascii=False)) + "\n" for line in lines).encode()
+
+
+def _one_line(text: str) -> str:
+    for char in LINE_BREAKS:
+        if char in text:
+            text = text.replace(char, f"\\u{ord(char):04x}")
+    return text
 
 
 def read_custom_ids(fs: pafs.FileSystem, path: str) -> pa.Array:
