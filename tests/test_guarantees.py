@@ -26,11 +26,13 @@ from test_faults import cli, many_shards, output_ids, write_job
 from pipelines.errors import PipelineError
 from pipelines.io.block import ERROR, ROW
 from pipelines.io.reader import NOT_FETCHED, Columns, read_shard, reference_types, unify_types
+from pipelines.io.reader import count_rows as reader_count_rows
 from pipelines.io.shards import Shard, list_shards
 from pipelines.output.commit import OutputDir
 from pipelines.output.lock import JobLock, LockHeld
 from pipelines.output.records import JobRecord, ModelRef, Unreadable
 from pipelines.output.staging import StagingReport
+from pipelines.planning.inputs import count_rows as plan_count_rows
 from pipelines.runner import check_paths, run_job, unreadable_violation
 from pipelines.spec import spec_from_dict
 
@@ -141,6 +143,24 @@ def test_a_byte_order_mark_is_skipped_also_in_a_file_with_a_bad_line(tmp_path):
     rows = _read(tmp_path / "bom.jsonl")
     assert [(i, t) for i, t, _ in rows] == [("c0", "a"), (None, None), ("c2", "b")]
     assert [e is None for _, _, e in rows] == [True, False, True]
+
+
+@pytest.mark.parametrize("bad", [False, True], ids=["all-good", "a-bad-line"])
+def test_a_byte_order_mark_at_the_start_of_a_line_is_skipped_as_at_the_start_of_the_file(tmp_path, bad):
+    """``cat a.jsonl b.jsonl`` of files saved with a byte order mark (Notepad, PowerShell 5's ``Out-File -Encoding
+    utf8``) holds one at the start of b's first line: that row was quarantined as "invalid JSON: Unexpected UTF-8
+    BOM" (and, with no bad line in the file, it sent the whole file down the line-by-line path). A file of the mark
+    alone (an empty one) leaves a line of marks only: blank, no row, as the plan counts it."""
+    bom = codecs.BOM_UTF8
+    parts = [bom + b'{"id": "a0", "text": "x"}\r\n{"id": "a1", "text": "y"}\r\n', bom + b"\r\n", bom,
+             bom + (b"{bad\r\n" if bad else b"") + b'{"id": "b0", "text": "z"}\r\n']
+    (tmp_path / "cat.jsonl").write_bytes(b"".join(parts))
+    [shard] = list_shards([str(tmp_path / "cat.jsonl")])
+    rows = [r for block in read_shard(shard, Columns(text="text", id="id")) for r in block.to_pylist()]
+    got = [(r[ROW], r["id"], r["text"], r[ERROR] is None) for r in sorted(rows, key=lambda r: r[ROW])]
+    assert got == [(0, "a0", "x", True), (1, "a1", "y", True), *([(2, None, None, False)] if bad else []),
+                   (2 + bad, "b0", "z", True)]
+    assert reader_count_rows(shard) == (len(rows), True) and plan_count_rows(shard).rows == len(rows)
 
 
 def test_a_lone_surrogate_costs_its_row_only(tmp_path):

@@ -32,8 +32,10 @@ from pipelines.errors import PipelineError
 from pipelines.inference.predictor import Predictor
 from pipelines.io.openai_batch import read_requests
 from pipelines.io.reader import Columns, read_shard
+from pipelines.io.reader import count_rows as reader_count_rows
 from pipelines.io.shards import list_shards
 from pipelines.output.openai_batch import OpenAIBatchFiles, error_line
+from pipelines.planning.inputs import count_rows as plan_count_rows
 from pipelines.tasks import openai_requests as requests
 from pipelines.tasks.openai_requests import CHAT_URL, EMBEDDINGS_URL, parse_request
 
@@ -136,6 +138,29 @@ def test_a_byte_order_mark_does_not_cost_the_first_request():
     data = codecs.BOM_UTF8 + "".join(json.dumps(chat_line(c)) + "\r\n" for c in ("first", "second")).encode()
     table = read_requests(data, "id", "text")
     assert table.column("id").to_pylist() == ["first", "second"] and table.column("_error").null_count == 2
+
+
+def test_a_byte_order_mark_at_the_start_of_a_line_costs_no_request_and_no_line_number(tmp_path):
+    """``cat`` of Batch files saved with a byte order mark (Notepad, PowerShell 5) holds one at the start of each
+    file's first line: that request was "invalid JSON: Unexpected UTF-8 BOM". A file of the mark alone (an empty
+    one) leaves a mark alone on its line, or two marks in a row."""
+    bom = codecs.BOM_UTF8
+    first = bom + (json.dumps(chat_line("a")) + "\r\n").encode()
+    second = bom + (json.dumps(chat_line("b")) + "\r\n" + json.dumps(chat_line("c"))).encode() + b"\r\n"
+    empty_with_newline, empty = bom + b"\r\n", bom
+    third = bom + b"{not json\n" + (json.dumps(chat_line("d")) + "\n").encode()
+    path = tmp_path / "in" / "all.jsonl"
+    path.parent.mkdir()
+    path.write_bytes(first + second + empty_with_newline + empty + third)
+    [shard] = list_shards([str(path)], "openai-batch")
+    [block] = list(read_shard(shard, Columns(text="text", id="id")))
+    rows = sorted(block.to_pylist(), key=lambda r: r["_row"])
+    assert [(r["_row"], r["id"], r["_error"]) for r in rows] == [
+        (0, "a", None), (1, "b", None), (2, "c", None), (3, None, "invalid JSON: Expecting property name enclosed in "
+                                                              "double quotes (column 2)"), (4, "d", None)]
+    assert rows[0]["_shard_rows"] == 5 and reader_count_rows(shard) == (5, True) and plan_count_rows(shard).rows == 5
+    said = error_line({"shard": "all.jsonl", "row": 3, "id": None, "reason": rows[3]["_error"], "preview": None})
+    assert said["error"]["message"].endswith("(request 4 of all.jsonl, blank lines not counted)")  # "{not json" is
 
 
 def test_a_lone_surrogate_costs_its_request_only():

@@ -9,14 +9,13 @@ request keeps its row, with the reason in ``_error``: nothing is lost.
 
 from __future__ import annotations
 
-import codecs
 import json
 from typing import Any
 
 import pyarrow as pa
 
 from pipelines.io.block import ERROR
-from pipelines.io.reader import drop_lone_surrogates, parse_line
+from pipelines.io.reader import drop_lone_surrogates, parse_line, without_boms
 
 CHAT_URL = "/v1/chat/completions"
 EMBEDDINGS_URL = "/v1/embeddings"
@@ -29,7 +28,7 @@ def read_requests(data: bytes, id_column: str, text_column: str) -> pa.Table:
     ids: list[str | None] = []
     texts: list[str | None] = []
     errors: list[str | None] = []
-    for line in data.removeprefix(codecs.BOM_UTF8).split(b"\n"):  # a byte order mark, as JSON lines skip it
+    for line in without_boms(data).split(b"\n"):  # byte order marks at the start of a line, as JSON lines skip them
         if not line.strip():
             continue
         record, error = parse_line(line)

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 import uuid
 import zlib
 from collections.abc import Iterator, Sequence
@@ -188,6 +189,22 @@ def _with_error_column(table: pa.Table, rows: int) -> pa.Table:
     return table.append_column(ERROR, pa.nulls(table.num_rows, pa.string()))
 
 
+#: A UTF-8 byte order mark, and marks after a newline: at the start of a line, where ``cat`` of files saved with one
+#: puts it (Notepad, PowerShell 5's ``Out-File -Encoding utf8`` write one; a file of just the mark puts two in a row).
+BOM = codecs.BOM_UTF8
+LINE_BOM = b"\n" + BOM
+LINE_BOMS = re.compile(rb"\n(?:\xef\xbb\xbf)+")
+
+
+def without_boms(data: bytes) -> bytes:
+    """JSON lines with the byte order marks at the start of the file and of any line left out, the lines kept: a
+    line of marks alone is left blank, which is no row, so rows keep their places. JSON allows none there, and a
+    line starts after a newline (no JSON string holds one), so nothing else is touched."""
+    while data.startswith(BOM):
+        data = data[len(BOM) :]
+    return LINE_BOMS.sub(b"\n", data) if LINE_BOM in data else data
+
+
 def read_jsonl(data: bytes, columns: Columns) -> pa.Table:
     """JSON lines into a table, one row per non-blank line; bad lines become rows with an ``_error``.
 
@@ -198,8 +215,9 @@ def read_jsonl(data: bytes, columns: Columns) -> pa.Table:
     integers past 2**63, which it rounds: two ids would become one) are read line by line, as written (and ids
     that are objects or lists, which pyarrow would give every key seen in the file), and
     so is a file with a kept column of floats past 2**63 (an integer there is text or a row error, see
-    :func:`_read_jsonl_lines`).
+    :func:`_read_jsonl_lines`). A byte order mark at the start of a line is skipped (:func:`without_boms`).
     """
+    data = without_boms(data)
     try:
         table = pajson.read_json(io.BytesIO(data))
         id_type = table.schema.field(columns.id).type if columns.id in table.column_names else None
@@ -269,7 +287,7 @@ def _read_jsonl_lines(data: bytes, columns: Columns) -> pa.Table:
     """
     records: list[dict[str, Any]] = []
     errors: list[str | None] = []
-    for line in data.removeprefix(codecs.BOM_UTF8).split(b"\n"):  # pyarrow skips a byte order mark too
+    for line in without_boms(data).split(b"\n"):  # pyarrow skips a byte order mark at the start of the file too
         if not line.strip():
             continue
         record, error = parse_line(line, numbers_as_written=True)
@@ -695,7 +713,7 @@ def _sample_schema(shard: Shard, sample_bytes: int) -> pa.Schema:
     if shard.format == "parquet":
         raise ValueError("gzip-compressed parquet can't be sampled")
     with fs.open_input_stream(shard.path, compression="gzip" if shard.compressed else None) as stream:
-        head = _sample_head(stream, sample_bytes)
+        head = without_boms(_sample_head(stream, sample_bytes))
     try:
         table = _read_sample(head)
     except pa.ArrowInvalid:  # a bad line (invalid JSON, a lone surrogate) costs its row, not the shard's types
@@ -739,7 +757,7 @@ def _read_sample(head: bytes) -> pa.Table:
 
 def _good_lines(head: bytes) -> Iterator[bytes]:
     """The lines of a JSON lines sample that the reader would read as records (each with its newline)."""
-    for line in head.removeprefix(codecs.BOM_UTF8).splitlines():
+    for line in without_boms(head).splitlines():
         try:
             record = json.loads(line)
         except ValueError:
@@ -784,7 +802,7 @@ def count_rows(shard: Shard) -> tuple[int | None, bool]:
         except Exception:  # noqa: BLE001 - no footer, no count
             return None, False
     data, exact = _gunzip_before_damage(raw) if shard.compressed else (raw, True)
-    lines = data.removeprefix(codecs.BOM_UTF8).split(b"\n")  # a byte order mark alone on its line is no row
+    lines = without_boms(data).split(b"\n")  # a byte order mark alone on its line is no row
     if not exact and lines:
         lines = lines[:-1]  # the last line was cut
     counted = sum(1 for line in lines if line.strip())

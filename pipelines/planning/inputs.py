@@ -71,21 +71,27 @@ def _jsonl_rows(shard: Shard, count_limit: int) -> tuple[int, bool]:
     with shard.filesystem().open_input_stream(shard.path, compression=None) as source:
         raw = _Counting(source)
         stream: Any = gzip.GzipFile(fileobj=raw, mode="rb") if shard.compressed else raw  # type: ignore[call-overload]
-        rows, read, carry, start = 0, 0, b"", True
+        rows, read, carry = 0, 0, b""
         chunk = stream.read(min(CHUNK, count_limit))
         while chunk:
             read += len(chunk)
             text = carry + chunk
-            if start and (len(text) >= len(codecs.BOM_UTF8) or b"\n" in text):
-                text, start = text.removeprefix(codecs.BOM_UTF8), False  # no row, as the reader skips it
             lines = text.split(b"\n")
             carry = lines.pop()
-            rows += sum(1 for line in lines if line.strip())
+            rows += sum(1 for line in lines if _a_row(line))
             consumed = raw.consumed  # file bytes behind ``rows`` (compressed ones, for gzip)
             chunk = stream.read(min(CHUNK, count_limit))
             if read >= count_limit and chunk:
                 return round(rows * shard.size / max(consumed, 1)), False
-        return rows + (1 if carry.strip() else 0), True
+        return rows + (1 if _a_row(carry) else 0), True
+
+
+def _a_row(line: bytes) -> bool:
+    """Whether a whole line is a row to the reader: not blank once byte order marks at its start are skipped
+    (:func:`~pipelines.io.reader.without_boms`)."""
+    while line.startswith(codecs.BOM_UTF8):
+        line = line[len(codecs.BOM_UTF8) :]
+    return bool(line.strip())
 
 
 class _Counting:
