@@ -331,13 +331,14 @@ def list_shards(
             found += 1
         if found and other:
             kinds, hint = {
-                "auto": ("Parquet or JSON lines files (.parquet, .jsonl, .ndjson, .json, each also .gz)", "convert"),
-                "openai-batch": (f"{BATCH_FILES} (input.format openai-batch)", "rename, or name each in input.paths,"),
-            }.get(wanted_format, (f"{wanted_format} files (input.format)", "convert"))
+                "auto": ("Parquet or JSON lines files (.parquet, .jsonl, .ndjson, .json, each also .gz)",
+                         "convert them to be read"),
+                "openai-batch": (f"{BATCH_FILES}, which input.format openai-batch reads",
+                                 "rename them, or name each in input.paths, to be read"),
+            }.get(wanted_format, (f"{wanted_format} files (input.format)", "convert them to be read"))
             log.warning(
                 "input.paths: %s holds %d file(s) that are not read, their names not those of %s: e.g. %s; their "
-                "rows are in no output (%s them to be read)", location, len(other), kinds,
-                ", ".join(sorted(other)[:3]), hint)
+                "rows are in no output (%s)", location, len(other), kinds, ", ".join(sorted(other)[:3]), hint)
         if not found and not (empty_is_no_input and a_listing):
             below = ""
             if left_out:
