@@ -58,7 +58,9 @@ def test_a_spec_file_that_is_not_yaml_is_one_line(tmp_path):
     assert done.stderr.strip().count("\n") == 0
 
 
-def test_an_output_started_on_cpu_resumes_with_device_auto_but_not_with_another_row_policy(tiny_models, tmp_path):
+def test_an_output_started_on_cpu_resumes_with_device_auto_but_not_with_another_row_policy(
+    ray_session, tiny_models, tmp_path
+):
     """The spec hash: `--set model.device=auto` (the README's submit example) resumes a local output;
     `errors.too_long: error` would change which rows are written, so it is refused."""
     from test_faults import cli as run_cli
@@ -74,9 +76,14 @@ def test_an_output_started_on_cpu_resumes_with_device_auto_but_not_with_another_
     one_line_error(refused, "different job spec")
     assert commits(out) == 1
 
-    resumed = run_cli("run", str(job), "--set", "model.device=auto", "--set", f"model.cache_dir={tmp_path / 'cache'}")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "2 shards, 1 this run" in resumed.stdout
+    # the resuming run in this process, with the spec `pipelines run JOB --set ...` reads and the summary it prints
+    # (a failure raises); the crash and the refusal above need the CLI
+    from pipelines.output.summary import render
+    from pipelines.runner import run_job
+    from pipelines.spec import load_spec
+
+    resumed = run_job(load_spec(job, ["model.device=auto", f"model.cache_dir={tmp_path / 'cache'}"]))
+    assert "2 shards, 1 this run" in render(resumed)
     got = output_ids(out)
     assert sorted(got) == sorted(ids) and len(got) == len(set(got))
 
@@ -91,7 +98,7 @@ def copy_model(source: str, target: Path, *, without: tuple[str, ...] = ()) -> P
     return target
 
 
-def test_a_model_directory_without_weights_is_one_line_and_writes_nothing(tiny_models, tmp_path):
+def test_a_model_directory_without_weights_is_one_line_and_writes_nothing(ray_session, tiny_models, tmp_path):
     from test_faults import cli as run_cli
     from test_faults import many_shards, write_job
 
@@ -104,8 +111,10 @@ def test_a_model_directory_without_weights_is_one_line_and_writes_nothing(tiny_m
 
     (model / "model.safetensors").symlink_to(Path(tiny_models("classifier")) / "model.safetensors")
     (tmp_path / "out").mkdir()
-    fixed = run_cli("run", str(job))  # nothing was claimed: the corrected model runs into the same output path
-    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    from pipelines.runner import run_job
+    from pipelines.spec import load_spec
+
+    run_job(load_spec(job))  # nothing was claimed: the corrected model runs into the same output path (else raises)
 
 
 @pytest.mark.parametrize("quantization", ["none", "auto"])  # none: the pool's actor loads it first; auto: a Ray task
