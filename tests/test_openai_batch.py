@@ -300,6 +300,18 @@ def test_a_stop_string_ends_the_text_before_it(tiny_models):
     assert together["b"]["generated_text"] == together["c"]["generated_text"] == [full]
 
 
+def test_a_stop_string_matches_the_generated_text_only_never_the_prompt(tiny_models):
+    predictor = chat_predictor(tiny_models("causal"))
+    alone = answers(predictor, [chat_line("a", temperature=0, max_tokens=12)])["a"]
+    full = alone["generated_text"][0]
+    assert len(full) >= 2, f"the tiny model wrote too little: {full!r}"
+    stop = "assistant|>\n" + full[:2]  # the prompt ends with "<|assistant|>\n": prompt and answer together hold it
+    assert stop not in full
+    stopped = answers(predictor, [chat_line("a", temperature=0, max_tokens=12, stop=[stop])])["a"]
+    for column in ("generated_text", "generated_tokens", "finish_reason"):
+        assert stopped[column] == alone[column], column
+
+
 def test_embedding_requests_get_the_feature_extraction_embedding_of_each_input(tiny_models):
     model = tiny_models("encoder")
     spec = make_spec(model, {"type": "feature-extraction"}, input={"format": "openai-batch"})

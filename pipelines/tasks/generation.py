@@ -26,6 +26,7 @@ the other rows go on.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -130,16 +131,31 @@ def contains_stop(tokenizer: Any, sequences: list[list[int]], stops: list[str]) 
     return [any(stop in text for stop in stops) for text in texts]
 
 
+def generated_stops(
+    tokenizer: Any, input_ids: torch.Tensor, start: int, stops: Sequence[Sequence[str]]
+) -> torch.Tensor:
+    """Whether each row's generated text (its tokens from column ``start`` on: the prompt never counts, as in the
+    OpenAI API) contains one of that row's ``stops``; a row with none is not decoded."""
+    hits = torch.zeros(len(stops), dtype=torch.bool, device=input_ids.device)
+    asked = [i for i, row in enumerate(stops) if row]
+    if asked:
+        generated = input_ids[torch.tensor(asked, device=input_ids.device), start:].tolist()
+        texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
+        found = [any(stop in text for stop in stops[i]) for i, text in zip(asked, texts)]
+        hits[torch.tensor(asked, device=input_ids.device)] = torch.tensor(found, device=input_ids.device)
+    return hits
+
+
 class StopStrings(StoppingCriteria):
-    """``model.generate``'s stopping rule for stop strings, on the text as this project decodes it (Transformers'
-    own ``stop_strings`` match token strings, which differ from the text where a token carries a leading space)."""
+    """``model.generate``'s stopping rule for stop strings, on the generated text as this project decodes it
+    (Transformers' own ``stop_strings`` match token strings, which differ from the text where a token carries a
+    leading space, and the prompt's too)."""
 
     def __init__(self, tokenizer: Any, stops: list[str], start: int) -> None:
         self.tokenizer, self.stops, self.start = tokenizer, stops, start
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
-        hits = contains_stop(self.tokenizer, input_ids[:, self.start :].tolist(), self.stops)
-        return torch.tensor(hits, dtype=torch.bool, device=input_ids.device)
+        return generated_stops(self.tokenizer, input_ids, self.start, [self.stops] * len(input_ids))
 
 
 def stop_length(tokenizer: Any, tokens: list[int], stops: list[str]) -> int | None:

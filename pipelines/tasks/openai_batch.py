@@ -6,8 +6,8 @@ generates ``n`` choices per request. Rows of one micro-batch may ask for differe
 carrying its own settings, and one ``model.generate`` call serves them all through two
 per-row hooks: :class:`RowSampler` (temperature and top-p per row, then the row's own
 Gumbel noise, as in :mod:`pipelines.tasks.generation`; temperature 0 is greedy) and
-:class:`RowStop` (each row ends at its end-of-sequence token, its stop strings or its
-``max_tokens``, and remembers which). Sampling is reproducible: a choice's noise depends
+:class:`RowStop` (each row ends at its end-of-sequence token, its stop strings, found in the text
+it generated and never in its prompt, or its ``max_tokens``, and remembers which). Sampling is reproducible: a choice's noise depends
 on its request's ``seed`` (else the job's seed and the ``custom_id``), its index and the
 step, never on the rows batched beside it.
 
@@ -17,21 +17,18 @@ gives the request its list of embeddings.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
-from transformers.generation.stopping_criteria import StopStringCriteria
 
 from pipelines.errors import PipelineError
 from pipelines.inference.batching import Ragged
 from pipelines.tasks.base import ROW_ID, Features, Outputs, Task, vectors
 from pipelines.tasks.feature_extraction import embed
-from pipelines.tasks.generation import eos_ids, row_seeds, seed_keys, uniform_noise
+from pipelines.tasks.generation import eos_ids, generated_stops, row_seeds, seed_keys, uniform_noise
 from pipelines.tasks.openai_requests import ChatRequest, EmbeddingRequest, parse_request
 from pipelines.tasks.options import FeatureExtractionOptions, TextGenerationOptions
 
@@ -72,30 +69,22 @@ def top_p_filter(scores: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
 
 
 class RowStop(StoppingCriteria):
-    """Ends each row at its own eos token, stop strings or ``max_tokens``; keeps its length and why it ended."""
+    """Ends each row at its own eos token, stop strings (in the text it generated, never in its prompt) or
+    ``max_tokens``; keeps its length and why it ended."""
 
-    def __init__(
-        self,
-        start: int,
-        max_tokens: torch.Tensor,
-        eos: list[int],
-        stops: np.ndarray,
-        criterion: Callable[[tuple[str, ...]], StopStringCriteria],
-    ) -> None:
+    def __init__(self, start: int, max_tokens: torch.Tensor, eos: list[int], stops: np.ndarray, tokenizer: Any) -> None:
         self.start = start
         self.max_tokens = max_tokens
         self.eos = torch.tensor(eos, dtype=torch.long, device=max_tokens.device)
-        self.stop_rows = [  # (criterion, the rows that stop at its strings) for each set of stop strings here
-            (criterion(group), torch.tensor([s == group for s in stops], device=max_tokens.device))
-            for group in dict.fromkeys(s for s in stops if s)
-        ]
+        self.stops: list[tuple[str, ...]] = list(stops)
+        self.tokenizer = tokenizer
         self.length = torch.full_like(max_tokens, -1)
         self.reason = torch.full_like(max_tokens, OPEN)
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
         step = input_ids.shape[1] - self.start
         still = self.reason == OPEN
-        for reason, hit in ((EOS, torch.isin(input_ids[:, -1], self.eos)), (STOP, self._stopped(input_ids, scores)),
+        for reason, hit in ((EOS, torch.isin(input_ids[:, -1], self.eos)), (STOP, self._stopped(input_ids, still)),
                             (LENGTH, self.max_tokens <= step)):
             ended = still & hit
             self.reason[ended] = reason
@@ -103,16 +92,14 @@ class RowStop(StoppingCriteria):
             still &= ~ended
         return self.reason != OPEN
 
-    def _stopped(self, input_ids: torch.LongTensor, scores: Any) -> torch.Tensor:
-        hit = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        for criterion, rows in self.stop_rows:
-            hit |= rows & criterion(input_ids, scores).to(hit.device)
-        return hit
+    def _stopped(self, input_ids: torch.LongTensor, still: torch.Tensor) -> torch.Tensor:
+        """Rows whose generated text holds one of their stop strings (only the rows still open are decoded)."""
+        stops = [row if open_ else () for row, open_ in zip(self.stops, still.tolist())]
+        return generated_stops(self.tokenizer, input_ids, self.start, stops).to(still.device)
 
 
 def generate_rows(
-    model: torch.nn.Module, tokenizer: Any, inputs: dict[str, torch.Tensor], extra: dict[str, np.ndarray],
-    criterion: Callable[[tuple[str, ...]], StopStringCriteria],
+    model: torch.nn.Module, tokenizer: Any, inputs: dict[str, torch.Tensor], extra: dict[str, np.ndarray]
 ) -> dict[str, Any]:
     """One ``model.generate`` over rows with their own settings: each row's tokens (eos kept) and why it ended."""
     device = inputs["input_ids"].device
@@ -123,7 +110,7 @@ def generate_rows(
 
     sampler = RowSampler(tensor("key"), tensor("temperature"), tensor("top_p"), start)
     eos = eos_ids(model, tokenizer)
-    stopper = RowStop(start, tensor("max_tokens"), eos, extra["stop"], criterion)
+    stopper = RowStop(start, tensor("max_tokens"), eos, extra["stop"], tokenizer)
     sequences = model.generate(
         **inputs,
         max_new_tokens=int(extra["max_tokens"].max()),
@@ -165,7 +152,6 @@ class ChatCompletions(Task):
                 "/v1/chat/completions requests: this model's tokenizer has no chat template to render messages "
                 "with; use a chat (instruct) model"
             )
-        self.stop_criteria = StopCriteria(self.tokenizer)
 
     def token_inputs(self) -> dict[str, str | None]:
         return {}  # a text is a request line: what its messages or inputs hold is the request's to check
@@ -225,7 +211,7 @@ class ChatCompletions(Task):
 
     def forward(self, model, inputs, extra):
         keys = choice_keys(extra["seed"], extra["choice"])  # torch: on the model's thread, not in encode
-        return generate_rows(model, self.tokenizer, inputs, {**extra, "key": keys}, self.stop_criteria.get)
+        return generate_rows(model, self.tokenizer, inputs, {**extra, "key": keys})
 
     def postprocess(self, outputs: Outputs, features: Features, n_rows: int) -> dict[str, pa.Array]:
         tokens = outputs.listed("tokens")
@@ -301,23 +287,6 @@ class _Choices:
         return Features(
             tokens={"input_ids": Ragged.from_lists(self.tokens)}, row=column["row"].astype(np.int64), extra=extra
         )
-
-
-class StopCriteria:
-    """Stop-string criteria by set of strings, built when first needed and kept for the most recent sets."""
-
-    def __init__(self, tokenizer: Any, keep: int = 64) -> None:
-        self.tokenizer = tokenizer
-        self.keep = keep
-        self.built: OrderedDict[tuple[str, ...], StopStringCriteria] = OrderedDict()
-
-    def get(self, stops: tuple[str, ...]) -> StopStringCriteria:
-        if stops not in self.built:
-            self.built[stops] = StopStringCriteria(self.tokenizer, list(stops))
-            if len(self.built) > self.keep:
-                self.built.popitem(last=False)
-        self.built.move_to_end(stops)
-        return self.built[stops]
 
 
 def _cut(text: str, stops: tuple[str, ...], finish: str) -> tuple[str, str]:
