@@ -7,9 +7,9 @@ carrying its own settings, and one ``model.generate`` call serves them all throu
 per-row hooks: :class:`RowSampler` (temperature and top-p per row, then the row's own
 Gumbel noise, as in :mod:`pipelines.tasks.generation`; temperature 0 is greedy) and
 :class:`RowStop` (each row ends at its end-of-sequence token, its stop strings, found in the text
-it generated and never in its prompt, or its ``max_tokens``, and remembers which). Sampling is reproducible: a choice's noise depends
-on its request's ``seed`` (else the job's seed and the ``custom_id``), its index and the
-step, never on the rows batched beside it.
+it generated and never in its prompt, or its ``max_tokens``, and remembers which). Sampling is
+reproducible: a choice's noise depends on its request's ``seed`` (else the job's seed and the
+``custom_id``), its index and the step, never on the rows batched beside it.
 
 ``Embeddings`` embeds each string of a request's ``input`` (one feature per string) and
 gives the request its list of embeddings.
