@@ -312,6 +312,13 @@ def test_a_stop_string_matches_the_generated_text_only_never_the_prompt(tiny_mod
         assert stopped[column] == alone[column], column
 
 
+def test_the_tokens_a_chat_request_generates_are_counted_for_the_run(tiny_models):
+    predictor = chat_predictor(tiny_models("causal"))
+    rows = answers(predictor, [chat_line("a", temperature=0, max_tokens=5), chat_line("b", n=3, max_tokens=4)])
+    for row in rows.values():  # every choice's tokens, the end-of-sequence token included, as usage counts them
+        assert row["_generated"] == sum(row["generated_tokens"]) > 0, row["id"]
+
+
 def test_embedding_requests_get_the_feature_extraction_embedding_of_each_input(tiny_models):
     model = tiny_models("encoder")
     spec = make_spec(model, {"type": "feature-extraction"}, input={"format": "openai-batch"})

@@ -213,6 +213,9 @@ class ChatCompletions(Task):
         keys = choice_keys(extra["seed"], extra["choice"])  # torch: on the model's thread, not in encode
         return generate_rows(model, self.tokenizer, inputs, {**extra, "key": keys})
 
+    def new_tokens(self, outputs: Outputs) -> np.ndarray:
+        return np.asarray([len(t) for t in outputs.listed("tokens")], dtype=np.int64)  # eos included, as usage
+
     def postprocess(self, outputs: Outputs, features: Features, n_rows: int) -> dict[str, pa.Array]:
         tokens = outputs.listed("tokens")
         reasons = outputs.stacked("reason")
