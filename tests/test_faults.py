@@ -281,6 +281,39 @@ def test_under_duplicate_ids_error_a_row_without_an_id_is_quarantined_as_such(tm
         (1, "id is null"), (2, "duplicate id"), (3, "id is null")]
 
 
+def test_tokens_count_the_rows_the_output_holds_and_no_quarantined_one(tmp_path):
+    """The rows quarantined as duplicate ids at commit kept their tokens in the shard's (and _run.json's) tokens,
+    padded and generated tokens, as did a row quarantined by the predictor after its forward (a text cut under
+    ``errors.too_long: error``): figures for rows the output does not hold."""
+    import pyarrow.fs as pafs
+
+    from pipelines.io.block import ERROR, GENERATED, PADDED, ROW, SHARD, SHARD_ROWS, TOKENS
+    from pipelines.io.shards import list_shards
+    from pipelines.output.commit import OutputDir
+    from pipelines.output.duplicates import DuplicateIds
+    from pipelines.output.records import JobRecord, ModelRef
+    from pipelines.output.staging import StagingConfig, StagingReport, write_staged
+
+    write_jsonl(tmp_path / "a.jsonl", [{"id": "x", "text": "t"}])
+    [shard] = list_shards([str(tmp_path / "a.jsonl")])
+    errors = [None, None, None, "text longer than max_length (max_length is 4 tokens)", None]
+    block = pa.table({
+        "id": ["a", "b", "a", "c", "b"], "text": ["t"] * 5, ROW: list(range(5)), SHARD: [shard.key] * 5,
+        SHARD_ROWS: [5] * 5, ERROR: pa.array(errors, pa.string()), TOKENS: [3, 5, 7, 11, 13],
+        PADDED: [4, 6, 8, 12, 14], GENERATED: [1, 2, 4, 8, 16],
+    })
+    out = tmp_path / "out"
+    config = StagingConfig(output=str(out), id_column="id", text_column="text", output_columns=("id",))
+    reports = StagingReport.from_table(write_staged(block, config))
+    output = OutputDir(str(out))
+    job = JobRecord(spec_hash="h", model=ModelRef(name="m"), quantization="none", device="cpu", task="t")
+    record = output.commit(shard, reports, job, screen=DuplicateIds(pafs.LocalFileSystem(), str(out), "id", []))
+    assert (record.rows, record.errors) == (2, 3)  # a and b answered; the second a, c and the second b not
+    assert (record.tokens, record.padded, record.generated) == (3 + 5, 4 + 6, 1 + 2)
+    [part] = out.glob("part-*.parquet")
+    assert pq.read_table(part).column_names == ["id"]  # the counts stay bookkeeping
+
+
 def test_an_empty_shard_is_committed_empty(ray_session, tiny_models, tmp_path):
     many_shards(tmp_path / "in", shards=1)
     (tmp_path / "in" / "empty.jsonl").write_text("")

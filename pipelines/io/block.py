@@ -5,10 +5,12 @@
 ``_error`` (why a row can't be predicted, else null) and ``_digest`` (a hash of
 the shard file's bytes, so a commit can record what it read) come from the reader; the
 predictor adds ``_tokens`` (the real tokens the model read for a row), ``_padded`` (the tokens its
-forward computed, padding included) and ``_generated`` (the tokens generated for it).
+forward computed, padding included) and ``_generated`` (the tokens generated for it): staged with a
+row's data, so that a row the commit quarantines leaves the shard's counts.
 None of them reaches the output files.
 """
 
 SHARD, ROW, SHARD_ROWS, ERROR, DIGEST = "_shard", "_row", "_shard_rows", "_error", "_digest"
 TOKENS, PADDED, GENERATED = "_tokens", "_padded", "_generated"
+COUNTS = (TOKENS, PADDED, GENERATED)
 BOOKKEEPING = (SHARD, ROW, SHARD_ROWS, ERROR, DIGEST)

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from pipelines import faults
 from pipelines.errors import PipelineError
 from pipelines.io import stores
-from pipelines.io.block import ROW
+from pipelines.io.block import COUNTS, ROW
 from pipelines.io.reader import content_digest, read_bytes
 from pipelines.io.shards import Shard, resolve
 from pipelines.output import layout
@@ -53,7 +53,7 @@ from pipelines.output.records import (
     merge_confusion,
     merge_counts,
 )
-from pipelines.output.staging import StagingReport
+from pipelines.output.staging import StagingReport, spent
 
 log = logging.getLogger(__name__)
 
@@ -258,8 +258,9 @@ class OutputDir:
         """Commit a shard whose rows are all staged: merge, record, then reveal in one rename.
 
         ``files`` is the format of the final files (default: Parquet with ``compression`` and ``row_group_rows``).
-        The record's confusion counts are the staged blocks'; when ``screen`` took rows out, they are counted
-        again with ``confusion_of`` over the rows the data file holds (the quarantined rows are no agreement).
+        The record's confusion and token counts are the staged blocks'; when ``screen`` took rows out, they are
+        counted again over the rows the data file holds (with ``confusion_of`` for the confusion): a quarantined
+        row is no agreement, and its tokens are no output's.
         """
         folder = f"{STAGING}/{shard.key}"
         files = files or ParquetFiles(compression, row_group_rows)
@@ -282,11 +283,14 @@ class OutputDir:
         for report in reports:
             merge_confusion(confusion, report.confusion)
             merge_counts(reasons, report.reasons)
+        tokens, padded, generated = (sum(r.tokens for r in reports), sum(r.padded for r in reports),
+                                     sum(r.generated for r in reports))
         screened = 0 if quarantined is None else quarantined.num_rows
         if screened:
             merge_counts(reasons, _reason_counts(quarantined))
             if confusion_of is not None:
                 confusion = confusion_of(kept) if kept is not None else {}
+            tokens, padded, generated = spent(kept)
         rows_in = sum(r.rows + r.errors for r in reports)
         errors = sum(r.errors for r in reports) + screened
         if unreadable is not None:  # one record stands for the file's rows, as many as can be told
@@ -300,10 +304,10 @@ class OutputDir:
             rows_in=rows_in,
             rows=data_rows,
             errors=errors,
-            tokens=sum(r.tokens for r in reports),
-            padded=sum(r.padded for r in reports),
+            tokens=tokens,
+            padded=padded,
             blocks=[r.block() for r in reports],
-            generated=sum(r.generated for r in reports),
+            generated=generated,
             confusion=confusion,
             reasons=reasons,
             files=[final] if data_rows else [],
@@ -380,7 +384,8 @@ class _Merger:
         shard: Shard | None = None,
         extra: pa.Table | None = None,
     ) -> tuple[pa.Table | None, pa.Table | None]:
-        """Write ``paths`` (and ``extra`` rows) as ``name``; return (the rows written, the rows the screen took out)."""
+        """Write ``paths`` (and ``extra`` rows) as ``name``; return (the rows written, with their token counts, and
+        the rows the screen took out)."""
         tables = [self._read(path) for path in paths]
         if extra is not None and extra.num_rows:
             tables.append(extra)
@@ -395,7 +400,8 @@ class _Merger:
         if not table.num_rows:
             return None, taken
         self.fs.create_dir(self.folder, recursive=True)
-        layout.write_whole(self.fs, f"{self.folder}/{name}", partial(write, table), point="merge")
+        output = table.drop_columns([name for name in COUNTS if name in table.column_names])  # bookkeeping too
+        layout.write_whole(self.fs, f"{self.folder}/{name}", partial(write, output), point="merge")
         return table, taken
 
     def _read(self, path: str) -> pa.Table:

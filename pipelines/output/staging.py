@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.io.block import DIGEST, ERROR, GENERATED, PADDED, ROW, SHARD, SHARD_ROWS, TOKENS
+from pipelines.io.block import COUNTS, DIGEST, ERROR, ROW, SHARD, SHARD_ROWS
 from pipelines.io.shards import resolve
 from pipelines.output import layout
 from pipelines.output.records import Confusion, StagedBlock
@@ -174,23 +174,26 @@ def _stage_shard(part: pa.Table, shard: str, config: StagingConfig) -> StagingRe
     files = []
     if good.num_rows:
         path = f"{folder}/{name}-data.parquet"
-        # _row goes along: the commit puts the shard's rows back in input order, then drops it
-        layout.write_parquet(fs, path, good.select([*config.output_columns, ROW]), STAGED_COMPRESSION)
+        # _row goes along: the commit puts the shard's rows back in input order, then drops it; so do the
+        # token counts: the commit counts again without the rows it quarantines (duplicate ids)
+        counts = [name for name in COUNTS if name in good.column_names]
+        layout.write_parquet(fs, path, good.select([*config.output_columns, ROW, *counts]), STAGED_COMPRESSION)
         files.append(path)
     error_files = []
     if bad.num_rows:
         path = f"{folder}/{name}-errors.parquet"
         layout.write_parquet(fs, path, error_records(bad, config), STAGED_COMPRESSION)
         error_files.append(path)
+    tokens, padded, generated = spent(good)  # the rows the output will hold: a quarantined row counts in none
     return StagingReport(
         shard=shard,
         shard_rows=int(part.column(SHARD_ROWS)[0].as_py()),
         rows=good.num_rows,
         errors=bad.num_rows,
-        tokens=int(pc.sum(part.column(TOKENS)).as_py() or 0),
-        padded=int(pc.sum(part.column(PADDED)).as_py() or 0),
+        tokens=tokens,
+        padded=padded,
         staged_at=time.time(),
-        generated=int(pc.sum(part.column(GENERATED)).as_py() or 0) if GENERATED in part.column_names else 0,
+        generated=generated,
         files=files,
         error_files=error_files,
         confusion=confusion(good, config),
@@ -198,6 +201,16 @@ def _stage_shard(part: pa.Table, shard: str, config: StagingConfig) -> StagingRe
         row_ranges=row_ranges(part.column(ROW).to_numpy()),
         digest=str(part.column(DIGEST)[0].as_py() or "") if DIGEST in part.column_names else "",
     )
+
+
+def spent(rows: pa.Table | None) -> tuple[int, int, int]:
+    """The real tokens, tokens computed and tokens generated of these rows (0 for a count they don't carry)."""
+    if rows is None:
+        return 0, 0, 0
+    tokens, padded, generated = (
+        int(pc.sum(rows.column(name)).as_py() or 0) if name in rows.column_names else 0 for name in COUNTS
+    )
+    return tokens, padded, generated
 
 
 def error_records(bad: pa.Table, config: StagingConfig) -> pa.Table:

@@ -17,10 +17,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from pipelines.io.block import PADDED, TOKENS
+from pipelines.io.block import ERROR
 from pipelines.io.shards import Shard
+from pipelines.output.staging import spent
 from pipelines.planning.hardware import Cluster, this_machine_cpus
 from pipelines.planning.records import Estimate, Fit, Measurement
 from pipelines.spec import JobSpec
@@ -66,8 +66,8 @@ def _measure(spec: JobSpec, batches: list[pa.Table]) -> Measurement:
         out = predictor(batch)
         predict_s += time.perf_counter() - start
         rows += batch.num_rows
-        tokens += int(pc.sum(out.column(TOKENS)).as_py() or 0)
-        padded += int(pc.sum(out.column(PADDED)).as_py() or 0)
+        real, computed, _ = spent(out.filter(out.column(ERROR).is_null()))  # as a run counts: the answered rows
+        tokens, padded = tokens + real, padded + computed
     log.info("measured %d rows in %.2f s after a %.2f s model load", rows, predict_s, load_s)
     return Measurement(
         device=str(predictor.loaded.device),

@@ -61,7 +61,8 @@ class BatchTokens:
     rows: int
     lengths: np.ndarray  # per feature
     per_row: np.ndarray  # features per encoded row
-    padded: int
+    tokens: int  # as a run counts them: the features of the rows the output will hold
+    padded: int  # the same features' tokens computed
     micro_batches: int
     truncated: int | None
     errors: list[str]  # one reason per quarantined row
@@ -103,11 +104,19 @@ def tokenize_batch(
     if truncated is not None and spec.errors.too_long == "error":
         refused = set(features.errors)
         reasons += ["text longer than max_length" for i in np.flatnonzero(truncated) if int(i) not in refused]
+    widths = np.zeros(len(lengths), dtype=np.int64)
+    for picked in plan:
+        widths[picked] = task.padded_widths(lengths[picked])
+    # as a run counts them: the features of a row quarantined (refused, or cut under too_long: error) count in none
+    answered = ~np.isin(features.row, list(features.errors)) if len(lengths) else np.zeros(0, dtype=bool)
+    if truncated is not None and spec.errors.too_long == "error" and len(lengths):
+        answered &= ~truncated[features.row]
     return BatchTokens(
         rows=len(batch) + told,
         lengths=lengths,
         per_row=np.bincount(features.row, minlength=len(rows)) if len(features) else np.zeros(len(rows), np.int64),
-        padded=sum(int(task.padded_widths(lengths[index]).sum()) for index in plan),
+        tokens=int(lengths[answered].sum()),
+        padded=int(widths[answered].sum()),
         micro_batches=len(plan),
         truncated=None if truncated is None else int(truncated.sum()),
         errors=reasons,
@@ -129,7 +138,7 @@ def token_plan(
     rows = sum(b.rows for b in done)
     lengths = np.concatenate([b.lengths for b in done]) if done else np.zeros(0, np.int64)
     per_row = np.concatenate([b.per_row for b in done]) if done else np.zeros(0, np.int64)
-    tokens, padded = int(lengths.sum()), sum(b.padded for b in done)
+    tokens, padded = sum(b.tokens for b in done), sum(b.padded for b in done)
     reasons = [r for b in done for r in b.errors]
     quarantined = _counts(reasons)
     truncated = [b.truncated for b in done]
