@@ -515,6 +515,12 @@ def test_a_batch_file_runs_to_a_complete_output_file_exactly_once_across_a_crash
 
     summary = json.loads((out / "_run.json").read_text())
     assert summary["rows_in"] == len(expected) + 3 and summary["rows_out"] == len(answered)
+    # the tokens count the answered requests' prompts, once per choice (none of the duplicate's), and the tokens
+    # generated are their completion_tokens (it counted the duplicate's prompt, and no token generated)
+    usages = [(len(c.choices), c.usage) for c in (ChatCompletion.model_validate(x.response.body) for x in answered
+                                                   if x.response is not None) if c.usage is not None]
+    assert summary["tokens"] == sum(n * usage.prompt_tokens for n, usage in usages)
+    assert sum(r["generated"] for r in records) == sum(usage.completion_tokens for _, usage in usages) > 0
     assert cli("run", str(job)).stdout.count("up to date") == 1
 
     # `pipelines report` builds the page of a Batch output (it read the .jsonl files as Parquet and failed): rows,
