@@ -16,6 +16,7 @@ import yaml
 from helpers import ROOT, SENTENCES, write_jsonl, write_parquet
 
 from pipelines.errors import PipelineError
+from pipelines.output.staging import StagingReport
 from pipelines.runner import run_job
 from pipelines.spec import load_spec, spec_from_dict
 
@@ -215,6 +216,45 @@ def test_changed_input_is_detected(ray_session, tiny_models, tmp_path):
         run_job(spec)
     run_job(spec, overwrite=True)
     assert sorted(output_ids(tmp_path / "out"))[0] == "new"
+
+
+def test_a_file_replaced_between_its_listing_and_its_read_is_committed_as_read(tmp_path):
+    """The driver lists a file, another process replaces it, the read task reads the new bytes: the commit records
+    those bytes (their size and hash, no time), so the next run finds its input unchanged, and a change after the
+    read is still changed input. Before, the record had the listed size: the next run refused a correct output."""
+    from pipelines.io.block import GENERATED, PADDED, TOKENS
+    from pipelines.io.reader import Columns, read_shard
+    from pipelines.io.shards import list_shards
+    from pipelines.output.commit import OutputDir, changed_inputs
+    from pipelines.output.records import JobRecord, ModelRef
+    from pipelines.output.staging import StagingConfig, write_staged
+    from pipelines.runner import same_content
+
+    path = write_jsonl(tmp_path / "in" / "part-0.jsonl", [{"id": f"old-{i}", "text": "old words"} for i in range(3)])
+    [listed] = list_shards([str(tmp_path / "in")], "jsonl")
+    write_jsonl(path, [{"id": f"new-{i}", "text": "new words, more of them"} for i in range(5)])  # after the listing
+    blocks = []
+    for block in read_shard(listed, Columns(text="text", id="id")):
+        zeros = pa.array([0] * block.num_rows, pa.int64())
+        blocks.append(block.append_column(TOKENS, zeros).append_column(PADDED, zeros).append_column(GENERATED, zeros))
+    config = StagingConfig(output=str(tmp_path / "out"), id_column="id", text_column="text",
+                           output_columns=("id", "text"))
+    reports = [r for block in blocks for r in StagingReport.from_table(write_staged(block, config))]
+    output = OutputDir(str(tmp_path / "out"))
+    job = JobRecord(spec_hash="h", model=ModelRef(name="m"), quantization="none", device="cpu", task="t")
+    record = output.commit(listed, reports, job)
+    relisted = list_shards([str(tmp_path / "in")], "jsonl")
+    assert changed_inputs(output.committed(), relisted, same_content) == []  # nothing changed since the read
+    assert record.rows == 5 and record.input.size == path.stat().st_size != listed.size
+    assert sorted(pq.read_table(tmp_path / "out" / record.files[0]).column("id").to_pylist())[0] == "new-0"
+    write_jsonl(path, [{"id": f"new-{i}", "text": "new words, more of them"} for i in range(6)])
+    assert changed_inputs(output.committed(), list_shards([str(tmp_path / "in")], "jsonl"), same_content) == [
+        listed.uri
+    ]
+    write_jsonl(path, [{"id": f"new-{i}", "text": "new words, MORE of them"} for i in range(5)])  # same size
+    assert changed_inputs(output.committed(), list_shards([str(tmp_path / "in")], "jsonl"), same_content) == [
+        listed.uri
+    ]
 
 
 def test_types_of_kept_columns_come_from_every_file(ray_session, tiny_models, tmp_path):

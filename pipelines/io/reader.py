@@ -28,7 +28,7 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from pipelines.errors import first_line
-from pipelines.io.block import DIGEST, ERROR, ROW, SHARD, SHARD_ROWS
+from pipelines.io.block import DIGEST, ERROR, FILE_SIZE, ROW, SHARD, SHARD_ROWS
 from pipelines.io.shards import Shard
 
 log = logging.getLogger(__name__)
@@ -120,8 +120,8 @@ def _read_one(shard: Shard, columns: Columns) -> tuple[pa.Table, bool]:
     try:
         table = _read_table(shard, raw, columns)
     except Exception as exc:  # noqa: BLE001 - any unparsable file becomes one quarantined record
-        return unreadable(shard, columns, f"unreadable {shard.format} file: {_short(exc)}", digest), False
-    return normalize(table, shard, columns, digest), True
+        return unreadable(shard, columns, f"unreadable {shard.format} file: {_short(exc)}", digest, len(raw)), False
+    return normalize(table, shard, columns, digest, len(raw)), True
 
 
 def group_shards(sizes: Sequence[int], group_bytes: int = GROUP_BYTES, most: int = GROUP_SHARDS) -> list[list[int]]:
@@ -407,8 +407,9 @@ def _column(values: list[Any]) -> pa.Array:
         return pa.array([_as_text(v) for v in values], pa.string())
 
 
-def normalize(table: pa.Table, shard: Shard, columns: Columns, digest: str = "") -> pa.Table:
-    """The job's columns with fixed types, plus bookkeeping; problems become per-row errors."""
+def normalize(table: pa.Table, shard: Shard, columns: Columns, digest: str = "", size: int | None = None) -> pa.Table:
+    """The job's columns with fixed types, plus bookkeeping (``digest`` and ``size``: of the bytes read); problems
+    become per-row errors."""
     n = table.num_rows
     errors = table.column(ERROR) if ERROR in table.column_names else pa.nulls(n, pa.string())
     out: dict[str, pa.Array] = {}
@@ -432,6 +433,7 @@ def normalize(table: pa.Table, shard: Shard, columns: Columns, digest: str = "")
     out[SHARD_ROWS] = pa.array(np.full(n, n, dtype=np.int64))
     out[ERROR] = errors
     out[DIGEST] = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([digest]))
+    out[FILE_SIZE] = pa.array([size] * n, pa.int64())
     return pa.table(out)
 
 
@@ -770,7 +772,7 @@ def _set(errors: Any, reason: str) -> Any:
     return pc.if_else(errors.is_null(), reason, errors)
 
 
-def unreadable(shard: Shard, columns: Columns, reason: str, digest: str = "") -> pa.Table:
+def unreadable(shard: Shard, columns: Columns, reason: str, digest: str = "", size: int | None = None) -> pa.Table:
     """The one record that stands for a file that could not be read (row -1), with the job's column types."""
     out: dict[str, pa.Array] = {name: pa.nulls(1, pa.string()) for name in (*columns.strings, columns.id_name)}
     types = dict(columns.keep_types)
@@ -781,6 +783,7 @@ def unreadable(shard: Shard, columns: Columns, reason: str, digest: str = "") ->
     out[SHARD_ROWS] = pa.array([1], pa.int64())
     out[ERROR] = pa.array([reason])
     out[DIGEST] = pa.DictionaryArray.from_arrays(pa.array([0], pa.int32()), pa.array([digest]))
+    out[FILE_SIZE] = pa.array([size], pa.int64())
     return pa.table(out)
 
 

@@ -298,7 +298,7 @@ class OutputDir:
             reasons = {unreadable.reason.split(":", 1)[0]: errors}
         record = CommitRecord(
             shard=shard.key,
-            input=ShardInput(**shard.fingerprint(), digest=_digest(shard, reports)),
+            input=scored_input(shard, reports),
             spec_hash=job.spec_hash,
             model=job.model,
             rows_in=rows_in,
@@ -447,12 +447,31 @@ def changed_inputs(committed: dict[str, CommitRecord], shards: list[Shard], same
     return changed
 
 
-def _digest(shard: Shard, reports: list[StagingReport]) -> str | None:
-    """The shard's content digest, as its reader computed it; an empty shard has no report, so it is read here
-    (without a digest, a copy of the file, with a new time and the same bytes, would look like changed input)."""
+def scored_input(shard: Shard, reports: list[StagingReport]) -> ShardInput:
+    """The fingerprint a commit records: of the bytes that were scored. The size and time are the listing's, the
+    digest is of the bytes the reader fetched; where those are not the listed file (replaced or grown between the
+    listing and the read: another size), the record says what was read: its size, and no time (which was never
+    seen), so the next run compares the file's bytes with the digest instead of calling it changed input."""
+    digest, size = _fetched(shard, reports)
+    fingerprint = shard.fingerprint()
+    if size is not None and size != shard.size:
+        log.warning("%s changed between its listing (%d bytes) and its read (%d bytes): its commit records the "
+                    "bytes it was scored from", shard.uri, shard.size, size)
+        fingerprint.update(size=size, mtime_ns=None)
+    return ShardInput(**fingerprint, digest=digest)
+
+
+def _fetched(shard: Shard, reports: list[StagingReport]) -> tuple[str | None, int | None]:
+    """The digest and size of the shard's bytes, as its reader fetched them (size None: not known, as in a report
+    staged before readers counted it). An empty shard has no report, so it is read here (without a digest, a copy
+    of the file, with a new time and the same bytes, would look like changed input); bytes of another size than
+    the listed file's are not the ones found empty: no digest then, the listing stays (the next run finds the
+    change)."""
     if reports:
-        return next((r.digest for r in reports if r.digest), None)
+        digest = next((r.digest for r in reports if r.digest), None)
+        return digest, next((r.file_size for r in reports if r.digest and r.file_size is not None), None)
     try:
-        return content_digest(read_bytes(shard))
+        raw = read_bytes(shard)
     except OSError:
-        return None
+        return None, None
+    return (content_digest(raw), None) if len(raw) == shard.size else (None, None)

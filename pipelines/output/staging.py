@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.io.block import COUNTS, DIGEST, ERROR, ROW, SHARD, SHARD_ROWS
+from pipelines.io.block import COUNTS, DIGEST, ERROR, FILE_SIZE, ROW, SHARD, SHARD_ROWS
 from pipelines.io.shards import resolve
 from pipelines.output import layout
 from pipelines.output.records import Confusion, StagedBlock
@@ -49,6 +49,7 @@ REPORT_SCHEMA = pa.schema(
         ("reasons", pa.list_(_COUNT)),
         ("row_ranges", pa.list_(pa.int64())),
         ("digest", pa.string()),
+        ("file_size", pa.int64()),
     ]
 )
 
@@ -72,6 +73,7 @@ class StagingReport:
     reasons: dict[str, int] = field(default_factory=dict)
     row_ranges: list[tuple[int, int]] = field(default_factory=list)
     digest: str = ""
+    file_size: int | None = None  # of the shard file's bytes as read (``digest`` is their hash); None: not known
 
     @property
     def unreadable(self) -> bool:
@@ -103,6 +105,7 @@ class StagingReport:
             "reasons": [{"key": k, "n": n} for k, n in self.reasons.items()],
             "row_ranges": [bound for pair in self.row_ranges for bound in pair],
             "digest": self.digest,
+            "file_size": self.file_size,
         }
 
     @classmethod
@@ -127,6 +130,7 @@ class StagingReport:
             reasons={item["key"]: item["n"] for item in row["reasons"] or []},
             row_ranges=list(zip(flat[::2], flat[1::2])),
             digest=row.get("digest") or "",
+            file_size=row.get("file_size"),
         )
 
     @staticmethod
@@ -200,6 +204,7 @@ def _stage_shard(part: pa.Table, shard: str, config: StagingConfig) -> StagingRe
         reasons=reason_counts(bad),
         row_ranges=row_ranges(part.column(ROW).to_numpy()),
         digest=str(part.column(DIGEST)[0].as_py() or "") if DIGEST in part.column_names else "",
+        file_size=part.column(FILE_SIZE)[0].as_py() if FILE_SIZE in part.column_names else None,
     )
 
 
