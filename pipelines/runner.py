@@ -273,7 +273,7 @@ def run_job(
             checked = fidelity.gate(spec, shards)  # below model.fidelity's bar: PipelineError, nothing written
     with writing(spec.output.path):
         lock = output_lock(spec.output.path, RUN_LOCK, f"the output {spec.output.path}").acquire()
-    output.guard = lock.check  # a lock that can be lost (an object store's lease) is checked at each commit
+    output.guard = lock.check  # a lock that can be lost (an object store's lease): checked at each commit, and last
     try:
         with writing(spec.output.path):
             if overwrite:
@@ -338,6 +338,7 @@ def _run_locked(
     start, started_at = time.monotonic(), time.time()
     done, failed = execute(spec, job, output, pending, before_visible, timeline) if pending else ({}, [])
     wall = time.monotonic() - start
+    output.check_lock()  # a run that lost its lock writes no summary: the output is the new holder's
     unread = {u.key for u in failed}
     missing = [s.uri for s in pending if s.key not in done and s.key not in unread]
     if missing:
@@ -466,6 +467,7 @@ def execute(
                 continue
             shard = by_key[report.shard]
             faults.checkpoint("before_commit")
+            output.check_lock()  # before anything reads this shard's staged files (a new holder deletes them)
             reports = tally.reports.pop(report.shard)
             if report.unreadable:
                 found = _unreadable(output, shard, reports)

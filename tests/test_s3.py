@@ -342,6 +342,39 @@ def test_no_commit_record_after_the_lock_is_lost_or_for_a_file_too_large_for_one
     assert output.commits() == {}
 
 
+def test_a_run_that_lost_its_lock_stops_with_that_line_before_it_merges_or_cleans_up(s3_server, monkeypatch):
+    """A holder stalled past its lease resumes into a commit while another run holds the lock and has deleted its
+    staged files: it says its lock was taken over (not that it may not write there: the merge found the files gone),
+    writes nothing into the new holder's staging folder, no record, and no _SUCCESS; stalled so that its renewing
+    thread has not noticed yet, the commit's check renews the overdue lease itself and finds the take-over."""
+    use_s3(monkeypatch, s3_server)
+    output = OutputDir(f"s3://{OUT}/lost")
+    shard = Shard(f"s3://{IN}/lost.jsonl", f"{IN}/lost.jsonl", "jsonl", False, 1, 1, "lost.jsonl")
+    job = JobRecord(spec_hash="h", model=ModelRef(name="m"), quantization="none", device="cpu", task="t")
+    folder = f"{output.root}/_staging/{shard.key}"
+
+    def staged(name: str) -> StagingReport:
+        with output.fs.open_output_stream(f"{folder}/{name}") as stream:
+            pq.write_table(pa.table({"id": [f"r{i}" for i in range(5)]}), stream)
+        return StagingReport(shard=shard.key, shard_rows=5, rows=5, errors=0, files=[f"{folder}/{name}"],
+                             row_ranges=[(0, 5)])
+
+    lock = output_lock(output.location, "_run.lock", "the output").acquire()
+    output.guard = lock.check  # as run_job sets it
+    mine = staged("old-data.parquet")
+    output_lock(output.location, "_run.lock", "the output").take_over(lock.read())  # stalled past the lease
+    OutputDir(output.location).clean()  # the new holder's start deletes the staging area
+    staged("new-data.parquet")  # and stages the same shard anew
+    lock._renewed -= lock.lease_s + 1  # the stall: its renewing thread has not run since
+    for step in (lambda: output.commit(shard, [mine], job), output.finish):
+        with pytest.raises(PipelineError, match="was taken over by another run"):
+            step()
+    lock.release()
+    assert output.commits() == {}
+    left = [key for key in s3_server.keys(OUT, "lost") if key and not key.endswith("/")]  # not folder markers
+    assert left == ["_run.lock", f"_staging/{shard.key}/new-data.parquet"]  # the new holder's, and nothing else
+
+
 # names as users write them ------------------------------------------------------------------------------
 
 

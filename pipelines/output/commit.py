@@ -107,8 +107,14 @@ class OutputDir:
     def __init__(self, location: str) -> None:
         self.location = location
         self.fs, self.root = resolve(location)
-        #: Called before each commit record is written; raises when this run may no longer write (lock lost).
+        #: Called before each commit merges anything, before its record is written, and before the run's last
+        #: writes (:meth:`finish`); raises when this run may no longer write (its lock was lost).
         self.guard: Callable[[], None] | None = None
+
+    def check_lock(self) -> None:
+        """Raise (PipelineError) when this run may no longer write here: its lock was lost (see :attr:`guard`)."""
+        if self.guard is not None:
+            self.guard()
 
     # reading state -----------------------------------------------------------------
 
@@ -266,13 +272,18 @@ class OutputDir:
         files = files or ParquetFiles(compression, row_group_rows)
         final = layout.part_name(shard.key, 0, files.suffix)
         writer = _Merger(self.fs, f"{self.root}/{folder}")
-        kept, quarantined = writer.merge(
-            [f for r in reports for f in r.files], staged_name(DATA_STAGED, final), files.write_data,
-            screen=screen, shard=shard,
-        )
-        error_files = [f for r in reports for f in r.error_files]
-        errors_kept, _ = writer.merge(error_files, staged_name(ERRORS_STAGED, final), files.write_errors,
-                                      extra=quarantined)
+        self.check_lock()  # before the merge reads staged files (a new holder deletes them) or writes any
+        try:
+            kept, quarantined = writer.merge(
+                [f for r in reports for f in r.files], staged_name(DATA_STAGED, final), files.write_data,
+                screen=screen, shard=shard,
+            )
+            error_files = [f for r in reports for f in r.error_files]
+            errors_kept, _ = writer.merge(error_files, staged_name(ERRORS_STAGED, final), files.write_errors,
+                                          extra=quarantined)
+        except OSError:
+            self.check_lock()  # staged files gone with a lock lost meanwhile: that is what to say
+            raise
         data_rows = 0 if kept is None else kept.num_rows
         error_rows = 0 if errors_kept is None else errors_kept.num_rows
         for kind, rows in ((DATA_STAGED, data_rows), (ERRORS_STAGED, error_rows)):
@@ -315,8 +326,7 @@ class OutputDir:
             committed_at=time.time(),
             unreadable=unreadable,
         )
-        if self.guard is not None:
-            self.guard()
+        self.check_lock()  # the commit point: the record is written only under the lock
         self.write_json(layout.commit_record_path(shard.key), record.to_json())
         faults.checkpoint("mid_commit")
         if before_visible is not None:
@@ -363,6 +373,7 @@ class OutputDir:
 
     def finish(self) -> None:
         """Every shard is committed: drop the empty staging area and write ``_SUCCESS``."""
+        self.check_lock()  # a run that lost its lock must not delete the new holder's staging area
         layout.delete(self.fs, self.fs.get_file_info(f"{self.root}/{STAGING}"))
         layout.write_bytes(self.fs, f"{self.root}/{SUCCESS}", b"")
 

@@ -18,8 +18,9 @@ is a **lease**: the holder rewrites the object every ``lease_s / 4`` seconds fro
 A take-over is a write with ``If-Match`` on the ETag of the stale object, so of two machines taking
 over the same stale lock one wins and the other is told the lock is held. A holder that finds, when
 renewing, that its lock was taken over (it was stalled past its lease) marks it lost; :meth:`check`
-then raises, and the run stops before its next commit. Releasing deletes the object if it is still
-this holder's (``If-Match``).
+then raises, and the run stops before its next commit (a holder whose lease is overdue at a check renews it
+there first, so a run resuming from a stall finds the take-over before its renewing thread does). Releasing
+deletes the object if it is still this holder's (``If-Match``).
 
 boto3 is imported only when an S3 lock is taken; it finds credentials as pyarrow does and is pointed
 at the endpoint pyarrow uses (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``, not a profile's).
@@ -99,6 +100,7 @@ class ObjectLock:
         self.lost: str | None = None
         self._beats = 0
         self._since = time.time()
+        self._renewed = time.monotonic()  # when the lock object was last written by this holder
         self._mutex = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -125,7 +127,9 @@ class ObjectLock:
                            "token": self.token, "lease_s": self.lease_s, "renewals": self._beats}).encode()
 
     def _put(self, **condition: str) -> str:
+        started = time.monotonic()
         answer = self.client.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(), **condition)
+        self._renewed = started  # the lease runs from the request, not from its answer
         return answer["ETag"]
 
     def read(self) -> Seen | None:
@@ -223,7 +227,26 @@ class ObjectLock:
                 return
 
     def check(self) -> None:
-        """Raise when the lock was taken over by another run: this run must not write any more."""
+        """Raise when the lock was taken over by another run: this run must not write any more.
+
+        Free while the lease is being renewed on time (a flag the renewing thread sets). A lease not renewed for
+        half of it (the process was stalled, or the store did not answer) is renewed here first, one conditional
+        write: a run resuming after a stall past its lease finds the take-over before it commits, not after its
+        renewing thread wakes up.
+        """
+        overdue = time.monotonic() - self._renewed
+        if not self.lost and self.etag is not None and overdue > self.lease_s / 2:
+            try:
+                self.renew()
+            except Exception as exc:  # noqa: BLE001 - a store that does not answer: the lease decides
+                if overdue > self.lease_s:
+                    raise PipelineError(
+                        f"the lock {self.uri} of {self.what} was not renewed for {overdue:.0f} s, longer than its "
+                        f"lease ({self.lease_s:.0f} s), and could not be now ({_code(exc) or type(exc).__name__}: "
+                        f"{_message(exc)}); this run stops before its next commit, as another run may have taken "
+                        "it over (what it committed is kept; run again to resume)"
+                    ) from None
+                log.warning("could not renew the lock %s (%s); trying again", self.uri, exc)
         if self.lost:
             raise PipelineError(
                 f"the lock {self.uri} of {self.what} was taken over by another run ({self.lost}) after this run "
