@@ -365,7 +365,8 @@ def test_a_run_that_lost_its_lock_stops_with_that_line_before_it_merges_or_clean
     output_lock(output.location, "_run.lock", "the output").take_over(lock.read())  # stalled past the lease
     OutputDir(output.location).clean()  # the new holder's start deletes the staging area
     staged("new-data.parquet")  # and stages the same shard anew
-    lock._renewed -= lock.lease_s + 1  # the stall: its renewing thread has not run since
+    # the stall: its renewing thread has not run since, the lease is overdue
+    monkeypatch.setattr(lock, "_renewed", getattr(lock, "_renewed", 0.0) - lock.lease_s - 1, raising=False)
     for step in (lambda: output.commit(shard, [mine], job), output.finish):
         with pytest.raises(PipelineError, match="was taken over by another run"):
             step()
