@@ -436,3 +436,61 @@ def test_object_keys_with_spaces_or_accents_are_read_like_any_other(s3_server, m
     # query at the end stays one
     assert [s.name for s in list_shards([f"s3://{IN}/odd/2024 q1/a?b.jsonl"])] == ["a b.jsonl"]
     assert [s.name for s in list_shards([f"s3://{IN}/odd/2024 q1/10?%.jsonl?region={REGION}"])] == ["100%.jsonl"]
+
+
+# a folder and an object of the same name; spellings a store can't hold ------------------------------------
+
+
+def test_an_object_named_like_the_input_folder_neither_hides_the_folder_nor_stands_for_it(s3_server, monkeypatch,
+                                                                                          tmp_path):
+    """``aws s3 cp f s3://bucket/data`` (the trailing / forgotten) makes an object whose key is the folder's name.
+    pyarrow looks for that object first, so ``s3://bucket/data/`` listed it alone for the folder: a run read its one
+    row, wrote _SUCCESS, and the folder's rows were in no output. A location ending in / is the folder; one without
+    it that is both an object and a folder is refused, naming both and how to pick."""
+    from pipelines.io.shards import list_shards
+
+    use_s3(monkeypatch, s3_server)
+    for k in range(2):
+        write_jsonl(tmp_path / "in" / f"part-{k}.jsonl", [{"id": f"r{k}", "text": "words"}])
+    s3_server.upload(IN, "shadowed", tmp_path / "in")
+    client = s3_server.client()
+    client.put_object(Bucket=IN, Key="shadowed", Body=b'{"id": "stray", "text": "an object named like the folder"}\n')
+    folder = f"s3://{IN}/shadowed"
+    for wanted in ("jsonl", "auto"):
+        assert [s.name for s in list_shards([f"{folder}/"], wanted)] == ["part-0.jsonl", "part-1.jsonl"], wanted
+        assert [s.name for s in list_shards([f"{folder}/?region={REGION}"], wanted)] == ["part-0.jsonl", "part-1.jsonl"]
+    for spelling in (folder, f"{folder}?region={REGION}"):
+        with pytest.raises(PipelineError) as refused:
+            list_shards([spelling], "jsonl")
+        said = str(refused.value)
+        assert said.startswith(f"input.paths: {spelling} is both an object and a folder"), said
+        assert f"write {folder}/{spelling[len(folder):]} (with the /) to read the folder" in said, said
+        assert "delete or rename the object" in said and "\n" not in said, said
+
+    # an object with nothing under its name is a named file, as before; a / after it names a folder not there
+    client.put_object(Bucket=IN, Key="lone.jsonl", Body=b'{"id": "l", "text": "words"}\n')
+    assert [s.name for s in list_shards([f"s3://{IN}/lone.jsonl"])] == ["lone.jsonl"]
+    with pytest.raises(PipelineError, match=rf"^input.paths: s3://{IN}/lone.jsonl/ names a folder \(it ends in /\)"
+                                            r".*an object of that name.*; drop the / to read the object"):
+        list_shards([f"s3://{IN}/lone.jsonl/"])
+
+
+def test_a_local_folder_or_a_link_to_it_lists_the_same_with_or_without_a_slash_and_a_file_is_no_folder(tmp_path):
+    """What the store's rule means on a local disk (where one name is a file or a folder, never both): a folder, a
+    link to it, each with or without a trailing /, give the same files; a file (or a link to one) with a trailing /
+    names a folder that is not there, as a shell says (``ls f.jsonl/``: not a directory)."""
+    from pipelines.io.shards import list_shards
+
+    for name in ("a.jsonl", "sub/b.jsonl"):
+        write_jsonl(tmp_path / "data" / name, [{"id": name, "text": "words"}])
+    write_jsonl(tmp_path / "f.jsonl", [{"id": "f", "text": "words"}])
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    (tmp_path / "flink.jsonl").symlink_to(tmp_path / "f.jsonl")
+    for spelling in ("data", "data/", "link", "link/", "link//"):
+        assert [s.name for s in list_shards([f"{tmp_path}/{spelling}"])] == ["a.jsonl", "sub/b.jsonl"], spelling
+    assert [s.name for s in list_shards([f"file://{tmp_path}/link/"])] == ["a.jsonl", "sub/b.jsonl"]
+    assert [s.name for s in list_shards([str(tmp_path / "f.jsonl")])] == ["f.jsonl"]
+    assert [s.name for s in list_shards([str(tmp_path / "flink.jsonl")])] == ["flink.jsonl"]
+    for spelling in ("f.jsonl/", "flink.jsonl/"):
+        with pytest.raises(PipelineError, match=r"names a folder \(it ends in /\), but it is a file; drop the /"):
+            list_shards([f"{tmp_path}/{spelling}"])

@@ -155,6 +155,12 @@ def _expand(location: str) -> tuple[str, list[tuple[str, pafs.FileInfo]]]:
 
 
 def _list(location: str, fs: pafs.FileSystem, path: str) -> tuple[str, list[tuple[str, pafs.FileInfo]]]:
+    """A glob's files; a folder's files; or a file named as it is.
+
+    A location ending in ``/`` names a folder (pyarrow drops the ``/``). On a store a key may be both an object and
+    the folder of the keys under it (``aws s3 cp f s3://bucket/data`` makes an object ``data`` beside ``data/...``),
+    and pyarrow finds the object first: the folder is listed when the location ends in ``/``, and a location without
+    it that is both is refused, rather than reading one of the two without a word."""
     if GLOB_CHARS & set(path):
         return _glob(location, fs, path)
     info = fs.get_file_info(path)
@@ -164,9 +170,52 @@ def _list(location: str, fs: pafs.FileSystem, path: str) -> tuple[str, list[tupl
             f"input.paths: {location} does not exist; check the path (relative paths start at the current directory)"
         )
     if info.type == pafs.FileType.Directory:
-        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-        return path, [(uri_of(location, i.path), i) for i in infos if i.is_file and not _is_hidden(i.path, path)]
+        return path, _folder_files(location, fs.get_file_info(pafs.FileSelector(path, recursive=True)), path)
+    folder = names_folder(location)
+    if stores.is_local(fs):
+        if folder:
+            raise PipelineError(
+                f"input.paths: {location} names a folder (it ends in /), but it is a file; drop the / to read the file"
+            )
+    elif folder:
+        below = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+        if below:
+            return path, _folder_files(location, below, path)
+        raise PipelineError(
+            f"input.paths: {location} names a folder (it ends in /), and there is none: only an object of that name, "
+            "with no key under it; drop the / to read the object"
+        )
+    elif fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):  # keys under path/: a folder too
+        raise PipelineError(
+            f"input.paths: {location} is both an object and a folder (keys under {path.split('/', 1)[-1]}/), so it "
+            f"is not read as either; write {with_slash(location)} (with the /) to read the folder, or delete or rename "
+            "the object (a file copied to the folder's name without its trailing /, as `aws s3 cp f s3://bucket/data`)"
+        )
     return info.path.rsplit("/", 1)[0], [(uri_of(location, info.path), info)]
+
+
+def _folder_files(location: str, infos: list[pafs.FileInfo], path: str) -> list[tuple[str, pafs.FileInfo]]:
+    """The files of a folder's listing, but hidden ones."""
+    return [(uri_of(location, i.path), i) for i in infos if i.is_file and not _is_hidden(i.path, path)]
+
+
+def _split_query(location: str) -> tuple[str, str]:
+    """(the location without its query, the query: ``?region=...`` at the end of a URI, or '')."""
+    if "://" not in location:
+        return location, ""
+    query = QUERY.search(location.split("://", 1)[1])
+    return (location[: len(location) - len(query.group())], query.group()) if query else (location, "")
+
+
+def names_folder(location: str) -> bool:
+    """Whether a location ends in ``/`` (before a URI's query): it names a folder, not a file."""
+    return _split_query(location)[0].rstrip().endswith("/")
+
+
+def with_slash(location: str) -> str:
+    """The location with a ``/`` at the end of its path (before a URI's query)."""
+    body, query = _split_query(location)
+    return f"{body.rstrip().rstrip('/')}/{query}"
 
 
 def _glob(location: str, fs: pafs.FileSystem, pattern: str) -> tuple[str, list[tuple[str, pafs.FileInfo]]]:
@@ -183,7 +232,7 @@ def _glob(location: str, fs: pafs.FileSystem, pattern: str) -> tuple[str, list[t
         )
     wild = [name for name in segments[fixed:] if name]
     matcher = wcglob.compile("/".join(wild), flags=GLOB_FLAGS)
-    folders_only = location.rstrip().endswith("/")
+    folders_only = names_folder(location)
     files = []
     for info in _glob_listing(fs, base, wild):
         if not info.is_file:
