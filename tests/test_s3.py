@@ -494,3 +494,27 @@ def test_a_local_folder_or_a_link_to_it_lists_the_same_with_or_without_a_slash_a
     for spelling in ("f.jsonl/", "flink.jsonl/"):
         with pytest.raises(PipelineError, match=r"names a folder \(it ends in /\), but it is a file; drop the /"):
             list_shards([f"{tmp_path}/{spelling}"])
+
+
+def test_an_object_at_the_output_path_is_refused_by_name_and_nothing_is_deleted(s3_server, monkeypatch):
+    """An object whose key is output.path's own name: the job's files would go under ``out/`` beside it, but a
+    reader given ``s3://bucket/out`` (with or without the /) reads that one object, not the job's files. Refused,
+    with what to do (it said 'is a file; give a directory', also when the folder held this job's results), and
+    --overwrite deletes nothing."""
+    use_s3(monkeypatch, s3_server)
+    client = s3_server.client()
+    client.put_object(Bucket=OUT, Key="taken", Body=b"someone's file")
+    for spelling in (f"s3://{OUT}/taken", f"s3://{OUT}/taken/"):
+        with pytest.raises(PipelineError) as refused:
+            OutputDir(spelling).check_owner()
+        said = str(refused.value)
+        assert said.startswith(f"output.path {spelling}: an object has this very key (taken)"), said
+        assert "readers given this path read that object" in said and "delete or rename the object" in said, said
+
+    client.put_object(Bucket=OUT, Key="taken/_job.json", Body=b"{}")  # results under it, the object came later
+    client.put_object(Bucket=OUT, Key="taken/part-0.parquet", Body=b"rows")
+    before = s3_server.keys(OUT, "taken")
+    with pytest.raises(PipelineError, match="an object has this very key"):
+        OutputDir(f"s3://{OUT}/taken").clear()
+    assert s3_server.keys(OUT, "taken") == before
+    assert client.get_object(Bucket=OUT, Key="taken")["Body"].read() == b"someone's file"

@@ -143,7 +143,7 @@ class OutputDir:
         if info.type == pafs.FileType.NotFound:
             return []
         if info.type != pafs.FileType.Directory:
-            raise PipelineError(f"output.path {self.location} is a file; give a directory")
+            raise layout.not_a_folder(self.location, self.fs, self.root)
         return self.fs.get_file_info(pafs.FileSelector(self.root))
 
     def _existing(self) -> set[str]:

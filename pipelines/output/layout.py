@@ -89,6 +89,19 @@ def partition_dir(run: str) -> str:
     return f"{PARTITION}{run}"
 
 
+def not_a_folder(location: str, fs: pafs.FileSystem, path: str) -> PipelineError:
+    """An output path that is a file; on a store, an object whose key is the output folder's own name (the job's
+    keys would go under it, beside the object, but a reader given the path reads that one object)."""
+    if stores.is_local(fs):
+        return PipelineError(f"output.path {location} is a file; give a directory")
+    key = path.split("/", 1)[-1]
+    return PipelineError(
+        f"output.path {location}: an object has this very key ({key}), beside the folder {key}/ a job writes; readers "
+        "given this path read that object, not the job's files: delete or rename the object, or choose another "
+        "output.path"
+    )
+
+
 # writing whole files ------------------------------------------------------------------------
 
 #: What a disk that takes no more bytes says: no space left on it, or the user's quota on it used up.

@@ -208,7 +208,7 @@ class ScheduledJob:
         if info.type == pafs.FileType.NotFound:
             return
         if info.type != pafs.FileType.Directory:
-            raise PipelineError(f"output.path {self.spec.output.path} is a file; give a directory")
+            raise layout.not_a_folder(self.spec.output.path, self.fs, self.root)
         for entry in self.fs.get_file_info(pafs.FileSelector(self.root)):
             name = entry.base_name
             if name == JOB or layout.is_part_file(name):
