@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipelines.errors import PipelineError
 from pipelines.io.block import BOOKKEEPING, GENERATED, PADDED, TOKENS
+from pipelines.io.shards import store_path_problem
 from pipelines.output.records import prefixed_hash
 from pipelines.tasks.openai_requests import OUTPUT_NAMES as OPENAI_OUTPUT_NAMES
 from pipelines.tasks.options import TASK_OPTIONS, AnyTaskOptions
@@ -47,6 +48,15 @@ class InputSpec(Strict):
         if isinstance(data, dict) and isinstance(data.get("paths"), str):
             data = {**data, "paths": [data["paths"]]}
         return data
+
+    @field_validator("paths")
+    @classmethod
+    def _store_paths(cls, value: list[str]) -> list[str]:
+        for location in value:
+            problem = store_path_problem(location)
+            if problem:
+                raise ValueError(problem)
+        return value
 
 
 class FidelitySpec(Strict):
@@ -161,6 +171,14 @@ class OutputSpec(Strict):
                 "to readers in one step; remove it (output.row_group_rows sets the rows per row group)"
             )
         return data
+
+    @field_validator("path")
+    @classmethod
+    def _store_path(cls, value: str) -> str:
+        problem = store_path_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class ErrorPolicy(Strict):

@@ -116,6 +116,38 @@ def _encode_location(rest: str) -> str:
     return re.sub(r"%(?![0-9A-Fa-f]{2})", "%25", quoted) + options
 
 
+def store_path_problem(location: str) -> str | None:
+    """What a store's location holds that a path there can't, as a sentence with the spelling to use; None if
+    nothing. An empty name (``s3://bucket//x``): pyarrow refuses it. A ``.`` or ``..`` between slashes: a store keeps
+    it in the key, where a reader (and the check of output.path against the input, which compares paths as
+    written) takes a step between folders. Trailing slashes are no names (a folder); a local path or a ``file://``
+    URI is the disk's to resolve."""
+    if stores.is_local_location(location):
+        return None
+    body, query = _split_query(location)
+    scheme, rest = body.split("://", 1)
+    bucket, _, path = rest.partition("/")
+    path = path.rstrip("/")
+    names = urllib.parse.unquote(path).split("/") if path else []
+    odd = next((name for name in names if name in ("", ".", "..")), None)
+    if odd is None:
+        return None
+    kept: list[str] = []
+    for name in path.split("/"):
+        if name == "..":
+            kept = kept[:-1]
+        elif name not in ("", "."):
+            kept.append(name)
+    fix = f"{scheme}://{bucket}/{'/'.join(kept)}{'/' if kept and body.endswith('/') else ''}{query}"
+    spelling = f"write {fix}" if store_path_problem(fix) is None else "write each name once between single slashes"
+    if odd == "":
+        return f"an empty name (//) in {location}: pyarrow refuses it in a store's path; {spelling}"
+    return (
+        f"a {odd!r} between slashes in {location}: a store keeps it in the key, where readers take a step between "
+        f"folders; {spelling}"
+    )
+
+
 def detect_format(path: str, wanted: str, named: bool = False) -> tuple[str, bool] | None:
     """(format, gzip-compressed) of a file name, or None for files that are not shards.
 
@@ -145,13 +177,15 @@ def _is_hidden(path: str, root: str) -> bool:
 def _expand(location: str) -> tuple[str, list[tuple[str, pafs.FileInfo]]]:
     """The root a location's files are named relative to, and the files: (uri, info).
 
-    A store's refusal (no such bucket, access denied) is one line naming the location.
+    A store's refusal (no such bucket, access denied), or a path pyarrow refuses, is one line naming the location.
     """
     fs, path = resolve(location)
     try:
         return _list(location, fs, path)
     except OSError as exc:
         raise stores.refusal("input.paths:", location, exc) from None
+    except pa.ArrowInvalid as exc:  # a path it can't take (an empty name, s3://bucket//x): spec.py refuses most
+        raise stores.invalid_path("input.paths:", location, exc) from None
 
 
 def _list(location: str, fs: pafs.FileSystem, path: str) -> tuple[str, list[tuple[str, pafs.FileInfo]]]:

@@ -95,6 +95,13 @@ def refusal(role: str, location: str, exc: OSError) -> PipelineError:
                          "the endpoint (AWS_ENDPOINT_URL) and the network")
 
 
+def invalid_path(role: str, location: str, exc: Exception) -> PipelineError:
+    """A path pyarrow refuses to take (``Empty path component``: ``s3://bucket//x``) as one line."""
+    said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return PipelineError(f"{role} {location}: not a path pyarrow takes ({said}); write the names between single "
+                         "slashes (s3://bucket/folder/name), with no empty one")
+
+
 def is_local_location(location: str) -> bool:
     """Whether a location names the local disk (a path, or a ``file://`` URI) rather than a store."""
     return "://" not in location or location.startswith("file://")

@@ -139,7 +139,11 @@ class OutputDir:
         return found
 
     def entries(self) -> list[pafs.FileInfo]:
-        info = self.fs.get_file_info(self.root)
+        """What is at the top of the output folder (a run's first look at it: a path pyarrow refuses is one line)."""
+        try:
+            info = self.fs.get_file_info(self.root)
+        except pa.ArrowInvalid as exc:  # s3://bucket//x, which the spec refuses, reached here another way
+            raise stores.invalid_path("output.path", self.location, exc) from None
         if info.type == pafs.FileType.NotFound:
             return []
         if info.type != pafs.FileType.Directory:
