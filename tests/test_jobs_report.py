@@ -85,6 +85,20 @@ def test_the_line_is_looked_up_in_the_logs_when_the_excerpt_lacks_it(cluster):
     assert "\n" not in str(report)
 
 
+def test_a_status_whose_logs_cannot_be_fetched_is_still_the_status(cluster, capsys):
+    """The line is an addition: a job server that fails to hand the logs over (gone, a timeout) leaves Ray's
+    status as it was, not an error of the status command."""
+    noise = "(raylet) shutting down\n"
+    cluster.jobs = FakeJobs("FAILED", ray_message(2, noise), 2)
+
+    def refuse(job_id: str) -> str:
+        raise RuntimeError("Request failed with status code 504")
+
+    cluster.jobs.get_job_logs = refuse
+    assert main(["status", "raysubmit_x", "--address", ADDRESS]) == 0
+    assert capsys.readouterr().out == "raysubmit_x: FAILED (Job entrypoint command failed with exit code 2)\n"
+
+
 @pytest.mark.parametrize(
     ("status", "message"),
     [("RUNNING", "Job is currently running."), ("SUCCEEDED", "Job finished successfully."),

@@ -531,6 +531,8 @@ def test_an_object_at_the_output_path_is_refused_by_name_and_nothing_is_deleted(
         ("output.path", "s3://b/x/.", "s3://b/x"),
         ("input.paths", "s3://b/a//b/?region=us-east-1", "s3://b/a/b/?region=us-east-1"),
         ("input.paths", "gs://b/x//y", "gs://b/x/y"),
+        ("output.path", "s3://b/a%2F%2Fb", "s3://b/a/b"),  # escaped: the same names (was a RecursionError)
+        ("input.paths", "s3://b/%2E%2E/x", "s3://b/x"),
     ],
 )
 def test_a_store_path_with_an_empty_or_dot_name_is_refused_by_the_spec_with_the_spelling_to_use(where, given, fix):
@@ -559,7 +561,7 @@ def test_a_store_path_with_an_empty_or_dot_name_is_refused_by_the_spec_with_the_
 
 def test_a_path_pyarrow_refuses_is_one_line_also_where_no_spec_checked_it(s3_server, monkeypatch):
     """The listing of input and output catch pyarrow's ArrowInvalid too, not only OSError: a location that reaches
-    them without the spec's check (a %2F escape, a caller of the functions) is one line, not a traceback."""
+    them without the spec's check (a caller of the functions) is one line, not a traceback."""
     from pipelines.io.shards import list_shards
 
     use_s3(monkeypatch, s3_server)

@@ -395,12 +395,14 @@ def check_inputs_uploaded(project_root: Path, input_paths: Sequence[str], input_
     from pipelines.io.shards import list_shards
 
     root = Path(project_root).resolve()
+    # where the job will write, as it sees it: a relative output path is in the project on the cluster too
+    output = output_path if "://" in output_path or os.path.isabs(output_path) else os.path.join(root, output_path)
     files: list[str] = []
     for location in input_paths:
         if "://" in location or os.path.isabs(location):
             continue
         try:
-            shards = list_shards([os.path.join(root, location)], input_format, exclude=[output_path])
+            shards = list_shards([os.path.join(root, location)], input_format, exclude=[output])
         except PipelineError:
             continue
         files += [os.path.relpath(shard.path, root) for shard in shards]
@@ -687,8 +689,13 @@ def _with_own_line(client: _Client, report: JobReport, logs: str | None = None) 
     if report.status != "FAILED":
         return report
     line = own_line(report.message)
-    if not line:
-        line = own_line(logs if logs is not None else client.jobs.get_job_logs(report.job_id))
+    if not line and logs is None:
+        try:
+            logs = client.jobs.get_job_logs(report.job_id)
+        except Exception as exc:  # noqa: BLE001 - the status stands without the line; Ray's errors vary
+            logger.debug("could not fetch the logs of %s for its error line: %s", report.job_id, exc)
+    if not line and logs:
+        line = own_line(logs)
     return dataclasses.replace(report, own_line=line)
 
 

@@ -133,13 +133,14 @@ def store_path_problem(location: str) -> str | None:
     if odd is None:
         return None
     kept: list[str] = []
-    for name in path.split("/"):
+    for name in names:  # decoded: a %2F%2F or %2E%2E is the same empty or dot name
         if name == "..":
             kept = kept[:-1]
         elif name not in ("", "."):
             kept.append(name)
     fix = f"{scheme}://{bucket}/{'/'.join(kept)}{'/' if kept and body.endswith('/') else ''}{query}"
-    spelling = f"write {fix}" if store_path_problem(fix) is None else "write each name once between single slashes"
+    plain = fix != location and "%" not in "".join(kept) and store_path_problem(fix) is None
+    spelling = f"write {fix}" if plain else "write each name once between single slashes"
     if odd == "":
         return f"an empty name (//) in {location}: pyarrow refuses it in a store's path; {spelling}"
     return (

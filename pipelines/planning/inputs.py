@@ -11,7 +11,6 @@ run, which counts the rows it can tell of it. Light: pyarrow and numpy.
 from __future__ import annotations
 
 import bisect
-import codecs
 import gzip
 import io
 import itertools
@@ -28,7 +27,7 @@ import pyarrow.parquet as pq
 
 from pipelines.errors import first_line
 from pipelines.io.block import ROW
-from pipelines.io.reader import Columns, read_group
+from pipelines.io.reader import Columns, read_group, without_boms
 from pipelines.io.reader import count_rows as reader_count_rows
 from pipelines.io.shards import Shard
 from pipelines.planning.records import InputPlan, ShardCount
@@ -89,9 +88,7 @@ def _jsonl_rows(shard: Shard, count_limit: int) -> tuple[int, bool]:
 def _a_row(line: bytes) -> bool:
     """Whether a whole line is a row to the reader: not blank once byte order marks at its start are skipped
     (:func:`~pipelines.io.reader.without_boms`)."""
-    while line.startswith(codecs.BOM_UTF8):
-        line = line[len(codecs.BOM_UTF8) :]
-    return bool(line.strip())
+    return bool(without_boms(line).strip())
 
 
 class _Counting:
