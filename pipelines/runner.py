@@ -467,9 +467,9 @@ def execute(
                 continue
             shard = by_key[report.shard]
             faults.checkpoint("before_commit")
-            output.check_lock()  # before anything reads this shard's staged files (a new holder deletes them)
             reports = tally.reports.pop(report.shard)
             if report.unreadable:
+                output.check_lock()  # before its staged record is read (a new holder deletes it); commit() checks too
                 found = _unreadable(output, shard, reports)
                 if spec.errors.unreadable_files == "fail" or not fetched(found):
                     failed.append(UnreadableShard(shard.key, found))

@@ -125,10 +125,10 @@ def sampling_keys(seeds: np.ndarray, count: int, device: torch.device) -> torch.
 # stop strings --------------------------------------------------------------------
 
 
-def contains_stop(tokenizer: Any, sequences: list[list[int]], stops: list[str]) -> list[bool]:
-    """Whether each sequence's text (special tokens skipped) contains a stop string."""
+def contains_stop(tokenizer: Any, sequences: list[list[int]], stops: Sequence[Sequence[str]]) -> list[bool]:
+    """Whether each sequence's text (special tokens skipped) contains one of its own stop strings."""
     texts = tokenizer.batch_decode(sequences, skip_special_tokens=True)
-    return [any(stop in text for stop in stops) for text in texts]
+    return [any(stop in text for stop in row) for text, row in zip(texts, stops, strict=True)]
 
 
 def generated_stops(
@@ -139,10 +139,9 @@ def generated_stops(
     hits = torch.zeros(len(stops), dtype=torch.bool, device=input_ids.device)
     asked = [i for i, row in enumerate(stops) if row]
     if asked:
-        generated = input_ids[torch.tensor(asked, device=input_ids.device), start:].tolist()
-        texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
-        found = [any(stop in text for stop in stops[i]) for i, text in zip(asked, texts)]
-        hits[torch.tensor(asked, device=input_ids.device)] = torch.tensor(found, device=input_ids.device)
+        rows = torch.tensor(asked, device=input_ids.device)
+        found = contains_stop(tokenizer, input_ids[rows, start:].tolist(), [stops[i] for i in asked])
+        hits[rows] = torch.tensor(found, device=input_ids.device)
     return hits
 
 
@@ -436,7 +435,7 @@ class GenerationTask(Task):
         return process
 
     def _stops(self, sequences: list[list[int]]) -> list[bool]:
-        return contains_stop(self.tokenizer, sequences, list(self.options.stop))
+        return contains_stop(self.tokenizer, sequences, [self.options.stop] * len(sequences))
 
     # postprocess -----------------------------------------------------------------------
 
