@@ -584,21 +584,21 @@ def test_output_of_deleted_input_is_reported_and_pruned_on_request(ray_session, 
 
 
 def test_kept_columns_take_their_types_from_every_shard(ray_session, tiny_models, tmp_path):
-    """A kept column missing from the first shard, and then an unreadable shard, don't break the job."""
+    """A kept column missing from the first shard, and an unreadable shard after it, don't break the job.
+
+    One run over all three shards (a.jsonl without the column, b.jsonl with it, c.parquet unreadable): the types
+    are sampled afresh from every shard, as they were by the --overwrite run this test used to make after a run
+    over a and b alone, so that first run proved nothing this one does not."""
     write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": "a", "text": SENTENCES[0]}])
     write_jsonl(tmp_path / "in" / "b.jsonl", [{"id": "b", "text": SENTENCES[1], "score": 7}])
+    corrupt_parquet(tmp_path / "in" / "c.parquet", 50)
     spec = spec_of(write_job(tmp_path, tiny_models("classifier"), tmp_path / "in"),
-                   input={"columns_to_keep": ["score"]}, output={"prediction_prefix": "p_"})
-    run_job(spec)
+                   input={"columns_to_keep": ["score"]}, output={"prediction_prefix": "p_"},
+                   errors={"unreadable_files": "quarantine", "max_rate": 1.0})
+    summary = run_job(spec)
     table = pq.read_table(tmp_path / "out")
     assert table.schema.field("score").type == pa.int64()
     assert dict(zip(table.column("id").to_pylist(), table.column("score").to_pylist())) == {"a": None, "b": 7}
-
-    corrupt_parquet(tmp_path / "in" / "c.parquet", 50)
-    spec.errors.unreadable_files = "quarantine"
-    spec.errors.max_rate = 1.0
-    summary = run_job(spec, overwrite=True)
-    assert pq.read_table(tmp_path / "out").schema.field("score").type == pa.int64()
     assert summary.rows_in == 52 and summary.errors == 50
 
 
