@@ -257,24 +257,34 @@ def run_job(
                 return previous.model_copy(update={"status": "up to date", "shards_this_run": 0})
         if pending or overwrite:
             output.check_writable()  # an object store's missing bucket or denied write: before any work
-    checked = None
-    if pending or overwrite:
-        from pipelines.cluster.connect import connect
-
-        timeline["connect_start"] = time.time()
-        connect(address, spec)  # resource problems surface here, before anything is written
-        timeline["ray_ready"] = time.time()
-        if spec.model.quantization == "auto":
-            recorded = output.job()
-            known = recorded.precision if recorded and recorded.spec_hash == job.spec_hash and not overwrite else None
-            spec, checked = fidelity.resolve_auto(spec, shards, known or precision)
-            job.precision = {"quantization": spec.model.quantization, "dtype": spec.model.dtype}
-        else:
-            checked = fidelity.gate(spec, shards)  # below model.fidelity's bar: PipelineError, nothing written
+    lock = output_lock(spec.output.path, RUN_LOCK, f"the output {spec.output.path}")
     with writing(spec.output.path):
-        lock = output_lock(spec.output.path, RUN_LOCK, f"the output {spec.output.path}").acquire()
-    output.guard = lock.check  # a lock that can be lost (an object store's lease): checked at each commit, and last
+        # Where a lock is there (another run's, or one a killed run left), it is contended for before Ray starts:
+        # a busy output is refused at once. Where there is none, it is taken after the fidelity gate, so that a run
+        # refused there leaves a fresh output path empty.
+        early = lock.present()
+        if early:
+            lock.acquire()
     try:
+        checked = None
+        if pending or overwrite:
+            from pipelines.cluster.connect import connect
+
+            timeline["connect_start"] = time.time()
+            connect(address, spec)  # resource problems surface here, before anything is written
+            timeline["ray_ready"] = time.time()
+            if spec.model.quantization == "auto":
+                recorded = output.job()
+                same = recorded is not None and recorded.spec_hash == job.spec_hash and not overwrite
+                known = recorded.precision if recorded is not None and same else None
+                spec, checked = fidelity.resolve_auto(spec, shards, known or precision)
+                job.precision = {"quantization": spec.model.quantization, "dtype": spec.model.dtype}
+            else:
+                checked = fidelity.gate(spec, shards)  # below model.fidelity's bar: PipelineError, nothing written
+        if not early:
+            with writing(spec.output.path):
+                lock.acquire()
+        output.guard = lock.check  # a lock that can be lost (an object store's lease): checked at each commit, last
         with writing(spec.output.path):
             if overwrite:
                 output.clear()

@@ -568,6 +568,23 @@ def test_a_second_run_on_the_same_output_is_refused(ray_session, tiny_models, tm
     run_job(spec_of(job))  # once the lock is free the run goes ahead (in this process: a failure raises)
 
 
+def test_a_busy_output_is_refused_before_ray_starts(tiny_models, tmp_path, monkeypatch):
+    """Another run's lock is contended for first: the second run is refused at once, not after starting a Ray."""
+    import pipelines.cluster.connect
+
+    many_shards(tmp_path / "in", shards=1)
+    job = write_job(tmp_path, tiny_models("classifier"), tmp_path / "in")
+
+    def connect(address, spec):
+        raise AssertionError("connected to Ray before taking the lock")
+
+    monkeypatch.setattr(pipelines.cluster.connect, "connect", connect)
+    with JobLock(tmp_path / "out" / "_run.lock", "another run"):
+        with pytest.raises(LockHeld, match="another run of the output .* is in progress"):
+            run_job(spec_of(job))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["_run.lock"]
+
+
 def test_output_of_deleted_input_is_reported_and_pruned_on_request(ray_session, tiny_models, tmp_path):
     ids = many_shards(tmp_path / "in", shards=3)
     job = write_job(tmp_path, tiny_models("classifier"), tmp_path / "in")

@@ -49,6 +49,10 @@ class JobLock:
         self.what = what
         self._file: IO[str] | None = None
 
+    def present(self) -> bool:
+        """Whether the lock file is there (held, or left by an earlier run): nothing is created to find out."""
+        return self.path.exists()
+
     def acquire(self) -> JobLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(self.path, "a+")  # noqa: SIM115 - held open for as long as the lock is

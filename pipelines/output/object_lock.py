@@ -151,6 +151,13 @@ class ObjectLock:
         now = parsedate_to_datetime(date).timestamp() if date else time.time()
         return Seen(answer["ETag"], holder, max(0.0, now - answer["LastModified"].timestamp()))
 
+    def present(self) -> bool:
+        """Whether the lock object is there (held, or left by a run that ended without releasing it)."""
+        try:
+            return self.read() is not None
+        except Exception as exc:
+            raise self._failure("could not be read", exc) from None
+
     # taking and giving back ------------------------------------------------------------------------
 
     def acquire(self) -> ObjectLock:
