@@ -5,8 +5,11 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,7 +21,7 @@ from helpers import ROOT, SENTENCES, write_jsonl, write_parquet
 from pipelines.errors import PipelineError
 from pipelines.output.staging import StagingReport
 from pipelines.runner import run_job
-from pipelines.spec import load_spec, spec_from_dict
+from pipelines.spec import JobSpec, load_spec, spec_from_dict
 
 
 def write_job(tmp_path: Path, model_dir: str, inputs: Path, **sections) -> Path:
@@ -406,32 +409,55 @@ def test_a_full_disk_during_a_commit_is_one_line_and_the_same_command_resumes(
     assert sorted(got) == sorted(ids) and len(got) == len(set(got))
 
 
-def test_a_write_that_fails_leaves_no_temporary_file(ray_session, tiny_models, tmp_path, monkeypatch):
+@dataclass
+class Unfinished:
+    spec: JobSpec
+    inputs: Path
+    ids: list[str]
+    out: Path  # the output as the failed run left it; resumed in place by the test of the summary
+    copy: Path  # a copy taken as the run ended, before any test ran: for the test of the report
+    said: str  # the failed run's error
+
+
+@pytest.fixture(scope="module")
+def summary_write_failed(ray_session, tiny_models, tmp_path_factory) -> Unfinished:
+    """One scoring run of a one-shard job whose first _run.json write finds the disk full: its shard committed,
+    no summary, no report, no _SUCCESS. The two tests below share it (one scoring run, not two): each goes on from
+    there with a run that scores nothing, the summary's test in this output, the report's test in a copy of it."""
+    root = tmp_path_factory.mktemp("summary-write-failed")
+    ids = many_shards(root / "in", shards=1)
+    spec = spec_from_dict(yaml.safe_load(write_job(root, tiny_models("classifier"), root / "in").read_text()))
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _disk_full_at(monkeypatch, "_run.json:1")
+        with pytest.raises(PipelineError) as full:
+            run_job(spec)
+    shutil.copytree(root / "out", root / "unfinished")
+    return Unfinished(spec, root / "in", ids, root / "out", root / "unfinished", str(full.value))
+
+
+def test_a_write_that_fails_leaves_no_temporary_file(summary_write_failed, tiny_models, tmp_path, monkeypatch):
     """The report is a view of committed results: a full disk while writing it is a warning (report: not written),
-    and its temporary file, as much of the page as fitted, is deleted with it."""
-    ids = many_shards(tmp_path / "in", shards=1)
-    spec = spec_from_dict(yaml.safe_load(write_job(tmp_path, tiny_models("classifier"), tmp_path / "in").read_text()))
+    and its temporary file, as much of the page as fitted, is deleted with it. (The run that writes it here finishes
+    an output whose shard is committed; the page is the same one a run that scored writes at its end.)"""
+    shutil.copytree(summary_write_failed.copy, tmp_path / "out")
+    inputs = summary_write_failed.inputs  # the same job, its output here
+    spec = spec_from_dict(yaml.safe_load(write_job(tmp_path, tiny_models("classifier"), inputs).read_text()))
     out = tmp_path / "out"
     _disk_full_at(monkeypatch, "_report.html:1")
     done = run_job(spec)
     assert done.report is None and (out / "_SUCCESS").exists()
-    assert sorted(output_ids(out)) == sorted(ids)
+    assert sorted(output_ids(out)) == sorted(summary_write_failed.ids)
     assert [p.name for p in out.rglob("*.tmp")] == []
 
 
-def test_a_full_disk_while_writing_the_run_summary_is_one_line(ray_session, tiny_models, tmp_path, monkeypatch):
+def test_a_full_disk_while_writing_the_run_summary_is_one_line(summary_write_failed):
     """After the last commit only _run.json and _SUCCESS are left to write: a full disk there is the same one line
     (no traceback), leaves no temporary file, and the same command finishes the job without scoring again."""
-    ids = many_shards(tmp_path / "in", shards=1)
-    spec = spec_from_dict(yaml.safe_load(write_job(tmp_path, tiny_models("classifier"), tmp_path / "in").read_text()))
-    out = tmp_path / "out"
-    _disk_full_at(monkeypatch, "_run.json:1")
-    with pytest.raises(PipelineError, match=r"no space left on the disk .*run the same command again"):
-        run_job(spec)
+    spec, out = summary_write_failed.spec, summary_write_failed.out
+    assert re.search(r"no space left on the disk .*run the same command again", summary_write_failed.said)
     assert [p.name for p in out.rglob("*.tmp")] == [] and not (out / "_SUCCESS").exists()
-    monkeypatch.delenv("PIPELINES_WRITE_FAILS_AT")
     assert run_job(spec).shards_this_run == 0 and (out / "_SUCCESS").exists()
-    assert sorted(output_ids(out)) == sorted(ids)
+    assert sorted(output_ids(out)) == sorted(summary_write_failed.ids)
 
 
 def test_a_full_disk_while_the_actor_stages_is_the_same_one_line(tiny_models, tmp_path):
