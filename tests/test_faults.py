@@ -210,10 +210,37 @@ def test_empty_input_and_foreign_output_are_refused(tiny_models, tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["somebody-else.csv"]
 
 
-def test_changed_input_is_detected(ray_session, tiny_models, tmp_path):
-    many_shards(tmp_path / "in", shards=2)
+@dataclass
+class Finished:
+    root: Path  # its input folder "in" and its output "out"
+    summary: dict
+
+
+@pytest.fixture(scope="module")
+def finished_with_empty_shards(ray_session, tiny_models, tmp_path_factory) -> Finished:
+    """A finished run of the plain job on a 10-row shard (part-0.jsonl), an empty one and one of blank lines. The
+    two tests below share it (one run, not two): the first reads it, the second changes a copy of it."""
+    root = tmp_path_factory.mktemp("empty-shards")
+    many_shards(root / "in", shards=1)
+    (root / "in" / "empty.jsonl").write_text("")
+    (root / "in" / "blank.jsonl").write_text("\n\n")
+    spec = spec_from_dict(yaml.safe_load(write_job(root, tiny_models("classifier"), root / "in").read_text()))
+    return Finished(root, run_job(spec).to_json())
+
+
+def test_an_empty_shard_is_committed_empty(finished_with_empty_shards):
+    summary = finished_with_empty_shards.summary
+    assert summary["shards"] == 3 and summary["rows_in"] == summary["rows_out"] == 10
+    assert (finished_with_empty_shards.root / "out" / "_SUCCESS").exists()
+
+
+def test_changed_input_is_detected(finished_with_empty_shards, tiny_models, tmp_path):
+    """From a copy of the finished job above, input and output (a shard is known by its name under the input folder,
+    and the copies keep the files' times): the same job, up to date until one of its files changes."""
+    for folder in ("in", "out"):
+        shutil.copytree(finished_with_empty_shards.root / folder, tmp_path / folder)
     spec = spec_from_dict(yaml.safe_load(write_job(tmp_path, tiny_models("classifier"), tmp_path / "in").read_text()))
-    run_job(spec)
+    assert run_job(spec).status == "up to date"  # read, nothing run
     write_jsonl(tmp_path / "in" / "part-0.jsonl", [{"id": "new", "text": "changed content here"}])
     with pytest.raises(PipelineError, match="input changed since it was scored: .*part-0.jsonl"):
         run_job(spec)
@@ -355,16 +382,6 @@ def test_tokens_count_the_rows_the_output_holds_and_no_quarantined_one(tmp_path)
     assert (record.tokens, record.padded, record.generated) == (3 + 5, 4 + 6, 1 + 2)
     [part] = out.glob("part-*.parquet")
     assert pq.read_table(part).column_names == ["id"]  # the counts stay bookkeeping
-
-
-def test_an_empty_shard_is_committed_empty(ray_session, tiny_models, tmp_path):
-    many_shards(tmp_path / "in", shards=1)
-    (tmp_path / "in" / "empty.jsonl").write_text("")
-    (tmp_path / "in" / "blank.jsonl").write_text("\n\n")
-    spec = spec_from_dict(yaml.safe_load(write_job(tmp_path, tiny_models("classifier"), tmp_path / "in").read_text()))
-    summary = run_job(spec).to_json()
-    assert summary["shards"] == 3 and summary["rows_in"] == summary["rows_out"] == 10
-    assert (tmp_path / "out" / "_SUCCESS").exists()
 
 
 # a full disk ----------------------------------------------------------------------------------------------------
