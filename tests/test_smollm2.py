@@ -38,9 +38,12 @@ SENTIMENT_PROMPT = (
 
 
 @pytest.fixture(scope="session")
-def smollm2_cache(tmp_path_factory) -> str:
-    """A model cache with SmolLM2 converted into it, once per session."""
-    cache = tmp_path_factory.mktemp("pipelines-cache")
+def smollm2_cache(tmp_path_factory, worker_id) -> str:
+    """A model cache with SmolLM2 converted into it, once per test run: pytest-xdist's workers share it (the
+    folder above each worker's own), and the conversion is made once however many processes ask at once."""
+    base = tmp_path_factory.getbasetemp()
+    cache = (base if worker_id == "master" else base.parent) / "pipelines-cache"
+    cache.mkdir(exist_ok=True)
     started = time.monotonic()
     gguf.converted_smollm2(str(cache))
     print(f"\nsmollm2 GGUF conversion: {time.monotonic() - started:.1f} s")
