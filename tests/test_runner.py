@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -16,51 +18,78 @@ from pipelines.runner import run_job
 from pipelines.spec import spec_from_dict
 
 
-@pytest.fixture()
-def shards(tmp_path):
+def write_shards(folder):
     """Three shards in two formats, 24 rows, ids unique."""
     rows = [{"id": f"x{i:02d}", "text": SENTENCES[i % len(SENTENCES)], "label": "pos" if i % 2 else "neg"} for i in range(24)]
-    folder = tmp_path / "in"
     write_jsonl(folder / "a.jsonl", rows[:10])
     write_jsonl(folder / "b.jsonl", rows[10:16])
     write_parquet(folder / "c.parquet", rows[16:])
     return folder, rows
 
 
-def job(model_dir, task, shards, tmp_path, **sections):
-    spec = make_spec(model_dir, task, tmp_path / "out", **sections)
+@pytest.fixture()
+def shards(tmp_path):
+    """Three shards in two formats, 24 rows, ids unique (a test's own: it may add to them)."""
+    return write_shards(tmp_path / "in")
+
+
+def job(model_dir, task, shards, folder, **sections):
+    spec = make_spec(model_dir, task, folder / "out", **sections)
     spec.input.paths = [str(shards[0])]
     return spec
 
 
+#: Each kind's task in test_each_task_end_to_end, as ``finished`` runs it.
+TASKS = {
+    "encoder": {"type": "feature-extraction", "pooling": "cls"},
+    "classifier": {"type": "text-classification"},
+    "nli": {"type": "zero-shot-classification", "candidate_labels": ["pos", "neg"]},
+}
+
+
+@pytest.fixture(scope="module")
+def finished(ray_session, tiny_models, tmp_path_factory):
+    """A function kind → (spec, summary as JSON, input rows) of one finished run of ``TASKS[kind]`` over the three
+    shards, made at most once per module. test_each_task_end_to_end asserts on each; the classifier's run is also
+    the finished job that test_rerun_of_a_finished_job_writes_nothing runs again (which must write nothing) and
+    that test_a_changed_spec_is_refused_unless_overwritten copies before changing it. No test changes its output."""
+    root = tmp_path_factory.mktemp("finished")
+    shards = write_shards(root / "in")
+    done: dict[str, tuple] = {}
+
+    def get(kind: str) -> tuple:
+        if kind not in done:
+            spec = job(tiny_models(kind), TASKS[kind], shards, root / kind)
+            done[kind] = (spec, run_job(spec).to_json(), shards[1])
+        return done[kind]
+
+    return get
+
+
 @pytest.mark.parametrize(
-    ("kind", "task", "columns"),
+    ("kind", "columns"),
     [
-        ("encoder", {"type": "feature-extraction", "pooling": "cls"}, {"embedding": pa.list_(pa.float32(), 32)}),
-        ("classifier", {"type": "text-classification"}, {"label": pa.string(), "score": pa.float32()}),
-        (
-            "nli",
-            {"type": "zero-shot-classification", "candidate_labels": ["pos", "neg"]},
-            {"label": pa.string(), "scores": pa.struct([("pos", pa.float32()), ("neg", pa.float32())])},
-        ),
+        ("encoder", {"embedding": pa.list_(pa.float32(), 32)}),
+        ("classifier", {"label": pa.string(), "score": pa.float32()}),
+        ("nli", {"label": pa.string(), "scores": pa.struct([("pos", pa.float32()), ("neg", pa.float32())])}),
     ],
 )
-def test_each_task_end_to_end(ray_session, tiny_models, shards, tmp_path, kind, task, columns):
-    spec = job(tiny_models(kind), task, shards, tmp_path)
-    summary = run_job(spec).to_json()
-    table = read_output(spec.output.path)
-    assert sorted(table.column("id").to_pylist()) == [r["id"] for r in shards[1]]
+def test_each_task_end_to_end(finished, kind, columns):
+    spec, summary, rows = finished(kind)
+    out = Path(spec.output.path)
+    table = read_output(out)
+    assert sorted(table.column("id").to_pylist()) == [r["id"] for r in rows]
     for name, type_ in columns.items():
         assert table.schema.field(name).type == type_
     assert summary["rows_in"] == summary["rows_out"] == 24
     assert summary["errors"] == 0
     assert 0 < summary["padding_efficiency"] <= 1
-    assert (tmp_path / "out" / "_SUCCESS").exists()
-    run = json.loads((tmp_path / "out" / "_run.json").read_text())
+    assert (out / "_SUCCESS").exists()
+    run = json.loads((out / "_run.json").read_text())
     assert run["rows_out"] == 24 and run["spec_hash"] == spec.fingerprint()
     # The model's float outputs are written plain (a dictionary of distinct floats only costs time and
     # space); ids and labels keep their dictionary.
-    for part in (tmp_path / "out").glob("part-*.parquet"):
+    for part in out.glob("part-*.parquet"):
         meta = pq.ParquetFile(part).metadata
         for i in range(meta.num_columns):
             column = meta.row_group(0).column(i)
@@ -122,23 +151,24 @@ def test_rows_without_a_truth_label_are_left_out_of_the_agreement(ray_session, t
         "confusion"]
 
 
-def test_rerun_of_a_finished_job_writes_nothing(ray_session, tiny_models, shards, tmp_path):
-    spec = job(tiny_models("classifier"), {"type": "text-classification"}, shards, tmp_path)
-    run_job(spec)
-    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*")}
+def test_rerun_of_a_finished_job_writes_nothing(finished):
+    spec, _, _ = finished("classifier")
+    out = Path(spec.output.path)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
     again = run_job(spec).to_json()
     assert again["status"] == "up to date"
-    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*")} == before
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
 
 
-def test_a_changed_spec_is_refused_unless_overwritten(ray_session, tiny_models, shards, tmp_path):
-    spec = job(tiny_models("classifier"), {"type": "text-classification"}, shards, tmp_path)
-    run_job(spec)
-    changed = spec_from_dict({**spec.model_dump(), "task": {"type": "text-classification", "return_all_scores": True}})
+def test_a_changed_spec_is_refused_unless_overwritten(finished, tmp_path):
+    spec, _, _ = finished("classifier")
+    out = shutil.copytree(spec.output.path, tmp_path / "out")  # the finished job's output, to change here
+    changed = spec_from_dict({**spec.model_dump(), "task": {"type": "text-classification", "return_all_scores": True},
+                              "output": {**spec.output.model_dump(), "path": str(out)}})
     with pytest.raises(PipelineError, match="different job spec"):
         run_job(changed)
     run_job(changed, overwrite=True)
-    assert "scores" in read_output(spec.output.path).column_names
+    assert "scores" in read_output(out).column_names
 
 
 def test_real_minilm_zero_shot_topics(ray_session, tmp_path):
