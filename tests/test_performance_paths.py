@@ -5,6 +5,7 @@ decided once per output, the run's timeline, the pool's actor running its model 
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -51,14 +52,30 @@ def test_the_reader_orders_by_length_and_the_output_keeps_input_order(ray_sessio
     assert pq.read_table(part).column("id").to_pylist() == [r["id"] for r in rows]  # one file, input order
 
 
-def test_small_shards_are_read_together_sorted_by_length_and_each_keeps_its_rows(ray_session, tiny_models, tmp_path):
+@pytest.fixture(scope="module")
+def length_shards_run(ray_session, tiny_models, tmp_path_factory):
+    """One finished run of the classifier, 8 rows a batch, one call at a time in the actor (a CPU's default), over
+    three shards of 30 rows of ``lengths_rows(90)`` and an empty one; returns its spec and the 90 rows. The run that
+    test_small_shards_are_read_together_... checks, and the one-call-at-a-time reference of
+    test_a_job_whose_actor_takes_two_batches_at_once_...; neither changes its input or output."""
+    rows = lengths_rows(90)
+    root = tmp_path_factory.mktemp("length-shards")
+    for i, part in enumerate((rows[:30], rows[30:60], rows[60:])):
+        write_jsonl(root / "in" / f"{i}.jsonl", part)
+    (root / "in" / "3.jsonl").write_bytes(b"")
+    spec = make_spec(tiny_models("classifier"), {"type": "text-classification"}, root / "out",
+                     batching={"batch_size": 8})
+    spec.input.paths = [str(root / "in")]
+    run_job(spec)
+    return spec, rows
+
+
+def test_small_shards_are_read_together_sorted_by_length_and_each_keeps_its_rows(length_shards_run, tmp_path):
     """Shards under the group size share a read task whose blocks sort all their rows by length (closer lengths
     in each actor batch); a file that can't be read and an empty one are blocks of their own. The run still
     writes each shard's rows once, in input order."""
-    rows = lengths_rows(90)
-    for i, part in enumerate((rows[:30], rows[30:60], rows[60:])):
-        write_jsonl(tmp_path / "in" / f"{i}.jsonl", part)
-    (tmp_path / "in" / "3.jsonl").write_bytes(b"")
+    spec, rows = length_shards_run
+    shutil.copytree(spec.input.paths[0], tmp_path / "in")  # the run's input, and a file that can't be read
     (tmp_path / "in" / "4.jsonl.gz").write_bytes(b"not gzip")
     shards = list_shards([str(tmp_path / "in")])
     assert group_shards([s.size for s in shards]) == [[0], [1, 2, 3, 4]]  # the first alone: the first output sooner
@@ -75,12 +92,9 @@ def test_small_shards_are_read_together_sorted_by_length_and_each_keeps_its_rows
     first_row = {key: 30 * int(Path(shard.path).name[0]) for key, shard in by_key.items()}
     assert all(texts[(key, r)] == rows[first_row[key] + r]["text"] for key, r in texts)
 
-    (tmp_path / "in" / "4.jsonl.gz").unlink()
-    spec = make_spec(tiny_models("classifier"), {"type": "text-classification"}, tmp_path / "out",
-                     batching={"batch_size": 8})
-    spec.input.paths = [str(tmp_path / "in")]
-    run_job(spec)
-    written = [pq.read_table(part).column("id").to_pylist() for part in sorted((tmp_path / "out").glob("part-*"))]
+    # the run over these shards but the one that can't be read
+    out = Path(spec.output.path)
+    written = [pq.read_table(part).column("id").to_pylist() for part in sorted(out.glob("part-*"))]
     assert sorted(written) == sorted([[r["id"] for r in rows[i : i + 30]] for i in (0, 30, 60)])  # input order
 
 
@@ -375,30 +389,28 @@ def test_the_pools_actor_tokenizes_the_next_batch_while_its_model_thread_runs_th
 
 
 def test_a_job_whose_actor_takes_two_batches_at_once_writes_each_row_once_with_the_same_predictions(
-    ray_session, tiny_models, tmp_path
+    length_shards_run, tiny_models, tmp_path
 ):
     """``compute.calls_per_actor: 2`` (a GPU's default) through real Ray Data on this CPU: calls of 8 rows
     overlap in the actor, finish in any order, and every shard still holds each of its rows once, in input
-    order, predicted as one call at a time predicts them."""
-    rows = lengths_rows(90)
-    for i in range(3):
-        write_jsonl(tmp_path / "in" / f"{i}.jsonl", rows[i * 30 : (i + 1) * 30])
+    order, predicted as one call at a time predicts them (the module's run of the same shards)."""
+    alone, rows = length_shards_run
+    spec = make_spec(tiny_models("classifier"), {"type": "text-classification"}, tmp_path / "out2",
+                     batching={"batch_size": 8}, compute={"calls_per_actor": 2})
+    spec.input.paths = alone.input.paths
+    assert (alone.calls_per_actor(), spec.calls_per_actor()) == (1, 2)
+    run_job(spec)
     written = {}
-    for calls in (1, 2):
-        spec = make_spec(tiny_models("classifier"), {"type": "text-classification"}, tmp_path / f"out{calls}",
-                         batching={"batch_size": 8}, compute={"calls_per_actor": calls})
-        spec.input.paths = [str(tmp_path / "in")]
-        assert spec.calls_per_actor() == calls
-        run_job(spec)
-        parts = (tmp_path / f"out{calls}").glob("part-*.parquet")
+    for calls, done in ((1, alone), (2, spec)):
+        parts = Path(done.output.path).glob("part-*.parquet")
         written[calls] = {part.name: pq.read_table(part).select(["id", "label", "score"]).to_pylist() for part in parts}
     shards = sorted([r["id"] for r in rows[i * 30 : (i + 1) * 30]] for i in range(3))
     assert sorted([row["id"] for row in part] for part in written[2].values()) == shards
     assert written[2].keys() == written[1].keys()
     for name, part in written[2].items():
-        alone = written[1][name]
-        assert [r["label"] for r in part] == [r["label"] for r in alone]
-        assert [r["score"] for r in part] == pytest.approx([r["score"] for r in alone], abs=1e-6)
+        alone_part = written[1][name]
+        assert [r["label"] for r in part] == [r["label"] for r in alone_part]
+        assert [r["score"] for r in part] == pytest.approx([r["score"] for r in alone_part], abs=1e-6)
 
 
 def test_a_task_that_decodes_in_its_forward_holds_the_tokenizer_through_it(tiny_models):
