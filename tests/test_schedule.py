@@ -96,6 +96,35 @@ def classifier(tiny_models, tmp_path) -> str:
     return str(shutil.copytree(tiny_models("classifier"), tmp_path / "model"))
 
 
+@pytest.fixture(scope="module")
+def _scored_on_day1(ray_session, tiny_models, tmp_path_factory) -> tuple[Path, Path]:
+    """The one real run several tests start from: a.jsonl (5 rows) and b.jsonl (4 rows) scored by a private copy
+    of the tiny classifier at the tick of day 1; then a snapshot of the whole folder (input, model, output)."""
+    folder = tmp_path_factory.mktemp("scored-on-day1")
+    spec = make_job(folder, str(shutil.copytree(tiny_models("classifier"), folder / "model")))
+    add_shard(folder, "a.jsonl", rows("a", 5))
+    add_shard(folder, "b.jsonl", rows("b", 4))
+    [first] = run_due(spec, now=day(1, hours=0.01)).entries
+    assert (first.status, first.rows_out) == ("succeeded", 9)
+    snapshot = tmp_path_factory.mktemp("scored-on-day1-snapshot") / "copy"
+    shutil.copytree(folder, snapshot)  # copy2: the inputs keep their mtimes, so their fingerprints are unchanged
+    return folder, snapshot
+
+
+@pytest.fixture()
+def scored_on_day1(_scored_on_day1) -> Path:
+    """A folder as the real day-1 run of ``_scored_on_day1`` left it: in/ (a: 5 rows, b: 4), model/, out/.
+
+    Shared by the tests that start from that run, so it runs once per module, not once per test. The output holds
+    absolute paths (the ledger's and commit records' input URIs), so the folder cannot be copied elsewhere: each
+    test gets the snapshot put back in place, whatever the test before it changed (a shard, the model, the output).
+    Its job: ``make_job(folder, str(folder / "model"))``."""
+    folder, snapshot = _scored_on_day1
+    shutil.rmtree(folder)
+    shutil.copytree(snapshot, folder)
+    return folder
+
+
 def fake_model(tmp_path: Path) -> str:
     """A model directory for the stand-in runner: only hashed for lineage, never loaded."""
     folder = tmp_path / "fake-model"
@@ -242,42 +271,42 @@ def test_the_loop_wakes_at_each_tick_on_a_simulated_clock(tmp_path, policy):
 # incremental, exactly once --------------------------------------------------------------------
 
 
-def test_three_ticks_score_only_new_and_changed_shards_exactly_once(ray_session, classifier, tmp_path):
+def test_three_ticks_score_only_new_and_changed_shards_exactly_once(scored_on_day1):
     import duckdb
     import pandas as pd
 
-    spec = make_job(tmp_path, classifier)
-    a, b = add_shard(tmp_path, "a.jsonl", rows("a", 5)), add_shard(tmp_path, "b.jsonl", rows("b", 4))
-    run_due(spec, now=day(1, hours=0.01))
-    c = add_shard(tmp_path, "c.jsonl", rows("c", 3))
+    folder = scored_on_day1  # the first tick (a: 5 rows, b: 4) has run
+    spec = make_job(folder, str(folder / "model"))
+    a, b = str(folder / "in" / "a.jsonl"), str(folder / "in" / "b.jsonl")
+    c = add_shard(folder, "c.jsonl", rows("c", 3))
     run_due(spec, now=day(2, hours=0.01))
-    d = add_shard(tmp_path, "d.jsonl", rows("d", 6))
-    a = add_shard(tmp_path, "a.jsonl", rows("a", 7))  # a changed: two more rows
+    d = add_shard(folder, "d.jsonl", rows("d", 6))
+    a = add_shard(folder, "a.jsonl", rows("a", 7))  # a changed: two more rows
     run_due(spec, now=day(3, hours=0.01))
 
-    runs = [e for e in closing_lines(tmp_path) if e["run"]]
+    runs = [e for e in closing_lines(folder) if e["run"]]
     assert [sorted(i["uri"] for i in e["inputs"]) for e in runs] == [sorted([a, b]), [c], sorted([a, d])]
     assert [e["rows_out"] for e in runs] == [9, 3, 13]
-    assert partition_ids(tmp_path, day(2)) == sorted(r["id"] for r in rows("c", 3))
+    assert partition_ids(folder, day(2)) == sorted(r["id"] for r in rows("c", 3))
     assert len(runs[2]["replaces"]) == 1
     expected = sorted(r["id"] for r in rows("a", 7) + rows("b", 4) + rows("c", 3) + rows("d", 6))
-    assert sorted(all_ids(tmp_path)) == expected  # the old version of a is gone from view: each row once
-    assert list((tmp_path / "out" / "_superseded" / "run=2026-11-28T02:00:00Z").glob("part-*.parquet"))
+    assert sorted(all_ids(folder)) == expected  # the old version of a is gone from view: each row once
+    assert list((folder / "out" / "_superseded" / "run=2026-11-28T02:00:00Z").glob("part-*.parquet"))
 
-    before = data_files(tmp_path)
+    before = data_files(folder)
     same_tick = run_due(spec, now=day(3, hours=5))
     quiet_tick = run_due(spec, now=day(4, hours=0.01))
     assert [e.status for e in same_tick.entries + quiet_tick.entries] == ["empty", "empty"]
     assert "already handled" in same_tick.entries[0].note
-    assert data_files(tmp_path) == before  # nothing written but two ledger lines
-    assert len(closing_lines(tmp_path)) == 5
+    assert data_files(folder) == before  # nothing written but two ledger lines
+    assert len(closing_lines(folder)) == 5
 
     # the read recipe of the README (Scheduled runs, "Reading all partitions")
-    frame = pd.read_parquet(tmp_path / "out")
+    frame = pd.read_parquet(folder / "out")
     assert sorted(frame["id"]) == expected and frame.groupby("run", observed=True).size().to_dict() == {
         "2026-11-28T02:00:00Z": 4, "2026-11-29T02:00:00Z": 3, "2026-11-30T02:00:00Z": 13}
     query = (f"select count(*), count(distinct id), min(run) "
-             f"from read_parquet('{tmp_path}/out/run=*/*.parquet', hive_partitioning=true)")
+             f"from read_parquet('{folder}/out/run=*/*.parquet', hive_partitioning=true)")
     assert duckdb.sql(query).fetchall() == [(20, 20, datetime(2026, 11, 28, 2, 0))]
 
 
@@ -499,25 +528,22 @@ def test_a_ledger_written_before_the_hash_covered_the_prefix_is_no_spec_change(t
     assert entry.status == "succeeded" and entry.spec_changed is None
 
 
-def test_rescore_scores_every_shard_with_the_new_model_and_supersedes_older_partitions(
-    ray_session, classifier, tmp_path
-):
-    spec = make_job(tmp_path, classifier)
-    add_shard(tmp_path, "a.jsonl", rows("a", 3))
-    run_due(spec, now=day(1, hours=0.01))
-    config = Path(classifier) / "config.json"
+def test_rescore_scores_every_shard_with_the_new_model_and_supersedes_older_partitions(scored_on_day1):
+    folder = scored_on_day1  # a (5 rows) and b (4) scored at the tick of day 1
+    spec = make_job(folder, str(folder / "model"))
+    config = folder / "model" / "config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "retrained_on": "2026-11-28"}))
-    add_shard(tmp_path, "b.jsonl", rows("b", 2))
+    add_shard(folder, "c.jsonl", rows("c", 2))
     report = run_due(spec, now=day(1, hours=3), rescore=True)  # off schedule: the tick was handled
     [rescored] = [e.to_json() for e in report.entries]
     assert rescored["kind"] == "rescore" and rescored["run"] == "2026-11-28T05:00:00Z"
-    assert len(rescored["inputs"]) == 2 and rescored["rows_out"] == 5
+    assert len(rescored["inputs"]) == 3 and rescored["rows_out"] == 11  # a and b again, and the new c
     assert rescored["model_changed"]["since"] == "2026-11-28T02:00:00Z"
-    out = tmp_path / "out"
+    out = folder / "out"
     assert sorted(p.name for p in out.glob("run=*")) == ["run=2026-11-28T05:00:00Z"]
     assert [p.name for p in (out / "_superseded").iterdir()] == ["run=2026-11-28T02:00:00Z"]
-    assert sorted(all_ids(tmp_path)) == sorted(r["id"] for r in rows("a", 3) + rows("b", 2))
-    table = render_table(Ledger(str(tmp_path / "out")).read())
+    assert sorted(all_ids(folder)) == sorted(r["id"] for r in rows("a", 5) + rows("b", 4) + rows("c", 2))
+    table = render_table(Ledger(str(folder / "out")).read())
     assert "superseded by rescore" in table and "changed shard" not in table  # a rescore replaces every shard
     assert run_due(spec, now=day(2, hours=0.01)).entries[0].status == "empty"  # then incremental again
 
@@ -747,31 +773,25 @@ def test_abandoning_a_run_that_lost_its_new_outputs_brings_the_earlier_ones_back
     assert sorted(all_ids(tmp_path)) == sorted(r["id"] for r in rows("a", 2) + rows("b", 2))
 
 
-def test_a_changed_shard_retires_its_old_version_as_the_new_one_commits(ray_session, classifier, tmp_path, monkeypatch):
-    spec = make_job(tmp_path, classifier)
-    add_shard(tmp_path, "a.jsonl", rows("a", 3))
-    add_shard(tmp_path, "b.jsonl", rows("b", 2))
-    run_due(spec, now=day(1, hours=0.01))
-    add_shard(tmp_path, "a.jsonl", rows("a", 5))  # a changed: two more rows
+def test_a_changed_shard_retires_its_old_version_as_the_new_one_commits(scored_on_day1, monkeypatch):
+    folder = scored_on_day1  # a (5 rows) and b (4) scored at the tick of day 1
+    spec = make_job(folder, str(folder / "model"))
+    add_shard(folder, "a.jsonl", rows("a", 7))  # a changed: two more rows
 
     killed_after_first_commit(monkeypatch, lambda: run_due(spec, now=day(2, hours=0.01)))
-    ids = all_ids(tmp_path)
-    assert sorted(ids) == sorted(r["id"] for r in rows("a", 5) + rows("b", 2)) and len(ids) == len(set(ids))
+    ids = all_ids(folder)
+    assert sorted(ids) == sorted(r["id"] for r in rows("a", 7) + rows("b", 4)) and len(ids) == len(set(ids))
 
 
-def test_a_shard_whose_commit_was_cut_short_is_put_in_place_also_when_its_run_is_abandoned(
-    ray_session, classifier, tmp_path, monkeypatch
-):
+def test_a_shard_whose_commit_was_cut_short_is_put_in_place_also_when_its_run_is_abandoned(scored_on_day1, monkeypatch):
     """Killed between a changed shard's commit record and the move of its files into place, then abandoned: the
     abandoned run counts the shard as committed, the next tick retired its old version, and nothing ever moved
     the new one out of staging (only a resume finishes a commit), so a.jsonl's rows were in no partition."""
     from pipelines import faults
 
-    spec = make_job(tmp_path, classifier)
-    add_shard(tmp_path, "a.jsonl", rows("a", 3))
-    add_shard(tmp_path, "b.jsonl", rows("b", 2))
-    run_due(spec, now=day(1, hours=0.01))
-    add_shard(tmp_path, "a.jsonl", rows("a", 5))  # a changed: two more rows
+    folder = scored_on_day1  # a (5 rows) and b (4) scored at the tick of day 1
+    spec = make_job(folder, str(folder / "model"))
+    add_shard(folder, "a.jsonl", rows("a", 7))  # a changed: two more rows
     checkpoint = faults.checkpoint
 
     def die_mid_commit(point: str) -> None:
@@ -786,8 +806,8 @@ def test_a_shard_whose_commit_was_cut_short_is_put_in_place_also_when_its_run_is
     gc.collect()
     abandon(spec, "2026-11-29T02:00:00Z")
     assert run_due(spec, now=day(3, hours=0.01)).entries[0].status == "empty"
-    ids = all_ids(tmp_path)
-    assert sorted(ids) == sorted(r["id"] for r in rows("a", 5) + rows("b", 2)) and len(ids) == len(set(ids))
+    ids = all_ids(folder)
+    assert sorted(ids) == sorted(r["id"] for r in rows("a", 7) + rows("b", 4)) and len(ids) == len(set(ids))
 
 
 def test_output_of_gone_input_is_recorded_and_pruned_on_request(tmp_path):
