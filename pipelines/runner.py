@@ -285,6 +285,7 @@ def run_job(
             with writing(spec.output.path):
                 lock.acquire()
         output.guard = lock.check  # a lock that can be lost (an object store's lease): checked at each commit, last
+        output.check_lock()  # a lock taken early was held through Ray's start and the gate: still ours before clearing
         with writing(spec.output.path):
             if overwrite:
                 output.clear()

@@ -585,6 +585,29 @@ def test_a_busy_output_is_refused_before_ray_starts(tiny_models, tmp_path, monke
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["_run.lock"]
 
 
+def test_a_lock_taken_before_ray_starts_is_released_when_the_start_fails(tiny_models, tmp_path, monkeypatch):
+    """An earlier run's (free) lock file is taken before Ray starts; a start that fails gives it back."""
+    import pipelines.cluster.connect
+
+    many_shards(tmp_path / "in", shards=1)
+    job = write_job(tmp_path, tiny_models("classifier"), tmp_path / "in")
+    JobLock(tmp_path / "out" / "_run.lock", "an earlier run").acquire().release()  # the file stays, as after a run
+    held = []
+
+    def connect(address, spec):
+        try:  # the run holds the lock by now ...
+            JobLock(tmp_path / "out" / "_run.lock", "a probe").acquire().release()
+        except LockHeld:
+            held.append(True)
+        raise PipelineError("Cannot start a local Ray (the node timed out during startup)")
+
+    monkeypatch.setattr(pipelines.cluster.connect, "connect", connect)
+    with pytest.raises(PipelineError, match="Cannot start a local Ray"):
+        run_job(spec_of(job))
+    assert held == [True]
+    JobLock(tmp_path / "out" / "_run.lock", "the next run").acquire().release()  # ... and gave it back
+
+
 def test_output_of_deleted_input_is_reported_and_pruned_on_request(ray_session, tiny_models, tmp_path):
     ids = many_shards(tmp_path / "in", shards=3)
     job = write_job(tmp_path, tiny_models("classifier"), tmp_path / "in")

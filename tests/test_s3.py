@@ -377,6 +377,44 @@ def test_a_run_that_lost_its_lock_stops_with_that_line_before_it_merges_or_clean
     assert left == ["_run.lock", f"_staging/{shard.key}/new-data.parquet"]  # the new holder's, and nothing else
 
 
+def test_a_lock_taken_before_ray_starts_and_lost_meanwhile_stops_overwrite_before_it_deletes(
+        s3_server, tiny_models, tmp_path, monkeypatch):
+    """A lock a crashed run left is taken over before Ray starts, and held through the start. Lost meanwhile (not
+    renewed past its lease, and taken over by a run on another machine), --overwrite stops with the lost-lock line
+    and deletes nothing of what the new holder wrote."""
+    import pipelines.cluster.connect
+    from pipelines.runner import run_job
+    from pipelines.spec import load_spec
+
+    use_s3(monkeypatch, s3_server)
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": "r0", "text": SENTENCES[0]}])
+    s3_server.upload(IN, "early", tmp_path / "in")
+    job = s3_job(tmp_path, tiny_models("classifier"), f"s3://{IN}/early", f"s3://{OUT}/early")
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    client = s3_server.client()
+    client.put_object(Bucket=OUT, Key="early/_run.lock", Body=json.dumps(
+        {"pid": ended.pid, "host": socket.gethostname(), "since": 0, "token": "crashed", "lease_s": 60}).encode())
+    taken: list[ObjectLock] = []
+    acquire = ObjectLock.acquire
+
+    def recording(lock: ObjectLock) -> ObjectLock:
+        taken.append(acquire(lock))
+        return lock
+
+    def connect(address, spec):  # Ray's start, during which the lease lapses and another machine takes over
+        [mine] = taken
+        output_lock(f"s3://{OUT}/early", "_run.lock", "the output").take_over(mine.read())
+        client.put_object(Bucket=OUT, Key="early/_job.json", Body=b"the new holder's")  # which --overwrite deletes
+        monkeypatch.setattr(mine, "_renewed", mine._renewed - mine.lease_s - 1, raising=False)
+
+    monkeypatch.setattr(ObjectLock, "acquire", recording)
+    monkeypatch.setattr(pipelines.cluster.connect, "connect", connect)
+    with pytest.raises(PipelineError, match="was taken over by another run"):
+        run_job(load_spec(job), overwrite=True)
+    assert client.get_object(Bucket=OUT, Key="early/_job.json")["Body"].read() == b"the new holder's"
+
+
 # names as users write them ------------------------------------------------------------------------------
 
 

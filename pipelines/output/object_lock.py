@@ -152,11 +152,13 @@ class ObjectLock:
         return Seen(answer["ETag"], holder, max(0.0, now - answer["LastModified"].timestamp()))
 
     def present(self) -> bool:
-        """Whether the lock object is there (held, or left by a run that ended without releasing it)."""
+        """Whether the lock object is there (held, or left by a run that ended without releasing it). Only a
+        shortcut: where the store won't say, False, and :meth:`acquire` gives the answer later."""
         try:
             return self.read() is not None
-        except Exception as exc:
-            raise self._failure("could not be read", exc) from None
+        except Exception:  # noqa: BLE001 - acquire() reports the store's refusal with its own message
+            log.debug("could not read the lock %s", self.uri, exc_info=True)
+            return False
 
     # taking and giving back ------------------------------------------------------------------------
 
