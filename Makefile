@@ -46,7 +46,7 @@ $(STAMP): pyproject.toml Makefile
 
 # This project's own modules, byte-compiled ahead (pip does it for the installed packages, not for an editable
 # install's source). Where PYTHONDONTWRITEBYTECODE is set (as on this project's CI machines) Python would otherwise
-# compile them again in every process that imports them: about 0.3 s of CPU in each of a run's Ray workers and actors.
+# compile them again in every process that imports them: 0.1-0.15 s of CPU in each of a run's Ray workers and actors.
 # Up to date in well under a second; a changed source file makes its .pyc stale, and Python then reads the source.
 compiled: $(STAMP)
 	@$(PY) -m compileall -q pipelines tests > /dev/null

@@ -259,8 +259,8 @@ def run_job(
             output.check_writable()  # an object store's missing bucket or denied write: before any work
     lock = output_lock(spec.output.path, RUN_LOCK, f"the output {spec.output.path}")
     with writing(spec.output.path):
-        # Where a lock is there (another run's, or one a killed run left), it is contended for before Ray starts:
-        # a busy output is refused at once. Where there is none, it is taken after the fidelity gate, so that a run
+        # Where a lock is there (held, or left by an earlier run), it is contended for before Ray starts: a busy
+        # output is refused at once. Where there is none, it is taken after the fidelity gate, so that a run
         # refused there leaves a fresh output path empty.
         early = lock.present()
         if early:
@@ -275,8 +275,8 @@ def run_job(
             timeline["ray_ready"] = time.time()
             if spec.model.quantization == "auto":
                 recorded = output.job()
-                same = recorded is not None and recorded.spec_hash == job.spec_hash and not overwrite
-                known = recorded.precision if recorded is not None and same else None
+                kept = recorded.precision if recorded and recorded.spec_hash == job.spec_hash else None
+                known = None if overwrite else kept
                 spec, checked = fidelity.resolve_auto(spec, shards, known or precision)
                 job.precision = {"quantization": spec.model.quantization, "dtype": spec.model.dtype}
             else:
