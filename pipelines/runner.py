@@ -246,18 +246,28 @@ def run_job(
     preflight(spec)
     output = OutputDir(spec.output.path)
     pending = shards
-    with writing(spec.output.path):  # a store's refusal to list or read is one line too
-        output.check_owner()
-        if not overwrite:  # a finished job is answered without the lock, and nothing is written
-            pending, committed = _pending(output, job, shards, given, prune=prune, dry=True)
-            pruning = len(committed) < len(output.committed())
-            if not pending and output.finished() and not pruning:
-                log.info("nothing to do: all %d shards of %s are committed", len(shards), spec.output.path)
-                previous = output.summary() or summaries.build(job, list(committed.values()), [], 0.0, "succeeded")
-                return previous.model_copy(update={"status": "up to date", "shards_this_run": 0})
-        if pending or overwrite:
-            output.check_writable()  # an object store's missing bucket or denied write: before any work
     lock = output_lock(spec.output.path, RUN_LOCK, f"the output {spec.output.path}")
+    try:
+        with writing(spec.output.path):  # a store's refusal to list or read is one line too
+            output.check_owner()
+            if not overwrite:  # a finished job is answered without the lock, and nothing is written
+                pending, committed = _pending(output, job, shards, given, prune=prune, dry=True)
+                pruning = len(committed) < len(output.committed())
+                if not pending and output.finished() and not pruning:
+                    log.info("nothing to do: all %d shards of %s are committed", len(shards), spec.output.path)
+                    previous = output.summary() or summaries.build(
+                        job, list(committed.values()), [], 0.0, "succeeded"
+                    )
+                    return previous.model_copy(update={"status": "up to date", "shards_this_run": 0})
+            if pending or overwrite:
+                output.check_writable()  # an object store's missing bucket or denied write: before any work
+    except PipelineError:
+        # What this run read may be another run's work in progress (an --overwrite half done holds user files and
+        # none of this project's records): where another run holds the lock, that is the answer.
+        busy = lock.held_elsewhere()
+        if busy is not None:
+            raise busy from None
+        raise
     with writing(spec.output.path):
         # Where a lock is there (held, or left by an earlier run), it is contended for before Ray starts: a busy
         # output is refused at once. Where there is none, it is taken after the fidelity gate, so that a run
@@ -406,6 +416,8 @@ def _handle_stale(
             f"(e.g. {first.name or first.uri}; {rows:,} rows in all): their input was deleted or renamed, or "
             "input.paths points elsewhere; restore the input, or run again with --prune to delete their output"
         )
+    if not dry:
+        output.unfinish()  # no _SUCCESS beside an output that is being changed
     for record in [] if dry else stale:
         log.warning("pruning %s (%d rows): its input is gone", record.input.name or record.input.uri, record.rows)
         output.forget(record)

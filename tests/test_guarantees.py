@@ -9,6 +9,7 @@ import datetime
 import gzip
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -434,8 +435,9 @@ def test_a_resubmission_from_another_directory_resumes_without_duplicates(ray_se
 @pytest.fixture(scope="module")
 def overwritten(ray_session, tiny_models, tmp_path_factory):
     """A finished output, with entries of its users' beside the project's own, run again with overwrite while a
-    second run tries to start: the two tests below read what that run left (one run and one --overwrite run for
-    both; neither test writes to it). Returns the output folder and what each second run met."""
+    second run tries to start: the tests below read what that run left (one run and one --overwrite run for
+    all; none writes to it). Returns the output folder, what each second run met, and whether ``_SUCCESS`` was
+    there after each shard's files were deleted."""
     root = tmp_path_factory.mktemp("overwritten")
     many_shards(root / "in", shards=2)
     write_parquet(root / "in" / "part-4.parquet", [{"id": "p4", "text": "a parquet shard"}])
@@ -455,8 +457,17 @@ def overwritten(ray_session, tiny_models, tmp_path_factory):
         except LockHeld:
             second_runs.append("refused")
 
-    run_job(spec, overwrite=True, before_visible=another_run_starts)
-    return out, second_runs
+    success_at_deletes = []
+    forget = OutputDir.forget
+
+    def forget_and_look(self, record):  # what a reader that waits for _SUCCESS finds after each shard's delete
+        forget(self, record)
+        success_at_deletes.append((out / "_SUCCESS").exists())
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(OutputDir, "forget", forget_and_look)
+        run_job(spec, overwrite=True, before_visible=another_run_starts)
+    return out, second_runs, success_at_deletes
 
 
 def test_overwrite_never_deletes_what_this_project_did_not_write(ray_session, tiny_models, tmp_path, overwritten):
@@ -468,8 +479,16 @@ def test_overwrite_never_deletes_what_this_project_did_not_write(ray_session, ti
         run_job(same, overwrite=True)
     assert (tmp_path / "in" / "part-4.parquet").exists()
 
-    out, _ = overwritten  # run, then a file named like ours written by someone else, then run with overwrite
+    out, *_ = overwritten  # run, then a file named like ours written by someone else, then run with overwrite
     assert (out / "part-notes-00000.parquet").exists()
+
+
+def test_overwrite_takes_success_away_before_it_deletes_a_shard(overwritten):
+    """A reader that waits for _SUCCESS, as the README says to, never finds it beside a half-deleted output: the
+    --overwrite run deleted it before the first shard's files (it was there until the last, and _run.json too)."""
+    out, _, success_at_deletes = overwritten
+    assert len(success_at_deletes) == 3 and not any(success_at_deletes)
+    assert (out / "_SUCCESS").exists()  # written again when the run finished
 
 
 def test_a_symbolic_link_hides_neither_the_input_from_the_output_check_nor_the_output_from_the_listing(tmp_path):
@@ -531,7 +550,7 @@ def test_overwrite_keeps_its_own_lock_and_names_that_only_start_like_ours(overwr
     # run's own _run.lock (so a second run got the lock and wrote the same output at once) and a
     # user's _errors_backup/ or _job.json.bak. The run, the user's entries and the overwrite run with a second
     # run trying to start at each shard: the fixture `overwritten`.
-    out, second_runs = overwritten
+    out, second_runs, _ = overwritten
     assert second_runs and set(second_runs) == {"refused"}
     assert (out / "_errors_backup" / "notes.txt").read_text() == "mine"
     assert (out / "_job.json.bak").exists()
@@ -583,6 +602,26 @@ def test_a_busy_output_is_refused_before_ray_starts(tiny_models, tmp_path, monke
         with pytest.raises(LockHeld, match="another run of the output .* is in progress"):
             run_job(spec_of(job))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["_run.lock"]
+
+
+def test_a_run_that_meets_another_runs_overwrite_half_done_is_refused_as_busy(tiny_models, tmp_path):
+    """An --overwrite run deletes the records first and this project's bookkeeping last: met half-way, the output
+    holds its user's files and no results of this project. A second run read that before it came to the lock and
+    said to choose an empty or new output.path; the other run's lock is the answer. Without a holder, the refusal
+    stands (nothing is taken or written to find out)."""
+    many_shards(tmp_path / "in", shards=1)
+    spec = spec_of(write_job(tmp_path, tiny_models("classifier"), tmp_path / "in"))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("the user's")  # --overwrite never deletes it
+    with JobLock(tmp_path / "out" / "_run.lock", "the output"):  # the --overwrite run, half done
+        with pytest.raises(LockHeld, match="another run of the output .* is in progress"):
+            run_job(spec)
+        holder = (tmp_path / "out" / "_run.lock").read_text()
+        assert json.loads(holder)["pid"] == os.getpid()  # the second run wrote nothing into it
+    with pytest.raises(PipelineError, match="holds no results of this project") as refused:
+        run_job(spec)
+    assert not isinstance(refused.value, LockHeld)
+    assert (tmp_path / "out" / "_run.lock").read_text() == ""  # as the holder's release left it
 
 
 def test_a_lock_taken_before_ray_starts_is_released_when_the_start_fails(tiny_models, tmp_path, monkeypatch):
@@ -896,6 +935,36 @@ def test_a_commit_merges_only_the_staged_files_its_reports_name(tmp_path):
     [part] = (tmp_path / "out").glob("part-*.parquet")
     assert pq.read_table(part).column("id").to_pylist() == ["r0", "r1"]
     assert not folder.exists()
+
+
+def test_prune_takes_success_away_before_it_deletes_a_shard(tmp_path, monkeypatch):
+    """--prune deletes the output of shards whose input is gone: a reader that waits for _SUCCESS must not find it
+    while that happens (it is written again when the run finishes)."""
+    from pipelines.runner import _handle_stale
+
+    output = OutputDir(str(tmp_path / "out"))
+    job = JobRecord(spec_hash="h", model=ModelRef(name="m"), quantization="none", device="cpu", task="t")
+    for name in ("a", "b"):
+        shard = Shard(str(tmp_path / f"{name}.jsonl"), str(tmp_path / f"{name}.jsonl"), "jsonl", False, 1, 1,
+                      f"{name}.jsonl")
+        staged = tmp_path / "out" / "_staging" / shard.key / "data.parquet"
+        staged.parent.mkdir(parents=True)
+        pq.write_table(pa.table({"id": [f"{name}0"], "_row": [0]}), staged)
+        output.commit(shard, [StagingReport(shard=shard.key, shard_rows=1, rows=1, errors=0, files=[str(staged)],
+                                            row_ranges=[(0, 1)])], job)
+    output.finish()
+    committed = output.committed()
+    stale = [r for r in committed.values() if r.input.name == "b.jsonl"]
+    forget, seen = OutputDir.forget, []
+
+    def forget_and_look(self, record):
+        forget(self, record)
+        seen.append((tmp_path / "out" / "_SUCCESS").exists())
+
+    monkeypatch.setattr(OutputDir, "forget", forget_and_look)
+    left = _handle_stale(output, stale, committed, prune=True, dry=False)
+    assert [r.input.name for r in left.values()] == ["a.jsonl"]
+    assert seen == [False]
 
 
 def test_a_kept_category_column_reads_as_one_table_after_a_resume(ray_session, tiny_models, tmp_path):

@@ -35,6 +35,8 @@ from pipelines.output.lock import LockHeld, output_lock
 from pipelines.output.object_lock import ObjectLock, Seen, stale_reason
 from pipelines.output.records import JobRecord, ModelRef
 from pipelines.output.staging import StagingReport
+from pipelines.runner import run_job
+from pipelines.spec import load_spec
 
 IN, OUT = "pipelines-in", "pipelines-out"
 
@@ -292,6 +294,21 @@ def test_the_s3_lock_is_one_holder_at_a_time_and_a_lease(s3_server, monkeypatch)
     assert "not renewed for 61 s" in stale_reason(Seen("etag", young.holder, 61), 60, "this-machine", lambda pid: True)
     ended = Seen("etag", {"pid": 1, "host": "this-machine"}, age_s=5)
     assert "has ended" in stale_reason(ended, 60, "this-machine", lambda pid: False)
+
+
+def test_a_run_that_meets_another_runs_overwrite_half_done_on_s3_is_refused_as_busy(s3_server, tiny_models, tmp_path,
+                                                                                   monkeypatch):
+    """On S3 too, an output met half-way through another run's --overwrite (its user's objects, none of this
+    project's records) is that run's: refused as busy while its lease is renewed, not as someone else's folder."""
+    use_s3(monkeypatch, s3_server)
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": "a0", "text": SENTENCES[0]}])
+    spec = load_spec(s3_job(tmp_path, tiny_models("classifier"), str(tmp_path / "in"), f"s3://{OUT}/half-cleared"))
+    s3_server.client().put_object(Bucket=OUT, Key="half-cleared/notes.txt", Body=b"the user's")
+    with output_lock(f"s3://{OUT}/half-cleared", "_run.lock", "the output"):  # the --overwrite run, half done
+        with pytest.raises(LockHeld, match="another run of the output .* is in progress"):
+            run_job(spec)
+    with pytest.raises(PipelineError, match="holds no results of this project"):
+        run_job(spec)
 
 
 def test_pipelines_lock_local_keeps_apart_the_runs_of_this_machine_and_says_so(s3_server, monkeypatch, tmp_path,

@@ -202,7 +202,9 @@ class OutputDir:
         return self.fs.get_file_info(f"{self.root}/{SUCCESS}").type == pafs.FileType.File
 
     def start(self, job: JobRecord) -> None:
-        """Before work: finish interrupted commits, delete crash leftovers, record whose output this is."""
+        """Before work: finish interrupted commits, delete crash leftovers, record whose output this is. A finished
+        output's ``_SUCCESS`` goes first, before anything that may delete (a commit record whose files are gone)."""
+        self.unfinish()
         self.recover()
         self.clean()
         self.write_json(JOB, job.to_json())
@@ -227,15 +229,21 @@ class OutputDir:
     def clean(self) -> None:
         """Delete staging files and the summary of an earlier run: they are rebuilt by this one."""
         layout.delete(self.fs, self.fs.get_file_info(f"{self.root}/{STAGING}"))
-        for name in (RUN, SUCCESS):
+        self.unfinish()
+
+    def unfinish(self) -> None:
+        """Delete ``_SUCCESS`` (first) and ``_run.json``: the output is no longer a finished one."""
+        for name in (SUCCESS, RUN):
             layout.delete(self.fs, self.fs.get_file_info(f"{self.root}/{name}"))
 
     def clear(self) -> None:
         """``--overwrite``: delete every file a commit record names, then this project's bookkeeping.
 
         Files not named by a commit record are never touched, whatever their name; the bookkeeping goes
-        by exact name, and the run lock stays (this run holds it).
+        by exact name, and the run lock stays (this run holds it). ``_SUCCESS`` and ``_run.json`` go first: a
+        reader that waits for ``_SUCCESS`` must never find it beside a half-deleted output.
         """
+        self.unfinish()
         for record in self.commits().values():
             self.forget(record)
         bookkeeping = set(OURS) - {RUN_LOCK}

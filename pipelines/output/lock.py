@@ -59,12 +59,9 @@ class JobLock:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = describe_holder(_read_holder(handle))
+            refusal = self._held(handle)
             handle.close()
-            raise LockHeld(
-                f"another run of {self.what} is in progress ({holder}); not starting a second one. "
-                f"It ends by itself; the lock is {self.path}"
-            ) from None
+            raise refusal from None
         previous = _read_holder(handle)
         if previous:
             log.warning("recovered the lock of %s left by a run that ended without releasing it (%s)",
@@ -75,6 +72,31 @@ class JobLock:
         handle.flush()
         self._file = handle
         return self
+
+    def held_elsewhere(self) -> LockHeld | None:
+        """The refusal :meth:`acquire` would raise because another run holds the lock, else None; nothing is
+        written or taken to find out."""
+        if not self.path.exists():
+            return None
+        try:
+            handle = open(self.path)  # noqa: SIM115 - closed below
+        except OSError:
+            return None
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)  # refused only beside an exclusive holder
+        except BlockingIOError:
+            return self._held(handle)
+        else:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            return None
+        finally:
+            handle.close()
+
+    def _held(self, handle: IO[str]) -> LockHeld:
+        return LockHeld(
+            f"another run of {self.what} is in progress ({describe_holder(_read_holder(handle))}); not starting a "
+            f"second one. It ends by itself; the lock is {self.path}"
+        )
 
     def release(self) -> None:
         """Empty the file (a clean end) and drop the lock. The file stays: unlinking it would race."""

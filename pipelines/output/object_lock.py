@@ -187,11 +187,7 @@ class ObjectLock:
                 continue
             reason = stale_reason(seen, self.lease_s, socket.gethostname(), pid_alive)
             if reason is None:
-                raise LockHeld(
-                    f"another run of {self.what} is in progress ({describe_holder(seen.holder)}, renewed "
-                    f"{seen.age_s:.0f} s ago); not starting a second one. The lock {self.uri} is taken over "
-                    f"when it is not renewed for {float(seen.holder.get('lease_s') or self.lease_s):.0f} s"
-                )
+                raise self._held(seen)
             if self.take_over(seen):
                 log.warning("took over the lock %s of %s: %s (%s)", self.uri, self.what, reason,
                             describe_holder(seen.holder))
@@ -200,6 +196,25 @@ class ObjectLock:
         seen = self.read()
         holder = describe_holder(seen.holder) if seen else "holder unknown"
         raise LockHeld(f"another run of {self.what} is taking the lock {self.uri} at this moment ({holder})")
+
+    def held_elsewhere(self) -> LockHeld | None:
+        """The refusal :meth:`acquire` would raise because another run holds the lock (a lease still renewed),
+        else None; nothing is written to find out, and a lock that can't be read counts as not held."""
+        try:
+            seen = self.read()
+        except Exception:  # noqa: BLE001 - acquire() reports the store's refusal with its own message
+            log.debug("could not read the lock %s", self.uri, exc_info=True)
+            return None
+        if seen is None or stale_reason(seen, self.lease_s, socket.gethostname(), pid_alive) is not None:
+            return None
+        return self._held(seen)
+
+    def _held(self, seen: Seen) -> LockHeld:
+        return LockHeld(
+            f"another run of {self.what} is in progress ({describe_holder(seen.holder)}, renewed "
+            f"{seen.age_s:.0f} s ago); not starting a second one. The lock {self.uri} is taken over "
+            f"when it is not renewed for {float(seen.holder.get('lease_s') or self.lease_s):.0f} s"
+        )
 
     def take_over(self, seen: Seen) -> bool:
         """Replace the lock object as it was seen (``If-Match`` its ETag); False when it has changed since."""
