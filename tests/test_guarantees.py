@@ -436,8 +436,8 @@ def test_a_resubmission_from_another_directory_resumes_without_duplicates(ray_se
 def overwritten(ray_session, tiny_models, tmp_path_factory):
     """A finished output, with entries of its users' beside the project's own, run again with overwrite while a
     second run tries to start: the tests below read what that run left (one run and one --overwrite run for
-    all; none writes to it). Returns the output folder, what each second run met, and whether ``_SUCCESS`` was
-    there after each shard's files were deleted."""
+    all; none writes to it). Returns the output folder, what each second run met, and whether ``_SUCCESS`` or
+    ``_run.json`` was there after each shard's files were deleted."""
     root = tmp_path_factory.mktemp("overwritten")
     many_shards(root / "in", shards=2)
     write_parquet(root / "in" / "part-4.parquet", [{"id": "p4", "text": "a parquet shard"}])
@@ -462,7 +462,7 @@ def overwritten(ray_session, tiny_models, tmp_path_factory):
 
     def forget_and_look(self, record):  # what a reader that waits for _SUCCESS finds after each shard's delete
         forget(self, record)
-        success_at_deletes.append((out / "_SUCCESS").exists())
+        success_at_deletes.append((out / "_SUCCESS").exists() or (out / "_run.json").exists())
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(OutputDir, "forget", forget_and_look)
@@ -614,8 +614,12 @@ def test_a_run_that_meets_another_runs_overwrite_half_done_is_refused_as_busy(ti
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "notes.txt").write_text("the user's")  # --overwrite never deletes it
     with JobLock(tmp_path / "out" / "_run.lock", "the output"):  # the --overwrite run, half done
-        with pytest.raises(LockHeld, match="another run of the output .* is in progress"):
+        with pytest.raises(LockHeld, match="another run of the output .* is in progress") as busy:
             run_job(spec)
+        # what the read met comes after: it may stand once the other run has ended
+        assert str(busy.value).endswith("Meanwhile, reading the output met: output.path "
+                                        f"{tmp_path / 'out'} is not empty and holds no results of this project; "
+                                        "choose an empty or new output.path")
         holder = (tmp_path / "out" / "_run.lock").read_text()
         assert json.loads(holder)["pid"] == os.getpid()  # the second run wrote nothing into it
     with pytest.raises(PipelineError, match="holds no results of this project") as refused:
@@ -938,8 +942,9 @@ def test_a_commit_merges_only_the_staged_files_its_reports_name(tmp_path):
 
 
 def test_prune_takes_success_away_before_it_deletes_a_shard(tmp_path, monkeypatch):
-    """--prune deletes the output of shards whose input is gone: a reader that waits for _SUCCESS must not find it
-    while that happens (it is written again when the run finishes)."""
+    """--prune deletes the output of shards whose input is gone, and a run's start the commit of a shard whose
+    files are gone: a reader that waits for _SUCCESS must not find it while that happens (it is written again
+    when the run finishes)."""
     from pipelines.runner import _handle_stale
 
     output = OutputDir(str(tmp_path / "out"))
@@ -962,9 +967,18 @@ def test_prune_takes_success_away_before_it_deletes_a_shard(tmp_path, monkeypatc
         seen.append((tmp_path / "out" / "_SUCCESS").exists())
 
     monkeypatch.setattr(OutputDir, "forget", forget_and_look)
+    _handle_stale(output, stale, committed, prune=True, dry=True)  # the look before the lock: changes nothing
+    assert (tmp_path / "out" / "_SUCCESS").exists() and seen == []
     left = _handle_stale(output, stale, committed, prune=True, dry=False)
     assert [r.input.name for r in left.values()] == ["a.jsonl"]
     assert seen == [False]
+
+    # a run's start drops the commit of a shard whose file is gone (deleted by hand): _SUCCESS went first
+    output.finish()
+    [part] = (tmp_path / "out").glob("part-*.parquet")
+    part.unlink()
+    output.start(job)
+    assert seen == [False, False] and not output.commits()
 
 
 def test_a_kept_category_column_reads_as_one_table_after_a_resume(ray_session, tiny_models, tmp_path):

@@ -305,10 +305,17 @@ def test_a_run_that_meets_another_runs_overwrite_half_done_on_s3_is_refused_as_b
     spec = load_spec(s3_job(tmp_path, tiny_models("classifier"), str(tmp_path / "in"), f"s3://{OUT}/half-cleared"))
     s3_server.client().put_object(Bucket=OUT, Key="half-cleared/notes.txt", Body=b"the user's")
     with output_lock(f"s3://{OUT}/half-cleared", "_run.lock", "the output"):  # the --overwrite run, half done
-        with pytest.raises(LockHeld, match="another run of the output .* is in progress"):
+        with pytest.raises(LockHeld, match="another run of the output .* is in progress.* Meanwhile, reading the "
+                                           "output met: .* holds no results of this project"):
             run_job(spec)
-    with pytest.raises(PipelineError, match="holds no results of this project"):
-        run_job(spec)
+    with pytest.raises(PipelineError, match="holds no results of this project") as refused:
+        run_job(spec)  # released: the lock object is gone
+    assert not isinstance(refused.value, LockHeld)
+    ended = {"pid": 2**22 + 1, "host": socket.gethostname(), "since": 0}  # above Linux's largest pid: not alive
+    s3_server.client().put_object(Bucket=OUT, Key="half-cleared/_run.lock", Body=json.dumps(ended).encode())
+    with pytest.raises(PipelineError, match="holds no results of this project") as refused:
+        run_job(spec)  # a lock left by a run that has ended holds nothing up
+    assert not isinstance(refused.value, LockHeld)
 
 
 def test_pipelines_lock_local_keeps_apart_the_runs_of_this_machine_and_says_so(s3_server, monkeypatch, tmp_path,
