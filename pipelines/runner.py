@@ -419,9 +419,9 @@ def _handle_stale(
         )
     if not dry:
         output.unfinish()  # no _SUCCESS beside an output that is being changed
-    for record in [] if dry else stale:
-        log.warning("pruning %s (%d rows): its input is gone", record.input.name or record.input.uri, record.rows)
-        output.forget(record)
+        for record in stale:
+            log.warning("pruning %s (%d rows): its input is gone", record.input.name or record.input.uri, record.rows)
+            output.forget(record)
     gone = {r.shard for r in stale}
     return {key: r for key, r in committed.items() if key not in gone}
 

@@ -154,11 +154,7 @@ class ObjectLock:
     def present(self) -> bool:
         """Whether the lock object is there (held, or left by a run that ended without releasing it). Only a
         shortcut: where the store won't say, False, and :meth:`acquire` gives the answer later."""
-        try:
-            return self.read() is not None
-        except Exception:  # noqa: BLE001 - acquire() reports the store's refusal with its own message
-            log.debug("could not read the lock %s", self.uri, exc_info=True)
-            return False
+        return self._peek() is not None
 
     # taking and giving back ------------------------------------------------------------------------
 
@@ -200,14 +196,18 @@ class ObjectLock:
     def held_elsewhere(self) -> LockHeld | None:
         """The refusal :meth:`acquire` would raise because another run holds the lock (a lease still renewed),
         else None; nothing is written to find out, and a lock that can't be read counts as not held."""
-        try:
-            seen = self.read()
-        except Exception:  # noqa: BLE001 - acquire() reports the store's refusal with its own message
-            log.debug("could not read the lock %s", self.uri, exc_info=True)
-            return None
+        seen = self._peek()
         if seen is None or stale_reason(seen, self.lease_s, socket.gethostname(), pid_alive) is not None:
             return None
         return self._held(seen)
+
+    def _peek(self) -> Seen | None:
+        """:meth:`read`, with a lock that can't be read taken as absent (acquire() says the store's refusal)."""
+        try:
+            return self.read()
+        except Exception:  # noqa: BLE001 - acquire() reports the store's refusal with its own message
+            log.debug("could not read the lock %s", self.uri, exc_info=True)
+            return None
 
     def _held(self, seen: Seen) -> LockHeld:
         return LockHeld(
