@@ -16,12 +16,13 @@ STAMP := $(VENV)/.installed
 run: $(STAMP) compiled
 	$(VENV)/bin/pipelines run jobs/label_news.yaml
 
-# Two pytest-xdist processes by default, each test handed to whichever is free: on a 2-core machine 21 min where
-# one process took 30. TEST_WORKERS=0 runs the suite in one process, its output in order.
+# Two pytest-xdist processes by default, each handed a whole test module when it is free, the costliest modules
+# first (tests/conftest.py orders them): on a 2-core machine 21 min where one process took 30. TEST_WORKERS=0
+# runs the suite in one process, its output in order.
 TEST_WORKERS ?= 2
 
 test: $(STAMP) chromium compiled
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 check: $(STAMP)
 	$(VENV)/bin/ruff check pipelines tests
