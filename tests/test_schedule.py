@@ -292,6 +292,10 @@ def test_three_ticks_score_only_new_and_changed_shards_exactly_once(scored_on_da
     expected = sorted(r["id"] for r in rows("a", 7) + rows("b", 4) + rows("c", 3) + rows("d", 6))
     assert sorted(all_ids(folder)) == expected  # the old version of a is gone from view: each row once
     assert list((folder / "out" / "_superseded" / "run=2026-11-28T02:00:00Z").glob("part-*.parquet"))
+    # README, "What readers see": the first partition was complete when its _SUCCESS was written; it keeps it,
+    # and now holds only b (a moved out to _superseded/): a whole row set is what the partitions hold together
+    assert (folder / "out" / "run=2026-11-28T02:00:00Z" / "_SUCCESS").is_file()
+    assert partition_ids(folder, day(1)) == sorted(r["id"] for r in rows("b", 4))
 
     before = data_files(folder)
     same_tick = run_due(spec, now=day(3, hours=5))
