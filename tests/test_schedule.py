@@ -23,7 +23,7 @@ from pipelines.output import layout
 from pipelines.output import summary as summaries
 from pipelines.output.commit import DATA_STAGED, OutputDir, staged_name
 from pipelines.output.lock import JobLock, LockHeld
-from pipelines.output.records import CommitRecord, RunSummary, ShardInput
+from pipelines.output.records import HASH_VERSION, CommitRecord, RunSummary, ShardInput
 from pipelines.runner import job_record
 from pipelines.schedule.executor import abandon, job_lock, run_due
 from pipelines.schedule.ledger import Ledger, render_table
@@ -302,6 +302,9 @@ def test_three_ticks_score_only_new_and_changed_shards_exactly_once(scored_on_da
     quiet_tick = run_due(spec, now=day(4, hours=0.01))
     assert [e.status for e in same_tick.entries + quiet_tick.entries] == ["empty", "empty"]
     assert "already handled" in same_tick.entries[0].note
+    written = [json.loads(line) for line in (folder / "out" / "_runs.jsonl").read_text().splitlines()]
+    assert {(e["status"], e["hash_version"]) for e in written if e["spec_hash"]} == {  # which kind of hash it is
+        ("running", HASH_VERSION), ("succeeded", HASH_VERSION), ("empty", HASH_VERSION)}
     assert data_files(folder) == before  # nothing written but two ledger lines
     assert len(closing_lines(folder)) == 5
 

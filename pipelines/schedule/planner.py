@@ -150,7 +150,7 @@ class Planner:
             note = decision.note() or f"no new input ({len(self.shards)} shard(s) scored already{held})"
             return LedgerEntry(
                 tick=run_id(decision.tick), kind="tick", status="empty", missed=decision.missed, note=note,
-                model=self.lineage, spec_hash=self.spec_hash, inputs=[], gone=gone or None,
+                model=self.lineage, spec_hash=self.spec_hash, hash_version=HASH_VERSION, inputs=[], gone=gone or None,
             )
         changes, warning = self.changes_since_last_run(rescore)
         entry = LedgerEntry(
