@@ -18,7 +18,8 @@ def register(commands, job_command) -> None:
         "plan", "count the input, tokenize a sample, size the model and the actors, and (--measure) time it"
     )
     plan.add_argument("--sample", type=int, default=None, metavar="N",
-                      help="tokenize at least N rows, in whole actor batches spread over the input (default 1000)")
+                      help="tokenize N rows spread over the input, in actor batches (default 1000; every row of a "
+                      "smaller input)")
     plan.add_argument("--measure", action="store_true",
                       help="run the sample through one predictor here and estimate the wall time")
     plan.add_argument("--cluster", type=Path, default=None, metavar="CLUSTER.yaml",

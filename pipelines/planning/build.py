@@ -43,7 +43,8 @@ def build_plan(
     cpus: int | None = None,
     count_limit: int = COUNT_LIMIT,
 ) -> Plan:
-    """Plan ``spec`` (read from ``job``) on a sample of at least ``sample`` rows; see the module's docstring.
+    """Plan ``spec`` (read from ``job``) on ``sample`` rows spread over the input (all of a smaller input); see the
+    module's docstring.
 
     ``cpus``: the CPUs of the Ray cluster the job runs on (default: this machine's, as a local run has);
     Ray Data cuts the input into more blocks the more CPUs it has, which changes the batches.

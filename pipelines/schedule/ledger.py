@@ -10,15 +10,19 @@ Fields of a line:
 
 ``tick``       the schedule tick the invocation handled (UTC, ``2026-11-28T02:00:00Z``)
 ``run``        the partition id (``run=<run>/``), null when nothing was scored
-``kind``       ``tick`` (new or changed input), ``resume`` (finishing an earlier run) or ``rescore``
-``status``     ``running``, ``succeeded``, ``failed``, ``abandoned``, ``empty`` or ``skipped``
+``kind``       ``tick`` (new or changed input), ``resume`` (finishing an earlier run), ``rescore`` or ``prune``
+``status``     ``running``, ``succeeded``, ``failed``, ``abandoned``, ``empty``, ``skipped`` or ``pruned``
 ``attempt``    1 for a run's first attempt, 2 for its first resume, ...
-``inputs``     ``[{uri, size, mtime_ns, key, rows}]``: planned (running) or committed (succeeded)
+``rescore``    true on every line of a rescore, its resumes included
+``inputs``     ``[{uri, name, size, mtime_ns, key, rows}]``: planned (running) or committed (succeeded)
 ``replaces``   ``{shard key: run}``: shards whose earlier version, in that run, this run supersedes
 ``model``      lineage: name, revision, commit or content_hash, quantization, dtype
-``model_changed``  ``{"from": lineage, "to": lineage}`` when the model differs from the previous run's
+``model_changed``  ``{"from": lineage, "to": lineage, "since": run}`` when the model differs from the previous run's
+``spec_changed``   ``{"from": hash, "to": hash, "since": run}`` when the spec hash differs from the previous run's
 ``precision``  ``{quantization, dtype}`` that ``quantization: auto`` ran at (a succeeded line)
-``spec_hash``, ``rows_in``, ``rows_out``, ``errors``, ``shards``, ``started_at``, ``finished_at``,
+``spec_hash``, ``hash_version`` (2 where the hash covers ``output.prediction_prefix``; lines written before: 1)
+``gone``       names of scored shards whose input file is gone; ``pruned``: ``{shard key: run}`` moved by ``--prune``
+``rows_in``, ``rows_out``, ``errors``, ``shards_this_run``, ``rows_this_run``, ``started_at``, ``finished_at``,
 ``wall_s``, ``host``, ``pid``, ``error``, ``note``, ``missed``
 
 The file is rewritten whole and renamed into place on each append (a reader sees

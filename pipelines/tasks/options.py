@@ -293,13 +293,13 @@ TASK_OPTIONS: dict[str, type[TaskOptions]] = {
     "feature-extraction": FeatureExtractionOptions,
     "text-classification": TextClassificationOptions,
     "zero-shot-classification": ZeroShotOptions,
+    "llm-label": LLMLabelOptions,
     "text-generation": TextGenerationOptions,
     "summarization": SummarizationOptions,
     "translation": TranslationOptions,
     "question-answering": QuestionAnsweringOptions,
-    "fill-mask": FillMaskOptions,
     "token-classification": TokenClassificationOptions,
-    "llm-label": LLMLabelOptions,
+    "fill-mask": FillMaskOptions,
 }
 
 AnyTaskOptions = Annotated[
