@@ -259,8 +259,6 @@ def run_job(
                         job, list(committed.values()), [], 0.0, "succeeded"
                     )
                     return previous.model_copy(update={"status": "up to date", "shards_this_run": 0})
-            if pending or overwrite:
-                output.check_writable()  # an object store's missing bucket or denied write: before any work
         except PipelineError as refused:
             # What this run read may be another run's work in progress (an --overwrite half done holds its user's
             # files and none of this project's records yet): where another run holds the lock, its busy refusal
@@ -279,6 +277,8 @@ def run_job(
     try:
         checked = None
         if pending or overwrite:
+            with writing(spec.output.path):  # after a busy refusal: a second run writes nothing to the output
+                output.check_writable()  # an object store's missing bucket or denied write: before any work
             from pipelines.cluster.connect import connect
 
             timeline["connect_start"] = time.time()

@@ -27,16 +27,17 @@ from helpers import ROOT, SENTENCES, write_jsonl, write_parquet
 from s3_server import REGION
 
 from pipelines.errors import PipelineError
+from pipelines.io import stores
 from pipelines.io.shards import Shard
 from pipelines.output import commit as commits_module
 from pipelines.output.commit import OutputDir
 from pipelines.output.layout import is_part_file, part_shard
 from pipelines.output.lock import LockHeld, output_lock
-from pipelines.output.object_lock import ObjectLock, Seen, stale_reason
+from pipelines.output.object_lock import ObjectLock, Seen, here, stale_reason
 from pipelines.output.records import JobRecord, ModelRef
 from pipelines.output.staging import StagingReport
 from pipelines.runner import run_job
-from pipelines.spec import load_spec
+from pipelines.spec import load_spec, spec_from_dict
 
 IN, OUT = "pipelines-in", "pipelines-out"
 
@@ -289,11 +290,23 @@ def test_the_s3_lock_is_one_holder_at_a_time_and_a_lease(s3_server, monkeypatch)
                                   Body=json.dumps({"pid": 1, "host": "other-machine", "since": 0}).encode())
     with pytest.raises(LockHeld, match="pid 1 on other-machine"):
         output_lock(location, "_run.lock", "the output").acquire()
+    this = {"host": "this-machine", "processes": "boot-1/4026531836"}
     young = Seen("etag", {"pid": 1, "host": "other-machine"}, age_s=5)
-    assert stale_reason(young, 60, "this-machine", lambda pid: True) is None
-    assert "not renewed for 61 s" in stale_reason(Seen("etag", young.holder, 61), 60, "this-machine", lambda pid: True)
-    ended = Seen("etag", {"pid": 1, "host": "this-machine"}, age_s=5)
-    assert "has ended" in stale_reason(ended, 60, "this-machine", lambda pid: False)
+    assert stale_reason(young, 60, this, lambda pid: True) is None
+    assert "not renewed for 61 s" in stale_reason(Seen("etag", young.holder, 61), 60, this, lambda pid: True)
+    ended = Seen("etag", {"pid": 1, **this}, age_s=5)
+    assert "has ended" in stale_reason(ended, 60, this, lambda pid: False)
+    # the same host name, other processes (a container with the node's host name, another machine of that name;
+    # an older record that doesn't say): a pid that is not alive here may be alive there, so only the lease counts
+    for holder in ({"pid": 1, "host": "this-machine", "processes": "boot-1/4026532999"},
+                   {"pid": 1, "host": "this-machine", "processes": "boot-2/4026531836"},
+                   {"pid": 1, "host": "this-machine"}):
+        assert stale_reason(Seen("etag", holder, age_s=5), 60, this, lambda pid: False) is None, holder
+    assert here()["host"] == socket.gethostname() and here()["processes"].count("/") == 1  # read from /proc
+    elsewhere = {"pid": 2**22 + 1, "host": socket.gethostname(), "processes": "boot-x/1", "since": 0}  # a pid not
+    s3_server.client().put_object(Bucket=OUT, Key="locked/_run.lock", Body=json.dumps(elsewhere).encode())  # here
+    with pytest.raises(LockHeld, match=f"pid {2**22 + 1} on {socket.gethostname()}"):
+        output_lock(location, "_run.lock", "the output").acquire()  # not taken over: its lease is young
 
 
 def test_a_run_that_meets_another_runs_overwrite_half_done_on_s3_is_refused_as_busy(s3_server, tiny_models, tmp_path,
@@ -311,7 +324,7 @@ def test_a_run_that_meets_another_runs_overwrite_half_done_on_s3_is_refused_as_b
     with pytest.raises(PipelineError, match="holds no results of this project") as refused:
         run_job(spec)  # released: the lock object is gone
     assert not isinstance(refused.value, LockHeld)
-    ended = {"pid": 2**22 + 1, "host": socket.gethostname(), "since": 0}  # above Linux's largest pid: not alive
+    ended = {"pid": 2**22 + 1, **here(), "since": 0}  # above Linux's largest pid: not alive
     s3_server.client().put_object(Bucket=OUT, Key="half-cleared/_run.lock", Body=json.dumps(ended).encode())
     with pytest.raises(PipelineError, match="holds no results of this project") as refused:
         run_job(spec)  # a lock left by a run that has ended holds nothing up
@@ -418,7 +431,7 @@ def test_a_lock_taken_before_ray_starts_and_lost_meanwhile_stops_overwrite_befor
     ended.wait()
     client = s3_server.client()
     client.put_object(Bucket=OUT, Key="early/_run.lock", Body=json.dumps(
-        {"pid": ended.pid, "host": socket.gethostname(), "since": 0, "token": "crashed", "lease_s": 60}).encode())
+        {"pid": ended.pid, **here(), "since": 0, "token": "crashed", "lease_s": 60}).encode())
     taken: list[ObjectLock] = []
     acquire = ObjectLock.acquire
 
@@ -437,6 +450,143 @@ def test_a_lock_taken_before_ray_starts_and_lost_meanwhile_stops_overwrite_befor
     with pytest.raises(PipelineError, match="was taken over by another run"):
         run_job(load_spec(job), overwrite=True)
     assert client.get_object(Bucket=OUT, Key="early/_job.json")["Body"].read() == b"the new holder's"
+
+
+# README, One run at a time per output: "a run that lost its lock ... writes nothing more (no _run.json, no
+# _SUCCESS, the new holder's _staging/ left alone)". Between run_job's last check of the lock and OutputDir.start()
+# (unfinish, recover, clean, _job.json) it reads the input's samples for the column types, a GET per input file: a
+# run stalled past its lease there (or whose renewals failed for a lease) deleted what the new holder had staged,
+# its _SUCCESS and _run.json, and rewrote _job.json. start() checks the lock first.
+def test_a_run_that_lost_its_lock_before_its_start_leaves_the_new_holders_output_alone(s3_server, monkeypatch):
+    use_s3(monkeypatch, s3_server)
+    output = OutputDir(f"s3://{OUT}/probe-start")
+    lock = output_lock(output.location, "_run.lock", "the output").acquire()
+    output.guard = lock.check  # as run_job sets it
+    output.check_lock()  # run_job's last check before start(): the lock is still this run's
+    # the stall: another machine takes the lock over and works in the output
+    output_lock(output.location, "_run.lock", "the output").take_over(lock.read())
+    staged = f"{output.root}/_staging/0123456789ab/new-data.parquet"
+    with output.fs.open_output_stream(staged) as stream:
+        pq.write_table(pa.table({"id": ["n0"]}), stream)
+    s3_server.client().put_object(Bucket=OUT, Key="probe-start/_job.json", Body=b"the new holder's")
+    monkeypatch.setattr(lock, "_renewed", lock._renewed - lock.lease_s - 1)  # its renewing thread has not run since
+    try:
+        output.start(A_JOB)
+    except PipelineError as refused:
+        assert "was taken over by another run" in str(refused)
+    finally:
+        lock.release()
+    left = keys_under(s3_server, "probe-start")
+    assert "_staging/0123456789ab/new-data.parquet" in left, f"the new holder's staged block was deleted: {left}"
+    body = s3_server.client().get_object(Bucket=OUT, Key="probe-start/_job.json")["Body"].read()
+    assert body == b"the new holder's", "the run that lost its lock rewrote _job.json"
+
+
+# The same, with rows lost: a lost-lock run's recover() lists the top of the output and then _staging/; the new
+# holder's reveal between the two listings made a committed shard look like "a commit record whose files are gone",
+# which recover() dropped (forget: its part file, then its record), and the new holder then wrote _SUCCESS beside an
+# output without that shard's rows.
+def test_a_lost_lock_runs_start_cannot_drop_a_shard_the_new_holder_commits(s3_server, monkeypatch, tmp_path):
+    use_s3(monkeypatch, s3_server)
+    location = f"s3://{OUT}/probe-recover"
+    stalled, holder = OutputDir(location), OutputDir(location)
+    old = output_lock(location, "_run.lock", "the output").acquire()
+    stalled.guard = old.check
+    new = output_lock(location, "_run.lock", "the output")
+    new.take_over(old.read())  # the stall: the lease ran out and another machine took the lock
+    holder.guard = new.check
+    monkeypatch.setattr(old, "_renewed", old._renewed - old.lease_s - 1)
+    shard = Shard(str(tmp_path / "a.jsonl"), str(tmp_path / "a.jsonl"), "jsonl", False, 1, 1, "a.jsonl")
+    staged = f"{holder.root}/_staging/{shard.key}/block-data.parquet"
+    with holder.fs.open_output_stream(staged) as stream:
+        pq.write_table(pa.table({"id": ["a0", "a1"], "_row": [0, 1]}), stream)
+    report = StagingReport(shard=shard.key, shard_rows=2, rows=2, errors=0, files=[staged], row_ranges=[(0, 2)])
+    listed_staging = OutputDir._staged
+
+    def staging_listed_after_the_reveal(self):  # the new holder's reveal lands between the two listings
+        if self is stalled:
+            record = holder.commits()[shard.key]
+            holder._reveal(shard.key, record)
+        return listed_staging(self)
+
+    def stalled_run_resumes(_shard):  # the new holder's commit record is written; the stalled run resumes now
+        monkeypatch.setattr(OutputDir, "_staged", staging_listed_after_the_reveal)
+        try:
+            stalled.start(A_JOB)
+        except PipelineError:
+            pass
+        monkeypatch.setattr(OutputDir, "_staged", listed_staging)
+
+    holder.commit(shard, [report], A_JOB, before_visible=stalled_run_resumes)
+    holder.finish()
+    new.release()
+    old.release()
+    left = keys_under(s3_server, "probe-recover")
+    assert "_SUCCESS" in left
+    parts = [key for key in left if key.startswith("part-")]
+    assert parts, f"_SUCCESS stands beside an output that lost the rows of a committed shard: {left}"
+
+
+# README, One run at a time per output: "a second run on the same output exits with status 75 (busy: ...) before
+# it writes anything to the output". On S3 run_job probed the output with a write (stores.check_writable: an object
+# _staging/.write-check-<uuid>, then its delete) before it asked for the lock, also when the lock was held.
+def test_a_busy_s3_output_is_refused_before_the_second_run_writes_to_it(s3_server, monkeypatch, tmp_path):
+    import pipelines.runner
+
+    use_s3(monkeypatch, s3_server)
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": "a0", "text": SENTENCES[0]}])
+    (tmp_path / "model").mkdir()
+    spec = spec_from_dict({
+        "input": {"paths": [str(tmp_path / "in")]}, "model": {"name": str(tmp_path / "model")},
+        "task": {"type": "text-classification"}, "output": {"path": f"s3://{OUT}/probe-busy"},
+    })
+    monkeypatch.setattr(pipelines.runner, "preflight", lambda spec: None)  # the model is not the point here
+    written: list[str] = []
+    probe = stores.check_writable
+
+    def recording(fs, root, location, scratch, role="output.path"):
+        written.append(f"{root}/{scratch}/.write-check-…")
+        probe(fs, root, location, scratch, role)
+
+    monkeypatch.setattr(stores, "check_writable", recording)
+    with output_lock(f"s3://{OUT}/probe-busy", "_run.lock", "the output"):  # the first run, in progress
+        with pytest.raises(LockHeld):
+            pipelines.runner.run_job(spec)
+    assert written == [], f"the busy run wrote to the output before it was refused: {written}"
+
+
+# README, One run at a time per output (S3): "The store must support conditional writes ...; one that refuses them
+# is named in a one-line error, and PIPELINES_LOCK=local then ..."; "PIPELINES_LOCK_LEASE_S sets the lease". No test
+# met a store that refuses If-None-Match; this one gives the lock that refusal, as botocore raises it (holds).
+def test_a_store_without_conditional_writes_is_one_line_naming_pipelines_lock_local(monkeypatch):
+    from botocore.exceptions import ClientError
+
+    from pipelines.output.object_lock import ObjectLock
+
+    monkeypatch.setenv("PIPELINES_LOCK_LEASE_S", "7")
+    lock = ObjectLock("bucket", "out/_run.lock", "the output")
+    assert lock.lease_s == 7.0
+
+    class Refusing:
+        def put_object(self, **request):
+            assert request.get("IfNoneMatch") == "*"
+            raise ClientError({"Error": {"Code": "NotImplemented", "Message": "A header you provided implies "
+                                         "functionality that is not implemented"}}, "PutObject")
+
+    lock._client = Refusing()
+    with pytest.raises(PipelineError) as refused:
+        lock.acquire()
+    said = str(refused.value)
+    assert "\n" not in said and not isinstance(refused.value, LockHeld)
+    assert "does not support conditional writes" in said and "PIPELINES_LOCK=local" in said
+
+
+A_JOB = JobRecord(spec_hash="h", model=ModelRef(name="m"), quantization="none", device="cpu", task="t")
+
+
+def keys_under(s3, prefix: str) -> list[str]:
+    """The keys under ``prefix/``, folder markers left out."""
+    return [key for key in s3.keys(OUT, prefix) if key and not key.endswith("/")]
 
 
 # names as users write them ------------------------------------------------------------------------------

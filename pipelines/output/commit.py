@@ -203,7 +203,11 @@ class OutputDir:
 
     def start(self, job: JobRecord) -> None:
         """Before work: finish interrupted commits, delete crash leftovers, record whose output this is. A finished
-        output's ``_SUCCESS`` goes first, before anything that may delete (a commit record whose files are gone)."""
+        output's ``_SUCCESS`` goes first, before anything that may delete (a commit record whose files are gone).
+
+        Nothing is touched unless the lock is still this run's: a run stalled past its lease must not finish, drop or
+        delete what a new holder is doing."""
+        self.check_lock()
         self.unfinish()
         self.recover()
         self.clean()
@@ -228,6 +232,7 @@ class OutputDir:
 
     def clean(self) -> None:
         """Delete staging files and the summary of an earlier run: they are rebuilt by this one."""
+        self.check_lock()
         layout.delete(self.fs, self.fs.get_file_info(f"{self.root}/{STAGING}"))
         self.unfinish()
 
@@ -253,6 +258,7 @@ class OutputDir:
 
     def forget(self, record: CommitRecord) -> None:
         """Delete a committed shard's files, then its record (last: a cut-off delete is redone)."""
+        self.check_lock()
         for relative in [*record.files, *record.error_files]:
             layout.delete(self.fs, self.fs.get_file_info(f"{self.root}/{relative}"))
         layout.delete(self.fs, self.fs.get_file_info(f"{self.root}/{layout.commit_record_path(record.shard)}"))

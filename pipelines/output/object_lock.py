@@ -13,7 +13,10 @@ is a **lease**: the holder rewrites the object every ``lease_s / 4`` seconds fro
 * its object was last written more than ``lease_s`` seconds ago, by the store's clock (its
   ``Last-Modified`` against the ``Date`` of the store's answer: the machines' clocks do not matter), or
 * its holder ran on this host and that process has ended (a run restarted after a crash on the same
-  machine does not wait for the lease).
+  machine does not wait for the lease). "This host" is the host name *and* the process space a pid is
+  read in (this boot of the kernel, this PID namespace: :func:`here`): containers that share a node's host
+  name (host networking) or two machines of one name can't see each other's processes, so between them
+  only the lease counts.
 
 A take-over is a write with ``If-Match`` on the ETag of the stale object, so of two machines taking
 over the same stale lock one wins and the other is told the lock is held. A holder that finds, when
@@ -65,13 +68,27 @@ def lease_seconds() -> float:
     return float(os.environ.get("PIPELINES_LOCK_LEASE_S") or LEASE_S)
 
 
-def stale_reason(seen: Seen, lease_s: float, host: str, alive: Callable[[int], bool]) -> str | None:
-    """Why a held lock may be taken over, or None while its holder may still be working."""
+def here() -> dict[str, str]:
+    """Where a pid names a process of this one's: the host name, and the process space (``boot_id/PID namespace``;
+    empty where ``/proc`` does not tell, off Linux). A lock holder's record carries both."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            space = f"{boot.read().strip()}/{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        space = ""
+    return {"host": socket.gethostname(), "processes": space}
+
+
+def stale_reason(seen: Seen, lease_s: float, where: dict[str, str], alive: Callable[[int], bool]) -> str | None:
+    """Why a held lock may be taken over, or None while its holder may still be working. ``where``: :func:`here`;
+    a holder's pid is looked up only where its record names the same host and process space (an older record,
+    without the space, waits for its lease)."""
     lease = float(seen.holder.get("lease_s") or lease_s)
     if seen.age_s > lease:
         return f"not renewed for {seen.age_s:.0f} s, longer than its lease of {lease:.0f} s"
     pid = seen.holder.get("pid")
-    if seen.holder.get("host") == host and isinstance(pid, int) and not alive(pid):
+    same = all(seen.holder.get(name) == value for name, value in where.items())
+    if same and isinstance(pid, int) and not alive(pid):
         return f"its process {pid} on this host has ended"
     return None
 
@@ -95,6 +112,7 @@ class ObjectLock:
         self.uri = f"s3://{bucket}/{key}"
         self.region = region
         self.lease_s = lease_s if lease_s is not None else lease_seconds()
+        self.where = here()
         self.token = uuid.uuid4().hex
         self.etag: str | None = None
         self.lost: str | None = None
@@ -123,7 +141,7 @@ class ObjectLock:
 
     def _body(self) -> bytes:
         self._beats += 1
-        return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": self._since,
+        return json.dumps({"pid": os.getpid(), **self.where, "since": self._since,
                            "token": self.token, "lease_s": self.lease_s, "renewals": self._beats}).encode()
 
     def _put(self, **condition: str) -> str:
@@ -181,7 +199,7 @@ class ObjectLock:
             seen = self.read()
             if seen is None:
                 continue
-            reason = stale_reason(seen, self.lease_s, socket.gethostname(), pid_alive)
+            reason = stale_reason(seen, self.lease_s, self.where, pid_alive)
             if reason is None:
                 raise self._held(seen)
             if self.take_over(seen):
@@ -197,7 +215,7 @@ class ObjectLock:
         """The refusal :meth:`acquire` would raise because another run holds the lock (a lease still renewed),
         else None; nothing is written to find out, and a lock that can't be read counts as not held."""
         seen = self._peek()
-        if seen is None or stale_reason(seen, self.lease_s, socket.gethostname(), pid_alive) is not None:
+        if seen is None or stale_reason(seen, self.lease_s, self.where, pid_alive) is not None:
             return None
         return self._held(seen)
 

@@ -130,7 +130,7 @@ def run_due(
     job.check_layout()
     stores.check_writable(job.fs, job.root, spec.output.path, SCRATCH)  # an object store: before any work
     with job_lock(spec) as lock:
-        job.ledger.guard = lock.check  # a scheduler whose lease was taken over writes no more ledger lines
+        job.guard(lock.check)  # a scheduler whose lease was taken over writes no more ledger lines, moves no output
         try:
             with layout.writing(spec.output.path):  # a full disk under the ledger or a partition: one line
                 return job.invoke(now or datetime.now(UTC), rescore, prune)
@@ -143,7 +143,8 @@ def abandon(spec: JobSpec, run: str) -> LedgerEntry:
     scored), the shards it did not commit are scored again by the next tick (a rescore's keep their earlier
     output, brought back from ``_superseded/`` where the rescore had retired it)."""
     job = ScheduledJob(spec, None, _no_runner)
-    with job_lock(spec):
+    with job_lock(spec) as lock:
+        job.guard(lock.check)
         history = job.history()
         open_runs = {e.run: e for e in history.unfinished()}
         if run not in open_runs:
@@ -183,6 +184,12 @@ class ScheduledJob:
         self.runner = runner
         self.fs, self.root = resolve(spec.output.path)
         self.ledger = Ledger(spec.output.path)
+        self.check_lock: Callable[[], None] = lambda: None
+
+    def guard(self, check: Callable[[], None]) -> None:
+        """``check`` raises when this scheduler's lock was lost (a lease taken over): called before each ledger line
+        and before anything in the output is moved, finished or deleted."""
+        self.ledger.guard = self.check_lock = check
 
     def write_report(self) -> None:
         """The page over the runs (``_report.html`` at the root); each run's own page is in its partition."""
@@ -411,6 +418,7 @@ class ScheduledJob:
         (After the moves: a move cut short leaves a record whose files are neither in place nor staged, which
         ``recover`` would take for a broken commit and delete.)
         """
+        self.check_lock()
         planner = Planner(self.history(), [], {}, self.spec.fingerprint())
         committed = {
             (run, key)
@@ -423,9 +431,12 @@ class ScheduledJob:
         partitions = set(self.partitions())
         for run, entry in planner.history.latest().items():
             if run in partitions and entry.status in ("running", "failed", "abandoned"):
-                OutputDir(partition_path(self.spec, run)).recover()
+                partition = OutputDir(partition_path(self.spec, run))
+                partition.guard = self.check_lock
+                partition.recover()
 
     def retire(self, move: Retirement) -> None:
+        self.check_lock()
         if move.key is None:
             log.info("moving run=%s to %s/: superseded by a rescore", move.run, SUPERSEDED)
             self.retire_tree(layout.partition_dir(move.run))
@@ -458,6 +469,7 @@ class ScheduledJob:
 
     def restore_shard(self, run: str, key: str) -> None:
         """Bring a retired shard's output back from ``_superseded/`` into its run (its files, then its record)."""
+        self.check_lock()
         folder = layout.partition_dir(run)
         record = OutputDir(f"{self.root}/{SUPERSEDED}/{folder}").commits().get(key)
         if record is None:
