@@ -29,6 +29,7 @@ from pipelines.io.block import ERROR, ROW
 from pipelines.io.reader import NOT_FETCHED, Columns, read_shard, reference_types, unify_types
 from pipelines.io.reader import count_rows as reader_count_rows
 from pipelines.io.shards import Shard, list_shards
+from pipelines.output import summary as summaries
 from pipelines.output.commit import OutputDir
 from pipelines.output.lock import JobLock, LockHeld
 from pipelines.output.records import JobRecord, ModelRef, Unreadable
@@ -1091,3 +1092,62 @@ def test_the_rows_of_a_damaged_gzip_file_are_counted_across_its_members(tmp_path
     (tmp_path / "whole.jsonl.gz").write_bytes(member("a", 5) + member("b", 5) + member("c", 3))
     counted = {s.path.rsplit("/", 1)[-1]: count_rows(s) for s in list_shards([str(tmp_path)])}
     assert counted == {"cut.jsonl.gz": (11, False), "whole.jsonl.gz": (13, True)}
+
+
+A_JOB = JobRecord(spec_hash="h", model=ModelRef(name="m"), quantization="none", device="cpu", task="t")
+
+
+# README, Files that cannot be read: "The job fails ... when the quarantined share passes errors.max_rate (default
+# 10%) or the count passes errors.max_count". No test set max_count; this one holds.
+def test_the_error_count_budget_fails_past_max_count_and_not_at_it():
+    from pipelines.runner import error_policy_violation
+
+    spec = spec_from_dict(yaml.safe_load("""
+        input: {paths: [in]}
+        model: {name: m}
+        task: {type: text-classification}
+        output: {path: out}
+        errors: {max_rate: 1.0, max_count: 2}
+    """))
+    base = summaries.build(A_JOB, [], [], 0.0, "succeeded")
+    at = base.model_copy(update={"rows_in": 100, "errors": 2, "error_rate": 0.02, "error_reasons": {"text is null": 2}})
+    past = at.model_copy(update={"errors": 3, "error_rate": 0.03, "error_reasons": {"text is null": 3}})
+    assert error_policy_violation(spec, at) is None
+    problem = error_policy_violation(spec, past)
+    assert problem and "3 of 100 rows were quarantined" in problem and "errors.max_count=2" in problem
+    assert "text is null: 3" in problem
+
+
+# README, Re-running: "Re-running a finished job writes nothing and says `up to date`"; One run at a time: "A finished
+# job's `up to date` answer takes no lock". The tests that re-run a finished job check its status only; this one checks
+# that no file under the output is written, created or deleted, while another process holds the output's lock.
+def test_a_finished_job_is_up_to_date_without_writing_or_locking(tmp_path, monkeypatch):
+    import pipelines.runner
+    from pipelines.io.shards import list_shards
+    from pipelines.output.layout import RUN
+    from pipelines.output.lock import JobLock
+
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": "a0", "text": SENTENCES[0]}, {"id": "a1", "text": SENTENCES[1]}])
+    (tmp_path / "model").mkdir()
+    spec = spec_from_dict({
+        "input": {"paths": [str(tmp_path / "in")]}, "model": {"name": str(tmp_path / "model")},
+        "task": {"type": "text-classification"}, "output": {"path": str(tmp_path / "out")},
+    })
+    monkeypatch.setattr(pipelines.runner, "preflight", lambda spec: None)  # no model is loaded to answer
+    job = pipelines.runner.job_record(spec)
+    [shard] = list_shards(spec.input.paths)
+    output = OutputDir(spec.output.path)
+    output.start(job)
+    staged = tmp_path / "out" / "_staging" / shard.key / "block-data.parquet"
+    staged.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"id": ["a0", "a1"], "_row": [0, 1]}), staged)
+    record = output.commit(shard, [StagingReport(shard=shard.key, shard_rows=2, rows=2, errors=0, files=[str(staged)],
+                                                 row_ranges=[(0, 2)])], job)
+    output.write_json(RUN, summaries.build(job, [record], [record], 1.0, "succeeded").to_json())
+    output.finish()
+    before = {str(p): p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*")}
+    with JobLock(tmp_path / "out" / "_run.lock", "the output"):  # another run holds the lock meanwhile
+        assert pipelines.runner.run_job(spec).status == "up to date"
+    before.pop(str(tmp_path / "out" / "_run.lock"), None)  # the other run's own lock file
+    after = {str(p): p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*") if p.name != "_run.lock"}
+    assert after == before
