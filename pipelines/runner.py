@@ -24,6 +24,8 @@ import pyarrow.parquet as pq
 from pipelines import faults, fidelity
 from pipelines.cluster.connect import worker_spec
 from pipelines.errors import PipelineError, one_line_ray_errors
+from pipelines.inference.identity import changed as identity_changed
+from pipelines.inference.identity import model_files
 from pipelines.io.reader import (
     NOT_FETCHED,
     Columns,
@@ -246,6 +248,7 @@ def run_job(
     preflight(spec)
     output = OutputDir(spec.output.path)
     pending = shards
+    files: dict[str, str] | None = None  # the model files, where a resume had to compare them
     lock = output_lock(spec.output.path, RUN_LOCK, f"the output {spec.output.path}")
     with writing(spec.output.path):  # a store's refusal to list or read is one line too
         try:
@@ -259,6 +262,8 @@ def run_job(
                         job, list(committed.values()), [], 0.0, "succeeded"
                     )
                     return previous.model_copy(update={"status": "up to date", "shards_this_run": 0})
+                if pending and committed:
+                    files = same_model_files(output, spec)
         except PipelineError as refused:
             # What this run read may be another run's work in progress (an --overwrite half done holds its user's
             # files and none of this project's records yet): where another run holds the lock, its busy refusal
@@ -297,6 +302,7 @@ def run_job(
                 lock.acquire()
         output.guard = lock.check  # a lock that can be lost (an object store's lease): checked at each commit, last
         output.check_lock()  # a lock taken early was held through Ray's start and the gate: still ours before clearing
+        job.model_files = files or model_files(spec.model, None if overwrite else _recorded_files(output))
         with writing(spec.output.path):
             if overwrite:
                 output.clear()
@@ -304,6 +310,29 @@ def run_job(
         return _run_locked(spec, job, output, shards, pending, before_visible, checked, timeline)
     finally:
         lock.release()
+
+
+def _recorded_files(output: OutputDir) -> dict[str, str] | None:
+    recorded = output.job()
+    return recorded.model_files if recorded else None
+
+
+def same_model_files(output: OutputDir, spec: JobSpec) -> dict[str, str] | None:
+    """The model files as they are now; refuses (PipelineError) to resume an output whose committed shards were
+    scored by other files: the same folder or name holding a model saved again (retrained, fine-tuned), or a hub
+    revision that has moved to another commit. Where either is not known here, nothing is refused."""
+    recorded = _recorded_files(output)
+    now = model_files(spec.model, recorded)
+    if identity_changed(recorded, now):
+        assert recorded is not None and now is not None
+        name = "content" if recorded.get("content") and now.get("content") else "commit"
+        raise PipelineError(
+            f"model.name {spec.model.name}: its files changed since this output's committed shards were scored "
+            f"({name} {recorded[name]}, now {now[name]}); resuming would put two models' predictions in one output. "
+            "Use --overwrite to score every shard with the model as it is now, or a new output.path (or put the "
+            "earlier files back)"
+        )
+    return now
 
 
 def resume_state(spec: JobSpec, shards: list[Shard]) -> tuple[list[Shard], dict[str, CommitRecord], bool]:

@@ -433,6 +433,41 @@ def test_a_resubmission_from_another_directory_resumes_without_duplicates(ray_se
     assert sorted(got) == sorted(ids) and len(got) == len(set(got))
 
 
+def test_a_model_saved_again_in_its_folder_is_not_resumed_into_the_output_the_earlier_files_started(
+    ray_session, tiny_models, tmp_path
+):
+    """A labeling user retrains and saves the model into the same folder, then resumes (or extends) the output:
+    the shards committed were scored by the earlier files, so the run is refused before any work rather than
+    putting two models' predictions in one output. The same bytes with new times (a copy) resume."""
+    from safetensors.numpy import load_file, save_file
+
+    from pipelines.inference.identity import directory_hash
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_models("classifier"), model)
+    many_shards(tmp_path / "in", shards=2)
+    spec = spec_of(write_job(tmp_path, str(model), tmp_path / "in"))
+    run_job(spec)
+    earlier = directory_hash(model)
+    many_shards(tmp_path / "more", shards=3)
+    (tmp_path / "more" / "part-2.jsonl").rename(tmp_path / "in" / "part-2.jsonl")  # new input to score
+    weights = model / "model.safetensors"
+    original = weights.read_bytes()
+    tensors = load_file(weights)
+    name = sorted(tensors)[0]
+    save_file({**tensors, name: tensors[name] + 0.5}, weights)  # retrained: other weights, same names and shapes
+    with pytest.raises(PipelineError, match=rf"model.name {model}: its files changed since this output's committed "
+                                            rf"shards were scored \(content {earlier}, now \w+\); "
+                                            r"resuming would put two models' predictions in one output. Use "
+                                            r"--overwrite"):
+        run_job(spec)
+    assert (tmp_path / "out" / "_SUCCESS").exists() and len(list((tmp_path / "out" / "_commits").iterdir())) == 2
+    weights.write_bytes(original)  # the earlier bytes, written again: new times, same content
+    resumed = run_job(spec)
+    assert resumed.status == "succeeded" and resumed.shards_this_run == 1
+    assert json.loads((tmp_path / "out" / "_job.json").read_text())["model_files"]["content"] == earlier
+
+
 @pytest.fixture(scope="module")
 def overwritten(ray_session, tiny_models, tmp_path_factory):
     """A finished output, with entries of its users' beside the project's own, run again with overwrite while a

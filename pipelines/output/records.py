@@ -71,6 +71,9 @@ class JobRecord(Record):
     column_types: str | None = None
     #: What ``quantization: auto`` chose for this output on its first run: ``{quantization, dtype}``.
     precision: dict[str, str] | None = None
+    #: The model files that scored the committed shards (:func:`pipelines.inference.identity.model_files`): a local
+    #: directory's ``files`` key and ``content`` hash, or a hub id's cached ``commit``; None where not known here.
+    model_files: dict[str, str] | None = None
 
     @classmethod
     def parse(cls, value: Any) -> Any:

@@ -1,0 +1,91 @@
+"""Which model files a run uses, told without loading them (light: no torch).
+
+A local model directory (built-in aliases resolve to one) is known by a hash of every file's name and content;
+``files_key`` (names, sizes, modification times) tells cheaply that nothing changed, so the content is hashed
+again only where a file was written since. A Hugging Face id is known by the commit its revision resolves to in
+the local cache (no network), where it is there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from pipelines.inference.aliases import resolve_name
+from pipelines.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+def model_files(spec: ModelSpec, known: dict[str, str] | None = None) -> dict[str, str] | None:
+    """``{"files", "content"}`` of a local model directory, ``{"commit"}`` of a hub id found in the local cache,
+    else None (not known here: a hub id not cached, a directory only the workers have). ``known``: an earlier
+    answer, whose content is taken again where the files' names, sizes and times are the same."""
+    source = resolve_name(spec)
+    if Path(source).is_dir():
+        folder = Path(source)
+        files = files_key(folder)
+        if known and known.get("files") == files and known.get("content"):
+            return {"files": files, "content": known["content"]}
+        return {"files": files, "content": directory_hash(folder)}
+    commit = cached_commit(source, spec.revision)
+    return {"commit": commit} if commit else None
+
+
+def changed(before: dict[str, str] | None, now: dict[str, str] | None) -> bool:
+    """Whether two answers of :func:`model_files` name different files (an unknown one changes nothing)."""
+    if not before or not now:
+        return False
+    for name in ("content", "commit"):
+        if before.get(name) and now.get(name):
+            return before[name] != now[name]
+    return False
+
+
+def _files(folder: Path) -> Iterator[tuple[str, Path]]:
+    """The directory's files by relative path, hidden files and folders left out, in a fixed order."""
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = path.relative_to(folder)
+        if not any(part.startswith(".") for part in relative.parts):
+            yield str(relative), path
+
+
+def files_key(folder: Path) -> str:
+    """A hash of the files' names, sizes and modification times."""
+    digest = hashlib.sha256()
+    for relative, path in _files(folder):
+        stat = path.stat()
+        digest.update(f"{relative}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def directory_hash(folder: Path) -> str:
+    """sha256 over every file's relative path and content (hidden files and folders left out)."""
+    digest = hashlib.sha256()
+    for relative, path in _files(folder):
+        digest.update(relative.encode() + b"\0")
+        with open(path, "rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()[:16]
+
+
+def cached_commit(repo_id: str, revision: str | None) -> str | None:
+    """The commit a hub revision resolves to, if the model is in the local cache (no network)."""
+    if revision and COMMIT.match(revision):
+        return revision
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    except Exception as exc:  # noqa: BLE001 - best effort for hub ids
+        log.debug("no cached commit for %s: %s", repo_id, exc)
+        return None
+    if isinstance(found, str):
+        match = re.search(r"/snapshots/([0-9a-f]{40})/", found)
+        return match.group(1) if match else None
+    return None
