@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import re
+import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import ParamSpec, TypeVar
 
 #: Terminal colours Ray puts in the remote traceback's header.
@@ -21,6 +23,29 @@ R = TypeVar("R")
 
 class PipelineError(Exception):
     """The one error type of this project: its message says what is wrong and how to fix it."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (a task timeout, a pod evicted, ``kill``, ``systemctl stop``): raised in the main thread as
+    Ctrl-C raises KeyboardInterrupt, so that the run lets go of what it holds (its lock) on the way out. Not an
+    Exception: no ``except Exception`` takes it for a failed run."""
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def keeping_sigterm() -> Iterator[None]:
+    """Around ``ray.init``, which sets a SIGTERM handler of its own (``sys.exit``) in the main thread: where the
+    CLI had set :func:`raise_terminated`, it is set again after."""
+    on_main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if on_main else None
+    try:
+        yield
+    finally:
+        if before is raise_terminated:
+            signal.signal(signal.SIGTERM, raise_terminated)
 
 
 def first_line(exc: BaseException) -> str:

@@ -9,6 +9,10 @@ only the first process to get there dies (it creates the file), so a restarted
 actor carries on. Unset in normal use; it exists so tests can prove that a
 crash at any of these moments is resumed exactly once.
 
+``PIPELINES_CRASH_SIGNAL=TERM|INT|KILL`` (test-only; default KILL) sends that signal instead, as a task timeout,
+``kill`` or Ctrl-C would; ``PIPELINES_CRASH_TARGET`` sends it to another process (a pid) or to this process's
+group (``group``) instead of this process (an actor's ``predict`` point can so signal the driver).
+
 ``PIPELINES_WRITE_FAILS_AT=<point>:<n>[:<errno name>]`` makes the n-th write at ``point`` fail as a full disk
 does (``OSError`` ENOSPC, or the errno named: ``EDQUOT``), after its bytes went to the temporary file. Points
 (:func:`pipelines.output.layout.write_whole`): ``stage`` (the actor staging a block), ``merge`` (the commit
@@ -41,7 +45,12 @@ def checkpoint(point: str) -> None:
             os.close(os.open(once, os.O_CREAT | os.O_EXCL))
         except FileExistsError:
             return
-    os.kill(os.getpid(), signal.SIGKILL)
+    sig = getattr(signal, "SIG" + os.environ.get("PIPELINES_CRASH_SIGNAL", "KILL").upper())
+    target = os.environ.get("PIPELINES_CRASH_TARGET", "")
+    if target == "group":
+        os.killpg(os.getpgid(0), sig)
+    else:
+        os.kill(int(target) if target else os.getpid(), sig)
 
 
 def write_fails(point: str) -> None:

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # modules started last are short, so neither worker waits long for the other at the end (with `--dist worksteal`
 # one waited 41 s). The figures only order the modules; one not listed counts as MODULE_SECONDS_UNLISTED.
 MODULE_SECONDS = {
-    "test_guarantees.py": 442, "test_faults.py": 415, "test_s3.py": 295, "test_schedule.py": 216,
+    "test_guarantees.py": 442, "test_faults.py": 415, "test_signals.py": 120, "test_s3.py": 295, "test_schedule.py": 216,
     "test_smollm2.py": 152, "test_plan.py": 150, "test_cluster.py": 137, "test_report.py": 125,
     "test_performance_paths.py": 119, "test_fidelity.py": 117, "test_runner.py": 112, "test_errors_cli.py": 91,
     "test_openai_batch.py": 81, "test_parity.py": 78, "test_cli.py": 64, "test_jobs_client.py": 63,

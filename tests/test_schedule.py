@@ -11,6 +11,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -266,6 +267,29 @@ def test_the_loop_wakes_at_each_tick_on_a_simulated_clock(tmp_path, policy):
     assert sum(slept) == (day(3) - day(1, hours=7)).total_seconds()  # woke exactly at each tick, no later
     assert max(slept) <= 3600  # in steps of an hour at most, so a clock change is noticed
     assert runner.calls[-1]["output"].endswith("out/run=2026-11-30T02:00:00Z")
+
+
+def test_a_terminated_loop_stops_at_once_and_leaves_the_local_ray_to_the_exit(tmp_path, monkeypatch):
+    """SIGTERM in the middle of a tick (Terminated, raised by the CLI's handler) is not one more failed run to log
+    and go on from: the loop stops. Nor does it shut the tick's local Ray down on the way out: where the signal went
+    to the whole process group, Ray's processes are gone and ray.shutdown() aborts the process (the CLI exits at
+    once instead; tests/test_signals.py)."""
+    import pipelines.schedule.loop as loop
+    from pipelines.errors import Terminated
+
+    spec = make_job(tmp_path, fake_model(tmp_path))
+    add_shard(tmp_path, "a.jsonl", rows("a", 3))
+    shut_down = []
+    monkeypatch.setitem(sys.modules, "ray", SimpleNamespace(shutdown=lambda: shut_down.append(True)))
+    up = iter([False, True, True])  # no Ray before the tick, one after it (started by the tick's run)
+    monkeypatch.setattr(loop, "_ray_is_up", lambda: next(up))
+
+    def terminated_mid_run(spec, **kwargs):
+        raise Terminated()
+
+    with pytest.raises(Terminated):
+        serve(spec, clock=lambda: day(1, hours=0.01), sleep=lambda s: None, runner=terminated_mid_run, wakeups=3)
+    assert shut_down == []
 
 
 # incremental, exactly once --------------------------------------------------------------------

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -17,12 +18,14 @@ from pipelines.cli import cluster as cli_cluster
 from pipelines.cli import plan as cli_plan
 from pipelines.cli import quality as cli_quality
 from pipelines.cli import schedule as cli_schedule
-from pipelines.errors import PipelineError, from_ray
+from pipelines.errors import PipelineError, Terminated, from_ray, raise_terminated
 from pipelines.output.lock import LockHeld
 
 log = logging.getLogger("pipelines")
 
 EXIT_BUSY = 75  # EX_TEMPFAIL: another run holds the output's lock; try again later
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
+STOPPED = "committed shards are kept; run the same command again to resume"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    signal.signal(signal.SIGTERM, raise_terminated)  # kept across ray.init (see errors.keeping_sigterm)
     try:
         handler = getattr(args, "handler", None) or COMMANDS[args.command]
         return handler(args)
@@ -79,8 +83,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {from_ray(exc) or exc}", file=sys.stderr)  # a task's error, not Ray's remote traceback
         return 2
     except KeyboardInterrupt:
-        print("interrupted: committed shards are kept; run the same command again to resume", file=sys.stderr)
+        print(f"interrupted: {STOPPED}", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"terminated: {STOPPED}", file=sys.stderr)
+        exit_at_once(EXIT_TERMINATED)
+        raise  # not reached
+
+
+def exit_at_once(status: int) -> None:
+    """Exit without the interpreter's exit handlers. The run has let go of its lock already; what is left is Ray's
+    own ``ray.shutdown`` at exit, which aborts the process (SIGABRT, a core dump where enabled) when the signal went
+    to the whole process group and ended the local Ray's processes first (Airflow, systemd). A local Ray's
+    processes end with this one either way (Ray's reaper follows its driver)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.cluster.auth import TOKEN_HELP, enable_token_auth_if_available, find_token
-from pipelines.errors import PipelineError, first_line
+from pipelines.errors import PipelineError, first_line, keeping_sigterm
 from pipelines.spec import MODEL_ALIASES, ComputeSpec, JobSpec
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,9 @@ def join(address: str, runtime_env: Mapping[str, Any] | None) -> None:
     _check_reachable(address)
     token_auth = enable_token_auth_if_available()
     try:
-        ray.init(address=address, runtime_env=dict(runtime_env) if runtime_env else None, logging_level=logging.WARNING)
+        with keeping_sigterm():
+            ray.init(address=address, runtime_env=dict(runtime_env) if runtime_env else None,
+                     logging_level=logging.WARNING)
     except (AuthenticationError, ConnectionError, RuntimeError) as exc:
         if _refused_for_auth(exc):
             raise PipelineError(_auth_message(address, token_auth)) from None
@@ -334,7 +336,8 @@ def start_local() -> None:
     import ray
 
     try:
-        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+        with keeping_sigterm():
+            ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
     except Exception as exc:  # noqa: BLE001 - Ray raises bare Exceptions and OSErrors while starting
         try:
             ray.shutdown()  # whatever did start

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from pipelines.errors import PipelineError
+from pipelines.errors import PipelineError, Terminated
 from pipelines.output.lock import LockHeld
 from pipelines.schedule.executor import Runner, describe, run_due
 from pipelines.schedule.ticks import next_tick, run_id
@@ -35,6 +35,7 @@ def serve(
     done = 0
     while True:
         ray_was_up = _ray_is_up()
+        terminated = False
         try:
             report = run_due(spec, now=clock(), address=address, rescore=rescore, runner=runner)
             rescore = False
@@ -42,6 +43,9 @@ def serve(
                 log.info("%s", describe(entry))
             for failure in report.failures:
                 log.error("%s", failure)
+        except Terminated:
+            terminated = True  # Ray's shutdown may abort where the signal ended its processes too: the CLI exits
+            raise
         except LockHeld as exc:
             log.warning("%s", exc)
         except PipelineError as exc:
@@ -49,7 +53,7 @@ def serve(
         except Exception:  # noqa: BLE001 - a long-running scheduler outlives one bad run
             log.exception("the run failed; the next tick resumes it")
         finally:
-            if not ray_was_up and _ray_is_up():
+            if not terminated and not ray_was_up and _ray_is_up():
                 sys.modules["ray"].shutdown()  # a local Ray started for this tick: free its memory till the next
         done += 1
         if wakeups is not None and done >= wakeups:

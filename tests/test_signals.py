@@ -1,0 +1,183 @@
+"""What SIGTERM and SIGINT do to `pipelines run` and `pipelines schedule --once`: the signals Airflow, cron, systemd,
+Kubernetes and a user at a terminal stop a process with (tests/test_faults.py covers SIGKILL).
+
+``PIPELINES_CRASH_SIGNAL`` (pipelines/faults.py, test-only) sends the signal at a named point; from the actor's
+``predict`` point, ``PIPELINES_CRASH_TARGET`` sends it to the driver's whole process group (what Airflow's killpg,
+``systemctl stop`` and Ctrl-C at a terminal do). Each CLI runs in a session of its own, so a group signal reaches
+only its own processes. Leftover processes are the ones carrying the run's ``PROBE_TAG`` in their environment
+(every process a local Ray starts inherits it), looked for under a deadline after the CLI has exited.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from helpers import ROOT, SENTENCES, write_jsonl
+
+from pipelines.output.lock import JobLock
+
+SHARDS, ROWS = 6, 10
+STOPPED = "committed shards are kept; run the same command again to resume"
+
+
+@dataclass
+class Outcome:
+    """One CLI run and what it left: exit status, stderr, leftover processes, the output just after."""
+
+    returncode: int
+    stderr: str
+    leftover: list[str]
+    commits: int
+    visible: list[str]
+    success: bool
+    lock_free: bool
+
+    def last_line(self) -> str:
+        lines = self.stderr.strip().splitlines()
+        return lines[-1] if lines else ""
+
+
+def tagged_processes(tag: str) -> list[str]:
+    """Processes whose environment carries ``tag``: the CLI's own and every one its local Ray started."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if f"PROBE_TAG={tag}".encode() in (entry / "environ").read_bytes().split(b"\0"):
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ")[:80].decode(errors="replace")
+                found.append(f"{entry.name} {command}")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
+
+
+def processes_left(tag: str, deadline_s: float = 20.0) -> list[str]:
+    """The tagged processes still there once they had ``deadline_s`` to end (polled); any left are killed."""
+    end = time.monotonic() + deadline_s
+    while (left := tagged_processes(tag)) and time.monotonic() < end:
+        time.sleep(0.25)
+    for line in left:  # our own orphans only (they carry our tag): never anyone else's Ray
+        try:
+            os.kill(int(line.split()[0]), 9)
+        except OSError:
+            pass
+    return left
+
+
+def lock_is_free(path: Path) -> bool:
+    try:
+        JobLock(path).acquire().release()
+    except Exception:  # noqa: BLE001 - LockHeld: another holder
+        return False
+    return True
+
+
+def visible_ids(out: Path) -> list[str]:
+    """The ids a reader globbing the output's visible Parquet files sees (schedule partitions included)."""
+    files = [p for p in out.rglob("*.parquet") if not any(part.startswith("_") for part in p.relative_to(out).parts)]
+    return pq.read_table([str(p) for p in files]).column("id").to_pylist() if files else []
+
+
+class Job:
+    def __init__(self, folder: Path, model: str, schedule: bool = False) -> None:
+        self.out = folder / "out"
+        self.shard_ids: list[set[str]] = []
+        for k in range(SHARDS):
+            rows = [{"id": f"s{k}-{i}", "text": SENTENCES[(k + i) % len(SENTENCES)]} for i in range(ROWS)]
+            write_jsonl(folder / "in" / f"part-{k}.jsonl", rows)
+            self.shard_ids.append({r["id"] for r in rows})
+        raw = {
+            "input": {"paths": [str(folder / "in")]},
+            "model": {"name": model},
+            "task": {"type": "text-classification"},
+            "batching": {"batch_size": 8},
+            "compute": {"cpus_per_actor": 0.5, "threads_per_actor": 1},
+            "output": {"path": str(self.out)},
+            **({"schedule": {"cron": "0 2 * * *"}} if schedule else {}),
+        }
+        self.path = folder / "job.yaml"
+        self.path.write_text(yaml.safe_dump(raw))
+
+    def cli(self, *args: str, env: dict[str, str] | None = None, lock: str = "_run.lock", group: bool = False
+            ) -> Outcome:
+        """``pipelines ARGS JOB.yaml`` in a session of its own; ``group``: the signal goes to that session's process
+        group (PIPELINES_CRASH_TARGET is the CLI's pid, negated, known to the shell that execs it)."""
+        tag = uuid.uuid4().hex
+        full = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "PROBE_TAG": tag, **(env or {})}
+        full.pop("RAY_ADDRESS", None)
+        command = [sys.executable, "-m", "pipelines", args[0], str(self.path), *args[1:]]
+        if group:
+            command = ["bash", "-c", 'export PIPELINES_CRASH_TARGET=-$$; exec "$@"', "bash", *command]
+        with tempfile.TemporaryFile("w+") as errors:
+            process = subprocess.run(command, cwd=ROOT, env=full, stdout=subprocess.DEVNULL, stderr=errors, text=True,
+                                     start_new_session=True, timeout=300)
+            errors.seek(0)
+            stderr = errors.read()
+        commits = self.out.rglob("_commits/*.json") if self.out.exists() else []
+        return Outcome(
+            returncode=process.returncode, stderr=stderr, leftover=processes_left(tag), commits=len(list(commits)),
+            visible=visible_ids(self.out) if self.out.exists() else [], success=bool(list(self.out.rglob("_SUCCESS"))),
+            lock_free=lock_is_free(self.out / lock),
+        )
+
+    def assert_whole_shards(self, seen: list[str]) -> None:
+        for ids in self.shard_ids:
+            assert ids <= set(seen) or not (ids & set(seen)), "a shard is partly visible"
+
+
+@pytest.fixture(scope="module")
+def terminated(tmp_path_factory, tiny_models):
+    """One output: SIGTERM to the whole process group while the actor predicts (nothing committed yet), then
+    SIGTERM to the driver alone between a commit record and its files, then the same command again."""
+    folder = tmp_path_factory.mktemp("terminated")
+    job = Job(folder, tiny_models("classifier"))
+    group = job.cli("run", env={"PIPELINES_CRASH_AT": "predict:2", "PIPELINES_CRASH_SIGNAL": "TERM",
+                                "PIPELINES_CRASH_ONCE": str(folder / "signalled")}, group=True)
+    assert (folder / "signalled").exists()  # the actor did reach its second call and signal the group
+    driver = job.cli("run", env={"PIPELINES_CRASH_AT": "mid_commit:2", "PIPELINES_CRASH_SIGNAL": "TERM"})
+    return job, group, driver, job.cli("run")
+
+
+def test_sigterm_is_one_line_and_status_143_also_to_the_whole_group(terminated):
+    """Ray's own SIGTERM handler exited 15 with no line of ours; to the whole group, Ray's shutdown at exit
+    aborted the driver (SIGABRT: -6, a core dump where enabled)."""
+    _, group, driver, _ = terminated
+    for run in (group, driver):
+        assert run.returncode == 143, (run.returncode, run.stderr[-1500:])
+        assert run.last_line() == f"terminated: {STOPPED}"
+        assert "Traceback" not in run.stderr
+
+
+def test_a_terminated_run_lets_go_of_its_lock_leaves_no_process_and_resumes_exactly_once(terminated):
+    job, group, driver, resumed = terminated
+    assert group.commits == 0 and driver.commits == 2 and len(driver.visible) == ROWS  # the 2nd not yet in place
+    for run in (group, driver):
+        job.assert_whole_shards(run.visible)
+        assert not run.success and run.lock_free
+        assert run.leftover == []  # the local Ray's processes ended with the driver (none of them signalled)
+    assert resumed.returncode == 0 and resumed.success and resumed.leftover == [], resumed.stderr[-1500:]
+    got = visible_ids(job.out)
+    assert sorted(got) == sorted(set().union(*job.shard_ids)) and len(got) == len(set(got))
+    summary = json.loads((job.out / "_run.json").read_text())
+    assert summary["rows_in"] == summary["rows_out"] == SHARDS * ROWS
+
+
+def test_ctrl_c_stops_schedule_once_with_status_130_and_lets_go_of_its_locks(tmp_path, tiny_models):
+    job = Job(tmp_path, tiny_models("classifier"), schedule=True)
+    run = job.cli("schedule", "--once", env={"PIPELINES_CRASH_AT": "mid_commit:2", "PIPELINES_CRASH_SIGNAL": "INT"},
+                  lock="_schedule.lock")
+    assert run.returncode == 130 and run.last_line() == f"interrupted: {STOPPED}", run.stderr[-1500:]
+    assert run.commits == 2 and not run.success and run.lock_free and run.leftover == []
+    job.assert_whole_shards(run.visible)
