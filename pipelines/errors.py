@@ -31,6 +31,10 @@ class Terminated(BaseException):
     Exception: no ``except Exception`` takes it for a failed run."""
 
 
+#: 128 + SIGTERM: what a shell reports for a process SIGTERM ended, and what the CLI exits with then.
+EXIT_TERMINATED = 143
+
+
 def raise_terminated(signum: int, frame: object) -> None:
     raise Terminated()
 

@@ -156,3 +156,20 @@ def test_submit_wait_exits_75_when_the_job_found_its_output_busy(status, exit_co
         assert last == f"job raysubmit_x: FAILED (Job entrypoint command failed with exit code {exit_code}) {line}"
     else:
         assert last == "job raysubmit_x: SUCCEEDED (Job finished successfully.)"
+
+
+@pytest.mark.parametrize("stop, status", [(KeyboardInterrupt, 130), ("terminated", 143)])
+def test_stopping_logs_follow_says_the_job_keeps_running(monkeypatch, capsys, stop, status):
+    """Ctrl-C (or SIGTERM) while `pipelines logs --follow` prints a cluster job's logs stops the following, not the
+    job: it says so and how to get back to it, as `submit --wait` does (it said a run's 'committed shards are
+    kept' line, about a run on this machine)."""
+    from pipelines.errors import Terminated
+
+    def following(*args, **kwargs):
+        raise Terminated() if stop == "terminated" else stop()
+
+    monkeypatch.setattr(jobs, "logs", following)
+    args = SimpleNamespace(job_id="raysubmit_abc", address="http://127.0.0.1:8265", follow=True, insecure=False)
+    assert cli_cluster._logs(args) == status
+    said = capsys.readouterr().err
+    assert "stopped following raysubmit_abc; it keeps running" in said and "pipelines stop raysubmit_abc" in said

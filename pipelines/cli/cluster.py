@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipelines.errors import PipelineError
+from pipelines.errors import EXIT_TERMINATED, PipelineError, Terminated
 
 if TYPE_CHECKING:
     from pipelines.cluster.jobs import JobReport
@@ -83,15 +83,20 @@ def _submit(args: argparse.Namespace) -> int:
     print(f"submitted {job_id} to {address}; following its logs (Ctrl-C stops following, not the job)", file=sys.stderr)
     try:
         report = jobs.wait(job_id, address, insecure=args.insecure)
-    except KeyboardInterrupt:
-        print(
-            f"stopped following {job_id}; it keeps running. `pipelines logs {job_id} --follow` resumes, "
-            f"`pipelines stop {job_id}` stops it (both with --address {address})",
-            file=sys.stderr,
-        )
-        return 130
+    except (KeyboardInterrupt, Terminated) as stop:
+        return stopped_following(job_id, address, stop)
     print(f"job {report}", file=sys.stderr)
     return wait_exit_status(report)
+
+
+def stopped_following(job_id: str, address: str, stop: BaseException) -> int:
+    """Ctrl-C or SIGTERM while following a cluster job's logs: the job goes on; say so, and how to get back to it."""
+    print(
+        f"stopped following {job_id}; it keeps running. `pipelines logs {job_id} --follow` resumes, "
+        f"`pipelines stop {job_id}` stops it (both with --address {address})",
+        file=sys.stderr,
+    )
+    return 130 if isinstance(stop, KeyboardInterrupt) else EXIT_TERMINATED
 
 
 def wait_exit_status(report: JobReport) -> int:
@@ -127,7 +132,10 @@ def _logs(args: argparse.Namespace) -> int:
 
     address = jobs.resolve_address(args.address)
     if args.follow:
-        jobs.logs(args.job_id, address, follow=True, insecure=args.insecure)  # writes to stdout as the logs come
+        try:
+            jobs.logs(args.job_id, address, follow=True, insecure=args.insecure)  # writes to stdout as logs come
+        except (KeyboardInterrupt, Terminated) as stop:
+            return stopped_following(args.job_id, address, stop)
     else:
         sys.stdout.write(jobs.logs(args.job_id, address, insecure=args.insecure))
     return 0

@@ -18,13 +18,12 @@ from pipelines.cli import cluster as cli_cluster
 from pipelines.cli import plan as cli_plan
 from pipelines.cli import quality as cli_quality
 from pipelines.cli import schedule as cli_schedule
-from pipelines.errors import PipelineError, Terminated, from_ray, raise_terminated
+from pipelines.errors import EXIT_TERMINATED, PipelineError, Terminated, from_ray, raise_terminated
 from pipelines.output.lock import LockHeld
 
 log = logging.getLogger("pipelines")
 
 EXIT_BUSY = 75  # EX_TEMPFAIL: another run holds the output's lock; try again later
-EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
 STOPPED = "committed shards are kept; run the same command again to resume"
 
 
