@@ -201,9 +201,12 @@ class Tally:
     reports: dict[str, list[StagingReport]] = field(default_factory=lambda: defaultdict(list))
     seen: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     covered: dict[str, np.ndarray] = field(default_factory=dict)  # a flag per row of the shard
+    read_as: dict[str, tuple[int, str]] = field(default_factory=dict)  # rows and digest of the shard's first read
+    uris: dict[str, str] = field(default_factory=dict)  # for messages
 
     def add(self, report: StagingReport) -> bool:
         shard = report.shard
+        self._same_read(report)
         rows = np.concatenate([np.arange(s, e) for s, e in report.row_ranges] or [np.zeros(0, np.int64)])
         covered = self.covered.setdefault(shard, np.zeros(max(report.shard_rows, 1), dtype=bool))
         rows = rows[rows >= 0]  # an unreadable file's one record is row -1
@@ -217,6 +220,19 @@ class Tally:
             del self.covered[shard]
             return True
         return False
+
+    def _same_read(self, report: StagingReport) -> None:
+        """Every report of a shard comes from one read of its file: a read task Ray ran again (its output lost
+        with a node) after the file changed would give rows of two versions, or rows past the first one's end."""
+        first = self.read_as.setdefault(report.shard, (report.shard_rows, report.digest))
+        rows, digest = first
+        if report.shard_rows != rows or (digest and report.digest and report.digest != digest):
+            uri = self.uris.get(report.shard, report.shard)
+            raise PipelineError(
+                f"input {uri} changed while this run read it: two reads of it differ ({rows} rows, bytes "
+                f"{digest or '?'}; then {report.shard_rows} rows, bytes {report.digest or '?'}); nothing of it was "
+                "committed. Run the same command again to score it as it is now"
+            )
 
 
 @one_line_ray_errors
@@ -490,7 +506,7 @@ def execute(
     """
     timeline = timeline if timeline is not None else {}
     by_key = {s.key: s for s in pending}
-    tally = Tally()
+    tally = Tally(uris={s.key: s.uri for s in pending})
     done: dict[str, CommitRecord] = {}
     failed: list[UnreadableShard] = []
     columns = replace(columns_of(spec), keep_types=tuple(decode_types(job.column_types or "").items()))

@@ -121,6 +121,19 @@ def test_a_block_that_comes_back_twice_is_left_out():
     assert tally.add(rest) is True
 
 
+@pytest.mark.parametrize("then", [dict(shard_rows=9, digest="a1"), dict(shard_rows=6, digest="b2")])
+def test_a_shard_read_again_after_its_file_changed_is_not_committed_from_two_versions(then):
+    """A read task Ray runs again (its output lost with a node) reads the file as it is then: rows of another
+    version, or past the first read's end (an IndexError here before), must not be committed with the first
+    read's rows."""
+    tally = Tally(uris={"k": "s3://bucket/in/part-0.jsonl"})
+    assert tally.add(StagingReport(shard="k", shard_rows=6, rows=3, errors=0, row_ranges=[(0, 3)], digest="a1")) is False
+    with pytest.raises(PipelineError, match=r"input s3://bucket/in/part-0.jsonl changed while this run read it: two "
+                                            r"reads of it differ \(6 rows, bytes a1; then .*nothing of it was committed"):
+        tally.add(StagingReport(shard="k", rows=3, errors=0, row_ranges=[(3, 6)] if then["shard_rows"] == 6
+                                else [(3, 9)], **then))
+
+
 def test_dynamic_int8_stays_close_to_float32(tiny_models):
     texts = SENTENCES * 3
     full = Predictor(make_spec(tiny_models("encoder"), {"type": "feature-extraction"}))
