@@ -468,6 +468,25 @@ def test_a_model_saved_again_in_its_folder_is_not_resumed_into_the_output_the_ea
     assert json.loads((tmp_path / "out" / "_job.json").read_text())["model_files"]["content"] == earlier
 
 
+def test_a_model_folder_that_cant_be_read_is_said_as_the_models_not_the_outputs(tmp_path, monkeypatch):
+    """The model's files are read on the driver to tell which model scores the output; a refusal there is the
+    model folder's (a run said `output.path …: cannot write or delete there`, its OSError met under the output's
+    error handling)."""
+    from pipelines.inference import identity
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model.safetensors").write_bytes(b"weights")
+
+    def refused(folder):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(identity, "directory_hash", refused)
+    spec = spec_of(write_job(tmp_path, str(tmp_path / "model"), tmp_path / "in"))
+    with pytest.raises(PipelineError, match=rf"model.name {tmp_path / 'model'}: cannot read the files of .*"
+                                            r"\(Permission denied\)"):
+        identity.model_files(spec.model)
+
+
 @pytest.fixture(scope="module")
 def overwritten(ray_session, tiny_models, tmp_path_factory):
     """A finished output, with entries of its users' beside the project's own, run again with overwrite while a

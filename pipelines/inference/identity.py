@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from pipelines.errors import PipelineError
 from pipelines.inference.aliases import resolve_name
 from pipelines.spec import ModelSpec
 
@@ -29,10 +30,16 @@ def model_files(spec: ModelSpec, known: dict[str, str] | None = None) -> dict[st
     source = resolve_name(spec)
     if Path(source).is_dir():
         folder = Path(source)
-        files = files_key(folder)
-        if known and known.get("files") == files and known.get("content"):
-            return {"files": files, "content": known["content"]}
-        return {"files": files, "content": directory_hash(folder)}
+        try:
+            files = files_key(folder)
+            if known and known.get("files") == files and known.get("content"):
+                return {"files": files, "content": known["content"]}
+            return {"files": files, "content": directory_hash(folder)}
+        except OSError as exc:  # not the output's: said as the model folder's
+            raise PipelineError(
+                f"model.name {spec.name}: cannot read the files of {folder} ({exc.strerror or exc}); this process "
+                "must be able to read every file of a model folder (fix their permissions)"
+            ) from None
     commit = cached_commit(source, spec.revision)
     return {"commit": commit} if commit else None
 
