@@ -10,8 +10,8 @@ actor carries on. Unset in normal use; it exists so tests can prove that a
 crash at any of these moments is resumed exactly once.
 
 ``PIPELINES_CRASH_SIGNAL=TERM|INT|KILL`` (test-only; default KILL) sends that signal instead, as a task timeout,
-``kill`` or Ctrl-C would; ``PIPELINES_CRASH_TARGET`` sends it to another process (a pid) or to this process's
-group (``group``) instead of this process (an actor's ``predict`` point can so signal the driver).
+``kill`` or Ctrl-C would; ``PIPELINES_CRASH_TARGET=<pid>`` sends it to that process instead of this one, or with a
+negative pid to that process group (so an actor's ``predict`` point can signal the driver, or the driver's group).
 
 ``PIPELINES_WRITE_FAILS_AT=<point>:<n>[:<errno name>]`` makes the n-th write at ``point`` fail as a full disk
 does (``OSError`` ENOSPC, or the errno named: ``EDQUOT``), after its bytes went to the temporary file. Points
@@ -46,11 +46,8 @@ def checkpoint(point: str) -> None:
         except FileExistsError:
             return
     sig = getattr(signal, "SIG" + os.environ.get("PIPELINES_CRASH_SIGNAL", "KILL").upper())
-    target = os.environ.get("PIPELINES_CRASH_TARGET", "")
-    if target == "group":
-        os.killpg(os.getpgid(0), sig)
-    else:
-        os.kill(int(target) if target else os.getpid(), sig)
+    target = os.environ.get("PIPELINES_CRASH_TARGET")
+    os.kill(int(target) if target else os.getpid(), sig)
 
 
 def write_fails(point: str) -> None:

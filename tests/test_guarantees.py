@@ -468,6 +468,25 @@ def test_a_model_saved_again_in_its_folder_is_not_resumed_into_the_output_the_ea
     assert json.loads((tmp_path / "out" / "_job.json").read_text())["model_files"]["content"] == earlier
 
 
+def test_a_model_folders_content_is_read_once_per_process_while_its_files_stay_the_same(tmp_path, monkeypatch):
+    """A run's record, the scheduler's lineage and quantization: auto's kept decision each ask which files the
+    model is: a model of many GB is read once, and again only once a file was written."""
+    from pipelines.inference import identity
+    from pipelines.schedule.lineage import model_lineage
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model.safetensors").write_bytes(b"weights")
+    reads = []
+    content = identity._content_hash
+    monkeypatch.setattr(identity, "_content_hash", lambda folder: reads.append(folder) or content(folder))
+    spec = spec_of(write_job(tmp_path, str(tmp_path / "model"), tmp_path / "in"))
+    first = identity.model_files(spec.model)
+    assert model_lineage(spec.model)["content_hash"] == first["content"] == identity.model_files(spec.model)["content"]
+    assert len(reads) == 1
+    (tmp_path / "model" / "model.safetensors").write_bytes(b"trained")
+    assert identity.model_files(spec.model)["content"] != first["content"] and len(reads) == 2
+
+
 def test_a_model_folder_that_cant_be_read_is_said_as_the_models_not_the_outputs(tmp_path, monkeypatch):
     """The model's files are read on the driver to tell which model scores the output; a refusal there is the
     model folder's (a run said `output.path …: cannot write or delete there`, its OSError met under the output's

@@ -71,8 +71,21 @@ def files_key(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+#: Content hashes taken in this process, by folder and :func:`files_key`: a run's record, the scheduler's lineage and
+#: ``quantization: auto``'s kept decision each ask for the same folder's, and a model of many GB takes seconds.
+_hashed: dict[tuple[str, str], str] = {}
+
+
 def directory_hash(folder: Path) -> str:
-    """sha256 over every file's relative path and content (hidden files and folders left out)."""
+    """sha256 over every file's relative path and content (hidden files and folders left out); read once per
+    process while the files' names, sizes and times stay the same."""
+    key = (str(folder), files_key(folder))
+    if key not in _hashed:
+        _hashed[key] = _content_hash(folder)
+    return _hashed[key]
+
+
+def _content_hash(folder: Path) -> str:
     digest = hashlib.sha256()
     for relative, path in _files(folder):
         digest.update(relative.encode() + b"\0")

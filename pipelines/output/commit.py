@@ -231,10 +231,9 @@ class OutputDir:
                 self.forget(record)
 
     def clean(self) -> None:
-        """Delete staging files and the summary of an earlier run: they are rebuilt by this one."""
+        """Delete what earlier runs left staged (``start`` has taken ``_SUCCESS`` and ``_run.json`` away already)."""
         self.check_lock()
         layout.delete(self.fs, self.fs.get_file_info(f"{self.root}/{STAGING}"))
-        self.unfinish()
 
     def unfinish(self) -> None:
         """Delete ``_SUCCESS`` (first) and ``_run.json``: the output is no longer a finished one."""
