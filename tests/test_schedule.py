@@ -269,6 +269,29 @@ def test_the_loop_wakes_at_each_tick_on_a_simulated_clock(tmp_path, policy):
     assert runner.calls[-1]["output"].endswith("out/run=2026-11-30T02:00:00Z")
 
 
+def test_a_scheduler_that_lost_its_lock_moves_no_output(tmp_path):
+    """README (One run at a time per output): a scheduled job checks its lock before each move to or from
+    _superseded/ and before finishing a partition's commits; one whose lease was taken over moves nothing."""
+    from pipelines.schedule.executor import ScheduledJob
+    from pipelines.schedule.planner import Retirement
+
+    spec = make_job(tmp_path, fake_model(tmp_path))
+    run = "2026-11-28T02:00:00Z"
+    part = tmp_path / "out" / f"run={run}" / "part-a-00000.parquet"
+    write_parquet(part, [{"id": "a0", "label": "x"}])
+    job = ScheduledJob(spec, None, NoRay())
+
+    def lost() -> None:
+        raise PipelineError("the lock … was taken over by another run")
+
+    job.guard(lost)
+    for step in (lambda: job.retire(Retirement(run)), lambda: job.retire(Retirement(run, "a")), job.reconcile,
+                 lambda: job.restore_shard(run, "a")):
+        with pytest.raises(PipelineError, match="taken over"):
+            step()
+    assert part.is_file() and not (tmp_path / "out" / "_superseded").exists()
+
+
 def test_a_terminated_loop_stops_at_once_and_leaves_the_local_ray_to_the_exit(tmp_path, monkeypatch):
     """SIGTERM in the middle of a tick (Terminated, raised by the CLI's handler) is not one more failed run to log
     and go on from: the loop stops. Nor does it shut the tick's local Ray down on the way out: where the signal went
