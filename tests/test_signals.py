@@ -166,7 +166,10 @@ def test_a_terminated_run_lets_go_of_its_lock_leaves_no_process_and_resumes_exac
     for run in (group, driver):
         job.assert_whole_shards(run.visible)
         assert not run.success and run.lock_free
-        assert run.leftover == []  # the local Ray's processes ended with the driver (none of them signalled)
+    assert group.leftover == []  # the signal reached the local Ray's processes too
+    # SIGTERM to the driver alone: Ray's processes end with it, but for its dashboard and runtime-env agents, which
+    # end on their own once they find their raylet gone (about a minute here: README, "Stopped by a signal")
+    assert [p for p in driver.leftover if "DashboardAgent" not in p and "RuntimeEnvAgent" not in p] == []
     assert resumed.returncode == 0 and resumed.success and resumed.leftover == [], resumed.stderr[-1500:]
     got = visible_ids(job.out)
     assert sorted(got) == sorted(set().union(*job.shard_ids)) and len(got) == len(set(got))
