@@ -70,14 +70,16 @@ def _tick(spec: JobSpec, shards: list[Shard], rows: dict[str, int]) -> OutputPla
     decision = Decision("run", datetime.now(UTC).replace(microsecond=0))
     todo: dict[str, Shard] = {}
     unfinished = history.unfinished()
+    held = job.unfinished_commits()
     for entry in unfinished:
         assert entry.run is not None
         partition = job.partition_state(entry.run)
-        resume = job.planner(history.first_attempt(entry.run).model or {}).resume(entry.run, decision, partition)
+        planner = job.planner(history.first_attempt(entry.run).model or {})
+        resume = planner.resume(entry.run, decision, partition, held)
         for shard in resume.shards:
             if resume.overwrite or partition.committed.get(shard.key) != (shard.size, shard.mtime_ns):
                 todo[shard.key] = shard
-    work = job.planner({}).new_work(decision, False, job.unfinished_commits())
+    work = job.planner({}).new_work(decision, False, held)
     if isinstance(work, RunPlan):
         todo.update({s.key: s for s in work.shards})
     scored = history.scored()

@@ -254,7 +254,8 @@ class ScheduledJob:
         if not rescore:
             for unfinished in history.unfinished():
                 assert unfinished.run is not None
-                plan = self.planner(lineage).resume(unfinished.run, decision, self.partition_state(unfinished.run))
+                plan = self.planner(lineage).resume(unfinished.run, decision, self.partition_state(unfinished.run),
+                                                    self.unfinished_commits())
                 self.attempt_reporting(plan, report)
         if prune:
             report.entries.append(self.prune(decision, lineage))

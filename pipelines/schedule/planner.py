@@ -72,11 +72,16 @@ class Planner:
         self.spec_hash = spec_hash
         self.prediction_prefix = prediction_prefix  # to read the hashes of ledger lines written before it counted
 
-    def resume(self, run: str, decision: Decision, partition: PartitionState) -> RunPlan:
+    def resume(
+        self, run: str, decision: Decision, partition: PartitionState, held: dict[str, HeldCommit] | None = None
+    ) -> RunPlan:
         """Finish an unfinished run: its committed shards stay, the rest of its planned shards are scored.
 
-        A run started with another model or spec is redone whole with the current one.
+        A run started with another model or spec is redone whole with the current one: its partition is cleared,
+        so a shard a later unfinished run took over but has not committed yet (``held``: shard key → the newest
+        unfinished run that committed it) is scored again here, to keep an output until that run replaces it.
         """
+        held = held or {}
         plan = self.history.first_attempt(run)
         overwrite = (partition.spec_hash is not None and partition.spec_hash != self.spec_hash) or not same_model(
             plan.model, self.lineage
@@ -86,7 +91,10 @@ class Planner:
             warnings.append(f"run {run} was started with another model or spec: redoing it whole with the current one")
         current = {s.key: s for s in self.shards}
         later = {key for key, (_, by) in self.history.scored().items() if by > run}
-        later |= self.history.taken_over(run)  # a later run scores its newer version, finished or not
+        taken = self.history.taken_over(run)  # a later run scores its newer version, finished or not
+        if overwrite:  # this partition is cleared: only what a later run has committed is that run's already
+            taken = {key for key in taken if key in held and held[key].run > run}
+        later |= taken
         shards = []
         for item in plan.inputs or []:
             shard = current.get(item.key)
