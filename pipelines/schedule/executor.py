@@ -128,8 +128,13 @@ def run_due(
         runner = run_job
     job = ScheduledJob(spec, address, runner)
     job.check_layout()
-    stores.check_writable(job.fs, job.root, spec.output.path, SCRATCH)  # an object store: before any work
-    with job_lock(spec) as lock:
+    lock = job_lock(spec)
+    busy_or_left = lock.present()  # a lock object there: contended for first, so a busy job writes nothing
+    if not busy_or_left:
+        stores.check_writable(job.fs, job.root, spec.output.path, SCRATCH)  # an object store: before any work
+    with lock:
+        if busy_or_left:
+            stores.check_writable(job.fs, job.root, spec.output.path, SCRATCH)
         job.guard(lock.check)  # a scheduler whose lease was taken over writes no more ledger lines, moves no output
         try:
             with layout.writing(spec.output.path):  # a full disk under the ledger or a partition: one line
