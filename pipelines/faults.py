@@ -4,9 +4,10 @@
 n-th time it reaches ``point``. Driver points: ``before_commit``, ``mid_commit``
 (commit record written, files not yet moved into place), ``mid_reveal`` (on an object
 store: a staged file copied into place, its staged copy not yet deleted), ``after_commit``,
-``before_summary``; actor point: ``predict`` (each predictor call). With ``PIPELINES_CRASH_ONCE=<file>``
-only the first process to get there dies (it creates the file), so a restarted
-actor carries on. Unset in normal use; it exists so tests can prove that a
+``before_summary``, ``exit`` (the CLI has said how the command ended; Ray's shutdown at exit follows); actor point:
+``predict`` (each predictor call). Several points, comma-separated, each signal once (``mid_commit:2,exit``).
+With ``PIPELINES_CRASH_ONCE=<file>`` only the first process to get there dies (it creates the file), so a
+restarted actor carries on. Unset in normal use; it exists so tests can prove that a
 crash at any of these moments is resumed exactly once.
 
 ``PIPELINES_CRASH_SIGNAL=TERM|INT|KILL`` (test-only; default KILL) sends that signal instead, as a task timeout,
@@ -33,11 +34,11 @@ def checkpoint(point: str) -> None:
     wanted = os.environ.get("PIPELINES_CRASH_AT")
     if not wanted:
         return
-    name, _, count = wanted.partition(":")
-    if name != point:
+    counts = dict(item.partition(":")[::2] for item in wanted.split(","))  # point → n ("" for 1)
+    if point not in counts:
         return
     _reached[point] += 1
-    if _reached[point] < int(count or 1):
+    if _reached[point] < int(counts[point] or 1):
         return
     once = os.environ.get("PIPELINES_CRASH_ONCE")
     if once:

@@ -19,6 +19,7 @@ from pipelines.cli import plan as cli_plan
 from pipelines.cli import quality as cli_quality
 from pipelines.cli import schedule as cli_schedule
 from pipelines.errors import EXIT_TERMINATED, PipelineError, Terminated, from_ray, raise_terminated
+from pipelines.faults import checkpoint
 from pipelines.output.lock import LockHeld
 
 log = logging.getLogger("pipelines")
@@ -88,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"terminated: {STOPPED}", file=sys.stderr)
         exit_at_once(EXIT_TERMINATED)
         raise  # not reached
+    finally:
+        checkpoint("exit")
 
 
 def exit_at_once(status: int) -> None:
