@@ -185,9 +185,12 @@ def test_a_terminated_run_lets_go_of_its_lock_leaves_no_process_and_resumes_exac
 
 
 def test_ctrl_c_stops_schedule_once_with_status_130_and_lets_go_of_its_locks(tmp_path, tiny_models):
+    """Then a second Ctrl-C, pressed while Ray shuts down at exit, as impatient users do: it raised KeyboardInterrupt
+    inside Ray's shutdown, whose traceback came after the command's line."""
     job = Job(tmp_path, tiny_models("classifier"), schedule=True)
-    run = job.cli("schedule", "--once", env={"PIPELINES_CRASH_AT": "mid_commit:2", "PIPELINES_CRASH_SIGNAL": "INT"},
+    run = job.cli("schedule", "--once", env={"PIPELINES_CRASH_AT": "mid_commit:2,exit", "PIPELINES_CRASH_SIGNAL": "INT"},
                   lock="_schedule.lock")
+    assert "Traceback" not in run.stderr, run.stderr[-1500:]
     assert run.returncode == 130 and run.last_line() == f"interrupted: {STOPPED}", run.stderr[-1500:]
     assert run.commits == 2 and not run.success and run.lock_free and run.leftover == []
     job.assert_whole_shards(run.visible)

@@ -90,7 +90,17 @@ def main(argv: list[str] | None = None) -> int:
         exit_at_once(EXIT_TERMINATED)
         raise  # not reached
     finally:
+        if argv is None:  # the program itself (tests call main(ARGS) in their own process)
+            leave_at_once_on_a_signal()
         checkpoint("exit")
+
+
+def leave_at_once_on_a_signal() -> None:
+    """The command has said how it ended; what is left is Ray's shutdown at exit (a second or two for a local Ray).
+    A Ctrl-C or SIGTERM then ends the process at once, quietly, with the status of that signal: a second Ctrl-C
+    raised KeyboardInterrupt inside Ray's shutdown, a traceback after the command's last line."""
+    signal.signal(signal.SIGINT, lambda *_: exit_at_once(130))
+    signal.signal(signal.SIGTERM, lambda *_: exit_at_once(EXIT_TERMINATED))
 
 
 def exit_at_once(status: int) -> None:
