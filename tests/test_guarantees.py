@@ -702,6 +702,33 @@ def test_a_run_that_meets_another_runs_overwrite_half_done_is_refused_as_busy(ti
     assert (tmp_path / "out" / "_run.lock").read_text() == ""  # as the holder's release left it
 
 
+def test_a_run_is_not_refused_as_busy_by_another_runs_instant_look_at_the_lock(tmp_path, monkeypatch):
+    """A run that finds the output being written asks whether another run holds the lock, taking a shared lock for an
+    instant; a run taking the lock at that instant was refused as busy (LockHeld, with no holder to name)."""
+    import fcntl
+
+    import pipelines.output.lock as lock_module
+
+    path = tmp_path / "out" / "_run.lock"
+    JobLock(path, "an earlier run").acquire().release()  # the file stays, as after a run
+    looking = open(path)  # noqa: SIM115 - the other run's look, held for its instant
+    fcntl.flock(looking.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+    waits = []
+
+    def look_ends(seconds):  # the instant passes while the run waits
+        waits.append(seconds)
+        looking.close()
+
+    monkeypatch.setattr(lock_module.time, "sleep", look_ends)
+    JobLock(path, "the output").acquire().release()
+    assert len(waits) == 1 and waits[0] < 0.1
+    with JobLock(path, "a run in progress"):  # a holder that stays is still refused, after a few tries
+        monkeypatch.setattr(lock_module.time, "sleep", lambda seconds: waits.append(seconds))
+        with pytest.raises(LockHeld, match="a run in progress|another run"):
+            JobLock(path, "the output").acquire()
+    assert sum(waits[1:]) < 1  # short tries: no wait a user would notice
+
+
 def test_a_lock_taken_before_ray_starts_is_released_when_the_start_fails(tiny_models, tmp_path, monkeypatch):
     """An earlier run's (free) lock file is taken before Ray starts; a start that fails gives it back."""
     import pipelines.cluster.connect

@@ -37,6 +37,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+# A run that asks whether another holds the lock (held_elsewhere) takes a shared lock for an instant; a run taking
+# the lock then tries a few times before it calls the output busy.
+LOOK_TRIES, LOOK_WAIT_S = 5, 0.02
+
+
 class LockHeld(PipelineError):
     """Another run of the same job holds the lock; try again later."""
 
@@ -56,12 +61,17 @@ class JobLock:
     def acquire(self) -> JobLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(self.path, "a+")  # noqa: SIM115 - held open for as long as the lock is
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            refusal = self._held(handle)
-            handle.close()
-            raise refusal from None
+        for attempt in range(LOOK_TRIES):
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt + 1 < LOOK_TRIES:  # perhaps another run's look (held_elsewhere) for an instant
+                    time.sleep(LOOK_WAIT_S)
+                    continue
+                refusal = self._held(handle)
+                handle.close()
+                raise refusal from None
         previous = _read_holder(handle)
         if previous:
             log.warning("recovered the lock of %s left by a run that ended without releasing it (%s)",
