@@ -17,6 +17,7 @@ from pipelines.io.reader import Columns, read_shard
 from pipelines.io.reader import count_rows as reader_count_rows
 from pipelines.io.shards import list_shards
 from pipelines.output.commit import OutputDir
+from pipelines.output.lock import JobLock
 from pipelines.planning.build import build_plan
 from pipelines.planning.inputs import actor_batches, count_rows, read_blocks
 from pipelines.planning.records import Plan
@@ -112,6 +113,10 @@ def test_plan_says_what_a_run_would_do_with_the_output_as_it_is(ray_session, tin
     assert half.output is not None and half.output.state == "resume"
     assert (half.output.shards_done, half.output.rows_done, half.output.shards_todo, half.output.rows_todo) == (1, 2, 2, 7)
     assert "1 of 3 shard(s) committed (2 rows): a run resumes with the other 2 shard(s), 7 rows" in render(half)
+    with JobLock(tmp_path / "out" / "_run.lock", "the output"):  # another run is at work (an --overwrite, say)
+        busy = build_plan(spec, "job", sample=100, cpus=2).output
+    assert busy is not None and busy.state == "refused" and "in progress" in busy.note, busy
+    assert "as it is now: 1 of 3 shard(s) committed" in busy.note
     assert run_job(spec).shards_this_run == 2  # what the plan said
     done = build_plan(spec, "job", sample=100, cpus=2)
     assert done.output is not None and (done.output.state, done.output.rows_todo) == ("up to date", 0)

@@ -19,12 +19,26 @@ def output_plan(spec: JobSpec, shards: list[Shard], inputs: InputPlan) -> Output
     """The output as a run without ``--overwrite`` finds it; ``inputs`` counts ``shards``' rows, in their order."""
     rows = {s.key: c.rows for s, c in zip(shards, inputs.shards, strict=True)}
     try:
-        if spec.schedule is not None:
-            return _tick(spec, shards, rows)
-        return _run(spec, shards, rows)
+        plan = _tick(spec, shards, rows) if spec.schedule is not None else _run(spec, shards, rows)
+        busy = _busy(spec)
     except (PipelineError, OSError) as exc:
         return OutputPlan(path=spec.output.path, state="refused", shards_done=0, rows_done=0,
                           shards_todo=len(shards), rows_todo=inputs.rows, note=str(exc))
+    if busy is None:
+        return plan
+    return plan.model_copy(update={  # what is committed now, which that run changes meanwhile (or clears)
+        "state": "refused", "note": f"{busy} (as it is now: {plan.note})",
+    })
+
+
+def _busy(spec: JobSpec) -> PipelineError | None:
+    """The refusal a run started now would meet because another run (a scheduler) holds the output's lock."""
+    from pipelines.output.layout import LOCK, RUN_LOCK
+    from pipelines.output.lock import output_lock
+
+    if spec.schedule is not None:
+        return output_lock(spec.output.path, LOCK, f"job {spec.name or spec.output.path}").held_elsewhere()
+    return output_lock(spec.output.path, RUN_LOCK, f"the output {spec.output.path}").held_elsewhere()
 
 
 def _run(spec: JobSpec, shards: list[Shard], rows: dict[str, int]) -> OutputPlan:
