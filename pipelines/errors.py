@@ -52,6 +52,44 @@ def keeping_sigterm() -> Iterator[None]:
             signal.signal(signal.SIGTERM, raise_terminated)
 
 
+#: What the CLI does at once on SIGTERM where a local Ray runs in this process (see :func:`watch_sigterm`).
+_sigterm_act: Callable[[], None] | None = None
+_sigterm_watched = False
+
+
+def act_on_sigterm(act: Callable[[], None]) -> None:
+    """The CLI's way out on SIGTERM (let go of the locks, say so, exit), for :func:`watch_sigterm` to run."""
+    global _sigterm_act
+    _sigterm_act = act
+
+
+def watch_sigterm() -> None:
+    """Run the CLI's way out on a thread of its own as soon as SIGTERM arrives, beside the main thread's Terminated.
+
+    Where this process started a local Ray, a SIGTERM to the whole process group (Airflow's killpg, ``systemctl
+    stop``) reaches Ray's processes too, and Ray's core worker ends this process (exit 1, not a word of ours) once
+    its raylet is gone ("The connection to the plasma store is failed. Terminate the process."), often before the
+    main thread gets to raise Terminated. The signal's byte on :func:`signal.set_wakeup_fd` wakes this thread at
+    once. Once per process, from the main thread, and only where the CLI set a way out (not in tests' processes)."""
+    global _sigterm_watched
+    act = _sigterm_act
+    if act is None or _sigterm_watched or threading.current_thread() is not threading.main_thread():
+        return
+    import os
+
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+    _sigterm_watched = True
+
+    def watch() -> None:
+        while True:
+            if signal.SIGTERM in os.read(read, 64):
+                act()
+
+    threading.Thread(target=watch, name="sigterm", daemon=True).start()
+
+
 def first_line(exc: BaseException) -> str:
     """An exception's message as a one-line error quotes it: its first line, else the exception's type."""
     text = str(exc).strip()

@@ -12,15 +12,23 @@ import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from pipelines.cli import cluster as cli_cluster
 from pipelines.cli import plan as cli_plan
 from pipelines.cli import quality as cli_quality
 from pipelines.cli import schedule as cli_schedule
-from pipelines.errors import EXIT_TERMINATED, PipelineError, Terminated, from_ray, raise_terminated
+from pipelines.errors import (
+    EXIT_TERMINATED,
+    PipelineError,
+    Terminated,
+    act_on_sigterm,
+    from_ray,
+    raise_terminated,
+)
 from pipelines.faults import checkpoint
-from pipelines.output.lock import LockHeld
+from pipelines.output.lock import LockHeld, release_held
 
 log = logging.getLogger("pipelines")
 
@@ -73,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     signal.signal(signal.SIGTERM, raise_terminated)  # kept across ray.init (see errors.keeping_sigterm)
+    if argv is None:  # the program itself (tests call main(ARGS) in their own process)
+        act_on_sigterm(end_terminated)  # at once, where a local Ray could end this process first
     try:
         handler = getattr(args, "handler", None) or COMMANDS[args.command]
         return handler(args)
@@ -86,21 +96,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted: {STOPPED}", file=sys.stderr)
         return 130
     except Terminated:
-        print(f"terminated: {STOPPED}", file=sys.stderr)
-        exit_at_once(EXIT_TERMINATED)
+        end_terminated()
         raise  # not reached
     finally:
         if argv is None:  # the program itself (tests call main(ARGS) in their own process)
-            leave_at_once_on_a_signal()
+            quiet_after_the_end()
         checkpoint("exit")
 
 
-def leave_at_once_on_a_signal() -> None:
-    """The command has said how it ended; what is left is Ray's shutdown at exit (a second or two for a local Ray).
-    A Ctrl-C or SIGTERM then ends the process at once, quietly, with the status of that signal: a second Ctrl-C
-    raised KeyboardInterrupt inside Ray's shutdown, a traceback after the command's last line."""
-    signal.signal(signal.SIGINT, lambda *_: exit_at_once(130))
+def quiet_after_the_end() -> None:
+    """The command has said how it ended; what is left is Ray's shutdown at exit (a second or two for a local Ray),
+    which a second Ctrl-C interrupted with a traceback after the command's last line, leaving Ray's processes behind.
+    Ctrl-C is now ignored while it runs; a SIGTERM ends the process at once, quietly, with status 143."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: exit_at_once(EXIT_TERMINATED))
+
+
+_ENDING = threading.Lock()
+
+
+def end_terminated() -> None:
+    """SIGTERM's way out, from the main thread (Terminated) or the watching thread (errors.watch_sigterm), whichever
+    comes first (the other waits here for the exit): let go of the locks, say so in one line, exit 143."""
+    _ENDING.acquire()
+    release_held()
+    print(f"terminated: {STOPPED}", file=sys.stderr)
+    exit_at_once(EXIT_TERMINATED)
 
 
 def exit_at_once(status: int) -> None:

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.cluster.auth import TOKEN_HELP, enable_token_auth_if_available, find_token
-from pipelines.errors import PipelineError, first_line, keeping_sigterm
+from pipelines.errors import PipelineError, first_line, keeping_sigterm, watch_sigterm
 from pipelines.spec import MODEL_ALIASES, ComputeSpec, JobSpec
 
 log = logging.getLogger(__name__)
@@ -338,6 +338,7 @@ def start_local() -> None:
     try:
         with keeping_sigterm():
             ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+        watch_sigterm()  # a SIGTERM to the group ends this Ray's processes, and Ray then ends this one (see there)
     except Exception as exc:  # noqa: BLE001 - Ray raises bare Exceptions and OSErrors while starting
         try:
             ray.shutdown()  # whatever did start

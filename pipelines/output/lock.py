@@ -42,6 +42,20 @@ log = logging.getLogger(__name__)
 LOOK_TRIES, LOOK_WAIT_S = 5, 0.02
 
 
+#: The locks this process holds, so that a SIGTERM can let go of them from another thread (see release_held).
+HELD: set[JobLock | ObjectLock] = set()
+
+
+def release_held() -> None:
+    """Let go of every lock this process holds, from any thread: the CLI's way out on SIGTERM, where Ray's core worker
+    may end the process before the main thread unwinds (see pipelines.errors.watch_sigterm)."""
+    for lock in list(HELD):
+        try:
+            lock.release()
+        except Exception:  # noqa: BLE001 - on the way out: a lock left behind is taken over by the next run
+            log.debug("could not release %s on the way out", lock, exc_info=True)
+
+
 class LockHeld(PipelineError):
     """Another run of the same job holds the lock; try again later."""
 
@@ -81,6 +95,7 @@ class JobLock:
         handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}))
         handle.flush()
         self._file = handle
+        HELD.add(self)
         return self
 
     def held_elsewhere(self) -> LockHeld | None:
@@ -110,6 +125,7 @@ class JobLock:
 
     def release(self) -> None:
         """Empty the file (a clean end) and drop the lock. The file stays: unlinking it would race."""
+        HELD.discard(self)
         if self._file is None:
             return
         self._file.seek(0)

@@ -45,7 +45,7 @@ from typing import Any
 
 from pipelines.errors import PipelineError, first_line
 from pipelines.io import stores
-from pipelines.output.lock import LockHeld, describe_holder
+from pipelines.output.lock import HELD, LockHeld, describe_holder
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +186,7 @@ class ObjectLock:
             raise self._failure("could not be taken", exc) from None
         self._thread = threading.Thread(target=self._beat, name=f"lease {self.uri}", daemon=True)
         self._thread.start()
+        HELD.add(self)
         return self
 
     def _take(self) -> None:
@@ -298,6 +299,7 @@ class ObjectLock:
 
     def release(self) -> None:
         """Stop renewing and delete the lock object, if it is still this holder's."""
+        HELD.discard(self)
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
