@@ -530,15 +530,19 @@ def test_a_lost_lock_runs_start_cannot_drop_a_shard_the_new_holder_commits(s3_se
 # README, One run at a time per output: "a second run on the same output exits with status 75 (busy: ...) before
 # it writes anything to the output". On S3 run_job probed the output with a write (stores.check_writable: an object
 # _staging/.write-check-<uuid>, then its delete) before it asked for the lock, also when the lock was held.
-def test_a_busy_s3_output_is_refused_before_the_second_run_writes_to_it(s3_server, monkeypatch, tmp_path):
+@pytest.mark.parametrize("command", ["run", "schedule"])  # schedule: its probe came before its lock too
+def test_a_busy_s3_output_is_refused_before_the_second_run_writes_to_it(s3_server, monkeypatch, tmp_path, command):
     import pipelines.runner
+    from pipelines.schedule.executor import run_due
 
     use_s3(monkeypatch, s3_server)
     write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": "a0", "text": SENTENCES[0]}])
     (tmp_path / "model").mkdir()
+    path = f"s3://{OUT}/probe-busy-{command}"
     spec = spec_from_dict({
         "input": {"paths": [str(tmp_path / "in")]}, "model": {"name": str(tmp_path / "model")},
-        "task": {"type": "text-classification"}, "output": {"path": f"s3://{OUT}/probe-busy"},
+        "task": {"type": "text-classification"}, "output": {"path": path},
+        **({"schedule": {"cron": "0 2 * * *"}} if command == "schedule" else {}),
     })
     monkeypatch.setattr(pipelines.runner, "preflight", lambda spec: None)  # the model is not the point here
     written: list[str] = []
@@ -549,36 +553,14 @@ def test_a_busy_s3_output_is_refused_before_the_second_run_writes_to_it(s3_serve
         probe(fs, root, location, scratch, role)
 
     monkeypatch.setattr(stores, "check_writable", recording)
-    with output_lock(f"s3://{OUT}/probe-busy", "_run.lock", "the output"):  # the first run, in progress
+    with output_lock(path, "_run.lock" if command == "run" else "_schedule.lock", "the first run, in progress"):
         with pytest.raises(LockHeld):
-            pipelines.runner.run_job(spec)
-    assert written == [], f"the busy run wrote to the output before it was refused: {written}"
+            if command == "run":
+                pipelines.runner.run_job(spec)
+            else:
+                run_due(spec, runner=lambda *args, **kwargs: pytest.fail("a busy job scores nothing"))
+    assert written == [], f"the busy {command} wrote to the output before it was refused: {written}"
 
-
-def test_a_busy_scheduled_s3_output_is_refused_before_the_second_scheduler_writes_to_it(s3_server, monkeypatch, tmp_path):
-    """The scheduler probed the output with a write before it contended for its lock, as run_job once did."""
-    from pipelines.schedule.executor import run_due
-
-    use_s3(monkeypatch, s3_server)
-    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": "a0", "text": SENTENCES[0]}])
-    (tmp_path / "model").mkdir()
-    spec = spec_from_dict({
-        "input": {"paths": [str(tmp_path / "in")]}, "model": {"name": str(tmp_path / "model")},
-        "task": {"type": "text-classification"}, "output": {"path": f"s3://{OUT}/probe-busy-schedule"},
-        "schedule": {"cron": "0 2 * * *"},
-    })
-    written: list[str] = []
-    probe = stores.check_writable
-
-    def recording(fs, root, location, scratch, role="output.path"):
-        written.append(f"{root}/{scratch}/.write-check-…")
-        probe(fs, root, location, scratch, role)
-
-    monkeypatch.setattr(stores, "check_writable", recording)
-    with output_lock(f"s3://{OUT}/probe-busy-schedule", "_schedule.lock", "job"):  # the first scheduler, working
-        with pytest.raises(LockHeld):
-            run_due(spec, runner=lambda *args, **kwargs: pytest.fail("a busy job scores nothing"))
-    assert written == [], f"the busy scheduler wrote to the output before it was refused: {written}"
 
 # README, One run at a time per output (S3): "The store must support conditional writes ...; one that refuses them
 # is named in a one-line error, and PIPELINES_LOCK=local then ..."; "PIPELINES_LOCK_LEASE_S sets the lease". No test

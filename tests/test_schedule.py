@@ -30,7 +30,7 @@ from pipelines.schedule.executor import abandon, job_lock, run_due
 from pipelines.schedule.ledger import Ledger, render_table
 from pipelines.schedule.loop import serve
 from pipelines.schedule.ticks import decide, latest_tick, next_tick
-from pipelines.spec import spec_from_dict
+from pipelines.spec import JobSpec, spec_from_dict
 
 DAY1 = datetime(2026, 11, 28, 2, 0, tzinfo=UTC)  # a tick of "0 2 * * *"
 
@@ -734,7 +734,8 @@ def test_a_shard_handed_back_by_an_abandoned_run_is_scored_by_the_run_it_was_tak
     assert sorted(all_ids(tmp_path)) == ["k0", "k1"]
 
 
-def test_a_changed_shard_handed_back_by_an_abandoned_run_is_scored_when_its_holder_is_redone(tmp_path):
+def changed_shard_taken_by_a_failing_run(tmp_path: Path) -> tuple[Committing, str, JobSpec]:
+    """R1 commits k and fails on bad; k changes and R2 takes it over from R1, failing before it commits anything."""
     runner, model = Committing(), fake_model(tmp_path)
     spec = make_job(tmp_path, model)
     add_shard(tmp_path, "k.jsonl", rows("k", 2))
@@ -743,6 +744,11 @@ def test_a_changed_shard_handed_back_by_an_abandoned_run_is_scored_when_its_hold
     add_shard(tmp_path, "k.jsonl", rows("k", 3))
     runner.fail_first.add("2026-11-29T02:00:00Z")
     run_due(spec, now=day(2, hours=0.01), runner=runner)  # R2 takes the changed k from R1, fails before committing
+    return runner, model, spec
+
+
+def test_a_changed_shard_handed_back_by_an_abandoned_run_is_scored_when_its_holder_is_redone(tmp_path):
+    runner, model, spec = changed_shard_taken_by_a_failing_run(tmp_path)
     abandon(spec, "2026-11-29T02:00:00Z")
     (Path(model) / "config.json").write_text('{"v": 2}')
     run_due(spec, now=day(3, hours=0.01), runner=runner)  # R1 redone whole: k must be among its shards
@@ -753,14 +759,7 @@ def test_a_shard_a_failing_later_run_took_over_keeps_an_output_while_its_holder_
     """R1 commits k and fails; k changes and R2 takes it over, failing before its commit of k. The model changes,
     and R1's resume is redone whole: it cleared its partition, k's old output with it, and left k to R2 (taken
     over). While R2 kept failing, k's rows were in no partition at all, tick after tick."""
-    runner, model = Committing(), fake_model(tmp_path)
-    spec = make_job(tmp_path, model)
-    add_shard(tmp_path, "k.jsonl", rows("k", 2))
-    add_shard(tmp_path, "bad.jsonl", rows("x", 1))
-    assert run_due(spec, now=day(1, hours=0.01), runner=runner).failures  # R1: k committed, bad not
-    add_shard(tmp_path, "k.jsonl", rows("k", 3))
-    runner.fail_first.add("2026-11-29T02:00:00Z")
-    run_due(spec, now=day(2, hours=0.01), runner=runner)  # R2 takes the changed k from R1, fails before committing
+    runner, model, spec = changed_shard_taken_by_a_failing_run(tmp_path)
     (Path(model) / "config.json").write_text('{"v": 2}')
     for n in (3, 4):  # R1 redone whole (fails on bad again), R2 fails again: k keeps one output all along
         assert [e.status for e in run_due(spec, now=day(n, hours=0.01), runner=runner).entries][:2] == ["failed"] * 2
