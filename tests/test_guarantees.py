@@ -9,6 +9,7 @@ import datetime
 import gzip
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -727,6 +728,26 @@ def test_a_run_is_not_refused_as_busy_by_another_runs_instant_look_at_the_lock(t
         with pytest.raises(LockHeld, match="a run in progress|another run"):
             JobLock(path, "the output").acquire()
     assert sum(waits[1:]) < 1  # short tries: no wait a user would notice
+
+
+def test_a_lock_let_go_on_the_way_out_stays_held_until_the_process_exits(tmp_path, caplog):
+    """On SIGTERM the CLI lets go of its locks from a thread of its own (release_held) while its main thread may
+    still be in the middle of a commit; the lock must not be free for another run until the process has exited."""
+    from pipelines.output.lock import release_held
+
+    path = tmp_path / "out" / "_run.lock"
+    held = JobLock(path, "a run being terminated").acquire()
+    release_held()
+    assert JobLock(path, "the output").held_elsewhere() is not None, (
+        "the lock was let go while the process that held it was still running: a second run could take the output "
+        "while the first one's main thread still writes"
+    )
+    assert path.read_text() == ""  # a clean end: the next run finds no record of a run that ended without letting go
+    assert held._file is not None
+    held._file.close()  # the process exits: the kernel drops the lock
+    with caplog.at_level(logging.WARNING, logger="pipelines.output.lock"):
+        JobLock(path, "the next run").acquire().release()
+    assert "recovered the lock" not in caplog.text
 
 
 def test_a_lock_taken_before_ray_starts_is_released_when_the_start_fails(tiny_models, tmp_path, monkeypatch):

@@ -47,11 +47,13 @@ HELD: set[JobLock | ObjectLock] = set()
 
 
 def release_held() -> None:
-    """Let go of every lock this process holds, from any thread: the CLI's way out on SIGTERM, where Ray's core worker
-    may end the process before the main thread unwinds (see pipelines.errors.watch_sigterm)."""
+    """Let go of every lock this process holds, from any thread, on its way out: the CLI's way out on SIGTERM, where
+    Ray's core worker may end the process before the main thread unwinds (see pipelines.errors.watch_sigterm). The
+    process exits right after; until it does, its main thread may still be in the middle of a commit, so a lock
+    the kernel drops at the exit is left to the exit (see :meth:`JobLock.let_go_at_exit`)."""
     for lock in list(HELD):
         try:
-            lock.release()
+            lock.let_go_at_exit()
         except Exception:  # noqa: BLE001 - on the way out: a lock left behind is taken over by the next run
             log.debug("could not release %s on the way out", lock, exc_info=True)
 
@@ -134,6 +136,17 @@ class JobLock:
         fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
         self._file.close()
         self._file = None
+
+    def let_go_at_exit(self) -> None:
+        """Empty the file (a clean end) and keep the lock for the instant until this process exits: the kernel drops
+        it then. Let go of now, from another thread, it could be taken by another run while this process's main
+        thread still writes (the rest of a commit it was in)."""
+        HELD.discard(self)
+        handle = self._file
+        if handle is not None:
+            handle.seek(0)
+            handle.truncate()
+            handle.flush()
 
     def check(self) -> None:
         """A kernel lock cannot be taken away from a live holder: nothing to check."""
