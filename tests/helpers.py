@@ -78,6 +78,12 @@ def write_parquet(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def unchecked_strings(values: list[bytes]) -> pa.Array:
+    """A text column holding bytes that may be no UTF-8, as Parquet writers that don't check them leave it."""
+    binary = pa.array(values, pa.binary())
+    return pa.Array.from_buffers(pa.string(), len(binary), binary.buffers())
+
+
 def read_output(path: str | Path) -> pa.Table:
     """The output the way a user reads it: plain pyarrow over the directory, no Ray."""
     return pq.read_table(str(path))

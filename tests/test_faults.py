@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from helpers import ROOT, SENTENCES, write_jsonl, write_parquet
+from helpers import ROOT, SENTENCES, unchecked_strings, write_jsonl, write_parquet
 
 from pipelines.errors import PipelineError
 from pipelines.output.staging import StagingReport
@@ -131,6 +131,16 @@ def bad_corpus(folder: Path) -> dict[str, str | None]:
                      "notext": "text is null", "long": "text longer than max_length"})
     (folder / "truncated.parquet").write_bytes((folder / "good.parquet").read_bytes()[:200])
     (folder / "corrupt.jsonl.gz").write_bytes(gzip.compress(b'{"id": "z"}\n')[:15])
+    # bytes that are no UTF-8 beside the text (a label saved in Windows-1252, a Parquet writer that does not check
+    # its strings): each costs its row only, and none reaches the model or the output
+    (folder / "latin1.jsonl").write_bytes(b'{"id": "latin1-id\xff", "text": "words"}\n'
+                                          b'{"id": "latin1-label", "text": "words", "label": "positiv\xe9"}\n'
+                                          b'{"id": "latin1-ok", "text": "fine words", "label": "x"}\n')
+    pq.write_table(pa.table({"id": ["u-ok", "u-text", "u-label"],
+                             "text": unchecked_strings([b"fine words", b"caf\xe9", b"more words"]),
+                             "label": unchecked_strings([b"x", b"x", b"positiv\xe9"])}), folder / "unchecked.parquet")
+    expected.update({"latin1-ok": None, "u-ok": None, "u-text": "text is not valid UTF-8 (byte 3)",
+                     "u-label": "label is not valid UTF-8 (byte 7)"})
     # a label that is a list where the others are text: kept, as its JSON text
     write_parquet(folder / "other-schema.parquet", [{"id": "schema1", "text": "a sentence", "label": [1, 2]}])
     expected["schema1"] = None
@@ -156,6 +166,10 @@ def test_every_kind_of_bad_input_is_quarantined_with_its_reason(ray_session, tin
     by_row = {(Path(e["shard"]).name, e["row"]): e["reason"] for e in errors}
     assert by_row[("mixed.jsonl", 4)].startswith("invalid JSON")  # no id to name it by: shard and row do
     assert by_row[("mixed.jsonl", 7)].startswith("not valid UTF-8")
+    assert by_row[("latin1.jsonl", 0)] == "not valid UTF-8 (byte 17)"  # the id's
+    assert by_row[("latin1.jsonl", 1)] == "not valid UTF-8 (byte 57)"  # the label's: the actor died on it
+    pq.read_table(out).validate(full=True)  # pandas and DuckDB refuse an output that holds bytes that are no UTF-8
+    pq.read_table(out / "_errors").validate(full=True)
     unreadable = {Path(e["shard"]).name for e in errors if e["row"] == -1}
     assert unreadable == {"truncated.parquet", "corrupt.jsonl.gz"}
     # neither file tells how many rows it held: each is one record, counted as no rows, and said so

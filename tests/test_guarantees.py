@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from helpers import SENTENCES, write_jsonl, write_parquet
+from helpers import SENTENCES, unchecked_strings, write_jsonl, write_parquet
 from test_faults import cli, many_shards, output_ids, write_job
 
 from pipelines.errors import PipelineError
@@ -374,6 +374,49 @@ def test_parquet_text_stored_as_bytes_is_text(tmp_path):
                    tmp_path / "hive.parquet")
     assert _read(tmp_path / "hive.parquet") == [("a", "café", None), ("b", None, None),  # null: the predictor says
                                                 ("c", None, "text is bytes that are not UTF-8 text (binary)")]
+
+
+def test_bytes_that_are_no_utf8_cost_their_row_in_every_column_the_job_reads(tmp_path):
+    """Only the text column was checked: an id, a kept column (a label) or a key that is no UTF-8 crashed the actor
+    (a traceback, nothing committed, again on every retry) or went into the output, which pandas and DuckDB then
+    refused; a Parquet text column was not checked at all; a JSON key that is no UTF-8 made the whole file
+    unreadable."""
+    (tmp_path / "ids.jsonl").write_bytes(b'{"id": "a\xff", "text": "x"}\n{"id": "b", "text": "y"}\n')
+    assert _read(tmp_path / "ids.jsonl") == [(None, None, "not valid UTF-8 (byte 9)"), ("b", "y", None)]
+    (tmp_path / "keys.jsonl").write_bytes(b'{"id": "a", "text": "x", "\xff": 1}\n{"id": "b", "text": "y"}\n')
+    assert _read(tmp_path / "keys.jsonl") == [(None, None, "not valid UTF-8 (byte 26)"), ("b", "y", None)]
+    (tmp_path / "kept.jsonl").write_bytes(b'{"id": "a", "text": "x", "src": "caf\xe9"}\n{"id": "b", "text": "y"}\n')
+    assert _read(tmp_path / "kept.jsonl", keep=("src",)) == [
+        (None, None, "not valid UTF-8 (byte 36)", None), ("b", "y", None, None)]
+    pq.write_table(pa.table({
+        "id": unchecked_strings([b"a", b"b\xfe", b"c", b"d"]),
+        "text": unchecked_strings([b"fine", b"words", b"caf\xe9", b"more"]),
+        "src": unchecked_strings([b"web", b"web", b"web", b"\xffweb"]),
+        "tags": pa.array([["x"], ["y"], ["z"], [b"\xfe".decode("latin-1")]]),
+    }), tmp_path / "unchecked.parquet")
+    table = pq.read_table(tmp_path / "unchecked.parquet")
+    table = table.set_column(3, "tags", pa.ListArray.from_arrays(  # a list of text that holds such bytes
+        pa.array([0, 1, 2, 3, 4], pa.int32()), unchecked_strings([b"x", b"y", b"z", b"\xfe"])))
+    pq.write_table(table, tmp_path / "unchecked.parquet")
+    assert _read(tmp_path / "unchecked.parquet", keep=("src", "tags")) == [
+        ("a", "fine", None, "web", ["x"]),
+        (None, "words", "id is not valid UTF-8 (byte 1)", "web", ["y"]),
+        ("c", None, "text is not valid UTF-8 (byte 3)", "web", ["z"]),
+        ("d", "more", "src is not valid UTF-8 (byte 0)", None, None),  # the first reason; both values left out
+    ]
+    for name in ("ids.jsonl", "keys.jsonl", "unchecked.parquet"):
+        [shard] = list_shards([str(tmp_path / name)])
+        for block in read_shard(shard, Columns(text="text", id="id", keep=("src", "tags"))):
+            block.validate(full=True)  # what goes on to the model and the output is UTF-8 throughout
+
+
+def test_a_file_name_that_is_no_utf8_is_one_line(tmp_path):
+    """A Latin-1 name (as old zip files leave) gave a traceback from pyarrow's listing."""
+    write_jsonl(tmp_path / "in" / "good.jsonl", [{"id": "y", "text": "hello"}])
+    with open(bytes(tmp_path / "in") + b"/caf\xe9.jsonl", "wb") as handle:
+        handle.write(b'{"id": "x", "text": "hello"}\n')
+    with pytest.raises(PipelineError, match=r"whose name is not UTF-8 text .*caf\\xe9\.jsonl.*; rename it"):
+        list_shards([str(tmp_path / "in")])
 
 
 def test_input_files_that_are_not_read_are_said_not_dropped_without_a_word(tmp_path, caplog):

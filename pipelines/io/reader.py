@@ -233,11 +233,11 @@ def read_jsonl(data: bytes, columns: Columns) -> pa.Table:
         if retyped:
             schema = pa.schema(retyped)
             table = pajson.read_json(io.BytesIO(data), parse_options=pajson.ParseOptions(explicit_schema=schema))
-        for name in columns.strings:
+        for name in columns.all:  # bytes that are no UTF-8 text: each line on its own, so that they cost their row
             if name in table.column_names:
                 table.column(name).validate(full=True)
         return _with_error_column(table.select([c for c in columns.all if c in table.column_names]), table.num_rows)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
+    except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError):  # UnicodeDecodeError: a key that is no UTF-8
         return _read_jsonl_lines(data, columns)
 
 
@@ -428,6 +428,7 @@ def normalize(table: pa.Table, shard: Shard, columns: Columns, digest: str = "",
     for name in columns.keep:
         if name not in out:
             out[name], errors = _kept_column(table, name, types.get(name), errors)
+    errors = _only_utf8(out, errors)
     out[SHARD] = pa.array(np.full(n, shard.key, dtype=object), pa.string())
     out[ROW] = pa.array(np.arange(n, dtype=np.int64))
     out[SHARD_ROWS] = pa.array(np.full(n, n, dtype=np.int64))
@@ -435,6 +436,43 @@ def normalize(table: pa.Table, shard: Shard, columns: Columns, digest: str = "",
     out[DIGEST] = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([digest]))
     out[FILE_SIZE] = pa.array([size] * n, pa.int64())
     return pa.table(out)
+
+
+def _only_utf8(out: dict[str, Any], errors: Any) -> Any:
+    """Values that hold bytes that are no UTF-8 text become null and cost their row (``out`` is changed in place).
+
+    pyarrow reads a Parquet text column without checking its bytes, and writers that don't check them (or a
+    file saved in another encoding) leave some that are no UTF-8: the model's tokenizer, the driver's sample
+    and readers of the output (pandas, DuckDB) would each fail on them. Checked on the whole column first,
+    then, where that fails, value by value.
+    """
+    for name, column in out.items():
+        try:
+            column.validate(full=True)
+            continue
+        except pa.ArrowInvalid:
+            pass
+        reasons = [_utf8_problem(name, column.take([i])) for i in range(len(column))]  # a slice shares its lists
+        bad = pa.array([reason is not None for reason in reasons])
+        out[name] = pc.if_else(bad, pa.scalar(None, column.type), column)
+        errors = pc.coalesce(errors, pa.array(reasons, pa.string()))
+    return errors
+
+
+def _utf8_problem(name: str, value: Any) -> str | None:
+    """Why a column's one value is no UTF-8 text (with the byte where it is a plain string), else None."""
+    try:
+        value.validate(full=True)
+        return None
+    except pa.ArrowInvalid:
+        pass
+    if pa.types.is_string(value.type) or pa.types.is_large_string(value.type):
+        raw = value.cast(pa.large_binary())[0].as_py()
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return f"{name} is not valid UTF-8 (byte {exc.start})"
+    return f"{name} is not valid UTF-8"
 
 
 def _string_column(table: pa.Table, name: str, errors: Any) -> tuple[Any, Any]:

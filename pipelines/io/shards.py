@@ -393,7 +393,14 @@ def list_shards(
     skipped = [(xfs, xpath, real_path(xfs, xpath)) for xfs, xpath in map(resolve, exclude)]
     aliases = [UnderFolder(xfs, xpath) for xfs, xpath in map(resolve, exclude)]  # reached by another path
     for location in paths:
-        root, files = _expand(location)
+        try:
+            root, files = _expand(location)
+        except UnicodeDecodeError as exc:  # pyarrow's listing decodes each name as UTF-8
+            raise PipelineError(
+                f"input.paths: {location} holds a file or folder whose name is not UTF-8 text "
+                f"({bytes(exc.object[max(0, exc.start - 40) : exc.end + 20])!r}), so it can't be named as a shard; "
+                "rename it (`convmv -f latin1 -t utf8 -r --notest FOLDER` renames a folder's Latin-1 names)"
+            ) from None
         fs, path = resolve(location)
         a_listing = bool(GLOB_CHARS & set(path)) or root == path  # a folder or a glob, not a named file
         found = left_out = 0
