@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipelines import faults, fidelity
@@ -42,6 +43,7 @@ from pipelines.output import report as pages
 from pipelines.output import summary as summaries
 from pipelines.output.commit import OutputDir, OutputFiles, changed_inputs
 from pipelines.output.duplicates import DuplicateIds
+from pipelines.output.layout import LOCK as SCHEDULE_LOCK
 from pipelines.output.layout import RUN, RUN_LOCK, writing
 from pipelines.output.lock import LockHeld, output_lock
 from pipelines.output.openai_batch import OpenAIBatchFiles
@@ -235,6 +237,19 @@ class Tally:
             )
 
 
+def not_scheduled(output: OutputDir) -> None:
+    """Refuse a scheduled job's output, once this run holds its own lock: a scheduler started at the same moment
+    looked at the folder before taking its lock (another file than this run's), and so did this run. Each looks
+    again after taking its own (see ScheduledJob.check_layout), so of two started together one sees the other's.
+    (Where the locks live in a local lock folder, not in the output, this look finds neither.)"""
+    if output.fs.get_file_info(f"{output.root}/{SCHEDULE_LOCK}").type != pafs.FileType.NotFound:
+        raise PipelineError(
+            f"output.path {output.location} is a scheduled job's output (its lock {SCHEDULE_LOCK} is there): "
+            "`pipelines run` would write its files beside the job's run=... partitions, and a reader of the folder "
+            "would get their rows twice; give this run an output.path of its own"
+        )
+
+
 @one_line_ray_errors
 def run_job(
     spec: JobSpec,
@@ -296,6 +311,8 @@ def run_job(
         if early:
             lock.acquire()
     try:
+        if early:
+            not_scheduled(output)
         checked = None
         if pending or overwrite:
             with writing(spec.output.path):  # after a busy refusal: a second run writes nothing to the output
@@ -316,6 +333,7 @@ def run_job(
         if not early:
             with writing(spec.output.path):
                 lock.acquire()
+            not_scheduled(output)
         output.guard = lock.check  # a lock that can be lost (an object store's lease): checked at each commit, last
         output.check_lock()  # a lock taken early was held through Ray's start and the gate: still ours before clearing
         job.model_files = files or model_files(spec.model, None if overwrite else _recorded_files(output))

@@ -418,6 +418,56 @@ def test_a_killed_run_is_completed_by_the_next_tick(ray_session, classifier, tmp
     assert len(ids) == len(set(ids)) == 17
 
 
+def test_a_run_and_a_scheduler_started_together_on_one_output_leave_every_row_once(
+    ray_session, classifier, tmp_path, monkeypatch
+):
+    """`pipelines run` and `pipelines schedule --once` on one new output.path: each looked at the folder before
+    taking its lock, and the two take different locks, so both went on and every row was in the output twice
+    (the run's files at the top, the scheduler's partition beside them). Each now looks again once it holds its own
+    lock: of two started together one is refused, whichever started first."""
+    import pipelines.cluster.connect as connect_module
+    import pipelines.runner as runner_module
+    from pipelines.runner import run_job
+
+    spec = make_job(tmp_path, classifier)
+    add_shard(tmp_path, "a.jsonl", rows("a", 5))
+    want = sorted(r["id"] for r in rows("a", 5))
+
+    # the scheduler starts while the run starts its Ray (before the run has its lock): the run is refused
+    connect = connect_module.connect
+
+    def a_scheduler_meanwhile(address, spec_):
+        run_due(spec, now=DAY1, runner=Committing())
+        return connect(address, spec_)
+
+    monkeypatch.setattr(connect_module, "connect", a_scheduler_meanwhile)
+    refusal = ""
+    try:
+        run_job(spec)
+    except PipelineError as exc:
+        refusal = str(exc)
+    assert sorted(all_ids(tmp_path)) == want  # each row twice: the scheduler's partition and the run's files
+    assert "is a scheduled job's output (its lock _schedule.lock is there)" in refusal
+    assert not (tmp_path / "out" / "_job.json").exists()
+
+    # the run has its lock when the scheduler starts (before the run's first file): the scheduler is refused
+    shutil.rmtree(tmp_path / "out")
+    monkeypatch.setattr(connect_module, "connect", connect)
+    model_files = runner_module.model_files
+    refused = []
+
+    def a_scheduler_now(*args, **kwargs):
+        with pytest.raises(PipelineError, match=r"holds the output of `pipelines run` \(_run.lock\)") as said:
+            run_due(spec, now=DAY1, runner=Committing())
+        refused.append(said.value)
+        return model_files(*args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "model_files", a_scheduler_now)
+    run_job(spec)
+    assert refused and sorted(all_ids(tmp_path)) == want
+    assert not list((tmp_path / "out").glob("run=*"))
+
+
 def test_a_retry_of_a_failed_tick_resumes_its_run(tmp_path):
     spec = make_job(tmp_path, fake_model(tmp_path))
     add_shard(tmp_path, "a.jsonl", rows("a", 2))

@@ -37,7 +37,7 @@ from pipelines.io import stores
 from pipelines.io.shards import Shard, list_shards, resolve
 from pipelines.output import layout
 from pipelines.output.commit import OutputDir
-from pipelines.output.layout import COMMITS, JOB, LOCK, PARTITION, STAGING, SUPERSEDED
+from pipelines.output.layout import COMMITS, JOB, LOCK, PARTITION, RUN_LOCK, STAGING, SUPERSEDED
 from pipelines.output.lock import JobLock, output_lock
 from pipelines.output.object_lock import ObjectLock
 from pipelines.output.records import HASH_VERSION, RunSummary
@@ -133,6 +133,7 @@ def run_due(
     if not busy_or_left:
         stores.check_writable(job.fs, job.root, spec.output.path, SCRATCH)  # an object store: before any work
     with lock:
+        job.check_layout()  # again, now that the lock is held: a `pipelines run` started at the same moment
         if busy_or_left:
             stores.check_writable(job.fs, job.root, spec.output.path, SCRATCH)
         job.guard(lock.check)  # a scheduler whose lease was taken over writes no more ledger lines, moves no output
@@ -216,6 +217,9 @@ class ScheduledJob:
                        self.spec.output.prediction_prefix)
 
     def check_layout(self) -> None:
+        """Refuse an output path that is not this scheduled job's: a file, another's files, or `pipelines run`'s
+        output (its files, or its lock: the lock is there before anything else of a run, and a run looks for this
+        job's lock once it holds its own, so that of the two started at the same moment one refuses)."""
         info = self.fs.get_file_info(self.root)
         if info.type == pafs.FileType.NotFound:
             return
@@ -223,10 +227,10 @@ class ScheduledJob:
             raise layout.not_a_folder(self.spec.output.path, self.fs, self.root)
         for entry in self.fs.get_file_info(pafs.FileSelector(self.root)):
             name = entry.base_name
-            if name == JOB or layout.is_part_file(name):
+            if name in (JOB, RUN_LOCK) or layout.is_part_file(name):
                 raise PipelineError(
-                    f"output.path {self.spec.output.path} holds the output of `pipelines run`; a scheduled job "
-                    "writes one run=... partition per run: give it its own output.path"
+                    f"output.path {self.spec.output.path} holds the output of `pipelines run` ({name}); a scheduled "
+                    "job writes one run=... partition per run: give it its own output.path"
                 )
             if not name.startswith((PARTITION, "_", ".")):
                 raise PipelineError(
