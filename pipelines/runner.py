@@ -284,6 +284,8 @@ def run_job(
     with writing(spec.output.path):  # a store's refusal to list or read is one line too
         try:
             output.check_owner()
+            if not given:  # a scheduled job's partitions lie inside its root by design
+                output.check_not_inside_another()
             if not overwrite:  # a finished job is answered without the lock, and nothing is written
                 pending, committed = _pending(output, job, shards, given, prune=prune, dry=True)
                 pruning = len(committed) < len(output.committed())

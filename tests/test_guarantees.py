@@ -601,6 +601,29 @@ def test_overwrite_never_deletes_what_this_project_did_not_write(ray_session, ti
     assert (out / "part-notes-00000.parquet").exists()
 
 
+def test_an_output_inside_another_jobs_output_is_refused(ray_session, tiny_models, tmp_path):
+    """An output.path inside a finished job's output (`out/v2` beside `out`'s own files) was written: a reader of
+    `out` then read both jobs' rows as one table, each row twice, and `out` still said it was up to date."""
+    from pipelines.schedule.executor import run_due
+
+    ids = many_shards(tmp_path / "in", shards=2)
+    spec = spec_of(write_job(tmp_path, tiny_models("classifier"), tmp_path / "in"))
+    run_job(spec)
+    inner = spec.model_copy(update={"output": spec.output.model_copy(update={"path": str(tmp_path / "out" / "v2")})})
+    refusal = ""
+    try:
+        run_job(inner)
+    except PipelineError as exc:
+        refusal = str(exc)
+    assert sorted(output_ids(tmp_path / "out")) == sorted(ids)  # each row twice: out/v2's files are under out
+    assert f"lies inside another job's output, {tmp_path / 'out'} (it holds _job.json)" in refusal
+    assert not (tmp_path / "out" / "v2").exists()
+    scheduled = inner.model_copy(update={"schedule": spec_from_dict(
+        {**json.loads(inner.model_dump_json()), "schedule": {"cron": "0 2 * * *"}}).schedule})
+    with pytest.raises(PipelineError, match="lies inside another job's output"):
+        run_due(scheduled)  # a scheduled job's root too (its own partitions lie inside it by design)
+
+
 def test_overwrite_takes_success_away_before_it_deletes_a_shard(overwritten):
     """A reader that waits for _SUCCESS, as the README says to, never finds it beside a half-deleted output: the
     --overwrite run deleted it before the first shard's files (it was there until the last, and _run.json too)."""

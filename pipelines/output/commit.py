@@ -42,7 +42,7 @@ from pipelines.io.block import COUNTS, ROW
 from pipelines.io.reader import content_digest, read_bytes
 from pipelines.io.shards import Shard, resolve
 from pipelines.output import layout
-from pipelines.output.layout import COMMITS, ERRORS, JOB, OURS, RUN, RUN_LOCK, STAGING, SUCCESS
+from pipelines.output.layout import COMMITS, ERRORS, JOB, LEDGER, OURS, RUN, RUN_LOCK, STAGING, SUCCESS
 from pipelines.output.records import (
     CommitRecord,
     Confusion,
@@ -183,6 +183,20 @@ class OutputDir:
                     f"output.path {self.location} is not empty and holds no results of this project; "
                     "choose an empty or new output.path"
                 )
+
+    def check_not_inside_another(self) -> None:
+        """Refuse an output path inside another job's output (a folder above it holds ``_job.json``, or a scheduled
+        job's ledger): a reader of that folder reads every Parquet file under it, this job's rows too."""
+        parent = self.root.rstrip("/")
+        while "/" in parent.strip("/"):
+            parent = parent.rsplit("/", 1)[0] or "/"
+            for info in self.fs.get_file_info([f"{parent.rstrip('/')}/{name}" for name in (JOB, LEDGER)]):
+                if info.type == pafs.FileType.File:
+                    raise PipelineError(
+                        f"output.path {self.location} lies inside another job's output, {parent} (it holds "
+                        f"{info.base_name}): a reader of that folder reads every Parquet file under it, this job's "
+                        "rows as its own too; choose an output.path outside it"
+                    )
 
     def check_spec(self, job: JobRecord) -> None:
         """Refuse results of another spec (an output with nothing committed yet belongs to nobody)."""

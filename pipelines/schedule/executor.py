@@ -220,6 +220,7 @@ class ScheduledJob:
         """Refuse an output path that is not this scheduled job's: a file, another's files, or `pipelines run`'s
         output (its files, or its lock: the lock is there before anything else of a run, and a run looks for this
         job's lock once it holds its own, so that of the two started at the same moment one refuses)."""
+        OutputDir(self.spec.output.path).check_not_inside_another()
         info = self.fs.get_file_info(self.root)
         if info.type == pafs.FileType.NotFound:
             return
