@@ -365,6 +365,9 @@ def test_the_reader_takes_json_values_as_written_on_either_path(tmp_path):
         assert [i for i, _, _ in _read(tmp_path / name)][:2] == ['{"b": 3, "a": 4}', '{"a": 5}'], name
     (tmp_path / "number.jsonl").write_text('{"id": "1", "text": 1.5}\n{"id": "2", "text": "ok"}\n')
     assert _read(tmp_path / "number.jsonl")[0] == ("1", None, "text is not a string (float)")
+    (tmp_path / "array.json").write_text(json.dumps(lines))  # pandas' to_json(orient="records"): no JSON lines
+    [(_, _, said)] = _read(tmp_path / "array.json")
+    assert said.startswith("a JSON line must be an object, got list (an array of 2 objects: a JSON array file")
 
 
 def test_parquet_text_stored_as_bytes_is_text(tmp_path):

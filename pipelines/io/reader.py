@@ -394,6 +394,11 @@ def parse_line(line: bytes, numbers_as_written: bool = False) -> tuple[dict[str,
         record = json.loads(text, parse_float=WrittenFloat.parse if numbers_as_written else None)
     except json.JSONDecodeError as exc:
         return {}, f"invalid JSON: {exc.msg} (column {exc.colno})"
+    if isinstance(record, list) and record and all(isinstance(item, dict) for item in record):
+        return {}, (
+            f"a JSON line must be an object, got list (an array of {len(record)} objects: a JSON array file, not JSON "
+            "lines; `jq -c '.[]' FILE > FILE.jsonl` writes them one per line)"
+        )
     if not isinstance(record, dict):
         return {}, f"a JSON line must be an object, got {type(record).__name__}"
     return record, None
