@@ -43,8 +43,8 @@ from pipelines.output import report as pages
 from pipelines.output import summary as summaries
 from pipelines.output.commit import OutputDir, OutputFiles, changed_inputs
 from pipelines.output.duplicates import DuplicateIds
+from pipelines.output.layout import LEDGER, RUN, RUN_LOCK, writing
 from pipelines.output.layout import LOCK as SCHEDULE_LOCK
-from pipelines.output.layout import RUN, RUN_LOCK, writing
 from pipelines.output.lock import LockHeld, output_lock
 from pipelines.output.openai_batch import OpenAIBatchFiles
 from pipelines.output.records import CommitRecord, Fidelity, JobRecord, ModelRef, RunSummary, Unreadable
@@ -239,12 +239,15 @@ class Tally:
 
 def not_scheduled(output: OutputDir) -> None:
     """Refuse a scheduled job's output, once this run holds its own lock: a scheduler started at the same moment
-    looked at the folder before taking its lock (another file than this run's), and so did this run. Each looks
-    again after taking its own (see ScheduledJob.check_layout), so of two started together one sees the other's.
-    (Where the locks live in a local lock folder, not in the output, this look finds neither.)"""
-    if output.fs.get_file_info(f"{output.root}/{SCHEDULE_LOCK}").type != pafs.FileType.NotFound:
+    looked at the folder before taking its lock (another than this run's), and so did this run. Each looks again
+    after taking its own (see ScheduledJob.check_layout), for the other's lock held or its files, so of two started
+    together one (or both) is refused. A lock file alone, which a refused run leaves, refuses nothing."""
+    ledger = output.fs.get_file_info(f"{output.root}/{LEDGER}").type != pafs.FileType.NotFound
+    held = output_lock(output.location, SCHEDULE_LOCK, "a scheduled job", quiet=True).held_elsewhere()
+    if ledger or held is not None:
+        said = f"its ledger {LEDGER} is there" if ledger else str(held)
         raise PipelineError(
-            f"output.path {output.location} is a scheduled job's output (its lock {SCHEDULE_LOCK} is there): "
+            f"output.path {output.location} is a scheduled job's output ({said}): "
             "`pipelines run` would write its files beside the job's run=... partitions, and a reader of the folder "
             "would get their rows twice; give this run an output.path of its own"
         )
@@ -379,6 +382,7 @@ def resume_state(spec: JobSpec, shards: list[Shard]) -> tuple[list[Shard], dict[
     check_paths(spec)
     output = OutputDir(spec.output.path)
     output.check_owner()
+    output.check_not_inside_another()
     pending, committed = _pending(output, job_record(spec), shards, False, prune=False, dry=True)
     return pending, committed, output.finished()
 

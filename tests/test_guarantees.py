@@ -36,7 +36,7 @@ from pipelines.output.lock import JobLock, LockHeld
 from pipelines.output.records import JobRecord, ModelRef, Unreadable
 from pipelines.output.staging import StagingReport
 from pipelines.planning.inputs import count_rows as plan_count_rows
-from pipelines.runner import check_paths, run_job, unreadable_violation
+from pipelines.runner import check_paths, resume_state, run_job, unreadable_violation
 from pipelines.spec import spec_from_dict
 
 
@@ -621,6 +621,8 @@ def test_an_output_inside_another_jobs_output_is_refused(ray_session, tiny_model
     assert sorted(output_ids(tmp_path / "out")) == sorted(ids)  # each row twice: out/v2's files are under out
     assert f"lies inside another job's output, {tmp_path / 'out'} (it holds _job.json)" in refusal
     assert not (tmp_path / "out" / "v2").exists()
+    with pytest.raises(PipelineError, match="lies inside another job's output"):  # what `pipelines plan` says
+        resume_state(inner, list_shards([str(tmp_path / "in")]))
     scheduled = inner.model_copy(update={"schedule": spec_from_dict(
         {**json.loads(inner.model_dump_json()), "schedule": {"cron": "0 2 * * *"}}).schedule})
     with pytest.raises(PipelineError, match="lies inside another job's output"):

@@ -424,16 +424,18 @@ def test_a_run_and_a_scheduler_started_together_on_one_output_leave_every_row_on
     """`pipelines run` and `pipelines schedule --once` on one new output.path: each looked at the folder before
     taking its lock, and the two take different locks, so both went on and every row was in the output twice
     (the run's files at the top, the scheduler's partition beside them). Each now looks again once it holds its own
-    lock: of two started together one is refused, whichever started first."""
+    lock, for the other's lock held or its files: of two started together one is refused, whichever started first,
+    and the lock file the refused one leaves behind refuses nothing later."""
     import pipelines.cluster.connect as connect_module
     import pipelines.runner as runner_module
+    import pipelines.schedule.executor as executor_module
     from pipelines.runner import run_job
 
     spec = make_job(tmp_path, classifier)
     add_shard(tmp_path, "a.jsonl", rows("a", 5))
     want = sorted(r["id"] for r in rows("a", 5))
 
-    # the scheduler starts while the run starts its Ray (before the run has its lock): the run is refused
+    # 1. the scheduler runs while the run starts its Ray (before the run has its lock): the run is refused
     connect = connect_module.connect
 
     def a_scheduler_meanwhile(address, spec_):
@@ -447,17 +449,20 @@ def test_a_run_and_a_scheduler_started_together_on_one_output_leave_every_row_on
     except PipelineError as exc:
         refusal = str(exc)
     assert sorted(all_ids(tmp_path)) == want  # each row twice: the scheduler's partition and the run's files
-    assert "is a scheduled job's output (its lock _schedule.lock is there)" in refusal
+    assert "is a scheduled job's output (its ledger _runs.jsonl is there)" in refusal
     assert not (tmp_path / "out" / "_job.json").exists()
-
-    # the run has its lock when the scheduler starts (before the run's first file): the scheduler is refused
-    shutil.rmtree(tmp_path / "out")
+    add_shard(tmp_path, "b.jsonl", rows("b", 2))  # the refused run's lock file left behind keeps no tick out
+    assert run_due(spec, now=day(2), runner=Committing()).entries[-1].status == "succeeded"
     monkeypatch.setattr(connect_module, "connect", connect)
+    shutil.rmtree(tmp_path / "out")
+    (tmp_path / "in" / "b.jsonl").unlink()
+
+    # 2. the run holds its lock when the scheduler starts (before the run's first file): the scheduler is refused
     model_files = runner_module.model_files
     refused = []
 
     def a_scheduler_now(*args, **kwargs):
-        with pytest.raises(PipelineError, match=r"holds the output of `pipelines run` \(_run.lock\)") as said:
+        with pytest.raises(PipelineError, match=r"is `pipelines run`'s output \(another run .* is in progress") as said:
             run_due(spec, now=DAY1, runner=Committing())
         refused.append(said.value)
         return model_files(*args, **kwargs)
@@ -466,6 +471,23 @@ def test_a_run_and_a_scheduler_started_together_on_one_output_leave_every_row_on
     run_job(spec)
     assert refused and sorted(all_ids(tmp_path)) == want
     assert not list((tmp_path / "out").glob("run=*"))
+    monkeypatch.setattr(runner_module, "model_files", model_files)
+    shutil.rmtree(tmp_path / "out")
+
+    # 3. the whole run happens between the scheduler's first look and its lock: its second look refuses it
+    job_lock = executor_module.job_lock
+
+    def a_run_meanwhile(spec_):
+        run_job(spec)
+        return job_lock(spec_)
+
+    monkeypatch.setattr(executor_module, "job_lock", a_run_meanwhile)
+    with pytest.raises(PipelineError, match=r"holds the output of `pipelines run` \((_job.json|part-.*)\)"):
+        run_due(spec, now=DAY1, runner=Committing())
+    assert sorted(all_ids(tmp_path)) == want
+    add_shard(tmp_path, "b.jsonl", rows("b", 2))  # the refused scheduler's lock file keeps no run out
+    assert run_job(spec).shards_this_run == 1
+    assert sorted(all_ids(tmp_path)) == sorted(want + [r["id"] for r in rows("b", 2)])
 
 
 def test_a_retry_of_a_failed_tick_resumes_its_run(tmp_path):

@@ -397,7 +397,7 @@ def parse_line(line: bytes, numbers_as_written: bool = False) -> tuple[dict[str,
     if isinstance(record, list) and record and all(isinstance(item, dict) for item in record):
         return {}, (
             f"a JSON line must be an object, got list (an array of {len(record)} objects: a JSON array file, not JSON "
-            "lines; `jq -c '.[]' FILE > FILE.jsonl` writes them one per line)"
+            "lines; `jq -c '.[]' FILE > FILE.jsonl` writes them one per line: then move FILE out of input.paths)"
         )
     if not isinstance(record, dict):
         return {}, f"a JSON line must be an object, got {type(record).__name__}"
@@ -417,6 +417,7 @@ def normalize(table: pa.Table, shard: Shard, columns: Columns, digest: str = "",
     become per-row errors."""
     n = table.num_rows
     errors = table.column(ERROR) if ERROR in table.column_names else pa.nulls(n, pa.string())
+    table, errors = _only_utf8(table, columns.all, errors)
     out: dict[str, pa.Array] = {}
     for name in columns.strings:
         out[name], errors = _string_column(table, name, errors)
@@ -433,7 +434,6 @@ def normalize(table: pa.Table, shard: Shard, columns: Columns, digest: str = "",
     for name in columns.keep:
         if name not in out:
             out[name], errors = _kept_column(table, name, types.get(name), errors)
-    errors = _only_utf8(out, errors)
     out[SHARD] = pa.array(np.full(n, shard.key, dtype=object), pa.string())
     out[ROW] = pa.array(np.arange(n, dtype=np.int64))
     out[SHARD_ROWS] = pa.array(np.full(n, n, dtype=np.int64))
@@ -443,41 +443,54 @@ def normalize(table: pa.Table, shard: Shard, columns: Columns, digest: str = "",
     return pa.table(out)
 
 
-def _only_utf8(out: dict[str, Any], errors: Any) -> Any:
-    """Values that hold bytes that are no UTF-8 text become null and cost their row (``out`` is changed in place).
+def _only_utf8(table: pa.Table, names: Sequence[str], errors: Any) -> tuple[pa.Table, Any]:
+    """The table with the values of ``names`` that hold bytes that are no UTF-8 text nulled, each costing its row.
 
     pyarrow reads a Parquet text column without checking its bytes, and writers that don't check them (or a
-    file saved in another encoding) leave some that are no UTF-8: the model's tokenizer, the driver's sample
-    and readers of the output (pandas, DuckDB) would each fail on them. Checked on the whole column first,
-    then, where that fails, value by value.
+    file saved in another encoding) leave some that are no UTF-8: the model's tokenizer, the driver's sample,
+    the conversions below and readers of the output (pandas, DuckDB) would each fail on them. Checked on the
+    whole column first (cheap); where that fails, value by value.
     """
-    for name, column in out.items():
+    for name in names:
+        if name not in table.column_names:
+            continue
+        column = table.column(name)
         try:
             column.validate(full=True)
             continue
         except pa.ArrowInvalid:
             pass
-        reasons = [_utf8_problem(name, column.take([i])) for i in range(len(column))]  # a slice shares its lists
+        column = column.combine_chunks()
+        if pa.types.is_dictionary(column.type):  # one bad entry of a dictionary is a bad value of its rows only
+            column = column.cast(column.type.value_type)
+        reasons = _utf8_problems(name, column)
         bad = pa.array([reason is not None for reason in reasons])
-        out[name] = pc.if_else(bad, pa.scalar(None, column.type), column)
+        table = table.set_column(table.column_names.index(name), name, pc.if_else(bad, pa.scalar(None, column.type),
+                                                                                   column))
         errors = pc.coalesce(errors, pa.array(reasons, pa.string()))
-    return errors
+    return table, errors
 
 
-def _utf8_problem(name: str, value: Any) -> str | None:
-    """Why a column's one value is no UTF-8 text (with the byte where it is a plain string), else None."""
-    try:
-        value.validate(full=True)
-        return None
-    except pa.ArrowInvalid:
-        pass
-    if pa.types.is_string(value.type) or pa.types.is_large_string(value.type):
-        raw = value.cast(pa.large_binary())[0].as_py()
+def _utf8_problems(name: str, column: pa.Array) -> list[str | None]:
+    """Why each value is no UTF-8 text (with the byte where the value is a plain string), else None."""
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        reasons: list[str | None] = []
+        for raw in column.cast(pa.large_binary()).to_pylist():
+            try:
+                if raw is not None:
+                    raw.decode("utf-8")
+                reasons.append(None)
+            except UnicodeDecodeError as exc:
+                reasons.append(f"{name} is not valid UTF-8 (byte {exc.start})")
+        return reasons
+    found: list[str | None] = []
+    for i in range(len(column)):  # lists and structs: a slice would share (and check) every row's values
         try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return f"{name} is not valid UTF-8 (byte {exc.start})"
-    return f"{name} is not valid UTF-8"
+            column.take([i]).validate(full=True)
+            found.append(None)
+        except pa.ArrowInvalid:
+            found.append(f"{name} holds text that is not valid UTF-8")
+    return found
 
 
 def _string_column(table: pa.Table, name: str, errors: Any) -> tuple[Any, Any]:

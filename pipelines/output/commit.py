@@ -188,12 +188,19 @@ class OutputDir:
         """Refuse an output path inside another job's output (a folder above it holds ``_job.json``, or a scheduled
         job's ledger): a reader of that folder reads every Parquet file under it, this job's rows too."""
         parent = self.root.rstrip("/")
+        scheme = f"{self.location.split('://', 1)[0]}://" if "://" in self.location else ""
         while "/" in parent.strip("/"):
-            parent = parent.rsplit("/", 1)[0] or "/"
-            for info in self.fs.get_file_info([f"{parent.rstrip('/')}/{name}" for name in (JOB, LEDGER)]):
+            parent = parent.rsplit("/", 1)[0]
+            try:
+                infos = self.fs.get_file_info([f"{parent}/{name}" for name in (JOB, LEDGER)])
+            except OSError as exc:  # credentials for this prefix only (S3 answers 403 above it): can't tell, not no
+                log.debug("output.path %s: could not look for an output above it, in %s: %s", self.location, parent,
+                          exc)
+                return
+            for info in infos:
                 if info.type == pafs.FileType.File:
                     raise PipelineError(
-                        f"output.path {self.location} lies inside another job's output, {parent} (it holds "
+                        f"output.path {self.location} lies inside another job's output, {scheme}{parent} (it holds "
                         f"{info.base_name}): a reader of that folder reads every Parquet file under it, this job's "
                         "rows as its own too; choose an output.path outside it"
                     )

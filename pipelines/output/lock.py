@@ -179,14 +179,15 @@ def describe_holder(holder: dict | None) -> str:
     return f"pid {holder['pid']} on {holder.get('host', '?')} since {since}"
 
 
-def output_lock(location: str, name: str, what: str) -> JobLock | ObjectLock:
+def output_lock(location: str, name: str, what: str, quiet: bool = False) -> JobLock | ObjectLock:
     """The lock of an output location: ``<location>/<name>``.
 
     A local path gets a kernel lock on that file. On S3 the lock is that object, taken with a
     conditional write (:mod:`.object_lock`), which keeps apart runs on different machines; with
     ``PIPELINES_LOCK=local``, and on other object stores, it is a file in a local lock folder
     (``$PIPELINES_LOCK_DIR``, default ``~/.cache/pipelines/locks``) named after the location, which
-    keeps apart only the runs of this machine (and says so in a warning).
+    keeps apart only the runs of this machine (and says so in a warning, unless ``quiet``: a look at another
+    command's lock).
     """
     fs, root = resolve(location)
     if isinstance(fs, pafs.LocalFileSystem):
@@ -197,8 +198,9 @@ def output_lock(location: str, name: str, what: str) -> JobLock | ObjectLock:
         bucket, _, prefix = root.rstrip("/").partition("/")
         return ObjectLock(bucket, f"{prefix}/{name}" if prefix else name, what, region=fs.region)
     folder = Path(os.environ.get("PIPELINES_LOCK_DIR", Path.home() / ".cache" / "pipelines" / "locks"))
-    log.warning("output.path %s: runs are kept apart only on this machine (lock in %s); run one driver per "
-                "output at a time", location, folder)
+    if not quiet:
+        log.warning("output.path %s: runs are kept apart only on this machine (lock in %s); run one driver per "
+                    "output at a time", location, folder)
     # named after the place, not the string: s3://b/out, s3://b/out/ and s3://b/o%75t are one output
     digest = hashlib.sha1(f"{fs.type_name}://{root.rstrip('/')}\0{name}".encode()).hexdigest()[:16]
     return JobLock(folder / f"{digest}.lock", what)

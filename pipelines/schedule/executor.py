@@ -218,17 +218,24 @@ class ScheduledJob:
 
     def check_layout(self) -> None:
         """Refuse an output path that is not this scheduled job's: a file, another's files, or `pipelines run`'s
-        output (its files, or its lock: the lock is there before anything else of a run, and a run looks for this
-        job's lock once it holds its own, so that of the two started at the same moment one refuses)."""
+        output (its files, or its lock held: a run holds it before it writes anything, and looks for this job's lock
+        once it holds its own, so that of the two started at the same moment one refuses; see runner.not_scheduled).
+        """
         OutputDir(self.spec.output.path).check_not_inside_another()
         info = self.fs.get_file_info(self.root)
         if info.type == pafs.FileType.NotFound:
             return
         if info.type != pafs.FileType.Directory:
             raise layout.not_a_folder(self.spec.output.path, self.fs, self.root)
+        running = output_lock(self.spec.output.path, RUN_LOCK, "`pipelines run`", quiet=True).held_elsewhere()
+        if running is not None:
+            raise PipelineError(
+                f"output.path {self.spec.output.path} is `pipelines run`'s output ({running}); a scheduled job writes "
+                "one run=... partition per run: give it its own output.path"
+            )
         for entry in self.fs.get_file_info(pafs.FileSelector(self.root)):
             name = entry.base_name
-            if name in (JOB, RUN_LOCK) or layout.is_part_file(name):
+            if name == JOB or layout.is_part_file(name):
                 raise PipelineError(
                     f"output.path {self.spec.output.path} holds the output of `pipelines run` ({name}); a scheduled "
                     "job writes one run=... partition per run: give it its own output.path"
