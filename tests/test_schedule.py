@@ -490,6 +490,18 @@ def test_a_run_and_a_scheduler_started_together_on_one_output_leave_every_row_on
     assert sorted(all_ids(tmp_path)) == sorted(want + [r["id"] for r in rows("b", 2)])
 
 
+def test_an_output_inside_a_scheduled_jobs_root_is_refused_but_its_partitions_are_not(tmp_path):
+    """A scheduled job's root is an output too: a run whose output.path lies under it (beside its partitions) would
+    be read with them; its own partitions lie there by design."""
+    spec = make_job(tmp_path, fake_model(tmp_path))
+    add_shard(tmp_path, "a.jsonl", rows("a", 3))
+    run_due(spec, now=DAY1, runner=Committing())
+    with pytest.raises(PipelineError, match=r"lies inside another job's output, .*out \(it holds _runs.jsonl\)"):
+        OutputDir(str(tmp_path / "out" / "extra")).check_not_inside_another()
+    add_shard(tmp_path, "b.jsonl", rows("b", 2))
+    assert run_due(spec, now=day(2), runner=Committing()).entries[-1].status == "succeeded"
+
+
 def test_a_retry_of_a_failed_tick_resumes_its_run(tmp_path):
     spec = make_job(tmp_path, fake_model(tmp_path))
     add_shard(tmp_path, "a.jsonl", rows("a", 2))
