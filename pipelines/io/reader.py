@@ -178,7 +178,7 @@ def _read_table(shard: Shard, data: bytes, columns: Columns) -> pa.Table:
     if shard.format == "parquet":
         parquet = pq.ParquetFile(io.BytesIO(data))
         present = [c for c in columns.all if c in parquet.schema_arrow.names]
-        return _with_error_column(parquet.read(columns=present), parquet.metadata.num_rows)
+        return _only_utf8(_with_error_column(parquet.read(columns=present), parquet.metadata.num_rows), columns.all)
     return read_jsonl(data, columns)
 
 
@@ -417,7 +417,6 @@ def normalize(table: pa.Table, shard: Shard, columns: Columns, digest: str = "",
     become per-row errors."""
     n = table.num_rows
     errors = table.column(ERROR) if ERROR in table.column_names else pa.nulls(n, pa.string())
-    table, errors = _only_utf8(table, columns.all, errors)
     out: dict[str, pa.Array] = {}
     for name in columns.strings:
         out[name], errors = _string_column(table, name, errors)
@@ -443,14 +442,17 @@ def normalize(table: pa.Table, shard: Shard, columns: Columns, digest: str = "",
     return pa.table(out)
 
 
-def _only_utf8(table: pa.Table, names: Sequence[str], errors: Any) -> tuple[pa.Table, Any]:
-    """The table with the values of ``names`` that hold bytes that are no UTF-8 text nulled, each costing its row.
+def _only_utf8(table: pa.Table, names: Sequence[str]) -> pa.Table:
+    """A Parquet file's table with the values of ``names`` that hold bytes that are no UTF-8 text nulled, each costing
+    its row (its ``_error``).
 
     pyarrow reads a Parquet text column without checking its bytes, and writers that don't check them (or a
     file saved in another encoding) leave some that are no UTF-8: the model's tokenizer, the driver's sample,
-    the conversions below and readers of the output (pandas, DuckDB) would each fail on them. Checked on the
-    whole column first (cheap); where that fails, value by value.
+    the conversions in :func:`normalize` and readers of the output (pandas, DuckDB) would each fail on them.
+    (JSON lines are checked where they are read: :func:`read_jsonl`.) Checked on the whole column first (cheap);
+    where that fails, value by value.
     """
+    errors = table.column(ERROR)
     for name in names:
         if name not in table.column_names:
             continue
@@ -468,7 +470,7 @@ def _only_utf8(table: pa.Table, names: Sequence[str], errors: Any) -> tuple[pa.T
         table = table.set_column(table.column_names.index(name), name, pc.if_else(bad, pa.scalar(None, column.type),
                                                                                    column))
         errors = pc.coalesce(errors, pa.array(reasons, pa.string()))
-    return table, errors
+    return table.set_column(table.column_names.index(ERROR), ERROR, errors)
 
 
 def _utf8_problems(name: str, column: pa.Array) -> list[str | None]:

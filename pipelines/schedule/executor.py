@@ -133,7 +133,7 @@ def run_due(
     if not busy_or_left:
         stores.check_writable(job.fs, job.root, spec.output.path, SCRATCH)  # an object store: before any work
     with lock:
-        job.check_layout()  # again, now that the lock is held: a `pipelines run` started at the same moment
+        job.check_root()  # again, now that the lock is held: a `pipelines run` started at the same moment
         if busy_or_left:
             stores.check_writable(job.fs, job.root, spec.output.path, SCRATCH)
         job.guard(lock.check)  # a scheduler whose lease was taken over writes no more ledger lines, moves no output
@@ -222,6 +222,10 @@ class ScheduledJob:
         once it holds its own, so that of the two started at the same moment one refuses; see runner.not_scheduled).
         """
         OutputDir(self.spec.output.path).check_not_inside_another()
+        self.check_root()
+
+    def check_root(self) -> None:
+        """The output path's own part of :meth:`check_layout` (what a run started meanwhile may have changed)."""
         info = self.fs.get_file_info(self.root)
         if info.type == pafs.FileType.NotFound:
             return
