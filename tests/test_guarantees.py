@@ -628,6 +628,13 @@ def test_an_output_inside_another_jobs_output_is_refused(ray_session, tiny_model
     with pytest.raises(PipelineError, match="lies inside another job's output"):
         run_due(scheduled)  # a scheduled job's root too (its own partitions lie inside it by design)
 
+    (tmp_path / "out" / "v2").mkdir()  # a link elsewhere to a folder inside it is that folder
+    (tmp_path / "v2link").symlink_to(tmp_path / "out" / "v2")
+    linked = inner.model_copy(update={"output": inner.output.model_copy(update={"path": str(tmp_path / "v2link")})})
+    with pytest.raises(PipelineError, match=f"lies inside another job's output, {tmp_path / 'out'} "):
+        run_job(linked)
+    assert sorted(output_ids(tmp_path / "out")) == sorted(ids)
+
 
 def test_overwrite_takes_success_away_before_it_deletes_a_shard(overwritten):
     """A reader that waits for _SUCCESS, as the README says to, never finds it beside a half-deleted output: the

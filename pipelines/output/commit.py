@@ -25,6 +25,7 @@ commit records (and its ``_`` bookkeeping) are ever deleted.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -186,8 +187,14 @@ class OutputDir:
 
     def check_not_inside_another(self) -> None:
         """Refuse an output path inside another job's output (a folder above it holds ``_job.json``, or a scheduled
-        job's ledger): a reader of that folder reads every Parquet file under it, this job's rows too."""
-        parent = self.root.rstrip("/")
+        job's ledger): a reader of that folder reads every Parquet file under it, this job's rows too. A local path is
+        looked at as written and as the links resolve (a link elsewhere to a folder inside an output is that folder)."""
+        self._check_above(self.root)
+        if isinstance(self.fs, pafs.LocalFileSystem) and os.path.realpath(self.root) != self.root.rstrip("/"):
+            self._check_above(os.path.realpath(self.root))
+
+    def _check_above(self, root: str) -> None:
+        parent = root.rstrip("/")
         scheme = f"{self.location.split('://', 1)[0]}://" if "://" in self.location else ""
         while "/" in parent.strip("/"):
             parent = parent.rsplit("/", 1)[0]
