@@ -365,9 +365,32 @@ def test_the_reader_takes_json_values_as_written_on_either_path(tmp_path):
         assert [i for i, _, _ in _read(tmp_path / name)][:2] == ['{"b": 3, "a": 4}', '{"a": 5}'], name
     (tmp_path / "number.jsonl").write_text('{"id": "1", "text": 1.5}\n{"id": "2", "text": "ok"}\n')
     assert _read(tmp_path / "number.jsonl")[0] == ("1", None, "text is not a string (float)")
-    (tmp_path / "array.json").write_text(json.dumps(lines))  # pandas' to_json(orient="records"): no JSON lines
-    [(_, _, said)] = _read(tmp_path / "array.json")
+    (tmp_path / "array.jsonl").write_text(json.dumps(lines) + "\n" + json.dumps({"id": "3", "text": "t"}) + "\n")
+    [(_, _, said), last] = _read(tmp_path / "array.jsonl")  # an array on one line of JSON lines
     assert said.startswith("a JSON line must be an object, got list (an array of 2 objects: a JSON array file")
+    assert last == ("3", "t", None)
+
+
+def test_a_file_that_is_one_json_array_is_read_as_its_rows(tmp_path):
+    """A .json file holding one JSON array of objects (pandas' ``to_json(orient="records")``, ``json.dump(rows, f)``)
+    was one quarantined row on one line, or a bad row per line written with an indent: every record in it lost,
+    and on one line they cost one row of the error budget. Each element is now a row, as a JSON line would be."""
+    from pipelines.planning.inputs import count_rows as plan_count
+
+    rows = [{"id": "a", "text": "first", "n": 1.10}, {"id": "b", "text": "second"}, {"id": 3, "text": "third"}]
+    (tmp_path / "pandas.json").write_text(json.dumps(rows))
+    (tmp_path / "indented.json").write_text("\ufeff" + json.dumps(rows, indent=2) + "\n")
+    with gzip.open(tmp_path / "packed.json.gz", "wt") as handle:
+        handle.write(json.dumps(rows))
+    for name in ("pandas.json", "indented.json", "packed.json.gz"):
+        assert _read(tmp_path / name, keep=("n",)) == [
+            ("a", "first", None, 1.1), ("b", "second", None, None), ("3", "third", None, None)], name
+        [shard] = list_shards([str(tmp_path / name)])
+        assert (plan_count(shard).rows, plan_count(shard).count) == (3, "counted"), name
+    (tmp_path / "mixed.json").write_bytes(b'[{"id": "a", "text": "caf\xe9"}, 7, {"id": "c", "text": "ok"}]')
+    assert _read(tmp_path / "mixed.json") == [
+        ("a", None, "text is not valid UTF-8"), (None, None, "an element of a JSON array must be an object, got int"),
+        ("c", "ok", None)]
 
 
 def test_parquet_text_stored_as_bytes_is_text(tmp_path):

@@ -218,6 +218,8 @@ def read_jsonl(data: bytes, columns: Columns) -> pa.Table:
     :func:`_read_jsonl_lines`). A byte order mark at the start of a line is skipped (:func:`without_boms`).
     """
     data = without_boms(data)
+    if (values := json_array(data)) is not None:
+        return _read_json_array(values, columns)
     try:
         table = pajson.read_json(io.BytesIO(data))
         id_type = table.schema.field(columns.id).type if columns.id in table.column_names else None
@@ -279,12 +281,40 @@ def _big_integer(value: Any) -> int | None:
     return None
 
 
-def _read_jsonl_lines(data: bytes, columns: Columns) -> pa.Table:
-    """The slow path for files pyarrow rejects: line by line, so one bad line costs one row.
+#: A file that starts with ``[`` (after any byte order mark and white space) may be one JSON array.
+ARRAY_START = re.compile(rb"\s*\[")
 
-    An integer past 64 bits in a kept column is a row error where the job's type of the column is not text;
-    where it is (or the column is new), the column is text, each value as written (see :func:`_column`).
-    """
+
+def json_array(data: bytes) -> list[Any] | None:
+    """The elements of a file that is one JSON array (``json.dump(rows, f)``, pandas' ``to_json(orient="records")``),
+    or None: JSON lines. A file that starts with ``[`` but is not one array (JSON lines of arrays) is read as lines.
+    Bytes that are no UTF-8 are read as lone surrogates (U+DC80-U+DCFF), which cost the row that holds them."""
+    data = without_boms(data)
+    if not ARRAY_START.match(data):
+        return None
+    try:
+        value = json.loads(data.decode("utf-8", errors="surrogateescape"), parse_float=WrittenFloat.parse)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    return value if isinstance(value, list) else None
+
+
+def _read_json_array(values: list[Any], columns: Columns) -> pa.Table:
+    """A JSON array file's elements as rows, in their order: each must be an object, as a JSON line must."""
+    records: list[dict[str, Any]] = []
+    errors: list[str | None] = []
+    for value in values:
+        if isinstance(value, dict):
+            records.append(value)
+            errors.append(drop_lone_surrogates(value, columns.all, undecoded=True))
+        else:
+            records.append({})
+            errors.append(f"an element of a JSON array must be an object, got {type(value).__name__}")
+    return _records_table(records, errors, columns)
+
+
+def _read_jsonl_lines(data: bytes, columns: Columns) -> pa.Table:
+    """The slow path for files pyarrow rejects: line by line, so one bad line costs one row."""
     records: list[dict[str, Any]] = []
     errors: list[str | None] = []
     for line in without_boms(data).split(b"\n"):  # pyarrow skips a byte order mark at the start of the file too
@@ -294,6 +324,15 @@ def _read_jsonl_lines(data: bytes, columns: Columns) -> pa.Table:
         error = error or drop_lone_surrogates(record, columns.all)
         records.append(record)
         errors.append(error)
+    return _records_table(records, errors, columns)
+
+
+def _records_table(records: list[dict[str, Any]], errors: list[str | None], columns: Columns) -> pa.Table:
+    """Parsed JSON objects as the job's columns, plus their errors.
+
+    An integer past 64 bits in a kept column is a row error where the job's type of the column is not text;
+    where it is (or the column is new), the column is text, each value as written (see :func:`_column`).
+    """
     table = {}
     types = dict(columns.keep_types)
     for name in columns.all:
@@ -340,15 +379,18 @@ def _no_big_integers(
     return kept, reasons
 
 
-def drop_lone_surrogates(record: dict[str, Any], names: Sequence[str]) -> str | None:
+def drop_lone_surrogates(record: dict[str, Any], names: Sequence[str], undecoded: bool = False) -> str | None:
     """The values of ``names`` that hold a lone surrogate become null (UTF-8, Arrow and Parquet can't hold one);
-    the reason of the first, or None. Other values may hold one (a column the job does not read)."""
+    the reason of the first, or None. Other values may hold one (a column the job does not read). ``undecoded``:
+    the text was decoded with ``surrogateescape``, so U+DC80-U+DCFF stand for bytes that are no UTF-8."""
     reason = None
     for name in names:
         found = lone_surrogate(record.get(name))
         if found is not None:
             record[name] = None
-            reason = reason or f"{name} is not valid Unicode: a lone surrogate ({found})"
+            escaped = undecoded and "\\udc80" <= found <= "\\udcff"
+            said = "is not valid UTF-8" if escaped else f"is not valid Unicode: a lone surrogate ({found})"
+            reason = reason or f"{name} {said}"
     return reason
 
 

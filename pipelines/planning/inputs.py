@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from pipelines.errors import first_line
 from pipelines.io.block import ROW
-from pipelines.io.reader import Columns, read_group, without_boms
+from pipelines.io.reader import ARRAY_START, Columns, json_array, read_group, without_boms
 from pipelines.io.reader import count_rows as reader_count_rows
 from pipelines.io.shards import Shard
 from pipelines.planning.records import InputPlan, ShardCount
@@ -72,6 +72,10 @@ def _jsonl_rows(shard: Shard, count_limit: int) -> tuple[int, bool]:
         stream: Any = gzip.GzipFile(fileobj=raw, mode="rb") if shard.compressed else raw  # type: ignore[call-overload]
         rows, read, carry = 0, 0, b""
         chunk = stream.read(min(CHUNK, count_limit))
+        if ARRAY_START.match(without_boms(chunk)):  # perhaps one JSON array: its elements are the rows
+            chunk += b"".join(iter(lambda: stream.read(CHUNK), b""))
+            if (values := json_array(chunk)) is not None:
+                return len(values), True
         while chunk:
             read += len(chunk)
             text = carry + chunk
