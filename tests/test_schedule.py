@@ -488,6 +488,24 @@ def test_a_run_and_a_scheduler_started_together_on_one_output_leave_every_row_on
     add_shard(tmp_path, "b.jsonl", rows("b", 2))  # the refused scheduler's lock file keeps no run out
     assert run_job(spec).shards_this_run == 1
     assert sorted(all_ids(tmp_path)) == sorted(want + [r["id"] for r in rows("b", 2)])
+    monkeypatch.setattr(executor_module, "job_lock", job_lock)
+    shutil.rmtree(tmp_path / "out")
+    (tmp_path / "in" / "b.jsonl").unlink()
+
+    # 4. a lock file already there (an earlier run's) is taken before Ray's start; the scheduler runs just before
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "_run.lock").touch()
+    present = JobLock.present
+
+    def a_scheduler_before_the_lock(self):
+        if self.path.name == "_run.lock" and not (tmp_path / "out" / "_runs.jsonl").exists():
+            run_due(spec, now=DAY1, runner=Committing())
+        return present(self)
+
+    monkeypatch.setattr(JobLock, "present", a_scheduler_before_the_lock)
+    with pytest.raises(PipelineError, match=r"is a scheduled job's output \(its ledger _runs.jsonl is there\)"):
+        run_job(spec)
+    assert sorted(all_ids(tmp_path)) == want
 
 
 def test_an_output_inside_a_scheduled_jobs_root_is_refused_but_its_partitions_are_not(tmp_path):
