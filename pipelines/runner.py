@@ -70,8 +70,9 @@ def job_record(spec: JobSpec) -> JobRecord:
     )
 
 
-def columns_of(spec: JobSpec, shards: Sequence[Shard] = ()) -> Columns:
-    """The columns to read; passed-through columns get one type unified over every shard (see reference_types)."""
+def columns_of(spec: JobSpec, shards: Sequence[Shard] = (), kept: dict[str, pa.DataType] | None = None) -> Columns:
+    """The columns to read; passed-through columns get one type unified over every shard (see reference_types),
+    or the type ``kept`` gives them (another output's, whose rows are read with these)."""
     keep = [*spec.input.columns_to_keep, *([spec.input.label_column] if spec.input.label_column else [])]
     columns = Columns(
         text=spec.input.text_column,
@@ -79,8 +80,10 @@ def columns_of(spec: JobSpec, shards: Sequence[Shard] = ()) -> Columns:
         inputs=tuple(spec.task.input_columns()),
         keep=tuple(dict.fromkeys(keep)),
     )
-    types = reference_types(list(shards), columns) if columns.keep else {}
-    return replace(columns, keep_types=tuple(types.items()))
+    kept = {name: type_ for name, type_ in (kept or {}).items() if name in columns.keep}
+    sampled = replace(columns, keep=tuple(name for name in columns.keep if name not in kept))
+    types = {**(reference_types(list(shards), sampled) if sampled.keep else {}), **kept}
+    return replace(columns, keep_types=tuple((name, types[name]) for name in columns.keep))
 
 
 def staging_config(spec: JobSpec, shards: list[Shard]) -> StagingConfig:
@@ -263,6 +266,7 @@ def run_job(
     shards: list[Shard] | None = None,
     before_visible: Callable[[Shard], None] | None = None,
     precision: dict[str, str] | None = None,
+    column_types: str | None = None,
 ) -> RunSummary:
     """Run (or resume) a job; return its summary. Raises PipelineError on any failure.
 
@@ -271,7 +275,9 @@ def run_job(
     ``prune`` deletes the output of committed shards whose input is gone, instead of refusing to run.
     ``before_visible`` is called for each shard after its commit is recorded and before its rows appear.
     ``precision``: what ``quantization: auto`` keeps where the output recorded none (a scheduled job's new
-    partition keeps the precision of the job's earlier runs).
+    partition keeps the precision of the job's earlier runs). ``column_types``: the kept columns' types (as
+    :func:`~pipelines.io.reader.encode_types` writes them) that a fresh output takes instead of sampling its input,
+    for the columns they name (a scheduled job's new partition keeps its earlier runs' types: read as one table).
     """
     timeline = {"process_start": _process_start(), "run_start": time.time()}
     check_paths(spec)
@@ -346,7 +352,7 @@ def run_job(
             if overwrite:
                 output.clear()
             pending, _ = _pending(output, job, shards, given, prune=prune, dry=False)
-        return _run_locked(spec, job, output, shards, pending, before_visible, checked, timeline)
+        return _run_locked(spec, job, output, shards, pending, before_visible, checked, timeline, column_types)
     finally:
         lock.release()
 
@@ -416,13 +422,15 @@ def _run_locked(
     before_visible: Callable[[Shard], None] | None,
     checked: Fidelity | None = None,
     timeline: dict[str, float] | None = None,
+    column_types: str | None = None,
 ) -> RunSummary:
     timeline = timeline if timeline is not None else {}
     recorded = output.job()
     if recorded and recorded.spec_hash == job.spec_hash and recorded.column_types and output.commits():
         job.column_types = recorded.column_types  # the types the committed files have (none: fixed afresh)
     else:
-        job.column_types = encode_types(dict(columns_of(spec, shards).keep_types))
+        kept = decode_types(column_types) if column_types else None
+        job.column_types = encode_types(dict(columns_of(spec, shards, kept).keep_types))
     with writing(spec.output.path):
         output.start(job)
     log.info("%d of %d shards to do", len(pending), len(shards))

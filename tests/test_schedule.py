@@ -145,7 +145,7 @@ class NoRay:
         self.error = error  # what they fail with
 
     def __call__(self, spec, *, address=None, overwrite=False, shards=None, before_visible=None,
-                 precision=None) -> RunSummary:
+                 precision=None, column_types=None) -> RunSummary:
         self.calls.append({"output": spec.output.path, "shards": [s.uri for s in shards], "overwrite": overwrite})
         if len(self.calls) <= self.fail_first:
             raise PipelineError("the cluster went away")
@@ -165,7 +165,7 @@ class Committing:
         self.fail_first: set[str] = set()
 
     def __call__(self, spec, *, address=None, overwrite=False, shards=None, before_visible=None,
-                 precision=None) -> RunSummary:
+                 precision=None, column_types=None) -> RunSummary:
         out = OutputDir(spec.output.path)
         if overwrite:
             out.clear()
@@ -395,6 +395,34 @@ def test_a_scheduled_auto_job_keeps_one_precision_over_its_runs(ray_session, cla
     assert [e["precision"] for e in closing_lines(tmp_path)] == [first, first]
     label = first["quantization"] if first["quantization"] != "none" else first["dtype"]
     assert f"(auto: {label})" in render_table(Ledger(str(tmp_path / "out")).read())
+
+
+def test_a_kept_column_keeps_one_type_over_every_partition(ray_session, classifier, tmp_path):
+    """Each run fixed its kept columns' types from its own input files: whole numbers one night and fractions or
+    text the next gave partitions that pyarrow, pandas and Polars could not read as one table (`Float value 0.5
+    was truncated`), and DuckDB read 0.5 as 0. A scheduled job's later runs keep the types of its earlier ones, as
+    one output keeps them over its shards: a value that does not fit costs its row, with the reason."""
+    import duckdb
+
+    raw = raw_job(tmp_path, classifier)
+    raw["input"]["columns_to_keep"] = ["n", "tag"]
+    raw["errors"] = {"max_rate": 1.0}
+    (tmp_path / "in").mkdir()
+    spec = spec_from_dict(raw)
+    add_shard(tmp_path, "a.jsonl", [{**r, "n": i, "tag": None} for i, r in enumerate(rows("a", 3))])
+    run_due(spec, now=day(1, hours=0.01))
+    add_shard(tmp_path, "b.jsonl", [{**r, "n": n, "tag": t} for r, n, t in zip(rows("b", 3), [7, None, 0.5],
+                                                                                [None, "x", "y"])])
+    run_due(spec, now=day(2, hours=0.01))
+
+    table = pq.read_table(tmp_path / "out")
+    got = {i: (n, t) for i, n, t in zip(*(table.column(c).to_pylist() for c in ("id", "n", "tag")))}
+    assert got == {"a0": (0, None), "a1": (1, None), "a2": (2, None), "b0": (7, None), "b1": (None, "x")}
+    query = f"select id, n from read_parquet('{tmp_path}/out/run=*/*.parquet', hive_partitioning=true) order by id"
+    assert duckdb.sql(query).fetchall() == [("a0", 0), ("a1", 1), ("a2", 2), ("b0", 7), ("b1", None)]
+    [error] = pq.read_table(next((tmp_path / "out").glob("run=2026-11-29*/_errors/*.parquet"))).to_pylist()
+    assert error["id"] == "b2" and "column 'n' is double here but int64 in this job's output (value '0.5')" in (
+        error["reason"])
 
 
 def test_a_killed_run_is_completed_by_the_next_tick(ray_session, classifier, tmp_path, monkeypatch):

@@ -30,10 +30,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from pipelines.errors import PipelineError
 from pipelines.io import stores
+from pipelines.io.reader import decode_types, encode_types
 from pipelines.io.shards import Shard, list_shards, resolve
 from pipelines.output import layout
 from pipelines.output.commit import OutputDir
@@ -378,9 +380,11 @@ class ScheduledJob:
                 self.retire_shard(replaces[shard.key], shard.key)
 
         precision = None if plan.entry.rescore else self.kept_precision(plan.entry.model)
+        types = None if plan.entry.rescore else self.kept_column_types()
         try:
             summary = self.runner(partition_spec(self.spec, run), address=self.address, overwrite=plan.overwrite,
-                                  shards=plan.shards, before_visible=retire_older, precision=precision)
+                                  shards=plan.shards, before_visible=retire_older, precision=precision,
+                                  column_types=types)
         except Exception as exc:
             try:
                 self.ledger.append(planned.model_copy(update={
@@ -423,6 +427,17 @@ class ScheduledJob:
                     and recorded.device == device):
                 return recorded.precision
         return None
+
+    def kept_column_types(self) -> str | None:
+        """The kept columns' types of this job's earlier runs (from their partitions' ``_job.json``, the newest run's
+        first): a new partition writes them too, so that every partition reads as one table (ints one night and
+        fractions the next would not). A column no earlier run kept is typed from the new run's input."""
+        types: dict[str, pa.DataType] = {}
+        for run in reversed(self.history().latest()):
+            recorded = OutputDir(partition_path(self.spec, run)).job()
+            if recorded and recorded.column_types:
+                types = {**decode_types(recorded.column_types), **types}
+        return encode_types(types) if types else None
 
     def committed_inputs(self, run: str) -> list[LedgerInput]:
         records = OutputDir(partition_path(self.spec, run)).commits().values()
