@@ -237,6 +237,29 @@ def _kept(paths: list[Path], keep: tuple[str, ...], sample_bytes: int = 1 << 18,
     return types, {r["id"]: (r[ERROR], *(r[k] for k in keep)) for r in rows}
 
 
+def test_a_kept_value_of_another_type_costs_its_row_alone(tmp_path):
+    """Where a shard's own type of a kept column could not be cast to the job's (text to a list or a struct), every
+    row of the shard was quarantined, its nulls too (`schema differs … (value 'None')`); and in a JSON lines file
+    read line by line (a late value of another type), the column became JSON text for every row, lists too, so no
+    row fitted. Only the value that does not fit costs its row."""
+    listed = {"tags": pa.list_(pa.string()), "meta": pa.struct([("a", pa.string())])}
+    write_jsonl(tmp_path / "new.jsonl", [{"id": "solo", "text": "t", "tags": "solo", "meta": None},
+                                         *({"id": f"n{i}", "text": "t"} for i in range(3))])
+    _, rows = _kept([tmp_path / "new.jsonl"], ("tags", "meta"), types=listed)
+    assert {i: r for i, r in rows.items() if i != "solo"} == {f"n{i}": (None, None, None) for i in range(3)}
+    assert rows["solo"][0].startswith("schema differs: column 'tags' is string here but list<item: string> in this")
+
+    late = [{"id": f"r{i}", "text": "t", "tags": ["a", str(i)] if i % 2 else None, "meta": {"a": "x"}} for i in range(6)]
+    late[5] = {"id": "r5", "text": "t", "tags": "a", "meta": {"deep": {"b": 1}}}
+    write_jsonl(tmp_path / "late.jsonl", late)  # the sample sees lists and one struct only (its first 200 bytes)
+    types, rows = _kept([tmp_path / "late.jsonl"], ("tags", "meta"), sample_bytes=200)
+    assert types == {"tags": pa.list_(pa.field("element", pa.string())), "meta": pa.struct([("a", pa.string())])}
+    assert {i: r for i, r in rows.items() if i != "r5"} == {
+        "r0": (None, None, {"a": "x"}), "r1": (None, ["a", "1"], {"a": "x"}), "r2": (None, None, {"a": "x"}),
+        "r3": (None, ["a", "3"], {"a": "x"}), "r4": (None, None, {"a": "x"})}
+    assert rows["r5"][0].startswith("schema differs: column 'tags' is string here")
+
+
 def test_kept_json_strings_stay_the_strings_they_are_written_as(tmp_path):
     """pyarrow's JSON type inference made date- and time-like strings of a kept column timestamps: an offset was
     lost ("2024-01-02T10:00:00+02:00" written as 08:00 without zone), a day became "2024-01-01 00:00:00" beside a

@@ -346,6 +346,8 @@ def _records_table(records: list[dict[str, Any]], errors: list[str | None], colu
             values, errors = _strings_only(name, values, errors)
         elif (expected := types.get(name)) is not None and not _is_text(expected):
             values, errors = _no_big_integers(name, expected, values, errors)
+            table[name], errors = _typed_column(name, expected, values, errors)
+            continue
         table[name] = _column(values)
     table[ERROR] = pa.array(errors, pa.string())
     return pa.table(table)
@@ -444,6 +446,43 @@ def parse_line(line: bytes, numbers_as_written: bool = False) -> tuple[dict[str,
     if not isinstance(record, dict):
         return {}, f"a JSON line must be an object, got {type(record).__name__}"
     return record, None
+
+
+def _typed_column(
+    name: str, expected: pa.DataType, values: list[Any], errors: list[str | None]
+) -> tuple[pa.Array, list[str | None]]:
+    """A kept column read line by line, where the job's type of it is not text. Values of one type are one column,
+    cast with the rest of the shard (:func:`_kept_column`); values of mixed types (a list, then a late string) are
+    cast one by one, each as a column of its own kind would be, so that one that does not fit costs its row only
+    (as JSON text, the fallback of :func:`_column`, no row of a list column would fit)."""
+    plain = [float(v) if isinstance(v, WrittenFloat) else v for v in values]
+    try:
+        return pa.array(plain), errors
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        pass
+    target = expected.value_type if pa.types.is_dictionary(expected) else expected
+    kept: list[Any] = []
+    reasons = list(errors)
+    for i, value in enumerate(plain):
+        try:
+            alone = pa.array([value])
+            if _dropped_field(value, target) is not None:
+                raise pa.ArrowInvalid("a field the job's type has not")
+            kept.append(value if alone.type == target else _cast(alone, target)[0].as_py())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OverflowError):
+            kept.append(None)
+            written = _as_text(values[i]) or ""
+            reasons[i] = reasons[i] or (f"schema differs: column {name!r} is {_json_kind(value)} here but {expected} "
+                                        f"in this job's output (value {written[:40]!r})")
+    return pa.array(kept, target), reasons
+
+
+def _json_kind(value: Any) -> str:
+    """The Arrow type a JSON value alone reads as, for a message."""
+    try:
+        return str(pa.array([value]).type)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        return type(value).__name__
 
 
 def _column(values: list[Any]) -> pa.Array:
@@ -633,6 +672,9 @@ def _cast_each(column: Any, name: str, expected: pa.DataType, errors: Any) -> tu
     room = _dictionary_room(expected)
     distinct: set[Any] = set()
     for i, value in enumerate(values):
+        if value is None:  # null in any type: a shard whose type can't be cast (text to a list) has nulls too
+            kept.append(None)
+            continue
         dropped = _dropped_field(value, expected)
         if dropped is not None:
             kept.append(None)
