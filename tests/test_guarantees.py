@@ -260,6 +260,19 @@ def test_a_kept_value_of_another_type_costs_its_row_alone(tmp_path):
     assert rows["r5"][0].startswith("schema differs: column 'tags' is string here")
 
 
+def test_a_column_the_job_does_not_read_leaves_the_types_sample_alone(tmp_path):
+    """A file whose first lines pyarrow refused, for a column the job does not even read (`extra`: a list, then
+    text), was left out of the kept columns' types without a word: `meta`, a struct of text there and of numbers
+    elsewhere, took the other file's type, and the file's rows were quarantined (`schema differs`)."""
+    write_jsonl(tmp_path / "ja.jsonl", [{"id": f"a{i}", "text": "t", "meta": {"a": i}} for i in range(3)])
+    write_jsonl(tmp_path / "jb.jsonl", [{"id": "b0", "text": "t", "meta": {"a": "x"}, "extra": ["l"], "tags": ["p"]},
+                                        {"id": "b1", "text": "t", "meta": None, "extra": "s", "tags": "q"}])
+    types, rows = _kept([tmp_path / "ja.jsonl", tmp_path / "jb.jsonl"], ("meta", "tags"))
+    assert types == {"meta": pa.string(), "tags": pa.string()}  # types that don't agree: text, as the README says
+    assert rows == {"a0": (None, '{"a": 0}', None), "a1": (None, '{"a": 1}', None), "a2": (None, '{"a": 2}', None),
+                    "b0": (None, '{"a": "x"}', '["p"]'), "b1": (None, None, "q")}
+
+
 def test_kept_json_strings_stay_the_strings_they_are_written_as(tmp_path):
     """pyarrow's JSON type inference made date- and time-like strings of a kept column timestamps: an offset was
     lost ("2024-01-02T10:00:00+02:00" written as 08:00 without zone), a day became "2024-01-01 00:00:00" beside a

@@ -784,7 +784,7 @@ def reference_types(shards: list[Shard], columns: Columns, sample_bytes: int = 1
     sampled = 0
     for shard in shards:
         try:
-            schema = _sample_schema(shard, sample_bytes)
+            schema = _sample_schema(shard, sample_bytes, columns.keep)
         except Exception:  # noqa: BLE001 - an unreadable shard is quarantined (or fails the job) when read
             continue
         sampled += 1
@@ -849,7 +849,7 @@ def decode_types(text: str) -> dict[str, pa.DataType]:
     return {field.name: field.type for field in schema}
 
 
-def _sample_schema(shard: Shard, sample_bytes: int) -> pa.Schema:
+def _sample_schema(shard: Shard, sample_bytes: int, names: Sequence[str]) -> pa.Schema:
     fs = shard.filesystem()
     if shard.format == "parquet" and not shard.compressed:
         with fs.open_input_file(shard.path) as handle:
@@ -861,7 +861,7 @@ def _sample_schema(shard: Shard, sample_bytes: int) -> pa.Schema:
     try:
         table = _read_sample(head)
     except pa.ArrowInvalid:  # a bad line (invalid JSON, a lone surrogate) costs its row, not the shard's types
-        table = _read_sample(b"".join(_good_lines(head)) or b"{}\n")
+        table = _sample_by_column(head, names)
     rounded = {name for name in table.column_names if _past_int64(table.column(name))}
     if rounded:  # integers past 64 bits, if any, were rounded to floats: such a column is text, as read_jsonl reads it
         records = [json.loads(line) for line in _good_lines(head)]
@@ -869,6 +869,23 @@ def _sample_schema(shard: Shard, sample_bytes: int) -> pa.Schema:
     return pa.schema([  # as read_jsonl reads them
         pa.field(f.name, pa.string()) if f.name in rounded else f.with_type(as_written(f.type)) for f in table.schema
     ])
+
+
+def _sample_by_column(head: bytes, names: Sequence[str]) -> pa.Table:
+    """A JSON lines sample that pyarrow refuses whole, read from its good lines one column of ``names`` at a time:
+    the columns the job does not read are left out (their values may be of types that don't agree), and one it
+    reads whose values' types don't agree is text, as :func:`unify_types` makes such a column."""
+    records = [json.loads(line) for line in _good_lines(head)]
+    columns = {}
+    for name in names:
+        if not any(name in r for r in records):
+            continue
+        lines = b"".join(json.dumps({name: r.get(name)}).encode() + b"\n" for r in records)
+        try:
+            columns[name] = _read_sample(lines).column(name)
+        except pa.ArrowInvalid:
+            columns[name] = pa.chunked_array([pa.array([_as_text(r.get(name)) for r in records], pa.string())])
+    return pa.table(columns) if columns else pa.table({})
 
 
 def _sample_head(stream: Any, sample_bytes: int, most: int = SAMPLE_MOST) -> bytes:
