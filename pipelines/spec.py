@@ -266,13 +266,21 @@ class JobSpec(Strict):
                 "input.columns_to_keep: 'id' is kept, but input.id_column is null, so the output's id column holds "
                 "each row's place (file:row) and would replace it; set input.id_column: id to use it as the id"
             )
-        if self.schedule is not None and "run" in self.output_columns():
-            raise ValueError(
-                "a column named 'run' in the output of a scheduled job: its partitions are folders run=<tick>, and "
-                "readers of the output take 'run' from the folder names (pandas and pyarrow refuse the two, "
-                "DuckDB and Polars replace the column's values); rename the column, or its prediction prefix"
-            )
+        if self.schedule is not None and (problem := self.partition_problem()):
+            raise ValueError(problem)
         return self
+
+    def partition_problem(self) -> str | None:
+        """Why this job's output can't be a scheduled job's (its partitions are folders run=<tick>), or None."""
+        clash = next((name for name in self.output_columns() if name.lower() == "run"), None)
+        if clash is None:
+            return None
+        return (
+            f"a column named {clash!r} in the output of a scheduled job: its partitions are folders run=<tick>, and "
+            "readers of the output take 'run' from the folder names (pandas and pyarrow refuse the two, DuckDB, "
+            "which matches names in any case, and Polars replace the column's values); rename the column, or its "
+            "prediction prefix"
+        )
 
     @model_validator(mode="after")
     def _openai_batch(self) -> JobSpec:

@@ -88,7 +88,25 @@ def test_input_columns_that_the_output_would_lose_or_garble_are_refused_before_a
     scheduled["schedule"] = {"cron": "0 2 * * *"}
     with pytest.raises(PipelineError, match="run=<tick>"):
         spec_from_dict(scheduled)
+    scheduled["input"]["columns_to_keep"] = ["Run"]  # DuckDB matches names in any case: it took the tick for it
+    with pytest.raises(PipelineError, match="run=<tick>"):
+        spec_from_dict(scheduled)
     assert spec_from_dict(minimal(input__columns_to_keep=["run"])).output_columns()[1] == "run"  # a batch job keeps it
+
+
+def test_a_job_without_a_schedule_section_run_by_the_scheduler_may_not_write_a_run_column(tmp_path):
+    """`pipelines schedule JOB --once` takes a spec without a schedule section too (it runs now), and the spec's check
+    for a 'run' column looked only at specs with one: the column went into run=... partitions, and pandas refused
+    the output."""
+    from pipelines.schedule.executor import run_due
+
+    raw = minimal(input__columns_to_keep=["run"])
+    raw["input"]["paths"] = [str(tmp_path / "in")]
+    raw["output"]["path"] = str(tmp_path / "out")
+    (tmp_path / "in").mkdir()
+    with pytest.raises(PipelineError, match="run=<tick>"):
+        run_due(spec_from_dict(raw), runner=lambda *args, **kwargs: pytest.fail("nothing is scored"))
+    assert not (tmp_path / "out").exists()
 
 
 def test_overrides_set_nested_fields_with_yaml_values(tmp_path):

@@ -124,6 +124,9 @@ def run_due(
     ledger and in ``Invocation.failures`` (its committed shards are kept and the next invocation
     resumes it), and does not stop new input from being scored.
     """
+    problem = spec.partition_problem()  # a spec without a schedule section was not checked for it
+    if problem:
+        raise PipelineError(f"{spec.output.path}: {problem}")
     if runner is None:
         from pipelines.runner import run_job
 
