@@ -903,6 +903,54 @@ def test_a_shard_a_failing_later_run_took_over_keeps_an_output_while_its_holder_
     assert sorted(all_ids(tmp_path)) == ["k0", "k1", "k2"]
 
 
+def test_a_run_redone_whole_for_a_new_model_is_not_redone_again_at_its_next_resume(tmp_path, monkeypatch):
+    """A resume compared the current model with the run's first attempt's: once the model changed, every later
+    attempt of a run that kept failing cleared its partition and scored it whole again, shards the new model had
+    scored too, and a kill in one of them left those shards' rows in no partition until an attempt succeeded."""
+    runner, model = Committing(), fake_model(tmp_path)
+    spec = make_job(tmp_path, model)
+    add_shard(tmp_path, "a.jsonl", rows("a", 3))
+    add_shard(tmp_path, "bad.jsonl", rows("x", 1))
+    assert run_due(spec, now=day(1, hours=0.01), runner=runner).failures  # a committed, bad not
+    (Path(model) / "config.json").write_text('{"v": 2}')
+    assert run_due(spec, now=day(2, hours=0.01), runner=runner).failures  # redone whole with the new model
+    cleared = []
+    clear = OutputDir.clear
+    monkeypatch.setattr(OutputDir, "clear", lambda self: cleared.append(self.root) or clear(self))
+    assert run_due(spec, now=day(3, hours=0.01), runner=runner).failures  # fails on bad again: a is kept
+    assert cleared == []
+    resumes = [e for e in ledger(tmp_path) if e["kind"] == "resume" and e["status"] == "running"]
+    assert [e["note"] for e in resumes] == ["redone with the current model/spec", ""]
+    assert sorted(all_ids(tmp_path)) == ["a0", "a1", "a2"]
+
+
+def test_a_partition_is_redone_whole_until_the_new_model_has_scored_it_and_no_more(
+    ray_session, classifier, tmp_path, monkeypatch
+):
+    """With real runs: the partition's _job.json says which model files scored what it holds, so a resume cut short
+    before it cleared the partition is redone whole again, and one whose new model scored it is not."""
+    spec = make_job(tmp_path, classifier)
+    add_shard(tmp_path, "a.jsonl", rows("a", 3))
+    (tmp_path / "in" / "bad.jsonl.gz").write_bytes(b"no gzip")  # fails every attempt, after a is committed
+    assert run_due(spec, now=day(1, hours=0.01)).failures
+    (Path(classifier) / "notes.txt").write_text("retrained")  # the model's files changed
+
+    def killed_before_clearing(self):
+        raise Killed()
+
+    clear = OutputDir.clear
+    monkeypatch.setattr(OutputDir, "clear", killed_before_clearing)
+    with pytest.raises(Killed):
+        run_due(spec, now=day(2, hours=0.01))
+    gc.collect()
+    cleared = []
+    monkeypatch.setattr(OutputDir, "clear", lambda self: cleared.append(self.root) or clear(self))
+    assert run_due(spec, now=day(3, hours=0.01)).failures  # the partition still holds the old model's a: redone
+    assert run_due(spec, now=day(4, hours=0.01)).failures  # the new model's a: kept
+    assert len(cleared) == 1
+    assert sorted(all_ids(tmp_path)) == ["a0", "a1", "a2"]
+
+
 def test_abandoning_a_run_brings_back_no_version_that_a_later_run_replaced(tmp_path):
     """An abandon brings an earlier version back for a shard the run no longer holds; if a rescore has
     committed that shard since, the version brought back stood beside the rescore's until the next tick."""

@@ -88,7 +88,7 @@ def _tick(spec: JobSpec, shards: list[Shard], rows: dict[str, int]) -> OutputPla
     for entry in unfinished:
         assert entry.run is not None
         partition = job.partition_state(entry.run)
-        planner = job.planner(history.first_attempt(entry.run).model or {})
+        planner = job.planner(history.last_attempt(entry.run).model or {})
         resume = planner.resume(entry.run, decision, partition, held)
         for shard in resume.shards:
             if resume.overwrite or partition.committed.get(shard.key) != (shard.size, shard.mtime_ns):

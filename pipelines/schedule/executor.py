@@ -342,7 +342,9 @@ class ScheduledJob:
         partition = OutputDir(partition_path(self.spec, run))
         recorded = partition.job()
         committed = {key: (r.input.size, r.input.mtime_ns) for key, r in partition.commits().items()}
-        return PartitionState(recorded.spec_hash if recorded else None, committed)
+        if recorded is None:
+            return PartitionState(None, committed)
+        return PartitionState(recorded.spec_hash, committed, recorded.model_files)
 
     def stamp(self, entry: LedgerEntry) -> LedgerEntry:
         """A line that records no run: when and where it was written."""

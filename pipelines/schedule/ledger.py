@@ -183,6 +183,11 @@ class History:
         """The first ``running`` line of a run: its plan (inputs, replaces, rescore)."""
         return next(e for e in self.entries if e.run == run and e.status == "running")
 
+    def last_attempt(self, run: str) -> LedgerEntry:
+        """The last ``running`` line of a run: the model that scored what its partition holds (an attempt with
+        another model than the one before cleared the partition and scored it whole)."""
+        return [e for e in self.entries if e.run == run and e.status == "running"][-1]
+
     def attempts(self, run: str) -> int:
         return sum(1 for e in self.entries if e.run == run and e.status == "running")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pipelines.inference.identity import changed
 from pipelines.io.shards import Shard
 from pipelines.output.records import HASH_VERSION, prefixed_hash
 from pipelines.schedule.ledger import History, LedgerEntry
@@ -23,10 +24,12 @@ from pipelines.schedule.ticks import Decision, run_id
 
 @dataclass(frozen=True)
 class PartitionState:
-    """What a partition holds: the spec hash its ``_job.json`` records, and its commits' input fingerprints."""
+    """What a partition holds: the spec hash and model files its ``_job.json`` records, and its commits' input
+    fingerprints."""
 
     spec_hash: str | None = None
     committed: dict[str, tuple[int, int | None]] = field(default_factory=dict)  # key → (size, mtime_ns)
+    model_files: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -83,8 +86,8 @@ class Planner:
         """
         held = held or {}
         plan = self.history.first_attempt(run)
-        overwrite = (partition.spec_hash is not None and partition.spec_hash != self.spec_hash) or not same_model(
-            plan.model, self.lineage
+        overwrite = (partition.spec_hash is not None and partition.spec_hash != self.spec_hash) or self._new_model(
+            run, partition
         )
         warnings = []
         if overwrite:
@@ -118,6 +121,15 @@ class Planner:
             note="redone with the current model/spec" if overwrite else "",
         )
         return RunPlan(run, shards, entry, overwrite, warnings)
+
+    def _new_model(self, run: str, partition: PartitionState) -> bool:
+        """Whether the model is not the one that scored what the partition holds: its ``_job.json`` says which files
+        did (written when a run starts scoring, after any clearing), else the run's last attempt (a resume redone
+        whole with a new model is not redone again at the next attempt)."""
+        if partition.model_files:
+            now = {"content": self.lineage.get("content_hash"), "commit": self.lineage.get("commit")}
+            return changed(partition.model_files, {name: value for name, value in now.items() if value})
+        return not same_model(self.history.last_attempt(run).model, self.lineage)
 
     def new_work(
         self, decision: Decision, rescore: bool, unfinished_commits: dict[str, HeldCommit] | None = None
