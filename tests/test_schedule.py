@@ -951,6 +951,24 @@ def test_a_partition_is_redone_whole_until_the_new_model_has_scored_it_and_no_mo
     assert sorted(all_ids(tmp_path)) == ["a0", "a1", "a2"]
 
 
+def test_a_rescore_keeps_no_promise_it_can_not_keep_about_gone_input(tmp_path):
+    """A shard scored earlier whose file is gone keeps its output (only --prune moves it away), and the rescore's own
+    ledger line said so ("their rows stay"); but a rescore supersedes every older partition, so its rows left with
+    them and no line said it. A rescore with gone input is now refused unless --prune lets that output go."""
+    runner = Committing()
+    spec = make_job(tmp_path, fake_model(tmp_path))
+    add_shard(tmp_path, "a.jsonl", rows("a", 3))
+    add_shard(tmp_path, "b.jsonl", rows("b", 2))
+    run_due(spec, now=day(1, hours=0.01), runner=runner)
+    (tmp_path / "in" / "a.jsonl").unlink()  # a retention policy on the landing folder
+    with pytest.raises(PipelineError, match=r"1 shard\(s\) scored earlier are gone from the input \(a.jsonl\).*--prune"):
+        run_due(spec, now=day(2, hours=0.01), rescore=True, runner=runner)
+    assert sorted(all_ids(tmp_path)) == ["a0", "a1", "a2", "b0", "b1"]
+    run_due(spec, now=day(2, hours=0.01), rescore=True, prune=True, runner=runner)
+    assert sorted(all_ids(tmp_path)) == ["b0", "b1"]
+    assert [e["kind"] for e in closing_lines(tmp_path)][-2:] == ["prune", "rescore"]
+
+
 def test_abandoning_a_run_brings_back_no_version_that_a_later_run_replaced(tmp_path):
     """An abandon brings an earlier version back for a shard the run no longer holds; if a rescore has
     committed that shard since, the version brought back stood beside the rescore's until the next tick."""
