@@ -277,10 +277,10 @@ class ScheduledJob:
             report.entries.append(self.record_tick(decision, "skipped"))
             return report
         lineage = model_lineage(self.spec.model)
-        if rescore and not prune and (gone := self.planner(lineage).prunes()):
-            names = sorted(self.history().scored()[move.key][0].name or str(move.key) for move in gone if move.key)
+        if rescore and not prune and (lost := self.planner(lineage).prunes()):
+            names = sorted(self.history().scored()[move.key][0].name or str(move.key) for move in lost if move.key)
             raise PipelineError(
-                f"--rescore: {len(gone)} shard(s) scored earlier are gone from the input ({', '.join(names[:3])}"
+                f"--rescore: {len(lost)} shard(s) scored earlier are gone from the input ({', '.join(names[:3])}"
                 f"{', …' if len(names) > 3 else ''}): a rescore can't score them again, and their rows would leave "
                 "with the partitions it supersedes. Add --prune to let their output go (the ledger records it), or "
                 "restore the files first"
