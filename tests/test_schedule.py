@@ -969,6 +969,22 @@ def test_a_rescore_keeps_no_promise_it_can_not_keep_about_gone_input(tmp_path):
     assert [e["kind"] for e in closing_lines(tmp_path)][-2:] == ["prune", "rescore"]
 
 
+def test_a_rescore_on_a_clock_behind_the_newest_run_is_refused(tmp_path):
+    """A rescore off schedule is named after the clock; on a host whose clock is behind the newest run's (another
+    scheduler host, a clock stepped back) it came before that run, and a later change of a shard retired only the
+    newest run's version of it: its rows were then in the output twice."""
+    runner = Committing()
+    spec = make_job(tmp_path, fake_model(tmp_path))
+    add_shard(tmp_path, "a.jsonl", rows("a", 3))
+    run_due(spec, now=day(3, hours=0.01), runner=runner)
+    with pytest.raises(PipelineError, match=r"the clock here says 2026-11-30T01:59:00Z, not after this job's newest "
+                                            r"run, 2026-11-30T02:00:00Z"):
+        run_due(spec, now=day(3, hours=-1 / 60), rescore=True, runner=runner)
+    add_shard(tmp_path, "a.jsonl", rows("a", 4))
+    run_due(spec, now=day(4, hours=0.01), runner=runner)
+    assert sorted(all_ids(tmp_path)) == ["a0", "a1", "a2", "a3"]
+
+
 def test_abandoning_a_run_brings_back_no_version_that_a_later_run_replaced(tmp_path):
     """An abandon brings an earlier version back for a shard the run no longer holds; if a rescore has
     committed that shard since, the version brought back stood beside the rescore's until the next tick."""

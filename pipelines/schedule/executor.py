@@ -270,8 +270,15 @@ class ScheduledJob:
             )
         self.reconcile()
         decision = decide(self.spec.schedule, history.last_tick(), now)
-        if rescore and decision.action != "run":
+        if rescore and decision.action != "run":  # named after the clock: after every run, or runs lose their order
             decision = Decision("run", now.replace(microsecond=0).astimezone(UTC))
+            newest = max(history.latest(), default=None)
+            if newest is not None and run_id(decision.tick) <= newest:
+                raise PipelineError(
+                    f"--rescore: the clock here says {run_id(decision.tick)}, not after this job's newest run, "
+                    f"{newest}: a run is named after its time, and its place among the runs says which version of a "
+                    "shard is current; set this host's clock right (NTP), or rescore after that time"
+                )
         report = Invocation(run_id(decision.tick), decision.action)
         if decision.action == "skip":
             report.entries.append(self.record_tick(decision, "skipped"))
