@@ -693,6 +693,20 @@ def test_a_model_change_is_in_the_ledger_and_warned_about(tmp_path):
     assert "model changed" in render_table(Ledger(str(tmp_path / "out")).read())
 
 
+def test_a_spec_change_shows_in_the_runs_table(tmp_path):
+    """The ledger recorded a spec change (`spec_changed`) and the README says the mix is made visible, but
+    `pipelines runs` showed only a model change."""
+    spec = make_job(tmp_path, fake_model(tmp_path))
+    add_shard(tmp_path, "a.jsonl", rows("a", 2))
+    run_due(spec, now=day(1), runner=NoRay())
+    changed = spec.model_copy(deep=True)
+    changed.output.prediction_prefix = "p_"
+    add_shard(tmp_path, "b.jsonl", rows("b", 2))
+    [entry] = run_due(changed, now=day(2), runner=NoRay()).entries
+    assert entry.spec_changed is not None
+    assert "spec changed since run 2026-11-28T02:00:00Z" in render_table(Ledger(str(tmp_path / "out")).read())
+
+
 def test_a_ledger_written_before_the_hash_covered_the_prefix_is_no_spec_change(tmp_path):
     """The spec hash covers output.prediction_prefix since the ledger's earlier lines were written: the same spec
     must not be reported as changed (with --rescore advised) at the next tick."""

@@ -287,6 +287,8 @@ def _row(entry: LedgerEntry, base: str) -> dict[str, str]:
         notes.append(f"superseded by rescore {base}")
     if entry.model_changed:
         notes.append(f"model changed (was {model_label(entry.model_changed['from'])})")
+    if entry.spec_changed:
+        notes.append(f"spec changed since run {entry.spec_changed.get('since')}")
     if entry.replaces and not entry.rescore:
         notes.append(f"{len(entry.replaces)} changed shard(s)")
     if entry.error:
