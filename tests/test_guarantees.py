@@ -1331,6 +1331,23 @@ def test_a_kept_list_column_stays_a_list_whatever_wrote_its_shards(tmp_path):
     assert unify_types([pa.list_(pa.int64()), pa.list_(pa.struct([("a", pa.int64())]))]) == pa.string()
 
 
+def test_a_kept_time_column_stays_a_time_whatever_unit_or_zone_its_writers_used(tmp_path):
+    """pandas writes timestamps in nanoseconds, Spark and pyarrow in microseconds, and a shard may carry the writer's
+    time zone: such types were compared exactly, so the column became text, formatted per file
+    (`10:00:00.000000000Z` beside `11:00:00.000000+0100` for the same instant), and sorted or compared wrong."""
+    at = datetime.datetime(2024, 1, 1, 10, tzinfo=datetime.UTC)
+    files = {"pandas": pa.timestamp("ns", "UTC"), "spark": pa.timestamp("us", "UTC"),
+             "berlin": pa.timestamp("us", "Europe/Berlin")}
+    for name, type_ in files.items():
+        table = pa.table({"id": [name], "text": ["t"], "at": pa.array([at], type_)})
+        pq.write_table(table, tmp_path / f"{name}.parquet")
+    types, rows = _kept([tmp_path / f"{name}.parquet" for name in files], ("at",))
+    assert types == {"at": pa.timestamp("ns", "UTC")}
+    assert {i: r for i, r in rows.items()} == {name: (None, at) for name in files}
+    assert unify_types([pa.timestamp("us"), pa.timestamp("us", "UTC")]) == pa.string()  # a local time: no instant
+    assert unify_types([pa.timestamp("s"), pa.timestamp("ms")]) == pa.timestamp("ms")
+
+
 def test_the_rows_of_a_damaged_gzip_file_are_counted_across_its_members(tmp_path):
     """A .jsonl.gz may be several gzip members one after the other (appended with ``cat``, or written in parts).
     The count of a file cut in its third member stopped at the end of the first: 5 rows, marked exact, where

@@ -808,7 +808,8 @@ def unify_types(types: list[pa.DataType]) -> pa.DataType:
     a shard holds (int8 for up to 128), and files whose indices differ don't read as one table. Lists of
     values that agree are one list type, whatever their writers called or sized them: ``list<item: int64>``,
     ``list<element: int64 not null>`` and ``large_list<element: int64>`` are ``list<element: int64>``.
-    Structs with the same fields, in the same order, are one struct type in the same way.
+    Structs with the same fields, in the same order, are one struct type in the same way. Timestamps are one
+    timestamp in the finest unit, and instants in several zones one in UTC (a local time beside an instant: text).
     """
     return _unify(types) or pa.string()
 
@@ -827,6 +828,11 @@ def _unify(types: list[pa.DataType]) -> pa.DataType | None:
     if all(pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t) for t in distinct):
         item = _unify([t.value_type for t in distinct])
         return None if item is None else pa.list_(pa.field("element", item))
+    if all(pa.types.is_timestamp(t) for t in distinct):  # the finest unit; instants in one zone (UTC if several)
+        zones = {t.tz for t in distinct}
+        if None in zones:  # a local time beside an instant, or local times only in other units: no common reading
+            return pa.timestamp(_finest(distinct)) if zones == {None} else None
+        return pa.timestamp(_finest(distinct), zones.pop() if len(zones) == 1 else "UTC")
     if all(pa.types.is_struct(t) for t in distinct):
         names = [[f.name for f in t] for t in distinct]
         if any(n != names[0] for n in names):
@@ -836,6 +842,11 @@ def _unify(types: list[pa.DataType]) -> pa.DataType | None:
             return None
         return pa.struct([pa.field(n, f) for n, f in zip(names[0], fields)])
     return None
+
+
+def _finest(types: list[pa.DataType]) -> str:
+    """The finest unit of timestamp types (a coarser one's values fit it, as pyarrow's safe cast checks)."""
+    return max((t.unit for t in types), key=["s", "ms", "us", "ns"].index)
 
 
 def encode_types(types: dict[str, pa.DataType]) -> str:
