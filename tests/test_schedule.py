@@ -982,6 +982,16 @@ def test_a_rescore_keeps_no_promise_it_can_not_keep_about_gone_input(tmp_path):
     assert sorted(all_ids(tmp_path)) == ["b0", "b1"]
     assert [e["kind"] for e in closing_lines(tmp_path)][-2:] == ["prune", "rescore"]
 
+    add_shard(tmp_path, "c.jsonl", rows("c", 2))  # committed by a run that keeps failing, then gone
+    add_shard(tmp_path, "bad.jsonl", rows("x", 1))
+    assert run_due(spec, now=day(3, hours=0.01), runner=runner).failures
+    (tmp_path / "in" / "c.jsonl").unlink()
+    (tmp_path / "in" / "bad.jsonl").unlink()
+    for prune in (False, True):  # --prune moves what finished runs scored; an unfinished run's is that run's
+        with pytest.raises(PipelineError, match=r"c.jsonl.*unfinished run 2026-11-30T02:00:00Z.*--abandon"):
+            run_due(spec, now=day(3, hours=5), rescore=True, prune=prune, runner=runner)
+    assert sorted(all_ids(tmp_path)) == ["b0", "b1", "c0", "c1"]
+
 
 def test_a_rescore_on_a_clock_behind_the_newest_run_is_refused(tmp_path):
     """A rescore off schedule is named after the clock; on a host whose clock is behind the newest run's (another

@@ -284,6 +284,8 @@ class ScheduledJob:
             report.entries.append(self.record_tick(decision, "skipped"))
             return report
         lineage = model_lineage(self.spec.model)
+        if rescore:
+            self.check_held_gone()
         if rescore and not prune and (lost := self.planner(lineage).prunes()):
             names = sorted(self.history().scored()[move.key][0].name or str(move.key) for move in lost if move.key)
             raise PipelineError(
@@ -318,6 +320,24 @@ class ScheduledJob:
                 report.entries.append(self.stamp(work))
         self.reconcile()
         return report
+
+    def check_held_gone(self) -> None:
+        """Refuse a rescore while an unfinished run holds the output of input that is gone: the rescore supersedes
+        that run's partition, and neither it nor ``--prune`` (which moves what finished runs scored) can keep or
+        record those rows."""
+        current = {s.key for s in current_shards(self.spec)}
+        held = {key: commit.run for key, commit in self.unfinished_commits().items() if key not in current}
+        if held:
+            runs = sorted(set(held.values()))
+            history = self.history()
+            named = {i.key: i.name or i.uri for run in runs for i in history.first_attempt(run).inputs or []}
+            names = sorted(named.get(key, key) for key in held)
+            raise PipelineError(
+                f"--rescore: {len(held)} shard(s) whose input is gone ({', '.join(names[:3])}) are held by "
+                f"unfinished run {', '.join(runs)}, whose partition the rescore would supersede with their rows; "
+                f"give up on it first (`pipelines schedule JOB --abandon {runs[0]}`), then rescore with --prune to "
+                "let their output go, or restore the files"
+            )
 
     def unfinished_commits(self) -> dict[str, HeldCommit]:
         """shard key → the unfinished run that has committed it (the newest run, where several have)."""
