@@ -27,7 +27,7 @@ from pipelines.output.lock import JobLock, LockHeld
 from pipelines.output.records import HASH_VERSION, CommitRecord, RunSummary, ShardInput
 from pipelines.runner import job_record
 from pipelines.schedule.executor import abandon, job_lock, run_due
-from pipelines.schedule.ledger import Ledger, render_table
+from pipelines.schedule.ledger import History, Ledger, LedgerEntry, render_table
 from pipelines.schedule.loop import serve
 from pipelines.schedule.ticks import decide, latest_tick, next_tick
 from pipelines.spec import JobSpec, spec_from_dict
@@ -936,6 +936,22 @@ def test_a_run_redone_whole_for_a_new_model_is_not_redone_again_at_its_next_resu
     resumes = [e for e in ledger(tmp_path) if e["kind"] == "resume" and e["status"] == "running"]
     assert [e["note"] for e in resumes] == ["redone with the current model/spec", ""]
     assert sorted(all_ids(tmp_path)) == ["a0", "a1", "a2"]
+
+
+def test_a_model_whose_files_are_unknown_here_is_compared_by_the_ledger():
+    """Where this host can't tell the model's files (a hub id not in its cache: no commit), the partition's recorded
+    files were compared with nothing, and a resume kept another model's rows beside the new model's."""
+    from pipelines.schedule.planner import PartitionState, Planner
+    from pipelines.schedule.ticks import Decision
+
+    run = "2026-11-28T02:00:00Z"
+    old = {"name": "org/model", "revision": "main", "quantization": "none", "dtype": "auto", "commit": "a" * 40}
+    new = {**old, "commit": None}  # main has moved on, and this host's cache does not have it
+    history = History([LedgerEntry(tick=run, run=run, status="running", model=old)])
+    partition = PartitionState("hash", {}, {"commit": "a" * 40})
+    decision = Decision("run", DAY1)
+    assert Planner(history, [], new, "hash").resume(run, decision, partition).overwrite
+    assert not Planner(history, [], old, "hash").resume(run, decision, partition).overwrite
 
 
 def test_a_partition_is_redone_whole_until_the_new_model_has_scored_it_and_no_more(

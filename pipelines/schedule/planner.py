@@ -126,10 +126,11 @@ class Planner:
         """Whether the model is not the one that scored what the partition holds: its ``_job.json`` says which files
         did (written when a run starts scoring, after any clearing), else the run's last attempt (a resume redone
         whole with a new model is not redone again at the next attempt)."""
-        if partition.model_files:
-            now = {"content": self.lineage.get("content_hash"), "commit": self.lineage.get("commit")}
-            return changed(partition.model_files, {name: value for name, value in now.items() if value})
-        return not same_model(self.history.last_attempt(run).model, self.lineage)
+        now = {name: value for name, value in (("content", self.lineage.get("content_hash")),
+                                               ("commit", self.lineage.get("commit"))) if value}
+        if partition.model_files and now:
+            return changed(partition.model_files, now)
+        return not same_model(self.history.last_attempt(run).model, self.lineage)  # files unknown here
 
     def new_work(
         self, decision: Decision, rescore: bool, unfinished_commits: dict[str, HeldCommit] | None = None
