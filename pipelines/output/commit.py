@@ -25,7 +25,6 @@ commit records (and its ``_`` bookkeeping) are ever deleted.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from pipelines.errors import PipelineError
 from pipelines.io import stores
 from pipelines.io.block import COUNTS, ROW
 from pipelines.io.reader import content_digest, read_bytes
-from pipelines.io.shards import Shard, resolve
+from pipelines.io.shards import Shard, real_path, resolve
 from pipelines.output import layout
 from pipelines.output.layout import COMMITS, ERRORS, JOB, LEDGER, OURS, RUN, RUN_LOCK, STAGING, SUCCESS
 from pipelines.output.records import (
@@ -190,8 +189,8 @@ class OutputDir:
         job's ledger): a reader of that folder reads every Parquet file under it, this job's rows too. A local path is
         looked at as written and as the links resolve (a link elsewhere to a folder inside an output is that folder)."""
         self._check_above(self.root)
-        if isinstance(self.fs, pafs.LocalFileSystem) and os.path.realpath(self.root) != self.root.rstrip("/"):
-            self._check_above(os.path.realpath(self.root))
+        if (real := real_path(self.fs, self.root)) != self.root.rstrip("/"):
+            self._check_above(real)
 
     def _check_above(self, root: str) -> None:
         parent = root.rstrip("/")
