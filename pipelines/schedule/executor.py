@@ -472,11 +472,16 @@ class ScheduledJob:
         """The kept columns' types of this job's earlier runs (from their partitions' ``_job.json``, the newest run's
         first): a new partition writes them too, so that every partition reads as one table (ints one night and
         fractions the next would not). A column no earlier run kept is typed from the new run's input."""
+        label = self.spec.input.label_column
+        names = {*self.spec.input.columns_to_keep, *([label] if label else [])}
         types: dict[str, pa.DataType] = {}
         for run in reversed(self.history().latest()):
+            if names <= types.keys():  # nothing kept (most jobs), or every kept column typed: no more reads
+                break
             recorded = OutputDir(partition_path(self.spec, run)).job()
             if recorded and recorded.column_types:
-                types = {**decode_types(recorded.column_types), **types}
+                found = decode_types(recorded.column_types)
+                types = {**{name: found[name] for name in names & found.keys()}, **types}
         return encode_types(types) if types else None
 
     def committed_inputs(self, run: str) -> list[LedgerInput]:
