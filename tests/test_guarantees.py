@@ -428,6 +428,21 @@ def test_a_file_that_is_one_json_array_is_read_as_its_rows(tmp_path):
         ("a", None, "text is not valid UTF-8"), (None, None, "an element of a JSON array must be an object, got int"),
         ("c", "ok", None)]
 
+    # the kept columns' types come from its elements too (they were text, "in none of the files sampled")
+    types, kept = _kept([tmp_path / "pandas.json"], ("n",))
+    assert types == {"n": pa.float64()} and kept["a"] == (None, 1.1)
+    big = [{"id": f"r{i}", "text": "t" * 40} for i in range(20_000)]
+    (tmp_path / "big.json").write_text(json.dumps(big))  # past the count's limit: estimated from the first elements
+    [shard] = list_shards([str(tmp_path / "big.json")])
+    counted = plan_count(shard, count_limit=1 << 16)
+    assert counted.count == "estimated" and 19_000 < counted.rows < 21_000
+    (tmp_path / "arrays.jsonl").write_text("".join(json.dumps([f"id{i}", "t"]) + "\n" for i in range(20_000)))
+    [shard] = list_shards([str(tmp_path / "arrays.jsonl")])  # JSON lines of arrays: lines, counted as lines
+    assert (plan_count(shard).rows, plan_count(shard).count) == (20_000, "counted")
+    assert plan_count(shard, count_limit=1 << 16).count == "estimated"
+    [shard] = list_shards([str(tmp_path / "pandas.json")], "openai-batch")  # requests are lines: one, refused
+    assert plan_count(shard).rows == 1
+
 
 def test_parquet_text_stored_as_bytes_is_text(tmp_path):
     """Hive and Impala write strings as bytes without Parquet's UTF8 mark: every row was quarantined as "text is

@@ -285,18 +285,54 @@ def _big_integer(value: Any) -> int | None:
 ARRAY_START = re.compile(rb"\s*\[")
 
 
+SPACE = re.compile(r"\s*")
+REST_IS_SPACE = re.compile(r"\s*\Z")
+
+
 def json_array(data: bytes) -> list[Any] | None:
     """The elements of a file that is one JSON array (``json.dump(rows, f)``, pandas' ``to_json(orient="records")``),
-    or None: JSON lines. A file that starts with ``[`` but is not one array (JSON lines of arrays) is read as lines.
-    Bytes that are no UTF-8 are read as lone surrogates (U+DC80-U+DCFF), which cost the row that holds them."""
+    or None: JSON lines. A file that starts with ``[`` but is not one array (JSON lines of arrays) is read as lines,
+    found at the end of its first value. Bytes that are no UTF-8 are read as lone surrogates (U+DC80-U+DCFF),
+    which cost the row that holds them."""
     data = without_boms(data)
-    if not ARRAY_START.match(data):
+    start = ARRAY_START.match(data)
+    if not start:
         return None
+    text = data.decode("utf-8", errors="surrogateescape")
     try:
-        value = json.loads(data.decode("utf-8", errors="surrogateescape"), parse_float=WrittenFloat.parse)
+        value, end = json.JSONDecoder(parse_float=WrittenFloat.parse).raw_decode(text, start.end() - 1)
     except (json.JSONDecodeError, RecursionError):
         return None
-    return value if isinstance(value, list) else None
+    return value if isinstance(value, list) and REST_IS_SPACE.match(text, end) else None
+
+
+def array_head(head: bytes) -> list[Any] | None:
+    """The whole elements at the start of the first bytes of a file that is one JSON array (cut anywhere, as a
+    sample or a count's prefix is), or None where they are JSON lines (the first value ends, and more follows)."""
+    head = without_boms(head)
+    start = ARRAY_START.match(head)
+    if not start:
+        return None
+    text = head.decode("utf-8", errors="ignore")  # a character cut at the end of the head is left out
+    decoder = json.JSONDecoder()
+    values: list[Any] = []
+    at = start.end()
+    while True:
+        at = SPACE.match(text, at).end()  # type: ignore[union-attr]
+        if at >= len(text):
+            return values
+        if text[at] == "]":
+            return values if REST_IS_SPACE.match(text, at + 1) else None
+        try:
+            value, at = decoder.raw_decode(text, at)
+        except (json.JSONDecodeError, RecursionError):
+            return values  # cut inside an element
+        values.append(value)
+        at = SPACE.match(text, at).end()  # type: ignore[union-attr]
+        if text.startswith(",", at):
+            at += 1
+        elif at < len(text) and text[at] != "]":
+            return None  # no array: JSON lines of arrays, or no JSON
 
 
 def _read_json_array(values: list[Any], columns: Columns) -> pa.Table:
@@ -869,6 +905,8 @@ def _sample_schema(shard: Shard, sample_bytes: int, names: Sequence[str]) -> pa.
         raise ValueError("gzip-compressed parquet can't be sampled")
     with fs.open_input_stream(shard.path, compression="gzip" if shard.compressed else None) as stream:
         head = without_boms(_sample_head(stream, sample_bytes))
+    if (values := array_head(head)) is not None:  # one JSON array: its first whole elements, as JSON lines
+        head = b"".join(json.dumps(value).encode() + b"\n" for value in values if isinstance(value, dict))
     try:
         table = _read_sample(head)
     except pa.ArrowInvalid:  # a bad line (invalid JSON, a lone surrogate) costs its row, not the shard's types
@@ -918,7 +956,10 @@ def _sample_head(stream: Any, sample_bytes: int, most: int = SAMPLE_MOST) -> byt
 
 
 def _holds_record(head: bytes) -> bool:
-    """Whether the whole lines of a sample hold a line the reader would read as a record."""
+    """Whether the whole lines of a sample hold a line the reader would read as a record (or, of one JSON array, an
+    element that is an object)."""
+    if any(isinstance(value, dict) for value in array_head(head) or []):
+        return True
     return any(True for _ in _good_lines(head[: head.rfind(b"\n") + 1]))
 
 

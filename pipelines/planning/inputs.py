@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from pipelines.errors import first_line
 from pipelines.io.block import ROW
-from pipelines.io.reader import ARRAY_START, Columns, json_array, read_group, without_boms
+from pipelines.io.reader import ARRAY_START, Columns, array_head, json_array, read_group, without_boms
 from pipelines.io.reader import count_rows as reader_count_rows
 from pipelines.io.shards import Shard
 from pipelines.planning.records import InputPlan, ShardCount
@@ -35,6 +35,7 @@ from pipelines.planning.records import InputPlan, ShardCount
 log = logging.getLogger(__name__)
 
 COUNT_LIMIT = 1 << 30  # decompressed bytes of one JSONL file counted line by line; the rest is estimated
+ARRAY_COUNT_LIMIT = 64 << 20  # of a file that is one JSON array, parsed whole to count its elements
 CHUNK = 1 << 22
 
 
@@ -72,10 +73,10 @@ def _jsonl_rows(shard: Shard, count_limit: int) -> tuple[int, bool]:
         stream: Any = gzip.GzipFile(fileobj=raw, mode="rb") if shard.compressed else raw  # type: ignore[call-overload]
         rows, read, carry = 0, 0, b""
         chunk = stream.read(min(CHUNK, count_limit))
-        if ARRAY_START.match(without_boms(chunk)):  # perhaps one JSON array: its elements are the rows
-            chunk += b"".join(iter(lambda: stream.read(CHUNK), b""))
-            if (values := json_array(chunk)) is not None:
-                return len(values), True
+        if shard.format != "openai-batch" and ARRAY_START.match(without_boms(chunk)):  # perhaps one JSON array
+            counted, chunk = _array_rows(stream, raw, chunk, shard.size, min(count_limit, ARRAY_COUNT_LIMIT))
+            if counted is not None:
+                return counted
         while chunk:
             read += len(chunk)
             text = carry + chunk
@@ -87,6 +88,27 @@ def _jsonl_rows(shard: Shard, count_limit: int) -> tuple[int, bool]:
             if read >= count_limit and chunk:
                 return round(rows * shard.size / max(consumed, 1)), False
         return rows + (1 if _a_row(carry) else 0), True
+
+
+def _array_rows(
+    stream: Any, raw: _Counting, chunk: bytes, size: int, limit: int
+) -> tuple[tuple[int, bool] | None, bytes]:
+    """(rows, exact) of a file that is one JSON array, its elements counted (past ``limit`` bytes, those in the
+    bytes read so far, scaled to the file's size); or None and the bytes read, where it is JSON lines after all."""
+    parts = [chunk]
+    read = len(chunk)
+    while read < limit and (more := stream.read(min(CHUNK, limit - read))):
+        parts.append(more)
+        read += len(more)
+    last = stream.read(1)  # the end of the file, or one more byte
+    data = b"".join([*parts, last])
+    if not last:
+        values = json_array(data)
+        return ((len(values), True) if values is not None else None), data
+    head = array_head(data)
+    if head is None:
+        return None, data
+    return (round(len(head) * size / max(raw.consumed, 1)), False), data
 
 
 def _a_row(line: bytes) -> bool:
