@@ -938,6 +938,25 @@ def test_a_run_redone_whole_for_a_new_model_is_not_redone_again_at_its_next_resu
     assert sorted(all_ids(tmp_path)) == ["a0", "a1", "a2"]
 
 
+def test_the_plan_of_a_scheduled_job_counts_what_a_redo_with_a_new_model_has_done(tmp_path):
+    """After a failing run was redone whole with a new model, `pipelines plan` took the run's first model for the
+    current one, so it counted the shards the redo had committed as to do again."""
+    from pipelines.io.shards import list_shards
+    from pipelines.planning.inputs import survey
+    from pipelines.planning.progress import output_plan
+
+    runner, model = Committing(), fake_model(tmp_path)
+    spec = make_job(tmp_path, model)
+    add_shard(tmp_path, "a.jsonl", rows("a", 2))
+    add_shard(tmp_path, "bad.jsonl", rows("x", 1))
+    assert run_due(spec, now=day(1, hours=0.01), runner=runner).failures
+    (Path(model) / "config.json").write_text('{"v": 2}')
+    assert run_due(spec, now=day(2, hours=0.01), runner=runner).failures  # redone whole: a committed again
+    shards = list_shards(spec.input.paths, spec.input.format, empty_is_no_input=True)
+    plan = output_plan(spec, shards, survey(shards))
+    assert (plan.shards_todo, plan.rows_todo) == (1, 1)  # bad only
+
+
 def test_a_model_whose_files_are_unknown_here_is_compared_by_the_ledger():
     """Where this host can't tell the model's files (a hub id not in its cache: no commit), the partition's recorded
     files were compared with nothing, and a resume kept another model's rows beside the new model's."""
