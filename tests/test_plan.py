@@ -241,6 +241,34 @@ def test_plan_predicts_what_the_run_reports(ray_session, tiny_models, tmp_path, 
         assert summary.error_reasons["text longer than max_length"] == tokens.truncated_rows
 
 
+def test_plan_counts_duplicate_ids_and_a_parquet_file_whose_rows_do_not_read(ray_session, tiny_models, tmp_path):
+    """The plan left out `errors.duplicate_ids: error` (it said 19 rows out where the run wrote 16 and failed over
+    its budget), and took a Parquet file whose footer reads but whose data does not (the README's own example,
+    `Corrupt snappy compressed data`) for a readable one: one quarantined record instead of its rows, and no word
+    of it among the problems (a run under `unreadable_files: fail` fails on it)."""
+    rows = [{"id": f"r{i}", "text": SENTENCES[i % len(SENTENCES)]} for i in range(12)]
+    rows[5]["id"] = "r1"  # a repeat in its own shard, one of another shard, and none
+    rows[9]["id"] = None
+    write_jsonl(tmp_path / "in" / "a.jsonl", rows[:8])
+    write_jsonl(tmp_path / "in" / "b.jsonl", [*rows[8:], {"id": "r2", "text": "again"}])
+    write_parquet(tmp_path / "in" / "c.parquet", [{"id": f"c{i}", "text": "x" * 40} for i in range(50)])
+    data = bytearray((tmp_path / "in" / "c.parquet").read_bytes())
+    data[10:200] = b"\xab" * 190  # the data pages, not the footer
+    (tmp_path / "in" / "c.parquet").write_bytes(bytes(data))
+    spec = make_spec(tiny_models("classifier"), {"type": "text-classification"}, tmp_path / "out",
+                     input={"paths": [str(tmp_path / "in")]},
+                     errors={"duplicate_ids": "error", "unreadable_files": "quarantine", "max_rate": 0.9})
+    plan = build_plan(spec, "job", sample=10_000, cpus=2)
+    summary = run_job(spec)
+    assert plan.tokens.covers_input and plan.input.rows == summary.rows_in == 63
+    assert plan.tokens.rows_out == summary.rows_out == 10
+    assert plan.tokens.quarantined == summary.error_reasons
+    assert plan.tokens.tokens_total == summary.tokens
+    failing = spec.model_copy(update={"errors": spec.errors.model_copy(update={"unreadable_files": "fail"})})
+    [problem] = [p for p in build_plan(failing, "job", sample=10_000, cpus=2).problems if "c.parquet" in p]
+    assert "unreadable parquet file" in problem and "50 rows" in problem and "a run fails on it" in problem
+
+
 def test_plan_cli_on_the_news_shards_matches_the_run(ray_session, tiny_models, tmp_path):
     """The main job's input and settings with a tiny encoder: `pipelines plan --measure --json` as a user runs it."""
     job = ROOT / "jobs" / "label_news.yaml"
