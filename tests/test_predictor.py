@@ -125,6 +125,23 @@ def test_zero_shot_by_embedding_uses_label_descriptions(tiny_models):
     assert out["label"] == "a"  # the text is its own description: cosine similarity 1
 
 
+def test_a_decoder_classifier_scores_a_text_that_ends_in_its_end_of_sequence_text_as_the_pipeline_does(tiny_models):
+    """A decoder classifier without a pad token got the end-of-sequence token as its pad, and Transformers pools
+    each row's last token that is not the pad: a text that ends in that token's text (`</s>`) was scored at the
+    token before it, another label than `transformers.pipeline` gives (which pools the last token of one row)."""
+    from transformers import pipeline
+
+    model_dir = tiny_models("llama-classifier")
+    rows = ["</s>", "great movie </s>", "great movie", *SENTENCES[:3]]
+    spec = make_spec(model_dir, {"type": "text-classification", "return_all_scores": True}, batching={"min_fill": 0})
+    got = Predictor(spec)(batch_of(rows)).to_pylist()
+    classify = pipeline("text-classification", model=model_dir, top_k=None)
+    for row, text in zip(got, rows):
+        expected = {e["label"]: e["score"] for e in classify([text])[0]}
+        assert row["label"] == max(expected, key=expected.get), text
+        np.testing.assert_allclose([row["scores"][k] for k in expected], list(expected.values()), atol=1e-4)
+
+
 def test_a_decoder_classifier_without_a_pad_token_runs_a_batch_in_one_forward(tiny_models):
     """Llama/GPT-2 classifiers ship without pad_token_id: the tokenizer's pad token must reach the model's config,
     or every micro-batch is refused ("no padding token") and bisected down to single rows."""
@@ -133,13 +150,15 @@ def test_a_decoder_classifier_without_a_pad_token_runs_a_batch_in_one_forward(ti
     spec = make_spec(model_dir, {"type": "text-classification", "return_all_scores": True}, batching={"min_fill": 0})
     predictor = Predictor(spec)
     calls: list[int] = []
-    forward = predictor.loaded.model.forward
+    model = predictor.loaded.model
+    base = getattr(model, model.base_model_prefix)  # what the classifier's rows go through, whoever pools them
+    forward = base.forward
 
     def counted(*args, **kwargs):
         calls.append(kwargs["input_ids"].shape[0])
         return forward(*args, **kwargs)
 
-    predictor.loaded.model.forward = counted
+    base.forward = counted
     batched = predictor(batch_of(SENTENCES))
     assert calls == [len(SENTENCES)]
     assert batched.column(ERROR).to_pylist() == [None] * len(SENTENCES)

@@ -137,9 +137,15 @@ def dynamic_int8(model: torch.nn.Module, device: torch.device) -> torch.nn.Modul
     return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
 
 
+#: Set on a config that had no pad token and got the tokenizer's (often the end-of-sequence token, see
+#: :func:`load_tokenizer`): a text may hold that token, so the model's rows are not to be told by it.
+PAD_LENT = "pipelines_pad_lent"
+
+
 def share_pad_token(tokenizer: Any, *configs: Any) -> None:
     """Give a config without a pad token the tokenizer's. Decoder-based sequence classifiers (Llama, GPT-2, ...)
-    find each row's last real token by it, and refuse batches of more than one row without it."""
+    find each row's last real token by it, and refuse batches of more than one row without it; the config is
+    marked (:data:`PAD_LENT`), since a text that ends in that token's text would lose its last token to it."""
     if tokenizer.pad_token_id is None:
         return
     for config in configs:
@@ -147,6 +153,7 @@ def share_pad_token(tokenizer: Any, *configs: Any) -> None:
         for target in {id(config): config, id(text_config): text_config}.values():  # what the classifier reads
             if getattr(target, "pad_token_id", None) is None:
                 target.pad_token_id = tokenizer.pad_token_id
+                setattr(target, PAD_LENT, True)
 
 
 def effective_max_length(tokenizer: Any, config: Any, requested: int) -> int:
