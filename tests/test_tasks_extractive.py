@@ -145,6 +145,9 @@ def test_fill_mask_matches_the_transformers_pipeline_and_flags_rows_without_mask
     long = ["word " * 20 + "<mask>.", "word " * 20]  # a mask past max_length; no mask at all (in a long text)
     assert [r[ERROR] for r in Predictor(short)(batch_of(long)).to_pylist()] == [
         "no mask token (<mask>) in the text within max_length", "no mask token (<mask>) in the text"]
+    # two masks, the second past max_length: one list came back for two placeholders, without a word
+    [both] = Predictor(short)(batch_of(["<mask> " + "word " * 20 + "<mask>."])).to_pylist()
+    assert both[ERROR] == "1 of the text's 2 mask tokens (<mask>) past max_length" and both["predictions"] is None
 
     fill = pipeline("fill-mask", model=model_dir, top_k=3)
     single = fill(texts[0].replace("<mask>", "[MASK]"))

@@ -49,13 +49,21 @@ class FillMask(Task):
         if placeholder:
             texts = [text.replace(placeholder, self.tokenizer.mask_token) for text in texts]
         encoding = self.tokenize(texts)
-        has_mask = np.array([self.mask_id in ids for ids in encoding["input_ids"]], dtype=bool)
+        kept = np.array([list(ids).count(self.mask_id) for ids in encoding["input_ids"]])
+        written = np.array([text.count(self.tokenizer.mask_token) for text in texts])
+        shown = placeholder or self.tokenizer.mask_token
         features = Features.one_per_row(encoding, encoding["truncated"])
-        features.tokens = {name: ragged.take(np.flatnonzero(has_mask)) for name, ragged in features.tokens.items()}
-        features.row = np.flatnonzero(has_mask)
-        reason = f"no mask token ({placeholder or self.tokenizer.mask_token}) in the text"
-        cut = [bool(encoding["truncated"][i]) and self.tokenizer.mask_token in texts[i] for i in range(len(texts))]
-        features.errors = {int(i): reason + (" within max_length" if cut[i] else "") for i in np.flatnonzero(~has_mask)}
+        errors = {}
+        for i in range(len(texts)):
+            if kept[i] == 0:
+                cut = bool(encoding["truncated"][i]) and written[i] > 0
+                errors[i] = f"no mask token ({shown}) in the text" + (" within max_length" if cut else "")
+            elif kept[i] < written[i] and encoding["truncated"][i]:  # one list per mask, or none: never fewer
+                errors[i] = f"{written[i] - kept[i]} of the text's {written[i]} mask tokens ({shown}) past max_length"
+        rows = np.array([i for i in range(len(texts)) if i not in errors], dtype=np.int64)
+        features.tokens = {name: ragged.take(rows) for name, ragged in features.tokens.items()}
+        features.row = rows
+        features.errors = errors
         return features
 
     def forward(self, model, inputs, extra):
