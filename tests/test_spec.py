@@ -178,3 +178,15 @@ def test_missing_or_broken_files(tmp_path):
     broken.write_text("input: [unclosed\n")
     with pytest.raises(PipelineError, match="not valid YAML"):
         load_spec(broken)
+
+
+@pytest.mark.parametrize("task", ["zero-shot-classification", "llm-label"])
+def test_candidate_labels_are_distinct_in_any_case(task):
+    """zero-shot-classification took a label twice: `scores` became a struct with two fields of one name, which
+    Polars refuses, pandas reads as one and DuckDB renames (`World_1`), and the softmax ran over three labels. DuckDB
+    also renames a field that differs from another in case only (`world` beside `World`)."""
+    for labels in (["World", "World", "Sports"], ["World", "world"]):
+        with pytest.raises(PipelineError, match="candidate_labels"):
+            spec_from_dict(minimal(task__type=task, task__candidate_labels=labels))
+    assert spec_from_dict(minimal(task__type=task, task__candidate_labels=["World", "Sports"])).task.candidate_labels
+

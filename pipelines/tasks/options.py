@@ -157,6 +157,21 @@ class TextClassificationOptions(LabelOptions):
     function: Literal["auto", "softmax", "sigmoid", "none"] = "auto"
 
 
+def distinct_labels(labels: list[str]) -> list[str]:
+    """Labels are the fields of the output's ``scores`` struct: a name twice is refused by Polars, read as one by
+    pandas and renamed by DuckDB, which also renames a name that differs from another in case only."""
+    seen: dict[str, str] = {}
+    for label in labels:
+        if label.casefold() in seen:
+            twice = "twice" if seen[label.casefold()] == label else f"beside {seen[label.casefold()]!r}"
+            raise ValueError(
+                f"candidate_labels must be distinct, also in case: {label!r} {twice} (the labels name the fields of "
+                "the output's scores, which DuckDB reads without regard to case)"
+            )
+        seen[label.casefold()] = label
+    return labels
+
+
 class ZeroShotOptions(LabelOptions):
     independent_forwards = True
     type: Literal["zero-shot-classification"]
@@ -169,6 +184,11 @@ class ZeroShotOptions(LabelOptions):
     method: Literal["auto", "nli", "embedding"] = "auto"
     temperature: float = Field(default=0.05, gt=0, description="embedding method: softmax temperature.")
     return_all_scores: bool = True
+
+    @field_validator("candidate_labels")
+    @classmethod
+    def _distinct(cls, labels: list[str]) -> list[str]:
+        return distinct_labels(labels)
 
     @model_validator(mode="after")
     def _check(self) -> ZeroShotOptions:
@@ -204,8 +224,7 @@ class LLMLabelOptions(PromptOptions, LabelOptions):
     @field_validator("candidate_labels")
     @classmethod
     def _distinct(cls, labels: list[str]) -> list[str]:
-        if len(set(labels)) != len(labels):
-            raise ValueError("candidate_labels must be distinct")
+        distinct_labels(labels)
         if any(not label.strip() for label in labels):
             raise ValueError("candidate_labels must not be empty")
         return labels
