@@ -331,6 +331,8 @@ def test_embedding_requests_get_the_feature_extraction_embedding_of_each_input(t
         embedding_line("base64", "x", encoding_format="base64"),
         embedding_line("token-ids", [[1, 2, 3]]),
         embedding_line("empty", ""),
+        embedding_line("zero-width", "\u200b"),  # as feature-extraction refuses it: the model reads nothing
+        embedding_line("one-of-two", ["Paris", "\u200b\u200d"]),
     ])
     plain = Predictor(make_spec(model, {"type": "feature-extraction"}))
     texts = ["The cat sat on the mat.", "London is the capital.", "ok"]
@@ -342,6 +344,8 @@ def test_embedding_requests_get_the_feature_extraction_embedding_of_each_input(t
     assert got["base64"]["_error"].startswith("unsupported option 'encoding_format': base64")
     assert got["token-ids"]["_error"] == "input as token ids is not supported: give a string or a list of strings"
     assert got["empty"]["_error"] == "input: an empty string can't be embedded"
+    assert got["zero-width"]["_error"] == "input has no tokens (only characters the tokenizer drops)"
+    assert got["one-of-two"]["_error"] == "input[1] has no tokens (only characters the tokenizer drops)"
 
     long = [embedding_line("long", ["ok", "word " * 300])]
     assert answers(Predictor(spec), long)["long"]["_error"] is None  # cut at max_length, as feature-extraction does

@@ -26,7 +26,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 
 from pipelines.errors import PipelineError
 from pipelines.inference.batching import Ragged
-from pipelines.tasks.base import ROW_ID, Features, Outputs, Task, vectors
+from pipelines.tasks.base import NO_TOKENS, ROW_ID, Features, Outputs, Task, tokenless, vectors
 from pipelines.tasks.feature_extraction import embed
 from pipelines.tasks.generation import eos_ids, generated_stops, row_seeds, seed_keys, uniform_noise
 from pipelines.tasks.openai_requests import ChatRequest, EmbeddingRequest, parse_request
@@ -328,6 +328,8 @@ class Embeddings(Task):
                 errors[i] = (
                     f"dimensions {request.dimensions}: this model's embeddings have {width}; give {width} or none"
                 )
+            elif empty := tokenless(self.tokenizer, request.texts()):  # the model would embed its special tokens
+                errors[i] = f"input{'' if isinstance(request.input, str) else f'[{empty[0]}]'} {NO_TOKENS}"
             else:
                 rows += [i] * len(request.texts())
                 strings += request.texts()
