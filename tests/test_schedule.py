@@ -693,6 +693,19 @@ def test_a_model_change_is_in_the_ledger_and_warned_about(tmp_path):
     assert "model changed" in render_table(Ledger(str(tmp_path / "out")).read())
 
 
+def test_a_failed_runs_ledger_line_counts_what_its_partition_holds(tmp_path):
+    """A failed run's ledger line had no counts (`pipelines runs`: blank; the invocation's line: `0 rows in the
+    partition (0 quarantined)`, the report's charts: 0), though its partition held the shards it committed."""
+    runner = Committing()
+    spec = make_job(tmp_path, fake_model(tmp_path))
+    add_shard(tmp_path, "a.jsonl", rows("a", 3))
+    add_shard(tmp_path, "bad.jsonl", rows("x", 1))
+    [failed] = run_due(spec, now=day(1, hours=0.01), runner=runner).entries
+    assert failed.status == "failed"
+    assert (failed.rows_in, failed.rows_out, failed.errors) == (3, 3, 0)
+    assert "3" in render_table(Ledger(str(tmp_path / "out")).read()).splitlines()[-1].split()
+
+
 def test_a_spec_change_shows_in_the_runs_table(tmp_path):
     """The ledger recorded a spec change (`spec_changed`) and the README says the mix is made visible, but
     `pipelines runs` showed only a model change."""

@@ -429,7 +429,7 @@ class ScheduledJob:
             try:
                 self.ledger.append(planned.model_copy(update={
                     "status": "failed", "error": str(exc), "finished_at": _now_iso(),
-                    "wall_s": round(time.monotonic() - start, 3),
+                    "wall_s": round(time.monotonic() - start, 3), **self.partition_counts(run),
                 }))
             except OSError as cause:  # the disk that failed the run (full): its 'running' line stays, and is resumed
                 log.warning("run %s: its failure could not be written to the ledger (%s)", run, cause)
@@ -483,6 +483,16 @@ class ScheduledJob:
                 found = decode_types(recorded.column_types)
                 types = {**{name: found[name] for name in names & found.keys()}, **types}
         return encode_types(types) if types else None
+
+    def partition_counts(self, run: str) -> dict[str, int]:
+        """Rows read, written and quarantined in what a run's partition holds (its commit records): a failed run's
+        ledger line counts them as a succeeded one's does."""
+        try:
+            held = list(OutputDir(partition_path(self.spec, run)).commits().values())
+        except OSError:  # the store that failed the run: no counts rather than a second failure
+            return {}
+        return {"rows_in": sum(r.rows_in for r in held), "rows_out": sum(r.rows for r in held),
+                "errors": sum(r.errors for r in held)}
 
     def committed_inputs(self, run: str) -> list[LedgerInput]:
         records = OutputDir(partition_path(self.spec, run)).commits().values()
