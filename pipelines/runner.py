@@ -486,12 +486,13 @@ def _handle_stale(
     output: OutputDir, stale: list[CommitRecord], committed: dict[str, CommitRecord], prune: bool, dry: bool
 ) -> dict[str, CommitRecord]:
     """Committed shards whose input is gone: refused, or (``prune``) their output deleted (not when ``dry``)."""
-    rows = sum(r.rows for r in stale)
+    rows, quarantined = sum(r.rows for r in stale), sum(r.errors for r in stale)
     if not prune:
         first = stale[0].input
+        held = f"{rows:,} rows written" + (f" and {quarantined:,} quarantined" if quarantined else "")
         raise PipelineError(
             f"output.path {output.location} holds {len(stale)} committed shard(s) that are not in the input "
-            f"(e.g. {first.name or first.uri}; {rows:,} rows in all): their input was deleted or renamed, or "
+            f"(e.g. {first.name or first.uri}; {held}): their input was deleted or renamed, or "
             "input.paths points elsewhere; restore the input, or run again with --prune to delete their output"
         )
     if not dry:

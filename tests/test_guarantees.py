@@ -933,6 +933,7 @@ def test_output_of_deleted_input_is_reported_and_pruned_on_request(ray_session, 
     refused = cli("run", str(job))
     assert refused.returncode == 2
     assert "1 committed shard(s) that are not in the input" in refused.stderr and "--prune" in refused.stderr
+    assert re.search(r"part-1.jsonl; \d+ rows written\)", refused.stderr)  # not "in all": quarantined rows go too
     pruned = cli("run", str(job), "--prune")
     assert pruned.returncode == 0, pruned.stderr[-2000:]
     kept = [i for i in ids if not i.startswith("s1-")]
