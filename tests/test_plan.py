@@ -249,8 +249,9 @@ def test_plan_counts_duplicate_ids_and_a_parquet_file_whose_rows_do_not_read(ray
     rows = [{"id": f"r{i}", "text": SENTENCES[i % len(SENTENCES)]} for i in range(12)]
     rows[5]["id"] = "r1"  # a repeat in its own shard, one of another shard, and none
     rows[9]["id"] = None
+    rows[3]["text"] = None  # refused by the task: its id is no one's, so its repeat below is written
     write_jsonl(tmp_path / "in" / "a.jsonl", rows[:8])
-    write_jsonl(tmp_path / "in" / "b.jsonl", [*rows[8:], {"id": "r2", "text": "again"}])
+    write_jsonl(tmp_path / "in" / "b.jsonl", [*rows[8:], {"id": "r2", "text": "again"}, {"id": "r3", "text": "ok"}])
     write_parquet(tmp_path / "in" / "c.parquet", [{"id": f"c{i}", "text": "x" * 40} for i in range(50)])
     data = bytearray((tmp_path / "in" / "c.parquet").read_bytes())
     data[10:200] = b"\xab" * 190  # the data pages, not the footer
@@ -260,13 +261,38 @@ def test_plan_counts_duplicate_ids_and_a_parquet_file_whose_rows_do_not_read(ray
                      errors={"duplicate_ids": "error", "unreadable_files": "quarantine", "max_rate": 0.9})
     plan = build_plan(spec, "job", sample=10_000, cpus=2)
     summary = run_job(spec)
-    assert plan.tokens.covers_input and plan.input.rows == summary.rows_in == 63
+    assert plan.tokens.covers_input and plan.input.rows == summary.rows_in == 64
     assert plan.tokens.rows_out == summary.rows_out == 10
     assert plan.tokens.quarantined == summary.error_reasons
     assert plan.tokens.tokens_total == summary.tokens
     failing = spec.model_copy(update={"errors": spec.errors.model_copy(update={"unreadable_files": "fail"})})
     [problem] = [p for p in build_plan(failing, "job", sample=10_000, cpus=2).problems if "c.parquet" in p]
     assert "unreadable parquet file" in problem and "50 rows" in problem and "a run fails on it" in problem
+
+
+def test_a_damaged_file_found_by_reading_it_counts_its_rows_as_the_run_does(tmp_path):
+    """A gzip file damaged past the count's limit reads as counted (an estimate) and is found damaged only when its
+    rows are read: the plan then took the estimate for its rows, exact, where a run counts the lines before the
+    damage, a lower bound."""
+    import random
+
+    from pipelines.io.reader import read_group
+    from pipelines.planning.inputs import found_unreadable, survey
+
+    random.seed(0)
+    lines = "".join(json.dumps({"id": str(i), "text": "".join(random.choice("abcdefghij ") for _ in range(60))})
+                    + "\n" for i in range(3000)).encode()
+    data = bytearray(gzip.compress(lines))
+    data[int(len(data) * 0.8):int(len(data) * 0.8) + 50] = b"\0" * 50
+    (tmp_path / "x.jsonl.gz").write_bytes(bytes(data))
+    shards = list_shards([str(tmp_path)])
+    surveyed = survey(shards, count_limit=20_000)
+    assert surveyed.shards[0].count == "estimated"
+    tables = [pa.concat_tables(list(read_group(shards, Columns(text="text", id="id"))), promote_options="permissive")]
+    [found] = found_unreadable(surveyed, shards, tables).shards
+    rows, exact = reader_count_rows(shards[0])
+    assert (found.count, found.rows, found.rows_exact) == ("unreadable", rows, exact) and not exact
+    assert found.error.endswith(f"{rows:,} rows before the damage")
 
 
 def test_plan_cli_on_the_news_shards_matches_the_run(ray_session, tiny_models, tmp_path):

@@ -18,7 +18,6 @@ from pipelines.planning.inputs import (
     COUNT_LIMIT,
     actor_batches,
     found_unreadable,
-    mark_duplicate_ids,
     pick_batches,
     read_batches,
     read_blocks,
@@ -70,8 +69,6 @@ def build_plan(
     columns = columns_of(spec, shards)
     tables = read_batches([[shards[i] for i in group] for group in groups], columns, picked)
     inputs = found_unreadable(inputs, shards, tables)  # a Parquet footer that reads over data that does not
-    if spec.errors.duplicate_ids == "error":
-        tables = mark_duplicate_ids(tables, columns.id_name)
     told = {s.key: c.rows for s, c in zip(shards, inputs.shards) if c.records is not None}
     partial = sum(rows) > sample  # a sample of part of the input: its unreadable files are counted, not scaled
     apart = unreadable_records(shards, inputs.shards, columns) if partial else None

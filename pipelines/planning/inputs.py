@@ -27,10 +27,9 @@ import pyarrow.parquet as pq
 
 from pipelines.errors import first_line
 from pipelines.io.block import ERROR, ROW, SHARD
-from pipelines.io.reader import ARRAY_START, Columns, array_head, json_array, read_group, without_boms
+from pipelines.io.reader import ARRAY_START, NOT_FETCHED, Columns, array_head, json_array, read_group, without_boms
 from pipelines.io.reader import count_rows as reader_count_rows
 from pipelines.io.shards import Shard
-from pipelines.output import duplicates
 from pipelines.planning.records import InputPlan, ShardCount
 
 log = logging.getLogger(__name__)
@@ -304,33 +303,20 @@ def found_unreadable(inputs: InputPlan, shards: list[Shard], tables: list[pa.Tab
     for table in tables:
         records = table.filter(pc.equal(table.column(ROW), -1))
         found.update(zip(records.column(SHARD).to_pylist(), records.column(ERROR).to_pylist()))
-    counts = [
-        count.model_copy(update={"error": f"{found[shard.key]}; {count.rows:,} rows", "records": 1,
-                                 "count": "unreadable"})
-        if shard.key in found and count.error is None else count
-        for shard, count in zip(shards, inputs.shards, strict=True)
-    ]
-    return inputs.model_copy(update={"shards": counts, "unreadable": sum(c.count == "unreadable" for c in counts)})
-
-
-def mark_duplicate_ids(tables: list[pa.Table], id_column: str) -> list[pa.Table]:
-    """The rows a run's ``errors.duplicate_ids: error`` screen quarantines, marked with its reasons: a row whose id
-    an earlier row has (the first is kept), or that has none. Rows quarantined already are not screened."""
-    seen: set[str] = set()
-    marked = []
-    for table in tables:
-        errors = table.column(ERROR).to_pylist()
-        for i, value in enumerate(table.column(id_column).to_pylist()):
-            if errors[i] is not None:
-                continue
-            if value is None:
-                errors[i] = duplicates.NULL_REASON
-            elif value in seen:
-                errors[i] = duplicates.REASON
-            else:
-                seen.add(value)
-        marked.append(table.set_column(table.schema.get_field_index(ERROR), ERROR, pa.array(errors, pa.string())))
-    return marked
+    counts = []
+    for shard, count in zip(shards, inputs.shards, strict=True):
+        reason = found.get(shard.key)
+        if reason is not None and count.error is None and not reason.startswith(NOT_FETCHED):  # a fetch is retried
+            rows, exact = reader_count_rows(shard)  # as the run tells them: a footer's, or the lines before damage
+            told = "rows unknown" if rows is None else f"{rows:,} rows" + ("" if exact else " before the damage")
+            count = count.model_copy(update={"error": f"{reason}; {told}", "rows": rows or 0, "rows_exact": exact,
+                                             "records": 1, "count": "unreadable"})
+        counts.append(count)
+    return inputs.model_copy(update={
+        "shards": counts, "rows": sum(c.rows for c in counts),
+        "unreadable": sum(c.count == "unreadable" for c in counts),
+        "rows_exact": all(c.count != "estimated" and c.rows_exact for c in counts),
+    })
 
 
 def unreadable_records(shards: list[Shard], counts: list[ShardCount], columns: Columns) -> pa.Table | None:

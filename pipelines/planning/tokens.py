@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.io.block import ERROR, ROW, SHARD
+from pipelines.output import duplicates
 from pipelines.output.staging import reason_counts
 from pipelines.planning.hardware import this_machine_cpus
 from pipelines.planning.records import Distribution, TokenPlan
@@ -69,10 +70,12 @@ class BatchTokens:
 
 
 def tokenize_batch(
-    context: TaskContext, spec: JobSpec, batch: pa.Table, unreadable_rows: dict[str, int] | None = None
+    context: TaskContext, spec: JobSpec, batch: pa.Table, unreadable_rows: dict[str, int] | None = None,
+    ids_seen: set[str] | None = None,
 ) -> BatchTokens:
     """``unreadable_rows``: shard key → the rows a run counts for an unreadable file's one record (as quarantined,
-    under errors.unreadable_files: quarantine)."""
+    under errors.unreadable_files: quarantine). ``ids_seen``: the ids of the rows written so far, where the run's
+    ``errors.duplicate_ids: error`` screen applies (it sees the rows the task answered, after every other check)."""
     from pipelines.inference.predictor import encode_rows, micro_batches, validate_rows
 
     if spec.errors.unreadable_files == "fail" and ROW in batch.column_names:
@@ -111,6 +114,18 @@ def tokenize_batch(
     answered = ~np.isin(features.row, list(features.errors)) if len(lengths) else np.zeros(0, dtype=bool)
     if truncated is not None and spec.errors.too_long == "error" and len(lengths):
         answered &= ~truncated[features.row]
+    if ids_seen is not None and spec.input.id_column and len(lengths):
+        written = np.unique(features.row[answered])  # encoded rows the output would hold
+        ids = batch.column(spec.input.id_column).to_pylist()
+        repeated = []
+        for j in written:
+            value = ids[int(rows[j])]
+            if value is None or value in ids_seen:
+                reasons.append(duplicates.NULL_REASON if value is None else duplicates.REASON)
+                repeated.append(j)
+            else:
+                ids_seen.add(value)
+        answered &= ~np.isin(features.row, repeated)
     return BatchTokens(
         rows=len(batch) + told,
         lengths=lengths,
@@ -133,7 +148,8 @@ def token_plan(
     exactly and apart: scaled with the sample, one file's rows were taken for a rate of bad rows over the input."""
     if records is not None:
         batches = [b.filter(pc.not_equal(b.column(ROW), -1)) if ROW in b.column_names else b for b in batches]
-    done = [tokenize_batch(context, spec, batch, unreadable_rows) for batch in batches]
+    seen: set[str] | None = set() if spec.errors.duplicate_ids == "error" else None  # across batches, in order
+    done = [tokenize_batch(context, spec, batch, unreadable_rows, seen) for batch in batches]
     apart = tokenize_batch(context, spec, records, unreadable_rows) if records is not None else None
     rows = sum(b.rows for b in done)
     lengths = np.concatenate([b.lengths for b in done]) if done else np.zeros(0, np.int64)
