@@ -142,6 +142,28 @@ def test_a_decoder_classifier_scores_a_text_that_ends_in_its_end_of_sequence_tex
         np.testing.assert_allclose([row["scores"][k] for k in expected], list(expected.values()), atol=1e-4)
 
 
+def test_a_decoder_nli_model_scores_a_pair_that_ends_in_its_end_of_sequence_text_as_the_pipeline_does(
+    tiny_models, tmp_path
+):
+    """zero-shot-classification with a decoder NLI model pooled as text-classification did: a hypothesis that ends in
+    the end-of-sequence text was scored a token early."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_models("llama-classifier"))
+    model.config.id2label = {0: "contradiction", 1: "neutral", 2: "entailment"}
+    model.config.label2id = {v: k for k, v in model.config.id2label.items()}
+    model.save_pretrained(tmp_path / "nli")
+    AutoTokenizer.from_pretrained(tiny_models("llama-classifier")).save_pretrained(tmp_path / "nli")
+    labels = ["sports", "politics", "music"]
+    task = {"type": "zero-shot-classification", "candidate_labels": labels, "method": "nli",
+            "hypothesis_template": "This is about {} </s>"}
+    got = Predictor(make_spec(str(tmp_path / "nli"), task))(batch_of(SENTENCES[:3])).to_pylist()
+    classify = pipeline("zero-shot-classification", model=str(tmp_path / "nli"))
+    for row, text in zip(got, SENTENCES[:3]):
+        expected = classify(text, candidate_labels=labels, hypothesis_template=task["hypothesis_template"])
+        np.testing.assert_allclose([row["scores"][k] for k in expected["labels"]], expected["scores"], atol=1e-4)
+
+
 def test_a_decoder_classifier_without_a_pad_token_runs_a_batch_in_one_forward(tiny_models):
     """Llama/GPT-2 classifiers ship without pad_token_id: the tokenizer's pad token must reach the model's config,
     or every micro-batch is refused ("no padding token") and bisected down to single rows."""

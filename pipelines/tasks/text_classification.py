@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipelines.tasks.base import Features, LabelTask, Outputs, label_names, softmax
+from pipelines.tasks.base import Features, LabelTask, Outputs, label_names, sequence_logits, softmax
 from pipelines.tasks.options import TextClassificationOptions
 
 
@@ -49,20 +49,3 @@ class TextClassification(LabelTask):
             scores = logits
         return self.label_columns(scores)
 
-
-def sequence_logits(model: Any, inputs: dict[str, Any]) -> Any:
-    """A sequence classifier's logits. A decoder classifier (Llama, GPT-2, ...) scores each row at its last token
-    that is not its config's pad token; where that pad token was lent by the tokenizer (the model had none, so
-    the end-of-sequence token stands in), a text that ends in that token's text would be scored a token early:
-    such a model is scored at each row's last token that the attention mask keeps, as a row alone would be."""
-    import torch
-
-    from pipelines.inference.loading import PAD_LENT
-
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    if not getattr(config, PAD_LENT, False) or not hasattr(model, "score") or "attention_mask" not in inputs:
-        return model(**inputs).logits
-    hidden = getattr(model, model.base_model_prefix)(**inputs).last_hidden_state
-    mask = inputs["attention_mask"]
-    last = (torch.arange(mask.shape[-1], device=mask.device) * mask).argmax(-1)  # either padding side
-    return model.score(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])

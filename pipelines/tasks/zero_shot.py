@@ -32,7 +32,7 @@ import torch
 
 from pipelines.errors import PipelineError
 from pipelines.inference.batching import Ragged
-from pipelines.tasks.base import Features, LabelTask, Outputs, softmax
+from pipelines.tasks.base import Features, LabelTask, Outputs, sequence_logits, softmax
 from pipelines.tasks.feature_extraction import embed
 from pipelines.tasks.options import TaskOptions, ZeroShotOptions
 
@@ -214,7 +214,7 @@ class ZeroShotClassification(LabelTask):
         if self.method == "embedding":
             vectors_ = embed(model, inputs, "mean", normalize=True)
             return {"similarity": (vectors_ @ self.label_vectors.T).cpu().numpy()}
-        logits = model(**inputs).logits.float()
+        logits = sequence_logits(model, inputs).float()  # a decoder NLI model: pooled as text-classification's
         return {"logits": logits[:, [self.contradiction, self.entailment]].cpu().numpy()}
 
     def postprocess(self, outputs: Outputs, features: Features, n_rows: int) -> dict[str, pa.Array]:
