@@ -189,4 +189,5 @@ def test_candidate_labels_are_distinct_in_any_case(task):
         with pytest.raises(PipelineError, match="candidate_labels"):
             spec_from_dict(minimal(task__type=task, task__candidate_labels=labels))
     assert spec_from_dict(minimal(task__type=task, task__candidate_labels=["World", "Sports"])).task.candidate_labels
+    assert spec_from_dict(minimal(task__type=task, task__candidate_labels=["É", "é"])).task  # DuckDB keeps both
 

@@ -157,18 +157,23 @@ class TextClassificationOptions(LabelOptions):
     function: Literal["auto", "softmax", "sigmoid", "none"] = "auto"
 
 
+#: How DuckDB compares names: ASCII letters in any case (and the Kelvin sign as K); other letters as written.
+DUCKDB_CASE = str.maketrans({**{chr(c): chr(c + 32) for c in range(ord("A"), ord("Z") + 1)}, "\u212a": "k"})
+
+
 def distinct_labels(labels: list[str]) -> list[str]:
     """Labels are the fields of the output's ``scores`` struct: a name twice is refused by Polars, read as one by
-    pandas and renamed by DuckDB, which also renames a name that differs from another in case only."""
+    pandas and renamed by DuckDB, which also renames a name that differs from another in ASCII case only."""
     seen: dict[str, str] = {}
     for label in labels:
-        if label.casefold() in seen:
-            twice = "twice" if seen[label.casefold()] == label else f"beside {seen[label.casefold()]!r}"
+        key = label.translate(DUCKDB_CASE)
+        if key in seen:
+            twice = "twice" if seen[key] == label else f"beside {seen[key]!r}"
             raise ValueError(
                 f"candidate_labels must be distinct, also in case: {label!r} {twice} (the labels name the fields of "
-                "the output's scores, which DuckDB reads without regard to case)"
+                "the output's scores, and DuckDB reads A-Z and a-z in names as one)"
             )
-        seen[label.casefold()] = label
+        seen[key] = label
     return labels
 
 
