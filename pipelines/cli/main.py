@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {from_ray(exc) or exc}", file=sys.stderr)  # a task's error, not Ray's remote traceback
         return 2
     except KeyboardInterrupt:
-        print(f"interrupted: {STOPPED}", file=sys.stderr)
+        say_last(f"interrupted: {STOPPED}", alone=argv is None)
         return 130
     except Terminated:
         end_terminated()
@@ -120,8 +120,24 @@ def end_terminated() -> None:
     comes first (the other waits here for the exit): let go of the locks, say so in one line, exit 143."""
     _ENDING.acquire()
     release_held()
-    print(f"terminated: {STOPPED}", file=sys.stderr)
+    say_last(f"terminated: {STOPPED}")
     exit_at_once(EXIT_TERMINATED)
+
+
+def say_last(line: str, alone: bool = True) -> None:
+    """The command's last line, in one write, after which nothing logs (``alone``: the program itself, not a test
+    calling :func:`main`): Ray Data's threads logged a line of their own (`execution finished`) between the words
+    and their newline, so the last line was theirs, glued to ours."""
+    try:
+        fd = sys.stderr.fileno() if alone else None
+    except (AttributeError, OSError, ValueError):  # a stream without a file (captured)
+        fd = None
+    if fd is None:
+        print(line, file=sys.stderr)
+        return
+    logging.disable(logging.CRITICAL)
+    sys.stderr.flush()
+    os.write(fd, f"{line}\n".encode())
 
 
 def exit_at_once(status: int) -> None:
