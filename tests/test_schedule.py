@@ -181,8 +181,9 @@ class Committing:
             staged = Path(spec.output.path) / "_staging" / shard.key / staged_name(DATA_STAGED, final)
             staged.parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(pa.table({"id": ids}), staged)
+            bad = sum(i.startswith("x") for i in ids)  # counted as quarantined (see OverBudget)
             record = CommitRecord(shard=shard.key, input=ShardInput(**shard.fingerprint()), spec_hash="-",
-                                  model={"name": "-"}, rows_in=len(ids), rows=len(ids), errors=0, files=[final])
+                                  model={"name": "-"}, rows_in=len(ids), rows=len(ids) - bad, errors=bad, files=[final])
             out.write_json(layout.commit_record_path(shard.key), record.to_json())
             if before_visible is not None:
                 before_visible(shard)
@@ -706,6 +707,39 @@ def test_a_failed_runs_ledger_line_counts_what_its_partition_holds(tmp_path):
     assert "3" in render_table(Ledger(str(tmp_path / "out")).read()).splitlines()[-1].split()
 
 
+class OverBudget(Committing):
+    """Commits as Committing does, then fails as a run over its error budget does while its partition holds a shard
+    with quarantined rows (ids starting with `x`)."""
+
+    def __call__(self, spec, **kwargs) -> RunSummary:
+        summary = super().__call__(spec, **kwargs)
+        for key, record in OutputDir(spec.output.path).commits().items():
+            if record.errors:
+                raise PipelineError(f"{record.errors} row(s) were quarantined, over errors.max_rate (shard {key})")
+        return summary
+
+
+def test_a_run_failing_over_a_shard_that_is_fixed_succeeds_in_the_invocation_that_scores_the_fix(tmp_path):
+    """A run over its error budget because of one file: the file is fixed, and the next invocation scores the new
+    version (its old one leaves the failing run's partition), but it had resumed the failing run first, beside the
+    old version, so it failed once more, exited 2 and advised --abandon; the run was marked succeeded only by the
+    invocation after. The run is now tried again once the new work has taken a shard out of its partition."""
+    runner = OverBudget()
+    spec = make_job(tmp_path, fake_model(tmp_path))
+    add_shard(tmp_path, "a.jsonl", rows("a", 2))
+    add_shard(tmp_path, "b.jsonl", [*rows("b", 1), {"id": "x0", "text": "bad"}])
+    assert run_due(spec, now=day(1, hours=0.01), runner=runner).failures  # the budget: b's bad row
+    add_shard(tmp_path, "b.jsonl", [*rows("b", 1), {"id": "b9", "text": "fixed"}])
+    fixed = run_due(spec, now=day(2, hours=0.01), runner=runner)
+    assert fixed.failures == []
+    assert [e.status for e in closing_lines_of(tmp_path, "2026-11-28T02:00:00Z")] == ["failed", "failed", "succeeded"]
+    assert sorted(all_ids(tmp_path)) == ["a0", "a1", "b0", "b9"]
+
+
+def closing_lines_of(tmp_path: Path, run: str) -> list:
+    return [e for e in Ledger(str(tmp_path / "out")).read() if e.run == run and e.status != "running"]
+
+
 def test_a_spec_change_shows_in_the_runs_table(tmp_path):
     """The ledger recorded a spec change (`spec_changed`) and the README says the mix is made visible, but
     `pipelines runs` showed only a model change."""
@@ -829,12 +863,14 @@ def test_a_shard_that_changes_after_a_failing_run_committed_it_is_scored_again(r
     assert first.failures and "over the limit of errors.max_rate" in first.failures[0]
 
     b.write_bytes(finished)
-    run_due(spec, now=day(2, hours=0.01))  # the resume fails once more on b's old quarantine; b is scored again
-    ids = all_ids(tmp_path)
+    second = run_due(spec, now=day(2, hours=0.01))  # the resume fails once more on b's old quarantine; b is scored
+    ids = all_ids(tmp_path)  # again, and the run, tried once more without b's old version, succeeds
     assert sorted(ids) == sorted(r["id"] for r in rows("a", 5) + rows("b", 3)) and len(ids) == len(set(ids))
     assert not list((tmp_path / "out" / "run=2026-11-28T02:00:00Z").glob("_errors/*"))  # retired with b's old rows
+    assert not second.failures and [(e.kind, e.status) for e in second.entries] == [
+        ("resume", "failed"), ("tick", "succeeded"), ("resume", "succeeded")]
     third = run_due(spec, now=day(3, hours=0.01))
-    assert not third.failures and third.entries[0].kind == "resume" and third.entries[0].status == "succeeded"
+    assert not third.failures and [e.kind for e in third.entries] == ["tick"]
     assert sorted(all_ids(tmp_path)) == sorted(ids)
 
 

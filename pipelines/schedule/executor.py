@@ -294,12 +294,15 @@ class ScheduledJob:
                 "with the partitions it supersedes. Add --prune to let their output go (the ledger records it), or "
                 "restore the files first"
             )
+        failed: dict[str, tuple[str, set[str]]] = {}  # a failed resume: its failure, its shards that quarantined rows
         if not rescore:
             for unfinished in history.unfinished():
                 assert unfinished.run is not None
                 plan = self.planner(lineage).resume(unfinished.run, decision, self.partition_state(unfinished.run),
                                                     self.unfinished_commits())
-                self.attempt_reporting(plan, report)
+                failure = self.attempt_reporting(plan, report)
+                if failure is not None:
+                    failed[unfinished.run] = (failure, self.quarantining(unfinished.run))
         if prune:
             report.entries.append(self.prune(decision, lineage))
         if decision.action == "handled":
@@ -316,10 +319,25 @@ class ScheduledJob:
                 if work.run in self.history().latest():
                     raise PipelineError(f"run {work.run} exists already; try again in a second")
                 self.attempt_reporting(work, report)
+                self.retry_emptied(failed, decision, lineage, report)
             else:
                 report.entries.append(self.stamp(work))
         self.reconcile()
         return report
+
+    def retry_emptied(
+        self, failed: dict[str, tuple[str, set[str]]], decision: Decision, lineage: dict, report: Invocation
+    ) -> None:
+        """Try a failed resume once more where the new work took out of its partition a shard that had quarantined
+        rows (the shard's new version committed elsewhere): a run over its error budget because of one file, fixed
+        since, passes now, not at the next invocation. Nothing else a retirement takes away can make a run fail."""
+        for run, (failure, quarantining) in failed.items():
+            partition = self.partition_state(run)
+            if not quarantining - set(partition.committed) or run not in {e.run for e in self.history().unfinished()}:
+                continue
+            plan = self.planner(lineage).resume(run, decision, partition, self.unfinished_commits())
+            if self.attempt_reporting(plan, report) is None:
+                report.failures.remove(failure)
 
     def check_held_gone(self) -> None:
         """Refuse a rescore while an unfinished run holds the output of input that is gone: the rescore supersedes
@@ -348,10 +366,11 @@ class ScheduledJob:
                 found[key] = HeldCommit(entry.run, size, mtime_ns)
         return found
 
-    def attempt_reporting(self, plan: RunPlan, report: Invocation) -> None:
-        """Attempt a run; a failure is recorded (ledger, report) instead of stopping the invocation."""
+    def attempt_reporting(self, plan: RunPlan, report: Invocation) -> str | None:
+        """Attempt a run; a failure is recorded (ledger, report) instead of stopping the invocation, and returned."""
         try:
             report.entries.append(self.attempt(plan))
+            return None
         except PipelineError as exc:
             failures = self.history().failures(plan.run)
             advice = ""
@@ -360,6 +379,7 @@ class ScheduledJob:
                           f"`pipelines schedule JOB --abandon {plan.run}`.")
             report.entries.append(self.history().latest()[plan.run])
             report.failures.append(f"{exc}{advice}")
+            return report.failures[-1]
 
     def prune(self, decision: Decision, lineage: dict) -> LedgerEntry:
         """Move the scored outputs of input files that are gone to ``_superseded/``, and say so in the ledger."""
@@ -483,6 +503,10 @@ class ScheduledJob:
                 found = decode_types(recorded.column_types)
                 types = {**{name: found[name] for name in names & found.keys()}, **types}
         return encode_types(types) if types else None
+
+    def quarantining(self, run: str) -> set[str]:
+        """The shards of a run's partition whose commits quarantined rows (what counts against its error budget)."""
+        return {key for key, record in OutputDir(partition_path(self.spec, run)).commits().items() if record.errors}
 
     def partition_counts(self, run: str) -> dict[str, int]:
         """Rows read, written and quarantined in what a run's partition holds (its commit records): a failed run's
