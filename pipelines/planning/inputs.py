@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from pipelines.errors import first_line
 from pipelines.io.block import ERROR, ROW, SHARD
-from pipelines.io.reader import ARRAY_START, NOT_FETCHED, Columns, array_head, json_array, read_group, without_boms
+from pipelines.io.reader import NOT_FETCHED, Columns, array_head, array_start, json_array, read_group, without_boms
 from pipelines.io.reader import count_rows as reader_count_rows
 from pipelines.io.shards import Shard
 from pipelines.planning.records import InputPlan, ShardCount
@@ -73,7 +73,7 @@ def _jsonl_rows(shard: Shard, count_limit: int) -> tuple[int, bool]:
         stream: Any = gzip.GzipFile(fileobj=raw, mode="rb") if shard.compressed else raw  # type: ignore[call-overload]
         rows, read, carry = 0, 0, b""
         chunk = stream.read(min(CHUNK, count_limit))
-        if shard.format != "openai-batch" and ARRAY_START.match(without_boms(chunk)):  # perhaps one JSON array
+        if shard.format != "openai-batch" and array_start(chunk):  # perhaps one JSON array
             counted, chunk = _array_rows(stream, raw, chunk, shard.size, min(count_limit, ARRAY_COUNT_LIMIT))
             if counted is not None:
                 return counted

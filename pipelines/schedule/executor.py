@@ -284,10 +284,11 @@ class ScheduledJob:
             report.entries.append(self.record_tick(decision, "skipped"))
             return report
         lineage = model_lineage(self.spec.model)
-        if rescore:
-            self.check_held_gone()
-        if rescore and not prune and (lost := self.planner(lineage).prunes()):
-            names = sorted(self.history().scored()[move.key][0].name or str(move.key) for move in lost if move.key)
+        if rescore:  # what it can't score again: one listing of the input for both checks
+            planner = self.planner(lineage)
+            self.check_held_gone({s.key for s in planner.shards})
+        if rescore and not prune and (lost := planner.prunes()):
+            names = sorted(planner.history.scored()[m.key][0].name or str(m.key) for m in lost if m.key)
             raise PipelineError(
                 f"--rescore: {len(lost)} shard(s) scored earlier are gone from the input ({', '.join(names[:3])}"
                 f"{', …' if len(names) > 3 else ''}): a rescore can't score them again, and their rows would leave "
@@ -339,11 +340,10 @@ class ScheduledJob:
             if self.attempt_reporting(plan, report) is None:
                 report.failures.remove(failure)
 
-    def check_held_gone(self) -> None:
-        """Refuse a rescore while an unfinished run holds the output of input that is gone: the rescore supersedes
-        that run's partition, and neither it nor ``--prune`` (which moves what finished runs scored) can keep or
-        record those rows."""
-        current = {s.key for s in current_shards(self.spec)}
+    def check_held_gone(self, current: set[str]) -> None:
+        """Refuse a rescore while an unfinished run holds the output of input that is gone (``current``: the keys of
+        the input's shards now): the rescore supersedes that run's partition, and neither it nor ``--prune`` (which
+        moves what finished runs scored) can keep or record those rows."""
         held = {key: commit.run for key, commit in self.unfinished_commits().items() if key not in current}
         if held:
             runs = sorted(set(held.values()))

@@ -6,7 +6,7 @@ models (:mod:`.prompts`), one module per task, and the OpenAI Batch requests
 (:mod:`.openai_requests`, light: pydantic and :mod:`pipelines.io.openai_batch`'s
 names; :mod:`.openai_batch`, the tasks that answer them). A task module may import
 torch, transformers, numpy, pyarrow, :mod:`pipelines.errors` and the model-side
-helpers of :mod:`pipelines.inference` (batching, kv_cache, decoding); never Ray,
+helpers of :mod:`pipelines.inference` (batching, kv_cache, decoding, loading's marks on a config); never Ray,
 the output layout or the runner.
 :func:`task_class` loads a task's implementation only when it is asked for, so
 importing this package costs no torch.

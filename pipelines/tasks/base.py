@@ -27,6 +27,7 @@ import pyarrow as pa
 import torch
 
 from pipelines.inference.batching import Ragged
+from pipelines.inference.loading import PAD_LENT
 from pipelines.tasks.options import LabelOptions, TaskOptions
 
 # Key under which the predictor passes each row's id to ``Task.encode`` (in ``columns``), e.g. for per-row seeds.
@@ -289,10 +290,6 @@ def sequence_logits(model: Any, inputs: dict[str, Any]) -> Any:
     that is not its config's pad token; where that pad token was lent by the tokenizer (the model had none, so
     the end-of-sequence token stands in), a text that ends in that token's text would be scored a token early:
     such a model is scored at each row's last token that the attention mask keeps, as a row alone would be."""
-    import torch
-
-    from pipelines.inference.loading import PAD_LENT
-
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     if not getattr(config, PAD_LENT, False) or not hasattr(model, "score") or "attention_mask" not in inputs:
         return model(**inputs).logits
