@@ -279,3 +279,18 @@ def test_quantization_auto_decides_on_the_jobs_own_sample_the_same_rows_anywhere
 
     assert path("a") == path("b")
     assert path("c") != path("a")
+
+
+def test_a_reduced_dtype_is_named_as_the_precision_compared(tiny_models):
+    """``dtype: bfloat16`` with no quantization was reported as "none vs float32" (and "none vs unquantized" below
+    the bar): the user was told nothing was reduced, about a check of bfloat16 against float32."""
+    from pipelines.fidelity import below_bar, judge
+
+    spec = quantized_spec(tiny_models("classifier"), {"type": "text-classification"}, "none",
+                          fidelity={"rows": 8, "min_agreement": 1.0})
+    spec.model.dtype = "bfloat16"
+    sample = pa.table({"id": [f"r{i}" for i in range(8)], "text": SENTENCES[:8]})
+    result = judge(spec, measure(spec, sample))
+    assert result.quantization == "bfloat16" and result.reference == "float32"
+    failed = result.model_copy(update={"agreement": 0.5, "passed": False})
+    assert "rows, bfloat16 vs unquantized, under" in below_bar(spec, failed)

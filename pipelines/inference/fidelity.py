@@ -38,7 +38,7 @@ import torch
 
 from pipelines.inference.predictor import Predictor
 from pipelines.io.block import ERROR
-from pipelines.output.records import Fidelity
+from pipelines.output.records import Fidelity, precision_label
 from pipelines.spec import JobSpec
 from pipelines.tasks.options import (
     FeatureExtractionOptions,
@@ -107,7 +107,7 @@ def measure(spec: JobSpec, sample: pa.Table) -> Fidelity:
         truth = sample.column(spec.input.label_column).to_pylist()
     ids = sample.column(spec.input.id_column or "id").to_pylist()
     result = compare(spec.task, quantized, reference, ids, truth)
-    result.quantization = spec.model.quantization
+    result.quantization = precision_label({"quantization": spec.model.quantization, "dtype": spec.model.dtype})
     result.wall_s = round(time.monotonic() - start, 3)
     return result
 
@@ -125,8 +125,8 @@ def measure_against(reference: JobSpec, candidates: list[JobSpec], sample: pa.Ta
         start = time.monotonic()
         predicted = predict(candidate, sample)
         result = compare(candidate.task, predicted, base, ids, truth)
-        model = candidate.model
-        result.quantization = model.quantization if model.quantization != "none" else model.dtype
+        result.quantization = precision_label({"quantization": candidate.model.quantization,
+                                               "dtype": candidate.model.dtype})
         result.reference = "float32"
         result.wall_s = round(time.monotonic() - start, 3)
         result.predict_s, result.reference_predict_s = round(predicted.seconds, 4), round(base.seconds, 4)
