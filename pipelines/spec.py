@@ -88,6 +88,16 @@ class ModelSpec(Strict):
         default=None, description="Check a quantized model against itself unquantized before the run."
     )
 
+    @model_validator(mode="after")
+    def _auto_picks_the_dtype(self) -> ModelSpec:
+        if self.quantization == "auto" and self.dtype != "auto":
+            raise ValueError(
+                f"model.dtype {self.dtype} with quantization auto: auto chooses the precision (dtype included) and "
+                f"would not run in {self.dtype}; leave model.dtype auto, or set quantization none to run in "
+                f"{self.dtype}"
+            )
+        return self
+
 
 class BatchingSpec(Strict):
     batch_size: int = Field(default=256, gt=0, description="Rows handed to an actor per call.")

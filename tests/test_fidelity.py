@@ -294,3 +294,16 @@ def test_a_reduced_dtype_is_named_as_the_precision_compared(tiny_models):
     assert result.quantization == "bfloat16" and result.reference == "float32"
     failed = result.model_copy(update={"agreement": 0.5, "passed": False})
     assert "rows, bfloat16 vs unquantized, under" in below_bar(spec, failed)
+
+
+def test_quantization_auto_refuses_a_pinned_dtype():
+    """``quantization: auto`` with ``model.dtype: float16`` ran at what auto chose (bfloat16, dynamic-int8 or float32)
+    and said nothing of the dtype asked for; the two settings contradict each other and are refused."""
+    from pipelines.spec import spec_from_dict
+
+    raw = {"input": {"paths": ["unused"]}, "model": {"name": "minilm", "quantization": "auto", "dtype": "float16"},
+           "task": {"type": "feature-extraction"}, "output": {"path": "unused"}}
+    with pytest.raises(PipelineError, match=r"model.dtype float16 with quantization auto"):
+        spec_from_dict(raw)
+    raw["model"]["dtype"] = "auto"
+    assert spec_from_dict(raw).model.quantization == "auto"
