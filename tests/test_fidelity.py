@@ -307,3 +307,22 @@ def test_quantization_auto_refuses_a_pinned_dtype():
         spec_from_dict(raw)
     raw["model"]["dtype"] = "auto"
     assert spec_from_dict(raw).model.quantization == "auto"
+
+
+def test_the_report_says_why_a_quantization_auto_run_shows_no_check():
+    """The page told every run without a check to "set model.fidelity in the spec": under quantization auto the
+    precision was checked (float32 chosen: nothing to compare) or kept from the output's first run, and setting
+    model.fidelity would not have shown a check either."""
+    from pipelines.output.records import ModelRef, RunSummary
+    from pipelines.output.report import _no_fidelity
+
+    def summary(quantization: str, precision: dict[str, str] | None) -> RunSummary:
+        return RunSummary(status="succeeded", spec_hash="x", model=ModelRef(name="minilm"), quantization=quantization,
+                          device="cpu", task="zero-shot-classification", shards=1, shards_this_run=1, rows_in=1,
+                          rows_out=1, errors=0, error_rate=0.0, precision=precision)
+
+    chose_float32 = _no_fidelity(summary("auto", {"quantization": "none", "dtype": "float32"}))
+    assert "chose float32" in chose_float32 and "set model.fidelity" not in chose_float32
+    kept = _no_fidelity(summary("auto", {"quantization": "none", "dtype": "bfloat16"}))
+    assert "bfloat16" in kept and "earlier run" in kept and "set model.fidelity" not in kept
+    assert "set model.fidelity" in _no_fidelity(summary("int8", None))

@@ -34,7 +34,7 @@ from pipelines.io.shards import resolve
 from pipelines.output import layout
 from pipelines.output.layout import COMMITS, JOB, LEDGER, PARTITION, REPORT, RUN
 from pipelines.output.openai_batch import OpenAIBatchFiles
-from pipelines.output.records import CommitRecord, Fidelity, JobRecord, RunSummary
+from pipelines.output.records import CommitRecord, Fidelity, JobRecord, RunSummary, precision_label
 from pipelines.output.summary import agreement_line, fidelity_line, precision_said
 
 log = logging.getLogger(__name__)
@@ -295,6 +295,13 @@ def _no_column(data: RunData, missing: str) -> str:
 def _no_fidelity(summary: RunSummary | None) -> str:
     if summary and summary.quantization == "none":
         return "The model is not quantized."
+    if summary and summary.quantization == "auto" and summary.precision:
+        said = precision_label(summary.precision)
+        if said == "float32":
+            return ("quantization auto chose float32 (no reduced precision was faster within the bar): the model ran "
+                    "unquantized, so there is nothing to compare.")
+        return (f"Not checked in this run: it kept {said}, as an earlier run of this output (or of this scheduled "
+                "job) chose under quantization auto; `pipelines fidelity JOB.yaml` measures it again.")
     return "Not checked: set model.fidelity in the spec, or run `pipelines fidelity JOB.yaml`."
 
 
