@@ -36,8 +36,11 @@ DEFAULT_ROWS = 256
 
 
 def is_quantized(spec: JobSpec) -> bool:
-    """Quantized, or computing in a reduced precision: something to compare with float32."""
-    return spec.model.quantization != "none" or spec.model.dtype in ("bfloat16", "float16")
+    """Quantized, or computing in a reduced precision: something to compare with float32 (``dtype: auto`` is bfloat16
+    or float16 where the actors get a GPU)."""
+    dtype = spec.model.dtype
+    reduced = dtype in ("bfloat16", "float16") or (dtype == "auto" and spec.actor_device() == "cuda")
+    return spec.model.quantization != "none" or reduced
 
 
 def sample(spec: JobSpec, shards: list[Shard], rows: int) -> pa.Table:

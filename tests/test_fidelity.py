@@ -326,3 +326,21 @@ def test_the_report_says_why_a_quantization_auto_run_shows_no_check():
     kept = _no_fidelity(summary("auto", {"quantization": "none", "dtype": "bfloat16"}))
     assert "bfloat16" in kept and "earlier run" in kept and "set model.fidelity" not in kept
     assert "set model.fidelity" in _no_fidelity(summary("int8", None))
+
+
+def test_dtype_auto_on_a_gpu_is_a_reduced_precision_to_check(tiny_models):
+    """On a GPU ``dtype: auto`` computes in bfloat16 (float16 without bf16): a spec with model.fidelity was told "the
+    model is not quantized; nothing to check" and ran unchecked in a reduced precision."""
+    from pipelines.fidelity import is_quantized
+
+    spec = quantized_spec(tiny_models("classifier"), {"type": "text-classification"}, "none")
+    spec.model.device = "auto"
+    assert not is_quantized(spec)  # on a CPU, dtype auto is float32
+    spec.compute.gpus_per_actor = 1
+    assert is_quantized(spec)
+    spec.model.dtype = "float32"
+    assert not is_quantized(spec)
+    # what the check names is the dtype the model was loaded in (here, with no GPU visible, float32 on the CPU)
+    spec.model.dtype = "auto"
+    sample = pa.table({"id": [f"r{i}" for i in range(8)], "text": SENTENCES[:8]})
+    assert measure(spec, sample).quantization == "float32"

@@ -72,6 +72,7 @@ class Predictions:
     ok: np.ndarray
     tokenizer: Any
     seconds: float = 0.0  # the sample's call, after a first call on a few rows (the model's load left out)
+    dtype: str = ""  # what the model computed in (``float32``, ``bfloat16``...)
 
 
 #: Rows of a first, untimed call before the sample's: a predictor's first forwards allocate.
@@ -89,12 +90,17 @@ def predict(spec: JobSpec, sample: pa.Table) -> Predictions:
     columns = {name: table.column(prefix + name).to_pylist() for name in spec.task.output_names()}
     ok = table.column(ERROR).is_null().to_numpy(zero_copy_only=False)
     tokenizer = predictor.loaded.tokenizer
-    device = predictor.loaded.device
+    device, dtype = predictor.loaded.device, str(predictor.loaded.dtype).removeprefix("torch.")
     del predictor, table
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return Predictions(columns, ok, tokenizer, seconds)
+    return Predictions(columns, ok, tokenizer, seconds, dtype)
+
+
+def _precision(spec: JobSpec, predicted: Predictions) -> str:
+    """What was compared with float32, in one word: the quantization, else the dtype the model computed in."""
+    return precision_label({"quantization": spec.model.quantization, "dtype": predicted.dtype or spec.model.dtype})
 
 
 def measure(spec: JobSpec, sample: pa.Table) -> Fidelity:
@@ -107,7 +113,7 @@ def measure(spec: JobSpec, sample: pa.Table) -> Fidelity:
         truth = sample.column(spec.input.label_column).to_pylist()
     ids = sample.column(spec.input.id_column or "id").to_pylist()
     result = compare(spec.task, quantized, reference, ids, truth)
-    result.quantization = precision_label({"quantization": spec.model.quantization, "dtype": spec.model.dtype})
+    result.quantization = _precision(spec, quantized)
     result.wall_s = round(time.monotonic() - start, 3)
     return result
 
@@ -125,8 +131,7 @@ def measure_against(reference: JobSpec, candidates: list[JobSpec], sample: pa.Ta
         start = time.monotonic()
         predicted = predict(candidate, sample)
         result = compare(candidate.task, predicted, base, ids, truth)
-        result.quantization = precision_label({"quantization": candidate.model.quantization,
-                                               "dtype": candidate.model.dtype})
+        result.quantization = _precision(candidate, predicted)
         result.reference = "float32"
         result.wall_s = round(time.monotonic() - start, 3)
         result.predict_s, result.reference_predict_s = round(predicted.seconds, 4), round(base.seconds, 4)
