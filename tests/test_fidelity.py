@@ -344,3 +344,14 @@ def test_dtype_auto_on_a_gpu_is_a_reduced_precision_to_check(tiny_models):
     spec.model.dtype = "auto"
     sample = pa.table({"id": [f"r{i}" for i in range(8)], "text": SENTENCES[:8]})
     assert measure(spec, sample).quantization == "float32"
+
+
+@pytest.mark.parametrize(("task", "column"), [("text-classification", "label"), ("token-classification", "entities")])
+def test_a_sample_the_unquantized_model_cannot_predict_is_no_measure(task, column):
+    """Where the unquantized model failed on every sampled row (e.g. errors.too_long: error and long texts), nothing
+    was compared, yet the check said "label_agreement 0.0000 on 0 sampled rows" (below the bar: quantization blamed)
+    or "entity_f1 1.0000 on 0 sampled rows" (passed: auto took the candidate)."""
+    options = TASK_OPTIONS[task](type=task)
+    failed = predictions([False, False], **{column: [None, None]})
+    with pytest.raises(PipelineError, match="none of the 2 sampled rows"):
+        compare(options, failed, failed, ids=["a", "b"])

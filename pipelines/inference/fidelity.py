@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from pipelines.errors import PipelineError
 from pipelines.inference.predictor import Predictor
 from pipelines.io.block import ERROR
 from pipelines.output.records import Fidelity, precision_label
@@ -144,6 +145,12 @@ def compare(
 ) -> Fidelity:
     """Judge ``quantized`` against ``reference`` with the measures of the task (``options``)."""
     judged = np.flatnonzero(reference.ok)
+    if not len(judged):
+        raise PipelineError(
+            f"none of the {len(ids)} sampled rows could be predicted by the unquantized model, so there is nothing to "
+            "compare the quantized one with; see why they fail (a run quarantines them with their reasons: e.g. "
+            "errors.too_long: error with texts over batching.max_length) and fix the rows or the spec"
+        )
     view = Pair(quantized, reference, judged, [str(ids[i]) for i in judged])
     name, metrics, examples = _comparer(options)(view, options, truth)
     return Fidelity(
