@@ -355,3 +355,20 @@ def test_a_sample_the_unquantized_model_cannot_predict_is_no_measure(task, colum
     failed = predictions([False, False], **{column: [None, None]})
     with pytest.raises(PipelineError, match="none of the 2 sampled rows"):
         compare(options, failed, failed, ids=["a", "b"])
+
+
+def test_a_row_only_the_quantized_model_failed_on_disagrees_whatever_the_reference_found():
+    """A quantized failure was compared as an empty prediction: on a row where the unquantized model found no entity
+    (or an llm-label answer parsed to no label) it counted as agreeing, though the check prints "rows only the
+    quantized model failed on: 1 (counted as disagreeing)"."""
+    ner = TASK_OPTIONS["token-classification"](type="token-classification")
+    paris = {"entity_group": "LOC", "start": 0, "end": 5, "word": "Paris", "score": 0.9}
+    reference = predictions([True, True], entities=[[], [paris]])
+    quantized = predictions([False, True], entities=[None, [paris]])
+    result = compare(ner, quantized, reference, ids=["a", "b"])
+    assert result.failed_quantized == 1
+    assert result.metrics["row_agreement"] == 0.5 and result.agreement < 1
+    labels = TASK_OPTIONS["text-classification"](type="text-classification")
+    reference = predictions([True, True], label=[None, "a"])
+    quantized = predictions([False, True], label=[None, "a"])
+    assert compare(labels, quantized, reference, ids=["a", "b"]).agreement == 0.5

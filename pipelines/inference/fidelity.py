@@ -175,6 +175,10 @@ class Pair:
     rows: np.ndarray
     ids: list[str]
 
+    def failed(self) -> list[bool]:
+        """Per judged row: only the quantized model failed on it (a disagreement, whatever the reference found)."""
+        return [not self.quantized.ok[i] for i in self.rows]
+
     def values(self, column: str) -> tuple[list[Any], list[Any]]:
         q = [self.quantized.columns[column][i] if self.quantized.ok[i] else None for i in self.rows]
         r = [self.reference.columns[column][i] for i in self.rows]
@@ -218,7 +222,7 @@ def _examples(pair: Pair, q: list[Any], r: list[Any], same: list[bool]) -> list[
 
 def compare_labels(pair: Pair, options: LabelOptions, truth: list[Any] | None):
     q, r = pair.values("label")
-    same = [a == b for a, b in zip(q, r)]
+    same = [a == b and not failed for a, b, failed in zip(q, r, pair.failed())]
     metrics = {"label_agreement": _mean(same)}
     if truth is not None:
         gold = [truth[i] for i in pair.rows]
@@ -251,7 +255,7 @@ def _cosine(a: list[float] | None, b: list[float]) -> float:
 
 def compare_generations(pair: Pair, options: GenerationOptions, truth: list[Any] | None):
     q, r = pair.values(options.text_output)
-    same = [a == b for a, b in zip(q, r)]
+    same = [a == b and not failed for a, b, failed in zip(q, r, pair.failed())]
     tokenizer = pair.reference.tokenizer
     shares = [_token_agreement(tokenizer, a, b) for a, b in zip(q, r)]
     metrics = {"exact_match": _mean(same), "token_agreement": _mean(shares)}
@@ -277,8 +281,10 @@ def compare_spans(pair: Pair, options: QuestionAnsweringOptions, truth: list[Any
     qs, rs = pair.values("start")
     qe, re_ = pair.values("end")
     qa, ra = pair.values("answer")
-    same = [(a, b) == (c, d) for a, b, c, d in zip(qs, qe, rs, re_)]
-    metrics = {"span_agreement": _mean(same), "answer_agreement": _mean([a == b for a, b in zip(qa, ra)])}
+    failed = pair.failed()
+    same = [(a, b) == (c, d) and not f for a, b, c, d, f in zip(qs, qe, rs, re_, failed)]
+    answers = [a == b and not f for a, b, f in zip(qa, ra, failed)]
+    metrics = {"span_agreement": _mean(same), "answer_agreement": _mean(answers)}
     return "span_agreement", metrics, _examples(pair, qa, ra, same)
 
 
@@ -286,10 +292,11 @@ def compare_entities(pair: Pair, options: TokenClassificationOptions, truth: lis
     q, r = pair.values("entities")
     found = matched = expected = 0
     same = []
-    for a, b in zip(q, r):
+    for a, b, failed in zip(q, r, pair.failed()):
         x, y = _entity_set(a), _entity_set(b)
-        found, matched, expected = found + len(x), matched + len(x & y), expected + len(y)
-        same.append(x == y)
+        # a failed row finds nothing: it misses the row's entities, or, where there were none, counts as one miss
+        found, matched, expected = found + len(x), matched + len(x & y), expected + max(len(y), int(failed))
+        same.append(x == y and not failed)
     precision = matched / found if found else float(not expected)
     recall = matched / expected if expected else float(not found)
     f1 = 2 * matched / (found + expected) if found + expected else 1.0
