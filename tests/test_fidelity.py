@@ -340,10 +340,12 @@ def test_dtype_auto_on_a_gpu_is_a_reduced_precision_to_check(tiny_models):
     assert is_quantized(spec)
     spec.model.dtype = "float32"
     assert not is_quantized(spec)
-    # what the check names is the dtype the model was loaded in (here, with no GPU visible, float32 on the CPU)
+    # where no GPU is visible (pipelines fidelity on a laptop), dtype auto loads float32 on the CPU: no comparison of
+    # float32 with itself passes for a check of the GPU's precision
     spec.model.dtype = "auto"
     sample = pa.table({"id": [f"r{i}" for i in range(8)], "text": SENTENCES[:8]})
-    assert measure(spec, sample).quantization == "float32"
+    with pytest.raises(PipelineError, match="loaded in float32 here"):
+        measure(spec, sample)
 
 
 @pytest.mark.parametrize(("task", "column"), [("text-classification", "label"), ("token-classification", "entities")])

@@ -108,6 +108,12 @@ def measure(spec: JobSpec, sample: pa.Table) -> Fidelity:
     """Score ``sample`` quantized and unquantized, and compare (see the module's docstring)."""
     start = time.monotonic()
     quantized = predict(spec, sample)
+    if spec.model.quantization == "none" and quantized.dtype == "float32":
+        raise PipelineError(
+            f"model.dtype {spec.model.dtype}: the model loaded in float32 here (no GPU visible), so there is nothing "
+            "to compare with float32; check it where the actors get a GPU (model.fidelity in the spec checks it "
+            "before a run, on an actor's resources), or set model.dtype bfloat16 or float16"
+        )
     reference = predict(reference_spec(spec), sample)
     truth = None
     if spec.input.label_column and spec.input.label_column in sample.column_names:
