@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -71,6 +72,7 @@ def check(spec: JobSpec, shards: list[Shard], rows: int | None = None) -> Fideli
     start = time.monotonic()
     picked = sample(spec, shards, rows or _rows(spec))
     result = _check_auto(spec, picked) if spec.model.quantization == "auto" else judge(spec, measure(spec, picked))
+    warn_if_coarse(result.rows, _auto_bar(spec) if result.min_agreement is None else result.min_agreement)
     return result.model_copy(update={"wall_s": round(time.monotonic() - start, 3)})
 
 
@@ -96,10 +98,24 @@ def gate(spec: JobSpec, shards: list[Shard]) -> Fidelity | None:
     picked = sample(spec, shards, spec.model.fidelity.rows)
     log.info("fidelity: scoring %d sampled rows with %s and unquantized", picked.num_rows, spec.model.quantization)
     result = judge(spec, _measure_on_ray(spec, picked))
+    warn_if_coarse(result.rows, spec.model.fidelity.min_agreement)
     if not result.passed:
         raise PipelineError(below_bar(spec, result))
     log.info("fidelity: %s %.4f >= %s", result.measure, result.agreement, result.min_agreement)
     return result
+
+
+def warn_if_coarse(rows: int, bar: float) -> None:
+    """Say when ``rows`` sampled rows are too few to measure agreement to ``bar``: under 1 / (1 - bar) rows a single
+    changed row already falls below it, so passing says only that no sampled row changed."""
+    if bar >= 1 or rows * (1 - bar) >= 1 - 1e-9:
+        return
+    log.warning(
+        "quantization fidelity on only %d sampled rows: one changed row moves the agreement by %.2f%%, so the bar %s "
+        "passes only where none of them changed, which says little about the rest of the input; sample at least %d "
+        "rows (model.fidelity.rows, or --rows) to measure it", rows, 100 / max(rows, 1), bar,
+        math.ceil(1 / (1 - bar) - 1e-9),
+    )
 
 
 def judge(spec: JobSpec, result: Fidelity) -> Fidelity:
@@ -204,6 +220,7 @@ def resolve_auto(
         log.info("quantization auto: the decision of %s on these same %d sampled rows, model, task and kind of "
                  "device (%s)", time.strftime("%Y-%m-%d %H:%M", time.localtime(found.get("decided_at", 0))),
                  picked.num_rows, cache)
+    warn_if_coarse(picked.num_rows, bar)
     chosen = Precision(found["quantization"], found["dtype"])
     result = Fidelity.model_validate(found["fidelity"]) if found.get("fidelity") else None
     if result is not None:

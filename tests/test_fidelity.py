@@ -374,3 +374,18 @@ def test_a_row_only_the_quantized_model_failed_on_disagrees_whatever_the_referen
     reference = predictions([True, True], label=[None, "a"])
     quantized = predictions([False, True], label=[None, "a"])
     assert compare(labels, quantized, reference, ids=["a", "b"]).agreement == 0.5
+
+
+def test_a_sample_too_small_to_measure_the_bar_is_said(wide_encoder, topics, tmp_path, caplog):
+    """On 16 rows one changed label is 6.25 points: "passed" at a bar of 0.99 only says no row of 16 changed (the main
+    job's auto took dynamic-int8 on 16 rows at 1.0000, which keeps 91% of the labels on 256). The check says so."""
+    shards = list_shards([str(topics)])
+    bar = {"rows": 16, "min_agreement": 0.99}
+    with caplog.at_level("WARNING", logger="pipelines.fidelity"):
+        check(topic_spec(wide_encoder, topics, tmp_path / "x", "int8", fidelity=bar), shards)
+    [said] = [r.getMessage() for r in caplog.records if r.name == "pipelines.fidelity" and r.levelname == "WARNING"]
+    assert "16 sampled rows" in said and "at least 100" in said
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pipelines.fidelity"):
+        check(topic_spec(wide_encoder, topics, tmp_path / "x", "int8", fidelity={**bar, "min_agreement": 0.9}), shards)
+    assert not [r for r in caplog.records if r.name == "pipelines.fidelity" and r.levelname == "WARNING"]  # 16 rows can tell 0.9: one row is 0.0625
