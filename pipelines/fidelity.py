@@ -127,10 +127,11 @@ def judge(spec: JobSpec, result: Fidelity) -> Fidelity:
 
 
 def below_bar(spec: JobSpec, result: Fidelity) -> str:
+    lighter = "a lighter quantization (int8, or none)" if spec.model.quantization != "none" else "model.dtype float32"
     return (
         f"quantization fidelity below the bar: {result.measure} {result.agreement:.2%} on {result.rows} sampled "
         f"rows, {result.quantization} vs unquantized, under model.fidelity.min_agreement="
-        f"{result.min_agreement}; nothing was written. Use a lighter quantization (int8, or none), or lower "
+        f"{result.min_agreement}; nothing was written. Use {lighter}, or lower "
         "the bar if the difference is acceptable (`pipelines fidelity JOB.yaml` shows what changed)"
     )
 

@@ -18,6 +18,7 @@ from pipelines.inference.fidelity import Predictions, compare, measure
 from pipelines.io.reader import Columns
 from pipelines.io.sample import sample_rows
 from pipelines.io.shards import list_shards
+from pipelines.output.records import Fidelity
 from pipelines.runner import run_job
 from pipelines.tasks.options import TASK_OPTIONS
 
@@ -389,3 +390,18 @@ def test_a_sample_too_small_to_measure_the_bar_is_said(wide_encoder, topics, tmp
     with caplog.at_level("WARNING", logger="pipelines.fidelity"):
         check(topic_spec(wide_encoder, topics, tmp_path / "x", "int8", fidelity={**bar, "min_agreement": 0.9}), shards)
     assert not [r for r in caplog.records if r.name == "pipelines.fidelity" and r.levelname == "WARNING"]  # 16 rows can tell 0.9: one row is 0.0625
+
+
+def test_below_the_bar_a_reduced_dtype_is_told_the_dtype_to_set():
+    """A bfloat16 model below the bar was told to "use a lighter quantization (int8, or none)": its quantization is
+    none already; what lifts it is model.dtype float32."""
+    from pipelines.fidelity import below_bar
+
+    spec = make_spec("minilm", {"type": "text-classification"})
+    spec.model.dtype = "bfloat16"
+    result = Fidelity(task="text-classification", quantization="bfloat16", rows=100,
+                      measure="label_agreement", agreement=0.9, min_agreement=0.99, passed=False)
+    said = below_bar(spec, result)
+    assert "model.dtype float32" in said and "int8, or none" not in said
+    spec.model.dtype, spec.model.quantization = "auto", "nf4"
+    assert "int8, or none" in below_bar(spec, result.model_copy(update={"quantization": "nf4"}))
