@@ -24,7 +24,7 @@ import pytest
 import yaml
 from helpers import ROOT, make_spec, torch_free_stages, write_jsonl
 from openai.types import CreateEmbeddingResponse, embedding_create_params
-from openai.types.chat import ChatCompletion, completion_create_params
+from openai.types.chat import ChatCompletion, ChatCompletionMessage, completion_create_params
 from openai.types.shared import ErrorObject
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
@@ -131,6 +131,26 @@ def test_an_option_is_its_default_only_with_the_defaults_json_type():
         assert isinstance(parsed(**{option: value}), requests.ChatRequest), option
     mixed = parse_request(rows_of([embedding_line("m", ["a", 1])]).column("text")[0].as_py(), "feature-extraction")
     assert mixed == "input[1]: give a string or a list of strings (got 1)"  # not "token ids"
+
+
+def test_a_message_field_that_is_null_is_not_given():
+    """An earlier answer put back into ``messages`` as the openai package dumps it (``message.model_dump()``) carries
+    ``"refusal": null, "tool_calls": null, ...``: the request was refused (``message field 'audio' is not supported``)
+    though a null is no value, as a body option's null is taken as not given. A field with a value is still refused."""
+    def parsed(*messages):
+        line = {**chat_line("x"), "body": {"model": "m", "messages": list(messages)}}
+        return parse_request(rows_of([line]).column("text")[0].as_py(), "text-generation")
+
+    dumped = ChatCompletionMessage(role="assistant", content="Paris.").model_dump()
+    assert {"refusal", "tool_calls", "audio"} <= {key for key, value in dumped.items() if value is None}
+    request = parsed({"role": "user", "content": "Capital of France?", "name": None}, dumped,
+                     {"role": "user", "content": "And of Spain?"})
+    assert isinstance(request, requests.ChatRequest), request
+    assert request.conversation() == [{"role": "user", "content": "Capital of France?"},
+                                      {"role": "assistant", "content": "Paris."},
+                                      {"role": "user", "content": "And of Spain?"}]
+    assert parsed({"role": "user", "content": "Hi", "name": "bob"}) == (
+        "messages[0]: message field 'name' is not supported (only role and content)")
 
 
 def test_a_byte_order_mark_does_not_cost_the_first_request():

@@ -200,6 +200,7 @@ def _turn(message: Any) -> dict[str, str] | str:
     """One message as ``{role, content}`` for the chat template, or why it can't be one."""
     if not isinstance(message, dict):
         return "a message is an object with role and content"
+    message = {key: value for key, value in message.items() if value is not None}  # null: not given, as in a body
     extra = sorted(set(message) - {"role", "content"})
     if extra:
         return f"message field {extra[0]!r} is not supported (only role and content)"
