@@ -183,6 +183,24 @@ def test_a_byte_order_mark_at_the_start_of_a_line_costs_no_request_and_no_line_n
     assert said["error"]["message"].endswith("(request 4 of all.jsonl, blank lines not counted)")  # "{not json" is
 
 
+def test_a_utf16_batch_file_is_refused_whole_with_how_to_convert_it(tmp_path):
+    """Windows PowerShell 5 writes ``>`` and ``Out-File`` as UTF-16 with a byte order mark: each of its lines was
+    read as a broken request (``not valid UTF-8 (byte 0)``, then ``invalid JSON: Expecting value``, one more line
+    than requests, the last newline's zero byte alone), though the JSON is fine and only the encoding is wrong."""
+    text = "".join(json.dumps(chat_line(c)) + "\r\n" for c in ("first", "second"))
+    for encoding in ("utf-16", "utf-16-be"):  # the first writes its byte order mark itself (little-endian here)
+        path = tmp_path / encoding / "batch.jsonl"
+        path.parent.mkdir()
+        path.write_bytes(("\ufeff" if encoding == "utf-16-be" else "").encode(encoding) + text.encode(encoding))
+        [shard] = list_shards([str(path)], "openai-batch")
+        [block] = list(read_shard(shard, Columns(text="text", id="id")))
+        assert block.num_rows == 1 and block.column("_row").to_pylist() == [-1], block.to_pylist()  # the file's record
+        assert block.column("_error")[0].as_py() == (
+            "unreadable openai-batch file: the file is UTF-16 text (it starts with a UTF-16 byte order mark), not "
+            "UTF-8: convert it (iconv -f UTF-16 -t UTF-8, or PowerShell's Out-File -Encoding utf8)")
+        assert reader_count_rows(shard) == (2, True)  # the requests it holds, as its one record stands for them
+
+
 def test_a_lone_surrogate_costs_its_request_only():
     """A message cut inside an emoji (JavaScript writes ``"\\ud83d"``) made the whole Batch file unreadable."""
     table = rows_of([chat_line("a"), chat_line("cut", content="cut \ud83d"), chat_line("b\udc00"),

@@ -171,6 +171,8 @@ def content_digest(raw: bytes) -> str:
 def _read_table(shard: Shard, data: bytes, columns: Columns) -> pa.Table:
     if shard.compressed:
         data = gzip.decompress(data)
+    if shard.format != "parquet" and data.startswith(UTF16_BOMS):
+        raise ValueError(UTF16_REASON)
     if shard.format == "openai-batch":
         from pipelines.io.openai_batch import read_requests  # it reads lines with parse_line, from here
 
@@ -188,6 +190,14 @@ def _with_error_column(table: pa.Table, rows: int) -> pa.Table:
         return pa.table({ERROR: pa.nulls(rows, pa.string())})
     return table.append_column(ERROR, pa.nulls(table.num_rows, pa.string()))
 
+
+#: The byte order marks of UTF-16 text (little- and big-endian), as Windows PowerShell 5 writes ``>`` and ``Out-File``:
+#: a JSON lines file so written is refused whole, with how to convert it (read as UTF-8, each line was a broken row).
+UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+UTF16_REASON = (
+    "the file is UTF-16 text (it starts with a UTF-16 byte order mark), not UTF-8: convert it (iconv -f UTF-16 -t "
+    "UTF-8, or PowerShell's Out-File -Encoding utf8)"
+)
 
 #: A UTF-8 byte order mark, and marks after a newline: at the start of a line, where ``cat`` of files saved with one
 #: puts it (Notepad, PowerShell 5's ``Out-File -Encoding utf8`` write one; a file of just the mark puts two in a row).
@@ -1029,6 +1039,8 @@ def count_rows(shard: Shard) -> tuple[int | None, bool]:
         except Exception:  # noqa: BLE001 - no footer, no count
             return None, False
     data, exact = _gunzip_before_damage(raw) if shard.compressed else (raw, True)
+    if data.startswith(UTF16_BOMS):  # its lines as text (read as bytes, the last newline's zero byte was one more)
+        data = data.decode("utf-16", errors="replace").encode()
     lines = without_boms(data).split(b"\n")  # a byte order mark alone on its line is no row
     if not exact and lines:
         lines = lines[:-1]  # the last line was cut
