@@ -321,6 +321,29 @@ def test_each_request_keeps_its_own_settings_whatever_the_batch(tiny_models):
     assert len(errors) == 4
 
 
+def test_refused_messages_are_counted_by_what_is_wrong_with_them_not_by_their_place(tiny_models):
+    """The summary, the plan and ``errors.max_rate``'s error count refused rows by the reason's kind, its text before
+    the first ``:``: for a message that was its place alone (``messages[0]: 1, messages[1]: 2``), split by where the
+    image or the field was, and never saying what was wrong."""
+    from pipelines.output.staging import reason_counts
+
+    image = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}
+    asked = [{"role": "system", "content": "Describe it."}, image]
+    out = torch_free_stages(chat_predictor(tiny_models("causal")), rows_of([
+        {**chat_line("first"), "body": {"model": "m", "messages": [image]}},
+        {**chat_line("second"), "body": {"model": "m", "messages": asked}},
+        {**chat_line("third"), "body": {"model": "m", "messages": [{"role": "user", "content": "x", "name": "b"}]}},
+        {**chat_line("fourth"), "body": {"model": "m", "messages": [{"role": "tool", "content": "x"}]}},
+        chat_line("hot", temperature=3),
+    ]))
+    assert reason_counts(out) == {
+        "messages[…]: content part of type 'image_url' is not supported": 2,
+        "messages[…]: message field 'name' is not supported": 1,
+        "messages[…]: role 'tool' is not supported": 1,
+        "temperature": 1,
+    }
+
+
 def test_a_stop_string_ends_the_text_before_it(tiny_models):
     predictor = chat_predictor(tiny_models("causal"))
     full = answers(predictor, [chat_line("a", temperature=0, max_tokens=24)])["a"]["generated_text"][0]

@@ -260,7 +260,19 @@ def row_ranges(rows: np.ndarray) -> list[tuple[int, int]]:
     return [(int(s), int(e)) for s, e in zip(starts, ends)]
 
 
+#: A reason that starts with the message it is about (an OpenAI Batch request's ``messages[2]: role 'tool' is ...``).
+MESSAGE_PLACE = re.compile(r"messages\[\d+\]: ")
+
+
 def reason_counts(bad: pa.Table) -> dict[str, int]:
-    """Bad rows by kind of reason (the reason without its details), for the run summary."""
-    kinds = [re.split(r"[:(]", reason, maxsplit=1)[0].strip() for reason in bad.column(ERROR).to_pylist()]
+    """Bad rows by kind of reason (the reason without its details), for the run summary. A request's message is
+    named by what is wrong with it, its place left out (``messages[…]: role 'tool' is not supported``)."""
+    kinds = [reason_kind(reason) for reason in bad.column(ERROR).to_pylist()]
     return dict(Counter(kinds))
+
+
+def reason_kind(reason: str) -> str:
+    place = MESSAGE_PLACE.match(reason)
+    if place:
+        return f"messages[…]: {reason_kind(reason[place.end():])}"
+    return re.split(r"[:(]", reason, maxsplit=1)[0].strip()
