@@ -245,6 +245,27 @@ def test_request_lines_become_rows_and_what_is_no_request_keeps_its_row_with_the
     ]
 
 
+def test_a_line_of_a_batch_output_file_is_said_to_be_one_not_a_request_with_an_unknown_key():
+    """The API's output and error files (``batch_…_output.jsonl``) often sit beside the requests they answer: read
+    from the same folder, each of their lines was refused as ``unknown key 'error' in the request line``, under the
+    custom_id of the request it answers (so the error file said that request failed). It is no request: its line
+    has no custom_id, as a line that is no JSON."""
+    files = OpenAIBatchFiles(endpoint="chat", id_column="id", model="gpt-4o-mini")
+    stream = io.BytesIO()
+    files.write_data(pa.table({"id": ["a"], "generated_text": [["Paris."]], "finish_reason": [["stop"]],
+                               "prompt_tokens": [3], "generated_tokens": [[2]]}), stream)
+    refused = error_line({"shard": "in.jsonl", "row": 0, "id": "b", "reason": "duplicate id", "preview": None})
+    expired = {"id": "batch_req_1", "custom_id": "c", "response": None,
+               "error": {"code": "batch_expired", "message": "This request could not be executed before the completion "
+                                                             "window expired."}}
+    table = read_requests(stream.getvalue() + (json.dumps(refused) + "\n" + json.dumps(expired) + "\n").encode(),
+                          "id", "text")
+    assert table.column("id").to_pylist() == [None, None, None]
+    assert set(table.column("_error").to_pylist()) == {
+        "a line of a Batch output or error file (id, custom_id, response, error), not a request: keep those files out "
+        "of input.paths"}
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"input": {"format": "jsonl"}}, "output.format openai-batch answers the requests of an OpenAI Batch file"),
     ({"task": {"type": "zero-shot-classification", "candidate_labels": ["a"]}},

@@ -21,6 +21,12 @@ CHAT_URL = "/v1/chat/completions"
 EMBEDDINGS_URL = "/v1/embeddings"
 URLS = (CHAT_URL, EMBEDDINGS_URL)
 LINE_KEYS = frozenset({"custom_id", "method", "url", "body"})
+#: Why a line of the API's output or error file (often beside the requests it answers) is no request: no custom_id
+#: for its row, so that the error file does not say the request it answers failed.
+ANSWER_LINE = (
+    "a line of a Batch output or error file (id, custom_id, response, error), not a request: keep those files out of "
+    "input.paths"
+)
 
 
 def read_requests(data: bytes, id_column: str, text_column: str) -> pa.Table:
@@ -49,6 +55,8 @@ def read_requests(data: bytes, id_column: str, text_column: str) -> pa.Table:
 def _request(record: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
     """(custom_id, request text, error) of one parsed line."""
     custom_id = record.get("custom_id")
+    if "response" in record and "error" in record and "body" not in record:  # the answer to a request, not one
+        return None, None, ANSWER_LINE
     problem = _envelope_problem(record)
     if problem:
         return _shown(custom_id), None, problem
