@@ -211,6 +211,26 @@ def test_a_lone_surrogate_costs_its_request_only():
     assert "whole \U0001f600" in table.column("text")[3].as_py()
 
 
+def test_bytes_that_are_no_utf8_in_a_body_cost_the_request_but_not_its_custom_id():
+    """A message saved in Windows-1252 (``café`` as ``caf\\xe9``): the line was "not valid UTF-8 (byte 112)" with no
+    custom_id, so its error line could not be matched to the request it refuses; a lone surrogate escape there
+    already kept it."""
+    good = json.dumps(chat_line("fine")).encode()
+    latin = json.dumps(chat_line("latin-1", content="café")).encode().replace(b"caf\\u00e9", b"caf\xe9")
+    bad_id = json.dumps(chat_line("id-é")).encode().replace(b"id-\\u00e9", b"id-\xe9")
+    bad_key = json.dumps({**chat_line("bad-key"), "n\xe9": 1}).encode().replace(b"n\\u00e9", b"n\xe9")
+    both = bad_key.replace(b'"bad-key"', b'"bad-key-\xe9"')
+    lines = [good, latin, bad_id, bad_key, both, b'{"custom_id": "a", \xe9}']
+    table = read_requests(b"\n".join(lines), "id", "text")
+    assert table.column("id").to_pylist() == ["fine", "latin-1", None, "bad-key", None, None]
+    assert table.column("_error").to_pylist() == [
+        None, "body is not valid UTF-8", "custom_id is not valid UTF-8", "a key of the request line is not valid UTF-8",
+        "a key of the request line is not valid UTF-8",
+        "invalid JSON: Expecting property name enclosed in double quotes (column 20)"]
+    table.validate(full=True)  # every string is UTF-8, the reasons too
+    assert table.column("text")[0].as_py() is not None and table.column("text")[1].as_py() is None
+
+
 def test_request_lines_become_rows_and_what_is_no_request_keeps_its_row_with_the_reason(tmp_path):
     lines = [
         json.dumps(chat_line("fine")),

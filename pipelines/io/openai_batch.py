@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipelines.io.block import ERROR
-from pipelines.io.reader import drop_lone_surrogates, parse_line, without_boms
+from pipelines.io.reader import drop_lone_surrogates, lone_surrogate, parse_line, without_boms
 
 CHAT_URL = "/v1/chat/completions"
 EMBEDDINGS_URL = "/v1/embeddings"
@@ -37,8 +37,13 @@ def read_requests(data: bytes, id_column: str, text_column: str) -> pa.Table:
     for line in without_boms(data).split(b"\n"):  # byte order marks at the start of a line, as JSON lines skip them
         if not line.strip():
             continue
-        record, error = parse_line(line)
-        error = error or drop_lone_surrogates(record, list(record))  # every value is read (the body is the text)
+        record, error = parse_line(line, undecoded=True)  # bytes that are no UTF-8 cost the values holding them
+        if error is None and any(lone_surrogate(key) for key in record):
+            record, error = {"custom_id": record.get("custom_id")}, "a key of the request line is not valid UTF-8"
+        if error is None:  # every value is read (the body is the text)
+            error = drop_lone_surrogates(record, list(record), undecoded=True)
+        else:  # the custom_id is kept where it is whole, for the error line to name its request
+            drop_lone_surrogates(record, ["custom_id"], undecoded=True)
         custom_id, text, problem = _request(record) if error is None else (_shown(record.get("custom_id")), None, error)
         ids.append(custom_id)
         texts.append(text)

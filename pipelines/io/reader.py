@@ -486,11 +486,15 @@ class WrittenFloat(float):
         return number
 
 
-def parse_line(line: bytes, numbers_as_written: bool = False) -> tuple[dict[str, Any], str | None]:
+def parse_line(
+    line: bytes, numbers_as_written: bool = False, undecoded: bool = False
+) -> tuple[dict[str, Any], str | None]:
     """One JSON line as an object, or the reason it is none. ``numbers_as_written``: floats as
-    :class:`WrittenFloat`, so that an id keeps its text (integers are exact in Python already)."""
+    :class:`WrittenFloat`, so that an id keeps its text (integers are exact in Python already). ``undecoded``: bytes
+    that are no UTF-8 are read as lone surrogates (U+DC80-U+DCFF), for the caller to find in the values that hold
+    them (:func:`drop_lone_surrogates`), instead of costing the whole line."""
     try:
-        text = line.decode("utf-8")
+        text = line.decode("utf-8", errors="surrogateescape" if undecoded else "strict")
     except UnicodeDecodeError as exc:
         return {}, f"not valid UTF-8 (byte {exc.start})"
     try:
