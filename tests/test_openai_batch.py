@@ -201,6 +201,20 @@ def test_a_utf16_batch_file_is_refused_whole_with_how_to_convert_it(tmp_path):
         assert reader_count_rows(shard) == (2, True)  # the requests it holds, as its one record stands for them
 
 
+def test_a_batch_file_that_is_one_json_array_is_refused_whole_with_how_to_write_it_as_lines(tmp_path):
+    """Requests saved as one pretty-printed JSON array (``json.dump(requests, f, indent=2)``): each of its lines was a
+    request refused as ``invalid JSON`` with no custom_id, 38 of them for 2 requests, none saying why."""
+    path = tmp_path / "batch.jsonl"
+    path.write_text(json.dumps([chat_line("a"), chat_line("b")], indent=2))
+    [shard] = list_shards([str(path)], "openai-batch")
+    [block] = list(read_shard(shard, Columns(text="text", id="id")))
+    assert block.num_rows == 1 and block.column("_row").to_pylist() == [-1], block.column("_error").to_pylist()
+    assert block.column("_error")[0].as_py() == (
+        "unreadable openai-batch file: the file is one JSON array of 2 values, not JSON lines (one request a line): "
+        "`jq -c '.[]' FILE > FILE.jsonl` writes them one a line")
+    assert reader_count_rows(shard) == (2, True)
+
+
 def test_a_lone_surrogate_costs_its_request_only():
     """A message cut inside an emoji (JavaScript writes ``"\\ud83d"``) made the whole Batch file unreadable."""
     table = rows_of([chat_line("a"), chat_line("cut", content="cut \ud83d"), chat_line("b\udc00"),

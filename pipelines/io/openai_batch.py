@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipelines.io.block import ERROR
-from pipelines.io.reader import drop_lone_surrogates, lone_surrogate, parse_line, without_boms
+from pipelines.io.reader import drop_lone_surrogates, json_array, lone_surrogate, parse_line, without_boms
 
 CHAT_URL = "/v1/chat/completions"
 EMBEDDINGS_URL = "/v1/embeddings"
@@ -34,6 +34,8 @@ def read_requests(data: bytes, id_column: str, text_column: str) -> pa.Table:
     ids: list[str | None] = []
     texts: list[str | None] = []
     errors: list[str | None] = []
+    if (values := json_array(data)) is not None:  # each of its lines would be a broken request, none saying why
+        raise ValueError(array_reason(len(values)))
     for line in without_boms(data).split(b"\n"):  # byte order marks at the start of a line, as JSON lines skip them
         if not line.strip():
             continue
@@ -54,6 +56,14 @@ def read_requests(data: bytes, id_column: str, text_column: str) -> pa.Table:
             text_column: pa.array(texts, pa.string()),
             ERROR: pa.array(errors, pa.string()),
         }
+    )
+
+
+def array_reason(values: int) -> str:
+    """Why a Batch file that is one JSON array is not read."""
+    return (
+        f"the file is one JSON array of {values} values, not JSON lines (one request a line): "
+        "`jq -c '.[]' FILE > FILE.jsonl` writes them one a line"
     )
 
 

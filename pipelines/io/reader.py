@@ -1045,6 +1045,8 @@ def count_rows(shard: Shard) -> tuple[int | None, bool]:
     data, exact = _gunzip_before_damage(raw) if shard.compressed else (raw, True)
     if data.startswith(UTF16_BOMS):  # its lines as text (read as bytes, the last newline's zero byte was one more)
         data = data.decode("utf-16", errors="replace").encode()
+    if shard.format == "openai-batch" and exact and (values := json_array(data)) is not None:
+        return len(values), True  # a Batch file that is one JSON array, refused whole: its requests, not its lines
     lines = without_boms(data).split(b"\n")  # a byte order mark alone on its line is no row
     if not exact and lines:
         lines = lines[:-1]  # the last line was cut
