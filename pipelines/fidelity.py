@@ -210,7 +210,7 @@ def resolve_auto(
         return concrete(spec, chosen), None
     bar = _auto_bar(spec)
     picked = sample(spec, shards, _rows(spec))
-    cache = _decision_path(spec, bar, picked)
+    cache = _decision_path(spec, bar, picked, _on_ray(spec, _bf16_remote, picked.slice(0, 0)))
     found = _read_decision(cache)
     if found is None:
         log.info("quantization auto: scoring %d sampled rows at each candidate precision against float32 (kept "
@@ -241,7 +241,9 @@ def planned_precision(spec: JobSpec, shards: list[Shard], recorded: dict[str, An
         picked = sample(spec, shards, _rows(spec))
     except PipelineError:
         picked = None
-    found = _read_decision(_decision_path(spec, _auto_bar(spec), picked)) if picked is not None else None
+    found = None
+    if picked is not None:  # no Ray here: the decision made for a node like this machine (a run asks the actors')
+        found = _read_decision(_decision_path(spec, _auto_bar(spec), picked, _node_bf16(spec)))
     if found is not None:
         chosen = Precision(found["quantization"], found["dtype"])
         return chosen, f"quantization auto: {chosen.label}, as decided here before on this job's sample"
@@ -258,14 +260,16 @@ def sample_digest(spec: JobSpec, picked: pa.Table) -> str:
     from pipelines.runner import columns_of
 
     columns = columns_of(spec)
-    names = [n for n in dict.fromkeys([columns.id_name, *columns.strings]) if n in picked.column_names]
+    truth = [spec.input.label_column] if spec.input.label_column else []  # the check's accuracies are against it
+    names = [n for n in dict.fromkeys([columns.id_name, *columns.strings, *truth]) if n in picked.column_names]
     rows = picked.select(names).to_pylist()
     return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def _decision_path(spec: JobSpec, bar: float, picked: pa.Table) -> Path:
-    """Where the decision for this sample of the input, this model (its exact weights), task options, kind of
-    device, CPU matmul and lanes is kept."""
+def _decision_path(spec: JobSpec, bar: float, picked: pa.Table, bf16: bool) -> Path:
+    """Where the decision for this sample of the input (its ground truth included), this model (its exact weights),
+    task options, row policy, kind of device, CPU matmul and lanes is kept; ``bf16``: whether the node that decides
+    (:func:`_node_bf16`, asked there) computes bfloat16 natively, which decides whether bfloat16 is a candidate."""
     from pipelines.inference.gguf import default_cache_dir
     from pipelines.schedule.lineage import model_lineage
 
@@ -274,7 +278,8 @@ def _decision_path(spec: JobSpec, bar: float, picked: pa.Table) -> Path:
         "model": {k: lineage.get(k) for k in ("name", "revision", "commit", "content_hash")},
         "task": spec.task.model_dump(mode="json"),
         "max_length": spec.batching.max_length,
-        "device": [spec.model.device, spec.compute.gpus_per_actor > 0, spec.compute.accelerator_type, _cpu_bf16()],
+        "device": [spec.model.device, spec.compute.gpus_per_actor > 0, spec.compute.accelerator_type, bf16],
+        "too_long": spec.errors.too_long,  # truncated, or quarantined and left out of the check: other rows judged
         "cpu_matmul": spec.compute.cpu_matmul,  # the candidates' speeds depend on it
         "cpu_lanes": spec.compute.cpu_lanes if spec.actor_device() == "cpu" else None,  # and on this, on a CPU
         "bar": bar,
@@ -330,10 +335,24 @@ def _choose_remote(spec_json: dict[str, Any], picked: pa.Table, bar: float) -> d
 
     spec = JobSpec.model_validate(spec_json)
     cuda = torch.cuda.is_available() and spec.actor_device() == "cuda"
-    bf16 = torch.cuda.is_bf16_supported() if cuda else bool(torch.backends.mkldnn.is_available() and _cpu_bf16())
     reference = concrete(spec, Precision("none", "float32"))
-    options = [concrete(spec, c) for c in candidates("cuda" if cuda else "cpu", bf16)]
+    options = [concrete(spec, c) for c in candidates("cuda" if cuda else "cpu", _node_bf16(spec))]
     return fastest_within(measure_against(reference, options, picked), bar)
+
+
+def _node_bf16(spec: JobSpec) -> bool:
+    """Whether this process computes bfloat16 natively where the job's actors run: the GPU's bf16 support, else the
+    CPU's (torch's oneDNN and :func:`_cpu_bf16`). What decides whether bfloat16 is a candidate here."""
+    import torch
+
+    if torch.cuda.is_available() and spec.actor_device() == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return bool(torch.backends.mkldnn.is_available() and _cpu_bf16())
+
+
+def _bf16_remote(spec_json: dict[str, Any], picked: pa.Table) -> bool:
+    """:func:`_node_bf16` on the node a Ray task with an actor's resources lands on (the decision's node)."""
+    return _node_bf16(JobSpec.model_validate(spec_json))
 
 
 def fastest_within(results: list[tuple[JobSpec, Fidelity]], bar: float) -> dict[str, Any]:

@@ -241,23 +241,23 @@ PICKED = pa.table({"id": ["a", "b"], "text": SENTENCES[:2]})
 def test_quantization_auto_decides_again_for_another_cpu_matmul_not_for_other_batching(tmp_path):
     spec = make_spec("minilm", {"type": "feature-extraction"})
     spec.model.cache_dir = str(tmp_path)
-    first = _decision_path(spec, 0.99, PICKED)
+    first = _decision_path(spec, 0.99, PICKED, False)
     spec.batching.batch_size = 64  # how many rows per call: not what the candidates' speeds depend on
-    assert _decision_path(spec, 0.99, PICKED) == first
+    assert _decision_path(spec, 0.99, PICKED, False) == first
     spec.compute.cpu_matmul = "torch"  # another kernel: another ranking of the candidates' speeds
-    assert _decision_path(spec, 0.99, PICKED) != first
+    assert _decision_path(spec, 0.99, PICKED, False) != first
 
 
 def test_quantization_auto_decides_again_for_other_lanes_on_a_cpu_only(tmp_path):
     spec = make_spec("minilm", {"type": "feature-extraction"})
     spec.model.cache_dir = str(tmp_path)
-    first = _decision_path(spec, 0.99, PICKED)
+    first = _decision_path(spec, 0.99, PICKED, False)
     spec.compute.cpu_lanes = False  # another way of running the forwards on a CPU: another ranking of speeds
-    assert _decision_path(spec, 0.99, PICKED) != first
+    assert _decision_path(spec, 0.99, PICKED, False) != first
     spec.model.device = "cuda"  # on a GPU the lanes don't apply: the same decision either way
-    on_gpu = _decision_path(spec, 0.99, PICKED)
+    on_gpu = _decision_path(spec, 0.99, PICKED, False)
     spec.compute.cpu_lanes = True
-    assert _decision_path(spec, 0.99, PICKED) == on_gpu
+    assert _decision_path(spec, 0.99, PICKED, False) == on_gpu
 
 
 def test_quantization_auto_decides_on_the_jobs_own_sample_the_same_rows_anywhere(tmp_path):
@@ -276,7 +276,7 @@ def test_quantization_auto_decides_on_the_jobs_own_sample_the_same_rows_anywhere
         spec = make_spec("minilm", {"type": "feature-extraction"}, input={"paths": [str(tmp_path / folder)]})
         spec.model.cache_dir = str(tmp_path / "cache")
         shards = list_shards(spec.input.paths)
-        return _decision_path(spec, 0.99, sample(spec, shards, 16))
+        return _decision_path(spec, 0.99, sample(spec, shards, 16), False)
 
     assert path("a") == path("b")
     assert path("c") != path("a")
@@ -405,3 +405,56 @@ def test_below_the_bar_a_reduced_dtype_is_told_the_dtype_to_set():
     assert "model.dtype float32" in said and "int8, or none" not in said
     spec.model.dtype, spec.model.quantization = "auto", "nf4"
     assert "int8, or none" in below_bar(spec, result.model_copy(update={"quantization": "nf4"}))
+
+
+def test_quantization_auto_decides_again_for_another_truth_column_or_too_long_policy(tmp_path):
+    """The decision's key left out input.label_column and errors.too_long: a job with another ground-truth column
+    (or the same column holding other labels), or another too_long policy (rows quarantined, not truncated),
+    took another job's check and reported its truth accuracies and rows as its own."""
+    spec = make_spec("minilm", {"type": "feature-extraction"})
+    spec.model.cache_dir = str(tmp_path)
+    first = _decision_path(spec, 0.99, PICKED, False)
+    spec.errors.too_long = "error"
+    assert _decision_path(spec, 0.99, PICKED, False) != first, "another errors.too_long took the same decision"
+    spec.errors.too_long = "truncate"
+    labelled = PICKED.append_column("topic", pa.array(["World", "Sports"]))
+    spec.input.label_column = "topic"
+    with_truth = _decision_path(spec, 0.99, labelled, False)
+    assert with_truth != first, "a check with a ground-truth column took the decision of one without"
+    relabelled = PICKED.append_column("topic", pa.array(["Sports", "Sports"]))
+    assert _decision_path(spec, 0.99, relabelled, False) != with_truth, "other ground-truth labels took the same decision"
+
+
+def test_quantization_auto_keys_its_decision_by_the_actors_node_not_the_drivers(tmp_path, monkeypatch):
+    """The key held the driver's bfloat16 support, but the candidates are those of the node where the check runs
+    (a Ray task on an actor's resources): a cluster whose nodes compute bf16 natively took the decision made for
+    nodes that don't (bfloat16 never tried), because the driver was the same."""
+    from pipelines import fidelity
+    from pipelines.fidelity import resolve_auto
+
+    rows = [{"id": f"r{i}", "text": SENTENCES[i % len(SENTENCES)] + f" {i}"} for i in range(8)]
+    write_jsonl(tmp_path / "in" / "one.jsonl", rows)
+    spec = make_spec("minilm", {"type": "feature-extraction"}, input={"paths": [str(tmp_path / "in")]})
+    spec.model.quantization = "auto"
+    spec.model.cache_dir = str(tmp_path / "cache")
+    shards = list_shards(spec.input.paths)
+    monkeypatch.setattr(fidelity, "_cpu_bf16", lambda: False)  # the driver: no native bf16, on every call
+    decided = []
+
+    def on_node(node_bf16: bool):
+        def on_ray(spec, function, picked, *args):
+            if function is fidelity._choose_remote:
+                decided.append(node_bf16)
+                return {"quantization": "none", "dtype": "bfloat16" if node_bf16 else "float32", "fidelity": None,
+                        "why": "test"}
+            return function(spec.model_dump(mode="json"), picked, *args)
+        return on_ray
+
+    monkeypatch.setattr(fidelity, "_node_bf16", lambda spec: False, raising=False)
+    monkeypatch.setattr(fidelity, "_on_ray", on_node(False))
+    assert resolve_auto(spec, shards, None)[0].model.dtype == "float32"
+    monkeypatch.setattr(fidelity, "_node_bf16", lambda spec: True, raising=False)  # nodes with AMX, same driver
+    monkeypatch.setattr(fidelity, "_on_ray", on_node(True))
+    chosen = resolve_auto(spec, shards, None)[0]
+    assert decided == [False, True], "the decision made for nodes without bf16 was taken on nodes with it"
+    assert chosen.model.dtype == "bfloat16"

@@ -439,7 +439,7 @@ def test_measure_runs_quantization_auto_at_what_a_run_here_would_take(tiny_model
     job's sample, else float32, and says which. (It took the kept decision over what a resumed output recorded.)"""
     import json
 
-    from pipelines.fidelity import AUTO_MIN_AGREEMENT, _decision_path, sample
+    from pipelines.fidelity import AUTO_MIN_AGREEMENT, _decision_path, _node_bf16, sample
     from pipelines.io.shards import list_shards
     from pipelines.planning.measure import measure
 
@@ -452,7 +452,7 @@ def test_measure_runs_quantization_auto_at_what_a_run_here_would_take(tiny_model
     batch = pa.table({"id": ["a", "b"], "text": SENTENCES[:2]})
     first = measure(spec, [batch], shards)
     assert first.rows == 2 and first.precision == "quantization auto, not decided here yet: float32, the slowest it may take"
-    decision = _decision_path(spec, AUTO_MIN_AGREEMENT, sample(spec, shards, 256))
+    decision = _decision_path(spec, AUTO_MIN_AGREEMENT, sample(spec, shards, 256), _node_bf16(spec))
     decision.parent.mkdir(parents=True)
     decision.write_text(json.dumps({"quantization": "dynamic-int8", "dtype": "float32"}))
     assert measure(spec, [batch], shards).precision == ("quantization auto: dynamic-int8, as decided here before on "

@@ -384,11 +384,11 @@ def test_a_scheduled_auto_job_keeps_one_precision_over_its_runs(ray_session, cla
         kept.write_text(json.dumps({**json.loads(kept.read_text()), **other, "fidelity": None}))
 
     b = add_shard(tmp_path, "b.jsonl", rows("b", 12))
-    from pipelines.fidelity import AUTO_MIN_AGREEMENT, _decision_path, sample
+    from pipelines.fidelity import AUTO_MIN_AGREEMENT, _decision_path, _node_bf16, sample
     from pipelines.io.shards import list_shards
 
     shards = [s for s in list_shards([str(tmp_path / "in")]) if s.path == b]
-    tick2 = _decision_path(spec, AUTO_MIN_AGREEMENT, sample(spec, shards, 12))  # tick 2's own sample: the other one
+    tick2 = _decision_path(spec, AUTO_MIN_AGREEMENT, sample(spec, shards, 12), _node_bf16(spec))  # tick 2's own sample
     tick2.write_text(json.dumps({**other, "fidelity": None, "why": "made again elsewhere"}))
     run_due(spec, now=day(2, hours=0.01))
     second = json.loads((tmp_path / "out" / "run=2026-11-29T02:00:00Z" / "_job.json").read_text())["precision"]
