@@ -458,3 +458,21 @@ def test_quantization_auto_keys_its_decision_by_the_actors_node_not_the_drivers(
     chosen = resolve_auto(spec, shards, None)[0]
     assert decided == [False, True], "the decision made for nodes without bf16 was taken on nodes with it"
     assert chosen.model.dtype == "bfloat16"
+
+
+def test_the_summary_names_a_pinned_reduced_dtype():
+    """With quantization none and model.dtype bfloat16 the summary (the terminal's, _run.json's, the page's) said
+    "(none, cpu)": nothing told the user the run computed in bfloat16."""
+    from pipelines.output.records import RunSummary
+    from pipelines.output.summary import build, render
+    from pipelines.runner import job_record
+
+    spec = make_spec("minilm", {"type": "feature-extraction"})
+    spec.model.dtype = "bfloat16"
+    summary = RunSummary.model_validate_json(build(job_record(spec), [], [], 1.0, "succeeded").model_dump_json())
+    assert "model minilm (bfloat16, cpu)" in render(summary), render(summary)
+    spec.model.dtype = "float32"
+    assert "model minilm (none, cpu)" in render(build(job_record(spec), [], [], 1.0, "succeeded"))
+    spec.model.dtype, spec.model.device, spec.compute.gpus_per_actor = "auto", "auto", 1  # bf16 or fp16 there
+    assert "(dtype auto: bfloat16, or float16 on a GPU without bf16, cuda)" in render(
+        build(job_record(spec), [], [], 1.0, "succeeded"))

@@ -208,6 +208,8 @@ class RunSummary(Record):
     started_at: float | None = None
     #: What ``quantization: auto`` chose (``{quantization, dtype}``), when the spec says auto.
     precision: dict[str, str] | None = None
+    #: The spec's ``model.dtype``: the model line names a reduced one (bfloat16, float16) a model ran in unquantized.
+    dtype: str | None = None
     #: When this run reached each step (epoch seconds): process start, Ray ready, first and last block, ...
     timeline: dict[str, float] = Field(default_factory=dict)
     #: The quantization fidelity check of model.fidelity, run before the job's work.

@@ -65,15 +65,21 @@ def build(
         padding_efficiency=round(tokens_now / padded_now, 4) if padded_now else None,
         agreement=agreement(confusion),
         precision=job.precision,
+        dtype=job.spec.get("model", {}).get("dtype"),
         unreadable_files=[r.unreadable for r in commits if r.unreadable is not None],
         files_with_unknown_rows=sum(1 for r in commits if r.unreadable is not None and r.unreadable.rows is None),
     )
 
 
 def precision_said(summary: RunSummary) -> str:
-    """The spec's quantization; under ``auto``, the precision the run took (``precision`` in ``_run.json``)."""
+    """The spec's quantization; under ``auto``, the precision the run took (``precision`` in ``_run.json``); not
+    quantized, the reduced dtype it ran in (``dtype: auto`` computes in bfloat16, or float16, on a GPU)."""
     if summary.quantization == "auto" and summary.precision:
         return f"quantization auto: {precision_label(summary.precision)}"
+    if summary.quantization == "none" and summary.dtype in ("bfloat16", "float16"):
+        return summary.dtype
+    if summary.quantization == "none" and summary.dtype == "auto" and summary.device == "cuda":
+        return "dtype auto: bfloat16, or float16 on a GPU without bf16"
     return summary.quantization
 
 
