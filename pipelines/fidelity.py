@@ -205,6 +205,7 @@ def resolve_auto(
                 "runs only on a CPU, and this run's actors get a GPU (one output keeps one precision); resume it "
                 "on the CPU (compute.gpus_per_actor: 0), or start it again on the GPU with --overwrite"
             )
+        hold_bar(spec, chosen, recorded)
         log.info("quantization auto: %s, as decided by this output's first run (a scheduled job's earlier runs)",
                  chosen.label)
         return concrete(spec, chosen), None
@@ -228,6 +229,43 @@ def resolve_auto(
         result = result.model_copy(update={"min_agreement": bar, "passed": True})
     log.info("quantization auto: %s (%s)", chosen.label, found.get("why", ""))
     return concrete(spec, chosen), result
+
+
+def hold_bar(spec: JobSpec, chosen: Precision, recorded: dict[str, Any]) -> None:
+    """A kept precision against this run's bar (``model.fidelity`` is not in the spec's hash, so it can be raised
+    after the precision was chosen): PipelineError where the agreement its check recorded is below the bar; a
+    warning where none was recorded (a run before the figures were kept). float32 is the reference: any bar holds."""
+    bar = _auto_bar(spec)
+    agreement = recorded.get("agreement")
+    if chosen == Precision("none", "float32") or (agreement is not None and agreement >= bar):
+        return
+    again = ("decide again at the new bar: a scheduled job with `pipelines schedule JOB.yaml --once --rescore` (a new "
+             "partition of every current shard), one output with `pipelines run JOB.yaml --overwrite`")
+    if agreement is None:
+        log.warning("quantization auto keeps %s for %s without a check against model.fidelity.min_agreement=%s: "
+                    "its agreement was not recorded (chosen by a run before it was); to hold the bar, %s",
+                    chosen.label, spec.output.path, bar, again)
+        return
+    raise PipelineError(
+        f"output {spec.output.path}: quantization auto keeps {chosen.label} (one output, and a scheduled job's "
+        f"partitions, keep one precision), which was chosen with {recorded.get('measure', 'agreement')} "
+        f"{agreement:.4f} on {recorded.get('rows')} sampled rows under the bar {recorded.get('bar')}, below this "
+        f"run's model.fidelity.min_agreement={bar}; nothing was written. To hold the new bar, {again}; or keep "
+        f"min_agreement at or below {agreement:.4f}"
+    )
+
+
+def precision_record(spec: JobSpec, checked: Fidelity | None, recorded: dict[str, Any] | None) -> dict[str, Any]:
+    """What an output keeps of ``quantization: auto``'s decision (``precision`` in ``_job.json``): the precision
+    ``spec`` runs at and the figures of the check that chose it (now: ``checked``; earlier: ``recorded``'s), which a
+    later run holds against its bar (:func:`hold_bar`). float32 has none (the reference agrees with itself)."""
+    chosen: dict[str, Any] = {"quantization": spec.model.quantization, "dtype": spec.model.dtype}
+    if checked is not None:
+        return {**chosen, "measure": checked.measure, "agreement": checked.agreement, "rows": checked.rows,
+                "bar": checked.min_agreement}
+    if recorded and (recorded["quantization"], recorded["dtype"]) == (chosen["quantization"], chosen["dtype"]):
+        return {**recorded, **chosen}
+    return chosen
 
 
 def planned_precision(spec: JobSpec, shards: list[Shard], recorded: dict[str, Any] | None) -> tuple[Precision, str]:

@@ -265,7 +265,7 @@ def run_job(
     prune: bool = False,
     shards: list[Shard] | None = None,
     before_visible: Callable[[Shard], None] | None = None,
-    precision: dict[str, str] | None = None,
+    precision: dict[str, Any] | None = None,
     column_types: str | None = None,
 ) -> RunSummary:
     """Run (or resume) a job; return its summary. Raises PipelineError on any failure.
@@ -338,7 +338,7 @@ def run_job(
                 kept = recorded.precision if recorded and recorded.spec_hash == job.spec_hash else None
                 known = None if overwrite else kept
                 spec, checked = fidelity.resolve_auto(spec, shards, known or precision)
-                job.precision = {"quantization": spec.model.quantization, "dtype": spec.model.dtype}
+                job.precision = fidelity.precision_record(spec, checked, known or precision)
             else:
                 checked = fidelity.gate(spec, shards)  # below model.fidelity's bar: PipelineError, nothing written
         if not early:

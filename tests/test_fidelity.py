@@ -20,6 +20,7 @@ from pipelines.io.sample import sample_rows
 from pipelines.io.shards import list_shards
 from pipelines.output.records import Fidelity
 from pipelines.runner import run_job
+from pipelines.spec import FidelitySpec
 from pipelines.tasks.options import TASK_OPTIONS
 
 TOPICS = ["World", "Sports", "Business", "Sci/Tech"]
@@ -476,3 +477,26 @@ def test_the_summary_names_a_pinned_reduced_dtype():
     spec.model.dtype, spec.model.device, spec.compute.gpus_per_actor = "auto", "auto", 1  # bf16 or fp16 there
     assert "(dtype auto: bfloat16, or float16 on a GPU without bf16, cuda)" in render(
         build(job_record(spec), [], [], 1.0, "succeeded"))
+
+
+def test_a_kept_precision_below_a_raised_bar_is_refused_with_both_figures():
+    """model.fidelity is not in the spec's hash: a scheduled job (or a resumed output) whose min_agreement was raised
+    from 0.99 to 0.999 kept its first run's bfloat16, chosen at 0.9960, on every later run without a check or a
+    word. The kept precision's recorded agreement is held against the bar: below it, the run is refused with both
+    figures and the ways out; at or above it, or float32 (the reference itself), the precision is kept."""
+    from pipelines.fidelity import resolve_auto
+
+    spec = make_spec("minilm", {"type": "feature-extraction"})
+    spec.model.quantization = "auto"
+    spec.model.fidelity = FidelitySpec(rows=256, min_agreement=0.999)
+    kept = {"quantization": "none", "dtype": "bfloat16", "measure": "cosine_mean", "agreement": 0.996, "rows": 256,
+            "bar": 0.99}
+    with pytest.raises(PipelineError) as refused:
+        resolve_auto(spec, [], kept)
+    said = str(refused.value)
+    assert "bfloat16" in said and "cosine_mean 0.9960 on 256 sampled rows" in said
+    assert "min_agreement=0.999" in said and "--rescore" in said and "--overwrite" in said
+    spec.model.fidelity = FidelitySpec(rows=256, min_agreement=0.995)
+    assert resolve_auto(spec, [], kept)[0].model.dtype == "bfloat16"
+    spec.model.fidelity = FidelitySpec(rows=256, min_agreement=1.0)
+    assert resolve_auto(spec, [], {"quantization": "none", "dtype": "float32"})[0].model.dtype == "float32"

@@ -398,6 +398,45 @@ def test_a_scheduled_auto_job_keeps_one_precision_over_its_runs(ray_session, cla
     assert f"(auto: {label})" in render_table(Ledger(str(tmp_path / "out")).read())
 
 
+def test_a_raised_bar_is_held_against_the_kept_precision_and_rescore_decides_again(ray_session, classifier, tmp_path):
+    """model.fidelity is outside the spec's hash: a job whose min_agreement was raised from 0.99 to 0.999 kept its
+    first run's dynamic-int8 (chosen at 0.995) on every later tick, with no check and no word. The first run keeps
+    its check's figures with the precision; a tick whose bar they don't meet fails, writing nothing, and says so;
+    --rescore decides again under the new bar."""
+    from pipelines.fidelity import _decision_path, _node_bf16, sample
+    from pipelines.io.shards import list_shards
+
+    raw = raw_job(tmp_path, classifier)
+    raw["model"] = {"name": classifier, "quantization": "auto", "fidelity": {"rows": 12, "min_agreement": 0.99},
+                    "cache_dir": str(tmp_path / "cache")}
+    (tmp_path / "in").mkdir()
+    spec = spec_from_dict(raw)
+    add_shard(tmp_path, "a.jsonl", rows("a", 12))
+    picked = sample(spec, list_shards([str(tmp_path / "in")]), 12)
+    decision = _decision_path(spec, 0.99, picked, _node_bf16(spec))  # as if decided here before: int8 at 0.995
+    decision.parent.mkdir(parents=True)
+    check = {"task": "text-classification", "quantization": "dynamic-int8", "rows": 12, "measure": "label_agreement",
+             "agreement": 0.995}
+    decision.write_text(json.dumps({"quantization": "dynamic-int8", "dtype": "float32", "fidelity": check}))
+    run_due(spec, now=day(1, hours=0.01))
+    first = json.loads((tmp_path / "out" / "run=2026-11-28T02:00:00Z" / "_job.json").read_text())["precision"]
+    assert first == {"quantization": "dynamic-int8", "dtype": "float32", "measure": "label_agreement",
+                     "agreement": 0.995, "rows": 12, "bar": 0.99}
+
+    raw["model"]["fidelity"]["min_agreement"] = 0.999
+    raised = spec_from_dict(raw)
+    assert raised.fingerprint() == spec.fingerprint()  # the same job: its precision is kept, or refused
+    add_shard(tmp_path, "b.jsonl", rows("b", 12))
+    report = run_due(raised, now=day(2, hours=0.01))
+    [failure] = report.failures
+    assert "label_agreement 0.9950 on 12 sampled rows" in failure and "min_agreement=0.999" in failure, failure
+    assert "--rescore" in failure
+    assert not list((tmp_path / "out" / "run=2026-11-29T02:00:00Z").rglob("*.parquet"))
+    run_due(raised, now=day(2, hours=1), rescore=True)
+    again = json.loads((tmp_path / "out" / "run=2026-11-29T03:00:00Z" / "_job.json").read_text())["precision"]
+    assert again.get("agreement", 1.0) >= 0.999 and again.get("bar", 0.999) == 0.999
+
+
 def test_a_kept_column_keeps_one_type_over_every_partition(ray_session, classifier, tmp_path):
     """Each run fixed its kept columns' types from its own input files: whole numbers one night and fractions or
     text the next gave partitions that pyarrow, pandas and Polars could not read as one table (`Float value 0.5

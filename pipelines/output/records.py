@@ -39,7 +39,7 @@ class ModelRef(Record):
     revision: str | None = None
 
 
-def precision_label(precision: dict[str, str]) -> str:
+def precision_label(precision: dict[str, Any]) -> str:
     """What ``quantization: auto`` ran at, in one word: the quantization, or the dtype where there is none."""
     return precision["quantization"] if precision["quantization"] != "none" else precision["dtype"]
 
@@ -69,8 +69,9 @@ class JobRecord(Record):
     spec: dict[str, Any] = Field(default_factory=dict)
     #: The Arrow types of the passed-through columns (serialized schema), fixed by the first run.
     column_types: str | None = None
-    #: What ``quantization: auto`` chose for this output on its first run: ``{quantization, dtype}``.
-    precision: dict[str, str] | None = None
+    #: What ``quantization: auto`` chose for this output on its first run: ``{quantization, dtype}``, and the figures
+    #: of the check that chose it (``measure``, ``agreement``, ``rows``, ``bar``), which a later run's bar must meet.
+    precision: dict[str, Any] | None = None
     #: The model files that scored the committed shards (:func:`pipelines.inference.identity.model_files`): a local
     #: directory's ``files`` key and ``content`` hash, or a hub id's cached ``commit``; None where not known here.
     model_files: dict[str, str] | None = None
@@ -206,8 +207,8 @@ class RunSummary(Record):
     rows_this_run: int = 0
     #: When this run's work started (epoch seconds): the run report's time axis starts here.
     started_at: float | None = None
-    #: What ``quantization: auto`` chose (``{quantization, dtype}``), when the spec says auto.
-    precision: dict[str, str] | None = None
+    #: What ``quantization: auto`` chose (``{quantization, dtype}``, with its check's figures), when the spec says auto.
+    precision: dict[str, Any] | None = None
     #: The spec's ``model.dtype``: the model line names a reduced one (bfloat16, float16) a model ran in unquantized.
     dtype: str | None = None
     #: When this run reached each step (epoch seconds): process start, Ray ready, first and last block, ...

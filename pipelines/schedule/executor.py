@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -473,7 +474,7 @@ class ScheduledJob:
             "wall_s": round(time.monotonic() - start, 3),
         }))
 
-    def kept_precision(self, model: dict | None) -> dict[str, str] | None:
+    def kept_precision(self, model: dict | None) -> dict[str, Any] | None:
         """What ``quantization: auto`` chose for this job's newest run with this model and spec on this kind of
         device (from its partition's ``_job.json``): a scheduled job keeps one precision over its runs, as one
         output does, so that its partitions are comparable. None where no such run chose one (a rescore, or a

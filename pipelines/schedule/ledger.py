@@ -19,7 +19,7 @@ Fields of a line:
 ``model``      lineage: name, revision, commit or content_hash, quantization, dtype
 ``model_changed``  ``{"from": lineage, "to": lineage, "since": run}`` when the model differs from the previous run's
 ``spec_changed``   ``{"from": hash, "to": hash, "since": run}`` when the spec hash differs from the previous run's
-``precision``  ``{quantization, dtype}`` that ``quantization: auto`` ran at (a succeeded line)
+``precision``  ``{quantization, dtype}`` that ``quantization: auto`` ran at (a succeeded line), with its check's figures
 ``spec_hash``, ``hash_version`` (2 where the hash covers ``output.prediction_prefix``; lines written before: 1)
 ``gone``       names of scored shards whose input file is gone; ``pruned``: ``{shard key: run}`` moved by ``--prune``
 ``rows_in``, ``rows_out``, ``errors``, ``shards_this_run``, ``rows_this_run``, ``started_at``, ``finished_at``,
@@ -85,7 +85,7 @@ class LedgerEntry(BaseModel):
     replaces: dict[str, str] = Field(default_factory=dict)
     model: dict[str, Any] | None = None
     model_changed: dict[str, Any] | None = None
-    precision: dict[str, str] | None = None  # what quantization: auto ran at (a succeeded run's line)
+    precision: dict[str, Any] | None = None  # what quantization: auto ran at (a succeeded run's line)
     spec_changed: dict[str, Any] | None = None
     spec_hash: str | None = None
     hash_version: int = 1  # 2 where spec_hash covers output.prediction_prefix (lines written before: 1)
@@ -251,7 +251,7 @@ class History:
 COLUMNS = ("tick", "run", "kind", "status", "shards", "rows", "errors", "model", "wall_s", "note")
 
 
-def model_label(model: dict | None, precision: dict[str, str] | None = None) -> str:
+def model_label(model: dict | None, precision: dict[str, Any] | None = None) -> str:
     """``name@revision#hash (quantization)`` in a dozen characters or so; ``(auto: bfloat16)`` with the precision
     that ``quantization: auto`` ran at."""
     if not model:
