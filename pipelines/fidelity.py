@@ -211,7 +211,7 @@ def resolve_auto(
         return concrete(spec, chosen), None
     bar = _auto_bar(spec)
     picked = sample(spec, shards, _rows(spec))
-    cache = _decision_path(spec, bar, picked, _on_ray(spec, _bf16_remote, picked.slice(0, 0)))
+    cache = _decision_path(spec, bar, picked, _decider_bf16(spec, picked))
     found = _read_decision(cache)
     if found is None:
         log.info("quantization auto: scoring %d sampled rows at each candidate precision against float32 (kept "
@@ -386,6 +386,19 @@ def _node_bf16(spec: JobSpec) -> bool:
     if torch.cuda.is_available() and spec.actor_device() == "cuda":
         return bool(torch.cuda.is_bf16_supported())
     return bool(torch.backends.mkldnn.is_available() and _cpu_bf16())
+
+
+def _decider_bf16(spec: JobSpec, picked: pa.Table) -> bool:
+    """:func:`_node_bf16` where the check would run. A CPU job on a Ray of this machine alone (a local Ray) is
+    answered here from the CPU's flags: asking in a task would start a worker and import torch in it before every
+    run of the job, seconds of start-up on a small machine; elsewhere a Ray task with an actor's resources asks."""
+    import ray
+
+    if spec.actor_device() == "cpu" and ray.is_initialized():
+        alive = [node for node in ray.nodes() if node.get("Alive")]
+        if len(alive) == 1 and alive[0].get("NodeID") == ray.get_runtime_context().get_node_id():
+            return _cpu_bf16()
+    return bool(_on_ray(spec, _bf16_remote, picked.slice(0, 0)))
 
 
 def _bf16_remote(spec_json: dict[str, Any], picked: pa.Table) -> bool:

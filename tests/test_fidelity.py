@@ -461,6 +461,32 @@ def test_quantization_auto_keys_its_decision_by_the_actors_node_not_the_drivers(
     assert chosen.model.dtype == "bfloat16"
 
 
+def test_quantization_auto_on_a_local_ray_answers_the_bfloat16_question_without_a_task(ray_session, tmp_path,
+                                                                                       monkeypatch):
+    """On a Ray of this machine alone the node that decides is this one: its CPU's flags answer whether bfloat16 is a
+    candidate. A task for it started a worker that imported torch before every run of a job under auto (the main
+    job's), seconds of start-up on 2 cores, even where the decision was kept from an earlier run."""
+    from pipelines import fidelity
+    from pipelines.fidelity import resolve_auto
+
+    rows = [{"id": f"r{i}", "text": SENTENCES[i % len(SENTENCES)] + f" {i}"} for i in range(8)]
+    write_jsonl(tmp_path / "in" / "one.jsonl", rows)
+    spec = make_spec("minilm", {"type": "feature-extraction"}, input={"paths": [str(tmp_path / "in")]})
+    spec.model.quantization = "auto"
+    spec.model.cache_dir = str(tmp_path / "cache")
+    asked = []
+
+    def on_ray(spec, function, picked, *args):
+        asked.append(function.__name__)
+        return {"quantization": "none", "dtype": "float32", "fidelity": None, "why": "test"}
+
+    monkeypatch.setattr(fidelity, "_on_ray", on_ray)
+    monkeypatch.setattr(fidelity, "_cpu_bf16", lambda: True)
+    resolve_auto(spec, list_shards(spec.input.paths), None)
+    resolve_auto(spec, list_shards(spec.input.paths), None)  # kept: nothing to run at all
+    assert asked == ["_choose_remote"]
+
+
 def test_the_summary_names_a_pinned_reduced_dtype():
     """With quantization none and model.dtype bfloat16 the summary (the terminal's, _run.json's, the page's) said
     "(none, cpu)": nothing told the user the run computed in bfloat16."""
