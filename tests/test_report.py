@@ -200,3 +200,27 @@ def test_labels_from_the_data_are_drawn_as_text_not_as_markup(browser, tmp_path)
                          ".map(t => t.textContent)")
     tab.close()
     assert links == 0 and sorted(ticks) == sorted([link, bold])
+
+
+def test_shards_with_the_same_file_name_in_different_folders_are_each_drawn(ray_session, tiny_models, browser,
+                                                                             tmp_path):
+    """A shard was named on the charts by its file name alone: the shards of a Hive-style input (``day=1/part-0``,
+    ``day=2/part-0``) were drawn as one bar of the padding chart and one row of the per-shard timings."""
+    from helpers import make_spec
+
+    for day in ("day=1", "day=2", "day=3"):
+        write_jsonl(tmp_path / "in" / day / "part-0.jsonl", [{"id": f"{day}-{i}", "text": s}
+                                                            for i, s in enumerate(SENTENCES)])
+    out = tmp_path / "out"
+    spec = make_spec(tiny_models("classifier"), {"type": "text-classification"}, out,
+                     input={"paths": [str(tmp_path / "in")]})
+    assert run_job(spec).shards == 3
+    tab = browser.new_page()
+    tab.goto((out / "_report.html").as_uri(), wait_until="load")
+    tab.wait_for_function("() => document.querySelector('div.chart[data-chart=shards] svg.main-svg')")
+    ticks = {key: tab.evaluate(f"() => [...document.querySelectorAll('div.chart[data-chart={key}] .{axis}tick text')]"
+                               ".map(t => t.textContent)")
+             for key, axis in (("padding", "x"), ("shards", "y"))}
+    tab.close()
+    names = {"day=1/part-0.jsonl", "day=2/part-0.jsonl", "day=3/part-0.jsonl"}
+    assert set(ticks["padding"]) == names and set(ticks["shards"]) == names, ticks

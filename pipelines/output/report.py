@@ -151,11 +151,11 @@ def padding_chart(data: RunData) -> go.Figure | None:
     shards = [c for c in data.this_run() if c.padded]
     if not shards:
         return None
-    names = [_shard_name(c) for c in shards]
-    figure = go.Figure(go.Bar(x=names, y=[c.tokens / c.padded for c in shards], name="per shard"))
+    figure = go.Figure(go.Bar(x=shard_names(shards), y=[c.tokens / c.padded for c in shards], name="per shard"))
     overall = sum(c.tokens for c in shards) / sum(c.padded for c in shards)
     figure.add_hline(y=overall, line_dash="dash", annotation_text=f"overall {overall:.3f}")
-    figure.update_layout(yaxis={"title": "real tokens / tokens computed", "range": [0, 1.05]}, xaxis_title="shard")
+    figure.update_layout(yaxis={"title": "real tokens / tokens computed", "range": [0, 1.05]},
+                         xaxis={"title": "shard", "type": "category"})
     return figure
 
 
@@ -185,7 +185,7 @@ def shard_chart(data: RunData) -> go.Figure | None:
     ends = [c.committed_at - t0 for c in shards]
     figure = go.Figure(
         go.Bar(
-            y=[_shard_name(c) for c in shards],
+            y=shard_names(shards),
             x=[max(e - s, 0.05) for s, e in zip(starts, ends)],
             base=starts,
             orientation="h",
@@ -195,7 +195,7 @@ def shard_chart(data: RunData) -> go.Figure | None:
         )
     )
     figure.update_layout(xaxis_title="seconds since the run started (first block staged → committed)",
-                         yaxis={"autorange": "reversed"})
+                         yaxis={"autorange": "reversed", "type": "category"})
     return figure
 
 
@@ -244,8 +244,17 @@ def fidelity_chart(data: RunData) -> go.Figure | None:
     return figure
 
 
-def _shard_name(record: CommitRecord) -> str:
-    return plain(record.input.uri.rsplit("/", 1)[-1] or record.shard)
+def shard_names(records: list[CommitRecord]) -> list[str]:
+    """Each shard's name on a chart: its file name, with as many of its folders as tell it from the others' (Plotly
+    draws equal names as one bar: ``day=1/part-0.parquet`` and ``day=2/part-0.parquet`` are both ``part-0.parquet``)."""
+    paths = [(c.input.uri.rstrip("/") or c.shard).split("/") for c in records]
+    depth = 1
+    while True:
+        names = ["/".join(p[-depth:]) for p in paths]
+        if len(set(names)) == len(names) or depth >= max(map(len, paths)):
+            break
+        depth += 1
+    return [plain(n) for n in names]
 
 
 def plain(text: str) -> str:
