@@ -224,3 +224,35 @@ def test_shards_with_the_same_file_name_in_different_folders_are_each_drawn(ray_
     tab.close()
     names = {"day=1/part-0.jsonl", "day=2/part-0.jsonl", "day=3/part-0.jsonl"}
     assert set(ticks["padding"]) == names and set(ticks["shards"]) == names, ticks
+
+
+
+def test_a_run_that_stops_before_its_summary_leaves_no_page_of_the_run_before(ray_session, tiny_models, tmp_path,
+                                                                               monkeypatch):
+    """A run that started and then failed, or was killed, before its summary left the earlier run's page in place:
+    it said ``succeeded`` with that run's rows and shards beside an output that no longer had ``_run.json``."""
+    from helpers import make_spec
+
+    from pipelines import faults
+    from pipelines.errors import PipelineError
+
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": f"a{i}", "text": s} for i, s in enumerate(SENTENCES)])
+    out = tmp_path / "out"
+    spec = make_spec(tiny_models("classifier"), {"type": "text-classification"}, out,
+                     input={"paths": [str(tmp_path / "in")]})
+    assert run_job(spec).report is not None
+    write_jsonl(tmp_path / "in" / "b.jsonl", [{"id": f"b{i}", "text": s} for i, s in enumerate(SENTENCES)])
+
+    def stops(point):
+        if point == "before_summary":
+            raise PipelineError("stopped")
+
+    monkeypatch.setattr(faults, "checkpoint", stops)
+    with pytest.raises(PipelineError, match="stopped"):
+        run_job(spec)
+    assert not (out / "_run.json").exists()
+    assert not (out / "_report.html").exists()  # not the first run's page, passing for the state of the output
+    monkeypatch.undo()
+    done = cli("report", str(out))  # a page of what is committed, saying that the run has not finished
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "the run has not finished" in (out / "_report.html").read_text()

@@ -42,7 +42,7 @@ from pipelines.io.block import COUNTS, ROW
 from pipelines.io.reader import content_digest, read_bytes
 from pipelines.io.shards import Shard, real_path, resolve
 from pipelines.output import layout
-from pipelines.output.layout import COMMITS, ERRORS, JOB, LEDGER, OURS, RUN, RUN_LOCK, STAGING, SUCCESS
+from pipelines.output.layout import COMMITS, ERRORS, JOB, LEDGER, OURS, REPORT, RUN, RUN_LOCK, STAGING, SUCCESS
 from pipelines.output.records import (
     CommitRecord,
     Confusion,
@@ -263,9 +263,14 @@ class OutputDir:
         layout.delete(self.fs, self.fs.get_file_info(f"{self.root}/{STAGING}"))
 
     def unfinish(self) -> None:
-        """Delete ``_SUCCESS`` (first) and ``_run.json``: the output is no longer a finished one."""
+        """Delete ``_SUCCESS`` (first), ``_run.json`` and the page made from it (``_report.html``): the output is no
+        longer a finished one, and a run that stops before its summary must not leave the last run's page to pass for
+        the output's state."""
         for name in (SUCCESS, RUN):
             layout.delete(self.fs, self.fs.get_file_info(f"{self.root}/{name}"))
+        page = self.fs.get_file_info(f"{self.root}/{REPORT}")
+        if page.type == pafs.FileType.File:  # a page; a folder of that name is none of this project's
+            self.fs.delete_file(page.path)
 
     def clear(self) -> None:
         """``--overwrite``: delete every file a commit record names, then this project's bookkeeping.
