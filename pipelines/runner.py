@@ -451,7 +451,7 @@ def _run_locked(
     result.files_with_unknown_rows = sum(1 for u in result.unreadable_files if u.rows is None)
     problem = unreadable_violation([u.record for u in failed]) or error_policy_violation(spec, result)
     if problem:
-        result.status = "failed"
+        result.status, result.failure = "failed", problem
         with writing(spec.output.path):
             output.write_json(RUN, result.to_json())
         pages.write_quietly(spec.output.path)

@@ -256,3 +256,26 @@ def test_a_run_that_stops_before_its_summary_leaves_no_page_of_the_run_before(ra
     done = cli("report", str(out))  # a page of what is committed, saying that the run has not finished
     assert done.returncode == 0, done.stderr[-2000:]
     assert "the run has not finished" in (out / "_report.html").read_text()
+
+
+
+def test_a_failed_run_says_why_on_its_page(ray_session, tiny_models, tmp_path):
+    """A run over its error budget wrote ``status failed`` in ``_run.json`` and on its page, and the reason only on
+    the terminal: a reader of the page (or of ``_run.json``) could not tell why it failed."""
+    from helpers import make_spec
+
+    rows = [{"id": f"a{i}", "text": s} for i, s in enumerate(SENTENCES)]
+    rows[0]["text"] = None
+    write_jsonl(tmp_path / "in" / "a.jsonl", rows)
+    out = tmp_path / "out"
+    spec = make_spec(tiny_models("classifier"), {"type": "text-classification"}, out,
+                     input={"paths": [str(tmp_path / "in")]}, errors={"max_rate": 0.0})
+    from pipelines.errors import PipelineError
+
+    with pytest.raises(PipelineError, match="over the limit of errors.max_rate") as raised:
+        run_job(spec)
+    summary = json.loads((out / "_run.json").read_text())
+    assert summary["status"] == "failed" and summary["failure"] == str(raised.value)
+    page = (out / "_report.html").read_text()
+    assert "over the limit of errors.max_rate=0.0" in page
+

@@ -190,6 +190,8 @@ class RunSummary(Record):
 
     job: str | None = None
     status: str
+    #: Why the run failed (``status: failed``): the error it ended with, as the terminal said it.
+    failure: str | None = None
     spec_hash: str
     model: ModelRef
     quantization: str

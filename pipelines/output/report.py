@@ -318,7 +318,7 @@ def _facts(summary: RunSummary | None, data: RunData) -> str:
     if summary is None:
         return "<p class='none'>No run summary (_run.json) here yet: the run has not finished.</p>"
     rows = [
-        ("status", summary.status),
+        ("status", f"{summary.status}: {summary.failure}" if summary.failure else summary.status),
         ("model", f"{summary.model.name} ({precision_said(summary)}, {summary.device})"),
         ("task", summary.task),
         ("rows", f"{summary.rows_out:,} written, {summary.errors:,} quarantined of {summary.rows_in:,}"),
