@@ -279,3 +279,21 @@ def test_a_failed_run_says_why_on_its_page(ray_session, tiny_models, tmp_path):
     page = (out / "_report.html").read_text()
     assert "over the limit of errors.max_rate=0.0" in page
 
+
+
+def test_throughput_buckets_cover_the_run_and_no_more():
+    """The buckets were cut at fixed steps from 0 to past the last block: for about one run in four, float rounding
+    gave a 31st bucket holding only the last block, drawn as a near-zero rows/s at the end of a steady run."""
+    from pipelines.output import report
+    from pipelines.output.records import CommitRecord, ModelRef, ShardInput, StagedBlock
+
+    blocks = [StagedBlock(at=1000.0 + t, rows=1, errors=0) for t in range(3507)]  # 1 row/s for 3,506 s
+    record = CommitRecord(shard="s", input=ShardInput(uri="/in/a.jsonl", size=1), spec_hash="h",
+                          model=ModelRef(name="m"), rows_in=len(blocks), rows=len(blocks), errors=0, blocks=blocks,
+                          committed_at=1000.0 + 3507)
+    figure = report.throughput_chart(report.RunData("/out", None, None, [record]))
+    assert figure is not None
+    bars = figure.data[0]
+    assert len(bars.y) == report.TIME_BUCKETS
+    assert min(bars.y) > 0.95 and max(bars.y) < 1.05, list(bars.y)
+    assert sum(bars.y) * bars.width / 0.9 == pytest.approx(len(blocks))  # every row in a bucket

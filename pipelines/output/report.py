@@ -16,6 +16,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -132,8 +133,10 @@ def throughput_chart(data: RunData) -> go.Figure | None:
         return None
     times = np.array([t for t, _ in blocks])
     rows = np.array([n for _, n in blocks])
-    width = max(1.0, float(times.max()) / TIME_BUCKETS)
-    edges = np.arange(0.0, float(times.max()) + width, width)
+    span = float(times.max())  # the buckets tile [0, the last block]: a bucket past it would be a false slow-down
+    buckets = min(TIME_BUCKETS, max(1, math.ceil(span)))  # of about a second at least
+    width = span / buckets if span > 0 else 1.0
+    edges = np.linspace(0.0, span, buckets + 1) if span > 0 else np.array([0.0, 1.0])
     counts, _ = np.histogram(times, bins=edges, weights=rows)
     figure = go.Figure()
     figure.add_bar(x=edges[:-1] + width / 2, y=counts / width, width=width * 0.9, name="rows/s")
