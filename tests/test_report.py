@@ -297,3 +297,27 @@ def test_throughput_buckets_cover_the_run_and_no_more():
     assert len(bars.y) == report.TIME_BUCKETS
     assert min(bars.y) > 0.95 and max(bars.y) < 1.05, list(bars.y)
     assert sum(bars.y) * bars.width / 0.9 == pytest.approx(len(blocks))  # every row in a bucket
+
+
+def test_the_ledger_page_says_why_a_run_failed_and_draws_each_attempt():
+    """The root page of a scheduled job listed a failed run as ``failed`` without its error (the ledger line has it),
+    and drew a run's attempts (a failed one, then its resume) as one bar of the charts per run, one over the other."""
+    from pipelines.output import report
+
+    run = "2026-11-28T02:00:00Z"
+    common = {"tick": run, "run": run, "kind": "tick", "model": {"name": "m", "quantization": "none"}}
+    entries = [
+        {**common, "attempt": 1, "status": "running", "started_at": "2026-11-28T02:00:31Z"},
+        {**common, "attempt": 1, "status": "failed", "error": "2 of 9 rows were quarantined <b>(22.2%)</b>",
+         "rows_out": 7, "errors": 2, "wall_s": 40.0, "finished_at": "2026-11-28T02:01:11Z"},
+        {**common, "attempt": 2, "status": "running", "started_at": "2026-11-29T02:00:31Z"},
+        {**common, "attempt": 2, "status": "succeeded", "rows_out": 9, "errors": 0, "wall_s": 12.0,
+         "finished_at": "2026-11-29T02:00:43Z"},
+    ]
+    page = report.ledger_page("/out", entries)
+    assert "2 of 9 rows were quarantined &lt;b&gt;(22.2%)&lt;/b&gt;" in page
+    runs = [e for e in entries if e["status"] != "running"]
+    for chart in (report.ledger_errors_chart(runs), report.ledger_wall_chart(runs)):
+        assert chart is not None
+        names = list(chart.data[0].x)
+        assert len(set(names)) == len(names) == 2, names

@@ -442,10 +442,17 @@ def ledger_rows_chart(runs: list[dict[str, Any]]) -> go.Figure | None:
     return figure
 
 
+def _attempt(entry: dict[str, Any]) -> str:
+    """A run's attempt as a chart names it: the run, and the attempt's number from its first resume on (a failed
+    attempt and its resume are two bars, not one drawn over the other)."""
+    attempt = entry.get("attempt") or 1
+    return f"{entry['run']} #{attempt}" if attempt > 1 else str(entry["run"])
+
+
 def ledger_errors_chart(runs: list[dict[str, Any]]) -> go.Figure | None:
     if not runs:
         return None
-    names = [e["run"] for e in runs]
+    names = [_attempt(e) for e in runs]
     figure = go.Figure()
     figure.add_bar(x=names, y=[e.get("rows_out") or 0 for e in runs], name="rows in the partition")
     figure.add_bar(x=names, y=[e.get("errors") or 0 for e in runs], name="quarantined")
@@ -457,7 +464,7 @@ def ledger_wall_chart(runs: list[dict[str, Any]]) -> go.Figure | None:
     timed = [e for e in runs if e.get("wall_s") is not None]
     if not timed:
         return None
-    figure = go.Figure(go.Bar(x=[e["run"] for e in timed], y=[e["wall_s"] for e in timed],
+    figure = go.Figure(go.Bar(x=[_attempt(e) for e in timed], y=[e["wall_s"] for e in timed],
                               marker_color=["#2a9d8f" if e["status"] == "succeeded" else "#e76f51" for e in timed]))
     figure.update_layout(xaxis={"title": "run", "type": "category"}, yaxis_title="seconds")
     return figure
@@ -466,7 +473,7 @@ def ledger_wall_chart(runs: list[dict[str, Any]]) -> go.Figure | None:
 def _runs_table(entries: list[dict[str, Any]]) -> str:
     if not entries:
         return "<p class='none'>No runs yet.</p>"
-    header = ["tick", "run", "kind", "status", "rows", "errors", "model", "wall s", "report"]
+    header = ["tick", "run", "kind", "status", "rows", "errors", "model", "wall s", "report", "error or note"]
     closed = {(e.get("run"), e.get("attempt")) for e in entries if e.get("run") and e.get("status") != "running"}
     rows = []
     for e in entries:
@@ -477,7 +484,8 @@ def _runs_table(entries: list[dict[str, Any]]) -> str:
         cells = [e.get("tick") or "", run or "-", e.get("kind", ""), e.get("status", ""),
                  _count(e.get("rows_out")), _count(e.get("errors")), _model(e.get("model")),
                  "" if e.get("wall_s") is None else f"{e['wall_s']:.1f}"]
-        rows.append("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + f"<td>{link}</td></tr>")
+        said = e.get("error") or e.get("note") or ""
+        rows.append("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + f"<td>{link}</td><td>{_e(said)}</td></tr>")
     head = "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr>"
     return f"<table>{head}{''.join(rows)}</table>"
 
