@@ -321,3 +321,22 @@ def test_the_ledger_page_says_why_a_run_failed_and_draws_each_attempt():
         assert chart is not None
         names = list(chart.data[0].x)
         assert len(set(names)) == len(names) == 2, names
+
+
+def test_a_run_that_scored_nothing_says_so_on_its_page(tmp_path):
+    """A run that only finished what an earlier one had committed (a resume after a crash before the summary) showed
+    ``speed 0.0 rows/s``, ``padding efficiency None`` and three charts' headings over nothing."""
+    from pipelines.output import report
+    from pipelines.output.records import CommitRecord, ModelRef, RunSummary, ShardInput, StagedBlock
+
+    record = CommitRecord(shard="s", input=ShardInput(uri="/in/a.jsonl", size=1), spec_hash="h",
+                          model=ModelRef(name="m"), rows_in=5, rows=5, errors=0, tokens=50, padded=60,
+                          blocks=[StagedBlock(at=100.0, rows=5, errors=0, tokens=50, padded=60)], committed_at=101.0)
+    summary = RunSummary(status="succeeded", spec_hash="h", model=ModelRef(name="m"), quantization="none",
+                         device="cpu", task="text-classification", shards=1, shards_this_run=0, rows_in=5, rows_out=5,
+                         errors=0, error_rate=0.0, tokens=50, padded=60, started_at=200.0, wall_s=0.01,
+                         rows_per_s=0.0, tokens_per_s=0.0)
+    page = report.run_page(report.RunData(str(tmp_path), summary, None, [record]))
+    assert "<td>None</td>" not in page and "0.0 rows/s" not in page
+    said = "No shard was scored by this run: the 1 committed shard(s) were committed by earlier runs"
+    assert page.count(said) == 3  # throughput, padding, per-shard timings

@@ -273,11 +273,12 @@ def run_page(data: RunData) -> str:
     """The run's page as one HTML document."""
     summary = data.summary
     title = f"Run report: {summary.job or data.location}" if summary else f"Run report: {data.location}"
+    idle = _none_this_run(data)
     sections = [
-        ("throughput", "Throughput over time", throughput_chart(data), ""),
-        ("padding", "Padding efficiency", padding_chart(data), ""),
+        ("throughput", "Throughput over time", throughput_chart(data), idle),
+        ("padding", "Padding efficiency", padding_chart(data), idle),
         ("rows", "Rows and errors by reason", rows_chart(data), ""),
-        ("shards", "Per-shard timings", shard_chart(data), ""),
+        ("shards", "Per-shard timings", shard_chart(data), idle),
         ("labels", "Label distribution", label_chart(data), _no_column(data, "No label column")),
         ("scores", "Score histogram", score_chart(data), _no_column(data, "No score column")),
         ("confusion", "Confusion matrix", confusion_chart(data), "No ground truth (input.label_column) in this job."),
@@ -296,6 +297,16 @@ def run_page(data: RunData) -> str:
             body.append(_fidelity_table(summary.fidelity))
         body.append(_chart(key, figure) if figure is not None else f"<p class='none'>{_e(missing)}</p>")
     return _document(title, body)
+
+
+def _none_this_run(data: RunData) -> str:
+    """What the charts of this run's work say where it scored no shard (it finished what an earlier run committed)."""
+    if not data.commits:
+        return "No shard is committed yet."
+    if data.this_run():
+        return ""
+    return (f"No shard was scored by this run: the {len(data.commits)} committed shard(s) were committed by earlier "
+            "runs (the rows, labels and scores below count them).")
 
 
 def _no_column(data: RunData, missing: str) -> str:
@@ -327,8 +338,9 @@ def _facts(summary: RunSummary | None, data: RunData) -> str:
         ("rows", f"{summary.rows_out:,} written, {summary.errors:,} quarantined of {summary.rows_in:,}"),
         ("shards", f"{summary.shards} ({summary.shards_this_run} this run)"),
         ("wall time", f"{summary.wall_s:.1f} s"),
-        ("speed", f"{summary.rows_per_s or 0:,.1f} rows/s, {summary.tokens_per_s or 0:,.0f} tokens/s"),
-        ("padding efficiency", f"{summary.padding_efficiency}"),
+        ("speed", f"{summary.rows_per_s or 0:,.1f} rows/s, {summary.tokens_per_s or 0:,.0f} tokens/s"
+         if summary.rows_this_run else "no rows scored by this run"),
+        ("padding efficiency", "-" if summary.padding_efficiency is None else f"{summary.padding_efficiency}"),
         ("spec hash", summary.spec_hash),
     ]
     if summary.agreement:
