@@ -516,3 +516,24 @@ def test_a_sampled_plan_of_many_small_files_tokenizes_the_rows_asked_for_reading
     assert sum(s.stop - s.start for batch in batches for s in batch) == 1000
     tasks = sorted({s.task for batch in batches for s in batch})
     assert len(tasks) == SPREAD and tasks[0] < 250 and tasks[-1] >= 750
+
+
+def test_plan_says_a_run_over_errors_max_count_would_fail(ray_session, tiny_models, tmp_path):
+    """The plan measured the error budget against errors.max_rate only: under ``max_count: 0`` one bad row of 20
+    failed the run, and the plan listed the row with no word that the run would fail."""
+    rows = [{"id": str(i), "text": SENTENCES[i % 4]} for i in range(20)]
+    rows[3]["text"] = None
+    write_jsonl(tmp_path / "in" / "a.jsonl", rows)
+    spec = make_spec(tiny_models("classifier"), {"type": "text-classification"}, tmp_path / "out",
+                     input={"paths": [str(tmp_path / "in")]}, errors={"max_count": 0})
+    plan = build_plan(spec, "job", sample=1000, cpus=2)
+    with pytest.raises(PipelineError, match="errors.max_count=0"):
+        run_job(spec)
+    said = [line for line in plan.problems if "errors.max_count" in line]
+    assert said == ["1 row(s) in the input are quarantined, over errors.max_count=0: the run would fail"], plan.problems
+    # a sample of half the input: its count scaled to the input, and said so
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": str(i), "text": None if i % 2 else "x"} for i in range(20)])
+    spec.errors.max_rate, spec.errors.max_count = 1.0, 5
+    sampled = build_plan(spec, "job", sample=10, cpus=2)
+    assert "10 row(s) of the input are estimated from the sample of 10 rows to be quarantined, over errors.max_count=5: " \
+           "the run would fail" in sampled.problems, sampled.problems

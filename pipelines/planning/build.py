@@ -120,6 +120,12 @@ def problems(
             f"{error_rate:.1%} of rows {where} are quarantined, over errors.max_rate={spec.errors.max_rate}: "
             "the run would fail"
         )
+    limit = spec.errors.max_count
+    bad = sum(tokens.quarantined.values()) if tokens.covers_input else round(error_rate * inputs.rows)
+    if limit is not None and bad > limit:  # the run counts its bad rows over the whole input (or its partition)
+        counted = ("in the input are" if tokens.covers_input
+                   else f"of the input are estimated from the sample of {tokens.sample_rows:,} rows to be")
+        found.append(f"{bad:,} row(s) {counted} quarantined, over errors.max_count={limit}: the run would fail")
     low, _ = spec.compute.pool_bounds()
     local = model.fits[0]
     if spec.compute.gpus_per_actor == 0 and (local.actors or 0) < low:
