@@ -537,3 +537,19 @@ def test_plan_says_a_run_over_errors_max_count_would_fail(ray_session, tiny_mode
     sampled = build_plan(spec, "job", sample=10, cpus=2)
     assert "10 row(s) of the input are estimated from the sample of 10 rows to be quarantined, over errors.max_count=5: " \
            "the run would fail" in sampled.problems, sampled.problems
+
+
+def test_measure_gives_no_wall_time_here_where_no_actor_of_the_job_fits_here(tiny_models, tmp_path):
+    """A job whose actors ask for a GPU fits no actor on this machine's CPUs (the plan's own fit says 0), yet
+    `--measure` estimated a wall time for its pool here, as if a local run would start."""
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": str(i), "text": SENTENCES[i % 4]} for i in range(8)])
+    spec = make_spec(tiny_models("classifier"), {"type": "text-classification"}, tmp_path / "out",
+                     input={"paths": [str(tmp_path / "in")]}, compute={"gpus_per_actor": 1})
+    spec.model.device = "cpu"  # measured here, on the CPU: what the job asks of Ray is what the fit counts
+    plan = build_plan(spec, "job", sample=8, measure=True, cpus=2)
+    assert plan.model.fits[0].actors == 0
+    here = plan.estimates[0]
+    assert here.where == "this machine" and not here.possible and here.wall_s is None, here
+    said = render(plan)
+    assert "  this machine       1      -  a local run would not start" in said
+    assert "basis: 0 actor(s) of this job fit here, the pool needs 1 (memory available now;" in said

@@ -104,7 +104,7 @@ def estimates(
     spec: JobSpec, rows: int, measured: Measurement, fits: list[Fit], cluster: Cluster | None
 ) -> list[Estimate]:
     """Wall time at the configured pool size here, and at 1, 2, 4, 8 actors on each GPU node type."""
-    out = [_here(spec, rows, measured)]
+    out = [_here(spec, rows, measured, fits[0] if fits else None)]
     basis = (
         f"{measured.rows_per_s:g} rows/s of one actor measured here ({measured.device}, {measured.threads} threads) "
         "× actors + one model load; the GPU was not measured"
@@ -124,9 +124,13 @@ def estimates(
     return out
 
 
-def _here(spec: JobSpec, rows: int, measured: Measurement) -> Estimate:
-    """The configured pool on this machine; actors beyond its cores are not counted as faster."""
-    _, pool = spec.compute.pool_bounds()
+def _here(spec: JobSpec, rows: int, measured: Measurement, fit: Fit | None = None) -> Estimate:
+    """The configured pool on this machine; actors beyond its cores are not counted as faster. No wall time where
+    fewer actors fit here (``fit``: this machine's) than the pool needs: a local run would not start."""
+    low, pool = spec.compute.pool_bounds()
+    if fit is not None and (fit.actors or 0) < low:
+        return Estimate(where="this machine", rows=rows, actors=pool, nodes=None, possible=False, wall_s=None,
+                        basis=f"{fit.actors} actor(s) of this job fit here, the pool needs {low} ({fit.basis})")
     cpus = this_machine_cpus()
     useful = min(pool, max(1, cpus // max(1, measured.threads)))
     basis = f"{measured.rows_per_s:g} rows/s of one actor measured here × {useful} actor(s) + one model load"

@@ -177,6 +177,8 @@ def _estimated_rows(plan: Plan) -> str:
 def _estimate_row(estimate: Estimate) -> list[str]:
     if estimate.possible:
         wall = duration(estimate.wall_s)
+    elif estimate.where == "this machine":
+        wall = "a local run would not start"  # fewer actors fit here than the pool needs: the basis says why
     else:
         wall = "no actor fits a node" if estimate.nodes is None else "more nodes than max_workers"
     return [estimate.where, str(estimate.actors), count(estimate.nodes), wall]
