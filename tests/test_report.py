@@ -340,3 +340,31 @@ def test_a_run_that_scored_nothing_says_so_on_its_page(tmp_path):
     assert "<td>None</td>" not in page and "0.0 rows/s" not in page
     said = "No shard was scored by this run: the 1 committed shard(s) were committed by earlier runs"
     assert page.count(said) == 3  # throughput, padding, per-shard timings
+
+
+def test_the_charts_of_hundreds_of_shards_draw_each_shard(browser, tmp_path):
+    """With 300 shards the per-shard timings were 300 bars in 380 pixels (under 1 pixel each: a faint line, no bar
+    to see or point at), and the padding chart's bars, drawn thinner than their white outline, hardly showed."""
+    from pipelines.output import report
+    from pipelines.output.records import CommitRecord, ModelRef, ShardInput, StagedBlock
+
+    records = [
+        CommitRecord(shard=f"s{i}", input=ShardInput(uri=f"/in/part-{i:04d}.jsonl", size=1), spec_hash="h",
+                     model=ModelRef(name="m"), rows_in=10, rows=10, errors=0, tokens=90, padded=100,
+                     blocks=[StagedBlock(at=100.0 + 3 * i, rows=10, errors=0, tokens=90, padded=100)],
+                     committed_at=102.0 + 3 * i)
+        for i in range(300)
+    ]
+    page = tmp_path / "_report.html"
+    page.write_text(report.run_page(report.RunData(str(tmp_path), None, None, records)))
+    tab = browser.new_page()
+    tab.goto(page.as_uri(), wait_until="load")
+    tab.wait_for_function("() => document.querySelector('div.chart[data-chart=shards] svg.main-svg')")
+    drawn = {key: tab.evaluate(f"""() => [...document.querySelectorAll('div.chart[data-chart={key}] g.point path')]
+        .map(p => {{ const box = p.getBoundingClientRect(); const style = getComputedStyle(p);
+                    return [box.width, box.height, parseFloat(style.strokeWidth || '0')]; }})""")
+             for key in ("shards", "padding")}
+    tab.close()
+    assert len(drawn["shards"]) == len(drawn["padding"]) == 300
+    assert min(height for _, height, _ in drawn["shards"]) >= 4, sorted(drawn["shards"])[:3]  # a bar per shard
+    assert all(outline == 0 for _, _, outline in drawn["padding"])  # no outline over bars 2 pixels wide

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 BINS = 20
 TIME_BUCKETS = 30
+HEIGHT = 380  # a chart's pixels
+SHARD_ROW, SHARD_CHART_MAX = 10, 4000  # the per-shard timings grow a row's pixels per shard, up to a page's worth
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 
 
@@ -154,7 +156,8 @@ def padding_chart(data: RunData) -> go.Figure | None:
     shards = [c for c in data.this_run() if c.padded]
     if not shards:
         return None
-    figure = go.Figure(go.Bar(x=shard_names(shards), y=[c.tokens / c.padded for c in shards], name="per shard"))
+    figure = go.Figure(go.Bar(x=shard_names(shards), y=[c.tokens / c.padded for c in shards], name="per shard",
+                              marker_line_width=0))
     overall = sum(c.tokens for c in shards) / sum(c.padded for c in shards)
     figure.add_hline(y=overall, line_dash="dash", annotation_text=f"overall {overall:.3f}")
     figure.update_layout(yaxis={"title": "real tokens / tokens computed", "range": [0, 1.05]},
@@ -192,13 +195,15 @@ def shard_chart(data: RunData) -> go.Figure | None:
             x=[max(e - s, 0.05) for s, e in zip(starts, ends)],
             base=starts,
             orientation="h",
+            marker_line_width=0,
             customdata=[[c.rows_in, c.tokens] for c in shards],
             hovertemplate="%{y}<br>%{base:.1f} s → %{x:.1f} s later<br>%{customdata[0]} rows, "
             "%{customdata[1]} tokens<extra></extra>",
         )
     )
     figure.update_layout(xaxis_title="seconds since the run started (first block staged → committed)",
-                         yaxis={"autorange": "reversed", "type": "category"})
+                         yaxis={"autorange": "reversed", "type": "category"},
+                         height=min(SHARD_CHART_MAX, max(HEIGHT, 90 + SHARD_ROW * len(shards))))
     return figure
 
 
@@ -366,7 +371,8 @@ def _fidelity_table(result: Fidelity) -> str:
 
 
 def _chart(key: str, figure: go.Figure) -> str:
-    figure.update_layout(height=380, margin={"l": 60, "r": 60, "t": 30, "b": 60}, template="plotly_white")
+    figure.update_layout(height=figure.layout.height or HEIGHT, margin={"l": 60, "r": 60, "t": 30, "b": 60},
+                         template="plotly_white")
     inner = figure.to_html(full_html=False, include_plotlyjs=False, div_id=f"chart-{key}", config=PLOT_CONFIG)
     return f"<div class='chart' data-chart='{key}'>{inner}</div>"
 
