@@ -368,3 +368,19 @@ def test_the_charts_of_hundreds_of_shards_draw_each_shard(browser, tmp_path):
     assert len(drawn["shards"]) == len(drawn["padding"]) == 300
     assert min(height for _, height, _ in drawn["shards"]) >= 4, sorted(drawn["shards"])[:3]  # a bar per shard
     assert all(outline == 0 for _, _, outline in drawn["padding"])  # no outline over bars 2 pixels wide
+
+
+def test_the_page_names_the_unreadable_input_files_as_the_summary_does(tmp_path):
+    """An input file quarantined whole (errors.unreadable_files: quarantine) was on the terminal's summary with its
+    name, rows and reason, and on the page only as a bar of its reason: of 0 rows where its rows are unknown."""
+    from pipelines.output import report
+    from pipelines.output.records import ModelRef, RunSummary, Unreadable
+
+    found = [Unreadable(uri="/in/<b>e</b>.parquet", reason="unreadable parquet file: no footer"),
+             Unreadable(uri="/in/d.jsonl.gz", reason="unreadable jsonl file: cut short", rows=68)]
+    summary = RunSummary(status="succeeded", spec_hash="h", model=ModelRef(name="m"), quantization="none",
+                         device="cpu", task="text-classification", shards=3, shards_this_run=3, rows_in=88,
+                         rows_out=20, errors=68, error_rate=0.77, unreadable_files=found, files_with_unknown_rows=1)
+    page = report.run_page(report.RunData(str(tmp_path), summary, None, []))
+    assert "/in/&lt;b&gt;e&lt;/b&gt;.parquet (rows unknown): unreadable parquet file: no footer" in page
+    assert "/in/d.jsonl.gz (68 rows before the damage): unreadable jsonl file: cut short" in page

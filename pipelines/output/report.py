@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 BINS = 20
 TIME_BUCKETS = 30
 HEIGHT = 380  # a chart's pixels
+UNREADABLE_SHOWN = 20  # unreadable input files named among the run's facts
 SHARD_ROW, SHARD_CHART_MAX = 10, 4000  # the per-shard timings grow a row's pixels per shard, up to a page's worth
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 
@@ -348,6 +349,11 @@ def _facts(summary: RunSummary | None, data: RunData) -> str:
         ("padding efficiency", "-" if summary.padding_efficiency is None else f"{summary.padding_efficiency}"),
         ("spec hash", summary.spec_hash),
     ]
+    for found in summary.unreadable_files[:UNREADABLE_SHOWN]:  # as the summary on the terminal names them
+        rows.append(("unreadable input file", f"{found.uri} ({found.rows_told()}): {found.reason}"))
+    if len(summary.unreadable_files) > UNREADABLE_SHOWN:
+        rows.append(("unreadable input file", f"… and {len(summary.unreadable_files) - UNREADABLE_SHOWN:,} more "
+                                              "(_run.json lists every one)"))
     if summary.agreement:
         rows.append(("agreement with ground truth", agreement_line(summary.agreement)))
     if summary.fidelity:
