@@ -384,3 +384,26 @@ def test_the_page_names_the_unreadable_input_files_as_the_summary_does(tmp_path)
     page = report.run_page(report.RunData(str(tmp_path), summary, None, []))
     assert "/in/&lt;b&gt;e&lt;/b&gt;.parquet (rows unknown): unreadable parquet file: no footer" in page
     assert "/in/d.jsonl.gz (68 rows before the damage): unreadable jsonl file: cut short" in page
+
+
+def test_the_ledger_page_links_every_run_to_a_page_that_is_there(ray_session, tiny_models, tmp_path):
+    """A rescore moves the partitions before it to ``_superseded/``, their pages with them: the root page went on
+    linking each of those runs to ``run=<run>/_report.html``, a page no longer there."""
+    import re
+
+    raw = {
+        "name": "nightly", "input": {"paths": [str(tmp_path / "landing")]},
+        "model": {"name": tiny_models("classifier"), "device": "cpu"}, "task": {"type": "text-classification"},
+        "batching": {"batch_size": 8}, "compute": {"cpus_per_actor": 0.5, "threads_per_actor": 1},
+        "output": {"path": str(tmp_path / "nightly")}, "schedule": {"cron": "0 2 * * *"},
+    }
+    tick = datetime(2026, 11, 28, 2, 0, 30, tzinfo=UTC)
+    write_jsonl(tmp_path / "landing" / "a.jsonl", [{"id": f"a{i}", "text": s} for i, s in enumerate(SENTENCES)])
+    run_due(spec_from_dict(raw), now=tick)
+    assert not run_due(spec_from_dict(raw), now=tick + timedelta(hours=3), rescore=True).failures
+    root = tmp_path / "nightly"
+    links = re.findall(r"<a href='([^']+/_report.html)'>", (root / "_report.html").read_text())
+    assert len(links) == 2, links
+    assert all((root / link).is_file() for link in links), [link for link in links if not (root / link).is_file()]
+    assert "_superseded/run=2026-11-28T02:00:00Z/_report.html" in links
+    assert "superseded by rescore 2026-11-28T05:00:30Z" in (root / "_report.html").read_text()

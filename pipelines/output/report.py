@@ -33,7 +33,7 @@ from plotly.offline import get_plotlyjs
 from pipelines.errors import first_line
 from pipelines.io.shards import resolve
 from pipelines.output import layout
-from pipelines.output.layout import COMMITS, JOB, LEDGER, PARTITION, REPORT, RUN
+from pipelines.output.layout import COMMITS, JOB, LEDGER, PARTITION, REPORT, RUN, SUPERSEDED
 from pipelines.output.openai_batch import OpenAIBatchFiles
 from pipelines.output.records import CommitRecord, Fidelity, JobRecord, RunSummary, precision_label
 from pipelines.output.summary import agreement_line, fidelity_line, precision_said
@@ -499,19 +499,30 @@ def _runs_table(entries: list[dict[str, Any]]) -> str:
         return "<p class='none'>No runs yet.</p>"
     header = ["tick", "run", "kind", "status", "rows", "errors", "model", "wall s", "report", "error or note"]
     closed = {(e.get("run"), e.get("attempt")) for e in entries if e.get("run") and e.get("status") != "running"}
+    base = _rescore_base(entries)
     rows = []
     for e in entries:
         if e.get("status") == "running" and (e.get("run"), e.get("attempt")) in closed:
             continue  # its closing line follows
-        run = e.get("run")
-        link = f"<a href='{_e(layout.partition_dir(run))}/{REPORT}'>open</a>" if run else ""
+        run = str(e.get("run") or "")
+        superseded = bool(run) and run < base  # its partition, page and all, moved away by the rescore
+        folder = (f"{SUPERSEDED}/" if superseded else "") + layout.partition_dir(run) if run else ""
+        link = f"<a href='{_e(folder)}/{REPORT}'>open</a>" if run else ""
         cells = [e.get("tick") or "", run or "-", e.get("kind", ""), e.get("status", ""),
                  _count(e.get("rows_out")), _count(e.get("errors")), _model(e.get("model")),
                  "" if e.get("wall_s") is None else f"{e['wall_s']:.1f}"]
-        said = e.get("error") or e.get("note") or ""
+        notes = [e.get("error") or e.get("note"), f"superseded by rescore {base}" if superseded else None]
+        said = "; ".join(str(n) for n in notes if n)
         rows.append("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + f"<td>{link}</td><td>{_e(said)}</td></tr>")
     head = "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr>"
     return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _rescore_base(entries: list[dict[str, Any]]) -> str:
+    """The run of the last rescore that succeeded: every run before it is in ``_superseded/`` ("" if none), as
+    :meth:`pipelines.schedule.ledger.History.base` tells it."""
+    latest = {e["run"]: e for e in entries if e.get("run")}
+    return max((run for run, e in latest.items() if e.get("rescore") and e.get("status") == "succeeded"), default="")
 
 
 def _count(value: Any) -> str:
