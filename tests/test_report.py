@@ -407,3 +407,20 @@ def test_the_ledger_page_links_every_run_to_a_page_that_is_there(ray_session, ti
     assert all((root / link).is_file() for link in links), [link for link in links if not (root / link).is_file()]
     assert "_superseded/run=2026-11-28T02:00:00Z/_report.html" in links
     assert "superseded by rescore 2026-11-28T05:00:30Z" in (root / "_report.html").read_text()
+
+
+def test_a_resumed_auto_run_says_its_precision_was_checked_by_an_earlier_run(tmp_path):
+    """A resumed run under ``quantization: auto`` keeps the precision its output's first run chose by a check, and
+    has no check of its own: its page said ``Not checked: set model.fidelity in the spec``."""
+    import html
+
+    from pipelines.output import report
+    from pipelines.output.records import ModelRef, RunSummary
+
+    summary = RunSummary(status="succeeded", spec_hash="h", model=ModelRef(name="m"), quantization="auto",
+                         device="cpu", task="zero-shot-classification", shards=6, shards_this_run=1, rows_in=600,
+                         rows_out=600, errors=0, error_rate=0.0, precision={"quantization": "none", "dtype": "bfloat16"})
+    page = html.unescape(report.run_page(report.RunData(str(tmp_path), summary, None, [])))
+    assert "Not checked: set model.fidelity" not in page
+    assert ("Not checked in this run: it kept bfloat16, as an earlier run of this output (or of this scheduled "
+            "job) chose under quantization auto; `pipelines fidelity JOB.yaml` measures it again.") in page
