@@ -424,3 +424,45 @@ def test_a_resumed_auto_run_says_its_precision_was_checked_by_an_earlier_run(tmp
     assert "Not checked: set model.fidelity" not in page
     assert ("Not checked in this run: it kept bfloat16, as an earlier run of this output (or of this scheduled "
             "job) chose under quantization auto; `pipelines fidelity JOB.yaml` measures it again.") in page
+
+
+
+def test_the_ledger_page_links_a_failed_run_to_its_page_or_says_it_has_none(ray_session, tiny_models, tmp_path,
+                                                                            monkeypatch):
+    """A scheduled run that failed before its summary has no page of its own (a resume that fails deletes the one
+    before, with its _run.json): the root page linked it to ``run=<run>/_report.html`` all the same."""
+    import re
+
+    from pipelines import faults
+    from pipelines.errors import PipelineError
+
+    raw = {
+        "name": "nightly", "input": {"paths": [str(tmp_path / "landing")]},
+        "model": {"name": tiny_models("classifier"), "device": "cpu"}, "task": {"type": "text-classification"},
+        "batching": {"batch_size": 8}, "compute": {"cpus_per_actor": 0.5, "threads_per_actor": 1},
+        "output": {"path": str(tmp_path / "nightly")}, "schedule": {"cron": "0 2 * * *"},
+    }
+    tick = datetime(2026, 11, 28, 2, 0, 30, tzinfo=UTC)
+    write_jsonl(tmp_path / "landing" / "a.jsonl", [{"id": f"a{i}", "text": s} for i, s in enumerate(SENTENCES)])
+
+    def stops(point):
+        if point == "before_summary":
+            raise PipelineError("stopped")
+
+    monkeypatch.setattr(faults, "checkpoint", stops)
+    assert run_due(spec_from_dict(raw), now=tick).failures
+    root = tmp_path / "nightly"
+    partition = root / "run=2026-11-28T02:00:00Z"
+    assert (partition / "_commits").is_dir() and not (partition / "_run.json").exists()
+    page = (root / "_report.html").read_text()
+    links = re.findall(r"<a href='([^']+/_report.html)'>", page)
+    assert links == ["run=2026-11-28T02:00:00Z/_report.html"] and (root / links[0]).is_file()
+    assert "the run has not finished, or it failed" in (partition / "_report.html").read_text()
+
+    (partition / "_report.html").unlink()  # as a page that could not be written leaves it
+    from pipelines.output import report
+
+    report.write_ledger_report(str(root), report.ledger_entries(str(root)))
+    page = (root / "_report.html").read_text()
+    assert not re.findall(r"<a href='([^']+/_report.html)'>", page)
+    assert "no page: `pipelines report" in page

@@ -336,7 +336,8 @@ def _no_fidelity(summary: RunSummary | None) -> str:
 
 def _facts(summary: RunSummary | None, data: RunData) -> str:
     if summary is None:
-        return "<p class='none'>No run summary (_run.json) here yet: the run has not finished.</p>"
+        return ("<p class='none'>No run summary (_run.json) here yet: the run has not finished, or it failed or was "
+                "stopped before its summary. The charts show the shards committed so far.</p>")
     rows = [
         ("status", f"{summary.status}: {summary.failure}" if summary.failure else summary.status),
         ("model", f"{summary.model.name} ({precision_said(summary)}, {summary.device})"),
@@ -415,8 +416,9 @@ def _document(title: str, body: list[str]) -> str:
 # the page of a scheduled job's ledger ------------------------------------------------------------
 
 
-def ledger_page(location: str, entries: list[dict[str, Any]]) -> str:
-    """The page over a scheduled job's runs: runs over time, rows, errors, model changes, each run's page."""
+def ledger_page(location: str, entries: list[dict[str, Any]], pages: set[str] | None = None) -> str:
+    """The page over a scheduled job's runs: runs over time, rows, errors, model changes, each run's page (``pages``:
+    the folders, relative to the root, that hold one; None: link every run)."""
     runs = [e for e in entries if e.get("run") and e.get("status") != "running"]
     title = f"Scheduled runs: {location}"
     body = [f"<h1>{_e(title)}</h1>"]
@@ -433,7 +435,7 @@ def ledger_page(location: str, entries: list[dict[str, Any]]) -> str:
                for e in runs if e.get("model_changed")]
     body.append(_table(["run", "from", "to"], changes) if changes else "<p class='none'>The model never changed.</p>")
     body.append("<h2>Runs</h2>")
-    body.append(_runs_table(entries))
+    body.append(_runs_table(entries, location, pages))
     return _document(title, body)
 
 
@@ -494,20 +496,30 @@ def ledger_wall_chart(runs: list[dict[str, Any]]) -> go.Figure | None:
     return figure
 
 
-def _runs_table(entries: list[dict[str, Any]]) -> str:
+def run_folders(entries: list[dict[str, Any]]) -> dict[str, str]:
+    """Each run's folder relative to the job's root: its partition, or where a later rescore moved it."""
+    base = _rescore_base(entries)
+    return {str(run): (f"{SUPERSEDED}/" if run < base else "") + layout.partition_dir(run)
+            for run in {e["run"] for e in entries if e.get("run")}}
+
+
+def _runs_table(entries: list[dict[str, Any]], location: str = "", pages: set[str] | None = None) -> str:
     if not entries:
         return "<p class='none'>No runs yet.</p>"
     header = ["tick", "run", "kind", "status", "rows", "errors", "model", "wall s", "report", "error or note"]
     closed = {(e.get("run"), e.get("attempt")) for e in entries if e.get("run") and e.get("status") != "running"}
     base = _rescore_base(entries)
+    folders = run_folders(entries)
     rows = []
     for e in entries:
         if e.get("status") == "running" and (e.get("run"), e.get("attempt")) in closed:
             continue  # its closing line follows
         run = str(e.get("run") or "")
         superseded = bool(run) and run < base  # its partition, page and all, moved away by the rescore
-        folder = (f"{SUPERSEDED}/" if superseded else "") + layout.partition_dir(run) if run else ""
+        folder = folders.get(run, "")
         link = f"<a href='{_e(folder)}/{REPORT}'>open</a>" if run else ""
+        if run and pages is not None and folder not in pages:  # failed before its summary, its page not rebuilt
+            link = _e(f"no page: `pipelines report {location}` builds one")
         cells = [e.get("tick") or "", run or "-", e.get("kind", ""), e.get("status", ""),
                  _count(e.get("rows_out")), _count(e.get("errors")), _model(e.get("model")),
                  "" if e.get("wall_s") is None else f"{e['wall_s']:.1f}"]
@@ -544,7 +556,10 @@ def write_ledger_report(location: str, entries: list[dict[str, Any]]) -> str:
     """Build the scheduled job's root page ``<location>/_report.html`` from its ledger lines."""
     fs, root = resolve(location)
     path = f"{root}/{REPORT}"
-    layout.write_bytes(fs, path, ledger_page(location, entries).encode())
+    folders = sorted(set(run_folders(entries).values()))
+    found = fs.get_file_info([f"{root}/{folder}/{REPORT}" for folder in folders])
+    pages = {folder for folder, info in zip(folders, found) if info.type == pafs.FileType.File}
+    layout.write_bytes(fs, path, ledger_page(location, entries, pages).encode())
     return path
 
 

@@ -454,6 +454,7 @@ class ScheduledJob:
                 }))
             except OSError as cause:  # the disk that failed the run (full): its 'running' line stays, and is resumed
                 log.warning("run %s: its failure could not be written to the ledger (%s)", run, cause)
+            self.failed_page(run)
             if not isinstance(exc, PipelineError):  # a worker's error, a bug: a failed run all the same
                 log.error("run %s failed with an unexpected error", run, exc_info=True)
                 exc = PipelineError(f"{type(exc).__name__}: {exc}")
@@ -508,6 +509,17 @@ class ScheduledJob:
     def quarantining(self, run: str) -> set[str]:
         """The shards of a run's partition whose commits quarantined rows (what counts against its error budget)."""
         return {key for key, record in OutputDir(partition_path(self.spec, run)).commits().items() if record.errors}
+
+    def failed_page(self, run: str) -> None:
+        """A page of what a run that failed before its summary committed (its start deleted the page before), where
+        its partition is there; the root page links each run to its page."""
+        from pipelines.output import report
+
+        try:
+            if self.fs.get_file_info(f"{self.root}/{layout.partition_dir(run)}/{JOB}").type == pafs.FileType.File:
+                report.write_quietly(partition_path(self.spec, run))
+        except Exception as exc:  # noqa: BLE001 - beside a run's failure: a page not written, never a second error
+            log.warning("run %s: its page not written (%s)", run, exc)
 
     def partition_counts(self, run: str) -> dict[str, int]:
         """Rows read, written and quarantined in what a run's partition holds (its commit records): a failed run's
