@@ -20,6 +20,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,7 @@ HEIGHT = 380  # a chart's pixels
 UNREADABLE_SHOWN = 20  # unreadable input files named among the run's facts
 SHARD_ROW, SHARD_CHART_MAX = 10, 4000  # the per-shard timings grow a row's pixels per shard, up to a page's worth
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
+READERS = 16  # files read at once: on an object store each read is a request or two of some tens of milliseconds
 
 
 @dataclass
@@ -87,13 +89,11 @@ def read_run(location: str) -> RunData:
     fs, root = resolve(location)
     summary = RunSummary.parse(layout.read_json(fs, f"{root}/{RUN}"))
     job = JobRecord.parse(layout.read_json(fs, f"{root}/{JOB}"))
-    commits = []
-    for info in fs.get_file_info(pafs.FileSelector(f"{root}/{COMMITS}", allow_not_found=True)):
-        if info.is_file and info.base_name.endswith(".json"):
-            record = CommitRecord.parse(layout.read_json(fs, info.path))
-            if record is not None:
-                commits.append(record)
-    commits.sort(key=lambda c: c.committed_at)
+    paths = [info.path for info in fs.get_file_info(pafs.FileSelector(f"{root}/{COMMITS}", allow_not_found=True))
+             if info.is_file and info.base_name.endswith(".json")]
+    with ThreadPoolExecutor(READERS) as pool:
+        records = list(pool.map(lambda path: CommitRecord.parse(layout.read_json(fs, path)), paths))
+    commits = sorted((r for r in records if r is not None), key=lambda c: c.committed_at)
     data = RunData(location, summary, job, commits)
     prefix = str(((job.spec if job else {}).get("output") or {}).get("prediction_prefix") or "")
     _read_predictions(fs, root, data, prefix)
@@ -102,28 +102,35 @@ def read_run(location: str) -> RunData:
 
 def _read_predictions(fs: pafs.FileSystem, root: str, data: RunData, prefix: str) -> None:
     """Count labels and gather scores from the committed Parquet part files (two columns, nothing else)."""
+    label, score = prefix + "label", prefix + "score"
+    # OpenAI Batch answers (JSONL) have no label and no score
+    relatives = [f for record in data.commits for f in record.files if not f.endswith(OpenAIBatchFiles.suffix)]
+    with ThreadPoolExecutor(READERS) as pool:
+        read = list(pool.map(lambda relative: _read_part(fs, f"{root}/{relative}", [label, score]), relatives))
     scores = []
-    for record in data.commits:
-        for relative in record.files:
-            if relative.endswith(OpenAIBatchFiles.suffix):  # OpenAI Batch answers: no label, no score
-                continue
-            path = f"{root}/{relative}"
-            try:
-                names = set(pq.read_schema(path, filesystem=fs).names)
-                wanted = [c for c in (prefix + "label", prefix + "score") if c in names]
-                if not wanted:
-                    continue
-                table = pq.read_table(path, columns=wanted, filesystem=fs)
-            except (OSError, pa.ArrowException) as exc:  # a part damaged or deleted since: the page says so
-                data.unread.append(f"{relative}: {first_line(exc)[:200]}")
-                continue
-            if prefix + "label" in wanted:
-                data.labels.update(v for v in table.column(prefix + "label").to_pylist() if v is not None)
-            if prefix + "score" in wanted:
-                scores.append(table.column(prefix + "score").to_numpy(zero_copy_only=False))
+    for relative, (table, error) in zip(relatives, read):
+        if error is not None:  # a part damaged or deleted since: the page says so
+            data.unread.append(f"{relative}: {error}")
+        elif table is not None:
+            if label in table.column_names:
+                data.labels.update(v for v in table.column(label).to_pylist() if v is not None)
+            if score in table.column_names:
+                scores.append(table.column(score).to_numpy(zero_copy_only=False))
     if scores:
         values = np.concatenate(scores).astype(np.float64)
         data.scores = values[~np.isnan(values)]
+
+
+def _read_part(fs: pafs.FileSystem, path: str, columns: list[str]) -> tuple[pa.Table | None, str | None]:
+    """Those of ``columns`` a part file has (None where it has none of them), read in one open; or why it does not
+    read."""
+    try:
+        with fs.open_input_file(path) as handle:
+            parquet = pq.ParquetFile(handle)
+            wanted = [c for c in columns if c in parquet.schema_arrow.names]
+            return (parquet.read(columns=wanted) if wanted else None), None
+    except (OSError, pa.ArrowException) as exc:
+        return None, first_line(exc)[:200]
 
 
 # charts of one run -----------------------------------------------------------------------------
