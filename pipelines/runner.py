@@ -671,8 +671,9 @@ def error_policy_violation(spec: JobSpec, result: RunSummary) -> str | None:
     if rate <= policy.max_rate and not over_count:
         return None
     reasons = ", ".join(f"{k}: {v}" for k, v in sorted(result.error_reasons.items(), key=lambda kv: -kv[1]))
+    passed = [f"errors.max_rate={policy.max_rate}"] if rate > policy.max_rate else []
+    passed += [f"errors.max_count={policy.max_count}"] if over_count else []  # the limits passed, not those unset
     return (
-        f"{errors} of {result.rows_in} rows were quarantined ({rate:.1%}), over the limit of "
-        f"errors.max_rate={policy.max_rate} / errors.max_count={policy.max_count} ({reasons}); "
+        f"{errors} of {result.rows_in} rows were quarantined ({rate:.1%}), over {' and '.join(passed)} ({reasons}); "
         f"see {spec.output.path}/_errors/ and raise the limits if these rows are expected"
     )

@@ -184,7 +184,7 @@ def test_the_error_policy_fails_the_job_with_reasons(ray_session, tiny_models, t
     spec = spec_from_dict(yaml.safe_load(write_job(
         tmp_path, tiny_models("classifier"), tmp_path / "in", errors={"unreadable_files": "quarantine"}
     ).read_text()))
-    with pytest.raises(PipelineError, match=r"rows were quarantined .* over the limit .*text is null: 2"):
+    with pytest.raises(PipelineError, match=r"rows were quarantined .* over errors.max_rate.*text is null: 2"):
         run_job(spec)
     summary = json.loads((tmp_path / "out" / "_run.json").read_text())
     assert summary["status"] == "failed"

@@ -272,12 +272,12 @@ def test_a_failed_run_says_why_on_its_page(ray_session, tiny_models, tmp_path):
                      input={"paths": [str(tmp_path / "in")]}, errors={"max_rate": 0.0})
     from pipelines.errors import PipelineError
 
-    with pytest.raises(PipelineError, match="over the limit of errors.max_rate") as raised:
+    with pytest.raises(PipelineError, match="over errors.max_rate") as raised:
         run_job(spec)
     summary = json.loads((out / "_run.json").read_text())
     assert summary["status"] == "failed" and summary["failure"] == str(raised.value)
     page = (out / "_report.html").read_text()
-    assert "over the limit of errors.max_rate=0.0" in page
+    assert "over errors.max_rate=0.0 (" in page
 
 
 
@@ -577,3 +577,24 @@ def test_a_page_of_many_shards_on_an_object_store_reads_its_files_at_once(tmp_pa
     assert len(data.commits) == 64 and data.labels == {"x": 64, "y": 64} and len(data.scores) == 128
     assert disk.most >= 8, disk.most  # files read at once, not one after the other
     assert took < 4, took
+
+
+def test_the_error_budget_message_names_the_limit_that_was_passed():
+    """A run over errors.max_rate failed with 'over the limit of errors.max_rate=0.01 / errors.max_count=None': a
+    limit that is not set named as one passed (the page shows this line as the run's failure)."""
+    from pipelines.output import summary as summaries
+    from pipelines.output.records import JobRecord, ModelRef
+    from pipelines.runner import error_policy_violation
+
+    job = JobRecord(name="j", spec_hash="h", model=ModelRef(name="m"), quantization="none", device="cpu",
+                    task="text-classification", spec={})
+    base = summaries.build(job, [], [], 0.0, "succeeded")
+    past = base.model_copy(update={"rows_in": 101, "errors": 2, "error_rate": 0.0198, "error_reasons": {"x": 2}})
+    by_rate = spec_from_dict({"input": {"paths": ["in"]}, "model": {"name": "m"}, "task": {"type": "text-classification"},
+                              "output": {"path": "out"}, "errors": {"max_rate": 0.01}})
+    said = error_policy_violation(by_rate, past)
+    assert said is not None and "over errors.max_rate=0.01 (" in said and "max_count" not in said, said
+    by_count = by_rate.model_copy(deep=True)
+    by_count.errors.max_rate, by_count.errors.max_count = 1.0, 1
+    said = error_policy_violation(by_count, past)
+    assert said is not None and "over errors.max_count=1 (" in said and "max_rate" not in said, said
