@@ -440,6 +440,9 @@ def test_quantization_auto_keys_its_decision_by_the_actors_node_not_the_drivers(
     spec.model.cache_dir = str(tmp_path / "cache")
     shards = list_shards(spec.input.paths)
     monkeypatch.setattr(fidelity, "_cpu_bf16", lambda: False)  # the driver: no native bf16, on every call
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # not a local Ray (whose node is this machine)
     decided = []
 
     def on_node(node_bf16: bool):
