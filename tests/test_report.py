@@ -598,3 +598,24 @@ def test_the_error_budget_message_names_the_limit_that_was_passed():
     by_count.errors.max_rate, by_count.errors.max_count = 1.0, 1
     said = error_policy_violation(by_count, past)
     assert said is not None and "over errors.max_count=1 (" in said and "max_rate" not in said, said
+
+
+def test_the_page_footer_says_when_it_was_written_in_utc(tmp_path, monkeypatch):
+    """The footer's ``Written 2026-12-02 08:43:33`` was the writing machine's local time with no zone: a page built
+    on a cluster node in another zone than its reader's said a time an hour or more off, with nothing to tell."""
+    import re
+    import time
+
+    from pipelines.output import report
+
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # +05:30: local time is never UTC's
+    time.tzset()
+    try:
+        page = report.run_page(report.RunData(str(tmp_path), None, None, []))
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    written = re.search(r"Written (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC by", page)
+    assert written, page[-300:]
+    at = datetime.strptime(written.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+    assert abs((datetime.now(UTC) - at).total_seconds()) < 60

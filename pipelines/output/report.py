@@ -416,7 +416,8 @@ def _document(title: str, body: list[str]) -> str:
         f"<title>{_e(title)}</title><style>{STYLE}</style>"
         f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>"
         + "\n".join(body)
-        + f"<p class='none'>Written {time.strftime('%Y-%m-%d %H:%M:%S')} by ray-hf-batch.</p></body></html>"
+        + f"<p class='none'>Written {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())} by ray-hf-batch.</p>"
+        + "</body></html>"
     )
 
 
