@@ -733,3 +733,36 @@ def test_each_output_line_is_one_line_to_any_line_splitter():
     content = [exactly(ChatCompletion, r["response"]["body"]).choices[0].message.content for r in results]
     assert content == [f"one{breaks}two", "x", "café\u2029"]
     assert "é" in stream.getvalue().decode()  # other text stays as it is
+
+
+def test_a_body_option_of_the_wrong_type_is_refused_with_what_it_must_be():
+    """``"stop": [1]`` was refused with ``stop.str: Input should be a valid string``: pydantic's words for the first
+    member of ``str | list[str]``, naming neither the list form nor the limit. Each option's refusal says what it must
+    be, as the code accepts it."""
+    def chat(**options):
+        return parse_request(rows_of([chat_line("x", **options)]).column("text")[0].as_py(), "text-generation")
+
+    def embedding(given, **options):
+        return parse_request(rows_of([embedding_line("e", given, **options)]).column("text")[0].as_py(),
+                             "feature-extraction")
+
+    stop = "stop: give a string or a list of up to 4 non-empty strings"
+    assert chat(stop=[1]) == f"{stop} (got [1])"
+    assert chat(stop=1) == f"{stop} (got 1)"
+    assert chat(stop={"a": "b"}) == f'{stop} (got {{"a": "b"}})'
+    assert chat(stop=["a"] * 5) == stop  # as before: the count, not the type
+    assert chat(n="2") == 'n: give an integer from 1 to 128 (got "2")'
+    assert chat(max_tokens=0) == "max_tokens: give an integer of at least 1 (got 0)"
+    assert chat(temperature=True) == "temperature: give a number from 0 to 2 (got true)"
+    assert chat(top_p=2) == "top_p: give a number from 0 to 1 (got 2)"
+    assert chat(seed=1.5) == "seed: give an integer (got 1.5)"
+    assert chat(model=1) == "model: give a string (got 1)"
+    assert chat(messages=[]).startswith("messages: give a non-empty list of messages")
+    assert embedding(1) == "input: give a string or a list of 1 to 2048 strings (got 1)"
+    assert embedding({"a": 1}) == 'input: give a string or a list of 1 to 2048 strings (got {"a": 1})'
+    assert embedding("x", dimensions="3") == 'dimensions: give an integer of at least 1 (got "3")'
+    assert embedding("x", encoding_format="hex") == 'encoding_format: give "float" (got "hex")'
+    for refused in (chat(stop=[1]), chat(n="2"), embedding(1), embedding("x", dimensions=0)):
+        assert "Input should" not in refused and ".str" not in refused, refused
+    assert set(requests.ChatRequest.model_fields) | set(requests.EmbeddingRequest.model_fields) == set(
+        requests.MUST_BE)

@@ -146,7 +146,7 @@ def _parse_chat(body: dict[str, Any]) -> ChatRequest | str:
         return "max_tokens and max_completion_tokens differ: give one of them"
     stops = request.stops()
     if len(stops) > MAX_STOPS or not all(stops):
-        return f"stop: give up to {MAX_STOPS} non-empty strings"
+        return f"stop: give {MUST_BE['stop']}"
     conversation = request.conversation()
     return conversation if isinstance(conversation, str) else request
 
@@ -185,15 +185,36 @@ def _parse_embedding(body: dict[str, Any]) -> EmbeddingRequest | str:
     return request
 
 
+#: What each option of a typed body must be, as the refusal of a value of the wrong type or range says it (pydantic's
+#: own words name its types, ``stop.str: Input should be a valid string``, not what the request may give).
+MUST_BE: dict[str, str] = {
+    "messages": "a non-empty list of messages, each an object with role and content",
+    "model": "a string",
+    "max_tokens": "an integer of at least 1",
+    "max_completion_tokens": "an integer of at least 1",
+    "temperature": "a number from 0 to 2",
+    "top_p": "a number from 0 to 1",
+    "n": f"an integer from 1 to {MAX_CHOICES}",
+    "seed": "an integer",
+    "stop": f"a string or a list of up to {MAX_STOPS} non-empty strings",
+    "input": f"a string or a list of 1 to {MAX_INPUTS} strings",
+    "encoding_format": '"float"',
+    "dimensions": "an integer of at least 1",
+}
+
+
 def _validated(model: type[Body], body: dict[str, Any]) -> Any:
     try:
         return model.model_validate(body)
     except ValidationError as exc:
         item = exc.errors()[0]
-        where = ".".join(str(part) for part in item["loc"]) or "body"
-        given = item.get("input")
-        shown = "" if item["type"] == "missing" or isinstance(given, (dict, list)) else f" (got {given!r})"
-        return f"{where}: {item['msg']}{shown}"
+        field = str(item["loc"][0]) if item["loc"] else "body"
+        if field not in MUST_BE:  # not reached: every field of a Body is in MUST_BE (a test checks it)
+            return f"{field}: {item['msg']}"
+        if field not in body:
+            return f"{field} is missing: give {MUST_BE[field]}"
+        shown = "" if field == "messages" else f" (got {json.dumps(body[field])[:80]})"  # messages: long, private
+        return f"{field}: give {MUST_BE[field]}{shown}"
 
 
 def _turn(message: Any) -> dict[str, str] | str:
