@@ -24,6 +24,11 @@ R = TypeVar("R")
 class PipelineError(Exception):
     """The one error type of this project: its message says what is wrong and how to fix it."""
 
+    #: A run that failed after it started its work (deleting the output's page of the run before): the page it wrote
+    #: of its failure (``report``), else the output a page can be built of (``unreported``), for the CLI to name.
+    report: str | None = None
+    unreported: str | None = None
+
 
 class Terminated(BaseException):
     """SIGTERM arrived (a task timeout, a pod evicted, ``kill``, ``systemctl stop``): raised in the main thread as

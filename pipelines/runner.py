@@ -433,35 +433,43 @@ def _run_locked(
         job.column_types = encode_types(dict(columns_of(spec, shards, kept).keep_types))
     with writing(spec.output.path):
         output.start(job)
-    log.info("%d of %d shards to do", len(pending), len(shards))
-    start, started_at = time.monotonic(), time.time()
-    done, failed = execute(spec, job, output, pending, before_visible, timeline) if pending else ({}, [])
-    wall = time.monotonic() - start
-    output.check_lock()  # a run that lost its lock writes no summary: the output is the new holder's
-    unread = {u.key for u in failed}
-    missing = [s.uri for s in pending if s.key not in done and s.key not in unread]
-    if missing:
-        raise PipelineError(f"{len(missing)} shard(s) did not complete, e.g. {missing[0]}; run the job again to resume")
-    faults.checkpoint("before_summary")
-    result = summaries.build(job, list(output.commits().values()), list(done.values()), wall, "succeeded")
-    result.started_at, result.fidelity = started_at, checked
-    timeline["summary"] = time.time()
-    result.timeline = {name: round(moment, 3) for name, moment in timeline.items()}
-    result.unreadable_files = [*result.unreadable_files, *(u.record for u in failed)]
-    result.files_with_unknown_rows = sum(1 for u in result.unreadable_files if u.rows is None)
-    problem = unreadable_violation([u.record for u in failed]) or error_policy_violation(spec, result)
-    if problem:
-        result.status, result.failure = "failed", problem
-        with writing(spec.output.path):
+    try:  # start deleted the page of the run before: a failure names this run's page, or the output to build one of
+        log.info("%d of %d shards to do", len(pending), len(shards))
+        start, started_at = time.monotonic(), time.time()
+        done, failed = execute(spec, job, output, pending, before_visible, timeline) if pending else ({}, [])
+        wall = time.monotonic() - start
+        output.check_lock()  # a run that lost its lock writes no summary: the output is the new holder's
+        unread = {u.key for u in failed}
+        missing = [s.uri for s in pending if s.key not in done and s.key not in unread]
+        if missing:
+            raise PipelineError(
+                f"{len(missing)} shard(s) did not complete, e.g. {missing[0]}; run the job again to resume"
+            )
+        faults.checkpoint("before_summary")
+        result = summaries.build(job, list(output.commits().values()), list(done.values()), wall, "succeeded")
+        result.started_at, result.fidelity = started_at, checked
+        timeline["summary"] = time.time()
+        result.timeline = {name: round(moment, 3) for name, moment in timeline.items()}
+        result.unreadable_files = [*result.unreadable_files, *(u.record for u in failed)]
+        result.files_with_unknown_rows = sum(1 for u in result.unreadable_files if u.rows is None)
+        problem = unreadable_violation([u.record for u in failed]) or error_policy_violation(spec, result)
+        if problem:
+            result.status, result.failure = "failed", problem
+            with writing(spec.output.path):
+                output.write_json(RUN, result.to_json())
+            failure = PipelineError(problem)
+            failure.report = pages.report_path(spec.output.path) if pages.write_quietly(spec.output.path) else None
+            raise failure
+        with writing(spec.output.path):  # a full disk here: every shard is committed, the next run only writes these
             output.write_json(RUN, result.to_json())
-        pages.write_quietly(spec.output.path)
-        raise PipelineError(problem)
-    with writing(spec.output.path):  # a full disk here: every shard is committed, the next run only writes these
-        output.write_json(RUN, result.to_json())
-        if pages.write_quietly(spec.output.path):
-            result.report = pages.report_path(spec.output.path)
-        output.finish()
-    return result
+            if pages.write_quietly(spec.output.path):
+                result.report = pages.report_path(spec.output.path)
+            output.finish()
+        return result
+    except PipelineError as exc:
+        if exc.report is None:
+            exc.unreported = spec.output.path
+        raise
 
 
 def check_paths(spec: JobSpec) -> None:

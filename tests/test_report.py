@@ -619,3 +619,44 @@ def test_the_page_footer_says_when_it_was_written_in_utc(tmp_path, monkeypatch):
     assert written, page[-300:]
     at = datetime.strptime(written.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
     assert abs((datetime.now(UTC) - at).total_seconds()) < 60
+
+
+def test_a_failed_run_says_where_its_page_is_or_how_to_build_one(ray_session, tiny_models, tmp_path, monkeypatch,
+                                                                  capsys):
+    """A run over its error budget wrote its page (status failed, and why), yet the command printed only
+    ``error: …``: a succeeded run's last line names its page, a failed one's did not, though the page says why. It
+    says where, in a line before its error (which stays the last line). A run that stops before its summary writes
+    none: the command says how to build one of what is committed."""
+    from test_faults import write_job
+
+    from pipelines import faults
+    from pipelines.cli.main import main
+    from pipelines.errors import PipelineError
+
+    rows = [{"id": f"a{i}", "text": s} for i, s in enumerate(SENTENCES)]
+    rows[0]["text"] = None
+    write_jsonl(tmp_path / "in" / "a.jsonl", rows)
+    job = write_job(tmp_path, tiny_models("classifier"), tmp_path / "in", errors={"max_rate": 0.0001})
+    out = tmp_path / "out"
+    assert main(["run", str(job)]) == 2
+    said = last_lines(capsys.readouterr().err)
+    assert said[0] == f"report: {out}/_report.html (the failed run's page)", said
+    assert said[1].startswith("error: ") and "over errors.max_rate" in said[1] and len(said) == 2, said
+    assert (out / "_report.html").exists()
+
+    def stops(point):
+        if point == "before_summary":
+            raise PipelineError("stopped")
+
+    monkeypatch.setattr(faults, "checkpoint", stops)
+    write_jsonl(tmp_path / "in" / "b.jsonl", [{"id": f"b{i}", "text": s} for i, s in enumerate(SENTENCES)])
+    assert main(["run", str(job)]) == 2
+    assert last_lines(capsys.readouterr().err) == [
+        f"report: none written for this run; build one of what is committed with `pipelines report {out}`",
+        "error: stopped"]
+    assert not (out / "_report.html").exists()
+
+
+def last_lines(printed: str) -> list[str]:
+    """The command's last two lines (the log's lines come before): its ``report:`` line, then its error."""
+    return printed.strip().splitlines()[-2:]

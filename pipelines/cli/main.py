@@ -90,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"busy: {exc}", file=sys.stderr)
         return EXIT_BUSY
     except PipelineError as exc:
+        if exc.report:  # a run that failed after it started its work (see PipelineError); the error stays last
+            print(f"report: {exc.report} (the failed run's page)", file=sys.stderr)
+        elif exc.unreported:
+            print(f"report: none written for this run; build one of what is committed with "
+                  f"`pipelines report {exc.unreported}`", file=sys.stderr)
         print(f"error: {from_ray(exc) or exc}", file=sys.stderr)  # a task's error, not Ray's remote traceback
         return 2
     except KeyboardInterrupt:
