@@ -553,8 +553,9 @@ def execute(
     columns = replace(columns_of(spec), keep_types=tuple(decode_types(job.column_types or "").items()))
     dataset = build_dataset(spec, pending, columns)
     screen = None
-    if spec.errors.duplicate_ids == "error":
-        screen = DuplicateIds(output.fs, output.root, spec.input.id_column or "id", list(output.commits().values()))
+    if spec.errors.duplicate_ids == "error" or spec.input.format == "openai-batch":  # keep: repeats named at the end
+        screen = DuplicateIds(output.fs, output.root, spec.input.id_column or "id", list(output.commits().values()),
+                              quarantine=spec.errors.duplicate_ids == "error")
     settings = partial(
         output.commit, job=job, compression=spec.output.compression, row_group_rows=spec.output.row_group_rows,
         screen=screen, before_visible=before_visible, files=output_files(spec),
@@ -595,7 +596,22 @@ def execute(
         if empty.key not in done and empty.key not in tally.seen and is_empty(empty, spec):
             done[empty.key] = commit(empty, [])
             log.info("committed %s (empty)", empty.uri)
+    if screen is not None and screen.repeated:
+        log.warning(repeated_custom_ids(screen.repeated))
     return done, failed
+
+
+def repeated_custom_ids(repeated: list[str], shown: int = 10) -> str:
+    """What an OpenAI Batch run under ``errors.duplicate_ids: keep`` says of the custom_ids it answered more than
+    once: the default stays ``keep`` (it is in the spec hash of outputs written before), so the run says it."""
+    names = ", ".join(repr(i) for i in repeated[:shown]) + (f" and {len(repeated) - shown} more"
+                                                          if len(repeated) > shown else "")
+    return (
+        f"{len(repeated)} custom_id(s) were asked more than once and answered each time (errors.duplicate_ids: keep): "
+        f"{names}; OpenAI's Batch API refuses such a file, and answers matched by custom_id lose all but one: set "
+        "errors.duplicate_ids: error to answer each custom_id once (the spec hash changes: a new output.path, or "
+        "--overwrite)"
+    )
 
 
 def reports_of(dataset: Any) -> Iterator[pa.Table]:

@@ -11,6 +11,7 @@ import codecs
 import gzip
 import io
 import json
+import logging
 import os
 import re
 import subprocess
@@ -766,3 +767,30 @@ def test_a_body_option_of_the_wrong_type_is_refused_with_what_it_must_be():
         assert "Input should" not in refused and ".str" not in refused, refused
     assert set(requests.ChatRequest.model_fields) | set(requests.EmbeddingRequest.model_fields) == set(
         requests.MUST_BE)
+
+
+def test_custom_ids_that_repeat_are_named_with_the_setting_that_answers_each_once(ray_session, tiny_models, tmp_path,
+                                                                                   caplog):
+    """Under the default ``errors.duplicate_ids: keep`` a custom_id asked twice was answered twice without a word:
+    OpenAI's Batch API refuses such a file, and code that maps answers by custom_id loses one. The default stays (it
+    is in the spec hash of outputs already written), but the run names the repeated custom_ids and the setting."""
+    from pipelines.runner import run_job
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_text("".join(json.dumps(embedding_line(i, "The cat sat.")) + "\n"
+                                                     for i in ("q1", "q2", "q1")))
+    (tmp_path / "in" / "b.jsonl").write_text("".join(json.dumps(embedding_line(i, "A dog ran.")) + "\n"
+                                                     for i in ("q2", "q3")))
+    out = tmp_path / "out"
+    spec = make_spec(tiny_models("encoder"), {"type": "feature-extraction"}, out,
+                     input={"paths": [str(tmp_path / "in")], "format": "openai-batch"},
+                     output={"format": "openai-batch"})
+    with caplog.at_level(logging.WARNING, logger="pipelines"):
+        result = run_job(spec)
+    assert result.rows_out == 5  # kept: each answered, as before
+    said = [r.getMessage() for r in caplog.records if "custom_id" in r.getMessage()]
+    assert said == [
+        "2 custom_id(s) were asked more than once and answered each time (errors.duplicate_ids: keep): 'q1', 'q2'; "
+        "OpenAI's Batch API refuses such a file, and answers matched by custom_id lose all but one: set "
+        "errors.duplicate_ids: error to answer each custom_id once (the spec hash changes: a new output.path, or "
+        "--overwrite)"], said

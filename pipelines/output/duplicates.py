@@ -3,7 +3,8 @@
 Checked by the driver when a shard is committed (as the screen of its merge, see
 :meth:`pipelines.output.commit.OutputDir.commit`), against every id committed
 before (loaded once from the output) and the shard's own earlier rows. Only ids
-are read, and only under this policy; the default (``keep``) costs nothing.
+are read, and only under this policy, or, under the default (``keep``), for an OpenAI Batch input, whose custom_ids
+that repeat are named at the end of the run (the Batch API refuses such a file); otherwise ``keep`` costs nothing.
 """
 
 from __future__ import annotations
@@ -24,9 +25,13 @@ NULL_REASON = "id is null"  # under this policy the output's ids are unique, so 
 
 
 class DuplicateIds:
-    def __init__(self, fs: pafs.FileSystem, root: str, id_column: str, committed: list[CommitRecord]) -> None:
+    def __init__(self, fs: pafs.FileSystem, root: str, id_column: str, committed: list[CommitRecord],
+                 quarantine: bool = True) -> None:
+        """``quarantine=False``: rows are all kept (``keep``); the ids that repeat are only noted, in ``repeated``."""
         self.fs = fs
         self.id_column = id_column
+        self.quarantine = quarantine
+        self.repeated: list[str] = []
         self.seen = pa.chunked_array([pa.array([], pa.string())])
         for record in committed:
             for name in record.files:
@@ -46,6 +51,11 @@ class DuplicateIds:
         ids = table.column(self.id_column).combine_chunks().cast(pa.string())
         missing = ids.is_null().to_numpy(zero_copy_only=False)  # no id: no unique key either (not a duplicate)
         repeated = _repeats(ids, self.seen.combine_chunks()) | missing
+        if not self.quarantine:
+            again = ids.filter(pa.array(repeated & ~missing)).to_pylist()
+            self.repeated = list(dict.fromkeys([*self.repeated, *again]))  # each once, in the order met
+            self._remember(ids.filter(pa.array(~repeated)))
+            return table, None
         kept = table.filter(pa.array(~repeated))
         self._remember(ids.filter(pa.array(~repeated)))
         if not repeated.any():
