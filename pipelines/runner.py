@@ -42,7 +42,7 @@ from pipelines.io.shards import Shard, UnderFolder, is_within, list_shards, real
 from pipelines.output import report as pages
 from pipelines.output import summary as summaries
 from pipelines.output.commit import OutputDir, OutputFiles, changed_inputs
-from pipelines.output.duplicates import DuplicateIds
+from pipelines.output.duplicates import DuplicateIds, repeated_custom_ids
 from pipelines.output.layout import LEDGER, RUN, RUN_LOCK, writing
 from pipelines.output.layout import LOCK as SCHEDULE_LOCK
 from pipelines.output.lock import LockHeld, output_lock
@@ -600,18 +600,6 @@ def execute(
         log.warning(repeated_custom_ids(screen.repeated))
     return done, failed
 
-
-def repeated_custom_ids(repeated: list[str], shown: int = 10) -> str:
-    """What an OpenAI Batch run under ``errors.duplicate_ids: keep`` says of the custom_ids it answered more than
-    once: the default stays ``keep`` (it is in the spec hash of outputs written before), so the run says it."""
-    names = ", ".join(repr(i) for i in repeated[:shown]) + (f" and {len(repeated) - shown} more"
-                                                          if len(repeated) > shown else "")
-    return (
-        f"{len(repeated)} custom_id(s) were asked more than once and answered each time (errors.duplicate_ids: keep): "
-        f"{names}; OpenAI's Batch API refuses such a file, and answers matched by custom_id lose all but one: set "
-        "errors.duplicate_ids: error to answer each custom_id once (the spec hash changes: a new output.path, or "
-        "--overwrite)"
-    )
 
 
 def reports_of(dataset: Any) -> Iterator[pa.Table]:

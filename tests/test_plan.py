@@ -553,3 +553,27 @@ def test_measure_gives_no_wall_time_here_where_no_actor_of_the_job_fits_here(tin
     said = render(plan)
     assert "  this machine       1      -  a local run would not start" in said
     assert "basis: 0 actor(s) of this job fit here, the pool needs 1 (memory available now;" in said
+
+
+def test_plan_names_the_custom_ids_an_openai_batch_run_would_answer_twice(tiny_models, tmp_path):
+    """Under the default ``errors.duplicate_ids: keep`` the plan of an OpenAI Batch input said nothing of custom_ids
+    that repeat, which a run answers twice (OpenAI's Batch API refuses such a file): it names them among its
+    problems, with the setting that answers each once, as the run warns."""
+    from test_openai_batch import embedding_line
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_text("".join(json.dumps(embedding_line(i, "The cat sat.")) + "\n"
+                                                     for i in ("q1", "q2", "q1")))
+    (tmp_path / "in" / "b.jsonl").write_text("".join(json.dumps(embedding_line(i, "A dog ran.")) + "\n"
+                                                     for i in ("q2", "q3")))
+    spec = make_spec(tiny_models("encoder"), {"type": "feature-extraction"}, tmp_path / "out",
+                     input={"paths": [str(tmp_path / "in")], "format": "openai-batch"},
+                     output={"format": "openai-batch"})
+    plan = build_plan(spec, "job", sample=10_000, cpus=2)
+    assert plan.tokens.covers_input and plan.tokens.rows_out == 5 and not plan.tokens.quarantined
+    said = [p for p in plan.problems if "custom_id" in p]
+    assert said == [
+        "2 custom_id(s) in the input are asked more than once, and a run answers each time (errors.duplicate_ids: "
+        "keep): 'q1', 'q2'; OpenAI's Batch API refuses such a file, and answers matched by custom_id lose all but "
+        "one: set errors.duplicate_ids: error to answer each custom_id once (the spec hash changes: a new "
+        "output.path, or --overwrite)"], plan.problems

@@ -82,3 +82,17 @@ def _repeats(ids: pa.Array, seen: pa.Array) -> np.ndarray:
     first = pa.table({"id": ids, "pos": positions}).group_by("id").aggregate([("pos", "min")])
     first_pos = first.column("pos_min").to_numpy()[pc.index_in(ids, value_set=first.column("id")).to_numpy()]
     return known | (first_pos != np.arange(len(ids)))
+
+
+def repeated_custom_ids(repeated: list[str], said: str = "were asked more than once and answered each time",
+                        shown: int = 10) -> str:
+    """What an OpenAI Batch run under ``errors.duplicate_ids: keep`` says of the custom_ids it answered more than
+    once: the default stays ``keep`` (it is in the spec hash of outputs written before), so the run says it."""
+    names = ", ".join(repr(i) for i in repeated[:shown]) + (f" and {len(repeated) - shown} more"
+                                                          if len(repeated) > shown else "")
+    return (
+        f"{len(repeated)} custom_id(s) {said} (errors.duplicate_ids: keep): "
+        f"{names}; OpenAI's Batch API refuses such a file, and answers matched by custom_id lose all but one: set "
+        "errors.duplicate_ids: error to answer each custom_id once (the spec hash changes: a new output.path, or "
+        "--overwrite)"
+    )

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pipelines.io.reader import group_shards
 from pipelines.io.shards import list_shards
+from pipelines.output.duplicates import repeated_custom_ids
 from pipelines.planning.hardware import Cluster, read_cluster, this_machine_cpus
 from pipelines.planning.inputs import (
     COUNT_LIMIT,
@@ -109,6 +110,9 @@ def problems(
         found.append(f"{count:,} row(s) {where} would be quarantined: {reason}")
     for reason, count in tokens.unreadable_quarantined.items():
         found.append(f"{count:,} row(s) of unreadable files in the input would be quarantined: {reason}")
+    if tokens.repeated_ids:
+        found.append(repeated_custom_ids(tokens.repeated_ids, f"{where} are asked more than once, and a run answers "
+                                                              "each time"))
     if tokens.truncated_rows and spec.errors.too_long == "truncate":
         found.append(f"{tokens.truncated_rows:,} row(s) {where} are cut at max_length {tokens.max_length}")
     error_rate = sum(tokens.quarantined.values()) / tokens.sample_rows if tokens.sample_rows else 0.0

@@ -88,6 +88,8 @@ class TokenPlan(PlanRecord):
     quarantined: dict[str, int] = Field(default_factory=dict)  # in the sample, by reason
     #: a sampled plan's unreadable files, counted apart from the sample (exact: their rows, as a run counts them)
     unreadable_quarantined: dict[str, int] = Field(default_factory=dict)
+    #: an OpenAI Batch input under errors.duplicate_ids: keep: the custom_ids in the sample that a run answers twice
+    repeated_ids: list[str] = Field(default_factory=list)
     tokens_total: int  # whole input: exact when covers_input, else scaled by rows
     rows_out: int  # rows the job would write (whole input; exact when covers_input)
 

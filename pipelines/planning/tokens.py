@@ -71,11 +71,12 @@ class BatchTokens:
 
 def tokenize_batch(
     context: TaskContext, spec: JobSpec, batch: pa.Table, unreadable_rows: dict[str, int] | None = None,
-    ids_seen: set[str] | None = None,
+    ids_seen: set[str] | None = None, ids_repeated: list[str] | None = None,
 ) -> BatchTokens:
     """``unreadable_rows``: shard key → the rows a run counts for an unreadable file's one record (as quarantined,
     under errors.unreadable_files: quarantine). ``ids_seen``: the ids of the rows written so far, where the run's
-    ``errors.duplicate_ids: error`` screen applies (it sees the rows the task answered, after every other check)."""
+    ``errors.duplicate_ids: error`` screen applies (it sees the rows the task answered, after every other check).
+    ``ids_repeated``: under ``keep`` (an OpenAI Batch input), where the ids written again go, none quarantined."""
     from pipelines.inference.predictor import encode_rows, micro_batches, validate_rows
 
     if spec.errors.unreadable_files == "fail" and ROW in batch.column_names:
@@ -120,7 +121,11 @@ def tokenize_batch(
         repeated = []
         for j in written:
             value = ids[int(rows[j])]
-            if value is None or value in ids_seen:
+            if ids_repeated is not None:  # keep: every row written, its id noted where it repeats
+                if value is not None and value in ids_seen and value not in ids_repeated:
+                    ids_repeated.append(value)
+                ids_seen.add(value)
+            elif value is None or value in ids_seen:
                 reasons.append(duplicates.NULL_REASON if value is None else duplicates.REASON)
                 repeated.append(j)
             else:
@@ -148,8 +153,10 @@ def token_plan(
     exactly and apart: scaled with the sample, one file's rows were taken for a rate of bad rows over the input."""
     if records is not None:
         batches = [b.filter(pc.not_equal(b.column(ROW), -1)) if ROW in b.column_names else b for b in batches]
-    seen: set[str] | None = set() if spec.errors.duplicate_ids == "error" else None  # across batches, in order
-    done = [tokenize_batch(context, spec, batch, unreadable_rows, seen) for batch in batches]
+    named = spec.errors.duplicate_ids == "keep" and spec.input.format == "openai-batch"  # repeats named, as in a run
+    seen: set[str] | None = set() if spec.errors.duplicate_ids == "error" or named else None  # across batches, in order
+    repeated: list[str] | None = [] if named else None
+    done = [tokenize_batch(context, spec, batch, unreadable_rows, seen, repeated) for batch in batches]
     apart = tokenize_batch(context, spec, records, unreadable_rows) if records is not None else None
     rows = sum(b.rows for b in done)
     lengths = np.concatenate([b.lengths for b in done]) if done else np.zeros(0, np.int64)
@@ -174,6 +181,7 @@ def token_plan(
         micro_batches=sum(b.micro_batches for b in done),
         truncated_rows=None if any(t is None for t in truncated) else sum(t or 0 for t in truncated),
         quarantined=quarantined,
+        repeated_ids=repeated or [],
         unreadable_quarantined=_counts(apart.errors) if apart else {},
         tokens_total=tokens if covers_input else math.floor(tokens * scale + 0.5),
         rows_out=rows - len(reasons) if covers_input else math.floor((rows - len(reasons)) * scale + 0.5),
