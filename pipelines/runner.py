@@ -601,7 +601,6 @@ def execute(
     return done, failed
 
 
-
 def reports_of(dataset: Any) -> Iterator[pa.Table]:
     """The actors' report tables, as each comes out of the pool, fetched on this thread.
 
