@@ -577,3 +577,24 @@ def test_plan_names_the_custom_ids_an_openai_batch_run_would_answer_twice(tiny_m
         "keep): 'q1', 'q2'; OpenAI's Batch API refuses such a file, and answers matched by custom_id lose all but "
         "one: set errors.duplicate_ids: error to answer each custom_id once (the spec hash changes: a new "
         "output.path, or --overwrite)"], plan.problems
+
+
+def test_measure_estimates_a_run_as_a_user_times_it_rows_and_fixed_cost_in_parts(tiny_models, tmp_path):
+    """`--measure` estimated the rows' time plus one in-process model load (5.9 s for the main job) where a run took
+    12-20 s, most of it before its first block (Ray's start, the actor's start): its figure could not be compared
+    with a run's. It gives the run's fixed cost too, in parts that add up, each measured here or a known cost."""
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": str(i), "text": SENTENCES[i % 4]} for i in range(8)])
+    spec = make_spec(tiny_models("classifier"), {"type": "text-classification"}, tmp_path / "out",
+                     input={"paths": [str(tmp_path / "in")]})
+    plan = build_plan(spec, "job", sample=8, measure=True, cpus=2, cluster=ROOT / "cluster.yaml")
+    here = plan.estimates[0]
+    assert here.where == "this machine" and here.wall_s is not None
+    names = [p.name for p in here.parts]
+    assert {p.how for p in here.parts} == {"measured", "known"}, here.parts
+    assert any(n.startswith("Ray start") for n in names) and any(n.startswith("rows") for n in names), names
+    assert here.wall_s == round(sum(p.seconds for p in here.parts), 1)
+    assert here.run_wall_s == round(sum(p.seconds for p in here.parts if p.in_run_wall), 1) < here.wall_s
+    gpu = [e for e in plan.estimates[1:] if e.possible]
+    assert gpu and all(not any(p.name.startswith("Ray start") for p in e.parts) for e in gpu)  # a cluster's Ray is up
+    said = render(plan)
+    assert "fixed cost" in said and "Ray start" in said and "_run.json wall_s" in said

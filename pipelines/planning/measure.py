@@ -3,18 +3,23 @@
 The predictor is the job's own (:class:`~pipelines.inference.predictor.Predictor`),
 called once per sampled batch as an actor is; only its device is set to the CPU
 when this machine has no GPU. The estimates scale the measured rows/s linearly
-with the number of actors and add one model load; Ray's start-up and scheduling
-are not in them.
+with the number of actors and add a run's fixed cost, in parts: what can be
+measured here (the actor's imports, in a fresh interpreter; the model load) and
+the known costs of a run that can't be without Ray (:data:`KNOWN`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import resource
+import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import pyarrow as pa
 
@@ -22,12 +27,28 @@ from pipelines.io.block import ERROR
 from pipelines.io.shards import Shard
 from pipelines.output.staging import spent
 from pipelines.planning.hardware import Cluster, this_machine_cpus
-from pipelines.planning.records import Estimate, Fit, Measurement
+from pipelines.planning.records import Estimate, Fit, Measurement, Part
 from pipelines.spec import JobSpec
 
 log = logging.getLogger(__name__)
 
 ACTOR_COUNTS = (1, 2, 4, 8)
+
+#: The parts of a run's fixed cost a plan can't measure without starting Ray, in seconds: the main job's
+#: ``_run.json`` ``timeline`` (`pipelines run jobs/label_news.yaml`, 2 CPU cores, 2026-12-02; README, Performance)
+#: and, for the actor's start, the README's timing of a trivial actor under Ray Data (2.2-2.4 s). Name: (seconds,
+#: in a run's ``wall_s``, how it was got).
+KNOWN: dict[str, tuple[float, bool, str]] = {
+    "driver start": (1.9, False, "imports, spec, the output's records and kept precision: timeline process_start to "
+                     "run_start, plus ray_ready to execution_start"),
+    "Ray start": (3.7, False, "a local Ray of the run's own: timeline connect_start to ray_ready (skipped with "
+                  "--address to a running Ray)"),
+    "actor start": (2.3, True, "Ray Data's start until the pool's actor constructor runs (a trivial actor's)"),
+    "first block back": (0.4, True, "the first batch staged in the actor to its block at the driver: timeline "
+                         "first_staged to first_block"),
+    "summary and shut-down": (1.8, False, "the summary, the report page and Ray's stop: timeline summary to the "
+                              "command's exit"),
+}
 
 
 def measure(
@@ -48,7 +69,23 @@ def measure(
         chosen, precision = planned_precision(spec, list(shards), recorded)  # under the spec's own device setting
         here = concrete(here, chosen)
     with quiet("bitsandbytes"):  # on CPU, bitsandbytes logs a warning for every int8 matmul
-        return _measure(here, batches).model_copy(update={"precision": precision})
+        measured = _measure(here, batches)
+    return measured.model_copy(update={"precision": precision, "import_s": import_time()})
+
+
+def import_time() -> float | None:
+    """Seconds a fresh interpreter takes to import the predictor (torch, Transformers), as a run's actor does;
+    None where it fails (the estimate then goes without it, and says so)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    start = time.perf_counter()
+    try:
+        subprocess.run([sys.executable, "-c", "import pipelines.inference.predictor"], env=env, check=True,
+                       capture_output=True, timeout=300)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("the predictor's import could not be timed in a fresh interpreter: %s", exc)
+        return None
+    return round(time.perf_counter() - start, 3)
 
 
 def _measure(spec: JobSpec, batches: list[pa.Table]) -> Measurement:
@@ -94,10 +131,42 @@ def quiet(name: str) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def wall_time(rows: int, measured: Measurement, actors: int) -> float | None:
+def parts(rows: int, measured: Measurement, actors: int, own_ray: bool) -> list[Part]:
+    """A run's time as its command takes it: the rows at the measured pace, and the run's fixed cost (``own_ray``:
+    the run starts a local Ray of its own). Empty where nothing was measured."""
     if measured.rows_per_s <= 0:
-        return None
-    return round(measured.load_s + rows / (measured.rows_per_s * actors), 1)
+        return []
+
+    def known(name: str) -> Part:
+        seconds, in_wall, basis = KNOWN[name]
+        return Part(name=name, seconds=seconds, how="known", in_run_wall=in_wall, basis=basis)
+
+    found = [known("driver start")] + ([known("Ray start")] if own_ray else []) + [known("actor start")]
+    if measured.import_s is not None:
+        found.append(Part(name="actor imports", seconds=measured.import_s, how="measured", in_run_wall=True,
+                          basis="torch, Transformers and the predictor, imported in a fresh interpreter here"))
+    found += [
+        Part(name="model load", seconds=measured.load_s, how="measured", in_run_wall=True,
+             basis="the predictor built here, in this process"),
+        Part(name="rows", seconds=round(rows / (measured.rows_per_s * actors), 3), how="measured", in_run_wall=True,
+             basis=f"{rows:,} rows at {measured.rows_per_s:g} rows/s of one actor here × {actors}"),
+        known("first block back"),
+        known("summary and shut-down"),
+    ]
+    return found
+
+
+def wall_time(rows: int, measured: Measurement, actors: int, own_ray: bool = True) -> dict[str, Any]:
+    """``wall_s`` (the command's whole time), ``run_wall_s`` (as a run's ``_run.json`` counts) and their ``parts``;
+    the times None where nothing was measured."""
+    found = parts(rows, measured, actors, own_ray)
+    if not found:
+        return {"wall_s": None, "run_wall_s": None, "parts": []}
+    return {
+        "wall_s": round(sum(p.seconds for p in found), 1),
+        "run_wall_s": round(sum(p.seconds for p in found if p.in_run_wall), 1),
+        "parts": found,
+    }
 
 
 def estimates(
@@ -107,7 +176,7 @@ def estimates(
     out = [_here(spec, rows, measured, fits[0] if fits else None)]
     basis = (
         f"{measured.rows_per_s:g} rows/s of one actor measured here ({measured.device}, {measured.threads} threads) "
-        "× actors + one model load; the GPU was not measured"
+        "× actors + a run's fixed cost (its Ray already running); the GPU was not measured"
     )
     limit = cluster.max_workers if cluster else None
     for fit in fits[1:]:
@@ -117,8 +186,8 @@ def estimates(
             possible = nodes is not None and all(nodes <= c for c in caps)
             out.append(
                 Estimate(
-                    where=fit.target, rows=rows, actors=actors, nodes=nodes, possible=possible,
-                    wall_s=wall_time(rows, measured, actors) if possible else None, basis=basis,
+                    where=fit.target, rows=rows, actors=actors, nodes=nodes, possible=possible, basis=basis,
+                    **(wall_time(rows, measured, actors, own_ray=False) if possible else {"wall_s": None}),
                 )
             )
     return out
@@ -133,10 +202,10 @@ def _here(spec: JobSpec, rows: int, measured: Measurement, fit: Fit | None = Non
                         basis=f"{fit.actors} actor(s) of this job fit here, the pool needs {low} ({fit.basis})")
     cpus = this_machine_cpus()
     useful = min(pool, max(1, cpus // max(1, measured.threads)))
-    basis = f"{measured.rows_per_s:g} rows/s of one actor measured here × {useful} actor(s) + one model load"
+    basis = f"{measured.rows_per_s:g} rows/s of one actor measured here × {useful} actor(s) + a run's fixed cost"
     if useful < pool:
         basis += f" (a pool of {pool} × {measured.threads} threads exceeds this machine's {cpus} CPUs)"
     return Estimate(
         where="this machine", rows=rows, actors=pool, nodes=None, possible=True,
-        wall_s=wall_time(rows, measured, useful), basis=basis + "; Ray start-up not included",
+        basis=basis + " (a local Ray of its own included)", **wall_time(rows, measured, useful),
     )

@@ -137,10 +137,24 @@ class Measurement(PlanRecord):
     padding_efficiency: float | None
     peak_rss_bytes: int  # of this process, model loaded and sample predicted
     precision: str | None = None  # for quantization auto: what was measured, and why
+    #: a fresh interpreter's import of the predictor (torch, Transformers), as a run's actor imports it
+    import_s: float | None = None
+
+
+class Part(PlanRecord):
+    """One part of an estimated wall time: measured here, or a known cost of a run (``basis`` says which)."""
+
+    name: str
+    seconds: float
+    how: Literal["measured", "known"]
+    in_run_wall: bool  # in what a run's ``_run.json`` calls ``wall_s`` (else only in the command's whole time)
+    basis: str
 
 
 class Estimate(PlanRecord):
-    """Wall time for the whole input with ``actors`` actors: an estimate, with its basis."""
+    """Wall time for the whole input with ``actors`` actors: an estimate, with its basis. ``wall_s``: from the
+    command to its exit, the sum of ``parts`` (the rows, and the run's fixed cost); ``run_wall_s``: those parts
+    a run's ``_run.json`` counts in its ``wall_s`` (from its execution's start to its last commit)."""
 
     where: str
     rows: int  # the rows a run would score now (the whole input where the output is new, or a run is refused)
@@ -149,6 +163,8 @@ class Estimate(PlanRecord):
     possible: bool
     wall_s: float | None
     basis: str
+    run_wall_s: float | None = None
+    parts: list[Part] = Field(default_factory=list)
 
 
 class Plan(PlanRecord):

@@ -160,6 +160,21 @@ def _measured(plan: Plan) -> list[str]:
     lines += table(["WHERE", "ACTORS", "NODES", "WALL"], rows, right={1, 2, 3})
     for basis in dict.fromkeys(e.basis for e in plan.estimates):
         lines.append(f"  basis: {basis}")
+    shown = [e for e in plan.estimates if e.parts][:1]  # this machine's, else the first node type's
+    for estimate in shown:
+        fixed = [p for p in estimate.parts if p.name != "rows"]
+        lines += [
+            f"  WALL is from the command to its exit: the rows plus a run's fixed cost of "
+            f"{sum(p.seconds for p in fixed):.1f} s; {estimate.where}, {estimate.actors} actor(s):",
+            *table(["PART", "S", "HOW", "IN _run.json wall_s", "BASIS"], [
+                [p.name, f"{p.seconds:.1f}", p.how, "yes" if p.in_run_wall else "no", p.basis]
+                for p in estimate.parts
+            ], right={1}),
+            f"  a run's _run.json wall_s (its execution's start to its last commit) would be "
+            f"{duration(estimate.run_wall_s)}; the known costs are the main job's on a 2-core CPU machine and "
+            "differ on others; not included: waiting for a node to start or for CPUs/GPUs other jobs hold, "
+            "quantization auto's first check here (about 6 s once), retries",
+        ]
     return lines
 
 
