@@ -598,3 +598,17 @@ def test_measure_estimates_a_run_as_a_user_times_it_rows_and_fixed_cost_in_parts
     assert gpu and all(not any(p.name.startswith("Ray start") for p in e.parts) for e in gpu)  # a cluster's Ray is up
     said = render(plan)
     assert "fixed cost" in said and "Ray start" in said and "_run.json wall_s" in said
+
+
+def test_measure_on_an_empty_input_says_there_is_nothing_to_run(tiny_models, tmp_path):
+    """`--measure` on an input of one empty file loaded the model, timed no rows and printed a wall time of `?`
+    at "0 rows/s", as if the predictor could not be timed. It says there is nothing to run and measures nothing."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_text("")
+    spec = make_spec(tiny_models("classifier"), {"type": "text-classification"}, tmp_path / "out",
+                     input={"paths": [str(tmp_path / "in")]})
+    plan = build_plan(spec, "job", sample=8, measure=True, cpus=2)
+    assert plan.input.rows == 0
+    assert plan.measurement is None and plan.estimates == [], plan.measurement
+    said = render(plan)
+    assert "TIME  nothing to run: the input holds no rows" in said and "0 rows/s" not in said, said

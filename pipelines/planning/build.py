@@ -79,7 +79,7 @@ def build_plan(
         job=job, name=spec.name, spec_hash=spec.fingerprint(), task=spec.task.type,
         input=inputs, tokens=tokens, model=model, output=output_plan(spec, shards, inputs),
     )
-    if measure:
+    if measure and inputs.rows:  # an input of no rows: nothing to time (the plan says there is nothing to run)
         from pipelines.planning.measure import estimates
         from pipelines.planning.measure import measure as run_sample
 

@@ -58,7 +58,9 @@ def render(plan: Plan) -> str:
         "",
     ]
     lines += _input(plan) + [""] + _output(plan) + _tokens(plan.tokens, plan.task) + [""] + _model(plan)
-    if plan.measurement:
+    if not plan.input.rows:
+        lines += ["", "TIME  nothing to run: the input holds no rows (nothing measured, no wall time)"]
+    elif plan.measurement:
         lines += [""] + _measured(plan)
     else:
         lines += ["", "TIME  not measured: add --measure to time the sample through one predictor here"]
