@@ -612,3 +612,18 @@ def test_measure_on_an_empty_input_says_there_is_nothing_to_run(tiny_models, tmp
     assert plan.measurement is None and plan.estimates == [], plan.measurement
     said = render(plan)
     assert "TIME  nothing to run: the input holds no rows" in said and "0 rows/s" not in said, said
+
+
+def test_features_per_row_counts_the_rows_that_are_scored(tiny_models, tmp_path):
+    """OpenAI batch embeddings with a bad request line: the plan said "features 4 (0.8 per row)", averaging over
+    the quarantined request, which has no feature and is written to no output. It averages over the rows scored."""
+    lines = [{"custom_id": f"r-{i}", "method": "POST", "url": "/v1/embeddings",
+              "body": {"model": "m", "input": SENTENCES[i]}} for i in range(4)]
+    lines.append({"custom_id": "bad", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "m"}})
+    write_jsonl(tmp_path / "in" / "requests.jsonl", lines)
+    spec = make_spec(tiny_models("encoder"), {"type": "feature-extraction"}, tmp_path / "out",
+                     input={"paths": [str(tmp_path / "in")], "format": "openai-batch"},
+                     output={"format": "openai-batch"}, errors={"max_rate": 1.0})
+    tokens = build_plan(spec, "job", sample=8, cpus=2).tokens
+    assert tokens.sample_rows == 5 and sum(tokens.quarantined.values()) == 1 and tokens.features == 4, tokens
+    assert tokens.features_per_row == 1.0, tokens.features_per_row

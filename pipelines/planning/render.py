@@ -112,7 +112,7 @@ def _tokens(tokens: TokenPlan, task: str) -> list[str]:
     efficiency = "-" if tokens.padding_efficiency is None else f"{tokens.padding_efficiency:.3f}"
     spread = "" if tokens.covers_input else " of the sampled rows (a run's batches hold rows closer in length)"
     pairs = [
-        ("features", f"{tokens.features:,} ({tokens.features_per_row:g} per row)"),
+        ("features", f"{tokens.features:,} ({tokens.features_per_row:g} per row scored)"),
         ("tokens per feature", f"{lengths} (max_length {tokens.max_length})"),
         ("cut at max_length", truncated),
         ("real tokens", f"{tokens.tokens_total:,} in the input"),

@@ -61,7 +61,7 @@ class BatchTokens:
 
     rows: int
     lengths: np.ndarray  # per feature
-    per_row: np.ndarray  # features per encoded row
+    per_row: np.ndarray  # answered features per encoded row (0: the row is quarantined)
     tokens: int  # as a run counts them: the features of the rows the output will hold
     padded: int  # the same features' tokens computed
     micro_batches: int
@@ -134,7 +134,8 @@ def tokenize_batch(
     return BatchTokens(
         rows=len(batch) + told,
         lengths=lengths,
-        per_row=np.bincount(features.row, minlength=len(rows)) if len(features) else np.zeros(len(rows), np.int64),
+        per_row=(np.bincount(features.row[answered], minlength=len(rows)) if len(features)
+                 else np.zeros(len(rows), np.int64)),  # a quarantined row's features count in none
         tokens=int(lengths[answered].sum()),
         padded=int(widths[answered].sum()),
         micro_batches=len(plan),
@@ -161,6 +162,7 @@ def token_plan(
     rows = sum(b.rows for b in done)
     lengths = np.concatenate([b.lengths for b in done]) if done else np.zeros(0, np.int64)
     per_row = np.concatenate([b.per_row for b in done]) if done else np.zeros(0, np.int64)
+    scored = per_row[per_row > 0]  # rows with an answered feature: those a run writes
     tokens, padded = sum(b.tokens for b in done), sum(b.padded for b in done)
     reasons = [r for b in done for r in b.errors]
     quarantined = _counts(reasons)
@@ -173,7 +175,7 @@ def token_plan(
         covers_input=covers_input,
         max_length=context.max_length,
         features=len(lengths),
-        features_per_row=round(float(per_row.mean()), 3) if len(per_row) else 0.0,
+        features_per_row=round(float(scored.mean()), 3) if len(scored) else 0.0,  # over the rows a run scores
         feature_tokens=distribution(lengths),
         tokens=tokens,
         padded=padded,
