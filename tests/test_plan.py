@@ -627,3 +627,25 @@ def test_features_per_row_counts_the_rows_that_are_scored(tiny_models, tmp_path)
     tokens = build_plan(spec, "job", sample=8, cpus=2).tokens
     assert tokens.sample_rows == 5 and sum(tokens.quarantined.values()) == 1 and tokens.features == 4, tokens
     assert tokens.features_per_row == 1.0, tokens.features_per_row
+
+
+def test_plan_says_a_run_is_refused_where_the_kept_precision_is_below_a_raised_bar(tiny_models, tmp_path):
+    """`quantization: auto` keeps an output's first precision, and a run refuses to keep one whose recorded
+    agreement is below a raised model.fidelity.min_agreement (fidelity.hold_bar); the plan read the same record
+    and said nothing: no problem found, as if the run would go ahead. It says the run is refused, and why."""
+    from pipelines.runner import job_record
+    from pipelines.spec import FidelitySpec
+
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": str(i), "text": SENTENCES[i % 4]} for i in range(8)])
+    spec = make_spec(tiny_models("encoder"), {"type": "feature-extraction"}, tmp_path / "out",
+                     input={"paths": [str(tmp_path / "in")]})
+    spec.model.quantization = "auto"
+    job = job_record(spec)
+    job.precision = {"quantization": "none", "dtype": "bfloat16", "measure": "cosine_mean", "agreement": 0.996,
+                     "rows": 8, "bar": 0.99}
+    OutputDir(str(tmp_path / "out")).start(job)  # as the first run left it (its shards not committed yet)
+    assert build_plan(spec, "job", sample=8, cpus=2).problems == []  # the bar it was chosen under: kept
+    spec.model.fidelity = FidelitySpec(rows=8, min_agreement=0.999)
+    found = build_plan(spec, "job", sample=8, cpus=2).problems
+    assert any(p.startswith("a run now is refused: ") and "cosine_mean 0.9960 on 8 sampled rows" in p
+               and "min_agreement=0.999" in p for p in found), found

@@ -25,7 +25,7 @@ from pipelines.planning.inputs import (
     survey,
     unreadable_records,
 )
-from pipelines.planning.progress import output_plan, recorded_precision
+from pipelines.planning.progress import kept_precision_refusal, output_plan, recorded_precision
 from pipelines.planning.records import InputPlan, ModelPlan, OutputPlan, Plan, TokenPlan
 from pipelines.runner import columns_of
 from pipelines.spec import JobSpec
@@ -79,14 +79,18 @@ def build_plan(
         job=job, name=spec.name, spec_hash=spec.fingerprint(), task=spec.task.type,
         input=inputs, tokens=tokens, model=model, output=output_plan(spec, shards, inputs),
     )
+    recorded = recorded_precision(spec)  # what quantization auto keeps for the next run (None: not auto)
     if measure and inputs.rows:  # an input of no rows: nothing to time (the plan says there is nothing to run)
         from pipelines.planning.measure import estimates
         from pipelines.planning.measure import measure as run_sample
 
-        plan.measurement = run_sample(spec, tables, shards, recorded_precision(spec))
+        plan.measurement = run_sample(spec, tables, shards, recorded)
         todo = plan.output.rows_todo if plan.output and plan.output.state in ("resume", "scheduled") else 0
         plan.estimates = estimates(spec, todo or inputs.rows, plan.measurement, model.fits, nodes)
     plan.problems = problems(spec, inputs, tokens, model, nodes, plan.output)
+    refused = kept_precision_refusal(spec, recorded, plan.output)
+    if refused:  # a kept precision below a raised bar: the run stops before any work (fidelity.hold_bar)
+        plan.problems.insert(0, f"a run now is refused: {refused}")
     return plan
 
 

@@ -125,3 +125,18 @@ def recorded_precision(spec: JobSpec) -> dict[str, str] | None:
     except (PipelineError, OSError):
         return None
     return recorded.precision if recorded and recorded.spec_hash == spec.fingerprint() else None
+
+
+def kept_precision_refusal(spec: JobSpec, recorded: dict[str, str] | None, output: OutputPlan | None) -> str | None:
+    """Why a run now would be refused the precision ``quantization: auto`` keeps (``recorded``: see
+    :func:`recorded_precision`): its recorded agreement below the spec's ``model.fidelity.min_agreement``, as the
+    run holds it (:func:`~pipelines.fidelity.hold_bar`) where it has shards to score; None where it would keep it."""
+    if not recorded or output is None or output.state == "refused" or not output.shards_todo:
+        return None
+    from pipelines.fidelity import Precision, hold_bar
+
+    try:
+        hold_bar(spec, Precision(recorded["quantization"], recorded["dtype"]), recorded)
+    except PipelineError as exc:
+        return str(exc)
+    return None
