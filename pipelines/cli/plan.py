@@ -21,7 +21,8 @@ def register(commands, job_command) -> None:
                       help="tokenize N rows spread over the input, in actor batches (default 1000; every row of a "
                       "smaller input)")
     plan.add_argument("--measure", action="store_true",
-                      help="run the sample through one predictor here and estimate the wall time")
+                      help="run the sample through one predictor here and estimate a run's wall time: the rows plus "
+                      "its fixed cost (Ray's start, the actors' start and model load, ...), in parts")
     plan.add_argument("--cluster", type=Path, default=None, metavar="CLUSTER.yaml",
                       help="Ray cluster launcher config whose GPU node types to size (default: ./cluster.yaml "
                            "if present)")
