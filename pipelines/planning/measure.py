@@ -34,20 +34,20 @@ log = logging.getLogger(__name__)
 
 ACTOR_COUNTS = (1, 2, 4, 8)
 
-#: The parts of a run's fixed cost a plan can't measure without starting Ray, in seconds: the main job's
-#: ``_run.json`` ``timeline`` (`pipelines run jobs/label_news.yaml`, 2 CPU cores, 2026-12-02; README, Performance)
-#: and, for the actor's start, the README's timing of a trivial actor under Ray Data (2.2-2.4 s). Name: (seconds,
-#: in a run's ``wall_s``, how it was got).
+#: The parts of a run's fixed cost a plan can't measure without starting Ray, in seconds: the medians of four runs'
+#: ``_run.json`` ``timeline`` (`pipelines run jobs/label_news.yaml`, a 2-core CPU machine shared with other work,
+#: 2026-12-02 07:43-07:55; README, Performance), and for the actor's start the README's timing of a trivial actor
+#: under Ray Data (2.2-2.4 s). Name: (seconds, in a run's ``wall_s``, how it was got).
 KNOWN: dict[str, tuple[float, bool, str]] = {
-    "driver start": (1.9, False, "imports, spec, the output's records and kept precision: timeline process_start to "
-                     "run_start, plus ray_ready to execution_start"),
-    "Ray start": (3.7, False, "a local Ray of the run's own: timeline connect_start to ray_ready (skipped with "
-                  "--address to a running Ray)"),
+    "driver start": (2.0, False, "imports, spec, the output's records and kept precision: timeline process_start to "
+                     "run_start, plus ray_ready to execution_start (1.8-2.1 s in four runs)"),
+    "Ray start": (4.7, False, "a local Ray of the run's own: timeline connect_start to ray_ready (3.7-6.6 s in four "
+                  "runs; skipped with --address to a running Ray)"),
     "actor start": (2.3, True, "Ray Data's start until the pool's actor constructor runs (a trivial actor's)"),
-    "first block back": (0.4, True, "the first batch staged in the actor to its block at the driver: timeline "
-                         "first_staged to first_block"),
-    "summary and shut-down": (1.8, False, "the summary, the report page and Ray's stop: timeline summary to the "
-                              "command's exit"),
+    "first block back": (0.6, True, "the first batch staged in the actor to its block at the driver: timeline "
+                         "first_staged to first_block (0.4-0.8 s in four runs)"),
+    "summary and shut-down": (2.3, False, "the summary, the report page and Ray's stop: timeline summary to the "
+                              "command's exit (1.8-3.9 s in four runs)"),
 }
 
 
@@ -73,15 +73,20 @@ def measure(
     return measured.model_copy(update={"precision": precision, "import_s": import_time()})
 
 
+#: What a run's actor imports before its model is loaded: the predictor (torch, Transformers) and Transformers'
+#: modeling_utils, which loading any model imports (2.3 s of a fresh interpreter's 5.8 s on the 2-core machine;
+#: this process imported it already, so its model load here does not count it)
+IMPORTS = "import pipelines.inference.predictor, transformers.modeling_utils"
+
+
 def import_time() -> float | None:
-    """Seconds a fresh interpreter takes to import the predictor (torch, Transformers), as a run's actor does;
-    None where it fails (the estimate then goes without it, and says so)."""
+    """Seconds a fresh interpreter takes for :data:`IMPORTS`, as a run's actor imports them; None where it fails
+    (the estimate then goes without that part)."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     start = time.perf_counter()
     try:
-        subprocess.run([sys.executable, "-c", "import pipelines.inference.predictor"], env=env, check=True,
-                       capture_output=True, timeout=300)
+        subprocess.run([sys.executable, "-c", IMPORTS], env=env, check=True, capture_output=True, timeout=300)
     except (OSError, subprocess.SubprocessError) as exc:
         log.warning("the predictor's import could not be timed in a fresh interpreter: %s", exc)
         return None
@@ -144,7 +149,8 @@ def parts(rows: int, measured: Measurement, actors: int, own_ray: bool) -> list[
     found = [known("driver start")] + ([known("Ray start")] if own_ray else []) + [known("actor start")]
     if measured.import_s is not None:
         found.append(Part(name="actor imports", seconds=measured.import_s, how="measured", in_run_wall=True,
-                          basis="torch, Transformers and the predictor, imported in a fresh interpreter here"))
+                          basis="the predictor, torch and Transformers' modeling_utils, imported in a fresh "
+                          "interpreter here"))
     found += [
         Part(name="model load", seconds=measured.load_s, how="measured", in_run_wall=True,
              basis="the predictor built here, in this process"),
