@@ -386,19 +386,24 @@ def test_the_page_names_the_unreadable_input_files_as_the_summary_does(tmp_path)
     assert "/in/d.jsonl.gz (68 rows before the damage): unreadable jsonl file: cut short" in page
 
 
-def test_the_ledger_page_links_every_run_to_a_page_that_is_there(ray_session, tiny_models, tmp_path):
-    """A rescore moves the partitions before it to ``_superseded/``, their pages with them: the root page went on
-    linking each of those runs to ``run=<run>/_report.html``, a page no longer there."""
-    import re
-
-    raw = {
+def nightly_job(tiny_models, tmp_path) -> dict:
+    """A scheduled job of a classifier over one landing file (written here), nightly at 02:00."""
+    write_jsonl(tmp_path / "landing" / "a.jsonl", [{"id": f"a{i}", "text": s} for i, s in enumerate(SENTENCES)])
+    return {
         "name": "nightly", "input": {"paths": [str(tmp_path / "landing")]},
         "model": {"name": tiny_models("classifier"), "device": "cpu"}, "task": {"type": "text-classification"},
         "batching": {"batch_size": 8}, "compute": {"cpus_per_actor": 0.5, "threads_per_actor": 1},
         "output": {"path": str(tmp_path / "nightly")}, "schedule": {"cron": "0 2 * * *"},
     }
+
+
+def test_the_ledger_page_links_every_run_to_a_page_that_is_there(ray_session, tiny_models, tmp_path):
+    """A rescore moves the partitions before it to ``_superseded/``, their pages with them: the root page went on
+    linking each of those runs to ``run=<run>/_report.html``, a page no longer there."""
+    import re
+
+    raw = nightly_job(tiny_models, tmp_path)
     tick = datetime(2026, 11, 28, 2, 0, 30, tzinfo=UTC)
-    write_jsonl(tmp_path / "landing" / "a.jsonl", [{"id": f"a{i}", "text": s} for i, s in enumerate(SENTENCES)])
     run_due(spec_from_dict(raw), now=tick)
     assert not run_due(spec_from_dict(raw), now=tick + timedelta(hours=3), rescore=True).failures
     root = tmp_path / "nightly"
@@ -436,14 +441,8 @@ def test_the_ledger_page_links_a_failed_run_to_its_page_or_says_it_has_none(ray_
     from pipelines import faults
     from pipelines.errors import PipelineError
 
-    raw = {
-        "name": "nightly", "input": {"paths": [str(tmp_path / "landing")]},
-        "model": {"name": tiny_models("classifier"), "device": "cpu"}, "task": {"type": "text-classification"},
-        "batching": {"batch_size": 8}, "compute": {"cpus_per_actor": 0.5, "threads_per_actor": 1},
-        "output": {"path": str(tmp_path / "nightly")}, "schedule": {"cron": "0 2 * * *"},
-    }
+    raw = nightly_job(tiny_models, tmp_path)
     tick = datetime(2026, 11, 28, 2, 0, 30, tzinfo=UTC)
-    write_jsonl(tmp_path / "landing" / "a.jsonl", [{"id": f"a{i}", "text": s} for i, s in enumerate(SENTENCES)])
 
     def stops(point):
         if point == "before_summary":
