@@ -42,7 +42,7 @@ KNOWN: dict[str, tuple[float, bool, str]] = {
     "driver start": (2.0, False, "imports, spec, the output's records and kept precision: timeline process_start to "
                      "run_start, plus ray_ready to execution_start (1.8-2.1 s in four runs)"),
     "Ray start": (4.7, False, "a local Ray of the run's own: timeline connect_start to ray_ready (3.7-6.6 s in four "
-                  "runs; skipped with --address to a running Ray)"),
+                  "runs; none where the run joins a Ray already running)"),
     "actor start": (2.3, True, "Ray Data's start until the pool's actor constructor runs (a trivial actor's)"),
     "first block back": (0.6, True, "the first batch staged in the actor to its block at the driver: timeline "
                          "first_staged to first_block (0.4-0.8 s in four runs)"),
