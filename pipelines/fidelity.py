@@ -380,12 +380,14 @@ def _choose_remote(spec_json: dict[str, Any], picked: pa.Table, bar: float) -> d
 
 def _node_bf16(spec: JobSpec) -> bool:
     """Whether this process computes bfloat16 natively where the job's actors run: the GPU's bf16 support, else the
-    CPU's (torch's oneDNN and :func:`_cpu_bf16`). What decides whether bfloat16 is a candidate here."""
-    import torch
+    CPU's flags (:func:`_cpu_bf16`, no torch). What decides whether bfloat16 is a candidate here, and the decision's
+    key: the run, its Ray task and ``pipelines plan`` ask this one function."""
+    if spec.actor_device() == "cuda":
+        import torch
 
-    if torch.cuda.is_available() and spec.actor_device() == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
-    return bool(torch.backends.mkldnn.is_available() and _cpu_bf16())
+        if torch.cuda.is_available():
+            return bool(torch.cuda.is_bf16_supported())
+    return _cpu_bf16()
 
 
 def _decider_bf16(spec: JobSpec, picked: pa.Table) -> bool:
@@ -397,7 +399,7 @@ def _decider_bf16(spec: JobSpec, picked: pa.Table) -> bool:
     if spec.actor_device() == "cpu" and ray.is_initialized():
         alive = [node for node in ray.nodes() if node.get("Alive")]
         if len(alive) == 1 and alive[0].get("NodeID") == ray.get_runtime_context().get_node_id():
-            return _cpu_bf16()
+            return _node_bf16(spec)
     return bool(_on_ray(spec, _bf16_remote, picked.slice(0, 0)))
 
 
