@@ -241,6 +241,24 @@ def test_plan_predicts_what_the_run_reports(ray_session, tiny_models, tmp_path, 
         assert summary.error_reasons["text longer than max_length"] == tokens.truncated_rows
 
 
+def test_the_survey_counts_a_file_a_run_refuses_whole_as_one_unreadable_file(tmp_path):
+    """A run refuses a UTF-16 file, and an OpenAI Batch file that is one JSON array, whole (one unreadable file, its
+    rows counted as the run counts them); the plan's survey counted their lines as readable rows (the UTF-16 one a row
+    too many: the zero byte after its last newline), so a plan that did not sample them named no problem."""
+    lines = "".join(json.dumps({"id": f"r{i}", "text": "hello"}) + "\n" for i in range(3))
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "wide.jsonl").write_bytes(b"\xff\xfe" + lines.encode("utf-16-le"))
+    requests = [{"custom_id": f"q{i}", "method": "POST", "url": "/v1/embeddings", "body": {"input": "x"}}
+                for i in range(2)]
+    (tmp_path / "batch").mkdir()
+    (tmp_path / "batch" / "asked.jsonl").write_text(json.dumps(requests, indent=2))
+    for folder, kind, rows in (("in", "jsonl", 3), ("batch", "openai-batch", 2)):
+        [shard] = list_shards([str(tmp_path / folder)], kind)
+        counted = count_rows(shard)
+        assert (counted.count, counted.rows, counted.records) == ("unreadable", rows, 1), counted
+        assert reader_count_rows(shard) == (rows, True)
+
+
 def test_plan_counts_duplicate_ids_and_a_parquet_file_whose_rows_do_not_read(ray_session, tiny_models, tmp_path):
     """The plan left out `errors.duplicate_ids: error` (it said 19 rows out where the run wrote 16 and failed over
     its budget), and took a Parquet file whose footer reads but whose data does not (the README's own example,

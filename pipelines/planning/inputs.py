@@ -27,7 +27,18 @@ import pyarrow.parquet as pq
 
 from pipelines.errors import first_line
 from pipelines.io.block import ERROR, ROW, SHARD
-from pipelines.io.reader import NOT_FETCHED, Columns, array_head, array_start, json_array, read_group, without_boms
+from pipelines.io.openai_batch import array_reason
+from pipelines.io.reader import (
+    NOT_FETCHED,
+    UTF16_BOMS,
+    UTF16_REASON,
+    Columns,
+    array_head,
+    array_start,
+    json_array,
+    read_group,
+    without_boms,
+)
 from pipelines.io.reader import count_rows as reader_count_rows
 from pipelines.io.shards import Shard
 from pipelines.planning.records import InputPlan, ShardCount
@@ -73,8 +84,12 @@ def _jsonl_rows(shard: Shard, count_limit: int) -> tuple[int, bool]:
         stream: Any = gzip.GzipFile(fileobj=raw, mode="rb") if shard.compressed else raw  # type: ignore[call-overload]
         rows, read, carry = 0, 0, b""
         chunk = stream.read(min(CHUNK, count_limit))
-        if shard.format != "openai-batch" and array_start(chunk):  # perhaps one JSON array
+        if chunk.startswith(UTF16_BOMS):  # a run refuses it whole: count_rows counts it as the run does
+            raise ValueError(UTF16_REASON)
+        if array_start(chunk):  # perhaps one JSON array
             counted, chunk = _array_rows(stream, raw, chunk, shard.size, min(count_limit, ARRAY_COUNT_LIMIT))
+            if counted is not None and shard.format == "openai-batch":  # refused whole by a run, as above
+                raise ValueError(array_reason(counted[0]))
             if counted is not None:
                 return counted
         while chunk:
