@@ -557,6 +557,23 @@ def test_plan_says_a_run_over_errors_max_count_would_fail(ray_session, tiny_mode
            "the run would fail" in sampled.problems, sampled.problems
 
 
+def test_a_gpu_job_measured_on_a_gpu_here_gets_a_wall_time_here(tiny_models):
+    """This machine's fit counts no GPU, so a GPU job always fits 0 actors by it: a GPU job measured on a GPU here
+    was told a local run would not start, though the plan had just timed it on that GPU."""
+    from pipelines.planning.measure import _here
+    from pipelines.planning.records import Fit, Measurement
+
+    spec = make_spec(tiny_models("classifier"), {"type": "text-classification"}, compute={"gpus_per_actor": 1})
+    none_fit = Fit(target="this machine", accelerator=None, device="cpu", dtype="float32", memory_bytes=None,
+                   weights_bytes=0, activations_bytes=0, overhead_bytes=0, per_actor_bytes=0, by_memory=4,
+                   by_resources=0, actors=0, basis="the job asks for GPUs, none here")
+    for device, possible in (("cuda", True), ("cpu", False)):
+        measured = Measurement(device=device, threads=1, load_s=1.0, rows=8, predict_s=0.1, rows_per_s=80.0,
+                               tokens_per_s=800.0, padding_efficiency=1.0, peak_rss_bytes=0)
+        here = _here(spec, 80, measured, none_fit)
+        assert here.possible is possible and (here.wall_s is not None) is possible, (device, here)
+
+
 def test_measure_gives_no_wall_time_here_where_no_actor_of_the_job_fits_here(tiny_models, tmp_path):
     """A job whose actors ask for a GPU fits no actor on this machine's CPUs (the plan's own fit says 0), yet
     `--measure` estimated a wall time for its pool here, as if a local run would start."""

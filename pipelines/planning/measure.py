@@ -201,9 +201,11 @@ def estimates(
 
 def _here(spec: JobSpec, rows: int, measured: Measurement, fit: Fit | None = None) -> Estimate:
     """The configured pool on this machine; actors beyond its cores are not counted as faster. No wall time where
-    fewer actors fit here (``fit``: this machine's) than the pool needs: a local run would not start."""
+    fewer actors fit here (``fit``: this machine's, which counts no GPU) than the pool needs: a local run would not
+    start; a GPU job measured on a GPU here is not judged by it."""
     low, pool = spec.compute.pool_bounds()
-    if fit is not None and (fit.actors or 0) < low:
+    gpu_here = spec.compute.gpus_per_actor > 0 and measured.device.startswith("cuda")
+    if fit is not None and not gpu_here and (fit.actors or 0) < low:
         return Estimate(where="this machine", rows=rows, actors=pool, nodes=None, possible=False, wall_s=None,
                         basis=f"{fit.actors} actor(s) of this job fit here, the pool needs {low} ({fit.basis})")
     cpus = this_machine_cpus()
