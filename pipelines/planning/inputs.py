@@ -60,11 +60,16 @@ def count_rows(shard: Shard, count_limit: int = COUNT_LIMIT) -> ShardCount:
         rows, exact = _jsonl_rows(shard, count_limit)
         return base.model_copy(update={"rows": rows, "count": "counted" if exact else "estimated"})
     except Exception as exc:  # noqa: BLE001 - an unreadable file is one quarantined record in a run
-        known, exact = reader_count_rows(shard)  # what a run tells of its rows, and counts as quarantined
-        told = "rows unknown" if known is None else f"{known:,} rows" + ("" if exact else " before the damage")
-        error = f"unreadable {shard.format} file: {first_line(exc)[:200]}; {told}"
-        return base.model_copy(update={"rows": known or 0, "rows_exact": exact, "records": 1, "count": "unreadable",
-                                       "error": error})
+        return as_unreadable(base, shard, f"unreadable {shard.format} file: {first_line(exc)[:200]}")
+
+
+def as_unreadable(count: ShardCount, shard: Shard, reason: str) -> ShardCount:
+    """``count`` as a run tells an unreadable file: one quarantined record, its rows as the run counts them (a
+    footer's, or the lines before the damage), ``reason`` with them."""
+    rows, exact = reader_count_rows(shard)
+    told = "rows unknown" if rows is None else f"{rows:,} rows" + ("" if exact else " before the damage")
+    return count.model_copy(update={"rows": rows or 0, "rows_exact": exact, "records": 1, "count": "unreadable",
+                                    "error": f"{reason}; {told}"})
 
 
 def _parquet_rows(shard: Shard) -> int:
@@ -148,14 +153,14 @@ class _Counting:
 def survey(shards: list[Shard], count_limit: int = COUNT_LIMIT) -> InputPlan:
     counts = [count_rows(shard, count_limit) for shard in shards]
     kinds = Counter(c.format + (".gz" if c.compressed else "") for c in counts)
-    return InputPlan(
-        shards=counts,
-        bytes=sum(c.bytes for c in counts),
-        rows=sum(c.rows for c in counts),
-        rows_exact=all(c.count != "estimated" and c.rows_exact for c in counts),
-        unreadable=sum(c.count == "unreadable" for c in counts),
-        formats=dict(sorted(kinds.items())),
-    )
+    return InputPlan(shards=counts, bytes=sum(c.bytes for c in counts), formats=dict(sorted(kinds.items())),
+                     **_totals(counts))
+
+
+def _totals(counts: list[ShardCount]) -> dict[str, Any]:
+    """The input's rows, whether they are exact, and its unreadable files, from its shards' counts."""
+    return {"rows": sum(c.rows for c in counts), "unreadable": sum(c.count == "unreadable" for c in counts),
+            "rows_exact": all(c.count != "estimated" and c.rows_exact for c in counts)}
 
 
 # the batches an actor receives ------------------------------------------------------------
@@ -322,16 +327,9 @@ def found_unreadable(inputs: InputPlan, shards: list[Shard], tables: list[pa.Tab
     for shard, count in zip(shards, inputs.shards, strict=True):
         reason = found.get(shard.key)
         if reason is not None and count.error is None and not reason.startswith(NOT_FETCHED):  # a fetch is retried
-            rows, exact = reader_count_rows(shard)  # as the run tells them: a footer's, or the lines before damage
-            told = "rows unknown" if rows is None else f"{rows:,} rows" + ("" if exact else " before the damage")
-            count = count.model_copy(update={"error": f"{reason}; {told}", "rows": rows or 0, "rows_exact": exact,
-                                             "records": 1, "count": "unreadable"})
+            count = as_unreadable(count, shard, reason)
         counts.append(count)
-    return inputs.model_copy(update={
-        "shards": counts, "rows": sum(c.rows for c in counts),
-        "unreadable": sum(c.count == "unreadable" for c in counts),
-        "rows_exact": all(c.count != "estimated" and c.rows_exact for c in counts),
-    })
+    return inputs.model_copy(update={"shards": counts, **_totals(counts)})
 
 
 def unreadable_records(shards: list[Shard], counts: list[ShardCount], columns: Columns) -> pa.Table | None:
