@@ -440,8 +440,9 @@ def test_a_file_that_is_one_json_array_is_read_as_its_rows(tmp_path):
     [shard] = list_shards([str(tmp_path / "arrays.jsonl")])  # JSON lines of arrays: lines, counted as lines
     assert (plan_count(shard).rows, plan_count(shard).count) == (20_000, "counted")
     assert plan_count(shard, count_limit=1 << 16).count == "estimated"
-    [shard] = list_shards([str(tmp_path / "pandas.json")], "openai-batch")  # requests are lines: one, refused
-    assert plan_count(shard).rows == 1
+    [shard] = list_shards([str(tmp_path / "pandas.json")], "openai-batch")  # a run refuses it whole, its requests
+    counted = plan_count(shard)
+    assert (counted.rows, counted.count) == (reader_count_rows(shard)[0], "unreadable") == (3, "unreadable")
 
 
 def test_parquet_text_stored_as_bytes_is_text(tmp_path):
