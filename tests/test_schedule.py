@@ -1116,6 +1116,42 @@ def test_a_rescore_keeps_no_promise_it_can_not_keep_about_gone_input(tmp_path):
     assert sorted(all_ids(tmp_path)) == ["b0", "b1", "c0", "c1"]
 
 
+def test_a_scheduler_started_with_a_refused_rescore_says_so_at_once_and_takes_prune(tmp_path, monkeypatch):
+    """`pipelines schedule JOB --rescore` (the loop, after a model change) with a scored file gone from the input: the
+    rescore was refused at the first wake-up, logged, and asked for again at every tick, refused again before any
+    work each time, so that new input was never scored while the loop ran; and the --prune its error asks for was
+    ignored without --once. The refusal now ends the command at once (exit 2), and --prune goes with the first run."""
+    from pipelines.cli.main import main
+
+    runner = Committing()
+    spec = make_job(tmp_path, fake_model(tmp_path))
+    add_shard(tmp_path, "a.jsonl", rows("a", 3))
+    add_shard(tmp_path, "b.jsonl", rows("b", 2))
+    run_due(spec, now=day(1, hours=0.01), runner=runner)
+    (tmp_path / "in" / "a.jsonl").unlink()  # a retention policy on the landing folder
+    clock = {"now": day(2, hours=0.01)}
+
+    def sleep(seconds):
+        clock["now"] += timedelta(seconds=seconds)
+        add_shard(tmp_path, "c.jsonl", rows("c", 2))  # new input, for the next tick
+
+    with pytest.raises(PipelineError, match=r"--rescore: 1 shard\(s\) scored earlier are gone.*--prune"):
+        serve(spec, rescore=True, clock=lambda: clock["now"], sleep=sleep, runner=runner, wakeups=2)
+    assert clock["now"] == day(2, hours=0.01)  # no tick waited for, behind a rescore that can only be refused
+
+    serve(spec, rescore=True, prune=True, clock=lambda: clock["now"], sleep=sleep, runner=runner, wakeups=2)
+    assert [(e["kind"], e["status"]) for e in closing_lines(tmp_path)][1:] == [
+        ("prune", "pruned"), ("rescore", "succeeded"), ("tick", "succeeded")]
+    assert sorted(all_ids(tmp_path)) == ["b0", "b1", "c0", "c1"]
+
+    asked = {}
+    monkeypatch.setattr("pipelines.schedule.loop.serve", lambda spec, **kwargs: asked.update(kwargs))
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(raw_job(tmp_path, fake_model(tmp_path))))
+    assert main(["schedule", str(job), "--rescore", "--prune"]) == 0
+    assert (asked["rescore"], asked["prune"]) == (True, True)
+
+
 def test_a_rescore_on_a_clock_behind_the_newest_run_is_refused(tmp_path):
     """A rescore off schedule is named after the clock; on a host whose clock is behind the newest run's (another
     scheduler host, a clock stepped back) it came before that run, and a later change of a shard retired only the

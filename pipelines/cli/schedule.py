@@ -52,7 +52,7 @@ def _schedule(args: argparse.Namespace) -> int:
         print(describe(abandon(spec, args.abandon)))
         return 0
     if not args.once:
-        serve(spec, address=args.address, rescore=args.rescore)
+        serve(spec, address=args.address, rescore=args.rescore, prune=args.prune)
         return 0
     try:
         report = run_due(spec, address=args.address, rescore=args.rescore, prune=args.prune)

@@ -22,12 +22,17 @@ def serve(
     *,
     address: str | None = None,
     rescore: bool = False,
+    prune: bool = False,
     clock: Callable[[], datetime] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     runner: Runner | None = None,
     wakeups: int | None = None,
 ) -> None:
-    """Run the job at every tick of its schedule until interrupted (``wakeups``: stop after that many)."""
+    """Run the job at every tick of its schedule until interrupted (``wakeups``: stop after that many).
+
+    ``rescore`` and ``prune`` go with the first run (at start). Where that run is refused before any work (gone
+    input without ``prune``, a clock behind the newest run), the PipelineError is raised: asked again at every tick it
+    would be refused again, and new input would wait behind it while the loop ran."""
     if spec.schedule is None:
         raise PipelineError("the job spec has no schedule section; add one (schedule: {cron: '0 2 * * *'}) "
                             "or run `pipelines schedule JOB --once` from your own scheduler")
@@ -37,8 +42,8 @@ def serve(
         ray_was_up = _ray_is_up()
         terminated = False
         try:
-            report = run_due(spec, now=clock(), address=address, rescore=rescore, runner=runner)
-            rescore = False
+            report = run_due(spec, now=clock(), address=address, rescore=rescore, prune=prune, runner=runner)
+            rescore = prune = False
             for entry in report.entries:
                 log.info("%s", describe(entry))
             for failure in report.failures:
@@ -49,6 +54,8 @@ def serve(
         except LockHeld as exc:
             log.warning("%s", exc)
         except PipelineError as exc:
+            if rescore or prune:  # what the command was started to do was refused: say so and stop, to be fixed
+                raise
             log.error("%s", exc)
         except Exception:  # noqa: BLE001 - a long-running scheduler outlives one bad run
             log.exception("the run failed; the next tick resumes it")
