@@ -271,6 +271,39 @@ def test_the_loop_wakes_at_each_tick_on_a_simulated_clock(tmp_path, policy):
     assert runner.calls[-1]["output"].endswith("out/run=2026-11-30T02:00:00Z")
 
 
+@pytest.mark.parametrize("policy", ["skip", "run_once"])
+def test_a_tick_passed_while_the_loop_ran_is_handled_when_the_run_ends(tmp_path, policy):
+    """README (Ticks): a tick found late because the previous run took longer than the interval is missed: run_once
+    runs it at once, skip records it as skipped. The loop slept from the end of such a run to the tick after it, so
+    the tick that passed meanwhile was neither run nor recorded, and the input that came during the run waited a
+    whole interval more."""
+    spec = make_job(tmp_path, fake_model(tmp_path), missed_ticks=policy)
+    add_shard(tmp_path, "a.jsonl", rows("a", 3))
+    clock = {"now": day(1, hours=0.01)}
+    slept = []
+
+    class Overrunning(Committing):
+        def __call__(self, spec, **kwargs):
+            if clock["now"] < day(2):  # the first run takes 25 hours: the tick of day 2 passes while it runs
+                clock["now"] = day(2, hours=1)
+                add_shard(tmp_path, "b.jsonl", rows("b", 2))
+            return super().__call__(spec, **kwargs)
+
+    def sleep(seconds):
+        slept.append(seconds)
+        clock["now"] += timedelta(seconds=seconds)
+
+    runner = Overrunning()
+    serve(spec, clock=lambda: clock["now"], sleep=sleep, runner=runner, wakeups=2)
+    lines = [(e["tick"], e["status"]) for e in closing_lines(tmp_path)]
+    day2 = ("2026-11-29T02:00:00Z", "skipped" if policy == "skip" else "succeeded")
+    assert lines == [("2026-11-28T02:00:00Z", "succeeded"), day2]
+    assert slept == []  # handled when the run ended, not a day later
+    if policy == "run_once":
+        assert [i["name"] for i in closing_lines(tmp_path)[-1]["inputs"]] == ["b.jsonl"]
+        assert sorted(all_ids(tmp_path)) == ["a0", "a1", "a2", "b0", "b1"]
+
+
 def test_a_scheduler_that_lost_its_lock_moves_no_output(tmp_path):
     """README (One run at a time per output): a scheduled job checks its lock before each move to or from
     _superseded/ and before finishing a partition's commits; one whose lease was taken over moves nothing."""

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pipelines.errors import PipelineError, Terminated
 from pipelines.output.lock import LockHeld
 from pipelines.schedule.executor import Runner, describe, run_due
-from pipelines.schedule.ticks import next_tick, run_id
+from pipelines.schedule.ticks import next_tick, parse_run_id, run_id
 from pipelines.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,10 @@ def serve(
     while True:
         ray_was_up = _ray_is_up()
         terminated = False
+        handled = None
         try:
             report = run_due(spec, now=clock(), address=address, rescore=rescore, prune=prune, runner=runner)
+            handled = parse_run_id(report.tick)
             rescore = prune = False
             for entry in report.entries:
                 log.info("%s", describe(entry))
@@ -65,7 +67,9 @@ def serve(
         done += 1
         if wakeups is not None and done >= wakeups:
             return
-        wake = next_tick(spec.schedule, clock())
+        # The tick after the one handled, not after now: a tick that passed while the run ran is due at once (run once
+        # now, or recorded as skipped, as the policy says), not left out while the loop sleeps to the one after it.
+        wake = next_tick(spec.schedule, handled or clock())
         log.info("next tick at %s", run_id(wake))
         sleep_until(wake, clock, sleep)
 
