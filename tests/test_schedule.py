@@ -1379,3 +1379,19 @@ def test_cli_schedule_once_then_runs_table(ray_session, classifier, tmp_path):
     assert first.split()[2:6] == ["tick", "succeeded", "1", "6"]
     assert len(pq.read_table(tmp_path / "out")) == 6
     assert not (ROOT / "out").exists()  # nothing staged where the workers run
+
+
+def test_json_without_once_is_refused_not_ignored(tmp_path, monkeypatch, capsys):
+    """`--json` prints the ledger lines one invocation wrote; the loop ran with it and printed log lines, not JSON,
+    without a word, so a wrapper that parsed its output got none."""
+    from pipelines.cli.main import main
+
+    served = []
+    monkeypatch.setattr("pipelines.schedule.loop.serve", lambda spec, **kwargs: served.append(kwargs))
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(raw_job(tmp_path, fake_model(tmp_path))))
+    capsys.readouterr()
+    assert main(["schedule", str(job), "--json"]) == 2
+    assert served == []
+    err = capsys.readouterr().err
+    assert "--json" in err and "--once" in err

@@ -41,12 +41,17 @@ def register(commands, job_command) -> None:
 
 def _schedule(args: argparse.Namespace) -> int:
     from pipelines.cli.main import EXIT_BUSY
+    from pipelines.errors import PipelineError
     from pipelines.output.lock import LockHeld
     from pipelines.schedule.executor import abandon, describe, run_due
     from pipelines.schedule.loop import serve
     from pipelines.schedule.ticks import next_tick, run_id
     from pipelines.spec import load_spec
 
+    if args.json and not args.once:
+        raise PipelineError("--json prints the ledger lines one invocation writes: use it with --once (the scheduler "
+                            "that runs at every tick logs each run instead; `pipelines runs JOB --json` prints the "
+                            "ledger)")
     spec = load_spec(args.job, args.overrides)
     if args.abandon:
         print(describe(abandon(spec, args.abandon)))
