@@ -49,7 +49,7 @@ from pipelines.output.lock import LockHeld, output_lock
 from pipelines.output.openai_batch import OpenAIBatchFiles
 from pipelines.output.records import CommitRecord, Fidelity, JobRecord, ModelRef, RunSummary, Unreadable
 from pipelines.output.staging import StagingConfig, StagingReport, confusion
-from pipelines.spec import JobSpec
+from pipelines.spec import JobSpec, changed_settings
 
 log = logging.getLogger(__name__)
 
@@ -397,7 +397,7 @@ def _pending(
     output: OutputDir, job: JobRecord, shards: list[Shard], given: bool, prune: bool, dry: bool
 ) -> tuple[list[Shard], dict[str, CommitRecord]]:
     """The shards still to do, and the committed ones; refuses another spec, changed input and stale output."""
-    output.check_spec(job)
+    output.check_spec(job, changed_settings)
     committed = output.committed()
     keys = {s.key for s in shards}
     stale = [r for key, r in committed.items() if key not in keys]

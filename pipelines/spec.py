@@ -9,6 +9,7 @@ column names from :mod:`pipelines.output.records`).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Sequence
@@ -345,18 +346,65 @@ class JobSpec(Strict):
         (``output.prediction_prefix``, ``output.format``). Not where or how fast results are computed (batching
         sizes, compute, ``model.device``, ``model.cache_dir``), nor the error budget or the files' layout
         (compression, row groups)."""
-        relevant = self.model_dump(mode="json", include={"input", "model", "task", "seed"})
-        relevant["max_length"] = self.batching.max_length
-        relevant["errors"] = self.errors.model_dump(mode="json", include={"too_long", "duplicate_ids"})
-        relevant["input"].pop("paths")
-        for where in ("device", "cache_dir"):
-            relevant["model"].pop(where)
-        relevant["model"].pop("fidelity")  # a check before the run, not a setting of the results
-        if self.output.format != "parquet":  # other files; parquet outputs keep the hash they had before
-            relevant["output_format"] = self.output.format
-        blob = json.dumps(relevant, sort_keys=True).encode()
+        blob = json.dumps(hashed_settings(self.model_dump(mode="json")), sort_keys=True).encode()
         # other column names: a hash of the one above, so that records written before it counted can be upgraded
         return prefixed_hash(hashlib.sha256(blob).hexdigest()[:16], self.output.prediction_prefix)
+
+
+def hashed_settings(spec: dict[str, Any]) -> dict[str, Any]:
+    """What :meth:`JobSpec.fingerprint` hashes (but the prediction prefix), from a spec as JSON (``_job.json``'s
+    ``spec``; one recorded by an older version may lack a setting: it is left out)."""
+    relevant: dict[str, Any] = {name: copy.deepcopy(spec[name]) for name in ("input", "model", "task", "seed")
+                                if name in spec}
+    relevant["max_length"] = (spec.get("batching") or {}).get("max_length")
+    errors = spec.get("errors") or {}
+    relevant["errors"] = {name: errors[name] for name in ("too_long", "duplicate_ids") if name in errors}
+    (relevant.get("input") or {}).pop("paths", None)
+    for where in ("device", "cache_dir", "fidelity"):  # fidelity: a check before the run, not a setting of results
+        (relevant.get("model") or {}).pop(where, None)
+    output = spec.get("output") or {}
+    if output.get("format", "parquet") != "parquet":  # other files; parquet outputs keep the hash they had before
+        relevant["output_format"] = output["format"]
+    return relevant
+
+
+#: The spec's names of the hashed settings that are not named as in the spec.
+HASHED_NAMES = {"max_length": "batching.max_length", "output_format": "output.format"}
+
+
+def changed_settings(recorded: dict[str, Any], spec: dict[str, Any]) -> list[str]:
+    """The settings that change results (those the spec hash covers) whose values differ between a spec an output
+    recorded and ``spec`` (both as JSON), each in words: ``batching.max_length is 256 here, 512 in the output``; none
+    where none can be told (a record without its spec)."""
+
+    def flat(spec: dict[str, Any]) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+
+        def walk(value: Any, name: str) -> None:
+            if isinstance(value, dict) and value:
+                for key, item in value.items():
+                    walk(item, f"{name}.{key}" if name else key)
+            else:
+                found[HASHED_NAMES.get(name, name)] = value
+
+        walk(hashed_settings(spec), "")
+        found["output.prediction_prefix"] = (spec.get("output") or {}).get("prediction_prefix", "")
+        found.setdefault("output.format", "parquet")
+        return found
+
+    if not recorded:
+        return []
+    before, now = flat(recorded), flat(spec)
+    missing = object()
+
+    def said(value: Any) -> str:
+        if value is missing:
+            return "not set"
+        text = json.dumps(value, sort_keys=True)
+        return text if len(text) <= 80 else f"{text[:77]}..."
+
+    return [f"{name} is {said(now.get(name, missing))} here, {said(before.get(name, missing))} in the output"
+            for name in sorted({*before, *now}) if before.get(name, missing) != now.get(name, missing)]
 
 
 #: The task options an OpenAI Batch job may set: the requests set the rest, each its own.

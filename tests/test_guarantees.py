@@ -1443,3 +1443,37 @@ def test_a_finished_job_is_up_to_date_without_writing_or_locking(tmp_path, monke
     before.pop(str(tmp_path / "out" / "_run.lock"), None)  # the other run's own lock file
     after = {str(p): p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*") if p.name != "_run.lock"}
     assert after == before
+
+
+def test_a_resume_refused_for_another_spec_names_the_settings_that_changed_the_results(tmp_path, monkeypatch):
+    """`--set batching.max_length=256` changes results (it is in the spec hash), `batching.batch_size` does not; a
+    model folder written relative to another working directory is another model.name. The refusal names what
+    changed, and what it was, so the user can put it back and resume instead of scoring everything again."""
+    from pipelines.runner import job_record
+
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": "a0", "text": SENTENCES[0]}])
+    (tmp_path / "model").mkdir()
+    monkeypatch.chdir(tmp_path)
+    raw = {"input": {"paths": [str(tmp_path / "in")]}, "model": {"name": "model"},
+           "task": {"type": "text-classification"}, "output": {"path": str(tmp_path / "out")}}
+    spec = spec_from_dict(raw)
+    [shard] = list_shards(spec.input.paths)
+    output, job = OutputDir(spec.output.path), job_record(spec)
+    output.start(job)
+    staged = tmp_path / "out" / "_staging" / shard.key / "block-data.parquet"
+    staged.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"id": ["a0"], "_row": [0]}), staged)
+    output.commit(shard, [StagingReport(shard=shard.key, shard_rows=1, rows=1, errors=0, files=[str(staged)],
+                                        row_ranges=[(0, 1)])], job)
+
+    changed = spec_from_dict({**raw, "batching": {"batch_size": 8, "max_length": 256}})
+    with pytest.raises(PipelineError) as refused:
+        resume_state(changed, [shard])
+    said = str(refused.value)
+    assert "different job spec" in said and "batching.max_length is 256 here, 512 in the output" in said, said
+    assert "batch_size" not in said and "set it back to resume" in said
+
+    moved = spec_from_dict({**raw, "model": {"name": str(tmp_path / "model")}})
+    with pytest.raises(PipelineError, match=f'model.name is "{tmp_path / "model"}" here, "model" in the output'):
+        resume_state(moved, [shard])
+    assert resume_state(spec_from_dict({**raw, "batching": {"batch_size": 8}}), [shard])[0] == []

@@ -211,13 +211,19 @@ class OutputDir:
                         "rows as its own too; choose an output.path outside it"
                     )
 
-    def check_spec(self, job: JobRecord) -> None:
-        """Refuse results of another spec (an output with nothing committed yet belongs to nobody)."""
+    def check_spec(self, job: JobRecord, changed: Callable[[dict[str, Any], dict[str, Any]], list[str]] | None = None
+                   ) -> None:
+        """Refuse results of another spec (an output with nothing committed yet belongs to nobody). ``changed`` says
+        which settings differ between the recorded spec and this one (both as JSON), each in words (none: can't
+        tell), so that the refusal names them."""
         recorded = self.job()
         if recorded and recorded.spec_hash != job.spec_hash and self.commits():
+            differ = changed(recorded.spec, job.spec) if changed is not None else []
+            shown = ", ".join(differ[:3]) + (f" and {len(differ) - 3} more" if len(differ) > 3 else "")
+            back = f": {shown}; set {'it' if len(differ) == 1 else 'them'} back to resume," if differ else ";"
             raise PipelineError(
                 f"output.path {self.location} holds results of a different job spec "
-                f"(hash {recorded.spec_hash}, this spec is {job.spec_hash}); "
+                f"(hash {recorded.spec_hash}, this spec is {job.spec_hash}){back} "
                 "use a new output.path, or --overwrite to replace them"
             )
 
