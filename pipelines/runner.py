@@ -43,7 +43,7 @@ from pipelines.output import report as pages
 from pipelines.output import summary as summaries
 from pipelines.output.commit import OutputDir, OutputFiles, changed_inputs
 from pipelines.output.duplicates import DuplicateIds, repeated_custom_ids
-from pipelines.output.layout import LEDGER, RUN, RUN_LOCK, writing
+from pipelines.output.layout import LEDGER, RUN, RUN_LOCK, check_no_other_outputs, writing
 from pipelines.output.layout import LOCK as SCHEDULE_LOCK
 from pipelines.output.lock import LockHeld, output_lock
 from pipelines.output.openai_batch import OpenAIBatchFiles
@@ -285,6 +285,7 @@ def run_job(
     given = shards is not None
     if shards is None:
         shards = list_shards(spec.input.paths, spec.input.format, exclude=[spec.output.path])
+        check_no_other_outputs(shards)
     preflight(spec)
     output = OutputDir(spec.output.path)
     pending = shards
@@ -386,6 +387,7 @@ def resume_state(spec: JobSpec, shards: list[Shard]) -> tuple[list[Shard], dict[
     that run would be refused (another job's results or another spec, changed or gone input, an output path that
     holds the input)."""
     check_paths(spec)
+    check_no_other_outputs(shards)
     output = OutputDir(spec.output.path)
     output.check_owner()
     output.check_not_inside_another()

@@ -1449,8 +1449,6 @@ def test_a_resume_refused_for_another_spec_names_the_settings_that_changed_the_r
     """`--set batching.max_length=256` changes results (it is in the spec hash), `batching.batch_size` does not; a
     model folder written relative to another working directory is another model.name. The refusal names what
     changed, and what it was, so the user can put it back and resume instead of scoring everything again."""
-    from pipelines.runner import job_record
-
     write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": "a0", "text": SENTENCES[0]}])
     (tmp_path / "model").mkdir()
     monkeypatch.chdir(tmp_path)
@@ -1458,13 +1456,7 @@ def test_a_resume_refused_for_another_spec_names_the_settings_that_changed_the_r
            "task": {"type": "text-classification"}, "output": {"path": str(tmp_path / "out")}}
     spec = spec_from_dict(raw)
     [shard] = list_shards(spec.input.paths)
-    output, job = OutputDir(spec.output.path), job_record(spec)
-    output.start(job)
-    staged = tmp_path / "out" / "_staging" / shard.key / "block-data.parquet"
-    staged.parent.mkdir(parents=True)
-    pq.write_table(pa.table({"id": ["a0"], "_row": [0]}), staged)
-    output.commit(shard, [StagingReport(shard=shard.key, shard_rows=1, rows=1, errors=0, files=[str(staged)],
-                                        row_ranges=[(0, 1)])], job)
+    commit_by_hand(spec, shard, ["a0"])
 
     changed = spec_from_dict({**raw, "batching": {"batch_size": 8, "max_length": 256}})
     with pytest.raises(PipelineError) as refused:
@@ -1477,3 +1469,46 @@ def test_a_resume_refused_for_another_spec_names_the_settings_that_changed_the_r
     with pytest.raises(PipelineError, match=f'model.name is "{tmp_path / "model"}" here, "model" in the output'):
         resume_state(moved, [shard])
     assert resume_state(spec_from_dict({**raw, "batching": {"batch_size": 8}}), [shard])[0] == []
+
+
+def commit_by_hand(spec, shard: Shard, ids: list[str], **kept: list) -> None:
+    """A shard of ``spec`` committed as a run commits it (its rows staged by hand: no model, no Ray)."""
+    from pipelines.runner import job_record
+
+    output, job = OutputDir(spec.output.path), job_record(spec)
+    output.start(job)
+    staged = Path(output.root) / "_staging" / shard.key / "block-data.parquet"
+    staged.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"id": ids, **kept, "label": ["pos"] * len(ids), "_row": range(len(ids))}), staged)
+    output.commit(shard, [StagingReport(shard=shard.key, shard_rows=len(ids), rows=len(ids), errors=0,
+                                        files=[str(staged)], row_ranges=[(0, len(ids))])], job)
+    output.finish()
+
+
+def test_another_jobs_output_inside_the_input_folder_is_refused_not_read_as_input(tmp_path):
+    """Outputs kept beside the input (data/scored, then data/scored_v2 for another model): the first job's output
+    is left out of its own input, but a job with another output.path would read data/scored's part files as input
+    files, and score their rows (the text kept) a second time into its output, or quarantine each of them. It is
+    refused before any work, naming the folder; an output named as the input, by its folder or a glob, is read."""
+    write_jsonl(tmp_path / "data" / "a.jsonl", [{"id": "a0", "text": SENTENCES[0]}, {"id": "a1", "text": SENTENCES[1]}])
+    (tmp_path / "model").mkdir()
+    raw = {"input": {"paths": [str(tmp_path / "data")], "columns_to_keep": ["text"]},
+           "model": {"name": str(tmp_path / "model")}, "task": {"type": "text-classification"},
+           "output": {"path": str(tmp_path / "data" / "scored")}}
+    first = spec_from_dict(raw)
+    [shard] = list_shards(first.input.paths, exclude=[first.output.path])
+    commit_by_hand(first, shard, ["a0", "a1"], text=SENTENCES[:2])
+    assert [s.name for s in resume_state(first, [shard])[0]] == []  # its own output is no input of its own
+
+    second = spec_from_dict({**raw, "output": {"path": str(tmp_path / "data" / "scored_v2")}})
+    shards = list_shards(second.input.paths, exclude=[second.output.path])
+    with pytest.raises(PipelineError) as refused:
+        resume_state(second, shards)
+    said = str(refused.value)
+    assert f"{tmp_path / 'data' / 'scored'} is another job's output" in said and "move it out" in said, said
+
+    for named in (str(tmp_path / "data" / "scored"), f"{tmp_path / 'data' / 'scored'}/*.parquet"):
+        chained = spec_from_dict({**raw, "input": {"paths": [named], "columns_to_keep": ["text"]},
+                                  "output": {"path": str(tmp_path / "chained")}})
+        [part] = list_shards(chained.input.paths, exclude=[chained.output.path])
+        assert resume_state(chained, [part])[0] == [part]

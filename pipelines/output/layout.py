@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import errno
 import json
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -39,6 +40,7 @@ import pyarrow.parquet as pq
 from pipelines import faults
 from pipelines.errors import PipelineError
 from pipelines.io import stores
+from pipelines.io.shards import Shard
 
 COMMITS = "_commits"
 ERRORS = "_errors"
@@ -79,6 +81,45 @@ def part_shard(name: str) -> str | None:
         return None
     parts = name.split("-")
     return parts[1] if len(parts) >= 3 else None
+
+
+#: The name of a committed part file, as :func:`part_name` makes it (a shard key is 12 hex digits).
+PART_FILE = re.compile(r"part-[0-9a-f]{12}-\d{5}\.(?:parquet|jsonl)")
+
+
+def check_no_other_outputs(shards: Sequence[Shard]) -> None:
+    """Refuse input files that are another job's output lying inside an input folder (``data/scored`` of an earlier
+    job, beside ``data``'s files): read as input, its rows would be scored again (where the text is kept) or each
+    quarantined. A job's own output is left out of its listing already (``list_shards``' ``exclude``)."""
+    found = outputs_in_input(shards)
+    if found:
+        folder = found[0].uri.rsplit("/", 1)[0]
+        more = f" (and {len(found) - 1} more such folder(s))" if len(found) > 1 else ""
+        raise PipelineError(
+            f"input.paths: {folder} is another job's output (it holds {JOB}), inside an input folder{more}: its part "
+            "files would be read as input, their rows scored again or quarantined; move it out of the input folder, "
+            "or name the input files with a glob that leaves it out (data/*.jsonl); to read that output as input, "
+            "name its folder itself in input.paths"
+        )
+
+
+def outputs_in_input(shards: Sequence[Shard]) -> list[Shard]:
+    """Input files that are part files of another job's output lying below the input location they were found under
+    (``data/scored/part-….parquet`` for ``input.paths: [data]``): one of each such output folder. A folder is looked
+    at only where a file in it is named as a part file, for its ``_job.json``; a location that is itself an output,
+    or a scheduled job's root (its partitions are outputs), is that output named as the input, and read."""
+    candidates: dict[str, tuple[Shard, str]] = {}
+    for shard in shards:
+        folder, _, name = shard.path.rpartition("/")
+        if "/" in shard.name and PART_FILE.fullmatch(name):
+            candidates.setdefault(folder, (shard, shard.path[: len(shard.path) - len(shard.name)].rstrip("/")))
+    found = []
+    for folder, (shard, root) in candidates.items():
+        fs = shard.filesystem()
+        job, *root_marks = fs.get_file_info([f"{folder}/{JOB}", f"{root}/{JOB}", f"{root}/{LEDGER}"])
+        if job.type == pafs.FileType.File and not any(mark.type == pafs.FileType.File for mark in root_marks):
+            found.append(shard)
+    return found
 
 
 def commit_record_path(shard_key: str) -> str:

@@ -96,7 +96,9 @@ def current_shards(spec: JobSpec) -> list[Shard]:
     """The input shards now. An existing but empty landing folder, or a glob that matches nothing, is no input
     yet; a location that does not exist or can't be listed (a missing bucket, refused credentials) is an error,
     not a quiet tick."""
-    return list_shards(spec.input.paths, spec.input.format, exclude=[spec.output.path], empty_is_no_input=True)
+    shards = list_shards(spec.input.paths, spec.input.format, exclude=[spec.output.path], empty_is_no_input=True)
+    layout.check_no_other_outputs(shards)  # another job's output in the landing folder: its rows are no input
+    return shards
 
 
 def describe_shard(shard: Shard) -> LedgerInput:
