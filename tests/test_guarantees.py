@@ -1512,3 +1512,25 @@ def test_another_jobs_output_inside_the_input_folder_is_refused_not_read_as_inpu
                                   "output": {"path": str(tmp_path / "chained")}})
         [part] = list_shards(chained.input.paths, exclude=[chained.output.path])
         assert resume_state(chained, [part])[0] == [part]
+
+
+def test_a_path_that_starts_with_a_tilde_is_in_the_home_directory_for_the_driver_and_the_workers(tmp_path, monkeypatch):
+    """`output.path: ~/scored/news` in a spec (where no shell expands the ~) wrote to a folder named ~ in the working
+    directory, another one from each directory the job was run from (each scoring everything again), while the
+    user looked in their home; `input.paths: [~/data]` was said not to exist. Both are in the home directory, as
+    model.name and model.cache_dir are, for the driver and for the pool's actors alike."""
+    from pipelines.cluster.connect import worker_spec
+
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    write_jsonl(home / "data" / "a.jsonl", [{"id": "a0", "text": SENTENCES[0]}])
+    elsewhere.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(elsewhere)
+    spec = spec_from_dict({"input": {"paths": ["~/data"]}, "model": {"name": "m"},
+                           "task": {"type": "text-classification"}, "output": {"path": "~/scored/news"}})
+    check_paths(spec)
+    assert [s.path for s in list_shards(spec.input.paths, exclude=[spec.output.path])] == [
+        str(home / "data" / "a.jsonl")]
+    assert OutputDir(spec.output.path).root == str(home / "scored" / "news")
+    assert worker_spec(spec)["output"]["path"] == str(home / "scored" / "news")
+    assert not (elsewhere / "~").exists()

@@ -142,8 +142,8 @@ def worker_spec(spec: JobSpec) -> dict[str, Any]:
         model["name"] = os.path.abspath(os.path.expanduser(model["name"]))
     if model["cache_dir"] and relative(model["cache_dir"]):
         model["cache_dir"] = os.path.abspath(os.path.expanduser(model["cache_dir"]))
-    if "://" not in output["path"] and not os.path.isabs(output["path"]):  # as the driver's resolve() takes it
-        output["path"] = os.path.abspath(output["path"])
+    if "://" not in output["path"] and not os.path.isabs(output["path"]):  # as the driver's resolve() takes it:
+        output["path"] = os.path.abspath(os.path.expanduser(output["path"]))  # ~ the driver's home, the rest from here
     return raw
 
 

@@ -77,7 +77,8 @@ def resolve(location: str) -> tuple[pafs.FileSystem, str]:
     pyarrow parses URIs strictly: a space or an accented letter is a syntax error there, and ``%20`` is a
     space. A location that does not parse as written is tried again with those characters percent-encoded
     (``s3://bucket/my out`` opens ``my out``); shards' own URIs come encoded (:func:`uri_of`). A ``?`` before
-    the options at the end is a wildcard, encoded first: for ``file://`` pyarrow would take it for a query.
+    the options at the end is a wildcard, encoded first: for ``file://`` pyarrow would take it for a query. A local
+    path that starts with ``~`` is in the home directory (a spec's paths meet no shell to expand it).
     """
     if "://" in location:
         scheme, rest = location.split("://", 1)
@@ -91,7 +92,7 @@ def resolve(location: str) -> tuple[pafs.FileSystem, str]:
                 return pafs.FileSystem.from_uri(f"{scheme}://{_encode_location(rest)}")
         except (pa.ArrowInvalid, ValueError, OSError) as exc:
             raise PipelineError(f"{location}: cannot open this location ({exc})") from None
-    return pafs.LocalFileSystem(), os.path.abspath(location)
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(location))  # ~/out: in the home, as a shell
 
 
 def uri_of(location: str, path: str) -> str:
