@@ -1534,3 +1534,26 @@ def test_a_path_that_starts_with_a_tilde_is_in_the_home_directory_for_the_driver
     assert OutputDir(spec.output.path).root == str(home / "scored" / "news")
     assert worker_spec(spec)["output"]["path"] == str(home / "scored" / "news")
     assert not (elsewhere / "~").exists()
+
+
+def test_a_model_folder_that_starts_with_a_tilde_is_in_the_home_directory(tiny_models, tmp_path, monkeypatch):
+    """`model.name: ~/models/classifier` was taken for a hub id by the driver (a folder named ~ here does not exist),
+    and the pool's actors were given it as written (an absolute path once ~ is expanded, so left alone): the folder in
+    the home, as `output.path: ~/…` is, for the driver's checks, the model's load and the actors alike."""
+    from pipelines.cluster.connect import worker_spec
+    from pipelines.inference.aliases import resolve_name
+    from pipelines.inference.checks import check_model_files
+
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    (home / "models").mkdir(parents=True)
+    shutil.copytree(tiny_models("classifier"), home / "models" / "classifier")
+    elsewhere.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(elsewhere)
+    spec = spec_from_dict({"input": {"paths": ["data"]}, "model": {"name": "~/models/classifier"},
+                           "task": {"type": "text-classification"}, "output": {"path": "out"}})
+    folder = str(home / "models" / "classifier")
+    assert resolve_name(spec.model) == folder
+    check_model_files(spec.model, resolve_name(spec.model))
+    assert worker_spec(spec)["model"]["name"] == folder
+    assert spec.model.name == "~/models/classifier"  # the spec keeps it as written (its hash too)

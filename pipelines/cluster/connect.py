@@ -134,7 +134,7 @@ def worker_spec(spec: JobSpec) -> dict[str, Any]:
         return raw
 
     def relative(path: str) -> bool:
-        return "://" not in path and not os.path.isabs(os.path.expanduser(path))
+        return "://" not in path and not os.path.isabs(path)  # ~/x too: the driver's home, as the driver reads it
 
     model, output = raw["model"], raw["output"]
     alias = model["name"].lower() in MODEL_ALIASES  # a built-in name, even where a folder here has it

@@ -8,6 +8,7 @@ does import torch, but only when that alias is asked for.
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 from pipelines.errors import PipelineError
@@ -41,6 +42,9 @@ ALIASES = {"minilm": minilm_dir, "smollm2": smollm2_dir}  # the names of spec.MO
 
 
 def resolve_name(spec: ModelSpec) -> str:
-    """A local directory or a Hugging Face id that ``from_pretrained`` takes."""
+    """A local directory or a Hugging Face id that ``from_pretrained`` takes (``~/models/x``: in the home directory,
+    as a shell would have it; a spec's paths meet no shell)."""
     alias = ALIASES.get(spec.name.lower())
-    return alias(spec) if alias else spec.name
+    if alias:
+        return alias(spec)
+    return os.path.expanduser(spec.name) if spec.name.startswith("~") else spec.name
