@@ -263,6 +263,7 @@ def run_job(
     address: str | None = None,
     overwrite: bool = False,
     prune: bool = False,
+    redo_changed: bool = False,
     shards: list[Shard] | None = None,
     before_visible: Callable[[Shard], None] | None = None,
     precision: dict[str, Any] | None = None,
@@ -272,7 +273,8 @@ def run_job(
 
     ``shards`` restricts the run to those input shards (default: every shard under input.paths); then
     committed shards outside them are the caller's business (the scheduler's), not stale output.
-    ``prune`` deletes the output of committed shards whose input is gone, instead of refusing to run.
+    ``prune`` deletes the output of committed shards whose input is gone, instead of refusing to run;
+    ``redo_changed`` deletes that of committed shards whose input changed, and scores them again.
     ``before_visible`` is called for each shard after its commit is recorded and before its rows appear.
     ``precision``: what ``quantization: auto`` keeps where the output recorded none (a scheduled job's new
     partition keeps the precision of the job's earlier runs). ``column_types``: the kept columns' types (as
@@ -297,7 +299,8 @@ def run_job(
             if not given:  # a scheduled job's partitions lie inside its root by design
                 output.check_not_inside_another()
             if not overwrite:  # a finished job is answered without the lock, and nothing is written
-                pending, committed = _pending(output, job, shards, given, prune=prune, dry=True)
+                pending, committed = _pending(output, job, shards, given, prune=prune, dry=True,
+                                              redo_changed=redo_changed)
                 pruning = len(committed) < len(output.committed())
                 if not pending and output.finished() and not pruning:
                     log.info("nothing to do: all %d shards of %s are committed", len(shards), spec.output.path)
@@ -352,7 +355,7 @@ def run_job(
         with writing(spec.output.path):
             if overwrite:
                 output.clear()
-            pending, _ = _pending(output, job, shards, given, prune=prune, dry=False)
+            pending, _ = _pending(output, job, shards, given, prune=prune, dry=False, redo_changed=redo_changed)
         return _run_locked(spec, job, output, shards, pending, before_visible, checked, timeline, column_types)
     finally:
         lock.release()
@@ -396,9 +399,11 @@ def resume_state(spec: JobSpec, shards: list[Shard]) -> tuple[list[Shard], dict[
 
 
 def _pending(
-    output: OutputDir, job: JobRecord, shards: list[Shard], given: bool, prune: bool, dry: bool
+    output: OutputDir, job: JobRecord, shards: list[Shard], given: bool, prune: bool, dry: bool,
+    redo_changed: bool = False,
 ) -> tuple[list[Shard], dict[str, CommitRecord]]:
-    """The shards still to do, and the committed ones; refuses another spec, changed input and stale output."""
+    """The shards still to do, and the committed ones; refuses another spec, changed input (or, ``redo_changed``,
+    deletes its output, not when ``dry``, and does it again) and stale output."""
     output.check_spec(job, changed_settings)
     committed = output.committed()
     keys = {s.key for s in shards}
@@ -406,13 +411,31 @@ def _pending(
     if stale and not given:
         committed = _handle_stale(output, stale, committed, prune, dry)
     changed = changed_inputs(committed, shards, same_content)
-    if changed:
+    if changed and not redo_changed:
         raise PipelineError(
             f"input changed since it was scored: {changed[0]}"
             f"{f' and {len(changed) - 1} more' if len(changed) > 1 else ''}; "
-            "use --overwrite to redo the job, or a new output.path"
+            "use --redo-changed to score the changed files again (their earlier output is deleted first, the other "
+            "files' output stays), --overwrite to redo the job, or a new output.path"
         )
+    if changed:
+        committed = _forget_changed(output, [s for s in shards if s.uri in set(changed)], committed, dry)
     return [s for s in shards if s.key not in committed], committed
+
+
+def _forget_changed(
+    output: OutputDir, changed: list[Shard], committed: dict[str, CommitRecord], dry: bool
+) -> dict[str, CommitRecord]:
+    """``--redo-changed``: the changed shards' output deleted (not when ``dry``), so that they are scored again."""
+    if not dry:
+        output.unfinish()  # no _SUCCESS beside an output that is being changed
+        for shard in changed:
+            record = committed[shard.key]
+            log.warning("scoring %s again: it changed since it was scored (%d rows deleted from the output)",
+                        shard.uri, record.rows)
+            output.forget(record)
+    keys = {s.key for s in changed}
+    return {key: r for key, r in committed.items() if key not in keys}
 
 
 def _run_locked(

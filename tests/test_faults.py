@@ -262,6 +262,37 @@ def test_changed_input_is_detected(finished_with_empty_shards, tiny_models, tmp_
     assert sorted(output_ids(tmp_path / "out"))[0] == "new"
 
 
+def test_redo_changed_scores_the_changed_files_again_and_leaves_the_others(ray_session, tiny_models, tmp_path,
+                                                                            monkeypatch):
+    """A file fixed after it was scored (a corrupt file replaced, texts corrected) could only be scored again with
+    --overwrite, which scores every file again. --redo-changed deletes the changed files' output and scores them
+    again; the other files' output stays as it is, and every row is there once."""
+    from pipelines.cli.main import main
+
+    many_shards(tmp_path / "in", shards=2, rows=4)
+    spec = spec_from_dict(yaml.safe_load(write_job(tmp_path, tiny_models("classifier"), tmp_path / "in").read_text()))
+    run_job(spec)
+
+    def file_of(first_id: str) -> Path:
+        [found] = [p for p in (tmp_path / "out").glob("*.parquet") if first_id in output_ids(p)]
+        return found
+
+    kept = file_of("s0-0").stat().st_mtime_ns
+    write_jsonl(tmp_path / "in" / "part-1.jsonl", [{"id": f"fixed-{i}", "text": SENTENCES[i]} for i in range(3)])
+    with pytest.raises(PipelineError, match=r"input changed since it was scored: .*part-1.jsonl.*--redo-changed"):
+        run_job(spec)
+    summary = run_job(spec, redo_changed=True)
+    assert (summary.status, summary.rows_in, summary.rows_out) == ("succeeded", 7, 7)  # the whole output
+    assert sorted(output_ids(tmp_path / "out")) == [*(f"fixed-{i}" for i in range(3)), *(f"s0-{i}" for i in range(4))]
+    assert file_of("s0-0").stat().st_mtime_ns == kept  # the unchanged file's output was left as it was
+    assert run_job(spec).status == "up to date"
+
+    asked = {}
+    monkeypatch.setattr("pipelines.runner.run_job", lambda spec, **kwargs: asked.update(kwargs) or summary)
+    assert main(["run", str(tmp_path / "job.yaml"), "--redo-changed"]) == 0
+    assert asked["redo_changed"] is True
+
+
 def test_a_file_replaced_between_its_listing_and_its_read_is_committed_as_read(tmp_path):
     """The driver lists a file, another process replaces it, the read task reads the new bytes: the commit records
     those bytes (their size and hash, no time), so the next run finds its input unchanged, and a change after the

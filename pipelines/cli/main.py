@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
                      "commit records name)")
     run.add_argument("--prune", action="store_true",
                      help="delete the output of committed shards whose input file is gone, instead of refusing")
+    run.add_argument("--redo-changed", action="store_true",
+                     help="score again the input files that changed since they were scored (their earlier output is "
+                     "deleted first; the other files' output stays), instead of refusing")
     run.add_argument("--json", action="store_true", help="print the run summary as JSON")
     job_command("validate", "check a job spec without running it")
     for register in EXTENSIONS:
@@ -170,7 +173,8 @@ def _run(args: argparse.Namespace) -> int:
     from pipelines.spec import load_spec
 
     spec = load_spec(args.job, args.overrides)
-    result = run_job(spec, address=args.address, overwrite=args.overwrite, prune=args.prune)
+    result = run_job(spec, address=args.address, overwrite=args.overwrite, prune=args.prune,
+                     redo_changed=args.redo_changed)
     if args.json:
         print(json.dumps(result.to_json(), indent=1))
     elif result.status == "up to date":
