@@ -525,6 +525,40 @@ def test_the_reader_tells_a_file_it_could_not_fetch_from_one_whose_bytes_do_not_
     assert [r.split(":")[0] for r in reasons["cut.jsonl.gz"]] == ["unreadable jsonl file"]
 
 
+def _compressed(codec: str, data: bytes) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.CompressedOutputStream(sink, codec) as stream:
+        stream.write(data)
+    return sink.getvalue().to_pybytes()
+
+
+def test_a_json_lines_file_compressed_other_than_gzip_is_refused_whole_with_how_to_read_it(tmp_path):
+    """``.jsonl.zst`` or ``.bz2`` files, or gzip ones named ``.gzip``, read with ``input.format: jsonl`` (what the
+    message for a folder of them said to set): the compressed bytes were read as text, 2,000 rows as 4 (zstd), 14
+    (bz2) or 2 (gzip) rows of ``not valid UTF-8 (byte 1)``, counted so by the plan and quarantined one by one."""
+    import lzma
+
+    text = b"".join(json.dumps({"id": str(i), "text": f"row {i}"}).encode() + b"\n" for i in range(2000))
+    files = {"a.jsonl.zst": (_compressed("zstd", text), "zstd-compressed", "zstd -dc FILE > NAME.jsonl"),
+             "b.jsonl.bz2": (_compressed("bz2", text), "bzip2-compressed", "bzip2 -dc FILE > NAME.jsonl"),
+             "c.jsonl.xz": (lzma.compress(text), "xz-compressed", "xz -dc FILE > NAME.jsonl"),
+             "d.jsonl.gzip": (gzip.compress(text), "gzip-compressed", "rename it to end in .gz")}
+    for name, (data, _, _) in files.items():
+        (tmp_path / "in" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "in" / name).write_bytes(data)
+    shards = {s.name: s for s in list_shards([str(tmp_path / "in")], "jsonl")}
+    assert sorted(shards) == sorted(files)
+    for name, (_, kind, fix) in files.items():
+        [block] = list(read_shard(shards[name], Columns(text="text", id="id")))
+        assert block.column(ROW).to_pylist() == [-1], (name, block.num_rows)  # the file's one record
+        reason = block.column(ERROR)[0].as_py()
+        assert reason.startswith(f"unreadable jsonl file: the file is {kind}") and fix in reason, reason
+        assert reader_count_rows(shards[name]) == (2000, True)  # the rows its one record stands for
+        counted = plan_count_rows(shards[name])
+        assert (counted.count, counted.rows, counted.records) == ("unreadable", 2000, 1), counted
+        assert counted.error is not None and kind in counted.error
+
+
 def test_a_failed_run_names_both_a_file_it_could_not_fetch_and_one_that_does_not_parse():
     said = unreadable_violation([
         Unreadable(uri="data/a.jsonl", reason=f"{NOT_FETCHED} jsonl file: OSError: reset by peer"),

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import logging
+import lzma
 import re
 import uuid
 import zlib
@@ -173,6 +174,8 @@ def _read_table(shard: Shard, data: bytes, columns: Columns) -> pa.Table:
         data = gzip.decompress(data)
     if shard.format != "parquet" and data.startswith(UTF16_BOMS):
         raise ValueError(UTF16_REASON)
+    if shard.format != "parquet" and (reason := compression_reason(data, shard.compressed)) is not None:
+        raise ValueError(reason)
     if shard.format == "openai-batch":
         from pipelines.io.openai_batch import read_requests  # it reads lines with parse_line, from here
 
@@ -198,6 +201,41 @@ UTF16_REASON = (
     "the file is UTF-16 text (it starts with a UTF-16 byte order mark), not UTF-8: convert it (iconv -f UTF-16 -t "
     "UTF-8, or PowerShell's Out-File -Encoding utf8)"
 )
+
+#: How the files of the compressions a JSON lines file may come in begin: (first bytes, what it is, its own tool's
+#: command that decompresses it to standard output). Only gzip is read, in a file named ``.gz``; the bytes of another
+#: were read as text, a row of ``not valid UTF-8`` for each newline byte they happened to hold instead of the rows.
+COMPRESSIONS = (
+    (re.compile(rb"\x1f\x8b"), "gzip", "gzip -dc"),
+    (re.compile(rb"\x28\xb5\x2f\xfd"), "zstd", "zstd -dc"),
+    (re.compile(rb"BZh[1-9](?:1AY&SY|\x17rE8P\x90)"), "bzip2", "bzip2 -dc"),
+    (re.compile(rb"\xfd7zXZ\x00"), "xz", "xz -dc"),
+    (re.compile(rb"\x04\x22\x4d\x18"), "lz4", "lz4 -dc"),
+    (re.compile(rb"PK\x03\x04"), "zip", "unzip -p"),
+)
+
+
+def compression_of(data: bytes) -> str | None:
+    """The compression a file's bytes begin as (``zstd``, ``gzip``, ...: see :data:`COMPRESSIONS`), or None. No JSON
+    text begins so: each starts with a byte that is no UTF-8 or a letter that no JSON value starts with."""
+    return next((name for magic, name, _ in COMPRESSIONS if magic.match(data)), None)
+
+
+def compression_reason(data: bytes, gz_named: bool) -> str | None:
+    """Why a JSON lines file whose bytes (after the gzip decompression its ``.gz`` name asks for) are compressed is
+    refused whole, with how to make it readable; None when they are not compressed."""
+    kind = compression_of(data)
+    if kind is None:
+        return None
+    tool = next(command for _, name, command in COMPRESSIONS if name == kind)
+    if kind == "gzip" and not gz_named:
+        return ("the file is gzip-compressed, but its name does not end in .gz, by which gzip files are known: "
+                "rename it to end in .gz (NAME.jsonl.gz) to be read")
+    if kind == "gzip":
+        return "the file is gzip-compressed twice (its bytes are gzip again once decompressed): decompress it once"
+    return (f"the file is {kind}-compressed, and only gzip files (named .gz) are decompressed: decompress it "
+            f"(`{tool} FILE > NAME.jsonl`) or make it gzip (`{tool} FILE | gzip > NAME.jsonl.gz`)")
+
 
 #: A UTF-8 byte order mark, and marks after a newline: at the start of a line, where ``cat`` of files saved with one
 #: puts it (Notepad, PowerShell 5's ``Out-File -Encoding utf8`` write one; a file of just the mark puts two in a row).
@@ -1043,6 +1081,8 @@ def count_rows(shard: Shard) -> tuple[int | None, bool]:
         except Exception:  # noqa: BLE001 - no footer, no count
             return None, False
     data, exact = _gunzip_before_damage(raw) if shard.compressed else (raw, True)
+    if exact and (kind := compression_of(data)) is not None:  # refused whole: the rows of its decompressed lines
+        data, exact = _decompress_before_damage(data, kind)
     if data.startswith(UTF16_BOMS):  # its lines as text (read as bytes, the last newline's zero byte was one more)
         data = data.decode("utf-16", errors="replace").encode()
     if shard.format == "openai-batch" and exact and (values := json_array(data)) is not None:
@@ -1052,6 +1092,24 @@ def count_rows(shard: Shard) -> tuple[int | None, bool]:
         lines = lines[:-1]  # the last line was cut
     counted = sum(1 for line in lines if line.strip())
     return (counted if counted or exact else None), exact
+
+
+def _decompress_before_damage(data: bytes, kind: str) -> tuple[bytes, bool]:
+    """A compressed file's bytes decompressed (see :data:`COMPRESSIONS`), and whether that went to the end: gzip as
+    :func:`_gunzip_before_damage`, zstd, bzip2 and lz4 by pyarrow, xz by :mod:`lzma`; nothing of a zip archive (it may
+    hold several files) or of bytes that don't decompress."""
+    if kind == "gzip":
+        return _gunzip_before_damage(data)
+    try:
+        if kind == "xz":
+            return lzma.decompress(data), True
+        if kind in ("zstd", "bzip2", "lz4"):
+            codec = {"bzip2": "bz2"}.get(kind, kind)
+            with pa.input_stream(pa.py_buffer(data), compression=codec) as stream:
+                return stream.read(), True
+    except (OSError, ValueError, lzma.LZMAError, pa.ArrowException):
+        pass
+    return b"", False
 
 
 def _gunzip_before_damage(raw: bytes, piece: int = 1 << 16) -> tuple[bytes, bool]:

@@ -35,6 +35,7 @@ from pipelines.io.reader import (
     Columns,
     array_head,
     array_start,
+    compression_reason,
     json_array,
     read_group,
     without_boms,
@@ -91,6 +92,8 @@ def _jsonl_rows(shard: Shard, count_limit: int) -> tuple[int, bool]:
         chunk = stream.read(min(CHUNK, count_limit))
         if chunk.startswith(UTF16_BOMS):  # a run refuses it whole: count_rows counts it as the run does
             raise ValueError(UTF16_REASON)
+        if (reason := compression_reason(chunk, shard.compressed)) is not None:  # so too a compressed one
+            raise ValueError(reason)
         if array_start(chunk):  # perhaps one JSON array
             counted, chunk = _array_rows(stream, raw, chunk, shard.size, min(count_limit, ARRAY_COUNT_LIMIT))
             if counted is not None and shard.format == "openai-batch":  # refused whole by a run, as above
