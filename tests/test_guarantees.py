@@ -559,6 +559,20 @@ def test_a_json_lines_file_compressed_other_than_gzip_is_refused_whole_with_how_
         assert counted.error is not None and kind in counted.error
 
 
+def test_a_folder_of_files_compressed_other_than_gzip_says_so_not_to_set_the_format(tmp_path):
+    """A folder of ``.jsonl.zst`` files (or ``.bz2``, ``.xz``) was refused with ``set input.format for files without
+    those extensions``: set, the format reads them (each refused whole, as compressed, by the reader), which was
+    never the fix; the message says what they are and how to make them readable."""
+    for name in ("a.jsonl.zst", "b.jsonl.zst", "c.jsonl.bz2"):
+        (tmp_path / "in" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "in" / name).write_bytes(b"x")
+    with pytest.raises(PipelineError) as caught:
+        list_shards([str(tmp_path / "in")])
+    said = str(caught.value)
+    assert "3 file(s) compressed as bzip2 or zstd (a.jsonl.zst, b.jsonl.zst, c.jsonl.bz2)" in said, said
+    assert "decompress them" in said and "input.format" not in said, said
+
+
 def test_a_failed_run_names_both_a_file_it_could_not_fetch_and_one_that_does_not_parse():
     said = unreadable_violation([
         Unreadable(uri="data/a.jsonl", reason=f"{NOT_FETCHED} jsonl file: OSError: reset by peer"),

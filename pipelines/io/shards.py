@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 #: What a folder's Batch request files are named (``input.format: openai-batch``): as JSON lines files are.
 BATCH_FILES = "JSON lines files (.jsonl, .ndjson, .json, each also .gz)"
+#: The ends of the names of files compressed as the reader does not decompress (only gzip, in a file named ``.gz``),
+#: and their compression: in a folder such a file is no shard, and a folder of them says so.
+COMPRESSED_NAMES = {".zst": ("zstd", "zstd -dc"), ".zstd": ("zstd", "zstd -dc"), ".bz2": ("bzip2", "bzip2 -dc"),
+                    ".xz": ("xz", "xz -dc"), ".lz4": ("lz4", "lz4 -dc"), ".zip": ("zip", "unzip -p"),
+                    ".gzip": ("gzip", "")}
 GLOB_CHARS = set("*?[")
 HIDDEN = (".", "_")  # the first letter of names a listing skips
 #: A glob matches as a shell's does: ``*``, ``?`` and ``[...]`` within one name, ``**`` across folders (any
@@ -440,6 +445,8 @@ def list_shards(
                 )
             if GLOB_CHARS & set(location) and "**" not in location:
                 below = f" (a glob's * stays within one folder: {_recursive(location)} takes the folders below too)"
+            if compressed := sorted(n for n in other if os.path.splitext(n)[1].lower() in COMPRESSED_NAMES):
+                raise PipelineError(_compressed_only(location, compressed))
             if wanted_format == "openai-batch":
                 raise PipelineError(
                     f"input.paths: no {BATCH_FILES} found under {location}; check the path{below}, remove it "
@@ -452,6 +459,20 @@ def list_shards(
             )
     _check_names(list(shards.values()))
     return [shards[k] for k in sorted(shards)]
+
+
+def _compressed_only(location: str, names: list[str]) -> str:
+    """Why a location whose files are compressed as the reader does not decompress (:data:`COMPRESSED_NAMES`) gives
+    none, and how to make them readable, the first one's command as the example."""
+    kinds = " or ".join(sorted({COMPRESSED_NAMES[os.path.splitext(n)[1].lower()][0] for n in names}))
+    stem, ext = os.path.splitext(names[0])
+    tool = COMPRESSED_NAMES[ext.lower()][1]
+    example = f"`{tool} {names[0]} | gzip > {stem}.gz`" if tool else f"`mv {names[0]} {stem}.gz`"
+    return (
+        f"input.paths: no file found under {location} that is read: its {len(names)} file(s) compressed as {kinds} "
+        f"({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}) are not, as only gzip files named .gz are "
+        f"decompressed; decompress them, or make them gzip files named .gz (as {example})"
+    )
 
 
 def _recursive(glob: str) -> str:
