@@ -445,6 +445,38 @@ def test_a_file_that_is_one_json_array_is_read_as_its_rows(tmp_path):
     assert (counted.rows, counted.count) == (reader_count_rows(shard)[0], "unreadable") == (3, "unreadable")
 
 
+def test_json_objects_written_over_several_lines_each_are_read_as_their_rows(tmp_path):
+    """``jq . data.json > data.jsonl`` (no ``-c``), or ``json.dump(row, f, indent=2)`` for each row, writes one JSON
+    object over several lines. pyarrow read such a file's objects within its 1 MiB blocks: a small file was read as
+    its rows, while the plan counted its lines (400 rows for 100); a larger one was read line by line, each of its
+    lines a row error (``invalid JSON: Expecting property name ...``), 80,000 of them for 20,000 rows, none read.
+    Each object is now a row, as the objects of one JSON array are, whatever the file's size, and so it is counted."""
+    from pipelines.planning.inputs import count_rows as plan_count
+
+    for rows in (20_000, 100):
+        path = tmp_path / f"pretty{rows}.jsonl"
+        path.write_text("".join(json.dumps({"id": f"r{i}", "text": f"row {i}", "n": i}, indent=2) + "\n"
+                                for i in range(rows)))
+        read = _read(path, keep=("n",))
+        assert read == [(f"r{i}", f"row {i}", None, i) for i in range(rows)], (rows, len(read), read[:1])
+        [shard] = list_shards([str(path)])
+        assert (plan_count(shard).rows, plan_count(shard).count) == (rows, "counted")
+    [shard] = list_shards([str(tmp_path / "pretty20000.jsonl")])
+    counted = plan_count(shard, count_limit=1 << 16)  # past the count's limit: estimated from the first objects
+    assert counted.count == "estimated" and 18_000 < counted.rows < 22_000, counted
+    types, kept = _kept([tmp_path / "pretty100.jsonl"], ("n",))  # the kept columns' types from its first objects
+    assert types == {"n": pa.int64()} and kept["r7"] == (None, 7)
+    (tmp_path / "mixed.jsonl").write_text('{\n  "id": "a",\n  "text": "x"\n}\n{"id": "b", "text": "y"}\n7\n'
+                                          '{"id": "c",\n "text": "z"}')
+    assert _read(tmp_path / "mixed.jsonl") == [
+        ("a", "x", None), ("b", "y", None), (None, None, "a JSON value of the file must be an object, got int"),
+        ("c", "z", None)]
+    (tmp_path / "cut.jsonl").write_text('{\n  "id": "a",\n  "text": "x"\n}\n{\n  "id": "b",\n  "te')
+    [block] = list(read_shard(list_shards([str(tmp_path / "cut.jsonl")])[0], Columns(text="text", id="id")))
+    assert block.column(ROW).to_pylist() == [-1] and "jq -c" in block.column(ERROR)[0].as_py()
+    assert reader_count_rows(list_shards([str(tmp_path / "cut.jsonl")])[0]) == (1, False)  # the objects before
+
+
 def test_parquet_text_stored_as_bytes_is_text(tmp_path):
     """Hive and Impala write strings as bytes without Parquet's UTF8 mark: every row was quarantined as "text is
     not a string (binary)"."""

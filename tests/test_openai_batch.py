@@ -202,6 +202,22 @@ def test_a_utf16_batch_file_is_refused_whole_with_how_to_convert_it(tmp_path):
         assert reader_count_rows(shard) == (2, True)  # the requests it holds, as its one record stands for them
 
 
+def test_a_batch_file_of_requests_over_several_lines_each_is_refused_whole_with_how_to_write_it_as_lines(tmp_path):
+    """Requests written over several lines each (``jq . requests.json``, without ``-c``): each of its lines was a
+    request refused as ``invalid JSON`` (``Extra data``) with no custom_id, 36 of them for 2 requests, none saying why."""
+    path = tmp_path / "batch.jsonl"
+    path.write_text("".join(json.dumps(chat_line(c), indent=2) + "\n" for c in ("a", "b")))
+    [shard] = list_shards([str(path)], "openai-batch")
+    [block] = list(read_shard(shard, Columns(text="text", id="id")))
+    assert block.num_rows == 1 and block.column("_row").to_pylist() == [-1], block.column("_error").to_pylist()
+    assert block.column("_error")[0].as_py() == (
+        "unreadable openai-batch file: the file holds 2 JSON values written over several lines each (as `jq .` writes "
+        "them), not JSON lines (one request a line): `jq -c . FILE > FILE.jsonl` writes them one a line")
+    assert reader_count_rows(shard) == (2, True)
+    counted = plan_count_rows(shard)
+    assert (counted.count, counted.rows, counted.records) == ("unreadable", 2, 1), counted
+
+
 def test_a_batch_file_that_is_one_json_array_is_refused_whole_with_how_to_write_it_as_lines(tmp_path):
     """Requests saved as one pretty-printed JSON array (``json.dump(requests, f, indent=2)``): each of its lines was a
     request refused as ``invalid JSON`` with no custom_id, 38 of them for 2 requests, none saying why."""

@@ -15,7 +15,14 @@ from typing import Any
 import pyarrow as pa
 
 from pipelines.io.block import ERROR
-from pipelines.io.reader import drop_lone_surrogates, json_array, lone_surrogate, parse_line, without_boms
+from pipelines.io.reader import (
+    drop_lone_surrogates,
+    json_array,
+    json_stream,
+    lone_surrogate,
+    parse_line,
+    without_boms,
+)
 
 CHAT_URL = "/v1/chat/completions"
 EMBEDDINGS_URL = "/v1/embeddings"
@@ -36,6 +43,8 @@ def read_requests(data: bytes, id_column: str, text_column: str) -> pa.Table:
     errors: list[str | None] = []
     if (values := json_array(data)) is not None:  # each of its lines would be a broken request, none saying why
         raise ValueError(array_reason(len(values)))
+    if (stream := json_stream(data)) is not None:  # so too requests written over several lines each
+        raise ValueError(stream_reason(len(stream[0])))
     for line in without_boms(data).split(b"\n"):  # byte order marks at the start of a line, as JSON lines skip them
         if not line.strip():
             continue
@@ -64,6 +73,14 @@ def array_reason(values: int) -> str:
     return (
         f"the file is one JSON array of {values} values, not JSON lines (one request a line): "
         "`jq -c '.[]' FILE > FILE.jsonl` writes them one a line"
+    )
+
+
+def stream_reason(values: int) -> str:
+    """Why a Batch file of requests written over several lines each is not read."""
+    return (
+        f"the file holds {values} JSON values written over several lines each (as `jq .` writes them), not JSON lines "
+        "(one request a line): `jq -c . FILE > FILE.jsonl` writes them one a line"
     )
 
 

@@ -268,6 +268,11 @@ def read_jsonl(data: bytes, columns: Columns) -> pa.Table:
     data = without_boms(data)
     if (values := json_array(data)) is not None:
         return _read_json_array(values, columns)
+    if (stream := json_stream(data)) is not None:
+        values, problem = stream
+        if problem is not None:
+            raise ValueError(problem)
+        return _read_json_array(values, columns, "a JSON value of the file")
     try:
         table = pajson.read_json(io.BytesIO(data))
         id_type = table.schema.field(columns.id).type if columns.id in table.column_names else None
@@ -396,8 +401,63 @@ def array_head(head: bytes) -> list[Any] | None:
             return None  # no array: JSON lines of arrays, or no JSON
 
 
-def _read_json_array(values: list[Any], columns: Columns) -> pa.Table:
-    """A JSON array file's elements as rows, in their order: each must be an object, as a JSON line must."""
+#: Blank lines before a file's first line of text.
+BLANK_LINES = re.compile(rb"(?:[ \t\r]*\n)*")
+
+
+def stream_start(data: bytes) -> bool:
+    """Whether the bytes begin with a JSON object written over several lines (``jq .`` without ``-c`` writes each
+    so, as ``json.dump(row, f, indent=2)`` does): the first line of text starts an object but is no JSON value, and
+    the object that starts there ends on a later line. Parses the first value only, and only where the first line
+    does not parse (JSON lines' first line does, but where it is broken)."""
+    at = 0
+    while data.startswith(BOM, at):
+        at += len(BOM)
+    start = BLANK_LINES.match(data, at).end()  # type: ignore[union-attr]
+    end = data.find(b"\n", start)
+    if end < 0 or not data[start:end].lstrip().startswith(b"{"):
+        return False
+    try:
+        json.loads(data[start:end])
+        return False
+    except ValueError:
+        pass
+    text = data[start:].decode("utf-8", errors="surrogateescape")
+    try:
+        value, stop = json.JSONDecoder().raw_decode(text, SPACE.match(text).end())  # type: ignore[union-attr]
+    except (json.JSONDecodeError, RecursionError):
+        return False  # a broken first line of JSON lines
+    return isinstance(value, dict) and "\n" in text[:stop]
+
+
+def json_stream(data: bytes) -> tuple[list[Any], str | None] | None:
+    """The values of a file of JSON objects written over several lines each (:func:`stream_start`), one after the
+    other (an object on one line among them too), and why reading stopped before the end (a value that does not
+    parse, or a file cut inside one: past it no value's start can be told), else None; or None: JSON lines. Bytes
+    that are no UTF-8 are read as lone surrogates (U+DC80-U+DCFF), which cost the row that holds them."""
+    if not stream_start(data):
+        return None
+    text = without_boms(data).decode("utf-8", errors="surrogateescape")
+    decoder = json.JSONDecoder(parse_float=WrittenFloat.parse)
+    values: list[Any] = []
+    at = 0
+    while (at := SPACE.match(text, at).end()) < len(text):  # type: ignore[union-attr]
+        try:
+            value, at = decoder.raw_decode(text, at)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            line = text.count("\n", 0, at) + 1
+            said = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+            return values, (  # short: a file's reason is cut at 200 characters
+                f"JSON objects over several lines (as `jq .` writes them) that stop parsing at line {line} ({said}); "
+                "mend the file there (then `jq -c . FILE > FILE.jsonl` puts one a line)"
+            )
+        values.append(value)
+    return values, None
+
+
+def _read_json_array(values: list[Any], columns: Columns, each: str = "an element of a JSON array") -> pa.Table:
+    """A JSON array file's elements (or a :func:`json_stream`'s values) as rows, in their order: each must be an
+    object, as a JSON line must (``each``: what a value is called where it is not)."""
     records: list[dict[str, Any]] = []
     errors: list[str | None] = []
     for value in values:
@@ -406,7 +466,7 @@ def _read_json_array(values: list[Any], columns: Columns) -> pa.Table:
             errors.append(drop_lone_surrogates(value, columns.all, undecoded=True))
         else:
             records.append({})
-            errors.append(f"an element of a JSON array must be an object, got {type(value).__name__}")
+            errors.append(f"{each} must be an object, got {type(value).__name__}")
     return _records_table(records, errors, columns)
 
 
@@ -972,6 +1032,8 @@ def _sample_schema(shard: Shard, sample_bytes: int, names: Sequence[str]) -> pa.
         head = without_boms(_sample_head(stream, sample_bytes))
     if (values := array_head(head)) is not None:  # one JSON array: its first whole elements, as JSON lines
         head = b"".join(json.dumps(value).encode() + b"\n" for value in values if isinstance(value, dict))
+    elif (stream := json_stream(head)) is not None:  # objects over several lines: its first whole ones, so
+        head = b"".join(json.dumps(value).encode() + b"\n" for value in stream[0] if isinstance(value, dict))
     try:
         table = _read_sample(head)
     except pa.ArrowInvalid:  # a bad line (invalid JSON, a lone surrogate) costs its row, not the shard's types
@@ -1025,6 +1087,8 @@ def _holds_record(head: bytes) -> bool:
     element that is an object)."""
     if any(isinstance(value, dict) for value in array_head(head) or []):
         return True
+    if (stream := json_stream(head)) is not None:
+        return any(isinstance(value, dict) for value in stream[0])
     return any(True for _ in _good_lines(head[: head.rfind(b"\n") + 1]))
 
 
@@ -1087,6 +1151,8 @@ def count_rows(shard: Shard) -> tuple[int | None, bool]:
         data = data.decode("utf-16", errors="replace").encode()
     if shard.format == "openai-batch" and exact and (values := json_array(data)) is not None:
         return len(values), True  # a Batch file that is one JSON array, refused whole: its requests, not its lines
+    if (stream := json_stream(data)) is not None:  # objects over several lines: those read before any damage
+        return (len(stream[0]) if stream[0] or (exact and stream[1] is None) else None), exact and stream[1] is None
     lines = without_boms(data).split(b"\n")  # a byte order mark alone on its line is no row
     if not exact and lines:
         lines = lines[:-1]  # the last line was cut

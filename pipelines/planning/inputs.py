@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from pipelines.errors import first_line
 from pipelines.io.block import ERROR, ROW, SHARD
-from pipelines.io.openai_batch import array_reason
+from pipelines.io.openai_batch import array_reason, stream_reason
 from pipelines.io.reader import (
     NOT_FETCHED,
     UTF16_BOMS,
@@ -37,7 +37,9 @@ from pipelines.io.reader import (
     array_start,
     compression_reason,
     json_array,
+    json_stream,
     read_group,
+    stream_start,
     without_boms,
 )
 from pipelines.io.reader import count_rows as reader_count_rows
@@ -100,6 +102,10 @@ def _jsonl_rows(shard: Shard, count_limit: int) -> tuple[int, bool]:
                 raise ValueError(array_reason(counted[0]))
             if counted is not None:
                 return counted
+        elif stream_start(chunk):  # objects written over several lines each: a run reads them, one row each
+            counted, chunk = _stream_rows(stream, raw, chunk, shard, min(count_limit, ARRAY_COUNT_LIMIT))
+            if counted is not None:
+                return counted
         while chunk:
             read += len(chunk)
             text = carry + chunk
@@ -132,6 +138,33 @@ def _array_rows(
     if head is None:
         return None, data
     return (round(len(head) * size / max(raw.consumed, 1)), False), data
+
+
+def _stream_rows(
+    stream: Any, raw: _Counting, chunk: bytes, shard: Shard, limit: int
+) -> tuple[tuple[int, bool] | None, bytes]:
+    """(rows, exact) of a file of JSON objects written over several lines each (:func:`json_stream`), its objects
+    counted (past ``limit`` bytes, those in the bytes read so far, scaled to the file's size); a file a run refuses
+    whole (one that does not parse to its end, or a Batch file) raises its reason. None and the bytes read, where
+    it is JSON lines after all."""
+    parts = [chunk]
+    read = len(chunk)
+    while read < limit and (more := stream.read(min(CHUNK, limit - read))):
+        parts.append(more)
+        read += len(more)
+    last = stream.read(1)  # the end of the file, or one more byte
+    data = b"".join([*parts, last])
+    found = json_stream(data)
+    if found is None:
+        return None, data
+    values, problem = found
+    if not last and shard.format == "openai-batch":
+        raise ValueError(stream_reason(len(values)))
+    if not last and problem is not None:
+        raise ValueError(problem)
+    if not last:
+        return (len(values), True), data
+    return (round(len(values) * shard.size / max(raw.consumed, 1)), False), data
 
 
 def _a_row(line: bytes) -> bool:
