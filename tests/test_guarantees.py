@@ -818,6 +818,29 @@ def test_a_symbolic_link_hides_neither_the_input_from_the_output_check_nor_the_o
     ]
 
 
+def test_a_file_reached_through_a_symbolic_link_and_by_its_own_name_is_read_once(tmp_path, caplog):
+    """A listing follows links, so a file found under two names was two shards, its rows written twice: a
+    ``latest -> 2024-06-01`` link beside the folder it names doubled that day's rows, as did a link to a file; and a
+    link to a folder above (``up -> ..``) had every file read once per level pyarrow went down before the system's
+    limit on links (40 times), two such links making 2**40 paths: the listing never ended. Each file is read once,
+    under the name that goes through no link, and a warning says which names were not read."""
+    write_jsonl(tmp_path / "in" / "2024-06-01" / "a.jsonl", [{"id": "a", "text": "x"}])
+    write_jsonl(tmp_path / "in" / "b.jsonl", [{"id": "b", "text": "y"}])
+    (tmp_path / "in" / "latest").symlink_to("2024-06-01")
+    (tmp_path / "in" / "2024-06-01" / "up").symlink_to("..")
+    (tmp_path / "in" / "copy.jsonl").symlink_to("2024-06-01/a.jsonl")
+    (tmp_path / "in" / "c.jsonl").symlink_to(tmp_path / "elsewhere.jsonl")  # only a link: read under its name
+    write_jsonl(tmp_path / "elsewhere.jsonl", [{"id": "c", "text": "z"}])
+    with caplog.at_level("WARNING", logger="pipelines.io.shards"):
+        shards = list_shards([str(tmp_path / "in")])
+    assert [s.name for s in shards] == ["2024-06-01/a.jsonl", "b.jsonl", "c.jsonl"], [s.name for s in shards][:5]
+    [folders, files] = [r.getMessage() for r in caplog.records]
+    assert "2 symbolic link(s) under" in folders and "lead to folders listed already (2024-06-01/up, latest)" in folders
+    assert "1 file(s) found under two names" in files and "copy.jsonl (read as 2024-06-01/a.jsonl)" in files
+    named = list_shards([str(tmp_path / "in" / "copy.jsonl"), str(tmp_path / "in" / "2024-06-01" / "a.jsonl")])
+    assert [s.path for s in named] == [str(tmp_path / "in" / "2024-06-01" / "a.jsonl")]  # named twice: read once
+
+
 @pytest.fixture()
 def bind_mount():
     """``bind(source, target)``: mounts source's folder at target too (root only), unmounted after the test."""

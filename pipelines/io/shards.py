@@ -15,6 +15,7 @@ import os
 import re
 import stat
 import urllib.parse
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -211,7 +212,7 @@ def _list(location: str, fs: pafs.FileSystem, path: str) -> tuple[str, list[tupl
             f"input.paths: {location} does not exist; check the path (relative paths start at the current directory)"
         )
     if info.type == pafs.FileType.Directory:
-        return path, _folder_files(location, fs.get_file_info(pafs.FileSelector(path, recursive=True)), path)
+        return path, _folder_files(location, _files_under(fs, path), path)
     folder = names_folder(location)
     if stores.is_local(fs):
         if folder:
@@ -233,6 +234,41 @@ def _list(location: str, fs: pafs.FileSystem, path: str) -> tuple[str, list[tupl
             "the object (a file copied to the folder's name without its trailing /, as `aws s3 cp f s3://bucket/data`)"
         )
     return info.path.rsplit("/", 1)[0], [(uri_of(location, info.path), info)]
+
+
+def _files_under(fs: pafs.FileSystem, folder: str) -> list[pafs.FileInfo]:
+    """Every file under a folder (its folders below too). A store's by its listing; a local folder's by a walk that
+    follows symbolic links, as a listing does, but enters each folder once: a link to a folder above (``up -> ..``)
+    had pyarrow's listing go down until the system's limit on links (every file read once per level, and two such
+    links, 2**40 paths: no end), and a link to a folder already listed (``latest -> 2024-06-01``) listed its files
+    twice. The folders reached without a link are walked first, so that a folder reached both ways is listed under
+    its names without one."""
+    if not isinstance(fs, pafs.LocalFileSystem):
+        return fs.get_file_info(pafs.FileSelector(folder, recursive=True, allow_not_found=True))
+    files: list[pafs.FileInfo] = []
+    entered: set[tuple[int, int]] = set()
+    plain: deque[str] = deque([folder])  # reached without a link below ``folder``
+    linked: deque[str] = deque()  # through one
+    again: list[str] = []  # links to folders entered already
+    while plain or linked:
+        through_link = not plain
+        at = linked.popleft() if through_link else plain.popleft()
+        identity = _identity(at)
+        if identity is None or identity in entered:
+            if identity is not None:
+                again.append(at[len(folder) :].lstrip("/"))
+            continue
+        entered.add(identity)
+        for info in sorted(fs.get_file_info(pafs.FileSelector(at)), key=lambda info: info.path):
+            if info.type == pafs.FileType.Directory:
+                (linked if through_link or os.path.islink(info.path) else plain).append(info.path)
+            elif info.is_file:
+                files.append(info)
+    if again:
+        log.warning(
+            "input.paths: %d symbolic link(s) under %s lead to folders listed already (%s): their files are read "
+            "once, under the names without the link", len(again), folder, ", ".join(sorted(again)[:3]))
+    return files
 
 
 def _folder_files(location: str, infos: list[pafs.FileInfo], path: str) -> list[tuple[str, pafs.FileInfo]]:
@@ -314,7 +350,7 @@ def _glob_listing(fs: pafs.FileSystem, base: str, wild: list[str]) -> Iterator[p
                     yield info
         folders = matched
     for folder in folders:
-        yield from fs.get_file_info(pafs.FileSelector(folder, recursive=True, allow_not_found=True))
+        yield from _files_under(fs, folder)
 
 
 def _glob_hides(parts: list[str], wild: list[str]) -> bool:
@@ -396,6 +432,9 @@ def list_shards(
     one shard.
     """
     shards: dict[str, Shard] = {}
+    by_file: dict[str, tuple[str, bool]] = {}  # a local file's real path: the uri of its shard, reached through a link
+    doubles: list[tuple[str, str]] = []  # (a name not read, the name read): one file found under both
+    real_file = _RealPaths()
     skipped = [(xfs, xpath, real_path(xfs, xpath)) for xfs, xpath in map(resolve, exclude)]
     aliases = [UnderFolder(xfs, xpath) for xfs, xpath in map(resolve, exclude)]  # reached by another path
     for location in paths:
@@ -424,8 +463,18 @@ def list_shards(
                 continue
             name = info.path[len(root) :].lstrip("/") if is_within(info.path, root) else info.base_name
             mtime = info.mtime_ns if info.mtime_ns is not None else None
-            shards[uri] = Shard(uri, info.path, kind[0], kind[1], info.size or 0, mtime, name)  # type: ignore[arg-type]
             found += 1
+            if isinstance(fs, pafs.LocalFileSystem):  # a file found under two names (a link to it) is read once
+                real = real_file(info.path)
+                linked = real != f"{real_file(root)}/{name}"
+                prior = by_file.get(real)
+                if prior is not None and prior[0] != uri:
+                    if not prior[1] or linked:  # the first name, unless only the new one goes through no link
+                        doubles.append((name, shards[prior[0]].name))
+                        continue
+                    doubles.append((shards.pop(prior[0]).name, name))
+                by_file[real] = (uri, linked)
+            shards[uri] = Shard(uri, info.path, kind[0], kind[1], info.size or 0, mtime, name)  # type: ignore[arg-type]
         if found and other:
             kinds, hint = {
                 "auto": ("Parquet or JSON lines files (.parquet, .jsonl, .ndjson, .json, each also .gz)",
@@ -457,6 +506,11 @@ def list_shards(
                 f"input.paths: no .parquet or .jsonl(.gz) files found under {location}; check the path{below}, "
                 "remove it from the list, or set input.format for files without those extensions"
             )
+    if doubles:
+        log.warning(
+            "input.paths: %d file(s) found under two names (a symbolic link to a file, or one named twice) are read "
+            "once, under the name without a link: %s", len(doubles),
+            ", ".join(f"{name} (read as {kept})" for name, kept in sorted(doubles)[:3]))
     _check_names(list(shards.values()))
     return [shards[k] for k in sorted(shards)]
 
@@ -473,6 +527,21 @@ def _compressed_only(location: str, names: list[str]) -> str:
         f"({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}) are not, as only gzip files named .gz are "
         f"decompressed; decompress them, or make them gzip files named .gz (as {example})"
     )
+
+
+class _RealPaths:
+    """A local path with its symbolic links resolved, each folder's once (a folder of many files: one lookup)."""
+
+    def __init__(self) -> None:
+        self.folders: dict[str, str] = {}
+
+    def __call__(self, path: str) -> str:
+        folder, _, name = path.rpartition("/")
+        real = self.folders.get(folder)
+        if real is None:
+            real = self.folders[folder] = os.path.realpath(folder or "/")
+        joined = f"{real.rstrip('/')}/{name}"
+        return os.path.realpath(joined) if os.path.islink(joined) else joined
 
 
 def _recursive(glob: str) -> str:
