@@ -605,6 +605,26 @@ def test_a_folder_of_files_compressed_other_than_gzip_says_so_not_to_set_the_for
     assert "decompress them" in said and "input.format" not in said, said
 
 
+def test_a_landing_folder_of_files_that_are_not_read_is_said_at_each_tick_not_taken_for_no_input(tmp_path, caplog):
+    """A scheduled tick takes a folder with no file in it yet for no input; one that holds only files it does not
+    read (CSV exports, .jsonl.zst) was taken so too, without a word, night after night: their rows were never
+    scored. The tick still scores nothing, and says which files are not read and why."""
+    (tmp_path / "in").mkdir()
+    for name in ("a.csv", "b.jsonl.zst"):
+        (tmp_path / "in" / name).write_bytes(b"x")
+    with caplog.at_level(logging.WARNING, logger="pipelines.io.shards"):
+        assert list_shards([str(tmp_path / "in")], empty_is_no_input=True) == []
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "a.csv" in said and "b.jsonl.zst" in said and "not read" in said, said
+    assert "zstd" in said, said
+    caplog.clear()
+    (tmp_path / "in" / "a.csv").unlink()
+    (tmp_path / "in" / "b.jsonl.zst").unlink()
+    with caplog.at_level(logging.WARNING, logger="pipelines.io.shards"):
+        assert list_shards([str(tmp_path / "in")], empty_is_no_input=True) == []  # an empty folder: no input yet
+    assert not caplog.records
+
+
 def test_a_failed_run_names_both_a_file_it_could_not_fetch_and_one_that_does_not_parse():
     said = unreadable_violation([
         Unreadable(uri="data/a.jsonl", reason=f"{NOT_FETCHED} jsonl file: OSError: reset by peer"),

@@ -475,13 +475,16 @@ def list_shards(
                     doubles.append((shards.pop(prior[0]).name, name))
                 by_file[real] = (uri, linked)
             shards[uri] = Shard(uri, info.path, kind[0], kind[1], info.size or 0, mtime, name)  # type: ignore[arg-type]
-        if found and other:
+        if other and (found or (empty_is_no_input and a_listing)):  # a landing folder of files not read: said
             kinds, hint = {
                 "auto": ("Parquet or JSON lines files (.parquet, .jsonl, .ndjson, .json, each also .gz)",
                          "convert them to be read"),
                 "openai-batch": (f"{BATCH_FILES}, which input.format openai-batch reads",
                                  "rename them, or name each in input.paths, to be read"),
             }.get(wanted_format, (f"{wanted_format} files (input.format)", "convert them to be read"))
+            if compressed := sorted(n for n in other if os.path.splitext(n)[1].lower() in COMPRESSED_NAMES):
+                hint += (f"; {', '.join(compressed[:3])}: compressed as {_compressions(compressed)}, and only gzip "
+                         "files named .gz are decompressed")
             log.warning(
                 "input.paths: %s holds %d file(s) that are not read, their names not those of %s: e.g. %s; their "
                 "rows are in no output (%s)", location, len(other), kinds, ", ".join(sorted(other)[:3]), hint)
@@ -515,10 +518,15 @@ def list_shards(
     return [shards[k] for k in sorted(shards)]
 
 
+def _compressions(names: list[str]) -> str:
+    """The compressions that files named so are in (:data:`COMPRESSED_NAMES`): ``bzip2 or zstd``."""
+    return " or ".join(sorted({COMPRESSED_NAMES[os.path.splitext(n)[1].lower()][0] for n in names}))
+
+
 def _compressed_only(location: str, names: list[str]) -> str:
     """Why a location whose files are compressed as the reader does not decompress (:data:`COMPRESSED_NAMES`) gives
     none, and how to make them readable, the first one's command as the example."""
-    kinds = " or ".join(sorted({COMPRESSED_NAMES[os.path.splitext(n)[1].lower()][0] for n in names}))
+    kinds = _compressions(names)
     stem, ext = os.path.splitext(names[0])
     tool = COMPRESSED_NAMES[ext.lower()][1]
     example = f"`{tool} {names[0]} | gzip > {stem}.gz`" if tool else f"`mv {names[0]} {stem}.gz`"
