@@ -1121,16 +1121,22 @@ def test_a_partition_is_redone_whole_until_the_new_model_has_scored_it_and_no_mo
     assert sorted(all_ids(tmp_path)) == ["a0", "a1", "a2"]
 
 
-def test_a_rescore_keeps_no_promise_it_can_not_keep_about_gone_input(tmp_path):
-    """A shard scored earlier whose file is gone keeps its output (only --prune moves it away), and the rescore's own
-    ledger line said so ("their rows stay"); but a rescore supersedes every older partition, so its rows left with
-    them and no line said it. A rescore with gone input is now refused unless --prune lets that output go."""
+def scored_then_one_gone(tmp_path):
+    """A job that scored a.jsonl and b.jsonl at day 1's tick, after which a.jsonl is gone from the input."""
     runner = Committing()
     spec = make_job(tmp_path, fake_model(tmp_path))
     add_shard(tmp_path, "a.jsonl", rows("a", 3))
     add_shard(tmp_path, "b.jsonl", rows("b", 2))
     run_due(spec, now=day(1, hours=0.01), runner=runner)
     (tmp_path / "in" / "a.jsonl").unlink()  # a retention policy on the landing folder
+    return runner, spec
+
+
+def test_a_rescore_keeps_no_promise_it_can_not_keep_about_gone_input(tmp_path):
+    """A shard scored earlier whose file is gone keeps its output (only --prune moves it away), and the rescore's own
+    ledger line said so ("their rows stay"); but a rescore supersedes every older partition, so its rows left with
+    them and no line said it. A rescore with gone input is now refused unless --prune lets that output go."""
+    runner, spec = scored_then_one_gone(tmp_path)
     with pytest.raises(PipelineError, match=r"1 shard\(s\) scored earlier are gone from the input \(a.jsonl\).*--prune"):
         run_due(spec, now=day(2, hours=0.01), rescore=True, runner=runner)
     assert sorted(all_ids(tmp_path)) == ["a0", "a1", "a2", "b0", "b1"]
@@ -1156,12 +1162,7 @@ def test_a_scheduler_started_with_a_refused_rescore_says_so_at_once_and_takes_pr
     ignored without --once. The refusal now ends the command at once (exit 2), and --prune goes with the first run."""
     from pipelines.cli.main import main
 
-    runner = Committing()
-    spec = make_job(tmp_path, fake_model(tmp_path))
-    add_shard(tmp_path, "a.jsonl", rows("a", 3))
-    add_shard(tmp_path, "b.jsonl", rows("b", 2))
-    run_due(spec, now=day(1, hours=0.01), runner=runner)
-    (tmp_path / "in" / "a.jsonl").unlink()  # a retention policy on the landing folder
+    runner, spec = scored_then_one_gone(tmp_path)
     clock = {"now": day(2, hours=0.01)}
 
     def sleep(seconds):

@@ -119,19 +119,25 @@ def _jsonl_rows(shard: Shard, count_limit: int) -> tuple[int, bool]:
         return rows + (1 if _a_row(carry) else 0), True
 
 
-def _array_rows(
-    stream: Any, raw: _Counting, chunk: bytes, size: int, limit: int
-) -> tuple[tuple[int, bool] | None, bytes]:
-    """(rows, exact) of a file that is one JSON array, its elements counted (past ``limit`` bytes, those in the
-    bytes read so far, scaled to the file's size); or None and the bytes read, where it is JSON lines after all."""
+def _read_ahead(stream: Any, chunk: bytes, limit: int) -> tuple[bytes, bool]:
+    """The bytes from ``chunk`` on, up to ``limit`` and one more byte; and whether they are the whole rest of the
+    file."""
     parts = [chunk]
     read = len(chunk)
     while read < limit and (more := stream.read(min(CHUNK, limit - read))):
         parts.append(more)
         read += len(more)
     last = stream.read(1)  # the end of the file, or one more byte
-    data = b"".join([*parts, last])
-    if not last:
+    return b"".join([*parts, last]), not last
+
+
+def _array_rows(
+    stream: Any, raw: _Counting, chunk: bytes, size: int, limit: int
+) -> tuple[tuple[int, bool] | None, bytes]:
+    """(rows, exact) of a file that is one JSON array, its elements counted (past ``limit`` bytes, those in the
+    bytes read so far, scaled to the file's size); or None and the bytes read, where it is JSON lines after all."""
+    data, whole = _read_ahead(stream, chunk, limit)
+    if whole:
         values = json_array(data)
         return ((len(values), True) if values is not None else None), data
     head = array_head(data)
@@ -147,22 +153,16 @@ def _stream_rows(
     counted (past ``limit`` bytes, those in the bytes read so far, scaled to the file's size); a file a run refuses
     whole (one that does not parse to its end, or a Batch file) raises its reason. None and the bytes read, where
     it is JSON lines after all."""
-    parts = [chunk]
-    read = len(chunk)
-    while read < limit and (more := stream.read(min(CHUNK, limit - read))):
-        parts.append(more)
-        read += len(more)
-    last = stream.read(1)  # the end of the file, or one more byte
-    data = b"".join([*parts, last])
+    data, whole = _read_ahead(stream, chunk, limit)
     found = json_stream(data)
     if found is None:
         return None, data
     values, problem = found
-    if not last and shard.format == "openai-batch":
+    if whole and shard.format == "openai-batch":
         raise ValueError(stream_reason(len(values)))
-    if not last and problem is not None:
+    if whole and problem is not None:
         raise ValueError(problem)
-    if not last:
+    if whole:
         return (len(values), True), data
     return (round(len(values) * shard.size / max(raw.consumed, 1)), False), data
 
