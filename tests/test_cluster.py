@@ -310,7 +310,7 @@ def test_workers_get_local_paths_made_absolute_unless_they_run_from_the_jobs_wor
     aliased = spec_from_dict({**spec.model_dump(), "model": {"name": "minilm"}, "output": {"path": "~/out"}})
     sent = cluster.worker_spec(aliased)
     assert sent["model"]["name"] == "minilm"
-    assert sent["output"]["path"] == str(tmp_path / "~" / "out")  # where the driver's resolve() writes it
+    assert sent["output"]["path"] == os.path.expanduser("~/out")  # the home's, where the driver's resolve() writes it
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"working_dir": "gcs://x.zip"}}))
     assert cluster.worker_spec(spec) == spec.model_dump(mode="json")  # the workers run from the working_dir too
 
