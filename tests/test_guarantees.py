@@ -855,10 +855,36 @@ def test_a_file_reached_through_a_symbolic_link_and_by_its_own_name_is_read_once
         shards = list_shards([str(tmp_path / "in")])
     assert [s.name for s in shards] == ["2024-06-01/a.jsonl", "b.jsonl", "c.jsonl"], [s.name for s in shards][:5]
     [folders, files] = [r.getMessage() for r in caplog.records]
-    assert "2 symbolic link(s) under" in folders and "lead to folders listed already (2024-06-01/up, latest)" in folders
-    assert "1 file(s) found under two names" in files and "copy.jsonl (read as 2024-06-01/a.jsonl)" in files
+    assert "2 symbolic link(s) under" in folders and "lead to a folder they are in (2024-06-01/up, latest/up)" in folders
+    assert "2 file(s) found under two names" in files and "copy.jsonl (read as 2024-06-01/a.jsonl)" in files
+    assert "latest/a.jsonl (read as 2024-06-01/a.jsonl)" in files
     named = list_shards([str(tmp_path / "in" / "copy.jsonl"), str(tmp_path / "in" / "2024-06-01" / "a.jsonl")])
     assert [s.path for s in named] == [str(tmp_path / "in" / "2024-06-01" / "a.jsonl")]  # named twice: read once
+
+
+def test_a_folder_reached_first_by_a_name_not_read_is_read_under_the_link_to_it(tmp_path, caplog):
+    """A local folder was walked once, under the name it was reached by first: a folder the listing skips
+    (``.snapshots/2024-06-01``, ``_archive/v3``) reached before the link that names it (``latest ->
+    .snapshots/2024-06-01``), or one a glob does not match (``data/**/latest/*.jsonl`` with ``latest -> v2`` beside
+    ``v1`` and ``v2``), had the files under the link never listed: their rows in no output, a warning saying they were
+    read under another name, and a resumed output's shards under the link taken for gone input. Each name a folder is
+    reached by is listed; a file found under two is read once (the name without a link, among those read)."""
+    write_jsonl(tmp_path / "in" / ".snapshots" / "2024-06-01" / "a.jsonl", [{"id": "a", "text": "x"}])
+    write_jsonl(tmp_path / "in" / "_archive" / "v3" / "b.jsonl", [{"id": "b", "text": "y"}])
+    write_jsonl(tmp_path / "in" / "c.jsonl", [{"id": "c", "text": "z"}])
+    (tmp_path / "in" / "latest").symlink_to(".snapshots/2024-06-01")
+    (tmp_path / "in" / "current").symlink_to("_archive/v3")
+    assert [s.name for s in list_shards([str(tmp_path / "in")])] == ["c.jsonl", "current/b.jsonl", "latest/a.jsonl"]
+    for version in ("v1", "v2"):
+        write_jsonl(tmp_path / "sets" / "news" / version / "n.jsonl", [{"id": version, "text": "x"}])
+    (tmp_path / "sets" / "news" / "latest").symlink_to("v2")
+    for glob in ("sets/**/latest/*.jsonl", "sets/*/latest/*.jsonl"):
+        shards = list_shards([str(tmp_path / glob)])
+        assert [(s.name, s.path) for s in shards] == [
+            ("news/latest/n.jsonl", str(tmp_path / "sets" / "news" / "latest" / "n.jsonl"))], (glob, shards)
+    with caplog.at_level("WARNING", logger="pipelines.io.shards"):  # the names without a link are still the ones read
+        assert [s.name for s in list_shards([str(tmp_path / "sets")])] == ["news/v1/n.jsonl", "news/v2/n.jsonl"]
+    assert "news/latest/n.jsonl (read as news/v2/n.jsonl)" in caplog.text, caplog.text
 
 
 @pytest.fixture()

@@ -238,36 +238,39 @@ def _list(location: str, fs: pafs.FileSystem, path: str) -> tuple[str, list[tupl
 
 def _files_under(fs: pafs.FileSystem, folder: str) -> list[pafs.FileInfo]:
     """Every file under a folder (its folders below too). A store's by its listing; a local folder's by a walk that
-    follows symbolic links, as a listing does, but enters each folder once: a link to a folder above (``up -> ..``)
-    had pyarrow's listing go down until the system's limit on links (every file read once per level, and two such
-    links, 2**40 paths: no end), and a link to a folder already listed (``latest -> 2024-06-01``) listed its files
-    twice. The folders reached without a link are walked first, so that a folder reached both ways is listed under
-    its names without one."""
+    follows symbolic links, as a listing does, but none to a folder it is in: a link to a folder above (``up ->
+    ..``) had pyarrow's listing go down until the system's limit on links (every file read once per level, and two
+    such links, 2**40 paths: no end). A folder reached by several names (``latest -> 2024-06-01`` beside it) is
+    listed under each: which of a file's names is read is :func:`list_shards`' choice, once hidden names and a glob
+    have had their say (a folder reached first as ``.snapshots/2024-06-01``, which a listing skips, or as ``v2``, which
+    ``data/**/latest/*.jsonl`` does not match, is read under its link). The folders reached without a link are walked
+    first."""
     if not isinstance(fs, pafs.LocalFileSystem):
         return fs.get_file_info(pafs.FileSelector(folder, recursive=True, allow_not_found=True))
     files: list[pafs.FileInfo] = []
-    entered: set[tuple[int, int]] = set()
-    plain: deque[str] = deque([folder])  # reached without a link below ``folder``
-    linked: deque[str] = deque()  # through one
-    again: list[str] = []  # links to folders entered already
+    top = _identity(folder)
+    plain: deque[tuple[str, tuple]] = deque([(folder, (top,))])  # reached without a link below ``folder``, and the
+    linked: deque[tuple[str, tuple]] = deque()  # identities of the folders it is in; through a link
+    cycles: list[str] = []  # links to a folder they are in
     while plain or linked:
         through_link = not plain
-        at = linked.popleft() if through_link else plain.popleft()
-        identity = _identity(at)
-        if identity is None or identity in entered:
-            if identity is not None:
-                again.append(at[len(folder) :].lstrip("/"))
-            continue
-        entered.add(identity)
+        at, within = linked.popleft() if through_link else plain.popleft()
         for info in sorted(fs.get_file_info(pafs.FileSelector(at)), key=lambda info: info.path):
             if info.type == pafs.FileType.Directory:
-                (linked if through_link or os.path.islink(info.path) else plain).append(info.path)
+                identity = _identity(info.path)
+                if identity is None:  # gone since the listing
+                    continue
+                if identity in within:
+                    cycles.append(info.path[len(folder) :].lstrip("/"))
+                    continue
+                queue = linked if through_link or os.path.islink(info.path) else plain
+                queue.append((info.path, (*within, identity)))
             elif info.is_file:
                 files.append(info)
-    if again:
+    if cycles:
         log.warning(
-            "input.paths: %d symbolic link(s) under %s lead to folders listed already (%s): their files are read "
-            "once, under the names without the link", len(again), folder, ", ".join(sorted(again)[:3]))
+            "input.paths: %d symbolic link(s) under %s lead to a folder they are in (%s): not followed, its files are "
+            "read under the names without the link", len(cycles), folder, ", ".join(sorted(cycles)[:3]))
     return files
 
 
@@ -511,7 +514,7 @@ def list_shards(
             )
     if doubles:
         log.warning(
-            "input.paths: %d file(s) found under two names (a symbolic link to a file, or one named twice) are read "
+            "input.paths: %d file(s) found under two names (through a symbolic link, or named twice) are read "
             "once, under the name without a link: %s", len(doubles),
             ", ".join(f"{name} (read as {kept})" for name, kept in sorted(doubles)[:3]))
     _check_names(list(shards.values()))
