@@ -477,6 +477,21 @@ def test_json_objects_written_over_several_lines_each_are_read_as_their_rows(tmp
     assert reader_count_rows(list_shards([str(tmp_path / "cut.jsonl")])[0]) == (1, False)  # the objects before
 
 
+def test_a_json_lines_file_whose_first_line_nests_deeply_is_read_as_its_lines(tmp_path):
+    """The check for objects written over several lines parses a file's first line with Python's json, which gives
+    up past about 1,000 levels of nesting (RecursionError, no ValueError): a JSON lines file whose first row held
+    such a value (a parse tree, a deeply nested thread) was refused whole, its every row quarantined or the job
+    failed, where it had been read line by line as JSON lines."""
+    path = tmp_path / "deep.jsonl"
+    deep = '{"id": "0", "text": "deep", "meta": ' + "[" * 3000 + "]" * 3000 + "}"
+    path.write_text(deep + "\n" + "".join(json.dumps({"id": str(i), "text": f"row {i}"}) + "\n"
+                                                   for i in range(1, 5)))
+    assert _read(path) == [("0", "deep", None), *((str(i), f"row {i}", None) for i in range(1, 5))]
+    [shard] = list_shards([str(path)])
+    counted = plan_count_rows(shard)
+    assert reader_count_rows(shard) == (5, True) and (counted.rows, counted.count) == (5, "counted"), counted
+
+
 def test_parquet_text_stored_as_bytes_is_text(tmp_path):
     """Hive and Impala write strings as bytes without Parquet's UTF8 mark: every row was quarantined as "text is
     not a string (binary)"."""

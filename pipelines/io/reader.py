@@ -420,6 +420,8 @@ def stream_start(data: bytes) -> bool:
     try:
         json.loads(data[start:end])
         return False
+    except RecursionError:  # nested past Python's limit: a line of JSON lines (pyarrow reads it), not {
+        return False
     except ValueError:
         pass
     text = data[start:].decode("utf-8", errors="surrogateescape")
