@@ -1678,6 +1678,44 @@ def test_another_jobs_output_inside_the_input_folder_is_refused_not_read_as_inpu
         assert resume_state(chained, [part])[0] == [part]
 
 
+def test_a_scheduled_root_read_as_input_is_looked_at_once_not_once_per_partition(tmp_path, monkeypatch):
+    """The check for another job's output in an input folder looked, for each folder holding part files, at the
+    folder's _job.json and at the input location's _job.json and _runs.jsonl again: a scheduled job's root read as
+    a later job's input (which is read) cost three requests per partition on a store, at every run and every tick
+    (3,000 HEAD requests for a thousand partitions). The location is looked at once, and only where it is no output
+    are its folders; another job's outputs in a plain folder are still each found."""
+    import pyarrow.fs as pafs
+
+    from pipelines.output.layout import outputs_in_input
+
+    looked: list[str] = []
+    local = pafs.LocalFileSystem()
+
+    class Counting:
+        def get_file_info(self, paths):
+            looked.extend(paths)
+            return local.get_file_info(paths)
+
+    def layout_of(root: Path, partitions: int, marks: tuple[str, ...]) -> None:
+        for mark in marks:
+            (root / mark).parent.mkdir(parents=True, exist_ok=True)
+            (root / mark).write_text("{}")
+        for n in range(partitions):
+            (root / f"p{n:03d}").mkdir(parents=True)
+            (root / f"p{n:03d}" / "_job.json").write_text("{}")
+            (root / f"p{n:03d}" / "part-0123456789ab-00000.parquet").write_bytes(b"x")
+
+    layout_of(tmp_path / "nightly", 40, ("_runs.jsonl",))
+    layout_of(tmp_path / "data", 3, ())
+    monkeypatch.setattr(Shard, "filesystem", lambda self: Counting())
+    assert outputs_in_input(list_shards([str(tmp_path / "nightly")])) == []
+    assert len(looked) == 2, len(looked)
+    looked.clear()
+    found = outputs_in_input(list_shards([str(tmp_path / "data")]))
+    assert [s.name for s in found] == [f"p{n:03d}/part-0123456789ab-00000.parquet" for n in range(3)]
+    assert len(looked) == 2 + 3, looked
+
+
 def test_a_path_that_starts_with_a_tilde_is_in_the_home_directory_for_the_driver_and_the_workers(tmp_path, monkeypatch):
     """`output.path: ~/scored/news` in a spec (where no shell expands the ~) wrote to a folder named ~ in the working
     directory, another one from each directory the job was run from (each scoring everything again), while the
