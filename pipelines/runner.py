@@ -419,7 +419,8 @@ def _pending(
             "files' output stays), --overwrite to redo the job, or a new output.path"
         )
     if changed:
-        committed = _forget_changed(output, [s for s in shards if s.uri in set(changed)], committed, dry)
+        redo = set(changed)  # once: made for each shard, 10,000 changed files took 1.5 s, 50,000 took 40 s
+        committed = _forget_changed(output, [s for s in shards if s.uri in redo], committed, dry)
     return [s for s in shards if s.key not in committed], committed
 
 
