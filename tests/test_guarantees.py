@@ -1759,3 +1759,14 @@ def test_a_model_folder_that_starts_with_a_tilde_is_in_the_home_directory(tiny_m
     check_model_files(spec.model, resolve_name(spec.model))
     assert worker_spec(spec)["model"]["name"] == folder
     assert spec.model.name == "~/models/classifier"  # the spec keeps it as written (its hash too)
+
+
+def test_a_folder_gone_while_the_input_is_listed_gives_no_files_not_an_error(tmp_path):
+    """A landing folder's sub-folder removed by its cleanup while a tick lists it (between the walk finding it and
+    listing it) was skipped by pyarrow's listing; the walk that follows links raised FileNotFoundError for it, failing
+    the tick. It is a folder with no files."""
+    import pyarrow.fs as pafs
+
+    from pipelines.io.shards import _files_under
+
+    assert _files_under(pafs.LocalFileSystem(), str(tmp_path / "gone")) == []

@@ -255,7 +255,8 @@ def _files_under(fs: pafs.FileSystem, folder: str) -> list[pafs.FileInfo]:
     while plain or linked:
         through_link = not plain
         at, within = linked.popleft() if through_link else plain.popleft()
-        for info in sorted(fs.get_file_info(pafs.FileSelector(at)), key=lambda info: info.path):
+        listing = fs.get_file_info(pafs.FileSelector(at, allow_not_found=True))  # gone since it was found: no files
+        for info in sorted(listing, key=lambda info: info.path):
             if info.type == pafs.FileType.Directory:
                 identity = _identity(info.path)
                 if identity is None:  # gone since the listing
