@@ -32,7 +32,8 @@ def register(commands, job_command) -> None:
                           help="give up on an unfinished run (one that keeps failing): it is no longer resumed; "
                                "its committed shards stay, the others are scored again by the next tick "
                                "(a rescore's keep their earlier output)")
-    schedule.add_argument("--json", action="store_true", help="with --once: print the ledger lines written as JSON")
+    schedule.add_argument("--json", action="store_true",
+                          help="with --once or --abandon: print the ledger lines written as JSON")
     schedule.set_defaults(handler=_schedule)
     runs = job_command("runs", "print a scheduled job's run ledger (<output.path>/_runs.jsonl) as a table")
     runs.add_argument("--json", action="store_true", help="print the raw ledger lines")
@@ -48,13 +49,14 @@ def _schedule(args: argparse.Namespace) -> int:
     from pipelines.schedule.ticks import next_tick, run_id
     from pipelines.spec import load_spec
 
-    if args.json and not args.once:
+    if args.json and not args.once and not args.abandon:
         raise PipelineError("--json prints the ledger lines one invocation writes: use it with --once (the scheduler "
                             "that runs at every tick logs each run instead; `pipelines runs JOB --json` prints the "
                             "ledger)")
     spec = load_spec(args.job, args.overrides)
     if args.abandon:
-        print(describe(abandon(spec, args.abandon)))
+        entry = abandon(spec, args.abandon)
+        print(json.dumps(entry.to_json(), sort_keys=True, default=str) if args.json else describe(entry))
         return 0
     if not args.once:
         serve(spec, address=args.address, rescore=args.rescore, prune=args.prune)
