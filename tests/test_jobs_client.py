@@ -275,3 +275,22 @@ def _wait_for_terminal(job_id: str, address: str, timeout: float = 180):
         time.sleep(0.5)
         report = jobs_client.status(job_id, address)
     return report
+
+
+def test_submit_passes_the_runs_output_flags_to_the_cluster_run(monkeypatch, tmp_path):
+    """A submitted job whose input changed is refused with `use --redo-changed …, --overwrite …`, and one whose input
+    is gone with `--prune`; `pipelines submit` took none of them, so a team that runs on its cluster could not do what
+    the error said. They go to the cluster's `pipelines run`."""
+    from pipelines.cli.main import main
+
+    root = Path(__file__).resolve().parents[1]
+    sent = {}
+    monkeypatch.setattr(jobs_client, "submit", lambda job, address, **kwargs: sent.update(kwargs) or "raysubmit_1")
+    args = ["submit", str(root / "jobs" / "label_news.yaml"), "--address", "http://127.0.0.1:1",
+            "--set", f"output.path={tmp_path / 'out'}"]
+    assert main([*args, "--redo-changed", "--prune"]) == 0
+    assert list(sent["extra_args"]) == ["--prune", "--redo-changed"]
+    assert main([*args, "--overwrite"]) == 0
+    assert list(sent["extra_args"]) == ["--overwrite"]
+    assert main(args) == 0
+    assert list(sent.get("extra_args", [])) == []

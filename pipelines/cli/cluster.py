@@ -49,6 +49,10 @@ def register(subparsers, job_command) -> None:
         type=Path,
         help="directory uploaded as the working_dir (default: the nearest one above the spec holding pipelines/)",
     )
+    for flag, what in (("--overwrite", "replace results of another spec or changed input"),
+                       ("--prune", "delete the output of committed shards whose input file is gone"),
+                       ("--redo-changed", "score again the input files that changed since they were scored")):
+        submit.add_argument(flag, action="store_true", help=f"passed to the cluster's `pipelines run`: {what}")
     submit.set_defaults(handler=_submit)
 
     for name, help_, handler in (
@@ -75,7 +79,10 @@ def _submit(args: argparse.Namespace) -> int:
     # before any connection: an input file the upload leaves out would be missing rows in a job that succeeds
     jobs.check_inputs_uploaded(root, spec.input.paths, spec.input.format, spec.output.path)
     address = jobs.resolve_address(args.address)
-    job_id = jobs.submit(args.job, address, overrides=args.overrides, project_root=root, insecure=args.insecure)
+    flags = [flag for flag, given in (("--overwrite", args.overwrite), ("--prune", args.prune),
+                                      ("--redo-changed", args.redo_changed)) if given]
+    job_id = jobs.submit(args.job, address, overrides=args.overrides, project_root=root, insecure=args.insecure,
+                         extra_args=flags)
     if not args.wait:
         print(job_id)
         print(f"follow it: pipelines logs {job_id} --follow --address {address}", file=sys.stderr)
