@@ -479,6 +479,7 @@ def list_shards(
                     doubles.append((shards.pop(prior[0]).name, name))
                 by_file[real] = (uri, linked)
             shards[uri] = Shard(uri, info.path, kind[0], kind[1], info.size or 0, mtime, name)  # type: ignore[arg-type]
+        compressed = sorted(n for n in other if os.path.splitext(n)[1].lower() in COMPRESSED_NAMES)
         if other and (found or (empty_is_no_input and a_listing)):  # a landing folder of files not read: said
             kinds, hint = {
                 "auto": ("Parquet or JSON lines files (.parquet, .jsonl, .ndjson, .json, each also .gz)",
@@ -486,7 +487,7 @@ def list_shards(
                 "openai-batch": (f"{BATCH_FILES}, which input.format openai-batch reads",
                                  "rename them, or name each in input.paths, to be read"),
             }.get(wanted_format, (f"{wanted_format} files (input.format)", "convert them to be read"))
-            if compressed := sorted(n for n in other if os.path.splitext(n)[1].lower() in COMPRESSED_NAMES):
+            if compressed:
                 hint += (f"; {', '.join(compressed[:3])}: compressed as {_compressions(compressed)}, and only gzip "
                          "files named .gz are decompressed")
             log.warning(
@@ -501,7 +502,7 @@ def list_shards(
                 )
             if GLOB_CHARS & set(location) and "**" not in location:
                 below = f" (a glob's * stays within one folder: {_recursive(location)} takes the folders below too)"
-            if compressed := sorted(n for n in other if os.path.splitext(n)[1].lower() in COMPRESSED_NAMES):
+            if compressed:
                 raise PipelineError(_compressed_only(location, compressed))
             if wanted_format == "openai-batch":
                 raise PipelineError(
