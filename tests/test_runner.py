@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -212,7 +213,7 @@ def test_redo_changed_looks_up_the_changed_files_once_not_once_per_shard(monkeyp
             pass
 
         def committed(self):
-            return {s.key: object() for s in shards}
+            return {s.key: SimpleNamespace(shard=s.key) for s in shards}  # a commit record, as far as it is read
 
     monkeypatch.setattr(runner, "changed_inputs", lambda committed, shards, same: Changed(s.uri for s in shards))
     pending, committed = runner._pending(Output(), None, shards, True, prune=False, dry=True, redo_changed=True)
