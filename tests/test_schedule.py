@@ -1395,7 +1395,7 @@ def test_json_without_once_is_refused_not_ignored(tmp_path, monkeypatch, capsys)
     assert main(["schedule", str(job), "--json"]) == 2
     assert served == []
     err = capsys.readouterr().err
-    assert "--json" in err and "--once" in err
+    assert "--json" in err and "--once" in err and "--abandon" in err
     line = LedgerEntry(run="2026-11-29T02:00:00Z", kind="abandon", status="abandoned")
     monkeypatch.setattr("pipelines.schedule.executor.abandon", lambda spec, run: line)
     assert main(["schedule", str(job), "--abandon", "2026-11-29T02:00:00Z", "--json"]) == 0  # --abandon's line

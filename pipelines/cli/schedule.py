@@ -50,9 +50,9 @@ def _schedule(args: argparse.Namespace) -> int:
     from pipelines.spec import load_spec
 
     if args.json and not args.once and not args.abandon:
-        raise PipelineError("--json prints the ledger lines one invocation writes: use it with --once (the scheduler "
-                            "that runs at every tick logs each run instead; `pipelines runs JOB --json` prints the "
-                            "ledger)")
+        raise PipelineError("--json prints the ledger lines one invocation writes: use it with --once or --abandon RUN "
+                            "(the scheduler that runs at every tick logs each run instead; `pipelines runs JOB --json` "
+                            "prints the ledger)")
     spec = load_spec(args.job, args.overrides)
     if args.abandon:
         entry = abandon(spec, args.abandon)
