@@ -293,6 +293,27 @@ def test_redo_changed_scores_the_changed_files_again_and_leaves_the_others(ray_s
     assert asked["redo_changed"] is True
 
 
+def test_a_redo_changed_killed_between_its_deletion_and_the_new_commit_is_finished_by_the_next_run(ray_session,
+                                                                                                   tiny_models,
+                                                                                                   tmp_path):
+    """The README says of --redo-changed that until a changed file is committed again its rows are missing, and
+    that a crash in between leaves it to the next run: the old rows are gone, a plain run (no flag) scores the file
+    again, and every row is there once, the old version's none."""
+    many_shards(tmp_path / "in", shards=2, rows=4)
+    job = write_job(tmp_path, tiny_models("classifier"), tmp_path / "in")
+    out = tmp_path / "out"
+    run_job(load_spec(job))  # in this process (the crash below needs the CLI)
+    write_jsonl(tmp_path / "in" / "part-1.jsonl", [{"id": f"fixed-{i}", "text": SENTENCES[i]} for i in range(3)])
+    crashed = cli("run", str(job), "--redo-changed", env={"PIPELINES_CRASH_AT": "before_commit:1"})
+    assert crashed.returncode == -9, crashed.stderr[-2000:]
+    assert not any(i.startswith("s1-") for i in output_ids(out))  # the old version's rows were deleted ...
+    assert not (out / "_SUCCESS").exists()  # ... and the output says it is not finished
+    summary = run_job(load_spec(job))  # no flag
+    assert (summary.status, summary.rows_out) == ("succeeded", 7)
+    assert sorted(output_ids(out)) == [*(f"fixed-{i}" for i in range(3)), *(f"s0-{i}" for i in range(4))]
+    assert (out / "_SUCCESS").exists()
+
+
 def test_a_file_replaced_between_its_listing_and_its_read_is_committed_as_read(tmp_path):
     """The driver lists a file, another process replaces it, the read task reads the new bytes: the commit records
     those bytes (their size and hash, no time), so the next run finds its input unchanged, and a change after the
