@@ -30,13 +30,12 @@ from pipelines.inference.identity import model_files
 from pipelines.io.reader import (
     NOT_FETCHED,
     Columns,
-    content_digest,
     count_rows,
     decode_types,
     encode_types,
-    read_bytes,
     read_shard,
     reference_types,
+    same_content,
 )
 from pipelines.io.shards import Shard, UnderFolder, is_within, list_shards, real_path, resolve
 from pipelines.output import report as pages
@@ -530,16 +529,6 @@ def _handle_stale(
             "input.paths points elsewhere; restore the input, or run again with --prune to delete their output"
         )
     return _forget(output, stale, committed, dry, "pruning %s: its input is gone")
-
-
-def same_content(shard: Shard, digest: str | None) -> bool:
-    """Whether a shard's bytes hash to ``digest`` (read on the driver: only for files whose time changed)."""
-    if not digest:
-        return False
-    try:
-        return content_digest(read_bytes(shard)) == digest
-    except OSError:
-        return False
 
 
 @dataclass

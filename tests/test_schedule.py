@@ -20,6 +20,7 @@ import yaml
 from helpers import ROOT, SENTENCES, write_jsonl, write_parquet
 
 from pipelines.errors import PipelineError
+from pipelines.io.reader import content_digest
 from pipelines.output import layout
 from pipelines.output import summary as summaries
 from pipelines.output.commit import DATA_STAGED, OutputDir, staged_name
@@ -161,8 +162,9 @@ class Committing:
     committed and fails its run at the end (as an unreadable file does); runs in ``fail_first`` fail before
     committing anything. For tests of long sequences of failures, resumes and abandons."""
 
-    def __init__(self) -> None:
+    def __init__(self, digests: bool = False) -> None:
         self.fail_first: set[str] = set()
+        self.digests = digests  # record each input's digest, as run_job does (records written before it: none)
 
     def __call__(self, spec, *, address=None, overwrite=False, shards=None, before_visible=None,
                  precision=None, column_types=None) -> RunSummary:
@@ -182,7 +184,8 @@ class Committing:
             staged.parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(pa.table({"id": ids}), staged)
             bad = sum(i.startswith("x") for i in ids)  # counted as quarantined (see OverBudget)
-            record = CommitRecord(shard=shard.key, input=ShardInput(**shard.fingerprint()), spec_hash="-",
+            digest = content_digest(Path(shard.path).read_bytes()) if self.digests else None
+            record = CommitRecord(shard=shard.key, input=ShardInput(**shard.fingerprint(), digest=digest), spec_hash="-",
                                   model={"name": "-"}, rows_in=len(ids), rows=len(ids) - bad, errors=bad, files=[final])
             out.write_json(layout.commit_record_path(shard.key), record.to_json())
             if before_visible is not None:
@@ -192,6 +195,14 @@ class Committing:
             raise PipelineError("1 input file(s) could not be read: bad")
         summary = summaries.build(job_record(spec), [], [], 0.0, "succeeded")
         return summary.model_copy(update={"shards_this_run": len(shards)})
+
+
+def fetched_again(path: Path) -> None:
+    """The file written anew with the same bytes (a new download, a copy without its times): a new time."""
+    data, before = path.read_bytes(), path.stat().st_mtime_ns
+    path.unlink()
+    path.write_bytes(data)
+    os.utime(path, ns=(before + 10**9, before + 10**9))
 
 
 class Killed(BaseException):
@@ -397,6 +408,26 @@ def test_three_ticks_score_only_new_and_changed_shards_exactly_once(scored_on_da
     query = (f"select count(*), count(distinct id), min(run) "
              f"from read_parquet('{folder}/out/run=*/*.parquet', hive_partitioning=true)")
     assert duckdb.sql(query).fetchall() == [(20, 20, datetime(2026, 11, 28, 2, 0))]
+
+
+def test_a_file_copied_again_with_the_same_bytes_is_not_scored_again_by_the_next_tick(scored_on_day1):
+    """A landing folder fetched again every night (`gsutil cp`, `rsync` without -t, `cp` without -p): the same bytes
+    with a new modification time. Each tick took every such file for changed input: scored again, its earlier rows
+    superseded. Its bytes are compared with the digest its commit recorded; a file whose bytes differ (same size)
+    is still changed."""
+    folder = scored_on_day1  # the first tick (a: 5 rows, b: 4) has run
+    spec = make_job(folder, str(folder / "model"))
+    a, b = folder / "in" / "a.jsonl", folder / "in" / "b.jsonl"
+    for path in (a, b):
+        fetched_again(path)
+    runner = NoRay()
+    quiet = run_due(spec, now=day(2, hours=0.01), runner=runner)
+    assert runner.calls == [] and [e.status for e in quiet.entries] == ["empty"]
+    assert sorted(all_ids(folder)) == sorted(r["id"] for r in rows("a", 5) + rows("b", 4))
+
+    b.write_bytes(b.read_bytes().replace(b'"b1"', b'"b9"'))  # the same size, other bytes: changed
+    run_due(spec, now=day(3, hours=0.01), runner=runner)
+    assert [call["shards"] for call in runner.calls] == [[str(b)]]
 
 
 def test_a_scheduled_auto_job_keeps_one_precision_over_its_runs(ray_session, classifier, tmp_path):
@@ -919,6 +950,42 @@ def test_the_plan_of_a_scheduled_job_says_what_a_tick_would_score(tmp_path):
     assert len(all_ids(tmp_path)) - before == 15 - 3  # b's 3 earlier rows moved to _superseded/
     after = planned()
     assert (after.shards_done, after.shards_todo, after.rows_todo) == (4, 0, 0)
+
+
+def test_a_file_an_unfinished_run_committed_fetched_again_stays_that_runs(tmp_path):
+    """A failing run committed a; a is fetched again (same bytes, new time): the resume took it for changed and left
+    it out, and the next new work scored it again in a partition of its own, retiring the first output."""
+    from pipelines.io.shards import list_shards
+    from pipelines.planning.inputs import survey
+    from pipelines.planning.progress import output_plan
+
+    runner, model = Committing(digests=True), fake_model(tmp_path)
+    spec = make_job(tmp_path, model)
+    a = Path(add_shard(tmp_path, "a.jsonl", rows("a", 2)))
+    add_shard(tmp_path, "bad.jsonl", rows("x", 1))
+    assert run_due(spec, now=day(1, hours=0.01), runner=runner).failures  # a committed, bad not
+    fetched_again(a)
+    shards = list_shards(spec.input.paths, spec.input.format, empty_is_no_input=True)
+    plan = output_plan(spec, shards, survey(shards))
+    assert (plan.shards_todo, plan.rows_todo) == (1, 1)  # bad only
+    second = run_due(spec, now=day(2, hours=0.01), runner=runner)
+    assert [(e.kind, e.status) for e in second.entries] == [("resume", "failed"), ("tick", "empty")]
+    assert [p.name for p in (tmp_path / "out").glob("run=*")] == ["run=2026-11-28T02:00:00Z"]
+    assert sorted(all_ids(tmp_path)) == ["a0", "a1"]
+
+
+def test_a_file_fetched_again_whose_record_has_no_digest_is_scored_again(tmp_path):
+    """Commits recorded before digests were (or a file unreadable when compared): compared by size and time, as
+    before; the new version's output replaces the old one, each row once."""
+    runner, model = Committing(), fake_model(tmp_path)
+    spec = make_job(tmp_path, model)
+    a = Path(add_shard(tmp_path, "a.jsonl", rows("a", 2)))
+    run_due(spec, now=day(1, hours=0.01), runner=runner)
+    fetched_again(a)
+    [entry] = run_due(spec, now=day(2, hours=0.01), runner=runner).entries
+    assert (entry.status, [i.name for i in entry.inputs or []], list(entry.replaces.values())) == (
+        "succeeded", ["a.jsonl"], ["2026-11-28T02:00:00Z"])
+    assert sorted(all_ids(tmp_path)) == ["a0", "a1"]
 
 
 def test_a_shard_that_changes_after_a_failing_run_committed_it_is_scored_again(ray_session, classifier, tmp_path):

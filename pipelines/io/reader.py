@@ -169,6 +169,17 @@ def content_digest(raw: bytes) -> str:
     return hashlib.blake2b(raw, digest_size=12).hexdigest()
 
 
+def same_content(shard: Shard, digest: str | None) -> bool:
+    """Whether a shard's bytes hash to ``digest`` (read whole, on the driver, an object store's too: asked only for
+    files whose size is the recorded one and whose time is not). No digest recorded (an older record): False."""
+    if not digest:
+        return False
+    try:
+        return content_digest(read_bytes(shard)) == digest
+    except OSError:
+        return False
+
+
 def _read_table(shard: Shard, data: bytes, columns: Columns) -> pa.Table:
     if shard.compressed:
         data = gzip.decompress(data)

@@ -91,7 +91,8 @@ def _tick(spec: JobSpec, shards: list[Shard], rows: dict[str, int]) -> OutputPla
         planner = job.planner(history.last_attempt(entry.run).model or {})
         resume = planner.resume(entry.run, decision, partition, held)
         for shard in resume.shards:
-            if resume.overwrite or partition.committed.get(shard.key) != (shard.size, shard.mtime_ns):
+            kept = partition.committed.get(shard.key)
+            if resume.overwrite or kept is None or not planner.unchanged(kept, shard):
                 todo[shard.key] = shard
     work = job.planner({}).new_work(decision, False, held)
     if isinstance(work, RunPlan):

@@ -12,7 +12,9 @@ takes the job's lock, then:
 2. resumes unfinished runs (killed or failed) in their own partitions: run_job keeps
    their committed shards, so no row is scored twice;
 3. scores the shards that are new or changed since they were last scored (by
-   fingerprint: uri, size, mtime) into a new partition ``run=<tick>``;
+   fingerprint: size and mtime; a file of the same size whose mtime changed is
+   changed only if its bytes no longer hash to the digest its commit recorded)
+   into a new partition ``run=<tick>``;
 4. moves outputs that newer ones replace into ``_superseded/``, so the partitions
    together hold every current input row exactly once.
 
@@ -36,7 +38,7 @@ import pyarrow.fs as pafs
 
 from pipelines.errors import PipelineError
 from pipelines.io import stores
-from pipelines.io.reader import decode_types, encode_types
+from pipelines.io.reader import content_digest, decode_types, encode_types, read_bytes
 from pipelines.io.shards import Shard, list_shards, resolve
 from pipelines.output import layout
 from pipelines.output.commit import OutputDir
@@ -199,6 +201,9 @@ class ScheduledJob:
         self.fs, self.root = resolve(spec.output.path)
         self.ledger = Ledger(spec.output.path)
         self.check_lock: Callable[[], None] = lambda: None
+        #: (uri, size, mtime_ns) → the digest of the file's bytes (None: unreadable), each read once per invocation
+        self.digests: dict[tuple[str, int, int | None], str | None] = {}
+        self.same_bytes: set[str] = set()  # the files found so: said once, at the end of an invocation
 
     def guard(self, check: Callable[[], None]) -> None:
         """``check`` raises when this scheduler's lock was lost (a lease taken over): called before each ledger line
@@ -222,7 +227,23 @@ class ScheduledJob:
     def planner(self, lineage: dict) -> Planner:
         """A planner over the facts as they are now (ledger and input shards are read afresh)."""
         return Planner(self.history(), current_shards(self.spec), lineage, self.spec.fingerprint(),
-                       self.spec.output.prediction_prefix)
+                       self.spec.output.prediction_prefix, self.same_content)
+
+    def same_content(self, shard: Shard, digest: str | None) -> bool:
+        """Whether a shard whose modification time changed (its size did not) holds the bytes a commit recorded
+        the digest of: a file fetched again (``gsutil cp``, ``rsync`` without ``-t``) is not scored again. Read
+        whole (an object on a store too), once per invocation however often the planner asks."""
+        if not digest:
+            return False
+        key = (shard.uri, shard.size, shard.mtime_ns)
+        if key not in self.digests:
+            try:
+                self.digests[key] = content_digest(read_bytes(shard))
+            except OSError:
+                self.digests[key] = None
+        if self.digests[key] == digest:
+            self.same_bytes.add(shard.uri)
+        return self.digests[key] == digest
 
     def check_layout(self) -> None:
         """Refuse an output path that is not this scheduled job's: a file, another's files, or `pipelines run`'s
@@ -326,6 +347,9 @@ class ScheduledJob:
                 self.retry_emptied(failed, decision, lineage, report)
             else:
                 report.entries.append(self.stamp(work))
+        if self.same_bytes:
+            log.info("%d input file(s) have a new modification time but the bytes they were scored from (e.g. %s): "
+                     "not scored again", len(self.same_bytes), min(self.same_bytes))
         self.reconcile()
         return report
 
@@ -365,8 +389,8 @@ class ScheduledJob:
         found: dict[str, HeldCommit] = {}
         for entry in self.history().unfinished():
             assert entry.run is not None
-            for key, (size, mtime_ns) in self.partition_state(entry.run).committed.items():
-                found[key] = HeldCommit(entry.run, size, mtime_ns)
+            for key, held in self.partition_state(entry.run).committed.items():
+                found[key] = HeldCommit(entry.run, held.size, held.mtime_ns, held.digest)
         return found
 
     def attempt_reporting(self, plan: RunPlan, report: Invocation) -> str | None:
@@ -399,7 +423,7 @@ class ScheduledJob:
     def partition_state(self, run: str) -> PartitionState:
         partition = OutputDir(partition_path(self.spec, run))
         recorded = partition.job()
-        committed = {key: (r.input.size, r.input.mtime_ns) for key, r in partition.commits().items()}
+        committed = {key: r.input for key, r in partition.commits().items()}
         if recorded is None:
             return PartitionState(None, committed)
         return PartitionState(recorded.spec_hash, committed, recorded.model_files)

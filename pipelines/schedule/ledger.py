@@ -14,7 +14,8 @@ Fields of a line:
 ``status``     ``running``, ``succeeded``, ``failed``, ``abandoned``, ``empty``, ``skipped`` or ``pruned``
 ``attempt``    1 for a run's first attempt, 2 for its first resume, ...
 ``rescore``    true on every line of a rescore, its resumes included
-``inputs``     ``[{uri, name, size, mtime_ns, key, rows}]``: planned (running) or committed (succeeded)
+``inputs``     ``[{uri, name, size, mtime_ns, key, rows}]``: planned (running) or committed (succeeded, with each
+               file's ``digest`` as its commit recorded it)
 ``replaces``   ``{shard key: run}``: shards whose earlier version, in that run, this run supersedes
 ``model``      lineage: name, revision, commit or content_hash, quantization, dtype
 ``model_changed``  ``{"from": lineage, "to": lineage, "since": run}`` when the model differs from the previous run's
@@ -54,7 +55,8 @@ TICK_KINDS = ("tick", "rescore")
 
 
 class LedgerInput(BaseModel):
-    """An input shard as a ledger line lists it: its fingerprint, key (from its name) and, once committed, rows."""
+    """An input shard as a ledger line lists it: its fingerprint, key (from its name) and, once committed, rows and
+    the digest of the bytes it was scored from (lines written before digests were listed have none)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -64,10 +66,7 @@ class LedgerInput(BaseModel):
     name: str = ""
     key: str
     rows: int | None = None
-
-    def same_file(self, shard: Any) -> bool:
-        """Whether a shard (by name) still has the size and modification time it was scored with."""
-        return self.size == shard.size and self.mtime_ns == shard.mtime_ns
+    digest: str | None = None
 
 
 class LedgerEntry(BaseModel):

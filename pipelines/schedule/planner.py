@@ -1,4 +1,6 @@
-"""What a scheduled invocation should do, decided from facts in memory: no files are read or written here.
+"""What a scheduled invocation should do, decided from facts in memory: no files are read or written here, but
+for the input files whose modification time changed while their size did not, which the executor's
+``same_content`` reads to tell whether their bytes are the ones scored.
 
 The executor gathers the facts (the ledger's :class:`History`, the input shards
 now, the model's lineage, each partition's recorded spec and committed shards)
@@ -12,14 +14,32 @@ and asks the planner, step by step:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pipelines.inference.identity import changed
 from pipelines.io.shards import Shard
-from pipelines.output.records import HASH_VERSION, prefixed_hash
-from pipelines.schedule.ledger import History, LedgerEntry
+from pipelines.output.records import HASH_VERSION, ShardInput, prefixed_hash
+from pipelines.schedule.ledger import History, LedgerEntry, LedgerInput
 from pipelines.schedule.lineage import same_model
 from pipelines.schedule.ticks import Decision, run_id
+
+#: Whether a shard's bytes hash to the digest its commit recorded (None where none was recorded: False).
+SameContent = Callable[[Shard, str | None], bool]
+
+
+def never_same(shard: Shard, digest: str | None) -> bool:
+    """A :data:`SameContent` that reads nothing: a file whose time changed is changed."""
+    return False
+
+
+def same_input(recorded: ShardInput | LedgerInput | HeldCommit, shard: Shard, same_content: SameContent) -> bool:
+    """Whether ``shard`` is the file that was scored: the same size, and the same modification time or, where the
+    time is another (a copy without its times, a new download), the bytes its commit recorded a digest of. A
+    record without a digest (written before commits recorded one) is compared by size and time only."""
+    if recorded.size != shard.size:
+        return False
+    return recorded.mtime_ns == shard.mtime_ns or same_content(shard, recorded.digest)
 
 
 @dataclass(frozen=True)
@@ -28,7 +48,7 @@ class PartitionState:
     fingerprints."""
 
     spec_hash: str | None = None
-    committed: dict[str, tuple[int, int | None]] = field(default_factory=dict)  # key → (size, mtime_ns)
+    committed: dict[str, ShardInput] = field(default_factory=dict)  # key → the input its commit record recorded
     model_files: dict[str, str] | None = None
 
 
@@ -39,9 +59,7 @@ class HeldCommit:
     run: str
     size: int
     mtime_ns: int | None
-
-    def same_file(self, shard: Shard) -> bool:
-        return (self.size, self.mtime_ns) == (shard.size, shard.mtime_ns)
+    digest: str | None = None
 
 
 @dataclass
@@ -67,13 +85,19 @@ class Planner:
     """Plans for one job from its ledger history, its current input shards and its model lineage."""
 
     def __init__(
-        self, history: History, shards: list[Shard], lineage: dict, spec_hash: str, prediction_prefix: str = ""
+        self, history: History, shards: list[Shard], lineage: dict, spec_hash: str, prediction_prefix: str = "",
+        same_content: SameContent = never_same,
     ) -> None:
         self.history = history
         self.shards = shards
         self.lineage = lineage
         self.spec_hash = spec_hash
         self.prediction_prefix = prediction_prefix  # to read the hashes of ledger lines written before it counted
+        self.same_content = same_content
+
+    def unchanged(self, recorded: ShardInput | LedgerInput | HeldCommit, shard: Shard) -> bool:
+        """Whether a shard is still the file that was scored (see :func:`same_input`)."""
+        return same_input(recorded, shard, self.same_content)
 
     def resume(
         self, run: str, decision: Decision, partition: PartitionState, held: dict[str, HeldCommit] | None = None
@@ -107,7 +131,7 @@ class Planner:
             if shard.key in later:  # scored after this run (a rescore, or a changed shard): it is that run's
                 continue
             done = partition.committed.get(shard.key)
-            if done and done != (shard.size, shard.mtime_ns) and not overwrite:
+            if done and not overwrite and not self.unchanged(done, shard):
                 continue  # changed after it was committed here: scored again as a changed shard
             shards.append(shard)
         entry = LedgerEntry(
@@ -148,7 +172,7 @@ class Planner:
         claimed = {} if rescore else self.history.claimed()
         changed = {
             key: run for key, run in claimed.items()
-            if key in now and key in commits and commits[key].run == run and not commits[key].same_file(now[key])
+            if key in now and key in commits and commits[key].run == run and not self.unchanged(commits[key], now[key])
         }
         claimed = {key: run for key, run in claimed.items() if key not in changed}
         gone = sorted(item.name or item.uri for key, (item, _) in scored.items() if key not in now)
@@ -158,7 +182,7 @@ class Planner:
             todo = [
                 s for s in self.shards
                 if s.key not in claimed
-                and (s.key in changed or s.key not in scored or not scored[s.key][0].same_file(s))
+                and (s.key in changed or s.key not in scored or not self.unchanged(scored[s.key][0], s))
             ]
         # A shard's earlier output moves to _superseded/ just before its new one appears: a changed shard's, and
         # every shard's in a rescore (so a rescore that fails part way, or is abandoned, leaves each row once).
