@@ -410,11 +410,11 @@ def test_three_ticks_score_only_new_and_changed_shards_exactly_once(scored_on_da
     assert duckdb.sql(query).fetchall() == [(20, 20, datetime(2026, 11, 28, 2, 0))]
 
 
-def test_a_file_copied_again_with_the_same_bytes_is_not_scored_again_by_the_next_tick(scored_on_day1):
+def test_a_file_copied_again_with_the_same_bytes_is_not_scored_again_by_the_next_tick(scored_on_day1, monkeypatch):
     """A landing folder fetched again every night (`gsutil cp`, `rsync` without -t, `cp` without -p): the same bytes
     with a new modification time. Each tick took every such file for changed input: scored again, its earlier rows
-    superseded. Its bytes are compared with the digest its commit recorded; a file whose bytes differ (same size)
-    is still changed."""
+    superseded. Its bytes are compared with the digest its commit recorded, once (the next tick remembers them);
+    a file whose bytes differ (same size) is still changed."""
     folder = scored_on_day1  # the first tick (a: 5 rows, b: 4) has run
     spec = make_job(folder, str(folder / "model"))
     a, b = folder / "in" / "a.jsonl", folder / "in" / "b.jsonl"
@@ -425,9 +425,16 @@ def test_a_file_copied_again_with_the_same_bytes_is_not_scored_again_by_the_next
     assert runner.calls == [] and [e.status for e in quiet.entries] == ["empty"]
     assert sorted(all_ids(folder)) == sorted(r["id"] for r in rows("a", 5) + rows("b", 4))
 
+    assert (folder / "out" / "_input_digests.json").exists()
+
     b.write_bytes(b.read_bytes().replace(b'"b1"', b'"b9"'))  # the same size, other bytes: changed
+    from pipelines.schedule import executor
+
+    read = []
+    monkeypatch.setattr(executor, "read_bytes", lambda shard: read.append(shard.uri) or Path(shard.path).read_bytes())
     run_due(spec, now=day(3, hours=0.01), runner=runner)
     assert [call["shards"] for call in runner.calls] == [[str(b)]]
+    assert read == [str(b)]  # a's digest was remembered from the tick before: a file fetched again is read once
 
 
 def test_a_scheduled_auto_job_keeps_one_precision_over_its_runs(ray_session, classifier, tmp_path):

@@ -16,6 +16,7 @@ A scheduled job's root holds one such directory per run, and its own files::
 
     run=<run id>/                   a partition: a job output directory as above
     _runs.jsonl                     the run ledger
+    _input_digests.json             the hashes of input files found with a new time but the bytes scored
     _report.html                    the page over the runs
     _schedule.lock                  the job's lock
     _superseded/run=<run id>/...    outputs that newer ones replaced
@@ -54,6 +55,7 @@ REPORT = "_report.html"
 OURS = (COMMITS, ERRORS, STAGING, JOB, RUN, SUCCESS, RUN_LOCK, REPORT)
 
 LEDGER = "_runs.jsonl"
+INPUT_DIGESTS = "_input_digests.json"
 LOCK = "_schedule.lock"
 SUPERSEDED = "_superseded"
 PARTITION = "run="

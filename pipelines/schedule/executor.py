@@ -42,7 +42,7 @@ from pipelines.io.reader import content_digest, decode_types, encode_types, read
 from pipelines.io.shards import Shard, list_shards, resolve
 from pipelines.output import layout
 from pipelines.output.commit import OutputDir
-from pipelines.output.layout import COMMITS, JOB, LOCK, PARTITION, RUN_LOCK, STAGING, SUPERSEDED
+from pipelines.output.layout import COMMITS, INPUT_DIGESTS, JOB, LOCK, PARTITION, RUN_LOCK, STAGING, SUPERSEDED
 from pipelines.output.lock import JobLock, output_lock
 from pipelines.output.object_lock import ObjectLock
 from pipelines.output.records import HASH_VERSION, RunSummary
@@ -203,6 +203,8 @@ class ScheduledJob:
         self.check_lock: Callable[[], None] = lambda: None
         #: (uri, size, mtime_ns) → the digest of the file's bytes (None: unreadable), each read once per invocation
         self.digests: dict[tuple[str, int, int | None], str | None] = {}
+        #: uri → (size, mtime_ns, digest) of the files an earlier invocation hashed (``_input_digests.json``)
+        self.remembered: dict[str, tuple[int, int | None, str]] | None = None
         self.same_bytes: set[str] = set()  # the files found so: said once, at the end of an invocation
 
     def guard(self, check: Callable[[], None]) -> None:
@@ -237,10 +239,14 @@ class ScheduledJob:
             return False
         key = (shard.uri, shard.size, shard.mtime_ns)
         if key not in self.digests:
-            try:
-                self.digests[key] = content_digest(read_bytes(shard))
-            except OSError:
-                self.digests[key] = None
+            size, mtime_ns, known = self.remembered_digests().get(shard.uri, (None, None, None))
+            if (size, mtime_ns) == (shard.size, shard.mtime_ns):
+                self.digests[key] = known  # hashed by an earlier invocation, and its size and time are the same
+            else:
+                try:
+                    self.digests[key] = content_digest(read_bytes(shard))
+                except OSError:
+                    self.digests[key] = None
         if self.digests[key] == digest:
             self.same_bytes.add(shard.uri)
         return self.digests[key] == digest
@@ -284,6 +290,30 @@ class ScheduledJob:
         selector = pafs.FileSelector(self.root, allow_not_found=True)
         names = [e.base_name for e in self.fs.get_file_info(selector) if e.type == pafs.FileType.Directory]
         return sorted(name[len(PARTITION):] for name in names if name.startswith(PARTITION))
+
+    def remembered_digests(self) -> dict[str, tuple[int, int | None, str]]:
+        """The digests earlier invocations found (``_input_digests.json``): a file fetched again every night is
+        read to hash it once, not at every tick for as long as its time differs from the one it was scored with."""
+        if self.remembered is None:
+            found = layout.read_json(self.fs, f"{self.root}/{INPUT_DIGESTS}")
+            self.remembered = {}
+            for uri, value in (found if isinstance(found, dict) else {}).items():
+                if isinstance(value, list) and len(value) == 3:
+                    self.remembered[uri] = (value[0], value[1], value[2])
+        return self.remembered
+
+    def remember_digests(self) -> None:
+        """Keep the digests this invocation read or used for the next (under the job's lock): the files whose time
+        differs from the one scored. None: the file is removed."""
+        found = {uri: [size, mtime_ns, digest] for (uri, size, mtime_ns), digest in self.digests.items() if digest}
+        path = f"{self.root}/{INPUT_DIGESTS}"
+        if found == {uri: list(value) for uri, value in self.remembered_digests().items()}:
+            return
+        self.check_lock()
+        if found:
+            layout.write_json(self.fs, path, found)
+        else:
+            layout.delete(self.fs, self.fs.get_file_info(path))
 
     def invoke(self, now: datetime, rescore: bool, prune: bool = False) -> Invocation:
         history = self.history()
@@ -350,6 +380,7 @@ class ScheduledJob:
         if self.same_bytes:
             log.info("%d input file(s) have a new modification time but the bytes they were scored from (e.g. %s): "
                      "not scored again", len(self.same_bytes), min(self.same_bytes))
+        self.remember_digests()
         self.reconcile()
         return report
 
