@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -162,6 +165,27 @@ def test_a_decoder_nli_model_scores_a_pair_that_ends_in_its_end_of_sequence_text
     for row, text in zip(got, SENTENCES[:3]):
         expected = classify(text, candidate_labels=labels, hypothesis_template=task["hypothesis_template"])
         np.testing.assert_allclose([row["scores"][k] for k in expected["labels"]], expected["scores"], atol=1e-4)
+
+
+def test_a_decoder_classifier_whose_config_names_another_pad_token_scores_each_row_as_alone(tiny_models, tmp_path):
+    """A config's pad_token_id that the tokenizer doesn't pad with (LLaMA-1 conversions say 0 while their tokenizer has
+    no pad token; a fine-tune may save the one and not the other): Transformers' classifier takes the last token that
+    is not the config's pad for each row's last, so a row padded with the tokenizer's pad (here the end-of-sequence
+    token) was scored at its padding, and its label depended on the longer rows of its micro-batch."""
+    from transformers import pipeline
+
+    model_dir = tmp_path / "pad-zero"
+    shutil.copytree(tiny_models("llama-classifier"), model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config.get("pad_token_id") is None and config["bos_token_id"] == 0
+    (model_dir / "config.json").write_text(json.dumps({**config, "pad_token_id": 0}))
+    spec = make_spec(str(model_dir), {"type": "text-classification", "return_all_scores": True}, batching={"min_fill": 0})
+    got = Predictor(spec)(batch_of(SENTENCES)).to_pylist()
+    classify = pipeline("text-classification", model=str(model_dir), top_k=None)
+    for row, text in zip(got, SENTENCES):
+        expected = {e["label"]: e["score"] for e in classify([text])[0]}  # one text: no padding
+        np.testing.assert_allclose([row["scores"][k] for k in expected], list(expected.values()), atol=1e-4, err_msg=text)
+        assert row["label"] == max(expected, key=expected.get), text
 
 
 def test_a_decoder_classifier_without_a_pad_token_runs_a_batch_in_one_forward(tiny_models):

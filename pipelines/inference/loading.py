@@ -137,15 +137,19 @@ def dynamic_int8(model: torch.nn.Module, device: torch.device) -> torch.nn.Modul
     return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
 
 
-#: Set on a config that had no pad token and got the tokenizer's (often the end-of-sequence token, see
-#: :func:`load_tokenizer`): a text may hold that token, so the model's rows are not to be told by it.
-PAD_LENT = "pipelines_pad_lent"
+#: Set on a config whose pad token is not one to tell a row's padding by: one it had none of and got the tokenizer's
+#: (often the end-of-sequence token, see :func:`load_tokenizer`), which a text may hold; or one the tokenizer doesn't
+#: pad with (a LLaMA-1 conversion's 0, a fine-tune's config saved apart from its tokenizer), which the padding
+#: doesn't hold. A decoder classifier so marked is scored at each row's last token the attention mask keeps.
+SCORE_BY_MASK = "pipelines_score_by_mask"
 
 
 def share_pad_token(tokenizer: Any, *configs: Any) -> None:
     """Give a config without a pad token the tokenizer's. Decoder-based sequence classifiers (Llama, GPT-2, ...)
     find each row's last real token by it, and refuse batches of more than one row without it; the config is
-    marked (:data:`PAD_LENT`), since a text that ends in that token's text would lose its last token to it."""
+    marked (:data:`SCORE_BY_MASK`), since a text that ends in that token's text would lose its last token to it.
+    A config whose pad token is another than the tokenizer's (which pads the rows) is marked too: its own would
+    find no padding, and a padded row would be scored at its last padding token."""
     if tokenizer.pad_token_id is None:
         return
     for config in configs:
@@ -153,7 +157,9 @@ def share_pad_token(tokenizer: Any, *configs: Any) -> None:
         for target in {id(config): config, id(text_config): text_config}.values():  # what the classifier reads
             if getattr(target, "pad_token_id", None) is None:
                 target.pad_token_id = tokenizer.pad_token_id
-                setattr(target, PAD_LENT, True)
+                setattr(target, SCORE_BY_MASK, True)
+            elif target.pad_token_id != tokenizer.pad_token_id:
+                setattr(target, SCORE_BY_MASK, True)
 
 
 def effective_max_length(tokenizer: Any, config: Any, requested: int) -> int:

@@ -27,7 +27,7 @@ import pyarrow as pa
 import torch
 
 from pipelines.inference.batching import Ragged
-from pipelines.inference.loading import PAD_LENT
+from pipelines.inference.loading import SCORE_BY_MASK
 from pipelines.tasks.options import LabelOptions, TaskOptions
 
 # Key under which the predictor passes each row's id to ``Task.encode`` (in ``columns``), e.g. for per-row seeds.
@@ -288,10 +288,12 @@ class LabelTask(Task):
 def sequence_logits(model: Any, inputs: dict[str, Any]) -> Any:
     """A sequence classifier's logits. A decoder classifier (Llama, GPT-2, ...) scores each row at its last token
     that is not its config's pad token; where that pad token was lent by the tokenizer (the model had none, so
-    the end-of-sequence token stands in), a text that ends in that token's text would be scored a token early:
-    such a model is scored at each row's last token that the attention mask keeps, as a row alone would be."""
+    the end-of-sequence token stands in), a text that ends in that token's text would be scored a token early, and
+    where it is not the token the rows are padded with (the tokenizer's), a padded row would be scored at its
+    padding: such a model is scored at each row's last token that the attention mask keeps, as a row alone would be
+    (:data:`~pipelines.inference.loading.SCORE_BY_MASK`)."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    if not getattr(config, PAD_LENT, False) or not hasattr(model, "score") or "attention_mask" not in inputs:
+    if not getattr(config, SCORE_BY_MASK, False) or not hasattr(model, "score") or "attention_mask" not in inputs:
         return model(**inputs).logits
     hidden = getattr(model, model.base_model_prefix)(**inputs).last_hidden_state
     mask = inputs["attention_mask"]
