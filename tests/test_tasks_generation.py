@@ -461,6 +461,29 @@ def test_extra_logits_processing_in_the_generation_config_goes_through_model_gen
     assert row["generated_text"] == tokenizer.decode(expected, skip_special_tokens=True)
 
 
+@pytest.mark.parametrize("beams", [1, 2])
+def test_a_min_length_in_the_generation_config_counts_each_rows_own_prompt_not_its_padding(tiny_models, tmp_path, beams):
+    """A decoder's min_length counts the prompt and the generated tokens, and Transformers counts a left-padded row's
+    padding as prompt: beside a longer prompt, "great" could end after 3 tokens where alone it may not end before
+    its 30th, so its text depended on the rows batched with it."""
+    model_dir = tmp_path / "min-length"
+    shutil.copytree(tiny_models("causal"), model_dir)
+    config = json.loads((model_dir / "generation_config.json").read_text())
+    config["min_length"] = 30
+    (model_dir / "generation_config.json").write_text(json.dumps(config))
+    task = {"type": "text-generation", "max_new_tokens": 12, "num_beams": beams}
+    predictor = Predictor(make_spec(str(model_dir), task, batching={"min_fill": 0}))
+    assert predictor.task.kv_prefix is None  # min_length: model.generate
+    texts = [SHORT, "ok", LONG]
+    batched = predictor(batch_of(texts)).to_pylist()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    for text, row in zip(texts, batched):
+        alone = predictor(batch_of([text])).to_pylist()[0]
+        assert {k: row[k] for k in TEXT_COLUMNS} == {k: alone[k] for k in TEXT_COLUMNS}, text
+        expected = reference_generate(str(model_dir), tokenizer(text)["input_ids"], 12, num_beams=beams)
+        assert row["generated_text"] == tokenizer.decode(expected, skip_special_tokens=True), text
+
+
 def test_max_new_tokens_past_the_models_positions_is_one_line_before_any_row(tiny_models):
     """Prompt and generated tokens must fit the model's positions (256 for the tiny Llama)."""
     with pytest.raises(PipelineError, match=r"max_new_tokens \(256\) leaves no room for a prompt in this model's 256"):

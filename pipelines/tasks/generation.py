@@ -116,6 +116,24 @@ class GumbelSampler(LogitsProcessor):
         return scores + gumbel.to(scores.dtype)
 
 
+class RowMinLength(LogitsProcessor):
+    """A decoder's ``min_length`` (prompt and generated tokens together) for each sequence as it would be alone: no
+    end-of-sequence token until its own prompt and what it generated reach it. Transformers' processor counts a
+    left-padded row's padding as prompt, so that a row beside a longer prompt could end sooner than alone."""
+
+    def __init__(self, min_length: int, eos: list[int], prompt_lengths: torch.Tensor, start: int) -> None:
+        self.min_length = min_length
+        self.eos = eos
+        self.prompt_lengths = prompt_lengths
+        self.start = start
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        short = self.prompt_lengths + (input_ids.shape[1] - self.start) < self.min_length
+        ban = torch.zeros_like(scores, dtype=torch.bool)
+        ban[:, self.eos] = short[:, None]
+        return scores.masked_fill(ban, float("-inf"))
+
+
 def sampling_keys(seeds: np.ndarray, count: int, device: torch.device) -> torch.Tensor:
     """One noise key per sequence, ``count`` sequences per row, row by row (as ``repeat_interleave`` lays rows)."""
     seeds_ = torch.from_numpy(np.asarray(seeds, dtype=np.int64)).to(device)
@@ -239,10 +257,20 @@ def generate(
     start = 1 if model.config.is_encoder_decoder else inputs["input_ids"].shape[1]
     if options.stop:
         kwargs["stopping_criteria"] = StoppingCriteriaList([StopStrings(tokenizer, list(options.stop), start)])
+    processors: list[LogitsProcessor] = []
     if options.do_sample:
         inputs = {name: value.repeat_interleave(count, dim=0) for name, value in inputs.items()}
+    min_length = getattr(model.generation_config, "min_length", None) or 0
+    if min_length > 0 and eos and not model.config.is_encoder_decoder and "attention_mask" in inputs:
+        # each sequence's own prompt counts, not its padding (beam search holds num_beams sequences per row)
+        own = inputs["attention_mask"].sum(dim=1).repeat_interleave(options.num_beams)
+        processors.append(RowMinLength(min_length, eos, own, start))
+        kwargs["min_length"] = 0
+    if options.do_sample:
         keys = sampling_keys(np.asarray(seeds), count, inputs["input_ids"].device)
-        kwargs["logits_processor"] = LogitsProcessorList([GumbelSampler(keys, start, options)])
+        processors.append(GumbelSampler(keys, start, options))
+    if processors:
+        kwargs["logits_processor"] = LogitsProcessorList(processors)
     sequences = model.generate(**inputs, **kwargs)
     return split_generated(sequences[:, start:].cpu().numpy(), eos, count)
 
