@@ -393,6 +393,40 @@ def test_each_request_keeps_its_own_settings_whatever_the_batch(tiny_models):
     assert len(errors) == 4
 
 
+def test_a_min_length_in_the_generation_config_counts_each_requests_own_prompt(tiny_models, tmp_path):
+    """The model's min_length counts prompt and answer together; Transformers counted a left-padded request's padding
+    as prompt, so a short request beside a long one could end sooner than alone. Here the third token of the short
+    request's greedy answer is made an end-of-sequence token, and min_length leaves that request 8 tokens of its own."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = tiny_models("causal")
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    short = chat_line("short", "ok", temperature=0, max_tokens=12)
+    rendered = tokenizer.apply_chat_template(short["body"]["messages"], add_generation_prompt=True, tokenize=False)
+    prompt = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    with torch.inference_mode():
+        greedy = AutoModelForCausalLM.from_pretrained(source).generate(
+            torch.tensor([prompt]), max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.eos_token_id
+        )[0, len(prompt) :].tolist()
+    model = tmp_path / "min-length"
+    shutil.copytree(source, model)
+    config = json.loads((model / "generation_config.json").read_text())
+    config.update(eos_token_id=[tokenizer.eos_token_id, greedy[2]], min_length=len(prompt) + 8)
+    (model / "generation_config.json").write_text(json.dumps(config))
+    task = {"type": "text-generation", "max_new_tokens": 6}
+    predictor = Predictor(make_spec(str(model), task, input={"format": "openai-batch"}, batching={"min_fill": 0}))
+    lines = [short, chat_line("long", "Where is the Eiffel Tower located? " * 4, temperature=0, max_tokens=12)]
+    together = answers(predictor, lines)
+    for line in lines:
+        alone = answers(predictor, [line])[line["custom_id"]]
+        for column in ("generated_text", "generated_tokens", "finish_reason"):
+            assert together[line["custom_id"]][column] == alone[column], (line["custom_id"], column)
+    assert together["short"]["generated_tokens"][0] >= 8  # not the 3 tokens it ended after beside the long one
+
+
 def test_refused_messages_are_counted_by_what_is_wrong_with_them_not_by_their_place(tiny_models):
     """The summary, the plan and ``errors.max_rate``'s error count refused rows by the reason's kind, its text before
     the first ``:``: for a message that was its place alone (``messages[0]: 1, messages[1]: 2``), split by where the

@@ -28,7 +28,14 @@ from pipelines.errors import PipelineError
 from pipelines.inference.batching import Ragged
 from pipelines.tasks.base import NO_TOKENS, ROW_ID, Features, Outputs, Task, tokenless, vectors
 from pipelines.tasks.feature_extraction import embed
-from pipelines.tasks.generation import eos_ids, generated_stops, row_seeds, seed_keys, uniform_noise
+from pipelines.tasks.generation import (
+    RowMinLength,
+    eos_ids,
+    generated_stops,
+    row_seeds,
+    seed_keys,
+    uniform_noise,
+)
 from pipelines.tasks.openai_requests import ChatRequest, EmbeddingRequest, parse_request
 from pipelines.tasks.options import FeatureExtractionOptions, TextGenerationOptions
 
@@ -111,12 +118,17 @@ def generate_rows(
     sampler = RowSampler(tensor("key"), tensor("temperature"), tensor("top_p"), start)
     eos = eos_ids(model, tokenizer)
     stopper = RowStop(start, tensor("max_tokens"), eos, extra["stop"], tokenizer)
+    processors: list[LogitsProcessor] = [sampler]
+    min_length = getattr(model.generation_config, "min_length", None) or 0
+    if min_length > 0 and eos:  # the model's min_length counts each row's own prompt, not its padding
+        processors.insert(0, RowMinLength(min_length, eos, inputs["attention_mask"].sum(dim=1), start))
     sequences = model.generate(
         **inputs,
         max_new_tokens=int(extra["max_tokens"].max()),
         do_sample=False,
         num_beams=1,
-        logits_processor=LogitsProcessorList([sampler]),
+        min_length=0,
+        logits_processor=LogitsProcessorList(processors),
         stopping_criteria=StoppingCriteriaList([stopper]),
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=eos or None,
