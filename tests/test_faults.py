@@ -353,6 +353,43 @@ def test_a_file_replaced_between_its_listing_and_its_read_is_committed_as_read(t
     ]
 
 
+def test_a_file_that_cannot_be_read_to_tell_whether_it_changed_is_said_so_not_called_changed(tmp_path, monkeypatch):
+    """A committed file with a new time and its old size is read to tell whether its bytes changed; where that read
+    failed (a storage outage, a permission taken away) the file was called changed input, and the refusal sent the
+    user to --redo-changed, which deletes the file's output and then fails to read it. The read's failure is said."""
+    from pipelines.io import reader
+    from pipelines.io.shards import list_shards
+    from pipelines.output.commit import OutputDir, changed_inputs
+    from pipelines.output.records import JobRecord, ModelRef
+    from pipelines.output.staging import StagingConfig, write_staged
+    from pipelines.runner import same_content
+
+    path = write_jsonl(tmp_path / "in" / "part-0.jsonl", [{"id": f"r-{i}", "text": "some words"} for i in range(3)])
+    [listed] = list_shards([str(tmp_path / "in")], "jsonl")
+    block = next(iter(reader.read_shard(listed, reader.Columns(text="text", id="id"))))
+    zeros = pa.array([0] * block.num_rows, pa.int64())
+    from pipelines.io.block import GENERATED, PADDED, TOKENS
+
+    block = block.append_column(TOKENS, zeros).append_column(PADDED, zeros).append_column(GENERATED, zeros)
+    config = StagingConfig(output=str(tmp_path / "out"), id_column="id", text_column="text",
+                           output_columns=("id", "text"))
+    output = OutputDir(str(tmp_path / "out"))
+    job = JobRecord(spec_hash="h", model=ModelRef(name="m"), quantization="none", device="cpu", task="t")
+    output.commit(listed, StagingReport.from_table(write_staged(block, config)), job)
+    later = path.stat().st_mtime_ns + 10**9
+    os.utime(path, ns=(later, later))  # copied again without its times: the same bytes, a new time
+    relisted = list_shards([str(tmp_path / "in")], "jsonl")
+    assert changed_inputs(output.committed(), relisted, same_content) == []
+
+    def outage(shard):
+        raise OSError("When reading information for key 'in/part-0.jsonl': AWS Error NETWORK_CONNECTION")
+
+    monkeypatch.setattr(reader, "read_bytes", outage)
+    with pytest.raises(PipelineError, match=r"cannot read .*part-0.jsonl.* to tell whether it changed since it was "
+                                            r"scored.*NETWORK_CONNECTION"):
+        changed_inputs(output.committed(), relisted, same_content)
+
+
 def test_types_of_kept_columns_come_from_every_file(ray_session, tiny_models, tmp_path):
     write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": "a", "text": "one", "score": 1}])
     write_jsonl(tmp_path / "in" / "b.jsonl", [{"id": "b", "text": "two", "score": 2.5}])

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from pipelines.errors import first_line
+from pipelines.errors import PipelineError, first_line
 from pipelines.io.block import DIGEST, ERROR, FILE_SIZE, ROW, SHARD, SHARD_ROWS
 from pipelines.io.shards import Shard
 
@@ -171,13 +171,18 @@ def content_digest(raw: bytes) -> str:
 
 def same_content(shard: Shard, digest: str | None) -> bool:
     """Whether a shard's bytes hash to ``digest`` (read whole, on the driver, an object store's too: asked only for
-    files whose size is the recorded one and whose time is not). No digest recorded (an older record): False."""
+    files whose size is the recorded one and whose time is not). No digest recorded (an older record): False.
+    A file that can't be read is neither: the failure is raised as one line (calling it changed would send the user
+    to delete its output, and the read after that would fail the same way)."""
     if not digest:
         return False
     try:
         return content_digest(read_bytes(shard)) == digest
-    except OSError:
-        return False
+    except OSError as exc:
+        raise PipelineError(
+            f"cannot read {shard.uri} to tell whether it changed since it was scored (its time changed, its size did "
+            f"not): {first_line(exc)}; make it readable (a storage outage: try again later) and run again"
+        ) from None
 
 
 def _read_table(shard: Shard, data: bytes, columns: Columns) -> pa.Table:
