@@ -529,3 +529,59 @@ def test_a_kept_precision_below_a_raised_bar_is_refused_with_both_figures():
     assert resolve_auto(spec, [], kept)[0].model.dtype == "bfloat16"
     spec.model.fidelity = FidelitySpec(rows=256, min_agreement=1.0)
     assert resolve_auto(spec, [], {"quantization": "none", "dtype": "float32"})[0].model.dtype == "float32"
+
+
+def build_overflowing_classifier(base: str, path) -> str:
+    """The tiny classifier with a first layer whose activations overflow float16 (past 65504: inf, then NaN after its
+    LayerNorm), as some real models' do, and whose float32 predictions are all label 0 (``negative``), as a
+    majority class is: in float16 every row's logits are NaN, which torch's argmax takes for label 0."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(base)
+    with torch.no_grad():
+        layer = model.bert.encoder.layer[0]
+        layer.intermediate.dense.weight.mul_(1e5)
+        layer.output.dense.weight.mul_(1e3)
+        model.classifier.bias[0] += 20
+    model.save_pretrained(path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(f"{base}/{name}", path / name)
+    return str(path)
+
+
+def test_a_float16_model_that_computes_nan_does_not_agree_with_float32(tiny_models, tmp_path):
+    """A model whose float16 activations overflowed computed NaN on every row; its labels were argmax of NaN logits
+    (label 0), and where float32 predicted label 0 too (a majority class) the check said "label_agreement 1.0000":
+    model.fidelity passed, and the run wrote NaN scores. A row whose prediction holds a NaN or infinite number was
+    predicted by nothing: it counts as one the quantized model failed on (a disagreement)."""
+    model = build_overflowing_classifier(tiny_models("classifier"), tmp_path / "overflowing")
+    spec = quantized_spec(model, {"type": "text-classification"}, "none", fidelity={"rows": 8, "min_agreement": 0.5})
+    spec.model.dtype = "float16"
+    sample = pa.table({"id": [f"r{i}" for i in range(8)], "text": SENTENCES[:8]})
+    from pipelines.fidelity import judge
+
+    result = judge(spec, measure(spec, sample))
+    assert result.quantization == "float16" and result.rows == 8
+    assert result.agreement == 0.0 and result.failed_quantized == 8 and result.passed is False
+
+
+def test_nan_embeddings_are_disagreements_and_named_not_a_nan_measure():
+    """One NaN embedding (float16 overflow) made cosine_mean, p5 and min NaN: `pipelines fidelity` printed "nan",
+    --json printed NaN (not JSON), its "lowest cosines" listed the NaN rows last, and "lower the bar" could never
+    pass (NaN is below every bar). The NaN row is one the quantized model failed on (cosine 0, listed first); a row
+    the unquantized model computed NaN on is left out, as one it failed on."""
+    from pipelines.cli.quality import render
+
+    nan = float("nan")
+    options = TASK_OPTIONS["feature-extraction"](type="feature-extraction")
+    reference = predictions([True] * 4, embedding=[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [nan, 1.0]])
+    quantized = predictions([True] * 4, embedding=[[1.0, 0.0], [nan, nan], [1.0, 0.9], [1.0, 1.0]])
+    result = compare(options, quantized, reference, ids=["a", "b", "c", "d"])
+    assert result.rows == 3 and result.failed_quantized == 1 and result.failed_reference == 1
+    assert result.agreement == pytest.approx((1 + 0 + 0.998618) / 3, abs=1e-5)
+    assert result.metrics["cosine_min"] == 0.0 and result.examples[0] == {"id": "b", "cosine": 0.0}
+    json.loads(json.dumps(result.to_json()), parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
+    assert "nan" not in render(result) and "rows only the quantized model failed on: 1" in render(result)

@@ -56,7 +56,8 @@ def render(result) -> str:
           for name, value in result.metrics.items()),
     ]
     if result.failed_quantized:
-        lines.append(f"  rows only the quantized model failed on: {result.failed_quantized} (counted as disagreeing)")
+        lines.append(f"  rows only the quantized model failed on: {result.failed_quantized} (counted as disagreeing; a "
+                     "NaN or infinite score or embedding is a failure)")
     if result.min_agreement is not None:
         verdict = "passed" if result.passed else "below the bar"
         lines.append(f"model.fidelity.min_agreement {result.min_agreement}: {verdict}")

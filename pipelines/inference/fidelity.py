@@ -19,7 +19,8 @@ fill-mask                     top-1 agreement per mask                    top1_a
 ============================  ==========================================  ==============
 
 Every measure is in [0, 1]. Rows the unquantized model could not predict are left
-out; a row only the quantized model failed on counts against it. Runs in any
+out; a row only the quantized model failed on counts against it. A prediction that
+holds a NaN or infinite number (float16 overflow) is a failure. Runs in any
 process (no Ray here); :mod:`pipelines.fidelity` decides where.
 """
 
@@ -27,9 +28,10 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -149,13 +151,20 @@ def measure_against(reference: JobSpec, candidates: list[JobSpec], sample: pa.Ta
 def compare(
     options: TaskOptions, quantized: Predictions, reference: Predictions, ids: list[Any], truth: list[Any] | None = None
 ) -> Fidelity:
-    """Judge ``quantized`` against ``reference`` with the measures of the task (``options``)."""
+    """Judge ``quantized`` against ``reference`` with the measures of the task (``options``).
+
+    A row whose prediction holds a NaN or infinite number (a score, an embedding: activations that overflowed float16)
+    was predicted by nothing, whatever label the argmax of its NaN logits names: it counts as a row that side failed
+    on (the quantized side's: a disagreement; the reference's: left out)."""
+    quantized = replace(quantized, ok=quantized.ok & _finite_rows(quantized))
+    reference = replace(reference, ok=reference.ok & _finite_rows(reference))
     judged = np.flatnonzero(reference.ok)
     if not len(judged):
         raise PipelineError(
             f"none of the {len(ids)} sampled rows could be predicted by the unquantized model, so there is nothing to "
             "compare the quantized one with; see why they fail (a run quarantines them with their reasons: e.g. "
-            "errors.too_long: error with texts over batching.max_length) and fix the rows or the spec"
+            "errors.too_long: error with texts over batching.max_length; or the model computed NaN or infinite "
+            "scores in float32) and fix the rows or the spec"
         )
     view = Pair(quantized, reference, judged, [str(ids[i]) for i in judged])
     name, metrics, examples = _comparer(options)(view, options, truth)
@@ -170,6 +179,24 @@ def compare(
         failed_reference=int(np.sum(~reference.ok)),
         examples=examples,
     )
+
+
+def _finite_rows(predicted: Predictions) -> np.ndarray:
+    """Per row: every number of its prediction (scores, embeddings, nested ones included) is finite."""
+    rows = len(predicted.ok)
+    return np.array([all(_finite(values[i]) for values in predicted.columns.values()) for i in range(rows)], dtype=bool)
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        if value and all(isinstance(v, float) for v in value):  # an embedding: one numpy pass
+            return bool(np.isfinite(np.asarray(value, dtype=np.float64)).all())
+        return all(_finite(v) for v in value)
+    return True
 
 
 @dataclass

@@ -165,7 +165,8 @@ class Fidelity(Record):
     ``agreement`` is the task's headline measure (label agreement, mean cosine, exact match, span
     agreement, entity F1 or top-1 agreement: ``measure`` names it); ``metrics`` holds every measure
     of the task, each in [0, 1]. A row the quantized model could not predict (but the unquantized one
-    could) counts as a disagreement; rows neither could predict are left out.
+    could) counts as a disagreement; rows the unquantized one could not predict are left out. A prediction
+    holding a NaN or infinite number is one a model could not make.
     """
 
     task: str
