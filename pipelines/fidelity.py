@@ -170,8 +170,9 @@ def _measure_remote(spec: dict[str, Any], picked: pa.Table) -> dict[str, Any]:
 
 #: The bar of quantization: auto when the spec sets no model.fidelity.
 AUTO_MIN_AGREEMENT = 0.99
-#: Bump when the candidates change, so that kept decisions are made again.
-CANDIDATES_VERSION = 1
+#: Bump when the candidates or their measures change, so that kept decisions are made again (2: a one-output model
+#: judged by its scores, not its one label; a NaN prediction a failure).
+CANDIDATES_VERSION = 2
 
 
 @dataclass(frozen=True)

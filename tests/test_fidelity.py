@@ -585,3 +585,37 @@ def test_nan_embeddings_are_disagreements_and_named_not_a_nan_measure():
     assert result.metrics["cosine_min"] == 0.0 and result.examples[0] == {"id": "b", "cosine": 0.0}
     json.loads(json.dumps(result.to_json()), parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
     assert "nan" not in render(result) and "rows only the quantized model failed on: 1" in render(result)
+
+
+def test_a_model_with_one_output_is_judged_by_its_scores_not_its_one_label(tiny_models):
+    """A regression head (an STS cross-encoder, a quality scorer), one sigmoid logit or zero-shot with one candidate
+    label names the same label on every row: the check said "label_agreement 1.0000" whatever quantization did to
+    the scores the user thresholds or ranks by, and quantization auto took dynamic-int8 on it without looking. Such a
+    model is judged by its scores: the share of rows whose score moved by at most 1% of the sample's score range,
+    and the share of pairs of rows the two models order alike."""
+    from tiny_models import CORPUS
+
+    sample = pa.table({"id": [f"r{i}" for i in range(40)], "text": CORPUS[:40]})
+    spec = quantized_spec(tiny_models("regression"), {"type": "text-classification"}, "dynamic-int8")
+    result = measure(spec, sample)
+    assert result.measure == "score_agreement" and result.rows == 40
+    # dynamic int8 moved scores by up to 0.04 on a range of about 0.8 (this tiny model's weights are large)
+    assert 0 < result.agreement < 1 and 0.5 < result.metrics["rank_agreement"] < 1
+    assert result.examples and {"id", "quantized", "reference"} <= set(result.examples[0])
+    zero_shot = {"type": "zero-shot-classification", "candidate_labels": ["sports"], "method": "nli"}
+    assert measure(quantized_spec(tiny_models("nli"), zero_shot, "dynamic-int8"), sample).measure == "score_agreement"
+
+
+def test_one_output_scores_agree_within_1pct_of_their_range_and_a_failure_never_agrees():
+    options = TASK_OPTIONS["text-classification"](type="text-classification")
+    scores = [0.0, 1.0, 2.0, 3.0, 4.0]
+    reference = Predictions({"label": ["LABEL_0"] * 5, "score": scores}, np.array([True] * 5), None, labels=1)
+    moved = [0.0, 1.03, 1.9, 3.0, None]  # within 0.04 (1% of 4): alike; 0.1: not; a failure: not
+    quantized = Predictions({"label": ["LABEL_0"] * 4 + [None], "score": moved}, np.array([True] * 4 + [False]), None,
+                            labels=1)
+    result = compare(options, quantized, reference, ids=list("abcde"))
+    assert result.measure == "score_agreement" and result.agreement == pytest.approx(3 / 5)
+    assert result.metrics["rank_agreement"] == pytest.approx(6 / 10)  # the 4 pairs of the failed row order nothing
+    assert [e["id"] for e in result.examples] == ["e", "c"]
+    two_labels = Predictions({"label": ["a"] * 5, "score": scores}, np.array([True] * 5), None, labels=2)
+    assert compare(options, two_labels, two_labels, ids=list("abcde")).measure == "label_agreement"

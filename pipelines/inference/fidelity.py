@@ -11,6 +11,8 @@ task                          measures                                    headli
 ============================  ==========================================  ==============
 label tasks                   label agreement; accuracy of both against   label_agreement
                               ``input.label_column`` when it is set
+  with one output (one label) score agreement (within 1% of the score     score_agreement
+                              range), rank agreement (pairs ordered alike)
 feature-extraction            cosine of the embeddings: mean, p5, min     cosine_mean
 generation tasks              exact match, token agreement                exact_match
 question-answering            span agreement, answer agreement            span_agreement
@@ -43,6 +45,7 @@ from pipelines.inference.predictor import Predictor
 from pipelines.io.block import ERROR
 from pipelines.output.records import Fidelity, precision_label
 from pipelines.spec import JobSpec
+from pipelines.tasks.base import LabelTask
 from pipelines.tasks.options import (
     FeatureExtractionOptions,
     FillMaskOptions,
@@ -76,6 +79,7 @@ class Predictions:
     tokenizer: Any
     seconds: float = 0.0  # the sample's call, after a first call on a few rows (the model's load left out)
     dtype: str = ""  # what the model computed in (``float32``, ``bfloat16``...)
+    labels: int | None = None  # a label task's: how many labels it picks among (one: its scores tell, not its label)
 
 
 #: Rows of a first, untimed call before the sample's: a predictor's first forwards allocate.
@@ -94,11 +98,12 @@ def predict(spec: JobSpec, sample: pa.Table) -> Predictions:
     ok = table.column(ERROR).is_null().to_numpy(zero_copy_only=False)
     tokenizer = predictor.loaded.tokenizer
     device, dtype = predictor.loaded.device, str(predictor.loaded.dtype).removeprefix("torch.")
+    labels = len(predictor.task.labels) if isinstance(predictor.task, LabelTask) else None
     del predictor, table
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return Predictions(columns, ok, tokenizer, seconds, dtype)
+    return Predictions(columns, ok, tokenizer, seconds, dtype, labels)
 
 
 def _precision(spec: JobSpec, predicted: Predictions) -> str:
@@ -254,6 +259,8 @@ def _examples(pair: Pair, q: list[Any], r: list[Any], same: list[bool]) -> list[
 
 
 def compare_labels(pair: Pair, options: LabelOptions, truth: list[Any] | None):
+    if pair.reference.labels == 1:
+        return compare_scores(pair)
     q, r = pair.values("label")
     same = [a == b and not failed for a, b, failed in zip(q, r, pair.failed())]
     metrics = {"label_agreement": _mean(same)}
@@ -263,6 +270,37 @@ def compare_labels(pair: Pair, options: LabelOptions, truth: list[Any] | None):
         metrics["truth_accuracy_quantized"] = _mean([str(q[i]) == str(gold[i]) for i in known])
         metrics["truth_accuracy_reference"] = _mean([str(r[i]) == str(gold[i]) for i in known])
     return "label_agreement", metrics, _examples(pair, q, r, same)
+
+
+#: A one-output model's row agrees when its score moved by at most this share of the sample's reference score range.
+SCORE_TOLERANCE = 0.01
+
+
+def compare_scores(pair: Pair):
+    """A model with one output (a regression head, one sigmoid logit, zero-shot with one candidate label) names the
+    same label on every row: what it says is its score, which a user thresholds or ranks by. Headline: the share of
+    rows whose score moved by at most 1% of the range of the unquantized scores over the sample; also the share of
+    pairs of rows the two models order alike (both tied counts as alike). A row only the quantized model failed on
+    agrees in neither. The rows whose scores moved most are the examples."""
+    q, r = pair.values("score")
+    failed = np.array(pair.failed(), dtype=bool)
+    x = np.array([np.nan if v is None else v for v in q], dtype=np.float64)
+    y = np.array(r, dtype=np.float64)
+    moved = np.where(failed, np.inf, np.abs(x - y))
+    tolerance = SCORE_TOLERANCE * float(y.max() - y.min())
+    n = len(y)
+    alike = pairs = 0
+    for i in range(n - 1):  # one row against the later ones at a time: memory in rows, not in pairs
+        same = np.sign(x[i + 1:] - x[i]) == np.sign(y[i + 1:] - y[i])
+        alike += int(np.sum(same & ~failed[i + 1:] & ~failed[i]))
+        pairs += n - 1 - i
+    metrics = {
+        "score_agreement": _mean(moved <= tolerance),
+        "rank_agreement": alike / pairs if pairs else float(not failed.any()),
+    }
+    order = [int(i) for i in np.argsort(-moved, kind="stable")[:EXAMPLES] if moved[i] > tolerance]
+    examples = [{"id": pair.ids[i], "quantized": _short(q[i]), "reference": _short(r[i])} for i in order]
+    return "score_agreement", metrics, examples
 
 
 def compare_embeddings(pair: Pair, options: FeatureExtractionOptions, truth: list[Any] | None):
