@@ -28,7 +28,7 @@ import pyarrow as pa
 from pipelines.errors import PipelineError
 from pipelines.io.sample import sample_rows
 from pipelines.io.shards import Shard
-from pipelines.output.records import Fidelity, precision_label
+from pipelines.output.records import Fidelity, cut, precision_label
 from pipelines.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -129,8 +129,8 @@ def judge(spec: JobSpec, result: Fidelity) -> Fidelity:
 def below_bar(spec: JobSpec, result: Fidelity) -> str:
     lighter = "a lighter quantization (int8, or none)" if spec.model.quantization != "none" else "model.dtype float32"
     return (
-        f"quantization fidelity below the bar: {result.measure} {result.agreement:.2%} on {result.rows} sampled "
-        f"rows, {result.quantization} vs unquantized, under model.fidelity.min_agreement="
+        f"quantization fidelity below the bar: {result.measure} {cut(result.agreement, 2, percent=True)} on "
+        f"{result.rows} sampled rows, {result.quantization} vs unquantized, under model.fidelity.min_agreement="
         f"{result.min_agreement}; nothing was written. Use {lighter}, or lower "
         "the bar if the difference is acceptable (`pipelines fidelity JOB.yaml` shows what changed)"
     )
@@ -250,9 +250,9 @@ def hold_bar(spec: JobSpec, chosen: Precision, recorded: dict[str, Any]) -> None
     raise PipelineError(
         f"output {spec.output.path}: quantization auto keeps {chosen.label} (one output, and a scheduled job's "
         f"partitions, keep one precision), which was chosen with {recorded.get('measure', 'agreement')} "
-        f"{agreement:.4f} on {recorded.get('rows')} sampled rows under the bar {recorded.get('bar')}, below this "
+        f"{cut(agreement)} on {recorded.get('rows')} sampled rows under the bar {recorded.get('bar')}, below this "
         f"run's model.fidelity.min_agreement={bar}; nothing was written. To hold the new bar, {again}; or keep "
-        f"min_agreement at or below {agreement:.4f}"
+        f"min_agreement at or below {cut(agreement)}"
     )
 
 
@@ -413,7 +413,7 @@ def fastest_within(results: list[tuple[JobSpec, Fidelity]], bar: float) -> dict[
     """The decision: of the candidates whose agreement reaches ``bar``, and float32, the one that took the sample
     in the least time (float32 on a tie), with the reason in words."""
     tried = [
-        f"{Precision(c.model.quantization, c.model.dtype).label} {r.agreement:.4f} in {r.predict_s or 0:.2f} s"
+        f"{Precision(c.model.quantization, c.model.dtype).label} {cut(r.agreement)} in {r.predict_s or 0:.2f} s"
         for c, r in results
     ]
     float32_s = next((r.reference_predict_s for _, r in results if r.reference_predict_s is not None), None)

@@ -619,3 +619,25 @@ def test_one_output_scores_agree_within_1pct_of_their_range_and_a_failure_never_
     assert [e["id"] for e in result.examples] == ["e", "c"]
     two_labels = Predictions({"label": ["a"] * 5, "score": scores}, np.array([True] * 5), None, labels=2)
     assert compare(options, two_labels, two_labels, ids=list("abcde")).measure == "label_agreement"
+
+
+def test_an_agreement_just_under_the_bar_is_shown_under_it_and_the_advice_keeps_to_it(tmp_path):
+    """An agreement of 0.98996 under the bar 0.99 was shown rounded, `0.9900 … bar 0.99: FAILED` (`99.00%` in the
+    error), and `quantization: auto`'s advice to keep min_agreement "at or below 0.9900" named a bar the agreement
+    does not reach. Figures are cut, not rounded: what is shown is never above what was measured."""
+    from pipelines.cli.quality import render
+    from pipelines.fidelity import Precision, below_bar, hold_bar
+    from pipelines.output.summary import fidelity_line
+
+    result = Fidelity(task="text-classification", quantization="int8", rows=256, measure="label_agreement",
+                      agreement=0.98996, metrics={"label_agreement": 0.98996}, min_agreement=0.99, passed=False)
+    assert "label_agreement 0.9899 on 256" in fidelity_line(result) and "0.9900" not in fidelity_line(result)
+    assert "0.9899" in render(result) and "0.9900" not in render(result)
+    spec = make_spec("m", {"type": "text-classification"})
+    spec = spec.model_copy(update={"model": spec.model.model_copy(update={"quantization": "int8"})})
+    assert "label_agreement 98.99% on 256" in below_bar(spec, result)
+    auto = spec.model_copy(update={"model": spec.model.model_copy(update={
+        "quantization": "auto", "fidelity": FidelitySpec(min_agreement=0.99)})})
+    recorded = {"agreement": 0.98996, "measure": "label_agreement", "rows": 256, "bar": 0.98}
+    with pytest.raises(PipelineError, match=r"min_agreement at or below 0\.9899$"):
+        hold_bar(auto, Precision("dynamic-int8", "float32"), recorded)

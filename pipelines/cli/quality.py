@@ -49,10 +49,12 @@ def _fidelity(args: argparse.Namespace) -> int:
 
 def render(result) -> str:
     """The comparison as a few lines: every measure, failures, and the rows that changed."""
+    from pipelines.output.records import cut
+
     lines = [
         f"{result.task}, {result.quantization} vs {result.reference}, {result.rows} sampled rows "
         f"({result.wall_s:.1f} s)",
-        *(f"  {name:<26} {value:.4f}{'   <- headline' if name == result.measure else ''}"
+        *(f"  {name:<26} {cut(value)}{'   <- headline' if name == result.measure else ''}"
           for name, value in result.metrics.items()),
     ]
     if result.failed_quantized:

@@ -8,6 +8,7 @@ process boundaries with its fields and types, never as a loose dict.
 from __future__ import annotations
 
 import hashlib
+from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -184,6 +185,15 @@ class Fidelity(Record):
     wall_s: float = 0.0
     predict_s: float | None = None  # the quantized model's time on the sample, its load left out
     reference_predict_s: float | None = None  # the same for float32
+
+
+def cut(value: float, places: int = 4, percent: bool = False) -> str:
+    """A measure as shown: cut to ``places`` decimals, not rounded, so that a figure under a bar never shows as the
+    bar (0.98996 is ``0.9899``, not ``0.9900``; as a percentage ``98.99%``)."""
+    exact = Decimal(repr(float(value))) * (100 if percent else 1)
+    if not exact.is_finite():
+        return str(value)
+    return f"{exact.quantize(Decimal(1).scaleb(-places), rounding=ROUND_FLOOR)}{'%' if percent else ''}"
 
 
 class RunSummary(Record):

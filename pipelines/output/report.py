@@ -36,7 +36,7 @@ from pipelines.io.shards import resolve
 from pipelines.output import layout
 from pipelines.output.layout import COMMITS, JOB, LEDGER, PARTITION, REPORT, RUN, SUPERSEDED
 from pipelines.output.openai_batch import OpenAIBatchFiles
-from pipelines.output.records import CommitRecord, Fidelity, JobRecord, RunSummary, precision_label
+from pipelines.output.records import CommitRecord, Fidelity, JobRecord, RunSummary, cut, precision_label
 from pipelines.output.summary import agreement_line, fidelity_line, precision_said
 
 log = logging.getLogger(__name__)
@@ -253,7 +253,7 @@ def fidelity_chart(data: RunData) -> go.Figure | None:
         return None
     names = list(result.metrics)
     figure = go.Figure(go.Bar(x=names, y=[result.metrics[n] for n in names],
-                              text=[f"{result.metrics[n]:.4f}" for n in names]))
+                              text=[cut(result.metrics[n]) for n in names]))
     if result.min_agreement is not None:
         figure.add_hline(y=result.min_agreement, line_dash="dash", annotation_text=f"bar {result.min_agreement}")
     figure.update_layout(yaxis={"title": f"{result.quantization} vs {result.reference}", "range": [0, 1.05]})
@@ -373,7 +373,7 @@ def _facts(summary: RunSummary | None, data: RunData) -> str:
 
 
 def _fidelity_table(result: Fidelity) -> str:
-    rows = [(name, f"{value:.4f}") for name, value in result.metrics.items()]
+    rows = [(name, cut(value)) for name, value in result.metrics.items()]
     rows += [("rows compared", str(result.rows)),
              ("rows only the quantized model failed", str(result.failed_quantized))]
     parts = [_table(["measure", "value"], rows)]

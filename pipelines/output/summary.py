@@ -9,6 +9,7 @@ from pipelines.output.records import (
     Fidelity,
     JobRecord,
     RunSummary,
+    cut,
     merge_confusion,
     merge_counts,
     precision_label,
@@ -121,6 +122,6 @@ def fidelity_line(result: Fidelity) -> str:
     bar = ""
     if result.min_agreement is not None:
         bar = f", bar {result.min_agreement}: {'passed' if result.passed else 'FAILED'}"
-    return (f"{result.measure} {result.agreement:.4f} on {result.rows} sampled rows "
+    return (f"{result.measure} {cut(result.agreement)} on {result.rows} sampled rows "
             f"({result.quantization} vs {result.reference}{bar})")
 
