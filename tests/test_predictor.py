@@ -212,3 +212,32 @@ def test_a_decoder_classifier_without_a_pad_token_runs_a_batch_in_one_forward(ti
     assert batched.column("label").to_pylist() == [row.column("label")[0].as_py() for row in alone]
     scores = [list(s.values()) for s in batched.column("scores").to_pylist()]
     np.testing.assert_allclose(scores, [list(row.column("scores")[0].as_py().values()) for row in alone], atol=1e-5)
+
+
+def test_a_prediction_that_is_not_a_number_is_quarantined_not_written(tiny_models, tmp_path):
+    """A model whose float16 activations overflow (past 65504) computes NaN logits; their argmax is label 0, so every
+    row was written with label 0 and NaN scores, as if predicted, and counted in no error budget. Such a row is
+    quarantined with a reason that says what happened and what to use; the same model in float32 predicts them all."""
+    from test_fidelity import build_overflowing_classifier
+
+    model = build_overflowing_classifier(tiny_models("classifier"), tmp_path / "overflowing")
+    half = make_spec(model, {"type": "text-classification"})
+    half.model.dtype = "float16"
+    out = Predictor(half)(batch_of(SENTENCES[:6]))
+    reasons = out.column(ERROR).to_pylist()
+    assert all(r is not None and r.startswith("prediction is not a number") and "float16" in r for r in reasons), reasons
+    assert out.column("label").null_count == 6 and out.column("score").null_count == 6
+    full = Predictor(make_spec(model, {"type": "text-classification"}))(batch_of(SENTENCES[:6]))
+    assert full.column(ERROR).null_count == 6 and full.column("label").null_count == 0
+
+
+def test_rows_holding_a_nan_anywhere_in_their_prediction_are_found():
+    from pipelines.inference.predictor import not_finite_rows
+
+    nan, inf = float("nan"), float("inf")
+    assert not_finite_rows(pa.array([1.0, nan, None, inf])).tolist() == [False, True, False, True]
+    vectors = pa.array([[1.0, 2.0], [nan, 0.0], [0.0, 0.0]], pa.list_(pa.float32(), 2))
+    assert not_finite_rows(vectors.slice(1)).tolist() == [True, False]
+    entities = pa.array([[{"word": "a", "score": 0.5}], [], [{"word": "b", "score": 0.1}, {"word": "c", "score": nan}]])
+    assert not_finite_rows(entities).tolist() == [False, False, True]
+    assert not_finite_rows(pa.array(["x", None])).tolist() == [False, False]

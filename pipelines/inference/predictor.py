@@ -131,12 +131,24 @@ class Predictor:
         with self.tokenizer_lock:
             predictions = self.task.postprocess(pending.outputs, features, len(rows)) if len(features) else {}
             generated = self.task.new_tokens(pending.outputs) if len(features) else None
+        if predictions:
+            computed = self._computed_in()
+            reason = (f"prediction is not a number (NaN or infinite): the model's values overflowed or broke down in "
+                      f"{computed}{'; set model.dtype: bfloat16 or float32' if computed == 'float16' else ''}")
+            errors = _flag(errors, rows[_not_finite(predictions, len(rows))], reason)
         if features.truncated is not None and self.spec.errors.too_long == "error":
             reason = f"text longer than max_length (max_length is {self.loaded.max_length} tokens)"  # not the row's
             errors = _flag(errors, rows[features.truncated], reason)
         return self._assemble(pending.batch, rows, predictions, features, (pending.padded, generated), errors)
 
     # steps ---------------------------------------------------------------------
+
+    def _computed_in(self) -> str:
+        """What the model computes in, as a spec names it (``float16``, ``bfloat16``, ``float32``), with its
+        quantization where it has one."""
+        dtype = str(self.loaded.dtype).removeprefix("torch.")
+        quantization = self.spec.model.quantization
+        return dtype if quantization in ("none", "auto") else f"{dtype} ({quantization})"
 
     def _validate(self, batch: pa.Table) -> tuple[np.ndarray, pa.Array]:
         return validate_rows(batch, self.spec.input.text_column)
@@ -345,6 +357,35 @@ def is_out_of_memory(exc: BaseException) -> bool:
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
+
+
+def not_finite_rows(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Per value: whether it holds a NaN or infinite number, itself or anywhere inside it (a vector, a list of
+    entities with scores). Nulls hold none."""
+    array = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    kind = array.type
+    found = np.zeros(len(array), dtype=bool)
+    if pa.types.is_floating(kind):
+        finite = pc.is_finite(array.cast(pa.float64()) if pa.types.is_float16(kind) else array)
+        return ~pc.fill_null(finite, True).to_numpy(zero_copy_only=False)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        inner = not_finite_rows(array.flatten())
+        if inner.any():
+            found[pc.list_parent_indices(array).to_numpy()[inner]] = True
+        return found
+    if pa.types.is_struct(kind):
+        for field in array.flatten():
+            found |= not_finite_rows(field)
+    return found
+
+
+def _not_finite(predictions: dict[str, pa.Array], rows: int) -> np.ndarray:
+    """Indices of the rows (of ``rows`` predicted) whose prediction holds a NaN or infinite number in any column."""
+    found = np.zeros(rows, dtype=bool)
+    for values in predictions.values():
+        if len(values) == rows:
+            found |= not_finite_rows(values)
+    return np.flatnonzero(found)
 
 
 def _flag_each(errors: pa.Array, rows: np.ndarray, reasons: list[str]) -> pa.Array:
