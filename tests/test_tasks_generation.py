@@ -490,3 +490,75 @@ def test_max_new_tokens_past_the_models_positions_is_one_line_before_any_row(tin
         Predictor(make_spec(tiny_models("causal"), {"type": "text-generation", "max_new_tokens": 256}))
     budget = Predictor(make_spec(tiny_models("causal"), {"type": "text-generation", "max_new_tokens": 200}))
     assert budget.task.prompt_budget == 56  # min(max_length, 256 - 200)
+
+
+def model_with_generation_config(tiny_models, tmp_path, **settings) -> str:
+    """A copy of the tiny Llama whose generation_config.json also holds ``settings`` (as a model's authors set)."""
+    model_dir = tmp_path / "configured"
+    shutil.copytree(tiny_models("causal"), model_dir)
+    config = json.loads((model_dir / "generation_config.json").read_text())
+    config.update(settings)
+    (model_dir / "generation_config.json").write_text(json.dumps(config))
+    return str(model_dir)
+
+
+@pytest.mark.parametrize("cutoff", [{"min_p": 1.0}, {"epsilon_cutoff": 0.9}])
+@pytest.mark.parametrize("path", [{}, {"no_repeat_ngram_size": 3}])  # the own loop, model.generate
+def test_sampling_cutoffs_in_the_generation_config_are_applied(tiny_models, tmp_path, cutoff, path):
+    """min_p 1.0 (or an epsilon cutoff above every token's probability) leaves only the most likely token to draw:
+    model.generate and transformers.pipeline then sample the greedy text, at any temperature. Both were dropped
+    (sampling is this project's own, and model.generate ran with do_sample=False), so such a model sampled from
+    the whole vocabulary, without a word."""
+    model_dir = model_with_generation_config(tiny_models, tmp_path, **cutoff, **path)
+    task = {"type": "text-generation", "max_new_tokens": 8, "do_sample": True, "temperature": 3.0,
+            "prompt_template": "Continue this: {text}"}
+    predictor = Predictor(make_spec(model_dir, task))
+    assert (predictor.task.kv_prefix is None) == bool(path)
+    rows = predictor(batch_of(SENTENCES[:3], ["a", "b", "c"])).to_pylist()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    for text, row in zip(SENTENCES[:3], rows):
+        prompt = tokenizer(f"Continue this: {text}")["input_ids"]
+        greedy = reference_generate(model_dir, prompt, 8)
+        with torch.inference_mode():
+            sampled = model.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=True, temperature=3.0,
+                                     pad_token_id=tokenizer.eos_token_id)[0, len(prompt):].tolist()
+        assert sampled == greedy  # what Transformers does with this model
+        assert row["generated_text"] == tokenizer.decode(greedy, skip_special_tokens=True), text
+
+
+@pytest.mark.parametrize(
+    "settings", [{"typical_p": 0.5}, {"eta_cutoff": 0.05}, {"top_h": 0.5}, {"min_p": 0.2, "epsilon_cutoff": 0.05}]
+)
+def test_the_sampler_keeps_the_tokens_model_generate_keeps(settings):
+    """Each cutoff of a generation config leaves the tokens Transformers' sampling leaves (after the spec's
+    temperature and top-p, in Transformers' order), row by row."""
+    from transformers import (
+        EpsilonLogitsWarper,
+        EtaLogitsWarper,
+        GenerationConfig,
+        LogitsProcessorList,
+        MinPLogitsWarper,
+        TemperatureLogitsWarper,
+        TopHLogitsWarper,
+        TopPLogitsWarper,
+        TypicalLogitsWarper,
+    )
+
+    warpers = {"top_h": TopHLogitsWarper, "min_p": MinPLogitsWarper, "typical_p": TypicalLogitsWarper,
+               "epsilon_cutoff": EpsilonLogitsWarper, "eta_cutoff": EtaLogitsWarper}
+    order = ["top_h", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff"]  # model.generate's
+    chain = [TemperatureLogitsWarper(0.7)] + [
+        TopPLogitsWarper(0.95) if name == "top_p" else warpers[name](settings[name])
+        for name in order if name in settings or name == "top_p"
+    ]
+    scores = torch.randn(6, 50, generator=torch.Generator().manual_seed(0)) * 3
+    prompt = torch.zeros(6, 1, dtype=torch.long)
+    kept = LogitsProcessorList(chain)(prompt, scores.clone()).isfinite()
+
+    options = GenerationOptions(type="x", do_sample=True, temperature=0.7, top_p=0.95)
+    keys = seed_keys(torch.from_numpy(row_seeds(1, list(range(6)))))
+    sampler = GumbelSampler(keys, 0, options, GenerationConfig(**settings))
+    assert torch.equal(sampler(prompt, scores.clone()).isfinite(), kept)
+    without = GumbelSampler(keys, 0, options)(prompt, scores.clone()).isfinite()
+    assert without.sum() > kept.sum()  # the cutoff removed tokens top-p kept

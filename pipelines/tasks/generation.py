@@ -33,15 +33,20 @@ import numpy as np
 import pyarrow as pa
 import torch
 from transformers import (
+    EpsilonLogitsWarper,
+    EtaLogitsWarper,
     GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
+    MinPLogitsWarper,
     RepetitionPenaltyLogitsProcessor,
     StoppingCriteria,
     StoppingCriteriaList,
     TemperatureLogitsWarper,
+    TopHLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
+    TypicalLogitsWarper,
 )
 
 from pipelines.inference.batching import Ragged, plan_microbatches
@@ -90,19 +95,55 @@ def uniform_noise(keys: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
     return (bits.to(torch.float64) + 0.5) / 2.0**32
 
 
-class GumbelSampler(LogitsProcessor):
-    """Temperature, top-k and top-p, then per-row Gumbel noise: greedy decoding then samples reproducibly."""
+def sampling_warpers(
+    config: GenerationConfig | None,
+    device: torch.device,
+    temperature: LogitsProcessor | None = None,
+    top_k: LogitsProcessor | None = None,
+    top_p: LogitsProcessor | None = None,
+) -> list[LogitsProcessor]:
+    """What ``model.generate`` does to the scores before it samples (one beam), in its order: the given temperature,
+    top-k and top-p (the spec's or the request's), with the cutoffs of the model's generation ``config`` that no
+    option sets (``top_h``, ``min_p``, ``typical_p``, ``epsilon_cutoff``, ``eta_cutoff``) where Transformers puts
+    them. Each works on each row's scores alone."""
+    top_h, min_p, typical, epsilon, eta = (
+        getattr(config, name, None) for name in ("top_h", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff")
+    )
+    chain: list[LogitsProcessor | None] = [temperature]
+    if top_h is not None:
+        chain.append(TopHLogitsWarper(top_h=top_h))
+    chain += [top_k, top_p]
+    if min_p is not None:
+        chain.append(MinPLogitsWarper(min_p=min_p))
+    if typical is not None and typical < 1.0:
+        chain.append(TypicalLogitsWarper(mass=typical))
+    if epsilon is not None and 0.0 < epsilon < 1.0:
+        chain.append(EpsilonLogitsWarper(epsilon=epsilon))
+    if eta is not None and 0.0 < eta < 1.0:
+        chain.append(EtaLogitsWarper(epsilon=eta, device=device))
+    return [warper for warper in chain if warper is not None]
 
-    def __init__(self, keys: torch.Tensor, start: int, options: GenerationOptions) -> None:
+
+class GumbelSampler(LogitsProcessor):
+    """The spec's temperature, top-k and top-p and the model's generation config's cutoffs (``sampling_warpers``),
+    then per-row Gumbel noise: greedy decoding then samples reproducibly."""
+
+    def __init__(
+        self,
+        keys: torch.Tensor,
+        start: int,
+        options: GenerationOptions,
+        config: GenerationConfig | None = None,
+    ) -> None:
         self.keys = keys
         self.start = start
-        self.warpers: list[LogitsProcessor] = []
-        if options.temperature != 1.0:
-            self.warpers.append(TemperatureLogitsWarper(options.temperature))
-        if options.top_k is not None:
-            self.warpers.append(TopKLogitsWarper(options.top_k))
-        if options.top_p < 1.0:
-            self.warpers.append(TopPLogitsWarper(options.top_p))
+        self.warpers = sampling_warpers(
+            config,
+            keys.device,
+            TemperatureLogitsWarper(options.temperature) if options.temperature != 1.0 else None,
+            TopKLogitsWarper(options.top_k) if options.top_k is not None else None,
+            TopPLogitsWarper(options.top_p) if options.top_p < 1.0 else None,
+        )
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         return self.draw(input_ids, scores, self.keys, input_ids.shape[1] - self.start)
@@ -213,10 +254,6 @@ EXTRA_PROCESSING = (
     "sequence_bias",
     "exponential_decay_length_penalty",
     "renormalize_logits",
-    "min_p",
-    "typical_p",
-    "epsilon_cutoff",
-    "eta_cutoff",
     "guidance_scale",
     "watermarking_config",
 )
@@ -268,7 +305,7 @@ def generate(
         kwargs["min_length"] = 0
     if options.do_sample:
         keys = sampling_keys(np.asarray(seeds), count, inputs["input_ids"].device)
-        processors.append(GumbelSampler(keys, start, options))
+        processors.append(GumbelSampler(keys, start, options, model.generation_config))
     if processors:
         kwargs["logits_processor"] = LogitsProcessorList(processors)
     sequences = model.generate(**inputs, **kwargs)
@@ -315,11 +352,13 @@ class GenerationTask(Task):
         self.kv_prefix: Prefix | None = None  # set in setup where this project's own loop decodes
         self.shared: PrefixTokens | None = None  # its tokens: what encode needs (setup, or plan_setup)
         self.eos: list[int] = []
+        self.generation_config: GenerationConfig | None = None  # the model's (setup): its sampling cutoffs
 
     # setup: own loop or model.generate ---------------------------------------------
 
     def setup(self, model: torch.nn.Module, device: torch.device) -> None:
         self.eos = eos_ids(model, self.tokenizer)
+        self.generation_config = model.generation_config
         if decodes_in_own_loop(model, self.options):
             start, probe = self.shared_start()
             self.kv_prefix = shared_prefix(model, start, probe, device) if probe else None
@@ -441,15 +480,16 @@ class GenerationTask(Task):
         return torch.cat([torch.where(prefixed[:, None], head, first), own], dim=1)
 
     def _processing(self, seeds: np.ndarray | None, count: int, device: torch.device) -> Process | None:
-        """Repetition penalty, then (sampling) the warpers and each sequence's Gumbel noise."""
+        """Repetition penalty, then (sampling) the warpers (the model's cutoffs too) and each sequence's Gumbel
+        noise."""
         options = self.options
         penalty = None
         if options.repetition_penalty != 1:
             penalty = RepetitionPenaltyLogitsProcessor(options.repetition_penalty)
         sampler = keys = None
         if options.do_sample:
-            sampler = GumbelSampler(torch.zeros(0, dtype=torch.int64), 0, options)
             keys = sampling_keys(np.asarray(seeds), count, device)
+            sampler = GumbelSampler(keys[:0], 0, options, self.generation_config)
         if penalty is None and sampler is None:
             return None
 
