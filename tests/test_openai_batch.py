@@ -427,6 +427,40 @@ def test_a_min_length_in_the_generation_config_counts_each_requests_own_prompt(t
     assert together["short"]["generated_tokens"][0] >= 8  # not the 3 tokens it ended after beside the long one
 
 
+@pytest.mark.parametrize("cutoff", [{"min_p": 1.0}, {"top_k": 1}, {"epsilon_cutoff": 0.9}])
+def test_the_generation_config_of_the_model_shapes_each_answer(tiny_models, tmp_path, cutoff):
+    """No request field sets top_k, min_p, the other cutoffs or a repetition penalty: the model's generation config
+    holds them, and Transformers applies them. All were dropped (top_k and the repetition penalty set to none, the
+    cutoffs only read with do_sample), so a sampled answer came from the whole vocabulary and no answer was penalised
+    for repeating. Here each cutoff leaves one token to draw: a sampled answer is the greedy one, the penalised one,
+    as model.generate gives it alone, beside a longer request too."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = tmp_path / "configured"
+    shutil.copytree(tiny_models("causal"), model)
+    config = json.loads((model / "generation_config.json").read_text())
+    config.update(repetition_penalty=1.5, **cutoff)
+    (model / "generation_config.json").write_text(json.dumps(config))
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    lines = [chat_line("sampled", "ok", temperature=1.5, max_tokens=12), chat_line("greedy", "ok", temperature=0,
+             max_tokens=12), chat_line("long", "Where is the Eiffel Tower located? " * 4, temperature=0)]
+    rendered = tokenizer.apply_chat_template(lines[0]["body"]["messages"], add_generation_prompt=True, tokenize=False)
+    prompt = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    with torch.inference_mode():
+        expected = AutoModelForCausalLM.from_pretrained(model).generate(
+            torch.tensor([prompt]), max_new_tokens=12, do_sample=True, temperature=1.5,
+            pad_token_id=tokenizer.eos_token_id
+        )[0, len(prompt) :].tolist()
+    predictor = chat_predictor(str(model))
+    together = answers(predictor, lines)
+    text = tokenizer.decode([t for t in expected if t != tokenizer.eos_token_id], skip_special_tokens=True)
+    assert together["greedy"]["generated_text"] == [text]
+    assert together["sampled"]["generated_text"] == [text]
+
+
 def test_refused_messages_are_counted_by_what_is_wrong_with_them_not_by_their_place(tiny_models):
     """The summary, the plan and ``errors.max_rate``'s error count refused rows by the reason's kind, its text before
     the first ``:``: for a message that was its place alone (``messages[0]: 1, messages[1]: 2``), split by where the

@@ -4,8 +4,8 @@
 generates ``n`` choices per request. Rows of one micro-batch may ask for different
 ``temperature``, ``top_p``, ``seed``, ``max_tokens`` and ``stop``: every choice is one feature
 carrying its own settings, and one ``model.generate`` call serves them all through two
-per-row hooks: :class:`RowSampler` (temperature and top-p per row, then the row's own
-Gumbel noise, as in :mod:`pipelines.tasks.generation`; temperature 0 is greedy) and
+per-row hooks: :class:`RowSampler` (temperature and top-p per row, with the model's ``top_k`` and
+cutoffs, then the row's own Gumbel noise, as in :mod:`pipelines.tasks.generation`; temperature 0 is greedy) and
 :class:`RowStop` (each row ends at its end-of-sequence token, its stop strings, found in the text
 it generated and never in its prompt, or its ``max_tokens``, and remembers which). Sampling is
 reproducible: a choice's noise depends on its request's ``seed`` (else the job's seed and the
@@ -22,7 +22,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TopKLogitsWarper,
+)
 
 from pipelines.errors import PipelineError
 from pipelines.inference.batching import Ragged
@@ -33,6 +40,7 @@ from pipelines.tasks.generation import (
     eos_ids,
     generated_stops,
     row_seeds,
+    sampling_warpers,
     seed_keys,
     uniform_noise,
 )
@@ -48,22 +56,46 @@ FINISH = {EOS: "stop", STOP: "stop", LENGTH: "length"}
 
 
 class RowSampler(LogitsProcessor):
-    """Each row's temperature and top-p, then its own Gumbel noise; rows with temperature 0 stay greedy."""
+    """Each row's temperature, the model's generation config's ``top_k`` and cutoffs (no request sets them) around
+    each row's top-p, in Transformers' order (``sampling_warpers``), then its own Gumbel noise; rows with temperature
+    0 stay greedy."""
 
-    def __init__(self, keys: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, start: int) -> None:
+    def __init__(
+        self,
+        keys: torch.Tensor,
+        temperature: torch.Tensor,
+        top_p: torch.Tensor,
+        start: int,
+        config: GenerationConfig | None = None,
+    ) -> None:
         self.keys = keys
         self.sampled = temperature > 0
         self.temperature = torch.where(self.sampled, temperature, torch.ones_like(temperature))
         self.top_p = top_p
         self.start = start
+        top_k = getattr(config, "top_k", None)
+        self.warpers = sampling_warpers(
+            config, keys.device, None, TopKLogitsWarper(top_k) if top_k else None, RowTopP(top_p)
+        )
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         scores = scores / self.temperature[:, None].to(scores.dtype)
-        if bool((self.top_p < 1).any()):
-            scores = top_p_filter(scores, self.top_p)
+        warped = scores
+        for warper in self.warpers:
+            warped = warper(input_ids, warped)
         step = input_ids.shape[1] - self.start
         gumbel = -torch.log(-torch.log(uniform_noise(self.keys, step, scores.shape[1])))
-        return scores + torch.where(self.sampled[:, None], gumbel, 0.0).to(scores.dtype)
+        return torch.where(self.sampled[:, None], warped + gumbel.to(scores.dtype), scores)
+
+
+class RowTopP(LogitsProcessor):
+    """Each row's own top-p."""
+
+    def __init__(self, top_p: torch.Tensor) -> None:
+        self.top_p = top_p
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return top_p_filter(scores, self.top_p) if bool((self.top_p < 1).any()) else scores
 
 
 def top_p_filter(scores: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
@@ -115,7 +147,7 @@ def generate_rows(
     def tensor(name: str) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(extra[name])).to(device)
 
-    sampler = RowSampler(tensor("key"), tensor("temperature"), tensor("top_p"), start)
+    sampler = RowSampler(tensor("key"), tensor("temperature"), tensor("top_p"), start, model.generation_config)
     eos = eos_ids(model, tokenizer)
     stopper = RowStop(start, tensor("max_tokens"), eos, extra["stop"], tokenizer)
     processors: list[LogitsProcessor] = [sampler]
@@ -132,11 +164,11 @@ def generate_rows(
         stopping_criteria=StoppingCriteriaList([stopper]),
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=eos or None,
-        # neutralise sampling defaults a model's generation_config may carry: sampling is RowSampler's
+        # sampling is RowSampler's (the config's top_k and cutoffs included); the config's other processing
+        # (repetition_penalty, no_repeat_ngram_size, ...) is model.generate's, each row's padding left out
         temperature=None,
         top_k=None,
         top_p=None,
-        repetition_penalty=1.0,
     )
     generated = sequences[:, start:].cpu().numpy()
     length = stopper.length.cpu().numpy()
