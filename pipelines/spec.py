@@ -24,7 +24,7 @@ from pipelines.io.block import BOOKKEEPING, GENERATED, PADDED, TOKENS
 from pipelines.io.shards import store_path_problem
 from pipelines.output.records import prefixed_hash
 from pipelines.tasks.openai_requests import OUTPUT_NAMES as OPENAI_OUTPUT_NAMES
-from pipelines.tasks.options import TASK_OPTIONS, AnyTaskOptions
+from pipelines.tasks.options import CONFIG_DEFAULTS, GENERATION_TASKS, TASK_OPTIONS, AnyTaskOptions
 
 
 class Strict(BaseModel):
@@ -360,6 +360,9 @@ def hashed_settings(spec: dict[str, Any]) -> dict[str, Any]:
     errors = spec.get("errors") or {}
     relevant["errors"] = {name: errors[name] for name in ("too_long", "duplicate_ids") if name in errors}
     (relevant.get("input") or {}).pop("paths", None)
+    task = relevant.get("task") or {}
+    if task.get("type") in GENERATION_TASKS:  # a left-out option hashes as the value it had before it was optional
+        task.update({name: CONFIG_DEFAULTS[name] for name in CONFIG_DEFAULTS if task.get(name, 0) is None})
     for where in ("device", "cache_dir", "fidelity"):  # fidelity: a check before the run, not a setting of results
         (relevant.get("model") or {}).pop(where, None)
     output = spec.get("output") or {}

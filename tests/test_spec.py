@@ -154,6 +154,17 @@ def test_spec_hash_covers_the_prediction_columns_names():
         assert spec_from_dict(minimal(**layout)).fingerprint() == base.fingerprint(), layout
 
 
+def test_generation_options_left_to_the_model_keep_the_hash_outputs_were_written_with():
+    """temperature, top_p and repetition_penalty left out now mean the model's generation config's value (they were
+    1.0): outputs written before keep their spec hash, so they resume as the same job (hashes of the old code)."""
+    plain = minimal(task={"type": "text-generation"}, model__name="smollm2")
+    sampled = minimal(task={"type": "summarization", "do_sample": True, "top_k": 5}, model__name="smollm2")
+    assert spec_from_dict(plain).fingerprint() == "91dfc980990c5401"
+    assert spec_from_dict(sampled).fingerprint() == "03623983088d1f65"
+    hotter = minimal(task={"type": "text-generation", "temperature": 0.7}, model__name="smollm2")
+    assert spec_from_dict(hotter).fingerprint() != "91dfc980990c5401"
+
+
 def test_an_output_recorded_before_the_hash_covered_the_prefix_keeps_its_spec():
     """Six of the shipped jobs set a prefix: their outputs, recorded with the hash that did not cover it, must
     resume under the same spec (not be refused as another job's) and be refused under another prefix."""

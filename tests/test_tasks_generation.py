@@ -562,3 +562,26 @@ def test_the_sampler_keeps_the_tokens_model_generate_keeps(settings):
     assert torch.equal(sampler(prompt, scores.clone()).isfinite(), kept)
     without = GumbelSampler(keys, 0, options)(prompt, scores.clone()).isfinite()
     assert without.sum() > kept.sum()  # the cutoff removed tokens top-p kept
+
+
+@pytest.mark.parametrize("path", [{}, {"no_repeat_ngram_size": 3}])  # the own loop, model.generate
+def test_the_generation_configs_sampling_defaults_apply_where_the_spec_sets_none(tiny_models, tmp_path, path):
+    """A model's authors' top_k, temperature, top_p and repetition_penalty (Qwen2.5-Instruct: 20, 0.7, 0.8, 1.05) are
+    what model.generate and transformers.pipeline use unless told otherwise; the spec's defaults (none, 1.0, 1.0,
+    1.0) replaced them, without a word. Here top_k 1 leaves one token to draw, so the sample is the greedy text with
+    the config's penalty; a spec value still wins (top_k: 0 is no top-k, as in Transformers)."""
+    model_dir = model_with_generation_config(
+        tiny_models, tmp_path, top_k=1, temperature=0.7, top_p=0.8, repetition_penalty=1.5, **path
+    )
+    task = {"type": "text-generation", "max_new_tokens": 8, "do_sample": True, "prompt_template": "Say: {text}"}
+    predictor = Predictor(make_spec(model_dir, task))
+    assert (predictor.task.kv_prefix is None) == bool(path)
+    rows = predictor(batch_of(SENTENCES[:3], ["a", "b", "c"])).to_pylist()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    for text, row in zip(SENTENCES[:3], rows):
+        greedy = reference_generate(model_dir, tokenizer(f"Say: {text}")["input_ids"], 8)  # the config's penalty
+        assert row["generated_text"] == tokenizer.decode(greedy, skip_special_tokens=True), text
+    unpenalised = predict(model_dir, {**task, "repetition_penalty": 1.0}, SENTENCES[:3], ids=["a", "b", "c"])
+    assert [r["generated_text"] for r in unpenalised] != [r["generated_text"] for r in rows]  # the penalty counts
+    spec_wins = predict(model_dir, {**task, "top_k": 0, "repetition_penalty": 1.0}, SENTENCES[:3], ids=["a", "b", "c"])
+    assert [r["generated_text"] for r in spec_wins] != [r["generated_text"] for r in rows]

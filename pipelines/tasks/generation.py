@@ -26,6 +26,7 @@ the other rows go on.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,7 +54,9 @@ from pipelines.inference.batching import Ragged, plan_microbatches
 from pipelines.inference.decoding import Process, decode
 from pipelines.inference.kv_cache import Prefix, PrefixTokens, Rows, merge, shared_prefix, supports_reuse
 from pipelines.tasks.base import ROW_ID, Features, Outputs, Task
-from pipelines.tasks.options import GenerationOptions
+from pipelines.tasks.options import CONFIG_DEFAULTS, GenerationOptions
+
+log = logging.getLogger(__name__)
 
 MASK32 = 0xFFFFFFFF
 
@@ -140,9 +143,9 @@ class GumbelSampler(LogitsProcessor):
         self.warpers = sampling_warpers(
             config,
             keys.device,
-            TemperatureLogitsWarper(options.temperature) if options.temperature != 1.0 else None,
-            TopKLogitsWarper(options.top_k) if options.top_k is not None else None,
-            TopPLogitsWarper(options.top_p) if options.top_p < 1.0 else None,
+            TemperatureLogitsWarper(options.temperature) if options.temperature not in (None, 1.0) else None,
+            TopKLogitsWarper(options.top_k) if options.top_k else None,
+            TopPLogitsWarper(options.top_p) if options.top_p is not None and options.top_p < 1.0 else None,
         )
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -259,6 +262,19 @@ EXTRA_PROCESSING = (
 )
 
 
+def with_model_defaults(options: GenerationOptions, config: GenerationConfig | None) -> GenerationOptions:
+    """The options with each one the spec leaves out (``CONFIG_DEFAULTS``) set as ``model.generate`` sets it: the
+    model's generation config's value, else no change; ``top_k`` 0 is none, as in Transformers."""
+    update: dict[str, Any] = {}
+    for name, default in CONFIG_DEFAULTS.items():
+        if getattr(options, name) is None:
+            configured = getattr(config, name, None)
+            update[name] = configured if configured is not None else default
+    if update.get("top_k", options.top_k) == 0:
+        update["top_k"] = None
+    return options.model_copy(update=update)
+
+
 def decodes_in_own_loop(model: torch.nn.Module, options: GenerationOptions) -> bool:
     """Whether this project's decoding loop can run this model and these options (else ``model.generate``)."""
     if options.num_beams > 1 or not supports_reuse(model):
@@ -359,6 +375,14 @@ class GenerationTask(Task):
     def setup(self, model: torch.nn.Module, device: torch.device) -> None:
         self.eos = eos_ids(model, self.tokenizer)
         self.generation_config = model.generation_config
+        self.options = with_model_defaults(self.options, model.generation_config)
+        if getattr(model.generation_config, "do_sample", False) and not self.options.do_sample:
+            log.warning(
+                "%s: the model's generation config samples (do_sample: true); this job decodes greedily, as the "
+                "spec says: set task.do_sample: true to sample (with the model's temperature, top_k and top_p "
+                "where the spec sets none)",
+                self.name,
+            )
         if decodes_in_own_loop(model, self.options):
             start, probe = self.shared_start()
             self.kv_prefix = shared_prefix(model, start, probe, device) if probe else None
@@ -484,7 +508,7 @@ class GenerationTask(Task):
         noise."""
         options = self.options
         penalty = None
-        if options.repetition_penalty != 1:
+        if options.repetition_penalty not in (None, 1):
             penalty = RepetitionPenaltyLogitsProcessor(options.repetition_penalty)
         sampler = keys = None
         if options.do_sample:

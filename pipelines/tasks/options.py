@@ -90,6 +90,21 @@ class PromptOptions(TaskOptions):
         return template_columns(self.prompt_template)
 
 
+#: The generation options a spec may leave out for the model's generation config to set, and the value each has
+#: where neither sets it (what ``model.generate`` does then; top_k: none, not Transformers' 50). Spec hashes count
+#: a left-out value as this one: outputs written before these options followed the model keep their hash.
+CONFIG_DEFAULTS: dict[str, float | int | None] = {
+    "temperature": 1.0,
+    "top_k": None,
+    "top_p": 1.0,
+    "repetition_penalty": 1.0,
+}
+
+
+#: The tasks whose options are ``GenerationOptions``.
+GENERATION_TASKS = ("text-generation", "summarization", "translation")
+
+
 class GenerationOptions(TaskOptions):
     """Decoding settings shared by every generating task."""
 
@@ -99,14 +114,25 @@ class GenerationOptions(TaskOptions):
     do_sample: bool = Field(
         default=False, description="Sample (reproducibly, from the job seed and row id) instead of greedy/beam search."
     )
-    temperature: float = Field(default=1.0, gt=0, description="Sampling: divide logits by this.")
-    top_k: int | None = Field(default=None, gt=0, description="Sampling: keep only the k most likely tokens.")
-    top_p: float = Field(
-        default=1.0, gt=0, le=1, description="Sampling: keep the smallest set of tokens with this much probability."
+    # None: the model's generation config's value, else no change (as model.generate); see ``CONFIG_DEFAULTS``
+    temperature: float | None = Field(
+        default=None, gt=0, description="Sampling: divide logits by this (default: the model's, else 1.0)."
+    )
+    top_k: int | None = Field(
+        default=None, ge=0, description="Sampling: keep only the k most likely tokens (0: all; default: the model's)."
+    )
+    top_p: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Sampling: keep the smallest set of tokens with this much probability (default: the model's, "
+        "else 1.0).",
     )
     num_beams: int = Field(default=1, gt=0, description="Beam search width (greedy when 1); not with do_sample.")
     num_return_sequences: int = Field(default=1, gt=0, description="Sequences per row: samples, or the best beams.")
-    repetition_penalty: float = Field(default=1.0, gt=0, description="Above 1 discourages repeating tokens.")
+    repetition_penalty: float | None = Field(
+        default=None, gt=0, description="Above 1 discourages repeating tokens (default: the model's, else 1.0)."
+    )
     stop: list[str] = Field(
         default_factory=list,
         description="Stop strings: a sequence ends where its text first contains one; the text is cut before it.",
