@@ -427,7 +427,9 @@ def test_a_min_length_in_the_generation_config_counts_each_requests_own_prompt(t
     assert together["short"]["generated_tokens"][0] >= 8  # not the 3 tokens it ended after beside the long one
 
 
-@pytest.mark.parametrize("cutoff", [{"min_p": 1.0}, {"top_k": 1}, {"epsilon_cutoff": 0.9}])
+@pytest.mark.parametrize(
+    "cutoff", [{"min_p": 1.0}, {"top_k": 1}, {"epsilon_cutoff": 0.9}, {"top_k": 1, "encoder_repetition_penalty": 3.0}]
+)
 def test_the_generation_config_of_the_model_shapes_each_answer(tiny_models, tmp_path, cutoff):
     """No request field sets top_k, min_p, the other cutoffs or a repetition penalty: the model's generation config
     holds them, and Transformers applies them. All were dropped (top_k and the repetition penalty set to none, the

@@ -585,3 +585,41 @@ def test_the_generation_configs_sampling_defaults_apply_where_the_spec_sets_none
     assert [r["generated_text"] for r in unpenalised] != [r["generated_text"] for r in rows]  # the penalty counts
     spec_wins = predict(model_dir, {**task, "top_k": 0, "repetition_penalty": 1.0}, SENTENCES[:3], ids=["a", "b", "c"])
     assert [r["generated_text"] for r in spec_wins] != [r["generated_text"] for r in rows]
+
+
+@pytest.mark.parametrize("path", [{}, {"no_repeat_ngram_size": 5}])  # the own loop, model.generate
+def test_an_encoder_repetition_penalty_in_the_generation_config_favours_each_rows_own_prompt(tiny_models, tmp_path,
+                                                                                              path):
+    """encoder_repetition_penalty favours the tokens of the prompt. The own loop dropped it; model.generate counted a
+    left-padded row's padding token (the eos here) as in its prompt, so "ok" beside a longer prompt ended at once,
+    with an empty text."""
+    model_dir = model_with_generation_config(tiny_models, tmp_path, encoder_repetition_penalty=3.0, **path)
+    task = {"type": "text-generation", "max_new_tokens": 8, "prompt_template": "Say: {text}"}
+    predictor = Predictor(make_spec(model_dir, task, batching={"min_fill": 0}))
+    assert (predictor.task.kv_prefix is None) == bool(path)
+    texts = ["ok", LONG, SENTENCES[1]]
+    batched = predictor(batch_of(texts)).to_pylist()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    for text, row in zip(texts, batched):
+        expected = reference_generate(model_dir, tokenizer(f"Say: {text}")["input_ids"], 8)
+        assert row["generated_text"] == tokenizer.decode(expected, skip_special_tokens=True), text
+        assert predictor(batch_of([text])).to_pylist()[0]["generated_text"] == row["generated_text"], text
+
+
+def test_an_encoder_repetition_penalty_favours_each_rows_own_input_in_summarization(tiny_models, tmp_path):
+    """The same for an encoder-decoder: a right-padded input's padding (T5's pad, its decoder start too) was
+    favoured, so a short row beside a longer one wrote padding: an empty summary."""
+    model_dir = tmp_path / "t5"
+    shutil.copytree(tiny_models("seq2seq"), model_dir)
+    config = json.loads((model_dir / "generation_config.json").read_text())
+    config["encoder_repetition_penalty"] = 3.0
+    (model_dir / "generation_config.json").write_text(json.dumps(config))
+    texts = ["ok", LONG, SENTENCES[1]]
+    rows = predict(str(model_dir), {"type": "summarization", "max_new_tokens": 8, "prefix": ""}, texts,
+                   batching={"min_fill": 0})
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSeq2SeqLM.from_pretrained(model_dir).eval()
+    for text, row in zip(texts, rows):
+        with torch.inference_mode():
+            alone = model.generate(**tokenizer([text], return_tensors="pt"), max_new_tokens=8, do_sample=False)
+        assert row["summary_text"] == tokenizer.decode(alone[0], skip_special_tokens=True), text

@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 from transformers import (
+    EncoderRepetitionPenaltyLogitsProcessor,
     EpsilonLogitsWarper,
     EtaLogitsWarper,
     GenerationConfig,
@@ -178,6 +179,35 @@ class RowMinLength(LogitsProcessor):
         return scores.masked_fill(ban, float("-inf"))
 
 
+class RowEncoderPenalty(LogitsProcessor):
+    """A generation config's ``encoder_repetition_penalty`` (favouring the prompt's tokens, the encoder's input for an
+    encoder-decoder) on each sequence's own prompt: Transformers' counts a padded row's padding token as in its prompt,
+    so that beside a longer prompt a row could favour it (and end at once where it is the eos)."""
+
+    def __init__(self, penalty: float, prompts: torch.Tensor) -> None:
+        self.penalty = penalty
+        self.prompts = prompts  # [sequences, width]: each one's prompt, its padding as a token of its own (own_prompt)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return self.apply(scores, self.prompts)
+
+    def apply(self, scores: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+        """The scores of the sequences whose prompts these are, penalised."""
+        return EncoderRepetitionPenaltyLogitsProcessor(self.penalty, prompts)(prompts, scores)
+
+
+def own_prompt(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each row's tokens, its padding (left or right) replaced by its first token: the row's own set of tokens."""
+    first = ids.gather(1, mask.argmax(dim=1, keepdim=True))
+    return torch.where(mask.bool(), ids, first)
+
+
+def encoder_penalty(model: torch.nn.Module) -> float | None:
+    """The generation config's ``encoder_repetition_penalty`` where it changes anything."""
+    penalty = getattr(model.generation_config, "encoder_repetition_penalty", None)
+    return None if penalty is None or penalty == 1.0 else float(penalty)
+
+
 def sampling_keys(seeds: np.ndarray, count: int, device: torch.device) -> torch.Tensor:
     """One noise key per sequence, ``count`` sequences per row, row by row (as ``repeat_interleave`` lays rows)."""
     seeds_ = torch.from_numpy(np.asarray(seeds, dtype=np.int64)).to(device)
@@ -313,6 +343,11 @@ def generate(
     processors: list[LogitsProcessor] = []
     if options.do_sample:
         inputs = {name: value.repeat_interleave(count, dim=0) for name, value in inputs.items()}
+    penalty = encoder_penalty(model)
+    if penalty is not None and "attention_mask" in inputs:
+        own_ids = own_prompt(inputs["input_ids"], inputs["attention_mask"]).repeat_interleave(options.num_beams, 0)
+        processors.append(RowEncoderPenalty(penalty, own_ids))
+        kwargs["encoder_repetition_penalty"] = 1.0
     min_length = getattr(model.generation_config, "min_length", None) or 0
     if min_length > 0 and eos and not model.config.is_encoder_decoder and "attention_mask" in inputs:
         # each sequence's own prompt counts, not its padding (beam search holds num_beams sequences per row)
@@ -482,7 +517,7 @@ class GenerationTask(Task):
             history,
             self.options.max_new_tokens,
             self.eos,
-            self._processing(seeds[order] if seeds is not None else None, count, ids.device),
+            self._processing(seeds[order] if seeds is not None else None, count, ids.device, history),
             self._stops if self.options.stop else None,
         )
         back = np.argsort(order)  # sequences are in group order; the outputs in the micro-batch's
@@ -503,10 +538,15 @@ class GenerationTask(Task):
         head = torch.tensor([prefix.ids], dtype=ids.dtype, device=ids.device).expand(len(ids), len(prefix))
         return torch.cat([torch.where(prefixed[:, None], head, first), own], dim=1)
 
-    def _processing(self, seeds: np.ndarray | None, count: int, device: torch.device) -> Process | None:
-        """Repetition penalty, then (sampling) the warpers (the model's cutoffs too) and each sequence's Gumbel
-        noise."""
+    def _processing(
+        self, seeds: np.ndarray | None, count: int, device: torch.device, prompts: torch.Tensor
+    ) -> Process | None:
+        """The model's encoder repetition penalty on each sequence's ``prompts``, the repetition penalty, then
+        (sampling) the warpers (the model's cutoffs too) and each sequence's Gumbel noise."""
         options = self.options
+        favour = None
+        if self.generation_config is not None and self.generation_config.encoder_repetition_penalty not in (None, 1):
+            favour = RowEncoderPenalty(float(self.generation_config.encoder_repetition_penalty), prompts)
         penalty = None
         if options.repetition_penalty not in (None, 1):
             penalty = RepetitionPenaltyLogitsProcessor(options.repetition_penalty)
@@ -514,10 +554,12 @@ class GenerationTask(Task):
         if options.do_sample:
             keys = sampling_keys(np.asarray(seeds), count, device)
             sampler = GumbelSampler(keys[:0], 0, options, self.generation_config)
-        if penalty is None and sampler is None:
+        if favour is None and penalty is None and sampler is None:
             return None
 
         def process(history: torch.Tensor, scores: torch.Tensor, rows: torch.Tensor, step: int) -> torch.Tensor:
+            if favour is not None:
+                scores = favour.apply(scores, prompts[rows])
             if penalty is not None:
                 scores = penalty(history, scores)
             if sampler is not None and keys is not None:

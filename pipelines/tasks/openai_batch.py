@@ -36,9 +36,12 @@ from pipelines.inference.batching import Ragged
 from pipelines.tasks.base import NO_TOKENS, ROW_ID, Features, Outputs, Task, tokenless, vectors
 from pipelines.tasks.feature_extraction import embed
 from pipelines.tasks.generation import (
+    RowEncoderPenalty,
     RowMinLength,
+    encoder_penalty,
     eos_ids,
     generated_stops,
+    own_prompt,
     row_seeds,
     sampling_warpers,
     seed_keys,
@@ -154,12 +157,16 @@ def generate_rows(
     min_length = getattr(model.generation_config, "min_length", None) or 0
     if min_length > 0 and eos:  # the model's min_length counts each row's own prompt, not its padding
         processors.insert(0, RowMinLength(min_length, eos, inputs["attention_mask"].sum(dim=1), start))
+    penalty = encoder_penalty(model)
+    if penalty is not None:  # the model's encoder_repetition_penalty favours each row's own prompt, not its padding
+        processors.insert(0, RowEncoderPenalty(penalty, own_prompt(inputs["input_ids"], inputs["attention_mask"])))
     sequences = model.generate(
         **inputs,
         max_new_tokens=int(extra["max_tokens"].max()),
         do_sample=False,
         num_beams=1,
         min_length=0,
+        encoder_repetition_penalty=1.0,
         logits_processor=LogitsProcessorList(processors),
         stopping_criteria=StoppingCriteriaList([stopper]),
         pad_token_id=tokenizer.pad_token_id,
