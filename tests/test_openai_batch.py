@@ -463,6 +463,28 @@ def test_the_generation_config_of_the_model_shapes_each_answer(tiny_models, tmp_
     assert together["sampled"]["generated_text"] == [text]
 
 
+def test_stop_strings_in_the_generation_config_stop_requests_that_give_none(tiny_models, tmp_path):
+    """model.generate refused every request of a model whose generation config sets stop_strings (it wants the
+    tokenizer): each answer was an error, "you must pass the model's tokenizer". They are now the stop strings of a
+    request that gives none."""
+    import shutil
+
+    model = tmp_path / "stops"
+    shutil.copytree(tiny_models("causal"), model)
+    config = json.loads((model / "generation_config.json").read_text())
+    config["stop_strings"] = ["o"]
+    (model / "generation_config.json").write_text(json.dumps(config))
+    lines = [chat_line("plain", temperature=0, max_tokens=12), chat_line("own", temperature=0, max_tokens=12,
+                                                                        stop="\n\n")]
+    got = answers(chat_predictor(str(model)), lines)
+    asked = answers(chat_predictor(tiny_models("causal")), [chat_line("plain", temperature=0, max_tokens=12, stop="o")])
+    unstopped = answers(chat_predictor(tiny_models("causal")), [chat_line("own", temperature=0, max_tokens=12)])
+    assert [got[k]["_error"] for k in ("plain", "own")] == [None, None]
+    assert got["plain"]["generated_text"] == asked["plain"]["generated_text"]
+    assert got["plain"]["finish_reason"] == ["stop"]
+    assert got["own"]["generated_text"] == unstopped["own"]["generated_text"]  # its own stop replaces the model's
+
+
 def test_refused_messages_are_counted_by_what_is_wrong_with_them_not_by_their_place(tiny_models):
     """The summary, the plan and ``errors.max_rate``'s error count refused rows by the reason's kind, its text before
     the first ``:``: for a message that was its place alone (``messages[0]: 1, messages[1]: 2``), split by where the

@@ -623,3 +623,20 @@ def test_an_encoder_repetition_penalty_favours_each_rows_own_input_in_summarizat
         with torch.inference_mode():
             alone = model.generate(**tokenizer([text], return_tensors="pt"), max_new_tokens=8, do_sample=False)
         assert row["summary_text"] == tokenizer.decode(alone[0], skip_special_tokens=True), text
+
+
+@pytest.mark.parametrize("beams", [1, 2])  # the own loop, model.generate
+def test_stop_strings_in_the_generation_config_end_each_sequence_as_the_specs_stop_would(tiny_models, tmp_path, beams):
+    """The own loop ignored a generation config's stop_strings; model.generate refused every row (it needs the
+    tokenizer, which this project doesn't give it): each row failed with "you must pass the model's tokenizer". They
+    now act as the spec's stop where it sets none."""
+    model_dir = model_with_generation_config(tiny_models, tmp_path, stop_strings=["o"])
+    task = {"type": "text-generation", "max_new_tokens": 8, "num_beams": beams, "prompt_template": "Say: {text}"}
+    rows = predict(model_dir, task, SENTENCES[:2], ids=["a", "b"])
+    plain = predict(tiny_models("causal"), {**task, "stop": ["o"]}, SENTENCES[:2], ids=["a", "b"])
+    assert [r["_error"] for r in rows] == [None, None]
+    assert {k: rows[0][k] for k in TEXT_COLUMNS} == {k: plain[0][k] for k in TEXT_COLUMNS}
+    assert {k: rows[1][k] for k in TEXT_COLUMNS} == {k: plain[1][k] for k in TEXT_COLUMNS}
+    assert "stop" in [r["finish_reason"] for r in rows]
+    kept = predict(model_dir, {**task, "stop": ["\n\n"]}, SENTENCES[:2], ids=["a", "b"])  # the spec's replace them
+    assert [r["finish_reason"] for r in kept] == ["length", "length"]

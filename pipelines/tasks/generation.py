@@ -294,7 +294,8 @@ EXTRA_PROCESSING = (
 
 def with_model_defaults(options: GenerationOptions, config: GenerationConfig | None) -> GenerationOptions:
     """The options with each one the spec leaves out (``CONFIG_DEFAULTS``) set as ``model.generate`` sets it: the
-    model's generation config's value, else no change; ``top_k`` 0 is none, as in Transformers."""
+    model's generation config's value, else no change; ``top_k`` 0 is none, as in Transformers. The config's
+    ``stop_strings`` are the spec's ``stop`` where it has none."""
     update: dict[str, Any] = {}
     for name, default in CONFIG_DEFAULTS.items():
         if getattr(options, name) is None:
@@ -302,6 +303,9 @@ def with_model_defaults(options: GenerationOptions, config: GenerationConfig | N
             update[name] = configured if configured is not None else default
     if update.get("top_k", options.top_k) == 0:
         update["top_k"] = None
+    configured_stops = getattr(config, "stop_strings", None)
+    if not options.stop and configured_stops:  # as the spec's stop (model.generate would need the tokenizer)
+        update["stop"] = [configured_stops] if isinstance(configured_stops, str) else list(configured_stops)
     return options.model_copy(update=update)
 
 
@@ -336,6 +340,7 @@ def generate(
         "temperature": None,
         "top_k": None,
         "top_p": None,
+        "stop_strings": None,  # the config's are options.stop (with_model_defaults)
     }
     start = 1 if model.config.is_encoder_decoder else inputs["input_ids"].shape[1]
     if options.stop:

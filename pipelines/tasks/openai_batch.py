@@ -167,6 +167,7 @@ def generate_rows(
         num_beams=1,
         min_length=0,
         encoder_repetition_penalty=1.0,
+        stop_strings=None,  # the config's are the stops of requests that give none (ChatCompletions.setup)
         logits_processor=LogitsProcessorList(processors),
         stopping_criteria=StoppingCriteriaList([stopper]),
         pad_token_id=tokenizer.pad_token_id,
@@ -203,6 +204,11 @@ class ChatCompletions(Task):
                 "/v1/chat/completions requests: this model's tokenizer has no chat template to render messages "
                 "with; use a chat (instruct) model"
             )
+        self.default_stops: tuple[str, ...] = ()  # the model's generation config's stop_strings (setup)
+
+    def setup(self, model: torch.nn.Module, device: torch.device) -> None:
+        configured = getattr(model.generation_config, "stop_strings", None) or ()
+        self.default_stops = (configured,) if isinstance(configured, str) else tuple(configured)
 
     def token_inputs(self) -> dict[str, str | None]:
         return {}  # a text is a request line: what its messages or inputs hold is the request's to check
@@ -229,7 +235,8 @@ class ChatCompletions(Task):
             if problem:
                 errors[i] = problem
                 continue
-            choices.add(i, tokens, request, self._seed(request, ids[i]), self.options.max_new_tokens)
+            choices.add(i, tokens, request, self._seed(request, ids[i]), self.options.max_new_tokens,
+                        self.default_stops)
         features = choices.features()
         features.errors = errors
         return features
@@ -317,11 +324,14 @@ class _Choices:
             name: [] for name in ("row", "choice", "seed", "temperature", "top_p", "max_tokens", "stop")
         }
 
-    def add(self, row: int, tokens: list[int], request: ChatRequest, seed: int, default: int) -> None:
+    def add(
+        self, row: int, tokens: list[int], request: ChatRequest, seed: int, default: int, stops: tuple[str, ...]
+    ) -> None:
+        """``default`` max_tokens and ``stops`` (the model's stop strings) where the request gives none."""
         for choice in range(request.n):
             self.tokens.append(tokens)
             values = (row, choice, seed, request.temperature, request.top_p, request.new_tokens(default),
-                      request.stops())
+                      request.stops() or stops)
             for name, value in zip(self.columns, values):
                 self.columns[name].append(value)
 
