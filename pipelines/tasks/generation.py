@@ -8,8 +8,14 @@ the other rows in its batch nor the padding, and a re-run gives the same text.
 The trick is the Gumbel-max identity: ``argmax(logits / T + g)`` with ``g``
 standard Gumbel noise is a sample from ``softmax(logits / T)``. So generation
 runs as greedy decoding (``do_sample=False``) with one extra logits processor
-that applies temperature, top-k and top-p, then adds the row's Gumbel noise —
-vectorized over the micro-batch and the vocabulary, no loop over rows.
+that applies temperature, top-k and top-p, and the cutoffs of the model's generation
+config (min_p, typical_p, ...), then adds the row's Gumbel noise — vectorized over
+the micro-batch and the vocabulary, no loop over rows.
+
+The model's generation config holds what the spec leaves out (temperature, top-k, top-p,
+repetition penalty, stop strings: :func:`with_model_defaults`, at setup); its processing
+that depends on a row's prompt (``min_length``, ``encoder_repetition_penalty``) counts the
+row's own prompt, never its padding, as alone.
 
 Decoder-only models with one beam decode in this project's own loop
 (:mod:`pipelines.inference.decoding`): the prompt part every row shares (chat
