@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -94,6 +95,14 @@ def visible_ids(out: Path) -> list[str]:
     return pq.read_table([str(p) for p in files]).column("id").to_pylist() if files else []
 
 
+def ctrl_c_as_at_a_terminal() -> None:
+    """In the CLI's process before it starts: Ctrl-C as a terminal's command gets it. A shell without job control
+    starts a command put in the background (`cmd &`, as a CI runner or `nohup … &` may run the tests) with SIGINT
+    ignored, which its children inherit, so the Ctrl-C these tests send was ignored there and the run went on to
+    its end (exit 0): the tests failed where they were run so, and passed at a terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Job:
     def __init__(self, folder: Path, model: str, schedule: bool = False) -> None:
         self.out = folder / "out"
@@ -127,7 +136,7 @@ class Job:
             command = ["bash", "-c", 'export PIPELINES_CRASH_TARGET=-$$; exec "$@"', "bash", *command]
         with tempfile.TemporaryFile("w+") as errors:
             process = subprocess.run(command, cwd=ROOT, env=full, stdout=subprocess.DEVNULL, stderr=errors, text=True,
-                                     start_new_session=True, timeout=300)
+                                     start_new_session=True, timeout=300, preexec_fn=ctrl_c_as_at_a_terminal)
             errors.seek(0)
             stderr = errors.read()
         commits = self.out.rglob("_commits/*.json") if self.out.exists() else []
