@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -41,7 +40,7 @@ import pyarrow as pa
 import torch
 
 from pipelines.errors import PipelineError
-from pipelines.inference.predictor import Predictor
+from pipelines.inference.predictor import Predictor, not_finite_rows
 from pipelines.io.block import ERROR
 from pipelines.output.records import Fidelity, precision_label
 from pipelines.spec import JobSpec
@@ -187,21 +186,12 @@ def compare(
 
 
 def _finite_rows(predicted: Predictions) -> np.ndarray:
-    """Per row: every number of its prediction (scores, embeddings, nested ones included) is finite."""
-    rows = len(predicted.ok)
-    return np.array([all(_finite(values[i]) for values in predicted.columns.values()) for i in range(rows)], dtype=bool)
-
-
-def _finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, dict):
-        return all(_finite(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        if value and all(isinstance(v, float) for v in value):  # an embedding: one numpy pass
-            return bool(np.isfinite(np.asarray(value, dtype=np.float64)).all())
-        return all(_finite(v) for v in value)
-    return True
+    """Per row: no number of its prediction (scores, embeddings, nested ones included) is NaN or infinite. A run's
+    predictor quarantines such rows already (``not_finite_rows``); this holds for predictions given any other way."""
+    found = np.zeros(len(predicted.ok), dtype=bool)
+    for values in predicted.columns.values():
+        found |= not_finite_rows(pa.array(values))
+    return ~found
 
 
 @dataclass
