@@ -234,7 +234,8 @@ class ScheduledJob:
     def same_content(self, shard: Shard, digest: str | None) -> bool:
         """Whether a shard whose modification time changed (its size did not) holds the bytes a commit recorded
         the digest of: a file fetched again (``gsutil cp``, ``rsync`` without ``-t``) is not scored again. Read
-        whole (an object on a store too), once per invocation however often the planner asks."""
+        whole (an object on a store too), once for its size and time: an invocation asks again from memory, the next
+        from ``_input_digests.json`` (:meth:`remember_digests`)."""
         if not digest:
             return False
         key = (shard.uri, shard.size, shard.mtime_ns)
