@@ -26,7 +26,7 @@ from pipelines import faults, fidelity
 from pipelines.cluster.connect import worker_spec
 from pipelines.errors import PipelineError, one_line_ray_errors
 from pipelines.inference.identity import changed as identity_changed
-from pipelines.inference.identity import model_files
+from pipelines.inference.identity import generation_settings, model_files
 from pipelines.io.reader import (
     NOT_FETCHED,
     Columns,
@@ -49,6 +49,7 @@ from pipelines.output.openai_batch import OpenAIBatchFiles
 from pipelines.output.records import CommitRecord, Fidelity, JobRecord, ModelRef, RunSummary, Unreadable
 from pipelines.output.staging import StagingConfig, StagingReport, confusion
 from pipelines.spec import JobSpec, changed_settings
+from pipelines.tasks.options import GENERATION_TASKS, left_out_differences
 
 log = logging.getLogger(__name__)
 
@@ -309,6 +310,7 @@ def run_job(
                     return previous.model_copy(update={"status": "up to date", "shards_this_run": 0})
                 if pending and committed:
                     files = same_model_files(output, spec)
+                    same_decoding(output, spec)
         except PipelineError as refused:
             # What this run read may be another run's work in progress (an --overwrite half done holds its user's
             # files and none of this project's records yet): where another run holds the lock, its busy refusal
@@ -381,6 +383,23 @@ def same_model_files(output: OutputDir, spec: JobSpec) -> dict[str, str] | None:
             "earlier files back)"
         )
     return now
+
+
+def same_decoding(output: OutputDir, spec: JobSpec) -> None:
+    """Refuses (PipelineError) to resume a generating job's output whose committed shards were decoded with another
+    temperature, top-k, top-p or repetition penalty than this spec would use, though its hash is the same: one of
+    them leaves the option to the model's generation config, which sets another value than the other writes out."""
+    recorded = output.job()
+    if not recorded or not recorded.spec or spec.task.type not in GENERATION_TASKS:
+        return
+    configured = generation_settings(spec.model)
+    task = spec.model_dump(mode="json")["task"]
+    differ = left_out_differences(recorded.spec.get("task") or {}, task, configured) if configured else []
+    if differ:
+        raise PipelineError(
+            f"output.path {spec.output.path}: its committed shards were decoded otherwise than this spec would decode "
+            f"the rest: {'; '.join(differ)}, or use a new output.path, or --overwrite to score every shard again"
+        )
 
 
 def resume_state(spec: JobSpec, shards: list[Shard]) -> tuple[list[Shard], dict[str, CommitRecord], bool]:

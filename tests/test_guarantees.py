@@ -1770,3 +1770,36 @@ def test_a_folder_gone_while_the_input_is_listed_gives_no_files_not_an_error(tmp
     from pipelines.io.shards import _files_under
 
     assert _files_under(pafs.LocalFileSystem(), str(tmp_path / "gone")) == []
+
+
+def test_a_sampling_option_left_to_the_model_and_the_same_option_written_out_are_not_resumed_as_one_job(
+    ray_session, tiny_models, tmp_path
+):
+    """``temperature`` left out means the model's generation config's value (0.7 here), but hashes as 1.0 (what it
+    meant before, so that outputs written then keep their hash). So an output sampled at the model's 0.7 was resumed,
+    as the same job, by a spec that writes ``temperature: 1.0``, and an output an earlier version sampled at 1.0 by a
+    spec that leaves it out: two temperatures in one output, without a word. Both are refused before any work; the
+    spec as it was resumes."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_models("causal"), model)
+    config = json.loads((model / "generation_config.json").read_text())
+    (model / "generation_config.json").write_text(json.dumps({**config, "temperature": 0.7}))
+    many_shards(tmp_path / "in", shards=2, rows=3)
+    task = {"type": "text-generation", "do_sample": True, "max_new_tokens": 4}
+    spec = spec_of(write_job(tmp_path, str(model), tmp_path / "in", task=task))
+    run_job(spec)
+    many_shards(tmp_path / "more", shards=3, rows=3)
+    (tmp_path / "more" / "part-2.jsonl").rename(tmp_path / "in" / "part-2.jsonl")  # new input to score
+    written = spec_of(write_job(tmp_path, str(model), tmp_path / "in", task={**task, "temperature": 1.0}))
+    refused = r"task.temperature is 1.0 here and the model's 0.7 in the output \(left out there\)"
+    with pytest.raises(PipelineError, match=refused):
+        run_job(written)
+    recorded = json.loads((tmp_path / "out" / "_job.json").read_text())
+    as_before = {**recorded, "spec": {**recorded["spec"], "task": {**recorded["spec"]["task"], "temperature": 1.0}}}
+    (tmp_path / "out" / "_job.json").write_text(json.dumps(as_before))  # as an earlier version recorded the job
+    with pytest.raises(PipelineError, match=r"task.temperature is the model's 0.7 here \(left out\) and 1.0 in the "
+                                            r"output; set task.temperature: 1.0 to resume"):
+        run_job(spec)
+    resumed = run_job(written)  # written out as the output was scored: resumed
+    assert resumed.status == "succeeded" and resumed.shards_this_run == 1
+    assert len(list((tmp_path / "out" / "_commits").glob("*.json"))) == 3

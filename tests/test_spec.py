@@ -165,6 +165,39 @@ def test_generation_options_left_to_the_model_keep_the_hash_outputs_were_written
     assert spec_from_dict(hotter).fingerprint() != "91dfc980990c5401"
 
 
+def test_a_left_out_option_differs_from_the_same_option_written_out_only_where_the_model_sets_another(tmp_path):
+    """What a resume compares beside the hash (the run refuses on any difference; tests/test_guarantees.py): the model's
+    settings as Transformers reads them (generation_config.json, else an older model's config.json), and only the
+    options the decoding uses."""
+    import json
+
+    from pipelines.inference.identity import generation_settings
+    from pipelines.spec import ModelSpec
+    from pipelines.tasks.options import left_out_differences
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"repetition_penalty": 1.3, "decoder": {"temperature": 0.6}}))
+    assert generation_settings(ModelSpec(name=str(model))) == {"repetition_penalty": 1.3, "temperature": 0.6,
+                                                               "decoder": {"temperature": 0.6}}
+    (model / "generation_config.json").write_text(json.dumps({"top_p": 0.9}))  # then config.json's are not read
+    assert generation_settings(ModelSpec(name=str(model))) == {"top_p": 0.9}
+    assert generation_settings(ModelSpec(name=str(tmp_path / "elsewhere"))) is None  # not here: nothing compared
+
+    sampled, greedy = {"type": "text-generation", "do_sample": True}, {"type": "text-generation"}
+    configured = {"temperature": 0.7, "repetition_penalty": 1.0}
+    assert left_out_differences({**sampled, "temperature": 1.0}, sampled, configured) == [
+        "task.temperature is the model's 0.7 here (left out) and 1.0 in the output; set task.temperature: 1.0 to resume"
+    ]
+    assert left_out_differences({**greedy, "temperature": 1.0}, greedy, configured) == []  # greedy: not used
+    assert left_out_differences({**sampled, "top_p": 1.0}, sampled, configured) == []  # the model sets none
+    assert left_out_differences({**sampled, "repetition_penalty": 1.0}, sampled, configured) == []  # the same value
+    assert left_out_differences(greedy, {**greedy, "repetition_penalty": 1.0}, {"repetition_penalty": 1.2}) == [
+        "task.repetition_penalty is 1.0 here and the model's 1.2 in the output (left out there); leave "
+        "task.repetition_penalty out to resume"
+    ]
+
+
 def test_an_output_recorded_before_the_hash_covered_the_prefix_keeps_its_spec():
     """Six of the shipped jobs set a prefix: their outputs, recorded with the hash that did not cover it, must
     resume under the same spec (not be refused as another job's) and be refused under another prefix."""

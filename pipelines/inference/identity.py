@@ -9,10 +9,12 @@ the local cache (no network), where it is there.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from pipelines.errors import PipelineError
 from pipelines.inference.aliases import resolve_name
@@ -109,3 +111,50 @@ def cached_commit(repo_id: str, revision: str | None) -> str | None:
         match = re.search(r"/snapshots/([0-9a-f]{40})/", found)
         return match.group(1) if match else None
     return None
+
+
+def generation_settings(spec: ModelSpec) -> dict[str, Any] | None:
+    """The decoding settings the model's own files set, as Transformers reads them when it loads the model: its
+    ``generation_config.json``, else (older models) the generation settings in its ``config.json`` (at the top, else
+    in its decoder's or text model's part); read without loading the model. None where the files are not here (a hub
+    id not in the local cache, a folder only the workers have)."""
+    source = resolve_name(spec)
+    folder = Path(source)
+
+    def read(name: str) -> dict[str, Any] | None:  # the file's settings; ABSENT where it is known not to be there
+        if folder.is_dir():
+            path = folder / name
+            if not path.is_file():
+                return ABSENT
+        else:
+            try:
+                from huggingface_hub import try_to_load_from_cache
+
+                found = try_to_load_from_cache(source, name, revision=spec.revision)
+            except Exception as exc:  # noqa: BLE001 - best effort for hub ids
+                log.debug("no cached %s for %s: %s", name, source, exc)
+                return None
+            if not isinstance(found, str):  # None: not known here; else known not to be in the repository
+                return None if found is None else ABSENT
+            path = Path(found)
+        try:
+            loaded = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return loaded if isinstance(loaded, dict) else None
+
+    configured = read("generation_config.json")
+    if configured is not ABSENT:
+        return configured
+    config = read("config.json")
+    if config is None or config is ABSENT:
+        return None
+    found = {k: v for k, v in config.items() if v is not None}
+    for part in ("decoder", "generator", "text_config"):  # what is unset at the top: the decoder's (the first found)
+        if isinstance(config.get(part), dict):
+            found = {**{k: v for k, v in config[part].items() if v is not None}, **found}
+            break
+    return found
+
+
+ABSENT: dict[str, Any] = {}  # generation_settings: a file known not to be there (compared by identity)

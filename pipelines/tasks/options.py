@@ -11,7 +11,7 @@ other modules of this folder are loaded only where a model runs.
 from __future__ import annotations
 
 import string
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -103,6 +103,30 @@ CONFIG_DEFAULTS: dict[str, float | int | None] = {
 
 #: The tasks whose options are ``GenerationOptions``.
 GENERATION_TASKS = ("text-generation", "summarization", "translation")
+
+
+def left_out_differences(recorded: dict[str, Any], task: dict[str, Any], configured: dict[str, Any]) -> list[str]:
+    """The options of ``CONFIG_DEFAULTS`` that an output (``recorded``: its spec's task, as JSON) was decoded with
+    otherwise than ``task`` would decode, though the spec hash is the same: one of them leaves the option to the
+    model's generation config (``configured``), which sets another value than the other writes out (a left-out option
+    hashes as the value it had before it followed the model). Each in words, with what to write to resume."""
+    if task.get("type") not in GENERATION_TASKS:
+        return []
+    found = []
+    for name in CONFIG_DEFAULTS:
+        if name != "repetition_penalty" and not task.get("do_sample"):
+            continue  # temperature, top-k, top-p: not used by greedy or beam search
+        here, there = task.get(name), recorded.get(name)
+        model = configured.get(name)
+        if (here is None) == (there is None) or model is None or model == (there if here is None else here):
+            continue  # both written out (the hash compared them), both left to the model, or the same value
+        if here is not None:
+            found.append(f"task.{name} is {here} here and the model's {model} in the output (left out there); "
+                         f"leave task.{name} out to resume")
+        else:
+            found.append(f"task.{name} is the model's {model} here (left out) and {there} in the output; "
+                         f"set task.{name}: {there} to resume")
+    return found
 
 
 class GenerationOptions(TaskOptions):
