@@ -659,3 +659,35 @@ def test_a_failed_run_says_where_its_page_is_or_how_to_build_one(ray_session, ti
 def last_lines(printed: str) -> list[str]:
     """The command's last two lines (the log's lines come before): its ``report:`` line, then its error."""
     return printed.strip().splitlines()[-2:]
+
+
+def test_columns_the_job_keeps_are_not_drawn_as_its_predictions(tmp_path):
+    """The page read the columns ``label`` and ``score`` of the part files whatever the task: an embedding job that
+    keeps its dataset's ``label`` and ``score`` (columns_to_keep) had its input's labels drawn as the model's label
+    distribution, and a kept ``score`` of text (``4/5``) made `pipelines report` end in a traceback and every run's
+    page go unwritten."""
+    from helpers import make_spec
+
+    from pipelines.output import report
+    from pipelines.output.records import CommitRecord, JobRecord, ModelRef, ShardInput
+
+    spec = make_spec("m", {"type": "feature-extraction"}, tmp_path, input={"columns_to_keep": ["label", "score"]})
+    job = JobRecord(name=None, spec_hash="h", model=ModelRef(name="m"), quantization="none", device="cpu",
+                    task="feature-extraction", spec=spec.model_dump(mode="json"))
+    (tmp_path / "_job.json").write_text(json.dumps(job.to_json()))
+    write_parquet(tmp_path / "part-s0-00000.parquet",
+                  [{"id": "a", "label": "World", "score": "4/5", "embedding": [0.1, 0.2]},
+                   {"id": "b", "label": "Sports", "score": "1/5", "embedding": [0.3, 0.4]}])
+    record = CommitRecord(shard="s0", input=ShardInput(uri="/in/a.jsonl", size=1), spec_hash="h",
+                          model=ModelRef(name="m"), rows_in=2, rows=2, errors=0, files=["part-s0-00000.parquet"],
+                          committed_at=1.0)
+    (tmp_path / "_commits").mkdir()
+    (tmp_path / "_commits" / "s0.json").write_text(json.dumps(record.to_json()))
+
+    done = cli("report", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-2000:]
+    page = (tmp_path / "_report.html").read_text()
+    assert "data-chart='labels'" not in page and "data-chart='scores'" not in page
+    assert "No label column in this task&#x27;s output." in page and "No score column" in page
+    data = report.read_run(str(tmp_path))
+    assert not data.labels and not len(data.scores) and not data.unread

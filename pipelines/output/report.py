@@ -95,26 +95,38 @@ def read_run(location: str) -> RunData:
         records = list(pool.map(lambda path: CommitRecord.parse(layout.read_json(fs, path)), paths))
     commits = sorted((r for r in records if r is not None), key=lambda c: c.committed_at)
     data = RunData(location, summary, job, commits)
-    prefix = str(((job.spec if job else {}).get("output") or {}).get("prediction_prefix") or "")
-    _read_predictions(fs, root, data, prefix)
+    spec = job.spec if job else {}
+    prefix = str((spec.get("output") or {}).get("prediction_prefix") or "")
+    label, score = (None if name in _input_columns(spec) else name for name in (prefix + "label", prefix + "score"))
+    _read_predictions(fs, root, data, label, score)
     return data
 
 
-def _read_predictions(fs: pafs.FileSystem, root: str, data: RunData, prefix: str) -> None:
-    """Count labels and gather scores from the committed Parquet part files (two columns, nothing else)."""
-    label, score = prefix + "label", prefix + "score"
+def _input_columns(spec: dict[str, Any]) -> set[str]:
+    """The columns of the job's output that are its input's, not the model's: the id and the kept columns (the spec
+    refuses a prediction column of the same name as one of them). A job that keeps its dataset's ``label`` or
+    ``score`` and whose task predicts none (feature-extraction, a generation task) has them in its part files."""
+    given = spec.get("input") or {}
+    return {str(given.get("id_column") or "id"), *map(str, given.get("columns_to_keep") or []),
+            *([str(given["label_column"])] if given.get("label_column") else [])}
+
+
+def _read_predictions(fs: pafs.FileSystem, root: str, data: RunData, label: str | None, score: str | None) -> None:
+    """Count labels and gather scores from the committed Parquet part files (the predicted ``label`` and ``score``
+    columns, nothing else; None: the output's column of that name, if any, is no prediction)."""
+    columns = [c for c in (label, score) if c is not None]  # none: each part is still opened, its damage told
     # OpenAI Batch answers (JSONL) have no label and no score
     relatives = [f for record in data.commits for f in record.files if not f.endswith(OpenAIBatchFiles.suffix)]
     with ThreadPoolExecutor(READERS) as pool:
-        read = list(pool.map(lambda relative: _read_part(fs, f"{root}/{relative}", [label, score]), relatives))
+        read = list(pool.map(lambda relative: _read_part(fs, f"{root}/{relative}", columns), relatives))
     scores = []
     for relative, (table, error) in zip(relatives, read):
         if error is not None:  # a part damaged or deleted since: the page says so
             data.unread.append(f"{relative}: {error}")
         elif table is not None:
-            if label in table.column_names:
+            if label is not None and label in table.column_names:
                 data.labels.update(v for v in table.column(label).to_pylist() if v is not None)
-            if score in table.column_names:
+            if score is not None and score in table.column_names:
                 scores.append(table.column(score).to_numpy(zero_copy_only=False))
     if scores:
         values = np.concatenate(scores).astype(np.float64)
