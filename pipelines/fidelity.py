@@ -171,8 +171,9 @@ def _measure_remote(spec: dict[str, Any], picked: pa.Table) -> dict[str, Any]:
 #: The bar of quantization: auto when the spec sets no model.fidelity.
 AUTO_MIN_AGREEMENT = 0.99
 #: Bump when the candidates or their measures change, so that kept decisions are made again (2: a one-output model
-#: judged by its scores, not its one label; a NaN prediction a failure).
-CANDIDATES_VERSION = 2
+#: judged by its scores, not its one label; a NaN prediction a failure; 3: so is a model whose every label's score is
+#: its own, a multi-label one's, not by its top label).
+CANDIDATES_VERSION = 3
 
 
 @dataclass(frozen=True)

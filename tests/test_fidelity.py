@@ -641,3 +641,59 @@ def test_an_agreement_just_under_the_bar_is_shown_under_it_and_the_advice_keeps_
     recorded = {"agreement": 0.98996, "measure": "label_agreement", "rows": 256, "bar": 0.98}
     with pytest.raises(PipelineError, match=r"min_agreement at or below 0\.9899$"):
         hold_bar(auto, Precision("dynamic-int8", "float32"), recorded)
+
+
+def test_a_multi_label_model_is_judged_by_every_label_score_it_writes_not_its_top_label(tiny_models):
+    """A multi-label classifier (problem_type multi_label_classification: a sigmoid per label) or zero-shot with
+    multi_label writes each label's own score (return_all_scores), which the user thresholds label by label: the
+    check said "label_agreement 1.0000" while dynamic int8 moved the scores (on this model by up to 0.017, more than
+    1% of their range on most rows), since the top label alone was compared; a label crossing the user's threshold
+    beside an unchanged top label passed the same way. Such a model is judged by every score it writes, as a model
+    with one output is by its one score; the top label's agreement is still shown."""
+    from tiny_models import CORPUS
+
+    sample = pa.table({"id": [f"r{i}" for i in range(len(CORPUS))], "text": CORPUS})
+    task = {"type": "text-classification", "return_all_scores": True}
+    result = measure(quantized_spec(tiny_models("multi-label"), task, "dynamic-int8"), sample)
+    assert result.measure == "score_agreement", result.metrics
+    assert result.metrics["label_agreement"] == 1.0  # the top label never changed here
+    assert 0 < result.agreement < 0.9 and 0 < result.metrics["rank_agreement"] < 1
+    assert result.examples and {"id", "quantized", "reference"} <= set(result.examples[0])
+    zero_shot = {"type": "zero-shot-classification", "candidate_labels": ["sports", "politics"], "method": "nli",
+                 "multi_label": True}
+    assert measure(quantized_spec(tiny_models("nli"), zero_shot, "dynamic-int8"), sample).measure == "score_agreement"
+
+
+def test_a_label_that_crosses_beside_an_unchanged_top_label_disagrees_where_scores_are_each_labels_own():
+    options = TASK_OPTIONS["text-classification"](type="text-classification", return_all_scores=True)
+
+    def side(rows: list[dict[str, float]], independent: bool, ok=None) -> Predictions:
+        ok = [True] * len(rows) if ok is None else ok
+        columns = {"label": [max(s, key=s.get) if good else None for s, good in zip(rows, ok)],
+                   "score": [max(s.values()) if good else None for s, good in zip(rows, ok)],
+                   "scores": [s if good else None for s, good in zip(rows, ok)]}
+        return Predictions(columns, np.array(ok), None, labels=3, independent=independent)
+
+    reference = [{"news": 0.9, "sport": 0.6, "tech": 0.1}, {"news": 0.2, "sport": 0.1, "tech": 1.0},
+                 {"news": 0.0, "sport": 0.7, "tech": 0.3}, {"news": 0.5, "sport": 0.5, "tech": 0.8}]
+    quantized = [{"news": 0.9, "sport": 0.4, "tech": 0.1},  # sport no longer passes 0.5; news still on top
+                 {"news": 0.2, "sport": 0.105, "tech": 1.0},  # moved by 0.005: within 1% of the range (0.01)
+                 {"news": 0.0, "sport": 0.7, "tech": 0.3}, {"news": 0.5, "sport": 0.5, "tech": 0.8}]
+    ok = [True, True, True, False]
+    result = compare(options, side(quantized, True, ok), side(reference, True), ids=list("abcd"))
+    assert result.measure == "score_agreement" and result.agreement == pytest.approx(2 / 4)
+    assert result.metrics["label_agreement"] == pytest.approx(3 / 4)
+    assert result.examples == [{"id": "d", "quantized": "None", "reference": "tech 0.8000"},
+                               {"id": "a", "quantized": "sport 0.4000", "reference": "sport 0.6000"}]
+    # a softmax over the labels (one label per row): its top label is what the row says
+    assert compare(options, side(quantized, False, ok), side(reference, False), ids=list("abcd")).measure == (
+        "label_agreement")
+    # without return_all_scores a multi-label row writes its top label and that label's own score: both count
+    top_only = TASK_OPTIONS["text-classification"](type="text-classification")
+    q, r = side(quantized, True), side(reference, True)
+    for predicted in (q, r):
+        del predicted.columns["scores"]
+    q.columns["label"][2], q.columns["score"][2] = "tech", 0.7  # a near tie flipped: the same score, another label
+    result = compare(top_only, q, r, ids=list("abcd"))
+    assert result.measure == "score_agreement" and result.agreement == pytest.approx(3 / 4)
+    assert result.examples == [{"id": "c", "quantized": "tech 0.7000", "reference": "sport 0.7000"}]

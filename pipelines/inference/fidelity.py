@@ -11,8 +11,10 @@ task                          measures                                    headli
 ============================  ==========================================  ==============
 label tasks                   label agreement; accuracy of both against   label_agreement
                               ``input.label_column`` when it is set
-  with one output (one label) score agreement (within 1% of the score     score_agreement
-                              range), rank agreement (pairs ordered alike)
+  with one output (one label) score agreement (every score written       score_agreement
+  or each label's own score   within 1% of the score range, the label
+  (multi-label, sigmoid)      the same), rank agreement (pairs ordered
+                              alike); label agreement
 feature-extraction            cosine of the embeddings: mean, p5, min     cosine_mean
 generation tasks              exact match, token agreement                exact_match
 question-answering            span agreement, answer agreement            span_agreement
@@ -79,6 +81,7 @@ class Predictions:
     seconds: float = 0.0  # the sample's call, after a first call on a few rows (the model's load left out)
     dtype: str = ""  # what the model computed in (``float32``, ``bfloat16``...)
     labels: int | None = None  # a label task's: how many labels it picks among (one: its scores tell, not its label)
+    independent: bool = False  # a label task's scores are each label's own (sigmoid, raw, one output): they tell
 
 
 #: Rows of a first, untimed call before the sample's: a predictor's first forwards allocate.
@@ -98,11 +101,12 @@ def predict(spec: JobSpec, sample: pa.Table) -> Predictions:
     tokenizer = predictor.loaded.tokenizer
     device, dtype = predictor.loaded.device, str(predictor.loaded.dtype).removeprefix("torch.")
     labels = len(predictor.task.labels) if isinstance(predictor.task, LabelTask) else None
+    independent = isinstance(predictor.task, LabelTask) and predictor.task.independent_scores()
     del predictor, table
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return Predictions(columns, ok, tokenizer, seconds, dtype, labels)
+    return Predictions(columns, ok, tokenizer, seconds, dtype, labels, independent)
 
 
 def _precision(spec: JobSpec, predicted: Predictions) -> str:
@@ -259,38 +263,67 @@ def compare_labels(pair: Pair, options: LabelOptions, truth: list[Any] | None):
         known = [i for i, g in enumerate(gold) if g is not None]
         metrics["truth_accuracy_quantized"] = _mean([str(q[i]) == str(gold[i]) for i in known])
         metrics["truth_accuracy_reference"] = _mean([str(r[i]) == str(gold[i]) for i in known])
+    if pair.reference.independent:  # each label's score is its own: the user thresholds them, not the top label
+        name, scored, examples = compare_scores(pair, same)
+        return name, {**scored, **metrics}, examples
     return "label_agreement", metrics, _examples(pair, q, r, same)
 
 
-#: A one-output model's row agrees when its score moved by at most this share of the sample's reference score range.
+#: A row's scores agree when each moved by at most this share of the range of the sample's reference scores.
 SCORE_TOLERANCE = 0.01
 
 
-def compare_scores(pair: Pair):
-    """A model with one output (a regression head, one sigmoid logit, zero-shot with one candidate label) names the
-    same label on every row: what it says is its score, which a user thresholds or ranks by. Headline: the share of
-    rows whose score moved by at most 1% of the range of the unquantized scores over the sample; also the share of
-    pairs of rows the two models order alike (both tied counts as alike). A row only the quantized model failed on
-    agrees in neither. The rows whose scores moved most are the examples."""
-    q, r = pair.values("score")
+def compare_scores(pair: Pair, same_label: list[bool] | None = None):
+    """A model whose label scores are each the label's own, not shares of one distribution (a regression head, a
+    sigmoid per label as a multi-label model's, zero-shot with multi_label or one candidate label), says what it
+    says in its scores, which a user thresholds (label by label) or ranks by; with one output its label is the same
+    on every row. Judged on the scores the run writes: every label's (``scores``, with return_all_scores), else the
+    label's own (``score``). Headline: the share of rows whose label is the same (``same_label``; one output: always)
+    and none of whose scores moved by more than 1% of the range of the unquantized scores over the sample; also the
+    share of pairs of rows the two models order alike, label by label (both tied counts as alike). A row only the
+    quantized model failed on agrees in neither. The rows whose scores moved most are the examples, each with the
+    label that moved most."""
+    column = "scores" if "scores" in pair.reference.columns else "score"
+    q, r = pair.values(column)
     failed = np.array(pair.failed(), dtype=bool)
-    x = np.array([np.nan if v is None else v for v in q], dtype=np.float64)
-    y = np.array(r, dtype=np.float64)
-    moved = np.where(failed, np.inf, np.abs(x - y))
+    names = list(r[0]) if column == "scores" and r else []
+
+    def matrix(values: list[Any]) -> np.ndarray:
+        width = max(len(names), 1)
+        rows = [[np.nan] * width if v is None else [v[n] for n in names] if names else [v] for v in values]
+        return np.array(rows, dtype=np.float64).reshape(len(values), width)
+
+    x, y = matrix(q), matrix(r)
+    changed = failed if same_label is None else failed | ~np.array(same_label, dtype=bool)
+    deltas = np.abs(x - y)
+    moved = np.where(changed, np.inf, np.nan_to_num(deltas.max(axis=1), nan=np.inf))
     tolerance = SCORE_TOLERANCE * float(y.max() - y.min())
-    n = len(y)
+    n, k = y.shape
     alike = pairs = 0
     for i in range(n - 1):  # one row against the later ones at a time: memory in rows, not in pairs
         same = np.sign(x[i + 1:] - x[i]) == np.sign(y[i + 1:] - y[i])
-        alike += int(np.sum(same & ~failed[i + 1:] & ~failed[i]))
-        pairs += n - 1 - i
+        alike += int(np.sum(same & ~failed[i + 1:, None] & ~failed[i]))
+        pairs += (n - 1 - i) * k
     metrics = {
         "score_agreement": _mean(moved <= tolerance),
         "rank_agreement": alike / pairs if pairs else float(not failed.any()),
     }
     order = [int(i) for i in np.argsort(-moved, kind="stable")[:EXAMPLES] if moved[i] > tolerance]
-    examples = [{"id": pair.ids[i], "quantized": _short(q[i]), "reference": _short(r[i])} for i in order]
+    examples = [{"id": pair.ids[i], **_moved_most(pair, names, q[i], r[i], i)} for i in order]
     return "score_agreement", metrics, examples
+
+
+def _moved_most(pair: Pair, names: list[str], q: Any, r: Any, row: int) -> dict[str, str]:
+    """The example of judged row ``row``: a one-output model's two scores; with every label's scores (``names``),
+    the label whose score moved most (the reference's top label where the quantized model failed); with the label's
+    own score, each side's label and score."""
+    if names:
+        name = max(names, key=lambda n: r[n] if q is None else abs(q[n] - r[n]))  # failed: the reference's top
+        return {"quantized": "None" if q is None else f"{name} {q[name]:.4f}", "reference": f"{name} {r[name]:.4f}"}
+    if pair.reference.labels == 1:
+        return {"quantized": _short(q), "reference": _short(r)}
+    ql, rl = pair.values("label")
+    return {"quantized": "None" if q is None else f"{ql[row]} {q:.4f}", "reference": f"{rl[row]} {r:.4f}"}
 
 
 def compare_embeddings(pair: Pair, options: FeatureExtractionOptions, truth: list[Any] | None):

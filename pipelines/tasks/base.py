@@ -267,6 +267,12 @@ class LabelTask(Task):
     labels: list[str]
     options: LabelOptions
 
+    def independent_scores(self) -> bool:
+        """Whether each label's score is its own (a sigmoid per label, a raw output, one output), not its share of
+        one distribution over the labels: then what a row says is its scores, which a user thresholds label by
+        label, and not only which label is on top (what the fidelity check compares)."""
+        return len(self.labels) == 1
+
     def label_columns(self, scores: np.ndarray) -> dict[str, pa.Array]:
         """The output columns from a ``[rows, labels]`` score matrix."""
         top = scores.argmax(axis=1)

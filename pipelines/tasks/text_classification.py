@@ -29,6 +29,9 @@ class TextClassification(LabelTask):
     def forward(self, model, inputs, extra):
         return {"logits": sequence_logits(model, inputs).float().cpu().numpy()}
 
+    def independent_scores(self) -> bool:
+        return self._function() != "softmax"
+
     def _function(self) -> str:
         """``auto`` follows the Transformers pipeline: none for regression, sigmoid for multi-label or one output."""
         if self.options.function != "auto":

@@ -161,6 +161,9 @@ class ZeroShotClassification(LabelTask):
                 f"max_length {self.max_length}; shorten it or raise batching.max_length"
             )
 
+    def independent_scores(self) -> bool:
+        return self.options.multi_label or len(self.labels) == 1
+
     def setup(self, model: torch.nn.Module, device: torch.device) -> None:
         if self.method != "embedding":
             return
