@@ -20,6 +20,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -213,17 +214,18 @@ def resolve_auto(
         return concrete(spec, chosen), None
     bar = _auto_bar(spec)
     picked = sample(spec, shards, _rows(spec))
-    cache = _decision_path(spec, bar, picked, _decider_bf16(spec, picked))
+    cache = _decision_path(spec, bar, picked, *_decider_node(spec, picked))
     found = _read_decision(cache)
     if found is None:
         log.info("quantization auto: scoring %d sampled rows at each candidate precision against float32 (kept "
-                 "in %s for this sample, model, task and kind of device)", picked.num_rows, cache)
+                 "in %s for this sample, model, task, kind of device and versions of torch and transformers)",
+                 picked.num_rows, cache)
         found = {**_on_ray(spec, _choose_remote, picked, bar), "decided_at": time.time(), "rows": picked.num_rows}
         _write_decision(cache, found)
     else:
-        log.info("quantization auto: the decision of %s on these same %d sampled rows, model, task and kind of "
-                 "device (%s)", time.strftime("%Y-%m-%d %H:%M", time.localtime(found.get("decided_at", 0))),
-                 picked.num_rows, cache)
+        log.info("quantization auto: the decision of %s on these same %d sampled rows, model, task, kind of "
+                 "device and versions of torch and transformers (%s)",
+                 time.strftime("%Y-%m-%d %H:%M", time.localtime(found.get("decided_at", 0))), picked.num_rows, cache)
     warn_if_coarse(picked.num_rows, bar)
     chosen = Precision(found["quantization"], found["dtype"])
     result = Fidelity.model_validate(found["fidelity"]) if found.get("fidelity") else None
@@ -306,10 +308,14 @@ def sample_digest(spec: JobSpec, picked: pa.Table) -> str:
     return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def _decision_path(spec: JobSpec, bar: float, picked: pa.Table, bf16: bool) -> Path:
+def _decision_path(
+    spec: JobSpec, bar: float, picked: pa.Table, bf16: bool, libraries: dict[str, str | None] | None = None
+) -> Path:
     """Where the decision for this sample of the input (its ground truth included), this model (its exact weights),
     task options, row policy, kind of device, CPU matmul and lanes is kept; ``bf16``: whether the node that decides
-    (:func:`_node_bf16`, asked there) computes bfloat16 natively, which decides whether bfloat16 is a candidate."""
+    (:func:`_node_bf16`, asked there) computes bfloat16 natively, which decides whether bfloat16 is a candidate;
+    ``libraries``: the versions of the libraries whose kernels the candidates run there (:func:`library_versions`;
+    None: this process's)."""
     from pipelines.inference.gguf import default_cache_dir
     from pipelines.schedule.lineage import model_lineage
 
@@ -324,6 +330,7 @@ def _decision_path(spec: JobSpec, bar: float, picked: pa.Table, bf16: bool) -> P
         "cpu_lanes": spec.compute.cpu_lanes if spec.actor_device() == "cpu" else None,  # and on this, on a CPU
         "bar": bar,
         "candidates": CANDIDATES_VERSION,
+        "libraries": library_versions() if libraries is None else libraries,  # other kernels: other figures
         "sample": sample_digest(spec, picked),  # the agreement is measured on these rows: another input, another
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
@@ -392,22 +399,42 @@ def _node_bf16(spec: JobSpec) -> bool:
     return _cpu_bf16()
 
 
-def _decider_bf16(spec: JobSpec, picked: pa.Table) -> bool:
-    """:func:`_node_bf16` where the check would run. A CPU job on a Ray of this machine alone (a local Ray) is
-    answered here from the CPU's flags: asking in a task would start a worker and import torch in it before every
-    run of the job, seconds of start-up on a small machine; elsewhere a Ray task with an actor's resources asks."""
+#: The libraries whose kernels compute the candidates (torch's int8 and bfloat16 ones, transformers' attention): a
+#: decision made with other versions of them is made again. bitsandbytes is no candidate of auto.
+DECIDING_LIBRARIES = ("torch", "transformers")
+
+
+def library_versions() -> dict[str, str | None]:
+    """The installed versions of :data:`DECIDING_LIBRARIES` in this process's environment (None: not installed),
+    read from their metadata: nothing is imported."""
+    found: dict[str, str | None] = {}
+    for name in DECIDING_LIBRARIES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _decider_node(spec: JobSpec, picked: pa.Table) -> tuple[bool, dict[str, str | None]]:
+    """:func:`_node_bf16` and :func:`library_versions` where the check would run. A CPU job on a Ray of this machine
+    alone (a local Ray) is answered here from the CPU's flags and this environment: asking in a task would start a
+    worker and import torch in it before every run of the job, seconds of start-up on a small machine; elsewhere a
+    Ray task with an actor's resources asks."""
     import ray
 
     if spec.actor_device() == "cpu" and ray.is_initialized():
         alive = [node for node in ray.nodes() if node.get("Alive")]
         if len(alive) == 1 and alive[0].get("NodeID") == ray.get_runtime_context().get_node_id():
-            return _node_bf16(spec)
-    return bool(_on_ray(spec, _bf16_remote, picked.slice(0, 0)))
+            return _node_bf16(spec), library_versions()
+    bf16, libraries = _on_ray(spec, _node_remote, picked.slice(0, 0))
+    return bool(bf16), dict(libraries)
 
 
-def _bf16_remote(spec_json: dict[str, Any], picked: pa.Table) -> bool:
-    """:func:`_node_bf16` on the node a Ray task with an actor's resources lands on (the decision's node)."""
-    return _node_bf16(JobSpec.model_validate(spec_json))
+def _node_remote(spec_json: dict[str, Any], picked: pa.Table) -> tuple[bool, dict[str, str | None]]:
+    """:func:`_node_bf16` and :func:`library_versions` on the node a Ray task with an actor's resources lands on
+    (the decision's node)."""
+    return _node_bf16(JobSpec.model_validate(spec_json)), library_versions()
 
 
 def fastest_within(results: list[tuple[JobSpec, Fidelity]], bar: float) -> dict[str, Any]:

@@ -697,3 +697,46 @@ def test_a_label_that_crosses_beside_an_unchanged_top_label_disagrees_where_scor
     result = compare(top_only, q, r, ids=list("abcd"))
     assert result.measure == "score_agreement" and result.agreement == pytest.approx(3 / 4)
     assert result.examples == [{"id": "c", "quantized": "tech 0.7000", "reference": "sport 0.7000"}]
+
+
+def test_quantization_auto_decides_again_after_torch_or_transformers_changed(tmp_path, monkeypatch):
+    """A kept decision ("dynamic-int8 keeps 99% and is the fastest") was keyed without the versions of the libraries
+    whose kernels made it: after `pip install -U torch` (other int8 and bfloat16 kernels, other speeds) or a new
+    transformers (another attention implementation) the old figures were taken and reported as this run's check.
+    The versions are those of the node that decides (asked with its bfloat16 support), read without importing torch."""
+    import importlib.metadata
+
+    from pipelines import fidelity
+    from pipelines.fidelity import resolve_auto
+
+    rows = [{"id": f"r{i}", "text": SENTENCES[i % len(SENTENCES)] + f" {i}"} for i in range(8)]
+    write_jsonl(tmp_path / "in" / "one.jsonl", rows)
+    spec = make_spec("minilm", {"type": "feature-extraction"}, input={"paths": [str(tmp_path / "in")]})
+    spec.model.quantization = "auto"
+    spec.model.cache_dir = str(tmp_path / "cache")
+    shards = list_shards(spec.input.paths)
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # a cluster: the deciding node is asked in a task
+    decided = []
+
+    def on_ray(spec, function, picked, *args):
+        if function is fidelity._choose_remote:
+            decided.append(importlib.metadata.version("torch"))
+            return {"quantization": "dynamic-int8", "dtype": "float32", "fidelity": None, "why": "test"}
+        return function(spec.model_dump(mode="json"), picked, *args)  # the node's answers, here
+
+    monkeypatch.setattr(fidelity, "_on_ray", on_ray)
+    installed = importlib.metadata.version
+
+    def upgraded(to: dict[str, str]):
+        monkeypatch.setattr(importlib.metadata, "version", lambda name: to.get(name) or installed(name))
+
+    resolve_auto(spec, shards, None)
+    resolve_auto(spec, shards, None)  # the same libraries: kept
+    upgraded({"torch": "99.0.0"})
+    resolve_auto(spec, shards, None)
+    upgraded({"torch": "99.0.0", "transformers": "99.0.0"})
+    resolve_auto(spec, shards, None)
+    assert decided == [installed("torch"), "99.0.0", "99.0.0"], "a decision made with other kernels was kept"
+    assert _decision_path(spec, 0.99, PICKED, False) != _decision_path(spec, 0.99, PICKED, False, {"torch": "1"})
