@@ -111,6 +111,17 @@ def test_label_measures_count_a_quantized_failure_as_disagreeing():
     assert [e["id"] for e in result.examples] == ["2", "3"]
 
 
+def test_no_accuracy_is_told_where_no_sampled_row_has_a_truth_label():
+    """input.label_column set, but the sample's rows all without a value there (a column filled in later, for some
+    rows): both models were shown as 0.0 accurate against the truth. Nothing was measured, so nothing is told."""
+    options = TASK_OPTIONS["text-classification"](type="text-classification")
+    reference = predictions([True, True], label=["a", "b"])
+    quantized = predictions([True, True], label=["a", "b"])
+    result = compare(options, quantized, reference, ids=["1", "2"], truth=[None, None])
+    assert result.agreement == 1.0
+    assert not {"truth_accuracy_quantized", "truth_accuracy_reference"} & set(result.metrics), result.metrics
+
+
 def test_embedding_measures_are_cosines():
     options = TASK_OPTIONS["feature-extraction"](type="feature-extraction")
     reference = predictions([True] * 3, embedding=[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])

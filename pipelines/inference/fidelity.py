@@ -258,9 +258,9 @@ def compare_labels(pair: Pair, options: LabelOptions, truth: list[Any] | None):
     q, r = pair.values("label")
     same = [a == b and not failed for a, b, failed in zip(q, r, pair.failed())]
     metrics = {"label_agreement": _mean(same)}
-    if truth is not None:
-        gold = [truth[i] for i in pair.rows]
-        known = [i for i, g in enumerate(gold) if g is not None]
+    gold = [truth[i] for i in pair.rows] if truth is not None else []
+    known = [i for i, g in enumerate(gold) if g is not None]
+    if known:  # none of the sample's rows with a truth label: no accuracy measured (not 0)
         metrics["truth_accuracy_quantized"] = _mean([str(q[i]) == str(gold[i]) for i in known])
         metrics["truth_accuracy_reference"] = _mean([str(r[i]) == str(gold[i]) for i in known])
     if pair.reference.independent:  # each label's score is its own: the user thresholds them, not the top label
