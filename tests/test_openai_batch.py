@@ -386,8 +386,8 @@ def test_each_request_keeps_its_own_settings_whatever_the_batch(tiny_models):
     assert together["greedy"]["prompt_tokens"] == text.column("prompt_tokens")[0].as_py()
 
     errors = {key: row["_error"] for key, row in together.items() if row["_error"]}
-    assert errors["too-long"].startswith("prompt is ") and "messages are never cut" in errors["too-long"]
-    assert errors["over-context"].endswith("exceed the model's context of 256 tokens")
+    assert errors["too-long"].startswith("prompt longer than batching.max_length: ")
+    assert errors["over-context"].startswith("prompt and max_tokens exceed the model's context: ")
     assert errors["tools"] == "unsupported option 'tools': tool calls are not supported by this project"
     assert errors["embeddings"].startswith("url /v1/embeddings is served by task feature-extraction")
     assert len(errors) == 4
@@ -506,6 +506,41 @@ def test_refused_messages_are_counted_by_what_is_wrong_with_them_not_by_their_pl
         "messages[…]: role 'tool' is not supported": 1,
         "temperature": 1,
     }
+
+
+def test_prompts_too_long_are_counted_as_one_kind_each_and_say_what_to_do(tiny_models):
+    """A prompt over batching.max_length was refused as ``prompt is 700 tokens, over batching.max_length (512)``: its
+    own length before the first ``(``, so the summary, ``_run.json``, the report and the errors.max_rate failure
+    counted one kind per length (``prompt is 513 tokens, over batching.max_length: 1, prompt is 514 …: 1``, a line
+    per request of a file of long prompts), and none said how to answer them. Over the model's context it was the kind
+    ``prompt``. Each is now one kind, and the reason says what to change."""
+    from pipelines.output.staging import reason_counts, reason_kind
+    from pipelines.tasks.base import NO_TOKENS
+
+    model = tiny_models("causal")  # a context of 256 tokens, a tokenizer's model_max_length of 128
+    spec = make_spec(model, {"type": "text-generation", "max_new_tokens": 6}, input={"format": "openai-batch"},
+                     batching={"max_length": 64})
+    lines = [chat_line("long-1", "Paris " * 60), chat_line("long-2", "Paris " * 80),
+             chat_line("wide-1", max_tokens=250), chat_line("wide-2", max_tokens=240)]
+    out = torch_free_stages(Predictor(spec), rows_of(lines))
+    assert reason_counts(out) == {"prompt longer than batching.max_length": 2,
+                                  "prompt and max_tokens exceed the model's context": 2}
+    errors = {row["id"]: row["_error"] for row in out.to_pylist()}
+    for key in ("long-1", "long-2"):
+        assert re.fullmatch(r"prompt longer than batching.max_length: \d+ tokens, over 64; messages are never cut: "
+                            r"raise batching.max_length \(this model reads up to 128 tokens\)", errors[key]), errors[key]
+    prompt = int(re.search(r"(\d+) and 250 tokens", errors["wide-1"]).group(1))
+    assert errors["wide-1"] == (f"prompt and max_tokens exceed the model's context: {prompt} and 250 tokens, over 256; "
+                                f"give a max_tokens of at most {256 - prompt}")
+
+    # so too a string of an embedding request's input, whatever its place in the list
+    assert {reason_kind(f"input[{i}] {NO_TOKENS}") for i in (1, 7)} == {"input[…] has no tokens"}
+    assert reason_kind('input[3]: give a string or a list of strings (got 1)') == "input[…]"
+
+    capped = make_spec(model, {"type": "text-generation", "max_new_tokens": 6}, input={"format": "openai-batch"})
+    [row] = torch_free_stages(Predictor(capped), rows_of([chat_line("huge", "Paris " * 300)])).to_pylist()
+    assert re.fullmatch(r"prompt longer than batching.max_length: \d+ tokens, over 128, the most this model reads; "
+                        r"messages are never cut: shorten them", row["_error"]), row["_error"]
 
 
 def test_a_stop_string_ends_the_text_before_it(tiny_models):

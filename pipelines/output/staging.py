@@ -262,11 +262,14 @@ def row_ranges(rows: np.ndarray) -> list[tuple[int, int]]:
 
 #: A reason that starts with the message it is about (an OpenAI Batch request's ``messages[2]: role 'tool' is ...``).
 MESSAGE_PLACE = re.compile(r"messages\[\d+\]: ")
+#: A reason that starts with the embedding input it is about (``input[7] has no tokens ...``).
+INPUT_PLACE = re.compile(r"input\[\d+\]")
 
 
 def reason_counts(bad: pa.Table) -> dict[str, int]:
     """Bad rows by kind of reason (the reason without its details), for the run summary. A request's message is
-    named by what is wrong with it, its place left out (``messages[…]: role 'tool' is not supported``)."""
+    named by what is wrong with it, its place left out (``messages[…]: role 'tool' is not supported``), and so is an
+    embedding input (``input[…] has no tokens``)."""
     kinds = [reason_kind(reason) for reason in bad.column(ERROR).to_pylist()]
     return dict(Counter(kinds))
 
@@ -275,4 +278,7 @@ def reason_kind(reason: str) -> str:
     place = MESSAGE_PLACE.match(reason)
     if place:
         return f"messages[…]: {reason_kind(reason[place.end():])}"
+    place = INPUT_PLACE.match(reason)
+    if place:  # one kind for every string of the list
+        return reason_kind("input[…]" + reason[place.end():])
     return re.split(r"[:(]", reason, maxsplit=1)[0].strip()

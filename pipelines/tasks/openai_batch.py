@@ -252,14 +252,29 @@ class ChatCompletions(Task):
             return None, f"the model's chat template refused the messages: {str(exc).strip()[:200]}"
 
     def _too_long(self, prompt: int, new: int) -> str | None:
+        """Why a prompt of ``prompt`` tokens with ``new`` to generate can't be answered, or None. The reason's kind,
+        its text before the first ``:``, is the same for every request (the summary counts refusals by kind); the
+        lengths and what to change come after it."""
         if prompt > self.max_length:
-            return f"prompt is {prompt} tokens, over batching.max_length ({self.max_length}); messages are never cut"
+            kind = f"prompt longer than batching.max_length: {prompt} tokens, over {self.max_length}"
+            most = self._most_read()
+            if most is not None and self.max_length >= most:  # batching.max_length was capped to the model's
+                return f"{kind}, the most this model reads; messages are never cut: shorten them"
+            room = f" (this model reads up to {most} tokens)" if most is not None else ""
+            return f"{kind}; messages are never cut: raise batching.max_length{room}"
         if self.positions and prompt + new > self.positions:
             return (
-                f"prompt ({prompt} tokens) and max_tokens ({new}) exceed the model's context of {self.positions} "
-                "tokens"
+                f"prompt and max_tokens exceed the model's context: {prompt} and {new} tokens, over {self.positions}; "
+                f"give a max_tokens of at most {self.positions - prompt}"
             )
         return None
+
+    def _most_read(self) -> int | None:
+        """The most tokens this model reads, as batching.max_length is capped (its positions, its tokenizer's
+        model_max_length); None when neither says."""
+        limits = [self.positions or 0, getattr(self.tokenizer, "model_max_length", 0) or 0]
+        sane = [n for n in limits if 0 < n < 1_000_000]
+        return min(sane) if sane else None
 
     def _seed(self, request: ChatRequest, row_id: str) -> int:
         """The request's seed, else one from the job's seed and the custom_id (as a 63-bit row seed)."""
