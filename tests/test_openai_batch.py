@@ -543,6 +543,55 @@ def test_prompts_too_long_are_counted_as_one_kind_each_and_say_what_to_do(tiny_m
                         r"messages are never cut: shorten them", row["_error"]), row["_error"]
 
 
+def test_a_request_without_max_tokens_is_answered_up_to_the_models_context(tiny_models):
+    """A request that sets no max_tokens gets task.max_new_tokens; where its prompt left the model's context fewer
+    tokens than that, it was refused (``prompt (100 tokens) and max_tokens (200) exceed the model's context``, a
+    max_tokens the request never gave), though the API answers such a request, up to its context. It now generates
+    what the context leaves (finish_reason length where it fills it); a max_tokens given is still held to, as the API
+    refuses one that does not fit."""
+    model = tiny_models("causal")  # a context of 256 tokens; prompts of up to 128 (its tokenizer's model_max_length)
+    predictor = Predictor(make_spec(model, {"type": "text-generation", "max_new_tokens": 200},
+                                    input={"format": "openai-batch"}))
+    long = "Where is the Eiffel Tower located? " * 5
+    got = answers(predictor, [chat_line("unset", long, temperature=0), chat_line("given", long, max_tokens=200)])
+    unset = got["unset"]
+    assert unset["_error"] is None, unset["_error"]
+    room = 256 - unset["prompt_tokens"]
+    assert 0 < room < 200 and 0 < unset["generated_tokens"][0] <= room
+    assert unset["finish_reason"] == ["length" if unset["generated_tokens"][0] == room else "stop"]
+    alone = answers(predictor, [chat_line("unset", long, temperature=0, max_tokens=room)])["unset"]
+    assert unset["generated_text"] == alone["generated_text"]  # the answer a request asking for that room gets
+    assert got["given"]["_error"] == (f"prompt and max_tokens exceed the model's context: {unset['prompt_tokens']} "
+                                      f"and 200 tokens, over 256; give a max_tokens of at most {room}")
+
+
+def test_a_prompt_that_fills_the_whole_context_is_refused_with_no_room_left(tiny_models, tmp_path):
+    """Where batching.max_length is all the model reads, a prompt can fill the context: no max_tokens fits."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    model = tmp_path / "short-context"
+    shutil.copytree(tiny_models("causal"), model)
+    config = json.loads((model / "config.json").read_text())
+    config["max_position_embeddings"] = 128  # as its tokenizer's model_max_length (rotary: no weights change)
+    (model / "config.json").write_text(json.dumps(config))
+    tokenizer = AutoTokenizer.from_pretrained(model)
+
+    def length(content: str) -> int:
+        rendered = tokenizer.apply_chat_template(chat_line("x", content)["body"]["messages"],
+                                                 add_generation_prompt=True, tokenize=False)
+        return len(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+
+    content = next(c for c in ("a " * words for words in range(1, 200)) if length(c) >= 128)
+    assert length(content) == 128, length(content)
+    predictor = Predictor(make_spec(str(model), {"type": "text-generation", "max_new_tokens": 6},
+                                    input={"format": "openai-batch"}))
+    assert answers(predictor, [chat_line("full", content)])["full"]["_error"] == (
+        "prompt and max_tokens exceed the model's context: 128 tokens, its whole context of 128, leave no room for an "
+        "answer: shorten the messages")
+
+
 def test_a_stop_string_ends_the_text_before_it(tiny_models):
     predictor = chat_predictor(tiny_models("causal"))
     full = answers(predictor, [chat_line("a", temperature=0, max_tokens=24)])["a"]["generated_text"][0]

@@ -231,12 +231,12 @@ class ChatCompletions(Task):
         ids = columns.get(ROW_ID) or [str(i) for i in range(len(texts))]
         choices = _Choices()
         for (i, request), tokens in zip(requests.items(), encoded):
-            problem = self._too_long(len(tokens), request.new_tokens(self.options.max_new_tokens))
+            new = self._max_tokens(request, len(tokens))
+            problem = self._too_long(len(tokens), new)
             if problem:
                 errors[i] = problem
                 continue
-            choices.add(i, tokens, request, self._seed(request, ids[i]), self.options.max_new_tokens,
-                        self.default_stops)
+            choices.add(i, tokens, request, self._seed(request, ids[i]), new, self.default_stops)
         features = choices.features()
         features.errors = errors
         return features
@@ -251,6 +251,15 @@ class ChatCompletions(Task):
         except Exception as exc:  # noqa: BLE001 - a template that raises (e.g. roles must alternate) refuses the row
             return None, f"the model's chat template refused the messages: {str(exc).strip()[:200]}"
 
+    def _max_tokens(self, request: ChatRequest, prompt: int) -> int:
+        """Most tokens to generate per choice: the request's max_tokens; where it gives none, task.max_new_tokens, or
+        what the model's context leaves after the prompt where that is fewer (the API answers such a request up to
+        its context; a max_tokens given that does not fit is refused, as the API refuses it)."""
+        if request.max_completion_tokens or request.max_tokens:
+            return request.new_tokens(self.options.max_new_tokens)
+        room = self.positions - prompt if self.positions else self.options.max_new_tokens
+        return max(1, min(self.options.max_new_tokens, room))  # no room at all: refused by _too_long
+
     def _too_long(self, prompt: int, new: int) -> str | None:
         """Why a prompt of ``prompt`` tokens with ``new`` to generate can't be answered, or None. The reason's kind,
         its text before the first ``:``, is the same for every request (the summary counts refusals by kind); the
@@ -262,6 +271,11 @@ class ChatCompletions(Task):
                 return f"{kind}, the most this model reads; messages are never cut: shorten them"
             room = f" (this model reads up to {most} tokens)" if most is not None else ""
             return f"{kind}; messages are never cut: raise batching.max_length{room}"
+        if self.positions and prompt >= self.positions:  # only where batching.max_length is all the model reads
+            return (
+                f"prompt and max_tokens exceed the model's context: {prompt} tokens, its whole context of "
+                f"{self.positions}, leave no room for an answer: shorten the messages"
+            )
         if self.positions and prompt + new > self.positions:
             return (
                 f"prompt and max_tokens exceed the model's context: {prompt} and {new} tokens, over {self.positions}; "
@@ -340,13 +354,13 @@ class _Choices:
         }
 
     def add(
-        self, row: int, tokens: list[int], request: ChatRequest, seed: int, default: int, stops: tuple[str, ...]
+        self, row: int, tokens: list[int], request: ChatRequest, seed: int, max_tokens: int, stops: tuple[str, ...]
     ) -> None:
-        """``default`` max_tokens and ``stops`` (the model's stop strings) where the request gives none."""
+        """``max_tokens`` per choice (``ChatCompletions._max_tokens``), and ``stops`` (the model's stop strings)
+        where the request gives none."""
         for choice in range(request.n):
             self.tokens.append(tokens)
-            values = (row, choice, seed, request.temperature, request.top_p, request.new_tokens(default),
-                      request.stops() or stops)
+            values = (row, choice, seed, request.temperature, request.top_p, max_tokens, request.stops() or stops)
             for name, value in zip(self.columns, values):
                 self.columns[name].append(value)
 
