@@ -785,10 +785,30 @@ def _id_column(column: Any, name: str, errors: Any) -> tuple[Any, Any]:
         return pa.array(values, pa.string()), errors
     if _is_bytes(column.type):
         return _bytes_as_text(column, name, errors)
+    if pa.types.is_floating(column.type):  # integers stored as floats (pandas, for a column with a missing value)
+        return numbers_as_text(column), errors
     try:
         return column.cast(pa.string()), errors
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         return pa.array([_as_text(v) for v in column.to_pylist()], pa.string()), errors
+
+
+def numbers_as_text(column: Any) -> pa.Array:
+    """Floating-point numbers as text: a whole number that a float holds exactly (below 2**53) as its digits,
+    ``1733100000001``, as an integer column of the same value is written (Arrow writes ``1.733100000001e+12`` from
+    10**10 up, so one id came in two spellings where pandas had stored one shard's ids as float64, for a missing
+    one); other numbers as Arrow writes them, the shortest text that reads back as the same number (``0.5``,
+    ``1e+21``, ``nan``): past 2**53 a float's digits are no longer the integer it was made from."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if pa.types.is_float16(column.type):
+        column = column.cast(pa.float32())
+    text = column.cast(pa.string())
+    exact = pc.and_(pc.equal(pc.floor(column), column), pc.less(pc.abs(column), 2.0**53))  # NaN, inf: false
+    exact = pc.fill_null(exact, False)
+    if not pc.any(exact).as_py():
+        return text
+    digits = pc.if_else(exact, column, pa.scalar(0, column.type)).cast(pa.int64()).cast(pa.string())
+    return pc.if_else(exact, digits, text)
 
 
 def _is_bytes(type_: pa.DataType) -> bool:
@@ -878,7 +898,10 @@ def _cast_each(column: Any, name: str, expected: pa.DataType, errors: Any) -> tu
 def _cast(values: Any, expected: pa.DataType) -> Any:
     """A safe cast. Text to a timestamp without a zone also takes a zone (``Z``, ``+02:00``) and converts it to UTC,
     as pyarrow's JSON reader did before kept JSON strings stayed text: an output begun then recorded such a
-    column as a timestamp, and its later rows are read as text."""
+    column as a timestamp, and its later rows are read as text. Floats to text: whole numbers as their digits
+    (:func:`numbers_as_text`)."""
+    if _is_text(expected) and pa.types.is_floating(values.type):  # whole numbers as their digits
+        return numbers_as_text(values).cast(expected)
     try:
         return values.cast(expected, safe=True)
     except pa.ArrowInvalid:
