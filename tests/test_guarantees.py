@@ -254,6 +254,39 @@ def test_whole_number_ids_stored_as_floats_are_written_as_their_digits(tmp_path)
     }
 
 
+def test_a_kept_uuid_column_typed_text_is_the_uuids_canonical_text(tmp_path):
+    """A kept column of UUIDs (DuckDB writes its UUID type as Parquet's, which pyarrow reads as ``arrow.uuid``) in a
+    job whose type of the column is text (other shards hold it as strings, or an earlier run fixed text) was
+    written as garbage: the UUID's 16 bytes as text where they happened to be UTF-8 (``\\x00…\\x07``), else each
+    value as its JSON text, quotes and all (``"c3077019-…"``), so a join with the strings of the other shards
+    found nothing. It is the UUID's canonical form, as an id of that type is."""
+    import uuid
+
+    def uuids(*values: uuid.UUID) -> pa.Array:
+        return pa.ExtensionArray.from_storage(pa.uuid(), pa.array([u.bytes for u in values], pa.binary(16)))
+
+    small, random = uuid.UUID(int=7), uuid.UUID("c3077019-6a8d-46c0-91c6-994a1c730be8")  # bytes UTF-8, and not
+    pq.write_table(pa.table({"id": ["p0"], "text": ["t"], "ref": uuids(small)}), tmp_path / "small.parquet")
+    pq.write_table(pa.table({"id": ["p1", "p2"], "text": ["t", "t"], "ref": uuids(random, small)}),
+                   tmp_path / "random.parquet")
+    write_jsonl(tmp_path / "strings.jsonl", [{"id": "j0", "text": "t", "ref": str(random)}])
+
+    types, rows = _kept([tmp_path / n for n in ("small.parquet", "random.parquet", "strings.jsonl")], ("ref",))
+    assert types == {"ref": pa.string()}
+    assert rows == {"p0": (None, str(small)), "p1": (None, str(random)), "p2": (None, str(small)),
+                    "j0": (None, str(random))}
+    _, fixed = _kept([tmp_path / "random.parquet"], ("ref",), types={"ref": pa.string()})  # text fixed by a first run
+    assert fixed == {"p1": (None, str(random)), "p2": (None, str(small))}
+
+    # the other way round: a job whose type is the UUID's (its first run read DuckDB's files) and a later file of
+    # strings; each string that is a UUID is that UUID (every row was quarantined, `schema differs: … string here`)
+    write_jsonl(tmp_path / "later.jsonl", [{"id": "k0", "text": "t", "ref": str(random)},
+                                           {"id": "k1", "text": "t", "ref": "n/a"}, {"id": "k2", "text": "t"}])
+    _, later = _kept([tmp_path / "later.jsonl"], ("ref",), types={"ref": pa.uuid()})
+    assert {i: r for i, r in later.items() if i != "k1"} == {"k0": (None, random), "k2": (None, None)}
+    assert later["k1"][0].startswith("schema differs: column 'ref' is string here but extension<arrow.uuid>")
+
+
 def _kept(paths: list[Path], keep: tuple[str, ...], sample_bytes: int = 1 << 18, types: dict | None = None):
     """(the kept columns' types, {id: (error, *kept)}) of reading the files as a job does: types first."""
     shards = list_shards([str(p) for p in paths])

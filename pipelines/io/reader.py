@@ -779,10 +779,8 @@ def _id_column(column: Any, name: str, errors: Any) -> tuple[Any, Any]:
     row (any rendering of them would be a guess)."""
     if pa.types.is_dictionary(column.type):
         column = column.cast(column.type.value_type)
-    if isinstance(column.type, pa.BaseExtensionType) and column.type.extension_name == "arrow.uuid":
-        values = [None if v is None else str(uuid.UUID(bytes=v)) for v in column.cast(column.type.storage_type)
-                  .to_pylist()]
-        return pa.array(values, pa.string()), errors
+    if _is_uuid(column.type):
+        return _uuid_text(column), errors
     if _is_bytes(column.type):
         return _bytes_as_text(column, name, errors)
     if pa.types.is_floating(column.type):  # integers stored as floats (pandas, for a column with a missing value)
@@ -809,6 +807,28 @@ def numbers_as_text(column: Any) -> pa.Array:
         return text
     digits = pc.if_else(exact, column, pa.scalar(0, column.type)).cast(pa.int64()).cast(pa.string())
     return pc.if_else(exact, digits, text)
+
+
+def _is_uuid(type_: pa.DataType) -> bool:
+    """Parquet's UUID (DuckDB's UUID type), as pyarrow reads it."""
+    return isinstance(type_, pa.BaseExtensionType) and type_.extension_name == "arrow.uuid"
+
+
+def _uuid_text(column: Any) -> pa.Array:
+    """UUIDs in their canonical form (``00000000-0000-0000-0000-000000000007``), not their 16 bytes."""
+    values = column.cast(column.type.storage_type).to_pylist()
+    return pa.array([None if v is None else str(uuid.UUID(bytes=v)) for v in values], pa.string())
+
+
+def _text_uuids(values: Any, expected: pa.DataType) -> pa.Array:
+    """Texts of UUIDs as the UUID type; a text that is no UUID fails the whole cast (ArrowInvalid), as a cast does."""
+    found = []
+    for text in values.to_pylist():
+        try:
+            found.append(None if text is None else uuid.UUID(text).bytes)
+        except ValueError:
+            raise pa.ArrowInvalid(f"not a UUID: {text[:40]!r}") from None
+    return pa.ExtensionArray.from_storage(expected, pa.array(found, expected.storage_type))
 
 
 def _is_bytes(type_: pa.DataType) -> bool:
@@ -899,9 +919,14 @@ def _cast(values: Any, expected: pa.DataType) -> Any:
     """A safe cast. Text to a timestamp without a zone also takes a zone (``Z``, ``+02:00``) and converts it to UTC,
     as pyarrow's JSON reader did before kept JSON strings stayed text: an output begun then recorded such a
     column as a timestamp, and its later rows are read as text. Floats to text: whole numbers as their digits
-    (:func:`numbers_as_text`)."""
+    (:func:`numbers_as_text`); UUIDs to text: their canonical form, as ids (a cast gives their bytes), and text
+    to UUIDs: each text read as a UUID (a cast refuses every value)."""
     if _is_text(expected) and pa.types.is_floating(values.type):  # whole numbers as their digits
         return numbers_as_text(values).cast(expected)
+    if _is_text(expected) and _is_uuid(values.type):
+        return _uuid_text(values).cast(expected)
+    if _is_uuid(expected) and _is_text(values.type):
+        return _text_uuids(values, expected)
     try:
         return values.cast(expected, safe=True)
     except pa.ArrowInvalid:
@@ -967,6 +992,8 @@ def _is_text(type_: pa.DataType) -> bool:
 def _as_text(value: Any) -> str | None:
     if value is None or isinstance(value, str):
         return value
+    if isinstance(value, uuid.UUID):  # its canonical form, not the JSON text of it (in quotes)
+        return str(value)
     if isinstance(value, WrittenFloat):
         return value.text
     return json.dumps(value, default=str, ensure_ascii=False)
