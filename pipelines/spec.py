@@ -507,13 +507,53 @@ def _is_union_tag(part: Any) -> bool:
 def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> JobSpec:
     """Read, override and validate a job spec; every failure is a PipelineError."""
     path = Path(path)
+    text = read_spec_text(path)
     try:
-        raw = yaml.safe_load(read_spec_text(path)) or {}
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise PipelineError(f"{path}: not valid YAML: {yaml_problem(exc)}") from None
     if not isinstance(raw, dict):
         raise PipelineError(f"{path}: a job spec is a YAML mapping (key: value), got {type(raw).__name__}")
+    twice = written_twice(yaml.compose(text, Loader=yaml.SafeLoader))
+    if twice:
+        raise PipelineError(
+            f"{path}: {twice}; YAML would keep only the second and drop the first's settings without a word: "
+            "write it once, with every setting of both"
+        )
     return spec_from_dict(apply_overrides(raw, list(overrides)), source=str(path))
+
+
+def written_twice(node: yaml.Node | None) -> str | None:
+    """The first key a mapping of the composed YAML gives twice, as ``model.quantization is written twice (lines 3
+    and 9)``; None when every key is written once. YAML loaders keep the last silently (a section pasted below its
+    own, as from the README)."""
+    return _written_twice(node, (), set())
+
+
+def _written_twice(node: yaml.Node | None, where: tuple[str, ...], looked_at: set[int]) -> str | None:
+    if id(node) in looked_at:  # an alias of a node looked at already, or of one holding it
+        return None
+    looked_at.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            inside = (*where[:-1], f"{where[-1]}[{index}]") if where else (f"[{index}]",)
+            found = _written_twice(item, inside, looked_at)
+            if found:
+                return found
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    lines: dict[tuple[str, str], int] = {}
+    for key, value in node.value:
+        name = (*where, str(key.value)) if isinstance(key, yaml.ScalarNode) else where
+        if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":  # `<<: *base` merges
+            line = key.start_mark.line + 1
+            if (key.tag, key.value) in lines:
+                return f"{'.'.join(name)} is written twice (lines {lines[key.tag, key.value]} and {line})"
+            lines[key.tag, key.value] = line
+        found = _written_twice(value, name, looked_at)
+        if found:
+            return found
+    return None
 
 
 def spec_from_dict(raw: dict, source: str = "job spec") -> JobSpec:

@@ -224,6 +224,30 @@ def test_missing_or_broken_files(tmp_path):
         load_spec(broken)
 
 
+def test_a_key_written_twice_is_refused_naming_both_lines(tmp_path):
+    """YAML keeps the last of two equal keys: a job that set ``errors: {max_rate: 0.0}`` and had the README's
+    ``errors: {duplicate_ids: error}`` pasted below it validated and ran with the default budget of 10% quarantined
+    rows; a second ``model:`` section dropped the first's quantization and pinned revision, with no word."""
+    job = (ROOT / "jobs" / "label_news.yaml").read_text()
+    path = tmp_path / "job.yaml"
+    path.write_text(job + "errors:\n  max_rate: 0.0\n" + "errors: {duplicate_ids: error}\n")
+    lines = len(job.splitlines())
+    with pytest.raises(PipelineError) as caught:
+        load_spec(path)
+    assert str(caught.value) == (
+        f"{path}: errors is written twice (lines {lines + 1} and {lines + 3}); YAML would keep only the second "
+        "and drop the first's settings without a word: write it once, with every setting of both"
+    )
+    path.write_text(job.replace("  quantization: auto", "  quantization: int8\n  quantization: none"))
+    with pytest.raises(PipelineError, match=r"model\.quantization is written twice \(lines \d+ and \d+\)"):
+        load_spec(path)
+    path.write_text(job.replace("    World: ", "    Sports: x\n    World: "))  # in a nested mapping too
+    with pytest.raises(PipelineError, match="task.label_descriptions.Sports is written twice"):
+        load_spec(path)
+    path.write_text(job + "errors: {max_rate: 0.0}\n")  # each once: as before
+    assert load_spec(path).errors.max_rate == 0.0
+
+
 @pytest.mark.parametrize("task", ["zero-shot-classification", "llm-label"])
 def test_candidate_labels_are_distinct_in_any_case(task):
     """zero-shot-classification took a label twice: `scores` became a struct with two fields of one name, which
