@@ -174,3 +174,11 @@ def test_each_task_table_names_its_options_with_their_defaults(task):
                 assert same_default(options, name, value), f"{task}.{name}: the README says {default}"
     if task != "translation":  # its table lists only its own options; the generation ones are text-generation's
         assert listed == set(options.model_fields) - {"type"}, f"{task}: options not in its table"
+
+
+def test_the_module_map_names_every_module():
+    """The Development section's map of the package lists each module under its folder (a new one goes in it)."""
+    tree = next(body for _, body in fenced("") if body.startswith("pipelines/"))
+    named = set(re.findall(r"\w+\.py", tree))
+    modules = {path.name for path in (ROOT / "pipelines").rglob("*.py") if path.stem not in ("__init__", "__main__")}
+    assert modules <= named, f"modules the README's Development map does not name: {sorted(modules - named)}"
