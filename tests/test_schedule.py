@@ -1456,6 +1456,29 @@ def test_cli_schedule_once_then_runs_table(ray_session, classifier, tmp_path):
     assert not (ROOT / "out").exists()  # nothing staged where the workers run
 
 
+def test_runs_of_an_output_that_pipelines_run_wrote_says_so_not_that_there_are_none(tmp_path, capsys):
+    """`pipelines runs` reads a scheduled job's ledger. Given the main job, which `pipelines run` had written, it said
+    "no runs yet ... start with: pipelines schedule ... --once", as if nothing had run, and sent the user to start a
+    schedule over an output that holds results."""
+    from pipelines.cli.main import main
+
+    raw = raw_job(tmp_path, "some-model")
+    raw.pop("schedule")
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(raw))
+    assert main(["runs", str(job)]) == 0
+    assert "no runs yet" in capsys.readouterr().out  # nothing there: nothing to say but that
+    spec = spec_from_dict(raw)
+    summary = summaries.build(job_record(spec), [], [], 1.0, "succeeded").model_copy(update={"rows_out": 600})
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "_run.json").write_text(json.dumps(summary.to_json()))
+    assert main(["runs", str(job)]) == 0
+    said = capsys.readouterr().out
+    assert "no runs yet" not in said and "start with" not in said
+    assert f"{tmp_path / 'out'} holds the output of pipelines run (succeeded, 600 rows written, 0 quarantined)" in said
+    assert f"pipelines report {tmp_path / 'out'}" in said
+
+
 def test_json_without_once_is_refused_not_ignored(tmp_path, monkeypatch, capsys):
     """`--json` prints the ledger lines one invocation wrote; the loop ran with it and printed log lines, not JSON,
     without a word, so a wrapper that parsed its output got none."""

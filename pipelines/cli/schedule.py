@@ -8,6 +8,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
+
+from pipelines.errors import PipelineError
+
+if TYPE_CHECKING:
+    from pipelines.spec import JobSpec
 
 
 def register(commands, job_command) -> None:
@@ -82,6 +88,25 @@ def _schedule(args: argparse.Namespace) -> int:
     return 2 if report.failures else 0
 
 
+def _no_ledger(spec: JobSpec, job: str) -> str:
+    """What to say of an output without a ledger: nothing ran yet, or `pipelines run` wrote it (it keeps no ledger:
+    its summary and its page tell its run)."""
+    from pipelines.output.commit import OutputDir
+
+    path = spec.output.path
+    try:
+        summary = OutputDir(path).summary()
+    except (PipelineError, OSError):  # can't be read here: said as before
+        summary = None
+    if summary is None:
+        return f"no runs yet in {path} (start with: pipelines schedule {job} --once)"
+    return (
+        f"no scheduled runs: {path} holds the output of pipelines run ({summary.status}, {summary.rows_out:,} rows "
+        f"written, {summary.errors:,} quarantined), which keeps no ledger; its summary is {path}/_run.json, and "
+        f"`pipelines report {path}` draws it as a page (`pipelines runs` shows the runs of `pipelines schedule`)"
+    )
+
+
 def _runs(args: argparse.Namespace) -> int:
     from pipelines.schedule.ledger import Ledger, render_table
     from pipelines.spec import load_spec
@@ -93,7 +118,7 @@ def _runs(args: argparse.Namespace) -> int:
             print(json.dumps(entry.to_json(), sort_keys=True, default=str))
         return 0
     if not entries:
-        print(f"no runs yet in {spec.output.path} (start with: pipelines schedule {args.job} --once)")
+        print(_no_ledger(spec, args.job))
         return 0
     print(render_table(entries))
     return 0
