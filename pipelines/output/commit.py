@@ -138,6 +138,13 @@ class OutputDir:
                     found[record.shard] = record
         return found
 
+    def commit_record(self, key: str) -> CommitRecord | None:
+        """One shard's commit record, by its key (None: none, or a half-written or foreign one): one read, where
+        :meth:`commits` reads every record of the output (a scheduled rescore retires each shard's earlier output
+        at its commit: a listing each time made it read N²/2 records for N shards)."""
+        record = CommitRecord.parse(self.read_json(layout.commit_record_path(key)))
+        return record if record is not None and record.shard == key else None
+
     def entries(self) -> list[pafs.FileInfo]:
         """What is at the top of the output folder (a run's first look at it: a path pyarrow refuses is one line)."""
         try:

@@ -646,7 +646,7 @@ class ScheduledJob:
     def retire_shard(self, run: str, key: str) -> None:
         """A shard's files in an older run, then its commit record (last, so a cut-off move is redone)."""
         folder = layout.partition_dir(run)
-        record = OutputDir(f"{self.root}/{folder}").commits().get(key)
+        record = OutputDir(f"{self.root}/{folder}").commit_record(key)
         if record is None:
             return
         for relative in [*record.files, *record.error_files]:
@@ -658,7 +658,7 @@ class ScheduledJob:
         """Bring a retired shard's output back from ``_superseded/`` into its run (its files, then its record)."""
         self.check_lock()
         folder = layout.partition_dir(run)
-        record = OutputDir(f"{self.root}/{SUPERSEDED}/{folder}").commits().get(key)
+        record = OutputDir(f"{self.root}/{SUPERSEDED}/{folder}").commit_record(key)
         if record is None:
             return
         for relative in [*record.files, *record.error_files, f"{COMMITS}/{key}.json"]:
