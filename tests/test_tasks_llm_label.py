@@ -144,6 +144,24 @@ def test_a_label_that_is_the_start_of_another_is_refused(tiny_models):
     Predictor(make_spec(tiny_models("gpt2"), {**task, "candidate_labels": ["good", "fair", "bad"]}))
 
 
+def test_two_labels_the_tokenizer_makes_the_same_tokens_are_refused(tiny_models, tmp_path):
+    """A tokenizer that normalises text (accents stripped here; or one with <unk> and no byte fallback) can give two
+    labels the same tokens: they always tie, and the first named won on every row without a word."""
+    import shutil
+
+    from tokenizers import Tokenizer, normalizers
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_models("gpt2"), model)
+    tokenizer = Tokenizer.from_file(str(model / "tokenizer.json"))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.StripAccents()])
+    tokenizer.save(str(model / "tokenizer.json"))
+    task = {"type": "llm-label", "candidate_labels": ["résumé", "resume", "letter"]}
+    with pytest.raises(PipelineError, match="candidate labels 'résumé' and 'resume' are the same tokens to this "
+                                            "model's tokenizer"):
+        Predictor(make_spec(str(model), task))
+
+
 # prefix reuse against full recomputation --------------------------------------------------------
 
 FEW_SHOT = "Examples.\nReview: fine film\nSentiment: positive\nReview: awful\nSentiment: negative\nReview: {text}\nSentiment:"

@@ -74,6 +74,15 @@ class LLMLabel(LabelTask):
         filled = [self.options.prompt_template.format_map(dict.fromkeys(names, value)) for value in ("x", "x ")]
         rendered = render(self.tokenizer, filled, self.options.chat, self.options.system_prompt)
         for continuations in self._tokenize(rendered)[1]:
+            for first, (short, a) in enumerate(zip(self.labels, continuations)):
+                for long, b in zip(self.labels[first + 1:], continuations[first + 1:]):
+                    if a == b:
+                        raise PipelineError(
+                            f"{self.name}: candidate labels {short!r} and {long!r} are the same tokens to this "
+                            "model's tokenizer (it normalises text, or knows neither's characters), so their scores "
+                            f"always tie and {short!r} would win every such row; rename one to words the tokenizer "
+                            "tells apart"
+                        )
             for short, a in zip(self.labels, continuations):
                 for long, b in zip(self.labels, continuations):
                     if len(a) < len(b) and b[: len(a)] == a:
