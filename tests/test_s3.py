@@ -267,6 +267,33 @@ def test_a_missing_bucket_or_a_refused_request_is_one_line_before_any_work(
 # the lock across machines ---------------------------------------------------------------------------
 
 
+def test_commit_records_on_an_object_store_are_read_several_at_a_time(s3_server, monkeypatch):
+    """A resume reads every commit record a few times; on an object store each read is a request of tens of
+    milliseconds, so 20,000 records read one after the other took minutes a pass. Here four reads must be in
+    flight at once to get past the barrier (read one at a time, the first waits alone until it breaks)."""
+    import threading
+
+    from pipelines.output import layout
+    from pipelines.output.commit import OutputDir
+
+    use_s3(monkeypatch, s3_server)
+    client = s3_server.client()
+    for n in range(4):
+        record = {"shard": f"k{n}", "input": {"uri": f"s3://{IN}/k{n}.jsonl", "size": 1}, "spec_hash": "h",
+                  "model": {"name": "m"}, "rows_in": 1, "rows": 1, "errors": 0, "files": [f"part-k{n}.parquet"]}
+        client.put_object(Bucket=OUT, Key=f"records/_commits/k{n}.json", Body=json.dumps(record).encode())
+    together = threading.Barrier(4, timeout=60)
+    read_json = layout.read_json
+
+    def read_with_the_others(fs, path):
+        if "/_commits/" in path:
+            together.wait()
+        return read_json(fs, path)
+
+    monkeypatch.setattr(layout, "read_json", read_with_the_others)
+    assert sorted(OutputDir(f"s3://{OUT}/records").commits()) == ["k0", "k1", "k2", "k3"]
+
+
 def test_the_s3_lock_is_one_holder_at_a_time_and_a_lease(s3_server, monkeypatch):
     use_s3(monkeypatch, s3_server)
     location = f"s3://{OUT}/locked"

@@ -65,6 +65,9 @@ PART_SUFFIX = ".parquet"
 #: The suffixes of committed part files: Parquet, or JSON lines (output.format: openai-batch).
 PART_SUFFIXES = (PART_SUFFIX, ".jsonl")
 TMP_SUFFIX = ".tmp"
+#: Files read at once where a reader reads many small ones (commit records, part files for the page): on an object
+#: store each read is a request or two of some tens of milliseconds.
+READERS = 16
 
 
 def part_name(shard_key: str, n: int, suffix: str = PART_SUFFIX) -> str:

@@ -34,7 +34,7 @@ from plotly.offline import get_plotlyjs
 from pipelines.errors import first_line
 from pipelines.io.shards import resolve
 from pipelines.output import layout
-from pipelines.output.layout import COMMITS, JOB, LEDGER, PARTITION, REPORT, RUN, SUPERSEDED
+from pipelines.output.layout import COMMITS, JOB, LEDGER, PARTITION, READERS, REPORT, RUN, SUPERSEDED
 from pipelines.output.openai_batch import OpenAIBatchFiles
 from pipelines.output.records import CommitRecord, Fidelity, JobRecord, RunSummary, cut, precision_label
 from pipelines.output.summary import agreement_line, fidelity_line, precision_said
@@ -47,7 +47,6 @@ HEIGHT = 380  # a chart's pixels
 UNREADABLE_SHOWN = 20  # unreadable input files named among the run's facts
 SHARD_ROW, SHARD_CHART_MAX = 10, 4000  # the per-shard timings grow a row's pixels per shard, up to a page's worth
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
-READERS = 16  # files read at once: on an object store each read is a request or two of some tens of milliseconds
 
 
 @dataclass
