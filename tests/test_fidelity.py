@@ -437,6 +437,16 @@ def test_quantization_auto_decides_again_for_another_truth_column_or_too_long_po
     assert _decision_path(spec, 0.99, relabelled, False) != with_truth, "other ground-truth labels took the same decision"
 
 
+def auto_embedding_job(tmp_path):
+    """A quantization: auto embedding job on 8 rows, its decisions kept under tmp_path; the spec and its shards."""
+    rows = [{"id": f"r{i}", "text": SENTENCES[i % len(SENTENCES)] + f" {i}"} for i in range(8)]
+    write_jsonl(tmp_path / "in" / "one.jsonl", rows)
+    spec = make_spec("minilm", {"type": "feature-extraction"}, input={"paths": [str(tmp_path / "in")]})
+    spec.model.quantization = "auto"
+    spec.model.cache_dir = str(tmp_path / "cache")
+    return spec, list_shards(spec.input.paths)
+
+
 def test_quantization_auto_keys_its_decision_by_the_actors_node_not_the_drivers(tmp_path, monkeypatch):
     """The key held the driver's bfloat16 support, but the candidates are those of the node where the check runs
     (a Ray task on an actor's resources): a cluster whose nodes compute bf16 natively took the decision made for
@@ -444,12 +454,7 @@ def test_quantization_auto_keys_its_decision_by_the_actors_node_not_the_drivers(
     from pipelines import fidelity
     from pipelines.fidelity import resolve_auto
 
-    rows = [{"id": f"r{i}", "text": SENTENCES[i % len(SENTENCES)] + f" {i}"} for i in range(8)]
-    write_jsonl(tmp_path / "in" / "one.jsonl", rows)
-    spec = make_spec("minilm", {"type": "feature-extraction"}, input={"paths": [str(tmp_path / "in")]})
-    spec.model.quantization = "auto"
-    spec.model.cache_dir = str(tmp_path / "cache")
-    shards = list_shards(spec.input.paths)
+    spec, shards = auto_embedding_job(tmp_path)
     monkeypatch.setattr(fidelity, "_cpu_bf16", lambda: False)  # the driver: no native bf16, on every call
     import ray
 
@@ -720,12 +725,7 @@ def test_quantization_auto_decides_again_after_torch_or_transformers_changed(tmp
     from pipelines import fidelity
     from pipelines.fidelity import resolve_auto
 
-    rows = [{"id": f"r{i}", "text": SENTENCES[i % len(SENTENCES)] + f" {i}"} for i in range(8)]
-    write_jsonl(tmp_path / "in" / "one.jsonl", rows)
-    spec = make_spec("minilm", {"type": "feature-extraction"}, input={"paths": [str(tmp_path / "in")]})
-    spec.model.quantization = "auto"
-    spec.model.cache_dir = str(tmp_path / "cache")
-    shards = list_shards(spec.input.paths)
+    spec, shards = auto_embedding_job(tmp_path)
     import ray
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)  # a cluster: the deciding node is asked in a task
