@@ -543,6 +543,43 @@ def test_prompts_too_long_are_counted_as_one_kind_each_and_say_what_to_do(tiny_m
                         r"messages are never cut: shorten them", row["_error"]), row["_error"]
 
 
+def test_an_output_begun_before_the_kinds_were_one_counts_its_refusals_as_one_kind_each(tmp_path):
+    """An output an earlier version half-wrote recorded each too-long prompt's kind with its length (``prompt is 169
+    tokens, over batching.max_length``), a prompt over the context as ``prompt``, an embedding input's with its place
+    (``input[7] has no tokens``). Resumed after the upgrade, its summary, ``_run.json``, the report and the
+    errors.max_rate failure listed those old kinds, one per length, beside the new ones, and said nothing of what to
+    change. Its commit records and run summary are read with today's kinds."""
+    from pipelines.output import summary as summaries
+    from pipelines.output.records import CommitRecord, JobRecord, RunSummary
+    from pipelines.runner import error_policy_violation
+
+    def commit(shard: str, reasons: dict[str, int]) -> dict:  # as 37679f4 wrote a commit record
+        errors = sum(reasons.values())
+        return {"shard": shard, "input": {"uri": f"/in/{shard}.jsonl", "size": 1, "name": f"{shard}.jsonl"},
+                "spec_hash": "9d4bd1f0d21c7991", "model": {"name": "m", "revision": None}, "rows_in": 4,
+                "rows": 4 - errors, "errors": errors, "reasons": reasons, "files": [f"part-{shard}-00000.jsonl"]}
+
+    old = CommitRecord.parse(commit("old", {
+        "prompt is 169 tokens, over batching.max_length": 1, "prompt is 203 tokens, over batching.max_length": 1,
+        "prompt": 1, "input[7] has no tokens": 1, "input[3]": 1, "temperature": 1}))
+    new = CommitRecord.parse(commit("new", {"prompt longer than batching.max_length": 2}))
+    kinds = {"prompt longer than batching.max_length": 2, "prompt and max_tokens exceed the model's context": 1,
+             "input[…] has no tokens": 1, "input[…]": 1, "temperature": 1}
+    assert old.reasons == kinds
+    job = JobRecord(spec_hash="9d4bd1f0d21c7991", model={"name": "m"}, quantization="none", device="cpu",
+                    task="text-generation")
+    result = summaries.build(job, [old, new], [new], 1.0, "succeeded")
+    assert result.error_reasons == {**kinds, "prompt longer than batching.max_length": 4}
+    spec = make_spec("m", {"type": "text-generation"}, input={"format": "openai-batch"}, out=tmp_path / "out")
+    failure = error_policy_violation(spec, result)
+    assert "(prompt longer than batching.max_length: 4, " in failure and "prompt is" not in failure
+
+    # and `pipelines report` / `runs` reading the _run.json such a version wrote
+    written = {**result.to_json(), "error_reasons": {"prompt is 169 tokens, over batching.max_length": 1,
+                                                      "prompt is 170 tokens, over batching.max_length": 2}}
+    assert RunSummary.parse(written).error_reasons == {"prompt longer than batching.max_length": 3}
+
+
 def test_a_request_without_max_tokens_is_answered_up_to_the_models_context(tiny_models):
     """A request that sets no max_tokens gets task.max_new_tokens; where its prompt left the model's context fewer
     tokens than that, it was refused (``prompt (100 tokens) and max_tokens (200) exceed the model's context``, a

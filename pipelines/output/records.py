@@ -8,10 +8,11 @@ process boundaries with its fields and types, never as a loose dict.
 from __future__ import annotations
 
 import hashlib
+import re
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 Confusion = dict[str, dict[str, int]]  # {ground truth: {predicted: rows}}
 
@@ -33,6 +34,33 @@ class Record(BaseModel):
             return cls.model_validate(value)
         except ValidationError:
             return None
+
+
+#: Kinds of reason that earlier versions recorded (in commit records and ``_run.json``), as they are counted now: an
+#: OpenAI Batch prompt over batching.max_length with its length in its kind, one over the model's context as just
+#: ``prompt``, an embedding input with its place (see :func:`pipelines.output.staging.reason_kind`).
+_EARLIER_KINDS = (
+    (re.compile(r"prompt is \d+ tokens, over batching\.max_length"), "prompt longer than batching.max_length"),
+    (re.compile(r"prompt"), "prompt and max_tokens exceed the model's context"),
+    (re.compile(r"input\[\d+\](?P<rest>.*)"), "input[…]{rest}"),
+)
+
+
+def current_kinds(reasons: Any) -> Any:
+    """Quarantined rows by kind of reason, an earlier version's kinds counted as today's (an output begun before an
+    upgrade and resumed after it: one kind per prompt length would be listed beside today's one kind); anything
+    other than a mapping as it is, for validation to judge."""
+    if not isinstance(reasons, dict):
+        return reasons
+    found: dict[Any, Any] = {}
+    for kind, n in reasons.items():
+        for pattern, now in _EARLIER_KINDS:
+            match = pattern.fullmatch(kind) if isinstance(kind, str) else None
+            if match:
+                kind = now.format(**match.groupdict())
+                break
+        found[kind] = found[kind] + n if kind in found and isinstance(n, int) else n
+    return found
 
 
 class ModelRef(Record):
@@ -153,6 +181,8 @@ class CommitRecord(Record):
     #: Set when the shard's file could not be read and was quarantined whole (errors.unreadable_files: quarantine).
     unreadable: Unreadable | None = None
 
+    _current_kinds = field_validator("reasons", mode="before")(current_kinds)
+
 
 class Agreement(Record):
     accuracy: float
@@ -242,6 +272,8 @@ class RunSummary(Record):
     #: The run report this run wrote (as the output path is named), None when it could not be built.
     #: Not in ``_run.json``: the page is written after it, from it.
     report: str | None = Field(default=None, exclude=True)
+
+    _current_kinds = field_validator("error_reasons", mode="before")(current_kinds)
 
 
 def merge_counts(into: dict[str, int], more: dict[str, int]) -> dict[str, int]:
