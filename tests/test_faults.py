@@ -454,6 +454,35 @@ def test_under_duplicate_ids_error_a_row_without_an_id_is_quarantined_as_such(tm
         (1, "id is null"), (2, "duplicate id"), (3, "id is null")]
 
 
+def test_duplicate_ids_sees_an_id_an_earlier_version_wrote_in_exponent_form(tmp_path):
+    """An earlier version wrote a Parquet id stored as a float in Arrow's exponent form from 10**10 up
+    (``1.733100000001e+12``); this one writes its digits. Resuming such an output under ``errors.duplicate_ids:
+    error``, the screen knew the committed ids only in their old spelling, so a later shard's row with the same id
+    (``1733100000001``, from an int64 or a float64 column alike) was written again: one id twice in the output whose
+    ids this policy keeps unique."""
+    import pyarrow.fs as pafs
+
+    from pipelines.io.block import ROW
+    from pipelines.io.shards import list_shards
+    from pipelines.output.duplicates import DuplicateIds
+    from pipelines.output.records import CommitRecord
+
+    out = tmp_path / "out"
+    out.mkdir()
+    pq.write_table(pa.table({"id": ["1.733100000001e+12", "1e+10", "20", "0.5", "9.223372036854776e+18"]}),
+                   out / "part-old-00000.parquet")
+    record = CommitRecord.parse({
+        "shard": "old", "input": {"uri": str(tmp_path / "monday.parquet"), "size": 1}, "spec_hash": "h",
+        "model": {"name": "m"}, "rows_in": 5, "rows": 5, "errors": 0, "files": ["part-old-00000.parquet"]})
+    write_jsonl(tmp_path / "tuesday.jsonl", [{"id": "x", "text": "t"}])
+    [shard] = list_shards([str(tmp_path / "tuesday.jsonl")])
+    table = pa.table({"id": ["1733100000001", "10000000000", "20", "0.5", "1733100000002", "9223372036854775808"],
+                      ROW: list(range(6))})
+    kept, errors = DuplicateIds(pafs.LocalFileSystem(), str(out), "id", [record])(table, shard)
+    assert kept.column("id").to_pylist() == ["1733100000002", "9223372036854775808"]  # past 2**53: no float's
+    assert errors is not None and errors.column("reason").to_pylist() == ["duplicate id"] * 4
+
+
 def test_tokens_count_the_rows_the_output_holds_and_no_quarantined_one(tmp_path):
     """The rows quarantined as duplicate ids at commit kept their tokens in the shard's (and _run.json's) tokens,
     padded and generated tokens, as did a row quarantined by the predictor after its forward (a text cut under

@@ -9,8 +9,11 @@ that repeat are named at the end of the run (the Batch API refuses such a file);
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -39,7 +42,10 @@ class DuplicateIds:
         self._repeated: dict[str, None] = {}  # each once, in the order met
         for record in committed:
             for name in record.files:
-                self.seen.update(i for i in self._ids(f"{root}/{name}").to_pylist() if i is not None)
+                ids = self._ids(f"{root}/{name}")
+                self.seen.update(i for i in ids.to_pylist() if i is not None)
+                if not name.endswith(OpenAIBatchFiles.suffix):
+                    self.seen.update(_as_written_now(ids))
 
     @property
     def repeated(self) -> list[str]:
@@ -87,6 +93,24 @@ class DuplicateIds:
             else:
                 seen.add(value)
         return repeated
+
+
+#: How an earlier version wrote a Parquet id stored as a float that is a whole number from 10**10 up (Arrow's form).
+_EXPONENT_FORM = re.compile(r"-?[1-9](?:\.[0-9]+)?e\+[0-9]+")
+
+
+def _as_written_now(ids: pa.Array) -> list[str]:
+    """The ids among ``ids`` that an earlier version wrote in exponent form (``1.733100000001e+12``, a Parquet id
+    stored as a float), as this one writes them (``1733100000001``, :func:`pipelines.io.reader.numbers_as_text`): an
+    output begun before the change and resumed after it holds the first spelling in its committed shards and gets
+    the second from the rest, and a repeat in the second is a repeat all the same."""
+    found = []
+    for text in ids.filter(pc.fill_null(pc.match_substring(ids, "e+"), False)).to_pylist():
+        if _EXPONENT_FORM.fullmatch(text):
+            number = float(text)
+            if number.is_integer() and abs(number) < 2.0**53:  # past 2**53 both versions write the exponent form
+                found.append(str(int(number)))
+    return found
 
 
 def repeated_custom_ids(repeated: list[str], said: str = "were asked more than once and answered each time",
