@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import unicodedata
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -551,6 +552,84 @@ def test_fill_mask_target_without_a_token_is_an_error(models):
     """The pipeline drops such a target with a warning; a job spec that asks for it is wrong, so it fails early."""
     with pytest.raises(PipelineError, match="target '' makes no token"):
         predict(models("mlm"), {"type": "fill-mask", "targets": ["paris", ""]}, MASK_ROWS[:1])
+
+
+# Decomposed text (NFD: macOS file names, some PDF extractions; Arabic vowel marks and Devanagari signs are combining
+# marks in any form): an uncased tokenizer (strip_accents: MiniLM, BERT uncased) drops the combining marks.
+NFD_ROWS = [
+    unicodedata.normalize("NFD", text)
+    for text in (
+        "Café Genève, Zürich et Kraków: Obama visited Paris.",
+        "naïve résumé from São Paulo and Ålesund",
+        "محمدٌ visited باريسَ and दिल्ली में with Obama",
+        "Zürich",
+    )
+]
+NFD_QUESTIONS = ["Where is the café?", "Who visited?", "Where is it?", "Which is the city?"]
+
+
+def past_dropped_marks(tokenizer: Any, text: str, start: int, end: int) -> tuple[int, int]:
+    """A span's end moved past the combining marks right after it that the tokenizer's normaliser drops."""
+    normalizer = tokenizer.backend_tokenizer.normalizer
+    while (
+        start < end < len(text)
+        and unicodedata.category(text[end]).startswith("M")
+        and normalizer.normalize_str(text[end]) == ""
+    ):
+        end += 1
+    return start, end
+
+
+@pytest.mark.parametrize(
+    ("kind", "strategy"),
+    [("token-classifier", "none"), ("token-classifier", "first"), ("minilm-ner", "simple"), ("minilm-ner", "max")],
+)
+def test_entities_keep_the_combining_marks_of_their_last_letter(models, kind, strategy):
+    """The pipeline ends an entity before the combining marks its tokenizer drops ("Cafe" of "Cafe\u0301", end one
+    short: a letter cut in two, a word the text does not hold); the project's end moves past them, the rest as the
+    pipeline's."""
+    model_dir = models(kind)
+    _, got = predict(model_dir, {**NER, "aggregation_strategy": strategy, "stride": None}, NFD_ROWS)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tag = reference_pipeline("token-classification", model_dir, aggregation_strategy=strategy)
+    moved = 0
+    for text, row, expected in zip(NFD_ROWS, got, tag(NFD_ROWS)):
+        theirs = [(e["start"], e["end"]) for e in expected]
+        wanted = [past_dropped_marks(tokenizer, text, *span) for span in theirs]
+        moved += sum(a != b for a, b in zip(theirs, wanted))
+        assert [(e["start"], e["end"]) for e in row["entities"]] == wanted, text
+        assert [e["entity_group"] for e in row["entities"]] == [e.get("entity_group", e.get("entity")) for e in expected]
+        assert all(e["word"] == text[e["start"] : e["end"]] for e in row["entities"])
+    assert moved  # some entity of the reference did end inside a letter
+
+
+@pytest.mark.parametrize(("kind", "align_to_words"), [("qa", True), ("qa", False), ("minilm-qa", True)])
+def test_answers_keep_the_combining_marks_of_their_last_letter(models, kind, align_to_words):
+    """As for entities: an answer ends past the combining marks its tokenizer drops ("Gene" of "Gene\u0300ve")."""
+    model_dir = models(kind)
+    task = {**QA, "top_k": 5, "align_to_words": align_to_words}
+    predictor, got = predict(model_dir, task, NFD_ROWS, question=NFD_QUESTIONS, context=NFD_ROWS)
+    model = AutoModelForQuestionAnswering.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    moved = 0
+    for question, context, row in zip(NFD_QUESTIONS, NFD_ROWS, got):
+        expected = reference_answers(
+            model,
+            tokenizer,
+            question,
+            context,
+            max_seq_len=MAX_LENGTH,
+            doc_stride=predictor.task.stride,
+            top_k=5,
+            max_answer_len=QA["max_answer_length"],
+            align_to_words=align_to_words,
+        )
+        theirs = [(a["start"], a["end"]) for a in expected if a["score"] > 0]
+        wanted = [past_dropped_marks(tokenizer, context, *span) for span in theirs]
+        moved += sum(a != b for a, b in zip(theirs, wanted))
+        assert [(a["start"], a["end"]) for a in row["answers"]] == wanted, context
+        assert all(a["answer"] == context[a["start"] : a["end"]] for a in row["answers"])
+    assert moved  # some answer of the reference did end inside a letter
 
 
 # through `pipelines run` on a real Ray ---------------------------------------------------------------

@@ -18,6 +18,7 @@ padding side.
 from __future__ import annotations
 
 import re
+import unicodedata
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -36,6 +37,8 @@ ROW_ID = "_row_id"
 NO_TOKENS = "has no tokens (only characters the tokenizer drops)"
 #: A letter, digit or underscore: a string holding one holds a token for any tokenizer (an unknown one at worst).
 WORD = re.compile(r"\w")
+#: A character from U+0300 on, where the combining marks start: the only ones :class:`DroppedMarks` looks at.
+FROM_COMBINING = re.compile("[^\x00-\u02ff]")
 
 
 @dataclass
@@ -225,6 +228,54 @@ def tokenless(tokenizer: Any, values: list[Any]) -> list[int]:
         return []
     found = tokenizer([values[i] for i in suspects], add_special_tokens=False)["input_ids"]
     return [i for i, ids in zip(suspects, found) if not ids]
+
+
+class DroppedMarks:
+    """Span ends moved past the combining marks the tokenizer's normaliser drops.
+
+    An uncased tokenizer (``strip_accents``: MiniLM, BERT uncased) drops combining marks (Unicode category Mn).
+    In decomposed text (NFD: ``e`` + U+0301 for ``é``, as macOS file names and some PDF extractions hold it;
+    Arabic vowel marks and Devanagari signs in any form) such a mark after a token's last letter belongs to no
+    token, so the token's offsets, and an entity's or an answer's span taken from them, end before it: the
+    letter cut in two (``Cafe`` of ``Café``). A mark the normaliser keeps is in a token, and stays where it is.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self.normalizer = getattr(backend, "normalizer", None)
+        self._dropped: dict[str, bool] = {}
+
+    def dropped(self, char: str) -> bool:
+        known = self._dropped.get(char)
+        if known is None:
+            known = self._dropped[char] = (
+                self.normalizer is not None
+                and unicodedata.category(char).startswith("M")
+                and self.normalizer.normalize_str(char) == ""
+            )
+        return known
+
+    def extend(self, text: str, offsets: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """``offsets`` (``[n, 2]``, characters of ``text``) with the ends of the flagged ``tokens`` moved past
+        the dropped marks that follow them; the others (special tokens, another text's) as they are."""
+        if self.normalizer is None:
+            return offsets
+        marks = [m.start() for m in FROM_COMBINING.finditer(text) if self.dropped(m.group())]
+        if not marks:
+            return offsets
+        dropped = np.zeros(len(text) + 1, dtype=bool)  # the last stays False: no mark past the text's end
+        dropped[marks] = True
+        starts, ends = offsets[:, 0], np.minimum(offsets[:, 1], len(text))  # another text's may be longer
+        moving = np.flatnonzero(tokens & (starts < ends) & dropped[ends])
+        if not len(moving):
+            return offsets
+        offsets = offsets.copy()
+        for t in moving:
+            end = offsets[t, 1]
+            while dropped[end]:
+                end += 1
+            offsets[t, 1] = end
+        return offsets
 
 
 def _truncated(encoding: Any) -> np.ndarray | None:

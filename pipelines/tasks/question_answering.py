@@ -17,7 +17,9 @@ no longer ships it):
 - with ``handle_impossible_answer``, the empty answer competes too, scored
   p(start = [CLS]) × p(end = [CLS]) in the window where that is lowest.
 
-``start``/``end`` are character offsets into the context: ``context[start:end] == answer``.
+``start``/``end`` are character offsets into the context (Python string indices: code points):
+``context[start:end] == answer``; an end stays past the combining marks of its last letter where the
+tokenizer drops them (``DroppedMarks``), where the pipeline's would cut that letter in two.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.errors import PipelineError
-from pipelines.tasks.base import Features, Outputs, Task
+from pipelines.tasks.base import DroppedMarks, Features, Outputs, Task
 from pipelines.tasks.options import QuestionAnsweringOptions
 
 ANSWER = pa.struct(
@@ -91,6 +93,7 @@ class QuestionAnswering(Task):
         self.stride = min(self.options.doc_stride, room // 2)
         top_k = self.options.top_k
         self.candidates = 2 * top_k + 10 if self.options.align_to_words else top_k
+        self.marks = DroppedMarks(self.tokenizer)
 
     def token_inputs(self) -> dict[str, str | None]:
         question, context = self.options.question_column, self.options.context_column
@@ -126,6 +129,7 @@ class QuestionAnswering(Task):
             # [CLS] stays in the softmax: the "no answer here" of SQuAD2-style models
             in_softmax[f] = in_context[f] | (np.asarray(encoding["input_ids"][f]) == cls)
             offsets[f] = np.asarray(encoding["offset_mapping"][f], dtype=np.int64).reshape(-1, 2)
+            offsets[f] = self.marks.extend(contexts[owner[f]], offsets[f], in_context[f])
             words[f] = word_spans(encoding.word_ids(f), in_context[f], offsets[f])
         features.extra = {
             "in_softmax": in_softmax,

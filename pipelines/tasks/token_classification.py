@@ -9,7 +9,10 @@ Aggregation strategies as the Transformers pipeline defines them:
   token's), then words grouped into entities like ``simple``.
 
 ``word`` is the entity's text as it appears in the row (``text[start:end]``),
-not the tokenizer's (lower-cased, ``##``-joined) rendering of it.
+not the tokenizer's (lower-cased, ``##``-joined) rendering of it. ``start``/``end``
+are Python string indices (code points); an end stays past the combining marks
+of its last letter where the tokenizer drops them (``DroppedMarks``), where the
+pipeline's would cut that letter in two.
 
 A text longer than ``max_length`` is cut into windows overlapping by ``stride``
 tokens (each window a feature of its row), and the windows' entities are merged
@@ -26,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines.errors import PipelineError
-from pipelines.tasks.base import Features, Outputs, Task, label_names
+from pipelines.tasks.base import DroppedMarks, Features, Outputs, Task, label_names
 from pipelines.tasks.options import TokenClassificationOptions
 
 ENTITY = pa.struct(
@@ -82,6 +85,7 @@ class TokenClassification(Task):
         backend = getattr(getattr(self.tokenizer, "backend_tokenizer", None), "model", None)
         self.subword_prefix = getattr(backend, "continuing_subword_prefix", None)
         self.stride = self._window_stride()
+        self.marks = DroppedMarks(self.tokenizer)
 
     def encode(self, texts: list[str], columns: dict[str, list[Any]]) -> Features:
         windows = self.stride is not None
@@ -99,6 +103,7 @@ class TokenClassification(Task):
             offsets[f] = np.asarray(encoding["offset_mapping"][f], dtype=np.int64).reshape(-1, 2)
             real[f] = ~np.asarray(encoding["special_tokens_mask"][f], dtype=bool)
             subword[f] = self._subwords(texts[row], encoding["input_ids"][f], offsets[f])
+            offsets[f] = self.marks.extend(texts[row], offsets[f], real[f])  # after the pipeline's subword test
             text[f] = texts[row]
         features.extra = {"offsets": offsets, "real": real, "subword": subword, "text": text}
         return features
