@@ -12,6 +12,7 @@ import torch
 from helpers import SENTENCES, batch_of, make_spec
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
+from pipelines.errors import PipelineError
 from pipelines.inference.predictor import ERROR, PADDED, TOKENS, Predictor
 
 
@@ -126,6 +127,22 @@ def test_zero_shot_by_embedding_uses_label_descriptions(tiny_models):
     assert predictor.task.method == "embedding"
     out = predictor(batch_of([SENTENCES[0]])).to_pylist()[0]
     assert out["label"] == "a"  # the text is its own description: cosine similarity 1
+
+
+@pytest.mark.parametrize(
+    ("kind", "labels", "same"),
+    [
+        ("nli", ["résumé", "resume", "letter"], ("résumé", "resume")),  # an uncased tokenizer strips accents
+        ("encoder", ["good", "👍", "👎"], ("👍", "👎")),  # characters it lacks: [UNK] both
+    ],
+)
+def test_zero_shot_labels_the_tokenizer_makes_the_same_hypothesis_are_refused(tiny_models, kind, labels, same):
+    """Two labels whose hypotheses are the same tokens always tied: the first named won every row, and the other
+    never, without a word."""
+    spec = make_spec(tiny_models(kind), {"type": "zero-shot-classification", "candidate_labels": labels})
+    first, second = same
+    with pytest.raises(PipelineError, match=f"candidate labels '{first}' and '{second}' are the same tokens"):
+        Predictor(spec)
 
 
 def test_a_decoder_classifier_scores_a_text_that_ends_in_its_end_of_sequence_text_as_the_pipeline_does(tiny_models):

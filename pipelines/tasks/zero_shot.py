@@ -138,8 +138,26 @@ class ZeroShotClassification(LabelTask):
             self.options.label_descriptions.get(label) or self.options.hypothesis_template.format(label)
             for label in self.labels
         ]
+        self._check_labels_told_apart()
         if self.method == "nli":
             self._setup_nli()
+
+    def _check_labels_told_apart(self) -> None:
+        """Two labels whose hypotheses (or descriptions) are the same tokens get the same score on every row: a
+        tokenizer that strips accents makes ``résumé`` and ``resume`` one, one without a character makes ``👍`` and
+        ``👎`` the same unknown token. The first named would win every row, the other never."""
+        seen: dict[tuple[int, ...], int] = {}
+        for i, ids in enumerate(self.tokenizer(self.hypotheses, add_special_tokens=False)["input_ids"]):
+            j = seen.setdefault(tuple(ids), i)
+            if j != i:
+                first, second = self.labels[j], self.labels[i]
+                where = " or describe one in task.label_descriptions" if self.method == "embedding" else ""
+                raise PipelineError(
+                    f"{self.name}: candidate labels {first!r} and {second!r} are the same tokens to this model's "
+                    f"tokenizer in the texts scored for them ({self.hypotheses[j]!r}, {self.hypotheses[i]!r}): it "
+                    f"normalises text, or knows neither's characters, so their scores always tie and {first!r} "
+                    f"would win every row; rename one to words the tokenizer tells apart{where}"
+                )
 
     def _setup_nli(self) -> None:
         entailment = nli_label_id(self.config, "entail")
