@@ -235,9 +235,10 @@ class DroppedMarks:
 
     An uncased tokenizer (``strip_accents``: MiniLM, BERT uncased) drops combining marks (Unicode category Mn).
     In decomposed text (NFD: ``e`` + U+0301 for ``é``, as macOS file names and some PDF extractions hold it;
-    Arabic vowel marks and Devanagari signs in any form) such a mark after a token's last letter belongs to no
-    token, so the token's offsets, and an entity's or an answer's span taken from them, end before it: the
-    letter cut in two (``Cafe`` of ``Café``). A mark the normaliser keeps is in a token, and stays where it is.
+    Arabic vowel marks, Devanagari's anusvara and virama in any form) such a mark after a token's last letter
+    belongs to no token, so the token's offsets, and an entity's or an answer's span taken from them, end before
+    it: the letter cut in two (``Cafe`` of ``Café``). A mark the normaliser keeps is in a token, and stays where
+    it is.
     """
 
     def __init__(self, tokenizer: Any) -> None:
