@@ -461,6 +461,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
             f"--set {text!r}: the value is not valid YAML ({yaml_problem(exc)}); write a list as [a, b], "
             "and quote a value that should stay text, e.g. --set 'model.name=\"my: model\"'"
         ) from None
+    twice = written_twice(yaml.compose(raw, Loader=yaml.SafeLoader))
+    if twice:
+        raise PipelineError(f"--set {text!r}: {twice.split(' (lines')[0]}; write each key once")
     return key.strip().split("."), value
 
 

@@ -248,6 +248,15 @@ def test_a_key_written_twice_is_refused_naming_both_lines(tmp_path):
     assert load_spec(path).errors.max_rate == 0.0
 
 
+def test_a_key_written_twice_in_a_set_value_is_refused():
+    """The same in a --set value written as a mapping: the first of two equal keys was dropped without a word."""
+    job = ROOT / "jobs" / "label_news.yaml"
+    with pytest.raises(PipelineError, match=r"--set 'task.label_descriptions=\{World: a, World: b\}': "
+                                            r"World is written twice"):
+        load_spec(job, ["task.label_descriptions={World: a, World: b}"])
+    assert load_spec(job, ["task.label_descriptions={World: a}"]).task.label_descriptions == {"World": "a"}
+
+
 @pytest.mark.parametrize("task", ["zero-shot-classification", "llm-label"])
 def test_candidate_labels_are_distinct_in_any_case(task):
     """zero-shot-classification took a label twice: `scores` became a struct with two fields of one name, which
