@@ -166,8 +166,8 @@ def test_every_kind_of_bad_input_is_quarantined_with_its_reason(ray_session, tin
     by_row = {(Path(e["shard"]).name, e["row"]): e["reason"] for e in errors}
     assert by_row[("mixed.jsonl", 4)].startswith("invalid JSON")  # no id to name it by: shard and row do
     assert by_row[("mixed.jsonl", 7)].startswith("not valid UTF-8")
-    assert by_row[("latin1.jsonl", 0)] == "not valid UTF-8 (byte 17)"  # the id's
-    assert by_row[("latin1.jsonl", 1)] == "not valid UTF-8 (byte 57)"  # the label's: the actor died on it
+    assert by_row[("latin1.jsonl", 0)] == "not valid UTF-8 (line 1, byte 17)"  # the id's
+    assert by_row[("latin1.jsonl", 1)] == "not valid UTF-8 (line 2, byte 57)"  # the label's: the actor died on it
     pq.read_table(out).validate(full=True)  # pandas and DuckDB refuse an output that holds bytes that are no UTF-8
     pq.read_table(out / "_errors").validate(full=True)
     unreadable = {Path(e["shard"]).name for e in errors if e["row"] == -1}

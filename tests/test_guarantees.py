@@ -170,6 +170,22 @@ def test_a_byte_order_mark_at_the_start_of_a_line_is_skipped_as_at_the_start_of_
     assert reader_count_rows(shard) == (len(rows), True) and plan_count_rows(shard).rows == len(rows)
 
 
+def test_a_line_that_is_no_record_is_named_by_its_line_in_the_file(tmp_path):
+    """A JSON line that is no record (broken JSON, bytes that are no UTF-8, no object) has neither id nor preview in
+    ``_errors/``: its shard and ``row`` were all that placed it, and ``row`` counts the non-blank lines from 0, so past
+    a blank line (files joined with one between them, a hand-edited file) row 1 was the file's line 4, and the reason
+    said only the column (``invalid JSON: ... (column 2)``): the user opened another line, or none at all."""
+    (tmp_path / "gaps.jsonl").write_bytes(b'{"id": "a", "text": "x"}\n\n\n{bad\r\n\r\n{"id": "b", "text": "y"}\n'
+                                          b'{"id": "c\xff", "text": "z"}\n  \n[1, 2]\n')
+    assert _read(tmp_path / "gaps.jsonl") == [
+        ("a", "x", None),
+        (None, None, "invalid JSON: Expecting property name enclosed in double quotes (line 4, column 2)"),
+        ("b", "y", None),
+        (None, None, "not valid UTF-8 (line 7, byte 9)"),
+        (None, None, "a JSON line must be an object, got list (line 9)"),
+    ]
+
+
 def test_a_lone_surrogate_costs_its_row_only(tmp_path):
     """JSON may escape half of a surrogate pair (``"\\ud83d"``: JavaScript writes it of a string cut inside an
     emoji); that is no Unicode character, and one such line made the whole file unreadable ("surrogates not
@@ -463,7 +479,7 @@ def test_the_reader_takes_json_values_as_written_on_either_path(tmp_path):
     assert _read(tmp_path / "number.jsonl")[0] == ("1", None, "text is not a string (float)")
     (tmp_path / "array.jsonl").write_text(json.dumps(lines) + "\n" + json.dumps({"id": "3", "text": "t"}) + "\n")
     [(_, _, said), last] = _read(tmp_path / "array.jsonl")  # an array on one line of JSON lines
-    assert said.startswith("a JSON line must be an object, got list (an array of 2 objects: a JSON array file")
+    assert said.startswith("a JSON line must be an object, got list (line 1, an array of 2 objects: a JSON array file")
     assert last == ("3", "t", None)
 
 
@@ -567,12 +583,12 @@ def test_bytes_that_are_no_utf8_cost_their_row_in_every_column_the_job_reads(tmp
     refused; a Parquet text column was not checked at all; a JSON key that is no UTF-8 made the whole file
     unreadable."""
     (tmp_path / "ids.jsonl").write_bytes(b'{"id": "a\xff", "text": "x"}\n{"id": "b", "text": "y"}\n')
-    assert _read(tmp_path / "ids.jsonl") == [(None, None, "not valid UTF-8 (byte 9)"), ("b", "y", None)]
+    assert _read(tmp_path / "ids.jsonl") == [(None, None, "not valid UTF-8 (line 1, byte 9)"), ("b", "y", None)]
     (tmp_path / "keys.jsonl").write_bytes(b'{"id": "a", "text": "x", "\xff": 1}\n{"id": "b", "text": "y"}\n')
-    assert _read(tmp_path / "keys.jsonl") == [(None, None, "not valid UTF-8 (byte 26)"), ("b", "y", None)]
+    assert _read(tmp_path / "keys.jsonl") == [(None, None, "not valid UTF-8 (line 1, byte 26)"), ("b", "y", None)]
     (tmp_path / "kept.jsonl").write_bytes(b'{"id": "a", "text": "x", "src": "caf\xe9"}\n{"id": "b", "text": "y"}\n')
     assert _read(tmp_path / "kept.jsonl", keep=("src",)) == [
-        (None, None, "not valid UTF-8 (byte 36)", None), ("b", "y", None, None)]
+        (None, None, "not valid UTF-8 (line 1, byte 36)", None), ("b", "y", None, None)]
     pq.write_table(pa.table({
         "id": unchecked_strings([b"a", b"b\xfe", b"c", b"d"]),
         "text": unchecked_strings([b"fine", b"words", b"caf\xe9", b"more"]),

@@ -492,10 +492,11 @@ def _read_jsonl_lines(data: bytes, columns: Columns) -> pa.Table:
     """The slow path for files pyarrow rejects: line by line, so one bad line costs one row."""
     records: list[dict[str, Any]] = []
     errors: list[str | None] = []
-    for line in without_boms(data).split(b"\n"):  # pyarrow skips a byte order mark at the start of the file too
+    lines = without_boms(data).split(b"\n")  # pyarrow skips a byte order mark at the start of the file too
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        record, error = parse_line(line, numbers_as_written=True)
+        record, error = parse_line(line, numbers_as_written=True, number=number)
         error = error or drop_lone_surrogates(record, columns.all)
         records.append(record)
         errors.append(error)
@@ -603,27 +604,33 @@ class WrittenFloat(float):
 
 
 def parse_line(
-    line: bytes, numbers_as_written: bool = False, undecoded: bool = False
+    line: bytes, numbers_as_written: bool = False, undecoded: bool = False, number: int | None = None
 ) -> tuple[dict[str, Any], str | None]:
     """One JSON line as an object, or the reason it is none. ``numbers_as_written``: floats as
     :class:`WrittenFloat`, so that an id keeps its text (integers are exact in Python already). ``undecoded``: bytes
     that are no UTF-8 are read as lone surrogates (U+DC80-U+DCFF), for the caller to find in the values that hold
-    them (:func:`drop_lone_surrogates`), instead of costing the whole line."""
+    them (:func:`drop_lone_surrogates`), instead of costing the whole line. ``number``: the line's number in its file
+    (from 1, blank lines counted, as an editor and ``sed -n 4p`` count), named in the reason: such a row has no id
+    and no preview, and its ``row`` (its place among the non-blank lines, from 0) is another number past a blank
+    line. The kind of the reason (see :func:`pipelines.output.staging.reason_kind`) stays the same."""
+    where = "" if number is None else f"line {number}, "
     try:
         text = line.decode("utf-8", errors="surrogateescape" if undecoded else "strict")
     except UnicodeDecodeError as exc:
-        return {}, f"not valid UTF-8 (byte {exc.start})"
+        return {}, f"not valid UTF-8 ({where}byte {exc.start})"
     try:
         record = json.loads(text, parse_float=WrittenFloat.parse if numbers_as_written else None)
     except json.JSONDecodeError as exc:
-        return {}, f"invalid JSON: {exc.msg} (column {exc.colno})"
+        return {}, f"invalid JSON: {exc.msg} ({where}column {exc.colno})"
     if isinstance(record, list) and record and all(isinstance(item, dict) for item in record):
         return {}, (
-            f"a JSON line must be an object, got list (an array of {len(record)} objects: a JSON array file, not JSON "
-            "lines; `jq -c '.[]' FILE > FILE.jsonl` writes them one per line: then move FILE out of input.paths)"
+            f"a JSON line must be an object, got list ({where}an array of {len(record)} objects: a JSON array file, "
+            "not JSON lines; `jq -c '.[]' FILE > FILE.jsonl` writes them one per line: then move FILE out of "
+            "input.paths)"
         )
     if not isinstance(record, dict):
-        return {}, f"a JSON line must be an object, got {type(record).__name__}"
+        return {}, f"a JSON line must be an object, got {type(record).__name__}" + (
+            "" if number is None else f" (line {number})")
     return record, None
 
 
