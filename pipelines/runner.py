@@ -7,6 +7,7 @@ return; a shard is committed as soon as all of its rows are accounted for.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import defaultdict
@@ -112,18 +113,26 @@ def output_files(spec: JobSpec) -> OutputFiles | None:
 
 
 def preflight(spec: JobSpec) -> None:
-    """Problems that can be seen before any work starts: the model must have its config, weights and tokenizer.
+    """Problems that can be seen before any work starts: the model must have its config, weights and tokenizer,
+    and a head for the task (:func:`~pipelines.inference.checks.check_task_head`).
 
     The files are checked without model code: the driver imports no torch (that import took seconds, in
     series with the start-up, of every run).
     """
     from pipelines.inference.aliases import resolve_name
-    from pipelines.inference.checks import check_hub_config, check_model_files
+    from pipelines.inference.checks import CONFIG, check_hub_config, check_model_files, check_task_head
 
     resolved = resolve_name(spec.model)
     check_model_files(spec.model, resolved)
-    if not Path(resolved).is_dir():  # a hub id: its config says whether it exists (a local one was read above)
-        check_hub_config(spec.model, resolved)
+    if Path(resolved).is_dir():
+        try:
+            config = json.loads((Path(resolved) / CONFIG).read_text())
+        except (OSError, ValueError):  # said in Transformers' words where the model is loaded
+            config = None
+    else:  # a hub id: its config says whether it exists (a local one was read above)
+        config = check_hub_config(spec.model, resolved)
+    if isinstance(config, dict):
+        check_task_head(spec.task.type, spec.model.name, config)
     log.info("model %s resolved to %s", spec.model.name, resolved)
 
 

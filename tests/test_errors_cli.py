@@ -303,3 +303,42 @@ def test_a_local_ray_that_cannot_start_is_one_line_with_what_to_try(tmp_path):
     done = run_cli("run", str(MAIN_JOB), "--set", f"output.path={out}", env={"RAY_TMPDIR": str(not_a_dir)})
     one_line_error(done, "Cannot start a local Ray", "Not a directory", str(not_a_dir), "--address")
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("kind", "task", "architecture"), [
+    ("encoder", "text-classification", "BertModel"),  # an embedding model: its classifier would be random weights
+    ("classifier", "token-classification", "BertForSequenceClassification"),  # the sequence head read per token
+    ("encoder", "fill-mask", "BertModel"),
+    ("token-classifier", "question-answering", "BertForTokenClassification"),
+])
+def test_a_task_the_model_has_no_head_for_is_refused_before_any_work(tiny_models, tmp_path, kind, task, architecture):
+    """Transformers fills a head the checkpoint lacks with random weights (or loads another task's head of the same
+    shape into it) and warns in a log line: the run succeeded and wrote noise (label LABEL_1, score 0.50, every row)."""
+    from test_faults import cli as run_cli
+    from test_faults import many_shards, write_job
+
+    many_shards(tmp_path / "in", shards=1)
+    options = {"question_column": "text", "context_column": "text"} if task == "question-answering" else {}
+    job = write_job(tmp_path, tiny_models(kind), tmp_path / "in", task={"type": task, **options})
+    done = run_cli("run", str(job))
+    line = one_line_error(done, f"model '{tiny_models(kind)}'", task, architecture, "task.type")
+    assert "Ray" not in done.stderr, done.stderr  # refused on the driver, before a local Ray was started
+    assert not (tmp_path / "out").exists(), line
+    one_line_error(run_cli("plan", str(job)), architecture, "task.type")  # the plan loads no model with it either
+
+    from pipelines.inference.predictor import Predictor
+    from pipelines.spec import load_spec
+
+    with pytest.raises(PipelineError, match=f"this checkpoint is a {architecture}"):
+        Predictor(load_spec(job))  # the actor's own check (pipelines fidelity, quantization: auto load it so)
+
+
+@pytest.mark.parametrize(("kind", "task"), [
+    ("classifier", "text-classification"), ("llama-classifier", "text-classification"),
+    ("token-classifier", "token-classification"), ("qa", "question-answering"), ("mlm", "fill-mask"),
+    ("encoder", "feature-extraction"), ("classifier", "feature-extraction"), ("causal", "text-generation"),
+])
+def test_a_model_whose_head_fits_its_task_passes_the_check(tiny_models, kind, task):
+    from pipelines.inference.checks import check_task_head
+
+    check_task_head(task, tiny_models(kind), json.loads((Path(tiny_models(kind)) / "config.json").read_text()))

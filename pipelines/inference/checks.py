@@ -37,10 +37,10 @@ def check_model_files(spec: ModelSpec, resolved: str) -> None:
         check_model_directory(snapshot, spec.name, cached=True)
 
 
-def check_hub_config(spec: ModelSpec, repo_id: str) -> None:
+def check_hub_config(spec: ModelSpec, repo_id: str) -> dict:
     """A hub id's ``config.json`` can be had (downloaded, or from the local cache) and is a JSON object: the id,
-    the revision and the access are right. The files only, as for a local directory (which model classes it
-    names is found out where the model is loaded)."""
+    the revision and the access are right; returns it. The files only, as for a local directory (whether its
+    architecture fits the task is :func:`check_task_head`'s)."""
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
     if os.path.exists(repo_id):  # a path to a file (a directory was checked on disk)
@@ -61,6 +61,57 @@ def check_hub_config(spec: ModelSpec, repo_id: str) -> None:
         raise config_error(spec, f"its {CONFIG} does not read as JSON: {exc}") from None
     if not isinstance(config, dict):
         raise config_error(spec, f"its {CONFIG} holds no JSON object")
+    return config
+
+
+#: The head each task's model class loads, as the checkpoint's config names it (``architectures``), and the Auto
+#: class a model with its own code (``auto_map``) would load it with. The tasks left out load what they need by
+#: other means: the generating ones refuse a config without their head as they load it, feature-extraction reads
+#: any model's hidden states, zero-shot-classification picks its method by the model.
+TASK_HEADS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "text-classification": ("a sequence-classification head", ("ForSequenceClassification",),
+                            "AutoModelForSequenceClassification"),
+    "token-classification": ("a token-classification head", ("ForTokenClassification",),
+                             "AutoModelForTokenClassification"),
+    "question-answering": ("a question-answering head", ("ForQuestionAnswering",), "AutoModelForQuestionAnswering"),
+    "fill-mask": ("a masked-language-model head", ("ForMaskedLM", "ForPreTraining"), "AutoModelForMaskedLM"),
+}
+#: The tasks a checkpoint of an architecture (by the end of its name) was trained for, for the error's fix.
+FITTING_TASKS: tuple[tuple[str, str], ...] = (
+    ("ForSequenceClassification", "text-classification (or zero-shot-classification for an NLI model)"),
+    ("ForTokenClassification", "token-classification"),
+    ("ForQuestionAnswering", "question-answering"),
+    ("ForMaskedLM", "fill-mask or feature-extraction"),
+    ("ForPreTraining", "fill-mask or feature-extraction"),
+    ("ForCausalLM", "text-generation or llm-label"),
+    ("LMHeadModel", "text-generation or llm-label"),
+    ("ForConditionalGeneration", "summarization, translation or text-generation"),
+)
+
+
+def check_task_head(task: str, name: str, config: dict) -> None:
+    """Refuse a model whose checkpoint has no head for ``task``, as its config's ``architectures`` say: Transformers
+    would fill the missing head with random weights (an embedding model for text-classification: one label, a
+    score of 0.50, every row) or load another task's head of the same shape as this one's (a sequence classifier
+    for token-classification), warn in a log line, and the run would write noise as results. A config that names
+    no architectures, or a model with its own code for this task (``auto_map``), is let through."""
+    if task not in TASK_HEADS:
+        return
+    head, suffixes, auto_class = TASK_HEADS[task]
+    architectures = config.get("architectures")
+    if not isinstance(architectures, list) or not architectures or not all(isinstance(a, str) for a in architectures):
+        return
+    auto_map = config.get("auto_map")
+    if any(a.endswith(suffixes) for a in architectures) or (isinstance(auto_map, dict) and auto_class in auto_map):
+        return
+    fits = [tasks for suffix, tasks in FITTING_TASKS if any(a.endswith(suffix) for a in architectures)]
+    fit = fits[0] if fits else "feature-extraction, or zero-shot-classification by embedding similarity"
+    raise PipelineError(
+        f"model {name!r}: task.type {task} needs {head} ({', '.join(f'*{s}' for s in suffixes)} in {CONFIG}'s "
+        f"architectures), but this checkpoint is a {', '.join(architectures)}: Transformers would put random "
+        f"weights (or another task's head) in its place, and every prediction would be noise; give a model "
+        f"fine-tuned for {task}, or set task.type to what this model was trained for: {fit}"
+    )
 
 
 def hub_reason(exc: BaseException, revision: str | None) -> str:

@@ -26,6 +26,7 @@ import torch
 
 from pipelines import faults
 from pipelines.inference.batching import FORWARD_COST_TOKENS, plan_microbatches, spread_over_lanes
+from pipelines.inference.checks import check_task_head
 from pipelines.inference.library_logs import hide_loading_bars, once_per_process
 from pipelines.inference.loading import load_config, load_model
 from pipelines.io.block import ERROR, GENERATED, PADDED, TOKENS
@@ -66,6 +67,7 @@ class Predictor:
         hide_loading_bars()
         implementation = task_class(self.spec.task.type, self.spec.input.format)
         config = load_config(self.spec.model)
+        check_task_head(self.spec.task.type, self.spec.model.name, config.to_dict())  # run's preflight; fidelity's
         self.loaded = load_model(
             self.spec.model,
             implementation.model_class_for(self.spec.task, config),

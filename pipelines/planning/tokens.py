@@ -42,11 +42,13 @@ class TaskContext:
 def load_task(spec: JobSpec) -> TaskContext:
     """Config, tokenizer and task exactly as :class:`~pipelines.inference.predictor.Predictor` builds them."""
     from pipelines.inference.aliases import resolve_name
+    from pipelines.inference.checks import check_task_head
     from pipelines.inference.loading import effective_max_length, load_config, load_tokenizer
     from pipelines.tasks import task_class
 
     implementation = task_class(spec.task.type, spec.input.format)
     config = load_config(spec.model)
+    check_task_head(spec.task.type, spec.model.name, config.to_dict())  # as a run's preflight refuses it
     tokenizer = load_tokenizer(spec.model, implementation.padding_side)
     max_length = effective_max_length(tokenizer, config, spec.batching.max_length)
     task = implementation(spec.task, tokenizer, config, max_length, seed=spec.seed)
