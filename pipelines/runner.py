@@ -37,6 +37,7 @@ from pipelines.io.reader import (
     read_shard,
     reference_types,
     same_content,
+    sampled_columns,
 )
 from pipelines.io.shards import Shard, UnderFolder, is_within, list_shards, real_path, resolve
 from pipelines.output import report as pages
@@ -110,6 +111,39 @@ def output_files(spec: JobSpec) -> OutputFiles | None:
         spec.model.name,
         spec.output.prediction_prefix,
     )
+
+
+def check_input_columns(spec: JobSpec, shards: Sequence[Shard]) -> None:
+    """Refuse a column the job must read (the text, the id, a task's other inputs) that none of the input files
+    sampled holds: a misspelt name, not a file without it (whose rows are quarantined, `missing column`), which
+    would otherwise quarantine every row in a run on Ray and leave its committed shards to the corrected spec."""
+    import difflib
+
+    if spec.input.format == "openai-batch" or not shards:  # a Batch file's columns are made from its requests
+        return
+    fields = {spec.input.text_column: "input.text_column"}
+    options = spec.task.model_dump()
+    for name in spec.task.input_columns():
+        named = [f"task.{key}" for key, value in options.items() if key.endswith("_column") and value == name]
+        fields.setdefault(name, named[0] if named else f"task.prompt_template's {{{name}}}")
+    if spec.input.id_column:
+        fields.setdefault(spec.input.id_column, "input.id_column")
+    sampled, present = sampled_columns(shards, list(fields))
+    for name, field_ in fields.items():
+        if not sampled or name in present:
+            continue
+        lower = {c.lower(): c for c in reversed(present)}  # the first seen of names that differ in case only
+        near = [lower[c] for c in difflib.get_close_matches(name.lower(), list(lower), n=1)]
+        guess = f"did you mean {near[0]!r}? " if near else ""
+        is_id = field_ == "input.id_column"
+        fix = (f"set {field_} to the column that holds each row's id, or write id_column: null to make ids "
+               "<file>:<row>" if is_id else f"set {field_} to the column that holds it")
+        files = f"{sampled} input file{'s' if sampled > 1 else ''}"
+        raise PipelineError(
+            f"{field_} {name!r}: in none of the {files} sampled (Parquet footers, the first 256 KiB of JSON lines "
+            f"files), whose columns are {', '.join(present)}; {guess}{fix} (else every row would be "
+            f"quarantined as missing {'id ' if is_id else ''}column {name!r})"
+        )
 
 
 def preflight(spec: JobSpec) -> None:
@@ -297,6 +331,7 @@ def run_job(
     if shards is None:
         shards = list_shards(spec.input.paths, spec.input.format, exclude=[spec.output.path])
         check_no_other_outputs(shards)
+    check_input_columns(spec, shards)
     preflight(spec)
     output = OutputDir(spec.output.path)
     pending = shards

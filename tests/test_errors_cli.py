@@ -342,3 +342,42 @@ def test_a_model_whose_head_fits_its_task_passes_the_check(tiny_models, kind, ta
     from pipelines.inference.checks import check_task_head
 
     check_task_head(task, tiny_models(kind), json.loads((Path(tiny_models(kind)) / "config.json").read_text()))
+
+
+@pytest.mark.parametrize(("section", "needles"), [
+    ({"text_column": "Text"}, ("input.text_column 'Text'", "did you mean 'text'?")),  # the case of a letter
+    ({"text_column": "txt"}, ("input.text_column 'txt'", "did you mean 'text'?")),
+    ({"id_column": "doc_id"}, ("input.id_column 'doc_id'", "id_column: null")),  # input without such ids
+])
+def test_a_column_in_none_of_the_input_files_is_refused_before_any_work(tiny_models, tmp_path, section, needles):
+    """Every row was quarantined as `missing column 'txt'` in a run on Ray, whose error said to raise the error
+    limits, and its committed shards then made the corrected spec's run refuse the output (another spec's)."""
+    from test_faults import cli as run_cli
+    from test_faults import many_shards, write_job
+
+    many_shards(tmp_path / "in", shards=2)
+    job = write_job(tmp_path, tiny_models("classifier"), tmp_path / "in", input=section)
+    done = run_cli("run", str(job))
+    one_line_error(done, *needles, "none of the 2 input files", "id, text")
+    assert "Ray" not in done.stderr, done.stderr  # refused on the driver, before a local Ray was started
+    assert not (tmp_path / "out").exists()
+    one_line_error(run_cli("plan", str(job)), *needles)
+
+
+def test_a_column_some_input_files_have_is_left_to_each_row(tiny_models, tmp_path):
+    """A file without the text column among files with it: its rows are quarantined (`missing column 'text'`, see
+    the README's Guarantees), the others are scored; only a column no file sampled has is a spec's mistake."""
+    from helpers import write_jsonl
+    from test_faults import write_job
+
+    from pipelines.io.shards import list_shards
+    from pipelines.runner import check_input_columns
+    from pipelines.spec import load_spec
+
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": "a", "text": "one"}])
+    write_jsonl(tmp_path / "in" / "b.jsonl", [{"id": "b", "body": "two"}])
+    (tmp_path / "in" / "c.jsonl").write_text("")  # an empty file: nothing to tell
+    spec = load_spec(write_job(tmp_path, tiny_models("classifier"), tmp_path / "in"))
+    check_input_columns(spec, list_shards(spec.input.paths, spec.input.format))
+    spec = load_spec(write_job(tmp_path, tiny_models("classifier"), tmp_path / "in", input={"id_column": None}))
+    check_input_columns(spec, list_shards(spec.input.paths, spec.input.format))

@@ -1037,6 +1037,24 @@ def reference_types(shards: list[Shard], columns: Columns, sample_bytes: int = 1
     return {name: unify_types(types) for name, types in seen.items()}
 
 
+def sampled_columns(shards: Sequence[Shard], names: Sequence[str], limit: int = 32,
+                    sample_bytes: int = 1 << 18) -> tuple[int, list[str]]:
+    """How many of up to ``limit`` shards (spread over the list) could be sampled as :func:`reference_types` samples
+    them and hold any column, and their column names in the order first seen (``names``: the columns the job reads,
+    which a sample with a bad line is read by). An unreadable or empty file tells nothing and is not counted."""
+    picked = [shards[i * len(shards) // limit] for i in range(limit)] if len(shards) > limit else list(shards)
+    sampled, seen = 0, {}
+    for shard in picked:
+        try:
+            schema = _sample_schema(shard, sample_bytes, names)
+        except Exception:  # noqa: BLE001 - an unreadable shard is quarantined (or fails the job) when read
+            continue
+        if schema.names:
+            sampled += 1
+            seen.update(dict.fromkeys(schema.names))
+    return sampled, list(seen)
+
+
 def unify_types(types: list[pa.DataType]) -> pa.DataType:
     """One type that holds every value of columns of these types (see :func:`reference_types`).
 

@@ -27,7 +27,7 @@ from pipelines.planning.inputs import (
 )
 from pipelines.planning.progress import kept_precision_refusal, output_plan, recorded_precision
 from pipelines.planning.records import InputPlan, ModelPlan, OutputPlan, Plan, TokenPlan
-from pipelines.runner import columns_of
+from pipelines.runner import check_input_columns, columns_of
 from pipelines.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ def build_plan(
     # as a run lists them: for a scheduled job, as a tick does (an empty landing location is no input yet)
     shards = list_shards(spec.input.paths, spec.input.format, exclude=[spec.output.path],
                          empty_is_no_input=spec.schedule is not None)
+    check_input_columns(spec, shards)  # as a run refuses a column no input file holds
     inputs = survey(shards, count_limit)
     groups = group_shards([c.bytes for c in inputs.shards])  # the read tasks, as a run reads the shards
     rows = [sum(inputs.shards[i].read_rows() for i in group) for group in groups]  # an unreadable file: 1 record
