@@ -17,6 +17,7 @@ gives the request its list of embeddings.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ from transformers import (
 
 from pipelines.errors import PipelineError
 from pipelines.inference.batching import Ragged
+from pipelines.inference.loading import effective_max_length
 from pipelines.tasks.base import NO_TOKENS, ROW_ID, Features, Outputs, Task, tokenless, vectors
 from pipelines.tasks.feature_extraction import embed
 from pipelines.tasks.generation import (
@@ -285,10 +287,9 @@ class ChatCompletions(Task):
 
     def _most_read(self) -> int | None:
         """The most tokens this model reads, as batching.max_length is capped (its positions, its tokenizer's
-        model_max_length); None when neither says."""
-        limits = [self.positions or 0, getattr(self.tokenizer, "model_max_length", 0) or 0]
-        sane = [n for n in limits if 0 < n < 1_000_000]
-        return min(sane) if sane else None
+        model_max_length: :func:`effective_max_length`); None when neither says."""
+        most = effective_max_length(self.tokenizer, self.config, sys.maxsize)
+        return most if most < sys.maxsize else None
 
     def _seed(self, request: ChatRequest, row_id: str) -> int:
         """The request's seed, else one from the job's seed and the custom_id (as a 63-bit row seed)."""
