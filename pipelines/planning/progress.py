@@ -80,7 +80,7 @@ def _tick(spec: JobSpec, shards: list[Shard], rows: dict[str, int]) -> OutputPla
 
     job = ScheduledJob(spec, None, _no_runner)
     job.check_layout()
-    history = job.history()
+    history = job.known_history()
     decision = Decision("run", datetime.now(UTC).replace(microsecond=0))
     todo: dict[str, Shard] = {}
     unfinished = history.unfinished()

@@ -42,7 +42,17 @@ from pipelines.io.reader import content_digest, decode_types, encode_types, read
 from pipelines.io.shards import Shard, list_shards, resolve
 from pipelines.output import layout
 from pipelines.output.commit import OutputDir
-from pipelines.output.layout import COMMITS, INPUT_DIGESTS, JOB, LOCK, PARTITION, RUN_LOCK, STAGING, SUPERSEDED
+from pipelines.output.layout import (
+    COMMITS,
+    INPUT_DIGESTS,
+    JOB,
+    LEDGER,
+    LOCK,
+    PARTITION,
+    RUN_LOCK,
+    STAGING,
+    SUPERSEDED,
+)
 from pipelines.output.lock import JobLock, output_lock
 from pipelines.output.object_lock import ObjectLock
 from pipelines.output.records import HASH_VERSION, RunSummary
@@ -226,6 +236,33 @@ class ScheduledJob:
     def history(self) -> History:
         return History(self.ledger.read())
 
+    def known_history(self) -> History:
+        """The ledger's history, refused where a partition on disk has no line in it: the ledger is what says which
+        input a partition holds, so a run it does not name (its lines dropped from the ledger, or damaged) would be
+        taken for never run, and its input scored again into a new partition, each of those rows twice."""
+        history = self.history()
+        unknown = [run for run in self.partitions() if run not in history.latest()]
+        if not unknown:
+            return history
+        path = self.spec.output.path
+        if not history.entries and not self.ledger.skipped:
+            raise PipelineError(
+                f"{path} holds run=... partitions but no ledger (_runs.jsonl), which says what "
+                "they hold; restore it, or move the partitions away to start afresh"
+            )
+        named = ", ".join(layout.partition_dir(run) for run in unknown[:3])
+        more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+        skipped = self.ledger.skipped
+        damaged = (f"; line(s) {', '.join(map(str, skipped[:5]))}{' …' if len(skipped) > 5 else ''} of it are not "
+                   "ledger entries (damaged by an edit?)" if skipped else "")
+        raise PipelineError(
+            f"{path} holds partitions that its ledger {LEDGER} has no line for: {named}{more}{damaged}. The ledger "
+            "says which input a partition holds: a tick now would take theirs for never scored and score it again, "
+            f"each of its rows twice in the output. Put their lines back in {LEDGER} (from a backup; the ledger is "
+            "not a log to trim or rotate), or move those partitions out of the output path to have their input "
+            "scored again"
+        )
+
     def planner(self, lineage: dict) -> Planner:
         """A planner over the facts as they are now (ledger and input shards are read afresh)."""
         return Planner(self.history(), current_shards(self.spec), lineage, self.spec.fingerprint(),
@@ -317,12 +354,7 @@ class ScheduledJob:
             layout.delete(self.fs, self.fs.get_file_info(path))
 
     def invoke(self, now: datetime, rescore: bool, prune: bool = False) -> Invocation:
-        history = self.history()
-        if not history.entries and self.partitions():
-            raise PipelineError(
-                f"{self.spec.output.path} holds run=... partitions but no ledger (_runs.jsonl), which says what "
-                "they hold; restore it, or move the partitions away to start afresh"
-            )
+        history = self.known_history()
         self.reconcile()
         decision = decide(self.spec.schedule, history.last_tick(), now)
         if rescore and decision.action != "run":  # named after the clock: after every run, or runs lose their order

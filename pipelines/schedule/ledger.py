@@ -118,6 +118,8 @@ class Ledger:
         self.path = f"{root}/{LEDGER}"
         #: Called before each append; raises when this process may no longer write (its lock was lost).
         self.guard: Callable[[], None] | None = None
+        #: The numbers (from 1) of the lines the last read skipped: no ledger entry (damaged by an edit, say).
+        self.skipped: list[int] = []
 
     def _raw(self) -> bytes:
         try:
@@ -127,13 +129,14 @@ class Ledger:
             return b""
 
     def read(self) -> list[LedgerEntry]:
-        entries = []
+        entries, self.skipped = [], []
         for n, line in enumerate(self._raw().splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 entries.append(LedgerEntry.model_validate_json(line))
             except ValueError:
+                self.skipped.append(n)
                 log.warning("%s line %d is not a ledger entry; ignored", self.path, n)
         return entries
 
