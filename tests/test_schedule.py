@@ -245,6 +245,24 @@ def test_cron_and_time_zone_are_read_by_croniter_and_validated():
             spec_from_dict(raw)
 
 
+def test_a_daily_tick_runs_once_on_the_night_the_clocks_go_back_as_cron_runs_it():
+    """Berlin's clocks go back from 03:00 CEST to 02:00 CET on 2026-10-25, so 02:00 comes twice (00:00 and 01:00 UTC).
+    croniter gives both: the scheduler ran a `0 2 * * *` job twice that night (a second partition an hour after the
+    first), and the next day an invocation from cron, which runs such a job once, was told it had missed a tick. Now
+    the hour repeated holds no second tick of a job at a fixed hour; a job every hour keeps both hours, as in cron."""
+    daily = spec_from_dict(raw_job(Path("/tmp/unused"), "m", timezone="Europe/Berlin")).schedule
+    first, next_day = datetime(2026, 10, 25, 0, tzinfo=UTC), datetime(2026, 10, 26, 1, tzinfo=UTC)  # 02:00 CEST, CET
+    assert next_tick(daily, first) == next_day
+    assert decide(daily, "2026-10-25T00:00:00Z", first + timedelta(hours=1, seconds=30)).action == "handled"
+    assert latest_tick(daily, first + timedelta(hours=1, minutes=5)) == first
+    on_time = decide(daily, "2026-10-25T00:00:00Z", next_day + timedelta(minutes=1))
+    assert (on_time.action, on_time.tick, on_time.missed) == ("run", next_day, 0)
+    spring = datetime(2026, 3, 29, 1, tzinfo=UTC)  # 02:00 does not exist that night: the tick is at 03:00 CEST
+    assert next_tick(daily, spring - timedelta(hours=3)) == spring
+    hourly = spec_from_dict(raw_job(Path("/tmp/unused"), "m", cron="0 * * * *", timezone="Europe/Berlin")).schedule
+    assert next_tick(hourly, first) == first + timedelta(hours=1)
+
+
 @pytest.mark.parametrize("policy", ["skip", "run_once"])
 def test_missed_ticks_follow_the_policy(policy):
     schedule = spec_from_dict(raw_job(Path("/tmp/unused"), "m", missed_ticks=policy)).schedule

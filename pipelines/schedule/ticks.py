@@ -31,22 +31,45 @@ def _cron(schedule: ScheduleSpec, start: datetime):
     return croniter(schedule.cron, start.astimezone(ZoneInfo(schedule.timezone)))
 
 
+def _fixed_time(cron: str) -> bool:
+    """Whether a cron expression runs at a fixed time of day: neither its minute nor its hour field is a wildcard
+    (``*``, ``*/15``), as cron tells them apart; of the aliases, all but ``@hourly``."""
+    fields = cron.split()
+    if fields[0].startswith("@"):
+        return fields[0].lower() != "@hourly"
+    return not fields[0].startswith("*") and not fields[1].startswith("*")
+
+
+def _repeated(schedule: ScheduleSpec, tick: datetime) -> bool:
+    """Whether a tick is the second pass of a fixed-time job through the hour repeated when the clocks go back
+    (02:00 twice in Berlin on the last Sunday of October): cron runs such a job once, at the first; croniter gives
+    both. A job with a wildcard minute or hour keeps both hours, in cron too."""
+    local = tick.astimezone(ZoneInfo(schedule.timezone))
+    return bool(local.fold) and local.replace(fold=0).utcoffset() != local.utcoffset() and _fixed_time(schedule.cron)
+
+
 def latest_tick(schedule: ScheduleSpec, now: datetime) -> datetime:
     """The last tick at or before ``now`` (UTC)."""
     start = now.replace(microsecond=0) + timedelta(seconds=1)  # croniter's get_prev excludes its start
-    return _cron(schedule, start).get_prev(datetime).astimezone(UTC)
+    cron = _cron(schedule, start)
+    while _repeated(schedule, tick := cron.get_prev(datetime).astimezone(UTC)):
+        pass
+    return tick
 
 
 def next_tick(schedule: ScheduleSpec, now: datetime) -> datetime:
     """The first tick after ``now`` (UTC)."""
-    return _cron(schedule, now).get_next(datetime).astimezone(UTC)
+    cron = _cron(schedule, now)
+    while _repeated(schedule, tick := cron.get_next(datetime).astimezone(UTC)):
+        pass
+    return tick
 
 
 def ticks_between(schedule: ScheduleSpec, after: datetime, before: datetime) -> int:
     """How many ticks fall strictly between two moments (counted up to a cap)."""
     cron, n = _cron(schedule, after), 0
-    while n < MAX_COUNTED_TICKS and cron.get_next(datetime).astimezone(UTC) < before:
-        n += 1
+    while n < MAX_COUNTED_TICKS and (tick := cron.get_next(datetime).astimezone(UTC)) < before:
+        n += 0 if _repeated(schedule, tick) else 1
     return n
 
 
