@@ -1428,12 +1428,12 @@ def test_output_of_gone_input_is_recorded_and_pruned_on_request(tmp_path):
     assert run_due(spec, now=day(4, hours=0.01), runner=runner).entries[-1].gone is None
 
 
-@pytest.mark.parametrize("edit", ["oldest lines dropped", "lines damaged"])
+@pytest.mark.parametrize("edit", ["oldest lines dropped", "lines damaged", "a first line damaged"])
 def test_a_ledger_cut_short_by_hand_is_refused_not_taken_for_new_input(tmp_path, edit):
     """_runs.jsonl trimmed like a log (its oldest lines dropped: `tail -n`, logrotate), or lines of it damaged in an
     editor (each then skipped with a warning): the partitions its lines no longer name were taken for never scored, and
-    the next tick scored their input again into a partition of its own, each of its rows twice in the output.
-    Refused, by the tick and by `pipelines plan`, naming the partitions and what to do."""
+    the next tick scored their input again into a partition of its own, each of its rows twice in the output. A run
+    whose first line (its plan) alone was damaged ended in a StopIteration traceback. Refused, by the tick and by `pipelines plan`, naming the partitions and what to do."""
     from pipelines.io.shards import list_shards
     from pipelines.planning.inputs import survey
     from pipelines.planning.progress import output_plan
@@ -1449,10 +1449,12 @@ def test_a_ledger_cut_short_by_hand_is_refused_not_taken_for_new_input(tmp_path,
     assert [json.loads(line)["run"] for line in lines] == ["2026-11-28T02:00:00Z"] * 2 + ["2026-11-29T02:00:00Z"] * 2
     if edit == "oldest lines dropped":
         path.write_text("".join(lines[2:]))
+    elif edit == "a first line damaged":
+        path.write_text(lines[0][:40] + "\n" + "".join(lines[1:]))
     else:
         path.write_text(lines[0][:40] + "\n" + lines[1][:40] + "\n" + "".join(lines[2:]))
     add_shard(tmp_path, "c.jsonl", rows("c", 4))
-    unknown = r"holds partitions that its ledger _runs.jsonl has no line for: run=2026-11-28T02:00:00Z"
+    unknown = r"holds partitions whose plan \(their first line\) its ledger _runs.jsonl does not hold: run=2026-11-28T02:00:00Z"
     with pytest.raises(PipelineError, match=unknown):
         run_due(spec, now=day(3, hours=0.01), runner=runner)
     assert sorted(all_ids(tmp_path)) == sorted(r["id"] for r in rows("a", 2) + rows("b", 3))  # each row once

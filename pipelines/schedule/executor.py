@@ -241,7 +241,8 @@ class ScheduledJob:
         input a partition holds, so a run it does not name (its lines dropped from the ledger, or damaged) would be
         taken for never run, and its input scored again into a new partition, each of those rows twice."""
         history = self.history()
-        unknown = [run for run in self.partitions() if run not in history.latest()]
+        planned = {entry.run for entry in history.entries if entry.status == "running"}  # a run's plan: its inputs
+        unknown = [run for run in self.partitions() if run not in planned]
         if not unknown:
             return history
         path = self.spec.output.path
@@ -256,11 +257,11 @@ class ScheduledJob:
         damaged = (f"; line(s) {', '.join(map(str, skipped[:5]))}{' …' if len(skipped) > 5 else ''} of it are not "
                    "ledger entries (damaged by an edit?)" if skipped else "")
         raise PipelineError(
-            f"{path} holds partitions that its ledger {LEDGER} has no line for: {named}{more}{damaged}. The ledger "
-            "says which input a partition holds: a tick now would take theirs for never scored and score it again, "
-            f"each of its rows twice in the output. Put their lines back in {LEDGER} (from a backup; the ledger is "
-            "not a log to trim or rotate), or move those partitions out of the output path to have their input "
-            "scored again"
+            f"{path} holds partitions whose plan (their first line) its ledger {LEDGER} does not hold: "
+            f"{named}{more}{damaged}. The ledger says which input a partition holds: a tick now would take theirs "
+            "for never scored and score it again, each of its rows twice in the output. Put their lines back in "
+            f"{LEDGER} (from a backup; the ledger is not a log to trim or rotate), or move those partitions out of "
+            "the output path to have their input scored again"
         )
 
     def planner(self, lineage: dict) -> Planner:
