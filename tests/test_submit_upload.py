@@ -174,3 +174,62 @@ def test_submit_refuses_a_spec_the_upload_leaves_behind(project, tmp_path):
     (project / ".gitignore").write_text("label_news.yaml\n")
     with pytest.raises(PipelineError, match=r"Job spec jobs/label_news.yaml would not be uploaded .*label_news"):
         jobs.submit(project / "jobs/label_news.yaml", f"http://127.0.0.1:{free_port()}", project_root=project)
+
+
+# --------------------------------------------------------------------------- #
+# A model folder in the project: the job loads it from the upload
+# --------------------------------------------------------------------------- #
+
+MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+
+
+def write_model(folder: Path) -> None:
+    """A fine-tuned model as save_pretrained() leaves it (contents do not matter: nothing loads it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in MODEL_FILES:
+        (folder / name).write_text("{}")
+    (folder / ".cache/huggingface").mkdir(parents=True)  # what `hf download --local-dir` leaves: never loaded
+    (folder / ".cache/huggingface/.gitignore").write_text("*\n")
+
+
+def test_submit_refuses_a_model_folder_the_upload_leaves_behind_before_connecting(project):
+    """models/ is .gitignored (models are large): the job would be uploaded without its model and fail on the
+    cluster saying no such directory or Hub repository, though the folder is right here."""
+    write_model(project / "models/mine")
+    (project / ".gitignore").write_text("models/\n")
+    done = submit(project, "model.name=models/mine", "model.quantization=none")
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("error: model.name models/mine: 4 of the 4 files of the model folder"), line
+    assert "models/mine/config.json and 3 more (.gitignore: models/)" in line and "Cannot reach" not in line
+    assert "Hugging Face Hub" in line and "absolute path" in line
+
+
+@pytest.mark.parametrize(
+    ("ignored", "left"),
+    [("*.safetensors\n", "1 of the 4 files of the model folder would not be uploaded with the project: "
+                         "models/mine/model.safetensors (models/.rayignore: *.safetensors)"),
+     ("mine/\n", "4 of the 4 files")],
+)
+def test_a_model_folder_partly_or_wholly_left_out_is_refused(project, ignored, left):
+    write_model(project / "models/mine")
+    (project / "models/.rayignore").write_text(ignored)
+    with pytest.raises(PipelineError) as caught:
+        jobs.check_model_uploaded(project, "models/mine")
+    assert left in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_relative_model_folder_outside_the_project_is_refused(project, tmp_path):
+    write_model(tmp_path / "models/mine")
+    with pytest.raises(PipelineError, match=r"model.name ../models/mine: 4 of the 4 .*\(outside the project\)"):
+        jobs.check_model_uploaded(project, "../models/mine")
+
+
+def test_models_that_are_uploaded_or_not_a_project_folder_pass(project, tmp_path):
+    write_model(project / "models/mine")  # hidden files (its .cache/) are not the model's
+    jobs.check_model_uploaded(project, "models/mine")
+    jobs.check_model_uploaded(project, "./models/mine/")
+    (project / ".gitignore").write_text("models/\n")
+    (project / "minilm").mkdir()  # an alias is the installed package's, on every node
+    for name in ("minilm", "MiniLM", "org/model", str(project / "models/mine"), "~/models/mine"):
+        jobs.check_model_uploaded(project, name)  # a Hub id, or an absolute path: read where it is

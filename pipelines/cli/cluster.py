@@ -78,6 +78,7 @@ def _submit(args: argparse.Namespace) -> int:
     root = args.project_root or jobs.find_project_root(args.job)
     # before any connection: an input file the upload leaves out would be missing rows in a job that succeeds
     jobs.check_inputs_uploaded(root, spec.input.paths, spec.input.format, spec.output.path)
+    jobs.check_model_uploaded(root, spec.model.name)  # nor a model folder the job would miss
     address = jobs.resolve_address(args.address)
     flags = [flag for flag, given in (("--overwrite", args.overwrite), ("--prune", args.prune),
                                       ("--redo-changed", args.redo_changed)) if given]

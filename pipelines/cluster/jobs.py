@@ -409,6 +409,54 @@ def check_inputs_uploaded(project_root: Path, input_paths: Sequence[str], input_
     left = left_out_of_upload(root, files)
     if not left:
         return
+    raise PipelineError(
+        f"{len(left)} of the {len(files)} input files that relative input.paths read in the project would not be "
+        f"uploaded with it, and the job would succeed without their rows: {_by_rule(left)}; move the data to a "
+        "folder that is uploaded, or change that rule (.gitignore, .rayignore), or give input.paths an s3:// URI "
+        "or an absolute path on storage every node of the cluster reads"
+    )
+
+
+def check_model_uploaded(project_root: Path, model_name: str) -> None:
+    """Refuse (PipelineError) a submission whose ``model.name`` is a relative folder the upload leaves out, in
+    part or whole.
+
+    On the cluster a relative model folder is read in the uploaded project, as a relative input path is. Models
+    are large and often listed in .gitignore (``models/``, ``*.safetensors``); without its folder the job
+    fails on the cluster as a Hugging Face id that does not exist, without its weights as a folder that has
+    none, though the folder is whole here. The files checked are those a model's identity is hashed over
+    (hidden ones left out: ``from_pretrained`` reads none, and ``hf download --local-dir`` keeps a ``.cache/``
+    there). An alias is the installed package's on every node; a Hub id, an absolute path (``~/…`` included)
+    and a relative name that is no folder in the project are not uploaded, and not checked here.
+    """
+    from pipelines.spec import MODEL_ALIASES
+
+    if model_name.lower() in MODEL_ALIASES or model_name.startswith("~") or os.path.isabs(model_name):
+        return
+    root = Path(project_root).resolve()
+    folder = Path(os.path.normpath(root / model_name))
+    if not folder.is_dir():
+        return
+    files = [
+        os.path.relpath(path, root)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    ]
+    left = left_out_of_upload(root, files)
+    if not left:
+        return
+    raise PipelineError(
+        f"model.name {model_name}: {len(left)} of the {len(files)} files of the model folder would not be uploaded "
+        f"with the project: {_by_rule(left)}, and the job would fail on the cluster without them (no such "
+        "folder or Hugging Face id, or no weights); push the model to the Hugging Face Hub (a private repository, "
+        "with HF_TOKEN on the cluster's nodes) and give its id, or copy it to storage every node reads and give "
+        "its absolute path, or, for a small model, change that rule (.gitignore, .rayignore: Ray uploads at most "
+        "512 MiB by default)"
+    )
+
+
+def _by_rule(left: Sequence[LeftOut]) -> str:
+    """The files left out, grouped by the rule that leaves them out: the first of each and how many more."""
     by_rule: dict[str, list[str]] = {}
     for item in left:
         by_rule.setdefault(item.rule, []).append(item.path)
@@ -418,12 +466,7 @@ def check_inputs_uploaded(project_root: Path, input_paths: Sequence[str], input_
     ]
     if len(by_rule) > _RULES_SHOWN:
         shown.append(f"more by {len(by_rule) - _RULES_SHOWN} other rule(s)")
-    raise PipelineError(
-        f"{len(left)} of the {len(files)} input files that relative input.paths read in the project would not be "
-        f"uploaded with it, and the job would succeed without their rows: {', '.join(shown)}; move the data to a "
-        "folder that is uploaded, or change that rule (.gitignore, .rayignore), or give input.paths an s3:// URI "
-        "or an absolute path on storage every node of the cluster reads"
-    )
+    return ", ".join(shown)
 
 
 # --------------------------------------------------------------------------- #
