@@ -685,6 +685,30 @@ def test_object_keys_with_spaces_or_accents_are_read_like_any_other(s3_server, m
     assert [s.name for s in list_shards([f"s3://{IN}/odd/2024 q1/10?%.jsonl?region={REGION}"])] == ["100%.jsonl"]
 
 
+def test_a_hash_sign_in_a_location_is_part_of_the_key_not_a_fragment(s3_server, monkeypatch, tmp_path):
+    """A key may hold ``#`` (``team#3/``). pyarrow parses a URI's ``#`` as the start of a fragment and drops it and
+    all after it, so ``s3://bucket/hash/team#3/b.jsonl`` read ``hash/team``'s files instead, and the run succeeded
+    on rows of another folder; an output.path ``s3://bucket/runs#2`` was written in ``runs``."""
+    from pipelines.io.reader import Columns, read_shard
+    from pipelines.io.shards import list_shards, resolve
+
+    use_s3(monkeypatch, s3_server)
+    write_jsonl(tmp_path / "in" / "team" / "a.jsonl", [{"id": "team-a", "text": "words"}])
+    write_jsonl(tmp_path / "in" / "team#3" / "b.jsonl", [{"id": "team#3-b", "text": "words"}])
+    s3_server.upload(IN, "hash", tmp_path / "in")
+    for location in (f"s3://{IN}/hash/team#3", f"s3://{IN}/hash/team#3/", f"s3://{IN}/hash/team#3/b.jsonl",
+                     f"s3://{IN}/hash/team#3/*.jsonl", f"s3://{IN}/hash/team#3/b.jsonl?region={REGION}"):
+        [shard] = list_shards([location])
+        assert shard.path == f"{IN}/hash/team#3/b.jsonl", location
+        assert [i for b in read_shard(shard, Columns(text="text", id="id")) for i in b.column("id").to_pylist()] == [
+            "team#3-b"], location
+    assert resolve(f"s3://{OUT}/runs#2")[1] == f"{OUT}/runs#2"
+    write_jsonl(tmp_path / "local" / "team" / "a.jsonl", [{"id": "team-a", "text": "words"}])
+    write_jsonl(tmp_path / "local" / "team#3" / "b.jsonl", [{"id": "team#3-b", "text": "words"}])
+    [shard] = list_shards([f"file://{tmp_path}/local/team#3"])
+    assert shard.path == f"{tmp_path}/local/team#3/b.jsonl"
+
+
 # a folder and an object of the same name; spellings a store can't hold ------------------------------------
 
 

@@ -72,9 +72,12 @@ class Shard:
 
 #: What a URI's path may hold as it is (RFC 3986 ``pchar`` but ``%``); anything else is percent-encoded.
 PATH_CHARS = "/!$&'()*+,;=:@~"
-#: A location as a user writes it also keeps ``%`` escapes and a query (``?region=...``); glob brackets and a ``?``
-#: wildcard are encoded (pyarrow refuses brackets in a URI, reads ``?`` as a query, and decodes both).
-LOCATION_CHARS = PATH_CHARS + "?#%"
+#: A location as a user writes it also keeps ``%`` escapes and a query (``?region=...``); glob brackets, a ``?``
+#: wildcard and a ``#`` are encoded (pyarrow refuses brackets in a URI, reads ``?`` as a query and ``#`` as the start
+#: of a fragment, which it drops with all after it, and decodes them all).
+LOCATION_CHARS = PATH_CHARS + "?%"
+#: What a location's path (before its query) may hold that pyarrow would not take as part of the path as it is.
+NOT_PATH = set("?#")
 
 
 def resolve(location: str) -> tuple[pafs.FileSystem, str]:
@@ -83,14 +86,16 @@ def resolve(location: str) -> tuple[pafs.FileSystem, str]:
     pyarrow parses URIs strictly: a space or an accented letter is a syntax error there, and ``%20`` is a
     space. A location that does not parse as written is tried again with those characters percent-encoded
     (``s3://bucket/my out`` opens ``my out``); shards' own URIs come encoded (:func:`uri_of`). A ``?`` before
-    the options at the end is a wildcard, encoded first: for ``file://`` pyarrow would take it for a query. A local
-    path that starts with ``~`` is in the home directory (a spec's paths meet no shell to expand it).
+    the options at the end is a wildcard, encoded first: for ``file://`` pyarrow would take it for a query. So is a
+    ``#``, a character of the key (``team#3/``): pyarrow takes it for the start of a fragment and drops the rest, so
+    ``s3://bucket/team#3/a.jsonl`` opened ``bucket/team`` (another folder's files read, an output written there). A
+    local path that starts with ``~`` is in the home directory (a spec's paths meet no shell to expand it).
     """
     if "://" in location:
         scheme, rest = location.split("://", 1)
         query = QUERY.search(rest)
         try:
-            if "?" in rest[: query.start() if query else None]:
+            if NOT_PATH & set(rest[: query.start() if query else None]):
                 return pafs.FileSystem.from_uri(f"{scheme}://{_encode_location(rest)}")
             try:
                 return pafs.FileSystem.from_uri(location)
@@ -116,7 +121,8 @@ QUERY = re.compile(r"\?[A-Za-z_][\w.-]*=[^&#]*(?:&(?:[A-Za-z_][\w.-]*=[^&#]*)?)*
 
 def _encode_location(rest: str) -> str:
     """A location's part after ``scheme://`` with what a URI can't hold percent-encoded; ``%XX`` escapes kept, and a
-    query at its end; a ``?`` before that is a wildcard (``part-?.jsonl``), which a URI would take for a query."""
+    query at its end; a ``?`` before that is a wildcard (``part-?.jsonl``), which a URI would take for a query, and a
+    ``#`` a character of a name, which a URI would take for the start of a fragment."""
     query = QUERY.search(rest)
     path, options = (rest[: query.start()], query.group()) if query else (rest, "")
     quoted = urllib.parse.quote(path, safe=LOCATION_CHARS.replace("?", ""))
