@@ -1425,6 +1425,26 @@ def test_a_question_mark_in_a_file_uri_is_a_wildcard(tmp_path):
     assert [s.name for s in list_shards([f"{tmp_path}/data/part-?.jsonl"])] == ["part-1.jsonl", "part-2.jsonl"]
 
 
+def test_a_path_whose_name_holds_brackets_is_read_as_written_where_no_name_matches_it_as_a_glob(tmp_path):
+    """``landing [team-a]/`` is a folder's name, but ``[team-a]`` is also a glob's set of characters, which matches
+    only a one-letter name. It matched nothing, so a run refused the folder as holding no files (and offered a
+    ``**`` glob, which matched nothing either), and a scheduled tick took it for a landing folder with nothing in it
+    yet, every tick: its rows were never scored. As a shell does, a glob that matches nothing is the path as
+    written, where that exists; an escaped glob (``[[]``) keeps its meaning, and a glob that matches nothing says how
+    to write a ``[`` of a name."""
+    write_jsonl(tmp_path / "in" / "landing [team-a]" / "a.jsonl", [{"id": "a", "text": "words"}])
+    write_jsonl(tmp_path / "in" / "report [final].jsonl", [{"id": "r", "text": "words"}])
+    folder = f"{tmp_path}/in/landing [team-a]"
+
+    assert [s.name for s in list_shards([folder])] == ["a.jsonl"]
+    assert [s.name for s in list_shards([folder], empty_is_no_input=True)] == ["a.jsonl"]  # a scheduled tick
+    assert [s.name for s in list_shards([f"file://{folder}/"])] == ["a.jsonl"]
+    assert [s.name for s in list_shards([f"{tmp_path}/in/report [final].jsonl"])] == ["report [final].jsonl"]
+    assert [s.name for s in list_shards([f"{tmp_path}/in/landing [[]team-a]"])] == ["landing [team-a]/a.jsonl"]
+    with pytest.raises(PipelineError, match=r"write \[\[\] for a \[ of a name"):
+        list_shards([f"{tmp_path}/in/landing [team-b]"])
+
+
 def test_made_ids_differ_for_files_of_one_name_in_two_folders(tmp_path):
     """With ``id_column: null`` ids are made from the file and the row: ``2024-01/part-0.jsonl`` and
     ``2024-02/part-0.jsonl`` are two shards, so their rows must not get the same ids (with

@@ -208,9 +208,14 @@ def _list(location: str, fs: pafs.FileSystem, path: str) -> tuple[str, list[tupl
     A location ending in ``/`` names a folder (pyarrow drops the ``/``). On a store a key may be both an object and
     the folder of the keys under it (``aws s3 cp f s3://bucket/data`` makes an object ``data`` beside ``data/...``),
     and pyarrow finds the object first: the folder is listed when the location ends in ``/``, and a location without
-    it that is both is refused, rather than reading one of the two without a word."""
+    it that is both is refused, rather than reading one of the two without a word.
+
+    A glob that matches nothing is the path as written, where that exists, as a shell takes it: ``[team-a]`` in
+    ``landing [team-a]/`` is a set of characters to a glob, which matches a one-letter name only."""
     if GLOB_CHARS & set(path):
-        return _glob(location, fs, path)
+        root, files = _glob(location, fs, path)
+        if files or "[" not in path or fs.get_file_info(path).type == pafs.FileType.NotFound:
+            return root, files
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         stores.check_bucket(fs, path, "input.paths:", location)  # a missing bucket, said so
@@ -457,7 +462,9 @@ def list_shards(
                 "rename it (`convmv -f latin1 -t utf8 -r --notest FOLDER` renames a folder's Latin-1 names)"
             ) from None
         fs, path = resolve(location)
-        a_listing = bool(GLOB_CHARS & set(path)) or root == path  # a folder or a glob, not a named file
+        named = [info.path for _, info in files] == [path]  # a file named as it is (a glob's chars in its name too)
+        globbed = bool(GLOB_CHARS & set(path)) and root != path and not named  # not the path as written (_list)
+        a_listing = globbed or root == path  # a folder or a glob, not a named file
         found = left_out = 0
         other: list[str] = []  # files that are no shard by their name: said, not dropped without a word
         for uri, info in files:
@@ -506,8 +513,10 @@ def list_shards(
                     f"input.paths: {location} gives no file outside output.path ({left_out} there: a job's output "
                     "is never its input); move the input out of the output folder, or choose another output.path"
                 )
-            if GLOB_CHARS & set(location) and "**" not in location:
+            if globbed and "**" not in location:
                 below = f" (a glob's * stays within one folder: {_recursive(location)} takes the folders below too)"
+            if globbed and "[" in location:  # the path as written does not exist either (_list)
+                below += " ([...] in a glob is a set of characters that matches one: write [[] for a [ of a name)"
             if compressed:
                 raise PipelineError(_compressed_only(location, compressed))
             if wanted_format == "openai-batch":
