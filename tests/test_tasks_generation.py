@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -255,6 +256,35 @@ def test_invalid_generation_options_are_spec_errors(options, message):
     }
     with pytest.raises(PipelineError, match=message):
         spec_from_dict(raw)
+
+
+def spec_of(task: dict):
+    return spec_from_dict({"input": {"paths": ["x"]}, "model": {"name": "m"}, "output": {"path": "o"}, "task": task})
+
+
+@pytest.mark.parametrize(
+    ("template", "hint"),
+    [
+        ("Summarize: {{text}}", r"\{\{text\}\} is the literal text \{text\}"),  # a Jinja or Mustache habit
+        ("Summarize: %s", r"%s is no field"),
+        ("Write a haiku.", r"write \{text\} where the text column goes"),
+    ],
+)
+def test_a_greedy_prompt_template_that_reads_no_column_is_a_spec_error(template, hint):
+    """A template without a {field} gave every row the same prompt: run and plan went ahead and wrote the same
+    text for every row, the rows' own text read but never seen by the model."""
+    task = {"type": "text-generation", "prompt_template": template}
+    with pytest.raises(PipelineError, match="reads no input column, so every row would get the same prompt") as err:
+        spec_of(task)
+    assert re.search(hint, str(err.value))
+    # sampling a fixed prompt gives each row its own draw: a use of its own (rows as seeds), but never {{text}}
+    if "{{" in template:
+        with pytest.raises(PipelineError, match="literal text"):
+            spec_of({**task, "do_sample": True})
+    else:
+        spec_of({**task, "do_sample": True})
+    # literal braces beside a field are the user's own text
+    spec_of({**task, "prompt_template": 'Answer as {{"summary": ...}}: {text}'})
 
 
 # encoder-decoder -------------------------------------------------------------------------

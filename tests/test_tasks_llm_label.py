@@ -162,6 +162,18 @@ def test_two_labels_the_tokenizer_makes_the_same_tokens_are_refused(tiny_models,
         Predictor(make_spec(str(model), task))
 
 
+@pytest.mark.parametrize(
+    "template", ["Review: {{text}}\nSentiment:", "Review: %s\nSentiment:", "Is this review positive?"]
+)
+def test_a_prompt_template_that_reads_no_column_is_a_spec_error(template):
+    """Jinja's {{text}} is str.format's literal "{text}": every row got the same prompt, so the same label and
+    score (the test's four reviews all 'positive', 0.5064), and the run succeeded."""
+    task = {"type": "llm-label", "candidate_labels": ["positive", "negative"], "prompt_template": template}
+    with pytest.raises(PipelineError, match="reads no input column, so every row would get the same prompt"):
+        make_spec("m", task)
+    make_spec("m", {**task, "prompt_template": "Review: {text}\nSentiment:"})
+
+
 # prefix reuse against full recomputation --------------------------------------------------------
 
 FEW_SHOT = "Examples.\nReview: fine film\nSentiment: positive\nReview: awful\nSentiment: negative\nReview: {text}\nSentiment:"

@@ -10,6 +10,7 @@ other modules of this folder are loaded only where a model runs.
 
 from __future__ import annotations
 
+import re
 import string
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -88,6 +89,45 @@ class PromptOptions(TaskOptions):
 
     def input_columns(self) -> list[str]:
         return template_columns(self.prompt_template)
+
+    def rows_differ_without_input(self) -> bool:
+        """Whether rows of one prompt still get outputs of their own (a generating task's per-row samples)."""
+        return False
+
+    @model_validator(mode="after")
+    def _reads_a_column(self) -> PromptOptions:
+        fixed_prompt(self.prompt_template, self.type, self.rows_differ_without_input())
+        return self
+
+
+#: A field in another template language's braces ({{text}}, {{ text }}: Jinja, Mustache, LangChain's Jinja mode),
+#: which str.format writes as the literal text {text}.
+DOUBLED_FIELD = re.compile(r"\{\{\s*([A-Za-z_]\w*)\s*\}\}")
+
+
+def fixed_prompt(template: str, task: str, rows_differ: bool) -> None:
+    """Refuse a template that reads no column: every row would get the same prompt, the rows' own text read but
+    never given to the model (the same label, or the same text, on every row; a sampling task's rows still draw
+    their own samples of it, a use of its own, but not where the template writes {{text}}, a field meant)."""
+    if template_fields(template):
+        return
+    doubled = DOUBLED_FIELD.search(template)
+    if rows_differ and doubled is None:
+        return
+    output = "label" if task == "llm-label" else "text"
+    same = "" if rows_differ else f" and the same {output}"
+    hint = "write {text} where the text column goes, or {name} for another input column"
+    if doubled is not None:
+        hint += (
+            f" ({doubled.group(0)} is the literal text {{{doubled.group(1)}}}: the template is filled as Python's "
+            "str.format fills it, single braces around a column's name, double braces for a literal brace)"
+        )
+    elif "%s" in template:
+        hint += " (%s is no field: the template is filled as Python's str.format fills it)"
+    raise ValueError(
+        f"task.prompt_template {template!r} reads no input column, so every row would get the same prompt{same}: "
+        f"the rows' text would never reach the model; {hint}"
+    )
 
 
 #: The generation options a spec may leave out for the model's generation config to set, and the value each has
@@ -287,6 +327,9 @@ class LLMLabelOptions(PromptOptions, LabelOptions):
 
 class TextGenerationOptions(GenerationOptions, PromptOptions):
     type: Literal["text-generation"]
+
+    def rows_differ_without_input(self) -> bool:
+        return self.do_sample
 
 
 class Seq2SeqOptions(GenerationOptions):
