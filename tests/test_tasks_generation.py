@@ -287,6 +287,20 @@ def test_a_greedy_prompt_template_that_reads_no_column_is_a_spec_error(template,
     spec_of({**task, "prompt_template": 'Answer as {{"summary": ...}}: {text}'})
 
 
+@pytest.mark.parametrize(
+    "task",
+    [{"type": "text-generation"}, {"type": "llm-label", "candidate_labels": ["positive", "negative"]}],
+    ids=["text-generation", "llm-label"],
+)
+def test_a_system_prompt_without_chat_is_a_spec_error(task):
+    """The system turn exists only in the chat template: without chat: true the system prompt was dropped without
+    a word, and the run wrote answers (or labels) of a model that never read its instructions."""
+    task = {**task, "system_prompt": "Answer with one word."}
+    with pytest.raises(PipelineError, match=r"task.system_prompt is given but task.chat is false"):
+        spec_of(task)
+    assert spec_of({**task, "chat": True}).task.system_prompt == "Answer with one word."
+
+
 # encoder-decoder -------------------------------------------------------------------------
 
 

@@ -99,6 +99,17 @@ class PromptOptions(TaskOptions):
         fixed_prompt(self.prompt_template, self.type, self.rows_differ_without_input())
         return self
 
+    @model_validator(mode="after")
+    def _system_prompt_needs_chat(self) -> PromptOptions:
+        # the system turn is the chat template's: without it the instructions would be dropped without a word
+        if self.system_prompt and not self.chat:
+            raise ValueError(
+                "task.system_prompt is given but task.chat is false, so the model would never read it (a system "
+                "turn exists only in the model's chat template); set chat: true to send it as the chat's system "
+                "message, or write the instruction into task.prompt_template and remove system_prompt"
+            )
+        return self
+
 
 #: A field in another template language's braces ({{text}}, {{ text }}: Jinja, Mustache, LangChain's Jinja mode),
 #: which str.format writes as the literal text {text}.
