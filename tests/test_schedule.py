@@ -1463,6 +1463,42 @@ def test_a_ledger_cut_short_by_hand_is_refused_not_taken_for_new_input(tmp_path,
     assert plan.state == "refused" and re.search(unknown, plan.note)
 
 
+def test_a_file_in_another_folder_under_a_scored_files_name_is_refused_not_taken_for_its_new_version(tmp_path):
+    """`--set input.paths=[landing/{{ ds }}]`, one landing folder per night (Airflow's date): each night's
+    part-0.jsonl has the name of the night before's, so the tick took it for a new version of that file and moved the
+    night before's rows to _superseded/ with no more than a warning that a shard changed. Refused, by the tick and by
+    `pipelines plan`, while the file scored under that name is still where it was scored from; a file whose earlier
+    version is no longer there (a folder moved) is its new version, as before."""
+    from pipelines.io.shards import list_shards
+    from pipelines.planning.inputs import survey
+    from pipelines.planning.progress import output_plan
+
+    runner, model = Committing(digests=True), fake_model(tmp_path)
+
+    def nightly(date: str) -> JobSpec:
+        raw = raw_job(tmp_path, model)
+        raw["input"]["paths"] = [str(tmp_path / "landing" / date)]
+        return spec_from_dict(raw)
+
+    first = write_jsonl(tmp_path / "landing" / "2026-11-28" / "part-0.jsonl", rows("d1_", 3))
+    run_due(nightly("2026-11-28"), now=day(1, hours=0.01), runner=runner)
+    write_jsonl(tmp_path / "landing" / "2026-11-29" / "part-0.jsonl", rows("d2_", 2))
+    spec = nightly("2026-11-29")
+    refused = r"part-0.jsonl has the name of .*2026-11-28/part-0.jsonl.* still there"
+    with pytest.raises(PipelineError, match=refused):
+        run_due(spec, now=day(2, hours=0.01), runner=runner)
+    assert sorted(all_ids(tmp_path)) == ["d1_0", "d1_1", "d1_2"]  # the night before's rows stay
+    assert [e["status"] for e in ledger(tmp_path)] == ["running", "succeeded"]  # no tick recorded: tried again
+    shards = list_shards(spec.input.paths, spec.input.format, empty_is_no_input=True)
+    plan = output_plan(spec, shards, survey(shards))
+    assert plan.state == "refused" and re.search(refused, plan.note)
+
+    first.rename(tmp_path / "elsewhere.jsonl")  # the earlier file is gone from where it was: a new version, as before
+    [entry] = run_due(spec, now=day(2, hours=0.02), runner=runner).entries
+    assert entry.status == "succeeded" and list(entry.replaces.values()) == ["2026-11-28T02:00:00Z"]
+    assert sorted(all_ids(tmp_path)) == ["d2_0", "d2_1"]
+
+
 def test_a_tick_with_nothing_new_still_warns_of_gone_input(tmp_path, caplog):
     """The README says a gone shard is warned about at each tick; only a tick that ran something did."""
     runner, model = Committing(), fake_model(tmp_path)

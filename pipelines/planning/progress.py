@@ -96,6 +96,7 @@ def _tick(spec: JobSpec, shards: list[Shard], rows: dict[str, int]) -> OutputPla
                 todo[shard.key] = shard
     work = job.planner({}).new_work(decision, False, held)
     if isinstance(work, RunPlan):
+        job.check_same_names(work)
         todo.update({s.key: s for s in work.shards})
     scored = history.scored()
     done = [s for s in shards if s.key in scored and s.key not in todo]

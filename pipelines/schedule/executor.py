@@ -55,7 +55,7 @@ from pipelines.output.layout import (
 )
 from pipelines.output.lock import JobLock, output_lock
 from pipelines.output.object_lock import ObjectLock
-from pipelines.output.records import HASH_VERSION, RunSummary
+from pipelines.output.records import HASH_VERSION, RunSummary, ShardInput
 from pipelines.schedule.ledger import History, Ledger, LedgerEntry, LedgerInput
 from pipelines.schedule.lineage import model_lineage, same_model
 from pipelines.schedule.planner import HeldCommit, PartitionState, Planner, Retirement, RunPlan
@@ -111,6 +111,18 @@ def current_shards(spec: JobSpec) -> list[Shard]:
     shards = list_shards(spec.input.paths, spec.input.format, exclude=[spec.output.path], empty_is_no_input=True)
     layout.check_no_other_outputs(shards)  # another job's output in the landing folder: its rows are no input
     return shards
+
+
+def still_there(recorded: LedgerInput | ShardInput) -> bool:
+    """Whether an input file is where it was scored from, with the size (and time, where recorded) it had then."""
+    try:
+        fs, path = resolve(recorded.uri)
+        info = fs.get_file_info(path)
+    except (OSError, ValueError):  # can't be looked at (a store down, a scheme not here): not known to be there
+        return False
+    if info.type != pafs.FileType.File or info.size != recorded.size:
+        return False
+    return recorded.mtime_ns is None or info.mtime_ns == recorded.mtime_ns
 
 
 def describe_shard(shard: Shard) -> LedgerInput:
@@ -407,6 +419,7 @@ class ScheduledJob:
             if isinstance(work, RunPlan):
                 if work.run in self.history().latest():
                     raise PipelineError(f"run {work.run} exists already; try again in a second")
+                self.check_same_names(work)
                 self.attempt_reporting(work, report)
                 self.retry_emptied(failed, decision, lineage, report)
             else:
@@ -431,6 +444,33 @@ class ScheduledJob:
             plan = self.planner(lineage).resume(run, decision, partition, self.unfinished_commits())
             if self.attempt_reporting(plan, report) is None:
                 report.failures.remove(failure)
+
+    def check_same_names(self, work: RunPlan) -> None:
+        """Refuse a file that would replace the output of one scored under its name (its path under the input
+        location) from another location, where that one still is as it was scored: ``input.paths`` set to a folder of
+        its own each night (``landing/{{ ds }}``) gives each night's ``part-0.jsonl`` the name of the night before's,
+        and taken for its new version, it would move the rows of a file that is still there out of the output. One
+        look at the earlier file, for a replaced shard whose location differs only (none where input.paths stays)."""
+        scored = self.history().scored()
+        for shard in work.shards:
+            run = work.entry.replaces.get(shard.key)
+            if run is None:
+                continue
+            if shard.key in scored and scored[shard.key][1] == run:
+                recorded: LedgerInput | ShardInput | None = scored[shard.key][0]
+            else:  # the version an unfinished run committed
+                record = OutputDir(partition_path(self.spec, run)).commit_record(shard.key)
+                recorded = record.input if record is not None else None
+            if recorded is None or recorded.uri == shard.uri or not still_there(recorded):
+                continue
+            raise PipelineError(
+                f"input.paths: {shard.uri} has the name of {recorded.uri}, which run {run} scored and which is still "
+                f"there: a scheduled job knows a file by its name under its input location ({shard.name or shard.uri}),"
+                " so this tick would take it for a new version of that file and move that file's rows out of the "
+                "output. Keep input.paths on the same location at every tick (for a folder per day, list the folder "
+                "above them, so that each file's name holds its day's folder, with a new output.path, since the names "
+                "change), or give each file a name of its own"
+            )
 
     def check_held_gone(self, current: set[str]) -> None:
         """Refuse a rescore while an unfinished run holds the output of input that is gone (``current``: the keys of
