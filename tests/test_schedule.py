@@ -836,6 +836,25 @@ def test_a_failed_runs_ledger_line_counts_what_its_partition_holds(tmp_path):
     assert "3" in render_table(Ledger(str(tmp_path / "out")).read()).splitlines()[-1].split()
 
 
+def test_a_failed_attempt_says_what_it_committed_itself(tmp_path):
+    """A run failing over one unreadable file had committed the others, but its line said `failed, scored new input:
+    0 shard(s) this run, 5 rows in the partition`: a failed line had no shards_this_run, so each night's log of a run
+    that keeps failing read as if its attempts did nothing. Now the attempt's own shards and rows, as a success says."""
+    from pipelines.schedule.executor import describe
+
+    runner = Committing()
+    spec = make_job(tmp_path, fake_model(tmp_path))
+    add_shard(tmp_path, "a.jsonl", rows("a", 3))
+    add_shard(tmp_path, "b.jsonl", rows("b", 2))
+    add_shard(tmp_path, "bad.jsonl", rows("x", 1))
+    [failed] = run_due(spec, now=day(1, hours=0.01), runner=runner).entries
+    assert (failed.status, failed.shards_this_run, failed.rows_this_run, failed.rows_in) == ("failed", 2, 5, 5)
+    assert "failed, scored new input: 2 shard(s) this run, 5 rows in the partition" in describe(failed)
+    [again] = run_due(spec, now=day(1, hours=0.5), runner=runner).entries[:1]  # the resume commits nothing more
+    assert (again.kind, again.status, again.shards_this_run, again.rows_this_run, again.rows_in) == (
+        "resume", "failed", 0, 0, 5)
+
+
 class OverBudget(Committing):
     """Commits as Committing does, then fails as a run over its error budget does while its partition holds a shard
     with quarantined rows (ids starting with `x`)."""

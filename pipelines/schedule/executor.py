@@ -573,6 +573,7 @@ class ScheduledJob:
 
         precision = None if plan.entry.rescore else self.kept_precision(plan.entry.model)
         types = None if plan.entry.rescore else self.kept_column_types()
+        before = set() if plan.overwrite else self.committed_keys(run)  # what a failed attempt did is the rest
         try:
             summary = self.runner(partition_spec(self.spec, run), address=self.address, overwrite=plan.overwrite,
                                   shards=plan.shards, before_visible=retire_older, precision=precision,
@@ -581,7 +582,7 @@ class ScheduledJob:
             try:
                 self.ledger.append(planned.model_copy(update={
                     "status": "failed", "error": str(exc), "finished_at": _now_iso(),
-                    "wall_s": round(time.monotonic() - start, 3), **self.partition_counts(run),
+                    "wall_s": round(time.monotonic() - start, 3), **self.partition_counts(run, before),
                 }))
             except OSError as cause:  # the disk that failed the run (full): its 'running' line stays, and is resumed
                 log.warning("run %s: its failure could not be written to the ledger (%s)", run, cause)
@@ -652,15 +653,24 @@ class ScheduledJob:
         except Exception as exc:  # noqa: BLE001 - beside a run's failure: a page not written, never a second error
             log.warning("run %s: its page not written (%s)", run, exc)
 
-    def partition_counts(self, run: str) -> dict[str, int]:
-        """Rows read, written and quarantined in what a run's partition holds (its commit records): a failed run's
-        ledger line counts them as a succeeded one's does."""
+    def partition_counts(self, run: str, before: set[str]) -> dict[str, int]:
+        """Rows read, written and quarantined in what a run's partition holds (its commit records), and the shards
+        and rows the attempt committed itself (those not in ``before``): a failed run's ledger line counts them as a
+        succeeded one's does."""
         try:
-            held = list(OutputDir(partition_path(self.spec, run)).commits().values())
+            held = OutputDir(partition_path(self.spec, run)).commits()
         except Exception:  # noqa: BLE001 - beside a run's failure (a store down): no counts, never a second error
             return {}
-        return {"rows_in": sum(r.rows_in for r in held), "rows_out": sum(r.rows for r in held),
-                "errors": sum(r.errors for r in held)}
+        records, now = list(held.values()), [record for key, record in held.items() if key not in before]
+        return {"rows_in": sum(r.rows_in for r in records), "rows_out": sum(r.rows for r in records),
+                "errors": sum(r.errors for r in records), "shards_this_run": len(now),
+                "rows_this_run": sum(r.rows_in for r in now)}
+
+    def committed_keys(self, run: str) -> set[str]:
+        """The keys of the shards a run's partition holds commit records of: one listing, no record read."""
+        selector = pafs.FileSelector(f"{self.root}/{layout.partition_dir(run)}/{COMMITS}", allow_not_found=True)
+        return {info.base_name.removesuffix(".json") for info in self.fs.get_file_info(selector)
+                if info.is_file and info.base_name.endswith(".json")}
 
     def committed_inputs(self, run: str) -> list[LedgerInput]:
         records = OutputDir(partition_path(self.spec, run)).commits().values()
