@@ -1518,6 +1518,33 @@ def test_a_file_in_another_folder_under_a_scored_files_name_is_refused_not_taken
     assert sorted(all_ids(tmp_path)) == ["d2_0", "d2_1"]
 
 
+def test_a_failing_runs_file_is_not_taken_from_another_folder_under_its_name(tmp_path):
+    """The same with a run that keeps failing: its resume took the night after's bad-0.jsonl, in another folder, for
+    the file it had planned under that name, and scored it into its partition in that file's place."""
+    from pipelines.io.shards import list_shards
+    from pipelines.planning.inputs import survey
+    from pipelines.planning.progress import output_plan
+
+    runner, model = Committing(digests=True), fake_model(tmp_path)
+
+    def nightly(date: str) -> JobSpec:
+        raw = raw_job(tmp_path, model)
+        raw["input"]["paths"] = [str(tmp_path / "landing" / date)]
+        return spec_from_dict(raw)
+
+    write_jsonl(tmp_path / "landing" / "2026-11-28" / "bad-0.jsonl", rows("d1_", 3))  # never committed: fails its run
+    assert run_due(nightly("2026-11-28"), now=day(1, hours=0.01), runner=runner).failures
+    write_jsonl(tmp_path / "landing" / "2026-11-29" / "bad-0.jsonl", rows("d2_", 2))
+    refused = r"bad-0.jsonl has the name of .*2026-11-28/bad-0.jsonl, which run 2026-11-28T02:00:00Z is to score.* still"
+    with pytest.raises(PipelineError, match=refused):
+        run_due(nightly("2026-11-29"), now=day(2, hours=0.01), runner=runner)
+    assert [e["status"] for e in ledger(tmp_path)] == ["running", "failed"]
+    spec = nightly("2026-11-29")
+    shards = list_shards(spec.input.paths, spec.input.format, empty_is_no_input=True)
+    plan = output_plan(spec, shards, survey(shards))
+    assert plan.state == "refused" and re.search(refused, plan.note)
+
+
 def test_a_tick_with_nothing_new_still_warns_of_gone_input(tmp_path, caplog):
     """The README says a gone shard is warned about at each tick; only a tick that ran something did."""
     runner, model = Committing(), fake_model(tmp_path)

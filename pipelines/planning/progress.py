@@ -90,6 +90,7 @@ def _tick(spec: JobSpec, shards: list[Shard], rows: dict[str, int]) -> OutputPla
         partition = job.partition_state(entry.run)
         planner = job.planner(history.last_attempt(entry.run).model or {})
         resume = planner.resume(entry.run, decision, partition, held)
+        job.check_same_names(resume)
         for shard in resume.shards:
             kept = partition.committed.get(shard.key)
             if resume.overwrite or kept is None or not planner.unchanged(kept, shard):

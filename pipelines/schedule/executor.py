@@ -401,6 +401,7 @@ class ScheduledJob:
                 assert unfinished.run is not None
                 plan = self.planner(lineage).resume(unfinished.run, decision, self.partition_state(unfinished.run),
                                                     self.unfinished_commits())
+                self.check_same_names(plan)
                 failure = self.attempt_reporting(plan, report)
                 if failure is not None:
                     failed[unfinished.run] = (failure, self.quarantining(unfinished.run))
@@ -446,13 +447,20 @@ class ScheduledJob:
                 report.failures.remove(failure)
 
     def check_same_names(self, work: RunPlan) -> None:
-        """Refuse a file that would replace the output of one scored under its name (its path under the input
-        location) from another location, where that one still is as it was scored: ``input.paths`` set to a folder of
-        its own each night (``landing/{{ ds }}``) gives each night's ``part-0.jsonl`` the name of the night before's,
-        and taken for its new version, it would move the rows of a file that is still there out of the output. One
-        look at the earlier file, for a replaced shard whose location differs only (none where input.paths stays)."""
-        scored = self.history().scored()
+        """Refuse a file that would stand for one scored (or planned, by a run to resume) under its name (its path under
+        the input location) from another location, where that one still is as it was scored: ``input.paths`` set to a
+        folder of its own each night (``landing/{{ ds }}``) gives each night's ``part-0.jsonl`` the name of the night
+        before's, and taken for its new version, it would move the rows of a file that is still there out of the
+        output (or be scored in its place). One look at the earlier file, for a shard whose location differs only
+        (none where input.paths stays)."""
+        history = self.history()
+        scored = history.scored()
+        resumed = history.first_attempt(work.run).inputs or [] if work.entry.kind == "resume" else []
+        planned = {item.key: item for item in resumed}
         for shard in work.shards:
+            item = planned.get(shard.key)
+            if item is not None and (item.size, item.mtime_ns) != (shard.size, shard.mtime_ns):  # not a copy (cp -a)
+                self.refuse_same_name(shard, item, f"run {work.run} is to score")
             run = work.entry.replaces.get(shard.key)
             if run is None:
                 continue
@@ -461,16 +469,21 @@ class ScheduledJob:
             else:  # the version an unfinished run committed
                 record = OutputDir(partition_path(self.spec, run)).commit_record(shard.key)
                 recorded = record.input if record is not None else None
-            if recorded is None or recorded.uri == shard.uri or not still_there(recorded):
-                continue
-            raise PipelineError(
-                f"input.paths: {shard.uri} has the name of {recorded.uri}, which run {run} scored and which is still "
-                f"there: a scheduled job knows a file by its name under its input location ({shard.name or shard.uri}),"
-                " so this tick would take it for a new version of that file and move that file's rows out of the "
-                "output. Keep input.paths on the same location at every tick (for a folder per day, list the folder "
-                "above them, so that each file's name holds its day's folder, with a new output.path, since the names "
-                "change), or give each file a name of its own"
-            )
+            if recorded is not None:
+                self.refuse_same_name(shard, recorded, f"run {run} scored")
+
+    @staticmethod
+    def refuse_same_name(shard: Shard, recorded: LedgerInput | ShardInput, which: str) -> None:
+        if recorded.uri == shard.uri or not still_there(recorded):
+            return
+        raise PipelineError(
+            f"input.paths: {shard.uri} has the name of {recorded.uri}, which {which} and which is still there: a "
+            f"scheduled job knows a file by its name under its input location ({shard.name or shard.uri}), so this "
+            "tick would take it for a new version of that file, and score it in that file's place or move that file's "
+            "rows out of the output. Keep input.paths on the same location at every tick (for a folder per day, list "
+            "the folder above them, so that each file's name holds its day's folder, with a new output.path, since "
+            "the names change), or give each file a name of its own"
+        )
 
     def check_held_gone(self, current: set[str]) -> None:
         """Refuse a rescore while an unfinished run holds the output of input that is gone (``current``: the keys of
