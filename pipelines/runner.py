@@ -42,7 +42,7 @@ from pipelines.io.reader import (
 from pipelines.io.shards import Shard, UnderFolder, is_within, list_shards, real_path, resolve
 from pipelines.output import report as pages
 from pipelines.output import summary as summaries
-from pipelines.output.commit import OutputDir, OutputFiles, changed_inputs
+from pipelines.output.commit import OutputDir, OutputFiles, changed_inputs, scheduled_output
 from pipelines.output.duplicates import DuplicateIds, repeated_custom_ids
 from pipelines.output.layout import LEDGER, RUN, RUN_LOCK, check_no_other_outputs, writing
 from pipelines.output.layout import LOCK as SCHEDULE_LOCK
@@ -291,12 +291,7 @@ def not_scheduled(output: OutputDir) -> None:
     ledger = output.fs.get_file_info(f"{output.root}/{LEDGER}").type != pafs.FileType.NotFound
     held = output_lock(output.location, SCHEDULE_LOCK, "a scheduled job", quiet=True).held_elsewhere()
     if ledger or held is not None:
-        said = f"its ledger {LEDGER} is there" if ledger else str(held)
-        raise PipelineError(
-            f"output.path {output.location} is a scheduled job's output ({said}): "
-            "`pipelines run` would write its files beside the job's run=... partitions, and a reader of the folder "
-            "would get their rows twice; give this run an output.path of its own"
-        )
+        raise PipelineError(scheduled_output(output.location, f"its ledger {LEDGER} is there" if ledger else str(held)))
 
 
 @one_line_ray_errors

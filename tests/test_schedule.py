@@ -678,6 +678,29 @@ def test_an_output_inside_a_scheduled_jobs_root_is_refused_but_its_partitions_ar
     assert run_due(spec, now=day(2), runner=Committing()).entries[-1].status == "succeeded"
 
 
+def test_pipelines_run_on_a_scheduled_jobs_output_says_whose_output_it_is(classifier, tmp_path):
+    """`pipelines run JOB` (a one-off backfill, say) on the output that `pipelines schedule JOB --once` ticks: refused,
+    but as `is not empty and holds no results of this project; choose an empty or new output.path`, though it holds
+    nothing but this project's partitions and ledger; `pipelines plan` said the same. Both say whose it is now."""
+    from pipelines.io.shards import list_shards
+    from pipelines.planning.inputs import survey
+    from pipelines.planning.progress import output_plan
+    from pipelines.runner import run_job
+
+    raw = raw_job(tmp_path, classifier)
+    del raw["schedule"]  # each `--once` a tick
+    (tmp_path / "in").mkdir()
+    spec = spec_from_dict(raw)
+    add_shard(tmp_path, "a.jsonl", rows("a", 2))
+    run_due(spec, now=day(1, hours=0.01), runner=Committing())
+    scheduled = r"output.path .*out is a scheduled job's output \(its ledger _runs.jsonl is there\)"
+    with pytest.raises(PipelineError, match=scheduled):
+        run_job(spec)
+    shards = list_shards(spec.input.paths, spec.input.format)
+    plan = output_plan(spec, shards, survey(shards))
+    assert plan.state == "refused" and re.search(scheduled, plan.note)
+
+
 def test_a_retry_of_a_failed_tick_resumes_its_run(tmp_path):
     spec = make_job(tmp_path, fake_model(tmp_path))
     add_shard(tmp_path, "a.jsonl", rows("a", 2))

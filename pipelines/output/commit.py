@@ -114,6 +114,15 @@ def staged_name(kind: str, final: str) -> str:
     return kind + final[final.rfind(".") :]
 
 
+def scheduled_output(location: str, said: str) -> str:
+    """Why `pipelines run` may not write to a scheduled job's output (``said``: how that was told)."""
+    return (
+        f"output.path {location} is a scheduled job's output ({said}): `pipelines run` would write its files beside "
+        "the job's run=... partitions, and a reader of the folder would get their rows twice; give this run an "
+        "output.path of its own"
+    )
+
+
 class OutputDir:
     """One job's output location on any pyarrow filesystem."""
 
@@ -202,9 +211,11 @@ class OutputDir:
     # preparing a run ---------------------------------------------------------------
 
     def check_owner(self) -> None:
-        """Refuse an output path that holds files but no results of this project."""
+        """Refuse an output path that holds files but no results of this project (or a scheduled job's: its ledger)."""
         entries = self.entries()
         if entries and self.job() is None and not self.commits():
+            if any(e.base_name == LEDGER for e in entries):
+                raise PipelineError(scheduled_output(self.location, f"its ledger {LEDGER} is there"))
             if any(e.base_name not in OURS for e in entries):
                 raise PipelineError(
                     f"output.path {self.location} is not empty and holds no results of this project; "
