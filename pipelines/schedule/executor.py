@@ -453,6 +453,8 @@ class ScheduledJob:
         before's, and taken for its new version, it would move the rows of a file that is still there out of the
         output (or be scored in its place). One look at the earlier file, for a shard whose location differs only
         (none where input.paths stays)."""
+        if work.entry.kind != "resume" and not work.entry.replaces:  # new files only (most ticks): no ledger read
+            return
         history = self.history()
         scored = history.scored()
         resumed = history.first_attempt(work.run).inputs or [] if work.entry.kind == "resume" else []
