@@ -907,6 +907,25 @@ def test_a_run_failing_over_a_shard_that_is_fixed_succeeds_in_the_invocation_tha
     assert sorted(all_ids(tmp_path)) == ["a0", "a1", "b0", "b9"]
 
 
+def test_a_run_over_its_budget_because_of_a_removed_file_says_why_it_keeps_failing(tmp_path):
+    """A run over its error budget because of one file's quarantined rows: the user removes the file, as the README
+    says to, but its committed output (its quarantined rows) stays in the run's partition, as a gone file's does, so
+    the run fails again at every try, with the same budget line and no word of why; after three tries, the generic
+    --abandon advice. Said now at the first such try, with what to do."""
+    runner = OverBudget()
+    spec = make_job(tmp_path, fake_model(tmp_path))
+    add_shard(tmp_path, "a.jsonl", rows("a", 4))
+    bad = add_shard(tmp_path, "b.jsonl", [*rows("b", 1), {"id": "x0", "text": "bad"}])  # 1 of 6 rows: over 10%
+    assert run_due(spec, now=day(1, hours=0.01), runner=runner).failures
+    Path(bad).unlink()
+    [failure] = run_due(spec, now=day(2, hours=0.01), runner=runner).failures
+    assert re.search(r"The quarantined rows of b.jsonl, whose file is gone from the input, put the run over its error "
+                     r"budget.*`pipelines schedule JOB --abandon 2026-11-28T02:00:00Z`", failure)
+    add_shard(tmp_path, "b.jsonl", [*rows("b", 1), {"id": "b9", "text": "fixed"}])  # put back, fixed, as it says
+    assert run_due(spec, now=day(3, hours=0.01), runner=runner).failures == []
+    assert sorted(all_ids(tmp_path)) == ["a0", "a1", "a2", "a3", "b0", "b9"]
+
+
 def closing_lines_of(tmp_path: Path, run: str) -> list:
     return [e for e in Ledger(str(tmp_path / "out")).read() if e.run == run and e.status != "running"]
 

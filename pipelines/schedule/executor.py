@@ -521,12 +521,38 @@ class ScheduledJob:
         except PipelineError as exc:
             failures = self.history().failures(plan.run)
             advice = ""
-            if failures >= FAILURES_BEFORE_ADVICE:
+            if stuck := self.over_budget_by_gone(plan):
+                advice = (f" The quarantined rows of {', '.join(stuck)}, whose file is gone from the input, put the "
+                          "run over its error budget: a gone file's output stays in its run's partition, so each try "
+                          "fails again. Put the file back, fixed, under its name (its new version takes the old one's "
+                          f"place), or give up on the run with `pipelines schedule JOB --abandon {plan.run}` (what it "
+                          "committed stays).")
+            elif failures >= FAILURES_BEFORE_ADVICE:
                 advice = (f" It has failed {failures} times: fix the cause, or give up on it with "
                           f"`pipelines schedule JOB --abandon {plan.run}`.")
             report.entries.append(self.history().latest()[plan.run])
             report.failures.append(f"{exc}{advice}")
             return report.failures[-1]
+
+    def over_budget_by_gone(self, plan: RunPlan) -> list[str]:
+        """The names of the files gone from the input whose committed output puts a resumed run's partition over its
+        error budget (within it without them): removing a bad file can't make such a run pass."""
+        if not plan.gone:
+            return []
+        try:
+            held = OutputDir(partition_path(self.spec, plan.run)).commits()
+        except Exception:  # noqa: BLE001 - beside a run's failure: no advice, never a second error
+            return []
+        policy = self.spec.errors
+
+        def over(records: list) -> bool:
+            errors, rows = sum(r.errors for r in records), sum(r.rows_in for r in records)
+            return (rows > 0 and errors / rows > policy.max_rate) or (
+                policy.max_count is not None and errors > policy.max_count)
+
+        gone = [key for key in plan.gone if key in held and held[key].errors]
+        rest = [record for key, record in held.items() if key not in gone]
+        return [plan.gone[key] for key in gone] if gone and over(list(held.values())) and not over(rest) else []
 
     def prune(self, decision: Decision, lineage: dict) -> LedgerEntry:
         """Move the scored outputs of input files that are gone to ``_superseded/``, and say so in the ledger."""

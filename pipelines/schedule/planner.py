@@ -71,6 +71,7 @@ class RunPlan:
     entry: LedgerEntry
     overwrite: bool = False
     warnings: list[str] = field(default_factory=list)
+    gone: dict[str, str] = field(default_factory=dict)  # a resume's planned shards whose file is gone: key → name
 
 
 @dataclass(frozen=True)
@@ -122,11 +123,12 @@ class Planner:
         if overwrite:  # this partition is cleared: only what a later run has committed is that run's already
             taken = {key for key in taken if key in held and held[key].run > run}
         later |= taken
-        shards = []
+        shards, gone = [], {}
         for item in plan.inputs or []:
             shard = current.get(item.key)
             if shard is None:
                 warnings.append(f"run {run}: {item.name or item.uri} is gone since the run started; left out")
+                gone[item.key] = item.name or item.uri
                 continue
             if shard.key in later:  # scored after this run (a rescore, or a changed shard): it is that run's
                 continue
@@ -144,7 +146,7 @@ class Planner:
             model=self.lineage,
             note="redone with the current model/spec" if overwrite else "",
         )
-        return RunPlan(run, shards, entry, overwrite, warnings)
+        return RunPlan(run, shards, entry, overwrite, warnings, gone)
 
     def _new_model(self, run: str, partition: PartitionState) -> bool:
         """Whether the model is not the one that scored what the partition holds: its ``_job.json`` says which files
