@@ -876,6 +876,10 @@ def test_a_failed_attempt_says_what_it_committed_itself(tmp_path):
     [again] = run_due(spec, now=day(1, hours=0.5), runner=runner).entries[:1]  # the resume commits nothing more
     assert (again.kind, again.status, again.shards_this_run, again.rows_this_run, again.rows_in) == (
         "resume", "failed", 0, 0, 5)
+    run_due(spec, now=day(2, hours=0.01), runner=runner)  # fails once more, after committing nothing
+    Path(tmp_path / "in" / "bad.jsonl").unlink()
+    given_up = abandon(spec, failed.run)  # scores nothing: no attempt's counts (the report charts rows per attempt)
+    assert (given_up.status, given_up.shards_this_run, given_up.rows_this_run) == ("abandoned", None, None)
 
 
 class OverBudget(Committing):

@@ -203,6 +203,8 @@ def abandon(spec: JobSpec, run: str) -> LedgerEntry:
             else "abandoned: its uncommitted shards are scored again by the next tick",
             "finished_at": _now_iso(),
             "error": None,
+            "shards_this_run": None,  # not an attempt: the failed line before it says what its last one committed
+            "rows_this_run": None,
         })
         line = job.ledger.append(entry)
         job.reconcile()  # an earlier version brought back may be one a later run has replaced since
