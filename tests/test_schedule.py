@@ -29,7 +29,7 @@ from pipelines.output.lock import JobLock, LockHeld
 from pipelines.output.records import HASH_VERSION, CommitRecord, RunSummary, ShardInput
 from pipelines.runner import job_record
 from pipelines.schedule.executor import abandon, job_lock, run_due
-from pipelines.schedule.ledger import History, Ledger, LedgerEntry, render_table
+from pipelines.schedule.ledger import GONE_NAMED, History, Ledger, LedgerEntry, render_table
 from pipelines.schedule.loop import serve
 from pipelines.schedule.ticks import decide, latest_tick, next_tick
 from pipelines.spec import JobSpec, spec_from_dict
@@ -1603,6 +1603,27 @@ def test_a_tick_with_nothing_new_still_warns_of_gone_input(tmp_path, caplog):
         [line] = run_due(spec, now=day(2, hours=0.01), runner=runner).entries
     assert (line.status, line.gone) == ("empty", ["b.jsonl"])
     assert "1 shard(s) scored earlier are gone from the input (e.g. b.jsonl)" in caplog.text
+
+
+def test_a_ledger_line_names_a_few_gone_files_and_counts_them_all(tmp_path, caplog):
+    """Landing files deleted after scoring (a retention policy): each tick's line listed every gone name, so the
+    ledger, which every tick rewrites whole and reads several times, grew with the square of the nights (1.1 MB after
+    30 nights of 50 files kept 3 days). A line now names the first few and counts them all."""
+    runner, model = Committing(), fake_model(tmp_path)
+    spec = make_job(tmp_path, model)
+    landed = [add_shard(tmp_path, f"f{k:02}.jsonl", rows(f"f{k:02}", 1)) for k in range(25)]
+    run_due(spec, now=day(1, hours=0.01), runner=runner)
+    for path in landed:
+        Path(path).unlink()
+    add_shard(tmp_path, "new.jsonl", rows("new", 1))
+    with caplog.at_level("WARNING", logger="pipelines"):
+        [closed] = run_due(spec, now=day(2, hours=0.01), runner=runner).entries
+    assert closed.status == "succeeded"
+    lines = [json.loads(line) for line in (tmp_path / "out" / "_runs.jsonl").read_text().splitlines()]
+    for line in lines[-2:]:  # the tick's running and succeeded lines
+        assert line["gone"] == [f"f{k:02}.jsonl" for k in range(GONE_NAMED)] and line["gone_count"] == 25
+    assert "25 shard(s) scored earlier are gone from the input (e.g. f00.jsonl)" in caplog.text
+    assert "25 shard(s) gone from the input" in render_table(Ledger(str(tmp_path / "out")).read()).splitlines()[-1]
 
 
 # the command line ------------------------------------------------------------------------------

@@ -413,11 +413,12 @@ class ScheduledJob:
             report.entries.append(self.record_tick(decision, "empty", model=lineage))
         else:
             work = self.planner(lineage).new_work(decision, rescore, self.unfinished_commits())
-            gone = (work.entry if isinstance(work, RunPlan) else work).gone
-            if gone:  # each tick says so, whether or not it scores anything
+            line = work.entry if isinstance(work, RunPlan) else work
+            if line.gone:  # each tick says so, whether or not it scores anything
                 log.warning(
                     "%d shard(s) scored earlier are gone from the input (e.g. %s); their rows stay in their "
-                    "partitions: `pipelines schedule JOB --once --prune` moves them to _superseded/", len(gone), gone[0]
+                    "partitions: `pipelines schedule JOB --once --prune` moves them to _superseded/", line.gone_total(),
+                    line.gone[0],
                 )
             if isinstance(work, RunPlan):
                 if work.run in self.history().latest():

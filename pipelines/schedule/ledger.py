@@ -22,7 +22,9 @@ Fields of a line:
 ``spec_changed``   ``{"from": hash, "to": hash, "since": run}`` when the spec hash differs from the previous run's
 ``precision``  ``{quantization, dtype}`` that ``quantization: auto`` ran at (a succeeded line), with its check's figures
 ``spec_hash``, ``hash_version`` (2 where the hash covers ``output.prediction_prefix``; lines written before: 1)
-``gone``       names of scored shards whose input file is gone; ``pruned``: ``{shard key: run}`` moved by ``--prune``
+``gone``       names of the first :data:`GONE_NAMED` scored shards whose input file is gone (sorted), ``gone_count``
+               how many are gone (lines written before it list them all); ``pruned``: ``{shard key: run}`` moved by
+               ``--prune``
 ``rows_in``, ``rows_out``, ``errors``, ``shards_this_run``, ``rows_this_run``, ``started_at``, ``finished_at``,
 ``wall_s``, ``host``, ``pid``, ``error``, ``note``, ``missed``
 
@@ -52,6 +54,9 @@ UNFINISHED = ("running", "failed")
 #: A run given up on (``pipelines schedule --abandon``): not resumed; its committed shards stay scored.
 ABANDONED = "abandoned"
 TICK_KINDS = ("tick", "rescore")
+#: How many gone shards a line names: landing files deleted after scoring (a retention policy) would otherwise make
+#: every tick's line list them all, and the ledger (rewritten whole at each append) grow with the square of the ticks.
+GONE_NAMED = 10
 
 
 class LedgerInput(BaseModel):
@@ -101,13 +106,19 @@ class LedgerEntry(BaseModel):
     error: str | None = None
     note: str | None = None
     missed: int | None = None
-    #: Names of shards scored earlier whose input file is gone (their rows stay in their partitions).
+    #: Names of the first GONE_NAMED shards scored earlier whose input file is gone (their rows stay in their
+    #: partitions), and how many are gone (None on lines written before it was kept: ``gone`` then lists them all).
     gone: list[str] | None = None
+    gone_count: int | None = None
     #: ``{shard key: run}``: outputs of gone input moved to ``_superseded/`` (``--prune``).
     pruned: dict[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    def gone_total(self) -> int:
+        """How many scored shards were gone from the input at this line."""
+        return self.gone_count if self.gone_count is not None else len(self.gone or [])
 
 
 class Ledger:
@@ -296,7 +307,7 @@ def _row(entry: LedgerEntry, base: str) -> dict[str, str]:
     if entry.error:
         notes.append(f"error: {str(entry.error).splitlines()[0][:120]}")
     if entry.gone:
-        notes.append(f"{len(entry.gone)} shard(s) gone from the input (their rows stay)")
+        notes.append(f"{entry.gone_total()} shard(s) gone from the input (their rows stay)")
     shards = entry.inputs
     return {
         "tick": entry.tick or "",

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pipelines.inference.identity import changed
 from pipelines.io.shards import Shard
 from pipelines.output.records import HASH_VERSION, ShardInput, prefixed_hash
-from pipelines.schedule.ledger import History, LedgerEntry, LedgerInput
+from pipelines.schedule.ledger import GONE_NAMED, History, LedgerEntry, LedgerInput
 from pipelines.schedule.lineage import same_model
 from pipelines.schedule.ticks import Decision, run_id
 
@@ -40,6 +41,11 @@ def same_input(recorded: ShardInput | LedgerInput | HeldCommit, shard: Shard, sa
     if recorded.size != shard.size:
         return False
     return recorded.mtime_ns == shard.mtime_ns or same_content(shard, recorded.digest)
+
+
+def gone_fields(gone: list[str]) -> dict[str, Any]:
+    """A ledger line's ``gone`` (the first few names) and ``gone_count``; nothing where none is gone."""
+    return {"gone": gone[:GONE_NAMED], "gone_count": len(gone)} if gone else {}
 
 
 @dataclass(frozen=True)
@@ -197,7 +203,7 @@ class Planner:
             note = decision.note() or f"no new input ({len(self.shards)} shard(s) scored already{held})"
             return LedgerEntry(
                 tick=run_id(decision.tick), kind="tick", status="empty", missed=decision.missed, note=note,
-                model=self.lineage, spec_hash=self.spec_hash, hash_version=HASH_VERSION, inputs=[], gone=gone or None,
+                model=self.lineage, spec_hash=self.spec_hash, hash_version=HASH_VERSION, inputs=[], **gone_fields(gone),
             )
         changes, warning = self.changes_since_last_run(rescore)
         entry = LedgerEntry(
@@ -210,7 +216,7 @@ class Planner:
             note=decision.note(),
             attempt=1,
             model=self.lineage,
-            gone=gone or None,
+            **gone_fields(gone),
             **changes,
         )
         warnings = [warning] if warning else []
