@@ -1605,6 +1605,19 @@ def test_a_tick_with_nothing_new_still_warns_of_gone_input(tmp_path, caplog):
     assert "1 shard(s) scored earlier are gone from the input (e.g. b.jsonl)" in caplog.text
 
 
+def test_a_missing_model_fails_the_invocation_before_any_run_not_a_new_failing_run_each_night(tmp_path):
+    """The real runner, a model folder that is gone (a deploy that removed it, a share not mounted): each invocation
+    recorded a new run of the night's input that failed at once, and tried every earlier one again, so a week of it
+    left seven failing runs and partitions, each retried at every tick. Nothing can run without the model: now the
+    invocation fails with the model's line before any run, and records no tick, as a listing that fails does."""
+    spec = make_job(tmp_path, str(tmp_path / "models" / "classifier"))
+    for night in (1, 2):
+        add_shard(tmp_path, f"night-{night}.jsonl", rows(f"n{night}-", 2))
+        with pytest.raises(PipelineError, match=r"model .*models/classifier.*no such directory here"):
+            run_due(spec, now=day(night, hours=0.01))
+    assert ledger(tmp_path) == []
+    assert not list((tmp_path / "out").glob("run=*"))
+
 def test_a_ledger_line_names_a_few_gone_files_and_counts_them_all(tmp_path, caplog):
     """Landing files deleted after scoring (a retention policy): each tick's line listed every gone name, so the
     ledger, which every tick rewrites whole and reads several times, grew with the square of the nights (1.1 MB after

@@ -154,11 +154,12 @@ def run_due(
     problem = spec.partition_problem()  # a spec without a schedule section was not checked for it
     if problem:
         raise PipelineError(f"{spec.output.path}: {problem}")
+    checks: Callable[[JobSpec], None] | None = None  # a stand-in runner (the tests') makes its own
     if runner is None:
-        from pipelines.runner import run_job
+        from pipelines.runner import preflight, run_job
 
-        runner = run_job
-    job = ScheduledJob(spec, address, runner)
+        runner, checks = run_job, preflight
+    job = ScheduledJob(spec, address, runner, checks)
     job.check_layout()
     lock = job_lock(spec)
     busy_or_left = lock.present()  # a lock object there: contended for first, so a busy job writes nothing
@@ -218,10 +219,13 @@ def _no_runner(*args, **kwargs) -> RunSummary:
 class ScheduledJob:
     """Carries out a scheduled job's plans: its ledger, its partitions, its runs."""
 
-    def __init__(self, spec: JobSpec, address: str | None, runner: Runner) -> None:
+    def __init__(self, spec: JobSpec, address: str | None, runner: Runner,
+                 preflight: Callable[[JobSpec], None] | None = None) -> None:
         self.spec = spec
         self.address = address
         self.runner = runner
+        #: The run's checks before any work (the model's files): once, before an invocation's first attempt.
+        self.preflight = preflight
         self.fs, self.root = resolve(spec.output.path)
         self.ledger = Ledger(spec.output.path)
         self.check_lock: Callable[[], None] = lambda: None
@@ -517,7 +521,15 @@ class ScheduledJob:
         return found
 
     def attempt_reporting(self, plan: RunPlan, report: Invocation) -> str | None:
-        """Attempt a run; a failure is recorded (ledger, report) instead of stopping the invocation, and returned."""
+        """Attempt a run; a failure is recorded (ledger, report) instead of stopping the invocation, and returned.
+
+        Before the invocation's first attempt, the checks every run makes before any work (the model's files): what
+        they refuse, no run of this job can do, so it fails the invocation with its line and records no tick (as an
+        input that can't be listed does), instead of a new failing run at each tick, each retried at every one after.
+        """
+        if self.preflight is not None:
+            self.preflight(self.spec)
+            self.preflight = None
         try:
             report.entries.append(self.attempt(plan))
             return None
