@@ -154,6 +154,26 @@ def test_a_message_field_that_is_null_is_not_given():
         "messages[0]: message field 'name' is not supported (only role and content)")
 
 
+def test_an_earlier_answers_message_with_no_annotations_is_a_turn_of_the_conversation():
+    """Every answer the API writes (a chat completion, a line of a Batch output file) has ``"annotations": []`` in its
+    message, and so has ``message.model_dump()`` of it: a conversation continued from an earlier answer was refused
+    (``message field 'annotations' is not supported``). Empty, they are no value; a citation (web search) still is."""
+    def parsed(*messages):
+        line = {**chat_line("x"), "body": {"model": "m", "messages": list(messages)}}
+        return parse_request(rows_of([line]).column("text")[0].as_py(), "text-generation")
+
+    written = {"role": "assistant", "content": "Paris.", "refusal": None, "annotations": []}  # as the API writes it
+    question, follow_up = {"role": "user", "content": "Capital of France?"}, {"role": "user", "content": "And Spain?"}
+    for answer in (written, ChatCompletionMessage.model_validate(written).model_dump()):
+        request = parsed(question, answer, follow_up)
+        assert isinstance(request, requests.ChatRequest), request
+        assert request.conversation() == [question, {"role": "assistant", "content": "Paris."}, follow_up]
+    cited = {**written, "annotations": [{"type": "url_citation", "url_citation": {
+        "url": "https://example.com", "title": "t", "start_index": 0, "end_index": 5}}]}
+    assert parsed(question, cited, follow_up) == (
+        "messages[1]: message field 'annotations' is not supported (only role and content)")
+
+
 def test_a_byte_order_mark_does_not_cost_the_first_request():
     """A Batch file saved with a UTF-8 byte order mark: its first request was "invalid JSON: Unexpected UTF-8 BOM"."""
     data = codecs.BOM_UTF8 + "".join(json.dumps(chat_line(c)) + "\r\n" for c in ("first", "second")).encode()

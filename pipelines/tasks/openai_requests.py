@@ -62,6 +62,9 @@ EMBEDDING_HONOURED = frozenset({"input", "model", "encoding_format", "dimensions
 EMBEDDING_NO_EFFECT = frozenset({"user"})
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+#: Message fields whose empty value is no value: every answer the API writes has ``"annotations": []`` in its message
+#: (a conversation continued from an earlier answer carries it, as ``message.model_dump()`` does).
+EMPTY_AS_NOT_GIVEN: dict[str, Any] = {"annotations": []}
 MAX_STOPS = 4
 MAX_CHOICES = 128
 MAX_INPUTS = 2048
@@ -221,7 +224,10 @@ def _turn(message: Any) -> dict[str, str] | str:
     """One message as ``{role, content}`` for the chat template, or why it can't be one."""
     if not isinstance(message, dict):
         return "a message is an object with role and content"
-    message = {key: value for key, value in message.items() if value is not None}  # null: not given, as in a body
+    message = {  # null: not given, as in a body; so too an earlier answer's empty annotations
+        key: value for key, value in message.items()
+        if value is not None and not (key in EMPTY_AS_NOT_GIVEN and value == EMPTY_AS_NOT_GIVEN[key])
+    }
     extra = sorted(set(message) - {"role", "content"})
     if extra:
         return f"message field {extra[0]!r} is not supported (only role and content)"
