@@ -955,6 +955,36 @@ def test_a_failed_forward_is_a_server_error_and_a_line_without_custom_id_a_line_
     assert lost["error"] == {"code": "invalid_request_line", "message": "custom_id is missing (request 4 of in/a.jsonl, blank lines not counted)"}
 
 
+def test_the_custom_ids_of_an_output_file_are_read_without_parsing_its_answers(tmp_path, monkeypatch):
+    """A run over an OpenAI Batch input reads the custom_ids of every committed output file when it starts (to name
+    or refuse repeats): it parsed each line whole, answers and all, 8.7 s for 20,000 answers of 1,024-dimensional
+    embeddings (420 MB) before any work, some 7 minutes for a resumed output of a million. Each id is read from the start
+    of its line, whatever its characters; a line written otherwise is still parsed whole."""
+    import pyarrow.fs as pafs
+
+    from pipelines.output import openai_batch
+
+    custom_ids = ["plain", 'quote"and\\back', "é-ü-🚀", "a\u2028b", "tab\tnew\nline", "x" * 5000]
+    files = OpenAIBatchFiles(endpoint="embeddings", id_column="id", model="m")
+    answers = pa.table({"id": custom_ids, "embeddings": [[[0.25] * 1024]] * len(custom_ids),
+                        "prompt_tokens": [3] * len(custom_ids)})
+    path = tmp_path / "part-a-00000.jsonl"
+    with open(path, "wb") as stream:
+        files.write_data(answers, stream)
+    other = {"custom_id": "written-otherwise", "response": {"body": {}}, "id": "batch_req_1"}  # keys in another order
+    with open(path, "a") as stream:
+        stream.write(json.dumps(other) + "\n\n")
+    parse = json.loads
+
+    def no_answer_parsed(text, *args, **kwargs):
+        assert len(text) < 6000 or b"written-otherwise" in text, "a whole answer was parsed"
+        return parse(text, *args, **kwargs)
+
+    monkeypatch.setattr(openai_batch.json, "loads", no_answer_parsed)
+    read = openai_batch.read_custom_ids(pafs.LocalFileSystem(), str(path)).to_pylist()
+    assert read == [*custom_ids, "written-otherwise"]
+
+
 def test_each_output_line_is_one_line_to_any_line_splitter():
     """The README reads the output with ``str.splitlines()``, which also splits at U+2028, U+2029, U+0085 (and
     \\x0b, \\x0c, \\x1c-\\x1e): written raw, a custom_id ``"a\\u2028b-sep"`` or an answer holding one made that read
