@@ -444,6 +444,12 @@ def openai_batch_problem(spec: JobSpec) -> str | None:
         return "input.columns_to_keep and label_column: an OpenAI Batch file has no columns to keep; remove them"
     if spec.input.id_column is None:
         return "input.id_column: the custom_id of each request is its id; name its output column (default id)"
+    if spec.input.id_column == spec.input.text_column:  # two columns of the read: one would take the other's place
+        return (
+            f"input.id_column and input.text_column are both {spec.input.id_column!r}: with input.format openai-batch "
+            "the id column holds each request's custom_id and the text column (not written) the request itself; "
+            "name them differently (leave text_column out, or rename id_column)"
+        )
     return None
 
 

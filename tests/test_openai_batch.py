@@ -343,6 +343,9 @@ def test_a_line_of_a_batch_output_file_is_said_to_be_one_not_a_request_with_an_u
      "runs task.type text-generation (/v1/chat/completions) or feature-extraction"),
     ({"task": {"type": "text-generation", "temperature": 0.5}}, "task.temperature: with input.format openai-batch"),
     ({"input": {"columns_to_keep": ["url"]}}, "an OpenAI Batch file has no columns to keep"),
+    # one name for both: each request's text took the custom_id's place, the output's custom_ids were request JSON
+    ({"input": {"id_column": "text"}}, "input.id_column and input.text_column are both 'text'"),
+    ({"input": {"text_column": "id"}}, "input.id_column and input.text_column are both 'id'"),
 ])
 def test_a_batch_job_is_checked_before_any_work(change, message):
     from pipelines.errors import PipelineError
