@@ -63,6 +63,11 @@ def check(spec: JobSpec, shards: list[Shard], rows: int | None = None) -> Fideli
 
     The result's ``wall_s`` is the whole check's: the sample read and every model loaded and scored on it (under
     ``quantization: auto``, float32 and each candidate, not the chosen one's alone)."""
+    if spec.input.format == "openai-batch":
+        raise PipelineError(
+            "pipelines fidelity does not measure the answers to OpenAI Batch requests (input.format openai-batch); "
+            "to see what a quantization changes, run it on a job that reads the same texts as plain rows"
+        )
     if not is_quantized(spec):
         raise PipelineError(
             "model.quantization is none: there is nothing to compare; check a quantized model, "

@@ -442,6 +442,13 @@ def openai_batch_problem(spec: JobSpec) -> str | None:
         )
     if spec.input.columns_to_keep or spec.input.label_column:
         return "input.columns_to_keep and label_column: an OpenAI Batch file has no columns to keep; remove them"
+    if spec.model.quantization == "auto" or spec.model.fidelity is not None:
+        given = "model.quantization auto" if spec.model.quantization == "auto" else "model.fidelity"
+        return (
+            f"{given}: with input.format openai-batch there is no fidelity check (it measures a task's own labels "
+            "and embeddings, not the answers to Batch requests); choose model.quantization yourself (none, int8, "
+            "...) and leave model.fidelity out"
+        )
     if spec.input.id_column is None:
         return "input.id_column: the custom_id of each request is its id; name its output column (default id)"
     if spec.input.id_column == spec.input.text_column:  # two columns of the read: one would take the other's place

@@ -346,6 +346,10 @@ def test_a_line_of_a_batch_output_file_is_said_to_be_one_not_a_request_with_an_u
     # one name for both: each request's text took the custom_id's place, the output's custom_ids were request JSON
     ({"input": {"id_column": "text"}}, "input.id_column and input.text_column are both 'text'"),
     ({"input": {"text_column": "id"}}, "input.id_column and input.text_column are both 'id'"),
+    # the fidelity check read a column of the task's own (embedding, label) and failed with a traceback (KeyError)
+    ({"model": {"name": "m", "quantization": "auto"}}, "model.quantization auto: with input.format openai-batch"),
+    ({"model": {"name": "m", "quantization": "int8", "fidelity": {"rows": 8}}},
+     "model.fidelity: with input.format openai-batch"),
 ])
 def test_a_batch_job_is_checked_before_any_work(change, message):
     from pipelines.errors import PipelineError
@@ -359,6 +363,21 @@ def test_a_batch_job_is_checked_before_any_work(change, message):
         raw[section] = {**raw[section], **values} if section == "input" else values
     with pytest.raises(PipelineError, match=re.escape(message)):
         spec_from_dict(raw)
+
+
+def test_pipelines_fidelity_on_a_batch_job_says_it_does_not_measure_batch_answers(tiny_models, tmp_path):
+    """``pipelines fidelity`` on an OpenAI Batch job with a quantized model scored the sample, then failed with a
+    traceback: ``KeyError: 'Field "embedding" does not exist in schema'`` (a Batch answer's columns are not the task's
+    own). It says, in one line, that it does not measure them, before any model is loaded."""
+    from pipelines.fidelity import check
+
+    write_jsonl(tmp_path / "in" / "embed.jsonl", [embedding_line("one", "The cat sat on the mat.")])
+    spec = make_spec(tiny_models("encoder"), {"type": "feature-extraction"}, tmp_path / "out",
+                     input={"paths": [str(tmp_path / "in")], "format": "openai-batch"})
+    spec.model.quantization = "dynamic-int8"
+    with pytest.raises(PipelineError, match=re.escape(
+            "pipelines fidelity does not measure the answers to OpenAI Batch requests (input.format openai-batch)")):
+        check(spec, list_shards(spec.input.paths, "openai-batch"))
 
 
 # chat completions: every request with its own settings ----------------------------------------------------
