@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from pipelines.errors import PipelineError
 from pipelines.inference.predictor import Predictor
+from pipelines.io.block import ERROR
 from pipelines.io.openai_batch import read_requests
 from pipelines.io.reader import Columns, read_shard
 from pipelines.io.reader import count_rows as reader_count_rows
@@ -174,6 +175,19 @@ def test_an_earlier_answers_message_with_no_annotations_is_a_turn_of_the_convers
         "messages[1]: message field 'annotations' is not supported (only role and content)")
 
 
+def test_an_azure_openai_batch_file_is_read_as_the_same_requests():
+    """Azure OpenAI's Batch files name the endpoints without /v1 (its documentation's examples, and the files teams
+    wrote for it): every line was refused, `url "/chat/completions" is not supported`."""
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+    embedding = {"input": "hi"}
+    azure = rows_of([{"custom_id": "c", "method": "POST", "url": "/chat/completions", "body": chat},
+                      {"custom_id": "e", "method": "POST", "url": "/embeddings", "body": embedding}])
+    openai = rows_of([{"custom_id": "c", "method": "POST", "url": "/v1/chat/completions", "body": chat},
+                       {"custom_id": "e", "method": "POST", "url": "/v1/embeddings", "body": embedding}])
+    assert azure.column(ERROR).to_pylist() == [None, None]
+    assert azure.to_pylist() == openai.to_pylist()
+
+
 def test_a_byte_order_mark_does_not_cost_the_first_request():
     """A Batch file saved with a UTF-8 byte order mark: its first request was "invalid JSON: Unexpected UTF-8 BOM"."""
     data = codecs.BOM_UTF8 + "".join(json.dumps(chat_line(c)) + "\r\n" for c in ("first", "second")).encode()
@@ -307,7 +321,8 @@ def test_request_lines_become_rows_and_what_is_no_request_keeps_its_row_with_the
     assert errors[0] is None and json.loads(block.column("text")[0].as_py())["url"] == CHAT_URL
     assert errors[1:] == [
         'method must be POST (got "GET")',
-        'url "/v1/responses" is not supported; this project serves /v1/chat/completions and /v1/embeddings',
+        'url "/v1/responses" is not supported; this project serves /v1/chat/completions and /v1/embeddings (Azure '
+        "OpenAI's /chat/completions and /embeddings)",
         "body must be a JSON object",
         "unknown key 'priority' in the request line (custom_id, method, url, body)",
         "custom_id is missing",

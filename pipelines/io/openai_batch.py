@@ -27,6 +27,8 @@ from pipelines.io.reader import (
 CHAT_URL = "/v1/chat/completions"
 EMBEDDINGS_URL = "/v1/embeddings"
 URLS = (CHAT_URL, EMBEDDINGS_URL)
+#: Azure OpenAI's Batch files name the same endpoints without the version: read as OpenAI's.
+AZURE_URLS = {"/chat/completions": CHAT_URL, "/embeddings": EMBEDDINGS_URL}
 LINE_KEYS = frozenset({"custom_id", "method", "url", "body"})
 #: Why a line of the API's output or error file (often beside the requests it answers) is no request: no custom_id
 #: for its row, so that the error file does not say the request it answers failed.
@@ -92,7 +94,8 @@ def _request(record: dict[str, Any]) -> tuple[str | None, str | None, str | None
     problem = _envelope_problem(record)
     if problem:
         return _shown(custom_id), None, problem
-    text = json.dumps({"url": record["url"], "body": record["body"]}, ensure_ascii=False)
+    url = AZURE_URLS.get(record["url"], record["url"])
+    text = json.dumps({"url": url, "body": record["body"]}, ensure_ascii=False)
     return custom_id, text, None
 
 
@@ -114,8 +117,9 @@ def _envelope_problem(record: dict[str, Any]) -> str | None:
     if record.get("method") != "POST":
         return f"method must be POST (got {json.dumps(record.get('method'))})"
     url = record.get("url")
-    if url not in URLS:
-        return f"url {json.dumps(url)} is not supported; this project serves {' and '.join(URLS)}"
+    if url not in URLS and url not in AZURE_URLS:
+        return (f"url {json.dumps(url)} is not supported; this project serves {' and '.join(URLS)} (Azure OpenAI's "
+                f"{' and '.join(AZURE_URLS)})")
     if not isinstance(record.get("body"), dict):
         return "body must be a JSON object"
     return None
