@@ -691,3 +691,25 @@ def test_columns_the_job_keeps_are_not_drawn_as_its_predictions(tmp_path):
     assert "No label column in this task&#x27;s output." in page and "No score column" in page
     data = report.read_run(str(tmp_path))
     assert not data.labels and not len(data.scores) and not data.unread
+
+
+def test_an_output_of_no_rows_says_why_each_chart_is_empty(tmp_path):
+    """An output whose input files hold no rows (or a run with nothing committed) showed the headings "Throughput over
+    time", "Padding efficiency" and "Rows and errors by reason" over an empty paragraph: no chart and no word why."""
+    from pipelines.output import report
+    from pipelines.output.records import CommitRecord, ModelRef, RunSummary, ShardInput
+
+    empty = CommitRecord(shard="s", input=ShardInput(uri="/in/empty.jsonl", size=0), spec_hash="h",
+                         model=ModelRef(name="m"), rows_in=0, rows=0, errors=0, committed_at=101.0)
+    summary = RunSummary(status="succeeded", spec_hash="h", model=ModelRef(name="m"), quantization="none",
+                         device="cpu", task="text-classification", shards=1, shards_this_run=1, rows_in=0, rows_out=0,
+                         errors=0, error_rate=0.0, tokens=0, padded=0, started_at=100.0, wall_s=1.0)
+    for commits in ([empty], []):
+        page = report.run_page(report.RunData(str(tmp_path), summary, None, commits))
+        assert "<p class='none'></p>" not in page, commits
+    page = report.run_page(report.RunData(str(tmp_path), summary, None, [empty]))
+    assert page.count("the 1 shard(s) committed hold no rows") == 3  # throughput, padding, rows and errors
+    quarantined = empty.model_copy(update={"rows_in": 3, "errors": 3, "reasons": {"text is empty": 3}})
+    page = report.run_page(report.RunData(str(tmp_path), summary, None, [quarantined]))
+    assert "No rows tokenized: every row of the 1 shard(s) committed was quarantined." in page  # padding
+    assert "<p class='none'></p>" not in page

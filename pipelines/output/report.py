@@ -298,10 +298,12 @@ def run_page(data: RunData) -> str:
     summary = data.summary
     title = f"Run report: {summary.job or data.location}" if summary else f"Run report: {data.location}"
     idle = _none_this_run(data)
+    mine = data.this_run()
     sections = [
-        ("throughput", "Throughput over time", throughput_chart(data), idle),
-        ("padding", "Padding efficiency", padding_chart(data), idle),
-        ("rows", "Rows and errors by reason", rows_chart(data), ""),
+        ("throughput", "Throughput over time", throughput_chart(data),
+         idle or _no_rows(mine, "staged", "hold no block's time")),
+        ("padding", "Padding efficiency", padding_chart(data), idle or _no_rows(mine, "tokenized", "count no token")),
+        ("rows", "Rows and errors by reason", rows_chart(data), _no_rows(data.commits, "committed", "count none")),
         ("shards", "Per-shard timings", shard_chart(data), idle),
         ("labels", "Label distribution", label_chart(data), _no_column(data, "No label column")),
         ("scores", "Score histogram", score_chart(data), _no_column(data, "No score column")),
@@ -331,6 +333,18 @@ def _none_this_run(data: RunData) -> str:
         return ""
     return (f"No shard was scored by this run: the {len(data.commits)} committed shard(s) were committed by earlier "
             "runs (the rows, labels and scores below count them).")
+
+
+def _no_rows(commits: list[CommitRecord], what: str, otherwise: str) -> str:
+    """Why a chart of rows is empty where shards are committed: they hold no rows (empty input files), or none that
+    reached the model (every row quarantined), or their records time none."""
+    if not commits:
+        return "No shard is committed yet."
+    if not sum(c.rows_in for c in commits):
+        return f"No rows {what}: the {len(commits):,} shard(s) committed hold no rows (their input files have none)."
+    if not sum(c.rows for c in commits):
+        return f"No rows {what}: every row of the {len(commits):,} shard(s) committed was quarantined."
+    return f"Nothing to draw: the commit records of the {len(commits):,} shard(s) committed {otherwise}."
 
 
 def _no_column(data: RunData, missing: str) -> str:
