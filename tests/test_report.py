@@ -713,3 +713,17 @@ def test_an_output_of_no_rows_says_why_each_chart_is_empty(tmp_path):
     page = report.run_page(report.RunData(str(tmp_path), summary, None, [quarantined]))
     assert "No rows tokenized: every row of the 1 shard(s) committed was quarantined." in page  # padding
     assert "<p class='none'></p>" not in page
+
+
+def test_a_run_summary_that_does_not_read_is_not_said_to_be_missing(tmp_path):
+    """A ``_run.json`` that is there but does not read as a summary (another version's, a tool's) gave a page saying
+    "No run summary (_run.json) here yet: the run has not finished", beside that file and its ``_SUCCESS``."""
+    from pipelines.output import report
+
+    (tmp_path / "_commits").mkdir()
+    (tmp_path / "_run.json").write_text(json.dumps({"status": "succeeded", "rows": 5}))
+    page = report.run_page(report.read_run(str(tmp_path)))
+    assert "No run summary" not in page
+    assert "The run summary (_run.json) is here but does not read as one" in page
+    (tmp_path / "_run.json").unlink()
+    assert "No run summary (_run.json) here yet" in report.run_page(report.read_run(str(tmp_path)))

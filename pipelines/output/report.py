@@ -60,6 +60,7 @@ class RunData:
     labels: Counter = field(default_factory=Counter)
     scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
     unread: list[str] = field(default_factory=list)  # part files that could not be read: "<file>: <why>"
+    summary_unread: bool = False  # a _run.json is there that does not read as a run summary
 
     def openai_batch(self) -> bool:
         """Whether the output is OpenAI Batch files (JSONL answers: no label or score column)."""
@@ -87,13 +88,14 @@ def read_run(location: str) -> RunData:
     """The summary, commit records and predicted labels and scores of an output directory."""
     fs, root = resolve(location)
     summary = RunSummary.parse(layout.read_json(fs, f"{root}/{RUN}"))
+    unread = summary is None and fs.get_file_info(f"{root}/{RUN}").type == pafs.FileType.File
     job = JobRecord.parse(layout.read_json(fs, f"{root}/{JOB}"))
     paths = [info.path for info in fs.get_file_info(pafs.FileSelector(f"{root}/{COMMITS}", allow_not_found=True))
              if info.is_file and info.base_name.endswith(".json")]
     with ThreadPoolExecutor(READERS) as pool:
         records = list(pool.map(lambda path: CommitRecord.parse(layout.read_json(fs, path)), paths))
     commits = sorted((r for r in records if r is not None), key=lambda c: c.committed_at)
-    data = RunData(location, summary, job, commits)
+    data = RunData(location, summary, job, commits, summary_unread=unread)
     spec = job.spec if job else {}
     prefix = str((spec.get("output") or {}).get("prediction_prefix") or "")
     label, score = (None if name in _input_columns(spec) else name for name in (prefix + "label", prefix + "score"))
@@ -367,6 +369,10 @@ def _no_fidelity(summary: RunSummary | None) -> str:
 
 
 def _facts(summary: RunSummary | None, data: RunData) -> str:
+    if summary is None and data.summary_unread:
+        return ("<p class='warning'>The run summary (_run.json) is here but does not read as one (not JSON, or not "
+                "the fields this version writes: another version's or another tool's), so the run's facts are not "
+                "shown. The charts show the shards committed.</p>")
     if summary is None:
         return ("<p class='none'>No run summary (_run.json) here yet: the run has not finished, or it failed or was "
                 "stopped before its summary. The charts show the shards committed so far.</p>")
