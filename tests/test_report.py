@@ -727,3 +727,25 @@ def test_a_run_summary_that_does_not_read_is_not_said_to_be_missing(tmp_path):
     assert "The run summary (_run.json) is here but does not read as one" in page
     (tmp_path / "_run.json").unlink()
     assert "No run summary (_run.json) here yet" in report.run_page(report.read_run(str(tmp_path)))
+
+
+def test_the_run_start_on_the_page_is_in_utc_as_the_footer(tmp_path, monkeypatch):
+    """The facts' ``started`` was the building machine's local time with its zone's abbreviation (``IST``: India's,
+    Ireland's or Israel's), beside a footer in UTC: the run seemed to start hours after its page was written."""
+    import time
+
+    from pipelines.output import report
+    from pipelines.output.records import ModelRef, RunSummary
+
+    started = datetime(2026, 12, 2, 7, 43, 33, tzinfo=UTC).timestamp()
+    summary = RunSummary(status="succeeded", spec_hash="h", model=ModelRef(name="m"), quantization="none",
+                         device="cpu", task="text-classification", shards=0, shards_this_run=0, rows_in=0, rows_out=0,
+                         errors=0, error_rate=0.0, started_at=started, wall_s=1.0)
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    try:
+        page = report.run_page(report.RunData(str(tmp_path), summary, None, []))
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert "<td>started</td><td>2026-12-02 07:43:33 UTC</td>" in page

@@ -398,7 +398,7 @@ def _facts(summary: RunSummary | None, data: RunData) -> str:
     if summary.fidelity:
         rows.append(("quantization fidelity", fidelity_line(summary.fidelity)))
     if summary.started_at:
-        rows.append(("started", time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(summary.started_at))))
+        rows.append(("started", time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(summary.started_at))))
     rows.append(("output", data.location))
     return _table(None, rows)
 
