@@ -40,3 +40,38 @@ def test_a_staging_report_crosses_arrow_with_its_types():
 def test_a_foreign_or_broken_commit_record_does_not_count():
     assert CommitRecord.parse({"shard": "k"}) is None
     assert CommitRecord.parse(None) is None
+
+
+def test_a_commit_record_naming_files_outside_the_output_never_deletes_them(tmp_path):
+    """A commit record is read back as the list of files to delete (a broken commit at any run's start, --overwrite,
+    --prune, --redo-changed) or to move (a scheduled job's _superseded/), each joined to the output path as written:
+    a record naming ``../victim.parquet`` or a folder (``../keep``) had any run's start delete a file and a whole
+    folder beside the output, and one naming ``.`` or an empty name deleted the output folder itself, the user's files
+    in it too. This project writes a part file's plain name, and ``_errors/`` with one; a record naming anything else
+    is none of its own, and counts as none."""
+    import json
+
+    from pipelines.output.commit import OutputDir
+
+    good = {"shard": "abcdefabcdef", "input": {"uri": "/in/a.jsonl", "size": 1, "name": "a.jsonl"}, "spec_hash": "h",
+            "model": {"name": "m"}, "rows_in": 1, "rows": 1, "errors": 0,
+            "files": ["part-abcdefabcdef-00000.parquet"], "error_files": ["_errors/part-abcdefabcdef-00000.parquet"]}
+    assert CommitRecord.parse(good) is not None
+    bad = [{"files": ["../victim.parquet", "../keep"]}, {"files": ["."]}, {"files": [""]}, {"files": [str(tmp_path / "case3" / "out" / "notes")]},
+           {"files": ["notes"]}, {"error_files": ["_errors/../../keep"]}, {"error_files": ["../keep"]},
+           {"files": ["_commits"]}, {"shard": "../../keep/a"}, {"shard": ".."}]
+    for i, change in enumerate(bad):
+        case = tmp_path / f"case{i}"
+        (case / "out" / "_commits").mkdir(parents=True)
+        (case / "victim.parquet").write_text("precious")
+        (case / "keep").mkdir()
+        (case / "keep" / "a.json").write_text("mine")
+        (case / "out" / "notes").mkdir()
+        record = {**good, **change}
+        (case / "out" / "_commits" / "abcdefabcdef.json").write_text(json.dumps(record))
+        out = OutputDir(str(case / "out"))
+        out.recover()
+        out.clear()
+        kept = [(case / "victim.parquet").exists(), (case / "keep" / "a.json").exists(), (case / "out" / "notes").exists()]
+        assert kept == [True, True, True], (change, kept)
+        assert CommitRecord.parse(record) is None, change

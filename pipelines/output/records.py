@@ -183,6 +183,43 @@ class CommitRecord(Record):
 
     _current_kinds = field_validator("reasons", mode="before")(current_kinds)
 
+    @field_validator("shard")
+    @classmethod
+    def _plain_key(cls, shard: str) -> str:
+        if not _plain_name(shard):
+            raise ValueError(f"not a shard key: {shard!r}")
+        return shard
+
+    @field_validator("files")
+    @classmethod
+    def _part_files(cls, files: list[str]) -> list[str]:
+        """Only a part file's name, as this project writes it: a record is the list of files a run deletes or moves,
+        each joined to the output path, so ``../x``, ``.``, an absolute path, a user's folder or one of the ``_``
+        entries would reach beyond the shard's own files (a broken commit at any run's start deleted them)."""
+        for name in files:
+            if not _part_name(name):
+                raise ValueError(f"not a part file of this output: {name!r}")
+        return files
+
+    @field_validator("error_files")
+    @classmethod
+    def _error_files(cls, files: list[str]) -> list[str]:
+        for name in files:
+            folder, _, base = name.partition("/")
+            if folder != "_errors" or not _part_name(base):
+                raise ValueError(f"not a quarantine file of this output: {name!r}")
+        return files
+
+
+def _plain_name(name: str) -> bool:
+    """A name of one entry in a folder: not empty, no separator, not ``.`` or ``..``, nor hidden."""
+    return bool(name) and "/" not in name and "\\" not in name and not name.startswith(".")
+
+
+def _part_name(name: str) -> bool:
+    """A committed part file's name (``part-<shard>-<n>.parquet``, or ``.jsonl``): see ``layout.part_name``."""
+    return _plain_name(name) and name.startswith("part-") and name.endswith((".parquet", ".jsonl"))
+
 
 class Agreement(Record):
     accuracy: float
