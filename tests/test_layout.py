@@ -75,3 +75,32 @@ def test_a_commit_record_naming_files_outside_the_output_never_deletes_them(tmp_
         kept = [(case / "victim.parquet").exists(), (case / "keep" / "a.json").exists(), (case / "out" / "notes").exists()]
         assert kept == [True, True, True], (change, kept)
         assert CommitRecord.parse(record) is None, change
+
+
+def test_overwrite_refuses_a_folder_whose_underscore_folders_hold_files_of_another_tool(tmp_path):
+    """--overwrite deletes this project's bookkeeping by exact name, ``_commits/`` and ``_errors/`` whole: an
+    output.path holding only another tool's ``_commits/`` (its own records, not one of this project's) passed the
+    check that refuses a folder of someone else's files, and --overwrite deleted that folder with all in it."""
+    import pytest
+
+    from pipelines.errors import PipelineError
+    from pipelines.output.commit import OutputDir
+
+    (tmp_path / "out" / "_commits").mkdir(parents=True)
+    (tmp_path / "out" / "_commits" / "2024-06-01.txt").write_text("the other tool's")
+    (tmp_path / "out" / "_errors").mkdir()
+    out = OutputDir(str(tmp_path / "out"))
+    try:
+        out.check_owner()  # what run_job asks first, --overwrite or not
+        out.clear()
+    except PipelineError as exc:
+        assert "_commits/2024-06-01.txt" in str(exc) and "choose an empty or new output.path" in str(exc), exc
+    assert (tmp_path / "out" / "_commits" / "2024-06-01.txt").read_text() == "the other tool's"
+
+    (tmp_path / "out" / "_commits" / "2024-06-01.txt").unlink()  # this project's own leftovers pass
+    (tmp_path / "out" / "_commits" / "0123456789ab.json.tmp").write_text("{")
+    (tmp_path / "out" / "_errors" / "part-0123456789ab-00000.parquet").write_text("")
+    out.check_owner()
+    with pytest.raises(PipelineError, match="holds no results of this project"):
+        (tmp_path / "out" / "_errors" / "mine.csv").write_text("x")
+        out.check_owner()

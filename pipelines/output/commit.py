@@ -221,6 +221,20 @@ class OutputDir:
                     f"output.path {self.location} is not empty and holds no results of this project; "
                     "choose an empty or new output.path"
                 )
+            # Only bookkeeping names: --overwrite deletes _commits/ and _errors/ whole, so they must hold nothing
+            # but what this project writes there (another tool's _commits/ is not ours to delete).
+            for folder, ours in ((COMMITS, _commit_file), (ERRORS, _part_file)):
+                if not any(e.base_name == folder and e.type == pafs.FileType.Directory for e in entries):
+                    continue
+                selector = pafs.FileSelector(f"{self.root}/{folder}", recursive=True, allow_not_found=True)
+                foreign = [i for i in self.fs.get_file_info(selector)
+                           if i.type == pafs.FileType.Directory or not ours(i.base_name)]
+                if foreign:
+                    raise PipelineError(
+                        f"output.path {self.location} is not empty and holds no results of this project "
+                        f"({foreign[0].path[len(self.root) + 1:]} is none of its files); "
+                        "choose an empty or new output.path"
+                    )
 
     def check_not_inside_another(self) -> None:
         """Refuse an output path inside another job's output (a folder above it holds ``_job.json``, or a scheduled
@@ -518,6 +532,16 @@ def in_input_order(table: pa.Table) -> pa.Table:
     input may be named ``row``), else by ``row`` (quarantine records)."""
     column = ROW if ROW in table.column_names else "row"
     return table.sort_by([(column, "ascending")]) if column in table.column_names else table
+
+
+def _commit_file(name: str) -> bool:
+    """A name this project writes in ``_commits/``: a record, or one being written."""
+    return name.removesuffix(layout.TMP_SUFFIX).endswith(".json")
+
+
+def _part_file(name: str) -> bool:
+    """A name this project writes in ``_errors/``: a part file, or one being written."""
+    return layout.is_part_file(name.removesuffix(layout.TMP_SUFFIX))
 
 
 def _placeable(record: CommitRecord, existing: set[str], staged: set[str]) -> bool:
