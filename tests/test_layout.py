@@ -104,3 +104,19 @@ def test_overwrite_refuses_a_folder_whose_underscore_folders_hold_files_of_anoth
     with pytest.raises(PipelineError, match="holds no results of this project"):
         (tmp_path / "out" / "_errors" / "mine.csv").write_text("x")
         out.check_owner()
+
+
+def test_a_folder_holding_someone_elses_job_json_is_refused(tmp_path):
+    """A folder whose only entry is another tool's ``_job.json`` (a JSON that is no job record of this project)
+    passed the check for someone else's files by its name alone: a run then wrote its own ``_job.json`` over it, and
+    --overwrite deleted it."""
+    import pytest
+
+    from pipelines.errors import PipelineError
+    from pipelines.output.commit import OutputDir
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "_job.json").write_text('{"job_id": 42, "state": "done"}')
+    with pytest.raises(PipelineError, match=r"holds no results of this project \(_job.json is none of its files\)"):
+        OutputDir(str(tmp_path / "out")).check_owner()
+    assert (tmp_path / "out" / "_job.json").read_text() == '{"job_id": 42, "state": "done"}'

@@ -221,8 +221,14 @@ class OutputDir:
                     f"output.path {self.location} is not empty and holds no results of this project; "
                     "choose an empty or new output.path"
                 )
-            # Only bookkeeping names: --overwrite deletes _commits/ and _errors/ whole, so they must hold nothing
-            # but what this project writes there (another tool's _commits/ is not ours to delete).
+            # Only bookkeeping names: a _job.json that is no job record is another tool's (a run would write over
+            # it, --overwrite delete it), and --overwrite deletes _commits/ and _errors/ whole, so they must hold
+            # nothing but what this project writes there (another tool's _commits/ is not ours to delete).
+            if any(e.base_name == JOB and e.type == pafs.FileType.File for e in entries):
+                raise PipelineError(
+                    f"output.path {self.location} is not empty and holds no results of this project ({JOB} is none "
+                    "of its files); choose an empty or new output.path"
+                )
             for folder, ours in ((COMMITS, _commit_file), (ERRORS, _part_file)):
                 if not any(e.base_name == folder and e.type == pafs.FileType.Directory for e in entries):
                     continue
