@@ -1487,8 +1487,9 @@ def test_output_of_gone_input_is_recorded_and_pruned_on_request(tmp_path):
     report = run_due(spec, now=day(2, hours=0.01), runner=runner)
     assert report.entries[-1].gone == ["b.jsonl"]
     assert sorted(all_ids(tmp_path)) == sorted(r["id"] for r in rows("a", 2) + rows("b", 2) + rows("c", 2))
-    pruned = run_due(spec, now=day(3, hours=0.01), prune=True, runner=runner)
-    assert [e.status for e in pruned.entries] == ["pruned", "empty"]
+    first = run_due(spec, now=day(3, hours=0.01), prune=True, runner=runner).entries[0]
+    assert first.status == "pruned" and len(first.pruned or {}) == 1
+    assert sorted(all_ids(tmp_path)) == sorted(r["id"] for r in rows("a", 2))
     assert sorted(all_ids(tmp_path)) == sorted(r["id"] for r in rows("a", 2) + rows("c", 2))
     assert run_due(spec, now=day(4, hours=0.01), runner=runner).entries[-1].gone is None
 
@@ -1617,6 +1618,26 @@ def test_a_missing_model_fails_the_invocation_before_any_run_not_a_new_failing_r
             run_due(spec, now=day(night, hours=0.01))
     assert ledger(tmp_path) == []
     assert not list((tmp_path / "out").glob("run=*"))
+
+def test_prune_refuses_an_input_that_lists_no_file_at_all_instead_of_moving_the_whole_output_away(tmp_path):
+    """A nightly `schedule --once --prune` whose input folder is there but empty for a moment (a mount gone leaves its
+    empty mount point; a sync half done): every scored shard looked gone, and the whole output moved to _superseded/,
+    to be scored again from scratch when the files came back. Nothing is moved now; the line says why."""
+    runner, model = Committing(), fake_model(tmp_path)
+    spec = make_job(tmp_path, model)
+    landed = [add_shard(tmp_path, name, rows(name[0], 2)) for name in ("a.jsonl", "b.jsonl")]
+    run_due(spec, now=day(1, hours=0.01), runner=runner)
+    scored = sorted(all_ids(tmp_path))
+    for path in landed:
+        Path(path).unlink()
+    with pytest.raises(PipelineError, match=r"--prune: input.paths lists no file at all.*2 shard\(s\).*Nothing was moved"):
+        run_due(spec, now=day(2, hours=0.01), prune=True, runner=runner)
+    assert sorted(all_ids(tmp_path)) == scored and not (tmp_path / "out" / "_superseded").exists()
+    assert [line["status"] for line in ledger(tmp_path)] == ["running", "succeeded"]
+    add_shard(tmp_path, "a.jsonl", rows("a", 2))  # with a file of the input there, the other is pruned as before
+    first = run_due(spec, now=day(3, hours=0.01), prune=True, runner=runner).entries[0]
+    assert first.status == "pruned" and len(first.pruned or {}) == 1
+    assert sorted(all_ids(tmp_path)) == sorted(r["id"] for r in rows("a", 2))
 
 def test_a_ledger_line_names_a_few_gone_files_and_counts_them_all(tmp_path, caplog):
     """Landing files deleted after scoring (a retention policy): each tick's line listed every gone name, so the

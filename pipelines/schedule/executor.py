@@ -390,6 +390,8 @@ class ScheduledJob:
             report.entries.append(self.record_tick(decision, "skipped"))
             return report
         lineage = model_lineage(self.spec.model)
+        if prune:
+            self.check_prune_leaves_some(lineage)
         if rescore:  # what it can't score again: one listing of the input for both checks
             planner = self.planner(lineage)
             self.check_held_gone({s.key for s in planner.shards})
@@ -568,6 +570,20 @@ class ScheduledJob:
         gone = [key for key in plan.gone if key in held and held[key].errors]
         rest = [record for key, record in held.items() if key not in gone]
         return [plan.gone[key] for key in gone] if gone and over(list(held.values())) and not over(rest) else []
+
+    def check_prune_leaves_some(self, lineage: dict) -> None:
+        """Refuse ``--prune`` where the input lists no file at all: an input location emptied for a moment (a mount
+        gone leaves its empty mount point, a sync half done) would make every scored shard look gone, and move the
+        whole output away, to be scored again when the files are back."""
+        planner = self.planner(lineage)
+        if planner.shards or not (moves := planner.prunes()):
+            return
+        raise PipelineError(
+            f"--prune: input.paths lists no file at all, so each of the {len(moves)} shard(s) scored looks gone and "
+            f"--prune would move the job's whole output to {SUPERSEDED}/ (an input emptied for a moment, a mount gone "
+            "or a sync half done, looks so). Nothing was moved: run without --prune (the output stays as it is), or "
+            "with it once the input is back; to start the job over, give it a new output.path"
+        )
 
     def prune(self, decision: Decision, lineage: dict) -> LedgerEntry:
         """Move the scored outputs of input files that are gone to ``_superseded/``, and say so in the ledger."""
