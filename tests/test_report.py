@@ -749,3 +749,28 @@ def test_the_run_start_on_the_page_is_in_utc_as_the_footer(tmp_path, monkeypatch
         monkeypatch.undo()
         time.tzset()
     assert "<td>started</td><td>2026-12-02 07:43:33 UTC</td>" in page
+
+
+def test_two_writers_of_a_page_at_once_each_write_a_whole_page(tmp_path, monkeypatch):
+    """``pipelines report OUT`` run while the run (or the scheduler, or another ``pipelines report``) writes the same
+    page: both wrote through one temporary name, ``_report.html.tmp``, so the second truncated and renamed the first's
+    file, whose rename then failed (``No such file or directory``): the run's page was deleted as not written, or
+    ``pipelines report`` exited 2."""
+    from pipelines import faults
+    from pipelines.output import report
+
+    monkeypatch.setattr(report, "read_run", lambda location: report.RunData(location, None, None, []))
+    real = faults.write_fails
+    nested: list[str] = []
+
+    def other_writer(point: str) -> None:  # the first writer's bytes are in its temporary file: now the other writes
+        if point == "_report.html" and not nested:
+            nested.append("writing")
+            nested[0] = report.write_run_report(str(tmp_path))
+        real(point)
+
+    monkeypatch.setattr(faults, "write_fails", other_writer)
+    assert report.write_run_report(str(tmp_path)) == nested[0]
+    page = (tmp_path / "_report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>"), page[-200:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["_report.html"]

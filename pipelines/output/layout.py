@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import re
+import secrets
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -186,12 +188,15 @@ def write_refusal(location: str, exc: OSError) -> PipelineError:
     )
 
 
-def write_whole(fs: pafs.FileSystem, path: str, write: Callable[[Any], None], point: str | None = None) -> None:
+def write_whole(fs: pafs.FileSystem, path: str, write: Callable[[Any], None], point: str | None = None,
+                shared: bool = False) -> None:
     """Write-then-rename: ``write`` fills a temporary file (given its stream), which is then renamed to ``path``,
     so a reader sees the old file or the new one, never half of one. A write that fails (a full disk) deletes its
     temporary file: nothing is left behind. ``point``: where a test may make the write fail
-    (:func:`pipelines.faults.write_fails`; default: the file's name)."""
-    tmp = f"{path}{TMP_SUFFIX}"
+    (:func:`pipelines.faults.write_fails`; default: the file's name). ``shared``: a file written without the
+    output's lock (the report page: ``pipelines report`` writes it while a run may), whose temporary file is this
+    writer's own (``<name>.<pid>-<random>.tmp``): two writers at once each rename a whole file, the last one stays."""
+    tmp = f"{path}.{os.getpid()}-{secrets.token_hex(4)}{TMP_SUFFIX}" if shared else f"{path}{TMP_SUFFIX}"
     try:
         with fs.open_output_stream(tmp) as stream:
             write(stream)
@@ -210,10 +215,11 @@ def _discard(fs: pafs.FileSystem, path: str) -> None:
         pass
 
 
-def write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
-    """Write-then-rename: a reader sees the old file or the new one, never half of one."""
+def write_bytes(fs: pafs.FileSystem, path: str, data: bytes, shared: bool = False) -> None:
+    """Write-then-rename: a reader sees the old file or the new one, never half of one (``shared``: see
+    :func:`write_whole`)."""
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    write_whole(fs, path, lambda stream: stream.write(data))
+    write_whole(fs, path, lambda stream: stream.write(data), shared=shared)
 
 
 def write_json(fs: pafs.FileSystem, path: str, value: Any) -> None:

@@ -587,7 +587,7 @@ def write_run_report(location: str) -> str:
     """Build ``<location>/_report.html`` from the output directory; returns its path."""
     fs, root = resolve(location)
     path = f"{root}/{REPORT}"
-    layout.write_bytes(fs, path, run_page(read_run(location)).encode())
+    layout.write_bytes(fs, path, run_page(read_run(location)).encode(), shared=True)
     return path
 
 
@@ -598,7 +598,7 @@ def write_ledger_report(location: str, entries: list[dict[str, Any]]) -> str:
     folders = sorted(set(run_folders(entries).values()))
     found = fs.get_file_info([f"{root}/{folder}/{REPORT}" for folder in folders])
     pages = {folder for folder, info in zip(folders, found) if info.type == pafs.FileType.File}
-    layout.write_bytes(fs, path, ledger_page(location, entries, pages).encode())
+    layout.write_bytes(fs, path, ledger_page(location, entries, pages).encode(), shared=True)
     return path
 
 
