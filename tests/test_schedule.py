@@ -1716,6 +1716,36 @@ def test_runs_of_an_output_that_pipelines_run_wrote_says_so_not_that_there_are_n
     assert f"pipelines report {tmp_path / 'out'}" in said
 
 
+def test_runs_of_an_output_a_run_is_writing_or_left_unfinished_says_so_not_that_there_are_none(tmp_path, capsys):
+    """While `pipelines run` worked on its output (it deletes `_run.json` when it starts), or after a run that failed
+    or was killed before its summary, `pipelines runs` said "no runs yet ... start with: pipelines schedule ...
+    --once": a scheduler that would be refused (the output is pipelines run's), over rows that are committed."""
+    from pipelines.cli.main import main
+
+    raw = raw_job(tmp_path, "some-model")
+    raw.pop("schedule")
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+    with JobLock(out / "_run.lock", f"the output {out}"):  # a run at work: nothing committed yet
+        assert main(["runs", str(job)]) == 0
+    said = capsys.readouterr().out
+    assert "no runs yet" not in said and "start with" not in said, said
+    assert f"a `pipelines run` is at work on {out}: another run of the output {out} is in progress (pid" in said
+    spec = spec_from_dict(raw)
+    (out / "_job.json").write_text(json.dumps(job_record(spec).to_json()))
+    assert main(["runs", str(job)]) == 0  # the run was killed before its summary: its lock file stays, not held
+    said = capsys.readouterr().out
+    assert "no runs yet" not in said and "start with" not in said, said
+    assert f"{out} holds the output of pipelines run, unfinished (no summary: a run is at work" in said
+    summary = summaries.build(job_record(spec), [], [], 1.0, "succeeded")
+    (out / "_run.json").write_text(json.dumps(summary.to_json()))  # an earlier run's, until a new run starts its work
+    with JobLock(out / "_run.lock", f"the output {out}"):
+        assert main(["runs", str(job)]) == 0
+    said = capsys.readouterr().out
+    assert f"a `pipelines run` is at work on {out}" in said and "succeeded" not in said, said
+
+
 def test_json_without_once_is_refused_not_ignored(tmp_path, monkeypatch, capsys):
     """`--json` prints the ledger lines one invocation wrote; the loop ran with it and printed log lines, not JSON,
     without a word, so a wrapper that parsed its output got none."""

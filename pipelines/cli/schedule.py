@@ -89,22 +89,38 @@ def _schedule(args: argparse.Namespace) -> int:
 
 
 def _no_ledger(spec: JobSpec, job: str) -> str:
-    """What to say of an output without a ledger: nothing ran yet, or `pipelines run` wrote it (it keeps no ledger:
-    its summary and its page tell its run)."""
+    """What to say of an output without a ledger: a `pipelines run` at work on it (said first: its summary, where
+    there is one yet, is an earlier run's, which it deletes when it starts its work), `pipelines run`'s output (it
+    keeps no ledger: its summary and its page tell its run; without a summary, a run that failed or was stopped
+    before its end), or nothing ran yet."""
     from pipelines.output.commit import OutputDir
+    from pipelines.output.layout import RUN_LOCK
+    from pipelines.output.lock import output_lock
 
     path = spec.output.path
     try:
-        summary = OutputDir(path).summary()
+        busy = output_lock(path, RUN_LOCK, f"the output {path}", quiet=True).held_elsewhere()
+        output = OutputDir(path)
+        summary = output.summary()
+        started = summary is not None or output.job() is not None or bool(output.commits())
     except (PipelineError, OSError):  # can't be read here: said as before
-        summary = None
-    if summary is None:
-        return f"no runs yet in {path} (start with: pipelines schedule {job} --once)"
-    return (
-        f"no scheduled runs: {path} holds the output of pipelines run ({summary.status}, {summary.rows_out:,} rows "
-        f"written, {summary.errors:,} quarantined), which keeps no ledger; its summary is {path}/_run.json, and "
-        f"`pipelines report {path}` draws it as a page (`pipelines runs` shows the runs of `pipelines schedule`)"
-    )
+        busy, summary, started = None, None, False
+    if busy is not None:
+        held = str(busy).split("; not starting")[0]  # who holds it, since when: not a refusal, nothing is refused
+        return (f"no scheduled runs: a `pipelines run` is at work on {path}: {held}; it keeps no ledger "
+                f"(`pipelines plan {job}` says what is committed as of now)")
+    if summary is not None:
+        return (
+            f"no scheduled runs: {path} holds the output of pipelines run ({summary.status}, {summary.rows_out:,} "
+            f"rows written, {summary.errors:,} quarantined), which keeps no ledger; its summary is {path}/_run.json, "
+            f"and `pipelines report {path}` draws it as a page (`pipelines runs` shows the runs of `pipelines "
+            "schedule`)"
+        )
+    if started:
+        return (f"no scheduled runs: {path} holds the output of pipelines run, unfinished (no summary: a run is at "
+                f"work, or failed or was stopped before its end), which keeps no ledger; the same `pipelines run` "
+                f"resumes it, and `pipelines report {path}` draws what is committed")
+    return f"no runs yet in {path} (start with: pipelines schedule {job} --once)"
 
 
 def _runs(args: argparse.Namespace) -> int:
