@@ -178,8 +178,9 @@ def _measure_remote(spec: dict[str, Any], picked: pa.Table) -> dict[str, Any]:
 AUTO_MIN_AGREEMENT = 0.99
 #: Bump when the candidates or their measures change, so that kept decisions are made again (2: a one-output model
 #: judged by its scores, not its one label; a NaN prediction a failure; 3: so is a model whose every label's score is
-#: its own, a multi-label one's, not by its top label).
-CANDIDATES_VERSION = 3
+#: its own, a multi-label one's, not by its top label; 4: scores that all tie judged against their size, not a
+#: spread of 0).
+CANDIDATES_VERSION = 4
 
 
 @dataclass(frozen=True)

@@ -637,6 +637,24 @@ def test_one_output_scores_agree_within_1pct_of_their_range_and_a_failure_never_
     assert compare(options, two_labels, two_labels, ids=list("abcde")).measure == "label_agreement"
 
 
+def test_scores_that_all_tie_in_float32_are_judged_against_their_magnitude_not_a_range_of_zero():
+    """A one-output model's scores were judged within 1% of their range over the sample: where every unquantized score
+    is the same (a one-row sample, `--rows 1` or a one-row input; rows of one text) the range is 0, so a score that
+    moved by 1e-4 disagreed and the check said score_agreement 0.0000 (dynamic-int8 on the tiny regression model,
+    40 rows of one text: 0.0 while a sample of 2 texts gave 0.5). Tied scores are judged within 1% of their size."""
+    options = TASK_OPTIONS["text-classification"](type="text-classification")
+    reference = Predictions({"label": ["LABEL_0"] * 3, "score": [0.9313725] * 3}, np.array([True] * 3), None, labels=1)
+    moved = [0.9313, 0.9314, 0.85]  # 1e-4 from it: alike; 0.08 (over 1% of 0.93): not
+    quantized = Predictions({"label": ["LABEL_0"] * 3, "score": moved}, np.array([True] * 3), None, labels=1)
+    result = compare(options, quantized, reference, ids=list("abc"))
+    assert result.agreement == pytest.approx(2 / 3) and [e["id"] for e in result.examples] == ["c"]
+    noisy = [0.9313725, 0.9313724, 0.9313725]  # float32 noise of batching is no spread to measure moves against
+    reference = Predictions({"label": ["LABEL_0"] * 3, "score": noisy}, np.array([True] * 3), None, labels=1)
+    assert compare(options, quantized, reference, ids=list("abc")).agreement == pytest.approx(2 / 3)
+    zeros = Predictions({"label": ["LABEL_0"] * 2, "score": [0.0, 0.0]}, np.array([True] * 2), None, labels=1)
+    assert compare(options, zeros, zeros, ids=list("ab")).agreement == 1.0  # the same scores always agree
+
+
 def test_an_agreement_just_under_the_bar_is_shown_under_it_and_the_advice_keeps_to_it(tmp_path):
     """An agreement of 0.98996 under the bar 0.99 was shown rounded, `0.9900 … bar 0.99: FAILED` (`99.00%` in the
     error), and `quantization: auto`'s advice to keep min_agreement "at or below 0.9900" named a bar the agreement

@@ -12,8 +12,9 @@ task                          measures                                    headli
 label tasks                   label agreement; accuracy of both against   label_agreement
                               ``input.label_column`` when it is set
   with one output (one label) score agreement (every score written       score_agreement
-  or each label's own score   within 1% of the score range, the label
-  (multi-label, sigmoid)      the same), rank agreement (pairs ordered
+  or each label's own score   within 1% of the score range, or of their
+  (multi-label, sigmoid)      size where they all tie; the label the
+                              same), rank agreement (pairs ordered
                               alike); label agreement
 feature-extraction            cosine of the embeddings: mean, p5, min     cosine_mean
 generation tasks              exact match, token agreement                exact_match
@@ -279,10 +280,10 @@ def compare_scores(pair: Pair, same_label: list[bool] | None = None):
     says in its scores, which a user thresholds (label by label) or ranks by; with one output its label is the same
     on every row. Judged on the scores the run writes: every label's (``scores``, with return_all_scores), else the
     label's own (``score``). Headline: the share of rows whose label is the same (``same_label``; one output: always)
-    and none of whose scores moved by more than 1% of the range of the unquantized scores over the sample; also the
-    share of pairs of rows the two models order alike, label by label (both tied counts as alike). A row only the
-    quantized model failed on agrees in neither. The rows whose scores moved most are the examples, each with the
-    label that moved most."""
+    and none of whose scores moved by more than 1% of the range of the unquantized scores over the sample (of their
+    size where they all tie: :func:`_score_scale`); also the share of pairs of rows the two models order alike, label
+    by label (both tied counts as alike). A row only the quantized model failed on agrees in neither. The rows whose
+    scores moved most are the examples, each with the label that moved most."""
     column = "scores" if "scores" in pair.reference.columns else "score"
     q, r = pair.values(column)
     failed = np.array(pair.failed(), dtype=bool)
@@ -297,7 +298,7 @@ def compare_scores(pair: Pair, same_label: list[bool] | None = None):
     changed = failed if same_label is None else failed | ~np.array(same_label, dtype=bool)
     deltas = np.abs(x - y)
     moved = np.where(changed, np.inf, np.nan_to_num(deltas.max(axis=1), nan=np.inf))
-    tolerance = SCORE_TOLERANCE * float(y.max() - y.min())
+    tolerance = SCORE_TOLERANCE * _score_scale(y)
     n, k = y.shape
     alike = pairs = 0
     for i in range(n - 1):  # one row against the later ones at a time: memory in rows, not in pairs
@@ -311,6 +312,20 @@ def compare_scores(pair: Pair, same_label: list[bool] | None = None):
     order = [int(i) for i in np.argsort(-moved, kind="stable")[:EXAMPLES] if moved[i] > tolerance]
     examples = [{"id": pair.ids[i], **_moved_most(pair, names, q[i], r[i], i)} for i in order]
     return "score_agreement", metrics, examples
+
+
+#: Scores whose spread over the sample is under this share of their size all tie (float32's noise between batches).
+TIED = 1e-5
+
+
+def _score_scale(scores: np.ndarray) -> float:
+    """What a score's move is measured against: the spread of the unquantized scores over the sample; where they all
+    tie (one sampled row, rows of one text: a spread of 0, or float32's noise), their size (the largest absolute
+    score), since 1% of no spread would call every move, however small, a change."""
+    if not scores.size:
+        return 0.0
+    spread, size = float(scores.max() - scores.min()), float(np.abs(scores).max())
+    return spread if spread > TIED * size else size
 
 
 def _moved_most(pair: Pair, names: list[str], q: Any, r: Any, row: int) -> dict[str, str]:
