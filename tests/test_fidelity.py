@@ -92,6 +92,22 @@ def test_the_sample_is_the_same_rows_whatever_the_shard_order(tmp_path):
     assert {i for i in grown if not i.startswith("new")} <= set(first)
 
 
+def test_rows_whose_other_task_input_is_null_are_not_sampled_so_the_check_judges_the_rows_asked(tiny_models, tmp_path):
+    """Only the text column was looked at: a question-answering job's rows with no question (or a prompt job's
+    with a null prompt column), which the model can't predict, were sampled and then left out as the reference's
+    failures, so `--rows 10` on questions half of which were null judged 5 rows (and warned of too few rows). Rows
+    with a null task input are not sampled, as rows with a null text are not."""
+    from tiny_models import CORPUS
+
+    rows = [{"id": f"q{i}", "context": CORPUS[i], "question": None if i % 2 else "what is it?"} for i in range(40)]
+    write_jsonl(tmp_path / "qa.jsonl", rows)
+    task = {"type": "question-answering", "question_column": "question", "context_column": "context"}
+    spec = quantized_spec(tiny_models("qa"), task, "dynamic-int8", input={"paths": [str(tmp_path)],
+                                                                            "text_column": "context"})
+    result = check(spec, list_shards([str(tmp_path)]), rows=10)
+    assert result.rows == 10 and result.failed_reference == 0
+
+
 # each task's measures, on predictions made up to show them ---------------------------------------
 
 

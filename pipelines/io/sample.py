@@ -4,7 +4,7 @@ Rows are ranked by a hash of their id and the ``n`` lowest are kept, so the samp
 depends only on the ids: re-running, listing the shards in another order or reading
 them in other blocks picks the same rows, and adding input changes the sample only
 where a new id ranks among the lowest. Rows that can't be predicted (a null or
-blank text, a bad JSON line) are not sampled. Light: pyarrow and hashlib.
+blank text, a null question or prompt column, a bad JSON line) are not sampled. Light: pyarrow and hashlib.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def sample_rows(shards: list[Shard], columns: Columns, n: int) -> pa.Table:
     kept: pa.Table | None = None
     for shard in shards:
         for block in read_shard(shard, columns):
-            usable = block.filter(_usable(block, columns.text))
+            usable = block.filter(_usable(block, columns))
             if usable.num_rows:
                 kept = _lowest(usable if kept is None else pa.concat_tables([kept, usable]), columns.id_name, n)
     if kept is None:
@@ -43,10 +43,15 @@ def sample_rows(shards: list[Shard], columns: Columns, n: int) -> pa.Table:
     return kept
 
 
-def _usable(block: pa.Table, text: str) -> pa.Array:
-    """Rows the reader took and whose text is there (the predictor refuses null or blank texts)."""
-    filled = pc.utf8_length(pc.utf8_trim_whitespace(pc.fill_null(block.column(text), "")))
-    return pc.and_(block.column(ERROR).is_null(), pc.greater(filled, 0))
+def _usable(block: pa.Table, columns: Columns) -> pa.Array:
+    """Rows the reader took, whose text is there (the predictor refuses null or blank texts) and whose other task
+    inputs are not null (a question-answering row's question, a prompt's columns: the task refuses such a row)."""
+    filled = pc.utf8_length(pc.utf8_trim_whitespace(pc.fill_null(block.column(columns.text), "")))
+    usable = pc.and_(block.column(ERROR).is_null(), pc.greater(filled, 0))
+    for name in columns.inputs:
+        if name != columns.text and name in block.column_names:
+            usable = pc.and_(usable, block.column(name).is_valid())
+    return usable
 
 
 def _lowest(table: pa.Table, id_column: str, n: int) -> pa.Table:
