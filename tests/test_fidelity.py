@@ -357,6 +357,27 @@ def test_the_report_says_why_a_quantization_auto_run_shows_no_check():
     assert "set model.fidelity" in _no_fidelity(summary("int8", None))
 
 
+def test_the_report_does_not_call_a_run_in_a_reduced_dtype_unquantized_and_unchecked_for_nothing():
+    """A run with quantization none in bfloat16 (or float16, or dtype auto on a GPU) and no model.fidelity got "The
+    model is not quantized." on its page, where a check belongs: the model line said bfloat16 and the README counts a
+    reduced precision as one `pipelines fidelity` compares with float32. The page names the precision and the way
+    to check it; a float32 run stays "not quantized"."""
+    from pipelines.output.records import ModelRef, RunSummary
+    from pipelines.output.report import _no_fidelity
+
+    def summary(dtype: str, device: str = "cpu") -> RunSummary:
+        return RunSummary(status="succeeded", spec_hash="x", model=ModelRef(name="minilm"), quantization="none",
+                          device=device, task="feature-extraction", shards=1, shards_this_run=1, rows_in=1,
+                          rows_out=1, errors=0, error_rate=0.0, dtype=dtype)
+
+    for said, dtype, device in [("bfloat16", "bfloat16", "cpu"), ("float16", "float16", "cuda"),
+                                ("dtype auto", "auto", "cuda")]:
+        told = _no_fidelity(summary(dtype, device))
+        assert "not quantized" not in told and said in told and "pipelines fidelity JOB.yaml" in told, told
+    assert _no_fidelity(summary("float32")) == "The model is not quantized."
+    assert _no_fidelity(summary("auto")) == "The model is not quantized."  # dtype auto on a CPU: float32
+
+
 def test_dtype_auto_on_a_gpu_is_a_reduced_precision_to_check(tiny_models):
     """On a GPU ``dtype: auto`` computes in bfloat16 (float16 without bf16): a spec with model.fidelity was told "the
     model is not quantized; nothing to check" and ran unchecked in a reduced precision."""

@@ -357,6 +357,10 @@ def _no_column(data: RunData, missing: str) -> str:
 
 def _no_fidelity(summary: RunSummary | None) -> str:
     if summary and summary.quantization == "none":
+        said = precision_said(summary)
+        if said != "none":  # a reduced dtype: a precision the check compares with float32
+            return (f"Not checked: the model ran unquantized in {said}, a reduced precision; set model.fidelity in the "
+                    "spec, or run `pipelines fidelity JOB.yaml`, to compare it with float32.")
         return "The model is not quantized."
     if summary and summary.quantization == "auto" and summary.precision:
         said = precision_label(summary.precision)
