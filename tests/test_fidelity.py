@@ -692,6 +692,20 @@ def test_scores_that_all_tie_in_float32_are_judged_against_their_magnitude_not_a
     assert compare(options, zeros, zeros, ids=list("ab")).agreement == 1.0  # the same scores always agree
 
 
+def test_the_rows_left_out_because_float32_failed_on_them_are_told_not_only_in_the_json():
+    """`--json` held failed_reference (sampled rows the unquantized model could not predict, left out), but the text
+    and the page said only "3 sampled rows" for a sample of 5: nothing told the user why the check judged fewer rows
+    than it sampled. Both say how many were left out and why."""
+    from pipelines.cli.quality import render
+    from pipelines.output.report import _fidelity_table
+
+    result = Fidelity(task="text-classification", quantization="int8", rows=3, measure="label_agreement",
+                      agreement=1.0, metrics={"label_agreement": 1.0}, failed_reference=2)
+    assert "sampled rows left out, float32 failed on them: 2" in render(result), render(result)
+    assert "sampled rows left out, float32 failed on them" in _fidelity_table(result)
+    assert "left out" not in render(result.model_copy(update={"failed_reference": 0}))
+
+
 def test_an_agreement_just_under_the_bar_is_shown_under_it_and_the_advice_keeps_to_it(tmp_path):
     """An agreement of 0.98996 under the bar 0.99 was shown rounded, `0.9900 … bar 0.99: FAILED` (`99.00%` in the
     error), and `quantization: auto`'s advice to keep min_agreement "at or below 0.9900" named a bar the agreement

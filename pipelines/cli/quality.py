@@ -60,6 +60,9 @@ def render(result) -> str:
     if result.failed_quantized:
         lines.append(f"  rows only the quantized model failed on: {result.failed_quantized} (counted as disagreeing; a "
                      "NaN or infinite score or embedding is a failure)")
+    if result.failed_reference:
+        lines.append(f"  sampled rows left out, {result.reference} failed on them: {result.failed_reference} (a run "
+                     "quarantines them with their reasons: errors.too_long: error, a NaN score...)")
     if result.min_agreement is not None:
         verdict = "passed" if result.passed else "below the bar"
         lines.append(f"model.fidelity.min_agreement {result.min_agreement}: {verdict}")

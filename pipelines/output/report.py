@@ -411,6 +411,8 @@ def _fidelity_table(result: Fidelity) -> str:
     rows = [(name, cut(value)) for name, value in result.metrics.items()]
     rows += [("rows compared", str(result.rows)),
              ("rows only the quantized model failed", str(result.failed_quantized))]
+    if result.failed_reference:
+        rows.append((f"sampled rows left out, {result.reference} failed on them", str(result.failed_reference)))
     parts = [_table(["measure", "value"], rows)]
     if result.examples:
         columns = list(result.examples[0])
