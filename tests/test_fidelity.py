@@ -706,6 +706,25 @@ def test_the_rows_left_out_because_float32_failed_on_them_are_told_not_only_in_t
     assert "left out" not in render(result.model_copy(update={"failed_reference": 0}))
 
 
+def test_a_measure_a_hair_under_the_bar_is_not_rounded_up_to_it_in_the_measures_shown():
+    """Each measure was kept rounded to six decimals, and the text, the page's table and chart and `--json`'s
+    metrics show those: an embedding check with cosine_mean 0.99999996 under the bar 1.0, or 0.98999996 under 0.99,
+    printed `cosine_mean 1.0000   <- headline` above `min_agreement 1.0: below the bar`. Measures are cut to six
+    decimals, as they are shown, never above what was measured."""
+    from pipelines.cli.quality import render
+    from pipelines.fidelity import judge
+
+    options = TASK_OPTIONS["feature-extraction"](type="feature-extraction")
+    c = 0.98999996
+    reference = predictions([True], embedding=[[1.0, 0.0]])
+    quantized = predictions([True], embedding=[[c, float(np.sqrt(1 - c * c))]])
+    spec = make_spec("m", {"type": "feature-extraction"})
+    spec.model.fidelity = FidelitySpec(min_agreement=0.99)
+    result = judge(spec, compare(options, quantized, reference, ids=["a"]))
+    assert result.passed is False and result.metrics["cosine_mean"] < 0.99
+    assert "cosine_mean                0.9899   <- headline" in render(result), render(result)
+
+
 def test_an_agreement_just_under_the_bar_is_shown_under_it_and_the_advice_keeps_to_it(tmp_path):
     """An agreement of 0.98996 under the bar 0.99 was shown rounded, `0.9900 … bar 0.99: FAILED` (`99.00%` in the
     error), and `quantization: auto`'s advice to keep min_agreement "at or below 0.9900" named a bar the agreement

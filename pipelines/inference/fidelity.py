@@ -45,7 +45,7 @@ import torch
 from pipelines.errors import PipelineError
 from pipelines.inference.predictor import Predictor, not_finite_rows
 from pipelines.io.block import ERROR
-from pipelines.output.records import Fidelity, precision_label
+from pipelines.output.records import Fidelity, cut, precision_label
 from pipelines.spec import JobSpec
 from pipelines.tasks.base import LabelTask
 from pipelines.tasks.options import (
@@ -183,11 +183,17 @@ def compare(
         rows=len(judged),
         measure=name,
         agreement=metrics[name],
-        metrics={key: round(float(value), 6) for key, value in metrics.items()},
+        metrics={key: _six(value) for key, value in metrics.items()},
         failed_quantized=int(np.sum(reference.ok & ~quantized.ok)),
         failed_reference=int(np.sum(~reference.ok)),
         examples=examples,
     )
+
+
+def _six(value: float) -> float:
+    """A measure kept to six decimals, cut rather than rounded (:func:`~pipelines.output.records.cut`): a measure a
+    hair under a bar (0.98999996) is never kept, nor shown, as the bar."""
+    return float(cut(float(value), 6))
 
 
 def _finite_rows(predicted: Predictions) -> np.ndarray:
@@ -350,7 +356,7 @@ def compare_embeddings(pair: Pair, options: FeatureExtractionOptions, truth: lis
         "cosine_min": float(cosines.min()) if len(cosines) else 0.0,
     }
     lowest = np.argsort(cosines, kind="stable")[:EXAMPLES]
-    examples = [{"id": pair.ids[i], "cosine": round(float(cosines[i]), 6)} for i in lowest]
+    examples = [{"id": pair.ids[i], "cosine": _six(cosines[i])} for i in lowest]
     return "cosine_mean", metrics, examples
 
 
