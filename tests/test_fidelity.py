@@ -127,6 +127,17 @@ def test_label_measures_count_a_quantized_failure_as_disagreeing():
     assert [e["id"] for e in result.examples] == ["2", "3"]
 
 
+def test_a_truth_column_of_numbers_or_booleans_is_compared_as_the_runs_agreement_reads_it():
+    """A ground-truth column of floats (pandas writes an integer column with a gap as float64) or booleans: the run's
+    agreement reads 1.0 as "1" and True as "true" (Arrow's text), the check read "1.0" and "True" (Python's), so a
+    model whose labels are "1" and "true" was 100% right in the summary and 0% in the fidelity check."""
+    options = TASK_OPTIONS["text-classification"](type="text-classification")
+    for labels, truth in ((["1", "0"], [1.0, 0.0]), (["true", "false"], [True, False])):
+        both = predictions([True, True], label=labels)
+        result = compare(options, both, both, ids=["1", "2"], truth=truth)
+        assert result.metrics["truth_accuracy_reference"] == result.metrics["truth_accuracy_quantized"] == 1.0
+
+
 def test_no_accuracy_is_told_where_no_sampled_row_has_a_truth_label():
     """input.label_column set, but the sample's rows all without a value there (a column filled in later, for some
     rows): both models were shown as 0.0 accurate against the truth. Nothing was measured, so nothing is told."""

@@ -259,13 +259,22 @@ def _examples(pair: Pair, q: list[Any], r: list[Any], same: list[bool]) -> list[
 # the measures of each kind of task -------------------------------------------------------------
 
 
+def _as_text(values: list[Any]) -> list[str | None]:
+    """Truth labels as a run's agreement reads them (Arrow's cast to text, :mod:`pipelines.output.staging`): a float
+    1.0 is "1", True is "true", not Python's "1.0" and "True"."""
+    try:
+        return pa.array(values).cast(pa.string()).to_pylist()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):  # a type Arrow does not cast to text
+        return [None if value is None else str(value) for value in values]
+
+
 def compare_labels(pair: Pair, options: LabelOptions, truth: list[Any] | None):
     if pair.reference.labels == 1:
         return compare_scores(pair)
     q, r = pair.values("label")
     same = [a == b and not failed for a, b, failed in zip(q, r, pair.failed())]
     metrics = {"label_agreement": _mean(same)}
-    gold = [truth[i] for i in pair.rows] if truth is not None else []
+    gold = _as_text([truth[i] for i in pair.rows]) if truth is not None else []
     known = [i for i, g in enumerate(gold) if g is not None]
     if known:  # none of the sample's rows with a truth label: no accuracy measured (not 0)
         metrics["truth_accuracy_quantized"] = _mean([str(q[i]) == str(gold[i]) for i in known])
