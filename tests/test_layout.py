@@ -120,3 +120,20 @@ def test_a_folder_holding_someone_elses_job_json_is_refused(tmp_path):
     with pytest.raises(PipelineError, match=r"holds no results of this project \(_job.json is none of its files\)"):
         OutputDir(str(tmp_path / "out")).check_owner()
     assert (tmp_path / "out" / "_job.json").read_text() == '{"job_id": 42, "state": "done"}'
+
+
+def test_a_lock_holders_time_is_said_in_utc_whatever_the_zone_of_the_machine_that_says_it(monkeypatch):
+    """An S3 lock is read on other machines: its holder's start was said in the reader's local time, with no zone (a
+    run started a minute ago on a machine in UTC read as five and a half hours off in India)."""
+    import time
+
+    from pipelines.output.lock import describe_holder
+
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    try:
+        said = describe_holder({"pid": 7, "host": "head", "since": 1_764_748_800})  # 2025-12-03 08:00:00 UTC
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert said == "pid 7 on head since 2025-12-03 08:00:00 UTC"

@@ -170,12 +170,13 @@ def _read_holder(handle) -> dict | None:
 
 
 def describe_holder(holder: dict | None) -> str:
-    """A lock holder's record in words: ``pid 123 on host since 2026-11-28 02:00:01``."""
+    """A lock holder's record in words: ``pid 123 on host since 2026-11-28 02:00:01 UTC`` (in UTC: an object
+    store's lock is read on other machines, in other zones)."""
     if not holder:
         return "holder unknown"
     if "pid" not in holder:
         return f"holder {holder}"
-    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("since", 0)))
+    since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(holder.get("since", 0)))
     return f"pid {holder['pid']} on {holder.get('host', '?')} since {since}"
 
 
