@@ -137,3 +137,31 @@ def test_a_lock_holders_time_is_said_in_utc_whatever_the_zone_of_the_machine_tha
         monkeypatch.undo()
         time.tzset()
     assert said == "pid 7 on head since 2025-12-03 08:00:00 UTC"
+
+
+def test_an_overwrite_cut_short_after_it_cleared_the_output_is_still_this_projects_output(tmp_path):
+    """--overwrite clears the output (the committed shards' files, then the bookkeeping) before the run writes its own
+    _job.json: cut short in between (killed, a full disk), an output that also holds a user's file (a README) held
+    nothing left to tell it was this project's, and every later run was refused as 'not empty and holds no results of
+    this project', --overwrite too. The output keeps its _job.json until the run writes the new one."""
+    import json
+
+    from helpers import make_spec
+
+    from pipelines.output.commit import OutputDir
+    from pipelines.runner import job_record
+
+    out = tmp_path / "out"
+    (out / "_commits").mkdir(parents=True)
+    record = {"shard": "abcdefabcdef", "input": {"uri": "/in/a.jsonl", "size": 1, "name": "a.jsonl"},
+              "spec_hash": "h", "model": {"name": "m"}, "rows_in": 1, "rows": 1, "errors": 0,
+              "files": ["part-abcdefabcdef-00000.parquet"], "error_files": []}
+    (out / "_commits" / "abcdefabcdef.json").write_text(json.dumps(record))
+    (out / "part-abcdefabcdef-00000.parquet").write_text("rows")
+    (out / "README.txt").write_text("the team's notes on this output")
+    output = OutputDir(str(out))
+    output.write_json("_job.json", job_record(make_spec("m", {"type": "text-classification"}, out)).to_json())
+    output.check_owner()
+    output.clear()  # --overwrite, cut short here
+    OutputDir(str(out)).check_owner()  # the next run (the same command) takes the output again
+    assert sorted(p.name for p in out.iterdir()) == ["README.txt", "_job.json"]

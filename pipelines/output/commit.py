@@ -341,12 +341,15 @@ class OutputDir:
 
         Files not named by a commit record are never touched, whatever their name; the bookkeeping goes
         by exact name, and the run lock stays (this run holds it). ``_SUCCESS`` and ``_run.json`` go first: a
-        reader that waits for ``_SUCCESS`` must never find it beside a half-deleted output.
+        reader that waits for ``_SUCCESS`` must never find it beside a half-deleted output. ``_job.json`` stays
+        until :meth:`start` writes the run's own over it: an overwrite cut short between the two leaves the output
+        recognisably this project's (with no commit, it belongs to the next run's spec), where a user's file beside
+        it would otherwise have every later run refuse the folder as someone else's.
         """
         self.unfinish()
         for record in self.commits().values():
             self.forget(record)
-        bookkeeping = set(OURS) - {RUN_LOCK}
+        bookkeeping = set(OURS) - {RUN_LOCK, JOB}
         for entry in self.entries():
             if entry.base_name in bookkeeping:
                 layout.delete(self.fs, entry)
