@@ -165,3 +165,16 @@ def test_an_overwrite_cut_short_after_it_cleared_the_output_is_still_this_projec
     output.clear()  # --overwrite, cut short here
     OutputDir(str(out)).check_owner()  # the next run (the same command) takes the output again
     assert sorted(p.name for p in out.iterdir()) == ["README.txt", "_job.json"]
+
+
+def test_a_new_outputs_first_record_cut_short_while_written_is_no_stranger_to_the_next_run(tmp_path):
+    """A run killed while it wrote a new output's first _job.json (or _run.json) leaves that file's temporary copy
+    (_job.json.tmp), which is no file of the names a run takes for its own: the output was refused as someone else's
+    by every later run. A temporary copy of one of this project's files is its own."""
+    from pipelines.output.commit import OutputDir
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "_job.json.tmp").write_text('{"name": "cut sho')
+    (out / "_run.lock").write_text("")
+    OutputDir(str(out)).check_owner()

@@ -216,7 +216,7 @@ class OutputDir:
         if entries and self.job() is None and not self.commits():
             if any(e.base_name == LEDGER for e in entries):
                 raise PipelineError(scheduled_output(self.location, f"its ledger {LEDGER} is there"))
-            if any(e.base_name not in OURS for e in entries):
+            if any(e.base_name.removesuffix(layout.TMP_SUFFIX) not in OURS for e in entries):  # a cut-off write's too
                 raise PipelineError(
                     f"output.path {self.location} is not empty and holds no results of this project; "
                     "choose an empty or new output.path"
