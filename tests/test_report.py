@@ -414,6 +414,34 @@ def test_the_ledger_page_links_every_run_to_a_page_that_is_there(ray_session, ti
     assert "superseded by rescore 2026-11-28T05:00:30Z" in (root / "_report.html").read_text()
 
 
+def test_a_report_rebuilt_while_a_rescore_moves_a_partition_away_makes_no_empty_partition(tmp_path, monkeypatch):
+    """`pipelines report ROOT` listed the partitions, a rescore then moved one to ``_superseded/``, and writing its
+    page made ``run=<run>/`` again, holding only a page of nothing ("No shard is committed yet."); the next tick
+    moved that folder to ``_superseded/`` too, over the moved run's own page."""
+    from test_schedule import Committing, add_shard, day, fake_model, make_job, rows
+
+    from pipelines.output import report
+
+    runner, spec = Committing(), make_job(tmp_path, fake_model(tmp_path))
+    add_shard(tmp_path, "a.jsonl", rows("a", 2))
+    run_due(spec, now=day(1, hours=0.01), runner=runner)
+    root, first = tmp_path / "out", "run=2026-11-28T02:00:00Z"
+    report.rebuild(str(root))
+    read = report.read_run
+
+    def rescored_meanwhile(location: str) -> report.RunData:  # the listing is done: the rescore moves it now
+        monkeypatch.setattr(report, "read_run", read)
+        assert not run_due(spec, now=day(1, hours=3), rescore=True, runner=runner).failures
+        return read(location)
+
+    monkeypatch.setattr(report, "read_run", rescored_meanwhile)
+    pages = report.rebuild(str(root))
+    assert not (root / first).exists(), sorted(p.name for p in (root / first).iterdir())
+    assert str(root / first / "_report.html") not in pages
+    run_due(spec, now=day(2, hours=0.01), runner=runner)
+    assert "No shard is committed yet." not in (root / "_superseded" / first / "_report.html").read_text()
+
+
 def test_a_resumed_auto_run_says_its_precision_was_checked_by_an_earlier_run(tmp_path):
     """A resumed run under ``quantization: auto`` keeps the precision its output's first run chose by a check, and
     has no check of its own: its page said ``Not checked: set model.fidelity in the spec``."""

@@ -84,6 +84,36 @@ class RunData:
 # reading ---------------------------------------------------------------------------------------
 
 
+def _partition_page(location: str) -> bool:
+    """A scheduled job's partition's page, unless the partition has gone meanwhile (False): a scheduler moves a
+    partition a rescore superseded to ``_superseded/``, its page with it, while ``pipelines report`` may be
+    between its listing and this write. The page is never what makes the folder again (on a disk: no folder is
+    created; on an object store, where a write makes its prefix, a page written as the partition left is deleted):
+    such a folder would hold only a page of nothing, which the next tick would move over the moved run's page."""
+    fs, root = resolve(location)
+    page = run_page(read_run(location)).encode()
+    path = f"{root}/{REPORT}"
+    try:
+        layout.write_whole(fs, path, lambda stream: stream.write(page), shared=True)
+    except FileNotFoundError:  # the folder, or this writer's temporary file in it, moved away
+        if _holds_run(fs, root):
+            raise
+        return False
+    if _holds_run(fs, root):
+        return True
+    try:
+        fs.delete_file(path)
+    except OSError:  # gone with the folder already
+        pass
+    return False
+
+
+def _holds_run(fs: pafs.FileSystem, root: str) -> bool:
+    """Whether a partition still holds a run's files (its record, summary or commit records), not only a page."""
+    found = fs.get_file_info([f"{root}/{JOB}", f"{root}/{RUN}", f"{root}/{COMMITS}"])
+    return any(info.type != pafs.FileType.NotFound for info in found)
+
+
 def read_run(location: str) -> RunData:
     """The summary, commit records and predicted labels and scores of an output directory."""
     fs, root = resolve(location)
@@ -665,10 +695,9 @@ def rebuild(location: str) -> list[str]:
             info.base_name for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
             if info.type == pafs.FileType.Directory and info.base_name.startswith(PARTITION)
         ]
-        for name in sorted(partitions):
-            write_run_report(f"{location.rstrip('/')}/{name}")
+        written = [name for name in sorted(partitions) if _partition_page(f"{location.rstrip('/')}/{name}")]
         write_ledger_report(location, ledger_entries(location))
-        return [*(report_path(f"{location.rstrip('/')}/{n}") for n in sorted(partitions)), report_path(location)]
+        return [*(report_path(f"{location.rstrip('/')}/{n}") for n in written), report_path(location)]
     marks = [f"{root}/{RUN}", f"{root}/{COMMITS}"]
     if all(fs.get_file_info(m).type == pafs.FileType.NotFound for m in marks):
         return []
