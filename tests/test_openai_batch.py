@@ -188,6 +188,19 @@ def test_an_azure_openai_batch_file_is_read_as_the_same_requests():
     assert azure.to_pylist() == openai.to_pylist()
 
 
+def test_a_url_that_is_no_string_is_its_lines_refusal_not_the_files():
+    """A line whose url is a list or an object (a template left unfilled, a tool's bug) failed the whole file with
+    ``TypeError: unhashable type`` since Azure's urls were looked up in a dict; it is that line's refusal again."""
+    body = {"input": "hi"}
+    table = rows_of([{"custom_id": "a", "method": "POST", "url": ["/v1/embeddings"], "body": body},
+                     {"custom_id": "b", "method": "POST", "url": {"path": "/embeddings"}, "body": body},
+                     {"custom_id": "c", "method": "POST", "url": "/v1/embeddings", "body": body}])
+    errors = table.column(ERROR).to_pylist()
+    assert errors[0].startswith('url ["/v1/embeddings"] is not supported'), errors
+    assert errors[1].startswith('url {"path": "/embeddings"} is not supported'), errors
+    assert errors[2] is None
+
+
 def test_a_byte_order_mark_does_not_cost_the_first_request():
     """A Batch file saved with a UTF-8 byte order mark: its first request was "invalid JSON: Unexpected UTF-8 BOM"."""
     data = codecs.BOM_UTF8 + "".join(json.dumps(chat_line(c)) + "\r\n" for c in ("first", "second")).encode()

@@ -117,7 +117,7 @@ def _envelope_problem(record: dict[str, Any]) -> str | None:
     if record.get("method") != "POST":
         return f"method must be POST (got {json.dumps(record.get('method'))})"
     url = record.get("url")
-    if url not in URLS and url not in AZURE_URLS:
+    if not isinstance(url, str) or (url not in URLS and url not in AZURE_URLS):  # a list or an object: no dict key
         return (f"url {json.dumps(url)} is not supported; this project serves {' and '.join(URLS)} (Azure OpenAI's "
                 f"{' and '.join(AZURE_URLS)})")
     if not isinstance(record.get("body"), dict):
