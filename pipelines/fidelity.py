@@ -49,7 +49,8 @@ def sample(spec: JobSpec, shards: list[Shard], rows: int) -> pa.Table:
     """The job's deterministic sample of usable rows (lowest id hashes)."""
     from pipelines.runner import columns_of
 
-    table = sample_rows(shards, columns_of(spec, shards), rows)
+    filled = spec.task.type == "question-answering"  # its question and context are refused blank, not only null
+    table = sample_rows(shards, columns_of(spec, shards), rows, filled)
     if not table.num_rows:
         raise PipelineError(
             f"{spec.name or spec.output.path}: no usable input row to check fidelity on; check input.paths and "

@@ -108,6 +108,22 @@ def test_rows_whose_other_task_input_is_null_are_not_sampled_so_the_check_judges
     assert result.rows == 10 and result.failed_reference == 0
 
 
+def test_rows_whose_question_is_blank_are_not_sampled_either(tiny_models, tmp_path):
+    """The question-answering task refuses a blank question as it does a null one (`question is null or empty`),
+    but only null ones were left out of the sample: on questions half of which were "" or spaces (a CSV export's
+    missing value), `--rows 10` judged 5 rows."""
+    from tiny_models import CORPUS
+
+    rows = [{"id": f"q{i}", "context": CORPUS[i], "question": ("", "  ")[i % 4 // 2] if i % 2 else "what is it?"}
+            for i in range(40)]
+    write_jsonl(tmp_path / "qa.jsonl", rows)
+    task = {"type": "question-answering", "question_column": "question", "context_column": "context"}
+    spec = quantized_spec(tiny_models("qa"), task, "dynamic-int8", input={"paths": [str(tmp_path)],
+                                                                            "text_column": "context"})
+    result = check(spec, list_shards([str(tmp_path)]), rows=10)
+    assert result.rows == 10 and result.failed_reference == 0, result
+
+
 # each task's measures, on predictions made up to show them ---------------------------------------
 
 

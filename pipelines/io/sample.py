@@ -4,7 +4,8 @@ Rows are ranked by a hash of their id and the ``n`` lowest are kept, so the samp
 depends only on the ids: re-running, listing the shards in another order or reading
 them in other blocks picks the same rows, and adding input changes the sample only
 where a new id ranks among the lowest. Rows that can't be predicted (a null or
-blank text, a null question or prompt column, a bad JSON line) are not sampled. Light: pyarrow and hashlib.
+blank text, a null prompt column, a null or blank question, a bad JSON line) are not
+sampled. Light: pyarrow and hashlib.
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ def id_rank(ids: Iterable[str | None]) -> np.ndarray:
     )
 
 
-def sample_rows(shards: list[Shard], columns: Columns, n: int) -> pa.Table:
-    """The ``n`` usable rows with the lowest id hash over all ``shards`` (fewer when there are fewer)."""
+def sample_rows(shards: list[Shard], columns: Columns, n: int, filled: bool = False) -> pa.Table:
+    """The ``n`` usable rows with the lowest id hash over all ``shards`` (fewer when there are fewer); ``filled``:
+    the task refuses a blank value of its other inputs too, not only a null one (question answering)."""
     kept: pa.Table | None = None
     for shard in shards:
         for block in read_shard(shard, columns):
-            usable = block.filter(_usable(block, columns))
+            usable = block.filter(_usable(block, columns, filled))
             if usable.num_rows:
                 kept = _lowest(usable if kept is None else pa.concat_tables([kept, usable]), columns.id_name, n)
     if kept is None:
@@ -43,15 +45,22 @@ def sample_rows(shards: list[Shard], columns: Columns, n: int) -> pa.Table:
     return kept
 
 
-def _usable(block: pa.Table, columns: Columns) -> pa.Array:
+def _usable(block: pa.Table, columns: Columns, filled: bool) -> pa.Array:
     """Rows the reader took, whose text is there (the predictor refuses null or blank texts) and whose other task
-    inputs are not null (a question-answering row's question, a prompt's columns: the task refuses such a row)."""
-    filled = pc.utf8_length(pc.utf8_trim_whitespace(pc.fill_null(block.column(columns.text), "")))
-    usable = pc.and_(block.column(ERROR).is_null(), pc.greater(filled, 0))
+    inputs are not null (a prompt's columns: the task refuses such a row), nor blank where ``filled`` (a
+    question-answering row's question)."""
+    usable = pc.and_(block.column(ERROR).is_null(), _not_blank(block.column(columns.text)))
     for name in columns.inputs:
         if name != columns.text and name in block.column_names:
-            usable = pc.and_(usable, block.column(name).is_valid())
+            column = block.column(name)
+            text = filled and (pa.types.is_string(column.type) or pa.types.is_large_string(column.type))
+            usable = pc.and_(usable, _not_blank(column) if text else column.is_valid())
     return usable
+
+
+def _not_blank(column: pa.ChunkedArray) -> pa.Array:
+    """Values that are not null, empty or only whitespace."""
+    return pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(pc.fill_null(column, ""))), 0)
 
 
 def _lowest(table: pa.Table, id_column: str, n: int) -> pa.Table:
