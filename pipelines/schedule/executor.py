@@ -493,7 +493,8 @@ class ScheduledJob:
             "tick would take it for a new version of that file, and score it in that file's place or move that file's "
             "rows out of the output. Keep input.paths on the same location at every tick (for a folder per day, list "
             "the folder above them, so that each file's name holds its day's folder, with a new output.path, since "
-            "the names change), or give each file a name of its own"
+            "the names change), or give each file a name of its own; where the input moved to this location on "
+            f"purpose, move or rename the earlier copy, {recorded.uri}, and this file is its new version"
         )
 
     def check_held_gone(self, current: set[str]) -> None:
