@@ -170,6 +170,16 @@ def preflight(spec: JobSpec) -> None:
     log.info("model %s resolved to %s", spec.model.name, resolved)
 
 
+def ready_to_run(spec: JobSpec, address: str | None) -> None:
+    """What a scheduled invocation makes sure of before its first run: the model (:func:`preflight`), and Ray,
+    started here or joined at ``address`` with the pool's resources checked (a run then finds it up). Each raises
+    the PipelineError a run would fail with at once."""
+    from pipelines.cluster.connect import connect
+
+    preflight(spec)
+    connect(address, spec)
+
+
 def build_dataset(spec: JobSpec, shards: list[Shard], columns: Columns):
     """The lazy Ray dataset: read → predict on the actor pool → stage; yields writer reports."""
     import ray

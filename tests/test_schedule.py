@@ -1618,6 +1618,27 @@ def test_a_missing_model_fails_the_invocation_before_any_run_not_a_new_failing_r
     assert ledger(tmp_path) == []
     assert not list((tmp_path / "out").glob("run=*"))
 
+def test_a_ray_that_cannot_be_reached_fails_the_invocation_before_any_run_not_a_new_failing_run_each_night(
+        classifier, tmp_path):
+    """`schedule --once --address HEAD:6379` while the cluster's head is down (or a local Ray that can't start): each
+    invocation recorded a new run of the night's input that failed at once and tried every earlier one again, each
+    paying Ray's start again, a failing run and partition more each night. Ray is started (or joined) before the
+    invocation's first run now: the invocation fails with Ray's line (exit 2) and records no tick."""
+    raw = raw_job(tmp_path, classifier)
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("RAY_ADDRESS", None)
+    for night in (1, 2):
+        add_shard(tmp_path, f"night-{night}.jsonl", rows(f"n{night}-", 2))
+        done = subprocess.run([sys.executable, "-m", "pipelines", "schedule", str(job), "--once", "--address",
+                               "127.0.0.1:1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2, done.stderr[-3000:]
+        assert "Cannot reach the Ray cluster at 127.0.0.1:1" in done.stderr
+    assert ledger(tmp_path) == []
+    assert not list((tmp_path / "out").glob("run=*"))
+
+
 def test_prune_refuses_an_input_that_lists_no_file_at_all_instead_of_moving_the_whole_output_away(tmp_path):
     """A nightly `schedule --once --prune` whose input folder is there but empty for a moment (a mount gone leaves its
     empty mount point; a sync half done): every scored shard looked gone, and the whole output moved to _superseded/,

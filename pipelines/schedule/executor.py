@@ -156,9 +156,12 @@ def run_due(
         raise PipelineError(f"{spec.output.path}: {problem}")
     checks: Callable[[JobSpec], None] | None = None  # a stand-in runner (the tests') makes its own
     if runner is None:
-        from pipelines.runner import preflight, run_job
+        from pipelines.runner import ready_to_run, run_job
 
-        runner, checks = run_job, preflight
+        runner = run_job
+
+        def checks(job_spec: JobSpec) -> None:
+            ready_to_run(job_spec, address)
     job = ScheduledJob(spec, address, runner, checks)
     job.check_layout()
     lock = job_lock(spec)
@@ -224,7 +227,8 @@ class ScheduledJob:
         self.spec = spec
         self.address = address
         self.runner = runner
-        #: The run's checks before any work (the model's files): once, before an invocation's first attempt.
+        #: The run's checks before any work (the model's files, Ray started or joined): once, before an invocation's
+        #: first attempt.
         self.preflight = preflight
         self.fs, self.root = resolve(spec.output.path)
         self.ledger = Ledger(spec.output.path)
@@ -526,9 +530,10 @@ class ScheduledJob:
     def attempt_reporting(self, plan: RunPlan, report: Invocation) -> str | None:
         """Attempt a run; a failure is recorded (ledger, report) instead of stopping the invocation, and returned.
 
-        Before the invocation's first attempt, the checks every run makes before any work (the model's files): what
-        they refuse, no run of this job can do, so it fails the invocation with its line and records no tick (as an
-        input that can't be listed does), instead of a new failing run at each tick, each retried at every one after.
+        Before the invocation's first attempt, the checks every run makes before any work (the model's files; Ray
+        started here, or the cluster joined): what they refuse, no run of this job can do, so it fails the invocation
+        with its line and records no tick (as an input that can't be listed does), instead of a new failing run at
+        each tick, each retried at every one after.
         """
         if self.preflight is not None:
             self.preflight(self.spec)
