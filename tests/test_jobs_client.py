@@ -78,6 +78,11 @@ def project(tmp_path: Path) -> Path:
             print("OUTPUT_UPLOADED", os.path.exists("output/big.bin"))
             if spec == "sleep":
                 time.sleep(120)
+            if spec.startswith("gate "):  # runs until the test opens the gate (the file named)
+                print("BEFORE THE GATE", flush=True)
+                while not os.path.exists(spec[5:]):
+                    time.sleep(0.1)
+                print("AFTER THE GATE", flush=True)
             if spec == "fail":
                 print("error: the stand-in failed on purpose", file=sys.stderr)
             sys.exit(3 if spec == "fail" else 0)
@@ -106,7 +111,7 @@ def test_submit_wait_succeeds_and_streams_logs(head, token_env, project, capsys)
     streamed = capsys.readouterr().out
     expected = "ARGS run jobs/hello.yaml --set greeting=hi there --set batch_size=4"
     assert expected in streamed
-    assert "SPEC hello" in streamed
+    assert "SPEC hello" in streamed and streamed.count(expected) == 1  # the logs read at the end add nothing twice
     assert "OUTPUT_UPLOADED False" in streamed
     assert jobs_client.status(job_id, head.address).status == "SUCCEEDED"
     assert expected in jobs_client.logs(job_id, head.address)
@@ -121,6 +126,33 @@ def test_wait_raises_when_the_job_fails(head, token_env, project):
     for report in (jobs_client.status(job_id, head.address), jobs_client.wait(job_id, head.address)):
         assert (report.status, report.exit_code, report.own_line) == ("FAILED", 3, said)
         assert str(report) == f"{job_id}: FAILED (Job entrypoint command failed with exit code 3) {said}"
+
+
+def test_wait_follows_a_job_to_its_end_when_the_log_stream_closes_before_it(
+        head, token_env, project, tmp_path, monkeypatch, capsys):
+    """A proxy or load balancer before the dashboard that closes long-lived websockets, a dashboard restarted: the log
+    stream ended while the job ran, and `submit --wait` (and `logs --follow`) took that for the job's end: it waited up
+    to 30 s for a final status, then failed with "ended RUNNING" while the job went on. The job is followed by polling
+    its logs now, to its real end, each line printed once."""
+    from ray.job_submission import JobSubmissionClient
+
+    gate = tmp_path / "gate-open"
+    (project / "jobs" / "gate.yaml").write_text(f"gate {gate}\n")
+    real_tail = JobSubmissionClient.tail_job_logs
+
+    async def closed_early(self, job_id):
+        async for chunk in real_tail(self, job_id):
+            yield chunk
+            if "BEFORE THE GATE" in chunk:
+                gate.touch()  # the job goes on to its end, which the stream, closed here, does not show
+                return
+
+    monkeypatch.setattr(JobSubmissionClient, "tail_job_logs", closed_early)
+    monkeypatch.setattr(jobs_client, "_FINAL_STATUS_TIMEOUT_S", 0.0)  # the status is read once the logs are done
+    job_id = jobs_client.submit(project / "jobs" / "gate.yaml", head.address, wait=True, project_root=project)
+    streamed = capsys.readouterr().out
+    assert streamed.count("BEFORE THE GATE") == 1 and streamed.count("AFTER THE GATE") == 1
+    assert jobs_client.status(job_id, head.address).status == "SUCCEEDED"
 
 
 def test_status_logs_and_stop(head, token_env, project, capsys):

@@ -80,6 +80,8 @@ SUBMIT_RETRY_S = 60.0
 SUBMIT_RETRY_EVERY_S = 2.0
 _CONNECT_TIMEOUT_S = 5.0
 _POLL_INTERVAL_S = 1.0
+#: How long a job's status may lag the end of its log stream before the stream is taken to have closed early.
+_STREAM_END_GRACE_S = 5.0
 _FINAL_STATUS_TIMEOUT_S = 30.0
 #: The line ``pipelines run`` ends a foreseen failure with (cli.main): ``error: …``, or ``busy: …`` (exit 75).
 _OWN_LINE = re.compile(r"^(?:error|busy): \S.*$", re.MULTILINE)
@@ -745,8 +747,9 @@ def _with_own_line(client: _Client, report: JobReport, logs: str | None = None) 
 def follow_logs(client: _Client, job_id: str, out: IO[str] | None = None) -> str:
     """Write the job's logs to ``out`` (stdout) as they come until the job ends.
 
-    Returns the logs. Streams over the job server's websocket; if that breaks
-    (or an event loop is already running here), polls the logs instead.
+    Returns the logs. Streams over the job server's websocket; if that breaks, or closes while the job still runs
+    (a proxy's or load balancer's timeout, a dashboard restarted: Ray's stream then just ends), or an event loop is
+    already running here, polls the logs instead, to the job's end.
     """
     import aiohttp
 
@@ -757,9 +760,12 @@ def follow_logs(client: _Client, job_id: str, out: IO[str] | None = None) -> str
     except RuntimeError:  # no running loop: the normal case for the CLI
         try:
             asyncio.run(_stream_logs(client, job_id, out, chunks))
-            return "".join(chunks)
+            if not _final_report(client, job_id, _STREAM_END_GRACE_S).is_terminal:
+                logger.warning("Log stream for job %s closed while the job runs; polling instead.", job_id)
         except (RuntimeError, OSError, aiohttp.ClientError) as exc:
             logger.warning("Log stream for job %s broke (%s); polling instead.", job_id, exc)
+    # Also after a stream that ended with the job: what it did not carry (it may have closed before the last lines)
+    # comes from the job server's logs, read once the job has ended.
     return _poll_logs(client, job_id, out, already="".join(chunks))
 
 
@@ -803,9 +809,10 @@ def _wait_for_success(client: _Client, url: str, job_id: str) -> None:
         )
 
 
-def _final_report(client: _Client, job_id: str) -> JobReport:
-    """Return the job's report once it is terminal (the log stream ends first)."""
-    deadline = time.monotonic() + _FINAL_STATUS_TIMEOUT_S
+def _final_report(client: _Client, job_id: str, wait_s: float | None = None) -> JobReport:
+    """Return the job's report once it is terminal (the log stream ends first), or as it is after ``wait_s``
+    (default: ``_FINAL_STATUS_TIMEOUT_S``)."""
+    deadline = time.monotonic() + (_FINAL_STATUS_TIMEOUT_S if wait_s is None else wait_s)
     report = _report(client, job_id)
     while not report.is_terminal and time.monotonic() < deadline:
         time.sleep(_POLL_INTERVAL_S / 4)
