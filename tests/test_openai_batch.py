@@ -591,10 +591,11 @@ def test_prompts_too_long_are_counted_as_one_kind_each_and_say_what_to_do(tiny_m
     spec = make_spec(model, {"type": "text-generation", "max_new_tokens": 6}, input={"format": "openai-batch"},
                      batching={"max_length": 64})
     lines = [chat_line("long-1", "Paris " * 60), chat_line("long-2", "Paris " * 80),
-             chat_line("wide-1", max_tokens=250), chat_line("wide-2", max_tokens=240)]
+             chat_line("wide-1", max_tokens=250), chat_line("wide-2", max_tokens=240),
+             chat_line("wide-3", max_completion_tokens=250)]
     out = torch_free_stages(Predictor(spec), rows_of(lines))
     assert reason_counts(out) == {"prompt longer than batching.max_length": 2,
-                                  "prompt and max_tokens exceed the model's context": 2}
+                                  "prompt and max_tokens exceed the model's context": 3}
     errors = {row["id"]: row["_error"] for row in out.to_pylist()}
     for key in ("long-1", "long-2"):
         assert re.fullmatch(r"prompt longer than batching.max_length: \d+ tokens, over 64; messages are never cut: "
@@ -602,6 +603,9 @@ def test_prompts_too_long_are_counted_as_one_kind_each_and_say_what_to_do(tiny_m
     prompt = int(re.search(r"(\d+) and 250 tokens", errors["wide-1"]).group(1))
     assert errors["wide-1"] == (f"prompt and max_tokens exceed the model's context: {prompt} and 250 tokens, over 256; "
                                 f"give a max_tokens of at most {256 - prompt}")
+    # the advice names the field the request gave: the API's newer max_completion_tokens, as the openai SDK writes it
+    assert errors["wide-3"] == (f"prompt and max_tokens exceed the model's context: {prompt} and 250 tokens, over 256; "
+                                f"give a max_completion_tokens of at most {256 - prompt}")
 
     # so too a string of an embedding request's input, whatever its place in the list
     assert {reason_kind(f"input[{i}] {NO_TOKENS}") for i in (1, 7)} == {"input[…] has no tokens"}

@@ -234,7 +234,8 @@ class ChatCompletions(Task):
         choices = _Choices()
         for (i, request), tokens in zip(requests.items(), encoded):
             new = self._max_tokens(request, len(tokens))
-            problem = self._too_long(len(tokens), new)
+            problem = self._too_long(len(tokens), new, "max_completion_tokens" if request.max_completion_tokens
+                                     else "max_tokens")
             if problem:
                 errors[i] = problem
                 continue
@@ -262,10 +263,10 @@ class ChatCompletions(Task):
         room = self.positions - prompt if self.positions else self.options.max_new_tokens
         return max(1, min(self.options.max_new_tokens, room))  # no room at all: refused by _too_long
 
-    def _too_long(self, prompt: int, new: int) -> str | None:
+    def _too_long(self, prompt: int, new: int, field: str = "max_tokens") -> str | None:
         """Why a prompt of ``prompt`` tokens with ``new`` to generate can't be answered, or None. The reason's kind,
         its text before the first ``:``, is the same for every request (the summary counts refusals by kind); the
-        lengths and what to change come after it."""
+        lengths and what to change come after it (``field``: the request's field to lower, as it named it)."""
         if prompt > self.max_length:
             kind = f"prompt longer than batching.max_length: {prompt} tokens, over {self.max_length}"
             most = self._most_read()
@@ -281,7 +282,7 @@ class ChatCompletions(Task):
         if self.positions and prompt + new > self.positions:
             return (
                 f"prompt and max_tokens exceed the model's context: {prompt} and {new} tokens, over {self.positions}; "
-                f"give a max_tokens of at most {self.positions - prompt}"
+                f"give a {field} of at most {self.positions - prompt}"
             )
         return None
 
