@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from helpers import ROOT
 from test_cli import MAIN_JOB, cli
 
 from pipelines.errors import PipelineError
 from pipelines.inference.aliases import resolve_name
-from pipelines.spec import ModelSpec
+from pipelines.spec import ModelSpec, spec_from_dict
 
 
 def one_line_error(done, *needles: str) -> str:
@@ -56,6 +61,45 @@ def test_a_spec_file_that_is_not_yaml_is_one_line(tmp_path):
     done = cli("validate", str(spec))
     one_line_error(done, "not valid YAML", "line 1")
     assert done.stderr.strip().count("\n") == 0
+
+
+@pytest.mark.parametrize("scheme", ["file", "s3"])
+def test_a_uri_with_one_slash_after_its_scheme_is_refused_not_made_a_folder_here(tiny_models, tmp_path, scheme):
+    """`output.path: file:/data/out`, as Hadoop and Spark print a local path, or `s3:/bucket/out`, a slash short, has no
+    `//` after its scheme, so it was taken for a relative path: `pipelines run` scored every row into a folder named
+    `file:` (`s3:`) under the directory it ran from, and into another one from each other directory (every row again,
+    a resume never found), while the output it names (the folder, the bucket) got nothing. Such a location, in
+    output.path or in input.paths, is refused before any work with one line that gives its spelling."""
+    from test_faults import many_shards, write_job
+
+    many_shards(tmp_path / "in", shards=1)
+    wanted = f"file:{tmp_path}/out" if scheme == "file" else "s3:/bucket/out"
+    job = write_job(tmp_path, tiny_models("classifier"), tmp_path / "in", output={"path": wanted})
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("RAY_ADDRESS", None)
+    for here in (tmp_path / "a", tmp_path / "b"):  # a scheduled job's cron runs from one, the user from the other
+        here.mkdir()
+        done = subprocess.run([sys.executable, "-m", "pipelines", "run", str(job)], cwd=here, env=env,
+                              capture_output=True, text=True, timeout=300)
+        fix = f"file://{tmp_path}/out" if scheme == "file" else "s3://bucket/out"
+        assert done.returncode == 2 and "Traceback" not in done.stderr, (done.returncode, done.stderr[-3000:])
+        [header, line] = done.stderr.strip().splitlines()[-2:]  # the spec's header line, and the field's
+        assert header == f"error: {job}: invalid job spec", done.stderr[-3000:]
+        assert line.startswith("  output.path: ") and f"{wanted} has one / after {scheme}:" in line, line
+        assert f"write {fix}" in line, line
+        assert list(here.iterdir()) == [], list(here.iterdir())
+    assert not (tmp_path / "out").exists()
+
+    raw = yaml.safe_load(job.read_text())
+    raw["input"]["paths"], raw["output"]["path"] = [f"file:{tmp_path}/in"], str(tmp_path / "out")
+    with pytest.raises(PipelineError) as refused:
+        spec_from_dict(raw)
+    said = str(refused.value)
+    assert "  input.paths: " in said and f"file:{tmp_path}/in has one / after file:" in said, said
+    assert f"write file://{tmp_path}/in or {tmp_path}/in" in said, said
+    for fine in (f"file://{tmp_path}/in", f"./file:{tmp_path}/in", str(tmp_path / "in"), "data/x:y/z"):
+        raw["input"]["paths"] = [fine]
+        spec_from_dict(raw)  # a URI as pyarrow reads it, a local folder whose name holds a colon
 
 
 def test_an_output_started_on_cpu_resumes_with_device_auto_but_not_with_another_row_policy(

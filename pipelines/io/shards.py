@@ -129,12 +129,35 @@ def _encode_location(rest: str) -> str:
     return re.sub(r"%(?![0-9A-Fa-f]{2})", "%25", quoted) + options
 
 
+#: A location that starts as a URI with one ``/`` after its scheme: ``file:/data/out``, ``s3:/bucket/out``.
+ONE_SLASH = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):/(?!/)")
+
+
+def one_slash_problem(location: str) -> str | None:
+    """Why a location written as a URI with one ``/`` after its scheme (``file:/data/out``, as Hadoop and Spark print
+    a local path; ``s3:/bucket/out``, a slash short) is refused, with the spelling to use; None for any other. Without
+    the ``//`` it is no URI here but a relative path: a folder named ``file:`` under the directory the command runs
+    in, another one from each directory, where every row would be scored again and none reach the place it names."""
+    found = ONE_SLASH.match(location)
+    if found is None:
+        return None
+    scheme, rest = found.group(1), location[found.end() :]
+    fix = f"file:///{rest} or /{rest}" if scheme.lower() == "file" else f"{scheme}://{rest}"
+    return (
+        f"{location} has one / after {scheme}:, so it would be a relative path, a folder named {scheme}: in the "
+        f"directory the command runs in (another one from each directory); write {fix} (./{location} for a local "
+        "folder of that name)"
+    )
+
+
 def store_path_problem(location: str) -> str | None:
     """What a store's location holds that a path there can't, as a sentence with the spelling to use; None if
-    nothing. An empty name (``s3://bucket//x``): pyarrow refuses it. A ``.`` or ``..`` between slashes: a store keeps
-    it in the key, where a reader (and the check of output.path against the input, which compares paths as
-    written) takes a step between folders. Trailing slashes are no names (a folder); a local path or a ``file://``
-    URI is the disk's to resolve."""
+    nothing. A URI with one ``/`` after its scheme (:func:`one_slash_problem`). An empty name (``s3://bucket//x``):
+    pyarrow refuses it. A ``.`` or ``..`` between slashes: a store keeps it in the key, where a reader (and the check
+    of output.path against the input, which compares paths as written) takes a step between folders. Trailing
+    slashes are no names (a folder); a local path or a ``file://`` URI is the disk's to resolve."""
+    if (one_slash := one_slash_problem(location)) is not None:
+        return one_slash
     if stores.is_local_location(location):
         return None
     body, query = _split_query(location)
