@@ -1013,6 +1013,30 @@ def test_an_output_folder_that_is_an_input_folder_by_another_path_is_seen_for_wh
         check_paths(spec_from_dict(raw))
 
 
+def test_a_file_with_two_hard_links_or_under_a_bind_mount_is_read_once(tiny_models, tmp_path, bind_mount):
+    """A snapshot made with hard links (`cp -al 2024-06-01 latest`, rsnapshot, `rsync --link-dest`) gives each file a
+    second name that goes through no symbolic link, so the two names were two shards: `pipelines run` wrote each of
+    the file's rows twice, and the file named twice in input.paths under its two names was refused as two files
+    with one name. So was a folder bound at a second place inside the input. Each file is read once, under the
+    first of its names, and a warning names the others."""
+    ids = many_shards(tmp_path / "in" / "2024-06-01", shards=2)
+    shutil.copytree(tmp_path / "in" / "2024-06-01", tmp_path / "in" / "latest", copy_function=os.link)  # cp -al
+    job = write_job(tmp_path, tiny_models("classifier"), tmp_path / "in")
+    done = cli("run", str(job))
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = output_ids(tmp_path / "out")
+    assert sorted(got) == sorted(ids), f"{len(got)} rows out of {len(ids)}"
+    assert "2 file(s) found under two names" in done.stderr, done.stderr[-3000:]
+    assert "latest/part-0.jsonl (read as 2024-06-01/part-0.jsonl)" in done.stderr, done.stderr[-3000:]
+
+    named = [str(tmp_path / "in" / "2024-06-01" / "part-0.jsonl"), str(tmp_path / "in" / "latest" / "part-0.jsonl")]
+    assert [s.path for s in list_shards(named)] == named[:1]
+
+    write_jsonl(tmp_path / "mounted" / "current" / "a.jsonl", [{"id": "a", "text": "x"}])
+    bind_mount(tmp_path / "mounted" / "current", tmp_path / "mounted" / "v3")  # the same folder at a second place
+    assert [s.name for s in list_shards([str(tmp_path / "mounted")])] == ["current/a.jsonl"]
+
+
 def test_overwrite_keeps_its_own_lock_and_names_that_only_start_like_ours(overwritten):
     # --overwrite used to delete every top-level entry whose name *starts with* a bookkeeping name: the
     # run's own _run.lock (so a second run got the lock and wrote the same output at once) and a

@@ -446,6 +446,16 @@ class UnderFolder:
         return found
 
 
+def _file_identity(path: str) -> tuple[int, int] | None:
+    """A local file's device and inode (through its symbolic links): the same for each of its hard links, and
+    through a bind mount; None where it can't be looked at (gone since the listing)."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
 def _identity(path: str) -> tuple[int, int] | None:
     try:
         found = os.stat(path)
@@ -470,7 +480,9 @@ def list_shards(
     one shard.
     """
     shards: dict[str, Shard] = {}
-    by_file: dict[str, tuple[str, bool]] = {}  # a local file's real path: the uri of its shard, reached through a link
+    # a local file (its device and inode, which its hard links and a bind mount share; else its real path): the uri
+    # of its shard, reached through a link
+    by_file: dict[tuple[int, int] | str, tuple[str, bool]] = {}
     doubles: list[tuple[str, str]] = []  # (a name not read, the name read): one file found under both
     real_file = _RealPaths()
     skipped = [(xfs, xpath, real_path(xfs, xpath)) for xfs, xpath in map(resolve, exclude)]
@@ -507,13 +519,14 @@ def list_shards(
             if isinstance(fs, pafs.LocalFileSystem):  # a file found under two names (a link to it) is read once
                 real = real_file(info.path)
                 linked = real != f"{real_file(root)}/{name}"
-                prior = by_file.get(real)
+                same = _file_identity(info.path) or real  # a hard link, or a folder bound elsewhere: no link to see
+                prior = by_file.get(same)
                 if prior is not None and prior[0] != uri:
                     if not prior[1] or linked:  # the first name, unless only the new one goes through no link
                         doubles.append((name, shards[prior[0]].name))
                         continue
                     doubles.append((shards.pop(prior[0]).name, name))
-                by_file[real] = (uri, linked)
+                by_file[same] = (uri, linked)
             shards[uri] = Shard(uri, info.path, kind[0], kind[1], info.size or 0, mtime, name)  # type: ignore[arg-type]
         compressed = sorted(n for n in other if os.path.splitext(n)[1].lower() in COMPRESSED_NAMES)
         if other and (found or (empty_is_no_input and a_listing)):  # a landing folder of files not read: said
@@ -554,8 +567,8 @@ def list_shards(
             )
     if doubles:
         log.warning(
-            "input.paths: %d file(s) found under two names (through a symbolic link, or named twice) are read "
-            "once, under the name without a link: %s", len(doubles),
+            "input.paths: %d file(s) found under two names (through a symbolic or hard link, or named twice) are "
+            "read once, under the name without a symbolic link: %s", len(doubles),
             ", ".join(f"{name} (read as {kept})" for name, kept in sorted(doubles)[:3]))
     _check_names(list(shards.values()))
     return [shards[k] for k in sorted(shards)]
