@@ -379,6 +379,42 @@ def test_pipelines_lock_local_keeps_apart_the_runs_of_this_machine_and_says_so(s
     assert listed.get("KeyCount", 0) == 0  # nothing written to the store
 
 
+def test_a_lock_folder_given_relative_or_with_a_tilde_is_one_folder_for_every_working_directory(
+    s3_server, tiny_models, monkeypatch, tmp_path
+):
+    """PIPELINES_LOCK_DIR=.locks, or ~/locks set where no shell expands the ~ (a systemd unit, a Kubernetes env, a
+    crontab's variable), was a folder under the directory each command ran from: `pipelines schedule JOB --once` from
+    cron (in the home directory) and `pipelines run` by hand from the project took their locks in two folders, and
+    both wrote the output at once. A ~ is the home directory, as in a spec's paths; a relative folder is refused
+    before any work, with one line that says to make it absolute."""
+    use_s3(monkeypatch, s3_server)
+    monkeypatch.setenv("PIPELINES_LOCK", "local")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PIPELINES_LOCK_DIR", "~/locks")
+    location = f"s3://{OUT}/lock-dir"
+    for folder in ("cron", "project"):
+        (tmp_path / folder).mkdir()
+    monkeypatch.chdir(tmp_path / "cron")
+    with output_lock(location, "_run.lock", "the output"):
+        monkeypatch.chdir(tmp_path / "project")
+        with pytest.raises(LockHeld):
+            output_lock(location, "_run.lock", "the output").acquire()
+    assert [p.suffix for p in (tmp_path / "home" / "locks").iterdir()] == [".lock"]
+
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": "a0", "text": SENTENCES[0]}])
+    job = s3_job(tmp_path, tiny_models("classifier"), str(tmp_path / "in"), location)
+    environment = s3_server.env("admin", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), PIPELINES_LOCK="local",
+                                PIPELINES_LOCK_DIR=".locks")
+    environment.pop("RAY_ADDRESS", None)
+    done = subprocess.run([sys.executable, "-m", "pipelines", "run", str(job)], cwd=tmp_path / "project",
+                          env=environment, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, (done.returncode, done.stderr[-3000:])
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: PIPELINES_LOCK_DIR .locks is a relative path") and "absolute" in line, line
+    assert not (tmp_path / "project" / ".locks").exists()
+    assert s3_server.client().list_objects_v2(Bucket=OUT, Prefix="lock-dir/").get("KeyCount", 0) == 0
+
+
 def test_no_commit_record_after_the_lock_is_lost_or_for_a_file_too_large_for_one_s3_copy(s3_server, monkeypatch):
     use_s3(monkeypatch, s3_server)
     output = OutputDir(f"s3://{OUT}/large")

@@ -180,6 +180,24 @@ def describe_holder(holder: dict | None) -> str:
     return f"pid {holder['pid']} on {holder.get('host', '?')} since {since}"
 
 
+def lock_folder() -> Path:
+    """The local lock folder: ``$PIPELINES_LOCK_DIR`` (a ``~`` at its start the home directory, as in a spec's paths:
+    a systemd unit or a Kubernetes env expands none), else ``~/.cache/pipelines/locks``. A relative one is refused:
+    each command would take its locks under the directory it runs from, and a scheduler started by cron from the
+    home directory and a run started from the project would not be kept apart."""
+    given = os.environ.get("PIPELINES_LOCK_DIR")
+    if not given:
+        return Path.home() / ".cache" / "pipelines" / "locks"
+    folder = Path(given).expanduser()
+    if not folder.is_absolute():
+        raise PipelineError(
+            f"PIPELINES_LOCK_DIR {given} is a relative path: a command started from another directory would take "
+            "its lock in another folder, and two runs of one output would not be kept apart; set it to an absolute "
+            "path (or unset it: ~/.cache/pipelines/locks)"
+        )
+    return folder
+
+
 def output_lock(location: str, name: str, what: str, quiet: bool = False) -> JobLock | ObjectLock:
     """The lock of an output location: ``<location>/<name>``.
 
@@ -198,7 +216,7 @@ def output_lock(location: str, name: str, what: str, quiet: bool = False) -> Job
 
         bucket, _, prefix = root.rstrip("/").partition("/")
         return ObjectLock(bucket, f"{prefix}/{name}" if prefix else name, what, region=fs.region)
-    folder = Path(os.environ.get("PIPELINES_LOCK_DIR", Path.home() / ".cache" / "pipelines" / "locks"))
+    folder = lock_folder()
     if not quiet:
         log.warning("output.path %s: runs are kept apart only on this machine (lock in %s); run one driver per "
                     "output at a time", location, folder)
