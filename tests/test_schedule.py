@@ -22,6 +22,7 @@ from helpers import ROOT, SENTENCES, write_jsonl, write_parquet
 
 from pipelines.errors import PipelineError
 from pipelines.io.reader import content_digest
+from pipelines.io.shards import list_shards
 from pipelines.output import layout
 from pipelines.output import summary as summaries
 from pipelines.output.commit import DATA_STAGED, OutputDir, staged_name
@@ -574,6 +575,29 @@ def test_a_killed_run_is_completed_by_the_next_tick(ray_session, classifier, tmp
     ids = all_ids(tmp_path)
     assert sorted(ids) == sorted(r["id"] for n in "abcd" for r in rows(n, 5 if n == "d" else 4))
     assert len(ids) == len(set(ids)) == 17
+
+
+def test_a_folder_listed_again_inside_the_input_location_renames_no_file(ray_session, classifier, tmp_path):
+    """A file reached from two locations of input.paths, one inside the other (`[in, in/late]`: a folder already in the
+    input named again, to make sure it is read), was named under the one listed last: `late/x.jsonl` became `x.jsonl`,
+    a new name, so the tick scored its rows again into its partition while its first name's output stayed (gone):
+    each of its rows twice in the output. (A file found under two spellings, `file://` and a plain path, kept its
+    first name instead.) It keeps the name under the outer location, in any order, however it is spelled."""
+    spec = make_job(tmp_path, classifier)
+    add_shard(tmp_path, "a.jsonl", rows("a", 3))
+    add_shard(tmp_path, "late/x.jsonl", rows("x", 4))
+    [first] = run_due(spec, now=day(1, hours=0.01)).entries
+    assert (first.status, first.rows_out) == ("succeeded", 7)
+
+    inner = str(tmp_path / "in" / "late")
+    again = spec_from_dict({**raw_job(tmp_path, classifier), "input": {"paths": [str(tmp_path / "in"), inner]}})
+    [second] = run_due(again, now=day(2, hours=0.01)).entries
+    ids = all_ids(tmp_path)
+    assert sorted(ids) == sorted(r["id"] for n, k in (("a", 3), ("x", 4)) for r in rows(n, k)), ids
+    assert second.status == "empty", second.to_json()
+    for paths in ([inner, str(tmp_path / "in")], [f"file://{inner}", str(tmp_path / "in")],
+                  [str(tmp_path / "in"), f"file://{inner}/x.jsonl"]):
+        assert [s.name for s in list_shards(paths)] == ["a.jsonl", "late/x.jsonl"], paths
 
 
 def test_a_run_and_a_scheduler_started_together_on_one_output_leave_every_row_once(

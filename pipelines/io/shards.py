@@ -17,7 +17,7 @@ import stat
 import urllib.parse
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import pyarrow as pa
@@ -516,14 +516,21 @@ def list_shards(
             name = info.path[len(root) :].lstrip("/") if is_within(info.path, root) else info.base_name
             mtime = info.mtime_ns if info.mtime_ns is not None else None
             found += 1
+            earlier = shards.get(uri)
+            if earlier is not None:  # listed again from a location inside another: the name under the outer one
+                if name.endswith(f"/{earlier.name}"):
+                    shards[uri] = replace(earlier, name=name)
+                continue
             if isinstance(fs, pafs.LocalFileSystem):  # a file found under two names (a link to it) is read once
                 real = real_file(info.path)
                 linked = real != f"{real_file(root)}/{name}"
                 same = _file_identity(info.path) or real  # a hard link, or a folder bound elsewhere: no link to see
                 prior = by_file.get(same)
                 if prior is not None and prior[0] != uri:
-                    if not prior[1] or linked:  # the first name, unless only the new one goes through no link
-                        doubles.append((name, shards[prior[0]].name))
+                    kept = shards[prior[0]].name
+                    outer = prior[1] == linked and name.endswith(f"/{kept}")  # another spelling of an outer location
+                    if (not prior[1] or linked) and not outer:  # the first, unless the new one goes through no link
+                        doubles.append((name, kept))
                         continue
                     doubles.append((shards.pop(prior[0]).name, name))
                 by_file[same] = (uri, linked)
