@@ -102,6 +102,25 @@ def test_a_uri_with_one_slash_after_its_scheme_is_refused_not_made_a_folder_here
         spec_from_dict(raw)  # a URI as pyarrow reads it, a local folder whose name holds a colon
 
 
+@pytest.mark.parametrize("command", ["run", "schedule"])
+def test_an_output_path_that_is_a_link_to_no_folder_yet_is_one_line_naming_the_folder(tiny_models, tmp_path, command):
+    """`ln -s /scratch/results out` before /scratch/results exists: `pipelines schedule JOB --once` ended in a
+    traceback (FileExistsError, from the lock's folder), and `pipelines run` said "cannot write or delete there (File
+    exists)" once Ray had started. Both refuse before any work with one line that names the link, where it points and
+    the folder to create; nothing is created."""
+    from test_faults import many_shards, write_job
+
+    many_shards(tmp_path / "in", shards=1)
+    (tmp_path / "out").symlink_to(tmp_path / "scratch" / "results")
+    job = write_job(tmp_path, tiny_models("classifier"), tmp_path / "in")
+    args = ["--once", "--set", "schedule.cron=0 2 * * *"] if command == "schedule" else []
+    done = cli(command, str(job), *args)
+    one_line_error(done, f"output.path {tmp_path / 'out'}: {tmp_path / 'out'} is a symbolic link to "
+                   f"{tmp_path / 'scratch' / 'results'}, which does not exist",
+                   f"mkdir -p {tmp_path / 'scratch' / 'results'}")
+    assert not (tmp_path / "scratch").exists()
+
+
 def test_an_output_started_on_cpu_resumes_with_device_auto_but_not_with_another_row_policy(
     ray_session, tiny_models, tmp_path
 ):

@@ -181,6 +181,9 @@ class OutputDir:
         except pa.ArrowInvalid as exc:  # s3://bucket//x, which the spec refuses, reached here another way
             raise stores.invalid_path("output.path", self.location, exc) from None
         if info.type == pafs.FileType.NotFound:
+            dangling = layout.dangling_link(self.location, self.root) if stores.is_local(self.fs) else None
+            if dangling is not None:  # refused here, before any work: no folder can be made through it
+                raise dangling
             return []
         if info.type != pafs.FileType.Directory:
             raise layout.not_a_folder(self.location, self.fs, self.root)

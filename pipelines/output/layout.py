@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 from pipelines import faults
 from pipelines.errors import PipelineError
 from pipelines.io import stores
-from pipelines.io.shards import Shard
+from pipelines.io.shards import Shard, resolve
 
 COMMITS = "_commits"
 ERRORS = "_errors"
@@ -170,11 +170,31 @@ def writing(location: str) -> Iterator[None]:
         raise write_refusal(location, exc) from None
 
 
+def dangling_link(location: str, path: str) -> PipelineError | None:
+    """The refusal of a local output path that is, or lies under, a symbolic link to nothing (``ln -s
+    /scratch/results out`` before the folder is made): no folder can be made through it; None where there is none."""
+    at = path
+    while True:
+        if os.path.islink(at) and not os.path.exists(at):
+            target = os.path.realpath(at)
+            return PipelineError(
+                f"output.path {location}: {at} is a symbolic link to {os.readlink(at)}, which does not exist; create "
+                f"the folder it points to (mkdir -p {target}), or point output.path elsewhere"
+            )
+        parent = os.path.dirname(at)
+        if parent == at:
+            return None
+        at = parent
+
+
 def write_refusal(location: str, exc: OSError) -> PipelineError:
     """A failed write or delete under ``output.path`` as one line: a store's refusal, a full disk (free space and
-    run again: it resumes), else a location this process may not write to."""
+    run again: it resumes), a symbolic link to nothing (:func:`dangling_link`), else a location this process may not
+    write to."""
     if stores.is_store_error(exc):
         return stores.refusal("output.path", location, exc)
+    if stores.is_local_location(location) and (dangling := dangling_link(location, resolve(location)[1])):
+        return dangling
     reason = exc.strerror or str(exc).strip().splitlines()[0]
     full = DISK_FULL.get(exc.errno or 0)
     if full:

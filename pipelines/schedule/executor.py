@@ -168,7 +168,7 @@ def run_due(
     busy_or_left = lock.present()  # a lock object there: contended for first, so a busy job writes nothing
     if not busy_or_left:
         stores.check_writable(job.fs, job.root, spec.output.path, SCRATCH)  # an object store: before any work
-    with lock:
+    with layout.writing(spec.output.path), lock:  # a lock this process can't take on a local disk: one line
         job.check_root()  # again, now that the lock is held: a `pipelines run` started at the same moment
         if busy_or_left:
             stores.check_writable(job.fs, job.root, spec.output.path, SCRATCH)
@@ -185,7 +185,7 @@ def abandon(spec: JobSpec, run: str) -> LedgerEntry:
     scored), the shards it did not commit are scored again by the next tick (a rescore's keep their earlier
     output, brought back from ``_superseded/`` where the rescore had retired it)."""
     job = ScheduledJob(spec, None, _no_runner)
-    with job_lock(spec) as lock:
+    with layout.writing(spec.output.path), job_lock(spec) as lock:
         job.guard(lock.check)
         history = job.history()
         open_runs = {e.run: e for e in history.unfinished()}
