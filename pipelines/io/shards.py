@@ -446,22 +446,15 @@ class UnderFolder:
         return found
 
 
-def _file_identity(path: str) -> tuple[int, int] | None:
-    """A local file's device and inode (through its symbolic links): the same for each of its hard links, and
-    through a bind mount; None where it can't be looked at (gone since the listing)."""
+def _identity(path: str, folder: bool = True) -> tuple[int, int] | None:
+    """A local folder's (``folder``) or file's device and inode, through its symbolic links: the same for each of a
+    file's hard links, and through a bind mount; None where it can't be looked at (gone since the listing), or is
+    no folder where a folder is asked for."""
     try:
         found = os.stat(path)
     except OSError:
         return None
-    return found.st_dev, found.st_ino
-
-
-def _identity(path: str) -> tuple[int, int] | None:
-    try:
-        found = os.stat(path)
-    except OSError:
-        return None
-    return (found.st_dev, found.st_ino) if stat.S_ISDIR(found.st_mode) else None
+    return (found.st_dev, found.st_ino) if not folder or stat.S_ISDIR(found.st_mode) else None
 
 
 def list_shards(
@@ -524,7 +517,7 @@ def list_shards(
             if isinstance(fs, pafs.LocalFileSystem):  # a file found under two names (a link to it) is read once
                 real = real_file(info.path)
                 linked = real != f"{real_file(root)}/{name}"
-                same = _file_identity(info.path) or real  # a hard link, or a folder bound elsewhere: no link to see
+                same = _identity(info.path, folder=False) or real  # a hard link, a folder bound elsewhere: no link
                 prior = by_file.get(same)
                 if prior is not None and prior[0] != uri:
                     kept = shards[prior[0]].name
