@@ -1037,6 +1037,23 @@ def test_a_file_with_two_hard_links_or_under_a_bind_mount_is_read_once(tiny_mode
     assert [s.name for s in list_shards([str(tmp_path / "mounted")])] == ["current/a.jsonl"]
 
 
+def test_a_hard_link_in_a_folder_below_keeps_the_first_name_not_the_longer_one(tmp_path):
+    """A scored file given a second hard link in a folder below it, under its own name (`ln data/x.jsonl
+    data/backup/`, `cp -al` of a day's files into `archive/`), was read as `backup/x.jsonl`, taken for another
+    spelling of an outer input location: a new name, so the next scheduled tick scored its rows again while
+    `x.jsonl`'s output stayed (gone), and a resume of `pipelines run` was refused as for gone input. One location's
+    hard links keep the first name the listing finds, as the README says."""
+    write_jsonl(tmp_path / "data" / "x.jsonl", [{"id": "a", "text": "x"}])
+    before = [s.name for s in list_shards([str(tmp_path / "data")])]
+    (tmp_path / "data" / "backup").mkdir()
+    os.link(tmp_path / "data" / "x.jsonl", tmp_path / "data" / "backup" / "x.jsonl")
+    assert before == ["x.jsonl"]
+    assert [s.name for s in list_shards([str(tmp_path / "data")])] == before
+    # the folder below named again in another spelling: the name under the outer location, as before
+    again = [str(tmp_path / "data"), f"file://{tmp_path}/data/backup"]
+    assert [s.name for s in list_shards(again)] == before
+
+
 def test_overwrite_keeps_its_own_lock_and_names_that_only_start_like_ours(overwritten):
     # --overwrite used to delete every top-level entry whose name *starts with* a bookkeeping name: the
     # run's own _run.lock (so a second run got the lock and wrote the same output at once) and a

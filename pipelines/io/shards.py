@@ -475,7 +475,7 @@ def list_shards(
     shards: dict[str, Shard] = {}
     # a local file (its device and inode, which its hard links and a bind mount share; else its real path): the uri
     # of its shard, reached through a link
-    by_file: dict[tuple[int, int] | str, tuple[str, bool]] = {}
+    by_file: dict[tuple[int, int] | str, tuple[str, bool, str]] = {}  # (uri, through a link, real path)
     doubles: list[tuple[str, str]] = []  # (a name not read, the name read): one file found under both
     real_file = _RealPaths()
     skipped = [(xfs, xpath, real_path(xfs, xpath)) for xfs, xpath in map(resolve, exclude)]
@@ -521,12 +521,13 @@ def list_shards(
                 prior = by_file.get(same)
                 if prior is not None and prior[0] != uri:
                     kept = shards[prior[0]].name
-                    outer = prior[1] == linked and name.endswith(f"/{kept}")  # another spelling of an outer location
+                    # the same path spelled from an outer location (not a hard link under the same name below)
+                    outer = prior[1] == linked and prior[2] == real and name.endswith(f"/{kept}")
                     if (not prior[1] or linked) and not outer:  # the first, unless the new one goes through no link
                         doubles.append((name, kept))
                         continue
                     doubles.append((shards.pop(prior[0]).name, name))
-                by_file[same] = (uri, linked)
+                by_file[same] = (uri, linked, real)
             shards[uri] = Shard(uri, info.path, kind[0], kind[1], info.size or 0, mtime, name)  # type: ignore[arg-type]
         compressed = sorted(n for n in other if os.path.splitext(n)[1].lower() in COMPRESSED_NAMES)
         if other and (found or (empty_is_no_input and a_listing)):  # a landing folder of files not read: said
