@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.io.shards import resolve
 from pipelines.output import layout
-from pipelines.output.layout import LEDGER
+from pipelines.output.layout import LEDGER, SUPERSEDED
 from pipelines.output.records import precision_label
 
 log = logging.getLogger(__name__)
@@ -283,15 +283,28 @@ def table_rows(entries: list[LedgerEntry]) -> list[dict[str, str]]:
     history = History(entries)
     base = history.base()
     closed = {(e.run, e.attempt) for e in entries if e.run and e.status != "running"}
+    pruned: dict[str, list[tuple[str, str | None]]] = {}  # run → (shard key, the prune's tick) moved away
+    for entry in entries:
+        for key, run in (entry.pruned or {}).items():
+            pruned.setdefault(run, []).append((key, entry.tick))
     rows = []
     for entry in entries:
         if entry.status == "running" and (entry.run, entry.attempt) in closed:
             continue
-        rows.append(_row(entry, base))
+        rows.append(_row(entry, base, pruned.get(entry.run or "", [])))
     return rows
 
 
-def _row(entry: LedgerEntry, base: str) -> dict[str, str]:
+def _pruned_note(entry: LedgerEntry, moved: list[tuple[str, str | None]]) -> str:
+    """What ``--prune`` took out of a run's partition: its shards, their rows (where the line counts them), when."""
+    keys = {key for key, _ in moved}
+    counts = [item.rows for item in entry.inputs or [] if item.key in keys and item.rows is not None]
+    rows = f" ({sum(counts):,} rows)" if len(counts) == len(keys) else ""  # a running line counts none
+    ticks = ", ".join(sorted({tick or "?" for _, tick in moved}))
+    return f"{len(keys)} shard(s){rows} moved to {SUPERSEDED}/ by prune {ticks}"
+
+
+def _row(entry: LedgerEntry, base: str, moved: list[tuple[str, str | None]]) -> dict[str, str]:
     status = entry.status
     if status == "running":
         status = "running/killed"
@@ -308,6 +321,8 @@ def _row(entry: LedgerEntry, base: str) -> dict[str, str]:
         notes.append(f"error: {str(entry.error).splitlines()[0][:120]}")
     if entry.gone:
         notes.append(f"{entry.gone_total()} shard(s) gone from the input (their rows stay)")
+    if moved:
+        notes.append(_pruned_note(entry, moved))
     shards = entry.inputs
     return {
         "tick": entry.tick or "",
