@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipelines.spec import JobSpec, spec_from_dict
@@ -87,3 +89,88 @@ def unchecked_strings(values: list[bytes]) -> pa.Array:
 def read_output(path: str | Path) -> pa.Table:
     """The output the way a user reads it: plain pyarrow over the directory, no Ray."""
     return pq.read_table(str(path))
+
+
+class Watched(pafs.LocalFileSystem):
+    """A local disk that calls ``look()`` (set after construction) before and after each rename, copy or delete it
+    makes: a reader at every step of a writer, at the exact moment, with no timing."""
+
+    look: Any = None
+
+    def _around(self, change: Any, *args: Any) -> Any:
+        self.look()
+        try:
+            return change(*args)
+        finally:
+            self.look()
+
+    def move(self, src: str, dest: str) -> None:
+        self._around(super().move, src, dest)
+
+    def copy_file(self, src: str, dest: str) -> None:
+        self._around(super().copy_file, src, dest)
+
+    def delete_file(self, path: str) -> None:
+        self._around(super().delete_file, path)
+
+    def delete_dir(self, path: str) -> None:
+        self._around(super().delete_dir, path)
+
+
+def readers_see(folder: str | Path, glob: str = "*.parquet", column: str = "id") -> dict[str, list]:
+    """``column``'s values as each reader the README names reads the output ``folder`` (sorted, duplicates kept):
+    pyarrow (``pq.read_table``, ``pyarrow.dataset``) and pandas given the folder, Polars and DuckDB given the
+    ``glob`` in it (hive partitions: ``run=*/*.parquet``). No file for the glob is nothing to read (Polars and
+    DuckDB raise for it, pandas gives no columns)."""
+    import duckdb
+    import pandas as pd
+    import polars as pl
+    import pyarrow.dataset as ds
+
+    folder = str(folder)
+    hive = "=" in glob
+
+    def values(table: pa.Table) -> list:
+        return sorted(table.column(column).to_pylist()) if column in table.column_names else []
+
+    if not list(Path(folder).glob(glob)):
+        files: dict[str, Any] = {}
+    else:
+        files = {
+            "polars": lambda: sorted(pl.read_parquet(f"{folder}/{glob}", hive_partitioning=hive)[column].to_list()),
+            "duckdb": lambda: sorted(row[0] for row in duckdb.sql(
+                f"select {column} from read_parquet('{folder}/{glob}', hive_partitioning={str(hive).lower()})"
+            ).fetchall()),
+        }
+    readers = {
+        "pyarrow.parquet": lambda: values(pq.read_table(folder)),
+        "pyarrow.dataset": lambda: values(ds.dataset(folder, format="parquet",
+                                                     partitioning="hive" if hive else None).to_table()),
+        "pandas": lambda: values(pa.Table.from_pandas(pd.read_parquet(folder))),
+        **files,
+    }
+    return {name: read() for name, read in readers.items()}
+
+
+def staged_shard(output: Any, folder: Path, name: str, ids: list[str], bad: str | None = None, version: int = 0):
+    """A shard ``name`` (its file in ``folder``) whose rows are staged under ``output`` (an OutputDir), as writer tasks
+    stage them, and the report that commits it: ``ids`` with a column ``version``, and ``bad``, the id of one more
+    row, quarantined."""
+    from pipelines.io.shards import Shard
+    from pipelines.output.staging import StagingReport
+
+    path = folder / f"{name}.jsonl"
+    path.write_text("{}\n")
+    shard = Shard(str(path), str(path), "jsonl", False, 1, 1, f"{name}.jsonl")
+    staging = Path(output.root) / "_staging" / shard.key
+    staging.mkdir(parents=True, exist_ok=True)
+    data, errors = staging / f"block{version}-data.parquet", staging / f"block{version}-errors.parquet"
+    pq.write_table(pa.table({"id": ids, "version": [version] * len(ids), "_row": list(range(len(ids)))}), data)
+    if bad is not None:
+        pq.write_table(pa.table({"shard": [str(path)], "row": [len(ids)], "id": [bad], "reason": ["r"],
+                                 "preview": ["p"]}), errors)
+    report = StagingReport(shard=shard.key, shard_rows=len(ids) + (bad is not None), rows=len(ids),
+                           errors=int(bad is not None), files=[str(data)],
+                           error_files=[str(errors)] if bad is not None else [],
+                           row_ranges=[(0, len(ids) + (bad is not None))])
+    return shard, report

@@ -1518,6 +1518,65 @@ def test_a_commit_merges_only_the_staged_files_its_reports_name(tmp_path):
     assert not folder.exists()
 
 
+def test_every_reader_sees_each_shard_whole_or_not_at_all_at_every_step_of_the_writer(tmp_path):
+    """README (Guarantees: a shard appears whole or not at all; what --overwrite deletes): pyarrow, pandas, Polars and
+    DuckDB, read as the README says, after each rename, copy and delete of a commit, of a crash's roll-forward, of
+    _SUCCESS, of --prune and of --overwrite: each shard's rows all or none, none twice, never a staged block (of a
+    shard not committed) or a quarantined row taken as data. A reader holding a listing across a delete fails on it."""
+    import duckdb
+    import polars
+    import pyarrow.dataset as ds
+    from helpers import Watched, readers_see, staged_shard
+
+    out = tmp_path / "out"
+    output = OutputDir(str(out))
+    job = JobRecord(spec_hash="h", model=ModelRef(name="m"), quantization="none", device="cpu", task="t")
+    output.start(job)
+    shards = {"a": ["a0", "a1"], "b": ["b0", "b1", "b2"], "c": ["c0", "c1"], "d": ["d0"]}
+    looks: list[dict[str, list]] = []
+
+    def look() -> None:
+        seen = readers_see(out)
+        looks.append(seen)
+        assert len({tuple(ids) for ids in seen.values()}) == 1, seen  # every reader reads the same rows
+        ids = next(iter(seen.values()))
+        whole = sorted(i for rows in shards.values() if set(rows) & set(ids) for i in rows)
+        assert ids == whole, seen  # whole shards, each once: no staged block, no quarantined row
+
+    a, report = staged_shard(output, tmp_path, "a", shards["a"])
+    output.commit(a, [report], job)
+    watched = Watched()
+    watched.look = look
+    output.fs = watched
+    staged_shard(output, tmp_path, "c", shards["c"][:1])  # half of c staged, never committed
+    b, report = staged_shard(output, tmp_path, "b", shards["b"], bad="bad-b")
+    output.commit(b, [report], job)
+    d, report = staged_shard(output, tmp_path, "d", shards["d"], bad="bad-d")
+
+    def killed(shard: Shard) -> None:
+        raise KeyboardInterrupt  # stands for the driver killed between the commit record and the renames
+
+    with pytest.raises(KeyboardInterrupt):
+        output.commit(d, [report], job, before_visible=killed)
+    assert readers_see(out)["pandas"] == ["a0", "a1", "b0", "b1", "b2"]
+    # README (the output): the glob for Polars and DuckDB, not the folder, which Polars refuses and DuckDB reads whole
+    with pytest.raises(polars.exceptions.InvalidOperationError, match="glob"):
+        polars.read_parquet(out)
+    assert {"c0", "bad-b", "d0"} <= {row[0] for row in duckdb.sql(f"select id from read_parquet('{out}')").fetchall()}
+    output.start(job)  # the resume: rolls d forward, deletes c's staged block
+    output.finish()
+    assert readers_see(out)["duckdb"] == ["a0", "a1", "b0", "b1", "b2", "d0"]
+    listed = ds.dataset(str(out), format="parquet")
+    output.unfinish()
+    output.forget(output.commits()[a.key])  # --prune of a
+    assert readers_see(out)["polars"] == ["b0", "b1", "b2", "d0"]
+    output.clear()  # --overwrite
+    assert readers_see(out)["pyarrow.parquet"] == []
+    assert len(looks) > 20
+    with pytest.raises(FileNotFoundError):  # a listing made before the deletes: an error, not part of the rows
+        listed.to_table()
+
+
 def test_prune_takes_success_away_before_it_deletes_a_shard(tmp_path, monkeypatch):
     """--prune deletes the output of shards whose input is gone, and a run's start the commit of a shard whose
     files are gone: a reader that waits for _SUCCESS must not find it while that happens (it is written again

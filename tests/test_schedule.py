@@ -335,6 +335,62 @@ def test_a_tick_passed_while_the_loop_ran_is_handled_when_the_run_ends(tmp_path,
         assert sorted(all_ids(tmp_path)) == ["a0", "a1", "a2", "b0", "b1"]
 
 
+def test_every_reader_of_the_partitions_sees_each_row_once_at_every_step_of_a_supersede(tmp_path):
+    """README (What a run does, 4-5; Reading all partitions): pyarrow, pandas, Polars and DuckDB read as the README
+    says, after each rename and delete while a changed shard's new version commits (its old one moved to
+    _superseded/ just before it appears), while --prune moves a gone shard's output away, and while a rescore's
+    older partition moves away whole: never two versions of a row, never half a shard, never _superseded/ or
+    _errors/ taken as data."""
+    from helpers import Watched, readers_see, staged_shard
+
+    from pipelines.output.commit import OutputDir
+    from pipelines.output.records import JobRecord, ModelRef
+    from pipelines.schedule.executor import ScheduledJob
+    from pipelines.schedule.planner import Retirement
+
+    spec = make_job(tmp_path, fake_model(tmp_path))
+    job_record = JobRecord(spec_hash="h", model=ModelRef(name="m"), quantization="none", device="cpu", task="t")
+    first, second = "2026-11-28T02:00:00Z", "2026-11-29T02:00:00Z"
+    old = OutputDir(str(tmp_path / "out" / f"run={first}"))
+    old.start(job_record)
+    shards = {"a": ["a0", "a1"], "b": ["b0", "b1"], "c": ["c0"]}
+    keys = {}
+    for name, ids in shards.items():
+        shard, report = staged_shard(old, tmp_path / "in", name, ids, bad=f"bad-{name}")
+        keys[name] = old.commit(shard, [report], job_record).shard
+    old.finish()
+    job = ScheduledJob(spec, None, NoRay())
+    looks = []
+
+    def look() -> None:
+        seen = readers_see(tmp_path / "out", "run=*/*.parquet")
+        looks.append(seen)
+        assert len({tuple(ids) for ids in seen.values()}) == 1, seen  # every reader reads the same rows
+        ids = next(iter(seen.values()))
+        whole = sorted(i for rows in shards.values() if set(rows) & set(ids) for i in rows)
+        assert ids == whole, seen  # whole shards, each once
+
+    watched = Watched()
+    watched.look = look
+    job.fs = watched
+    new = OutputDir(str(tmp_path / "out" / f"run={second}"))
+    new.fs = watched
+    new.start(job_record)
+    b, report = staged_shard(new, tmp_path / "in", "b", shards["b"], version=1)
+    new.commit(b, [report], job_record, before_visible=lambda shard: job.retire_shard(first, shard.key))
+    versions = readers_see(tmp_path / "out", "run=*/*.parquet", column="version")
+    assert all(seen == [0, 0, 0, 1, 1] for seen in versions.values()), versions  # b's new version, a's and c's old
+    job.retire(Retirement(first, keys["c"]))  # --prune: c's input is gone
+    del shards["c"]  # --prune moved the gone c away
+    assert readers_see(tmp_path / "out", "run=*/*.parquet")["duckdb"] == ["a0", "a1", "b0", "b1"]
+    a, report = staged_shard(new, tmp_path / "in", "a", shards["a"], version=1)
+    new.commit(a, [report], job_record, before_visible=lambda shard: job.retire_shard(first, shard.key))
+    new.finish()
+    job.retire(Retirement(first))  # the rescore's end: the older partition, now without shards, moves away whole
+    assert not (tmp_path / "out" / f"run={first}").exists() and len(looks) > 10
+    assert readers_see(tmp_path / "out", "run=*/*.parquet", column="version")["pandas"] == [1, 1, 1, 1]
+
+
 def test_a_scheduler_that_lost_its_lock_moves_no_output(tmp_path):
     """README (One run at a time per output): a scheduled job checks its lock before each move to or from
     _superseded/ and before finishing a partition's commits; one whose lease was taken over moves nothing."""
