@@ -1421,6 +1421,36 @@ def test_a_glob_takes_what_a_shell_would_and_not_the_folders_below(tmp_path):
         list_shards(["/*.jsonl"])  # not a listing of the whole machine
 
 
+def test_a_delta_lake_table_folder_is_refused_not_read_with_its_earlier_versions_files(tmp_path):
+    """A Delta Lake table (Databricks, delta-rs) keeps the Parquet files of its earlier versions beside the current
+    ones until VACUUM, and only ``_delta_log/`` says which are live. Named as input, its folder was read as plain
+    Parquet: every version's rows were scored, an overwritten row twice (under its id, with its old text too), a
+    deleted one still there, and the run said nothing. This is the layout deltalake 1.6.6 left for a table written,
+    appended to and overwritten: 3 rows in the table, 6 in its folder. Refused before any work, naming the table and
+    how to read its current version; its current files named one by one are read, as any files."""
+    table = tmp_path / "data" / "events"
+    write_parquet(table / "part-00000-2dc9-c000.snappy.parquet", [{"id": 1, "text": "a"}, {"id": 2, "text": "b"}])
+    write_parquet(table / "part-00000-3809-c000.snappy.parquet", [{"id": 3, "text": "c"}])
+    write_parquet(table / "part-00000-2638-c000.snappy.parquet", [{"id": i, "text": t} for i, t in [(1, "A"), (2, "B")]])
+    write_parquet(table / "date=2024-06-01" / "part-00001-77aa-c000.snappy.parquet", [{"id": 4, "text": "d"}])
+    (table / "_delta_log").mkdir()
+    for version in range(3):
+        (table / "_delta_log" / f"{version:020d}.json").write_text('{"commitInfo": {}}\n')
+
+    for location in (table, f"{table}/", f"{table}/*.parquet", f"{table}/**/*.parquet", tmp_path / "data",
+                     f"{tmp_path}/data/*/", f"{tmp_path}/data/**/*.parquet", table / "date=2024-06-01"):
+        with pytest.raises(PipelineError, match=r"input\.paths: .*/data/events is a Delta Lake table \(it holds "
+                                                r"_delta_log/\).*earlier versions.*file_uris\(\)") as refused:
+            list_shards([str(location)])
+        assert "\n" not in str(refused.value)
+
+    live = table / "part-00000-2638-c000.snappy.parquet"  # what DeltaTable(...).file_uris() names
+    assert [s.name for s in list_shards([str(live)])] == [live.name]
+    write_parquet(tmp_path / "plain" / "part-00000-c000.snappy.parquet", [{"id": 1, "text": "a"}])
+    (tmp_path / "plain" / "_SUCCESS").write_text("")  # Spark's own output: no log, read as it is
+    assert [s.name for s in list_shards([str(tmp_path / "plain")])] == ["part-00000-c000.snappy.parquet"]
+
+
 def test_every_input_location_must_give_a_file(tmp_path):
     """A location in ``input.paths`` that gives no file was dropped without a word when another gave some: a
     ``data/b/*.jsonl`` over b's dated folders (``*`` stays within one folder) ran the job without b's rows. It

@@ -721,6 +721,27 @@ def test_object_keys_with_spaces_or_accents_are_read_like_any_other(s3_server, m
     assert [s.name for s in list_shards([f"s3://{IN}/odd/2024 q1/10?%.jsonl?region={REGION}"])] == ["100%.jsonl"]
 
 
+def test_a_delta_lake_table_on_s3_is_refused_as_a_local_one_is(s3_server, monkeypatch, tmp_path):
+    """A Delta Lake table's keys on a store: its folder, a glob in it and a partition folder inside it are refused
+    (their listing holds the log's keys; a partition folder's table is looked for above it), as on a local disk
+    (``test_a_delta_lake_table_folder_is_refused_not_read_with_its_earlier_versions_files``)."""
+    from pipelines.io.shards import list_shards
+
+    use_s3(monkeypatch, s3_server)
+    table = tmp_path / "in" / "events"
+    write_parquet(table / "part-00000-2dc9-c000.snappy.parquet", [{"id": 1, "text": "a"}])
+    write_parquet(table / "date=2024-06-01" / "part-00001-77aa-c000.snappy.parquet", [{"id": 2, "text": "b"}])
+    (table / "_delta_log").mkdir()
+    (table / "_delta_log" / f"{0:020d}.json").write_text('{"commitInfo": {}}\n')
+    s3_server.upload(IN, "lake", tmp_path / "in")
+    for location in ("lake/events", "lake/events/", "lake", "lake/events/*.parquet", "lake/**/*.parquet",
+                     "lake/events/date=2024-06-01", "lake/events/date=2024-06-01/*.parquet"):
+        with pytest.raises(PipelineError, match=rf"s3://{IN}/lake/events is a Delta Lake table \(it holds _delta"):
+            list_shards([f"s3://{IN}/{location}"])
+    named = f"s3://{IN}/lake/events/date=2024-06-01/part-00001-77aa-c000.snappy.parquet"  # a file_uris() name
+    assert [s.name for s in list_shards([named])] == ["part-00001-77aa-c000.snappy.parquet"]
+
+
 def test_a_hash_sign_in_a_location_is_part_of_the_key_not_a_fragment(s3_server, monkeypatch, tmp_path):
     """A key may hold ``#`` (``team#3/``). pyarrow parses a URI's ``#`` as the start of a fragment and drops it and
     all after it, so ``s3://bucket/hash/team#3/b.jsonl`` read ``hash/team``'s files instead, and the run succeeded

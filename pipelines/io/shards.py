@@ -16,7 +16,7 @@ import re
 import stat
 import urllib.parse
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -40,6 +40,11 @@ COMPRESSED_NAMES = {".zst": ("zstd", "zstd -dc"), ".zstd": ("zstd", "zstd -dc"),
                     ".gzip": ("gzip", "")}
 GLOB_CHARS = set("*?[")
 HIDDEN = (".", "_")  # the first letter of names a listing skips
+#: The folder that makes a folder a Delta Lake table: its log says which of the table's Parquet files are the table.
+#: The others are earlier versions' (rows since overwritten, deleted or compacted), kept beside them until VACUUM.
+DELTA_LOG = "_delta_log"
+#: A Hive partition folder's name (``date=2024-06-01``): a table's log is in a folder above it.
+PARTITION = re.compile(r"[^=/]+=[^/]*")
 #: A glob matches as a shell's does: ``*``, ``?`` and ``[...]`` within one name, ``**`` across folders (any
 #: number, none included); names starting with ``.`` or ``_`` are left to :func:`_glob_hides`, as in a listing.
 GLOB_FLAGS = wcglob.GLOBSTAR | wcglob.DOTGLOB | wcglob.FORCEUNIX | wcglob.CASE
@@ -310,7 +315,8 @@ def _files_under(fs: pafs.FileSystem, folder: str) -> list[pafs.FileInfo]:
 
 
 def _folder_files(location: str, infos: list[pafs.FileInfo], path: str) -> list[tuple[str, pafs.FileInfo]]:
-    """The files of a folder's listing, but hidden ones."""
+    """The files of a folder's listing, but hidden ones; a Delta Lake table among them is refused."""
+    _no_delta_log(location, (info.path for info in infos), path)
     return [(uri_of(location, i.path), i) for i in infos if i.is_file and not _is_hidden(i.path, path)]
 
 
@@ -353,6 +359,8 @@ def _glob(location: str, fs: pafs.FileSystem, pattern: str) -> tuple[str, list[t
         if not info.is_file:
             continue
         parts = info.path[len(base) :].lstrip("/").split("/")
+        if DELTA_LOG in parts[:-1]:  # a store's listing holds the log's keys (a local one: see _delta_tables)
+            _no_delta_log(location, [info.path], base)
         if _glob_hides(parts, wild):
             continue
         depths = range(len(parts) - 1 if folders_only else len(parts), 0, -1)
@@ -403,6 +411,51 @@ def _glob_hides(parts: list[str], wild: list[str]) -> bool:
         if not any(name.startswith(HIDDEN) and wcfnmatch.fnmatch(part, name, flags=NAME_FLAGS) for name in names):
             return True
     return False
+
+
+def _no_delta_log(location: str, paths: Iterable[str], root: str) -> None:
+    """Refuse a listing (``paths`` under ``root``) that holds a Delta Lake table's log (:data:`DELTA_LOG`)."""
+    for path in paths:
+        parts = path[len(root) :].lstrip("/").split("/")
+        if DELTA_LOG in parts[:-1]:
+            table = "/".join([root.rstrip("/"), *parts[: parts.index(DELTA_LOG)]])
+            raise delta_table(location, uri_of(location, table))
+
+
+def _delta_tables(location: str, fs: pafs.FileSystem, root: str, files: list[pafs.FileInfo]) -> None:
+    """Refuse files of a folder or glob that lie in a Delta Lake table, where a listing's own entries don't show its
+    log: on a local disk (stat calls) a table in any folder above a file (a glob's matched names hide the log beside
+    them; a location inside a table, ``events/date=2024-06-01/``); on a store (one request, only where such a
+    location names a Hive partition folder, as one inside a table does) the folders above its partition folders."""
+    if stores.is_local(fs):
+        seen: set[str] = set()
+        for info in files:
+            folder = os.path.dirname(info.path)
+            while folder not in seen:
+                seen.add(folder)
+                if os.path.isdir(os.path.join(folder, DELTA_LOG)):
+                    raise delta_table(location, folder)
+                folder = os.path.dirname(folder)
+        return
+    names = root.split("/")
+    above = ["/".join(names[:at]) for at in range(2, len(names)) if PARTITION.fullmatch(names[at])]
+    if above:
+        found = fs.get_file_info([f"{folder}/{DELTA_LOG}" for folder in dict.fromkeys(above)])
+        table = next((info.path for info in found if info.type == pafs.FileType.Directory), None)
+        if table is not None:
+            raise delta_table(location, uri_of(location, table.rsplit("/", 1)[0]))
+
+
+def delta_table(location: str, table: str) -> PipelineError:
+    """Why a location whose files lie in a Delta Lake table is not read as its files, and how to read the table."""
+    return PipelineError(
+        f"input.paths: {location}: {table} is a Delta Lake table (it holds {DELTA_LOG}/), whose folder keeps the "
+        "Parquet files of its earlier versions (rows since overwritten, deleted or compacted) until VACUUM, so its "
+        "files are not the table's rows (read as plain Parquet: every version's rows, some twice); write its current "
+        "version as Parquet to read (deltalake's DeltaTable(TABLE).to_pyarrow_table(), or Spark's "
+        "spark.read.format('delta').load(TABLE).write.parquet(...)), or name its current files in input.paths "
+        "(DeltaTable(TABLE).file_uris())"
+    )
 
 
 def is_within(path: str, folder: str) -> bool:
@@ -493,6 +546,8 @@ def list_shards(
         named = [info.path for _, info in files] == [path]  # a file named as it is (a glob's chars in its name too)
         globbed = bool(GLOB_CHARS & set(path)) and root != path and not named  # not the path as written (_list)
         a_listing = globbed or root == path  # a folder or a glob, not a named file
+        if a_listing:  # a Delta Lake table's folder holds its earlier versions' files too
+            _delta_tables(location, fs, root, [info for _, info in files])
         found = left_out = 0
         other: list[str] = []  # files that are no shard by their name: said, not dropped without a word
         for uri, info in files:
