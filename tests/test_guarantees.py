@@ -1451,6 +1451,41 @@ def test_a_delta_lake_table_folder_is_refused_not_read_with_its_earlier_versions
     assert [s.name for s in list_shards([str(tmp_path / "plain")])] == ["part-00000-c000.snappy.parquet"]
 
 
+def test_an_iceberg_or_hudi_table_folder_is_refused_as_a_delta_table_is(tmp_path):
+    """Apache Iceberg and Apache Hudi tables keep their earlier versions' data files too (Iceberg until its snapshots
+    expire and orphans are removed, Hudi's copy-on-write file slices until its cleaner runs), and only their metadata
+    says which are live. This is the layout pyiceberg 0.x left for a table appended to, then overwritten: 2 rows in the
+    table, 4 in data/, and each metadata/*.metadata.json read as a JSON row (`missing column 'text'`); named as
+    ``table/data/``, the 4 rows and not a word. Refused before any work, as a Delta Lake table is."""
+    iceberg = tmp_path / "warehouse" / "events"
+    write_parquet(iceberg / "data" / "00000-0-10eda6e1.parquet", [{"id": 1, "text": "A"}, {"id": 2, "text": "B"}])
+    write_parquet(iceberg / "data" / "00000-0-823534fe.parquet", [{"id": 1, "text": "a"}, {"id": 2, "text": "b"}])
+    for version in range(3):
+        name = f"{version:05d}-1672245a-1dff-4693-8d03-8fa910e80f1e.metadata.json"
+        (iceberg / "metadata").mkdir(exist_ok=True)
+        (iceberg / "metadata" / name).write_text('{"format-version": 2, "location": "file:///warehouse/events"}')
+    (iceberg / "metadata" / "snap-1106015562751952668-0-10eda6e1.avro").write_bytes(b"Obj\x01")
+    for location in (iceberg, iceberg / "data", f"{iceberg}/data/*.parquet", f"{tmp_path}/warehouse/**/*.parquet"):
+        with pytest.raises(PipelineError, match=r"/warehouse/events is an Apache Iceberg table \(it holds "
+                                                r"metadata/\*\.metadata\.json\).*earlier versions"):
+            list_shards([str(location)])
+
+    hudi = tmp_path / "lake" / "trips"
+    for instant in ("20240601101500", "20240601121500"):  # one file group, rewritten by an upsert
+        write_parquet(hudi / "date=2024-06-01" / f"5f3c-0_0-21-33_{instant}.parquet", [{"id": 1, "text": instant}])
+    (hudi / ".hoodie").mkdir()
+    (hudi / ".hoodie" / "20240601121500.commit").write_text("{}")
+    (hudi / "date=2024-06-01" / ".hoodie_partition_metadata").write_text("commitTime=20240601101500")
+    for location in (hudi, hudi / "date=2024-06-01", tmp_path / "lake"):
+        with pytest.raises(PipelineError, match=r"/lake/trips is an Apache Hudi table \(it holds \.hoodie/\)"):
+            list_shards([str(location)])
+
+    plain = tmp_path / "plain"  # a folder named metadata, of JSON files of no table, is read as any folder
+    write_jsonl(plain / "metadata" / "run.metadata.json", [{"id": "m", "text": "notes"}])
+    write_parquet(plain / "data" / "part-0.parquet", [{"id": 1, "text": "a"}])
+    assert [s.name for s in list_shards([str(plain)])] == ["data/part-0.parquet", "metadata/run.metadata.json"]
+
+
 def test_every_input_location_must_give_a_file(tmp_path):
     """A location in ``input.paths`` that gives no file was dropped without a word when another gave some: a
     ``data/b/*.jsonl`` over b's dated folders (``*`` stays within one folder) ran the job without b's rows. It

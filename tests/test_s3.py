@@ -721,7 +721,7 @@ def test_object_keys_with_spaces_or_accents_are_read_like_any_other(s3_server, m
     assert [s.name for s in list_shards([f"s3://{IN}/odd/2024 q1/10?%.jsonl?region={REGION}"])] == ["100%.jsonl"]
 
 
-def test_a_delta_lake_table_on_s3_is_refused_as_a_local_one_is(s3_server, monkeypatch, tmp_path):
+def test_a_delta_lake_or_iceberg_table_on_s3_is_refused_as_a_local_one_is(s3_server, monkeypatch, tmp_path):
     """A Delta Lake table's keys on a store: its folder, a glob in it and a partition folder inside it are refused
     (their listing holds the log's keys; a partition folder's table is looked for above it), as on a local disk
     (``test_a_delta_lake_table_folder_is_refused_not_read_with_its_earlier_versions_files``)."""
@@ -740,6 +740,14 @@ def test_a_delta_lake_table_on_s3_is_refused_as_a_local_one_is(s3_server, monkey
             list_shards([f"s3://{IN}/{location}"])
     named = f"s3://{IN}/lake/events/date=2024-06-01/part-00001-77aa-c000.snappy.parquet"  # a file_uris() name
     assert [s.name for s in list_shards([named])] == ["part-00001-77aa-c000.snappy.parquet"]
+
+    iceberg = tmp_path / "ice" / "events"  # an Iceberg table named by its data/ folder: looked for above it
+    write_parquet(iceberg / "data" / "00000-0-10eda6e1.parquet", [{"id": 1, "text": "a"}])
+    write_jsonl(iceberg / "metadata" / "v1.metadata.json", [{"format-version": 2}])
+    s3_server.upload(IN, "ice", tmp_path / "ice")
+    for location in ("ice/events/data", "ice/events/data/*.parquet", "ice/events"):
+        with pytest.raises(PipelineError, match=rf"s3://{IN}/ice/events is an Apache Iceberg table \(it holds meta"):
+            list_shards([f"s3://{IN}/{location}"])
 
 
 def test_a_hash_sign_in_a_location_is_part_of_the_key_not_a_fragment(s3_server, monkeypatch, tmp_path):

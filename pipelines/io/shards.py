@@ -40,11 +40,24 @@ COMPRESSED_NAMES = {".zst": ("zstd", "zstd -dc"), ".zstd": ("zstd", "zstd -dc"),
                     ".gzip": ("gzip", "")}
 GLOB_CHARS = set("*?[")
 HIDDEN = (".", "_")  # the first letter of names a listing skips
-#: The folder that makes a folder a Delta Lake table: its log says which of the table's Parquet files are the table.
-#: The others are earlier versions' (rows since overwritten, deleted or compacted), kept beside them until VACUUM.
-DELTA_LOG = "_delta_log"
-#: A Hive partition folder's name (``date=2024-06-01``): a table's log is in a folder above it.
-PARTITION = re.compile(r"[^=/]+=[^/]*")
+#: Table formats whose folder keeps the data files of the table's earlier versions (rows since overwritten, deleted or
+#: compacted) beside the current ones, until the table is cleaned up, and whose own files say which are live: a folder
+#: or glob whose files lie in such a table is refused (read as plain files: every version's rows, some twice). Each is
+#: known by a folder at the table's top: its name, and what it is called in a message.
+TABLE_LOGS = {"_delta_log": ("Delta Lake", "_delta_log/"), ".hoodie": ("Apache Hudi", ".hoodie/")}
+#: An Apache Iceberg table is known by the files of its ``metadata/`` folder: ``v3.metadata.json`` (a Hadoop
+#: catalog's), ``00002-<uuid>.metadata.json`` (any other's), maybe gzip-compressed.
+ICEBERG_METADATA = re.compile(r"(?:v\d+|\d{5}-[0-9a-fA-F-]{36})(?:\.gz)?\.metadata\.json")
+ICEBERG = ("Apache Iceberg", "metadata/*.metadata.json")
+#: How to read a table's current rows: its reader's way to write them as Parquet, and to name its live files.
+TABLE_READERS = {
+    "Delta Lake": "deltalake's DeltaTable(TABLE).to_pyarrow_table(); its files: DeltaTable(TABLE).file_uris()",
+    "Apache Hudi": "Spark's spark.read.format('hudi').load(TABLE); its files: that DataFrame's inputFiles()",
+    "Apache Iceberg": "pyiceberg's table.scan().to_arrow(); its files: table.inspect.files()",
+}
+#: A Hive partition folder's name (``date=2024-06-01``), and an Iceberg table's data folder: a table's own folder is
+#: above it.
+IN_TABLE = re.compile(r"[^=/]+=[^/]*|data")
 #: A glob matches as a shell's does: ``*``, ``?`` and ``[...]`` within one name, ``**`` across folders (any
 #: number, none included); names starting with ``.`` or ``_`` are left to :func:`_glob_hides`, as in a listing.
 GLOB_FLAGS = wcglob.GLOBSTAR | wcglob.DOTGLOB | wcglob.FORCEUNIX | wcglob.CASE
@@ -315,8 +328,8 @@ def _files_under(fs: pafs.FileSystem, folder: str) -> list[pafs.FileInfo]:
 
 
 def _folder_files(location: str, infos: list[pafs.FileInfo], path: str) -> list[tuple[str, pafs.FileInfo]]:
-    """The files of a folder's listing, but hidden ones; a Delta Lake table among them is refused."""
-    _no_delta_log(location, (info.path for info in infos), path)
+    """The files of a folder's listing, but hidden ones; a table that keeps earlier versions' files is refused."""
+    _no_table(location, (info.path for info in infos), path)
     return [(uri_of(location, i.path), i) for i in infos if i.is_file and not _is_hidden(i.path, path)]
 
 
@@ -359,8 +372,7 @@ def _glob(location: str, fs: pafs.FileSystem, pattern: str) -> tuple[str, list[t
         if not info.is_file:
             continue
         parts = info.path[len(base) :].lstrip("/").split("/")
-        if DELTA_LOG in parts[:-1]:  # a store's listing holds the log's keys (a local one: see _delta_tables)
-            _no_delta_log(location, [info.path], base)
+        _no_table(location, [info.path], base)  # a store's listing holds a table's own keys (a local one: _tables)
         if _glob_hides(parts, wild):
             continue
         depths = range(len(parts) - 1 if folders_only else len(parts), 0, -1)
@@ -413,48 +425,81 @@ def _glob_hides(parts: list[str], wild: list[str]) -> bool:
     return False
 
 
-def _no_delta_log(location: str, paths: Iterable[str], root: str) -> None:
-    """Refuse a listing (``paths`` under ``root``) that holds a Delta Lake table's log (:data:`DELTA_LOG`)."""
+def _table_mark(parts: list[str]) -> tuple[int, tuple[str, str]] | None:
+    """Where a listed file's names (below a listing's root) enter a table's own folder (:data:`TABLE_LOGS`,
+    :data:`ICEBERG_METADATA`), and that table's format, or None."""
+    for at, name in enumerate(parts[:-1]):
+        if name in TABLE_LOGS:
+            return at, TABLE_LOGS[name]
+        if name == "metadata" and at == len(parts) - 2 and ICEBERG_METADATA.fullmatch(parts[-1]):
+            return at, ICEBERG
+    return None
+
+
+def _no_table(location: str, paths: Iterable[str], root: str) -> None:
+    """Refuse a listing (``paths`` under ``root``) that holds a table's own files (:data:`TABLE_LOGS`)."""
     for path in paths:
         parts = path[len(root) :].lstrip("/").split("/")
-        if DELTA_LOG in parts[:-1]:
-            table = "/".join([root.rstrip("/"), *parts[: parts.index(DELTA_LOG)]])
-            raise delta_table(location, uri_of(location, table))
+        if (mark := _table_mark(parts)) is not None:
+            raise table_refusal(location, uri_of(location, "/".join([root.rstrip("/"), *parts[: mark[0]]])), mark[1])
 
 
-def _delta_tables(location: str, fs: pafs.FileSystem, root: str, files: list[pafs.FileInfo]) -> None:
-    """Refuse files of a folder or glob that lie in a Delta Lake table, where a listing's own entries don't show its
-    log: on a local disk (stat calls) a table in any folder above a file (a glob's matched names hide the log beside
-    them; a location inside a table, ``events/date=2024-06-01/``); on a store (one request, only where such a
-    location names a Hive partition folder, as one inside a table does) the folders above its partition folders."""
+def _local_table(folder: str) -> tuple[str, str] | None:
+    """The format of a local folder that is a table's top folder, or None."""
+    for name, kind in TABLE_LOGS.items():
+        if os.path.isdir(os.path.join(folder, name)):
+            return kind
+    metadata = os.path.join(folder, "metadata")
+    if os.path.isdir(metadata):
+        with os.scandir(metadata) as entries:
+            if any(ICEBERG_METADATA.fullmatch(entry.name) for entry in entries):
+                return ICEBERG
+    return None
+
+
+def _tables(location: str, fs: pafs.FileSystem, root: str, files: list[pafs.FileInfo]) -> None:
+    """Refuse files of a folder or glob that lie in a table that keeps earlier versions' files (:data:`TABLE_LOGS`),
+    where a listing's own entries don't show the table's: on a local disk (a few stat calls) a table in any folder
+    above a file (a glob's matched names hide the table's beside them; a location inside a table,
+    ``events/date=2024-06-01/``, an Iceberg table's ``events/data/``); on a store (one request, only where such a
+    location names a Hive partition folder or a ``data`` folder, as one inside a table does) the folders above
+    those."""
     if stores.is_local(fs):
         seen: set[str] = set()
         for info in files:
             folder = os.path.dirname(info.path)
             while folder not in seen:
                 seen.add(folder)
-                if os.path.isdir(os.path.join(folder, DELTA_LOG)):
-                    raise delta_table(location, folder)
+                if (kind := _local_table(folder)) is not None:
+                    raise table_refusal(location, folder, kind)
                 folder = os.path.dirname(folder)
         return
     names = root.split("/")
-    above = ["/".join(names[:at]) for at in range(2, len(names)) if PARTITION.fullmatch(names[at])]
+    above = list(dict.fromkeys("/".join(names[:at]) for at in range(2, len(names)) if IN_TABLE.fullmatch(names[at])))
     if above:
-        found = fs.get_file_info([f"{folder}/{DELTA_LOG}" for folder in dict.fromkeys(above)])
-        table = next((info.path for info in found if info.type == pafs.FileType.Directory), None)
-        if table is not None:
-            raise delta_table(location, uri_of(location, table.rsplit("/", 1)[0]))
+        marks = [f"{folder}/{name}" for folder in above for name in (*TABLE_LOGS, "metadata")]
+        for info in fs.get_file_info(marks):
+            if info.type != pafs.FileType.Directory:
+                continue
+            folder, _, name = info.path.rpartition("/")
+            if name in TABLE_LOGS:
+                raise table_refusal(location, uri_of(location, folder), TABLE_LOGS[name])
+            metadata = fs.get_file_info(pafs.FileSelector(info.path, allow_not_found=True))
+            if any(ICEBERG_METADATA.fullmatch(entry.base_name) for entry in metadata):
+                raise table_refusal(location, uri_of(location, folder), ICEBERG)
 
 
-def delta_table(location: str, table: str) -> PipelineError:
-    """Why a location whose files lie in a Delta Lake table is not read as its files, and how to read the table."""
+def table_refusal(location: str, table: str, kind: tuple[str, str]) -> PipelineError:
+    """Why a location whose files lie in a table that keeps earlier versions' files is not read as its files, and how
+    to read the table."""
+    name, mark = kind
+    article = "an" if name[0] in "AEIOU" else "a"
+    where = "" if table.rstrip("/") == location.rstrip("/") else f"{location}: "  # a glob, a folder in it or above
     return PipelineError(
-        f"input.paths: {location}: {table} is a Delta Lake table (it holds {DELTA_LOG}/), whose folder keeps the "
-        "Parquet files of its earlier versions (rows since overwritten, deleted or compacted) until VACUUM, so its "
-        "files are not the table's rows (read as plain Parquet: every version's rows, some twice); write its current "
-        "version as Parquet to read (deltalake's DeltaTable(TABLE).to_pyarrow_table(), or Spark's "
-        "spark.read.format('delta').load(TABLE).write.parquet(...)), or name its current files in input.paths "
-        "(DeltaTable(TABLE).file_uris())"
+        f"input.paths: {where}{table} is {article} {name} table (it holds {mark}), whose folder keeps the data "
+        "files of its earlier versions (rows since overwritten, deleted or compacted) until the table is cleaned "
+        "up, so its files are not the table's rows (read as plain files: every version's rows, some twice); write its "
+        f"current version as Parquet and read that, or name its current files in input.paths ({TABLE_READERS[name]})"
     )
 
 
@@ -546,8 +591,8 @@ def list_shards(
         named = [info.path for _, info in files] == [path]  # a file named as it is (a glob's chars in its name too)
         globbed = bool(GLOB_CHARS & set(path)) and root != path and not named  # not the path as written (_list)
         a_listing = globbed or root == path  # a folder or a glob, not a named file
-        if a_listing:  # a Delta Lake table's folder holds its earlier versions' files too
-            _delta_tables(location, fs, root, [info for _, info in files])
+        if a_listing:  # a Delta Lake, Iceberg or Hudi table's folder holds its earlier versions' files too
+            _tables(location, fs, root, [info for _, info in files])
         found = left_out = 0
         other: list[str] = []  # files that are no shard by their name: said, not dropped without a word
         for uri, info in files:
