@@ -450,10 +450,12 @@ def _local_table(folder: str) -> tuple[str, str] | None:
         if os.path.isdir(os.path.join(folder, name)):
             return kind
     metadata = os.path.join(folder, "metadata")
-    if os.path.isdir(metadata):
+    try:
         with os.scandir(metadata) as entries:
             if any(ICEBERG_METADATA.fullmatch(entry.name) for entry in entries):
                 return ICEBERG
+    except OSError:  # none there (or one this process may not list: no table it can tell)
+        pass
     return None
 
 
@@ -461,7 +463,7 @@ def _tables(location: str, fs: pafs.FileSystem, root: str, files: list[pafs.File
     """Refuse files of a folder or glob that lie in a table that keeps earlier versions' files (:data:`TABLE_LOGS`),
     where a listing's own entries don't show the table's: on a local disk (a few stat calls) a table in any folder
     above a file (a glob's matched names hide the table's beside them; a location inside a table,
-    ``events/date=2024-06-01/``, an Iceberg table's ``events/data/``); on a store (one request, only where such a
+    ``events/date=2024-06-01/``, an Iceberg table's ``events/data/``); on a store (a few requests, only where such a
     location names a Hive partition folder or a ``data`` folder, as one inside a table does) the folders above
     those."""
     if stores.is_local(fs):
@@ -476,9 +478,11 @@ def _tables(location: str, fs: pafs.FileSystem, root: str, files: list[pafs.File
         return
     names = root.split("/")
     above = list(dict.fromkeys("/".join(names[:at]) for at in range(2, len(names)) if IN_TABLE.fullmatch(names[at])))
-    if above:
-        marks = [f"{folder}/{name}" for folder in above for name in (*TABLE_LOGS, "metadata")]
-        for info in fs.get_file_info(marks):
+    if not above:
+        return
+    try:
+        marks = fs.get_file_info([f"{folder}/{name}" for folder in above for name in (*TABLE_LOGS, "metadata")])
+        for info in marks:
             if info.type != pafs.FileType.Directory:
                 continue
             folder, _, name = info.path.rpartition("/")
@@ -487,6 +491,8 @@ def _tables(location: str, fs: pafs.FileSystem, root: str, files: list[pafs.File
             metadata = fs.get_file_info(pafs.FileSelector(info.path, allow_not_found=True))
             if any(ICEBERG_METADATA.fullmatch(entry.base_name) for entry in metadata):
                 raise table_refusal(location, uri_of(location, folder), ICEBERG)
+    except OSError:  # a store that refuses the look above the location (credentials for its prefix only): can't tell
+        return
 
 
 def table_refusal(location: str, table: str, kind: tuple[str, str]) -> PipelineError:
