@@ -170,6 +170,31 @@ def test_a_byte_order_mark_at_the_start_of_a_line_is_skipped_as_at_the_start_of_
     assert reader_count_rows(shard) == (len(rows), True) and plan_count_rows(shard).rows == len(rows)
 
 
+def test_objects_that_share_a_line_are_each_a_row_whatever_else_the_file_holds(tmp_path):
+    """JSON objects written one after the other without a newline between them (``f.write(json.dumps(row))`` with no
+    ``"\\n"``, two files joined where the first did not end in one, a file saved with old Mac line ends, ``\\r``)
+    were each a row where pyarrow read the file, but one row of ``invalid JSON: Extra data`` for the whole line where
+    the file was read line by line: a file over pyarrow's 1 MiB block, or one with a float id or one bad line
+    anywhere. 20,000 rows written so came out as one quarantined row, under the error budget beside other files,
+    and exit 0. Each object is a row either way, in its order; what does not parse costs a row, up to the next line
+    end (a ``\\r`` too), and the objects after it are read."""
+    rows = [{"id": i, "text": f"row {i} " + "x" * 100} for i in range(20_000)]
+    (tmp_path / "glued.jsonl").write_text("".join(json.dumps(r) for r in rows))  # 2.5 MB, no newline at all
+    got = _read(tmp_path / "glued.jsonl")
+    assert [(i, t) for i, t, _ in got] == [(str(r["id"]), r["text"]) for r in rows]
+    assert all(e is None for _, _, e in got)
+
+    two = b'{"id": "a", "text": "x"} {"id": "b", "text": "y"}\n{"id": 1.5, "text": "z"}\n'  # a float id: by line
+    (tmp_path / "two.jsonl").write_bytes(two)
+    assert _read(tmp_path / "two.jsonl") == [("a", "x", None), ("b", "y", None), ("1.5", "z", None)]
+    mac = b'{"id": 1.5, "text": "x"}\r{"id": "b", "text": "y"}\r{bad\r{"id": "c", "text": "z"}\r[1]\r'
+    (tmp_path / "mac.jsonl").write_bytes(mac)
+    assert _read(tmp_path / "mac.jsonl") == [
+        ("1.5", "x", None), ("b", "y", None), (None, None, "invalid JSON: Expecting property name enclosed in double "
+                                                     "quotes (line 1, column 52)"),
+        ("c", "z", None), (None, None, "a JSON line must be an object, got list (line 1)")]
+
+
 def test_a_line_that_is_no_record_is_named_by_its_line_in_the_file(tmp_path):
     """A JSON line that is no record (broken JSON, bytes that are no UTF-8, no object) has neither id nor preview in
     ``_errors/``: its shard and ``row`` were all that placed it, and ``row`` counts the non-blank lines from 0, so past

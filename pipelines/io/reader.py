@@ -497,10 +497,40 @@ def _read_jsonl_lines(data: bytes, columns: Columns) -> pa.Table:
         if not line.strip():
             continue
         record, error = parse_line(line, numbers_as_written=True, number=number)
-        error = error or drop_lone_surrogates(record, columns.all)
-        records.append(record)
-        errors.append(error)
+        parsed = [(record, error)] if not (error or "").startswith(EXTRA_DATA) else line_values(line, number)
+        for record, error in parsed:
+            records.append(record)
+            errors.append(error or drop_lone_surrogates(record, columns.all))
     return _records_table(records, errors, columns)
+
+
+#: How a line that holds more than one JSON value fails to parse as one.
+EXTRA_DATA = "invalid JSON: Extra data"
+#: White space between JSON values (JSON's own: a line's ``\r`` is one, where old Mac line ends left it).
+JSON_SPACE = re.compile(r"[ \t\r\n]*")
+
+
+def line_values(line: bytes, number: int) -> list[tuple[dict[str, Any], str | None]]:
+    """The records of a line that holds several JSON values one after the other (written without a newline between
+    them, or with a ``\\r`` alone), as pyarrow reads them: each a row, and so in every file, not only in those
+    pyarrow reads. What does not parse is one row, up to the line's next ``\\r`` (past it the values are read
+    again): its reason names the line and the column. Each value is checked as a line is (:func:`parse_line`)."""
+    text = line.decode("utf-8")  # it decoded as one line already
+    decoder = json.JSONDecoder(parse_float=WrittenFloat.parse)
+    found: list[tuple[dict[str, Any], str | None]] = []
+    at = JSON_SPACE.match(text).end()  # type: ignore[union-attr]
+    while at < len(text):
+        try:
+            value, at = decoder.raw_decode(text, at)
+            found.append(as_record(value, f"line {number}, ", number))
+        except (json.JSONDecodeError, RecursionError) as exc:
+            said = f"{exc.msg} (line {number}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else (
+                f"nested too deeply (line {number})")
+            found.append(({}, f"invalid JSON: {said}"))
+            stop = text.find("\r", getattr(exc, "pos", at))
+            at = len(text) if stop < 0 else stop
+        at = JSON_SPACE.match(text, at).end()  # type: ignore[union-attr]
+    return found
 
 
 def _records_table(records: list[dict[str, Any]], errors: list[str | None], columns: Columns) -> pa.Table:
@@ -622,6 +652,11 @@ def parse_line(
         record = json.loads(text, parse_float=WrittenFloat.parse if numbers_as_written else None)
     except json.JSONDecodeError as exc:
         return {}, f"invalid JSON: {exc.msg} ({where}column {exc.colno})"
+    return as_record(record, where, number)
+
+
+def as_record(record: Any, where: str = "", number: int | None = None) -> tuple[dict[str, Any], str | None]:
+    """A line's JSON value as a record, or the reason it is none (see :func:`parse_line`)."""
     if isinstance(record, list) and record and all(isinstance(item, dict) for item in record):
         return {}, (
             f"a JSON line must be an object, got list ({where}an array of {len(record)} objects: a JSON array file, "
