@@ -1511,6 +1511,21 @@ def test_an_iceberg_or_hudi_table_folder_is_refused_as_a_delta_table_is(tmp_path
     assert [s.name for s in list_shards([str(plain)])] == ["data/part-0.parquet", "metadata/run.metadata.json"]
 
 
+def test_a_partition_folder_whose_key_starts_with_an_underscore_is_read_as_spark_reads_it(tmp_path):
+    """Names starting with ``_`` are skipped as a writer's bookkeeping (``_temporary/``, ``_SUCCESS``), but a Hive
+    partition folder's name holds a ``=``, and its key may start with one (``_ingest_date=2024-06-01``, an ingest
+    tool's or BigQuery's ``_PARTITIONDATE``): Spark reads those (it skips a ``_`` name only without a ``=``), and here
+    their files were left out without a word beside any other file of the folder. They are read as Spark reads them;
+    a writer's ``_temporary/`` inside or above one is still skipped."""
+    for name in ("_ingest_date=2024-06-01/part-0.jsonl", "_ingest_date=2024-06-02/part-0.jsonl", "date=x/part-0.jsonl",
+                 "_ingest_date=2024-06-03/_temporary/0/part-0.jsonl", "_temporary/0/_k=v/part-0.jsonl"):
+        write_jsonl(tmp_path / "data" / name, [{"id": name, "text": "words"}])
+    want = ["_ingest_date=2024-06-01/part-0.jsonl", "_ingest_date=2024-06-02/part-0.jsonl", "date=x/part-0.jsonl"]
+    assert [s.name for s in list_shards([str(tmp_path / "data")])] == want
+    assert [s.name for s in list_shards([f"{tmp_path}/data/*/"])] == want
+    assert [s.name for s in list_shards([f"{tmp_path}/data/**/*.jsonl"])] == want
+
+
 def test_every_input_location_must_give_a_file(tmp_path):
     """A location in ``input.paths`` that gives no file was dropped without a word when another gave some: a
     ``data/b/*.jsonl`` over b's dated folders (``*`` stays within one folder) ran the job without b's rows. It

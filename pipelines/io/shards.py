@@ -39,7 +39,7 @@ COMPRESSED_NAMES = {".zst": ("zstd", "zstd -dc"), ".zstd": ("zstd", "zstd -dc"),
                     ".xz": ("xz", "xz -dc"), ".lz4": ("lz4", "lz4 -dc"), ".zip": ("zip", "unzip -p"),
                     ".gzip": ("gzip", "")}
 GLOB_CHARS = set("*?[")
-HIDDEN = (".", "_")  # the first letter of names a listing skips
+HIDDEN = (".", "_")  # the first letter of names a listing skips (but a partition folder's: see hides)
 #: Table formats whose folder keeps the data files of the table's earlier versions (rows since overwritten, deleted or
 #: compacted) beside the current ones, until the table is cleaned up, and whose own files say which are live: a folder
 #: or glob whose files lie in such a table is refused (read as plain files: every version's rows, some twice). Each is
@@ -224,9 +224,15 @@ def detect_format(path: str, wanted: str, named: bool = False) -> tuple[str, boo
 
 def _is_hidden(path: str, root: str) -> bool:
     """Whether a name under ``root`` starts with ``.`` or ``_``: a writer's temporary or bookkeeping files
-    (``_temporary/``, ``.part-0.crc``, this project's ``_staging/``), which a listing skips."""
+    (``_temporary/``, ``.part-0.crc``, this project's ``_staging/``), which a listing skips (:func:`hides`)."""
     relative = path[len(root) :].lstrip("/")
-    return any(part.startswith(HIDDEN) for part in relative.split("/"))
+    return any(hides(part) for part in relative.split("/"))
+
+
+def hides(name: str) -> bool:
+    """Whether a listing skips a name: one starting with ``.``, or with ``_`` but for a Hive partition folder's (it
+    holds a ``=``: ``_ingest_date=2024-06-01``), which Spark reads as data too."""
+    return name.startswith(".") or (name.startswith("_") and "=" not in name)
 
 
 def _expand(location: str) -> tuple[str, list[tuple[str, pafs.FileInfo]]]:
@@ -417,7 +423,7 @@ def _glob_hides(parts: list[str], wild: list[str]) -> bool:
     that place, or anywhere after a ``**`` before it. Below a matched folder nothing is spelled out."""
     spread = wild.index("**") if "**" in wild else len(wild)
     for at, part in enumerate(parts):
-        if not part.startswith(HIDDEN):
+        if not hides(part):
             continue
         names = wild[at : at + 1] if at < spread else wild[spread + 1 :]
         if not any(name.startswith(HIDDEN) and wcfnmatch.fnmatch(part, name, flags=NAME_FLAGS) for name in names):
