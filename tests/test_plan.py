@@ -46,6 +46,9 @@ def test_rows_are_counted_as_a_run_reads_them(tmp_path):
     (folder / "j.jsonl.gz").write_bytes(gzip.compress((folder / "h.jsonl").read_bytes()))
     # a lone surrogate costs its row (the file was one unreadable record in a run, 3 rows in the plan)
     (folder / "k.jsonl").write_text('{"id": "1", "text": "x"}\n{"id": "2", "text": "cut \\ud83d"}\n{"id": "3"}\n')
+    # objects that share a line (no newline between them, old Mac \r line ends) are a row each (the plan said 1)
+    (folder / "l.jsonl").write_text("".join(json.dumps({"id": str(i), "text": "u"}) for i in range(40)))
+    (folder / "m.jsonl").write_bytes(b'{"id": "1", "text": "x"}\r{"id": 2.5, "text": "y"}\r{bad\r{"id": "3"} junk\n')
     shards = list_shards([str(folder)])
     columns = Columns(text="text", id="id")
     counts = {s.path.rsplit("/", 1)[-1]: count_rows(s) for s in shards}
@@ -63,8 +66,10 @@ def test_rows_are_counted_as_a_run_reads_them(tmp_path):
         "a.jsonl": "counted", "b.jsonl.gz": "counted", "c.parquet": "footer",
         "d.jsonl.gz": "unreadable", "e.parquet": "unreadable", "f.jsonl": "counted", "g.jsonl.gz": "counted",
         "h.jsonl": "counted", "i.jsonl": "counted", "j.jsonl.gz": "counted", "k.jsonl": "counted",
+        "l.jsonl": "counted", "m.jsonl": "counted",
     }
-    assert [counts[name].rows for name in ("h.jsonl", "i.jsonl", "j.jsonl.gz", "k.jsonl")] == [2, 0, 2, 3]
+    assert [counts[name].rows for name in ("h.jsonl", "i.jsonl", "j.jsonl.gz", "k.jsonl", "l.jsonl", "m.jsonl")] == [
+        2, 0, 2, 3, 40, 5]
     estimated = count_rows(next(s for s in shards if s.path.endswith("f.jsonl")), count_limit=8192)
     assert estimated.count == "estimated" and abs(estimated.rows - 3000) < 150  # lines past 8 KiB: from the size
 

@@ -506,6 +506,21 @@ def _read_jsonl_lines(data: bytes, columns: Columns) -> pa.Table:
 
 #: How a line that holds more than one JSON value fails to parse as one.
 EXTRA_DATA = "invalid JSON: Extra data"
+#: A line that may hold several JSON values: one object ends and another starts (maybe after a ``\\r``).
+GLUED = re.compile(rb"\}[ \t\r]*\{")
+
+
+def line_rows(line: bytes) -> int:
+    """How many rows the reader makes of one line (without its ``\\n``; byte order marks at its start skipped): none
+    of a blank one, one of each value of a line that holds several (:func:`line_values`), else one. A line is parsed
+    only where it may hold several: one object after another, or not one object from its start to its end."""
+    line = without_boms(line).strip()
+    if not line:
+        return 0
+    if line.startswith(b"{") and line.endswith(b"}") and GLUED.search(line) is None:
+        return 1
+    record, error = parse_line(line)
+    return len(line_values(line, 0)) if (error or "").startswith(EXTRA_DATA) else 1
 #: White space between JSON values (JSON's own: a line's ``\r`` is one, where old Mac line ends left it).
 JSON_SPACE = re.compile(r"[ \t\r\n]*")
 
@@ -1284,7 +1299,7 @@ def count_rows(shard: Shard) -> tuple[int | None, bool]:
     lines = without_boms(data).split(b"\n")  # a byte order mark alone on its line is no row
     if not exact and lines:
         lines = lines[:-1]  # the last line was cut
-    counted = sum(1 for line in lines if line.strip())
+    counted = sum(line_rows(line) for line in lines)
     return (counted if counted or exact else None), exact
 
 

@@ -38,9 +38,9 @@ from pipelines.io.reader import (
     compression_reason,
     json_array,
     json_stream,
+    line_rows,
     read_group,
     stream_start,
-    without_boms,
 )
 from pipelines.io.reader import count_rows as reader_count_rows
 from pipelines.io.shards import Shard
@@ -111,12 +111,12 @@ def _jsonl_rows(shard: Shard, count_limit: int) -> tuple[int, bool]:
             text = carry + chunk
             lines = text.split(b"\n")
             carry = lines.pop()
-            rows += sum(1 for line in lines if _a_row(line))
+            rows += sum(line_rows(line) for line in lines)
             consumed = raw.consumed  # file bytes behind ``rows`` (compressed ones, for gzip)
             chunk = stream.read(min(CHUNK, count_limit))
             if read >= count_limit and chunk:
                 return round(rows * shard.size / max(consumed, 1)), False
-        return rows + (1 if _a_row(carry) else 0), True
+        return rows + line_rows(carry), True
 
 
 def _read_ahead(stream: Any, chunk: bytes, limit: int) -> tuple[bytes, bool]:
@@ -165,12 +165,6 @@ def _stream_rows(
     if whole:
         return (len(values), True), data
     return (round(len(values) * shard.size / max(raw.consumed, 1)), False), data
-
-
-def _a_row(line: bytes) -> bool:
-    """Whether a whole line is a row to the reader: not blank once byte order marks at its start are skipped
-    (:func:`~pipelines.io.reader.without_boms`)."""
-    return bool(without_boms(line).strip())
 
 
 class _Counting:
