@@ -193,6 +193,14 @@ def test_objects_that_share_a_line_are_each_a_row_whatever_else_the_file_holds(t
         ("1.5", "x", None), ("b", "y", None), (None, None, "invalid JSON: Expecting property name enclosed in double "
                                                      "quotes (line 1, column 52)"),
         ("c", "z", None), (None, None, "a JSON line must be an object, got list (line 1)")]
+    # a byte that is no UTF-8 (Windows-1252's \xe9) costs the object that holds it, not the whole line of them
+    (tmp_path / "cp1252.jsonl").write_bytes(b'{"id": "a", "text": "x"}\r{"id": "b", "text": "caf\xe9"}\r{"id": "c", '
+                                            b'"text": "z"}\r{"id": 1.5, "text": "w"}')
+    assert _read(tmp_path / "cp1252.jsonl") == [
+        ("a", "x", None), (None, None, "not valid UTF-8 (line 1, byte 49)"), ("c", "z", None), ("1.5", "w", None)]
+    for name in ("glued.jsonl", "two.jsonl", "mac.jsonl", "cp1252.jsonl"):  # the plan counts them as a run reads them
+        [shard] = list_shards([str(tmp_path / name)])
+        assert plan_count_rows(shard).rows == len(_read(tmp_path / name)), name
 
 
 def test_a_line_that_is_no_record_is_named_by_its_line_in_the_file(tmp_path):

@@ -497,7 +497,7 @@ def _read_jsonl_lines(data: bytes, columns: Columns) -> pa.Table:
         if not line.strip():
             continue
         record, error = parse_line(line, numbers_as_written=True, number=number)
-        parsed = [(record, error)] if not (error or "").startswith(EXTRA_DATA) else line_values(line, number)
+        parsed = line_values(line, number) if several(line, error) else [(record, error)]
         for record, error in parsed:
             records.append(record)
             errors.append(error or drop_lone_surrogates(record, columns.all))
@@ -510,6 +510,13 @@ EXTRA_DATA = "invalid JSON: Extra data"
 GLUED = re.compile(rb"\}[ \t\r]*\{")
 
 
+def several(line: bytes, error: str | None) -> bool:
+    """Whether a line that did not parse as one record (``error``: why) may hold several values: it holds more after
+    its first, or it is no UTF-8 where one object ends and another starts (a record's byte then costs that record)."""
+    return error is not None and (
+        error.startswith(EXTRA_DATA) or (error.startswith("not valid UTF-8") and GLUED.search(line) is not None))
+
+
 def line_rows(line: bytes) -> int:
     """How many rows the reader makes of one line (without its ``\\n``; byte order marks at its start skipped): none
     of a blank one, one of each value of a line that holds several (:func:`line_values`), else one. A line is parsed
@@ -519,8 +526,12 @@ def line_rows(line: bytes) -> int:
         return 0
     if line.startswith(b"{") and line.endswith(b"}") and GLUED.search(line) is None:
         return 1
-    record, error = parse_line(line)
-    return len(line_values(line, 0)) if (error or "").startswith(EXTRA_DATA) else 1
+    _, error = parse_line(line)
+    return len(line_values(line, 0)) if several(line, error) else 1
+
+
+#: A byte that is no UTF-8, as ``surrogateescape`` decodes it.
+ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 #: White space between JSON values (JSON's own: a line's ``\r`` is one, where old Mac line ends left it).
 JSON_SPACE = re.compile(r"[ \t\r\n]*")
 
@@ -529,15 +540,23 @@ def line_values(line: bytes, number: int) -> list[tuple[dict[str, Any], str | No
     """The records of a line that holds several JSON values one after the other (written without a newline between
     them, or with a ``\\r`` alone), as pyarrow reads them: each a row, and so in every file, not only in those
     pyarrow reads. What does not parse is one row, up to the line's next ``\\r`` (past it the values are read
-    again): its reason names the line and the column. Each value is checked as a line is (:func:`parse_line`)."""
-    text = line.decode("utf-8")  # it decoded as one line already
+    again): its reason names the line and the column. Each value is checked as a line is (:func:`parse_line`), and
+    one that holds bytes that are no UTF-8 costs its row, as such a line does."""
+    text = line.decode("utf-8", errors="surrogateescape")  # bytes that are no UTF-8 as U+DC80-U+DCFF
+    undecoded = ESCAPED_BYTE.search(text) is not None
     decoder = json.JSONDecoder(parse_float=WrittenFloat.parse)
     found: list[tuple[dict[str, Any], str | None]] = []
     at = JSON_SPACE.match(text).end()  # type: ignore[union-attr]
     while at < len(text):
         try:
+            start = at
             value, at = decoder.raw_decode(text, at)
-            found.append(as_record(value, f"line {number}, ", number))
+            bad = ESCAPED_BYTE.search(text, start, at) if undecoded else None
+            if bad is not None:  # the byte counted in the line, as parse_line counts it
+                byte = len(text[: bad.start()].encode("utf-8", errors="surrogateescape"))
+                found.append(({}, f"not valid UTF-8 (line {number}, byte {byte})"))
+            else:
+                found.append(as_record(value, f"line {number}, ", number))
         except (json.JSONDecodeError, RecursionError) as exc:
             said = f"{exc.msg} (line {number}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else (
                 f"nested too deeply (line {number})")
