@@ -170,6 +170,17 @@ def test_a_byte_order_mark_at_the_start_of_a_line_is_skipped_as_at_the_start_of_
     assert reader_count_rows(shard) == (len(rows), True) and plan_count_rows(shard).rows == len(rows)
 
 
+def test_an_object_that_names_a_key_twice_is_read_with_its_last_value_as_the_readme_says(tmp_path):
+    """pyarrow refuses a file where one object names a key twice ("Column(/text) was specified twice"); it is read
+    line by line then, each such object with its last value (as Python's json, pandas and jq read it), every other
+    row as written, and the plan counts the rows as the run reads them."""
+    (tmp_path / "dup.jsonl").write_bytes(b'{"id": "a", "text": "old", "text": "new"}\n{"id": "b", "text": "y"}\n'
+                                         b'{"id": "c", "id": "d", "text": "z"}{"id": "e", "text": "w"}\n')
+    assert _read(tmp_path / "dup.jsonl") == [("a", "new", None), ("b", "y", None), ("d", "z", None), ("e", "w", None)]
+    [shard] = list_shards([str(tmp_path / "dup.jsonl")])
+    assert plan_count_rows(shard).rows == 4
+
+
 def test_objects_that_share_a_line_are_each_a_row_whatever_else_the_file_holds(tmp_path):
     """JSON objects written one after the other without a newline between them (``f.write(json.dumps(row))`` with no
     ``"\\n"``, two files joined where the first did not end in one, a file saved with old Mac line ends, ``\\r``)
