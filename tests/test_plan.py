@@ -72,6 +72,10 @@ def test_rows_are_counted_as_a_run_reads_them(tmp_path):
         2, 0, 2, 3, 40, 5]
     estimated = count_rows(next(s for s in shards if s.path.endswith("f.jsonl")), count_limit=8192)
     assert estimated.count == "estimated" and abs(estimated.rows - 3000) < 150  # lines past 8 KiB: from the size
+    # a file of objects with no newline between them past the limit: its objects so far, scaled (it was 0 rows)
+    glued = next(s for s in shards if s.path.endswith("l.jsonl"))
+    assert count_rows(glued, count_limit=400).count == "estimated"
+    assert abs(count_rows(glued, count_limit=400).rows - 40) <= 4
 
 
 def test_plan_leaves_out_an_output_inside_the_input_folder(tiny_models, tmp_path):

@@ -90,7 +90,7 @@ def _jsonl_rows(shard: Shard, count_limit: int) -> tuple[int, bool]:
     with shard.filesystem().open_input_stream(shard.path, compression=None) as source:
         raw = _Counting(source)
         stream: Any = gzip.GzipFile(fileobj=raw, mode="rb") if shard.compressed else raw  # type: ignore[call-overload]
-        rows, read, carry = 0, 0, b""
+        rows, read = 0, 0
         chunk = stream.read(min(CHUNK, count_limit))
         if chunk.startswith(UTF16_BOMS):  # a run refuses it whole: count_rows counts it as the run does
             raise ValueError(UTF16_REASON)
@@ -106,17 +106,20 @@ def _jsonl_rows(shard: Shard, count_limit: int) -> tuple[int, bool]:
             counted, chunk = _stream_rows(stream, raw, chunk, shard, min(count_limit, ARRAY_COUNT_LIMIT))
             if counted is not None:
                 return counted
+        line: list[bytes] = []  # the line not ended yet, its bytes so far: joined once, where it ends
         while chunk:
             read += len(chunk)
-            text = carry + chunk
-            lines = text.split(b"\n")
-            carry = lines.pop()
-            rows += sum(line_rows(line) for line in lines)
-            consumed = raw.consumed  # file bytes behind ``rows`` (compressed ones, for gzip)
+            lines = chunk.split(b"\n")
+            if len(lines) > 1:
+                lines[0] = b"".join([*line, lines[0]])
+                line = []
+            line.append(lines.pop())
+            rows += sum(line_rows(one) for one in lines)
+            consumed = raw.consumed  # file bytes behind ``rows`` and ``line`` (compressed ones, for gzip)
             chunk = stream.read(min(CHUNK, count_limit))
-            if read >= count_limit and chunk:
-                return round(rows * shard.size / max(consumed, 1)), False
-        return rows + line_rows(carry), True
+            if read >= count_limit and chunk:  # the line so far counts too: all of a file of objects with no newline
+                return round((rows + line_rows(b"".join(line))) * shard.size / max(consumed, 1)), False
+        return rows + line_rows(b"".join(line)), True
 
 
 def _read_ahead(stream: Any, chunk: bytes, limit: int) -> tuple[bytes, bool]:
