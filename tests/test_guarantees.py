@@ -214,6 +214,33 @@ def test_objects_that_share_a_line_are_each_a_row_whatever_else_the_file_holds(t
         assert plan_count_rows(shard).rows == len(_read(tmp_path / name)), name
 
 
+def test_a_json_lines_file_with_a_line_of_null_costs_that_row_not_the_process(tmp_path):
+    """pyarrow 26 crashes the process (a segmentation fault) on JSON lines where a block it reads starts with a line
+    of ``null``: a file's first line (an export's placeholder row, ``json.dumps(None)``), or any line its 1 MiB blocks
+    start at. The Ray worker reading the shard died, and so did the driver sampling the file's types and
+    ``pipelines plan`` counting its rows. Such a line is a row of its own error, as any value that is no object is."""
+    obj = b'{"id": "b", "text": "y"}\n'
+    first = b"null\n" + obj
+    blank_first = b"\n \r\n  null \n" + obj
+    big = b'{"id": "a", "text": "' + b"x" * ((1 << 20) - 24) + b'"}\n'  # one line of exactly 1 MiB: block 2 starts
+    at_block = big + b"null\r" + obj  # ... at the null, ended by an old Mac \r
+    assert len(big) == 1 << 20
+    def null_row(line: int) -> tuple:
+        return None, None, f"a JSON line must be an object, got null (line {line})"
+
+    for name, data, rows in (
+        ("first.jsonl", first, [null_row(1), ("b", "y", None)]),
+        ("blank_first.jsonl", blank_first, [null_row(3), ("b", "y", None)]),
+        ("at_block.jsonl", at_block, [("a", "x" * ((1 << 20) - 24), None), null_row(2), ("b", "y", None)]),
+    ):
+        path = tmp_path / name
+        path.write_bytes(data)
+        assert _read(path) == rows, name
+        [shard] = list_shards([str(path)])
+        reference_types([shard], Columns(text="text", id="id", keep=("id",)))  # the driver's sample of its types
+        assert plan_count_rows(shard).rows == len(rows), name
+
+
 def test_a_line_that_is_no_record_is_named_by_its_line_in_the_file(tmp_path):
     """A JSON line that is no record (broken JSON, bytes that are no UTF-8, no object) has neither id nor preview in
     ``_errors/``: its shard and ``row`` were all that placed it, and ``row`` counts the non-blank lines from 0, so past

@@ -269,6 +269,22 @@ def without_boms(data: bytes) -> bytes:
     return LINE_BOMS.sub(b"\n", data) if LINE_BOM in data else data
 
 
+#: A line whose first value is ``null``, after a ``\n`` or a ``\r`` (pyarrow ends a line at either). Two patterns that
+#: start with their byte: searched about 10x faster than one that starts with a choice of them.
+NULL_LINES = (re.compile(rb"\n[ \t\r\n]*null"), re.compile(rb"\r[ \t\r\n]*null"))
+LEADING_SPACE = re.compile(rb"[ \t\r\n]*")
+
+
+def null_line(data: bytes, start_only: bool = False) -> bool:
+    """Whether a line of the bytes (the first only, with ``start_only``) starts with the value ``null``. Where a block
+    that pyarrow reads starts with one (a file's first line, any line a 1 MiB block starts at) pyarrow 26 crashes the
+    process (a segmentation fault): such bytes are read line by line, where that line is a row of its own error, as
+    any value that is no object is. About 45 ms per 70 MB searched, where pyarrow reads them in about 550."""
+    if data.startswith(b"null", LEADING_SPACE.match(data).end()):  # type: ignore[union-attr]
+        return True
+    return not start_only and any(lines.search(data) is not None for lines in NULL_LINES)
+
+
 def read_jsonl(data: bytes, columns: Columns) -> pa.Table:
     """JSON lines into a table, one row per non-blank line; bad lines become rows with an ``_error``.
 
@@ -289,6 +305,8 @@ def read_jsonl(data: bytes, columns: Columns) -> pa.Table:
         if problem is not None:
             raise ValueError(problem)
         return _read_json_array(values, columns, "a JSON value of the file")
+    if null_line(data):
+        return _read_jsonl_lines(data, columns)
     try:
         table = pajson.read_json(io.BytesIO(data))
         id_type = table.schema.field(columns.id).type if columns.id in table.column_names else None
@@ -698,7 +716,8 @@ def as_record(record: Any, where: str = "", number: int | None = None) -> tuple[
             "input.paths)"
         )
     if not isinstance(record, dict):
-        return {}, f"a JSON line must be an object, got {type(record).__name__}" + (
+        got = "null" if record is None else type(record).__name__
+        return {}, f"a JSON line must be an object, got {got}" + (
             "" if number is None else f" (line {number})")
     return record, None
 
@@ -1255,7 +1274,11 @@ def _holds_record(head: bytes) -> bool:
 
 
 def _read_sample(head: bytes) -> pa.Table:
-    """A JSON lines sample as pyarrow reads it, in one block: a line longer than its default block is no error."""
+    """A JSON lines sample as pyarrow reads it, in one block: a line longer than its default block is no error. One
+    that starts with a line of ``null`` (which would crash pyarrow, :func:`null_line`) is refused as pyarrow refuses
+    a bad line, and read a column at a time from its records."""
+    if null_line(head, start_only=True):
+        raise pa.ArrowInvalid("a line of null first")
     return pajson.read_json(io.BytesIO(head), read_options=pajson.ReadOptions(block_size=max(len(head), 1 << 20)))
 
 
