@@ -1557,6 +1557,30 @@ def test_an_iceberg_or_hudi_table_folder_is_refused_as_a_delta_table_is(tmp_path
     assert [s.name for s in list_shards([str(plain)])] == ["data/part-0.parquet", "metadata/run.metadata.json"]
 
 
+def test_a_table_beside_a_globs_files_or_in_a_skipped_folder_refuses_nothing(tmp_path):
+    """A folder or glob is refused where a file it would read lies in a Delta Lake, Iceberg or Hudi table. Any table
+    its listing held refused it: ``landing/**/*.jsonl`` beside a Delta table's folder (whose log is JSON, its data
+    Parquet: nothing of it matched), and a landing folder whose old table was moved to ``_archive/`` (a folder every
+    listing skips): the user's own files could not be read at all, and no spelling of the location helped."""
+    write_jsonl(tmp_path / "landing" / "day1.jsonl", [{"id": "a", "text": "x"}])
+    write_jsonl(tmp_path / "landing" / "late" / "day2.jsonl", [{"id": "b", "text": "y"}])
+    table = tmp_path / "landing" / "events"  # a Delta table beside them
+    write_parquet(table / "part-00000-2dc9-c000.snappy.parquet", [{"id": 1, "text": "a"}])
+    (table / "_delta_log").mkdir()
+    (table / "_delta_log" / f"{0:020d}.json").write_text('{"commitInfo": {}}\n')
+    iceberg = tmp_path / "landing" / "_archive" / "old"  # an Iceberg table archived in a skipped folder
+    write_parquet(iceberg / "data" / "00000-0-10eda6e1.parquet", [{"id": 1, "text": "a"}])
+    write_jsonl(iceberg / "metadata" / "v1.metadata.json", [{"format-version": 2}])
+    assert sorted(s.name for s in list_shards([f"{tmp_path}/landing/**/*.jsonl"])) == [
+        "day1.jsonl", "late/day2.jsonl"]
+    with pytest.raises(PipelineError, match=r"/landing/events is a Delta Lake table"):
+        list_shards([f"{tmp_path}/landing/**/*.parquet"])  # a glob that matches the table's files: refused, as before
+    with pytest.raises(PipelineError, match=r"/landing/_archive/old is an Apache Iceberg table"):
+        list_shards([str(iceberg / "data")])  # ... and the archived table named
+    shutil.rmtree(table)  # the Delta table moved away: the folder holds the user's files and the archived table
+    assert sorted(s.name for s in list_shards([str(tmp_path / "landing")])) == ["day1.jsonl", "late/day2.jsonl"]
+
+
 def test_a_partition_folder_whose_key_starts_with_an_underscore_is_read_as_spark_reads_it(tmp_path):
     """Names starting with ``_`` are skipped as a writer's bookkeeping (``_temporary/``, ``_SUCCESS``), but a Hive
     partition folder's name holds a ``=``, and its key may start with one (``_ingest_date=2024-06-01``, an ingest

@@ -750,6 +750,34 @@ def test_a_delta_lake_or_iceberg_table_on_s3_is_refused_as_a_local_one_is(s3_ser
             list_shards([f"s3://{IN}/{location}"])
 
 
+def test_a_glob_on_s3_beside_a_table_reads_its_own_files_and_a_table_at_a_buckets_top_is_found(
+        s3_server, monkeypatch, tmp_path):
+    """A glob's listing on a store holds every key under its fixed part: ``s3://bucket/landing/*.jsonl`` beside a
+    Delta table's folder was refused for the table's log, none of whose files it matched (the user's own files could
+    not be read). And a partition folder of a table at a bucket's top (``s3://bucket/date=2024-06-01/``, its log at
+    ``s3://bucket/_delta_log/``) was read as plain files: the look above it stopped short of the bucket itself."""
+    from pipelines.io.shards import list_shards
+
+    use_s3(monkeypatch, s3_server)
+    write_jsonl(tmp_path / "in" / "day1.jsonl", [{"id": "a", "text": "x"}])
+    write_parquet(tmp_path / "in" / "events" / "part-00000-2dc9-c000.snappy.parquet", [{"id": 1, "text": "a"}])
+    (tmp_path / "in" / "events" / "_delta_log").mkdir()
+    (tmp_path / "in" / "events" / "_delta_log" / f"{0:020d}.json").write_text('{"commitInfo": {}}\n')
+    s3_server.upload(IN, "beside", tmp_path / "in")
+    for location in ("beside/*.jsonl", "beside/**/*.jsonl"):
+        assert [s.name for s in list_shards([f"s3://{IN}/{location}"])] == ["day1.jsonl"], location
+
+    bucket = "pipelines-table-top"
+    client = s3_server.client()
+    client.create_bucket(Bucket=bucket)
+    client.put_object(Bucket=bucket, Key=f"_delta_log/{0:020d}.json", Body=b'{"commitInfo": {}}\n')
+    write_parquet(tmp_path / "top.parquet", [{"id": 1, "text": "a"}])
+    client.upload_file(str(tmp_path / "top.parquet"), bucket, "date=2024-06-01/part-00000-77aa-c000.snappy.parquet")
+    for location in ("date=2024-06-01", "date=2024-06-01/*.parquet"):
+        with pytest.raises(PipelineError, match=rf"s3://{bucket} is a Delta Lake table \(it holds _delta_log/\)"):
+            list_shards([f"s3://{bucket}/{location}"])
+
+
 def test_a_hash_sign_in_a_location_is_part_of_the_key_not_a_fragment(s3_server, monkeypatch, tmp_path):
     """A key may hold ``#`` (``team#3/``). pyarrow parses a URI's ``#`` as the start of a fragment and drops it and
     all after it, so ``s3://bucket/hash/team#3/b.jsonl`` read ``hash/team``'s files instead, and the run succeeded

@@ -335,8 +335,9 @@ def _files_under(fs: pafs.FileSystem, folder: str) -> list[pafs.FileInfo]:
 
 def _folder_files(location: str, infos: list[pafs.FileInfo], path: str) -> list[tuple[str, pafs.FileInfo]]:
     """The files of a folder's listing, but hidden ones; a table that keeps earlier versions' files is refused."""
-    _no_table(location, (info.path for info in infos), path)
-    return [(uri_of(location, i.path), i) for i in infos if i.is_file and not _is_hidden(i.path, path)]
+    files = [(uri_of(location, i.path), i) for i in infos if i.is_file and not _is_hidden(i.path, path)]
+    _no_table(location, table_tops((info.path for info in infos), path), (info.path for _, info in files))
+    return files
 
 
 def _split_query(location: str) -> tuple[str, str]:
@@ -374,16 +375,18 @@ def _glob(location: str, fs: pafs.FileSystem, pattern: str) -> tuple[str, list[t
     matcher = wcglob.compile("/".join(wild), flags=GLOB_FLAGS)
     folders_only = names_folder(location)
     files = []
+    listed = []  # a store's listing holds a table's own keys (a local one: _tables)
     for info in _glob_listing(fs, base, wild):
         if not info.is_file:
             continue
+        listed.append(info.path)
         parts = info.path[len(base) :].lstrip("/").split("/")
-        _no_table(location, [info.path], base)  # a store's listing holds a table's own keys (a local one: _tables)
         if _glob_hides(parts, wild):
             continue
         depths = range(len(parts) - 1 if folders_only else len(parts), 0, -1)
         if any(matcher.match("/".join(parts[:depth])) for depth in depths):
             files.append((uri_of(location, info.path), info))
+    _no_table(location, table_tops(listed, base), (info.path for _, info in files))
     if not files:
         # A store lists a missing bucket as empty; credentials limited to a prefix may not look at the bucket.
         stores.check_bucket(fs, base, "input.paths:", location, refused_is_unknown=True)
@@ -442,12 +445,28 @@ def _table_mark(parts: list[str]) -> tuple[int, tuple[str, str]] | None:
     return None
 
 
-def _no_table(location: str, paths: Iterable[str], root: str) -> None:
-    """Refuse a listing (``paths`` under ``root``) that holds a table's own files (:data:`TABLE_LOGS`)."""
+def table_tops(paths: Iterable[str], root: str) -> dict[str, tuple[str, str]]:
+    """The tables whose own files (:data:`TABLE_LOGS`, :data:`ICEBERG_METADATA`) a listing holds (``paths`` under
+    ``root``): each table's top folder, as a path of the listing's, and its format."""
+    tops: dict[str, tuple[str, str]] = {}
     for path in paths:
         parts = path[len(root) :].lstrip("/").split("/")
         if (mark := _table_mark(parts)) is not None:
-            raise table_refusal(location, uri_of(location, "/".join([root.rstrip("/"), *parts[: mark[0]]])), mark[1])
+            tops.setdefault("/".join([root.rstrip("/"), *parts[: mark[0]]]), mark[1])
+    return tops
+
+
+def _no_table(location: str, tops: dict[str, tuple[str, str]], read: Iterable[str]) -> None:
+    """Refuse files to be read (paths) that lie in one of the tables ``tops`` (:func:`table_tops`). Only those: a
+    table beside the files a glob matches, or in a folder a listing skips (``_archive/``), is no file of the input."""
+    if not tops:
+        return
+    for path in read:
+        folder = path
+        while "/" in folder:
+            folder = folder.rpartition("/")[0]
+            if folder in tops:
+                raise table_refusal(location, uri_of(location, folder), tops[folder])
 
 
 def _local_table(folder: str) -> tuple[str, str] | None:
@@ -483,7 +502,7 @@ def _tables(location: str, fs: pafs.FileSystem, root: str, files: list[pafs.File
                 folder = os.path.dirname(folder)
         return
     names = root.split("/")
-    above = list(dict.fromkeys("/".join(names[:at]) for at in range(2, len(names)) if IN_TABLE.fullmatch(names[at])))
+    above = list(dict.fromkeys("/".join(names[:at]) for at in range(1, len(names)) if IN_TABLE.fullmatch(names[at])))
     if not above:
         return
     try:
