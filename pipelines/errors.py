@@ -28,6 +28,9 @@ class PipelineError(Exception):
     #: of its failure (``report``), else the output a page can be built of (``unreported``), for the CLI to name.
     report: str | None = None
     unreported: str | None = None
+    #: Raised as the pool's actor started (its model could not be loaded, or its constructor refused the spec): no run
+    #: of this job gets further until the model or the spec changes (a scheduler starts no other run on it).
+    at_actor_start: bool = False
 
 
 class Terminated(BaseException):
@@ -124,12 +127,16 @@ def from_ray(exc: BaseException) -> PipelineError | None:
     raised = _raised(text)
     ours = f"{PipelineError.__module__}.{PipelineError.__qualname__}: "
     if raised.startswith(ours):
-        return PipelineError(raised[len(ours) :])
-    who = "the pool's actor failed while it loaded the model" if POOL_ACTOR in text else "an actor failed as it started"
-    return PipelineError(
-        f"{who}: {raised} (the run's log has its traceback); fix the model or the spec, then run again "
-        "(committed shards are kept)"
-    )
+        said = PipelineError(raised[len(ours) :])
+    else:
+        who = ("the pool's actor failed while it loaded the model" if POOL_ACTOR in text
+               else "an actor failed as it started")
+        said = PipelineError(
+            f"{who}: {raised} (the run's log has its traceback); fix the model or the spec, then run again "
+            "(committed shards are kept)"
+        )
+    said.at_actor_start = POOL_ACTOR in text
+    return said
 
 
 def _ours_in(traceback_text: str) -> PipelineError | None:

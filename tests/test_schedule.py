@@ -32,7 +32,7 @@ from pipelines.runner import job_record
 from pipelines.schedule.executor import abandon, job_lock, run_due
 from pipelines.schedule.ledger import GONE_NAMED, History, Ledger, LedgerEntry, render_table
 from pipelines.schedule.loop import serve
-from pipelines.schedule.ticks import decide, latest_tick, next_tick
+from pipelines.schedule.ticks import decide, latest_tick, next_tick, run_id
 from pipelines.spec import JobSpec, spec_from_dict
 
 DAY1 = datetime(2026, 11, 28, 2, 0, tzinfo=UTC)  # a tick of "0 2 * * *"
@@ -1720,6 +1720,26 @@ def test_a_ray_that_cannot_be_reached_fails_the_invocation_before_any_run_not_a_
         assert "Cannot reach the Ray cluster at 127.0.0.1:1" in done.stderr
     assert ledger(tmp_path) == []
     assert not list((tmp_path / "out").glob("run=*"))
+
+
+def test_a_model_that_can_not_be_loaded_stops_the_invocation_not_a_new_failing_run_each_night(
+        ray_session, classifier, tmp_path):
+    """A model folder whose files are all there but whose weights can't be loaded (a copy cut short, a file of
+    another model): the checks before the first run pass, and the pool's actor fails as it loads them. Each night
+    resumed every earlier failing run, then started a new run of the night's input that failed so too: a failing run
+    and partition more each night, all retried at every tick. The first such failure is recorded and ends the
+    invocation's runs now; the next night resumes that run only."""
+    (Path(classifier) / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
+    spec = make_job(tmp_path, classifier)
+    for night in (1, 2):
+        add_shard(tmp_path, f"night-{night}.jsonl", rows(f"n{night}-", 2))
+        with pytest.raises(PipelineError, match=r"(?s)the pool's actor failed while it loaded the model.*No other run was "
+                                                r"started: none can load the model") as stopped:
+            run_due(spec, now=day(night, hours=0.01))
+        assert f"run {run_id(day(1))} failed" in str(stopped.value)
+    assert {(e["run"], e["status"]) for e in ledger(tmp_path)} == {(run_id(day(1)), "running"),
+                                                                    (run_id(day(1)), "failed")}
+    assert [p.name for p in (tmp_path / "out").glob("run=*")] == [f"run={run_id(day(1))}"]
 
 
 def test_prune_refuses_an_input_that_lists_no_file_at_all_instead_of_moving_the_whole_output_away(tmp_path):

@@ -533,7 +533,8 @@ class ScheduledJob:
         Before the invocation's first attempt, the checks every run makes before any work (the model's files; Ray
         started here, or the cluster joined): what they refuse, no run of this job can do, so it fails the invocation
         with its line and records no tick (as an input that can't be listed does), instead of a new failing run at
-        each tick, each retried at every one after.
+        each tick, each retried at every one after. An attempt that failed as the pool's actor started (weights the
+        checks don't read, that can't be loaded) is recorded, then fails the invocation so: no other run is tried.
         """
         if self.preflight is not None:
             self.preflight(self.spec)
@@ -555,6 +556,12 @@ class ScheduledJob:
                           f"`pipelines schedule JOB --abandon {plan.run}`.")
             report.entries.append(self.history().latest()[plan.run])
             report.failures.append(f"{exc}{advice}")
+            if exc.at_actor_start:  # the model can't be loaded: any other run would fail so, and a new one each tick
+                raise PipelineError(
+                    f"{str(exc).splitlines()[0]}\nNo other run was started: none can load the model until it (or the "
+                    "spec) is fixed, and each would be a new failing run to retry at every tick. Its committed shards "
+                    f"are kept; the next tick, or `pipelines schedule JOB --once`, resumes run {plan.run} first."
+                ) from None
             return report.failures[-1]
 
     def over_budget_by_gone(self, plan: RunPlan) -> list[str]:
@@ -668,10 +675,12 @@ class ScheduledJob:
             if not isinstance(exc, PipelineError):  # a worker's error, a bug: a failed run all the same
                 log.error("run %s failed with an unexpected error", run, exc_info=True)
                 exc = PipelineError(f"{type(exc).__name__}: {exc}")
-            raise PipelineError(
+            failed = PipelineError(
                 f"run {run} failed: {exc}\n(committed shards are kept; the next tick, or "
                 "`pipelines schedule JOB --once`, resumes the run)"
-            ) from None
+            )
+            failed.at_actor_start = exc.at_actor_start
+            raise failed from None
         return self.ledger.append(planned.model_copy(update={
             "status": "succeeded",
             "inputs": self.committed_inputs(run),
