@@ -28,9 +28,10 @@ class PipelineError(Exception):
     #: of its failure (``report``), else the output a page can be built of (``unreported``), for the CLI to name.
     report: str | None = None
     unreported: str | None = None
-    #: Raised as the pool's actor started (its model could not be loaded, or its constructor refused the spec): no run
-    #: of this job gets further until the model or the spec changes (a scheduler starts no other run on it).
-    at_actor_start: bool = False
+    #: Raised where the model is loaded, as the pool's actor started or in the Ray task that measures its precisions
+    #: (weights that can't be read, a constructor that refused the spec): no run of this job gets further until the
+    #: model or the spec changes (a scheduler starts no other run on it).
+    unloadable_model: bool = False
 
 
 class Terminated(BaseException):
@@ -135,7 +136,7 @@ def from_ray(exc: BaseException) -> PipelineError | None:
             f"{who}: {raised} (the run's log has its traceback); fix the model or the spec, then run again "
             "(committed shards are kept)"
         )
-    said.at_actor_start = POOL_ACTOR in text
+    said.unloadable_model = POOL_ACTOR in text
     return said
 
 

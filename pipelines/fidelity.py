@@ -164,7 +164,22 @@ def _on_ray(spec: JobSpec, function: Any, picked: pa.Table, *args: Any) -> Any:
     task = ray.remote(function).options(max_retries=0, **options)
     from pipelines.cluster.connect import worker_spec
 
-    return ray.get(task.remote(worker_spec(spec), picked, *args))
+    try:
+        return ray.get(task.remote(worker_spec(spec), picked, *args))
+    except ray.exceptions.RayTaskError as exc:  # the model, loaded there: weights the checks don't read, say
+        if isinstance(exc.cause, PipelineError):
+            failed = exc.cause
+        else:
+            cause = exc.cause if isinstance(exc.cause, BaseException) else exc
+            said = str(cause).strip().splitlines()
+            failed = PipelineError(
+                f"model {spec.model.name!r} could not be loaded in the Ray task that measures its precisions "
+                f"({'quantization auto' if function is _choose_remote else 'model.fidelity'}): "
+                f"{type(cause).__name__}: {said[0] if said else 'no reason given'}; fix the model's files or the "
+                "spec, then run again"
+            )
+        failed.unloadable_model = True
+        raise failed from None
 
 
 def _measure_remote(spec: dict[str, Any], picked: pa.Table) -> dict[str, Any]:

@@ -213,6 +213,31 @@ def test_a_model_that_cannot_be_loaded_on_ray_is_one_line(ray_session, tiny_mode
             assert b"Full stack trace" in log.read()
 
 
+def test_weights_that_cannot_be_read_are_one_line_where_quantization_auto_measures_them(ray_session, tiny_models,
+                                                                                        tmp_path):
+    """Weights that pass the checks (the file is there) but can't be read (a copy cut short): with ``quantization:
+    auto`` the Ray task that measures the candidate precisions loads them first, and its failure ended the command
+    with Ray's report and the remote traceback, exit 1. One line now, naming the model and what Transformers said;
+    a scheduler takes it for a model no run can load (see test_schedule)."""
+    import yaml
+    from test_faults import many_shards, write_job
+
+    from pipelines.runner import run_job
+    from pipelines.spec import spec_from_dict
+
+    model = copy_model(tiny_models("classifier"), tmp_path / "model")
+    (model / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
+    many_shards(tmp_path / "in", shards=1)
+    job = write_job(tmp_path, str(model), tmp_path / "in", model={"quantization": "auto"})
+    with pytest.raises(PipelineError) as info:
+        run_job(spec_from_dict(yaml.safe_load(job.read_text())))
+    message = str(info.value)
+    assert message.startswith(f"model '{model}' could not be loaded in the Ray task that measures its precisions "
+                              "(quantization auto): SafetensorError: Error while deserializing header"), message
+    assert "\n" not in message and "ray::" not in message, message
+    assert info.value.unloadable_model
+
+
 def test_an_actor_that_dies_loading_its_model_for_another_reason_is_named_on_one_line():
     """Ray's own exceptions as an actor's failed constructor gives them (no cluster needed): what was raised, its
     first line (an out-of-memory message goes on; another starts on the next line), and where the traceback is."""

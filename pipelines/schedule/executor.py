@@ -556,7 +556,7 @@ class ScheduledJob:
                           f"`pipelines schedule JOB --abandon {plan.run}`.")
             report.entries.append(self.history().latest()[plan.run])
             report.failures.append(f"{exc}{advice}")
-            if exc.at_actor_start:  # the model can't be loaded: any other run would fail so, and a new one each tick
+            if exc.unloadable_model:  # the model can't be loaded: any other run would fail so, and a new one each tick
                 raise PipelineError(
                     f"{str(exc).splitlines()[0]}\nNo other run was started: none can load the model until it (or the "
                     "spec) is fixed, and each would be a new failing run to retry at every tick. Its committed shards "
@@ -679,7 +679,7 @@ class ScheduledJob:
                 f"run {run} failed: {exc}\n(committed shards are kept; the next tick, or "
                 "`pipelines schedule JOB --once`, resumes the run)"
             )
-            failed.at_actor_start = exc.at_actor_start
+            failed.unloadable_model = exc.unloadable_model
             raise failed from None
         return self.ledger.append(planned.model_copy(update={
             "status": "succeeded",
