@@ -49,6 +49,14 @@ def test_rows_are_counted_as_a_run_reads_them(tmp_path):
     # objects that share a line (no newline between them, old Mac \r line ends) are a row each (the plan said 1)
     (folder / "l.jsonl").write_text("".join(json.dumps({"id": str(i), "text": "u"}) for i in range(40)))
     (folder / "m.jsonl").write_bytes(b'{"id": "1", "text": "x"}\r{"id": 2.5, "text": "y"}\r{bad\r{"id": "3"} junk\n')
+    # what follows an object on its line that is no JSON white space (a comma, a byte order mark, a stray }, a form
+    # feed) is a row of its own error in a run: the plan counted such a line as 1 where it ends in a }
+    (folder / "n.jsonl").write_bytes(b'{"id": "1", "text": "x"},{"id": "2", "text": "y"}\n{"id": "3", "text": "x"}'
+                                     b'\xef\xbb\xbf{"id": "4", "text": "y"}\n{"id": "5", "text": "x"}}\n{"id": "6"}\x0c\n')
+    nested = [json.dumps({"id": str(i), "text": "t", "meta": {"n": i}}) for i in range(300)]  # counted by pyarrow
+    (folder / "o.jsonl").write_text("\n".join([*nested, nested[0] + "," + nested[1], nested[2] + nested[3], ""]))
+    # a line nested past Python's limit was the whole file's one unreadable row in a run, and a plan's traceback
+    (folder / "p.jsonl").write_text("[" * 5000 + '\n{"id": "1", "text": "x"}\n' + '{"a": ' * 5000 + "\n")
     shards = list_shards([str(folder)])
     columns = Columns(text="text", id="id")
     counts = {s.path.rsplit("/", 1)[-1]: count_rows(s) for s in shards}
@@ -66,10 +74,10 @@ def test_rows_are_counted_as_a_run_reads_them(tmp_path):
         "a.jsonl": "counted", "b.jsonl.gz": "counted", "c.parquet": "footer",
         "d.jsonl.gz": "unreadable", "e.parquet": "unreadable", "f.jsonl": "counted", "g.jsonl.gz": "counted",
         "h.jsonl": "counted", "i.jsonl": "counted", "j.jsonl.gz": "counted", "k.jsonl": "counted",
-        "l.jsonl": "counted", "m.jsonl": "counted",
+        "l.jsonl": "counted", "m.jsonl": "counted", "n.jsonl": "counted", "o.jsonl": "counted", "p.jsonl": "counted",
     }
-    assert [counts[name].rows for name in ("h.jsonl", "i.jsonl", "j.jsonl.gz", "k.jsonl", "l.jsonl", "m.jsonl")] == [
-        2, 0, 2, 3, 40, 5]
+    named = ("h.jsonl", "i.jsonl", "j.jsonl.gz", "k.jsonl", "l.jsonl", "m.jsonl", "n.jsonl", "o.jsonl", "p.jsonl")
+    assert [counts[name].rows for name in named] == [2, 0, 2, 3, 40, 5, 8, 304, 3]
     estimated = count_rows(next(s for s in shards if s.path.endswith("f.jsonl")), count_limit=8192)
     assert estimated.count == "estimated" and abs(estimated.rows - 3000) < 150  # lines past 8 KiB: from the size
     # a file of objects with no newline between them past the limit: its objects so far, scaled (it was 0 rows)

@@ -535,17 +535,45 @@ def several(line: bytes, error: str | None) -> bool:
         error.startswith(EXTRA_DATA) or (error.startswith("not valid UTF-8") and GLUED.search(line) is not None))
 
 
+def lines_rows(lines: list[bytes]) -> int:
+    """How many rows the reader makes of these lines, :func:`line_rows` each. The lines that :func:`line_rows` would
+    parse (nested objects, a ``}`` in a string) are handed to pyarrow together first: where it reads each as one row,
+    each is one (about 4x faster than parsing them one by one in Python); else each is counted on its own."""
+    plain = [_plain_rows(line) for line in lines]
+    nested = [line for line, rows in zip(lines, plain, strict=True) if rows is None]
+    rows = sum(count for count in plain if count is not None)
+    if not nested:
+        return rows
+    joined = b"\n".join(nested)
+    if len(nested) > 1 and not null_line(joined):
+        try:
+            if pajson.read_json(io.BytesIO(joined)).num_rows == len(nested):
+                return rows + len(nested)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            pass
+    return rows + sum(line_rows(line) for line in nested)
+
+
 def line_rows(line: bytes) -> int:
     """How many rows the reader makes of one line (without its ``\\n``; byte order marks at its start skipped): none
     of a blank one, one of each value of a line that holds several (:func:`line_values`), else one. A line is parsed
-    only where it may hold several: one object after another, or not one object from its start to its end."""
-    line = without_boms(line).strip()
-    if not line:
-        return 0
-    if line.startswith(b"{") and line.endswith(b"}") and GLUED.search(line) is None:
-        return 1
+    only where :func:`_plain_rows` can't tell."""
+    if (plain := _plain_rows(line)) is not None:
+        return plain
+    line = without_boms(line)
     _, error = parse_line(line)
     return len(line_values(line, 0)) if several(line, error) else 1
+
+
+def _plain_rows(line: bytes) -> int | None:
+    """0 of a blank line; 1 of a line that is ``{`` with its only ``}`` at its end (between JSON's white space: a form
+    feed after an object is a value that does not parse), where a first object that parses ends, and one that does
+    not parse is one row; else None (it may hold several values)."""
+    line = without_boms(line)
+    if not line.strip():
+        return 0
+    one = line.strip(b" \t\r")
+    return 1 if one.startswith(b"{") and one.find(b"}") == len(one) - 1 else None
 
 
 #: A byte that is no UTF-8, as ``surrogateescape`` decodes it.
@@ -704,6 +732,8 @@ def parse_line(
         record = json.loads(text, parse_float=WrittenFloat.parse if numbers_as_written else None)
     except json.JSONDecodeError as exc:
         return {}, f"invalid JSON: {exc.msg} ({where}column {exc.colno})"
+    except RecursionError:  # nested past Python's limit (about 1,000 levels): the line's row, not the whole file
+        return {}, "invalid JSON: nested too deeply" + ("" if number is None else f" (line {number})")
     return as_record(record, where, number)
 
 

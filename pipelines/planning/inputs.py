@@ -39,6 +39,7 @@ from pipelines.io.reader import (
     json_array,
     json_stream,
     line_rows,
+    lines_rows,
     read_group,
     stream_start,
 )
@@ -114,7 +115,7 @@ def _jsonl_rows(shard: Shard, count_limit: int) -> tuple[int, bool]:
                 lines[0] = b"".join([*line, lines[0]])
                 line = []
             line.append(lines.pop())
-            rows += sum(line_rows(one) for one in lines)
+            rows += lines_rows(lines)
             consumed = raw.consumed  # file bytes behind ``rows`` and ``line`` (compressed ones, for gzip)
             chunk = stream.read(min(CHUNK, count_limit))
             if read >= count_limit and chunk:  # the line so far counts too: all of a file of objects with no newline
