@@ -209,7 +209,11 @@ def test_objects_that_share_a_line_are_each_a_row_whatever_else_the_file_holds(t
                                             b'"text": "z"}\r{"id": 1.5, "text": "w"}')
     assert _read(tmp_path / "cp1252.jsonl") == [
         ("a", "x", None), (None, None, "not valid UTF-8 (line 1, byte 49)"), ("c", "z", None), ("1.5", "w", None)]
-    for name in ("glued.jsonl", "two.jsonl", "mac.jsonl", "cp1252.jsonl"):  # the plan counts them as a run reads them
+    # `cat a.jsonl b.jsonl` where a.jsonl has no final newline and b.jsonl was saved with a byte order mark
+    (tmp_path / "cat.jsonl").write_bytes(b'{"id": "a", "text": "x"}\xef\xbb\xbf{"id": "b", "text": "y"}\n{"id": 1.5,'
+                                         b' "text": "z"}\n')
+    assert _read(tmp_path / "cat.jsonl") == [("a", "x", None), ("b", "y", None), ("1.5", "z", None)]
+    for name in ("glued.jsonl", "two.jsonl", "mac.jsonl", "cp1252.jsonl", "cat.jsonl"):  # counted as a run reads them
         [shard] = list_shards([str(tmp_path / name)])
         assert plan_count_rows(shard).rows == len(_read(tmp_path / name)), name
 

@@ -525,7 +525,7 @@ def _read_jsonl_lines(data: bytes, columns: Columns) -> pa.Table:
 #: How a line that holds more than one JSON value fails to parse as one.
 EXTRA_DATA = "invalid JSON: Extra data"
 #: A line that may hold several JSON values: one object ends and another starts (maybe after a ``\\r``).
-GLUED = re.compile(rb"\}[ \t\r]*\{")
+GLUED = re.compile(rb"\}[ \t\r]*(?:\xef\xbb\xbf)*\{")
 
 
 def several(line: bytes, error: str | None) -> bool:
@@ -578,8 +578,9 @@ def _plain_rows(line: bytes) -> int | None:
 
 #: A byte that is no UTF-8, as ``surrogateescape`` decodes it.
 ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
-#: White space between JSON values (JSON's own: a line's ``\r`` is one, where old Mac line ends left it).
-JSON_SPACE = re.compile(r"[ \t\r\n]*")
+#: What lies between JSON values on a line: JSON's own white space (a line's ``\r`` is one, where old Mac line ends
+#: left it), and byte order marks (``cat`` of files saved with one, where a file before did not end in a newline).
+JSON_SPACE = re.compile(r"[ \t\r\n\ufeff]*")
 
 
 def line_values(line: bytes, number: int) -> list[tuple[dict[str, Any], str | None]]:
