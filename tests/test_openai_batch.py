@@ -208,6 +208,21 @@ def test_a_byte_order_mark_does_not_cost_the_first_request():
     assert table.column("id").to_pylist() == ["first", "second"] and table.column("_error").null_count == 2
 
 
+def test_requests_that_share_a_line_are_each_a_request_as_the_plan_counts_them(tmp_path):
+    """Requests written one after the other with no newline between them (``f.write(json.dumps(request))``, files
+    joined where one did not end in a newline): the run read the line as one refused row ("invalid JSON: Extra
+    data"), its requests unanswered, where ``pipelines plan`` counted a row of each (as JSON lines read them)."""
+    glued = "".join(json.dumps(chat_line(c)) for c in ("a", "b", "c")) + "\n" + json.dumps(chat_line("d")) + "\n"
+    path = tmp_path / "in" / "glued.jsonl"
+    path.parent.mkdir()
+    path.write_text(glued)
+    [shard] = list_shards([str(path)], "openai-batch")
+    [block] = list(read_shard(shard, Columns(text="text", id="id")))
+    rows = sorted(block.to_pylist(), key=lambda r: r["_row"])
+    assert [(r["id"], r["_error"]) for r in rows] == [("a", None), ("b", None), ("c", None), ("d", None)]
+    assert plan_count_rows(shard).rows == 4 and reader_count_rows(shard) == (4, True)
+
+
 def test_a_byte_order_mark_at_the_start_of_a_line_costs_no_request_and_no_line_number(tmp_path):
     """``cat`` of Batch files saved with a byte order mark (Notepad, PowerShell 5) holds one at the start of each
     file's first line: that request was "invalid JSON: Unexpected UTF-8 BOM". A file of the mark alone (an empty

@@ -19,8 +19,10 @@ from pipelines.io.reader import (
     drop_lone_surrogates,
     json_array,
     json_stream,
+    line_values,
     lone_surrogate,
     parse_line,
+    several,
     without_boms,
 )
 
@@ -47,20 +49,24 @@ def read_requests(data: bytes, id_column: str, text_column: str) -> pa.Table:
         raise ValueError(array_reason(len(values)))
     if (stream := json_stream(data)) is not None:  # so too requests written over several lines each
         raise ValueError(stream_reason(len(stream[0])))
-    for line in without_boms(data).split(b"\n"):  # byte order marks at the start of a line, as JSON lines skip them
+    lines = without_boms(data).split(b"\n")  # byte order marks at the start of a line, as JSON lines skip them
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         record, error = parse_line(line, undecoded=True)  # bytes that are no UTF-8 cost the values holding them
-        if error is None and any(lone_surrogate(key) for key in record):
-            record, error = {"custom_id": record.get("custom_id")}, "a key of the request line is not valid UTF-8"
-        if error is None:  # every value is read (the body is the text)
-            error = drop_lone_surrogates(record, list(record), undecoded=True)
-        else:  # the custom_id is kept where it is whole, for the error line to name its request
-            drop_lone_surrogates(record, ["custom_id"], undecoded=True)
-        custom_id, text, problem = _request(record) if error is None else (_shown(record.get("custom_id")), None, error)
-        ids.append(custom_id)
-        texts.append(text)
-        errors.append(problem)
+        # requests that share a line (written without a newline between them): each a row, as in JSON lines
+        for record, error in line_values(line, number) if several(line, error) else [(record, error)]:
+            if error is None and any(lone_surrogate(key) for key in record):
+                record, error = {"custom_id": record.get("custom_id")}, "a key of the request line is not valid UTF-8"
+            if error is None:  # every value is read (the body is the text)
+                error = drop_lone_surrogates(record, list(record), undecoded=True)
+            else:  # the custom_id is kept where it is whole, for the error line to name its request
+                drop_lone_surrogates(record, ["custom_id"], undecoded=True)
+            custom_id, text, problem = (
+                _request(record) if error is None else (_shown(record.get("custom_id")), None, error))
+            ids.append(custom_id)
+            texts.append(text)
+            errors.append(problem)
     return pa.table(
         {
             id_column: pa.array(ids, pa.string()),
