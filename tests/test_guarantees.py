@@ -1259,6 +1259,35 @@ def test_a_lock_let_go_on_the_way_out_stays_held_until_the_process_exits(tmp_pat
     assert "recovered the lock" not in caplog.text
 
 
+def test_an_output_on_a_fuse_mount_of_a_bucket_warns_that_its_lock_keeps_apart_only_this_machine(
+        tmp_path, monkeypatch, caplog):
+    """A bucket mounted as a folder (gcsfuse, s3fs; Kubernetes' CSI drivers mount one in every pod) passes no flock
+    to other machines: two pods whose output.path is the same folder there both took its lock, and wrote the output
+    at once, with no word. The run's lock now says so; the mount is told from /proc/self/mountinfo (here one written
+    for the test: a FUSE mount can't be made in the test's container)."""
+    from pipelines.output import lock as locks
+
+    bucket = tmp_path / "mnt" / "my bucket"
+    (bucket / "results").mkdir(parents=True)
+    escaped = str(bucket).replace(" ", "\\040")
+    table = tmp_path / "mountinfo"
+    table.write_text(
+        "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+        f"98 22 0:52 / {escaped} rw,nosuid,nodev,relatime shared:40 - fuse.gcsfuse my-bucket rw,user_id=0\n"
+    )
+    monkeypatch.setattr(locks, "MOUNTINFO", str(table))
+    assert locks.fuse_mount(str(bucket / "results" / "run-7")) == "fuse.gcsfuse"  # not made yet: its folder's mount
+    assert locks.fuse_mount(str(tmp_path / "mnt")) is None and locks.fuse_mount(f"{bucket}-2") is None
+    with caplog.at_level(logging.WARNING, logger="pipelines.output.lock"):
+        lock = locks.output_lock(str(bucket / "results"), "_run.lock", "the output")
+    assert isinstance(lock, JobLock)
+    assert "is on a FUSE mount (fuse.gcsfuse" in caplog.text and "only the runs of this machine" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pipelines.output.lock"):
+        locks.output_lock(str(tmp_path / "local"), "_run.lock", "the output")
+    assert "FUSE" not in caplog.text
+
+
 def test_a_lock_taken_before_ray_starts_is_released_when_the_start_fails(tiny_models, tmp_path, monkeypatch):
     """An earlier run's (free) lock file is taken before Ray starts; a start that fails gives it back."""
     import pipelines.cluster.connect

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -180,6 +181,37 @@ def describe_holder(holder: dict | None) -> str:
     return f"pid {holder['pid']} on {holder.get('host', '?')} since {since}"
 
 
+MOUNTINFO = "/proc/self/mountinfo"
+#: How /proc/self/mountinfo writes a space, a tab, a newline or a backslash of a mount point.
+OCTAL = re.compile(r"\\([0-7]{3})")
+
+
+def fuse_mount(path: str, mountinfo: str | None = None) -> str | None:
+    """The file system type of the FUSE mount a local path lies on (``fuse.gcsfuse``, ``fuse.s3fs``: a bucket mounted
+    as a folder, as Kubernetes' CSI drivers do), else None; also None where the mounts can't be read (not Linux).
+    ``mountinfo``: the text of /proc/self/mountinfo (read where not given). The path's nearest existing folder, links
+    resolved, is looked up: the mount whose mount point is its longest leading folder."""
+    if mountinfo is None:
+        try:
+            mountinfo = Path(MOUNTINFO).read_text()
+        except OSError:
+            return None
+    at = os.path.realpath(path)
+    while not os.path.exists(at) and os.path.dirname(at) != at:
+        at = os.path.dirname(at)
+    best, kind = "", None
+    for line in mountinfo.splitlines():
+        fields = line.split(" ")
+        if "-" not in fields or len(fields) < 5:
+            continue
+        point = OCTAL.sub(lambda found: chr(int(found.group(1), 8)), fields[4])  # \040: a space, as escaped there
+        fstype = fields[fields.index("-") + 1] if fields.index("-") + 1 < len(fields) else ""
+        inside = at == point or at.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fstype
+    return kind if kind is not None and (kind == "fuse" or kind.startswith("fuse.")) else None
+
+
 def lock_folder() -> Path:
     """The local lock folder: ``$PIPELINES_LOCK_DIR`` (a ``~`` at its start the home directory, as in a spec's paths:
     a systemd unit or a Kubernetes env expands none), else ``~/.cache/pipelines/locks``. A relative one is refused:
@@ -210,6 +242,12 @@ def output_lock(location: str, name: str, what: str, quiet: bool = False) -> Job
     """
     fs, root = resolve(location)
     if isinstance(fs, pafs.LocalFileSystem):
+        if not quiet and (kind := fuse_mount(root)) is not None:
+            log.warning(
+                "output.path %s is on a FUSE mount (%s, such as gcsfuse or s3fs mount a bucket): its lock keeps apart "
+                "only the runs of this machine, as such a file system passes no lock to the others; run one driver "
+                "per output at a time, or write to the store's own URI (s3://…), whose lock keeps machines apart",
+                location, kind)
         return JobLock(Path(root) / name, what)
     if isinstance(fs, pafs.S3FileSystem) and os.environ.get("PIPELINES_LOCK", "").lower() != "local":
         from pipelines.output.object_lock import ObjectLock
