@@ -757,6 +757,27 @@ def test_a_json_lines_file_compressed_other_than_gzip_is_refused_whole_with_how_
         assert counted.error is not None and kind in counted.error
 
 
+def test_a_parquet_file_under_a_json_lines_name_is_refused_whole_with_how_to_read_it(tmp_path):
+    """A Parquet file named ``.jsonl`` (an export step that kept the old name, ``df.to_parquet("part.jsonl")``): its
+    bytes were read as text, 300 rows as 17 rows of ``not valid UTF-8 (line 1, byte 7)`` and such, counted so by the
+    plan and quarantined one by one, the rows themselves unread. It is one unreadable record now, whose reason says
+    how to name it, standing for the rows of its footer."""
+    rows = [{"id": str(i), "text": f"row {i} " + "word " * (i % 13)} for i in range(300)]
+    write_parquet(tmp_path / "p.parquet", rows)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "part.jsonl").write_bytes((tmp_path / "p.parquet").read_bytes())
+    (tmp_path / "in" / "part2.jsonl.gz").write_bytes(gzip.compress((tmp_path / "p.parquet").read_bytes()))
+    for shard in list_shards([str(tmp_path / "in")]):
+        [block] = list(read_shard(shard, Columns(text="text", id="id")))
+        assert block.column(ROW).to_pylist() == [-1], (shard.name, block.num_rows)
+        reason = block.column(ERROR)[0].as_py()
+        assert reason.startswith("unreadable jsonl file: the file is Parquet (its bytes start with PAR1), not JSON "
+                                 "lines: give it a .parquet name"), reason
+        assert reader_count_rows(shard) == (300, True)
+        counted = plan_count_rows(shard)
+        assert (counted.count, counted.rows, counted.records) == ("unreadable", 300, 1), counted
+
+
 def test_a_folder_of_files_compressed_other_than_gzip_says_so_not_to_set_the_format(tmp_path):
     """A folder of ``.jsonl.zst`` files (or ``.bz2``, ``.xz``) was refused with ``set input.format for files without
     those extensions``: set, the format reads them (each refused whole, as compressed, by the reader), which was

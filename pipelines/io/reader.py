@@ -237,9 +237,17 @@ def compression_of(data: bytes) -> str | None:
     return next((name for magic, name, _ in COMPRESSIONS if magic.match(data)), None)
 
 
+#: How a Parquet file starts (and ends).
+PARQUET_MAGIC = b"PAR1"
+
+
 def compression_reason(data: bytes, gz_named: bool) -> str | None:
-    """Why a JSON lines file whose bytes (after the gzip decompression its ``.gz`` name asks for) are compressed is
-    refused whole, with how to make it readable; None when they are not compressed."""
+    """Why a JSON lines file whose bytes (after the gzip decompression its ``.gz`` name asks for) are compressed, or
+    are a Parquet file's, is refused whole, with how to make it readable; None when they are neither. (Read as text,
+    such bytes were a few rows of ``not valid UTF-8``, its rows unread.)"""
+    if data.startswith(PARQUET_MAGIC):
+        return ("the file is Parquet (its bytes start with PAR1), not JSON lines: give it a .parquet name "
+                f"(NAME.parquet{'.gz' if gz_named else ''}) to be read as Parquet")
     kind = compression_of(data)
     if kind is None:
         return None
@@ -1361,6 +1369,11 @@ def count_rows(shard: Shard) -> tuple[int | None, bool]:
         except Exception:  # noqa: BLE001 - no footer, no count
             return None, False
     data, exact = _gunzip_before_damage(raw) if shard.compressed else (raw, True)
+    if exact and data.startswith(PARQUET_MAGIC):  # a Parquet file under a JSON lines name, refused whole: its rows
+        try:
+            return pq.ParquetFile(io.BytesIO(data)).metadata.num_rows, True
+        except Exception:  # noqa: BLE001 - no footer, no count
+            return None, False
     if exact and (kind := compression_of(data)) is not None:  # refused whole: the rows of its decompressed lines
         data, exact = _decompress_before_damage(data, kind)
     if data.startswith(UTF16_BOMS):  # its lines as text (read as bytes, the last newline's zero byte was one more)
