@@ -218,6 +218,23 @@ def test_objects_that_share_a_line_are_each_a_row_whatever_else_the_file_holds(t
         assert plan_count_rows(shard).rows == len(_read(tmp_path / name)), name
 
 
+def test_a_null_after_an_object_with_a_byte_that_is_no_utf8_is_planned_as_the_run_reads_it(tmp_path):
+    """pyarrow reads a ``null`` after an object on its line as a row of its own (its text null), and does not check
+    the bytes of a column the job does not read: a run read two rows of such a line where that object held a byte
+    that is no UTF-8 (Windows-1252's ``\\xe9``) in such a column, and ``pipelines plan`` counted one (the line is no
+    UTF-8, and it looked for another object after the first only). Such a line is as many rows in the plan as in the
+    run, whichever way the run reads the file (line by line where another line is no object)."""
+    line = b'{"id": "a", "text": "x", "note": "caf\xe9"} null\n'
+    obj = b'{"id": "b", "text": "y"}\n'
+    for name, data in (("alone.jsonl", line + obj), ("mac.jsonl", line.replace(b" null", b"\rnull") + obj),
+                       ("slow.jsonl", line + obj + b"[1]\n")):
+        path = tmp_path / name
+        path.write_bytes(data)
+        [shard] = list_shards([str(path)])
+        assert plan_count_rows(shard).rows == len(_read(path)), name
+    assert len(_read(tmp_path / "alone.jsonl")) == 3
+
+
 def test_a_json_lines_file_with_a_line_of_null_costs_that_row_not_the_process(tmp_path):
     """pyarrow 26 crashes the process (a segmentation fault) on JSON lines where a block it reads starts with a line
     of ``null``: a file's first line (an export's placeholder row, ``json.dumps(None)``), or any line its 1 MiB blocks

@@ -526,13 +526,16 @@ def _read_jsonl_lines(data: bytes, columns: Columns) -> pa.Table:
 
 #: How a line that holds more than one JSON value fails to parse as one.
 EXTRA_DATA = "invalid JSON: Extra data"
-#: A line that may hold several JSON values: one object ends and another starts (maybe after a ``\\r``).
-GLUED = re.compile(rb"\}[ \t\r]*(?:\xef\xbb\xbf)*\{")
+#: A line that may hold several JSON values: one object ends and another starts (maybe after a ``\\r``), or a ``null``
+#: does, which pyarrow reads as a row of its own (where a byte that is no UTF-8 lies in a column the job does not read,
+#: it reads the object as a row too: so many rows are counted and read line by line).
+GLUED = re.compile(rb"\}[ \t\r]*(?:\xef\xbb\xbf)*(?:\{|null)")
 
 
 def several(line: bytes, error: str | None) -> bool:
     """Whether a line that did not parse as one record (``error``: why) may hold several values: it holds more after
-    its first, or it is no UTF-8 where one object ends and another starts (a record's byte then costs that record)."""
+    its first, or it is no UTF-8 where one object ends and another (or a ``null``) starts (a record's byte then costs
+    that record)."""
     return error is not None and (
         error.startswith(EXTRA_DATA) or (error.startswith("not valid UTF-8") and GLUED.search(line) is not None))
 
