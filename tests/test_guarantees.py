@@ -1635,6 +1635,23 @@ def test_a_table_beside_a_globs_files_or_in_a_skipped_folder_refuses_nothing(tmp
     assert sorted(s.name for s in list_shards([str(tmp_path / "landing")])) == ["day1.jsonl", "late/day2.jsonl"]
 
 
+def test_a_table_whose_files_the_input_format_does_not_read_refuses_nothing(tmp_path):
+    """A folder is refused where a file it would read lies in a Delta Lake table, but under ``input.format: jsonl``
+    (or ``openai-batch``) a landing folder of JSON lines beside a Delta table's folder was refused too, though the
+    table's Parquet files are not read under that format (they are warned of as files not read): the user's own files
+    could not be read, by folder or by ``landing/*``. Under ``auto``, which reads the Parquet, it is still refused."""
+    write_jsonl(tmp_path / "landing" / "day1.jsonl", [{"id": "a", "text": "x"}])
+    table = tmp_path / "landing" / "events"
+    write_parquet(table / "part-00000-2dc9-c000.snappy.parquet", [{"id": 1, "text": "a"}])
+    (table / "_delta_log").mkdir()
+    (table / "_delta_log" / f"{0:020d}.json").write_text('{"commitInfo": {}}\n')
+    for wanted in ("jsonl", "openai-batch"):
+        for location in (tmp_path / "landing", f"{tmp_path}/landing/*"):
+            assert [s.name for s in list_shards([str(location)], wanted)] == ["day1.jsonl"], (wanted, location)
+    with pytest.raises(PipelineError, match=r"/landing/events is a Delta Lake table"):
+        list_shards([str(tmp_path / "landing")])
+
+
 def test_a_partition_folder_whose_key_starts_with_an_underscore_is_read_as_spark_reads_it(tmp_path):
     """Names starting with ``_`` are skipped as a writer's bookkeeping (``_temporary/``, ``_SUCCESS``), but a Hive
     partition folder's name holds a ``=``, and its key may start with one (``_ingest_date=2024-06-01``, an ingest
