@@ -588,14 +588,16 @@ ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 JSON_SPACE = re.compile(r"[ \t\r\n\ufeff]*")
 
 
-def line_values(line: bytes, number: int) -> list[tuple[dict[str, Any], str | None]]:
+def line_values(line: bytes, number: int, undecoded: bool = False) -> list[tuple[dict[str, Any], str | None]]:
     """The records of a line that holds several JSON values one after the other (written without a newline between
     them, or with a ``\\r`` alone), as pyarrow reads them: each a row, and so in every file, not only in those
     pyarrow reads. What does not parse is one row, up to the line's next ``\\r`` (past it the values are read
     again): its reason names the line and the column. Each value is checked as a line is (:func:`parse_line`), and
-    one that holds bytes that are no UTF-8 costs its row, as such a line does."""
+    one that holds bytes that are no UTF-8 costs its row, as such a line does; with ``undecoded`` (as
+    :func:`parse_line` takes it) such bytes are left in its values as lone surrogates, for the caller to find in the
+    values that hold them (a Batch request keeps its ``custom_id``, as on a line of its own)."""
     text = line.decode("utf-8", errors="surrogateescape")  # bytes that are no UTF-8 as U+DC80-U+DCFF
-    undecoded = ESCAPED_BYTE.search(text) is not None
+    escaped = not undecoded and ESCAPED_BYTE.search(text) is not None
     decoder = json.JSONDecoder(parse_float=WrittenFloat.parse)
     found: list[tuple[dict[str, Any], str | None]] = []
     at = JSON_SPACE.match(text).end()  # type: ignore[union-attr]
@@ -603,7 +605,7 @@ def line_values(line: bytes, number: int) -> list[tuple[dict[str, Any], str | No
         try:
             start = at
             value, at = decoder.raw_decode(text, at)
-            bad = ESCAPED_BYTE.search(text, start, at) if undecoded else None
+            bad = ESCAPED_BYTE.search(text, start, at) if escaped else None
             if bad is not None:  # the byte counted in the line, as parse_line counts it
                 byte = len(text[: bad.start()].encode("utf-8", errors="surrogateescape"))
                 found.append(({}, f"not valid UTF-8 (line {number}, byte {byte})"))
