@@ -295,6 +295,37 @@ def test_a_line_of_null_after_a_byte_order_mark_costs_that_row_not_the_process(t
         assert sum(error.startswith("a JSON line must be an object, got null") for error in errors) == 1, name
 
 
+def test_a_line_nested_past_pyarrows_stack_costs_that_row_not_the_process(tmp_path):
+    """pyarrow 26 parses nested values by recursion, and a line nested 20,000 levels deep (40 KB of ``[``) overflows
+    its stack: a segmentation fault, in the Ray worker reading the file, the driver sampling its types and
+    ``pipelines plan`` counting its nested lines together. Such a file is read line by line, where the line costs its
+    row (``nested too deeply``), as one past Python's limit does. Each file is read in a process of its own, so that a
+    crash fails this test instead of ending the test run."""
+    deep = b'{"id": "d", "text": "z", "m": ' + b"[" * 20_000 + b"]" * 20_000 + b"}\n"
+    nested = b'{"id": "b", "text": "y", "n": {"k": 1}}\n'
+    for name, data in (("first.jsonl", deep + nested), ("between.jsonl", nested + deep + nested)):
+        (tmp_path / name).write_bytes(data)
+    script = (
+        "import json, sys\n"
+        "from pipelines.io.reader import Columns, read_shard, reference_types\n"
+        "from pipelines.io.shards import list_shards\n"
+        "from pipelines.planning.inputs import count_rows\n"
+        "[shard] = list_shards([sys.argv[1]])\n"
+        "columns = Columns(text='text', id='id', keep=('id',))\n"
+        "reference_types([shard], columns)\n"
+        "rows = [r for b in read_shard(shard, columns) for r in b.to_pylist()]\n"
+        "print(json.dumps([count_rows(shard).rows, sorted(str(r['_error']) for r in rows)]))\n"
+    )
+    for name, rows in (("first.jsonl", 2), ("between.jsonl", 3)):
+        done = subprocess.run([sys.executable, "-c", script, str(tmp_path / name)], capture_output=True, text=True,
+                              timeout=120, cwd=Path(__file__).parents[1])
+        assert done.returncode == 0, (name, done.returncode, done.stderr[-500:])
+        counted, errors = json.loads(done.stdout)
+        assert counted == rows and errors == ["None"] * (rows - 1) + ["invalid JSON: nested too deeply (line 2)"
+                                                                      if name == "between.jsonl" else
+                                                                      "invalid JSON: nested too deeply (line 1)"], name
+
+
 def test_a_line_that_is_no_record_is_named_by_its_line_in_the_file(tmp_path):
     """A JSON line that is no record (broken JSON, bytes that are no UTF-8, no object) has neither id nor preview in
     ``_errors/``: its shard and ``row`` were all that placed it, and ``row`` counts the non-blank lines from 0, so past
