@@ -326,6 +326,23 @@ def test_a_line_nested_past_pyarrows_stack_costs_that_row_not_the_process(tmp_pa
                                                                       "invalid JSON: nested too deeply (line 1)"], name
 
 
+def test_an_object_nested_past_pythons_limit_costs_its_row_not_the_objects_after_it_on_its_line(tmp_path):
+    """An object nested 1,200 levels deep (past Python's limit, not pyarrow's) with another after it on its line: a
+    run that read the file with pyarrow read two rows, one read line by line (another line no object) one, the
+    object after it lost, and ``pipelines plan`` counted one. The deep object is a row of its own error on the line
+    by line path, and the objects after it are read as the line's other values are."""
+    deep = b'{"id": "a", "text": "x", "m": ' + b"[" * 1200 + b"]" * 1200 + b"}"
+    glued = deep + b' {"id": "b", "text": "y"}\n'
+    for name, data, rows in (("fast.jsonl", glued, 2), ("slow.jsonl", glued + b"[1]\n", 3)):
+        path = tmp_path / name
+        path.write_bytes(data)
+        [shard] = list_shards([str(path)])
+        assert len(_read(path)) == rows and plan_count_rows(shard).rows == rows, name
+    assert _read(tmp_path / "slow.jsonl") == [
+        (None, None, "invalid JSON: nested too deeply (line 1)"), ("b", "y", None),
+        (None, None, "a JSON line must be an object, got list (line 2)")]
+
+
 def test_a_line_that_is_no_record_is_named_by_its_line_in_the_file(tmp_path):
     """A JSON line that is no record (broken JSON, bytes that are no UTF-8, no object) has neither id nor preview in
     ``_errors/``: its shard and ``row`` were all that placed it, and ``row`` counts the non-blank lines from 0, so past

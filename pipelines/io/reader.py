@@ -554,6 +554,8 @@ def _read_jsonl_lines(data: bytes, columns: Columns) -> pa.Table:
 
 #: How a line that holds more than one JSON value fails to parse as one.
 EXTRA_DATA = "invalid JSON: Extra data"
+#: How a line nested past Python's limit fails: pyarrow reads it, and any value after it on the line (each a row).
+NESTED = "invalid JSON: nested too deeply"
 #: A line that may hold several JSON values: one object ends and another starts (maybe after a ``\\r``), or a ``null``
 #: does, which pyarrow reads as a row of its own (where a byte that is no UTF-8 lies in a column the job does not read,
 #: it reads the object as a row too: so many rows are counted and read line by line).
@@ -562,10 +564,11 @@ GLUED = re.compile(rb"\}[ \t\r]*(?:\xef\xbb\xbf)*(?:\{|null)")
 
 def several(line: bytes, error: str | None) -> bool:
     """Whether a line that did not parse as one record (``error``: why) may hold several values: it holds more after
-    its first, or it is no UTF-8 where one object ends and another (or a ``null``) starts (a record's byte then costs
-    that record)."""
+    its first, or one nested past Python's limit (which pyarrow reads, and what follows it), or it is no UTF-8 where
+    one object ends and another (or a ``null``) starts (a record's byte then costs that record)."""
     return error is not None and (
-        error.startswith(EXTRA_DATA) or (error.startswith("not valid UTF-8") and GLUED.search(line) is not None))
+        error.startswith((EXTRA_DATA, NESTED))
+        or (error.startswith("not valid UTF-8") and GLUED.search(line) is not None))
 
 
 def lines_rows(lines: list[bytes]) -> int:
@@ -644,9 +647,29 @@ def line_values(line: bytes, number: int, undecoded: bool = False) -> list[tuple
                 f"nested too deeply (line {number})")
             found.append(({}, f"invalid JSON: {said}"))
             stop = text.find("\r", getattr(exc, "pos", at))
-            at = len(text) if stop < 0 else stop
+            end = _value_end(text, start) if isinstance(exc, RecursionError) else None  # one too deep ends so
+            at = end if end is not None else len(text) if stop < 0 else stop
         at = JSON_SPACE.match(text, at).end()  # type: ignore[union-attr]
     return found
+
+
+def _value_end(text: str, start: int) -> int | None:
+    """Where an object or array at ``start`` ends (past its closing bracket), by its brackets outside strings; None
+    where it does not end. For a value nested past Python's limit, which pyarrow reads with what follows it."""
+    depth, in_string, escaped = 0, False, False
+    for at in range(start, len(text)):
+        char = text[at]
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (char == "\\", char != '"')
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+            if depth == 0:
+                return at + 1
+    return None
 
 
 def _records_table(records: list[dict[str, Any]], errors: list[str | None], columns: Columns) -> pa.Table:
