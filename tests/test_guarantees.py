@@ -218,6 +218,23 @@ def test_objects_that_share_a_line_are_each_a_row_whatever_else_the_file_holds(t
         assert plan_count_rows(shard).rows == len(_read(tmp_path / name)), name
 
 
+def test_a_null_after_an_object_with_a_byte_that_is_no_utf8_is_planned_as_the_run_reads_it(tmp_path):
+    """pyarrow reads a ``null`` after an object on its line as a row of its own (its text null), and does not check
+    the bytes of a column the job does not read: a run read two rows of such a line where that object held a byte
+    that is no UTF-8 (Windows-1252's ``\\xe9``) in such a column, and ``pipelines plan`` counted one (the line is no
+    UTF-8, and it looked for another object after the first only). Such a line is as many rows in the plan as in the
+    run, whichever way the run reads the file (line by line where another line is no object)."""
+    line = b'{"id": "a", "text": "x", "note": "caf\xe9"} null\n'
+    obj = b'{"id": "b", "text": "y"}\n'
+    for name, data in (("alone.jsonl", line + obj), ("mac.jsonl", line.replace(b" null", b"\rnull") + obj),
+                       ("slow.jsonl", line + obj + b"[1]\n")):
+        path = tmp_path / name
+        path.write_bytes(data)
+        [shard] = list_shards([str(path)])
+        assert plan_count_rows(shard).rows == len(_read(path)), name
+    assert len(_read(tmp_path / "alone.jsonl")) == 3
+
+
 def test_a_json_lines_file_with_a_line_of_null_costs_that_row_not_the_process(tmp_path):
     """pyarrow 26 crashes the process (a segmentation fault) on JSON lines where a block it reads starts with a line
     of ``null``: a file's first line (an export's placeholder row, ``json.dumps(None)``), or any line its 1 MiB blocks
@@ -243,6 +260,87 @@ def test_a_json_lines_file_with_a_line_of_null_costs_that_row_not_the_process(tm
         [shard] = list_shards([str(path)])
         reference_types([shard], Columns(text="text", id="id", keep=("id",)))  # the driver's sample of its types
         assert plan_count_rows(shard).rows == len(rows), name
+
+
+def test_a_line_of_null_after_a_byte_order_mark_costs_that_row_not_the_process(tmp_path):
+    """pyarrow skips a byte order mark where a block it reads starts, and then crashes on a ``null`` as without one.
+    A file saved with a mark (Notepad) whose first line is ``null`` crashed ``pipelines plan`` where its other lines
+    were nested (they are handed to pyarrow together, the marked ``null`` first); a mark after an old Mac ``\\r``
+    (``cat`` of such files) where a 1 MiB block starts crashed the Ray worker reading the file. Each file is read and
+    counted in a process of its own, so that a crash fails this test instead of ending the test run."""
+    bom, nested = codecs.BOM_UTF8, b'{"id": "b", "text": "y", "m": {"k": 1}}\n'
+    big = b'{"id": "a", "text": "' + b"x" * ((1 << 20) - 24) + b'"}\r'  # one line of exactly 1 MiB: block 2 starts
+    files = {
+        "notepad.jsonl": (bom + b"null\n" + nested * 2, 3),
+        "cat.jsonl": (b'{"id": "a", "text": "x"}\n' + bom + b"null\n" + nested, 3),
+        "mac.jsonl": (big + bom + b"null\r" + nested, 3),
+    }
+    for name, (data, _) in files.items():
+        (tmp_path / name).write_bytes(data)
+    script = (
+        "import json, sys\n"
+        "from pipelines.io.reader import Columns, read_shard\n"
+        "from pipelines.io.shards import list_shards\n"
+        "from pipelines.planning.inputs import count_rows\n"
+        "[shard] = list_shards([sys.argv[1]])\n"
+        "rows = [r for b in read_shard(shard, Columns(text='text', id='id')) for r in b.to_pylist()]\n"
+        "print(json.dumps([count_rows(shard).rows, sorted(str(r['_error']) for r in rows)]))\n"
+    )
+    for name, (_, rows) in files.items():
+        done = subprocess.run([sys.executable, "-c", script, str(tmp_path / name)], capture_output=True, text=True,
+                              timeout=120, cwd=Path(__file__).parents[1])
+        assert done.returncode == 0, (name, done.returncode, done.stderr[-500:])
+        counted, errors = json.loads(done.stdout)
+        assert counted == rows and len(errors) == rows, name
+        assert sum(error.startswith("a JSON line must be an object, got null") for error in errors) == 1, name
+
+
+def test_a_line_nested_past_pyarrows_stack_costs_that_row_not_the_process(tmp_path):
+    """pyarrow 26 parses nested values by recursion, and a line nested 20,000 levels deep (40 KB of ``[``) overflows
+    its stack: a segmentation fault, in the Ray worker reading the file, the driver sampling its types and
+    ``pipelines plan`` counting its nested lines together. Such a file is read line by line, where the line costs its
+    row (``nested too deeply``), as one past Python's limit does. Each file is read in a process of its own, so that a
+    crash fails this test instead of ending the test run."""
+    deep = b'{"id": "d", "text": "z", "m": ' + b"[" * 20_000 + b"]" * 20_000 + b"}\n"
+    nested = b'{"id": "b", "text": "y", "n": {"k": 1}}\n'
+    for name, data in (("first.jsonl", deep + nested), ("between.jsonl", nested + deep + nested)):
+        (tmp_path / name).write_bytes(data)
+    script = (
+        "import json, sys\n"
+        "from pipelines.io.reader import Columns, read_shard, reference_types\n"
+        "from pipelines.io.shards import list_shards\n"
+        "from pipelines.planning.inputs import count_rows\n"
+        "[shard] = list_shards([sys.argv[1]])\n"
+        "columns = Columns(text='text', id='id', keep=('id',))\n"
+        "reference_types([shard], columns)\n"
+        "rows = [r for b in read_shard(shard, columns) for r in b.to_pylist()]\n"
+        "print(json.dumps([count_rows(shard).rows, sorted(str(r['_error']) for r in rows)]))\n"
+    )
+    for name, rows in (("first.jsonl", 2), ("between.jsonl", 3)):
+        done = subprocess.run([sys.executable, "-c", script, str(tmp_path / name)], capture_output=True, text=True,
+                              timeout=120, cwd=Path(__file__).parents[1])
+        assert done.returncode == 0, (name, done.returncode, done.stderr[-500:])
+        counted, errors = json.loads(done.stdout)
+        assert counted == rows and errors == ["None"] * (rows - 1) + ["invalid JSON: nested too deeply (line 2)"
+                                                                      if name == "between.jsonl" else
+                                                                      "invalid JSON: nested too deeply (line 1)"], name
+
+
+def test_an_object_nested_past_pythons_limit_costs_its_row_not_the_objects_after_it_on_its_line(tmp_path):
+    """An object nested 1,200 levels deep (past Python's limit, not pyarrow's) with another after it on its line: a
+    run that read the file with pyarrow read two rows, one read line by line (another line no object) one, the
+    object after it lost, and ``pipelines plan`` counted one. The deep object is a row of its own error on the line
+    by line path, and the objects after it are read as the line's other values are."""
+    deep = b'{"id": "a", "text": "x", "m": ' + b"[" * 1200 + b"]" * 1200 + b"}"
+    glued = deep + b' {"id": "b", "text": "y"}\n'
+    for name, data, rows in (("fast.jsonl", glued, 2), ("slow.jsonl", glued + b"[1]\n", 3)):
+        path = tmp_path / name
+        path.write_bytes(data)
+        [shard] = list_shards([str(path)])
+        assert len(_read(path)) == rows and plan_count_rows(shard).rows == rows, name
+    assert _read(tmp_path / "slow.jsonl") == [
+        (None, None, "invalid JSON: nested too deeply (line 1)"), ("b", "y", None),
+        (None, None, "a JSON line must be an object, got list (line 2)")]
 
 
 def test_a_line_that_is_no_record_is_named_by_its_line_in_the_file(tmp_path):
@@ -1633,6 +1731,23 @@ def test_a_table_beside_a_globs_files_or_in_a_skipped_folder_refuses_nothing(tmp
         list_shards([str(iceberg / "data")])  # ... and the archived table named
     shutil.rmtree(table)  # the Delta table moved away: the folder holds the user's files and the archived table
     assert sorted(s.name for s in list_shards([str(tmp_path / "landing")])) == ["day1.jsonl", "late/day2.jsonl"]
+
+
+def test_a_table_whose_files_the_input_format_does_not_read_refuses_nothing(tmp_path):
+    """A folder is refused where a file it would read lies in a Delta Lake table, but under ``input.format: jsonl``
+    (or ``openai-batch``) a landing folder of JSON lines beside a Delta table's folder was refused too, though the
+    table's Parquet files are not read under that format (they are warned of as files not read): the user's own files
+    could not be read, by folder or by ``landing/*``. Under ``auto``, which reads the Parquet, it is still refused."""
+    write_jsonl(tmp_path / "landing" / "day1.jsonl", [{"id": "a", "text": "x"}])
+    table = tmp_path / "landing" / "events"
+    write_parquet(table / "part-00000-2dc9-c000.snappy.parquet", [{"id": 1, "text": "a"}])
+    (table / "_delta_log").mkdir()
+    (table / "_delta_log" / f"{0:020d}.json").write_text('{"commitInfo": {}}\n')
+    for wanted in ("jsonl", "openai-batch"):
+        for location in (tmp_path / "landing", f"{tmp_path}/landing/*"):
+            assert [s.name for s in list_shards([str(location)], wanted)] == ["day1.jsonl"], (wanted, location)
+    with pytest.raises(PipelineError, match=r"/landing/events is a Delta Lake table"):
+        list_shards([str(tmp_path / "landing")])
 
 
 def test_a_partition_folder_whose_key_starts_with_an_underscore_is_read_as_spark_reads_it(tmp_path):

@@ -324,6 +324,22 @@ def test_bytes_that_are_no_utf8_in_a_body_cost_the_request_but_not_its_custom_id
     assert table.column("text")[0].as_py() is not None and table.column("text")[1].as_py() is None
 
 
+def test_a_request_that_shares_a_line_keeps_its_custom_id_where_its_body_is_no_utf8():
+    """Requests written one after the other on a line, one with a message saved in Windows-1252: that one was
+    "not valid UTF-8 (line 1, byte N)" with no custom_id, its error line matched to no request, where on a line of
+    its own it is "body is not valid UTF-8" under its custom_id. Each request of the line is checked as a line is."""
+    good = json.dumps(chat_line("fine")).encode()
+    latin = json.dumps(chat_line("latin-1", content="café")).encode().replace(b"caf\\u00e9", b"caf\xe9")
+    bad_id = json.dumps(chat_line("id-é")).encode().replace(b"id-\\u00e9", b"id-\xe9")
+    bad_key = json.dumps({**chat_line("bad-key"), "n\xe9": 1}).encode().replace(b"n\\u00e9", b"n\xe9")
+    table = read_requests(b"".join([good, latin, bad_id, bad_key, good]) + b"\n", "id", "text")
+    assert table.column("id").to_pylist() == ["fine", "latin-1", None, "bad-key", "fine"]
+    assert table.column("_error").to_pylist() == [
+        None, "body is not valid UTF-8", "custom_id is not valid UTF-8", "a key of the request line is not valid UTF-8",
+        None]
+    table.validate(full=True)  # every string is UTF-8, the reasons too
+
+
 def test_request_lines_become_rows_and_what_is_no_request_keeps_its_row_with_the_reason(tmp_path):
     lines = [
         json.dumps(chat_line("fine")),

@@ -277,10 +277,12 @@ def without_boms(data: bytes) -> bytes:
     return LINE_BOMS.sub(b"\n", data) if LINE_BOM in data else data
 
 
-#: A line whose first value is ``null``, after a ``\n`` or a ``\r`` (pyarrow ends a line at either). Two patterns that
-#: start with their byte: searched about 10x faster than one that starts with a choice of them.
-NULL_LINES = (re.compile(rb"\n[ \t\r\n]*null"), re.compile(rb"\r[ \t\r\n]*null"))
-LEADING_SPACE = re.compile(rb"[ \t\r\n]*")
+#: A line whose first value is ``null``, after a ``\n`` or a ``\r`` (pyarrow ends a line at either), white space and
+#: byte order marks before it: pyarrow skips a mark where a block starts (a file saved by Notepad, ``cat`` of such
+#: files after an old Mac ``\r``, which :func:`without_boms` leaves) and crashes on the ``null`` after it all the same.
+#: Two patterns that start with their byte: searched about 10x faster than one that starts with a choice of them.
+NULL_LINES = (re.compile(rb"\n(?:[ \t\r\n]|\xef\xbb\xbf)*null"), re.compile(rb"\r(?:[ \t\r\n]|\xef\xbb\xbf)*null"))
+LEADING_SPACE = re.compile(rb"(?:[ \t\r\n]|\xef\xbb\xbf)*")
 
 
 def null_line(data: bytes, start_only: bool = False) -> bool:
@@ -291,6 +293,34 @@ def null_line(data: bytes, start_only: bool = False) -> bool:
     if data.startswith(b"null", LEADING_SPACE.match(data).end()):  # type: ignore[union-attr]
         return True
     return not start_only and any(lines.search(data) is not None for lines in NULL_LINES)
+
+
+#: How deep a line's values may nest for pyarrow to read it: pyarrow 26 recurses as deep as the values nest, and a line
+#: 18,000 levels deep overflows an 8 MiB stack (a segmentation fault; 16,000 read): half that, so that a line nested a
+#: few thousand levels (past Python's limit of about 1,000, :func:`parse_line`) is still read by pyarrow, as before.
+DEEPEST = 8_000
+
+
+#: Every byte but brackets and line ends, which :func:`deep_line` leaves out first (about 55 ms per 70 MB).
+NOT_BRACKETS = bytes(byte for byte in range(256) if byte not in b"{[]}\n\r")
+
+
+def deep_line(data: bytes) -> bool:
+    """Whether a line of the bytes (ended by a ``\\n`` or a ``\\r``, as pyarrow ends one) may nest its values
+    :data:`DEEPEST` levels or more, which would crash pyarrow: such bytes are read line by line. Its brackets alone
+    are looked at, their rise over their lowest level on the line before (brackets in strings can only make it more)
+    bounds its depth. About 90 ms per 70 MB of lines of flat records (0.5 s where they are 25% brackets)."""
+    brackets = data.translate(None, NOT_BRACKETS)
+    if len(brackets) < DEEPEST:
+        return False
+    array = np.frombuffer(brackets, np.uint8)
+    ends = (array == 0x0A) | (array == 0x0D)
+    steps = ((array == 0x7B) | (array == 0x5B)).astype(np.int64) - ((array == 0x7D) | (array == 0x5D))
+    levels = np.cumsum(steps)
+    line = np.cumsum(ends)  # a line's end starts the next line, at its level 0
+    levels -= np.concatenate(([0], levels[ends]))[line]  # each line's levels from 0 at its start
+    levels -= line * (len(array) + 1)  # each line below all before it: the running lowest level is its own line's
+    return bool((levels - np.minimum(np.minimum.accumulate(levels), 0 - line * (len(array) + 1))).max() >= DEEPEST)
 
 
 def read_jsonl(data: bytes, columns: Columns) -> pa.Table:
@@ -313,7 +343,7 @@ def read_jsonl(data: bytes, columns: Columns) -> pa.Table:
         if problem is not None:
             raise ValueError(problem)
         return _read_json_array(values, columns, "a JSON value of the file")
-    if null_line(data):
+    if null_line(data) or deep_line(data):
         return _read_jsonl_lines(data, columns)
     try:
         table = pajson.read_json(io.BytesIO(data))
@@ -532,15 +562,21 @@ def _read_jsonl_lines(data: bytes, columns: Columns) -> pa.Table:
 
 #: How a line that holds more than one JSON value fails to parse as one.
 EXTRA_DATA = "invalid JSON: Extra data"
-#: A line that may hold several JSON values: one object ends and another starts (maybe after a ``\\r``).
-GLUED = re.compile(rb"\}[ \t\r]*(?:\xef\xbb\xbf)*\{")
+#: How a line nested past Python's limit fails: pyarrow reads it, and any value after it on the line (each a row).
+NESTED = "invalid JSON: nested too deeply"
+#: A line that may hold several JSON values: one object ends and another starts (maybe after a ``\\r``), or a ``null``
+#: does, which pyarrow reads as a row of its own (where a byte that is no UTF-8 lies in a column the job does not read,
+#: it reads the object as a row too: so many rows are counted and read line by line).
+GLUED = re.compile(rb"\}[ \t\r]*(?:\xef\xbb\xbf)*(?:\{|null)")
 
 
 def several(line: bytes, error: str | None) -> bool:
     """Whether a line that did not parse as one record (``error``: why) may hold several values: it holds more after
-    its first, or it is no UTF-8 where one object ends and another starts (a record's byte then costs that record)."""
+    its first, or one nested past Python's limit (which pyarrow reads, and what follows it), or it is no UTF-8 where
+    one object ends and another (or a ``null``) starts (a record's byte then costs that record)."""
     return error is not None and (
-        error.startswith(EXTRA_DATA) or (error.startswith("not valid UTF-8") and GLUED.search(line) is not None))
+        error.startswith((EXTRA_DATA, NESTED))
+        or (error.startswith("not valid UTF-8") and GLUED.search(line) is not None))
 
 
 def lines_rows(lines: list[bytes]) -> int:
@@ -553,7 +589,7 @@ def lines_rows(lines: list[bytes]) -> int:
     if not nested:
         return rows
     joined = b"\n".join(nested)
-    if len(nested) > 1 and not null_line(joined):
+    if len(nested) > 1 and not null_line(joined) and not deep_line(joined):
         try:
             if pajson.read_json(io.BytesIO(joined)).num_rows == len(nested):
                 return rows + len(nested)
@@ -591,14 +627,16 @@ ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 JSON_SPACE = re.compile(r"[ \t\r\n\ufeff]*")
 
 
-def line_values(line: bytes, number: int) -> list[tuple[dict[str, Any], str | None]]:
+def line_values(line: bytes, number: int, undecoded: bool = False) -> list[tuple[dict[str, Any], str | None]]:
     """The records of a line that holds several JSON values one after the other (written without a newline between
     them, or with a ``\\r`` alone), as pyarrow reads them: each a row, and so in every file, not only in those
     pyarrow reads. What does not parse is one row, up to the line's next ``\\r`` (past it the values are read
     again): its reason names the line and the column. Each value is checked as a line is (:func:`parse_line`), and
-    one that holds bytes that are no UTF-8 costs its row, as such a line does."""
+    one that holds bytes that are no UTF-8 costs its row, as such a line does; with ``undecoded`` (as
+    :func:`parse_line` takes it) such bytes are left in its values as lone surrogates, for the caller to find in the
+    values that hold them (a Batch request keeps its ``custom_id``, as on a line of its own)."""
     text = line.decode("utf-8", errors="surrogateescape")  # bytes that are no UTF-8 as U+DC80-U+DCFF
-    undecoded = ESCAPED_BYTE.search(text) is not None
+    escaped = not undecoded and ESCAPED_BYTE.search(text) is not None
     decoder = json.JSONDecoder(parse_float=WrittenFloat.parse)
     found: list[tuple[dict[str, Any], str | None]] = []
     at = JSON_SPACE.match(text).end()  # type: ignore[union-attr]
@@ -606,7 +644,7 @@ def line_values(line: bytes, number: int) -> list[tuple[dict[str, Any], str | No
         try:
             start = at
             value, at = decoder.raw_decode(text, at)
-            bad = ESCAPED_BYTE.search(text, start, at) if undecoded else None
+            bad = ESCAPED_BYTE.search(text, start, at) if escaped else None
             if bad is not None:  # the byte counted in the line, as parse_line counts it
                 byte = len(text[: bad.start()].encode("utf-8", errors="surrogateescape"))
                 found.append(({}, f"not valid UTF-8 (line {number}, byte {byte})"))
@@ -617,9 +655,29 @@ def line_values(line: bytes, number: int) -> list[tuple[dict[str, Any], str | No
                 f"nested too deeply (line {number})")
             found.append(({}, f"invalid JSON: {said}"))
             stop = text.find("\r", getattr(exc, "pos", at))
-            at = len(text) if stop < 0 else stop
+            end = _value_end(text, start) if isinstance(exc, RecursionError) else None  # one too deep ends so
+            at = end if end is not None else len(text) if stop < 0 else stop
         at = JSON_SPACE.match(text, at).end()  # type: ignore[union-attr]
     return found
+
+
+def _value_end(text: str, start: int) -> int | None:
+    """Where an object or array at ``start`` ends (past its closing bracket), by its brackets outside strings; None
+    where it does not end. For a value nested past Python's limit, which pyarrow reads with what follows it."""
+    depth, in_string, escaped = 0, False, False
+    for at in range(start, len(text)):
+        char = text[at]
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (char == "\\", char != '"')
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+            if depth == 0:
+                return at + 1
+    return None
 
 
 def _records_table(records: list[dict[str, Any]], errors: list[str | None], columns: Columns) -> pa.Table:
@@ -1316,8 +1374,8 @@ def _read_sample(head: bytes) -> pa.Table:
     """A JSON lines sample as pyarrow reads it, in one block: a line longer than its default block is no error. One
     that starts with a line of ``null`` (which would crash pyarrow, :func:`null_line`) is refused as pyarrow refuses
     a bad line, and read a column at a time from its records."""
-    if null_line(head, start_only=True):
-        raise pa.ArrowInvalid("a line of null first")
+    if null_line(head, start_only=True) or deep_line(head):
+        raise pa.ArrowInvalid("a line of null first, or one nested too deeply")
     return pajson.read_json(io.BytesIO(head), read_options=pajson.ReadOptions(block_size=max(len(head), 1 << 20)))
 
 
@@ -1326,7 +1384,7 @@ def _good_lines(head: bytes) -> Iterator[bytes]:
     for line in without_boms(head).splitlines():
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested past Python's limit, no record
             continue
         if isinstance(record, dict) and lone_surrogate(record) is None:
             yield line + b"\n"

@@ -235,21 +235,24 @@ def hides(name: str) -> bool:
     return name.startswith(".") or (name.startswith("_") and "=" not in name)
 
 
-def _expand(location: str) -> tuple[str, list[tuple[str, pafs.FileInfo]]]:
-    """The root a location's files are named relative to, and the files: (uri, info).
+def _expand(location: str, wanted: str = "auto") -> tuple[str, list[tuple[str, pafs.FileInfo]]]:
+    """The root a location's files are named relative to, and the files: (uri, info). ``wanted``: the input's format,
+    which tells the files of a listing that are read (a table is refused only where one of those lies in it).
 
     A store's refusal (no such bucket, access denied), or a path pyarrow refuses, is one line naming the location.
     """
     fs, path = resolve(location)
     try:
-        return _list(location, fs, path)
+        return _list(location, fs, path, wanted)
     except OSError as exc:
         raise stores.refusal("input.paths:", location, exc) from None
     except pa.ArrowInvalid as exc:  # a path it can't take (an empty name, s3://bucket//x): spec.py refuses most
         raise stores.invalid_path("input.paths:", location, exc) from None
 
 
-def _list(location: str, fs: pafs.FileSystem, path: str) -> tuple[str, list[tuple[str, pafs.FileInfo]]]:
+def _list(
+    location: str, fs: pafs.FileSystem, path: str, wanted: str = "auto"
+) -> tuple[str, list[tuple[str, pafs.FileInfo]]]:
     """A glob's files; a folder's files; or a file named as it is.
 
     A location ending in ``/`` names a folder (pyarrow drops the ``/``). On a store a key may be both an object and
@@ -260,7 +263,7 @@ def _list(location: str, fs: pafs.FileSystem, path: str) -> tuple[str, list[tupl
     A glob that matches nothing is the path as written, where that exists, as a shell takes it: ``[team-a]`` in
     ``landing [team-a]/`` is a set of characters to a glob, which matches a one-letter name only."""
     if GLOB_CHARS & set(path):
-        root, files = _glob(location, fs, path)
+        root, files = _glob(location, fs, path, wanted)
         if files or "[" not in path or fs.get_file_info(path).type == pafs.FileType.NotFound:
             return root, files
     info = fs.get_file_info(path)
@@ -270,7 +273,7 @@ def _list(location: str, fs: pafs.FileSystem, path: str) -> tuple[str, list[tupl
             f"input.paths: {location} does not exist; check the path (relative paths start at the current directory)"
         )
     if info.type == pafs.FileType.Directory:
-        return path, _folder_files(location, _files_under(fs, path), path)
+        return path, _folder_files(location, _files_under(fs, path), path, wanted)
     folder = names_folder(location)
     if stores.is_local(fs):
         if folder:
@@ -280,7 +283,7 @@ def _list(location: str, fs: pafs.FileSystem, path: str) -> tuple[str, list[tupl
     elif folder:
         below = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
         if below:
-            return path, _folder_files(location, below, path)
+            return path, _folder_files(location, below, path, wanted)
         raise PipelineError(
             f"input.paths: {location} names a folder (it ends in /), and there is none: only an object of that name, "
             "with no key under it; drop the / to read the object"
@@ -333,11 +336,20 @@ def _files_under(fs: pafs.FileSystem, folder: str) -> list[pafs.FileInfo]:
     return files
 
 
-def _folder_files(location: str, infos: list[pafs.FileInfo], path: str) -> list[tuple[str, pafs.FileInfo]]:
-    """The files of a folder's listing, but hidden ones; a table that keeps earlier versions' files is refused."""
+def _folder_files(
+    location: str, infos: list[pafs.FileInfo], path: str, wanted: str = "auto"
+) -> list[tuple[str, pafs.FileInfo]]:
+    """The files of a folder's listing, but hidden ones; a table that keeps earlier versions' files is refused, where
+    a file the input reads (of the format ``wanted``) lies in it."""
     files = [(uri_of(location, i.path), i) for i in infos if i.is_file and not _is_hidden(i.path, path)]
-    _no_table(location, table_tops((info.path for info in infos), path), (info.path for _, info in files))
+    _no_table(location, table_tops((info.path for info in infos), path), _read_paths(files, wanted))
     return files
+
+
+def _read_paths(files: list[tuple[str, pafs.FileInfo]], wanted: str) -> list[str]:
+    """The paths of a listing's files that the input reads as shards of the format ``wanted`` (the table of a Delta
+    Lake table's Parquet beside JSON lines read under ``input.format: jsonl`` is no file of the input)."""
+    return [info.path for _, info in files if detect_format(info.path, wanted) is not None]
 
 
 def _split_query(location: str) -> tuple[str, str]:
@@ -359,7 +371,9 @@ def with_slash(location: str) -> str:
     return f"{body.rstrip().rstrip('/')}/{query}"
 
 
-def _glob(location: str, fs: pafs.FileSystem, pattern: str) -> tuple[str, list[tuple[str, pafs.FileInfo]]]:
+def _glob(
+    location: str, fs: pafs.FileSystem, pattern: str, wanted: str = "auto"
+) -> tuple[str, list[tuple[str, pafs.FileInfo]]]:
     """The files a glob names, as if each match were listed itself: a file, or a folder with every file under
     it (only folders when it ends with ``/``). Named relative to the glob's fixed part (the folders before its
     first wildcard), which must name a folder (a bucket at least)."""
@@ -386,7 +400,7 @@ def _glob(location: str, fs: pafs.FileSystem, pattern: str) -> tuple[str, list[t
         depths = range(len(parts) - 1 if folders_only else len(parts), 0, -1)
         if any(matcher.match("/".join(parts[:depth])) for depth in depths):
             files.append((uri_of(location, info.path), info))
-    _no_table(location, table_tops(listed, base), (info.path for _, info in files))
+    _no_table(location, table_tops(listed, base), _read_paths(files, wanted))
     if not files:
         # A store lists a missing bucket as empty; credentials limited to a prefix may not look at the bucket.
         stores.check_bucket(fs, base, "input.paths:", location, refused_is_unknown=True)
@@ -611,7 +625,7 @@ def list_shards(
     aliases = [UnderFolder(xfs, xpath) for xfs, xpath in map(resolve, exclude)]  # reached by another path
     for location in paths:
         try:
-            root, files = _expand(location)
+            root, files = _expand(location, wanted_format)
         except UnicodeDecodeError as exc:  # pyarrow's listing decodes each name as UTF-8
             raise PipelineError(
                 f"input.paths: {location} holds a file or folder whose name is not UTF-8 text "
@@ -623,7 +637,7 @@ def list_shards(
         globbed = bool(GLOB_CHARS & set(path)) and root != path and not named  # not the path as written (_list)
         a_listing = globbed or root == path  # a folder or a glob, not a named file
         if a_listing:  # a Delta Lake, Iceberg or Hudi table's folder holds its earlier versions' files too
-            _tables(location, fs, root, [info for _, info in files])
+            _tables(location, fs, root, [info for _, info in files if detect_format(info.path, wanted_format)])
         found = left_out = 0
         other: list[str] = []  # files that are no shard by their name: said, not dropped without a word
         for uri, info in files:
