@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -26,7 +27,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipelines.errors import PipelineError
+from pipelines.errors import ANSI, PipelineError
 from pipelines.io.sample import sample_rows
 from pipelines.io.shards import Shard
 from pipelines.output.records import Fidelity, cut, precision_label
@@ -151,6 +152,10 @@ def _measure_on_ray(spec: JobSpec, picked: pa.Table) -> Fidelity:
     return Fidelity.model_validate(_on_ray(spec, _measure_remote, picked))
 
 
+#: A remote traceback's frame of the predictor's constructor, which loads the model.
+LOADING = re.compile(r'predictor\.py", line \d+, in __init__')
+
+
 def _on_ray(spec: JobSpec, function: Any, picked: pa.Table, *args: Any) -> Any:
     """Run ``function(spec, picked, *args)`` in a Ray task with the resources of one of the job's actors."""
     import ray
@@ -167,18 +172,20 @@ def _on_ray(spec: JobSpec, function: Any, picked: pa.Table, *args: Any) -> Any:
     try:
         return ray.get(task.remote(worker_spec(spec), picked, *args))
     except ray.exceptions.RayTaskError as exc:  # the model, loaded there: weights the checks don't read, say
+        loading = LOADING.search(ANSI.sub("", str(exc))) is not None  # raised as the predictor loaded the model
         if isinstance(exc.cause, PipelineError):
             failed = exc.cause
         else:
             cause = exc.cause if isinstance(exc.cause, BaseException) else exc
             said = str(cause).strip().splitlines()
+            what = "could not be loaded in" if loading else "failed in"
             failed = PipelineError(
-                f"model {spec.model.name!r} could not be loaded in the Ray task that measures its precisions "
+                f"model {spec.model.name!r} {what} the Ray task that measures its precisions "
                 f"({'quantization auto' if function is _choose_remote else 'model.fidelity'}): "
                 f"{type(cause).__name__}: {said[0] if said else 'no reason given'}; fix the model's files or the "
                 "spec, then run again"
             )
-        failed.unloadable_model = True
+        failed.unloadable_model = loading
         raise failed from None
 
 
