@@ -343,6 +343,22 @@ def test_an_object_nested_past_pythons_limit_costs_its_row_not_the_objects_after
         (None, None, "a JSON line must be an object, got list (line 2)")]
 
 
+def test_bytes_that_are_no_utf8_in_a_column_the_job_does_not_read_cost_no_row_whichever_way_the_file_is_read(
+        tmp_path):
+    """pyarrow checks the job's columns for bytes that are no UTF-8 (a note saved in Windows-1252 beside the text):
+    such a row is read where pyarrow reads the file. Where the file is read line by line (a line of ``null``, a float
+    id, one broken line anywhere in it) the whole line was refused, ``not valid UTF-8``: the same row lost or kept by
+    what else the file held. It is kept now where the bytes lie only in columns the job does not read."""
+    note = b'{"id": "a", "text": "x", "note": "caf\xe9"}\n'
+    for name, rest, more in (("plain.jsonl", b"", []),
+                             ("null.jsonl", b"null\n", [(None, None, "a JSON line must be an object, got null (line 3)")]),
+                             ("float.jsonl", b'{"id": 1.5, "text": "z"}\n', [("1.5", "z", None)])):
+        (tmp_path / name).write_bytes(note + b'{"id": "b", "text": "y"}\n' + rest)
+        assert _read(tmp_path / name) == [("a", "x", None), ("b", "y", None), *more], name
+    (tmp_path / "read.jsonl").write_bytes(b'{"id": "a", "text": "caf\xe9"}\nnull\n')  # in the text: its row, as before
+    assert _read(tmp_path / "read.jsonl")[0] == (None, None, "not valid UTF-8 (line 1, byte 24)")
+
+
 def test_a_line_that_is_no_record_is_named_by_its_line_in_the_file(tmp_path):
     """A JSON line that is no record (broken JSON, bytes that are no UTF-8, no object) has neither id nor preview in
     ``_errors/``: its shard and ``row`` were all that placed it, and ``row`` counts the non-blank lines from 0, so past

@@ -553,11 +553,31 @@ def _read_jsonl_lines(data: bytes, columns: Columns) -> pa.Table:
         if not line.strip():
             continue
         record, error = parse_line(line, numbers_as_written=True, number=number)
-        parsed = line_values(line, number) if several(line, error) else [(record, error)]
+        if several(line, error):
+            parsed = line_values(line, number)
+        elif error is not None and error.startswith("not valid UTF-8"):
+            parsed = [_bytes_unread(line, number, columns, (record, error))]
+        else:
+            parsed = [(record, error)]
         for record, error in parsed:
             records.append(record)
             errors.append(error or drop_lone_surrogates(record, columns.all))
     return _records_table(records, errors, columns)
+
+
+def _bytes_unread(
+    line: bytes, number: int, columns: Columns, refused: tuple[dict[str, Any], str | None]
+) -> tuple[dict[str, Any], str | None]:
+    """A line that is no UTF-8 (``refused``: its record and reason) as its record where those bytes lie only in values
+    of columns the job does not read, as pyarrow reads such a line (it checks the job's columns only); else
+    ``refused``. So a file read line by line (a float id, a line of ``null``, one bad line anywhere) keeps the rows it
+    keeps where pyarrow reads it."""
+    record, error = parse_line(line, numbers_as_written=True, undecoded=True, number=number)
+    if error is not None or lone_surrogate(list(record)) is not None:  # a key that is no UTF-8: pyarrow refuses it
+        return refused
+    if any(lone_surrogate(record.get(name)) is not None for name in columns.all):
+        return refused
+    return record, None
 
 
 #: How a line that holds more than one JSON value fails to parse as one.
