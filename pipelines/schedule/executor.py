@@ -559,8 +559,9 @@ class ScheduledJob:
             if exc.unloadable_model:  # the model can't be loaded: any other run would fail so, and a new one each tick
                 raise PipelineError(
                     f"{str(exc).splitlines()[0]}\nNo other run was started: none can load the model until it (or the "
-                    "spec) is fixed, and each would be a new failing run to retry at every tick. Its committed shards "
-                    f"are kept; the next tick, or `pipelines schedule JOB --once`, resumes run {plan.run} first."
+                    "spec) is fixed, or what held the device's memory lets go, and each would be a new failing run to "
+                    "retry at every tick. Its committed shards are kept; the next tick, or `pipelines schedule JOB "
+                    f"--once`, resumes run {plan.run} first."
                 ) from None
             return report.failures[-1]
 
