@@ -892,6 +892,27 @@ def test_a_parquet_file_under_a_json_lines_name_is_refused_whole_with_how_to_rea
         assert (counted.count, counted.rows, counted.records) == ("unreadable", 300, 1), counted
 
 
+def test_rows_wrapped_in_one_json_object_are_refused_whole_with_how_to_write_them_as_lines(tmp_path):
+    """An API's or a dataset viewer's export, ``{"data": [{"id": …, "text": …}, …], "total": 50}``, on one line or
+    indented: it was read as one row of ``missing column 'text'``, its 50 rows unread, one quarantined row under the
+    error budget beside other files. It is refused whole now, saying where its rows are and how to write them one a
+    line, and a failed run counts its 50 rows; a file of one row that holds a list of objects is read as that row."""
+    rows = [{"id": str(i), "text": f"row {i}"} for i in range(50)]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "export.json").write_text(json.dumps({"data": rows, "total": 50}))
+    (tmp_path / "in" / "pretty.json").write_text(json.dumps({"data": rows, "total": 50}, indent=2))
+    for shard in list_shards([str(tmp_path / "in")]):
+        [block] = list(read_shard(shard, Columns(text="text", id="id")))
+        assert block.column(ROW).to_pylist() == [-1], shard.name
+        assert block.column(ERROR)[0].as_py() == (
+            'unreadable jsonl file: the file is one JSON object holding 50 rows as a list under "data", not JSON '
+            "lines: `jq -c '.[\"data\"][]' FILE > NAME.jsonl` writes them one a line")
+        assert reader_count_rows(shard) == (50, True)
+    one = {"id": "a", "text": "a row", "entities": [{"start": 0, "end": 1}]}  # one real row with a list of objects
+    (tmp_path / "one.jsonl").write_text(json.dumps(one) + "\n")
+    assert _read(tmp_path / "one.jsonl") == [("a", "a row", None)]
+
+
 def test_a_folder_of_files_compressed_other_than_gzip_says_so_not_to_set_the_format(tmp_path):
     """A folder of ``.jsonl.zst`` files (or ``.bz2``, ``.xz``) was refused with ``set input.format for files without
     those extensions``: set, the format reads them (each refused whole, as compressed, by the reader), which was

@@ -324,6 +324,39 @@ def deep_line(data: bytes) -> bool:
 
 
 def read_jsonl(data: bytes, columns: Columns) -> pa.Table:
+    """JSON lines into a table (:func:`_read_jsonl`). A file that is one JSON object holding the rows as a list under
+    a key (``{"data": [{...}, ...]}``, as APIs and dataset viewers export them) is refused whole, saying so (it read as
+    one row of ``missing column``, its rows unread, under the error budget beside other files)."""
+    table = _read_jsonl(data, columns)
+    no_text = columns.text not in table.column_names or table.column(columns.text)[0].as_py() is None
+    if table.num_rows == 1 and no_text and (found := wrapped_rows(data)) is not None:
+        key, rows = found
+        if any(columns.text in row for row in rows):
+            raise ValueError(wrapped_reason(key, len(rows)))
+    return table
+
+
+def wrapped_rows(data: bytes) -> tuple[str, list[dict[str, Any]]] | None:
+    """The key and the rows of a file that is one JSON object holding a non-empty list of objects under one key, and
+    under no other; else None."""
+    try:
+        value = json.loads(without_boms(data))
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(value, dict):
+        return None
+    lists = [(key, rows) for key, rows in value.items()
+             if isinstance(rows, list) and rows and all(isinstance(row, dict) for row in rows)]
+    return lists[0] if len(lists) == 1 else None
+
+
+def wrapped_reason(key: str, rows: int) -> str:
+    """Why a file of rows wrapped in one object (:func:`wrapped_rows`) is not read, and how to write them as lines."""
+    return (f"the file is one JSON object holding {rows} rows as a list under {json.dumps(key)}, not JSON lines: "
+            f"`jq -c '.[{json.dumps(key)}][]' FILE > NAME.jsonl` writes them one a line")
+
+
+def _read_jsonl(data: bytes, columns: Columns) -> pa.Table:
     """JSON lines into a table, one row per non-blank line; bad lines become rows with an ``_error``.
 
     JSON strings are read as the strings they are written as, in every column the job reads (kept
@@ -1458,6 +1491,8 @@ def count_rows(shard: Shard) -> tuple[int | None, bool]:
         data = data.decode("utf-16", errors="replace").encode()
     if shard.format == "openai-batch" and exact and (values := json_array(data)) is not None:
         return len(values), True  # a Batch file that is one JSON array, refused whole: its requests, not its lines
+    if exact and (wrapped := wrapped_rows(data)) is not None:  # rows wrapped in one object, refused whole: those rows
+        return len(wrapped[1]), True
     if (stream := json_stream(data)) is not None:  # objects over several lines: those read before any damage
         return (len(stream[0]) if stream[0] or (exact and stream[1] is None) else None), exact and stream[1] is None
     lines = without_boms(data).split(b"\n")  # a byte order mark alone on its line is no row
