@@ -46,6 +46,7 @@ from pipelines.errors import PipelineError
 from pipelines.inference.predictor import Predictor, not_finite_rows
 from pipelines.io.block import ERROR
 from pipelines.output.records import Fidelity, cut, precision_label
+from pipelines.output.staging import truth_text
 from pipelines.spec import JobSpec
 from pipelines.tasks.base import LabelTask
 from pipelines.tasks.options import (
@@ -265,7 +266,7 @@ def _as_text(values: list[Any]) -> list[str | None]:
     try:
         return pa.array(values).cast(pa.string()).to_pylist()
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):  # a type Arrow does not cast to text
-        return [None if value is None else str(value) for value in values]
+        return [truth_text(value) for value in values]
 
 
 def compare_labels(pair: Pair, options: LabelOptions, truth: list[Any] | None):

@@ -240,13 +240,37 @@ def confusion(good: pa.Table, config: StagingConfig) -> Confusion:
     if not config.truth_column or not config.predicted_column or good.num_rows == 0:
         return {}
     good = good.filter(good.column(config.truth_column).is_valid())
-    truth = good.column(config.truth_column).cast(pa.string()).to_numpy(zero_copy_only=False)
+    truth = truth_texts(good.column(config.truth_column))
     predicted = good.column(config.predicted_column).cast(pa.string()).to_numpy(zero_copy_only=False)
     counts: Confusion = {}
-    pairs = Counter(zip(truth.tolist(), predicted.tolist()))
+    pairs = Counter(zip(truth, predicted.tolist()))
     for (t, p), n in pairs.items():
         counts.setdefault(str(t), {})[str(p)] = int(n)
     return counts
+
+
+def truth_texts(truth: pa.Array | pa.ChunkedArray) -> list[str | None]:
+    """Truth labels as text: Arrow's cast (a float 1.0 is "1", True "true"); where Arrow casts the column to no text
+    (a list or a struct per row, bytes that are no UTF-8 in a binary column) each value on its own
+    (:func:`truth_text`), as the fidelity check reads them: the cast raised in the actor, and a job with such a
+    label_column ended before writing a row."""
+    try:
+        return truth.cast(pa.string()).to_pylist()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return [truth_text(value) for value in truth.to_pylist()]
+
+
+def truth_text(value: Any) -> str | None:
+    """One truth value Arrow casts to no text, as text: bytes as the UTF-8 they hold (as Arrow's cast reads them, so
+    that a value reads alike whatever else its block holds), else as Python writes it (``[1, 2]``, ``b'\\xff'``)."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            pass
+    return str(value)
 
 
 def row_ranges(rows: np.ndarray) -> list[tuple[int, int]]:
