@@ -174,6 +174,17 @@ def test_a_truth_column_arrow_reads_as_no_text_is_compared_as_text_not_the_end_o
             assert {"pos", "neg", "b'\\xff'"} == set(summary.agreement.confusion)
 
 
+def test_a_nan_truth_label_is_no_truth_label_as_a_null_one_is():
+    """A float truth column written by Polars or DuckDB keeps NaN where a label is missing (pandas writes null): NaN
+    was a truth class of its own ("nan"), every such row a disagreement, as a null one was before."""
+    from pipelines.output.staging import StagingConfig, confusion
+
+    config = StagingConfig("out", "id", "text", (), truth_column="truth", predicted_column="label")
+    for truth in (pa.array([1.0, float("nan"), 0.0], pa.float64()), pa.array([1.0, float("nan"), 0.0], pa.float32())):
+        rows = pa.table({"truth": truth, "label": ["1", "1", "1"]})
+        assert confusion(rows, config) == {"1": {"1": 1}, "0": {"1": 1}}, truth.type
+
+
 def test_rerun_of_a_finished_job_writes_nothing(finished):
     spec, _, _ = finished("classifier")
     out = Path(spec.output.path)

@@ -236,10 +236,11 @@ def error_records(bad: pa.Table, config: StagingConfig) -> pa.Table:
 
 def confusion(good: pa.Table, config: StagingConfig) -> Confusion:
     """Counts of (ground truth, prediction) pairs: {truth: {predicted: n}}, over the rows that have a truth label
-    (a null one is no truth to agree with)."""
+    (a null one is no truth to agree with, nor is NaN: where pandas writes null for a missing float, Polars and
+    DuckDB keep NaN)."""
     if not config.truth_column or not config.predicted_column or good.num_rows == 0:
         return {}
-    good = good.filter(good.column(config.truth_column).is_valid())
+    good = good.filter(has_truth(good.column(config.truth_column)))
     truth = truth_texts(good.column(config.truth_column))
     predicted = good.column(config.predicted_column).cast(pa.string()).to_numpy(zero_copy_only=False)
     counts: Confusion = {}
@@ -247,6 +248,14 @@ def confusion(good: pa.Table, config: StagingConfig) -> Confusion:
     for (t, p), n in pairs.items():
         counts.setdefault(str(t), {})[str(p)] = int(n)
     return counts
+
+
+def has_truth(truth: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Per row: whether it holds a truth label, neither null nor a float NaN."""
+    valid = truth.is_valid()
+    if pa.types.is_floating(truth.type):
+        valid = pc.and_(valid, pc.invert(pc.fill_null(pc.is_nan(truth), True)))
+    return valid
 
 
 def truth_texts(truth: pa.Array | pa.ChunkedArray) -> list[str | None]:
@@ -263,7 +272,7 @@ def truth_texts(truth: pa.Array | pa.ChunkedArray) -> list[str | None]:
 def truth_text(value: Any) -> str | None:
     """One truth value Arrow casts to no text, as text: bytes as the UTF-8 they hold (as Arrow's cast reads them, so
     that a value reads alike whatever else its block holds), else as Python writes it (``[1, 2]``, ``b'\\xff'``)."""
-    if value is None:
+    if value is None or (isinstance(value, float) and value != value):  # NaN: no label, as null
         return None
     if isinstance(value, bytes):
         try:
