@@ -275,3 +275,14 @@ def test_rows_holding_a_nan_anywhere_in_their_prediction_are_found():
     entities = pa.array([[{"word": "a", "score": 0.5}], [], [{"word": "b", "score": 0.1}, {"word": "c", "score": nan}]])
     assert not_finite_rows(entities).tolist() == [False, False, True]
     assert not_finite_rows(pa.array(["x", None])).tolist() == [False, False]
+
+
+def test_a_text_cut_to_leave_room_for_a_hypothesis_is_quarantined_naming_that_room(tiny_models):
+    """NLI reads each text with each label's hypothesis within max_length: a text of 26 tokens, under max_length 32,
+    was cut to leave the hypothesis room and, with errors.too_long: error, quarantined as "text longer than
+    max_length (max_length is 32 tokens)", a limit the text was under."""
+    task = {"type": "zero-shot-classification", "candidate_labels": ["World", "Sports"]}
+    spec = make_spec(tiny_models("nli"), task, errors={"too_long": "error"}, batching={"max_length": 32})
+    out = Predictor(spec)(batch_of(["word " * 6, "word"]))
+    assert out.column(ERROR).to_pylist() == [
+        "text longer than max_length (max_length is 32 tokens, the text and a label's hypothesis together)", None]
