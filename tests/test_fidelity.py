@@ -154,6 +154,15 @@ def test_a_truth_column_of_numbers_or_booleans_is_compared_as_the_runs_agreement
         assert result.metrics["truth_accuracy_reference"] == result.metrics["truth_accuracy_quantized"] == 1.0
 
 
+def test_a_nan_truth_label_is_no_truth_label_in_the_check_either():
+    """NaN in a float truth column (Polars and DuckDB keep it where pandas writes null) was the truth "nan", a
+    disagreement on every such row, as the run's agreement counted it too; it is no truth label, as null is."""
+    options = TASK_OPTIONS["text-classification"](type="text-classification")
+    both = predictions([True, True], label=["1", "0"])
+    result = compare(options, both, both, ids=["1", "2"], truth=[1.0, float("nan")])
+    assert result.metrics["truth_accuracy_reference"] == result.metrics["truth_accuracy_quantized"] == 1.0
+
+
 def test_no_accuracy_is_told_where_no_sampled_row_has_a_truth_label():
     """input.label_column set, but the sample's rows all without a value there (a column filled in later, for some
     rows): both models were shown as 0.0 accurate against the truth. Nothing was measured, so nothing is told."""

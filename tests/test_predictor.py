@@ -58,6 +58,23 @@ def test_classification_is_independent_of_batch_composition(tiny_models):
     assert forward[4]["label"] == reference.config.id2label[int(logits.argmax())]
 
 
+def test_a_classifier_whose_config_names_two_classes_alike_is_refused_where_every_score_is_written(tiny_models,
+                                                                                                  tmp_path):
+    """A config whose id2label names two classes the same, or the same but for case ({0: same, 1: same, 2: Same}),
+    made a scores struct with two fields of one name: written as it was, a file that pyarrow's to_pylist, pandas and
+    DuckDB (which matches names in any case) can't read by name. Refused, naming them; the label alone is written."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_models("classifier"), model)
+    config = json.loads((model / "config.json").read_text())
+    config["id2label"] = {"0": "same", "1": "other", "2": "Same"}
+    config["label2id"] = {"same": 0, "other": 1, "Same": 2}
+    (model / "config.json").write_text(json.dumps(config))
+    with pytest.raises(PipelineError, match="'same' and 'Same'"):
+        Predictor(make_spec(str(model), {"type": "text-classification", "return_all_scores": True}))
+    out = Predictor(make_spec(str(model), {"type": "text-classification"}))(batch_of(["fine text"]))
+    assert out.column("label").to_pylist()[0] in {"same", "other", "Same"}
+
+
 def test_bad_rows_are_marked_not_dropped(tiny_models):
     spec = make_spec(tiny_models("classifier"), {"type": "text-classification"})
     batch = batch_of(["fine text", None, "   ", "more text"])
@@ -258,3 +275,14 @@ def test_rows_holding_a_nan_anywhere_in_their_prediction_are_found():
     entities = pa.array([[{"word": "a", "score": 0.5}], [], [{"word": "b", "score": 0.1}, {"word": "c", "score": nan}]])
     assert not_finite_rows(entities).tolist() == [False, False, True]
     assert not_finite_rows(pa.array(["x", None])).tolist() == [False, False]
+
+
+def test_a_text_cut_to_leave_room_for_a_hypothesis_is_quarantined_naming_that_room(tiny_models):
+    """NLI reads each text with each label's hypothesis within max_length: a text of 26 tokens, under max_length 32,
+    was cut to leave the hypothesis room and, with errors.too_long: error, quarantined as "text longer than
+    max_length (max_length is 32 tokens)", a limit the text was under."""
+    task = {"type": "zero-shot-classification", "candidate_labels": ["World", "Sports"]}
+    spec = make_spec(tiny_models("nli"), task, errors={"too_long": "error"}, batching={"max_length": 32})
+    out = Predictor(spec)(batch_of(["word " * 6, "word"]))
+    assert out.column(ERROR).to_pylist() == [
+        "text longer than max_length (max_length is 32 tokens, the text and a label's hypothesis together)", None]

@@ -152,6 +152,39 @@ def test_rows_without_a_truth_label_are_left_out_of_the_agreement(ray_session, t
         "confusion"]
 
 
+def test_a_truth_column_arrow_reads_as_no_text_is_compared_as_text_not_the_end_of_the_job(ray_session, tiny_models,
+                                                                                            tmp_path):
+    """A ground-truth column of lists (multi-label truth, [1, 2]) or of bytes that are no UTF-8 (a binary column):
+    counting the agreement cast it to text, which Arrow refuses for those, and the actor's batch failed: the whole
+    job ended with a traceback after loading the model, no row written. Such values are read as text the way the
+    fidelity check reads them (Python's), so every row comes out and the agreement is counted."""
+    for name, truth in (("list", pa.array([[1, 2], [0], None, []])), ("binary", pa.array([b"pos", b"\xff", None, b"neg"]))):
+        folder = tmp_path / name
+        texts = pa.array(SENTENCES[:4])
+        write = folder / "in" / "a.parquet"
+        write.parent.mkdir(parents=True)
+        pq.write_table(pa.table({"id": ["a", "b", "c", "d"], "text": texts, "truth": truth}), write)
+        spec = job(tiny_models("classifier"), {"type": "text-classification"}, (folder / "in",), folder,
+                   input={"label_column": "truth"})
+        summary = run_job(spec)
+        assert summary.rows_out == 4 and summary.errors == 0, name
+        assert summary.agreement is not None and summary.agreement.rows == 3, name
+        assert read_output(spec.output.path).column("truth").type == truth.type, name
+        if name == "binary":  # bytes that are UTF-8 read as their text beside ones that are not
+            assert {"pos", "neg", "b'\\xff'"} == set(summary.agreement.confusion)
+
+
+def test_a_nan_truth_label_is_no_truth_label_as_a_null_one_is():
+    """A float truth column written by Polars or DuckDB keeps NaN where a label is missing (pandas writes null): NaN
+    was a truth class of its own ("nan"), every such row a disagreement, as a null one was before."""
+    from pipelines.output.staging import StagingConfig, confusion
+
+    config = StagingConfig("out", "id", "text", (), truth_column="truth", predicted_column="label")
+    for truth in (pa.array([1.0, float("nan"), 0.0], pa.float64()), pa.array([1.0, float("nan"), 0.0], pa.float32())):
+        rows = pa.table({"truth": truth, "label": ["1", "1", "1"]})
+        assert confusion(rows, config) == {"1": {"1": 1}, "0": {"1": 1}}, truth.type
+
+
 def test_rerun_of_a_finished_job_writes_nothing(finished):
     spec, _, _ = finished("classifier")
     out = Path(spec.output.path)

@@ -684,3 +684,15 @@ def test_stop_strings_in_the_generation_config_end_each_sequence_as_the_specs_st
     assert "stop" in [r["finish_reason"] for r in rows]
     kept = predict(model_dir, {**task, "stop": ["\n\n"]}, SENTENCES[:2], ids=["a", "b"])  # the spec's replace them
     assert [r["finish_reason"] for r in kept] == ["length", "length"]
+
+
+def test_a_prompt_cut_to_leave_room_for_max_new_tokens_is_quarantined_with_the_limit_it_was_cut_at(tiny_models):
+    """The tiny Llama has 256 positions: with max_new_tokens 200 a prompt keeps at most 56 tokens, under max_length
+    128. A prompt of about 60 tokens was cut there and, with errors.too_long: error, quarantined as "text longer
+    than max_length (max_length is 128 tokens)": a row shorter than the limit its reason named."""
+    task = {"type": "text-generation", "max_new_tokens": 200}
+    out = Predictor(make_spec(tiny_models("causal"), task, errors={"too_long": "error"}))(batch_of(["word " * 40, "hi"]))
+    reason = out.column(ERROR).to_pylist()[0]
+    assert reason == ("text longer than max_length (the prompt's room is 56 tokens: the model's 256 positions less "
+                      "task.max_new_tokens 200)"), reason
+    assert out.column(ERROR).to_pylist()[1] is None

@@ -231,3 +231,14 @@ def test_prefix_reuse_bisects_a_failing_row_and_splits_on_out_of_memory(tiny_mod
         if i not in poisoned:
             assert a["scores"] == pytest.approx(b["scores"], abs=1e-5)  # the cached prefix was left intact
     assert predictor.max_tokens < 4096
+
+
+def test_a_prompt_cut_to_leave_room_for_its_labels_is_quarantined_naming_that_room(tiny_models):
+    """A prompt and each label's tokens must fit max_length together: a prompt of 29 tokens, under max_length 32,
+    was cut to leave room for an 8-token label and, with errors.too_long: error, quarantined as "text longer than
+    max_length (max_length is 32 tokens)", a limit the prompt was under."""
+    task = {"type": "llm-label", "candidate_labels": ["yes", "not at all really"]}
+    spec = make_spec(tiny_models("causal"), task, errors={"too_long": "error"}, batching={"max_length": 32})
+    out = Predictor(spec)(batch_of(["word " * 7, "word"]))
+    assert out.column(ERROR).to_pylist() == [
+        "text longer than max_length (max_length is 32 tokens, the prompt and its candidate label together)", None]

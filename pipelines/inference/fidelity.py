@@ -46,6 +46,7 @@ from pipelines.errors import PipelineError
 from pipelines.inference.predictor import Predictor, not_finite_rows
 from pipelines.io.block import ERROR
 from pipelines.output.records import Fidelity, cut, precision_label
+from pipelines.output.staging import has_truth, truth_text
 from pipelines.spec import JobSpec
 from pipelines.tasks.base import LabelTask
 from pipelines.tasks.options import (
@@ -261,11 +262,12 @@ def _examples(pair: Pair, q: list[Any], r: list[Any], same: list[bool]) -> list[
 
 def _as_text(values: list[Any]) -> list[str | None]:
     """Truth labels as a run's agreement reads them (Arrow's cast to text, :mod:`pipelines.output.staging`): a float
-    1.0 is "1", True is "true", not Python's "1.0" and "True"."""
+    1.0 is "1", True is "true", not Python's "1.0" and "True"; NaN is no label, as None is."""
     try:
-        return pa.array(values).cast(pa.string()).to_pylist()
+        array = pa.array(values)
+        return pa.array(values, mask=~has_truth(array).to_numpy(zero_copy_only=False)).cast(pa.string()).to_pylist()
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):  # a type Arrow does not cast to text
-        return [None if value is None else str(value) for value in values]
+        return [truth_text(value) for value in values]
 
 
 def compare_labels(pair: Pair, options: LabelOptions, truth: list[Any] | None):

@@ -139,7 +139,7 @@ class Predictor:
                       f"{computed}{'; set model.dtype: bfloat16 or float32' if computed == 'float16' else ''}")
             errors = _flag(errors, rows[_not_finite(predictions, len(rows))], reason)
         if features.truncated is not None and self.spec.errors.too_long == "error":
-            reason = f"text longer than max_length (max_length is {self.loaded.max_length} tokens)"  # not the row's
+            reason = self.task.too_long_reason()  # the limit, not the row's length
             errors = _flag(errors, rows[features.truncated], reason)
         return self._assemble(pending.batch, rows, predictions, features, (pending.padded, generated), errors)
 

@@ -236,17 +236,50 @@ def error_records(bad: pa.Table, config: StagingConfig) -> pa.Table:
 
 def confusion(good: pa.Table, config: StagingConfig) -> Confusion:
     """Counts of (ground truth, prediction) pairs: {truth: {predicted: n}}, over the rows that have a truth label
-    (a null one is no truth to agree with)."""
+    (a null one is no truth to agree with, nor is NaN: where pandas writes null for a missing float, Polars and
+    DuckDB keep NaN)."""
     if not config.truth_column or not config.predicted_column or good.num_rows == 0:
         return {}
-    good = good.filter(good.column(config.truth_column).is_valid())
-    truth = good.column(config.truth_column).cast(pa.string()).to_numpy(zero_copy_only=False)
+    good = good.filter(has_truth(good.column(config.truth_column)))
+    truth = truth_texts(good.column(config.truth_column))
     predicted = good.column(config.predicted_column).cast(pa.string()).to_numpy(zero_copy_only=False)
     counts: Confusion = {}
-    pairs = Counter(zip(truth.tolist(), predicted.tolist()))
+    pairs = Counter(zip(truth, predicted.tolist()))
     for (t, p), n in pairs.items():
         counts.setdefault(str(t), {})[str(p)] = int(n)
     return counts
+
+
+def has_truth(truth: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Per row: whether it holds a truth label, neither null nor a float NaN."""
+    valid = truth.is_valid()
+    if pa.types.is_floating(truth.type):
+        valid = pc.and_(valid, pc.invert(pc.fill_null(pc.is_nan(truth), True)))
+    return valid
+
+
+def truth_texts(truth: pa.Array | pa.ChunkedArray) -> list[str | None]:
+    """Truth labels as text: Arrow's cast (a float 1.0 is "1", True "true"); where Arrow casts the column to no text
+    (a list or a struct per row, bytes that are no UTF-8 in a binary column) each value on its own
+    (:func:`truth_text`), as the fidelity check reads them: the cast raised in the actor, and a job with such a
+    label_column ended before writing a row."""
+    try:
+        return truth.cast(pa.string()).to_pylist()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return [truth_text(value) for value in truth.to_pylist()]
+
+
+def truth_text(value: Any) -> str | None:
+    """One truth value Arrow casts to no text, as text: bytes as the UTF-8 they hold (as Arrow's cast reads them, so
+    that a value reads alike whatever else its block holds), else as Python writes it (``[1, 2]``, ``b'\\xff'``)."""
+    if value is None or (isinstance(value, float) and value != value):  # NaN: no label, as null
+        return None
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            pass
+    return str(value)
 
 
 def row_ranges(rows: np.ndarray) -> list[tuple[int, int]]:

@@ -159,6 +159,11 @@ class Task(ABC):
         """Tokens each feature generated (for the run's generated tokens/s), or None for tasks that don't."""
         return None
 
+    def too_long_reason(self) -> str:
+        """The reason of a row cut to fit, under ``errors.too_long: error``: the limit it was cut at (the row's own
+        length is not kept past the cut)."""
+        return f"text longer than max_length (max_length is {self.max_length} tokens)"
+
     def token_inputs(self) -> dict[str, str | None]:
         """The row inputs the model reads as tokens, by the name a row error gives them: a column of ``columns``
         in :meth:`encode`, or None for the text column. A row where one of them holds no token at all is
