@@ -164,6 +164,18 @@ def test_sampling_is_reproducible_per_row_whatever_the_batch(tiny_models):
     assert sum(r["generated_text"] != texts[r["id"]] for r in other_seed) >= len(SENTENCES) // 2
 
 
+def test_rows_with_a_null_id_draw_apart_from_each_other_and_from_the_id_none(tiny_models):
+    """A row's draw comes from the job's seed and its id as text: a null id was the text "None", so every row with a
+    null id and the row whose id is "None" drew the same noise (the same prompt, the same sample). A row without an id
+    draws by its prompt now, marked as such; it still draws the same in any batch."""
+    model_dir = tiny_models("causal")
+    task = {"type": "text-generation", "max_new_tokens": 10, "do_sample": True, "temperature": 1.5}
+    rows = predict(model_dir, task, [SENTENCES[0], SENTENCES[0], SENTENCES[1]], [None, "None", None], seed=7)
+    assert rows[0]["generated_text"] != rows[1]["generated_text"]
+    alone = predict(model_dir, task, [SENTENCES[0]], [None], seed=7)[0]
+    assert alone["generated_text"] == rows[0]["generated_text"]
+
+
 def test_several_samples_per_row_differ_and_top_k_1_is_greedy(tiny_models):
     model_dir = tiny_models("causal")
     sampled = predict(

@@ -75,6 +75,10 @@ PREFILL_FILL = 0.9
 # reproducible noise ----------------------------------------------------------------
 
 
+#: What a row with a null id is known by for its seed, before its prompt: no id's text starts so.
+NO_ID = "\x00no id\x1f"
+
+
 def row_seeds(seed: int, keys: list[Any]) -> np.ndarray:
     """One 63-bit seed per row from the job seed and the row's id (stable across runs and machines)."""
     out = np.empty(len(keys), dtype=np.int64)
@@ -468,8 +472,13 @@ class GenerationTask(Task):
     # encode helpers ------------------------------------------------------------------
 
     def seeds_for(self, texts: list[str], columns: dict[str, list[Any]]) -> np.ndarray:
-        """Per-row seeds from the job seed and the row ids (the prompt text when there are no ids)."""
-        return row_seeds(self.seed, columns.get(ROW_ID) or texts)
+        """Per-row seeds from the job seed and the row ids (the prompt text when there are no ids, and for a row whose
+        id is null: its text, marked so, not the text "None", which every such row and a row of id "None" shared)."""
+        ids = columns.get(ROW_ID)
+        if not ids:
+            return row_seeds(self.seed, texts)
+        keys = [f"{NO_ID}{text}" if key is None else key for key, text in zip(ids, texts, strict=True)]
+        return row_seeds(self.seed, keys)
 
     def features_from(self, encoding: dict[str, Any], seeds: np.ndarray, keep: np.ndarray | None = None) -> Features:
         """One feature per row that has a prompt (``keep``), carrying the row's seed; with a shared prefix, the
