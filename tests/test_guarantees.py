@@ -892,6 +892,23 @@ def test_a_parquet_file_under_a_json_lines_name_is_refused_whole_with_how_to_rea
         assert (counted.count, counted.rows, counted.records) == ("unreadable", 300, 1), counted
 
 
+def test_json_lines_under_a_parquet_name_are_refused_whole_with_how_to_read_them(tmp_path):
+    """JSON lines saved as ``part.parquet`` (an export step that kept the old name): one unreadable record whose reason
+    was pyarrow's ``Parquet magic bytes not found in footer``, ``rows unknown``. It says the file is JSON and how to
+    name it now, in the run and the plan, and stands for its lines' rows."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "part.parquet").write_text("".join(json.dumps({"id": str(i), "text": "t"}) + "\n"
+                                                          for i in range(40)))
+    [shard] = list_shards([str(tmp_path / "in")])
+    [block] = list(read_shard(shard, Columns(text="text", id="id")))
+    said = ("unreadable parquet file: the file is JSON (its bytes start with { or [), not Parquet: give it a .jsonl "
+            "name (NAME.jsonl) to be read as JSON lines")
+    assert block.column(ERROR).to_pylist() == [said]
+    assert reader_count_rows(shard) == (40, True)
+    counted = plan_count_rows(shard)
+    assert (counted.count, counted.rows, counted.error) == ("unreadable", 40, f"{said}; 40 rows")
+
+
 def test_rows_wrapped_in_one_json_object_are_refused_whole_with_how_to_write_them_as_lines(tmp_path):
     """An API's or a dataset viewer's export, ``{"data": [{"id": …, "text": …}, …], "total": 50}``, on one line or
     indented: it was read as one row of ``missing column 'text'``, its 50 rows unread, one quarantined row under the

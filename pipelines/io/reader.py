@@ -197,6 +197,8 @@ def _read_table(shard: Shard, data: bytes, columns: Columns) -> pa.Table:
 
         return read_requests(data, columns.id_name, columns.text)
     if shard.format == "parquet":
+        if (reason := json_reason(data, shard.compressed)) is not None:
+            raise ValueError(reason)
         parquet = pq.ParquetFile(io.BytesIO(data))
         present = [c for c in columns.all if c in parquet.schema_arrow.names]
         return _only_utf8(_with_error_column(parquet.read(columns=present), parquet.metadata.num_rows), columns.all)
@@ -239,6 +241,17 @@ def compression_of(data: bytes) -> str | None:
 
 #: How a Parquet file starts (and ends).
 PARQUET_MAGIC = b"PAR1"
+#: How a file of JSON starts (white space and a byte order mark before it): a Parquet file never does.
+JSON_START = re.compile(rb"(?:\xef\xbb\xbf)?[ \t\r\n]*[{\[]")
+
+
+def json_reason(data: bytes, gz_named: bool) -> str | None:
+    """Why a file under a Parquet name whose bytes (decompressed, where its name says gzip) are JSON is refused whole,
+    with how to read it; None where they are not (the first bytes suffice)."""
+    if data.startswith(PARQUET_MAGIC) or JSON_START.match(data) is None:
+        return None
+    return ("the file is JSON (its bytes start with { or [), not Parquet: give it a .jsonl name "
+            f"(NAME.jsonl{'.gz' if gz_named else ''}) to be read as JSON lines")
 
 
 def compression_reason(data: bytes, gz_named: bool) -> str | None:
@@ -1476,9 +1489,11 @@ def count_rows(shard: Shard) -> tuple[int | None, bool]:
     if shard.format == "parquet":
         try:
             data = gzip.decompress(raw) if shard.compressed else raw
-            return pq.ParquetFile(io.BytesIO(data)).metadata.num_rows, True
+            if json_reason(data, shard.compressed) is None:
+                return pq.ParquetFile(io.BytesIO(data)).metadata.num_rows, True
         except Exception:  # noqa: BLE001 - no footer, no count
             return None, False
+        # JSON under a Parquet name, refused whole: its rows, counted as JSON lines (below)
     data, exact = _gunzip_before_damage(raw) if shard.compressed else (raw, True)
     if exact and data.startswith(PARQUET_MAGIC):  # a Parquet file under a JSON lines name, refused whole: its rows
         try:

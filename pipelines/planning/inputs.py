@@ -37,6 +37,7 @@ from pipelines.io.reader import (
     array_start,
     compression_reason,
     json_array,
+    json_reason,
     json_stream,
     line_rows,
     lines_rows,
@@ -64,7 +65,17 @@ def count_rows(shard: Shard, count_limit: int = COUNT_LIMIT) -> ShardCount:
         rows, exact = _jsonl_rows(shard, count_limit)
         return base.model_copy(update={"rows": rows, "count": "counted" if exact else "estimated"})
     except Exception as exc:  # noqa: BLE001 - an unreadable file is one quarantined record in a run
-        return as_unreadable(base, shard, f"unreadable {shard.format} file: {first_line(exc)[:200]}")
+        said = (_json_under_parquet_name(shard) if shard.format == "parquet" else None) or first_line(exc)[:200]
+        return as_unreadable(base, shard, f"unreadable {shard.format} file: {said}")
+
+
+def _json_under_parquet_name(shard: Shard) -> str | None:
+    """Why a run refuses a Parquet-named file of JSON (:func:`json_reason`), from its first bytes; else None."""
+    try:
+        with shard.filesystem().open_input_stream(shard.path, compression="gzip" if shard.compressed else None) as f:
+            return json_reason(f.read(4096), shard.compressed)
+    except Exception:  # noqa: BLE001 - pyarrow's own reason then
+        return None
 
 
 def as_unreadable(count: ShardCount, shard: Shard, reason: str) -> ShardCount:
