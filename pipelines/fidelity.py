@@ -333,7 +333,9 @@ def sample_digest(spec: JobSpec, picked: pa.Table) -> str:
     columns = columns_of(spec)
     truth = [spec.input.label_column] if spec.input.label_column else []  # the check's accuracies are against it
     names = [n for n in dict.fromkeys([columns.id_name, *columns.strings, *truth]) if n in picked.column_names]
-    rows = picked.select(names).to_pylist()
+    rows: list[Any] = picked.select(names).to_pylist()
+    if truth and spec.input.label_map:  # the check's accuracies read the truth through it (unset: digests as before)
+        rows.append({"label_map": spec.input.label_map})
     return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 

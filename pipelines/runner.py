@@ -97,6 +97,7 @@ def staging_config(spec: JobSpec, shards: list[Shard]) -> StagingConfig:
         output_columns=tuple(spec.output_columns()),
         shard_uris={s.key: s.uri for s in shards},
         truth_column=spec.input.label_column,
+        truth_map=spec.input.label_map,
         predicted_column=predicted if predicted in spec.prediction_columns() else None,
     )
 

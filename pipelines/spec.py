@@ -33,6 +33,22 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def truth_key(value: Any) -> Any:
+    """A truth value or label of ``input.label_map`` as the run's agreement reads a truth column's values (Arrow's
+    cast to text): ``1.0`` as ``1``, ``0`` as ``0``; text as given. A boolean is refused: YAML reads ``yes``, ``no``,
+    ``on`` and ``off`` unquoted as ``true`` and ``false``, and which the user meant can't be told."""
+    if isinstance(value, bool):
+        raise ValueError(
+            f"{str(value).lower()} is a YAML boolean (yes, no, on, off, true and false unquoted are): quote it ('yes', "
+            "'true') to mean that text; a boolean truth column's values read as 'true' and 'false'"
+        )
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (int, float)):
+        return str(value)
+    return value
+
+
 class InputSpec(Strict):
     paths: list[str] = Field(min_length=1, description="Files, directories or globs; local or any pyarrow URI.")
     format: Literal["auto", "parquet", "jsonl", "openai-batch"] = "auto"
@@ -42,6 +58,28 @@ class InputSpec(Strict):
     label_column: str | None = Field(
         default=None, description="Ground-truth column: the run summary reports agreement with it."
     )
+    label_map: dict[str, str] | None = Field(
+        default=None,
+        description="Truth value (as text) -> the model's label it stands for, where the two name classes otherwise.",
+    )
+
+    @field_validator("label_map", mode="before")
+    @classmethod
+    def _label_map_as_text(cls, value: Any) -> Any:
+        """Keys and values as the agreement reads truth values: YAML's ``0:`` and ``true:`` are the texts "0" and
+        "true" (Arrow's cast of an integer or a boolean column), not errors."""
+        if not isinstance(value, dict):
+            return value
+        return {truth_key(k): truth_key(v) for k, v in value.items()}
+
+    @model_validator(mode="after")
+    def _label_map_needs_a_column(self) -> InputSpec:
+        if self.label_map is not None and self.label_column is None:
+            raise ValueError(
+                "label_map maps the values of input.label_column, which is not set; name the ground-truth column "
+                "(input.label_column) or remove label_map"
+            )
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -360,6 +398,8 @@ def hashed_settings(spec: dict[str, Any]) -> dict[str, Any]:
     errors = spec.get("errors") or {}
     relevant["errors"] = {name: errors[name] for name in ("too_long", "duplicate_ids") if name in errors}
     (relevant.get("input") or {}).pop("paths", None)
+    if (relevant.get("input") or {}).get("label_map", 0) is None:  # unset: outputs keep the hash they had before it
+        relevant["input"].pop("label_map")
     task = relevant.get("task") or {}
     if task.get("type") in GENERATION_TASKS:  # a left-out option hashes as the value it had before it was optional
         task.update({name: CONFIG_DEFAULTS[name] for name in CONFIG_DEFAULTS if task.get(name, 0) is None})

@@ -154,6 +154,19 @@ def test_a_truth_column_of_numbers_or_booleans_is_compared_as_the_runs_agreement
         assert result.metrics["truth_accuracy_reference"] == result.metrics["truth_accuracy_quantized"] == 1.0
 
 
+def test_the_check_reads_truth_labels_through_the_label_map_as_the_run_does(tiny_models):
+    """With input.label_map, the run's agreement reads a class number as the label it stands for; the fidelity check's
+    accuracies against the truth read it so too (they compared "0" with the model's names: 0.0 for both models). Every
+    row's truth is 0, mapped to each of the model's three labels in turn: each row is right under exactly one."""
+    sample = pa.table({"id": [f"r{i}" for i in range(6)], "text": SENTENCES[:6], "stars": [0] * 6})
+    accuracies = []
+    for label in ("negative", "neutral", "positive"):
+        spec = quantized_spec(tiny_models("classifier"), {"type": "text-classification"}, "dynamic-int8",
+                              input={"label_column": "stars", "label_map": {0: label}})
+        accuracies.append(measure(spec, sample).metrics["truth_accuracy_reference"])
+    assert sum(accuracies) == pytest.approx(1.0), accuracies
+
+
 def test_a_nan_truth_label_is_no_truth_label_in_the_check_either():
     """NaN in a float truth column (Polars and DuckDB keep it where pandas writes null) was the truth "nan", a
     disagreement on every such row, as the run's agreement counted it too; it is no truth label, as null is."""

@@ -14,7 +14,8 @@ import pytest
 from helpers import SENTENCES, make_spec, read_output, write_jsonl, write_parquet
 
 from pipelines.errors import PipelineError
-from pipelines.output.summary import render
+from pipelines.output.records import Agreement
+from pipelines.output.summary import agreement_line, render
 from pipelines.runner import run_job
 from pipelines.spec import spec_from_dict
 
@@ -150,6 +151,44 @@ def test_rows_without_a_truth_label_are_left_out_of_the_agreement(ray_session, t
     page = (tmp_path / "out" / "_report.html").read_text()
     assert said in page and "None" not in json.loads((tmp_path / "out" / "_run.json").read_text())["agreement"][
         "confusion"]
+
+
+def test_truth_labels_that_name_the_classes_otherwise_are_compared_through_the_label_map(ray_session, tiny_models,
+                                                                                        tmp_path):
+    """A truth column of class numbers (Hugging Face datasets keep a ClassLabel as integers; SST-2's 1 is positive)
+    against a model's label names: input.label_map says which label each number stands for. The agreement and its
+    confusion matrix read the truth through it; the output keeps the column as the input holds it; a value the map
+    does not name is compared as it is."""
+    classes = {"neg": 0, "pos": 1}
+    rows = [{"id": f"n{i:02d}", "text": SENTENCES[i % len(SENTENCES)], "label": classes["pos" if i % 2 else "neg"]}
+            for i in range(20)] + [{"id": "n99", "text": SENTENCES[0], "label": 7}]
+    write_parquet(tmp_path / "in" / "a.parquet", rows)
+    spec = job(tiny_models("nli"), {"type": "zero-shot-classification", "candidate_labels": ["pos", "neg"]},
+               [tmp_path / "in"], tmp_path, input={"label_column": "label", "label_map": {0: "neg", 1: "pos"}},
+               output={"prediction_prefix": "predicted_"})
+    summary = run_job(spec)
+    table = read_output(spec.output.path)
+    assert table.column("label").type == pa.int64() and sorted(table.column("label").to_pylist()) == sorted(
+        r["label"] for r in rows)
+    names = {0: "neg", 1: "pos"}
+    pairs = [(names.get(t, str(t)), p) for t, p in zip(table.column("label").to_pylist(),
+                                                       table.column("predicted_label").to_pylist())]
+    assert summary.agreement is not None and summary.agreement.rows == 21
+    assert set(summary.agreement.confusion) == {"neg", "pos", "7"}
+    assert summary.agreement.accuracy == pytest.approx(np.mean([t == p for t, p in pairs]), abs=1e-4)
+    assert "label_map" not in render(summary)
+
+
+def test_an_agreement_of_truth_values_that_are_no_label_of_the_model_says_so_and_how_to_map_them():
+    """Class numbers against label names agree on no row: 0.0% read as a model that gets every row wrong. The line (in
+    the terminal and on the report page, which show the same words) says that no truth value is one of the model's
+    labels, and names input.label_map; an agreement with any value in common says nothing more."""
+    numbers = Agreement(accuracy=0.0, rows=5, confusion={"0": {"NEGATIVE": 2, "POSITIVE": 1}, "1": {"POSITIVE": 2}})
+    said = agreement_line(numbers)
+    assert said.startswith("0.0% of the 5 rows with a truth label; no truth value is a label the model gave")
+    assert "(truth: 0, 1; predicted: NEGATIVE, POSITIVE)" in said and "input.label_map" in said
+    wrong = Agreement(accuracy=0.0, rows=2, confusion={"neg": {"pos": 1}, "pos": {"neg": 1}})
+    assert agreement_line(wrong) == "0.0% of the 2 rows with a truth label"
 
 
 def test_a_truth_column_arrow_reads_as_no_text_is_compared_as_text_not_the_end_of_the_job(ray_session, tiny_models,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.errors import PipelineError
-from pipelines.spec import load_spec, spec_from_dict
+from pipelines.spec import changed_settings, load_spec, spec_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -268,3 +268,29 @@ def test_candidate_labels_are_distinct_in_any_case(task):
     assert spec_from_dict(minimal(task__type=task, task__candidate_labels=["World", "Sports"])).task.candidate_labels
     assert spec_from_dict(minimal(task__type=task, task__candidate_labels=["É", "é"])).task  # DuckDB keeps both
 
+
+
+def test_a_label_map_reads_its_keys_as_the_agreement_reads_truth_values_and_counts_in_the_hash(tmp_path):
+    """input.label_map: YAML's ``0:`` and ``2.0:`` keys are the texts a class-number truth column reads as (Arrow's
+    cast), not a validation error; an unquoted ``yes`` (a YAML boolean) is refused, not read as ``true``; a map needs
+    the column it maps; an unset map leaves every output's hash as it was, and a set one changes it (the agreement is
+    a result), named among the changed settings."""
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text("input: {paths: [data], label_column: label, label_map: {0: NEGATIVE, 1: POSITIVE, 2.0: "
+                         "OTHER}}\nmodel: {name: minilm}\ntask: {type: text-classification}\n"
+                         "output: {path: out, prediction_prefix: predicted_}\n")
+    spec = load_spec(spec_file)
+    assert spec.input.label_map == {"0": "NEGATIVE", "1": "POSITIVE", "2": "OTHER"}
+    assert load_spec(spec_file, ["input.label_map={'true': 'yes', 'false': 'no'}"]).input.label_map == {
+        "true": "yes", "false": "no"}
+    with pytest.raises(PipelineError, match=r"true is a YAML boolean .* quote it \('yes'"):
+        load_spec(spec_file, ["input.label_map={1: yes}"])
+    with pytest.raises(PipelineError, match="label_map maps the values of input.label_column, which is not set"):
+        spec_from_dict(minimal(input__label_map={"0": "a"}))
+    plain = minimal(task={"type": "text-generation"}, model__name="smollm2")
+    assert spec_from_dict({**plain, "input": {"paths": ["data"], "label_map": None}}).fingerprint() == "91dfc980990c5401"
+    labeled = minimal(task={"type": "text-classification"}, input__label_column="truth")
+    mapped = minimal(task={"type": "text-classification"}, input__label_column="truth", input__label_map={"0": "a"})
+    assert spec_from_dict(labeled).fingerprint() != spec_from_dict(mapped).fingerprint()
+    changed = changed_settings(spec_from_dict(labeled).model_dump(mode="json"), spec_from_dict(mapped).model_dump(mode="json"))
+    assert any("input.label_map" in said for said in changed), changed

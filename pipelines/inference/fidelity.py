@@ -46,7 +46,7 @@ from pipelines.errors import PipelineError
 from pipelines.inference.predictor import Predictor, not_finite_rows
 from pipelines.io.block import ERROR
 from pipelines.output.records import Fidelity, cut, precision_label
-from pipelines.output.staging import has_truth, truth_text
+from pipelines.output.staging import has_truth, mapped, truth_text
 from pipelines.spec import JobSpec
 from pipelines.tasks.base import LabelTask
 from pipelines.tasks.options import (
@@ -127,9 +127,7 @@ def measure(spec: JobSpec, sample: pa.Table) -> Fidelity:
             "before a run, on an actor's resources), or set model.dtype bfloat16 or float16"
         )
     reference = predict(reference_spec(spec), sample)
-    truth = None
-    if spec.input.label_column and spec.input.label_column in sample.column_names:
-        truth = sample.column(spec.input.label_column).to_pylist()
+    truth = _truth(spec, sample)
     ids = sample.column(spec.input.id_column or "id").to_pylist()
     result = compare(spec.task, quantized, reference, ids, truth)
     result.quantization = _precision(spec, quantized)
@@ -140,9 +138,7 @@ def measure(spec: JobSpec, sample: pa.Table) -> Fidelity:
 def measure_against(reference: JobSpec, candidates: list[JobSpec], sample: pa.Table) -> list[tuple[JobSpec, Fidelity]]:
     """Score the sample once with ``reference``, then with each candidate in turn: each candidate's comparison,
     with the seconds it and the reference took on the sample (``predict_s``, ``reference_predict_s``)."""
-    truth = None
-    if reference.input.label_column and reference.input.label_column in sample.column_names:
-        truth = sample.column(reference.input.label_column).to_pylist()
+    truth = _truth(reference, sample)
     ids = sample.column(reference.input.id_column or "id").to_pylist()
     base = predict(reference, sample)
     results = []
@@ -250,6 +246,14 @@ def _mean(values: Sequence[float] | np.ndarray) -> float:
 def _short(value: Any) -> str:
     text = str(value)
     return text if len(text) <= PREVIEW else text[: PREVIEW - 1] + "…"
+
+
+def _truth(spec: JobSpec, sample: pa.Table) -> list[Any] | None:
+    """The sample's truth labels as the run's agreement reads them: as text, mapped by ``input.label_map``."""
+    column = spec.input.label_column
+    if not column or column not in sample.column_names:
+        return None
+    return mapped(_as_text(sample.column(column).to_pylist()), spec.input.label_map)
 
 
 def _examples(pair: Pair, q: list[Any], r: list[Any], same: list[bool]) -> list[dict[str, Any]]:

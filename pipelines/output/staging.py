@@ -153,6 +153,7 @@ class StagingConfig:
     shard_uris: dict[str, str] = field(default_factory=dict)
     truth_column: str | None = None
     predicted_column: str | None = None
+    truth_map: dict[str, str] | None = None  # input.label_map: a truth value (as text) -> the label it stands for
 
 
 def write_staged(batch: pa.Table, config: StagingConfig, actor_ready_at: float = 0.0) -> pa.Table:
@@ -241,7 +242,7 @@ def confusion(good: pa.Table, config: StagingConfig) -> Confusion:
     if not config.truth_column or not config.predicted_column or good.num_rows == 0:
         return {}
     good = good.filter(has_truth(good.column(config.truth_column)))
-    truth = truth_texts(good.column(config.truth_column))
+    truth = mapped(truth_texts(good.column(config.truth_column)), config.truth_map)
     predicted = good.column(config.predicted_column).cast(pa.string()).to_numpy(zero_copy_only=False)
     counts: Confusion = {}
     pairs = Counter(zip(truth, predicted.tolist()))
@@ -267,6 +268,14 @@ def truth_texts(truth: pa.Array | pa.ChunkedArray) -> list[str | None]:
         return truth.cast(pa.string()).to_pylist()
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         return [truth_text(value) for value in truth.to_pylist()]
+
+
+def mapped(truth: list[str | None], label_map: dict[str, str] | None) -> list[str | None]:
+    """Truth labels (as text) as the model's labels they stand for under ``input.label_map``; a value the map does not
+    name is compared as it is."""
+    if not label_map:
+        return truth
+    return [label_map.get(t, t) if t is not None else None for t in truth]
 
 
 def truth_text(value: Any) -> str | None:

@@ -113,8 +113,26 @@ def render(summary: RunSummary) -> str:
 
 
 def agreement_line(result: Agreement) -> str:
-    """Accuracy and over how many rows: those with a truth label (rows without one are left out)."""
-    return f"{result.accuracy:.1%} of the {result.rows:,} rows with a truth label"
+    """Accuracy and over how many rows: those with a truth label (rows without one are left out); where no truth
+    value is a label the model gave, that the two may name the classes otherwise (:func:`unmatched_truth`)."""
+    return f"{result.accuracy:.1%} of the {result.rows:,} rows with a truth label{unmatched_truth(result)}"
+
+
+def unmatched_truth(result: Agreement) -> str:
+    """Where no truth value is any label the model gave (a truth column of class numbers, ``0``, ``1``, against the
+    model's ``NEGATIVE``, ``POSITIVE``; or names in another case), a clause that says so and how to map them; else
+    nothing. An agreement of 0% is then no measure of the model."""
+    predicted = {label for row in result.confusion.values() for label in row}
+    if result.accuracy > 0 or not result.confusion or predicted & result.confusion.keys():
+        return ""
+
+    def some(values: set[str]) -> str:
+        shown = sorted(values)
+        return ", ".join(shown[:4]) + (", …" if len(shown) > 4 else "")
+
+    return (f"; no truth value is a label the model gave (truth: {some(set(result.confusion))}; predicted: "
+            f"{some(predicted)}): where they name the same classes otherwise, map them to the model's labels with "
+            "input.label_map")
 
 
 def fidelity_line(result: Fidelity) -> str:
