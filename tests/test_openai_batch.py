@@ -1040,6 +1040,23 @@ def test_a_failed_forward_is_a_server_error_and_a_line_without_custom_id_a_line_
     assert lost["error"] == {"code": "invalid_request_line", "message": "custom_id is missing (request 4 of in/a.jsonl, blank lines not counted)"}
 
 
+def test_an_embedding_the_model_computed_as_nan_is_a_server_error_not_the_requests_fault(tiny_models, tmp_path):
+    """A model whose float16 activations overflow embeds every input as NaN: the row is quarantined with a reason
+    that says to change model.dtype, a fault of the server, not of the request. Its error line was a 400
+    invalid_request_error, which tells a team to fix a request that was fine (and code that retries the API's 5xx
+    answers, as OpenAI advises, dropped it); it is a 500 server_error, as a failed forward is."""
+    from test_fidelity import build_overflowing_classifier
+
+    model = build_overflowing_classifier(tiny_models("classifier"), tmp_path / "overflowing")
+    spec = make_spec(model, {"type": "feature-extraction"}, input={"format": "openai-batch"})
+    spec.model.dtype = "float16"
+    got = answers(Predictor(spec), [embedding_line("fine", "The cat sat on the mat.")])
+    reason = got["fine"]["_error"]
+    assert reason is not None and reason.startswith("prediction is not a number"), reason
+    line = error_line({"shard": "in/a.jsonl", "row": 0, "id": "fine", "reason": reason, "preview": None})
+    assert line["response"]["status_code"] == 500 and line["response"]["body"]["error"]["type"] == "server_error"
+
+
 def test_the_custom_ids_of_an_output_file_are_read_without_parsing_its_answers(tmp_path, monkeypatch):
     """A run over an OpenAI Batch input reads the custom_ids of every committed output file when it starts (to name
     or refuse repeats): it parsed each line whole, answers and all, 8.7 s for 20,000 answers of 1,024-dimensional

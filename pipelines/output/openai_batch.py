@@ -10,7 +10,8 @@ per-request object ``{"id", "custom_id", "response", "error"}``:
   ``chat.completion`` body (choices, finish reasons, token usage) or an embeddings ``list``;
 * refused by this project (an option it can't honour, a malformed body, a prompt too long):
   ``response`` is ``{"status_code": 400, ..., "body": {"error": {"message": reason, "type":
-  "invalid_request_error", ...}}}``; a forward that failed is a 500 with ``"type": "server_error"``;
+  "invalid_request_error", ...}}}``; a forward that failed (or computed NaN) is a 500 with
+  ``"type": "server_error"``;
 * a line that is no request (not JSON, no ``custom_id``, a file that can't be read):
   ``response`` is null and ``error`` is ``{"code": "invalid_request_line", "message"}``.
 
@@ -29,8 +30,9 @@ from typing import Any, ClassVar, Literal
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-#: Reasons that mean the server failed, not the request (the predictor's wording).
-SERVER_ERRORS = ("forward failed", "out of memory")
+#: Reasons that mean the server failed, not the request (the predictor's wording): a forward that raised, ran out of
+#: memory, or computed a NaN or infinite prediction (a model whose float16 activations overflow; model.dtype fixes it).
+SERVER_ERRORS = ("forward failed", "out of memory", "prediction is not a number")
 
 
 @dataclass(frozen=True)
