@@ -802,3 +802,29 @@ def test_two_writers_of_a_page_at_once_each_write_a_whole_page(tmp_path, monkeyp
     page = (tmp_path / "_report.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>"), page[-200:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["_report.html"]
+
+
+def test_the_throughput_chart_counts_an_unreadable_files_rows_as_the_summary_does():
+    """An unreadable input file (errors.unreadable_files: quarantine) is one record standing for its rows, staged as
+    one block of one error: a Parquet file whose footer says 100 rows, beside 30 good rows, was 31 rows done on the
+    throughput chart where the summary, the rows chart and the per-shard timings said 130."""
+    from pipelines.output import report
+    from pipelines.output.records import CommitRecord, ModelRef, ShardInput, StagedBlock, Unreadable
+
+    def record(name: str, block: StagedBlock, rows_in: int, unreadable: Unreadable | None = None) -> CommitRecord:
+        return CommitRecord(shard=name, input=ShardInput(uri=f"/in/{name}", size=1), spec_hash="h",
+                            model=ModelRef(name="m"), rows_in=rows_in, rows=block.rows,
+                            errors=rows_in - block.rows, blocks=[block], committed_at=block.at + 0.1,
+                            unreadable=unreadable)
+
+    # as a run commits them (checked on a real run: the damaged file's block holds errors 1, its record rows_in 100)
+    damaged = Unreadable(uri="/in/dmg.parquet", reason="unreadable parquet file: bad thrift", rows=100, exact=True)
+    unknown = Unreadable(uri="/in/bad.jsonl.gz", reason="unreadable jsonl file: not gzip")
+    records = [record("dmg.parquet", StagedBlock(at=100.0, rows=0, errors=1), 100, damaged),
+               record("bad.jsonl.gz", StagedBlock(at=100.5, rows=0, errors=1), 0, unknown),
+               record("good.jsonl", StagedBlock(at=101.0, rows=30, errors=0, tokens=90, padded=100), 30)]
+    figure = report.throughput_chart(report.RunData("/out", None, None, records))
+    assert figure is not None
+    bars, done = figure.data
+    assert list(done.y)[-1] == 130 == sum(r.rows_in for r in records)
+    assert sum(bars.y) * bars.width / 0.9 == pytest.approx(130)

@@ -36,7 +36,15 @@ from pipelines.io.shards import resolve
 from pipelines.output import layout
 from pipelines.output.layout import COMMITS, JOB, LEDGER, PARTITION, READERS, REPORT, RUN, SUPERSEDED
 from pipelines.output.openai_batch import OpenAIBatchFiles
-from pipelines.output.records import CommitRecord, Fidelity, JobRecord, RunSummary, cut, precision_label
+from pipelines.output.records import (
+    CommitRecord,
+    Fidelity,
+    JobRecord,
+    RunSummary,
+    StagedBlock,
+    cut,
+    precision_label,
+)
 from pipelines.output.summary import agreement_line, fidelity_line, precision_said
 
 log = logging.getLogger(__name__)
@@ -181,7 +189,7 @@ def _read_part(fs: pafs.FileSystem, path: str, columns: list[str]) -> tuple[pa.T
 
 def throughput_chart(data: RunData) -> go.Figure | None:
     """Rows per second over the run, in time buckets, and rows done so far."""
-    blocks = sorted((b.at - data.t0(), b.rows + b.errors) for c in data.this_run() for b in c.blocks)
+    blocks = sorted((b.at - data.t0(), n) for c in data.this_run() for b, n in _block_rows(c))
     if not blocks:
         return None
     times = np.array([t for t, _ in blocks])
@@ -200,6 +208,15 @@ def throughput_chart(data: RunData) -> go.Figure | None:
         yaxis2={"title": "rows done", "overlaying": "y", "side": "right", "rangemode": "tozero"},
     )
     return figure
+
+
+def _block_rows(record: CommitRecord) -> list[tuple[StagedBlock, int]]:
+    """Each staged block of a shard with the rows it stands for. An unreadable input file's one block is one error
+    record, which stands for the file's rows as many as can be told (``rows_in``, 0 where unknown), as the summary
+    counts them: counted as one, a Parquet file whose footer says 100 rows was 1 row done on the chart."""
+    if record.unreadable is not None:
+        return [(b, record.rows_in if i == 0 else 0) for i, b in enumerate(record.blocks)]
+    return [(b, b.rows + b.errors) for b in record.blocks]
 
 
 def padding_chart(data: RunData) -> go.Figure | None:
