@@ -828,3 +828,33 @@ def test_the_throughput_chart_counts_an_unreadable_files_rows_as_the_summary_doe
     bars, done = figure.data
     assert list(done.y)[-1] == 130 == sum(r.rows_in for r in records)
     assert sum(bars.y) * bars.width / 0.9 == pytest.approx(130)
+
+
+def test_labels_that_look_like_dates_are_drawn_as_labels(browser, tmp_path):
+    """Plotly takes text that reads as a date for a date: labels such as '2024-01' made the label chart's axis a
+    time line, where the label 'other' beside them had no bar (0 pixels wide) and no label was named, and the
+    confusion matrix's axes ran from 'Jan 2000' with no cell of a label named."""
+    from collections import Counter
+
+    from pipelines.output import report
+    from pipelines.output.records import Agreement, ModelRef, RunSummary
+
+    names = ["2024-01", "2024-02", "other"]
+    confusion = {"2024-01": {"2024-01": 3, "other": 1}, "2024-02": {"2024-02": 2}, "other": {"other": 2}}
+    summary = RunSummary(status="succeeded", spec_hash="h", model=ModelRef(name="m"), quantization="none",
+                         device="cpu", task="text-classification", shards=1, shards_this_run=1, rows_in=8, rows_out=8,
+                         errors=0, error_rate=0.0, agreement=Agreement(accuracy=0.875, rows=8, confusion=confusion))
+    page = tmp_path / "_report.html"
+    page.write_text(report.run_page(report.RunData(str(tmp_path), summary, None, [],
+                                                   labels=Counter({"2024-01": 4, "other": 2, "2024-02": 2}))))
+    tab = browser.new_page()
+    tab.goto(page.as_uri(), wait_until="load")
+    tab.wait_for_function("() => document.querySelector('div.chart[data-chart=confusion] svg.main-svg')")
+    ticks = {f"{key} {axis}": tab.evaluate(f"() => [...document.querySelectorAll("
+                                           f"'div.chart[data-chart={key}] .{axis}tick text')].map(t => t.textContent)")
+             for key, axis in (("labels", "x"), ("confusion", "x"), ("confusion", "y"))}
+    widths = tab.evaluate("() => [...document.querySelectorAll('div.chart[data-chart=labels] g.point path')]"
+                          ".map(p => p.getBoundingClientRect().width)")
+    tab.close()
+    assert {key: sorted(found) for key, found in ticks.items()} == dict.fromkeys(ticks, names), ticks
+    assert len(widths) == 3 and min(widths) > 10, widths

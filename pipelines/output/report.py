@@ -280,7 +280,9 @@ def label_chart(data: RunData) -> go.Figure | None:
         return None
     ranked = data.labels.most_common()
     counts = [n for _, n in ranked]
-    return go.Figure(go.Bar(x=[plain(str(k)) for k, _ in ranked], y=counts, text=counts))
+    figure = go.Figure(go.Bar(x=[plain(str(k)) for k, _ in ranked], y=counts, text=counts))
+    figure.update_layout(xaxis={"type": "category"})  # labels as named: Plotly takes '2024-01' for a date
+    return figure
 
 
 def score_chart(data: RunData) -> go.Figure | None:
@@ -303,7 +305,8 @@ def confusion_chart(data: RunData) -> go.Figure | None:
     z = [[matrix[t].get(p, 0) for p in predicted] for t in truths]
     figure = go.Figure(go.Heatmap(z=z, x=[plain(p) for p in predicted], y=[plain(t) for t in truths],
                                   colorscale="Blues", text=z, texttemplate="%{text}"))
-    figure.update_layout(xaxis_title="predicted", yaxis={"title": "ground truth", "autorange": "reversed"})
+    figure.update_layout(xaxis={"title": "predicted", "type": "category"},
+                         yaxis={"title": "ground truth", "autorange": "reversed", "type": "category"})
     return figure
 
 
