@@ -858,3 +858,32 @@ def test_labels_that_look_like_dates_are_drawn_as_labels(browser, tmp_path):
     tab.close()
     assert {key: sorted(found) for key, found in ticks.items()} == dict.fromkeys(ticks, names), ticks
     assert len(widths) == 3 and min(widths) > 10, widths
+
+
+def test_a_job_that_wrote_no_rows_says_so_not_that_its_task_has_no_label_column(tmp_path):
+    """A zero-shot job with a ground-truth column whose input files held no rows (or whose every row was quarantined)
+    got a page saying "No label column in this task's output.", "No score column ..." and "No ground truth
+    (input.label_column) in this job.": three false reasons, where the task writes both columns and the job names
+    its truth column; none was drawn because no row was written."""
+    from helpers import make_spec
+
+    from pipelines.output import report
+    from pipelines.output.records import CommitRecord, JobRecord, ModelRef, RunSummary, ShardInput
+
+    spec = make_spec("m", {"type": "zero-shot-classification", "candidate_labels": ["World", "Sports"]}, tmp_path,
+                     input={"label_column": "label"}, output={"prediction_prefix": "predicted_"})
+    job = JobRecord(name=None, spec_hash="h", model=ModelRef(name="m"), quantization="none", device="cpu",
+                    task="zero-shot-classification", spec=spec.model_dump(mode="json"))
+    empty = CommitRecord(shard="s", input=ShardInput(uri="/in/empty.jsonl", size=0), spec_hash="h",
+                         model=ModelRef(name="m"), rows_in=0, rows=0, errors=0, committed_at=101.0)
+    quarantined = empty.model_copy(update={"rows_in": 3, "errors": 3, "reasons": {"text is null": 3}})
+    summary = RunSummary(status="succeeded", spec_hash="h", model=ModelRef(name="m"), quantization="none",
+                         device="cpu", task="zero-shot-classification", shards=1, shards_this_run=1, rows_in=0,
+                         rows_out=0, errors=0, error_rate=0.0, tokens=0, padded=0, started_at=100.0, wall_s=1.0)
+    for record, why in ((empty, "No rows written: the 1 shard(s) committed hold no rows"),
+                        (quarantined, "No rows written: every row of the 1 shard(s) committed was quarantined.")):
+        page = report.run_page(report.RunData(str(tmp_path), summary, job, [record]))
+        assert "No label column" not in page and "No score column" not in page and "No ground truth" not in page
+        assert page.count(why) == 3  # labels, scores, confusion matrix
+    page = report.run_page(report.RunData(str(tmp_path), summary, job, []))
+    assert page.count("No shard is committed yet.") == 7  # every chart but the fidelity check's
