@@ -802,3 +802,88 @@ def test_two_writers_of_a_page_at_once_each_write_a_whole_page(tmp_path, monkeyp
     page = (tmp_path / "_report.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>"), page[-200:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["_report.html"]
+
+
+def test_the_throughput_chart_counts_an_unreadable_files_rows_as_the_summary_does():
+    """An unreadable input file (errors.unreadable_files: quarantine) is one record standing for its rows, staged as
+    one block of one error: a Parquet file whose footer says 100 rows, beside 30 good rows, was 31 rows done on the
+    throughput chart where the summary, the rows chart and the per-shard timings said 130."""
+    from pipelines.output import report
+    from pipelines.output.records import CommitRecord, ModelRef, ShardInput, StagedBlock, Unreadable
+
+    def record(name: str, block: StagedBlock, rows_in: int, unreadable: Unreadable | None = None) -> CommitRecord:
+        return CommitRecord(shard=name, input=ShardInput(uri=f"/in/{name}", size=1), spec_hash="h",
+                            model=ModelRef(name="m"), rows_in=rows_in, rows=block.rows,
+                            errors=rows_in - block.rows, blocks=[block], committed_at=block.at + 0.1,
+                            unreadable=unreadable)
+
+    # as a run commits them (checked on a real run: the damaged file's block holds errors 1, its record rows_in 100)
+    damaged = Unreadable(uri="/in/dmg.parquet", reason="unreadable parquet file: bad thrift", rows=100, exact=True)
+    unknown = Unreadable(uri="/in/bad.jsonl.gz", reason="unreadable jsonl file: not gzip")
+    records = [record("dmg.parquet", StagedBlock(at=100.0, rows=0, errors=1), 100, damaged),
+               record("bad.jsonl.gz", StagedBlock(at=100.5, rows=0, errors=1), 0, unknown),
+               record("good.jsonl", StagedBlock(at=101.0, rows=30, errors=0, tokens=90, padded=100), 30)]
+    figure = report.throughput_chart(report.RunData("/out", None, None, records))
+    assert figure is not None
+    bars, done = figure.data
+    assert list(done.y)[-1] == 130 == sum(r.rows_in for r in records)
+    assert sum(bars.y) * bars.width / 0.9 == pytest.approx(130)
+
+
+def test_labels_that_look_like_dates_are_drawn_as_labels(browser, tmp_path):
+    """Plotly takes text that reads as a date for a date: labels such as '2024-01' made the label chart's axis a
+    time line, where the label 'other' beside them had no bar (0 pixels wide) and no label was named, and the
+    confusion matrix's axes ran from 'Jan 2000' with no cell of a label named."""
+    from collections import Counter
+
+    from pipelines.output import report
+    from pipelines.output.records import Agreement, ModelRef, RunSummary
+
+    names = ["2024-01", "2024-02", "other"]
+    confusion = {"2024-01": {"2024-01": 3, "other": 1}, "2024-02": {"2024-02": 2}, "other": {"other": 2}}
+    summary = RunSummary(status="succeeded", spec_hash="h", model=ModelRef(name="m"), quantization="none",
+                         device="cpu", task="text-classification", shards=1, shards_this_run=1, rows_in=8, rows_out=8,
+                         errors=0, error_rate=0.0, agreement=Agreement(accuracy=0.875, rows=8, confusion=confusion))
+    page = tmp_path / "_report.html"
+    page.write_text(report.run_page(report.RunData(str(tmp_path), summary, None, [],
+                                                   labels=Counter({"2024-01": 4, "other": 2, "2024-02": 2}))))
+    tab = browser.new_page()
+    tab.goto(page.as_uri(), wait_until="load")
+    tab.wait_for_function("() => document.querySelector('div.chart[data-chart=confusion] svg.main-svg')")
+    ticks = {f"{key} {axis}": tab.evaluate(f"() => [...document.querySelectorAll("
+                                           f"'div.chart[data-chart={key}] .{axis}tick text')].map(t => t.textContent)")
+             for key, axis in (("labels", "x"), ("confusion", "x"), ("confusion", "y"))}
+    widths = tab.evaluate("() => [...document.querySelectorAll('div.chart[data-chart=labels] g.point path')]"
+                          ".map(p => p.getBoundingClientRect().width)")
+    tab.close()
+    assert {key: sorted(found) for key, found in ticks.items()} == dict.fromkeys(ticks, names), ticks
+    assert len(widths) == 3 and min(widths) > 10, widths
+
+
+def test_a_job_that_wrote_no_rows_says_so_not_that_its_task_has_no_label_column(tmp_path):
+    """A zero-shot job with a ground-truth column whose input files held no rows (or whose every row was quarantined)
+    got a page saying "No label column in this task's output.", "No score column ..." and "No ground truth
+    (input.label_column) in this job.": three false reasons, where the task writes both columns and the job names
+    its truth column; none was drawn because no row was written."""
+    from helpers import make_spec
+
+    from pipelines.output import report
+    from pipelines.output.records import CommitRecord, JobRecord, ModelRef, RunSummary, ShardInput
+
+    spec = make_spec("m", {"type": "zero-shot-classification", "candidate_labels": ["World", "Sports"]}, tmp_path,
+                     input={"label_column": "label"}, output={"prediction_prefix": "predicted_"})
+    job = JobRecord(name=None, spec_hash="h", model=ModelRef(name="m"), quantization="none", device="cpu",
+                    task="zero-shot-classification", spec=spec.model_dump(mode="json"))
+    empty = CommitRecord(shard="s", input=ShardInput(uri="/in/empty.jsonl", size=0), spec_hash="h",
+                         model=ModelRef(name="m"), rows_in=0, rows=0, errors=0, committed_at=101.0)
+    quarantined = empty.model_copy(update={"rows_in": 3, "errors": 3, "reasons": {"text is null": 3}})
+    summary = RunSummary(status="succeeded", spec_hash="h", model=ModelRef(name="m"), quantization="none",
+                         device="cpu", task="zero-shot-classification", shards=1, shards_this_run=1, rows_in=0,
+                         rows_out=0, errors=0, error_rate=0.0, tokens=0, padded=0, started_at=100.0, wall_s=1.0)
+    for record, why in ((empty, "No rows written: the 1 shard(s) committed hold no rows"),
+                        (quarantined, "No rows written: every row of the 1 shard(s) committed was quarantined.")):
+        page = report.run_page(report.RunData(str(tmp_path), summary, job, [record]))
+        assert "No label column" not in page and "No score column" not in page and "No ground truth" not in page
+        assert page.count(why) == 3  # labels, scores, confusion matrix
+    page = report.run_page(report.RunData(str(tmp_path), summary, job, []))
+    assert page.count("No shard is committed yet.") == 7  # every chart but the fidelity check's

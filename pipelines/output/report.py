@@ -31,12 +31,20 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from plotly.offline import get_plotlyjs
 
-from pipelines.errors import first_line
+from pipelines.errors import PipelineError, first_line
 from pipelines.io.shards import resolve
 from pipelines.output import layout
 from pipelines.output.layout import COMMITS, JOB, LEDGER, PARTITION, READERS, REPORT, RUN, SUPERSEDED
 from pipelines.output.openai_batch import OpenAIBatchFiles
-from pipelines.output.records import CommitRecord, Fidelity, JobRecord, RunSummary, cut, precision_label
+from pipelines.output.records import (
+    CommitRecord,
+    Fidelity,
+    JobRecord,
+    RunSummary,
+    StagedBlock,
+    cut,
+    precision_label,
+)
 from pipelines.output.summary import agreement_line, fidelity_line, precision_said
 
 log = logging.getLogger(__name__)
@@ -181,7 +189,7 @@ def _read_part(fs: pafs.FileSystem, path: str, columns: list[str]) -> tuple[pa.T
 
 def throughput_chart(data: RunData) -> go.Figure | None:
     """Rows per second over the run, in time buckets, and rows done so far."""
-    blocks = sorted((b.at - data.t0(), b.rows + b.errors) for c in data.this_run() for b in c.blocks)
+    blocks = sorted((b.at - data.t0(), n) for c in data.this_run() for b, n in _block_rows(c))
     if not blocks:
         return None
     times = np.array([t for t, _ in blocks])
@@ -200,6 +208,15 @@ def throughput_chart(data: RunData) -> go.Figure | None:
         yaxis2={"title": "rows done", "overlaying": "y", "side": "right", "rangemode": "tozero"},
     )
     return figure
+
+
+def _block_rows(record: CommitRecord) -> list[tuple[StagedBlock, int]]:
+    """Each staged block of a shard with the rows it stands for. An unreadable input file's one block is one error
+    record, which stands for the file's rows as many as can be told (``rows_in``, 0 where unknown), as the summary
+    counts them: counted as one, a Parquet file whose footer says 100 rows was 1 row done on the chart."""
+    if record.unreadable is not None:
+        return [(b, record.rows_in if i == 0 else 0) for i, b in enumerate(record.blocks)]
+    return [(b, b.rows + b.errors) for b in record.blocks]
 
 
 def padding_chart(data: RunData) -> go.Figure | None:
@@ -263,7 +280,9 @@ def label_chart(data: RunData) -> go.Figure | None:
         return None
     ranked = data.labels.most_common()
     counts = [n for _, n in ranked]
-    return go.Figure(go.Bar(x=[plain(str(k)) for k, _ in ranked], y=counts, text=counts))
+    figure = go.Figure(go.Bar(x=[plain(str(k)) for k, _ in ranked], y=counts, text=counts))
+    figure.update_layout(xaxis={"type": "category"})  # labels as named: Plotly takes '2024-01' for a date
+    return figure
 
 
 def score_chart(data: RunData) -> go.Figure | None:
@@ -286,7 +305,8 @@ def confusion_chart(data: RunData) -> go.Figure | None:
     z = [[matrix[t].get(p, 0) for p in predicted] for t in truths]
     figure = go.Figure(go.Heatmap(z=z, x=[plain(p) for p in predicted], y=[plain(t) for t in truths],
                                   colorscale="Blues", text=z, texttemplate="%{text}"))
-    figure.update_layout(xaxis_title="predicted", yaxis={"title": "ground truth", "autorange": "reversed"})
+    figure.update_layout(xaxis={"title": "predicted", "type": "category"},
+                         yaxis={"title": "ground truth", "autorange": "reversed", "type": "category"})
     return figure
 
 
@@ -337,9 +357,9 @@ def run_page(data: RunData) -> str:
         ("padding", "Padding efficiency", padding_chart(data), idle or _no_rows(mine, "tokenized", "count no token")),
         ("rows", "Rows and errors by reason", rows_chart(data), _no_rows(data.commits, "committed", "count none")),
         ("shards", "Per-shard timings", shard_chart(data), idle),
-        ("labels", "Label distribution", label_chart(data), _no_column(data, "No label column")),
-        ("scores", "Score histogram", score_chart(data), _no_column(data, "No score column")),
-        ("confusion", "Confusion matrix", confusion_chart(data), "No ground truth (input.label_column) in this job."),
+        ("labels", "Label distribution", label_chart(data), _no_column(data, "label", "No label column")),
+        ("scores", "Score histogram", score_chart(data), _no_column(data, "score", "No score column")),
+        ("confusion", "Confusion matrix", confusion_chart(data), _no_confusion(data)),
         ("fidelity", "Quantization fidelity", fidelity_chart(data), _no_fidelity(summary)),
     ]
     body = [f"<h1>{_e(title)}</h1>", _facts(summary, data)]
@@ -379,10 +399,43 @@ def _no_rows(commits: list[CommitRecord], what: str, otherwise: str) -> str:
     return f"Nothing to draw: the commit records of the {len(commits):,} shard(s) committed {otherwise}."
 
 
-def _no_column(data: RunData, missing: str) -> str:
+def _no_column(data: RunData, name: str, missing: str) -> str:
+    """Why the chart of the predicted ``name`` column is empty: the task has no such column, or no row of it is
+    written (none committed, empty input files, every row quarantined), or its part files did not read."""
     if data.openai_batch():
         return "An OpenAI Batch output has no label or score column."
+    if _predicts(data, name):
+        return _no_written(data) or (f"No {name} read: the part files could not be read (named above)." if
+                                     data.unread else f"No {name} in the part files of this output.")
     return f"{missing} in this task's output."
+
+
+def _no_confusion(data: RunData) -> str:
+    """Why there is no confusion matrix: the job names no ground truth, or no row written has a truth value."""
+    column = ((data.job.spec if data.job else {}).get("input") or {}).get("label_column")
+    if not column:
+        return "No ground truth (input.label_column) in this job."
+    if data.summary is None:
+        return (f"No run summary (_run.json) yet: the confusion matrix against the ground truth ({column}) is the "
+                "summary's, written when the run ends.")
+    return _no_written(data) or f"No row written has a ground-truth value in its input.label_column ({column})."
+
+
+def _no_written(data: RunData) -> str:
+    """Why no row is written ("" where some are): nothing committed, empty input files, every row quarantined."""
+    if data.commits and sum(c.rows for c in data.commits):
+        return ""
+    return _no_rows(data.commits, "written", "count none")
+
+
+def _predicts(data: RunData, name: str) -> bool:
+    """Whether the job's task writes the prediction column ``name`` (False where the job's record does not tell)."""
+    from pipelines.spec import JobSpec
+
+    try:
+        return name in JobSpec.model_validate(data.job.spec).task.output_names() if data.job else False
+    except (ValueError, PipelineError):  # a record another version wrote: not told
+        return False
 
 
 def _no_fidelity(summary: RunSummary | None) -> str:
