@@ -10,7 +10,7 @@ from pipelines.planning.records import Estimate, Fit, Plan, TokenPlan
 
 COUNTED_BY = {
     "footer": "parquet footer",
-    "counted": "lines counted",
+    "counted": "rows counted",  # lines, or a JSON array's elements: each a row
     "estimated": "estimated",
     "unreadable": "unreadable",
 }
