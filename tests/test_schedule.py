@@ -1714,6 +1714,22 @@ def test_a_failing_runs_file_is_not_taken_from_another_folder_under_its_name(tmp
     assert plan.state == "refused" and re.search(refused, plan.note)
 
 
+def test_a_tick_with_nothing_new_counts_a_failing_runs_unscored_file_as_held_not_as_scored(tmp_path):
+    """A run that keeps failing over bad-0.jsonl (an unreadable file) holds it; the next tick's empty line said `no
+    new input (3 shard(s) scored already; 3 held by unfinished run(s))`, which `pipelines runs` and the command's
+    last line show: the file that no run could read counted as scored. Those held are told apart now."""
+    runner, model = Committing(), fake_model(tmp_path)
+    spec = make_job(tmp_path, model)
+    add_shard(tmp_path, "a.jsonl", rows("a", 2))
+    add_shard(tmp_path, "bad-0.jsonl", rows("b", 2))
+    add_shard(tmp_path, "c.jsonl", rows("c", 2))
+    assert run_due(spec, now=day(1, hours=0.01), runner=runner).failures
+    empty = [e for e in run_due(spec, now=day(2, hours=0.01), runner=runner).entries if e.status == "empty"]
+    assert [e.note for e in empty] == [
+        "no new input (0 shard(s) scored already; 3 held by unfinished run 2026-11-28T02:00:00Z, "
+        "which is to finish them: 1 not committed yet)"]
+
+
 def test_a_tick_with_nothing_new_still_warns_of_gone_input(tmp_path, caplog):
     """The README says a gone shard is warned about at each tick; only a tick that ran something did."""
     runner, model = Committing(), fake_model(tmp_path)
