@@ -181,8 +181,9 @@ def ready_to_run(spec: JobSpec, address: str | None) -> None:
     connect(address, spec)
 
 
-def build_dataset(spec: JobSpec, shards: list[Shard], columns: Columns):
-    """The lazy Ray dataset: read → predict on the actor pool → stage; yields writer reports."""
+def build_dataset(spec: JobSpec, shards: list[Shard], columns: Columns, files: dict[str, str] | None = None):
+    """The lazy Ray dataset: read → predict on the actor pool → stage; yields writer reports. ``files``: the model
+    files the run began with, which each actor checks it loaded (:func:`same_files_as_begun`)."""
     import ray
 
     from pipelines.io.datasource import ShardDatasource
@@ -199,7 +200,9 @@ def build_dataset(spec: JobSpec, shards: list[Shard], columns: Columns):
     dataset = ray.data.read_datasource(ShardDatasource(shards, columns), num_cpus=IO_CPUS, concurrency=high)
     return dataset.map_batches(
         PredictAndStage,
-        fn_constructor_kwargs={"spec": worker_spec(spec), "staging": staging_config(spec, shards)},
+        fn_constructor_kwargs={
+            "spec": worker_spec(spec), "staging": staging_config(spec, shards), "model_files": files,
+        },
         compute=ray.data.ActorPoolStrategy(
             min_size=low,
             max_size=high,
@@ -231,11 +234,12 @@ class PredictAndStage:
     the model thread runs another's forwards, which stay one batch at a time.
     """
 
-    def __init__(self, spec: dict[str, Any], staging: StagingConfig) -> None:
+    def __init__(self, spec: dict[str, Any], staging: StagingConfig, model_files: dict[str, str] | None = None) -> None:
         from pipelines.inference.predictor import Predictor
 
         self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predictor")
         self.predictor = self.model_thread.submit(Predictor, spec).result()
+        same_files_as_begun(spec, model_files)
         self.staging = staging
         self.ready_at = time.time()
 
@@ -247,6 +251,33 @@ class PredictAndStage:
         finished = self.predictor.finish(pending)
         with writing(self.staging.output):  # a full disk: the driver's one line (see errors.from_ray)
             return write_staged(finished, self.staging, actor_ready_at=self.ready_at)
+
+
+def same_files_as_begun(spec: dict[str, Any], began: dict[str, str] | None) -> None:
+    """Refuse (PipelineError) to score with a local model folder whose files are not those the run began with
+    (``began``: the driver's :func:`~pipelines.inference.identity.model_files`, recorded in ``_job.json``): an actor
+    started later in the run (a pool that grows, one Ray restarts) loads what the folder holds then, and a model
+    saved into it meanwhile would score the rest of the shards. Told by names, sizes and times, the content hashed
+    again only where those changed; nothing is checked for a built-in alias, where the driver knew no content, or
+    where this node has no such folder."""
+    from pipelines.inference.aliases import ALIASES, resolve_name
+    from pipelines.spec import ModelSpec
+
+    if not began or not began.get("content") or str(spec["model"]["name"]).lower() in ALIASES:
+        return  # an alias: an installed package's files, not saved again while a run runs
+    model = ModelSpec(**spec["model"])
+    if not Path(resolve_name(model)).is_dir():
+        return
+    now = model_files(model, began)
+    if identity_changed(began, now):
+        assert now is not None
+        raise PipelineError(
+            f"model.name {model.name}: its files changed since this run began (content {began['content']}, now "
+            f"{now['content']}): a model saved into the folder meanwhile would score the rest of the shards beside "
+            "the earlier model's, so this run stops here (the shards it committed were scored by the earlier files). "
+            "Run the same command again once the folder holds the model to score with: an output with committed "
+            "shards then asks for --overwrite, or for the earlier files back"
+        )
 
 
 @dataclass
@@ -629,7 +660,7 @@ def execute(
     done: dict[str, CommitRecord] = {}
     failed: list[UnreadableShard] = []
     columns = replace(columns_of(spec), keep_types=tuple(decode_types(job.column_types or "").items()))
-    dataset = build_dataset(spec, pending, columns)
+    dataset = build_dataset(spec, pending, columns, job.model_files)
     screen = None
     if spec.errors.duplicate_ids == "error" or spec.input.format == "openai-batch":  # keep: repeats named at the end
         screen = DuplicateIds(output.fs, output.root, spec.input.id_column or "id", list(output.commits().values()),

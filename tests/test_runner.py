@@ -291,3 +291,23 @@ def test_redo_changed_looks_up_the_changed_files_once_not_once_per_shard(monkeyp
     pending, committed = runner._pending(Output(), None, shards, True, prune=False, dry=True, redo_changed=True)
     assert pending == shards and committed == {}
     assert len(walked) <= 2, len(walked)
+
+
+def test_an_actor_that_finds_the_model_folder_saved_again_since_the_run_began_refuses_to_score(tiny_models, tmp_path):
+    """The driver hashes the model folder once, at the start, and refuses a resume whose files changed; but an actor
+    that starts later (a pool growing to compute.max, one Ray restarts after a node is lost) loaded whatever the
+    folder held then: a model retrained and saved into it meanwhile scored the rest of the run's shards, beside the
+    earlier model's, in one output whose _job.json names the earlier files. Such an actor now refuses to score."""
+    from pipelines.cluster.connect import worker_spec
+    from pipelines.inference.identity import model_files
+    from pipelines.runner import PredictAndStage, staging_config
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_models("classifier"), model)
+    spec = make_spec(str(model), {"type": "text-classification"}, tmp_path / "out")
+    began = model_files(spec.model)
+    PredictAndStage(worker_spec(spec), staging_config(spec, []), model_files=began)  # the same files: it scores
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "label2id": {**config["label2id"]}}, indent=1))
+    with pytest.raises(PipelineError, match=r"model.name .*model: its files changed since this run began"):
+        PredictAndStage(worker_spec(spec), staging_config(spec, []), model_files=began)

@@ -1647,6 +1647,46 @@ def test_a_file_in_another_folder_under_a_scored_files_name_is_refused_not_taken
     assert sorted(all_ids(tmp_path)) == ["d2_0", "d2_1"]
 
 
+def test_a_file_under_a_latest_link_moved_to_another_folder_is_refused_as_one_in_another_folder_is(tmp_path):
+    """`input.paths: [landing/latest]`, a link that the export moves to each night's folder (`ln -sfn 2026-11-29
+    landing/latest`): the same string at every tick, so the night's part-0.jsonl had the scored file's name *and* its
+    path, and was taken for its new version; the night before's rows moved to _superseded/ though their file is still
+    there (its other files stayed, as gone input). Refused, as with `landing/{{ ds }}`, by the tick and by `pipelines
+    plan`, naming the folder the link pointed to; a file whose link points to the same folder (a new version written
+    in place) or that the export deleted is a new version, as before."""
+    from pipelines.io.shards import list_shards
+    from pipelines.planning.inputs import survey
+    from pipelines.planning.progress import output_plan
+
+    runner, model = Committing(digests=True), fake_model(tmp_path)
+    raw = raw_job(tmp_path, model)
+    raw["input"]["paths"] = [str(tmp_path / "landing" / "latest")]
+    spec = spec_from_dict(raw)
+    latest = tmp_path / "landing" / "latest"
+    write_jsonl(tmp_path / "landing" / "2026-11-28" / "part-0.jsonl", rows("d1_", 3))
+    latest.symlink_to("2026-11-28")
+    run_due(spec, now=day(1, hours=0.01), runner=runner)
+    write_jsonl(tmp_path / "landing" / "2026-11-29" / "part-0.jsonl", rows("d2_", 2))
+    latest.unlink()
+    latest.symlink_to("2026-11-29")
+    refused = r"latest/part-0.jsonl has the name of .*landing/2026-11-28/part-0.jsonl.* still there"
+    with pytest.raises(PipelineError, match=refused):
+        run_due(spec, now=day(2, hours=0.01), runner=runner)
+    assert sorted(all_ids(tmp_path)) == ["d1_0", "d1_1", "d1_2"]  # the night before's rows stay
+    assert [e["status"] for e in ledger(tmp_path)] == ["running", "succeeded"]  # no tick recorded: tried again
+    shards = list_shards(spec.input.paths, spec.input.format, empty_is_no_input=True)
+    plan = output_plan(spec, shards, survey(shards))
+    assert plan.state == "refused" and re.search(refused, plan.note)
+
+    (tmp_path / "landing" / "2026-11-28" / "part-0.jsonl").unlink()  # the export deleted it: a new version
+    [entry] = run_due(spec, now=day(2, hours=0.02), runner=runner).entries
+    assert entry.status == "succeeded" and list(entry.replaces.values()) == ["2026-11-28T02:00:00Z"]
+    assert sorted(all_ids(tmp_path)) == ["d2_0", "d2_1"]
+    write_jsonl(tmp_path / "landing" / "2026-11-29" / "part-0.jsonl", rows("d3_", 4))  # rewritten in place
+    [entry] = run_due(spec, now=day(3, hours=0.01), runner=runner).entries
+    assert entry.status == "succeeded" and sorted(all_ids(tmp_path)) == ["d3_0", "d3_1", "d3_2", "d3_3"]
+
+
 def test_a_failing_runs_file_is_not_taken_from_another_folder_under_its_name(tmp_path):
     """The same with a run that keeps failing: its resume took the night after's bad-0.jsonl, in another folder, for
     the file it had planned under that name, and scored it into its partition in that file's place."""
@@ -1672,6 +1712,22 @@ def test_a_failing_runs_file_is_not_taken_from_another_folder_under_its_name(tmp
     shards = list_shards(spec.input.paths, spec.input.format, empty_is_no_input=True)
     plan = output_plan(spec, shards, survey(shards))
     assert plan.state == "refused" and re.search(refused, plan.note)
+
+
+def test_a_tick_with_nothing_new_counts_a_failing_runs_unscored_file_as_held_not_as_scored(tmp_path):
+    """A run that keeps failing over bad-0.jsonl (an unreadable file) holds it; the next tick's empty line said `no
+    new input (3 shard(s) scored already; 3 held by unfinished run(s))`, which `pipelines runs` and the command's
+    last line show: the file that no run could read counted as scored. Those held are told apart now."""
+    runner, model = Committing(), fake_model(tmp_path)
+    spec = make_job(tmp_path, model)
+    add_shard(tmp_path, "a.jsonl", rows("a", 2))
+    add_shard(tmp_path, "bad-0.jsonl", rows("b", 2))
+    add_shard(tmp_path, "c.jsonl", rows("c", 2))
+    assert run_due(spec, now=day(1, hours=0.01), runner=runner).failures
+    empty = [e for e in run_due(spec, now=day(2, hours=0.01), runner=runner).entries if e.status == "empty"]
+    assert [e.note for e in empty] == [
+        "no new input (0 shard(s) scored already; 3 held by unfinished run 2026-11-28T02:00:00Z, "
+        "which is to finish them: 1 not committed yet)"]
 
 
 def test_a_tick_with_nothing_new_still_warns_of_gone_input(tmp_path, caplog):

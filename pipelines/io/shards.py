@@ -82,7 +82,11 @@ class Shard:
         return hashlib.sha1((self.name or self.uri).encode()).hexdigest()[:12]
 
     def fingerprint(self) -> dict:
-        return {"uri": self.uri, "size": self.size, "mtime_ns": self.mtime_ns, "name": self.name}
+        found = {"uri": self.uri, "size": self.size, "mtime_ns": self.mtime_ns, "name": self.name}
+        folder = real_folder(self.uri)
+        if folder is not None:  # listed through a symbolic link: where the file was (only then, so records stay)
+            found["folder"] = folder
+        return found
 
     def filesystem(self) -> pafs.FileSystem:
         return resolve(self.uri)[0]
@@ -122,6 +126,18 @@ def resolve(location: str) -> tuple[pafs.FileSystem, str]:
         except (pa.ArrowInvalid, ValueError, OSError) as exc:
             raise PipelineError(f"{location}: cannot open this location ({exc})") from None
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(location))  # ~/out: in the home, as a shell
+
+
+def real_folder(uri: str) -> str | None:
+    """The folder a local file is in, its symbolic links resolved, where that is not the folder it was listed in
+    (``landing/latest/part-0.jsonl``, ``latest`` a link to ``2026-11-28``: ``…/landing/2026-11-28``); else None. The
+    file's own link is not followed: a new version of a file kept as a link into a store (DVC, git-annex) is a new
+    version."""
+    if "://" in uri:
+        return None
+    folder = os.path.dirname(os.path.abspath(os.path.expanduser(uri)))
+    real = os.path.realpath(folder)
+    return real if real != folder else None
 
 
 def uri_of(location: str, path: str) -> str:

@@ -113,16 +113,31 @@ def current_shards(spec: JobSpec) -> list[Shard]:
     return shards
 
 
-def still_there(recorded: LedgerInput | ShardInput) -> bool:
-    """Whether an input file is where it was scored from, with the size (and time, where recorded) it had then."""
+def still_there(recorded: LedgerInput | ShardInput, at: str | None = None) -> bool:
+    """Whether an input file is where it was scored from (``at``, else its URI), with the size (and time, where
+    recorded) it had then."""
     try:
-        fs, path = resolve(recorded.uri)
+        fs, path = resolve(at or recorded.uri)
         info = fs.get_file_info(path)
     except (OSError, ValueError):  # can't be looked at (a store down, a scheme not here): not known to be there
         return False
     if info.type != pafs.FileType.File or info.size != recorded.size:
         return False
     return recorded.mtime_ns is None or info.mtime_ns == recorded.mtime_ns
+
+
+def linked_elsewhere(shard: Shard, recorded: LedgerInput | ShardInput) -> str | None:
+    """Where the file scored (or planned) under the path ``shard`` has now was, where a symbolic link in that path
+    led to another folder then (``landing/latest``, moved to each night's folder): its folder as recorded when it
+    was listed (:func:`~pipelines.io.shards.real_folder`; a record without one was listed where no link led
+    elsewhere), else None (the same folder, or not a local file)."""
+    if "://" in shard.uri:
+        return None
+    path = os.path.abspath(os.path.expanduser(shard.uri))
+    before = getattr(recorded, "folder", None) or os.path.dirname(path)
+    if os.path.realpath(before) == os.path.realpath(os.path.dirname(path)):
+        return None
+    return os.path.join(before, os.path.basename(path))
 
 
 def describe_shard(shard: Shard) -> LedgerInput:
@@ -489,16 +504,22 @@ class ScheduledJob:
 
     @staticmethod
     def refuse_same_name(shard: Shard, recorded: LedgerInput | ShardInput, which: str) -> None:
-        if recorded.uri == shard.uri or not still_there(recorded):
+        earlier, listed = recorded.uri, ""
+        if recorded.uri == shard.uri:  # the same path: the same file, unless a link on the way leads elsewhere now
+            moved = linked_elsewhere(shard, recorded)
+            if moved is None:
+                return
+            earlier, listed = moved, f" (listed as {recorded.uri}, through a symbolic link that leads elsewhere now)"
+        if not still_there(recorded, earlier):
             return
         raise PipelineError(
-            f"input.paths: {shard.uri} has the name of {recorded.uri}, which {which} and which is still there: a "
+            f"input.paths: {shard.uri} has the name of {earlier}{listed}, which {which} and which is still there: a "
             f"scheduled job knows a file by its name under its input location ({shard.name or shard.uri}), so this "
             "tick would take it for a new version of that file, and score it in that file's place or move that file's "
             "rows out of the output. Keep input.paths on the same location at every tick (for a folder per day, list "
             "the folder above them, so that each file's name holds its day's folder, with a new output.path, since "
             "the names change), or give each file a name of its own; where the input moved to this location on "
-            f"purpose, move or rename the earlier copy, {recorded.uri}, and this file is its new version"
+            f"purpose, move or rename the earlier copy, {earlier}, and this file is its new version"
         )
 
     def check_held_gone(self, current: set[str]) -> None:

@@ -48,6 +48,19 @@ def gone_fields(gone: list[str]) -> dict[str, Any]:
     return {"gone": gone[:GONE_NAMED], "gone_count": len(gone)} if gone else {}
 
 
+def nothing_new(shards: int, held: dict[str, str], commits: dict[str, HeldCommit]) -> str:
+    """The ``empty`` line's note: the input's shards scored already, and those unfinished runs hold (``held``: shard
+    key → run), which are not scored yet where the run has not committed them (a file that fails its run)."""
+    if not held:
+        return f"no new input ({shards} shard(s) scored already)"
+    runs = sorted(set(held.values()))
+    waiting = sum(1 for key, run in held.items() if key not in commits or commits[key].run != run)
+    whose = (f"unfinished run {runs[0]}, which is" if len(runs) == 1 else
+             f"unfinished runs {', '.join(runs)}, which are")
+    return (f"no new input ({shards - len(held)} shard(s) scored already; {len(held)} held by {whose} to finish them"
+            f"{f': {waiting} not committed yet' if waiting else ''})")
+
+
 @dataclass(frozen=True)
 class PartitionState:
     """What a partition holds: the spec hash and model files its ``_job.json`` records, and its commits' input
@@ -199,8 +212,8 @@ class Planner:
         if rescore:
             replaces.update({key: held.run for key, held in commits.items() if key in now})
         if not todo:
-            held = f"; {len(claimed)} held by unfinished run(s)" if claimed else ""
-            note = decision.note() or f"no new input ({len(self.shards)} shard(s) scored already{held})"
+            note = decision.note() or nothing_new(len(self.shards), {k: r for k, r in claimed.items() if k in now},
+                                                  commits)
             return LedgerEntry(
                 tick=run_id(decision.tick), kind="tick", status="empty", missed=decision.missed, note=note,
                 model=self.lineage, spec_hash=self.spec_hash, hash_version=HASH_VERSION, inputs=[], **gone_fields(gone),
