@@ -701,3 +701,19 @@ def test_plan_says_a_run_is_refused_where_the_kept_precision_is_below_a_raised_b
     found = build_plan(spec, "job", sample=8, cpus=2).problems
     assert any(p.startswith("a run now is refused: ") and "cosine_mean 0.9960 on 8 sampled rows" in p
                and "min_agreement=0.999" in p for p in found), found
+
+
+def test_a_truth_column_that_names_no_label_of_the_model_is_a_problem_before_the_run(tiny_models, tmp_path):
+    """Class numbers (0, 1) in input.label_column against a classifier's label names: every row would disagree and
+    the run's agreement read 0%. The plan says so among its problems, naming both and input.label_map; with the map,
+    or with truth values that are labels of the model, it says nothing."""
+    rows = [{"id": str(i), "text": SENTENCES[i % 4], "stars": i % 3} for i in range(12)]
+    write_jsonl(tmp_path / "in" / "a.jsonl", rows)
+    task = {"type": "text-classification"}
+    numbered = make_spec(tiny_models("classifier"), task, tmp_path / "out", input={
+        "paths": [str(tmp_path / "in")], "label_column": "stars"}, output={"prediction_prefix": "predicted_"})
+    [said] = [p for p in build_plan(numbered, "job", sample=100, cpus=2).problems if "label_column" in p]
+    assert said.startswith("input.label_column 'stars': no truth value in the input (0, 1, 2) is a label the model "
+                           "gives (negative, neutral, positive)") and "input.label_map" in said
+    numbered.input.label_map = {"0": "negative", "1": "neutral", "2": "positive"}
+    assert not [p for p in build_plan(numbered, "job", sample=100, cpus=2).problems if "label_column" in p]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from pipelines.output.records import (
     Agreement,
     CommitRecord,
@@ -125,14 +127,15 @@ def unmatched_truth(result: Agreement) -> str:
     predicted = {label for row in result.confusion.values() for label in row}
     if result.accuracy > 0 or not result.confusion or predicted & result.confusion.keys():
         return ""
+    return (f"; no truth value is a label the model gave (truth: {some_of(result.confusion)}; predicted: "
+            f"{some_of(predicted)}): where they name the same classes otherwise, map them to the model's labels "
+            "with input.label_map")
 
-    def some(values: set[str]) -> str:
-        shown = sorted(values)
-        return ", ".join(shown[:4]) + (", …" if len(shown) > 4 else "")
 
-    return (f"; no truth value is a label the model gave (truth: {some(set(result.confusion))}; predicted: "
-            f"{some(predicted)}): where they name the same classes otherwise, map them to the model's labels with "
-            "input.label_map")
+def some_of(values: Iterable[str], shown: int = 4) -> str:
+    """A few of ``values``, sorted, for a message: ``0, 1, 2, 3, …``."""
+    ordered = sorted(set(values))
+    return ", ".join(ordered[:shown]) + (", …" if len(ordered) > shown else "")
 
 
 def fidelity_line(result: Fidelity) -> str:

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
 
 from pipelines.io.reader import group_shards
 from pipelines.io.shards import list_shards
 from pipelines.output.duplicates import repeated_custom_ids
+from pipelines.output.staging import has_truth, mapped, truth_texts
+from pipelines.output.summary import some_of
 from pipelines.planning.hardware import Cluster, read_cluster, this_machine_cpus
 from pipelines.planning.inputs import (
     COUNT_LIMIT,
@@ -89,10 +94,32 @@ def build_plan(
         todo = plan.output.rows_todo if plan.output and plan.output.state in ("resume", "scheduled") else 0
         plan.estimates = estimates(spec, todo or inputs.rows, plan.measurement, model.fits, nodes)
     plan.problems = problems(spec, inputs, tokens, model, nodes, plan.output)
+    unmatched = unmatched_truth(spec, tables, context.task, "input" if covers else f"sample of {sample:,} rows")
+    if unmatched:
+        plan.problems.append(unmatched)
     refused = kept_precision_refusal(spec, recorded, plan.output)
     if refused:  # a kept precision below a raised bar: the run stops before any work (fidelity.hold_bar)
         plan.problems.insert(0, f"a run now is refused: {refused}")
     return plan
+
+
+def unmatched_truth(spec: JobSpec, tables: list[pa.Table], task: Any, where: str) -> str | None:
+    """Where the job names a ground-truth column and no truth value in the sample (read as the run's agreement reads
+    them, through ``input.label_map``) is a label the model gives: the run's agreement would be 0%, which says
+    nothing of the model (class numbers against label names, names in another case). None where any one matches."""
+    column = spec.input.label_column
+    labels = getattr(task, "labels", None)
+    if not column or not isinstance(labels, list) or spec.output.prediction_prefix + "label" not in (
+            spec.prediction_columns()):
+        return None
+    present = [t.column(column) for t in tables if column in t.column_names and t.num_rows]
+    truth = {value for array in present for value in mapped(truth_texts(array.filter(has_truth(array))),
+                                                            spec.input.label_map) if value is not None}
+    if not truth or truth & {str(label) for label in labels}:
+        return None
+    return (f"input.label_column {column!r}: no truth value in the {where} ({some_of(truth)}) is a label the model "
+            f"gives ({some_of(str(label) for label in labels)}): a run's agreement would be 0%; where they name the "
+            "same classes otherwise, map them to the model's labels with input.label_map")
 
 
 def problems(
