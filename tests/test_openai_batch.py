@@ -586,6 +586,29 @@ def test_stop_strings_in_the_generation_config_stop_requests_that_give_none(tiny
     assert got["own"]["generated_text"] == unstopped["own"]["generated_text"]  # its own stop replaces the model's
 
 
+def test_an_empty_stop_list_asks_for_no_stop_strings_not_the_models(tiny_models, tmp_path):
+    """OpenAI reads ``"stop": []`` as no stop sequences; it fell back to the stop_strings of the model's generation
+    config, as a request that gives no stop does, so the answer ended at the model's stop string. A null stop is one
+    not given, as in the API."""
+    import shutil
+
+    model = tmp_path / "stops"
+    shutil.copytree(tiny_models("causal"), model)
+    config = json.loads((model / "generation_config.json").read_text())
+    config["stop_strings"] = ["o"]
+    (model / "generation_config.json").write_text(json.dumps(config))
+    lines = [chat_line("none", temperature=0, max_tokens=12, stop=[]),
+             chat_line("null", temperature=0, max_tokens=12, stop=None)]
+    got = answers(chat_predictor(str(model)), lines)
+    unstopped = answers(chat_predictor(tiny_models("causal")), [chat_line("none", temperature=0, max_tokens=12)])
+    stopped = answers(chat_predictor(tiny_models("causal")), [chat_line("null", temperature=0, max_tokens=12,
+                                                                          stop="o")])
+    assert "o" in unstopped["none"]["generated_text"][0]  # else the model's stop string would change nothing here
+    assert got["none"]["generated_text"] == unstopped["none"]["generated_text"]
+    assert got["none"]["finish_reason"] == unstopped["none"]["finish_reason"]
+    assert got["null"]["generated_text"] == stopped["null"]["generated_text"]
+
+
 def test_refused_messages_are_counted_by_what_is_wrong_with_them_not_by_their_place(tiny_models):
     """The summary, the plan and ``errors.max_rate``'s error count refused rows by the reason's kind, its text before
     the first ``:``: for a message that was its place alone (``messages[0]: 1, messages[1]: 2``), split by where the

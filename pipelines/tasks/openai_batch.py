@@ -359,10 +359,11 @@ class _Choices:
         self, row: int, tokens: list[int], request: ChatRequest, seed: int, max_tokens: int, stops: tuple[str, ...]
     ) -> None:
         """``max_tokens`` per choice (``ChatCompletions._max_tokens``), and ``stops`` (the model's stop strings)
-        where the request gives none."""
+        where the request gives no ``stop`` (an empty list is no stop strings, as in the API)."""
+        own = stops if request.stop is None else request.stops()
         for choice in range(request.n):
             self.tokens.append(tokens)
-            values = (row, choice, seed, request.temperature, request.top_p, max_tokens, request.stops() or stops)
+            values = (row, choice, seed, request.temperature, request.top_p, max_tokens, own)
             for name, value in zip(self.columns, values):
                 self.columns[name].append(value)
 

@@ -102,6 +102,8 @@ class ChatRequest(Body):
         return self.max_completion_tokens or self.max_tokens or default
 
     def stops(self) -> tuple[str, ...]:
+        """The request's stop strings; none for ``[]`` and for no ``stop`` alike (``stop is None`` tells them apart:
+        only a request without ``stop`` takes the model's stop strings)."""
         if self.stop is None:
             return ()
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
