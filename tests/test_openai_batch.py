@@ -817,7 +817,7 @@ def test_embedding_requests_get_the_feature_extraction_embedding_of_each_input(t
     assert got["wrong-size"]["_error"] == "dimensions 3: this model's embeddings have 32; give 32 or none"
     assert got["base64"]["_error"].startswith("unsupported option 'encoding_format': base64")
     assert got["token-ids"]["_error"] == "input as token ids is not supported: give a string or a list of strings"
-    assert got["empty"]["_error"] == "input: an empty string can't be embedded"
+    assert got["empty"]["_error"] == "input is an empty string, which can't be embedded"
     assert got["zero-width"]["_error"] == "input has no tokens (only characters the tokenizer drops)"
     assert got["one-of-two"]["_error"] == "input[1] has no tokens (only characters the tokenizer drops)"
 
@@ -826,6 +826,32 @@ def test_embedding_requests_get_the_feature_extraction_embedding_of_each_input(t
     strict = make_spec(model, {"type": "feature-extraction"}, input={"format": "openai-batch"},
                        errors={"too_long": "error"})
     assert answers(Predictor(strict), long)["long"]["_error"] == "text longer than max_length (max_length is 128 tokens)"
+
+
+def test_a_whitespace_only_embedding_input_is_embedded_where_the_tokenizer_reads_it_else_named_as_white_space(
+        tiny_models):
+    """OpenAI embeds a string of white space (teams write " " for an empty text, which the API refuses, to get an
+    answer); such an input was refused whole, as ``input: an empty string can't be embedded``, which it is not, and
+    without naming which of the strings it was. A tokenizer that reads white space (byte-level BPE) embeds it; one
+    that drops it (WordPiece: MiniLM) refuses the request naming the string and saying it holds only white space. An
+    empty string is refused naming its place too."""
+    encoder = Predictor(make_spec(tiny_models("encoder"), {"type": "feature-extraction"},
+                                  input={"format": "openai-batch"}))
+    got = answers(encoder, [embedding_line("blank-item", ["a", " "]), embedding_line("blank", "\n\t "),
+                            embedding_line("empty-item", ["a", ""]), embedding_line("empty", "")])
+    assert got["blank-item"]["_error"] == "input[1] has no tokens (only white space, which the tokenizer drops)"
+    assert got["blank"]["_error"] == "input has no tokens (only white space, which the tokenizer drops)"
+    assert got["empty-item"]["_error"] == "input[1] is an empty string, which can't be embedded"
+    assert got["empty"]["_error"] == "input is an empty string, which can't be embedded"
+
+    causal = tiny_models("causal")  # byte-level BPE: " " is a token
+    spec = make_spec(causal, {"type": "feature-extraction"}, input={"format": "openai-batch"})
+    got = answers(Predictor(spec), [embedding_line("blank-item", ["a", " "])])
+    plain = Predictor(make_spec(causal, {"type": "feature-extraction"}))
+    reference = plain(pa.table({"id": ["a"], "text": ["a"]})).column("embedding").to_pylist()
+    assert got["blank-item"]["_error"] is None
+    assert len(got["blank-item"]["embeddings"]) == 2
+    np.testing.assert_allclose(got["blank-item"]["embeddings"][0], reference[0], atol=1e-5)
 
 
 # the output files --------------------------------------------------------------------------------------

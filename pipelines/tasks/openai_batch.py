@@ -394,6 +394,15 @@ def _cut(text: str, stops: tuple[str, ...], finish: str) -> tuple[str, str]:
 # embeddings ---------------------------------------------------------------------------------------
 
 
+def _no_tokens(request: EmbeddingRequest, index: int) -> str:
+    """Why the input at ``index``, in which the tokenizer finds no token, is refused: named by its place (none for a
+    single string), and as white space where it holds only that (the API embeds it; this tokenizer drops it)."""
+    where = "" if isinstance(request.input, str) else f"[{index}]"
+    if not request.texts()[index].strip():
+        return f"input{where} has no tokens (only white space, which the tokenizer drops)"
+    return f"input{where} {NO_TOKENS}"
+
+
 class Embeddings(Task):
     """``/v1/embeddings``: one feature per input string; each request gets its list of embeddings."""
 
@@ -422,7 +431,7 @@ class Embeddings(Task):
                     f"dimensions {request.dimensions}: this model's embeddings have {width}; give {width} or none"
                 )
             elif empty := tokenless(self.tokenizer, request.texts()):  # the model would embed its special tokens
-                errors[i] = f"input{'' if isinstance(request.input, str) else f'[{empty[0]}]'} {NO_TOKENS}"
+                errors[i] = _no_tokens(request, empty[0])
             else:
                 rows += [i] * len(request.texts())
                 strings += request.texts()
