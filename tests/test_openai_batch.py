@@ -757,6 +757,36 @@ def test_a_prompt_that_fills_the_whole_context_is_refused_with_no_room_left(tiny
         "answer: shorten the messages")
 
 
+def test_the_tokens_each_chat_request_will_generate_count_against_the_micro_batch_token_budget(tiny_models):
+    """batching.max_tokens counted a chat request's prompt alone, while generation holds its prompt and the tokens it
+    generates (as text-generation's footprint counts max_new_tokens): requests asking 80 tokens shared micro-batches
+    as if they asked none, and held more than the budget. Each request now counts its own max_tokens (or the job's
+    max_new_tokens where it gives none): the micro-batch runs to the most any of its requests asks."""
+    budget = 300
+    spec = make_spec(tiny_models("causal"), {"type": "text-generation", "max_new_tokens": 6},
+                     input={"format": "openai-batch"}, batching={"max_tokens": budget, "min_fill": 0})
+    predictor = Predictor(spec)
+    seen: list[tuple[list[str], int, int]] = []  # (custom_ids, longest prompt, most max_tokens) of each forward
+    forward = predictor._forward
+
+    def spy(features, index):
+        ids = [f"r{int(r)}" for r in features.row[index]]
+        seen.append((ids, int(features.lengths[index].max()), int(features.extra["max_tokens"][index].max())))
+        return forward(features, index)
+
+    predictor._forward = spy
+    lines = [chat_line(f"r{i}", temperature=0, max_tokens=80) for i in range(4)]
+    lines += [chat_line(f"r{i}", temperature=0) for i in range(4, 8)]  # the job's max_new_tokens: 6
+    got = answers(predictor, lines)
+    assert all(row["_error"] is None for row in got.values())
+    prompt = seen[0][1]
+    assert 2 * (prompt + 80) <= budget < 3 * (prompt + 80) and budget >= 4 * (prompt + 6)  # what the budget allows
+    for ids, longest, most in seen:
+        assert len(ids) * (longest + most) <= budget, (ids, longest, most)
+    shared = sorted(sorted(ids) for ids, _, _ in seen)
+    assert shared == [["r0", "r1"], ["r2", "r3"], ["r4", "r5", "r6", "r7"]]
+
+
 def test_a_stop_string_ends_the_text_before_it(tiny_models):
     predictor = chat_predictor(tiny_models("causal"))
     full = answers(predictor, [chat_line("a", temperature=0, max_tokens=24)])["a"]["generated_text"][0]

@@ -215,6 +215,12 @@ class ChatCompletions(Task):
     def token_inputs(self) -> dict[str, str | None]:
         return {}  # a text is a request line: what its messages or inputs hold is the request's to check
 
+    def planned_new_tokens(self, features: Features) -> np.ndarray | None:
+        """Each choice's max_tokens (the request's own, else task.max_new_tokens or what the context leaves): a
+        micro-batch generates the most of its choices' on every one, and the token budget counts it, as
+        text-generation's footprint counts max_new_tokens."""
+        return features.extra["max_tokens"] if "max_tokens" in features.extra else None
+
     def encode(self, texts: list[str], columns: dict[str, list[Any]]) -> Features:
         errors: dict[int, str] = {}
         requests: dict[int, ChatRequest] = {}
