@@ -586,6 +586,29 @@ def test_stop_strings_in_the_generation_config_stop_requests_that_give_none(tiny
     assert got["own"]["generated_text"] == unstopped["own"]["generated_text"]  # its own stop replaces the model's
 
 
+def test_an_empty_stop_list_asks_for_no_stop_strings_not_the_models(tiny_models, tmp_path):
+    """OpenAI reads ``"stop": []`` as no stop sequences; it fell back to the stop_strings of the model's generation
+    config, as a request that gives no stop does, so the answer ended at the model's stop string. A null stop is one
+    not given, as in the API."""
+    import shutil
+
+    model = tmp_path / "stops"
+    shutil.copytree(tiny_models("causal"), model)
+    config = json.loads((model / "generation_config.json").read_text())
+    config["stop_strings"] = ["o"]
+    (model / "generation_config.json").write_text(json.dumps(config))
+    lines = [chat_line("none", temperature=0, max_tokens=12, stop=[]),
+             chat_line("null", temperature=0, max_tokens=12, stop=None)]
+    got = answers(chat_predictor(str(model)), lines)
+    unstopped = answers(chat_predictor(tiny_models("causal")), [chat_line("none", temperature=0, max_tokens=12)])
+    stopped = answers(chat_predictor(tiny_models("causal")), [chat_line("null", temperature=0, max_tokens=12,
+                                                                          stop="o")])
+    assert "o" in unstopped["none"]["generated_text"][0]  # else the model's stop string would change nothing here
+    assert got["none"]["generated_text"] == unstopped["none"]["generated_text"]
+    assert got["none"]["finish_reason"] == unstopped["none"]["finish_reason"]
+    assert got["null"]["generated_text"] == stopped["null"]["generated_text"]
+
+
 def test_refused_messages_are_counted_by_what_is_wrong_with_them_not_by_their_place(tiny_models):
     """The summary, the plan and ``errors.max_rate``'s error count refused rows by the reason's kind, its text before
     the first ``:``: for a message that was its place alone (``messages[0]: 1, messages[1]: 2``), split by where the
@@ -734,6 +757,36 @@ def test_a_prompt_that_fills_the_whole_context_is_refused_with_no_room_left(tiny
         "answer: shorten the messages")
 
 
+def test_the_tokens_each_chat_request_will_generate_count_against_the_micro_batch_token_budget(tiny_models):
+    """batching.max_tokens counted a chat request's prompt alone, while generation holds its prompt and the tokens it
+    generates (as text-generation's footprint counts max_new_tokens): requests asking 80 tokens shared micro-batches
+    as if they asked none, and held more than the budget. Each request now counts its own max_tokens (or the job's
+    max_new_tokens where it gives none): the micro-batch runs to the most any of its requests asks."""
+    budget = 300
+    spec = make_spec(tiny_models("causal"), {"type": "text-generation", "max_new_tokens": 6},
+                     input={"format": "openai-batch"}, batching={"max_tokens": budget, "min_fill": 0})
+    predictor = Predictor(spec)
+    seen: list[tuple[list[str], int, int]] = []  # (custom_ids, longest prompt, most max_tokens) of each forward
+    forward = predictor._forward
+
+    def spy(features, index):
+        ids = [f"r{int(r)}" for r in features.row[index]]
+        seen.append((ids, int(features.lengths[index].max()), int(features.extra["max_tokens"][index].max())))
+        return forward(features, index)
+
+    predictor._forward = spy
+    lines = [chat_line(f"r{i}", temperature=0, max_tokens=80) for i in range(4)]
+    lines += [chat_line(f"r{i}", temperature=0) for i in range(4, 8)]  # the job's max_new_tokens: 6
+    got = answers(predictor, lines)
+    assert all(row["_error"] is None for row in got.values())
+    prompt = seen[0][1]
+    assert 2 * (prompt + 80) <= budget < 3 * (prompt + 80) and budget >= 4 * (prompt + 6)  # what the budget allows
+    for ids, longest, most in seen:
+        assert len(ids) * (longest + most) <= budget, (ids, longest, most)
+    shared = sorted(sorted(ids) for ids, _, _ in seen)
+    assert shared == [["r0", "r1"], ["r2", "r3"], ["r4", "r5", "r6", "r7"]]
+
+
 def test_a_stop_string_ends_the_text_before_it(tiny_models):
     predictor = chat_predictor(tiny_models("causal"))
     full = answers(predictor, [chat_line("a", temperature=0, max_tokens=24)])["a"]["generated_text"][0]
@@ -794,7 +847,7 @@ def test_embedding_requests_get_the_feature_extraction_embedding_of_each_input(t
     assert got["wrong-size"]["_error"] == "dimensions 3: this model's embeddings have 32; give 32 or none"
     assert got["base64"]["_error"].startswith("unsupported option 'encoding_format': base64")
     assert got["token-ids"]["_error"] == "input as token ids is not supported: give a string or a list of strings"
-    assert got["empty"]["_error"] == "input: an empty string can't be embedded"
+    assert got["empty"]["_error"] == "input is an empty string, which can't be embedded"
     assert got["zero-width"]["_error"] == "input has no tokens (only characters the tokenizer drops)"
     assert got["one-of-two"]["_error"] == "input[1] has no tokens (only characters the tokenizer drops)"
 
@@ -803,6 +856,32 @@ def test_embedding_requests_get_the_feature_extraction_embedding_of_each_input(t
     strict = make_spec(model, {"type": "feature-extraction"}, input={"format": "openai-batch"},
                        errors={"too_long": "error"})
     assert answers(Predictor(strict), long)["long"]["_error"] == "text longer than max_length (max_length is 128 tokens)"
+
+
+def test_a_whitespace_only_embedding_input_is_embedded_where_the_tokenizer_reads_it_else_named_as_white_space(
+        tiny_models):
+    """OpenAI embeds a string of white space (teams write " " for an empty text, which the API refuses, to get an
+    answer); such an input was refused whole, as ``input: an empty string can't be embedded``, which it is not, and
+    without naming which of the strings it was. A tokenizer that reads white space (byte-level BPE) embeds it; one
+    that drops it (WordPiece: MiniLM) refuses the request naming the string and saying it holds only white space. An
+    empty string is refused naming its place too."""
+    encoder = Predictor(make_spec(tiny_models("encoder"), {"type": "feature-extraction"},
+                                  input={"format": "openai-batch"}))
+    got = answers(encoder, [embedding_line("blank-item", ["a", " "]), embedding_line("blank", "\n\t "),
+                            embedding_line("empty-item", ["a", ""]), embedding_line("empty", "")])
+    assert got["blank-item"]["_error"] == "input[1] has no tokens (only white space, which the tokenizer drops)"
+    assert got["blank"]["_error"] == "input has no tokens (only white space, which the tokenizer drops)"
+    assert got["empty-item"]["_error"] == "input[1] is an empty string, which can't be embedded"
+    assert got["empty"]["_error"] == "input is an empty string, which can't be embedded"
+
+    causal = tiny_models("causal")  # byte-level BPE: " " is a token
+    spec = make_spec(causal, {"type": "feature-extraction"}, input={"format": "openai-batch"})
+    got = answers(Predictor(spec), [embedding_line("blank-item", ["a", " "])])
+    plain = Predictor(make_spec(causal, {"type": "feature-extraction"}))
+    reference = plain(pa.table({"id": ["a"], "text": ["a"]})).column("embedding").to_pylist()
+    assert got["blank-item"]["_error"] is None
+    assert len(got["blank-item"]["embeddings"]) == 2
+    np.testing.assert_allclose(got["blank-item"]["embeddings"][0], reference[0], atol=1e-5)
 
 
 # the output files --------------------------------------------------------------------------------------

@@ -82,6 +82,7 @@ def plan_microbatches(
     min_fill: float = 0.0,
     footprint: Callable[[int], int] | None = None,
     forward_cost: int | None = None,
+    new_tokens: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """Split rows into micro-batches of similar length whose padded size stays under ``max_tokens``.
 
@@ -90,7 +91,9 @@ def plan_microbatches(
     no row shorter than ``min_fill`` x its longest (which bounds its padding). A row
     longer than the budget gets a micro-batch of its own. ``footprint`` maps a
     padded length to the tokens a row then holds (e.g. plus the tokens it will
-    generate); the budget counts those.
+    generate); the budget counts those. ``new_tokens``: the tokens each row may generate where that
+    differs per row (``Task.planned_new_tokens``); a micro-batch generates the most of its rows' on each
+    of them, so the budget counts that most on every row, beside ``footprint``.
 
     Where the cuts go: with ``forward_cost`` (and ``min_fill`` > 0), where they make
     the padded tokens plus ``forward_cost`` per micro-batch least (an exact
@@ -108,7 +111,11 @@ def plan_microbatches(
         """The most rows a micro-batch starting at sorted row ``start`` may hold."""
         longest = max(int(lengths[order[start]]), 1)
         held = footprint(longest) if footprint else longest
-        size = min(max_rows, max(1, max_tokens // max(held, 1)), n - start)
+        if new_tokens is None:
+            size = min(max_rows, max(1, max_tokens // max(held, 1)), n - start)
+        else:  # k rows hold k x (held + the most any of them generates): a prefix of the window fits
+            most = np.maximum.accumulate(new_tokens[order[start : start + min(max_rows, n - start)]])
+            size = max(1, int((np.arange(1, len(most) + 1) * np.maximum(held + most, 1) <= max_tokens).sum()))
         if min_fill > 0:
             shorter = int(np.searchsorted(ascending, min_fill * longest, side="left"))  # rows below the bound
             size = max(1, min(size, n - shorter - start))

@@ -173,7 +173,10 @@ class Predictor:
             return outputs, padded, failed
         lengths = features.lengths
         lanes = self.lanes if self._pool is not None else 1
-        queue = micro_batches(self.task, lengths, self.spec.batching, self.max_tokens, self.loaded.device.type, lanes)
+        new = self.task.planned_new_tokens(features)
+        queue = micro_batches(
+            self.task, lengths, self.spec.batching, self.max_tokens, self.loaded.device.type, lanes, new
+        )
         if self._pool is not None and len(queue) >= lanes:
             queue = self._run_in_lanes(self._pool, features, queue, outputs, padded)
         queue.reverse()
@@ -182,7 +185,7 @@ class Predictor:
             try:
                 result = self._forward(features, index)
             except Exception as exc:  # noqa: BLE001 - isolate the rows, keep the job alive
-                reason = self._failure(exc, index, lengths)
+                reason = self._failure(exc, index, lengths, new)
                 if len(index) == 1:
                     failed[int(index[0])] = reason
                 else:
@@ -227,10 +230,13 @@ class Predictor:
             if self._pool is None:
                 pool.shutdown(wait=False)
 
-    def _failure(self, exc: BaseException, index: np.ndarray, lengths: np.ndarray) -> str:
-        """Log a failed forward, lower the budget on out-of-memory; the reason a lone row would get."""
+    def _failure(
+        self, exc: BaseException, index: np.ndarray, lengths: np.ndarray, new: np.ndarray | None = None
+    ) -> str:
+        """Log a failed forward, lower the budget on out-of-memory; the reason a lone row would get (``new``: the
+        tokens each feature may generate, ``Task.planned_new_tokens``)."""
         if is_out_of_memory(exc):
-            held = self.task.footprint(int(lengths[index].max()))
+            held = self.task.footprint(int(lengths[index].max())) + (int(new[index].max()) if new is not None else 0)
             self.max_tokens = max(held, min(self.max_tokens, len(index) * held // 2))
             if self.loaded.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -305,15 +311,18 @@ def validate_rows(batch: pa.Table, text_column: str) -> tuple[np.ndarray, pa.Arr
 
 
 def micro_batches(
-    task: Task, lengths: np.ndarray, batching: BatchingSpec, max_tokens: int, device: str, lanes: int = 1
+    task: Task, lengths: np.ndarray, batching: BatchingSpec, max_tokens: int, device: str, lanes: int = 1,
+    new_tokens: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """How a call's features are cut into forwards on ``device`` (``cpu``, ``cuda``...): length-sorted, under the
     token budget, by the task's own fill and footprint, the cuts where padding plus the device's cost per forward
     is least; for ``lanes`` > 1, in the order lanes take them (see :func:`spread_over_lanes`) where there are at
-    least as many as lanes (``pipelines plan`` uses it too, so that it plans what the predictor runs)."""
+    least as many as lanes (``pipelines plan`` uses it too, so that it plans what the predictor runs).
+    ``new_tokens``: the tokens each feature may generate, where the task says so per feature
+    (``Task.planned_new_tokens``)."""
     fill = task.micro_batch_fill(batching.min_fill)
     forward_cost = FORWARD_COST_TOKENS.get(device.split(":")[0], FORWARD_COST_TOKENS["cpu"])
-    batches = plan_microbatches(lengths, max_tokens, batching.max_rows, fill, task.footprint, forward_cost)
+    batches = plan_microbatches(lengths, max_tokens, batching.max_rows, fill, task.footprint, forward_cost, new_tokens)
     if lanes < 2 or len(batches) < lanes:
         return batches
     return spread_over_lanes(batches, lambda index: forward_cost + int(task.padded_widths(lengths[index]).sum()), lanes)

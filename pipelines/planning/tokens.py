@@ -92,7 +92,10 @@ def tokenize_batch(
     lengths = features.lengths if len(features) else np.zeros(0, np.int64)
     device = spec.actor_device()
     lanes = spec.lanes(device, spec.compute.torch_threads(this_machine_cpus()))  # as on this machine's cores
-    plan = micro_batches(task, lengths, spec.batching, spec.batching.max_tokens, device, lanes) if len(lengths) else []
+    plan = []
+    if len(lengths):  # as the predictor cuts them, each feature's own generated tokens counted where the task has them
+        new = task.planned_new_tokens(features)
+        plan = micro_batches(task, lengths, spec.batching, spec.batching.max_tokens, device, lanes, new)
     reasons = [r for r in errors.to_pylist() if r is not None]
     told = 0  # rows beyond their one record that a run counts for the unreadable files in this batch
     if ROW in batch.column_names:

@@ -145,6 +145,13 @@ class Task(ABC):
         budget. More than ``width`` where ``forward`` adds tokens (a shared prefix's cache, generated tokens)."""
         return width
 
+    def planned_new_tokens(self, features: Features) -> np.ndarray | None:
+        """Tokens each feature may generate, where that differs from feature to feature (a chat request's own
+        max_tokens): a micro-batch generates the most of its features' on every one of them, and the token budget
+        counts that beside ``footprint``. None where ``footprint`` counts them already (the same for every feature)
+        or the task generates none."""
+        return None
+
     def micro_batch_fill(self, configured: float) -> float:
         """How much shorter than the longest a feature of a micro-batch may be (``batching.min_fill``); a task whose
         ``forward`` groups features by length itself may want them all together (0)."""

@@ -215,6 +215,12 @@ class ChatCompletions(Task):
     def token_inputs(self) -> dict[str, str | None]:
         return {}  # a text is a request line: what its messages or inputs hold is the request's to check
 
+    def planned_new_tokens(self, features: Features) -> np.ndarray | None:
+        """Each choice's max_tokens (the request's own, else task.max_new_tokens or what the context leaves): a
+        micro-batch generates the most of its choices' on every one, and the token budget counts it, as
+        text-generation's footprint counts max_new_tokens."""
+        return features.extra["max_tokens"] if "max_tokens" in features.extra else None
+
     def encode(self, texts: list[str], columns: dict[str, list[Any]]) -> Features:
         errors: dict[int, str] = {}
         requests: dict[int, ChatRequest] = {}
@@ -359,10 +365,11 @@ class _Choices:
         self, row: int, tokens: list[int], request: ChatRequest, seed: int, max_tokens: int, stops: tuple[str, ...]
     ) -> None:
         """``max_tokens`` per choice (``ChatCompletions._max_tokens``), and ``stops`` (the model's stop strings)
-        where the request gives none."""
+        where the request gives no ``stop`` (an empty list is no stop strings, as in the API)."""
+        own = stops if request.stop is None else request.stops()
         for choice in range(request.n):
             self.tokens.append(tokens)
-            values = (row, choice, seed, request.temperature, request.top_p, max_tokens, request.stops() or stops)
+            values = (row, choice, seed, request.temperature, request.top_p, max_tokens, own)
             for name, value in zip(self.columns, values):
                 self.columns[name].append(value)
 
@@ -393,6 +400,15 @@ def _cut(text: str, stops: tuple[str, ...], finish: str) -> tuple[str, str]:
 # embeddings ---------------------------------------------------------------------------------------
 
 
+def _no_tokens(request: EmbeddingRequest, index: int) -> str:
+    """Why the input at ``index``, in which the tokenizer finds no token, is refused: named by its place (none for a
+    single string), and as white space where it holds only that (the API embeds it; this tokenizer drops it)."""
+    where = "" if isinstance(request.input, str) else f"[{index}]"
+    if not request.texts()[index].strip():
+        return f"input{where} has no tokens (only white space, which the tokenizer drops)"
+    return f"input{where} {NO_TOKENS}"
+
+
 class Embeddings(Task):
     """``/v1/embeddings``: one feature per input string; each request gets its list of embeddings."""
 
@@ -421,7 +437,7 @@ class Embeddings(Task):
                     f"dimensions {request.dimensions}: this model's embeddings have {width}; give {width} or none"
                 )
             elif empty := tokenless(self.tokenizer, request.texts()):  # the model would embed its special tokens
-                errors[i] = f"input{'' if isinstance(request.input, str) else f'[{empty[0]}]'} {NO_TOKENS}"
+                errors[i] = _no_tokens(request, empty[0])
             else:
                 rows += [i] * len(request.texts())
                 strings += request.texts()

@@ -102,6 +102,8 @@ class ChatRequest(Body):
         return self.max_completion_tokens or self.max_tokens or default
 
     def stops(self) -> tuple[str, ...]:
+        """The request's stop strings; none for ``[]`` and for no ``stop`` alike (``stop is None`` tells them apart:
+        only a request without ``stop`` takes the model's stop strings)."""
         if self.stop is None:
             return ()
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
@@ -183,8 +185,9 @@ def _parse_embedding(body: dict[str, Any]) -> EmbeddingRequest | str:
     texts = request.texts()
     if not texts or len(texts) > MAX_INPUTS:
         return f"input: give 1 to {MAX_INPUTS} strings"
-    if any(not t.strip() for t in texts):
-        return "input: an empty string can't be embedded"
+    if "" in texts:  # refused as the API refuses it; white space alone is embedded where the tokenizer reads it
+        where = "" if isinstance(request.input, str) else f"[{texts.index('')}]"
+        return f"input{where} is an empty string, which can't be embedded"
     return request
 
 
