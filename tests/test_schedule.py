@@ -1687,6 +1687,77 @@ def test_a_file_under_a_latest_link_moved_to_another_folder_is_refused_as_one_in
     assert entry.status == "succeeded" and sorted(all_ids(tmp_path)) == ["d3_0", "d3_1", "d3_2", "d3_3"]
 
 
+def test_a_latest_file_link_moved_to_another_file_is_refused_as_a_moved_folder_link_is(tmp_path):
+    """`input.paths: [land3/latest.jsonl]`, a link to one file that the export moves to each night's file (`ln -sfn
+    2026-11-29.jsonl land3/latest.jsonl`): the same path at every tick, so the night's file was taken for a new
+    version of the night before's, whose rows moved to _superseded/ though 2026-11-28.jsonl is still there. Refused,
+    by the tick and by `pipelines plan`, naming the file the link led to; once that file is gone (the export deleted
+    it), the file under the link is its new version, as before."""
+    from pipelines.planning.inputs import survey
+    from pipelines.planning.progress import output_plan
+
+    runner, model = Committing(digests=True), fake_model(tmp_path)
+    raw = raw_job(tmp_path, model)
+    latest = tmp_path / "land3" / "latest.jsonl"
+    raw["input"]["paths"] = [str(latest)]
+    spec = spec_from_dict(raw)
+    first = write_jsonl(tmp_path / "land3" / "2026-11-28.jsonl", rows("d1_", 3))
+    write_jsonl(tmp_path / "land3" / "2026-11-29.jsonl", rows("d2_", 2))
+    latest.symlink_to("2026-11-28.jsonl")
+    run_due(spec, now=day(1, hours=0.01), runner=runner)
+    latest.unlink()
+    latest.symlink_to("2026-11-29.jsonl")
+    refused = (r"latest.jsonl has the name of .*land3/2026-11-28.jsonl \(listed as .*land3/latest.jsonl, through a "
+               r"symbolic link that leads elsewhere now\).* still there")
+    with pytest.raises(PipelineError, match=refused):
+        run_due(spec, now=day(2, hours=0.01), runner=runner)
+    assert sorted(all_ids(tmp_path)) == ["d1_0", "d1_1", "d1_2"]  # the night before's rows stay
+    assert [e["status"] for e in ledger(tmp_path)] == ["running", "succeeded"]  # no tick recorded: tried again
+    shards = list_shards(spec.input.paths, spec.input.format, empty_is_no_input=True)
+    plan = output_plan(spec, shards, survey(shards))
+    assert plan.state == "refused" and re.search(refused, plan.note)
+
+    first.unlink()  # the export deleted it: the file under the link is its new version
+    [entry] = run_due(spec, now=day(2, hours=0.02), runner=runner).entries
+    assert entry.status == "succeeded" and list(entry.replaces.values()) == ["2026-11-28T02:00:00Z"]
+    assert sorted(all_ids(tmp_path)) == ["d2_0", "d2_1"]
+
+
+@pytest.mark.parametrize("store", [".git/annex/objects/Xq/8M/SHA256E-s{size}--{digest}.jsonl/SHA256E-s{size}--"
+                                   "{digest}.jsonl", ".dvc/cache/files/md5/{digest:.2}/{digest2}",
+                                   "dvc-cache/files/md5/{digest:.2}/{digest2}"],
+                         ids=["git-annex", "dvc", "dvc-shared-cache"])
+def test_a_file_kept_as_a_link_into_a_content_store_is_a_new_version_when_its_link_changes(tmp_path, store):
+    """A file that git-annex or DVC (cache.type symlink) keeps as a link into its store (`.git/annex/objects/…`,
+    `.dvc/cache/files/md5/ab/…`, or a shared cache outside the repository, `dvc cache dir /srv/dvc-cache`): a new
+    version (`git annex get`, `dvc checkout` after a commit) changes where the link leads while the store keeps the
+    earlier object. That is still a new version of the file, its earlier rows superseded, not a refused one."""
+    import hashlib
+
+    runner, model = Committing(digests=True), fake_model(tmp_path)
+    raw = raw_job(tmp_path, model)
+    tracked = tmp_path / "repo" / "data" / "requests.jsonl"
+    raw["input"]["paths"] = [str(tracked)]
+    spec = spec_from_dict(raw)
+
+    def check_in(prefix: str, n: int) -> None:  # the object in the store, and the tracked file a link to it
+        staged = write_jsonl(tmp_path / "staged.jsonl", rows(prefix, n))
+        digest = hashlib.sha256(staged.read_bytes()).hexdigest()
+        place = tmp_path / "repo" / store.format(size=staged.stat().st_size, digest=digest, digest2=digest[2:32])
+        place.parent.mkdir(parents=True, exist_ok=True)
+        staged.rename(place)
+        tracked.parent.mkdir(parents=True, exist_ok=True)
+        tracked.unlink(missing_ok=True)
+        tracked.symlink_to(os.path.relpath(place, tracked.parent))
+
+    check_in("v1_", 3)
+    run_due(spec, now=day(1, hours=0.01), runner=runner)
+    check_in("v2_", 2)  # the earlier object stays in the store
+    [entry] = run_due(spec, now=day(2, hours=0.01), runner=runner).entries
+    assert entry.status == "succeeded" and list(entry.replaces.values()) == ["2026-11-28T02:00:00Z"]
+    assert sorted(all_ids(tmp_path)) == ["v2_0", "v2_1"]
+
+
 def test_a_failing_runs_file_is_not_taken_from_another_folder_under_its_name(tmp_path):
     """The same with a run that keeps failing: its resume took the night after's bad-0.jsonl, in another folder, for
     the file it had planned under that name, and scored it into its partition in that file's place."""

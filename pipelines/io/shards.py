@@ -86,6 +86,9 @@ class Shard:
         folder = real_folder(self.uri)
         if folder is not None:  # listed through a symbolic link: where the file was (only then, so records stay)
             found["folder"] = folder
+        target = link_target(self.uri)
+        if target is not None:  # a link to a plain file (latest.jsonl -> 2026-11-28.jsonl): the file it led to
+            found["target"] = target
         return found
 
     def filesystem(self) -> pafs.FileSystem:
@@ -138,6 +141,39 @@ def real_folder(uri: str) -> str | None:
     folder = os.path.dirname(os.path.abspath(os.path.expanduser(uri)))
     real = os.path.realpath(folder)
     return real if real != folder else None
+
+
+def link_target(uri: str) -> str | None:
+    """The file a local file listed as a symbolic link to another plain file leads to (``latest.jsonl``, a link to
+    ``2026-11-28.jsonl``: ``…/2026-11-28.jsonl``, its links resolved); None for a file that is no link, or not
+    local, or a link into a content store, whose target changes with each version of the file: git-annex's
+    (``../.git/annex/objects/…/KEY``) and DVC's with ``cache.type symlink`` (``.dvc/cache/files/md5/ab/cdef…``, or
+    a shared cache elsewhere, ``/srv/dvc-cache/files/md5/ab/cdef…``), told by :func:`in_store`."""
+    if "://" in uri:
+        return None
+    path = os.path.abspath(os.path.expanduser(uri))
+    try:
+        written = os.readlink(path)
+    except OSError:  # no link (or not there)
+        return None
+    real = os.path.realpath(path)
+    return None if in_store(path, os.path.normpath(os.path.join(os.path.dirname(path), written)), real) else real
+
+
+#: A content-addressed object's folder and name: a hash's first two hex digits, then the rest (DVC's cache).
+_HASHED = re.compile(r"[0-9a-f]{2}/[0-9a-f]{30,}")
+
+
+def in_store(link: str, written: str, real: str) -> bool:
+    """Whether a link (``link``, as its text leads, ``written``, and with every link resolved, ``real``) leads into a
+    content store: below the folder it shares with the link's, through a hidden folder (a name starting with ``.``,
+    as a listing skips: git-annex's ``.git/annex/objects``, DVC's ``.dvc/cache``), or to an object named by a hash
+    in a folder named by its first two digits (DVC's cache anywhere: ``dvc cache dir /srv/dvc-cache``)."""
+    for base, target in ((os.path.dirname(link), written), (os.path.realpath(os.path.dirname(link)), real)):
+        below = os.path.relpath(target, os.path.commonpath([base, target])).split(os.sep)
+        if any(part.startswith(".") and part not in (".", "..") for part in below[:-1]):
+            return True
+    return any(_HASHED.fullmatch("/".join(target.split(os.sep)[-2:])) for target in (written, real))
 
 
 def uri_of(location: str, path: str) -> str:

@@ -128,16 +128,22 @@ def still_there(recorded: LedgerInput | ShardInput, at: str | None = None) -> bo
 
 def linked_elsewhere(shard: Shard, recorded: LedgerInput | ShardInput) -> str | None:
     """Where the file scored (or planned) under the path ``shard`` has now was, where a symbolic link in that path
-    led to another folder then (``landing/latest``, moved to each night's folder): its folder as recorded when it
-    was listed (:func:`~pipelines.io.shards.real_folder`; a record without one was listed where no link led
-    elsewhere), else None (the same folder, or not a local file)."""
+    led elsewhere then: to another folder (``landing/latest``, moved to each night's folder), the file under the
+    folder recorded when it was listed (:func:`~pipelines.io.shards.real_folder`; a record without one was listed
+    where no link led elsewhere); the path a link to one plain file (``latest.jsonl``, moved to each night's file)
+    led to, recorded when it was listed (:func:`~pipelines.io.shards.link_target`: none for a file that was no link,
+    or a link into a content store, whose new versions are links to new objects). Else None (the same file, or not
+    a local file)."""
     if "://" in shard.uri:
         return None
     path = os.path.abspath(os.path.expanduser(shard.uri))
     before = getattr(recorded, "folder", None) or os.path.dirname(path)
-    if os.path.realpath(before) == os.path.realpath(os.path.dirname(path)):
-        return None
-    return os.path.join(before, os.path.basename(path))
+    if os.path.realpath(before) != os.path.realpath(os.path.dirname(path)):
+        return os.path.join(before, os.path.basename(path))
+    target = getattr(recorded, "target", None)
+    if isinstance(target, str) and os.path.realpath(path) != os.path.realpath(target):
+        return target
+    return None
 
 
 def describe_shard(shard: Shard) -> LedgerInput:
