@@ -233,3 +233,95 @@ def test_models_that_are_uploaded_or_not_a_project_folder_pass(project, tmp_path
     (project / "minilm").mkdir()  # an alias is the installed package's, on every node
     for name in ("minilm", "MiniLM", "org/model", str(project / "models/mine"), "~/models/mine"):
         jobs.check_model_uploaded(project, name)  # a Hub id, or an absolute path: read where it is
+
+
+# --------------------------------------------------------------------------- #
+# Relative paths: the cluster reads what `pipelines run` reads from where submit runs
+# --------------------------------------------------------------------------- #
+
+
+def submitted_from(folder: Path, monkeypatch, *sets: str, job: str = "label_news.yaml") -> tuple[int, str]:
+    """`pipelines submit JOB --set …` run from ``folder``; its exit status and the entrypoint the cluster got
+    (nothing is connected to: the request is taken where it would be sent)."""
+    from pipelines.cli.main import main
+
+    sent: list[dict] = []
+    monkeypatch.setattr(jobs, "_connect", lambda address, insecure=False: (jobs._Client(None, None), address))
+    monkeypatch.setattr(jobs, "_submit_when_ready", lambda client, url, request, *rest: sent.append(request) or "r_1")
+    monkeypatch.chdir(folder)
+    code = main(["submit", job, "--address", "http://127.0.0.1:1", "--set", "output.path=/abs/out",
+                 *(arg for value in sets for arg in ("--set", value))])  # fmt: skip
+    return code, sent[0]["entrypoint"] if sent else ""
+
+
+def as_the_cluster_reads(project: Path, entrypoint: str):
+    """The spec the cluster's `pipelines run` loads, in the uploaded project (its current directory)."""
+    import shlex
+
+    from pipelines.spec import load_spec
+
+    argv = shlex.split(entrypoint)
+    assert argv[:4] == ["python", "-m", "pipelines", "run"]
+    return load_spec(project / argv[4], [argv[i + 1] for i, arg in enumerate(argv) if arg == "--set"])
+
+
+def from_root(project: Path, path: str) -> str:
+    return os.path.normpath(project / path)
+
+
+def test_submit_from_a_subfolder_reads_relative_paths_from_there_as_run_does(project, monkeypatch, capsys):
+    """The reviewer's repro: from jobs/, `--set input.paths=[data/probe/ok]` is jobs/data/probe/ok to `pipelines
+    run`, but submit sent it as written and the cluster, running in the project root, read data/probe/ok there (a
+    folder that exists too: other rows, silently). The same for a spec file's own relative paths (relative to the
+    directory the command runs in, not to the spec's folder), a model folder and the cache folder."""
+    write_rows(project / "data/probe/ok/other.jsonl")  # the root's data/: not what run reads from jobs/
+    write_model(project / "models/mine")
+    code, entrypoint = submitted_from(project / "jobs", monkeypatch, "input.paths=[data/probe/ok, ./data/probe/b*]",
+                                      "model.name=../models/mine", "model.quantization=none", "model.cache_dir=cache")
+    assert code == 0, capsys.readouterr().err
+    spec = as_the_cluster_reads(project, entrypoint)
+    assert [from_root(project, p) for p in spec.input.paths] == [
+        str(project / "jobs/data/probe/ok"), str(project / "jobs/data/probe/b*")]
+    assert from_root(project, spec.model.name) == str(project / "models/mine")
+    assert from_root(project, spec.model.cache_dir or "") == str(project / "jobs/cache")
+
+    spec_file = project / "jobs/label_news.yaml"  # written relative to jobs/, where it is run from
+    spec_file.write_text(spec_file.read_text().replace("[jobs/data/news]", "[data/probe/ok]"))
+    code, entrypoint = submitted_from(project / "jobs", monkeypatch)
+    assert code == 0, capsys.readouterr().err
+    assert [from_root(project, p) for p in as_the_cluster_reads(project, entrypoint).input.paths] == [
+        str(project / "jobs/data/probe/ok")]
+
+
+def test_submit_from_the_project_root_sends_relative_paths_as_written(project, monkeypatch, capsys):
+    write_model(project / "models/mine")
+    sets = ("input.paths=[jobs/data/probe]", "model.name=models/mine", "model.quantization=none")
+    code, entrypoint = submitted_from(project, monkeypatch, *sets, job="jobs/label_news.yaml")
+    assert code == 0, capsys.readouterr().err
+    assert entrypoint == jobs.build_entrypoint("jobs/label_news.yaml", ["output.path=/abs/out", *sets])
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [("input.paths=[../../elsewhere]", "input.paths ../../elsewhere is read by `pipelines run` from"),
+     ("model.cache_dir=../../cache", "model.cache_dir ../../cache is read by `pipelines run` from")],
+)
+def test_submit_refuses_a_relative_path_that_leads_out_of_the_project(project, tmp_path, monkeypatch, capsys, value,
+                                                                      said):
+    write_rows(tmp_path / "elsewhere/part.jsonl")
+    code, entrypoint = submitted_from(project / "jobs", monkeypatch, value)
+    assert code == 2 and not entrypoint
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert said in line and f"as {tmp_path}" in line and "outside the project" in line, line
+    assert "absolute path on storage every node" in line and "s3://" in line
+
+
+def test_submit_refuses_a_model_name_that_is_a_folder_only_in_the_project_root(project, monkeypatch, capsys):
+    """From jobs/, `models/mine` is no folder: `pipelines run` there takes it as a Hugging Face id; the cluster,
+    in the project root, would load the folder instead."""
+    write_model(project / "models/mine")
+    code, entrypoint = submitted_from(project / "jobs", monkeypatch, "model.name=models/mine",
+                                      "model.quantization=none")
+    assert code == 2 and not entrypoint
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "model.name models/mine" in line and "Hugging Face id" in line and "../models/mine" in line, line

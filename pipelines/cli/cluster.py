@@ -76,13 +76,17 @@ def _submit(args: argparse.Namespace) -> int:
     spec = load_spec(args.job, args.overrides)  # a broken spec fails here, not after the upload
     _check_output_path(spec.output.path)
     root = args.project_root or jobs.find_project_root(args.job)
+    # the cluster runs in the project root: relative paths are sent as `pipelines run` reads them here
+    overrides = [*args.overrides, *jobs.paths_as_run_reads_them(
+        root, spec.input.paths, spec.model.name, spec.model.cache_dir)]
+    spec = load_spec(args.job, overrides)
     # before any connection: an input file the upload leaves out would be missing rows in a job that succeeds
     jobs.check_inputs_uploaded(root, spec.input.paths, spec.input.format, spec.output.path)
     jobs.check_model_uploaded(root, spec.model.name)  # nor a model folder the job would miss
     address = jobs.resolve_address(args.address)
     flags = [flag for flag, given in (("--overwrite", args.overwrite), ("--prune", args.prune),
                                       ("--redo-changed", args.redo_changed)) if given]
-    job_id = jobs.submit(args.job, address, overrides=args.overrides, project_root=root, insecure=args.insecure,
+    job_id = jobs.submit(args.job, address, overrides=overrides, project_root=root, insecure=args.insecure,
                          extra_args=flags)
     if not args.wait:
         print(job_id)

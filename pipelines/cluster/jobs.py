@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import dataclasses
 import ipaddress
+import json
 import logging
 import os
 import re
@@ -455,6 +456,61 @@ def check_model_uploaded(project_root: Path, model_name: str) -> None:
         "its absolute path, or, for a small model, change that rule (.gitignore, .rayignore: Ray uploads at most "
         "512 MiB by default)"
     )
+
+
+def paths_as_run_reads_them(project_root: Path, input_paths: Sequence[str], model_name: str,
+                            cache_dir: str | None, here: Path | None = None) -> list[str]:
+    """``--set`` overrides that make the job on the cluster read the files ``pipelines run`` would read here.
+
+    A relative local path (``input.paths``, a ``model.name`` that is a folder, ``model.cache_dir``; in the spec file
+    or given to ``--set`` alike) is relative to the directory a command runs in, ``here`` (default: the current
+    one), but the cluster's ``pipelines run`` runs in the uploaded project root: each such path that would name
+    another place from there is sent relative to the root, and one that leads out of the project (which is not
+    uploaded) is refused (PipelineError), as is a ``model.name`` that is no folder here (run takes it as a Hugging
+    Face id) but one in the project root (the cluster would load that folder). ``~/…`` paths, absolute paths,
+    URIs and aliases are sent as written. Empty when run from the root.
+    """
+    from pipelines.spec import MODEL_ALIASES
+
+    root = Path(project_root).resolve()
+    here = Path(here if here is not None else os.getcwd())
+
+    def local_relative(path: str) -> bool:
+        return "://" not in path and not os.path.isabs(path) and not path.startswith("~")
+
+    def in_project(field: str, path: str) -> str:
+        """``path`` as read from ``here``, relative to the root (as written where that names the same place)."""
+        target = os.path.normpath(here / path)
+        if target == os.path.normpath(root / path):
+            return path
+        inside = os.path.relpath(target, root)
+        if inside == os.pardir or inside.startswith(os.pardir + os.sep):
+            raise PipelineError(
+                f"{field} {path} is read by `pipelines run` from the directory it runs in ({here}), as {target}, "
+                f"which is outside the project {root} that submit uploads, so the job on the cluster would not find "
+                "it; submit from the folder the path is written relative to, or give an s3:// URI or an absolute "
+                "path on storage every node of the cluster reads, or move it into the project"
+            )
+        return Path(inside).as_posix()
+
+    overrides: list[str] = []
+    paths = [in_project("input.paths", p) if local_relative(p) else p for p in input_paths]
+    if paths != list(input_paths):
+        overrides.append("input.paths=" + json.dumps(paths, ensure_ascii=False))
+    if model_name.lower() not in MODEL_ALIASES and local_relative(model_name):
+        if os.path.exists(here / model_name):
+            if (name := in_project("model.name", model_name)) != model_name:
+                overrides.append("model.name=" + json.dumps(name, ensure_ascii=False))
+        elif os.path.exists(root / model_name):
+            raise PipelineError(
+                f"model.name {model_name} is no folder in the directory submit runs in ({here}), so `pipelines run` "
+                f"here would take it as a Hugging Face id, but the cluster runs in the project root {root} and would "
+                "load the folder there; give the folder's path relative to here "
+                f"({Path(os.path.relpath(root / model_name, here)).as_posix()}), or submit from the project root"
+            )
+    if cache_dir and local_relative(cache_dir) and (folder := in_project("model.cache_dir", cache_dir)) != cache_dir:
+        overrides.append("model.cache_dir=" + json.dumps(folder, ensure_ascii=False))
+    return overrides
 
 
 def _by_rule(left: Sequence[LeftOut]) -> str:
