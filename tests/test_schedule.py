@@ -1611,15 +1611,34 @@ def test_a_ledger_cut_short_by_hand_is_refused_not_taken_for_new_input(tmp_path,
     assert plan.state == "refused" and re.search(unknown, plan.note)
 
 
+def refused_until_the_earlier_file_is_gone(tmp_path, spec, runner, refused: str, gone) -> None:
+    """The second night's tick of the tests below: refused (by the tick and by `pipelines plan`, naming ``refused``)
+    while the file scored the night before is still where it was, the night before's rows kept and no tick recorded;
+    once ``gone()`` moves or deletes that file, the night's file is its new version, the night before's rows
+    superseded."""
+    from pipelines.io.shards import list_shards
+    from pipelines.planning.inputs import survey
+    from pipelines.planning.progress import output_plan
+
+    with pytest.raises(PipelineError, match=refused):
+        run_due(spec, now=day(2, hours=0.01), runner=runner)
+    assert sorted(all_ids(tmp_path)) == ["d1_0", "d1_1", "d1_2"]  # the night before's rows stay
+    assert [e["status"] for e in ledger(tmp_path)] == ["running", "succeeded"]  # no tick recorded: tried again
+    shards = list_shards(spec.input.paths, spec.input.format, empty_is_no_input=True)
+    plan = output_plan(spec, shards, survey(shards))
+    assert plan.state == "refused" and re.search(refused, plan.note)
+    gone()
+    [entry] = run_due(spec, now=day(2, hours=0.02), runner=runner).entries
+    assert entry.status == "succeeded" and list(entry.replaces.values()) == ["2026-11-28T02:00:00Z"]
+    assert sorted(all_ids(tmp_path)) == ["d2_0", "d2_1"]
+
+
 def test_a_file_in_another_folder_under_a_scored_files_name_is_refused_not_taken_for_its_new_version(tmp_path):
     """`--set input.paths=[landing/{{ ds }}]`, one landing folder per night (Airflow's date): each night's
     part-0.jsonl has the name of the night before's, so the tick took it for a new version of that file and moved the
     night before's rows to _superseded/ with no more than a warning that a shard changed. Refused, by the tick and by
     `pipelines plan`, while the file scored under that name is still where it was scored from; a file whose earlier
     version is no longer there (a folder moved) is its new version, as before."""
-    from pipelines.io.shards import list_shards
-    from pipelines.planning.inputs import survey
-    from pipelines.planning.progress import output_plan
 
     runner, model = Committing(digests=True), fake_model(tmp_path)
 
@@ -1633,18 +1652,9 @@ def test_a_file_in_another_folder_under_a_scored_files_name_is_refused_not_taken
     write_jsonl(tmp_path / "landing" / "2026-11-29" / "part-0.jsonl", rows("d2_", 2))
     spec = nightly("2026-11-29")
     refused = r"part-0.jsonl has the name of .*2026-11-28/part-0.jsonl.* still there"
-    with pytest.raises(PipelineError, match=refused):
-        run_due(spec, now=day(2, hours=0.01), runner=runner)
-    assert sorted(all_ids(tmp_path)) == ["d1_0", "d1_1", "d1_2"]  # the night before's rows stay
-    assert [e["status"] for e in ledger(tmp_path)] == ["running", "succeeded"]  # no tick recorded: tried again
-    shards = list_shards(spec.input.paths, spec.input.format, empty_is_no_input=True)
-    plan = output_plan(spec, shards, survey(shards))
-    assert plan.state == "refused" and re.search(refused, plan.note)
-
-    first.rename(tmp_path / "elsewhere.jsonl")  # the earlier file is gone from where it was: a new version, as before
-    [entry] = run_due(spec, now=day(2, hours=0.02), runner=runner).entries
-    assert entry.status == "succeeded" and list(entry.replaces.values()) == ["2026-11-28T02:00:00Z"]
-    assert sorted(all_ids(tmp_path)) == ["d2_0", "d2_1"]
+    # then the earlier file is gone from where it was: a new version, as before
+    refused_until_the_earlier_file_is_gone(tmp_path, spec, runner, refused,
+                                           lambda: first.rename(tmp_path / "elsewhere.jsonl"))
 
 
 def test_a_file_under_a_latest_link_moved_to_another_folder_is_refused_as_one_in_another_folder_is(tmp_path):
@@ -1654,9 +1664,6 @@ def test_a_file_under_a_latest_link_moved_to_another_folder_is_refused_as_one_in
     there (its other files stayed, as gone input). Refused, as with `landing/{{ ds }}`, by the tick and by `pipelines
     plan`, naming the folder the link pointed to; a file whose link points to the same folder (a new version written
     in place) or that the export deleted is a new version, as before."""
-    from pipelines.io.shards import list_shards
-    from pipelines.planning.inputs import survey
-    from pipelines.planning.progress import output_plan
 
     runner, model = Committing(digests=True), fake_model(tmp_path)
     raw = raw_job(tmp_path, model)
@@ -1670,18 +1677,9 @@ def test_a_file_under_a_latest_link_moved_to_another_folder_is_refused_as_one_in
     latest.unlink()
     latest.symlink_to("2026-11-29")
     refused = r"latest/part-0.jsonl has the name of .*landing/2026-11-28/part-0.jsonl.* still there"
-    with pytest.raises(PipelineError, match=refused):
-        run_due(spec, now=day(2, hours=0.01), runner=runner)
-    assert sorted(all_ids(tmp_path)) == ["d1_0", "d1_1", "d1_2"]  # the night before's rows stay
-    assert [e["status"] for e in ledger(tmp_path)] == ["running", "succeeded"]  # no tick recorded: tried again
-    shards = list_shards(spec.input.paths, spec.input.format, empty_is_no_input=True)
-    plan = output_plan(spec, shards, survey(shards))
-    assert plan.state == "refused" and re.search(refused, plan.note)
-
-    (tmp_path / "landing" / "2026-11-28" / "part-0.jsonl").unlink()  # the export deleted it: a new version
-    [entry] = run_due(spec, now=day(2, hours=0.02), runner=runner).entries
-    assert entry.status == "succeeded" and list(entry.replaces.values()) == ["2026-11-28T02:00:00Z"]
-    assert sorted(all_ids(tmp_path)) == ["d2_0", "d2_1"]
+    # then the export deleted it: a new version
+    earlier = tmp_path / "landing" / "2026-11-28" / "part-0.jsonl"
+    refused_until_the_earlier_file_is_gone(tmp_path, spec, runner, refused, earlier.unlink)
     write_jsonl(tmp_path / "landing" / "2026-11-29" / "part-0.jsonl", rows("d3_", 4))  # rewritten in place
     [entry] = run_due(spec, now=day(3, hours=0.01), runner=runner).entries
     assert entry.status == "succeeded" and sorted(all_ids(tmp_path)) == ["d3_0", "d3_1", "d3_2", "d3_3"]
@@ -1693,8 +1691,6 @@ def test_a_latest_file_link_moved_to_another_file_is_refused_as_a_moved_folder_l
     version of the night before's, whose rows moved to _superseded/ though 2026-11-28.jsonl is still there. Refused,
     by the tick and by `pipelines plan`, naming the file the link led to; once that file is gone (the export deleted
     it), the file under the link is its new version, as before."""
-    from pipelines.planning.inputs import survey
-    from pipelines.planning.progress import output_plan
 
     runner, model = Committing(digests=True), fake_model(tmp_path)
     raw = raw_job(tmp_path, model)
@@ -1709,18 +1705,8 @@ def test_a_latest_file_link_moved_to_another_file_is_refused_as_a_moved_folder_l
     latest.symlink_to("2026-11-29.jsonl")
     refused = (r"latest.jsonl has the name of .*land3/2026-11-28.jsonl \(listed as .*land3/latest.jsonl, through a "
                r"symbolic link that leads elsewhere now\).* still there")
-    with pytest.raises(PipelineError, match=refused):
-        run_due(spec, now=day(2, hours=0.01), runner=runner)
-    assert sorted(all_ids(tmp_path)) == ["d1_0", "d1_1", "d1_2"]  # the night before's rows stay
-    assert [e["status"] for e in ledger(tmp_path)] == ["running", "succeeded"]  # no tick recorded: tried again
-    shards = list_shards(spec.input.paths, spec.input.format, empty_is_no_input=True)
-    plan = output_plan(spec, shards, survey(shards))
-    assert plan.state == "refused" and re.search(refused, plan.note)
-
-    first.unlink()  # the export deleted it: the file under the link is its new version
-    [entry] = run_due(spec, now=day(2, hours=0.02), runner=runner).entries
-    assert entry.status == "succeeded" and list(entry.replaces.values()) == ["2026-11-28T02:00:00Z"]
-    assert sorted(all_ids(tmp_path)) == ["d2_0", "d2_1"]
+    # then the export deleted it: the file under the link is its new version
+    refused_until_the_earlier_file_is_gone(tmp_path, spec, runner, refused, first.unlink)
 
 
 @pytest.mark.parametrize("store", [".git/annex/objects/Xq/8M/SHA256E-s{size}--{digest}.jsonl/SHA256E-s{size}--"
