@@ -985,3 +985,11 @@ def test_the_output_line_of_a_path_with_a_hash_or_a_space_names_a_uri_that_reade
     job = s3_job(tmp_path, "some/model", f"s3://{IN}/news", f"s3://{OUT}/labels")
     assert main(["run", str(job)]) == 0
     assert "read it as" not in capsys.readouterr().out  # a plain path is read as written
+
+    # a scheduled job's output line too (its partitions, run=*/, lie under the path as written)
+    import pipelines.schedule.executor as executor
+
+    monkeypatch.setattr(executor, "run_due", lambda spec, **kwargs: types.SimpleNamespace(entries=[], failures=[]))
+    job = s3_job(tmp_path, "some/model", f"s3://{IN}/news", f"s3://{OUT}/runs#2")
+    assert main(["schedule", str(job), "--once"]) == 0
+    assert f"read it as s3://{OUT}/runs%232 " in capsys.readouterr().out
