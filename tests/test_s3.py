@@ -993,3 +993,17 @@ def test_the_output_line_of_a_path_with_a_hash_or_a_space_names_a_uri_that_reade
     job = s3_job(tmp_path, "some/model", f"s3://{IN}/news", f"s3://{OUT}/runs#2")
     assert main(["schedule", str(job), "--once"]) == 0
     assert f"read it as s3://{OUT}/runs%232 " in capsys.readouterr().out
+
+
+def test_the_write_probe_on_a_new_s3_output_leaves_only_a_staging_marker_that_a_later_run_accepts(s3_server,
+                                                                                                   monkeypatch):
+    """README, One run at a time per output: a run on a new output refused after the write probe (the precision
+    gate) leaves no file and no lock, only the empty ``_staging/`` marker pyarrow writes when it deletes a folder's
+    last object (it said "no trace" before): readers skip it and a later run takes the output as this project's."""
+    use_s3(monkeypatch, s3_server)
+    output = OutputDir(f"s3://{OUT}/probed")
+    output.check_writable()
+    assert s3_server.keys(OUT, "probed") == ["_staging/"]
+    output.check_owner()  # not refused as someone else's folder
+    output.check_writable()  # a second probe: the same one marker
+    assert s3_server.keys(OUT, "probed") == ["_staging/"]
