@@ -944,3 +944,66 @@ def test_an_empty_name_in_an_output_path_exits_2_with_one_line(s3_server, tiny_m
     assert done.returncode == 2, done.stderr[-3000:]
     assert "Traceback" not in done.stderr and "ArrowInvalid" not in done.stderr, done.stderr[-3000:]
     assert f"an empty name (//) in s3://{OUT}//x" in done.stderr and f"write s3://{OUT}/x" in done.stderr
+
+
+def test_the_output_line_of_a_path_with_a_hash_or_a_space_names_a_uri_that_readers_read_as_this_output(
+        s3_server, monkeypatch, tmp_path, capsys):
+    """``output.path: s3://bucket/runs#2`` is written at the key ``runs#2/`` (README, input.paths), but pyarrow and
+    pandas, given that URI as written (``pq.read_table("s3://bucket/runs#2")``, the README's way to read results),
+    cut it at the ``#`` and read ``runs/``: another output's rows, silently. A space in the path makes them fail.
+    The run's ``output:`` line also names the URI that readers read as this output (no run: the CLI's print)."""
+    import types
+
+    import pandas as pd
+
+    import pipelines.output.summary as summary
+    import pipelines.runner as runner
+    from pipelines.cli.main import main
+
+    use_s3(monkeypatch, s3_server)
+    client = s3_server.client()
+    for key, ids in (("runs#2/part-aaaaaaaaaaaa-00000.parquet", ["this", "job"]),
+                     ("runs/part-bbbbbbbbbbbb-00000.parquet", ["other"]),
+                     ("res 1/part-cccccccccccc-00000.parquet", ["spaced"])):
+        body = io.BytesIO()
+        pq.write_table(pa.table({"id": ids}), body)
+        client.put_object(Bucket=OUT, Key=key, Body=body.getvalue())
+    assert pq.read_table(f"s3://{OUT}/runs#2")["id"].to_pylist() == ["other"]  # the trap, as pyarrow reads it
+
+    result = types.SimpleNamespace(status="succeeded", report=None)
+    monkeypatch.setattr(runner, "run_job", lambda spec, **kwargs: result)
+    monkeypatch.setattr(summary, "render", lambda r: "succeeded")
+    for written, ids in ((f"s3://{OUT}/runs#2", ["job", "this"]), (f"s3://{OUT}/res 1", ["spaced"])):
+        job = s3_job(tmp_path, "some/model", f"s3://{IN}/news", written)
+        capsys.readouterr()
+        assert main(["run", str(job)]) == 0
+        printed = capsys.readouterr().out
+        assert f"output: {written}" in printed
+        [readable] = re.findall(r"read it as (s3://\S+)", printed)
+        assert sorted(pq.read_table(readable)["id"].to_pylist()) == ids, printed
+        assert sorted(pd.read_parquet(readable)["id"]) == ids
+    job = s3_job(tmp_path, "some/model", f"s3://{IN}/news", f"s3://{OUT}/labels")
+    assert main(["run", str(job)]) == 0
+    assert "read it as" not in capsys.readouterr().out  # a plain path is read as written
+
+    # a scheduled job's output line too (its partitions, run=*/, lie under the path as written)
+    import pipelines.schedule.executor as executor
+
+    monkeypatch.setattr(executor, "run_due", lambda spec, **kwargs: types.SimpleNamespace(entries=[], failures=[]))
+    job = s3_job(tmp_path, "some/model", f"s3://{IN}/news", f"s3://{OUT}/runs#2")
+    assert main(["schedule", str(job), "--once"]) == 0
+    assert f"read it as s3://{OUT}/runs%232 " in capsys.readouterr().out
+
+
+def test_the_write_probe_on_a_new_s3_output_leaves_only_a_staging_marker_that_a_later_run_accepts(s3_server,
+                                                                                                   monkeypatch):
+    """README, One run at a time per output: a run on a new output refused after the write probe (the precision
+    gate) leaves no file and no lock, only the empty ``_staging/`` marker pyarrow writes when it deletes a folder's
+    last object (it said "no trace" before): readers skip it and a later run takes the output as this project's."""
+    use_s3(monkeypatch, s3_server)
+    output = OutputDir(f"s3://{OUT}/probed")
+    output.check_writable()
+    assert s3_server.keys(OUT, "probed") == ["_staging/"]
+    output.check_owner()  # not refused as someone else's folder
+    output.check_writable()  # a second probe: the same one marker
+    assert s3_server.keys(OUT, "probed") == ["_staging/"]

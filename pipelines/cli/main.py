@@ -168,6 +168,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from pipelines.io.shards import reader_uri
     from pipelines.output.summary import render
     from pipelines.runner import run_job
     from pipelines.spec import load_spec
@@ -182,6 +183,8 @@ def _run(args: argparse.Namespace) -> int:
     else:
         print(render(result))
         print(f"output: {spec.output.path}")
+        if (readable := reader_uri(spec.output.path)) is not None:
+            print(f"read it as {readable} (pyarrow and pandas cut a URI at a # and refuse a space)")
         if result.report:
             print(f"report: {result.report}")
         else:  # write_quietly logged why

@@ -83,6 +83,10 @@ def _schedule(args: argparse.Namespace) -> int:
 
             print(f"next tick: {run_id(next_tick(spec.schedule, datetime.now(UTC)))}")
         print(f"output: {spec.output.path} (ledger: pipelines runs {args.job})")
+        from pipelines.io.shards import reader_uri
+
+        if (readable := reader_uri(spec.output.path)) is not None:
+            print(f"read it as {readable} (pyarrow and pandas cut a URI at a # and refuse a space)")
     for failure in report.failures:
         print(f"error: {failure}", file=sys.stderr)
     return 2 if report.failures else 0

@@ -185,6 +185,17 @@ def uri_of(location: str, path: str) -> str:
     return path
 
 
+def reader_uri(location: str) -> str | None:
+    """The URI that readers parsing it (pyarrow, pandas) read as ``location``, where that is not ``location`` as
+    written: a ``#`` in a key, which they take for the start of a fragment and drop with all after it (``s3://b/runs#2``
+    reads ``runs/``, another location, silently), or a space or an accent, which they refuse; else None."""
+    if "://" not in location:
+        return None
+    scheme, rest = location.split("://", 1)
+    encoded = f"{scheme}://{_encode_location(rest)}"
+    return encoded if encoded != location else None
+
+
 #: A location's query: options at its end, ``?region=us-east-1&scheme=http``. Any other ``?`` is a glob's.
 QUERY = re.compile(r"\?[A-Za-z_][\w.-]*=[^&#]*(?:&(?:[A-Za-z_][\w.-]*=[^&#]*)?)*$")
 
