@@ -766,6 +766,32 @@ def test_parquet_text_stored_as_bytes_is_text(tmp_path):
                                                 ("c", None, "text is bytes that are not UTF-8 text (binary)")]
 
 
+def test_parquet_view_types_are_read_as_their_plain_types(tmp_path):
+    """Arrow's view types (``string_view``, ``binary_view``; DataFusion and pyarrow write them in a Parquet file's
+    Arrow schema) have no ``take`` in pyarrow 26: a kept column, or a list of them, that every file held as a view
+    ended the job in a traceback (``Function 'array_take' has no kernel matching input types (string_view,
+    int64)``), nothing committed; text stored as ``binary_view`` was quarantined as "text is not a string", where
+    text stored as ``binary`` is text."""
+    pq.write_table(pa.table({
+        "id": pa.array([b"a", b"b", b"c"], pa.binary_view()),
+        "text": pa.array([b"caf\xc3\xa9 au lait", b"\xff", b"tea"], pa.binary_view()),
+        "src": pa.array(["web", None, "app"], pa.string_view()),
+        "raw": pa.array([b"x", b"y", None], pa.binary_view()),
+        "tags": pa.array([["p", "q"], [], None], pa.list_(pa.string_view())),
+    }), tmp_path / "views.parquet")
+    [shard] = list_shards([str(tmp_path / "views.parquet")])
+    columns = Columns(text="text", id="id", keep=("src", "raw", "tags"))
+    types = reference_types([shard], columns)
+    assert types == {"src": pa.string(), "raw": pa.binary(), "tags": pa.list_(pa.field("element", pa.string()))}
+    typed = dataclasses.replace(columns, keep_types=tuple(types.items()))
+    rows = sorted((r for block in read_shard(shard, typed) for r in block.to_pylist()), key=lambda r: r[ROW])
+    assert [(r["id"], r["text"], r[ERROR], r["src"], r["raw"], r["tags"]) for r in rows] == [
+        ("a", "café au lait", None, "web", b"x", ["p", "q"]),
+        ("b", None, "text is bytes that are not UTF-8 text (binary_view)", None, b"y", []),
+        ("c", "tea", None, "app", None, None),
+    ]
+
+
 def test_bytes_that_are_no_utf8_cost_their_row_in_every_column_the_job_reads(tmp_path):
     """Only the text column was checked: an id, a kept column (a label) or a key that is no UTF-8 crashed the actor
     (a traceback, nothing committed, again on every retry) or went into the output, which pandas and DuckDB then

@@ -1090,7 +1090,8 @@ def _text_uuids(values: Any, expected: pa.DataType) -> pa.Array:
 
 
 def _is_bytes(type_: pa.DataType) -> bool:
-    return pa.types.is_binary(type_) or pa.types.is_large_binary(type_) or pa.types.is_fixed_size_binary(type_)
+    return (pa.types.is_binary(type_) or pa.types.is_large_binary(type_) or pa.types.is_fixed_size_binary(type_)
+            or _is_binary_view(type_))
 
 
 def _bytes_as_text(column: Any, name: str, errors: Any) -> tuple[Any, Any]:
@@ -1113,6 +1114,11 @@ def _bytes_as_text(column: Any, name: str, errors: Any) -> tuple[Any, Any]:
 def _is_string_view(type_: pa.DataType) -> bool:
     """pyarrow 16's ``string_view`` text (``pa.types.is_string_view`` is not in pyarrow 15)."""
     return getattr(pa.types, "is_string_view", lambda _: False)(type_)
+
+
+def _is_binary_view(type_: pa.DataType) -> bool:
+    """pyarrow 16's ``binary_view`` bytes (``pa.types.is_binary_view`` is not in pyarrow 15)."""
+    return getattr(pa.types, "is_binary_view", lambda _: False)(type_)
 
 
 def _kept_column(table: pa.Table, name: str, expected: pa.DataType | None, errors: Any) -> tuple[Any, Any]:
@@ -1316,7 +1322,29 @@ def unify_types(types: list[pa.DataType]) -> pa.DataType:
     Structs with the same fields, in the same order, are one struct type in the same way. Timestamps are one
     timestamp in the finest unit, and instants in several zones one in UTC (a local time beside an instant: text).
     """
-    return _unify(types) or pa.string()
+    return _without_views(_unify(types) or pa.string())
+
+
+def _without_views(type_: pa.DataType) -> pa.DataType:
+    """The type with Arrow's view types as their plain ones, at any depth: ``string_view`` is ``string``,
+    ``binary_view`` is ``binary``. pyarrow 26 has no ``take`` for views (the rows are sorted by length), and a
+    DataFusion or pyarrow writer may store them in a Parquet file's Arrow schema."""
+    if _is_string_view(type_):
+        return pa.string()
+    if _is_binary_view(type_):
+        return pa.binary()
+    if pa.types.is_list(type_) or pa.types.is_large_list(type_) or pa.types.is_fixed_size_list(type_):
+        item = type_.value_field.with_type(_without_views(type_.value_type))
+        if pa.types.is_list(type_):
+            return pa.list_(item)
+        return pa.large_list(item) if pa.types.is_large_list(type_) else pa.list_(item, type_.list_size)
+    if pa.types.is_struct(type_):
+        return pa.struct([type_.field(i).with_type(_without_views(type_.field(i).type))
+                          for i in range(type_.num_fields)])
+    if pa.types.is_map(type_):
+        return pa.map_(type_.key_field.with_type(_without_views(type_.key_type)),
+                       type_.item_field.with_type(_without_views(type_.item_type)), type_.keys_sorted)
+    return type_
 
 
 def _unify(types: list[pa.DataType]) -> pa.DataType | None:
