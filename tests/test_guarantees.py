@@ -583,6 +583,30 @@ def test_kept_json_integers_past_64_bits_keep_their_digits_or_cost_their_row(tmp
     assert rows["x"][1:] == (1, None) and rows["x"][0].startswith(f"x holds an integer past 64 bits ({2**64 + 1})")
 
 
+def test_kept_json_integers_past_2_53_beside_floats_in_one_file_are_not_rounded(tmp_path):
+    """pyarrow reads a JSON column of integers and floats as floats: an integer past 2**53 in a file whose column also
+    held a float (9007199254740993 beside 0.5) was written as 9007199254740992.0 (typed double), or as the text
+    9007199254740992 (typed text), with no row error, where the same integer in a file of its own costs its row."""
+    mixed = [{"id": "big", "text": "t", "n": 2**53 + 1, "m": {"x": 2**60 + 1}}, {"id": "half", "text": "t", "n": 0.5,
+                                                                                "m": {"x": 0.5}}]
+    write_jsonl(tmp_path / "a" / "mixed.jsonl", mixed)
+    write_jsonl(tmp_path / "b" / "alone.jsonl", [{"id": "alone", "text": "t", "n": 2**53 + 3, "m": {"x": 1}}])
+    types, rows = _kept([tmp_path / "a", tmp_path / "b"], ("n", "m"))
+    assert types == {"n": pa.float64(), "m": pa.struct([("x", pa.float64())])}
+    assert rows["half"] == (None, 0.5, {"x": 0.5})
+    for name, value in (("big", 2**53 + 1), ("alone", 2**53 + 3)):
+        assert rows[name][0] == (f"schema differs: column 'n' is int64 here but double in this job's output "
+                                 f"(value '{value}')"), rows[name]
+    write_jsonl(tmp_path / "c" / "words.jsonl", [{"id": "w", "text": "t", "n": "n/a", "m": "none"}])
+    types, rows = _kept([tmp_path / "a", tmp_path / "c"], ("n", "m"))
+    assert types == {"n": pa.string(), "m": pa.string()}
+    assert rows["big"] == (None, str(2**53 + 1), json.dumps({"x": 2**60 + 1}))
+    assert rows["half"] == (None, "0.5", json.dumps({"x": 0.5}))
+    write_jsonl(tmp_path / "d" / "flat.jsonl", [{"id": "flat", "text": "t", "n": 2**53 + 1}, {"id": "f", "text": "t",
+                                                                                              "n": 1.5}])
+    assert _kept([tmp_path / "d", tmp_path / "c"], ("n",))[1]["flat"] == (None, str(2**53 + 1))  # rounds to 2**53
+
+
 def test_kept_json_integers_past_64_bits_in_structs_and_lists_are_not_rounded_either(tmp_path):
     """pyarrow read them as floats in their struct or list: {"x": 18446744073709551615} was written as 1.8e19."""
     rows = [{"id": f"r{i}", "text": "t", "m": {"x": 2**64 - 1 - i}, "l": [i]} for i in range(8)]

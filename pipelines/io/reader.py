@@ -378,8 +378,9 @@ def _read_jsonl(data: bytes, columns: Columns) -> pa.Table:
     declared as text (see :func:`as_written`). Ids written as numbers pyarrow reads as floats (1.10, or
     integers past 2**63, which it rounds: two ids would become one) are read line by line, as written (and ids
     that are objects or lists, which pyarrow would give every key seen in the file), and
-    so is a file with a kept column of floats past 2**63 (an integer there is text or a row error, see
-    :func:`_read_jsonl_lines`). A byte order mark at the start of a line is skipped (:func:`without_boms`).
+    so is a file with a kept column of floats past 2**53 (an integer past 2**63, or one past 2**53 beside a float,
+    which pyarrow rounds: there it is text or a row error, see :func:`_read_jsonl_lines`). A byte order mark at
+    the start of a line is skipped (:func:`without_boms`).
     """
     data = without_boms(data)
     if (values := json_array(data)) is not None:
@@ -428,11 +429,11 @@ def as_written(type_: pa.DataType) -> pa.DataType:
 
 
 def _past_int64(column: Any) -> bool:
-    """Whether pyarrow read a JSON column as floats of which one is past 2**63 (in its structs and lists too): an
-    integer it rounded, maybe."""
+    """Whether pyarrow read a JSON column as floats of which one is 2**53 or more (in its structs and lists too): an
+    integer it rounded, maybe (past 2**63, or one past 2**53 in a column that also holds a float)."""
     type_ = column.type
     if pa.types.is_floating(type_):
-        return (pc.max(pc.abs(column)).as_py() or 0) >= 2**63
+        return (pc.max(pc.abs(column)).as_py() or 0) >= 2**53
     if pa.types.is_struct(type_):
         return any(_past_int64(pc.struct_field(column, [i])) for i in range(type_.num_fields))
     if pa.types.is_list(type_):
