@@ -583,6 +583,21 @@ def test_kept_json_integers_past_64_bits_keep_their_digits_or_cost_their_row(tmp
     assert rows["x"][1:] == (1, None) and rows["x"][0].startswith(f"x holds an integer past 64 bits ({2**64 + 1})")
 
 
+def test_a_kept_unsigned_64_bit_column_beside_a_signed_one_keeps_every_value(tmp_path):
+    """A kept column stored as uint64 in one file (Polars' ``hash()``, DuckDB's UBIGINT) and as a signed integer in
+    another (int64 from pandas or JSON lines) was typed int64: every value from 2**63 up, half of a column of
+    hashes, cost its row (``schema differs: column 'h' is uint64 here but int64``)."""
+    pq.write_table(pa.table({"id": ["u0", "u1"], "text": ["a", "b"],
+                             "h": pa.array([2**64 - 1, 7], pa.uint64())}), tmp_path / "hashes.parquet")
+    write_jsonl(tmp_path / "more.jsonl", [{"id": "s0", "text": "c", "h": -3}])
+    pq.write_table(pa.table({"id": ["w0"], "text": ["d"], "h": pa.array([9], pa.uint32())}), tmp_path / "w.parquet")
+    types, rows = _kept([tmp_path / "hashes.parquet", tmp_path / "more.jsonl", tmp_path / "w.parquet"], ("h",))
+    assert types == {"h": pa.string()}
+    assert rows == {"u0": (None, str(2**64 - 1)), "u1": (None, "7"), "s0": (None, "-3"), "w0": (None, "9")}
+    types, rows = _kept([tmp_path / "hashes.parquet", tmp_path / "w.parquet"], ("h",))  # unsigned only: one type
+    assert types == {"h": pa.uint64()} and rows == {"u0": (None, 2**64 - 1), "u1": (None, 7), "w0": (None, 9)}
+
+
 def test_kept_json_integers_past_2_53_beside_floats_in_one_file_are_not_rounded(tmp_path):
     """pyarrow reads a JSON column of integers and floats as floats: an integer past 2**53 in a file whose column also
     held a float (9007199254740993 beside 0.5) was written as 9007199254740992.0 (typed double), or as the text

@@ -1316,12 +1316,14 @@ def sampled_columns(shards: Sequence[Shard], names: Sequence[str], limit: int = 
 def unify_types(types: list[pa.DataType]) -> pa.DataType:
     """One type that holds every value of columns of these types (see :func:`reference_types`).
 
-    A dictionary (a pandas category) is its values' type: the width of its indices follows how many values
-    a shard holds (int8 for up to 128), and files whose indices differ don't read as one table. Lists of
-    values that agree are one list type, whatever their writers called or sized them: ``list<item: int64>``,
-    ``list<element: int64 not null>`` and ``large_list<element: int64>`` are ``list<element: int64>``.
-    Structs with the same fields, in the same order, are one struct type in the same way. Timestamps are one
-    timestamp in the finest unit, and instants in several zones one in UTC (a local time beside an instant: text).
+    Integers of several widths are int64, and float64 beside floats; uint64 beside a signed integer is text (no
+    integer type holds both), beside unsigned ones uint64. A dictionary (a pandas category) is its values' type: the
+    width of its indices follows how many values a shard holds (int8 for up to 128), and files whose indices differ
+    don't read as one table. Lists of values that agree are one list type, whatever their writers called or sized
+    them: ``list<item: int64>``, ``list<element: int64 not null>`` and ``large_list<element: int64>`` are
+    ``list<element: int64>``. Structs with the same fields, in the same order, are one struct type in the same way.
+    Timestamps are one timestamp in the finest unit, and instants in several zones one in UTC (a local time beside
+    an instant: text).
     """
     return _without_views(_unify(types) or pa.string())
 
@@ -1356,7 +1358,11 @@ def _unify(types: list[pa.DataType]) -> pa.DataType | None:
     if len(distinct) == 1:
         return distinct[0]
     if all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in distinct):
-        return pa.float64() if any(pa.types.is_floating(t) for t in distinct) else pa.int64()
+        if any(pa.types.is_floating(t) for t in distinct):
+            return pa.float64()
+        if pa.uint64() in distinct:  # no signed type holds its values past 2**63 (half of a column of hashes)
+            return pa.uint64() if all(pa.types.is_unsigned_integer(t) for t in distinct) else None
+        return pa.int64()
     if all(pa.types.is_string(t) or pa.types.is_large_string(t) or _is_string_view(t) for t in distinct):
         return pa.string()
     if all(pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t) for t in distinct):
