@@ -598,6 +598,20 @@ def test_a_kept_unsigned_64_bit_column_beside_a_signed_one_keeps_every_value(tmp
     assert types == {"h": pa.uint64()} and rows == {"u0": (None, 2**64 - 1), "u1": (None, 7), "w0": (None, 9)}
 
 
+def test_a_kept_int96_timestamp_past_the_nanosecond_range_keeps_its_date(tmp_path):
+    """Spark (``spark.sql.parquet.outputTimestampType``'s default), Hive and Impala store timestamps as INT96, which
+    pyarrow reads as nanoseconds: a date past 2262 or before 1677, such as the ``9999-12-31`` that marks a row still
+    valid in a slowly changing dimension, overflowed and was written as another date (1816-03-29 05:56:08),
+    with no row error."""
+    valid = [datetime.datetime(9999, 12, 31), datetime.datetime(2024, 1, 1, 10, 0, 0, 123456),
+             datetime.datetime(1500, 1, 1), None]
+    pq.write_table(pa.table({"id": ["a", "b", "c", "d"], "text": ["t"] * 4, "valid_to": pa.array(valid, pa.timestamp("us"))}),
+                   tmp_path / "spark.parquet", use_deprecated_int96_timestamps=True)
+    types, rows = _kept([tmp_path / "spark.parquet"], ("valid_to",))
+    assert types == {"valid_to": pa.timestamp("us")}
+    assert rows == {i: (None, v) for i, v in zip("abcd", valid)}
+
+
 def test_kept_json_integers_past_2_53_beside_floats_in_one_file_are_not_rounded(tmp_path):
     """pyarrow reads a JSON column of integers and floats as floats: an integer past 2**53 in a file whose column also
     held a float (9007199254740993 beside 0.5) was written as 9007199254740992.0 (typed double), or as the text

@@ -185,6 +185,12 @@ def same_content(shard: Shard, digest: str | None) -> bool:
         ) from None
 
 
+#: The unit Parquet's INT96 timestamps (Spark's default, Hive's, Impala's) are read in: Spark's own, microseconds.
+#: pyarrow's default, nanoseconds, holds only 1677 to 2262: a ``9999-12-31`` (a row still valid in a slowly
+#: changing dimension) overflowed into another date.
+INT96_UNIT = "us"
+
+
 def _read_table(shard: Shard, data: bytes, columns: Columns) -> pa.Table:
     if shard.compressed:
         data = gzip.decompress(data)
@@ -199,7 +205,7 @@ def _read_table(shard: Shard, data: bytes, columns: Columns) -> pa.Table:
     if shard.format == "parquet":
         if (reason := json_reason(data, shard.compressed)) is not None:
             raise ValueError(reason)
-        parquet = pq.ParquetFile(io.BytesIO(data))
+        parquet = pq.ParquetFile(io.BytesIO(data), coerce_int96_timestamp_unit=INT96_UNIT)
         present = [c for c in columns.all if c in parquet.schema_arrow.names]
         return _only_utf8(_with_error_column(parquet.read(columns=present), parquet.metadata.num_rows), columns.all)
     return read_jsonl(data, columns)
@@ -1404,7 +1410,7 @@ def _sample_schema(shard: Shard, sample_bytes: int, names: Sequence[str]) -> pa.
     fs = shard.filesystem()
     if shard.format == "parquet" and not shard.compressed:
         with fs.open_input_file(shard.path) as handle:
-            return pq.ParquetFile(handle).schema_arrow
+            return pq.ParquetFile(handle, coerce_int96_timestamp_unit=INT96_UNIT).schema_arrow
     if shard.format == "parquet":
         raise ValueError("gzip-compressed parquet can't be sampled")
     with fs.open_input_stream(shard.path, compression="gzip" if shard.compressed else None) as stream:
