@@ -583,6 +583,59 @@ def test_kept_json_integers_past_64_bits_keep_their_digits_or_cost_their_row(tmp
     assert rows["x"][1:] == (1, None) and rows["x"][0].startswith(f"x holds an integer past 64 bits ({2**64 + 1})")
 
 
+def test_a_kept_unsigned_64_bit_column_beside_a_signed_one_keeps_every_value(tmp_path):
+    """A kept column stored as uint64 in one file (Polars' ``hash()``, DuckDB's UBIGINT) and as a signed integer in
+    another (int64 from pandas or JSON lines) was typed int64: every value from 2**63 up, half of a column of
+    hashes, cost its row (``schema differs: column 'h' is uint64 here but int64``)."""
+    pq.write_table(pa.table({"id": ["u0", "u1"], "text": ["a", "b"],
+                             "h": pa.array([2**64 - 1, 7], pa.uint64())}), tmp_path / "hashes.parquet")
+    write_jsonl(tmp_path / "more.jsonl", [{"id": "s0", "text": "c", "h": -3}])
+    pq.write_table(pa.table({"id": ["w0"], "text": ["d"], "h": pa.array([9], pa.uint32())}), tmp_path / "w.parquet")
+    types, rows = _kept([tmp_path / "hashes.parquet", tmp_path / "more.jsonl", tmp_path / "w.parquet"], ("h",))
+    assert types == {"h": pa.string()}
+    assert rows == {"u0": (None, str(2**64 - 1)), "u1": (None, "7"), "s0": (None, "-3"), "w0": (None, "9")}
+    types, rows = _kept([tmp_path / "hashes.parquet", tmp_path / "w.parquet"], ("h",))  # unsigned only: one type
+    assert types == {"h": pa.uint64()} and rows == {"u0": (None, 2**64 - 1), "u1": (None, 7), "w0": (None, 9)}
+
+
+def test_a_kept_int96_timestamp_past_the_nanosecond_range_keeps_its_date(tmp_path):
+    """Spark (``spark.sql.parquet.outputTimestampType``'s default), Hive and Impala store timestamps as INT96, which
+    pyarrow reads as nanoseconds: a date past 2262 or before 1677, such as the ``9999-12-31`` that marks a row still
+    valid in a slowly changing dimension, overflowed and was written as another date (1816-03-29 05:56:08),
+    with no row error."""
+    valid = [datetime.datetime(9999, 12, 31), datetime.datetime(2024, 1, 1, 10, 0, 0, 123456),
+             datetime.datetime(1500, 1, 1), None]
+    pq.write_table(pa.table({"id": ["a", "b", "c", "d"], "text": ["t"] * 4, "valid_to": pa.array(valid, pa.timestamp("us"))}),
+                   tmp_path / "spark.parquet", use_deprecated_int96_timestamps=True)
+    types, rows = _kept([tmp_path / "spark.parquet"], ("valid_to",))
+    assert types == {"valid_to": pa.timestamp("us")}
+    assert rows == {i: (None, v) for i, v in zip("abcd", valid)}
+
+
+def test_kept_json_integers_past_2_53_beside_floats_in_one_file_are_not_rounded(tmp_path):
+    """pyarrow reads a JSON column of integers and floats as floats: an integer past 2**53 in a file whose column also
+    held a float (9007199254740993 beside 0.5) was written as 9007199254740992.0 (typed double), or as the text
+    9007199254740992 (typed text), with no row error, where the same integer in a file of its own costs its row."""
+    mixed = [{"id": "big", "text": "t", "n": 2**53 + 1, "m": {"x": 2**60 + 1}}, {"id": "half", "text": "t", "n": 0.5,
+                                                                                "m": {"x": 0.5}}]
+    write_jsonl(tmp_path / "a" / "mixed.jsonl", mixed)
+    write_jsonl(tmp_path / "b" / "alone.jsonl", [{"id": "alone", "text": "t", "n": 2**53 + 3, "m": {"x": 1}}])
+    types, rows = _kept([tmp_path / "a", tmp_path / "b"], ("n", "m"))
+    assert types == {"n": pa.float64(), "m": pa.struct([("x", pa.float64())])}
+    assert rows["half"] == (None, 0.5, {"x": 0.5})
+    for name, value in (("big", 2**53 + 1), ("alone", 2**53 + 3)):
+        assert rows[name][0] == (f"schema differs: column 'n' is int64 here but double in this job's output "
+                                 f"(value '{value}')"), rows[name]
+    write_jsonl(tmp_path / "c" / "words.jsonl", [{"id": "w", "text": "t", "n": "n/a", "m": "none"}])
+    types, rows = _kept([tmp_path / "a", tmp_path / "c"], ("n", "m"))
+    assert types == {"n": pa.string(), "m": pa.string()}
+    assert rows["big"] == (None, str(2**53 + 1), json.dumps({"x": 2**60 + 1}))
+    assert rows["half"] == (None, "0.5", json.dumps({"x": 0.5}))
+    write_jsonl(tmp_path / "d" / "flat.jsonl", [{"id": "flat", "text": "t", "n": 2**53 + 1}, {"id": "f", "text": "t",
+                                                                                              "n": 1.5}])
+    assert _kept([tmp_path / "d", tmp_path / "c"], ("n",))[1]["flat"] == (None, str(2**53 + 1))  # rounds to 2**53
+
+
 def test_kept_json_integers_past_64_bits_in_structs_and_lists_are_not_rounded_either(tmp_path):
     """pyarrow read them as floats in their struct or list: {"x": 18446744073709551615} was written as 1.8e19."""
     rows = [{"id": f"r{i}", "text": "t", "m": {"x": 2**64 - 1 - i}, "l": [i]} for i in range(8)]
@@ -764,6 +817,32 @@ def test_parquet_text_stored_as_bytes_is_text(tmp_path):
                    tmp_path / "hive.parquet")
     assert _read(tmp_path / "hive.parquet") == [("a", "café", None), ("b", None, None),  # null: the predictor says
                                                 ("c", None, "text is bytes that are not UTF-8 text (binary)")]
+
+
+def test_parquet_view_types_are_read_as_their_plain_types(tmp_path):
+    """Arrow's view types (``string_view``, ``binary_view``; DataFusion and pyarrow write them in a Parquet file's
+    Arrow schema) have no ``take`` in pyarrow 26: a kept column, or a list of them, that every file held as a view
+    ended the job in a traceback (``Function 'array_take' has no kernel matching input types (string_view,
+    int64)``), nothing committed; text stored as ``binary_view`` was quarantined as "text is not a string", where
+    text stored as ``binary`` is text."""
+    pq.write_table(pa.table({
+        "id": pa.array([b"a", b"b", b"c"], pa.binary_view()),
+        "text": pa.array([b"caf\xc3\xa9 au lait", b"\xff", b"tea"], pa.binary_view()),
+        "src": pa.array(["web", None, "app"], pa.string_view()),
+        "raw": pa.array([b"x", b"y", None], pa.binary_view()),
+        "tags": pa.array([["p", "q"], [], None], pa.list_(pa.string_view())),
+    }), tmp_path / "views.parquet")
+    [shard] = list_shards([str(tmp_path / "views.parquet")])
+    columns = Columns(text="text", id="id", keep=("src", "raw", "tags"))
+    types = reference_types([shard], columns)
+    assert types == {"src": pa.string(), "raw": pa.binary(), "tags": pa.list_(pa.field("element", pa.string()))}
+    typed = dataclasses.replace(columns, keep_types=tuple(types.items()))
+    rows = sorted((r for block in read_shard(shard, typed) for r in block.to_pylist()), key=lambda r: r[ROW])
+    assert [(r["id"], r["text"], r[ERROR], r["src"], r["raw"], r["tags"]) for r in rows] == [
+        ("a", "café au lait", None, "web", b"x", ["p", "q"]),
+        ("b", None, "text is bytes that are not UTF-8 text (binary_view)", None, b"y", []),
+        ("c", "tea", None, "app", None, None),
+    ]
 
 
 def test_bytes_that_are_no_utf8_cost_their_row_in_every_column_the_job_reads(tmp_path):

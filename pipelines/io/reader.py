@@ -185,6 +185,12 @@ def same_content(shard: Shard, digest: str | None) -> bool:
         ) from None
 
 
+#: The unit Parquet's INT96 timestamps (Spark's default, Hive's, Impala's) are read in: Spark's own, microseconds.
+#: pyarrow's default, nanoseconds, holds only 1677 to 2262: a ``9999-12-31`` (a row still valid in a slowly
+#: changing dimension) overflowed into another date.
+INT96_UNIT = "us"
+
+
 def _read_table(shard: Shard, data: bytes, columns: Columns) -> pa.Table:
     if shard.compressed:
         data = gzip.decompress(data)
@@ -199,7 +205,7 @@ def _read_table(shard: Shard, data: bytes, columns: Columns) -> pa.Table:
     if shard.format == "parquet":
         if (reason := json_reason(data, shard.compressed)) is not None:
             raise ValueError(reason)
-        parquet = pq.ParquetFile(io.BytesIO(data))
+        parquet = pq.ParquetFile(io.BytesIO(data), coerce_int96_timestamp_unit=INT96_UNIT)
         present = [c for c in columns.all if c in parquet.schema_arrow.names]
         return _only_utf8(_with_error_column(parquet.read(columns=present), parquet.metadata.num_rows), columns.all)
     return read_jsonl(data, columns)
@@ -378,8 +384,9 @@ def _read_jsonl(data: bytes, columns: Columns) -> pa.Table:
     declared as text (see :func:`as_written`). Ids written as numbers pyarrow reads as floats (1.10, or
     integers past 2**63, which it rounds: two ids would become one) are read line by line, as written (and ids
     that are objects or lists, which pyarrow would give every key seen in the file), and
-    so is a file with a kept column of floats past 2**63 (an integer there is text or a row error, see
-    :func:`_read_jsonl_lines`). A byte order mark at the start of a line is skipped (:func:`without_boms`).
+    so is a file with a kept column of floats past 2**53 (an integer past 2**63, or one past 2**53 beside a float,
+    which pyarrow rounds: there it is text or a row error, see :func:`_read_jsonl_lines`). A byte order mark at
+    the start of a line is skipped (:func:`without_boms`).
     """
     data = without_boms(data)
     if (values := json_array(data)) is not None:
@@ -428,11 +435,11 @@ def as_written(type_: pa.DataType) -> pa.DataType:
 
 
 def _past_int64(column: Any) -> bool:
-    """Whether pyarrow read a JSON column as floats of which one is past 2**63 (in its structs and lists too): an
-    integer it rounded, maybe."""
+    """Whether pyarrow read a JSON column as floats of which one is 2**53 or more (in its structs and lists too): an
+    integer it rounded, maybe (past 2**63, or one past 2**53 in a column that also holds a float)."""
     type_ = column.type
     if pa.types.is_floating(type_):
-        return (pc.max(pc.abs(column)).as_py() or 0) >= 2**63
+        return (pc.max(pc.abs(column)).as_py() or 0) >= 2**53
     if pa.types.is_struct(type_):
         return any(_past_int64(pc.struct_field(column, [i])) for i in range(type_.num_fields))
     if pa.types.is_list(type_):
@@ -1090,7 +1097,8 @@ def _text_uuids(values: Any, expected: pa.DataType) -> pa.Array:
 
 
 def _is_bytes(type_: pa.DataType) -> bool:
-    return pa.types.is_binary(type_) or pa.types.is_large_binary(type_) or pa.types.is_fixed_size_binary(type_)
+    return (pa.types.is_binary(type_) or pa.types.is_large_binary(type_) or pa.types.is_fixed_size_binary(type_)
+            or _is_binary_view(type_))
 
 
 def _bytes_as_text(column: Any, name: str, errors: Any) -> tuple[Any, Any]:
@@ -1113,6 +1121,11 @@ def _bytes_as_text(column: Any, name: str, errors: Any) -> tuple[Any, Any]:
 def _is_string_view(type_: pa.DataType) -> bool:
     """pyarrow 16's ``string_view`` text (``pa.types.is_string_view`` is not in pyarrow 15)."""
     return getattr(pa.types, "is_string_view", lambda _: False)(type_)
+
+
+def _is_binary_view(type_: pa.DataType) -> bool:
+    """pyarrow 16's ``binary_view`` bytes (``pa.types.is_binary_view`` is not in pyarrow 15)."""
+    return getattr(pa.types, "is_binary_view", lambda _: False)(type_)
 
 
 def _kept_column(table: pa.Table, name: str, expected: pa.DataType | None, errors: Any) -> tuple[Any, Any]:
@@ -1309,14 +1322,38 @@ def sampled_columns(shards: Sequence[Shard], names: Sequence[str], limit: int = 
 def unify_types(types: list[pa.DataType]) -> pa.DataType:
     """One type that holds every value of columns of these types (see :func:`reference_types`).
 
-    A dictionary (a pandas category) is its values' type: the width of its indices follows how many values
-    a shard holds (int8 for up to 128), and files whose indices differ don't read as one table. Lists of
-    values that agree are one list type, whatever their writers called or sized them: ``list<item: int64>``,
-    ``list<element: int64 not null>`` and ``large_list<element: int64>`` are ``list<element: int64>``.
-    Structs with the same fields, in the same order, are one struct type in the same way. Timestamps are one
-    timestamp in the finest unit, and instants in several zones one in UTC (a local time beside an instant: text).
+    Integers of several widths are int64, and float64 beside floats; uint64 beside a signed integer is text (no
+    integer type holds both), beside unsigned ones uint64. A dictionary (a pandas category) is its values' type: the
+    width of its indices follows how many values a shard holds (int8 for up to 128), and files whose indices differ
+    don't read as one table. Lists of values that agree are one list type, whatever their writers called or sized
+    them: ``list<item: int64>``, ``list<element: int64 not null>`` and ``large_list<element: int64>`` are
+    ``list<element: int64>``. Structs with the same fields, in the same order, are one struct type in the same way.
+    Timestamps are one timestamp in the finest unit, and instants in several zones one in UTC (a local time beside
+    an instant: text).
     """
-    return _unify(types) or pa.string()
+    return _without_views(_unify(types) or pa.string())
+
+
+def _without_views(type_: pa.DataType) -> pa.DataType:
+    """The type with Arrow's view types as their plain ones, at any depth: ``string_view`` is ``string``,
+    ``binary_view`` is ``binary``. pyarrow 26 has no ``take`` for views (the rows are sorted by length), and a
+    DataFusion or pyarrow writer may store them in a Parquet file's Arrow schema."""
+    if _is_string_view(type_):
+        return pa.string()
+    if _is_binary_view(type_):
+        return pa.binary()
+    if pa.types.is_list(type_) or pa.types.is_large_list(type_) or pa.types.is_fixed_size_list(type_):
+        item = type_.value_field.with_type(_without_views(type_.value_type))
+        if pa.types.is_list(type_):
+            return pa.list_(item)
+        return pa.large_list(item) if pa.types.is_large_list(type_) else pa.list_(item, type_.list_size)
+    if pa.types.is_struct(type_):
+        return pa.struct([type_.field(i).with_type(_without_views(type_.field(i).type))
+                          for i in range(type_.num_fields)])
+    if pa.types.is_map(type_):
+        return pa.map_(type_.key_field.with_type(_without_views(type_.key_type)),
+                       type_.item_field.with_type(_without_views(type_.item_type)), type_.keys_sorted)
+    return type_
 
 
 def _unify(types: list[pa.DataType]) -> pa.DataType | None:
@@ -1327,7 +1364,11 @@ def _unify(types: list[pa.DataType]) -> pa.DataType | None:
     if len(distinct) == 1:
         return distinct[0]
     if all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in distinct):
-        return pa.float64() if any(pa.types.is_floating(t) for t in distinct) else pa.int64()
+        if any(pa.types.is_floating(t) for t in distinct):
+            return pa.float64()
+        if pa.uint64() in distinct:  # no signed type holds its values past 2**63 (half of a column of hashes)
+            return pa.uint64() if all(pa.types.is_unsigned_integer(t) for t in distinct) else None
+        return pa.int64()
     if all(pa.types.is_string(t) or pa.types.is_large_string(t) or _is_string_view(t) for t in distinct):
         return pa.string()
     if all(pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t) for t in distinct):
@@ -1369,7 +1410,7 @@ def _sample_schema(shard: Shard, sample_bytes: int, names: Sequence[str]) -> pa.
     fs = shard.filesystem()
     if shard.format == "parquet" and not shard.compressed:
         with fs.open_input_file(shard.path) as handle:
-            return pq.ParquetFile(handle).schema_arrow
+            return pq.ParquetFile(handle, coerce_int96_timestamp_unit=INT96_UNIT).schema_arrow
     if shard.format == "parquet":
         raise ValueError("gzip-compressed parquet can't be sampled")
     with fs.open_input_stream(shard.path, compression="gzip" if shard.compressed else None) as stream:
