@@ -46,7 +46,7 @@ from pipelines.errors import PipelineError
 from pipelines.inference.predictor import Predictor, not_finite_rows
 from pipelines.io.block import ERROR
 from pipelines.output.records import Fidelity, cut, precision_label
-from pipelines.output.staging import has_truth, mapped, truth_text
+from pipelines.output.staging import has_truth, mapped, truth_text, truth_texts
 from pipelines.spec import JobSpec
 from pipelines.tasks.base import LabelTask
 from pipelines.tasks.options import (
@@ -269,9 +269,9 @@ def _as_text(values: list[Any]) -> list[str | None]:
     1.0 is "1", True is "true", not Python's "1.0" and "True"; NaN is no label, as None is."""
     try:
         array = pa.array(values)
-        return pa.array(values, mask=~has_truth(array).to_numpy(zero_copy_only=False)).cast(pa.string()).to_pylist()
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):  # a type Arrow does not cast to text
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):  # values of no one Arrow type
         return [truth_text(value) for value in values]
+    return [text if known else None for text, known in zip(truth_texts(array), has_truth(array).to_pylist())]
 
 
 def compare_labels(pair: Pair, options: LabelOptions, truth: list[Any] | None):

@@ -347,8 +347,10 @@ def read_jsonl(data: bytes, columns: Columns) -> pa.Table:
     a key (``{"data": [{...}, ...]}``, as APIs and dataset viewers export them) is refused whole, saying so (it read as
     one row of ``missing column``, its rows unread, under the error budget beside other files)."""
     table = _read_jsonl(data, columns)
+    if table.num_rows != 1:
+        return table
     no_text = columns.text not in table.column_names or table.column(columns.text)[0].as_py() is None
-    if table.num_rows == 1 and no_text and (found := wrapped_rows(data)) is not None:
+    if no_text and (found := wrapped_rows(data)) is not None:
         key, rows = found
         if any(columns.text in row for row in rows):
             raise ValueError(wrapped_reason(key, len(rows)))
