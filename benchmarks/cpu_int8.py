@@ -1,0 +1,165 @@
+"""Which int8 scheme could make a CPU job faster than float32 and keep 99% of its labels? (#11, item 4)
+
+One predictor (no Ray) scores a job's rows in float32 and in int8 schemes built on the same loaded model, and
+reports for each: the share of float32's labels it keeps, the labels that change when the rows are scored in calls
+of another size (what a resume or other batching sizes can change), and the seconds to score the rows (the second of
+two passes; tokenizing and the task's own work included, as in a job). The schemes:
+
+- ``float32``: the job's float32 (Linear layers packed for oneDNN where ``compute.cpu_matmul`` is ``onednn``);
+- ``dynamic-int8``: ``model.quantization: dynamic-int8`` as the project loads it (torch's fused dynamic int8:
+  weights per output channel, activations with one scale per forward's whole tensor, all rows and padding together);
+- ``per-token-int8``: weights per output channel, activations with a scale per token (row of the flattened
+  input), ``torch._int_mm`` in exact int32 sums, in eager torch (quantizing and rescaling are separate passes);
+- ``per-token-int8-smooth``: the same, each Linear's input channels first balanced against its weights by
+  SmoothQuant's migration (``--alpha``), from the inputs' largest values over the first ``--calibrate`` rows.
+
+Only ``float32`` and ``dynamic-int8`` are choices of a job; the other two are experiments that live here. The
+seconds mean something only with nothing else running (2 cores: a test-suite beside it halves them).
+
+    .venv/bin/python benchmarks/cpu_int8.py                          # the main job's 600 rows
+    .venv/bin/python benchmarks/cpu_int8.py --set "input.paths=[benchmarks/data/agnews_sst2]" \\
+        --set input.label_column=null                                # the 8,472 rows of the throughput benchmark
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import torch
+from batch_invariance import predict, read_rows
+
+from pipelines.inference.loading import dynamic_int8
+from pipelines.inference.packed_linear import pack_linears
+from pipelines.inference.predictor import Predictor
+from pipelines.spec import load_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class PerTokenInt8Linear(torch.nn.Module):
+    """``y = x W^T + b`` with W in int8 (a scale per output channel) and x quantized to int8 with a scale per token,
+    optionally after dividing x's channels by ``smooth`` (whose product is folded into W)."""
+
+    def __init__(self, linear: torch.nn.Linear, smooth: torch.Tensor | None = None) -> None:
+        super().__init__()
+        weight = linear.weight.detach().float()
+        self.inverse = None if smooth is None else (1 / smooth)
+        if smooth is not None:
+            weight = weight * smooth
+        scale = weight.abs().amax(1).clamp_min(1e-12) / 127
+        self.weight_q = torch.round(weight / scale[:, None]).to(torch.int8).t().contiguous()
+        self.weight_scale = scale
+        self.bias = None if linear.bias is None else linear.bias.detach().float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        if self.inverse is not None:
+            flat = flat * self.inverse
+        scale = torch.linalg.vector_norm(flat, float("inf"), dim=1, keepdim=True).clamp_min(1e-12) / 127
+        quantized = torch.round(flat / scale).to(torch.int8)
+        rows = quantized.shape[0]
+        if rows <= 16:  # torch._int_mm takes more than 16 rows
+            quantized = torch.cat([quantized, quantized.new_zeros(17 - rows, quantized.shape[1])])
+        out = torch._int_mm(quantized, self.weight_q)[:rows].to(torch.float32).mul_(scale).mul_(self.weight_scale)
+        if self.bias is not None:
+            out.add_(self.bias)
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def linears(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str, str, torch.nn.Linear]]:
+    """(parent, attribute, full name, layer) of each plain Linear layer."""
+    names = {id(module): name for name, module in model.named_modules()}
+    return [
+        (parent, attribute, names[id(child)], child)
+        for parent in model.modules()
+        for attribute, child in parent.named_children()
+        if type(child) is torch.nn.Linear
+    ]
+
+
+def input_maxima(predictor: Predictor, rows: pa.Table, call_rows: int) -> dict[str, torch.Tensor]:
+    """Each Linear layer's largest absolute input per channel while the predictor scores ``rows``."""
+    maxima: dict[str, torch.Tensor] = {}
+
+    def hook(name: str) -> Callable[..., None]:
+        def record(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            values = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).abs().amax(0)
+            maxima[name] = torch.maximum(maxima[name], values) if name in maxima else values
+
+        return record
+
+    handles = [layer.register_forward_hook(hook(name)) for _, _, name, layer in linears(predictor.loaded.model)]
+    predict(predictor, rows, call_rows)
+    for handle in handles:
+        handle.remove()
+    return maxima
+
+
+def per_token(model: torch.nn.Module, maxima: dict[str, torch.Tensor] | None, alpha: float) -> torch.nn.Module:
+    for parent, attribute, name, layer in linears(model):
+        smooth = None
+        if maxima is not None:
+            weight_max = layer.weight.detach().float().abs().amax(0).clamp_min(1e-5)
+            smooth = (maxima[name].clamp_min(1e-5) ** alpha / weight_max ** (1 - alpha)).clamp_min(1e-5)
+        setattr(parent, attribute, PerTokenInt8Linear(layer, smooth))
+    return model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("spec", nargs="?", default=str(ROOT / "jobs" / "label_news.yaml"))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="spec overrides")
+    parser.add_argument("--call-rows", type=int, default=256, help="rows per call (the job's batch_size)")
+    parser.add_argument("--other-call-rows", type=int, default=37, help="rows per call to compare labels with")
+    parser.add_argument("--calibrate", type=int, default=256, help="rows whose inputs set the smoothing")
+    parser.add_argument("--alpha", type=float, default=0.5, help="SmoothQuant's migration strength")
+    args = parser.parse_args()
+    overrides = [*args.set, "model.quantization=none", "model.dtype=float32"]
+    spec = load_spec(args.spec, overrides)
+    onednn = spec.compute.cpu_matmul == "onednn"
+    spec = load_spec(args.spec, [*overrides, "compute.cpu_matmul=torch"])  # loaded unpacked: each scheme packs
+    rows = read_rows(spec)
+    predictor = Predictor(spec)
+    label = spec.output.prediction_prefix + "label"
+    plain = predictor.loaded.model
+    maxima = input_maxima(predictor, rows.slice(0, args.calibrate), args.call_rows)
+    schemes: dict[str, Callable[[torch.nn.Module], torch.nn.Module]] = {
+        "float32": lambda model: model,
+        "dynamic-int8": lambda model: dynamic_int8(model, torch.device("cpu")),
+        "per-token-int8": lambda model: per_token(model, None, args.alpha),
+        "per-token-int8-smooth": lambda model: per_token(model, maxima, args.alpha),
+    }
+    report: dict[str, object] = {"spec": args.spec, "set": args.set, "rows": rows.num_rows, "schemes": {}}
+    reference: list[str] | None = None
+    for name, build in schemes.items():
+        with torch.inference_mode():
+            model = build(copy.deepcopy(plain))
+        if onednn:
+            pack_linears(model)
+        predictor.loaded.model = model
+        predictor.task.setup(model, predictor.loaded.device)  # what the task computes once with the model
+        predict(predictor, rows, args.call_rows)
+        start = time.perf_counter()
+        labels = predict(predictor, rows, args.call_rows).column(label).to_pylist()
+        seconds = time.perf_counter() - start
+        other = predict(predictor, rows, args.other_call_rows).column(label).to_pylist()
+        reference = reference or labels
+        found = {
+            "label_agreement": sum(a == b for a, b in zip(reference, labels)) / len(labels),
+            f"labels_changed_in_calls_of_{args.other_call_rows}": sum(a != b for a, b in zip(labels, other)),
+            "seconds": round(seconds, 3),
+        }
+        report["schemes"][name] = found  # type: ignore[index]
+        print(f"{name}: {found}", file=sys.stderr)
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
