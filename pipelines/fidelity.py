@@ -135,7 +135,11 @@ def judge(spec: JobSpec, result: Fidelity) -> Fidelity:
 
 
 def below_bar(spec: JobSpec, result: Fidelity) -> str:
-    lighter = "a lighter quantization (int8, or none)" if spec.model.quantization != "none" else "model.dtype float32"
+    lighter = {
+        "none": "model.dtype float32",  # a reduced dtype alone
+        "int8": "no quantization (model.quantization none)",
+        "dynamic-int8": "no quantization (model.quantization none)",
+    }.get(spec.model.quantization, "a lighter quantization (int8, or none)")
     return (
         f"quantization fidelity below the bar: {result.measure} {cut(result.agreement, 2, percent=True)} on "
         f"{result.rows} sampled rows, {result.quantization} vs unquantized, under model.fidelity.min_agreement="

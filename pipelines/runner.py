@@ -336,6 +336,15 @@ def not_scheduled(output: OutputDir) -> None:
         raise PipelineError(scheduled_output(output.location, f"its ledger {LEDGER} is there" if ledger else str(held)))
 
 
+#: An up-to-date answer: the output's totals as its finishing run left them, and nothing scored by this run (its
+#: rows, speeds and padding were that run's: ``pipelines run --json`` and a scheduled resume's ledger line told
+#: them as this run's).
+NOTHING_THIS_RUN: dict[str, Any] = {
+    "status": "up to date", "shards_this_run": 0, "rows_this_run": 0, "rows_per_s": None, "tokens_per_s": None,
+    "prompt_tokens_per_s": None, "generated_tokens_per_s": None, "padding_efficiency": None,
+}
+
+
 @one_line_ray_errors
 def run_job(
     spec: JobSpec,
@@ -388,7 +397,7 @@ def run_job(
                     previous = output.summary() or summaries.build(
                         job, list(committed.values()), [], 0.0, "succeeded"
                     )
-                    return previous.model_copy(update={"status": "up to date", "shards_this_run": 0})
+                    return previous.model_copy(update=NOTHING_THIS_RUN)
                 if pending and committed:
                     files = same_model_files(output, spec)
                     same_decoding(output, spec)

@@ -505,6 +505,20 @@ def test_below_the_bar_a_reduced_dtype_is_told_the_dtype_to_set():
     assert "int8, or none" in below_bar(spec, result.model_copy(update={"quantization": "nf4"}))
 
 
+def test_below_the_bar_an_int8_model_is_not_told_to_use_int8():
+    """An int8 (or dynamic-int8) model below the bar was told to "use a lighter quantization (int8, or none)": int8 is
+    what it ran; what lifts it is no quantization."""
+    from pipelines.fidelity import below_bar
+
+    spec = make_spec("minilm", {"type": "text-classification"})
+    for quantization in ("int8", "dynamic-int8"):
+        spec.model.quantization = quantization
+        result = Fidelity(task="text-classification", quantization=quantization, rows=100,
+                          measure="label_agreement", agreement=0.9, min_agreement=0.99, passed=False)
+        said = below_bar(spec, result)
+        assert "int8, or none" not in said and "Use no quantization (model.quantization none)" in said, said
+
+
 def test_quantization_auto_decides_again_for_another_truth_column_or_too_long_policy(tmp_path):
     """The decision's key left out input.label_column and errors.too_long: a job with another ground-truth column
     (or the same column holding other labels), or another too_long policy (rows quarantined, not truncated),

@@ -717,3 +717,39 @@ def test_a_truth_column_that_names_no_label_of_the_model_is_a_problem_before_the
                            "gives (negative, neutral, positive)") and "input.label_map" in said
     numbered.input.label_map = {"0": "negative", "1": "neutral", "2": "positive"}
     assert not [p for p in build_plan(numbered, "job", sample=100, cpus=2).problems if "label_column" in p]
+
+
+def test_a_job_pinned_to_the_cpu_is_not_told_a_gpu_share_would_place_its_actors_on_the_gpu():
+    """The main job pins model.device: cpu. The plan sized the GPU node types as if its actors ran there and advised
+    'gpus_per_actor 0.25 would place 4 per node', which with model.device cpu gives four actors that each hold a
+    GPU share and compute on the CPU. The rows now say the actors would run on the node's CPUs, and the advice names
+    model.device too."""
+    from pipelines.planning.build import problems
+    from pipelines.planning.hardware import read_cluster
+    from pipelines.planning.memory import Dims, WeightCount, node_fits
+
+    size = Dims(hidden=384, intermediate=1536, heads=12, layers=6, kv_heads=12, head_dim=32, vocab=30522)
+    weights = WeightCount(
+        parameters=22_000_000, quantized=0, quantized_rows=0, kept_fp32=0, buffers={}, float_buffers=0
+    )
+    cluster = read_cluster(ROOT / "cluster.yaml")
+    compute = {"size": 1, "cpus_per_actor": 1}
+    pinned = make_spec("minilm", {"type": "feature-extraction"}, compute=compute)
+    pinned.model.device = "cpu"
+    for fit in node_fits(pinned, cluster, weights, size, 256):
+        assert "model.device cpu: its actors would run on this node type's CPUs, not its GPU" in fit.basis, fit.basis
+        assert "model.device auto and gpus_per_actor 0.25 would place 4 per node" in fit.basis, fit.basis
+    free = make_spec("minilm", {"type": "feature-extraction"}, compute=compute)  # device auto: a GPU share uses it
+    for fit in node_fits(free, cluster, weights, size, 256):
+        assert "model.device" not in fit.basis and "; gpus_per_actor 0.25 would place 4 per node" in fit.basis
+    # dynamic-int8 on a job pinned to the CPU is not refused on a GPU node: its actors never load it on the GPU
+    pinned.model.quantization = "dynamic-int8"
+    from types import SimpleNamespace as Fake
+
+    here = Fake(actors=1, by_memory=1, by_resources=1)
+    model = Fake(fits=[here, *node_fits(pinned, cluster, weights, size, 256)])
+    tokens = Fake(quarantined={}, unreadable_quarantined={}, repeated_ids={}, truncated_rows=0, covers_input=True,
+                  sample_rows=1)
+    inputs = Fake(shards=[], rows=1)
+    found = problems(pinned, inputs, tokens, model, cluster)
+    assert not any("dynamic-int8 is a CPU quantization" in line for line in found), found

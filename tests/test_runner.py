@@ -225,12 +225,18 @@ def test_a_nan_truth_label_is_no_truth_label_as_a_null_one_is():
 
 
 def test_rerun_of_a_finished_job_writes_nothing(finished):
+    """It scores nothing either: its answer (`pipelines run --json`, a scheduled resume's ledger line) said
+    shards_this_run 0 beside the finishing run's rows_this_run, wall time and speeds, as if this run had scored them."""
     spec, _, _ = finished("classifier")
     out = Path(spec.output.path)
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
     again = run_job(spec).to_json()
     assert again["status"] == "up to date"
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    done = json.loads((out / "_run.json").read_text())
+    assert done["rows_this_run"] > 0 and (again["rows_in"], again["rows_out"]) == (done["rows_in"], done["rows_out"])
+    assert (again["shards_this_run"], again["rows_this_run"]) == (0, 0)
+    assert [again[k] for k in ("rows_per_s", "tokens_per_s", "prompt_tokens_per_s", "padding_efficiency")] == [None] * 4
 
 
 def test_a_changed_spec_is_refused_unless_overwritten(finished, tmp_path):

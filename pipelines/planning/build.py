@@ -169,7 +169,7 @@ def problems(
             f"this machine holds {local.actors} actor(s) of this job (by memory {local.by_memory}, by CPUs "
             f"{local.by_resources}); the pool needs {low}: a local run would not start"
         )
-    if spec.model.quantization == "dynamic-int8" and model.fits[1:]:
+    if spec.model.quantization == "dynamic-int8" and model.fits[1:] and spec.model.device != "cpu":
         found.append("model.quantization dynamic-int8 is a CPU quantization: an actor on a GPU node type refuses it "
                      "(the GPU rows above size the model as if it ran there)")
     for fit in model.fits[1:]:

@@ -233,7 +233,8 @@ def local_fit(spec: JobSpec, weights: WeightCount, size: Dims, max_length: int) 
 def node_fits(spec: JobSpec, cluster: Cluster, weights: WeightCount, size: Dims, max_length: int) -> list[Fit]:
     """Actors per node for each GPU node type: by GPU memory, and by what each actor asks Ray for.
 
-    A job that asks for no GPU is sized as if ``compute.gpus_per_actor`` were 1 (the basis says so).
+    A job that asks for no GPU is sized as if ``compute.gpus_per_actor`` were 1, and one pinned to ``model.device:
+    cpu`` (whose actors compute on a GPU node's CPUs) as if its device were ``auto``: the basis says so.
     """
     fits = []
     compute = spec.compute
@@ -248,12 +249,17 @@ def node_fits(spec: JobSpec, cluster: Cluster, weights: WeightCount, size: Dims,
         by_resources = actors_that_fit(actor_request(as_gpu), [node.resources])
         actors = by_resources if by_memory is None else min(by_memory, by_resources)
         basis = f"GPU memory {_gib(memory)}, {CUDA_CONTEXT // MIB} MiB CUDA context per actor assumed"
-        if compute.gpus_per_actor == 0:
+        pinned = spec.model.device == "cpu"  # its actors compute on the CPU, a GPU share or not
+        if pinned:
+            basis += ("; model.device cpu: its actors would run on this node type's CPUs, not its GPU; sized as if "
+                      f"model.device were auto with compute.gpus_per_actor {as_gpu.gpus_per_actor:g}")
+        elif compute.gpus_per_actor == 0:
             basis += "; the job asks for no GPU (compute.gpus_per_actor 0): sized as if it were 1"
         packed = _packed(compute, node, by_memory)
         if packed > by_resources:
             share = math.floor(1000 / packed) / 1000
-            basis += f"; gpus_per_actor {share:g} would place {packed} per node (GPU memory allows {by_memory})"
+            setting = f"model.device auto and gpus_per_actor {share:g}" if pinned else f"gpus_per_actor {share:g}"
+            basis += f"; {setting} would place {packed} per node (GPU memory allows {by_memory})"
         fits.append(
             Fit(
                 target=node.name, accelerator=node.accelerator, instance=node.instance, device="cuda", dtype=dtype,
