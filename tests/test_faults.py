@@ -305,7 +305,9 @@ def test_a_redo_changed_killed_between_its_deletion_and_the_new_commit_is_finish
     out = tmp_path / "out"
     run_job(load_spec(job))  # in this process (the crash below needs the CLI)
     write_jsonl(tmp_path / "in" / "part-1.jsonl", [{"id": f"fixed-{i}", "text": SENTENCES[i]} for i in range(3)])
-    crashed = cli("run", str(job), "--redo-changed", env={"PIPELINES_CRASH_AT": "before_commit:1"})
+    # joins the session's Ray (the crash point is the driver's): no local Ray started and stopped for it
+    crashed = cli("run", str(job), "--redo-changed", *joining(ray_session),
+                  env={"PIPELINES_CRASH_AT": "before_commit:1"})
     assert crashed.returncode == -9, crashed.stderr[-2000:]
     assert not any(i.startswith("s1-") for i in output_ids(out))  # the old version's rows were deleted ...
     assert not (out / "_SUCCESS").exists()  # ... and the output says it is not finished
