@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ROOT
+from helpers import ROOT, joining
 from test_cli import MAIN_JOB, cli
 
 from pipelines.errors import PipelineError
@@ -132,7 +132,8 @@ def test_an_output_started_on_cpu_resumes_with_device_auto_but_not_with_another_
     ids = many_shards(tmp_path / "in", shards=2)
     job = write_job(tmp_path, tiny_models("classifier"), tmp_path / "in", model={"device": "cpu"})
     out = tmp_path / "out"
-    crashed = run_cli("run", str(job), env={"PIPELINES_CRASH_AT": "after_commit:1"})
+    # joins the session's Ray (the crash point is the driver's): no local Ray started and stopped for it
+    crashed = run_cli("run", str(job), *joining(ray_session), env={"PIPELINES_CRASH_AT": "after_commit:1"})
     assert crashed.returncode == -9 and commits(out) == 1, crashed.stderr[-2000:]
 
     refused = run_cli("run", str(job), "--set", "errors.too_long=error")

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from helpers import ROOT, SENTENCES, unchecked_strings, write_jsonl, write_parquet
+from helpers import ROOT, SENTENCES, joining, unchecked_strings, write_jsonl, write_parquet
 
 from pipelines.errors import PipelineError
 from pipelines.output.staging import StagingReport
@@ -76,14 +76,15 @@ def test_driver_killed_before_during_and_after_commits_resumes_exactly_once(ray_
     job = write_job(tmp_path, tiny_models("classifier"), tmp_path / "in")
     out = tmp_path / "out"
 
-    crashed = cli("run", str(job), env={"PIPELINES_CRASH_AT": "mid_commit:2"})
+    # the killed runs join the session's Ray (the points are the driver's): no local Ray started and stopped each
+    crashed = cli("run", str(job), *joining(ray_session), env={"PIPELINES_CRASH_AT": "mid_commit:2"})
     assert crashed.returncode == -9, crashed.stderr[-2000:]
     assert commits(out) == 2  # the second shard's record is written: it is committed ...
     assert len(list(out.glob("part-*.parquet"))) == 1  # ... but its rows are not visible yet
     assert_whole_shards(out, shard_ids)
 
     for point, committed in {"after_commit:2": 4, "before_summary:1": 6}.items():
-        crashed = cli("run", str(job), env={"PIPELINES_CRASH_AT": point})
+        crashed = cli("run", str(job), *joining(ray_session), env={"PIPELINES_CRASH_AT": point})
         assert crashed.returncode == -9, (point, crashed.stderr[-2000:])
         assert commits(out) == committed, point  # the interrupted commit was finished, not redone
         assert_whole_shards(out, shard_ids)
@@ -304,7 +305,9 @@ def test_a_redo_changed_killed_between_its_deletion_and_the_new_commit_is_finish
     out = tmp_path / "out"
     run_job(load_spec(job))  # in this process (the crash below needs the CLI)
     write_jsonl(tmp_path / "in" / "part-1.jsonl", [{"id": f"fixed-{i}", "text": SENTENCES[i]} for i in range(3)])
-    crashed = cli("run", str(job), "--redo-changed", env={"PIPELINES_CRASH_AT": "before_commit:1"})
+    # joins the session's Ray (the crash point is the driver's): no local Ray started and stopped for it
+    crashed = cli("run", str(job), "--redo-changed", *joining(ray_session),
+                  env={"PIPELINES_CRASH_AT": "before_commit:1"})
     assert crashed.returncode == -9, crashed.stderr[-2000:]
     assert not any(i.startswith("s1-") for i in output_ids(out))  # the old version's rows were deleted ...
     assert not (out / "_SUCCESS").exists()  # ... and the output says it is not finished

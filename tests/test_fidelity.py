@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import yaml
-from helpers import SENTENCES, make_spec, write_jsonl, write_parquet
+from helpers import SENTENCES, joining, make_spec, write_jsonl, write_parquet
 from test_cli import cli
 
 from pipelines.errors import PipelineError
@@ -280,7 +280,7 @@ def test_a_run_below_the_bar_fails_before_writing(ray_session, wide_encoder, top
     spec = topic_spec(wide_encoder, topics, out, "nf4", fidelity={"rows": 64, "min_agreement": 0.99})
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True)))
-    done = cli("run", str(job))
+    done = cli("run", str(job), *joining(ray_session))  # the session's Ray: none started and stopped for it
     assert done.returncode == 2, done.stderr[-3000:]
     [line] = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert re.match(r"error: quantization fidelity below the bar: label_agreement \d+\.\d+% on 64 sampled rows, "

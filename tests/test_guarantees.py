@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from helpers import SENTENCES, unchecked_strings, write_jsonl, write_parquet
+from helpers import SENTENCES, joining, unchecked_strings, write_jsonl, write_parquet
 from test_faults import cli, many_shards, output_ids, write_job
 
 from pipelines.errors import PipelineError
@@ -64,7 +64,7 @@ def test_an_unreadable_file_fails_the_job_and_its_rows_are_counted(ray_session, 
     corrupt_parquet(tmp_path / "in" / "lost.parquet", 1000)
     job = write_job(tmp_path, tiny_models("classifier"), tmp_path / "in")
     out = tmp_path / "out"
-    failed = cli("run", str(job))
+    failed = cli("run", str(job), *joining(ray_session))  # the session's Ray: none started and stopped for it
     assert failed.returncode == 2, failed.stderr[-2000:]
     [line] = [line for line in failed.stderr.splitlines() if line.startswith("error:")]
     assert "lost.parquet" in line and "1,000 rows" in line and "unreadable_files: quarantine" in line
@@ -1340,7 +1340,7 @@ def test_an_output_folder_that_is_an_input_folder_by_another_path_is_seen_for_wh
         check_paths(spec_from_dict(raw))
 
 
-def test_a_file_with_two_hard_links_or_under_a_bind_mount_is_read_once(tiny_models, tmp_path, bind_mount):
+def test_a_file_with_two_hard_links_or_under_a_bind_mount_is_read_once(ray_session, tiny_models, tmp_path, bind_mount):
     """A snapshot made with hard links (`cp -al 2024-06-01 latest`, rsnapshot, `rsync --link-dest`) gives each file a
     second name that goes through no symbolic link, so the two names were two shards: `pipelines run` wrote each of
     the file's rows twice, and the file named twice in input.paths under its two names was refused as two files
@@ -1349,7 +1349,7 @@ def test_a_file_with_two_hard_links_or_under_a_bind_mount_is_read_once(tiny_mode
     ids = many_shards(tmp_path / "in" / "2024-06-01", shards=2)
     shutil.copytree(tmp_path / "in" / "2024-06-01", tmp_path / "in" / "latest", copy_function=os.link)  # cp -al
     job = write_job(tmp_path, tiny_models("classifier"), tmp_path / "in")
-    done = cli("run", str(job))
+    done = cli("run", str(job), *joining(ray_session))  # the session's Ray: none started and stopped for it
     assert done.returncode == 0, done.stderr[-3000:]
     got = output_ids(tmp_path / "out")
     assert sorted(got) == sorted(ids), f"{len(got)} rows out of {len(ids)}"
@@ -1671,7 +1671,8 @@ def test_a_reader_sees_whole_shards_only_while_a_commit_is_cut_short(ray_session
     ids = many_shards(tmp_path / "in", shards=3, rows=20)
     job = write_job(tmp_path, tiny_models("classifier"), tmp_path / "in", batching={"batch_size": 4})
     out = tmp_path / "out"
-    crashed = cli("run", str(job), env={"PIPELINES_CRASH_AT": "mid_commit:2"})
+    # joins the session's Ray (the crash point is the driver's): no local Ray started for it
+    crashed = cli("run", str(job), *joining(ray_session), env={"PIPELINES_CRASH_AT": "mid_commit:2"})
     assert crashed.returncode == -9, crashed.stderr[-2000:]
     records = [json.loads(p.read_text()) for p in (out / "_commits").glob("*.json")]
     committed = {Path(r["input"]["uri"]).name for r in records}

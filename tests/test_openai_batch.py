@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import yaml
-from helpers import ROOT, make_spec, torch_free_stages, write_jsonl
+from helpers import ROOT, joining, make_spec, torch_free_stages, write_jsonl
 from openai.types import CreateEmbeddingResponse, embedding_create_params
 from openai.types.chat import ChatCompletion, ChatCompletionMessage, completion_create_params
 from openai.types.shared import ErrorObject
@@ -982,7 +982,7 @@ def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
                           text=True, timeout=600)
 
 
-def test_a_batch_file_runs_to_a_complete_output_file_exactly_once_across_a_crash(tiny_models, tmp_path):
+def test_a_batch_file_runs_to_a_complete_output_file_exactly_once_across_a_crash(ray_session, tiny_models, tmp_path):
     (tmp_path / "in").mkdir()
     expected = write_request_files(tmp_path / "in")
     out = tmp_path / "out"
@@ -997,13 +997,14 @@ def test_a_batch_file_runs_to_a_complete_output_file_exactly_once_across_a_crash
         "output": {"path": str(out), "format": "openai-batch"},
     }))
 
-    crashed = cli("run", str(job), env={"PIPELINES_CRASH_AT": "mid_commit:1"})
+    # both runs join the session's Ray (the crash point is the driver's): no local Ray started and stopped each
+    crashed = cli("run", str(job), *joining(ray_session), env={"PIPELINES_CRASH_AT": "mid_commit:1"})
     assert crashed.returncode == -9, crashed.stderr[-3000:]
     [first] = [json.loads(p.read_text()) for p in (out / "_commits").glob("*.json")]  # one shard is committed ...
     assert not list(out.glob("part-*.jsonl"))  # ... and not visible yet: it waits for its one rename
 
     (out / "_report.html").mkdir()  # a page that can't be written, to see what the summary says then
-    done = cli("run", str(job))
+    done = cli("run", str(job), *joining(ray_session))
     assert done.returncode == 0, done.stderr[-3000:]
     # the summary names no page that was not written (it named one after the page's warning)
     assert "run report not written" in done.stderr and f"report: {out}/_report.html" not in done.stdout

@@ -3,7 +3,8 @@
 The server checks every request's signature and the user's policy (``s3_server``), so a wrong key, a
 read-only user and a missing bucket are refused the way S3 refuses them. The CLI runs as a user runs
 it, credentials and endpoint in its environment (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` and
-``AWS_ENDPOINT_URL``, or ``AWS_PROFILE``), each run on its own local Ray, whose workers inherit them.
+``AWS_ENDPOINT_URL``, or ``AWS_PROFILE``), each run on its own local Ray, whose workers inherit them; but for the
+killed and resumed runs of one output (``resuming_ray``), which join one Ray started with the same user's settings.
 """
 
 from __future__ import annotations
@@ -76,12 +77,34 @@ def s3_job(tmp_path: Path, model: str, inputs: str, output: str) -> Path:
     return path
 
 
-def cli(s3, *args: str, user: str | None = "admin", env: dict | None = None) -> subprocess.CompletedProcess:
-    """The CLI as a user runs it, with the AWS settings a user exports (never this machine's own)."""
+def cli(s3, *args: str, user: str | None = "admin", env: dict | None = None, address: str | None = None,
+        token: str | None = None) -> subprocess.CompletedProcess:
+    """The CLI as a user runs it, with the AWS settings a user exports (never this machine's own); ``address`` and
+    ``token``: join that Ray (see :func:`resuming_ray`) instead of starting a local one."""
     environment = s3.env(user, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), **(env or {}))
     environment.pop("RAY_ADDRESS", None)
-    return subprocess.run([sys.executable, "-m", "pipelines", *args], cwd=ROOT, env=environment,
+    if token:
+        environment["RAY_AUTH_TOKEN"] = token
+    joining = ["--address", address] if address else []
+    return subprocess.run([sys.executable, "-m", "pipelines", *args, *joining], cwd=ROOT, env=environment,
                           capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture()
+def resuming_ray(s3_server):
+    """A Ray whose workers have the admin user's AWS settings, as a local Ray started by ``cli(s3_server, ...)`` has
+    them: a run given ``joined(resuming_ray)`` joins it rather than starting and stopping a Ray of its own (5-10 s a
+    run on 2 cores; this one takes about 15 s to start and stop, so it pays for a test of several runs). The crash
+    points (mid_commit, ...) are the driver's, read from the command's own environment."""
+    from ray_head import ray_head
+
+    with ray_head(num_cpus=2, extra_env=s3_server.aws_env("admin")) as head:
+        yield head
+
+
+def joined(head) -> dict:
+    """``cli`` keyword arguments that join ``head`` (see :func:`resuming_ray`)."""
+    return {"address": head.gcs_address, "token": head.token}
 
 
 def read_object(s3, key: str) -> pa.Table:
@@ -118,7 +141,8 @@ def use_s3(monkeypatch, s3, user: str | None = "admin") -> None:
 # the cluster workflow's storage: run, crash, resume, read, overwrite --------------------------------------
 
 
-def test_a_job_on_s3_resumes_after_a_driver_kill_at_each_commit_point(s3_server, tiny_models, tmp_path, monkeypatch):
+def test_a_job_on_s3_resumes_after_a_driver_kill_at_each_commit_point(s3_server, resuming_ray, tiny_models, tmp_path,
+                                                                       monkeypatch):
     shards = news_shards(tmp_path / "in")
     s3_server.upload(IN, "news", tmp_path / "in")
     job = s3_job(tmp_path, tiny_models("classifier"), f"s3://{IN}/news", f"s3://{OUT}/labels")
@@ -128,7 +152,7 @@ def test_a_job_on_s3_resumes_after_a_driver_kill_at_each_commit_point(s3_server,
     # before a commit and before the summary: test_faults.py, on a local folder)
     steps = {"mid_commit:1": (1, 0), "mid_reveal:1": (1, 1), "after_commit:1": (2, 2)}
     for point, (committed, shown) in steps.items():
-        crashed = cli(s3_server, "run", str(job), env={"PIPELINES_CRASH_AT": point})
+        crashed = cli(s3_server, "run", str(job), env={"PIPELINES_CRASH_AT": point}, **joined(resuming_ray))
         assert crashed.returncode == -9, (point, crashed.stderr[-3000:])
         visible, keys = reader_view(s3_server, "labels", shards)
         assert len([k for k in keys if k.startswith("_commits/") and k.endswith(".json")]) == committed, point
@@ -139,7 +163,7 @@ def test_a_job_on_s3_resumes_after_a_driver_kill_at_each_commit_point(s3_server,
         if point != "mid_commit:1":  # the next run took over the lock of the killed one at once
             assert "took over the lock" in crashed.stderr and "has ended" in crashed.stderr
 
-    finished = cli(s3_server, "run", str(job))
+    finished = cli(s3_server, "run", str(job), **joined(resuming_ray))
     assert finished.returncode == 0, finished.stderr[-3000:]
     visible, keys = reader_view(s3_server, "labels", shards)
     assert visible == shards and "_SUCCESS" in keys
@@ -156,7 +180,7 @@ def test_a_job_on_s3_resumes_after_a_driver_kill_at_each_commit_point(s3_server,
     # --overwrite replaces every shard (new commit records) and deletes only what this project wrote
     before = {r["shard"]: r["committed_at"] for r in records(s3_server, "labels")}
     s3_server.client().put_object(Bucket=OUT, Key="labels/README.txt", Body=b"someone else's file")
-    redone = cli(s3_server, "run", str(job), "--overwrite")
+    redone = cli(s3_server, "run", str(job), "--overwrite", **joined(resuming_ray))
     assert redone.returncode == 0, redone.stderr[-3000:]
     after = {r["shard"]: r["committed_at"] for r in records(s3_server, "labels")}
     assert after.keys() == before.keys() and all(after[k] > before[k] for k in before)
