@@ -1576,6 +1576,29 @@ def test_output_of_gone_input_is_recorded_and_pruned_on_request(tmp_path):
     assert run_due(spec, now=day(4, hours=0.01), runner=runner).entries[-1].gone is None
 
 
+def test_a_partition_deleted_by_hand_has_its_input_scored_again_not_left_out_for_good(tmp_path, caplog):
+    """A run=... partition deleted (or moved away) by hand, to redo a bad night or by a clean-up: its ledger lines
+    still said its shards were scored, so every tick after said `no new input` and its rows were gone from the output
+    for good, without a word. Its input is scored again by the next tick; the partition put back later (from a
+    backup) gives no row twice."""
+    runner = Committing()
+    spec = make_job(tmp_path, fake_model(tmp_path))
+    add_shard(tmp_path, "a.jsonl", rows("a", 2))
+    run_due(spec, now=day(1, hours=0.01), runner=runner)
+    add_shard(tmp_path, "b.jsonl", rows("b", 3))
+    run_due(spec, now=day(2, hours=0.01), runner=runner)
+    deleted = tmp_path / "out" / "run=2026-11-29T02:00:00Z"
+    shutil.move(deleted, tmp_path / "backup")
+    line = run_due(spec, now=day(3, hours=0.01), runner=runner).entries[-1]
+    assert (line.status, [i.name for i in line.inputs]) == ("succeeded", ["b.jsonl"])
+    assert "run=2026-11-29T02:00:00Z" in line.note and "is gone from the output" in caplog.text
+    expected = sorted(r["id"] for r in rows("a", 2) + rows("b", 3))
+    assert sorted(all_ids(tmp_path)) == expected
+    shutil.move(tmp_path / "backup", deleted)  # put back: its version of b.jsonl is the older one
+    assert run_due(spec, now=day(4, hours=0.01), runner=runner).entries[-1].status == "empty"
+    assert sorted(all_ids(tmp_path)) == expected
+
+
 @pytest.mark.parametrize("edit", ["oldest lines dropped", "lines damaged", "a first line damaged"])
 def test_a_ledger_cut_short_by_hand_is_refused_not_taken_for_new_input(tmp_path, edit):
     """_runs.jsonl trimmed like a log (its oldest lines dropped: `tail -n`, logrotate), or lines of it damaged in an
