@@ -246,6 +246,16 @@ def test_cron_and_time_zone_are_read_by_croniter_and_validated():
             spec_from_dict(raw)
 
 
+def test_a_cron_expression_that_matches_no_date_is_refused_by_validate_not_a_traceback_at_each_tick():
+    """README (The schedule section): a bad cron expression is rejected by `pipelines validate` with the field's path.
+    `0 0 30 2 *` (February 30) passed croniter's syntax check, and every invocation then ended in croniter's
+    traceback (CroniterBadDateError: failed to find prev date), exit 1, night after night."""
+    raw = raw_job(Path("/tmp/unused"), "m", cron="0 0 30 2 *")
+    with pytest.raises(PipelineError, match="schedule.cron.*matches no date"):
+        spec_from_dict(raw)
+    assert spec_from_dict(raw_job(Path("/tmp/unused"), "m", cron="0 0 29 2 *")).schedule  # leap years only: fine
+
+
 def test_a_daily_tick_runs_once_on_the_night_the_clocks_go_back_as_cron_runs_it():
     """Berlin's clocks go back from 03:00 CEST to 02:00 CET on 2026-10-25, so 02:00 comes twice (00:00 and 01:00 UTC).
     croniter gives both: the scheduler ran a `0 2 * * *` job twice that night (a second partition an hour after the
