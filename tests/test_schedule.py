@@ -1602,6 +1602,7 @@ def test_a_partition_deleted_by_hand_has_its_input_scored_again_not_left_out_for
     line = run_due(spec, now=day(3, hours=0.01), runner=runner).entries[-1]
     assert (line.status, [i.name for i in line.inputs]) == ("succeeded", ["b.jsonl"])
     assert "run=2026-11-29T02:00:00Z" in line.note and "is gone from the output" in caplog.text
+    assert "changed shard" not in render_table(Ledger(str(tmp_path / "out")).read())  # not a changed file
     expected = sorted(r["id"] for r in rows("a", 2) + rows("b", 3))
     assert sorted(all_ids(tmp_path)) == expected
     shutil.move(tmp_path / "backup", deleted)  # put back: its version of b.jsonl is the older one

@@ -245,6 +245,7 @@ class Planner:
             status="running",
             rescore=rescore,
             replaces=replaces,
+            lost=rescored or None,
             missed=decision.missed,
             note="; ".join(notes),
             attempt=1,
