@@ -260,6 +260,15 @@ class ScheduleSpec(Strict):
 
         if not croniter.is_valid(value):
             raise ValueError("not a valid cron expression, e.g. '0 2 * * *' (02:00 every day) or '@hourly'")
+        from datetime import datetime
+
+        from croniter import CroniterBadDateError
+
+        try:  # valid fields that no date matches (February 30): every tick's look-up would fail
+            croniter(value, datetime(2000, 1, 1)).get_next(datetime)
+        except CroniterBadDateError:
+            raise ValueError("matches no date (a day that no month has, such as February 30): it would never "
+                             "run; e.g. '0 2 * * *' (02:00 every day)") from None
         return value
 
     @field_validator("timezone")

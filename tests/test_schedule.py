@@ -246,6 +246,16 @@ def test_cron_and_time_zone_are_read_by_croniter_and_validated():
             spec_from_dict(raw)
 
 
+def test_a_cron_expression_that_matches_no_date_is_refused_by_validate_not_a_traceback_at_each_tick():
+    """README (The schedule section): a bad cron expression is rejected by `pipelines validate` with the field's path.
+    `0 0 30 2 *` (February 30) passed croniter's syntax check, and every invocation then ended in croniter's
+    traceback (CroniterBadDateError: failed to find prev date), exit 1, night after night."""
+    raw = raw_job(Path("/tmp/unused"), "m", cron="0 0 30 2 *")
+    with pytest.raises(PipelineError, match="schedule.cron.*matches no date"):
+        spec_from_dict(raw)
+    assert spec_from_dict(raw_job(Path("/tmp/unused"), "m", cron="0 0 29 2 *")).schedule  # leap years only: fine
+
+
 def test_a_daily_tick_runs_once_on_the_night_the_clocks_go_back_as_cron_runs_it():
     """Berlin's clocks go back from 03:00 CEST to 02:00 CET on 2026-10-25, so 02:00 comes twice (00:00 and 01:00 UTC).
     croniter gives both: the scheduler ran a `0 2 * * *` job twice that night (a second partition an hour after the
@@ -1574,6 +1584,30 @@ def test_output_of_gone_input_is_recorded_and_pruned_on_request(tmp_path):
     first = [line for line in render_table(Ledger(str(tmp_path / "out")).read()).splitlines() if " succeeded " in line][0]
     assert "1 shard(s) (2 rows) moved to _superseded/ by prune 2026-11-30T02:00:00Z" in first
     assert run_due(spec, now=day(4, hours=0.01), runner=runner).entries[-1].gone is None
+
+
+def test_a_partition_deleted_by_hand_has_its_input_scored_again_not_left_out_for_good(tmp_path, caplog):
+    """A run=... partition deleted (or moved away) by hand, to redo a bad night or by a clean-up: its ledger lines
+    still said its shards were scored, so every tick after said `no new input` and its rows were gone from the output
+    for good, without a word. Its input is scored again by the next tick; the partition put back later (from a
+    backup) gives no row twice."""
+    runner = Committing()
+    spec = make_job(tmp_path, fake_model(tmp_path))
+    add_shard(tmp_path, "a.jsonl", rows("a", 2))
+    run_due(spec, now=day(1, hours=0.01), runner=runner)
+    add_shard(tmp_path, "b.jsonl", rows("b", 3))
+    run_due(spec, now=day(2, hours=0.01), runner=runner)
+    deleted = tmp_path / "out" / "run=2026-11-29T02:00:00Z"
+    shutil.move(deleted, tmp_path / "backup")
+    line = run_due(spec, now=day(3, hours=0.01), runner=runner).entries[-1]
+    assert (line.status, [i.name for i in line.inputs]) == ("succeeded", ["b.jsonl"])
+    assert "run=2026-11-29T02:00:00Z" in line.note and "is gone from the output" in caplog.text
+    assert "changed shard" not in render_table(Ledger(str(tmp_path / "out")).read())  # not a changed file
+    expected = sorted(r["id"] for r in rows("a", 2) + rows("b", 3))
+    assert sorted(all_ids(tmp_path)) == expected
+    shutil.move(tmp_path / "backup", deleted)  # put back: its version of b.jsonl is the older one
+    assert run_due(spec, now=day(4, hours=0.01), runner=runner).entries[-1].status == "empty"
+    assert sorted(all_ids(tmp_path)) == expected
 
 
 @pytest.mark.parametrize("edit", ["oldest lines dropped", "lines damaged", "a first line damaged"])

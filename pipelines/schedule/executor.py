@@ -310,7 +310,7 @@ class ScheduledJob:
     def planner(self, lineage: dict) -> Planner:
         """A planner over the facts as they are now (ledger and input shards are read afresh)."""
         return Planner(self.history(), current_shards(self.spec), lineage, self.spec.fingerprint(),
-                       self.spec.output.prediction_prefix, self.same_content)
+                       self.spec.output.prediction_prefix, self.same_content, set(self.partitions()))
 
     def same_content(self, shard: Shard, digest: str | None) -> bool:
         """Whether a shard whose modification time changed (its size did not) holds the bytes a commit recorded

@@ -24,7 +24,7 @@ Fields of a line:
 ``spec_hash``, ``hash_version`` (2 where the hash covers ``output.prediction_prefix``; lines written before: 1)
 ``gone``       names of the first :data:`GONE_NAMED` scored shards whose input file is gone (sorted), ``gone_count``
                how many are gone (lines written before it list them all); ``pruned``: ``{shard key: run}`` moved by
-               ``--prune``
+               ``--prune``; ``lost``: ``{shard key: run}`` scored again because that run's partition is gone
 ``rows_in``, ``rows_out``, ``errors``, ``shards_this_run``, ``rows_this_run``, ``started_at``, ``finished_at``,
 ``wall_s``, ``host``, ``pid``, ``error``, ``note``, ``missed``
 
@@ -112,6 +112,9 @@ class LedgerEntry(BaseModel):
     gone_count: int | None = None
     #: ``{shard key: run}``: outputs of gone input moved to ``_superseded/`` (``--prune``).
     pruned: dict[str, str] | None = None
+    #: ``{shard key: run}``: shards scored again because that run's partition is gone from the output (in ``replaces``
+    #: too, so that the partition put back later has its version moved to ``_superseded/``).
+    lost: dict[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -315,8 +318,9 @@ def _row(entry: LedgerEntry, base: str, moved: list[tuple[str, str | None]]) -> 
         notes.append(f"model changed (was {model_label(entry.model_changed['from'])})")
     if entry.spec_changed:
         notes.append(f"spec changed since run {entry.spec_changed.get('since')}")
-    if entry.replaces and not entry.rescore:
-        notes.append(f"{len(entry.replaces)} changed shard(s)")
+    changed = len(entry.replaces) - len(entry.lost or {})
+    if changed > 0 and not entry.rescore:
+        notes.append(f"{changed} changed shard(s)")
     if entry.error:
         notes.append(f"error: {str(entry.error).splitlines()[0][:120]}")
     if entry.gone:

@@ -106,7 +106,7 @@ class Planner:
 
     def __init__(
         self, history: History, shards: list[Shard], lineage: dict, spec_hash: str, prediction_prefix: str = "",
-        same_content: SameContent = never_same,
+        same_content: SameContent = never_same, partitions: set[str] | None = None,
     ) -> None:
         self.history = history
         self.shards = shards
@@ -114,6 +114,8 @@ class Planner:
         self.spec_hash = spec_hash
         self.prediction_prefix = prediction_prefix  # to read the hashes of ledger lines written before it counted
         self.same_content = same_content
+        #: The run ids of the partitions in the output now (None: not looked at, taken to be all there).
+        self.partitions = partitions
 
     def unchanged(self, recorded: ShardInput | LedgerInput | HeldCommit, shard: Shard) -> bool:
         """Whether a shard is still the file that was scored (see :func:`same_input`)."""
@@ -188,6 +190,12 @@ class Planner:
         unfinished run that has committed it; a rescore replaces those outputs too.
         """
         scored = self.history.scored()
+        # A partition deleted or moved away by hand: the ledger still says its shards are scored, but their rows are
+        # gone from the output, so they are new input again (their old run stays in `replaces`, so that a partition
+        # put back from a backup has its older version moved to _superseded/, not read beside the new one).
+        lost = {key: run for key, (_, run) in scored.items()
+                if self.partitions is not None and run not in self.partitions}
+        scored = {key: found for key, found in scored.items() if key not in lost}
         commits = unfinished_commits or {}
         now = {s.key: s for s in self.shards}
         claimed = {} if rescore else self.history.claimed()
@@ -208,6 +216,9 @@ class Planner:
         # A shard's earlier output moves to _superseded/ just before its new one appears: a changed shard's, and
         # every shard's in a rescore (so a rescore that fails part way, or is abandoned, leaves each row once).
         replaces = {s.key: scored[s.key][1] for s in todo if s.key in scored}
+        changed_count = len(replaces.keys() | changed.keys())
+        rescored = {s.key: lost[s.key] for s in todo if s.key in lost}
+        replaces.update(rescored)
         replaces.update(changed)  # the version an unfinished run committed is the newest
         if rescore:
             replaces.update({key: held.run for key, held in commits.items() if key in now})
@@ -219,23 +230,32 @@ class Planner:
                 model=self.lineage, spec_hash=self.spec_hash, hash_version=HASH_VERSION, inputs=[], **gone_fields(gone),
             )
         changes, warning = self.changes_since_last_run(rescore)
+        warnings = [warning] if warning else []
+        notes = [decision.note()] if decision.note() else []
+        if rescored and not rescore:
+            runs = ", ".join(f"run={run}" for run in sorted(set(rescored.values())))
+            notes.append(f"{len(rescored)} shard(s) scored again: their partition {runs} is gone from the output")
+            warnings.append(
+                f"{len(rescored)} shard(s) scored by {runs.replace('run=', '')} are scored again: that partition is "
+                f"gone from the output (deleted or moved by hand?), and its rows with it; the ledger still lists it"
+            )
         entry = LedgerEntry(
             tick=run_id(decision.tick),
             kind="rescore" if rescore else "tick",
             status="running",
             rescore=rescore,
             replaces=replaces,
+            lost=rescored or None,
             missed=decision.missed,
-            note=decision.note(),
+            note="; ".join(notes),
             attempt=1,
             model=self.lineage,
             **gone_fields(gone),
             **changes,
         )
-        warnings = [warning] if warning else []
-        if replaces and not rescore:
+        if changed_count and not rescore:
             warnings.append(
-                f"{len(replaces)} shard(s) changed since they were scored; their earlier output moves to "
+                f"{changed_count} shard(s) changed since they were scored; their earlier output moves to "
                 "_superseded/ once rescored"
             )
         return RunPlan(run_id(decision.tick), todo, entry, False, warnings)
