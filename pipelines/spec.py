@@ -260,6 +260,10 @@ class ScheduleSpec(Strict):
 
         if not croniter.is_valid(value):
             raise ValueError("not a valid cron expression, e.g. '0 2 * * *' (02:00 every day) or '@hourly'")
+        if len(value.split()) > 6:  # croniter reads a 7th field as a year: past it, every tick's look-up fails
+            raise ValueError(f"has {len(value.split())} fields: give 5 (minute hour day month weekday), or 6 with "
+                             "seconds last; a year field is not taken (a job for one year only would fail every "
+                             "night after it)")
         from datetime import datetime
 
         from croniter import CroniterBadDateError

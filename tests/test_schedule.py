@@ -256,6 +256,16 @@ def test_a_cron_expression_that_matches_no_date_is_refused_by_validate_not_a_tra
     assert spec_from_dict(raw_job(Path("/tmp/unused"), "m", cron="0 0 29 2 *")).schedule  # leap years only: fine
 
 
+def test_a_cron_expression_with_a_year_field_is_refused_by_validate_not_a_traceback_once_the_year_is_past():
+    """README (The schedule section): 5 cron fields, 6 with seconds last. croniter also reads a 7th, a year: `0 2 * *
+    * 0 2025` passed validate, and once that year was past every invocation ended in croniter's traceback on its
+    `next tick:` line (the loop too), every night; a year still to come crashed each invocation until then."""
+    for cron in ("0 2 * * * 0 2025", "0 2 * * * 0 2099"):
+        with pytest.raises(PipelineError, match="schedule.cron.*7 fields"):
+            spec_from_dict(raw_job(Path("/tmp/unused"), "m", cron=cron))
+    assert spec_from_dict(raw_job(Path("/tmp/unused"), "m", cron="0 2 * * * 30")).schedule  # seconds last: fine
+
+
 def test_a_daily_tick_runs_once_on_the_night_the_clocks_go_back_as_cron_runs_it():
     """Berlin's clocks go back from 03:00 CEST to 02:00 CET on 2026-10-25, so 02:00 comes twice (00:00 and 01:00 UTC).
     croniter gives both: the scheduler ran a `0 2 * * *` job twice that night (a second partition an hour after the
