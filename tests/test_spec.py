@@ -294,3 +294,18 @@ def test_a_label_map_reads_its_keys_as_the_agreement_reads_truth_values_and_coun
     assert spec_from_dict(labeled).fingerprint() != spec_from_dict(mapped).fingerprint()
     changed = changed_settings(spec_from_dict(labeled).model_dump(mode="json"), spec_from_dict(mapped).model_dump(mode="json"))
     assert any("input.label_map" in said for said in changed), changed
+
+
+@pytest.mark.parametrize("template", ["It is {} or {}.", "Topic: {} (one of {labels}).", "{0}: {}", "It is {{}}.",
+                                      "It is {!r}.", "It is {} {"])
+def test_a_hypothesis_template_that_does_not_put_one_label_in_place_is_refused_with_the_spec(template):
+    """zero-shot-classification checked only that the template held `{}`: a second field (`{} or {}`, `{labels}`)
+    passed, and `plan` and every actor then stopped on a bare IndexError or KeyError from str.format; `{{}}` (a
+    literal `{}`) put no label in any hypothesis. Refused with the spec, saying how to write it."""
+    refused = r"task.hypothesis_template .*\{\} once, where the label goes.*\{\{ and \}\}"
+    with pytest.raises(PipelineError, match=refused):
+        spec_from_dict(minimal(task={"type": "zero-shot-classification", "candidate_labels": ["a", "b"],
+                                     "hypothesis_template": template}))
+    for fine in ("This example is {}.", "{}", "Label {{ {} }}"):
+        spec_from_dict(minimal(task={"type": "zero-shot-classification", "candidate_labels": ["a", "b"],
+                                     "hypothesis_template": fine}))

@@ -278,6 +278,22 @@ def distinct_labels(labels: list[str]) -> list[str]:
     return labels
 
 
+def hypothesis_fields(template: str) -> None:
+    """Refuse a zero-shot hypothesis template that is not one ``{}`` (filled with the label by ``str.format``) among
+    literal text: a second field (``{} or {}``, ``{labels}``) made every actor fail on an IndexError or KeyError,
+    and ``{{}}``, a literal ``{}``, put no label in any hypothesis."""
+    try:
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)
+                  if name is not None]
+    except ValueError:
+        fields = []
+    if fields != [("", "", None)]:
+        raise ValueError(
+            f"task.hypothesis_template {template!r} must hold {{}} once, where the label goes, and no other field "
+            "(e.g. 'This example is {}.'); write a literal brace as {{ and }}"
+        )
+
+
 class ZeroShotOptions(LabelOptions):
     independent_forwards = True
     type: Literal["zero-shot-classification"]
@@ -298,8 +314,7 @@ class ZeroShotOptions(LabelOptions):
 
     @model_validator(mode="after")
     def _check(self) -> ZeroShotOptions:
-        if "{}" not in self.hypothesis_template:
-            raise ValueError("hypothesis_template must contain {} where the label goes")
+        hypothesis_fields(self.hypothesis_template)
         unknown = set(self.label_descriptions) - set(self.candidate_labels)
         if unknown:
             raise ValueError(f"label_descriptions for labels not in candidate_labels: {sorted(unknown)}")
