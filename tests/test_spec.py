@@ -54,6 +54,8 @@ def test_defaults_and_types():
         ({"task": {"type": "zero-shot-classification"}}, "task.candidate_labels", "Field required"),
         ({"compute__min": 3, "compute__max": 2}, "compute", "min (3) is larger than max (2)"),
         ({"output": {}}, "output.path", "Field required"),
+        # temperature 0 is greedy in OpenAI's API: said so, not only "greater than 0"
+        ({"task": {"type": "text-generation", "temperature": 0}}, "task.temperature", "greedy decoding is the default"),
     ],
 )
 def test_bad_specs_name_the_field(changes, field, hint):

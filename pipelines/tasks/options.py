@@ -213,6 +213,17 @@ class GenerationOptions(TaskOptions):
         description="Stop strings: a sequence ends where its text first contains one; the text is cut before it.",
     )
 
+    @field_validator("temperature", mode="before")
+    @classmethod
+    def _temperature_zero(cls, value: Any) -> Any:
+        # OpenAI's API reads temperature 0 as greedy; here greedy is do_sample: false, which uses no temperature
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0:
+            raise ValueError(
+                "temperature 0: greedy decoding is the default (do_sample: false), which uses no temperature; remove "
+                "task.temperature for it, or give a temperature above 0 (e.g. 0.7) with do_sample: true to sample"
+            )
+        return value
+
     @field_validator("stop")
     @classmethod
     def _stops_not_empty(cls, stops: list[str]) -> list[str]:
