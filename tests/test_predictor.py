@@ -146,6 +146,16 @@ def test_zero_shot_by_embedding_uses_label_descriptions(tiny_models):
     assert out["label"] == "a"  # the text is its own description: cosine similarity 1
 
 
+def test_a_label_description_is_the_whole_hypothesis_of_nli_too(tiny_models):
+    """The README said label_descriptions were for the embedding method; nli reads them too, each as the whole
+    hypothesis in place of the filled template (the README now says so)."""
+    task = {"type": "zero-shot-classification", "candidate_labels": ["World", "Sports"],
+            "label_descriptions": {"World": "It is about politics."}}
+    predictor = Predictor(make_spec(tiny_models("nli"), task))
+    assert predictor.task.method == "nli"
+    assert predictor.task.hypotheses == ["It is about politics.", "This example is Sports."]
+
+
 @pytest.mark.parametrize(
     ("kind", "labels", "same"),
     [
