@@ -373,8 +373,11 @@ def test_translation_languages_that_pick_no_prefix_of_the_config_are_refused(t5_
     without a word (T5 then doesn't translate). Refused at start (plan and the actors), naming the pairs the config
     has; task.prefix given, the languages pick nothing and are let through, and a model whose config names no
     translation prefix is told so."""
-    with pytest.raises(PipelineError, match=rf"task.source_lang and target_lang .*{named}.*task.prefix"):
-        Predictor(make_spec(t5_with_prefixes, {"type": "translation", **langs}))
+    from pipelines.runner import preflight
+
+    for check in (Predictor, preflight):  # the actors, and a run's check before any work
+        with pytest.raises(PipelineError, match=rf"task.source_lang and target_lang .*{named}.*task.prefix"):
+            check(make_spec(t5_with_prefixes, {"type": "translation", **langs}))
     spec = make_spec(t5_with_prefixes, {"type": "translation", "prefix": "to Spanish: ", **langs})
     assert Predictor(spec).task.prefix == "to Spanish: "
     with pytest.raises(PipelineError, match="names no translation prefix"):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from pipelines.errors import PipelineError, first_line
 from pipelines.spec import ModelSpec
@@ -160,6 +161,31 @@ def check_task_head(task: str, name: str, config: dict) -> None:
         f"architectures), but this checkpoint is a {', '.join(architectures)}: Transformers would put random "
         f"weights (or another task's head) in its place, and every prediction would be noise; give a model "
         f"fine-tuned for {task}, or set task.type to what this model was trained for: {fit}"
+    )
+
+
+def check_translation_languages(options: Any, task_specific_params: Any) -> None:
+    """Refuse translation's source_lang/target_lang where they pick no prefix of the model config's
+    ``task_specific_params`` (they exist to pick one): every row would be rewritten with no prefix, without a word
+    (T5 then doesn't translate). Let through with ``task.prefix`` given, or with neither language given."""
+    source, target = getattr(options, "source_lang", None), getattr(options, "target_lang", None)
+    if getattr(options, "prefix", None) is not None or (source is None and target is None):
+        return
+    params = task_specific_params if isinstance(task_specific_params, dict) else {}
+    if f"translation_{source}_to_{target}" in params:
+        return
+    pairs = sorted(key for key in params if key.startswith("translation_"))
+    given = f"task.source_lang and target_lang ({source} and {target})"
+    if pairs:
+        raise PipelineError(
+            f"translation: {given} pick no prefix of the model config's task_specific_params, which names "
+            f"{', '.join(pairs)}: set them to one of those pairs (e.g. source_lang: {pairs[0].split('_')[1]}, "
+            f"target_lang: {pairs[0].split('_to_')[-1]}), or write the prefix the model needs as task.prefix"
+        )
+    raise PipelineError(
+        f"translation: {given}: the model config names no translation prefix for them to pick (they only pick "
+        "one; they don't set a multilingual tokenizer's languages); remove them for a model that translates one "
+        "pair without a prefix (Marian opus-mt), or write the prefix the model needs as task.prefix"
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines.errors import PipelineError
+from pipelines.inference.checks import check_translation_languages
 from pipelines.tasks.base import Features
 from pipelines.tasks.generation import GenerationTask
 from pipelines.tasks.options import Seq2SeqOptions, SummarizationOptions, TranslationOptions
@@ -55,25 +55,4 @@ class Translation(Seq2SeqTask):
         return f"translation_{self.options.source_lang}_to_{self.options.target_lang}"
 
     def _languages_pick_a_prefix(self) -> None:
-        """source_lang/target_lang exist to pick the config's prefix: a pair it doesn't name would rewrite every row
-        with no prefix, without a word (T5 then doesn't translate), so it is refused, naming the pairs it has."""
-        source, target = self.options.source_lang, self.options.target_lang
-        if self.options.prefix is not None or (source is None and target is None):
-            return
-        params = getattr(self.config, "task_specific_params", None) or {}
-        if self.params_key() in params:
-            return
-        pairs = sorted(key for key in params if key.startswith("translation_"))
-        given = f"task.source_lang and target_lang ({source} and {target})"
-        if pairs:
-            raise PipelineError(
-                f"translation: {given} pick no prefix of the model config's task_specific_params, which names "
-                f"{', '.join(pairs)}: set them to one of those pairs (e.g. source_lang: "
-                f"{pairs[0].split('_')[1]}, target_lang: {pairs[0].split('_to_')[-1]}), or write the prefix the model "
-                "needs as task.prefix"
-            )
-        raise PipelineError(
-            f"translation: {given}: the model config names no translation prefix for them to pick (they only pick "
-            "one; they don't set a multilingual tokenizer's languages); remove them for a model that translates one "
-            "pair without a prefix (Marian opus-mt), or write the prefix the model needs as task.prefix"
-        )
+        check_translation_languages(self.options, getattr(self.config, "task_specific_params", None))
