@@ -49,6 +49,15 @@ def truth_key(value: Any) -> Any:
     return value
 
 
+def empty_path_problem(location: str) -> str | None:
+    """An empty path (``--set input.paths=$IN`` with IN unset) would resolve to the folder the command runs in: every
+    file below it read, or the results written there. Refused, as a shell refuses ``ls ""``."""
+    if location:
+        return None
+    return ("an empty path (a --set whose shell variable was empty or unset?): name a file, folder, glob or URI, "
+            "'.' for the folder the command runs in")
+
+
 class InputSpec(Strict):
     paths: list[str] = Field(min_length=1, description="Files, directories or globs; local or any pyarrow URI.")
     format: Literal["auto", "parquet", "jsonl", "openai-batch"] = "auto"
@@ -92,7 +101,7 @@ class InputSpec(Strict):
     @classmethod
     def _store_paths(cls, value: list[str]) -> list[str]:
         for location in value:
-            problem = store_path_problem(location)
+            problem = empty_path_problem(location) or store_path_problem(location)
             if problem:
                 raise ValueError(problem)
         return value
@@ -224,7 +233,7 @@ class OutputSpec(Strict):
     @field_validator("path")
     @classmethod
     def _store_path(cls, value: str) -> str:
-        problem = store_path_problem(value)
+        problem = empty_path_problem(value) or store_path_problem(value)
         if problem:
             raise ValueError(problem)
         return value

@@ -311,3 +311,17 @@ def test_a_hypothesis_template_that_does_not_put_one_label_in_place_is_refused_w
     for fine in ("This example is {}.", "{}", "Label {{ {} }}"):
         spec_from_dict(minimal(task={"type": "zero-shot-classification", "candidate_labels": ["a", "b"],
                                      "hypothesis_template": fine}))
+
+
+def test_an_empty_path_is_refused_not_read_as_the_current_folder(tmp_path):
+    """`--set input.paths=$IN` with IN unset or empty gave the path '': it resolved to the folder the command ran in,
+    and a run scored every Parquet and JSON lines file below it (a project's sample data, other jobs' inputs);
+    `output.path` '' wrote the results there. Refused, as a shell refuses `ls ""`, saying how to name that folder."""
+    job = tmp_path / "job.yaml"
+    job.write_text("input: {paths: [data]}\nmodel: {name: minilm}\ntask: {type: feature-extraction}\n"
+                   "output: {path: out}\n")
+    for override, field in (("input.paths=", "input.paths"), ("input.paths=['']", "input.paths"),
+                             ("output.path=", "output.path")):
+        with pytest.raises(PipelineError, match=rf"{field}.*an empty path.*'\.' for the folder the command runs in"):
+            load_spec(job, [override])
+    assert load_spec(job, ["input.paths=.", "output.path=./out"]).input.paths == ["."]
