@@ -186,6 +186,23 @@ class ComputeSpec(Strict):
         "1 on a CPU, where the forwards already keep every core busy.",
     )
 
+    @field_validator("resources")
+    @classmethod
+    def _custom_resources(cls, value: dict[str, float]) -> dict[str, float]:
+        # Ray refuses its own CPU and GPU there (a ValueError as the pool starts), and model.device auto reads
+        # gpus_per_actor: a GPU asked for so would have held the model on the CPU
+        for name, setting in (("CPU", "cpus_per_actor"), ("GPU", "gpus_per_actor")):
+            if name in value:
+                raise ValueError(
+                    f"{name} is not a custom resource: write compute.{setting}: {value[name]:g} instead (with "
+                    f"gpus_per_actor above 0, model.device auto puts the model on the GPU); resources names custom "
+                    "Ray resources only"
+                )
+        negative = sorted(name for name, amount in value.items() if amount < 0)
+        if negative:
+            raise ValueError(f"{negative[0]}: {value[negative[0]]:g}: a resource's amount per actor is 0 or more")
+        return value
+
     @model_validator(mode="after")
     def _pool_bounds(self) -> ComputeSpec:
         if self.size is not None and (self.min is not None or self.max is not None):

@@ -54,6 +54,11 @@ def test_defaults_and_types():
         ({"task": {"type": "zero-shot-classification"}}, "task.candidate_labels", "Field required"),
         ({"compute__min": 3, "compute__max": 2}, "compute", "min (3) is larger than max (2)"),
         ({"output": {}}, "output.path", "Field required"),
+        # Ray's own resources named in compute.resources: Ray's ValueError (a traceback) when the pool starts, and
+        # the model was placed on the CPU (model.device auto reads gpus_per_actor); a negative amount: the same
+        ({"compute__resources": {"GPU": 1}}, "compute.resources", "compute.gpus_per_actor: 1"),
+        ({"compute__resources": {"CPU": 2}}, "compute.resources", "compute.cpus_per_actor"),
+        ({"compute__resources": {"x": -1}}, "compute.resources", "0 or more"),
         # temperature 0 is greedy in OpenAI's API: said so, not only "greater than 0"
         ({"task": {"type": "text-generation", "temperature": 0}}, "task.temperature", "greedy decoding is the default"),
     ],
