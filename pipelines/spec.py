@@ -576,6 +576,12 @@ def format_validation_error(source: str, error: ValidationError) -> str:
             message = "unknown key (check the spelling; see the README's job spec reference)"
         elif item["type"] == "union_tag_invalid":
             message = f"unknown task type; allowed: {', '.join(TASK_OPTIONS)}"
+        elif item["type"] == "union_tag_not_found":
+            message = f"task.type is missing: name the task, one of {', '.join(TASK_OPTIONS)}"
+        elif where == "task" and isinstance(item.get("input"), str):
+            named = item["input"] if item["input"] in TASK_OPTIONS else "TASK"
+            message = (f"a section, not a name: write task: {{type: {named}}}, with the task's options beside type "
+                       f"({'TASK ' if named == 'TASK' else ''}one of {', '.join(TASK_OPTIONS)})")
         given = item.get("input")
         shown = "" if isinstance(given, dict) or item["type"] == "missing" else f" (got {given!r})"
         lines.append(f"  {where}: {message}{shown}")

@@ -59,6 +59,10 @@ def test_defaults_and_types():
         ({"compute__resources": {"GPU": 1}}, "compute.resources", "compute.gpus_per_actor: 1"),
         ({"compute__resources": {"CPU": 2}}, "compute.resources", "compute.cpus_per_actor"),
         ({"compute__resources": {"x": -1}}, "compute.resources", "0 or more"),
+        # a task section without its type, and a task named as transformers.pipeline("text-classification") names it:
+        # pydantic's words ("Unable to extract tag using discriminator", "a valid dictionary") named no fix
+        ({"task": {"candidate_labels": ["a"]}}, "task", "task.type is missing"),
+        ({"task": "text-classification"}, "task", "write task: {type: text-classification}"),
         # temperature 0 is greedy in OpenAI's API: said so, not only "greater than 0"
         ({"task": {"type": "text-generation", "temperature": 0}}, "task.temperature", "greedy decoding is the default"),
     ],
