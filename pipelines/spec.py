@@ -566,6 +566,11 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+#: The setting a section given as one value most likely meant (``model: minilm`` for ``model: {name: minilm}``).
+SECTION_KEYS = {"input": "paths", "model": "name", "output": "path", "model.fidelity": "min_agreement",
+                "schedule": "cron"}
+
+
 def format_validation_error(source: str, error: ValidationError) -> str:
     """One line per problem: the field's path, what is wrong, what was given."""
     lines = [f"{source}: invalid job spec"]
@@ -582,6 +587,11 @@ def format_validation_error(source: str, error: ValidationError) -> str:
             named = item["input"] if item["input"] in TASK_OPTIONS else "TASK"
             message = (f"a section, not a name: write task: {{type: {named}}}, with the task's options beside type "
                        f"({'TASK ' if named == 'TASK' else ''}one of {', '.join(TASK_OPTIONS)})")
+        elif item["type"] == "model_type":  # a section given a value ("model: minilm"): pydantic named its class
+            key = SECTION_KEYS.get(where)
+            value = json.dumps(item.get("input")) if isinstance(item.get("input"), str) else item.get("input")
+            example = f"{{{key}: {value}}}" if key else "{setting: value, …}"
+            message = f"a section of settings, not a value: write {where}: {example} (see the README's job spec)"
         given = item.get("input")
         shown = "" if isinstance(given, dict) or item["type"] == "missing" else f" (got {given!r})"
         lines.append(f"  {where}: {message}{shown}")

@@ -63,6 +63,9 @@ def test_defaults_and_types():
         # pydantic's words ("Unable to extract tag using discriminator", "a valid dictionary") named no fix
         ({"task": {"candidate_labels": ["a"]}}, "task", "task.type is missing"),
         ({"task": "text-classification"}, "task", "write task: {type: text-classification}"),
+        # a section given one value: pydantic said "a valid dictionary or instance of ModelSpec"
+        ({"model": "minilm"}, "model", 'write model: {name: "minilm"}'),
+        ({"model": {"name": "minilm", "fidelity": 0.99}}, "model.fidelity", "write model.fidelity: {min_agreement: "),
         # temperature 0 is greedy in OpenAI's API: said so, not only "greater than 0"
         ({"task": {"type": "text-generation", "temperature": 0}}, "task.temperature", "greedy decoding is the default"),
     ],
