@@ -433,6 +433,7 @@ def test_a_model_whose_head_fits_its_task_passes_the_check(tiny_models, kind, ta
     check_task_head(task, tiny_models(kind), json.loads((Path(tiny_models(kind)) / "config.json").read_text()))
     if task in ("text-generation", "llm-label"):  # a multimodal decoder's name says conditional generation too
         check_task_head(task, "gemma-3", {"architectures": ["Gemma3ForConditionalGeneration"]})
+        check_task_head(task, "bart-lm", {"architectures": ["BartForCausalLM"], "is_encoder_decoder": True})
 
 
 @pytest.mark.parametrize(("task", "config", "fit"), [

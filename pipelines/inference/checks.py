@@ -110,7 +110,8 @@ def generation_head_problem(task: str, architectures: list[str], config: dict) -
     an encoder-decoder for a decoder-only task, a checkpoint whose every architecture has another kind's head."""
     needs, other = GENERATION_HEADS[task]
     encoder_decoder = config.get("is_encoder_decoder") is True
-    if task in ("text-generation", "llm-label") and encoder_decoder:
+    causal = any(a.endswith(CAUSAL_HEADS) for a in architectures)  # BartForCausalLM: its config says encoder-decoder
+    if task in ("text-generation", "llm-label") and encoder_decoder and not causal:
         return needs, ("summarization or translation (either rewrites each row with the model as it is; task.prefix "
                        "puts an instruction before the row)")
     if task in ("summarization", "translation") and config.get("is_encoder_decoder") is False and not any(
