@@ -66,6 +66,9 @@ def test_defaults_and_types():
         # a section given one value: pydantic said "a valid dictionary or instance of ModelSpec"
         ({"model": "minilm"}, "model", 'write model: {name: "minilm"}'),
         ({"model": {"name": "minilm", "fidelity": 0.99}}, "model.fidelity", "write model.fidelity: {min_agreement: "),
+        # "List should have at least 2 items" / "1 item": why, and what to write
+        ({"task": {"type": "llm-label", "candidate_labels": ["yes"]}}, "task.candidate_labels", "e.g. [yes, no]"),
+        ({"task": {"type": "fill-mask", "targets": []}}, "task.targets", "leave task.targets out"),
         # temperature 0 is greedy in OpenAI's API: said so, not only "greater than 0"
         ({"task": {"type": "text-generation", "temperature": 0}}, "task.temperature", "greedy decoding is the default"),
     ],
@@ -76,6 +79,12 @@ def test_bad_specs_name_the_field(changes, field, hint):
     message = str(caught.value)
     assert f"  {field}:" in message
     assert hint in message
+
+
+def test_one_stop_string_is_a_list_of_one():
+    """`stop: "\\n"` (as OpenAI's API and this project's Batch requests take it) was refused: a valid list needed."""
+    task = {"type": "text-generation", "stop": "\n\n"}
+    assert spec_from_dict(minimal(task=task)).task.stop == ["\n\n"]
 
 
 def test_prediction_columns_may_not_clash_with_kept_columns():

@@ -224,6 +224,12 @@ class GenerationOptions(TaskOptions):
             )
         return value
 
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop(cls, value: Any) -> Any:
+        # one string is one stop string, as OpenAI's API and this project's own Batch requests take it
+        return [value] if isinstance(value, str) else value
+
     @field_validator("stop")
     @classmethod
     def _stops_not_empty(cls, stops: list[str]) -> list[str]:
@@ -353,6 +359,16 @@ class LLMLabelOptions(PromptOptions, LabelOptions):
     )
     return_all_scores: bool = True
 
+    @field_validator("candidate_labels", mode="before")
+    @classmethod
+    def _two_or_more(cls, value: Any) -> Any:
+        if isinstance(value, list) and len(value) < 2:
+            raise ValueError(
+                f"llm-label picks the likeliest of two or more labels, {len(value)} given (one would win every row): "
+                "name each answer the model may give, e.g. [yes, no]"
+            )
+        return value
+
     @field_validator("candidate_labels")
     @classmethod
     def _distinct(cls, labels: list[str]) -> list[str]:
@@ -434,9 +450,15 @@ class FillMaskOptions(TaskOptions):
     )
     targets: list[str] | None = Field(
         default=None,
-        min_length=1,
         description="Score only these tokens (a word not in the vocabulary: its first token).",
     )
+
+    @field_validator("targets")
+    @classmethod
+    def _some_targets(cls, targets: list[str] | None) -> list[str] | None:
+        if targets is not None and not targets:
+            raise ValueError("an empty list ranks no token: leave task.targets out to rank the whole vocabulary")
+        return targets
 
     def output_names(self) -> list[str]:
         return ["predictions"]
