@@ -69,6 +69,11 @@ def test_defaults_and_types():
         # "List should have at least 2 items" / "1 item": why, and what to write
         ({"task": {"type": "llm-label", "candidate_labels": ["yes"]}}, "task.candidate_labels", "e.g. [yes, no]"),
         ({"task": {"type": "fill-mask", "targets": []}}, "task.targets", "leave task.targets out"),
+        # empty texts: a zero-shot label "" (hypothesis 'This example is .', a scores field without a name) and a
+        # fill-mask placeholder "" (every row quarantined: no mask token) passed the spec
+        ({"task": {"type": "zero-shot-classification", "candidate_labels": ["World", " "]}}, "task.candidate_labels",
+         "must not be empty"),
+        ({"task": {"type": "fill-mask", "mask_placeholder": ""}}, "task.mask_placeholder", "leave it out"),
         # temperature 0 is greedy in OpenAI's API: said so, not only "greater than 0"
         ({"task": {"type": "text-generation", "temperature": 0}}, "task.temperature", "greedy decoding is the default"),
     ],

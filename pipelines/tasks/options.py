@@ -327,6 +327,8 @@ class ZeroShotOptions(LabelOptions):
     @field_validator("candidate_labels")
     @classmethod
     def _distinct(cls, labels: list[str]) -> list[str]:
+        if any(not label.strip() for label in labels):  # a hypothesis without a label, a scores field without a name
+            raise ValueError("candidate_labels must not be empty: give each label its words")
         return distinct_labels(labels)
 
     @model_validator(mode="after")
@@ -452,6 +454,16 @@ class FillMaskOptions(TaskOptions):
         default=None,
         description="Score only these tokens (a word not in the vocabulary: its first token).",
     )
+
+    @field_validator("mask_placeholder")
+    @classmethod
+    def _placeholder_text(cls, placeholder: str | None) -> str | None:
+        if placeholder == "":
+            raise ValueError(
+                "an empty placeholder marks no place, and every row would lack a mask: leave it out to find the "
+                "model's own mask token, or give the text your rows hold, e.g. <mask>"
+            )
+        return placeholder
 
     @field_validator("targets")
     @classmethod
