@@ -120,6 +120,10 @@ def generation_head_problem(task: str, architectures: list[str], config: dict) -
     if architectures and all(a.endswith(other) for a in architectures):
         fits = [tasks for suffix, tasks in FITTING_TASKS if any(a.endswith(suffix) for a in architectures)]
         return needs, fits[0] if fits else "feature-extraction"
+    if task in ("text-generation", "llm-label") and architectures and all(
+            a.endswith("Model") and not a.endswith("LMHeadModel") for a in architectures):
+        # a base model without a language-model head (BertModel: minilm): Transformers would add a random one
+        return needs, "feature-extraction, or zero-shot-classification by embedding similarity"
     return None
 
 
