@@ -155,7 +155,13 @@ def preflight(spec: JobSpec) -> None:
     series with the start-up, of every run).
     """
     from pipelines.inference.aliases import resolve_name
-    from pipelines.inference.checks import CONFIG, check_hub_config, check_model_files, check_task_head
+    from pipelines.inference.checks import (
+        CONFIG,
+        check_hub_config,
+        check_model_files,
+        check_task_head,
+        check_translation_languages,
+    )
 
     resolved = resolve_name(spec.model)
     check_model_files(spec.model, resolved)
@@ -168,6 +174,8 @@ def preflight(spec: JobSpec) -> None:
         config = check_hub_config(spec.model, resolved)
     if isinstance(config, dict):
         check_task_head(spec.task.type, spec.model.name, config)
+        if spec.task.type == "translation":
+            check_translation_languages(spec.task, config.get("task_specific_params"))
     log.info("model %s resolved to %s", spec.model.name, resolved)
 
 

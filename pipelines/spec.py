@@ -49,6 +49,15 @@ def truth_key(value: Any) -> Any:
     return value
 
 
+def empty_path_problem(location: str) -> str | None:
+    """An empty path (``--set input.paths=$IN`` with IN unset) would resolve to the folder the command runs in: every
+    file below it read, or the results written there. Refused, as a shell refuses ``ls ""``."""
+    if location:
+        return None
+    return ("an empty path (a --set whose shell variable was empty or unset?): name a file, folder, glob or URI, "
+            "'.' for the folder the command runs in")
+
+
 class InputSpec(Strict):
     paths: list[str] = Field(min_length=1, description="Files, directories or globs; local or any pyarrow URI.")
     format: Literal["auto", "parquet", "jsonl", "openai-batch"] = "auto"
@@ -92,7 +101,7 @@ class InputSpec(Strict):
     @classmethod
     def _store_paths(cls, value: list[str]) -> list[str]:
         for location in value:
-            problem = store_path_problem(location)
+            problem = empty_path_problem(location) or store_path_problem(location)
             if problem:
                 raise ValueError(problem)
         return value
@@ -177,6 +186,23 @@ class ComputeSpec(Strict):
         "1 on a CPU, where the forwards already keep every core busy.",
     )
 
+    @field_validator("resources")
+    @classmethod
+    def _custom_resources(cls, value: dict[str, float]) -> dict[str, float]:
+        # Ray refuses its own CPU and GPU there (a ValueError as the pool starts), and model.device auto reads
+        # gpus_per_actor: a GPU asked for so would have held the model on the CPU
+        for name, setting in (("CPU", "cpus_per_actor"), ("GPU", "gpus_per_actor")):
+            if name in value:
+                raise ValueError(
+                    f"{name} is not a custom resource: write compute.{setting}: {value[name]:g} instead (with "
+                    f"gpus_per_actor above 0, model.device auto puts the model on the GPU); resources names custom "
+                    "Ray resources only"
+                )
+        negative = sorted(name for name, amount in value.items() if amount < 0)
+        if negative:
+            raise ValueError(f"{negative[0]}: {value[negative[0]]:g}: a resource's amount per actor is 0 or more")
+        return value
+
     @model_validator(mode="after")
     def _pool_bounds(self) -> ComputeSpec:
         if self.size is not None and (self.min is not None or self.max is not None):
@@ -224,7 +250,7 @@ class OutputSpec(Strict):
     @field_validator("path")
     @classmethod
     def _store_path(cls, value: str) -> str:
-        problem = store_path_problem(value)
+        problem = empty_path_problem(value) or store_path_problem(value)
         if problem:
             raise ValueError(problem)
         return value
@@ -553,6 +579,11 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+#: The setting a section given as one value most likely meant (``model: minilm`` for ``model: {name: minilm}``).
+SECTION_KEYS = {"input": "paths", "model": "name", "output": "path", "model.fidelity": "min_agreement",
+                "schedule": "cron"}
+
+
 def format_validation_error(source: str, error: ValidationError) -> str:
     """One line per problem: the field's path, what is wrong, what was given."""
     lines = [f"{source}: invalid job spec"]
@@ -563,6 +594,17 @@ def format_validation_error(source: str, error: ValidationError) -> str:
             message = "unknown key (check the spelling; see the README's job spec reference)"
         elif item["type"] == "union_tag_invalid":
             message = f"unknown task type; allowed: {', '.join(TASK_OPTIONS)}"
+        elif item["type"] == "union_tag_not_found":
+            message = f"task.type is missing: name the task, one of {', '.join(TASK_OPTIONS)}"
+        elif where == "task" and isinstance(item.get("input"), str):
+            named = item["input"] if item["input"] in TASK_OPTIONS else "TASK"
+            message = (f"a section, not a name: write task: {{type: {named}}}, with the task's options beside type "
+                       f"({'TASK ' if named == 'TASK' else ''}one of {', '.join(TASK_OPTIONS)})")
+        elif item["type"] == "model_type":  # a section given a value ("model: minilm"): pydantic named its class
+            key = SECTION_KEYS.get(where)
+            value = json.dumps(item.get("input")) if isinstance(item.get("input"), str) else item.get("input")
+            example = f"{{{key}: {value}}}" if key else "{setting: value, …}"
+            message = f"a section of settings, not a value: write {where}: {example} (see the README's job spec)"
         given = item.get("input")
         shown = "" if isinstance(given, dict) or item["type"] == "missing" else f" (got {given!r})"
         lines.append(f"  {where}: {message}{shown}")

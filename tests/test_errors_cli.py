@@ -426,11 +426,40 @@ def test_a_task_the_model_has_no_head_for_is_refused_before_any_work(tiny_models
     ("classifier", "text-classification"), ("llama-classifier", "text-classification"),
     ("token-classifier", "token-classification"), ("qa", "question-answering"), ("mlm", "fill-mask"),
     ("encoder", "feature-extraction"), ("classifier", "feature-extraction"), ("causal", "text-generation"),
+    ("gpt2", "llm-label"), ("seq2seq", "summarization"), ("seq2seq", "translation"),
 ])
 def test_a_model_whose_head_fits_its_task_passes_the_check(tiny_models, kind, task):
     from pipelines.inference.checks import check_task_head
 
     check_task_head(task, tiny_models(kind), json.loads((Path(tiny_models(kind)) / "config.json").read_text()))
+    if task in ("text-generation", "llm-label"):  # a multimodal decoder's name says conditional generation too
+        check_task_head(task, "gemma-3", {"architectures": ["Gemma3ForConditionalGeneration"]})
+        check_task_head(task, "bart-lm", {"architectures": ["BartForCausalLM"], "is_encoder_decoder": True})
+
+
+@pytest.mark.parametrize(("task", "config", "fit"), [
+    # T5 (FLAN-T5): `plan` stopped on a traceback (AutoModelForCausalLM has no T5), and every actor on it
+    ("text-generation", {"architectures": ["T5ForConditionalGeneration"], "is_encoder_decoder": True},
+     "summarization or translation"),
+    # BART: Transformers loads its decoder alone (BartForCausalLM), which writes noise
+    ("llm-label", {"architectures": ["BartForConditionalGeneration"], "is_encoder_decoder": True},
+     "summarization or translation"),
+    # BERT: loaded as BertLMHeadModel, an encoder read as a left-to-right LM: noise, with a log line only
+    ("text-generation", {"architectures": ["BertForMaskedLM"]}, "fill-mask"),
+    ("llm-label", {"architectures": ["RobertaForSequenceClassification"]}, "text-classification"),
+    ("summarization", {"architectures": ["LlamaForCausalLM"]}, "text-generation or llm-label"),
+    # a base model without an LM head (minilm's BertModel): Transformers adds a random head, every label is noise
+    ("llm-label", {"architectures": ["BertModel"]}, "feature-extraction"),
+    ("translation", {"architectures": ["GPT2LMHeadModel"], "is_encoder_decoder": False}, "text-generation"),
+])
+def test_a_generating_task_on_a_model_of_another_kind_is_refused_naming_the_tasks_it_fits(task, config, fit):
+    """The head check covered the four classifying tasks; the generating ones loaded what Transformers' Auto class
+    made of any model: an encoder-decoder for text-generation failed on a bare ValueError (a traceback from `plan`),
+    or ran its decoder alone, and an encoder (BERT) ran as a causal LM, writing noise as generated text and labels."""
+    from pipelines.inference.checks import check_task_head
+
+    with pytest.raises(PipelineError, match=rf"task.type {task} needs .*this checkpoint is a .*: .*{fit}"):
+        check_task_head(task, "some/model", config)
 
 
 @pytest.mark.parametrize(("section", "needles"), [

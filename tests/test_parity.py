@@ -276,7 +276,7 @@ def zero_shot_embedding(verdict: Verdict, model_dir: str, task: dict) -> None:
     label_vectors = np.stack([embed(task.get("hypothesis_template", "This example is {}.").format(x)) for x in labels])
     for i, (row, text) in enumerate(zip(got, ROWS)):
         similarity = label_vectors @ embed(text)
-        if task.get("multi_label"):
+        if task.get("multi_label") or len(labels) == 1:
             scores = (similarity + 1) / 2
         else:
             exp = np.exp((similarity - similarity.max()) / task.get("temperature", 0.05))

@@ -306,6 +306,10 @@ def test_device_auto_takes_a_gpu_only_when_the_actor_was_given_one(monkeypatch):
     assert device("auto", 0) == "cpu"
     assert device("auto", 0.5) == "cuda"
     assert device("cpu", 1) == "cpu"
+    # device cuda where no GPU is visible (an actor Ray placed on a node without one): the fix named is the GPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(PipelineError, match=r"no CUDA GPU is visible here.*compute.gpus_per_actor"):
+        device("cuda", 0)
 
 
 def test_quantization_auto_takes_the_fastest_precision_within_the_bar_float32_included():

@@ -146,6 +146,28 @@ def test_zero_shot_by_embedding_uses_label_descriptions(tiny_models):
     assert out["label"] == "a"  # the text is its own description: cosine similarity 1
 
 
+def test_one_candidate_label_by_embedding_is_scored_on_its_own_as_nli_scores_it(tiny_models):
+    """A single candidate label with method embedding went through a softmax over that one label: score 1.0 on every
+    row, whatever the text (and the fidelity check, which compares a lone label's scores, compared ones). nli scores
+    a single label on its own (entailment against contradiction, as the pipeline does); so now does embedding, as
+    multi_label does: (cosine + 1) / 2."""
+    task = {"type": "zero-shot-classification", "candidate_labels": ["Sports"], "method": "embedding"}
+    alone = Predictor(make_spec(tiny_models("encoder"), task))(batch_of(SENTENCES[:4])).column("score").to_pylist()
+    multi = Predictor(make_spec(tiny_models("encoder"), {**task, "multi_label": True}))(batch_of(SENTENCES[:4]))
+    assert alone == pytest.approx(multi.column("score").to_pylist(), abs=1e-6)
+    assert len({round(score, 6) for score in alone}) == 4 and max(alone) < 1.0
+
+
+def test_a_label_description_is_the_whole_hypothesis_of_nli_too(tiny_models):
+    """The README said label_descriptions were for the embedding method; nli reads them too, each as the whole
+    hypothesis in place of the filled template (the README now says so)."""
+    task = {"type": "zero-shot-classification", "candidate_labels": ["World", "Sports"],
+            "label_descriptions": {"World": "It is about politics."}}
+    predictor = Predictor(make_spec(tiny_models("nli"), task))
+    assert predictor.task.method == "nli"
+    assert predictor.task.hypotheses == ["It is about politics.", "This example is Sports."]
+
+
 @pytest.mark.parametrize(
     ("kind", "labels", "same"),
     [

@@ -54,6 +54,28 @@ def test_defaults_and_types():
         ({"task": {"type": "zero-shot-classification"}}, "task.candidate_labels", "Field required"),
         ({"compute__min": 3, "compute__max": 2}, "compute", "min (3) is larger than max (2)"),
         ({"output": {}}, "output.path", "Field required"),
+        # Ray's own resources named in compute.resources: Ray's ValueError (a traceback) when the pool starts, and
+        # the model was placed on the CPU (model.device auto reads gpus_per_actor); a negative amount: the same
+        ({"compute__resources": {"GPU": 1}}, "compute.resources", "compute.gpus_per_actor: 1"),
+        ({"compute__resources": {"CPU": 2}}, "compute.resources", "compute.cpus_per_actor"),
+        ({"compute__resources": {"x": -1}}, "compute.resources", "0 or more"),
+        # a task section without its type, and a task named as transformers.pipeline("text-classification") names it:
+        # pydantic's words ("Unable to extract tag using discriminator", "a valid dictionary") named no fix
+        ({"task": {"candidate_labels": ["a"]}}, "task", "task.type is missing"),
+        ({"task": "text-classification"}, "task", "write task: {type: text-classification}"),
+        # a section given one value: pydantic said "a valid dictionary or instance of ModelSpec"
+        ({"model": "minilm"}, "model", 'write model: {name: "minilm"}'),
+        ({"model": {"name": "minilm", "fidelity": 0.99}}, "model.fidelity", "write model.fidelity: {min_agreement: "),
+        # "List should have at least 2 items" / "1 item": why, and what to write
+        ({"task": {"type": "llm-label", "candidate_labels": ["yes"]}}, "task.candidate_labels", "e.g. [yes, no]"),
+        ({"task": {"type": "fill-mask", "targets": []}}, "task.targets", "leave task.targets out"),
+        # empty texts: a zero-shot label "" (hypothesis 'This example is .', a scores field without a name) and a
+        # fill-mask placeholder "" (every row quarantined: no mask token) passed the spec
+        ({"task": {"type": "zero-shot-classification", "candidate_labels": ["World", " "]}}, "task.candidate_labels",
+         "must not be empty"),
+        ({"task": {"type": "fill-mask", "mask_placeholder": ""}}, "task.mask_placeholder", "leave it out"),
+        # temperature 0 is greedy in OpenAI's API: said so, not only "greater than 0"
+        ({"task": {"type": "text-generation", "temperature": 0}}, "task.temperature", "greedy decoding is the default"),
     ],
 )
 def test_bad_specs_name_the_field(changes, field, hint):
@@ -62,6 +84,12 @@ def test_bad_specs_name_the_field(changes, field, hint):
     message = str(caught.value)
     assert f"  {field}:" in message
     assert hint in message
+
+
+def test_one_stop_string_is_a_list_of_one():
+    """`stop: "\\n"` (as OpenAI's API and this project's Batch requests take it) was refused: a valid list needed."""
+    task = {"type": "text-generation", "stop": "\n\n"}
+    assert spec_from_dict(minimal(task=task)).task.stop == ["\n\n"]
 
 
 def test_prediction_columns_may_not_clash_with_kept_columns():
@@ -294,3 +322,32 @@ def test_a_label_map_reads_its_keys_as_the_agreement_reads_truth_values_and_coun
     assert spec_from_dict(labeled).fingerprint() != spec_from_dict(mapped).fingerprint()
     changed = changed_settings(spec_from_dict(labeled).model_dump(mode="json"), spec_from_dict(mapped).model_dump(mode="json"))
     assert any("input.label_map" in said for said in changed), changed
+
+
+@pytest.mark.parametrize("template", ["It is {} or {}.", "Topic: {} (one of {labels}).", "{0}: {}", "It is {{}}.",
+                                      "It is {!r}.", "It is {} {"])
+def test_a_hypothesis_template_that_does_not_put_one_label_in_place_is_refused_with_the_spec(template):
+    """zero-shot-classification checked only that the template held `{}`: a second field (`{} or {}`, `{labels}`)
+    passed, and `plan` and every actor then stopped on a bare IndexError or KeyError from str.format; `{{}}` (a
+    literal `{}`) put no label in any hypothesis. Refused with the spec, saying how to write it."""
+    refused = r"task.hypothesis_template .*\{\} once, where the label goes.*\{\{ and \}\}"
+    with pytest.raises(PipelineError, match=refused):
+        spec_from_dict(minimal(task={"type": "zero-shot-classification", "candidate_labels": ["a", "b"],
+                                     "hypothesis_template": template}))
+    for fine in ("This example is {}.", "{}", "Label {{ {} }}"):
+        spec_from_dict(minimal(task={"type": "zero-shot-classification", "candidate_labels": ["a", "b"],
+                                     "hypothesis_template": fine}))
+
+
+def test_an_empty_path_is_refused_not_read_as_the_current_folder(tmp_path):
+    """`--set input.paths=$IN` with IN unset or empty gave the path '': it resolved to the folder the command ran in,
+    and a run scored every Parquet and JSON lines file below it (a project's sample data, other jobs' inputs);
+    `output.path` '' wrote the results there. Refused, as a shell refuses `ls ""`, saying how to name that folder."""
+    job = tmp_path / "job.yaml"
+    job.write_text("input: {paths: [data]}\nmodel: {name: minilm}\ntask: {type: feature-extraction}\n"
+                   "output: {path: out}\n")
+    for override, field in (("input.paths=", "input.paths"), ("input.paths=['']", "input.paths"),
+                             ("output.path=", "output.path")):
+        with pytest.raises(PipelineError, match=rf"{field}.*an empty path.*'\.' for the folder the command runs in"):
+            load_spec(job, [override])
+    assert load_spec(job, ["input.paths=.", "output.path=./out"]).input.paths == ["."]

@@ -357,6 +357,33 @@ def test_seq2seq_prefix_and_output_match_transformers(t5_with_prefixes, task, pr
     assert set(rows[1]) >= {column, "prompt_tokens", "generated_tokens", "finish_reason"}
 
 
+@pytest.mark.parametrize(
+    ("langs", "named"),
+    [
+        ({"source_lang": "en", "target_lang": "es"}, "translation_en_to_de"),  # a pair T5's config doesn't hold
+        ({"source_lang": "English", "target_lang": "German"}, "translation_en_to_de"),
+        ({"source_lang": "en"}, "translation_en_to_de"),  # half a pair
+        ({"target_lang": "de"}, "translation_en_to_de"),
+    ],
+)
+def test_translation_languages_that_pick_no_prefix_of_the_config_are_refused(t5_with_prefixes, tiny_models, langs,
+                                                                             named):
+    """source_lang/target_lang pick the config's task prefix: a pair the config doesn't name (en to es on T5,
+    languages spelled out, one of the two left out) picked none, and every row was rewritten with no prefix,
+    without a word (T5 then doesn't translate). Refused at start (plan and the actors), naming the pairs the config
+    has; task.prefix given, the languages pick nothing and are let through, and a model whose config names no
+    translation prefix is told so."""
+    from pipelines.runner import preflight
+
+    for check in (Predictor, preflight):  # the actors, and a run's check before any work
+        with pytest.raises(PipelineError, match=rf"task.source_lang and target_lang .*{named}.*task.prefix"):
+            check(make_spec(t5_with_prefixes, {"type": "translation", **langs}))
+    spec = make_spec(t5_with_prefixes, {"type": "translation", "prefix": "to Spanish: ", **langs})
+    assert Predictor(spec).task.prefix == "to Spanish: "
+    with pytest.raises(PipelineError, match="names no translation prefix"):
+        Predictor(make_spec(tiny_models("seq2seq"), {"type": "translation", "source_lang": "en", "target_lang": "de"}))
+
+
 def test_seq2seq_sampling_is_reproducible(tiny_models):
     task = {"type": "summarization", "max_new_tokens": 6, "do_sample": True}
     first = predict(tiny_models("seq2seq"), task, SENTENCES, seed=3)

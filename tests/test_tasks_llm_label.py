@@ -134,6 +134,30 @@ def test_llm_label_needs_a_chat_template_for_chat(tiny_models):
         Predictor(make_spec(tiny_models("gpt2"), task))
 
 
+@pytest.mark.parametrize(("template", "refusal"), [
+    # Gemma's and Mistral-Instruct v0.1's templates raise on a system turn: a bare jinja2 TemplateError from plan and
+    # from every actor
+    ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}",
+     "refuses a system turn: System role not supported"),
+    # a template that leaves system turns out: the instruction never reached the model, without a word
+    ("{% for m in messages if m['role'] != 'system' %}", "leaves the system turn out"),
+])
+@pytest.mark.parametrize("task", ["llm-label", "text-generation"])
+def test_a_system_prompt_the_models_chat_template_cannot_hold_is_refused(tiny_models, tmp_path, template, refusal,
+                                                                         task):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_models("causal"), model)
+    body = "{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+    loop = template if template.startswith("{% for") else template + "{% for m in messages %}"
+    (model / "chat_template.jinja").write_text(loop + body)
+    options = {"type": task, "chat": True, **({"candidate_labels": ["a", "b"]} if task == "llm-label" else {})}
+    with pytest.raises(PipelineError, match=rf"{task}: .*chat template {refusal}.*task.prompt_template"):
+        Predictor(make_spec(str(model), {**options, "system_prompt": "Answer in one word."}))
+    Predictor(make_spec(str(model), options))  # without a system prompt it serves
+
+
 def test_a_label_that_is_the_start_of_another_is_refused(tiny_models):
     """Only a label's own tokens are scored, never an end after them: "good" is the first token(s) of "good enough",
     so under mean the longer label won on every row whose likely continuation it was (all 24 reviews of a test,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from pipelines.errors import PipelineError, first_line
 from pipelines.spec import ModelSpec
@@ -66,8 +67,8 @@ def check_hub_config(spec: ModelSpec, repo_id: str) -> dict:
 
 #: The head each task's model class loads, as the checkpoint's config names it (``architectures``), and the Auto
 #: class a model with its own code (``auto_map``) would load it with. The tasks left out load what they need by
-#: other means: the generating ones refuse a config without their head as they load it, feature-extraction reads
-#: any model's hidden states, zero-shot-classification picks its method by the model.
+#: other means: the generating ones are checked by the kind of model (``GENERATION_HEADS``), feature-extraction
+#: reads any model's hidden states, zero-shot-classification picks its method by the model.
 TASK_HEADS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "text-classification": ("a sequence-classification head", ("ForSequenceClassification",),
                             "AutoModelForSequenceClassification"),
@@ -75,6 +76,21 @@ TASK_HEADS: dict[str, tuple[str, tuple[str, ...], str]] = {
                              "AutoModelForTokenClassification"),
     "question-answering": ("a question-answering head", ("ForQuestionAnswering",), "AutoModelForQuestionAnswering"),
     "fill-mask": ("a masked-language-model head", ("ForMaskedLM", "ForPreTraining"), "AutoModelForMaskedLM"),
+}
+#: The heads of encoders (BERT's family) and of classifiers: no checkpoint with one of them alone is a language model
+#: that writes left to right, nor an encoder-decoder.
+ENCODER_HEADS = ("ForMaskedLM", "ForPreTraining", "ForSequenceClassification", "ForTokenClassification",
+                 "ForQuestionAnswering", "ForMultipleChoice", "ForNextSentencePrediction")
+#: The heads of decoder-only language models.
+CAUSAL_HEADS = ("ForCausalLM", "LMHeadModel")
+#: The generating tasks by the kind of model each loads: (what it needs, the architectures that are surely another
+#: kind). Transformers' Auto class would load an encoder as a causal LM (BERT as BertLMHeadModel: noise), an
+#: encoder-decoder's decoder alone (BartForCausalLM: noise) or fail on a bare ValueError (T5).
+GENERATION_HEADS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "text-generation": ("a decoder-only language model (*ForCausalLM, *LMHeadModel)", ENCODER_HEADS),
+    "llm-label": ("a decoder-only language model (*ForCausalLM, *LMHeadModel)", ENCODER_HEADS),
+    "summarization": ("an encoder-decoder model (T5, BART, Marian, ...)", ENCODER_HEADS + CAUSAL_HEADS),
+    "translation": ("an encoder-decoder model (T5, BART, Marian, ...)", ENCODER_HEADS + CAUSAL_HEADS),
 }
 #: The tasks a checkpoint of an architecture (by the end of its name) was trained for, for the error's fix.
 FITTING_TASKS: tuple[tuple[str, str], ...] = (
@@ -89,17 +105,56 @@ FITTING_TASKS: tuple[tuple[str, str], ...] = (
 )
 
 
+def generation_head_problem(task: str, architectures: list[str], config: dict) -> tuple[str, str] | None:
+    """(what ``task`` needs, the tasks the checkpoint fits) where a generating task's model is surely of another kind:
+    an encoder-decoder for a decoder-only task, a checkpoint whose every architecture has another kind's head."""
+    needs, other = GENERATION_HEADS[task]
+    encoder_decoder = config.get("is_encoder_decoder") is True
+    causal = any(a.endswith(CAUSAL_HEADS) for a in architectures)  # BartForCausalLM: its config says encoder-decoder
+    if task in ("text-generation", "llm-label") and encoder_decoder and not causal:
+        return needs, ("summarization or translation (either rewrites each row with the model as it is; task.prefix "
+                       "puts an instruction before the row)")
+    if task in ("summarization", "translation") and config.get("is_encoder_decoder") is False and not any(
+            a.endswith("ForConditionalGeneration") for a in architectures):
+        return needs, "text-generation or llm-label"
+    if architectures and all(a.endswith(other) for a in architectures):
+        fits = [tasks for suffix, tasks in FITTING_TASKS if any(a.endswith(suffix) for a in architectures)]
+        return needs, fits[0] if fits else "feature-extraction"
+    if task in ("text-generation", "llm-label") and architectures and all(
+            a.endswith("Model") and not a.endswith("LMHeadModel") for a in architectures):
+        # a base model without a language-model head (BertModel: minilm): Transformers would add a random one
+        return needs, "feature-extraction, or zero-shot-classification by embedding similarity"
+    return None
+
+
 def check_task_head(task: str, name: str, config: dict) -> None:
     """Refuse a model whose checkpoint has no head for ``task``, as its config's ``architectures`` say: Transformers
     would fill the missing head with random weights (an embedding model for text-classification: one label, a
     score of 0.50, every row) or load another task's head of the same shape as this one's (a sequence classifier
     for token-classification), warn in a log line, and the run would write noise as results. A config that names
     no architectures, or a model with its own code for this task (``auto_map``), is let through."""
-    if task not in TASK_HEADS:
+    if task not in TASK_HEADS and task not in GENERATION_HEADS:
+        return
+    architectures = config.get("architectures")
+    if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
+        architectures = []
+    if task in GENERATION_HEADS:
+        auto_map = config.get("auto_map")
+        if isinstance(auto_map, dict) and any(key in auto_map for key in ("AutoModelForCausalLM",
+                                                                          "AutoModelForSeq2SeqLM")):
+            return  # the model's own code
+        problem = generation_head_problem(task, architectures, config)
+        if problem is not None:
+            needs, fit = problem
+            kind = f"a {', '.join(architectures)}" if architectures else "an encoder-decoder model"
+            raise PipelineError(
+                f"model {name!r}: task.type {task} needs {needs}, but this checkpoint is {kind}: Transformers "
+                f"would load it as another kind of model (or fail), and every row's output would be noise; give "
+                f"a model of that kind, or set task.type to what this model was trained for: {fit}"
+            )
         return
     head, suffixes, auto_class = TASK_HEADS[task]
-    architectures = config.get("architectures")
-    if not isinstance(architectures, list) or not architectures or not all(isinstance(a, str) for a in architectures):
+    if not architectures:
         return
     auto_map = config.get("auto_map")
     if any(a.endswith(suffixes) for a in architectures) or (isinstance(auto_map, dict) and auto_class in auto_map):
@@ -111,6 +166,31 @@ def check_task_head(task: str, name: str, config: dict) -> None:
         f"architectures), but this checkpoint is a {', '.join(architectures)}: Transformers would put random "
         f"weights (or another task's head) in its place, and every prediction would be noise; give a model "
         f"fine-tuned for {task}, or set task.type to what this model was trained for: {fit}"
+    )
+
+
+def check_translation_languages(options: Any, task_specific_params: Any) -> None:
+    """Refuse translation's source_lang/target_lang where they pick no prefix of the model config's
+    ``task_specific_params`` (they exist to pick one): every row would be rewritten with no prefix, without a word
+    (T5 then doesn't translate). Let through with ``task.prefix`` given, or with neither language given."""
+    source, target = getattr(options, "source_lang", None), getattr(options, "target_lang", None)
+    if getattr(options, "prefix", None) is not None or (source is None and target is None):
+        return
+    params = task_specific_params if isinstance(task_specific_params, dict) else {}
+    if f"translation_{source}_to_{target}" in params:
+        return
+    pairs = sorted(key for key in params if key.startswith("translation_"))
+    given = f"task.source_lang and target_lang ({source} and {target})"
+    if pairs:
+        raise PipelineError(
+            f"translation: {given} pick no prefix of the model config's task_specific_params, which names "
+            f"{', '.join(pairs)}: set them to one of those pairs (e.g. source_lang: {pairs[0].split('_')[1]}, "
+            f"target_lang: {pairs[0].split('_to_')[-1]}), or write the prefix the model needs as task.prefix"
+        )
+    raise PipelineError(
+        f"translation: {given}: the model config names no translation prefix for them to pick (they only pick "
+        "one; they don't set a multilingual tokenizer's languages); remove them for a model that translates one "
+        "pair without a prefix (Marian opus-mt), or write the prefix the model needs as task.prefix"
     )
 
 

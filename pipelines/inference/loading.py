@@ -30,7 +30,10 @@ def select_device(spec: ModelSpec, wanted: str) -> torch.device:
     ``device: auto`` falls back to the CPU where no GPU is visible (e.g. ``pipelines plan --measure`` on a
     laptop for a GPU job)."""
     if spec.device == "cuda" and not torch.cuda.is_available():
-        raise PipelineError("model.device is cuda but no CUDA GPU is visible here; use device: auto or cpu")
+        raise PipelineError(
+            "model.device is cuda but no CUDA GPU is visible here: give each actor a GPU (compute.gpus_per_actor: 1, "
+            "or a share such as 0.25; Ray then places the actors on nodes with one), or use device: auto or cpu"
+        )
     return torch.device("cuda" if wanted == "cuda" and torch.cuda.is_available() else "cpu")
 
 

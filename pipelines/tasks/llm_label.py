@@ -57,7 +57,7 @@ class LLMLabel(LabelTask):
         super().__init__(*args, **kwargs)
         self.labels = list(self.options.candidate_labels)
         if self.options.chat:
-            check_chat(self.tokenizer, self.name)
+            check_chat(self.tokenizer, self.name, self.options.system_prompt)
         self.specials = [] if self.options.chat else special_prefix(self.tokenizer)
         self.keeps_logits = False
         self.kv_prefix: Prefix | None = None  # set in setup where rows continue a shared prefix

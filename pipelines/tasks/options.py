@@ -213,6 +213,23 @@ class GenerationOptions(TaskOptions):
         description="Stop strings: a sequence ends where its text first contains one; the text is cut before it.",
     )
 
+    @field_validator("temperature", mode="before")
+    @classmethod
+    def _temperature_zero(cls, value: Any) -> Any:
+        # OpenAI's API reads temperature 0 as greedy; here greedy is do_sample: false, which uses no temperature
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0:
+            raise ValueError(
+                "temperature 0: greedy decoding is the default (do_sample: false), which uses no temperature; remove "
+                "task.temperature for it, or give a temperature above 0 (e.g. 0.7) with do_sample: true to sample"
+            )
+        return value
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop(cls, value: Any) -> Any:
+        # one string is one stop string, as OpenAI's API and this project's own Batch requests take it
+        return [value] if isinstance(value, str) else value
+
     @field_validator("stop")
     @classmethod
     def _stops_not_empty(cls, stops: list[str]) -> list[str]:
@@ -278,6 +295,22 @@ def distinct_labels(labels: list[str]) -> list[str]:
     return labels
 
 
+def hypothesis_fields(template: str) -> None:
+    """Refuse a zero-shot hypothesis template that is not one ``{}`` (filled with the label by ``str.format``) among
+    literal text: a second field (``{} or {}``, ``{labels}``) made every actor fail on an IndexError or KeyError,
+    and ``{{}}``, a literal ``{}``, put no label in any hypothesis."""
+    try:
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)
+                  if name is not None]
+    except ValueError:
+        fields = []
+    if fields != [("", "", None)]:
+        raise ValueError(
+            f"task.hypothesis_template {template!r} must hold {{}} once, where the label goes, and no other field "
+            "(e.g. 'This example is {}.'); write a literal brace as {{ and }}"
+        )
+
+
 class ZeroShotOptions(LabelOptions):
     independent_forwards = True
     type: Literal["zero-shot-classification"]
@@ -294,12 +327,13 @@ class ZeroShotOptions(LabelOptions):
     @field_validator("candidate_labels")
     @classmethod
     def _distinct(cls, labels: list[str]) -> list[str]:
+        if any(not label.strip() for label in labels):  # a hypothesis without a label, a scores field without a name
+            raise ValueError("candidate_labels must not be empty: give each label its words")
         return distinct_labels(labels)
 
     @model_validator(mode="after")
     def _check(self) -> ZeroShotOptions:
-        if "{}" not in self.hypothesis_template:
-            raise ValueError("hypothesis_template must contain {} where the label goes")
+        hypothesis_fields(self.hypothesis_template)
         unknown = set(self.label_descriptions) - set(self.candidate_labels)
         if unknown:
             raise ValueError(f"label_descriptions for labels not in candidate_labels: {sorted(unknown)}")
@@ -326,6 +360,16 @@ class LLMLabelOptions(PromptOptions, LabelOptions):
         "its labels (false: one full forward per row and label).",
     )
     return_all_scores: bool = True
+
+    @field_validator("candidate_labels", mode="before")
+    @classmethod
+    def _two_or_more(cls, value: Any) -> Any:
+        if isinstance(value, list) and len(value) < 2:
+            raise ValueError(
+                f"llm-label picks the likeliest of two or more labels, {len(value)} given (one would win every row): "
+                "name each answer the model may give, e.g. [yes, no]"
+            )
+        return value
 
     @field_validator("candidate_labels")
     @classmethod
@@ -408,9 +452,25 @@ class FillMaskOptions(TaskOptions):
     )
     targets: list[str] | None = Field(
         default=None,
-        min_length=1,
         description="Score only these tokens (a word not in the vocabulary: its first token).",
     )
+
+    @field_validator("mask_placeholder")
+    @classmethod
+    def _placeholder_text(cls, placeholder: str | None) -> str | None:
+        if placeholder == "":
+            raise ValueError(
+                "an empty placeholder marks no place, and every row would lack a mask: leave it out to find the "
+                "model's own mask token, or give the text your rows hold, e.g. <mask>"
+            )
+        return placeholder
+
+    @field_validator("targets")
+    @classmethod
+    def _some_targets(cls, targets: list[str] | None) -> list[str] | None:
+        if targets is not None and not targets:
+            raise ValueError("an empty list ranks no token: leave task.targets out to rank the whole vocabulary")
+        return targets
 
     def output_names(self) -> list[str]:
         return ["predictions"]

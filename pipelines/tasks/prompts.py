@@ -47,10 +47,29 @@ def text_input(template: str) -> dict[str, str | None]:
     return {"text": None} if "text" in template_fields(template) else {}
 
 
-def check_chat(tokenizer: Any, task: str) -> None:
+def check_chat(tokenizer: Any, task: str, system_prompt: str | None = None) -> None:
+    """Refuse ``chat: true`` where the tokenizer has no chat template, and a system prompt its template can't hold:
+    one that raises on a system turn (Gemma's, Mistral-Instruct v0.1's: a bare TemplateError from every actor) or
+    leaves it out (the instruction would never reach the model)."""
     if not getattr(tokenizer, "chat_template", None):
         raise PipelineError(
             f"{task}: task.chat is true but this model's tokenizer has no chat template; set chat: false"
+        )
+    if not system_prompt:
+        return
+    fix = ("write the instruction into task.prompt_template (the user's turn) and remove task.system_prompt, or "
+           "use a model whose chat template has a system role")
+    conversation = [{"role": "system", "content": system_prompt}, {"role": "user", "content": "x"}]
+    try:
+        rendered = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    except Exception as exc:  # noqa: BLE001 - a template raises what it likes (jinja2's TemplateError mostly)
+        raise PipelineError(
+            f"{task}: this model's chat template refuses a system turn: {str(exc).strip()[:200]}; {fix}"
+        ) from None
+    if system_prompt.strip() not in rendered:
+        raise PipelineError(
+            f"{task}: this model's chat template leaves the system turn out (task.system_prompt is not in the "
+            f"prompt it renders), so the model would never read it; {fix}"
         )
 
 

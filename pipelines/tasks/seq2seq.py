@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipelines.inference.checks import check_translation_languages
 from pipelines.tasks.base import Features
 from pipelines.tasks.generation import GenerationTask
 from pipelines.tasks.options import Seq2SeqOptions, SummarizationOptions, TranslationOptions
@@ -46,5 +47,12 @@ class Translation(Seq2SeqTask):
     options_model = TranslationOptions
     options: TranslationOptions
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._languages_pick_a_prefix()
+
     def params_key(self) -> str:
         return f"translation_{self.options.source_lang}_to_{self.options.target_lang}"
+
+    def _languages_pick_a_prefix(self) -> None:
+        check_translation_languages(self.options, getattr(self.config, "task_specific_params", None))

@@ -23,7 +23,7 @@ class TextGeneration(GenerationTask):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.options.chat:
-            check_chat(self.tokenizer, self.name)
+            check_chat(self.tokenizer, self.name, self.options.system_prompt)
         # prompt and generated tokens together must fit the model's positions
         self.prompt_budget = self.max_length
         if self.positions is not None:

@@ -10,7 +10,8 @@ Two methods:
   the other class);
 - ``embedding``: the text and each label's description are embedded with the same
   model and ranked by cosine similarity — works with any sentence-embedding
-  model, e.g. the built-in ``minilm``.
+  model, e.g. the built-in ``minilm``; with ``multi_label: true``, or a single
+  candidate label, each label's score is (cosine + 1) / 2.
 
 ``auto`` picks ``nli`` when the model config has an entailment label.
 
@@ -253,7 +254,7 @@ class ZeroShotClassification(LabelTask):
     def _scores(self, outputs: Outputs, n_rows: int) -> np.ndarray:
         if self.method == "embedding":
             similarity = outputs.stacked("similarity")
-            if self.options.multi_label:
+            if self.independent_scores():  # one label alone too: a softmax over it is 1.0 on every row
                 return (similarity + 1.0) / 2.0
             return softmax(similarity / self.options.temperature)
         # logits[row, label] = (contradiction, entailment)
