@@ -43,6 +43,7 @@ from pipelines.io.shards import Shard, UnderFolder, is_within, list_shards, real
 from pipelines.output import report as pages
 from pipelines.output import summary as summaries
 from pipelines.output.commit import OutputDir, OutputFiles, changed_inputs, scheduled_output
+from pipelines.output.duplicates import REASON as DUPLICATE_ID
 from pipelines.output.duplicates import DuplicateIds, repeated_custom_ids
 from pipelines.output.layout import LEDGER, RUN, RUN_LOCK, check_no_other_outputs, writing
 from pipelines.output.layout import LOCK as SCHEDULE_LOCK
@@ -521,7 +522,22 @@ def _pending(
         redo = set(changed)  # once: made for each shard, 10,000 changed files took 1.5 s, 50,000 took 40 s
         records = [committed[s.key] for s in shards if s.uri in redo]
         committed = _forget(output, records, committed, dry, "scoring %s again: it changed since it was scored")
+    if (stale and not given) or changed:
+        committed = _forget_repeats(output, committed, dry)
     return [s for s in shards if s.key not in committed], committed
+
+
+def _forget_repeats(output: OutputDir, committed: dict[str, CommitRecord], dry: bool) -> dict[str, CommitRecord]:
+    """Under ``errors.duplicate_ids: error``, once --prune or --redo-changed deleted shards' output: the committed
+    shards that quarantined a row as a ``duplicate id`` are scored again too (their output deleted, not when
+    ``dry``), since the row it repeated may have left the output with them, and that id would then be in no part
+    file. Scored again, each row is screened against the output as it is then."""
+    repeats = [r for r in committed.values() if r.reasons.get(DUPLICATE_ID)]
+    if not repeats:
+        return committed
+    return _forget(output, repeats, committed, dry,
+                   "scoring %s again: it quarantined duplicate ids, and output deleted by this run may have held the "
+                   "rows they repeated")
 
 
 def _forget(
