@@ -550,6 +550,8 @@ def _forget(
         for record in records:
             log.warning(f"{why} (%d rows deleted from the output)", record.input.name or record.input.uri, record.rows)
             output.forget(record)
+        if records:
+            output.drop_empty_errors()
     gone = {r.shard for r in records}
     return {key: r for key, r in committed.items() if key not in gone}
 
