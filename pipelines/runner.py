@@ -507,9 +507,9 @@ def _pending(
     output.check_spec(job, changed_settings)
     committed = output.committed()
     keys = {s.key for s in shards}
-    stale = [r for key, r in committed.items() if key not in keys]
-    if stale and not given:
-        committed = _handle_stale(output, stale, committed, prune, dry)
+    stale = [r for key, r in committed.items() if key not in keys] if not given else []
+    if stale and not prune:
+        _handle_stale(output, stale, committed, prune, dry)  # refused
     changed = changed_inputs(committed, shards, same_content)
     if changed and not redo_changed:
         raise PipelineError(
@@ -518,21 +518,24 @@ def _pending(
             "use --redo-changed to score the changed files again (their earlier output is deleted first, the other "
             "files' output stays), --overwrite to redo the job, or a new output.path"
         )
-    if changed:  # --redo-changed: their output deleted, so that they are scored again
-        redo = set(changed)  # once: made for each shard, 10,000 changed files took 1.5 s, 50,000 took 40 s
-        records = [committed[s.key] for s in shards if s.uri in redo]
+    redo = set(changed)  # once: made for each shard, 10,000 changed files took 1.5 s, 50,000 took 40 s
+    records = [committed[s.key] for s in shards if s.uri in redo]
+    if stale or records:  # first: a crash after it leaves the stale or changed shards to bring the next run here
+        committed = _forget_repeats(output, committed, {r.shard for r in [*stale, *records]}, dry)
+    if stale:
+        committed = _handle_stale(output, stale, committed, prune, dry)
+    if records:  # --redo-changed: their output deleted, so that they are scored again
         committed = _forget(output, records, committed, dry, "scoring %s again: it changed since it was scored")
-    if (stale and not given) or changed:
-        committed = _forget_repeats(output, committed, dry)
     return [s for s in shards if s.key not in committed], committed
 
 
-def _forget_repeats(output: OutputDir, committed: dict[str, CommitRecord], dry: bool) -> dict[str, CommitRecord]:
-    """Under ``errors.duplicate_ids: error``, once --prune or --redo-changed deleted shards' output: the committed
-    shards that quarantined a row as a ``duplicate id`` are scored again too (their output deleted, not when
-    ``dry``), since the row it repeated may have left the output with them, and that id would then be in no part
-    file. Scored again, each row is screened against the output as it is then."""
-    repeats = [r for r in committed.values() if r.reasons.get(DUPLICATE_ID)]
+def _forget_repeats(output: OutputDir, committed: dict[str, CommitRecord], deleting: set[str], dry: bool
+                    ) -> dict[str, CommitRecord]:
+    """Under ``errors.duplicate_ids: error``, where --prune or --redo-changed deletes shards' output (``deleting``,
+    their keys): the other committed shards that quarantined a row as a ``duplicate id`` are scored again too (their
+    output deleted, not when ``dry``), since the row it repeated may leave the output with them, and that id would
+    then be in no part file. Scored again, each row is screened against the output as it is then."""
+    repeats = [r for key, r in committed.items() if key not in deleting and r.reasons.get(DUPLICATE_ID)]
     if not repeats:
         return committed
     return _forget(output, repeats, committed, dry,

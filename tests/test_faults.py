@@ -484,7 +484,8 @@ def test_duplicate_ids_sees_an_id_an_earlier_version_wrote_in_exponent_form(tmp_
 
 
 @pytest.mark.parametrize("how", ["prune", "redo_changed"])
-def test_a_row_quarantined_as_a_duplicate_is_scored_again_when_the_row_it_repeated_leaves_the_output(tmp_path, how):
+def test_a_row_quarantined_as_a_duplicate_is_scored_again_when_the_row_it_repeated_leaves_the_output(tmp_path, how,
+                                                                                                    monkeypatch):
     """Under ``errors.duplicate_ids: error``, b.jsonl's row ``x`` was quarantined as a duplicate of a.jsonl's. Then
     a.jsonl was deleted (``--prune``) or changed to drop ``x`` (``--redo-changed``): its output was deleted, and b's
     ``x`` stayed quarantined as a duplicate of a row that no output held: the input's id ``x`` was in no part file,
@@ -521,8 +522,16 @@ def test_a_row_quarantined_as_a_duplicate_is_scored_again_when_the_row_it_repeat
     else:
         write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": "a1", "text": "t"}])
     now = list_shards([str(tmp_path / "in")])
+    forget, order = OutputDir.forget, []
+
+    def forget_in_order(self, record):
+        order.append(record.input.name)
+        forget(self, record)
+
+    monkeypatch.setattr(OutputDir, "forget", forget_in_order)
     pending, committed = _pending(output, job, now, False, prune=how == "prune", dry=False,
                                   redo_changed=how == "redo_changed")
+    assert order == ["b.jsonl", "a.jsonl"]  # b's first: a crash between the two leaves a's to redo both next time
     assert sorted(s.name for s in pending) == (["b.jsonl"] if how == "prune" else ["a.jsonl", "b.jsonl"])
     assert [r.input.name for r in committed.values()] == ["c.jsonl"]  # a shard without repeats stays as it is
     assert not (out / "_errors").exists()  # no _errors/ where nothing is quarantined (an empty folder was left)
