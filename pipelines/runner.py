@@ -43,6 +43,7 @@ from pipelines.io.shards import Shard, UnderFolder, is_within, list_shards, real
 from pipelines.output import report as pages
 from pipelines.output import summary as summaries
 from pipelines.output.commit import OutputDir, OutputFiles, changed_inputs, scheduled_output
+from pipelines.output.duplicates import REASON as DUPLICATE_ID
 from pipelines.output.duplicates import DuplicateIds, repeated_custom_ids
 from pipelines.output.layout import LEDGER, RUN, RUN_LOCK, check_no_other_outputs, writing
 from pipelines.output.layout import LOCK as SCHEDULE_LOCK
@@ -523,9 +524,9 @@ def _pending(
     output.check_spec(job, changed_settings)
     committed = output.committed()
     keys = {s.key for s in shards}
-    stale = [r for key, r in committed.items() if key not in keys]
-    if stale and not given:
-        committed = _handle_stale(output, stale, committed, prune, dry)
+    stale = [r for key, r in committed.items() if key not in keys] if not given else []
+    if stale and not prune:
+        _handle_stale(output, stale, committed, prune, dry)  # refused
     changed = changed_inputs(committed, shards, same_content)
     if changed and not redo_changed:
         raise PipelineError(
@@ -534,11 +535,29 @@ def _pending(
             "use --redo-changed to score the changed files again (their earlier output is deleted first, the other "
             "files' output stays), --overwrite to redo the job, or a new output.path"
         )
-    if changed:  # --redo-changed: their output deleted, so that they are scored again
-        redo = set(changed)  # once: made for each shard, 10,000 changed files took 1.5 s, 50,000 took 40 s
-        records = [committed[s.key] for s in shards if s.uri in redo]
+    redo = set(changed)  # once: made for each shard, 10,000 changed files took 1.5 s, 50,000 took 40 s
+    records = [committed[s.key] for s in shards if s.uri in redo]
+    if stale or records:  # first: a crash after it leaves the stale or changed shards to bring the next run here
+        committed = _forget_repeats(output, committed, {r.shard for r in [*stale, *records]}, dry)
+    if stale:
+        committed = _handle_stale(output, stale, committed, prune, dry)
+    if records:  # --redo-changed: their output deleted, so that they are scored again
         committed = _forget(output, records, committed, dry, "scoring %s again: it changed since it was scored")
     return [s for s in shards if s.key not in committed], committed
+
+
+def _forget_repeats(output: OutputDir, committed: dict[str, CommitRecord], deleting: set[str], dry: bool
+                    ) -> dict[str, CommitRecord]:
+    """Under ``errors.duplicate_ids: error``, where --prune or --redo-changed deletes shards' output (``deleting``,
+    their keys): the other committed shards that quarantined a row as a ``duplicate id`` are scored again too (their
+    output deleted, not when ``dry``), since the row it repeated may leave the output with them, and that id would
+    then be in no part file. Scored again, each row is screened against the output as it is then."""
+    repeats = [r for key, r in committed.items() if key not in deleting and r.reasons.get(DUPLICATE_ID)]
+    if not repeats:
+        return committed
+    return _forget(output, repeats, committed, dry,
+                   "scoring %s again: it quarantined duplicate ids, and output deleted by this run may have held the "
+                   "rows they repeated")
 
 
 def _forget(
@@ -551,6 +570,8 @@ def _forget(
         for record in records:
             log.warning(f"{why} (%d rows deleted from the output)", record.input.name or record.input.uri, record.rows)
             output.forget(record)
+        if records:
+            output.drop_empty_errors()
     gone = {r.shard for r in records}
     return {key: r for key, r in committed.items() if key not in gone}
 

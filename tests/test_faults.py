@@ -486,6 +486,61 @@ def test_duplicate_ids_sees_an_id_an_earlier_version_wrote_in_exponent_form(tmp_
     assert errors is not None and errors.column("reason").to_pylist() == ["duplicate id"] * 4
 
 
+@pytest.mark.parametrize("how", ["prune", "redo_changed"])
+def test_a_row_quarantined_as_a_duplicate_is_scored_again_when_the_row_it_repeated_leaves_the_output(tmp_path, how,
+                                                                                                    monkeypatch):
+    """Under ``errors.duplicate_ids: error``, b.jsonl's row ``x`` was quarantined as a duplicate of a.jsonl's. Then
+    a.jsonl was deleted (``--prune``) or changed to drop ``x`` (``--redo-changed``): its output was deleted, and b's
+    ``x`` stayed quarantined as a duplicate of a row that no output held: the input's id ``x`` was in no part file,
+    though the policy promises ids that are unique and none missing. A shard that quarantined duplicate ids is now
+    scored again with those whose output is deleted."""
+    import pyarrow.fs as pafs
+
+    from pipelines.io.shards import list_shards
+    from pipelines.output.commit import OutputDir
+    from pipelines.output.duplicates import DuplicateIds
+    from pipelines.output.records import JobRecord, ModelRef
+    from pipelines.runner import _pending
+
+    out = tmp_path / "out"
+    output = OutputDir(str(out))
+    job = JobRecord(spec_hash="h", model=ModelRef(name="m"), quantization="none", device="cpu", task="t")
+    inputs = {"a": ["x", "a1"], "b": ["x", "b1"], "c": ["c1"]}
+    for name, ids in inputs.items():
+        write_jsonl(tmp_path / "in" / f"{name}.jsonl", [{"id": i, "text": "t"} for i in ids])
+    shards = {s.name: s for s in list_shards([str(tmp_path / "in")])}
+    for name, ids in inputs.items():  # committed as a run commits them: each screened against those before
+        shard = shards[f"{name}.jsonl"]
+        staged = out / "_staging" / shard.key / "data.parquet"
+        staged.parent.mkdir(parents=True)
+        pq.write_table(pa.table({"id": ids, "_row": list(range(len(ids)))}), staged)
+        screen = DuplicateIds(pafs.LocalFileSystem(), str(out), "id", list(output.commits().values()))
+        report = StagingReport(shard=shard.key, shard_rows=len(ids), rows=len(ids), errors=0, files=[str(staged)],
+                               row_ranges=[(0, len(ids))])
+        output.commit(shard, [report], job, screen=screen)
+    assert pq.read_table(out / "_errors").column("id").to_pylist() == ["x"]  # b's
+
+    if how == "prune":
+        (tmp_path / "in" / "a.jsonl").unlink()
+    else:
+        write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": "a1", "text": "t"}])
+    now = list_shards([str(tmp_path / "in")])
+    forget, order = OutputDir.forget, []
+
+    def forget_in_order(self, record):
+        order.append(record.input.name)
+        forget(self, record)
+
+    monkeypatch.setattr(OutputDir, "forget", forget_in_order)
+    pending, committed = _pending(output, job, now, False, prune=how == "prune", dry=False,
+                                  redo_changed=how == "redo_changed")
+    assert order == ["b.jsonl", "a.jsonl"]  # b's first: a crash between the two leaves a's to redo both next time
+    assert sorted(s.name for s in pending) == (["b.jsonl"] if how == "prune" else ["a.jsonl", "b.jsonl"])
+    assert [r.input.name for r in committed.values()] == ["c.jsonl"]  # a shard without repeats stays as it is
+    assert not (out / "_errors").exists()  # no _errors/ where nothing is quarantined (an empty folder was left)
+    assert sorted(pq.read_table(out).column("id").to_pylist()) == ["c1"]
+
+
 def test_tokens_count_the_rows_the_output_holds_and_no_quarantined_one(tmp_path):
     """The rows quarantined as duplicate ids at commit kept their tokens in the shard's (and _run.json's) tokens,
     padded and generated tokens, as did a row quarantined by the predictor after its forward (a text cut under

@@ -2095,6 +2095,23 @@ def test_prune_takes_success_away_before_it_deletes_a_shard(tmp_path, monkeypatc
     assert seen == [False, False] and not output.commits()
 
 
+def test_a_dropped_commit_leaves_no_empty_errors_folder(tmp_path):
+    """README: there is no _errors/ where nothing was quarantined. A run's start drops the commit of a shard whose
+    part file is gone (deleted by hand), with its quarantined rows: the emptied _errors/ folder stayed, and pandas and
+    pyarrow read it as a table of no columns (`df["reason"]`: KeyError)."""
+    from helpers import staged_shard
+
+    output = OutputDir(str(tmp_path / "out"))
+    job = JobRecord(spec_hash="h", model=ModelRef(name="m"), quantization="none", device="cpu", task="t")
+    shard, report = staged_shard(output, tmp_path, "a", ["a0"], bad="a1")
+    output.commit(shard, [report], job)
+    assert len(list((tmp_path / "out" / "_errors").iterdir())) == 1
+    [part] = (tmp_path / "out").glob("part-*.parquet")
+    part.unlink()
+    output.start(job)
+    assert not output.commits() and not (tmp_path / "out" / "_errors").exists()
+
+
 def test_a_kept_category_column_reads_as_one_table_after_a_resume(ray_session, tiny_models, tmp_path):
     """A pandas category is a dictionary with the narrowest indices its values need: int8 for 3 values, int16
     for 200. The first run fixed the column's type as dictionary<int8>; the resume's shard could not be cast to

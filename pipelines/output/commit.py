@@ -313,6 +313,7 @@ class OutputDir:
         if not records:
             return
         existing, staged = self._existing(), self._staged()
+        dropped = False
         for key, record in records.items():
             missing = [f for f in [*record.error_files, *record.files] if f not in existing]
             if not missing:
@@ -323,6 +324,9 @@ class OutputDir:
             else:
                 log.warning("commit record of %s names files that are gone; the shard is redone", record.input.uri)
                 self.forget(record)
+                dropped = True
+        if dropped:
+            self.drop_empty_errors()
 
     def clean(self) -> None:
         """Delete what earlier runs left staged (``start`` has taken ``_SUCCESS`` and ``_run.json`` away already)."""
@@ -363,6 +367,16 @@ class OutputDir:
         for relative in [*record.files, *record.error_files]:
             layout.delete(self.fs, self.fs.get_file_info(f"{self.root}/{relative}"))
         layout.delete(self.fs, self.fs.get_file_info(f"{self.root}/{layout.commit_record_path(record.shard)}"))
+
+    def drop_empty_errors(self) -> None:
+        """Delete ``_errors/`` once it holds no file (after :meth:`forget` deleted the last quarantined rows): there is
+        no ``_errors/`` where nothing is quarantined, and readers given the empty folder get a table of no columns."""
+        selector = pafs.FileSelector(f"{self.root}/{ERRORS}", recursive=True, allow_not_found=True)
+        if self.fs.get_file_info(f"{self.root}/{ERRORS}").type != pafs.FileType.Directory or any(
+                info.is_file for info in self.fs.get_file_info(selector)):
+            return
+        self.check_lock()
+        self.fs.delete_dir(f"{self.root}/{ERRORS}")
 
     # committing ----------------------------------------------------------------------
 
