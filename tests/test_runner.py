@@ -153,6 +153,22 @@ def test_rows_without_a_truth_label_are_left_out_of_the_agreement(ray_session, t
         "confusion"]
 
 
+def test_a_quarantined_file_of_unknown_rows_is_not_said_to_have_quarantined_0_rows():
+    """errors.unreadable_files: quarantine, and a Parquet file damaged so that its rows can't be counted: its commit
+    counts it as no rows under its reason, and the summary said `quarantined rows by reason: unreadable parquet file:
+    0`, as if the file had held no row (a helper's run with a half-truncated file among good ones)."""
+    from pipelines.output.records import ModelRef, RunSummary, Unreadable
+
+    damaged = Unreadable(uri="/data/b.parquet", reason="unreadable parquet file: footer damaged", rows=None)
+    summary = RunSummary(status="succeeded", spec_hash="x", model=ModelRef(name="m"), quantization="none", device="cpu",
+                         task="text-classification", shards=2, shards_this_run=2, rows_in=10, rows_out=7, errors=3,
+                         error_rate=0.3, error_reasons={"unreadable parquet file": 0, "text longer than max_length": 3},
+                         unreadable_files=[damaged], files_with_unknown_rows=1)
+    said = render(summary)
+    assert "unreadable parquet file: 0" not in said
+    assert "quarantined rows by reason: text longer than max_length: 3, unreadable parquet file: rows unknown" in said
+
+
 def test_truth_labels_that_name_the_classes_otherwise_are_compared_through_the_label_map(ray_session, tiny_models,
                                                                                         tmp_path):
     """A truth column of class numbers (Hugging Face datasets keep a ClassLabel as integers; SST-2's 1 is positive)

@@ -103,7 +103,9 @@ def render(summary: RunSummary) -> str:
             f"{summary.tokens_per_s or 0:,.0f} tokens/s{split}, padding efficiency {summary.padding_efficiency}"
         )
     if summary.error_reasons:
-        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary.error_reasons.items(), key=lambda kv: -kv[1]))
+        # 0 rows under a reason: a file quarantined whole whose rows nobody can count (its line below says so)
+        reasons = ", ".join(f"{k}: {v if v else 'rows unknown'}"
+                            for k, v in sorted(summary.error_reasons.items(), key=lambda kv: -kv[1]))
         lines.append(f"quarantined rows by reason: {reasons}")
     for found in summary.unreadable_files:
         lines.append(f"unreadable input file: {found.uri} ({found.rows_told()}): {found.reason}")
