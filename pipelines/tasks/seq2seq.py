@@ -49,10 +49,7 @@ class Translation(Seq2SeqTask):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._languages_pick_a_prefix()
+        check_translation_languages(self.options, getattr(self.config, "task_specific_params", None))
 
     def params_key(self) -> str:
         return f"translation_{self.options.source_lang}_to_{self.options.target_lang}"
-
-    def _languages_pick_a_prefix(self) -> None:
-        check_translation_languages(self.options, getattr(self.config, "task_specific_params", None))
