@@ -8,13 +8,14 @@ two passes; tokenizing and the task's own work included, as in a job). The schem
 - ``float32``: the job's float32 (Linear layers packed for oneDNN where ``compute.cpu_matmul`` is ``onednn``);
 - ``dynamic-int8``: ``model.quantization: dynamic-int8`` as the project loads it (torch's fused dynamic int8:
   weights per output channel, activations with one scale per forward's whole tensor, all rows and padding together);
-- ``per-token-int8``: weights per output channel, activations with a scale per token (row of the flattened
-  input), ``torch._int_mm`` in exact int32 sums, in eager torch (quantizing and rescaling are separate passes);
+- ``per-token-int8``: ``model.quantization: per-token-int8`` as the project loads it
+  (:mod:`pipelines.inference.int8_linear`: weights per output channel, activations with a scale per token,
+  ``torch._int_mm`` in exact int32 sums, in eager torch);
 - ``per-token-int8-smooth``: the same, each Linear's input channels first balanced against its weights by
   SmoothQuant's migration (``--alpha``), from the inputs' largest values over the first ``--calibrate`` rows.
 
-Only ``float32`` and ``dynamic-int8`` are choices of a job; the other two are experiments that live here. The
-seconds mean something only with nothing else running (2 cores: a test-suite beside it halves them).
+``float32``, ``dynamic-int8`` and ``per-token-int8`` are choices of a job; the smoothed one is an experiment that
+lives here. The seconds mean something only with nothing else running (2 cores: a test-suite beside it halves them).
 
     .venv/bin/python benchmarks/cpu_int8.py                          # the main job's 600 rows
     .venv/bin/python benchmarks/cpu_int8.py --set "input.paths=[benchmarks/data/agnews_sst2]" \\
@@ -35,7 +36,8 @@ import pyarrow as pa
 import torch
 from batch_invariance import predict, read_rows
 
-from pipelines.inference.loading import dynamic_int8
+from pipelines.inference.int8_linear import PerTokenInt8Linear
+from pipelines.inference.loading import cpu_int8
 from pipelines.inference.packed_linear import pack_linears
 from pipelines.inference.predictor import Predictor
 from pipelines.spec import load_spec
@@ -43,34 +45,21 @@ from pipelines.spec import load_spec
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class PerTokenInt8Linear(torch.nn.Module):
-    """``y = x W^T + b`` with W in int8 (a scale per output channel) and x quantized to int8 with a scale per token,
-    optionally after dividing x's channels by ``smooth`` (whose product is folded into W)."""
+class SmoothedInt8Linear(PerTokenInt8Linear):
+    """:class:`PerTokenInt8Linear` of the layer whose weight's input channels are multiplied by ``smooth``; each
+    input is divided by it first (SmoothQuant's migration of the inputs' outliers into the weights)."""
 
-    def __init__(self, linear: torch.nn.Linear, smooth: torch.Tensor | None = None) -> None:
-        super().__init__()
-        weight = linear.weight.detach().float()
-        self.inverse = None if smooth is None else (1 / smooth)
-        if smooth is not None:
-            weight = weight * smooth
-        scale = weight.abs().amax(1).clamp_min(1e-12) / 127
-        self.weight_q = torch.round(weight / scale[:, None]).to(torch.int8).t().contiguous()
-        self.weight_scale = scale
-        self.bias = None if linear.bias is None else linear.bias.detach().float()
+    def __init__(self, linear: torch.nn.Linear, smooth: torch.Tensor) -> None:
+        scaled = torch.nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None)
+        with torch.no_grad():
+            scaled.weight.copy_(linear.weight.detach().float() * smooth)
+            if linear.bias is not None:
+                scaled.bias.copy_(linear.bias.detach())
+        super().__init__(scaled)
+        self.register_buffer("inverse", 1 / smooth)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1])
-        if self.inverse is not None:
-            flat = flat * self.inverse
-        scale = torch.linalg.vector_norm(flat, float("inf"), dim=1, keepdim=True).clamp_min(1e-12) / 127
-        quantized = torch.round(flat / scale).to(torch.int8)
-        rows = quantized.shape[0]
-        if rows <= 16:  # torch._int_mm takes more than 16 rows
-            quantized = torch.cat([quantized, quantized.new_zeros(17 - rows, quantized.shape[1])])
-        out = torch._int_mm(quantized, self.weight_q)[:rows].to(torch.float32).mul_(scale).mul_(self.weight_scale)
-        if self.bias is not None:
-            out.add_(self.bias)
-        return out.reshape(*x.shape[:-1], out.shape[-1])
+        return super().forward(x * self.inverse)
 
 
 def linears(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str, str, torch.nn.Linear]]:
@@ -102,13 +91,11 @@ def input_maxima(predictor: Predictor, rows: pa.Table, call_rows: int) -> dict[s
     return maxima
 
 
-def per_token(model: torch.nn.Module, maxima: dict[str, torch.Tensor] | None, alpha: float) -> torch.nn.Module:
+def smoothed(model: torch.nn.Module, maxima: dict[str, torch.Tensor], alpha: float) -> torch.nn.Module:
     for parent, attribute, name, layer in linears(model):
-        smooth = None
-        if maxima is not None:
-            weight_max = layer.weight.detach().float().abs().amax(0).clamp_min(1e-5)
-            smooth = (maxima[name].clamp_min(1e-5) ** alpha / weight_max ** (1 - alpha)).clamp_min(1e-5)
-        setattr(parent, attribute, PerTokenInt8Linear(layer, smooth))
+        weight_max = layer.weight.detach().float().abs().amax(0).clamp_min(1e-5)
+        smooth = (maxima[name].clamp_min(1e-5) ** alpha / weight_max ** (1 - alpha)).clamp_min(1e-5)
+        setattr(parent, attribute, SmoothedInt8Linear(layer, smooth))
     return model
 
 
@@ -132,9 +119,9 @@ def main() -> None:
     maxima = input_maxima(predictor, rows.slice(0, args.calibrate), args.call_rows)
     schemes: dict[str, Callable[[torch.nn.Module], torch.nn.Module]] = {
         "float32": lambda model: model,
-        "dynamic-int8": lambda model: dynamic_int8(model, torch.device("cpu")),
-        "per-token-int8": lambda model: per_token(model, None, args.alpha),
-        "per-token-int8-smooth": lambda model: per_token(model, maxima, args.alpha),
+        "dynamic-int8": lambda model: cpu_int8(model, torch.device("cpu"), "dynamic-int8"),
+        "per-token-int8": lambda model: cpu_int8(model, torch.device("cpu"), "per-token-int8"),
+        "per-token-int8-smooth": lambda model: smoothed(model, maxima, args.alpha),
     }
     report: dict[str, object] = {"spec": args.spec, "set": args.set, "rows": rows.num_rows, "schemes": {}}
     reference: list[str] | None = None

@@ -149,6 +149,39 @@ def test_dynamic_int8_stays_close_to_float32(tiny_models):
         Predictor(spec)
 
 
+def test_per_token_int8_stays_close_to_float32_and_a_rows_int8_products_do_not_depend_on_its_batch(tiny_models):
+    """torch's dynamic-int8 quantizes a forward's input with one scale for all its rows and their padding, so a row's
+    result changes with the rows beside it (the main job: 32 of 600 labels changed by the call size). With a scale
+    per token, a layer's result for a row is the same to the bit alone or beside a row of large values."""
+    from pipelines.inference.int8_linear import PerTokenInt8Linear
+
+    texts = SENTENCES * 3
+    full = Predictor(make_spec(tiny_models("encoder"), {"type": "feature-extraction"}))
+    spec = make_spec(tiny_models("encoder"), {"type": "feature-extraction"})
+    spec.model.quantization = "per-token-int8"
+    quantized = Predictor(spec)
+    model = quantized.loaded.model
+    assert isinstance(model.encoder.layer[0].attention.self.query, PerTokenInt8Linear)
+    assert not any(type(m) in (torch.nn.Linear, PackedLinear) for m in model.modules())
+    a = np.array(full(batch_of(texts)).column("embedding").to_pylist())
+    b = np.array(quantized(batch_of(texts)).column("embedding").to_pylist())
+    assert (a * b).sum(axis=1).min() > 0.95  # normalised embeddings: the cosine of each row
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48)
+    row, loud = torch.randn(1, 5, 64), torch.randn(3, 5, 64) * 50
+    int8 = PerTokenInt8Linear(linear)
+    assert torch.equal(int8(row), int8(torch.cat([row, loud]))[:1])
+    with torch.inference_mode():
+        reference = linear(row)
+        assert ((int8(row) - reference).abs().max() / reference.abs().max()) < 0.02
+        dynamic = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(linear), dtype=torch.qint8)
+        assert not torch.equal(dynamic(row), dynamic(torch.cat([row, loud]))[:1])  # what it replaces in auto
+    spec.model.dtype = "bfloat16"
+    with pytest.raises(PipelineError, match="per-token-int8 quantizes a float32 model"):
+        Predictor(spec)
+
+
 def test_a_cpu_models_linear_layers_run_packed_for_onednn_with_torchs_results():
     texts = SENTENCES * 3
     spec = make_spec(minilm_dir(ModelSpec(name="minilm")), {"type": "feature-extraction"})
@@ -245,7 +278,7 @@ def test_quantization_auto_is_decided_once_and_said(ray_session, tiny_models, tm
     }
     summary = run_job(spec_from_dict(raw))
     chosen = json.loads((tmp_path / "out" / "_job.json").read_text())["precision"]
-    assert chosen == summary.precision and chosen["quantization"] in ("dynamic-int8", "none")
+    assert chosen == summary.precision and chosen["quantization"] in ("per-token-int8", "none")
     said = chosen["quantization"] if chosen["quantization"] != "none" else chosen["dtype"]
     # the page said only "(auto, cpu)": the precision the run used was in _run.json and the terminal summary alone
     assert f"(quantization auto: {said}, cpu)" in (tmp_path / "out" / "_report.html").read_text()
@@ -341,7 +374,8 @@ def test_quantization_auto_on_a_gpu_without_bf16_tries_float16():
 
     assert candidates("cuda", bf16=True) == [Precision("none", "bfloat16")]
     assert candidates("cuda", bf16=False) == [Precision("none", "float16")]
-    assert [c.quantization for c in candidates("cpu", bf16=False)] == ["dynamic-int8"]
+    # on a CPU, int8 with a scale per token: torch's dynamic-int8 changes labels with the rows batched together
+    assert [c.quantization for c in candidates("cpu", bf16=False)] == ["per-token-int8"]
 
 
 def test_an_output_started_at_dynamic_int8_is_not_resumed_on_a_gpu(tmp_path):
@@ -352,8 +386,9 @@ def test_an_output_started_at_dynamic_int8_is_not_resumed_on_a_gpu(tmp_path):
         "task": {"type": "feature-extraction"}, "output": {"path": str(tmp_path / "out")},
         "compute": {"gpus_per_actor": 1},
     })
-    with pytest.raises(PipelineError, match="runs only on a CPU.*--overwrite"):
-        resolve_auto(spec, [], {"quantization": "dynamic-int8", "dtype": "float32"})
+    for cpu_only in ("dynamic-int8", "per-token-int8"):
+        with pytest.raises(PipelineError, match=f"chose {cpu_only} .*runs only on a CPU.*--overwrite"):
+            resolve_auto(spec, [], {"quantization": cpu_only, "dtype": "float32"})
     kept, _ = resolve_auto(spec, [], {"quantization": "none", "dtype": "bfloat16"})
     assert (kept.model.quantization, kept.model.dtype) == ("none", "bfloat16")
 

@@ -459,13 +459,14 @@ def test_the_memory_plan_counts_every_micro_batch_the_lanes_hold_at_once():
     assert fit.activations_bytes == 2 * single and "2 micro-batches at once" in fit.basis
 
 
-def test_a_cpu_quantization_is_said_to_be_refused_on_gpu_node_types(tmp_path):
+@pytest.mark.parametrize("quantization", ["dynamic-int8", "per-token-int8"])
+def test_a_cpu_quantization_is_said_to_be_refused_on_gpu_node_types(tmp_path, quantization):
     write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": str(i), "text": SENTENCES[i % 4]} for i in range(5)])
     spec = make_spec("minilm", {"type": "feature-extraction"}, tmp_path / "out", input={"paths": [str(tmp_path / "in")]})
-    spec.model.quantization = "dynamic-int8"
+    spec.model.quantization = quantization
     plan = build_plan(spec, "job", sample=100, cpus=2, cluster=ROOT / "cluster.yaml")
     assert plan.model.quantized_parameters == 10_764_288  # every Linear layer of MiniLM's encoder
-    assert any("dynamic-int8 is a CPU quantization" in line for line in plan.problems)
+    assert any(f"{quantization} is a CPU quantization" in line for line in plan.problems)
 
 
 def test_measure_runs_quantization_auto_at_what_a_run_here_would_take(tiny_models, tmp_path):

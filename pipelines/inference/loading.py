@@ -17,8 +17,9 @@ from transformers import AutoConfig, AutoTokenizer, BitsAndBytesConfig
 from pipelines.errors import PipelineError
 from pipelines.inference.aliases import resolve_name
 from pipelines.inference.checks import config_error
+from pipelines.inference.int8_linear import quantize_per_token
 from pipelines.inference.packed_linear import pack_linears
-from pipelines.spec import ModelSpec
+from pipelines.spec import CPU_QUANTIZATIONS, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +112,8 @@ def load_model(
     if quant is None:
         model.to(device)
     model.eval()
-    if spec.quantization == "dynamic-int8":
-        model = dynamic_int8(model, device)
+    if spec.quantization in CPU_QUANTIZATIONS:
+        model = cpu_int8(model, device, spec.quantization)
     elif spec.quantization == "auto":
         raise PipelineError("model.quantization auto is decided before a job starts; load a concrete quantization")
     if device.type == "cpu" and cpu_matmul == "onednn":
@@ -123,18 +124,27 @@ def load_model(
     return LoadedModel(model, tokenizer, config, device, dtype, effective_max_length(tokenizer, config, max_length))
 
 
-def dynamic_int8(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """torch's dynamic int8 quantization of every Linear layer: int8 weights with a scale per output channel,
-    activations quantized per forward (fbgemm/oneDNN int8 kernels, VNNI where the CPU has it). CPU only."""
+def cpu_int8(model: torch.nn.Module, device: torch.device, quantization: str) -> torch.nn.Module:
+    """A float32 model's Linear layers in int8 on the CPU. ``dynamic-int8``: torch's dynamic quantization (int8
+    weights with a scale per output channel, each forward's activations with one scale for the whole tensor;
+    fbgemm/oneDNN kernels, VNNI where the CPU has it). ``per-token-int8``: the same weights, activations with a
+    scale per token (:mod:`.int8_linear`), so a row's int8 products don't depend on its batch."""
     if device.type != "cpu":
         raise PipelineError(
-            "model.quantization dynamic-int8 is a CPU quantization (torch's int8 kernels); on a GPU use int8 or nf4 "
-            "(bitsandbytes), or auto"
+            f"model.quantization {quantization} is a CPU quantization (int8 kernels for the CPU); on a GPU use int8 "
+            "or nf4 (bitsandbytes), or auto"
         )
     if next(model.parameters()).dtype != torch.float32:
         raise PipelineError(
-            "model.quantization dynamic-int8 quantizes a float32 model: set model.dtype to float32 or auto"
+            f"model.quantization {quantization} quantizes a float32 model: set model.dtype to float32 or auto"
         )
+    if quantization == "per-token-int8":
+        return quantize_per_token(model)
+    return dynamic_int8(model)
+
+
+def dynamic_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """torch's dynamic int8 quantization of every Linear layer (see :func:`cpu_int8`)."""
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)

@@ -33,7 +33,7 @@ from pipelines.planning.inputs import (
 from pipelines.planning.progress import kept_precision_refusal, output_plan, recorded_precision
 from pipelines.planning.records import InputPlan, ModelPlan, OutputPlan, Plan, TokenPlan
 from pipelines.runner import check_input_columns, columns_of
-from pipelines.spec import JobSpec
+from pipelines.spec import CPU_QUANTIZATIONS, JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -169,9 +169,9 @@ def problems(
             f"this machine holds {local.actors} actor(s) of this job (by memory {local.by_memory}, by CPUs "
             f"{local.by_resources}); the pool needs {low}: a local run would not start"
         )
-    if spec.model.quantization == "dynamic-int8" and model.fits[1:] and spec.model.device != "cpu":
-        found.append("model.quantization dynamic-int8 is a CPU quantization: an actor on a GPU node type refuses it "
-                     "(the GPU rows above size the model as if it ran there)")
+    if spec.model.quantization in CPU_QUANTIZATIONS and model.fits[1:] and spec.model.device != "cpu":
+        found.append(f"model.quantization {spec.model.quantization} is a CPU quantization: an actor on a GPU node type "
+                     "refuses it (the GPU rows above size the model as if it ran there)")
     for fit in model.fits[1:]:
         if fit.actors == 0:
             found.append(f"node type {fit.target}: no actor of this job fits ({fit.basis})")

@@ -7,8 +7,8 @@ transformers would replace (the same skip list: tied and output embeddings, the
 last module) take 1 byte per weight (int8, plus a float32 scale per output row)
 or half a byte (nf4, fp4, plus a float32 scale per 64 weights); under torch's
 dynamic int8 every plain Linear layer takes 1 byte per weight plus a float64 scale
-and an int64 zero point per output row; every other parameter takes the dtype's
-bytes (``auto`` is sized unquantized, the largest it may take). On a CPU a Linear
+and an int64 zero point per output row (per-token int8: a float32 scale per row); every
+other parameter takes the dtype's bytes (``auto`` is sized unquantized, the largest it may take). On a CPU a Linear
 layer that shares its weight with another module (a tied output layer) adds a copy
 of its own: oneDNN's packed layout, or torch's int8. Activations are an estimate for the largest
 micro-batch the batching settings allow; out of memory at run time splits the
@@ -33,7 +33,7 @@ from pipelines.planning.hardware import (
     this_machine_memory,
 )
 from pipelines.planning.records import Fit, ModelPlan
-from pipelines.spec import ComputeSpec, JobSpec
+from pipelines.spec import CPU_QUANTIZATIONS, ComputeSpec, JobSpec
 
 PROCESS_OVERHEAD = 768 * MIB  # a Python process with torch, transformers and Ray's worker (assumption)
 CUDA_CONTEXT = GIB // 2  # CUDA context and kernels of one actor on its GPU (assumption)
@@ -53,7 +53,7 @@ class WeightCount:
     kept_fp32: int  # parameters of modules the model keeps in float32 when loaded in float16
     buffers: dict[int, int]  # bytes per element → elements (non-float buffers keep their size)
     float_buffers: int  # float buffers: stored in the load dtype
-    linear: int = 0  # weights of every plain Linear layer (what torch's dynamic int8 converts)
+    linear: int = 0  # weights of every plain Linear layer (what the CPU's int8 quantizations convert)
     linear_rows: int = 0  # their output rows
     tied_linear: int = 0  # weights of plain Linear layers that share them with another module (a tied output layer)
     tied_packable: int = 0  # of those, the weights of layers large enough to be packed for oneDNN on a CPU
@@ -65,8 +65,9 @@ class WeightCount:
         plain = self.parameters - self.quantized - kept
         total = plain * size + kept * 4 + self.float_buffers * size
         total += sum(width * n for width, n in self.buffers.items())
-        if quantization == "dynamic-int8":  # every Linear converted; a tied one's int8 copy beside the embeddings
-            return total - (self.linear - self.tied_linear) * size + self.linear + self.linear_rows * 16
+        if quantization in CPU_QUANTIZATIONS:  # every Linear converted; a tied one's int8 copy beside the embeddings
+            scales = 16 if quantization == "dynamic-int8" else 4  # float64 scale, int64 zero point; float32 scale
+            return total - (self.linear - self.tied_linear) * size + self.linear + self.linear_rows * scales
         if cpu_packed and dtype in PACKED_DTYPES:  # a tied layer's packed copy beside the embeddings
             total += self.tied_packable * size
         if quantization in ("none", "auto"):
@@ -293,6 +294,6 @@ def model_plan(spec: JobSpec, context: Any, cluster: Cluster | None) -> ModelPla
     return ModelPlan(
         name=spec.model.name, resolved=context.resolved, model_class=context.model_class,
         parameters=weights.parameters, quantization=spec.model.quantization,
-        quantized_parameters=weights.linear if spec.model.quantization == "dynamic-int8" else weights.quantized,
+        quantized_parameters=weights.linear if spec.model.quantization in CPU_QUANTIZATIONS else weights.quantized,
         fits=fits,
     )

@@ -1,0 +1,80 @@
+"""Int8 Linear layers for the CPU whose result for a row does not depend on the rows beside it.
+
+``model.quantization: per-token-int8``: each Linear layer's weight is stored in int8 with a scale per output
+channel, and each forward quantizes its input with a scale per token (the token's largest absolute value over
+127), so the int8 product (``torch._int_mm``, exact int32 sums) of a token depends on that token alone. torch's
+dynamic int8 (``dynamic-int8``) instead takes one scale for the whole input, every row and its padding together:
+a row's result then changes with the batch it is in. May import torch only.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class PerTokenInt8Linear(torch.nn.Module):
+    """``y = x Wᵀ + b`` in int8: W rounded per output channel once, x rounded per token at each call.
+
+    ``weight`` is the int8 weight (out × in), as bitsandbytes' int8 layers hold theirs, so model code that checks
+    a layer's weight dtype (T5's) sees int8; ``weight_scale`` its float32 scale per output channel."""
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        weight = linear.weight.detach().float()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        scale = weight.abs().amax(1).clamp_min(torch.finfo(torch.float32).tiny) / 127
+        quantized = torch.round(weight / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+        self.register_buffer("weight_t", quantized.t().contiguous())  # in × out: what torch._int_mm takes
+        self.register_buffer("weight_scale", scale)
+        bias = None if linear.bias is None else linear.bias.detach().float().clone()
+        self.register_buffer("bias", bias)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.weight_t.t()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)
+        largest = flat.abs().amax(1, keepdim=True).clamp_min_(torch.finfo(torch.float32).tiny)
+        quantized = torch.mul(flat, 127 / largest).round_().to(torch.int8)
+        # int32 times float32 is float32 in one pass; the scales are a token's and a channel's alone
+        out = torch.mul(torch._int_mm(quantized, self.weight_t), largest.div_(127)).mul_(self.weight_scale)
+        if self.bias is not None:
+            out.add_(self.bias)
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def quantize_per_token(model: torch.nn.Module) -> torch.nn.Module:
+    """Every plain float32 ``torch.nn.Linear`` of ``model`` replaced by a :class:`PerTokenInt8Linear`, in place,
+    one layer at a time (loading never holds more than one layer's weights twice). A layer shared by two parents
+    (a tied output layer) is converted once and shared as before."""
+    targets, seen, shared = [], set(), {}
+    for parent_name, parent in model.named_modules(remove_duplicate=False):
+        for name, child in parent.named_children():
+            if type(child) is torch.nn.Linear and child.weight.dtype == torch.float32:
+                targets.append((parent_name, name))  # names: the layers themselves would stay alive to the end
+                if id(child) in seen:
+                    shared[id(child)] = child  # held, so that its id names no other layer meanwhile
+                seen.add(id(child))
+    converted: dict[int, PerTokenInt8Linear] = {}
+    for parent_name, name in targets:
+        parent = model.get_submodule(parent_name)
+        child = getattr(parent, name)
+        if isinstance(child, PerTokenInt8Linear):  # the same parent reached twice
+            continue
+        layer = converted.get(id(child)) if id(child) in shared else None
+        if layer is None:
+            layer = PerTokenInt8Linear(child)
+            if id(child) in shared:
+                converted[id(child)] = layer
+        setattr(parent, name, layer)
+        del child
+    log.info("per-token int8: %d Linear layers converted", len(targets))
+    return model
