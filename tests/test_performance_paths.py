@@ -172,6 +172,7 @@ def test_per_token_int8_stays_close_to_float32_and_a_rows_int8_products_do_not_d
     row, loud = torch.randn(1, 5, 64), torch.randn(3, 5, 64) * 50
     int8 = PerTokenInt8Linear(linear)
     assert torch.equal(int8(row), int8(torch.cat([row, loud]))[:1])
+    assert torch.equal(int8(torch.zeros(2, 64)), linear.bias.detach().expand(2, -1))  # no 0 × inf
     with torch.inference_mode():
         reference = linear(row)
         assert ((int8(row) - reference).abs().max() / reference.abs().max()) < 0.02

@@ -15,6 +15,9 @@ import torch
 
 log = logging.getLogger(__name__)
 
+#: The smallest largest value of a token: 127 over it is still a finite float32.
+SMALLEST = 1e-30
+
 
 class PerTokenInt8Linear(torch.nn.Module):
     """``y = x Wᵀ + b`` in int8: W rounded per output channel once, x rounded per token at each call.
@@ -39,7 +42,7 @@ class PerTokenInt8Linear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        largest = flat.abs().amax(1, keepdim=True).clamp_min_(torch.finfo(torch.float32).tiny)
+        largest = flat.abs().amax(1, keepdim=True).clamp_min_(SMALLEST)  # a row of zeros: zeros, not 0 × inf
         quantized = torch.mul(flat, 127 / largest).round_().to(torch.int8)
         # int32 times float32 is float32 in one pass; the scales are a token's and a channel's alone
         out = torch.mul(torch._int_mm(quantized, self.weight_t), largest.div_(127)).mul_(self.weight_scale)
