@@ -80,7 +80,8 @@ def check(spec: JobSpec, shards: list[Shard], rows: int | None = None) -> Fideli
     start = time.monotonic()
     picked = sample(spec, shards, rows or _rows(spec))
     result = _check_auto(spec, picked) if spec.model.quantization == "auto" else judge(spec, measure(spec, picked))
-    warn_if_coarse(result.rows, _auto_bar(spec) if result.min_agreement is None else result.min_agreement)
+    warn_if_coarse(result.rows, _auto_bar(spec) if result.min_agreement is None else result.min_agreement,
+                   bar_source(spec))
     return result.model_copy(update={"wall_s": round(time.monotonic() - start, 3)})
 
 
@@ -106,24 +107,37 @@ def gate(spec: JobSpec, shards: list[Shard]) -> Fidelity | None:
     picked = sample(spec, shards, spec.model.fidelity.rows)
     log.info("fidelity: scoring %d sampled rows with %s and unquantized", picked.num_rows, spec.model.quantization)
     result = judge(spec, _measure_on_ray(spec, picked))
-    warn_if_coarse(result.rows, spec.model.fidelity.min_agreement)
+    warn_if_coarse(result.rows, spec.model.fidelity.min_agreement, bar_source(spec))
     if not result.passed:
         raise PipelineError(below_bar(spec, result))
     log.info("fidelity: %s %.4f >= %s", result.measure, result.agreement, result.min_agreement)
     return result
 
 
-def warn_if_coarse(rows: int, bar: float) -> None:
-    """Say when ``rows`` sampled rows are too few to measure agreement to ``bar``: under 1 / (1 - bar) rows a single
-    changed row already falls below it, so passing says only that no sampled row changed."""
+def warn_if_coarse(rows: int, bar: float, source: str = "model.fidelity.min_agreement") -> None:
+    """Say when ``rows`` sampled rows are too few to measure agreement to ``bar`` (``source``: where it comes from,
+    :func:`bar_source`): under 1 / (1 - bar) rows a single changed row already falls below it, so passing says only
+    that no sampled row changed."""
     if bar >= 1 or rows * (1 - bar) >= 1 - 1e-9:
         return
     log.warning(
         "quantization fidelity on only %d sampled rows: one changed row moves the agreement by %.2f%%, so the bar %s "
-        "passes only where none of them changed, which says little about the rest of the input; sample at least %d "
-        "rows (model.fidelity.rows, or --rows) to measure it", rows, 100 / max(rows, 1), bar,
+        "(%s) passes only where none of them changed, which says little about the rest of the input; sample at "
+        "least %d rows (model.fidelity.rows, or --rows) to measure it", rows, 100 / max(rows, 1), bar, source,
         math.ceil(1 / (1 - bar) - 1e-9),
     )
+
+
+def bar_source(spec: JobSpec) -> str:
+    """Where the job's fidelity bar comes from, for a message: the spec's ``model.fidelity.min_agreement``, or its
+    default where the job sets no ``model.fidelity`` (which ``quantization: auto`` chooses by, and which nothing
+    else judges against)."""
+    if spec.model.fidelity is not None:
+        return "model.fidelity.min_agreement"
+    if spec.model.quantization == "auto":
+        return "the default of model.fidelity.min_agreement, which quantization auto chooses by; this job sets none"
+    return ("the default of model.fidelity.min_agreement; this job sets no model.fidelity, so nothing is judged "
+            "against it")
 
 
 def judge(spec: JobSpec, result: Fidelity) -> Fidelity:
@@ -260,7 +274,7 @@ def resolve_auto(
         log.info("quantization auto: the decision of %s on these same %d sampled rows, model, task, kind of "
                  "device and versions of torch and transformers (%s)",
                  time.strftime("%Y-%m-%d %H:%M", time.localtime(found.get("decided_at", 0))), picked.num_rows, cache)
-    warn_if_coarse(picked.num_rows, bar)
+    warn_if_coarse(picked.num_rows, bar, bar_source(spec))
     chosen = Precision(found["quantization"], found["dtype"])
     result = Fidelity.model_validate(found["fidelity"]) if found.get("fidelity") else None
     if result is not None:

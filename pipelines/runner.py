@@ -251,6 +251,9 @@ class PredictAndStage:
         same_files_as_begun(spec, model_files)
         self.staging = staging
         self.ready_at = time.time()
+        # the labels the model can give, where the job predicts one: the run's agreement checks its truth against them
+        labels = getattr(self.predictor.task, "labels", None) if staging.predicted_column else None
+        self.labels = [str(label) for label in labels] if labels is not None else []
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from pipelines.output.staging import write_staged
@@ -259,7 +262,7 @@ class PredictAndStage:
         pending = self.model_thread.submit(self.predictor.infer, pending).result()
         finished = self.predictor.finish(pending)
         with writing(self.staging.output):  # a full disk: the driver's one line (see errors.from_ray)
-            return write_staged(finished, self.staging, actor_ready_at=self.ready_at)
+            return write_staged(finished, self.staging, actor_ready_at=self.ready_at, labels=self.labels)
 
 
 def same_files_as_begun(spec: dict[str, Any], began: dict[str, str] | None) -> None:
@@ -599,7 +602,8 @@ def _run_locked(
     try:  # start deleted the page of the run before: a failure names this run's page, or the output to build one of
         log.info("%d of %d shards to do", len(pending), len(shards))
         start, started_at = time.monotonic(), time.time()
-        done, failed = execute(spec, job, output, pending, before_visible, timeline) if pending else ({}, [])
+        labels: list[str] = []  # the labels the model can give, as the actors tell them
+        done, failed = execute(spec, job, output, pending, before_visible, timeline, labels) if pending else ({}, [])
         wall = time.monotonic() - start
         output.check_lock()  # a run that lost its lock writes no summary: the output is the new holder's
         unread = {u.key for u in failed}
@@ -611,6 +615,8 @@ def _run_locked(
         faults.checkpoint("before_summary")
         result = summaries.build(job, list(output.commits().values()), list(done.values()), wall, "succeeded")
         result.started_at, result.fidelity = started_at, checked
+        if result.agreement is not None and labels:
+            result.agreement.labels = labels
         timeline["summary"] = time.time()
         result.timeline = {name: round(moment, 3) for name, moment in timeline.items()}
         result.unreadable_files = [*result.unreadable_files, *(u.record for u in failed)]
@@ -685,12 +691,14 @@ def execute(
     pending: list[Shard],
     before_visible: Callable[[Shard], None] | None = None,
     timeline: dict[str, float] | None = None,
+    labels: list[str] | None = None,
 ) -> tuple[dict[str, CommitRecord], list[UnreadableShard]]:
     """Stream the dataset; commit each shard the moment its last row is staged.
 
     Returns the commits, and the shards that could not be read and were left uncommitted. ``timeline``
     gets when execution started, when the first actor was ready, when it staged its first batch, the first
-    block back here and the last commit.
+    block back here and the last commit. ``labels`` gets the labels the model can give, as the first actor's
+    report that names them tells them (every actor holds the same model), where the job predicts a label.
     """
     timeline = timeline if timeline is not None else {}
     by_key = {s.key: s for s in pending}
@@ -719,6 +727,8 @@ def execute(
         for report in StagingReport.from_table(batch):
             if report.actor_ready_at:
                 timeline["actor_ready"] = min(timeline.get("actor_ready", report.actor_ready_at), report.actor_ready_at)
+            if labels is not None and report.labels and not labels:
+                labels.extend(report.labels)
             if report.staged_at:  # the first batch predicted and staged, in the actor
                 timeline["first_staged"] = min(timeline.get("first_staged", report.staged_at), report.staged_at)
             if not tally.add(report):

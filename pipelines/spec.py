@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pipelines.errors import PipelineError
 from pipelines.io.block import BOOKKEEPING, GENERATED, PADDED, TOKENS
@@ -161,6 +161,20 @@ class BatchingSpec(Strict):
     )
 
 
+#: Ray counts resource amounts in units of 1 / ``ray._raylet.RESOURCE_UNIT_SCALING`` (10,000): it refuses a nonzero
+#: amount below one unit ("The precision of the fractional quantity of resource ... cannot go beyond 0.0001").
+RAY_RESOURCE_UNIT = 0.0001
+
+
+def finer_than_ray(amount: float, name: str = "", zero: bool = True) -> float:
+    """``amount``, or ValueError where Ray would refuse it as the pool starts: above 0 and below one of its units
+    (Ray's own test, ``int(amount * 10000) == 0``). ``name``: the custom resource's; ``zero``: whether 0 is taken."""
+    if amount != 0 and int(amount * round(1 / RAY_RESOURCE_UNIT)) == 0:
+        raise ValueError(f"{name + ': ' if name else ''}{amount:g} per actor is too small: the smallest amount Ray "
+                         f"accepts is {RAY_RESOURCE_UNIT:g}{' (or 0, for none)' if zero else ''}")
+    return amount
+
+
 class ComputeSpec(Strict):
     size: int | None = Field(default=None, gt=0, description="Fixed number of actors.")
     min: int | None = Field(default=None, gt=0)
@@ -205,7 +219,14 @@ class ComputeSpec(Strict):
         negative = sorted(name for name, amount in value.items() if amount < 0)
         if negative:
             raise ValueError(f"{negative[0]}: {value[negative[0]]:g}: a resource's amount per actor is 0 or more")
+        for name, amount in sorted(value.items()):
+            finer_than_ray(amount, name)
         return value
+
+    @field_validator("cpus_per_actor", "gpus_per_actor")
+    @classmethod
+    def _ray_amount(cls, value: float, info: ValidationInfo) -> float:
+        return finer_than_ray(value, zero=info.field_name == "gpus_per_actor")
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> ComputeSpec:

@@ -74,3 +74,23 @@ def test_validate_and_unknown_model(tmp_path):
     assert done.returncode == 2
     assert "model '/nowhere/model'" in done.stderr
     assert not out.exists()
+
+
+def test_run_json_names_the_run_report_page_as_the_readable_summary_does(monkeypatch, capsys, tmp_path):
+    """`pipelines run` ends with `report: OUTPUT/_report.html`; with --json a script had the summary and no way to
+    the page but to guess its path. The JSON holds it as `report` (null where this run wrote none)."""
+    from pipelines import runner
+    from pipelines.cli.main import main
+    from pipelines.output.records import ModelRef, RunSummary
+
+    page = str(tmp_path / "out" / "_report.html")
+    summary = RunSummary(status="succeeded", spec_hash="h", model=ModelRef(name="minilm"), quantization="none",
+                         device="cpu", task="text-classification", shards=1, shards_this_run=1, rows_in=1,
+                         rows_out=1, errors=0, error_rate=0.0, report=page)
+    monkeypatch.setattr(runner, "run_job", lambda spec, **kwargs: summary.model_copy())
+    assert main(["run", str(MAIN_JOB), "--set", f"output.path={tmp_path / 'out'}", "--json"]) == 0
+    said = json.loads(capsys.readouterr().out)
+    assert said["report"] == page and said["rows_out"] == 1
+    summary.report = None
+    assert main(["run", str(MAIN_JOB), "--set", f"output.path={tmp_path / 'out'}", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["report"] is None

@@ -490,6 +490,30 @@ def test_a_sample_too_small_to_measure_the_bar_is_said(wide_encoder, topics, tmp
     assert not [r for r in caplog.records if r.name == "pipelines.fidelity" and r.levelname == "WARNING"]  # 16 rows can tell 0.9: one row is 0.0625
 
 
+def test_the_too_small_sample_warning_says_where_its_bar_comes_from(monkeypatch, caplog):
+    """`pipelines fidelity` on a job without model.fidelity judges against no bar, yet its warning spoke of "the bar
+    0.99" as if the job set one: it says the bar is model.fidelity.min_agreement's default (the README's 0.99) and
+    that this job sets none; with model.fidelity it names model.fidelity.min_agreement."""
+    import pipelines.fidelity as fidelity
+    import pipelines.inference.fidelity as measuring
+
+    monkeypatch.setattr(fidelity, "sample", lambda spec, shards, rows: pa.table({"id": ["a", "b"]}))
+    monkeypatch.setattr(measuring, "measure", lambda spec, picked: Fidelity(
+        task="text-classification", quantization="dynamic-int8", rows=2, measure="label_agreement", agreement=1.0))
+    said = {}
+    for name, fidelity_section in (("unset", None), ("set", {"min_agreement": 0.999})):
+        spec = make_spec("minilm", {"type": "text-classification"})
+        spec.model.quantization = "dynamic-int8"
+        spec.model.fidelity = FidelitySpec(**fidelity_section) if fidelity_section else None
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="pipelines.fidelity"):
+            check(spec, [], 2)
+        [said[name]] = [r.getMessage() for r in caplog.records if r.name == "pipelines.fidelity"
+                        and r.levelname == "WARNING"]
+    assert "the bar 0.99 (the default of model.fidelity.min_agreement; this job sets no model.fidelity" in said["unset"]
+    assert "the bar 0.999 (model.fidelity.min_agreement) passes only" in said["set"]
+
+
 def test_below_the_bar_a_reduced_dtype_is_told_the_dtype_to_set():
     """A bfloat16 model below the bar was told to "use a lighter quantization (int8, or none)": its quantization is
     none already; what lifts it is model.dtype float32."""

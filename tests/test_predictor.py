@@ -39,6 +39,22 @@ def test_embeddings_match_unpadded_single_rows(tiny_models):
     assert out.column("id").to_pylist() == [f"r{i}" for i in range(len(SENTENCES))]
 
 
+def test_a_fill_mask_top_k_above_the_vocabulary_lists_every_token_and_says_so(tiny_models, caplog):
+    """top_k above the tokens there are to rank (the tiny model's 400; or the targets') was cut to that number with
+    no word: each list holds every token, ranked (asking for more than there are gets all of them, as the targets'
+    "at most top_k" already did), and loading the task says so once, so that a list shorter than top_k is no
+    surprise. The vocabulary is not known to the spec (its tokenizer is loaded with the model), so it is not refused
+    there."""
+    spec = make_spec(tiny_models("mlm"), {"type": "fill-mask", "top_k": 100_000, "mask_placeholder": "<mask>"})
+    with caplog.at_level("WARNING", logger="pipelines.tasks.fill_mask"):
+        predictor = Predictor(spec)
+    [said] = [r.getMessage() for r in caplog.records if r.name == "pipelines.tasks.fill_mask"]
+    assert "top_k 100000 is more than the 400 tokens" in said and "every one" in said
+    [lists] = predictor(batch_of(["the <mask> is good"])).column("predictions").to_pylist()
+    assert [len(candidates) for candidates in lists] == [400]
+    assert len({c["token_id"] for c in lists[0]}) == 400
+
+
 def test_classification_is_independent_of_batch_composition(tiny_models):
     model_dir = tiny_models("classifier")
     spec = make_spec(model_dir, {"type": "text-classification", "return_all_scores": True})

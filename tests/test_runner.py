@@ -193,6 +193,27 @@ def test_truth_labels_that_name_the_classes_otherwise_are_compared_through_the_l
     assert set(summary.agreement.confusion) == {"neg", "pos", "7"}
     assert summary.agreement.accuracy == pytest.approx(np.mean([t == p for t, p in pairs]), abs=1e-4)
     assert "label_map" not in render(summary)
+    assert summary.agreement.labels == ["pos", "neg"]  # the labels the model can give, as its actors held them
+
+
+def test_truth_values_that_are_labels_of_the_model_but_not_predicted_get_no_label_map_advice():
+    """A small input whose truth values are real labels of the model (negative, positive) that it happened not to
+    predict (it said neutral for every row): the agreement line advised input.label_map, as if the truth named the
+    classes otherwise, because it compared the truth with the labels predicted. The run records the labels the model
+    can give (``agreement.labels`` in ``_run.json``) and the line compares the truth with them; a ``_run.json`` written
+    before that field compares with the labels predicted, and says so."""
+    confusion = {"positive": {"neutral": 1}, "negative": {"neutral": 1}}
+    known = Agreement(accuracy=0.0, rows=2, confusion=confusion, labels=["negative", "neutral", "positive"])
+    assert agreement_line(known) == "0.0% of the 2 rows with a truth label"
+    numbers = Agreement(accuracy=0.0, rows=2, confusion={"0": {"neutral": 2}}, labels=["negative", "neutral",
+                                                                                        "positive"])
+    said = agreement_line(numbers)
+    assert "no truth value is a label the model gives (truth: 0; the model's labels: negative, neutral, positive)" in (
+        said) and "input.label_map" in said
+    older = Agreement.parse({"accuracy": 0.0, "rows": 2, "confusion": confusion})
+    said = agreement_line(older)
+    assert "no truth value is a label the model predicted here (truth: negative, positive; predicted: neutral)" in said
+    assert "input.label_map" in said
 
 
 def test_an_agreement_of_truth_values_that_are_no_label_of_the_model_says_so_and_how_to_map_them():
@@ -201,7 +222,7 @@ def test_an_agreement_of_truth_values_that_are_no_label_of_the_model_says_so_and
     labels, and names input.label_map; an agreement with any value in common says nothing more."""
     numbers = Agreement(accuracy=0.0, rows=5, confusion={"0": {"NEGATIVE": 2, "POSITIVE": 1}, "1": {"POSITIVE": 2}})
     said = agreement_line(numbers)
-    assert said.startswith("0.0% of the 5 rows with a truth label; no truth value is a label the model gave")
+    assert said.startswith("0.0% of the 5 rows with a truth label; no truth value is a label the model predicted here")
     assert "(truth: 0, 1; predicted: NEGATIVE, POSITIVE)" in said and "input.label_map" in said
     wrong = Agreement(accuracy=0.0, rows=2, confusion={"neg": {"pos": 1}, "pos": {"neg": 1}})
     assert agreement_line(wrong) == "0.0% of the 2 rows with a truth label"

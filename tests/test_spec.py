@@ -352,3 +352,20 @@ def test_an_empty_path_is_refused_not_read_as_the_current_folder(tmp_path):
         with pytest.raises(PipelineError, match=rf"{field}.*an empty path.*'\.' for the folder the command runs in"):
             load_spec(job, [override])
     assert load_spec(job, ["input.paths=.", "output.path=./out"]).input.paths == ["."]
+
+
+@pytest.mark.parametrize("changes", [{"compute__cpus_per_actor": 0.00001}, {"compute__gpus_per_actor": 0.00005},
+                                     {"compute__resources": {"accel": 0.00001}}])
+def test_a_resource_amount_finer_than_ray_takes_is_refused_in_the_spec(changes):
+    """Ray takes resource amounts in units of 0.0001: a nonzero amount below one unit (``cpus_per_actor: 0.00001``, a
+    custom resource at 1e-05) passed validation and ended in Ray's ValueError and traceback as the pool started. The
+    spec refuses it, naming the smallest amount Ray accepts; 0.0001 itself, and 0, are accepted, as Ray takes them."""
+    import ray._raylet
+
+    assert ray._raylet.RESOURCE_UNIT_SCALING == 10_000  # the unit the spec's check assumes: 1 / 10,000
+    with pytest.raises(PipelineError) as caught:
+        spec_from_dict(minimal(**changes))
+    assert "the smallest amount Ray accepts is 0.0001" in str(caught.value)
+    (dotted, value), = changes.items()
+    smallest = {k: 0.0001 for k in value} if isinstance(value, dict) else 0.0001
+    spec_from_dict(minimal(**{dotted: smallest}))

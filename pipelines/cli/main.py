@@ -176,8 +176,8 @@ def _run(args: argparse.Namespace) -> int:
     spec = load_spec(args.job, args.overrides)
     result = run_job(spec, address=args.address, overwrite=args.overwrite, prune=args.prune,
                      redo_changed=args.redo_changed)
-    if args.json:
-        print(json.dumps(result.to_json(), indent=1))
+    if args.json:  # with the page's path, as the readable summary's last line names it (null: this run wrote none)
+        print(json.dumps({**result.to_json(), "report": result.report}, indent=1))
     elif result.status == "up to date":
         print(f"up to date: every shard of {args.job} is already committed in {spec.output.path}; nothing written")
     else:

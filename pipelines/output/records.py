@@ -225,6 +225,10 @@ class Agreement(Record):
     accuracy: float
     rows: int
     confusion: Confusion
+    #: The labels the model can give (its classes; a zero-shot or llm-label job's candidate labels), as the run's
+    #: actors held them: what the truth values are checked against. None where the run did not learn them (a
+    #: ``_run.json`` written before this field, a run that scored no shard).
+    labels: list[str] | None = None
 
 
 class Fidelity(Record):

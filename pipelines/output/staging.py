@@ -13,6 +13,7 @@ import re
 import time
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,7 @@ REPORT_SCHEMA = pa.schema(
         ("row_ranges", pa.list_(pa.int64())),
         ("digest", pa.string()),
         ("file_size", pa.int64()),
+        ("labels", pa.list_(pa.string())),
     ]
 )
 
@@ -74,6 +76,9 @@ class StagingReport:
     row_ranges: list[tuple[int, int]] = field(default_factory=list)
     digest: str = ""
     file_size: int | None = None  # of the shard file's bytes as read (``digest`` is their hash); None: not known
+    #: The labels the actor's model can give, where the job predicts a label (the run's agreement checks the truth
+    #: values against them); empty otherwise.
+    labels: list[str] = field(default_factory=list)
 
     @property
     def unreadable(self) -> bool:
@@ -106,6 +111,7 @@ class StagingReport:
             "row_ranges": [bound for pair in self.row_ranges for bound in pair],
             "digest": self.digest,
             "file_size": self.file_size,
+            "labels": self.labels,
         }
 
     @classmethod
@@ -131,6 +137,7 @@ class StagingReport:
             row_ranges=list(zip(flat[::2], flat[1::2])),
             digest=row.get("digest") or "",
             file_size=row.get("file_size"),
+            labels=list(row.get("labels") or []),
         )
 
     @staticmethod
@@ -156,14 +163,17 @@ class StagingConfig:
     truth_map: dict[str, str] | None = None  # input.label_map: a truth value (as text) -> the label it stands for
 
 
-def write_staged(batch: pa.Table, config: StagingConfig, actor_ready_at: float = 0.0) -> pa.Table:
-    """Stage one predicted block; return one report row per shard in it."""
+def write_staged(batch: pa.Table, config: StagingConfig, actor_ready_at: float = 0.0,
+                 labels: Sequence[str] = ()) -> pa.Table:
+    """Stage one predicted block; return one report row per shard in it (``labels``: those the model can give, as
+    each report carries them)."""
     reports = []
     shards = pc.unique(batch.column(SHARD)).to_pylist()
     for shard in shards:
         part = batch.filter(pc.equal(batch.column(SHARD), shard))
         report = _stage_shard(part, shard, config)
         report.actor_ready_at = actor_ready_at
+        report.labels = list(labels)
         reports.append(report)
     return StagingReport.table(reports)
 

@@ -118,20 +118,31 @@ def render(summary: RunSummary) -> str:
 
 def agreement_line(result: Agreement) -> str:
     """Accuracy and over how many rows: those with a truth label (rows without one are left out); where no truth
-    value is a label the model gave, that the two may name the classes otherwise (:func:`unmatched_truth`)."""
+    value is a label the model gives, that the two may name the classes otherwise (:func:`unmatched_truth`)."""
     return f"{result.accuracy:.1%} of the {result.rows:,} rows with a truth label{unmatched_truth(result)}"
 
 
 def unmatched_truth(result: Agreement) -> str:
-    """Where no truth value is any label the model gave (a truth column of class numbers, ``0``, ``1``, against the
+    """Where no truth value is any label the model gives (a truth column of class numbers, ``0``, ``1``, against the
     model's ``NEGATIVE``, ``POSITIVE``; or names in another case), a clause that says so and how to map them; else
-    nothing. An agreement of 0% is then no measure of the model."""
-    predicted = {label for row in result.confusion.values() for label in row}
-    if result.accuracy > 0 or not result.confusion or predicted & result.confusion.keys():
+    nothing. An agreement of 0% is then no measure of the model. The truth is checked against the labels the run
+    recorded the model can give (``labels``); a summary without them (written before they were recorded) is checked
+    against the labels predicted, and says so: a label the model can give but did not predict here is not among
+    those."""
+    if result.accuracy > 0 or not result.confusion:
         return ""
-    return (f"; no truth value is a label the model gave (truth: {some_of(result.confusion)}; predicted: "
-            f"{some_of(predicted)}): where they name the same classes otherwise, map them to the model's labels "
-            "with input.label_map")
+    if result.labels is not None:
+        if set(result.labels) & result.confusion.keys():
+            return ""
+        found = f"no truth value is a label the model gives (truth: {some_of(result.confusion)}; the model's labels: "
+        found += f"{some_of(result.labels)})"
+    else:
+        predicted = {label for row in result.confusion.values() for label in row}
+        if predicted & result.confusion.keys():
+            return ""
+        found = (f"no truth value is a label the model predicted here (truth: {some_of(result.confusion)}; predicted: "
+                 f"{some_of(predicted)})")
+    return f"; {found}: where they name the same classes otherwise, map them to the model's labels with input.label_map"
 
 
 def some_of(values: Iterable[str], shown: int = 4) -> str:

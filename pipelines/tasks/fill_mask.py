@@ -43,6 +43,10 @@ class FillMask(Task):
         self.targets = target_ids(self.tokenizer, self.options.targets) if self.options.targets else None
         choices = len(self.targets) if self.targets is not None else len(self.tokenizer)
         self.top_k = min(self.options.top_k, choices)
+        if self.options.top_k > choices:  # every token there is, ranked: a list shorter than top_k is no surprise
+            log.warning("fill-mask: top_k %d is more than the %d tokens %s: each mask's list holds every one, ranked",
+                        self.options.top_k, choices, "of task.targets" if self.targets is not None else
+                        "in the vocabulary")
 
     def encode(self, texts: list[str], columns: dict[str, list[Any]]) -> Features:
         placeholder = self.options.mask_placeholder
