@@ -99,6 +99,39 @@ def smoothed(model: torch.nn.Module, maxima: dict[str, torch.Tensor], alpha: flo
     return model
 
 
+def layer_milliseconds(tokens: int = 2560, repeat: int = 30) -> dict[str, dict[str, float]]:
+    """One Linear layer of each of MiniLM's shapes on ``tokens`` tokens, on one thread (a lane's), alone: milliseconds
+    per call of the packed float32 layer a job runs, torch's dynamic int8 and per-token int8."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    found = {}
+    try:
+        for inputs, outputs in ((384, 1536), (1536, 384), (384, 384)):
+            torch.manual_seed(0)
+            x, layer = torch.randn(tokens, inputs), torch.nn.Sequential(torch.nn.Linear(inputs, outputs))
+            packed = copy.deepcopy(layer)
+            pack_linears(packed)
+            schemes = {
+                "float32 packed": packed,
+                "dynamic-int8": cpu_int8(copy.deepcopy(layer), torch.device("cpu"), "dynamic-int8"),
+                "per-token-int8": cpu_int8(copy.deepcopy(layer), torch.device("cpu"), "per-token-int8"),
+            }
+            times: dict[str, float] = {}
+            with torch.inference_mode():
+                for name, model in schemes.items():
+                    for _ in range(3):
+                        model(x)
+                    start = time.perf_counter()
+                    for _ in range(repeat):
+                        model(x)
+                    times[name] = round((time.perf_counter() - start) / repeat * 1000, 2)
+            found[f"{inputs}->{outputs}"] = times
+            print(f"layer {inputs} -> {outputs} on {tokens} tokens, one thread, ms: {times}", file=sys.stderr)
+    finally:
+        torch.set_num_threads(threads)
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("spec", nargs="?", default=str(ROOT / "jobs" / "label_news.yaml"))
@@ -123,7 +156,8 @@ def main() -> None:
         "per-token-int8": lambda model: cpu_int8(model, torch.device("cpu"), "per-token-int8"),
         "per-token-int8-smooth": lambda model: smoothed(model, maxima, args.alpha),
     }
-    report: dict[str, object] = {"spec": args.spec, "set": args.set, "rows": rows.num_rows, "schemes": {}}
+    report: dict[str, object] = {"spec": args.spec, "set": args.set, "rows": rows.num_rows, "schemes": {},
+                                 "layer_ms": layer_milliseconds()}
     reference: list[str] | None = None
     for name, build in schemes.items():
         with torch.inference_mode():
