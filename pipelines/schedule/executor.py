@@ -848,12 +848,16 @@ class ScheduledJob:
     def retire_shard(self, run: str, key: str) -> None:
         """A shard's files in an older run, then its commit record (last, so a cut-off move is redone)."""
         folder = layout.partition_dir(run)
-        record = OutputDir(f"{self.root}/{folder}").commit_record(key)
+        partition = OutputDir(f"{self.root}/{folder}")
+        record = partition.commit_record(key)
         if record is None:
             return
         for relative in [*record.files, *record.error_files]:
             self._move(f"{folder}/{relative}")
         self._move(f"{folder}/{COMMITS}/{key}.json")
+        if record.error_files:  # its quarantined rows were the partition's last: no _errors/ left empty
+            partition.guard = self.check_lock
+            partition.drop_empty_errors()
         log.info("moved the earlier output of shard %s in run %s to %s/", record.input.uri, run, SUPERSEDED)
 
     def restore_shard(self, run: str, key: str) -> None:
