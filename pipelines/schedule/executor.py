@@ -42,6 +42,7 @@ from pipelines.io.reader import content_digest, decode_types, encode_types, read
 from pipelines.io.shards import Shard, list_shards, resolve
 from pipelines.output import layout
 from pipelines.output.commit import OutputDir
+from pipelines.output.duplicates import quarantined_repeats
 from pipelines.output.layout import (
     COMMITS,
     INPUT_DIGESTS,
@@ -310,7 +311,15 @@ class ScheduledJob:
     def planner(self, lineage: dict) -> Planner:
         """A planner over the facts as they are now (ledger and input shards are read afresh)."""
         return Planner(self.history(), current_shards(self.spec), lineage, self.spec.fingerprint(),
-                       self.spec.output.prediction_prefix, self.same_content, set(self.partitions()))
+                       self.spec.output.prediction_prefix, self.same_content, set(self.partitions()), self.repeats_in)
+
+    def repeats_in(self, run: str, leaving: set[str]) -> set[str]:
+        """Under ``errors.duplicate_ids: error``, the keys of the shards a run's partition holds, but for those
+        ``leaving`` it, that quarantined a ``duplicate id`` (see :func:`quarantined_repeats`): a partition's ids are
+        screened on their own, so where a shard's output leaves it, the row such a shard repeated may leave too."""
+        if self.spec.errors.duplicate_ids != "error":
+            return set()
+        return {r.shard for r in quarantined_repeats(OutputDir(partition_path(self.spec, run)).commits(), leaving)}
 
     def same_content(self, shard: Shard, digest: str | None) -> bool:
         """Whether a shard whose modification time changed (its size did not) holds the bytes a commit recorded
@@ -629,12 +638,19 @@ class ScheduledJob:
     def prune(self, decision: Decision, lineage: dict) -> LedgerEntry:
         """Move the scored outputs of input files that are gone to ``_superseded/``, and say so in the ledger."""
         moves = self.planner(lineage).prunes()
+        leaving: dict[str, set[str]] = {}
+        for move in moves:
+            leaving.setdefault(move.run, set()).add(str(move.key))
+        repeats = {key: run for run, keys in leaving.items() for key in self.repeats_in(run, keys)}
         for move in moves:
             self.retire(move)
         note = f"{len(moves)} shard(s) whose input is gone moved to {SUPERSEDED}/" if moves else "nothing to prune"
+        if repeats:
+            note += (f"; {len(repeats)} shard(s) that quarantined duplicate ids in their partitions are to be scored "
+                     "again, as the rows they repeated may have left with them")
         entry = LedgerEntry(
             tick=run_id(decision.tick), kind="prune", status="pruned", note=note,
-            pruned={m.key: m.run for m in moves if m.key} or None,
+            pruned={m.key: m.run for m in moves if m.key} or None, repeats=repeats or None,
         )
         return self.stamp(entry)
 

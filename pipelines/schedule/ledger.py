@@ -112,6 +112,10 @@ class LedgerEntry(BaseModel):
     gone_count: int | None = None
     #: ``{shard key: run}``: outputs of gone input moved to ``_superseded/`` (``--prune``).
     pruned: dict[str, str] | None = None
+    #: ``{shard key: run}``: under ``errors.duplicate_ids: error``, shards that quarantined a ``duplicate id`` in a
+    #: partition that ``--prune`` took a shard from (the row repeated may have left with it): the next run scores
+    #: them again, into its partition, and their version in that run moves to ``_superseded/``.
+    repeats: dict[str, str] | None = None
     #: ``{shard key: run}``: shards scored again because that run's partition is gone from the output (in ``replaces``
     #: too, so that the partition put back later has its version moved to ``_superseded/``).
     lost: dict[str, str] | None = None
