@@ -1644,13 +1644,14 @@ def test_a_prune_that_moves_a_partitions_last_quarantined_rows_leaves_no_empty_e
     assert sorted(all_ids(tmp_path)) == ["a1", "x"]
 
 
-@pytest.mark.parametrize("how", ["prune", "changed"])
+@pytest.mark.parametrize("how", ["prune", "prune between ticks", "changed"])
 def test_a_row_quarantined_as_a_duplicate_is_scored_again_when_the_row_it_repeated_leaves_its_partition(tmp_path, how):
     """Under ``errors.duplicate_ids: error``, b.jsonl's row ``x`` was quarantined as a duplicate of a.jsonl's, in one
     partition. Then a.jsonl was deleted (``--once --prune`` moved its output to ``_superseded/``) or changed to drop
     ``x`` (scored again into the next partition, its old output moved away): b's ``x`` stayed quarantined as a
     duplicate of a row that no partition held, so the input's id ``x`` was in no part file, as `pipelines run` did
-    before its ``--prune`` and ``--redo-changed`` scored such a shard again. The next run now scores b again too."""
+    before its ``--prune`` and ``--redo-changed`` scored such a shard again. The next run now scores b again too, and
+    a ``--once --prune`` for a tick already handled (run by hand between ticks) scores it at once, not a day later."""
     spec = spec_from_dict({**raw_job(tmp_path, fake_model(tmp_path)), "errors": {"duplicate_ids": "error"}})
     (tmp_path / "in").mkdir()
     a = add_shard(tmp_path, "a.jsonl", [{"id": "x", "text": "t"}, {"id": "a1", "text": "t"}])
@@ -1658,13 +1659,16 @@ def test_a_row_quarantined_as_a_duplicate_is_scored_again_when_the_row_it_repeat
     add_shard(tmp_path, "c.jsonl", [{"id": "c1", "text": "t"}])
     run_due(spec, now=day(1, hours=0.01), runner=Screening())
     assert sorted(all_ids(tmp_path)) == ["a1", "b1", "c1", "x"]
-    if how == "prune":
+    prune = how.startswith("prune")
+    if prune:
         Path(a).unlink()
     else:
         add_shard(tmp_path, "a.jsonl", [{"id": "a1", "text": "t"}, {"id": "a2", "text": "t"}, {"id": "a3", "text": "t"}])
-    report = run_due(spec, now=day(2, hours=0.01), prune=how == "prune", runner=Screening())
-    assert [e.status for e in report.entries] == (["pruned"] if how == "prune" else []) + ["succeeded"]
-    assert sorted(all_ids(tmp_path)) == (["b1", "c1", "x"] if how == "prune" else ["a1", "a2", "a3", "b1", "c1", "x"])
+    between = how == "prune between ticks"
+    report = run_due(spec, now=day(1 if between else 2, hours=0.02), prune=prune, runner=Screening())
+    assert [e.status for e in report.entries] == {"prune": ["pruned", "succeeded"], "changed": ["succeeded"],
+                                                   "prune between ticks": ["pruned", "empty", "succeeded"]}[how]
+    assert sorted(all_ids(tmp_path)) == (["b1", "c1", "x"] if prune else ["a1", "a2", "a3", "b1", "c1", "x"])
     assert partition_ids(tmp_path, DAY1) == ["c1"]  # a shard without repeats keeps its output where it is
     assert not (tmp_path / "out" / f"run={run_id(DAY1)}" / "_errors").exists()
     assert run_due(spec, now=day(3, hours=0.01), runner=Screening()).entries[-1].status == "empty"  # once

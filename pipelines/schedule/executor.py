@@ -447,10 +447,13 @@ class ScheduledJob:
                 failure = self.attempt_reporting(plan, report)
                 if failure is not None:
                     failed[unfinished.run] = (failure, self.quarantining(unfinished.run))
-        if prune:
-            report.entries.append(self.prune(decision, lineage))
+        pruned = self.prune(decision, lineage) if prune else None
+        if pruned is not None:
+            report.entries.append(pruned)
         if decision.action == "handled":
             report.entries.append(self.record_tick(decision, "empty", model=lineage))
+            if pruned is not None and pruned.repeats:
+                self.score_repeats_now(now, lineage, report)
         else:
             work = self.planner(lineage).new_work(decision, rescore, self.unfinished_commits())
             line = work.entry if isinstance(work, RunPlan) else work
@@ -474,6 +477,22 @@ class ScheduledJob:
         self.remember_digests()
         self.reconcile()
         return report
+
+    def score_repeats_now(self, now: datetime, lineage: dict, report: Invocation) -> None:
+        """After a ``--prune`` for a tick already handled (run by hand between ticks) that left shards to score again
+        (they quarantined duplicate ids, and the rows repeated may have left): a run of those shards alone, named
+        after the current time as a rescore is, so that their ids are not missing from the output until the next
+        tick; new input still waits for it."""
+        decision = Decision("run", now.replace(microsecond=0).astimezone(UTC))
+        newest = max(self.history().latest(), default=None)
+        if newest is not None and run_id(decision.tick) <= newest:
+            log.warning("the shards --prune left to score again are scored by the next tick: the clock here says %s, "
+                        "not after this job's newest run, %s", run_id(decision.tick), newest)
+            return
+        work = self.planner(lineage).new_work(decision, False, self.unfinished_commits(), only_repeats=True)
+        if isinstance(work, RunPlan):
+            self.check_same_names(work)
+            self.attempt_reporting(work, report)
 
     def retry_emptied(
         self, failed: dict[str, tuple[str, set[str]]], decision: Decision, lineage: dict, report: Invocation

@@ -183,14 +183,16 @@ class Planner:
         return not same_model(self.history.last_attempt(run).model, self.lineage)  # files unknown here
 
     def new_work(
-        self, decision: Decision, rescore: bool, unfinished_commits: dict[str, HeldCommit] | None = None
+        self, decision: Decision, rescore: bool, unfinished_commits: dict[str, HeldCommit] | None = None,
+        only_repeats: bool = False,
     ) -> RunPlan | LedgerEntry:
         """The run that scores new and changed shards (every shard, to rescore), or the ``empty`` line.
 
         Shards an unfinished run planned are that run's to finish (even while it keeps failing), so they
         are left out until it succeeds or is abandoned, but for one it committed that has changed since: its
         resume leaves that out, so it is a changed shard here. ``unfinished_commits``: shard key → the
-        unfinished run that has committed it; a rescore replaces those outputs too.
+        unfinished run that has committed it; a rescore replaces those outputs too. ``only_repeats``: none but the
+        shards to score again for the duplicate ids they quarantined (see :meth:`repeats_again`).
         """
         scored = self.history.scored()
         # A partition deleted or moved away by hand: the ledger still says its shards are scored, but their rows are
@@ -210,6 +212,8 @@ class Planner:
         gone = sorted(item.name or item.uri for key, (item, _) in scored.items() if key not in now)
         if rescore:
             todo = list(self.shards)
+        elif only_repeats:
+            todo = []
         else:
             todo = [
                 s for s in self.shards
