@@ -1669,6 +1669,9 @@ def test_a_row_quarantined_as_a_duplicate_is_scored_again_when_the_row_it_repeat
     assert [e.status for e in report.entries] == {"prune": ["pruned", "succeeded"], "changed": ["succeeded"],
                                                    "prune between ticks": ["pruned", "empty", "succeeded"]}[how]
     assert sorted(all_ids(tmp_path)) == (["b1", "c1", "x"] if prune else ["a1", "a2", "a3", "b1", "c1", "x"])
+    table = render_table(Ledger(str(tmp_path / "out")).read())  # b.jsonl did not change, and is not said to have
+    assert "1 shard(s) that quarantined duplicate ids scored again" in table
+    assert re.findall(r"\d+ changed shard\(s\)", table) == ([] if prune else ["1 changed shard(s)"])
     assert partition_ids(tmp_path, DAY1) == ["c1"]  # a shard without repeats keeps its output where it is
     assert not (tmp_path / "out" / f"run={run_id(DAY1)}" / "_errors").exists()
     assert run_due(spec, now=day(3, hours=0.01), runner=Screening()).entries[-1].status == "empty"  # once

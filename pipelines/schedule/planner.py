@@ -262,6 +262,7 @@ class Planner:
             rescore=rescore,
             replaces=replaces,
             lost=rescored or None,
+            repeats=again or None,
             missed=decision.missed,
             note="; ".join(notes),
             attempt=1,
