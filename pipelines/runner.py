@@ -43,8 +43,7 @@ from pipelines.io.shards import Shard, UnderFolder, is_within, list_shards, real
 from pipelines.output import report as pages
 from pipelines.output import summary as summaries
 from pipelines.output.commit import OutputDir, OutputFiles, changed_inputs, scheduled_output
-from pipelines.output.duplicates import REASON as DUPLICATE_ID
-from pipelines.output.duplicates import DuplicateIds, repeated_custom_ids
+from pipelines.output.duplicates import DuplicateIds, quarantined_repeats, repeated_custom_ids
 from pipelines.output.layout import LEDGER, RUN, RUN_LOCK, check_no_other_outputs, writing
 from pipelines.output.layout import LOCK as SCHEDULE_LOCK
 from pipelines.output.lock import LockHeld, output_lock
@@ -555,7 +554,7 @@ def _forget_repeats(output: OutputDir, committed: dict[str, CommitRecord], delet
     their keys): the other committed shards that quarantined a row as a ``duplicate id`` are scored again too (their
     output deleted, not when ``dry``), since the row it repeated may leave the output with them, and that id would
     then be in no part file. Scored again, each row is screened against the output as it is then."""
-    repeats = [r for key, r in committed.items() if key not in deleting and r.reasons.get(DUPLICATE_ID)]
+    repeats = quarantined_repeats(committed, deleting)
     if not repeats:
         return committed
     return _forget(output, repeats, committed, dry,

@@ -2241,6 +2241,29 @@ def test_the_rows_of_a_damaged_gzip_file_are_counted_across_its_members(tmp_path
     assert counted == {"cut.jsonl.gz": (11, False), "whole.jsonl.gz": (13, True)}
 
 
+def test_an_empty_gz_file_is_unreadable_as_a_truncated_one_is_not_a_shard_of_no_rows(tmp_path):
+    """A 0-byte ``x.jsonl.gz`` (an upload that failed) is no gzip stream, as ``gzip -t`` says, but it was read as a
+    shard of no rows and committed so: the real file uploaded later under its name was then refused as changed input
+    (``pipelines run``), where a truncated one fails the run, is not committed, and its real upload is scored. It is
+    now an unreadable file, rows unknown, as a truncated one is (and ``pipelines plan`` says so); a 0-byte ``.jsonl``
+    is still an empty file of no rows."""
+    from pipelines.planning.inputs import count_rows as plan_count
+
+    (tmp_path / "upload.jsonl.gz").write_bytes(b"")
+    (tmp_path / "cut.jsonl.gz").write_bytes(gzip.compress(b'{"id": "z", "text": "t"}\n')[:15])
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    shards = {s.name: s for s in list_shards([str(tmp_path)])}
+    for name in ("upload.jsonl.gz", "cut.jsonl.gz"):
+        [record] = [r for block in read_shard(shards[name], Columns(text="text", id="id")) for r in block.to_pylist()]
+        assert record[ROW] == -1 and record[ERROR].startswith("unreadable jsonl file: "), (name, record)
+        assert reader_count_rows(shards[name]) == (None, False)
+        planned = plan_count(shards[name])
+        assert planned.count == "unreadable" and planned.error.endswith("rows unknown"), (name, planned)
+    assert "empty (0 bytes)" in plan_count(shards["upload.jsonl.gz"]).error
+    assert [b.num_rows for b in read_shard(shards["empty.jsonl"], Columns(text="text", id="id"))] in ([], [0])
+    assert reader_count_rows(shards["empty.jsonl"]) == (0, True)
+
+
 A_JOB = JobRecord(spec_hash="h", model=ModelRef(name="m"), quantization="none", device="cpu", task="t")
 
 

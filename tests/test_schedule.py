@@ -199,6 +199,35 @@ class Committing:
         return summary.model_copy(update={"shards_this_run": len(shards)})
 
 
+class Screening:
+    """A stand-in for run_job that commits each shard with run_job's own commit and its ``errors.duplicate_ids:
+    error`` screen (each row's id against the partition's committed ids), without a model or Ray: a row whose id
+    was already written in the partition is quarantined as ``duplicate id`` in ``_errors/``."""
+
+    def __call__(self, spec, *, address=None, overwrite=False, shards=None, before_visible=None,
+                 precision=None, column_types=None) -> RunSummary:
+        import pyarrow.fs as pafs
+
+        from pipelines.output.duplicates import DuplicateIds
+        from pipelines.output.staging import StagingReport
+
+        out = OutputDir(spec.output.path)
+        out.recover()
+        out.clean()
+        job = job_record(spec)
+        for shard in [s for s in shards if s.key not in out.commits()]:
+            ids = [json.loads(line)["id"] for line in Path(shard.path).read_text().splitlines()]
+            staged = Path(spec.output.path) / "_staging" / shard.key / "data.parquet"
+            staged.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.table({"id": ids, "_row": list(range(len(ids)))}), staged)
+            screen = DuplicateIds(pafs.LocalFileSystem(), spec.output.path, "id", list(out.commits().values()))
+            report = StagingReport(shard=shard.key, shard_rows=len(ids), rows=len(ids), errors=0, files=[str(staged)],
+                                   row_ranges=[(0, len(ids))])
+            out.commit(shard, [report], job, screen=screen, before_visible=before_visible)
+        summary = summaries.build(job, [], [], 0.0, "succeeded")
+        return summary.model_copy(update={"shards_this_run": len(shards)})
+
+
 def fetched_again(path: Path) -> None:
     """The file written anew with the same bytes (a new download, a copy without its times): a new time."""
     data, before = path.read_bytes(), path.stat().st_mtime_ns
@@ -1594,6 +1623,58 @@ def test_output_of_gone_input_is_recorded_and_pruned_on_request(tmp_path):
     first = [line for line in render_table(Ledger(str(tmp_path / "out")).read()).splitlines() if " succeeded " in line][0]
     assert "1 shard(s) (2 rows) moved to _superseded/ by prune 2026-11-30T02:00:00Z" in first
     assert run_due(spec, now=day(4, hours=0.01), runner=runner).entries[-1].gone is None
+
+
+def test_a_prune_that_moves_a_partitions_last_quarantined_rows_leaves_no_empty_errors_folder(tmp_path):
+    """b.jsonl's row ``x`` was quarantined (a duplicate of a.jsonl's); then b.jsonl was deleted and ``--prune`` moved
+    its output, quarantined rows included, to ``_superseded/``: the partition kept an empty ``_errors/``, which pandas
+    and pyarrow read as a table of no columns (``df["reason"]`` a KeyError), though there is no ``_errors/`` where
+    nothing is quarantined."""
+    spec = spec_from_dict({**raw_job(tmp_path, fake_model(tmp_path)), "errors": {"duplicate_ids": "error"}})
+    (tmp_path / "in").mkdir()
+    add_shard(tmp_path, "a.jsonl", [{"id": "x", "text": "t"}, {"id": "a1", "text": "t"}])
+    gone = add_shard(tmp_path, "b.jsonl", [{"id": "x", "text": "t"}, {"id": "b1", "text": "t"}])
+    run_due(spec, now=day(1, hours=0.01), runner=Screening())
+    partition = tmp_path / "out" / f"run={run_id(DAY1)}"
+    assert pq.read_table(partition / "_errors").column("reason").to_pylist() == ["duplicate id"]
+    Path(gone).unlink()
+    assert [e.status for e in run_due(spec, now=day(2, hours=0.01), prune=True, runner=Screening()).entries] == [
+        "pruned", "empty"]
+    assert not (partition / "_errors").exists()
+    assert sorted(all_ids(tmp_path)) == ["a1", "x"]
+
+
+@pytest.mark.parametrize("how", ["prune", "prune between ticks", "changed"])
+def test_a_row_quarantined_as_a_duplicate_is_scored_again_when_the_row_it_repeated_leaves_its_partition(tmp_path, how):
+    """Under ``errors.duplicate_ids: error``, b.jsonl's row ``x`` was quarantined as a duplicate of a.jsonl's, in one
+    partition. Then a.jsonl was deleted (``--once --prune`` moved its output to ``_superseded/``) or changed to drop
+    ``x`` (scored again into the next partition, its old output moved away): b's ``x`` stayed quarantined as a
+    duplicate of a row that no partition held, so the input's id ``x`` was in no part file, as `pipelines run` did
+    before its ``--prune`` and ``--redo-changed`` scored such a shard again. The next run now scores b again too, and
+    a ``--once --prune`` for a tick already handled (run by hand between ticks) scores it at once, not a day later."""
+    spec = spec_from_dict({**raw_job(tmp_path, fake_model(tmp_path)), "errors": {"duplicate_ids": "error"}})
+    (tmp_path / "in").mkdir()
+    a = add_shard(tmp_path, "a.jsonl", [{"id": "x", "text": "t"}, {"id": "a1", "text": "t"}])
+    add_shard(tmp_path, "b.jsonl", [{"id": "x", "text": "t"}, {"id": "b1", "text": "t"}])
+    add_shard(tmp_path, "c.jsonl", [{"id": "c1", "text": "t"}])
+    run_due(spec, now=day(1, hours=0.01), runner=Screening())
+    assert sorted(all_ids(tmp_path)) == ["a1", "b1", "c1", "x"]
+    prune = how.startswith("prune")
+    if prune:
+        Path(a).unlink()
+    else:
+        add_shard(tmp_path, "a.jsonl", [{"id": "a1", "text": "t"}, {"id": "a2", "text": "t"}, {"id": "a3", "text": "t"}])
+    between = how == "prune between ticks"
+    report = run_due(spec, now=day(1 if between else 2, hours=0.02), prune=prune, runner=Screening())
+    assert [e.status for e in report.entries] == {"prune": ["pruned", "succeeded"], "changed": ["succeeded"],
+                                                   "prune between ticks": ["pruned", "empty", "succeeded"]}[how]
+    assert sorted(all_ids(tmp_path)) == (["b1", "c1", "x"] if prune else ["a1", "a2", "a3", "b1", "c1", "x"])
+    table = render_table(Ledger(str(tmp_path / "out")).read())  # b.jsonl did not change, and is not said to have
+    assert "1 shard(s) that quarantined duplicate ids scored again" in table
+    assert re.findall(r"\d+ changed shard\(s\)", table) == ([] if prune else ["1 changed shard(s)"])
+    assert partition_ids(tmp_path, DAY1) == ["c1"]  # a shard without repeats keeps its output where it is
+    assert not (tmp_path / "out" / f"run={run_id(DAY1)}" / "_errors").exists()
+    assert run_due(spec, now=day(3, hours=0.01), runner=Screening()).entries[-1].status == "empty"  # once
 
 
 def test_a_partition_deleted_by_hand_has_its_input_scored_again_not_left_out_for_good(tmp_path, caplog):

@@ -193,6 +193,8 @@ INT96_UNIT = "us"
 
 def _read_table(shard: Shard, data: bytes, columns: Columns) -> pa.Table:
     if shard.compressed:
+        if not data:
+            raise ValueError(EMPTY_GZIP_REASON)
         data = gzip.decompress(data)
     if shard.format != "parquet" and data.startswith(UTF16_BOMS):
         raise ValueError(UTF16_REASON)
@@ -225,6 +227,13 @@ UTF16_REASON = (
     "the file is UTF-16 text (it starts with a UTF-16 byte order mark), not UTF-8: convert it (iconv -f UTF-16 -t "
     "UTF-8, or PowerShell's Out-File -Encoding utf8)"
 )
+
+#: A file named ``.gz`` of 0 bytes: no gzip stream (one holds a header at least; ``gzip -t`` says "unexpected end of
+#: file"), but an upload or copy that failed. Python's ``gzip.decompress`` reads it as no bytes, so it was a shard of
+#: no rows, committed, and the real file uploaded later under its name was changed input; it is unreadable, rows
+#: unknown, as a gzip file cut short is.
+EMPTY_GZIP_REASON = ("the file is empty (0 bytes), and a gzip file never is (it holds a header at least): an upload or "
+                     "copy that failed? Put the whole file in its place")
 
 #: How the files of the compressions a JSON lines file may come in begin: (first bytes, what it is, its own tool's
 #: command that decompresses it to standard output). Only gzip is read, in a file named ``.gz``; the bytes of another
@@ -1528,6 +1537,8 @@ def count_rows(shard: Shard) -> tuple[int | None, bool]:
     try:
         raw = read_bytes(shard)
     except OSError:
+        return None, False
+    if shard.compressed and not raw:  # no gzip stream (EMPTY_GZIP_REASON): what it was to hold is not known
         return None, False
     if shard.format == "parquet":
         try:

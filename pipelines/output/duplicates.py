@@ -95,6 +95,13 @@ class DuplicateIds:
         return repeated
 
 
+def quarantined_repeats(committed: dict[str, CommitRecord], leaving: set[str]) -> list[CommitRecord]:
+    """The committed shards, but for those ``leaving`` (their keys: output deleted or moved away), that quarantined a
+    row as a ``duplicate id``: the row it repeated may leave with them, and that id would then be in no part file, so
+    they are to be scored again (each row screened against the output as it is then)."""
+    return [record for key, record in committed.items() if key not in leaving and record.reasons.get(REASON)]
+
+
 #: How an earlier version wrote a Parquet id stored as a float that is a whole number from 10**10 up (Arrow's form).
 _EXPONENT_FORM = re.compile(r"-?[1-9](?:\.[0-9]+)?e\+[0-9]+")
 

@@ -29,6 +29,7 @@ from pipelines.errors import first_line
 from pipelines.io.block import ERROR, ROW, SHARD
 from pipelines.io.openai_batch import array_reason, stream_reason
 from pipelines.io.reader import (
+    EMPTY_GZIP_REASON,
     NOT_FETCHED,
     UTF16_BOMS,
     UTF16_REASON,
@@ -60,6 +61,8 @@ def count_rows(shard: Shard, count_limit: int = COUNT_LIMIT) -> ShardCount:
     base = ShardCount(uri=shard.uri, format=shard.format, compressed=shard.compressed, bytes=shard.size, rows=0,
                       count="counted")
     try:
+        if shard.compressed and shard.size == 0:  # a run reads it as an unreadable file
+            raise ValueError(EMPTY_GZIP_REASON)
         if shard.format == "parquet":
             return base.model_copy(update={"rows": _parquet_rows(shard), "count": "footer"})
         rows, exact = _jsonl_rows(shard, count_limit)

@@ -42,6 +42,7 @@ from pipelines.io.reader import content_digest, decode_types, encode_types, read
 from pipelines.io.shards import Shard, list_shards, resolve
 from pipelines.output import layout
 from pipelines.output.commit import OutputDir
+from pipelines.output.duplicates import quarantined_repeats
 from pipelines.output.layout import (
     COMMITS,
     INPUT_DIGESTS,
@@ -310,7 +311,15 @@ class ScheduledJob:
     def planner(self, lineage: dict) -> Planner:
         """A planner over the facts as they are now (ledger and input shards are read afresh)."""
         return Planner(self.history(), current_shards(self.spec), lineage, self.spec.fingerprint(),
-                       self.spec.output.prediction_prefix, self.same_content, set(self.partitions()))
+                       self.spec.output.prediction_prefix, self.same_content, set(self.partitions()), self.repeats_in)
+
+    def repeats_in(self, run: str, leaving: set[str]) -> set[str]:
+        """Under ``errors.duplicate_ids: error``, the keys of the shards a run's partition holds, but for those
+        ``leaving`` it, that quarantined a ``duplicate id`` (see :func:`quarantined_repeats`): a partition's ids are
+        screened on their own, so where a shard's output leaves it, the row such a shard repeated may leave too."""
+        if self.spec.errors.duplicate_ids != "error":
+            return set()
+        return {r.shard for r in quarantined_repeats(OutputDir(partition_path(self.spec, run)).commits(), leaving)}
 
     def same_content(self, shard: Shard, digest: str | None) -> bool:
         """Whether a shard whose modification time changed (its size did not) holds the bytes a commit recorded
@@ -438,10 +447,13 @@ class ScheduledJob:
                 failure = self.attempt_reporting(plan, report)
                 if failure is not None:
                     failed[unfinished.run] = (failure, self.quarantining(unfinished.run))
-        if prune:
-            report.entries.append(self.prune(decision, lineage))
+        pruned = self.prune(decision, lineage) if prune else None
+        if pruned is not None:
+            report.entries.append(pruned)
         if decision.action == "handled":
             report.entries.append(self.record_tick(decision, "empty", model=lineage))
+            if pruned is not None and pruned.repeats:
+                self.score_repeats_now(now, lineage, report)
         else:
             work = self.planner(lineage).new_work(decision, rescore, self.unfinished_commits())
             line = work.entry if isinstance(work, RunPlan) else work
@@ -465,6 +477,22 @@ class ScheduledJob:
         self.remember_digests()
         self.reconcile()
         return report
+
+    def score_repeats_now(self, now: datetime, lineage: dict, report: Invocation) -> None:
+        """After a ``--prune`` for a tick already handled (run by hand between ticks) that left shards to score again
+        (they quarantined duplicate ids, and the rows repeated may have left): a run of those shards alone, named
+        after the current time as a rescore is, so that their ids are not missing from the output until the next
+        tick; new input still waits for it."""
+        decision = Decision("run", now.replace(microsecond=0).astimezone(UTC))
+        newest = max(self.history().latest(), default=None)
+        if newest is not None and run_id(decision.tick) <= newest:
+            log.warning("the shards --prune left to score again are scored by the next tick: the clock here says %s, "
+                        "not after this job's newest run, %s", run_id(decision.tick), newest)
+            return
+        work = self.planner(lineage).new_work(decision, False, self.unfinished_commits(), only_repeats=True)
+        if isinstance(work, RunPlan):
+            self.check_same_names(work)
+            self.attempt_reporting(work, report)
 
     def retry_emptied(
         self, failed: dict[str, tuple[str, set[str]]], decision: Decision, lineage: dict, report: Invocation
@@ -629,12 +657,19 @@ class ScheduledJob:
     def prune(self, decision: Decision, lineage: dict) -> LedgerEntry:
         """Move the scored outputs of input files that are gone to ``_superseded/``, and say so in the ledger."""
         moves = self.planner(lineage).prunes()
+        leaving: dict[str, set[str]] = {}
+        for move in moves:
+            leaving.setdefault(move.run, set()).add(str(move.key))
+        repeats = {key: run for run, keys in leaving.items() for key in self.repeats_in(run, keys)}
         for move in moves:
             self.retire(move)
         note = f"{len(moves)} shard(s) whose input is gone moved to {SUPERSEDED}/" if moves else "nothing to prune"
+        if repeats:
+            note += (f"; {len(repeats)} shard(s) that quarantined duplicate ids in their partitions are to be scored "
+                     "again, as the rows they repeated may have left with them")
         entry = LedgerEntry(
             tick=run_id(decision.tick), kind="prune", status="pruned", note=note,
-            pruned={m.key: m.run for m in moves if m.key} or None,
+            pruned={m.key: m.run for m in moves if m.key} or None, repeats=repeats or None,
         )
         return self.stamp(entry)
 
@@ -848,12 +883,16 @@ class ScheduledJob:
     def retire_shard(self, run: str, key: str) -> None:
         """A shard's files in an older run, then its commit record (last, so a cut-off move is redone)."""
         folder = layout.partition_dir(run)
-        record = OutputDir(f"{self.root}/{folder}").commit_record(key)
+        partition = OutputDir(f"{self.root}/{folder}")
+        record = partition.commit_record(key)
         if record is None:
             return
         for relative in [*record.files, *record.error_files]:
             self._move(f"{folder}/{relative}")
         self._move(f"{folder}/{COMMITS}/{key}.json")
+        if record.error_files:  # its quarantined rows were the partition's last: no _errors/ left empty
+            partition.guard = self.check_lock
+            partition.drop_empty_errors()
         log.info("moved the earlier output of shard %s in run %s to %s/", record.input.uri, run, SUPERSEDED)
 
     def restore_shard(self, run: str, key: str) -> None:

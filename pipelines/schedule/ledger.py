@@ -112,6 +112,11 @@ class LedgerEntry(BaseModel):
     gone_count: int | None = None
     #: ``{shard key: run}``: outputs of gone input moved to ``_superseded/`` (``--prune``).
     pruned: dict[str, str] | None = None
+    #: ``{shard key: run}``: under ``errors.duplicate_ids: error``, shards that quarantined a ``duplicate id`` in a
+    #: partition that ``--prune`` took a shard from (the row repeated may have left with it): the next run scores
+    #: them again, into its partition, and their version in that run moves to ``_superseded/``. On a run's line: the
+    #: shards it scores again so (in ``replaces`` too; no changed shards), for that reason or a changed shard's.
+    repeats: dict[str, str] | None = None
     #: ``{shard key: run}``: shards scored again because that run's partition is gone from the output (in ``replaces``
     #: too, so that the partition put back later has its version moved to ``_superseded/``).
     lost: dict[str, str] | None = None
@@ -318,7 +323,7 @@ def _row(entry: LedgerEntry, base: str, moved: list[tuple[str, str | None]]) -> 
         notes.append(f"model changed (was {model_label(entry.model_changed['from'])})")
     if entry.spec_changed:
         notes.append(f"spec changed since run {entry.spec_changed.get('since')}")
-    changed = len(entry.replaces) - len(entry.lost or {})
+    changed = len(entry.replaces) - len(entry.lost or {}) - len(entry.repeats or {})
     if changed > 0 and not entry.rescore:
         notes.append(f"{changed} changed shard(s)")
     if entry.error:

@@ -27,6 +27,8 @@ from pipelines.schedule.ticks import Decision, run_id
 
 #: Whether a shard's bytes hash to the digest its commit recorded (None where none was recorded: False).
 SameContent = Callable[[Shard, str | None], bool]
+#: The keys of the shards a run's partition holds, but for those leaving it, that quarantined a ``duplicate id``.
+Repeats = Callable[[str, set[str]], set[str]]
 
 
 def never_same(shard: Shard, digest: str | None) -> bool:
@@ -106,7 +108,7 @@ class Planner:
 
     def __init__(
         self, history: History, shards: list[Shard], lineage: dict, spec_hash: str, prediction_prefix: str = "",
-        same_content: SameContent = never_same, partitions: set[str] | None = None,
+        same_content: SameContent = never_same, partitions: set[str] | None = None, repeats: Repeats | None = None,
     ) -> None:
         self.history = history
         self.shards = shards
@@ -116,6 +118,7 @@ class Planner:
         self.same_content = same_content
         #: The run ids of the partitions in the output now (None: not looked at, taken to be all there).
         self.partitions = partitions
+        self.repeats = repeats
 
     def unchanged(self, recorded: ShardInput | LedgerInput | HeldCommit, shard: Shard) -> bool:
         """Whether a shard is still the file that was scored (see :func:`same_input`)."""
@@ -180,14 +183,16 @@ class Planner:
         return not same_model(self.history.last_attempt(run).model, self.lineage)  # files unknown here
 
     def new_work(
-        self, decision: Decision, rescore: bool, unfinished_commits: dict[str, HeldCommit] | None = None
+        self, decision: Decision, rescore: bool, unfinished_commits: dict[str, HeldCommit] | None = None,
+        only_repeats: bool = False,
     ) -> RunPlan | LedgerEntry:
         """The run that scores new and changed shards (every shard, to rescore), or the ``empty`` line.
 
         Shards an unfinished run planned are that run's to finish (even while it keeps failing), so they
         are left out until it succeeds or is abandoned, but for one it committed that has changed since: its
         resume leaves that out, so it is a changed shard here. ``unfinished_commits``: shard key → the
-        unfinished run that has committed it; a rescore replaces those outputs too.
+        unfinished run that has committed it; a rescore replaces those outputs too. ``only_repeats``: none but the
+        shards to score again for the duplicate ids they quarantined (see :meth:`repeats_again`).
         """
         scored = self.history.scored()
         # A partition deleted or moved away by hand: the ledger still says its shards are scored, but their rows are
@@ -207,6 +212,8 @@ class Planner:
         gone = sorted(item.name or item.uri for key, (item, _) in scored.items() if key not in now)
         if rescore:
             todo = list(self.shards)
+        elif only_repeats:
+            todo = []
         else:
             todo = [
                 s for s in self.shards
@@ -217,6 +224,9 @@ class Planner:
         # every shard's in a rescore (so a rescore that fails part way, or is abandoned, leaves each row once).
         replaces = {s.key: scored[s.key][1] for s in todo if s.key in scored}
         changed_count = len(replaces.keys() | changed.keys())
+        again = {} if rescore else self.repeats_again(todo, scored, claimed, now)
+        todo += [now[key] for key in again]
+        replaces.update(again)
         rescored = {s.key: lost[s.key] for s in todo if s.key in lost}
         replaces.update(rescored)
         replaces.update(changed)  # the version an unfinished run committed is the newest
@@ -232,6 +242,12 @@ class Planner:
         changes, warning = self.changes_since_last_run(rescore)
         warnings = [warning] if warning else []
         notes = [decision.note()] if decision.note() else []
+        if again:
+            notes.append(f"{len(again)} shard(s) that quarantined duplicate ids scored again")
+            warnings.append(
+                f"{len(again)} shard(s) that quarantined duplicate ids ({', '.join(sorted(now[k].name for k in again))}"
+                ") are scored again: output that their partition held, the rows they repeated maybe, left it"
+            )
         if rescored and not rescore:
             runs = ", ".join(f"run={run}" for run in sorted(set(rescored.values())))
             notes.append(f"{len(rescored)} shard(s) scored again: their partition {runs} is gone from the output")
@@ -246,6 +262,7 @@ class Planner:
             rescore=rescore,
             replaces=replaces,
             lost=rescored or None,
+            repeats=again or None,
             missed=decision.missed,
             note="; ".join(notes),
             attempt=1,
@@ -259,6 +276,27 @@ class Planner:
                 "_superseded/ once rescored"
             )
         return RunPlan(run_id(decision.tick), todo, entry, False, warnings)
+
+    def repeats_again(
+        self, todo: list[Shard], scored: dict[str, tuple[LedgerInput, str]], claimed: dict[str, str],
+        now: dict[str, Shard],
+    ) -> dict[str, str]:
+        """Under ``errors.duplicate_ids: error``, the shards (key → the run whose partition holds them) to score again
+        beside ``todo`` because they quarantined a ``duplicate id`` in a partition another shard's output leaves: a
+        changed shard's in ``todo``, or a gone one's that ``--prune`` moved away (its ledger line's ``repeats``).
+        Screened on their own, a partition's ids may then hold the id such a row repeated nowhere; scored again with
+        the others, each row is screened against the new partition. A shard scored since in another run is not."""
+        pending = {key: run for entry in self.history.entries for key, run in (entry.repeats or {}).items()}
+        leaving: dict[str, set[str]] = {}
+        for shard in todo:
+            if shard.key in scored:
+                leaving.setdefault(scored[shard.key][1], set()).add(shard.key)
+        if self.repeats is not None:
+            for run, keys in leaving.items():
+                pending.update(dict.fromkeys(self.repeats(run, keys), run))
+        planned = {s.key for s in todo}
+        return {key: run for key, run in pending.items()
+                if key in now and key not in planned and key not in claimed and key in scored and scored[key][1] == run}
 
     def changes_since_last_run(self, rescore: bool) -> tuple[dict, str | None]:
         """``model_changed`` / ``spec_changed`` versus the newest run, and a warning unless rescoring."""
