@@ -263,16 +263,33 @@ def test_changed_input_is_detected(finished_with_empty_shards, tiny_models, tmp_
     assert sorted(output_ids(tmp_path / "out"))[0] == "new"
 
 
-def test_redo_changed_scores_the_changed_files_again_and_leaves_the_others(ray_session, tiny_models, tmp_path,
+@pytest.fixture(scope="module")
+def scored_two_shards(ray_session, tiny_models, tmp_path_factory) -> Path:
+    """A finished run of the plain job on two shards of 4 rows (part-0.jsonl, part-1.jsonl): its folder, with the
+    input "in" and the output "out". The two --redo-changed tests below each go on from a copy of it (one scoring
+    run, not two; a copy keeps the files' times, and a shard is known by its name under the input folder)."""
+    root = tmp_path_factory.mktemp("scored-two-shards")
+    many_shards(root / "in", shards=2, rows=4)
+    run_job(spec_from_dict(yaml.safe_load(write_job(root, tiny_models("classifier"), root / "in").read_text())))
+    return root
+
+
+def copy_of(finished: Path, tmp_path: Path) -> None:
+    """The input and output of a finished job (``finished``) into ``tmp_path``, the files' times kept."""
+    for folder in ("in", "out"):
+        shutil.copytree(finished / folder, tmp_path / folder)
+
+
+def test_redo_changed_scores_the_changed_files_again_and_leaves_the_others(scored_two_shards, tiny_models, tmp_path,
                                                                             monkeypatch):
     """A file fixed after it was scored (a corrupt file replaced, texts corrected) could only be scored again with
     --overwrite, which scores every file again. --redo-changed deletes the changed files' output and scores them
     again; the other files' output stays as it is, and every row is there once."""
     from pipelines.cli.main import main
 
-    many_shards(tmp_path / "in", shards=2, rows=4)
+    copy_of(scored_two_shards, tmp_path)  # two shards of 4 rows, scored
     spec = spec_from_dict(yaml.safe_load(write_job(tmp_path, tiny_models("classifier"), tmp_path / "in").read_text()))
-    run_job(spec)
+    assert run_job(spec).status == "up to date"
 
     def file_of(first_id: str) -> Path:
         [found] = [p for p in (tmp_path / "out").glob("*.parquet") if first_id in output_ids(p)]
@@ -294,16 +311,16 @@ def test_redo_changed_scores_the_changed_files_again_and_leaves_the_others(ray_s
     assert asked["redo_changed"] is True
 
 
-def test_a_redo_changed_killed_between_its_deletion_and_the_new_commit_is_finished_by_the_next_run(ray_session,
-                                                                                                   tiny_models,
-                                                                                                   tmp_path):
+def test_a_redo_changed_killed_between_its_deletion_and_the_new_commit_is_finished_by_the_next_run(
+    ray_session, scored_two_shards, tiny_models, tmp_path
+):
     """The README says of --redo-changed that until a changed file is committed again its rows are missing, and
     that a crash in between leaves it to the next run: the old rows are gone, a plain run (no flag) scores the file
     again, and every row is there once, the old version's none."""
-    many_shards(tmp_path / "in", shards=2, rows=4)
+    copy_of(scored_two_shards, tmp_path)  # two shards of 4 rows, scored in this process (the crash needs the CLI)
     job = write_job(tmp_path, tiny_models("classifier"), tmp_path / "in")
     out = tmp_path / "out"
-    run_job(load_spec(job))  # in this process (the crash below needs the CLI)
+    assert run_job(load_spec(job)).status == "up to date"
     write_jsonl(tmp_path / "in" / "part-1.jsonl", [{"id": f"fixed-{i}", "text": SENTENCES[i]} for i in range(3)])
     # joins the session's Ray (the crash point is the driver's): no local Ray started and stopped for it
     crashed = cli("run", str(job), "--redo-changed", *joining(ray_session),
