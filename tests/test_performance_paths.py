@@ -183,6 +183,27 @@ def test_per_token_int8_stays_close_to_float32_and_a_rows_int8_products_do_not_d
         Predictor(spec)
 
 
+def test_per_token_int8_turns_a_float32_rounding_into_a_whole_int8_step():
+    """Why per-token-int8's results move with the batch by more than float32's: the float parts before a layer round
+    with the batch's shape (a last-bit change), and that can carry one of a token's values over an int8 rounding
+    boundary, a step of 1/127 of the token's largest value (README: Reproducibility, under Guarantees)."""
+    from pipelines.inference.int8_linear import PerTokenInt8Linear
+
+    linear = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(torch.tensor([[0.0, 1.0]]))
+    int8 = PerTokenInt8Linear(linear)
+    value = torch.tensor(2.5 / 127)
+    before = int8(torch.stack([torch.tensor(1.0), value])[None])
+    for _ in range(8):  # a few float32 steps up from a half-way point of the int8 grid
+        value = torch.nextafter(value, torch.tensor(1.0))
+        after = int8(torch.stack([torch.tensor(1.0), value])[None])
+        if not torch.equal(after, before):
+            break
+    moved_in, moved_out = float(value - 2.5 / 127), float((after - before).abs().max())
+    assert moved_in < 1e-8 and moved_out > 0.99 / 127  # an input moved by ~1e-9 moves the output by 1/127
+
+
 def test_a_cpu_models_linear_layers_run_packed_for_onednn_with_torchs_results():
     texts = SENTENCES * 3
     spec = make_spec(minilm_dir(ModelSpec(name="minilm")), {"type": "feature-extraction"})
