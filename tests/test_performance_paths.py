@@ -265,6 +265,37 @@ def test_every_task_gives_the_same_predictions_on_packed_layers(tiny_models, mon
     assert len(got) == len(expected) and all(same(a, b) for a, b in zip(got, expected)), (got, expected)
 
 
+@pytest.mark.parametrize(
+    ("kind", "task"),
+    [
+        ("classifier", {"type": "text-classification"}),
+        ("nli", {"type": "zero-shot-classification", "candidate_labels": ["sports", "business", "politics"]}),
+        ("token-classifier", {"type": "token-classification", "ignore_labels": []}),
+        ("qa", {"type": "question-answering"}),
+        ("mlm", {"type": "fill-mask", "mask_placeholder": "<mask>"}),  # a tied output layer, through fill-mask's hook
+        ("seq2seq", {"type": "translation", "max_new_tokens": 6}),  # T5 reads wo.weight's dtype: int8
+        ("gpt2", {"type": "llm-label", "candidate_labels": ["yes", "no"], "prompt_template": "{text}\nAnswer:"}),
+        ("causal", {"type": "text-generation", "max_new_tokens": 6}),
+    ],
+)
+def test_every_task_runs_under_per_token_int8_close_to_float32(tiny_models, kind, task):
+    texts = ["Paris is the capital of <mask> .", "Obama visited London <mask> Berlin .", *SENTENCES]
+    batch = batch_of(texts).append_column("context", pa.array(texts)).append_column(
+        "question", pa.array(["Where is Paris?"] * len(texts))
+    )
+    spec = make_spec(tiny_models(kind), task)
+    expected = Predictor(spec)(batch).to_pylist()
+    spec.model.quantization = "per-token-int8"
+    quantized = Predictor(spec)
+    assert not any(type(m) in (torch.nn.Linear, PackedLinear) for m in quantized.loaded.model.modules())
+    got = quantized(batch).to_pylist()
+    assert [row["_error"] for row in got] == [row["_error"] for row in expected]
+    for a, b in zip(got, expected):
+        for name in ("score", "predicted_score"):
+            if a.get(name) is not None:
+                assert abs(a[name] - b[name]) < 0.01, (a, b)
+
+
 def same(a, b) -> bool:
     """Equal, floats (at any depth: scores in lists of entities, answers) within 1e-4."""
     if isinstance(a, float) and isinstance(b, float):
