@@ -204,6 +204,21 @@ def test_per_token_int8_turns_a_float32_rounding_into_a_whole_int8_step():
     assert moved_in < 1e-8 and moved_out > 0.99 / 127  # an input moved by ~1e-9 moves the output by 1/127
 
 
+def test_per_token_int8_converts_a_linear_layer_one_module_holds_under_two_names():
+    """A module that holds one Linear layer under two names (an alias) gets the int8 layer under both, not float32
+    under the second (torch's named_children names a module once per parent)."""
+    from pipelines.inference.int8_linear import PerTokenInt8Linear, quantize_per_token
+
+    class Aliased(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = torch.nn.Linear(8, 8)
+            self.out = self.proj
+
+    model = quantize_per_token(Aliased())
+    assert isinstance(model.out, PerTokenInt8Linear) and model.out is model.proj
+
+
 def test_a_cpu_models_linear_layers_run_packed_for_onednn_with_torchs_results():
     texts = SENTENCES * 3
     spec = make_spec(minilm_dir(ModelSpec(name="minilm")), {"type": "feature-extraction"})
