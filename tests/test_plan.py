@@ -404,6 +404,8 @@ def loaded_bytes(model) -> int:
         ("minilm", "AutoModel", "auto"),  # sized as unquantized, the largest it may take
         ("wide-gpt2", "AutoModelForCausalLM", "none"),  # the tied output layer's packed copy beside the embeddings
         ("wide-gpt2", "AutoModelForCausalLM", "dynamic-int8"),  # its int8 copy beside the embeddings
+        ("minilm", "AutoModel", "per-token-int8"),  # int8 weights, a float32 scale per output row
+        ("wide-gpt2", "AutoModelForCausalLM", "per-token-int8"),  # its int8 copy beside the embeddings
     ],
 )
 def test_weight_bytes_match_the_loaded_model(tiny_models, tmp_path, kind, model_class, quantization):

@@ -57,10 +57,10 @@ class PerTokenInt8Linear(torch.nn.Module):
 def quantize_per_token(model: torch.nn.Module) -> torch.nn.Module:
     """Every plain float32 ``torch.nn.Linear`` of ``model`` replaced by a :class:`PerTokenInt8Linear`, in place,
     one layer at a time (loading never holds more than one layer's weights twice). A layer shared by two parents
-    (a tied output layer) is converted once and shared as before."""
+    or held under two names (a tied output layer, an alias) is converted once and shared as before."""
     targets, seen, shared = [], set(), {}
     for parent_name, parent in model.named_modules(remove_duplicate=False):
-        for name, child in parent.named_children():
+        for name, child in parent._modules.items():  # every name: named_children names an aliased layer once
             if type(child) is torch.nn.Linear and child.weight.dtype == torch.float32:
                 targets.append((parent_name, name))  # names: the layers themselves would stay alive to the end
                 if id(child) in seen:
