@@ -17,6 +17,10 @@ log = logging.getLogger(__name__)
 
 #: The smallest largest value of a token: 127 over it is still a finite float32.
 SMALLEST = 1e-30
+#: Tokens per pass: each pass's temporaries (the int8 input, the int32 product) stay small enough to be reused from
+#: the heap, where one pass over a micro-batch of thousands of tokens allocated (and faulted in) tens of MB per layer
+#: and took twice as long (a 384 -> 1,536 layer on 2,560 tokens, one thread: 18 ms against 9; packed float32: 18-22).
+CHUNK_ROWS = 512
 
 
 class PerTokenInt8Linear(torch.nn.Module):
@@ -42,13 +46,18 @@ class PerTokenInt8Linear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
+        out = torch.empty(flat.shape[0], self.out_features, dtype=torch.float32, device=flat.device)
+        for start in range(0, flat.shape[0], CHUNK_ROWS):
+            self._rows(flat[start:start + CHUNK_ROWS], out[start:start + CHUNK_ROWS])
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def _rows(self, flat: torch.Tensor, out: torch.Tensor) -> None:
+        """``out`` = the layer of these tokens' inputs; a token's result depends on its own input alone."""
         largest = flat.abs().amax(1, keepdim=True).clamp_min_(SMALLEST)  # a row of zeros: zeros, not 0 × inf
         quantized = torch.mul(flat, 127 / largest).round_().to(torch.int8)
-        # int32 times float32 is float32 in one pass; the scales are a token's and a channel's alone
-        out = torch.mul(torch._int_mm(quantized, self.weight_t), largest.div_(127)).mul_(self.weight_scale)
+        out.copy_(torch._int_mm(quantized, self.weight_t)).mul_(largest.div_(127)).mul_(self.weight_scale)
         if self.bias is not None:
             out.add_(self.bias)
-        return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
