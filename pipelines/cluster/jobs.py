@@ -604,6 +604,12 @@ def dashboard_url(address: str) -> str:
     if not address:
         raise PipelineError("No cluster address given; pass the dashboard address, e.g. --address http://HEAD_IP:8265.")
     bare = "://" not in address
+    if bare and (address.lower() == "auto" or address.rstrip("/").endswith(":6379")):
+        raise PipelineError(
+            f"{address!r} is a GCS address, for `pipelines run --address` on a node of the cluster; submit, status, "
+            "logs and stop talk to the head's job server: pass its dashboard URL, e.g. --address "
+            "http://HEAD_IP:8265 (`ray dashboard cluster.yaml` tunnels it to http://127.0.0.1:8265)."
+        )
     if bare:
         address = "http://" + address
     address = address.rstrip("/")
