@@ -222,6 +222,14 @@ def test_bad_addresses_are_rejected(address):
         jobs_client.dashboard_url(address)
 
 
+@pytest.mark.parametrize("address", ["auto", "10.0.0.5:6379", "AUTO"])
+def test_a_gcs_address_is_refused_naming_pipelines_run(address):
+    """What `pipelines run --address` takes, given to submit/status/logs/stop: one line naming the right command,
+    not a connection to http://auto:8265 or to the GCS port as if it were the dashboard."""
+    with pytest.raises(PipelineError, match=r"GCS address.*pipelines run --address.*http://HEAD_IP:8265"):
+        jobs_client.dashboard_url(address)
+
+
 @pytest.mark.parametrize(
     "address, url",
     [

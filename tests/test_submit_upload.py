@@ -121,6 +121,26 @@ def test_relative_inputs_the_upload_leaves_out_are_refused(project, ignored, rul
     assert "move the data" in message and "s3://" in message and ".gitignore" in message
 
 
+def test_relative_inputs_the_upload_leaves_out_are_refused_with_an_s3_output_this_machine_cannot_reach(
+        project, monkeypatch):
+    """The output is an s3:// URI (what submit asks for), written only by the cluster: its store need not answer
+    here (no credentials or endpoint for it on this machine, offline): opening it fails as pyarrow fails to find
+    the bucket's region."""
+    from pipelines.io import shards
+
+    (project / ".gitignore").write_text("data/\n")
+    opened = shards.resolve
+
+    def unreachable_store(location):
+        if location.startswith("s3://"):
+            raise PipelineError(f"{location}: cannot open this location (Could not resolve hostname)")
+        return opened(location)
+
+    monkeypatch.setattr(shards, "resolve", unreachable_store)
+    with pytest.raises(PipelineError, match=r"would not be uploaded.*\.gitignore: data/"):
+        jobs.check_inputs_uploaded(project, ["jobs/data/probe"], "auto", "s3://bucket/results")
+
+
 def test_inputs_that_are_uploaded_or_not_relative_pass(project, tmp_path):
     jobs.check_inputs_uploaded(project, ["jobs/data/probe", "jobs/data/probe/ok/*.jsonl"], "auto", "/abs/out")
     outside = tmp_path / "elsewhere"

@@ -398,14 +398,17 @@ def check_inputs_uploaded(project_root: Path, input_paths: Sequence[str], input_
     from pipelines.io.shards import list_shards
 
     root = Path(project_root).resolve()
-    # where the job will write, as it sees it: a relative output path is in the project on the cluster too
-    output = output_path if "://" in output_path or os.path.isabs(output_path) else os.path.join(root, output_path)
+    # where the job will write, as it sees it: a relative output path is in the project on the cluster too. An
+    # object-store output lies in no local input folder, and is not opened here: its store need not answer this
+    # machine (opening it failed before, and the check was skipped)
+    output = output_path if os.path.isabs(output_path) else os.path.join(root, output_path)
+    exclude = [] if "://" in output_path else [output]
     files: list[str] = []
     for location in input_paths:
         if "://" in location or os.path.isabs(location):
             continue
         try:
-            shards = list_shards([os.path.join(root, location)], input_format, exclude=[output])
+            shards = list_shards([os.path.join(root, location)], input_format, exclude=exclude)
         except PipelineError:
             continue
         files += [os.path.relpath(shard.path, root) for shard in shards]
@@ -601,6 +604,12 @@ def dashboard_url(address: str) -> str:
     if not address:
         raise PipelineError("No cluster address given; pass the dashboard address, e.g. --address http://HEAD_IP:8265.")
     bare = "://" not in address
+    if bare and (address.lower() == "auto" or address.rstrip("/").endswith(":6379")):
+        raise PipelineError(
+            f"{address!r} is a GCS address, for `pipelines run --address` on a node of the cluster; submit, status, "
+            "logs and stop talk to the head's job server: pass its dashboard URL, e.g. --address "
+            "http://HEAD_IP:8265 (`ray dashboard cluster.yaml` tunnels it to http://127.0.0.1:8265)."
+        )
     if bare:
         address = "http://" + address
     address = address.rstrip("/")
