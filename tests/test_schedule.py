@@ -1677,6 +1677,44 @@ def test_a_row_quarantined_as_a_duplicate_is_scored_again_when_the_row_it_repeat
     assert run_due(spec, now=day(3, hours=0.01), runner=Screening()).entries[-1].status == "empty"  # once
 
 
+class ScreeningFailingOnBad(Screening):
+    """:class:`Screening` that commits every shard but those named ``bad*``, then fails the run if there were any
+    (as an unreadable file does), while ``fail`` holds."""
+
+    fail = True
+
+    def __call__(self, spec, *, shards=None, **kwargs) -> RunSummary:
+        good = [s for s in shards if not (self.fail and s.name.startswith("bad"))]
+        summary = super().__call__(spec, shards=good, **kwargs)
+        if len(good) < len(shards):
+            raise PipelineError("1 input file(s) could not be read: bad.jsonl")
+        return summary
+
+
+def test_a_duplicate_quarantined_by_a_failing_run_is_scored_again_when_the_row_it_repeated_changes(tmp_path):
+    """Under ``errors.duplicate_ids: error``, a run that keeps failing (an unreadable file) committed a.jsonl and
+    b.jsonl, b's row ``x`` quarantined as a duplicate of a's. Then a.jsonl changed to drop ``x``: the next tick scored
+    a again and moved its old output away, but b stayed the failing run's, its ``x`` quarantined as a duplicate of a
+    row no partition held: ``x`` was in no part file (and stays out when the failing run finishes). b is now taken
+    over and scored again with a, as a changed shard of that run is, and the failing run's resume leaves it out."""
+    spec = spec_from_dict({**raw_job(tmp_path, fake_model(tmp_path)), "errors": {"duplicate_ids": "error"}})
+    (tmp_path / "in").mkdir()
+    add_shard(tmp_path, "a.jsonl", [{"id": "x", "text": "t"}, {"id": "a1", "text": "t"}])
+    add_shard(tmp_path, "b.jsonl", [{"id": "x", "text": "t"}, {"id": "b1", "text": "t"}])
+    add_shard(tmp_path, "bad.jsonl", [{"id": "z", "text": "t"}])
+    runner = ScreeningFailingOnBad()
+    assert [e.status for e in run_due(spec, now=day(1, hours=0.01), runner=runner).entries] == ["failed"]
+    assert sorted(all_ids(tmp_path)) == ["a1", "b1", "x"]
+    add_shard(tmp_path, "a.jsonl", [{"id": "a1", "text": "t"}, {"id": "a2", "text": "t"}])
+    day2 = run_due(spec, now=day(2, hours=0.01), runner=runner).entries
+    assert [(e.status, [i.name for i in e.inputs or []]) for e in day2 if e.status == "succeeded"] == [
+        ("succeeded", ["a.jsonl", "b.jsonl"])]
+    assert sorted(all_ids(tmp_path)) == ["a1", "a2", "b1", "x"]
+    runner.fail = False  # the unreadable file mended: the failing run finishes, without b
+    assert [e.status for e in run_due(spec, now=day(3, hours=0.01), runner=runner).entries][0] == "succeeded"
+    assert sorted(all_ids(tmp_path)) == ["a1", "a2", "b1", "x", "z"]
+
+
 def test_a_partition_deleted_by_hand_has_its_input_scored_again_not_left_out_for_good(tmp_path, caplog):
     """A run=... partition deleted (or moved away) by hand, to redo a bad night or by a clean-up: its ledger lines
     still said its shards were scored, so every tick after said `no new input` and its rows were gone from the output

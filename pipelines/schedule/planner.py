@@ -224,7 +224,7 @@ class Planner:
         # every shard's in a rescore (so a rescore that fails part way, or is abandoned, leaves each row once).
         replaces = {s.key: scored[s.key][1] for s in todo if s.key in scored}
         changed_count = len(replaces.keys() | changed.keys())
-        again = {} if rescore else self.repeats_again(todo, scored, claimed, now)
+        again = {} if rescore else self.repeats_again(todo, scored, claimed, now, changed)
         todo += [now[key] for key in again]
         replaces.update(again)
         rescored = {s.key: lost[s.key] for s in todo if s.key in lost}
@@ -279,24 +279,30 @@ class Planner:
 
     def repeats_again(
         self, todo: list[Shard], scored: dict[str, tuple[LedgerInput, str]], claimed: dict[str, str],
-        now: dict[str, Shard],
+        now: dict[str, Shard], changed: dict[str, str] | None = None,
     ) -> dict[str, str]:
         """Under ``errors.duplicate_ids: error``, the shards (key → the run whose partition holds them) to score again
         beside ``todo`` because they quarantined a ``duplicate id`` in a partition another shard's output leaves: a
         changed shard's in ``todo``, or a gone one's that ``--prune`` moved away (its ledger line's ``repeats``).
         Screened on their own, a partition's ids may then hold the id such a row repeated nowhere; scored again with
-        the others, each row is screened against the new partition. A shard scored since in another run is not."""
+        the others, each row is screened against the new partition. A shard scored since in another run is not.
+        ``changed``: shards an unfinished run committed that changed since (key → that run): their output leaves that
+        run's partition too, and the shards of it that quarantined duplicate ids are taken over from it the same way
+        (that run's resume leaves them out, as it does a changed shard)."""
         pending = {key: run for entry in self.history.entries for key, run in (entry.repeats or {}).items()}
         leaving: dict[str, set[str]] = {}
+        changed = changed or {}
         for shard in todo:
-            if shard.key in scored:
-                leaving.setdefault(scored[shard.key][1], set()).add(shard.key)
+            if shard.key in changed or shard.key in scored:
+                run = changed[shard.key] if shard.key in changed else scored[shard.key][1]
+                leaving.setdefault(run, set()).add(shard.key)
         if self.repeats is not None:
             for run, keys in leaving.items():
                 pending.update(dict.fromkeys(self.repeats(run, keys), run))
         planned = {s.key for s in todo}
         return {key: run for key, run in pending.items()
-                if key in now and key not in planned and key not in claimed and key in scored and scored[key][1] == run}
+                if key in now and key not in planned
+                and (claimed.get(key) == run if key in claimed else key in scored and scored[key][1] == run)}
 
     def changes_since_last_run(self, rescore: bool) -> tuple[dict, str | None]:
         """``model_changed`` / ``spec_changed`` versus the newest run, and a warning unless rescoring."""
