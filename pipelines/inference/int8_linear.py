@@ -1,10 +1,12 @@
-"""Int8 Linear layers for the CPU whose result for a row does not depend on the rows beside it.
+"""Int8 Linear layers for the CPU whose int8 products for a row do not depend on the rows beside it.
 
 ``model.quantization: per-token-int8``: each Linear layer's weight is stored in int8 with a scale per output
 channel, and each forward quantizes its input with a scale per token (the token's largest absolute value over
 127), so the int8 product (``torch._int_mm``, exact int32 sums) of a token depends on that token alone. torch's
 dynamic int8 (``dynamic-int8``) instead takes one scale for the whole input, every row and its padding together:
-a row's result then changes with the batch it is in. May import torch only.
+a row's result then changes with the batch it is in. (The float parts around the int8 products still round with
+the batch's shape, and such a change can move a value across an int8 step: see README, Reproducibility.) May import
+torch only.
 """
 
 from __future__ import annotations
