@@ -279,7 +279,7 @@ class Planner:
 
     def repeats_again(
         self, todo: list[Shard], scored: dict[str, tuple[LedgerInput, str]], claimed: dict[str, str],
-        now: dict[str, Shard], changed: dict[str, str] | None = None,
+        now: dict[str, Shard], changed: dict[str, str],
     ) -> dict[str, str]:
         """Under ``errors.duplicate_ids: error``, the shards (key → the run whose partition holds them) to score again
         beside ``todo`` because they quarantined a ``duplicate id`` in a partition another shard's output leaves: a
@@ -291,7 +291,6 @@ class Planner:
         (that run's resume leaves them out, as it does a changed shard)."""
         pending = {key: run for entry in self.history.entries for key, run in (entry.repeats or {}).items()}
         leaving: dict[str, set[str]] = {}
-        changed = changed or {}
         for shard in todo:
             if shard.key in changed or shard.key in scored:
                 run = changed[shard.key] if shard.key in changed else scored[shard.key][1]
