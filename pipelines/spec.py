@@ -200,8 +200,9 @@ class ComputeSpec(Strict):
     calls_per_actor: int | None = Field(
         default=None, gt=0, le=8,
         description="Batches an actor takes at once: while the model runs one batch's forwards (one batch at a time), "
-        "the next is tokenized and the last postprocessed and staged on threads of their own. Default: 2 on a GPU, "
-        "1 on a CPU, where the forwards already keep every core busy.",
+        "the next is tokenized and the last postprocessed and staged on threads of their own. Default 1: on a CPU "
+        "the forwards already keep every core busy; on a GPU those threads held up the one launching its kernels "
+        "(measured 3-6x slower on an H200).",
     )
 
     @field_validator("resources")
@@ -435,12 +436,12 @@ class JobSpec(Strict):
         return max(1, threads)
 
     def calls_per_actor(self) -> int:
-        """How many batches an actor takes at once (``compute.calls_per_actor``; default 2 on a GPU, where the host's
-        work on one batch then runs while the GPU computes another's, and 1 on a CPU: there the forwards keep the
-        cores busy, and tokenizing beside them measured no gain on 2 cores)."""
-        if self.compute.calls_per_actor:
-            return self.compute.calls_per_actor
-        return 2 if self.actor_device().split(":")[0] == "cuda" else 1
+        """How many batches an actor takes at once (``compute.calls_per_actor``; default 1). On a CPU the forwards keep
+        the cores busy, and tokenizing beside them measured no gain on 2 cores. On a GPU the host's work on one batch
+        could run while the GPU computes another's, but its threads hold Python's interpreter lock, which the thread
+        launching the GPU's kernels waits for at each of them: two at once ran a MiniLM job 3.1-5.7x slower than one
+        at a time on an H200 (``benchmarks/gpu_check.py``, part ``overlap``)."""
+        return self.compute.calls_per_actor or 1
 
     def fingerprint(self) -> str:
         """A hash of every setting that changes results: what is read, the model, the task, ``max_length``,

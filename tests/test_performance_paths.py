@@ -511,7 +511,7 @@ def test_the_pools_actor_tokenizes_the_next_batch_while_its_model_thread_runs_th
 def test_a_job_whose_actor_takes_two_batches_at_once_writes_each_row_once_with_the_same_predictions(
     length_shards_run, tiny_models, tmp_path
 ):
-    """``compute.calls_per_actor: 2`` (a GPU's default) through real Ray Data on this CPU: calls of 8 rows
+    """``compute.calls_per_actor: 2`` through real Ray Data on this CPU: calls of 8 rows
     overlap in the actor, finish in any order, and every shard still holds each of its rows once, in input
     order, predicted as one call at a time predicts them (the module's run of the same shards)."""
     alone, rows = length_shards_run

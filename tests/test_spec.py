@@ -369,3 +369,15 @@ def test_a_resource_amount_finer_than_ray_takes_is_refused_in_the_spec(changes):
     (dotted, value), = changes.items()
     smallest = {k: 0.0001 for k in value} if isinstance(value, dict) else 0.0001
     spec_from_dict(minimal(**{dotted: smallest}))
+
+
+def test_an_actor_takes_one_batch_at_a_time_by_default_on_a_gpu_as_on_a_cpu():
+    """A second batch's tokenizing and postprocessing on threads beside the forwards made a GPU job 3-6x slower on an
+    H200 (the threads hold Python's interpreter lock that the thread launching the kernels waits for;
+    benchmarks/gpu_check.py's overlap part, README "Running on GPUs"): two at a time is a choice, not the default."""
+    raw = {"input": {"paths": ["in"]}, "model": {"name": "m"}, "task": {"type": "text-classification"},
+           "output": {"path": "out"}}
+    gpu = spec_from_dict({**raw, "compute": {"gpus_per_actor": 1}})
+    assert gpu.actor_device() == "cuda"
+    assert gpu.calls_per_actor() == spec_from_dict(raw).calls_per_actor() == 1
+    assert spec_from_dict({**raw, "compute": {"gpus_per_actor": 1, "calls_per_actor": 2}}).calls_per_actor() == 2
