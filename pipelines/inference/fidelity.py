@@ -80,20 +80,29 @@ class Predictions:
     columns: dict[str, list[Any]]
     ok: np.ndarray
     tokenizer: Any
-    seconds: float = 0.0  # the sample's call, after a first call on a few rows (the model's load left out)
+    seconds: float = 0.0  # the sample's call, after an untimed one (warm_up_rows; the load left out)
     dtype: str = ""  # what the model computed in (``float32``, ``bfloat16``...)
     labels: int | None = None  # a label task's: how many labels it picks among (one: its scores tell, not its label)
     independent: bool = False  # a label task's scores are each label's own (sigmoid, raw, one output): they tell
 
 
-#: Rows of a first, untimed call before the sample's: a predictor's first forwards allocate.
+#: Rows of a first, untimed call before the sample's on a CPU: a predictor's first forwards allocate.
 WARM_UP_ROWS = 8
 
 
+def warm_up_rows(spec: JobSpec, rows: int) -> int:
+    """Rows of the untimed call before the sample's timed one: a few on a CPU; the whole sample where the actors run
+    on a GPU, whose first pass over new shapes loads kernels and picks matmul algorithms. On an H200, after 8 rows,
+    bfloat16's timed pass took 0.87 s and float32's 0.07 s, where bfloat16 runs 1.5x float32 warm
+    (``benchmarks/gpu_check.py``, parts ``auto`` and ``precisions``): ``quantization: auto`` kept float32."""
+    return rows if spec.actor_device() == "cuda" else WARM_UP_ROWS
+
+
 def predict(spec: JobSpec, sample: pa.Table) -> Predictions:
-    """The sample through a Predictor built for ``spec``, timed; the model is released afterwards."""
+    """The sample through a Predictor built for ``spec``, timed after an untimed call (:func:`warm_up_rows`); the
+    model is released afterwards."""
     predictor = Predictor(spec)
-    predictor(sample.slice(0, WARM_UP_ROWS))
+    predictor(sample.slice(0, warm_up_rows(spec, sample.num_rows)))
     start = time.perf_counter()
     table = predictor(sample)
     seconds = time.perf_counter() - start
