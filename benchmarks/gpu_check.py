@@ -15,6 +15,10 @@ Parts (``--only`` picks some; each part's figures are written to ``--out`` as so
 - ``cuts``: bfloat16 on those rows, one call at a time, as the micro-batch cuts change (the forward's fixed cost the
   cuts count, ``FORWARD_COST_TOKENS["cuda"]``; ``max_rows``; ``min_fill``; the call's rows): rows per second, forwards,
   padding efficiency.
+- ``advice``: the same for the README's advice (``max_rows`` 1,024, ``min_fill`` 0.5) at the default cost, against
+  ``max_rows`` 256 and ``min_fill`` 0.8.
+- ``auto``: what ``quantization: auto`` decides for the main job here (its candidates timed against float32 on the
+  job's sample, as a run's check does).
 - ``overlap``: bfloat16 on those rows with one call at a time and with two calls at once (``compute.calls_per_actor:
   2``: one call's tokenizing and postprocessing on threads beside the other's forwards, as the pool actor runs them),
   with the switch interval of Python's interpreter lock at its default and at 0.2 ms, and the forwards alone (the
@@ -239,13 +243,21 @@ CUT_VARIANTS = [  # (name, FORWARD_COST_TOKENS["cuda"], batching overrides)
 ]
 
 
-def cuts(args: argparse.Namespace) -> dict[str, Any]:
+#: The README's advice for a GPU, at the default cost, against the same without the lower ``min_fill``.
+ADVICE_VARIANTS = [
+    ("README GPU batching, default cost", FORWARD_COST_TOKENS["cuda"], GPU_BATCHING),
+    ("README GPU advice (max_rows 1024, min_fill 0.5), default cost", FORWARD_COST_TOKENS["cuda"], [
+        "batching.batch_size=1024", "batching.max_tokens=65536", "batching.max_rows=1024", "batching.min_fill=0.5"]),
+]
+
+
+def cuts(args: argparse.Namespace, variants: list[tuple[str, int, list[str]]] = CUT_VARIANTS) -> dict[str, Any]:
     """The job's pace on the GPU (bfloat16, one call at a time) as the micro-batch cuts change: the forward's fixed
     cost the cuts count (``FORWARD_COST_TOKENS["cuda"]``), ``max_rows``, ``min_fill``, the call's rows."""
     corpus = rows_of([str(args.corpus)], label=False)
     found: dict[str, Any] = {"rows": corpus.num_rows}
     default_cost = FORWARD_COST_TOKENS["cuda"]
-    for name, cost, more in CUT_VARIANTS:
+    for name, cost, more in variants:
         free()
         FORWARD_COST_TOKENS["cuda"] = cost
         predictor = Predictor(job_spec(args, "cuda", "none", "bfloat16", *more))
@@ -304,6 +316,30 @@ def forward_cost(args: argparse.Namespace) -> dict[str, Any]:
         log.warning("forward cost %s: %s", name, found[name])
         model = None
         free()
+    return found
+
+
+def auto(args: argparse.Namespace) -> dict[str, Any]:
+    """What ``quantization: auto`` decides for the main job on this GPU: its candidates timed and compared with
+    float32 on the job's own sample, as a run's check does (``pipelines.fidelity``), without Ray."""
+    try:
+        import plotly  # noqa: F401 - the run page's charts: pipelines.runner, which the sample reads with, imports it
+    except ImportError:  # a GPU machine lent without it: the sample draws no page, so empty modules stand in
+        import types
+
+        for name in ("plotly", "plotly.graph_objects", "plotly.offline"):
+            sys.modules[name] = types.ModuleType(name)
+        sys.modules["plotly.offline"].get_plotlyjs = lambda: ""  # type: ignore[attr-defined]
+    from pipelines.fidelity import _auto_bar, _choose_remote, _rows, sample
+
+    free()
+    spec = load_spec(str(ROOT / "jobs" / "label_news.yaml"),
+                     [f"model.name={args.model}", "compute.gpus_per_actor=1", "model.device=auto"])
+    picked = sample(spec, list_shards(spec.input.paths), _rows(spec))
+    found = {"sample_rows": picked.num_rows, "bar": _auto_bar(spec),
+             **_choose_remote(spec.model_dump(mode="json"), picked, _auto_bar(spec))}
+    found.pop("fidelity", None)
+    log.warning("auto: %s", found)
     return found
 
 
@@ -373,7 +409,8 @@ def tasks(args: argparse.Namespace) -> dict[str, Any]:
 
 
 PARTS = {
-    "precisions": precisions, "cuts": cuts, "oom": oom, "forward_cost": forward_cost, "overlap": overlap,
+    "precisions": precisions, "cuts": cuts, "advice": lambda args: cuts(args, ADVICE_VARIANTS), "auto": auto,
+    "oom": oom, "forward_cost": forward_cost, "overlap": overlap,
     "tasks": tasks,
 }
 
