@@ -931,10 +931,11 @@ def test_quantization_auto_decides_again_after_torch_or_transformers_changed(tmp
 @pytest.mark.parametrize(("compute", "warm_up"), [({"gpus_per_actor": 1}, 24), ({}, 8)], ids=["gpu", "cpu"])
 def test_the_timed_pass_over_the_sample_follows_an_untimed_one_over_all_of_it_on_a_gpu(tiny_models, monkeypatch,
                                                                                         compute, warm_up):
-    """quantization: auto times each candidate on the sample. On an H200 bfloat16's timed pass took 0.87 s after a
-    warm-up of 8 rows and float32's 0.07 s, where bfloat16 runs 1.5x float32 warm (the first pass over new shapes
-    loads kernels and picks matmul algorithms), so auto kept float32 (benchmarks/gpu_check.py, part auto). Where the
-    actors run on a GPU the first, untimed pass is the whole sample; on a CPU a few rows still do."""
+    """quantization: auto times each candidate and float32 on the sample. On an H200 bfloat16's timed pass took 0.87 s
+    after a warm-up of 8 rows and float32's 0.07 s, where bfloat16 runs 1.5x float32 warm (the first pass over new
+    shapes loads kernels and picks matmul algorithms), so auto kept float32 (benchmarks/gpu_check.py, part auto).
+    Where the actors run on a GPU the first, untimed pass is the whole sample; on a CPU a few rows still do. A check
+    that compares no times (`pipelines fidelity`) keeps the few rows on a GPU too."""
     import pipelines.inference.fidelity as fidelity
 
     calls: list[int] = []
@@ -945,8 +946,14 @@ def test_the_timed_pass_over_the_sample_follows_an_untimed_one_over_all_of_it_on
             return super().__call__(batch)
 
     monkeypatch.setattr(fidelity, "Predictor", Recorded)
-    spec = make_spec(tiny_models("classifier"), {"type": "text-classification"}, compute=compute)
+    task = {"type": "text-classification"}
+    reference = make_spec(tiny_models("classifier"), task, compute=compute)  # no GPU here: device auto loads on the CPU
+    candidate = reference.model_copy(deep=True)
+    candidate.model.dtype = "bfloat16"
     sample = pa.table({"id": [f"r{i}" for i in range(24)], "text": SENTENCES * 3})
-    predicted = fidelity.predict(spec, sample)  # no GPU here: device auto loads it on the CPU
-    assert calls == [warm_up, 24]
-    assert predicted.ok.all()
+    [(_, result)] = fidelity.measure_against(reference, [candidate], sample)
+    assert calls == [warm_up, 24, warm_up, 24]
+    assert result.rows == 24 and result.predict_s is not None
+    calls.clear()
+    fidelity.measure(candidate, sample)
+    assert calls == [8, 24, 8, 24]
