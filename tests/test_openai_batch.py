@@ -37,6 +37,7 @@ from pipelines.io.reader import Columns, read_shard
 from pipelines.io.reader import count_rows as reader_count_rows
 from pipelines.io.shards import list_shards
 from pipelines.output.openai_batch import OpenAIBatchFiles, error_line
+from pipelines.output.staging import reason_kind
 from pipelines.planning.inputs import count_rows as plan_count_rows
 from pipelines.tasks import openai_requests as requests
 from pipelines.tasks.openai_requests import CHAT_URL, EMBEDDINGS_URL, parse_request
@@ -823,6 +824,16 @@ def test_the_tokens_a_chat_request_generates_are_counted_for_the_run(tiny_models
         assert row["_generated"] == sum(row["generated_tokens"]) > 0, row["id"]
 
 
+def test_embedding_requests_of_other_dimensions_count_as_one_kind_of_refusal(tiny_models):
+    """A file asking text-embedding-3's sizes (256, 1536) of a 32-wide model: one kind in the summary, not one per
+    size, as any other value of the wrong range (the size asked comes after the kind, as ``(got …)``)."""
+    spec = make_spec(tiny_models("encoder"), {"type": "feature-extraction"}, input={"format": "openai-batch"})
+    got = answers(Predictor(spec), [embedding_line("small", "x", dimensions=256),
+                                    embedding_line("large", "y", dimensions=1536)])
+    assert got["small"]["_error"] == "dimensions: this model's embeddings have 32; give 32 or none (got 256)"
+    assert {reason_kind(row["_error"]) for row in got.values()} == {"dimensions"}
+
+
 def test_embedding_requests_get_the_feature_extraction_embedding_of_each_input(tiny_models):
     model = tiny_models("encoder")
     spec = make_spec(model, {"type": "feature-extraction"}, input={"format": "openai-batch"})
@@ -844,7 +855,7 @@ def test_embedding_requests_get_the_feature_extraction_embedding_of_each_input(t
     np.testing.assert_allclose(got["one"]["embeddings"], [reference[0]], atol=1e-5)
     np.testing.assert_allclose(got["list"]["embeddings"], [reference[1], reference[0], reference[2]], atol=1e-5)
     assert got["one"]["prompt_tokens"] < got["list"]["prompt_tokens"]
-    assert got["wrong-size"]["_error"] == "dimensions 3: this model's embeddings have 32; give 32 or none"
+    assert got["wrong-size"]["_error"] == "dimensions: this model's embeddings have 32; give 32 or none (got 3)"
     assert got["base64"]["_error"].startswith("unsupported option 'encoding_format': base64")
     assert got["token-ids"]["_error"] == "input as token ids is not supported: give a string or a list of strings"
     assert got["empty"]["_error"] == "input is an empty string, which can't be embedded"

@@ -433,8 +433,8 @@ class Embeddings(Task):
             elif not isinstance(request, EmbeddingRequest):
                 errors[i] = "not an embeddings request"
             elif request.dimensions not in (None, width):
-                errors[i] = (
-                    f"dimensions {request.dimensions}: this model's embeddings have {width}; give {width} or none"
+                errors[i] = (  # the size asked after the kind, as any value out of range: one kind however many
+                    f"dimensions: this model's embeddings have {width}; give {width} or none (got {request.dimensions})"
                 )
             elif empty := tokenless(self.tokenizer, request.texts()):  # the model would embed its special tokens
                 errors[i] = _no_tokens(request, empty[0])
