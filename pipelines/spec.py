@@ -202,7 +202,7 @@ class ComputeSpec(Strict):
         description="Batches an actor takes at once: while the model runs one batch's forwards (one batch at a time), "
         "the next is tokenized and the last postprocessed and staged on threads of their own. Default 1: on a CPU "
         "the forwards already keep every core busy; on a GPU those threads held up the one launching its kernels "
-        "(measured 3-6x slower on an H200).",
+        "(measured 3.0-5.7x slower on an H200).",
     )
 
     @field_validator("resources")
@@ -439,7 +439,7 @@ class JobSpec(Strict):
         """How many batches an actor takes at once (``compute.calls_per_actor``; default 1). On a CPU the forwards keep
         the cores busy, and tokenizing beside them measured no gain on 2 cores. On a GPU the host's work on one batch
         could run while the GPU computes another's, but its threads hold Python's interpreter lock, which the thread
-        launching the GPU's kernels waits for at each of them: two at once ran a MiniLM job 3.1-5.7x slower than one
+        launching the GPU's kernels waits for at each of them: two at once ran a MiniLM job 3.0-5.7x slower than one
         at a time on an H200 (``benchmarks/gpu_check.py``, part ``overlap``)."""
         return self.compute.calls_per_actor or 1
 

@@ -928,14 +928,17 @@ def test_quantization_auto_decides_again_after_torch_or_transformers_changed(tmp
     assert _decision_path(spec, 0.99, PICKED, False) != _decision_path(spec, 0.99, PICKED, False, {"torch": "1"})
 
 
-@pytest.mark.parametrize(("compute", "warm_up"), [({"gpus_per_actor": 1}, 24), ({}, 8)], ids=["gpu", "cpu"])
-def test_the_timed_pass_over_the_sample_follows_an_untimed_one_over_all_of_it_on_a_gpu(tiny_models, monkeypatch,
-                                                                                        compute, warm_up):
-    """quantization: auto times each candidate and float32 on the sample. On an H200 bfloat16's timed pass took 0.87 s
-    after a warm-up of 8 rows and float32's 0.07 s, where bfloat16 runs 1.5x float32 warm (the first pass over new
-    shapes loads kernels and picks matmul algorithms), so auto kept float32 (benchmarks/gpu_check.py, part auto).
-    Where the actors run on a GPU the first, untimed pass is the whole sample; on a CPU a few rows still do. A check
-    that compares no times (`pipelines fidelity`) keeps the few rows on a GPU too."""
+def test_the_timed_pass_over_the_sample_follows_an_untimed_one_over_all_of_it_on_a_gpu():
+    """quantization: auto times each candidate on the sample. On an H200 bfloat16's timed pass took 0.87 s after a
+    warm-up of 8 rows and float32's 0.07 s, where bfloat16 runs 1.5x float32 warm (the first pass over new shapes
+    loads kernels and picks matmul algorithms), so auto kept float32 (benchmarks/gpu_check.py, part auto). Where the
+    model is on a GPU the first, untimed pass is the whole sample; on a CPU a few rows still do."""
+    from pipelines.inference.fidelity import WARM_UP_ROWS, warm_up_rows
+
+    assert (warm_up_rows("cuda", 256), warm_up_rows("cpu", 256)) == (256, WARM_UP_ROWS)
+
+
+def _recorded_calls(monkeypatch) -> list[int]:
     import pipelines.inference.fidelity as fidelity
 
     calls: list[int] = []
@@ -946,14 +949,37 @@ def test_the_timed_pass_over_the_sample_follows_an_untimed_one_over_all_of_it_on
             return super().__call__(batch)
 
     monkeypatch.setattr(fidelity, "Predictor", Recorded)
-    task = {"type": "text-classification"}
-    reference = make_spec(tiny_models("classifier"), task, compute=compute)  # no GPU here: device auto loads on the CPU
-    candidate = reference.model_copy(deep=True)
-    candidate.model.dtype = "bfloat16"
+    return calls
+
+
+def test_a_gpu_jobs_candidate_loaded_on_a_cpu_is_timed_after_a_few_rows_not_the_whole_sample(tiny_models,
+                                                                                             monkeypatch):
+    """The whole-sample warm-up is for a model on a GPU. A job for GPU actors whose candidates load on this
+    machine's CPU (`pipelines fidelity` with quantization: auto where no GPU is visible: device auto loads them on the
+    CPU) scored every candidate's sample twice there: the warm-up went by the spec's device, not the model's."""
+    import pipelines.inference.fidelity as fidelity
+
+    calls = _recorded_calls(monkeypatch)
+    spec = make_spec(tiny_models("classifier"), {"type": "text-classification"}, compute={"gpus_per_actor": 1})
+    assert spec.actor_device() == "cuda"
     sample = pa.table({"id": [f"r{i}" for i in range(24)], "text": SENTENCES * 3})
-    [(_, result)] = fidelity.measure_against(reference, [candidate], sample)
-    assert calls == [warm_up, 24, warm_up, 24]
-    assert result.rows == 24 and result.predict_s is not None
-    calls.clear()
-    fidelity.measure(candidate, sample)
-    assert calls == [8, 24, 8, 24]
+    predicted = fidelity.predict(spec, sample)  # no GPU here: device auto loads it on the CPU
+    assert calls == [fidelity.WARM_UP_ROWS, 24]
+    assert predicted.ok.all()
+
+
+def test_pipelines_fidelity_of_a_gpu_job_scores_its_sample_once_per_model_after_a_few_rows(tiny_models, monkeypatch):
+    """`pipelines fidelity` (not auto) and a run's model.fidelity gate compare labels and use no timing: a
+    whole-sample warm-up there scored the sample twice with each model for nothing (on a GPU a large model's sample
+    took twice as long). Here (no GPU) the bfloat16 model loads on the CPU; each model's first call is a few rows."""
+    import pipelines.inference.fidelity as fidelity
+
+    calls = _recorded_calls(monkeypatch)
+    raw = make_spec(tiny_models("classifier"), {"type": "text-classification"}, compute={"gpus_per_actor": 1})
+    dumped = raw.model_dump(mode="json")
+    spec = type(raw).model_validate({**dumped, "model": {**dumped["model"], "dtype": "bfloat16"}})
+    sample = pa.table({"id": [f"r{i}" for i in range(24)], "text": SENTENCES * 3})
+    monkeypatch.setattr(fidelity, "warm_up_rows", lambda *args: 24)  # as on a GPU
+    result = fidelity.measure(spec, sample)
+    assert calls == [fidelity.WARM_UP_ROWS, 24, fidelity.WARM_UP_ROWS, 24]
+    assert result.rows == 24

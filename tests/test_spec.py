@@ -372,8 +372,8 @@ def test_a_resource_amount_finer_than_ray_takes_is_refused_in_the_spec(changes):
 
 
 def test_an_actor_takes_one_batch_at_a_time_by_default_on_a_gpu_as_on_a_cpu():
-    """A second batch's tokenizing and postprocessing on threads beside the forwards made a GPU job 3-6x slower on an
-    H200 (the threads hold Python's interpreter lock that the thread launching the kernels waits for;
+    """A second batch's tokenizing and postprocessing on threads beside the forwards made a GPU job 3.0-5.7x slower on
+    an H200 (the threads hold Python's interpreter lock that the thread launching the kernels waits for;
     benchmarks/gpu_check.py's overlap part, README "Running on GPUs"): two at a time is a choice, not the default."""
     raw = {"input": {"paths": ["in"]}, "model": {"name": "m"}, "task": {"type": "text-classification"},
            "output": {"path": "out"}}

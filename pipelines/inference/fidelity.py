@@ -80,7 +80,7 @@ class Predictions:
     columns: dict[str, list[Any]]
     ok: np.ndarray
     tokenizer: Any
-    seconds: float = 0.0  # the sample's call, after an untimed one on a few rows or all (the load left out)
+    seconds: float = 0.0  # the sample's call, after an untimed one (warm_up_rows; the load left out)
     dtype: str = ""  # what the model computed in (``float32``, ``bfloat16``...)
     labels: int | None = None  # a label task's: how many labels it picks among (one: its scores tell, not its label)
     independent: bool = False  # a label task's scores are each label's own (sigmoid, raw, one output): they tell
@@ -90,20 +90,23 @@ class Predictions:
 WARM_UP_ROWS = 8
 
 
-def warm_up_rows(spec: JobSpec, rows: int) -> int:
-    """Rows of the untimed call before a sample's timed one where precisions are compared by their times: a few on a
-    CPU; the whole sample where the actors run on a GPU, whose first pass over new shapes loads kernels and picks
-    matmul algorithms. On an H200, after 8 rows, bfloat16's timed pass took 0.87 s and float32's 0.07 s, where
-    bfloat16 runs 1.5x float32 warm (``benchmarks/gpu_check.py``, parts ``auto`` and ``precisions``):
-    ``quantization: auto`` kept float32."""
-    return rows if spec.actor_device() == "cuda" else WARM_UP_ROWS
+def warm_up_rows(device: str, rows: int) -> int:
+    """Rows of the untimed call before the sample's timed one, for a model loaded on ``device`` (``cpu``, ``cuda``):
+    a few on a CPU; the whole sample on a GPU, whose first pass over new shapes loads kernels and picks matmul
+    algorithms. On an H200, after 8 rows, bfloat16's timed pass took 0.87 s and float32's 0.07 s, where bfloat16 runs
+    1.5x float32 warm (``benchmarks/gpu_check.py``, parts ``auto`` and ``precisions``): ``quantization: auto`` kept
+    float32. By where the model loaded, not the spec's device: a GPU job's candidates load on the CPU where no GPU is
+    visible."""
+    return rows if device == "cuda" else WARM_UP_ROWS
 
 
-def predict(spec: JobSpec, sample: pa.Table, warm_up: int = WARM_UP_ROWS) -> Predictions:
-    """The sample through a Predictor built for ``spec``, timed after an untimed call on its first ``warm_up`` rows;
-    the model is released afterwards."""
+def predict(spec: JobSpec, sample: pa.Table, timed: bool = True) -> Predictions:
+    """The sample through a Predictor built for ``spec``, after an untimed call (``timed``: :func:`warm_up_rows`, so
+    that the sample's call times the precision; else a few rows: a comparison of labels alone need not pay a second
+    pass over the sample); the model is released afterwards."""
     predictor = Predictor(spec)
-    predictor(sample.slice(0, warm_up))
+    loaded_on = predictor.loaded.device.type
+    predictor(sample.slice(0, warm_up_rows(loaded_on, sample.num_rows) if timed else WARM_UP_ROWS))
     start = time.perf_counter()
     table = predictor(sample)
     seconds = time.perf_counter() - start
@@ -129,14 +132,14 @@ def _precision(spec: JobSpec, predicted: Predictions) -> str:
 def measure(spec: JobSpec, sample: pa.Table) -> Fidelity:
     """Score ``sample`` quantized and unquantized, and compare (see the module's docstring)."""
     start = time.monotonic()
-    quantized = predict(spec, sample)
+    quantized = predict(spec, sample, timed=False)  # labels compared, no time: see predict
     if spec.model.quantization == "none" and quantized.dtype == "float32":
         raise PipelineError(
             f"model.dtype {spec.model.dtype}: the model loaded in float32 here (no GPU visible), so there is nothing "
             "to compare with float32; check it where the actors get a GPU (model.fidelity in the spec checks it "
             "before a run, on an actor's resources), or set model.dtype bfloat16 or float16"
         )
-    reference = predict(reference_spec(spec), sample)
+    reference = predict(reference_spec(spec), sample, timed=False)
     truth = _truth(spec, sample)
     ids = sample.column(spec.input.id_column or "id").to_pylist()
     result = compare(spec.task, quantized, reference, ids, truth)
@@ -150,11 +153,11 @@ def measure_against(reference: JobSpec, candidates: list[JobSpec], sample: pa.Ta
     with the seconds it and the reference took on the sample (``predict_s``, ``reference_predict_s``)."""
     truth = _truth(reference, sample)
     ids = sample.column(reference.input.id_column or "id").to_pylist()
-    base = predict(reference, sample, warm_up_rows(reference, sample.num_rows))
+    base = predict(reference, sample)
     results = []
     for candidate in candidates:
         start = time.monotonic()
-        predicted = predict(candidate, sample, warm_up_rows(candidate, sample.num_rows))
+        predicted = predict(candidate, sample)
         result = compare(candidate.task, predicted, base, ids, truth)
         result.quantization = _precision(candidate, predicted)
         result.reference = "float32"
