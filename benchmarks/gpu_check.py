@@ -120,6 +120,19 @@ def in_two_calls_at_once(predictor: Predictor, rows: pa.Table, size: int) -> pa.
     return pa.concat_tables(parts)
 
 
+def counting_forwards(predictor: Predictor) -> list[int]:
+    """A one-item list that counts the predictor's forwards from now on (set its item to 0 to start again)."""
+    forwards = [0]
+    run = predictor._forward
+
+    def counted(features: Any, index: np.ndarray) -> Any:
+        forwards[0] += 1
+        return run(features, index)
+
+    predictor._forward = counted  # type: ignore[method-assign]
+    return forwards
+
+
 def timed(function: Callable[[], Any]) -> tuple[Any, float]:
     torch.cuda.synchronize()
     start = time.perf_counter()
@@ -192,14 +205,7 @@ def overlap(args: argparse.Namespace) -> dict[str, Any]:
     ):
         FORWARD_COST_TOKENS["cuda"] = cost
         predictor = Predictor(job_spec(args, "cuda", "none", "bfloat16", *more))
-        forwards = [0]
-        run_forward = predictor._forward
-
-        def counted(features: Any, index: np.ndarray, run: Any = run_forward) -> Any:
-            forwards[0] += 1
-            return run(features, index)
-
-        predictor._forward = counted  # type: ignore[method-assign]
+        forwards = counting_forwards(predictor)
         ways: dict[str, Callable[[], Any]] = {
             "one_call_at_a_time": lambda p=predictor: in_calls(p, corpus, 1024),
             "two_calls_at_once": lambda p=predictor: in_two_calls_at_once(p, corpus, 1024),
@@ -263,14 +269,7 @@ def cuts(args: argparse.Namespace, variants: list[tuple[str, int, list[str]]] = 
         FORWARD_COST_TOKENS["cuda"] = cost
         predictor = Predictor(job_spec(args, "cuda", "none", "bfloat16", *more))
         size = predictor.spec.batching.batch_size
-        forwards = [0]
-        run_forward = predictor._forward
-
-        def counted(features: Any, index: np.ndarray, run: Any = run_forward) -> Any:
-            forwards[0] += 1
-            return run(features, index)
-
-        predictor._forward = counted  # type: ignore[method-assign]
+        forwards = counting_forwards(predictor)
         in_calls(predictor, corpus, size)
         forwards[0] = 0
         table, seconds = timed(lambda p=predictor, n=size: in_calls(p, corpus, n))
