@@ -164,13 +164,15 @@ def precisions(args: argparse.Namespace) -> dict[str, Any]:
         try:
             predictor, load_s = timed(lambda: Predictor(job_spec(args, device, quantization, dtype, *GPU_BATCHING)))
         except Exception as exc:  # noqa: BLE001 - a precision that can't load is what this part reports
+            if reference is None:  # GPU float32, the first, is what every other is compared with
+                raise
             found[name] = {"error": f"{type(exc).__name__}: {str(exc)[:500]}"}
             log.warning("%s: %s", name, found[name])
             continue
         weights = torch.cuda.memory_allocated() - before
         labels = in_calls(predictor, news, 256).column("predicted_label").to_pylist()
         other = in_calls(predictor, news, 37).column("predicted_label").to_pylist()
-        reference = reference or labels
+        reference = reference or labels  # the first: GPU float32
         rows = corpus if device == "cuda" else corpus.slice(0, 2048)
         in_calls(predictor, rows, 1024)
         scored, seconds = timed(lambda: in_calls(predictor, rows, 1024))  # noqa: B023 - called at once
