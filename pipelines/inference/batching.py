@@ -73,8 +73,9 @@ class Ragged:
 #: sits between the two. On a GPU a forward's fixed cost (kernel launches, reading every weight once) is worth far
 #: more tokens: on an H200 in bfloat16 (``benchmarks/gpu_check.py``, part ``forward_cost``) a forward of one row of
 #: 16 tokens took as long as 54,600 tokens of a large forward for MiniLM, 11,800 for an encoder of BERT-base's size
-#: and 13,200 for BERT-large's (fitted fixed cost 43,000, 7,000 and 8,100 tokens); 8,192 sits under all three, for
-#: slower GPUs (more time per token, so fewer tokens' worth). ``batching.min_fill`` still bounds the padding.
+#: and 13,200 for BERT-large's (fitted fixed cost 43,000, 7,000 and 8,100 tokens); 8,192 sits under the first three
+#: and near the BERT sizes' fitted costs, for slower GPUs too (more time per token there, so fewer tokens' worth).
+#: ``batching.min_fill`` still bounds the padding.
 #: The main job's rows there ran at 1.23x with 4,096 against the 512 guessed before (part ``cuts``).
 FORWARD_COST_TOKENS = {"cpu": 64, "cuda": 8192}
 
