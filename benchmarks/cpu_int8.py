@@ -11,11 +11,11 @@ two passes; tokenizing and the task's own work included, as in a job). The schem
 - ``per-token-int8``: ``model.quantization: per-token-int8`` as the project loads it
   (:mod:`pipelines.inference.int8_linear`: weights per output channel, activations with a scale per token,
   ``torch._int_mm`` in exact int32 sums, in eager torch);
-- ``per-token-int8-smooth``: the same, each Linear's input channels first balanced against its weights by
-  SmoothQuant's migration (``--alpha``), from the inputs' largest values over the first ``--calibrate`` rows.
+- ``smooth-int8``: ``model.quantization: smooth-int8`` as the project loads it: per-token int8 after SmoothQuant's
+  migration, each layer's most outlying input channels in float32, calibrated on the project's fixed texts.
 
-``float32``, ``dynamic-int8`` and ``per-token-int8`` are choices of a job; the smoothed one is an experiment that
-lives here. The seconds mean something only with nothing else running (2 cores: a test-suite beside it halves them).
+Each is a choice of a job. The seconds mean something only with nothing else running (2 cores: a test-suite
+beside it halves them).
 
     .venv/bin/python benchmarks/cpu_int8.py                          # the main job's 600 rows
     .venv/bin/python benchmarks/cpu_int8.py --set "input.paths=[benchmarks/data/agnews_sst2]" \\
@@ -32,11 +32,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pyarrow as pa
 import torch
 from batch_invariance import predict, read_rows
 
-from pipelines.inference.int8_linear import PerTokenInt8Linear
+from pipelines.inference.int8_linear import SmoothedInt8Linear
 from pipelines.inference.loading import cpu_int8
 from pipelines.inference.packed_linear import pack_linears
 from pipelines.inference.predictor import Predictor
@@ -45,63 +44,9 @@ from pipelines.spec import load_spec
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class SmoothedInt8Linear(PerTokenInt8Linear):
-    """:class:`PerTokenInt8Linear` of the layer whose weight's input channels are multiplied by ``smooth``; each
-    input is divided by it first (SmoothQuant's migration of the inputs' outliers into the weights)."""
-
-    def __init__(self, linear: torch.nn.Linear, smooth: torch.Tensor) -> None:
-        scaled = torch.nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None)
-        with torch.no_grad():
-            scaled.weight.copy_(linear.weight.detach().float() * smooth)
-            if linear.bias is not None:
-                scaled.bias.copy_(linear.bias.detach())
-        super().__init__(scaled)
-        self.register_buffer("inverse", 1 / smooth)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x * self.inverse)
-
-
-def linears(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str, str, torch.nn.Linear]]:
-    """(parent, attribute, full name, layer) of each plain Linear layer."""
-    names = {id(module): name for name, module in model.named_modules()}
-    return [
-        (parent, attribute, names[id(child)], child)
-        for parent in model.modules()
-        for attribute, child in parent.named_children()
-        if type(child) is torch.nn.Linear
-    ]
-
-
-def input_maxima(predictor: Predictor, rows: pa.Table, call_rows: int) -> dict[str, torch.Tensor]:
-    """Each Linear layer's largest absolute input per channel while the predictor scores ``rows``."""
-    maxima: dict[str, torch.Tensor] = {}
-
-    def hook(name: str) -> Callable[..., None]:
-        def record(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-            values = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).abs().amax(0)
-            maxima[name] = torch.maximum(maxima[name], values) if name in maxima else values
-
-        return record
-
-    handles = [layer.register_forward_hook(hook(name)) for _, _, name, layer in linears(predictor.loaded.model)]
-    predict(predictor, rows, call_rows)
-    for handle in handles:
-        handle.remove()
-    return maxima
-
-
-def smoothed(model: torch.nn.Module, maxima: dict[str, torch.Tensor], alpha: float) -> torch.nn.Module:
-    for parent, attribute, name, layer in linears(model):
-        weight_max = layer.weight.detach().float().abs().amax(0).clamp_min(1e-5)
-        smooth = (maxima[name].clamp_min(1e-5) ** alpha / weight_max ** (1 - alpha)).clamp_min(1e-5)
-        setattr(parent, attribute, SmoothedInt8Linear(layer, smooth))
-    return model
-
-
 def layer_milliseconds(tokens: int = 2560, repeat: int = 30) -> dict[str, dict[str, float]]:
     """One Linear layer of each of MiniLM's shapes on ``tokens`` tokens, on one thread (a lane's), alone: milliseconds
-    per call of the packed float32 layer a job runs, torch's dynamic int8 and per-token int8."""
+    per call of the packed float32 layer a job runs, torch's dynamic int8, per-token int8 and smooth int8."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     found = {}
@@ -115,6 +60,7 @@ def layer_milliseconds(tokens: int = 2560, repeat: int = 30) -> dict[str, dict[s
                 "float32 packed": packed,
                 "dynamic-int8": cpu_int8(copy.deepcopy(layer), torch.device("cpu"), "dynamic-int8"),
                 "per-token-int8": cpu_int8(copy.deepcopy(layer), torch.device("cpu"), "per-token-int8"),
+                "smooth-int8": torch.nn.Sequential(SmoothedInt8Linear(layer[0], x.abs().amax(0))),
             }
             times: dict[str, float] = {}
             with torch.inference_mode():
@@ -138,8 +84,6 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="spec overrides")
     parser.add_argument("--call-rows", type=int, default=256, help="rows per call (the job's batch_size)")
     parser.add_argument("--other-call-rows", type=int, default=37, help="rows per call to compare labels with")
-    parser.add_argument("--calibrate", type=int, default=256, help="rows whose inputs set the smoothing")
-    parser.add_argument("--alpha", type=float, default=0.5, help="SmoothQuant's migration strength")
     args = parser.parse_args()
     overrides = [*args.set, "model.quantization=none", "model.dtype=float32"]
     spec = load_spec(args.spec, overrides)
@@ -148,13 +92,12 @@ def main() -> None:
     rows = read_rows(spec)
     predictor = Predictor(spec)
     label = spec.output.prediction_prefix + "label"
-    plain = predictor.loaded.model
-    maxima = input_maxima(predictor, rows.slice(0, args.calibrate), args.call_rows)
+    plain, tokenizer = predictor.loaded.model, predictor.loaded.tokenizer
     schemes: dict[str, Callable[[torch.nn.Module], torch.nn.Module]] = {
         "float32": lambda model: model,
         "dynamic-int8": lambda model: cpu_int8(model, torch.device("cpu"), "dynamic-int8"),
         "per-token-int8": lambda model: cpu_int8(model, torch.device("cpu"), "per-token-int8"),
-        "per-token-int8-smooth": lambda model: smoothed(model, maxima, args.alpha),
+        "smooth-int8": lambda model: cpu_int8(model, torch.device("cpu"), "smooth-int8", tokenizer),
     }
     report: dict[str, object] = {"spec": args.spec, "set": args.set, "rows": rows.num_rows, "schemes": {},
                                  "layer_ms": layer_milliseconds()}

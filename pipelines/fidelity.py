@@ -153,7 +153,8 @@ def below_bar(spec: JobSpec, result: Fidelity) -> str:
         "none": "model.dtype float32",  # a reduced dtype alone
         "int8": "no quantization (model.quantization none)",
         "dynamic-int8": "no quantization (model.quantization none)",
-        "per-token-int8": "no quantization (model.quantization none)",
+        "per-token-int8": "smooth-int8, or no quantization (model.quantization none)",
+        "smooth-int8": "no quantization (model.quantization none)",
     }.get(spec.model.quantization, "a lighter quantization (int8, or none)")
     return (
         f"quantization fidelity below the bar: {result.measure} {cut(result.agreement, 2, percent=True)} on "
@@ -221,8 +222,8 @@ AUTO_MIN_AGREEMENT = 0.99
 #: Bump when the candidates or their measures change, so that kept decisions are made again (2: a one-output model
 #: judged by its scores, not its one label; a NaN prediction a failure; 3: so is a model whose every label's score is
 #: its own, a multi-label one's, not by its top label; 4: scores that all tie judged against their size, not a
-#: spread of 0; 5: per-token-int8 instead of dynamic-int8 on a CPU).
-CANDIDATES_VERSION = 5
+#: spread of 0; 5: per-token-int8 instead of dynamic-int8 on a CPU; 6: smooth-int8 too on a CPU).
+CANDIDATES_VERSION = 6
 
 
 @dataclass(frozen=True)
@@ -415,13 +416,13 @@ def concrete(spec: JobSpec, chosen: Precision) -> JobSpec:
 
 def candidates(device: str, bf16: bool) -> list[Precision]:
     """What may be faster than float32. On a CPU: int8 with a scale per token (``per-token-int8``: not torch's
-    ``dynamic-int8``, whose labels change with the rows batched together and which keeps fewer of them), and
-    bfloat16 where the CPU computes it natively; on a GPU: bfloat16, or float16 on GPUs without bf16 (T4, V100),
-    where bf16 is emulated (bitsandbytes' int8 and nf4 save memory there, not time). Each is timed on the sample
-    against float32."""
+    ``dynamic-int8``, whose labels change with the rows batched together and which keeps fewer of them), the same
+    after SmoothQuant's migration (``smooth-int8``: slower than it, closer to float32), and bfloat16 where the CPU
+    computes it natively; on a GPU: bfloat16, or float16 on GPUs without bf16 (T4, V100), where bf16 is emulated
+    (bitsandbytes' int8 and nf4 save memory there, not time). Each is timed on the sample against float32."""
     if device == "cuda":
         return [Precision("none", "bfloat16" if bf16 else "float16")]
-    found = [Precision("per-token-int8", "float32")]
+    found = [Precision("per-token-int8", "float32"), Precision("smooth-int8", "float32")]
     if bf16:
         found.append(Precision("none", "bfloat16"))
     return found

@@ -120,16 +120,19 @@ class FidelitySpec(Strict):
 MODEL_ALIASES = frozenset({"minilm", "smollm2"})
 
 #: Quantizations computed by this project's or torch's int8 kernels on the CPU only.
-CPU_QUANTIZATIONS = frozenset({"dynamic-int8", "per-token-int8"})
+CPU_QUANTIZATIONS = frozenset({"dynamic-int8", "per-token-int8", "smooth-int8"})
 
 
 class ModelSpec(Strict):
     name: str = Field(description="Hugging Face id, local directory, or a built-in alias (minilm, smollm2).")
     revision: str | None = None
     trust_remote_code: bool = False
-    quantization: Literal["none", "int8", "nf4", "fp4", "dynamic-int8", "per-token-int8", "auto"] = Field(
+    quantization: Literal[
+        "none", "int8", "nf4", "fp4", "dynamic-int8", "per-token-int8", "smooth-int8", "auto"
+    ] = Field(
         default="none",
-        description="none; int8, nf4, fp4 (bitsandbytes, CPU or CUDA); dynamic-int8, per-token-int8 (CPU); auto: "
+        description="none; int8, nf4, fp4 (bitsandbytes, CPU or CUDA); dynamic-int8, per-token-int8, smooth-int8 "
+        "(CPU); auto: "
         "the fastest precision for the device that keeps model.fidelity's agreement with float32 (decided once per "
         "output).",
     )

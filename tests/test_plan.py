@@ -406,6 +406,8 @@ def loaded_bytes(model) -> int:
         ("wide-gpt2", "AutoModelForCausalLM", "dynamic-int8"),  # its int8 copy beside the embeddings
         ("minilm", "AutoModel", "per-token-int8"),  # int8 weights, a float32 scale per output row
         ("wide-gpt2", "AutoModelForCausalLM", "per-token-int8"),  # its int8 copy beside the embeddings
+        ("minilm", "AutoModel", "smooth-int8"),  # and each layer's input factors and float32 outlier columns
+        ("wide-gpt2", "AutoModelForCausalLM", "smooth-int8"),  # its head, not calibrated, as per-token-int8
     ],
 )
 def test_weight_bytes_match_the_loaded_model(tiny_models, tmp_path, kind, model_class, quantization):
@@ -461,7 +463,7 @@ def test_the_memory_plan_counts_every_micro_batch_the_lanes_hold_at_once():
     assert fit.activations_bytes == 2 * single and "2 micro-batches at once" in fit.basis
 
 
-@pytest.mark.parametrize("quantization", ["dynamic-int8", "per-token-int8"])
+@pytest.mark.parametrize("quantization", ["dynamic-int8", "per-token-int8", "smooth-int8"])
 def test_a_cpu_quantization_is_said_to_be_refused_on_gpu_node_types(tmp_path, quantization):
     write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": str(i), "text": SENTENCES[i % 4]} for i in range(5)])
     spec = make_spec("minilm", {"type": "feature-extraction"}, tmp_path / "out", input={"paths": [str(tmp_path / "in")]})

@@ -50,7 +50,7 @@ def test_defaults_and_types():
         ({"batching__batch_size": "many"}, "batching.batch_size", "integer"),
         ({"batching__max_tokens": 0}, "batching.max_tokens", "greater than 0"),
         ({"model__quantization": "int4"}, "model.quantization",
-         "'none', 'int8', 'nf4', 'fp4', 'dynamic-int8', 'per-token-int8' or 'auto'"),
+         "'none', 'int8', 'nf4', 'fp4', 'dynamic-int8', 'per-token-int8', 'smooth-int8' or 'auto'"),
         ({"task": {"type": "mind-reading"}}, "task", "allowed: feature-extraction"),
         ({"task": {"type": "zero-shot-classification"}}, "task.candidate_labels", "Field required"),
         ({"compute__min": 3, "compute__max": 2}, "compute", "min (3) is larger than max (2)"),

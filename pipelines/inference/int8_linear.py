@@ -5,15 +5,26 @@ channel, and each forward quantizes its input with a scale per token (the token'
 127), so the int8 product (``torch._int_mm``, exact int32 sums) of a token depends on that token alone. torch's
 dynamic int8 (``dynamic-int8``) instead takes one scale for the whole input, every row and its padding together:
 a row's result then changes with the batch it is in. (The float parts around the int8 products still round with
-the batch's shape, and such a change can move a value across an int8 step: see README, Reproducibility.) May import
-torch only.
+the batch's shape, and such a change can move a value across an int8 step: see README, Reproducibility.)
+
+``model.quantization: smooth-int8``: the same, after SmoothQuant's migration (each input channel divided by a
+factor its weight column is multiplied by, so that the inputs' outlying channels don't coarsen every other channel's
+int8 step) and with each layer's most outlying input channels (one in :data:`OUTLIER_SHARE`) computed in float32.
+The factors and channels come from the inputs each layer sees on fixed calibration texts
+(:mod:`.calibration_texts`), not from a job's rows: every actor and every resume of an output computes the same ones
+from the same model. May import torch and :mod:`.calibration_texts` only.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 import torch
+
+from pipelines.inference.calibration_texts import TEXTS
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +34,17 @@ SMALLEST = 1e-30
 #: the heap, where one pass over a micro-batch of thousands of tokens allocated (and faulted in) tens of MB per layer
 #: and took twice as long (a 384 -> 1,536 layer on 2,560 tokens, one thread: 18 ms against 9; packed float32: 18-22).
 CHUNK_ROWS = 512
+#: SmoothQuant's migration strength: each factor is (input channel's largest)^ALPHA / (weight column's)^(1 - ALPHA).
+ALPHA = 0.5
+#: One input channel in this many (at least one) is computed in float32: those whose inputs stay largest after the
+#: migration (12 of MiniLM's 384, 48 of its 1,536).
+OUTLIER_SHARE = 32
+#: The migration's factors are rounded to 1/16 of an octave, so that calibration inputs that round differently (other
+#: thread counts, other kernels) move a factor only where it sits at a step's edge.
+FACTOR_STEPS_PER_OCTAVE = 16
+#: Calibration: rows per forward, and tokens kept of each text (on the main job 32, 64 and 128 tokens kept the same
+#: labels, 16 one fewer; 32 took 0.7 s here against 1.2 s at 128).
+CALIBRATION_ROWS, CALIBRATION_TOKENS = 32, 32
 
 
 class PerTokenInt8Linear(torch.nn.Module):
@@ -65,10 +87,124 @@ class PerTokenInt8Linear(torch.nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
+class SmoothedInt8Linear(PerTokenInt8Linear):
+    """:class:`PerTokenInt8Linear` after SmoothQuant's migration, its most outlying input channels in float32.
+
+    ``input_max``: the layer's largest absolute input per channel on the calibration texts. Each input channel is
+    divided by ``smooth`` (the weight's column multiplied by it) before the per-token int8 product; the ``outliers``
+    channels whose inputs stay largest after that are left out of it and computed from the float32 input and weight.
+    """
+
+    def __init__(self, linear: torch.nn.Linear, input_max: torch.Tensor) -> None:
+        weight = linear.weight.detach().float()
+        smooth = migration(input_max, weight)
+        outliers = torch.topk(input_max / smooth, outlier_count(linear.in_features)).indices.sort().values
+        keep = torch.ones(linear.in_features)
+        keep[outliers] = 0
+        scaled = torch.nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None)
+        with torch.no_grad():
+            scaled.weight.copy_(weight * smooth * keep)
+            if linear.bias is not None:
+                scaled.bias.copy_(linear.bias.detach())
+        super().__init__(scaled)
+        self.register_buffer("input_factor", keep / smooth)  # the migration, the outlying channels zeroed
+        self.register_buffer("outliers", outliers)
+        self.register_buffer("outlier_weight_t", weight[:, outliers].t().contiguous())
+
+    def _rows(self, flat: torch.Tensor, out: torch.Tensor) -> None:
+        super()._rows(flat * self.input_factor, out)  # a pass of at most CHUNK_ROWS tokens: temporaries stay small
+        out.addmm_(flat.index_select(1, self.outliers), self.outlier_weight_t)
+
+
+def outlier_count(in_features: int) -> int:
+    return max(1, in_features // OUTLIER_SHARE)
+
+
+def smooth_extra_bytes(out_features: int, in_features: int) -> int:
+    """What a :class:`SmoothedInt8Linear` holds beyond a :class:`PerTokenInt8Linear` of the same shape: its float32
+    input factors, int64 outlier channels and their float32 weight columns."""
+    outliers = outlier_count(in_features)
+    return in_features * 4 + outliers * 8 + outliers * out_features * 4
+
+
+def migration(input_max: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """SmoothQuant's factor per input channel, rounded to :data:`FACTOR_STEPS_PER_OCTAVE`."""
+    weight_max = weight.abs().amax(0).clamp_min(1e-5)
+    factor = input_max.float().clamp_min(1e-5) ** ALPHA / weight_max ** (1 - ALPHA)
+    steps = torch.round(torch.log2(factor.clamp_min(1e-5)) * FACTOR_STEPS_PER_OCTAVE)
+    return torch.exp2(steps / FACTOR_STEPS_PER_OCTAVE)
+
+
 def quantize_per_token(model: torch.nn.Module) -> torch.nn.Module:
     """Every plain float32 ``torch.nn.Linear`` of ``model`` replaced by a :class:`PerTokenInt8Linear`, in place,
     one layer at a time (loading never holds more than one layer's weights twice). A layer shared by two parents
     or held under two names (a tied output layer, an alias) is converted once and shared as before."""
+    log.info("per-token int8: %d Linear layers converted", convert_linears(model, PerTokenInt8Linear))
+    return model
+
+
+def quantize_smoothed(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str] = TEXTS) -> torch.nn.Module:
+    """:func:`quantize_per_token` with :class:`SmoothedInt8Linear` layers calibrated on ``texts`` (default: the
+    fixed :data:`.calibration_texts.TEXTS`) through the model's base model. A layer the calibration didn't reach
+    (a head, which the base model doesn't run) becomes a plain :class:`PerTokenInt8Linear`."""
+    maxima = input_maxima(model, tokenizer, texts)
+
+    def layer(linear: torch.nn.Linear) -> PerTokenInt8Linear:
+        found = maxima.get(id(linear))
+        return PerTokenInt8Linear(linear) if found is None else SmoothedInt8Linear(linear, found)
+
+    converted = convert_linears(model, layer)
+    log.info("smooth int8: %d Linear layers converted, %d calibrated on %d texts", converted, len(maxima), len(texts))
+    return model
+
+
+def float_linears(model: torch.nn.Module) -> Iterator[torch.nn.Linear]:
+    for module in model.modules():
+        if type(module) is torch.nn.Linear and module.weight.dtype == torch.float32:
+            yield module
+
+
+def input_maxima(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str]) -> dict[int, torch.Tensor]:
+    """Each plain float32 Linear layer's largest absolute input per channel over ``texts``' tokens (their padding
+    left out), by the layer's id. The texts are run in order of length, :data:`CALIBRATION_ROWS` at a time."""
+    maxima: dict[int, torch.Tensor] = {}
+    mask: list[torch.Tensor] = []
+
+    def record(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        x = inputs[0].detach()
+        x = x[mask[0]] if mask and x.shape[:-1] == mask[0].shape else x.reshape(-1, x.shape[-1])
+        values = x.float().abs().amax(0)
+        known = maxima.get(id(module))
+        maxima[id(module)] = values if known is None else torch.maximum(known, values)
+
+    ordered = sorted(texts, key=len)
+    encoder_decoder = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+    body = getattr(model, "base_model", model)  # without its head: a language model's scores every token's vocabulary
+    with _hooks(float_linears(model), record), torch.inference_mode():
+        for start in range(0, len(ordered), CALIBRATION_ROWS):
+            encoded = tokenizer(list(ordered[start:start + CALIBRATION_ROWS]), padding=True, truncation=True,
+                                max_length=CALIBRATION_TOKENS, return_tensors="pt")
+            mask[:] = [encoded["attention_mask"].bool()]
+            if encoder_decoder:
+                encoded["decoder_input_ids"] = encoded["input_ids"]
+                encoded["decoder_attention_mask"] = encoded["attention_mask"]
+            body(**encoded)
+    return maxima
+
+
+@contextmanager
+def _hooks(layers: Iterator[torch.nn.Module], record: Callable[..., None]) -> Iterator[None]:
+    handles = [layer.register_forward_pre_hook(record) for layer in layers]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def convert_linears(model: torch.nn.Module, make: Callable[[torch.nn.Linear], torch.nn.Module]) -> int:
+    """Every plain float32 ``torch.nn.Linear`` of ``model`` replaced by ``make(layer)``, in place, one layer at a time
+    (see :func:`quantize_per_token`); how many names were replaced."""
     targets, seen, shared = [], set(), {}
     for parent_name, parent in model.named_modules(remove_duplicate=False):
         for name, child in parent._modules.items():  # every name: named_children names an aliased layer once
@@ -77,18 +213,17 @@ def quantize_per_token(model: torch.nn.Module) -> torch.nn.Module:
                 if id(child) in seen:
                     shared[id(child)] = child  # held, so that its id names no other layer meanwhile
                 seen.add(id(child))
-    converted: dict[int, PerTokenInt8Linear] = {}
+    converted: dict[int, torch.nn.Module] = {}
     for parent_name, name in targets:
         parent = model.get_submodule(parent_name)
         child = getattr(parent, name)
-        if isinstance(child, PerTokenInt8Linear):  # the same parent reached twice
+        if type(child) is not torch.nn.Linear:  # the same parent reached twice
             continue
         layer = converted.get(id(child)) if id(child) in shared else None
         if layer is None:
-            layer = PerTokenInt8Linear(child)
+            layer = make(child)
             if id(child) in shared:
                 converted[id(child)] = layer
         setattr(parent, name, layer)
         del child
-    log.info("per-token int8: %d Linear layers converted", len(targets))
-    return model
+    return len(targets)

@@ -17,7 +17,7 @@ from transformers import AutoConfig, AutoTokenizer, BitsAndBytesConfig
 from pipelines.errors import PipelineError
 from pipelines.inference.aliases import resolve_name
 from pipelines.inference.checks import config_error
-from pipelines.inference.int8_linear import quantize_per_token
+from pipelines.inference.int8_linear import quantize_per_token, quantize_smoothed
 from pipelines.inference.packed_linear import pack_linears
 from pipelines.spec import CPU_QUANTIZATIONS, ModelSpec
 
@@ -112,23 +112,26 @@ def load_model(
     if quant is None:
         model.to(device)
     model.eval()
+    tokenizer = load_tokenizer(spec, padding_side)
+    share_pad_token(tokenizer, model.config, config)
     if spec.quantization in CPU_QUANTIZATIONS:
-        model = cpu_int8(model, device, spec.quantization)
+        model = cpu_int8(model, device, spec.quantization, tokenizer)
     elif spec.quantization == "auto":
         raise PipelineError("model.quantization auto is decided before a job starts; load a concrete quantization")
     if device.type == "cpu" and cpu_matmul == "onednn":
         pack_linears(model)
-    tokenizer = load_tokenizer(spec, padding_side)
-    share_pad_token(tokenizer, model.config, config)
     log.info("loaded %s (%s, %s, quantization=%s)", spec.name, device, dtype, spec.quantization)
     return LoadedModel(model, tokenizer, config, device, dtype, effective_max_length(tokenizer, config, max_length))
 
 
-def cpu_int8(model: torch.nn.Module, device: torch.device, quantization: str) -> torch.nn.Module:
+def cpu_int8(
+    model: torch.nn.Module, device: torch.device, quantization: str, tokenizer: Any = None
+) -> torch.nn.Module:
     """A float32 model's Linear layers in int8 on the CPU. ``dynamic-int8``: torch's dynamic quantization (int8
     weights with a scale per output channel, each forward's activations with one scale for the whole tensor;
     fbgemm/oneDNN kernels, VNNI where the CPU has it). ``per-token-int8``: the same weights, activations with a
-    scale per token (:mod:`.int8_linear`), so a row's int8 products don't depend on its batch."""
+    scale per token (:mod:`.int8_linear`), so a row's int8 products don't depend on its batch. ``smooth-int8``:
+    per-token int8 after SmoothQuant's migration, calibrated with ``tokenizer`` on fixed texts."""
     if device.type != "cpu":
         raise PipelineError(
             f"model.quantization {quantization} is a CPU quantization (int8 kernels for the CPU); on a GPU use int8 "
@@ -140,6 +143,8 @@ def cpu_int8(model: torch.nn.Module, device: torch.device, quantization: str) ->
         )
     if quantization == "per-token-int8":
         return quantize_per_token(model)
+    if quantization == "smooth-int8":
+        return quantize_smoothed(model, tokenizer)
     return dynamic_int8(model)
 
 

@@ -57,6 +57,7 @@ class WeightCount:
     linear_rows: int = 0  # their output rows
     tied_linear: int = 0  # weights of plain Linear layers that share them with another module (a tied output layer)
     tied_packable: int = 0  # of those, the weights of layers large enough to be packed for oneDNN on a CPU
+    smooth_extra: int = 0  # bytes smooth-int8 adds to each plain Linear: its input factors, float32 outlier channels
 
     def weight_bytes(self, dtype: str, quantization: str, cpu_packed: bool = False) -> int:
         """Bytes of the loaded weights; ``cpu_packed``: on a CPU with ``compute.cpu_matmul: onednn``."""
@@ -67,7 +68,8 @@ class WeightCount:
         total += sum(width * n for width, n in self.buffers.items())
         if quantization in CPU_QUANTIZATIONS:  # every Linear converted; a tied one's int8 copy beside the embeddings
             scales = 16 if quantization == "dynamic-int8" else 4  # float64 scale, int64 zero point; float32 scale
-            return total - (self.linear - self.tied_linear) * size + self.linear + self.linear_rows * scales
+            extra = self.smooth_extra if quantization == "smooth-int8" else 0
+            return total - (self.linear - self.tied_linear) * size + self.linear + self.linear_rows * scales + extra
         if cpu_packed and dtype in PACKED_DTYPES:  # a tied layer's packed copy beside the embeddings
             total += self.tied_packable * size
         if quantization in ("none", "auto"):
@@ -84,6 +86,8 @@ def count_weights(config: Any, model_class: str, quantization: str, trust_remote
     from accelerate import init_empty_weights
     from transformers.quantizers.base import HfQuantizer
     from transformers.quantizers.quantizers_utils import should_convert_module
+
+    from pipelines.inference.int8_linear import smooth_extra_bytes
 
     with init_empty_weights():
         model = getattr(transformers, model_class).from_config(config, trust_remote_code=trust_remote_code)
@@ -105,6 +109,8 @@ def count_weights(config: Any, model_class: str, quantization: str, trust_remote
     holders = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
     plain = [m.weight for m in {id(m): m for m in model.modules() if type(m) is torch.nn.Linear}.values()]
     tied = [w for w in plain if holders[id(w)] > 1]
+    body = getattr(model, "base_model", model)  # smooth-int8 calibrates the layers its base model runs, not the head
+    calibrated = {id(m): m for m in body.modules() if type(m) is torch.nn.Linear}.values()
     buffers: dict[int, int] = {}
     float_buffers = 0
     for buffer in model.buffers():
@@ -117,6 +123,7 @@ def count_weights(config: Any, model_class: str, quantization: str, trust_remote
         linear=sum(w.numel() for w in plain), linear_rows=sum(w.shape[0] for w in plain),
         tied_linear=sum(w.numel() for w in tied),
         tied_packable=sum(w.numel() for w in tied if w.numel() >= PACKED_MIN_WEIGHTS),
+        smooth_extra=sum(smooth_extra_bytes(*m.weight.shape) for m in calibrated),
     )
 
 
