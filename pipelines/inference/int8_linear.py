@@ -11,15 +11,21 @@ the batch's shape, and such a change can move a value across an int8 step: see R
 factor its weight column is multiplied by, so that the inputs' outlying channels don't coarsen every other channel's
 int8 step) and with each layer's most outlying input channels (one in :data:`OUTLIER_SHARE`) computed in float32.
 The factors and channels come from the inputs each layer sees on fixed calibration texts
-(:mod:`.calibration_texts`), not from a job's rows: every actor and every resume of an output computes the same ones
-from the same model. May import torch and :mod:`.calibration_texts` only.
+(:mod:`.calibration_texts`), not from a job's rows: every actor and every resume of an output gets the same ones
+from the same model. What the calibration measured is kept in a folder of the model cache, by a hash of the model's
+weights, its config, the texts' tokens and torch's version (:func:`calibration_key`), so that later loads of the same
+model read it instead of running the texts again. May import torch and :mod:`.calibration_texts` only.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,6 +51,9 @@ FACTOR_STEPS_PER_OCTAVE = 16
 #: Calibration: rows per forward, and tokens kept of each text (on the main job 32, 64 and 128 tokens kept the same
 #: labels, 16 one fewer; 32 took 0.7 s here against 1.2 s at 128).
 CALIBRATION_ROWS, CALIBRATION_TOKENS = 32, 32
+#: Bump when what the calibration computes changes (how its texts are run, what it records), so that kept results are
+#: computed again.
+CALIBRATION_VERSION = 1
 
 
 class PerTokenInt8Linear(torch.nn.Module):
@@ -143,11 +152,14 @@ def quantize_per_token(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def quantize_smoothed(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str] = TEXTS) -> torch.nn.Module:
+def quantize_smoothed(
+    model: torch.nn.Module, tokenizer: Any, texts: Sequence[str] = TEXTS, cache: Path | None = None
+) -> torch.nn.Module:
     """:func:`quantize_per_token` with :class:`SmoothedInt8Linear` layers calibrated on ``texts`` (default: the
-    fixed :data:`.calibration_texts.TEXTS`) through the model's base model. A layer the calibration didn't reach
-    (a head, which the base model doesn't run) becomes a plain :class:`PerTokenInt8Linear`."""
-    maxima = input_maxima(model, tokenizer, texts)
+    fixed :data:`.calibration_texts.TEXTS`) through the model's base model, or with what an earlier load of the same
+    model kept in the folder ``cache`` (:func:`calibration`). A layer the calibration didn't reach (a head, which the
+    base model doesn't run) becomes a plain :class:`PerTokenInt8Linear`."""
+    maxima = calibration(model, tokenizer, texts, cache)
 
     def layer(linear: torch.nn.Linear) -> PerTokenInt8Linear:
         found = maxima.get(id(linear))
@@ -156,6 +168,72 @@ def quantize_smoothed(model: torch.nn.Module, tokenizer: Any, texts: Sequence[st
     converted = convert_linears(model, layer)
     log.info("smooth int8: %d Linear layers converted, %d calibrated on %d texts", converted, len(maxima), len(texts))
     return model
+
+
+def calibration(
+    model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], cache: Path | None
+) -> dict[int, torch.Tensor]:
+    """:func:`input_maxima`, kept in the folder ``cache`` under :func:`calibration_key` (where ``cache`` is given):
+    read from there where an earlier load kept it (MiniLM's calibration took 1.2 s of its 1.4 s load, SmolLM2-135M's
+    11 s; the key's hash of the weights 0.06 and 0.3 s), else computed and kept. A kept file that can't be read or
+    doesn't fit the model's layers is computed again; one that can't be written costs the next load a calibration."""
+    if cache is None:
+        return input_maxima(model, tokenizer, texts)
+    path = cache / f"{calibration_key(model, tokenizer, texts)}.pt"
+    kept = _read_maxima(model, path)
+    if kept is not None:
+        log.info("smooth int8: calibration read from %s", path)
+        return kept
+    maxima = input_maxima(model, tokenizer, texts)
+    names = {id(module): name for name, module in model.named_modules()}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
+        torch.save({names[key]: value for key, value in maxima.items()}, tmp)
+        tmp.replace(path)  # whole or not at all, for another actor reading it meanwhile
+    except OSError as exc:
+        log.warning("smooth int8: could not keep the calibration in %s (%s); the next load computes it again", path,
+                    exc)
+    return maxima
+
+
+def calibration_key(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str]) -> str:
+    """What the calibration's result depends on: every weight and buffer of the model, its class and config (not
+    where it was loaded from), the texts' tokens as the tokenizer cuts them and its padding side (which moves a
+    padded row's positions), the calibration's settings and torch's version."""
+    config = getattr(model, "config", None)
+    settings = config.to_dict() if config is not None else {}
+    settings.pop("_name_or_path", None)
+    digest = hashlib.sha256(json.dumps({
+        "version": CALIBRATION_VERSION, "rows": CALIBRATION_ROWS, "tokens": CALIBRATION_TOKENS,
+        "torch": torch.__version__, "model": type(model).__name__, "config": settings,
+        "padding_side": getattr(tokenizer, "padding_side", None),
+        "texts": tokenizer(list(texts), truncation=True, max_length=CALIBRATION_TOKENS)["input_ids"],
+    }, sort_keys=True, default=str).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.detach().reshape(-1).contiguous().view(torch.uint8).numpy())
+    return digest.hexdigest()[:24]
+
+
+def _read_maxima(model: torch.nn.Module, path: Path) -> dict[int, torch.Tensor] | None:
+    """The maxima kept in ``path`` by layer id, where each names a float32 Linear layer of ``model`` with as many
+    input channels; else None."""
+    if not path.is_file():
+        return None
+    try:
+        kept = torch.load(path, weights_only=True)
+        maxima = {}
+        for name, values in kept.items():
+            layer = model.get_submodule(name)
+            fits = type(layer) is torch.nn.Linear and layer.weight.dtype == torch.float32
+            if not fits or values.dtype != torch.float32 or tuple(values.shape) != (layer.in_features,):
+                raise ValueError(f"{name} is not a float32 Linear layer with {tuple(values.shape)} inputs")
+            maxima[id(layer)] = values
+    except Exception as exc:  # noqa: BLE001 - any unreadable or unfitting file: calibrate again, and keep that
+        log.warning("smooth int8: the kept calibration %s is not usable (%s); computing it again", path, exc)
+        return None
+    return maxima
 
 
 def float_linears(model: torch.nn.Module) -> Iterator[torch.nn.Linear]:

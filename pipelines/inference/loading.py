@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,6 +18,7 @@ from transformers import AutoConfig, AutoTokenizer, BitsAndBytesConfig
 from pipelines.errors import PipelineError
 from pipelines.inference.aliases import resolve_name
 from pipelines.inference.checks import config_error
+from pipelines.inference.gguf import default_cache_dir
 from pipelines.inference.int8_linear import quantize_per_token, quantize_smoothed
 from pipelines.inference.packed_linear import pack_linears
 from pipelines.spec import CPU_QUANTIZATIONS, ModelSpec
@@ -115,7 +117,7 @@ def load_model(
     tokenizer = load_tokenizer(spec, padding_side)
     share_pad_token(tokenizer, model.config, config)
     if spec.quantization in CPU_QUANTIZATIONS:
-        model = cpu_int8(model, device, spec.quantization, tokenizer)
+        model = cpu_int8(model, device, spec.quantization, tokenizer, calibration_cache(spec))
     elif spec.quantization == "auto":
         raise PipelineError("model.quantization auto is decided before a job starts; load a concrete quantization")
     if device.type == "cpu" and cpu_matmul == "onednn":
@@ -125,13 +127,14 @@ def load_model(
 
 
 def cpu_int8(
-    model: torch.nn.Module, device: torch.device, quantization: str, tokenizer: Any = None
+    model: torch.nn.Module, device: torch.device, quantization: str, tokenizer: Any = None, cache: Path | None = None
 ) -> torch.nn.Module:
     """A float32 model's Linear layers in int8 on the CPU. ``dynamic-int8``: torch's dynamic quantization (int8
     weights with a scale per output channel, each forward's activations with one scale for the whole tensor;
     fbgemm/oneDNN kernels, VNNI where the CPU has it). ``per-token-int8``: the same weights, activations with a
     scale per token (:mod:`.int8_linear`), so a row's int8 products don't depend on its batch. ``smooth-int8``:
-    per-token int8 after SmoothQuant's migration, calibrated with ``tokenizer`` on fixed texts."""
+    per-token int8 after SmoothQuant's migration, calibrated with ``tokenizer`` on fixed texts (kept in the folder
+    ``cache`` for the next load, where given)."""
     if device.type != "cpu":
         raise PipelineError(
             f"model.quantization {quantization} is a CPU quantization (int8 kernels for the CPU); on a GPU use int8 "
@@ -144,8 +147,14 @@ def cpu_int8(
     if quantization == "per-token-int8":
         return quantize_per_token(model)
     if quantization == "smooth-int8":
-        return quantize_smoothed(model, tokenizer)
+        return quantize_smoothed(model, tokenizer, cache=cache)
     return dynamic_int8(model)
+
+
+def calibration_cache(spec: ModelSpec) -> Path:
+    """Where ``smooth-int8`` keeps its calibrations: ``calibration/`` in the model cache (``model.cache_dir``, else
+    ``$PIPELINES_CACHE``, else ``~/.cache/pipelines``)."""
+    return (Path(spec.cache_dir).expanduser() if spec.cache_dir else default_cache_dir()) / "calibration"
 
 
 def dynamic_int8(model: torch.nn.Module) -> torch.nn.Module:
