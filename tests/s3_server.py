@@ -13,9 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ADMIN_POLICY = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+#: A reader may read and list, not write or delete. AWS checks HeadObject as s3:GetObject and ListObjectsV2 as
+#: s3:ListBucket; moto 5.2.6 checks them under their operations' own names (s3:HeadObject, s3:ListObjectsV2), so that
+#: a policy of the real actions alone denied the reader every read. Both names are allowed: neither writes.
 READ_POLICY = {
     "Version": "2012-10-17",
-    "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"], "Resource": "*"}],
+    "Statement": [{"Effect": "Allow", "Resource": "*",
+                   "Action": ["s3:GetObject", "s3:ListBucket", "s3:HeadObject", "s3:ListObjectsV2"]}],
 }
 REGION = "us-east-1"
 #: Environment variables that would point a client at real AWS or at another configuration.
