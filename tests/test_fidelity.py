@@ -541,6 +541,11 @@ def test_below_the_bar_an_int8_model_is_not_told_to_use_int8():
                           measure="label_agreement", agreement=0.9, min_agreement=0.99, passed=False)
         said = below_bar(spec, result)
         assert "int8, or none" not in said and "Use no quantization (model.quantization none)" in said, said
+    for quantization, lighter in (("per-token-int8", "smooth-int8, or no quantization"), ("smooth-int8", "no quantization")):
+        spec.model.quantization = quantization  # smooth-int8 keeps more labels than per-token-int8, none keeps all
+        result = Fidelity(task="text-classification", quantization=quantization, rows=100,
+                          measure="label_agreement", agreement=0.9, min_agreement=0.99, passed=False)
+        assert f"Use {lighter} (model.quantization none)" in below_bar(spec, result)
 
 
 def test_quantization_auto_decides_again_for_another_truth_column_or_too_long_policy(tmp_path):
