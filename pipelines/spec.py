@@ -138,7 +138,9 @@ class ModelSpec(Strict):
     )
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    cache_dir: str | None = Field(default=None, description="Where converted models (GGUF) are cached.")
+    cache_dir: str | None = Field(
+        default=None, description="The model cache: converted models, auto's decisions, smooth-int8's calibrations."
+    )
     fidelity: FidelitySpec | None = Field(
         default=None, description="Check a quantized model against itself unquantized before the run."
     )
