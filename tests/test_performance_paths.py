@@ -836,3 +836,21 @@ def test_a_glob_lists_only_the_folders_it_can_match(tmp_path):
     store = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
     listed = {info.path for info in _glob_listing(store, "incoming", ["*.jsonl"]) if info.is_file}
     assert "incoming/done/2024/old.jsonl" in listed and len(listed) == 6
+
+
+def test_smooth_int8_loads_where_its_calibration_cannot_be_kept_and_says_so(tiny_models, tmp_path, caplog):
+    """A model cache that can't be written (read-only, or a file where its folder should be) costs the next load a
+    calibration, with a warning that names the place; the load itself goes on with the layers calibrated."""
+    from transformers import AutoTokenizer
+
+    from pipelines.inference.int8_linear import calibration, input_maxima
+
+    folder = tiny_models("classifier")
+    model, tokenizer = AutoModel.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    with caplog.at_level("WARNING", logger="pipelines.inference.int8_linear"):
+        found = calibration(model, tokenizer, SENTENCES, blocked / "calibration")
+    expected = input_maxima(model, tokenizer, SENTENCES)
+    assert found.keys() == expected.keys() and all(torch.equal(found[k], expected[k]) for k in expected)
+    assert "could not keep the calibration in" in caplog.text and str(blocked) in caplog.text
