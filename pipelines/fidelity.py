@@ -436,7 +436,30 @@ def _choose_remote(spec_json: dict[str, Any], picked: pa.Table, bar: float) -> d
     cuda = torch.cuda.is_available() and spec.actor_device() == "cuda"
     reference = concrete(spec, Precision("none", "float32"))
     options = [concrete(spec, c) for c in candidates("cuda" if cuda else "cpu", _node_bf16(spec))]
-    return fastest_within(measure_against(reference, options, picked), bar)
+    results = measure_against(reference, options, picked, bar, lambda c, done: outrun(c, done, bar) is not None)
+    left = [f"{_precision_of(c).label} not tried ({outrun(c, results, bar)})" for c in options
+            if all(c is not measured for measured, _ in results)]
+    return fastest_within(results, bar, left)
+
+
+#: A candidate that computes all that another does and more (smooth-int8: per-token-int8's int8 products, and its
+#: outlying channels in float32 beside them), so it is never the faster of the two: not tried where that one is
+#: within the bar.
+DOES_MORE_THAN = {Precision("smooth-int8", "float32"): Precision("per-token-int8", "float32")}
+
+
+def outrun(candidate: JobSpec, done: list[tuple[JobSpec, Fidelity]], bar: float) -> str | None:
+    """Why ``candidate`` can't be the fastest within ``bar`` given the candidates ``done`` (None: it can): one it
+    does more than (:data:`DOES_MORE_THAN`) is within the bar."""
+    lighter = DOES_MORE_THAN.get(_precision_of(candidate))
+    for spec, result in done:
+        if _precision_of(spec) == lighter and result.agreement >= bar:
+            return f"{lighter.label} is within the bar and computes less"
+    return None
+
+
+def _precision_of(spec: JobSpec) -> Precision:
+    return Precision(spec.model.quantization, spec.model.dtype)
 
 
 def _node_bf16(spec: JobSpec) -> bool:
@@ -489,13 +512,13 @@ def _node_remote(spec_json: dict[str, Any], picked: pa.Table) -> tuple[bool, dic
     return _node_bf16(JobSpec.model_validate(spec_json)), library_versions()
 
 
-def fastest_within(results: list[tuple[JobSpec, Fidelity]], bar: float) -> dict[str, Any]:
+def fastest_within(
+    results: list[tuple[JobSpec, Fidelity]], bar: float, left: list[str] | None = None
+) -> dict[str, Any]:
     """The decision: of the candidates whose agreement reaches ``bar``, and float32, the one that took the sample
-    in the least time (float32 on a tie), with the reason in words."""
-    tried = [
-        f"{Precision(c.model.quantization, c.model.dtype).label} {cut(r.agreement)} in {r.predict_s or 0:.2f} s"
-        for c, r in results
-    ]
+    in the least time (float32 on a tie), with the reason in words (``left``: candidates not tried, and why)."""
+    tried = [f"{_precision_of(c).label} {cut(r.agreement)} in {r.predict_s or 0:.2f} s" for c, r in results]
+    tried += left or []
     float32_s = next((r.reference_predict_s for _, r in results if r.reference_predict_s is not None), None)
     measure = results[0][1].measure if results else "agreement"
     why = f"{measure} vs float32: {', '.join(tried) or 'no candidate for this device'}"

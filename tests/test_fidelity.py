@@ -969,7 +969,7 @@ def test_a_gpu_jobs_candidate_loaded_on_a_cpu_is_timed_after_a_few_rows_not_the_
     assert spec.actor_device() == "cuda"
     sample = pa.table({"id": [f"r{i}" for i in range(24)], "text": SENTENCES * 3})
     predicted = fidelity.predict(spec, sample)  # no GPU here: device auto loads it on the CPU
-    assert calls == [fidelity.WARM_UP_ROWS] + [24] * fidelity.TIMED_PASSES
+    assert calls == [fidelity.WARM_UP_ROWS, 24]
     assert predicted.ok.all()
 
 
@@ -992,8 +992,76 @@ def test_a_precision_is_timed_by_the_fastest_of_its_passes_over_the_sample(tiny_
     monkeypatch.setattr(fidelity, "TIMED_PASSES", 2, raising=False)
     spec = make_spec(tiny_models("classifier"), {"type": "text-classification"})
     sample = pa.table({"id": [f"r{i}" for i in range(24)], "text": SENTENCES * 3})
-    assert fidelity.predict(spec, sample).seconds == 1.0
+    assert fidelity.predict(spec, sample, again=lambda predicted: True).seconds == 1.0
     assert calls == [fidelity.WARM_UP_ROWS, 24, 24]
+
+
+def _recorded_loads(monkeypatch) -> list[tuple[str, str, int]]:
+    """Each model the fidelity check loads, as (quantization, dtype, its calls over the whole sample of 24 rows)."""
+    import pipelines.inference.fidelity as fidelity
+
+    loads: list[tuple[str, str, int]] = []
+
+    class Recorded(fidelity.Predictor):
+        def __init__(self, spec):
+            super().__init__(spec)
+            loads.append((spec.model.quantization, spec.model.dtype, 0))
+
+        def __call__(self, batch):
+            if batch.num_rows == 24:
+                quantization, dtype, calls = loads[-1]
+                loads[-1] = (quantization, dtype, calls + 1)
+            return super().__call__(batch)
+
+    monkeypatch.setattr(fidelity, "Predictor", Recorded)
+    return loads
+
+
+def test_auto_times_again_only_what_can_decide_and_skips_a_candidate_that_cant_win(tiny_models, monkeypatch,
+                                                                                     tmp_path):
+    """quantization auto timed every precision twice over the sample (the main job's first run: 8 passes, 12.7 s of
+    its 15 s check): float32, whose one pass there took 1.8x the fastest candidate's, and per-token-int8, below the
+    bar, twice too, and smooth-int8 even where per-token-int8 (which it computes all of, and more) was within the
+    bar. Now a candidate's labels take one pass, only one within the bar is timed again, float32 is loaded and timed
+    again only where a candidate within the bar came close to it, and smooth-int8 isn't tried where per-token-int8
+    is within the bar: the decision says so."""
+    import pipelines.fidelity as decision
+    import pipelines.inference.fidelity as fidelity
+
+    spec = make_spec(tiny_models("classifier"), {"type": "text-classification"})
+    spec.model.quantization, spec.model.cache_dir = "auto", str(tmp_path)  # smooth-int8's calibration kept there
+    sample = pa.table({"id": [f"r{i}" for i in range(24)], "text": SENTENCES * 3})
+    reference = decision.concrete(spec, decision.Precision("none", "float32"))
+    options = [decision.concrete(spec, decision.Precision(q, "float32")) for q in ("per-token-int8", "dynamic-int8")]
+
+    loads = _recorded_loads(monkeypatch)
+    results = fidelity.measure_against(reference, options, sample, bar=1.01)  # none within the bar
+    assert loads == [("none", "float32", 1), ("per-token-int8", "float32", 1), ("dynamic-int8", "float32", 1)]
+    assert len({r.reference_predict_s for _, r in results}) == 1
+
+    loads.clear()
+    monkeypatch.setattr(fidelity, "CLOSE", 0.0)  # float32 far slower than either: its one pass decides nothing
+    fidelity.measure_against(reference, options, sample, bar=0.0)
+    assert loads == [("none", "float32", 1), ("per-token-int8", "float32", 2), ("dynamic-int8", "float32", 2)]
+
+    loads.clear()
+    monkeypatch.setattr(fidelity, "CLOSE", 1e9)  # a close call: float32 is timed again
+    results = fidelity.measure_against(reference, options, sample, bar=0.0)
+    assert loads == [("none", "float32", 1), ("per-token-int8", "float32", 2), ("dynamic-int8", "float32", 2),
+                     ("none", "float32", 2)]
+    assert len({r.reference_predict_s for _, r in results}) == 1
+
+    loads.clear()
+    monkeypatch.setattr(decision, "_node_bf16", lambda spec: False)
+    found = decision._choose_remote(spec.model_dump(mode="json"), sample, 0.0)  # per-token-int8 within the bar
+    assert [load[:2] for load in loads[:2]] == [("none", "float32"), ("per-token-int8", "float32")]
+    assert ("smooth-int8", "float32") not in [load[:2] for load in loads]
+    assert "smooth-int8 not tried (per-token-int8 is within the bar and computes less)" in found["why"]
+    loads.clear()
+    found = decision._choose_remote(spec.model_dump(mode="json"), sample, 1.01)  # below it: smooth-int8 is tried
+    assert [load[:2] for load in loads[:3]] == [("none", "float32"), ("per-token-int8", "float32"),
+                                                ("smooth-int8", "float32")]
+    assert "not tried" not in found["why"]
 
 
 def test_pipelines_fidelity_of_a_gpu_job_scores_its_sample_once_per_model_after_a_few_rows(tiny_models, monkeypatch):

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -89,10 +88,14 @@ class Predictions:
 
 #: Rows of a first, untimed call before the sample's on a CPU: a predictor's first forwards allocate.
 WARM_UP_ROWS = 8
-#: Timed passes over the sample where the precision is timed; the fastest counts. One pass of about a second in a Ray
-#: task on 2 cores moved by a third from one decision to the next (the main job: float32 0.81 s, smooth-int8 0.92 s in
-#: one; 1.16 s and 0.92 s in another), which a precision 1.15x faster than float32 doesn't outrun.
+#: Timed passes over the sample of a candidate precision that reaches the bar; the fastest counts. One pass of about a
+#: second in a Ray task on 2 cores moved by a third from one decision to the next (the main job: float32 0.81 s,
+#: smooth-int8 0.92 s in one; 1.16 s and 0.92 s in another), which a precision 1.15x faster than float32 doesn't
+#: outrun. A candidate below the bar is not taken whatever its speed: its one pass (its labels) is enough.
 TIMED_PASSES = 2
+#: float32 (the reference, one pass: its labels and a first time) is loaded and timed again only where a candidate
+#: within the bar took at least 1 / CLOSE of its time: elsewhere one slow pass of float32 can't change the decision.
+CLOSE = 1.5
 
 
 def warm_up_rows(device: str, rows: int) -> int:
@@ -105,31 +108,36 @@ def warm_up_rows(device: str, rows: int) -> int:
     return rows if device == "cuda" else WARM_UP_ROWS
 
 
-def predict(spec: JobSpec, sample: pa.Table, timed: bool = True) -> Predictions:
+def predict(
+    spec: JobSpec, sample: pa.Table, timed: bool = True, again: Callable[[Predictions], bool] | None = None
+) -> Predictions:
     """The sample through a Predictor built for ``spec``, after an untimed call (``timed``: :func:`warm_up_rows`, so
-    that the sample's call times the precision, and the fastest of :data:`TIMED_PASSES` calls counts; else a few
-    rows and one call: a comparison of labels alone need not pay more passes over the sample); the model is released
-    afterwards. Where the sample's calls are several, the last one's predictions are compared."""
+    that the sample's call times the precision; else a few rows: a comparison of labels alone needs no more), and the
+    model released afterwards. The first call over the sample gives the predictions (and, timed, their seconds);
+    where ``again`` says so of them, :data:`TIMED_PASSES` - 1 more calls time it again and the fastest counts."""
     predictor = Predictor(spec)
     loaded_on = predictor.loaded.device.type
     predictor(sample.slice(0, warm_up_rows(loaded_on, sample.num_rows) if timed else WARM_UP_ROWS))
-    seconds = math.inf
-    for _ in range(TIMED_PASSES if timed else 1):
-        start = time.perf_counter()
-        table = predictor(sample)
-        seconds = min(seconds, time.perf_counter() - start)
+    start = time.perf_counter()
+    table = predictor(sample)
+    seconds = time.perf_counter() - start
     prefix = spec.output.prediction_prefix
     columns = {name: table.column(prefix + name).to_pylist() for name in spec.task.output_names()}
     ok = table.column(ERROR).is_null().to_numpy(zero_copy_only=False)
-    tokenizer = predictor.loaded.tokenizer
     device, dtype = predictor.loaded.device, str(predictor.loaded.dtype).removeprefix("torch.")
     labels = len(predictor.task.labels) if isinstance(predictor.task, LabelTask) else None
     independent = isinstance(predictor.task, LabelTask) and predictor.task.independent_scores()
+    predicted = Predictions(columns, ok, predictor.loaded.tokenizer, seconds, dtype, labels, independent)
+    if timed and again is not None and again(predicted):
+        for _ in range(TIMED_PASSES - 1):
+            start = time.perf_counter()
+            predictor(sample)
+            predicted.seconds = min(predicted.seconds, time.perf_counter() - start)
     del predictor, table
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return Predictions(columns, ok, tokenizer, seconds, dtype, labels, independent)
+    return predicted
 
 
 def _precision(spec: JobSpec, predicted: Predictions) -> str:
@@ -156,22 +164,45 @@ def measure(spec: JobSpec, sample: pa.Table) -> Fidelity:
     return result
 
 
-def measure_against(reference: JobSpec, candidates: list[JobSpec], sample: pa.Table) -> list[tuple[JobSpec, Fidelity]]:
+def measure_against(
+    reference: JobSpec,
+    candidates: list[JobSpec],
+    sample: pa.Table,
+    bar: float,
+    needless: Callable[[JobSpec, list[tuple[JobSpec, Fidelity]]], bool] | None = None,
+) -> list[tuple[JobSpec, Fidelity]]:
     """Score the sample once with ``reference``, then with each candidate in turn: each candidate's comparison,
-    with the seconds it and the reference took on the sample (``predict_s``, ``reference_predict_s``)."""
+    with the seconds it and the reference took on the sample (``predict_s``, ``reference_predict_s``).
+
+    What the decision needs and no more: a candidate is timed again (:data:`TIMED_PASSES`) only where it reaches
+    ``bar``; the reference is loaded and timed again only where a candidate within the bar came :data:`CLOSE` to its
+    time; a candidate that ``needless(candidate, results so far)`` says can't win is not scored (not in the result)."""
     truth = _truth(reference, sample)
     ids = sample.column(reference.input.id_column or "id").to_pylist()
     base = predict(reference, sample)
-    results = []
+    results: list[tuple[JobSpec, Fidelity]] = []
     for candidate in candidates:
+        if needless is not None and needless(candidate, results):
+            continue
         start = time.monotonic()
-        predicted = predict(candidate, sample)
-        result = compare(candidate.task, predicted, base, ids, truth)
+        judged: list[Fidelity] = []
+
+        def within_bar(predicted: Predictions, candidate: JobSpec = candidate, judged: list[Fidelity] = judged) -> bool:
+            judged.append(compare(candidate.task, predicted, base, ids, truth))
+            return judged[0].agreement >= bar
+
+        predicted = predict(candidate, sample, again=within_bar)
+        result = judged[0] if judged else compare(candidate.task, predicted, base, ids, truth)
         result.quantization = _precision(candidate, predicted)
         result.reference = "float32"
         result.wall_s = round(time.monotonic() - start, 3)
-        result.predict_s, result.reference_predict_s = round(predicted.seconds, 4), round(base.seconds, 4)
+        result.predict_s = round(predicted.seconds, 4)
         results.append((candidate, result))
+    fastest = min((r.predict_s or 0 for _, r in results if r.agreement >= bar), default=None)
+    if fastest is not None and base.seconds < CLOSE * fastest:  # a close call: float32's one pass could decide it
+        base.seconds = min(base.seconds, predict(reference, sample, again=lambda _: True).seconds)
+    for _, result in results:
+        result.reference_predict_s = round(base.seconds, 4)
     return results
 
 
