@@ -1079,3 +1079,34 @@ def test_pipelines_fidelity_of_a_gpu_job_scores_its_sample_once_per_model_after_
     result = fidelity.measure(spec, sample)
     assert calls == [fidelity.WARM_UP_ROWS, 24, fidelity.WARM_UP_ROWS, 24]
     assert result.rows == 24
+
+
+@pytest.mark.parametrize("device, expected", [
+    ("cuda", [("float32", 2), ("bfloat16", 2)]),  # timed again while loaded: no second load
+    ("cpu", [("float32", 1), ("bfloat16", 2), ("float32", 2)]),  # a close call: loaded and timed again
+])
+def test_float32_is_timed_again_while_loaded_on_a_gpu_and_loaded_again_only_on_a_cpu(device, expected, monkeypatch):
+    """A close call on a GPU (bfloat16 about 1.5x float32 there, at the edge of CLOSE) would load float32 a second
+    time, which for a large model is far longer than a pass over the sample: there it is timed twice while loaded,
+    as before; on a CPU, where a pass costs about a load, only a close call loads it again. The predictions here are
+    made up (no GPU here): what is under test is which model is loaded and how many times each is timed."""
+    import pipelines.inference.fidelity as fidelity
+
+    loads: list[tuple[str, int]] = []
+
+    def predict(spec, sample, timed=True, again=None):
+        predicted = Predictions({"label": ["a", "b", "a"], "score": [0.9, 0.8, 0.7]}, np.ones(3, dtype=bool), None,
+                                1.0, spec.model.dtype, labels=2, device=device)
+        if again is not None and again(predicted):
+            predicted.passes = fidelity.TIMED_PASSES
+        loads.append((spec.model.dtype, predicted.passes))
+        return predicted
+
+    monkeypatch.setattr(fidelity, "predict", predict)
+    spec = make_spec("unused", {"type": "text-classification"})
+    reference, bf16 = spec.model_copy(deep=True), spec.model_copy(deep=True)
+    reference.model.dtype, bf16.model.dtype = "float32", "bfloat16"
+    sample = pa.table({"id": ["r0", "r1", "r2"], "text": SENTENCES[:3]})
+    results = fidelity.measure_against(reference, [bf16], sample, bar=0.99)
+    assert loads == expected
+    assert results[0][1].agreement == 1.0
