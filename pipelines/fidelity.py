@@ -397,12 +397,16 @@ def _read_decision(path: Path) -> dict[str, Any] | None:
 
 
 def _write_decision(path: Path, found: dict[str, Any]) -> None:
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(found, indent=1, default=str))
         tmp.replace(path)
     except OSError as exc:  # a cache that can't be written costs a check next time, nothing else
+        try:
+            tmp.unlink(missing_ok=True)  # a part written before the failure: not left behind
+        except OSError:
+            pass
         log.warning("quantization auto: could not keep the decision in %s (%s)", path, exc)
 
 

@@ -854,3 +854,28 @@ def test_smooth_int8_loads_where_its_calibration_cannot_be_kept_and_says_so(tiny
     expected = input_maxima(model, tokenizer, SENTENCES)
     assert found.keys() == expected.keys() and all(torch.equal(found[k], expected[k]) for k in expected)
     assert "could not keep the calibration in" in caplog.text and str(blocked) in caplog.text
+
+
+def test_a_cache_write_that_fails_midway_leaves_no_part_file(tiny_models, tmp_path, monkeypatch, caplog):
+    """smooth-int8's calibration and quantization auto's decision are written to a temporary file, then moved into
+    place. Where the move or the write failed after the temporary file was made (a full disk), the part written
+    stayed in the model cache, never read and never removed, taking room on the disk that had run out of it. Now the
+    failure warns and leaves no `.tmp` behind."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from pipelines.fidelity import _write_decision
+    from pipelines.inference.int8_linear import calibration
+
+    def full_disk(self, target):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "replace", full_disk)
+    folder = tiny_models("classifier")
+    model, tokenizer = AutoModel.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    with caplog.at_level("WARNING"):
+        calibration(model, tokenizer, SENTENCES, tmp_path / "calibration")
+        _write_decision(tmp_path / "precision" / "key.json", {"quantization": "none", "dtype": "float32"})
+    assert "could not keep the calibration" in caplog.text and "could not keep the decision" in caplog.text
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == []

@@ -186,12 +186,16 @@ def calibration(
         return kept
     maxima = input_maxima(model, tokenizer, texts)
     names = {id(module): name for name, module in model.named_modules()}
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
         torch.save({names[key]: value for key, value in maxima.items()}, tmp)
         tmp.replace(path)  # whole or not at all, for another actor reading it meanwhile
     except OSError as exc:
+        try:
+            tmp.unlink(missing_ok=True)  # a part written before a full disk failed it: not left taking room there
+        except OSError:
+            pass
         log.warning("smooth int8: could not keep the calibration in %s (%s); the next load computes it again", path,
                     exc)
     return maxima
