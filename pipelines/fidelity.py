@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -26,10 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from pipelines.errors import ANSI, PipelineError
 from pipelines.io.sample import sample_rows
 from pipelines.io.shards import Shard
+from pipelines.output.layout import write_bytes
 from pipelines.output.records import Fidelity, cut, precision_label
 from pipelines.spec import CPU_QUANTIZATIONS, JobSpec
 
@@ -397,16 +398,11 @@ def _read_decision(path: Path) -> dict[str, Any] | None:
 
 
 def _write_decision(path: Path, found: dict[str, Any]) -> None:
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    """Kept whole or not at all (write-then-rename, this writer's own temporary file, removed where the write fails),
+    for another run reading or writing it at the same time."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(found, indent=1, default=str))
-        tmp.replace(path)
+        write_bytes(pafs.LocalFileSystem(), str(path), json.dumps(found, indent=1, default=str).encode(), shared=True)
     except OSError as exc:  # a cache that can't be written costs a check next time, nothing else
-        try:
-            tmp.unlink(missing_ok=True)  # a part written before the failure: not left behind
-        except OSError:
-            pass
         log.warning("quantization auto: could not keep the decision in %s (%s)", path, exc)
 
 

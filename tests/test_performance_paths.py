@@ -871,7 +871,8 @@ def test_a_cache_write_that_fails_midway_leaves_no_part_file(tiny_models, tmp_pa
     def full_disk(self, target):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(Path, "replace", full_disk)
+    monkeypatch.setattr(Path, "replace", full_disk)  # the calibration's move into place
+    monkeypatch.setenv("PIPELINES_WRITE_FAILS_AT", "key.json")  # the decision's write, after its temporary file
     folder = tiny_models("classifier")
     model, tokenizer = AutoModel.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
     with caplog.at_level("WARNING"):

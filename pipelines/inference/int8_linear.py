@@ -24,7 +24,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -192,10 +192,8 @@ def calibration(
         torch.save({names[key]: value for key, value in maxima.items()}, tmp)
         tmp.replace(path)  # whole or not at all, for another actor reading it meanwhile
     except OSError as exc:
-        try:
-            tmp.unlink(missing_ok=True)  # a part written before a full disk failed it: not left taking room there
-        except OSError:
-            pass
+        with suppress(OSError):  # a part written before a full disk failed it: not left taking room there
+            tmp.unlink(missing_ok=True)
         log.warning("smooth int8: could not keep the calibration in %s (%s); the next load computes it again", path,
                     exc)
     return maxima
