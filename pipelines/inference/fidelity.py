@@ -192,14 +192,14 @@ def measure_against(
         if needless is not None and needless(candidate, results):
             continue
         start = time.monotonic()
-        judged: list[Fidelity] = []
+        judged: list[Fidelity] = []  # compared after the first pass, which decides whether to time it again
 
-        def within_bar(predicted: Predictions, candidate: JobSpec = candidate, judged: list[Fidelity] = judged) -> bool:
+        def within_bar(predicted: Predictions) -> bool:  # called by predict, within this iteration
             judged.append(compare(candidate.task, predicted, base, ids, truth))
             return judged[0].agreement >= bar
 
         predicted = predict(candidate, sample, again=within_bar)
-        result = judged[0] if judged else compare(candidate.task, predicted, base, ids, truth)
+        result = judged[0]
         result.quantization = _precision(candidate, predicted)
         result.reference = "float32"
         result.wall_s = round(time.monotonic() - start, 3)
