@@ -866,7 +866,14 @@ def test_embedding_requests_get_the_feature_extraction_embedding_of_each_input(t
     assert answers(Predictor(spec), long)["long"]["_error"] is None  # cut at max_length, as feature-extraction does
     strict = make_spec(model, {"type": "feature-extraction"}, input={"format": "openai-batch"},
                        errors={"too_long": "error"})
-    assert answers(Predictor(strict), long)["long"]["_error"] == "text longer than max_length (max_length is 128 tokens)"
+    # the reason names the input of the list that was cut (the first where several were), as one with no tokens is
+    assert answers(Predictor(strict), long)["long"]["_error"] == "input[1] longer than max_length (max_length is 128 " \
+        "tokens)"
+    several = [embedding_line("two-long", ["ok", "word " * 300, "word " * 300]),
+               embedding_line("one-string", "word " * 300)]
+    got = answers(Predictor(strict), several)
+    assert got["two-long"]["_error"] == "input[1] longer than max_length (max_length is 128 tokens)"
+    assert got["one-string"]["_error"] == "input longer than max_length (max_length is 128 tokens)"
 
 
 def test_a_whitespace_only_embedding_input_is_embedded_where_the_tokenizer_reads_it_else_named_as_white_space(

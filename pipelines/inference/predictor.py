@@ -139,8 +139,9 @@ class Predictor:
                       f"{computed}{'; set model.dtype: bfloat16 or float32' if computed == 'float16' else ''}")
             errors = _flag(errors, rows[_not_finite(predictions, len(rows))], reason)
         if features.truncated is not None and self.spec.errors.too_long == "error":
-            reason = self.task.too_long_reason()  # the limit, not the row's length
-            errors = _flag(errors, rows[features.truncated], reason)
+            cut = np.flatnonzero(features.truncated)  # the limit, not the row's length
+            reasons = [self.task.too_long_reason(features.cut_where.get(row, "text")) for row in cut.tolist()]
+            errors = _flag_each(errors, rows[cut], reasons)
         return self._assemble(pending.batch, rows, predictions, features, (pending.padded, generated), errors)
 
     # steps ---------------------------------------------------------------------

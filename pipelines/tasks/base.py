@@ -47,9 +47,11 @@ class Features:
 
     ``row[i]`` is the row that feature ``i`` belongs to; ``extra`` holds per-feature
     arrays the task wants back in ``forward`` and ``postprocess``; ``truncated`` flags
-    rows whose text was cut to ``max_length``; ``errors`` maps a row (its index among
-    the rows given to ``encode``) to the reason it can't be predicted: such a row
-    needs no features, its predictions are null and the reason lands in ``_error``.
+    rows whose text was cut to ``max_length``, and ``cut_where`` names, for a row of several
+    inputs, the first of them that was (``input[1]``: a row's too-long reason says it);
+    ``errors`` maps a row (its index among the rows given to ``encode``) to the reason it
+    can't be predicted: such a row needs no features, its predictions are null and the
+    reason lands in ``_error``.
     """
 
     tokens: dict[str, Ragged]
@@ -57,6 +59,7 @@ class Features:
     extra: dict[str, Any] = field(default_factory=dict)
     truncated: np.ndarray | None = None
     errors: dict[int, str] = field(default_factory=dict)
+    cut_where: dict[int, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.row)
@@ -166,10 +169,11 @@ class Task(ABC):
         """Tokens each feature generated (for the run's generated tokens/s), or None for tasks that don't."""
         return None
 
-    def too_long_reason(self) -> str:
-        """The reason of a row cut to fit, under ``errors.too_long: error``: the limit it was cut at (the row's own
-        length is not kept past the cut)."""
-        return f"text longer than max_length (max_length is {self.max_length} tokens)"
+    def too_long_reason(self, where: str = "text") -> str:
+        """The reason of a row cut to fit, under ``errors.too_long: error``: ``where`` it was cut (the text, or the
+        input of a request that holds several, :attr:`Features.cut_where`) and the limit it was cut at (the row's
+        own length is not kept past the cut)."""
+        return f"{where} longer than max_length (max_length is {self.max_length} tokens)"
 
     def token_inputs(self) -> dict[str, str | None]:
         """The row inputs the model reads as tokens, by the name a row error gives them: a column of ``columns``

@@ -425,6 +425,7 @@ class Embeddings(Task):
         errors: dict[int, str] = {}
         rows: list[int] = []
         strings: list[str] = []
+        single: set[int] = set()  # rows whose input is one string, not a list (a cut one is named "input")
         width = self.config.hidden_size
         for i, text in enumerate(texts):
             request = parse_request(text, self.name)
@@ -441,6 +442,8 @@ class Embeddings(Task):
             else:
                 rows += [i] * len(request.texts())
                 strings += request.texts()
+                if isinstance(request.input, str):
+                    single.add(i)
         if not strings:
             return Features(tokens={}, row=np.zeros(0, np.int64), errors=errors)
         encoding = self.tokenize(strings)
@@ -448,7 +451,11 @@ class Embeddings(Task):
         features.row = np.asarray(rows, dtype=np.int64)
         truncated = np.zeros(len(texts), dtype=bool)
         if encoding["truncated"] is not None:
-            truncated[features.row[encoding["truncated"]]] = True
+            cut = np.flatnonzero(encoding["truncated"])
+            truncated[features.row[cut]] = True
+            places = cut - np.searchsorted(features.row, features.row[cut])  # each cut input's place in its request
+            for row, place in zip(features.row[cut].tolist(), places.tolist()):
+                features.cut_where.setdefault(row, "input" if row in single else f"input[{place}]")
         features.truncated = truncated
         features.errors = errors
         return features

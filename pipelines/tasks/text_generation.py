@@ -34,12 +34,12 @@ class TextGeneration(GenerationTask):
                 f"this model's {self.positions} positions; lower task.max_new_tokens"
             )
 
-    def too_long_reason(self) -> str:
+    def too_long_reason(self, where: str = "text") -> str:
         """Where the model's positions less ``max_new_tokens`` leave a prompt less room than max_length, that room:
         a prompt under max_length was cut there, and a reason naming max_length named a limit it was under."""
         if self.prompt_budget >= self.max_length:
-            return super().too_long_reason()
-        return (f"text longer than max_length (the prompt's room is {self.prompt_budget} tokens: the model's "
+            return super().too_long_reason(where)
+        return (f"{where} longer than max_length (the prompt's room is {self.prompt_budget} tokens: the model's "
                 f"{self.positions} positions less task.max_new_tokens {self.options.max_new_tokens})")
 
     def token_inputs(self) -> dict[str, str | None]:

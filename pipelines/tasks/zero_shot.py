@@ -183,12 +183,12 @@ class ZeroShotClassification(LabelTask):
     def independent_scores(self) -> bool:
         return self.options.multi_label or len(self.labels) == 1
 
-    def too_long_reason(self) -> str:
+    def too_long_reason(self, where: str = "text") -> str:
         """With ``nli`` a text is cut where it and a hypothesis would pass max_length: a text under max_length too,
         which a reason naming max_length alone said was longer."""
         if self.method != "nli":
-            return super().too_long_reason()
-        return f"text longer than max_length (max_length is {self.max_length} tokens, the text and a label's " \
+            return super().too_long_reason(where)
+        return f"{where} longer than max_length (max_length is {self.max_length} tokens, the text and a label's " \
                "hypothesis together)"
 
     def setup(self, model: torch.nn.Module, device: torch.device) -> None:
