@@ -874,6 +874,7 @@ def test_embedding_requests_get_the_feature_extraction_embedding_of_each_input(t
     got = answers(Predictor(strict), several)
     assert got["two-long"]["_error"] == "input[1] longer than max_length (max_length is 128 tokens)"
     assert got["one-string"]["_error"] == "input longer than max_length (max_length is 128 tokens)"
+    assert reason_kind(got["two-long"]["_error"]) == "input[…] longer than max_length"  # one kind, whichever input
 
 
 def test_a_whitespace_only_embedding_input_is_embedded_where_the_tokenizer_reads_it_else_named_as_white_space(
