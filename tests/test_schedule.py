@@ -1848,6 +1848,33 @@ def test_a_file_under_a_latest_link_moved_to_another_folder_is_refused_as_one_in
     assert entry.status == "succeeded" and sorted(all_ids(tmp_path)) == ["d3_0", "d3_1", "d3_2", "d3_3"]
 
 
+@pytest.mark.parametrize("link", ["removed", "moved"])
+def test_input_paths_moved_off_a_latest_link_to_a_nights_folder_is_refused_while_the_linked_file_is_there(
+        tmp_path, link):
+    """`input.paths: [landing/latest]` scored through the link, then set to a night's folder (`landing/2026-11-29`)
+    with the link removed, or moved to that folder first: the night's part-0.jsonl was taken for a new version of the
+    file scored under `latest/part-0.jsonl` (gone, or now that same night's file) and the night before's rows moved to
+    _superseded/, though the file the link led to, `landing/2026-11-28/part-0.jsonl`, is still there: only the path
+    listed was looked at, not the folder the link led to, which the ledger records. Refused, by the tick and by
+    `pipelines plan`, as without the link; a new version once that file is gone."""
+
+    runner, model = Committing(digests=True), fake_model(tmp_path)
+    raw = raw_job(tmp_path, model)
+    latest = tmp_path / "landing" / "latest"
+    raw["input"]["paths"] = [str(latest)]
+    first = write_jsonl(tmp_path / "landing" / "2026-11-28" / "part-0.jsonl", rows("d1_", 3))
+    latest.symlink_to("2026-11-28")
+    run_due(spec_from_dict(raw), now=day(1, hours=0.01), runner=runner)
+    write_jsonl(tmp_path / "landing" / "2026-11-29" / "part-0.jsonl", rows("d2_", 2))
+    latest.unlink()
+    if link == "moved":
+        latest.symlink_to("2026-11-29")
+    raw["input"]["paths"] = [str(tmp_path / "landing" / "2026-11-29")]
+    refused = (r"2026-11-29/part-0.jsonl has the name of .*landing/2026-11-28/part-0.jsonl \(listed as "
+               r".*landing/latest/part-0.jsonl, through a symbolic link\).* still there")
+    refused_until_the_earlier_file_is_gone(tmp_path, spec_from_dict(raw), runner, refused, first.unlink)
+
+
 def test_a_latest_file_link_moved_to_another_file_is_refused_as_a_moved_folder_link_is(tmp_path):
     """`input.paths: [land3/latest.jsonl]`, a link to one file that the export moves to each night's file (`ln -sfn
     2026-11-29.jsonl land3/latest.jsonl`): the same path at every tick, so the night's file was taken for a new

@@ -147,6 +147,19 @@ def linked_elsewhere(shard: Shard, recorded: LedgerInput | ShardInput) -> str | 
     return None
 
 
+def linked_to(recorded: LedgerInput | ShardInput) -> str | None:
+    """The file a symbolic link in a recorded input's path led to when it was listed: the file under the folder the
+    link led to (``folder``), or the target of a link to the file itself (``target``); None where no link led
+    elsewhere (neither recorded) or for a file on an object store."""
+    if "://" in recorded.uri:
+        return None
+    folder = getattr(recorded, "folder", None)
+    if isinstance(folder, str) and folder:
+        return os.path.join(folder, os.path.basename(recorded.uri))
+    target = getattr(recorded, "target", None)
+    return target if isinstance(target, str) and target else None
+
+
 def describe_shard(shard: Shard) -> LedgerInput:
     return LedgerInput(**shard.fingerprint(), key=shard.key)
 
@@ -544,6 +557,11 @@ class ScheduledJob:
             if moved is None:
                 return
             earlier, listed = moved, f" (listed as {recorded.uri}, through a symbolic link that leads elsewhere now)"
+        elif not still_there(recorded) and (behind := linked_to(recorded)) is not None:
+            # listed through a link (`landing/latest`) that is gone or leads elsewhere now: the file it led to
+            if os.path.realpath(behind) == os.path.realpath(os.path.abspath(os.path.expanduser(shard.uri))):
+                return  # this very file, listed now without the link
+            earlier, listed = behind, f" (listed as {recorded.uri}, through a symbolic link)"
         if not still_there(recorded, earlier):
             return
         raise PipelineError(
