@@ -181,6 +181,35 @@ def test_a_model_directory_without_weights_is_one_line_and_writes_nothing(ray_se
     run_job(load_spec(job))  # nothing was claimed: the corrected model runs into the same output path (else raises)
 
 
+@pytest.mark.parametrize("wrong", ["input", "model"])
+def test_a_scheduled_job_refused_before_any_work_leaves_a_new_output_path_unmade(ray_session, tiny_models, tmp_path,
+                                                                                 wrong):
+    """`pipelines schedule JOB --once` run from the wrong directory by cron (a relative input path that is not there),
+    or with a model without its weights: one line, exit 2, as `pipelines run` does; but the scheduler had taken its
+    lock (making the output's folder and `_schedule.lock`) and written its page of the runs first, so a `pipelines
+    run` into that path was refused as someone else's files. Now nothing is written: the same checks come before
+    the lock where the output is new."""
+    from test_faults import cli as run_cli
+    from test_faults import many_shards, write_job
+
+    from pipelines.runner import run_job
+    from pipelines.spec import load_spec
+
+    many_shards(tmp_path / "in", shards=1)
+    model = copy_model(tiny_models("classifier"), tmp_path / "model",
+                       without=("model.safetensors",) if wrong == "model" else ())
+    inputs = tmp_path / ("in" if wrong == "model" else "not-here")
+    job = write_job(tmp_path, str(model), inputs, schedule={"cron": "0 2 * * *"})
+    done = run_cli("schedule", str(job), "--once")
+    if wrong == "model":
+        one_line_error(done, f"model '{model}'", "no weights")
+    else:
+        one_line_error(done, "not-here", "does not exist")
+    assert not (tmp_path / "out").exists()
+    write_job(tmp_path, str(tiny_models("classifier")), tmp_path / "in")  # the same output path, for a run
+    assert run_job(load_spec(job)).status == "succeeded"  # not refused as another's files
+
+
 @pytest.mark.parametrize("quantization", ["none", "auto"])  # none: the pool's actor loads it first; auto: a Ray task
 def test_a_model_that_cannot_be_loaded_on_ray_is_one_line(ray_session, tiny_models, tmp_path, quantization, capfd):
     """Its files are all there (the driver's check passes), but Transformers can't build it: what the actor or the

@@ -203,6 +203,8 @@ def run_due(
     busy_or_left = lock.present()  # a lock object there: contended for first, so a busy job writes nothing
     if not busy_or_left:
         stores.check_writable(job.fs, job.root, spec.output.path, SCRATCH)  # an object store: before any work
+        if not job.history().entries and current_shards(spec):  # a new output: what refuses before any work (a
+            job.check_before_work()  # missing input, model or Ray) refuses before the lock makes its folder
     with layout.writing(spec.output.path), lock:  # a lock this process can't take on a local disk: one line
         job.check_root()  # again, now that the lock is held: a `pipelines run` started at the same moment
         if busy_or_left:
@@ -273,6 +275,12 @@ class ScheduledJob:
         #: uri → (size, mtime_ns, digest) of the files an earlier invocation hashed (``_input_digests.json``)
         self.remembered: dict[str, tuple[int, int | None, str]] | None = None
         self.same_bytes: set[str] = set()  # the files found so: said once, at the end of an invocation
+
+    def check_before_work(self) -> None:
+        """The checks every run makes before any work (:attr:`preflight`), once per invocation."""
+        if self.preflight is not None:
+            self.preflight(self.spec)
+            self.preflight = None
 
     def guard(self, check: Callable[[], None]) -> None:
         """``check`` raises when this scheduler's lock was lost (a lease taken over): called before each ledger line
@@ -609,9 +617,7 @@ class ScheduledJob:
         each tick, each retried at every one after. An attempt that failed as the pool's actor started (weights the
         checks don't read, that can't be loaded) is recorded, then fails the invocation so: no other run is tried.
         """
-        if self.preflight is not None:
-            self.preflight(self.spec)
-            self.preflight = None
+        self.check_before_work()
         try:
             report.entries.append(self.attempt(plan))
             return None
