@@ -795,6 +795,25 @@ def test_a_run_and_a_scheduler_started_together_on_one_output_leave_every_row_on
     assert sorted(all_ids(tmp_path)) == want
 
 
+def test_a_run_meeting_a_new_scheduled_output_with_only_its_lock_held_is_refused_as_a_scheduled_jobs(
+    ray_session, classifier, tmp_path
+):
+    """A run started a moment after `pipelines schedule` on a new output.path, while the scheduler holds its lock
+    and has written nothing else yet: refused as a folder of someone else's files (`not empty and holds no results
+    of this project`), where the README promises `… is a scheduled job's output …`. Now said so; and the lock file a
+    scheduler leaves behind, held by nobody, refuses nothing (as a refused run's lock file refuses no tick)."""
+    from pipelines.runner import run_job
+
+    spec = make_job(tmp_path, classifier)
+    add_shard(tmp_path, "a.jsonl", rows("a", 5))
+    with job_lock(spec):  # the scheduler, between its lock and its ledger
+        with pytest.raises(PipelineError, match=r"is a scheduled job's output \(.*_schedule.lock"):
+            run_job(spec)
+        assert [p.name for p in (tmp_path / "out").iterdir()] == ["_schedule.lock"]
+    assert run_job(spec).shards_this_run == 1
+    assert sorted(all_ids(tmp_path)) == sorted(r["id"] for r in rows("a", 5))
+
+
 def test_an_output_inside_a_scheduled_jobs_root_is_refused_but_its_partitions_are_not(tmp_path):
     """A scheduled job's root is an output too: a run whose output.path lies under it (beside its partitions) would
     be read with them; its own partitions lie there by design."""

@@ -48,6 +48,7 @@ from pipelines.output.layout import (
     ERRORS,
     JOB,
     LEDGER,
+    LOCK,
     OURS,
     READERS,
     REPORT,
@@ -56,6 +57,7 @@ from pipelines.output.layout import (
     STAGING,
     SUCCESS,
 )
+from pipelines.output.lock import output_lock
 from pipelines.output.records import (
     CommitRecord,
     Confusion,
@@ -219,7 +221,14 @@ class OutputDir:
         if entries and self.job() is None and not self.commits():
             if any(e.base_name == LEDGER for e in entries):
                 raise PipelineError(scheduled_output(self.location, f"its ledger {LEDGER} is there"))
-            if any(e.base_name.removesuffix(layout.TMP_SUFFIX) not in OURS for e in entries):  # a cut-off write's too
+            if any(e.base_name == LOCK for e in entries):  # a scheduler started on it that has no ledger line yet
+                held = output_lock(self.location, LOCK, "a scheduled job", quiet=True).held_elsewhere()
+                if held is not None:
+                    raise PipelineError(scheduled_output(self.location, str(held)))
+            # a scheduler's lock file that nobody holds refuses nothing (as a run's refuses no tick); a cut-off write's
+            # .tmp file is bookkeeping too
+            bookkeeping = (*OURS, LOCK)
+            if any(e.base_name.removesuffix(layout.TMP_SUFFIX) not in bookkeeping for e in entries):
                 raise PipelineError(
                     f"output.path {self.location} is not empty and holds no results of this project; "
                     "choose an empty or new output.path"
