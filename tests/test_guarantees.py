@@ -1009,6 +1009,58 @@ def test_rows_wrapped_in_one_json_object_are_refused_whole_with_how_to_write_the
     assert _read(tmp_path / "one.jsonl") == [("a", "a row", None)]
 
 
+def test_a_json_array_file_cut_short_is_refused_whole_not_read_as_lines(tmp_path):
+    """`json.dump(rows, f)` cut short (a download that stopped): the file is one JSON array that does not parse, so it
+    was read as JSON lines, its one line one quarantined row (`invalid JSON: …`) for 200 rows, and written with indent
+    each of its lines a row of its own; under the error budget beside other files the run succeeded without those
+    rows. It is refused whole now, saying where it stops parsing, standing for the elements before the cut (a lower
+    bound); JSON lines whose lines are arrays are still read as lines."""
+    rows = [{"id": str(i), "text": f"row {i} " + "word " * (i % 7)} for i in range(200)]
+    (tmp_path / "in").mkdir()
+    flat = json.dumps(rows)
+    (tmp_path / "in" / "cut.json").write_text(flat[: len(flat) * 2 // 3])  # cut inside an element
+    pretty = json.dumps(rows, indent=2)
+    (tmp_path / "in" / "cut_pretty.json").write_text(pretty[: pretty.index('"row 4')])
+    whole = {s.name: s for s in list_shards([str(tmp_path / "in")])}
+    cut = flat[: len(flat) * 2 // 3]
+    for name, before in (("cut.json", len(json.loads(cut[: cut.rindex("}, {") + 1] + "]"))), ("cut_pretty.json", 4)):
+        [block] = list(read_shard(whole[name], Columns(text="text", id="id")))
+        assert block.column(ROW).to_pylist() == [-1], (name, block.num_rows)  # the file's one record
+        reason = block.column(ERROR)[0].as_py()
+        assert reason.startswith("unreadable jsonl file: a JSON array that stops parsing at line "), reason
+        assert reader_count_rows(whole[name]) == (before, False), name  # the elements before the cut, at least
+        counted = plan_count_rows(whole[name])  # the plan tells it as the run does
+        assert (counted.count, counted.rows, counted.records) == ("unreadable", before, 1), counted
+    lines = tmp_path / "arrays.jsonl"  # JSON lines of arrays: each line a row (refused as no object), as before
+    lines.write_text("[1, 2]\n" + json.dumps({"id": "a", "text": "a row"}) + "\n")
+    assert [r[0] for r in _read(lines)] == [None, "a"]
+
+
+def test_rows_wrapped_in_one_object_beside_another_list_or_in_pandas_columns_are_refused_whole(tmp_path):
+    """`{"data": [...rows], "errors": [{...}]}` (an API's export with a second list of objects) and pandas' default
+    `DataFrame.to_json()` (`{"id": {"0": …}, "text": {"0": …}}`, a column per key, its values keyed by row number):
+    each was read as one quarantined row (`missing column 'text'`, `text is not a string (dict)`), its rows unread;
+    under the error budget the run succeeded without them. Refused whole now, saying how to write them as lines, and
+    standing for their rows."""
+    rows = [{"id": f"W{i}", "text": f"row {i}"} for i in range(50)]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "wrapped.json").write_text(json.dumps({"data": rows, "errors": [{"id": "W50", "message": "x"}]}))
+    columns = {"id": {str(i): f"P{i}" for i in range(40)}, "text": {str(i): f"text {i}" for i in range(40)}}
+    (tmp_path / "in" / "pandas.json").write_text(json.dumps(columns))
+    whole = {s.name: s for s in list_shards([str(tmp_path / "in")])}
+    [block] = list(read_shard(whole["wrapped.json"], Columns(text="text", id="id")))
+    assert block.column(ROW).to_pylist() == [-1]
+    assert block.column(ERROR)[0].as_py().startswith(
+        'unreadable jsonl file: the file is one JSON object holding 50 rows as a list under "data"')
+    assert reader_count_rows(whole["wrapped.json"]) == (50, True)
+    [block] = list(read_shard(whole["pandas.json"], Columns(text="text", id="id")))
+    assert block.column(ROW).to_pylist() == [-1]
+    reason = block.column(ERROR)[0].as_py()
+    assert reason.startswith("unreadable jsonl file: the file is one JSON object holding 40 rows as columns"), reason
+    assert 'orient="records", lines=True' in reason, reason
+    assert reader_count_rows(whole["pandas.json"]) == (40, True)
+
+
 def test_a_folder_of_files_compressed_other_than_gzip_says_so_not_to_set_the_format(tmp_path):
     """A folder of ``.jsonl.zst`` files (or ``.bz2``, ``.xz``) was refused with ``set input.format for files without
     those extensions``: set, the format reads them (each refused whole, as compressed, by the reader), which was

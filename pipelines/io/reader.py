@@ -359,25 +359,54 @@ def read_jsonl(data: bytes, columns: Columns) -> pa.Table:
     if table.num_rows != 1:
         return table
     no_text = columns.text not in table.column_names or table.column(columns.text)[0].as_py() is None
-    if no_text and (found := wrapped_rows(data)) is not None:
+    if no_text and (found := wrapped_rows(data, columns.text)) is not None:
         key, rows = found
         if any(columns.text in row for row in rows):
             raise ValueError(wrapped_reason(key, len(rows)))
+    if (count := column_rows(data, columns.text)) is not None:
+        raise ValueError(f"the file is one JSON object holding {count} rows as columns (pandas' to_json() default), "
+                         'not JSON lines: write them with to_json(NAME.jsonl, orient="records", lines=True)')
     return table
 
 
-def wrapped_rows(data: bytes) -> tuple[str, list[dict[str, Any]]] | None:
-    """The key and the rows of a file that is one JSON object holding a non-empty list of objects under one key, and
-    under no other; else None."""
+def _one_object(data: bytes) -> dict[str, Any] | None:
+    """The file's one JSON object, or None where it is none (or no JSON)."""
     try:
         value = json.loads(without_boms(data))
     except (ValueError, RecursionError):
         return None
-    if not isinstance(value, dict):
+    return value if isinstance(value, dict) else None
+
+
+def wrapped_rows(data: bytes, text: str | None = None) -> tuple[str, list[dict[str, Any]]] | None:
+    """The key and the rows of a file that is one JSON object holding a non-empty list of objects under a key: the
+    only such list, or of several (the rows beside a list of errors) the one whose objects hold ``text`` (the text
+    column; not given: the longest); else None."""
+    value = _one_object(data)
+    if value is None:
         return None
     lists = [(key, rows) for key, rows in value.items()
              if isinstance(rows, list) and rows and all(isinstance(row, dict) for row in rows)]
+    if len(lists) > 1 and text is not None:
+        lists = [(key, rows) for key, rows in lists if any(text in row for row in rows)]
+    elif len(lists) > 1:
+        longest = max(len(rows) for _, rows in lists)
+        lists = [(key, rows) for key, rows in lists if len(rows) == longest]
     return lists[0] if len(lists) == 1 else None
+
+
+def column_rows(data: bytes, text: str | None = None) -> int | None:
+    """How many rows a file holds that is one JSON object of columns, each an object of the same row keys (pandas'
+    default ``DataFrame.to_json()``, ``{"id": {"0": …}, "text": {"0": …}}``), the text column (``text``, where given)
+    among them; else None."""
+    value = _one_object(data)
+    if value is None or len(value) < 2 or (text is not None and text not in value):
+        return None
+    columns = list(value.values())
+    if not all(isinstance(column, dict) and column for column in columns):
+        return None
+    keys = set(columns[0])
+    return len(keys) if all(set(column) == keys for column in columns) else None
 
 
 def wrapped_reason(key: str, rows: int) -> str:
@@ -402,6 +431,8 @@ def _read_jsonl(data: bytes, columns: Columns) -> pa.Table:
     data = without_boms(data)
     if (values := json_array(data)) is not None:
         return _read_json_array(values, columns)
+    if (broken := broken_array(data)) is not None:  # lines of it are no rows: refused whole
+        raise ValueError(broken)
     if (stream := json_stream(data)) is not None:
         values, problem = stream
         if problem is not None:
@@ -504,6 +535,31 @@ def json_array(data: bytes) -> list[Any] | None:
     except (json.JSONDecodeError, RecursionError):
         return None
     return value if isinstance(value, list) and REST_IS_SPACE.match(text, end) else None
+
+
+def broken_array(data: bytes) -> str | None:
+    """Why a file that is one JSON array does not parse as one (cut short, an element broken, more after it), or
+    None: it parses, or it is no array, or it is JSON lines of arrays (its first line is a JSON value)."""
+    if not array_start(data):
+        return None
+    text = without_boms(data).decode("utf-8", errors="surrogateescape")
+    start = SPACE.match(text).end()  # type: ignore[union-attr]
+    end = text.find("\n", start)
+    try:
+        json.loads(text[start:] if end < 0 else text[start:end])
+        return None  # the first line is a value: JSON lines (of arrays), read line by line
+    except RecursionError:
+        return None
+    except ValueError:
+        pass
+    fix = "mend the file there (then `jq -c '.[]' FILE > NAME.jsonl` writes one element a line)"
+    try:
+        _, stop = json.JSONDecoder().raw_decode(text, start)
+    except json.JSONDecodeError as exc:
+        return f"a JSON array that stops parsing at line {exc.lineno} ({exc.msg}); {fix}"
+    except RecursionError:
+        return f"a JSON array nested too deeply; {fix}"
+    return f"a JSON array followed by more at line {text.count(chr(10), 0, stop) + 1}; {fix}"
 
 
 def array_head(head: bytes) -> list[Any] | None:
@@ -1562,6 +1618,10 @@ def count_rows(shard: Shard) -> tuple[int | None, bool]:
         return len(values), True  # a Batch file that is one JSON array, refused whole: its requests, not its lines
     if exact and (wrapped := wrapped_rows(data)) is not None:  # rows wrapped in one object, refused whole: those rows
         return len(wrapped[1]), True
+    if exact and (count := column_rows(data)) is not None:  # rows as columns of one object, refused whole
+        return count, True
+    if broken_array(data) is not None:  # one JSON array that does not parse, refused whole: the elements before that
+        return len(array_head(data) or []), False
     if (stream := json_stream(data)) is not None:  # objects over several lines: those read before any damage
         return (len(stream[0]) if stream[0] or (exact and stream[1] is None) else None), exact and stream[1] is None
     lines = without_boms(data).split(b"\n")  # a byte order mark alone on its line is no row

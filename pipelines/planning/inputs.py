@@ -36,6 +36,7 @@ from pipelines.io.reader import (
     Columns,
     array_head,
     array_start,
+    broken_array,
     compression_reason,
     json_array,
     json_reason,
@@ -157,6 +158,8 @@ def _array_rows(
     data, whole = _read_ahead(stream, chunk, limit)
     if whole:
         values = json_array(data)
+        if values is None and (broken := broken_array(data)) is not None:  # a run refuses it whole, saying this
+            raise ValueError(broken)
         return ((len(values), True) if values is not None else None), data
     head = array_head(data)
     if head is None:
