@@ -1034,6 +1034,8 @@ def test_a_json_array_file_cut_short_is_refused_whole_not_read_as_lines(tmp_path
     lines = tmp_path / "arrays.jsonl"  # JSON lines of arrays: each line a row (refused as no object), as before
     lines.write_text("[1, 2]\n" + json.dumps({"id": "a", "text": "a row"}) + "\n")
     assert [r[0] for r in _read(lines)] == [None, "a"]
+    lines.write_text("[2024-06-01 export] start\n" + json.dumps({"id": "a", "text": "a row"}) + "\n")  # broken line 1
+    assert [r[0] for r in _read(lines)] == [None, "a"]  # costs its row alone, the file is read
 
 
 def test_rows_wrapped_in_one_object_beside_another_list_or_in_pandas_columns_are_refused_whole(tmp_path):

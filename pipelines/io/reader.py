@@ -552,6 +552,9 @@ def broken_array(data: bytes) -> str | None:
         return None
     except ValueError:
         pass
+    following = next((line for line in text[end + 1:].split("\n", 8)[:8] if line.strip()), None) if end >= 0 else None
+    if following is not None and _is_json(following):
+        return None  # JSON lines whose first line is broken (`[2024-06-01 export]`): that line costs its row alone
     fix = "mend the file there (then `jq -c '.[]' FILE > NAME.jsonl` writes one element a line)"
     try:
         _, stop = json.JSONDecoder().raw_decode(text, start)
@@ -560,6 +563,14 @@ def broken_array(data: bytes) -> str | None:
     except RecursionError:
         return f"a JSON array nested too deeply; {fix}"
     return f"a JSON array followed by more at line {text.count(chr(10), 0, stop) + 1}; {fix}"
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 def array_head(head: bytes) -> list[Any] | None:
