@@ -737,7 +737,7 @@ def execute(
             reports = tally.reports.pop(report.shard)
             if report.unreadable:
                 output.check_lock()  # before its staged record is read (a new holder deletes it); commit() checks too
-                found = _unreadable(output, shard, reports)
+                found = _unreadable(output, shard, reports, spec.input.text_column)
                 if spec.errors.unreadable_files == "fail" or not fetched(found):
                     failed.append(UnreadableShard(shard.key, found))
                     continue
@@ -781,8 +781,9 @@ def _process_start() -> float:
         return time.time()
 
 
-def _unreadable(output: OutputDir, shard: Shard, reports: list[StagingReport]) -> Unreadable:
-    """What is known of a shard that could not be read: the reader's reason, and its rows where they can be told."""
+def _unreadable(output: OutputDir, shard: Shard, reports: list[StagingReport], text: str) -> Unreadable:
+    """What is known of a shard that could not be read: the reader's reason, and its rows where they can be told
+    (``text``: the job's text column)."""
     reason = "unreadable file"
     for path in (p for r in reports for p in r.error_files):
         with output.fs.open_input_file(path) as handle:
@@ -790,7 +791,7 @@ def _unreadable(output: OutputDir, shard: Shard, reports: list[StagingReport]) -
         reason = str(reasons[0]) if reasons else reason
     found = Unreadable(uri=shard.uri, reason=reason, rows=None, exact=False)
     if fetched(found):  # a file that could not be fetched is not fetched again to count its rows
-        found.rows, found.exact = count_rows(shard)
+        found.rows, found.exact = count_rows(shard, text)
     log.error("cannot read %s: %s (%s)", shard.uri, reason, found.rows_told())
     return found
 

@@ -1031,6 +1031,13 @@ def test_a_json_array_file_cut_short_is_refused_whole_not_read_as_lines(tmp_path
         assert reader_count_rows(whole[name]) == (before, False), name  # the elements before the cut, at least
         counted = plan_count_rows(whole[name])  # the plan tells it as the run does
         assert (counted.count, counted.rows, counted.records) == ("unreadable", before, 1), counted
+    more = tmp_path / "more.json"  # a whole array and more after it (two dumps appended to one file)
+    more.write_text(json.dumps(rows[:3], indent=2) + "\n" + json.dumps(rows[3:5], indent=2) + "\n")
+    [shard] = list_shards([str(more)])
+    [block] = list(read_shard(shard, Columns(text="text", id="id")))
+    assert block.column(ROW).to_pylist() == [-1], block.num_rows
+    assert block.column(ERROR)[0].as_py().startswith(
+        f"unreadable jsonl file: a JSON array followed by more at line {json.dumps(rows[:3], indent=2).count(chr(10)) + 2}; ")
     lines = tmp_path / "arrays.jsonl"  # JSON lines of arrays: each line a row (refused as no object), as before
     lines.write_text("[1, 2]\n" + json.dumps({"id": "a", "text": "a row"}) + "\n")
     assert [r[0] for r in _read(lines)] == [None, "a"]
@@ -1061,6 +1068,29 @@ def test_rows_wrapped_in_one_object_beside_another_list_or_in_pandas_columns_are
     assert reason.startswith("unreadable jsonl file: the file is one JSON object holding 40 rows as columns"), reason
     assert 'orient="records", lines=True' in reason, reason
     assert reader_count_rows(whole["pandas.json"]) == (40, True)
+
+
+def test_rows_wrapped_beside_a_longer_list_or_as_columns_are_counted_as_the_run_reads_them(tmp_path):
+    """A file of rows under `data` beside a longer list of `errors` is refused whole by a run as the 3 rows under
+    `data` (the list whose objects hold the text column); its record and the plan counted the longest list (10). The
+    plan counted pandas' column layout, and rows wrapped in one object, as 1 row a run reads; a run refuses them."""
+    (tmp_path / "in").mkdir()
+    wrapped = {"data": [{"id": f"W{i}", "text": f"row {i}"} for i in range(3)],
+               "errors": [{"id": f"E{i}", "message": "x"} for i in range(10)]}
+    (tmp_path / "in" / "wrapped.json").write_text(json.dumps(wrapped))
+    columns = {"id": {str(i): f"P{i}" for i in range(40)}, "text": {str(i): f"text {i}" for i in range(40)}}
+    (tmp_path / "in" / "pandas.json").write_text(json.dumps(columns))
+    whole = {s.name: s for s in list_shards([str(tmp_path / "in")])}
+    [block] = list(read_shard(whole["wrapped.json"], Columns(text="text", id="id")))
+    assert "holding 3 rows as a list under \"data\"" in block.column(ERROR)[0].as_py()
+    assert reader_count_rows(whole["wrapped.json"], "text") == (3, True)
+    for name, rows, said in (("wrapped.json", 3, 'as a list under "data"'), ("pandas.json", 40, "as columns")):
+        counted = plan_count_rows(whole[name], text="text")  # the plan tells it as the run does
+        assert (counted.count, counted.rows, counted.records) == ("unreadable", rows, 1), counted
+        assert said in (counted.error or ""), counted.error
+    (tmp_path / "in" / "one.json").write_text(json.dumps({"id": "a", "text": "one row"}))  # one row: still a row
+    counted = plan_count_rows(list_shards([str(tmp_path / "in" / "one.json")])[0], text="text")
+    assert (counted.count, counted.rows) == ("counted", 1), counted
 
 
 def test_a_folder_of_files_compressed_other_than_gzip_says_so_not_to_set_the_format(tmp_path):

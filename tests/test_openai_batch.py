@@ -295,6 +295,25 @@ def test_a_batch_file_that_is_one_json_array_is_refused_whole_with_how_to_write_
     assert reader_count_rows(shard) == (2, True)
 
 
+def test_a_batch_file_that_is_a_json_array_cut_short_is_refused_whole_not_read_as_one_broken_request(tmp_path):
+    """Requests saved as one JSON array on one line, cut short (a copy that stopped): the file was one request refused
+    as ``invalid JSON`` with no custom_id, standing for all of them; under the error budget the run succeeded without
+    them. The plan already refused it whole; the run does too now, naming the line, standing for the requests before
+    the cut."""
+    path = tmp_path / "batch.jsonl"
+    whole = json.dumps([chat_line(f"request {i}") for i in range(30)])
+    path.write_text(whole[: len(whole) * 2 // 3])
+    [shard] = list_shards([str(path)], "openai-batch")
+    [block] = list(read_shard(shard, Columns(text="text", id="id")))
+    assert block.num_rows == 1 and block.column("_row").to_pylist() == [-1], block.column("_error").to_pylist()
+    reason = block.column("_error")[0].as_py()
+    assert reason.startswith("unreadable openai-batch file: a JSON array that stops parsing at line 1"), reason
+    rows, exact = reader_count_rows(shard)
+    assert 15 <= rows < 30 and not exact, rows  # the requests before the cut, at least
+    counted = plan_count_rows(shard)
+    assert (counted.count, counted.rows, counted.records) == ("unreadable", rows, 1), counted
+
+
 def test_a_lone_surrogate_costs_its_request_only():
     """A message cut inside an emoji (JavaScript writes ``"\\ud83d"``) made the whole Batch file unreadable."""
     table = rows_of([chat_line("a"), chat_line("cut", content="cut \ud83d"), chat_line("b\udc00"),

@@ -2023,6 +2023,25 @@ def test_a_missing_model_fails_the_invocation_before_any_run_not_a_new_failing_r
     assert ledger(tmp_path) == []
     assert not list((tmp_path / "out").glob("run=*"))
 
+def test_a_scheduled_output_whose_model_goes_missing_records_no_tick_until_it_is_back(tmp_path):
+    """An output scored before (its ledger, a partition), then the model's folder gone: each invocation fails with the
+    model's line before any run and adds nothing to the ledger or the output; back, the next tick scores what landed
+    meanwhile, in one run."""
+    spec = make_job(tmp_path, str(tmp_path / "models" / "classifier"))
+    add_shard(tmp_path, "night-1.jsonl", rows("n1-", 2))
+    run_due(spec, now=day(1, hours=0.01), runner=Committing())  # scored (by a stand-in: it loads no model)
+    before = ledger(tmp_path)
+    partitions = sorted(p.name for p in (tmp_path / "out").glob("run=*"))
+    for night in (2, 3):
+        add_shard(tmp_path, f"night-{night}.jsonl", rows(f"n{night}-", 2))
+        with pytest.raises(PipelineError, match=r"model .*models/classifier.*no such directory here"):
+            run_due(spec, now=day(night, hours=0.01))  # the real runner's checks before any work
+    assert ledger(tmp_path) == before
+    assert sorted(p.name for p in (tmp_path / "out").glob("run=*")) == partitions
+    [line] = run_due(spec, now=day(3, hours=0.02), runner=Committing()).entries
+    assert (line.status, sorted(i.name for i in line.inputs)) == ("succeeded", ["night-2.jsonl", "night-3.jsonl"])
+
+
 def test_a_ray_that_cannot_be_reached_fails_the_invocation_before_any_run_not_a_new_failing_run_each_night(
         classifier, tmp_path):
     """`schedule --once --address HEAD:6379` while the cluster's head is down (or a local Ray that can't start): each
@@ -2040,8 +2059,7 @@ def test_a_ray_that_cannot_be_reached_fails_the_invocation_before_any_run_not_a_
                                "127.0.0.1:1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 2, done.stderr[-3000:]
         assert "Cannot reach the Ray cluster at 127.0.0.1:1" in done.stderr
-    assert ledger(tmp_path) == []
-    assert not list((tmp_path / "out").glob("run=*"))
+        assert not (tmp_path / "out").exists()  # a new output: refused before its lock made the folder
 
 
 def test_a_model_that_can_not_be_loaded_stops_the_invocation_not_a_new_failing_run_each_night(

@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from pipelines.io.block import ERROR
 from pipelines.io.reader import (
+    broken_array,
     drop_lone_surrogates,
     json_array,
     json_stream,
@@ -47,6 +48,8 @@ def read_requests(data: bytes, id_column: str, text_column: str) -> pa.Table:
     errors: list[str | None] = []
     if (values := json_array(data)) is not None:  # each of its lines would be a broken request, none saying why
         raise ValueError(array_reason(len(values)))
+    if (broken := broken_array(data)) is not None:  # so too one that does not parse as one (cut short): its line
+        raise ValueError(broken)
     if (stream := json_stream(data)) is not None:  # so too requests written over several lines each
         raise ValueError(stream_reason(len(stream[0])))
     lines = without_boms(data).split(b"\n")  # byte order marks at the start of a line, as JSON lines skip them

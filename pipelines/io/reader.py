@@ -356,16 +356,8 @@ def read_jsonl(data: bytes, columns: Columns) -> pa.Table:
     a key (``{"data": [{...}, ...]}``, as APIs and dataset viewers export them) is refused whole, saying so (it read as
     one row of ``missing column``, its rows unread, under the error budget beside other files)."""
     table = _read_jsonl(data, columns)
-    if table.num_rows != 1:
-        return table
-    no_text = columns.text not in table.column_names or table.column(columns.text)[0].as_py() is None
-    if no_text and (found := wrapped_rows(data, columns.text)) is not None:
-        key, rows = found
-        if any(columns.text in row for row in rows):
-            raise ValueError(wrapped_reason(key, len(rows)))
-    if (count := column_rows(data, columns.text)) is not None:
-        raise ValueError(f"the file is one JSON object holding {count} rows as columns (pandas' to_json() default), "
-                         'not JSON lines: write them with to_json(NAME.jsonl, orient="records", lines=True)')
+    if table.num_rows == 1 and (found := one_object_rows(data, columns.text)) is not None:
+        raise ValueError(found[1])
     return table
 
 
@@ -378,29 +370,39 @@ def _one_object(data: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def wrapped_rows(data: bytes, text: str | None = None) -> tuple[str, list[dict[str, Any]]] | None:
-    """The key and the rows of a file that is one JSON object holding a non-empty list of objects under a key: the
-    only such list, or of several (the rows beside a list of errors) the one whose objects hold ``text`` (the text
-    column; not given: the longest); else None."""
+def one_object_rows(data: bytes, text: str) -> tuple[int, str] | None:
+    """The rows of a file that is one JSON object holding them, and why it is refused whole (how to write them as
+    lines): a list of objects under a key, where the object has no ``text`` (the text column) of its own
+    (:func:`wrapped_rows`), or pandas' column layout (:func:`column_rows`); else None. What a run refuses, its record
+    and ``pipelines plan`` count: one function, so they agree."""
     value = _one_object(data)
     if value is None:
         return None
+    found = wrapped_rows(value, text) if value.get(text) is None else None
+    if found is not None and any(text in row for row in found[1]):
+        return len(found[1]), wrapped_reason(found[0], len(found[1]))
+    if (count := column_rows(value, text)) is not None:
+        return count, (f"the file is one JSON object holding {count} rows as columns (pandas' to_json() default), "
+                       'not JSON lines: write them with to_json(NAME.jsonl, orient="records", lines=True)')
+    return None
+
+
+def wrapped_rows(value: dict[str, Any], text: str) -> tuple[str, list[dict[str, Any]]] | None:
+    """The key and the rows of one JSON object holding a non-empty list of objects under a key: the only such list,
+    or of several (the rows beside a list of errors) the one whose objects hold ``text`` (the text column); else
+    None."""
     lists = [(key, rows) for key, rows in value.items()
              if isinstance(rows, list) and rows and all(isinstance(row, dict) for row in rows)]
-    if len(lists) > 1 and text is not None:
+    if len(lists) > 1:
         lists = [(key, rows) for key, rows in lists if any(text in row for row in rows)]
-    elif len(lists) > 1:
-        longest = max(len(rows) for _, rows in lists)
-        lists = [(key, rows) for key, rows in lists if len(rows) == longest]
     return lists[0] if len(lists) == 1 else None
 
 
-def column_rows(data: bytes, text: str | None = None) -> int | None:
-    """How many rows a file holds that is one JSON object of columns, each an object of the same row keys (pandas'
-    default ``DataFrame.to_json()``, ``{"id": {"0": …}, "text": {"0": …}}``), the text column (``text``, where given)
-    among them; else None."""
-    value = _one_object(data)
-    if value is None or len(value) < 2 or (text is not None and text not in value):
+def column_rows(value: dict[str, Any], text: str) -> int | None:
+    """How many rows one JSON object holds as columns, each an object of the same row keys (pandas' default
+    ``DataFrame.to_json()``, ``{"id": {"0": …}, "text": {"0": …}}``), the text column ``text`` among them; else
+    None."""
+    if len(value) < 2 or text not in value:
         return None
     columns = list(value.values())
     if not all(isinstance(column, dict) and column for column in columns):
@@ -562,7 +564,8 @@ def broken_array(data: bytes) -> str | None:
         return f"a JSON array that stops parsing at line {exc.lineno} ({exc.msg}); {fix}"
     except RecursionError:
         return f"a JSON array nested too deeply; {fix}"
-    return f"a JSON array followed by more at line {text.count(chr(10), 0, stop) + 1}; {fix}"
+    more = SPACE.match(text, stop).end()  # type: ignore[union-attr]  # where what follows the array starts
+    return f"a JSON array followed by more at line {text.count(chr(10), 0, more) + 1}; {fix}"
 
 
 def _is_json(text: str) -> bool:
@@ -1594,8 +1597,9 @@ def unreadable(shard: Shard, columns: Columns, reason: str, digest: str = "", si
     return pa.table(out)
 
 
-def count_rows(shard: Shard) -> tuple[int | None, bool]:
-    """How many rows an unreadable shard holds, as far as can be told: (rows, exact).
+def count_rows(shard: Shard, text: str = "text") -> tuple[int | None, bool]:
+    """How many rows an unreadable shard holds, as far as can be told: (rows, exact). ``text``: the job's text
+    column (which list of a file of rows wrapped in one object holds them, :func:`one_object_rows`).
 
     A Parquet file whose footer reads gives its exact row count; a JSON lines file counts its
     non-blank lines (a gzip file cut short or corrupt: the whole lines before the damage, over all its
@@ -1627,10 +1631,8 @@ def count_rows(shard: Shard) -> tuple[int | None, bool]:
         data = data.decode("utf-16", errors="replace").encode()
     if shard.format == "openai-batch" and exact and (values := json_array(data)) is not None:
         return len(values), True  # a Batch file that is one JSON array, refused whole: its requests, not its lines
-    if exact and (wrapped := wrapped_rows(data)) is not None:  # rows wrapped in one object, refused whole: those rows
-        return len(wrapped[1]), True
-    if exact and (count := column_rows(data)) is not None:  # rows as columns of one object, refused whole
-        return count, True
+    if exact and shard.format != "openai-batch" and (one := one_object_rows(data, text)) is not None:
+        return one[0], True  # rows wrapped in one object, or as its columns, refused whole: those rows
     if broken_array(data) is not None:  # one JSON array that does not parse, refused whole: the elements before that
         return len(array_head(data) or []), False
     if (stream := json_stream(data)) is not None:  # objects over several lines: those read before any damage

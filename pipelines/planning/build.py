@@ -65,7 +65,7 @@ def build_plan(
     shards = list_shards(spec.input.paths, spec.input.format, exclude=[spec.output.path],
                          empty_is_no_input=spec.schedule is not None)
     check_input_columns(spec, shards)  # as a run refuses a column no input file holds
-    inputs = survey(shards, count_limit)
+    inputs = survey(shards, count_limit, spec.input.text_column)
     groups = group_shards([c.bytes for c in inputs.shards])  # the read tasks, as a run reads the shards
     rows = [sum(inputs.shards[i].read_rows() for i in group) for group in groups]  # an unreadable file: 1 record
     task_bytes = [sum(inputs.shards[i].bytes for i in group) for group in groups]
@@ -75,7 +75,8 @@ def build_plan(
     covers = sum(rows) <= sample and inputs.rows_exact
     columns = columns_of(spec, shards)
     tables = read_batches([[shards[i] for i in group] for group in groups], columns, picked)
-    inputs = found_unreadable(inputs, shards, tables)  # a Parquet footer that reads over data that does not
+    # a Parquet footer that reads over data that does not
+    inputs = found_unreadable(inputs, shards, tables, spec.input.text_column)
     told = {s.key: c.rows for s, c in zip(shards, inputs.shards) if c.records is not None}
     partial = sum(rows) > sample  # a sample of part of the input: its unreadable files are counted, not scaled
     apart = unreadable_records(shards, inputs.shards, columns) if partial else None

@@ -43,6 +43,8 @@ from pipelines.io.reader import (
     json_stream,
     line_rows,
     lines_rows,
+    one_object_rows,
+    read_bytes,
     read_group,
     stream_start,
 )
@@ -57,8 +59,8 @@ ARRAY_COUNT_LIMIT = 64 << 20  # of a file that is one JSON array, parsed whole t
 CHUNK = 1 << 22
 
 
-def count_rows(shard: Shard, count_limit: int = COUNT_LIMIT) -> ShardCount:
-    """The rows a run reads from ``shard``; never raises for bad content."""
+def count_rows(shard: Shard, count_limit: int = COUNT_LIMIT, text: str = "text") -> ShardCount:
+    """The rows a run reads from ``shard`` (``text``: the job's text column); never raises for bad content."""
     base = ShardCount(uri=shard.uri, format=shard.format, compressed=shard.compressed, bytes=shard.size, rows=0,
                       count="counted")
     try:
@@ -67,10 +69,23 @@ def count_rows(shard: Shard, count_limit: int = COUNT_LIMIT) -> ShardCount:
         if shard.format == "parquet":
             return base.model_copy(update={"rows": _parquet_rows(shard), "count": "footer"})
         rows, exact = _jsonl_rows(shard, count_limit)
+        if rows == 1 and exact and (reason := _one_object_reason(shard, text)) is not None:
+            raise ValueError(reason)
         return base.model_copy(update={"rows": rows, "count": "counted" if exact else "estimated"})
     except Exception as exc:  # noqa: BLE001 - an unreadable file is one quarantined record in a run
         said = (_json_under_parquet_name(shard) if shard.format == "parquet" else None) or first_line(exc)[:200]
-        return as_unreadable(base, shard, f"unreadable {shard.format} file: {said}")
+        return as_unreadable(base, shard, f"unreadable {shard.format} file: {said}", text)
+
+
+def _one_object_reason(shard: Shard, text: str) -> str | None:
+    """Why a run refuses a file of one row whole, where that row is one JSON object holding the rows (a list under a
+    key, pandas' columns: :func:`one_object_rows`); None where it is a row. Told of a file up to
+    :data:`ARRAY_COUNT_LIMIT` bytes (a larger one, counted 1 row here, is refused by the run)."""
+    if shard.format == "openai-batch" or shard.size > ARRAY_COUNT_LIMIT:
+        return None
+    raw = read_bytes(shard)
+    found = one_object_rows(gzip.decompress(raw) if shard.compressed else raw, text)
+    return found[1] if found is not None else None
 
 
 def _json_under_parquet_name(shard: Shard) -> str | None:
@@ -82,10 +97,10 @@ def _json_under_parquet_name(shard: Shard) -> str | None:
         return None
 
 
-def as_unreadable(count: ShardCount, shard: Shard, reason: str) -> ShardCount:
+def as_unreadable(count: ShardCount, shard: Shard, reason: str, text: str = "text") -> ShardCount:
     """``count`` as a run tells an unreadable file: one quarantined record, its rows as the run counts them (a
     footer's, or the lines before the damage), ``reason`` with them."""
-    rows, exact = reader_count_rows(shard)
+    rows, exact = reader_count_rows(shard, text)
     told = "rows unknown" if rows is None else f"{rows:,} rows" + ("" if exact else " before the damage")
     return count.model_copy(update={"rows": rows or 0, "rows_exact": exact, "records": 1, "count": "unreadable",
                                     "error": f"{reason}; {told}"})
@@ -201,8 +216,8 @@ class _Counting:
         return data
 
 
-def survey(shards: list[Shard], count_limit: int = COUNT_LIMIT) -> InputPlan:
-    counts = [count_rows(shard, count_limit) for shard in shards]
+def survey(shards: list[Shard], count_limit: int = COUNT_LIMIT, text: str = "text") -> InputPlan:
+    counts = [count_rows(shard, count_limit, text) for shard in shards]
     kinds = Counter(c.format + (".gz" if c.compressed else "") for c in counts)
     return InputPlan(shards=counts, bytes=sum(c.bytes for c in counts), formats=dict(sorted(kinds.items())),
                      **_totals(counts))
@@ -367,7 +382,9 @@ def read_batches(tasks: list[list[Shard]], columns: Columns, batches: list[list[
     return out
 
 
-def found_unreadable(inputs: InputPlan, shards: list[Shard], tables: list[pa.Table]) -> InputPlan:
+def found_unreadable(
+    inputs: InputPlan, shards: list[Shard], tables: list[pa.Table], text: str = "text"
+) -> InputPlan:
     """``inputs`` with the files that reading ``tables`` found unreadable where their count had read (a Parquet file
     whose footer reads but whose data does not), told as a run tells them: their rows quarantined as one record."""
     found: dict[str, str] = {}
@@ -378,7 +395,7 @@ def found_unreadable(inputs: InputPlan, shards: list[Shard], tables: list[pa.Tab
     for shard, count in zip(shards, inputs.shards, strict=True):
         reason = found.get(shard.key)
         if reason is not None and count.error is None and not reason.startswith(NOT_FETCHED):  # a fetch is retried
-            count = as_unreadable(count, shard, reason)
+            count = as_unreadable(count, shard, reason, text)
         counts.append(count)
     return inputs.model_copy(update={"shards": counts, **_totals(counts)})
 
