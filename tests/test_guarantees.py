@@ -1093,6 +1093,32 @@ def test_rows_wrapped_beside_a_longer_list_or_as_columns_are_counted_as_the_run_
     assert (counted.count, counted.rows) == ("counted", 1), counted
 
 
+def test_rows_in_one_object_as_splits_or_as_one_pandas_column_are_refused_whole_standing_for_them(tmp_path):
+    """A dataset exported with its splits in one object (`{"train": [...], "test": [...]}`, each list's objects holding
+    the text column), and pandas' column layout of a frame of the text column alone (`{"text": {"0": …}}`): each was
+    one quarantined row (`missing column 'text'`, `text is not a string (dict)`) standing for all of them; under the
+    error budget beside other files the run succeeded without them. Refused whole now, standing for their rows."""
+    (tmp_path / "in").mkdir()
+    splits = {"train": [{"id": f"T{i}", "text": f"train {i}"} for i in range(7)],
+              "test": [{"id": f"S{i}", "text": f"test {i}"} for i in range(3)]}
+    (tmp_path / "in" / "splits.json").write_text(json.dumps(splits))
+    (tmp_path / "in" / "alone.json").write_text(json.dumps({"text": {str(i): f"text {i}" for i in range(12)}}))
+    whole = {s.name: s for s in list_shards([str(tmp_path / "in")])}
+    for name, rows, said in (("splits.json", 10, 'as lists under "train" (7) and "test" (3)'),
+                             ("alone.json", 12, "12 rows as columns")):
+        [block] = list(read_shard(whole[name], Columns(text="text", id="id")))
+        assert block.column(ROW).to_pylist() == [-1], (name, block.column(ERROR).to_pylist())
+        assert said in block.column(ERROR)[0].as_py(), block.column(ERROR)[0].as_py()
+        assert reader_count_rows(whole[name], "text") == (rows, True)
+        counted = plan_count_rows(whole[name], text="text")
+        assert (counted.count, counted.rows, counted.records) == ("unreadable", rows, 1), counted
+    assert "jq -c '.[\"train\"][], .[\"test\"][]'" in list(read_shard(whole["splits.json"], Columns(
+        text="text", id="id")))[0].column(ERROR)[0].as_py()
+    (tmp_path / "one.json").write_text(json.dumps({"text": {"a": "an object, not a column"}}))  # one row: a row
+    [block] = list(read_shard(list_shards([str(tmp_path / "one.json")])[0], Columns(text="text", id="id")))
+    assert block.column(ROW).to_pylist() == [0], block.column(ERROR).to_pylist()
+
+
 def test_a_folder_of_files_compressed_other_than_gzip_says_so_not_to_set_the_format(tmp_path):
     """A folder of ``.jsonl.zst`` files (or ``.bz2``, ``.xz``) was refused with ``set input.format for files without
     those extensions``: set, the format reads them (each refused whole, as compressed, by the reader), which was

@@ -372,49 +372,56 @@ def _one_object(data: bytes) -> dict[str, Any] | None:
 
 def one_object_rows(data: bytes, text: str) -> tuple[int, str] | None:
     """The rows of a file that is one JSON object holding them, and why it is refused whole (how to write them as
-    lines): a list of objects under a key, where the object has no ``text`` (the text column) of its own
+    lines): lists of objects under keys, where the object has no ``text`` (the text column) of its own
     (:func:`wrapped_rows`), or pandas' column layout (:func:`column_rows`); else None. What a run refuses, its record
     and ``pipelines plan`` count: one function, so they agree."""
     value = _one_object(data)
     if value is None:
         return None
-    found = wrapped_rows(value, text) if value.get(text) is None else None
-    if found is not None and any(text in row for row in found[1]):
-        return len(found[1]), wrapped_reason(found[0], len(found[1]))
+    found = wrapped_rows(value, text) if value.get(text) is None else []
+    if found:
+        return sum(len(rows) for _, rows in found), wrapped_reason(found)
     if (count := column_rows(value, text)) is not None:
         return count, (f"the file is one JSON object holding {count} rows as columns (pandas' to_json() default), "
                        'not JSON lines: write them with to_json(NAME.jsonl, orient="records", lines=True)')
     return None
 
 
-def wrapped_rows(value: dict[str, Any], text: str) -> tuple[str, list[dict[str, Any]]] | None:
-    """The key and the rows of one JSON object holding a non-empty list of objects under a key: the only such list,
-    or of several (the rows beside a list of errors) the one whose objects hold ``text`` (the text column); else
-    None."""
+def wrapped_rows(value: dict[str, Any], text: str) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The keys and rows of one JSON object holding non-empty lists of objects under keys: those whose objects hold
+    ``text`` (the text column: the rows beside a list of errors; a dataset's splits, each a list of rows), or where
+    the object holds one such list only, that one whatever its objects hold (none: ``[]``)."""
     lists = [(key, rows) for key, rows in value.items()
              if isinstance(rows, list) and rows and all(isinstance(row, dict) for row in rows)]
-    if len(lists) > 1:
-        lists = [(key, rows) for key, rows in lists if any(text in row for row in rows)]
-    return lists[0] if len(lists) == 1 else None
+    return [(key, rows) for key, rows in lists if any(text in row for row in rows)]
 
 
 def column_rows(value: dict[str, Any], text: str) -> int | None:
     """How many rows one JSON object holds as columns, each an object of the same row keys (pandas' default
-    ``DataFrame.to_json()``, ``{"id": {"0": …}, "text": {"0": …}}``), the text column ``text`` among them; else
-    None."""
-    if len(value) < 2 or text not in value:
+    ``DataFrame.to_json()``, ``{"id": {"0": …}, "text": {"0": …}}``), the text column ``text`` among them (alone,
+    its keys must be row numbers, as pandas writes them: else it is one row whose text is an object); else None."""
+    if text not in value:
         return None
     columns = list(value.values())
     if not all(isinstance(column, dict) and column for column in columns):
         return None
     keys = set(columns[0])
+    if len(value) == 1 and not all(key.isdigit() for key in keys):
+        return None
     return len(keys) if all(set(column) == keys for column in columns) else None
 
 
-def wrapped_reason(key: str, rows: int) -> str:
+def wrapped_reason(found: list[tuple[str, list[dict[str, Any]]]]) -> str:
     """Why a file of rows wrapped in one object (:func:`wrapped_rows`) is not read, and how to write them as lines."""
-    return (f"the file is one JSON object holding {rows} rows as a list under {json.dumps(key)}, not JSON lines: "
-            f"`jq -c '.[{json.dumps(key)}][]' FILE > NAME.jsonl` writes them one a line")
+    rows = sum(len(rows) for _, rows in found)
+    keys = [json.dumps(key) for key, _ in found]
+    sizes = [f"{key} ({len(rows)})" for key, (_, rows) in zip(keys, found, strict=True)]
+    where = f"as a list under {keys[0]}"
+    if len(found) > 1:
+        where = f"as lists under {', '.join(sizes[:-1])} and {sizes[-1]}"
+    paths = ", ".join(f".[{key}][]" for key in keys)
+    return (f"the file is one JSON object holding {rows} rows {where}, not JSON lines: "
+            f"`jq -c '{paths}' FILE > NAME.jsonl` writes them one a line")
 
 
 def _read_jsonl(data: bytes, columns: Columns) -> pa.Table:
