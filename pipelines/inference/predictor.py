@@ -402,6 +402,8 @@ def _not_finite(predictions: dict[str, pa.Array], rows: int) -> np.ndarray:
 
 def _flag_each(errors: pa.Array, rows: np.ndarray, reasons: list[str]) -> pa.Array:
     """Set each of ``rows`` its own reason (where it has none yet)."""
+    if not len(rows):  # nothing to set: no copy of the batch's errors through Python
+        return errors
     values = errors.to_pylist()
     for row, reason in zip(rows.tolist(), reasons):
         if values[row] is None:
