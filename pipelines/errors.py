@@ -50,8 +50,10 @@ def raise_terminated(signum: int, frame: object) -> None:
 
 @contextlib.contextmanager
 def keeping_sigterm() -> Iterator[None]:
-    """Around ``ray.init``, which sets a SIGTERM handler of its own (``sys.exit``) in the main thread: where the
-    CLI had set :func:`raise_terminated`, it is set again after."""
+    """Around ``ray.init``, which sets a SIGTERM handler of its own (``sys.exit``) in the main thread, and around
+    ``ray.shutdown``, which puts SIGTERM back to the kernel's default (its core worker's shutdown does, below Python:
+    ``signal.getsignal`` still names Python's handler, and the signal then ended a scheduler's loop where it slept,
+    with no line of ours): where the CLI had set :func:`raise_terminated`, it is set again after."""
     on_main = threading.current_thread() is threading.main_thread()
     before = signal.getsignal(signal.SIGTERM) if on_main else None
     try:

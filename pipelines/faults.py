@@ -4,7 +4,8 @@
 n-th time it reaches ``point``. Driver points: ``before_commit``, ``mid_commit``
 (commit record written, files not yet moved into place), ``mid_reveal`` (on an object
 store: a staged file copied into place, its staged copy not yet deleted), ``after_commit``,
-``before_summary``, ``exit`` (the CLI has said how the command ended; Ray's shutdown at exit follows); actor point:
+``before_summary``, ``exit`` (the CLI has said how the command ended; Ray's shutdown at exit follows), ``idle``
+(the scheduler's loop, about to sleep till its next tick); actor point:
 ``predict`` (each predictor call). Several points, comma-separated, each signal once (``mid_commit:2,exit``).
 With ``PIPELINES_CRASH_ONCE=<file>`` only the first process to get there dies (it creates the file), so a
 restarted actor carries on. Unset in normal use; it exists so tests can prove that a

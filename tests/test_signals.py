@@ -203,3 +203,20 @@ def test_ctrl_c_stops_schedule_once_with_status_130_and_lets_go_of_its_locks(tmp
     assert run.returncode == 130 and run.last_line() == f"interrupted: {STOPPED}", run.stderr[-1500:]
     assert run.commits == 2 and not run.success and run.lock_free and run.leftover == []
     job.assert_whole_shards(run.visible)
+
+
+def test_sigterm_to_the_scheduler_loop_asleep_after_a_run_is_one_line_and_status_143(tmp_path, tiny_models):
+    """`pipelines schedule JOB` (the loop), idle after a tick's run: `systemctl stop` exited 143 with no line of
+    ours. Ray's shutdown after the tick (a local Ray is not kept between ticks) put SIGTERM back to the kernel's
+    default, under Python's handler, so the signal ended the process where it slept."""
+    job = Job(tmp_path, tiny_models("classifier"), schedule=True)
+    raw = yaml.safe_load(job.path.read_text())
+    raw["schedule"]["missed_ticks"] = "run_once"  # the first tick runs, however late it is found
+    job.path.write_text(yaml.safe_dump(raw))
+    run = job.cli("schedule", env={"PIPELINES_CRASH_AT": "idle", "PIPELINES_CRASH_SIGNAL": "TERM"},
+                  lock="_schedule.lock", lingering=AGENTS)
+    assert "succeeded" in run.stderr and "next tick at" in run.stderr, run.stderr[-1500:]  # asleep after a run
+    assert run.returncode == 143, (run.returncode, run.stderr[-1500:])
+    assert run.last_line() == f"terminated: {STOPPED}"
+    assert run.lock_free and sorted(run.visible) == sorted(set().union(*job.shard_ids))
+

@@ -341,7 +341,8 @@ def start_local() -> None:
         watch_sigterm()  # a SIGTERM to the group ends this Ray's processes, and Ray then ends this one (see there)
     except Exception as exc:  # noqa: BLE001 - Ray raises bare Exceptions and OSErrors while starting
         try:
-            ray.shutdown()  # whatever did start
+            with keeping_sigterm():  # Ray's shutdown puts SIGTERM back to the kernel's default (see there)
+                ray.shutdown()  # whatever did start
         except Exception:  # noqa: BLE001 - nothing more to clean up
             log.debug("ray.shutdown after a failed start", exc_info=True)
         temp = ray_temp_dir()

@@ -8,7 +8,8 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from pipelines.errors import PipelineError, Terminated
+from pipelines.errors import PipelineError, Terminated, keeping_sigterm
+from pipelines.faults import checkpoint
 from pipelines.output.lock import LockHeld
 from pipelines.schedule.executor import Runner, describe, run_due
 from pipelines.schedule.ticks import next_tick, parse_run_id, run_id
@@ -63,7 +64,8 @@ def serve(
             log.exception("the run failed; the next tick resumes it")
         finally:
             if not terminated and not ray_was_up and _ray_is_up():
-                sys.modules["ray"].shutdown()  # a local Ray started for this tick: free its memory till the next
+                with keeping_sigterm():  # Ray's shutdown puts SIGTERM back to the kernel's default
+                    sys.modules["ray"].shutdown()  # a local Ray started for this tick: free its memory till the next
         done += 1
         if wakeups is not None and done >= wakeups:
             return
@@ -71,6 +73,7 @@ def serve(
         # now, or recorded as skipped, as the policy says), not left out while the loop sleeps to the one after it.
         wake = next_tick(spec.schedule, handled or clock())
         log.info("next tick at %s", run_id(wake))
+        checkpoint("idle")
         sleep_until(wake, clock, sleep)
 
 
