@@ -1854,6 +1854,24 @@ def test_two_input_files_known_by_the_same_name_are_refused(tmp_path):
     assert len(list_shards([str(tmp_path)])) == 2  # their common parent: monday/part-0.jsonl, tuesday/part-0.jsonl
 
 
+def test_the_same_name_refusal_does_not_advise_a_parent_folder_whose_listing_skips_one_of_the_files(tmp_path):
+    """`input.paths: [data, data/_late/x.jsonl]` beside `data/x.jsonl`: refused as two files of one name, advising to
+    list their common parent folder, `data`; done so, the run succeeded without `_late/x.jsonl`'s rows (a listing
+    skips names starting with `_` or `.`), not a word said. The refusal says that folder would not read it now."""
+    from pipelines.io.shards import list_shards
+
+    write_jsonl(tmp_path / "data" / "x.jsonl", [{"id": "top", "text": "words"}])
+    write_jsonl(tmp_path / "data" / "_late" / "x.jsonl", [{"id": "late", "text": "words"}])
+    with pytest.raises(PipelineError) as refused:
+        list_shards([str(tmp_path / "data"), str(tmp_path / "data" / "_late" / "x.jsonl")])
+    said = str(refused.value)
+    assert "have the same name 'x.jsonl'" in said, said
+    assert f"their common parent folder, {tmp_path / 'data'}, would not read {tmp_path / 'data' / '_late' / 'x.jsonl'}" \
+        in said, said
+    assert "list their common parent folder" not in said, said
+    assert [s.name for s in list_shards([str(tmp_path / "data")])] == ["x.jsonl"]  # what that advice read
+
+
 def test_a_glob_takes_what_a_shell_would_and_not_the_folders_below(tmp_path):
     """``data/*.jsonl`` used to match every .jsonl file anywhere under data/ (``*`` crossed folders): a
     backup copy in data/archive/ doubled its rows, and a nightly ``incoming/*.parquet`` scored the files

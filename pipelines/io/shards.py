@@ -830,6 +830,19 @@ def _check_names(shards: list[Shard]) -> None:
         if other is not shard:
             raise PipelineError(
                 f"input.paths: {other.uri} and {shard.uri} have the same name {shard.name!r} under their input "
-                "paths, and a shard is known by that name; list their common parent folder (or a glob such as "
-                "data/*/) instead of each folder, so that their names differ"
+                f"paths, and a shard is known by that name; {_same_name_fix(other.uri, shard.uri)}"
             )
+
+
+def _same_name_fix(first: str, second: str) -> str:
+    """How to list two files of one name apart: their common parent folder, unless its listing would skip one of
+    them (a name starting with ``.`` or ``_`` between them and it: :func:`hides`), which that advice lost unsaid."""
+    parts = [uri.split("/") for uri in (first, second)]
+    common = os.path.commonprefix([p[:-1] for p in parts])
+    parent = "/".join(common) or "/"
+    skipped = [uri for uri, p in zip((first, second), parts, strict=True) if any(hides(n) for n in p[len(common):])]
+    if skipped:
+        return (f"their common parent folder, {parent}, would not read {skipped[0]} (a listing skips names that start "
+                "with . or _): rename or move one of them so that their names differ")
+    return (f"list their common parent folder ({parent}; or a glob such as data/*/) instead of each folder, so that "
+            "their names differ")
