@@ -2023,6 +2023,39 @@ def test_a_missing_model_fails_the_invocation_before_any_run_not_a_new_failing_r
     assert ledger(tmp_path) == []
     assert not list((tmp_path / "out").glob("run=*"))
 
+@pytest.mark.parametrize("cron", [True, False])
+def test_a_clock_behind_the_newest_tick_fails_each_invocation_not_nothing_to_score_with_exit_0(tmp_path, cron):
+    """A host whose clock ran days ahead for a tick, then set right: every later invocation said `nothing to score;
+    nothing written (tick already handled …)` and exited 0, new input waiting unsaid until the clock passed the
+    newest run's name (without a schedule section, where `--once` is every tick, too); `pipelines plan` said a tick
+    now scores it. A run is named after its tick and must come after the newest: each invocation now fails with a
+    line that says why, writing nothing, and the plan says a run now is refused."""
+    from pipelines.planning.inputs import survey
+    from pipelines.planning.progress import output_plan
+
+    raw = raw_job(tmp_path, fake_model(tmp_path))
+    if not cron:
+        raw.pop("schedule")
+    (tmp_path / "in").mkdir()
+    spec = spec_from_dict(raw)
+    now = datetime.now(UTC).replace(microsecond=0)
+    add_shard(tmp_path, "a.jsonl", rows("a", 2))
+    run_due(spec, now=now + timedelta(days=8), runner=Committing())  # the clock days ahead
+    before = ledger(tmp_path)
+    add_shard(tmp_path, "b.jsonl", rows("b", 2))
+    for later in (now, now + timedelta(days=1)):  # set right: each night after
+        with pytest.raises(PipelineError, match=r"newest tick, .* is after the clock here") as refused:
+            run_due(spec, now=later, runner=Committing())
+        assert "NTP" in str(refused.value) and "b.jsonl" not in str(refused.value)
+    assert ledger(tmp_path) == before
+    if cron:  # the plan of a job without a schedule section is a `pipelines run`'s
+        shards = list_shards(spec.input.paths)
+        planned = output_plan(spec, shards, survey(shards))
+        assert planned.state == "refused" and "is after the clock here" in planned.note, planned
+    [line] = run_due(spec, now=now + timedelta(days=9), runner=Committing()).entries  # the next tick past it
+    assert line.status == "succeeded" and [i.name for i in line.inputs] == ["b.jsonl"]
+
+
 def test_a_scheduled_output_whose_model_goes_missing_records_no_tick_until_it_is_back(tmp_path):
     """An output scored before (its ledger, a partition), then the model's folder gone: each invocation fails with the
     model's line before any run and adds nothing to the ledger or the output; back, the next tick scores what landed

@@ -82,6 +82,7 @@ def _tick(spec: JobSpec, shards: list[Shard], rows: dict[str, int]) -> OutputPla
     job.check_layout()
     history = job.known_history()
     decision = Decision("run", datetime.now(UTC).replace(microsecond=0))
+    job.check_clock(history, decision.tick)  # a clock behind the newest tick: every tick now is refused
     todo: dict[str, Shard] = {}
     unfinished = history.unfinished()
     held = job.unfinished_commits()

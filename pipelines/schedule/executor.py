@@ -30,7 +30,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
@@ -60,7 +60,7 @@ from pipelines.output.records import HASH_VERSION, RunSummary, ShardInput
 from pipelines.schedule.ledger import History, Ledger, LedgerEntry, LedgerInput
 from pipelines.schedule.lineage import model_lineage, same_model
 from pipelines.schedule.planner import HeldCommit, PartitionState, Planner, Retirement, RunPlan
-from pipelines.schedule.ticks import Decision, decide, run_id
+from pipelines.schedule.ticks import Decision, decide, parse_run_id, run_id
 from pipelines.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,9 @@ class Invocation:
 
 #: After this many failed attempts in a row, every invocation says how to give up on the run.
 FAILURES_BEFORE_ADVICE = 3
+#: How far the newest tick may be ahead of the clock before an invocation is refused (see ScheduledJob.check_clock):
+#: a step back of the clock by NTP, seconds, is no reason to.
+CLOCK_SLACK = timedelta(minutes=5)
 
 
 # the job's output location --------------------------------------------------------------------
@@ -301,6 +304,21 @@ class ScheduledJob:
     def history(self) -> History:
         return History(self.ledger.read())
 
+    def check_clock(self, history: History, now: datetime) -> None:
+        """Refuse where the newest tick is after ``now`` (by more than :data:`CLOCK_SLACK`): the clock was ahead when
+        it ran, or is behind now. Every tick until the clock passes it is taken for handled, so each invocation said
+        `nothing to score` and exited 0 while new input waited unsaid; it can't run either, as a run is named after its
+        tick and must come after the newest (its place among the runs says which version of a shard is current)."""
+        last = history.last_tick()
+        if last is None or parse_run_id(last) - now <= CLOCK_SLACK:
+            return
+        raise PipelineError(
+            f"{self.spec.output.path}: this job's newest tick, {last}, is after the clock here ({run_id(now)}): the "
+            "clock was ahead when that tick was handled, or is behind now. A run is named after its tick and must come "
+            f"after the newest, so no tick can run, and new input waits, until the clock passes {last}; set this "
+            "host's clock right (NTP) if it is behind, else wait for that time (nothing was written)"
+        )
+
     def known_history(self) -> History:
         """The ledger's history, refused where a partition on disk has no line in it: the ledger is what says which
         input a partition holds, so a run it does not name (its lines dropped from the ledger, or damaged) would be
@@ -440,6 +458,8 @@ class ScheduledJob:
                     f"{newest}: a run is named after its time, and its place among the runs says which version of a "
                     "shard is current; set this host's clock right (NTP), or rescore after that time"
                 )
+        if not rescore:  # a rescore's own refusal says so of a clock behind (above)
+            self.check_clock(history, now)
         report = Invocation(run_id(decision.tick), decision.action)
         if decision.action == "skip":
             report.entries.append(self.record_tick(decision, "skipped"))
