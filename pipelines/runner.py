@@ -596,6 +596,8 @@ def _run_locked(
     else:
         kept = decode_types(column_types) if column_types else None
         job.column_types = encode_types(dict(columns_of(spec, shards, kept).keep_types))
+    earlier = output.summary()  # before start deletes it: the labels the model gives, where no actor runs now
+    told = earlier.agreement.labels if earlier is not None and earlier.agreement is not None else None
     with writing(spec.output.path):
         output.start(job)
     try:  # start deleted the page of the run before: a failure names this run's page, or the output to build one of
@@ -614,8 +616,8 @@ def _run_locked(
         faults.checkpoint("before_summary")
         result = summaries.build(job, list(output.commits().values()), list(done.values()), wall, "succeeded")
         result.started_at, result.fidelity = started_at, checked
-        if result.agreement is not None and labels:
-            result.agreement.labels = labels
+        if result.agreement is not None and (labels or told):  # no shard scored now: as the run before recorded
+            result.agreement.labels = labels or told
         timeline["summary"] = time.time()
         result.timeline = {name: round(moment, 3) for name, moment in timeline.items()}
         result.unreadable_files = [*result.unreadable_files, *(u.record for u in failed)]

@@ -194,6 +194,13 @@ def test_truth_labels_that_name_the_classes_otherwise_are_compared_through_the_l
     assert summary.agreement.accuracy == pytest.approx(np.mean([t == p for t, p in pairs]), abs=1e-4)
     assert "label_map" not in render(summary)
     assert summary.agreement.labels == ["pos", "neg"]  # the labels the model can give, as its actors held them
+    # every shard committed, the run not finished (one over the error budget, say): a run scores nothing and writes
+    # its summary again, no actor telling the labels; it recorded none, and a 0% agreement's line advised a label_map
+    # against the labels predicted, not those the model gives
+    (Path(spec.output.path) / "_SUCCESS").unlink()
+    again = run_job(spec)
+    assert again.shards_this_run == 0 and again.agreement is not None
+    assert again.agreement.labels == ["pos", "neg"]  # as the run that predicted them recorded
 
 
 def test_truth_values_that_are_labels_of_the_model_but_not_predicted_get_no_label_map_advice():
