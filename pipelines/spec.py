@@ -494,7 +494,7 @@ def changed_settings(recorded: dict[str, Any], spec: dict[str, Any]) -> list[str
         found: dict[str, Any] = {}
 
         def walk(value: Any, name: str) -> None:
-            if isinstance(value, dict) and value:
+            if isinstance(value, dict):  # an empty mapping is no setting of its own: a set one is told by its keys
                 for key, item in value.items():
                     walk(item, f"{name}.{key}" if name else key)
             else:

@@ -325,6 +325,18 @@ def test_a_label_map_reads_its_keys_as_the_agreement_reads_truth_values_and_coun
     assert any("input.label_map" in said for said in changed), changed
 
 
+def test_a_mapping_set_where_the_output_has_none_is_named_by_its_keys_not_said_to_be_unset_here():
+    """`--set 'task.label_descriptions={World: w}'` on an output whose spec had none: the refusal said
+    `task.label_descriptions is not set here, {} in the output` beside `…World is "w" here` (an empty mapping was a
+    setting of its own, a set one its keys)."""
+    plain = minimal(task={"type": "zero-shot-classification", "candidate_labels": ["World", "Sports"]})
+    described = minimal(task={"type": "zero-shot-classification", "candidate_labels": ["World", "Sports"],
+                              "label_descriptions": {"World": "w"}})
+    changed = changed_settings(spec_from_dict(plain).model_dump(mode="json"),
+                               spec_from_dict(described).model_dump(mode="json"))
+    assert changed == ['task.label_descriptions.World is "w" here, not set in the output'], changed
+
+
 @pytest.mark.parametrize("template", ["It is {} or {}.", "Topic: {} (one of {labels}).", "{0}: {}", "It is {{}}.",
                                       "It is {!r}.", "It is {} {"])
 def test_a_hypothesis_template_that_does_not_put_one_label_in_place_is_refused_with_the_spec(template):
