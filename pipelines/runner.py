@@ -840,7 +840,7 @@ def error_policy_violation(spec: JobSpec, result: RunSummary) -> str | None:
     over_count = policy.max_count is not None and errors > policy.max_count
     if rate <= policy.max_rate and not over_count:
         return None
-    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(result.error_reasons.items(), key=lambda kv: -kv[1]))
+    reasons = summaries.reasons_line(result.error_reasons)
     passed = [f"errors.max_rate={policy.max_rate}"] if rate > policy.max_rate else []
     passed += [f"errors.max_count={policy.max_count}"] if over_count else []  # the limits passed, not those unset
     return (

@@ -2414,6 +2414,9 @@ def test_the_error_count_budget_fails_past_max_count_and_not_at_it():
     problem = error_policy_violation(spec, past)
     assert problem and "3 of 100 rows were quarantined" in problem and "errors.max_count=2" in problem
     assert "text is null: 3" in problem
+    unknown = past.model_copy(update={"error_reasons": {"text is null": 3, "unreadable jsonl file": 0}})
+    problem = error_policy_violation(spec, unknown)  # a file quarantined whole whose rows nobody can count
+    assert problem and "(text is null: 3, unreadable jsonl file: rows unknown)" in problem, problem  # it said 0
 
 
 # README, Re-running: "Re-running a finished job writes nothing and says `up to date`"; One run at a time: "A finished

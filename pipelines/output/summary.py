@@ -103,10 +103,7 @@ def render(summary: RunSummary) -> str:
             f"{summary.tokens_per_s or 0:,.0f} tokens/s{split}, padding efficiency {summary.padding_efficiency}"
         )
     if summary.error_reasons:
-        # 0 rows under a reason: a file quarantined whole whose rows nobody can count (its line below says so)
-        reasons = ", ".join(f"{k}: {v if v else 'rows unknown'}"
-                            for k, v in sorted(summary.error_reasons.items(), key=lambda kv: -kv[1]))
-        lines.append(f"quarantined rows by reason: {reasons}")
+        lines.append(f"quarantined rows by reason: {reasons_line(summary.error_reasons)}")
     for found in summary.unreadable_files:
         lines.append(f"unreadable input file: {found.uri} ({found.rows_told()}): {found.reason}")
     if summary.agreement:
@@ -114,6 +111,12 @@ def render(summary: RunSummary) -> str:
     if summary.fidelity:
         lines.append(f"quantization fidelity: {fidelity_line(summary.fidelity)}")
     return "\n".join(lines)
+
+
+def reasons_line(reasons: dict[str, int]) -> str:
+    """Quarantined rows by reason, the most first: ``text is null: 3, unreadable jsonl file: rows unknown`` (0 rows
+    under a reason: a file quarantined whole whose rows nobody can count)."""
+    return ", ".join(f"{k}: {v if v else 'rows unknown'}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]))
 
 
 def agreement_line(result: Agreement) -> str:
