@@ -1644,6 +1644,23 @@ def test_output_of_gone_input_is_recorded_and_pruned_on_request(tmp_path):
     assert run_due(spec, now=day(4, hours=0.01), runner=runner).entries[-1].gone is None
 
 
+def test_pipelines_runs_says_where_a_changed_shards_earlier_version_went(tmp_path):
+    """a.jsonl scored, then changed: the next run scores it again and its earlier version moves to `_superseded/`,
+    but `pipelines runs` showed the first run with all its rows and no word (ROWS added up to rows no longer in the
+    partitions), as it did for --prune before that said so."""
+    runner, model = Committing(), fake_model(tmp_path)
+    spec = make_job(tmp_path, model)
+    add_shard(tmp_path, "a.jsonl", rows("a", 2))
+    add_shard(tmp_path, "b.jsonl", rows("b", 3))
+    run_due(spec, now=day(1, hours=0.01), runner=runner)
+    add_shard(tmp_path, "a.jsonl", rows("a", 4))  # changed
+    run_due(spec, now=day(2, hours=0.01), runner=runner)
+    table = render_table(Ledger(str(tmp_path / "out")).read()).splitlines()
+    first, second = [line for line in table if " succeeded " in line]
+    assert f"1 shard(s) (2 rows) moved to _superseded/ by run {run_id(day(2))}" in first, first
+    assert "1 changed shard(s)" in second and "moved to" not in second, second
+
+
 def test_a_prune_that_moves_a_partitions_last_quarantined_rows_leaves_no_empty_errors_folder(tmp_path):
     """b.jsonl's row ``x`` was quarantined (a duplicate of a.jsonl's); then b.jsonl was deleted and ``--prune`` moved
     its output, quarantined rows included, to ``_superseded/``: the partition kept an empty ``_errors/``, which pandas

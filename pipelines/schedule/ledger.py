@@ -295,24 +295,50 @@ def table_rows(entries: list[LedgerEntry]) -> list[dict[str, str]]:
     for entry in entries:
         for key, run in (entry.pruned or {}).items():
             pruned.setdefault(run, []).append((key, entry.tick))
+    replaced = _replaced(history)
     rows = []
     for entry in entries:
         if entry.status == "running" and (entry.run, entry.attempt) in closed:
             continue
-        rows.append(_row(entry, base, pruned.get(entry.run or "", [])))
+        rows.append(_row(entry, base, pruned.get(entry.run or "", []), replaced.get(entry.run or "", [])))
     return rows
 
 
-def _pruned_note(entry: LedgerEntry, moved: list[tuple[str, str | None]]) -> str:
-    """What ``--prune`` took out of a run's partition: its shards, their rows (where the line counts them), when."""
+def _replaced(history: History) -> dict[str, list[tuple[str, str | None]]]:
+    """run → (shard key, the later run) of its shards whose new version a later run committed (changed input, or one
+    scored again after a prune took the row it repeated), their earlier version moved to ``_superseded/``; not a
+    rescore's (its line says so), nor a partition's that was gone (``lost``)."""
+    found: dict[str, list[tuple[str, str | None]]] = {}
+    by_run: dict[str, list[LedgerEntry]] = {}
+    for entry in history.entries:
+        if entry.run:
+            by_run.setdefault(entry.run, []).append(entry)
+    for run, last in history.latest().items():
+        if last.rescore or last.status == "running":  # a run under way: nothing of it is committed for sure
+            continue
+        lines = by_run[run]
+        replaces = {key: earlier for e in lines for key, earlier in e.replaces.items()}
+        lost = {key for e in lines for key in (e.lost or {})}
+        committed = {item.key for item in last.inputs or []}
+        for key, earlier in replaces.items():
+            if key in committed and key not in lost:
+                found.setdefault(earlier, []).append((key, run))
+    return found
+
+
+def _moved_note(entry: LedgerEntry, moved: list[tuple[str, str | None]], by: str) -> str:
+    """What was taken out of a run's partition to ``_superseded/``: its shards, their rows (where the line counts
+    them), by what (``prune`` and its ticks, ``run`` and the later runs)."""
     keys = {key for key, _ in moved}
     counts = [item.rows for item in entry.inputs or [] if item.key in keys and item.rows is not None]
     rows = f" ({sum(counts):,} rows)" if len(counts) == len(keys) else ""  # a running line counts none
-    ticks = ", ".join(sorted({tick or "?" for _, tick in moved}))
-    return f"{len(keys)} shard(s){rows} moved to {SUPERSEDED}/ by prune {ticks}"
+    when = ", ".join(sorted({tick or "?" for _, tick in moved}))
+    return f"{len(keys)} shard(s){rows} moved to {SUPERSEDED}/ by {by} {when}"
 
 
-def _row(entry: LedgerEntry, base: str, moved: list[tuple[str, str | None]]) -> dict[str, str]:
+def _row(
+    entry: LedgerEntry, base: str, moved: list[tuple[str, str | None]], replaced: list[tuple[str, str | None]]
+) -> dict[str, str]:
     status = entry.status
     if status == "running":
         status = "running/killed"
@@ -331,7 +357,9 @@ def _row(entry: LedgerEntry, base: str, moved: list[tuple[str, str | None]]) -> 
     if entry.gone:
         notes.append(f"{entry.gone_total()} shard(s) gone from the input (their rows stay)")
     if moved:
-        notes.append(_pruned_note(entry, moved))
+        notes.append(_moved_note(entry, moved, "prune"))
+    if replaced and entry.status != "running":
+        notes.append(_moved_note(entry, replaced, "run"))
     shards = entry.inputs
     return {
         "tick": entry.tick or "",
