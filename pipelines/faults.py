@@ -1,7 +1,8 @@
 """Fault injection for tests: crash the driver at a named point, as SIGKILL would.
 
 ``PIPELINES_CRASH_AT=<point>:<n>`` kills this process (SIGKILL, no clean-up) the
-n-th time it reaches ``point`` (a signal the process lives through, ``STOP``, is sent again at each time after). Driver points: ``before_commit``, ``mid_commit``
+n-th time it reaches ``point`` (a signal the process lives through, ``STOP``, is sent again at
+each time after). Driver points: ``before_commit``, ``mid_commit``
 (commit record written, files not yet moved into place), ``mid_reveal`` (on an object
 store: a staged file copied into place, its staged copy not yet deleted), ``after_commit``,
 ``before_summary``, ``exit`` (the CLI has said how the command ended; Ray's shutdown at exit follows), ``idle``
