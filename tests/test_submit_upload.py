@@ -146,7 +146,14 @@ def test_inputs_that_are_uploaded_or_not_relative_pass(project, tmp_path):
     outside = tmp_path / "elsewhere"
     write_rows(outside / "build/part.jsonl")
     jobs.check_inputs_uploaded(project, [str(outside), "s3://bucket/build/"], "auto", "/abs/out")
-    jobs.check_inputs_uploaded(project, ["jobs/data/nothing-here"], "auto", "/abs/out")  # the job says so
+    jobs.check_inputs_uploaded(project, ["~/elsewhere/data"], "auto", "/abs/out")  # the home dir on the cluster
+
+
+def test_a_relative_input_that_lists_no_file_is_refused_before_the_upload(project):
+    """On the cluster it is read in the uploaded project, where it is missing as it is here: the job would
+    fail there, after the upload, with the same error. Before: sent, and failed on the cluster."""
+    with pytest.raises(PipelineError, match=r"jobs/data/nothing-here.*before anything is uploaded"):
+        jobs.check_inputs_uploaded(project, ["jobs/data/nothing-here"], "auto", "/abs/out")
 
 
 def test_a_relative_input_outside_the_project_is_refused(project, tmp_path):
@@ -190,6 +197,20 @@ def test_submit_with_uploaded_input_goes_on_to_connect(project):
     assert done.returncode == 2 and "Cannot reach the Ray dashboard" in done.stderr, done.stderr
 
 
+def test_submit_refuses_a_missing_relative_input_before_connecting(project):
+    done = submit(project, "input.paths=[jobs/data/typo]")
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert "jobs/data/typo" in line and "Cannot reach" not in line
+
+
+def test_submit_sends_an_output_path_in_the_home_directory(project):
+    """README: a `~/…` path is sent as written, the home directory on the cluster. Before: refused as relative."""
+    done = submit(project, "input.paths=[jobs/data/probe]", "output.path=~/results/news")
+    assert done.returncode == 2 and "Cannot reach the Ray dashboard" in done.stderr, done.stderr
+    assert "is relative" not in done.stderr
+
+
 def test_submit_refuses_a_spec_the_upload_leaves_behind(project, tmp_path):
     (project / ".gitignore").write_text("label_news.yaml\n")
     with pytest.raises(PipelineError, match=r"Job spec jobs/label_news.yaml would not be uploaded .*label_news"):
@@ -217,7 +238,7 @@ def test_submit_refuses_a_model_folder_the_upload_leaves_behind_before_connectin
     cluster saying no such directory or Hub repository, though the folder is right here."""
     write_model(project / "models/mine")
     (project / ".gitignore").write_text("models/\n")
-    done = submit(project, "model.name=models/mine", "model.quantization=none")
+    done = submit(project, "input.paths=[jobs/data/probe]", "model.name=models/mine", "model.quantization=none")
     assert done.returncode == 2, done.stderr
     [line] = done.stderr.strip().splitlines()
     assert line.startswith("error: model.name models/mine: 4 of the 4 files of the model folder"), line

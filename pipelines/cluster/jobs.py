@@ -393,7 +393,9 @@ def check_inputs_uploaded(project_root: Path, input_paths: Sequence[str], input_
     On the cluster a relative input path is read in the uploaded project; a file the upload left out
     (:func:`left_out_of_upload`) is simply not there, and the job would succeed without its rows. The files
     are found here as the job finds them (:func:`pipelines.io.shards.list_shards`); a path that fails to list
-    here is left to the job, which says what is wrong with it as it does anywhere.
+    here (missing, no file matches) would fail the same way in the upload, so it is refused now with the job's
+    own error, before an upload and a cluster job that could only fail. ``~/…`` paths are the home directory on
+    the cluster: not checked here.
     """
     from pipelines.io.shards import list_shards
 
@@ -405,12 +407,15 @@ def check_inputs_uploaded(project_root: Path, input_paths: Sequence[str], input_
     exclude = [] if "://" in output_path else [output]
     files: list[str] = []
     for location in input_paths:
-        if "://" in location or os.path.isabs(location):
+        if "://" in location or os.path.isabs(location) or location.startswith("~"):
             continue
         try:
             shards = list_shards([os.path.join(root, location)], input_format, exclude=exclude)
-        except PipelineError:
-            continue
+        except PipelineError as error:
+            raise PipelineError(
+                f"{error} (the relative input path {location} is read in the uploaded project on the cluster, where "
+                "the job would fail the same way; refused before anything is uploaded)"
+            ) from None
         files += [os.path.relpath(shard.path, root) for shard in shards]
     left = left_out_of_upload(root, files)
     if not left:
