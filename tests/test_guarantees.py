@@ -502,6 +502,20 @@ def _kept(paths: list[Path], keep: tuple[str, ...], sample_bytes: int = 1 << 18,
     return types, {r["id"]: (r[ERROR], *(r[k] for k in keep)) for r in rows}
 
 
+def test_a_parquet_file_that_names_a_kept_column_twice_is_quarantined_not_a_crash(tmp_path):
+    """A Parquet file with two columns of one name (pyarrow writes it) and that name in input.columns_to_keep: the
+    run and the plan died with a traceback (KeyError from the types' sampling, the lock left behind), where the
+    same file is quarantined as unreadable when the column is not kept. Now it is quarantined either way."""
+    table = pa.Table.from_arrays([pa.array(["a", "b"]), pa.array(["x", "y"]), pa.array(["n1", "n2"]), pa.array([1, 2])],
+                                 names=["id", "text", "note", "note"])
+    pq.write_table(table, tmp_path / "twice.parquet")
+    write_jsonl(tmp_path / "good.jsonl", [{"id": "g", "text": "t", "note": "k"}])
+    types, rows = _kept([tmp_path / "twice.parquet", tmp_path / "good.jsonl"], ("note",))
+    assert types == {"note": pa.string()}
+    assert rows["g"] == (None, "k")
+    assert "exists 2 times" in rows[None][0]
+
+
 def test_a_kept_value_of_another_type_costs_its_row_alone(tmp_path):
     """Where a shard's own type of a kept column could not be cast to the job's (text to a list or a struct), every
     row of the shard was quarantined, its nulls too (`schema differs … (value 'None')`); and in a JSON lines file

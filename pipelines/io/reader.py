@@ -1378,8 +1378,9 @@ def reference_types(shards: list[Shard], columns: Columns, sample_bytes: int = 1
         sampled += 1
         present.update(name for name in columns.keep if name in schema.names)
         for name in columns.keep:
-            if name in schema.names and not pa.types.is_null(schema.field(name).type):
-                seen[name].append(schema.field(name).type)
+            found = schema.get_all_field_indices(name)  # a file naming a column twice is quarantined when read
+            if len(found) == 1 and not pa.types.is_null(schema.field(found[0]).type):
+                seen[name].append(schema.field(found[0]).type)
     missing = [name for name in columns.keep if name not in present]
     if sampled and missing:  # a typo, or a Hive partition folder's name= taken for a column: nulls in every row
         log.warning(
