@@ -964,6 +964,24 @@ def test_a_json_lines_file_compressed_other_than_gzip_is_refused_whole_with_how_
         assert counted.error is not None and kind in counted.error
 
 
+def test_plain_json_lines_under_a_gz_name_is_refused_whole_with_how_to_read_it(tmp_path):
+    """A ``.jsonl.gz`` whose bytes are plain JSON lines (a browser decompressed the download and kept the name): it
+    was ``unreadable jsonl file: Not a gzipped file (b'{"')``, rows unknown, where the reverse (gzip bytes without
+    the ``.gz``) says to rename it and counts its rows."""
+    text = b"".join(json.dumps({"id": str(i), "text": f"row {i}"}).encode() + b"\n" for i in range(40))
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "export.jsonl.gz").write_bytes(text)
+    [shard] = list_shards([str(tmp_path / "in")])
+    [block] = list(read_shard(shard, Columns(text="text", id="id")))
+    assert block.column(ROW).to_pylist() == [-1]
+    reason = block.column(ERROR)[0].as_py()
+    assert reason.startswith("unreadable jsonl file: the file is named .gz but is not gzip-compressed") , reason
+    assert "export.jsonl" in reason or "NAME.jsonl" in reason
+    assert reader_count_rows(shard) == (40, True)
+    counted = plan_count_rows(shard)
+    assert (counted.count, counted.rows, counted.records) == ("unreadable", 40, 1), counted
+
+
 def test_a_parquet_file_under_a_json_lines_name_is_refused_whole_with_how_to_read_it(tmp_path):
     """A Parquet file named ``.jsonl`` (an export step that kept the old name, ``df.to_parquet("part.jsonl")``): its
     bytes were read as text, 300 rows as 17 rows of ``not valid UTF-8 (line 1, byte 7)`` and such, counted so by the

@@ -19,7 +19,7 @@ import re
 import uuid
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -191,10 +191,25 @@ def same_content(shard: Shard, digest: str | None) -> bool:
 INT96_UNIT = "us"
 
 
+def plain_under_gz_name(data: bytes) -> bool:
+    """Bytes of a file named ``.gz`` that are no gzip stream but plain JSON or Parquet (a browser decompressed the
+    download and kept its name): refused whole with :data:`PLAIN_GZ_REASON`, their rows counted as they are."""
+    if not data or data.startswith(GZIP_MAGIC):
+        return False
+    return data.startswith(PARQUET_MAGIC) or data.lstrip(b" \t\r\n" + BOM)[:1] in (b"{", b"[")
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+PLAIN_GZ_REASON = ("the file is named .gz but is not gzip-compressed (its bytes are plain, as a browser leaves a "
+                   "download it decompressed): remove the .gz from its name (NAME.jsonl, NAME.parquet) to be read")
+
+
 def _read_table(shard: Shard, data: bytes, columns: Columns) -> pa.Table:
     if shard.compressed:
         if not data:
             raise ValueError(EMPTY_GZIP_REASON)
+        if plain_under_gz_name(data):
+            raise ValueError(PLAIN_GZ_REASON)
         data = gzip.decompress(data)
     if shard.format != "parquet" and data.startswith(UTF16_BOMS):
         raise ValueError(UTF16_REASON)
@@ -1619,6 +1634,8 @@ def count_rows(shard: Shard, text: str = "text") -> tuple[int | None, bool]:
         return None, False
     if shard.compressed and not raw:  # no gzip stream (EMPTY_GZIP_REASON): what it was to hold is not known
         return None, False
+    if shard.compressed and plain_under_gz_name(raw):  # refused whole (PLAIN_GZ_REASON): its rows as they are
+        shard = replace(shard, compressed=False)
     if shard.format == "parquet":
         try:
             data = gzip.decompress(raw) if shard.compressed else raw
