@@ -194,12 +194,11 @@ INT96_UNIT = "us"
 def plain_under_gz_name(data: bytes) -> bool:
     """Bytes of a file named ``.gz`` that are no gzip stream but plain JSON or Parquet (a browser decompressed the
     download and kept its name): refused whole with :data:`PLAIN_GZ_REASON`, their rows counted as they are."""
-    if not data or data.startswith(GZIP_MAGIC):
+    if not data or compression_of(data) is not None:
         return False
-    return data.startswith(PARQUET_MAGIC) or data.lstrip(b" \t\r\n" + BOM)[:1] in (b"{", b"[")
+    return data.startswith(PARQUET_MAGIC) or JSON_START.match(data) is not None
 
 
-GZIP_MAGIC = b"\x1f\x8b"
 PLAIN_GZ_REASON = ("the file is named .gz but is not gzip-compressed (its bytes are plain, as a browser leaves a "
                    "download it decompressed): remove the .gz from its name (NAME.jsonl, NAME.parquet) to be read")
 
