@@ -125,7 +125,9 @@ def wait_exit_status(report: JobReport) -> int:
 def _check_output_path(path: str) -> None:
     """A submitted job runs in a temporary copy of the project on the head: a relative output would vanish.
     ``~/…`` is sent as written: the home directory of the user the job runs as on the cluster."""
-    if "://" not in path and not Path(path).is_absolute() and not path.startswith("~"):
+    from pipelines.cluster.jobs import local_relative
+
+    if local_relative(path):
         raise PipelineError(
             f"output.path {path!r} is relative: on the cluster it would land in the job's temporary working "
             "directory on the head and be deleted with it; set an object-store URI (--set "

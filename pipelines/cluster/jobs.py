@@ -387,6 +387,12 @@ def _read_lines(path: Path) -> list[str]:
         return lines.readlines()
 
 
+def local_relative(path: str) -> bool:
+    """A local path the command's directory gives its meaning to: no URI, not absolute, not ``~/…`` (sent as
+    written: the home directory on the cluster)."""
+    return "://" not in path and not os.path.isabs(path) and not path.startswith("~")
+
+
 def check_inputs_uploaded(project_root: Path, input_paths: Sequence[str], input_format: str, output_path: str) -> None:
     """Refuse (PipelineError) a submission whose relative ``input.paths`` read files the upload leaves out.
 
@@ -407,7 +413,7 @@ def check_inputs_uploaded(project_root: Path, input_paths: Sequence[str], input_
     exclude = [] if "://" in output_path else [output]
     files: list[str] = []
     for location in input_paths:
-        if "://" in location or os.path.isabs(location) or location.startswith("~"):
+        if not local_relative(location):
             continue
         try:
             shards = list_shards([os.path.join(root, location)], input_format, exclude=exclude)
@@ -482,9 +488,6 @@ def paths_as_run_reads_them(project_root: Path, input_paths: Sequence[str], mode
 
     root = Path(project_root).resolve()
     here = Path(here if here is not None else os.getcwd())
-
-    def local_relative(path: str) -> bool:
-        return "://" not in path and not os.path.isabs(path) and not path.startswith("~")
 
     def in_project(field: str, path: str) -> str:
         """``path`` as read from ``here``, relative to the root (as written where that names the same place)."""
