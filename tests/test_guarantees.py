@@ -218,6 +218,33 @@ def test_objects_that_share_a_line_are_each_a_row_whatever_else_the_file_holds(t
         assert plan_count_rows(shard).rows == len(_read(tmp_path / name)), name
 
 
+def test_a_comma_or_end_of_file_bytes_after_an_object_on_its_line_are_no_row(tmp_path):
+    """A JSON array's lines with its brackets stripped (``{…},`` each), objects separated by commas on one line, a
+    DOS end-of-file mark (``\\x1a``) or a block of NUL bytes after the last object: each object was a row, but each
+    such tail one more quarantined row (``invalid JSON: Expecting value``), so a 20-line file counted 40 rows in
+    ``_run.json`` and the plan, and the error budget could fail a run that lost nothing; the second of two objects
+    separated by a comma was lost into that row. A comma, ``\\x1a`` or NUL after a value is no value: the objects are
+    the rows, each once, and the plan counts them so. What else follows an object still costs a row."""
+    cases = {
+        "stripped.jsonl": (b"".join(b'{"id": "%d", "text": "t%d"},\n' % (i, i) for i in range(20)),
+                           [(str(i), f"t{i}", None) for i in range(20)]),
+        "commas.jsonl": (b'{"id": "a", "text": "x"},{"id": "b", "text": "y"}, {"id": 1.5, "text": "z"}\n',
+                         [("a", "x", None), ("b", "y", None), ("1.5", "z", None)]),
+        "dos.jsonl": (b'{"id": "a", "text": "x"}\r\n{"id": "b", "text": "y"}\x1a',
+                      [("a", "x", None), ("b", "y", None)]),
+        "nuls.jsonl": (b'{"id": "a", "text": "x"}\n{"id": "b", "text": "y"}' + b"\x00" * 4096,
+                       [("a", "x", None), ("b", "y", None)]),
+        "other.jsonl": (b'{"id": "a", "text": "x"}; {"id": "b", "text": "y"}\n',
+                        [("a", "x", None), (None, None, "invalid JSON: Expecting value (line 1, column 25)")]),
+    }
+    for name, (data, expected) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        assert _read(tmp_path / name) == expected, name
+        [shard] = list_shards([str(tmp_path / name)])
+        assert plan_count_rows(shard).rows == len(expected), name
+        assert reader_count_rows(shard) == (len(expected), True), name
+
+
 def test_a_null_after_an_object_with_a_byte_that_is_no_utf8_is_planned_as_the_run_reads_it(tmp_path):
     """pyarrow reads a ``null`` after an object on its line as a row of its own (its text null), and does not check
     the bytes of a column the job does not read: a run read two rows of such a line where that object held a byte

@@ -800,16 +800,21 @@ ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 #: What lies between JSON values on a line: JSON's own white space (a line's ``\r`` is one, where old Mac line ends
 #: left it), and byte order marks (``cat`` of files saved with one, where a file before did not end in a newline).
 JSON_SPACE = re.compile(r"[ \t\r\n\ufeff]*")
+#: What may follow a value on a line besides white space, no value of its own: a comma (an array's lines with its
+#: brackets stripped, ``{…},``; objects separated by commas), a DOS end-of-file mark (``\x1a``) and NUL bytes (a
+#: block of them where a file was cut by a crash). Each was a quarantined row of its own, counted among the rows.
+AFTER_VALUE = re.compile(r"[ \t\r\n\ufeff,\x1a\x00]*")
 
 
 def line_values(line: bytes, number: int, undecoded: bool = False) -> list[tuple[dict[str, Any], str | None]]:
     """The records of a line that holds several JSON values one after the other (written without a newline between
     them, or with a ``\\r`` alone), as pyarrow reads them: each a row, and so in every file, not only in those
-    pyarrow reads. What does not parse is one row, up to the line's next ``\\r`` (past it the values are read
-    again): its reason names the line and the column. Each value is checked as a line is (:func:`parse_line`), and
-    one that holds bytes that are no UTF-8 costs its row, as such a line does; with ``undecoded`` (as
-    :func:`parse_line` takes it) such bytes are left in its values as lone surrogates, for the caller to find in the
-    values that hold them (a Batch request keeps its ``custom_id``, as on a line of its own)."""
+    pyarrow reads. A comma, ``\\x1a`` or NUL bytes after a value are no value (:data:`AFTER_VALUE`). What does not
+    parse is one row, up to the line's next ``\\r`` (past it the values are read again): its reason names the line
+    and the column. Each value is checked as a line is (:func:`parse_line`), and one that holds bytes that are no
+    UTF-8 costs its row, as such a line does; with ``undecoded`` (as :func:`parse_line` takes it) such bytes are left
+    in its values as lone surrogates, for the caller to find in the values that hold them (a Batch request keeps its
+    ``custom_id``, as on a line of its own)."""
     text = line.decode("utf-8", errors="surrogateescape")  # bytes that are no UTF-8 as U+DC80-U+DCFF
     escaped = not undecoded and ESCAPED_BYTE.search(text) is not None
     decoder = json.JSONDecoder(parse_float=WrittenFloat.parse)
@@ -825,6 +830,7 @@ def line_values(line: bytes, number: int, undecoded: bool = False) -> list[tuple
                 found.append(({}, f"not valid UTF-8 (line {number}, byte {byte})"))
             else:
                 found.append(as_record(value, f"line {number}, ", number))
+            at = AFTER_VALUE.match(text, at).end()  # type: ignore[union-attr]
         except (json.JSONDecodeError, RecursionError) as exc:
             said = f"{exc.msg} (line {number}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else (
                 f"nested too deeply (line {number})")
