@@ -1660,6 +1660,29 @@ def test_a_run_is_not_refused_as_busy_by_another_runs_instant_look_at_the_lock(t
     assert sum(waits[1:]) < 1  # short tries: no wait a user would notice
 
 
+@pytest.mark.parametrize("replaced", [False, True], ids=["deleted", "deleted-and-taken"])
+def test_a_run_whose_lock_file_was_deleted_stops_before_its_next_write(tmp_path, replaced):
+    """The kernel lock is on the open file: a ``_run.lock`` deleted by hand while a run held it (its path is in the
+    busy message) let a second run take a new file of that name, delete the first's ``_staging/`` and write beside
+    it, while the first went on committing (its check found nothing, \"a kernel lock cannot be taken away\"). The
+    check at each commit now finds the lock's file gone or another file in its place and stops the run, naming it;
+    the busy message says not to delete the file."""
+    path = tmp_path / "out" / "_run.lock"
+    first = JobLock(path, "the output").acquire()
+    first.check()  # held, in place: nothing to say
+    with pytest.raises(LockHeld, match="do not delete it"):
+        JobLock(path, "the output").acquire()
+    path.unlink()
+    second = JobLock(path, "the output").acquire() if replaced else None
+    with pytest.raises(PipelineError, match=rf"the lock {re.escape(str(path))} of the output was deleted .*"
+                                            "this run stops before it writes more"):
+        first.check()
+    first.release()
+    if second is not None:
+        second.check()  # the run that took the new file holds it
+        second.release()
+
+
 def test_a_lock_let_go_on_the_way_out_stays_held_until_the_process_exits(tmp_path, caplog):
     """On SIGTERM the CLI lets go of its locks from a thread of its own (release_held) while its main thread may
     still be in the middle of a commit; the lock must not be free for another run until the process has exited."""

@@ -123,7 +123,8 @@ class JobLock:
     def _held(self, handle: IO[str]) -> LockHeld:
         return LockHeld(
             f"another run of {self.what} is in progress ({describe_holder(_read_holder(handle))}); not starting a "
-            f"second one. It ends by itself; the lock is {self.path}"
+            f"second one. It ends by itself; the lock is {self.path} (do not delete it: the run holds the lock on "
+            "that file, and a run started after its deletion would write beside it)"
         )
 
     def release(self) -> None:
@@ -150,7 +151,23 @@ class JobLock:
             handle.flush()
 
     def check(self) -> None:
-        """A kernel lock cannot be taken away from a live holder: nothing to check."""
+        """Raise where the lock's path no longer names the file this run locked. A kernel lock cannot be taken away
+        from a live holder, but its file can be deleted (by hand): a run started then locks a new file of that name
+        and writes here too, so this one must not write any more."""
+        if self._file is None:
+            return
+        held = os.fstat(self._file.fileno())
+        try:
+            there = os.stat(self.path)
+        except FileNotFoundError:
+            there = None
+        if there is None or (there.st_dev, there.st_ino) != (held.st_dev, held.st_ino):
+            instead = "" if there is None else " (another file is in its place)"
+            raise PipelineError(
+                f"the lock {self.path} of {self.what} was deleted while this run held it{instead}: a run started since "
+                "may be writing here; this run stops before it writes more (what it committed is kept; once no other "
+                "run writes here, run again to resume)"
+            )
 
     def __enter__(self) -> JobLock:
         return self.acquire()
