@@ -524,7 +524,9 @@ def _pending(
     """The shards still to do, and the committed ones; refuses another spec, changed input (or, ``redo_changed``,
     deletes its output, not when ``dry``, and does it again) and stale output."""
     output.check_spec(job, changed_settings)
-    committed = output.committed()
+    recorded = output.commits()
+    output.check_unrecorded(recorded)
+    committed = output.committed(recorded)
     keys = {s.key for s in shards}
     stale = [r for key, r in committed.items() if key not in keys] if not given else []
     if stale and not prune:

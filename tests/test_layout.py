@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pytest
 
 from pipelines.output import layout
 from pipelines.output.records import CommitRecord
@@ -106,6 +109,49 @@ def test_overwrite_refuses_a_folder_whose_underscore_folders_hold_files_of_anoth
         out.check_owner()
 
 
+@pytest.mark.parametrize(("name", "named"), [
+    ("_staging/thesis.md", "_staging/thesis.md"), ("_staging/drafts/chapter1.md", "_staging/drafts/chapter1.md"),
+    ("_commits/2024-06-01.json", "_commits/2024-06-01.json"), ("_report.html/index.html", "_report.html"),
+    ("_run.json", "_run.json"), ("_SUCCESS/flag", "_SUCCESS"), ("_errors", "_errors")])
+def test_a_file_of_yours_under_a_bookkeeping_name_refuses_the_folder_before_a_run_deletes_it(tmp_path, name, named):
+    """A folder given as output.path that holds only this project's ``_`` names was taken as its output without a
+    look inside ``_staging/`` (which every run's start deletes whole), at what ``_commits/`` holds beyond a ``.json``
+    ending, or at what a ``_run.json``, ``_report.html`` or ``_SUCCESS`` is: a plain run deleted a user's
+    ``_staging/thesis.md``, and --overwrite a JSON file in ``_commits/``, a ``_report.html`` folder with its files,
+    another tool's ``_run.json``. Such a folder is refused, naming the file, and nothing in it is touched."""
+    from pipelines.errors import PipelineError
+    from pipelines.output.commit import OutputDir
+
+    out = tmp_path / "out"
+    path = out / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('{"state": "done", "rows": 12}')
+    with pytest.raises(PipelineError, match=re.escape(f"({named} is none of its files)")):
+        OutputDir(str(out)).check_owner()
+    assert path.read_text() == '{"state": "done", "rows": 12}'
+
+
+def test_what_a_cut_off_run_leaves_under_its_bookkeeping_names_is_its_own(tmp_path):
+    """The other side of the check above: staged blocks, a commit's staged files and temporary copies, a write probe,
+    a cut-off record's temporary copy and the run's page are this project's, and such a folder is taken (a run then
+    deletes them: they hold no committed row)."""
+    from pipelines.output.commit import OutputDir
+
+    out = tmp_path / "out"
+    staged = out / "_staging" / "0123456789ab"
+    staged.mkdir(parents=True)
+    for name in ("0123456789abcdef0123456789abcdef-data.parquet", "0123456789abcdef0123456789abcdef-errors.parquet",
+                 "fedcba9876543210fedcba9876543210-data.parquet.tmp", "commit-data.parquet", "commit-errors.jsonl.tmp"):
+        (staged / name).write_text("")
+    (out / "_staging" / ".write-check-0123456789abcdef0123456789abcdef").write_text("")
+    (out / "_staging" / "fedcba987654").mkdir()
+    (out / "_commits").mkdir()
+    (out / "_commits" / "0123456789ab.json.tmp").write_text("{")
+    (out / "_SUCCESS").write_text("")
+    (out / "_report.html").write_text("<!DOCTYPE html>")
+    OutputDir(str(out)).check_owner()
+
+
 def test_a_folder_holding_someone_elses_job_json_is_refused(tmp_path):
     """A folder whose only entry is another tool's ``_job.json`` (a JSON that is no job record of this project)
     passed the check for someone else's files by its name alone: a run then wrote its own ``_job.json`` over it, and
@@ -165,6 +211,73 @@ def test_an_overwrite_cut_short_after_it_cleared_the_output_is_still_this_projec
     output.clear()  # --overwrite, cut short here
     OutputDir(str(out)).check_owner()  # the next run (the same command) takes the output again
     assert sorted(p.name for p in out.iterdir()) == ["README.txt", "_job.json"]
+
+
+def test_an_output_whose_job_json_was_deleted_is_still_checked_against_its_commit_records_spec(tmp_path):
+    """The spec check read ``_job.json`` only: with it deleted by hand, a run with other labels (another spec) passed
+    and wrote its rows beside the old ones under one ``_SUCCESS``, two label sets in one output. Each commit record
+    carries the spec hash it was made with: a run whose spec hash differs from any is refused, saying the record of
+    the settings is gone; the same spec resumes (its start writes ``_job.json`` again)."""
+    import json
+
+    from helpers import make_spec
+
+    from pipelines.errors import PipelineError
+    from pipelines.output.commit import OutputDir
+    from pipelines.runner import job_record
+
+    out = tmp_path / "out"
+    labels = {"type": "zero-shot-classification", "candidate_labels": ["sports", "world"]}
+    made = job_record(make_spec("m", labels, out))
+    (out / "_commits").mkdir(parents=True)
+    record = {"shard": "abcdefabcdef", "input": {"uri": "/in/a.jsonl", "size": 1, "name": "a.jsonl"},
+              "spec_hash": made.spec_hash, "model": {"name": "m"}, "rows_in": 1, "rows": 1, "errors": 0,
+              "files": ["part-abcdefabcdef-00000.parquet"], "error_files": []}
+    (out / "_commits" / "abcdefabcdef.json").write_text(json.dumps(record))
+    (out / "part-abcdefabcdef-00000.parquet").write_text("rows")
+    output = OutputDir(str(out))
+    output.check_owner()
+    output.check_spec(made)  # the spec it was made with: taken
+    other = job_record(make_spec("m", {**labels, "candidate_labels": ["sports", "world", "business"]}, out))
+    with pytest.raises(PipelineError, match=rf"its commit records were made with spec hash {made.spec_hash}, this "
+                                            rf"spec is {other.spec_hash}, and _job.json.*is gone"):
+        output.check_spec(other)
+
+
+def test_part_files_whose_records_were_deleted_refuse_a_resume_and_go_with_overwrite(tmp_path):
+    """An output whose ``_commits/`` was deleted by hand (to "start over") kept its part files and its ``_job.json``:
+    a run found nothing committed, scored every shard again and wrote its part files beside the old ones, so a reader
+    got each row twice; --overwrite deleted only what a record names, so they stayed even then. A part file that no
+    record names now refuses the run (and the plan), naming it, and --overwrite deletes it with the rest; a file of
+    yours not named as a part file (``part-notes.parquet``) stays."""
+    import json
+
+    from helpers import make_spec
+
+    from pipelines.errors import PipelineError
+    from pipelines.output.commit import OutputDir
+    from pipelines.runner import _pending, job_record
+
+    out = tmp_path / "out"
+    (out / "_errors").mkdir(parents=True)
+    job = job_record(make_spec("m", {"type": "text-classification"}, out))
+    output = OutputDir(str(out))
+    output.write_json("_job.json", job.to_json())
+    (out / "_commits").mkdir()
+    record = {"shard": "abcdefabcdef", "input": {"uri": "/in/a.jsonl", "size": 1, "name": "a.jsonl"},
+              "spec_hash": job.spec_hash, "model": {"name": "m"}, "rows_in": 1, "rows": 1, "errors": 0,
+              "files": ["part-abcdefabcdef-00000.parquet"], "error_files": []}
+    (out / "_commits" / "abcdefabcdef.json").write_text(json.dumps(record))
+    for name in ("part-abcdefabcdef-00000.parquet", "part-0123456789ab-00000.parquet",
+                 "_errors/part-0123456789ab-00000.parquet", "part-notes.parquet"):
+        (out / name).write_text("rows")
+    output.check_owner()
+    with pytest.raises(PipelineError, match=r"holds 2 part files that no commit record names "
+                                            r"\(_errors/part-0123456789ab-00000.parquet and 1 more\)"):
+        _pending(output, job, [], given=True, prune=False, dry=True)
+    output.clear()  # --overwrite
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == ["_job.json",
+                                                                                     "part-notes.parquet"]
 
 
 def test_a_new_outputs_first_record_cut_short_while_written_is_no_stranger_to_the_next_run(tmp_path):

@@ -25,6 +25,7 @@ commit records (and its ``_`` bookkeeping) are ever deleted.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -205,13 +206,35 @@ class OutputDir:
         selector = pafs.FileSelector(f"{self.root}/{STAGING}", recursive=True, allow_not_found=True)
         return {info.path[len(self.root) + 1 :] for info in self.fs.get_file_info(selector) if info.is_file}
 
-    def committed(self) -> dict[str, CommitRecord]:
-        """Shards whose commit is complete or can be completed from staging (see :meth:`recover`)."""
-        records = self.commits()
+    def committed(self, records: dict[str, CommitRecord] | None = None) -> dict[str, CommitRecord]:
+        """Shards whose commit is complete or can be completed from staging (see :meth:`recover`); ``records``: the
+        commit records, where the caller has read them (:meth:`commits`)."""
+        records = self.commits() if records is None else records
         if not records:
             return {}
         existing, staged = self._existing(), self._staged()
         return {key: r for key, r in records.items() if _placeable(r, existing, staged)}
+
+    def unrecorded(self, records: dict[str, CommitRecord] | None = None) -> list[str]:
+        """The part files (named as this project names them, at the top and in ``_errors/``) that no commit record
+        names: a commit writes its record before its files are in place and deletes it after them, so only records
+        deleted or changed by hand leave these, and a reader reads their rows beside a run's. Sorted."""
+        records = self.commits() if records is None else records
+        named = {name for record in records.values() for name in (*record.files, *record.error_files)}
+        return sorted(path for path in self._existing()
+                      if path not in named and layout.PART_FILE.fullmatch(path.rsplit("/", 1)[-1]))
+
+    def check_unrecorded(self, records: dict[str, CommitRecord] | None = None) -> None:
+        """Refuse an output that holds part files no commit record names (:meth:`unrecorded`)."""
+        found = self.unrecorded(records)
+        if found:
+            more = f" and {len(found) - 1} more" if len(found) > 1 else ""
+            raise PipelineError(
+                f"output.path {self.location} holds {len(found)} part file{'s' if len(found) > 1 else ''} that no "
+                f"commit record names ({found[0]}{more}): their records in {COMMITS}/ were deleted or changed by hand, "
+                "and a reader would read their rows beside what this run writes; use --overwrite to delete them with "
+                "the rest of the output, or move them out of the folder, or use a new output.path"
+            )
 
     # preparing a run ---------------------------------------------------------------
 
@@ -233,27 +256,37 @@ class OutputDir:
                     f"output.path {self.location} is not empty and holds no results of this project; "
                     "choose an empty or new output.path"
                 )
-            # Only bookkeeping names: a _job.json that is no job record is another tool's (a run would write over
-            # it, --overwrite delete it), and --overwrite deletes _commits/ and _errors/ whole, so they must hold
-            # nothing but what this project writes there (another tool's _commits/ is not ours to delete).
-            if any(e.base_name == JOB and e.type == pafs.FileType.File for e in entries):
+            # Only bookkeeping names: each must hold what this project writes under it, as it writes it, or a run's
+            # start (which deletes _staging/ whole), _SUCCESS, _run.json, _report.html) or --overwrite (_commits/,
+            # _errors/ whole) would delete another tool's or a user's file.
+            foreign = self._not_ours(entries)
+            if foreign is not None:
                 raise PipelineError(
-                    f"output.path {self.location} is not empty and holds no results of this project ({JOB} is none "
-                    "of its files); choose an empty or new output.path"
+                    f"output.path {self.location} is not empty and holds no results of this project ({foreign} is "
+                    "none of its files); choose an empty or new output.path"
                 )
-            for folder, ours in ((COMMITS, _commit_file), (ERRORS, _part_file)):
-                if not any(e.base_name == folder and e.type == pafs.FileType.Directory for e in entries):
-                    continue
-                selector = pafs.FileSelector(f"{self.root}/{folder}", recursive=True, allow_not_found=True)
-                foreign = [i for i in self.fs.get_file_info(selector)
-                           if i.type == pafs.FileType.Directory or not ours(i.base_name)]
-                if foreign:
-                    raise PipelineError(
-                        f"output.path {self.location} is not empty and holds no results of this project "
-                        f"({foreign[0].path[len(self.root) + 1:]} is none of its files); "
-                        "choose an empty or new output.path"
-                    )
 
+    def _not_ours(self, entries: list[pafs.FileInfo]) -> str | None:
+        """The first path (relative to the root) among ``entries``, all of them this project's bookkeeping names, that
+        is not what this project writes there: a ``_job.json`` or ``_run.json`` that is not its record (another tool's
+        JSON), a folder where it writes a file or a file where it writes a folder, a file in ``_commits/``,
+        ``_errors/`` or ``_staging/`` of a name it does not write there. None where all are its own."""
+        for entry in entries:
+            name = entry.base_name.removesuffix(layout.TMP_SUFFIX)
+            folder = name in (COMMITS, ERRORS, STAGING) and name == entry.base_name
+            if folder != (entry.type == pafs.FileType.Directory):
+                return entry.base_name
+            if entry.base_name in (JOB, RUN) and (JobRecord if name == JOB else RunSummary).parse(
+                    self.read_json(name)) is None:
+                return entry.base_name
+            if not folder:
+                continue
+            selector = pafs.FileSelector(entry.path, recursive=True, allow_not_found=True)
+            for info in self.fs.get_file_info(selector):
+                relative = info.path[len(self.root) + 1 :]
+                if not _ours_under(name, relative.split("/")[1:], info.type == pafs.FileType.Directory):
+                    return relative
+        return None
     def check_not_inside_another(self) -> None:
         """Refuse an output path inside another job's output (a folder above it holds ``_job.json``, or a scheduled
         job's ledger): a reader of that folder reads every Parquet file under it, this job's rows too. A local path is
@@ -285,9 +318,20 @@ class OutputDir:
                    ) -> None:
         """Refuse results of another spec (an output with nothing committed yet belongs to nobody). ``changed`` says
         which settings differ between the recorded spec and this one (both as JSON), each in words (none: can't
-        tell), so that the refusal names them."""
+        tell), so that the refusal names them. Where ``_job.json`` is gone (deleted by hand), the commit records'
+        spec hashes are compared: the settings that differ can't be named then."""
         recorded = self.job()
-        if recorded and recorded.spec_hash != job.spec_hash and self.commits():
+        if recorded is None:
+            made = sorted({record.spec_hash for record in self.commits().values()} - {job.spec_hash})
+            if made:
+                raise PipelineError(
+                    f"output.path {self.location} holds results of a different job spec: its commit records were made "
+                    f"with spec hash {made[0]}, this spec is {job.spec_hash}, and {JOB}, which would name the settings "
+                    "that differ, is gone; run the spec they were made with to resume, or use a new output.path, or "
+                    "--overwrite to replace them"
+                )
+            return
+        if recorded.spec_hash != job.spec_hash and self.commits():
             differ = changed(recorded.spec, job.spec) if changed is not None else []
             shown = ", ".join(differ[:3]) + (f" and {len(differ) - 3} more" if len(differ) > 3 else "")
             back = f": {shown}; set {'it' if len(differ) == 1 else 'them'} back to resume," if differ else ";"
@@ -355,16 +399,21 @@ class OutputDir:
     def clear(self) -> None:
         """``--overwrite``: delete every file a commit record names, then this project's bookkeeping.
 
-        Files not named by a commit record are never touched, whatever their name; the bookkeeping goes
-        by exact name, and the run lock stays (this run holds it). ``_SUCCESS`` and ``_run.json`` go first: a
+        Files not named by a commit record are never touched, whatever their name, but for part files named as this
+        project names them (:meth:`unrecorded`: their records were deleted by hand); the bookkeeping goes by exact
+        name, and the run lock stays (this run holds it). ``_SUCCESS`` and ``_run.json`` go first: a
         reader that waits for ``_SUCCESS`` must never find it beside a half-deleted output. ``_job.json`` stays
         until :meth:`start` writes the run's own over it: an overwrite cut short between the two leaves the output
         recognisably this project's (with no commit, it belongs to the next run's spec), where a user's file beside
         it would otherwise have every later run refuse the folder as someone else's.
         """
         self.unfinish()
-        for record in self.commits().values():
+        records = self.commits()
+        unrecorded = self.unrecorded(records)
+        for record in records.values():
             self.forget(record)
+        for relative in unrecorded:  # records deleted by hand: named as this project names its part files
+            layout.delete(self.fs, self.fs.get_file_info(f"{self.root}/{relative}"))
         bookkeeping = set(OURS) - {RUN_LOCK, JOB}
         for entry in self.entries():
             if entry.base_name in bookkeeping:
@@ -569,14 +618,28 @@ def in_input_order(table: pa.Table) -> pa.Table:
     return table.sort_by([(column, "ascending")]) if column in table.column_names else table
 
 
-def _commit_file(name: str) -> bool:
-    """A name this project writes in ``_commits/``: a record, or one being written."""
-    return name.removesuffix(layout.TMP_SUFFIX).endswith(".json")
+#: The files this project writes in ``_staging/<shard>/``: a write task's staged blocks (see
+#: :mod:`pipelines.output.staging`) and a commit's merged files (:func:`staged_name`), each maybe cut off while written.
+STAGED_FILE = re.compile(rf"(?:[0-9a-f]{{32}}-(?:data|errors)\.parquet|(?:{DATA_STAGED}|{ERRORS_STAGED})\.\w+)"
+                         rf"(?:{re.escape(layout.TMP_SUFFIX)})?")
+#: An object store's write probe at the top of ``_staging/`` (see :func:`pipelines.io.stores.check_writable`).
+WRITE_PROBE = re.compile(r"\.write-check-[0-9a-f]{32}")
 
 
-def _part_file(name: str) -> bool:
-    """A name this project writes in ``_errors/``: a part file, or one being written."""
-    return layout.is_part_file(name.removesuffix(layout.TMP_SUFFIX))
+def _ours_under(folder: str, parts: list[str], is_folder: bool) -> bool:
+    """Whether ``parts`` (a path below ``folder``, one of ``_commits``, ``_errors`` or ``_staging``, split at its
+    slashes) is what this project writes there: in ``_commits/`` a record's temporary copy (a whole record would have
+    counted as one; see :meth:`OutputDir.check_owner`), in ``_errors/`` a part file (or one being written), in
+    ``_staging/`` a folder per shard holding staged files, or a write probe."""
+    if folder == STAGING:
+        if len(parts) == 1:
+            return is_folder or WRITE_PROBE.fullmatch(parts[0]) is not None
+        return len(parts) == 2 and not is_folder and STAGED_FILE.fullmatch(parts[1]) is not None
+    if len(parts) != 1 or is_folder:
+        return False
+    if folder == COMMITS:
+        return parts[0].endswith(".json" + layout.TMP_SUFFIX)
+    return layout.is_part_file(parts[0].removesuffix(layout.TMP_SUFFIX))
 
 
 def _placeable(record: CommitRecord, existing: set[str], staged: set[str]) -> bool:
