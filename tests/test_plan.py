@@ -276,6 +276,26 @@ def test_the_survey_counts_a_file_a_run_refuses_whole_as_one_unreadable_file(tmp
         assert reader_count_rows(shard) == (rows, True)
 
 
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_utf16_without_a_byte_order_mark_is_refused_whole_as_with_one(tmp_path, encoding):
+    """UTF-16 written without a byte order mark (Python's ``encoding="utf-16-le"``, .NET's ``Encoding.Unicode`` with
+    ``new UnicodeEncoding(false, false)``, iconv's ``-t UTF-16LE``) was read as UTF-8: each line a broken row
+    (``not valid UTF-8``, ``invalid JSON``), and the little-endian file one row more (the zero byte after its last
+    newline). JSON text starts with ASCII, so its first characters in UTF-16 are a zero byte every other byte, which
+    no UTF-8 JSON holds: such a file is refused whole, saying which UTF-16 and how to convert it, its rows counted as
+    its lines, by the run and the plan alike."""
+    lines = "".join(json.dumps({"id": f"r{i}", "text": f"café {i}"}, ensure_ascii=False) + "\r\n" for i in range(3))
+    (tmp_path / "wide.jsonl").write_bytes(lines.encode(encoding))
+    [shard] = list_shards([str(tmp_path / "wide.jsonl")])
+    said = encoding.upper().replace("UTF-16-", "UTF-16")  # as iconv names it
+    [record] = [r for block in read_shard(shard, Columns(text="text", id="id")) for r in block.to_pylist()]
+    assert record["_error"].startswith(f"unreadable jsonl file: the file is {said} text without a byte order mark, "
+                                       f"not UTF-8: convert it (iconv -f {said} -t UTF-8"), record
+    assert reader_count_rows(shard) == (3, True)
+    counted = count_rows(shard)
+    assert (counted.count, counted.rows, counted.records) == ("unreadable", 3, 1), counted
+
+
 def test_plan_counts_duplicate_ids_and_a_parquet_file_whose_rows_do_not_read(ray_session, tiny_models, tmp_path):
     """The plan left out `errors.duplicate_ids: error` (it said 19 rows out where the run wrote 16 and failed over
     its budget), and took a Parquet file whose footer reads but whose data does not (the README's own example,

@@ -210,8 +210,8 @@ def _read_table(shard: Shard, data: bytes, columns: Columns) -> pa.Table:
         if plain_under_gz_name(data):
             raise ValueError(PLAIN_GZ_REASON)
         data = gzip.decompress(data)
-    if shard.format != "parquet" and data.startswith(UTF16_BOMS):
-        raise ValueError(UTF16_REASON)
+    if shard.format != "parquet" and (reason := utf16_reason(data)) is not None:
+        raise ValueError(reason)
     if shard.format != "parquet" and (reason := compression_reason(data, shard.compressed)) is not None:
         raise ValueError(reason)
     if shard.format == "openai-batch":
@@ -241,6 +241,39 @@ UTF16_REASON = (
     "the file is UTF-16 text (it starts with a UTF-16 byte order mark), not UTF-8: convert it (iconv -f UTF-16 -t "
     "UTF-8, or PowerShell's Out-File -Encoding utf8)"
 )
+
+
+
+def utf16_without_bom(data: bytes) -> str | None:
+    """``utf-16-le`` or ``utf-16-be`` where the bytes are UTF-16 text without a byte order mark (Python's
+    ``encoding="utf-16-le"``, iconv's ``-t UTF-16LE``), else None. JSON text starts with ASCII (``{"``, ``[``), which
+    UTF-16 writes as a zero byte every other byte; valid UTF-8 JSON holds no zero byte. Its first 16 characters
+    are looked at (where one of them is no ASCII the file is read as UTF-8, as before)."""
+    head = data[:32]
+    if len(head) < 4 or len(head) % 2:
+        return None
+    for codec, zeros, text in (("utf-16-le", head[1::2], head[0::2]), ("utf-16-be", head[0::2], head[1::2])):
+        if not zeros.strip(b"\0") and b"\0" not in text:
+            return codec
+    return None
+
+
+def utf16_reason(data: bytes) -> str | None:
+    """Why a JSON lines file in UTF-16 is refused whole (:data:`UTF16_REASON`, or its kind without a byte order
+    mark: :func:`utf16_without_bom`); None for any other file."""
+    if data.startswith(UTF16_BOMS):
+        return UTF16_REASON
+    if (codec := utf16_without_bom(data)) is not None:
+        said = codec.upper().replace("UTF-16-", "UTF-16")
+        return (f"the file is {said} text without a byte order mark, not UTF-8: convert it (iconv -f {said} -t UTF-8, "
+                "or Python's open(path, encoding='utf-8') when writing it)")
+    return None
+
+
+def utf16_codec(data: bytes) -> str | None:
+    """The codec that decodes a UTF-16 file (with its byte order mark or without: :func:`utf16_reason`), else None."""
+    return "utf-16" if data.startswith(UTF16_BOMS) else utf16_without_bom(data)
+
 
 #: A file named ``.gz`` of 0 bytes: no gzip stream (one holds a header at least; ``gzip -t`` says "unexpected end of
 #: file"), but an upload or copy that failed. Python's ``gzip.decompress`` reads it as no bytes, so it was a shard of
@@ -1657,8 +1690,8 @@ def count_rows(shard: Shard, text: str = "text") -> tuple[int | None, bool]:
             return None, False
     if exact and (kind := compression_of(data)) is not None:  # refused whole: the rows of its decompressed lines
         data, exact = _decompress_before_damage(data, kind)
-    if data.startswith(UTF16_BOMS):  # its lines as text (read as bytes, the last newline's zero byte was one more)
-        data = data.decode("utf-16", errors="replace").encode()
+    if (codec := utf16_codec(data)) is not None:  # its lines as text (as bytes, the last newline's zero byte was one)
+        data = data.decode(codec, errors="replace").encode()
     if shard.format == "openai-batch" and exact and (values := json_array(data)) is not None:
         return len(values), True  # a Batch file that is one JSON array, refused whole: its requests, not its lines
     if exact and shard.format != "openai-batch" and (one := one_object_rows(data, text)) is not None:

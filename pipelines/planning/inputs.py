@@ -31,8 +31,6 @@ from pipelines.io.openai_batch import array_reason, stream_reason
 from pipelines.io.reader import (
     EMPTY_GZIP_REASON,
     NOT_FETCHED,
-    UTF16_BOMS,
-    UTF16_REASON,
     Columns,
     array_head,
     array_start,
@@ -47,6 +45,7 @@ from pipelines.io.reader import (
     read_bytes,
     read_group,
     stream_start,
+    utf16_reason,
 )
 from pipelines.io.reader import count_rows as reader_count_rows
 from pipelines.io.shards import Shard
@@ -123,8 +122,8 @@ def _jsonl_rows(shard: Shard, count_limit: int) -> tuple[int, bool]:
         stream: Any = gzip.GzipFile(fileobj=raw, mode="rb") if shard.compressed else raw  # type: ignore[call-overload]
         rows, read = 0, 0
         chunk = stream.read(min(CHUNK, count_limit))
-        if chunk.startswith(UTF16_BOMS):  # a run refuses it whole: count_rows counts it as the run does
-            raise ValueError(UTF16_REASON)
+        if (reason := utf16_reason(chunk)) is not None:  # a run refuses it whole: count_rows counts it as the run does
+            raise ValueError(reason)
         if (reason := compression_reason(chunk, shard.compressed)) is not None:  # so too a compressed one
             raise ValueError(reason)
         if array_start(chunk):  # perhaps one JSON array
