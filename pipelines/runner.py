@@ -451,7 +451,7 @@ def run_job(
             with writing(spec.output.path):
                 lock.acquire()
             not_scheduled(output)
-        output.guard = lock.check  # a lock that can be lost (a lease; a lock file deleted): checked at each commit, last
+        output.guard = lock.check  # a lock that can be lost (a lease; a deleted file): checked at each commit, last
         output.check_lock()  # a lock taken early was held through Ray's start and the gate: still ours before clearing
         job.model_files = files or model_files(spec.model, None if overwrite else _recorded_files(output))
         with writing(spec.output.path):
