@@ -232,6 +232,8 @@ def test_a_comma_or_end_of_file_bytes_after_an_object_on_its_line_are_no_row(tmp
                          [("a", "x", None), ("b", "y", None), ("1.5", "z", None)]),
         "dos.jsonl": (b'{"id": "a", "text": "x"}\r\n{"id": "b", "text": "y"}\x1a',
                       [("a", "x", None), ("b", "y", None)]),
+        "dos_line.jsonl": (b'{"id": "a", "text": "x"}\r\n{"id": 1.5, "text": "y"}\r\n\x1a',  # the mark on a line
+                           [("a", "x", None), ("1.5", "y", None)]),
         "nuls.jsonl": (b'{"id": "a", "text": "x"}\n{"id": "b", "text": "y"}' + b"\x00" * 4096,
                        [("a", "x", None), ("b", "y", None)]),
         "other.jsonl": (b'{"id": "a", "text": "x"}; {"id": "b", "text": "y"}\n',

@@ -24,7 +24,7 @@ from pipelines.io.reader import (
     lone_surrogate,
     parse_line,
     several,
-    without_boms,
+    without_marks,
 )
 
 CHAT_URL = "/v1/chat/completions"
@@ -52,7 +52,7 @@ def read_requests(data: bytes, id_column: str, text_column: str) -> pa.Table:
         raise ValueError(broken)
     if (stream := json_stream(data)) is not None:  # so too requests written over several lines each
         raise ValueError(stream_reason(len(stream[0])))
-    lines = without_boms(data).split(b"\n")  # byte order marks at the start of a line, as JSON lines skip them
+    lines = without_marks(data).split(b"\n")  # byte order marks at the start of a line, as JSON lines skip them
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue

@@ -343,18 +343,26 @@ LINE_BOM = b"\n" + BOM
 LINE_BOMS = re.compile(rb"\n(?:\xef\xbb\xbf)+")
 
 
-def without_boms(data: bytes) -> bytes:
-    """JSON lines with the byte order marks at the start of the file and of any line left out, the lines kept: a
-    line of marks alone is left blank, which is no row, so rows keep their places. JSON allows none there, and a
-    line starts after a newline (no JSON string holds one), so nothing else is touched."""
+def without_marks(data: bytes) -> bytes:
+    """JSON lines with the byte order marks at the start of the file and of any line left out, and DOS end-of-file
+    marks (``\\x1a``) at the end of any line, the lines kept: a line of marks alone is left blank, which is no row,
+    so rows keep their places. JSON allows none there, and a line starts after a newline (no JSON string holds one,
+    nor a ``\\x1a``), so nothing else is touched."""
     while data.startswith(BOM):
         data = data[len(BOM) :]
+    if DOS_EOF in data:
+        data = DOS_EOFS.sub(b"", data)
     return LINE_BOMS.sub(b"\n", data) if LINE_BOM in data else data
+
+
+#: DOS's end-of-file mark, which old Windows tools (``copy /a``, some editors) write after a text file's last line.
+DOS_EOF = b"\x1a"
+DOS_EOFS = re.compile(rb"\x1a+(?=\r?\n|$)")
 
 
 #: A line whose first value is ``null``, after a ``\n`` or a ``\r`` (pyarrow ends a line at either), white space and
 #: byte order marks before it: pyarrow skips a mark where a block starts (a file saved by Notepad, ``cat`` of such
-#: files after an old Mac ``\r``, which :func:`without_boms` leaves) and crashes on the ``null`` after it all the same.
+#: files after an old Mac ``\r``, which :func:`without_marks` leaves) and crashes on the ``null`` after it all the same.
 #: Two patterns that start with their byte: searched about 10x faster than one that starts with a choice of them.
 NULL_LINES = (re.compile(rb"\n(?:[ \t\r\n]|\xef\xbb\xbf)*null"), re.compile(rb"\r(?:[ \t\r\n]|\xef\xbb\xbf)*null"))
 LEADING_SPACE = re.compile(rb"(?:[ \t\r\n]|\xef\xbb\xbf)*")
@@ -411,7 +419,7 @@ def read_jsonl(data: bytes, columns: Columns) -> pa.Table:
 def _one_object(data: bytes) -> dict[str, Any] | None:
     """The file's one JSON object, or None where it is none (or no JSON)."""
     try:
-        value = json.loads(without_boms(data))
+        value = json.loads(without_marks(data))
     except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
@@ -482,9 +490,9 @@ def _read_jsonl(data: bytes, columns: Columns) -> pa.Table:
     that are objects or lists, which pyarrow would give every key seen in the file), and
     so is a file with a kept column of floats past 2**53 (an integer past 2**63, or one past 2**53 beside a float,
     which pyarrow rounds: there it is text or a row error, see :func:`_read_jsonl_lines`). A byte order mark at
-    the start of a line is skipped (:func:`without_boms`).
+    the start of a line is skipped (:func:`without_marks`).
     """
-    data = without_boms(data)
+    data = without_marks(data)
     if (values := json_array(data)) is not None:
         return _read_json_array(values, columns)
     if (broken := broken_array(data)) is not None:  # lines of it are no rows: refused whole
@@ -581,7 +589,7 @@ def json_array(data: bytes) -> list[Any] | None:
     which cost the row that holds them."""
     if not array_start(data):
         return None
-    data = without_boms(data)
+    data = without_marks(data)
     start = ARRAY_START.match(data)
     if not start:
         return None
@@ -598,7 +606,7 @@ def broken_array(data: bytes) -> str | None:
     None: it parses, or it is no array, or it is JSON lines of arrays (its first line is a JSON value)."""
     if not array_start(data):
         return None
-    text = without_boms(data).decode("utf-8", errors="surrogateescape")
+    text = without_marks(data).decode("utf-8", errors="surrogateescape")
     start = SPACE.match(text).end()  # type: ignore[union-attr]
     end = text.find("\n", start)
     try:
@@ -635,7 +643,7 @@ def array_head(head: bytes) -> list[Any] | None:
     sample or a count's prefix is), or None where they are JSON lines (the first value ends, and more follows)."""
     if not array_start(head):
         return None
-    head = without_boms(head)
+    head = without_marks(head)
     start = ARRAY_START.match(head)
     if not start:
         return None
@@ -699,7 +707,7 @@ def json_stream(data: bytes) -> tuple[list[Any], str | None] | None:
     that are no UTF-8 are read as lone surrogates (U+DC80-U+DCFF), which cost the row that holds them."""
     if not stream_start(data):
         return None
-    text = without_boms(data).decode("utf-8", errors="surrogateescape")
+    text = without_marks(data).decode("utf-8", errors="surrogateescape")
     decoder = json.JSONDecoder(parse_float=WrittenFloat.parse)
     values: list[Any] = []
     at = 0
@@ -736,7 +744,7 @@ def _read_jsonl_lines(data: bytes, columns: Columns) -> pa.Table:
     """The slow path for files pyarrow rejects: line by line, so one bad line costs one row."""
     records: list[dict[str, Any]] = []
     errors: list[str | None] = []
-    lines = without_boms(data).split(b"\n")  # pyarrow skips a byte order mark at the start of the file too
+    lines = without_marks(data).split(b"\n")  # pyarrow skips a byte order mark at the start of the file too
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -812,7 +820,7 @@ def line_rows(line: bytes) -> int:
     only where :func:`_plain_rows` can't tell."""
     if (plain := _plain_rows(line)) is not None:
         return plain
-    line = without_boms(line)
+    line = without_marks(line)
     _, error = parse_line(line)
     return len(line_values(line, 0)) if several(line, error) else 1
 
@@ -821,7 +829,7 @@ def _plain_rows(line: bytes) -> int | None:
     """0 of a blank line; 1 of a line that is ``{`` with its only ``}`` at its end (between JSON's white space: a form
     feed after an object is a value that does not parse), where a first object that parses ends, and one that does
     not parse is one row; else None (it may hold several values)."""
-    line = without_boms(line)
+    line = without_marks(line)
     if not line.strip():
         return 0
     one = line.strip(b" \t\r")
@@ -1556,7 +1564,7 @@ def _sample_schema(shard: Shard, sample_bytes: int, names: Sequence[str]) -> pa.
     if shard.format == "parquet":
         raise ValueError("gzip-compressed parquet can't be sampled")
     with fs.open_input_stream(shard.path, compression="gzip" if shard.compressed else None) as stream:
-        head = without_boms(_sample_head(stream, sample_bytes))
+        head = without_marks(_sample_head(stream, sample_bytes))
     if (values := array_head(head)) is not None:  # one JSON array: its first whole elements, as JSON lines
         head = b"".join(json.dumps(value).encode() + b"\n" for value in values if isinstance(value, dict))
     elif (stream := json_stream(head)) is not None:  # objects over several lines: its first whole ones, so
@@ -1630,7 +1638,7 @@ def _read_sample(head: bytes) -> pa.Table:
 
 def _good_lines(head: bytes) -> Iterator[bytes]:
     """The lines of a JSON lines sample that the reader would read as records (each with its newline)."""
-    for line in without_boms(head).splitlines():
+    for line in without_marks(head).splitlines():
         try:
             record = json.loads(line)
         except (ValueError, RecursionError):  # RecursionError: nested past Python's limit, no record
@@ -1700,7 +1708,7 @@ def count_rows(shard: Shard, text: str = "text") -> tuple[int | None, bool]:
         return len(array_head(data) or []), False
     if (stream := json_stream(data)) is not None:  # objects over several lines: those read before any damage
         return (len(stream[0]) if stream[0] or (exact and stream[1] is None) else None), exact and stream[1] is None
-    lines = without_boms(data).split(b"\n")  # a byte order mark alone on its line is no row
+    lines = without_marks(data).split(b"\n")  # a byte order mark alone on its line is no row
     if not exact and lines:
         lines = lines[:-1]  # the last line was cut
     counted = sum(line_rows(line) for line in lines)
