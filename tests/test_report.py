@@ -887,3 +887,23 @@ def test_a_job_that_wrote_no_rows_says_so_not_that_its_task_has_no_label_column(
         assert page.count(why) == 3  # labels, scores, confusion matrix
     page = report.run_page(report.RunData(str(tmp_path), summary, job, []))
     assert page.count("No shard is committed yet.") == 7  # every chart but the fidelity check's
+
+
+def test_report_on_an_output_with_nothing_committed_yet_says_so_not_that_no_job_is_there(tmp_path):
+    """`pipelines report OUT` while a run (an --overwrite one, or a new output's first) had committed no shard yet
+    said "no job output here" of a folder whose _job.json names the job; it now says the job has committed nothing
+    yet, and to ask again once a shard is committed. A folder with no job still gets the first answer."""
+    from helpers import make_spec
+
+    from pipelines.output.commit import OutputDir
+    from pipelines.runner import job_record
+
+    out = tmp_path / "out"
+    out.mkdir()
+    empty = cli("report", str(out))
+    assert empty.returncode == 2 and "no job output here" in empty.stderr, empty.stderr
+    OutputDir(str(out)).write_json("_job.json", job_record(make_spec("m", {"type": "text-classification"}, out)).to_json())
+    started = cli("report", str(out))
+    assert started.returncode == 2, started.stderr
+    assert f"{out}: a job's output with no shard committed yet" in started.stderr, started.stderr
+    assert not (out / "_report.html").exists()

@@ -87,6 +87,12 @@ def _report(args: argparse.Namespace) -> int:
             "the output folder's files (_run.json, _commits/, the part files)"
         ) from None
     if not paths:
+        from pipelines.output.commit import OutputDir
+
+        if OutputDir(args.output).job() is not None:  # a run's start (--overwrite's too) before its first commit
+            raise PipelineError(f"{args.output}: a job's output with no shard committed yet (a run is starting, or "
+                                "one ended before its first commit): nothing to report; ask again once a shard is "
+                                "committed")
         raise PipelineError(f"{args.output}: no job output here (no _run.json, _commits/ or _runs.jsonl); "
                             "give a job's output.path")
     for path in paths:
