@@ -25,6 +25,7 @@ from pipelines.io.reader import (
     parse_line,
     several,
     without_marks,
+    without_tail,
 )
 
 CHAT_URL = "/v1/chat/completions"
@@ -56,6 +57,7 @@ def read_requests(data: bytes, id_column: str, text_column: str) -> pa.Table:
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
+        line = without_tail(line)  # an array's lines with its brackets stripped end in a comma
         record, error = parse_line(line, undecoded=True)  # bytes that are no UTF-8 cost the values holding them
         # requests that share a line (written without a newline between them): each a row, as in JSON lines
         for record, error in line_values(line, number, undecoded=True) if several(line, error) else [(record, error)]:

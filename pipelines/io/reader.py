@@ -748,6 +748,7 @@ def _read_jsonl_lines(data: bytes, columns: Columns) -> pa.Table:
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
+        line = without_tail(line)
         record, error = parse_line(line, numbers_as_written=True, number=number)
         if several(line, error):
             parsed = line_values(line, number)
@@ -783,7 +784,21 @@ NESTED = "invalid JSON: nested too deeply"
 #: A line that may hold several JSON values: one object ends and another starts (maybe after a ``\\r``), or a ``null``
 #: does, which pyarrow reads as a row of its own (where a byte that is no UTF-8 lies in a column the job does not read,
 #: it reads the object as a row too: so many rows are counted and read line by line).
-GLUED = re.compile(rb"\}[ \t\r]*(?:\xef\xbb\xbf)*(?:\{|null)")
+GLUED = re.compile(rb"\}[ \t\r,]*(?:\xef\xbb\xbf)*(?:\{|null)")
+
+
+#: What may end a line after its last object besides white space, no value of its own (see :data:`AFTER_OBJECT`).
+LINE_TAIL = b", \t\r\x00\x1a"
+
+
+def without_tail(line: bytes) -> bytes:
+    """A line without what follows its last object and is no value (:data:`LINE_TAIL`: an array's lines with its
+    brackets stripped end in ``,``); a line that does not end in an object after it is left as it is (``1,``, a CSV's
+    line, is as broken as it was)."""
+    if not line or line[-1] not in LINE_TAIL:
+        return line
+    trimmed = line.rstrip(LINE_TAIL)
+    return trimmed if trimmed.endswith(b"}") else line
 
 
 def several(line: bytes, error: str | None) -> bool:
@@ -820,7 +835,7 @@ def line_rows(line: bytes) -> int:
     only where :func:`_plain_rows` can't tell."""
     if (plain := _plain_rows(line)) is not None:
         return plain
-    line = without_marks(line)
+    line = without_tail(without_marks(line))
     _, error = parse_line(line)
     return len(line_values(line, 0)) if several(line, error) else 1
 
@@ -832,7 +847,7 @@ def _plain_rows(line: bytes) -> int | None:
     line = without_marks(line)
     if not line.strip():
         return 0
-    one = line.strip(b" \t\r")
+    one = without_tail(line).strip(b" \t\r")
     return 1 if one.startswith(b"{") and one.find(b"}") == len(one) - 1 else None
 
 
@@ -841,16 +856,16 @@ ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 #: What lies between JSON values on a line: JSON's own white space (a line's ``\r`` is one, where old Mac line ends
 #: left it), and byte order marks (``cat`` of files saved with one, where a file before did not end in a newline).
 JSON_SPACE = re.compile(r"[ \t\r\n\ufeff]*")
-#: What may follow a value on a line besides white space, no value of its own: a comma (an array's lines with its
+#: What may follow an object on a line besides white space, no value of its own: a comma (an array's lines with its
 #: brackets stripped, ``{…},``; objects separated by commas), a DOS end-of-file mark (``\x1a``) and NUL bytes (a
 #: block of them where a file was cut by a crash). Each was a quarantined row of its own, counted among the rows.
-AFTER_VALUE = re.compile(r"[ \t\r\n\ufeff,\x1a\x00]*")
+AFTER_OBJECT = re.compile(r"[ \t\r\n\ufeff,\x1a\x00]*")
 
 
 def line_values(line: bytes, number: int, undecoded: bool = False) -> list[tuple[dict[str, Any], str | None]]:
     """The records of a line that holds several JSON values one after the other (written without a newline between
     them, or with a ``\\r`` alone), as pyarrow reads them: each a row, and so in every file, not only in those
-    pyarrow reads. A comma, ``\\x1a`` or NUL bytes after a value are no value (:data:`AFTER_VALUE`). What does not
+    pyarrow reads. A comma, ``\\x1a`` or NUL bytes after an object are no value (:data:`AFTER_OBJECT`). What does not
     parse is one row, up to the line's next ``\\r`` (past it the values are read again): its reason names the line
     and the column. Each value is checked as a line is (:func:`parse_line`), and one that holds bytes that are no
     UTF-8 costs its row, as such a line does; with ``undecoded`` (as :func:`parse_line` takes it) such bytes are left
@@ -871,7 +886,8 @@ def line_values(line: bytes, number: int, undecoded: bool = False) -> list[tuple
                 found.append(({}, f"not valid UTF-8 (line {number}, byte {byte})"))
             else:
                 found.append(as_record(value, f"line {number}, ", number))
-            at = AFTER_VALUE.match(text, at).end()  # type: ignore[union-attr]
+            if isinstance(value, dict):  # after what is no object a comma is no separator (a CSV's line)
+                at = AFTER_OBJECT.match(text, at).end()  # type: ignore[union-attr]
         except (json.JSONDecodeError, RecursionError) as exc:
             said = f"{exc.msg} (line {number}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else (
                 f"nested too deeply (line {number})")
