@@ -524,8 +524,9 @@ def _pending(
     """The shards still to do, and the committed ones; refuses another spec, changed input (or, ``redo_changed``,
     deletes its output, not when ``dry``, and does it again) and stale output."""
     output.check_spec(job, changed_settings)
+    listed = output.part_files()  # before the records: a commit writes its record before its files appear
     recorded = output.commits()
-    output.check_unrecorded(recorded)
+    output.check_unrecorded(recorded, listed)
     committed = output.committed(recorded)
     keys = {s.key for s in shards}
     stale = [r for key, r in committed.items() if key not in keys] if not given else []

@@ -242,6 +242,10 @@ def test_an_output_whose_job_json_was_deleted_is_still_checked_against_its_commi
     with pytest.raises(PipelineError, match=rf"its commit records were made with spec hash {made.spec_hash}, this "
                                             rf"spec is {other.spec_hash}, and _job.json.*is gone"):
         output.check_spec(other)
+    # records written before the hash covered output.prediction_prefix (hash version 1) hold the hash without it
+    prefixed = job_record(make_spec("m", labels, out, output={"prediction_prefix": "p_"}))
+    (out / "_commits" / "abcdefabcdef.json").write_text(json.dumps(record))  # made.spec_hash: the prefix left out
+    output.check_spec(prefixed)
 
 
 def test_part_files_whose_records_were_deleted_refuse_a_resume_and_go_with_overwrite(tmp_path):
@@ -278,6 +282,64 @@ def test_part_files_whose_records_were_deleted_refuse_a_resume_and_go_with_overw
     output.clear()  # --overwrite
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == ["_job.json",
                                                                                      "part-notes.parquet"]
+
+
+def test_a_commit_made_while_the_check_for_unrecorded_part_files_reads_is_not_taken_for_one(tmp_path, monkeypatch):
+    """``pipelines plan`` reads an output without its lock, while a run may commit: a commit writes its record, then
+    moves its files into place, and a forget deletes the files, then the record. The check read the records, then
+    listed the files: a shard committed in between was a part file no record names, and the plan told the user to
+    --overwrite a healthy output. The files are listed first, and what looks unrecorded is looked at again."""
+    import json
+
+    from pipelines.output.commit import OutputDir
+
+    out = tmp_path / "out"
+    (out / "_commits").mkdir(parents=True)
+    output = OutputDir(str(out))
+
+    def commit(key: str) -> None:
+        record = {"shard": key, "input": {"uri": f"/in/{key}.jsonl", "size": 1, "name": f"{key}.jsonl"},
+                  "spec_hash": "h", "model": {"name": "m"}, "rows_in": 1, "rows": 1, "errors": 0,
+                  "files": [f"part-{key}-00000.parquet"], "error_files": []}
+        (out / "_commits" / f"{key}.json").write_text(json.dumps(record))
+        (out / f"part-{key}-00000.parquet").write_text("rows")
+
+    commit("aaaaaaaaaaaa")
+    reads = OutputDir.commits
+
+    def a_commit_meanwhile(self):  # a run commits shard b right after the records are read
+        found = reads(self)
+        if not (out / "_commits" / "bbbbbbbbbbbb.json").exists():
+            commit("bbbbbbbbbbbb")
+        return found
+
+    monkeypatch.setattr(OutputDir, "commits", a_commit_meanwhile)
+    output.check_unrecorded()
+    forgotten = out / "part-bbbbbbbbbbbb-00000.parquet"
+    listed = OutputDir._existing
+
+    def a_forget_meanwhile(self):  # a run's --prune deletes shard b's file, then its record, after the listing
+        found = listed(self)
+        if forgotten.exists():
+            forgotten.unlink()
+            (out / "_commits" / "bbbbbbbbbbbb.json").unlink()
+        return found
+
+    monkeypatch.setattr(OutputDir, "commits", reads)
+    monkeypatch.setattr(OutputDir, "_existing", a_forget_meanwhile)
+    output.check_unrecorded()
+
+
+def test_an_undecodable_run_json_in_a_folder_of_no_job_is_refused_in_one_line(tmp_path):
+    """The ownership check reads a folder's ``_run.json``: one that is no UTF-8 text ended the command in a
+    UnicodeDecodeError traceback; it is none of this project's files, as other JSON is."""
+    from pipelines.errors import PipelineError
+    from pipelines.output.commit import OutputDir
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "_run.json").write_bytes(b'{"status": "caf\xe9"}')  # Windows-1252
+    with pytest.raises(PipelineError, match=r"\(_run.json is none of its files\)"):
+        OutputDir(str(tmp_path / "out")).check_owner()
 
 
 def test_a_new_outputs_first_record_cut_short_while_written_is_no_stranger_to_the_next_run(tmp_path):

@@ -142,6 +142,10 @@ def test_plan_says_what_a_run_would_do_with_the_output_as_it_is(ray_session, tin
     refused = build_plan(other, "job", sample=100, cpus=2)
     assert refused.output is not None and refused.output.state == "refused"
     assert refused.problems[0].startswith("a run now is refused: output.path") and "different job spec" in refused.problems[0]
+    with JobLock(tmp_path / "out" / "_run.lock", "the output"):  # what is read may be that run's work in progress
+        both = build_plan(other, "job", sample=100, cpus=2).output
+    assert both is not None and both.note.startswith("another run of the output ") and "in progress" in both.note
+    assert "Meanwhile, reading the output met: output.path" in both.note and "different job spec" in both.note
 
 
 def test_plan_says_what_a_run_does_with_a_file_it_cannot_read_under_the_specs_policy(tiny_models, tmp_path):

@@ -68,6 +68,7 @@ from pipelines.output.records import (
     Unreadable,
     merge_confusion,
     merge_counts,
+    prefixed_hash,
 )
 from pipelines.output.staging import StagingReport, spent
 
@@ -215,18 +216,27 @@ class OutputDir:
         existing, staged = self._existing(), self._staged()
         return {key: r for key, r in records.items() if _placeable(r, existing, staged)}
 
-    def unrecorded(self, records: dict[str, CommitRecord] | None = None) -> list[str]:
-        """The part files (named as this project names them, at the top and in ``_errors/``) that no commit record
-        names: a commit writes its record before its files are in place and deletes it after them, so only records
-        deleted or changed by hand leave these, and a reader reads their rows beside a run's. Sorted."""
+    def part_files(self) -> list[str]:
+        """The files at the top and in ``_errors/`` named as this project names its part files, sorted."""
+        return sorted(path for path in self._existing() if layout.PART_FILE.fullmatch(path.rsplit("/", 1)[-1]))
+
+    def unrecorded(self, records: dict[str, CommitRecord] | None = None, listed: list[str] | None = None
+                   ) -> list[str]:
+        """The part files (:meth:`part_files`) that no commit record names: a commit writes its record before its
+        files are in place, a forget deletes it after them, so only records deleted or changed by hand leave these,
+        and a reader reads their rows beside a run's. ``listed`` (the part files) must be listed before ``records``
+        are read, as here where they are not given: a commit between the two then leaves no file unrecorded. What
+        looks unrecorded is looked at again (a forget between them deleted it, then its record). Sorted."""
+        listed = self.part_files() if listed is None else listed
         records = self.commits() if records is None else records
         named = {name for record in records.values() for name in (*record.files, *record.error_files)}
-        return sorted(path for path in self._existing()
-                      if path not in named and layout.PART_FILE.fullmatch(path.rsplit("/", 1)[-1]))
+        found = [path for path in listed if path not in named]
+        return [path for path in found if self.fs.get_file_info(f"{self.root}/{path}").type == pafs.FileType.File]
 
-    def check_unrecorded(self, records: dict[str, CommitRecord] | None = None) -> None:
+    def check_unrecorded(self, records: dict[str, CommitRecord] | None = None, listed: list[str] | None = None
+                         ) -> None:
         """Refuse an output that holds part files no commit record names (:meth:`unrecorded`)."""
-        found = self.unrecorded(records)
+        found = self.unrecorded(records, listed)
         if found:
             more = f" and {len(found) - 1} more" if len(found) > 1 else ""
             raise PipelineError(
@@ -322,7 +332,10 @@ class OutputDir:
         spec hashes are compared: the settings that differ can't be named then."""
         recorded = self.job()
         if recorded is None:
-            made = sorted({record.spec_hash for record in self.commits().values()} - {job.spec_hash})
+            # a record written before the hash covered output.prediction_prefix holds the hash without it
+            prefix = (job.spec.get("output") or {}).get("prediction_prefix") or ""
+            made = sorted(h for h in {record.spec_hash for record in self.commits().values()}
+                          if job.spec_hash not in (h, prefixed_hash(h, prefix)))
             if made:
                 raise PipelineError(
                     f"output.path {self.location} holds results of a different job spec: its commit records were made "
@@ -408,8 +421,9 @@ class OutputDir:
         it would otherwise have every later run refuse the folder as someone else's.
         """
         self.unfinish()
+        listed = self.part_files()  # before the records: see unrecorded
         records = self.commits()
-        unrecorded = self.unrecorded(records)
+        unrecorded = self.unrecorded(records, listed)
         for record in records.values():
             self.forget(record)
         for relative in unrecorded:  # records deleted by hand: named as this project names its part files

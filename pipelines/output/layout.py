@@ -285,11 +285,12 @@ def _leaves(fields: Any, prefix: str = "") -> list[tuple[str, pa.DataType]]:
 
 
 def read_json(fs: pafs.FileSystem, path: str) -> Any:
-    """A JSON file's value; None when it is missing or not JSON (a half-written file never is: see write_bytes)."""
+    """A JSON file's value; None when it is missing or not JSON (a half-written file never is: see write_bytes), or
+    no UTF-8 text (another tool's file)."""
     try:
         with fs.open_input_stream(path) as stream:
             return json.loads(stream.read())
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (FileNotFoundError, ValueError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return None
 
 

@@ -22,8 +22,14 @@ def output_plan(spec: JobSpec, shards: list[Shard], inputs: InputPlan) -> Output
         plan = _tick(spec, shards, rows) if spec.schedule is not None else _run(spec, shards, rows)
         busy = _busy(spec)
     except (PipelineError, OSError) as exc:
+        # what was read may be another run's work in progress: its busy refusal comes first, as a run says it
+        try:
+            busy = _busy(spec)
+        except (PipelineError, OSError):
+            busy = None
+        note = f"{busy}. Meanwhile, reading the output met: {exc}" if busy is not None else str(exc)
         return OutputPlan(path=spec.output.path, state="refused", shards_done=0, rows_done=0,
-                          shards_todo=len(shards), rows_todo=inputs.rows, note=str(exc))
+                          shards_todo=len(shards), rows_todo=inputs.rows, note=note)
     if busy is None:
         return plan
     return plan.model_copy(update={  # what is committed now, which that run changes meanwhile (or clears)
