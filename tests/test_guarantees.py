@@ -234,6 +234,8 @@ def test_a_comma_or_end_of_file_bytes_after_an_object_on_its_line_are_no_row(tmp
                       [("a", "x", None), ("b", "y", None)]),
         "dos_line.jsonl": (b'{"id": "a", "text": "x"}\r\n{"id": 1.5, "text": "y"}\r\n\x1a',  # the mark on a line
                            [("a", "x", None), ("1.5", "y", None)]),
+        "dos_crlf.jsonl": (b'{"id": "a", "text": "x"}\r\n{"id": 1.5, "text": "y"}\r\n\x1a\r\n',
+                           [("a", "x", None), ("1.5", "y", None)]),
         "nuls.jsonl": (b'{"id": "a", "text": "x"}\n{"id": "b", "text": "y"}' + b"\x00" * 4096,
                        [("a", "x", None), ("b", "y", None)]),
         # a byte that is no UTF-8 (Windows-1252's \xe9) costs the object that holds it, and only where the job reads it
@@ -241,7 +243,7 @@ def test_a_comma_or_end_of_file_bytes_after_an_object_on_its_line_are_no_row(tmp
                          b'{"id": "c", "text": "x", "note": "caf\xe9"},\n{"id": 1.5, "text": "z"},\n',
                          [(None, None, "not valid UTF-8 (line 1, byte 24)"), ("b", "y", None), ("c", "x", None),
                           ("1.5", "z", None)]),
-        # after what is no object a comma is no separator: a CSV saved as .jsonl costs a row per line as before
+        # after what is no object a comma is no separator: a CSV saved as .jsonl costs the rows it cost before
         "csv.jsonl": (b'"a","b"\n1,2\n', [(None, None, "a JSON line must be an object, got str (line 1)"),
                                           (None, None, "invalid JSON: Expecting value (line 1, column 4)"),
                                           (None, None, "a JSON line must be an object, got int (line 2)"),

@@ -357,7 +357,7 @@ def without_marks(data: bytes) -> bytes:
 
 #: DOS's end-of-file mark, which old Windows tools (``copy /a``, some editors) write after a text file's last line.
 DOS_EOF = b"\x1a"
-DOS_EOFS = re.compile(rb"\x1a+(?=\r?\n|$)")
+DOS_EOFS = re.compile(rb"\x1a+(?=\r?(?:\n|$))")
 
 
 #: A line whose first value is ``null``, after a ``\n`` or a ``\r`` (pyarrow ends a line at either), white space and

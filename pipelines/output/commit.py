@@ -68,7 +68,6 @@ from pipelines.output.records import (
     Unreadable,
     merge_confusion,
     merge_counts,
-    prefixed_hash,
 )
 from pipelines.output.staging import StagingReport, spent
 
@@ -332,10 +331,9 @@ class OutputDir:
         spec hashes are compared: the settings that differ can't be named then."""
         recorded = self.job()
         if recorded is None:
-            # a record written before the hash covered output.prediction_prefix holds the hash without it
-            prefix = (job.spec.get("output") or {}).get("prediction_prefix") or ""
-            made = sorted(h for h in {record.spec_hash for record in self.commits().values()}
-                          if job.spec_hash not in (h, prefixed_hash(h, prefix)))
+            # a record does not say its hash's version: one written before the hash covered output.prediction_prefix
+            # is refused under a prefix (its spec can't be told from one that only added the prefix)
+            made = sorted({record.spec_hash for record in self.commits().values()} - {job.spec_hash})
             if made:
                 raise PipelineError(
                     f"output.path {self.location} holds results of a different job spec: its commit records were made "
