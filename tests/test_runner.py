@@ -334,8 +334,17 @@ def test_redo_changed_looks_up_the_changed_files_once_not_once_per_shard(monkeyp
         def check_spec(self, job, changed=None):
             pass
 
-        def committed(self):
+        def commits(self):
             return {s.key: SimpleNamespace(shard=s.key) for s in shards}  # a commit record, as far as it is read
+
+        def part_files(self):
+            return []
+
+        def check_unrecorded(self, records, listed):
+            pass
+
+        def committed(self, records=None):
+            return self.commits()
 
     monkeypatch.setattr(runner, "changed_inputs", lambda committed, shards, same: Changed(s.uri for s in shards))
     pending, committed = runner._pending(Output(), None, shards, True, prune=False, dry=True, redo_changed=True)
