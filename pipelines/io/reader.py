@@ -243,7 +243,6 @@ UTF16_REASON = (
 )
 
 
-
 def utf16_without_bom(data: bytes) -> str | None:
     """``utf-16-le`` or ``utf-16-be`` where the bytes are UTF-16 text without a byte order mark (Python's
     ``encoding="utf-16-le"``, iconv's ``-t UTF-16LE``), else None. JSON text starts with ASCII (``{"``, ``[``), which

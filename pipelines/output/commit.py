@@ -266,8 +266,8 @@ class OutputDir:
                     "choose an empty or new output.path"
                 )
             # Only bookkeeping names: each must hold what this project writes under it, as it writes it, or a run's
-            # start (which deletes _staging/ whole), _SUCCESS, _run.json, _report.html) or --overwrite (_commits/,
-            # _errors/ whole) would delete another tool's or a user's file.
+            # start (which deletes _staging/ whole, _SUCCESS, _run.json and _report.html) or --overwrite (_commits/
+            # and _errors/ whole) would delete another tool's or a user's file.
             foreign = self._not_ours(entries)
             if foreign is not None:
                 raise PipelineError(
@@ -296,6 +296,7 @@ class OutputDir:
                 if not _ours_under(name, relative.split("/")[1:], info.type == pafs.FileType.Directory):
                     return relative
         return None
+
     def check_not_inside_another(self) -> None:
         """Refuse an output path inside another job's output (a folder above it holds ``_job.json``, or a scheduled
         job's ledger): a reader of that folder reads every Parquet file under it, this job's rows too. A local path is
