@@ -2307,3 +2307,43 @@ def test_a_rescore_reads_each_earlier_commit_record_it_retires_once_not_the_whol
     assert sorted(all_ids(tmp_path)) == sorted(r["id"] for n in range(shards) for r in rows(f"h{n}-", 2))
     assert not list((tmp_path / "out" / earlier / layout.COMMITS).glob("*.json"))  # every one retired
     assert len(read) <= 3 * shards, f"{len(read)} reads of the earlier run's commit records for {shards} shards"
+
+
+def test_an_abandon_killed_mid_restore_then_a_resume_leaves_each_row_once(tmp_path, monkeypatch):
+    """``pipelines abandon`` brings a shard's earlier output back from ``_superseded/`` (its files, then its record);
+    killed between the two, the run is still unfinished and the next tick resumes it. Its shard's new output then
+    retired the earlier one by its record, which was not in the partition: the files brought back stayed, and the
+    shard's rows were in the output twice."""
+    from pipelines.schedule.executor import ScheduledJob
+
+    runner, model = Committing(), fake_model(tmp_path)
+    spec = make_job(tmp_path, model)
+    add_shard(tmp_path, "a.jsonl", rows("a", 2))
+    add_shard(tmp_path, "b.jsonl", rows("b", 2))
+    run_due(spec, now=day(1, hours=0.01), runner=runner)
+    add_shard(tmp_path, "a.jsonl", rows("a", 3))  # changed: the next tick retires its earlier output as it commits
+    add_shard(tmp_path, "bad.jsonl", rows("x", 1))
+    changed = run_due(spec, now=day(2, hours=0.01), runner=runner).entries[0]
+    assert changed.status == "failed" and changed.replaces
+    (Path(model) / "config.json").write_text('{"retrained_on": "2026-11-28"}')
+    runner.fail_first.add(changed.run)  # the resume clears the partition to redo it whole, then fails
+    assert run_due(spec, now=day(2, hours=1), runner=runner).failures
+    move = ScheduledJob._move
+
+    def killed_before_a_record(self, relative: str, back: bool = False) -> None:
+        if back and "/_commits/" in relative:
+            raise Killed()
+        move(self, relative, back)
+
+    monkeypatch.setattr(ScheduledJob, "_move", killed_before_a_record)
+    with pytest.raises(Killed):
+        abandon(spec, changed.run)
+    monkeypatch.undo()
+    gc.collect()
+    runner.fail_first.clear()
+    (Path(model) / "config.json").write_text("{}")  # the retrained model given up on: the rescore resumes as it was
+    (tmp_path / "in" / "bad.jsonl").unlink()
+    resumed = run_due(spec, now=day(2, hours=2), runner=runner).entries[0]
+    assert resumed.kind == "resume" and resumed.status == "succeeded"
+    ids = all_ids(tmp_path)
+    assert sorted(ids) == sorted(r["id"] for r in rows("a", 3) + rows("b", 2)) and len(ids) == len(set(ids))

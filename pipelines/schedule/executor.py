@@ -925,10 +925,12 @@ class ScheduledJob:
         self.fs.move(source, target)
 
     def retire_shard(self, run: str, key: str) -> None:
-        """A shard's files in an older run, then its commit record (last, so a cut-off move is redone)."""
+        """A shard's files in an older run, then its commit record (last, so a cut-off move is redone). Where the
+        record is already in ``_superseded/``, the files it names that are in the run move there too: a
+        :meth:`restore_shard` cut off between its files and its record left them there, named by no record."""
         folder = layout.partition_dir(run)
         partition = OutputDir(f"{self.root}/{folder}")
-        record = partition.commit_record(key)
+        record = partition.commit_record(key) or OutputDir(f"{self.root}/{SUPERSEDED}/{folder}").commit_record(key)
         if record is None:
             return
         for relative in [*record.files, *record.error_files]:
