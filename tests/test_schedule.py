@@ -175,6 +175,7 @@ class Committing:
             out.clear()
         out.recover()
         out.clean()
+        out.check_unrecorded()  # as run_job refuses part files no record names
         run = Path(spec.output.path).name.removeprefix("run=")
         if run in self.fail_first:
             raise PipelineError(f"run {run} failed before its first commit")
@@ -2347,3 +2348,44 @@ def test_an_abandon_killed_mid_restore_then_a_resume_leaves_each_row_once(tmp_pa
     assert resumed.kind == "resume" and resumed.status == "succeeded"
     ids = all_ids(tmp_path)
     assert sorted(ids) == sorted(r["id"] for r in rows("a", 3) + rows("b", 2)) and len(ids) == len(set(ids))
+
+
+def test_an_abandon_killed_mid_restore_into_an_unfinished_run_does_not_stop_its_resume(tmp_path, monkeypatch):
+    """The earlier output an abandon brings back may be an unfinished run's (a rescore took its shard over): killed
+    between that shard's files and its record, the unfinished run's partition holds part files no record names (which
+    a run of it refuses), and the rescore, resumed by the next tick, keeps each row once (its success retires the
+    runs it took over whole)."""
+    from pipelines.schedule.executor import ScheduledJob
+
+    runner, model = Committing(), fake_model(tmp_path)
+    spec = make_job(tmp_path, model)
+    add_shard(tmp_path, "a.jsonl", rows("a", 2))
+    run_due(spec, now=day(1, hours=0.01), runner=runner)
+    add_shard(tmp_path, "c.jsonl", rows("c", 2))
+    add_shard(tmp_path, "bad.jsonl", rows("x", 1))
+    unfinished = run_due(spec, now=day(2, hours=0.01), runner=runner).entries[0]
+    assert unfinished.status == "failed"  # c committed there, bad not
+    rescore = run_due(spec, now=day(2, hours=3), rescore=True, runner=runner).entries[0]
+    assert rescore.status == "failed"  # a and c rescored (each earlier output retired), bad not
+    (Path(model) / "config.json").write_text('{"retrained_on": "2026-11-28"}')
+    runner.fail_first.add(rescore.run)  # the resume clears the partition to redo it whole, then fails
+    assert run_due(spec, now=day(2, hours=4), runner=runner).failures
+    move = ScheduledJob._move
+
+    def killed_before_a_record(self, relative: str, back: bool = False) -> None:
+        if back and relative.startswith(f"run={unfinished.run}/_commits/"):  # c's files back in, not its record
+            raise Killed()
+        move(self, relative, back)
+
+    monkeypatch.setattr(ScheduledJob, "_move", killed_before_a_record)
+    with pytest.raises(Killed):
+        abandon(spec, rescore.run)
+    monkeypatch.undo()
+    gc.collect()
+    runner.fail_first.clear()
+    (Path(model) / "config.json").write_text("{}")
+    (tmp_path / "in" / "bad.jsonl").unlink()
+    after = run_due(spec, now=day(2, hours=5), runner=runner)
+    assert not after.failures, [e.error for e in after.entries]
+    ids = all_ids(tmp_path)
+    assert sorted(ids) == sorted(r["id"] for r in rows("a", 2) + rows("c", 2)) and len(ids) == len(set(ids))
