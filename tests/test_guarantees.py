@@ -259,6 +259,29 @@ def test_a_comma_or_end_of_file_bytes_after_an_object_on_its_line_are_no_row(tmp
         assert reader_count_rows(shard) == (len(expected), True), name
 
 
+def test_nul_bytes_before_an_object_on_its_line_are_one_broken_row_and_the_object_is_read(tmp_path):
+    """A file a crash left a block of NUL bytes in (its unwritten end, zeroed), then appended to: the next object
+    starts on the NULs' line. The line was one broken row, and that object was lost into it. The NULs are one
+    broken row, as on a line of their own (what stood there is unknown), and the object its own row; the plan counts
+    them so."""
+    nuls = b"\x00" * 4096
+    broken = (None, None, "invalid JSON: Expecting value (line 2, column 1)")
+    cases = {
+        "appended.jsonl": (b'{"id": "a", "text": "x"}\n' + nuls + b'{"id": "b", "text": "y"}\n',
+                           [("a", "x", None), broken, ("b", "y", None)]),
+        "two.jsonl": (b'{"id": "a", "text": "x"}\n' + nuls + b'{"id": "b", "text": "y"}{"id": 1.5, "text": "z"}\n',
+                      [("a", "x", None), broken, ("b", "y", None), ("1.5", "z", None)]),
+        "alone.jsonl": (b'{"id": "a", "text": "x"}\n' + nuls + b'\n{"id": 1.5, "text": "z"}\n',
+                        [("a", "x", None), broken, ("1.5", "z", None)]),
+    }
+    for name, (data, expected) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        assert _read(tmp_path / name) == expected, name
+        [shard] = list_shards([str(tmp_path / name)])
+        assert plan_count_rows(shard).rows == len(expected), name
+        assert reader_count_rows(shard) == (len(expected), True), name
+
+
 def test_a_null_after_an_object_with_a_byte_that_is_no_utf8_is_planned_as_the_run_reads_it(tmp_path):
     """pyarrow reads a ``null`` after an object on its line as a row of its own (its text null), and does not check
     the bytes of a column the job does not read: a run read two rows of such a line where that object held a byte

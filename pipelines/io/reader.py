@@ -800,13 +800,20 @@ def without_tail(line: bytes) -> bytes:
     return trimmed if trimmed.endswith(b"}") else line
 
 
+#: NUL bytes at the start of a line and an object after them: a block of them that a crash left (a file's unwritten
+#: end, zeroed), then what was written after it.
+NULS_BEFORE_OBJECT = re.compile(rb"\x00+[ \t\r]*\{")
+
+
 def several(line: bytes, error: str | None) -> bool:
     """Whether a line that did not parse as one record (``error``: why) may hold several values: it holds more after
     its first, or one nested past Python's limit (which pyarrow reads, and what follows it), or it is no UTF-8 where
-    one object ends and another (or a ``null``) starts (a record's byte then costs that record)."""
+    one object ends and another (or a ``null``) starts (a record's byte then costs that record), or it starts with NUL
+    bytes before an object (:data:`NULS_BEFORE_OBJECT`)."""
     return error is not None and (
         error.startswith((EXTRA_DATA, NESTED))
-        or (error.startswith("not valid UTF-8") and GLUED.search(line) is not None))
+        or (error.startswith("not valid UTF-8") and GLUED.search(line) is not None)
+        or NULS_BEFORE_OBJECT.match(line) is not None)
 
 
 def lines_rows(lines: list[bytes]) -> int:
@@ -865,8 +872,9 @@ def line_values(line: bytes, number: int, undecoded: bool = False) -> list[tuple
     """The records of a line that holds several JSON values one after the other (written without a newline between
     them, or with a ``\\r`` alone), as pyarrow reads them: each a row, and so in every file, not only in those
     pyarrow reads. A comma, ``\\x1a`` or NUL bytes after an object are no value (:data:`AFTER_OBJECT`). What does not
-    parse is one row, up to the line's next ``\\r`` (past it the values are read again): its reason names the line
-    and the column. Each value is checked as a line is (:func:`parse_line`), and one that holds bytes that are no
+    parse is one row, up to the line's next ``\\r`` (past it the values are read again), or NUL bytes where a value
+    should start, up to their end (what stood there is unknown: one row, as a line of them alone): its reason names the
+    line and the column. Each value is checked as a line is (:func:`parse_line`), and one that holds bytes that are no
     UTF-8 costs its row, as such a line does; with ``undecoded`` (as :func:`parse_line` takes it) such bytes are left
     in its values as lone surrogates, for the caller to find in the values that hold them (a Batch request keeps its
     ``custom_id``, as on a line of its own)."""
@@ -893,6 +901,8 @@ def line_values(line: bytes, number: int, undecoded: bool = False) -> list[tuple
             found.append(({}, f"invalid JSON: {said}"))
             stop = text.find("\r", getattr(exc, "pos", at))
             end = _value_end(text, start) if isinstance(exc, RecursionError) else None  # one too deep ends so
+            if text.startswith("\x00", start):  # a block of NULs: what follows it is read (written after a crash)
+                end = len(text) - len(text[start:].lstrip("\x00"))
             at = end if end is not None else len(text) if stop < 0 else stop
         at = JSON_SPACE.match(text, at).end()  # type: ignore[union-attr]
     return found
