@@ -353,3 +353,27 @@ def test_a_new_outputs_first_record_cut_short_while_written_is_no_stranger_to_th
     (out / "_job.json.tmp").write_text('{"name": "cut sho')
     (out / "_run.lock").write_text("")
     OutputDir(str(out)).check_owner()
+
+
+def test_an_output_whose_records_were_all_deleted_is_refused_naming_its_part_files(tmp_path):
+    """A finished output whose ``_job.json`` and ``_commits/`` were both deleted by hand holds part files that no
+    record says are this job's: refused (even under --overwrite, which deletes only what is evidently this project's),
+    but it was refused as a folder of someone else's ("holds no results of this project"), which a user who sees this
+    project's part files in it can't act on. The refusal names them and says what is gone."""
+    import pyarrow.parquet as pq
+
+    from pipelines.errors import PipelineError
+    from pipelines.output.commit import OutputDir
+
+    out = tmp_path / "out"
+    (out / "_errors").mkdir(parents=True)
+    pq.write_table(pa.table({"id": ["a"]}), out / "part-0123456789ab-00000.parquet")
+    pq.write_table(pa.table({"id": ["b"]}), out / "part-0123456789ac-00000.parquet")
+    (out / "_SUCCESS").write_text("")
+    with pytest.raises(PipelineError) as refused:
+        OutputDir(str(out)).check_owner()
+    said = str(refused.value)
+    assert "part-0123456789ab-00000.parquet and 1 more" in said and "_job.json" in said and "_commits/" in said, said
+    assert "move them out" in said, said
+    assert sorted(p.name for p in out.iterdir()) == ["_SUCCESS", "_errors", "part-0123456789ab-00000.parquet",
+                                                      "part-0123456789ac-00000.parquet"]

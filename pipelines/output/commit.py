@@ -260,6 +260,16 @@ class OutputDir:
             # a scheduler's lock file that nobody holds refuses nothing (as a run's refuses no tick); a cut-off write's
             # .tmp file is bookkeeping too
             bookkeeping = (*OURS, LOCK)
+            parts = sorted(e.base_name for e in entries if layout.PART_FILE.fullmatch(e.base_name))
+            if parts:  # this project's part files whose records, which say whose they are, were all deleted by hand
+                more = f" and {len(parts) - 1} more" if len(parts) > 1 else ""
+                raise PipelineError(
+                    f"output.path {self.location} holds part files named as this project names them ({parts[0]}"
+                    f"{more}) but neither {JOB} nor {COMMITS}/, the records of which job and which input they hold "
+                    "(deleted by hand?): a run can't resume them, nor tell that they are its own to delete, even under "
+                    "--overwrite; move them out of the folder (to keep them) or delete them, or choose an empty or new "
+                    "output.path"
+                )
             if any(e.base_name.removesuffix(layout.TMP_SUFFIX) not in bookkeeping for e in entries):
                 raise PipelineError(
                     f"output.path {self.location} is not empty and holds no results of this project; "
