@@ -259,6 +259,30 @@ def test_a_comma_or_end_of_file_bytes_after_an_object_on_its_line_are_no_row(tmp
         assert reader_count_rows(shard) == (len(expected), True), name
 
 
+def test_objects_sharing_a_line_keep_a_byte_that_is_no_utf8_in_a_column_not_read_whichever_way_the_file_is_read(
+        tmp_path):
+    """pyarrow checks only the job's columns for bytes that are no UTF-8: of objects sharing a line, one with such a
+    byte in a column the job does not read was a row where pyarrow read the file, and a quarantined row where the file
+    was read line by line because some other line needed it (a line of ``[1]`` anywhere), or where the objects were
+    separated by a comma: a row's fate hung on another line. Such an object is its row whichever way (as on a line of
+    its own); one with the byte in the text column costs its row both ways."""
+    unread = b'{"id": "a", "text": "x", "note": "caf\xe9"}{"id": "b", "text": "y"}\n'
+    read = b'{"id": "d", "text": "caf\xe9"}{"id": "e", "text": "w"}\n'
+    last = b'{"id": "c", "text": "z"}\n'
+    refused = (None, None, "not valid UTF-8 (line 2, byte 24)")
+    rows = [("a", "x", None), ("b", "y", None), refused, ("e", "w", None), ("c", "z", None)]
+    for name, data, expected in (
+        ("lines.jsonl", unread + read + last, rows),
+        ("slow.jsonl", unread + read + last + b"[1]\n",
+         [*rows, (None, None, "a JSON line must be an object, got list (line 4)")]),
+        ("comma.jsonl", unread.replace(b"}{", b"},{") + read.replace(b"}{", b"}, {") + last, rows),
+    ):
+        (tmp_path / name).write_bytes(data)
+        assert _read(tmp_path / name) == expected, name
+        [shard] = list_shards([str(tmp_path / name)])
+        assert plan_count_rows(shard).rows == len(expected), name
+
+
 def test_nul_bytes_before_an_object_on_its_line_are_one_broken_row_and_the_object_is_read(tmp_path):
     """A file a crash left a block of NUL bytes in (its unwritten end, zeroed), then appended to: the next object
     starts on the NULs' line. The line was one broken row, and that object was lost into it. The NULs are one

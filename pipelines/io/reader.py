@@ -750,7 +750,7 @@ def _read_jsonl_lines(data: bytes, columns: Columns) -> pa.Table:
         line = without_tail(line)
         record, error = parse_line(line, numbers_as_written=True, number=number)
         if several(line, error):
-            parsed = line_values(line, number)
+            parsed = line_values(line, number, columns=columns)
         elif error is not None and error.startswith("not valid UTF-8"):
             parsed = [_bytes_unread(line, number, columns, (record, error))]
         else:
@@ -868,16 +868,19 @@ JSON_SPACE = re.compile(r"[ \t\r\n\ufeff]*")
 AFTER_OBJECT = re.compile(r"[ \t\r\n\ufeff,\x1a\x00]*")
 
 
-def line_values(line: bytes, number: int, undecoded: bool = False) -> list[tuple[dict[str, Any], str | None]]:
+def line_values(
+    line: bytes, number: int, undecoded: bool = False, columns: Columns | None = None
+) -> list[tuple[dict[str, Any], str | None]]:
     """The records of a line that holds several JSON values one after the other (written without a newline between
     them, or with a ``\\r`` alone), as pyarrow reads them: each a row, and so in every file, not only in those
     pyarrow reads. A comma, ``\\x1a`` or NUL bytes after an object are no value (:data:`AFTER_OBJECT`). What does not
     parse is one row, up to the line's next ``\\r`` (past it the values are read again), or NUL bytes where a value
     should start, up to their end (what stood there is unknown: one row, as a line of them alone): its reason names the
     line and the column. Each value is checked as a line is (:func:`parse_line`), and one that holds bytes that are no
-    UTF-8 costs its row, as such a line does; with ``undecoded`` (as :func:`parse_line` takes it) such bytes are left
-    in its values as lone surrogates, for the caller to find in the values that hold them (a Batch request keeps its
-    ``custom_id``, as on a line of its own)."""
+    UTF-8 costs its row, as such a line does (given the job's ``columns``: only where they lie in one of them or in a
+    key, as pyarrow reads it and :func:`_bytes_unread` a line); with ``undecoded`` (as :func:`parse_line` takes it)
+    such bytes are left in its values as lone surrogates, for the caller to find in the values that hold them (a Batch
+    request keeps its ``custom_id``, as on a line of its own)."""
     text = line.decode("utf-8", errors="surrogateescape")  # bytes that are no UTF-8 as U+DC80-U+DCFF
     escaped = not undecoded and ESCAPED_BYTE.search(text) is not None
     decoder = json.JSONDecoder(parse_float=WrittenFloat.parse)
@@ -888,6 +891,8 @@ def line_values(line: bytes, number: int, undecoded: bool = False) -> list[tuple
             start = at
             value, at = decoder.raw_decode(text, at)
             bad = ESCAPED_BYTE.search(text, start, at) if escaped else None
+            if bad is not None and columns is not None and _unread_only(value, columns):
+                bad = None  # in a column the job does not read: the object is its row, as on a line of its own
             if bad is not None:  # the byte counted in the line, as parse_line counts it
                 byte = len(text[: bad.start()].encode("utf-8", errors="surrogateescape"))
                 found.append(({}, f"not valid UTF-8 (line {number}, byte {byte})"))
@@ -906,6 +911,13 @@ def line_values(line: bytes, number: int, undecoded: bool = False) -> list[tuple
             at = end if end is not None else len(text) if stop < 0 else stop
         at = JSON_SPACE.match(text, at).end()  # type: ignore[union-attr]
     return found
+
+
+def _unread_only(value: Any, columns: Columns) -> bool:
+    """Whether the bytes that are no UTF-8 in an object (decoded as lone surrogates) lie only in values of columns the
+    job does not read (not in a key, nor in one of ``columns``)."""
+    return (isinstance(value, dict) and lone_surrogate(list(value)) is None
+            and all(lone_surrogate(value.get(name)) is None for name in columns.all))
 
 
 def _value_end(text: str, start: int) -> int | None:
