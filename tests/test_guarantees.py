@@ -286,8 +286,8 @@ def test_objects_sharing_a_line_keep_a_byte_that_is_no_utf8_in_a_column_not_read
 def test_nul_bytes_before_an_object_on_its_line_are_one_broken_row_and_the_object_is_read(tmp_path):
     """A file a crash left a block of NUL bytes in (its unwritten end, zeroed), then appended to: the next object
     starts on the NULs' line. The line was one broken row, and that object was lost into it. The NULs are one
-    broken row, as on a line of their own (what stood there is unknown), and the object its own row; the plan counts
-    them so."""
+    broken row, as on a line of their own (what stood there is unknown), and the object its own row, also where the
+    block starts inside a line (the object it cut is that broken row); the plan counts them so."""
     nuls = b"\x00" * 4096
     broken = (None, None, "invalid JSON: Expecting value (line 2, column 1)")
     cases = {
@@ -297,6 +297,23 @@ def test_nul_bytes_before_an_object_on_its_line_are_one_broken_row_and_the_objec
                       [("a", "x", None), broken, ("b", "y", None), ("1.5", "z", None)]),
         "alone.jsonl": (b'{"id": "a", "text": "x"}\n' + nuls + b'\n{"id": 1.5, "text": "z"}\n',
                         [("a", "x", None), broken, ("1.5", "z", None)]),
+        # a byte order mark after them (files joined with cat), white space before them
+        "bom.jsonl": (b'{"id": "a", "text": "x"}\n' + nuls + codecs.BOM_UTF8 + b'{"id": "b", "text": "y"}\n',
+                      [("a", "x", None), broken, ("b", "y", None)]),
+        "indented.jsonl": (b'{"id": "a", "text": "x"}\n  ' + nuls + b'{"id": "b", "text": "y"}\n',
+                           [("a", "x", None), (None, None, "invalid JSON: Expecting value (line 2, column 3)"),
+                            ("b", "y", None)]),
+        # the block starts inside a line: what stood before it is cut, one broken row, and the object after it is read
+        "cut.jsonl": (b'{"id": "a", "text": "x"}\n{"id": "q", "text": "hel' + nuls + b'{"id": "b", "text": "y"}\n',
+                      [("a", "x", None),
+                       (None, None, "invalid JSON: Invalid control character at (line 2, column 25)"),
+                       ("b", "y", None)]),
+        # between two objects they are no row (as after the last): a byte that is no UTF-8 in the second costs it
+        # only where the job reads it, and not the first with it
+        "between.jsonl": (b'{"id": "a", "text": "x"}' + nuls + b'{"id": "b", "text": "caf\xe9"}\n'
+                          b'{"id": "c", "text": "x"}' + nuls + b'{"id": "d", "text": "y", "note": "caf\xe9"}\n',
+                          [("a", "x", None), (None, None, "not valid UTF-8 (line 1, byte 4144)"), ("c", "x", None),
+                           ("d", "y", None)]),
     }
     for name, (data, expected) in cases.items():
         (tmp_path / name).write_bytes(data)
@@ -304,6 +321,27 @@ def test_nul_bytes_before_an_object_on_its_line_are_one_broken_row_and_the_objec
         [shard] = list_shards([str(tmp_path / name)])
         assert plan_count_rows(shard).rows == len(expected), name
         assert reader_count_rows(shard) == (len(expected), True), name
+
+
+def test_a_json_array_after_a_dos_end_of_file_mark_is_counted_as_the_run_reads_it(tmp_path):
+    """A DOS end-of-file mark (``\\x1a``) on a line of its own before a JSON array (files joined by ``copy /a``): the
+    run reads the array's elements (the mark is no row), where ``count_rows`` and ``pipelines plan`` looked for the
+    array's ``[`` at the very start and counted the file as lines: 1 row of 2, and 2 of a file the run refuses whole
+    (which counts as one without the mark does)."""
+    for name, data, rows in (
+        ("array.jsonl", b'\x1a\n[{"id": "a", "text": "x"}, {"id": "b", "text": "y"}]\n', 2),
+        ("crlf.jsonl", b'\x1a\r\n[{"id": "a", "text": "x"},\r\n {"id": "b", "text": "y"}]\r\n', 2),
+    ):
+        (tmp_path / name).write_bytes(data)
+        assert len(_read(tmp_path / name)) == rows, name
+        [shard] = list_shards([str(tmp_path / name)])
+        assert plan_count_rows(shard).rows == rows, name
+    broken = tmp_path / "broken.jsonl"
+    broken.write_bytes(b'\x1a\n[{"id": "a", "text": "x"}]{"id": "b", "text": "y"}\n')  # refused whole by the run
+    [shard] = list_shards([str(broken)])
+    [(_, _, refused)] = _read(broken)
+    assert refused.startswith("unreadable jsonl file: a JSON array followed by more at line 2"), refused
+    assert reader_count_rows(shard) == (0, False) and plan_count_rows(shard).rows == 0  # as without the mark
 
 
 def test_a_null_after_an_object_with_a_byte_that_is_no_utf8_is_planned_as_the_run_reads_it(tmp_path):

@@ -224,6 +224,33 @@ def test_requests_that_share_a_line_are_each_a_request_as_the_plan_counts_them(t
     assert plan_count_rows(shard).rows == 4 and reader_count_rows(shard) == (4, True)
 
 
+def test_a_line_with_a_byte_that_is_no_utf8_is_as_many_requests_as_the_plan_counts(tmp_path):
+    """The run split a Batch line into values wherever it held more than one (parsed with bytes that are no UTF-8 let
+    through), where the plan and ``count_rows`` split a line that is no UTF-8 only between objects joined by white
+    space or a comma: a request with such a byte followed by ``1``, ``[1]`` or another request after NUL bytes (a
+    crash's zeroed block) or ``\\x1a`` was 2 or 3 rows in the run and 1 in the plan. Both now split such a line as
+    JSON lines do: objects joined by white space, commas, NULs or ``\\x1a`` are each a row, and a line that is no
+    UTF-8 with anything else after an object is one broken row."""
+    def request(custom_id: str) -> bytes:  # no "}, {" inside (a chat request's messages have one)
+        return json.dumps(embedding_line(custom_id, "hi")).encode()
+
+    bad = request("b").replace(b'"hi"', b'"caf\xe9"')  # Windows-1252's é in the text: that request costs its row
+    assert bad != request("b")
+    lines = [request("a") + b"\x00" * 8 + bad,  # the zeroed block of a crash between two requests
+             request("c") + b"\x1a" + bad.replace(b'"b"', b'"d"'),
+             bad.replace(b'"b"', b'"e"') + b"1", bad.replace(b'"b"', b'"f"') + b"[1]" + request("g"),
+             request("h")]
+    path = tmp_path / "in" / "mixed.jsonl"
+    path.parent.mkdir()
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    [shard] = list_shards([str(path)], "openai-batch")
+    [block] = list(read_shard(shard, Columns(text="text", id="id")))
+    rows = sorted(block.to_pylist(), key=lambda r: r["_row"])
+    assert [r["id"] for r in rows] == ["a", "b", "c", "d", None, None, "h"], rows
+    assert [r["_error"] is None for r in rows] == [True, False, True, False, False, False, True], rows
+    assert plan_count_rows(shard).rows == len(rows) and reader_count_rows(shard) == (len(rows), True)
+
+
 def test_a_byte_order_mark_at_the_start_of_a_line_costs_no_request_and_no_line_number(tmp_path):
     """``cat`` of Batch files saved with a byte order mark (Notepad, PowerShell 5) holds one at the start of each
     file's first line: that request was "invalid JSON: Unexpected UTF-8 BOM". A file of the mark alone (an empty

@@ -59,8 +59,10 @@ def read_requests(data: bytes, id_column: str, text_column: str) -> pa.Table:
             continue
         line = without_tail(line)  # an array's lines with its brackets stripped end in a comma
         record, error = parse_line(line, undecoded=True)  # bytes that are no UTF-8 cost the values holding them
-        # requests that share a line (written without a newline between them): each a row, as in JSON lines
-        for record, error in line_values(line, number, undecoded=True) if several(line, error) else [(record, error)]:
+        # requests that share a line (written without a newline between them): each a row, as in JSON lines, which
+        # tell it from the line parsed strictly (a line that is no UTF-8 splits only where objects meet), as the count
+        split = error is not None and several(line, parse_line(line)[1])
+        for record, error in line_values(line, number, undecoded=True) if split else [(record, error)]:
             if error is None and any(lone_surrogate(key) for key in record):
                 record, error = {"custom_id": record.get("custom_id")}, "a key of the request line is not valid UTF-8"
             if error is None:  # every value is read (the body is the text)

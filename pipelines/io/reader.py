@@ -572,13 +572,16 @@ SPACE = re.compile(r"\s*")
 REST_IS_SPACE = re.compile(r"\s*\Z")
 
 
+#: What may stand before a file's first value and is no value: white space, byte order marks and DOS end-of-file
+#: marks at a line's end (:func:`without_marks` leaves them out before the file is read).
+LEADING_MARKS = re.compile(rb"(?:\xef\xbb\xbf|\s|\x1a+(?=\r?(?:\n|$)))*")
+
+
 def array_start(data: bytes) -> bool:
-    """Whether the bytes may begin one JSON array: ``[`` after any byte order marks and white space. Looks at the
-    start only (every JSON lines shard passes here: no scan of the rest)."""
-    at = 0
-    while data.startswith(BOM, at):
-        at += len(BOM)
-    return ARRAY_START.match(data, at) is not None
+    """Whether the bytes may begin one JSON array: ``[`` after any white space, byte order marks and DOS end-of-file
+    marks (:data:`LEADING_MARKS`). Looks at the start only (every JSON lines shard passes here: no scan of the
+    rest)."""
+    return data.startswith(b"[", LEADING_MARKS.match(data).end())  # type: ignore[union-attr]
 
 
 def json_array(data: bytes) -> list[Any] | None:
@@ -780,10 +783,11 @@ def _bytes_unread(
 EXTRA_DATA = "invalid JSON: Extra data"
 #: How a line nested past Python's limit fails: pyarrow reads it, and any value after it on the line (each a row).
 NESTED = "invalid JSON: nested too deeply"
-#: A line that may hold several JSON values: one object ends and another starts (maybe after a ``\\r``), or a ``null``
-#: does, which pyarrow reads as a row of its own (where a byte that is no UTF-8 lies in a column the job does not read,
-#: it reads the object as a row too: so many rows are counted and read line by line).
-GLUED = re.compile(rb"\}[ \t\r,]*(?:\xef\xbb\xbf)*(?:\{|null)")
+#: A line that may hold several JSON values: one object ends and another starts (maybe after a ``\\r``, a comma, NUL
+#: bytes or ``\\x1a``, which are no value there: :data:`AFTER_OBJECT`), or a ``null`` does, which pyarrow reads as a
+#: row of its own (where a byte that is no UTF-8 lies in a column the job does not read, it reads the object as a row
+#: too: so many rows are counted and read line by line).
+GLUED = re.compile(rb"\}[ \t\r,\x00\x1a]*(?:\xef\xbb\xbf)*(?:\{|null)")
 
 
 #: What may end a line after its last object besides white space, no value of its own (see :data:`AFTER_OBJECT`).
@@ -800,20 +804,23 @@ def without_tail(line: bytes) -> bytes:
     return trimmed if trimmed.endswith(b"}") else line
 
 
-#: NUL bytes at the start of a line and an object after them: a block of them that a crash left (a file's unwritten
-#: end, zeroed), then what was written after it.
-NULS_BEFORE_OBJECT = re.compile(rb"\x00+[ \t\r]*\{")
+#: NUL bytes and an object after them: a block of them that a crash left (a file's unwritten end, zeroed), then what
+#: was written after it. No JSON value holds a NUL byte (nor a string: it is a control character), so what stood
+#: before the block on its line is cut, and the object after it starts a value.
+NULS_BEFORE_OBJECT = re.compile(rb"\x00+[ \t\r]*(?:\xef\xbb\xbf)*\{")
+#: The same in a line decoded as text, up to the object.
+NULS_BEFORE_OBJECT_TEXT = re.compile("\x00+[ \t\r\ufeff]*(?=\\{)")
 
 
 def several(line: bytes, error: str | None) -> bool:
     """Whether a line that did not parse as one record (``error``: why) may hold several values: it holds more after
     its first, or one nested past Python's limit (which pyarrow reads, and what follows it), or it is no UTF-8 where
-    one object ends and another (or a ``null``) starts (a record's byte then costs that record), or it starts with NUL
-    bytes before an object (:data:`NULS_BEFORE_OBJECT`)."""
+    one object ends and another (or a ``null``) starts (a record's byte then costs that record), or it holds NUL bytes
+    before an object (:data:`NULS_BEFORE_OBJECT`)."""
     return error is not None and (
         error.startswith((EXTRA_DATA, NESTED))
         or (error.startswith("not valid UTF-8") and GLUED.search(line) is not None)
-        or NULS_BEFORE_OBJECT.match(line) is not None)
+        or (b"\x00" in line and NULS_BEFORE_OBJECT.search(line) is not None))
 
 
 def lines_rows(lines: list[bytes]) -> int:
@@ -854,7 +861,8 @@ def _plain_rows(line: bytes) -> int | None:
     if not line.strip():
         return 0
     one = without_tail(line).strip(b" \t\r")
-    return 1 if one.startswith(b"{") and one.find(b"}") == len(one) - 1 else None
+    plain = one.startswith(b"{") and one.find(b"}") == len(one) - 1 and b"\x00" not in one  # NULs: maybe two
+    return 1 if plain else None
 
 
 #: A byte that is no UTF-8, as ``surrogateescape`` decodes it.
@@ -874,13 +882,13 @@ def line_values(
     """The records of a line that holds several JSON values one after the other (written without a newline between
     them, or with a ``\\r`` alone), as pyarrow reads them: each a row, and so in every file, not only in those
     pyarrow reads. A comma, ``\\x1a`` or NUL bytes after an object are no value (:data:`AFTER_OBJECT`). What does not
-    parse is one row, up to the line's next ``\\r`` (past it the values are read again), or NUL bytes where a value
-    should start, up to their end (what stood there is unknown: one row, as a line of them alone): its reason names the
-    line and the column. Each value is checked as a line is (:func:`parse_line`), and one that holds bytes that are no
-    UTF-8 costs its row, as such a line does (given the job's ``columns``: only where they lie in one of them or in a
-    key, as pyarrow reads it and :func:`_bytes_unread` a line); with ``undecoded`` (as :func:`parse_line` takes it)
-    such bytes are left in its values as lone surrogates, for the caller to find in the values that hold them (a Batch
-    request keeps its ``custom_id``, as on a line of its own)."""
+    parse is one row, up to the line's next ``\\r`` (past it the values are read again) or up to the end of NUL bytes
+    before an object (:data:`NULS_BEFORE_OBJECT`: what stood there is unknown, one row, as a line of them alone): its
+    reason names the line and the column. Each value is checked as a line is (:func:`parse_line`), and one that holds
+    bytes that are no UTF-8 costs its row, as such a line does (given the job's ``columns``: only where they lie in
+    one of them or in a key, as pyarrow reads it and :func:`_bytes_unread` a line); with ``undecoded`` (as
+    :func:`parse_line` takes it) such bytes are left in its values as lone surrogates, for the caller to find in the
+    values that hold them (a Batch request keeps its ``custom_id``, as on a line of its own)."""
     text = line.decode("utf-8", errors="surrogateescape")  # bytes that are no UTF-8 as U+DC80-U+DCFF
     escaped = not undecoded and ESCAPED_BYTE.search(text) is not None
     decoder = json.JSONDecoder(parse_float=WrittenFloat.parse)
@@ -906,8 +914,9 @@ def line_values(
             found.append(({}, f"invalid JSON: {said}"))
             stop = text.find("\r", getattr(exc, "pos", at))
             end = _value_end(text, start) if isinstance(exc, RecursionError) else None  # one too deep ends so
-            if text.startswith("\x00", start):  # a block of NULs: what follows it is read (written after a crash)
-                end = len(text) - len(text[start:].lstrip("\x00"))
+            nuls = NULS_BEFORE_OBJECT_TEXT.search(text, start) if "\x00" in text else None
+            if nuls is not None and (stop < 0 or nuls.start() < stop):  # the object after a crash's block is read
+                end = nuls.end()
             at = end if end is not None else len(text) if stop < 0 else stop
         at = JSON_SPACE.match(text, at).end()  # type: ignore[union-attr]
     return found
