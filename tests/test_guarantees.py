@@ -218,6 +218,17 @@ def test_objects_that_share_a_line_are_each_a_row_whatever_else_the_file_holds(t
         assert plan_count_rows(shard).rows == len(_read(tmp_path / name)), name
 
 
+def read_and_counted_alike(tmp_path: Path, cases: dict[str, tuple[bytes, list[tuple]]]) -> None:
+    """Each file (name: its bytes, the rows a run reads of it) read as expected, and counted as many rows by the plan
+    and by the reader's count."""
+    for name, (data, expected) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        assert _read(tmp_path / name) == expected, name
+        [shard] = list_shards([str(tmp_path / name)])
+        assert plan_count_rows(shard).rows == len(expected), name
+        assert reader_count_rows(shard) == (len(expected), True), name
+
+
 def test_a_comma_or_end_of_file_bytes_after_an_object_on_its_line_are_no_row(tmp_path):
     """A JSON array's lines with its brackets stripped (``{…},`` each), objects separated by commas on one line, a
     DOS end-of-file mark (``\\x1a``) or a block of NUL bytes after the last object: each object was a row, but each
@@ -251,12 +262,7 @@ def test_a_comma_or_end_of_file_bytes_after_an_object_on_its_line_are_no_row(tmp
         "other.jsonl": (b'{"id": "a", "text": "x"}; {"id": "b", "text": "y"}\n',
                         [("a", "x", None), (None, None, "invalid JSON: Expecting value (line 1, column 25)")]),
     }
-    for name, (data, expected) in cases.items():
-        (tmp_path / name).write_bytes(data)
-        assert _read(tmp_path / name) == expected, name
-        [shard] = list_shards([str(tmp_path / name)])
-        assert plan_count_rows(shard).rows == len(expected), name
-        assert reader_count_rows(shard) == (len(expected), True), name
+    read_and_counted_alike(tmp_path, cases)
 
 
 def test_objects_sharing_a_line_keep_a_byte_that_is_no_utf8_in_a_column_not_read_whichever_way_the_file_is_read(
@@ -315,12 +321,7 @@ def test_nul_bytes_before_an_object_on_its_line_are_one_broken_row_and_the_objec
                           [("a", "x", None), (None, None, "not valid UTF-8 (line 1, byte 4144)"), ("c", "x", None),
                            ("d", "y", None)]),
     }
-    for name, (data, expected) in cases.items():
-        (tmp_path / name).write_bytes(data)
-        assert _read(tmp_path / name) == expected, name
-        [shard] = list_shards([str(tmp_path / name)])
-        assert plan_count_rows(shard).rows == len(expected), name
-        assert reader_count_rows(shard) == (len(expected), True), name
+    read_and_counted_alike(tmp_path, cases)
 
 
 def test_a_json_array_after_a_dos_end_of_file_mark_is_counted_as_the_run_reads_it(tmp_path):

@@ -2310,13 +2310,31 @@ def test_a_rescore_reads_each_earlier_commit_record_it_retires_once_not_the_whol
     assert len(read) <= 3 * shards, f"{len(read)} reads of the earlier run's commit records for {shards} shards"
 
 
+def abandon_killed_before_a_record(monkeypatch, spec, run: str, partition: str) -> None:
+    """``pipelines abandon`` of ``run`` killed as it brings a retired shard back into ``partition`` (a prefix of its
+    folder's name; "": any), between the shard's files and its commit record."""
+    from pipelines.schedule.executor import ScheduledJob
+
+    move = ScheduledJob._move
+
+    def killed_before_a_record(self, relative: str, back: bool = False) -> None:
+        folder, _, rest = relative.partition("/")
+        if back and folder.startswith(partition) and rest.startswith("_commits/"):
+            raise Killed()
+        move(self, relative, back)
+
+    monkeypatch.setattr(ScheduledJob, "_move", killed_before_a_record)
+    with pytest.raises(Killed):
+        abandon(spec, run)
+    monkeypatch.undo()
+    gc.collect()
+
+
 def test_an_abandon_killed_mid_restore_then_a_resume_leaves_each_row_once(tmp_path, monkeypatch):
     """``pipelines abandon`` brings a shard's earlier output back from ``_superseded/`` (its files, then its record);
     killed between the two, the run is still unfinished and the next tick resumes it. Its shard's new output then
     retired the earlier one by its record, which was not in the partition: the files brought back stayed, and the
     shard's rows were in the output twice."""
-    from pipelines.schedule.executor import ScheduledJob
-
     runner, model = Committing(), fake_model(tmp_path)
     spec = make_job(tmp_path, model)
     add_shard(tmp_path, "a.jsonl", rows("a", 2))
@@ -2329,20 +2347,9 @@ def test_an_abandon_killed_mid_restore_then_a_resume_leaves_each_row_once(tmp_pa
     (Path(model) / "config.json").write_text('{"retrained_on": "2026-11-28"}')
     runner.fail_first.add(changed.run)  # the resume clears the partition to redo it whole, then fails
     assert run_due(spec, now=day(2, hours=1), runner=runner).failures
-    move = ScheduledJob._move
-
-    def killed_before_a_record(self, relative: str, back: bool = False) -> None:
-        if back and "/_commits/" in relative:
-            raise Killed()
-        move(self, relative, back)
-
-    monkeypatch.setattr(ScheduledJob, "_move", killed_before_a_record)
-    with pytest.raises(Killed):
-        abandon(spec, changed.run)
-    monkeypatch.undo()
-    gc.collect()
+    abandon_killed_before_a_record(monkeypatch, spec, changed.run, "")
     runner.fail_first.clear()
-    (Path(model) / "config.json").write_text("{}")  # the retrained model given up on: the rescore resumes as it was
+    (Path(model) / "config.json").write_text("{}")  # the retrained model given up on: the run resumes as it was
     (tmp_path / "in" / "bad.jsonl").unlink()
     resumed = run_due(spec, now=day(2, hours=2), runner=runner).entries[0]
     assert resumed.kind == "resume" and resumed.status == "succeeded"
@@ -2355,8 +2362,6 @@ def test_an_abandon_killed_mid_restore_into_an_unfinished_run_does_not_stop_its_
     between that shard's files and its record, the unfinished run's partition holds part files no record names (which
     a run of it refuses), and the rescore, resumed by the next tick, keeps each row once (its success retires the
     runs it took over whole)."""
-    from pipelines.schedule.executor import ScheduledJob
-
     runner, model = Committing(), fake_model(tmp_path)
     spec = make_job(tmp_path, model)
     add_shard(tmp_path, "a.jsonl", rows("a", 2))
@@ -2370,18 +2375,7 @@ def test_an_abandon_killed_mid_restore_into_an_unfinished_run_does_not_stop_its_
     (Path(model) / "config.json").write_text('{"retrained_on": "2026-11-28"}')
     runner.fail_first.add(rescore.run)  # the resume clears the partition to redo it whole, then fails
     assert run_due(spec, now=day(2, hours=4), runner=runner).failures
-    move = ScheduledJob._move
-
-    def killed_before_a_record(self, relative: str, back: bool = False) -> None:
-        if back and relative.startswith(f"run={unfinished.run}/_commits/"):  # c's files back in, not its record
-            raise Killed()
-        move(self, relative, back)
-
-    monkeypatch.setattr(ScheduledJob, "_move", killed_before_a_record)
-    with pytest.raises(Killed):
-        abandon(spec, rescore.run)
-    monkeypatch.undo()
-    gc.collect()
+    abandon_killed_before_a_record(monkeypatch, spec, rescore.run, f"run={unfinished.run}")  # c's, not a's
     runner.fail_first.clear()
     (Path(model) / "config.json").write_text("{}")
     (tmp_path / "in" / "bad.jsonl").unlink()
