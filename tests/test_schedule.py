@@ -2383,3 +2383,41 @@ def test_an_abandon_killed_mid_restore_into_an_unfinished_run_does_not_stop_its_
     assert not after.failures, [e.error for e in after.entries]
     ids = all_ids(tmp_path)
     assert sorted(ids) == sorted(r["id"] for r in rows("a", 2) + rows("c", 2)) and len(ids) == len(set(ids))
+
+
+def test_abandoning_a_run_killed_while_its_partition_was_cleared_brings_the_earlier_output_back(tmp_path):
+    """A resume redone whole (the model changed) clears the partition, each shard's files before its record; killed
+    between the two, then abandoned: the abandoned run counted the shard as committed by the record left (whose files
+    were gone), so its earlier output stayed in ``_superseded/``, the record was dropped as broken afterwards, and the
+    ledger said the shard was scored: its rows were in no partition, and no later tick scored them again."""
+    runner, model = Committing(), fake_model(tmp_path)
+    spec = make_job(tmp_path, model)
+    add_shard(tmp_path, "a.jsonl", rows("a", 2))
+    add_shard(tmp_path, "b.jsonl", rows("b", 2))
+    run_due(spec, now=day(1, hours=0.01), runner=runner)
+    add_shard(tmp_path, "a.jsonl", rows("a", 3))  # changed: the next tick retires its earlier output as it commits
+    add_shard(tmp_path, "bad.jsonl", rows("x", 1))
+    changed = run_due(spec, now=day(2, hours=0.01), runner=runner).entries[0]
+    assert changed.status == "failed" and changed.replaces
+    (Path(model) / "config.json").write_text('{"retrained_on": "2026-11-28"}')
+    runner.fail_first.add(changed.run)
+    delete = layout.delete
+
+    def killed_before_a_record(fs, info) -> None:  # the shard's part file deleted, its record not yet
+        if f"run={changed.run}/_commits/" in info.path:
+            raise Killed()
+        delete(fs, info)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(layout, "delete", killed_before_a_record)
+        with pytest.raises(Killed):
+            run_due(spec, now=day(2, hours=1), runner=runner)
+    gc.collect()
+    abandon(spec, changed.run)
+    (tmp_path / "in" / "bad.jsonl").unlink()
+    runner.fail_first.clear()
+    run_due(spec, now=day(3, hours=0.01), runner=runner)
+    ids = all_ids(tmp_path)
+    assert len(ids) == len(set(ids)) and sorted(ids) in (
+        sorted(r["id"] for r in rows("a", 2) + rows("b", 2)),  # the earlier version brought back
+        sorted(r["id"] for r in rows("a", 3) + rows("b", 2))), ids  # or the changed file scored again

@@ -232,6 +232,8 @@ def abandon(spec: JobSpec, run: str) -> LedgerEntry:
         if run not in open_runs:
             known = ", ".join(sorted(r for r in open_runs if r)) or "none"
             raise PipelineError(f"run {run} is not unfinished, so there is nothing to abandon (unfinished: {known})")
+        job.reconcile()  # first: a commit the run's kill cut short is finished, a record whose files a clear or a
+        # forget deleted before it is dropped, so that what it committed is what its partition holds
         committed = job.committed_inputs(run)
         # An earlier output this run retired but no longer holds the new one of (a resume redone whole, then
         # given up on) comes back, so that each shard keeps one output.
