@@ -324,6 +324,22 @@ def test_nul_bytes_before_an_object_on_its_line_are_one_broken_row_and_the_objec
     read_and_counted_alike(tmp_path, cases)
 
 
+def test_a_block_of_nul_bytes_is_read_in_linear_time_and_cuts_no_nested_object_out_of_a_record(tmp_path):
+    """A search for NULs before an object from each NUL of a long run took quadratic time: a file whose last 64 KiB a
+    crash zeroed took 85 s to read or plan (a 1 MiB block, hours). And a block cut into a record just before an
+    object nested in it made that nested object a row of its own, with another row's id: only objects that fill the
+    rest of the line are read after a block."""
+    good = b"".join(b'{"id": "%d", "text": "t"}\n' % i for i in range(1000))
+    zeroed = tmp_path / "zeroed.jsonl"
+    zeroed.write_bytes(good + b"\x00" * (1 << 20))
+    [shard] = list_shards([str(zeroed)])
+    assert len(_read(zeroed)) == 1001 and plan_count_rows(shard).rows == 1001  # in a second, not hours
+    nested = {"nested.jsonl": (b'{"id": "a", "text": "first"}\n{"id": "c", "reply_to": ' + b"\x00" * 64
+                               + b'{"id": "a", "text": "quoted"}, "text": "child"}\n',
+                               [("a", "first", None), (None, None, "invalid JSON: Expecting value (line 2, column 25)")])}
+    read_and_counted_alike(tmp_path, nested)
+
+
 def test_a_json_array_after_a_dos_end_of_file_mark_is_counted_as_the_run_reads_it(tmp_path):
     """A DOS end-of-file mark (``\\x1a``) on a line of its own before a JSON array (files joined by ``copy /a``): the
     run reads the array's elements (the mark is no row), where ``count_rows`` and ``pipelines plan`` looked for the

@@ -59,8 +59,9 @@ def read_requests(data: bytes, id_column: str, text_column: str) -> pa.Table:
             continue
         line = without_tail(line)  # an array's lines with its brackets stripped end in a comma
         record, error = parse_line(line, undecoded=True)  # bytes that are no UTF-8 cost the values holding them
-        # requests that share a line (written without a newline between them): each a row, as in JSON lines, which
-        # tell it from the line parsed strictly (a line that is no UTF-8 splits only where objects meet), as the count
+        # requests that share a line (written without a newline between them): each a row, as in JSON lines; whether
+        # a line holds several is told from it parsed strictly, as the plan's count tells it (a line that is no UTF-8
+        # splits only where objects meet)
         split = error is not None and several(line, parse_line(line)[1])
         for record, error in line_values(line, number, undecoded=True) if split else [(record, error)]:
             if error is None and any(lone_surrogate(key) for key in record):

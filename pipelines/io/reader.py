@@ -574,7 +574,7 @@ REST_IS_SPACE = re.compile(r"\s*\Z")
 
 #: What may stand before a file's first value and is no value: white space, byte order marks and DOS end-of-file
 #: marks at a line's end (:func:`without_marks` leaves them out before the file is read).
-LEADING_MARKS = re.compile(rb"(?:\xef\xbb\xbf|\s|\x1a+(?=\r?(?:\n|$)))*")
+LEADING_MARKS = re.compile(rb"(?:\xef\xbb\xbf)*(?:\s|(?<=\n)\xef\xbb\xbf|\x1a+(?=\r?(?:\n|$)))*")
 
 
 def array_start(data: bytes) -> bool:
@@ -807,9 +807,10 @@ def without_tail(line: bytes) -> bytes:
 #: NUL bytes and an object after them: a block of them that a crash left (a file's unwritten end, zeroed), then what
 #: was written after it. No JSON value holds a NUL byte (nor a string: it is a control character), so what stood
 #: before the block on its line is cut, and the object after it starts a value.
-NULS_BEFORE_OBJECT = re.compile(rb"\x00+[ \t\r]*(?:\xef\xbb\xbf)*\{")
+#: Matched from the start of a run of NULs only (a search from each NUL of a long run would take quadratic time).
+NULS_BEFORE_OBJECT = re.compile(rb"(?<!\x00)\x00+[ \t\r]*(?:\xef\xbb\xbf)*\{")
 #: The same in a line decoded as text, up to the object.
-NULS_BEFORE_OBJECT_TEXT = re.compile("\x00+[ \t\r\ufeff]*(?=\\{)")
+NULS_BEFORE_OBJECT_TEXT = re.compile("(?<!\x00)\x00+[ \t\r\ufeff]*(?=\\{)")
 
 
 def several(line: bytes, error: str | None) -> bool:
@@ -915,11 +916,27 @@ def line_values(
             stop = text.find("\r", getattr(exc, "pos", at))
             end = _value_end(text, start) if isinstance(exc, RecursionError) else None  # one too deep ends so
             nuls = NULS_BEFORE_OBJECT_TEXT.search(text, start) if "\x00" in text else None
-            if nuls is not None and (stop < 0 or nuls.start() < stop):  # the object after a crash's block is read
-                end = nuls.end()
+            if nuls is not None and (stop < 0 or nuls.start() < stop) and _objects_to_end(text, nuls.end()):
+                end = nuls.end()  # the objects after a crash's block are read
             at = end if end is not None else len(text) if stop < 0 else stop
         at = JSON_SPACE.match(text, at).end()  # type: ignore[union-attr]
     return found
+
+
+def _objects_to_end(text: str, at: int) -> bool:
+    """Whether the rest of the line from ``at`` parses as objects, one after the other (with what may follow one,
+    :data:`AFTER_OBJECT`): what was written after a crash's block of NULs, not the rest of a record the block cut
+    short (an object nested in it, whose row would be no input row)."""
+    decoder = json.JSONDecoder()
+    while at < len(text):
+        try:
+            value, at = decoder.raw_decode(text, at)
+        except (json.JSONDecodeError, RecursionError):
+            return False
+        if not isinstance(value, dict):
+            return False
+        at = JSON_SPACE.match(text, AFTER_OBJECT.match(text, at).end()).end()  # type: ignore[union-attr]
+    return True
 
 
 def _unread_only(value: Any, columns: Columns) -> bool:

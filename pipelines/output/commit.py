@@ -265,7 +265,7 @@ class OutputDir:
                 more = f" and {len(parts) - 1} more" if len(parts) > 1 else ""
                 raise PipelineError(
                     f"output.path {self.location} holds part files named as this project names them ({parts[0]}"
-                    f"{more}) but neither {JOB} nor {COMMITS}/, the records of which job and which input they hold "
+                    f"{more}) but no {JOB} and no commit record in {COMMITS}/, which say which job and input they hold "
                     "(deleted by hand?): a run can't resume them, nor tell that they are its own to delete, even under "
                     "--overwrite; move them out of the folder (to keep them) or delete them, or choose an empty or new "
                     "output.path"

@@ -232,8 +232,10 @@ def abandon(spec: JobSpec, run: str) -> LedgerEntry:
         if run not in open_runs:
             known = ", ".join(sorted(r for r in open_runs if r)) or "none"
             raise PipelineError(f"run {run} is not unfinished, so there is nothing to abandon (unfinished: {known})")
-        job.reconcile()  # first: a commit the run's kill cut short is finished, a record whose files a clear or a
-        # forget deleted before it is dropped, so that what it committed is what its partition holds
+        # First, as every invocation starts: the moves a kill cut short are finished, and the partitions of runs that
+        # did not succeed recovered (a cut commit finished, a record whose files a clear deleted before it dropped),
+        # so that what this run counts as committed is what its partition holds.
+        job.reconcile()
         committed = job.committed_inputs(run)
         # An earlier output this run retired but no longer holds the new one of (a resume redone whole, then
         # given up on) comes back, so that each shard keeps one output.
@@ -763,7 +765,7 @@ class ScheduledJob:
 
         def retire_older(shard: Shard) -> None:  # the older version leaves just before the new one appears
             if shard.key in replaces:
-                self.retire_shard(replaces[shard.key], shard.key)
+                self.retire_shard(replaces[shard.key], shard.key, restore_cut=True)
 
         precision = None if plan.entry.rescore else self.kept_precision(plan.entry.model)
         types = None if plan.entry.rescore else self.kept_column_types()
@@ -926,13 +928,18 @@ class ScheduledJob:
         self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
         self.fs.move(source, target)
 
-    def retire_shard(self, run: str, key: str) -> None:
-        """A shard's files in an older run, then its commit record (last, so a cut-off move is redone). Where the
-        record is already in ``_superseded/``, the files it names that are in the run move there too: a
-        :meth:`restore_shard` cut off between its files and its record left them there, named by no record."""
+    def retire_shard(self, run: str, key: str, restore_cut: bool = False) -> None:
+        """A shard's files in an older run, then its commit record (last, so a cut-off move is redone).
+        ``restore_cut`` (as a new version commits): where the record is already in ``_superseded/``, the files it
+        names that are in the run move there too (a :meth:`restore_shard` cut off between its files and its record
+        left them there, named by no record)."""
         folder = layout.partition_dir(run)
         partition = OutputDir(f"{self.root}/{folder}")
-        record = partition.commit_record(key) or OutputDir(f"{self.root}/{SUPERSEDED}/{folder}").commit_record(key)
+        record = partition.commit_record(key)
+        if record is None and restore_cut:
+            record = OutputDir(f"{self.root}/{SUPERSEDED}/{folder}").commit_record(key)
+            if record is not None and not any(self.exists(f"{folder}/{f}") for f in record.files + record.error_files):
+                return
         if record is None:
             return
         for relative in [*record.files, *record.error_files]:
