@@ -2310,6 +2310,24 @@ def test_a_rescore_reads_each_earlier_commit_record_it_retires_once_not_the_whol
     assert len(read) <= 3 * shards, f"{len(read)} reads of the earlier run's commit records for {shards} shards"
 
 
+def a_changed_shards_run_to_be_redone_whole(tmp_path: Path):
+    """a and b scored; a changed and bad.jsonl added: the tick commits a's new version (retiring its earlier one) and
+    fails on bad; then the model changes, so that the next resume clears the partition to redo it whole, and fails
+    before any commit. (runner, model, spec, the failed tick's ledger line.)"""
+    runner, model = Committing(), fake_model(tmp_path)
+    spec = make_job(tmp_path, model)
+    add_shard(tmp_path, "a.jsonl", rows("a", 2))
+    add_shard(tmp_path, "b.jsonl", rows("b", 2))
+    run_due(spec, now=day(1, hours=0.01), runner=runner)
+    add_shard(tmp_path, "a.jsonl", rows("a", 3))
+    add_shard(tmp_path, "bad.jsonl", rows("x", 1))
+    changed = run_due(spec, now=day(2, hours=0.01), runner=runner).entries[0]
+    assert changed.status == "failed" and changed.replaces
+    (Path(model) / "config.json").write_text('{"retrained_on": "2026-11-28"}')
+    runner.fail_first.add(changed.run)
+    return runner, model, spec, changed
+
+
 def abandon_killed_before_a_record(monkeypatch, spec, run: str, partition: str) -> None:
     """``pipelines abandon`` of ``run`` killed as it brings a retired shard back into ``partition`` (a prefix of its
     folder's name; "": any), between the shard's files and its commit record."""
@@ -2335,17 +2353,7 @@ def test_an_abandon_killed_mid_restore_then_a_resume_leaves_each_row_once(tmp_pa
     killed between the two, the run is still unfinished and the next tick resumes it. Its shard's new output then
     retired the earlier one by its record, which was not in the partition: the files brought back stayed, and the
     shard's rows were in the output twice."""
-    runner, model = Committing(), fake_model(tmp_path)
-    spec = make_job(tmp_path, model)
-    add_shard(tmp_path, "a.jsonl", rows("a", 2))
-    add_shard(tmp_path, "b.jsonl", rows("b", 2))
-    run_due(spec, now=day(1, hours=0.01), runner=runner)
-    add_shard(tmp_path, "a.jsonl", rows("a", 3))  # changed: the next tick retires its earlier output as it commits
-    add_shard(tmp_path, "bad.jsonl", rows("x", 1))
-    changed = run_due(spec, now=day(2, hours=0.01), runner=runner).entries[0]
-    assert changed.status == "failed" and changed.replaces
-    (Path(model) / "config.json").write_text('{"retrained_on": "2026-11-28"}')
-    runner.fail_first.add(changed.run)  # the resume clears the partition to redo it whole, then fails
+    runner, model, spec, changed = a_changed_shards_run_to_be_redone_whole(tmp_path)
     assert run_due(spec, now=day(2, hours=1), runner=runner).failures
     abandon_killed_before_a_record(monkeypatch, spec, changed.run, "")
     runner.fail_first.clear()
@@ -2390,17 +2398,7 @@ def test_abandoning_a_run_killed_while_its_partition_was_cleared_brings_the_earl
     between the two, then abandoned: the abandoned run counted the shard as committed by the record left (whose files
     were gone), so its earlier output stayed in ``_superseded/``, the record was dropped as broken afterwards, and the
     ledger said the shard was scored: its rows were in no partition, and no later tick scored them again."""
-    runner, model = Committing(), fake_model(tmp_path)
-    spec = make_job(tmp_path, model)
-    add_shard(tmp_path, "a.jsonl", rows("a", 2))
-    add_shard(tmp_path, "b.jsonl", rows("b", 2))
-    run_due(spec, now=day(1, hours=0.01), runner=runner)
-    add_shard(tmp_path, "a.jsonl", rows("a", 3))  # changed: the next tick retires its earlier output as it commits
-    add_shard(tmp_path, "bad.jsonl", rows("x", 1))
-    changed = run_due(spec, now=day(2, hours=0.01), runner=runner).entries[0]
-    assert changed.status == "failed" and changed.replaces
-    (Path(model) / "config.json").write_text('{"retrained_on": "2026-11-28"}')
-    runner.fail_first.add(changed.run)
+    runner, model, spec, changed = a_changed_shards_run_to_be_redone_whole(tmp_path)
     delete = layout.delete
 
     def killed_before_a_record(fs, info) -> None:  # the shard's part file deleted, its record not yet
