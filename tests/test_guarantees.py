@@ -952,6 +952,17 @@ def test_json_objects_written_over_several_lines_each_are_read_as_their_rows(tmp
     assert reader_count_rows(list_shards([str(tmp_path / "cut.jsonl")])[0]) == (1, False)  # the objects before
 
 
+def test_objects_over_several_lines_after_a_dos_end_of_file_mark_are_counted_as_read(tmp_path):
+    """A DOS end-of-file mark (``\\x1a``) on a line of its own before objects written over several lines (``copy /a``
+    of an empty file and a ``jq .`` export): the run read the objects, each a row, while the plan and a refused
+    shard's count counted the file's lines (36 rows for 6), as only byte order marks and blank lines were skipped
+    before the first object. The marks a run strips are skipped: 6 rows read, 6 counted."""
+    objects = b"".join(json.dumps({"id": str(i), "text": f"t{i}"}, indent=2).encode() + b"\n" for i in range(6))
+    rows = [(str(i), f"t{i}", None) for i in range(6)]
+    read_and_counted_alike(tmp_path, {f"{name}.jsonl": (head + objects, rows) for name, head in {
+        "mark": b"\x1a\n", "mark_crlf": b"\x1a\r\n", "blank_then_marks": b"\n\x1a\x1a\n\n", "bom_mark": codecs.BOM_UTF8 + b"\x1a\n"}.items()})
+
+
 def test_a_json_lines_file_whose_first_line_nests_deeply_is_read_as_its_lines(tmp_path):
     """The check for objects written over several lines parses a file's first line with Python's json, which gives
     up past about 1,000 levels of nesting (RecursionError, no ValueError): a JSON lines file whose first row held

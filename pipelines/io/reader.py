@@ -671,19 +671,13 @@ def array_head(head: bytes) -> list[Any] | None:
             return None  # no array: JSON lines of arrays, or no JSON
 
 
-#: Blank lines before a file's first line of text.
-BLANK_LINES = re.compile(rb"(?:[ \t\r]*\n)*")
-
-
 def stream_start(data: bytes) -> bool:
     """Whether the bytes begin with a JSON object written over several lines (``jq .`` without ``-c`` writes each
-    so, as ``json.dump(row, f, indent=2)`` does): the first line of text starts an object but is no JSON value, and
-    the object that starts there ends on a later line. Parses the first value only, and only where the first line
+    so, as ``json.dump(row, f, indent=2)`` does): the first line of text (after blank lines and marks,
+    :data:`LEADING_MARKS`) starts an object but is no JSON value, and the object that starts there ends on a later
+    line. Parses the first value only, and only where the first line
     does not parse (JSON lines' first line does, but where it is broken)."""
-    at = 0
-    while data.startswith(BOM, at):
-        at += len(BOM)
-    start = BLANK_LINES.match(data, at).end()  # type: ignore[union-attr]
+    start = LEADING_MARKS.match(data).end()  # type: ignore[union-attr]  # blank lines, marks (the run strips them)
     end = data.find(b"\n", start)
     if end < 0 or not data[start:end].lstrip().startswith(b"{"):
         return False
