@@ -340,6 +340,23 @@ def test_a_block_of_nul_bytes_is_read_in_linear_time_and_cuts_no_nested_object_o
     read_and_counted_alike(tmp_path, nested)
 
 
+def test_the_plan_counts_nul_bytes_before_an_object_wherever_its_chunks_cut_the_line(tmp_path, monkeypatch):
+    """The plan reads a file in chunks and looks for NUL bytes once a chunk, not once a line (a line's own search made
+    its count of clean JSON lines ~20% slower): a line whose NULs lie in an earlier chunk than its end is counted
+    as the run reads it, wherever the chunks cut it."""
+    from pipelines.planning import inputs
+
+    data = (b'{"id": "a", "text": "x"}\n{"id": "q", "text": "hel' + b"\x00" * 8 + b'{"id": "b", "text": "y"}\n'
+            + b'{"id": "c", "text": "z"}\n')
+    (tmp_path / "cut.jsonl").write_bytes(data)
+    assert len(_read(tmp_path / "cut.jsonl")) == 4
+    [shard] = list_shards([str(tmp_path / "cut.jsonl")])
+    for size in range(1, len(data) + 1):
+        monkeypatch.setattr(inputs, "CHUNK", size)
+        counted = plan_count_rows(shard)
+        assert (counted.rows, counted.count) == (4, "counted"), (size, counted.error)
+
+
 def test_a_json_array_after_a_dos_end_of_file_mark_is_counted_as_the_run_reads_it(tmp_path):
     """A DOS end-of-file mark (``\\x1a``) on a line of its own before a JSON array (files joined by ``copy /a``): the
     run reads the array's elements (the mark is no row), where ``count_rows`` and ``pipelines plan`` looked for the

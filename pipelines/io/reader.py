@@ -818,11 +818,12 @@ def several(line: bytes, error: str | None) -> bool:
         or (b"\x00" in line and NULS_BEFORE_OBJECT.search(line) is not None))
 
 
-def lines_rows(lines: list[bytes]) -> int:
+def lines_rows(lines: list[bytes], nuls: bool = True) -> int:
     """How many rows the reader makes of these lines, :func:`line_rows` each. The lines that :func:`line_rows` would
     parse (nested objects, a ``}`` in a string) are handed to pyarrow together first: where it reads each as one row,
-    each is one (about 4x faster than parsing them one by one in Python); else each is counted on its own."""
-    plain = [_plain_rows(line) for line in lines]
+    each is one (about 4x faster than parsing them one by one in Python); else each is counted on its own. ``nuls``:
+    whether any line may hold a NUL byte (a caller that searched its chunk once says where none does)."""
+    plain = [_plain_rows(line, nuls) for line in lines]
     nested = [line for line, rows in zip(lines, plain, strict=True) if rows is None]
     rows = sum(count for count in plain if count is not None)
     if not nested:
@@ -848,15 +849,16 @@ def line_rows(line: bytes) -> int:
     return len(line_values(line, 0)) if several(line, error) else 1
 
 
-def _plain_rows(line: bytes) -> int | None:
+def _plain_rows(line: bytes, nuls: bool = True) -> int | None:
     """0 of a blank line; 1 of a line that is ``{`` with its only ``}`` at its end (between JSON's white space: a form
     feed after an object is a value that does not parse), where a first object that parses ends, and one that does
-    not parse is one row; else None (it may hold several values)."""
+    not parse is one row, and no NUL byte is in it (NULs before an object: maybe two rows; ``nuls=False``: the caller
+    knows there is none); else None (it may hold several values)."""
     line = without_marks(line)
     if not line.strip():
         return 0
     one = without_tail(line).strip(b" \t\r")
-    plain = one.startswith(b"{") and one.find(b"}") == len(one) - 1 and b"\x00" not in one  # NULs: maybe two
+    plain = one.startswith(b"{") and one.find(b"}") == len(one) - 1 and not (nuls and b"\x00" in one)
     return 1 if plain else None
 
 

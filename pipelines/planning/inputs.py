@@ -144,7 +144,8 @@ def _jsonl_rows(shard: Shard, count_limit: int) -> tuple[int, bool]:
                 lines[0] = b"".join([*line, lines[0]])
                 line = []
             line.append(lines.pop())
-            rows += lines_rows(lines)
+            if lines:  # NUL bytes searched once a chunk (and in the line it ends), not once a line
+                rows += lines_rows(lines, b"\x00" in chunk or b"\x00" in lines[0])
             consumed = raw.consumed  # file bytes behind ``rows`` and ``line`` (compressed ones, for gzip)
             chunk = stream.read(min(CHUNK, count_limit))
             if read >= count_limit and chunk:  # the line so far counts too: all of a file of objects with no newline
