@@ -2365,6 +2365,34 @@ def test_an_abandon_killed_mid_restore_then_a_resume_leaves_each_row_once(tmp_pa
     assert sorted(ids) == sorted(r["id"] for r in rows("a", 3) + rows("b", 2)) and len(ids) == len(set(ids))
 
 
+def test_a_resume_killed_as_it_retires_what_a_killed_abandon_brought_back_leaves_each_row_once(tmp_path, monkeypatch):
+    """As above, and the resume killed in turn as its commit moved the files brought back to ``_superseded/`` (its new
+    record written, its files still staged): the next tick finished that commit and retired the earlier output by
+    the partition's record, which was not there, so the files brought back stayed beside the new ones: the shard's
+    rows twice, for good. Found by tests/test_kill_points.py's second kills."""
+    from pipelines.schedule.executor import ScheduledJob
+
+    runner, model, spec, changed = a_changed_shards_run_to_be_redone_whole(tmp_path)
+    assert run_due(spec, now=day(2, hours=1), runner=runner).failures
+    abandon_killed_before_a_record(monkeypatch, spec, changed.run, "")
+    runner.fail_first.clear()
+    (Path(model) / "config.json").write_text("{}")  # the retrained model given up on: the run resumes as it was
+    (tmp_path / "in" / "bad.jsonl").unlink()
+
+    def killed_retiring(self, relative: str, back: bool = False) -> None:
+        raise Killed()
+
+    monkeypatch.setattr(ScheduledJob, "_move", killed_retiring)
+    with pytest.raises(Killed):
+        run_due(spec, now=day(2, hours=2), runner=runner)
+    monkeypatch.undo()
+    gc.collect()
+    resumed = run_due(spec, now=day(2, hours=2), runner=runner).entries[0]
+    assert resumed.kind == "resume" and resumed.status == "succeeded"
+    ids = all_ids(tmp_path)
+    assert sorted(ids) == sorted(r["id"] for r in rows("a", 3) + rows("b", 2)) and len(ids) == len(set(ids))
+
+
 def test_an_abandon_killed_mid_restore_into_an_unfinished_run_does_not_stop_its_resume(tmp_path, monkeypatch):
     """The earlier output an abandon brings back may be an unfinished run's (a rescore took its shard over): killed
     between that shard's files and its record, the unfinished run's partition holds part files no record names (which

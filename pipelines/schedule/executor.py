@@ -892,14 +892,19 @@ class ScheduledJob:
         """
         self.check_lock()
         planner = Planner(self.history(), [], {}, self.spec.fingerprint())
+        latest = planner.history.latest()
         committed = {
             (run, key)
-            for run, entry in planner.history.latest().items()
+            for run, entry in latest.items()
             for key in entry.replaces or {}
             if self.exists(f"{layout.partition_dir(run)}/{layout.commit_record_path(key)}")
         }
+        # what an unfinished run replaces may have been brought back by an abandon cut off between its files and its
+        # record, and then the run resumed and killed as it retired them: only these (a few) look in _superseded/
+        cut = {(old, key) for entry in latest.values() if entry.status in ("running", "failed")
+               for key, old in (entry.replaces or {}).items()}
         for move in planner.retirements(self.partitions(), committed):
-            self.retire(move)
+            self.retire(move, restore_cut=(move.run, move.key) in cut)
         partitions = set(self.partitions())
         for run, entry in planner.history.latest().items():
             if run in partitions and entry.status in ("running", "failed", "abandoned"):
@@ -907,13 +912,13 @@ class ScheduledJob:
                 partition.guard = self.check_lock
                 partition.recover()
 
-    def retire(self, move: Retirement) -> None:
+    def retire(self, move: Retirement, restore_cut: bool = False) -> None:
         self.check_lock()
         if move.key is None:
             log.info("moving run=%s to %s/: superseded by a rescore", move.run, SUPERSEDED)
             self.retire_tree(layout.partition_dir(move.run))
         else:
-            self.retire_shard(move.run, move.key)
+            self.retire_shard(move.run, move.key, restore_cut)
 
     def exists(self, relative: str) -> bool:
         return self.fs.get_file_info(f"{self.root}/{relative}").type == pafs.FileType.File
@@ -930,9 +935,9 @@ class ScheduledJob:
 
     def retire_shard(self, run: str, key: str, restore_cut: bool = False) -> None:
         """A shard's files in an older run, then its commit record (last, so a cut-off move is redone).
-        ``restore_cut`` (as a new version commits): where the record is already in ``_superseded/``, the files it
-        names that are in the run move there too (a :meth:`restore_shard` cut off between its files and its record
-        left them there, named by no record)."""
+        ``restore_cut`` (as a new version commits, or its cut commit is finished): where the record is already in
+        ``_superseded/``, the files it names that are in the run move there too (a :meth:`restore_shard` cut off
+        between its files and its record left them there, named by no record)."""
         folder = layout.partition_dir(run)
         partition = OutputDir(f"{self.root}/{folder}")
         record = partition.commit_record(key)
