@@ -2720,6 +2720,56 @@ def commit_by_hand(spec, shard: Shard, ids: list[str], **kept: list) -> None:
     output.finish()
 
 
+def test_each_file_a_run_writes_is_flushed_to_the_disk_before_it_is_named_and_its_folder_after(tmp_path, monkeypatch):
+    """Files were written to a temporary name and renamed into place, but never flushed (``fsync``): after a power
+    cut or a kernel crash (the README's "the machine rebooted"), ext4 and XFS may bring a renamed file back empty,
+    a commit record or a part file among them, a shard committed with no rows. Each file (the staged blocks, the
+    merged part files, the commit records, ``_job.json``, ``_run.json``, ``_SUCCESS``) is now flushed under its
+    temporary name before the rename, and its folder after it."""
+    from pipelines.output import layout
+
+    events: list[tuple[str, str]] = []
+    fsync, move = os.fsync, pa.fs.LocalFileSystem.move
+
+    def flushing(handle: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{handle}")))
+        fsync(handle)
+
+    class Recording(pa.fs.LocalFileSystem):
+        def move(self, src: str, dest: str) -> None:
+            events.append(("move", dest))
+            move(self, src, dest)
+
+    monkeypatch.setattr(os, "fsync", flushing)
+    monkeypatch.setattr(pa.fs, "LocalFileSystem", Recording)
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": "a0", "text": "x"}])
+    spec = spec_from_dict({"input": {"paths": [str(tmp_path / "in")]}, "model": {"name": str(tmp_path / "model")},
+                           "task": {"type": "text-classification"}, "output": {"path": str(tmp_path / "out")}})
+    [shard] = list_shards(spec.input.paths)
+    from pipelines.runner import job_record
+
+    output, job = OutputDir(spec.output.path), job_record(spec)
+    output.start(job)
+    staged = f"{output.root}/_staging/{shard.key}/block-data.parquet"
+    output.fs.create_dir(staged.rsplit("/", 1)[0])
+    layout.write_parquet(output.fs, staged, pa.table({"id": ["a0"], "label": ["pos"], "_row": [0]}), "zstd")
+    output.commit(shard, [StagingReport(shard=shard.key, shard_rows=1, rows=1, errors=0, files=[staged],
+                                        row_ranges=[(0, 1)])], job)
+    output.write_json(layout.RUN, {"status": "succeeded"})
+    output.finish()
+    written = [dest for kind, dest in events if kind == "move" and dest.startswith(output.root)]
+    assert {Path(p).name for p in written} >= {"block-data.parquet", f"{shard.key}.json", "_job.json", "_run.json",
+                                               "_SUCCESS"} and any(Path(p).name.startswith("part-") for p in written)
+    for dest in written:
+        moved = events.index(("move", dest))
+        staged_as = [p for kind, p in events[:moved] if kind == "fsync" and p.startswith(f"{dest}.")] or [
+            p for kind, p in events[:moved] if kind == "fsync" and "/_staging/" in p]  # a part file: merged there
+        assert staged_as, f"{dest} renamed into place before its bytes were flushed"
+        if Path(dest).name.startswith("part-"):
+            continue  # moved from _staging/: made durable by the folder flush of the next file written (journal)
+        assert ("fsync", str(Path(dest).parent)) in events[moved:], f"{dest}'s folder not flushed after its rename"
+
+
 def test_another_jobs_output_inside_the_input_folder_is_refused_not_read_as_input(tmp_path):
     """Outputs kept beside the input (data/scored, then data/scored_v2 for another model): the first job's output
     is left out of its own input, but a job with another output.path would read data/scored's part files as input

@@ -21,8 +21,9 @@ A scheduled job's root holds one such directory per run, and its own files::
     _schedule.lock                  the job's lock
     _superseded/run=<run id>/...    outputs that newer ones replaced
 
-Every file is written whole or not at all: to a temporary name first, then renamed
-into place (:func:`write_bytes`), so a reader or a crash never sees half of one.
+Every file is written whole or not at all: to a temporary name first, flushed to the disk, then renamed
+into place (:func:`write_bytes`), so a reader or a crash never sees half of one (nor, on the local disk, a power
+cut an empty one).
 """
 
 from __future__ import annotations
@@ -210,21 +211,52 @@ def write_refusal(location: str, exc: OSError) -> PipelineError:
 
 def write_whole(fs: pafs.FileSystem, path: str, write: Callable[[Any], None], point: str | None = None,
                 shared: bool = False) -> None:
-    """Write-then-rename: ``write`` fills a temporary file (given its stream), which is then renamed to ``path``,
-    so a reader sees the old file or the new one, never half of one. A write that fails (a full disk) deletes its
-    temporary file: nothing is left behind. ``point``: where a test may make the write fail
-    (:func:`pipelines.faults.write_fails`; default: the file's name). ``shared``: a file written without the
-    output's lock (the report page: ``pipelines report`` writes it while a run may), whose temporary file is this
-    writer's own (``<name>.<pid>-<random>.tmp``): two writers at once each rename a whole file, the last one stays."""
+    """Write-then-rename: ``write`` fills a temporary file (given its stream), which is then flushed to the disk
+    (:func:`synced`) and renamed to ``path``, so a reader sees the old file or the new one, never half of one. A
+    write that fails (a full disk) deletes its temporary file: nothing is left behind. ``point``: where a test may
+    make the write fail (:func:`pipelines.faults.write_fails`; default: the file's name). ``shared``: a file written
+    without the output's lock (the report page: ``pipelines report`` writes it while a run may), whose temporary
+    file is this writer's own (``<name>.<pid>-<random>.tmp``): two writers at once each rename a whole file, the
+    last one stays."""
     tmp = f"{path}.{os.getpid()}-{secrets.token_hex(4)}{TMP_SUFFIX}" if shared else f"{path}{TMP_SUFFIX}"
     try:
         with fs.open_output_stream(tmp) as stream:
             write(stream)
             faults.write_fails(point or path.rsplit("/", 1)[-1])
+        synced(fs, tmp)
         fs.move(tmp, path)
     except BaseException:
         _discard(fs, tmp)
         raise
+    synced(fs, path.rsplit("/", 1)[0], folder=True)
+
+
+#: What a file system that can't flush a file or a folder says (some network and FUSE file systems): nothing to do.
+NO_FSYNC = (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF)
+
+
+def synced(fs: pafs.FileSystem, path: str, folder: bool = False) -> None:
+    """On the local disk, a file's bytes (``folder``: a folder's entries, the rename into it) flushed to the disk
+    (``fsync``) before a file names it or a later step depends on it: after a power cut or a kernel crash a file
+    renamed into place could otherwise come back empty (ext4 and XFS write a new file's bytes seconds after its
+    name). On ext4 and XFS a folder's flush also carries every rename made before it (their journal is written in
+    order), so the part files moved into place from ``_staging/`` are durable once the next file of the run is.
+    An object store's write is durable once it is answered: nothing to do there."""
+    if not stores.is_local(fs):
+        return
+    try:
+        handle = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if folder else 0))
+    except OSError:
+        if folder:  # a folder that may be written but not read (mode -wx): its files are in place all the same
+            return
+        raise
+    try:
+        os.fsync(handle)
+    except OSError as exc:
+        if exc.errno not in NO_FSYNC:
+            raise
+    finally:
+        os.close(handle)
 
 
 def _discard(fs: pafs.FileSystem, path: str) -> None:
