@@ -2348,17 +2348,24 @@ def abandon_killed_before_a_record(monkeypatch, spec, run: str, partition: str) 
     gc.collect()
 
 
-def test_an_abandon_killed_mid_restore_then_a_resume_leaves_each_row_once(tmp_path, monkeypatch):
-    """``pipelines abandon`` brings a shard's earlier output back from ``_superseded/`` (its files, then its record);
-    killed between the two, the run is still unfinished and the next tick resumes it. Its shard's new output then
-    retired the earlier one by its record, which was not in the partition: the files brought back stayed, and the
-    shard's rows were in the output twice."""
+def abandon_killed_mid_restore_then_the_input_mended(tmp_path, monkeypatch) -> tuple[Committing, JobSpec]:
+    """A changed shard's run redone whole and failed, its abandon killed between a restored shard's files and its
+    record, then the model given up on and the bad file removed: the next tick resumes the run."""
     runner, model, spec, changed = a_changed_shards_run_to_be_redone_whole(tmp_path)
     assert run_due(spec, now=day(2, hours=1), runner=runner).failures
     abandon_killed_before_a_record(monkeypatch, spec, changed.run, "")
     runner.fail_first.clear()
     (Path(model) / "config.json").write_text("{}")  # the retrained model given up on: the run resumes as it was
     (tmp_path / "in" / "bad.jsonl").unlink()
+    return runner, spec
+
+
+def test_an_abandon_killed_mid_restore_then_a_resume_leaves_each_row_once(tmp_path, monkeypatch):
+    """``pipelines abandon`` brings a shard's earlier output back from ``_superseded/`` (its files, then its record);
+    killed between the two, the run is still unfinished and the next tick resumes it. Its shard's new output then
+    retired the earlier one by its record, which was not in the partition: the files brought back stayed, and the
+    shard's rows were in the output twice."""
+    runner, spec = abandon_killed_mid_restore_then_the_input_mended(tmp_path, monkeypatch)
     resumed = run_due(spec, now=day(2, hours=2), runner=runner).entries[0]
     assert resumed.kind == "resume" and resumed.status == "succeeded"
     ids = all_ids(tmp_path)
@@ -2372,12 +2379,7 @@ def test_a_resume_killed_as_it_retires_what_a_killed_abandon_brought_back_leaves
     rows twice, for good. Found by tests/test_kill_points.py's second kills."""
     from pipelines.schedule.executor import ScheduledJob
 
-    runner, model, spec, changed = a_changed_shards_run_to_be_redone_whole(tmp_path)
-    assert run_due(spec, now=day(2, hours=1), runner=runner).failures
-    abandon_killed_before_a_record(monkeypatch, spec, changed.run, "")
-    runner.fail_first.clear()
-    (Path(model) / "config.json").write_text("{}")  # the retrained model given up on: the run resumes as it was
-    (tmp_path / "in" / "bad.jsonl").unlink()
+    runner, spec = abandon_killed_mid_restore_then_the_input_mended(tmp_path, monkeypatch)
 
     def killed_retiring(self, relative: str, back: bool = False) -> None:
         raise Killed()
