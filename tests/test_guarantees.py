@@ -973,11 +973,17 @@ def test_objects_over_several_lines_after_a_dos_end_of_file_mark_are_counted_as_
     """A DOS end-of-file mark (``\\x1a``) on a line of its own before objects written over several lines (``copy /a``
     of an empty file and a ``jq .`` export): the run read the objects, each a row, while the plan and a refused
     shard's count counted the file's lines (36 rows for 6), as only byte order marks and blank lines were skipped
-    before the first object. The marks a run strips are skipped: 6 rows read, 6 counted."""
+    before the first object; so too a mark inside the first object (at a line's end, or a byte order mark at a
+    line's start), which the run strips. The marks a run strips are skipped: 6 rows read, 6 counted."""
     objects = b"".join(json.dumps({"id": str(i), "text": f"t{i}"}, indent=2).encode() + b"\n" for i in range(6))
     rows = [(str(i), f"t{i}", None) for i in range(6)]
-    read_and_counted_alike(tmp_path, {f"{name}.jsonl": (head + objects, rows) for name, head in {
-        "mark": b"\x1a\n", "mark_crlf": b"\x1a\r\n", "blank_then_marks": b"\n\x1a\x1a\n\n", "bom_mark": codecs.BOM_UTF8 + b"\x1a\n"}.items()})
+    heads = {"mark": b"\x1a\n", "mark_crlf": b"\x1a\r\n", "blank_then_marks": b"\n\x1a\x1a\n\n",
+             "bom_mark": codecs.BOM_UTF8 + b"\x1a\n"}
+    cases = {f"{name}.jsonl": (head + objects, rows) for name, head in heads.items()}
+    cases["inside.jsonl"] = (b"\x0c\n" + objects.replace(b'"id": "0",\n', b'"id": "0",\x1a\n', 1), rows)
+    cases["bom_inside.jsonl"] = (b"\x1a\n" + objects.replace(b'\n  "text": "t0"', b'\n' + codecs.BOM_UTF8 + b'  "text": "t0"'),
+                                 rows)
+    read_and_counted_alike(tmp_path, cases)
 
 
 def test_a_json_lines_file_whose_first_line_nests_deeply_is_read_as_its_lines(tmp_path):

@@ -675,9 +675,11 @@ def stream_start(data: bytes) -> bool:
     """Whether the bytes begin with a JSON object written over several lines (``jq .`` without ``-c`` writes each
     so, as ``json.dump(row, f, indent=2)`` does): the first line of text (after blank lines and marks,
     :data:`LEADING_MARKS`) starts an object but is no JSON value, and the object that starts there ends on a later
-    line. Parses the first value only, and only where the first line
-    does not parse (JSON lines' first line does, but where it is broken)."""
-    start = LEADING_MARKS.match(data).end()  # type: ignore[union-attr]  # blank lines, marks (the run strips them)
+    line. Parses the first value only, and only where the first line does not parse (JSON lines' first line does,
+    but where it is broken). Looks at the bytes as a run reads them (:func:`without_marks`: a mark inside the first
+    object is left out there too), so the plan's count and the run's read agree."""
+    data = without_marks(data)
+    start = LEADING_MARKS.match(data).end()  # type: ignore[union-attr]  # blank lines, and marks on lines of their own
     end = data.find(b"\n", start)
     if end < 0 or not data[start:end].lstrip().startswith(b"{"):
         return False
