@@ -31,6 +31,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import posixpath
 import re
 import secrets
 from collections.abc import Callable, Iterator, Sequence
@@ -228,7 +229,7 @@ def write_whole(fs: pafs.FileSystem, path: str, write: Callable[[Any], None], po
     except BaseException:
         _discard(fs, tmp)
         raise
-    synced(fs, path.rsplit("/", 1)[0], folder=True)
+    synced(fs, posixpath.dirname(path) or "/", folder=True)
 
 
 #: What a file system that can't flush a file or a folder says (some network and FUSE file systems): nothing to do.

@@ -900,7 +900,8 @@ class ScheduledJob:
             if self.exists(f"{layout.partition_dir(run)}/{layout.commit_record_path(key)}")
         }
         # what an unfinished run replaces may have been brought back by an abandon cut off between its files and its
-        # record, and then the run resumed and killed as it retired them: only these (a few) look in _superseded/
+        # record, and then the run resumed and killed as it retired them: only these (the unfinished runs') look in
+        # _superseded/ for the record (a read each, and a look for its files), not every replacement ever made
         cut = {(old, key) for entry in latest.values() if entry.status in ("running", "failed")
                for key, old in (entry.replaces or {}).items()}
         for move in planner.retirements(self.partitions(), committed):
