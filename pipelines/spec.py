@@ -587,6 +587,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     twice = written_twice(yaml.compose(raw, Loader=yaml.SafeLoader))
     if twice:
         raise PipelineError(f"--set {text!r}: {twice.split(' (lines')[0]}; write each key once")
+    if raw.strip() == "~":  # `--set output.path=~`: the shell leaves it (a word's start only), YAML reads null
+        raise PipelineError(
+            f"--set {text!r}: ~ alone is YAML's null, not the home folder (a shell expands ~ only at the start of a "
+            f"word, not after {key.strip()}=): write the path out, e.g. --set {key.strip()}=$HOME/NAME, or null for "
+            "no value"
+        )
     return key.strip().split("."), value
 
 

@@ -366,6 +366,20 @@ def test_an_empty_path_is_refused_not_read_as_the_current_folder(tmp_path):
     assert load_spec(job, ["input.paths=.", "output.path=./out"]).input.paths == ["."]
 
 
+def test_a_tilde_alone_in_a_set_is_refused_as_yamls_null_not_taken_for_the_home_folder(tmp_path):
+    """`--set output.path=~` (the shell expands ~ only at a word's start, so it arrives as written) was YAML's null:
+    "output.path: Input should be a valid string (got None)", which says nothing of the ~. Refused naming it, and
+    how to write the home folder; `null` still means no value, and ~ inside a path is kept as written."""
+    job = tmp_path / "job.yaml"
+    job.write_text("input: {paths: [data]}\nmodel: {name: minilm}\ntask: {type: feature-extraction}\n"
+                   "output: {path: out}\n")
+    with pytest.raises(PipelineError, match=r"--set 'output.path=~': ~ alone is YAML's null, not the home folder.*"
+                                            r"--set output.path=\$HOME/NAME"):
+        load_spec(job, ["output.path=~"])
+    assert load_spec(job, ["model.fidelity=null"]).model.fidelity is None
+    assert load_spec(job, ["output.path=~/out"]).output.path == "~/out"
+
+
 @pytest.mark.parametrize("changes", [{"compute__cpus_per_actor": 0.00001}, {"compute__gpus_per_actor": 0.00005},
                                      {"compute__resources": {"accel": 0.00001}}])
 def test_a_resource_amount_finer_than_ray_takes_is_refused_in_the_spec(changes):
