@@ -36,7 +36,7 @@ MODULE_SECONDS = {
     "test_performance_paths.py": 119, "test_fidelity.py": 117, "test_runner.py": 112, "test_errors_cli.py": 91,
     "test_openai_batch.py": 81, "test_parity.py": 78, "test_cli.py": 64, "test_jobs_client.py": 63,
     "test_tasks_ray.py": 41, "test_terminal.py": 34, "test_jobs_report.py": 19, "test_kill_points.py": 15,
-    "test_jobs_transport.py": 12,
+    "test_kill_points_runs.py": 13, "test_jobs_transport.py": 12,
     "test_tasks_generation.py": 11, "test_light_modules.py": 6, "test_tasks_llm_label.py": 4,
     "test_submit_upload.py": 3, "test_tiny_models.py": 2, "test_tasks_extractive.py": 2, "test_predictor.py": 2,
     "test_jobs_submit_retry.py": 2, "test_cluster_yaml.py": 1, "test_faults_predictor.py": 1, "test_kv_cache.py": 1,
