@@ -678,19 +678,20 @@ def stream_start(data: bytes) -> bool:
     line. Parses the first value only, and only where the first line does not parse (JSON lines' first line does,
     but where it is broken). Looks at the bytes as a run reads them (:func:`without_marks`: a mark inside the first
     object is left out there too), so the plan's count and the run's read agree."""
-    data = without_marks(data)
     start = LEADING_MARKS.match(data).end()  # type: ignore[union-attr]  # blank lines, and marks on lines of their own
     end = data.find(b"\n", start)
-    if end < 0 or not data[start:end].lstrip().startswith(b"{"):
+    first = without_marks(data[start:end])
+    if end < 0 or not first.lstrip().startswith(b"{"):
         return False
     try:
-        json.loads(data[start:end])
-        return False
+        json.loads(first)
+        return False  # JSON lines: told from the first line alone, the file's other marks not searched for
     except RecursionError:  # nested past Python's limit: a line of JSON lines (pyarrow reads it), not {
         return False
     except ValueError:
         pass
-    text = data[start:].decode("utf-8", errors="surrogateescape")
+    data = without_marks(data)
+    text = data[LEADING_MARKS.match(data).end():].decode("utf-8", errors="surrogateescape")  # type: ignore[union-attr]
     try:
         value, stop = json.JSONDecoder().raw_decode(text, SPACE.match(text).end())  # type: ignore[union-attr]
     except (json.JSONDecodeError, RecursionError):
