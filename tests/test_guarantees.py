@@ -969,6 +969,49 @@ def test_json_objects_written_over_several_lines_each_are_read_as_their_rows(tmp
     assert reader_count_rows(list_shards([str(tmp_path / "cut.jsonl")])[0]) == (1, False)  # the objects before
 
 
+def test_objects_over_several_lines_after_json_lines_are_each_one_row_read_and_counted(tmp_path, monkeypatch):
+    """``cat compact.jsonl pretty.json > all.jsonl``: JSON lines, then objects written over several lines (``jq .``
+    without ``-c``). Only a file whose first object spans lines was read as objects: a small one was read as its
+    rows (pyarrow takes such objects within its 1 MiB blocks) while the plan and a refused shard's count counted
+    their lines (21 rows for 6); a larger one, where an object straddles a block's end, was read line by line, each
+    line of each object a broken row (``invalid JSON: Expecting property name ...``): 85,000 rows of which 80,000
+    quarantined, for 25,000 objects. Where a line opens an object that ends on a later line, that object is one row,
+    read and counted so, wherever the plan's chunks cut it; a line cut short stays one broken row."""
+    from pipelines.planning import inputs
+
+    def pretty(i: int) -> bytes:
+        return json.dumps({"id": f"p{i}", "text": f"pretty {i}"}, indent=2).encode() + b"\n"
+
+    compact = b"".join(b'{"id": "c%d", "text": "compact %d"}\n' % (i, i) for i in range(3))
+    rows = [(f"c{i}", f"compact {i}", None) for i in range(3)] + [(f"p{i}", f"pretty {i}", None) for i in range(3)]
+    cases = {
+        "small.jsonl": (compact + b"".join(pretty(i) for i in range(3)), rows),
+        "crlf.jsonl": ((compact + b"".join(pretty(i) for i in range(3))).replace(b"\n", b"\r\n"), rows),
+        "float_id.jsonl": (b'{"id": 1.5, "text": "a"}\n' + pretty(0), [("1.5", "a", None), ("p0", "pretty 0", None)]),
+        "cut_line.jsonl": (b'{"id": "x", "text": "cut", \n' + compact + pretty(0),
+                           [(None, None, "invalid JSON: Expecting property name enclosed in double quotes (line 1, "
+                                         "column 28)"), *rows[:4]]),
+        "tail.jsonl": (compact + pretty(0)[:-1] + b', {"id": "t", "text": "after"}\n' + pretty(1),
+                       [*rows[:4], ("t", "after", None), ("p1", "pretty 1", None)]),
+    }
+    read_and_counted_alike(tmp_path, cases)
+
+    path = tmp_path / "big.jsonl"  # past pyarrow's 1 MiB block, an object straddling its end
+    path.write_bytes(b"".join(b'{"id": "c%d", "text": "compact %d"}\n' % (i, i) for i in range(5_000))
+                     + b"".join(pretty(i) for i in range(20_000)))
+    assert path.stat().st_size > 1 << 20
+    read = _read(path)
+    assert len(read) == 25_000 and not [row for row in read if row[2] is not None], (len(read), read[-1])
+    [shard] = list_shards([str(path)])
+    for size in (4096, 1 << 22):  # chunks that cut objects, and one chunk
+        monkeypatch.setattr(inputs, "CHUNK", size)
+        counted = plan_count_rows(shard)
+        assert (counted.rows, counted.count) == (25_000, "counted"), (size, counted)
+    counted = plan_count_rows(shard, count_limit=1 << 16)
+    assert counted.count == "estimated" and 20_000 < counted.rows < 30_000, counted
+    assert reader_count_rows(shard) == (25_000, True)
+
+
 def test_objects_over_several_lines_after_a_dos_end_of_file_mark_are_counted_as_read(tmp_path):
     """A DOS end-of-file mark (``\\x1a``) on a line of its own before objects written over several lines (``copy /a``
     of an empty file and a ``jq .`` export): the run read the objects, each a row, while the plan and a refused

@@ -17,6 +17,7 @@ import pyarrow as pa
 from pipelines.io.block import ERROR
 from pipelines.io.reader import (
     broken_array,
+    data_pieces,
     drop_lone_surrogates,
     json_array,
     json_stream,
@@ -53,8 +54,11 @@ def read_requests(data: bytes, id_column: str, text_column: str) -> pa.Table:
         raise ValueError(broken)
     if (stream := json_stream(data)) is not None:  # so too requests written over several lines each
         raise ValueError(stream_reason(len(stream[0])))
-    lines = without_marks(data).split(b"\n")  # byte order marks at the start of a line, as JSON lines skip them
-    for number, line in enumerate(lines, start=1):
+    data = without_marks(data)  # byte order marks at the start of a line, as JSON lines skip them
+    pieces = list(data_pieces(data, data.split(b"\n")))
+    if any(spans for _, _, spans in pieces):  # so too requests written over several lines among lines
+        raise ValueError(spanning_reason())
+    for number, line, _ in pieces:
         if not line.strip():
             continue
         line = without_tail(line)  # an array's lines with its brackets stripped end in a comma
@@ -97,6 +101,14 @@ def stream_reason(values: int) -> str:
     return (
         f"the file holds {values} JSON values written over several lines each (as `jq .` writes them), not JSON lines "
         "(one request a line): `jq -c . FILE > FILE.jsonl` writes them one a line"
+    )
+
+
+def spanning_reason() -> str:
+    """Why a Batch file that holds requests written over several lines among its lines is not read."""
+    return (
+        "the file holds requests written over several lines each (as `jq .` writes them) among its lines, not JSON "
+        "lines (one request a line): `jq -c . FILE > FILE.jsonl` writes them one a line"
     )
 
 

@@ -20,7 +20,7 @@ import uuid
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -743,8 +743,8 @@ def _read_jsonl_lines(data: bytes, columns: Columns) -> pa.Table:
     """The slow path for files pyarrow rejects: line by line, so one bad line costs one row."""
     records: list[dict[str, Any]] = []
     errors: list[str | None] = []
-    lines = without_marks(data).split(b"\n")  # pyarrow skips a byte order mark at the start of the file too
-    for number, line in enumerate(lines, start=1):
+    data = without_marks(data)  # pyarrow skips a byte order mark at the start of the file too
+    for number, line, _ in data_pieces(data, data.split(b"\n")):  # an object over several lines: one row, as pyarrow's
         if not line.strip():
             continue
         line = without_tail(line)
@@ -821,14 +821,56 @@ def several(line: bytes, error: str | None) -> bool:
         or (b"\x00" in line and NULS_BEFORE_OBJECT.search(line) is not None))
 
 
-def lines_rows(lines: list[bytes], nuls: bool = True) -> int:
-    """How many rows the reader makes of these lines, :func:`line_rows` each. The lines that :func:`line_rows` would
-    parse (nested objects, a ``}`` in a string) are handed to pyarrow together first: where it reads each as one row,
-    each is one (about 4x faster than parsing them one by one in Python); else each is counted on its own. ``nuls``:
-    whether any line may hold a NUL byte (a caller that searched its chunk once says where none does)."""
+class LinesCount(NamedTuple):
+    """How many rows the reader makes of lines (:func:`lines_rows`)."""
+
+    rows: int
+    #: The lines not counted: from a line that opens an object the lines end inside of (a caller reading in chunks
+    #: hands them on with the next).
+    held: list[bytes]
+    #: How many of the rows are objects written over several lines.
+    spanning: int = 0
+
+
+def lines_rows(lines: list[bytes], nuls: bool = True, last: bool = True) -> LinesCount:
+    """How many rows the reader makes of these lines (:func:`line_pieces`), and the lines from one that opens an
+    object the lines end inside of, unless they are the ``last`` of the file. Each line is :func:`line_rows`; the
+    lines that it would parse (nested
+    objects, a ``}`` in a string) are handed to pyarrow together first: where it reads each as one row, each is one
+    (about 4x faster than parsing them one by one in Python); else each is counted on its own. ``nuls``: whether
+    any line may hold a NUL byte (a caller that searched its chunk once says where none does)."""
     plain = [_plain_rows(line, nuls) for line in lines]
     nested = [line for line, rows in zip(lines, plain, strict=True) if rows is None]
-    rows = sum(count for count in plain if count is not None)
+    if nested and not closed_lines(b"\n".join([*nested, b""])) and any(
+            opens_object(without_marks(line)) for line in nested):  # objects over several lines among them
+        return _pieces_rows(lines, last)
+    return LinesCount(sum(count for count in plain if count is not None) + _nested_rows(nested), [])
+
+
+def _pieces_rows(lines: list[bytes], last: bool) -> LinesCount:
+    """:func:`lines_rows` of lines among which one opens an object over several lines: each such object one row, the
+    other lines counted together."""
+    spanning = 0
+    others: list[bytes] = []
+    held: list[bytes] = []
+    lines = [without_marks(line) for line in lines]
+    for number, piece, spans in line_pieces(lines, last=last):
+        if spans is None:  # an object the lines end inside of: counted with the lines after them
+            held = [piece, *lines[number:]]
+            break
+        if spans:
+            spanning += 1
+        else:
+            others.append(piece)
+    plain = [_plain_rows(line) for line in others]
+    nested = [line for line, rows in zip(others, plain, strict=True) if rows is None]
+    return LinesCount(spanning + sum(count for count in plain if count is not None) + _nested_rows(nested), held,
+                      spanning)
+
+
+def _nested_rows(nested: list[bytes]) -> int:
+    """How many rows the reader makes of lines that :func:`_plain_rows` can't tell, each on its own."""
+    rows = 0
     if not nested:
         return rows
     joined = b"\n".join(nested)
@@ -839,6 +881,96 @@ def lines_rows(lines: list[bytes], nuls: bool = True) -> int:
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             pass
     return rows + sum(line_rows(line) for line in nested)
+
+
+def opens_object(line: bytes) -> bool:
+    """Whether a line (its marks left out, :func:`without_marks`) opens a JSON object that it does not end: it starts
+    with ``{`` and does not end with ``}`` (before what may follow an object, :data:`LINE_TAIL`), and parsed alone it
+    runs out of bytes (``{``, ``{"id": 1,``), not into one that is wrong (a string cut short)."""
+    start = line.lstrip(b" \t\r")
+    if not start.startswith(b"{") or start.rstrip(b" \t\r").endswith(b"}"):
+        return False
+    text = start.decode("utf-8", errors="surrogateescape")
+    try:
+        json.JSONDecoder().raw_decode(text)
+    except json.JSONDecodeError as exc:
+        return exc.pos >= len(text)
+    except RecursionError:
+        return False
+    return False  # a value, then more: several on the line
+
+
+#: How many lines after the one that opens an object are parsed with it first (doubled while the object goes on).
+OBJECT_LINES = 16
+
+
+def object_over_lines(lines: list[bytes], at: int, first: bytes) -> tuple[bytes, int, bytes | None] | None | bool:
+    """The object that ``first`` (the line ``lines[at]``, or what is left of it) opens (:func:`opens_object`), where
+    it ends on a later line: its bytes (the lines joined as they were), the index of that line, and what follows the
+    object on it past what may follow an object (:data:`AFTER_OBJECT`), if anything; None where the lines do not
+    make one object (a line cut short, then the next line); False where they end inside it."""
+    decoder = json.JSONDecoder()
+    width = OBJECT_LINES
+    while True:
+        stop = min(at + 1 + width, len(lines))
+        text = b"\n".join([first, *lines[at + 1 : stop]]).decode("utf-8", errors="surrogateescape")
+        try:
+            _, end = decoder.raw_decode(text, JSON_SPACE.match(text).end())  # type: ignore[union-attr]
+            break
+        except json.JSONDecodeError as exc:
+            if exc.pos < len(text):
+                return None
+            if stop == len(lines):
+                return False
+            width *= 2
+        except RecursionError:
+            return None
+    last = at + text.count("\n", 0, end)
+    line_end = text.find("\n", end)
+    tail = text[end:] if line_end < 0 else text[end:line_end]
+    tail = tail[AFTER_OBJECT.match(tail).end():]  # type: ignore[union-attr]
+    rest = tail.encode("utf-8", errors="surrogateescape") if tail else None
+    return text[:end].encode("utf-8", errors="surrogateescape"), last, rest
+
+
+def closed_lines(data: bytes) -> bool:
+    """Whether every line of the bytes but the last ends with ``}`` (before a ``\\r``), so that none opens an object
+    over several lines (:func:`opens_object`), as in every JSON lines file without blank lines: counted in C, in
+    three passes over the bytes, not a line at a time in Python."""
+    return data.count(b"\n") == data.count(b"}\n") + data.count(b"}\r\n")
+
+
+def data_pieces(data: bytes, lines: list[bytes]) -> Iterator[tuple[int, bytes, bool | None]]:
+    """:func:`line_pieces` of ``lines``, the lines of ``data``; each line as it is, where no line of it may open an
+    object over several lines (:func:`closed_lines`)."""
+    if closed_lines(data):
+        return ((number, line, False) for number, line in enumerate(lines, start=1))
+    return line_pieces(lines)
+
+
+def line_pieces(lines: list[bytes], last: bool = True) -> Iterator[tuple[int, bytes, bool | None]]:
+    """The bytes of each row (or blank line) of JSON lines (their marks left out, :func:`without_marks`), in order:
+    the number of the line it starts on (from 1), its bytes, and whether it spans several lines. Each line, but
+    where a line opens an object (:func:`opens_object`) that ends on a later line (objects written over several
+    lines after JSON lines, ``cat rows.jsonl more.json``), that object, as pyarrow reads it, and what follows it on
+    its last line as a line of its own. A line that opens an object that the lines end inside of is one broken row
+    where they are the ``last`` of the file; else it comes with ``None`` (and what is left of it), for the caller to
+    read with the lines after these."""
+    at = 0
+    rest: bytes | None = None
+    while at < len(lines):
+        line, rest = (lines[at] if rest is None else rest), None
+        found = object_over_lines(lines, at, line) if opens_object(line) else None
+        if found is False and not last:
+            yield at + 1, line, None
+            return
+        if not isinstance(found, tuple):
+            yield at + 1, line, False
+            at += 1
+            continue
+        piece, end, rest = found
+        yield at + 1, piece, True
+        at = end if rest is not None else end + 1
 
 
 def line_rows(line: bytes) -> int:
@@ -1773,7 +1905,7 @@ def count_rows(shard: Shard, text: str = "text") -> tuple[int | None, bool]:
     lines = without_marks(data).split(b"\n")  # a byte order mark alone on its line is no row
     if not exact and lines:
         lines = lines[:-1]  # the last line was cut
-    counted = sum(line_rows(line) for line in lines)
+    counted = lines_rows(lines, last=exact).rows  # not past an object the damage cut
     return (counted if counted or exact else None), exact
 
 

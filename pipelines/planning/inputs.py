@@ -2,9 +2,9 @@
 
 Rows are counted the way :func:`pipelines.io.reader.read_group` reads them: a
 Parquet file's rows from its footer, a JSONL file's non-blank lines (gzip
-decompressed as a stream; a byte order mark at its start is no line). A JSONL
-file is counted up to ``count_limit`` decompressed bytes and the rest estimated
-from its size; a file that can't be read is one quarantined record, as in a
+decompressed as a stream; a byte order mark at its start is no line; an object
+written over several lines is one row). A JSONL file is counted up to
+``count_limit`` decompressed bytes and the rest estimated from its size; a file that can't be read is one quarantined record, as in a
 run, which counts the rows it can tell of it. Light: pyarrow and numpy.
 """
 
@@ -27,11 +27,12 @@ import pyarrow.parquet as pq
 
 from pipelines.errors import first_line
 from pipelines.io.block import ERROR, ROW, SHARD
-from pipelines.io.openai_batch import array_reason, stream_reason
+from pipelines.io.openai_batch import array_reason, spanning_reason, stream_reason
 from pipelines.io.reader import (
     EMPTY_GZIP_REASON,
     NOT_FETCHED,
     Columns,
+    LinesCount,
     array_head,
     array_start,
     broken_array,
@@ -39,7 +40,6 @@ from pipelines.io.reader import (
     json_array,
     json_reason,
     json_stream,
-    line_rows,
     lines_rows,
     one_object_rows,
     read_bytes,
@@ -137,6 +137,7 @@ def _jsonl_rows(shard: Shard, count_limit: int) -> tuple[int, bool]:
             if counted is not None:
                 return counted
         line: list[bytes] = []  # the line not ended yet, its bytes so far: joined once, where it ends
+        held: list[bytes] = []  # lines of an object over several lines that goes on past the chunk: counted with it
         while chunk:
             read += len(chunk)
             lines = chunk.split(b"\n")
@@ -145,12 +146,28 @@ def _jsonl_rows(shard: Shard, count_limit: int) -> tuple[int, bool]:
                 line = []
             line.append(lines.pop())
             if lines:  # NUL bytes searched once a chunk (and in the line it ends), not once a line
-                rows += lines_rows(lines, b"\x00" in chunk or b"\x00" in lines[0])
+                told = _batch_lines(shard, lines_rows(
+                    [*held, *lines], b"\x00" in chunk or b"\x00" in lines[0] or held != [], last=False))
+                rows, held = rows + told.rows, told.held
             consumed = raw.consumed  # file bytes behind ``rows`` and ``line`` (compressed ones, for gzip)
             chunk = stream.read(min(CHUNK, count_limit))
             if read >= count_limit and chunk:  # the line so far counts too: all of a file of objects with no newline
-                return round((rows + line_rows(b"".join(line))) * shard.size / max(consumed, 1)), False
-        return rows + line_rows(b"".join(line)), True
+                return round((rows + _last_rows(shard, held, line)) * shard.size / max(consumed, 1)), False
+        return rows + _last_rows(shard, held, line), True
+
+
+def _last_rows(shard: Shard, held: list[bytes], line: list[bytes]) -> int:
+    """The rows of the lines a count ends with: those ``held`` (an object over several lines not ended in them) and
+    the last line's bytes."""
+    return _batch_lines(shard, lines_rows([*held, b"".join(line)])).rows
+
+
+def _batch_lines(shard: Shard, counted: LinesCount) -> LinesCount:
+    """``counted``, where it holds no request written over several lines of a Batch file, which a run refuses whole
+    (:func:`spanning_reason`): that raises it."""
+    if counted.spanning and shard.format == "openai-batch":
+        raise ValueError(spanning_reason())
+    return counted
 
 
 def _read_ahead(stream: Any, chunk: bytes, limit: int) -> tuple[bytes, bool]:
