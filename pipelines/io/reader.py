@@ -835,10 +835,10 @@ class LinesCount(NamedTuple):
 def lines_rows(lines: list[bytes], nuls: bool = True, last: bool = True) -> LinesCount:
     """How many rows the reader makes of these lines (:func:`line_pieces`), and the lines from one that opens an
     object the lines end inside of, unless they are the ``last`` of the file. Each line is :func:`line_rows`; the
-    lines that it would parse (nested
-    objects, a ``}`` in a string) are handed to pyarrow together first: where it reads each as one row, each is one
-    (about 4x faster than parsing them one by one in Python); else each is counted on its own. ``nuls``: whether
-    any line may hold a NUL byte (a caller that searched its chunk once says where none does)."""
+    lines that it would parse (nested objects, a ``}`` in a string) are handed to pyarrow together first: where it
+    reads each as one row, each is one (about 4x faster than parsing them one by one in Python); else each is counted
+    on its own. ``nuls``: whether any line may hold a NUL byte (a caller that searched its chunk once says where none
+    does)."""
     plain = [_plain_rows(line, nuls) for line in lines]
     nested = [line for line, rows in zip(lines, plain, strict=True) if rows is None]
     if nested and not closed_lines(b"\n".join([*nested, b""])) and any(
@@ -885,8 +885,8 @@ def _nested_rows(nested: list[bytes]) -> int:
 
 def opens_object(line: bytes) -> bool:
     """Whether a line (its marks left out, :func:`without_marks`) opens a JSON object that it does not end: it starts
-    with ``{`` and does not end with ``}`` (before what may follow an object, :data:`LINE_TAIL`), and parsed alone it
-    runs out of bytes (``{``, ``{"id": 1,``), not into one that is wrong (a string cut short)."""
+    with ``{`` and does not end with ``}`` (JSON's white space aside), and parsed alone it runs out of bytes (``{``,
+    ``{"id": 1,``), not into one that is wrong (a string cut short)."""
     start = line.lstrip(b" \t\r")
     if not start.startswith(b"{") or start.rstrip(b" \t\r").endswith(b"}"):
         return False

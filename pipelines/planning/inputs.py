@@ -4,8 +4,9 @@ Rows are counted the way :func:`pipelines.io.reader.read_group` reads them: a
 Parquet file's rows from its footer, a JSONL file's non-blank lines (gzip
 decompressed as a stream; a byte order mark at its start is no line; an object
 written over several lines is one row). A JSONL file is counted up to
-``count_limit`` decompressed bytes and the rest estimated from its size; a file that can't be read is one quarantined record, as in a
-run, which counts the rows it can tell of it. Light: pyarrow and numpy.
+``count_limit`` decompressed bytes and the rest estimated from its size; a file
+that can't be read is one quarantined record, as in a run, which counts the
+rows it can tell of it. Light: pyarrow and numpy.
 """
 
 from __future__ import annotations
