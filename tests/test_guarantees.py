@@ -1012,6 +1012,23 @@ def test_objects_over_several_lines_after_json_lines_are_each_one_row_read_and_c
     assert reader_count_rows(shard) == (25_000, True)
 
 
+def test_dos_end_of_file_marks_around_a_carriage_return_are_left_out_at_once(tmp_path, monkeypatch):
+    """``\\x1a\\r\\x1a`` at a line's end: the marks were left out one pass at a time (the one before the ``\\r\\n``,
+    then on a second pass the other), and the run strips them once, while the plan strips the lines of an object
+    over several lines again where its chunks cut the object (so it counted the object as one row where the run read
+    each of its lines as a broken row). All are left out at once: the object is one row in both."""
+    from pipelines.io.reader import without_marks
+    from pipelines.planning import inputs
+
+    assert without_marks(b'{"a": 1}\x1a\r\x1a\n') == without_marks(without_marks(b'{"a": 1}\x1a\r\x1a\n'))
+    data = b'{"id": "a", "text": "x"}\n{\n  "id": "b",\x1a\r\x1a\n  "text": "y"\n}\n'
+    read_and_counted_alike(tmp_path, {"marks.jsonl": (data, [("a", "x", None), ("b", "y", None)])})
+    [shard] = list_shards([str(tmp_path / "marks.jsonl")])
+    for size in range(1, len(data) + 1):
+        monkeypatch.setattr(inputs, "CHUNK", size)
+        assert plan_count_rows(shard).rows == 2, size
+
+
 def test_objects_over_several_lines_after_a_dos_end_of_file_mark_are_counted_as_read(tmp_path):
     """A DOS end-of-file mark (``\\x1a``) on a line of its own before objects written over several lines (``copy /a``
     of an empty file and a ``jq .`` export): the run read the objects, each a row, while the plan and a refused

@@ -356,7 +356,9 @@ def without_marks(data: bytes) -> bytes:
 
 #: DOS's end-of-file mark, which old Windows tools (``copy /a``, some editors) write after a text file's last line.
 DOS_EOF = b"\x1a"
-DOS_EOFS = re.compile(rb"\x1a+(?=\r?(?:\n|$))")
+#: Marks at a line's end, with any ``\r`` between them (``\x1a\r\x1a``): all of them at once, so that stripping
+#: what was stripped changes nothing (the plan strips the lines of an object cut by its chunks again).
+DOS_EOFS = re.compile(rb"\x1a(?:\r*\x1a)*(?=\r?(?:\n|$))")
 
 
 #: A line whose first value is ``null``, after a ``\n`` or a ``\r`` (pyarrow ends a line at either), white space and
@@ -574,7 +576,7 @@ REST_IS_SPACE = re.compile(r"\s*\Z")
 
 #: What may stand before a file's first value and is no value: white space, byte order marks and DOS end-of-file
 #: marks at a line's end (:func:`without_marks` leaves them out before the file is read).
-LEADING_MARKS = re.compile(rb"(?:\xef\xbb\xbf)*(?:\s|(?<=\n)\xef\xbb\xbf|\x1a+(?=\r?(?:\n|$)))*")
+LEADING_MARKS = re.compile(rb"(?:\xef\xbb\xbf)*(?:\s|(?<=\n)\xef\xbb\xbf|\x1a(?:\r*\x1a)*(?=\r?(?:\n|$)))*")
 
 
 def array_start(data: bytes) -> bool:
