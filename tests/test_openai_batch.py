@@ -1326,18 +1326,22 @@ def test_a_batch_file_with_requests_over_several_lines_among_its_lines_is_refuse
     """A request on a line, then requests written over several lines each (``cat a.jsonl b.json``, ``b.json`` from
     ``jq .``): each line of those was a request refused (``invalid JSON``, ``must be an object``) with no custom_id
     (57 rows for 3 requests), and the plan counted them so. It is refused whole as a file of such requests alone is,
-    with how to write it as lines, standing for its 3 requests, and the plan says so."""
-    path = tmp_path / "batch.jsonl"
-    path.write_text(json.dumps(chat_line("a")) + "\n" + "".join(
-        json.dumps(chat_line(c), indent=2) + "\n" for c in ("b", "c")))
-    [shard] = list_shards([str(path)], "openai-batch")
-    [block] = list(read_shard(shard, Columns(text="text", id="id")))
-    assert block.num_rows == 1 and block.column("_row").to_pylist() == [-1], block.column("_error").to_pylist()
+    with how to write it as lines, standing for its requests, and the plan says so; so too where a request's first
+    line ends after an inner object (``{"custom_id": "c", "body": {"model": "m"},``)."""
+    inner = '{"custom_id": "c", "body": {"model": "m"},\n "method": "POST", "url": "/v1/chat/completions"}\n'
+    files = {"pretty.jsonl": (json.dumps(chat_line("a")) + "\n" + "".join(
+        json.dumps(chat_line(c), indent=2) + "\n" for c in ("b", "c")), 3),
+             "inner.jsonl": (json.dumps(chat_line("a")) + "\n" + inner, 2)}
     reason = ("unreadable openai-batch file: the file holds requests written over several lines each (as `jq .` "
               "writes them) among its lines, not JSON lines (one request a line): `jq -c . FILE > FILE.jsonl` writes "
               "them one a line")
-    assert block.column("_error")[0].as_py() == reason
-    assert reader_count_rows(shard) == (3, True)
-    counted = plan_count_rows(shard)
-    assert (counted.count, counted.rows, counted.records) == ("unreadable", 3, 1), counted
-    assert counted.error == f"{reason}; 3 rows", counted.error
+    for name, (text, count) in files.items():
+        (tmp_path / name).write_text(text)
+        [shard] = list_shards([str(tmp_path / name)], "openai-batch")
+        [block] = list(read_shard(shard, Columns(text="text", id="id")))
+        assert block.num_rows == 1 and block.column("_row").to_pylist() == [-1], block.column("_error").to_pylist()
+        assert block.column("_error")[0].as_py() == reason
+        assert reader_count_rows(shard) == (count, True), name
+        counted = plan_count_rows(shard)
+        assert (counted.count, counted.rows, counted.records) == ("unreadable", count, 1), (name, counted)
+        assert counted.error == f"{reason}; {count} rows", counted.error

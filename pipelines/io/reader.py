@@ -843,8 +843,8 @@ def lines_rows(lines: list[bytes], nuls: bool = True, last: bool = True) -> Line
     does)."""
     plain = [_plain_rows(line, nuls) for line in lines]
     nested = [line for line, rows in zip(lines, plain, strict=True) if rows is None]
-    if nested and not closed_lines(b"\n".join([*nested, b""])) and any(
-            opens_object(without_marks(line)) for line in nested):  # objects over several lines among them
+    looked_at = nested if not closed_lines(b"\n".join(nested)) else nested[-1:]  # the last: what follows is not here
+    if any(opens_object(without_marks(line)) for line in looked_at):  # objects over several lines among them
         return _pieces_rows(lines, last)
     return LinesCount(sum(count for count in plain if count is not None) + _nested_rows(nested), [])
 
@@ -887,11 +887,14 @@ def _nested_rows(nested: list[bytes]) -> int:
 
 def opens_object(line: bytes) -> bool:
     """Whether a line (its marks left out, :func:`without_marks`) opens a JSON object that it does not end: it starts
-    with ``{`` and does not end with ``}`` (JSON's white space aside), and parsed alone it runs out of bytes (``{``,
-    ``{"id": 1,``), not into one that is wrong (a string cut short)."""
+    with ``{``, and does not end with ``}`` (JSON's white space aside) or holds more ``{`` than ``}`` (an inner
+    object's ``}`` ends it), and parsed alone it runs out of bytes (``{``, ``{"id": 1,``, ``{"meta": {"a": 1}``), not
+    into one that is wrong (a string cut short). A line that ends with ``}`` and holds as many ``}`` as ``{`` in
+    all is taken to end its object (a string that holds a ``{`` or ``}`` may make it one that does not)."""
     start = line.lstrip(b" \t\r")
-    if not start.startswith(b"{") or start.rstrip(b" \t\r").endswith(b"}"):
-        return False
+    if not start.startswith(b"{") or (start.rstrip(b" \t\r").endswith(b"}")
+                                      and start.count(b"{") <= start.count(b"}")):
+        return False  # starts no object, or ends one (as far as its brackets outside strings tell)
     text = start.decode("utf-8", errors="surrogateescape")
     try:
         json.JSONDecoder().raw_decode(text)
@@ -936,10 +939,15 @@ def object_over_lines(lines: list[bytes], at: int, first: bytes) -> tuple[bytes,
 
 
 def closed_lines(data: bytes) -> bool:
-    """Whether every line of the bytes but the last ends with ``}`` (before a ``\\r``), so that none opens an object
-    over several lines (:func:`opens_object`), as in every JSON lines file without blank lines: counted in C, in
-    three passes over the bytes, not a line at a time in Python."""
-    return data.count(b"\n") == data.count(b"}\n") + data.count(b"}\r\n")
+    """Whether no line of the bytes but the last may open an object that a later line ends: each line starts with
+    ``{`` and each but the last ends with ``}`` (before a ``\\r``), as in every JSON lines file without blank lines or
+    spaces at a line's start. So none does: where one opens an object (its ``}`` an inner object's), the next line,
+    which starts with ``{`` after a value, is none of that object's. Counted in C, in passes over the bytes, not a line
+    at a time."""
+    lines = data.count(b"\n")
+    starts = lines - data.endswith(b"\n")  # the newlines a line follows
+    return (lines == data.count(b"}\n") + data.count(b"}\r\n") and data.count(b"\n{") == starts
+            and (not lines or data.startswith(b"{")))
 
 
 def data_pieces(data: bytes, lines: list[bytes]) -> Iterator[tuple[int, bytes, bool | None]]:
@@ -987,7 +995,8 @@ def line_rows(line: bytes) -> int:
 
 
 def _plain_rows(line: bytes, nuls: bool = True) -> int | None:
-    """0 of a blank line; 1 of a line that is ``{`` with its only ``}`` at its end (between JSON's white space: a form
+    """0 of a blank line; 1 of a line that is ``{`` with its only ``}`` at its end and no other ``{`` (an inner object's
+    ``}`` may end a line its object goes on past: :func:`opens_object`) (between JSON's white space: a form
     feed after an object is a value that does not parse), where a first object that parses ends, and one that does
     not parse is one row, and no NUL byte is in it (NULs before an object: maybe two rows; ``nuls=False``: the caller
     knows there is none); else None (it may hold several values)."""
@@ -995,7 +1004,8 @@ def _plain_rows(line: bytes, nuls: bool = True) -> int | None:
     if not line.strip():
         return 0
     one = without_tail(line).strip(b" \t\r")
-    plain = one.startswith(b"{") and one.find(b"}") == len(one) - 1 and not (nuls and b"\x00" in one)
+    plain = (one.startswith(b"{") and one.find(b"}") == len(one) - 1 and one.find(b"{", 1) < 0
+             and not (nuls and b"\x00" in one))
     return 1 if plain else None
 
 

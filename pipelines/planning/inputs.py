@@ -139,17 +139,22 @@ def _jsonl_rows(shard: Shard, count_limit: int) -> tuple[int, bool]:
                 return counted
         line: list[bytes] = []  # the line not ended yet, its bytes so far: joined once, where it ends
         held: list[bytes] = []  # lines of an object over several lines that goes on past the chunk: counted with it
+        waiting = 0  # bytes to read before the held lines are looked at again (as many as they hold: linear time)
         while chunk:
             read += len(chunk)
+            waiting -= len(chunk)
             lines = chunk.split(b"\n")
             if len(lines) > 1:
                 lines[0] = b"".join([*line, lines[0]])
                 line = []
             line.append(lines.pop())
-            if lines:  # NUL bytes searched once a chunk (and in the line it ends), not once a line
+            if lines and held and waiting > 0:
+                held.extend(lines)
+            elif lines:  # NUL bytes searched once a chunk (and in the line it ends), not once a line
                 told = _batch_lines(shard, lines_rows(
                     [*held, *lines], b"\x00" in chunk or b"\x00" in lines[0] or held != [], last=False))
                 rows, held = rows + told.rows, told.held
+                waiting = sum(len(part) for part in held)
             consumed = raw.consumed  # file bytes behind ``rows`` and ``line`` (compressed ones, for gzip)
             chunk = stream.read(min(CHUNK, count_limit))
             if read >= count_limit and chunk:  # the line so far counts too: all of a file of objects with no newline
