@@ -996,9 +996,11 @@ def test_objects_over_several_lines_after_json_lines_are_each_one_row_read_and_c
         # a line whose only } closes an inner object, before a comma or at the line's end: the object goes on
         "inner_comma.jsonl": (compact + b'{"id": "p0", "meta": {"b": 1},\n "text": "pretty 0"}\n', rows[:4]),
         "inner_end.jsonl": (compact + b'{"id": "p0", "text": "pretty 0", "meta": {"a": 1}\n}\n', rows[:4]),
+        "braces_in_strings.jsonl": (compact + b'{"id": "p0", "text": "pretty 0", "m": "}", "n": {"a": 1}\n}\n'
+                                    + b'{"id": "p1", "text": "pretty 1", "m": "{"}\n', [*rows[:4], rows[4]]),
     }
     read_and_counted_alike(tmp_path, cases)
-    for name in ("inner_comma.jsonl", "inner_end.jsonl", "tail.jsonl"):  # wherever the plan's chunks cut them
+    for name in ("inner_comma.jsonl", "inner_end.jsonl", "braces_in_strings.jsonl", "tail.jsonl"):  # wherever chunks cut
         [shard] = list_shards([str(tmp_path / name)])
         for size in (1, 7, 64):
             monkeypatch.setattr(inputs, "CHUNK", size)

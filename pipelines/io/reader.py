@@ -843,10 +843,20 @@ def lines_rows(lines: list[bytes], nuls: bool = True, last: bool = True) -> Line
     does)."""
     plain = [_plain_rows(line, nuls) for line in lines]
     nested = [line for line, rows in zip(lines, plain, strict=True) if rows is None]
-    looked_at = nested if not closed_lines(b"\n".join(nested)) else nested[-1:]  # the last: what follows is not here
-    if any(opens_object(without_marks(line)) for line in looked_at):  # objects over several lines among them
+    if nested and _opens_any(lines, plain, closed_lines(b"\n".join(nested))):  # objects over several lines
         return _pieces_rows(lines, last)
     return LinesCount(sum(count for count in plain if count is not None) + _nested_rows(nested), [])
+
+
+def _opens_any(lines: list[bytes], plain: list[int | None], closed: bool) -> bool:
+    """Whether a line that :func:`_plain_rows` can't tell (``plain``: its counts) opens an object over several lines;
+    ``closed``: those lines are :func:`closed_lines`, so only the last of them may (what follows it is not here)."""
+    at = [index for index, rows in enumerate(plain) if rows is None]
+    for index in at[-1:] if closed else at:
+        following = lines[index + 1] if index + 1 < len(lines) else None
+        if opens_object(without_marks(lines[index]), following):
+            return True
+    return False
 
 
 def _pieces_rows(lines: list[bytes], last: bool) -> LinesCount:
@@ -885,16 +895,17 @@ def _nested_rows(nested: list[bytes]) -> int:
     return rows + sum(line_rows(line) for line in nested)
 
 
-def opens_object(line: bytes) -> bool:
+def opens_object(line: bytes, following: bytes | None = None) -> bool:
     """Whether a line (its marks left out, :func:`without_marks`) opens a JSON object that it does not end: it starts
-    with ``{``, and does not end with ``}`` (JSON's white space aside) or holds more ``{`` than ``}`` (an inner
-    object's ``}`` ends it), and parsed alone it runs out of bytes (``{``, ``{"id": 1,``, ``{"meta": {"a": 1}``), not
-    into one that is wrong (a string cut short). A line that ends with ``}`` and holds as many ``}`` as ``{`` in
-    all is taken to end its object (a string that holds a ``{`` or ``}`` may make it one that does not)."""
+    with ``{`` and parsed alone it runs out of bytes (``{``, ``{"id": 1,``, ``{"meta": {"a": 1}``), not into one that
+    is wrong (a string cut short). Not parsed where it ends with ``}`` and the ``following`` line starts with ``{``:
+    no object goes on so (after an inner object's ``}`` comes ``,``, ``}`` or ``]``; a line's end is in no string)."""
     start = line.lstrip(b" \t\r")
-    if not start.startswith(b"{") or (start.rstrip(b" \t\r").endswith(b"}")
-                                      and start.count(b"{") <= start.count(b"}")):
-        return False  # starts no object, or ends one (as far as its brackets outside strings tell)
+    if not start.startswith(b"{"):
+        return False
+    if (following is not None and start.rstrip(b" \t\r").endswith(b"}")
+            and following.lstrip(b" \t\r").startswith(b"{")):
+        return False
     text = start.decode("utf-8", errors="surrogateescape")
     try:
         json.JSONDecoder().raw_decode(text)
@@ -902,7 +913,7 @@ def opens_object(line: bytes) -> bool:
         return exc.pos >= len(text)
     except RecursionError:
         return False
-    return False  # a value, then more: several on the line
+    return False  # a value, and maybe more after it on the line
 
 
 #: How many lines after the one that opens an object are parsed with it first (doubled while the object goes on).
@@ -970,7 +981,9 @@ def line_pieces(lines: list[bytes], last: bool = True) -> Iterator[tuple[int, by
     rest: bytes | None = None
     while at < len(lines):
         line, rest = (lines[at] if rest is None else rest), None
-        found = object_over_lines(lines, at, line) if opens_object(line) else None
+        following = lines[at + 1] if at + 1 < len(lines) else None  # none past the file's last line: no object on
+        opens = (following is not None or not last) and opens_object(line, following)
+        found = object_over_lines(lines, at, line) if opens else None
         if found is False and not last:
             yield at + 1, line, None
             return
