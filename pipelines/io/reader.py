@@ -843,16 +843,20 @@ def lines_rows(lines: list[bytes], nuls: bool = True, last: bool = True) -> Line
     does)."""
     plain = [_plain_rows(line, nuls) for line in lines]
     nested = [line for line, rows in zip(lines, plain, strict=True) if rows is None]
-    if nested and _opens_any(lines, plain, closed_lines(b"\n".join(nested))):  # objects over several lines
+    joined = b"\n".join(nested)
+    if nested and _opens_any(lines, plain, closed_lines(joined)):  # objects over several lines among them
         return _pieces_rows(lines, last)
-    return LinesCount(sum(count for count in plain if count is not None) + _nested_rows(nested), [])
+    return LinesCount(sum(count for count in plain if count is not None) + _nested_rows(nested, joined), [])
 
 
 def _opens_any(lines: list[bytes], plain: list[int | None], closed: bool) -> bool:
     """Whether a line that :func:`_plain_rows` can't tell (``plain``: its counts) opens an object over several lines;
     ``closed``: those lines are :func:`closed_lines`, so only the last of them may (what follows it is not here)."""
-    at = [index for index, rows in enumerate(plain) if rows is None]
-    for index in at[-1:] if closed else at:
+    if closed:  # the last of them alone, found from the end (a chunk holds tens of thousands of lines)
+        at = [len(plain) - 1 - plain[::-1].index(None)]
+    else:
+        at = [index for index, rows in enumerate(plain) if rows is None]
+    for index in at:
         following = lines[index + 1] if index + 1 < len(lines) else None
         if opens_object(without_marks(lines[index]), following):
             return True
@@ -880,12 +884,13 @@ def _pieces_rows(lines: list[bytes], last: bool) -> LinesCount:
                       spanning)
 
 
-def _nested_rows(nested: list[bytes]) -> int:
-    """How many rows the reader makes of lines that :func:`_plain_rows` can't tell, each on its own."""
+def _nested_rows(nested: list[bytes], joined: bytes | None = None) -> int:
+    """How many rows the reader makes of lines that :func:`_plain_rows` can't tell, each on its own (``joined``: the
+    lines joined by newlines, where the caller has them)."""
     rows = 0
     if not nested:
         return rows
-    joined = b"\n".join(nested)
+    joined = b"\n".join(nested) if joined is None else joined
     if len(nested) > 1 and not null_line(joined) and not deep_line(joined):
         try:
             if pajson.read_json(io.BytesIO(joined)).num_rows == len(nested):
@@ -956,9 +961,12 @@ def closed_lines(data: bytes) -> bool:
     which starts with ``{`` after a value, is none of that object's. Counted in C, in passes over the bytes, not a line
     at a time."""
     lines = data.count(b"\n")
-    starts = lines - data.endswith(b"\n")  # the newlines a line follows
-    return (lines == data.count(b"}\n") + data.count(b"}\r\n") and data.count(b"\n{") == starts
-            and (not lines or data.startswith(b"{")))
+    if lines and not data.startswith(b"{"):
+        return False
+    if data.count(b"\n{") != lines - data.endswith(b"\n"):  # the newlines a line follows
+        return False
+    ended = data.count(b"}\n")
+    return ended == lines or ended + data.count(b"}\r\n") == lines
 
 
 def data_pieces(data: bytes, lines: list[bytes]) -> Iterator[tuple[int, bytes, bool | None]]:
