@@ -1041,6 +1041,25 @@ def test_dos_end_of_file_marks_around_a_carriage_return_are_left_out_at_once(tmp
         assert plan_count_rows(shard).rows == 2, size
 
 
+def test_a_file_whose_first_object_over_several_lines_outgrows_the_plans_chunk_is_counted_as_the_run_reads_it(
+        tmp_path, monkeypatch):
+    """The plan told a file of objects written over several lines (``jq .``) from its first chunk (4 MiB): where the
+    first object went on past it, the file was counted as lines, and one that stops parsing further on, which a run
+    refuses whole (an unreadable file), was counted as its rows. The plan reads on to the first object's end."""
+    from pipelines.planning import inputs
+
+    objects = [json.dumps({"id": f"r{i}", "text": f"row {i}", "tags": list(range(40))}, indent=2) for i in range(3)]
+    (tmp_path / "broken.jsonl").write_text("\n".join(objects) + '\n{\n  "id": "r3",\n  "text": \n}\n')
+    (tmp_path / "clean.jsonl").write_text("\n".join(objects) + "\n")
+    [broken, clean] = list_shards([str(tmp_path / "broken.jsonl"), str(tmp_path / "clean.jsonl")])
+    [block] = list(read_shard(broken, Columns(text="text", id="id")))
+    assert block.column(ROW).to_pylist() == [-1]  # the run refuses it whole
+    monkeypatch.setattr(inputs, "CHUNK", 64)  # the first object is ~500 bytes
+    counted = plan_count_rows(broken)
+    assert (counted.count, counted.rows) == ("unreadable", 3), counted
+    assert (plan_count_rows(clean).count, plan_count_rows(clean).rows) == ("counted", 3)
+
+
 def test_objects_over_several_lines_after_a_dos_end_of_file_mark_are_counted_as_read(tmp_path):
     """A DOS end-of-file mark (``\\x1a``) on a line of its own before objects written over several lines (``copy /a``
     of an empty file and a ``jq .`` export): the run read the objects, each a row, while the plan and a refused

@@ -673,13 +673,15 @@ def array_head(head: bytes) -> list[Any] | None:
             return None  # no array: JSON lines of arrays, or no JSON
 
 
-def stream_start(data: bytes) -> bool:
+def stream_start(data: bytes, cut: bool = False) -> bool:
     """Whether the bytes begin with a JSON object written over several lines (``jq .`` without ``-c`` writes each
     so, as ``json.dump(row, f, indent=2)`` does): the first line of text (after blank lines and marks,
     :data:`LEADING_MARKS`) starts an object but is no JSON value, and the object that starts there ends on a later
     line. Parses the first value only, and only where the first line does not parse (JSON lines' first line does,
     but where it is broken). Looks at the bytes as a run reads them (:func:`without_marks`: a mark inside the first
-    object is left out there too), so the plan's count and the run's read agree."""
+    object is left out there too), so the plan's count and the run's read agree. ``cut``: the bytes are a file's
+    first ones only (the plan's first chunk), so that an object that goes on past their end may be one: the caller
+    reads on (:func:`json_stream` tells)."""
     start = LEADING_MARKS.match(data).end()  # type: ignore[union-attr]  # blank lines, and marks on lines of their own
     end = data.find(b"\n", start)
     first = without_marks(data[start:end])
@@ -696,8 +698,10 @@ def stream_start(data: bytes) -> bool:
     text = data[LEADING_MARKS.match(data).end():].decode("utf-8", errors="surrogateescape")  # type: ignore[union-attr]
     try:
         value, stop = json.JSONDecoder().raw_decode(text, SPACE.match(text).end())  # type: ignore[union-attr]
-    except (json.JSONDecodeError, RecursionError):
-        return False  # a broken first line of JSON lines
+    except json.JSONDecodeError as exc:
+        return cut and exc.pos >= len(text)  # else a broken first line of JSON lines
+    except RecursionError:
+        return False
     return isinstance(value, dict) and "\n" in text[:stop]
 
 

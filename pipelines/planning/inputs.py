@@ -133,7 +133,7 @@ def _jsonl_rows(shard: Shard, count_limit: int) -> tuple[int, bool]:
                 raise ValueError(array_reason(counted[0]))
             if counted is not None:
                 return counted
-        elif stream_start(chunk):  # objects written over several lines each: a run reads them, one row each
+        elif stream_start(chunk, cut=True):  # objects over several lines each: a run reads them, one row each
             counted, chunk = _stream_rows(stream, raw, chunk, shard, min(count_limit, ARRAY_COUNT_LIMIT))
             if counted is not None:
                 return counted
