@@ -2692,6 +2692,22 @@ def test_the_rows_of_a_damaged_gzip_file_are_counted_across_its_members(tmp_path
     assert counted == {"cut.jsonl.gz": (11, False), "whole.jsonl.gz": (13, True)}
 
 
+def test_a_damaged_gzip_file_cut_inside_an_object_over_several_lines_counts_the_rows_before_it(tmp_path):
+    """The rows told of a damaged .jsonl.gz are a lower bound: the whole rows before the damage. An object written
+    over several lines after JSON lines is one row of them where it ends before the damage, and none where the damage
+    cuts it (its lines, each counted as a row, made the bound too high)."""
+    from pipelines.io.reader import count_rows
+
+    body = b'{"id": "a", "text": "x"}\n' + b"".join(
+        json.dumps({"id": f"p{i}", "text": f"t{i}", "tags": list(range(20))}, indent=2).encode() + b"\n"
+        for i in range(3))
+    third = body.rindex(b"{\n")
+    before = body[: body.index(b"\n", body.index(b"\n", third) + 1) + 5]  # into the third object's third line
+    (tmp_path / "cut.jsonl.gz").write_bytes(gzip.compress(before) + gzip.compress(body[len(before):])[:12])
+    [shard] = list_shards([str(tmp_path / "cut.jsonl.gz")])
+    assert count_rows(shard) == (3, False)
+
+
 def test_an_empty_gz_file_is_unreadable_as_a_truncated_one_is_not_a_shard_of_no_rows(tmp_path):
     """A 0-byte ``x.jsonl.gz`` (an upload that failed) is no gzip stream, as ``gzip -t`` says, but it was read as a
     shard of no rows and committed so: the real file uploaded later under its name was then refused as changed input
