@@ -1690,6 +1690,34 @@ def test_a_file_reached_through_a_symbolic_link_and_by_its_own_name_is_read_once
     assert [s.path for s in named] == [str(tmp_path / "in" / "2024-06-01" / "a.jsonl")]  # named twice: read once
 
 
+def test_a_symbolic_link_to_nothing_where_a_file_or_folder_would_be_read_is_refused_not_left_out(tmp_path):
+    """A listing leaves out a link whose target is missing (a share not mounted, a git-annex or DataLad file not
+    fetched, a link loop): the run read the other files, wrote _SUCCESS and said nothing, the rows behind the link in
+    no output. Such a link where a file of the input would be read, or a folder (a name without an extension), is
+    refused, by a folder's listing and by a glob; one that is hidden (an editor's ``.#a.jsonl`` lock) or named as no
+    input file (``notes.txt``) is no input, as a file of that name is none."""
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": "a", "text": "x"}])
+    (tmp_path / "in" / ".#a.jsonl").symlink_to("user@host.1234")  # emacs's lock: a link to nothing, hidden
+    (tmp_path / "in" / "notes.txt").symlink_to(tmp_path / "gone.txt")
+    assert [s.name for s in list_shards([str(tmp_path / "in")])] == ["a.jsonl"]
+    assert [s.name for s in list_shards([str(tmp_path / "in" / "*.jsonl")])] == ["a.jsonl"]
+    (tmp_path / "in" / "b.jsonl").symlink_to(tmp_path / "mnt" / "b.jsonl")  # the share is not mounted
+    for location in ("in", "in/", "in/*.jsonl", "in/*", "in/**/*.jsonl"):
+        with pytest.raises(PipelineError, match=r"lead to nothing \(b\.jsonl -> .*the rows behind them can't be read"):
+            list_shards([str(tmp_path / location)])
+    (tmp_path / "in" / "b.jsonl").unlink()
+    (tmp_path / "in" / "sub").mkdir()
+    (tmp_path / "in" / "sub" / "2024").symlink_to(tmp_path / "nas" / "2024")  # a folder of a share not mounted
+    for location in ("in", "in/sub/*/*.jsonl", "in/**/*.jsonl"):
+        with pytest.raises(PipelineError, match=r"(sub/)?2024 -> "):
+            list_shards([str(tmp_path / location)])
+    (tmp_path / "in" / "sub" / "2024").unlink()
+    (tmp_path / "in" / "sub" / "loop.jsonl").symlink_to("loop.jsonl")  # a link to itself
+    with pytest.raises(PipelineError, match=r"lead to nothing \(sub/loop\.jsonl -> loop\.jsonl\)"):
+        list_shards([str(tmp_path / "in")])
+    assert [s.name for s in list_shards([str(tmp_path / "in" / "a.jsonl")])] == ["a.jsonl"]  # not listed: not read
+
+
 def test_a_folder_reached_first_by_a_name_not_read_is_read_under_the_link_to_it(tmp_path, caplog):
     """A local folder was walked once, under the name it was reached by first: a folder the listing skips
     (``.snapshots/2024-06-01``, ``_archive/v3``) reached before the link that names it (``latest ->

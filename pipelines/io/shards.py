@@ -18,7 +18,7 @@ import urllib.parse
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -380,6 +380,7 @@ def _files_under(fs: pafs.FileSystem, folder: str) -> list[pafs.FileInfo]:
         through_link = not plain
         at, within = linked.popleft() if through_link else plain.popleft()
         listing = fs.get_file_info(pafs.FileSelector(at, allow_not_found=True))  # gone since it was found: no files
+        files.extend(_dangling(at))
         for info in sorted(listing, key=lambda info: info.path):
             if info.type == pafs.FileType.Directory:
                 identity = _identity(info.path)
@@ -399,11 +400,41 @@ def _files_under(fs: pafs.FileSystem, folder: str) -> list[pafs.FileInfo]:
     return files
 
 
+def _dangling(folder: str) -> list[pafs.FileInfo]:
+    """The symbolic links in a local folder that lead to nothing (their target missing: a share not mounted, a
+    git-annex or DataLad file not fetched; or a loop of links), as infos of an unknown type: pyarrow's listing leaves
+    them out without a word, and the rows behind them with them (:func:`refuse_dangling`)."""
+    try:
+        with os.scandir(folder) as entries:
+            return [pafs.FileInfo(entry.path, pafs.FileType.Unknown) for entry in entries
+                    if entry.is_symlink() and not os.path.exists(entry.path)]
+    except OSError:  # gone since it was listed: nothing in it
+        return []
+
+
+def refuse_dangling(location: str, links: list[str], root: str, wanted: str) -> None:
+    """PipelineError naming the links to nothing (:func:`_dangling`, their paths) that stand where the input would
+    read a file (named as one of the format ``wanted``) or a folder (a name without an extension); others (named
+    as no input file: ``notes.txt``) are no input, as such a file is none."""
+    read = [link for link in links
+            if detect_format(link, wanted) is not None or not os.path.splitext(link.rsplit("/", 1)[-1])[1]]
+    if read:
+        names = ", ".join(f"{link[len(root):].lstrip('/')} -> {os.readlink(link)}" for link in sorted(read)[:3])
+        raise PipelineError(
+            f"input.paths: {location}: {len(read)} symbolic link(s) where the input reads a file or folder "
+            f"lead to nothing ({names}{' …' if len(read) > 3 else ''}): the rows behind them can't be read, and a "
+            "run without them would leave them out of the output; mount or fetch what they lead to (`git annex get`, "
+            "`datalad get`), or delete the links"
+        )
+
+
 def _folder_files(
     location: str, infos: list[pafs.FileInfo], path: str, wanted: str = "auto"
 ) -> list[tuple[str, pafs.FileInfo]]:
     """The files of a folder's listing, but hidden ones; a table that keeps earlier versions' files is refused, where
-    a file the input reads (of the format ``wanted``) lies in it."""
+    a file the input reads (of the format ``wanted``) lies in it; so are links to nothing (:func:`refuse_dangling`)."""
+    links = [i.path for i in infos if i.type == pafs.FileType.Unknown and not _is_hidden(i.path, path)]
+    refuse_dangling(location, links, path, wanted)
     files = [(uri_of(location, i.path), i) for i in infos if i.is_file and not _is_hidden(i.path, path)]
     _no_table(location, table_tops((info.path for info in infos), path), _read_paths(files, wanted))
     return files
@@ -453,21 +484,38 @@ def _glob(
     folders_only = names_folder(location)
     files = []
     listed = []  # a store's listing holds a table's own keys (a local one: _tables)
+    dangling = []  # links to nothing the glob matches, or that stand for a folder it would enter
     for info in _glob_listing(fs, base, wild):
+        parts = info.path[len(base) :].lstrip("/").split("/")
+        if info.type == pafs.FileType.Unknown and not _glob_hides(parts, wild) and _may_match(parts, wild, matcher):
+            dangling.append(info.path)
         if not info.is_file:
             continue
         listed.append(info.path)
-        parts = info.path[len(base) :].lstrip("/").split("/")
         if _glob_hides(parts, wild):
             continue
         depths = range(len(parts) - 1 if folders_only else len(parts), 0, -1)
         if any(matcher.match("/".join(parts[:depth])) for depth in depths):
             files.append((uri_of(location, info.path), info))
     _no_table(location, table_tops(listed, base), _read_paths(files, wanted))
+    refuse_dangling(location, dangling, base, wanted)
     if not files:
         # A store lists a missing bucket as empty; credentials limited to a prefix may not look at the bucket.
         stores.check_bucket(fs, base, "input.paths:", location, refused_is_unknown=True)
     return base, files
+
+
+def _may_match(parts: list[str], wild: list[str], matcher: Any) -> bool:
+    """Whether a path (its names below a glob's fixed part) is one the glob reads, or lies in a folder it reads, or,
+    without an extension, may be a folder it would enter (its names match the glob's, each at its place, up to a
+    ``**``, below which every folder is entered)."""
+    if any(matcher.match("/".join(parts[:depth])) for depth in range(len(parts), 0, -1)):
+        return True
+    if os.path.splitext(parts[-1])[1]:  # a file the glob does not read
+        return False
+    spread = wild.index("**") if "**" in wild else len(wild)
+    entered = all(wcfnmatch.fnmatch(part, name, flags=NAME_FLAGS) for part, name in zip(parts, wild[:spread]))
+    return entered and (len(parts) <= spread or "**" in wild)
 
 
 def _glob_listing(fs: pafs.FileSystem, base: str, wild: list[str]) -> Iterator[pafs.FileInfo]:
@@ -485,6 +533,9 @@ def _glob_listing(fs: pafs.FileSystem, base: str, wild: list[str]) -> Iterator[p
             break
         matched = []
         for folder in folders:
+            for link in _dangling(folder):  # a link to nothing the level's name matches: :func:`_glob` says so
+                if wcfnmatch.fnmatch(link.base_name, name, flags=NAME_FLAGS):
+                    yield link
             for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
                 if not wcfnmatch.fnmatch(info.base_name, name, flags=NAME_FLAGS):
                     continue
