@@ -1338,6 +1338,14 @@ def test_a_json_array_file_cut_short_is_refused_whole_not_read_as_lines(tmp_path
     assert block.column(ROW).to_pylist() == [-1], block.num_rows
     assert block.column(ERROR)[0].as_py().startswith(
         f"unreadable jsonl file: a JSON array followed by more at line {json.dumps(rows[:3], indent=2).count(chr(10)) + 2}; ")
+    # It stands for the elements before what follows it, the whole first array's (it counted 0: no row anywhere)
+    for after in ("\n" + json.dumps(rows[3:5], indent=2) + "\n", "\n]\n", "\x00" * 64, "\n" + json.dumps(rows[3]) + "\n",
+                  "\n// end\n", json.dumps(rows[3:5])):
+        more.write_text(json.dumps(rows[:3], indent=2) + after)
+        [shard] = list_shards([str(more)])
+        assert reader_count_rows(shard) == (3, False), repr(after)
+        counted = plan_count_rows(shard)
+        assert (counted.count, counted.rows, counted.records) == ("unreadable", 3, 1), (repr(after), counted)
     lines = tmp_path / "arrays.jsonl"  # JSON lines of arrays: each line a row (refused as no object), as before
     lines.write_text("[1, 2]\n" + json.dumps({"id": "a", "text": "a row"}) + "\n")
     assert [r[0] for r in _read(lines)] == [None, "a"]

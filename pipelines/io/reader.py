@@ -642,9 +642,11 @@ def _is_json(text: str) -> bool:
     return True
 
 
-def array_head(head: bytes) -> list[Any] | None:
+def array_head(head: bytes, refused: bool = False) -> list[Any] | None:
     """The whole elements at the start of the first bytes of a file that is one JSON array (cut anywhere, as a
-    sample or a count's prefix is), or None where they are JSON lines (the first value ends, and more follows)."""
+    sample or a count's prefix is), or None where they are JSON lines (the first value ends, and more follows).
+    ``refused``: the file is one array that does not parse as one (:func:`broken_array`), so what follows its first
+    value, or an element not followed by a comma, ends the elements it stands for instead."""
     if not array_start(head):
         return None
     head = without_marks(head)
@@ -660,7 +662,7 @@ def array_head(head: bytes) -> list[Any] | None:
         if at >= len(text):
             return values
         if text[at] == "]":
-            return values if REST_IS_SPACE.match(text, at + 1) else None
+            return values if refused or REST_IS_SPACE.match(text, at + 1) else None
         try:
             value, at = decoder.raw_decode(text, at)
         except (json.JSONDecodeError, RecursionError):
@@ -670,7 +672,7 @@ def array_head(head: bytes) -> list[Any] | None:
         if text.startswith(",", at):
             at += 1
         elif at < len(text) and text[at] != "]":
-            return None  # no array: JSON lines of arrays, or no JSON
+            return values if refused else None  # no array: JSON lines of arrays, or no JSON
 
 
 def stream_start(data: bytes, cut: bool = False) -> bool:
@@ -1944,7 +1946,7 @@ def count_rows(shard: Shard, text: str = "text") -> tuple[int | None, bool]:
     if exact and shard.format != "openai-batch" and (one := one_object_rows(data, text)) is not None:
         return one[0], True  # rows wrapped in one object, or as its columns, refused whole: those rows
     if broken_array(data) is not None:  # one JSON array that does not parse, refused whole: the elements before that
-        return len(array_head(data) or []), False
+        return len(array_head(data, refused=True) or []), False
     if (stream := json_stream(data)) is not None:  # objects over several lines: those read before any damage
         return (len(stream[0]) if stream[0] or (exact and stream[1] is None) else None), exact and stream[1] is None
     lines = without_marks(data).split(b"\n")  # a byte order mark alone on its line is no row
