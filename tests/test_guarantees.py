@@ -2727,6 +2727,15 @@ def test_the_rows_of_a_damaged_gzip_file_are_counted_across_its_members(tmp_path
     counted = {s.path.rsplit("/", 1)[-1]: count_rows(s) for s in list_shards([str(tmp_path)])}
     assert counted == {"cut.jsonl.gz": (11, False), "whole.jsonl.gz": (13, True)}
 
+    # Damage the check finds only at a member's end (its CRC wrong: zcat gives every line, then fails) left out the
+    # lines of the piece that ran into it: all of a small file's (rows unknown), where zcat reads 50
+    whole = member("d", 50)
+    (tmp_path / "crc.jsonl.gz").write_bytes(whole[:-8] + b"\0\0\0\0" + whole[-4:])
+    [shard] = list_shards([str(tmp_path / "crc.jsonl.gz")])
+    assert count_rows(shard) == (50, False)
+    counted = plan_count_rows(shard)
+    assert (counted.count, counted.rows) == ("unreadable", 50), counted
+
 
 def test_a_damaged_gzip_file_cut_inside_an_object_over_several_lines_counts_the_rows_before_it(tmp_path):
     """The rows told of a damaged .jsonl.gz are a lower bound: the whole rows before the damage. An object written

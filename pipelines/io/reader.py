@@ -1978,24 +1978,37 @@ def _gunzip_before_damage(raw: bytes, piece: int = 1 << 16) -> tuple[bytes, bool
     """What a gzip file's members give up to any damage, as zcat reads them, and whether there was none.
 
     A file may hold several members one after the other (``cat a.gz b.gz``), and zero bytes after the last.
-    A member is read in pieces, so the bytes before a corrupt one are kept.
+    A member is read in pieces, so the bytes before a corrupt one are kept; the piece that holds it, byte by byte
+    again, so that what it gave before is kept too (a wrong CRC, found at a member's end, after all of its bytes).
     """
     out: list[bytes] = []
     while raw:
         decompressor = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
         rest = b""
-        try:
-            for start in range(0, len(raw), piece):
+        for start in range(0, len(raw), piece):
+            before = decompressor.copy()
+            try:
                 out.append(decompressor.decompress(raw[start : start + piece]))
-                if decompressor.eof:
-                    rest = decompressor.unused_data + raw[start + piece :]
-                    break
-        except zlib.error:  # a corrupt byte, or bytes after a member that are no member
-            return b"".join(out), False
+            except zlib.error:  # a corrupt byte, or bytes after a member that are no member
+                return b"".join([*out, _before_error(before, raw[start : start + piece])]), False
+            if decompressor.eof:
+                rest = decompressor.unused_data + raw[start + piece :]
+                break
         if not decompressor.eof:  # cut short
             return b"".join(out), False
         raw = rest.lstrip(b"\0")  # zeros after a member are padding, as gzip reads them
     return b"".join(out), True
+
+
+def _before_error(decompressor: Any, piece: bytes) -> bytes:
+    """What ``decompressor`` gives of ``piece``, fed a byte at a time, before the byte it fails on."""
+    out: list[bytes] = []
+    try:
+        for at in range(len(piece)):
+            out.append(decompressor.decompress(piece[at : at + 1]))
+    except zlib.error:
+        pass
+    return b"".join(out)
 
 
 def _short(exc: BaseException) -> str:
