@@ -453,6 +453,11 @@ def run_job(
             not_scheduled(output)
         output.guard = lock.check  # a lock that can be lost (a lease; a deleted file): checked at each commit, last
         output.check_lock()  # a lock taken early was held through Ray's start and the gate: still ours before clearing
+        if output.job() is None:  # a new output, first looked at before this run held its lock: what another run
+            with writing(spec.output.path):  # made meanwhile (an output inside it, or its lock above) is seen now
+                output.check_owner()
+                if not given:
+                    output.check_not_inside_another()
         job.model_files = files or model_files(spec.model, None if overwrite else _recorded_files(output))
         with writing(spec.output.path):
             if overwrite:

@@ -1886,6 +1886,40 @@ def test_a_busy_output_is_refused_before_ray_starts(tiny_models, tmp_path, monke
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["_run.lock"]
 
 
+def test_two_new_outputs_one_inside_the_other_started_together_are_refused_not_both_written(tiny_models, tmp_path,
+                                                                                               monkeypatch):
+    """An output inside another's is refused by what the outer one holds, its _job.json; but a new output writes that
+    only once its run has started Ray and taken its lock, and an outer output was looked at before the inner one
+    existed: two runs started together on `out` and `out/v2` (a DAG's parallel tasks) both succeeded, and a reader of
+    `out` got every row twice. The inner run now takes a lock held above it for an output; the outer one looks at its
+    folder again once it holds its lock, and finds the inner output there."""
+    import pipelines.cluster.connect
+
+    many_shards(tmp_path / "in", shards=1)
+    job = write_job(tmp_path, tiny_models("classifier"), tmp_path / "in")
+    inner = spec_of(job, output={"path": str(tmp_path / "out" / "v2")})
+    with JobLock(tmp_path / "out" / "_run.lock", "the output"):  # the outer run, before its first record
+        with pytest.raises(PipelineError, match=r"lies inside another job's output, .*/out \(it holds _run\.lock, "
+                                                r"held by another run\)"):
+            run_job(inner)
+    assert not (tmp_path / "out" / "v2").exists()
+    (tmp_path / "out" / "_run.lock").unlink()
+
+    holders = []
+
+    def connect(address, spec):  # the inner run starts while the outer one starts Ray: its folder and lock appear
+        holders.append(JobLock(tmp_path / "out" / "v2" / "_run.lock", "the output").__enter__())
+
+    monkeypatch.setattr(pipelines.cluster.connect, "connect", connect)
+    try:
+        with pytest.raises(PipelineError, match=r"output.path .*/out holds another job's output, .*/out/v2 "):
+            run_job(spec_of(job))
+    finally:
+        for holder in holders:
+            holder.__exit__(None, None, None)
+    assert not (tmp_path / "out" / "_job.json").exists()
+
+
 def test_a_run_that_meets_another_runs_overwrite_half_done_is_refused_as_busy(tiny_models, tmp_path):
     """An --overwrite run deletes the records first and this project's bookkeeping last: met half-way, the output
     holds its user's files and no results of this project. A second run read that before it came to the lock and

@@ -260,6 +260,14 @@ class OutputDir:
             # a scheduler's lock file that nobody holds refuses nothing (as a run's refuses no tick); a cut-off write's
             # .tmp file is bookkeeping too
             bookkeeping = (*OURS, LOCK)
+            inner = self._output_below([e for e in entries if e.type == pafs.FileType.Directory
+                                        and e.base_name not in bookkeeping])
+            if inner is not None:  # made while this run started (its own look found the folder empty)
+                raise PipelineError(
+                    f"output.path {self.location} holds another job's output, {inner}: a reader of {self.location} "
+                    "reads every Parquet file under it, that job's rows as this one's too; choose an output.path that "
+                    "holds no other job's output, or one beside it"
+                )
             parts = sorted(e.base_name for e in entries if layout.PART_FILE.fullmatch(e.base_name))
             if parts:  # this project's part files whose records, which say whose they are, were all deleted by hand
                 more = f" and {len(parts) - 1} more" if len(parts) > 1 else ""
@@ -307,6 +315,16 @@ class OutputDir:
                     return relative
         return None
 
+    def _output_below(self, folders: list[pafs.FileInfo]) -> str | None:
+        """The first of these folders (at the top of the output) that is another job's output, and what says so:
+        its ``_job.json`` or ledger, or a ``_run.lock`` that a run holds (a new output's first mark), else None."""
+        for folder in folders:
+            where = f"{self.location.rstrip('/')}/{folder.base_name}"
+            said = _output_marks(self.fs, folder.path, where)
+            if said is not None:
+                return f"{where} ({said})"
+        return None
+
     def check_not_inside_another(self) -> None:
         """Refuse an output path inside another job's output (a folder above it holds ``_job.json``, or a scheduled
         job's ledger): a reader of that folder reads every Parquet file under it, this job's rows too. A local path is
@@ -321,18 +339,17 @@ class OutputDir:
         while "/" in parent.strip("/"):
             parent = parent.rsplit("/", 1)[0]
             try:
-                infos = self.fs.get_file_info([f"{parent}/{name}" for name in (JOB, LEDGER)])
+                said = _output_marks(self.fs, parent, f"{scheme}{parent}")
             except OSError as exc:  # credentials for this prefix only (S3 answers 403 above it): can't tell, not no
                 log.debug("output.path %s: could not look for an output above it, in %s: %s", self.location, parent,
                           exc)
                 return
-            for info in infos:
-                if info.type == pafs.FileType.File:
-                    raise PipelineError(
-                        f"output.path {self.location} lies inside another job's output, {scheme}{parent} (it holds "
-                        f"{info.base_name}): a reader of that folder reads every Parquet file under it, this job's "
-                        "rows as its own too; choose an output.path outside it"
-                    )
+            if said is not None:
+                raise PipelineError(
+                    f"output.path {self.location} lies inside another job's output, {scheme}{parent} ({said}): a "
+                    "reader of that folder reads every Parquet file under it, this job's rows as its own too; choose "
+                    "an output.path outside it"
+                )
 
     def check_spec(self, job: JobRecord, changed: Callable[[dict[str, Any], dict[str, Any]], list[str]] | None = None
                    ) -> None:
@@ -647,6 +664,21 @@ STAGED_FILE = re.compile(rf"(?:[0-9a-f]{{32}}-(?:data|errors)\.parquet|(?:{DATA_
                          rf"(?:{re.escape(layout.TMP_SUFFIX)})?")
 #: An object store's write probe at the top of ``_staging/`` (see :func:`pipelines.io.stores.check_writable`).
 WRITE_PROBE = re.compile(r"\.write-check-[0-9a-f]{32}")
+
+
+def _output_marks(fs: pafs.FileSystem, path: str, location: str) -> str | None:
+    """What says that the folder ``path`` (``location``, as the user names it) is a job's output: ``it holds
+    _job.json`` or its ledger, or ``it holds _run.lock, held by another run: …`` (a run's lock, held, is a new
+    output's first mark: its _job.json comes once it has started Ray); else None. A lock nobody holds says nothing
+    (a run that stopped before its first record leaves one)."""
+    infos = fs.get_file_info([f"{path}/{name}" for name in (JOB, LEDGER, RUN_LOCK)])
+    for info in infos[:2]:
+        if info.type == pafs.FileType.File:
+            return f"it holds {info.base_name}"
+    if infos[2].type == pafs.FileType.File:
+        if output_lock(location, RUN_LOCK, f"the output {location}", quiet=True).held_elsewhere() is not None:
+            return f"it holds {RUN_LOCK}, held by another run"
+    return None
 
 
 def _ours_under(folder: str, parts: list[str], is_folder: bool) -> bool:
