@@ -1198,6 +1198,36 @@ def test_the_reader_tells_a_file_it_could_not_fetch_from_one_whose_bytes_do_not_
     assert [r.split(":")[0] for r in reasons["cut.jsonl.gz"]] == ["unreadable jsonl file"]
 
 
+def test_a_git_lfs_or_annex_pointer_in_place_of_a_file_is_a_file_not_fetched_failing_the_run(tmp_path):
+    """A clone without `git lfs pull` (or a git-annex one without `git annex get`, unlocked) holds small pointer files
+    where the data should be: each read as its bytes, a JSON lines one made 3 quarantined rows of `invalid JSON`, a
+    Parquet one an unreadable file of unknown rows; the real rows were in no output, under the error budget without a
+    word of why. Each is a file not fetched now (the run fails on it, as on one it could not read), saying how to
+    fetch it, in the run and in the plan."""
+    lfs = (b"version https://git-lfs.github.com/spec/v1\n"
+           b"oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 12345678\n")
+    (tmp_path / "train.jsonl").write_bytes(lfs)
+    (tmp_path / "train.parquet").write_bytes(lfs)
+    (tmp_path / "test.jsonl.gz").write_bytes(lfs)
+    (tmp_path / "annex.jsonl").write_bytes(b"/annex/objects/SHA256E-s4096--0f343b0931126a20f133d67c2b018a3b.jsonl\n")
+    write_jsonl(tmp_path / "ok.jsonl", [{"id": "1", "text": "t"}])
+    shards = {Path(s.path).name: s for s in list_shards([str(tmp_path)])}
+    columns = Columns(text="text", id="id")
+    for name, how in (("train.jsonl", "git lfs pull"), ("train.parquet", "git lfs pull"),
+                      ("test.jsonl.gz", "git lfs pull"), ("annex.jsonl", "git annex get")):
+        [block] = list(read_shard(shards[name], columns))
+        assert block.column(ROW).to_pylist() == [-1], name
+        reason = block.column(ERROR)[0].as_py()
+        assert reason.startswith(f"{NOT_FETCHED} ") and "pointer" in reason and how in reason, reason
+        assert reader_count_rows(shards[name]) == (None, False), name
+        counted = plan_count_rows(shards[name])
+        assert counted.error is not None and counted.error.startswith(f"{NOT_FETCHED} "), counted
+        assert how in counted.error and "rows unknown" in counted.error, counted
+    assert "a file of 12,345,678 bytes" in plan_count_rows(shards["train.jsonl"]).error
+    [block] = list(read_shard(shards["ok.jsonl"], columns))
+    assert block.column("id").to_pylist() == ["1"]
+
+
 def _compressed(codec: str, data: bytes) -> bytes:
     sink = pa.BufferOutputStream()
     with pa.CompressedOutputStream(sink, codec) as stream:

@@ -117,6 +117,8 @@ def _read_one(shard: Shard, columns: Columns) -> tuple[pa.Table, bool]:
         raw = read_bytes(shard)
     except Exception as exc:  # noqa: BLE001 - the run fails on it, whatever errors.unreadable_files says
         return unreadable(shard, columns, f"{NOT_FETCHED} {shard.format} file: {_short(exc)}"), False
+    if (pointer := pointer_reason(raw)) is not None:  # no bytes of the file are here: not fetched, as above
+        return unreadable(shard, columns, f"{NOT_FETCHED} {shard.format} file: {pointer}"), False
     digest = content_digest(raw)  # also of a file that won't parse: a copy of it is the same input
     try:
         table = _read_table(shard, raw, columns)
@@ -313,6 +315,33 @@ def json_reason(data: bytes, gz_named: bool) -> str | None:
         return None
     return ("the file is JSON (its bytes start with { or [), not Parquet: give it a .jsonl name "
             f"(NAME.jsonl{'.gz' if gz_named else ''}) to be read as JSON lines")
+
+
+#: A Git LFS pointer file's first line, and the size it names (what a clone holds in place of a file not pulled).
+LFS_POINTER = re.compile(rb"version https://git-lfs\.github\.com/spec/v\d+\r?\n")
+LFS_SIZE = re.compile(rb"(?m)^size (\d+)\r?$")
+#: A git-annex pointer file (an unlocked file not fetched): the path of its object, its key, on one line.
+ANNEX_POINTER = re.compile(rb"/annex/objects/(\S+)\r?\n?")
+#: A pointer file is a few lines (Git LFS: about 130 bytes): a larger file is none.
+POINTER_BYTES = 1024
+
+
+def pointer_reason(data: bytes) -> str | None:
+    """Why a file's bytes are a pointer to a file in a Git LFS or git-annex store that was not fetched (a clone
+    without ``git lfs pull`` or ``git annex get``) rather than the file, with how to fetch it; None where they are
+    not. Read as its bytes, such a file was a few broken rows (JSON lines) or an unreadable Parquet file, the real
+    file's rows in no output."""
+    if len(data) > POINTER_BYTES:
+        return None
+    if LFS_POINTER.match(data):
+        size = LFS_SIZE.search(data)
+        named = f" of {int(size.group(1)):,} bytes" if size else ""
+        return (f"a Git LFS pointer to a file{named}, not the file (a clone without `git lfs pull`): fetch it with "
+                "`git lfs pull`, then run again")
+    if ANNEX_POINTER.fullmatch(data):
+        return ("a git-annex pointer, not the file (an unlocked file not fetched): fetch it with `git annex get`, then "
+                "run again")
+    return None
 
 
 def compression_reason(data: bytes, gz_named: bool) -> str | None:
@@ -1920,6 +1949,8 @@ def count_rows(shard: Shard, text: str = "text") -> tuple[int | None, bool]:
     except OSError:
         return None, False
     if shard.compressed and not raw:  # no gzip stream (EMPTY_GZIP_REASON): what it was to hold is not known
+        return None, False
+    if pointer_reason(raw) is not None:  # the file's bytes are not here (a run fails on it): its rows unknown
         return None, False
     if shard.compressed and plain_under_gz_name(raw):  # refused whole (PLAIN_GZ_REASON): its rows as they are
         shard = replace(shard, compressed=False)

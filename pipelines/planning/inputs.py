@@ -32,6 +32,7 @@ from pipelines.io.openai_batch import array_reason, spanning_reason, stream_reas
 from pipelines.io.reader import (
     EMPTY_GZIP_REASON,
     NOT_FETCHED,
+    POINTER_BYTES,
     Columns,
     LinesCount,
     array_head,
@@ -43,6 +44,7 @@ from pipelines.io.reader import (
     json_stream,
     lines_rows,
     one_object_rows,
+    pointer_reason,
     read_bytes,
     read_group,
     stream_start,
@@ -66,6 +68,8 @@ def count_rows(shard: Shard, count_limit: int = COUNT_LIMIT, text: str = "text")
     try:
         if shard.compressed and shard.size == 0:  # a run reads it as an unreadable file
             raise ValueError(EMPTY_GZIP_REASON)
+        if shard.size <= POINTER_BYTES and (pointer := pointer_reason(read_bytes(shard))) is not None:
+            return as_unreadable(base, shard, f"{NOT_FETCHED} {shard.format} file: {pointer}", text)  # a run fails
         if shard.format == "parquet":
             return base.model_copy(update={"rows": _parquet_rows(shard), "count": "footer"})
         rows, exact = _jsonl_rows(shard, count_limit)
