@@ -1754,6 +1754,11 @@ def test_a_symbolic_link_to_nothing_where_a_file_or_folder_would_be_read_is_refu
     with pytest.raises(PipelineError, match=r"lead to nothing \(sub/loop\.jsonl -> loop\.jsonl\)"):
         list_shards([str(tmp_path / "in")])
     assert [s.name for s in list_shards([str(tmp_path / "in" / "a.jsonl")])] == ["a.jsonl"]  # not listed: not read
+    (tmp_path / "in" / "sub" / "loop.jsonl").unlink()
+    (tmp_path / "in" / "results").symlink_to(tmp_path / "out")  # to the job's output, not made before its first run
+    assert [s.name for s in list_shards([str(tmp_path / "in")], exclude=[str(tmp_path / "out")])] == ["a.jsonl"]
+    with pytest.raises(PipelineError, match=r"lead to nothing \(results -> "):  # another folder's: refused
+        list_shards([str(tmp_path / "in")], exclude=[str(tmp_path / "elsewhere")])
 
 
 def test_a_folder_reached_first_by_a_name_not_read_is_read_under_the_link_to_it(tmp_path, caplog):

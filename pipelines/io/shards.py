@@ -298,15 +298,18 @@ def hides(name: str) -> bool:
     return name.startswith(".") or (name.startswith("_") and "=" not in name)
 
 
-def _expand(location: str, wanted: str = "auto") -> tuple[str, list[tuple[str, pafs.FileInfo]]]:
+def _expand(
+    location: str, wanted: str = "auto", outputs: Sequence[str] = ()
+) -> tuple[str, list[tuple[str, pafs.FileInfo]]]:
     """The root a location's files are named relative to, and the files: (uri, info). ``wanted``: the input's format,
-    which tells the files of a listing that are read (a table is refused only where one of those lies in it).
+    which tells the files of a listing that are read (a table is refused only where one of those lies in it);
+    ``outputs``: local folders left out of the input (their real paths), which a link to nothing may lead into.
 
     A store's refusal (no such bucket, access denied), or a path pyarrow refuses, is one line naming the location.
     """
     fs, path = resolve(location)
     try:
-        return _list(location, fs, path, wanted)
+        return _list(location, fs, path, wanted, outputs)
     except OSError as exc:
         raise stores.refusal("input.paths:", location, exc) from None
     except pa.ArrowInvalid as exc:  # a path it can't take (an empty name, s3://bucket//x): spec.py refuses most
@@ -314,7 +317,7 @@ def _expand(location: str, wanted: str = "auto") -> tuple[str, list[tuple[str, p
 
 
 def _list(
-    location: str, fs: pafs.FileSystem, path: str, wanted: str = "auto"
+    location: str, fs: pafs.FileSystem, path: str, wanted: str = "auto", outputs: Sequence[str] = ()
 ) -> tuple[str, list[tuple[str, pafs.FileInfo]]]:
     """A glob's files; a folder's files; or a file named as it is.
 
@@ -326,7 +329,7 @@ def _list(
     A glob that matches nothing is the path as written, where that exists, as a shell takes it: ``[team-a]`` in
     ``landing [team-a]/`` is a set of characters to a glob, which matches a one-letter name only."""
     if GLOB_CHARS & set(path):
-        root, files = _glob(location, fs, path, wanted)
+        root, files = _glob(location, fs, path, wanted, outputs)
         if files or "[" not in path or fs.get_file_info(path).type == pafs.FileType.NotFound:
             return root, files
     info = fs.get_file_info(path)
@@ -336,7 +339,7 @@ def _list(
             f"input.paths: {location} does not exist; check the path (relative paths start at the current directory)"
         )
     if info.type == pafs.FileType.Directory:
-        return path, _folder_files(location, _files_under(fs, path), path, wanted)
+        return path, _folder_files(location, _files_under(fs, path), path, wanted, outputs)
     folder = names_folder(location)
     if stores.is_local(fs):
         if folder:
@@ -412,12 +415,14 @@ def _dangling(folder: str) -> list[pafs.FileInfo]:
         return []
 
 
-def refuse_dangling(location: str, links: list[str], root: str, wanted: str) -> None:
+def refuse_dangling(location: str, links: list[str], root: str, wanted: str, outputs: Sequence[str] = ()) -> None:
     """PipelineError naming the links to nothing (:func:`_dangling`, their paths) that stand where the input would
     read a file (named as one of the format ``wanted``) or a folder (a name without an extension); others (named
-    as no input file: ``notes.txt``) are no input, as such a file is none."""
+    as no input file: ``notes.txt``) are no input, as such a file is none, and so is one that leads into a folder of
+    ``outputs`` (the job's output, not made yet: left out of the input when it is)."""
     read = [link for link in links
-            if detect_format(link, wanted) is not None or not os.path.splitext(link.rsplit("/", 1)[-1])[1]]
+            if (detect_format(link, wanted) is not None or not os.path.splitext(link.rsplit("/", 1)[-1])[1])
+            and not any(is_within(os.path.realpath(link), output) for output in outputs)]
     if read:
         names = ", ".join(f"{link[len(root):].lstrip('/')} -> {os.readlink(link)}" for link in sorted(read)[:3])
         raise PipelineError(
@@ -429,12 +434,12 @@ def refuse_dangling(location: str, links: list[str], root: str, wanted: str) -> 
 
 
 def _folder_files(
-    location: str, infos: list[pafs.FileInfo], path: str, wanted: str = "auto"
+    location: str, infos: list[pafs.FileInfo], path: str, wanted: str = "auto", outputs: Sequence[str] = ()
 ) -> list[tuple[str, pafs.FileInfo]]:
     """The files of a folder's listing, but hidden ones; a table that keeps earlier versions' files is refused, where
     a file the input reads (of the format ``wanted``) lies in it; so are links to nothing (:func:`refuse_dangling`)."""
     links = [i.path for i in infos if i.type == pafs.FileType.Unknown and not _is_hidden(i.path, path)]
-    refuse_dangling(location, links, path, wanted)
+    refuse_dangling(location, links, path, wanted, outputs)
     files = [(uri_of(location, i.path), i) for i in infos if i.is_file and not _is_hidden(i.path, path)]
     _no_table(location, table_tops((info.path for info in infos), path), _read_paths(files, wanted))
     return files
@@ -466,7 +471,7 @@ def with_slash(location: str) -> str:
 
 
 def _glob(
-    location: str, fs: pafs.FileSystem, pattern: str, wanted: str = "auto"
+    location: str, fs: pafs.FileSystem, pattern: str, wanted: str = "auto", outputs: Sequence[str] = ()
 ) -> tuple[str, list[tuple[str, pafs.FileInfo]]]:
     """The files a glob names, as if each match were listed itself: a file, or a folder with every file under
     it (only folders when it ends with ``/``). Named relative to the glob's fixed part (the folders before its
@@ -498,7 +503,7 @@ def _glob(
         if any(matcher.match("/".join(parts[:depth])) for depth in depths):
             files.append((uri_of(location, info.path), info))
     _no_table(location, table_tops(listed, base), _read_paths(files, wanted))
-    refuse_dangling(location, dangling, base, wanted)
+    refuse_dangling(location, dangling, base, wanted, outputs)
     if not files:
         # A store lists a missing bucket as empty; credentials limited to a prefix may not look at the bucket.
         stores.check_bucket(fs, base, "input.paths:", location, refused_is_unknown=True)
@@ -737,9 +742,10 @@ def list_shards(
     real_file = _RealPaths()
     skipped = [(xfs, xpath, real_path(xfs, xpath)) for xfs, xpath in map(resolve, exclude)]
     aliases = [UnderFolder(xfs, xpath) for xfs, xpath in map(resolve, exclude)]  # reached by another path
+    outputs = [xreal for xfs, _, xreal in skipped if isinstance(xfs, pafs.LocalFileSystem)]
     for location in paths:
         try:
-            root, files = _expand(location, wanted_format)
+            root, files = _expand(location, wanted_format, outputs)
         except UnicodeDecodeError as exc:  # pyarrow's listing decodes each name as UTF-8
             raise PipelineError(
                 f"input.paths: {location} holds a file or folder whose name is not UTF-8 text "
