@@ -262,6 +262,25 @@ def test_plan_predicts_what_the_run_reports(ray_session, tiny_models, tmp_path, 
         assert summary.error_reasons["text longer than max_length"] == tokens.truncated_rows
 
 
+def test_the_plans_features_are_those_the_model_sees_not_rows_quarantined_as_too_long(tiny_models, tmp_path):
+    """Under errors.too_long: error a row over max_length is quarantined, not cut: the plan counted its feature among
+    the features and their lengths ("what the model sees": a max of max_length that the model never saw) and said it
+    was "cut at max_length". Its features are left out now, and the line says the rows are quarantined, not cut."""
+    short = [{"id": f"s{i}", "text": SENTENCES[i % len(SENTENCES)][:10]} for i in range(6)]
+    long = [{"id": f"l{i}", "text": " ".join(SENTENCES) * 4} for i in range(2)]
+    write_jsonl(tmp_path / "in" / "a.jsonl", short + long)
+    spec = make_spec(tiny_models("classifier"), {"type": "text-classification"}, tmp_path / "out",
+                     input={"paths": [str(tmp_path / "in")]}, batching={"max_length": 24},
+                     errors={"too_long": "error", "max_rate": 1.0})
+    plan = build_plan(spec, "job", sample=10_000, cpus=2)
+    tokens = plan.tokens
+    assert tokens.rows_out == 6 and tokens.quarantined == {"text longer than max_length": 2}
+    assert tokens.features == 6 and tokens.feature_tokens.max < 24, (tokens.features, tokens.feature_tokens)
+    assert tokens.truncated_rows == 2
+    said = render(plan)
+    assert "2 row(s) in the sample over it: quarantined, not cut (errors.too_long: error)" in said, said
+
+
 def test_the_survey_counts_a_file_a_run_refuses_whole_as_one_unreadable_file(tmp_path):
     """A run refuses a UTF-16 file, and an OpenAI Batch file that is one JSON array, whole (one unreadable file, its
     rows counted as the run counts them); the plan's survey counted their lines as readable rows (the UTF-16 one a row

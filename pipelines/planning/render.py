@@ -104,9 +104,12 @@ def _tokens(tokens: TokenPlan, task: str) -> list[str]:
         f"mean {dist.mean:g}, p50 {dist.p50}, p90 {dist.p90}, p99 {dist.p99}, max {dist.max}" if dist else "none"
     )
     uncut = "long contexts become several windows" if task == "question-answering" else "this task cuts no input"
+    refused = tokens.quarantined.get("text longer than max_length")  # errors.too_long: error
     truncated = (
         f"no truncation: {uncut}"
         if tokens.truncated_rows is None
+        else f"{tokens.truncated_rows:,} row(s) in the sample over it: quarantined, not cut (errors.too_long: error)"
+        if refused
         else f"{tokens.truncated_rows:,} row(s) in the sample"
     )
     efficiency = "-" if tokens.padding_efficiency is None else f"{tokens.padding_efficiency:.3f}"

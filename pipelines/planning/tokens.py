@@ -62,7 +62,7 @@ class BatchTokens:
     """One batch through validate → encode → micro-batches."""
 
     rows: int
-    lengths: np.ndarray  # per feature
+    lengths: np.ndarray  # per feature the model sees (those of the rows a run quarantines left out)
     per_row: np.ndarray  # answered features per encoded row (0: the row is quarantined)
     tokens: int  # as a run counts them: the features of the rows the output will hold
     padded: int  # the same features' tokens computed
@@ -138,7 +138,7 @@ def tokenize_batch(
         answered &= ~np.isin(features.row, repeated)
     return BatchTokens(
         rows=len(batch) + told,
-        lengths=lengths,
+        lengths=lengths[answered],
         per_row=(np.bincount(features.row[answered], minlength=len(rows)) if len(features)
                  else np.zeros(len(rows), np.int64)),  # a quarantined row's features count in none
         tokens=int(lengths[answered].sum()),
