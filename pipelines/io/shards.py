@@ -406,7 +406,7 @@ def _files_under(fs: pafs.FileSystem, folder: str) -> list[pafs.FileInfo]:
 def _dangling(folder: str) -> list[pafs.FileInfo]:
     """The symbolic links in a local folder that lead to nothing (their target missing: a share not mounted, a
     git-annex or DataLad file not fetched; or a loop of links), as infos of an unknown type: pyarrow's listing leaves
-    them out without a word, and the rows behind them with them (:func:`refuse_dangling`)."""
+    them out without a word, and the rows behind them with them (:func:`_refuse_dangling`)."""
     try:
         with os.scandir(folder) as entries:
             return [pafs.FileInfo(entry.path, pafs.FileType.Unknown) for entry in entries
@@ -415,7 +415,7 @@ def _dangling(folder: str) -> list[pafs.FileInfo]:
         return []
 
 
-def refuse_dangling(location: str, links: list[str], root: str, wanted: str, outputs: Sequence[str] = ()) -> None:
+def _refuse_dangling(location: str, links: list[str], root: str, wanted: str, outputs: Sequence[str] = ()) -> None:
     """PipelineError naming the links to nothing (:func:`_dangling`, their paths) that stand where the input would
     read a file (named as one of the format ``wanted``) or a folder (a name without an extension); others (named
     as no input file: ``notes.txt``) are no input, as such a file is none, and so is one that leads into a folder of
@@ -437,9 +437,9 @@ def _folder_files(
     location: str, infos: list[pafs.FileInfo], path: str, wanted: str = "auto", outputs: Sequence[str] = ()
 ) -> list[tuple[str, pafs.FileInfo]]:
     """The files of a folder's listing, but hidden ones; a table that keeps earlier versions' files is refused, where
-    a file the input reads (of the format ``wanted``) lies in it; so are links to nothing (:func:`refuse_dangling`)."""
+    a file the input reads (of the format ``wanted``) lies in it; so are links to nothing (:func:`_refuse_dangling`)."""
     links = [i.path for i in infos if i.type == pafs.FileType.Unknown and not _is_hidden(i.path, path)]
-    refuse_dangling(location, links, path, wanted, outputs)
+    _refuse_dangling(location, links, path, wanted, outputs)
     files = [(uri_of(location, i.path), i) for i in infos if i.is_file and not _is_hidden(i.path, path)]
     _no_table(location, table_tops((info.path for info in infos), path), _read_paths(files, wanted))
     return files
@@ -503,7 +503,7 @@ def _glob(
         if any(matcher.match("/".join(parts[:depth])) for depth in depths):
             files.append((uri_of(location, info.path), info))
     _no_table(location, table_tops(listed, base), _read_paths(files, wanted))
-    refuse_dangling(location, dangling, base, wanted, outputs)
+    _refuse_dangling(location, dangling, base, wanted, outputs)
     if not files:
         # A store lists a missing bucket as empty; credentials limited to a prefix may not look at the bucket.
         stores.check_bucket(fs, base, "input.paths:", location, refused_is_unknown=True)

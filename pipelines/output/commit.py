@@ -668,7 +668,7 @@ WRITE_PROBE = re.compile(r"\.write-check-[0-9a-f]{32}")
 
 def _output_marks(fs: pafs.FileSystem, path: str, location: str) -> str | None:
     """What says that the folder ``path`` (``location``, as the user names it) is a job's output: ``it holds
-    _job.json`` or its ledger, or ``it holds _run.lock, held by another run: …`` (a run's lock, held, is a new
+    _job.json`` or its ledger, or ``it holds _run.lock, held by another run`` (a run's lock, held, is a new
     output's first mark: its _job.json comes once it has started Ray); else None. A lock nobody holds says nothing
     (a run that stopped before its first record leaves one)."""
     infos = fs.get_file_info([f"{path}/{name}" for name in (JOB, LEDGER, RUN_LOCK)])
