@@ -149,6 +149,31 @@ def test_inputs_that_are_uploaded_or_not_relative_pass(project, tmp_path):
     jobs.check_inputs_uploaded(project, ["~/elsewhere/data"], "auto", "/abs/out")  # the home dir on the cluster
 
 
+def test_an_input_file_reached_under_two_names_is_refused_as_the_upload_would_carry_it_twice(project, tmp_path):
+    """A listing here reads a file reached under two names once (`latest -> 2024-06-01` beside it, a hard link); Ray's
+    upload follows the link and stores a copy under each name, so on the cluster they are two files: a submitted job
+    read the 600 rows of the tester's `feed/` twice (1,200 written, every id twice; `pipelines run` wrote 600).
+    Refused before the upload, naming a name the upload would carry twice; left out of the upload, it passes."""
+    feed = project / "jobs/data/feed"
+    write_rows(feed / "2024-06-01/part-0.jsonl")
+    (feed / "latest").symlink_to("2024-06-01")
+    carried = uploaded(project, tmp_path)
+    assert {"jobs/data/feed/2024-06-01/part-0.jsonl", "jobs/data/feed/latest/part-0.jsonl"} <= carried  # twice
+    with pytest.raises(PipelineError, match=r"1 input file\(s\) reached here under two names .* "
+                                            r"jobs/data/feed/latest/part-0\.jsonl;.*read each twice"):
+        jobs.check_inputs_uploaded(project, ["jobs/data/feed"], "auto", "/abs/out")
+    jobs.check_inputs_uploaded(project, ["jobs/data/feed/2024-06-01"], "auto", "/abs/out")  # the link not listed
+    (feed / ".rayignore").write_text("latest\n")
+    (tmp_path / "again").mkdir()  # a package already there is not built again
+    assert "jobs/data/feed/latest/part-0.jsonl" not in uploaded(project, tmp_path / "again")
+    jobs.check_inputs_uploaded(project, ["jobs/data/feed"], "auto", "/abs/out")
+    (feed / ".rayignore").unlink()
+    (feed / "latest").unlink()
+    os.link(feed / "2024-06-01/part-0.jsonl", feed / "copy.jsonl")  # a hard link: two files in the zip too
+    with pytest.raises(PipelineError, match=r"under two names"):
+        jobs.check_inputs_uploaded(project, ["jobs/data/feed"], "auto", "/abs/out")
+
+
 def test_a_relative_input_that_lists_no_file_is_refused_before_the_upload(project):
     """On the cluster it is read in the uploaded project, where it is missing as it is here: the job would
     fail there, after the upload, with the same error. Before: sent, and failed on the cluster."""

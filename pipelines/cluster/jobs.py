@@ -412,17 +412,19 @@ def check_inputs_uploaded(project_root: Path, input_paths: Sequence[str], input_
     output = output_path if os.path.isabs(output_path) else os.path.join(root, output_path)
     exclude = [] if "://" in output_path else [output]
     files: list[str] = []
+    twice: list[str] = []  # files found here under a second name, not read under it
     for location in input_paths:
         if not local_relative(location):
             continue
         try:
-            shards = list_shards([os.path.join(root, location)], input_format, exclude=exclude)
+            shards = list_shards([os.path.join(root, location)], input_format, exclude=exclude, not_read=twice)
         except PipelineError as error:
             raise PipelineError(
                 f"{error} (the relative input path {location} is read in the uploaded project on the cluster, where "
                 "the job would fail the same way; refused before anything is uploaded)"
             ) from None
         files += [os.path.relpath(shard.path, root) for shard in shards]
+    check_carried_once(root, twice)
     left = left_out_of_upload(root, files)
     if not left:
         return
@@ -432,6 +434,25 @@ def check_inputs_uploaded(project_root: Path, input_paths: Sequence[str], input_
         "folder that is uploaded, or change that rule (.gitignore, .rayignore), or give input.paths an s3:// URI "
         "or an absolute path on storage every node of the cluster reads"
     )
+
+
+def check_carried_once(root: Path, twice: list[str]) -> None:
+    """Refuse (PipelineError) a submission whose input reaches a file under a second name (``twice``: the paths of
+    the names a listing does not read, :func:`pipelines.io.shards.list_shards`' ``not_read``) that the upload would
+    carry: Ray's upload follows a symbolic link and stores a copy under each name (a hard link too), so on the
+    cluster they are two files, and the job would read the rows of each, every row twice."""
+    inside = [os.path.relpath(path, root) for path in twice if Path(path).is_relative_to(root)]
+    left = {item.path for item in left_out_of_upload(root, inside)}
+    carried = sorted(name for name in inside if name not in left)
+    if carried:
+        raise PipelineError(
+            f"{len(carried)} input file(s) reached here under two names (a symbolic link, a hard link), which a run "
+            f"here reads once, would be uploaded under both, as copies: {', '.join(carried[:3])}"
+            f"{' …' if len(carried) > 3 else ''}; on the cluster they are two files, and the job would read each "
+            "twice, its rows written twice. Name the folder without the link in input.paths, or leave the other name "
+            "out of the upload (.rayignore), or give input.paths an s3:// URI or an absolute path on storage every "
+            "node of the cluster reads"
+        )
 
 
 def check_model_uploaded(project_root: Path, model_name: str) -> None:
@@ -467,8 +488,8 @@ def check_model_uploaded(project_root: Path, model_name: str) -> None:
         f"with the project: {_by_rule(left)}, and the job would fail on the cluster without them (no such "
         "folder or Hugging Face id, or no weights); push the model to the Hugging Face Hub (a private repository, "
         "with HF_TOKEN on the cluster's nodes) and give its id, or copy it to storage every node reads and give "
-        "its absolute path, or, for a small model, change that rule (.gitignore, .rayignore: Ray uploads at most "
-        "512 MiB by default)"
+        "its absolute path, or, for a small model, change that rule (.gitignore, .rayignore: the job server takes "
+        "an upload of at most 100 MiB, zipped)"
     )
 
 

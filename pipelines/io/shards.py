@@ -720,7 +720,8 @@ def _identity(path: str, folder: bool = True) -> tuple[int, int] | None:
 
 
 def list_shards(
-    paths: list[str], wanted_format: str = "auto", exclude: Sequence[str] = (), empty_is_no_input: bool = False
+    paths: list[str], wanted_format: str = "auto", exclude: Sequence[str] = (), empty_is_no_input: bool = False,
+    not_read: list[str] | None = None,
 ) -> list[Shard]:
     """Every input shard under ``paths``, sorted and without duplicates.
 
@@ -728,6 +729,8 @@ def list_shards(
     .parquet or .jsonl files) is an error, as a path that does not exist is, not a job without its rows. A
     scheduled tick passes ``empty_is_no_input``: a folder or glob with nothing in it yet is no input (a file
     it names must still be one to read).
+
+    ``not_read``: a list the local paths of the names not read are added to (a file found under another).
 
     Files under an ``exclude`` location (the job's own output, when it lies inside an input folder,
     or is reached through a symbolic link there: a listing follows links) are left out. Two different
@@ -739,6 +742,7 @@ def list_shards(
     # of its shard, reached through a link
     by_file: dict[tuple[int, int] | str, tuple[str, bool, str]] = {}  # (uri, through a link, real path)
     doubles: list[tuple[str, str]] = []  # (a name not read, the name read): one file found under both
+    unread = [] if not_read is None else not_read  # the paths of the names not read
     real_file = _RealPaths()
     skipped = [(xfs, xpath, real_path(xfs, xpath)) for xfs, xpath in map(resolve, exclude)]
     aliases = [UnderFolder(xfs, xpath) for xfs, xpath in map(resolve, exclude)]  # reached by another path
@@ -790,8 +794,11 @@ def list_shards(
                     outer = prior[1] == linked and prior[2] == real and name.endswith(f"/{kept}")
                     if (not prior[1] or linked) and not outer:  # the first, unless the new one goes through no link
                         doubles.append((name, kept))
+                        unread.append(info.path)
                         continue
-                    doubles.append((shards.pop(prior[0]).name, name))
+                    dropped = shards.pop(prior[0])
+                    doubles.append((dropped.name, name))
+                    unread.append(dropped.path)
                 by_file[same] = (uri, linked, real)
             shards[uri] = Shard(uri, info.path, kind[0], kind[1], info.size or 0, mtime, name)  # type: ignore[arg-type]
         compressed = sorted(n for n in other if os.path.splitext(n)[1].lower() in COMPRESSED_NAMES)
