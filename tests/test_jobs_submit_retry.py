@@ -33,6 +33,7 @@ class FakeJobServer:
     packages: set[str] = field(default_factory=set)
     submitted: list[dict] = field(default_factory=list)
     authorization: list[str | None] = field(default_factory=list)
+    upload_limit: int | None = None  # the largest package body taken (Ray's job server: 100 MiB), as aiohttp refuses
 
 
 def handler_for(server: FakeJobServer) -> type[BaseHTTPRequestHandler]:
@@ -62,7 +63,11 @@ def handler_for(server: FakeJobServer) -> type[BaseHTTPRequestHandler]:
 
         def do_PUT(self) -> None:
             server.requests.append(("PUT", self.path))
-            self.body()
+            size = len(self.body())
+            if server.upload_limit is not None and size > server.upload_limit:
+                self.answer(413, f"Maximum request body size {server.upload_limit} exceeded, actual body size {size}",
+                            "text/plain")
+                return
             server.packages.add(self.path)
             self.answer(200, "", "text/plain")
 
@@ -135,3 +140,16 @@ def test_other_server_errors_are_not_retried(job_server, project):
     with pytest.raises(PipelineError, match="refused the request.*500"):
         jobs.submit(project / "jobs" / "job.yaml", job_server.url, project_root=project, retry_every_s=0)
     assert [r for r in job_server.requests if r[0] == "POST"] == [("POST", "/api/jobs/")]
+
+
+@pytest.mark.parametrize("job_server", [(0, NOT_READY, "", [], set(), [], [], 64)], indirect=True)
+def test_an_upload_over_the_job_servers_limit_says_what_to_leave_out(job_server, project):
+    """Ray's job server takes a package of at most 100 MiB; one over it was Ray's raw `Request failed with status code
+    413: Maximum request body size … exceeded` after `refused the request`, saying nothing of what to do (a tester's
+    184 MiB input file). Now one line says the upload is too large and how to make it smaller."""
+    (project / "jobs" / "big.jsonl").write_bytes(bytes(range(256)) * 64)  # zips to more than 64 bytes
+    with pytest.raises(PipelineError, match=r"refused the project's upload as too large \(.*413.*Maximum request body "
+                                            r"size 64 exceeded.*\.gitignore or \.rayignore") as raised:
+        jobs.submit(project / "jobs" / "job.yaml", job_server.url, project_root=project, retry_every_s=0)
+    assert "\n" not in str(raised.value)
+    assert job_server.submitted == []

@@ -792,6 +792,13 @@ def _errors_as_pipeline_errors(url: str, token: AuthToken | None, job_id: str | 
             raise PipelineError(
                 f"The cluster at {url} has no job {job_id!r}; check the id (`ray list jobs` on the head lists them)."
             ) from None
+        if "status code 413" in str(exc):  # aiohttp's cap on a request's body: the project's package
+            raise PipelineError(
+                f"The Ray job server at {url} refused the project's upload as too large ({exc}); it takes a package "
+                "of at most 100 MiB, zipped, by default: leave large files out of the upload (.gitignore or "
+                ".rayignore), with the data on s3:// or on storage every node of the cluster reads and a model on the "
+                "Hugging Face Hub, then submit again"
+            ) from None
         raise PipelineError(f"The Ray job server at {url} refused the request: {exc}") from None
 
 
