@@ -842,7 +842,19 @@ def _with_own_line(client: _Client, report: JobReport, logs: str | None = None) 
             logger.debug("could not fetch the logs of %s for its error line: %s", report.job_id, exc)
     if not line and logs:
         line = own_line(logs)
+    if not line and "runtime_env setup failed" in report.message:  # the job never started: no line of its own
+        line = RUNTIME_ENV_HINT
     return dataclasses.replace(report, own_line=line)
+
+
+#: What a job that failed in its runtime_env setup is told, where it has no line of its own (it never ran): the
+#: commonest cause with this project's runtime_env (the project folder and environment variables only).
+RUNTIME_ENV_HINT = (
+    "hint: the uploaded project could not be set up on the cluster; most often a file of the project that changed "
+    "while it was uploaded (a log the submit writes inside it, `pipelines submit … > submit.log` run there) makes the "
+    "package the job asks for another than the one sent: write such files outside the project or list them in "
+    ".rayignore, then submit again"
+)
 
 
 def follow_logs(client: _Client, job_id: str, out: IO[str] | None = None) -> str:
