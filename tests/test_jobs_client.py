@@ -155,6 +155,32 @@ def test_wait_follows_a_job_to_its_end_when_the_log_stream_closes_before_it(
     assert jobs_client.status(job_id, head.address).status == "SUCCEEDED"
 
 
+def test_a_project_file_written_while_it_is_uploaded_does_not_fail_the_job(
+        head, token_env, project, monkeypatch, capsys):
+    """`pipelines submit … > submit.log` run in the project: its log grows while the project is uploaded. Ray's
+    upload looked at the folder twice, once to name the job's package and once to name the package it uploaded, so
+    the two names differed and the job failed setting up ("Failed to download runtime_env file package", no logs):
+    2 of 2 tries of a tester's. Here the log grows after each look Ray's packaging takes at the folder; the job must
+    run on a package of one look."""
+    from ray._private.runtime_env import packaging
+
+    log = project / "submit.log"
+    log.write_text("")
+    looked = packaging._dir_travel
+
+    def look_then_log(path, *args, **kwargs):
+        looked(path, *args, **kwargs)
+        if Path(path) == project:  # a whole look at the project done: the log written to gets a line
+            with log.open("a") as out:
+                out.write("a line of the submit's own log\n")
+
+    monkeypatch.setattr(packaging, "_dir_travel", look_then_log)
+    job_id = jobs_client.submit(project / "jobs" / "hello.yaml", head.address, wait=True, project_root=project)
+    assert "SPEC hello" in capsys.readouterr().out
+    assert jobs_client.status(job_id, head.address).status == "SUCCEEDED"
+    assert log.read_text().count("\n") >= 1  # the project did change while it was uploaded
+
+
 def test_status_logs_and_stop(head, token_env, project, capsys):
     job_id = jobs_client.submit(project / "jobs" / "sleep.yaml", head.address, project_root=project)
     assert jobs_client.status(job_id, head.address).status in ("PENDING", "RUNNING")

@@ -85,16 +85,15 @@ def test_the_line_is_looked_up_in_the_logs_when_the_excerpt_lacks_it(cluster):
     assert "\n" not in str(report)
 
 
-def test_a_job_whose_runtime_env_setup_failed_says_what_most_often_makes_it_fail(cluster, capsys):
-    """A file of the project that changes while `submit` uploads it (its own log, `pipelines submit … > submit.log`
-    run in the project) makes Ray hash the folder to one package name and upload another: the job fails in its
-    runtime_env setup, with no logs (a tester's 2 of 2 tries), and status said only Ray's `runtime_env setup failed:
-    Failed to set up runtime environment.`. It says what to look for now."""
+def test_a_job_whose_runtime_env_setup_failed_says_where_the_reason_is(cluster, capsys):
+    """A job whose uploaded project could not be set up on the cluster never ran: no logs, no line of its own, and
+    status said only Ray's `runtime_env setup failed: Failed to set up runtime environment.`. It says where Ray's
+    reason is now (the runtime_env agent's log; a tester had to find it to learn why 2 of 2 submissions failed)."""
     cluster.jobs = FakeJobs("FAILED", "runtime_env setup failed: Failed to set up runtime environment.", None, logs="")
     assert main(["status", "raysubmit_x", "--address", ADDRESS]) == 0
     said = capsys.readouterr().out
     assert said.startswith("raysubmit_x: FAILED (runtime_env setup failed: Failed to set up runtime environment.) "), said
-    assert "a file of the project that changed while it was uploaded" in said and ".rayignore" in said, said
+    assert "never started" in said and "runtime_env_agent.log" in said and "ray exec cluster.yaml" in said, said
 
 
 def test_a_status_whose_logs_cannot_be_fetched_is_still_the_status(cluster, capsys):

@@ -38,6 +38,7 @@ import re
 import shlex
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -144,7 +145,7 @@ def submit(
 ) -> str:
     """Submit ``python -m pipelines run JOB [--set k=v ...]`` to the cluster.
 
-    ``project_root`` is uploaded as the job's working_dir (minus
+    ``project_root`` is uploaded as the job's working_dir (zipped once, :func:`package_project`: minus
     :data:`DEFAULT_EXCLUDES` and .gitignored files), so this package and the
     job spec travel with the job; ``job_path`` must lie inside it.
     ``env_vars`` are added to :data:`DEFAULT_ENV_VARS` for the job's processes.
@@ -164,22 +165,17 @@ def submit(
             "jobs/) or change that rule"
         )
     entrypoint = build_entrypoint(job_rel, overrides, extra_args)
-    runtime_env = build_runtime_env(root, env_vars)
     client, url = _connect(address, insecure)
-    with _errors_as_pipeline_errors(url, client.token):
-        try:
-            job_id = _submit_when_ready(
-                client,
-                url,
-                {"entrypoint": entrypoint, "runtime_env": runtime_env, "metadata": {"pipelines_job": job_rel}},
-                retry_for_s,
-                retry_every_s,
-            )
-        except ValueError as exc:  # mostly: the packaged working_dir is too large
-            raise PipelineError(
-                f"Could not submit {job_rel} with {root} as its working_dir: {exc}. "
-                "If the project is too large to upload, list big files in .gitignore."
-            ) from None
+    with tempfile.TemporaryDirectory(prefix="pipelines-upload-") as scratch, \
+            _errors_as_pipeline_errors(url, client.token):
+        runtime_env = build_runtime_env(package_project(root, Path(scratch)), env_vars)
+        job_id = _submit_when_ready(
+            client,
+            url,
+            {"entrypoint": entrypoint, "runtime_env": runtime_env, "metadata": {"pipelines_job": job_rel}},
+            retry_for_s,
+            retry_every_s,
+        )
     logger.info("Submitted job %s to %s: %s", job_id, url, entrypoint)
     if wait:
         _wait_for_success(client, url, job_id)
@@ -599,13 +595,38 @@ def build_entrypoint(job_rel: str, overrides: Sequence[str] = (), extra_args: Se
     return shlex.join(args)
 
 
-def build_runtime_env(project_root: Path, env_vars: Mapping[str, str] | None = None) -> dict:
-    """Return the job's runtime_env: the project as working_dir, plus env vars."""
-    return {
-        "working_dir": str(project_root),
-        "excludes": list(DEFAULT_EXCLUDES),
-        "env_vars": {**DEFAULT_ENV_VARS, **(env_vars or {})},
-    }
+def package_project(project_root: Path, scratch: Path) -> Path:
+    """Zip the project as Ray's upload of it as a working_dir would (the same function, the same rules: Ray's
+    default excludes and :data:`DEFAULT_EXCLUDES`, the .gitignore and .rayignore files, see
+    :func:`left_out_of_upload`) into ``scratch``, and return the zip.
+
+    Submitting the folder itself, Ray looks at it twice: once to name the package the job asks for, once to name
+    the package it uploads. A file that changes in between (a log the submit writes inside the project, ``pipelines
+    submit … > submit.log`` run there) made the names differ and the job fail setting up, asking for a package never
+    sent. A zip is looked at once, and named by its bytes.
+    """
+    from ray._private.ray_constants import get_runtime_env_default_excludes
+    from ray._private.runtime_env.packaging import create_package
+
+    package = scratch / "project.zip"
+    try:
+        create_package(
+            str(project_root),
+            package,
+            include_gitignore=os.environ.get(IGNORE_GITIGNORE_ENV, "0") != "1",
+            excludes=[*get_runtime_env_default_excludes(), *DEFAULT_EXCLUDES],
+        )
+    except OSError as exc:
+        raise PipelineError(
+            f"Could not package the project {project_root} for upload: {exc}; make that file readable, or leave it "
+            "out of the upload (.gitignore or .rayignore)"
+        ) from None
+    return package
+
+
+def build_runtime_env(working_dir: Path, env_vars: Mapping[str, str] | None = None) -> dict:
+    """Return the job's runtime_env: ``working_dir`` (the project's zip, :func:`package_project`), plus env vars."""
+    return {"working_dir": str(working_dir), "env_vars": {**DEFAULT_ENV_VARS, **(env_vars or {})}}
 
 
 # --------------------------------------------------------------------------- #
@@ -847,13 +868,13 @@ def _with_own_line(client: _Client, report: JobReport, logs: str | None = None) 
     return dataclasses.replace(report, own_line=line)
 
 
-#: What a job that failed in its runtime_env setup is told, where it has no line of its own (it never ran): the
-#: commonest cause with this project's runtime_env (the project folder and environment variables only).
+#: What a job that failed in its runtime_env setup is told, where it has no line of its own (it never ran, so it has
+#: no logs): where Ray's reason is (the runtime_env agent's log of the node, which ``ray exec`` reads on the head).
 RUNTIME_ENV_HINT = (
-    "hint: the uploaded project could not be set up on the cluster; most often a file of the project that changed "
-    "while it was uploaded (a log the submit writes inside it, `pipelines submit … > submit.log` run there) makes the "
-    "package the job asks for another than the one sent: write such files outside the project or list them in "
-    ".rayignore, then submit again"
+    "hint: the uploaded project could not be set up on the cluster, so the job never started and has no logs; Ray's "
+    "reason is in the node's /tmp/ray/session_latest/logs/runtime_env_agent.log (on the head: `ray exec cluster.yaml "
+    "'tail -n 50 /tmp/ray/session_latest/logs/runtime_env_agent.log'`), e.g. a package no longer on the cluster (a "
+    "head restarted since the upload) or a full disk; submit again once it is mended"
 )
 
 
