@@ -58,13 +58,13 @@ def test_question_answering_finds_the_best_span_over_all_windows(tiny_models):
     for row in rows[:2]:
         expected = reference_answers(
             model, tokenizer, row["question"], row["context"], max_seq_len=QA_MAX_LENGTH,
-            doc_stride=predictor.task.stride, max_answer_len=QA["max_answer_length"],
+            doc_stride=QA["doc_stride"], max_answer_len=QA["max_answer_length"],
         )[0]
         assert (row["start"], row["end"], row["answer"]) == (expected["start"], expected["end"], expected["answer"])
         assert row["score"] == pytest.approx(expected["score"], rel=1e-4)
         assert row["context"][row["start"] : row["end"]] == row["answer"]
     windows = tokenizer(rows[0]["question"], CONTEXT, truncation="only_second", max_length=QA_MAX_LENGTH,
-                        stride=predictor.task.stride, return_overflowing_tokens=True)["input_ids"]
+                        stride=QA["doc_stride"], return_overflowing_tokens=True)["input_ids"]
     assert len(windows) >= 3
     assert rows[0]["_tokens"] > QA_MAX_LENGTH  # several windows were run for the long context
     assert rows[2][ERROR] == "question is null or empty" and rows[2]["answer"] is None

@@ -72,6 +72,18 @@ def word_spans(words: list[int | None], in_context: np.ndarray, offsets: np.ndar
     return spans
 
 
+#: What each window (feature) carries to ``forward`` and ``postprocess`` (:meth:`QuestionAnswering._windows`).
+_EXTRA = ("in_softmax", "in_context", "offsets", "words", "context")
+
+
+def _objects(values: list[Any]) -> np.ndarray:
+    """``values`` (arrays of several lengths, strings) as a 1-d object array, one per feature."""
+    array = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):  # one by one: arrays of one shape would be broadcast into a 2-d array
+        array[i] = value
+    return array
+
+
 class QuestionAnswering(Task):
     name = "question-answering"
     options_model = QuestionAnsweringOptions
@@ -81,19 +93,24 @@ class QuestionAnswering(Task):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        specials = self.tokenizer.num_special_tokens_to_add(pair=True)
-        room = self.max_length - specials - self.options.max_question_length
+        self.specials = self.tokenizer.num_special_tokens_to_add(pair=True)
+        room = self.max_length - self.specials - self.options.max_question_length
         if room < 2:
             raise PipelineError(
                 f"question-answering: max_length {self.max_length} leaves no room for the context after a question "
                 f"of up to {self.options.max_question_length} tokens; raise batching.max_length or lower "
                 "task.max_question_length"
             )
-        # The tokenizer needs the overlap to be shorter than the context part of every window.
-        self.stride = min(self.options.doc_stride, room // 2)
         top_k = self.options.top_k
         self.candidates = 2 * top_k + 10 if self.options.align_to_words else top_k
         self.marks = DroppedMarks(self.tokenizer)
+
+    def stride(self, question_tokens: int) -> int:
+        """The overlap between the windows of a row whose question is ``question_tokens`` long: ``doc_stride`` as
+        given where the window has room for more context than that (as the Transformers pipeline takes it), else
+        half that room (where the pipeline's tokenizer fails)."""
+        room = self.max_length - self.specials - question_tokens
+        return self.options.doc_stride if self.options.doc_stride < room else room // 2
 
     def token_inputs(self) -> dict[str, str | None]:
         question, context = self.options.question_column, self.options.context_column
@@ -102,46 +119,59 @@ class QuestionAnswering(Task):
     def encode(self, texts: list[str], columns: dict[str, list[Any]]) -> Features:
         questions = columns[self.options.question_column]
         contexts = columns[self.options.context_column]
-        errors = self._refused(questions, contexts)
-        rows = [i for i in range(len(texts)) if i not in errors]
-        if not rows:
+        errors, strides = self._refused(questions, contexts)
+        if not strides:
             return Features(tokens={}, row=np.zeros(0, np.int64), errors=errors)
-        encoding = self.tokenizer(
-            [questions[i] for i in rows],
-            [contexts[i] for i in rows],
-            truncation="only_second",
-            max_length=self.max_length,
-            stride=self.stride,
-            return_overflowing_tokens=True,
-            return_offsets_mapping=True,
-            padding=False,
-        )
-        owner = np.asarray(rows, dtype=np.int64)[np.asarray(encoding["overflow_to_sample_mapping"], dtype=np.int64)]
-        features = Features.one_per_row(encoding)
-        features.row = owner
+        tokens: dict[str, list[list[int]]] = {}
+        owners: list[np.ndarray] = []
+        extra: dict[str, list[Any]] = {name: [] for name in _EXTRA}
+        for stride in sorted(set(strides.values())):  # one tokenizer call for the rows of each overlap: mostly one
+            rows = [i for i, s in strides.items() if s == stride]
+            encoding = self.tokenizer(
+                [questions[i] for i in rows],
+                [contexts[i] for i in rows],
+                truncation="only_second",
+                max_length=self.max_length,
+                stride=stride,
+                return_overflowing_tokens=True,
+                return_offsets_mapping=True,
+                padding=False,
+            )
+            for name in ("input_ids", "token_type_ids"):
+                if name in encoding:
+                    tokens.setdefault(name, []).extend(encoding[name])
+            owner = np.asarray(rows, dtype=np.int64)[np.asarray(encoding["overflow_to_sample_mapping"], dtype=np.int64)]
+            owners.append(owner)
+            for name, values in self._windows(encoding, owner, contexts).items():
+                extra[name].extend(values)
+        owner = np.concatenate(owners)
+        order = np.argsort(owner, kind="stable")  # features in row order, each row's windows in text order
+        features = Features.one_per_row({name: [ids[i] for i in order] for name, ids in tokens.items()})
+        features.row = owner[order]
         features.errors = errors
-        n = len(owner)
-        in_softmax, in_context, offsets, words, context_text = (np.empty(n, dtype=object) for _ in range(5))
-        cls = self.tokenizer.cls_token_id
-        for f in range(n):
-            context_text[f] = contexts[owner[f]]
-            in_context[f] = np.array([s == 1 for s in encoding.sequence_ids(f)], dtype=bool)
-            # [CLS] stays in the softmax: the "no answer here" of SQuAD2-style models
-            in_softmax[f] = in_context[f] | (np.asarray(encoding["input_ids"][f]) == cls)
-            offsets[f] = np.asarray(encoding["offset_mapping"][f], dtype=np.int64).reshape(-1, 2)
-            offsets[f] = self.marks.extend(contexts[owner[f]], offsets[f], in_context[f])
-            words[f] = word_spans(encoding.word_ids(f), in_context[f], offsets[f])
-        features.extra = {
-            "in_softmax": in_softmax,
-            "in_context": in_context,
-            "offsets": offsets,
-            "words": words,
-            "context": context_text,
-        }
+        features.extra = {name: _objects([values[i] for i in order]) for name, values in extra.items()}
         return features
 
-    def _refused(self, questions: list[Any], contexts: list[Any]) -> dict[int, str]:
-        """Rows that can't be answered, with the reason."""
+    def _windows(self, encoding: Any, owner: np.ndarray, contexts: list[Any]) -> dict[str, list[Any]]:
+        """What ``forward`` and ``postprocess`` need of each window (feature) of ``encoding``."""
+        cls = self.tokenizer.cls_token_id
+        windows: dict[str, list[Any]] = {name: [] for name in _EXTRA}
+        for f in range(len(owner)):
+            context = contexts[owner[f]]
+            in_context = np.array([s == 1 for s in encoding.sequence_ids(f)], dtype=bool)
+            # [CLS] stays in the softmax: the "no answer here" of SQuAD2-style models
+            in_softmax = in_context | (np.asarray(encoding["input_ids"][f]) == cls)
+            offsets = np.asarray(encoding["offset_mapping"][f], dtype=np.int64).reshape(-1, 2)
+            offsets = self.marks.extend(context, offsets, in_context)
+            windows["in_softmax"].append(in_softmax)
+            windows["in_context"].append(in_context)
+            windows["offsets"].append(offsets)
+            windows["words"].append(word_spans(encoding.word_ids(f), in_context, offsets))
+            windows["context"].append(context)
+        return windows
+
+    def _refused(self, questions: list[Any], contexts: list[Any]) -> tuple[dict[int, str], dict[int, int]]:
+        """Rows that can't be answered, with the reason; and the overlap (:meth:`stride`) of each of the others."""
         errors: dict[int, str] = {}
         for i, (question, context) in enumerate(zip(questions, contexts)):
             if not question or not question.strip():
@@ -149,13 +179,16 @@ class QuestionAnswering(Task):
             elif not context or not context.strip():
                 errors[i] = f"{self.options.context_column} is null or empty"
         rows = [i for i in range(len(questions)) if i not in errors]
+        strides: dict[int, int] = {}
         if rows:
             lengths = self.tokenizer([questions[i] for i in rows], add_special_tokens=False)["input_ids"]
             limit = self.options.max_question_length
             for i, ids in zip(rows, lengths):
                 if len(ids) > limit:
                     errors[i] = f"question longer than max_question_length ({len(ids)} > {limit} tokens)"
-        return errors
+                else:
+                    strides[i] = self.stride(len(ids))
+        return errors, strides
 
     def forward(self, model, inputs, extra):
         output = model(**inputs)

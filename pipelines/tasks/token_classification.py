@@ -109,8 +109,8 @@ class TokenClassification(Task):
         return features
 
     def _window_stride(self) -> int | None:
-        """The overlap between windows, capped at half the room a window has for text (the tokenizer needs less);
-        None: no windows."""
+        """The overlap between windows: as given where a window has room for more than it (as the Transformers
+        pipeline takes it), else half that room (where the pipeline's tokenizer fails); None: no windows."""
         if self.options.stride is None:
             return None
         room = self.max_length - self.tokenizer.num_special_tokens_to_add(pair=False)
@@ -119,7 +119,7 @@ class TokenClassification(Task):
                 f"token-classification: max_length {self.max_length} leaves no room for text; "
                 "raise batching.max_length"
             )
-        return min(self.options.stride, room // 2)
+        return self.options.stride if self.options.stride < room else room // 2
 
     def _subwords(self, text: str, ids: list[int], offsets: np.ndarray) -> np.ndarray:
         """Which tokens continue the word before them (the Transformers pipeline's test)."""
