@@ -142,6 +142,19 @@ def from_ray(exc: BaseException) -> PipelineError | None:
     return said
 
 
+def died_on_a_batch(exc: BaseException) -> str | None:
+    """Ray's word (its first line) where ``exc`` says an actor's process died while it ran a call, after the retries
+    it had (the actor not failing as it started: that is :func:`from_ray`'s); None for any other failure."""
+    if "ray" not in sys.modules:
+        return None
+    from ray.exceptions import RayActorError
+
+    if not isinstance(exc, RayActorError) or exc.actor_init_failed:
+        return None
+    said = first_line(exc).replace(" The task may or may not have been executed on the actor.", "")
+    return said if len(said) <= 300 else said[:297] + "..."
+
+
 def _ours_in(traceback_text: str) -> PipelineError | None:
     """The PipelineError a remote traceback shows raised in user code (Ray Data chains its ``UserCodeException``
     to it, "the direct cause of the following exception", and the driver gets the text only); None for others."""

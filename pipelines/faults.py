@@ -7,7 +7,10 @@ each time after). Driver points: ``before_commit``, ``mid_commit``
 store: a staged file copied into place, its staged copy not yet deleted), ``after_commit``,
 ``before_summary``, ``exit`` (the CLI has said how the command ended; Ray's shutdown at exit follows), ``idle``
 (the scheduler's loop, about to sleep till its next tick); actor point:
-``predict`` (each predictor call). Several points, comma-separated, each signal once (``mid_commit:2,exit``).
+``predict`` (each predictor call). ``PIPELINES_CRASH_ON_TEXT=<text>`` kills the actor (SIGKILL) at each call whose
+batch holds a row whose text contains ``text``, in every process: a batch that kills whichever actor takes it, as
+the out-of-memory killer does a batch too big for the node. Several points, comma-separated, each signal once
+(``mid_commit:2,exit``).
 With ``PIPELINES_CRASH_ONCE=<file>`` only the first process to get there dies (it creates the file), so a
 restarted actor carries on. Unset in normal use; it exists so tests can prove that a
 crash at any of these moments is resumed exactly once.
@@ -51,6 +54,16 @@ def checkpoint(point: str) -> None:
     sig = getattr(signal, "SIG" + os.environ.get("PIPELINES_CRASH_SIGNAL", "KILL").upper())
     target = os.environ.get("PIPELINES_CRASH_TARGET")
     os.kill(int(target) if target else os.getpid(), sig)
+
+
+CRASH_ON_TEXT = "PIPELINES_CRASH_ON_TEXT"
+
+
+def crash_on_text(texts: object) -> None:
+    """Kill this process (SIGKILL) if any of ``texts`` (a pyarrow column) holds ``PIPELINES_CRASH_ON_TEXT``."""
+    wanted = os.environ.get(CRASH_ON_TEXT)
+    if wanted and any(wanted in text for text in texts.to_pylist() if isinstance(text, str)):  # type: ignore[attr-defined]
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def write_fails(point: str) -> None:

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from pipelines import faults, fidelity
 from pipelines.cluster.connect import worker_spec
-from pipelines.errors import PipelineError, one_line_ray_errors
+from pipelines.errors import PipelineError, died_on_a_batch, from_ray, one_line_ray_errors
 from pipelines.inference.identity import changed as identity_changed
 from pipelines.inference.identity import generation_settings, model_files
 from pipelines.io.reader import (
@@ -56,6 +56,9 @@ from pipelines.tasks.options import GENERATION_TASKS, left_out_differences
 log = logging.getLogger(__name__)
 
 IO_CPUS = 0.25  # read and write tasks are light; leave the cores to the actors
+#: How many times a batch is tried again after the actor running it died (the process killed: out of memory, a
+#: node lost): Ray restarts the actor each time; past this the run fails, naming the batch's shard.
+BATCH_RETRIES = 3
 
 
 def job_record(spec: JobSpec) -> JobRecord:
@@ -220,6 +223,10 @@ def build_dataset(spec: JobSpec, shards: list[Shard], columns: Columns, files: d
         batch_size=spec.batching.batch_size,
         batch_format="pyarrow",
         num_cpus=compute.cpus_per_actor,
+        # an actor that died (killed for memory, a node lost) is restarted, without end, but one batch is tried
+        # at most 1 + BATCH_RETRIES times: one that kills whichever actor takes it fails the run (Ray Data's
+        # default retried it forever)
+        max_task_retries=BATCH_RETRIES,
         **gpu_args,
     )
 
@@ -644,10 +651,15 @@ def _run_locked(
                 result.report = pages.report_path(spec.output.path)
             output.finish()
         return result
-    except PipelineError as exc:
-        if exc.report is None:
-            exc.unreported = spec.output.path
-        raise
+    except Exception as exc:  # a failure Ray reports for an actor of this run (a full disk where it stages) too
+        said = exc if isinstance(exc, PipelineError) else from_ray(exc)
+        if said is None:
+            raise
+        if said.report is None:
+            said.unreported = spec.output.path
+        if said is exc:
+            raise
+        raise said from None
 
 
 def check_paths(spec: JobSpec) -> None:
@@ -731,6 +743,36 @@ def execute(
             return settings(shard, reports, **kwargs)
 
     timeline["execution_start"] = time.time()
+    try:
+        _stream(dataset, spec, output, by_key, tally, done, failed, commit, timeline, labels)
+    except Exception as exc:
+        ray_said = died_on_a_batch(exc)
+        if ray_said is None:
+            raise
+        raise PipelineError(_died_message(ray_said, pending, done, tally)) from None
+    for empty in pending:
+        # A shard with no rows yields no block, so no report: commit it empty once it is known to be empty.
+        if empty.key not in done and empty.key not in tally.seen and is_empty(empty, spec):
+            done[empty.key] = commit(empty, [])
+            log.info("committed %s (empty)", empty.uri)
+    if screen is not None and screen.repeated:
+        log.warning(repeated_custom_ids(screen.repeated))
+    return done, failed
+
+
+def _stream(
+    dataset: Any,
+    spec: JobSpec,
+    output: OutputDir,
+    by_key: dict[str, Shard],
+    tally: Tally,
+    done: dict[str, CommitRecord],
+    failed: list[UnreadableShard],
+    commit: Callable[..., CommitRecord],
+    timeline: dict[str, float],
+    labels: list[str] | None,
+) -> None:
+    """:func:`execute`'s loop: each report of the pool's actors tallied, each shard committed once complete."""
     for batch in reports_of(dataset):
         timeline.setdefault("first_block", time.time())
         for report in StagingReport.from_table(batch):
@@ -754,17 +796,27 @@ def execute(
                 done[shard.key] = commit(shard, reports, unreadable=found)
             else:
                 done[shard.key] = commit(shard, reports)
-            log.info("committed %s (%d/%d shards)", shard.uri, len(done), len(pending))
+            log.info("committed %s (%d/%d shards)", shard.uri, len(done), len(by_key))
             timeline["last_commit"] = time.time()
             faults.checkpoint("after_commit")
-    for empty in pending:
-        # A shard with no rows yields no block, so no report: commit it empty once it is known to be empty.
-        if empty.key not in done and empty.key not in tally.seen and is_empty(empty, spec):
-            done[empty.key] = commit(empty, [])
-            log.info("committed %s (empty)", empty.uri)
-    if screen is not None and screen.repeated:
-        log.warning(repeated_custom_ids(screen.repeated))
-    return done, failed
+
+
+def _died_message(ray_said: str, pending: list[Shard], done: dict[str, CommitRecord], tally: Tally) -> str:
+    """What a run says where a batch killed each actor that took it (:data:`BATCH_RETRIES` retries): Ray's word,
+    the usual causes and what to do, and the shards the batch may be of (those begun first: rows staged)."""
+    left = sorted((s for s in pending if s.key not in done), key=lambda s: (-tally.seen.get(s.key, 0), s.uri))
+    named = ", ".join(
+        f"{s.uri} ({tally.seen[s.key]:,} row(s) staged)" if tally.seen.get(s.key) else s.uri for s in left[:3]
+    )
+    more = f" and {len(left) - 3} more" if len(left) > 3 else ""
+    return (
+        f"the pool's actor died while it scored a batch, and again each of the {BATCH_RETRIES} times the batch was "
+        f"tried again (Ray: {ray_said}); most often the operating system killed it for memory (a batch too big for "
+        "the node: the kernel's log, `dmesg`, says so) or native code crashed on one of its rows. The "
+        f"{len(done)} shard(s) committed in this run are kept; the batch is of one of the {len(left)} not committed: "
+        f"{named}{more}. Lower batching.batch_size or batching.max_tokens, or give each actor more memory, or set "
+        "the row that does it aside, then run the same command again to resume"
+    )
 
 
 def reports_of(dataset: Any) -> Iterator[pa.Table]:

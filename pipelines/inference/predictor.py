@@ -100,6 +100,8 @@ class Predictor:
     def prepare(self, batch: pa.Table) -> Pending:
         """The rows to predict, validated and tokenized. Any thread may run it while ``infer`` runs another batch."""
         faults.checkpoint("predict")
+        if faults.CRASH_ON_TEXT in os.environ and self.spec.input.text_column in batch.column_names:
+            faults.crash_on_text(batch.column(self.spec.input.text_column))
         valid, errors = self._validate(batch)
         rows = np.flatnonzero(valid)
         with self.tokenizer_lock:
