@@ -87,14 +87,39 @@ def check(spec: JobSpec, shards: list[Shard], rows: int | None = None) -> Fideli
 
 
 def _check_auto(spec: JobSpec, picked: pa.Table) -> Fidelity:
-    """``quantization: auto``: every candidate for this machine against float32; the one auto would take."""
+    """``quantization: auto``: the precision a run of this job takes, against float32. That is the one its output
+    keeps (measured here), else the decision kept on this machine for this sample (its figures), else one made now,
+    every candidate for this machine against float32 (and kept, so that the job's next run takes the same: timed
+    afresh, two candidates about as fast could go either way)."""
+    from pipelines.inference.fidelity import measure
+    from pipelines.planning.progress import recorded_precision
+
     bar = _auto_bar(spec)
-    found = _choose_remote(spec.model_dump(mode="json"), picked, bar)
-    log.info("quantization auto would take %s: %s", Precision(found["quantization"], found["dtype"]).label,
-             found["why"])
-    if found.get("fidelity") is None:
-        raise PipelineError(f"quantization auto would run in float32 here: {found['why']}")
-    result = Fidelity.model_validate(found["fidelity"])
+    recorded = recorded_precision(spec)
+    if recorded:
+        chosen = Precision(recorded["quantization"], recorded["dtype"])
+        if chosen == Precision("none", "float32"):
+            raise PipelineError(f"quantization auto runs {spec.output.path} in float32, as its earlier runs chose: "
+                                "there is nothing to compare")
+        log.info("quantization auto: %s, as the output's earlier runs chose (a run keeps it)", chosen.label)
+        result = measure(concrete(spec, chosen), picked)
+    else:
+        cache = _decision_path(spec, bar, picked, _node_bf16(spec))
+        found = _read_decision(cache)
+        if found is None:
+            found = {**_choose_remote(spec.model_dump(mode="json"), picked, bar), "decided_at": time.time(),
+                     "rows": picked.num_rows}
+            _write_decision(cache, found)
+            log.info("quantization auto would take %s: %s (kept in %s for the job's runs)",
+                     Precision(found["quantization"], found["dtype"]).label, found["why"], cache)
+        else:
+            log.info("quantization auto: %s, as decided here %s on these same %d sampled rows (%s)",
+                     Precision(found["quantization"], found["dtype"]).label,
+                     time.strftime("%Y-%m-%d %H:%M", time.localtime(found.get("decided_at", 0))), picked.num_rows,
+                     cache)
+        if found.get("fidelity") is None:
+            raise PipelineError(f"quantization auto would run in float32 here: {found['why']}")
+        result = Fidelity.model_validate(found["fidelity"])
     return result.model_copy(update={"min_agreement": bar, "passed": result.agreement >= bar})
 
 

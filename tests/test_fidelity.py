@@ -1111,3 +1111,35 @@ def test_float32_is_timed_again_while_loaded_on_a_gpu_and_loaded_again_only_in_a
     (_, result), = fidelity.measure_against(reference, [bf16], sample, bar=0.99)
     assert loads == expected
     assert (result.agreement, result.predict_s, result.reference_predict_s) == (1.0, bfloat16_s, reference_s)
+
+
+def test_fidelity_under_auto_reports_the_precision_a_run_takes_not_a_fresh_choice(wide_encoder, topics, tmp_path):
+    """`pipelines fidelity` under `quantization: auto` timed the candidates afresh at each call and reported its own
+    pick: a tester's output ran (and its summary, `_run.json`, `_job.json`, page and plan said) per-token-int8, while
+    `pipelines fidelity` said "would take bfloat16" with bfloat16's figures, two candidates within the bar being
+    about as fast. It reports the precision a run of the job takes: the output's kept one, else the decision kept
+    here for this sample (and the decision it makes is kept, for the run to take)."""
+    from pipelines.fidelity import Precision, _auto_bar, _node_bf16, _rows, _write_decision, concrete, judge, sample
+    from pipelines.output.commit import OutputDir
+    from pipelines.runner import job_record
+
+    spec = topic_spec(wide_encoder, topics, tmp_path / "out", "auto")
+    spec.model.cache_dir = str(tmp_path / "cache")
+    shards = list_shards([str(topics)])
+    picked = sample(spec, shards, _rows(spec))
+    smooth = concrete(spec, Precision("smooth-int8", "float32"))  # within the bar; a fresh choice never times it
+    figures = judge(smooth, measure(smooth, picked))  # where per-token-int8 is within the bar as well (it computes less)
+    assert figures.agreement >= _auto_bar(spec)
+    kept = {"quantization": "smooth-int8", "dtype": "float32", "fidelity": figures.to_json(), "why": "decided before"}
+    _write_decision(_decision_path(spec, _auto_bar(spec), picked, _node_bf16(spec)), kept)
+    said = check(spec, shards)
+    assert (said.quantization, said.agreement) == ("smooth-int8", figures.agreement)
+
+    # an output whose runs keep a precision: that one, measured on the sample, whatever is kept here
+    job = job_record(spec)
+    job.precision = {"quantization": "per-token-int8", "dtype": "float32"}
+    output = OutputDir(str(tmp_path / "out"))
+    output.start(job)
+    said = check(spec, shards)
+    per_token = concrete(spec, Precision("per-token-int8", "float32"))
+    assert (said.quantization, said.agreement) == ("per-token-int8", measure(per_token, picked).agreement)
