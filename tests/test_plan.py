@@ -329,7 +329,10 @@ def test_plan_counts_duplicate_ids_and_a_parquet_file_whose_rows_do_not_read(ray
     rows[9]["id"] = None
     rows[3]["text"] = None  # refused by the task: its id is no one's, so its repeat below is written
     write_jsonl(tmp_path / "in" / "a.jsonl", rows[:8])
-    write_jsonl(tmp_path / "in" / "b.jsonl", [*rows[8:], {"id": "r2", "text": "again"}, {"id": "r3", "text": "ok"}])
+    # and a repeat after its first copy, shorter: a run keeps the first in the file, the plan kept the one its
+    # length-sorted batch met first (the tokens it called exact were the short copy's)
+    write_jsonl(tmp_path / "in" / "b.jsonl", [*rows[8:], {"id": "r2", "text": "again"}, {"id": "r3", "text": "ok"},
+                                              {"id": "r8", "text": "x"}])
     write_parquet(tmp_path / "in" / "c.parquet", [{"id": f"c{i}", "text": "x" * 40} for i in range(50)])
     data = bytearray((tmp_path / "in" / "c.parquet").read_bytes())
     data[10:200] = b"\xab" * 190  # the data pages, not the footer
@@ -339,10 +342,10 @@ def test_plan_counts_duplicate_ids_and_a_parquet_file_whose_rows_do_not_read(ray
                      errors={"duplicate_ids": "error", "unreadable_files": "quarantine", "max_rate": 0.9})
     plan = build_plan(spec, "job", sample=10_000, cpus=2)
     summary = run_job(spec)
-    assert plan.tokens.covers_input and plan.input.rows == summary.rows_in == 64
+    assert plan.tokens.covers_input and plan.input.rows == summary.rows_in == 65
     assert plan.tokens.rows_out == summary.rows_out == 10
     assert plan.tokens.quarantined == summary.error_reasons
-    assert plan.tokens.tokens_total == summary.tokens
+    assert (plan.tokens.tokens_total, plan.tokens.padded) == (summary.tokens, summary.padded)
     failing = spec.model_copy(update={"errors": spec.errors.model_copy(update={"unreadable_files": "fail"})})
     [problem] = [p for p in build_plan(failing, "job", sample=10_000, cpus=2).problems if "c.parquet" in p]
     assert "unreadable parquet file" in problem and "50 rows" in problem and "a run fails on it" in problem

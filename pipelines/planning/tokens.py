@@ -121,7 +121,7 @@ def tokenize_batch(
     if truncated is not None and spec.errors.too_long == "error" and len(lengths):
         answered &= ~truncated[features.row]
     if ids_seen is not None and spec.input.id_column and len(lengths):
-        written = np.unique(features.row[answered])  # encoded rows the output would hold
+        written = _in_file_order(batch, rows, np.unique(features.row[answered]))  # encoded rows the output would hold
         ids = batch.column(spec.input.id_column).to_pylist()
         repeated = []
         for j in written:
@@ -147,6 +147,19 @@ def tokenize_batch(
         truncated=None if truncated is None else int(truncated.sum()),
         errors=reasons,
     )
+
+
+def _in_file_order(batch: pa.Table, rows: np.ndarray, written: np.ndarray) -> np.ndarray:
+    """``written`` (indexes into ``rows``, the batch's valid rows) in the order a run's duplicate screen meets them:
+    each shard's rows in file order (its commit screens them so), the shards in the order the batch first holds
+    them. A batch is read sorted by text length, so its own order would keep a later, shorter copy of an id."""
+    if ROW not in batch.column_names or SHARD not in batch.column_names or not len(written):
+        return written
+    at = rows[written]
+    shards = batch.column(SHARD).to_pylist()
+    first = {shard: i for i, shard in reversed(list(enumerate(shards)))}
+    places = batch.column(ROW).to_numpy(zero_copy_only=False)
+    return written[np.lexsort((places[at], [first[shards[int(i)]] for i in at]))]
 
 
 def token_plan(
