@@ -448,7 +448,8 @@ def _no_fidelity(summary: RunSummary | None) -> str:
     if summary and summary.quantization == "auto" and summary.precision:
         said = precision_label(summary.precision)
         if said == "float32":
-            return ("quantization auto chose float32 (no reduced precision was faster within the bar): the model ran "
+            return ("quantization auto chose float32: no reduced precision was both within the bar and faster (the "
+                    "run's log line `quantization auto: float32 (…)` gives each candidate's figure): the model ran "
                     "unquantized, so there is nothing to compare.")
         return (f"Not checked in this run: it kept {said}, as an earlier run of this output (or of this scheduled "
                 "job) chose under quantization auto; `pipelines fidelity JOB.yaml` measures it again.")
