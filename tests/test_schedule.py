@@ -2449,3 +2449,17 @@ def test_abandoning_a_run_killed_while_its_partition_was_cleared_brings_the_earl
     assert len(ids) == len(set(ids)) and sorted(ids) in (
         sorted(r["id"] for r in rows("a", 2) + rows("b", 2)),  # the earlier version brought back
         sorted(r["id"] for r in rows("a", 3) + rows("b", 2))), ids  # or the changed file scored again
+
+
+def test_the_next_tick_said_after_a_run_that_outlasted_a_tick_is_that_tick_due_already():
+    """`pipelines schedule --once` said `next tick: 04:08` at 04:07:11 after handling the 04:06 tick: the 04:07 tick
+    had come while the run ran and was due already (the next invocation took it, its ledger line telling of a
+    missed tick). It says so now; otherwise the first tick after now, as before."""
+    from datetime import UTC, datetime
+
+    from pipelines.schedule.ticks import upcoming
+
+    schedule = spec_from_dict(raw_job(Path("/tmp/unused"), "m", cron="* * * * *")).schedule
+    at = datetime(2026, 12, 6, 4, 7, 11, tzinfo=UTC)
+    assert upcoming(schedule, "2026-12-06T04:06:00Z", at).startswith("2026-12-06T04:07:00Z (due already")
+    assert upcoming(schedule, "2026-12-06T04:07:00Z", at) == "2026-12-06T04:08:00Z"

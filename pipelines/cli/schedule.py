@@ -52,7 +52,7 @@ def _schedule(args: argparse.Namespace) -> int:
     from pipelines.output.lock import LockHeld
     from pipelines.schedule.executor import abandon, describe, run_due
     from pipelines.schedule.loop import serve
-    from pipelines.schedule.ticks import next_tick, run_id
+    from pipelines.schedule.ticks import upcoming
     from pipelines.spec import load_spec
 
     if args.json and not args.once and not args.abandon:
@@ -81,7 +81,7 @@ def _schedule(args: argparse.Namespace) -> int:
         if spec.schedule is not None:
             from datetime import UTC, datetime
 
-            print(f"next tick: {run_id(next_tick(spec.schedule, datetime.now(UTC)))}")
+            print(f"next tick: {upcoming(spec.schedule, report.tick, datetime.now(UTC))}")
         print(f"output: {spec.output.path} (ledger: pipelines runs {args.job})")
         from pipelines.io.shards import reader_uri
 

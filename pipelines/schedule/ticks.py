@@ -117,3 +117,13 @@ def decide(schedule: ScheduleSpec | None, last_tick: str | None, now: datetime) 
     if is_late and schedule.missed_ticks == "skip":
         return Decision("skip", tick, missed, late)
     return Decision("run", tick, missed, late)
+
+
+def upcoming(schedule: ScheduleSpec, handled: str, now: datetime) -> str:
+    """What ``pipelines schedule --once`` says of the next tick after it handled the tick ``handled`` (a run id): the
+    first tick after ``now``, or, where a tick came after ``handled`` while its run ran, that one, due already (the
+    next invocation takes it: it said the one after, and the next run's ledger line then told of a missed tick)."""
+    due = latest_tick(schedule, now)
+    if due > parse_run_id(handled):
+        return f"{run_id(due)} (due already: it came while this run ran; the next invocation takes it)"
+    return run_id(next_tick(schedule, now))
