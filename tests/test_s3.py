@@ -242,6 +242,18 @@ def test_schedule_once_on_s3_scores_only_the_new_object(s3_server, tiny_models, 
     assert len(set(every.column("run").to_pylist())) == 2
     assert not [k for k in s3_server.keys(OUT, "nightly") if k.endswith(".lock")]
 
+    # a changed object: its earlier output moves to _superseded/, so a reader of the root sees each row once. On S3
+    # it stayed in place (the partition's records were looked for at the bucket's path taken for a local folder, and
+    # not found): every row of a.jsonl twice, while the log and `pipelines runs` said it had moved
+    write_jsonl(tmp_path / "changed" / "a.jsonl", [{"id": f"a{i}", "text": SENTENCES[i + 1]} for i in range(6)])
+    s3_server.upload(IN, "landing", tmp_path / "changed")
+    third = cli(s3_server, "schedule", str(job), "--once", user=None, env=profile)
+    assert third.returncode == 0, third.stderr[-3000:]
+    every = ds.dataset(f"s3://{OUT}/nightly", format="parquet", partitioning="hive", exclude_invalid_files=True,
+                       ignore_prefixes=["_", "."]).to_table()
+    assert sorted(every.column("id").to_pylist()) == sorted([f"a{i}" for i in range(6)] + [f"b{i}" for i in range(4)])
+    assert [k for k in s3_server.keys(OUT, "nightly") if "/_superseded/" in f"/{k}" and k.endswith(".parquet")]
+
 
 # refused before any work -----------------------------------------------------------------------------
 

@@ -95,6 +95,12 @@ def partition_path(spec: JobSpec, run: str) -> str:
     return f"{spec.output.path.rstrip('/')}/{layout.partition_dir(run)}"
 
 
+def superseded_path(spec: JobSpec, run: str) -> str:
+    """Where a run's partition's retired output goes (``_superseded/run=…``), as a location ``OutputDir`` takes: the
+    output path's own spelling (an ``s3://`` URI stays one; the filesystem's path of it is a local folder's)."""
+    return f"{spec.output.path.rstrip('/')}/{SUPERSEDED}/{layout.partition_dir(run)}"
+
+
 def partition_spec(spec: JobSpec, run: str) -> JobSpec:
     """A copy of the spec whose output is the run's partition."""
     copy = spec.model_copy(deep=True)
@@ -940,10 +946,10 @@ class ScheduledJob:
         ``_superseded/``, the files it names that are in the run move there too (a :meth:`restore_shard` cut off
         between its files and its record left them there, named by no record)."""
         folder = layout.partition_dir(run)
-        partition = OutputDir(f"{self.root}/{folder}")
+        partition = OutputDir(partition_path(self.spec, run))
         record = partition.commit_record(key)
         if record is None and restore_cut:
-            record = OutputDir(f"{self.root}/{SUPERSEDED}/{folder}").commit_record(key)
+            record = OutputDir(superseded_path(self.spec, run)).commit_record(key)
             if record is not None and not any(self.exists(f"{folder}/{f}") for f in record.files + record.error_files):
                 return
         if record is None:
@@ -960,7 +966,7 @@ class ScheduledJob:
         """Bring a retired shard's output back from ``_superseded/`` into its run (its files, then its record)."""
         self.check_lock()
         folder = layout.partition_dir(run)
-        record = OutputDir(f"{self.root}/{SUPERSEDED}/{folder}").commit_record(key)
+        record = OutputDir(superseded_path(self.spec, run)).commit_record(key)
         if record is None:
             return
         for relative in [*record.files, *record.error_files, f"{COMMITS}/{key}.json"]:
