@@ -99,8 +99,11 @@ def _check_auto(spec: JobSpec, picked: pa.Table) -> Fidelity:
     if recorded:
         chosen = Precision(recorded["quantization"], recorded["dtype"])
         if chosen == Precision("none", "float32"):
-            raise PipelineError(f"quantization auto runs {spec.output.path} in float32, as its earlier runs chose: "
-                                "there is nothing to compare")
+            found = _read_decision(_decision_path(spec, bar, picked, _node_bf16(spec)))  # its reason, where kept here
+            why = (f" ({found['why']})" if found and found.get("why")
+                   and Precision(found["quantization"], found["dtype"]) == chosen else "")
+            raise PipelineError(f"quantization auto runs {spec.output.path} in float32, as its earlier runs "
+                                f"chose{why}: there is nothing to compare")
         log.info("quantization auto: %s, as the output's earlier runs chose (a run keeps it)", chosen.label)
         result = measure(concrete(spec, chosen), picked)
     else:

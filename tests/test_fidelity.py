@@ -1146,3 +1146,12 @@ def test_fidelity_under_auto_reports_the_precision_a_run_takes_not_a_fresh_choic
     said = check(spec, shards)
     per_token = concrete(spec, Precision("per-token-int8", "float32"))
     assert (said.quantization, said.agreement) == ("per-token-int8", measure(per_token, picked).agreement)
+
+    # kept in float32: nothing to compare, and why auto chose it, where the decision is kept here
+    why = "per-token-int8 label_agreement 0.5 below the bar 0.99"
+    _write_decision(_decision_path(spec, _auto_bar(spec), picked, _node_bf16(spec)),
+                    {"quantization": "none", "dtype": "float32", "fidelity": None, "why": why})
+    job.precision = {"quantization": "none", "dtype": "float32"}
+    output.write_json("_job.json", job.to_json())
+    with pytest.raises(PipelineError, match=f"in float32, as its earlier runs chose \\({why}\\): there is nothing"):
+        check(spec, shards)
