@@ -19,6 +19,7 @@ import logging
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -107,19 +108,10 @@ def _check_auto(spec: JobSpec, picked: pa.Table) -> Fidelity:
         log.info("quantization auto: %s, as the output's earlier runs chose (a run keeps it)", chosen.label)
         result = measure(concrete(spec, chosen), picked)
     else:
-        cache = _decision_path(spec, bar, picked, _node_bf16(spec))
-        found = _read_decision(cache)
-        if found is None:
-            found = {**_choose_remote(spec.model_dump(mode="json"), picked, bar), "decided_at": time.time(),
-                     "rows": picked.num_rows}
-            _write_decision(cache, found)
-            log.info("quantization auto would take %s: %s (kept in %s for the job's runs)",
-                     Precision(found["quantization"], found["dtype"]).label, found["why"], cache)
-        else:
-            log.info("quantization auto: %s, as decided here %s on these same %d sampled rows (%s)",
-                     Precision(found["quantization"], found["dtype"]).label,
-                     time.strftime("%Y-%m-%d %H:%M", time.localtime(found.get("decided_at", 0))), picked.num_rows,
-                     cache)
+        found = kept_or_decided(_decision_path(spec, bar, picked, _node_bf16(spec)), picked,
+                                lambda: _choose_remote(spec.model_dump(mode="json"), picked, bar))
+        log.info("quantization auto would take %s: %s", Precision(found["quantization"], found["dtype"]).label,
+                 found["why"])
         if found.get("fidelity") is None:
             raise PipelineError(f"quantization auto would run in float32 here: {found['why']}")
         result = Fidelity.model_validate(found["fidelity"])
@@ -292,18 +284,8 @@ def resolve_auto(
         return concrete(spec, chosen), None
     bar = _auto_bar(spec)
     picked = sample(spec, shards, _rows(spec))
-    cache = _decision_path(spec, bar, picked, *_decider_node(spec, picked))
-    found = _read_decision(cache)
-    if found is None:
-        log.info("quantization auto: scoring %d sampled rows at each candidate precision against float32 (kept "
-                 "in %s for this sample, model, task, kind of device and versions of torch and transformers)",
-                 picked.num_rows, cache)
-        found = {**_on_ray(spec, _choose_remote, picked, bar), "decided_at": time.time(), "rows": picked.num_rows}
-        _write_decision(cache, found)
-    else:
-        log.info("quantization auto: the decision of %s on these same %d sampled rows, model, task, kind of "
-                 "device and versions of torch and transformers (%s)",
-                 time.strftime("%Y-%m-%d %H:%M", time.localtime(found.get("decided_at", 0))), picked.num_rows, cache)
+    found = kept_or_decided(_decision_path(spec, bar, picked, *_decider_node(spec, picked)), picked,
+                            lambda: _on_ray(spec, _choose_remote, picked, bar))
     warn_if_coarse(picked.num_rows, bar, bar_source(spec))
     chosen = Precision(found["quantization"], found["dtype"])
     result = Fidelity.model_validate(found["fidelity"]) if found.get("fidelity") else None
@@ -415,6 +397,23 @@ def _decision_path(
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     return model_cache(spec.model.cache_dir) / "precision" / f"{digest}.json"
+
+
+def kept_or_decided(cache: Path, picked: pa.Table, decide: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The decision kept in ``cache`` for the sample ``picked``, else ``decide()``'s, stamped and kept there (for a
+    run, and ``pipelines fidelity``, to take the same)."""
+    found = _read_decision(cache)
+    if found is not None:
+        log.info("quantization auto: the decision of %s on these same %d sampled rows, model, task, kind of "
+                 "device and versions of torch and transformers (%s)",
+                 time.strftime("%Y-%m-%d %H:%M", time.localtime(found.get("decided_at", 0))), picked.num_rows, cache)
+        return found
+    log.info("quantization auto: scoring %d sampled rows at each candidate precision against float32 (kept "
+             "in %s for this sample, model, task, kind of device and versions of torch and transformers)",
+             picked.num_rows, cache)
+    found = {**decide(), "decided_at": time.time(), "rows": picked.num_rows}
+    _write_decision(cache, found)
+    return found
 
 
 def _read_decision(path: Path) -> dict[str, Any] | None:
