@@ -155,6 +155,17 @@ def test_submit_refuses_a_relative_output_path(capsys):
     assert "output.path 'output/label_news' is relative" in message and "s3://" in message
 
 
+def test_submit_refuses_an_output_path_in_another_users_home(capsys):
+    # `~alice/out`: on the cluster a user the job does not run as, or one with no account there, whose `~alice`
+    # stays a folder of that name in the job's temporary directory (it was sent, and the job succeeded there)
+    code = main(["submit", str(ROOT / MAIN_JOB), "--address", "http://127.0.0.1:1",
+                 "--set", "output.path=~nosuchuser_here/label_news"])
+    assert code == 2
+    [message] = capsys.readouterr().err.splitlines()
+    assert "output.path '~nosuchuser_here/label_news'" in message and "another user's home" in message
+    assert "~/" in message
+
+
 # --------------------------------------------------------------------------- #
 # pipelines run --address: a pool over both nodes
 # --------------------------------------------------------------------------- #

@@ -238,8 +238,10 @@ def test_unreachable_address_fails_fast(token_env_free, monkeypatch):
         pytest.fail("the Ray job client was made for an address nothing listens at")
 
     monkeypatch.setattr(ray.job_submission, "JobSubmissionClient", no_client)
-    with pytest.raises(PipelineError, match="Cannot reach the Ray dashboard at http://127.0.0.1:"):
-        jobs_client.status("raysubmit_x", f"127.0.0.1:{_closed_port()}")
+    port = _closed_port()
+    with pytest.raises(PipelineError, match="Cannot reach the Ray dashboard at http://127.0.0.1:") as refused:
+        jobs_client.status("raysubmit_x", f"127.0.0.1:{port}")
+    assert f"its port {port} is open" in str(refused.value)  # the port given, not always the default's 8265
 
 
 @pytest.mark.parametrize("address", ["ray://127.0.0.1:10001", "", "http://", "head:port"])

@@ -124,7 +124,8 @@ def wait_exit_status(report: JobReport) -> int:
 
 def _check_output_path(path: str) -> None:
     """A submitted job runs in a temporary copy of the project on the head: a relative output would vanish.
-    ``~/…`` is sent as written: the home directory of the user the job runs as on the cluster."""
+    ``~/…`` is sent as written: the home directory of the user the job runs as on the cluster; ``~NAME/…`` is
+    refused, as it is relative there where NAME has no account."""
     from pipelines.cluster.jobs import local_relative
 
     if local_relative(path):
@@ -132,6 +133,13 @@ def _check_output_path(path: str) -> None:
             f"output.path {path!r} is relative: on the cluster it would land in the job's temporary working "
             "directory on the head and be deleted with it; set an object-store URI (--set "
             "output.path=s3://bucket/prefix) or an absolute path on storage every node shares"
+        )
+    if path.startswith("~") and path != "~" and not path.startswith("~/"):
+        raise PipelineError(
+            f"output.path {path!r} is in another user's home (~NAME/…): on the cluster the job runs as its own user, "
+            "and where NAME has no account there the path stays a folder of that name in the job's temporary "
+            "working directory, deleted with it; write the absolute path, or ~/… for the home of the user the job "
+            "runs as"
         )
 
 

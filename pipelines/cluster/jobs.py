@@ -769,10 +769,12 @@ def _check_reachable(url: str) -> None:
 
 
 def _unreachable_message(url: str, reason: object) -> str:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
     return (
-        f"Cannot reach the Ray dashboard at {url} ({reason}); check the address "
-        "(http://HEAD_IP:8265) and that the head is up and its port 8265 is open "
-        "or tunnelled (`ray dashboard cluster.yaml`)."
+        f"Cannot reach the Ray dashboard at {url} ({reason}); check the address (the head's dashboard URL, "
+        "http://HEAD_IP:8265 by default, not the port `ray start --port` names) and that the head is up and its "
+        f"port {port} is open or tunnelled (`ray dashboard cluster.yaml`)."
     )
 
 
