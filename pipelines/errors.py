@@ -28,6 +28,8 @@ class PipelineError(Exception):
     #: of its failure (``report``), else the output a page can be built of (``unreported``), for the CLI to name.
     report: str | None = None
     unreported: str | None = None
+    #: Such a run's output where no shard of it is committed yet (no page can be built of it), for the CLI to say.
+    uncommitted: str | None = None
     #: Raised where the model is loaded, as the pool's actor started or in the Ray task that measures its precisions
     #: (weights that can't be read, a constructor that refused the spec): no run of this job gets further until the
     #: model or the spec changes (a scheduler starts no other run on it).

@@ -655,11 +655,21 @@ def _run_locked(
         said = exc if isinstance(exc, PipelineError) else from_ray(exc)
         if said is None:
             raise
-        if said.report is None:
+        if said.report is None and _any_commit(output):
             said.unreported = spec.output.path
+        elif said.report is None:
+            said.uncommitted = spec.output.path
         if said is exc:
             raise
         raise said from None
+
+
+def _any_commit(output: OutputDir) -> bool:
+    """Whether a page can be built of ``output``: a shard of it committed (True where that can't be read now)."""
+    try:
+        return bool(output.commits())
+    except Exception:  # noqa: BLE001 - the store failing as the run fails: name the command, as before
+        return True
 
 
 def check_paths(spec: JobSpec) -> None:

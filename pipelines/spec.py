@@ -10,8 +10,10 @@ column names from :mod:`pipelines.output.records`).
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -25,12 +27,29 @@ from pipelines.io.shards import store_path_problem
 from pipelines.output.records import prefixed_hash
 from pipelines.tasks.openai_requests import OUTPUT_NAMES as OPENAI_OUTPUT_NAMES
 from pipelines.tasks.options import CONFIG_DEFAULTS, GENERATION_TASKS, TASK_OPTIONS, AnyTaskOptions
+from pipelines.values import empty_text_problem, number_problem
+
+#: Text settings an empty value is refused in elsewhere, with words of their own (paths), or means something in
+#: (no prefix before the prediction columns' names, the default).
+EMPTY_TAKEN = frozenset({"path", "paths", "prediction_prefix"})
 
 
 class Strict(BaseModel):
-    """Base of every spec section: unknown keys are errors, values are checked on assignment."""
+    """Base of every spec section: unknown keys are errors, values are checked on assignment; a YAML boolean or a
+    number that is not finite where a number is wanted, and an empty text, are refused (:mod:`pipelines.values`)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _as_written(cls, value: Any, info: ValidationInfo) -> Any:
+        annotation = cls.model_fields[info.field_name].annotation if info.field_name else None
+        problem = number_problem(annotation, value)
+        if problem is None and info.field_name not in EMPTY_TAKEN:
+            problem = empty_text_problem(annotation, value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 def truth_key(value: Any) -> Any:
@@ -144,6 +163,16 @@ class ModelSpec(Strict):
     fidelity: FidelitySpec | None = Field(
         default=None, description="Check a quantized model against itself unquantized before the run."
     )
+
+    @model_validator(mode="after")
+    def _int8_on_the_cpu_quantizes_float32(self) -> ModelSpec:
+        if self.quantization in CPU_QUANTIZATIONS and self.dtype in ("float16", "bfloat16"):
+            raise ValueError(
+                f"model.quantization {self.quantization} with model.dtype {self.dtype}: a CPU int8 quantization "
+                f"quantizes the float32 model (its int8 kernels take float32 activations); set model.dtype float32 "
+                f"or auto, or quantization none to run in {self.dtype}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _auto_picks_the_dtype(self) -> ModelSpec:
@@ -348,6 +377,10 @@ class ScheduleSpec(Strict):
 RESERVED_COLUMNS = (*BOOKKEEPING, TOKENS, PADDED, GENERATED)
 
 
+#: The sections a spec may leave out for their defaults (so ``batching:`` alone, YAML's null, is those too).
+DEFAULT_SECTIONS = ("batching", "compute", "errors")
+
+
 class JobSpec(Strict):
     name: str | None = None
     input: InputSpec
@@ -359,6 +392,14 @@ class JobSpec(Strict):
     errors: ErrorPolicy = Field(default_factory=ErrorPolicy)
     seed: int = 0
     schedule: ScheduleSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections_take_defaults(cls, data: Any) -> Any:
+        """``batching:`` with every setting under it commented out is YAML's null: the section's defaults."""
+        if isinstance(data, dict):
+            data = {**data, **{name: {} for name in DEFAULT_SECTIONS if name in data and data[name] is None}}
+        return data
 
     @model_validator(mode="after")
     def _no_column_clash(self) -> JobSpec:
@@ -570,6 +611,10 @@ def openai_batch_problem(spec: JobSpec) -> str | None:
     return None
 
 
+#: The settings that name a file or folder: ``~`` alone given to one is refused, not read as null.
+PATH_SETTINGS = frozenset({"input.paths", "output.path", "model.name", "model.cache_dir"})
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``a.b.c=value`` → (["a", "b", "c"], value parsed as a YAML scalar or list)."""
     key, sep, raw = text.partition("=")
@@ -587,7 +632,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     twice = written_twice(yaml.compose(raw, Loader=yaml.SafeLoader))
     if twice:
         raise PipelineError(f"--set {text!r}: {twice.split(' (lines')[0]}; write each key once")
-    if raw.strip() == "~":  # `--set output.path=~`: the shell leaves it (a word's start only), YAML reads null
+    if raw.strip() == "~" and key.strip() in PATH_SETTINGS:  # `--set output.path=~`: the shell leaves it (at a
+        # word's start only), and YAML reads it as null; elsewhere (`--set input.id_column=~`) null is meant
         raise PipelineError(
             f"--set {text!r}: ~ alone is YAML's null, not the home folder (a shell expands ~ only at the start of a "
             f"word, not after {key.strip()}=): write the path out, e.g. --set {key.strip()}=$HOME/NAME, or null for "
@@ -600,7 +646,8 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
     """A YAML parser error in one line: what is wrong and where (1-based line and column)."""
     problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
     mark = getattr(exc, "problem_mark", None)
-    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+    said = f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+    return f"{said}: indent with spaces, not tabs (YAML takes no tab there)" if "'\\t'" in problem else said
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -628,7 +675,11 @@ def format_validation_error(source: str, error: ValidationError) -> str:
         where = ".".join(str(p) for p in item["loc"] if not _is_union_tag(p)) or "(top level)"
         message = item["msg"]
         if item["type"] == "extra_forbidden":
-            message = "unknown key (check the spelling; see the README's job spec reference)"
+            message = f"unknown key ({_nearest_key(item['loc'])}see the README's job spec reference)"
+        elif item["type"] == "string_type" and isinstance(item.get("input"), (bool, int, float)):
+            kind = "a boolean" if isinstance(item["input"], bool) else "a number"
+            message = (f"{message}: YAML read it as {kind}; quote it ('yes', '0123', '2024') to mean the text as "
+                       "written")
         elif item["type"] == "union_tag_invalid":
             message = f"unknown task type; allowed: {', '.join(TASK_OPTIONS)}"
         elif item["type"] == "union_tag_not_found":
@@ -650,6 +701,25 @@ def format_validation_error(source: str, error: ValidationError) -> str:
 
 def _is_union_tag(part: Any) -> bool:
     return isinstance(part, str) and part in TASK_OPTIONS
+
+
+def _nearest_key(loc: Sequence[Any]) -> str:
+    """``did you mean batch_size? `` for an unknown key at ``loc`` (a validation error's), where a setting of its
+    section is spelled alike; else the section's settings."""
+    section: type[BaseModel] = JobSpec
+    for part in loc[:-1]:
+        if _is_union_tag(part):
+            section = TASK_OPTIONS[part]
+            continue
+        field = section.model_fields.get(part)
+        inner = [t for t in typing.get_args(field.annotation) or (field.annotation,)
+                 if isinstance(t, type) and issubclass(t, BaseModel)] if field is not None else []
+        if not inner:
+            return "check the spelling; "
+        section = inner[0]
+    names = [name for name in section.model_fields if name != "type"]
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
+    return f"did you mean {close[0]}? " if close else f"this section's settings: {', '.join(names)}; "
 
 
 def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> JobSpec:

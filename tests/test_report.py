@@ -683,6 +683,18 @@ def test_a_failed_run_says_where_its_page_is_or_how_to_build_one(ray_session, ti
         "error: stopped"]
     assert not (out / "_report.html").exists()
 
+    # a run that fails before its first commit: `pipelines report` would only say there is nothing to draw
+    def before_any_commit(point):
+        if point == "before_commit":
+            raise PipelineError("stopped")
+
+    monkeypatch.setattr(faults, "checkpoint", before_any_commit)
+    new = tmp_path / "new.yaml"
+    new.write_text(job.read_text().replace(str(out), str(tmp_path / "new")))
+    assert main(["run", str(new)]) == 2
+    assert last_lines(capsys.readouterr().err) == [
+        f"report: none, as no shard of {tmp_path / 'new'} is committed yet", "error: stopped"]
+
 
 def last_lines(printed: str) -> list[str]:
     """The command's last two lines (the log's lines come before): its ``report:`` line, then its error."""

@@ -407,3 +407,89 @@ def test_an_actor_takes_one_batch_at_a_time_by_default_on_a_gpu_as_on_a_cpu():
     assert gpu.actor_device() == "cuda"
     assert gpu.calls_per_actor() == spec_from_dict(raw).calls_per_actor() == 1
     assert spec_from_dict({**raw, "compute": {"gpus_per_actor": 1, "calls_per_actor": 2}}).calls_per_actor() == 2
+
+
+@pytest.mark.parametrize("dotted", ["input__id_column", "input__label_column", "input__text_column", "model__revision",
+                                    "model__cache_dir", "model__name", "output__prediction_prefix"])
+def test_an_empty_value_is_refused_not_taken_for_none(dotted):
+    """`--set input.id_column=$IDCOL` with IDCOL unset gave '': the run took it for no id column (the checks and the
+    reader ask `if id_column`) and wrote `<file>:<row>` ids in place of the input's own, a kept `id` column
+    included; an empty label column dropped the agreement without a word. Refused, naming the setting and what to
+    write; the prediction prefix, whose default is empty, is the one text setting that takes ''."""
+    if dotted == "output__prediction_prefix":
+        assert spec_from_dict(minimal(**{dotted: ""})).output.prediction_prefix == ""
+        return
+    with pytest.raises(PipelineError) as caught:
+        spec_from_dict(minimal(**{dotted: ""}))
+    field = dotted.replace("__", ".")
+    assert f"  {field}: " in str(caught.value) and "an empty value" in str(caught.value), str(caught.value)
+    assert "shell variable" in str(caught.value)
+
+
+@pytest.mark.parametrize("quantization", ["dynamic-int8", "per-token-int8", "smooth-int8"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_a_cpu_int8_quantization_in_a_reduced_dtype_is_refused_with_the_spec(quantization, dtype):
+    """The README says these need dtype float32 or auto: the spec passed `validate` and `plan`, and the run failed
+    only once its actor loaded the model (Ray's traceback, after the output was claimed)."""
+    with pytest.raises(PipelineError) as caught:
+        spec_from_dict(minimal(model={"name": "minilm", "quantization": quantization, "dtype": dtype}))
+    assert "  model: " in str(caught.value) and "float32 or auto" in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize(("dotted", "value"), [("errors__max_count", False), ("batching__max_length", True),
+                                               ("errors__max_rate", True), ("batching__min_fill", False),
+                                               ("compute__size", True), ("compute__resources", {"slot": True}),
+                                               ("model__fidelity", {"rows": True})])
+def test_a_yaml_boolean_is_refused_where_a_number_is_wanted(dotted, value):
+    """YAML reads `no`, `yes`, `on`, `off` unquoted as booleans, and pydantic took them for 0 and 1: `max_count: no`
+    (meant: no limit) failed a run at its first quarantined row, `max_rate: true` lifted the error budget."""
+    with pytest.raises(PipelineError) as caught:
+        spec_from_dict(minimal(**{dotted: value}))
+    assert "YAML boolean" in str(caught.value) and "a number" in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize(("dotted", "value"), [("compute__cpus_per_actor", float("inf")),
+                                               ("compute__resources", {"slot": float("nan")}),
+                                               ("errors__max_rate", float("nan")),
+                                               ("batching__min_fill", float("inf"))])
+def test_a_number_that_is_not_finite_is_refused(dotted, value):
+    """`.inf` (YAML's infinity) ended in a traceback (`OverflowError` in the resource check), `.nan` in "cannot
+    convert float NaN to integer"."""
+    with pytest.raises(PipelineError) as caught:
+        spec_from_dict(minimal(**{dotted: value}))
+    assert "not a finite number" in str(caught.value), str(caught.value)
+
+
+def test_a_value_yaml_reads_as_a_boolean_or_number_where_text_is_wanted_is_told_to_be_quoted():
+    with pytest.raises(PipelineError) as caught:
+        spec_from_dict(minimal(task={"type": "zero-shot-classification", "candidate_labels": [True, False]}))
+    assert "task.candidate_labels.0: " in str(caught.value) and "quote it" in str(caught.value), str(caught.value)
+    with pytest.raises(PipelineError, match=r"model.revision: .*quote it"):
+        spec_from_dict(minimal(model={"name": "minilm", "revision": 83}))
+
+
+def test_an_unknown_key_names_the_nearest_setting():
+    with pytest.raises(PipelineError, match=r"batching.batchsize: unknown key .*did you mean batch_size\?"):
+        spec_from_dict(minimal(batching={"batchsize": 32}))
+
+
+def test_a_section_with_every_setting_commented_out_takes_the_defaults(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("input: {paths: [data]}\nmodel: {name: minilm}\ntask: {type: feature-extraction}\n"
+                   "output: {path: out}\nbatching:\n  # batch_size: 64\ncompute:\n")
+    spec = load_spec(job)
+    assert spec.batching.batch_size == 256 and spec.compute.size is None
+
+
+def test_a_tab_in_the_indentation_is_told_to_be_spaces(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("input:\n\tpaths: [data]\n")
+    with pytest.raises(PipelineError, match=r"line 2.*indent with spaces"):
+        load_spec(job)
+
+
+def test_a_tilde_alone_is_null_in_a_setting_that_names_no_path(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("input: {paths: [data]}\nmodel: {name: minilm}\ntask: {type: feature-extraction}\n"
+                   "output: {path: out}\n")
+    assert load_spec(job, ["input.id_column=~"]).input.id_column is None

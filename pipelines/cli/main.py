@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         elif exc.unreported:
             print(f"report: none written for this run; build one of what is committed with "
                   f"`pipelines report {exc.unreported}`", file=sys.stderr)
+        elif exc.uncommitted:
+            print(f"report: none, as no shard of {exc.uncommitted} is committed yet", file=sys.stderr)
         print(f"error: {from_ray(exc) or exc}", file=sys.stderr)  # a task's error, not Ray's remote traceback
         return 2
     except KeyboardInterrupt:

@@ -16,11 +16,27 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pipelines.values import number_problem
+
 
 class TaskOptions(BaseModel):
     """Base of each task's options; ``type`` names the task in the job spec."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _as_written(cls, data: Any) -> Any:
+        """A YAML boolean or a number that is not finite where a number is wanted is refused
+        (:func:`pipelines.values.number_problem`): pydantic took ``max_new_tokens: yes`` for 1. (A model validator:
+        a field one may not run on ``type``, the discriminator.)"""
+        for name, value in data.items() if isinstance(data, dict) else ():
+            field = cls.model_fields.get(name)
+            problem = number_problem(field.annotation, value) if field is not None else None
+            if problem:
+                raise ValueError(f"{name}: {problem}")
+        return data
+
     #: The task's ``forward`` reads only its inputs and what ``setup`` prepared, so several micro-batches may run at
     #: once, each in its own thread (``compute.cpu_lanes``). The generation tasks leave it off (not measured yet).
     independent_forwards: ClassVar[bool] = False
