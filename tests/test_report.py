@@ -342,6 +342,21 @@ def test_a_run_that_scored_nothing_says_so_on_its_page(tmp_path):
     assert page.count(said) == 3  # throughput, padding, per-shard timings
 
 
+def test_a_run_whose_every_row_was_quarantined_prints_no_padding_efficiency_of_none():
+    """Every row of the run quarantined (a fill-mask row without a mask, under errors.max_rate 1): the terminal's
+    summary said ``padding efficiency None``."""
+    from pipelines.output.records import ModelRef, RunSummary
+    from pipelines.output.summary import render
+
+    summary = RunSummary(status="succeeded", spec_hash="h", model=ModelRef(name="m"), quantization="none",
+                         device="cpu", task="fill-mask", shards=1, shards_this_run=1, rows_in=1, rows_out=0,
+                         errors=1, error_rate=1.0, tokens=0, padded=0, started_at=200.0, wall_s=6.9,
+                         rows_per_s=0.1, tokens_per_s=0.0, rows_this_run=1, padding_efficiency=None)
+    said = render(summary)
+    assert "None" not in said, said
+    assert "6.9 s, 0.1 rows/s, 0 tokens/s, no token computed (every row of this run quarantined)" in said, said
+
+
 def test_the_charts_of_hundreds_of_shards_draw_each_shard(browser, tmp_path):
     """With 300 shards the per-shard timings were 300 bars in 380 pixels (under 1 pixel each: a faint line, no bar
     to see or point at), and the padding chart's bars, drawn thinner than their white outline, hardly showed."""

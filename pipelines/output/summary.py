@@ -98,9 +98,11 @@ def render(summary: RunSummary) -> str:
         if summary.generated_tokens_per_s:
             prompt, generated = summary.prompt_tokens_per_s or 0, summary.generated_tokens_per_s
             split = f" ({prompt:,.0f} prompt, {generated:,.0f} generated)"
+        padding = (f"padding efficiency {summary.padding_efficiency}" if summary.padding_efficiency is not None
+                   else "no token computed (every row of this run quarantined)")
         lines.append(
             f"{summary.wall_s:.1f} s, {summary.rows_per_s:,.1f} rows/s, "
-            f"{summary.tokens_per_s or 0:,.0f} tokens/s{split}, padding efficiency {summary.padding_efficiency}"
+            f"{summary.tokens_per_s or 0:,.0f} tokens/s{split}, {padding}"
         )
     if summary.error_reasons:
         lines.append(f"quarantined rows by reason: {reasons_line(summary.error_reasons)}")
