@@ -182,3 +182,66 @@ def test_last_pooling_picks_the_last_real_token_for_either_padding_side():
     left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
     assert pool(hidden, right, "last")[:, 0].tolist() == [1.0, 7.0]
     assert pool(hidden, left, "last")[:, 0].tolist() == [3.0, 7.0]
+
+
+# a text far longer than max_length ---------------------------------------------------------------------------
+
+LONG_TEXTS = [
+    " ".join(SENTENCES * 40),  # words: cut to a head at a word's end
+    "Opening words here." + " " * 6000 + " ".join(SENTENCES * 10),  # few tokens in the head: tokenized whole
+    "  ".join(SENTENCES * 30).replace(". ", ".\n\n \t"),  # runs of spaces, newlines and tabs between words
+    "東京都の天気は晴れです" * 600,  # no space to cut at: whole
+    "x" * 9000 + " and then words",  # one word longer than the head
+    " ".join(SENTENCES * 5) + " " + "y" * 6000 + " " + " ".join(SENTENCES * 5),  # a long word across the cut
+    "Cafe\u0301 cre\u0300me bru\u0302le\u0301e " * 700,  # combining marks (decomposed accents)
+    "🙂 émoji ünïcödé  text\u00a0with\u3000odd spaces " * 400,
+    "short text",
+]
+
+
+@pytest.mark.parametrize(("kind", "task"), [("encoder", {"type": "feature-extraction"}),
+                                            ("llama-classifier", {"type": "text-classification"}),
+                                            ("seq2seq", {"type": "summarization"}),
+                                            ("minilm", {"type": "feature-extraction"})])
+def test_a_long_text_is_tokenized_from_its_head_as_transformers_tokenizes_it_whole(tiny_models, kind, task):
+    """A 5 MB text cut to 128 tokens took 7.5 s and 1.3 GB in the tokenizer, which tokenizes a text whole before it
+    cuts it: an actor's memory grew with the bytes of a batch's texts, not its rows (10 texts of 1 MB: 2.3x the
+    memory of 1). A text far longer than max_length is handed to it as its head, cut at a word's end, where that
+    head already holds more tokens than fit; the tokens, offsets and cut flags are those of the whole text."""
+    from pipelines.planning.tokens import load_task
+
+    spec = make_spec("minilm" if kind == "minilm" else tiny_models(kind), task, batching={"max_length": 32})
+    context = load_task(spec)
+    tokenizer, seen = context.tokenizer, []
+    called = type(tokenizer).__call__
+
+    def recording(self, text=None, *args, **kwargs):
+        seen.extend(len(t) for t in (text if isinstance(text, list) else [text]) if isinstance(t, str))
+        return called(self, text, *args, **kwargs)
+
+    texts = [(task.get("prefix", "") + t) for t in LONG_TEXTS]
+    whole = tokenizer(texts, truncation=True, max_length=context.max_length, padding=False,
+                      return_offsets_mapping=True)
+    try:
+        type(tokenizer).__call__ = recording
+        got = context.task.tokenize(texts, return_offsets_mapping=True)
+    finally:
+        type(tokenizer).__call__ = called
+    assert got["input_ids"] == whole["input_ids"]
+    assert got["offset_mapping"] == whole["offset_mapping"]
+    assert list(got["truncated"]) == [bool(e.overflowing) for e in whole.encodings]
+    assert len(texts[0]) not in seen and max(seen) < len(texts[2]), seen  # the word texts went as heads
+
+
+@pytest.mark.parametrize("max_length", [1, 2])
+def test_a_max_length_with_no_room_beside_the_special_tokens_is_refused(tiny_models, max_length):
+    """`batching.max_length: 1` (`yes`, as YAML read it): the tokenizer cut nothing, since it can't keep its two
+    special tokens, and every row was read whole under a hash that says 1; at 2 every row was its [CLS] [SEP] alone.
+    Refused where the tokenizer is loaded (the plan, an actor), naming how many it adds; 3 leaves one token."""
+    from pipelines.errors import PipelineError
+    from pipelines.planning.tokens import load_task
+
+    with pytest.raises(PipelineError, match=rf"batching.max_length {max_length} leaves no room .* adds 2 special"):
+        load_task(make_spec(tiny_models("encoder"), {"type": "feature-extraction"}, batching={"max_length": max_length}))
+    context = load_task(make_spec(tiny_models("encoder"), {"type": "feature-extraction"}, batching={"max_length": 3}))
+    assert [len(ids) for ids in context.task.tokenize(["many words in this text"])["input_ids"]] == [3]

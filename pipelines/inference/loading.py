@@ -197,4 +197,12 @@ def effective_max_length(tokenizer: Any, config: Any, requested: int) -> int:
     positions = getattr(config, "max_position_embeddings", None)
     if isinstance(positions, int) and positions > 0:
         limits.append(positions)
-    return min(limits)
+    found = min(limits)
+    specials = tokenizer.num_special_tokens_to_add(pair=False) if hasattr(tokenizer, "num_special_tokens_to_add") else 0
+    if found <= specials:  # 1 with two special tokens: the tokenizer cut nothing (it said so in a log line), and every
+        # text was read whole; 2: every text read as its special tokens alone
+        raise PipelineError(
+            f"batching.max_length {found} leaves no room for a text's tokens: this model's tokenizer adds {specials} "
+            f"special token(s) to each text; set batching.max_length above {specials}"
+        )
+    return found
