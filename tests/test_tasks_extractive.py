@@ -245,3 +245,29 @@ def test_a_max_length_with_no_room_beside_the_special_tokens_is_refused(tiny_mod
         load_task(make_spec(tiny_models("encoder"), {"type": "feature-extraction"}, batching={"max_length": max_length}))
     context = load_task(make_spec(tiny_models("encoder"), {"type": "feature-extraction"}, batching={"max_length": 3}))
     assert [len(ids) for ids in context.task.tokenize(["many words in this text"])["input_ids"]] == [3]
+
+
+def test_a_long_premise_of_zero_shot_nli_is_tokenized_from_its_head_with_the_same_pairs(tiny_models, monkeypatch):
+    """Zero-shot NLI tokenizes each text once and joins it to every hypothesis: a long text's head gives the same
+    pairs, and cut flags, as the whole text."""
+    from pipelines.planning.tokens import load_task
+    from pipelines.tasks.base import Task
+
+    task = {"type": "zero-shot-classification", "candidate_labels": ["sports", "politics", "a much longer label"]}
+    context = load_task(make_spec(tiny_models("nli"), task, batching={"max_length": 32}))
+    seen = []
+    tokenizer_call = type(context.tokenizer).__call__
+
+    def recording(self, text=None, *args, **kwargs):
+        seen.extend(len(t) for t in (text if isinstance(text, list) else [text]) if isinstance(t, str))
+        return tokenizer_call(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(type(context.tokenizer), "__call__", recording)
+    got = context.task.encode(LONG_TEXTS, {})
+    assert len(LONG_TEXTS[0]) not in seen
+    monkeypatch.setattr(Task, "heads", lambda self, texts: texts)
+    whole = context.task.encode(LONG_TEXTS, {})
+    rows = [ragged.tokens["input_ids"] for ragged in (got, whole)]
+    assert len(rows[0]) == len(rows[1]) == 3 * len(LONG_TEXTS)
+    assert all(rows[0].row(i).tolist() == rows[1].row(i).tolist() for i in range(len(rows[0])))
+    assert list(got.truncated) == list(whole.truncated)

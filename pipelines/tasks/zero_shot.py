@@ -212,7 +212,10 @@ class ZeroShotClassification(LabelTask):
     def _shared_pairs(self, texts: list[str]) -> Features:
         """Each text tokenized once, joined to every hypothesis; the text cut to the room each one leaves."""
         assert self.template is not None
-        encoding = self.tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max(self.room))
+        # a long text's head (Task.heads: it overflows max_length, so the room of any hypothesis too)
+        encoding = self.tokenizer(
+            self.heads(texts), add_special_tokens=False, truncation=True, max_length=max(self.room)
+        )
         cut = np.array([bool(e.overflowing) for e in encoding.encodings], dtype=bool)
         left = self.tokenizer.truncation_side == "left"
         ids, types = [], []
