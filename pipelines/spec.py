@@ -680,6 +680,10 @@ def format_validation_error(source: str, error: ValidationError) -> str:
             kind = "a boolean" if isinstance(item["input"], bool) else "a number"
             message = (f"{message}: YAML read it as {kind}; quote it ('yes', '0123', '2024') to mean the text as "
                        "written")
+        elif item["type"] == "string_type" and isinstance(item.get("input"), dict):  # `name=my job: 1`
+            pairs = ", ".join(f"{k}: {v}" for k, v in item["input"].items())
+            message = (f"{message}: YAML read {pairs!r} as a mapping (a ': ' in a value does that); quote it, "
+                       f"e.g. --set '{where}=\"{pairs}\"'")
         elif item["type"] == "union_tag_invalid":
             message = f"unknown task type; allowed: {', '.join(TASK_OPTIONS)}"
         elif item["type"] == "union_tag_not_found":

@@ -468,6 +468,16 @@ def test_a_value_yaml_reads_as_a_boolean_or_number_where_text_is_wanted_is_told_
         spec_from_dict(minimal(model={"name": "minilm", "revision": 83}))
 
 
+def test_a_text_yaml_reads_as_a_mapping_is_told_to_be_quoted(tmp_path):
+    """`--set 'name=my job: 1'`: YAML reads a value with ': ' in it as a mapping, and the message named neither the
+    value nor the fix."""
+    job = tmp_path / "job.yaml"
+    job.write_text("input: {paths: [data]}\nmodel: {name: minilm}\ntask: {type: feature-extraction}\n"
+                   "output: {path: out}\n")
+    with pytest.raises(PipelineError, match=r"name: .*YAML read 'my job: 1' as a mapping.*--set 'name=\"my job: 1\"'"):
+        load_spec(job, ["name=my job: 1"])
+
+
 def test_an_unknown_key_names_the_nearest_setting():
     with pytest.raises(PipelineError, match=r"batching.batchsize: unknown key .*did you mean batch_size\?"):
         spec_from_dict(minimal(batching={"batchsize": 32}))
