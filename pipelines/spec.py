@@ -692,6 +692,9 @@ def format_validation_error(source: str, error: ValidationError) -> str:
             named = item["input"] if item["input"] in TASK_OPTIONS else "TASK"
             message = (f"a section, not a name: write task: {{type: {named}}}, with the task's options beside type "
                        f"({'TASK ' if named == 'TASK' else ''}one of {', '.join(TASK_OPTIONS)})")
+        elif item["type"] == "model_type" and isinstance(item.get("input"), str) and not item["input"].strip():
+            message = ("an empty value for a section of settings (a --set whose shell variable was empty or unset?); "
+                       "see the README's job spec")
         elif item["type"] == "model_type":  # a section given a value ("model: minilm"): pydantic named its class
             key = SECTION_KEYS.get(where)
             value = json.dumps(item.get("input")) if isinstance(item.get("input"), str) else item.get("input")

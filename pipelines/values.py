@@ -42,8 +42,9 @@ def empty_text_problem(annotation: Any, value: Any) -> str | None:
     if not isinstance(value, str) or value.strip() or str not in _options(annotation):
         return None
     unset = ", or null for none" if type(None) in _options(annotation) else ""
-    return (f"an empty value (a --set whose shell variable was empty or unset?): write one{unset}, or leave the "
-            "setting out for its default")
+    empty = "an empty value" if not value else "a value of whitespace alone"
+    return (f"{empty} (a --set whose shell variable was empty or unset?): write one{unset}, or leave the setting out "
+            "for its default")
 
 
 def _options(annotation: Any) -> tuple[Any, ...]:

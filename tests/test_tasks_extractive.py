@@ -271,3 +271,56 @@ def test_a_long_premise_of_zero_shot_nli_is_tokenized_from_its_head_with_the_sam
     assert len(rows[0]) == len(rows[1]) == 3 * len(LONG_TEXTS)
     assert all(rows[0].row(i).tolist() == rows[1].row(i).tolist() for i in range(len(rows[0])))
     assert list(got.truncated) == list(whole.truncated)
+
+
+#: Llama 3's and Qwen2's pre-tokenizer pattern: a run of punctuation keeps the newlines after it (``});\n``).
+PUNCTUATION_KEEPS_NEWLINES = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                              r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def test_a_head_is_not_cut_where_a_pre_tokenizer_joins_punctuation_to_the_newline_after_it(tiny_models, tmp_path):
+    """A head cut before a newline split Llama 3's `});\\n` piece: where that piece's tokens were among the kept
+    ones, the head gave ` }` where the whole text gives ` });\\n` (a label flipped; a second reviewer's case)."""
+    import shutil
+
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from pipelines.planning.tokens import load_task
+
+    folder = tmp_path / "llama3-like"
+    shutil.copytree(tiny_models("llama-classifier"), folder)
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PUNCTUATION_KEEPS_NEWLINES), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    backend.decoder = decoders.ByteLevel()
+    corpus = ["foo(bar));\n", "});\n", "if (a) {\n  b();\n}\n", "supercalifragilistic " * 3, "the cat sat. "] * 100
+    backend.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="</s>",
+                            model_max_length=4096).save_pretrained(folder)
+    context = load_task(make_spec(str(folder), {"type": "text-classification"}, batching={"max_length": 10}))
+    text = " supercalifragilistic" * 7 + " });\n" + "z" * 160 + " tail words here});\n"
+    got = context.task.tokenize([text], return_offsets_mapping=True)
+    whole = context.tokenizer([text], truncation=True, max_length=10, padding=False, return_offsets_mapping=True)
+    assert got["input_ids"] == whole["input_ids"] and got["offset_mapping"] == whole["offset_mapping"]
+    assert list(got["truncated"]) == [True]
+
+
+def test_a_tokenizer_limit_with_no_room_is_named_as_the_models_not_the_specs(tiny_models, tmp_path):
+    import json
+    import shutil
+
+    from pipelines.errors import PipelineError
+    from pipelines.planning.tokens import load_task
+
+    folder = tmp_path / "tiny-limit"
+    shutil.copytree(tiny_models("encoder"), folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 2}))
+    with pytest.raises(PipelineError, match=r"the model's tokenizer \(model_max_length\), 2 tokens, leaves no room.*"
+                                            r"no max_length setting can give more room"):
+        load_task(make_spec(str(folder), {"type": "feature-extraction"}))

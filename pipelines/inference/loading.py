@@ -201,8 +201,13 @@ def effective_max_length(tokenizer: Any, config: Any, requested: int) -> int:
     specials = tokenizer.num_special_tokens_to_add(pair=False) if hasattr(tokenizer, "num_special_tokens_to_add") else 0
     if found <= specials:  # 1 with two special tokens: the tokenizer cut nothing (it said so in a log line), and every
         # text was read whole; 2: every text read as its special tokens alone
+        what = (f"batching.max_length {found}" if found == requested else
+                f"the model's {'tokenizer (model_max_length)' if found == limits[1] else 'max_position_embeddings'}, "
+                f"{found} tokens,")
+        fix = (f"set batching.max_length above {specials}" if found == requested else
+               "fix the model's files: no max_length setting can give more room")
         raise PipelineError(
-            f"batching.max_length {found} leaves no room for a text's tokens: this model's tokenizer adds {specials} "
-            f"special token(s) to each text; set batching.max_length above {specials}"
+            f"{what} leaves no room for a text's tokens: this model's tokenizer adds {specials} special token(s) to "
+            f"each text; {fix}"
         )
     return found

@@ -244,12 +244,14 @@ class Task(ABC):
         its head where that head gives the same first tokens as the whole text.
 
         A fast tokenizer tokenizes a text whole before it truncates it: a 5 MB text cut to 128 tokens took 7.5 s
-        and 1.3 GB. The head ends at a word's end (a character other than whitespace before a space or a newline:
-        every tokenizer here splits words there, GPT-2's byte-level BPE putting the space before the next word),
-        so that the head's tokens are the whole text's first tokens; it is taken only where it holds more tokens
-        than fit (the tokenizer cuts it too), else the text goes whole (a text whose head is mostly whitespace, or
-        one with no space to cut at: CJK, one long word). Only where the tokenizer keeps a text's start (its
-        ``truncation_side`` right) and says whether it cut it (a fast tokenizer)."""
+        and 1.3 GB. The head ends at a word's end (a character other than whitespace before a space: every tokenizer
+        here splits words there, GPT-2's byte-level BPE putting the space before the next word; not before a
+        newline, which Llama 3's and Qwen2's pre-tokenizers join to the punctuation before it, ``});\n``), and it is
+        taken only where it holds more tokens than fit (the tokenizer cuts it too) and every token kept ends before
+        the head's last word (the one word whose tokens could depend on what follows it), so that the tokens kept
+        are the whole text's; else the text goes whole (a text whose head is mostly whitespace, or one with no
+        space to cut at: CJK, one long word). Only where the tokenizer keeps a text's start (its
+        ``truncation_side`` right) and says whether it cut it, and where (a fast tokenizer)."""
         budget = self.max_length * CHARS_PER_TOKEN
         if not getattr(self.tokenizer, "is_fast", False) or self.tokenizer.truncation_side != "right":
             return texts
@@ -257,14 +259,15 @@ class Task(ABC):
                 if isinstance(text, str) and len(text) > budget and (head := word_head(text, budget))}
         if not long:
             return texts
-        checked = self.tokenizer(list(long.values()), truncation=True, max_length=self.max_length, padding=False)
-        cut = _truncated(checked)
-        if cut is None:
+        checked = self.tokenizer(list(long.values()), truncation=True, max_length=self.max_length, padding=False,
+                                 return_offsets_mapping=True)
+        if not getattr(checked, "encodings", None):
             return texts
         given = list(texts)
-        for (i, head), overflows in zip(long.items(), cut):
-            if overflows:
-                given[i] = head
+        for (i, head), encoding in zip(long.items(), checked.encodings):
+            kept = [end for (_, end), special in zip(encoding.offsets, encoding.special_tokens_mask) if not special]
+            if encoding.overflowing and kept and max(kept) <= head.rfind(" ") + 1:
+                given[i] = head  # more tokens than fit, every one kept from before the head's last word
         return given
 
 
@@ -272,8 +275,8 @@ class Task(ABC):
 #: times the English average, so that a head nearly always holds more tokens than fit and the text is not tokenized
 #: a second time, whole.
 CHARS_PER_TOKEN = 16
-#: A word's end: a character other than whitespace before a space or a newline.
-WORD_END = re.compile(r"\S(?=[ \n])")
+#: A word's end: a character other than whitespace before a space.
+WORD_END = re.compile(r"\S(?= )")
 
 
 def word_head(text: str, budget: int) -> str | None:
