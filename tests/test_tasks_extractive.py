@@ -324,3 +324,44 @@ def test_a_tokenizer_limit_with_no_room_is_named_as_the_models_not_the_specs(tin
     with pytest.raises(PipelineError, match=r"the model's tokenizer \(model_max_length\), 2 tokens, leaves no room.*"
                                             r"no max_length setting can give more room"):
         load_task(make_spec(str(folder), {"type": "feature-extraction"}))
+
+
+# a prompt far longer than max_length ---------------------------------------------------------------------------
+
+LLM_LABEL = {"type": "llm-label", "candidate_labels": ["positive", "negative"],
+             "prompt_template": "Review: a dull mess.\nSentiment: negative\n\nReview: {text}\nSentiment:"}
+
+
+@pytest.mark.parametrize(("kind", "task"), [
+    ("causal", {"type": "text-generation", "prompt_template": "Summarize:\n\n{text}\n\nSummary:"}),
+    ("gpt2", {"type": "text-generation"}),
+    ("smollm2", {"type": "text-generation", "chat": True, "system_prompt": "Answer in one sentence.",
+                 "prompt_template": "Summarize this news article in one sentence:\n\n{text}"}),
+    ("causal", LLM_LABEL),
+    ("smollm2", LLM_LABEL),
+])
+def test_a_long_prompt_is_tokenized_from_its_tail_with_the_whole_prompts_tokens(tiny_models, kind, task, monkeypatch):
+    """A long text in a prompt template was tokenized whole (llm-label: once for the prompt and once per label),
+    though a prompt keeps only its last tokens: its tail goes to the tokenizer, with the same kept tokens and flags."""
+    from pipelines.planning.tokens import load_task
+    from pipelines.tasks import llm_label, prompts
+
+    model = "smollm2" if kind == "smollm2" else tiny_models(kind)
+    context = load_task(make_spec(model, task, batching={"max_length": 48}))
+    seen = []
+    tokenizer_call = type(context.tokenizer).__call__
+
+    def recording(self, text=None, *args, **kwargs):
+        seen.extend(len(t) for t in (text if isinstance(text, list) else [text]) if isinstance(t, str))
+        return tokenizer_call(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(type(context.tokenizer), "__call__", recording)
+    got = context.task.encode(LONG_TEXTS, {})
+    assert max(seen) < len(LONG_TEXTS[0]), seen  # no long text went whole
+    for module in (prompts, llm_label):
+        monkeypatch.setattr(module, "tails", lambda tokenizer, texts, special, keep: texts, raising=False)
+    whole = context.task.encode(LONG_TEXTS, {})
+    ids = [features.tokens["input_ids"] for features in (got, whole)]
+    assert len(ids[0]) == len(ids[1]) and list(got.row) == list(whole.row)
+    assert all(ids[0].row(i).tolist() == ids[1].row(i).tolist() for i in range(len(ids[0])))
+    assert list(got.truncated) == list(whole.truncated) and got.truncated[0]

@@ -39,6 +39,7 @@ from pipelines.tasks.prompts import (
     render,
     shared_start,
     special_prefix,
+    tails,
     template_fields,
     text_input,
 )
@@ -192,6 +193,7 @@ class LLMLabel(LabelTask):
         bare = [prompt.rstrip(" ") for prompt in rendered]
         # trailing spaces of the prompt belong to the label's first token (" positive", not " " + "positive")
         lead = [prompt[len(stripped) :] + self._label_prefix(prompt) for prompt, stripped in zip(rendered, bare)]
+        bare = tails(self.tokenizer, bare, special, self.max_length)  # a long prompt's tail: its last tokens, as whole
         k = len(self.labels)
         prompt_ids = self.tokenizer(bare, add_special_tokens=special)["input_ids"]
         joined = [bare[i] + lead[i] + label for i in range(len(bare)) for label in self.labels]

@@ -8,13 +8,14 @@ the job then reads). A row whose column is null gets an error, not a prompt.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from pipelines.errors import PipelineError
-from pipelines.tasks.base import _truncated
+from pipelines.tasks.base import CHARS_PER_TOKEN, _truncated
 from pipelines.tasks.options import template_columns, template_fields
 
 # Values filled into every field of a template to find what all prompts share. They start differently (common
@@ -99,12 +100,14 @@ def tokenize_prompts(tokenizer: Any, prompts: list[str], chat: bool, max_length:
 
     The end of a prompt holds the instruction and the place the answer starts, so
     that is what truncation keeps. Chat prompts carry their special tokens as text.
+    A prompt far longer than ``max_length`` is tokenized from its tail (:func:`tails`).
     """
     side = tokenizer.truncation_side
     tokenizer.truncation_side = "left"
     try:
         encoding = tokenizer(
-            prompts, add_special_tokens=not chat, truncation=True, max_length=max_length, padding=False
+            tails(tokenizer, prompts, not chat, max_length), add_special_tokens=not chat, truncation=True,
+            max_length=max_length, padding=False
         )
     finally:
         tokenizer.truncation_side = side
@@ -112,6 +115,50 @@ def tokenize_prompts(tokenizer: Any, prompts: list[str], chat: bool, max_length:
     if encoding["truncated"] is None:
         encoding["truncated"] = np.zeros(len(prompts), dtype=bool)
     return encoding
+
+
+#: A word's start, with the space before it: where a prompt's tail begins (:func:`tails`).
+WORD_START = re.compile(r" (?=\S)")
+
+
+def tails(tokenizer: Any, prompts: list[str], special: bool, keep: int) -> list[str]:
+    """``prompts``, each one longer than :data:`~pipelines.tasks.base.CHARS_PER_TOKEN` characters per token of
+    ``keep`` cut to its tail where that tail ends in the same ``keep`` tokens as the whole prompt (``special``: with
+    the tokenizer's special tokens, as the prompt is tokenized).
+
+    Prompts are cut from the start (their end holds the instruction and the answer's place), and a fast tokenizer
+    tokenizes a prompt whole before it cuts it: a long text in a template cost its whole length. The tail starts at a
+    word, with the space before it (GPT-2's byte-level BPE and SentencePiece put the space before the next word), and
+    it is taken only where it holds more tokens than ``keep`` and every token of its last ``keep`` starts after the
+    tail's first word (the one word whose tokens could depend on what came before it); else the prompt goes whole.
+    The mirror of :meth:`~pipelines.tasks.base.Task.heads`."""
+    budget = keep * CHARS_PER_TOKEN
+    if not getattr(tokenizer, "is_fast", False):
+        return prompts
+    long: dict[int, str] = {}
+    for i, prompt in enumerate(prompts):
+        start = WORD_START.search(prompt, len(prompt) - budget, len(prompt) - budget // 2) if len(prompt) > budget \
+            else None
+        if start is not None:
+            long[i] = prompt[start.start():]
+    if not long:
+        return prompts
+    side = tokenizer.truncation_side
+    tokenizer.truncation_side = "left"
+    try:
+        checked = tokenizer(list(long.values()), add_special_tokens=special, truncation=True, max_length=keep,
+                            padding=False, return_offsets_mapping=True)
+    finally:
+        tokenizer.truncation_side = side
+    if not getattr(checked, "encodings", None):
+        return prompts
+    given = list(prompts)
+    for (i, tail), encoding in zip(long.items(), checked.encodings):
+        first_word_end = tail.find(" ", 1)
+        kept = [begin for (begin, _), mark in zip(encoding.offsets, encoding.special_tokens_mask) if not mark]
+        if encoding.overflowing and kept and first_word_end > 0 and min(kept) >= first_word_end:
+            given[i] = tail
+    return given
 
 
 def shared_start(template: str, encode: Callable[[list[str]], list[list[int]]]) -> tuple[list[int], list[int]]:
