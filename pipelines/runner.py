@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -209,6 +210,17 @@ def build_dataset(spec: JobSpec, shards: list[Shard], columns: Columns, files: d
     calls = spec.calls_per_actor()
     # One read task per actor at a time feeds the pool; more would only take CPU from the actors' threads.
     dataset = ray.data.read_datasource(ShardDatasource(shards, columns), num_cpus=IO_CPUS, concurrency=high)
+    with warnings.catch_warnings():  # max_task_retries has no named parameter: Ray Data warns of the old way, the
+        # only one it takes it by (until Ray 2.64, which pyproject.toml keeps out)
+        warnings.filterwarnings("ignore", message=".*ray_remote_args. is deprecated")
+        return _pool(dataset, spec, shards, files, low, high, calls, gpu_args)
+
+
+def _pool(dataset: Any, spec: JobSpec, shards: list[Shard], files: dict[str, str] | None, low: int, high: int,
+          calls: int, gpu_args: dict[str, Any]) -> Any:
+    import ray
+
+    compute = spec.compute
     return dataset.map_batches(
         PredictAndStage,
         fn_constructor_kwargs={

@@ -370,3 +370,27 @@ def test_an_actor_that_finds_the_model_folder_saved_again_since_the_run_began_re
     (model / "config.json").write_text(json.dumps({**config, "label2id": {**config["label2id"]}}, indent=1))
     with pytest.raises(PipelineError, match=r"model.name .*model: its files changed since this run began"):
         PredictAndStage(worker_spec(spec), staging_config(spec, []), model_files=began)
+
+
+def test_the_pool_is_built_without_rays_deprecation_warning_and_with_its_batch_retries(ray_session, tiny_models,
+                                                                                     tmp_path):
+    """Every run printed `RayDeprecationWarning: ray_remote_args is deprecated and will be removed in Ray 2.64` for
+    max_task_retries, which Ray Data takes only there (pyproject keeps Ray below 2.64): the option is still passed,
+    the warning is not printed."""
+    import warnings
+
+    from ray.data._internal.logical.operators.map_operator import MapBatches
+
+    from pipelines.io.shards import list_shards
+    from pipelines.runner import BATCH_RETRIES, build_dataset, columns_of
+
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": "a", "text": "x"}])
+    spec = make_spec(tiny_models("classifier"), {"type": "text-classification"}, tmp_path / "out",
+                     input={"paths": [str(tmp_path / "in")]})
+    shards = list_shards(spec.input.paths, spec.input.format)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dataset = build_dataset(spec, shards, columns_of(spec))
+    assert not [w for w in caught if "ray_remote_args" in str(w.message)], [str(w.message) for w in caught]
+    op = dataset._logical_plan.dag
+    assert isinstance(op, MapBatches) and op.ray_remote_args["max_task_retries"] == BATCH_RETRIES
