@@ -49,7 +49,7 @@ from pipelines.output.layout import LEDGER, RUN, RUN_LOCK, check_no_other_output
 from pipelines.output.layout import LOCK as SCHEDULE_LOCK
 from pipelines.output.lock import LockHeld, output_lock
 from pipelines.output.openai_batch import OpenAIBatchFiles
-from pipelines.output.records import CommitRecord, Fidelity, JobRecord, ModelRef, RunSummary, Unreadable
+from pipelines.output.records import SCORING, CommitRecord, Fidelity, JobRecord, ModelRef, RunSummary, Unreadable
 from pipelines.output.staging import StagingConfig, StagingReport, confusion
 from pipelines.spec import JobSpec, changed_settings
 from pipelines.tasks.options import GENERATION_TASKS, left_out_differences
@@ -572,7 +572,23 @@ def _pending(
         committed = _handle_stale(output, stale, committed, prune, dry)
     if records:  # --redo-changed: their output deleted, so that they are scored again
         committed = _forget(output, records, committed, dry, "scoring %s again: it changed since it was scored")
+    said = scored_otherwise(committed)
+    if said and not dry:
+        log.warning(said)
     return [s for s in shards if s.key not in committed], committed
+
+
+def scored_otherwise(committed: dict[str, CommitRecord]) -> str | None:
+    """In words, the committed shards another version of this code read and scored (their ``scored_by`` another
+    :data:`~pipelines.output.records.SCORING`; None: none, or only shards from before it was recorded)."""
+    other = [r for r in committed.values() if r.scored_by is not None and r.scored_by != SCORING]
+    if not other:
+        return None
+    versions = sorted({r.scored_by for r in other if r.scored_by is not None})
+    return (f"{len(other)} committed shard(s) (e.g. {other[0].input.name or other[0].input.uri}) were read and scored "
+            f"by another version of this project (as of {', '.join(versions)}; this one: {SCORING}), which read some "
+            "files' rows or scored some rows otherwise: they are kept as they are; --overwrite scores every shard as "
+            "this version does (see Upgrading in the README)")
 
 
 def _forget_repeats(output: OutputDir, committed: dict[str, CommitRecord], deleting: set[str], dry: bool

@@ -394,3 +394,35 @@ def test_the_pool_is_built_without_rays_deprecation_warning_and_with_its_batch_r
     assert not [w for w in caught if "ray_remote_args" in str(w.message)], [str(w.message) for w in caught]
     op = dataset._logical_plan.dag
     assert isinstance(op, MapBatches) and op.ray_remote_args["max_task_retries"] == BATCH_RETRIES
+
+
+def test_shards_another_version_committed_are_named_by_the_run_and_the_plan(finished, tmp_path, caplog):
+    """No record said which version of this project read and scored a shard: an output resumed after an upgrade
+    that reads some files' rows otherwise kept the earlier rows without a word (an upgrade audit's case). Each commit
+    records the code's SCORING; a resume, and the plan, name the shards committed under another."""
+    import logging
+
+    from pipelines.io.shards import list_shards
+    from pipelines.output.records import SCORING
+    from pipelines.planning.inputs import survey
+    from pipelines.planning.progress import output_plan
+
+    spec, _, _ = finished("classifier")
+    out = tmp_path / "out"
+    shutil.copytree(spec.output.path, out)
+    copy = spec.model_copy(deep=True)
+    copy.output.path = str(out)
+    records = sorted((out / "_commits").glob("*.json"))
+    assert {json.loads(r.read_text())["scored_by"] for r in records} == {SCORING}
+    earlier = json.loads(records[0].read_text())
+    records[0].write_text(json.dumps({**earlier, "scored_by": "2026-01-01"}))
+    shards = list_shards(copy.input.paths, copy.input.format, exclude=[copy.output.path])
+    note = output_plan(copy, shards, survey(shards)).note
+    assert "1 committed shard(s)" in note and "as of 2026-01-01" in note and "--overwrite" in note, note
+    write_jsonl(Path(copy.input.paths[0]) / "d.jsonl", [{"id": "d0", "text": SENTENCES[0], "label": "pos"}])
+    try:
+        with caplog.at_level(logging.WARNING, logger="pipelines.runner"):
+            assert run_job(copy).shards_this_run == 1
+    finally:
+        (Path(copy.input.paths[0]) / "d.jsonl").unlink()
+    assert any("as of 2026-01-01" in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]

@@ -60,6 +60,7 @@ from pipelines.output.layout import (
 )
 from pipelines.output.lock import output_lock
 from pipelines.output.records import (
+    SCORING,
     CommitRecord,
     Confusion,
     JobRecord,
@@ -556,6 +557,7 @@ class OutputDir:
             error_files=[f"{ERRORS}/{final}"] if error_rows else [],
             committed_at=time.time(),
             unreadable=unreadable,
+            scored_by=SCORING,
         )
         self.check_lock()  # the commit point: the record is written only under the lock
         self.write_json(layout.commit_record_path(shard.key), record.to_json())

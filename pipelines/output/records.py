@@ -158,6 +158,13 @@ class StagedBlock(Record):
     padded: int = 0
 
 
+#: How this code reads a file's rows and scores them, as a date: set anew by a change that reads a file's rows
+#: otherwise or gives a row another output, so that the shards an earlier version committed can be told (each commit
+#: records it, ``CommitRecord.scored_by``; a resume warns of shards committed under another). 2026-12-06: the first
+#: recorded (the reader fixes of 2026-12-05 and the QA/NER overlap of 2026-12-05 are before it).
+SCORING = "2026-12-06"
+
+
 class CommitRecord(Record):
     """``_commits/<shard>.json``: a shard is committed exactly when this record exists."""
 
@@ -180,6 +187,8 @@ class CommitRecord(Record):
     committed_at: float = 0.0
     #: Set when the shard's file could not be read and was quarantined whole (errors.unreadable_files: quarantine).
     unreadable: Unreadable | None = None
+    #: :data:`SCORING` of the code that committed it (None: a version before it was recorded).
+    scored_by: str | None = None
 
     _current_kinds = field_validator("reasons", mode="before")(current_kinds)
 

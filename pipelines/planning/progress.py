@@ -48,7 +48,7 @@ def _busy(spec: JobSpec) -> PipelineError | None:
 
 
 def _run(spec: JobSpec, shards: list[Shard], rows: dict[str, int]) -> OutputPlan:
-    from pipelines.runner import resume_state
+    from pipelines.runner import resume_state, scored_otherwise
 
     pending, committed, finished = resume_state(spec, shards)
     todo = sum(rows[s.key] for s in pending)
@@ -71,8 +71,9 @@ def _run(spec: JobSpec, shards: list[Shard], rows: dict[str, int]) -> OutputPlan
             f"every shard is committed ({done:,} rows) but the job did not finish: a run scores nothing and "
             "writes its summary again"
         )
+    said = scored_otherwise(committed)
     return OutputPlan(path=spec.output.path, state=state, shards_done=len(committed), rows_done=done,
-                      shards_todo=len(pending), rows_todo=todo, note=note)
+                      shards_todo=len(pending), rows_todo=todo, note=f"{note}; {said}" if said else note)
 
 
 def _tick(spec: JobSpec, shards: list[Shard], rows: dict[str, int]) -> OutputPlan:
