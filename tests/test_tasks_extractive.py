@@ -199,11 +199,25 @@ LONG_TEXTS = [
 ]
 
 
+def lengths_given(tokenizer, monkeypatch) -> list[int]:
+    """The lengths of the texts ``tokenizer`` is called on from now on (the list fills as it is called)."""
+    seen: list[int] = []
+    called = type(tokenizer).__call__
+
+    def recording(self, text=None, *args, **kwargs):
+        seen.extend(len(t) for t in (text if isinstance(text, list) else [text]) if isinstance(t, str))
+        return called(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(type(tokenizer), "__call__", recording)
+    return seen
+
+
 @pytest.mark.parametrize(("kind", "task"), [("encoder", {"type": "feature-extraction"}),
                                             ("llama-classifier", {"type": "text-classification"}),
                                             ("seq2seq", {"type": "summarization"}),
                                             ("minilm", {"type": "feature-extraction"})])
-def test_a_long_text_is_tokenized_from_its_head_as_transformers_tokenizes_it_whole(tiny_models, kind, task):
+def test_a_long_text_is_tokenized_from_its_head_as_transformers_tokenizes_it_whole(tiny_models, kind, task,
+                                                                                   monkeypatch):
     """A 5 MB text cut to 128 tokens took 7.5 s and 1.3 GB in the tokenizer, which tokenizes a text whole before it
     cuts it: an actor's memory grew with the bytes of a batch's texts, not its rows (10 texts of 1 MB: 2.3x the
     memory of 1). A text far longer than max_length is handed to it as its head, cut at a word's end, where that
@@ -212,21 +226,11 @@ def test_a_long_text_is_tokenized_from_its_head_as_transformers_tokenizes_it_who
 
     spec = make_spec("minilm" if kind == "minilm" else tiny_models(kind), task, batching={"max_length": 32})
     context = load_task(spec)
-    tokenizer, seen = context.tokenizer, []
-    called = type(tokenizer).__call__
-
-    def recording(self, text=None, *args, **kwargs):
-        seen.extend(len(t) for t in (text if isinstance(text, list) else [text]) if isinstance(t, str))
-        return called(self, text, *args, **kwargs)
-
     texts = [(task.get("prefix", "") + t) for t in LONG_TEXTS]
-    whole = tokenizer(texts, truncation=True, max_length=context.max_length, padding=False,
-                      return_offsets_mapping=True)
-    try:
-        type(tokenizer).__call__ = recording
-        got = context.task.tokenize(texts, return_offsets_mapping=True)
-    finally:
-        type(tokenizer).__call__ = called
+    whole = context.tokenizer(texts, truncation=True, max_length=context.max_length, padding=False,
+                              return_offsets_mapping=True)
+    seen = lengths_given(context.tokenizer, monkeypatch)
+    got = context.task.tokenize(texts, return_offsets_mapping=True)
     assert got["input_ids"] == whole["input_ids"]
     assert got["offset_mapping"] == whole["offset_mapping"]
     assert list(got["truncated"]) == [bool(e.overflowing) for e in whole.encodings]
@@ -255,14 +259,7 @@ def test_a_long_premise_of_zero_shot_nli_is_tokenized_from_its_head_with_the_sam
 
     task = {"type": "zero-shot-classification", "candidate_labels": ["sports", "politics", "a much longer label"]}
     context = load_task(make_spec(tiny_models("nli"), task, batching={"max_length": 32}))
-    seen = []
-    tokenizer_call = type(context.tokenizer).__call__
-
-    def recording(self, text=None, *args, **kwargs):
-        seen.extend(len(t) for t in (text if isinstance(text, list) else [text]) if isinstance(t, str))
-        return tokenizer_call(self, text, *args, **kwargs)
-
-    monkeypatch.setattr(type(context.tokenizer), "__call__", recording)
+    seen = lengths_given(context.tokenizer, monkeypatch)
     got = context.task.encode(LONG_TEXTS, {})
     assert len(LONG_TEXTS[0]) not in seen
     monkeypatch.setattr(Task, "heads", lambda self, texts: texts)
@@ -348,14 +345,7 @@ def test_a_long_prompt_is_tokenized_from_its_tail_with_the_whole_prompts_tokens(
 
     model = "smollm2" if kind == "smollm2" else tiny_models(kind)
     context = load_task(make_spec(model, task, batching={"max_length": 48}))
-    seen = []
-    tokenizer_call = type(context.tokenizer).__call__
-
-    def recording(self, text=None, *args, **kwargs):
-        seen.extend(len(t) for t in (text if isinstance(text, list) else [text]) if isinstance(t, str))
-        return tokenizer_call(self, text, *args, **kwargs)
-
-    monkeypatch.setattr(type(context.tokenizer), "__call__", recording)
+    seen = lengths_given(context.tokenizer, monkeypatch)
     got = context.task.encode(LONG_TEXTS, {})
     assert max(seen) < len(LONG_TEXTS[0]), seen  # no long text went whole
     for module in (prompts, llm_label):
