@@ -144,7 +144,10 @@ def test_dynamic_int8_stays_close_to_float32(tiny_models):
     a = np.array(full(batch_of(texts)).column("embedding").to_pylist())
     b = np.array(quantized(batch_of(texts)).column("embedding").to_pylist())
     assert (a * b).sum(axis=1).min() > 0.95  # normalised embeddings: the cosine of each row
-    spec.model.dtype = "bfloat16"
+    with pytest.raises(ValueError, match="quantizes the float32 model"):  # refused with the spec, before any work
+        spec.model.dtype = "bfloat16"
+    spec = spec.model_copy(update={"model": spec.model.model_copy(update={"dtype": "bfloat16"})})  # past the spec's
+    # check (a copy is not validated): the loader's own
     with pytest.raises(PipelineError, match="quantizes a float32 model"):
         Predictor(spec)
 
@@ -178,7 +181,10 @@ def test_per_token_int8_stays_close_to_float32_and_a_rows_int8_products_do_not_d
         assert ((int8(row) - reference).abs().max() / reference.abs().max()) < 0.02
         dynamic = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(linear), dtype=torch.qint8)
         assert not torch.equal(dynamic(row), dynamic(torch.cat([row, loud]))[:1])  # what it replaces in auto
-    spec.model.dtype = "bfloat16"
+    with pytest.raises(ValueError, match="per-token-int8 with model.dtype bfloat16"):  # refused with the spec
+        spec.model.dtype = "bfloat16"
+    spec = spec.model_copy(update={"model": spec.model.model_copy(update={"dtype": "bfloat16"})})  # past the spec's
+    # check (a copy is not validated): the loader's own
     with pytest.raises(PipelineError, match="per-token-int8 quantizes a float32 model"):
         Predictor(spec)
 
