@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pipelines.errors import PipelineError
-from pipelines.io.block import BOOKKEEPING, GENERATED, PADDED, TOKENS
+from pipelines.io.block import BOOKKEEPING, COUNTS
 from pipelines.io.shards import store_path_problem
 from pipelines.output.records import prefixed_hash
 from pipelines.tasks.openai_requests import OUTPUT_NAMES as OPENAI_OUTPUT_NAMES
@@ -374,7 +374,7 @@ class ScheduleSpec(Strict):
 
 
 #: Columns the job adds to its blocks (see pipelines.io.block): no input column may be named like them.
-RESERVED_COLUMNS = (*BOOKKEEPING, TOKENS, PADDED, GENERATED)
+RESERVED_COLUMNS = (*BOOKKEEPING, *COUNTS)
 
 
 #: The sections a spec may leave out for their defaults (so ``batching:`` alone, YAML's null, is those too).

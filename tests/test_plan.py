@@ -18,6 +18,7 @@ from pipelines.io.reader import count_rows as reader_count_rows
 from pipelines.io.shards import list_shards
 from pipelines.output.commit import OutputDir
 from pipelines.output.lock import JobLock
+from pipelines.output.summary import render as render_summary
 from pipelines.planning.build import build_plan
 from pipelines.planning.inputs import actor_batches, count_rows, read_blocks
 from pipelines.planning.records import Plan
@@ -260,6 +261,33 @@ def test_plan_predicts_what_the_run_reports(ray_session, tiny_models, tmp_path, 
     else:
         assert tokens.truncated_rows >= 12  # the long texts at least (one of the 13 is emptied)
         assert summary.error_reasons["text longer than max_length"] == tokens.truncated_rows
+
+
+@pytest.mark.parametrize(
+    ("kind", "task"),
+    [
+        ("classifier", {"type": "text-classification"}),
+        ("causal", {"type": "llm-label", "candidate_labels": ["yes", "no"], "prompt_template": "{text}\nAnswer:"}),
+    ],
+)
+def test_a_run_counts_the_rows_it_cut_at_max_length_as_the_plan_does(ray_session, tiny_models, tmp_path, kind, task):
+    """Under errors.too_long: truncate a row longer than max_length is scored on what is kept: the plan said how many
+    (``cut at max_length``), the run said nothing (no count in _run.json, the summary or the page), so a labeling
+    user could not tell that some labels were read from part of a text. The run counts them now, per row (llm-label
+    reads a prompt once per label), as the plan does."""
+    spec = make_spec(
+        tiny_models(kind), task, tmp_path / "out", input={"paths": [str(fan_out_shards(tmp_path / "in"))]},
+        batching={"batch_size": 8, "max_tokens": 256, "max_rows": 8, "max_length": 48}, errors={"max_rate": 1.0},
+    )
+    plan = build_plan(spec, "job", sample=10_000, cpus=2)
+    summary = run_job(spec)
+    assert plan.tokens.covers_input and plan.tokens.truncated_rows >= 12  # the long texts at least
+    assert summary.rows_cut == plan.tokens.truncated_rows and summary.cut_uncounted_shards == 0
+    said = f"cut to fit max_length: {summary.rows_cut:,} of the {summary.rows_out:,} rows written"
+    assert said in render_summary(summary)
+    written = json.loads((tmp_path / "out" / "_run.json").read_text())
+    assert written["rows_cut"] == summary.rows_cut
+    assert said.split(": ", 1)[1] in (tmp_path / "out" / "_report.html").read_text()
 
 
 def test_the_plans_features_are_those_the_model_sees_not_rows_quarantined_as_too_long(tiny_models, tmp_path):

@@ -399,7 +399,8 @@ def test_the_pool_is_built_without_rays_deprecation_warning_and_with_its_batch_r
 def test_shards_another_version_committed_are_named_by_the_run_and_the_plan(finished, tmp_path, caplog):
     """No record said which version of this project read and scored a shard: an output resumed after an upgrade
     that reads some files' rows otherwise kept the earlier rows without a word (an upgrade audit's case). Each commit
-    records the code's SCORING; a resume, and the plan, name the shards committed under another."""
+    records the code's SCORING; a resume, and the plan, name the shards committed under another. A record from before
+    rows cut at max_length were counted leaves its shard out of that count, and the summary says so."""
     import logging
 
     from pipelines.io.shards import list_shards
@@ -415,14 +416,20 @@ def test_shards_another_version_committed_are_named_by_the_run_and_the_plan(fini
     records = sorted((out / "_commits").glob("*.json"))
     assert {json.loads(r.read_text())["scored_by"] for r in records} == {SCORING}
     earlier = json.loads(records[0].read_text())
-    records[0].write_text(json.dumps({**earlier, "scored_by": "2026-01-01"}))
+    records[0].write_text(json.dumps({**{k: v for k, v in earlier.items() if k != "cut"}, "scored_by": "2026-01-01"}))
+    counted = json.loads(records[1].read_text())
+    records[1].write_text(json.dumps({**counted, "cut": 2}))  # as if 2 of its rows were cut at max_length
     shards = list_shards(copy.input.paths, copy.input.format, exclude=[copy.output.path])
     note = output_plan(copy, shards, survey(shards)).note
     assert "1 committed shard(s)" in note and "as of 2026-01-01" in note and "--overwrite" in note, note
     write_jsonl(Path(copy.input.paths[0]) / "d.jsonl", [{"id": "d0", "text": SENTENCES[0], "label": "pos"}])
     try:
         with caplog.at_level(logging.WARNING, logger="pipelines.runner"):
-            assert run_job(copy).shards_this_run == 1
+            summary = run_job(copy)
+            assert summary.shards_this_run == 1
     finally:
         (Path(copy.input.paths[0]) / "d.jsonl").unlink()
     assert any("as of 2026-01-01" in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+    # nor did such a record count the rows it cut at max_length: the summary says it counted without them
+    assert (summary.rows_cut, summary.cut_uncounted_shards) == (2, 1)
+    assert "2 of the 25 rows written; 1 shard(s) an earlier version committed not counted" in render(summary)

@@ -29,7 +29,7 @@ from pipelines.inference.batching import FORWARD_COST_TOKENS, plan_microbatches,
 from pipelines.inference.checks import check_task_head
 from pipelines.inference.library_logs import hide_loading_bars, once_per_process
 from pipelines.inference.loading import load_config, load_model
-from pipelines.io.block import ERROR, GENERATED, PADDED, TOKENS
+from pipelines.io.block import CUT, ERROR, GENERATED, PADDED, TOKENS
 from pipelines.spec import BatchingSpec, JobSpec
 from pipelines.tasks import task_class
 from pipelines.tasks.base import ROW_ID, Features, Outputs, Task
@@ -274,7 +274,7 @@ class Predictor:
         counts: tuple[np.ndarray, np.ndarray | None],
         errors: pa.Array,
     ) -> pa.Table:
-        """The input batch plus prediction columns (null where a row has an error) and token counts:
+        """The input batch plus prediction columns (null where a row has an error), token counts and cut flags:
         ``counts`` holds each feature's padded length and the tokens it generated (None: the task generates none).
         """
         padded, generated = counts
@@ -291,6 +291,9 @@ class Predictor:
         tokens = np.zeros(n, dtype=np.int64)
         spent = np.zeros(n, dtype=np.int64)
         new = np.zeros(n, dtype=np.int64)
+        cut = np.zeros(n, dtype=np.int64)
+        if features.truncated is not None and len(features.truncated) == len(rows):
+            cut[rows] = np.asarray(features.truncated, dtype=bool)
         if len(features):
             tokens[rows] = np.bincount(features.row, weights=features.lengths, minlength=len(rows))
             spent[rows] = np.bincount(features.row, weights=padded, minlength=len(rows))
@@ -299,7 +302,8 @@ class Predictor:
         table = table.append_column(ERROR, errors.cast(pa.string()))
         table = table.append_column(TOKENS, pa.array(tokens))
         table = table.append_column(PADDED, pa.array(spent))
-        return table.append_column(GENERATED, pa.array(new))
+        table = table.append_column(GENERATED, pa.array(new))
+        return table.append_column(CUT, pa.array(cut))
 
 
 def validate_rows(batch: pa.Table, text_column: str) -> tuple[np.ndarray, pa.Array]:

@@ -526,14 +526,14 @@ class OutputDir:
         for report in reports:
             merge_confusion(confusion, report.confusion)
             merge_counts(reasons, report.reasons)
-        tokens, padded, generated = (sum(r.tokens for r in reports), sum(r.padded for r in reports),
-                                     sum(r.generated for r in reports))
+        tokens, padded, generated, cut = (sum(r.tokens for r in reports), sum(r.padded for r in reports),
+                                          sum(r.generated for r in reports), sum(r.cut for r in reports))
         screened = 0 if quarantined is None else quarantined.num_rows
         if screened:
             merge_counts(reasons, _reason_counts(quarantined))
             if confusion_of is not None:
                 confusion = confusion_of(kept) if kept is not None else {}
-            tokens, padded, generated = spent(kept)
+            tokens, padded, generated, cut = spent(kept)
         rows_in = sum(r.rows + r.errors for r in reports)
         errors = sum(r.errors for r in reports) + screened
         if unreadable is not None:  # one record stands for the file's rows, as many as can be told
@@ -551,6 +551,7 @@ class OutputDir:
             padded=padded,
             blocks=[r.block() for r in reports],
             generated=generated,
+            cut=cut,
             confusion=confusion,
             reasons=reasons,
             files=[final] if data_rows else [],

@@ -180,6 +180,9 @@ class CommitRecord(Record):
     #: One entry per staged block of this shard, in the order they came: what the run report plots over time.
     blocks: list[StagedBlock] = Field(default_factory=list)
     generated: int = 0
+    #: Rows of the data file whose text or prompt was cut to fit ``max_length`` (None: committed by a version before
+    #: this was counted).
+    cut: int | None = None
     confusion: Confusion = Field(default_factory=dict)
     reasons: dict[str, int] = Field(default_factory=dict)
     files: list[str] = Field(default_factory=list)
@@ -298,6 +301,10 @@ class RunSummary(Record):
     tokens: int = 0  # real tokens over every committed shard (each row's features summed)
     padded: int = 0  # tokens computed for them, padding included
     rows_this_run: int = 0
+    #: Rows written whose text or prompt was cut to fit ``max_length`` (``errors.too_long: truncate``), over every
+    #: committed shard that counted them; ``cut_uncounted_shards``: committed shards that did not (earlier versions).
+    rows_cut: int = 0
+    cut_uncounted_shards: int = 0
     #: When this run's work started (epoch seconds): the run report's time axis starts here.
     started_at: float | None = None
     #: What ``quantization: auto`` chose (``{quantization, dtype}``, with its check's figures), when the spec says auto.

@@ -45,7 +45,7 @@ from pipelines.output.records import (
     cut,
     precision_label,
 )
-from pipelines.output.summary import agreement_line, fidelity_line, precision_said
+from pipelines.output.summary import agreement_line, cut_line, fidelity_line, precision_said
 
 log = logging.getLogger(__name__)
 
@@ -476,6 +476,8 @@ def _facts(summary: RunSummary | None, data: RunData) -> str:
         ("padding efficiency", "-" if summary.padding_efficiency is None else f"{summary.padding_efficiency}"),
         ("spec hash", summary.spec_hash),
     ]
+    if summary.rows_cut:
+        rows.insert(4, ("cut to fit max_length", cut_line(summary)))
     for found in summary.unreadable_files[:UNREADABLE_SHOWN]:  # as the summary on the terminal names them
         rows.append(("unreadable input file", f"{found.uri} ({found.rows_told()}): {found.reason}"))
     if len(summary.unreadable_files) > UNREADABLE_SHOWN:

@@ -44,6 +44,7 @@ REPORT_SCHEMA = pa.schema(
         ("staged_at", pa.float64()),
         ("actor_ready_at", pa.float64()),
         ("generated", pa.int64()),
+        ("cut", pa.int64()),
         ("files", pa.list_(pa.string())),
         ("error_files", pa.list_(pa.string())),
         ("confusion", pa.list_(_CELL)),
@@ -69,6 +70,7 @@ class StagingReport:
     staged_at: float = 0.0  # when the writer staged the block (epoch seconds)
     actor_ready_at: float = 0.0  # when the actor that predicted it had loaded its model (epoch seconds)
     generated: int = 0
+    cut: int = 0  # rows cut to fit max_length
     files: list[str] = field(default_factory=list)
     error_files: list[str] = field(default_factory=list)
     confusion: Confusion = field(default_factory=dict)
@@ -102,6 +104,7 @@ class StagingReport:
             "staged_at": self.staged_at,
             "actor_ready_at": self.actor_ready_at,
             "generated": self.generated,
+            "cut": self.cut,
             "files": self.files,
             "error_files": self.error_files,
             "confusion": [
@@ -130,6 +133,7 @@ class StagingReport:
             staged_at=row.get("staged_at") or 0.0,
             actor_ready_at=row.get("actor_ready_at") or 0.0,
             generated=row.get("generated") or 0,
+            cut=row.get("cut") or 0,
             files=list(row["files"] or []),
             error_files=list(row["error_files"] or []),
             confusion=confusion,
@@ -199,7 +203,7 @@ def _stage_shard(part: pa.Table, shard: str, config: StagingConfig) -> StagingRe
         path = f"{folder}/{name}-errors.parquet"
         layout.write_parquet(fs, path, error_records(bad, config), STAGED_COMPRESSION)
         error_files.append(path)
-    tokens, padded, generated = spent(good)  # the rows the output will hold: a quarantined row counts in none
+    tokens, padded, generated, cut = spent(good)  # the rows the output will hold: a quarantined row counts in none
     return StagingReport(
         shard=shard,
         shard_rows=int(part.column(SHARD_ROWS)[0].as_py()),
@@ -209,6 +213,7 @@ def _stage_shard(part: pa.Table, shard: str, config: StagingConfig) -> StagingRe
         padded=padded,
         staged_at=time.time(),
         generated=generated,
+        cut=cut,
         files=files,
         error_files=error_files,
         confusion=confusion(good, config),
@@ -219,14 +224,15 @@ def _stage_shard(part: pa.Table, shard: str, config: StagingConfig) -> StagingRe
     )
 
 
-def spent(rows: pa.Table | None) -> tuple[int, int, int]:
-    """The real tokens, tokens computed and tokens generated of these rows (0 for a count they don't carry)."""
+def spent(rows: pa.Table | None) -> tuple[int, int, int, int]:
+    """The real tokens, tokens computed, tokens generated and rows cut to fit ``max_length`` of these rows (0 for a
+    count they don't carry)."""
     if rows is None:
-        return 0, 0, 0
-    tokens, padded, generated = (
+        return 0, 0, 0, 0
+    tokens, padded, generated, cut = (
         int(pc.sum(rows.column(name)).as_py() or 0) if name in rows.column_names else 0 for name in COUNTS
     )
-    return tokens, padded, generated
+    return tokens, padded, generated, cut
 
 
 def error_records(bad: pa.Table, config: StagingConfig) -> pa.Table:

@@ -60,6 +60,8 @@ def build(
         tokens=sum(r.tokens for r in commits),
         padded=sum(r.padded for r in commits),
         rows_this_run=rows_now,
+        rows_cut=sum(r.cut or 0 for r in commits),
+        cut_uncounted_shards=sum(1 for r in commits if r.cut is None and r.rows),
         wall_s=round(wall_s, 3),
         rows_per_s=round(rows_now / wall_s, 2) if wall_s > 0 else None,
         tokens_per_s=round((tokens_now + generated_now) / wall_s, 1) if wall_s > 0 else None,
@@ -106,6 +108,8 @@ def render(summary: RunSummary) -> str:
         )
     if summary.error_reasons:
         lines.append(f"quarantined rows by reason: {reasons_line(summary.error_reasons)}")
+    if summary.rows_cut:
+        lines.append(f"cut to fit max_length: {cut_line(summary)}")
     for found in summary.unreadable_files:
         lines.append(f"unreadable input file: {found.uri} ({found.rows_told()}): {found.reason}")
     if summary.agreement:
@@ -113,6 +117,14 @@ def render(summary: RunSummary) -> str:
     if summary.fidelity:
         lines.append(f"quantization fidelity: {fidelity_line(summary.fidelity)}")
     return "\n".join(lines)
+
+
+def cut_line(summary: RunSummary) -> str:
+    """How many of the rows written were scored on a text or prompt cut to fit ``max_length``, and what to do."""
+    uncounted = summary.cut_uncounted_shards
+    before = f"; {uncounted:,} shard(s) an earlier version committed not counted" if uncounted else ""
+    return (f"{summary.rows_cut:,} of the {summary.rows_out:,} rows written{before} (each scored on what was kept; "
+            "errors.too_long: error quarantines such rows instead)")
 
 
 def reasons_line(reasons: dict[str, int]) -> str:

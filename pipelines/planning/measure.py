@@ -108,7 +108,7 @@ def _measure(spec: JobSpec, batches: list[pa.Table]) -> Measurement:
         out = predictor(batch)
         predict_s += time.perf_counter() - start
         rows += batch.num_rows
-        real, computed, _ = spent(out.filter(out.column(ERROR).is_null()))  # as a run counts: the answered rows
+        real, computed, _, _ = spent(out.filter(out.column(ERROR).is_null()))  # as a run counts: the answered rows
         tokens, padded = tokens + real, padded + computed
     log.info("measured %d rows in %.2f s after a %.2f s model load", rows, predict_s, load_s)
     return Measurement(
