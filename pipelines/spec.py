@@ -613,6 +613,9 @@ def openai_batch_problem(spec: JobSpec) -> str | None:
 
 #: The settings that name a file or folder: ``~`` alone given to one is refused, not read as null.
 PATH_SETTINGS = frozenset({"input.paths", "output.path", "model.name", "model.cache_dir"})
+#: The settings whose value is text in a syntax of its own, which YAML may not read (a cron expression's ``*`` opens a
+#: YAML alias): a ``--set`` value YAML can't read is taken as written.
+VERBATIM_SETTINGS = frozenset({"schedule.cron"})
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -625,6 +628,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
+        if key.strip() in VERBATIM_SETTINGS:
+            return key.strip().split("."), raw.strip()
         raise PipelineError(
             f"--set {text!r}: the value is not valid YAML ({yaml_problem(exc)}); write a list as [a, b], "
             "and quote a value that should stay text, e.g. --set 'model.name=\"my: model\"'"

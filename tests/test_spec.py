@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.errors import PipelineError
-from pipelines.spec import changed_settings, load_spec, spec_from_dict
+from pipelines.spec import changed_settings, load_spec, parse_override, spec_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -145,6 +145,16 @@ def test_overrides_set_nested_fields_with_yaml_values(tmp_path):
     assert spec.batching.batch_size == 32
     assert spec.model.quantization == "nf4"
     assert spec.input.columns_to_keep == ["text"]
+
+
+@pytest.mark.parametrize("cron", ["* * * * *", "*/5 * * * *", "0 3 * * *", '"*/5 * * * *"'])
+def test_a_cron_expression_given_by_set_is_taken_as_written(cron):
+    """``--set 'schedule.cron=*/5 * * * *'`` was refused as not YAML (a ``*`` opens a YAML alias), so a cron
+    expression that starts with one had to be quoted twice; such a setting's value is text, taken as written where
+    YAML can't read it (a quoted one is still read as YAML reads it)."""
+    assert parse_override(f"schedule.cron={cron}") == (["schedule", "cron"], cron.strip('"'))
+    with pytest.raises(PipelineError, match="not valid YAML"):  # elsewhere a YAML error is still one
+        parse_override("model.name=*/5 * * * *")
 
 
 def test_an_override_is_validated_like_the_file(tmp_path):
