@@ -16,6 +16,7 @@ from helpers import ROOT
 from pipelines.cli import cluster as cli_cluster
 from pipelines.cli.main import main
 from pipelines.cluster import jobs
+from pipelines.errors import PipelineError
 
 ADDRESS = "http://127.0.0.1:8265"
 ERROR = "error: input.paths: /data/nope does not exist; check the path (relative paths start at the current directory)"
@@ -180,7 +181,32 @@ def test_stopping_logs_follow_says_the_job_keeps_running(monkeypatch, capsys, st
         raise Terminated() if stop == "terminated" else stop()
 
     monkeypatch.setattr(jobs, "logs", following)
+    monkeypatch.setattr(jobs, "status", lambda job_id, address, insecure=False: jobs.JobReport(job_id, "RUNNING", ""))
     args = SimpleNamespace(job_id="raysubmit_abc", address="http://127.0.0.1:8265", follow=True, insecure=False)
     assert cli_cluster._logs(args) == status
     said = capsys.readouterr().err
     assert "stopped following raysubmit_abc; it keeps running" in said and "pipelines stop raysubmit_abc" in said
+
+
+@pytest.mark.parametrize("known", [True, False])
+def test_stopping_logs_follow_of_a_job_that_has_ended_says_how_it_ended(monkeypatch, capsys, known):
+    """Ctrl-C while following a job that ended meanwhile said it "keeps running" (a cluster audit's case); it says
+    how the job ended now, and where the cluster can't be asked, what it said before."""
+    def following(*args, **kwargs):
+        raise KeyboardInterrupt()
+
+    def status(job_id, address, insecure=False):
+        if not known:
+            raise PipelineError("cannot reach the cluster")
+        return jobs.JobReport(job_id, "SUCCEEDED", "Job finished successfully.")
+
+    monkeypatch.setattr(jobs, "logs", following)
+    monkeypatch.setattr(jobs, "status", status)
+    args = SimpleNamespace(job_id="raysubmit_abc", address="http://127.0.0.1:8265", follow=True, insecure=False)
+    assert cli_cluster._logs(args) == 130
+    said = capsys.readouterr().err
+    if known:
+        assert "stopped following raysubmit_abc, which has ended: raysubmit_abc: SUCCEEDED" in said, said
+        assert "keeps running" not in said
+    else:
+        assert "it keeps running" in said

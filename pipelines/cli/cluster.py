@@ -96,18 +96,28 @@ def _submit(args: argparse.Namespace) -> int:
     try:
         report = jobs.wait(job_id, address, insecure=args.insecure)
     except (KeyboardInterrupt, Terminated) as stop:
-        return stopped_following(job_id, address, stop)
+        return stopped_following(job_id, address, stop, args.insecure)
     print(f"job {report}", file=sys.stderr)
     return wait_exit_status(report)
 
 
-def stopped_following(job_id: str, address: str, stop: BaseException) -> int:
-    """Ctrl-C or SIGTERM while following a cluster job's logs: the job goes on; say so, and how to get back to it."""
-    print(
-        f"stopped following {job_id}; it keeps running. `pipelines logs {job_id} --follow` resumes, "
-        f"`pipelines stop {job_id}` stops it (both with --address {address})",
-        file=sys.stderr,
-    )
+def stopped_following(job_id: str, address: str, stop: BaseException, insecure: bool = False) -> int:
+    """Ctrl-C or SIGTERM while following a cluster job's logs: the job goes on; say so, and how to get back to it; or,
+    where the cluster says it has ended meanwhile (a job that ended as its logs were followed), how it ended."""
+    from pipelines.cluster import jobs
+
+    try:
+        report = jobs.status(job_id, address, insecure=insecure)
+    except (Exception, KeyboardInterrupt):  # noqa: BLE001 - the status is a courtesy: unknown, say what holds
+        report = None
+    if report is not None and report.is_terminal:
+        print(f"stopped following {job_id}, which has ended: {report}", file=sys.stderr)
+    else:
+        print(
+            f"stopped following {job_id}; it keeps running. `pipelines logs {job_id} --follow` resumes, "
+            f"`pipelines stop {job_id}` stops it (both with --address {address})",
+            file=sys.stderr,
+        )
     return 130 if isinstance(stop, KeyboardInterrupt) else EXIT_TERMINATED
 
 
@@ -158,7 +168,7 @@ def _logs(args: argparse.Namespace) -> int:
         try:
             jobs.logs(args.job_id, address, follow=True, insecure=args.insecure)  # writes to stdout as logs come
         except (KeyboardInterrupt, Terminated) as stop:
-            return stopped_following(args.job_id, address, stop)
+            return stopped_following(args.job_id, address, stop, args.insecure)
     else:
         sys.stdout.write(jobs.logs(args.job_id, address, insecure=args.insecure))
     return 0
