@@ -773,6 +773,32 @@ def test_a_kept_unsigned_64_bit_column_beside_a_signed_one_keeps_every_value(tmp
     assert types == {"h": pa.uint64()} and rows == {"u0": (None, 2**64 - 1), "u1": (None, 7), "w0": (None, 9)}
 
 
+def test_kept_bytes_and_durations_from_other_writers_keep_their_values(tmp_path):
+    """A kept bytes column stored as ``binary`` by pyarrow and as ``large_binary`` by Polars (or ``binary_view``,
+    ``fixed_size_binary``) had no common type: it became text, each value Python's repr in JSON (``"b'\\x00'"``), and
+    a value that is no UTF-8 reached the output so. Durations in two units became their bare numbers as text (2 s
+    and 2 ms both ``"2"``). Bytes of any of these types are one ``binary`` now, and durations one duration in the
+    finest unit; bytes beside another type become their UTF-8 text, a value that is none costing its row."""
+    pq.write_table(pa.table({"id": ["a", "b"], "text": ["t", "t"], "sig": pa.array([b"\x00\x01", b"\xff\x00"]),
+                             "wait": pa.array([2, None], pa.duration("s"))}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"id": ["c"], "text": ["t"], "sig": pa.array([b"ab"], pa.large_binary()),
+                             "wait": pa.array([2], pa.duration("ms"))}), tmp_path / "c.parquet")
+    pq.write_table(pa.table({"id": ["d"], "text": ["t"], "sig": pa.array([b"\xfe\xff"], pa.binary(2)),
+                             "wait": pa.array([3], pa.duration("us"))}), tmp_path / "d.parquet")
+    files = [tmp_path / "a.parquet", tmp_path / "c.parquet", tmp_path / "d.parquet"]
+    types, rows = _kept(files, ("sig", "wait"))
+    assert types == {"sig": pa.binary(), "wait": pa.duration("us")}
+    second = datetime.timedelta(seconds=2)
+    assert rows == {"a": (None, b"\x00\x01", second), "b": (None, b"\xff\x00", None),
+                    "c": (None, b"ab", datetime.timedelta(milliseconds=2)),
+                    "d": (None, b"\xfe\xff", datetime.timedelta(microseconds=3))}
+    write_jsonl(tmp_path / "e.jsonl", [{"id": "e", "text": "t", "sig": 5}])  # bytes beside a number: text
+    types, rows = _kept([tmp_path / "a.parquet", tmp_path / "c.parquet", tmp_path / "e.jsonl"], ("sig",))
+    assert types == {"sig": pa.string()}
+    assert rows["a"] == (None, "\x00\x01") and rows["c"] == (None, "ab") and rows["e"] == (None, "5"), rows
+    assert rows["b"][1] is None and rows["b"][0].startswith("sig is bytes that are not UTF-8 text"), rows["b"]
+
+
 def test_a_kept_int96_timestamp_past_the_nanosecond_range_keeps_its_date(tmp_path):
     """Spark (``spark.sql.parquet.outputTimestampType``'s default), Hive and Impala store timestamps as INT96, which
     pyarrow reads as nanoseconds: a date past 2262 or before 1677, such as the ``9999-12-31`` that marks a row still

@@ -1574,7 +1574,15 @@ def _cast_each(column: Any, name: str, expected: pa.DataType, errors: Any) -> tu
     """
     values = column.to_pylist()
     if _is_text(expected):
-        return pa.array([_as_text(v) for v in values], expected), errors
+        texts: list[str | None] = []
+        reasons = errors.to_pylist()
+        for i, value in enumerate(values):
+            try:
+                texts.append(_as_text(value))
+            except UnicodeDecodeError:  # bytes that are no text: the value never reaches the output
+                texts.append(None)
+                reasons[i] = reasons[i] or f"{name} is bytes that are not UTF-8 text ({column.type})"
+        return pa.array(texts, expected), pa.array(reasons, pa.string())
     reason = f"schema differs: column {name!r} is {column.type} here but {expected} in this job's output"
     kept: list[Any] = []
     reasons = errors.to_pylist()
@@ -1686,7 +1694,15 @@ def _as_text(value: Any) -> str | None:
         return str(value)
     if isinstance(value, WrittenFloat):
         return value.text
-    return json.dumps(value, default=str, ensure_ascii=False)
+    if isinstance(value, bytes):  # as the text column takes bytes: their UTF-8 text (UnicodeDecodeError: none)
+        return value.decode("utf-8")
+    return json.dumps(value, default=_json_default, ensure_ascii=False)
+
+
+def _json_default(value: Any) -> Any:
+    """What JSON can't write in a kept value made text: bytes as their UTF-8 text (UnicodeDecodeError where they are
+    none), anything else as Python writes it (a date, a duration)."""
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def reference_types(shards: list[Shard], columns: Columns, sample_bytes: int = 1 << 18) -> dict[str, pa.DataType]:
@@ -1791,6 +1807,10 @@ def _unify(types: list[pa.DataType]) -> pa.DataType | None:
         return pa.int64()
     if all(pa.types.is_string(t) or pa.types.is_large_string(t) or _is_string_view(t) for t in distinct):
         return pa.string()
+    if all(_is_bytes(t) for t in distinct):  # pyarrow's binary, Polars' large_binary, views, fixed sizes: bytes
+        return pa.binary()
+    if all(pa.types.is_duration(t) for t in distinct):  # the finest unit, as timestamps
+        return pa.duration(_finest(distinct))
     if all(pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t) for t in distinct):
         item = _unify([t.value_type for t in distinct])
         return None if item is None else pa.list_(pa.field("element", item))
