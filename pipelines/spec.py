@@ -634,6 +634,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
             f"--set {text!r}: the value is not valid YAML ({yaml_problem(exc)}); write a list as [a, b], "
             "and quote a value that should stay text, e.g. --set 'model.name=\"my: model\"'"
         ) from None
+    if raw.count("#") > _hashes(value):  # YAML took a ` #` for a comment's start: the value lost its end
+        raise PipelineError(
+            f"--set {text!r}: YAML reads the ' #' in the value as the start of a comment, so the value would be "
+            f"{value!r}; quote the value, e.g. --set '{key.strip()}=\"{raw.strip()}\"' (or write the # without a "
+            "space before it)"
+        )
     twice = written_twice(yaml.compose(raw, Loader=yaml.SafeLoader))
     if twice:
         raise PipelineError(f"--set {text!r}: {twice.split(' (lines')[0]}; write each key once")
@@ -645,6 +651,17 @@ def parse_override(text: str) -> tuple[list[str], Any]:
             "no value"
         )
     return key.strip().split("."), value
+
+
+def _hashes(value: Any) -> int:
+    """How many ``#`` a parsed value holds, in its texts and keys at any depth."""
+    if isinstance(value, str):
+        return value.count("#")
+    if isinstance(value, dict):
+        return sum(_hashes(k) + _hashes(v) for k, v in value.items())
+    if isinstance(value, list):
+        return sum(_hashes(v) for v in value)
+    return 0
 
 
 def yaml_problem(exc: yaml.YAMLError) -> str:

@@ -157,6 +157,18 @@ def test_a_cron_expression_given_by_set_is_taken_as_written(cron):
         parse_override("model.name=*/5 * * * *")
 
 
+@pytest.mark.parametrize("raw", ["output.path=w/team #2", "input.paths=in dir #1", "input.paths=[a, b] #c"])
+def test_a_set_value_that_yaml_would_cut_at_a_comment_is_refused(raw):
+    """``--set 'output.path=w/team #2'`` wrote into ``w/team``: YAML reads `` #`` as a comment's start, so the value
+    lost its end without a word, and two commands meant for two folders shared one (an environment audit's case). A
+    value that YAML would cut at a comment is refused, saying how to quote it; a ``#`` that YAML keeps is kept."""
+    with pytest.raises(PipelineError, match="start of a comment.*quote the value"):
+        parse_override(raw)
+    assert parse_override("output.path=w/team#2") == (["output", "path"], "w/team#2")
+    assert parse_override('output.path="w/team #2"') == (["output", "path"], "w/team #2")
+    assert parse_override("input.paths=['a #1', b]") == (["input", "paths"], ["a #1", "b"])
+
+
 def test_an_override_is_validated_like_the_file(tmp_path):
     path = tmp_path / "job.yaml"
     path.write_text((ROOT / "jobs" / "label_news.yaml").read_text())
