@@ -262,6 +262,34 @@ def test_smooth_int8_keeps_its_calibration_and_a_later_load_of_the_model_reads_i
     assert Predictor(spec)(batch).equals(expected)
 
 
+def test_smooth_int8_calibrates_again_where_the_kept_calibrations_folder_cannot_be_searched(tiny_models, tmp_path,
+                                                                                              monkeypatch):
+    """A calibration folder another user made without the search permission (mode 700): asking whether the kept file
+    is there raised PermissionError, and a run under quantization auto failed, blaming the model's files (an
+    environment audit's case, as a user other than root); the README promises a kept file that can't be read is
+    computed again. As root no mode stops a search, so the folder's answer is the error the kernel gives."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from pipelines.inference.int8_linear import calibration, input_maxima
+
+    folder = tiny_models("classifier")
+    model, tokenizer = AutoModel.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    cache = tmp_path / "calibration"
+    is_file = Path.is_file
+
+    def not_searchable(path):
+        if path.parent == cache:
+            raise PermissionError(13, "Permission denied", str(path))
+        return is_file(path)
+
+    monkeypatch.setattr(Path, "is_file", not_searchable)
+    found = calibration(model, tokenizer, SENTENCES, cache)
+    expected = input_maxima(model, tokenizer, SENTENCES)
+    assert found.keys() == expected.keys() and all(torch.equal(found[k], expected[k]) for k in found)
+
+
 def test_smooth_int8_calibrates_again_for_other_weights_and_over_a_kept_file_it_cannot_use(tiny_models, tmp_path):
     """The kept calibration is the model's own: a model whose weights differ in one value gets its own; a kept file
     that is cut short or names layers the model doesn't have is calibrated again and replaced, not an error."""

@@ -221,9 +221,9 @@ def calibration_key(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str]
 def _read_maxima(model: torch.nn.Module, path: Path) -> dict[int, torch.Tensor] | None:
     """The maxima kept in ``path`` by layer id, where each names a float32 Linear layer of ``model`` with as many
     input channels; else None."""
-    if not path.is_file():
-        return None
     try:
+        if not path.is_file():  # in the try: a folder that can't be searched raises (EACCES), as one can't be read
+            return None
         kept = torch.load(path, weights_only=True)
         maxima = {}
         for name, values in kept.items():
