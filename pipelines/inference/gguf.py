@@ -86,18 +86,31 @@ def converted_smollm2(cache_dir: str | None = None) -> Path:
     gguf = smollm2_gguf()
     root = model_cache(cache_dir) / "smollm2"
     target = root / f"{gguf.stem}-{file_key(gguf)}-{FORMAT}"
-    if (target / COMPLETE).is_file():
-        return target
+    try:
+        if (target / COMPLETE).is_file():
+            return target
+    except OSError as exc:  # a converted folder another user made without the search permission
+        raise _unusable(root, exc) from None
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise PipelineError(
             f"the smollm2 alias: cannot create the cache directory {root} ({exc}); set model.cache_dir"
         ) from None
-    with _locked(root / f"{target.name}.lock"):
-        if not (target / COMPLETE).is_file():  # another process may have finished while we waited
-            _convert_into(gguf, target)
+    try:
+        with _locked(root / f"{target.name}.lock"):
+            if not (target / COMPLETE).is_file():  # another process may have finished while we waited
+                _convert_into(gguf, target)
+    except OSError as exc:  # its lock file or folder another user's, or no room left for the conversion
+        raise _unusable(root, exc) from None
     return target
+
+
+def _unusable(root: Path, exc: OSError) -> PipelineError:
+    return PipelineError(
+        f"the smollm2 alias: cannot use the model cache {root} ({exc}); give this user read and write access to it, "
+        "or set model.cache_dir (or PIPELINES_CACHE) to a folder of its own"
+    )
 
 
 @contextmanager
