@@ -411,6 +411,21 @@ def test_the_model_check_is_light():
     assert imported_heavy(code) == []
 
 
+def test_a_local_ray_that_cannot_keep_its_token_in_home_says_so(tmp_path):
+    """Ray 2.60 starts a local Ray with token auth, writing its token to ~/.ray/auth_token: with a HOME that can't be
+    written (a system user's /nonexistent under cron) the run failed saying to check /tmp (an environment audit's
+    case). It names HOME and what to set now."""
+    from test_faults import cli as run_cli
+
+    home = tmp_path / "file-not-home"
+    home.write_text("")
+    out = tmp_path / "out"
+    done = run_cli("run", str(MAIN_JOB), "--set", f"output.path={out}",
+                   env={"HOME": str(home), "PIPELINES_CACHE": str(tmp_path / "cache")})
+    line = one_line_error(done, "Cannot start a local Ray", f"HOME ({home})", "RAY_AUTH_MODE=disabled")
+    assert "RAY_TMPDIR" not in line and "writable directory with free space" not in line, line
+
+
 def test_a_local_ray_that_cannot_start_is_one_line_with_what_to_try(tmp_path):
     """RAY_TMPDIR naming a file: ray.init fails at once, as it does when the node times out during startup."""
     from test_faults import cli as run_cli

@@ -345,12 +345,25 @@ def start_local() -> None:
                 ray.shutdown()  # whatever did start
         except Exception:  # noqa: BLE001 - nothing more to clean up
             log.debug("ray.shutdown after a failed start", exc_info=True)
+        home = os.path.expanduser("~")
+        if isinstance(exc, OSError) and exc.filename is not None and _in_home_ray(str(exc.filename), home):
+            raise PipelineError(
+                f"Cannot start a local Ray ({first_line(exc)}): Ray keeps the token of a local Ray in "
+                f"~/.ray/auth_token, and HOME ({home}) is no folder this user can write; set HOME to one, or "
+                "RAY_AUTH_MODE=disabled to start a Ray of this machine without a token"
+            ) from None
         temp = ray_temp_dir()
         raise PipelineError(
             f"Cannot start a local Ray ({first_line(exc)}); run the command again (a busy machine can time out while "
             f"Ray starts), check that {temp} is a writable directory with free space (RAY_TMPDIR moves it; Ray's "
             f"logs are in {temp}/ray/session_latest/logs), or join a running Ray with --address HEAD_IP:6379"
         ) from None
+
+
+def _in_home_ray(path: str, home: str) -> bool:
+    """Whether ``path`` is the home folder, its ``.ray`` or the token file in it: what Ray's token set-up writes."""
+    ray_dir = os.path.join(home, ".ray")
+    return os.path.normpath(path) in {os.path.normpath(p) for p in (home, ray_dir, os.path.join(ray_dir, "auth_token"))}
 
 
 def ray_temp_dir() -> str:
