@@ -149,6 +149,26 @@ def test_run_report_and_ledger_report_in_a_browser(ray_session, tiny_models, bro
     assert cli("report", str(tmp_path / "in")).returncode == 2
 
 
+def test_a_page_that_cannot_be_written_says_to_check_write_access_not_the_outputs_files(ray_session, tiny_models,
+                                                                                         tmp_path):
+    """`pipelines report OUT` by a user who may read the output but not write it failed saying to check the output's
+    files (_run.json, _commits/, the part files), which were fine (an environment audit's case). Where the page is
+    what could not be written, it says so. As root no mode stops a write, so the page's name is a folder here."""
+    from helpers import make_spec
+
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": f"a{i}", "text": s} for i, s in enumerate(SENTENCES)])
+    out = tmp_path / "out"
+    run_job(make_spec(tiny_models("classifier"), {"type": "text-classification"}, out,
+                      input={"paths": [str(tmp_path / "in")]}))
+    (out / "_report.html").unlink()
+    (out / "_report.html").mkdir()
+    (out / "_report.html" / "x").write_text("")
+    done = cli("report", str(out))
+    assert done.returncode == 2, done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert "could not write the page" in line and "write access" in line and "part files" not in line, line
+
+
 def test_a_damaged_part_file_is_named_on_the_page_and_a_page_not_rebuilt_is_not_left_stale(
     ray_session, tiny_models, tmp_path, monkeypatch
 ):

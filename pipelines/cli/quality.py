@@ -82,6 +82,11 @@ def _report(args: argparse.Namespace) -> int:
     except PipelineError:
         raise
     except Exception as exc:  # noqa: BLE001 - one line that names the folder, not a traceback
+        if isinstance(exc, OSError) and "/_report" in str(exc):  # the page's file (Arrow's errors name it in words)
+            raise PipelineError(
+                f"{args.output}: could not write the page ({type(exc).__name__}: {first_line(exc)[:300]}); the page "
+                "is written into the output folder: give this user write access there (or build it in a copy)"
+            ) from None
         raise PipelineError(
             f"{args.output}: the report could not be built ({type(exc).__name__}: {first_line(exc)[:300]}); check "
             "the output folder's files (_run.json, _commits/, the part files)"
