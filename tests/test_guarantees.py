@@ -134,6 +134,15 @@ def test_number_ids_are_kept_as_written_and_one_value_costs_one_row_at_most(tmp_
     assert rows[-1][3] == "99999999999999999999"  # a kept column of such a number is its text
 
 
+def test_a_float_id_that_is_nan_is_a_null_id(tmp_path):
+    """pandas stores an integer id column with a missing value as float64, the missing one as NaN: it was the id
+    ``nan`` (an Arrow-side audit's case), one id shared by every missing one, where a null id is ``id is null`` under
+    ``errors.duplicate_ids: error``. A NaN id is null, as pandas means it."""
+    pq.write_table(pa.table({"id": pa.array([1.0, float("nan"), 3.0, None]), "text": ["a", "b", "c", "d"]}),
+                   tmp_path / "ids.parquet")
+    assert [(i, t) for i, t, _ in _read(tmp_path / "ids.parquet")] == [("1", "a"), (None, "b"), ("3", "c"), (None, "d")]
+
+
 def test_a_dictionary_encoded_text_column_is_text(tmp_path):
     """Parquet text stored as a dictionary (a pandas category, or a writer's choice) is strings: every row was
     quarantined as ``text is not a string (dictionary<values=string, ...>)``."""

@@ -1468,7 +1468,10 @@ def _id_column(column: Any, name: str, errors: Any) -> tuple[Any, Any]:
     if _is_bytes(column.type):
         return _bytes_as_text(column, name, errors)
     if pa.types.is_floating(column.type):  # integers stored as floats (pandas, for a column with a missing value)
-        return numbers_as_text(column), errors
+        column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        text = numbers_as_text(column)  # a NaN is pandas' missing value: no id, not the id "nan"
+        nan = pc.fill_null(pc.is_nan(column.cast(pa.float64())), False)
+        return pc.if_else(nan, pa.scalar(None, pa.string()), text), errors
     try:
         return column.cast(pa.string()), errors
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
