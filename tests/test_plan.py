@@ -290,6 +290,26 @@ def test_a_run_counts_the_rows_it_cut_at_max_length_as_the_plan_does(ray_session
     assert said.split(": ", 1)[1] in (tmp_path / "out" / "_report.html").read_text()
 
 
+def test_the_plans_cut_rows_are_those_the_run_writes_not_rows_it_quarantines(tiny_models, tmp_path):
+    """The plan counted as cut at max_length every long row it encoded, also those the run quarantines (a repeated id
+    under errors.duplicate_ids: error, a fill-mask row whose mask is past max_length), so it said more than the run's
+    rows_cut (a reviewer's case: 43 against 32). It counts the rows the output would hold, as the run does."""
+    long = " ".join(["word"] * 60)
+    write_jsonl(tmp_path / "dup" / "a.jsonl", [{"id": "r0", "text": long}, {"id": "r1", "text": "short"},
+                                                {"id": "r0", "text": long}, {"id": "r2", "text": long}])
+    spec = make_spec(tiny_models("classifier"), {"type": "text-classification"}, tmp_path / "out1",
+                     input={"paths": [str(tmp_path / "dup")]}, batching={"max_length": 32},
+                     errors={"duplicate_ids": "error", "max_rate": 1.0})
+    tokens = build_plan(spec, "job", sample=10_000, cpus=2).tokens
+    assert tokens.quarantined == {"duplicate id": 1} and tokens.truncated_rows == 2, tokens
+    write_jsonl(tmp_path / "mask" / "a.jsonl", [{"id": "m0", "text": "[MASK] " + long}, {"id": "m1", "text": long + " [MASK]"},
+                                                 {"id": "m2", "text": "[MASK] a"}])
+    spec = make_spec(tiny_models("mlm"), {"type": "fill-mask"}, tmp_path / "out2",
+                     input={"paths": [str(tmp_path / "mask")]}, batching={"max_length": 32}, errors={"max_rate": 1.0})
+    tokens = build_plan(spec, "job", sample=10_000, cpus=2).tokens
+    assert sum(tokens.quarantined.values()) == 1 and tokens.truncated_rows == 1, tokens
+
+
 def test_the_plans_features_are_those_the_model_sees_not_rows_quarantined_as_too_long(tiny_models, tmp_path):
     """Under errors.too_long: error a row over max_length is quarantined, not cut: the plan counted its feature among
     the features and their lengths ("what the model sees": a max of max_length that the model never saw) and said it

@@ -132,6 +132,34 @@ def test_too_long_rows_follow_the_policy(tiny_models):
     assert out.column(ERROR).to_pylist()[1] is None
 
 
+@pytest.mark.parametrize(("kind", "task"), [("classifier", {"type": "text-classification"}),
+                                          ("causal", {"type": "text-generation", "max_new_tokens": 2})])
+def test_a_slow_tokenizer_flags_the_rows_it_cuts_as_a_fast_one_does(tiny_models, tmp_path, kind, task):
+    """Only a fast tokenizer says which rows it cut: with a slow one (MarianTokenizer, the opus-mt translation
+    models', has no fast version) no row was flagged, so errors.too_long: error refused none and a run counted no cut
+    row, and the plan said this task "cuts no input". The rows cut are told by their untruncated length there."""
+    from transformers import CTRLTokenizer
+
+    from pipelines.io.block import CUT
+
+    pieces = ["<unk>", "word", "short", "w@@", "o@@", "r@@", "d", "s@@", "h@@", "t"]
+    (tmp_path / "vocab.json").write_text(json.dumps({piece: i for i, piece in enumerate(pieces)}))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    slow = CTRLTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))  # a python tokenizer: no Rust
+    assert not slow.is_fast
+    long_text = "word " * 400
+    for policy in ("truncate", "error"):
+        spec = make_spec(tiny_models(kind), task, batching={"max_length": 16}, errors={"too_long": policy})
+        predictor = Predictor(spec)
+        predictor.task.tokenizer = slow
+        out = predictor(batch_of([long_text, "short"]))
+        if policy == "truncate":
+            assert out.column(ERROR).to_pylist() == [None, None] and out.column(CUT).to_pylist() == [1, 0]
+        else:
+            assert out.column(ERROR).to_pylist()[0].startswith("text longer than max_length"), out.column(ERROR)
+            assert out.column(ERROR).to_pylist()[1] is None
+
+
 def test_zero_shot_nli_ranks_every_candidate(tiny_models):
     labels = ["sports", "business", "science"]
     spec = make_spec(tiny_models("nli"), {"type": "zero-shot-classification", "candidate_labels": labels})

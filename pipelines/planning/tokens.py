@@ -136,6 +136,10 @@ def tokenize_batch(
             else:
                 ids_seen.add(value)
         answered &= ~np.isin(features.row, repeated)
+    if truncated is not None and spec.errors.too_long != "error" and len(truncated):
+        written = np.zeros(len(truncated), dtype=bool)  # as the run's rows_cut: the rows the output would hold
+        written[np.unique(features.row[answered])] = True
+        truncated = truncated & written
     return BatchTokens(
         rows=len(batch) + told,
         lengths=lengths[answered],

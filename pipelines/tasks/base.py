@@ -236,6 +236,8 @@ class Task(ABC):
             **kwargs,
         )
         encoding["truncated"] = _truncated(encoding)
+        if encoding["truncated"] is None and not kwargs.get("return_overflowing_tokens"):  # a slow tokenizer
+            encoding["truncated"] = cut_by_length(self.tokenizer, self.max_length, texts, pairs, **kwargs)
         return encoding
 
 
@@ -345,6 +347,15 @@ class DroppedMarks:
                 end += 1
             offsets[t, 1] = end
         return offsets
+
+
+def cut_by_length(tokenizer: Any, max_length: int, texts: list[str], pairs: list[str] | None = None,
+                  **kwargs: Any) -> np.ndarray:
+    """Which texts (with their ``pairs``) a tokenizer cuts at ``max_length``, told by their untruncated length: a slow
+    (Python) tokenizer, such as MarianTokenizer, says nothing of the rows it cut (:func:`_truncated`). It tokenizes
+    each text whole a second time, as it already did once before cutting it."""
+    whole = tokenizer(texts, pairs, truncation=False, padding=False, **kwargs)["input_ids"]
+    return np.fromiter((len(ids) > max_length for ids in whole), dtype=bool, count=len(whole))
 
 
 def _truncated(encoding: Any) -> np.ndarray | None:

@@ -12,10 +12,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from pipelines.errors import PipelineError
-from pipelines.tasks.base import CHARS_PER_TOKEN, _truncated
+from pipelines.tasks.base import CHARS_PER_TOKEN, _truncated, cut_by_length
 from pipelines.tasks.options import template_columns, template_fields
 
 # Values filled into every field of a template to find what all prompts share. They start differently (common
@@ -112,8 +110,8 @@ def tokenize_prompts(tokenizer: Any, prompts: list[str], chat: bool, max_length:
     finally:
         tokenizer.truncation_side = side
     encoding["truncated"] = _truncated(encoding)
-    if encoding["truncated"] is None:
-        encoding["truncated"] = np.zeros(len(prompts), dtype=bool)
+    if encoding["truncated"] is None:  # a slow tokenizer: the prompts it cut are those longer than max_length whole
+        encoding["truncated"] = cut_by_length(tokenizer, max_length, prompts, add_special_tokens=not chat)
     return encoding
 
 
