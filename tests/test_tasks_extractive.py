@@ -355,3 +355,36 @@ def test_a_long_prompt_is_tokenized_from_its_tail_with_the_whole_prompts_tokens(
     assert len(ids[0]) == len(ids[1]) and list(got.row) == list(whole.row)
     assert all(ids[0].row(i).tolist() == ids[1].row(i).tolist() for i in range(len(ids[0])))
     assert list(got.truncated) == list(whole.truncated) and got.truncated[0]
+
+
+def test_aggregation_none_over_windows_keeps_every_token_of_a_byte_level_tokenizer_once(tiny_models, tmp_path):
+    """With aggregation none a long row's windows were merged by span: two tokens sharing a character (an emoji's
+    byte tokens in a byte-level BPE, all at the emoji's one character) were taken for one token seen in two
+    windows, and all but one dropped, in any window; a token with an empty span in an overlap was written twice (a
+    Unicode audit's case). Tokens are matched across windows by their place in the row's tokens now: every token
+    once, as a row within one window gets them."""
+    from tiny_models import NER_LABELS
+    from transformers import AutoConfig, GPT2ForTokenClassification
+
+    source = tiny_models("gpt2")
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    config = AutoConfig.from_pretrained(source, id2label=dict(enumerate(NER_LABELS)),
+                                        label2id={name: i for i, name in enumerate(NER_LABELS)},
+                                        pad_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    GPT2ForTokenClassification(config).save_pretrained(tmp_path / "ner")
+    tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.save_pretrained(tmp_path / "ner")
+    short = "Obama 😀 went to Paris"
+    long = short + " and more words here" * 12
+    spec = make_spec(str(tmp_path / "ner"), {"type": "token-classification", "aggregation_strategy": "none",
+                                             "ignore_labels": []}, batching={"max_length": 48})
+    rows = Predictor(spec)(pa.table({"id": ["s", "l"], "text": [short, long]})).to_pylist()
+    for text, row in zip((short, long), rows, strict=True):
+        tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        assert tokens > 48 or text is short
+        assert len(row["entities"]) == tokens, (len(row["entities"]), tokens)
+        on_emoji = [e for e in row["entities"] if (e["start"], e["end"]) == (6, 7)]
+        emoji_bytes = tokenizer(short, return_offsets_mapping=True)["offset_mapping"].count((6, 7))
+        assert emoji_bytes > 1 and len(on_emoji) == emoji_bytes, on_emoji  # its byte tokens, each once
+        assert [e["start"] for e in row["entities"]] == sorted(e["start"] for e in row["entities"])

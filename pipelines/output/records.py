@@ -163,7 +163,8 @@ class StagedBlock(Record):
 #: records it, ``CommitRecord.scored_by``; a resume warns of shards committed under another). 2026-12-06: the first
 #: recorded (the reader fixes of 2026-12-05 and the QA/NER overlap of 2026-12-05 are before it). A second change on
 #: one day adds ``.2``: 2026-12-06.2, kept bytes and durations of other writers' types (their repr's text before),
-#: a float id that is NaN null (the id ``nan`` before).
+#: a float id that is NaN null (the id ``nan`` before), token-classification's aggregation none over windows keeping
+#: each token once (tokens that shared a span were taken for one).
 SCORING = "2026-12-06.2"
 
 

@@ -143,34 +143,59 @@ class TokenClassification(Task):
         probs = outputs.listed("probs")
         found: list[list[dict]] = [[] for _ in range(n_rows)]
         windows = np.bincount(features.row, minlength=n_rows)
+        seen = np.zeros(n_rows, dtype=np.int64)  # windows of each row so far: a feature's window number
+        by_token: list[dict[int, dict]] = [{} for _ in range(n_rows)]
         for f, row in enumerate(features.row):
-            found[row] += self._entities(
+            entities, tokens = self._entities(
                 probs[f], *(features.extra[k][f] for k in ("offsets", "real", "subword", "text"))
             )
-        entities = [merge_overlapping(e) if windows[row] > 1 else e for row, e in enumerate(found)]
-        return {"entities": pa.array(entities, pa.list_(ENTITY))}
+            if tokens is not None and windows[row] > 1:  # none: each token once, by its place in the row's tokens
+                first = seen[row] * self._window_step()
+                for entity, token in zip(entities, tokens.tolist(), strict=True):
+                    kept = by_token[row].get(first + token)
+                    if kept is None or entity["score"] > kept["score"]:
+                        by_token[row][first + token] = entity
+            else:
+                found[row] += entities
+            seen[row] += 1
+        merged: list[list[dict]] = [
+            [by_token[row][t] for t in sorted(by_token[row])] if by_token[row]
+            else merge_overlapping(e) if windows[row] > 1 else e
+            for row, e in enumerate(found)
+        ]
+        return {"entities": pa.array(merged, pa.list_(ENTITY))}
+
+    def _window_step(self) -> int:
+        """How many of a row's tokens one window starts after the one before it: a window holds ``max_length`` less
+        the special tokens, and overlaps the one before by the stride (as the fast tokenizer cuts them)."""
+        room = self.max_length - self.tokenizer.num_special_tokens_to_add(pair=False)
+        return room - (self.stride or 0)
 
     def _entities(
         self, probs: np.ndarray, offsets: np.ndarray, real: np.ndarray, subword: np.ndarray, text: str
-    ) -> list[dict]:
+    ) -> tuple[list[dict], np.ndarray | None]:
+        """A window's entities and, with aggregation none, each one's token: its place among the window's tokens
+        (special tokens left out); None for the other strategies, whose entities span tokens."""
         keep = real
         probs, offsets, subword = probs[keep], offsets[keep], subword[keep]
-        if not len(probs):
-            return []
         strategy = self.options.aggregation_strategy
+        if not len(probs):
+            return [], (np.zeros(0, dtype=np.int64) if strategy == "none" else None)
         if strategy in ("none", "simple"):
             label, score, span = probs.argmax(1), probs.max(1), offsets
         else:
             label, score, span = self._words(probs, offsets, subword, strategy)
+        tokens = None
         if strategy == "none":
             chosen = ~self.ignored[label]
             names, scores, spans = self.labels[label][chosen], score[chosen], span[chosen]
+            tokens = np.flatnonzero(chosen)
         else:
             names, scores, spans = self._group(label, score, span)
         return [
             {"entity_group": str(name), "score": float(s), "word": text[a:b], "start": int(a), "end": int(b)}
             for name, s, (a, b) in zip(names, scores, spans)
-        ]
+        ], tokens
 
     @staticmethod
     def _words(probs: np.ndarray, offsets: np.ndarray, subword: np.ndarray, strategy: str):
