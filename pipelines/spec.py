@@ -636,9 +636,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         ) from None
     if raw.count("#") > _hashes(value):  # YAML took a ` #` for a comment's start: the value lost its end
         raise PipelineError(
-            f"--set {text!r}: YAML reads the ' #' in the value as the start of a comment, so the value would be "
-            f"{value!r}; quote the value, e.g. --set '{key.strip()}=\"{raw.strip()}\"' (or write the # without a "
-            "space before it)"
+            f"--set {text!r}: YAML reads a # at the value's start or after a space as the start of a comment, so "
+            f"the value would be {value!r}; quote the value as YAML text inside the shell's quotes, e.g. "
+            "--set 'output.path=\"out/team #2\"'"
         )
     twice = written_twice(yaml.compose(raw, Loader=yaml.SafeLoader))
     if twice:

@@ -188,6 +188,24 @@ def test_stopping_logs_follow_says_the_job_keeps_running(monkeypatch, capsys, st
     assert "stopped following raysubmit_abc; it keeps running" in said and "pipelines stop raysubmit_abc" in said
 
 
+def test_stopping_logs_follow_does_not_wait_on_a_cluster_that_does_not_answer(monkeypatch, capsys):
+    """The look at the status after Ctrl-C had no bound: a dashboard that accepts and never answers held the command
+    (a reviewer's case); under SIGTERM, whose exit 143 is promised at once, it was asked too. Ctrl-C waits a bounded
+    time (STATUS_WAIT_S) and says what it said before; SIGTERM asks nothing."""
+    import threading
+
+    from pipelines.errors import Terminated
+
+    never = threading.Event()
+    monkeypatch.setattr(cli_cluster, "STATUS_WAIT_S", 0.05)
+    monkeypatch.setattr(jobs, "status", lambda *args, **kwargs: never.wait())
+    assert cli_cluster.stopped_following("raysubmit_abc", "http://127.0.0.1:8265", KeyboardInterrupt()) == 130
+    assert "it keeps running" in capsys.readouterr().err
+    monkeypatch.setattr(jobs, "status", lambda *args, **kwargs: pytest.fail("asked under SIGTERM"))
+    assert cli_cluster.stopped_following("raysubmit_abc", "http://127.0.0.1:8265", Terminated()) == 143
+    never.set()
+
+
 @pytest.mark.parametrize("known", [True, False])
 def test_stopping_logs_follow_of_a_job_that_has_ended_says_how_it_ended(monkeypatch, capsys, known):
     """Ctrl-C while following a job that ended meanwhile said it "keeps running" (a cluster audit's case); it says

@@ -157,7 +157,7 @@ def test_a_page_that_cannot_be_written_says_to_check_write_access_not_the_output
     from helpers import make_spec
 
     write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": f"a{i}", "text": s} for i, s in enumerate(SENTENCES)])
-    out = tmp_path / "out"
+    out = tmp_path / "_reports" / "out"  # a folder named like the page: not the page
     run_job(make_spec(tiny_models("classifier"), {"type": "text-classification"}, out,
                       input={"paths": [str(tmp_path / "in")]}))
     (out / "_report.html").unlink()
@@ -167,6 +167,11 @@ def test_a_page_that_cannot_be_written_says_to_check_write_access_not_the_output
     assert done.returncode == 2, done.stderr
     line = done.stderr.strip().splitlines()[-1]
     assert "could not write the page" in line and "write access" in line and "part files" not in line, line
+    shutil.rmtree(out / "_report.html")
+    (out / "_run.json").unlink()
+    (out / "_run.json").mkdir()  # what can't be read is no page to write: the output's files are named
+    line = cli("report", str(out)).stderr.strip().splitlines()[-1]
+    assert "the report could not be built" in line and "write access" not in line, line
 
 
 def test_a_damaged_part_file_is_named_on_the_page_and_a_page_not_rebuilt_is_not_left_stale(

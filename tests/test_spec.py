@@ -162,7 +162,7 @@ def test_a_set_value_that_yaml_would_cut_at_a_comment_is_refused(raw):
     """``--set 'output.path=w/team #2'`` wrote into ``w/team``: YAML reads `` #`` as a comment's start, so the value
     lost its end without a word, and two commands meant for two folders shared one (an environment audit's case). A
     value that YAML would cut at a comment is refused, saying how to quote it; a ``#`` that YAML keeps is kept."""
-    with pytest.raises(PipelineError, match="start of a comment.*quote the value"):
+    with pytest.raises(PipelineError, match="start of a comment.*quote the value as YAML text"):
         parse_override(raw)
     assert parse_override("output.path=w/team#2") == (["output", "path"], "w/team#2")
     assert parse_override('output.path="w/team #2"') == (["output", "path"], "w/team #2")

@@ -9,6 +9,7 @@ the cluster. The transport is :mod:`pipelines.cluster.jobs`, token auth :mod:`pi
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +18,8 @@ from pipelines.errors import EXIT_TERMINATED, PipelineError, Terminated
 
 if TYPE_CHECKING:
     from pipelines.cluster.jobs import JobReport
+
+log = logging.getLogger(__name__)
 
 ADDRESS_HELP = (
     "the head's dashboard URL (job server), e.g. http://HEAD_IP:8265 (default: RAY_API_SERVER_ADDRESS or "
@@ -104,12 +107,7 @@ def _submit(args: argparse.Namespace) -> int:
 def stopped_following(job_id: str, address: str, stop: BaseException, insecure: bool = False) -> int:
     """Ctrl-C or SIGTERM while following a cluster job's logs: the job goes on; say so, and how to get back to it; or,
     where the cluster says it has ended meanwhile (a job that ended as its logs were followed), how it ended."""
-    from pipelines.cluster import jobs
-
-    try:
-        report = jobs.status(job_id, address, insecure=insecure)
-    except (Exception, KeyboardInterrupt):  # noqa: BLE001 - the status is a courtesy: unknown, say what holds
-        report = None
+    report = None if isinstance(stop, Terminated) else _status_within(job_id, address, insecure, STATUS_WAIT_S)
     if report is not None and report.is_terminal:
         print(f"stopped following {job_id}, which has ended: {report}", file=sys.stderr)
     else:
@@ -119,6 +117,34 @@ def stopped_following(job_id: str, address: str, stop: BaseException, insecure: 
             file=sys.stderr,
         )
     return 130 if isinstance(stop, KeyboardInterrupt) else EXIT_TERMINATED
+
+
+#: How long Ctrl-C's courtesy look at a followed job's status may take (a dashboard that does not answer: the line
+#: says what it said before). Under SIGTERM there is no look: a process asked to end ends at once.
+STATUS_WAIT_S = 3.0
+
+
+def _status_within(job_id: str, address: str, insecure: bool, seconds: float) -> JobReport | None:
+    """The job's status, where the cluster answers within ``seconds``; else (or on any failure) None."""
+    import threading
+
+    from pipelines.cluster import jobs
+
+    found: list[JobReport] = []
+
+    def ask() -> None:
+        try:
+            found.append(jobs.status(job_id, address, insecure=insecure))
+        except Exception:  # noqa: BLE001 - the status is a courtesy: unknown, say what holds
+            log.debug("no status for %s after Ctrl-C", job_id, exc_info=True)
+
+    asking = threading.Thread(target=ask, daemon=True)
+    asking.start()
+    try:
+        asking.join(seconds)
+    except KeyboardInterrupt:  # a second Ctrl-C: stop asking
+        return None
+    return found[0] if found else None
 
 
 def wait_exit_status(report: JobReport) -> int:

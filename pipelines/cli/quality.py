@@ -82,7 +82,7 @@ def _report(args: argparse.Namespace) -> int:
     except PipelineError:
         raise
     except Exception as exc:  # noqa: BLE001 - one line that names the folder, not a traceback
-        if isinstance(exc, OSError) and "/_report" in str(exc):  # the page's file (Arrow's errors name it in words)
+        if isinstance(exc, OSError) and "/_report.html" in str(exc):  # the page or its temporary file, in words
             raise PipelineError(
                 f"{args.output}: could not write the page ({type(exc).__name__}: {first_line(exc)[:300]}); the page "
                 "is written into the output folder: give this user write access there (or build it in a copy)"

@@ -1475,7 +1475,7 @@ def _id_column(column: Any, name: str, errors: Any) -> tuple[Any, Any]:
     try:
         return column.cast(pa.string()), errors
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-        return pa.array([_as_text(v) for v in column.to_pylist()], pa.string()), errors
+        return _cast_each(column, name, pa.string(), errors)  # a list or a struct: its JSON text
 
 
 def numbers_as_text(column: Any) -> pa.Array:

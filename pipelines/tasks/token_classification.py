@@ -90,7 +90,13 @@ class TokenClassification(Task):
     def encode(self, texts: list[str], columns: dict[str, list[Any]]) -> Features:
         windows = self.stride is not None
         more: dict[str, Any] = {"return_overflowing_tokens": True, "stride": self.stride} if windows else {}
-        encoding = self.tokenize(texts, return_offsets_mapping=True, return_special_tokens_mask=True, **more)
+        side = self.tokenizer.truncation_side
+        if windows:  # windows from the text's start, whatever side the model's tokenizer cuts: see _window_step
+            self.tokenizer.truncation_side = "right"
+        try:
+            encoding = self.tokenize(texts, return_offsets_mapping=True, return_special_tokens_mask=True, **more)
+        finally:
+            self.tokenizer.truncation_side = side
         features = Features.one_per_row(encoding)
         if windows:  # a long text is cut into overlapping windows, each a feature of its row: nothing is lost
             features.row = np.asarray(encoding["overflow_to_sample_mapping"], dtype=np.int64)
