@@ -292,7 +292,7 @@ class Predictor:
         spent = np.zeros(n, dtype=np.int64)
         new = np.zeros(n, dtype=np.int64)
         cut = np.zeros(n, dtype=np.int64)
-        if features.truncated is not None and len(features.truncated) == len(rows):
+        if features.truncated is not None:  # one flag per row predicted, as finish reads them
             cut[rows] = np.asarray(features.truncated, dtype=bool)
         if len(features):
             tokens[rows] = np.bincount(features.row, weights=features.lengths, minlength=len(rows))

@@ -84,14 +84,14 @@ class TokenClassification(Task):
         self.ignored = np.isin(self.labels, self.options.ignore_labels)
         backend = getattr(getattr(self.tokenizer, "backend_tokenizer", None), "model", None)
         self.subword_prefix = getattr(backend, "continuing_subword_prefix", None)
-        self.stride = self._window_stride()
+        self.stride, self.window_step = self._windows()
         self.marks = DroppedMarks(self.tokenizer)
 
     def encode(self, texts: list[str], columns: dict[str, list[Any]]) -> Features:
         windows = self.stride is not None
         more: dict[str, Any] = {"return_overflowing_tokens": True, "stride": self.stride} if windows else {}
         side = self.tokenizer.truncation_side
-        if windows:  # windows from the text's start, whatever side the model's tokenizer cuts: see _window_step
+        if windows:  # windows from the text's start, whatever side the model's tokenizer cuts: see _windows
             self.tokenizer.truncation_side = "right"
         try:
             encoding = self.tokenize(texts, return_offsets_mapping=True, return_special_tokens_mask=True, **more)
@@ -114,18 +114,22 @@ class TokenClassification(Task):
         features.extra = {"offsets": offsets, "real": real, "subword": subword, "text": text}
         return features
 
-    def _window_stride(self) -> int | None:
+    def _windows(self) -> tuple[int | None, int]:
         """The overlap between windows: as given where a window has room for more than it (as the Transformers
-        pipeline takes it), else half that room (where the pipeline's tokenizer fails); None: no windows."""
+        pipeline takes it), else half that room (where the pipeline's tokenizer fails); None: no windows. And how
+        many of a row's tokens one window starts after the one before it: a window holds ``max_length`` less the
+        special tokens, and overlaps the one before by the stride (as the fast tokenizer cuts them, from the
+        start)."""
         if self.options.stride is None:
-            return None
+            return None, 0
         room = self.max_length - self.tokenizer.num_special_tokens_to_add(pair=False)
         if room < 2:
             raise PipelineError(
                 f"token-classification: max_length {self.max_length} leaves no room for text; "
                 "raise batching.max_length"
             )
-        return self.options.stride if self.options.stride < room else room // 2
+        stride = self.options.stride if self.options.stride < room else room // 2
+        return stride, room - stride
 
     def _subwords(self, text: str, ids: list[int], offsets: np.ndarray) -> np.ndarray:
         """Which tokens continue the word before them (the Transformers pipeline's test)."""
@@ -156,7 +160,7 @@ class TokenClassification(Task):
                 probs[f], *(features.extra[k][f] for k in ("offsets", "real", "subword", "text"))
             )
             if tokens is not None and windows[row] > 1:  # none: each token once, by its place in the row's tokens
-                first = seen[row] * self._window_step()
+                first = seen[row] * self.window_step
                 for entity, token in zip(entities, tokens.tolist(), strict=True):
                     kept = by_token[row].get(first + token)
                     if kept is None or entity["score"] > kept["score"]:
@@ -171,11 +175,6 @@ class TokenClassification(Task):
         ]
         return {"entities": pa.array(merged, pa.list_(ENTITY))}
 
-    def _window_step(self) -> int:
-        """How many of a row's tokens one window starts after the one before it: a window holds ``max_length`` less
-        the special tokens, and overlaps the one before by the stride (as the fast tokenizer cuts them)."""
-        room = self.max_length - self.tokenizer.num_special_tokens_to_add(pair=False)
-        return room - (self.stride or 0)
 
     def _entities(
         self, probs: np.ndarray, offsets: np.ndarray, real: np.ndarray, subword: np.ndarray, text: str
