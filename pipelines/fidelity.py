@@ -6,7 +6,9 @@ predictors, one after the other; no Ray). A spec with ``model.fidelity`` runs
 measure, in a Ray task that asks for the resources of one of the job's actors
 (so on a cluster it runs on the kind of node, GPU included, that the job runs
 on), and a PipelineError when the headline agreement is below
-``model.fidelity.min_agreement``. The sample is the same every run
+``model.fidelity.min_agreement``. ``quantization: auto`` is decided where it was
+not before (:func:`auto_precision`) by the run's pool: its actors meet on a
+:class:`PrecisionBoard` (:func:`run_precision`). The sample is the same every run
 (:mod:`pipelines.io.sample`). Light: the models are loaded in the measuring
 process only (:mod:`pipelines.inference.fidelity`).
 """
@@ -109,7 +111,7 @@ def _check_auto(spec: JobSpec, picked: pa.Table) -> Fidelity:
         result = measure(concrete(spec, chosen), picked)
     else:
         found = kept_or_decided(_decision_path(spec, bar, picked, _node_bf16(spec)), picked,
-                                lambda: _choose_remote(spec.model_dump(mode="json"), picked, bar))
+                                lambda: choose_here(spec.model_dump(mode="json"), picked, bar))
         log.info("quantization auto would take %s: %s", Precision(found["quantization"], found["dtype"]).label,
                  found["why"])
         if found.get("fidelity") is None:
@@ -221,8 +223,7 @@ def _on_ray(spec: JobSpec, function: Any, picked: pa.Table, *args: Any) -> Any:
             said = str(cause).strip().splitlines()
             what = "could not be loaded in" if loading else "failed in"
             failed = PipelineError(
-                f"model {spec.model.name!r} {what} the Ray task that measures its precisions "
-                f"({'quantization auto' if function is _choose_remote else 'model.fidelity'}): "
+                f"model {spec.model.name!r} {what} the Ray task that measures its precisions (model.fidelity): "
                 f"{type(cause).__name__}: {said[0] if said else 'no reason given'}; fix the model's files or the "
                 "spec, then run again"
             )
@@ -259,16 +260,17 @@ class Precision:
         return precision_label({"quantization": self.quantization, "dtype": self.dtype})
 
 
-def resolve_auto(
+def auto_precision(
     spec: JobSpec, shards: list[Shard], recorded: dict[str, Any] | None
-) -> tuple[JobSpec, Fidelity | None]:
-    """The spec with ``quantization: auto`` made concrete, and the check that chose it.
+) -> tuple[JobSpec, Fidelity | None] | PoolChoice:
+    """The spec with ``quantization: auto`` made concrete and the check that chose it, where that is known without
+    measuring; else what measuring it takes (a :class:`PoolChoice`, which the run's pool makes).
 
     ``recorded``: the precision this output's first run chose (a scheduled job's: its earlier runs'), which is
     kept (one output, one precision). Otherwise the candidates for the device an actor runs on are scored and
-    timed on this job's fidelity sample against float32, where an actor would run, and the fastest within the
-    bar wins, float32 included (:func:`fastest_within`); a decision made before on the very same sample rows
-    (same model, task and kind of device) is taken instead of measuring again.
+    timed on this job's fidelity sample against float32, where an actor runs, and the fastest within the bar
+    wins, float32 included (:func:`fastest_within`); a decision made before on the very same sample rows (same
+    model, task and kind of device) is taken instead of measuring again.
     """
     if recorded:
         chosen = Precision(recorded["quantization"], recorded["dtype"])
@@ -284,15 +286,48 @@ def resolve_auto(
         return concrete(spec, chosen), None
     bar = _auto_bar(spec)
     picked = sample(spec, shards, _rows(spec))
-    found = kept_or_decided(_decision_path(spec, bar, picked, *_decider_node(spec, picked)), picked,
-                            lambda: _on_ray(spec, _choose_remote, picked, bar))
     warn_if_coarse(picked.num_rows, bar, bar_source(spec))
+    cache = _decision_path(spec, bar, picked, *_decider_node(spec, picked))
+    found = _read_decision(cache)
+    if found is None:
+        log.info("quantization auto: scoring %d sampled rows at each candidate precision against float32 (kept "
+                 "in %s for this sample, model, task, kind of device and versions of torch and transformers)",
+                 picked.num_rows, cache)
+        return PoolChoice(picked, bar, cache)
+    log.info("quantization auto: the decision of %s on these same %d sampled rows, model, task, kind of "
+             "device and versions of torch and transformers (%s)",
+             time.strftime("%Y-%m-%d %H:%M", time.localtime(found.get("decided_at", 0))), picked.num_rows, cache)
+    return taken(spec, found, bar)
+
+
+def taken(spec: JobSpec, found: dict[str, Any], bar: float) -> tuple[JobSpec, Fidelity | None]:
+    """The spec at the precision of the decision ``found`` (:func:`fastest_within`'s), and its check's figures
+    judged against ``bar`` (None for float32: nothing to compare)."""
     chosen = Precision(found["quantization"], found["dtype"])
     result = Fidelity.model_validate(found["fidelity"]) if found.get("fidelity") else None
     if result is not None:
         result = result.model_copy(update={"min_agreement": bar, "passed": True})
     log.info("quantization auto: %s (%s)", chosen.label, found.get("why", ""))
     return concrete(spec, chosen), result
+
+
+@dataclass(frozen=True)
+class PoolChoice:
+    """``quantization: auto``'s decision still to be made, on the job's fidelity sample ``picked`` against ``bar``:
+    by the run's pool, in the first actor that loads the model (whose imports and first load of the model then serve
+    the run as well; :class:`PrecisionBoard` gives every actor the first one posted). :meth:`keep` keeps it in
+    ``cache``, the decisions of this machine."""
+
+    picked: pa.Table
+    bar: float
+    cache: Path
+
+    def keep(self, spec: JobSpec, decided: dict[str, Any]) -> tuple[JobSpec, Fidelity | None]:
+        """``decided`` (:func:`choose_here`'s) stamped and kept in the cache; the spec at its precision and its
+        check, as :func:`taken`."""
+        found = {**decided, "decided_at": time.time(), "rows": self.picked.num_rows}
+        _write_decision(self.cache, found)
+        return taken(spec, found, self.bar)
 
 
 def hold_bar(spec: JobSpec, chosen: Precision, recorded: dict[str, Any]) -> None:
@@ -454,7 +489,10 @@ def candidates(device: str, bf16: bool) -> list[Precision]:
     return found
 
 
-def _choose_remote(spec_json: dict[str, Any], picked: pa.Table, bar: float) -> dict[str, Any]:
+def choose_here(spec_json: dict[str, Any], picked: pa.Table, bar: float) -> dict[str, Any]:
+    """Decide ``quantization: auto`` in this process: float32 and each candidate for this device scored and timed
+    on ``picked`` (:func:`fastest_within`'s decision): in a run's pool actor (:func:`run_precision`), or in
+    ``pipelines fidelity``'s process."""
     import torch
 
     from pipelines.inference.fidelity import measure_against
@@ -467,6 +505,52 @@ def _choose_remote(spec_json: dict[str, Any], picked: pa.Table, bar: float) -> d
     left = [f"{_precision_of(c).label} not tried ({outrun(c, results, bar)})" for c in options
             if all(c is not measured for measured, _ in results)]
     return fastest_within(results, bar, left)
+
+
+class PrecisionBoard:
+    """Where a run's pool actors meet on ``quantization: auto``'s decision (:class:`PoolChoice`), as a Ray actor of
+    the driver's node: the first decision posted is kept, and every actor takes that one (one that measured too,
+    one the pool adds later, one Ray restarts), so that the output holds one precision however many actors measured
+    at once (each on its own node, where two candidates about as fast can come out either way)."""
+
+    def __init__(self) -> None:
+        self.found: dict[str, Any] | None = None
+
+    def decided(self) -> dict[str, Any] | None:
+        return self.found
+
+    def post(self, found: dict[str, Any]) -> dict[str, Any]:
+        if self.found is None:
+            self.found = found
+        return self.found
+
+
+def open_board() -> Any:
+    """A :class:`PrecisionBoard` for a run, on the driver's node where it can be placed there (it needs no CPU), so
+    that it lives as long as the run does."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    return ray.remote(PrecisionBoard).options(num_cpus=0, max_restarts=0, scheduling_strategy=here).remote()
+
+
+def run_precision(spec_json: dict[str, Any], board: Any, picked: pa.Table, bar: float) -> dict[str, Any]:
+    """The worker spec at the run's precision, in a pool actor of a run under ``quantization: auto`` whose
+    decision is the pool's: the one ``board`` holds, else one made here (:func:`choose_here`) and posted, the board
+    keeping the first posted."""
+    import ray
+
+    from pipelines import faults
+
+    found = ray.get(board.decided.remote())
+    if found is None:
+        start = time.monotonic()
+        decided = {**choose_here(spec_json, picked, bar), "check_s": round(time.monotonic() - start, 3)}
+        faults.checkpoint("decided")  # a test's: the actor killed between its decision and posting it
+        found = ray.get(board.post.remote(decided))
+    return {**spec_json, "model": {**spec_json["model"], "quantization": found["quantization"],
+                                   "dtype": found["dtype"]}}
 
 
 #: A candidate that computes all that another does and more (smooth-int8: per-token-int8's int8 products, and its

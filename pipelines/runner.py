@@ -45,7 +45,7 @@ from pipelines.output import report as pages
 from pipelines.output import summary as summaries
 from pipelines.output.commit import OutputDir, OutputFiles, changed_inputs, scheduled_output
 from pipelines.output.duplicates import DuplicateIds, quarantined_repeats, repeated_custom_ids
-from pipelines.output.layout import LEDGER, RUN, RUN_LOCK, check_no_other_outputs, writing
+from pipelines.output.layout import JOB, LEDGER, RUN, RUN_LOCK, check_no_other_outputs, writing
 from pipelines.output.layout import LOCK as SCHEDULE_LOCK
 from pipelines.output.lock import LockHeld, output_lock
 from pipelines.output.openai_batch import OpenAIBatchFiles
@@ -193,9 +193,11 @@ def ready_to_run(spec: JobSpec, address: str | None) -> None:
     connect(address, spec)
 
 
-def build_dataset(spec: JobSpec, shards: list[Shard], columns: Columns, files: dict[str, str] | None = None):
+def build_dataset(spec: JobSpec, shards: list[Shard], columns: Columns, files: dict[str, str] | None = None,
+                  choosing: Choosing | None = None):
     """The lazy Ray dataset: read → predict on the actor pool → stage; yields writer reports. ``files``: the model
-    files the run began with, which each actor checks it loaded (:func:`same_files_as_begun`)."""
+    files the run began with, which each actor checks it loaded (:func:`same_files_as_begun`); ``choosing``: where
+    the pool's actors decide ``quantization: auto`` (its board open)."""
     import ray
 
     from pipelines.io.datasource import ShardDatasource
@@ -213,18 +215,20 @@ def build_dataset(spec: JobSpec, shards: list[Shard], columns: Columns, files: d
     with warnings.catch_warnings():  # max_task_retries has no named parameter: Ray Data warns of the old way, the
         # only one it takes it by (until Ray 2.64, which pyproject.toml keeps out)
         warnings.filterwarnings("ignore", message=".*ray_remote_args. is deprecated")
-        return _pool(dataset, spec, shards, files, low, high, calls, gpu_args)
+        return _pool(dataset, spec, shards, files, low, high, calls, gpu_args, choosing)
 
 
 def _pool(dataset: Any, spec: JobSpec, shards: list[Shard], files: dict[str, str] | None, low: int, high: int,
-          calls: int, gpu_args: dict[str, Any]) -> Any:
+          calls: int, gpu_args: dict[str, Any], choosing: Choosing | None = None) -> Any:
     import ray
 
     compute = spec.compute
+    deciding = (choosing.board, choosing.choice.picked, choosing.choice.bar) if choosing is not None else None
     return dataset.map_batches(
         PredictAndStage,
         fn_constructor_kwargs={
             "spec": worker_spec(spec), "staging": staging_config(spec, shards), "model_files": files,
+            "deciding": deciding,
         },
         compute=ray.data.ActorPoolStrategy(
             min_size=low,
@@ -259,12 +263,20 @@ class PredictAndStage:
     Ray Data may call it with several batches at once (``JobSpec.calls_per_actor``), each on a thread of its
     own: the host's work on one batch (tokenizing before, postprocessing and staging after) then runs while
     the model thread runs another's forwards, which stay one batch at a time.
+
+    ``deciding`` (a run under ``quantization: auto`` that decides it now: the board, the fidelity sample and the
+    bar): the precision is the board's, else decided here first, on the model thread
+    (:func:`~pipelines.fidelity.run_precision`), so that the imports and the model's first load a separate check
+    would pay are the run's own.
     """
 
-    def __init__(self, spec: dict[str, Any], staging: StagingConfig, model_files: dict[str, str] | None = None) -> None:
+    def __init__(self, spec: dict[str, Any], staging: StagingConfig, model_files: dict[str, str] | None = None,
+                 deciding: tuple[Any, pa.Table, float] | None = None) -> None:
         from pipelines.inference.predictor import Predictor
 
         self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predictor")
+        if deciding is not None:
+            spec = self.model_thread.submit(fidelity.run_precision, spec, *deciding).result()
         self.predictor = self.model_thread.submit(Predictor, spec).result()
         same_files_as_begun(spec, model_files)
         self.staging = staging
@@ -449,7 +461,7 @@ def run_job(
     try:
         if early:
             not_scheduled(output)
-        checked = None
+        checked, choosing = None, None
         if pending or overwrite:
             with writing(spec.output.path):  # after a busy refusal: a second run writes nothing to the output
                 output.check_writable()  # an object store's missing bucket or denied write: before any work
@@ -462,8 +474,12 @@ def run_job(
                 recorded = output.job()
                 kept = recorded.precision if recorded and recorded.spec_hash == job.spec_hash else None
                 known = None if overwrite else kept
-                spec, checked = fidelity.resolve_auto(spec, shards, known or precision)
-                job.precision = fidelity.precision_record(spec, checked, known or precision)
+                found = fidelity.auto_precision(spec, shards, known or precision)
+                if isinstance(found, fidelity.PoolChoice):  # the pool's actors decide: _job.json has it before a commit
+                    choosing = Choosing(found)
+                else:
+                    spec, checked = found
+                    job.precision = fidelity.precision_record(spec, checked, known or precision)
             else:
                 checked = fidelity.gate(spec, shards)  # below model.fidelity's bar: PipelineError, nothing written
         if not early:
@@ -482,7 +498,8 @@ def run_job(
             if overwrite:
                 output.clear()
             pending, _ = _pending(output, job, shards, given, prune=prune, dry=False, redo_changed=redo_changed)
-        return _run_locked(spec, job, output, shards, pending, before_visible, checked, timeline, column_types)
+        return _run_locked(spec, job, output, shards, pending, before_visible, checked, timeline, column_types,
+                           choosing)
     finally:
         lock.release()
 
@@ -631,6 +648,7 @@ def _run_locked(
     checked: Fidelity | None = None,
     timeline: dict[str, float] | None = None,
     column_types: str | None = None,
+    choosing: Choosing | None = None,
 ) -> RunSummary:
     timeline = timeline if timeline is not None else {}
     recorded = output.job()
@@ -647,7 +665,8 @@ def _run_locked(
         log.info("%d of %d shards to do", len(pending), len(shards))
         start, started_at = time.monotonic(), time.time()
         labels: list[str] = []  # the labels the model can give, as the actors tell them
-        done, failed = execute(spec, job, output, pending, before_visible, timeline, labels) if pending else ({}, [])
+        done, failed = (execute(spec, job, output, pending, before_visible, timeline, labels, choosing) if pending
+                        else ({}, []))
         wall = time.monotonic() - start
         output.check_lock()  # a run that lost its lock writes no summary: the output is the new holder's
         unread = {u.key for u in failed}
@@ -658,7 +677,8 @@ def _run_locked(
             )
         faults.checkpoint("before_summary")
         result = summaries.build(job, list(output.commits().values()), list(done.values()), wall, "succeeded")
-        result.started_at, result.fidelity = started_at, checked
+        result.started_at, result.fidelity = started_at, choosing.checked if choosing is not None else checked
+        result.check_s = choosing.check_s if choosing is not None else None
         if result.agreement is not None and (labels or told):  # no shard scored now: as the run before recorded
             result.agreement.labels = labels or told
         timeline["summary"] = time.time()
@@ -735,6 +755,37 @@ def _handle_stale(
 
 
 @dataclass
+class Choosing:
+    """A run whose pool's actors decide ``quantization: auto`` (:class:`~pipelines.fidelity.PoolChoice`): the board
+    they post to (:func:`~pipelines.fidelity.open_board`), and once settled the check's figures (None: float32, or
+    no actor decided: nothing was scored)."""
+
+    choice: fidelity.PoolChoice
+    board: Any = None
+    checked: Fidelity | None = None
+    check_s: float | None = None
+    settled: bool = False
+
+    def settle(self, spec: JobSpec, job: JobRecord, output: OutputDir) -> None:
+        """Before the run's first commit: the decision the board holds kept in the machine's decisions and in
+        ``_job.json`` (one output, one precision: a resume keeps it). Every shard but an empty one is committed
+        after an actor's report, and an actor reports only once it has the board's decision."""
+        if self.settled:
+            return
+        self.settled = True
+        import ray
+
+        found = ray.get(self.board.decided.remote())
+        if found is None:  # no actor started: the shards committed are empty ones, which no precision scored
+            return
+        chosen, self.checked = self.choice.keep(spec, found)
+        self.check_s = found.get("check_s")
+        job.precision = fidelity.precision_record(chosen, self.checked, None)
+        output.check_lock()
+        output.write_json(JOB, job.to_json())
+
+
+@dataclass
 class UnreadableShard:
     """A shard that could not be read and was not committed: its bytes could not be fetched (never committed), or
     they don't parse and errors.unreadable_files is fail."""
@@ -751,6 +802,7 @@ def execute(
     before_visible: Callable[[Shard], None] | None = None,
     timeline: dict[str, float] | None = None,
     labels: list[str] | None = None,
+    choosing: Choosing | None = None,
 ) -> tuple[dict[str, CommitRecord], list[UnreadableShard]]:
     """Stream the dataset; commit each shard the moment its last row is staged.
 
@@ -758,6 +810,7 @@ def execute(
     gets when execution started, when the first actor was ready, when it staged its first batch, the first
     block back here and the last commit. ``labels`` gets the labels the model can give, as the first actor's
     report that names them tells them (every actor holds the same model), where the job predicts a label.
+    ``choosing``: ``quantization: auto`` decided by the pool's actors, its decision recorded before the first commit.
     """
     timeline = timeline if timeline is not None else {}
     by_key = {s.key: s for s in pending}
@@ -765,7 +818,9 @@ def execute(
     done: dict[str, CommitRecord] = {}
     failed: list[UnreadableShard] = []
     columns = replace(columns_of(spec), keep_types=tuple(decode_types(job.column_types or "").items()))
-    dataset = build_dataset(spec, pending, columns, job.model_files)
+    if choosing is not None:
+        choosing.board = fidelity.open_board()
+    dataset = build_dataset(spec, pending, columns, job.model_files, choosing)
     screen = None
     if spec.errors.duplicate_ids == "error" or spec.input.format == "openai-batch":  # keep: repeats named at the end
         screen = DuplicateIds(output.fs, output.root, spec.input.id_column or "id", list(output.commits().values()),
@@ -778,6 +833,8 @@ def execute(
 
     def commit(shard: Shard, reports: list[StagingReport], **kwargs: Any) -> CommitRecord:
         with writing(spec.output.path):
+            if choosing is not None:
+                choosing.settle(spec, job, output)
             return settings(shard, reports, **kwargs)
 
     timeline["execution_start"] = time.time()

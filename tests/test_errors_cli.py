@@ -210,7 +210,7 @@ def test_a_scheduled_job_refused_before_any_work_leaves_a_new_output_path_unmade
     assert run_job(load_spec(job)).status == "succeeded"  # not refused as another's files
 
 
-@pytest.mark.parametrize("quantization", ["none", "auto"])  # none: the pool's actor loads it first; auto: a Ray task
+@pytest.mark.parametrize("quantization", ["none", "auto"])  # auto: the actor loads it to measure the candidates
 def test_a_model_that_cannot_be_loaded_on_ray_is_one_line(ray_session, tiny_models, tmp_path, quantization, capfd):
     """Its files are all there (the driver's check passes), but Transformers can't build it: what the actor or the
     task raised is the run's one-line error, not Ray's report of it with the remote traceback. Ray Data took the
@@ -246,9 +246,10 @@ def test_a_model_that_cannot_be_loaded_on_ray_is_one_line(ray_session, tiny_mode
 def test_weights_that_cannot_be_read_are_one_line_where_quantization_auto_measures_them(ray_session, tiny_models,
                                                                                         tmp_path):
     """Weights that pass the checks (the file is there) but can't be read (a copy cut short): with ``quantization:
-    auto`` the Ray task that measures the candidate precisions loads them first, and its failure ended the command
-    with Ray's report and the remote traceback, exit 1. One line now, naming the model and what Transformers said;
-    a scheduler takes it for a model no run can load (see test_schedule)."""
+    auto`` the pool's actor that measures the candidate precisions loads them first (a Ray task did, before), and its
+    failure ended the command with Ray's report and the remote traceback, exit 1. One line now, with what
+    Transformers said, as where the actor loads the model to score; a scheduler takes it for a model no run can load
+    (see test_schedule)."""
     import yaml
     from test_faults import many_shards, write_job
 
@@ -262,8 +263,8 @@ def test_weights_that_cannot_be_read_are_one_line_where_quantization_auto_measur
     with pytest.raises(PipelineError) as info:
         run_job(spec_from_dict(yaml.safe_load(job.read_text())))
     message = str(info.value)
-    assert message.startswith(f"model '{model}' could not be loaded in the Ray task that measures its precisions "
-                              "(quantization auto): SafetensorError: Error while deserializing header"), message
+    assert message.startswith("the pool's actor failed while it loaded the model: safetensors._safetensors_rust."
+                              "SafetensorError: Error while deserializing header"), message
     assert "\n" not in message and "ray::" not in message, message
     assert info.value.unloadable_model
 

@@ -112,6 +112,27 @@ def test_an_actor_killed_mid_run_still_gives_exact_counts(tiny_models, tmp_path,
     assert sorted(got) == sorted(ids) and len(got) == len(set(got))
 
 
+def test_quantization_auto_decided_in_the_pool_survives_the_deciding_actor_killed(tiny_models, tmp_path):
+    """Under ``quantization: auto`` the pool's actors decide the precision (a separate Ray task paid the imports and
+    the model's first load again before). Two actors measure at once; the first to decide is killed before it
+    posts its decision, and Ray restarts it: the run still holds every row once and one precision, the one
+    ``_job.json`` and ``_run.json`` record and the machine's decisions keep."""
+    ids = many_shards(tmp_path / "in", shards=4)
+    job = write_job(tmp_path, tiny_models("classifier"), tmp_path / "in", compute={"size": 2},
+                    model={"quantization": "auto", "cache_dir": str(tmp_path / "cache"), "fidelity": {"rows": 24}})
+    marker = tmp_path / "decider-killed"
+    done = cli("run", str(job), env={"PIPELINES_CRASH_AT": "decided", "PIPELINES_CRASH_ONCE": str(marker)})
+    assert marker.exists()  # an actor really died with its decision made
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = output_ids(tmp_path / "out")
+    assert sorted(got) == sorted(ids) and len(got) == len(set(got))
+    chosen = json.loads((tmp_path / "out" / "_job.json").read_text())["precision"]
+    assert json.loads((tmp_path / "out" / "_run.json").read_text())["precision"] == chosen
+    [kept] = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "precision").glob("*.json")]
+    assert (kept["quantization"], kept["dtype"]) == (chosen["quantization"], chosen["dtype"])
+    assert "quantization auto's check: " in done.stdout, done.stdout
+
+
 def bad_corpus(folder: Path) -> dict[str, str | None]:
     """Shards holding every kind of bad input; returns id → expected reason prefix (None: predicted)."""
     expected: dict[str, str | None] = {}

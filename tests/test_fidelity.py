@@ -579,12 +579,20 @@ def auto_embedding_job(tmp_path):
     return spec, list_shards(spec.input.paths)
 
 
+def resolve_auto(spec, shards, decide):
+    """The spec a run takes under quantization auto where its output recorded no precision: the decision kept for its
+    sample, else ``decide()``'s (in a run, the pool's actor's), kept."""
+    from pipelines.fidelity import PoolChoice, auto_precision
+
+    found = auto_precision(spec, shards, None)
+    return (found.keep(spec, decide()) if isinstance(found, PoolChoice) else found)[0]
+
+
 def test_quantization_auto_keys_its_decision_by_the_actors_node_not_the_drivers(tmp_path, monkeypatch):
     """The key held the driver's bfloat16 support, but the candidates are those of the node where the check runs
-    (a Ray task on an actor's resources): a cluster whose nodes compute bf16 natively took the decision made for
-    nodes that don't (bfloat16 never tried), because the driver was the same."""
+    (where an actor runs): a cluster whose nodes compute bf16 natively took the decision made for nodes that don't
+    (bfloat16 never tried), because the driver was the same."""
     from pipelines import fidelity
-    from pipelines.fidelity import resolve_auto
 
     spec, shards = auto_embedding_job(tmp_path)
     monkeypatch.setattr(fidelity, "_cpu_bf16", lambda: False)  # the driver: no native bf16, on every call
@@ -594,20 +602,18 @@ def test_quantization_auto_keys_its_decision_by_the_actors_node_not_the_drivers(
     decided = []
 
     def on_node(node_bf16: bool):
-        def on_ray(spec, function, picked, *args):
-            if function is fidelity._choose_remote:
-                decided.append(node_bf16)
-                return {"quantization": "none", "dtype": "bfloat16" if node_bf16 else "float32", "fidelity": None,
-                        "why": "test"}
-            return function(spec.model_dump(mode="json"), picked, *args)
-        return on_ray
+        def decide():
+            decided.append(node_bf16)
+            return {"quantization": "none", "dtype": "bfloat16" if node_bf16 else "float32", "fidelity": None,
+                    "why": "test"}
+        return decide
 
     monkeypatch.setattr(fidelity, "_node_bf16", lambda spec: False, raising=False)
-    monkeypatch.setattr(fidelity, "_on_ray", on_node(False))
-    assert resolve_auto(spec, shards, None)[0].model.dtype == "float32"
+    monkeypatch.setattr(fidelity, "_on_ray", lambda spec, function, picked, *args: function(
+        spec.model_dump(mode="json"), picked, *args))  # the node's answers, here
+    assert resolve_auto(spec, shards, on_node(False)).model.dtype == "float32"
     monkeypatch.setattr(fidelity, "_node_bf16", lambda spec: True, raising=False)  # nodes with AMX, same driver
-    monkeypatch.setattr(fidelity, "_on_ray", on_node(True))
-    chosen = resolve_auto(spec, shards, None)[0]
+    chosen = resolve_auto(spec, shards, on_node(True))
     assert decided == [False, True], "the decision made for nodes without bf16 was taken on nodes with it"
     assert chosen.model.dtype == "bfloat16"
 
@@ -618,7 +624,6 @@ def test_quantization_auto_on_a_local_ray_answers_the_bfloat16_question_without_
     candidate. A task for it started a worker that imported torch before every run of a job under auto (the main
     job's), seconds of start-up on 2 cores, even where the decision was kept from an earlier run."""
     from pipelines import fidelity
-    from pipelines.fidelity import resolve_auto
 
     rows = [{"id": f"r{i}", "text": SENTENCES[i % len(SENTENCES)] + f" {i}"} for i in range(8)]
     write_jsonl(tmp_path / "in" / "one.jsonl", rows)
@@ -629,13 +634,16 @@ def test_quantization_auto_on_a_local_ray_answers_the_bfloat16_question_without_
 
     def on_ray(spec, function, picked, *args):
         asked.append(function.__name__)
+
+    def decide():
+        asked.append("decided")
         return {"quantization": "none", "dtype": "float32", "fidelity": None, "why": "test"}
 
     monkeypatch.setattr(fidelity, "_on_ray", on_ray)
     monkeypatch.setattr(fidelity, "_cpu_bf16", lambda: True)
-    resolve_auto(spec, list_shards(spec.input.paths), None)
-    resolve_auto(spec, list_shards(spec.input.paths), None)  # kept: nothing to run at all
-    assert asked == ["_choose_remote"]
+    resolve_auto(spec, list_shards(spec.input.paths), decide)
+    resolve_auto(spec, list_shards(spec.input.paths), decide)  # kept: nothing to run at all
+    assert asked == ["decided"]
 
 
 def test_the_summary_names_a_pinned_reduced_dtype():
@@ -661,7 +669,7 @@ def test_a_kept_precision_below_a_raised_bar_is_refused_with_both_figures():
     from 0.99 to 0.999 kept its first run's bfloat16, chosen at 0.9960, on every later run without a check or a
     word. The kept precision's recorded agreement is held against the bar: below it, the run is refused with both
     figures and the ways out; at or above it, or float32 (the reference itself), the precision is kept."""
-    from pipelines.fidelity import resolve_auto
+    from pipelines.fidelity import auto_precision
 
     spec = make_spec("minilm", {"type": "feature-extraction"})
     spec.model.quantization = "auto"
@@ -669,14 +677,14 @@ def test_a_kept_precision_below_a_raised_bar_is_refused_with_both_figures():
     kept = {"quantization": "none", "dtype": "bfloat16", "measure": "cosine_mean", "agreement": 0.996, "rows": 256,
             "bar": 0.99}
     with pytest.raises(PipelineError) as refused:
-        resolve_auto(spec, [], kept)
+        auto_precision(spec, [], kept)
     said = str(refused.value)
     assert "bfloat16" in said and "cosine_mean 0.9960 on 256 sampled rows" in said
     assert "min_agreement=0.999" in said and "--rescore" in said and "--overwrite" in said
     spec.model.fidelity = FidelitySpec(rows=256, min_agreement=0.995)
-    assert resolve_auto(spec, [], kept)[0].model.dtype == "bfloat16"
+    assert auto_precision(spec, [], kept)[0].model.dtype == "bfloat16"
     spec.model.fidelity = FidelitySpec(rows=256, min_agreement=1.0)
-    assert resolve_auto(spec, [], {"quantization": "none", "dtype": "float32"})[0].model.dtype == "float32"
+    assert auto_precision(spec, [], {"quantization": "none", "dtype": "float32"})[0].model.dtype == "float32"
 
 
 def build_overflowing_classifier(base: str, path) -> str:
@@ -906,7 +914,6 @@ def test_quantization_auto_decides_again_after_torch_or_transformers_changed(tmp
     import importlib.metadata
 
     from pipelines import fidelity
-    from pipelines.fidelity import resolve_auto
 
     spec, shards = auto_embedding_job(tmp_path)
     import ray
@@ -914,24 +921,23 @@ def test_quantization_auto_decides_again_after_torch_or_transformers_changed(tmp
     monkeypatch.setattr(ray, "is_initialized", lambda: False)  # a cluster: the deciding node is asked in a task
     decided = []
 
-    def on_ray(spec, function, picked, *args):
-        if function is fidelity._choose_remote:
-            decided.append(importlib.metadata.version("torch"))
-            return {"quantization": "dynamic-int8", "dtype": "float32", "fidelity": None, "why": "test"}
-        return function(spec.model_dump(mode="json"), picked, *args)  # the node's answers, here
+    def decide():
+        decided.append(importlib.metadata.version("torch"))
+        return {"quantization": "dynamic-int8", "dtype": "float32", "fidelity": None, "why": "test"}
 
-    monkeypatch.setattr(fidelity, "_on_ray", on_ray)
+    monkeypatch.setattr(fidelity, "_on_ray", lambda spec, function, picked, *args: function(
+        spec.model_dump(mode="json"), picked, *args))  # the node's answers, here
     installed = importlib.metadata.version
 
     def upgraded(to: dict[str, str]):
         monkeypatch.setattr(importlib.metadata, "version", lambda name: to.get(name) or installed(name))
 
-    resolve_auto(spec, shards, None)
-    resolve_auto(spec, shards, None)  # the same libraries: kept
+    resolve_auto(spec, shards, decide)
+    resolve_auto(spec, shards, decide)  # the same libraries: kept
     upgraded({"torch": "99.0.0"})
-    resolve_auto(spec, shards, None)
+    resolve_auto(spec, shards, decide)
     upgraded({"torch": "99.0.0", "transformers": "99.0.0"})
-    resolve_auto(spec, shards, None)
+    resolve_auto(spec, shards, decide)
     assert decided == [installed("torch"), "99.0.0", "99.0.0"], "a decision made with other kernels was kept"
     assert _decision_path(spec, 0.99, PICKED, False) != _decision_path(spec, 0.99, PICKED, False, {"torch": "1"})
 
@@ -1049,12 +1055,12 @@ def test_auto_times_again_only_what_can_decide_and_skips_a_candidate_that_cant_w
 
     loads.clear()
     monkeypatch.setattr(decision, "_node_bf16", lambda spec: False)
-    found = decision._choose_remote(spec.model_dump(mode="json"), sample, 0.0)  # per-token-int8 within the bar
+    found = decision.choose_here(spec.model_dump(mode="json"), sample, 0.0)  # per-token-int8 within the bar
     assert [load[:2] for load in loads[:2]] == [("none", "float32"), ("per-token-int8", "float32")]
     assert ("smooth-int8", "float32") not in [load[:2] for load in loads]
     assert "smooth-int8 not tried (per-token-int8 is within the bar and computes less)" in found["why"]
     loads.clear()
-    found = decision._choose_remote(spec.model_dump(mode="json"), sample, 1.01)  # below it: smooth-int8 is tried
+    found = decision.choose_here(spec.model_dump(mode="json"), sample, 1.01)  # below it: smooth-int8 is tried
     assert [load[:2] for load in loads[:3]] == [("none", "float32"), ("per-token-int8", "float32"),
                                                 ("smooth-int8", "float32")]
     assert "not tried" not in found["why"]

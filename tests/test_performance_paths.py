@@ -27,6 +27,7 @@ from pipelines.inference.predictor import ERROR, Predictor
 from pipelines.io.reader import GROUP_BYTES, Columns, group_shards, read_group, read_shard
 from pipelines.io.shards import list_shards
 from pipelines.output.staging import StagingReport
+from pipelines.output.summary import render
 from pipelines.runner import PredictAndStage, Tally, run_job, staging_config
 from pipelines.spec import ModelSpec, spec_from_dict
 
@@ -484,9 +485,19 @@ def test_quantization_auto_is_decided_once_and_said(ray_session, tiny_models, tm
         "compute": {"cpus_per_actor": 0.5, "threads_per_actor": 1},
         "output": {"path": str(tmp_path / "out")},
     }
-    summary = run_job(spec_from_dict(raw))
+    recorded_at_commit = []  # the pool's actor decides: _job.json holds its decision before a shard is visible
+
+    def before_visible(shard):
+        recorded_at_commit.append(json.loads((tmp_path / "out" / "_job.json").read_text())["precision"])
+
+    summary = run_job(spec_from_dict(raw), before_visible=before_visible)
     chosen = json.loads((tmp_path / "out" / "_job.json").read_text())["precision"]
     assert chosen == summary.precision and chosen["quantization"] in ("per-token-int8", "smooth-int8", "none")
+    assert recorded_at_commit == [chosen]
+    assert summary.check_s is not None and 0 < summary.check_s < summary.wall_s  # measured within the run's time
+    assert "quantization auto's check: " in render(summary)
+    page = (tmp_path / "out" / "_report.html").read_text()
+    assert "quantization auto&#x27;s check" in page or "quantization auto's check" in page
     said = chosen["quantization"] if chosen["quantization"] != "none" else chosen["dtype"]
     # the page said only "(auto, cpu)": the precision the run used was in _run.json and the terminal summary alone
     assert f"(quantization auto: {said}, cpu)" in (tmp_path / "out" / "_report.html").read_text()
@@ -500,6 +511,7 @@ def test_quantization_auto_is_decided_once_and_said(ray_session, tiny_models, tm
     before = kept.stat().st_mtime_ns
     other = run_job(spec_from_dict({**raw, "output": {"path": str(tmp_path / "other")}}))
     assert other.precision == chosen and kept.stat().st_mtime_ns == before
+    assert other.check_s is None and "quantization auto's check" not in render(other)
     # a job on other rows is decided on its own sample: its check is never another input's (which it reported as
     # its own, 'passed', when it fell below its bar on its own rows)
     write_jsonl(tmp_path / "in2" / "b.jsonl", [{**r, "text": r["text"].upper()} for r in rows[:30]])
@@ -587,7 +599,7 @@ def test_quantization_auto_on_a_gpu_without_bf16_tries_float16():
 
 
 def test_an_output_started_at_dynamic_int8_is_not_resumed_on_a_gpu(tmp_path):
-    from pipelines.fidelity import resolve_auto
+    from pipelines.fidelity import auto_precision
 
     spec = spec_from_dict({
         "input": {"paths": [str(tmp_path)]}, "model": {"name": "minilm", "quantization": "auto", "device": "auto"},
@@ -596,8 +608,8 @@ def test_an_output_started_at_dynamic_int8_is_not_resumed_on_a_gpu(tmp_path):
     })
     for cpu_only in ("dynamic-int8", "per-token-int8"):
         with pytest.raises(PipelineError, match=f"chose {cpu_only} .*runs only on a CPU.*--overwrite"):
-            resolve_auto(spec, [], {"quantization": cpu_only, "dtype": "float32"})
-    kept, _ = resolve_auto(spec, [], {"quantization": "none", "dtype": "bfloat16"})
+            auto_precision(spec, [], {"quantization": cpu_only, "dtype": "float32"})
+    kept, _ = auto_precision(spec, [], {"quantization": "none", "dtype": "bfloat16"})
     assert (kept.model.quantization, kept.model.dtype) == ("none", "bfloat16")
 
 

@@ -308,6 +308,9 @@ class RunSummary(Record):
     #: committed shard that counted them; ``cut_uncounted_shards``: committed shards that did not (earlier versions).
     rows_cut: int = 0
     cut_uncounted_shards: int = 0
+    #: Seconds ``quantization: auto``'s check took in this run's pool (its first actor measured the candidates before
+    #: it scored a row), within ``wall_s``; None where the run made none (the precision kept, or measured elsewhere).
+    check_s: float | None = None
     #: When this run's work started (epoch seconds): the run report's time axis starts here.
     started_at: float | None = None
     #: What ``quantization: auto`` chose (``{quantization, dtype}``, with its check's figures), when the spec says auto.

@@ -45,7 +45,7 @@ from pipelines.output.records import (
     cut,
     precision_label,
 )
-from pipelines.output.summary import agreement_line, cut_line, fidelity_line, precision_said
+from pipelines.output.summary import agreement_line, check_line, cut_line, fidelity_line, precision_said
 
 log = logging.getLogger(__name__)
 
@@ -487,6 +487,8 @@ def _facts(summary: RunSummary | None, data: RunData) -> str:
         rows.append(("agreement with ground truth", agreement_line(summary.agreement)))
     if summary.fidelity:
         rows.append(("quantization fidelity", fidelity_line(summary.fidelity)))
+    if summary.check_s is not None:
+        rows.append(("quantization auto's check", check_line(summary)))
     if summary.started_at:
         rows.append(("started", time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(summary.started_at))))
     rows.append(("output", data.location))
