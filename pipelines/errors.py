@@ -16,6 +16,11 @@ from typing import ParamSpec, TypeVar
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 #: How the pool's actor is named in Ray's report of it.
 POOL_ACTOR = "PredictAndStage"
+#: A remote traceback's frame of the predictor's constructor, which loads the model.
+LOADING = re.compile(r'predictor\.py", line \d+, in __init__')
+#: A remote traceback's frame of ``quantization: auto``'s check in the pool's actor
+#: (:func:`pipelines.fidelity.run_precision`): what fails there is the model's only where it failed to load.
+CHECKING = re.compile(r'fidelity\.py", line \d+, in run_precision')
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -30,9 +35,10 @@ class PipelineError(Exception):
     unreported: str | None = None
     #: Such a run's output where no shard of it is committed yet (no page can be built of it), for the CLI to say.
     uncommitted: str | None = None
-    #: Raised where the model is loaded, as the pool's actor started or in the Ray task that measures its precisions
-    #: (weights that can't be read, a constructor that refused the spec): no run of this job gets further until the
-    #: model or the spec changes (a scheduler starts no other run on it).
+    #: Raised where the model is loaded, as the pool's actor started (to score, or to measure ``quantization: auto``'s
+    #: candidates) or in the Ray task that measures ``model.fidelity`` (weights that can't be read, a constructor that
+    #: refused the spec): no run of this job gets further until the model or the spec changes (a scheduler starts no
+    #: other run on it). Not a check's failure on the run's own sampled rows, nor a lost board of its decision.
     unloadable_model: bool = False
 
 
@@ -131,16 +137,19 @@ def from_ray(exc: BaseException) -> PipelineError | None:
     text = ANSI.sub("", exc.error_msg)
     raised = _raised(text)
     ours = f"{PipelineError.__module__}.{PipelineError.__qualname__}: "
+    checking = CHECKING.search(text) is not None
+    loading = not checking or LOADING.search(text) is not None  # a check's failure is the model's where it loaded it
     if raised.startswith(ours):
         said = PipelineError(raised[len(ours) :])
     else:
-        who = ("the pool's actor failed while it loaded the model" if POOL_ACTOR in text
-               else "an actor failed as it started")
+        who = ("an actor failed as it started" if POOL_ACTOR not in text
+               else "the pool's actor failed while it loaded the model" if loading
+               else "the pool's actor failed while it measured quantization auto's candidates")
         said = PipelineError(
             f"{who}: {raised} (the run's log has its traceback); fix the model or the spec, then run again "
             "(committed shards are kept)"
         )
-    said.unloadable_model = POOL_ACTOR in text
+    said.unloadable_model = POOL_ACTOR in text and loading
     return said
 
 

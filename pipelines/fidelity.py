@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import math
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from pipelines.errors import ANSI, PipelineError
+from pipelines.errors import ANSI, LOADING, PipelineError, first_line
 from pipelines.io.sample import sample_rows
 from pipelines.io.shards import Shard
 from pipelines.output.layout import write_bytes
@@ -193,10 +192,6 @@ def _rows(spec: JobSpec) -> int:
 
 def _measure_on_ray(spec: JobSpec, picked: pa.Table) -> Fidelity:
     return Fidelity.model_validate(_on_ray(spec, _measure_remote, picked))
-
-
-#: A remote traceback's frame of the predictor's constructor, which loads the model.
-LOADING = re.compile(r'predictor\.py", line \d+, in __init__')
 
 
 def _on_ray(spec: JobSpec, function: Any, picked: pa.Table, *args: Any) -> Any:
@@ -535,20 +530,33 @@ def open_board() -> Any:
     return ray.remote(PrecisionBoard).options(num_cpus=0, max_restarts=0, scheduling_strategy=here).remote()
 
 
+def board_said(board: Any, method: str, *args: Any) -> Any:
+    """``board.<method>(*args)``'s answer; a board that is gone (its process or node lost) is a PipelineError: the
+    run can't tell its actors the precision it holds, and a resume reads it from ``_job.json`` or decides anew."""
+    import ray
+
+    try:
+        return ray.get(getattr(board, method).remote(*args))
+    except ray.exceptions.RayActorError as exc:
+        raise PipelineError(
+            f"quantization auto: the run's board of its precision (a Ray actor on the driver's node) is gone ("
+            f"Ray: {first_line(exc)}), so the run's actors can't be told the precision it holds; run the same "
+            "command again to resume (shards committed keep their precision)"
+        ) from None
+
+
 def run_precision(spec_json: dict[str, Any], board: Any, picked: pa.Table, bar: float) -> dict[str, Any]:
     """The worker spec at the run's precision, in a pool actor of a run under ``quantization: auto`` whose
     decision is the pool's: the one ``board`` holds, else one made here (:func:`choose_here`) and posted, the board
     keeping the first posted."""
-    import ray
-
     from pipelines import faults
 
-    found = ray.get(board.decided.remote())
+    found = board_said(board, "decided")
     if found is None:
         start = time.monotonic()
         decided = {**choose_here(spec_json, picked, bar), "check_s": round(time.monotonic() - start, 3)}
         faults.checkpoint("decided")  # a test's: the actor killed between its decision and posting it
-        found = ray.get(board.post.remote(decided))
+        found = board_said(board, "post", decided)
     return {**spec_json, "model": {**spec_json["model"], "quantization": found["quantization"],
                                    "dtype": found["dtype"]}}
 

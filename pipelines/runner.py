@@ -772,10 +772,7 @@ class Choosing:
         after an actor's report, and an actor reports only once it has the board's decision."""
         if self.settled:
             return
-        self.settled = True
-        import ray
-
-        found = ray.get(self.board.decided.remote())
+        found = fidelity.board_said(self.board, "decided")
         if found is None:  # no actor started: the shards committed are empty ones, which no precision scored
             return
         chosen, self.checked = self.choice.keep(spec, found)
@@ -783,6 +780,7 @@ class Choosing:
         job.precision = fidelity.precision_record(chosen, self.checked, None)
         output.check_lock()
         output.write_json(JOB, job.to_json())
+        self.settled = True
 
 
 @dataclass

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ROOT, joining
+from helpers import ROOT, joining, write_jsonl
 from test_cli import MAIN_JOB, cli
 
 from pipelines.errors import PipelineError
@@ -297,6 +297,54 @@ def test_an_actor_that_dies_loading_its_model_for_another_reason_is_named_on_one
     assert from_ray(ActorDiedError()) is None  # an actor that died later (killed, preempted): Ray's report stands
     busy = LockHeld("the output out is being written by another run")
     assert from_ray(RayTaskError("f", "traceback", busy).as_instanceof_cause()) is busy  # its own kind, exit code too
+
+
+def test_a_failure_of_quantization_autos_check_in_the_pools_actor_is_the_models_only_where_it_loaded_it():
+    """quantization auto's check runs in the pool's actor's constructor: every failure there was taken for a model no
+    run can load (a scheduler then starts no other run on the job), and a candidate's forward failing was said to
+    have failed "while it loaded the model". Only a failure within the predictor's constructor (the load) is so."""
+    from ray.exceptions import ActorDiedError, RayTaskError
+
+    from pipelines.errors import from_ray
+
+    def died(remote: str) -> ActorDiedError:
+        actor = "MapWorker(MapBatches(PredictAndStage))"
+        return ActorDiedError(RayTaskError("__init__", remote, RuntimeError("remote"), proctitle=f"ray::{actor}.__init__()"))
+
+    check = ('Traceback (most recent call last):\n  File "/x/pipelines/runner.py", line 290, in __init__\n    spec = x\n'
+             '  File "/x/pipelines/fidelity.py", line 600, in run_precision\n    decided = y\n')
+    forward = from_ray(died(check + '  File "/x/int8_linear.py", line 12, in forward\n    z\nRuntimeError: bad shape'))
+    assert str(forward).startswith("the pool's actor failed while it measured quantization auto's candidates: "
+                                   "RuntimeError: bad shape ("), str(forward)
+    assert not forward.unloadable_model
+    load = from_ray(died(check + '  File "/x/pipelines/inference/predictor.py", line 80, in __init__\n    m = w\n'
+                                 'OSError: weights cut short'))
+    assert str(load).startswith("the pool's actor failed while it loaded the model: OSError: weights cut short (")
+    assert load.unloadable_model
+    scoring = from_ray(died('Traceback (most recent call last):\n  File "/x/pipelines/runner.py", line 290, in '
+                            '__init__\n    p = x\nOSError: weights cut short'))  # the actor's own load, to score
+    assert scoring.unloadable_model
+
+
+def test_a_quantization_auto_check_that_finds_no_row_to_compare_is_no_unloadable_model(ray_session, tiny_models,
+                                                                                       tmp_path):
+    """Every sampled row quarantined (here each is longer than max_length under errors.too_long: error): the check
+    has nothing to compare, which is the run's rows, not the model: a scheduler may start the job's other runs."""
+    import yaml
+    from test_faults import write_job
+
+    from pipelines.runner import run_job
+    from pipelines.spec import spec_from_dict
+
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": f"r{i}", "text": f"words and more words, {i} of them"}
+                                              for i in range(10)])
+    job = write_job(tmp_path, tiny_models("classifier"), tmp_path / "in", batching={"max_length": 3},
+                    errors={"too_long": "error"}, model={"quantization": "auto", "cache_dir": str(tmp_path / "c")})
+    with pytest.raises(PipelineError) as info:
+        run_job(spec_from_dict(yaml.safe_load(job.read_text())))
+    assert str(info.value).startswith("none of the 10 sampled rows could be predicted by the unquantized model"), (
+        str(info.value))
+    assert not info.value.unloadable_model
 
 
 def test_missing_tokenizer_files_or_weight_shards_are_named(tiny_models, tmp_path):

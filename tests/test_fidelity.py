@@ -588,6 +588,33 @@ def resolve_auto(spec, shards, decide):
     return (found.keep(spec, decide()) if isinstance(found, PoolChoice) else found)[0]
 
 
+def test_every_pool_actor_takes_the_first_decision_posted_not_its_own(ray_session, monkeypatch):
+    """Under quantization auto the pool's actors decide. Two measuring at once can come out apart (two candidates
+    about as fast): each takes the first decision posted to the run's board, so that one output holds one precision,
+    and one that finds a decision there (started later, or restarted) measures nothing. A board that is gone (its
+    process lost) is one line, not Ray's report."""
+    from pipelines import fidelity
+
+    raw = make_spec("minilm", {"type": "feature-extraction"}).model_dump(mode="json")
+    raw["model"]["quantization"] = "auto"
+    board = fidelity.open_board()
+    bfloat16 = {"quantization": "none", "dtype": "bfloat16", "fidelity": None, "why": "another actor's"}
+
+    def measured_while_another_posted(spec_json, picked, bar):
+        ray_session.get(board.post.remote(bfloat16))  # the other actor, done first
+        return {"quantization": "per-token-int8", "dtype": "float32", "fidelity": None, "why": "this actor's"}
+
+    monkeypatch.setattr(fidelity, "choose_here", measured_while_another_posted)
+    took = fidelity.run_precision(raw, board, PICKED, 0.99)
+    assert (took["model"]["quantization"], took["model"]["dtype"]) == ("none", "bfloat16")
+    monkeypatch.setattr(fidelity, "choose_here", lambda *args: pytest.fail("measured where the board had a decision"))
+    later = fidelity.run_precision(raw, board, PICKED, 0.99)
+    assert (later["model"]["quantization"], later["model"]["dtype"]) == ("none", "bfloat16")
+    ray_session.kill(board)
+    with pytest.raises(PipelineError, match="the run's board of its precision .* is gone .*run the same command"):
+        fidelity.run_precision(raw, board, PICKED, 0.99)
+
+
 def test_quantization_auto_keys_its_decision_by_the_actors_node_not_the_drivers(tmp_path, monkeypatch):
     """The key held the driver's bfloat16 support, but the candidates are those of the node where the check runs
     (where an actor runs): a cluster whose nodes compute bf16 natively took the decision made for nodes that don't
