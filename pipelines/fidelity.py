@@ -15,10 +15,13 @@ process only (:mod:`pipelines.inference.fidelity`).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -502,32 +505,65 @@ def choose_here(spec_json: dict[str, Any], picked: pa.Table, bar: float) -> dict
     return fastest_within(results, bar, left)
 
 
+#: How long an actor measuring ``quantization: auto``'s candidates holds the board's claim before another actor
+#: waiting on it measures instead (one that died without Ray restarting it); the first decision posted still wins.
+CLAIM_S = 900.0
+#: How long one call waiting on the board's decision lasts before the actor asks again.
+WAIT_S = 30.0
+
+
 class PrecisionBoard:
     """Where a run's pool actors meet on ``quantization: auto``'s decision (:class:`PoolChoice`), as a Ray actor of
-    the driver's node: the first decision posted is kept, and every actor takes that one (one that measured too,
-    one the pool adds later, one Ray restarts), so that the output holds one precision however many actors measured
-    at once (each on its own node, where two candidates about as fast can come out either way)."""
+    the driver's node. One actor at a time measures (:meth:`take` gives it the claim, and gives it again to the same
+    actor restarted by Ray) while the others wait (:meth:`wait`): actors sharing a node would otherwise time the
+    candidates while slowing each other down. The first decision posted is kept, and every actor takes that one
+    (one that measured after a claim ran out, one the pool adds later, one Ray restarts), so that the output holds
+    one precision."""
 
-    def __init__(self) -> None:
+    def __init__(self, claim_s: float = CLAIM_S) -> None:
         self.found: dict[str, Any] | None = None
+        self.claim: tuple[str, float] | None = None  # the actor measuring, and since when
+        self.claim_s = claim_s
+        self.posted: asyncio.Event | None = None
 
-    def decided(self) -> dict[str, Any] | None:
+    async def decided(self) -> dict[str, Any] | None:
         return self.found
 
-    def post(self, found: dict[str, Any]) -> dict[str, Any]:
+    async def take(self, actor: str) -> dict[str, Any]:
+        """``{"found": decision}``; else ``{"measure": True}`` for the actor that is to measure (the first to ask,
+        the same one restarted, or any once the claim is older than ``claim_s``); else ``{"wait": True}``."""
+        if self.found is not None:
+            return {"found": self.found}
+        now = time.monotonic()
+        if self.claim is None or self.claim[0] == actor or now - self.claim[1] > self.claim_s:
+            self.claim = (actor, now)
+            return {"measure": True}
+        return {"wait": True}
+
+    async def wait(self, seconds: float) -> dict[str, Any] | None:
+        """The decision once posted, within ``seconds``; else None."""
+        if self.found is None:
+            self.posted = self.posted or asyncio.Event()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.posted.wait(), seconds)
+        return self.found
+
+    async def post(self, found: dict[str, Any]) -> dict[str, Any]:
         if self.found is None:
             self.found = found
+            if self.posted is not None:
+                self.posted.set()
         return self.found
 
 
-def open_board() -> Any:
+def open_board(claim_s: float = CLAIM_S) -> Any:
     """A :class:`PrecisionBoard` for a run, on the driver's node where it can be placed there (it needs no CPU), so
     that it lives as long as the run does."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-    return ray.remote(PrecisionBoard).options(num_cpus=0, max_restarts=0, scheduling_strategy=here).remote()
+    return ray.remote(PrecisionBoard).options(num_cpus=0, max_restarts=0, scheduling_strategy=here).remote(claim_s)
 
 
 def board_said(board: Any, method: str, *args: Any) -> Any:
@@ -548,15 +584,24 @@ def board_said(board: Any, method: str, *args: Any) -> Any:
 def run_precision(spec_json: dict[str, Any], board: Any, picked: pa.Table, bar: float) -> dict[str, Any]:
     """The worker spec at the run's precision, in a pool actor of a run under ``quantization: auto`` whose
     decision is the pool's: the one ``board`` holds, else one made here (:func:`choose_here`) and posted, the board
-    keeping the first posted."""
+    keeping the first posted; while another actor measures, this one waits for its decision."""
+    import ray
+
     from pipelines import faults
 
-    found = board_said(board, "decided")
-    if found is None:
-        start = time.monotonic()
-        decided = {**choose_here(spec_json, picked, bar), "check_s": round(time.monotonic() - start, 3)}
-        faults.checkpoint("decided")  # a test's: the actor killed between its decision and posting it
-        found = board_said(board, "post", decided)
+    actor = ray.get_runtime_context().get_actor_id() or f"pid {os.getpid()}"  # an actor's id outlives a restart
+    found = None
+    while found is None:
+        said = board_said(board, "take", actor)
+        if "found" in said:
+            found = said["found"]
+        elif "measure" in said:
+            start = time.monotonic()
+            decided = {**choose_here(spec_json, picked, bar), "check_s": round(time.monotonic() - start, 3)}
+            faults.checkpoint("decided")  # a test's: the actor killed between its decision and posting it
+            found = board_said(board, "post", decided)
+        else:
+            found = board_said(board, "wait", WAIT_S)
     return {**spec_json, "model": {**spec_json["model"], "quantization": found["quantization"],
                                    "dtype": found["dtype"]}}
 

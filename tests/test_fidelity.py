@@ -615,6 +615,28 @@ def test_every_pool_actor_takes_the_first_decision_posted_not_its_own(ray_sessio
         fidelity.run_precision(raw, board, PICKED, 0.99)
 
 
+def test_one_pool_actor_at_a_time_measures_quantization_autos_candidates(ray_session):
+    """Actors sharing a node, all measuring at once, timed the candidates while slowing each other down: one measures
+    (the same one again when Ray restarts it), the others wait and are told its decision as it is posted; a claim
+    held past its time (an actor lost and not restarted) goes to the next actor that asks."""
+    from pipelines import fidelity
+
+    get = ray_session.get
+    board = fidelity.open_board()
+    assert get(board.take.remote("a")) == {"measure": True}
+    assert get(board.take.remote("b")) == {"wait": True}
+    assert get(board.take.remote("a")) == {"measure": True}  # the same actor, restarted
+    assert get(board.wait.remote(0.01)) is None
+    waiting = board.wait.remote(600)
+    decided = {"quantization": "none", "dtype": "bfloat16", "fidelity": None, "why": "a's"}
+    assert get(board.post.remote(decided)) == decided
+    assert get(waiting) == decided  # told as it is posted
+    assert get(board.take.remote("b")) == {"found": decided}
+    stale = fidelity.open_board(claim_s=0.0)
+    assert get(stale.take.remote("a")) == {"measure": True}
+    assert get(stale.take.remote("b")) == {"measure": True}
+
+
 def test_quantization_auto_keys_its_decision_by_the_actors_node_not_the_drivers(tmp_path, monkeypatch):
     """The key held the driver's bfloat16 support, but the candidates are those of the node where the check runs
     (where an actor runs): a cluster whose nodes compute bf16 natively took the decision made for nodes that don't
