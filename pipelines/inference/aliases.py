@@ -39,12 +39,23 @@ def smollm2_dir(spec: ModelSpec) -> str:
 
 
 ALIASES = {"minilm": minilm_dir, "smollm2": smollm2_dir}  # the names of spec.MODEL_ALIASES (a test holds them equal)
+#: The model each alias is, for a message.
+MODELS = {"minilm": "all-MiniLM-L6-v2", "smollm2": "SmolLM2-135M-Instruct"}
 
 
 def resolve_name(spec: ModelSpec) -> str:
     """A local directory or a Hugging Face id that ``from_pretrained`` takes (``~/models/x``: in the home directory,
-    as a shell would have it; a spec's paths meet no shell)."""
-    alias = ALIASES.get(spec.name.lower())
+    as a shell would have it; a spec's paths meet no shell). A built-in name that a folder here has too is refused:
+    the built-in model would be taken, and the folder's never read, without a word."""
+    key = spec.name.lower()
+    alias = ALIASES.get(key)
     if alias:
+        if os.path.isdir(spec.name):
+            raise PipelineError(
+                f"model.name {spec.name!r} is the name of the built-in model {key} ({MODELS[key]}) and of a folder "
+                f"here, {os.path.abspath(spec.name)}: a built-in name is taken before a folder, so the folder's model "
+                f"would not be read; to score with the folder write model.name: ./{spec.name}, and to use the "
+                "built-in model rename or move the folder, or run from another directory"
+            )
         return alias(spec)
     return os.path.expanduser(spec.name) if spec.name.startswith("~") else spec.name
