@@ -61,11 +61,18 @@ def keeping_sigterm() -> Iterator[None]:
     """Around ``ray.init``, which sets a SIGTERM handler of its own (``sys.exit``) in the main thread, and around
     ``ray.shutdown``, which puts SIGTERM back to the kernel's default (its core worker's shutdown does, below Python:
     ``signal.getsignal`` still names Python's handler, and the signal then ended a scheduler's loop where it slept,
-    with no line of ours): where the CLI had set :func:`raise_terminated`, it is set again after."""
+    with no line of ours): where the CLI had set :func:`raise_terminated`, it is set again after, and a SIGTERM that
+    came meanwhile, which Ray's handler made ``SystemExit(15)`` (the command exited 15, not a word said), is the
+    CLI's :class:`Terminated` (143, its line)."""
     on_main = threading.current_thread() is threading.main_thread()
     before = signal.getsignal(signal.SIGTERM) if on_main else None
     try:
         yield
+    except SystemExit as exc:
+        if before is raise_terminated and exc.code == signal.SIGTERM:
+            signal.signal(signal.SIGTERM, raise_terminated)
+            raise Terminated() from None
+        raise
     finally:
         if before is raise_terminated:
             signal.signal(signal.SIGTERM, raise_terminated)

@@ -220,3 +220,23 @@ def test_sigterm_to_the_scheduler_loop_asleep_after_a_run_is_one_line_and_status
     assert run.last_line() == f"terminated: {STOPPED}"
     assert run.lock_free and sorted(run.visible) == sorted(set().union(*job.shard_ids))
 
+
+
+def test_sigterm_while_ray_starts_is_the_clis_terminated_not_exit_15():
+    """``ray.init`` sets a SIGTERM handler of its own, ``sys.exit(15)``, from its start until it returns: a SIGTERM in
+    the seconds a local Ray takes to start (an orchestrator's timeout, ``kill``) ended `pipelines run` and `schedule
+    --once` with status 15 and no line, where the README promises 143 and `terminated: …`. Within keeping_sigterm,
+    which wraps ``ray.init``, that exit is the CLI's Terminated, with its handler set again; another exit passes."""
+    from pipelines.errors import Terminated, keeping_sigterm, raise_terminated
+
+    before = signal.signal(signal.SIGTERM, raise_terminated)  # as the CLI sets it
+    try:
+        with pytest.raises(Terminated), keeping_sigterm():
+            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))  # what ray.init sets first
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert signal.getsignal(signal.SIGTERM) is raise_terminated
+        with pytest.raises(SystemExit) as other, keeping_sigterm():
+            sys.exit(3)
+        assert other.value.code == 3
+    finally:
+        signal.signal(signal.SIGTERM, before)
