@@ -352,3 +352,32 @@ def test_a_text_cut_to_leave_room_for_a_hypothesis_is_quarantined_naming_that_ro
     out = Predictor(spec)(batch_of(["word " * 6, "word"]))
     assert out.column(ERROR).to_pylist() == [
         "text longer than max_length (max_length is 32 tokens, the text and a label's hypothesis together)", None]
+
+
+def test_a_roberta_models_positions_leave_out_its_padding_offset(tiny_models, tmp_path):
+    """RoBERTa numbers a text's positions from pad_token_id + 1, so its max_position_embeddings (514 in the real ones)
+    is pad_token_id + 1 more than a text can use. Taken whole as the cap, where the tokenizer states no
+    model_max_length (1e30, as some fine-tunes ship it), every row longer than the real limit failed its forward
+    (`forward failed: IndexError: index out of range in self`) and was quarantined. Such rows are cut to fit, and
+    scored as Transformers scores them cut so."""
+    from transformers import RobertaConfig, RobertaForSequenceClassification, pipeline
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models("classifier"))
+    tokenizer.model_max_length = int(1e30)
+    torch.manual_seed(0)
+    config = RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                           vocab_size=len(tokenizer), max_position_embeddings=34, pad_token_id=tokenizer.pad_token_id,
+                           id2label={0: "no", 1: "yes"}, label2id={"no": 0, "yes": 1})
+    folder = tmp_path / "roberta"
+    RobertaForSequenceClassification(config).eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    texts = [" ".join(SENTENCES[i:] + SENTENCES[:i]) for i in range(4)] + [SENTENCES[0]]  # 4 past 34 tokens
+    out = Predictor(make_spec(str(folder), {"type": "text-classification"}, batching={"max_length": 256}))(
+        batch_of(texts)).to_pylist()
+    assert [row[ERROR] for row in out] == [None] * len(texts), out
+    limit = 34 - tokenizer.pad_token_id - 1
+    reference = pipeline("text-classification", model=str(folder), device="cpu")(texts, truncation=True,
+                                                                                  max_length=limit)
+    assert [row["label"] for row in out] == [r["label"] for r in reference]
+    np.testing.assert_allclose([row["score"] for row in out], [r["score"] for r in reference], atol=1e-5)
+    assert sum(row["_cut"] for row in out) == 4

@@ -189,13 +189,34 @@ def share_pad_token(tokenizer: Any, *configs: Any) -> None:
                 setattr(target, SCORE_BY_MASK, True)
 
 
+#: Model types whose positions start after the padding index (RoBERTa's: a text's first token is at
+#: ``pad_token_id + 1``), so that ``max_position_embeddings`` holds ``pad_token_id + 1`` more than a text can use: 514
+#: for RoBERTa's 512 tokens. (Others that number positions so, M2M100's and its kin, add the offset to their table.)
+PADDED_POSITIONS = frozenset({
+    "roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm", "data2vec-text", "longformer",
+    "luke", "mpnet", "ibert", "xmod", "markuplm", "esm", "lilt", "layoutlmv3",
+})
+
+
+def position_limit(config: Any) -> int | None:
+    """How many tokens the model's positions take (``max_position_embeddings``, less RoBERTa's offset where the model
+    numbers them so: :data:`PADDED_POSITIONS`); None where its config says none."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int) or positions <= 0:
+        return None
+    if getattr(config, "model_type", None) in PADDED_POSITIONS:
+        pad = getattr(config, "pad_token_id", None)
+        positions -= (pad if isinstance(pad, int) and pad >= 0 else 1) + 1
+    return positions if positions > 0 else None
+
+
 def effective_max_length(tokenizer: Any, config: Any, requested: int) -> int:
     """The spec's max_length, capped by what the tokenizer and the model's positions allow."""
     limits = [requested]
     if 0 < getattr(tokenizer, "model_max_length", 0) < 1_000_000:
         limits.append(tokenizer.model_max_length)
-    positions = getattr(config, "max_position_embeddings", None)
-    if isinstance(positions, int) and positions > 0:
+    positions = position_limit(config)
+    if positions is not None:
         limits.append(positions)
     found = min(limits)
     specials = tokenizer.num_special_tokens_to_add(pair=False) if hasattr(tokenizer, "num_special_tokens_to_add") else 0

@@ -28,7 +28,7 @@ import pyarrow as pa
 import torch
 
 from pipelines.inference.batching import Ragged
-from pipelines.inference.loading import SCORE_BY_MASK
+from pipelines.inference.loading import SCORE_BY_MASK, position_limit
 from pipelines.tasks.options import LabelOptions, TaskOptions
 
 # Key under which the predictor passes each row's id to ``Task.encode`` (in ``columns``), e.g. for per-row seeds.
@@ -124,9 +124,9 @@ class Task(ABC):
 
     @property
     def positions(self) -> int | None:
-        """The model's context in tokens (``max_position_embeddings``), where its config gives one."""
-        positions = getattr(self.config, "max_position_embeddings", None)
-        return positions if isinstance(positions, int) and positions > 0 else None
+        """The model's context in tokens (``max_position_embeddings``, less RoBERTa's offset where the model numbers its
+        positions so), where its config gives one."""
+        return position_limit(self.config)
 
     @classmethod
     def model_class_for(cls, options: TaskOptions, config: Any) -> str:
