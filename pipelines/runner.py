@@ -177,7 +177,7 @@ def preflight(spec: JobSpec) -> None:
     else:  # a hub id: its config says whether it exists (a local one was read above)
         config = check_hub_config(spec.model, resolved)
     if isinstance(config, dict):
-        check_task_head(spec.task.type, spec.model.name, config)
+        check_task_head(spec.task.type, spec.model.name, config, getattr(spec.task, "method", None))
         if spec.task.type == "translation":
             check_translation_languages(spec.task, config.get("task_specific_params"))
     log.info("model %s resolved to %s", spec.model.name, resolved)

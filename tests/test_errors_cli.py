@@ -519,6 +519,8 @@ def test_a_local_ray_that_cannot_start_is_one_line_with_what_to_try(tmp_path):
     ("classifier", "token-classification", "BertForSequenceClassification"),  # the sequence head read per token
     ("encoder", "fill-mask", "BertModel"),
     ("token-classifier", "question-answering", "BertForTokenClassification"),
+    # zero-shot's method auto, where a classifier names no entailment label: by embedding, its head dropped
+    ("classifier", "zero-shot-classification", "BertForSequenceClassification"),
 ])
 def test_a_task_the_model_has_no_head_for_is_refused_before_any_work(tiny_models, tmp_path, kind, task, architecture):
     """Transformers fills a head the checkpoint lacks with random weights (or loads another task's head of the same
@@ -527,7 +529,8 @@ def test_a_task_the_model_has_no_head_for_is_refused_before_any_work(tiny_models
     from test_faults import many_shards, write_job
 
     many_shards(tmp_path / "in", shards=1)
-    options = {"question_column": "text", "context_column": "text"} if task == "question-answering" else {}
+    options = {"question-answering": {"question_column": "text", "context_column": "text"},
+               "zero-shot-classification": {"candidate_labels": ["sports", "business"]}}.get(task, {})
     job = write_job(tmp_path, tiny_models(kind), tmp_path / "in", task={"type": task, **options})
     done = run_cli("run", str(job))
     line = one_line_error(done, f"model '{tiny_models(kind)}'", task, architecture, "task.type")
@@ -552,6 +555,11 @@ def test_a_model_whose_head_fits_its_task_passes_the_check(tiny_models, kind, ta
     from pipelines.inference.checks import check_task_head
 
     check_task_head(task, tiny_models(kind), json.loads((Path(tiny_models(kind)) / "config.json").read_text()))
+    if task == "feature-extraction":  # zero-shot: by NLI with an NLI model, by embedding as asked, or with an encoder
+        for model, method in (("nli", "auto"), ("nli-binary", "auto"), ("classifier", "embedding"),
+                              ("encoder", "auto"), ("classifier", "nli")):
+            config = json.loads((Path(tiny_models(model)) / "config.json").read_text())
+            check_task_head("zero-shot-classification", tiny_models(model), config, method)
     if task in ("text-generation", "llm-label"):  # a multimodal decoder's name says conditional generation too
         check_task_head(task, "gemma-3", {"architectures": ["Gemma3ForConditionalGeneration"]})
         check_task_head(task, "bart-lm", {"architectures": ["BartForCausalLM"], "is_encoder_decoder": True})

@@ -127,17 +127,20 @@ def generation_head_problem(task: str, architectures: list[str], config: dict) -
     return None
 
 
-def check_task_head(task: str, name: str, config: dict) -> None:
+def check_task_head(task: str, name: str, config: dict, method: str | None = None) -> None:
     """Refuse a model whose checkpoint has no head for ``task``, as its config's ``architectures`` say: Transformers
     would fill the missing head with random weights (an embedding model for text-classification: one label, a
     score of 0.50, every row) or load another task's head of the same shape as this one's (a sequence classifier
     for token-classification), warn in a log line, and the run would write noise as results. A config that names
-    no architectures, or a model with its own code for this task (``auto_map``), is let through."""
-    if task not in TASK_HEADS and task not in GENERATION_HEADS:
-        return
+    no architectures, or a model with its own code for this task (``auto_map``), is let through. ``method``:
+    zero-shot-classification's ``task.method`` (:func:`check_zero_shot_method`)."""
     architectures = config.get("architectures")
     if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
         architectures = []
+    if task == "zero-shot-classification":
+        check_zero_shot_method(name, config, architectures, method)
+    if task not in TASK_HEADS and task not in GENERATION_HEADS:
+        return
     if task in GENERATION_HEADS:
         auto_map = config.get("auto_map")
         if isinstance(auto_map, dict) and any(key in auto_map for key in ("AutoModelForCausalLM",
@@ -166,6 +169,29 @@ def check_task_head(task: str, name: str, config: dict) -> None:
         f"architectures), but this checkpoint is a {', '.join(architectures)}: Transformers would put random "
         f"weights (or another task's head) in its place, and every prediction would be noise; give a model "
         f"fine-tuned for {task}, or set task.type to what this model was trained for: {fit}"
+    )
+
+
+def check_zero_shot_method(name: str, config: dict, architectures: list[str], method: str | None) -> None:
+    """Refuse zero-shot-classification under ``method: auto`` where the checkpoint is a sequence classifier whose
+    labels name no entailment: auto then scores by embedding similarity, loading the model without its head, and a
+    classifier's encoder was not trained to give embeddings (an NLI model whose labels are ``LABEL_0``… scored 20% on
+    four topics so, without a word but Transformers' load report). ``task.method: embedding`` says it is meant."""
+    if method != "auto" or not architectures or not all(a.endswith("ForSequenceClassification") for a in architectures):
+        return
+    named, numbered = config.get("label2id"), config.get("id2label")
+    labels = ([str(label) for label in named] if isinstance(named, dict) else []) or (
+        [str(label) for label in numbered.values()] if isinstance(numbered, dict) else [])
+    if any(label.lower().startswith("entail") for label in labels):
+        return
+    shown = ", ".join(labels[:4]) + (", …" if len(labels) > 4 else "") if labels else "none"
+    raise PipelineError(
+        f"model {name!r}: zero-shot-classification with task.method auto scores by NLI where the model names an "
+        f"entailment label, else by embedding similarity, but this checkpoint is a {', '.join(architectures)} (a "
+        f"classifier) whose labels ({shown}) name none: by embedding its head would be dropped and the candidate "
+        "labels scored by its encoder, which was trained to classify, not to embed; for an NLI model, name its "
+        f"labels in {CONFIG}'s id2label and label2id (entailment, neutral, contradiction), or set task.method: "
+        "embedding to score by its encoder anyway (or task.type text-classification for its own labels)"
     )
 
 

@@ -67,7 +67,8 @@ class Predictor:
         hide_loading_bars()
         implementation = task_class(self.spec.task.type, self.spec.input.format)
         config = load_config(self.spec.model)
-        check_task_head(self.spec.task.type, self.spec.model.name, config.to_dict())  # run's preflight; fidelity's
+        check_task_head(self.spec.task.type, self.spec.model.name, config.to_dict(),  # run's preflight; fidelity's
+                        getattr(self.spec.task, "method", None))
         self.loaded = load_model(
             self.spec.model,
             implementation.model_class_for(self.spec.task, config),

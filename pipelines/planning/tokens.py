@@ -48,7 +48,8 @@ def load_task(spec: JobSpec) -> TaskContext:
 
     implementation = task_class(spec.task.type, spec.input.format)
     config = load_config(spec.model)
-    check_task_head(spec.task.type, spec.model.name, config.to_dict())  # as a run's preflight refuses it
+    method = getattr(spec.task, "method", None)
+    check_task_head(spec.task.type, spec.model.name, config.to_dict(), method)  # as a run's preflight refuses it
     tokenizer = load_tokenizer(spec.model, implementation.padding_side)
     max_length = effective_max_length(tokenizer, config, spec.batching.max_length)
     task = implementation(spec.task, tokenizer, config, max_length, seed=spec.seed)
