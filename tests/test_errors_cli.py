@@ -627,3 +627,37 @@ def test_a_column_some_input_files_have_is_left_to_each_row(tiny_models, tmp_pat
     check_input_columns(spec, list_shards(spec.input.paths, spec.input.format))
     spec = load_spec(write_job(tmp_path, tiny_models("classifier"), tmp_path / "in", input={"id_column": None}))
     check_input_columns(spec, list_shards(spec.input.paths, spec.input.format))
+
+
+def test_an_adapter_a_cache_folder_or_a_model_with_its_own_code_is_told_what_to_give(tiny_models, tmp_path):
+    """Three model folders users have that are not what model.name takes were told "the directory has no config.json;
+    copy the model's files there, or write them with save_pretrained()" (the call that wrote the adapter), or cut
+    Transformers' advice off (custom code): each says what it is and what to give instead."""
+    from pipelines.inference.checks import check_model_files
+    from pipelines.inference.loading import load_config
+    from pipelines.spec import ModelSpec
+
+    adapter = tmp_path / "adapter"  # what peft's save_pretrained() writes
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "base_model_name_or_path": "b"}))
+    (adapter / "adapter_model.safetensors").write_bytes(b"")
+    with pytest.raises(PipelineError, match=r"is an adapter \(adapter_config.json.*merge_and_unload"):
+        check_model_files(ModelSpec(name=str(adapter)), str(adapter))
+
+    repository = tmp_path / "hub" / "models--acme--tiny"  # a Hugging Face cache's folder of a repository
+    for commit in ("a" * 40, "b" * 40):
+        copy_model(tiny_models("classifier"), repository / "snapshots" / commit)
+    (repository / "refs").mkdir()
+    (repository / "refs" / "main").write_text("a" * 40)
+    with pytest.raises(PipelineError) as cache:
+        check_model_files(ModelSpec(name=str(repository)), str(repository))
+    said = str(cache.value)
+    assert f"give one of its snapshots, e.g. {repository / 'snapshots' / ('a' * 40)}" in said, said
+    assert "repository's id (acme/tiny) with HF_HUB_CACHE" in said
+
+    custom = copy_model(tiny_models("classifier"), tmp_path / "custom")
+    config = json.loads((custom / "config.json").read_text())
+    (custom / "config.json").write_text(json.dumps({**config, "model_type": "tiny-custom",
+                                                    "auto_map": {"AutoConfig": "configuration_x.XConfig"}}))
+    with pytest.raises(PipelineError, match="runs only with model.trust_remote_code: true"):
+        load_config(ModelSpec(name=str(custom)))

@@ -254,6 +254,11 @@ def config_error(spec: ModelSpec, reason: BaseException | str) -> PipelineError:
     from pipelines.inference.aliases import ALIASES
 
     said = reason if isinstance(reason, str) else first_line(reason)
+    if "custom code" in said and not spec.trust_remote_code:  # Transformers' advice to trust it is past its first line
+        return PipelineError(
+            f"model {spec.name!r}: cannot load its config ({said}); the model comes with code of its own, which "
+            "runs only with model.trust_remote_code: true (read it first: it runs in every actor)"
+        )
     return PipelineError(
         f"model {spec.name!r}: cannot load its config ({said}); give a local model directory, "
         f"a Hugging Face id reachable from here, or an alias: {', '.join(ALIASES)}"
@@ -282,6 +287,23 @@ def check_model_directory(folder: Path, name: str, cached: bool = False) -> None
         else "copy the model's files there, or write them with save_pretrained()"
     )
     if not (folder / CONFIG).is_file():
+        if (folder / "adapter_config.json").is_file():
+            raise PipelineError(
+                f"{where}: the directory is an adapter (adapter_config.json: PEFT's LoRA or another), not a whole "
+                f"model, and has no {CONFIG}; merge it into its base model (peft: "
+                "PeftModel.from_pretrained(base, folder).merge_and_unload(), then save_pretrained()) and give "
+                "that folder"
+            )
+        snapshots = sorted(p for p in (folder / "snapshots").glob("*/") if (p / CONFIG).exists())
+        main = folder / "snapshots" / read_text_or_empty(folder / "refs" / "main")
+        snapshots.sort(key=lambda p: p == main)  # the one refs/main names last, to name it
+        if folder.name.startswith("models--") and snapshots:
+            raise PipelineError(
+                f"{where}: the directory is a Hugging Face cache's folder of a repository, not a model (it has no "
+                f"{CONFIG}); give one of its snapshots, e.g. {snapshots[-1]}, or the repository's id "
+                f"({folder.name[len('models--'):].replace('--', '/')}) with HF_HUB_CACHE naming the cache "
+                "(HF_HUB_OFFLINE=1 to read it without the Hub)"
+            )
         raise PipelineError(f"{where}: the directory has no {CONFIG}; {fix}")
     missing = missing_weights(folder)
     if missing:
@@ -293,6 +315,13 @@ def check_model_directory(folder: Path, name: str, cached: bool = False) -> None
             f"{where}: the directory has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); {fix}, "
             "the tokenizer's too (tokenizer.save_pretrained())"
         )
+
+
+def read_text_or_empty(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
 
 
 def missing_weights(folder: Path) -> str | None:
