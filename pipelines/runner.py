@@ -518,11 +518,12 @@ def same_model_files(output: OutputDir, spec: JobSpec) -> dict[str, str] | None:
     if identity_changed(recorded, now):
         assert recorded is not None and now is not None
         name = "content" if recorded.get("content") and now.get("content") else "commit"
+        every = "; every file of the folder counts, a README.md or a trainer's state beside the weights too"
         raise PipelineError(
             f"model.name {spec.model.name}: its files changed since this output's committed shards were scored "
-            f"({name} {recorded[name]}, now {now[name]}); resuming would put two models' predictions in one output. "
-            "Use --overwrite to score every shard with the model as it is now, or a new output.path (or put the "
-            "earlier files back)"
+            f"({name} {recorded[name]}, now {now[name]}{every if name == 'content' else ''}); resuming could put two "
+            "models' predictions in one output. Use --overwrite to score every shard with the model as it is now, or "
+            "a new output.path (or put the earlier files back)"
         )
     return now
 

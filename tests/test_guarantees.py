@@ -1592,8 +1592,9 @@ def test_a_model_saved_again_in_its_folder_is_not_resumed_into_the_output_the_ea
     name = sorted(tensors)[0]
     save_file({**tensors, name: tensors[name] + 0.5}, weights)  # retrained: other weights, same names and shapes
     with pytest.raises(PipelineError, match=rf"model.name {model}: its files changed since this output's committed "
-                                            rf"shards were scored \(content {earlier}, now \w+\); "
-                                            r"resuming would put two models' predictions in one output. Use "
+                                            rf"shards were scored \(content {earlier}, now \w+; every file of the "
+                                            r"folder counts, a README.md .*\); resuming could put two models' "
+                                            r"predictions in one output. Use "
                                             r"--overwrite"):
         run_job(spec)
     assert (tmp_path / "out" / "_SUCCESS").exists() and len(list((tmp_path / "out" / "_commits").iterdir())) == 2
