@@ -152,9 +152,10 @@ def from_ray(exc: BaseException) -> PipelineError | None:
         who = ("an actor failed as it started" if POOL_ACTOR not in text
                else "the pool's actor failed while it loaded the model" if loading
                else "the pool's actor failed while it measured quantization auto's candidates")
+        fix = ("fix the model or the spec" if loading else
+               "set model.quantization yourself (none, or a precision that runs here), or fix the model or the spec")
         said = PipelineError(
-            f"{who}: {raised} (the run's log has its traceback); fix the model or the spec, then run again "
-            "(committed shards are kept)"
+            f"{who}: {raised} (the run's log has its traceback); {fix}, then run again (committed shards are kept)"
         )
     said.unloadable_model = POOL_ACTOR in text and loading
     return said

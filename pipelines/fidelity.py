@@ -510,6 +510,9 @@ def choose_here(spec_json: dict[str, Any], picked: pa.Table, bar: float) -> dict
 CLAIM_S = 900.0
 #: How long one call waiting on the board's decision lasts before the actor asks again.
 WAIT_S = 30.0
+#: How many times one actor may begin measuring in a run (Ray restarts an actor that died, without end): past this
+#: the check fails the run, where a check that kills its process (memory) would be begun again for ever.
+CHECK_TRIES = 3
 
 
 class PrecisionBoard:
@@ -524,6 +527,7 @@ class PrecisionBoard:
         self.found: dict[str, Any] | None = None
         self.claim: tuple[str, float] | None = None  # the actor measuring, and since when
         self.claim_s = claim_s
+        self.begun: dict[str, int] = {}  # how many times each actor began measuring
         self.posted: asyncio.Event | None = None
 
     async def decided(self) -> dict[str, Any] | None:
@@ -531,11 +535,15 @@ class PrecisionBoard:
 
     async def take(self, actor: str) -> dict[str, Any]:
         """``{"found": decision}``; else ``{"measure": True}`` for the actor that is to measure (the first to ask,
-        the same one restarted, or any once the claim is older than ``claim_s``); else ``{"wait": True}``."""
+        the same one restarted, or any once the claim is older than ``claim_s``), or ``{"failed": n}`` where that
+        actor has begun it :data:`CHECK_TRIES` times already (it died each time); else ``{"wait": True}``."""
         if self.found is not None:
             return {"found": self.found}
         now = time.monotonic()
         if self.claim is None or self.claim[0] == actor or now - self.claim[1] > self.claim_s:
+            if self.begun.get(actor, 0) >= CHECK_TRIES:
+                return {"failed": self.begun[actor]}
+            self.begun[actor] = self.begun.get(actor, 0) + 1
             self.claim = (actor, now)
             return {"measure": True}
         return {"wait": True}
@@ -595,6 +603,13 @@ def run_precision(spec_json: dict[str, Any], board: Any, picked: pa.Table, bar: 
         said = board_said(board, "take", actor)
         if "found" in said:
             found = said["found"]
+        elif "failed" in said:
+            raise PipelineError(
+                f"quantization auto: the check was begun {said['failed']} times in this run by a pool actor that died "
+                "each time before it decided (most often killed for memory: it loads float32, then each candidate); "
+                "give the actors more memory, or set model.quantization yourself (none, or a precision that fits), "
+                "then run again (committed shards are kept)"
+            )
         elif "measure" in said:
             start = time.monotonic()
             decided = {**choose_here(spec_json, picked, bar), "check_s": round(time.monotonic() - start, 3)}

@@ -158,7 +158,7 @@ def preflight(spec: JobSpec) -> None:
     The files are checked without model code: the driver imports no torch (that import took seconds, in
     series with the start-up, of every run).
     """
-    from pipelines.inference.aliases import resolve_name
+    from pipelines.inference.aliases import check_no_model_folder_of_the_name, resolve_name
     from pipelines.inference.checks import (
         CONFIG,
         check_hub_config,
@@ -167,6 +167,7 @@ def preflight(spec: JobSpec) -> None:
         check_translation_languages,
     )
 
+    check_no_model_folder_of_the_name(spec.model)
     resolved = resolve_name(spec.model)
     check_model_files(spec.model, resolved)
     if Path(resolved).is_dir():

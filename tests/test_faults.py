@@ -114,9 +114,9 @@ def test_an_actor_killed_mid_run_still_gives_exact_counts(tiny_models, tmp_path,
 
 def test_quantization_auto_decided_in_the_pool_survives_the_deciding_actor_killed(tiny_models, tmp_path):
     """Under ``quantization: auto`` the pool's actors decide the precision (a separate Ray task paid the imports and
-    the model's first load again before). Two actors measure at once; the first to decide is killed before it
-    posts its decision, and Ray restarts it: the run still holds every row once and one precision, the one
-    ``_job.json`` and ``_run.json`` record and the machine's decisions keep."""
+    the model's code again before). Of two actors one measures while the other waits; the measuring one is killed
+    between its decision and posting it, and Ray restarts it, which measures again: the run still holds every row
+    once and one precision, the one ``_job.json`` and ``_run.json`` record and the machine's decisions keep."""
     ids = many_shards(tmp_path / "in", shards=4)
     job = write_job(tmp_path, tiny_models("classifier"), tmp_path / "in", compute={"size": 2},
                     model={"quantization": "auto", "cache_dir": str(tmp_path / "cache"), "fidelity": {"rows": 24}})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import numpy as np
@@ -635,6 +636,14 @@ def test_one_pool_actor_at_a_time_measures_quantization_autos_candidates(ray_ses
     stale = fidelity.open_board(claim_s=0.0)
     assert get(stale.take.remote("a")) == {"measure": True}
     assert get(stale.take.remote("b")) == {"measure": True}
+    # an actor that dies in each check (killed for memory) and that Ray restarts for ever: begun at most CHECK_TRIES
+    # times, then the run fails saying why, where it would have begun again without end
+    me = f"pid {os.getpid()}"  # how run_precision names a process that is no actor (this one)
+    dying = fidelity.open_board()
+    assert [get(dying.take.remote(me)) for _ in range(fidelity.CHECK_TRIES)] == [{"measure": True}] * 3
+    raw = make_spec("minilm", {"type": "feature-extraction"}).model_dump(mode="json")
+    with pytest.raises(PipelineError, match="the check was begun 3 times in this run by a pool actor that died"):
+        fidelity.run_precision(raw, dying, PICKED, 0.99)
 
 
 def test_quantization_auto_keys_its_decision_by_the_actors_node_not_the_drivers(tmp_path, monkeypatch):

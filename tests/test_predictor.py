@@ -381,3 +381,19 @@ def test_a_roberta_models_positions_leave_out_its_padding_offset(tiny_models, tm
     assert [row["label"] for row in out] == [r["label"] for r in reference]
     np.testing.assert_allclose([row["score"] for row in out], [r["score"] for r in reference], atol=1e-5)
     assert sum(row["_cut"] for row in out) == 4
+
+
+def test_an_nli_model_whose_config_names_its_labels_in_id2label_alone_is_scored_by_nli(tiny_models, tmp_path):
+    """A config.json with id2label and no label2id (Transformers then leaves label2id None): zero-shot's method auto
+    found no entailment label and scored the NLI model by embedding, its head dropped, without a word (method nli
+    refused it). Its labels are read from id2label: scored by NLI, as the same model with both."""
+    folder = tmp_path / "nli"
+    shutil.copytree(tiny_models("nli"), folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert config.pop("label2id") and config["id2label"]
+    (folder / "config.json").write_text(json.dumps(config))
+    options = {"type": "zero-shot-classification", "candidate_labels": ["sports", "business", "science"]}
+    got = Predictor(make_spec(str(folder), options))(batch_of(SENTENCES)).to_pylist()
+    want = Predictor(make_spec(tiny_models("nli"), options))(batch_of(SENTENCES)).to_pylist()
+    assert [row["label"] for row in got] == [row["label"] for row in want]
+    np.testing.assert_allclose([row["score"] for row in got], [row["score"] for row in want], atol=1e-6)

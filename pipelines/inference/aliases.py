@@ -43,19 +43,26 @@ ALIASES = {"minilm": minilm_dir, "smollm2": smollm2_dir}  # the names of spec.MO
 MODELS = {"minilm": "all-MiniLM-L6-v2", "smollm2": "SmolLM2-135M-Instruct"}
 
 
+def check_no_model_folder_of_the_name(spec: ModelSpec) -> None:
+    """Refuse a built-in name where the directory the command runs from holds a model folder of that name (its
+    ``config.json``): the built-in model would be scored, and the folder's model never read, without a word. A folder
+    of that name that holds no model (an output, a cache) is no concern. Asked where the job starts (a run's
+    preflight, ``pipelines plan``): the pool's workers run from their own directory."""
+    key = spec.name.lower()
+    if key in ALIASES and (Path(spec.name) / "config.json").is_file():
+        raise PipelineError(
+            f"model.name {spec.name!r} is the name of the built-in model {key} ({MODELS[key]}) and of a model folder "
+            f"here, {os.path.abspath(spec.name)}: a built-in name is taken before a folder, so the folder's model "
+            f"would not be read; to score with the folder write model.name: ./{spec.name}, and to use the built-in "
+            "model rename or move the folder, or run from another directory"
+        )
+
+
 def resolve_name(spec: ModelSpec) -> str:
     """A local directory or a Hugging Face id that ``from_pretrained`` takes (``~/models/x``: in the home directory,
-    as a shell would have it; a spec's paths meet no shell). A built-in name that a folder here has too is refused:
-    the built-in model would be taken, and the folder's never read, without a word."""
-    key = spec.name.lower()
-    alias = ALIASES.get(key)
+    as a shell would have it; a spec's paths meet no shell). A built-in name is taken before a folder of that name
+    (:func:`check_no_model_folder_of_the_name` refuses one that holds a model)."""
+    alias = ALIASES.get(spec.name.lower())
     if alias:
-        if os.path.isdir(spec.name):
-            raise PipelineError(
-                f"model.name {spec.name!r} is the name of the built-in model {key} ({MODELS[key]}) and of a folder "
-                f"here, {os.path.abspath(spec.name)}: a built-in name is taken before a folder, so the folder's model "
-                f"would not be read; to score with the folder write model.name: ./{spec.name}, and to use the "
-                "built-in model rename or move the folder, or run from another directory"
-            )
         return alias(spec)
     return os.path.expanduser(spec.name) if spec.name.startswith("~") else spec.name

@@ -172,6 +172,23 @@ def check_task_head(task: str, name: str, config: dict, method: str | None = Non
     )
 
 
+def nli_label_id(config: Any, prefix: str) -> int | None:
+    """The class whose label starts with ``prefix`` (``entail``, ``contra``) in a model config (its object, or
+    ``config.json`` as a dict): by ``label2id``, else by ``id2label``, which a config.json may give alone
+    (Transformers then leaves ``label2id`` None: an NLI model so was scored by embedding under ``method: auto``)."""
+    def field(name: str) -> Any:
+        found = config.get(name) if isinstance(config, dict) else getattr(config, name, None)
+        return found if isinstance(found, dict) else {}
+
+    for label, index in field("label2id").items():
+        if str(label).lower().startswith(prefix):
+            return int(index)
+    for index, label in field("id2label").items():
+        if str(label).lower().startswith(prefix):
+            return int(index)
+    return None
+
+
 def check_zero_shot_method(name: str, config: dict, architectures: list[str], method: str | None) -> None:
     """Refuse zero-shot-classification under ``method: auto`` where the checkpoint is a sequence classifier whose
     labels name no entailment: auto then scores by embedding similarity, loading the model without its head, and a
@@ -179,11 +196,11 @@ def check_zero_shot_method(name: str, config: dict, architectures: list[str], me
     four topics so, without a word but Transformers' load report). ``task.method: embedding`` says it is meant."""
     if method != "auto" or not architectures or not all(a.endswith("ForSequenceClassification") for a in architectures):
         return
+    if nli_label_id(config, "entail") is not None:
+        return
     named, numbered = config.get("label2id"), config.get("id2label")
     labels = ([str(label) for label in named] if isinstance(named, dict) else []) or (
         [str(label) for label in numbered.values()] if isinstance(numbered, dict) else [])
-    if any(label.lower().startswith("entail") for label in labels):
-        return
     shown = ", ".join(labels[:4]) + (", …" if len(labels) > 4 else "") if labels else "none"
     raise PipelineError(
         f"model {name!r}: zero-shot-classification with task.method auto scores by NLI where the model names an "

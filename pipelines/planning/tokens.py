@@ -41,12 +41,13 @@ class TaskContext:
 
 def load_task(spec: JobSpec) -> TaskContext:
     """Config, tokenizer and task exactly as :class:`~pipelines.inference.predictor.Predictor` builds them."""
-    from pipelines.inference.aliases import resolve_name
+    from pipelines.inference.aliases import check_no_model_folder_of_the_name, resolve_name
     from pipelines.inference.checks import check_task_head
     from pipelines.inference.loading import effective_max_length, load_config, load_tokenizer
     from pipelines.tasks import task_class
 
     implementation = task_class(spec.task.type, spec.input.format)
+    check_no_model_folder_of_the_name(spec.model)  # as a run's preflight refuses it
     config = load_config(spec.model)
     method = getattr(spec.task, "method", None)
     check_task_head(spec.task.type, spec.model.name, config.to_dict(), method)  # as a run's preflight refuses it

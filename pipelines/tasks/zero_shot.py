@@ -33,16 +33,10 @@ import torch
 
 from pipelines.errors import PipelineError
 from pipelines.inference.batching import Ragged
+from pipelines.inference.checks import nli_label_id
 from pipelines.tasks.base import Features, LabelTask, Outputs, sequence_logits, softmax
 from pipelines.tasks.feature_extraction import embed
 from pipelines.tasks.options import TaskOptions, ZeroShotOptions
-
-
-def nli_label_id(config: Any, prefix: str) -> int | None:
-    for label, index in (getattr(config, "label2id", None) or {}).items():
-        if str(label).lower().startswith(prefix):
-            return int(index)
-    return None
 
 
 def contradiction_label_id(config: Any, entailment: int) -> int:
