@@ -7,7 +7,8 @@ each time after). Driver points: ``before_commit``, ``mid_commit``
 store: a staged file copied into place, its staged copy not yet deleted), ``after_commit``,
 ``before_summary``, ``exit`` (the CLI has said how the command ended; Ray's shutdown at exit follows), ``idle``
 (the scheduler's loop, about to sleep till its next tick); actor point:
-``predict`` (each predictor call). ``PIPELINES_CRASH_ON_TEXT=<text>`` kills the actor (SIGKILL) at each call whose
+``predict`` (each predictor call), ``decided`` (``quantization: auto``'s check made in the pool's actor, before
+it posts the decision). ``PIPELINES_CRASH_ON_TEXT=<text>`` kills the actor (SIGKILL) at each call whose
 batch holds a row whose text contains ``text``, in every process: a batch that kills whichever actor takes it, as
 the out-of-memory killer does a batch too big for the node. Several points, comma-separated, each signal once
 (``mid_commit:2,exit``).

@@ -312,9 +312,9 @@ def taken(spec: JobSpec, found: dict[str, Any], bar: float) -> tuple[JobSpec, Fi
 @dataclass(frozen=True)
 class PoolChoice:
     """``quantization: auto``'s decision still to be made, on the job's fidelity sample ``picked`` against ``bar``:
-    by the run's pool, in the first actor that loads the model (whose imports and first load of the model then serve
-    the run as well; :class:`PrecisionBoard` gives every actor the first one posted). :meth:`keep` keeps it in
-    ``cache``, the decisions of this machine."""
+    by the run's pool, in the first actor that loads the model (whose imports of torch, Transformers and the model's
+    code then serve the run as well; :class:`PrecisionBoard` gives every actor the first one posted). :meth:`keep`
+    keeps it in ``cache``, the decisions of this machine."""
 
     picked: pa.Table
     bar: float
