@@ -53,7 +53,7 @@ DEFAULT = {"first", "resume", "overwrite", "redo-changed", "prune"}
 # Ray's side, stubbed -----------------------------------------------------------------------------------------------
 
 
-def execute(spec, job, output, pending, before_visible=None, timeline=None, labels=None):
+def execute(spec, job, output, pending, before_visible=None, timeline=None, labels=None, choosing=None):
     """``runner.execute`` without Ray: per pending shard, its rows staged as an actor stages them (rows with no text
     quarantined), ``faults.checkpoint``s and ``OutputDir.commit`` as the real driver commits (the duplicate-id screen
     under ``errors.duplicate_ids: error``); a ``bad*`` file is unreadable: left uncommitted, the run fails."""
