@@ -267,8 +267,8 @@ class PredictAndStage:
 
     ``deciding`` (a run under ``quantization: auto`` that decides it now: the board, the fidelity sample and the
     bar): the precision is the board's, else decided here first, on the model thread
-    (:func:`~pipelines.fidelity.run_precision`), so that the imports and the model's first load a separate check
-    would pay are the run's own.
+    (:func:`~pipelines.fidelity.run_precision`), so that the imports of torch, Transformers and the model's code,
+    which a separate check would pay again, are the run's own.
     """
 
     def __init__(self, spec: dict[str, Any], staging: StagingConfig, model_files: dict[str, str] | None = None,
