@@ -436,6 +436,10 @@ def run_job(
                                               redo_changed=redo_changed)
                 pruning = len(committed) < len(output.committed())
                 if not pending and output.finished() and not pruning:
+                    busy = lock.held_elsewhere()  # finished when read, but that run may be deleting it (--overwrite)
+                    if busy is not None:
+                        raise LockHeld(f"{busy}. The output was finished when this run read it; that run may be "
+                                       "changing it (--overwrite, --prune and --redo-changed delete files first)")
                     log.info("nothing to do: all %d shards of %s are committed", len(shards), spec.output.path)
                     previous = output.summary() or summaries.build(
                         job, list(committed.values()), [], 0.0, "succeeded"
@@ -448,7 +452,7 @@ def run_job(
             # What this run read may be another run's work in progress (an --overwrite half done holds its user's
             # files and none of this project's records yet): where another run holds the lock, its busy refusal
             # comes first, with what the read met (which may stand once that run has ended).
-            busy = lock.held_elsewhere()
+            busy = None if isinstance(refused, LockHeld) else lock.held_elsewhere()
             if busy is None:
                 raise
             raise LockHeld(f"{busy}. Meanwhile, reading the output met: {refused}") from None

@@ -2027,6 +2027,21 @@ def test_a_run_that_meets_another_runs_overwrite_half_done_is_refused_as_busy(ti
     assert (tmp_path / "out" / "_run.lock").read_text() == ""  # as the holder's release left it
 
 
+def test_a_finished_output_another_run_holds_is_busy_not_up_to_date(tiny_models, tmp_path):
+    """A finished output is answered up to date without the lock; but where another run holds it, that run may be
+    deleting it (an --overwrite clears it once Ray has started, seconds after it took the lock): a script told up to
+    date (status 0) read files as they went. The answer is that run's busy line (status 75); released, up to date."""
+    many_shards(tmp_path / "in", shards=2)
+    spec = spec_of(write_job(tmp_path, tiny_models("classifier"), tmp_path / "in"))
+    assert run_job(spec).status == "succeeded"
+    with JobLock(tmp_path / "out" / "_run.lock", "the output"):  # the --overwrite run, before it clears the output
+        with pytest.raises(LockHeld, match=r"another run of the output .* is in progress \(pid \d+ .*\. The output "
+                                           r"was finished when this run read it; that run may be changing it") as busy:
+            run_job(spec)
+        assert "Meanwhile" not in str(busy.value)
+    assert run_job(spec).status == "up to date"
+
+
 def test_a_run_is_not_refused_as_busy_by_another_runs_instant_look_at_the_lock(tmp_path, monkeypatch):
     """A run that finds the output being written asks whether another run holds the lock, taking a shared lock for an
     instant; a run taking the lock at that instant was refused as busy (LockHeld, with no holder to name)."""
