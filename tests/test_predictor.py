@@ -132,6 +132,30 @@ def test_too_long_rows_follow_the_policy(tiny_models):
     assert out.column(ERROR).to_pylist()[1] is None
 
 
+def test_a_too_long_reason_says_where_max_length_is_the_models_own_cap(tiny_models, tmp_path):
+    """A row refused under errors.too_long: error said "max_length is 128 tokens" where 128 was the tokenizer's
+    model_max_length, below batching.max_length: raising batching.max_length, the setting the words pointed at, changed
+    nothing. The reason says which cap it is; where it is batching.max_length's own, the number alone."""
+    long_text = "word " * 400
+    for max_length, note in ((16, ""), (512, ": the tokenizer's model_max_length, which a larger batching.max_length "
+                                             "does not raise")):
+        spec = make_spec(tiny_models("classifier"), {"type": "text-classification"},
+                         batching={"max_length": max_length}, errors={"too_long": "error"})
+        limit = min(max_length, 128)  # the tiny tokenizer's model_max_length
+        assert Predictor(spec)(batch_of([long_text])).column(ERROR).to_pylist() == [
+            f"text longer than max_length (max_length is {limit} tokens){note}"]
+    folder = tmp_path / "no-tokenizer-cap"
+    shutil.copytree(tiny_models("classifier"), folder)
+    settings = json.loads((folder / "tokenizer_config.json").read_text())
+    settings["model_max_length"] = int(1e30)  # as some fine-tunes ship: the positions are the cap
+    (folder / "tokenizer_config.json").write_text(json.dumps(settings))
+    spec = make_spec(str(folder), {"type": "text-classification"}, batching={"max_length": 4096},
+                     errors={"too_long": "error"})
+    assert Predictor(spec)(batch_of(["word " * 600])).column(ERROR).to_pylist() == [
+        "text longer than max_length (max_length is 512 tokens): all the model's positions (max_position_embeddings), "
+        "which no setting raises"]
+
+
 @pytest.mark.parametrize(("kind", "task"), [("classifier", {"type": "text-classification"}),
                                           ("causal", {"type": "text-generation", "max_new_tokens": 2})])
 def test_a_slow_tokenizer_flags_the_rows_it_cuts_as_a_fast_one_does(tiny_models, tmp_path, kind, task):

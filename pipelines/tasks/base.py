@@ -173,7 +173,17 @@ class Task(ABC):
         """The reason of a row cut to fit, under ``errors.too_long: error``: ``where`` it was cut (the text, or the
         input of a request that holds several, :attr:`Features.cut_where`) and the limit it was cut at (the row's
         own length is not kept past the cut)."""
-        return f"{where} longer than max_length (max_length is {self.max_length} tokens)"
+        return f"{where} longer than max_length (max_length is {self.max_length} tokens){self.cap_note()}"
+
+    def cap_note(self) -> str:
+        """Where ``max_length`` is the model's own cap (all its positions, its tokenizer's ``model_max_length``, below
+        ``batching.max_length`` or equal to it), a too-long reason's last words saying so: a larger
+        ``batching.max_length`` does not raise it, which the bare number let a user try; else nothing."""
+        if self.max_length == self.positions:
+            return ": all the model's positions (max_position_embeddings), which no setting raises"
+        if self.max_length == getattr(self.tokenizer, "model_max_length", None):
+            return ": the tokenizer's model_max_length, which a larger batching.max_length does not raise"
+        return ""
 
     def token_inputs(self) -> dict[str, str | None]:
         """The row inputs the model reads as tokens, by the name a row error gives them: a column of ``columns``

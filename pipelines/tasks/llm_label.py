@@ -121,7 +121,7 @@ class LLMLabel(LabelTask):
         """A prompt is cut where it and a label's tokens would pass max_length: a prompt under max_length too, which
         a reason naming max_length alone said was longer."""
         return (f"{where} longer than max_length (max_length is {self.max_length} tokens, the prompt and its "
-                "candidate label together)")
+                "candidate label together)" + self.cap_note())
 
     def token_inputs(self) -> dict[str, str | None]:
         return text_input(self.options.prompt_template)

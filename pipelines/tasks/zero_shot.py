@@ -183,7 +183,7 @@ class ZeroShotClassification(LabelTask):
         if self.method != "nli":
             return super().too_long_reason(where)
         return f"{where} longer than max_length (max_length is {self.max_length} tokens, the text and a label's " \
-               "hypothesis together)"
+               "hypothesis together)" + self.cap_note()
 
     def setup(self, model: torch.nn.Module, device: torch.device) -> None:
         if self.method != "embedding":
