@@ -49,7 +49,16 @@ from pipelines.output.layout import JOB, LEDGER, RUN, RUN_LOCK, check_no_other_o
 from pipelines.output.layout import LOCK as SCHEDULE_LOCK
 from pipelines.output.lock import LockHeld, output_lock
 from pipelines.output.openai_batch import OpenAIBatchFiles
-from pipelines.output.records import SCORING, CommitRecord, Fidelity, JobRecord, ModelRef, RunSummary, Unreadable
+from pipelines.output.records import (
+    SCORING,
+    CommitRecord,
+    Fidelity,
+    JobRecord,
+    ModelRef,
+    RunSummary,
+    Unreadable,
+    precision_label,
+)
 from pipelines.output.staging import StagingConfig, StagingReport, confusion
 from pipelines.spec import JobSpec, changed_settings
 from pipelines.tasks.options import GENERATION_TASKS, left_out_differences
@@ -285,6 +294,9 @@ class PredictAndStage:
         # the labels the model can give, where the job predicts one: the run's agreement checks its truth against them
         labels = getattr(self.predictor.task, "labels", None) if staging.predicted_column else None
         self.labels = [str(label) for label in labels] if labels is not None else []
+        # what the model loaded as: each staged block says it, and its shard's commit checks and records it
+        loaded = str(self.predictor.loaded.dtype).removeprefix("torch.")
+        self.precision = precision_label({"quantization": spec["model"]["quantization"], "dtype": loaded})
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from pipelines.output.staging import write_staged
@@ -293,7 +305,8 @@ class PredictAndStage:
         pending = self.model_thread.submit(self.predictor.infer, pending).result()
         finished = self.predictor.finish(pending)
         with writing(self.staging.output):  # a full disk: the driver's one line (see errors.from_ray)
-            return write_staged(finished, self.staging, actor_ready_at=self.ready_at, labels=self.labels)
+            return write_staged(finished, self.staging, actor_ready_at=self.ready_at, labels=self.labels,
+                                precision=self.precision)
 
 
 def same_files_as_begun(spec: dict[str, Any], began: dict[str, str] | None) -> None:

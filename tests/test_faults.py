@@ -131,6 +131,10 @@ def test_quantization_auto_decided_in_the_pool_survives_the_deciding_actor_kille
     [kept] = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "precision").glob("*.json")]
     assert (kept["quantization"], kept["dtype"]) == (chosen["quantization"], chosen["dtype"])
     assert "quantization auto's check: " in done.stdout, done.stdout
+    # each shard's record names the precision its blocks' actors ran at: the output's, in every one
+    said = chosen["quantization"] if chosen["quantization"] != "none" else chosen["dtype"]
+    commits = [json.loads(p.read_text()) for p in (tmp_path / "out" / "_commits").glob("*.json")]
+    assert len(commits) == 4 and {c["precision"] for c in commits} == {said}
 
 
 def bad_corpus(folder: Path) -> dict[str, str | None]:

@@ -2027,6 +2027,34 @@ def test_a_run_that_meets_another_runs_overwrite_half_done_is_refused_as_busy(ti
     assert (tmp_path / "out" / "_run.lock").read_text() == ""  # as the holder's release left it
 
 
+def test_a_shard_scored_at_another_precision_than_the_outputs_is_never_committed(tmp_path):
+    """One output, one precision: each staged block says the precision its actor's model loaded at, and a shard's
+    commit records it. Blocks of one shard at two precisions, or at another than the output holds (quantization
+    auto's decision in _job.json: an actor that took another decision than the board's), are refused before
+    anything of the shard is written or recorded."""
+    from pipelines.output.commit import scored_precision
+    from pipelines.output.staging import StagingReport
+
+    shard = Shard(uri=str(tmp_path / "a.jsonl"), path=str(tmp_path / "a.jsonl"), format="jsonl", compressed=False,
+                  size=1, mtime_ns=1, name="a.jsonl")
+    job = JobRecord(spec_hash="h", model=ModelRef(name="m"), quantization="auto", device="cpu",
+                    task="text-classification")
+
+    def reports(*precisions):
+        return [StagingReport(shard="a", shard_rows=2, rows=1, errors=0, precision=p) for p in precisions]
+
+    assert scored_precision(shard, reports("bfloat16", "bfloat16"), job) == "bfloat16"
+    assert scored_precision(shard, reports(""), job) is None  # no actor scored it (an unreadable file)
+    with pytest.raises(PipelineError, match=r"shard .*a\.jsonl: its rows were scored at bfloat16 and float32, where "
+                                            r"one output holds one precision; nothing of it was committed"):
+        scored_precision(shard, reports("float32", "bfloat16"), job)
+    job.precision = {"quantization": "none", "dtype": "bfloat16", "fidelity": None}
+    assert scored_precision(shard, reports("bfloat16"), job) == "bfloat16"
+    with pytest.raises(PipelineError, match=r"scored at per-token-int8, where this output holds bfloat16 "
+                                            r"\(quantization auto's decision, in _job.json\)"):
+        scored_precision(shard, reports("per-token-int8"), job)
+
+
 def test_a_finished_output_another_run_holds_is_busy_not_up_to_date(tiny_models, tmp_path):
     """A finished output is answered up to date without the lock; but where another run holds it, that run may be
     deleting it (an --overwrite clears it once Ray has started, seconds after it took the lock): a script told up to

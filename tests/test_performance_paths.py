@@ -501,6 +501,8 @@ def test_quantization_auto_is_decided_once_and_said(ray_session, tiny_models, tm
     said = chosen["quantization"] if chosen["quantization"] != "none" else chosen["dtype"]
     # the page said only "(auto, cpu)": the precision the run used was in _run.json and the terminal summary alone
     assert f"(quantization auto: {said}, cpu)" in (tmp_path / "out" / "_report.html").read_text()
+    [commit] = [json.loads(p.read_text()) for p in (tmp_path / "out" / "_commits").glob("*.json")]
+    assert commit["precision"] == said  # as the actor that scored it loaded its model
     assert summary.fidelity is None or summary.fidelity.agreement >= 0.99
     [kept] = list((tmp_path / "cache" / "precision").glob("*.json"))
     timeline = summary.timeline

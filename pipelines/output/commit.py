@@ -69,6 +69,7 @@ from pipelines.output.records import (
     Unreadable,
     merge_confusion,
     merge_counts,
+    precision_label,
 )
 from pipelines.output.staging import StagingReport, spent
 
@@ -125,6 +126,23 @@ def scheduled_output(location: str, said: str) -> str:
         "the job's run=... partitions, and a reader of the folder would get their rows twice; give this run an "
         "output.path of its own"
     )
+
+
+def scored_precision(shard: Shard, reports: list[StagingReport], job: JobRecord) -> str | None:
+    """The one precision the actors that predicted a shard's blocks ran at (None: no actor predicted any), which its
+    commit records; a shard whose blocks ran at two, or at another than the output holds (``job.precision``, under
+    ``quantization: auto``), is refused before anything of it is committed: one output, one precision."""
+    found = sorted({report.precision for report in reports if report.precision})
+    held = precision_label(job.precision) if job.precision else None
+    if len(found) > 1 or (held is not None and found and found[0] != held):
+        raise PipelineError(
+            f"shard {shard.uri}: its rows were scored at {' and '.join(found)}, where "
+            + (f"this output holds {held} (quantization auto's decision, in _job.json)" if held else
+               "one output holds one precision")
+            + "; nothing of it was committed. Run the same command again to score it again, and report this: the "
+            "run's actors should all run at the output's precision"
+        )
+    return found[0] if found else None
 
 
 class OutputDir:
@@ -500,6 +518,7 @@ class OutputDir:
         counted again over the rows the data file holds (with ``confusion_of`` for the confusion): a quarantined
         row is no agreement, and its tokens are no output's.
         """
+        precision = scored_precision(shard, reports, job)
         folder = f"{STAGING}/{shard.key}"
         files = files or ParquetFiles(compression, row_group_rows)
         final = layout.part_name(shard.key, 0, files.suffix)
@@ -559,6 +578,7 @@ class OutputDir:
             committed_at=time.time(),
             unreadable=unreadable,
             scored_by=SCORING,
+            precision=precision,
         )
         self.check_lock()  # the commit point: the record is written only under the lock
         self.write_json(layout.commit_record_path(shard.key), record.to_json())

@@ -195,6 +195,10 @@ class CommitRecord(Record):
     unreadable: Unreadable | None = None
     #: :data:`SCORING` of the code that committed it (None: a version before it was recorded).
     scored_by: str | None = None
+    #: The precision its rows were scored at, in one word (:func:`precision_label`: ``bfloat16``, ``per-token-int8``,
+    #: ``float32``…), as the actors that predicted them loaded their model; None: no actor predicted any (an empty or
+    #: unreadable shard), or committed by a version before it was recorded.
+    precision: str | None = None
 
     _current_kinds = field_validator("reasons", mode="before")(current_kinds)
 

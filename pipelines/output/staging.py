@@ -53,6 +53,7 @@ REPORT_SCHEMA = pa.schema(
         ("digest", pa.string()),
         ("file_size", pa.int64()),
         ("labels", pa.list_(pa.string())),
+        ("precision", pa.string()),
     ]
 )
 
@@ -81,6 +82,9 @@ class StagingReport:
     #: The labels the actor's model can give, where the job predicts a label (the run's agreement checks the truth
     #: values against them); empty otherwise.
     labels: list[str] = field(default_factory=list)
+    #: The precision the actor that predicted the block ran at, in one word (:func:`precision_label` of its
+    #: quantization and the dtype its model loaded in); empty where no actor predicted it (an unreadable file).
+    precision: str = ""
 
     @property
     def unreadable(self) -> bool:
@@ -115,6 +119,7 @@ class StagingReport:
             "digest": self.digest,
             "file_size": self.file_size,
             "labels": self.labels,
+            "precision": self.precision,
         }
 
     @classmethod
@@ -142,6 +147,7 @@ class StagingReport:
             digest=row.get("digest") or "",
             file_size=row.get("file_size"),
             labels=list(row.get("labels") or []),
+            precision=row.get("precision") or "",
         )
 
     @staticmethod
@@ -168,9 +174,9 @@ class StagingConfig:
 
 
 def write_staged(batch: pa.Table, config: StagingConfig, actor_ready_at: float = 0.0,
-                 labels: Sequence[str] = ()) -> pa.Table:
-    """Stage one predicted block; return one report row per shard in it (``labels``: those the model can give, as
-    each report carries them)."""
+                 labels: Sequence[str] = (), precision: str = "") -> pa.Table:
+    """Stage one predicted block; return one report row per shard in it (``labels``: those the model can give, and
+    ``precision``: the one it ran at, as each report carries them)."""
     reports = []
     shards = pc.unique(batch.column(SHARD)).to_pylist()
     for shard in shards:
@@ -178,6 +184,7 @@ def write_staged(batch: pa.Table, config: StagingConfig, actor_ready_at: float =
         report = _stage_shard(part, shard, config)
         report.actor_ready_at = actor_ready_at
         report.labels = list(labels)
+        report.precision = precision
         reports.append(report)
     return StagingReport.table(reports)
 
