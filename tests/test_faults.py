@@ -271,7 +271,13 @@ def finished_with_empty_shards(ray_session, tiny_models, tmp_path_factory) -> Fi
 def test_an_empty_shard_is_committed_empty(finished_with_empty_shards):
     summary = finished_with_empty_shards.summary
     assert summary["shards"] == 3 and summary["rows_in"] == summary["rows_out"] == 10
-    assert (finished_with_empty_shards.root / "out" / "_SUCCESS").exists()
+    out = finished_with_empty_shards.root / "out"
+    assert (out / "_SUCCESS").exists()
+    # the README: a shard with no rows is committed with no file; the others, one file each
+    records = {json.loads(p.read_text())["shard"]: json.loads(p.read_text()) for p in (out / "_commits").glob("*.json")}
+    assert len(records) == 3 and sorted(len(r["files"]) for r in records.values()) == [0, 0, 1]
+    assert len(list(out.glob("part-*"))) == 1
+    assert pq.ParquetFile(next(out.glob("part-*"))).metadata.num_rows == 10
 
 
 def test_changed_input_is_detected(finished_with_empty_shards, tiny_models, tmp_path):
