@@ -1009,11 +1009,15 @@ def error_policy_violation(spec: JobSpec, result: RunSummary) -> str | None:
     """Why the job fails under errors.max_rate / max_count, with the reasons; None when within limits."""
     policy = spec.errors
     errors, rate = result.errors, result.error_rate
+    # the exact share, not _run.json's error_rate, which is rounded to 6 places (1 row in 2,000,001 is 0.0 there)
+    over_rate = errors > policy.max_rate * result.rows_in if result.rows_in else False
     over_count = policy.max_count is not None and errors > policy.max_count
-    if rate <= policy.max_rate and not over_count:
+    if not over_rate and not over_count:
         return None
+    if result.rows_in:
+        rate = errors / result.rows_in
     reasons = summaries.reasons_line(result.error_reasons)
-    passed = [f"errors.max_rate={policy.max_rate}"] if rate > policy.max_rate else []
+    passed = [f"errors.max_rate={policy.max_rate}"] if over_rate else []
     passed += [f"errors.max_count={policy.max_count}"] if over_count else []  # the limits passed, not those unset
     return (
         f"{errors} of {result.rows_in} rows were quarantined ({rate:.1%}), over {' and '.join(passed)} ({reasons}); "

@@ -3004,6 +3004,31 @@ def test_the_error_count_budget_fails_past_max_count_and_not_at_it():
     assert problem and "(text is null: 3, unreadable jsonl file: rows unknown)" in problem, problem  # it said 0
 
 
+
+# README, What is retried: "The job fails ... when the quarantined share passes errors.max_rate". The share compared
+# was _run.json's error_rate, rounded to 6 places: with max_rate 0 (no bad row allowed), 1 quarantined row among
+# 2,000,001 rounded to 0.0 and the job succeeded; so too any share up to 5e-7 past another limit.
+def test_the_error_rate_budget_fails_past_max_rate_even_where_the_rounded_share_does_not_show_it():
+    from pipelines.runner import error_policy_violation
+
+    spec = spec_from_dict(yaml.safe_load("""
+        input: {paths: [in]}
+        model: {name: m}
+        task: {type: text-classification}
+        output: {path: out}
+        errors: {max_rate: 0.0}
+    """))
+    one = summaries.build(A_JOB, [], [], 0.0, "succeeded").model_copy(update={
+        "rows_in": 2_000_001, "errors": 1, "error_rate": round(1 / 2_000_001, 6), "error_reasons": {"text is null": 1}})
+    assert one.error_rate == 0.0  # what _run.json records
+    problem = error_policy_violation(spec, one)
+    assert problem and "1 of 2000001 rows were quarantined" in problem and "errors.max_rate=0.0" in problem
+    tenth = spec.model_copy(update={"errors": spec.errors.model_copy(update={"max_rate": 0.1})})
+    over = one.model_copy(update={"rows_in": 10_000_000, "errors": 1_000_004, "error_rate": 0.1})  # 10.00004%
+    assert error_policy_violation(tenth, over)
+    at = over.model_copy(update={"errors": 1_000_000})
+    assert error_policy_violation(tenth, at) is None
+
 # README, Re-running: "Re-running a finished job writes nothing and says `up to date`"; One run at a time: "A finished
 # job's `up to date` answer takes no lock". The tests that re-run a finished job check its status only; this one checks
 # that no file under the output is written, created or deleted, while another process holds the output's lock.
