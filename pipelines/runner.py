@@ -1009,8 +1009,9 @@ def error_policy_violation(spec: JobSpec, result: RunSummary) -> str | None:
     """Why the job fails under errors.max_rate / max_count, with the reasons; None when within limits."""
     policy = spec.errors
     errors, rate = result.errors, result.error_rate
-    # the exact share, not _run.json's error_rate, which is rounded to 6 places (1 row in 2,000,001 is 0.0 there)
-    over_rate = errors > policy.max_rate * result.rows_in if result.rows_in else False
+    # the exact share, not _run.json's error_rate, which is rounded to 6 places (1 row in 2,000,001 is 0.0 there); a
+    # quotient, not max_rate * rows_in, which can round below the count it equals (0.29 * 100 is 28.999999999999996)
+    over_rate = result.rows_in > 0 and errors / result.rows_in > policy.max_rate
     over_count = policy.max_count is not None and errors > policy.max_count
     if not over_rate and not over_count:
         return None

@@ -3028,10 +3028,16 @@ def test_the_error_rate_budget_fails_past_max_rate_even_where_the_rounded_share_
     assert error_policy_violation(tenth, over)
     at = over.model_copy(update={"errors": 1_000_000})
     assert error_policy_violation(tenth, at) is None
+    # at the limit exactly, where max_rate * rows_in rounds below the count (0.29 * 100 is 28.999999999999996)
+    limit = spec.model_copy(update={"errors": spec.errors.model_copy(update={"max_rate": 0.29})})
+    assert error_policy_violation(limit, one.model_copy(update={"rows_in": 100, "errors": 29})) is None
+    assert error_policy_violation(limit, one.model_copy(update={"rows_in": 100, "errors": 30}))
+
 
 # README, Re-running: "Re-running a finished job writes nothing and says `up to date`"; One run at a time: "A finished
-# job's `up to date` answer takes no lock". The tests that re-run a finished job check its status only; this one checks
-# that no file under the output is written, created or deleted, while another process holds the output's lock.
+# job's `up to date` answer takes no lock, but where another run holds it the answer is that run's busy line". The
+# tests that re-run a finished job check its status only; this one checks that no file under the output is written,
+# created or deleted, by the answer, or by the busy one while another process holds the output's lock.
 def test_a_finished_job_is_up_to_date_without_writing_or_locking(tmp_path, monkeypatch):
     import pipelines.runner
     from pipelines.io.shards import list_shards
@@ -3058,7 +3064,9 @@ def test_a_finished_job_is_up_to_date_without_writing_or_locking(tmp_path, monke
     output.finish()
     before = {str(p): p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*")}
     with JobLock(tmp_path / "out" / "_run.lock", "the output"):  # another run holds the lock meanwhile
-        assert pipelines.runner.run_job(spec).status == "up to date"
+        with pytest.raises(LockHeld):  # it may be deleting the output (--overwrite): busy, not up to date
+            pipelines.runner.run_job(spec)
+    assert pipelines.runner.run_job(spec).status == "up to date"
     before.pop(str(tmp_path / "out" / "_run.lock"), None)  # the other run's own lock file
     after = {str(p): p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*") if p.name != "_run.lock"}
     assert after == before
