@@ -202,7 +202,8 @@ def write_refusal(location: str, exc: OSError) -> PipelineError:
     if full:
         return PipelineError(
             f"output.path {location}: {full} ({reason}); free space there (or choose an output.path on another "
-            "disk), then run the same command again: it resumes where this run stopped (committed shards are kept)"
+            "disk), then run the same command again: it resumes where this run stopped (committed shards are kept; "
+            "leave out --overwrite if you gave it, which would delete them again)"
         )
     return PipelineError(
         f"output.path {location}: cannot write or delete there ({reason}); choose an output.path this "
