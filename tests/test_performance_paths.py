@@ -503,6 +503,7 @@ def test_quantization_auto_is_decided_once_and_said(ray_session, tiny_models, tm
     assert f"(quantization auto: {said}, cpu)" in (tmp_path / "out" / "_report.html").read_text()
     [commit] = [json.loads(p.read_text()) for p in (tmp_path / "out" / "_commits").glob("*.json")]
     assert commit["precision"] == said  # as the actor that scored it loaded its model
+    assert f"<td>precision of the shards</td><td>{said} (1 shard)</td>" in page  # the page says it too
     assert summary.fidelity is None or summary.fidelity.agreement >= 0.99
     [kept] = list((tmp_path / "cache" / "precision").glob("*.json"))
     timeline = summary.timeline

@@ -489,10 +489,23 @@ def _facts(summary: RunSummary | None, data: RunData) -> str:
         rows.append(("quantization fidelity", fidelity_line(summary.fidelity)))
     if summary.check_s is not None:
         rows.append(("quantization auto's check", check_line(summary)))
+    if said := shard_precisions(data.commits):
+        rows.append(("precision of the shards", said))
     if summary.started_at:
         rows.append(("started", time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(summary.started_at))))
     rows.append(("output", data.location))
     return _table(None, rows)
+
+
+def shard_precisions(commits: list[CommitRecord]) -> str:
+    """What the commit records say their rows were scored at (``bfloat16 (6 shards)``; one output holds one), with the
+    shards scored by a version that did not record it; empty where none says (no shard scored a row)."""
+    found = Counter(c.precision for c in commits if c.precision)
+    unsaid = sum(1 for c in commits if not c.precision and c.rows_in and c.unreadable is None)
+    said = [f"{precision} ({n:,} shard{'s' if n != 1 else ''})" for precision, n in found.most_common()]
+    if unsaid and said:
+        said.append(f"not recorded ({unsaid:,} shard{'s' if unsaid != 1 else ''}, committed by an earlier version)")
+    return ", ".join(said)
 
 
 def _fidelity_table(result: Fidelity) -> str:
