@@ -3316,3 +3316,22 @@ def test_a_sampling_option_left_to_the_model_and_the_same_option_written_out_are
     resumed = run_job(written)  # written out as the output was scored: resumed
     assert resumed.status == "succeeded" and resumed.shards_this_run == 1
     assert len(list((tmp_path / "out" / "_commits").glob("*.json"))) == 3
+
+
+def test_an_unreadable_files_commit_record_names_no_precision(ray_session, tiny_models, tmp_path):
+    """README: a shard's commit record names the precision its rows were scored at, "null for a shard no actor scored,
+    an empty or unreadable file". An unreadable file's one error record passes through a pool actor, which stamped
+    its own precision on it: the record of a file no model read a row of said `float32` (under quantization auto,
+    the precision chosen: `bfloat16`), as if its rows had been scored."""
+    many_shards(tmp_path / "in", shards=2)
+    (tmp_path / "in" / "bad.parquet").write_bytes(b"PAR1 not a parquet file at all, no footer")
+    (tmp_path / "in" / "empty.jsonl").write_text("")
+    spec = spec_of(write_job(tmp_path, tiny_models("classifier"), tmp_path / "in"),
+                   errors={"unreadable_files": "quarantine", "max_rate": 1.0})
+    assert run_job(spec).status == "succeeded"
+    records = {json.loads(p.read_text())["input"]["name"]: json.loads(p.read_text())
+               for p in (tmp_path / "out" / "_commits").glob("*.json")}
+    assert records["bad.parquet"]["unreadable"] is not None
+    assert records["bad.parquet"]["precision"] is None, records["bad.parquet"]["precision"]
+    assert records["empty.jsonl"]["precision"] is None
+    assert records["part-0.jsonl"]["precision"] == "float32"

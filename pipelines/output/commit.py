@@ -518,7 +518,8 @@ class OutputDir:
         counted again over the rows the data file holds (with ``confusion_of`` for the confusion): a quarantined
         row is no agreement, and its tokens are no output's.
         """
-        precision = scored_precision(shard, reports, job)
+        # an unreadable file's one error record passed through an actor, which read none of its rows: no precision
+        precision = None if unreadable is not None else scored_precision(shard, reports, job)
         folder = f"{STAGING}/{shard.key}"
         files = files or ParquetFiles(compression, row_group_rows)
         final = layout.part_name(shard.key, 0, files.suffix)
