@@ -959,3 +959,22 @@ def test_report_on_an_output_with_nothing_committed_yet_says_so_not_that_no_job_
     assert started.returncode == 2, started.stderr
     assert f"{out}: a job's output with no shard committed yet" in started.stderr, started.stderr
     assert not (out / "_report.html").exists()
+
+
+def test_throughput_buckets_are_a_second_at_least_on_a_short_run():
+    """README: rows per second in time buckets "(up to 30 of them, of a second at least, ...)". A run whose last block
+    came 7.15 s after its start (a resumed main job) was cut into ceil(7.15) = 8 buckets of 0.89 s."""
+    from pipelines.output import report
+    from pipelines.output.records import CommitRecord, ModelRef, ShardInput, StagedBlock
+
+    blocks = [StagedBlock(at=1000.0 + t, rows=10, errors=0) for t in (6.51, 6.52, 7.15)]
+    record = CommitRecord(shard="s", input=ShardInput(uri="/in/a.jsonl", size=1), spec_hash="h",
+                          model=ModelRef(name="m"), rows_in=30, rows=30, errors=0, blocks=blocks,
+                          committed_at=1000.0 + 7.2)
+    data = report.RunData("/out", None, None, [record])
+    data.t0 = lambda: 1000.0  # the run's start
+    bars = report.throughput_chart(data).data[0]
+    width = bars.width / 0.9
+    assert width >= 1.0, f"{len(bars.y)} buckets of {width:.2f} s"
+    assert sum(bars.y) * width == pytest.approx(30)  # every row in a bucket
+    assert max(bars.x) + width / 2 == pytest.approx(7.15)  # to the last block, no further
