@@ -112,13 +112,20 @@ def _check_auto(spec: JobSpec, picked: pa.Table) -> Fidelity:
         log.info("quantization auto: %s, as the output's earlier runs chose (a run keeps it)", chosen.label)
         result = measure(concrete(spec, chosen), picked)
     else:
-        found = kept_or_decided(_decision_path(spec, bar, picked, _node_bf16(spec)), picked,
-                                lambda: choose_here(spec.model_dump(mode="json"), picked, bar))
+        decided: list[bool] = []  # whether the decision is made now, or read as kept
+
+        def decide() -> dict[str, Any]:
+            decided.append(True)
+            return choose_here(spec.model_dump(mode="json"), picked, bar)
+
+        found = kept_or_decided(_decision_path(spec, bar, picked, _node_bf16(spec)), picked, decide)
         log.info("quantization auto would take %s: %s", Precision(found["quantization"], found["dtype"]).label,
                  found["why"])
         if found.get("fidelity") is None:
             raise PipelineError(f"quantization auto would run in float32 here: {found['why']}")
         result = Fidelity.model_validate(found["fidelity"])
+        if not decided:
+            result = result.model_copy(update={"kept_at": found.get("decided_at") or 0.0})
     return result.model_copy(update={"min_agreement": bar, "passed": result.agreement >= bar})
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -1197,10 +1198,21 @@ def test_fidelity_under_auto_reports_the_precision_a_run_takes_not_a_fresh_choic
     smooth = concrete(spec, Precision("smooth-int8", "float32"))  # within the bar; a fresh choice never times it
     figures = judge(smooth, measure(smooth, picked))  # where per-token-int8 is within the bar as well (it computes less)
     assert figures.agreement >= _auto_bar(spec)
-    kept = {"quantization": "smooth-int8", "dtype": "float32", "fidelity": figures.to_json(), "why": "decided before"}
+    kept = {"quantization": "smooth-int8", "dtype": "float32", "fidelity": figures.to_json(), "why": "decided before",
+            "decided_at": 1796572800.0}
     _write_decision(_decision_path(spec, _auto_bar(spec), picked, _node_bf16(spec)), kept)
     said = check(spec, shards)
     assert (said.quantization, said.agreement) == ("smooth-int8", figures.agreement)
+    # read, not measured: the first line's seconds (reading the sample) said as such, not as the check's
+    from pipelines.cli.quality import render
+
+    assert said.kept_at == 1796572800.0
+    stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(1796572800.0))
+    assert (f"sampled rows ({said.wall_s:.1f} s, the figures of quantization auto's check made {stamp} and kept on "
+            "this machine)") in render(said).splitlines()[0]
+    # a bar the job does not set is said to be the default one (it read as the job's own setting)
+    assert "model.fidelity.min_agreement 0.99 (the default: this job sets no model.fidelity): passed" in render(
+        said, set_bar=spec.model.fidelity is not None)
 
     # an output whose runs keep a precision: that one, measured on the sample, whatever is kept here
     job = job_record(spec)

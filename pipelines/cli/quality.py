@@ -40,20 +40,26 @@ def _fidelity(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_json(), indent=1))
     else:
-        print(render(result))
+        print(render(result, set_bar=spec.model.fidelity is not None))
     if result.passed is False:
         print(f"error: {below_bar(spec, result)}", file=sys.stderr)
         return 2
     return 0
 
 
-def render(result) -> str:
-    """The comparison as a few lines: every measure, failures, and the rows that changed."""
+def render(result, set_bar: bool = True) -> str:
+    """The comparison as a few lines: every measure, failures, and the rows that changed (``set_bar``: whether the
+    job sets the bar, ``model.fidelity``, or it is the default, as quantization auto's is where the job sets none)."""
+    import time
+
     from pipelines.output.records import cut
 
+    took = f"{result.wall_s:.1f} s"
+    if result.kept_at is not None:  # read, not measured: the seconds are the reading's
+        took += (", the figures of quantization auto's check made "
+                 f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(result.kept_at))} and kept on this machine")
     lines = [
-        f"{result.task}, {result.quantization} vs {result.reference}, {result.rows} sampled rows "
-        f"({result.wall_s:.1f} s)",
+        f"{result.task}, {result.quantization} vs {result.reference}, {result.rows} sampled rows ({took})",
         *(f"  {name:<26} {cut(value)}{'   <- headline' if name == result.measure else ''}"
           for name, value in result.metrics.items()),
     ]
@@ -65,7 +71,8 @@ def render(result) -> str:
                      "quarantines them with their reasons: errors.too_long: error, a NaN score...)")
     if result.min_agreement is not None:
         verdict = "passed" if result.passed else "below the bar"
-        lines.append(f"model.fidelity.min_agreement {result.min_agreement}: {verdict}")
+        default = "" if set_bar else " (the default: this job sets no model.fidelity)"
+        lines.append(f"model.fidelity.min_agreement {result.min_agreement}{default}: {verdict}")
     if result.examples:
         lines.append("where they differ:" if "quantized" in result.examples[0] else "lowest cosines:")
         for example in result.examples:

@@ -275,6 +275,9 @@ class Fidelity(Record):
     wall_s: float = 0.0
     predict_s: float | None = None  # the quantized model's time on the sample, its load left out
     reference_predict_s: float | None = None  # the same for float32
+    #: When the check these figures are of was made (epoch seconds), where they were read from this machine's kept
+    #: decisions (``quantization: auto``) instead of measured now; None: measured now.
+    kept_at: float | None = None
 
 
 def cut(value: float, places: int = 4, percent: bool = False) -> str:
