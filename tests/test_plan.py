@@ -555,6 +555,12 @@ def test_the_memory_plan_counts_every_micro_batch_the_lanes_hold_at_once():
     assert local_fit(one, weights, size, 256).activations_bytes == single
     fit = local_fit(lanes, weights, size, 256)
     assert fit.activations_bytes == 2 * single and "2 micro-batches at once" in fit.basis
+    # under quantization auto the DTYPE column reads float32 whatever auto keeps: the basis says why (a tester read
+    # float32 beside an output that keeps bfloat16)
+    assert "quantization auto" not in fit.basis
+    lanes.model.quantization = "auto"
+    auto = local_fit(lanes, weights, size, 256)
+    assert auto.dtype == "float32" and "quantization auto: sized in float32, the largest it may take" in auto.basis
 
 
 @pytest.mark.parametrize("quantization", ["dynamic-int8", "per-token-int8", "smooth-int8"])

@@ -204,6 +204,11 @@ def gpu_dtype(spec: JobSpec, accelerator: str | None) -> str:
     return "float16" if accelerator in NO_BF16 else "bfloat16"
 
 
+#: Said of a fit under ``quantization: auto``, whose DTYPE column reads float32 whatever auto would take.
+AUTO_SIZED = ("; quantization auto: sized in float32, the largest it may take (its check loads float32 first; "
+              "the precision it keeps may need less)")
+
+
 def cpu_dtype(spec: JobSpec) -> str:
     if spec.model.quantization == "auto":
         return "float32"
@@ -228,6 +233,7 @@ def local_fit(spec: JobSpec, weights: WeightCount, size: Dims, max_length: int) 
         f"{cpus} CPUs, cpus_per_actor {compute.cpus_per_actor:g}"
         + (f"; {lanes} micro-batches at once per actor (compute.cpu_lanes)" if lanes > 1 else "")
         + ("; the job asks for GPUs, none here" if compute.gpus_per_actor > 0 else "")
+        + (AUTO_SIZED if spec.model.quantization == "auto" else "")
     )
     by_memory = memory // per_actor
     return Fit(
@@ -268,6 +274,8 @@ def node_fits(spec: JobSpec, cluster: Cluster, weights: WeightCount, size: Dims,
             share = math.floor(1000 / packed) / 1000
             setting = f"model.device auto and gpus_per_actor {share:g}" if pinned else f"gpus_per_actor {share:g}"
             basis += f"; {setting} would place {packed} per node (GPU memory allows {by_memory})"
+        if spec.model.quantization == "auto":
+            basis += AUTO_SIZED
         fits.append(
             Fit(
                 target=node.name, accelerator=node.accelerator, instance=node.instance, device="cuda", dtype=dtype,
