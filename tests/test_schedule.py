@@ -2463,3 +2463,20 @@ def test_the_next_tick_said_after_a_run_that_outlasted_a_tick_is_that_tick_due_a
     at = datetime(2026, 12, 6, 4, 7, 11, tzinfo=UTC)
     assert upcoming(schedule, "2026-12-06T04:06:00Z", at).startswith("2026-12-06T04:07:00Z (due already")
     assert upcoming(schedule, "2026-12-06T04:07:00Z", at) == "2026-12-06T04:08:00Z"
+
+
+def test_a_late_tick_with_nothing_new_still_says_what_an_unfinished_run_holds(tmp_path):
+    """README: a tick with nothing else to score says so in its `empty` line, `no new input (… held by unfinished run
+    …, which is to finish them: 1 not committed yet)`. A tick found late (a crontab in the host's zone, an hour after
+    the spec's tick: `1 missed tick(s), one run for them all, 60 min after the tick` every night) wrote only the
+    missed-tick note: the empty line no longer said that nothing was new, nor which run holds the unscored file."""
+    runner, model = Committing(), fake_model(tmp_path)
+    spec = make_job(tmp_path, model)
+    add_shard(tmp_path, "a.jsonl", rows("a", 2))
+    add_shard(tmp_path, "bad-0.jsonl", rows("b", 2))
+    assert run_due(spec, now=day(1, hours=0.01), runner=runner).failures
+    empty = [e for e in run_due(spec, now=day(2, hours=1), runner=runner).entries if e.status == "empty"]
+    [note] = [e.note for e in empty]
+    assert "1 missed tick(s), one run for them all, 60 min after the tick" in note
+    assert ("no new input (0 shard(s) scored already; 2 held by unfinished run 2026-11-28T02:00:00Z, "
+            "which is to finish them: 1 not committed yet)") in note

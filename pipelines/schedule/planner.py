@@ -233,8 +233,8 @@ class Planner:
         if rescore:
             replaces.update({key: held.run for key, held in commits.items() if key in now})
         if not todo:
-            note = decision.note() or nothing_new(len(self.shards), {k: r for k, r in claimed.items() if k in now},
-                                                  commits)
+            nothing = nothing_new(len(self.shards), {k: r for k, r in claimed.items() if k in now}, commits)
+            note = "; ".join(part for part in (decision.note(), nothing) if part)  # a late tick's note and what waits
             return LedgerEntry(
                 tick=run_id(decision.tick), kind="tick", status="empty", missed=decision.missed, note=note,
                 model=self.lineage, spec_hash=self.spec_hash, hash_version=HASH_VERSION, inputs=[], **gone_fields(gone),
