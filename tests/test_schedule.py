@@ -2480,3 +2480,20 @@ def test_a_late_tick_with_nothing_new_still_says_what_an_unfinished_run_holds(tm
     assert "1 missed tick(s), one run for them all, 60 min after the tick" in note
     assert ("no new input (0 shard(s) scored already; 2 held by unfinished run 2026-11-28T02:00:00Z, "
             "which is to finish them: 1 not committed yet)") in note
+
+
+def test_prune_does_not_say_nothing_to_prune_while_an_unfinished_run_holds_a_gone_files_rows(tmp_path):
+    """README: `--once --prune` moves the output of gone shards to _superseded/. A file that a run which keeps failing
+    committed, then deleted from the input: its rows stay in the output (the run holds them; only `--abandon` lets
+    them go), yet the prune's line said `nothing to prune` and exit 0, as if no gone file's rows were left."""
+    runner, model = Committing(), fake_model(tmp_path)
+    spec = make_job(tmp_path, model)
+    gone = add_shard(tmp_path, "a.jsonl", rows("a", 2))
+    add_shard(tmp_path, "bad-0.jsonl", rows("b", 2))
+    assert run_due(spec, now=day(1, hours=0.01), runner=runner).failures
+    Path(gone).unlink()
+    run_due(spec, now=day(2, hours=0.01), runner=runner, prune=True)
+    [pruned] = [e for e in closing_lines(tmp_path) if e["status"] == "pruned"]
+    assert sorted(all_ids(tmp_path)) == ["a0", "a1"]  # still in the output: the unfinished run holds them
+    assert pruned["note"] != "nothing to prune"
+    assert "a.jsonl" in pruned["note"] and "--abandon 2026-11-28T02:00:00Z" in pruned["note"]

@@ -629,6 +629,20 @@ class ScheduledJob:
                 "let their output go, or restore the files"
             )
 
+    def held_gone_note(self, lineage: dict) -> str:
+        """What ``--prune`` can't move: the output of gone input that an unfinished run holds (``""`` where none)."""
+        current = {s.key for s in self.planner(lineage).shards}
+        held = {key: commit.run for key, commit in self.unfinished_commits().items() if key not in current}
+        if not held:
+            return ""
+        runs = sorted(set(held.values()))
+        history = self.history()
+        named = {i.key: i.name or i.uri for run in runs for i in history.first_attempt(run).inputs or []}
+        names = sorted(named.get(key, key) for key in held)
+        return (f"{len(held)} shard(s) whose input is gone ({', '.join(names[:3])}{', …' if len(names) > 3 else ''}) "
+                f"not moved: unfinished run {', '.join(runs)} holds their output; give up on it first "
+                f"(`pipelines schedule JOB --abandon {runs[0]}`), then prune again, or restore the files")
+
     def unfinished_commits(self) -> dict[str, HeldCommit]:
         """shard key → the unfinished run that has committed it (the newest run, where several have)."""
         found: dict[str, HeldCommit] = {}
@@ -718,6 +732,9 @@ class ScheduledJob:
         for move in moves:
             self.retire(move)
         note = f"{len(moves)} shard(s) whose input is gone moved to {SUPERSEDED}/" if moves else "nothing to prune"
+        if held := self.held_gone_note(lineage):
+            note = f"{note}; {held}" if moves else held
+            log.warning("--prune: %s", held)
         if repeats:
             note += (f"; {len(repeats)} shard(s) that quarantined duplicate ids in their partitions are to be scored "
                      "again, as the rows they repeated may have left with them")
