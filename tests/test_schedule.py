@@ -2497,3 +2497,23 @@ def test_prune_does_not_say_nothing_to_prune_while_an_unfinished_run_holds_a_gon
     assert sorted(all_ids(tmp_path)) == ["a0", "a1"]  # still in the output: the unfinished run holds them
     assert pruned["note"] != "nothing to prune"
     assert "a.jsonl" in pruned["note"] and "--abandon 2026-11-28T02:00:00Z" in pruned["note"]
+
+
+def test_the_loop_woken_at_its_tick_does_not_take_it_for_missed_under_grace_seconds_zero(tmp_path):
+    """The loop sleeps until the next tick and runs it; a real clock wakes it a few milliseconds after the tick. Under
+    `grace_seconds: 0` that tick was taken for missed, `1 missed tick(s) skipped; found 0 s after the tick`: with
+    `missed_ticks: skip` the loop skipped every tick and never scored anything (seen with a real `pipelines schedule`
+    loop and `* * * * *`). A tick is named to the second, so a tick found within its second is on time."""
+    spec = make_job(tmp_path, fake_model(tmp_path), missed_ticks="skip", grace_seconds=0)
+    add_shard(tmp_path, "a.jsonl", rows("a", 3))
+    clock = {"now": day(1, hours=-1)}  # started an hour before the tick of day 1
+
+    def sleep(seconds):
+        clock["now"] += timedelta(seconds=seconds + 0.004)  # a real sleep ends a little after the moment asked for
+
+    runner = NoRay()
+    serve(spec, clock=lambda: clock["now"], sleep=sleep, runner=runner, wakeups=3)
+    lines = [(e["tick"], e["status"], e["note"]) for e in closing_lines(tmp_path)]
+    assert lines[0][1] == "skipped"  # the tick before the start, 23 h late
+    assert all(status != "skipped" and "missed" not in (note or "") for _, status, note in lines[1:]), lines
+    assert lines[1][:2] == ("2026-11-28T02:00:00Z", "succeeded") and "missed" not in (lines[1][2] or "")

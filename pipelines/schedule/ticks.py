@@ -110,7 +110,7 @@ def decide(schedule: ScheduleSpec | None, last_tick: str | None, now: datetime) 
     tick = latest_tick(schedule, now)
     if last_tick is not None and run_id(tick) <= last_tick:
         return Decision("handled", tick)
-    late = (now - tick).total_seconds()
+    late = (now.replace(microsecond=0) - tick).total_seconds()  # to the second, as ticks are: a loop wakes just after
     skipped_between = ticks_between(schedule, parse_run_id(last_tick), tick) if last_tick else 0
     is_late = late > schedule.grace_seconds
     missed = skipped_between + (1 if is_late else 0)
