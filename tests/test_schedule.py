@@ -2517,3 +2517,25 @@ def test_the_loop_woken_at_its_tick_does_not_take_it_for_missed_under_grace_seco
     assert lines[0][1] == "skipped"  # the tick before the start, 23 h late
     assert all(status != "skipped" and "missed" not in (note or "") for _, status, note in lines[1:]), lines
     assert lines[1][:2] == ("2026-11-28T02:00:00Z", "succeeded") and "missed" not in (lines[1][2] or "")
+
+
+def test_a_rescore_resumed_after_a_scored_file_was_deleted_does_not_drop_its_rows_unpruned(tmp_path):
+    """README: a shard scored earlier whose file disappears keeps its output; a rescore can't score again what is gone,
+    so while such shards exist `--rescore` is refused unless `--prune` lets their output go (a `pruned` line). A
+    rescore that failed (or was killed) and whose resume found a planned file deleted meanwhile left that file out
+    (`… is gone since the run started; left out`), succeeded, and moved every older partition to _superseded/: the
+    deleted file's rows left the output with no --prune and no `pruned` line (seen with a real rescore killed by
+    PIPELINES_CRASH_AT=after_commit:3, a file removed, then `--once`)."""
+    runner = Committing()
+    spec = make_job(tmp_path, fake_model(tmp_path))
+    add_shard(tmp_path, "a.jsonl", rows("a", 2))
+    gone = add_shard(tmp_path, "b.jsonl", rows("b", 2))
+    assert not run_due(spec, now=day(1, hours=0.01), runner=runner).failures
+    runner.fail_first = {"2026-11-28T03:00:00Z"}
+    assert run_due(spec, now=day(1, hours=1), rescore=True, runner=runner).failures
+    Path(gone).unlink()
+    runner.fail_first = set()
+    run_due(spec, now=day(1, hours=2), runner=runner)
+    pruned = [e for e in ledger(tmp_path) if e["status"] == "pruned"]
+    assert not pruned
+    assert sorted(all_ids(tmp_path)) == ["a0", "a1", "b0", "b1"]  # b's rows stay until --prune lets them go
