@@ -2535,7 +2535,8 @@ def test_a_rescore_resumed_after_a_scored_file_was_deleted_does_not_drop_its_row
     assert run_due(spec, now=day(1, hours=1), rescore=True, runner=runner).failures
     Path(gone).unlink()
     runner.fail_first = set()
-    run_due(spec, now=day(1, hours=2), runner=runner)
+    failures = run_due(spec, now=day(1, hours=2), runner=runner).failures
+    assert failures and "b.jsonl" in failures[0] and "--abandon 2026-11-28T03:00:00Z" in failures[0]
     pruned = [e for e in ledger(tmp_path) if e["status"] == "pruned"]
     assert not pruned
     assert sorted(all_ids(tmp_path)) == ["a0", "a1", "b0", "b1"]  # b's rows stay until --prune lets them go

@@ -797,6 +797,18 @@ class ScheduledJob:
             summary = self.runner(partition_spec(self.spec, run), address=self.address, overwrite=plan.overwrite,
                                   shards=plan.shards, before_visible=retire_older, precision=precision,
                                   column_types=types)
+            if plan.entry.rescore and (lost := sorted(name for key, name in plan.gone.items()
+                                                      if key in (plan.entry.replaces or {})
+                                                      and key not in self.committed_keys(run))):
+                # Its success would move every older partition to _superseded/, the rows of these files with them,
+                # which no rescore can score again: as --rescore is refused while scored input is gone, unless --prune
+                raise PipelineError(
+                    f"rescore {run}: {len(lost)} shard(s) it planned are gone from the input since it started "
+                    f"({', '.join(lost[:3])}{', …' if len(lost) > 3 else ''}): it can't score them again, and their "
+                    "rows would leave with the partitions it supersedes. Restore the files, or give up on it "
+                    f"(`pipelines schedule JOB --abandon {run}`: what it rescored stays, the rest keeps its earlier "
+                    "output), then --prune to let their output go"
+                )
         except Exception as exc:
             try:
                 self.ledger.append(planned.model_copy(update={
