@@ -33,7 +33,8 @@ def register(commands, job_command) -> None:
                           help="score every input shard again (e.g. with a new model) into a new partition; "
                                "earlier partitions move to _superseded/")
     schedule.add_argument("--prune", action="store_true",
-                          help="with --once: move the output of shards whose input file is gone to _superseded/")
+                          help="move the output of shards whose input file is gone to _superseded/ (with --once; "
+                               "in the loop, at its first tick)")
     schedule.add_argument("--abandon", metavar="RUN",
                           help="give up on an unfinished run (one that keeps failing): it is no longer resumed; "
                                "its committed shards stay, the others are scored again by the next tick "
