@@ -37,7 +37,7 @@ from pipelines.output.records import JobRecord, ModelRef, Unreadable
 from pipelines.output.staging import StagingReport
 from pipelines.planning.inputs import count_rows as plan_count_rows
 from pipelines.runner import check_paths, resume_state, run_job, unreadable_violation
-from pipelines.spec import spec_from_dict
+from pipelines.spec import JobSpec, spec_from_dict
 
 
 def spec_of(job: Path, **changes):
@@ -2980,18 +2980,18 @@ def test_an_empty_gz_file_is_unreadable_as_a_truncated_one_is_not_a_shard_of_no_
 A_JOB = JobRecord(spec_hash="h", model=ModelRef(name="m"), quantization="none", device="cpu", task="t")
 
 
+def budget_spec(errors: dict) -> JobSpec:
+    """A job whose error budget is ``errors``, for error_policy_violation (nothing is read or run)."""
+    return spec_from_dict({"input": {"paths": ["in"]}, "model": {"name": "m"}, "task": {"type": "text-classification"},
+                           "output": {"path": "out"}, "errors": errors})
+
+
 # README, Files that cannot be read: "The job fails ... when the quarantined share passes errors.max_rate (default
 # 10%) or the count passes errors.max_count". No test set max_count; this one holds.
 def test_the_error_count_budget_fails_past_max_count_and_not_at_it():
     from pipelines.runner import error_policy_violation
 
-    spec = spec_from_dict(yaml.safe_load("""
-        input: {paths: [in]}
-        model: {name: m}
-        task: {type: text-classification}
-        output: {path: out}
-        errors: {max_rate: 1.0, max_count: 2}
-    """))
+    spec = budget_spec({"max_rate": 1.0, "max_count": 2})
     base = summaries.build(A_JOB, [], [], 0.0, "succeeded")
     at = base.model_copy(update={"rows_in": 100, "errors": 2, "error_rate": 0.02, "error_reasons": {"text is null": 2}})
     past = at.model_copy(update={"errors": 3, "error_rate": 0.03, "error_reasons": {"text is null": 3}})
@@ -3011,13 +3011,7 @@ def test_the_error_count_budget_fails_past_max_count_and_not_at_it():
 def test_the_error_rate_budget_fails_past_max_rate_even_where_the_rounded_share_does_not_show_it():
     from pipelines.runner import error_policy_violation
 
-    spec = spec_from_dict(yaml.safe_load("""
-        input: {paths: [in]}
-        model: {name: m}
-        task: {type: text-classification}
-        output: {path: out}
-        errors: {max_rate: 0.0}
-    """))
+    spec = budget_spec({"max_rate": 0.0})
     one = summaries.build(A_JOB, [], [], 0.0, "succeeded").model_copy(update={
         "rows_in": 2_000_001, "errors": 1, "error_rate": round(1 / 2_000_001, 6), "error_reasons": {"text is null": 1}})
     assert one.error_rate == 0.0  # what _run.json records
