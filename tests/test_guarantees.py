@@ -1623,28 +1623,6 @@ def test_a_file_in_a_model_folders_linked_subfolder_counts_as_the_folders_other_
     assert _content_hash(model) != content and files_key(model) != key
 
 
-def test_an_output_recorded_before_linked_model_subfolders_counted_still_resumes(tmp_path):
-    """Upgrading: an output whose record holds its model folder's hash taken without the linked subfolders' files
-    (versions before 2026-12-06) is the same model while the files outside them are the same; a file changed
-    outside them is still a changed model."""
-    from pipelines.inference.identity import changed, model_files
-    from pipelines.spec import ModelSpec
-
-    model, shared = tmp_path / "model", tmp_path / "shared" / "pooling"
-    shared.mkdir(parents=True)
-    model.mkdir()
-    (model / "config.json").write_text("{}")
-    (shared / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
-    spec = ModelSpec(name=str(model))
-    before_links = model_files(spec)["content"]  # no linked subfolder yet: the old hash and the new agree
-    (model / "1_Pooling").symlink_to(shared, target_is_directory=True)
-    recorded = {"files": "an earlier version's key", "content": before_links}
-    now = model_files(spec, recorded)
-    assert not changed(recorded, now) and now["content"] == before_links
-    (model / "config.json").write_text('{"hidden_size": 8}')
-    assert changed(recorded, model_files(spec, recorded))
-
-
 def test_a_model_folders_content_is_read_once_per_process_while_its_files_stay_the_same(tmp_path, monkeypatch):
     """A run's record, the scheduler's lineage and quantization: auto's kept decision each ask which files the
     model is: a model of many GB is read once, and again only once a file was written."""

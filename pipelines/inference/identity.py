@@ -37,11 +37,7 @@ def model_files(spec: ModelSpec, known: dict[str, str] | None = None) -> dict[st
             files = files_key(folder)
             if known and known.get("files") == files and known.get("content"):
                 return {"files": files, "content": known["content"]}
-            content = directory_hash(folder)
-            if known and known.get("content") not in (None, content) and known["content"] == _unlinked_hash(folder):
-                # recorded before linked subfolders counted: the same files outside them are the same model
-                return {"files": files, "content": known["content"]}
-            return {"files": files, "content": content}
+            return {"files": files, "content": directory_hash(folder)}
         except OSError as exc:  # not the output's: said as the model folder's
             raise PipelineError(
                 f"model.name {spec.name}: cannot read the files of {folder} ({exc.strerror or exc}); this process "
@@ -104,25 +100,13 @@ def directory_hash(folder: Path) -> str:
     return _hashed[key]
 
 
-def _content_hash(folder: Path, files: Iterator[tuple[str, Path]] | None = None) -> str:
+def _content_hash(folder: Path) -> str:
     digest = hashlib.sha256()
-    for relative, path in files if files is not None else _files(folder):
+    for relative, path in _files(folder):
         digest.update(relative.encode() + b"\0")
         with open(path, "rb") as f:
             digest.update(hashlib.file_digest(f, "sha256").digest())
     return digest.hexdigest()[:16]
-
-
-def _unlinked_hash(folder: Path) -> str | None:
-    """The content hash of a folder as versions before 2026-12-06 took it, leaving out the files under subfolders
-    that are symbolic links (pathlib's rglob does not descend into them), where it has such a subfolder; else None
-    (it is the hash). An output whose record holds it resumes: its model's other files are the same."""
-    paths = [p for p in sorted(folder.rglob("*")) if p.is_file()]
-    files = [(str(p.relative_to(folder)), p) for p in paths
-             if not any(part.startswith(".") for part in p.relative_to(folder).parts)]
-    if len(files) == sum(1 for _ in _files(folder)):
-        return None
-    return _content_hash(folder, iter(files))
 
 
 def cached_commit(repo_id: str, revision: str | None) -> str | None:
