@@ -1604,25 +1604,6 @@ def test_a_model_saved_again_in_its_folder_is_not_resumed_into_the_output_the_ea
     assert json.loads((tmp_path / "out" / "_job.json").read_text())["model_files"]["content"] == earlier
 
 
-def test_a_file_in_a_model_folders_linked_subfolder_counts_as_the_folders_other_files_do(tmp_path):
-    """The README: a local model folder is known by "a hash of every file's name and content". A subfolder that is a
-    symbolic link (a sentence-transformers module folder, an adapter linked in from a shared place) was left out of
-    the hash and of the cheap key (pathlib's rglob does not descend into linked folders): a file there rewritten was
-    not told from the same model."""
-    from pipelines.inference.identity import _content_hash, files_key
-
-    model, shared = tmp_path / "model", tmp_path / "shared" / "pooling"
-    model.mkdir()
-    shared.mkdir(parents=True)
-    (model / "config.json").write_text("{}")
-    (shared / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
-    (model / "1_Pooling").symlink_to(shared, target_is_directory=True)
-    (model / "loop").symlink_to(model, target_is_directory=True)  # a link back up is listed once, not forever
-    content, key = _content_hash(model), files_key(model)
-    (shared / "config.json").write_text('{"pooling_mode_cls_token": true}')
-    assert _content_hash(model) != content and files_key(model) != key
-
-
 def test_a_model_folders_content_is_read_once_per_process_while_its_files_stay_the_same(tmp_path, monkeypatch):
     """A run's record, the scheduler's lineage and quantization: auto's kept decision each ask which files the
     model is: a model of many GB is read once, and again only once a file was written."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,23 +57,11 @@ def changed(before: dict[str, str] | None, now: dict[str, str] | None) -> bool:
 
 
 def _files(folder: Path) -> Iterator[tuple[str, Path]]:
-    """The directory's files by relative path, hidden files and folders left out, in a fixed order. Subfolders that
-    are symbolic links are followed (their files are the model's too), each real folder once (a link back up)."""
-    found: list[tuple[str, Path]] = []
-    seen: set[str] = set()
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        real = os.path.realpath(root)
-        if real in seen:
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for name in files:
-            path = Path(root) / name
-            relative = path.relative_to(folder)
-            if not name.startswith(".") and path.is_file():
-                found.append((str(relative), path))
-    yield from sorted(found, key=lambda pair: pair[1])
+    """The directory's files by relative path, hidden files and folders left out, in a fixed order."""
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = path.relative_to(folder)
+        if not any(part.startswith(".") for part in relative.parts):
+            yield str(relative), path
 
 
 def files_key(folder: Path) -> str:
