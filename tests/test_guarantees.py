@@ -2028,10 +2028,10 @@ def test_a_run_that_meets_another_runs_overwrite_half_done_is_refused_as_busy(ti
 
 
 def test_a_shard_scored_at_another_precision_than_the_outputs_is_never_committed(tmp_path):
-    """One output, one precision: each staged block says the precision its actor's model loaded at, and a shard's
-    commit records it. Blocks of one shard at two precisions, or at another than the output holds (quantization
-    auto's decision in _job.json: an actor that took another decision than the board's), are refused before
-    anything of the shard is written or recorded."""
+    """One output, one precision under quantization auto: each staged block says the precision its actor's model
+    loaded at, and a shard's commit records it. A block at another than the output holds (auto's decision in
+    _job.json: an actor that took another decision than the board's) is refused before anything of the shard is
+    written or recorded; outside auto, blocks at two precisions (dtype auto on mixed GPUs) are recorded as both."""
     from pipelines.output.commit import scored_precision
     from pipelines.output.staging import StagingReport
 
@@ -2045,14 +2045,15 @@ def test_a_shard_scored_at_another_precision_than_the_outputs_is_never_committed
 
     assert scored_precision(shard, reports("bfloat16", "bfloat16"), job) == "bfloat16"
     assert scored_precision(shard, reports(""), job) is None  # no actor scored it (an unreadable file)
-    with pytest.raises(PipelineError, match=r"shard .*a\.jsonl: its rows were scored at bfloat16 and float32, where "
-                                            r"one output holds one precision; nothing of it was committed"):
-        scored_precision(shard, reports("float32", "bfloat16"), job)
+    # outside auto, where the spec lets each node choose (dtype auto on GPUs with and without bf16): both, said
+    assert scored_precision(shard, reports("float16", "bfloat16"), job) == "bfloat16 and float16"
     job.precision = {"quantization": "none", "dtype": "bfloat16", "fidelity": None}
     assert scored_precision(shard, reports("bfloat16"), job) == "bfloat16"
     with pytest.raises(PipelineError, match=r"scored at per-token-int8, where this output holds bfloat16 "
                                             r"\(quantization auto's decision, in _job.json\)"):
         scored_precision(shard, reports("per-token-int8"), job)
+    with pytest.raises(PipelineError, match=r"scored at bfloat16 and float16, where this output holds bfloat16"):
+        scored_precision(shard, reports("bfloat16", "float16"), job)
 
 
 def test_a_finished_output_another_run_holds_is_busy_not_up_to_date(tiny_models, tmp_path):

@@ -57,7 +57,10 @@ def changed(before: dict[str, str] | None, now: dict[str, str] | None) -> bool:
 
 
 def _files(folder: Path) -> Iterator[tuple[str, Path]]:
-    """The directory's files by relative path, hidden files and folders left out, in a fixed order."""
+    """The directory's files by relative path, hidden files and folders left out, in a fixed order. A subfolder that
+    is a symbolic link is not descended into (pathlib's rglob): its files are not the folder's own, and nothing loads
+    from a model folder's subfolders. Following them would change the hash of every recorded output whose folder has
+    one (each refused once as changed): that would need a versioned identity."""
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         relative = path.relative_to(folder)
         if not any(part.startswith(".") for part in relative.parts):

@@ -129,20 +129,20 @@ def scheduled_output(location: str, said: str) -> str:
 
 
 def scored_precision(shard: Shard, reports: list[StagingReport], job: JobRecord) -> str | None:
-    """The one precision the actors that predicted a shard's blocks ran at (None: no actor predicted any), which its
-    commit records; a shard whose blocks ran at two, or at another than the output holds (``job.precision``, under
-    ``quantization: auto``), is refused before anything of it is committed: one output, one precision."""
+    """The precision the actors that predicted a shard's blocks ran at, which its commit records (None: no actor
+    predicted any). Under ``quantization: auto`` (``job.precision``, the output's one precision) a shard with a block
+    at another is refused before anything of it is committed; otherwise blocks may differ where the spec lets each
+    node choose (``dtype: auto`` on GPUs with and without bfloat16), and the record names each (``bfloat16 and
+    float16``), as the README allows an output to mix them."""
     found = sorted({report.precision for report in reports if report.precision})
     held = precision_label(job.precision) if job.precision else None
-    if len(found) > 1 or (held is not None and found and found[0] != held):
+    if held is not None and any(precision != held for precision in found):
         raise PipelineError(
-            f"shard {shard.uri}: its rows were scored at {' and '.join(found)}, where "
-            + (f"this output holds {held} (quantization auto's decision, in _job.json)" if held else
-               "one output holds one precision")
-            + "; nothing of it was committed. Run the same command again to score it again, and report this: the "
-            "run's actors should all run at the output's precision"
+            f"shard {shard.uri}: its rows were scored at {' and '.join(found)}, where this output holds {held} "
+            "(quantization auto's decision, in _job.json); nothing of it was committed. Run the same command again "
+            "to score it again, and report this: the run's actors should all run at the output's precision"
         )
-    return found[0] if found else None
+    return " and ".join(found) or None
 
 
 class OutputDir:

@@ -498,8 +498,8 @@ def _facts(summary: RunSummary | None, data: RunData) -> str:
 
 
 def shard_precisions(commits: list[CommitRecord]) -> str:
-    """What the commit records say their rows were scored at (``bfloat16 (6 shards)``; one output holds one), with the
-    shards scored by a version that did not record it; empty where none says (no shard scored a row)."""
+    """What the commit records say their rows were scored at (``bfloat16 (6 shards)``; under quantization auto one
+    output holds one), with the shards scored by a version that did not record it; empty where none says."""
     found = Counter(c.precision for c in commits if c.precision)
     unsaid = sum(1 for c in commits if not c.precision and c.rows_in and c.unreadable is None)
     said = [f"{precision} ({n:,} shard{'s' if n != 1 else ''})" for precision, n in found.most_common()]
