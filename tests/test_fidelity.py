@@ -613,6 +613,11 @@ def test_every_pool_actor_takes_the_first_decision_posted_not_its_own(ray_sessio
     later = fidelity.run_precision(raw, board, PICKED, 0.99)
     assert (later["model"]["quantization"], later["model"]["dtype"]) == ("none", "bfloat16")
     ray_session.kill(board)
+    # ray.kill is asynchronous: a call right after it may still be answered (a CI run saw run_precision succeed);
+    # ask until the board is gone, then the run's line is the one said
+    with pytest.raises(ray_session.exceptions.RayActorError):
+        for _ in range(100_000):
+            ray_session.get(board.decided.remote())
     with pytest.raises(PipelineError, match="the run's board of its precision .* is gone .*run the same command"):
         fidelity.run_precision(raw, board, PICKED, 0.99)
 
