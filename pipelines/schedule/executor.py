@@ -57,6 +57,7 @@ from pipelines.output.layout import (
 from pipelines.output.lock import JobLock, output_lock
 from pipelines.output.object_lock import ObjectLock
 from pipelines.output.records import HASH_VERSION, RunSummary, ShardInput
+from pipelines.output.summary import some_of
 from pipelines.schedule.ledger import History, Ledger, LedgerEntry, LedgerInput
 from pipelines.schedule.lineage import model_lineage, same_model
 from pipelines.schedule.planner import HeldCommit, PartitionState, Planner, Retirement, RunPlan
@@ -616,32 +617,34 @@ class ScheduledJob:
         """Refuse a rescore while an unfinished run holds the output of input that is gone (``current``: the keys of
         the input's shards now): the rescore supersedes that run's partition, and neither it nor ``--prune`` (which
         moves what finished runs scored) can keep or record those rows."""
-        held = {key: commit.run for key, commit in self.unfinished_commits().items() if key not in current}
-        if held:
-            runs = sorted(set(held.values()))
-            history = self.history()
-            named = {i.key: i.name or i.uri for run in runs for i in history.first_attempt(run).inputs or []}
-            names = sorted(named.get(key, key) for key in held)
+        runs, names = self.held_gone(current)
+        if runs:
             raise PipelineError(
-                f"--rescore: {len(held)} shard(s) whose input is gone ({', '.join(names[:3])}) are held by "
+                f"--rescore: {len(names)} shard(s) whose input is gone ({', '.join(names[:3])}) are held by "
                 f"unfinished run {', '.join(runs)}, whose partition the rescore would supersede with their rows; "
                 f"give up on it first (`pipelines schedule JOB --abandon {runs[0]}`), then rescore with --prune to "
                 "let their output go, or restore the files"
             )
 
-    def held_gone_note(self, lineage: dict) -> str:
-        """What ``--prune`` can't move: the output of gone input that an unfinished run holds (``""`` where none)."""
-        current = {s.key for s in self.planner(lineage).shards}
+    def held_gone(self, current: set[str]) -> tuple[list[str], list[str]]:
+        """The unfinished runs that hold the output of input that is gone (``current``: the keys of the input's shards
+        now), and the names of those files, sorted; empty lists where none."""
         held = {key: commit.run for key, commit in self.unfinished_commits().items() if key not in current}
         if not held:
-            return ""
+            return [], []
         runs = sorted(set(held.values()))
         history = self.history()
         named = {i.key: i.name or i.uri for run in runs for i in history.first_attempt(run).inputs or []}
-        names = sorted(named.get(key, key) for key in held)
-        return (f"{len(held)} shard(s) whose input is gone ({', '.join(names[:3])}{', …' if len(names) > 3 else ''}) "
-                f"not moved: unfinished run {', '.join(runs)} holds their output; give up on it first "
-                f"(`pipelines schedule JOB --abandon {runs[0]}`), then prune again, or restore the files")
+        return runs, sorted(named.get(key, key) for key in held)
+
+    def held_gone_note(self, current: set[str]) -> str:
+        """What ``--prune`` can't move: the output of gone input that an unfinished run holds (``""`` where none)."""
+        runs, names = self.held_gone(current)
+        if not runs:
+            return ""
+        return (f"{len(names)} shard(s) whose input is gone ({some_of(names, 3)}) not moved: unfinished run "
+                f"{', '.join(runs)} holds their output; give up on it first (`pipelines schedule JOB --abandon "
+                f"{runs[0]}`), then prune again, or restore the files")
 
     def unfinished_commits(self) -> dict[str, HeldCommit]:
         """shard key → the unfinished run that has committed it (the newest run, where several have)."""
@@ -724,7 +727,8 @@ class ScheduledJob:
 
     def prune(self, decision: Decision, lineage: dict) -> LedgerEntry:
         """Move the scored outputs of input files that are gone to ``_superseded/``, and say so in the ledger."""
-        moves = self.planner(lineage).prunes()
+        planner = self.planner(lineage)
+        moves = planner.prunes()
         leaving: dict[str, set[str]] = {}
         for move in moves:
             leaving.setdefault(move.run, set()).add(str(move.key))
@@ -732,7 +736,7 @@ class ScheduledJob:
         for move in moves:
             self.retire(move)
         note = f"{len(moves)} shard(s) whose input is gone moved to {SUPERSEDED}/" if moves else "nothing to prune"
-        if held := self.held_gone_note(lineage):
+        if held := self.held_gone_note({shard.key for shard in planner.shards}):
             note = f"{note}; {held}" if moves else held
             log.warning("--prune: %s", held)
         if repeats:
@@ -804,7 +808,7 @@ class ScheduledJob:
                 # which no rescore can score again: as --rescore is refused while scored input is gone, unless --prune
                 raise PipelineError(
                     f"rescore {run}: {len(lost)} shard(s) it planned are gone from the input since it started "
-                    f"({', '.join(lost[:3])}{', …' if len(lost) > 3 else ''}): it can't score them again, and their "
+                    f"({some_of(lost, 3)}): it can't score them again, and their "
                     "rows would leave with the partitions it supersedes. Restore the files, or give up on it "
                     f"(`pipelines schedule JOB --abandon {run}`: what it rescored stays, the rest keeps its earlier "
                     "output), then --prune to let their output go"
