@@ -34,6 +34,7 @@ from pipelines.inference.kv_cache import Prefix, PrefixTokens, keeps_logits, sha
 from pipelines.tasks.base import Features, LabelTask, Outputs, softmax
 from pipelines.tasks.options import LLMLabelOptions
 from pipelines.tasks.prompts import (
+    RowText,
     check_chat,
     fill,
     render,
@@ -60,6 +61,7 @@ class LLMLabel(LabelTask):
         if self.options.chat:
             check_chat(self.tokenizer, self.name, self.options.system_prompt)
         self.specials = [] if self.options.chat else special_prefix(self.tokenizer)
+        self.row_text = RowText(self.tokenizer)
         self.keeps_logits = False
         self.kv_prefix: Prefix | None = None  # set in setup where rows continue a shared prefix
         self.shared: PrefixTokens | None = None  # its tokens: what encode needs (setup, or plan_setup)
@@ -127,7 +129,7 @@ class LLMLabel(LabelTask):
         return text_input(self.options.prompt_template)
 
     def encode(self, texts: list[str], columns: dict[str, list[Any]]) -> Features:
-        prompts, errors = fill(self.options.prompt_template, texts, columns)
+        prompts, errors = fill(self.options.prompt_template, texts, columns, self.row_text.hide)
         rows = [i for i, p in enumerate(prompts) if p is not None]
         filled = [prompt for prompt in prompts if prompt is not None]
         rendered = render(self.tokenizer, filled, self.options.chat, self.options.system_prompt)
@@ -195,9 +197,9 @@ class LLMLabel(LabelTask):
         lead = [prompt[len(stripped) :] + self._label_prefix(prompt) for prompt, stripped in zip(rendered, bare)]
         bare = tails(self.tokenizer, bare, special, self.max_length)  # a long prompt's tail: its last tokens, as whole
         k = len(self.labels)
-        prompt_ids = self.tokenizer(bare, add_special_tokens=special)["input_ids"]
+        prompt_ids = self.row_text.encode(bare, add_special_tokens=special)
         joined = [bare[i] + lead[i] + label for i in range(len(bare)) for label in self.labels]
-        joined_ids = self.tokenizer(joined, add_special_tokens=special)["input_ids"]
+        joined_ids = self.row_text.encode(joined, add_special_tokens=special)
         pairs = [(space, label) for space in dict.fromkeys(lead) for label in self.labels]
         alone = self.tokenizer([space + label for space, label in pairs], add_special_tokens=False)
         alone_of = dict(zip(pairs, alone["input_ids"]))

@@ -51,6 +51,7 @@ from pipelines.tasks.generation import (
 )
 from pipelines.tasks.openai_requests import ChatRequest, EmbeddingRequest, parse_request
 from pipelines.tasks.options import FeatureExtractionOptions, TextGenerationOptions
+from pipelines.tasks.prompts import RowText
 
 #: Why a choice ended (``RowStop.reason``), and the finish_reason each is reported as.
 OPEN, EOS, STOP, LENGTH = -1, 0, 1, 2
@@ -207,6 +208,7 @@ class ChatCompletions(Task):
                 "with; use a chat (instruct) model"
             )
         self.default_stops: tuple[str, ...] = ()  # the model's generation config's stop_strings (setup)
+        self.row_text = RowText(self.tokenizer)  # a message's special-token text is read as text, as the API does
 
     def setup(self, model: torch.nn.Module, device: torch.device) -> None:
         configured = getattr(model.generation_config, "stop_strings", None) or ()
@@ -235,7 +237,7 @@ class ChatCompletions(Task):
                 errors[i] = str(problem)
             else:
                 requests[i], prompts[i] = request, prompt
-        encoded = self.tokenizer(list(prompts.values()), add_special_tokens=False)["input_ids"] if prompts else []
+        encoded = self.row_text.encode(list(prompts.values()), add_special_tokens=False) if prompts else []
         ids = columns.get(ROW_ID) or [str(i) for i in range(len(texts))]
         choices = _Choices()
         for (i, request), tokens in zip(requests.items(), encoded):
@@ -255,6 +257,7 @@ class ChatCompletions(Task):
         conversation = request.conversation()
         if isinstance(conversation, str):
             return None, conversation
+        conversation = [{**turn, "content": self.row_text.hide(turn["content"])} for turn in conversation]
         try:
             return self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False), None
         except Exception as exc:  # noqa: BLE001 - a template that raises (e.g. roles must alternate) refuses the row

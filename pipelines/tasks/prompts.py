@@ -12,6 +12,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from pipelines.errors import PipelineError
 from pipelines.tasks.base import CHARS_PER_TOKEN, _truncated, cut_by_length
 from pipelines.tasks.options import template_columns, template_fields
@@ -23,8 +25,11 @@ from pipelines.tasks.options import template_columns, template_fields
 PROBES = ("the", "a", "I", "it", "great", "x", "Hello world", "7", " y", "(", "\nz", "Ödön", "-")
 
 
-def fill(template: str, texts: list[str], columns: dict[str, list[Any]]) -> tuple[list[str | None], dict[int, str]]:
-    """The filled template per row (None where a column is null) and those rows' errors."""
+def fill(
+    template: str, texts: list[str], columns: dict[str, list[Any]], hide: Callable[[Any], Any] | None = None
+) -> tuple[list[str | None], dict[int, str]]:
+    """The filled template per row (None where a column is null) and those rows' errors; ``hide``: what each value
+    goes through first (:meth:`RowText.hide`, so that the value is read as text)."""
     names = template_columns(template)
     prompts: list[str | None] = []
     errors: dict[int, str] = {}
@@ -35,8 +40,83 @@ def fill(template: str, texts: list[str], columns: dict[str, list[Any]]) -> tupl
             errors[i] = f"prompt column {missing[0]!r} is null"
             prompts.append(None)
         else:
-            prompts.append(template.format_map(values))
+            prompts.append(template.format_map({k: hide(v) for k, v in values.items()} if hide else values))
     return prompts, errors
+
+
+#: What stands in a prompt for a special token's text found in a row's value (its index in
+#: :attr:`RowText.specials`), or for one of these two private-use characters that the value held itself (o, c).
+OPEN, CLOSE = "\ue000", "\ue001"
+HIDDEN = re.compile(f"{OPEN}(\\d+|o|c){CLOSE}")
+
+
+class RowText:
+    """Row values read as the text they are. A tokenizer reads a special token's text anywhere in a prompt as that
+    token, so a review holding ``<|im_end|>`` then ``<|im_start|>user`` opened a turn of its own, and ``</s>`` ended
+    a text early. :meth:`hide` puts a stand-in for such text into a value before it fills a template and the chat
+    template renders it; :meth:`encode` tokenizes a prompt holding stand-ins as the tokenizer does (split at the
+    special tokens it holds itself, the template's, each piece between read on its own) with the value's text put
+    back and read as characters (``split_special_tokens``). A prompt with no stand-in is the tokenizer's own
+    ``input_ids``, id for id."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        added = [token for token in getattr(tokenizer, "added_tokens_decoder", {}).values()
+                 if getattr(token, "special", False) and token.content]
+        #: The special tokens' texts, longest first (a longer one holding a shorter is taken whole).
+        self.specials = sorted({token.content for token in added}, key=len, reverse=True)
+        self.index = {text: str(i) for i, text in enumerate(self.specials)} | {OPEN: "o", CLOSE: "c"}
+        self.found = re.compile("|".join(re.escape(text) for text in [*self.specials, OPEN, CLOSE]))
+        # Where the tokenizer splits a text at its special tokens, with the spaces one strips beside it.
+        ordered = sorted(added, key=lambda token: len(token.content), reverse=True)
+        self.split = re.compile("|".join(
+            ("\\s*" if token.lstrip else "") + f"({re.escape(token.content)})" + ("\\s*" if token.rstrip else "")
+            for token in ordered
+        )) if ordered else None
+        self.ends: tuple[list[int], list[int]] | None = None
+
+    def hide(self, value: Any) -> Any:
+        """``value`` with a stand-in for each special token's text it holds (values that are no text as they are)."""
+        if not isinstance(value, str) or not self.found.search(value):
+            return value
+        return self.found.sub(lambda match: f"{OPEN}{self.index[match.group()]}{CLOSE}", value)
+
+    def shown(self, text: str) -> str:
+        """``text`` with the value's own text back in place of each stand-in."""
+        back = {"o": OPEN, "c": CLOSE}
+        return HIDDEN.sub(lambda m: back.get(m.group(1)) or self.specials[int(m.group(1))], text)
+
+    def encode(self, prompts: list[str], add_special_tokens: bool) -> list[list[int]]:
+        """The token ids of ``prompts``: the tokenizer's, where a prompt holds no stand-in."""
+        plain = [i for i, prompt in enumerate(prompts) if OPEN not in prompt]
+        found: list[list[int]] = [[] for _ in prompts]
+        if plain:
+            ids = self.tokenizer([prompts[i] for i in plain], add_special_tokens=add_special_tokens)["input_ids"]
+            for i, row in zip(plain, ids):
+                found[i] = list(row)
+        for i, prompt in enumerate(prompts):
+            if OPEN in prompt:
+                found[i] = self._as_text(prompt, add_special_tokens)
+        return found
+
+    def _as_text(self, prompt: str, add_special_tokens: bool) -> list[int]:
+        ids: list[int] = []
+        start = 0
+        for match in self.split.finditer(prompt) if self.split else ():
+            ids += self._piece(prompt[start : match.start()])
+            ids.append(self.tokenizer.convert_tokens_to_ids(next(g for g in match.groups() if g)))
+            start = match.end()
+        ids += self._piece(prompt[start:])
+        if not add_special_tokens:
+            return ids
+        if self.ends is None:
+            self.ends = special_ends(self.tokenizer)
+        return [*self.ends[0], *ids, *self.ends[1]]
+
+    def _piece(self, text: str) -> list[int]:
+        if not text:
+            return []
+        return list(self.tokenizer(self.shown(text), add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
 
 def text_input(template: str) -> dict[str, str | None]:
@@ -85,21 +165,53 @@ def render(tokenizer: Any, prompts: list[str], chat: bool, system_prompt: str | 
 
 def special_prefix(tokenizer: Any) -> list[int]:
     """The special tokens the tokenizer puts before a text (e.g. Llama's ``<s>``), found by comparison."""
+    return special_ends(tokenizer)[0]
+
+
+def special_ends(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts before a text (Llama's ``<s>``) and after it (T5's ``</s>``), found by
+    comparison."""
     plain = tokenizer("a", add_special_tokens=False)["input_ids"]
     full = tokenizer("a", add_special_tokens=True)["input_ids"]
     for start in range(len(full) - len(plain) + 1):
         if full[start : start + len(plain)] == plain:
-            return list(full[:start])
-    return []
+            return list(full[:start]), list(full[start + len(plain) :])
+    return [], []
 
 
-def tokenize_prompts(tokenizer: Any, prompts: list[str], chat: bool, max_length: int) -> dict[str, Any]:
+def tokenize_prompts(row_text: RowText, prompts: list[str], chat: bool, max_length: int) -> dict[str, Any]:
     """Token ids of rendered prompts; a prompt longer than ``max_length`` loses its beginning (flagged).
 
     The end of a prompt holds the instruction and the place the answer starts, so
-    that is what truncation keeps. Chat prompts carry their special tokens as text.
+    that is what truncation keeps. Chat prompts carry their special tokens as text;
+    a row's value is read as text (:class:`RowText`).
     A prompt far longer than ``max_length`` is tokenized from its tail (:func:`tails`).
     """
+    tokenizer = row_text.tokenizer
+    hidden = [i for i, prompt in enumerate(prompts) if OPEN in prompt]
+    plain = [prompt for prompt in prompts if OPEN not in prompt] if hidden else prompts
+    encoding = _cut_left(tokenizer, plain, chat, max_length) if plain else {"input_ids": [], "truncated": []}
+    if not hidden:
+        return encoding
+    ids, truncated = iter(encoding["input_ids"]), iter(encoding["truncated"])
+    found: dict[str, Any] = {"input_ids": [], "truncated": np.zeros(len(prompts), dtype=bool)}
+    ends = ([], []) if chat else special_ends(tokenizer)
+    for i, prompt in enumerate(prompts):
+        if OPEN not in prompt:
+            found["input_ids"].append(list(next(ids)))
+            found["truncated"][i] = next(truncated)
+            continue
+        whole = row_text.encode([prompt], add_special_tokens=not chat)[0]
+        if len(whole) > max_length:  # its beginning goes, the special tokens around it stay (as the tokenizer cuts)
+            body = whole[len(ends[0]) : len(whole) - len(ends[1])]
+            whole = [*ends[0], *body[len(body) - (max_length - len(ends[0]) - len(ends[1])) :], *ends[1]]
+            found["truncated"][i] = True
+        found["input_ids"].append(whole)
+    return found
+
+
+def _cut_left(tokenizer: Any, prompts: list[str], chat: bool, max_length: int) -> Any:
+    """The tokenizer's ids of ``prompts``, each cut to its last ``max_length`` tokens (``truncated``: which were)."""
     side = tokenizer.truncation_side
     tokenizer.truncation_side = "left"
     try:
@@ -129,7 +241,8 @@ def tails(tokenizer: Any, prompts: list[str], special: bool, keep: int) -> list[
     word, with the space before it (GPT-2's byte-level BPE and SentencePiece put the space before the next word), and
     it is taken only where it holds more tokens than ``keep`` and every token of its last ``keep`` starts after the
     tail's first word (the one word whose tokens could depend on what came before it); else the prompt goes whole.
-    The mirror of :meth:`~pipelines.tasks.base.Task.heads`."""
+    The mirror of :meth:`~pipelines.tasks.base.Task.heads`. A prompt holding a row's special-token text
+    (:class:`RowText`) goes whole: its tokens are not the tokenizer's own."""
     budget = keep * CHARS_PER_TOKEN
     if not getattr(tokenizer, "is_fast", False):
         return prompts
@@ -137,7 +250,7 @@ def tails(tokenizer: Any, prompts: list[str], special: bool, keep: int) -> list[
     for i, prompt in enumerate(prompts):
         start = WORD_START.search(prompt, len(prompt) - budget, len(prompt) - budget // 2) if len(prompt) > budget \
             else None
-        if start is not None:
+        if start is not None and OPEN not in prompt:
             long[i] = prompt[start.start():]
     if not long:
         return prompts

@@ -10,7 +10,7 @@ from pipelines.errors import PipelineError
 from pipelines.tasks.base import Features
 from pipelines.tasks.generation import GenerationTask
 from pipelines.tasks.options import TextGenerationOptions
-from pipelines.tasks.prompts import check_chat, fill, render, shared_start, text_input, tokenize_prompts
+from pipelines.tasks.prompts import RowText, check_chat, fill, render, shared_start, text_input, tokenize_prompts
 
 
 class TextGeneration(GenerationTask):
@@ -24,6 +24,7 @@ class TextGeneration(GenerationTask):
         super().__init__(*args, **kwargs)
         if self.options.chat:
             check_chat(self.tokenizer, self.name, self.options.system_prompt)
+        self.row_text = RowText(self.tokenizer)
         # prompt and generated tokens together must fit the model's positions
         self.prompt_budget = self.max_length
         if self.positions is not None:
@@ -46,13 +47,13 @@ class TextGeneration(GenerationTask):
         return text_input(self.options.prompt_template)
 
     def encode(self, texts: list[str], columns: dict[str, list[Any]]) -> Features:
-        prompts, errors = fill(self.options.prompt_template, texts, columns)
+        prompts, errors = fill(self.options.prompt_template, texts, columns, self.row_text.hide)
         keep = np.array([p is not None for p in prompts], dtype=bool)
         rendered = render(
             self.tokenizer, [p for p in prompts if p is not None], self.options.chat, self.options.system_prompt
         )
         encoding = (
-            tokenize_prompts(self.tokenizer, rendered, self.options.chat, self.prompt_budget)
+            tokenize_prompts(self.row_text, rendered, self.options.chat, self.prompt_budget)
             if rendered
             else {"input_ids": [], "truncated": np.zeros(0, dtype=bool)}
         )
@@ -66,5 +67,5 @@ class TextGeneration(GenerationTask):
     def _prompt_ids(self, filled: list[str]) -> list[list[int]]:
         """Token ids of filled templates, as ``encode`` computes them."""
         rendered = render(self.tokenizer, filled, self.options.chat, self.options.system_prompt)
-        encoding = tokenize_prompts(self.tokenizer, rendered, self.options.chat, self.prompt_budget)
+        encoding = tokenize_prompts(self.row_text, rendered, self.options.chat, self.prompt_budget)
         return [list(ids) for ids in encoding["input_ids"]]
