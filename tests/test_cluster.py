@@ -337,3 +337,19 @@ def test_actor_pool_sizing_on_nodes():
     slot = ComputeSpec(size=2, cpus_per_actor=0.25, resources={"slot": 1})
     assert cluster.actors_that_fit(cluster.actor_request(slot), [{"CPU": 1, "slot": 1}] * 2) == 2
     assert cluster.actors_that_fit(cluster.actor_request(slot), [{"CPU": 1, "slot": 1}, {"CPU": 8}]) == 1
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1:8265", "auto"])
+def test_a_job_server_address_in_the_environment_that_is_no_url_is_named(value):
+    """RAY_API_SERVER_ADDRESS=127.0.0.1:8265 (no http://) is not taken; the line said 'No job server address …, or
+    export RAY_API_SERVER_ADDRESS' to a user who had exported it. It names the variable and the spelling to use."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines", "status", "raysubmit_x"],
+        cwd=ROOT, env={**env, "RAY_API_SERVER_ADDRESS": value}, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert f"RAY_API_SERVER_ADDRESS={value} is not an http(s) URL" in lines[0]
+    assert "or export RAY_API_SERVER_ADDRESS" not in lines[0]

@@ -263,12 +263,25 @@ def resolve_address(address: str | None) -> str:
         value = os.environ.get(name, "").strip()
         if value.lower().startswith(("http://", "https://")):
             return value
+    api = os.environ.get("RAY_API_SERVER_ADDRESS", "").strip()
+    if api:  # set, but not a URL: say so, rather than ask for the variable the user has exported
+        raise PipelineError(
+            f"No job server address: RAY_API_SERVER_ADDRESS={api} is not an http(s) URL, which it must be here; "
+            f"export it as the head's dashboard URL, e.g. RAY_API_SERVER_ADDRESS=http://{_host_port(api)}, or pass "
+            "--address http://HEAD_IP:8265 (`ray dashboard cluster.yaml` tunnels it to http://127.0.0.1:8265)."
+        )
     gcs = os.environ.get("RAY_ADDRESS", "").strip()
     hint = f" (RAY_ADDRESS={gcs} is a GCS address, for `pipelines run --address`)" if gcs else ""
     raise PipelineError(
         f"No job server address{hint}; pass the head's dashboard URL, e.g. --address http://HEAD_IP:8265 "
         "(`ray dashboard cluster.yaml` tunnels it to http://127.0.0.1:8265), or export RAY_API_SERVER_ADDRESS."
     )
+
+
+def _host_port(value: str) -> str:
+    """``HOST:PORT`` of a bare address, for the spelling a message suggests (HEAD_IP:8265 where it names none)."""
+    bare = value.split("://", 1)[-1].rstrip("/")
+    return bare if ":" in bare and bare.lower() != "auto" and not bare.endswith(":6379") else "HEAD_IP:8265"
 
 
 def find_project_root(job_path: Path) -> Path:
