@@ -258,6 +258,14 @@ def test_a_gcs_address_is_refused_naming_pipelines_run(address):
         jobs_client.dashboard_url(address)
 
 
+@pytest.mark.parametrize("address", ["ray://10.0.0.5:10001", "RAY://10.0.0.5:10001"])
+def test_a_ray_client_address_is_refused_naming_the_right_commands(address):
+    """The README: each job command refuses the other kind of address (a ray:// one too) with a message naming the
+    right command; it said only 'not a dashboard address'."""
+    with pytest.raises(PipelineError, match=r"Ray Client address.*--address http://HEAD_IP:8265.*pipelines run --address auto"):
+        jobs_client.dashboard_url(address)
+
+
 @pytest.mark.parametrize(
     "address, url",
     [

@@ -673,6 +673,13 @@ def dashboard_url(address: str) -> str:
             "logs and stop talk to the head's job server: pass its dashboard URL, e.g. --address "
             "http://HEAD_IP:8265 (`ray dashboard cluster.yaml` tunnels it to http://127.0.0.1:8265)."
         )
+    if address.lower().startswith("ray://"):
+        raise PipelineError(
+            f"{address!r} is a Ray Client address, which no pipelines command takes (Ray Data cannot run through Ray "
+            "Client); submit, status, logs and stop talk to the head's job server: pass its dashboard URL, e.g. "
+            "--address http://HEAD_IP:8265 (`ray dashboard cluster.yaml` tunnels it to http://127.0.0.1:8265); on a "
+            "node of the cluster, `pipelines run --address auto` drives the job there."
+        )
     if bare:
         address = "http://" + address
     address = address.rstrip("/")
