@@ -300,6 +300,20 @@ def test_a_run_below_the_bar_fails_before_writing(ray_session, wide_encoder, top
     assert summary.spec_hash == topic_spec(wide_encoder, topics, out, "int8").fingerprint()
 
 
+def test_the_command_below_the_bar_prints_its_result_under_json_then_fails(wide_encoder, topics, tmp_path):
+    """The README said a command that fails prints nothing on stdout under --json, `fidelity` too: below the job's
+    bar `pipelines fidelity --json` prints its result (the measurement is what it is asked for), `passed` false,
+    and then fails with its `error:` line on stderr, status 2."""
+    spec = topic_spec(wide_encoder, topics, tmp_path / "out", "nf4", fidelity={"rows": 64, "min_agreement": 0.99})
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True)))
+    done = cli("fidelity", str(job), "--json")
+    assert done.returncode == 2, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["passed"] is False and result["min_agreement"] == 0.99 and result["agreement"] < 0.99
+    assert done.stderr.splitlines()[-1].startswith("error: quantization fidelity below the bar: ")
+
+
 def test_cli_fidelity_on_minilm(tmp_path):
     (tmp_path / "landing").mkdir()  # as a scheduled job's tick lists it: an empty landing folder is no input yet
     done = cli("fidelity", "jobs/label_news.yaml", "--rows", "48", "--json", "--set", "model.quantization=int8",

@@ -2280,6 +2280,24 @@ def test_json_without_once_is_refused_not_ignored(tmp_path, monkeypatch, capsys)
     assert json.loads(capsys.readouterr().out)["status"] == "abandoned"
 
 
+def test_a_failed_tick_under_once_json_prints_its_ledger_line_then_fails(tmp_path):
+    """The README said a command that fails prints nothing on stdout under --json: `schedule --once --json` prints
+    the ledger lines it wrote, a failed run's included, then the run's `error:` line on stderr, status 2."""
+    shutil.copy(ROOT / "jobs/data/news/part-0.jsonl", tmp_path / "part-0.jsonl")
+    out = tmp_path / "out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "PIPELINES_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines", "schedule", "jobs/nightly_scoring.yaml", "--once", "--json",
+         "--set", f"input.paths=[{tmp_path / 'part-0.jsonl'}]", "--set", f"output.path={out}",
+         "--set", "model.quantization=none", "--set", "errors.too_long=error", "--set", "batching.max_length=3"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    [line] = [json.loads(text) for text in done.stdout.splitlines()]
+    assert line["status"] == "failed" and "over errors.max_rate=0.1" in line["error"]
+    assert [text for text in done.stderr.splitlines() if text.startswith("error: run ")]
+
+
 def test_a_rescore_reads_each_earlier_commit_record_it_retires_once_not_the_whole_partition_per_shard(
         tmp_path, monkeypatch):
     """Each shard a rescore (or a changed file) committed retired its earlier output by reading every commit record
