@@ -180,7 +180,9 @@ def judge(spec: JobSpec, result: Fidelity) -> Fidelity:
     return result.model_copy(update={"min_agreement": bar, "passed": result.agreement >= bar})
 
 
-def below_bar(spec: JobSpec, result: Fidelity) -> str:
+def below_bar(spec: JobSpec, result: Fidelity, run: bool = True) -> str:
+    """Why the check stops a run (``run``), or fails ``pipelines fidelity``, which writes nothing and is the command
+    that shows what changed."""
     lighter = {
         "none": "model.dtype float32",  # a reduced dtype alone
         "int8": "no quantization (model.quantization none)",
@@ -191,8 +193,8 @@ def below_bar(spec: JobSpec, result: Fidelity) -> str:
     return (
         f"quantization fidelity below the bar: {result.measure} {cut(result.agreement, 2, percent=True)} on "
         f"{result.rows} sampled rows, {result.quantization} vs unquantized, under model.fidelity.min_agreement="
-        f"{result.min_agreement}; nothing was written. Use {lighter}, or lower "
-        "the bar if the difference is acceptable (`pipelines fidelity JOB.yaml` shows what changed)"
+        f"{result.min_agreement}{'; nothing was written' if run else ''}. Use {lighter}, or lower the bar if the "
+        "difference is acceptable" + (" (`pipelines fidelity JOB.yaml` shows what changed)" if run else "")
     )
 
 

@@ -42,7 +42,7 @@ def _fidelity(args: argparse.Namespace) -> int:
     else:
         print(render(result, set_bar=spec.model.fidelity is not None))
     if result.passed is False:
-        print(f"error: {below_bar(spec, result)}", file=sys.stderr)
+        print(f"error: {below_bar(spec, result, run=False)}", file=sys.stderr)
         return 2
     return 0
 
