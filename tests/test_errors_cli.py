@@ -600,6 +600,29 @@ def test_a_generating_task_on_a_model_of_another_kind_is_refused_naming_the_task
         check_task_head(task, "some/model", config)
 
 
+@pytest.mark.parametrize(("kind", "task", "fit"), [
+    ("encoder", "summarization", "feature-extraction"),  # minilm's BertModel: let through by run, died in the actors
+    ("mlm", "translation", "fill-mask or feature-extraction"),  # plan named text-generation, which refuses it too
+    ("classifier", "summarization", "text-classification"),
+])
+def test_an_encoder_for_summarization_is_refused_before_any_work_naming_the_tasks_it_fits(tiny_models, tmp_path,
+                                                                                           kind, task, fit):
+    """An encoder given to an encoder-decoder task: `plan` (and the actors, on Transformers' whole config, which
+    says is_encoder_decoder: false) told to set task.type to text-generation or llm-label, which refuse an encoder
+    too; `run` let a base model (BertModel) through its preflight, started Ray, and each actor died on the check."""
+    from test_faults import cli as run_cli
+    from test_faults import many_shards, write_job
+
+    many_shards(tmp_path / "in", shards=1)
+    job = write_job(tmp_path, tiny_models(kind), tmp_path / "in", task={"type": task})
+    for command in ("plan", "run"):
+        done = run_cli(command, str(job))
+        line = one_line_error(done, f"task.type {task} needs an encoder-decoder model", fit)
+        assert "text-generation" not in line, line
+        assert "Ray" not in done.stderr, done.stderr[-3000:]  # refused on the driver, before a local Ray started
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(("section", "needles"), [
     ({"text_column": "Text"}, ("input.text_column 'Text'", "did you mean 'text'?")),  # the case of a letter
     ({"text_column": "txt"}, ("input.text_column 'txt'", "did you mean 'text'?")),

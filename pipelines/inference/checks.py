@@ -114,16 +114,17 @@ def generation_head_problem(task: str, architectures: list[str], config: dict) -
     if task in ("text-generation", "llm-label") and encoder_decoder and not causal:
         return needs, ("summarization or translation (either rewrites each row with the model as it is; task.prefix "
                        "puts an instruction before the row)")
-    if task in ("summarization", "translation") and config.get("is_encoder_decoder") is False and not any(
-            a.endswith("ForConditionalGeneration") for a in architectures):
-        return needs, "text-generation or llm-label"
     if architectures and all(a.endswith(other) for a in architectures):
         fits = [tasks for suffix, tasks in FITTING_TASKS if any(a.endswith(suffix) for a in architectures)]
         return needs, fits[0] if fits else "feature-extraction"
-    if task in ("text-generation", "llm-label") and architectures and all(
-            a.endswith("Model") and not a.endswith("LMHeadModel") for a in architectures):
-        # a base model without a language-model head (BertModel: minilm): Transformers would add a random one
+    if architectures and all(a.endswith("Model") and not a.endswith("LMHeadModel") for a in architectures) and (
+            task in ("text-generation", "llm-label") or not encoder_decoder):
+        # a base model without a language-model head (BertModel: minilm): Transformers would add a random one, or
+        # fail to load it as an encoder-decoder (an encoder-decoder's base class, MarianMTModel, says it is one)
         return needs, "feature-extraction, or zero-shot-classification by embedding similarity"
+    if task in ("summarization", "translation") and config.get("is_encoder_decoder") is False and not any(
+            a.endswith("ForConditionalGeneration") for a in architectures):
+        return needs, "text-generation or llm-label" if causal or not architectures else "feature-extraction"
     return None
 
 
@@ -149,7 +150,9 @@ def check_task_head(task: str, name: str, config: dict, method: str | None = Non
         problem = generation_head_problem(task, architectures, config)
         if problem is not None:
             needs, fit = problem
-            kind = f"a {', '.join(architectures)}" if architectures else "an encoder-decoder model"
+            kind = f"a {', '.join(architectures)}" if architectures else (
+                "an encoder-decoder model" if task in ("text-generation", "llm-label") else
+                "no encoder-decoder model (its config says is_encoder_decoder: false)")
             raise PipelineError(
                 f"model {name!r}: task.type {task} needs {needs}, but this checkpoint is {kind}: Transformers "
                 f"would load it as another kind of model (or fail), and every row's output would be noise; give "
