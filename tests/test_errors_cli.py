@@ -694,3 +694,27 @@ def test_an_adapter_a_cache_folder_or_a_model_with_its_own_code_is_told_what_to_
                                                     "auto_map": {"AutoConfig": "configuration_x.XConfig"}}))
     with pytest.raises(PipelineError, match="runs only with model.trust_remote_code: true"):
         load_config(ModelSpec(name=str(custom)))
+
+
+def test_a_model_without_a_config_stops_the_plan_with_the_runs_own_line(tiny_models, tmp_path):
+    """The README: a model without a config stops `pipelines plan` with the same one-line error as `pipelines run`,
+    exit status 2. The plan loaded the config with Transformers and said its words ("Unrecognized model in …
+    Should have a `model_type` key", "is not a valid JSON file", "We couldn't connect to 'https://huggingface.co'")
+    and told a user who gave a local directory to give one; the run says what the model given is (a directory
+    without config.json, an adapter, a file, an id not in the local cache) and what to do."""
+    from test_faults import cli as run_cli
+    from test_faults import many_shards, write_job
+
+    many_shards(tmp_path / "in", shards=1)
+    no_config = copy_model(tiny_models("classifier"), tmp_path / "no-config", without=("config.json",))
+    adapter = tmp_path / "adapter"  # what peft's save_pretrained() writes
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "base_model_name_or_path": "b"}))
+    a_file = tmp_path / "model.yaml"
+    a_file.write_text("not: a model\n")
+    for model, needle in ((no_config, "the directory has no config.json"), (adapter, "the directory is an adapter"),
+                          (a_file, "is a file; give the directory"), ("nobody/no-such-model", "HF_HUB_OFFLINE is set")):
+        job = write_job(tmp_path, str(model), tmp_path / "in")
+        ran = one_line_error(run_cli("run", str(job)), f"model '{model}'", needle)
+        assert one_line_error(run_cli("plan", str(job)), f"model '{model}'") == ran
+        assert not (tmp_path / "out").exists()

@@ -39,6 +39,21 @@ class TaskContext:
     resolved: str
 
 
+def check_config_as_a_run_does(spec: JobSpec) -> None:
+    """A model whose config a run's preflight does not find (a directory without ``config.json``, an adapter, a
+    file, a hub id not to be had) stops the plan with the run's own line, not Transformers' words."""
+    import os
+
+    from pipelines.inference.aliases import resolve_name
+    from pipelines.inference.checks import CONFIG, check_hub_config, check_model_files
+
+    resolved = resolve_name(spec.model)
+    if not os.path.isdir(resolved):
+        check_hub_config(spec.model, resolved)
+    elif not os.path.isfile(os.path.join(resolved, CONFIG)):
+        check_model_files(spec.model, resolved)  # says what the directory is; its config is checked first
+
+
 def load_task(spec: JobSpec) -> TaskContext:
     """Config, tokenizer and task exactly as :class:`~pipelines.inference.predictor.Predictor` builds them."""
     from pipelines.inference.aliases import check_no_model_folder_of_the_name, resolve_name
@@ -48,6 +63,7 @@ def load_task(spec: JobSpec) -> TaskContext:
 
     implementation = task_class(spec.task.type, spec.input.format)
     check_no_model_folder_of_the_name(spec.model)  # as a run's preflight refuses it
+    check_config_as_a_run_does(spec)
     config = load_config(spec.model)
     method = getattr(spec.task, "method", None)
     check_task_head(spec.task.type, spec.model.name, config.to_dict(), method)  # as a run's preflight refuses it
