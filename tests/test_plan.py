@@ -858,3 +858,23 @@ def test_a_job_pinned_to_the_cpu_is_not_told_a_gpu_share_would_place_its_actors_
     inputs = Fake(shards=[], rows=1)
     found = problems(pinned, inputs, tokens, model, cluster)
     assert not any("dynamic-int8 is a CPU quantization" in line for line in found), found
+
+
+def test_a_file_of_objects_over_several_lines_is_counted_up_to_64_mib_then_estimated(tmp_path, monkeypatch):
+    """The README said only past 1 GiB of one file is the rest estimated; a file that starts with an object written
+    over several lines (`jq .`), or is one JSON array, is parsed whole to count it, up to 64 MiB
+    (ARRAY_COUNT_LIMIT), and estimated past that (a 70 MiB one: 372,504 rows, estimated, for 372,486). JSON lines
+    of the same size are counted exactly. The limit is made small here (the count reads 4 MiB before it looks): the
+    README now says 64 MiB."""
+    from pipelines.planning import inputs
+
+    assert inputs.ARRAY_COUNT_LIMIT == 64 << 20 and inputs.COUNT_LIMIT == 1 << 30
+    monkeypatch.setattr(inputs, "ARRAY_COUNT_LIMIT", 4096)
+    rows = [{"id": str(i), "text": "word " * (10 + i % 20)} for i in range(40_000)]  # past the first 4 MiB read
+    (tmp_path / "pretty.jsonl").write_text("".join(json.dumps(r, indent=2) + "\n" for r in rows))
+    (tmp_path / "array.jsonl").write_text(json.dumps(rows, indent=2))
+    (tmp_path / "lines.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    counts = {s.path.rsplit("/", 1)[-1]: count_rows(s) for s in list_shards([str(tmp_path)])}
+    assert (counts["lines.jsonl"].count, counts["lines.jsonl"].rows) == ("counted", 40_000)
+    for name in ("pretty.jsonl", "array.jsonl"):
+        assert counts[name].count == "estimated" and abs(counts[name].rows - 40_000) < 4_000, counts[name]
