@@ -167,8 +167,9 @@ def problems(
     local = model.fits[0]
     if spec.compute.gpus_per_actor == 0 and (local.actors or 0) < low:
         found.append(
-            f"this machine holds {local.actors} actor(s) of this job (by memory {local.by_memory}, by CPUs "
-            f"{local.by_resources}); the pool needs {low}: a local run would not start"
+            f"this machine holds {local.actors} actor(s) of this job (by memory {local.by_memory}, by "
+            f"{'resources' if spec.compute.resources else 'CPUs'} {local.by_resources}); the pool needs {low}: a local "
+            "run would not start"
         )
     if spec.model.quantization in CPU_QUANTIZATIONS and model.fits[1:] and spec.model.device != "cpu":
         found.append(f"model.quantization {spec.model.quantization} is a CPU quantization: an actor on a GPU node type "
