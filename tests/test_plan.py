@@ -880,23 +880,27 @@ def test_a_file_of_objects_over_several_lines_is_counted_up_to_64_mib_then_estim
         assert counts[name].count == "estimated" and abs(counts[name].rows - 40_000) < 4_000, counts[name]
 
 
-def test_a_job_asking_for_a_custom_resource_fits_no_actor_on_this_machine(tiny_models, tmp_path):
-    """A local run starts a Ray of its own, which has no custom resource, and refuses a pool whose actors ask for one
-    (`compute.resources`) before any work; the plan said this machine fits 1 actor by resources and found no
-    problem."""
+@pytest.mark.parametrize(("compute", "asked"), [
+    ({"resources": {"spot": 1}}, "spot"),
+    ({"accelerator_type": "L4"}, "accelerator_type:L4"),  # with gpus_per_actor 0: an actor asks Ray for it all the same
+])
+def test_a_job_asking_for_a_custom_resource_fits_no_actor_on_this_machine(tiny_models, tmp_path, compute, asked):
+    """A local run starts a Ray of its own, which has no custom resource (nor, on this machine without a GPU, an
+    accelerator type), and refuses a pool whose actors ask for one (`compute.resources`, `compute.accelerator_type`)
+    before any work; the plan said this machine fits 1 actor by resources and found no problem."""
     from test_faults import cli as run_cli
     from test_faults import write_job
 
     write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": str(i), "text": SENTENCES[i % 4]} for i in range(8)])
-    job = write_job(tmp_path, tiny_models("classifier"), tmp_path / "in", compute={"resources": {"spot": 1}})
+    job = write_job(tmp_path, tiny_models("classifier"), tmp_path / "in", compute=compute)
     done = run_cli("plan", str(job), "--json")
     assert done.returncode == 0, done.stderr[-3000:]
     plan = Plan.model_validate(json.loads(done.stdout))
     here = plan.model.fits[0]
     assert (here.target, here.by_resources, here.actors) == ("this machine", 0, 0), here
-    assert "compute.resources asks for spot, which a local Ray has none of" in here.basis, here.basis
+    assert f"its actors ask Ray for {asked}, which a local Ray has none of" in here.basis, here.basis
     assert any(p.startswith("this machine holds 0 actor(s) of this job") and "a local run would not start" in p
                for p in plan.problems), plan.problems
     ran = run_cli("run", str(job))  # as the plan says: refused before any work
-    assert ran.returncode == 2 and "no node has spot" in ran.stderr, ran.stderr[-3000:]
+    assert ran.returncode == 2 and f"no node has {asked}" in ran.stderr, ran.stderr[-3000:]
     assert not (tmp_path / "out").exists()

@@ -166,10 +166,10 @@ def problems(
     low, _ = spec.compute.pool_bounds()
     local = model.fits[0]
     if spec.compute.gpus_per_actor == 0 and (local.actors or 0) < low:
+        by = "resources" if spec.compute.resources or spec.compute.accelerator_type else "CPUs"
         found.append(
-            f"this machine holds {local.actors} actor(s) of this job (by memory {local.by_memory}, by "
-            f"{'resources' if spec.compute.resources else 'CPUs'} {local.by_resources}); the pool needs {low}: a local "
-            "run would not start"
+            f"this machine holds {local.actors} actor(s) of this job (by memory {local.by_memory}, by {by} "
+            f"{local.by_resources}); the pool needs {low}: a local run would not start"
         )
     if spec.model.quantization in CPU_QUANTIZATIONS and model.fits[1:] and spec.model.device != "cpu":
         found.append(f"model.quantization {spec.model.quantization} is a CPU quantization: an actor on a GPU node type "

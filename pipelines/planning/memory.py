@@ -228,16 +228,19 @@ def local_fit(spec: JobSpec, weights: WeightCount, size: Dims, max_length: int) 
     per_actor = weight + activations + PROCESS_OVERHEAD
     # a local run refuses a pool whose CPUs leave none for reading and writing
     by_cpus = max(0, math.ceil(cpus / compute.cpus_per_actor) - 1)
-    # a local Ray has Ray's own resources only: a run refuses a pool that asks for a custom one (check_pool_fits)
+    # a local Ray has Ray's own resources only (and no GPU here, so no accelerator type): a run refuses a pool that
+    # asks for another (check_pool_fits)
     custom = sorted(name for name, amount in compute.resources.items()
                     if amount > 0 and name not in RAY_NODE_RESOURCES and not name.startswith("node:"))
+    if compute.accelerator_type:
+        custom.append(f"accelerator_type:{compute.accelerator_type}")
     by_resources = 0 if compute.gpus_per_actor > 0 or custom else by_cpus
     basis = (
         f"memory available now; {PROCESS_OVERHEAD // MIB} MiB per actor process assumed; "
         f"{cpus} CPUs, cpus_per_actor {compute.cpus_per_actor:g}"
         + (f"; {lanes} micro-batches at once per actor (compute.cpu_lanes)" if lanes > 1 else "")
         + ("; the job asks for GPUs, none here" if compute.gpus_per_actor > 0 else "")
-        + (f"; compute.resources asks for {', '.join(custom)}, which a local Ray has none of" if custom else "")
+        + (f"; its actors ask Ray for {', '.join(custom)}, which a local Ray has none of" if custom else "")
         + (AUTO_SIZED if spec.model.quantization == "auto" else "")
     )
     by_memory = memory // per_actor
