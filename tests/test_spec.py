@@ -525,3 +525,14 @@ def test_a_tilde_alone_is_null_in_a_setting_that_names_no_path(tmp_path):
     job.write_text("input: {paths: [data]}\nmodel: {name: minilm}\ntask: {type: feature-extraction}\n"
                    "output: {path: out}\n")
     assert load_spec(job, ["input.id_column=~"]).input.id_column is None
+
+
+def test_an_empty_label_description_is_refused_not_taken_for_none():
+    """`label_descriptions: {Sports: ""}` was read as no description: the label's filled template stood in for the
+    text the user wrote for it, unsaid."""
+    task = {"type": "zero-shot-classification", "candidate_labels": ["Sports", "World"]}
+    with pytest.raises(PipelineError, match=r"label_descriptions of \['Sports'\] are empty: give each its text"):
+        spec_from_dict({"input": {"paths": ["in"]}, "model": {"name": "minilm"}, "output": {"path": "out"},
+                        "task": {**task, "label_descriptions": {"Sports": " ", "World": "world politics"}}})
+    spec_from_dict({"input": {"paths": ["in"]}, "model": {"name": "minilm"}, "output": {"path": "out"},
+                    "task": {**task, "label_descriptions": {"World": "world politics"}}})

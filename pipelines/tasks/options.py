@@ -353,6 +353,10 @@ class ZeroShotOptions(LabelOptions):
         unknown = set(self.label_descriptions) - set(self.candidate_labels)
         if unknown:
             raise ValueError(f"label_descriptions for labels not in candidate_labels: {sorted(unknown)}")
+        blank = sorted(label for label, text in self.label_descriptions.items() if not text.strip())
+        if blank:  # taken as no description: the label's filled template would stand in for it, unsaid
+            raise ValueError(f"label_descriptions of {blank} are empty: give each its text, or leave the label out of "
+                             "label_descriptions to use hypothesis_template")
         return self
 
 
