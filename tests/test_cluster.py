@@ -59,7 +59,8 @@ def cli(*args: str, env: dict[str, str], cwd: Path = ROOT, timeout: int = 300) -
 def clean_env(extra: dict[str, str]) -> dict[str, str]:
     """This environment without any Ray setting (the session's ray.init may have set some), plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0", **extra)
+    env.update({"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"})
+    env.update(extra)  # PYTHONPATH included: a driver may import another copy of the package
     return env
 
 
@@ -200,17 +201,38 @@ def job_on_slots(tmp_path, tiny_models):
     return path
 
 
+def shipped_copy(folder: Path, marker: Path) -> Path:
+    """A copy of the package in ``folder`` (its PYTHONPATH entry returned) whose runner module, wherever it is
+    imported, appends the file it was imported from to ``marker``."""
+    import shutil
+
+    copy = folder / "pipelines"
+    shutil.copytree(ROOT / "pipelines", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    with (copy / "runner.py").open("a") as runner:
+        runner.write(f"\nwith open({str(marker)!r}, 'a') as _marker:\n    _marker.write(__file__ + '\\n')\n")
+    return folder
+
+
 def test_run_address_spreads_the_pool_over_both_nodes(head, job_on_slots, tmp_path):
     # The driver runs outside the project (cwd is not on the workers' path) and the nodes have no
-    # PYTHONPATH: the workers can import `pipelines` only because the driver ships it (py_modules).
+    # PYTHONPATH. The workers could import the project installed on the nodes (here: this checkout, installed
+    # with -e), so the driver imports a copy of the package that marks where it is imported from: the workers
+    # must run that copy, the one the driver ships (py_modules), not the one installed on the nodes.
     # No RAY_AUTH_MODE: the driver turns token auth on because it has a token.
     # Ray Data starts feeding the first actor that is up; wait for both, so both see rows.
-    env = {"RAY_AUTH_TOKEN": head.token, "HOME": str(tmp_path), "RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S": "240"}
+    marker = tmp_path / "runner_imported_from.txt"
+    env = {"RAY_AUTH_TOKEN": head.token, "HOME": str(tmp_path), "RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S": "240",
+           "PYTHONPATH": str(shipped_copy(tmp_path / "driver_code", marker))}
     before = {a["actor_id"] for a in state_api(head, "actors")}  # e.g. the submitted job's
     done = cli("run", str(job_on_slots), "--address", head.gcs_address, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     ids = pq.read_table(tmp_path / "out").column("id").to_pylist()
     assert sorted(ids) == [f"r{i:03d}" for i in range(64)]
+    imported = set(marker.read_text().splitlines())
+    driver = str(tmp_path / "driver_code" / "pipelines" / "runner.py")
+    assert driver in imported, imported  # the driver ran the copy
+    workers = imported - {driver}
+    assert workers and all("py_modules_files" in path for path in workers), imported  # so did the workers, shipped
 
     actors = [a for a in state_api(head, "actors") if POOL_ACTOR in a["class_name"] and a["actor_id"] not in before]
     assert len(actors) == 2, actors
