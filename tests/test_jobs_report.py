@@ -170,6 +170,15 @@ def test_submit_wait_exits_75_when_the_job_found_its_output_busy(status, exit_co
         assert last == "job raysubmit_x: SUCCEEDED (Job finished successfully.)"
 
 
+def test_logs_follow_exits_0_when_the_job_ended_whatever_its_status(cluster, monkeypatch, capsys):
+    """README: `--wait` exits by how the job ended; `logs --follow` prints the logs to the job's end and exits 0, also
+    for a failed job (the README said of both that "the exit status is the job's")."""
+    cluster.jobs = FakeJobs("FAILED", ray_message(2, f"ARGS\n{ERROR}\n"), 2)
+    monkeypatch.setattr(jobs, "follow_logs", lambda client, job_id: print(f"ARGS\n{ERROR}") or f"ARGS\n{ERROR}\n")
+    assert main(["logs", "raysubmit_x", "--follow", "--address", ADDRESS]) == 0
+    assert capsys.readouterr().out == f"ARGS\n{ERROR}\n"
+
+
 @pytest.mark.parametrize("stop, status", [(KeyboardInterrupt, 130), ("terminated", 143)])
 def test_stopping_logs_follow_says_the_job_keeps_running(monkeypatch, capsys, stop, status):
     """Ctrl-C (or SIGTERM) while `pipelines logs --follow` prints a cluster job's logs stops the following, not the
