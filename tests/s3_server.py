@@ -21,6 +21,12 @@ READ_POLICY = {
     "Statement": [{"Effect": "Allow", "Resource": "*",
                    "Action": ["s3:GetObject", "s3:ListBucket", "s3:HeadObject", "s3:ListObjectsV2"]}],
 }
+#: A writer may do all but delete objects: its write probe is written and stays.
+WRITE_ONLY_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Resource": "*", "Action": "s3:*"},
+                  {"Effect": "Deny", "Resource": "*", "Action": "s3:DeleteObject"}],
+}
 REGION = "us-east-1"
 #: Environment variables that would point a client at real AWS or at another configuration.
 FOREIGN = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_ROLE_ARN",
@@ -80,7 +86,7 @@ class S3Server:
 
 
 def start(buckets: list[str]) -> S3Server:
-    """Start moto on a free port of 127.0.0.1, make an ``admin`` and a read-only ``reader``, then turn auth on."""
+    """Start moto on a free port of 127.0.0.1, make an ``admin``, a read-only ``reader`` and a ``writer`` that may not delete, then turn auth on."""
     import logging
 
     import boto3
@@ -96,7 +102,7 @@ def start(buckets: list[str]) -> S3Server:
     setup = {"endpoint_url": s3.endpoint, "region_name": REGION, "aws_access_key_id": "setup",
              "aws_secret_access_key": "setup"}
     iam = boto3.client("iam", **setup)
-    for user, policy in (("admin", ADMIN_POLICY), ("reader", READ_POLICY)):
+    for user, policy in (("admin", ADMIN_POLICY), ("reader", READ_POLICY), ("writer", WRITE_ONLY_POLICY)):
         iam.create_user(UserName=user)
         iam.put_user_policy(UserName=user, PolicyName="s3", PolicyDocument=json.dumps(policy))
         created = iam.create_access_key(UserName=user)["AccessKey"]

@@ -300,6 +300,24 @@ def test_a_missing_bucket_or_a_refused_request_is_one_line_before_any_work(
         assert s3_server.keys(OUT, prefix) == []  # nothing written (nor left: the write probe is deleted)
 
 
+def test_credentials_that_may_write_but_not_delete_are_refused_naming_the_probe_they_leave(s3_server, tiny_models,
+                                                                                          tmp_path):
+    """README: before any work nothing is left written; a user that may write objects and not delete them writes the
+    empty probe object and cannot delete it, so it stays: the one line says so and names it (it said nothing of it)."""
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": "a", "text": "words"}])
+    s3_server.upload(IN, "news-writer", tmp_path / "in")
+    job = s3_job(tmp_path, tiny_models("classifier"), f"s3://{IN}/news-writer", f"s3://{OUT}/no-delete")
+    done = cli(s3_server, "run", str(job), user="writer")
+    assert done.returncode == 2, done.stderr[-3000:]
+    [line] = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert line.startswith(f"error: output.path s3://{OUT}/no-delete: access denied at http://127.0.0.1:"), line
+    assert "(DeleteObject)" in line and "may write and delete objects (s3:PutObject, s3:DeleteObject)" in line, line
+    [left] = s3_server.keys(OUT, "no-delete")
+    assert left.startswith("_staging/.write-check-"), left
+    assert f"the empty probe object s3://{OUT}/no-delete/{left} it wrote stays there" in line, line
+    assert "Traceback" not in done.stderr and "Started a local Ray" not in done.stderr
+
+
 # the lock across machines ---------------------------------------------------------------------------
 
 

@@ -144,11 +144,18 @@ def check_writable(fs: pafs.FileSystem, root: str, location: str, scratch: str, 
     if is_local(fs):
         return
     probe = f"{root.rstrip('/')}/{scratch}/.write-check-{uuid.uuid4().hex}"
+    written = False
     try:
         with fs.open_output_stream(probe) as stream:
             stream.write(b"")
+        written = True
         fs.delete_file(probe)
     except FileNotFoundError:
         pass  # deleted meanwhile by a run cleaning up its staging folder: it was written, which is what counts
     except OSError as exc:
-        raise refusal(role, location, exc) from None
+        refused = refusal(role, location, exc)
+        if written:  # credentials that may write but not delete: the probe stays, and the line names it
+            scheme = location.split("://", 1)[0]
+            raise PipelineError(f"{refused}; the empty probe object {scheme}://{probe} it wrote stays there "
+                                f"(readers skip {scratch}/)") from None
+        raise refused from None
