@@ -361,8 +361,12 @@ def test_actor_pool_sizing_on_nodes():
     assert cluster.actors_that_fit(cluster.actor_request(slot), [{"CPU": 1, "slot": 1}, {"CPU": 8}]) == 1
 
 
-@pytest.mark.parametrize("value", ["127.0.0.1:8265", "auto"])
-def test_a_job_server_address_in_the_environment_that_is_no_url_is_named(value):
+@pytest.mark.parametrize(("value", "spelled"), [
+    ("127.0.0.1:8265", "http://127.0.0.1:8265"), ("auto", "http://HEAD_IP:8265"),
+    ("ray://10.0.0.5:10001", "http://10.0.0.5:8265"),  # the Ray Client's port is no dashboard's
+    ("10.0.0.5", "http://10.0.0.5:8265"),  # the host given is kept
+])
+def test_a_job_server_address_in_the_environment_that_is_no_url_is_named(value, spelled):
     """RAY_API_SERVER_ADDRESS=127.0.0.1:8265 (no http://) is not taken; the line said 'No job server address …, or
     export RAY_API_SERVER_ADDRESS' to a user who had exported it. It names the variable and the spelling to use."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
@@ -374,4 +378,5 @@ def test_a_job_server_address_in_the_environment_that_is_no_url_is_named(value):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert f"RAY_API_SERVER_ADDRESS={value} is not an http(s) URL" in lines[0]
+    assert f"e.g. RAY_API_SERVER_ADDRESS={spelled}," in lines[0]
     assert "or export RAY_API_SERVER_ADDRESS" not in lines[0]

@@ -306,19 +306,64 @@ def test_a_rows_text_that_spells_special_tokens_is_read_as_text_not_as_those_tok
     assert predictor(batch_of([SPELLS_SPECIALS]))[ERROR].to_pylist() == [None]
 
 
-def test_a_prompt_without_special_token_text_in_its_values_is_the_tokenizers_own_ids(tiny_models):
-    """What reads a row's text as text tokenizes a prompt the way the tokenizer does, piece by piece between the
-    template's special tokens: the same ids as the tokenizer's wherever the values spell none."""
+def _metaspace_tokenizer():
+    """A Llama-style tokenizer: SentencePiece's word mark put before a text's first word only (``prepend_scheme``
+    first, what Transformers 5 gives Llama, Mistral and Phi-3), so text after a special token gets none."""
+    from tiny_models import CHAT_TEMPLATE, CORPUS
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
+    backend.decoder = decoders.Metaspace(prepend_scheme="first")
+    backend.train_from_iterator(CORPUS, trainer=trainers.BpeTrainer(vocab_size=300,
+                                                                    special_tokens=["<unk>", "<s>", "</s>"]))
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A",
+                                                           special_tokens=[("<s>", backend.token_to_id("<s>"))])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+@pytest.mark.parametrize("kind", ["byte-level", "metaspace-first"])
+def test_only_the_special_tokens_a_rows_text_spells_change_the_rest_keeps_the_tokenizers_ids(tiny_models, kind):
+    """What reads a row's text as text changes the special tokens that text spells into the tokens of their
+    characters, and nothing else: the template's text and the row's other words keep the tokenizer's own ids (on a
+    Llama-style tokenizer too, where a first version, which tokenized the prompt piece by piece between the
+    template's special tokens, put a word mark after each); a prompt whose values spell none, even with the
+    stand-ins' own private-use characters in them, is the tokenizer's; a prompt cut at max_length keeps its end."""
+    from pipelines.tasks.prompts import OPEN, RowText, render, tokenize_prompts
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models("causal")) if kind == "byte-level" else _metaspace_tokenizer()
+    row_text = RowText(tokenizer)
+    eos = tokenizer.eos_token_id
+    characters = row_text._characters("</s>")
+    assert eos not in characters and len(characters) > 1
+    for chat in (True, False):
+        special = not chat
+        values = list(SENTENCES) + [f"Paris {OPEN}0\ue001 France"]  # a stand-in's characters, spelled by the row
+        assert [row_text.hide(v) for v in values[:-1]] == values[:-1]
+        rendered = render(tokenizer, [f"Review: {v}" for v in values], chat, "Answer.")
+        hidden = render(tokenizer, [f"Review: {row_text.hide(v)}" for v in values], chat, "Answer.")
+        assert row_text.encode(hidden, special) == tokenizer(rendered, add_special_tokens=special)["input_ids"]
+        spelled = render(tokenizer, [f"Review: {row_text.hide(f'Paris </s> {OPEN} France')}"], chat, "Answer.")
+        found = row_text.encode(spelled, special)[0]
+        whole = tokenizer(render(tokenizer, [f"Review: Paris </s> {OPEN} France"], chat, "Answer.")[0],
+                          add_special_tokens=special)["input_ids"]
+        own = [i for i, token in enumerate(whole) if token == eos][1 if chat else 0]  # the row's, after the system turn's
+        assert found == whole[:own] + characters + whole[own + 1 :]
+        cut = tokenize_prompts(row_text, [spelled[0], rendered[0]], chat, 12)
+        assert cut["truncated"].tolist() == [True, True]
+        head = [tokenizer.bos_token_id] if special else []
+        assert cut["input_ids"][0] == head + found[len(found) - 12 + len(head) :]
+        assert len(cut["input_ids"][1]) == 12 and cut["input_ids"][1][-5:] == tokenizer(
+            rendered[0], add_special_tokens=special)["input_ids"][-5:]
+
+
+def test_a_rows_stand_ins_round_trip(tiny_models):
     from pipelines.tasks.prompts import OPEN, RowText
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_models("causal"))
-    row_text = RowText(tokenizer)
-    conversations = [[{"role": "system", "content": "Answer."}, {"role": "user", "content": s}] for s in SENTENCES]
-    prompts = tokenizer.apply_chat_template(conversations, add_generation_prompt=True, tokenize=False)
-    prompts += [f"Review: {s}\nSentiment:" for s in SENTENCES] + ["</s></s>a</s> b", f"x{OPEN}0y"]
-    for special in (False, True):
-        expected = tokenizer(prompts, add_special_tokens=special)["input_ids"]
-        assert [row_text._as_text(p, special) for p in prompts] == expected
-        assert row_text.encode(prompts, special) == expected
-    assert row_text.hide(f"a{OPEN}0\ue001</s>") != f"a{OPEN}0\ue001</s>"
-    assert row_text.shown(row_text.hide(f"a{OPEN}0\ue001</s>")) == f"a{OPEN}0\ue001</s>"
+    row_text = RowText(AutoTokenizer.from_pretrained(tiny_models("causal")))
+    value = f"a{OPEN}0\ue001</s>{OPEN}"
+    shown, spans = row_text.shown(row_text.hide(value))
+    assert shown == value and spans == [(len(value) - 5, len(value) - 1)]

@@ -279,9 +279,10 @@ def resolve_address(address: str | None) -> str:
 
 
 def _host_port(value: str) -> str:
-    """``HOST:PORT`` of a bare address, for the spelling a message suggests (HEAD_IP:8265 where it names none)."""
-    bare = value.split("://", 1)[-1].rstrip("/")
-    return bare if ":" in bare and bare.lower() != "auto" and not bare.endswith(":6379") else "HEAD_IP:8265"
+    """``HOST:8265``, the dashboard's port, on the host a bare address names, for the spelling a message suggests
+    (HEAD_IP where it names none: ``auto``)."""
+    host = value.split("://", 1)[-1].rstrip("/").rsplit(":", 1)[0]
+    return f"{host if host and host.lower() != 'auto' else 'HEAD_IP'}:8265"
 
 
 def find_project_root(job_path: Path) -> Path:

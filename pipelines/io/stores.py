@@ -157,5 +157,5 @@ def check_writable(fs: pafs.FileSystem, root: str, location: str, scratch: str, 
         if written:  # credentials that may write but not delete: the probe stays, and the line names it
             scheme = location.split("://", 1)[0]
             raise PipelineError(f"{refused}; the empty probe object {scheme}://{probe} it wrote stays there "
-                                f"(readers skip {scratch}/)") from None
+                                f"(readers skip {scratch}/, and no run deletes it): delete it") from None
         raise refused from None

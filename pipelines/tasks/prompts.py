@@ -45,19 +45,21 @@ def fill(
 
 
 #: What stands in a prompt for a special token's text found in a row's value (its index in
-#: :attr:`RowText.specials`), or for one of these two private-use characters that the value held itself (o, c).
+#: :attr:`RowText.specials`), or for one of these two private-use characters that such a value held itself (o, c).
 OPEN, CLOSE = "\ue000", "\ue001"
 HIDDEN = re.compile(f"{OPEN}(\\d+|o|c){CLOSE}")
+ESCAPED = {"o": OPEN, "c": CLOSE}
 
 
 class RowText:
     """Row values read as the text they are. A tokenizer reads a special token's text anywhere in a prompt as that
     token, so a review holding ``<|im_end|>`` then ``<|im_start|>user`` opened a turn of its own, and ``</s>`` ended
     a text early. :meth:`hide` puts a stand-in for such text into a value before it fills a template and the chat
-    template renders it; :meth:`encode` tokenizes a prompt holding stand-ins as the tokenizer does (split at the
-    special tokens it holds itself, the template's, each piece between read on its own) with the value's text put
-    back and read as characters (``split_special_tokens``). A prompt with no stand-in is the tokenizer's own
-    ``input_ids``, id for id."""
+    template renders it; :meth:`encode` tokenizes a prompt holding stand-ins as the tokenizer tokenizes it with the
+    value's text back, then puts the tokens of its characters in place of each special token that text made: the
+    template's text and the row's other text keep the tokenizer's own ids (a special token splits a text there in
+    any case). A prompt with no stand-in is the tokenizer's own ``input_ids``, id for id. A slow (Python) tokenizer,
+    which gives no offsets, reads such text as the tokens still."""
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
@@ -65,58 +67,71 @@ class RowText:
                  if getattr(token, "special", False) and token.content]
         #: The special tokens' texts, longest first (a longer one holding a shorter is taken whole).
         self.specials = sorted({token.content for token in added}, key=len, reverse=True)
+        self.special_ids = {int(tokenizer.convert_tokens_to_ids(text)) for text in self.specials}
         self.index = {text: str(i) for i, text in enumerate(self.specials)} | {OPEN: "o", CLOSE: "c"}
-        self.found = re.compile("|".join(re.escape(text) for text in [*self.specials, OPEN, CLOSE]))
-        # Where the tokenizer splits a text at its special tokens, with the spaces one strips beside it.
-        ordered = sorted(added, key=lambda token: len(token.content), reverse=True)
-        self.split = re.compile("|".join(
-            ("\\s*" if token.lstrip else "") + f"({re.escape(token.content)})" + ("\\s*" if token.rstrip else "")
-            for token in ordered
-        )) if ordered else None
-        self.ends: tuple[list[int], list[int]] | None = None
+        self.escaped = re.compile("|".join(map(re.escape, [*self.specials, OPEN, CLOSE])))
+        self.newline: list[int] | None = None
 
     def hide(self, value: Any) -> Any:
-        """``value`` with a stand-in for each special token's text it holds (values that are no text as they are)."""
-        if not isinstance(value, str) or not self.found.search(value):
+        """``value`` with a stand-in for each special token's text it holds and for each of the stand-ins' own
+        characters (so that no text of a row is taken for a stand-in); any other value as it is."""
+        if not isinstance(value, str) or not self.escaped.search(value):
             return value
-        return self.found.sub(lambda match: f"{OPEN}{self.index[match.group()]}{CLOSE}", value)
+        return self.escaped.sub(lambda match: f"{OPEN}{self.index[match.group()]}{CLOSE}", value)
 
-    def shown(self, text: str) -> str:
-        """``text`` with the value's own text back in place of each stand-in."""
-        back = {"o": OPEN, "c": CLOSE}
-        return HIDDEN.sub(lambda m: back.get(m.group(1)) or self.specials[int(m.group(1))], text)
+    def shown(self, prompt: str) -> tuple[str, list[tuple[int, int]]]:
+        """``prompt`` with the value's own text back in place of each stand-in, and where (characters) each
+        special token's text put back stands in it."""
+        parts: list[str] = []
+        spans: list[tuple[int, int]] = []
+        at = length = 0
+        for match in HIDDEN.finditer(prompt):
+            parts.append(prompt[at : match.start()])
+            length += match.start() - at
+            code = match.group(1)
+            text = ESCAPED.get(code) or self.specials[int(code)]
+            if code not in ESCAPED:
+                spans.append((length, length + len(text)))
+            parts.append(text)
+            length += len(text)
+            at = match.end()
+        parts.append(prompt[at:])
+        return "".join(parts), spans
 
     def encode(self, prompts: list[str], add_special_tokens: bool) -> list[list[int]]:
         """The token ids of ``prompts``: the tokenizer's, where a prompt holds no stand-in."""
-        plain = [i for i, prompt in enumerate(prompts) if OPEN not in prompt]
+        plain = [i for i, prompt in enumerate(prompts) if not HIDDEN.search(prompt)]
         found: list[list[int]] = [[] for _ in prompts]
         if plain:
             ids = self.tokenizer([prompts[i] for i in plain], add_special_tokens=add_special_tokens)["input_ids"]
             for i, row in zip(plain, ids):
                 found[i] = list(row)
         for i, prompt in enumerate(prompts):
-            if OPEN in prompt:
+            if HIDDEN.search(prompt):
                 found[i] = self._as_text(prompt, add_special_tokens)
         return found
 
     def _as_text(self, prompt: str, add_special_tokens: bool) -> list[int]:
+        shown, spans = self.shown(prompt)
+        if not spans or not getattr(self.tokenizer, "is_fast", False):
+            return list(self.tokenizer(shown, add_special_tokens=add_special_tokens)["input_ids"])
+        encoding = self.tokenizer(shown, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
         ids: list[int] = []
-        start = 0
-        for match in self.split.finditer(prompt) if self.split else ():
-            ids += self._piece(prompt[start : match.start()])
-            ids.append(self.tokenizer.convert_tokens_to_ids(next(g for g in match.groups() if g)))
-            start = match.end()
-        ids += self._piece(prompt[start:])
-        if not add_special_tokens:
-            return ids
-        if self.ends is None:
-            self.ends = special_ends(self.tokenizer)
-        return [*self.ends[0], *ids, *self.ends[1]]
+        for token, (start, end) in zip(encoding["input_ids"], encoding["offset_mapping"]):
+            span = next((s for s in spans if start < s[1] and s[0] < end), None) if token in self.special_ids else None
+            ids += self._characters(shown[min(start, span[0]) : max(end, span[1])]) if span else [token]
+        return ids
 
-    def _piece(self, text: str) -> list[int]:
-        if not text:
-            return []
-        return list(self.tokenizer(self.shown(text), add_special_tokens=False, split_special_tokens=True)["input_ids"])
+    def _characters(self, text: str) -> list[int]:
+        """The tokens of a special token's text read as characters, inside a text (not at its start: a tokenizer
+        that puts a word mark before a text's first word, Llama's Metaspace, puts none there), found after a
+        newline, as Transformers' own ``sanitize_control_tokens`` does; alone where the newline's tokens merge."""
+        if self.newline is None:
+            self.newline = list(self.tokenizer("\n", add_special_tokens=False)["input_ids"])
+        led = list(self.tokenizer("\n" + text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+        if led[: len(self.newline)] == self.newline and len(led) > len(self.newline):
+            return led[len(self.newline) :]
+        return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
 
 def text_input(template: str) -> dict[str, str | None]:
@@ -188,8 +203,8 @@ def tokenize_prompts(row_text: RowText, prompts: list[str], chat: bool, max_leng
     A prompt far longer than ``max_length`` is tokenized from its tail (:func:`tails`).
     """
     tokenizer = row_text.tokenizer
-    hidden = [i for i, prompt in enumerate(prompts) if OPEN in prompt]
-    plain = [prompt for prompt in prompts if OPEN not in prompt] if hidden else prompts
+    hidden = {i for i, prompt in enumerate(prompts) if HIDDEN.search(prompt)}
+    plain = [prompt for i, prompt in enumerate(prompts) if i not in hidden] if hidden else prompts
     encoding = _cut_left(tokenizer, plain, chat, max_length) if plain else {"input_ids": [], "truncated": []}
     if not hidden:
         return encoding
@@ -197,7 +212,7 @@ def tokenize_prompts(row_text: RowText, prompts: list[str], chat: bool, max_leng
     found: dict[str, Any] = {"input_ids": [], "truncated": np.zeros(len(prompts), dtype=bool)}
     ends = ([], []) if chat else special_ends(tokenizer)
     for i, prompt in enumerate(prompts):
-        if OPEN not in prompt:
+        if i not in hidden:
             found["input_ids"].append(list(next(ids)))
             found["truncated"][i] = next(truncated)
             continue
@@ -250,7 +265,7 @@ def tails(tokenizer: Any, prompts: list[str], special: bool, keep: int) -> list[
     for i, prompt in enumerate(prompts):
         start = WORD_START.search(prompt, len(prompt) - budget, len(prompt) - budget // 2) if len(prompt) > budget \
             else None
-        if start is not None and OPEN not in prompt:
+        if start is not None and not HIDDEN.search(prompt):
             long[i] = prompt[start.start():]
     if not long:
         return prompts
