@@ -367,3 +367,29 @@ def test_a_rows_stand_ins_round_trip(tiny_models):
     value = f"a{OPEN}0\ue001</s>{OPEN}"
     shown, spans = row_text.shown(row_text.hide(value))
     assert shown == value and spans == [(len(value) - 5, len(value) - 1)]
+
+
+def test_a_rows_special_token_that_takes_the_space_after_it_leaves_the_labels_tokens_as_they_are(tiny_models, tmp_path):
+    """A special token with rstrip (Phi-3's `<|end|>`) takes the spaces after it: where a row's text ended in one, the
+    label's space went with the token's characters and every label began with the same lone space token, which
+    left the labels' first tokens the same (a reviewer's case, on SmolLM2's tokenizer with rstrip set)."""
+    import json
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_models("causal"), folder)
+    tokenizer_file = folder / "tokenizer.json"
+    data = json.loads(tokenizer_file.read_text())
+    for token in data["added_tokens"]:
+        token["rstrip"] = token["content"] == "</s>"
+    tokenizer_file.write_text(json.dumps(data))
+    task = {"type": "llm-label", "candidate_labels": ["positive", "negative"], "prompt_template": "Review: {text}",
+            "reuse_prefix": False}  # the row's text ends the prompt: the label follows it
+    predictor = Predictor(make_spec(str(folder), task))
+    assert predictor.task.tokenizer.added_tokens_decoder[predictor.task.tokenizer.eos_token_id].rstrip
+    def labels(text: str) -> list[list[int]]:
+        features = predictor.task.encode([text], {})
+        ids, starts = features.tokens["input_ids"], features.extra["label_start"]
+        return [ids.row(j).tolist()[starts[j]:] for j in range(2)]
+
+    assert labels("boring </s>") == labels("boring xyz")

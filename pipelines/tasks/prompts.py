@@ -116,16 +116,32 @@ class RowText:
         if not spans or not getattr(self.tokenizer, "is_fast", False):
             return list(self.tokenizer(shown, add_special_tokens=add_special_tokens)["input_ids"])
         encoding = self.tokenizer(shown, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+        tokens = list(zip(encoding["input_ids"], encoding["offset_mapping"]))
         ids: list[int] = []
-        for token, (start, end) in zip(encoding["input_ids"], encoding["offset_mapping"]):
+        i = 0
+        while i < len(tokens):
+            token, (start, end) = tokens[i]
             span = next((s for s in spans if start < s[1] and s[0] < end), None) if token in self.special_ids else None
-            ids += self._characters(shown[min(start, span[0]) : max(end, span[1])]) if span else [token]
+            if span is None:
+                ids.append(token)
+                i += 1
+                continue
+            ids += self._characters(shown[min(start, span[0]) : span[1]])  # with the spaces before it it took (lstrip)
+            i += 1
+            if end > span[1]:  # it took the spaces after it (rstrip): they go with the text that follows, read again
+                stop = next((j for j in range(i, len(tokens)) if tokens[j][0] in self.special_ids), len(tokens))
+                limit = tokens[stop][1][0] if stop < len(tokens) and tokens[stop][1][1] > 0 else len(shown)
+                ids += self._characters(shown[span[1] : limit])
+                i = stop
         return ids
 
     def _characters(self, text: str) -> list[int]:
-        """The tokens of a special token's text read as characters, inside a text (not at its start: a tokenizer
-        that puts a word mark before a text's first word, Llama's Metaspace, puts none there), found after a
-        newline, as Transformers' own ``sanitize_control_tokens`` does; alone where the newline's tokens merge."""
+        """The tokens of a special token's text (or of the text after it) read as characters, inside a text (not at
+        its start: a tokenizer that puts a word mark before a text's first word, Llama's Metaspace, puts none there),
+        found after a newline, as Transformers' own ``sanitize_control_tokens`` does; alone where the newline's tokens
+        merge."""
+        if not text:
+            return []
         if self.newline is None:
             self.newline = list(self.tokenizer("\n", add_special_tokens=False)["input_ids"])
         led = list(self.tokenizer("\n" + text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
