@@ -370,9 +370,10 @@ def test_a_rows_stand_ins_round_trip(tiny_models):
 
 
 def test_a_rows_special_token_that_takes_the_space_after_it_leaves_the_labels_tokens_as_they_are(tiny_models, tmp_path):
-    """A special token with rstrip (Phi-3's `<|end|>`) takes the spaces after it: where a row's text ended in one, the
-    label's space went with the token's characters and every label began with the same lone space token, which
-    left the labels' first tokens the same (a reviewer's case, on SmolLM2's tokenizer with rstrip set)."""
+    """A special token with rstrip (some tokenizers set it on their chat markers) takes the spaces after it: where a
+    row's text ended in one, the label's space went with the token's characters and every label began with the same
+    lone space token, which left the labels' first tokens the same (a reviewer's case, on SmolLM2's tokenizer with
+    rstrip set)."""
     import json
     import shutil
 
