@@ -394,3 +394,31 @@ def test_a_rows_special_token_that_takes_the_space_after_it_leaves_the_labels_to
         return [ids.row(j).tolist()[starts[j]:] for j in range(2)]
 
     assert labels("boring </s>") == labels("boring xyz")
+
+
+def test_a_special_tokens_text_made_by_two_fields_side_by_side_is_read_as_text_too(tiny_models):
+    """Each value was looked at alone, so `{title}{text}` with a title ending `</` and a text starting `s>` made the
+    end-of-text token (a reviewer's case); so did a value ending where the template's text finished the token's. What
+    a row's values make, alone or with the template's text beside them, is read as text; the template's own stays."""
+    model_dir = tiny_models("causal")
+    eos = AutoTokenizer.from_pretrained(model_dir).eos_token_id
+
+    def prompt_ids(template: str, text: str, columns: dict) -> list[int]:
+        task = {"type": "llm-label", "candidate_labels": ["yes", "no"], "prompt_template": template,
+                "reuse_prefix": False}
+        features = Predictor(make_spec(model_dir, task)).task.encode([text], columns)
+        return features.tokens["input_ids"].row(0).tolist()[: features.extra["label_start"][0]]
+
+    assert eos not in prompt_ids("{title}{text}", "s> b", {"title": ["a </"]})
+    ids = prompt_ids("Say {text}s> now</s>", "x </", {})
+    assert ids.count(eos) == 1 and ids[-1] == eos  # the template's own, at its end
+
+
+def test_a_fills_stand_ins_round_trip(tiny_models):
+    from pipelines.tasks.prompts import RowText, fill
+
+    row_text = RowText(AutoTokenizer.from_pretrained(tiny_models("causal")))
+    filled, errors = fill("{title}{text} {n}", ["s> b", "ok", "x"], {"title": ["a </", "a", None], "n": [1, 2.5, 3]},
+                          row_text)
+    assert filled[1] == "aok 2.5" and filled[2] is None and errors == {2: "prompt column 'title' is null"}
+    assert row_text.shown(filled[0])[0] == "a </s> b 1"

@@ -129,7 +129,7 @@ class LLMLabel(LabelTask):
         return text_input(self.options.prompt_template)
 
     def encode(self, texts: list[str], columns: dict[str, list[Any]]) -> Features:
-        prompts, errors = fill(self.options.prompt_template, texts, columns, self.row_text.hide)
+        prompts, errors = fill(self.options.prompt_template, texts, columns, self.row_text)
         rows = [i for i, p in enumerate(prompts) if p is not None]
         filled = [prompt for prompt in prompts if prompt is not None]
         rendered = render(self.tokenizer, filled, self.options.chat, self.options.system_prompt)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import string
 from collections.abc import Callable
 from typing import Any
 
@@ -26,11 +27,13 @@ PROBES = ("the", "a", "I", "it", "great", "x", "Hello world", "7", " y", "(", "\
 
 
 def fill(
-    template: str, texts: list[str], columns: dict[str, list[Any]], hide: Callable[[Any], Any] | None = None
+    template: str, texts: list[str], columns: dict[str, list[Any]], row_text: RowText | None = None
 ) -> tuple[list[str | None], dict[int, str]]:
-    """The filled template per row (None where a column is null) and those rows' errors; ``hide``: what each value
-    goes through first (:meth:`RowText.hide`, so that the value is read as text)."""
+    """The filled template per row (None where a column is null) and those rows' errors; with ``row_text``, a
+    special token's text that a row's values make (one alone, two side by side, one with the template's text
+    beside it) is hidden (:meth:`RowText.hide_in`), so that it is read as text."""
     names = template_columns(template)
+    parsed = list(string.Formatter().parse(template))  # (literal text, field): plain {name} fields only
     prompts: list[str | None] = []
     errors: dict[int, str] = {}
     for i, text in enumerate(texts):
@@ -39,8 +42,22 @@ def fill(
         if missing:
             errors[i] = f"prompt column {missing[0]!r} is null"
             prompts.append(None)
-        else:
-            prompts.append(template.format_map({k: hide(v) for k, v in values.items()} if hide else values))
+            continue
+        if row_text is None:
+            prompts.append(template.format_map(values))
+            continue
+        parts: list[str] = []  # the template filled as format_map fills it, with where each value went
+        spans: list[tuple[int, int]] = []
+        at = 0
+        for literal, field, _, _ in parsed:
+            parts.append(literal)
+            at += len(literal)
+            if field is not None:
+                value = format(values[field], "")
+                spans.append((at, at + len(value)))
+                parts.append(value)
+                at += len(value)
+        prompts.append(row_text.hide_in("".join(parts), spans))
     return prompts, errors
 
 
@@ -77,7 +94,17 @@ class RowText:
         characters (so that no text of a row is taken for a stand-in); any other value as it is."""
         if not isinstance(value, str) or not self.escaped.search(value):
             return value
-        return self.escaped.sub(lambda match: f"{OPEN}{self.index[match.group()]}{CLOSE}", value)
+        return self.hide_in(value, [(0, len(value))])
+
+    def hide_in(self, text: str, spans: list[tuple[int, int]]) -> str:
+        """``text`` with a stand-in for each special token's text, and each stand-in's character, that overlaps one
+        of the ``spans`` (characters) of a row's values: the rest, a template's own, stays as it is."""
+        def stand_in(match: re.Match[str]) -> str:
+            start, end = match.span()
+            row = any(start < stop and begin < end for begin, stop in spans)
+            return f"{OPEN}{self.index[match.group()]}{CLOSE}" if row else match.group()
+
+        return self.escaped.sub(stand_in, text) if spans else text
 
     def shown(self, prompt: str) -> tuple[str, list[tuple[int, int]]]:
         """``prompt`` with the value's own text back in place of each stand-in, and where (characters) each

@@ -47,7 +47,7 @@ class TextGeneration(GenerationTask):
         return text_input(self.options.prompt_template)
 
     def encode(self, texts: list[str], columns: dict[str, list[Any]]) -> Features:
-        prompts, errors = fill(self.options.prompt_template, texts, columns, self.row_text.hide)
+        prompts, errors = fill(self.options.prompt_template, texts, columns, self.row_text)
         keep = np.array([p is not None for p in prompts], dtype=bool)
         rendered = render(
             self.tokenizer, [p for p in prompts if p is not None], self.options.chat, self.options.system_prompt
