@@ -71,12 +71,13 @@ ESCAPED = {"o": OPEN, "c": CLOSE}
 class RowText:
     """Row values read as the text they are. A tokenizer reads a special token's text anywhere in a prompt as that
     token, so a review holding ``<|im_end|>`` then ``<|im_start|>user`` opened a turn of its own, and ``</s>`` ended
-    a text early. :meth:`hide` puts a stand-in for such text into a value before it fills a template and the chat
-    template renders it; :meth:`encode` tokenizes a prompt holding stand-ins as the tokenizer tokenizes it with the
-    value's text back, then puts the tokens of its characters in place of each special token that text made: the
-    template's text and the row's other text keep the tokenizer's own ids (a special token splits a text there in
-    any case). A prompt with no stand-in is the tokenizer's own ``input_ids``, id for id. A slow (Python) tokenizer,
-    which gives no offsets, reads such text as the tokens still."""
+    a text early. :meth:`hide_in` (through :func:`fill`, for a template's values) and :meth:`hide` (a whole value, an
+    OpenAI message's) put a stand-in for such text before the chat template renders it; :meth:`encode` tokenizes a
+    prompt holding stand-ins as the tokenizer tokenizes it with the value's text back, then puts the tokens of its
+    characters in place of each special token that text made: the template's text and the row's other text keep the
+    tokenizer's own ids (a special token splits a text there in any case). A prompt with no stand-in is the
+    tokenizer's own ``input_ids``, id for id. A slow (Python) tokenizer, which gives no offsets, reads such text as
+    the tokens still."""
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
@@ -127,15 +128,15 @@ class RowText:
 
     def encode(self, prompts: list[str], add_special_tokens: bool) -> list[list[int]]:
         """The token ids of ``prompts``: the tokenizer's, where a prompt holds no stand-in."""
-        plain = [i for i, prompt in enumerate(prompts) if not HIDDEN.search(prompt)]
+        hidden = {i for i, prompt in enumerate(prompts) if HIDDEN.search(prompt)}
+        plain = [i for i in range(len(prompts)) if i not in hidden]
         found: list[list[int]] = [[] for _ in prompts]
         if plain:
             ids = self.tokenizer([prompts[i] for i in plain], add_special_tokens=add_special_tokens)["input_ids"]
             for i, row in zip(plain, ids):
                 found[i] = list(row)
-        for i, prompt in enumerate(prompts):
-            if HIDDEN.search(prompt):
-                found[i] = self._as_text(prompt, add_special_tokens)
+        for i in hidden:
+            found[i] = self._as_text(prompts[i], add_special_tokens)
         return found
 
     def _as_text(self, prompt: str, add_special_tokens: bool) -> list[int]:
