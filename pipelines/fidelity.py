@@ -23,7 +23,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -413,13 +413,15 @@ def sample_digest(spec: JobSpec, picked: pa.Table) -> str:
 
 
 def _decision_path(
-    spec: JobSpec, bar: float, picked: pa.Table, bf16: bool, libraries: dict[str, str | None] | None = None
+    spec: JobSpec, bar: float, picked: pa.Table, bf16: bool, libraries: dict[str, str | None] | None = None,
+    cpu: list[str] | None = None,
 ) -> Path:
     """Where the decision for this sample of the input (its ground truth included), this model (its exact weights),
     task options, row policy, kind of device, CPU matmul and lanes is kept; ``bf16``: whether the node that decides
     (:func:`_node_bf16`, asked there) computes bfloat16 natively, which decides whether bfloat16 is a candidate;
     ``libraries``: the versions of the libraries whose kernels the candidates run there (:func:`library_versions`;
-    None: this process's)."""
+    None: this process's); ``cpu``: the flags of its CPU that decide the kernels of a CPU job's candidates
+    (:func:`cpu_kernels`; None: this machine's)."""
     from pipelines.inference.gguf import model_cache
     from pipelines.schedule.lineage import model_lineage
 
@@ -435,6 +437,7 @@ def _decision_path(
         "bar": bar,
         "candidates": CANDIDATES_VERSION,
         "libraries": library_versions() if libraries is None else libraries,  # other kernels: other figures
+        "cpu": (cpu_kernels() if cpu is None else cpu) if spec.actor_device() == "cpu" else None,  # and so here
         "sample": sample_digest(spec, picked),  # the agreement is measured on these rows: another input, another
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
@@ -508,10 +511,12 @@ def choose_here(spec_json: dict[str, Any], picked: pa.Table, bar: float) -> dict
     cuda = torch.cuda.is_available() and spec.actor_device() == "cuda"
     reference = concrete(spec, Precision("none", "float32"))
     options = [concrete(spec, c) for c in candidates("cuda" if cuda else "cpu", _node_bf16(spec))]
-    results = measure_against(reference, options, picked, bar, lambda c, done: outrun(c, done, bar) is not None)
-    left = [f"{_precision_of(c).label} not tried ({outrun(c, results, bar)})" for c in options
-            if all(c is not measured for measured, _ in results)]
-    return fastest_within(results, bar, left)
+    results, slower = measure_against(reference, options, picked, bar,
+                                      lambda c, done, slow: outrun(c, done, bar, slow) is not None)
+    stopped = [spec for spec, _ in slower]
+    left = [f"{_precision_of(c).label} not tried ({outrun(c, results, bar, stopped)})" for c in options
+            if all(c is not measured for measured, _ in results + slower)]
+    return fastest_within(results, bar, left, slower)
 
 
 #: How long an actor measuring ``quantization: auto``'s candidates holds the board's claim before another actor
@@ -636,10 +641,15 @@ def run_precision(spec_json: dict[str, Any], board: Any, picked: pa.Table, bar: 
 DOES_MORE_THAN = {Precision("smooth-int8", "float32"): Precision("per-token-int8", "float32")}
 
 
-def outrun(candidate: JobSpec, done: list[tuple[JobSpec, Fidelity]], bar: float) -> str | None:
-    """Why ``candidate`` can't be the fastest within ``bar`` given the candidates ``done`` (None: it can): one it
-    does more than (:data:`DOES_MORE_THAN`) is within the bar."""
+def outrun(
+    candidate: JobSpec, done: list[tuple[JobSpec, Fidelity]], bar: float, slower: Sequence[JobSpec] = ()
+) -> str | None:
+    """Why ``candidate`` can't be the fastest within ``bar`` given the candidates ``done`` and those stopped as
+    ``slower`` than float32 (None: it can): one it does more than (:data:`DOES_MORE_THAN`) is within the bar, or
+    was slower than float32."""
     lighter = DOES_MORE_THAN.get(_precision_of(candidate))
+    if lighter is not None and any(_precision_of(spec) == lighter for spec in slower):
+        return f"{lighter.label} was slower than float32 and computes less"
     for spec, result in done:
         if _precision_of(spec) == lighter and result.agreement >= bar:
             return f"{lighter.label} is within the bar and computes less"
@@ -679,35 +689,40 @@ def library_versions() -> dict[str, str | None]:
     return found
 
 
-def _decider_node(spec: JobSpec, picked: pa.Table) -> tuple[bool, dict[str, str | None]]:
-    """:func:`_node_bf16` and :func:`library_versions` where the check would run. A CPU job on a Ray of this machine
-    alone (a local Ray) is answered here from the CPU's flags and this environment: asking in a task would start a
-    worker and import torch in it before every run of the job, seconds of start-up on a small machine; elsewhere a
-    Ray task with an actor's resources asks."""
+def _decider_node(spec: JobSpec, picked: pa.Table) -> tuple[bool, dict[str, str | None], list[str]]:
+    """:func:`_node_bf16`, :func:`library_versions` and :func:`cpu_kernels` where the check would run. A CPU job on a
+    Ray of this machine alone (a local Ray) is answered here from the CPU's flags and this environment: asking in a
+    task would start a worker and import torch in it before every run of the job, seconds of start-up on a small
+    machine; elsewhere a Ray task with an actor's resources asks."""
     import ray
 
     if spec.actor_device() == "cpu" and ray.is_initialized():
         alive = [node for node in ray.nodes() if node.get("Alive")]
         if len(alive) == 1 and alive[0].get("NodeID") == ray.get_runtime_context().get_node_id():
-            return _node_bf16(spec), library_versions()
-    bf16, libraries = _on_ray(spec, _node_remote, picked.slice(0, 0))
-    return bool(bf16), dict(libraries)
+            return _node_bf16(spec), library_versions(), cpu_kernels()
+    bf16, libraries, cpu = _on_ray(spec, _node_remote, picked.slice(0, 0))
+    return bool(bf16), dict(libraries), list(cpu)
 
 
-def _node_remote(spec_json: dict[str, Any], picked: pa.Table) -> tuple[bool, dict[str, str | None]]:
-    """:func:`_node_bf16` and :func:`library_versions` on the node a Ray task with an actor's resources lands on
-    (the decision's node)."""
-    return _node_bf16(JobSpec.model_validate(spec_json)), library_versions()
+def _node_remote(spec_json: dict[str, Any], picked: pa.Table) -> tuple[bool, dict[str, str | None], list[str]]:
+    """:func:`_node_bf16`, :func:`library_versions` and :func:`cpu_kernels` on the node a Ray task with an actor's
+    resources lands on (the decision's node)."""
+    return _node_bf16(JobSpec.model_validate(spec_json)), library_versions(), cpu_kernels()
 
 
 def fastest_within(
-    results: list[tuple[JobSpec, Fidelity]], bar: float, left: list[str] | None = None
+    results: list[tuple[JobSpec, Fidelity]], bar: float, left: list[str] | None = None,
+    slower: list[tuple[JobSpec, Any]] | None = None,
 ) -> dict[str, Any]:
     """The decision: of the candidates whose agreement reaches ``bar``, and float32, the one that took the sample
-    in the least time (float32 on a tie), with the reason in words (``left``: candidates not tried, and why)."""
+    in the least time (float32 on a tie), with the reason in words (``left``: candidates not tried, and why;
+    ``slower``: those stopped as slower than float32, each with its :class:`~pipelines.inference.fidelity.Slower`)."""
     tried = [f"{_precision_of(c).label} {cut(r.agreement)} in {r.predict_s or 0:.2f} s" for c, r in results]
+    tried += [f"{_precision_of(c).label} stopped after {how.seconds:.2f} s on {how.rows} of {how.of} rows (slower "
+              "than float32)" for c, how in slower or []]
     tried += left or []
-    float32_s = next((r.reference_predict_s for _, r in results if r.reference_predict_s is not None), None)
+    float32_s = next((r.reference_predict_s for _, r in results if r.reference_predict_s is not None),
+                     next((how.reference_s for _, how in slower or []), None))
     measure = results[0][1].measure if results else "agreement"
     why = f"{measure} vs float32: {', '.join(tried) or 'no candidate for this device'}"
     if float32_s is not None:
@@ -715,7 +730,7 @@ def fastest_within(
     passing = [(c, r) for c, r in results if r.agreement >= bar]
     faster = [(c, r) for c, r in passing if float32_s is None or (r.predict_s or 0) < float32_s]
     if not faster:
-        reason = "float32 the fastest within the bar" if passing else "no candidate within the bar"
+        reason = "float32 the fastest within the bar" if passing or slower else "no candidate within the bar"
         return {"quantization": "none", "dtype": "float32", "fidelity": None, "why": f"{reason} {bar}; {why}"}
     candidate, result = min(faster, key=lambda pair: pair[1].predict_s or 0)
     return {"quantization": candidate.model.quantization, "dtype": candidate.model.dtype,
@@ -724,9 +739,27 @@ def fastest_within(
 
 def _cpu_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX): otherwise bfloat16 is slower."""
+    return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+
+
+#: The CPU's flags that decide the kernels torch runs the candidates with (its int8 product, bfloat16's): a decision
+#: made on a CPU with other ones is made again. On a CPU with AVX2 and no AVX-512 (a 2-core AMD EPYC, Zen 3), torch's
+#: int8 product took 60x float32's time, where on one with AVX-512 (Zen 4) per-token-int8 ran faster than float32:
+#: a decision kept in a cache shared by both (a home folder on a cluster's file system) would have run the job at it.
+CPU_KERNEL_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+
+
+def cpu_kernels() -> list[str]:
+    """Which of :data:`CPU_KERNEL_FLAGS` this CPU has (no torch)."""
+    return [flag for flag in CPU_KERNEL_FLAGS if flag in _cpu_flags()]
+
+
+def _cpu_flags() -> set[str]:
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        pass
+    return set()

@@ -699,6 +699,36 @@ def test_quantization_auto_keys_its_decision_by_the_actors_node_not_the_drivers(
     assert chosen.model.dtype == "bfloat16"
 
 
+def test_quantization_auto_keys_its_decision_by_the_cpus_kernel_flags(tmp_path, monkeypatch):
+    """Decisions are kept in the model cache, which a cluster's nodes may share (a home folder on its file system):
+    one made on a CPU with AVX-512, where per-token-int8 ran faster than float32, was taken on an AVX2 one, where
+    torch's int8 product takes 60x float32's time, since both compute bfloat16 alike (neither natively). The key
+    holds the CPU's flags that decide the kernels; other flags (a CPU's own features) don't move it."""
+    from pipelines import fidelity
+
+    spec, shards = auto_embedding_job(tmp_path)
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(fidelity, "_on_ray", lambda spec, function, picked, *args: function(
+        spec.model_dump(mode="json"), picked, *args))  # the node's answers, here
+    decided = []
+
+    def decide(quantization: str):
+        def made():
+            decided.append(quantization)
+            return {"quantization": quantization, "dtype": "float32", "fidelity": None, "why": "test"}
+        return made
+
+    monkeypatch.setattr(fidelity, "_cpu_flags", lambda: {"avx2", "avx512f", "avx512_vnni", "sse4_2"}, raising=False)
+    assert resolve_auto(spec, shards, decide("per-token-int8")).model.quantization == "per-token-int8"
+    monkeypatch.setattr(fidelity, "_cpu_flags", lambda: {"avx2", "sse4_2"})  # an AVX2 node, sharing the cache
+    assert resolve_auto(spec, shards, decide("none")).model.quantization == "none"
+    monkeypatch.setattr(fidelity, "_cpu_flags", lambda: {"avx2", "sse4_2", "sha_ni"})  # the same kernels
+    assert resolve_auto(spec, shards, decide("unused")).model.quantization == "none"
+    assert decided == ["per-token-int8", "none"]
+
+
 def test_quantization_auto_on_a_local_ray_answers_the_bfloat16_question_without_a_task(ray_session, tmp_path,
                                                                                        monkeypatch):
     """On a Ray of this machine alone the node that decides is this one: its CPU's flags answer whether bfloat16 is a
@@ -1087,20 +1117,23 @@ def test_a_precision_is_timed_by_the_fastest_of_its_passes_over_the_sample(tiny_
 
 
 def _recorded_loads(monkeypatch) -> list[tuple[str, str, int]]:
-    """Each model the fidelity check loads, as (quantization, dtype, its calls over the whole sample of 24 rows)."""
+    """Each model the fidelity check loads, as (quantization, dtype, its passes over the whole sample of 24 rows:
+    the rows it predicted after its warm-up's, over 24; a candidate's first pass is in parts)."""
     import pipelines.inference.fidelity as fidelity
 
     loads: list[tuple[str, str, int]] = []
+    rows: list[int] = []
 
     class Recorded(fidelity.Predictor):
         def __init__(self, spec):
             super().__init__(spec)
             loads.append((spec.model.quantization, spec.model.dtype, 0))
+            rows.append(-fidelity.WARM_UP_ROWS)
 
         def __call__(self, batch):
-            if batch.num_rows == 24:
-                quantization, dtype, calls = loads[-1]
-                loads[-1] = (quantization, dtype, calls + 1)
+            rows[-1] += batch.num_rows
+            quantization, dtype, _ = loads[-1]
+            loads[-1] = (quantization, dtype, max(rows[-1], 0) // 24)
             return super().__call__(batch)
 
     monkeypatch.setattr(fidelity, "Predictor", Recorded)
@@ -1125,7 +1158,8 @@ def test_auto_times_again_only_what_can_decide_and_skips_a_candidate_that_cant_w
     options = [decision.concrete(spec, decision.Precision(q, "float32")) for q in ("per-token-int8", "dynamic-int8")]
 
     loads = _recorded_loads(monkeypatch)
-    results = fidelity.measure_against(reference, options, sample, bar=1.01)  # none within the bar
+    monkeypatch.setattr(fidelity, "SLOWER", float("inf"))  # none stopped as slower (int8 is, on an AVX2 CPU)
+    results, _ = fidelity.measure_against(reference, options, sample, bar=1.01)  # none within the bar
     assert loads == [("none", "float32", 1), ("per-token-int8", "float32", 1), ("dynamic-int8", "float32", 1)]
     assert len({r.reference_predict_s for _, r in results}) == 1
 
@@ -1145,6 +1179,53 @@ def test_auto_times_again_only_what_can_decide_and_skips_a_candidate_that_cant_w
     assert [load[:2] for load in loads[:3]] == [("none", "float32"), ("per-token-int8", "float32"),
                                                 ("smooth-int8", "float32")]
     assert "not tried" not in found["why"]
+
+
+def test_a_candidate_slower_than_float32_is_stopped_not_timed_to_the_end_and_smooth_int8_not_tried(
+        tiny_models, monkeypatch, tmp_path):
+    """On a CPU with AVX2 and no AVX-512 torch's int8 product takes about 60x float32's time: the main job's first run
+    there timed per-token-int8 over the whole sample for 109 s and then smooth-int8 for 150 s, where float32 took
+    7.4 s, to take float32 (its `make run` ran 8 minutes in the test-suite). A candidate's first pass is stopped at
+    the end of the part (fidelity.parts) in which it passed SLOWER times float32's pass; smooth-int8, which computes all that
+    per-token-int8 does, is not tried after it; the decision says so. The clock here counts each call's rows (int8
+    ten times float32's), so that the test holds on any CPU; the models and their predictions are real."""
+    import types
+
+    import pipelines.fidelity as decision
+    import pipelines.inference.fidelity as fidelity
+
+    clock, int8_s = [0.0], [10.0]  # the clock's seconds; a row's at int8 (float32: 1)
+    calls: list[tuple[str, int]] = []
+
+    class Clocked(fidelity.Predictor):
+        def __call__(self, batch):
+            calls.append((self.spec.model.quantization, batch.num_rows))
+            clock[0] += batch.num_rows * (1.0 if self.spec.model.quantization == "none" else int8_s[0])
+            return super().__call__(batch)
+
+    monkeypatch.setattr(fidelity, "Predictor", Clocked)
+    monkeypatch.setattr(fidelity, "time", types.SimpleNamespace(perf_counter=lambda: clock[0],
+                                                                 monotonic=time.monotonic))
+    monkeypatch.setattr(decision, "_node_bf16", lambda spec: False)
+    spec = make_spec(tiny_models("classifier"), {"type": "text-classification"})
+    spec.model.quantization, spec.model.cache_dir = "auto", str(tmp_path)
+    sample = pa.table({"id": [f"r{i}" for i in range(24)], "text": SENTENCES * 3})
+    found = decision.choose_here(spec.model_dump(mode="json"), sample, 0.0)  # every candidate within the bar
+
+    assert (found["quantization"], found["dtype"]) == ("none", "float32")
+    # float32's pass: 24 s on this clock, in parts of 8, 8, 8 rows; the budget 36 s; int8's first part 80 s
+    assert [rows for quantization, rows in calls if quantization == "per-token-int8"] == [fidelity.WARM_UP_ROWS, 8]
+    assert [rows for quantization, rows in calls if quantization == "none"] == [fidelity.WARM_UP_ROWS, 8, 8, 8]
+    assert "smooth-int8" not in [quantization for quantization, _ in calls]
+    assert ("per-token-int8 stopped after 80.00 s on 8 of 24 rows (slower than float32), smooth-int8 not tried "
+            "(per-token-int8 was slower than float32 and computes less); float32 in 24.00 s") in found["why"]
+
+    calls.clear()  # a candidate as fast as float32 runs to its end, in the same parts, and its labels are judged
+    int8_s[0] = 1.0
+    found = decision.choose_here(spec.model_dump(mode="json"), sample, 0.0)
+    assert [rows for quantization, rows in calls if quantization == "per-token-int8"] == [fidelity.WARM_UP_ROWS, 8, 8,
+                                                                                            8, 24]  # timed again
+    assert re.search(r"per-token-int8 [\d.]+ in 24\.00 s", found["why"]) and "stopped" not in found["why"]
 
 
 def test_pipelines_fidelity_of_a_gpu_job_scores_its_sample_once_per_model_after_a_few_rows(tiny_models, monkeypatch):
@@ -1184,7 +1265,7 @@ def test_float32_is_timed_again_while_loaded_on_a_gpu_and_loaded_again_only_in_a
     loads: list[tuple[str, int]] = []
     times = {"float32": iter(float32_s), "bfloat16": iter([bfloat16_s])}
 
-    def predict(spec, sample, timed=True, again=None):
+    def predict(spec, sample, timed=True, again=None, in_parts=False, budget_s=None):
         dtype = spec.model.dtype
         predicted = Predictions({"label": ["a", "b", "a"], "score": [0.9, 0.8, 0.7]}, np.ones(3, dtype=bool), None,
                                 next(times[dtype]), dtype, labels=2, device=device)
@@ -1198,7 +1279,7 @@ def test_float32_is_timed_again_while_loaded_on_a_gpu_and_loaded_again_only_in_a
     reference, bf16 = spec.model_copy(deep=True), spec.model_copy(deep=True)
     reference.model.dtype, bf16.model.dtype = "float32", "bfloat16"
     sample = pa.table({"id": ["r0", "r1", "r2"], "text": SENTENCES[:3]})
-    (_, result), = fidelity.measure_against(reference, [bf16], sample, bar=0.99)
+    ((_, result),), _ = fidelity.measure_against(reference, [bf16], sample, bar=0.99)
     assert loads == expected
     assert (result.agreement, result.predict_s, result.reference_predict_s) == (1.0, bfloat16_s, reference_s)
 

@@ -101,6 +101,13 @@ TIMED_PASSES = 2
 #: CPU job's model over the sample costs about as much as its load (MiniLM: 1.4 s and 1.5 s) or more. On a GPU, where
 #: a pass is a small part of a load (an H200: MiniLM's pass 0.07 s), float32 is timed again while it is loaded.
 CLOSE = 1.5
+#: A candidate whose first timed pass on a CPU has taken more than this many times float32's first pass is stopped at
+#: the end of a part (:func:`parts`), unfinished and not taken: the largest move of one pass seen is 1.43x (see
+#: TIMED_PASSES), so it can't be the faster. On a CPU with AVX2
+#: and no AVX-512, torch's int8 product (``torch._int_mm``) runs about 60x slower than float32's (a 512 x 384 by
+#: 384 x 1,536 product: 277 ms against 4.6 ms on a 2-core AMD EPYC, Zen 3): the main job's check scored
+#: per-token-int8 for 109 s and smooth-int8 for 150 s there, where float32 took 7.4 s.
+SLOWER = CLOSE
 
 
 def warm_up_rows(device: str, rows: int) -> int:
@@ -114,36 +121,89 @@ def warm_up_rows(device: str, rows: int) -> int:
 
 
 def predict(
-    spec: JobSpec, sample: pa.Table, timed: bool = True, again: Callable[[Predictions], bool] | None = None
+    spec: JobSpec,
+    sample: pa.Table,
+    timed: bool = True,
+    again: Callable[[Predictions], bool] | None = None,
+    in_parts: bool = False,
+    budget_s: float | None = None,
 ) -> Predictions:
     """The sample through a Predictor built for ``spec``, after an untimed call (``timed``: :func:`warm_up_rows`, so
     that the sample's call times the precision; else a few rows: a comparison of labels alone needs no more), and the
-    model released afterwards. The first call over the sample gives the predictions (and, timed, their seconds);
-    where ``again`` says so of them, :data:`TIMED_PASSES` - 1 more calls time it again and the fastest counts."""
+    model released afterwards. The first pass over the sample gives the predictions (and, timed, their seconds);
+    where ``again`` says so of them, :data:`TIMED_PASSES` - 1 more passes time it again and the fastest counts.
+    ``in_parts``: the first pass on a CPU is made in :func:`parts`, and with ``budget_s`` a first pass that takes
+    longer is stopped after the part that passed it, and :class:`Slower` raised."""
     predictor = Predictor(spec)
     loaded_on = predictor.loaded.device.type
     predictor(sample.slice(0, warm_up_rows(loaded_on, sample.num_rows) if timed else WARM_UP_ROWS))
-    start = time.perf_counter()
-    table = predictor(sample)
-    seconds = time.perf_counter() - start
+    # in parts on a CPU, float32's as a candidate's (on a GPU a part's new shapes would be timed with their kernels'
+    # load): each part a call, as long as the parts before it together
+    first = parts(sample.num_rows) if in_parts and loaded_on == "cpu" else [sample.num_rows]
+    tables, seconds = _timed_pass(predictor, sample, first, budget_s)
+    done = sum(table.num_rows for table in tables)
+    if done < sample.num_rows:
+        del predictor, tables
+        _free(loaded_on)
+        raise Slower(seconds, done, sample.num_rows)
+    table = pa.concat_tables(tables)
     prefix = spec.output.prediction_prefix
     columns = {name: table.column(prefix + name).to_pylist() for name in spec.task.output_names()}
     ok = table.column(ERROR).is_null().to_numpy(zero_copy_only=False)
-    device, dtype = predictor.loaded.device, str(predictor.loaded.dtype).removeprefix("torch.")
+    dtype = str(predictor.loaded.dtype).removeprefix("torch.")
     labels = len(predictor.task.labels) if isinstance(predictor.task, LabelTask) else None
     independent = isinstance(predictor.task, LabelTask) and predictor.task.independent_scores()
     predicted = Predictions(columns, ok, predictor.loaded.tokenizer, seconds, dtype, labels, independent, loaded_on)
     if timed and again is not None and again(predicted):
         for _ in range(TIMED_PASSES - 1):
-            start = time.perf_counter()
-            predictor(sample)
-            predicted.seconds = min(predicted.seconds, time.perf_counter() - start)
+            predicted.seconds = min(predicted.seconds, _timed_pass(predictor, sample, [sample.num_rows])[1])
             predicted.passes += 1
-    del predictor, table
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    del predictor, table, tables
+    _free(loaded_on)
     return predicted
+
+
+class Slower(Exception):
+    """A first timed pass stopped over its budget, where it had taken ``seconds`` for ``rows`` of the sample's
+    ``of``; ``reference_s``: float32's pass, which the budget was made of (:func:`measure_against` sets it)."""
+
+    def __init__(self, seconds: float, rows: int, of: int) -> None:
+        super().__init__(f"{seconds:.2f} s for {rows} of {of} rows")
+        self.seconds, self.rows, self.of = seconds, rows, of
+        self.reference_s: float | None = None
+
+
+def parts(rows: int) -> list[int]:
+    """The sizes of a first timed pass's calls over a sample of ``rows`` on a CPU: :data:`WARM_UP_ROWS` rows, then
+    each part as many rows as those before it (8, 8, 16, 32, 64, 128 for 256), so that a candidate that is many times
+    slower than float32 (:data:`SLOWER`) is stopped after at most twice its budget, in a few calls."""
+    sizes: list[int] = []
+    while sum(sizes) < rows:
+        sizes.append(min(max(sum(sizes), WARM_UP_ROWS), rows - sum(sizes)))
+    return sizes or [0]
+
+
+def _timed_pass(
+    predictor: Predictor, sample: pa.Table, sizes: list[int], budget_s: float | None = None
+) -> tuple[list[pa.Table], float]:
+    """``sample`` through ``predictor`` in calls of ``sizes`` rows, and the seconds they took together; with
+    ``budget_s``, the calls until the one after which they had taken longer."""
+    tables: list[pa.Table] = []
+    seconds, start = 0.0, 0
+    for size in sizes:
+        begun = time.perf_counter()
+        tables.append(predictor(sample.slice(start, size)))
+        seconds += time.perf_counter() - begun
+        start += size
+        if budget_s is not None and seconds > budget_s:
+            break
+    return tables, seconds
+
+
+def _free(device: str) -> None:
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _precision(spec: JobSpec, predicted: Predictions) -> str:
@@ -175,21 +235,25 @@ def measure_against(
     candidates: list[JobSpec],
     sample: pa.Table,
     bar: float,
-    needless: Callable[[JobSpec, list[tuple[JobSpec, Fidelity]]], bool] | None = None,
-) -> list[tuple[JobSpec, Fidelity]]:
+    needless: Callable[[JobSpec, list[tuple[JobSpec, Fidelity]], list[JobSpec]], bool] | None = None,
+) -> tuple[list[tuple[JobSpec, Fidelity]], list[tuple[JobSpec, Slower]]]:
     """Score the sample once with ``reference``, then with each candidate in turn: each candidate's comparison,
-    with the seconds it and the reference took on the sample (``predict_s``, ``reference_predict_s``).
+    with the seconds it and the reference took on the sample (``predict_s``, ``reference_predict_s``); and the
+    candidates stopped as slower than the reference (:data:`SLOWER`), with how far they got.
 
     What the decision needs and no more: a candidate is timed again (:data:`TIMED_PASSES`) only where it reaches
     ``bar``; the reference, on a GPU timed again while loaded, is on a CPU loaded and timed again only where the
-    fastest candidate within the bar is faster than it, by less than :data:`CLOSE`; a candidate that
-    ``needless(candidate, results so far)`` says can't win is not scored (not in the result)."""
+    fastest candidate within the bar is faster than it, by less than :data:`CLOSE`; a candidate whose first pass (in
+    :func:`parts` on a CPU, as float32's) takes more than :data:`SLOWER` times float32's is stopped; a candidate that
+    ``needless(candidate, results so far, candidates stopped so far)`` says can't win is not scored (in neither
+    list)."""
     truth = _truth(reference, sample)
     ids = sample.column(reference.input.id_column or "id").to_pylist()
-    base = predict(reference, sample, again=lambda predicted: predicted.device == "cuda")
+    base = predict(reference, sample, again=lambda predicted: predicted.device == "cuda", in_parts=True)
     results: list[tuple[JobSpec, Fidelity]] = []
+    slower: list[tuple[JobSpec, Slower]] = []
     for candidate in candidates:
-        if needless is not None and needless(candidate, results):
+        if needless is not None and needless(candidate, results, [spec for spec, _ in slower]):
             continue
         start = time.monotonic()
         judged: list[Fidelity] = []  # compared after the first pass, which decides whether to time it again
@@ -198,7 +262,11 @@ def measure_against(
             judged.append(compare(candidate.task, predicted, base, ids, truth))
             return judged[0].agreement >= bar
 
-        predicted = predict(candidate, sample, again=within_bar)
+        try:
+            predicted = predict(candidate, sample, again=within_bar, in_parts=True, budget_s=SLOWER * base.seconds)
+        except Slower as stopped:
+            slower.append((candidate, stopped))
+            continue
         result = judged[0]
         result.quantization = _precision(candidate, predicted)
         result.reference = "float32"
@@ -211,7 +279,9 @@ def measure_against(
         base.seconds = min(base.seconds, predict(reference, sample).seconds)  # the fastest of two calls, as the rest
     for _, result in results:
         result.reference_predict_s = round(base.seconds, 4)
-    return results
+    for _, how in slower:
+        how.reference_s = round(base.seconds, 4)
+    return results, slower
 
 
 def compare(
