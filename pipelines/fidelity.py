@@ -751,7 +751,8 @@ CPU_KERNEL_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",
 
 def cpu_kernels() -> list[str]:
     """Which of :data:`CPU_KERNEL_FLAGS` this CPU has (no torch)."""
-    return [flag for flag in CPU_KERNEL_FLAGS if flag in _cpu_flags()]
+    flags = _cpu_flags()
+    return [flag for flag in CPU_KERNEL_FLAGS if flag in flags]
 
 
 def _cpu_flags() -> set[str]:

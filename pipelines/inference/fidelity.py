@@ -176,7 +176,8 @@ class Slower(Exception):
 def parts(rows: int) -> list[int]:
     """The sizes of a first timed pass's calls over a sample of ``rows`` on a CPU: :data:`WARM_UP_ROWS` rows, then
     each part as many rows as those before it (8, 8, 16, 32, 64, 128 for 256), so that a candidate that is many times
-    slower than float32 (:data:`SLOWER`) is stopped after at most twice its budget, in a few calls."""
+    slower than float32 (:data:`SLOWER`) is stopped, in a few calls, within twice its budget (or at the end of its
+    first part, where that one alone takes longer)."""
     sizes: list[int] = []
     while sum(sizes) < rows:
         sizes.append(min(max(sum(sizes), WARM_UP_ROWS), rows - sum(sizes)))
