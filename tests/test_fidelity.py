@@ -1181,20 +1181,16 @@ def test_auto_times_again_only_what_can_decide_and_skips_a_candidate_that_cant_w
     assert "not tried" not in found["why"]
 
 
-def test_a_candidate_slower_than_float32_is_stopped_not_timed_to_the_end_and_smooth_int8_not_tried(
-        tiny_models, monkeypatch, tmp_path):
-    """On a CPU with AVX2 and no AVX-512 torch's int8 product takes about 60x float32's time: the main job's first run
-    there timed per-token-int8 over the whole sample for 109 s and then smooth-int8 for 150 s, where float32 took
-    7.4 s, to take float32 (its `make run` ran 8 minutes in the test-suite). A candidate's first pass is stopped at
-    the end of the part (fidelity.parts) in which it passed SLOWER times float32's pass; smooth-int8, which computes all that
-    per-token-int8 does, is not tried after it; the decision says so. The clock here counts each call's rows (int8
-    ten times float32's), so that the test holds on any CPU; the models and their predictions are real."""
+def _clocked_passes(monkeypatch, int8_s: list[float]) -> list[tuple[str, int]]:
+    """The check's clock made to count each call's rows: a row takes 1 s in float32 and ``int8_s[0]`` s in any
+    candidate (so that a test of what is stopped holds on any CPU); the calls' (quantization, rows), in order. The
+    models and their predictions stay real; the node is one without native bfloat16 (no bfloat16 candidate)."""
     import types
 
     import pipelines.fidelity as decision
     import pipelines.inference.fidelity as fidelity
 
-    clock, int8_s = [0.0], [10.0]  # the clock's seconds; a row's at int8 (float32: 1)
+    clock = [0.0]
     calls: list[tuple[str, int]] = []
 
     class Clocked(fidelity.Predictor):
@@ -1207,6 +1203,22 @@ def test_a_candidate_slower_than_float32_is_stopped_not_timed_to_the_end_and_smo
     monkeypatch.setattr(fidelity, "time", types.SimpleNamespace(perf_counter=lambda: clock[0],
                                                                  monotonic=time.monotonic))
     monkeypatch.setattr(decision, "_node_bf16", lambda spec: False)
+    return calls
+
+
+def test_a_candidate_slower_than_float32_is_stopped_not_timed_to_the_end_and_smooth_int8_not_tried(
+        tiny_models, monkeypatch, tmp_path):
+    """On a CPU with AVX2 and no AVX-512 torch's int8 product takes about 60x float32's time: the main job's first run
+    there timed per-token-int8 over the whole sample for 109 s and then smooth-int8 for 150 s, where float32 took
+    7.4 s, to take float32 (its `make run` ran 8 minutes in the test-suite). A candidate's first pass is stopped at
+    the end of the part (fidelity.parts) in which it passed SLOWER times float32's pass; smooth-int8, which computes all that
+    per-token-int8 does, is not tried after it; the decision says so. The clock here counts each call's rows (int8
+    ten times float32's), so that the test holds on any CPU; the models and their predictions are real."""
+    import pipelines.fidelity as decision
+    import pipelines.inference.fidelity as fidelity
+
+    int8_s = [10.0]
+    calls = _clocked_passes(monkeypatch, int8_s)
     spec = make_spec(tiny_models("classifier"), {"type": "text-classification"})
     spec.model.quantization, spec.model.cache_dir = "auto", str(tmp_path)
     sample = pa.table({"id": [f"r{i}" for i in range(24)], "text": SENTENCES * 3})
@@ -1226,6 +1238,28 @@ def test_a_candidate_slower_than_float32_is_stopped_not_timed_to_the_end_and_smo
     assert [rows for quantization, rows in calls if quantization == "per-token-int8"] == [fidelity.WARM_UP_ROWS, 8, 8,
                                                                                             8, 24]  # timed again
     assert re.search(r"per-token-int8 [\d.]+ in 24\.00 s", found["why"]) and "stopped" not in found["why"]
+
+
+def test_a_sample_float32_predicts_none_of_is_refused_even_where_every_candidate_is_stopped_as_slower(
+        tiny_models, monkeypatch, tmp_path):
+    """Every sampled row quarantined by float32 (each longer than max_length under errors.too_long: error): the check
+    has nothing to compare. It said so only when it compared a candidate; a candidate stopped as slower than float32
+    is not compared, so where per-token-int8 was stopped (as on an AVX2 CPU, or by the noise of a pass over 10 rows
+    that all fail at once) quantization auto took float32 on no evidence and the run quarantined every row (the
+    suite's test_errors_cli failed so on such a host). Refused after float32's pass, before any candidate."""
+    import pipelines.fidelity as decision
+
+    calls = _clocked_passes(monkeypatch, [10.0])  # per-token-int8 stopped after its first part
+    spec = make_spec(tiny_models("classifier"), {"type": "text-classification"}, batching={"max_length": 3},
+                     errors={"too_long": "error"})
+    spec.model.quantization, spec.model.cache_dir = "auto", str(tmp_path)
+    sample = pa.table({"id": [f"r{i}" for i in range(24)], "text": [f"words and more words, {i} of them"
+                                                                    for i in range(24)]})
+    with pytest.raises(PipelineError) as refused:
+        decision.choose_here(spec.model_dump(mode="json"), sample, 0.0)
+    assert str(refused.value).startswith("none of the 24 sampled rows could be predicted by the unquantized model")
+    assert {quantization for quantization, _ in calls} == {"none"}  # no candidate loaded for nothing
+    assert not list(tmp_path.rglob("precision/*.json"))  # no decision kept
 
 
 def test_pipelines_fidelity_of_a_gpu_job_scores_its_sample_once_per_model_after_a_few_rows(tiny_models, monkeypatch):

@@ -251,6 +251,7 @@ def measure_against(
     truth = _truth(reference, sample)
     ids = sample.column(reference.input.id_column or "id").to_pylist()
     base = predict(reference, sample, again=lambda predicted: predicted.device == "cuda", in_parts=True)
+    judgeable(base)  # refused here, not only by a candidate's comparison: a candidate stopped as slower makes none
     results: list[tuple[JobSpec, Fidelity]] = []
     slower: list[tuple[JobSpec, Slower]] = []
     for candidate in candidates:
@@ -295,14 +296,7 @@ def compare(
     on (the quantized side's: a disagreement; the reference's: left out)."""
     quantized = replace(quantized, ok=quantized.ok & _finite_rows(quantized))
     reference = replace(reference, ok=reference.ok & _finite_rows(reference))
-    judged = np.flatnonzero(reference.ok)
-    if not len(judged):
-        raise PipelineError(
-            f"none of the {len(ids)} sampled rows could be predicted by the unquantized model, so there is nothing to "
-            "compare the quantized one with; see why they fail (a run quarantines them with their reasons: e.g. "
-            "errors.too_long: error with texts over batching.max_length; or the model computed NaN or infinite "
-            "scores in float32) and fix the rows or the spec"
-        )
+    judged = judgeable(reference)
     view = Pair(quantized, reference, judged, [str(ids[i]) for i in judged])
     name, metrics, examples = _comparer(options)(view, options, truth)
     return Fidelity(
@@ -316,6 +310,20 @@ def compare(
         failed_reference=int(np.sum(~reference.ok)),
         examples=examples,
     )
+
+
+def judgeable(reference: Predictions) -> np.ndarray:
+    """The rows the unquantized model predicted (no NaN or infinite number in their prediction), the ones a
+    comparison judges; none is refused, as there is nothing to judge a quantized model by."""
+    judged = np.flatnonzero(reference.ok & _finite_rows(reference))
+    if not len(judged):
+        raise PipelineError(
+            f"none of the {len(reference.ok)} sampled rows could be predicted by the unquantized model, so there is "
+            "nothing to compare the quantized one with; see why they fail (a run quarantines them with their reasons: "
+            "e.g. errors.too_long: error with texts over batching.max_length; or the model computed NaN or infinite "
+            "scores in float32) and fix the rows or the spec"
+        )
+    return judged
 
 
 def _six(value: float) -> float:
