@@ -289,6 +289,8 @@ class PredictAndStage:
             spec = self.model_thread.submit(fidelity.run_precision, spec, *deciding).result()
         self.predictor = self.model_thread.submit(Predictor, spec).result()
         same_files_as_begun(spec, model_files)
+        if deciding is None:
+            self.model_thread.submit(warn_of_slow_int8, spec, self.predictor.loaded.device.type).result()
         self.staging = staging
         self.ready_at = time.time()
         # the labels the model can give, where the job predicts one: the run's agreement checks its truth against them
@@ -307,6 +309,20 @@ class PredictAndStage:
         with writing(self.staging.output):  # a full disk: the driver's one line (see errors.from_ray)
             return write_staged(finished, self.staging, actor_ready_at=self.ready_at, labels=self.labels,
                                 precision=self.precision)
+
+
+def warn_of_slow_int8(spec: dict[str, Any], device: str) -> None:
+    """Warn (the actor's log, which Ray shows the driver) where a job that set a CPU int8 quantization itself runs
+    on a CPU whose int8 product is many times slower than float32's (:func:`~pipelines.inference.int8_linear.
+    slow_int8_warning`); on the model thread, with its threads."""
+    quantization = spec["model"]["quantization"]
+    if device != "cpu" or quantization not in ("per-token-int8", "smooth-int8"):
+        return
+    from pipelines.inference.int8_linear import slow_int8_warning
+
+    said = slow_int8_warning(quantization)
+    if said:
+        log.warning(said)
 
 
 def same_files_as_begun(spec: dict[str, Any], began: dict[str, str] | None) -> None:

@@ -344,6 +344,35 @@ def test_per_token_int8_turns_a_float32_rounding_into_a_whole_int8_step():
     assert moved_in < 1e-8 and moved_out > 0.99 / 127  # an input moved by ~1e-9 moves the output by 1/127
 
 
+def test_a_job_that_sets_cpu_int8_itself_is_warned_where_this_cpus_int8_product_is_far_slower_than_float32(
+        monkeypatch, caplog):
+    """On a CPU with AVX2 and no AVX-512 torch's int8 product took 67x float32's time (128 x 384 by 384 x 384), so a
+    spec that sets per-token-int8 or smooth-int8 ran its matmuls that much slower, silently. The pool's actor now
+    measures the product after it loads such a model on a CPU and warns; not under auto (its candidates are timed
+    and a slower one stopped), nor on a GPU, nor at a quantization that runs no torch int8 product."""
+    from pipelines import runner
+    from pipelines.inference import int8_linear
+
+    ratio = int8_linear.int8_product_ratio(rows=32, width=64, tries=1)  # measured here: a positive number
+    assert 0 < ratio < float("inf")
+    said = int8_linear.slow_int8_warning("smooth-int8", ratio=67.2)
+    assert said is not None and said.startswith("model.quantization smooth-int8: torch's int8 matrix product took "
+                                                 "67x float32's time on this CPU")
+    assert "set none, or auto" in said
+    assert int8_linear.slow_int8_warning("per-token-int8", ratio=0.6) is None  # AVX-512 VNNI: faster than float32
+
+    measured: list[str] = []
+    monkeypatch.setattr(int8_linear, "int8_product_ratio", lambda: measured.append("probe") or 67.2)
+    for quantization, device in [("per-token-int8", "cpu"), ("smooth-int8", "cpu"), ("per-token-int8", "cuda"),
+                                 ("none", "cpu"), ("dynamic-int8", "cpu")]:
+        with caplog.at_level("WARNING", logger=runner.log.name):
+            caplog.clear()
+            runner.warn_of_slow_int8({"model": {"quantization": quantization}}, device)
+        warned = [r.getMessage() for r in caplog.records if "int8 matrix product took" in r.getMessage()]
+        assert len(warned) == (device == "cpu" and quantization in ("per-token-int8", "smooth-int8")), quantization
+    assert measured == ["probe", "probe"]  # measured only where it can warn
+
+
 def test_per_token_int8_converts_a_linear_layer_one_module_holds_under_two_names():
     """A module that holds one Linear layer under two names (an alias) gets the int8 layer under both, not float32
     under the second (torch's named_children names a module once per parent)."""

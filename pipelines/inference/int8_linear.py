@@ -144,6 +144,52 @@ def migration(input_max: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return torch.exp2(steps / FACTOR_STEPS_PER_OCTAVE)
 
 
+#: The product :func:`int8_product_ratio` times (rows x width by width x width), and how many times slower than
+#: float32's it may be before a CPU int8 job is warned of (:func:`slow_int8_warning`). On a 2-core AMD EPYC with AVX2
+#: and no AVX-512 (Zen 3) 128 x 384 by 384 x 384 took 28.4 ms in int8 against 0.42 ms in float32 (67x), where
+#: per-token-int8 can't be faster than float32; with AVX-512 VNNI per-token-int8 ran faster than float32.
+PROBE_ROWS, PROBE_WIDTH, SLOW_INT8_RATIO = 128, 384, 2.0
+
+
+def int8_product_ratio(rows: int = PROBE_ROWS, width: int = PROBE_WIDTH, tries: int = 3) -> float:
+    """How many times float32's time torch's int8 matrix product (``torch._int_mm``, which the int8 layers here run)
+    takes on this CPU, with this process's threads: the fastest of ``tries`` calls of each, after one untimed."""
+    import time
+
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randint(-127, 128, (rows, width), dtype=torch.int8, generator=generator)
+    b = torch.randint(-127, 128, (width, width), dtype=torch.int8, generator=generator)
+    a_float, b_float = a.float(), b.float()
+
+    def fastest(product: Callable[[], torch.Tensor]) -> float:
+        product()
+        best = float("inf")
+        for _ in range(tries):
+            begun = time.perf_counter()
+            product()
+            best = min(best, time.perf_counter() - begun)
+        return best
+
+    with torch.inference_mode():
+        return fastest(lambda: torch._int_mm(a, b)) / max(fastest(lambda: a_float @ b_float), 1e-9)
+
+
+def slow_int8_warning(quantization: str, ratio: float | None = None) -> str | None:
+    """What to tell a job that set ``quantization`` (``per-token-int8``, ``smooth-int8``) itself on a CPU whose int8
+    product is over :data:`SLOW_INT8_RATIO` times float32's (``ratio``; None: measured here), else None. The actor
+    that decides ``auto`` is not told: it times each candidate and stops a slower one."""
+    ratio = int8_product_ratio() if ratio is None else ratio
+    if ratio <= SLOW_INT8_RATIO:
+        return None
+    return (
+        f"model.quantization {quantization}: torch's int8 matrix product took {ratio:.0f}x float32's time on this CPU "
+        f"({PROBE_ROWS} x {PROBE_WIDTH} by {PROBE_WIDTH} x {PROBE_WIDTH}; as on CPUs with AVX2 and no AVX-512), so "
+        "this job will likely run slower than at model.quantization none; set none, or auto (which times each "
+        "candidate on a sample of the input and takes the fastest within the agreement bar), or time it first with "
+        "benchmarks/cpu_int8.py"
+    )
+
+
 def quantize_per_token(model: torch.nn.Module) -> torch.nn.Module:
     """Every plain float32 ``torch.nn.Linear`` of ``model`` replaced by a :class:`PerTokenInt8Linear`, in place,
     one layer at a time (loading never holds more than one layer's weights twice). A layer shared by two parents
