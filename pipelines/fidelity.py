@@ -485,6 +485,10 @@ def concrete(spec: JobSpec, chosen: Precision) -> JobSpec:
     return copy
 
 
+#: The candidates whose Linear layers run torch's int8 matrix product (:mod:`~pipelines.inference.int8_linear`).
+INT8_CANDIDATES = frozenset({"per-token-int8", "smooth-int8"})
+
+
 def candidates(device: str, bf16: bool) -> list[Precision]:
     """What may be faster than float32. On a CPU: int8 with a scale per token (``per-token-int8``: not torch's
     ``dynamic-int8``, whose labels change with the rows batched together and which keeps fewer of them), the same
@@ -510,13 +514,35 @@ def choose_here(spec_json: dict[str, Any], picked: pa.Table, bar: float) -> dict
     spec = JobSpec.model_validate(spec_json)
     cuda = torch.cuda.is_available() and spec.actor_device() == "cuda"
     reference = concrete(spec, Precision("none", "float32"))
-    options = [concrete(spec, c) for c in candidates("cuda" if cuda else "cpu", _node_bf16(spec))]
+    options, passed_over = _without_slow_int8([concrete(spec, c) for c in candidates("cuda" if cuda else "cpu",
+                                                                                      _node_bf16(spec))])
+    if not options:  # nothing can be faster than float32 here: no pass of either is made
+        return fastest_within([], bar, passed_over)
     results, slower = measure_against(reference, options, picked, bar,
                                       lambda c, done, slow: outrun(c, done, bar, slow) is not None)
     stopped = [spec for spec, _ in slower]
     left = [f"{_precision_of(c).label} not tried ({outrun(c, results, bar, stopped)})" for c in options
             if all(c is not measured for measured, _ in results + slower)]
-    return fastest_within(results, bar, left, slower)
+    return fastest_within(results, bar, passed_over + left, slower)
+
+
+def _without_slow_int8(options: list[JobSpec]) -> tuple[list[JobSpec], list[str]]:
+    """``options`` less the CPU int8 candidates where torch's int8 matrix product on this CPU takes over
+    :data:`~pipelines.inference.int8_linear.SLOW_INT8_RATIO` times float32's (measured here, in a fraction of a
+    second: :func:`~pipelines.inference.int8_linear.int8_product_ratio`), and what is said of those left out. Their
+    Linear layers run that product and more, so they can't be faster than float32: on an AVX2-only CPU (Zen 3, ~30x)
+    each was loaded, warmed up and timed until :data:`~pipelines.inference.fidelity.SLOWER` stopped it."""
+    int8 = [c for c in options if c.model.quantization in INT8_CANDIDATES]
+    if not int8:
+        return options, []
+    from pipelines.inference.int8_linear import SLOW_INT8_RATIO, int8_product_ratio
+
+    ratio = int8_product_ratio()
+    if ratio <= SLOW_INT8_RATIO:
+        return options, []
+    said = [f"{_precision_of(c).label} not tried (torch's int8 matrix product took {ratio:.0f}x float32's time on "
+            "this CPU)" for c in int8]
+    return [c for c in options if c not in int8], said
 
 
 #: How long an actor measuring ``quantization: auto``'s candidates holds the board's claim before another actor
@@ -730,8 +756,13 @@ def fastest_within(
     passing = [(c, r) for c, r in results if r.agreement >= bar]
     faster = [(c, r) for c, r in passing if float32_s is None or (r.predict_s or 0) < float32_s]
     if not faster:
-        reason = "float32 the fastest within the bar" if passing or slower else "no candidate within the bar"
-        return {"quantization": "none", "dtype": "float32", "fidelity": None, "why": f"{reason} {bar}; {why}"}
+        if passing or slower:
+            reason = f"float32 the fastest within the bar {bar}"
+        elif left and not results:
+            reason = "float32, as no candidate can be faster here"
+        else:
+            reason = f"no candidate within the bar {bar}"
+        return {"quantization": "none", "dtype": "float32", "fidelity": None, "why": f"{reason}; {why}"}
     candidate, result = min(faster, key=lambda pair: pair[1].predict_s or 0)
     return {"quantization": candidate.model.quantization, "dtype": candidate.model.dtype,
             "fidelity": result.to_json(), "why": f"the fastest within the bar {bar}; {why}"}

@@ -316,7 +316,7 @@ def warn_of_slow_int8(spec: dict[str, Any], device: str) -> None:
     on a CPU whose int8 product is many times slower than float32's (:func:`~pipelines.inference.int8_linear.
     slow_int8_warning`); on the model thread, with its threads."""
     quantization = spec["model"]["quantization"]
-    if device != "cpu" or quantization not in ("per-token-int8", "smooth-int8"):
+    if device != "cpu" or quantization not in fidelity.INT8_CANDIDATES:
         return
     from pipelines.inference.int8_linear import slow_int8_warning
 

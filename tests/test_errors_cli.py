@@ -330,7 +330,9 @@ def test_a_failure_of_quantization_autos_check_in_the_pools_actor_is_the_models_
 def test_a_quantization_auto_check_that_finds_no_row_to_compare_is_no_unloadable_model(ray_session, tiny_models,
                                                                                        tmp_path):
     """Every sampled row quarantined (here each is longer than max_length under errors.too_long: error): the check
-    has nothing to compare, which is the run's rows, not the model: a scheduler may start the job's other runs."""
+    has nothing to compare, which is the run's rows, not the model: a scheduler may start the job's other runs.
+    On a CPU whose int8 product is far slower than float32's (AVX2 alone) auto makes no pass to compare (no
+    candidate can win: test_fidelity) and the run quarantines its rows, which is not the model's failure either."""
     import yaml
     from test_faults import write_job
 
@@ -343,8 +345,8 @@ def test_a_quantization_auto_check_that_finds_no_row_to_compare_is_no_unloadable
                     errors={"too_long": "error"}, model={"quantization": "auto", "cache_dir": str(tmp_path / "c")})
     with pytest.raises(PipelineError) as info:
         run_job(spec_from_dict(yaml.safe_load(job.read_text())))
-    assert str(info.value).startswith("none of the 10 sampled rows could be predicted by the unquantized model"), (
-        str(info.value))
+    assert str(info.value).startswith(("none of the 10 sampled rows could be predicted by the unquantized model",
+                                       "10 of 10 rows were quarantined (100.0%)")), str(info.value)
     assert not info.value.unloadable_model
 
 

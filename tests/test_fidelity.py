@@ -1137,7 +1137,16 @@ def _recorded_loads(monkeypatch) -> list[tuple[str, str, int]]:
             return super().__call__(batch)
 
     monkeypatch.setattr(fidelity, "Predictor", Recorded)
+    _int8_product_as_fast_as_float32(monkeypatch)
     return loads
+
+
+def _int8_product_as_fast_as_float32(monkeypatch) -> None:
+    """The int8 candidates tried on any CPU: on one whose int8 product is far slower (AVX2 alone) auto passes them
+    over without a pass (test_auto_passes_int8_over_…)."""
+    from pipelines.inference import int8_linear
+
+    monkeypatch.setattr(int8_linear, "int8_product_ratio", lambda: 1.0)
 
 
 def test_auto_times_again_only_what_can_decide_and_skips_a_candidate_that_cant_win(tiny_models, monkeypatch,
@@ -1203,6 +1212,7 @@ def _clocked_passes(monkeypatch, int8_s: list[float]) -> list[tuple[str, int]]:
     monkeypatch.setattr(fidelity, "time", types.SimpleNamespace(perf_counter=lambda: clock[0],
                                                                  monotonic=time.monotonic))
     monkeypatch.setattr(decision, "_node_bf16", lambda spec: False)
+    _int8_product_as_fast_as_float32(monkeypatch)
     return calls
 
 
@@ -1260,6 +1270,42 @@ def test_a_sample_float32_predicts_none_of_is_refused_even_where_every_candidate
     assert str(refused.value).startswith("none of the 24 sampled rows could be predicted by the unquantized model")
     assert {quantization for quantization, _ in calls} == {"none"}  # no candidate loaded for nothing
     assert not list(tmp_path.rglob("precision/*.json"))  # no decision kept
+
+
+def test_auto_passes_int8_over_without_a_pass_where_this_cpus_int8_product_is_far_slower_than_float32(
+        tiny_models, monkeypatch, tmp_path):
+    """On an AVX2-only CPU (Zen 3) torch's int8 product took 30x float32's time: the main job's first run loaded
+    float32 and per-token-int8, warmed each up and timed them until per-token-int8 was stopped (a 20.6 s check) to
+    take float32. The int8 product is timed first now (a fraction of a second); where it takes over SLOW_INT8_RATIO
+    times float32's, no int8 layer can be faster, so neither int8 candidate is loaded, nor float32 (nothing is left
+    to compare it with), and the decision says why. With bfloat16 native, bfloat16 is still timed against float32."""
+    import pipelines.fidelity as decision
+    from pipelines.inference import int8_linear
+
+    loads = _recorded_loads(monkeypatch)
+    monkeypatch.setattr(int8_linear, "int8_product_ratio", lambda: 67.2)
+    monkeypatch.setattr(decision, "_node_bf16", lambda spec: False)
+    spec = make_spec(tiny_models("classifier"), {"type": "text-classification"})
+    spec.model.quantization, spec.model.cache_dir = "auto", str(tmp_path)
+    sample = pa.table({"id": [f"r{i}" for i in range(24)], "text": SENTENCES * 3})
+    found = decision.choose_here(spec.model_dump(mode="json"), sample, 0.99)
+    assert (found["quantization"], found["dtype"], found["fidelity"]) == ("none", "float32", None)
+    assert loads == []
+    assert found["why"] == (
+        "float32, as no candidate can be faster here; agreement vs float32: per-token-int8 not tried (torch's int8 "
+        "matrix product took 67x float32's time on this CPU), smooth-int8 not tried (torch's int8 matrix product "
+        "took 67x float32's time on this CPU)")
+
+    monkeypatch.setattr(decision, "_node_bf16", lambda spec: True)  # bfloat16 is still a candidate: timed
+    found = decision.choose_here(spec.model_dump(mode="json"), sample, 0.0)
+    assert [load[:2] for load in loads] == [("none", "float32"), ("none", "bfloat16")]
+    assert "per-token-int8 not tried (torch's int8 matrix product took 67x" in found["why"]
+
+    loads.clear()  # an int8 product under SLOW_INT8_RATIO times float32's: the int8 candidates are tried
+    monkeypatch.setattr(int8_linear, "int8_product_ratio", lambda: int8_linear.SLOW_INT8_RATIO)
+    monkeypatch.setattr(decision, "_node_bf16", lambda spec: False)
+    decision.choose_here(spec.model_dump(mode="json"), sample, 0.0)
+    assert ("per-token-int8", "float32") in [load[:2] for load in loads]
 
 
 def test_pipelines_fidelity_of_a_gpu_job_scores_its_sample_once_per_model_after_a_few_rows(tiny_models, monkeypatch):

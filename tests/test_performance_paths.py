@@ -346,7 +346,7 @@ def test_per_token_int8_turns_a_float32_rounding_into_a_whole_int8_step():
 
 def test_a_job_that_sets_cpu_int8_itself_is_warned_where_this_cpus_int8_product_is_far_slower_than_float32(
         monkeypatch, caplog):
-    """On a CPU with AVX2 and no AVX-512 torch's int8 product took 67x float32's time (128 x 384 by 384 x 384), so a
+    """On a CPU with AVX2 and no AVX-512 torch's int8 product took 30x float32's time (128 x 384 by 384 x 384), so a
     spec that sets per-token-int8 or smooth-int8 ran its matmuls that much slower, silently. The pool's actor now
     measures the product after it loads such a model on a CPU and warns; not under auto (its candidates are timed
     and a slower one stopped), nor on a GPU, nor at a quantization that runs no torch int8 product."""

@@ -145,10 +145,12 @@ def migration(input_max: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 #: The product :func:`int8_product_ratio` times (rows x width by width x width), and how many times slower than
-#: float32's it may be before a CPU int8 job is warned of (:func:`slow_int8_warning`). On a 2-core AMD EPYC with AVX2
-#: and no AVX-512 (Zen 3) 128 x 384 by 384 x 384 took 28.4 ms in int8 against 0.42 ms in float32 (67x), where
-#: per-token-int8 can't be faster than float32; with AVX-512 VNNI per-token-int8 ran faster than float32.
-PROBE_ROWS, PROBE_WIDTH, SLOW_INT8_RATIO = 128, 384, 2.0
+#: float32's it may be before a CPU int8 job is warned of it (:func:`slow_int8_warning`) and ``quantization: auto``
+#: passes the int8 candidates over. On a 2-core AMD EPYC with AVX2 and no AVX-512 (Zen 3) this function gave 28.8 to
+#: 33.1 (2 threads, three calls of 0.06-0.1 s; 30-31 in a job's actor); with AVX-512 VNNI (Zen 4) per-token-int8 ran
+#: faster than float32. An int8 layer runs that product and more (each token's scale, the rescaling), so past 4x it
+#: can't win.
+PROBE_ROWS, PROBE_WIDTH, SLOW_INT8_RATIO = 128, 384, 4.0
 
 
 def int8_product_ratio(rows: int = PROBE_ROWS, width: int = PROBE_WIDTH, tries: int = 3) -> float:
@@ -176,16 +178,16 @@ def int8_product_ratio(rows: int = PROBE_ROWS, width: int = PROBE_WIDTH, tries: 
 
 def slow_int8_warning(quantization: str, ratio: float | None = None) -> str | None:
     """What to tell a job that set ``quantization`` (``per-token-int8``, ``smooth-int8``) itself on a CPU whose int8
-    product is over :data:`SLOW_INT8_RATIO` times float32's (``ratio``; None: measured here), else None. The actor
-    that decides ``auto`` is not told: it times each candidate and stops a slower one."""
+    product is over :data:`SLOW_INT8_RATIO` times float32's (``ratio``; None: measured here), else None. A run
+    under ``auto`` is not told: it passes such candidates over (``pipelines.fidelity``)."""
     ratio = int8_product_ratio() if ratio is None else ratio
     if ratio <= SLOW_INT8_RATIO:
         return None
     return (
         f"model.quantization {quantization}: torch's int8 matrix product took {ratio:.0f}x float32's time on this CPU "
         f"({PROBE_ROWS} x {PROBE_WIDTH} by {PROBE_WIDTH} x {PROBE_WIDTH}; as on CPUs with AVX2 and no AVX-512), so "
-        "this job will likely run slower than at model.quantization none; set none, or auto (which times each "
-        "candidate on a sample of the input and takes the fastest within the agreement bar), or time it first with "
+        "this job will likely run slower than at model.quantization none; set none, or auto (which passes int8 over "
+        "on such a CPU, and elsewhere takes the fastest precision within the agreement bar), or time it first with "
         "benchmarks/cpu_int8.py"
     )
 
