@@ -505,8 +505,9 @@ def candidates(device: str, bf16: bool) -> list[Precision]:
 
 def choose_here(spec_json: dict[str, Any], picked: pa.Table, bar: float) -> dict[str, Any]:
     """Decide ``quantization: auto`` in this process: float32 and each candidate for this device scored and timed
-    on ``picked`` (:func:`fastest_within`'s decision): in a run's pool actor (:func:`run_precision`), or in
-    ``pipelines fidelity``'s process."""
+    on ``picked`` (:func:`fastest_within`'s decision), but for the int8 candidates where this CPU's int8 product is
+    far slower than float32's (:func:`_without_slow_int8`; float32 then taken unscored where none is left): in a
+    run's pool actor (:func:`run_precision`), or in ``pipelines fidelity``'s process."""
     import torch
 
     from pipelines.inference.fidelity import measure_against
@@ -535,14 +536,22 @@ def _without_slow_int8(options: list[JobSpec]) -> tuple[list[JobSpec], list[str]
     int8 = [c for c in options if c.model.quantization in INT8_CANDIDATES]
     if not int8:
         return options, []
-    from pipelines.inference.int8_linear import SLOW_INT8_RATIO, int8_product_ratio
+    import torch
 
-    ratio = int8_product_ratio()
+    from pipelines.inference.int8_linear import SLOW_INT8_RATIO, int8_product_ratio
+    from pipelines.inference.predictor import usable_cpus
+
+    torch.set_num_threads(int8[0].compute.torch_threads(usable_cpus()))  # the threads its Predictor will take
+    try:
+        ratio = int8_product_ratio()
+    except Exception as exc:  # noqa: BLE001 - not measured: the candidates are timed as they would be without it
+        log.debug("the int8 product could not be timed: %s", exc)
+        return options, []
     if ratio <= SLOW_INT8_RATIO:
         return options, []
     said = [f"{_precision_of(c).label} not tried (torch's int8 matrix product took {ratio:.0f}x float32's time on "
             "this CPU)" for c in int8]
-    return [c for c in options if c not in int8], said
+    return [c for c in options if c.model.quantization not in INT8_CANDIDATES], said
 
 
 #: How long an actor measuring ``quantization: auto``'s candidates holds the board's claim before another actor

@@ -312,15 +312,19 @@ class PredictAndStage:
 
 
 def warn_of_slow_int8(spec: dict[str, Any], device: str) -> None:
-    """Warn (the actor's log, which Ray shows the driver) where a job that set a CPU int8 quantization itself runs
-    on a CPU whose int8 product is many times slower than float32's (:func:`~pipelines.inference.int8_linear.
-    slow_int8_warning`); on the model thread, with its threads."""
+    """Warn (the actor's log, which Ray shows the driver) where a job runs a CPU int8 quantization it set itself, or
+    that ``auto`` chose earlier elsewhere, on a CPU whose int8 product is many times slower than float32's
+    (:func:`~pipelines.inference.int8_linear.slow_int8_warning`); on the model thread, with its threads."""
     quantization = spec["model"]["quantization"]
     if device != "cpu" or quantization not in fidelity.INT8_CANDIDATES:
         return
     from pipelines.inference.int8_linear import slow_int8_warning
 
-    said = slow_int8_warning(quantization)
+    try:
+        said = slow_int8_warning(quantization)
+    except Exception as exc:  # noqa: BLE001 - a probe that fails is no reason to fail the actor (nor the model's)
+        log.debug("the int8 product could not be timed: %s", exc)
+        return
     if said:
         log.warning(said)
 

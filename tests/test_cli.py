@@ -46,7 +46,8 @@ def test_main_job_labels_every_row_once(tmp_path):
     summary = json.loads((out / "_run.json").read_text())
     assert summary["rows_in"] == summary["rows_out"] == 600
     assert summary["quantization"] == "auto"
-    assert summary["precision"]["quantization"] in ("dynamic-int8", "none")  # what auto chose, said in the summary
+    # what auto chose (by this CPU: float32, bfloat16 or an int8), said in the summary
+    assert summary["precision"]["quantization"] in ("per-token-int8", "smooth-int8", "none")
     assert summary["agreement"]["accuracy"] > 0.6
     assert summary["padding_efficiency"] > 0.8
 

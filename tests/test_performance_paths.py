@@ -348,8 +348,8 @@ def test_a_job_that_sets_cpu_int8_itself_is_warned_where_this_cpus_int8_product_
         monkeypatch, caplog):
     """On a CPU with AVX2 and no AVX-512 torch's int8 product took 30x float32's time (128 x 384 by 384 x 384), so a
     spec that sets per-token-int8 or smooth-int8 ran its matmuls that much slower, silently. The pool's actor now
-    measures the product after it loads such a model on a CPU and warns; not under auto (its candidates are timed
-    and a slower one stopped), nor on a GPU, nor at a quantization that runs no torch int8 product."""
+    measures the product after it loads such a model on a CPU and warns; not on a GPU, nor at a quantization that
+    runs no torch int8 product (an actor deciding auto passes the int8 candidates over there: test_fidelity)."""
     from pipelines import runner
     from pipelines.inference import int8_linear
 
@@ -358,7 +358,7 @@ def test_a_job_that_sets_cpu_int8_itself_is_warned_where_this_cpus_int8_product_
     said = int8_linear.slow_int8_warning("smooth-int8", ratio=67.2)
     assert said is not None and said.startswith("model.quantization smooth-int8: torch's int8 matrix product took "
                                                  "67x float32's time on this CPU")
-    assert "set none, or auto" in said
+    assert "set model.quantization none, or auto" in said and "pipelines run --overwrite" in said
     assert int8_linear.slow_int8_warning("per-token-int8", ratio=0.6) is None  # AVX-512 VNNI: faster than float32
 
     measured: list[str] = []
@@ -371,6 +371,32 @@ def test_a_job_that_sets_cpu_int8_itself_is_warned_where_this_cpus_int8_product_
         warned = [r.getMessage() for r in caplog.records if "int8 matrix product took" in r.getMessage()]
         assert len(warned) == (device == "cpu" and quantization in ("per-token-int8", "smooth-int8")), quantization
     assert measured == ["probe", "probe"]  # measured only where it can warn
+
+
+def test_the_pools_actor_warns_of_a_slow_int8_product_after_loading_and_not_where_it_decides_auto(
+        tiny_models, monkeypatch, caplog, tmp_path):
+    """The wiring: the pool's actor, built in this process, at per-token-int8 on a CPU whose int8 product is 67x
+    float32's, warns once it has loaded the model; one that decides auto (and so took int8 only where it timed it
+    faster here) makes no probe of its own."""
+    from pipelines import fidelity, runner
+    from pipelines.cluster.connect import worker_spec
+    from pipelines.inference import int8_linear
+    from pipelines.runner import PredictAndStage, staging_config
+
+    monkeypatch.setattr(int8_linear, "int8_product_ratio", lambda: 67.2)
+    spec = make_spec(tiny_models("classifier"), {"type": "text-classification"}, tmp_path / "out")
+    spec.model.quantization = "per-token-int8"
+    with caplog.at_level("WARNING", logger=runner.log.name):
+        PredictAndStage(worker_spec(spec), staging_config(spec, []))
+    assert [r.getMessage() for r in caplog.records if "int8 matrix product took 67x" in r.getMessage()]
+
+    caplog.clear()
+    decided = {"quantization": "per-token-int8", "dtype": "float32"}  # int8 decided here: measured here, no probe
+    monkeypatch.setattr(fidelity, "run_precision", lambda raw, *deciding: {**raw, "model": {**raw["model"],
+                                                                                             **decided}})
+    with caplog.at_level("WARNING", logger=runner.log.name):
+        PredictAndStage(worker_spec(spec), staging_config(spec, []), deciding=(None, None, 0.99))
+    assert not [r for r in caplog.records if "int8 matrix product" in r.getMessage()]
 
 
 def test_per_token_int8_converts_a_linear_layer_one_module_holds_under_two_names():

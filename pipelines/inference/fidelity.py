@@ -247,7 +247,7 @@ def measure_against(
     fastest candidate within the bar is faster than it, by less than :data:`CLOSE`; a candidate whose first pass (in
     :func:`parts` on a CPU, as float32's) takes more than :data:`SLOWER` times float32's is stopped; a candidate that
     ``needless(candidate, results so far, candidates stopped so far)`` says can't win is not scored (in neither
-    list)."""
+    list). A sample the reference predicts none of is refused after its pass (:func:`judgeable`)."""
     truth = _truth(reference, sample)
     ids = sample.column(reference.input.id_column or "id").to_pylist()
     base = predict(reference, sample, again=lambda predicted: predicted.device == "cuda", in_parts=True)

@@ -178,17 +178,19 @@ def int8_product_ratio(rows: int = PROBE_ROWS, width: int = PROBE_WIDTH, tries: 
 
 def slow_int8_warning(quantization: str, ratio: float | None = None) -> str | None:
     """What to tell a job that set ``quantization`` (``per-token-int8``, ``smooth-int8``) itself on a CPU whose int8
-    product is over :data:`SLOW_INT8_RATIO` times float32's (``ratio``; None: measured here), else None. A run
-    under ``auto`` is not told: it passes such candidates over (``pipelines.fidelity``)."""
+    product is over :data:`SLOW_INT8_RATIO` times float32's (``ratio``; None: measured here), else None. An actor
+    that decides ``auto`` passes such candidates over (``pipelines.fidelity``); a run that keeps an int8 precision
+    ``auto`` chose earlier on another CPU (its output's ``_job.json``, a scheduled job's partitions) is told too."""
     ratio = int8_product_ratio() if ratio is None else ratio
     if ratio <= SLOW_INT8_RATIO:
         return None
     return (
         f"model.quantization {quantization}: torch's int8 matrix product took {ratio:.0f}x float32's time on this CPU "
         f"({PROBE_ROWS} x {PROBE_WIDTH} by {PROBE_WIDTH} x {PROBE_WIDTH}; as on CPUs with AVX2 and no AVX-512), so "
-        "this job will likely run slower than at model.quantization none; set none, or auto (which passes int8 over "
-        "on such a CPU, and elsewhere takes the fastest precision within the agreement bar), or time it first with "
-        "benchmarks/cpu_int8.py"
+        "this job will likely run slower than in float32; set model.quantization none, or auto (which passes int8 "
+        "over on such a CPU), or time it first with benchmarks/cpu_int8.py; where quantization auto keeps this "
+        "precision from a decision made on another CPU (the output's _job.json, a scheduled job's earlier "
+        "partitions), decide again here: pipelines run --overwrite, or pipelines schedule --once --rescore"
     )
 
 
