@@ -1297,7 +1297,8 @@ def test_auto_passes_int8_over_without_a_pass_where_this_cpus_int8_product_is_fa
 
     monkeypatch.setattr(decision, "_node_bf16", lambda spec: True)  # bfloat16 is still a candidate: timed
     found = decision.choose_here(spec.model_dump(mode="json"), sample, 0.0)
-    assert [load[:2] for load in loads] == [("none", "float32"), ("none", "bfloat16")]
+    assert [load[:2] for load in loads[:2]] == [("none", "float32"), ("none", "bfloat16")]  # (float32 may be timed
+    assert {load[0] for load in loads} == {"none"}  # again in a close call: test_float32_is_timed_again_…)
     assert "per-token-int8 not tried (torch's int8 matrix product took 67x" in found["why"]
 
     loads.clear()  # an int8 product under SLOW_INT8_RATIO times float32's: the int8 candidates are tried
