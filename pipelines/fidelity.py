@@ -538,16 +538,12 @@ def _without_slow_int8(options: list[JobSpec]) -> tuple[list[JobSpec], list[str]
         return options, []
     import torch
 
-    from pipelines.inference.int8_linear import SLOW_INT8_RATIO, int8_product_ratio
+    from pipelines.inference.int8_linear import slow_int8_ratio
     from pipelines.inference.predictor import usable_cpus
 
     torch.set_num_threads(int8[0].compute.torch_threads(usable_cpus()))  # the threads its Predictor will take
-    try:
-        ratio = int8_product_ratio()
-    except Exception as exc:  # noqa: BLE001 - not measured: the candidates are timed as they would be without it
-        log.debug("the int8 product could not be timed: %s", exc)
-        return options, []
-    if ratio <= SLOW_INT8_RATIO:
+    ratio = slow_int8_ratio()
+    if ratio is None:  # not far slower, or not measured: the candidates are timed
         return options, []
     said = [f"{_precision_of(c).label} not tried (torch's int8 matrix product took {ratio:.0f}x float32's time on "
             "this CPU)" for c in int8]

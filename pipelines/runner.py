@@ -318,15 +318,11 @@ def warn_of_slow_int8(spec: dict[str, Any], device: str) -> None:
     quantization = spec["model"]["quantization"]
     if device != "cpu" or quantization not in fidelity.INT8_CANDIDATES:
         return
-    from pipelines.inference.int8_linear import slow_int8_warning
+    from pipelines.inference.int8_linear import slow_int8_ratio, slow_int8_warning
 
-    try:
-        said = slow_int8_warning(quantization)
-    except Exception as exc:  # noqa: BLE001 - a probe that fails is no reason to fail the actor (nor the model's)
-        log.debug("the int8 product could not be timed: %s", exc)
-        return
-    if said:
-        log.warning(said)
+    ratio = slow_int8_ratio()
+    if ratio is not None:
+        log.warning(slow_int8_warning(quantization, ratio))
 
 
 def same_files_as_begun(spec: dict[str, Any], began: dict[str, str] | None) -> None:
