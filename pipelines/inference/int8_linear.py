@@ -147,7 +147,7 @@ def migration(input_max: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 #: The product :func:`int8_product_ratio` times (rows x width by width x width), and how many times slower than
 #: float32's it may be before a CPU int8 job is warned of it (:func:`slow_int8_warning`) and ``quantization: auto``
 #: passes the int8 candidates over. On a 2-core AMD EPYC with AVX2 and no AVX-512 (Zen 3) this function gave 28.8 to
-#: 33.1 (2 threads, three calls of 0.06-0.1 s; 30-31 in a job's actor); with AVX-512 VNNI (Zen 4) per-token-int8 ran
+#: 33.1 (2 threads, three calls of 0.06-0.1 s; 18-31 in a job's actor); with AVX-512 VNNI (Zen 4) per-token-int8 ran
 #: faster than float32. An int8 layer runs that product and more (each token's scale, the rescaling), so past 4x it
 #: can't win.
 PROBE_ROWS, PROBE_WIDTH, SLOW_INT8_RATIO = 128, 384, 4.0
@@ -196,7 +196,7 @@ def slow_int8_warning(quantization: str, ratio: float) -> str | None:
         return None
     return (
         f"model.quantization {quantization}: torch's int8 matrix product took {ratio:.0f}x float32's time on this CPU "
-        f"({PROBE_ROWS} x {PROBE_WIDTH} by {PROBE_WIDTH} x {PROBE_WIDTH}; about 30x on an AVX2-only AMD EPYC, Zen 3), "
+        f"({PROBE_ROWS} x {PROBE_WIDTH} by {PROBE_WIDTH} x {PROBE_WIDTH}; 18-33x on an AVX2-only AMD EPYC, Zen 3), "
         "so this job will likely run slower than in float32; set model.quantization none, or auto (which passes int8 "
         "over on such a CPU), or time it first with benchmarks/cpu_int8.py; where quantization auto keeps this "
         "precision from a decision made on another CPU (the output's _job.json, a scheduled job's earlier "
