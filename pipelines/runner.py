@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import warnings
 from collections import defaultdict
@@ -962,7 +963,17 @@ def reports_of(dataset: Any) -> Iterator[pa.Table]:
 
 
 def _process_start() -> float:
-    """When this process started (epoch seconds): the first moment of a run's timeline."""
+    """When this process started (epoch seconds): the first moment of a run's timeline.
+
+    On Linux, the process's start in clock ticks since boot (``/proc/self/stat``) against the time since boot now:
+    to a tick. psutil's ``create_time`` adds the same ticks to the boot time /proc/stat gives in whole seconds, so it
+    came out up to a second early (0.95 s on one machine), and every "s after the command" with it."""
+    try:
+        with open("/proc/self/stat") as stat:
+            ticks = int(stat.read().rpartition(")")[2].split()[19])  # field 22, starttime; the name may hold ")"
+        return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):  # not Linux: psutil's own way
+        pass
     try:
         import psutil
 

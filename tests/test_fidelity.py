@@ -1187,7 +1187,7 @@ def test_auto_times_again_only_what_can_decide_and_skips_a_candidate_that_cant_w
     found = decision.choose_here(spec.model_dump(mode="json"), sample, 1.01)  # below it: smooth-int8 is tried
     assert [load[:2] for load in loads[:3]] == [("none", "float32"), ("per-token-int8", "float32"),
                                                 ("smooth-int8", "float32")]
-    assert "not tried" not in found["why"]
+    assert "int8 matrix product" not in found["why"]
 
 
 def _clocked_passes(monkeypatch, int8_s: list[float]) -> list[tuple[str, int]]:
@@ -1306,6 +1306,16 @@ def test_auto_passes_int8_over_without_a_pass_where_this_cpus_int8_product_is_fa
     monkeypatch.setattr(decision, "_node_bf16", lambda spec: False)
     decision.choose_here(spec.model_dump(mode="json"), sample, 0.0)
     assert ("per-token-int8", "float32") in [load[:2] for load in loads]
+
+    loads.clear()  # a product that can't be timed here (the probe raises): no reason to pass int8 over, nor to fail
+
+    def cannot_time() -> float:
+        raise RuntimeError("torch._int_mm: no kernel for this CPU")
+
+    monkeypatch.setattr(int8_linear, "int8_product_ratio", cannot_time)
+    found = decision.choose_here(spec.model_dump(mode="json"), sample, 0.0)
+    assert ("per-token-int8", "float32") in [load[:2] for load in loads]
+    assert "int8 matrix product" not in found["why"]
 
 
 def test_pipelines_fidelity_of_a_gpu_job_scores_its_sample_once_per_model_after_a_few_rows(tiny_models, monkeypatch):

@@ -5,6 +5,7 @@ decided once per output, the run's timeline, the pool's actor running its model 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -396,6 +397,16 @@ def test_the_pools_actor_warns_of_a_slow_int8_product_after_loading_and_not_wher
                                                                                              **decided}})
     with caplog.at_level("WARNING", logger=runner.log.name):
         PredictAndStage(worker_spec(spec), staging_config(spec, []), deciding=(None, None, 0.99))
+    assert not [r for r in caplog.records if "int8 matrix product" in r.getMessage()]
+
+    caplog.clear()  # a product that can't be timed on this CPU: the actor starts, unwarned (no unloadable model)
+
+    def cannot_time() -> float:
+        raise RuntimeError("torch._int_mm: no kernel for this CPU")
+
+    monkeypatch.setattr(int8_linear, "int8_product_ratio", cannot_time)
+    with caplog.at_level("WARNING", logger=runner.log.name):
+        PredictAndStage(worker_spec(spec), staging_config(spec, []))
     assert not [r for r in caplog.records if "int8 matrix product" in r.getMessage()]
 
 
@@ -984,3 +995,25 @@ def test_a_cache_write_that_fails_midway_leaves_no_part_file(tiny_models, tmp_pa
         _write_decision(tmp_path / "precision" / "key.json", {"quantization": "none", "dtype": "float32"})
     assert "could not keep the calibration" in caplog.text and "could not keep the decision" in caplog.text
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == []
+
+
+def test_a_runs_timeline_starts_when_its_process_started_not_up_to_a_second_before():
+    """The timeline's ``process_start`` lies between the moments just before and just after the process was
+    spawned. psutil's create_time adds the process's age at its start (in clock ticks since boot) to the boot time
+    that /proc/stat gives in whole seconds: up to a second early, which every "s after the command" figure of the
+    timeline, the report and the plan's measured start-up then carried (0.95 s on the 2-core machine)."""
+    import subprocess
+    import sys
+    import time
+
+    tick = 1 / os.sysconf("SC_CLK_TCK")  # the kernel keeps a process's start in clock ticks
+    before = time.time()
+    child = subprocess.Popen(
+        [sys.executable, "-c", "from pipelines.runner import _process_start; print(repr(_process_start()))"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    spawned = time.time()
+    out, _ = child.communicate()
+    assert child.returncode == 0
+    started = float(out)
+    assert before - tick <= started <= spawned + tick, (started - before, spawned - before)
