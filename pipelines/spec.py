@@ -443,6 +443,20 @@ class JobSpec(Strict):
         )
 
     @model_validator(mode="after")
+    def _room_for_a_context(self) -> JobSpec:
+        """question-answering: a window of ``batching.max_length`` tokens holds the longest question and some context
+        (at least 2 tokens of it, as the task's own check at load asks once it knows the tokenizer's special tokens),
+        or no row can be answered: said here, before any work, where it holds whatever the tokenizer adds."""
+        longest = getattr(self.task, "max_question_length", None)
+        if self.task.type == "question-answering" and longest is not None and self.batching.max_length - longest < 2:
+            raise ValueError(
+                f"question-answering: batching.max_length {self.batching.max_length} leaves no room for the context "
+                f"after a question of up to task.max_question_length {longest} tokens; raise batching.max_length or "
+                "lower task.max_question_length"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _openai_batch(self) -> JobSpec:
         problem = openai_batch_problem(self)
         if problem:

@@ -536,3 +536,16 @@ def test_an_empty_label_description_is_refused_not_taken_for_none():
                         "task": {**task, "label_descriptions": {"Sports": " ", "World": "world politics"}}})
     spec_from_dict({"input": {"paths": ["in"]}, "model": {"name": "minilm"}, "output": {"path": "out"},
                     "task": {**task, "label_descriptions": {"World": "world politics"}}})
+
+
+def test_a_question_answering_job_whose_questions_leave_no_room_for_a_context_is_refused_with_the_spec():
+    """A window of batching.max_length tokens must hold the longest question and some context: where it can't,
+    whatever the tokenizer adds, the job failed only once Ray had started and the pool's actor loaded its tokenizer
+    (tens of seconds on a 2-core machine). It is refused with the spec now, before any work."""
+    task = {"type": "question-answering", "max_question_length": 300}
+    with pytest.raises(PipelineError) as caught:
+        spec_from_dict(minimal(task=task, batching__max_length=256))
+    message = str(caught.value)
+    assert "batching.max_length 256" in message and "task.max_question_length 300" in message
+    assert "raise batching.max_length or lower task.max_question_length" in message
+    assert spec_from_dict(minimal(task=task, batching__max_length=512)).task.max_question_length == 300
