@@ -297,6 +297,13 @@ def test_run_takes_gcs_addresses_and_refuses_dashboard_urls(no_ray_env):
     for address in (None, "auto"):
         with pytest.raises(PipelineError, match="RAY_ADDRESS is http://10.0.0.5:8265, a dashboard URL"):
             cluster.gcs_address(address)
+    # a Ray Client address in RAY_ADDRESS: the message says where it came from, and `--address auto` (which
+    # ray.init resolves through RAY_ADDRESS) is refused too, not joined as a Ray Client at the job's start
+    no_ray_env.setenv("RAY_ADDRESS", "ray://10.0.0.5:10001")
+    for address in (None, "auto"):
+        with pytest.raises(PipelineError, match=r"RAY_ADDRESS is ray://10.0.0.5:10001, a Ray Client address.*unset "
+                                                r"RAY_ADDRESS"):
+            cluster.gcs_address(address)
 
 
 def test_job_commands_take_the_dashboard_url(no_ray_env):

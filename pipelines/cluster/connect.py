@@ -73,18 +73,25 @@ def gcs_address(address: str | None) -> str | None:
             )
         if address == "auto" and _is_http(env):
             raise PipelineError(_http_env_message(env, "--address auto"))
+        if address == "auto" and _is_ray_client(env):  # ray.init resolves auto through RAY_ADDRESS
+            raise PipelineError(_ray_client_env_message(env))
         _refuse_ray_client(address)
         return address
     if _is_http(env):
         raise PipelineError(_http_env_message(env, "`pipelines run`"))
-    _refuse_ray_client(env)
+    if _is_ray_client(env):
+        raise PipelineError(_ray_client_env_message(env))
     return env or None
+
+
+def _is_ray_client(address: str) -> bool:
+    return address.lower().startswith("ray://")
 
 
 def _refuse_ray_client(address: str) -> None:
     """Ray Data cannot drive a dataset through Ray Client (checked with Ray 2.60: the streaming executor
     needs a core worker in the driver, which a ray:// driver does not have), so a job would fail at its start."""
-    if address.lower().startswith("ray://"):
+    if _is_ray_client(address):
         raise PipelineError(
             f"{address} is a Ray Client address, and Ray Data jobs cannot be driven through Ray Client; run "
             "`pipelines run --address auto` on a node of the cluster (e.g. after `ray attach cluster.yaml`), "
@@ -101,6 +108,15 @@ def _http_env_message(env: str, what: str) -> str:
         f"RAY_ADDRESS is {env}, a dashboard URL, and {what} would join that as a cluster's GCS address; "
         f"use `pipelines submit JOB.yaml` (it reads the URL from RAY_ADDRESS) to run there, pass the GCS "
         "address (--address HEAD_IP:6379), or unset RAY_ADDRESS to run on a local Ray."
+    )
+
+
+def _ray_client_env_message(env: str) -> str:
+    return (
+        f"RAY_ADDRESS is {env}, a Ray Client address, and Ray Data jobs cannot be driven through Ray Client (a "
+        "`--address auto` is resolved through RAY_ADDRESS too); unset RAY_ADDRESS, then run `pipelines run --address "
+        "auto` on a node of the cluster (e.g. after `ray attach cluster.yaml`), pass its GCS address (--address "
+        "HEAD_IP:6379), or submit the job from here with `pipelines submit JOB.yaml --address http://HEAD_IP:8265`."
     )
 
 
