@@ -20,24 +20,14 @@ Nothing of this is used by the project: it says what such a kernel would cost (R
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 
 import torch
 
+from pipelines.inference.int8_linear import fastest
+
 TOKENS = 2560
 SHAPES = ((384, 384), (384, 1536), (1536, 384))
-
-
-def fastest(call: Callable[[], torch.Tensor], tries: int = 7) -> float:
-    call()
-    call()
-    best = float("inf")
-    for _ in range(tries):
-        begun = time.perf_counter()
-        call()
-        best = min(best, time.perf_counter() - begun)
-    return best
+TRIES, UNTIMED = 7, 2
 
 
 def per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,13 +66,13 @@ def layer(inputs: int, outputs: int) -> dict[str, float | bool]:
     quantized, _ = per_token(x)
     as_u8 = (quantized.to(torch.int16) + 128).to(torch.uint8)
     sums = torch._int_mm(quantized, weight_t).float()
-    fp32_s = fastest(lambda: torch.ops.mkldnn._linear_pointwise(x, packed_fp32, bias, "none", [], ""))
+    fp32_s = fastest(lambda: torch.ops.mkldnn._linear_pointwise(x, packed_fp32, bias, "none", [], ""), TRIES, UNTIMED)
     return {
         "packed_fp32_ms": fp32_s * 1e3,
-        "int_mm_ms": fastest(exact) * 1e3,
-        "onednn_8bit_ms": fastest(lambda: onednn(as_u8, whole, outputs)) * 1e3,
+        "int_mm_ms": fastest(exact, TRIES, UNTIMED) * 1e3,
+        "onednn_8bit_ms": fastest(lambda: onednn(as_u8, whole, outputs), TRIES, UNTIMED) * 1e3,
         "onednn_8bit_largest_sum_error": (onednn(as_u8, whole, outputs) - sums).abs().max().item(),
-        "onednn_split_ms": fastest(halves) * 1e3,
+        "onednn_split_ms": fastest(halves, TRIES, UNTIMED) * 1e3,
         "onednn_split_equals_int_mm": torch.equal(halves(), exact()),
     }
 

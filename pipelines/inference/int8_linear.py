@@ -156,24 +156,26 @@ PROBE_ROWS, PROBE_WIDTH, SLOW_INT8_RATIO = 128, 384, 4.0
 def int8_product_ratio(rows: int = PROBE_ROWS, width: int = PROBE_WIDTH, tries: int = 3) -> float:
     """How many times float32's time torch's int8 matrix product (``torch._int_mm``, which the int8 layers here run)
     takes on this CPU, with this process's threads: the fastest of ``tries`` calls of each, after one untimed."""
-    import time
-
     generator = torch.Generator().manual_seed(0)
     a = torch.randint(-127, 128, (rows, width), dtype=torch.int8, generator=generator)
     b = torch.randint(-127, 128, (width, width), dtype=torch.int8, generator=generator)
     a_float, b_float = a.float(), b.float()
-
-    def fastest(product: Callable[[], torch.Tensor]) -> float:
-        product()
-        best = float("inf")
-        for _ in range(tries):
-            begun = time.perf_counter()
-            product()
-            best = min(best, time.perf_counter() - begun)
-        return best
-
     with torch.inference_mode():
-        return fastest(lambda: torch._int_mm(a, b)) / max(fastest(lambda: a_float @ b_float), 1e-9)
+        return fastest(lambda: torch._int_mm(a, b), tries) / max(fastest(lambda: a_float @ b_float, tries), 1e-9)
+
+
+def fastest(call: Callable[[], object], tries: int, untimed: int = 1) -> float:
+    """The fewest seconds ``call`` took in ``tries`` calls, after ``untimed`` calls that warm it up."""
+    import time
+
+    for _ in range(untimed):
+        call()
+    best = float("inf")
+    for _ in range(tries):
+        begun = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - begun)
+    return best
 
 
 def slow_int8_ratio() -> float | None:
