@@ -5,8 +5,8 @@
 For each of MiniLM's Linear shapes, the time of one layer on the same tokens (the fastest of 7 calls after two):
 
 - ``packed fp32``: float32 with the weight packed for oneDNN, as this project runs float32 on a CPU;
-- ``_int_mm``: per-token-int8 as the project computes it (each token's input rounded with a scale of its own, the
-  int8 weight with a scale per output channel, exact int32 sums);
+- ``_int_mm``: per-token-int8's own layer (``PerTokenInt8Linear``: each token's input rounded with a scale of its
+  own, the int8 weight with a scale per output channel, exact int32 sums by ``torch._int_mm``);
 - ``onednn 8-bit``: the same int8 values through oneDNN's u8 x s8 kernel (each input + 128, zero point 128), and how far
   its int32 sums are from the exact ones: without VNNI the kernel adds pairs of products in 16 bits, which overflow
   with 8-bit weights;
@@ -23,7 +23,7 @@ import json
 
 import torch
 
-from pipelines.inference.int8_linear import fastest
+from pipelines.inference.int8_linear import SMALLEST, PerTokenInt8Linear, fastest
 
 TOKENS = 2560
 SHAPES = ((384, 384), (384, 1536), (1536, 384))
@@ -31,8 +31,9 @@ TRIES, UNTIMED = 7, 2
 
 
 def per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    largest = x.abs().amax(1, keepdim=True).clamp_min(1e-30)
-    return torch.mul(x, 127 / largest).round_().to(torch.int8), largest / 127
+    """Each token's input in int8 and its scale, as :meth:`PerTokenInt8Linear._rows` rounds them."""
+    largest = x.abs().amax(1, keepdim=True).clamp_min_(SMALLEST)
+    return torch.mul(x, 127 / largest).round_().to(torch.int8), largest.div_(127)
 
 
 def onednn(quantized_u8: torch.Tensor, packed: torch.Tensor, outputs: int) -> torch.Tensor:
@@ -47,16 +48,18 @@ def layer(inputs: int, outputs: int) -> dict[str, float | bool]:
     weight = torch.randn(outputs, inputs, generator=generator) * 0.05
     bias = torch.randn(outputs, generator=generator)
     packed_fp32 = torch.ops.mkldnn._reorder_linear_weight(weight)
-    weight_scale = weight.abs().amax(1) / 127
-    weight_int8 = torch.round(weight / weight_scale[:, None]).clamp(-127, 127).to(torch.int8)
-    weight_t = weight_int8.t().contiguous()
+    linear = torch.nn.Linear(inputs, outputs)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        linear.bias.copy_(bias)
+    project = PerTokenInt8Linear(linear)  # per-token-int8's layer: torch._int_mm
+    weight_int8, weight_scale = project.weight, project.weight_scale
     low = torch.div(weight_int8, 2, rounding_mode="floor").to(torch.int8)  # both parts within [-64, 64]
     split = torch.ops.onednn.qlinear_prepack(torch.cat([low, weight_int8 - low]), None)
-    whole = torch.ops.onednn.qlinear_prepack(weight_int8, None)
+    whole = torch.ops.onednn.qlinear_prepack(weight_int8.contiguous(), None)
 
     def exact() -> torch.Tensor:
-        quantized, scale = per_token(x)
-        return torch._int_mm(quantized, weight_t).float().mul_(scale).mul_(weight_scale).add_(bias)
+        return project(x)
 
     def halves() -> torch.Tensor:
         quantized, scale = per_token(x)
@@ -65,7 +68,7 @@ def layer(inputs: int, outputs: int) -> dict[str, float | bool]:
 
     quantized, _ = per_token(x)
     as_u8 = (quantized.to(torch.int16) + 128).to(torch.uint8)
-    sums = torch._int_mm(quantized, weight_t).float()
+    sums = torch._int_mm(quantized, project.weight_t).float()
     fp32_s = fastest(lambda: torch.ops.mkldnn._linear_pointwise(x, packed_fp32, bias, "none", [], ""), TRIES, UNTIMED)
     return {
         "packed_fp32_ms": fp32_s * 1e3,

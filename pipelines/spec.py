@@ -26,7 +26,13 @@ from pipelines.io.block import BOOKKEEPING, COUNTS
 from pipelines.io.shards import store_path_problem
 from pipelines.output.records import prefixed_hash
 from pipelines.tasks.openai_requests import OUTPUT_NAMES as OPENAI_OUTPUT_NAMES
-from pipelines.tasks.options import CONFIG_DEFAULTS, GENERATION_TASKS, TASK_OPTIONS, AnyTaskOptions
+from pipelines.tasks.options import (
+    CONFIG_DEFAULTS,
+    GENERATION_TASKS,
+    TASK_OPTIONS,
+    AnyTaskOptions,
+    QuestionAnsweringOptions,
+)
 from pipelines.values import empty_text_problem, number_problem
 
 #: Text settings an empty value is refused in elsewhere, with words of their own (paths), or means something in
@@ -444,16 +450,11 @@ class JobSpec(Strict):
 
     @model_validator(mode="after")
     def _room_for_a_context(self) -> JobSpec:
-        """question-answering: a window of ``batching.max_length`` tokens holds the longest question and some context
-        (at least 2 tokens of it, as the task's own check at load asks once it knows the tokenizer's special tokens),
-        or no row can be answered: said here, before any work, where it holds whatever the tokenizer adds."""
-        longest = getattr(self.task, "max_question_length", None)
-        if self.task.type == "question-answering" and longest is not None and self.batching.max_length - longest < 2:
-            raise ValueError(
-                f"question-answering: batching.max_length {self.batching.max_length} leaves no room for the context "
-                f"after a question of up to task.max_question_length {longest} tokens; raise batching.max_length or "
-                "lower task.max_question_length"
-            )
+        """question-answering: a window of ``batching.max_length`` tokens holds the longest question and some context,
+        or no row can be answered: said here, before any work, where it holds whatever the tokenizer adds (the task
+        checks it again at load, with the tokenizer's special tokens)."""
+        if isinstance(self.task, QuestionAnsweringOptions) and (problem := self.task.no_room(self.batching.max_length)):
+            raise ValueError(problem)
         return self
 
     @model_validator(mode="after")

@@ -304,6 +304,7 @@ def test_run_takes_gcs_addresses_and_refuses_dashboard_urls(no_ray_env):
         with pytest.raises(PipelineError, match=r"RAY_ADDRESS is ray://10.0.0.5:10001, a Ray Client address.*unset "
                                                 r"RAY_ADDRESS"):
             cluster.gcs_address(address)
+    assert cluster.gcs_address("10.0.0.5:6379") == "10.0.0.5:6379"  # a GCS address given: Ray takes it, not RAY_ADDRESS
 
 
 def test_job_commands_take_the_dashboard_url(no_ray_env):

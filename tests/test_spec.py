@@ -548,4 +548,6 @@ def test_a_question_answering_job_whose_questions_leave_no_room_for_a_context_is
     message = str(caught.value)
     assert "batching.max_length 256" in message and "task.max_question_length 300" in message
     assert "raise batching.max_length or lower task.max_question_length" in message
-    assert spec_from_dict(minimal(task=task, batching__max_length=512)).task.max_question_length == 300
+    with pytest.raises(PipelineError, match="batching.max_length 301 leaves no room"):  # 1 token of context
+        spec_from_dict(minimal(task=task, batching__max_length=301))
+    assert spec_from_dict(minimal(task=task, batching__max_length=302)).task.max_question_length == 300

@@ -391,3 +391,17 @@ def test_aggregation_none_over_windows_keeps_every_token_of_a_byte_level_tokeniz
         emoji_bytes = tokenizer(short, return_offsets_mapping=True)["offset_mapping"].count((6, 7))
         assert emoji_bytes > 1 and len(on_emoji) == emoji_bytes, on_emoji  # its byte tokens, each once
         assert [e["start"] for e in row["entities"]] == sorted(e["start"] for e in row["entities"])
+
+
+def test_a_question_answering_window_the_tokenizers_special_tokens_fill_is_refused_where_it_is_loaded(tiny_models):
+    """The spec refuses a batching.max_length that can't hold the longest question and 2 tokens of context; the
+    special tokens the tokenizer adds to a question and its context (3 for BERT's) are counted where the tokenizer is
+    loaded (the plan, the pool's actor), and the message says so."""
+    from pipelines.errors import PipelineError
+    from pipelines.planning.tokens import load_task
+
+    task = {"type": "question-answering", "max_question_length": 40}
+    with pytest.raises(PipelineError, match=r"batching.max_length 44 leaves no room .* up to task.max_question_length "
+                                            r"40 tokens and the 3 special tokens the tokenizer adds; raise"):
+        load_task(make_spec(tiny_models("qa"), task, batching={"max_length": 44}))
+    assert load_task(make_spec(tiny_models("qa"), task, batching={"max_length": 45})).task.specials == 3

@@ -37,10 +37,12 @@ ACTOR_COUNTS = (1, 2, 4, 8)
 #: The parts of a run's fixed cost a plan can't measure without starting Ray, in seconds: the medians of four runs'
 #: ``_run.json`` ``timeline`` (`pipelines run jobs/label_news.yaml`, a 2-core CPU machine shared with other work,
 #: 2026-12-02 07:43-07:55; README, Performance), and for the actor's start the README's timing of a trivial actor
-#: under Ray Data (2.2-2.4 s). Name: (seconds, in a run's ``wall_s``, how it was got).
+#: under Ray Data (2.2-2.4 s). Name: (seconds, in a run's ``wall_s``, how it was got). The driver's start was
+#: measured again once the timeline's process_start was read to a clock tick (it had been up to a second early):
+#: seven runs of the same command on a 2-core AVX2-only AMD EPYC, nothing else running, 2026-12-07 04:53-04:56.
 KNOWN: dict[str, tuple[float, bool, str]] = {
-    "driver start": (2.0, False, "imports, spec, the output's records and kept precision: timeline process_start to "
-                     "run_start, plus ray_ready to execution_start (1.8-2.1 s in four runs)"),
+    "driver start": (1.7, False, "imports, spec, the output's records and kept precision: timeline process_start to "
+                     "run_start, plus ray_ready to execution_start (1.4-2.0 s in seven runs)"),
     "Ray start": (4.7, False, "a local Ray of the run's own: timeline connect_start to ray_ready (3.7-6.6 s in four "
                   "runs; none where the run joins a Ray already running)"),
     "actor start": (2.3, True, "Ray Data's start until the pool's actor constructor runs (a trivial actor's)"),

@@ -445,6 +445,18 @@ class QuestionAnsweringOptions(TaskOptions):
     def input_columns(self) -> list[str]:
         return list(dict.fromkeys([self.question_column, self.context_column]))
 
+    def no_room(self, max_length: int, specials: int = 0, cap: str = "") -> str | None:
+        """Why a window of ``max_length`` tokens, ``specials`` of them the tokenizer's, can't hold the longest question
+        and at least 2 tokens of context (or None where it can). ``cap``: where ``max_length`` is the model's own
+        limit, what says so (``Task.cap_note``): raising ``batching.max_length`` then does not help."""
+        if max_length - specials - self.max_question_length >= 2:
+            return None
+        limit = f"max_length {max_length}{cap}," if cap else f"batching.max_length {max_length}"
+        added = f" and the {specials} special tokens the tokenizer adds" if specials else ""
+        fix = "lower task.max_question_length" if cap else "raise batching.max_length or lower task.max_question_length"
+        return (f"question-answering: {limit} leaves no room for the context after a question of up to "
+                f"task.max_question_length {self.max_question_length} tokens{added}; {fix}")
+
 
 class TokenClassificationOptions(TaskOptions):
     independent_forwards = True

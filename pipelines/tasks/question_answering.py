@@ -94,13 +94,8 @@ class QuestionAnswering(Task):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.specials = self.tokenizer.num_special_tokens_to_add(pair=True)
-        room = self.max_length - self.specials - self.options.max_question_length
-        if room < 2:
-            raise PipelineError(
-                f"question-answering: max_length {self.max_length} leaves no room for the context after a question "
-                f"of up to {self.options.max_question_length} tokens; raise batching.max_length or lower "
-                "task.max_question_length"
-            )
+        if problem := self.options.no_room(self.max_length, self.specials, self.cap_note()):
+            raise PipelineError(problem)
         top_k = self.options.top_k
         self.candidates = 2 * top_k + 10 if self.options.align_to_words else top_k
         self.marks = DroppedMarks(self.tokenizer)
