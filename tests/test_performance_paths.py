@@ -1031,3 +1031,37 @@ def test_a_runs_timeline_starts_when_its_process_started_not_up_to_a_second_befo
     assert child.returncode == 0
     started = float(out)
     assert before - tick <= started <= spawned + tick, (started - before, spawned - before)
+
+
+# A child that starts a local Ray as a run does, then exits as the command does (Ray's own shutdown at exit), and
+# says which of Ray's processes its shutdown had to wait out (a grace period that ran out: TimeoutExpired).
+_EXIT_SCRIPT = """
+import atexit, subprocess
+waited = []
+atexit.register(lambda: print("waited out:", waited, flush=True))  # registered first, so it runs last
+from pipelines.cluster.connect import start_local
+start_local()
+import ray
+assert ray.get(ray.put(1)) == 1
+wait = subprocess.Popen.wait
+def timed_out(self, timeout=None):
+    try:
+        return wait(self, timeout)
+    except subprocess.TimeoutExpired:
+        waited.append(next((a.rsplit("/", 1)[-1] for a in self.args if a.endswith(".py")), str(self.args[0])))
+        raise
+subprocess.Popen.wait = timed_out
+"""
+
+
+def test_a_local_rays_stop_at_exit_waits_out_no_process():
+    """Ray's shutdown stops a local Ray's processes one after another, the GCS before the autoscaler's monitor; the
+    monitor's SIGTERM handler then tries to tell the drivers through the GCS that is gone, and Ray waits out its
+    second of grace before it kills it: 1.0-1.9 s of every command's exit on the 2-core machine. The run now kills
+    the monitor first (the end Ray gives it a second later), so nothing is waited out."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _EXIT_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "waited out: []" in done.stdout, done.stdout + done.stderr[-2000:]

@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def quiet_after_the_end() -> None:
-    """The command has said how it ended; what is left is Ray's shutdown at exit (a second or two for a local Ray),
+    """The command has said how it ended; what is left is Ray's shutdown at exit (about a second for a local Ray),
     which a second Ctrl-C interrupted with a traceback after the command's last line, leaving Ray's processes behind.
     Ctrl-C is now ignored while it runs; a SIGTERM ends the process at once, quietly, with status 143."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
