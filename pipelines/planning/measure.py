@@ -34,22 +34,23 @@ log = logging.getLogger(__name__)
 
 ACTOR_COUNTS = (1, 2, 4, 8)
 
-#: The parts of a run's fixed cost a plan can't measure without starting Ray, in seconds: the medians of four runs'
-#: ``_run.json`` ``timeline`` (`pipelines run jobs/label_news.yaml`, a 2-core CPU machine shared with other work,
-#: 2026-12-02 07:43-07:55; README, Performance), and for the actor's start the README's timing of a trivial actor
-#: under Ray Data (2.2-2.4 s). Name: (seconds, in a run's ``wall_s``, how it was got). The driver's start was
-#: measured again once the timeline's process_start was read to a clock tick (it had been up to a second early):
-#: seven runs of the same command on a 2-core AVX2-only AMD EPYC, nothing else running, 2026-12-07 04:53-04:56.
+#: The parts of a run's fixed cost a plan can't measure without starting Ray, in seconds, from the main job's runs
+#: (`pipelines run jobs/label_news.yaml`) on a 2-core AVX2-only AMD EPYC, nothing else running, 2026-12-07, their
+#: ``_run.json`` ``timeline`` (its process_start read to a clock tick) and the command's exit: the driver's start, the
+#: medians of seven runs (04:53-04:56); Ray's start and the first block back, of thirteen (07:13-07:26); the summary
+#: and shut-down, of seven (07:17-07:26) once the local Ray's monitor is stopped first (see
+#: :func:`pipelines.cluster.connect.stop_the_monitor`). The actor's start is the README's timing of a trivial actor
+#: under Ray Data (2.2-2.4 s). Name: (seconds, in a run's ``wall_s``, how it was got).
 KNOWN: dict[str, tuple[float, bool, str]] = {
     "driver start": (1.7, False, "imports, spec, the output's records and kept precision: timeline process_start to "
                      "run_start, plus ray_ready to execution_start (1.4-2.0 s in seven runs)"),
-    "Ray start": (4.7, False, "a local Ray of the run's own: timeline connect_start to ray_ready (3.7-6.6 s in four "
-                  "runs; none where the run joins a Ray already running)"),
+    "Ray start": (5.6, False, "a local Ray of the run's own: timeline connect_start to ray_ready (4.5-6.7 s in "
+                  "thirteen runs; none where the run joins a Ray already running)"),
     "actor start": (2.3, True, "Ray Data's start until the pool's actor constructor runs (a trivial actor's)"),
-    "first block back": (0.6, True, "the first batch staged in the actor to its block at the driver: timeline "
-                         "first_staged to first_block (0.4-0.8 s in four runs)"),
+    "first block back": (1.1, True, "the first batch staged in the actor to its block at the driver: timeline "
+                         "first_staged to first_block (0.9-1.3 s in thirteen runs)"),
     "summary and shut-down": (2.3, False, "the summary, the report page and Ray's stop: timeline summary to the "
-                              "command's exit (1.8-3.9 s in four runs)"),
+                              "command's exit (2.2-2.5 s in seven runs)"),
 }
 
 
