@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULE_SECONDS = {
     "test_guarantees.py": 329, "test_faults.py": 246, "test_schedule.py": 216, "test_s3.py": 209,
     "test_smollm2.py": 152, "test_plan.py": 150, "test_cluster.py": 137, "test_report.py": 125, "test_signals.py": 122,
-    "test_performance_paths.py": 119, "test_fidelity.py": 117, "test_runner.py": 112, "test_errors_cli.py": 91,
+    "test_performance_paths.py": 129, "test_fidelity.py": 117, "test_runner.py": 112, "test_errors_cli.py": 91,
     "test_openai_batch.py": 81, "test_parity.py": 78, "test_cli.py": 64, "test_jobs_client.py": 63,
     "test_tasks_ray.py": 41, "test_terminal.py": 34, "test_jobs_report.py": 19, "test_kill_points.py": 15,
     "test_kill_points_runs.py": 13, "test_jobs_transport.py": 12,

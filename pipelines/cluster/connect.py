@@ -394,9 +394,10 @@ def stop_the_monitor() -> None:
 
     Ray's shutdown (2.60) stops a local Ray's processes one after another, the GCS before the monitor; the
     monitor's SIGTERM handler then tries to tell the drivers through the GCS that is gone, and Ray waits out a
-    second of grace before it sends SIGKILL: 1.0-1.9 s of every command's exit on a 2-core machine. Killed first,
-    it goes at once, and the rest of the shutdown is Ray's. Nothing where this process started no Ray of its own
-    (one it joined, one already shut down), or where Ray keeps its processes otherwise than here."""
+    second of grace before it sends SIGKILL: 1.0-2.0 s of the exit of every command that started a local Ray, on a
+    2-core machine. Killed first, it goes at once, and the rest of the shutdown is Ray's. Nothing where this
+    process started no Ray of its own (one it joined, one already shut down), or where Ray keeps its processes
+    otherwise than here."""
     try:
         from ray._private.worker import _global_node as node
 
@@ -404,7 +405,7 @@ def stop_the_monitor() -> None:
         for info in monitors:
             if info.process.poll() is None:
                 info.process.kill()
-                info.process.wait(timeout=_CONNECT_TIMEOUT_S)  # reaped: Ray's shutdown finds it ended, goes on
+                info.process.wait(timeout=1)  # reaped: Ray's shutdown finds it ended, goes on
     except Exception:  # noqa: BLE001 - Ray's own shutdown, which follows, stops whatever is left as it always did
         log.debug("stopping the local Ray's monitor first", exc_info=True)
 

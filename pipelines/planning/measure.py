@@ -37,10 +37,11 @@ ACTOR_COUNTS = (1, 2, 4, 8)
 #: The parts of a run's fixed cost a plan can't measure without starting Ray, in seconds, from the main job's runs
 #: (`pipelines run jobs/label_news.yaml`) on a 2-core AVX2-only AMD EPYC, nothing else running, 2026-12-07, their
 #: ``_run.json`` ``timeline`` (its process_start read to a clock tick) and the command's exit: the driver's start, the
-#: medians of seven runs (04:53-04:56); Ray's start and the first block back, of thirteen (07:13-07:26); the summary
-#: and shut-down, of seven (07:17-07:26) once the local Ray's monitor is stopped first (see
-#: :func:`pipelines.cluster.connect.stop_the_monitor`). The actor's start is the README's timing of a trivial actor
-#: under Ray Data (2.2-2.4 s). Name: (seconds, in a run's ``wall_s``, how it was got).
+#: medians of seven runs (04:53-04:56); Ray's start and the first block back, of thirteen (07:13-07:26, six of them
+#: with the code before the monitor's stop, which changes neither); the summary and shut-down, of seven (07:17-07:26)
+#: once the local Ray's monitor is stopped first (see :func:`pipelines.cluster.connect.stop_the_monitor`). The actor's
+#: start is the README's timing of a trivial actor under Ray Data (2.2-2.4 s). Name: (seconds, in a run's ``wall_s``,
+#: how it was got).
 KNOWN: dict[str, tuple[float, bool, str]] = {
     "driver start": (1.7, False, "imports, spec, the output's records and kept precision: timeline process_start to "
                      "run_start, plus ray_ready to execution_start (1.4-2.0 s in seven runs)"),
