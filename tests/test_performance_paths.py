@@ -1033,14 +1033,14 @@ def test_a_runs_timeline_starts_when_its_process_started_not_up_to_a_second_befo
     assert before - tick <= started <= spawned + tick, (started - before, spawned - before)
 
 
-# A child that starts a local Ray as a run does, then exits as the command does (Ray's own shutdown at exit), and
-# says which of Ray's processes its shutdown had to wait out (a grace period that ran out: TimeoutExpired), and how
-# the monitor and the raylet ended.
+# A child that starts a local Ray as a run does, then exits as the command does, and says which of Ray's processes
+# the shutdown had to wait out (a grace period that ran out: TimeoutExpired), what it slept for half a second or
+# more, and how the monitor and the raylet ended.
 _EXIT_SCRIPT = """
-import atexit, subprocess
-waited = []
+import atexit, subprocess, time
+waited, slept = [], []
 def said():  # registered first, so it runs last: after Ray's shutdown
-    print("waited out:", waited, "monitor:", monitor.poll(), "raylet:", raylet.poll(), flush=True)
+    print("waited out:", waited, "slept:", slept, "monitor:", monitor.poll(), "raylet:", raylet.poll(), flush=True)
 atexit.register(said)
 from pipelines.cluster.connect import start_local
 start_local()
@@ -1048,29 +1048,36 @@ import ray
 from ray._private.worker import _global_node
 [monitor], [raylet] = ([i.process for i in _global_node.all_processes[n]] for n in ("monitor", "raylet"))
 assert ray.get(ray.put(1)) == 1
-wait = subprocess.Popen.wait
+wait, sleep = subprocess.Popen.wait, time.sleep
 def timed_out(self, timeout=None):
     try:
         return wait(self, timeout)
     except subprocess.TimeoutExpired:
         waited.append(next((a.rsplit("/", 1)[-1] for a in self.args if a.endswith(".py")), str(self.args[0])))
         raise
-subprocess.Popen.wait = timed_out
+def long(seconds):
+    if seconds >= 0.5:
+        slept.append(seconds)
+    sleep(seconds)
+subprocess.Popen.wait, time.sleep = timed_out, long
 """
 
 
-def test_a_local_rays_stop_at_exit_waits_out_no_process():
-    """Ray's shutdown stops a local Ray's processes one after another, the GCS before the autoscaler's monitor; the
-    monitor's SIGTERM handler then tries to tell the drivers through the GCS that is gone, and Ray waits out its
-    second of grace before it kills it: 1.0-2.0 s of the exit of every command that started a local Ray, on the
-    2-core machine. The run now kills the monitor first (the end Ray gives it a second later), so it is not waited
-    out; the raylet still ends by Ray's shutdown."""
+def test_a_local_rays_stop_at_exit_waits_out_no_process_and_sleeps_no_half_second():
+    """Ray's shutdown at exit stops a local Ray's processes one after another, the GCS before the autoscaler's
+    monitor; the monitor's SIGTERM handler then tries to tell the drivers through the GCS that is gone, and Ray
+    waits out its second of grace before it kills it. And at exit it first sleeps half a second for log lines to
+    print, after the command's last line. Together 1.5-2.5 s of the exit of every command that started a local Ray,
+    on the 2-core machine. The run now kills the monitor first (the end Ray gives it a second later) and shuts Ray
+    down itself, outside Ray's exit hook: neither wait is left; the raylet still ends by Ray's shutdown."""
     import subprocess
     import sys
 
     done = subprocess.run([sys.executable, "-c", _EXIT_SCRIPT], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     said = done.stdout + done.stderr[-2000:]
-    waited, ended = done.stdout.split("waited out:")[1].split("monitor:")
-    assert "monitor.py" not in waited, said  # before: ['monitor.py'], its grace waited out
+    waited, rest = done.stdout.split("waited out:")[1].split("slept:")
+    slept, ended = rest.split("monitor:")
+    assert "monitor.py" not in waited, said  # before 4b7d523: ['monitor.py'], its grace waited out
+    assert slept.split() == ["[]"], said  # before: [0.5], Ray's pause at exit
     assert ended.split() == ["-9", "raylet:", "0"], said  # the monitor killed, the raylet stopped by Ray's shutdown

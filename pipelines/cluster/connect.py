@@ -355,7 +355,7 @@ def start_local() -> None:
     try:
         with keeping_sigterm():
             ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
-        _stop_the_monitor_first_at_exit()
+        _stop_local_ray_first_at_exit()
         watch_sigterm()  # a SIGTERM to the group ends this Ray's processes, and Ray then ends this one (see there)
     except Exception as exc:  # noqa: BLE001 - Ray raises bare Exceptions and OSErrors while starting
         try:
@@ -378,36 +378,43 @@ def start_local() -> None:
         ) from None
 
 
-_MONITOR_AT_EXIT: list[bool] = []
+_STOP_AT_EXIT: list[bool] = []
 
 
-def _stop_the_monitor_first_at_exit() -> None:
-    """Registers :func:`stop_the_monitor` to run at exit just before Ray's own shutdown (functions registered with
+def _stop_local_ray_first_at_exit() -> None:
+    """Registers :func:`stop_local_ray` to run at exit just before Ray's own shutdown (functions registered with
     atexit run last-registered first; Ray registers its shutdown when it is imported), once per process."""
-    if not _MONITOR_AT_EXIT:
-        atexit.register(stop_the_monitor)
-        _MONITOR_AT_EXIT.append(True)
+    if not _STOP_AT_EXIT:
+        atexit.register(stop_local_ray)
+        _STOP_AT_EXIT.append(True)
 
 
-def stop_the_monitor() -> None:
-    """Kill the local Ray's autoscaler monitor, as Ray's shutdown would a second later.
+def stop_local_ray() -> None:
+    """Stop the local Ray this process started, its autoscaler's monitor first: what Ray's shutdown at exit does,
+    without two waits of it (Ray 2.60), 1.5-2.5 s of the exit of every command that started a local Ray on a 2-core
+    machine.
 
-    Ray's shutdown (2.60) stops a local Ray's processes one after another, the GCS before the monitor; the
-    monitor's SIGTERM handler then tries to tell the drivers through the GCS that is gone, and Ray waits out a
-    second of grace before it sends SIGKILL: 1.0-2.0 s of the exit of every command that started a local Ray, on a
-    2-core machine. Killed first, it goes at once, and the rest of the shutdown is Ray's. Nothing where this
-    process started no Ray of its own (one it joined, one already shut down), or where Ray keeps its processes
-    otherwise than here."""
+    * Ray stops a local Ray's processes one after another, the GCS before the monitor; the monitor's SIGTERM
+      handler then tries to tell the drivers through the GCS that is gone, and Ray waits out a second of grace
+      before it sends SIGKILL. Killed first (Ray's own end for it, a second sooner), it goes at once.
+    * At exit Ray sleeps half a second first, "to make sure that log messages finish printing": after the command's
+      last line, which nothing is to follow (see :func:`pipelines.cli.main.say_last`). Shut down here, outside
+      Ray's exit hook, it doesn't; Ray's hook then finds nothing left to do.
+
+    Nothing where this process started no Ray of its own (one it joined, one already shut down)."""
     try:
+        import ray
         from ray._private.worker import _global_node as node
 
-        monitors = node.all_processes.get("monitor", []) if node is not None and node.head else []
-        for info in monitors:
+        if node is None or not node.head:
+            return
+        for info in node.all_processes.get("monitor", []):
             if info.process.poll() is None:
                 info.process.kill()
                 info.process.wait(timeout=1)  # reaped: Ray's shutdown finds it ended, goes on
+        ray.shutdown()
     except Exception:  # noqa: BLE001 - Ray's own shutdown, which follows, stops whatever is left as it always did
-        log.debug("stopping the local Ray's monitor first", exc_info=True)
+        log.debug("stopping the local Ray at exit", exc_info=True)
 
 
 def _in_home_ray(path: str, home: str) -> bool:

@@ -38,8 +38,8 @@ ACTOR_COUNTS = (1, 2, 4, 8)
 #: (`pipelines run jobs/label_news.yaml`) on a 2-core AVX2-only AMD EPYC, nothing else running, 2026-12-07, their
 #: ``_run.json`` ``timeline`` (its process_start read to a clock tick) and the command's exit: the driver's start, the
 #: medians of seven runs (04:53-04:56); Ray's start and the first block back, of thirteen (07:13-07:26, six of them
-#: with the code before the monitor's stop, which changes neither); the summary and shut-down, of seven (07:17-07:26)
-#: once the local Ray's monitor is stopped first (see :func:`pipelines.cluster.connect.stop_the_monitor`). The actor's
+#: with the code before the monitor's stop, which changes neither); the summary and shut-down, of seven (08:18-08:23)
+#: once a run stops its local Ray itself (see :func:`pipelines.cluster.connect.stop_local_ray`). The actor's
 #: start is the README's timing of a trivial actor under Ray Data (2.2-2.4 s). Name: (seconds, in a run's ``wall_s``,
 #: how it was got).
 KNOWN: dict[str, tuple[float, bool, str]] = {
@@ -50,8 +50,8 @@ KNOWN: dict[str, tuple[float, bool, str]] = {
     "actor start": (2.3, True, "Ray Data's start until the pool's actor constructor runs (a trivial actor's)"),
     "first block back": (1.1, True, "the first batch staged in the actor to its block at the driver: timeline "
                          "first_staged to first_block (0.9-1.3 s in thirteen runs)"),
-    "summary and shut-down": (2.3, False, "the summary, the report page and Ray's stop: timeline summary to the "
-                              "command's exit (2.2-2.5 s in seven runs)"),
+    "summary and shut-down": (1.8, False, "the summary, the report page and Ray's stop: timeline summary to the "
+                              "command's exit (1.5-2.2 s in seven runs)"),
 }
 
 
