@@ -115,9 +115,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def quiet_after_the_end() -> None:
-    """The command has said how it ended; what is left is Ray's shutdown at exit (about a second for a local Ray),
-    which a second Ctrl-C interrupted with a traceback after the command's last line, leaving Ray's processes behind.
-    Ctrl-C is now ignored while it runs; a SIGTERM ends the process at once, quietly, with status 143."""
+    """The command has said how it ended; what is left is Ray's shutdown at exit (about half a second for a local
+    Ray: cluster.connect.stop_local_ray), which a second Ctrl-C interrupted with a traceback after the command's last
+    line, leaving Ray's processes behind. Ctrl-C is now ignored while it runs; a SIGTERM ends the process at once,
+    quietly, with status 143."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: exit_at_once(EXIT_TERMINATED))
 
