@@ -26,12 +26,10 @@ Nothing of this is used by the project: it says what such a kernel would cost (R
 
 from __future__ import annotations
 
-import gzip
 import json
 import sys
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import torch
 import yaml
 
@@ -112,14 +110,13 @@ class SevenBitLinear(torch.nn.Module):
 
 
 def main_job_rows(root: Path) -> list[str]:
-    texts = []
-    for path in sorted((root / "jobs/data/news").iterdir()):
-        if path.suffix == ".parquet":
-            texts += pq.read_table(path).column("text").to_pylist()
-        else:
-            with (gzip.open if path.suffix == ".gz" else open)(path, "rt") as lines:
-                texts += [json.loads(line)["text"] for line in lines if line.strip()]
-    return texts
+    """The main job's texts, every shard read as its read tasks read them (the project's reader)."""
+    from pipelines.io.reader import Columns, read_shard
+    from pipelines.io.shards import list_shards
+
+    columns = Columns(text="text", id="id")
+    shards = list_shards([str(root / "jobs/data/news")])
+    return [text for shard in shards for block in read_shard(shard, columns) for text in block["text"].to_pylist()]
 
 
 def whole_model() -> None:

@@ -378,15 +378,16 @@ def start_local() -> None:
         ) from None
 
 
-_STOP_AT_EXIT: list[bool] = []
+_stop_registered = False
 
 
 def _stop_local_ray_first_at_exit() -> None:
     """Registers :func:`stop_local_ray` to run at exit just before Ray's own shutdown (functions registered with
     atexit run last-registered first; Ray registers its shutdown when it is imported), once per process."""
-    if not _STOP_AT_EXIT:
+    global _stop_registered
+    if not _stop_registered:
         atexit.register(stop_local_ray)
-        _STOP_AT_EXIT.append(True)
+        _stop_registered = True
 
 
 def stop_local_ray() -> None:
