@@ -352,6 +352,9 @@ def start_local() -> None:
     loaded machine, an unusable temp directory) is a one-line PipelineError saying what to try."""
     import ray
 
+    notice = logging.getLogger(TOKEN_NOTICE_LOGGER)
+    quiet = WithoutTokenNotice()
+    notice.addFilter(quiet)
     try:
         with keeping_sigterm():
             ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
@@ -376,6 +379,22 @@ def start_local() -> None:
             f"Ray starts), check that {temp} is a writable directory with free space (RAY_TMPDIR moves it; Ray's "
             f"logs are in {temp}/ray/session_latest/logs), or join a running Ray with --address HEAD_IP:6379"
         ) from None
+    finally:
+        notice.removeFilter(quiet)
+
+
+#: Where Ray 2.60 logs, as a WARNING at every ``ray.init()`` that starts a Ray, that it turned token authentication on
+#: by default ("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out."): a
+#: line among the run's own, about a Ray the command starts and stops itself.
+TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+class WithoutTokenNotice(logging.Filter):
+    """Drops Ray's notice that a local Ray it starts has token authentication on (its default; the README says so
+    and how to turn it off); passes every other record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Token authentication is enabled")
 
 
 _stop_registered = False
