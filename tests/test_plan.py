@@ -21,6 +21,7 @@ from pipelines.output.lock import JobLock
 from pipelines.output.summary import render as render_summary
 from pipelines.planning.build import build_plan
 from pipelines.planning.inputs import actor_batches, count_rows, read_blocks
+from pipelines.planning.measure import KNOWN_IMPORT_S
 from pipelines.planning.records import Plan
 from pipelines.planning.render import render
 from pipelines.runner import run_job
@@ -755,6 +756,34 @@ def test_measure_estimates_a_run_as_a_user_times_it_rows_and_fixed_cost_in_parts
     assert gpu and all(not any(p.name.startswith("Ray start") for p in e.parts) for e in gpu)  # a cluster's Ray is up
     said = render(plan)
     assert "fixed cost" in said and "Ray start" in said and "_run.json wall_s" in said
+    scale = plan.measurement.import_s / KNOWN_IMPORT_S  # the imports timed here: the known parts go with them
+    assert all(p.scaled_by == round(scale, 2) for p in here.parts if p.how == "known"), here.parts
+    assert f"× {round(scale, 2):g} for this machine's speed by its actor imports" in said
+
+
+def test_the_known_parts_of_this_machines_estimate_go_with_its_speed_by_the_actor_imports():
+    """The known parts (Ray's start, the actor's, the summary ...) were one machine's figures whatever machine the
+    plan ran on: where they had been measured on a 2-core AVX2-only CPU, the plan said 18.9 s for the main job on an
+    AVX-512 one whose runs took 12.9-13.8 s. This machine's are scaled as its actor imports, timed here, compare
+    with those of the machine they were measured on; a GPU node type's (another machine) are not."""
+    from pipelines.planning.measure import KNOWN, wall_time
+    from pipelines.planning.records import Measurement
+
+    def measured(import_s):
+        return Measurement(device="cpu", threads=2, load_s=1.0, rows=100, predict_s=1.0, rows_per_s=100.0,
+                           tokens_per_s=1000.0, padding_efficiency=0.9, peak_rss_bytes=1, import_s=import_s)
+
+    def known(estimate):
+        return {p.name: p.seconds for p in estimate["parts"] if p.how == "known"}
+
+    slower = wall_time(100, measured(2 * KNOWN_IMPORT_S), 1)
+    assert known(slower) == {name: round(2 * seconds, 2) for name, (seconds, _, _) in KNOWN.items()}
+    assert all(p.scaled_by == 2.0 and "× 2 here" in p.basis for p in slower["parts"] if p.how == "known")
+    same = {name: seconds for name, (seconds, _, _) in KNOWN.items()}
+    assert known(wall_time(100, measured(None), 1)) == same  # imports not timed: as measured
+    node = wall_time(100, measured(2 * KNOWN_IMPORT_S), 1, own_ray=False)
+    assert known(node) == {name: s for name, s in same.items() if name != "Ray start"}
+    assert all(p.scaled_by is None for p in node["parts"])
 
 
 def test_measure_on_an_empty_input_says_there_is_nothing_to_run(tiny_models, tmp_path):

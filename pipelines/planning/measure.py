@@ -35,24 +35,35 @@ log = logging.getLogger(__name__)
 ACTOR_COUNTS = (1, 2, 4, 8)
 
 #: The parts of a run's fixed cost a plan can't measure without starting Ray, in seconds, from the main job's runs
-#: (`pipelines run jobs/label_news.yaml`) on a 2-core AVX2-only AMD EPYC, nothing else running, 2026-12-07, their
-#: ``_run.json`` ``timeline`` (its process_start read to a clock tick) and the command's exit: the driver's start, the
-#: medians of seven runs (04:53-04:56); Ray's start and the first block back, of thirteen (07:13-07:26, six of them
-#: with the code before the monitor's stop, which changes neither); the summary and shut-down, of seven (08:18-08:23)
-#: once a run stops its local Ray itself (see :func:`pipelines.cluster.connect.stop_local_ray`). The actor's
-#: start is the README's timing of a trivial actor under Ray Data (2.2-2.4 s). Name: (seconds, in a run's ``wall_s``,
-#: how it was got).
+#: (`pipelines run jobs/label_news.yaml`, its decision kept) on a 2-core AMD EPYC with AVX-512 (Zen 4), nothing else
+#: running, 2026-12-07 10:45-10:47, the medians of seven runs' ``_run.json`` ``timeline`` and the command's exit; the
+#: actor's start is a trivial actor's under Ray Data on the same machine (from the execution's start to its
+#: constructor, the median of five, 10:52). Name: (seconds, in a run's ``wall_s``, how it was got). On another machine
+#: they are scaled by :data:`KNOWN_IMPORT_S` (see :func:`known_scale`).
 KNOWN: dict[str, tuple[float, bool, str]] = {
-    "driver start": (1.7, False, "imports, spec, the output's records and kept precision: timeline process_start to "
-                     "run_start, plus ray_ready to execution_start (1.4-2.0 s in seven runs)"),
-    "Ray start": (5.6, False, "a local Ray of the run's own: timeline connect_start to ray_ready (4.5-6.7 s in "
-                  "thirteen runs; none where the run joins a Ray already running)"),
-    "actor start": (2.3, True, "Ray Data's start until the pool's actor constructor runs (a trivial actor's)"),
-    "first block back": (1.1, True, "the first batch staged in the actor to its block at the driver: timeline "
-                         "first_staged to first_block (0.9-1.3 s in thirteen runs)"),
-    "summary and shut-down": (1.8, False, "the summary, the report page and Ray's stop: timeline summary to the "
-                              "command's exit (1.5-2.2 s in seven runs)"),
+    "driver start": (1.0, False, "imports, spec, the output's records and kept precision: timeline process_start to "
+                     "run_start, plus ray_ready to execution_start (0.9-1.0 s in seven runs)"),
+    "Ray start": (2.8, False, "a local Ray of the run's own: timeline connect_start to ray_ready (2.8-3.9 s in "
+                  "seven runs; none where the run joins a Ray already running)"),
+    "actor start": (2.0, True, "Ray Data's start until the pool's actor constructor runs (a trivial actor's: "
+                    "1.9-2.2 s in five runs)"),
+    "first block back": (0.5, True, "the first batch staged in the actor to its block at the driver: timeline "
+                         "first_staged to first_block (0.5-0.6 s in seven runs)"),
+    "summary and shut-down": (1.3, False, "the summary, the report page and Ray's stop: timeline summary to the "
+                              "command's exit (1.3-1.6 s in seven runs)"),
 }
+#: The actor imports (:func:`import_time`) on the machine where :data:`KNOWN` was measured, the same day: the median
+#: of five (4.0-4.3 s). Each of those parts is Python and process start-up on the CPU, as the imports are.
+KNOWN_IMPORT_S = 4.23
+
+
+def known_scale(import_s: float | None) -> float:
+    """How much slower (above 1) or faster this machine runs what :data:`KNOWN` measured, by the actor imports timed
+    here against :data:`KNOWN_IMPORT_S` (1 where they were not timed). On the 2-core AVX2-only AMD EPYC of the same
+    week four of the known parts took 1.8x these (10.2 s against 5.6), where its imports had taken about 1.5x
+    (6.3-6.8 s in a plain process, 2026-11-30, the README's): scaled, they come out about a sixth short there, not
+    nearly half."""
+    return round(import_s / KNOWN_IMPORT_S, 2) if import_s else 1.0
 
 
 def measure(
@@ -142,13 +153,19 @@ def quiet(name: str) -> Iterator[None]:
 
 def parts(rows: int, measured: Measurement, actors: int, own_ray: bool) -> list[Part]:
     """A run's time as its command takes it: the rows at the measured pace, and the run's fixed cost (``own_ray``:
-    the run starts a local Ray of its own). Empty where nothing was measured."""
+    the run starts a local Ray of its own, on this machine, so the known parts are scaled by its speed,
+    :func:`known_scale`; a node type's are not: another machine). Empty where nothing was measured."""
     if measured.rows_per_s <= 0:
         return []
 
+    scale = known_scale(measured.import_s) if own_ray and measured.import_s else None
+
     def known(name: str) -> Part:
         seconds, in_wall, basis = KNOWN[name]
-        return Part(name=name, seconds=seconds, how="known", in_run_wall=in_wall, basis=basis)
+        if scale is not None:
+            seconds = round(seconds * scale, 2)
+            basis += f"; × {scale:g} here: the actor imports took {measured.import_s:.1f} s, there {KNOWN_IMPORT_S} s"
+        return Part(name=name, seconds=seconds, how="known", in_run_wall=in_wall, basis=basis, scaled_by=scale)
 
     found = [known("driver start")] + ([known("Ray start")] if own_ray else []) + [known("actor start")]
     if measured.import_s is not None:

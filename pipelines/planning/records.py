@@ -149,6 +149,7 @@ class Part(PlanRecord):
     how: Literal["measured", "known"]
     in_run_wall: bool  # in what a run's ``_run.json`` calls ``wall_s`` (else only in the command's whole time)
     basis: str
+    scaled_by: float | None = None  # a known part on this machine: the factor of its speed (measure.known_scale)
 
 
 class Estimate(PlanRecord):

@@ -176,11 +176,19 @@ def _measured(plan: Plan) -> list[str]:
                 for p in estimate.parts
             ], right={1}),
             f"  a run's _run.json wall_s (its execution's start to its last commit) would be "
-            f"{duration(estimate.run_wall_s)}; the known costs are the main job's on a 2-core CPU machine and "
-            "differ on others; not included: waiting for a node to start or for CPUs/GPUs other jobs hold, "
+            f"{duration(estimate.run_wall_s)}; the known costs are the main job's on a 2-core CPU machine"
+            f"{_scaled(estimate)}; not included: waiting for a node to start or for CPUs/GPUs other jobs hold, "
             "quantization auto's first check of a job here (11-12 s on the main job, once), retries",
         ]
     return lines
+
+
+def _scaled(estimate: Estimate) -> str:
+    """How the known parts of ``estimate`` were scaled to this machine's speed, in words."""
+    scale = next((p.scaled_by for p in estimate.parts if p.scaled_by is not None), None)
+    if scale is None:
+        return " and differ on others"
+    return f", × {scale:g} for this machine's speed by its actor imports (a guess: Ray's start depends on cores too)"
 
 
 def _estimated_rows(plan: Plan) -> str:
