@@ -756,6 +756,7 @@ def test_measure_estimates_a_run_as_a_user_times_it_rows_and_fixed_cost_in_parts
     assert gpu and all(not any(p.name.startswith("Ray start") for p in e.parts) for e in gpu)  # a cluster's Ray is up
     said = render(plan)
     assert "fixed cost" in said and "Ray start" in said and "_run.json wall_s" in said
+    assert plan.measurement is not None and plan.measurement.import_s is not None
     scale = plan.measurement.import_s / KNOWN_IMPORT_S  # the imports timed here: the known parts go with them
     assert all(p.scaled_by == round(scale, 2) for p in here.parts if p.how == "known"), here.parts
     assert f"× {round(scale, 2):g} for this machine's speed by its actor imports" in said
@@ -784,6 +785,9 @@ def test_the_known_parts_of_this_machines_estimate_go_with_its_speed_by_the_acto
     node = wall_time(100, measured(2 * KNOWN_IMPORT_S), 1, own_ray=False)
     assert known(node) == {name: s for name, s in same.items() if name != "Ray start"}
     assert all(p.scaled_by is None for p in node["parts"])
+    # a timing far off (a fraction of a second, or zero: nothing timed) is not taken as the machine's speed
+    assert {p.scaled_by for p in wall_time(100, measured(0.01), 1)["parts"] if p.how == "known"} == {0.25}
+    assert {p.scaled_by for p in wall_time(100, measured(0.0), 1)["parts"] if p.how == "known"} == {None}
 
 
 def test_measure_on_an_empty_input_says_there_is_nothing_to_run(tiny_models, tmp_path):

@@ -394,7 +394,7 @@ class WithoutTokenNotice(logging.Filter):
     and how to turn it off); passes every other record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Token authentication is enabled")
+        return not record.getMessage().startswith("Token authentication is enabled")
 
 
 _stop_registered = False

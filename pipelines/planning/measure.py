@@ -55,6 +55,8 @@ KNOWN: dict[str, tuple[float, bool, str]] = {
 #: The actor imports (:func:`import_time`) on the machine where :data:`KNOWN` was measured, the same day: the median
 #: of five (4.0-4.3 s). Each of those parts is Python and process start-up on the CPU, as the imports are.
 KNOWN_IMPORT_S = 4.23
+#: The factor :func:`known_scale` keeps to.
+KNOWN_SCALE_RANGE = (0.25, 4.0)
 
 
 def known_scale(import_s: float | None) -> float:
@@ -62,8 +64,12 @@ def known_scale(import_s: float | None) -> float:
     here against :data:`KNOWN_IMPORT_S` (1 where they were not timed). On the 2-core AVX2-only AMD EPYC of the same
     week four of the known parts took 1.8x these (10.2 s against 5.6), where its imports had taken about 1.5x
     (6.3-6.8 s in a plain process, 2026-11-30, the README's): scaled, they come out about a sixth short there, not
-    nearly half."""
-    return round(import_s / KNOWN_IMPORT_S, 2) if import_s else 1.0
+    nearly half. Kept within :data:`KNOWN_SCALE_RANGE`: a figure far outside says more about the timing than the
+    machine."""
+    if not import_s or import_s <= 0:
+        return 1.0
+    low, high = KNOWN_SCALE_RANGE
+    return round(min(max(import_s / KNOWN_IMPORT_S, low), high), 2)
 
 
 def measure(
@@ -158,7 +164,7 @@ def parts(rows: int, measured: Measurement, actors: int, own_ray: bool) -> list[
     if measured.rows_per_s <= 0:
         return []
 
-    scale = known_scale(measured.import_s) if own_ray and measured.import_s else None
+    scale = known_scale(measured.import_s) if own_ray and measured.import_s and measured.import_s > 0 else None
 
     def known(name: str) -> Part:
         seconds, in_wall, basis = KNOWN[name]
