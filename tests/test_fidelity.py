@@ -1184,10 +1184,40 @@ def test_auto_times_again_only_what_can_decide_and_skips_a_candidate_that_cant_w
     assert ("smooth-int8", "float32") not in [load[:2] for load in loads]
     assert "smooth-int8 not tried (per-token-int8 is within the bar and computes less)" in found["why"]
     loads.clear()
+    _clocked_passes(monkeypatch, [0.5])  # per-token-int8 faster than float32 (the next test: where no faster, it isn't)
     found = decision.choose_here(spec.model_dump(mode="json"), sample, 1.01)  # below it: smooth-int8 is tried
     assert [load[:2] for load in loads[:3]] == [("none", "float32"), ("per-token-int8", "float32"),
                                                 ("smooth-int8", "float32")]
     assert "not tried" not in found["why"]
+
+
+def test_auto_does_not_try_smooth_int8_where_per_token_int8_below_the_bar_was_no_faster_than_one_within_it():
+    """On the main job's first run on a CPU with VNNI and native bfloat16 (a 2-core AMD EPYC, Zen 4) per-token-int8,
+    below the bar, took 0.82 s over the sample and bfloat16, within it, 0.79 s; smooth-int8 was then loaded (its
+    calibration 1.4 s) and timed twice (0.83-1.01 s a pass) though it computes all that per-token-int8 does and
+    more: it could not be the fastest. bfloat16 is now timed before it, and it is not tried where per-token-int8 took
+    no less than float32 or the fastest candidate within the bar; where per-token-int8 was faster, it is."""
+    import pipelines.fidelity as decision
+
+    spec = make_spec("unused", {"type": "text-classification"})
+    ptq, bf16, smooth = (decision.concrete(spec, decision.Precision(q, d)) for q, d in (
+        ("per-token-int8", "float32"), ("none", "bfloat16"), ("smooth-int8", "float32")))
+    assert [(c.quantization, c.dtype) for c in decision.candidates("cpu", bf16=True)] == [
+        ("per-token-int8", "float32"), ("none", "bfloat16"), ("smooth-int8", "float32")]
+
+    def result(agreement: float, seconds: float) -> Fidelity:
+        return Fidelity(task="text-classification", quantization="", rows=256, measure="label_agreement",
+                        agreement=agreement, predict_s=seconds)
+
+    slow_int8 = [(ptq, result(0.9687, 0.82)), (bf16, result(0.9960, 0.79))]
+    assert decision.outrun(smooth, slow_int8, 0.99, reference_s=1.39) == (
+        "per-token-int8 took 0.82 s, no less than bfloat16's 0.79 s within the bar, and computes less")
+    assert decision.outrun(smooth, [(ptq, result(0.9687, 0.60)), (bf16, result(0.9960, 0.79))], 0.99, (), 1.39) is None
+    assert decision.outrun(smooth, [(ptq, result(0.9687, 0.82))], 0.99, (), 1.39) is None  # faster than float32
+    # float32 is within any bar: an Intel Xeon's main job, float32 0.81 s, per-token-int8 below the bar 0.95 s
+    assert decision.outrun(smooth, [(ptq, result(0.9687, 0.95)), (bf16, result(0.9960, 1.30))], 0.99, (), 0.81) == (
+        "per-token-int8 took 0.95 s, no less than float32's 0.81 s, and computes less")
+    assert decision.outrun(bf16, slow_int8, 0.99, (), 1.39) is None  # bfloat16 does not compute what per-token-int8 does
 
 
 def _clocked_passes(monkeypatch, int8_s: list[float]) -> list[tuple[str, int]]:

@@ -236,7 +236,7 @@ def measure_against(
     candidates: list[JobSpec],
     sample: pa.Table,
     bar: float,
-    needless: Callable[[JobSpec, list[tuple[JobSpec, Fidelity]], list[JobSpec]], bool] | None = None,
+    needless: Callable[[JobSpec, list[tuple[JobSpec, Fidelity]], list[JobSpec], float], bool] | None = None,
 ) -> tuple[list[tuple[JobSpec, Fidelity]], list[tuple[JobSpec, Slower]]]:
     """Score the sample once with ``reference``, then with each candidate in turn: each candidate's comparison,
     with the seconds it and the reference took on the sample (``predict_s``, ``reference_predict_s``); and the
@@ -246,8 +246,8 @@ def measure_against(
     ``bar``; the reference, on a GPU timed again while loaded, is on a CPU loaded and timed again only where the
     fastest candidate within the bar is faster than it, by less than :data:`CLOSE`; a candidate whose first pass (in
     :func:`parts` on a CPU, as float32's) takes more than :data:`SLOWER` times float32's is stopped; a candidate that
-    ``needless(candidate, results so far, candidates stopped so far)`` says can't win is not scored (in neither
-    list). A sample the reference predicts none of is refused after its pass (:func:`judgeable`)."""
+    ``needless(candidate, results so far, candidates stopped so far, the reference's seconds)`` says can't win is not
+    scored (in neither list). A sample the reference predicts none of is refused after its pass (:func:`judgeable`)."""
     truth = _truth(reference, sample)
     ids = sample.column(reference.input.id_column or "id").to_pylist()
     base = predict(reference, sample, again=lambda predicted: predicted.device == "cuda", in_parts=True)
@@ -255,7 +255,7 @@ def measure_against(
     results: list[tuple[JobSpec, Fidelity]] = []
     slower: list[tuple[JobSpec, Slower]] = []
     for candidate in candidates:
-        if needless is not None and needless(candidate, results, [spec for spec, _ in slower]):
+        if needless is not None and needless(candidate, results, [spec for spec, _ in slower], base.seconds):
             continue
         start = time.monotonic()
         judged: list[Fidelity] = []  # compared after the first pass, which decides whether to time it again
