@@ -685,10 +685,12 @@ def outrun(
     """Why ``candidate`` can't be the fastest within ``bar`` given the candidates ``done``, those stopped as
     ``slower`` than float32 and float32's time on the sample ``reference_s`` (None: it can): one it does more than
     (:data:`DOES_MORE_THAN`) is within the bar, was slower than float32, or took no less time than float32 or a
-    candidate within the bar. smooth-int8 computes all that per-token-int8 does and more, and its first load
-    calibrates: on the main job's first run on a 2-core Zen 4 CPU, per-token-int8 below the bar took 0.96-1.05 s over
-    the sample, bfloat16 0.84-0.86 and smooth-int8 0.94-1.04 (three runs), so measuring it took 4 s of the check
-    and never changed the decision."""
+    candidate within the bar. The last is a judgement: the lighter one's single pass, in parts, is set against the
+    others' fastest pass, mostly one call of the whole sample, so it leans towards leaving the candidate out where
+    they were close. smooth-int8 computes all that per-token-int8 does and more, and its first load calibrates: on
+    the main job's first run on a 2-core Zen 4 CPU, per-token-int8 below the bar took 0.96-1.05 s over the sample,
+    bfloat16 0.84-0.86 and smooth-int8 0.94-1.04 (three runs), so measuring it took 4 s of the check and changed
+    no decision (the README has the runs where it did win, by 1%)."""
     lighter = DOES_MORE_THAN.get(_precision_of(candidate))
     if lighter is None:
         return None

@@ -1279,6 +1279,13 @@ def test_a_candidate_slower_than_float32_is_stopped_not_timed_to_the_end_and_smo
                                                                                             8, 24]  # timed again
     assert re.search(r"per-token-int8 [\d.]+ in 24\.00 s", found["why"]) and "stopped" not in found["why"]
 
+    calls.clear()  # below the bar and no faster than float32, not stopped: smooth-int8, which does more, isn't tried
+    int8_s[0] = 1.2
+    found = decision.choose_here(spec.model_dump(mode="json"), sample, 1.01)
+    assert "smooth-int8" not in [quantization for quantization, _ in calls]
+    assert ("smooth-int8 not tried (per-token-int8 took 28.80 s, no less than float32's 24.00 s, and computes "
+            "less)") in found["why"], found["why"]
+
 
 def test_a_sample_float32_predicts_none_of_is_refused_even_where_every_candidate_is_stopped_as_slower(
         tiny_models, monkeypatch, tmp_path):
