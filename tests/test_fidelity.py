@@ -1195,7 +1195,7 @@ def test_auto_does_not_try_smooth_int8_where_per_token_int8_below_the_bar_was_no
     """On the main job's first run on a CPU with VNNI and native bfloat16 (a 2-core AMD EPYC, Zen 4) per-token-int8,
     below the bar, took 0.82 s over the sample and bfloat16, within it, 0.79 s; smooth-int8 was then loaded (its
     calibration 1.4 s) and timed twice (0.83-1.01 s a pass) though it computes all that per-token-int8 does and
-    more: it could not be the fastest. bfloat16 is now timed before it, and it is not tried where per-token-int8 took
+    more: it was unlikely to be the fastest (the README says why this is a judgement, not a proof). bfloat16 is now timed before it, and it is not tried where per-token-int8 took
     no less than float32 or the fastest candidate within the bar; where per-token-int8 was faster, it is."""
     import pipelines.fidelity as decision
 

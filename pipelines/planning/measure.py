@@ -59,15 +59,15 @@ KNOWN_IMPORT_S = 4.23
 KNOWN_SCALE_RANGE = (0.25, 4.0)
 
 
-def known_scale(import_s: float | None) -> float:
+def known_scale(import_s: float | None) -> float | None:
     """How much slower (above 1) or faster this machine runs what :data:`KNOWN` measured, by the actor imports timed
-    here against :data:`KNOWN_IMPORT_S` (1 where they were not timed). On the 2-core AVX2-only AMD EPYC of the same
-    week four of the known parts took 1.8x these (10.2 s against 5.6), where its imports had taken about 1.5x
-    (6.3-6.8 s in a plain process, 2026-11-30, the README's): scaled, they come out about a sixth short there, not
-    nearly half. Kept within :data:`KNOWN_SCALE_RANGE`: a figure far outside says more about the timing than the
-    machine."""
+    here against :data:`KNOWN_IMPORT_S`; None where they were not timed (the parts are then taken as measured). On
+    the 2-core AVX2-only AMD EPYC of the same week four of the known parts took 1.8x these (10.2 s against 5.6),
+    where its imports had taken about 1.5x (6.3-6.8 s in a plain process, 2026-11-30, the README's): scaled, they
+    come out about a sixth short there, not nearly half. Kept within :data:`KNOWN_SCALE_RANGE`: a figure far
+    outside says more about the timing than the machine."""
     if not import_s or import_s <= 0:
-        return 1.0
+        return None
     low, high = KNOWN_SCALE_RANGE
     return round(min(max(import_s / KNOWN_IMPORT_S, low), high), 2)
 
@@ -164,7 +164,7 @@ def parts(rows: int, measured: Measurement, actors: int, own_ray: bool) -> list[
     if measured.rows_per_s <= 0:
         return []
 
-    scale = known_scale(measured.import_s) if own_ray and measured.import_s and measured.import_s > 0 else None
+    scale = known_scale(measured.import_s) if own_ray else None
 
     def known(name: str) -> Part:
         seconds, in_wall, basis = KNOWN[name]
