@@ -29,8 +29,9 @@ def main() -> None:
     args = parser.parse_args()
 
     start = time.perf_counter()
-    import torch  # noqa: F401 - the imports a pool actor pays before its check, timed apart
+    from pipelines.inference.heavy_imports import import_predictor
 
+    import_predictor()  # the imports a pool actor pays before its check, as it makes them, timed apart
     from pipelines import fidelity
     from pipelines.inference import fidelity as measuring
     from pipelines.inference import predictor

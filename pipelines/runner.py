@@ -283,8 +283,9 @@ class PredictAndStage:
 
     def __init__(self, spec: dict[str, Any], staging: StagingConfig, model_files: dict[str, str] | None = None,
                  deciding: tuple[Any, pa.Table, float] | None = None) -> None:
-        from pipelines.inference.predictor import Predictor
+        from pipelines.inference.heavy_imports import import_predictor
 
+        Predictor = import_predictor()  # noqa: N806 - the class
         self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predictor")
         if deciding is not None:
             spec = self.model_thread.submit(fidelity.run_precision, spec, *deciding).result()

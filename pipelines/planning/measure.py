@@ -53,8 +53,10 @@ KNOWN: dict[str, tuple[float, bool, str]] = {
                               "command's exit (1.3-1.6 s in seven runs)"),
 }
 #: The actor imports (:func:`import_time`) on the machine where :data:`KNOWN` was measured, the same day: the median
-#: of five (4.0-4.3 s). Each of those parts is Python and process start-up on the CPU, as the imports are.
-KNOWN_IMPORT_S = 4.23
+#: of five (2.91-3.00 s, 12:40; the same imports without :func:`~pipelines.inference.heavy_imports.import_predictor`
+#: took 4.0-4.3 s at 10:50 and 4.4-4.6 s at 12:41). Each of those parts is Python and process start-up on the CPU,
+#: as the imports are.
+KNOWN_IMPORT_S = 2.94
 #: The factor :func:`known_scale` keeps to.
 KNOWN_SCALE_RANGE = (0.25, 4.0)
 
@@ -94,10 +96,11 @@ def measure(
     return measured.model_copy(update={"precision": precision, "import_s": import_time()})
 
 
-#: What a run's actor imports before its model is loaded: the predictor (torch, Transformers) and Transformers'
-#: modeling_utils, which loading any model imports (2.3 s of a fresh interpreter's 5.8 s on the 2-core machine;
-#: this process imported it already, so its model load here does not count it)
-IMPORTS = "import pipelines.inference.predictor, transformers.modeling_utils"
+#: What a run's actor imports before its model is loaded, as it imports them (:func:`~pipelines.inference.heavy_imports.
+#: import_predictor`): the predictor (torch, Transformers) and Transformers' modeling_utils, which loading any model
+#: imports (2.3 s of a fresh interpreter's 5.8 s on the 2-core AVX2 machine; this process imported it already, so its
+#: model load here does not count it)
+IMPORTS = "from pipelines.inference.heavy_imports import import_predictor; import_predictor()"
 
 
 def import_time() -> float | None:
@@ -115,9 +118,10 @@ def import_time() -> float | None:
 
 
 def _measure(spec: JobSpec, batches: list[pa.Table]) -> Measurement:
-    import torch
+    from pipelines.inference.heavy_imports import import_predictor
 
-    from pipelines.inference.predictor import Predictor
+    Predictor = import_predictor()  # noqa: N806 - as a run's actor imports it, so that the load times as there
+    import torch
 
     start = time.perf_counter()
     predictor = Predictor(spec)
