@@ -54,7 +54,8 @@ def test_the_driver_side_imports_no_torch():
     """Planning a job, its output and its schedule is driver work: no model code is loaded for it."""
     code = (
         "import pipelines.runner, pipelines.schedule.executor, pipelines.cluster.connect, pipelines.cli.schedule\n"
-        "import pipelines.cli.plan, pipelines.planning.build, pipelines.planning.memory, pipelines.planning.render"
+        "import pipelines.cli.plan, pipelines.planning.build, pipelines.planning.memory, pipelines.planning.render\n"
+        "import pipelines.inference.heavy_imports"
     )
     assert imported_heavy(code) == []
 

@@ -219,7 +219,8 @@ def only_new_objects_collected() -> Iterator[None]:
     made inside it only: those made before (``gc.freeze``) are set aside until it ends. Once torch and Transformers
     are imported a process holds about 400,000 objects, and each full collection walked them all: 0.22 s, four
     times in the main job's ``quantization: auto`` check on a 2-core Zen 4 (0.9 s of 7.5 s), for no garbage among
-    them. Where objects are set aside already (a caller's own freeze), it leaves them so."""
+    them. Where objects are set aside already (a caller's own freeze), it leaves them so. Not for two threads at once
+    (the freeze is the process's): a check runs on one thread, in an actor on its model thread."""
     if gc.get_freeze_count():
         yield
         return

@@ -65,7 +65,8 @@ def known_scale(import_s: float | None) -> float | None:
     """How much slower (above 1) or faster this machine runs what :data:`KNOWN` measured, by the actor imports timed
     here against :data:`KNOWN_IMPORT_S`; None where they were not timed (the parts are then taken as measured). On
     the 2-core AVX2-only AMD EPYC of the same week four of the known parts took 1.8x these (10.2 s against 5.6),
-    where its imports had taken about 1.5x (6.3-6.8 s in a plain process, 2026-11-30, the README's): scaled, they
+    where its imports had taken about 1.5x (6.3-6.8 s in a plain process, 2026-11-30, the README's, with collections,
+    as the 4.23 s then taken for the reference here): scaled, they
     come out about a sixth short there, not nearly half. Kept within :data:`KNOWN_SCALE_RANGE`: a figure far
     outside says more about the timing than the machine."""
     if not import_s or import_s <= 0:
@@ -98,8 +99,8 @@ def measure(
 
 #: What a run's actor imports before its model is loaded, as it imports them (:func:`~pipelines.inference.heavy_imports.
 #: import_predictor`): the predictor (torch, Transformers) and Transformers' modeling_utils, which loading any model
-#: imports (2.3 s of a fresh interpreter's 5.8 s on the 2-core AVX2 machine; this process imported it already, so its
-#: model load here does not count it)
+#: imports (2.3 s of a fresh interpreter's 5.8 s on the 2-core AVX2 machine, with collections; this process imported
+#: it already, so its model load here does not count it)
 IMPORTS = "from pipelines.inference.heavy_imports import import_predictor; import_predictor()"
 
 

@@ -178,7 +178,7 @@ def _measured(plan: Plan) -> list[str]:
             f"  a run's _run.json wall_s (its execution's start to its last commit) would be "
             f"{duration(estimate.run_wall_s)}; the known costs are the main job's on a 2-core CPU machine"
             f"{_scaled(estimate)}; not included: waiting for a node to start or for CPUs/GPUs other jobs hold, "
-            "quantization auto's first check of a job here (5-12 s on the main job on 2 cores, once), retries",
+            "quantization auto's first check of a job here (5-6 s on the main job on a 2-core Zen 4, once), retries",
         ]
     return lines
 
