@@ -81,6 +81,9 @@ def check(spec: JobSpec, shards: list[Shard], rows: int | None = None) -> Fideli
             "model.quantization is none: there is nothing to compare; check a quantized model, "
             "e.g. --set model.quantization=int8"
         )
+    from pipelines.inference.heavy_imports import import_predictor
+
+    import_predictor()  # as a run's actor imports (the models' loads and the check's collections are the cheaper)
     from pipelines.inference.fidelity import measure
 
     start = time.monotonic()
@@ -239,6 +242,9 @@ def _on_ray(spec: JobSpec, function: Any, picked: pa.Table, *args: Any) -> Any:
 
 
 def _measure_remote(spec: dict[str, Any], picked: pa.Table) -> dict[str, Any]:
+    from pipelines.inference.heavy_imports import import_predictor
+
+    import_predictor()  # as a run's actor imports: the gate comes before a first run's pool
     from pipelines.inference.fidelity import measure
 
     return measure(JobSpec.model_validate(spec), picked).to_json()
