@@ -70,7 +70,7 @@ def check(spec: JobSpec, shards: list[Shard], rows: int | None = None) -> Fideli
     """Measure fidelity in this process; raises PipelineError for a model that is not quantized.
 
     The result's ``wall_s`` is the whole check's: the sample read and every model loaded and scored on it (under
-    ``quantization: auto``, float32 and each candidate, not the chosen one's alone)."""
+    ``quantization: auto``, float32 and each candidate, not the chosen one's alone), after the imports."""
     if spec.input.format == "openai-batch":
         raise PipelineError(
             "pipelines fidelity does not measure the answers to OpenAI Batch requests (input.format openai-batch); "

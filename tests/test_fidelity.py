@@ -337,7 +337,8 @@ def test_the_gates_check_imports_as_a_runs_actor_does(tiny_models):
     """The gate's check (a Ray task before a first run's pool, where ``model.fidelity`` is set) and ``pipelines
     fidelity`` load their models after the imports a run's actor makes (:func:`~pipelines.inference.heavy_imports.
     import_predictor`): made with Python's collections, ``pipelines fidelity jobs/label_news.yaml --set
-    model.quantization=per-token-int8`` took wall_s 5.07-5.37 s, against 3.05-3.20 s now (two runs each, a 2-core Zen 4)."""
+    model.quantization=per-token-int8`` took 8.61-9.58 s from the command to its exit, against 6.35-6.84 s now (two
+    runs each, a 2-core Zen 4)."""
     spec = make_spec(tiny_models("classifier"), {"type": "text-classification"})
     spec.model.quantization = "per-token-int8"
     code = (

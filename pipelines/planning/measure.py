@@ -66,9 +66,8 @@ def known_scale(import_s: float | None) -> float | None:
     here against :data:`KNOWN_IMPORT_S`; None where they were not timed (the parts are then taken as measured). On
     the 2-core AVX2-only AMD EPYC of the same week four of the known parts took 1.8x these (10.2 s against 5.6),
     where its imports had taken about 1.5x (6.3-6.8 s in a plain process, 2026-11-30, the README's, with collections,
-    as the 4.23 s then taken for the reference here): scaled, they
-    come out about a sixth short there, not nearly half. Kept within :data:`KNOWN_SCALE_RANGE`: a figure far
-    outside says more about the timing than the machine."""
+    as the 4.23 s then taken for the reference here): scaled, they come out about a sixth short there, not nearly
+    half. Kept within :data:`KNOWN_SCALE_RANGE`: a figure far outside says more about the timing than the machine."""
     if not import_s or import_s <= 0:
         return None
     low, high = KNOWN_SCALE_RANGE
