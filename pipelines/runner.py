@@ -60,7 +60,7 @@ from pipelines.output.records import (
     Unreadable,
     precision_label,
 )
-from pipelines.output.staging import StagingConfig, StagingReport, confusion
+from pipelines.output.staging import ActorClock, StagingConfig, StagingReport, confusion
 from pipelines.spec import JobSpec, changed_settings
 from pipelines.tasks.options import GENERATION_TASKS, left_out_differences
 
@@ -283,9 +283,11 @@ class PredictAndStage:
 
     def __init__(self, spec: dict[str, Any], staging: StagingConfig, model_files: dict[str, str] | None = None,
                  deciding: tuple[Any, pa.Table, float] | None = None) -> None:
+        started = time.time()
         from pipelines.inference.heavy_imports import import_predictor
 
         Predictor = import_predictor()  # noqa: N806 - the class
+        imported = time.time()
         self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predictor")
         if deciding is not None:
             spec = self.model_thread.submit(fidelity.run_precision, spec, *deciding).result()
@@ -294,7 +296,7 @@ class PredictAndStage:
         if deciding is None:
             self.model_thread.submit(warn_of_slow_int8, spec, self.predictor.loaded.device.type).result()
         self.staging = staging
-        self.ready_at = time.time()
+        self.clock = ActorClock(started, imported, time.time())  # the run's timeline takes the first actor's
         # the labels the model can give, where the job predicts one: the run's agreement checks its truth against them
         labels = getattr(self.predictor.task, "labels", None) if staging.predicted_column else None
         self.labels = [str(label) for label in labels] if labels is not None else []
@@ -309,7 +311,7 @@ class PredictAndStage:
         pending = self.model_thread.submit(self.predictor.infer, pending).result()
         finished = self.predictor.finish(pending)
         with writing(self.staging.output):  # a full disk: the driver's one line (see errors.from_ray)
-            return write_staged(finished, self.staging, actor_ready_at=self.ready_at, labels=self.labels,
+            return write_staged(finished, self.staging, actor=self.clock, labels=self.labels,
                                 precision=self.precision)
 
 
@@ -906,8 +908,10 @@ def _stream(
     for batch in reports_of(dataset):
         timeline.setdefault("first_block", time.time())
         for report in StagingReport.from_table(batch):
-            if report.actor_ready_at:
-                timeline["actor_ready"] = min(timeline.get("actor_ready", report.actor_ready_at), report.actor_ready_at)
+            ready = report.actor.ready_at
+            if ready and ready < timeline.get("actor_ready", float("inf")):  # the first actor ready: its three moments
+                timeline.update(actor_start=report.actor.started_at, actor_imported=report.actor.imported_at,
+                                actor_ready=ready)
             if labels is not None and report.labels and not labels:
                 labels.extend(report.labels)
             if report.staged_at:  # the first batch predicted and staged, in the actor

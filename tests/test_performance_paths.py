@@ -578,6 +578,10 @@ def test_quantization_auto_is_decided_once_and_said(ray_session, tiny_models, tm
     timeline = summary.timeline
     assert timeline["process_start"] <= timeline["ray_ready"] <= timeline["first_block"] <= timeline["last_commit"]
     assert timeline["actor_ready"] <= timeline["first_staged"] <= timeline["first_block"]  # staged, then sent back
+    # the first actor's own start, in its own clock: its constructor after the execution began, its imports, then
+    # the check (this run decides auto) and its model's load
+    assert timeline["execution_start"] < timeline["actor_start"] < timeline["actor_imported"] < timeline["actor_ready"]
+    assert timeline["actor_ready"] - timeline["actor_imported"] > summary.check_s  # the check came before the load
 
     # another output of the same rows (of the same model and task) takes the kept decision instead of measuring again
     before = kept.stat().st_mtime_ns

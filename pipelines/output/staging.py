@@ -42,6 +42,8 @@ REPORT_SCHEMA = pa.schema(
         ("tokens", pa.int64()),
         ("padded", pa.int64()),
         ("staged_at", pa.float64()),
+        ("actor_started_at", pa.float64()),
+        ("actor_imported_at", pa.float64()),
         ("actor_ready_at", pa.float64()),
         ("generated", pa.int64()),
         ("cut", pa.int64()),
@@ -58,6 +60,18 @@ REPORT_SCHEMA = pa.schema(
 )
 
 
+@dataclass(frozen=True)
+class ActorClock:
+    """When the pool's actor that predicted a block began (its constructor ran: its Ray worker started and Ray Data's
+    set-up done), had made its imports (torch, Transformers, the predictor), and was ready (its model loaded, after
+    ``quantization: auto``'s check where the run decides it), in epoch seconds (0: not known). A run's timeline takes
+    the first actor ready's (``actor_start``, ``actor_imported``, ``actor_ready``)."""
+
+    started_at: float = 0.0
+    imported_at: float = 0.0
+    ready_at: float = 0.0
+
+
 @dataclass
 class StagingReport:
     """What one writer task staged for one shard: counts, staged files, and which rows (as ranges)."""
@@ -69,7 +83,7 @@ class StagingReport:
     tokens: int = 0
     padded: int = 0
     staged_at: float = 0.0  # when the writer staged the block (epoch seconds)
-    actor_ready_at: float = 0.0  # when the actor that predicted it had loaded its model (epoch seconds)
+    actor: ActorClock = field(default_factory=ActorClock)  # the start of the actor that predicted it
     generated: int = 0
     cut: int = 0  # rows cut to fit max_length
     files: list[str] = field(default_factory=list)
@@ -106,7 +120,9 @@ class StagingReport:
             "tokens": self.tokens,
             "padded": self.padded,
             "staged_at": self.staged_at,
-            "actor_ready_at": self.actor_ready_at,
+            "actor_started_at": self.actor.started_at,
+            "actor_imported_at": self.actor.imported_at,
+            "actor_ready_at": self.actor.ready_at,
             "generated": self.generated,
             "cut": self.cut,
             "files": self.files,
@@ -136,7 +152,8 @@ class StagingReport:
             tokens=row["tokens"],
             padded=row["padded"],
             staged_at=row.get("staged_at") or 0.0,
-            actor_ready_at=row.get("actor_ready_at") or 0.0,
+            actor=ActorClock(row.get("actor_started_at") or 0.0, row.get("actor_imported_at") or 0.0,
+                             row.get("actor_ready_at") or 0.0),
             generated=row.get("generated") or 0,
             cut=row.get("cut") or 0,
             files=list(row["files"] or []),
@@ -173,16 +190,17 @@ class StagingConfig:
     truth_map: dict[str, str] | None = None  # input.label_map: a truth value (as text) -> the label it stands for
 
 
-def write_staged(batch: pa.Table, config: StagingConfig, actor_ready_at: float = 0.0,
+def write_staged(batch: pa.Table, config: StagingConfig, actor: ActorClock | None = None,
                  labels: Sequence[str] = (), precision: str = "") -> pa.Table:
-    """Stage one predicted block; return one report row per shard in it (``labels``: those the model can give, and
-    ``precision``: the one it ran at, as each report carries them)."""
+    """Stage one predicted block; return one report row per shard in it (``actor``: the start of the actor that
+    predicted it, ``labels``: those its model can give, and ``precision``: the one it ran at, as each report carries
+    them)."""
     reports = []
     shards = pc.unique(batch.column(SHARD)).to_pylist()
     for shard in shards:
         part = batch.filter(pc.equal(batch.column(SHARD), shard))
         report = _stage_shard(part, shard, config)
-        report.actor_ready_at = actor_ready_at
+        report.actor = actor or ActorClock()
         report.labels = list(labels)
         report.precision = precision
         reports.append(report)
