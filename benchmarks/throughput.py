@@ -23,7 +23,8 @@ the machine meanwhile. Each part:
   of the shards and on all of them, ``--job-repeat`` times each in turn, the fastest run of each size
   counting (a burst of other work only ever slows a run down): steady state = the extra rows / the extra
   seconds (the fixed cost at that speed: ``fixed_cost_two_sizes_s``); that run's timeline
-  (imports, Ray start, actor start and model load, first batch, drain, shutdown) and the peak memory of
+  (imports, Ray start, actor start and model load, that also in three by the actor's own clock, first batch,
+  drain, shutdown) and the peak memory of
   its process tree. Also the pace inside each run (``in_run_speed``): the rows the actor staged after its
   first call over the time they took, the fastest of the whole input's runs counting: start-up and
   shut-down left out without a second run, so it does not carry their spread; the fixed cost is then
