@@ -23,8 +23,8 @@ the machine meanwhile. Each part:
   of the shards and on all of them, ``--job-repeat`` times each in turn, the fastest run of each size
   counting (a burst of other work only ever slows a run down): steady state = the extra rows / the extra
   seconds (the fixed cost at that speed: ``fixed_cost_two_sizes_s``); that run's timeline
-  (imports, Ray start, actor start and model load, that also in three by the actor's own clock, first batch,
-  drain, shutdown) and the peak memory of
+  (imports, Ray start, actor start and model load, that also in three by the actor's own clock as
+  ``start_up.py`` reads it, first batch, drain, shutdown) and the peak memory of
   its process tree. Also the pace inside each run (``in_run_speed``): the rows the actor staged after its
   first call over the time they took, the fastest of the whole input's runs counting: start-up and
   shut-down left out without a second run, so it does not carry their spread; the fixed cost is then
@@ -322,6 +322,8 @@ def in_run_speed(output: Path) -> float | None:
 
 
 def run_job(texts: list[str], args: argparse.Namespace) -> dict:
+    from start_up import PARTS  # beside this script, on the path as a script's folder is
+
     halves, wholes = [], []
     for _ in range(args.job_repeat):  # in turn; the fastest of each size counts
         with tempfile.TemporaryDirectory() as tmp:
@@ -337,10 +339,11 @@ def run_job(texts: list[str], args: argparse.Namespace) -> dict:
         "imports_and_plan": t.get("connect_start", t["run_start"]) - t["process_start"],
         "ray_start": t.get("ray_ready", 0) - t.get("connect_start", 0),
         "actor_start_and_model_load": t.get("actor_ready", 0) - t.get("execution_start", 0),
-        # the same in three, by the actor's own clock: its constructor reached, its imports made, its model loaded
-        "actor_start": t.get("actor_start", 0) - t.get("execution_start", 0),
-        "actor_imports": t.get("actor_imported", 0) - t.get("actor_start", 0),
-        "model_load": t.get("actor_ready", 0) - t.get("actor_imported", 0),
+        # the same in three, by the actor's own clock (benchmarks/start_up.py's parts; None where not reached): its
+        # constructor reached, its imports made, its model loaded (this job sets its precision: no check between)
+        "actor_start": PARTS["actor start"](t),
+        "actor_imports": PARTS["actor imports"](t),
+        "model_load": PARTS["model load"](t),
         "first_batch": t.get("first_block", 0) - t.get("actor_ready", 0),
         "first_batch_after_command": t.get("first_block", 0) - t["process_start"],
         "first_batch_staged_after_command": t.get("first_staged", 0) - t["process_start"],
@@ -363,7 +366,7 @@ def run_job(texts: list[str], args: argparse.Namespace) -> dict:
         "half": {"rows": half["rows"], "seconds": half["seconds"], "peak_bytes": half["peak_bytes"]},
         "runs_s": {"half": [r["seconds"] for r in halves], "whole": [r["seconds"] for r in wholes]},
         "peak_bytes": whole["peak_bytes"],
-        "timeline_s": {name: round(value, 2) for name, value in parts.items()},
+        "timeline_s": {name: None if value is None else round(value, 2) for name, value in parts.items()},
     }
 
 

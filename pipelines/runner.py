@@ -296,7 +296,8 @@ class PredictAndStage:
         if deciding is None:
             self.model_thread.submit(warn_of_slow_int8, spec, self.predictor.loaded.device.type).result()
         self.staging = staging
-        self.clock = ActorClock(started, imported, time.time())  # the run's timeline takes the first actor's
+        # the run's timeline takes the first actor's
+        self.clock = ActorClock(started_at=started, imported_at=imported, ready_at=time.time())
         # the labels the model can give, where the job predicts one: the run's agreement checks its truth against them
         labels = getattr(self.predictor.task, "labels", None) if staging.predicted_column else None
         self.labels = [str(label) for label in labels] if labels is not None else []

@@ -324,7 +324,8 @@ class RunSummary(Record):
     precision: dict[str, Any] | None = None
     #: The spec's ``model.dtype``: the model line names a reduced one (bfloat16, float16) a model ran in unquantized.
     dtype: str | None = None
-    #: When this run reached each step (epoch seconds): process start, Ray ready, first and last block, ...
+    #: When this run reached each step (epoch seconds): process start, Ray ready, the first actor's start, imports and
+    #: model ready (its own clock), first and last block, ...
     timeline: dict[str, float] = Field(default_factory=dict)
     #: The quantization fidelity check of model.fidelity, run before the job's work.
     fidelity: Fidelity | None = None
