@@ -30,6 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+
 def span(timeline: dict[str, float], end: str, start: str) -> float | None:
     """Seconds from the moment ``start`` to ``end`` of a run's timeline; None where it reached either not."""
     return timeline[end] - timeline[start] if end in timeline and start in timeline else None
