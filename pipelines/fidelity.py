@@ -527,16 +527,16 @@ def choose_here(spec_json: dict[str, Any], picked: pa.Table, bar: float) -> dict
         return fastest_within([], bar, passed_over)
     skipped: dict[int, str] = {}  # why each candidate not tried can't win, as said when it was passed over
 
-    def needless(candidate: JobSpec, done: list[tuple[JobSpec, Fidelity]], stopped: list[JobSpec],
+    def needless(candidate: JobSpec, done: list[tuple[JobSpec, Fidelity]], stopped: list[tuple[JobSpec, Any]],
                  reference_s: float) -> bool:
         why = outrun(candidate, done, bar, stopped, reference_s)
         if why is not None:
             skipped[id(candidate)] = why
         return why is not None
 
-    results, slower = measure_against(reference, options, picked, bar, needless)
+    results, stopped = measure_against(reference, options, picked, bar, needless)
     left = [f"{_precision_of(c).label} not tried ({skipped[id(c)]})" for c in options if id(c) in skipped]
-    return fastest_within(results, bar, passed_over + left, slower)
+    return fastest_within(results, bar, passed_over + left, stopped)
 
 
 def _without_slow_int8(options: list[JobSpec]) -> tuple[list[JobSpec], list[str]]:
@@ -685,36 +685,45 @@ DOES_MORE_THAN = {Precision("smooth-int8", "float32"): Precision("per-token-int8
 
 
 def outrun(
-    candidate: JobSpec, done: list[tuple[JobSpec, Fidelity]], bar: float, slower: Sequence[JobSpec] = (),
+    candidate: JobSpec, done: list[tuple[JobSpec, Fidelity]], bar: float, stopped: Sequence[tuple[JobSpec, Any]] = (),
     reference_s: float | None = None,
 ) -> str | None:
-    """Why ``candidate`` can't be the fastest within ``bar`` given the candidates ``done``, those stopped as
-    ``slower`` than float32 and float32's time on the sample ``reference_s`` (None: it can): one it does more than
-    (:data:`DOES_MORE_THAN`) is within the bar, was slower than float32, or took no less time than float32 or a
-    candidate within the bar. The last is a judgement: the lighter one's single pass, in parts, is set against the
-    others' fastest pass, mostly one call of the whole sample, so it leans towards leaving the candidate out where
-    they were close. smooth-int8 computes all that per-token-int8 does and more, and its first load calibrates: on
-    the main job's first run on a 2-core Zen 4 CPU, per-token-int8 below the bar took 0.96-1.05 s over the sample,
-    bfloat16 0.84-0.86 and smooth-int8 0.94-1.04 (three runs), so measuring it took 4 s of the check and changed
-    no decision (the README has the runs where it did win, by 1%)."""
+    """Why ``candidate`` can't be the fastest within ``bar`` given the candidates ``done``, those ``stopped`` before
+    the end of their first pass (each with its :class:`~pipelines.inference.fidelity.Stopped`) and float32's time on
+    the sample ``reference_s`` (None: it can): one it does more than (:data:`DOES_MORE_THAN`) is within the bar, was
+    slower than float32, or took no less time than float32 or a candidate within the bar (stopped below the bar: its
+    whole pass at the pace of float32's over the same calls). The last is a judgement: the lighter one's single pass,
+    in parts, is set against the others' fastest pass, mostly one call of the whole sample, so it leans towards
+    leaving the candidate out where they were close. smooth-int8 computes all that per-token-int8 does and more, and
+    its first load calibrates: on the main job's first run on a 2-core Zen 4 CPU, per-token-int8 below the bar took
+    0.96-1.05 s over the sample, bfloat16 0.84-0.86 and smooth-int8 0.94-1.04 (three runs), so measuring it took 4 s
+    of the check and changed no decision (the README has the runs where it did win, by 1%)."""
     lighter = DOES_MORE_THAN.get(_precision_of(candidate))
     if lighter is None:
         return None
-    if any(_precision_of(spec) == lighter for spec in slower):
+    how = next((how for spec, how in stopped if _precision_of(spec) == lighter), None)
+    if how is not None and how.slower:
         return f"{lighter.label} was slower than float32 and computes less"
-    light = next((result for spec, result in done if _precision_of(spec) == lighter), None)
-    if light is None:
+    if how is not None and how.estimate_s is None:  # below the bar, its pace not known: it is tried
         return None
-    if light.agreement >= bar:
+    light = next((result for spec, result in done if _precision_of(spec) == lighter), None)
+    if light is not None and light.agreement >= bar:
         return f"{lighter.label} is within the bar and computes less"
+    if how is not None:
+        light_s, light_said = how.estimate_s, (f"{lighter.label}, stopped below the bar after {how.rows} of "
+                                               f"{how.of} rows, would have taken {how.estimate_s:.2f} s at its pace")
+    elif light is not None and light.predict_s is not None:
+        light_s, light_said = light.predict_s, f"{lighter.label} took {light.predict_s:.2f} s"
+    else:
+        return None
     times = [(f"{_precision_of(spec).label}'s {result.predict_s:.2f} s within the bar", result.predict_s)
              for spec, result in done if result.agreement >= bar and result.predict_s is not None]
     if reference_s is not None:
         times.append((f"float32's {reference_s:.2f} s", reference_s))
-    if light.predict_s is not None and times:
+    if times:
         named, fastest = min(times, key=lambda pair: pair[1])
-        if light.predict_s >= fastest:
-            return f"{lighter.label} took {light.predict_s:.2f} s, no less than {named}, and computes less"
+        if light_s >= fastest:
+            return f"{light_said}, no less than {named}, and computes less"
     return None
 
 
@@ -774,17 +783,19 @@ def _node_remote(spec_json: dict[str, Any], picked: pa.Table) -> tuple[bool, dic
 
 def fastest_within(
     results: list[tuple[JobSpec, Fidelity]], bar: float, left: list[str] | None = None,
-    slower: list[tuple[JobSpec, Any]] | None = None,
+    stopped: list[tuple[JobSpec, Any]] | None = None,
 ) -> dict[str, Any]:
     """The decision: of the candidates whose agreement reaches ``bar``, and float32, the one that took the sample
     in the least time (float32 on a tie), with the reason in words (``left``: candidates not tried, and why;
-    ``slower``: those stopped as slower than float32, each with its :class:`~pipelines.inference.fidelity.Slower`)."""
+    ``stopped``: those stopped before the end of their first pass, as slower than float32 or below the bar, each with
+    its :class:`~pipelines.inference.fidelity.Stopped`)."""
+    stopped = stopped or []
     tried = [f"{_precision_of(c).label} {cut(r.agreement)} in {r.predict_s or 0:.2f} s" for c, r in results]
-    tried += [f"{_precision_of(c).label} stopped after {how.seconds:.2f} s on {how.rows} of {how.of} rows (slower "
-              "than float32)" for c, how in slower or []]
+    tried += [f"{_precision_of(c).label} stopped after {how.seconds:.2f} s on {how.rows} of {how.of} rows "
+              f"({how.said()})" for c, how in stopped]
     tried += left or []
     float32_s = next((r.reference_predict_s for _, r in results if r.reference_predict_s is not None),
-                     next((how.reference_s for _, how in slower or []), None))
+                     next((how.reference_s for _, how in stopped), None))
     measure = results[0][1].measure if results else "agreement"
     why = f"{measure} vs float32: {', '.join(tried) or 'no candidate for this device'}"
     if float32_s is not None:
@@ -792,9 +803,9 @@ def fastest_within(
     passing = [(c, r) for c, r in results if r.agreement >= bar]
     faster = [(c, r) for c, r in passing if float32_s is None or (r.predict_s or 0) < float32_s]
     if not faster:
-        if passing or slower:
+        if passing or any(how.slower for _, how in stopped):
             reason = f"float32 the fastest within the bar {bar}"
-        elif left and not results:
+        elif left and not results and not stopped:
             reason = "float32, as no candidate can be faster here"
         else:
             reason = f"no candidate within the bar {bar}"

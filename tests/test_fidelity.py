@@ -1239,9 +1239,11 @@ def test_auto_times_again_only_what_can_decide_and_skips_a_candidate_that_cant_w
 
     loads = _recorded_loads(monkeypatch)
     monkeypatch.setattr(fidelity, "SLOWER", float("inf"))  # none stopped as slower (int8 is, on an AVX2 CPU)
-    results, _ = fidelity.measure_against(reference, options, sample, bar=1.01)  # none within the bar
-    assert loads == [("none", "float32", 1), ("per-token-int8", "float32", 1), ("dynamic-int8", "float32", 1)]
-    assert len({r.reference_predict_s for _, r in results}) == 1
+    results, stopped = fidelity.measure_against(reference, options, sample, bar=1.01)  # none within the bar
+    # none can reach it: each stopped after its first part (the next test), float32's pass whole
+    assert loads == [("none", "float32", 1), ("per-token-int8", "float32", 0), ("dynamic-int8", "float32", 0)]
+    assert results == [] and [(how.rows, how.slower) for _, how in stopped] == [(8, False), (8, False)]
+    assert len({how.reference_s for _, how in stopped}) == 1
 
     loads.clear()
     monkeypatch.setattr(fidelity, "CLOSE", 0.0)  # never a close call (see the test after this one for those)
@@ -1350,12 +1352,55 @@ def test_a_candidate_slower_than_float32_is_stopped_not_timed_to_the_end_and_smo
                                                                                             8, 24]  # timed again
     assert re.search(r"per-token-int8 [\d.]+ in 24\.00 s", found["why"]) and "stopped" not in found["why"]
 
-    calls.clear()  # below the bar and no faster than float32, not stopped: smooth-int8, which does more, isn't tried
+    calls.clear()  # below the bar and no faster than float32: smooth-int8, which does more, isn't tried
     int8_s[0] = 1.2
     found = decision.choose_here(spec.model_dump(mode="json"), sample, 1.01)
     assert "smooth-int8" not in [quantization for quantization, _ in calls]
-    assert ("smooth-int8 not tried (per-token-int8 took 28.80 s, no less than float32's 24.00 s, and computes "
-            "less)") in found["why"], found["why"]
+    assert ("smooth-int8 not tried (per-token-int8, stopped below the bar after 8 of 24 rows, would have taken "
+            "28.80 s at its pace, no less than float32's 24.00 s, and computes less)") in found["why"], found["why"]
+
+
+@pytest.mark.parametrize("changed, int8_calls, said", [
+    ({"r3", "r9", "r10"}, [8, 8], "per-token-int8 stopped after 8.00 s on 16 of 24 rows (below the bar whatever the "
+                                   "rest: at most 0.8750)"),
+    ({"r3", "r9"}, [8, 8, 8, 24], "per-token-int8 0.9166 in 12.00 s"),  # within reach to the end, and within the bar
+    ({"r17", "r18", "r19"}, [8, 8, 8], "per-token-int8 0.8750 in 12.00 s"),  # out of reach only in the last part
+])
+def test_a_candidate_that_can_no_longer_reach_the_bar_is_stopped_at_the_end_of_that_part(
+        changed, int8_calls, said, tiny_models, monkeypatch, tmp_path):
+    """On the main job's first run per-token-int8 is below the bar (0.9687: 8 of 256 labels changed, the third in
+    row 121 of the sample), and its whole pass (1.0-1.2 s on a 2-core Zen 4) was made to learn it, though after the
+    part that held that third change no rest of the sample could bring it to 0.99. A candidate's first pass is now
+    stopped at the end of the part (fidelity.parts) after which, with every row left counted as agreeing with
+    float32, it would still be below the bar; the decision says how far it got and the most it could have reached.
+    Where the rows changed so far leave the bar within reach, it goes on. Its labels are real but for the rows made
+    to change (here 3 of 24 are too many for the bar 0.9); the clock counts rows."""
+    import pipelines.fidelity as decision
+    import pipelines.inference.fidelity as fidelity
+
+    calls = _clocked_passes(monkeypatch, [0.5])  # a row in 0.5 s at int8, 1 s at float32
+
+    class Changed(fidelity.Predictor):
+        def __call__(self, batch):
+            table = super().__call__(batch)
+            if self.spec.model.quantization == "none":
+                return table
+            name = self.spec.output.prediction_prefix + "label"
+            labels = ["changed" if row in changed else label
+                      for row, label in zip(batch.column("id").to_pylist(), table.column(name).to_pylist())]
+            return table.set_column(table.schema.get_field_index(name), name, pa.array(labels))
+
+    monkeypatch.setattr(fidelity, "Predictor", Changed)
+    spec = make_spec(tiny_models("classifier"), {"type": "text-classification"})
+    spec.model.quantization, spec.model.cache_dir = "auto", str(tmp_path)
+    sample = pa.table({"id": [f"r{i}" for i in range(24)], "text": SENTENCES * 3})
+    found = decision.choose_here(spec.model_dump(mode="json"), sample, 0.9)
+
+    assert [rows for quantization, rows in calls if quantization == "per-token-int8"] == [fidelity.WARM_UP_ROWS,
+                                                                                            *int8_calls]
+    assert said in found["why"], found["why"]
+    assert (found["quantization"], found["dtype"]) == (("per-token-int8", "float32") if len(changed) < 3
+                                                       else ("none", "float32"))
 
 
 def test_a_sample_float32_predicts_none_of_is_refused_even_where_every_candidate_is_stopped_as_slower(
@@ -1466,7 +1511,7 @@ def test_float32_is_timed_again_while_loaded_on_a_gpu_and_loaded_again_only_in_a
     loads: list[tuple[str, int]] = []
     times = {"float32": iter(float32_s), "bfloat16": iter([bfloat16_s])}
 
-    def predict(spec, sample, timed=True, again=None, in_parts=False, budget_s=None):
+    def predict(spec, sample, timed=True, again=None, in_parts=False, budget_s=None, best_case=None):
         dtype = spec.model.dtype
         predicted = Predictions({"label": ["a", "b", "a"], "score": [0.9, 0.8, 0.7]}, np.ones(3, dtype=bool), None,
                                 next(times[dtype]), dtype, labels=2, device=device)

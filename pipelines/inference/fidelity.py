@@ -33,10 +33,11 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -87,6 +88,7 @@ class Predictions:
     independent: bool = False  # a label task's scores are each label's own (sigmoid, raw, one output): they tell
     device: str = "cpu"  # where the model computed (``cpu``, ``cuda``)
     passes: int = 1  # timed calls over the sample
+    part_seconds: list[float] = field(default_factory=list)  # the first timed pass: its seconds after each call
 
 
 #: Rows of a first, untimed call before the sample's on a CPU: a predictor's first forwards allocate.
@@ -94,7 +96,8 @@ WARM_UP_ROWS = 8
 #: Timed passes over the sample of a candidate precision that reaches the bar; the fastest counts. One pass of about a
 #: second in a Ray task on 2 cores moved by a third from one decision to the next (the main job: float32 0.81 s,
 #: smooth-int8 0.92 s in one; 1.16 s and 0.92 s in another), which a precision 1.15x faster than float32 doesn't
-#: outrun. A candidate below the bar is not taken whatever its speed: its one pass (its labels) is enough.
+#: outrun. A candidate below the bar is not taken whatever its speed: its one pass (its labels) is enough, and on a
+#: CPU it stops where it can no longer reach the bar (:class:`BelowBar`).
 TIMED_PASSES = 2
 #: On a CPU float32 (the reference, one pass: its labels and a first time) is loaded and timed again only where the
 #: fastest candidate within the bar took less than its time and at least 1 / CLOSE of it: elsewhere one slow pass of
@@ -109,6 +112,10 @@ CLOSE = 1.5
 #: 384 x 1,536 product: 277 ms against 4.6 ms on a 2-core AMD EPYC, Zen 3): the main job's check scored
 #: per-token-int8 for 109 s and smooth-int8 for 150 s there, where float32 took 7.4 s.
 SLOWER = CLOSE
+#: A candidate is stopped as below the bar (:class:`BelowBar`) where the most agreement it can still reach is under
+#: the bar by more than this: rows predicted exactly as float32 did measure as such to within float64's rounding
+#: (the cosine of an embedding with itself), never to more.
+BEST_CASE_SLACK = 1e-9
 
 
 def warm_up_rows(device: str, rows: int) -> int:
@@ -128,50 +135,102 @@ def predict(
     again: Callable[[Predictions], bool] | None = None,
     in_parts: bool = False,
     budget_s: float | None = None,
+    best_case: Callable[[Predictions], float | None] | None = None,
 ) -> Predictions:
     """The sample through a Predictor built for ``spec``, after an untimed call (``timed``: :func:`warm_up_rows`, so
     that the sample's call times the precision; else a few rows: a comparison of labels alone needs no more), and the
     model released afterwards. The first pass over the sample gives the predictions (and, timed, their seconds);
     where ``again`` says so of them, :data:`TIMED_PASSES` - 1 more passes time it again and the fastest counts.
-    ``in_parts``: the first pass on a CPU is made in :func:`parts`, and with ``budget_s`` a first pass that takes
-    longer is stopped after the part that passed it, and :class:`Slower` raised."""
+    ``in_parts``: the first pass on a CPU is made in :func:`parts`; with ``budget_s`` a first pass that takes longer
+    is stopped after the part that passed it, and :class:`Slower` raised; with ``best_case``, after each part but the
+    last, given the predictions so far: the most agreement the rest of the sample could still bring, where it is below
+    the bar (None: it can reach it), and :class:`BelowBar` raised with it."""
     predictor = Predictor(spec)
     loaded_on = predictor.loaded.device.type
     predictor(sample.slice(0, warm_up_rows(loaded_on, sample.num_rows) if timed else WARM_UP_ROWS))
     # in parts on a CPU, float32's as a candidate's (on a GPU a part's new shapes would be timed with their kernels'
     # load): each part a call, as long as the parts before it together
     first = parts(sample.num_rows) if in_parts and loaded_on == "cpu" else [sample.num_rows]
-    tables, seconds = _timed_pass(predictor, sample, first, budget_s)
-    done = sum(table.num_rows for table in tables)
-    if done < sample.num_rows:
-        del predictor, tables
+    stopped: list[Stopped] = []
+
+    def stop(tables: list[pa.Table], seconds: float, predictor: Predictor = predictor) -> bool:
+        done = sum(table.num_rows for table in tables)
+        if done == sample.num_rows:
+            return False
+        if budget_s is not None and seconds > budget_s:
+            stopped.append(Slower(seconds, done, sample.num_rows))
+        elif best_case is not None:
+            best = best_case(_predictions(predictor, pa.concat_tables(tables), spec))
+            if best is not None:
+                stopped.append(BelowBar(seconds, done, sample.num_rows, best))
+        return bool(stopped)
+
+    tables, part_seconds = _timed_pass(predictor, sample, first, stop)
+    if stopped:
+        del predictor, tables, stop  # the model freed before the next loads (stop holds it too)
         _free(loaded_on)
-        raise Slower(seconds, done, sample.num_rows)
-    table = pa.concat_tables(tables)
+        raise stopped[0]
+    predicted = _predictions(predictor, pa.concat_tables(tables), spec)
+    predicted.seconds, predicted.part_seconds = part_seconds[-1], part_seconds
+    if timed and again is not None and again(predicted):
+        for _ in range(TIMED_PASSES - 1):
+            predicted.seconds = min(predicted.seconds, _timed_pass(predictor, sample, [sample.num_rows])[1][-1])
+            predicted.passes += 1
+    del predictor, tables, stop
+    _free(loaded_on)
+    return predicted
+
+
+def _predictions(predictor: Predictor, table: pa.Table, spec: JobSpec) -> Predictions:
+    """What ``predictor`` predicted in ``table`` (its output for rows of the sample), untimed."""
     prefix = spec.output.prediction_prefix
     columns = {name: table.column(prefix + name).to_pylist() for name in spec.task.output_names()}
     ok = table.column(ERROR).is_null().to_numpy(zero_copy_only=False)
     dtype = str(predictor.loaded.dtype).removeprefix("torch.")
     labels = len(predictor.task.labels) if isinstance(predictor.task, LabelTask) else None
     independent = isinstance(predictor.task, LabelTask) and predictor.task.independent_scores()
-    predicted = Predictions(columns, ok, predictor.loaded.tokenizer, seconds, dtype, labels, independent, loaded_on)
-    if timed and again is not None and again(predicted):
-        for _ in range(TIMED_PASSES - 1):
-            predicted.seconds = min(predicted.seconds, _timed_pass(predictor, sample, [sample.num_rows])[1])
-            predicted.passes += 1
-    del predictor, table, tables
-    _free(loaded_on)
-    return predicted
+    return Predictions(columns, ok, predictor.loaded.tokenizer, 0.0, dtype, labels, independent,
+                       predictor.loaded.device.type)
 
 
-class Slower(Exception):
-    """A first timed pass stopped over its budget, where it had taken ``seconds`` for ``rows`` of the sample's
-    ``of``; ``reference_s``: float32's pass, which the budget was made of (:func:`measure_against` sets it)."""
+class Stopped(Exception):
+    """A first timed pass stopped before the end of the sample, where it had taken ``seconds`` for ``rows`` of the
+    sample's ``of``; ``reference_s``: float32's pass (:func:`measure_against` sets it); ``slower``: stopped as slower
+    than float32, which it then can't outrun; ``estimate_s``: its whole pass at float32's pace, where known."""
+
+    slower = False
 
     def __init__(self, seconds: float, rows: int, of: int) -> None:
         super().__init__(f"{seconds:.2f} s for {rows} of {of} rows")
         self.seconds, self.rows, self.of = seconds, rows, of
         self.reference_s: float | None = None
+        self.estimate_s: float | None = None
+
+    def said(self) -> str:
+        """Why it was stopped, in words."""
+        raise NotImplementedError
+
+
+class Slower(Stopped):
+    """Stopped over its budget: slower than float32 (:data:`SLOWER`)."""
+
+    slower = True
+
+    def said(self) -> str:
+        return "slower than float32"
+
+
+class BelowBar(Stopped):
+    """Stopped where it could no longer reach the bar: ``best``, the agreement it would have had with every row left
+    predicted as float32 predicted it, is below it; ``estimate_s``, its whole pass at the pace of float32's pass over
+    the same calls (:func:`measure_against` sets it), for a comparison of its speed."""
+
+    def __init__(self, seconds: float, rows: int, of: int, best: float) -> None:
+        super().__init__(seconds, rows, of)
+        self.best = best
+
+    def said(self) -> str:
+        return f"below the bar whatever the rest: at most {cut(self.best)}"
 
 
 def parts(rows: int) -> list[int]:
@@ -186,18 +245,20 @@ def parts(rows: int) -> list[int]:
 
 
 def _timed_pass(
-    predictor: Predictor, sample: pa.Table, sizes: list[int], budget_s: float | None = None
-) -> tuple[list[pa.Table], float]:
-    """``sample`` through ``predictor`` in calls of ``sizes`` rows, and the seconds they took together; with
-    ``budget_s``, the calls until the one after which they had taken longer."""
+    predictor: Predictor, sample: pa.Table, sizes: list[int],
+    stop: Callable[[list[pa.Table], float], bool] | None = None,
+) -> tuple[list[pa.Table], list[float]]:
+    """``sample`` through ``predictor`` in calls of ``sizes`` rows, and the seconds they had taken together after each
+    call; with ``stop`` (given the tables so far and their seconds), the calls until the one after which it says so."""
     tables: list[pa.Table] = []
-    seconds, start = 0.0, 0
+    seconds: list[float] = []
+    start = 0
     for size in sizes:
         begun = time.perf_counter()
         tables.append(predictor(sample.slice(start, size)))
-        seconds += time.perf_counter() - begun
+        seconds.append((seconds[-1] if seconds else 0.0) + time.perf_counter() - begun)
         start += size
-        if budget_s is not None and seconds > budget_s:
+        if stop is not None and stop(tables, seconds[-1]):
             break
     return tables, seconds
 
@@ -257,26 +318,30 @@ def measure_against(
     candidates: list[JobSpec],
     sample: pa.Table,
     bar: float,
-    needless: Callable[[JobSpec, list[tuple[JobSpec, Fidelity]], list[JobSpec], float], bool] | None = None,
-) -> tuple[list[tuple[JobSpec, Fidelity]], list[tuple[JobSpec, Slower]]]:
+    needless: Callable[[JobSpec, list[tuple[JobSpec, Fidelity]], list[tuple[JobSpec, Stopped]], float], bool]
+    | None = None,
+) -> tuple[list[tuple[JobSpec, Fidelity]], list[tuple[JobSpec, Stopped]]]:
     """Score the sample once with ``reference``, then with each candidate in turn: each candidate's comparison,
     with the seconds it and the reference took on the sample (``predict_s``, ``reference_predict_s``); and the
-    candidates stopped as slower than the reference (:data:`SLOWER`), with how far they got.
+    candidates stopped before the end of their first pass, with how far they got and why (:class:`Stopped`).
 
     What the decision needs and no more: a candidate is timed again (:data:`TIMED_PASSES`) only where it reaches
     ``bar``; the reference, on a GPU timed again while loaded, is on a CPU loaded and timed again only where the
     fastest candidate within the bar is faster than it, by less than :data:`CLOSE`; a candidate whose first pass (in
-    :func:`parts` on a CPU, as float32's) takes more than :data:`SLOWER` times float32's is stopped; a candidate that
+    :func:`parts` on a CPU, as float32's) takes more than :data:`SLOWER` times float32's is stopped (:class:`Slower`),
+    and so is one whose predictions so far leave it below ``bar`` whatever it predicts for the rest
+    (:class:`BelowBar`: the rest counted as agreeing with float32 on every row); a candidate that
     ``needless(candidate, results so far, candidates stopped so far, the reference's seconds)`` says can't win is not
     scored (in neither list). A sample the reference predicts none of is refused after its pass (:func:`judgeable`)."""
     truth = _truth(reference, sample)
     ids = sample.column(reference.input.id_column or "id").to_pylist()
     base = predict(reference, sample, again=lambda predicted: predicted.device == "cuda", in_parts=True)
     judgeable(base)  # refused here, not only by a candidate's comparison: a candidate stopped as slower makes none
+    done_rows = list(itertools.accumulate(parts(sample.num_rows)))  # after each call of a first pass in parts
     results: list[tuple[JobSpec, Fidelity]] = []
-    slower: list[tuple[JobSpec, Slower]] = []
+    stopped: list[tuple[JobSpec, Stopped]] = []
     for candidate in candidates:
-        if needless is not None and needless(candidate, results, [spec for spec, _ in slower], base.seconds):
+        if needless is not None and needless(candidate, results, stopped, base.seconds):
             continue
         start = time.monotonic()
         judged: list[Fidelity] = []  # compared after the first pass, which decides whether to time it again
@@ -285,10 +350,22 @@ def measure_against(
             judged.append(compare(candidate.task, predicted, base, ids, truth))
             return judged[0].agreement >= bar
 
+        def best_case(so_far: Predictions) -> float | None:  # called by predict, within this iteration
+            rows = len(so_far.ok)
+            rest = replace(so_far, columns={name: values + base.columns[name][rows:]
+                                            for name, values in so_far.columns.items()},
+                           ok=np.concatenate([so_far.ok, base.ok[rows:]]))
+            best = compare(candidate.task, rest, base, ids, truth).agreement
+            return best if best < bar - BEST_CASE_SLACK else None
+
         try:
-            predicted = predict(candidate, sample, again=within_bar, in_parts=True, budget_s=SLOWER * base.seconds)
-        except Slower as stopped:
-            slower.append((candidate, stopped))
+            predicted = predict(candidate, sample, again=within_bar, in_parts=True, budget_s=SLOWER * base.seconds,
+                                best_case=best_case)
+        except Stopped as how:
+            if isinstance(how, BelowBar) and how.rows in done_rows and len(base.part_seconds) == len(done_rows):
+                float32_then = base.part_seconds[done_rows.index(how.rows)]
+                how.estimate_s = round(how.seconds * base.part_seconds[-1] / float32_then, 4) if float32_then else None
+            stopped.append((candidate, how.with_traceback(None)))  # kept without the frames it was raised through
             continue
         result = judged[0]
         result.quantization = _precision(candidate, predicted)
@@ -302,9 +379,9 @@ def measure_against(
         base.seconds = min(base.seconds, predict(reference, sample).seconds)  # the fastest of two calls, as the rest
     for _, result in results:
         result.reference_predict_s = round(base.seconds, 4)
-    for _, how in slower:
-        how.reference_s = round(base.seconds, 4)
-    return results, slower
+    for _, stop in stopped:
+        stop.reference_s = round(base.seconds, 4)
+    return results, stopped
 
 
 def compare(
