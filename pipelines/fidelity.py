@@ -796,7 +796,8 @@ def fastest_within(
     tried += left or []
     float32_s = next((r.reference_predict_s for _, r in results if r.reference_predict_s is not None),
                      next((how.reference_s for _, how in stopped), None))
-    measure = results[0][1].measure if results else "agreement"
+    measure = results[0][1].measure if results else next((how.measure for _, how in stopped if how.measure),
+                                                         "agreement")
     why = f"{measure} vs float32: {', '.join(tried) or 'no candidate for this device'}"
     if float32_s is not None:
         why += f"; float32 in {float32_s:.2f} s"

@@ -1291,6 +1291,17 @@ def test_auto_does_not_try_smooth_int8_where_per_token_int8_below_the_bar_was_no
     assert decision.outrun(smooth, [(ptq, result(0.9687, 0.95)), (bf16, result(0.9960, 1.30))], 0.99, (), 0.81) == (
         "per-token-int8 took 0.95 s, no less than float32's 0.81 s, and computes less")
     assert decision.outrun(bf16, slow_int8, 0.99, (), 1.39) is None  # bfloat16 does not compute what per-token-int8 does
+    # per-token-int8 stopped below the bar: read at float32's pace where its pass got far enough, else tried
+    from pipelines.inference.fidelity import BelowBar
+
+    paced, early = BelowBar(0.55, 128, 256, 0.9882, "label_agreement"), BelowBar(0.05, 16, 256, 0.9, "label_agreement")
+    paced.estimate_s = 1.09
+    assert decision.outrun(smooth, [(bf16, result(0.9960, 0.88))], 0.99, [(ptq, paced)], 1.39) == (
+        "per-token-int8, stopped below the bar after 128 of 256 rows, would have taken 1.09 s at its pace, no less "
+        "than bfloat16's 0.88 s within the bar, and computes less")
+    paced.estimate_s = 0.80
+    assert decision.outrun(smooth, [(bf16, result(0.9960, 0.88))], 0.99, [(ptq, paced)], 1.39) is None
+    assert decision.outrun(smooth, [(bf16, result(0.9960, 0.88))], 0.99, [(ptq, early)], 1.39) is None  # no pace
 
 
 def _clocked_passes(monkeypatch, int8_s: list[float]) -> list[tuple[str, int]]:
@@ -1399,6 +1410,7 @@ def test_a_candidate_that_can_no_longer_reach_the_bar_is_stopped_at_the_end_of_t
     assert [rows for quantization, rows in calls if quantization == "per-token-int8"] == [fidelity.WARM_UP_ROWS,
                                                                                             *int8_calls]
     assert said in found["why"], found["why"]
+    assert "label_agreement vs float32: " in found["why"]  # the measure named, where no candidate made its whole pass
     assert (found["quantization"], found["dtype"]) == (("per-token-int8", "float32") if len(changed) < 3
                                                        else ("none", "float32"))
 

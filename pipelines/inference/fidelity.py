@@ -116,6 +116,10 @@ SLOWER = CLOSE
 #: the bar by more than this: rows predicted exactly as float32 did measure as such to within float64's rounding
 #: (the cosine of an embedding with itself), never to more.
 BEST_CASE_SLACK = 1e-9
+#: A candidate stopped below the bar is read at float32's pace (:attr:`Stopped.estimate_s`) only where its pass got
+#: through at least this share of the sample: the first calls, of 8 and 16 rows, take tens of milliseconds each, too
+#: few to scale up to the whole pass.
+PACED_SHARE = 0.25
 
 
 def warm_up_rows(device: str, rows: int) -> int:
@@ -135,7 +139,7 @@ def predict(
     again: Callable[[Predictions], bool] | None = None,
     in_parts: bool = False,
     budget_s: float | None = None,
-    best_case: Callable[[Predictions], float | None] | None = None,
+    best_case: Callable[[Predictions], Fidelity | None] | None = None,
 ) -> Predictions:
     """The sample through a Predictor built for ``spec``, after an untimed call (``timed``: :func:`warm_up_rows`, so
     that the sample's call times the precision; else a few rows: a comparison of labels alone needs no more), and the
@@ -143,7 +147,7 @@ def predict(
     where ``again`` says so of them, :data:`TIMED_PASSES` - 1 more passes time it again and the fastest counts.
     ``in_parts``: the first pass on a CPU is made in :func:`parts`; with ``budget_s`` a first pass that takes longer
     is stopped after the part that passed it, and :class:`Slower` raised; with ``best_case``, after each part but the
-    last, given the predictions so far: the most agreement the rest of the sample could still bring, where it is below
+    last, given the predictions so far: the comparison at its best whatever the rest of the sample, where it is below
     the bar (None: it can reach it), and :class:`BelowBar` raised with it."""
     predictor = Predictor(spec)
     loaded_on = predictor.loaded.device.type
@@ -162,7 +166,7 @@ def predict(
         elif best_case is not None:
             best = best_case(_predictions(predictor, pa.concat_tables(tables), spec))
             if best is not None:
-                stopped.append(BelowBar(seconds, done, sample.num_rows, best))
+                stopped.append(BelowBar(seconds, done, sample.num_rows, best.agreement, best.measure))
         return bool(stopped)
 
     tables, part_seconds = _timed_pass(predictor, sample, first, stop)
@@ -196,7 +200,8 @@ def _predictions(predictor: Predictor, table: pa.Table, spec: JobSpec) -> Predic
 class Stopped(Exception):
     """A first timed pass stopped before the end of the sample, where it had taken ``seconds`` for ``rows`` of the
     sample's ``of``; ``reference_s``: float32's pass (:func:`measure_against` sets it); ``slower``: stopped as slower
-    than float32, which it then can't outrun; ``estimate_s``: its whole pass at float32's pace, where known."""
+    than float32, which it then can't outrun; ``estimate_s``: its whole pass at float32's pace, where known;
+    ``measure``: the comparison's headline measure, where its labels were compared."""
 
     slower = False
 
@@ -205,6 +210,7 @@ class Stopped(Exception):
         self.seconds, self.rows, self.of = seconds, rows, of
         self.reference_s: float | None = None
         self.estimate_s: float | None = None
+        self.measure: str | None = None
 
     def said(self) -> str:
         """Why it was stopped, in words."""
@@ -221,13 +227,13 @@ class Slower(Stopped):
 
 
 class BelowBar(Stopped):
-    """Stopped where it could no longer reach the bar: ``best``, the agreement it would have had with every row left
+    """Stopped where it could no longer reach the bar: ``best``, its headline ``measure`` had every row left been
     predicted as float32 predicted it, is below it; ``estimate_s``, its whole pass at the pace of float32's pass over
-    the same calls (:func:`measure_against` sets it), for a comparison of its speed."""
+    the same calls (:func:`measure_against` sets it where the pass got far enough), for a comparison of its speed."""
 
-    def __init__(self, seconds: float, rows: int, of: int, best: float) -> None:
+    def __init__(self, seconds: float, rows: int, of: int, best: float, measure: str) -> None:
         super().__init__(seconds, rows, of)
-        self.best = best
+        self.best, self.measure = best, measure
 
     def said(self) -> str:
         return f"below the bar whatever the rest: at most {cut(self.best)}"
@@ -350,19 +356,20 @@ def measure_against(
             judged.append(compare(candidate.task, predicted, base, ids, truth))
             return judged[0].agreement >= bar
 
-        def best_case(so_far: Predictions) -> float | None:  # called by predict, within this iteration
+        def best_case(so_far: Predictions) -> Fidelity | None:  # called by predict, within this iteration
             rows = len(so_far.ok)
             rest = replace(so_far, columns={name: values + base.columns[name][rows:]
                                             for name, values in so_far.columns.items()},
                            ok=np.concatenate([so_far.ok, base.ok[rows:]]))
-            best = compare(candidate.task, rest, base, ids, truth).agreement
-            return best if best < bar - BEST_CASE_SLACK else None
+            best = compare(candidate.task, rest, base, ids, truth)
+            return best if best.agreement < bar - BEST_CASE_SLACK else None
 
         try:
             predicted = predict(candidate, sample, again=within_bar, in_parts=True, budget_s=SLOWER * base.seconds,
                                 best_case=best_case)
         except Stopped as how:
-            if isinstance(how, BelowBar) and how.rows in done_rows and len(base.part_seconds) == len(done_rows):
+            if (isinstance(how, BelowBar) and how.rows >= PACED_SHARE * how.of and how.rows in done_rows
+                    and len(base.part_seconds) == len(done_rows)):
                 float32_then = base.part_seconds[done_rows.index(how.rows)]
                 how.estimate_s = round(how.seconds * base.part_seconds[-1] / float32_then, 4) if float32_then else None
             stopped.append((candidate, how.with_traceback(None)))  # kept without the frames it was raised through
