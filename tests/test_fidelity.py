@@ -239,6 +239,63 @@ def test_generation_measures_exact_match_and_tokens_before_they_part(tiny_models
     assert 0.5 < result.metrics["token_agreement"] < 1
 
 
+def _best_cases(options, quantized: Predictions, reference: Predictions, rows: int) -> list[float]:
+    """The headline measure of ``quantized`` with its rows from each point on predicted as ``reference`` predicted
+    them (as quantization auto's check bounds a candidate's pass so far), from the first row to none."""
+    from dataclasses import replace
+
+    found = []
+    for done in range(rows + 1):
+        rest = replace(quantized, columns={name: values[:done] + reference.columns[name][done:]
+                                           for name, values in quantized.columns.items()},
+                       ok=np.concatenate([quantized.ok[:done], reference.ok[done:]]))
+        found.append(compare(options, rest, reference, ids=[str(i) for i in range(rows)]).agreement)
+    return found
+
+
+def test_every_measure_is_at_its_highest_where_the_rows_left_are_predicted_as_float32_did(tiny_models):
+    """quantization auto's check stops a candidate's pass where, counting every row left as predicted exactly as
+    float32 predicted it, it would still be below the bar: sound only where no other prediction of those rows
+    could measure higher. So for every task's measure: the more rows are the candidate's own, the lower (or the
+    same) the bound, down to its true measure."""
+    from transformers import AutoTokenizer
+
+    paris = {"entity_group": "LOC", "start": 0, "end": 5, "word": "Paris", "score": 0.9}
+    obama = {"entity_group": "PER", "start": 10, "end": 15, "word": "Obama", "score": 0.9}
+
+    def masks(*ids):
+        return [[{"token": str(i), "token_id": i, "score": 0.5}] for i in ids]
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models("causal"))
+    cases = [
+        ("text-classification", predictions([True, True, True, True], label=["a", "b", "a", "b"]),
+         predictions([True, True, False, True], label=["a", "a", None, "b"])),
+        ("text-classification", Predictions({"label": ["L"] * 4, "score": [0.0, 1.0, 2.0, 4.0]}, np.ones(4, bool), None,
+                                            labels=1),
+         Predictions({"label": ["L"] * 3 + [None], "score": [0.5, 1.0, 2.0, None]}, np.array([True] * 3 + [False]),
+                     None, labels=1)),
+        ("feature-extraction", predictions([True] * 3, embedding=[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]),
+         predictions([True] * 3, embedding=[[1.0, 0.2], [0.0, 2.0], [1.0, -1.0]])),
+        ("question-answering", predictions([True] * 2, start=[0, 5], end=[4, 9], answer=["Pari", "Londo"]),
+         predictions([True] * 2, start=[0, 5], end=[4, 8], answer=["Pari", "Lond"])),
+        ("token-classification", predictions([True] * 3, entities=[[paris, obama], [], [paris]]),
+         predictions([True] * 3, entities=[[paris], [obama], [obama]])),
+        ("fill-mask", predictions([True] * 2, predictions=[masks(1, 2), masks(3)]),
+         predictions([True] * 2, predictions=[masks(1, 5), masks(4)])),
+        ("text-generation", Predictions({"generated_text": ["the cat sat", "hello", "a b c"]}, np.ones(3, bool),
+                                        tokenizer),
+         Predictions({"generated_text": ["the cat ran", "hello", "a b d"]}, np.ones(3, bool), tokenizer)),
+    ]
+    for task, reference, quantized in cases:
+        options = TASK_OPTIONS[task](type=task)
+        rows = len(reference.ok)
+        bounds = _best_cases(options, quantized, reference, rows)
+        truly = compare(options, quantized, reference, ids=[str(i) for i in range(rows)]).agreement
+        assert bounds[-1] == pytest.approx(truly) and bounds[0] == pytest.approx(1.0), (task, bounds)
+        assert all(a >= b - 1e-12 for a, b in zip(bounds, bounds[1:])), (task, bounds)
+        assert truly < 1.0, task  # each case does move its measure
+
+
 # real models -------------------------------------------------------------------------------------
 
 
