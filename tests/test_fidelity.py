@@ -1428,25 +1428,10 @@ def test_a_candidate_slower_than_float32_is_stopped_not_timed_to_the_end_and_smo
             "28.80 s at its pace, no less than float32's 24.00 s, and computes less)") in found["why"], found["why"]
 
 
-@pytest.mark.parametrize("changed, int8_calls, said", [
-    ({"r3", "r9", "r10"}, [8, 8], "per-token-int8 stopped after 8.00 s on 16 of 24 rows (below the bar whatever the "
-                                   "rest: at most 0.8750)"),
-    ({"r3", "r9"}, [8, 8, 8, 24], "per-token-int8 0.9166 in 12.00 s"),  # within reach to the end, and within the bar
-    ({"r17", "r18", "r19"}, [8, 8, 8], "per-token-int8 0.8750 in 12.00 s"),  # out of reach only in the last part
-])
-def test_a_candidate_that_can_no_longer_reach_the_bar_is_stopped_at_the_end_of_that_part(
-        changed, int8_calls, said, tiny_models, monkeypatch, tmp_path):
-    """On the main job's first run per-token-int8 is below the bar (0.9687: 8 of 256 labels changed, the third in
-    row 121 of the sample), and its whole pass (1.0-1.2 s on a 2-core Zen 4) was made to learn it, though after the
-    part that held that third change no rest of the sample could bring it to 0.99. A candidate's first pass is now
-    stopped at the end of the part (fidelity.parts) after which, with every row left counted as agreeing with
-    float32, it would still be below the bar; the decision says how far it got and the most it could have reached.
-    Where the rows changed so far leave the bar within reach, it goes on. Its labels are real but for the rows made
-    to change (here 3 of 24 are too many for the bar 0.9); the clock counts rows."""
-    import pipelines.fidelity as decision
+def _labels_changed(monkeypatch, changed: set[str]) -> None:
+    """Every candidate precision (not float32) predicts the label ``changed`` for the rows of those ids; its other
+    labels stay the model's own."""
     import pipelines.inference.fidelity as fidelity
-
-    calls = _clocked_passes(monkeypatch, [0.5])  # a row in 0.5 s at int8, 1 s at float32
 
     class Changed(fidelity.Predictor):
         def __call__(self, batch):
@@ -1459,6 +1444,28 @@ def test_a_candidate_that_can_no_longer_reach_the_bar_is_stopped_at_the_end_of_t
             return table.set_column(table.schema.get_field_index(name), name, pa.array(labels))
 
     monkeypatch.setattr(fidelity, "Predictor", Changed)
+
+
+@pytest.mark.parametrize("changed, int8_calls, said", [
+    ({"r3", "r9", "r10"}, [8, 8], "per-token-int8 stopped after 8.00 s on 16 of 24 rows (below the bar whatever the "
+                                   "rest: at most 0.8750)"),
+    ({"r3", "r9"}, [8, 8, 8, 24], "per-token-int8 0.9166 in 12.00 s"),  # within reach to the end, and within the bar
+    ({"r17", "r18", "r19"}, [8, 8, 8], "per-token-int8 0.8750 in 12.00 s"),  # out of reach only in the last part
+])
+def test_a_candidate_that_can_no_longer_reach_the_bar_is_stopped_at_the_end_of_that_part(
+        changed, int8_calls, said, tiny_models, monkeypatch, tmp_path):
+    """On the main job's first run per-token-int8 is below the bar (0.9687: 8 of 256 labels changed, the third in
+    the sample's 122nd row), and its whole pass (1.0-1.2 s on a 2-core Zen 4) was made to learn it, though after the
+    part that held that third change no rest of the sample could bring it to 0.99. A candidate's first pass is now
+    stopped at the end of the part (fidelity.parts) after which, with every row left counted as agreeing with
+    float32, it would still be below the bar; the decision says how far it got and the most it could have reached.
+    Where the rows changed so far leave the bar within reach, it goes on. Its labels are real but for the rows made
+    to change (here 3 of 24 are too many for the bar 0.9); the clock counts rows."""
+    import pipelines.fidelity as decision
+    import pipelines.inference.fidelity as fidelity
+
+    calls = _clocked_passes(monkeypatch, [0.5])  # a row in 0.5 s at int8, 1 s at float32
+    _labels_changed(monkeypatch, changed)
     spec = make_spec(tiny_models("classifier"), {"type": "text-classification"})
     spec.model.quantization, spec.model.cache_dir = "auto", str(tmp_path)
     sample = pa.table({"id": [f"r{i}" for i in range(24)], "text": SENTENCES * 3})
@@ -1470,6 +1477,33 @@ def test_a_candidate_that_can_no_longer_reach_the_bar_is_stopped_at_the_end_of_t
     assert "label_agreement vs float32: " in found["why"]  # the measure named, where no candidate made its whole pass
     assert (found["quantization"], found["dtype"]) == (("per-token-int8", "float32") if len(changed) < 3
                                                        else ("none", "float32"))
+
+
+@pytest.mark.parametrize("changed, stopped_at, smooth_tried", [
+    ({"r1", "r2", "r3"}, 8, True),  # 8 of 48 rows: too few calls to read its pace from, so smooth-int8 is tried
+    ({"r1", "r2", "r9"}, 16, False),  # 16 of 48, a third: at float32's pace, no faster, so it is not
+])
+def test_a_candidate_stopped_below_the_bar_is_read_at_float32s_pace_only_past_a_quarter_of_the_sample(
+        changed, stopped_at, smooth_tried, tiny_models, monkeypatch, tmp_path):
+    """smooth-int8 is left untried where per-token-int8, below the bar, was no faster than float32; a per-token-int8
+    stopped below the bar is read at float32's pace over the same calls. Scaled up from its first calls of 8 or 16
+    rows (tens of milliseconds each), that estimate is too noisy to leave a candidate out on: under a quarter of the
+    sample (fidelity.PACED_SHARE) it is not read, and smooth-int8 is tried. Here int8 runs at float32's pace (the
+    clock counts rows); every candidate's labels change on the rows named."""
+    import pipelines.fidelity as decision
+
+    calls = _clocked_passes(monkeypatch, [1.0])
+    _labels_changed(monkeypatch, changed)
+    spec = make_spec(tiny_models("classifier"), {"type": "text-classification"})
+    spec.model.quantization, spec.model.cache_dir = "auto", str(tmp_path)
+    sample = pa.table({"id": [f"r{i}" for i in range(48)], "text": SENTENCES * 6})
+    found = decision.choose_here(spec.model_dump(mode="json"), sample, 0.95)  # at most 2 of 48 changed
+
+    assert f"per-token-int8 stopped after {stopped_at:.2f} s on {stopped_at} of 48 rows" in found["why"], found["why"]
+    assert ("smooth-int8" in [quantization for quantization, _ in calls]) is smooth_tried
+    if not smooth_tried:
+        assert (f"smooth-int8 not tried (per-token-int8, stopped below the bar after {stopped_at} of 48 rows, would "
+                "have taken 48.00 s at its pace, no less than float32's 48.00 s, and computes less)") in found["why"]
 
 
 def test_a_sample_float32_predicts_none_of_is_refused_even_where_every_candidate_is_stopped_as_slower(
