@@ -1038,20 +1038,21 @@ def test_a_runs_timeline_starts_when_its_process_started_not_up_to_a_second_befo
 
 
 # A child that starts a local Ray as a run does, then exits as the command does, and says which of Ray's processes
-# the shutdown had to wait out (a grace period that ran out: TimeoutExpired), what it slept for half a second or
-# more, and how the monitor and the raylet ended.
+# it started, which the shutdown had to wait out (a grace period that ran out: TimeoutExpired), what it slept for
+# half a second or more, and how the raylet ended.
 _EXIT_SCRIPT = """
 import atexit, subprocess, time
 waited, slept = [], []
 def said():  # registered first, so it runs last: after Ray's shutdown
-    print("waited out:", waited, "slept:", slept, "monitor:", monitor.poll(), "raylet:", raylet.poll(), flush=True)
+    print("waited out:", waited, "slept:", slept, "raylet:", raylet.poll(), flush=True)
 atexit.register(said)
 from pipelines.cluster.connect import start_local
 start_local()
 import ray
 from ray._private.worker import _global_node
-[monitor], [raylet] = ([i.process for i in _global_node.all_processes[n]] for n in ("monitor", "raylet"))
-assert ray.get(ray.put(1)) == 1
+print("processes:", sorted(_global_node.all_processes), flush=True)
+[raylet] = [i.process for i in _global_node.all_processes["raylet"]]
+assert ray.get(ray.remote(lambda: 1).remote()) == 1
 wait, sleep = subprocess.Popen.wait, time.sleep
 def timed_out(self, timeout=None):
     try:
@@ -1067,21 +1068,90 @@ subprocess.Popen.wait, time.sleep = timed_out, long
 """
 
 
-def test_a_local_rays_stop_at_exit_waits_out_no_process_and_sleeps_no_half_second():
-    """Ray's shutdown at exit stops a local Ray's processes one after another, the GCS before the autoscaler's
-    monitor; the monitor's SIGTERM handler then tries to tell the drivers through the GCS that is gone, and Ray
-    waits out its second of grace before it kills it. And at exit it first sleeps half a second for log lines to
-    print, after the command's last line. Together 1.5-2.5 s of the exit of every command that started a local Ray,
-    on the 2-core machine. The run now kills the monitor first (the end Ray gives it a second later) and shuts Ray
-    down itself, outside Ray's exit hook: neither wait is left; the raylet still ends by Ray's shutdown."""
+def test_a_local_ray_starts_without_the_api_server_and_monitor_and_stops_without_waiting():
+    """A local Ray the command starts runs no API server (with the dashboard off, Ray's usage statistics only; Ray's
+    start waited 1.6-1.9 s for it on the 2-core machine) and no autoscaler monitor (one machine has no node to add),
+    yet runs tasks. At exit: Ray's shutdown at exit stopped the GCS before the monitor, whose SIGTERM handler then
+    tried to tell the drivers through the gone GCS, and Ray waited out its second of grace before it killed it; and
+    Ray first slept half a second for log lines to print, after the command's last line. The run shuts Ray down
+    itself, outside Ray's exit hook: neither wait is left; the raylet still ends by Ray's shutdown."""
     import subprocess
     import sys
 
     done = subprocess.run([sys.executable, "-c", _EXIT_SCRIPT], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     said = done.stdout + done.stderr[-2000:]
+    processes = done.stdout.split("processes:")[1].split("waited out:")[0]
+    assert processes.split() == ["['gcs_server',", "'log_monitor',", "'raylet']"], said  # before: 'dashboard', 'monitor'
     waited, rest = done.stdout.split("waited out:")[1].split("slept:")
-    slept, ended = rest.split("monitor:")
-    assert "monitor.py" not in waited, said  # before 4b7d523: ['monitor.py'], its grace waited out
+    slept, ended = rest.split("raylet:")
+    assert waited.split() == ["[]"], said  # before 4b7d523: ['monitor.py'], its grace waited out
     assert slept.split() == ["[]"], said  # before: [0.5], Ray's pause at exit
-    assert ended.split() == ["-9", "raylet:", "0"], said  # the monitor killed, the raylet stopped by Ray's shutdown
+    assert ended.split() == ["0"], said  # the raylet stopped by Ray's shutdown
+
+
+def test_a_ray_whose_start_functions_moved_starts_as_ray_init_starts_it(monkeypatch):
+    """Where a Ray has the API server's start, the monitor's or ``get_node`` elsewhere than 2.60 has them, none is
+    replaced (the local Ray starts as ``ray.init`` starts it); where it has all, each is replaced while Ray starts
+    and put back after."""
+    import ray._private.node as node
+    import ray._private.services as services
+
+    from pipelines.cluster import connect
+
+    api, monitor, get_node = services.start_api_server, node.Node.start_monitor, services.get_node
+    with connect.quick_local_start():
+        assert services.start_api_server(True, False) == (None, None)
+        assert node.Node.start_monitor(object()) is None
+        assert services.get_node is not get_node
+    assert (services.start_api_server, node.Node.start_monitor, services.get_node) == (api, monitor, get_node)
+    monkeypatch.delattr(node.Node, "start_monitor")
+    with connect.quick_local_start():
+        assert (services.start_api_server, services.get_node) == (api, get_node)
+
+
+def test_a_local_rays_start_asks_ray_for_its_node_once_the_gcs_has_it(monkeypatch):
+    """Ray's ``get_node`` (which looks once a second) is asked only once the GCS's table has the node; a GCS that
+    can't be asked leaves the wait to Ray's own."""
+    import ray._raylet
+
+    from pipelines.cluster import connect
+
+    tables = iter([{}, {}, {_Node("aa"): None}])  # the node registers at the third look
+    looks: list[str] = []
+
+    class Gcs:
+        def __init__(self, address: str) -> None:
+            looks.append(address)
+
+        def get_all_node_info(self, timeout: float) -> dict:
+            return next(tables)
+
+    monkeypatch.setattr(ray._raylet, "GcsClient", Gcs)
+    monkeypatch.setattr(connect, "REGISTERED_POLL_S", 0.0)
+    asked: list[tuple[str, str]] = []
+
+    def get_node(address: str, node_id: str) -> str:
+        asked.append((address, node_id))
+        assert next(tables, "none left") == "none left", "asked before the GCS had the node"
+        return "info"
+
+    assert connect._registered_first(get_node)("gcs:1", "aa") == "info"
+    assert asked == [("gcs:1", "aa")] and looks == ["gcs:1"]
+
+    class Gone:
+        def __init__(self, address: str) -> None:
+            raise ConnectionError("no GCS")
+
+    monkeypatch.setattr(ray._raylet, "GcsClient", Gone)
+    assert connect._registered_first(get_node)("gcs:1", "aa") == "info"  # Ray's own get_node says what is wrong
+
+
+class _Node:
+    """A node id as the GCS's table keys it (``hex()``)."""
+
+    def __init__(self, hex_id: str) -> None:
+        self.hex_id = hex_id
+
+    def hex(self) -> str:
+        return self.hex_id
