@@ -36,27 +36,27 @@ ACTOR_COUNTS = (1, 2, 4, 8)
 
 #: The parts of a run's fixed cost a plan can't measure without starting Ray, in seconds, from the main job's runs
 #: (`pipelines run jobs/label_news.yaml`, its decision kept) on a 2-core AMD EPYC with AVX-512 (Zen 4), nothing else
-#: running, 2026-12-07 10:45-10:47, the medians of seven runs' ``_run.json`` ``timeline`` and the command's exit; the
+#: running, 2026-12-07 20:48-20:50, the medians of seven runs' ``_run.json`` ``timeline`` and the command's exit; the
 #: actor's start is a trivial actor's under Ray Data on the same machine (from the execution's start to its
-#: constructor, the median of five, 10:52). Name: (seconds, in a run's ``wall_s``, how it was got). On another machine
-#: they are scaled by :data:`KNOWN_IMPORT_S` (see :func:`known_scale`).
+#: constructor, the median of five, right after). Name: (seconds, in a run's ``wall_s``, how it was got). On another
+#: machine they are scaled by :data:`KNOWN_IMPORT_S` (see :func:`known_scale`).
 KNOWN: dict[str, tuple[float, bool, str]] = {
     "driver start": (1.0, False, "imports, spec, the output's records and kept precision: timeline process_start to "
-                     "run_start, plus ray_ready to execution_start (0.9-1.0 s in seven runs)"),
-    "Ray start": (2.8, False, "a local Ray of the run's own: timeline connect_start to ray_ready (2.8-3.9 s in "
+                     "run_start, plus ray_ready to execution_start (0.9-1.2 s in seven runs)"),
+    "Ray start": (2.5, False, "a local Ray of the run's own: timeline connect_start to ray_ready (1.9-3.2 s in "
                   "seven runs; none where the run joins a Ray already running)"),
-    "actor start": (2.0, True, "Ray Data's start until the pool's actor constructor runs (a trivial actor's: "
-                    "1.9-2.2 s in five runs)"),
+    "actor start": (2.1, True, "Ray Data's start until the pool's actor constructor runs (a trivial actor's: "
+                    "1.9-2.3 s in five runs)"),
     "first block back": (0.5, True, "the first batch staged in the actor to its block at the driver: timeline "
                          "first_staged to first_block (0.5-0.6 s in seven runs)"),
     "summary and shut-down": (1.3, False, "the summary, the report page and Ray's stop: timeline summary to the "
-                              "command's exit (1.3-1.6 s in seven runs)"),
+                              "command's exit (1.3-1.4 s in seven runs)"),
 }
-#: The actor imports (:func:`import_time`) on the machine where :data:`KNOWN` was measured, the same day: the median
-#: of five (2.91-3.00 s, 12:40; the same imports without :func:`~pipelines.inference.heavy_imports.import_predictor`
-#: took 4.0-4.3 s at 10:50 and 4.4-4.6 s at 12:41). Each of those parts is Python and process start-up on the CPU,
-#: as the imports are.
-KNOWN_IMPORT_S = 2.94
+#: The actor imports (:func:`import_time`) on the machine where :data:`KNOWN` was measured, right after: the median
+#: of five (3.00-3.56 s, 20:50; at 12:40 the same day, the host faster, 2.91-3.00 s; the same imports without
+#: :func:`~pipelines.inference.heavy_imports.import_predictor` took 4.0-4.3 s at 10:50 and 4.4-4.6 s at 12:41). Each
+#: of those parts is Python and process start-up on the CPU, as the imports are.
+KNOWN_IMPORT_S = 3.13
 #: The factor :func:`known_scale` keeps to.
 KNOWN_SCALE_RANGE = (0.25, 4.0)
 
