@@ -1037,21 +1037,47 @@ def test_a_runs_timeline_starts_when_its_process_started_not_up_to_a_second_befo
     assert before - tick <= started <= spawned + tick, (started - before, spawned - before)
 
 
-# A child that starts a local Ray as a run does, then exits as the command does, and says which of Ray's processes
-# it started, which the shutdown had to wait out (a grace period that ran out: TimeoutExpired), what it slept for
-# half a second or more, and how the raylet ended.
+# A child that starts a local Ray as a run does (``whole``: without quick_local_start's changes), then exits as the
+# command does, and says (one JSON line, last) which of Ray's processes it started, the dashboard's address in the
+# GCS, whether Ray's get_node was asked only once the GCS's table had the node, which processes the shutdown had to
+# wait out (a grace period that ran out: TimeoutExpired), what it slept for half a second or more, and how the
+# monitor (where there was one) and the raylet ended.
 _EXIT_SCRIPT = """
-import atexit, subprocess, time
-waited, slept = [], []
+import atexit, json, subprocess, sys, time
+waited, slept, tables, asked = [], [], [], []
 def said():  # registered first, so it runs last: after Ray's shutdown
-    print("waited out:", waited, "slept:", slept, "raylet:", raylet.poll(), flush=True)
+    print(json.dumps({"processes": processes, "dashboard": dashboard, "asked_once_registered": asked,
+                      "waited": waited, "slept": slept, "raylet": raylet.poll(),
+                      "monitor": monitor.poll() if monitor else None}), flush=True)
 atexit.register(said)
-from pipelines.cluster.connect import start_local
-start_local()
+import ray._raylet, ray._private.services as services
+from pipelines.cluster import connect
+if sys.argv[1] == "whole":
+    connect.QUICK_START = ()
+Gcs = ray._raylet.GcsClient
+class Watched:  # Ray's GcsClient, saying the node ids in each table the start looks at
+    def __init__(self, *args, **kwargs):
+        self.client = Gcs(*args, **kwargs)
+    def get_all_node_info(self, *args, **kwargs):
+        table = self.client.get_all_node_info(*args, **kwargs)
+        tables.append({node.hex() for node in table})
+        return table
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+ray._raylet.GcsClient = Watched
+get_node = services.get_node
+def asking(address, node_id):  # Ray's own get_node, under quick_local_start's wait
+    asked.append(bool(tables) and node_id in tables[-1])
+    return get_node(address, node_id)
+services.get_node = asking
+connect.start_local()
 import ray
 from ray._private.worker import _global_node
-print("processes:", sorted(_global_node.all_processes), flush=True)
+from ray.experimental import internal_kv
+processes = sorted(_global_node.all_processes)
+dashboard = (internal_kv._internal_kv_get("dashboard", namespace="dashboard") or b"").decode()
 [raylet] = [i.process for i in _global_node.all_processes["raylet"]]
+monitor = next((i.process for i in _global_node.all_processes.get("monitor", [])), None)
 assert ray.get(ray.remote(lambda: 1).remote()) == 1
 wait, sleep = subprocess.Popen.wait, time.sleep
 def timed_out(self, timeout=None):
@@ -1068,26 +1094,42 @@ subprocess.Popen.wait, time.sleep = timed_out, long
 """
 
 
-def test_a_local_ray_starts_without_the_api_server_and_monitor_and_stops_without_waiting():
-    """A local Ray the command starts runs no API server (with the dashboard off, Ray's usage statistics only; Ray's
-    start waited 1.6-1.9 s for it on the 2-core machine) and no autoscaler monitor (one machine has no node to add),
-    yet runs tasks. At exit: Ray's shutdown at exit stopped the GCS before the monitor, whose SIGTERM handler then
-    tried to tell the drivers through the gone GCS, and Ray waited out its second of grace before it killed it; and
-    Ray first slept half a second for log lines to print, after the command's last line. The run shuts Ray down
-    itself, outside Ray's exit hook: neither wait is left; the raylet still ends by Ray's shutdown."""
+def _local_ray_child(how: str) -> dict:
+    import json
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", _EXIT_SCRIPT], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", _EXIT_SCRIPT, how], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    said = done.stdout + done.stderr[-2000:]
-    processes = done.stdout.split("processes:")[1].split("waited out:")[0]
-    assert processes.split() == ["['gcs_server',", "'log_monitor',", "'raylet']"], said  # before: 'dashboard', 'monitor'
-    waited, rest = done.stdout.split("waited out:")[1].split("slept:")
-    slept, ended = rest.split("raylet:")
-    assert waited.split() == ["[]"], said  # before 4b7d523: ['monitor.py'], its grace waited out
-    assert slept.split() == ["[]"], said  # before: [0.5], Ray's pause at exit
-    assert ended.split() == ["0"], said  # the raylet stopped by Ray's shutdown
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_local_ray_starts_without_the_api_server_and_monitor_and_stops_without_waiting():
+    """A local Ray the command starts runs no API server (with the dashboard off it ran one module; Ray's start
+    waited 1.6-1.9 s for it on the 2-core machine) and no autoscaler monitor (one machine has no node to add), yet
+    runs tasks; the dashboard's address its agent waits for is one no server has; Ray's get_node (which looks once a
+    second) is asked once the GCS has the node. At exit neither of Ray's waits is left (see the next test)."""
+    said = _local_ray_child("quick")
+    assert said["processes"] == ["gcs_server", "log_monitor", "raylet"], said  # before: 'dashboard', 'monitor' too
+    assert said["dashboard"] == "127.0.0.1:0", said  # none: the dashboard agent logged an error every second
+    assert said["asked_once_registered"] == [True], said  # before: asked at once, and it looked once a second
+    assert said["waited"] == [] and said["slept"] == [], said
+    assert said["raylet"] == 0, said  # stopped by Ray's shutdown
+
+
+def test_a_local_rays_stop_at_exit_waits_out_no_process_and_sleeps_no_half_second():
+    """Where a local Ray starts whole (a Ray without the functions quick_local_start replaces): Ray's shutdown at
+    exit stops its processes one after another, the GCS before the autoscaler's monitor; the monitor's SIGTERM
+    handler then tries to tell the drivers through the GCS that is gone, and Ray waits out its second of grace before
+    it kills it. And at exit it first sleeps half a second for log lines to print, after the command's last line.
+    Together 1.5-2.5 s of the exit of every command that started a local Ray, on the 2-core machine. The run kills
+    the monitor first (the end Ray gives it a second later) and shuts Ray down itself, outside Ray's exit hook:
+    neither wait is left; the raylet still ends by Ray's shutdown."""
+    said = _local_ray_child("whole")
+    assert {"dashboard", "monitor"} <= set(said["processes"]), said  # started as ray.init starts it
+    assert "monitor.py" not in said["waited"], said  # before 4b7d523: ['monitor.py'], its grace waited out
+    assert said["slept"] == [], said  # before: [0.5], Ray's pause at exit
+    assert (said["monitor"], said["raylet"]) == (-9, 0), said  # the monitor killed, the raylet stopped by shutdown
 
 
 def test_a_ray_whose_start_functions_moved_starts_as_ray_init_starts_it(monkeypatch):
@@ -1101,7 +1143,7 @@ def test_a_ray_whose_start_functions_moved_starts_as_ray_init_starts_it(monkeypa
 
     api, monitor, get_node = services.start_api_server, node.Node.start_monitor, services.get_node
     with connect.quick_local_start():
-        assert services.start_api_server(True, False) == (None, None)
+        assert services.start_api_server is not api
         assert node.Node.start_monitor(object()) is None
         assert services.get_node is not get_node
     assert (services.start_api_server, node.Node.start_monitor, services.get_node) == (api, monitor, get_node)

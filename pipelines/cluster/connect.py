@@ -389,6 +389,30 @@ def _no_process(returns: Any) -> Callable[[Callable[..., Any]], Callable[..., An
     return lambda started: lambda *args, **kwargs: returns
 
 
+#: The dashboard's address a local Ray without an API server gives in the GCS: one no server can have (port 0).
+NO_DASHBOARD = b"127.0.0.1:0"
+
+
+def _no_api_server(start_api_server: Callable[..., Any]) -> Callable[..., Any]:
+    """For :data:`QUICK_START`: no API server, but the dashboard's address it would have put in the GCS (with its
+    frontend off, an address where nothing listened) as :data:`NO_DASHBOARD`. The raylet's dashboard agent waits
+    for that key, looking once a second and logging an error each time (Ray 2.60's event module), for as long as
+    the Ray runs; Ray's state API, for 40 s before it fails. Returns what Ray's start does where it started none."""
+
+    def address_only(include_dashboard: Any, raise_on_failure: Any, host: Any, gcs_address: str, cluster_id_hex: str,
+                     *args: Any, **kwargs: Any) -> tuple[None, None]:
+        from ray._raylet import GcsClient  # type: ignore[attr-defined]
+
+        try:
+            GcsClient(address=gcs_address, cluster_id=cluster_id_hex).internal_kv_put(
+                b"dashboard", NO_DASHBOARD, True, namespace=b"dashboard")
+        except Exception:  # noqa: BLE001 - the agent's errors in Ray's log are all it costs
+            log.debug("the dashboard's address in the GCS", exc_info=True)
+        return None, None
+
+    return address_only
+
+
 def _registered_first(get_node: Callable[[str, str], Any]) -> Callable[[str, str], Any]:
     """For :data:`QUICK_START`: Ray's ``get_node`` asked once the node is in the GCS's table, which is looked at
     every :data:`REGISTERED_POLL_S` (a GCS call of a millisecond here) for up to :data:`REGISTERED_WAIT_S`."""
@@ -412,14 +436,14 @@ def _registered_first(get_node: Callable[[str, str], Any]) -> Callable[[str, str
 
 #: How often, and for how long at most, a local Ray's start looks whether its raylet has registered with the GCS.
 REGISTERED_POLL_S = 0.05
-REGISTERED_WAIT_S = 30.0
+REGISTERED_WAIT_S = 20.0  # then Ray's own wait, 10 s: about as long as Ray's 30 s before an error
 
 #: What a local Ray of one command starts otherwise than ``ray.init`` does, each where Ray 2.60 has it (module,
 #: class or "", function) with what stands in for it (made from the function it stands in for).
 QUICK_START: tuple[tuple[str, str, str, Callable[[Callable[..., Any]], Callable[..., Any]]], ...] = (
     # the API server: with the dashboard off it runs Ray's usage statistics only, and ray.init waits for it to say
     # its address (1.6-1.9 s on the 2-core machine) before it starts the raylet
-    ("ray._private.services", "", "start_api_server", _no_process((None, None))),
+    ("ray._private.services", "", "start_api_server", _no_api_server),
     # the autoscaler's monitor: one machine has no node to add, and nothing of a run reads its reports
     ("ray._private.node", "Node", "start_monitor", _no_process(None)),
     # ray.init waits for its raylet to register through Ray's C++, which looks once a second: the raylet registers
@@ -482,7 +506,8 @@ def _stop_local_ray_first_at_exit() -> None:
 
 
 def stop_local_ray() -> None:
-    """Stop the local Ray this process started, its autoscaler's monitor first: what Ray's shutdown at exit does,
+    """Stop the local Ray this process started, its autoscaler's monitor first (where it has one: a Ray started
+    without :func:`quick_local_start`'s changes): what Ray's shutdown at exit does,
     without two waits of it (Ray 2.60), 1.5-2.5 s of the exit of every command that started a local Ray on a 2-core
     machine.
 
