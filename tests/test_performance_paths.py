@@ -1154,7 +1154,8 @@ def test_a_ray_whose_start_functions_moved_starts_as_ray_init_starts_it(monkeypa
 
 def test_a_local_rays_start_asks_ray_for_its_node_once_the_gcs_has_it(monkeypatch):
     """Ray's ``get_node`` (which looks once a second) is asked only once the GCS's table has the node; a GCS that
-    can't be asked leaves the wait to Ray's own."""
+    can't be asked leaves the wait to Ray's own; and only Ray's first ask is waited for (Ray asks again, where it
+    fails, within its own 30 s)."""
     import ray._raylet
 
     from pipelines.cluster import connect
@@ -1187,6 +1188,13 @@ def test_a_local_rays_start_asks_ray_for_its_node_once_the_gcs_has_it(monkeypatc
 
     monkeypatch.setattr(ray._raylet, "GcsClient", Gone)
     assert connect._registered_first(get_node)("gcs:1", "aa") == "info"  # Ray's own get_node says what is wrong
+
+    monkeypatch.setattr(ray._raylet, "GcsClient", Gcs)
+    monkeypatch.setattr(connect, "REGISTERED_WAIT_S", 0.0)
+    looks.clear()
+    waiting = connect._registered_first(lambda address, node_id: "info")
+    assert [waiting("gcs:1", "bb"), waiting("gcs:1", "bb")] == ["info", "info"]
+    assert looks == ["gcs:1"]  # Ray's asking again (its own 30 s) is not waited before each time
 
 
 class _Node:

@@ -415,11 +415,16 @@ def _no_api_server(start_api_server: Callable[..., Any]) -> Callable[..., Any]:
 
 def _registered_first(get_node: Callable[[str, str], Any]) -> Callable[[str, str], Any]:
     """For :data:`QUICK_START`: Ray's ``get_node`` asked once the node is in the GCS's table, which is looked at
-    every :data:`REGISTERED_POLL_S` (a GCS call of a millisecond here) for up to :data:`REGISTERED_WAIT_S`."""
+    every :data:`REGISTERED_POLL_S` (a GCS call of a millisecond here) for up to :data:`REGISTERED_WAIT_S`. Only
+    before Ray's first ask: where that fails, Ray asks again until 30 s after its first, as it does without this."""
+    looked: list[bool] = []
 
     def asked_when_registered(gcs_address: str, node_id: str) -> Any:
         from ray._raylet import GcsClient  # type: ignore[attr-defined]
 
+        if looked:
+            return get_node(gcs_address, node_id)
+        looked.append(True)
         try:
             client = GcsClient(address=gcs_address)
             deadline = time.monotonic() + REGISTERED_WAIT_S
@@ -436,13 +441,14 @@ def _registered_first(get_node: Callable[[str, str], Any]) -> Callable[[str, str
 
 #: How often, and for how long at most, a local Ray's start looks whether its raylet has registered with the GCS.
 REGISTERED_POLL_S = 0.05
-REGISTERED_WAIT_S = 20.0  # then Ray's own wait, 10 s: about as long as Ray's 30 s before an error
+REGISTERED_WAIT_S = 20.0  # within the 30 s Ray gives its raylet to register
 
 #: What a local Ray of one command starts otherwise than ``ray.init`` does, each where Ray 2.60 has it (module,
 #: class or "", function) with what stands in for it (made from the function it stands in for).
 QUICK_START: tuple[tuple[str, str, str, Callable[[Callable[..., Any]], Callable[..., Any]]], ...] = (
-    # the API server: with the dashboard off it runs Ray's usage statistics only, and ray.init waits for it to say
-    # its address (1.6-1.9 s on the 2-core machine) before it starts the raylet
+    # the API server: with the dashboard off it serves nothing (its one module, usage statistics, is off where
+    # ray.init starts Ray from a release wheel), and ray.init waits for it to say its address (1.6-1.9 s on the
+    # 2-core machine) before it starts the raylet
     ("ray._private.services", "", "start_api_server", _no_api_server),
     # the autoscaler's monitor: one machine has no node to add, and nothing of a run reads its reports
     ("ray._private.node", "Node", "start_monitor", _no_process(None)),
