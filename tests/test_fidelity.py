@@ -1282,7 +1282,8 @@ def test_auto_times_again_only_what_can_decide_and_skips_a_candidate_that_cant_w
     """quantization auto timed every precision twice over the sample (the main job's first run: 8 passes, 12.7 s of
     its 15 s check): float32, whose one pass there took 1.8x the fastest candidate's, and per-token-int8, below the
     bar, twice too, and smooth-int8 even where per-token-int8 (which it computes all of, and more) was within the
-    bar. Now a candidate's labels take one pass, only one within the bar is timed again, float32 is loaded and timed
+    bar. Now a candidate's labels take one pass, only one within the bar is timed again (and only where that may change
+    the decision: test_a_candidate_is_timed_again_only_where_its_second_pass_can_change_the_decision), float32 is loaded and timed
     again only where a candidate within the bar is ahead of it by a little, and smooth-int8 isn't tried where per-token-int8
     is within the bar: the decision says so."""
     import pipelines.fidelity as decision
@@ -1304,6 +1305,8 @@ def test_auto_times_again_only_what_can_decide_and_skips_a_candidate_that_cant_w
 
     loads.clear()
     monkeypatch.setattr(fidelity, "CLOSE", 0.0)  # never a close call (see the test after this one for those)
+    int8_s = [1.0]  # the two candidates as fast as each other: each one's second pass may make it the faster
+    _clocked_passes(monkeypatch, int8_s)
     fidelity.measure_against(reference, options, sample, bar=0.0)
     assert loads == [("none", "float32", 1), ("per-token-int8", "float32", 2), ("dynamic-int8", "float32", 2)]
 
@@ -1314,7 +1317,7 @@ def test_auto_times_again_only_what_can_decide_and_skips_a_candidate_that_cant_w
     assert ("smooth-int8", "float32") not in [load[:2] for load in loads]
     assert "smooth-int8 not tried (per-token-int8 is within the bar and computes less)" in found["why"]
     loads.clear()
-    _clocked_passes(monkeypatch, [0.5])  # per-token-int8 faster than float32 (the next test: where no faster, it isn't)
+    int8_s[0] = 0.5  # per-token-int8 faster than float32 (the next test: where no faster, it isn't)
     found = decision.choose_here(spec.model_dump(mode="json"), sample, 1.01)  # below it: smooth-int8 is tried
     assert [load[:2] for load in loads[:3]] == [("none", "float32"), ("per-token-int8", "float32"),
                                                 ("smooth-int8", "float32")]
@@ -1449,7 +1452,9 @@ def _labels_changed(monkeypatch, changed: set[str]) -> None:
 @pytest.mark.parametrize("changed, int8_calls, said", [
     ({"r3", "r9", "r10"}, [8, 8], "per-token-int8 stopped after 8.00 s on 16 of 24 rows (below the bar whatever the "
                                    "rest: at most 0.8750)"),
-    ({"r3", "r9"}, [8, 8, 8, 24], "per-token-int8 0.9166 in 12.00 s"),  # within reach to the end, and within the bar
+    # within reach to the end, and within the bar: ahead of float32 (24 s) by CLOSE, and smooth-int8 passed over, so
+    # not timed again
+    ({"r3", "r9"}, [8, 8, 8], "per-token-int8 0.9166 in 12.00 s"),
     ({"r17", "r18", "r19"}, [8, 8, 8], "per-token-int8 0.8750 in 12.00 s"),  # out of reach only in the last part
 ])
 def test_a_candidate_that_can_no_longer_reach_the_bar_is_stopped_at_the_end_of_that_part(
@@ -1597,7 +1602,7 @@ def test_pipelines_fidelity_of_a_gpu_job_scores_its_sample_once_per_model_after_
 @pytest.mark.parametrize("device, float32_s, bfloat16_s, expected, reference_s", [
     ("cuda", [1.0], 0.9, [("float32", 2), ("bfloat16", 2)], 1.0),  # timed again while loaded: no second load
     ("cpu", [1.2, 1.0], 0.9, [("float32", 1), ("bfloat16", 2), ("float32", 1)], 1.0),  # close: loaded again
-    ("cpu", [2.0], 0.5, [("float32", 1), ("bfloat16", 2)], 2.0),  # bfloat16 far ahead: one pass decides
+    ("cpu", [2.0], 0.5, [("float32", 1), ("bfloat16", 1)], 2.0),  # bfloat16 far ahead: one pass of each decides
     ("cpu", [0.8], 1.0, [("float32", 1), ("bfloat16", 2)], 0.8),  # float32 ahead already: it is taken as it is
 ])
 def test_float32_is_timed_again_while_loaded_on_a_gpu_and_loaded_again_only_in_a_close_call_on_a_cpu(
@@ -1631,6 +1636,72 @@ def test_float32_is_timed_again_while_loaded_on_a_gpu_and_loaded_again_only_in_a
     ((_, result),), _ = fidelity.measure_against(reference, [bf16], sample, bar=0.99)
     assert loads == expected
     assert (result.agreement, result.predict_s, result.reference_predict_s) == (1.0, bfloat16_s, reference_s)
+
+
+@pytest.mark.parametrize("float32_s, first, needless_says, expected, taken", [
+    # bfloat16 far ahead of float32 and nothing left to try: its one pass decides (it was timed twice)
+    (2.0, [], None, [("none", "float32", 1), ("none", "bfloat16", 1)], "bfloat16"),
+    # smooth-int8 left, and given bfloat16's one pass it can't win: passed over, bfloat16 timed once
+    (2.0, [], True, [("none", "float32", 1), ("none", "bfloat16", 1)], "bfloat16"),
+    # smooth-int8 left, and it may still win: bfloat16 timed again; smooth-int8, last and faster, once
+    (2.0, [], False, [("none", "float32", 1), ("none", "bfloat16", 2), ("smooth-int8", "float32", 1)], "smooth-int8"),
+    # per-token-int8 within the bar, bfloat16 left to try; then faster than bfloat16's one pass: both timed again
+    (2.0, [0.4], None, [("none", "float32", 1), ("per-token-int8", "float32", 2), ("none", "bfloat16", 2)],
+     "per-token-int8"),
+    # bfloat16 ahead of float32 by less than CLOSE: float32 is loaded again, and bfloat16 timed again
+    (0.6, [], None, [("none", "float32", 1), ("none", "bfloat16", 2), ("none", "float32", 1)], "bfloat16"),
+])
+def test_a_candidate_is_timed_again_only_where_its_second_pass_can_change_the_decision(
+    float32_s, first, needless_says, expected, taken, monkeypatch
+):
+    """quantization: auto timed every candidate within the bar twice: on the main job's first run bfloat16's second
+    pass (0.88 s of a 5.1 s check) changed nothing, being ahead of float32 by more than CLOSE already (float32 1.72 s,
+    bfloat16 0.88 s), the fastest within the bar, and smooth-int8 being passed over given it. A second pass can only
+    lower a candidate's time: it is made only where a lower time can change which precision is taken. The times are
+    made up (under test is which model is loaded and timed how many times, and the decision it gives)."""
+    import pipelines.inference.fidelity as fidelity
+
+    loads: list[tuple[str, str, int]] = []
+    times = {"float32": iter([float32_s, 0.59]), "bfloat16": iter([0.5]), "per-token-int8": iter(first),
+             "smooth-int8": iter([0.45])}
+
+    def predict(spec, sample, timed=True, again=None, in_parts=False, budget_s=None, best_case=None):
+        name = spec.model.quantization if spec.model.quantization != "none" else spec.model.dtype
+        predicted = Predictions({"label": ["a", "b", "a"], "score": [0.9, 0.8, 0.7]}, np.ones(3, dtype=bool), None,
+                                next(times[name]), spec.model.dtype, labels=2)
+        if again is not None and again(predicted):
+            predicted.passes = fidelity.TIMED_PASSES
+        loads.append((spec.model.quantization, spec.model.dtype, predicted.passes))
+        return predicted
+
+    monkeypatch.setattr(fidelity, "predict", predict)
+    spec = make_spec("unused", {"type": "text-classification"})
+    reference = spec.model_copy(deep=True)
+    reference.model.dtype = "float32"
+    candidates = []
+    for quantization, dtype, wanted in [("per-token-int8", "float32", first), ("none", "bfloat16", True),
+                                        ("smooth-int8", "float32", needless_says is not None)]:
+        if wanted:
+            candidate = spec.model_copy(deep=True)
+            candidate.model.quantization, candidate.model.dtype = quantization, dtype
+            candidates.append(candidate)
+    asked: list[list[str]] = []
+
+    def needless(candidate, done, stopped, reference_s):  # says only of smooth-int8, as pipelines.fidelity.outrun
+        if candidate.model.quantization != "smooth-int8":
+            return False
+        asked.append([f"{result.quantization} {result.predict_s}" for _, result in done])
+        return bool(needless_says)
+
+    sample = pa.table({"id": ["r0", "r1", "r2"], "text": SENTENCES[:3]})
+    results, stopped = fidelity.measure_against(reference, candidates, sample, bar=0.99,
+                                                needless=needless if needless_says is not None else None)
+    assert loads == expected
+    assert not stopped
+    fastest = min([(r.predict_s, r.quantization) for _, r in results] + [(results[0][1].reference_predict_s, "")])
+    assert fastest[1] == taken
+    if needless_says is not None:  # asked with bfloat16's one pass as its time, before its second pass was made
+        assert asked[0] == ["bfloat16 0.5"]
 
 
 def test_fidelity_under_auto_reports_the_precision_a_run_takes_not_a_fresh_choice(wide_encoder, topics, tmp_path):
