@@ -535,7 +535,9 @@ def choose_here(spec_json: dict[str, Any], picked: pa.Table, bar: float) -> dict
         return why is not None
 
     results, stopped = measure_against(reference, options, picked, bar, needless)
-    left = [f"{_precision_of(c).label} not tried ({skipped[id(c)]})" for c in options if id(c) in skipped]
+    tried = {id(c) for c, _ in results} | {id(c) for c, _ in stopped}  # needless is also asked ahead (see there)
+    left = [f"{_precision_of(c).label} not tried ({skipped[id(c)]})" for c in options
+            if id(c) in skipped and id(c) not in tried]
     return fastest_within(results, bar, passed_over + left, stopped)
 
 

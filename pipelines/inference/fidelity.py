@@ -99,7 +99,8 @@ WARM_UP_ROWS = 8
 #: outrun. A candidate below the bar is not taken whatever its speed: its one pass (its labels) is enough, and on a
 #: CPU it stops where it can no longer reach the bar (:class:`BelowBar`). Nor is one within the bar timed again where
 #: a lower time can't change the decision (:func:`measure_against`): on the main job's first run on a 2-core Zen 4,
-#: bfloat16's second pass (0.88 s of a 5.1 s check) where its first was half float32's and nothing was left to try.
+#: bfloat16's second pass (about 0.8 s of a 5 s check) where its first was 1.5x ahead of float32's or more and
+#: smooth-int8 was passed over given it.
 TIMED_PASSES = 2
 #: On a CPU float32 (the reference, one pass: its labels and a first time) is loaded and timed again only where the
 #: fastest candidate within the bar took less than its time and at least 1 / CLOSE of it: elsewhere one slow pass of
@@ -336,7 +337,10 @@ def measure_against(
     What the decision needs and no more: a candidate is timed again (:data:`TIMED_PASSES`) only where it reaches
     ``bar`` and a second pass, which can only lower its time, may change the decision: not where its first is ahead
     of the reference's by :data:`CLOSE` or more, faster than every candidate within the bar so far, and every
-    candidate after it is ``needless`` given it; the reference, on a GPU timed again while loaded, is on a CPU
+    candidate after it is ``needless`` given it (asked then, ahead, with the result as it would be recorded: the
+    decision is the one a second pass would have given only where ``needless`` never says a candidate is needed
+    given a lower time of another where it said needless given a higher one, as
+    :func:`pipelines.fidelity.outrun` does); the reference, on a GPU timed again while loaded, is on a CPU
     loaded and timed again only where the fastest candidate within the bar is faster than it, by less than
     :data:`CLOSE`; a candidate whose first pass (in
     :func:`parts` on a CPU, as float32's) takes more than :data:`SLOWER` times float32's is stopped (:class:`Slower`),
@@ -355,8 +359,9 @@ def measure_against(
     def one_pass_decides(candidate: JobSpec, first: Fidelity, seconds: float, later: list[JobSpec]) -> bool:
         """Whether ``candidate``, within the bar, is taken whatever a second pass gives (which can only lower its
         time), its first pass (``first``, its comparison) having taken ``seconds``: ahead of float32's by
-        :data:`CLOSE` or more (float32 is then not timed again, and can't win), faster than every candidate within
-        the bar so far, and every candidate after it (``later``) passed over by ``needless`` given it."""
+        :data:`CLOSE` or more (float32 is then not loaded again on a CPU, its two calls on a GPU made already, and
+        can't win), faster than every candidate within the bar so far, and every candidate after it (``later``)
+        passed over by ``needless`` given it."""
         if CLOSE * seconds > base.seconds:
             return False
         if any(r.agreement >= bar and r.predict_s is not None and r.predict_s <= seconds for _, r in results):
