@@ -1152,6 +1152,24 @@ def test_a_ray_whose_start_functions_moved_starts_as_ray_init_starts_it(monkeypa
         assert (services.start_api_server, services.get_node) == (api, get_node)
 
 
+@pytest.mark.parametrize("version", ["2.59.0", "2.61.0", "3.0.0"])
+def test_a_ray_of_another_version_than_the_quick_start_was_checked_on_starts_as_ray_init_starts_it(version,
+                                                                                                monkeypatch):
+    """The stand-ins rely on how Ray 2.60 calls the three functions (the API server's start returning no process,
+    the monitor's start nothing), which the pin's other versions (2.50-2.63) may not share though they have the same
+    names: on those a local Ray starts as ``ray.init`` starts it, with none replaced."""
+    import ray
+    import ray._private.node as node
+    import ray._private.services as services
+
+    from pipelines.cluster import connect
+
+    api, monitor, get_node = services.start_api_server, node.Node.start_monitor, services.get_node
+    monkeypatch.setattr(ray, "__version__", version)
+    with connect.quick_local_start():
+        assert (services.start_api_server, node.Node.start_monitor, services.get_node) == (api, monitor, get_node)
+
+
 def test_a_local_rays_start_asks_ray_for_its_node_once_the_gcs_has_it(monkeypatch):
     """Ray's ``get_node`` (which looks once a second) is asked only once the GCS's table has the node; a GCS that
     can't be asked leaves the wait to Ray's own; and only Ray's first ask is waited for (Ray asks again, where it

@@ -458,16 +458,29 @@ QUICK_START: tuple[tuple[str, str, str, Callable[[Callable[..., Any]], Callable[
 )
 
 
+#: The Ray versions whose start :data:`QUICK_START` was read and run against: the stand-ins rely on how Ray calls
+#: those functions (no process from the API server's start, nothing from the monitor's), which other versions within
+#: the pin may not share.
+QUICK_START_RAY = ("2.60.",)
+
+
 @contextlib.contextmanager
 def quick_local_start() -> Iterator[None]:
     """While a local Ray starts in this process: the changes of :data:`QUICK_START`, which no public option of
     ``ray.init`` makes. On the 2-core machine they took Ray's start from about 4 s to about 2.5 s (the processes left
-    out no longer compete with the GCS, the raylet and its agents for the cores). A Ray that has any of those
-    functions elsewhere than 2.60 has them starts with none changed, as ``ray.init`` starts it."""
+    out no longer compete with the GCS, the raylet and its agents for the cores). A Ray of another version than
+    :data:`QUICK_START_RAY`, or one that has any of those functions elsewhere than 2.60 has them, starts with none
+    changed, as ``ray.init`` starts it."""
     import importlib
 
+    import ray
+
+    checked = ray.__version__.startswith(QUICK_START_RAY)
+    if not checked:
+        log.debug("Ray %s: a local Ray starts as ray.init starts it (the quick start is for Ray %s)", ray.__version__,
+                  ", ".join(v + "x" for v in QUICK_START_RAY))
     found = []
-    for module, owner, name, stand_in in QUICK_START:
+    for module, owner, name, stand_in in QUICK_START if checked else ():
         try:
             holder = importlib.import_module(module)
             holder = getattr(holder, owner) if owner else holder
