@@ -475,12 +475,13 @@ def quick_local_start() -> Iterator[None]:
 
     import ray
 
-    checked = ray.__version__.startswith(QUICK_START_RAY)
-    if not checked:
+    if not ray.__version__.startswith(QUICK_START_RAY):
         log.debug("Ray %s: a local Ray starts as ray.init starts it (the quick start is for Ray %s)", ray.__version__,
                   ", ".join(v + "x" for v in QUICK_START_RAY))
+        yield
+        return
     found = []
-    for module, owner, name, stand_in in QUICK_START if checked else ():
+    for module, owner, name, stand_in in QUICK_START:
         try:
             holder = importlib.import_module(module)
             holder = getattr(holder, owner) if owner else holder

@@ -337,15 +337,14 @@ def measure_against(
     What the decision needs and no more: a candidate is timed again (:data:`TIMED_PASSES`) only where it reaches
     ``bar`` and a second pass, which can only lower its time, may change the decision: not where its first is ahead
     of the reference's by :data:`CLOSE` or more, faster than every candidate within the bar so far, and every
-    candidate after it is ``needless`` given it (asked then, ahead, with the result as it would be recorded: the
-    decision is the one a second pass would have given only where ``needless`` never says a candidate is needed
-    given a lower time of another where it said needless given a higher one, as
-    :func:`pipelines.fidelity.outrun` does); the reference, on a GPU timed again while loaded, is on a CPU
-    loaded and timed again only where the fastest candidate within the bar is faster than it, by less than
-    :data:`CLOSE`; a candidate whose first pass (in
-    :func:`parts` on a CPU, as float32's) takes more than :data:`SLOWER` times float32's is stopped (:class:`Slower`),
-    and so is one whose predictions so far leave it below ``bar`` whatever it predicts for the rest
-    (:class:`BelowBar`: the rest counted as agreeing with float32 on every row); a candidate that
+    candidate after it is ``needless`` given it (asked ahead, with the first pass as the result. The decision is then
+    the one a second pass would have given, provided ``needless`` passes over no fewer candidates where a time
+    within the bar is lower, as :func:`pipelines.fidelity.outrun` does); the reference, on a GPU timed again while
+    loaded, is on a CPU loaded and timed again only where the fastest candidate within the bar is faster than it,
+    by less than :data:`CLOSE`; a candidate whose first pass (in :func:`parts` on a CPU, as float32's) takes more
+    than :data:`SLOWER` times float32's is stopped (:class:`Slower`), and so is one whose predictions so far leave
+    it below ``bar`` whatever it predicts for the rest (:class:`BelowBar`: the rest counted as agreeing with float32
+    on every row); a candidate that
     ``needless(candidate, results so far, candidates stopped so far, the reference's seconds)`` says can't win is not
     scored (in neither list). A sample the reference predicts none of is refused after its pass (:func:`judgeable`)."""
     truth = _truth(reference, sample)
