@@ -92,11 +92,13 @@ def act_on_sigterm(act: Callable[[], None]) -> None:
 def watch_sigterm() -> None:
     """Run the CLI's way out on a thread of its own as soon as SIGTERM arrives, beside the main thread's Terminated.
 
-    Where this process started a local Ray, a SIGTERM to the whole process group (Airflow's killpg, ``systemctl
-    stop``) reaches Ray's processes too, and Ray's core worker ends this process (exit 1, not a word of ours) once
-    its raylet is gone ("The connection to the plasma store is failed. Terminate the process."), often before the
-    main thread gets to raise Terminated. The signal's byte on :func:`signal.set_wakeup_fd` wakes this thread at
-    once. Once per process, from the main thread, and only where the CLI set a way out (not in tests' processes)."""
+    Where this process started a local Ray, a SIGTERM to every process (``systemctl stop`` signals a unit's whole
+    cgroup; a signal to this process's group no longer reaches them: see
+    :func:`pipelines.cluster.connect.in_a_group_of_their_own`) reaches Ray's processes too, and Ray's core worker ends
+    this process (exit 1, not a word of ours) once its raylet is gone ("The connection to the plasma store is failed.
+    Terminate the process."), often before the main thread gets to raise Terminated. The signal's byte on
+    :func:`signal.set_wakeup_fd` wakes this thread at once. Once per process, from the main thread, and only where
+    the CLI set a way out (not in tests' processes)."""
     global _sigterm_watched
     act = _sigterm_act
     if act is None or _sigterm_watched or threading.current_thread() is not threading.main_thread():

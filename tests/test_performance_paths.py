@@ -1047,7 +1047,7 @@ import atexit, json, subprocess, sys, time
 waited, slept, tables, asked = [], [], [], []
 def said():  # registered first, so it runs last: after Ray's shutdown
     print(json.dumps({"processes": processes, "dashboard": dashboard, "asked_once_registered": asked,
-                      "waited": waited, "slept": slept, "raylet": raylet.poll(),
+                      "waited": waited, "slept": slept, "raylet": raylet.poll(), "together": sorted(together),
                       "monitor": monitor.poll() if monitor else None}), flush=True)
 atexit.register(said)
 import ray._raylet, ray._private.services as services
@@ -1079,6 +1079,14 @@ dashboard = (internal_kv._internal_kv_get("dashboard", namespace="dashboard") or
 [raylet] = [i.process for i in _global_node.all_processes["raylet"]]
 monitor = next((i.process for i in _global_node.all_processes.get("monitor", [])), None)
 assert ray.get(ray.remote(lambda: 1).remote()) == 1
+import os, psutil
+together = []  # Ray's processes in this one's process group, a worker that ran the task among them
+for child in psutil.Process().children(recursive=True):
+    try:
+        if os.getpgid(child.pid) == os.getpgrp():
+            together.append(child.name())
+    except (OSError, psutil.Error):
+        pass
 wait, sleep = subprocess.Popen.wait, time.sleep
 def timed_out(self, timeout=None):
     try:
@@ -1115,6 +1123,8 @@ def test_a_local_ray_starts_without_the_api_server_and_monitor_and_stops_without
     assert said["asked_once_registered"] == [True], said  # before: asked at once, and it looked once a second
     assert said["waited"] == [] and said["slept"] == [], said
     assert said["raylet"] == 0, said  # stopped by Ray's shutdown
+    # none in the command's process group, which Airflow's killpg signals: before, the GCS, the raylet, its agents
+    assert said["together"] == [], said
 
 
 def test_a_local_rays_stop_at_exit_waits_out_no_process_and_sleeps_no_half_second():
@@ -1130,6 +1140,7 @@ def test_a_local_rays_stop_at_exit_waits_out_no_process_and_sleeps_no_half_secon
     assert "monitor.py" not in said["waited"], said  # before 4b7d523: ['monitor.py'], its grace waited out
     assert said["slept"] == [], said  # before: [0.5], Ray's pause at exit
     assert (said["monitor"], said["raylet"]) == (-9, 0), said  # the monitor killed, the raylet stopped by shutdown
+    assert said["together"] == [], said  # started whole, Ray's processes in a group of their own all the same
 
 
 def test_a_ray_whose_start_functions_moved_starts_as_ray_init_starts_it(monkeypatch):
@@ -1150,6 +1161,38 @@ def test_a_ray_whose_start_functions_moved_starts_as_ray_init_starts_it(monkeypa
     monkeypatch.delattr(node.Node, "start_monitor")
     with connect.quick_local_start():
         assert (services.start_api_server, services.get_node) == (api, get_node)
+
+
+def test_a_local_rays_processes_leave_the_commands_group_only_where_the_kernel_ends_them_with_it(monkeypatch):
+    """Ray's processes go to a group of their own (the child's setpgid, asked of Popen) while a local Ray starts, and
+    ``ConsolePopen`` is Ray's again after; where Ray can't have the kernel kill them as the command exits (no
+    ``PR_SET_PDEATHSIG``: its reaper ends the command's group instead) or has no ``ConsolePopen``, they stay in it."""
+    import subprocess
+
+    import ray._private.services as services
+    import ray._private.utils as utils
+
+    from pipelines.cluster import connect
+
+    popen = services.ConsolePopen
+    asked = []
+
+    def started(self, *args, **kwargs):  # no process: what Ray's start would have asked of Popen
+        self._child_created = False
+        asked.append(kwargs.get("process_group"))
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", started)
+    with connect.in_a_group_of_their_own():
+        services.ConsolePopen(["ray-process"])
+        services.ConsolePopen(["own-session"], start_new_session=True)  # Ray's own choice stands
+    assert services.ConsolePopen is popen and asked == [0, None]
+    monkeypatch.setattr(utils, "detect_fate_sharing_support", lambda: False)
+    with connect.in_a_group_of_their_own():
+        assert services.ConsolePopen is popen
+    monkeypatch.undo()
+    monkeypatch.delattr(services, "ConsolePopen")
+    with connect.in_a_group_of_their_own():
+        assert not hasattr(services, "ConsolePopen")
 
 
 @pytest.mark.parametrize("version", ["2.59.0", "2.61.0", "3.0.0"])

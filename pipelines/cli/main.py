@@ -154,8 +154,8 @@ def say_last(line: str, alone: bool = True) -> None:
 def exit_at_once(status: int) -> None:
     """Exit without the interpreter's exit handlers. The run has let go of its lock already; what is left is Ray's
     own ``ray.shutdown`` at exit, which aborts the process (SIGABRT, a core dump where enabled) when the signal went
-    to the whole process group and ended the local Ray's processes first (Airflow, systemd). A local Ray's
-    processes end with this one either way (Ray's reaper follows its driver)."""
+    to every process and ended the local Ray's processes first (systemd's stop). A local Ray's processes end with
+    this one either way (the kernel kills them as it exits; where it can't, Ray's reaper)."""
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -357,10 +357,10 @@ def start_local() -> None:
     quiet = WithoutTokenNotice()
     notice.addFilter(quiet)
     try:
-        with keeping_sigterm(), quick_local_start():
+        with keeping_sigterm(), quick_local_start(), in_a_group_of_their_own():
             ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
         _stop_local_ray_first_at_exit()
-        watch_sigterm()  # a SIGTERM to the group ends this Ray's processes, and Ray then ends this one (see there)
+        watch_sigterm()  # a SIGTERM to every process (systemd's stop) ends this Ray's, and Ray then this one
     except Exception as exc:  # noqa: BLE001 - Ray raises bare Exceptions and OSErrors while starting
         try:
             with keeping_sigterm():  # Ray's shutdown puts SIGTERM back to the kernel's default (see there)
@@ -497,6 +497,45 @@ def quick_local_start() -> Iterator[None]:
     finally:
         for holder, name, original, _ in found:
             setattr(holder, name, original)
+
+
+@contextlib.contextmanager
+def in_a_group_of_their_own() -> Iterator[None]:
+    """While a local Ray starts in this process: each process Ray starts for it (the GCS, the raylet, whose agents
+    join the raylet's group, the log monitor; Ray puts its workers in groups of their own) in a process group of its
+    own, not in the command's.
+
+    A SIGTERM to the command's process group (Airflow's killpg at a task's timeout, ``kill -TERM -PGID``) reached
+    Ray's processes too; the raylet ended at once, and Ray's core worker then ended this process on its own (exit 1,
+    no line of ours) where it came before the command's way out on SIGTERM (see
+    :func:`pipelines.errors.watch_sigterm`). Now such a signal reaches the command alone, as a SIGTERM to its pid
+    does: it lets go of its lock, says its line and exits 143, and its Ray's processes end with it, killed by the
+    kernel as it exits (Ray starts them so: ``PR_SET_PDEATHSIG``). Only where Ray starts them so (Linux): elsewhere
+    Ray's reaper ends them by ending the command's process group, which they must stay in. A Ray without
+    ``ConsolePopen`` where 2.60 has it starts as ``ray.init`` starts it."""
+    import subprocess
+
+    import ray._private.services as services
+    import ray._private.utils as utils
+
+    started = getattr(services, "ConsolePopen", None)
+    fate_shared = getattr(utils, "detect_fate_sharing_support", lambda: False)
+    if not (isinstance(started, type) and issubclass(started, subprocess.Popen) and fate_shared()):
+        log.debug("a local Ray's processes stay in this command's process group (Ray kills them not as it exits)")
+        yield
+        return
+
+    class InAGroupOfItsOwn(started):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            if "process_group" not in kwargs and not kwargs.get("start_new_session"):
+                kwargs["process_group"] = 0  # setpgid(0, 0) in the child before it runs Ray's program
+            super().__init__(*args, **kwargs)
+
+    services.ConsolePopen = InAGroupOfItsOwn
+    try:
+        yield
+    finally:
+        services.ConsolePopen = started
 
 
 #: Where Ray 2.60 logs, as a WARNING at every ``ray.init()`` that starts a Ray, that it turned token authentication on
