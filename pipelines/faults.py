@@ -18,7 +18,9 @@ crash at any of these moments is resumed exactly once.
 
 ``PIPELINES_CRASH_SIGNAL=TERM|INT|KILL`` (test-only; default KILL) sends that signal instead, as a task timeout,
 ``kill`` or Ctrl-C would; ``PIPELINES_CRASH_TARGET=<pid>`` sends it to that process instead of this one, or with a
-negative pid to that process group (so an actor's ``predict`` point can signal the driver, or the driver's group).
+negative pid to that process group (so an actor's ``predict`` point can signal the driver, or the driver's group),
+or with ``session:<sid>`` to every process of that session, this one last (as ``systemctl stop`` signals every
+process of a unit's cgroup).
 
 ``PIPELINES_WRITE_FAILS_AT=<point>:<n>[:<errno name>]`` makes the n-th write at ``point`` fail as a full disk
 does (``OSError`` ENOSPC, or the errno named: ``EDQUOT``), after its bytes went to the temporary file. Points
@@ -54,7 +56,24 @@ def checkpoint(point: str) -> None:
             return
     sig = getattr(signal, "SIG" + os.environ.get("PIPELINES_CRASH_SIGNAL", "KILL").upper())
     target = os.environ.get("PIPELINES_CRASH_TARGET")
-    os.kill(int(target) if target else os.getpid(), sig)
+    if target and target.startswith("session:"):
+        _signal_session(int(target.removeprefix("session:")), sig)
+    else:
+        os.kill(int(target) if target else os.getpid(), sig)
+
+
+def _signal_session(sid: int, sig: int) -> None:
+    """``sig`` to every process of session ``sid`` (Linux: the pids under /proc), this one last if it is one."""
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != me:
+            try:
+                if os.getsid(int(entry)) == sid:
+                    os.kill(int(entry), sig)
+            except OSError:  # gone meanwhile
+                continue
+    if os.getsid(0) == sid:
+        os.kill(me, sig)
 
 
 CRASH_ON_TEXT = "PIPELINES_CRASH_ON_TEXT"

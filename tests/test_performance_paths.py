@@ -1080,7 +1080,7 @@ dashboard = (internal_kv._internal_kv_get("dashboard", namespace="dashboard") or
 monitor = next((i.process for i in _global_node.all_processes.get("monitor", [])), None)
 assert ray.get(ray.remote(lambda: 1).remote()) == 1
 import os, psutil
-together = []  # Ray's processes in this one's process group, a worker that ran the task among them
+together = []  # Ray's processes in this one's process group (the worker that ran the task among those looked at)
 for child in psutil.Process().children(recursive=True):
     try:
         if os.getpgid(child.pid) == os.getpgrp():
@@ -1163,11 +1163,14 @@ def test_a_ray_whose_start_functions_moved_starts_as_ray_init_starts_it(monkeypa
         assert (services.start_api_server, services.get_node) == (api, get_node)
 
 
-def test_a_local_rays_processes_leave_the_commands_group_only_where_the_kernel_ends_them_with_it(monkeypatch):
-    """Ray's processes go to a group of their own (the child's setpgid, asked of Popen) while a local Ray starts, and
-    ``ConsolePopen`` is Ray's again after; where Ray can't have the kernel kill them as the command exits (no
-    ``PR_SET_PDEATHSIG``: its reaper ends the command's group instead) or has no ``ConsolePopen``, they stay in it."""
+def test_a_local_rays_processes_leave_the_commands_group_only_where_the_kernel_ends_them_with_it(monkeypatch,
+                                                                                                 tmp_path):
+    """Ray's processes go to a group of their own while a local Ray starts, each only after Ray's own ``preexec_fn``
+    ran in it (where Ray asks the kernel to kill it as the command exits: a child out of the group before that would
+    outlive a SIGKILL to the group), and ``ConsolePopen`` is Ray's again after; where Ray can't have the kernel kill
+    them (its reaper ends the command's group instead) or has no ``ConsolePopen``, they stay in it."""
     import subprocess
+    import sys
 
     import ray._private.services as services
     import ray._private.utils as utils
@@ -1175,17 +1178,21 @@ def test_a_local_rays_processes_leave_the_commands_group_only_where_the_kernel_e
     from pipelines.cluster import connect
 
     popen = services.ConsolePopen
-    asked = []
+    mark = tmp_path / "ray-own"
 
-    def started(self, *args, **kwargs):  # no process: what Ray's start would have asked of Popen
-        self._child_created = False
-        asked.append(kwargs.get("process_group"))
+    def ray_own():  # in the child: the group it is in while Ray's preexec_fn runs
+        mark.write_text(str(os.getpgid(0)))
 
-    monkeypatch.setattr(subprocess.Popen, "__init__", started)
     with connect.in_a_group_of_their_own():
-        services.ConsolePopen(["ray-process"])
-        services.ConsolePopen(["own-session"], start_new_session=True)  # Ray's own choice stands
-    assert services.ConsolePopen is popen and asked == [0, None]
+        child = services.ConsolePopen([sys.executable, "-c", "import os; print(os.getpgid(0) == os.getpid())"],
+                                      stdout=subprocess.PIPE, text=True, preexec_fn=ray_own)
+        own_session = services.ConsolePopen([sys.executable, "-c", "import os; print(os.getpgid(0))"],
+                                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert services.ConsolePopen is popen
+    assert child.communicate(timeout=60)[0].strip() == "True"  # a group of its own
+    assert int(mark.read_text()) == os.getpgrp()  # Ray's preexec_fn ran first, still in the command's group
+    # Ray's own choice (a session of its own) stands: a session's leader can't change its group (EPERM)
+    assert own_session.communicate(timeout=60)[0].strip() == str(own_session.pid)
     monkeypatch.setattr(utils, "detect_fate_sharing_support", lambda: False)
     with connect.in_a_group_of_their_own():
         assert services.ConsolePopen is popen

@@ -124,16 +124,18 @@ class Job:
         self.path.write_text(yaml.safe_dump(raw))
 
     def cli(self, *args: str, env: dict[str, str] | None = None, lock: str = "_run.lock", group: bool = False,
-            lingering: tuple[str, ...] = ()) -> Outcome:
+            session: bool = False, lingering: tuple[str, ...] = ()) -> Outcome:
         """``pipelines ARGS JOB.yaml`` in a session of its own; ``group``: the signal goes to that session's process
-        group (PIPELINES_CRASH_TARGET is the CLI's pid, negated, known to the shell that execs it). ``lingering``:
-        processes not waited for (see :func:`processes_left`)."""
+        group (PIPELINES_CRASH_TARGET is the CLI's pid, negated, known to the shell that execs it); ``session``: to
+        every process of that session, the local Ray's among them. ``lingering``: processes not waited for (see
+        :func:`processes_left`)."""
         tag = uuid.uuid4().hex
         full = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "PROBE_TAG": tag, **(env or {})}
         full.pop("RAY_ADDRESS", None)
         command = [sys.executable, "-m", "pipelines", args[0], str(self.path), *args[1:]]
-        if group:
-            command = ["bash", "-c", 'export PIPELINES_CRASH_TARGET=-$$; exec "$@"', "bash", *command]
+        if group or session:
+            target = "-$$" if group else "session:$$"
+            command = ["bash", "-c", f'export PIPELINES_CRASH_TARGET={target}; exec "$@"', "bash", *command]
         with tempfile.TemporaryFile("w+") as errors:
             process = subprocess.run(command, cwd=ROOT, env=full, stdout=subprocess.DEVNULL, stderr=errors, text=True,
                                      start_new_session=True, timeout=300, preexec_fn=ctrl_c_as_at_a_terminal)
@@ -154,38 +156,53 @@ class Job:
 
 @pytest.fixture(scope="module")
 def terminated(tmp_path_factory, tiny_models):
-    """One output: SIGTERM to the whole process group while the actor predicts (nothing committed yet), then
-    SIGTERM to the driver alone between a commit record and its files, then the same command again."""
+    """One output: SIGTERM to every process of the run while the actor predicts (nothing committed yet), then to the
+    whole process group at the same point, then to the driver alone between a commit record and its files, then the
+    same command again."""
     folder = tmp_path_factory.mktemp("terminated")
     job = Job(folder, tiny_models("classifier"))
-    group = job.cli("run", env={"PIPELINES_CRASH_AT": "predict:2", "PIPELINES_CRASH_SIGNAL": "TERM",
-                                "PIPELINES_CRASH_ONCE": str(folder / "signalled")}, group=True, lingering=AGENTS)
-    assert (folder / "signalled").exists()  # the actor did reach its second call and signal the group
+    predicting = {"PIPELINES_CRASH_AT": "predict:2", "PIPELINES_CRASH_SIGNAL": "TERM"}
+    every = job.cli("run", env={**predicting, "PIPELINES_CRASH_ONCE": str(folder / "signalled-all")}, session=True,
+                    lingering=AGENTS)
+    group = job.cli("run", env={**predicting, "PIPELINES_CRASH_ONCE": str(folder / "signalled")}, group=True,
+                    lingering=AGENTS)
+    assert (folder / "signalled-all").exists() and (folder / "signalled").exists()  # the actor did signal them
     driver = job.cli("run", env={"PIPELINES_CRASH_AT": "mid_commit:2", "PIPELINES_CRASH_SIGNAL": "TERM"},
                      lingering=AGENTS)
-    return job, group, driver, job.cli("run")
+    return job, group, driver, job.cli("run"), every
 
 
 def test_sigterm_is_one_line_and_status_143_also_to_the_whole_group(terminated):
     """Ray's own SIGTERM handler exited 15 with no line of ours; to the whole group, Ray's shutdown at exit
     aborted the driver (SIGABRT: -6, a core dump where enabled), and while the group held the local Ray's processes,
     Ray's core worker once ended it first (exit 1, a CI run of 2026-12-08)."""
-    _, group, driver, _ = terminated
+    _, group, driver, _, every = terminated
     for run in (group, driver):
         assert run.returncode == 143, (run.returncode, run.stderr[-1500:])
         assert run.last_line() == f"terminated: {STOPPED}"
         assert "Traceback" not in run.stderr
 
 
+def test_sigterm_to_every_process_of_the_run_is_one_line_and_143_unless_ray_ends_it_first(terminated):
+    """systemd's stop: the local Ray's processes get the signal too, and Ray's core worker ends the command on its
+    own (exit 1, no line of ours) where it comes before the thread the signal wakes (README: it did once, in a CI
+    run); either way the run has stopped as after a crash (the next test: its lock let go, whole shards, none of
+    Ray's processes left, resumed exactly once)."""
+    every = terminated[-1]
+    assert every.returncode in (143, 1), (every.returncode, every.stderr[-1500:])
+    if every.returncode == 143:
+        assert every.last_line() == f"terminated: {STOPPED}" and "Traceback" not in every.stderr
+
+
 def test_a_terminated_run_lets_go_of_its_lock_leaves_no_process_and_resumes_exactly_once(terminated):
-    job, group, driver, resumed = terminated
-    assert group.commits == 0 and driver.commits == 2 and len(driver.visible) == ROWS  # the 2nd not yet in place
-    for run in (group, driver):
+    job, group, driver, resumed, every = terminated
+    assert every.commits == group.commits == 0 and driver.commits == 2 and len(driver.visible) == ROWS  # the 2nd not
+    for run in (every, group, driver):  # yet in place
         job.assert_whole_shards(run.visible)
         assert not run.success and run.lock_free
     # Ray's processes end with the CLI, but for its dashboard and runtime-env agents, which may end on their own once
     # they find their raylet gone (about a minute here: README, "Stopped by a signal")
-    for run in (group, driver):
+    for run in (every, group, driver):
         assert [p for p in run.leftover if not any(agent in p for agent in AGENTS)] == []
     assert resumed.returncode == 0 and resumed.success and resumed.leftover == [], resumed.stderr[-1500:]
     got = visible_ids(job.out)

@@ -510,25 +510,29 @@ def in_a_group_of_their_own() -> Iterator[None]:
     no line of ours) where it came before the command's way out on SIGTERM (see
     :func:`pipelines.errors.watch_sigterm`). Now such a signal reaches the command alone, as a SIGTERM to its pid
     does: it lets go of its lock, says its line and exits 143, and its Ray's processes end with it, killed by the
-    kernel as it exits (Ray starts them so: ``PR_SET_PDEATHSIG``). Only where Ray starts them so (Linux): elsewhere
+    kernel as it exits (Ray starts them so on Linux: ``PR_SET_PDEATHSIG`` in the child, which Ray's own
+    ``preexec_fn`` asks for before the child leaves the group, so that no child is ever out of both). Elsewhere
     Ray's reaper ends them by ending the command's process group, which they must stay in. A Ray without
     ``ConsolePopen`` where 2.60 has it starts as ``ray.init`` starts it."""
     import subprocess
+    import sys
 
     import ray._private.services as services
     import ray._private.utils as utils
 
     started = getattr(services, "ConsolePopen", None)
     fate_shared = getattr(utils, "detect_fate_sharing_support", lambda: False)
-    if not (isinstance(started, type) and issubclass(started, subprocess.Popen) and fate_shared()):
-        log.debug("a local Ray's processes stay in this command's process group (Ray kills them not as it exits)")
+    if not (sys.platform.startswith("linux") and isinstance(started, type) and issubclass(started, subprocess.Popen)
+            and fate_shared()):
+        log.debug("a local Ray's processes stay in this command's process group (the kernel does not end them with "
+                  "it here: Ray's reaper ends them through that group)")
         yield
         return
 
     class InAGroupOfItsOwn(started):  # type: ignore[misc, valid-type]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             if "process_group" not in kwargs and not kwargs.get("start_new_session"):
-                kwargs["process_group"] = 0  # setpgid(0, 0) in the child before it runs Ray's program
+                kwargs["preexec_fn"] = _then_a_group_of_its_own(kwargs.get("preexec_fn"), os.getpid())
             super().__init__(*args, **kwargs)
 
     services.ConsolePopen = InAGroupOfItsOwn
@@ -536,6 +540,21 @@ def in_a_group_of_their_own() -> Iterator[None]:
         yield
     finally:
         services.ConsolePopen = started
+
+
+def _then_a_group_of_its_own(ray_own: Callable[[], None] | None, parent: int) -> Callable[[], None]:
+    """In the child, before it runs Ray's program: Ray's own ``preexec_fn`` (the kernel's signal at the command's
+    exit), then a process group of its own; a child whose command ended in between (before that signal was asked
+    for) ends too, as it would have with the command's group."""
+
+    def child() -> None:
+        if ray_own is not None:
+            ray_own()
+        os.setpgid(0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return child
 
 
 #: Where Ray 2.60 logs, as a WARNING at every ``ray.init()`` that starts a Ray, that it turned token authentication on
