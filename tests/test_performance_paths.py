@@ -1048,6 +1048,7 @@ waited, slept, tables, asked = [], [], [], []
 def said():  # registered first, so it runs last: after Ray's shutdown
     print(json.dumps({"processes": processes, "dashboard": dashboard, "asked_once_registered": asked,
                       "waited": waited, "slept": slept, "raylet": raylet.poll(), "together": sorted(together),
+                      "config": config,
                       "monitor": monitor.poll() if monitor else None}), flush=True)
 atexit.register(said)
 import ray._raylet, ray._private.services as services
@@ -1076,6 +1077,8 @@ from ray._private.worker import _global_node
 from ray.experimental import internal_kv
 processes = sorted(_global_node.all_processes)
 dashboard = (internal_kv._internal_kv_get("dashboard", namespace="dashboard") or b"").decode()
+from ray._private.state import state
+config = {name: value for name, value in state.get_system_config().items() if name.startswith("raylet_client")}
 [raylet] = [i.process for i in _global_node.all_processes["raylet"]]
 monitor = next((i.process for i in _global_node.all_processes.get("monitor", [])), None)
 assert ray.get(ray.remote(lambda: 1).remote()) == 1
@@ -1116,7 +1119,9 @@ def test_a_local_ray_starts_without_the_api_server_and_monitor_and_stops_without
     """A local Ray the command starts runs no API server (with the dashboard off it ran one module; Ray's start
     waited 1.6-1.9 s for it on the 2-core machine) and no autoscaler monitor (one machine has no node to add), yet
     runs tasks; the dashboard's address its agent waits for is one no server has; Ray's get_node (which looks once a
-    second) is asked once the GCS has the node. At exit neither of Ray's waits is left (see the next test)."""
+    second) is asked once the GCS has the node; Ray's processes try a refused local connection again after 0.1 s (the
+    raylet's to its own object store waited a whole second in 4 of 10 starts). At exit neither of Ray's waits is
+    left (see the next test)."""
     said = _local_ray_child("quick")
     assert said["processes"] == ["gcs_server", "log_monitor", "raylet"], said  # before: 'dashboard', 'monitor' too
     assert said["dashboard"] == "127.0.0.1:0", said  # none: the dashboard agent logged an error every second
@@ -1125,6 +1130,9 @@ def test_a_local_ray_starts_without_the_api_server_and_monitor_and_stops_without
     assert said["raylet"] == 0, said  # stopped by Ray's shutdown
     # none in the command's process group, which Airflow's killpg signals: before, the GCS, the raylet, its agents
     assert said["together"] == [], said
+    # Ray's processes try a refused local connection again after 0.1 s, not 1 s (before: {}, Ray's own)
+    assert said["config"] == {"raylet_client_connect_timeout_milliseconds": 100,
+                              "raylet_client_num_connect_attempts": 100}, said
 
 
 def test_a_local_rays_stop_at_exit_waits_out_no_process_and_sleeps_no_half_second():
@@ -1218,6 +1226,7 @@ def test_a_ray_of_another_version_than_the_quick_start_was_checked_on_starts_as_
     monkeypatch.setattr(ray, "__version__", version)
     with connect.quick_local_start():
         assert (services.start_api_server, node.Node.start_monitor, services.get_node) == (api, monitor, get_node)
+    assert connect.quick_connect_config() is None  # Ray's own connect settings (a name it lacks fails its start)
 
 
 def test_a_local_rays_start_asks_ray_for_its_node_once_the_gcs_has_it(monkeypatch):
