@@ -1040,8 +1040,9 @@ def test_a_runs_timeline_starts_when_its_process_started_not_up_to_a_second_befo
 # A child that starts a local Ray as a run does (``whole``: without quick_local_start's changes), then exits as the
 # command does, and says (one JSON line, last) which of Ray's processes it started, the dashboard's address in the
 # GCS, whether Ray's get_node was asked only once the GCS's table had the node, which processes the shutdown had to
-# wait out (a grace period that ran out: TimeoutExpired), what it slept for half a second or more, and how the
-# monitor (where there was one) and the raylet ended.
+# wait out (a grace period that ran out: TimeoutExpired), what it slept for half a second or more, how the
+# monitor (where there was one) and the raylet ended, which of Ray's processes share its process group, and Ray's
+# connect settings in the GCS's system config (``whole`` on Ray 2.60 has them too: they are not quick_local_start's).
 _EXIT_SCRIPT = """
 import atexit, json, subprocess, sys, time
 waited, slept, tables, asked = [], [], [], []
@@ -1227,6 +1228,24 @@ def test_a_ray_of_another_version_than_the_quick_start_was_checked_on_starts_as_
     with connect.quick_local_start():
         assert (services.start_api_server, node.Node.start_monitor, services.get_node) == (api, monitor, get_node)
     assert connect.quick_connect_config() is None  # Ray's own connect settings (a name it lacks fails its start)
+
+
+def test_a_local_rays_connect_settings_leave_a_users_own_to_them(monkeypatch):
+    """On Ray 2.60 both settings go to ``ray.init`` (a copy: Ray adds to the dict it is given), but for one the user
+    set as ``RAY_<name>``, which ``_system_config`` would override; with both set, Ray's own way (None)."""
+    import ray
+
+    from pipelines.cluster import connect
+
+    monkeypatch.setattr(ray, "__version__", "2.60.0")
+    for name in connect.QUICK_CONNECT:
+        monkeypatch.delenv(f"RAY_{name}", raising=False)
+    given = connect.quick_connect_config()
+    assert given == connect.QUICK_CONNECT and given is not connect.QUICK_CONNECT
+    monkeypatch.setenv("RAY_raylet_client_num_connect_attempts", "7")
+    assert connect.quick_connect_config() == {"raylet_client_connect_timeout_milliseconds": 100}
+    monkeypatch.setenv("RAY_raylet_client_connect_timeout_milliseconds", "500")
+    assert connect.quick_connect_config() is None
 
 
 def test_a_local_rays_start_asks_ray_for_its_node_once_the_gcs_has_it(monkeypatch):

@@ -466,19 +466,22 @@ QUICK_START_RAY = ("2.60.",)
 
 
 #: Ray's settings for how its processes connect to a local socket (the raylet to its own object store, a worker to
-#: the raylet): a connection refused is tried again after this long, this many times. Ray's 1000 ms x 10: the
+#: the raylet): a connection that fails is tried again after this long, this many times. Ray's 1000 ms x 10: the
 #: raylet's first try often came before its object store (a thread of its own) listened, and its start waited a whole
-#: second (2026-12-08: 4 of 10 local starts took 2.7-2.9 s, the others 1.7-2.1 s; with 100 ms, 10 of 10 took
-#: 1.6-1.9 s). The same 10 s in all before a connection is given up on.
+#: second (2026-12-08: 4 of 10 local starts took 2.7-2.9 s, the others 1.7-2.1 s; with these settings, 8 of 8 took
+#: 1.7-2.2 s). The same 10 s in all before a connection is given up on.
 QUICK_CONNECT = {"raylet_client_connect_timeout_milliseconds": 100, "raylet_client_num_connect_attempts": 100}
 
 
 def quick_connect_config() -> dict[str, int] | None:
-    """:data:`QUICK_CONNECT` as ``ray.init``'s ``_system_config`` for a Ray of :data:`QUICK_START_RAY` (a name
-    another version lacks would fail its GCS's start); None (Ray's own) for another."""
+    """:data:`QUICK_CONNECT` as ``ray.init``'s ``_system_config`` for a Ray of :data:`QUICK_START_RAY`, the version
+    it was measured on; None (Ray's own) for another. A setting the user gave as ``RAY_<name>`` is left to them
+    (``_system_config`` would win over it). A copy: Ray adds its own settings to the dict it is given."""
     import ray
 
-    return dict(QUICK_CONNECT) if ray.__version__.startswith(QUICK_START_RAY) else None
+    if not ray.__version__.startswith(QUICK_START_RAY):
+        return None
+    return {name: value for name, value in QUICK_CONNECT.items() if f"RAY_{name}" not in os.environ} or None
 
 
 @contextlib.contextmanager
