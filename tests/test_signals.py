@@ -3,9 +3,11 @@ Kubernetes and a user at a terminal stop a process with (tests/test_faults.py co
 
 ``PIPELINES_CRASH_SIGNAL`` (pipelines/faults.py, test-only) sends the signal at a named point; from the actor's
 ``predict`` point, ``PIPELINES_CRASH_TARGET`` sends it to the driver's whole process group (what Airflow's killpg
-and Ctrl-C at a terminal do; the local Ray's processes are in groups of their own, so it reaches the driver alone).
-Each CLI runs in a session of its own, so a group signal reaches only its own processes. Leftover processes are the ones carrying the run's ``PROBE_TAG`` in their environment
-(every process a local Ray starts inherits it), looked for under a deadline after the CLI has exited.
+and Ctrl-C at a terminal do; the local Ray's processes are in groups of their own, so it reaches the driver alone),
+or to every process of the driver's session (what ``systemctl stop`` does). Each CLI runs in a session of its own,
+so such a signal reaches only its own processes. Leftover processes are the ones carrying the run's ``PROBE_TAG`` in
+their environment (every process a local Ray starts inherits it), looked for under a deadline after the CLI has
+exited.
 """
 
 from __future__ import annotations
@@ -176,7 +178,7 @@ def test_sigterm_is_one_line_and_status_143_also_to_the_whole_group(terminated):
     """Ray's own SIGTERM handler exited 15 with no line of ours; to the whole group, Ray's shutdown at exit
     aborted the driver (SIGABRT: -6, a core dump where enabled), and while the group held the local Ray's processes,
     Ray's core worker once ended it first (exit 1, a CI run of 2026-12-08)."""
-    _, group, driver, _, every = terminated
+    _, group, driver, _, _ = terminated
     for run in (group, driver):
         assert run.returncode == 143, (run.returncode, run.stderr[-1500:])
         assert run.last_line() == f"terminated: {STOPPED}"
@@ -196,8 +198,9 @@ def test_sigterm_to_every_process_of_the_run_is_one_line_and_143_unless_ray_ends
 
 def test_a_terminated_run_lets_go_of_its_lock_leaves_no_process_and_resumes_exactly_once(terminated):
     job, group, driver, resumed, every = terminated
-    assert every.commits == group.commits == 0 and driver.commits == 2 and len(driver.visible) == ROWS  # the 2nd not
-    for run in (every, group, driver):  # yet in place
+    # the driver's 2nd commit not yet in place
+    assert every.commits == group.commits == 0 and driver.commits == 2 and len(driver.visible) == ROWS
+    for run in (every, group, driver):
         job.assert_whole_shards(run.visible)
         assert not run.success and run.lock_free
     # Ray's processes end with the CLI, but for its dashboard and runtime-env agents, which may end on their own once
